@@ -1,0 +1,83 @@
+"""Pure functions: what one event changes in the read models. No I/O here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from events_schema.models import (
+    Event,
+    EventRetracted,
+    PersonAdded,
+    PersonUpdated,
+    RelationshipClosenessRated,
+    RelationshipFollowedUp,
+    RelationshipHelped,
+    RelationshipIntroduced,
+    RelationshipMet,
+)
+from projections.strength import contribution
+
+PERSON_FIELDS = ("display_name", "email", "phone", "organization", "title", "notes")
+
+
+@dataclass(frozen=True)
+class PairEventRow:
+    """One event on one relationship's timeline."""
+
+    person_a: str
+    person_b: str
+    detail: dict[str, Any]
+    contribution: float
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Everything one event changes; the store applies many of these in one transaction."""
+
+    person_added: dict[str, Any] | None = None
+    person_updated: dict[str, Any] | None = None
+    pair_rows: list[PairEventRow] = field(default_factory=list)
+    retracts: UUID | None = None
+
+
+def _detail(event: Event, pair: tuple[str, str]) -> dict[str, Any]:
+    """Non-personal facts of the event as they concern ``pair`` (no free text: that stays in
+    the archive, where erasure can find it)."""
+    if isinstance(event, RelationshipMet):
+        return {
+            "depth": event.depth,
+            "mode": event.mode,
+            "duration_minutes": event.duration_minutes,
+            "initiated_by": event.initiated_by,
+            "group_size": len(event.participants),
+        }
+    if isinstance(event, RelationshipFollowedUp):
+        return {"from": event.from_person, "to": event.to_person, "channel": event.channel,
+                "replied": event.replied}
+    if isinstance(event, RelationshipIntroduced):
+        role = "introduced" if set(pair) == {event.person_a, event.person_b} else "introducer"
+        return {"introducer": event.introducer, "person_a": event.person_a,
+                "person_b": event.person_b, "role": role}
+    if isinstance(event, RelationshipHelped):
+        return {"helper": event.helper, "helped": event.helped}
+    if isinstance(event, RelationshipClosenessRated):
+        return {"rater": event.rater, "ratee": event.ratee, "rating": event.rating}
+    return {}
+
+
+def changes_for(event: Event) -> Changes:
+    """The read-model changes ``event`` causes."""
+    if isinstance(event, PersonAdded):
+        return Changes(person_added={f: getattr(event, f) for f in ("person_id", *PERSON_FIELDS)})
+    if isinstance(event, PersonUpdated):
+        values = {f: getattr(event, f) for f in PERSON_FIELDS if getattr(event, f) is not None}
+        return Changes(person_updated={"person_id": event.person_id, **values})
+    if isinstance(event, EventRetracted):
+        return Changes(retracts=event.retracted_event_id)
+    rows = [
+        PairEventRow(a, b, _detail(event, (a, b)), contribution(event, (a, b)))
+        for a, b in event.pairs()
+    ]
+    return Changes(pair_rows=rows)

@@ -1,0 +1,112 @@
+"""DDL of the read models. Read models are rebuildable from the log, so a change of a table's
+shape bumps ``READ_MODEL_VERSION`` and rebuilds into new tables instead of migrating."""
+
+from __future__ import annotations
+
+from psycopg import AsyncConnection, sql
+
+#: Bump when a read-model table changes shape or meaning; tables carry it as a suffix.
+READ_MODEL_VERSION = 1
+
+DDL = """
+CREATE TABLE IF NOT EXISTS checkpoints (
+    projection  text PRIMARY KEY,
+    last_seq    bigint NOT NULL DEFAULT 0,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Append-only archive of every event the projections accepted; event_id is the idempotency
+-- key beyond JetStream's short dedupe window.
+CREATE TABLE IF NOT EXISTS events (
+    event_id        uuid PRIMARY KEY,
+    seq             bigint NOT NULL UNIQUE,
+    workspace_id    text NOT NULL,
+    type            text NOT NULL,
+    schema_version  int NOT NULL,
+    occurred_at     timestamptz NOT NULL,
+    recorded_at     timestamptz NOT NULL,
+    recorded_by     text NOT NULL,
+    subject         text NOT NULL,
+    payload         jsonb NOT NULL,
+    retracted_by    uuid
+);
+CREATE INDEX IF NOT EXISTS events_ws_seq ON events (workspace_id, seq);
+
+CREATE TABLE IF NOT EXISTS people_v1 (
+    workspace_id    text NOT NULL,
+    person_id       text NOT NULL,
+    display_name    text,
+    email           text,
+    phone           text,
+    organization    text,
+    title           text,
+    notes           text,
+    added_event_id  uuid NOT NULL,
+    added_at        timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL,
+    last_seq        bigint NOT NULL,
+    retracted       boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (workspace_id, person_id)
+);
+
+-- One row per (pair, event): the audit timeline of a relationship.
+CREATE TABLE IF NOT EXISTS pair_events_v1 (
+    workspace_id    text NOT NULL,
+    person_a        text NOT NULL,
+    person_b        text NOT NULL,
+    event_id        uuid NOT NULL,
+    seq             bigint NOT NULL,
+    type            text NOT NULL,
+    occurred_at     timestamptz NOT NULL,
+    recorded_at     timestamptz NOT NULL,
+    recorded_by     text NOT NULL,
+    detail          jsonb NOT NULL,
+    contribution    double precision NOT NULL,
+    retracted       boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (workspace_id, person_a, person_b, event_id)
+);
+CREATE INDEX IF NOT EXISTS pair_events_v1_event ON pair_events_v1 (event_id);
+
+CREATE TABLE IF NOT EXISTS strength_v1 (
+    workspace_id     text NOT NULL,
+    person_a         text NOT NULL,
+    person_b         text NOT NULL,
+    score            double precision NOT NULL,
+    total            double precision NOT NULL,
+    event_count      int NOT NULL,
+    meetings         int NOT NULL,
+    follow_ups       int NOT NULL,
+    introductions    int NOT NULL,
+    helps            int NOT NULL,
+    ratings          int NOT NULL,
+    first_contact_at timestamptz,
+    last_contact_at  timestamptz,
+    last_seq         bigint NOT NULL,
+    PRIMARY KEY (workspace_id, person_a, person_b)
+);
+CREATE INDEX IF NOT EXISTS strength_v1_a ON strength_v1 (workspace_id, person_a, score DESC);
+CREATE INDEX IF NOT EXISTS strength_v1_b ON strength_v1 (workspace_id, person_b, score DESC);
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id           bigserial PRIMARY KEY,
+    projection   text NOT NULL,
+    stream_seq   bigint NOT NULL,
+    subject      text NOT NULL,
+    reason       text NOT NULL,
+    detail       text NOT NULL,
+    dlq_seq      bigint,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    replayed_at  timestamptz,
+    UNIQUE (projection, stream_seq)
+);
+"""
+
+
+async def ensure_schema(conn: AsyncConnection[object], schema: str) -> None:
+    """Create the schema and every read-model table if missing (idempotent, safe to race)."""
+    async with conn.transaction():
+        # Serialise concurrent starters (API, worker, tests) so CREATE IF NOT EXISTS can't race.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tieline:{schema}",))
+        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+        await conn.execute(DDL.encode())

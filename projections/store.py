@@ -1,0 +1,327 @@
+"""Applies a whole fetched batch to PostgreSQL in one transaction, checkpoint included.
+
+The checkpoint is the JetStream stream sequence. A message at or below it was already applied
+(a redelivery after a crash between commit and ack) and is skipped; an event whose event_id is
+already archived (a re-send beyond JetStream's dedupe window) changes nothing either.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection
+
+from events_schema.models import Event
+from events_schema.registry import EventRegistry
+from projections.changes import PERSON_FIELDS, Changes, changes_for
+from projections.strength import PairSummary
+
+PairKey = tuple[str, str, str]  # workspace, person_a, person_b
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A message from the stream that decoded into a valid event."""
+
+    seq: int
+    subject: str
+    event: Event
+
+
+@dataclass(frozen=True)
+class Poison:
+    """A message that can never be applied as it is; it goes to the dead-letter subject."""
+
+    seq: int
+    subject: str
+    raw: bytes
+    reason: str
+    detail: str
+    dlq_seq: int | None = None
+
+
+Item = Decoded | Poison
+
+
+@dataclass
+class BatchResult:
+    applied: int = 0
+    redelivered: int = 0
+    duplicate_ids: int = 0
+    poison: int = 0
+    last_seq: int = 0
+    orphan_retractions: list[str] = field(default_factory=list)
+
+
+class ProjectionStore:
+    """The thin I/O layer under the pure projection functions."""
+
+    def __init__(self, registry: EventRegistry, projection: str = "main") -> None:
+        self.registry = registry
+        self.projection = projection
+
+    async def checkpoint(self, conn: AsyncConnection[Any]) -> int:
+        cur = await conn.execute(
+            "SELECT last_seq FROM checkpoints WHERE projection = %s", (self.projection,)
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def apply(self, conn: AsyncConnection[Any], items: Sequence[Item]) -> BatchResult:
+        """Apply ``items`` (in stream order) and advance the checkpoint, atomically."""
+        result = BatchResult()
+        if not items:
+            return result
+        async with conn.transaction():
+            last = await self._lock_checkpoint(conn)
+            fresh = [i for i in items if i.seq > last]
+            result.redelivered = len(items) - len(fresh)
+            if not fresh:
+                result.last_seq = last
+                return result
+            decoded = [i for i in fresh if isinstance(i, Decoded)]
+            poison = [i for i in fresh if isinstance(i, Poison)]
+            new = await self._archive(conn, decoded)
+            result.duplicate_ids = len(decoded) - len(new)
+            result.applied = len(new)
+            await self._apply_changes(conn, new, result)
+            await self._dead_letters(conn, poison)
+            result.poison = len(poison)
+            result.last_seq = max(i.seq for i in fresh)
+            await conn.execute(
+                "UPDATE checkpoints SET last_seq = %s, updated_at = now() "
+                "WHERE projection = %s AND last_seq < %s",
+                (result.last_seq, self.projection, result.last_seq),
+            )
+            await conn.execute("SELECT pg_notify('tieline_checkpoint', %s)", (str(result.last_seq),))
+        return result
+
+    async def _lock_checkpoint(self, conn: AsyncConnection[Any]) -> int:
+        await conn.execute(
+            "INSERT INTO checkpoints (projection, last_seq) VALUES (%s, 0) "
+            "ON CONFLICT (projection) DO NOTHING",
+            (self.projection,),
+        )
+        cur = await conn.execute(
+            "SELECT last_seq FROM checkpoints WHERE projection = %s FOR UPDATE", (self.projection,)
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def _archive(self, conn: AsyncConnection[Any], items: list[Decoded]) -> list[Decoded]:
+        """Insert into the archive; return the items whose event_id was new."""
+        if not items:
+            return []
+        cols: dict[str, list[Any]] = defaultdict(list)
+        for it in items:
+            e = it.event
+            cols["event_id"].append(e.event_id)
+            cols["seq"].append(it.seq)
+            cols["ws"].append(e.workspace_id)
+            cols["type"].append(e.type)
+            cols["ver"].append(e.schema_version)
+            cols["occ"].append(e.occurred_at)
+            cols["rec"].append(e.recorded_at)
+            cols["by"].append(e.recorded_by)
+            cols["subject"].append(it.subject)
+            cols["payload"].append(self.registry.encode(e).decode())
+        cur = await conn.execute(
+            """
+            INSERT INTO events (event_id, seq, workspace_id, type, schema_version, occurred_at,
+                                recorded_at, recorded_by, subject, payload)
+            SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::int[],
+                                 %s::timestamptz[], %s::timestamptz[], %s::text[], %s::text[],
+                                 %s::jsonb[])
+            ON CONFLICT DO NOTHING
+            RETURNING event_id
+            """,
+            [cols[k] for k in ("event_id", "seq", "ws", "type", "ver", "occ", "rec", "by",
+                               "subject", "payload")],
+        )
+        inserted = {row[0] for row in await cur.fetchall()}
+        seen: set[UUID] = set()
+        new: list[Decoded] = []
+        for it in items:
+            eid = it.event.event_id
+            if eid in inserted and eid not in seen:
+                seen.add(eid)
+                new.append(it)
+        return new
+
+    async def _apply_changes(
+        self, conn: AsyncConnection[Any], items: list[Decoded], result: BatchResult
+    ) -> None:
+        adds: list[tuple[Any, ...]] = []
+        updates: list[tuple[Decoded, dict[str, Any]]] = []
+        pair_rows: list[tuple[Any, ...]] = []
+        deltas: dict[PairKey, list[tuple[str, float, Any]]] = defaultdict(list)
+        retractions: list[Decoded] = []
+        for it in items:
+            e = it.event
+            ch: Changes = changes_for(e)
+            if ch.person_added is not None:
+                p = ch.person_added
+                adds.append((e.workspace_id, p["person_id"], *(p[f] for f in PERSON_FIELDS),
+                             e.event_id, e.occurred_at, e.occurred_at, it.seq))
+            if ch.person_updated is not None:
+                updates.append((it, ch.person_updated))
+            for r in ch.pair_rows:
+                pair_rows.append((e.workspace_id, r.person_a, r.person_b, e.event_id, it.seq,
+                                  e.type, e.occurred_at, e.recorded_at, e.recorded_by,
+                                  json.dumps(r.detail), r.contribution))
+                deltas[(e.workspace_id, r.person_a, r.person_b)].append(
+                    (e.type, r.contribution, e.occurred_at))
+            if ch.retracts is not None:
+                retractions.append(it)
+        async with conn.cursor() as cur:
+            if adds:
+                await cur.executemany(
+                    """INSERT INTO people_v1 (workspace_id, person_id, display_name, email, phone,
+                           organization, title, notes, added_event_id, added_at, updated_at,
+                           last_seq)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                       ON CONFLICT (workspace_id, person_id) DO NOTHING""",
+                    adds,
+                )
+            for it, upd in updates:
+                await self._update_person(conn, it, upd)
+            if pair_rows:
+                await cur.executemany(
+                    """INSERT INTO pair_events_v1 (workspace_id, person_a, person_b, event_id, seq,
+                           type, occurred_at, recorded_at, recorded_by, detail, contribution)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s)
+                       ON CONFLICT DO NOTHING""",
+                    pair_rows,
+                )
+        if deltas:
+            await self._fold_pairs(conn, deltas, items[-1].seq)
+        for it in retractions:
+            await self._retract(conn, it, result)
+
+    async def _update_person(
+        self, conn: AsyncConnection[Any], it: Decoded, upd: dict[str, Any]
+    ) -> None:
+        sets = ", ".join(f"{f} = %s" for f in PERSON_FIELDS if f in upd)
+        values = [upd[f] for f in PERSON_FIELDS if f in upd]
+        await conn.execute(
+            f"UPDATE people_v1 SET {sets}, updated_at = GREATEST(updated_at, %s), last_seq = %s "
+            "WHERE workspace_id = %s AND person_id = %s",
+            (*values, it.event.occurred_at, it.seq, it.event.workspace_id, upd["person_id"]),
+        )
+
+    async def _load_summaries(
+        self, conn: AsyncConnection[Any], keys: list[PairKey]
+    ) -> dict[PairKey, PairSummary]:
+        cur = await conn.execute(
+            """SELECT s.workspace_id, s.person_a, s.person_b, total, event_count, meetings,
+                      follow_ups, introductions, helps, ratings, first_contact_at, last_contact_at
+               FROM strength_v1 s
+               JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(ws, a, b)
+                 ON s.workspace_id = k.ws AND s.person_a = k.a AND s.person_b = k.b
+               FOR UPDATE OF s""",
+            ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+        )
+        out: dict[PairKey, PairSummary] = {}
+        for row in await cur.fetchall():
+            out[(row[0], row[1], row[2])] = PairSummary(*row[3:])
+        return out
+
+    async def _fold_pairs(
+        self,
+        conn: AsyncConnection[Any],
+        deltas: dict[PairKey, list[tuple[str, float, Any]]],
+        seq: int,
+    ) -> None:
+        keys = sorted(deltas)  # a stable lock order keeps concurrent writers deadlock-free
+        current = await self._load_summaries(conn, keys)
+        rows = []
+        for key in keys:
+            summary = current.get(key, PairSummary())
+            for event_type, points, occurred_at in deltas[key]:
+                summary = summary.add(event_type, points, occurred_at)
+            rows.append(self._summary_row(key, summary, seq))
+        await self._upsert_summaries(conn, rows)
+
+    @staticmethod
+    def _summary_row(key: PairKey, s: PairSummary, seq: int) -> tuple[Any, ...]:
+        return (*key, s.score, s.total, s.event_count, s.meetings, s.follow_ups, s.introductions,
+                s.helps, s.ratings, s.first_contact_at, s.last_contact_at, seq)
+
+    @staticmethod
+    async def _upsert_summaries(conn: AsyncConnection[Any], rows: list[tuple[Any, ...]]) -> None:
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                """INSERT INTO strength_v1 (workspace_id, person_a, person_b, score, total,
+                       event_count, meetings, follow_ups, introductions, helps, ratings,
+                       first_contact_at, last_contact_at, last_seq)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                   ON CONFLICT (workspace_id, person_a, person_b) DO UPDATE SET
+                       score = EXCLUDED.score, total = EXCLUDED.total,
+                       event_count = EXCLUDED.event_count, meetings = EXCLUDED.meetings,
+                       follow_ups = EXCLUDED.follow_ups, introductions = EXCLUDED.introductions,
+                       helps = EXCLUDED.helps, ratings = EXCLUDED.ratings,
+                       first_contact_at = EXCLUDED.first_contact_at,
+                       last_contact_at = EXCLUDED.last_contact_at, last_seq = EXCLUDED.last_seq""",
+                rows,
+            )
+
+    async def _retract(self, conn: AsyncConnection[Any], it: Decoded, result: BatchResult) -> None:
+        """Remove exactly the retracted event's effect (same workspace only)."""
+        target = getattr(it.event, "retracted_event_id")  # noqa: B009
+        ws = it.event.workspace_id
+        cur = await conn.execute(
+            "UPDATE events SET retracted_by = %s WHERE event_id = %s AND workspace_id = %s "
+            "AND retracted_by IS NULL RETURNING type, payload->>'person_id'",
+            (it.event.event_id, target, ws),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            result.orphan_retractions.append(str(target))
+            return
+        if row[0] == "person.added":
+            await conn.execute(
+                "UPDATE people_v1 SET retracted = true, last_seq = %s "
+                "WHERE workspace_id = %s AND person_id = %s",
+                (it.seq, ws, row[1]),
+            )
+            return
+        cur = await conn.execute(
+            "UPDATE pair_events_v1 SET retracted = true WHERE event_id = %s AND workspace_id = %s "
+            "RETURNING person_a, person_b",
+            (target, ws),
+        )
+        for a, b in await cur.fetchall():
+            await self._recompute_pair(conn, (ws, a, b), it.seq)
+
+    async def _recompute_pair(self, conn: AsyncConnection[Any], key: PairKey, seq: int) -> None:
+        cur = await conn.execute(
+            "SELECT type, contribution, occurred_at FROM pair_events_v1 "
+            "WHERE workspace_id = %s AND person_a = %s AND person_b = %s AND NOT retracted",
+            key,
+        )
+        summary = PairSummary()
+        for event_type, points, occurred_at in await cur.fetchall():
+            summary = summary.add(event_type, points, occurred_at)
+        if summary.event_count == 0:
+            await conn.execute(
+                "DELETE FROM strength_v1 WHERE workspace_id = %s AND person_a = %s "
+                "AND person_b = %s", key)
+            return
+        await self._upsert_summaries(conn, [self._summary_row(key, summary, seq)])
+
+    async def _dead_letters(self, conn: AsyncConnection[Any], poison: list[Poison]) -> None:
+        if not poison:
+            return
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO dead_letters (projection, stream_seq, subject, reason, detail, "
+                "dlq_seq) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                [(self.projection, p.seq, p.subject, p.reason, p.detail[:2000], p.dlq_seq)
+                 for p in poison],
+            )

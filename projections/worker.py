@@ -1,0 +1,306 @@
+"""The projection worker process: fetch a batch from a durable pull consumer, apply it in one
+PostgreSQL transaction with the checkpoint, and only then acknowledge.
+
+It never acknowledges first and never drops an event: a database outage is retried with
+backoff while the batch is held; an event that can never be applied (invalid bytes, an unknown
+type or version, a workspace that does not match its subject, or one that keeps failing) is
+parked in the dead-letter subject with the reason and its original bytes, and everything after
+it keeps flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from psycopg import AsyncConnection
+
+from events_schema.registry import REGISTRY, EventDecodeError, EventRegistry
+from projections.schema import ensure_schema
+from projections.store import BatchResult, Decoded, Item, Poison, ProjectionStore
+from services.config import Settings
+from services.infra import db
+from services.infra.jetstream import connect_nats, ensure_streams
+from services.infra.subjects import dlq_subject, event_subject, workspace_of_subject
+
+log = structlog.get_logger(__name__)
+
+_HEADER_UNSAFE = re.compile(r"[\r\n]+")
+
+
+def classify(registry: EventRegistry, settings: Settings, seq: int, subject: str,
+             data: bytes) -> Item:
+    """Decode one message from the log, or say why it is poison. Pure: no I/O."""
+    if len(data) > settings.max_event_bytes:
+        return Poison(seq, subject, data, "too_large",
+                      f"{len(data)} bytes exceeds the {settings.max_event_bytes}-byte event limit")
+    try:
+        event = registry.decode(data)
+    except EventDecodeError as exc:
+        return Poison(seq, subject, data, exc.reason, str(exc))
+    if workspace_of_subject(settings.subject_prefix, subject) != event.workspace_id:
+        return Poison(seq, subject, data, "workspace_mismatch",
+                      f"workspace_id {event.workspace_id!r} does not match subject {subject!r}")
+    expected = event_subject(settings.subject_prefix, event)
+    if subject != expected:
+        return Poison(seq, subject, data, "subject_mismatch",
+                      f"a {event.type} event belongs on {expected!r}, not {subject!r}")
+    return Decoded(seq, subject, event)
+
+
+@dataclass
+class WorkerStats:
+    """Counters exposed in logs (and, through Postgres, to /readyz)."""
+
+    batches: int = 0
+    applied: int = 0
+    redelivered: int = 0
+    duplicate_ids: int = 0
+    dead_lettered: int = 0
+    last_seq: int = 0
+    attempts: dict[int, int] = field(default_factory=dict)
+
+
+class Worker:
+    """Composition of one projection consumer: NATS in, PostgreSQL out."""
+
+    def __init__(self, settings: Settings, registry: EventRegistry = REGISTRY) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.store = ProjectionStore(registry, projection=settings.consumer_name)
+        self.stats = WorkerStats()
+        self.nc: NatsClient | None = None
+        self.js: JetStreamContext | None = None
+        self.pg: AsyncConnection[Any] | None = None
+        self._lock_conn: AsyncConnection[Any] | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._stopping = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, create the stream, schema and durable consumer; take the single-consumer
+        lock so two instances of the same projection never apply the same batches."""
+        self.nc = await connect_nats(self.settings, name=f"tieline-worker-{self.settings.consumer_name}")
+        self.js = self.nc.jetstream()
+        await ensure_streams(self.js, self.settings)
+        await self._connect_pg()
+        await self._acquire_lock()
+        self._sub = await self.js.pull_subscribe(
+            subject=f"{self.settings.subject_prefix}.ev.>",
+            durable=self.settings.consumer_name,
+            stream=self.settings.stream_name,
+            config=js_api.ConsumerConfig(
+                ack_policy=js_api.AckPolicy.ALL,
+                deliver_policy=js_api.DeliverPolicy.ALL,
+                ack_wait=60,
+                max_ack_pending=max(self.settings.batch_size * 4, 1000),
+                max_deliver=-1,
+            ),
+        )
+        self.stats.last_seq = await self.store.checkpoint(self._conn())
+        log.info("worker.started", consumer=self.settings.consumer_name,
+                 checkpoint=self.stats.last_seq)
+
+    async def _connect_pg(self) -> None:
+        self.pg = await db.connect(self.settings)
+        await ensure_schema(self.pg, self.settings.database_schema)
+
+    async def _acquire_lock(self) -> None:
+        self._lock_conn = await db.connect(self.settings, autocommit=True)
+        key = f"tieline-worker:{self.settings.database_schema}:{self.settings.consumer_name}"
+        while True:
+            cur = await self._lock_conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
+            row = await cur.fetchone()
+            if row and row[0]:
+                return
+            log.info("worker.standby", reason="another instance holds the projection lock")
+            await asyncio.sleep(1.0)
+
+    def _conn(self) -> AsyncConnection[Any]:
+        assert self.pg is not None
+        return self.pg
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def close(self) -> None:
+        for conn in (self.pg, self._lock_conn):
+            if conn is not None:
+                await conn.close()
+        if self.nc is not None and not self.nc.is_closed:
+            await self.nc.close()
+
+    async def run(self) -> None:
+        """Process batches until :meth:`stop` is called."""
+        while not self._stopping.is_set():
+            await self.run_once()
+
+    # -- one batch ------------------------------------------------------------------------
+
+    async def run_once(self) -> BatchResult | None:
+        """Fetch one batch, apply it, acknowledge it. Returns None when nothing arrived."""
+        assert self._sub is not None
+        try:
+            msgs = await self._sub.fetch(self.settings.batch_size,
+                                         timeout=self.settings.fetch_timeout_s)
+        except (TimeoutError, NatsTimeout):
+            return None
+        if not msgs:
+            return None
+        items = [self._classify(m) for m in msgs]
+        items = await self._park_poison(items)
+        result = await self._apply_with_retry(msgs, items)
+        # Ack only after commit. AckPolicy.ALL: acking the last acknowledges the whole batch.
+        await msgs[-1].ack()
+        self._count(result)
+        return result
+
+    def _classify(self, msg: Msg) -> Item:
+        seq = msg.metadata.sequence.stream
+        return classify(self.registry, self.settings, seq, msg.subject, msg.data)
+
+    async def _park_poison(self, items: list[Item]) -> list[Item]:
+        """Publish every poison message to the dead-letter subject before the transaction that
+        records it commits (dedupe by Nats-Msg-Id makes a retry after a crash harmless)."""
+        out: list[Item] = []
+        for it in items:
+            if isinstance(it, Poison) and it.dlq_seq is None and it.seq > self.stats.last_seq:
+                it = Poison(it.seq, it.subject, it.raw, it.reason, it.detail,
+                            await self._publish_dead_letter(it))
+                log.warning("worker.dead_lettered", seq=it.seq, subject=it.subject,
+                            reason=it.reason, detail=it.detail[:200])
+            out.append(it)
+        return out
+
+    async def _publish_dead_letter(self, p: Poison) -> int:
+        assert self.js is not None
+        headers = {
+            "Nats-Msg-Id": f"{self.settings.consumer_name}:{p.seq}",
+            "Tieline-Reason": p.reason,
+            "Tieline-Detail": _HEADER_UNSAFE.sub(" ", p.detail)[:1000],
+            "Tieline-Original-Subject": p.subject,
+            "Tieline-Original-Seq": str(p.seq),
+            "Tieline-Projection": self.settings.consumer_name,
+        }
+        subject = dlq_subject(self.settings.subject_prefix, self.settings.consumer_name)
+        while True:
+            try:
+                ack = await self.js.publish(subject, p.raw, headers=headers,
+                                            stream=f"{self.settings.stream_name}_DLQ", timeout=5)
+                return int(ack.seq)
+            except Exception as exc:
+                log.warning("worker.dlq_publish_retry", error=str(exc))
+                await asyncio.sleep(0.5)
+
+    async def _apply_with_retry(self, msgs: list[Msg], items: list[Item]) -> BatchResult:
+        delay = 0.1
+        while True:
+            try:
+                return await self.store.apply(self._conn(), items)
+            except psycopg.OperationalError as exc:
+                # Database down or restarting: hold the batch (unacknowledged), back off,
+                # reconnect, and try the very same batch again.
+                log.warning("worker.db_unavailable", error=str(exc), retry_in=delay)
+                await self._keep_alive(msgs)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                await self._reconnect_pg()
+            except Exception as exc:
+                log.exception("worker.apply_failed", error=str(exc))
+                items = await self._isolate_failures(items, exc)
+
+    async def _keep_alive(self, msgs: list[Msg]) -> None:
+        for m in msgs:
+            try:
+                await m.in_progress()
+            except Exception:
+                return
+
+    async def _reconnect_pg(self) -> None:
+        try:
+            if self.pg is not None:
+                await self.pg.close()
+            await self._connect_pg()
+            if self._lock_conn is None or self._lock_conn.closed:
+                await self._acquire_lock()
+        except psycopg.OperationalError as exc:
+            log.warning("worker.reconnect_failed", error=str(exc))
+
+    async def _isolate_failures(self, items: list[Item], exc: Exception) -> list[Item]:
+        """Find the events that fail on their own; after ``max_attempts`` park them."""
+        out: list[Item] = []
+        for it in items:
+            if isinstance(it, Poison):
+                out.append(it)
+                continue
+            try:
+                async with self._conn().transaction():
+                    await self.store.apply(self._conn(), [it])
+                    raise _ProbeRollback
+            except _ProbeRollback:
+                out.append(it)
+                continue
+            except psycopg.OperationalError:
+                raise
+            except Exception as one:
+                n = self.stats.attempts.get(it.seq, 0) + 1
+                self.stats.attempts[it.seq] = n
+                if n < self.settings.max_attempts:
+                    await asyncio.sleep(min(0.1 * 2**n, 5.0))
+                    out.append(it)
+                    continue
+                poison = Poison(it.seq, it.subject, self.registry.encode(it.event),
+                                "apply_failed", f"{type(one).__name__}: {one}")
+                poison = Poison(poison.seq, poison.subject, poison.raw, poison.reason,
+                                poison.detail, await self._publish_dead_letter(poison))
+                out.append(poison)
+        del exc
+        return out
+
+    def _count(self, r: BatchResult) -> None:
+        s = self.stats
+        s.batches += 1
+        s.applied += r.applied
+        s.redelivered += r.redelivered
+        s.duplicate_ids += r.duplicate_ids
+        s.dead_lettered += r.poison
+        s.last_seq = max(s.last_seq, r.last_seq)
+        if r.orphan_retractions:
+            log.warning("worker.orphan_retractions", event_ids=r.orphan_retractions)
+        log.debug("worker.batch", applied=r.applied, redelivered=r.redelivered,
+                  duplicates=r.duplicate_ids, poison=r.poison, last_seq=r.last_seq)
+
+
+class _ProbeRollback(Exception):
+    """Raised to roll back a trial application of one event."""
+
+
+def create_app(settings: Settings) -> Worker:
+    """Composition root of the projection worker (connects nothing until ``start``)."""
+    return Worker(settings)
+
+
+async def serve(settings: Settings) -> None:
+    """Run the worker until SIGTERM/SIGINT."""
+    import signal
+
+    worker = create_app(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    await worker.start()
+    try:
+        await worker.run()
+    finally:
+        await worker.close()
+        log.info("worker.stopped", applied=worker.stats.applied, last_seq=worker.stats.last_seq)

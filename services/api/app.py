@@ -1,0 +1,329 @@
+"""Composition root of the HTTP API (FastAPI). OpenAPI at /docs and /openapi.json."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+from uuid import uuid4
+
+import structlog
+from fastapi import FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse
+from nats.aio.client import Client as NatsClient
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel, ConfigDict, Field
+
+from projections.schema import ensure_schema
+from services.api import queries
+from services.config import Settings
+from services.infra import db
+from services.infra.jetstream import connect_nats, ensure_streams
+from services.infra.subjects import command_subject
+from services.service_app import service_for
+
+log = structlog.get_logger(__name__)
+
+WS = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Workspace id")]
+PID = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Person id")]
+MinSeq = Annotated[int | None, Query(ge=0, description=(
+    "Read-your-writes: wait (bounded) until the projection has applied this stream sequence; "
+    "503 if it does not in time."))]
+#: Lines per request/reply command; keeps each NATS message well under its payload limit.
+CHUNK_LINES = 500
+
+
+class PersonIn(BaseModel):
+    """A person to add. ``person_id`` is generated when left out."""
+
+    model_config = ConfigDict(extra="forbid")
+    person_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    display_name: str
+    email: str | None = None
+    phone: str | None = None
+    organization: str | None = None
+    title: str | None = None
+    notes: str | None = None
+    event_id: str | None = None
+    occurred_at: str | None = None
+
+
+class WriteResult(BaseModel):
+    status: int
+    event_id: str | None = None
+    person_id: str | None = None
+    seq: int | None = None
+    duplicate: bool = False
+    error: str | None = None
+    errors: list[dict[str, Any]] = []
+
+
+class BatchResult(BaseModel):
+    accepted: int
+    rejected: int
+    last_seq: int | None
+    results: list[WriteResult]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, detail: list[dict[str, Any]] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.detail = detail or []
+
+
+class Runtime:
+    """Connections the API holds; created in the lifespan, never at import time."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pool: AsyncConnectionPool = db.make_pool(settings, min_size=2, max_size=16)
+        self.nc: NatsClient | None = None
+
+    async def command(self, ws: str, service: str, items: list[Any], actor: str,
+                      correlation_id: str) -> list[dict[str, Any]]:
+        assert self.nc is not None
+        subject = command_subject(self.settings.subject_prefix, ws, service, "record")
+        body = json.dumps({"actor": actor, "correlation_id": correlation_id, "items": items},
+                          default=str).encode()
+        try:
+            reply = await self.nc.request(subject, body, timeout=self.settings.command_timeout_s)
+        except NoRespondersError as exc:
+            raise ApiError(503, f"the {service} service is not running") from exc
+        except NatsTimeout as exc:
+            raise ApiError(503, f"the {service} service did not answer in time") from exc
+        data = json.loads(reply.data)
+        if "results" not in data or len(data["results"]) != len(items):
+            raise ApiError(502, f"the {service} service answered: {data.get('error')}")
+        results: list[dict[str, Any]] = data["results"]
+        return results
+
+    async def wait_for_seq(self, min_seq: int | None) -> None:
+        """Read-your-writes: poll the checkpoint until it reaches ``min_seq`` (bounded)."""
+        if not min_seq:
+            return
+        deadline = time.monotonic() + self.settings.min_seq_wait_s
+        delay = 0.001
+        while True:
+            async with self.pool.connection() as conn:
+                seen = await queries.checkpoint(conn, self.settings.consumer_name)
+            if seen >= min_seq:
+                return
+            if time.monotonic() >= deadline:
+                raise ApiError(503, f"projection has reached seq {seen}, not min_seq {min_seq}, "
+                                    f"within {self.settings.min_seq_wait_s:g}s; retry later")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.02)
+
+
+def _actor(request: Request) -> str:
+    # Until authentication lands, the caller names itself; it is recorded as recorded_by.
+    return request.headers.get("x-tieline-actor", "anonymous")[:200] or "anonymous"
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"body: larger than the {limit}-byte limit",
+                       [{"loc": ["body"], "msg": f"larger than {limit} bytes"}])
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"body: larger than the {limit}-byte limit",
+                           [{"loc": ["body"], "msg": f"larger than {limit} bytes"}])
+    return body
+
+
+def _parse_json(raw: bytes, loc: list[str]) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(422, f"{'.'.join(loc)}: not valid JSON ({exc})",
+                       [{"loc": loc, "msg": f"not valid JSON: {exc}"}]) from exc
+
+
+def _single_response(result: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(WriteResult(**result).model_dump(exclude_none=True),
+                        status_code=result["status"])
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the API; connections open in the lifespan."""
+    rt = Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        rt.nc = await connect_nats(settings, name="tieline-api")
+        await ensure_streams(rt.nc.jetstream(), settings)
+        await rt.pool.open(wait=True)
+        async with rt.pool.connection() as conn:
+            await ensure_schema(conn, settings.database_schema)
+        log.info("api.started", port=settings.api_port)
+        yield
+        await rt.pool.close()
+        await rt.nc.drain()
+
+    app = FastAPI(title="tieline", version="0.1.0", lifespan=lifespan,
+                  description="Event-sourced relationship backend. Writes return the stream "
+                              "sequence; reads accept ?min_seq for read-your-writes.")
+    app.state.runtime = rt
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": str(exc), "detail": exc.detail}, status_code=exc.status)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> JSONResponse:
+        checks: dict[str, Any] = {}
+        ok = True
+        try:
+            assert rt.nc is not None and rt.nc.is_connected
+            info = await rt.nc.jetstream().stream_info(settings.stream_name)
+            checks["nats"] = "ok"
+            stream_seq = int(info.state.last_seq)
+        except Exception as exc:
+            checks["nats"] = f"unavailable: {type(exc).__name__}"
+            ok, stream_seq = False, -1
+        try:
+            async with rt.pool.connection(timeout=2) as conn:
+                seen = await queries.checkpoint(conn, settings.consumer_name)
+            checks["postgres"] = "ok"
+        except Exception as exc:
+            checks["postgres"] = f"unavailable: {type(exc).__name__}"
+            ok, seen = False, -1
+        if stream_seq >= 0 and seen >= 0:
+            lag = max(stream_seq - seen, 0)
+            checks["projection"] = {"stream_seq": stream_seq, "checkpoint": seen, "lag": lag}
+            ok = ok and lag <= settings.ready_max_lag
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    @app.post("/v1/workspaces/{ws}/people", tags=["people"], status_code=201,
+              response_model=WriteResult, responses={409: {}, 413: {}, 422: {}})
+    async def add_person(ws: WS, person: PersonIn, request: Request) -> JSONResponse:
+        obj = {"type": "person.added", **person.model_dump(exclude_none=True)}
+        obj.setdefault("person_id", uuid4().hex)
+        [result] = await rt.command(ws, "people", [obj], _actor(request), str(uuid4()))
+        if result["status"] < 300:
+            result["person_id"] = obj["person_id"]
+        return _single_response(result)
+
+    @app.post("/v1/workspaces/{ws}/events", tags=["events"], status_code=201,
+              response_model=WriteResult, responses={404: {}, 409: {}, 413: {}, 422: {}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": {"type": "object", "description":
+                      "One event object: `type` plus its fields (see events_schema/jsonschema)."
+                      " event_id, occurred_at, correlation_id and causation_id are optional."
+                  }}}}})
+    async def record_event(ws: WS, request: Request) -> JSONResponse:
+        raw = await _read_body(request, settings.max_event_bytes)
+        obj = _parse_json(raw, ["body"])
+        if not isinstance(obj, dict):
+            raise ApiError(422, "body: an event must be a JSON object",
+                           [{"loc": ["body"], "msg": "must be a JSON object"}])
+        [result] = await rt.command(ws, service_for(obj.get("type")), [obj], _actor(request),
+                                    str(uuid4()))
+        return _single_response(result)
+
+    @app.post("/v1/workspaces/{ws}/events/batch", tags=["events"], response_model=BatchResult,
+              responses={413: {}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/x-ndjson": {"schema": {"type": "string", "description":
+                      "JSON Lines: one event object per line; blank lines are skipped."}}}}})
+    async def record_batch(ws: WS, request: Request) -> BatchResult:
+        raw = await _read_body(request, settings.max_batch_bytes)
+        lines = [ln for ln in raw.splitlines()]
+        if len(lines) > settings.max_batch_lines:
+            raise ApiError(413, f"body: more than {settings.max_batch_lines} lines")
+        results: list[dict[str, Any] | None] = [None] * len(lines)
+        runs: list[tuple[str, list[int]]] = []  # consecutive lines for the same service
+        objs: dict[int, Any] = {}
+        for i, line in enumerate(lines):
+            if not line.strip():
+                results[i] = {"status": 204}
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                results[i] = {"status": 422, "error": f"line {i + 1}: not valid JSON ({exc})",
+                              "errors": [{"loc": ["line", str(i + 1)], "msg": "not valid JSON"}]}
+                continue
+            objs[i] = obj
+            service = service_for(obj.get("type") if isinstance(obj, dict) else None)
+            if runs and runs[-1][0] == service and len(runs[-1][1]) < CHUNK_LINES:
+                runs[-1][1].append(i)
+            else:
+                runs.append((service, [i]))
+        correlation = str(uuid4())
+        for service, idx in runs:
+            out = await rt.command(ws, service, [objs[i] for i in idx], _actor(request),
+                                   correlation)
+            for i, r in zip(idx, out, strict=True):
+                results[i] = r
+        final = [WriteResult(**r) for r in results if r is not None and r["status"] != 204]
+        seqs = [r.seq for r in final if r.seq is not None]
+        accepted = sum(1 for r in final if r.status < 300)
+        return BatchResult(accepted=accepted, rejected=len(final) - accepted,
+                           last_seq=max(seqs) if seqs else None, results=final)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    @app.get("/v1/workspaces/{ws}/people", tags=["people"])
+    async def list_people(ws: WS, min_seq: MinSeq = None,
+                          limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                          after: str | None = None) -> dict[str, Any]:
+        await rt.wait_for_seq(min_seq)
+        async with rt.pool.connection() as conn:
+            rows = await queries.list_people(conn, ws, limit, after)
+        return {"people": rows, "next": rows[-1]["person_id"] if len(rows) == limit else None}
+
+    @app.get("/v1/workspaces/{ws}/people/{person}", tags=["people"])
+    async def get_person(ws: WS, person: PID, min_seq: MinSeq = None) -> dict[str, Any]:
+        await rt.wait_for_seq(min_seq)
+        async with rt.pool.connection() as conn:
+            row = await queries.get_person(conn, ws, person)
+        if row is None:
+            raise HTTPException(404, f"person {person!r} not found")
+        return row
+
+    @app.get("/v1/workspaces/{ws}/relationships/{person_a}/{person_b}", tags=["relationships"])
+    async def strength(ws: WS, person_a: PID, person_b: PID,
+                       min_seq: MinSeq = None) -> dict[str, Any]:
+        await rt.wait_for_seq(min_seq)
+        async with rt.pool.connection() as conn:
+            row = await queries.get_strength(conn, ws, person_a, person_b)
+        if row is None:
+            raise HTTPException(404, "no recorded relationship between these people")
+        return row
+
+    @app.get("/v1/workspaces/{ws}/people/{person}/relationships", tags=["relationships"])
+    async def relationships(ws: WS, person: PID, min_seq: MinSeq = None,
+                            order: Literal["strength", "recent"] = "strength",
+                            limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
+        await rt.wait_for_seq(min_seq)
+        async with rt.pool.connection() as conn:
+            rows = await queries.person_relationships(conn, ws, person, order, limit)
+        return {"person": person, "order": order, "relationships": rows}
+
+    @app.get("/v1/workspaces/{ws}/relationships/{person_a}/{person_b}/timeline",
+             tags=["relationships"])
+    async def timeline(ws: WS, person_a: PID, person_b: PID, min_seq: MinSeq = None,
+                       limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> dict[str, Any]:
+        await rt.wait_for_seq(min_seq)
+        async with rt.pool.connection() as conn:
+            rows = await queries.timeline(conn, ws, person_a, person_b, limit)
+        a, b = queries.ordered(person_a, person_b)
+        return {"person_a": a, "person_b": b, "events": rows}
+
+    return app

@@ -1,0 +1,76 @@
+"""Read-model queries. Every query is scoped by workspace_id first: a read can never see
+another workspace's rows, whatever ids it is given."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+
+Row = dict[str, Any]
+
+
+def ordered(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a < b else (b, a)
+
+
+async def checkpoint(conn: AsyncConnection[Any], projection: str) -> int:
+    cur = await conn.execute("SELECT last_seq FROM checkpoints WHERE projection = %s",
+                             (projection,))
+    row = await cur.fetchone()
+    return int(row["last_seq"]) if row else 0
+
+
+async def list_people(conn: AsyncConnection[Any], ws: str, limit: int, after: str | None
+                      ) -> list[Row]:
+    cur = await conn.execute(
+        """SELECT person_id, display_name, email, phone, organization, title, added_at, updated_at
+           FROM people_v1 WHERE workspace_id = %s AND NOT retracted AND person_id > %s
+           ORDER BY person_id LIMIT %s""",
+        (ws, after or "", limit))
+    return await cur.fetchall()
+
+
+async def get_person(conn: AsyncConnection[Any], ws: str, person: str) -> Row | None:
+    cur = await conn.execute(
+        """SELECT person_id, display_name, email, phone, organization, title, notes, added_at,
+                  updated_at FROM people_v1
+           WHERE workspace_id = %s AND person_id = %s AND NOT retracted""", (ws, person))
+    return await cur.fetchone()
+
+
+STRENGTH_COLS = """score, event_count, meetings, follow_ups, introductions, helps, ratings,
+                   first_contact_at, last_contact_at"""
+
+
+async def get_strength(conn: AsyncConnection[Any], ws: str, a: str, b: str) -> Row | None:
+    pa, pb = ordered(a, b)
+    cur = await conn.execute(
+        f"SELECT person_a, person_b, {STRENGTH_COLS} FROM strength_v1 "
+        "WHERE workspace_id = %s AND person_a = %s AND person_b = %s", (ws, pa, pb))
+    return await cur.fetchone()
+
+
+async def person_relationships(conn: AsyncConnection[Any], ws: str, person: str, order: str,
+                               limit: int) -> list[Row]:
+    key = "score DESC" if order == "strength" else "last_contact_at DESC NULLS LAST"
+    cur = await conn.execute(
+        f"""SELECT * FROM (
+              SELECT person_b AS other, {STRENGTH_COLS} FROM strength_v1
+               WHERE workspace_id = %(ws)s AND person_a = %(p)s
+              UNION ALL
+              SELECT person_a AS other, {STRENGTH_COLS} FROM strength_v1
+               WHERE workspace_id = %(ws)s AND person_b = %(p)s
+            ) t ORDER BY {key}, other LIMIT %(limit)s""",
+        {"ws": ws, "p": person, "limit": limit})
+    return await cur.fetchall()
+
+
+async def timeline(conn: AsyncConnection[Any], ws: str, a: str, b: str, limit: int) -> list[Row]:
+    pa, pb = ordered(a, b)
+    cur = await conn.execute(
+        """SELECT event_id, seq, type, occurred_at, recorded_at, recorded_by, detail,
+                  contribution, retracted
+           FROM pair_events_v1 WHERE workspace_id = %s AND person_a = %s AND person_b = %s
+           ORDER BY occurred_at, seq LIMIT %s""", (ws, pa, pb, limit))
+    return await cur.fetchall()

@@ -1,0 +1,1 @@
+"""The ``tieline`` command line: run everything (``tieline up``) and record or read events."""

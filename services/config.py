@@ -1,0 +1,58 @@
+"""Settings for every tieline process, read from the environment (``TIELINE_*``) or passed in.
+
+Nothing reads settings at import time: each composition root (``create_app(settings)``) takes a
+:class:`Settings` object, so tests build their own.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration shared by the services, the projection worker and the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="TIELINE_", extra="ignore")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_user: str | None = None
+    nats_password: str | None = None
+    database_url: str = "postgresql://tieline@127.0.0.1:5432/tieline"
+    #: PostgreSQL schema holding the read models (tests and snapshots use their own).
+    database_schema: str = Field(default="tieline", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+
+    #: JetStream stream that is the log of record, and the prefix of all tieline subjects.
+    stream_name: str = Field(default="TIELINE", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    subject_prefix: str = Field(default="tl", pattern=r"^[a-z0-9_-]{1,32}$")
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    #: Window in which JetStream itself drops a re-sent Nats-Msg-Id. Postgres catches the rest.
+    duplicate_window_s: float = Field(default=120.0, gt=0)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    #: Largest accepted request body for one event, and for a batch.
+    max_event_bytes: int = 64 * 1024
+    max_batch_bytes: int = 16 * 1024 * 1024
+    max_batch_lines: int = 100_000
+    #: How far in the future an occurred_at may lie (clock skew), in seconds.
+    max_future_skew_s: float = 300.0
+    #: Longest a read with ?min_seq waits for the projection before answering 503.
+    min_seq_wait_s: float = Field(default=5.0, ge=0, le=60)
+    #: Command request/reply timeout between the API and the services.
+    command_timeout_s: float = 10.0
+
+    #: Projection worker: messages fetched and committed per transaction.
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    fetch_timeout_s: float = 1.0
+    consumer_name: str = "projections"
+    #: Deliveries of a failing event before it is parked in the dead-letter subject.
+    max_attempts: int = Field(default=5, ge=1)
+    #: Readiness fails when the projection lags the stream by more than this many events.
+    ready_max_lag: int = 100_000
+
+    log_json: bool | None = None
+    log_level: str = "INFO"
+
+    def stream_subjects(self) -> list[str]:
+        return [f"{self.subject_prefix}.ev.>"]

@@ -1,0 +1,1 @@
+"""Adapters at the edge: NATS JetStream and PostgreSQL connections, subjects, publishing."""

@@ -1,0 +1,1 @@
+"""The interactions service: records meetings, follow-ups, introductions, help and ratings."""

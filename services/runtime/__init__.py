@@ -1,0 +1,1 @@
+"""Process runtime helpers: embedded NATS/PostgreSQL servers for `tieline up` and the tests."""

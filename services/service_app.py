@@ -1,0 +1,88 @@
+"""Composition of an event-emitting service: a FastStream app answering NATS request/reply
+commands on ``{prefix}.cmd.{workspace}.{service}.record``.
+
+A command is ``{"actor": ..., "correlation_id": ..., "items": [event objects]}``; the reply is
+``{"results": [outcome per item]}`` in the same order (see :class:`services.writeside.Outcome`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from faststream import FastStream
+from faststream.nats import NatsBroker
+from faststream.nats.annotations import NatsMessage
+from nats.aio.client import Client as NatsClient
+
+from events_schema.registry import REGISTRY
+from services.config import Settings
+from services.infra import db
+from services.infra.jetstream import connect_nats, ensure_streams
+from services.infra.subjects import command_wildcard
+from services.writeside import Outcome, WriteSide
+
+log = structlog.get_logger(__name__)
+
+#: Which service records which event types.
+PEOPLE_TYPES = frozenset({"person.added", "person.updated"})
+INTERACTION_TYPES = frozenset({
+    "relationship.met", "relationship.followed_up", "relationship.introduced",
+    "relationship.helped", "relationship.closeness_rated", "event.retracted",
+})
+
+
+def service_for(event_type: object) -> str:
+    """The service that owns an event type (unknown types go to interactions, which rejects
+    them with a clear error)."""
+    return "people" if event_type in PEOPLE_TYPES else "interactions"
+
+
+def create_service_app(settings: Settings, service: str, types: Iterable[str]) -> FastStream:
+    """Build (but do not start) the FastStream app of one write-side service."""
+    broker_kwargs: dict[str, Any] = {}
+    if settings.nats_user:
+        broker_kwargs.update(user=settings.nats_user, password=settings.nats_password or "")
+    broker = NatsBroker(settings.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
+                        name=f"tieline-{service}-commands", **broker_kwargs)
+    pool = db.make_pool(settings, min_size=1, max_size=4)
+    holder: dict[str, Any] = {}
+
+    @broker.subscriber(command_wildcard(settings.subject_prefix, service), queue=service)
+    async def on_command(body: dict[str, Any], msg: NatsMessage) -> dict[str, Any]:
+        workspace_id = msg.raw_message.subject.split(".")[2]
+        side: WriteSide = holder["side"]
+        items = body.get("items")
+        actor = body.get("actor")
+        if not isinstance(items, list) or not isinstance(actor, str) or not actor:
+            return {"results": [], "error": "command needs 'actor' and a list of 'items'"}
+        with structlog.contextvars.bound_contextvars(correlation_id=body.get("correlation_id"),
+                                                     service=service):
+            outcomes = await side.record_many(workspace_id, items, actor,
+                                              body.get("correlation_id"))
+        return {"results": [o.as_dict() for o in outcomes]}
+
+    app = FastStream(broker)
+
+    @app.on_startup
+    async def _connect() -> None:
+        nc: NatsClient = await connect_nats(settings, name=f"tieline-{service}-publisher")
+        js = nc.jetstream()
+        await ensure_streams(js, settings)
+        await pool.open(wait=True)
+        holder.update(nc=nc, side=WriteSide(settings, js, pool, REGISTRY, types, service))
+        log.info("service.started", service=service, subjects=command_wildcard(
+            settings.subject_prefix, service))
+
+    @app.on_shutdown
+    async def _close() -> None:
+        nc = holder.get("nc")
+        if nc is not None:
+            await nc.drain()
+        await pool.close()
+
+    return app
+
+
+__all__ = ["INTERACTION_TYPES", "PEOPLE_TYPES", "Outcome", "create_service_app", "service_for"]

