@@ -102,7 +102,7 @@ class Worker:
             config=js_api.ConsumerConfig(
                 ack_policy=js_api.AckPolicy.ALL,
                 deliver_policy=js_api.DeliverPolicy.ALL,
-                ack_wait=60,
+                ack_wait=self.settings.ack_wait_s,
                 max_ack_pending=max(self.settings.batch_size * 4, 1000),
                 max_deliver=-1,
             ),

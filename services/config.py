@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=500, ge=1, le=10_000)
     fetch_timeout_s: float = 1.0
     consumer_name: str = "projections"
+    #: Seconds JetStream waits for an ack before redelivering (a crashed worker's batch).
+    ack_wait_s: float = Field(default=30.0, gt=0)
     #: Deliveries of a failing event before it is parked in the dead-letter subject.
     max_attempts: int = Field(default=5, ge=1)
     #: Readiness fails when the projection lags the stream by more than this many events.
