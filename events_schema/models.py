@@ -23,7 +23,7 @@ PERSONAL: dict[str, Any] = {"x-personal-data": True}
 WorkspaceId = Annotated[
     str,
     StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$"),
-    Field(description="Workspace slug: lower-case letters, digits and dashes (it is a NATS subject token)."),
+    Field(description="Workspace slug: lower-case letters, digits, dashes (a NATS subject token)."),
 ]
 PersonId = Annotated[
     str,
@@ -33,7 +33,9 @@ PersonId = Annotated[
 ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 FreeText = Annotated[str, StringConstraints(max_length=2000)]
 
-Depth = Literal["card_exchange", "brief_chat", "conversation", "deep_conversation", "meal_or_activity"]
+Depth = Literal[
+    "card_exchange", "brief_chat", "conversation", "deep_conversation", "meal_or_activity"
+]
 Mode = Literal["in_person", "remote"]
 Channel = Literal["email", "phone", "message", "video", "in_person", "social", "letter", "other"]
 
@@ -65,7 +67,7 @@ class Event(BaseModel):
         return ()
 
     def pairs(self) -> list[tuple[str, str]]:
-        """The unordered pairs of people whose tie this event is about, each as (a, b) with a < b."""
+        """The unordered pairs of people this event is about, each as (a, b) with a < b."""
         return []
 
 

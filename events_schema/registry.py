@@ -97,7 +97,9 @@ class EventRegistry:
     def _union_adapter(self) -> TypeAdapter[Any]:
         if self._adapter is None:
             union = Union[tuple(self.classes.values())]  # type: ignore[valid-type]  # noqa: UP007
-            self._adapter = TypeAdapter(Annotated[union, Field(discriminator="type")])
+            self._adapter = TypeAdapter(
+                Annotated[union, Field(discriminator="type")]  # type: ignore[arg-type]
+            )
         return self._adapter
 
     # -- decoding -------------------------------------------------------------------------

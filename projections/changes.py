@@ -54,12 +54,20 @@ def _detail(event: Event, pair: tuple[str, str]) -> dict[str, Any]:
             "group_size": len(event.participants),
         }
     if isinstance(event, RelationshipFollowedUp):
-        return {"from": event.from_person, "to": event.to_person, "channel": event.channel,
-                "replied": event.replied}
+        return {
+            "from": event.from_person,
+            "to": event.to_person,
+            "channel": event.channel,
+            "replied": event.replied,
+        }
     if isinstance(event, RelationshipIntroduced):
         role = "introduced" if set(pair) == {event.person_a, event.person_b} else "introducer"
-        return {"introducer": event.introducer, "person_a": event.person_a,
-                "person_b": event.person_b, "role": role}
+        return {
+            "introducer": event.introducer,
+            "person_a": event.person_a,
+            "person_b": event.person_b,
+            "role": role,
+        }
     if isinstance(event, RelationshipHelped):
         return {"helper": event.helper, "helped": event.helped}
     if isinstance(event, RelationshipClosenessRated):

@@ -98,7 +98,9 @@ class ProjectionStore:
                 "WHERE projection = %s AND last_seq < %s",
                 (result.last_seq, self.projection, result.last_seq),
             )
-            await conn.execute("SELECT pg_notify('tieline_checkpoint', %s)", (str(result.last_seq),))
+            await conn.execute(
+                "SELECT pg_notify('tieline_checkpoint', %s)", (str(result.last_seq),)
+            )
         return result
 
     async def _lock_checkpoint(self, conn: AsyncConnection[Any]) -> int:
@@ -141,8 +143,21 @@ class ProjectionStore:
             ON CONFLICT DO NOTHING
             RETURNING event_id
             """,
-            [cols[k] for k in ("event_id", "seq", "ws", "type", "ver", "occ", "rec", "by",
-                               "subject", "payload")],
+            [
+                cols[k]
+                for k in (
+                    "event_id",
+                    "seq",
+                    "ws",
+                    "type",
+                    "ver",
+                    "occ",
+                    "rec",
+                    "by",
+                    "subject",
+                    "payload",
+                )
+            ],
         )
         inserted = {row[0] for row in await cur.fetchall()}
         seen: set[UUID] = set()
@@ -167,16 +182,38 @@ class ProjectionStore:
             ch: Changes = changes_for(e)
             if ch.person_added is not None:
                 p = ch.person_added
-                adds.append((e.workspace_id, p["person_id"], *(p[f] for f in PERSON_FIELDS),
-                             e.event_id, e.occurred_at, e.occurred_at, it.seq))
+                adds.append(
+                    (
+                        e.workspace_id,
+                        p["person_id"],
+                        *(p[f] for f in PERSON_FIELDS),
+                        e.event_id,
+                        e.occurred_at,
+                        e.occurred_at,
+                        it.seq,
+                    )
+                )
             if ch.person_updated is not None:
                 updates.append((it, ch.person_updated))
             for r in ch.pair_rows:
-                pair_rows.append((e.workspace_id, r.person_a, r.person_b, e.event_id, it.seq,
-                                  e.type, e.occurred_at, e.recorded_at, e.recorded_by,
-                                  json.dumps(r.detail), r.contribution))
+                pair_rows.append(
+                    (
+                        e.workspace_id,
+                        r.person_a,
+                        r.person_b,
+                        e.event_id,
+                        it.seq,
+                        e.type,
+                        e.occurred_at,
+                        e.recorded_at,
+                        e.recorded_by,
+                        json.dumps(r.detail),
+                        r.contribution,
+                    )
+                )
                 deltas[(e.workspace_id, r.person_a, r.person_b)].append(
-                    (e.type, r.contribution, e.occurred_at))
+                    (e.type, r.contribution, e.occurred_at)
+                )
             if ch.retracts is not None:
                 retractions.append(it)
         async with conn.cursor() as cur:
@@ -250,8 +287,20 @@ class ProjectionStore:
 
     @staticmethod
     def _summary_row(key: PairKey, s: PairSummary, seq: int) -> tuple[Any, ...]:
-        return (*key, s.score, s.total, s.event_count, s.meetings, s.follow_ups, s.introductions,
-                s.helps, s.ratings, s.first_contact_at, s.last_contact_at, seq)
+        return (
+            *key,
+            s.score,
+            s.total,
+            s.event_count,
+            s.meetings,
+            s.follow_ups,
+            s.introductions,
+            s.helps,
+            s.ratings,
+            s.first_contact_at,
+            s.last_contact_at,
+            seq,
+        )
 
     @staticmethod
     async def _upsert_summaries(conn: AsyncConnection[Any], rows: list[tuple[Any, ...]]) -> None:
@@ -311,7 +360,9 @@ class ProjectionStore:
         if summary.event_count == 0:
             await conn.execute(
                 "DELETE FROM strength_v1 WHERE workspace_id = %s AND person_a = %s "
-                "AND person_b = %s", key)
+                "AND person_b = %s",
+                key,
+            )
             return
         await self._upsert_summaries(conn, [self._summary_row(key, summary, seq)])
 
@@ -322,6 +373,8 @@ class ProjectionStore:
             await cur.executemany(
                 "INSERT INTO dead_letters (projection, stream_seq, subject, reason, detail, "
                 "dlq_seq) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                [(self.projection, p.seq, p.subject, p.reason, p.detail[:2000], p.dlq_seq)
-                 for p in poison],
+                [
+                    (self.projection, p.seq, p.subject, p.reason, p.detail[:2000], p.dlq_seq)
+                    for p in poison
+                ],
             )

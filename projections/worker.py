@@ -37,23 +37,39 @@ log = structlog.get_logger(__name__)
 _HEADER_UNSAFE = re.compile(r"[\r\n]+")
 
 
-def classify(registry: EventRegistry, settings: Settings, seq: int, subject: str,
-             data: bytes) -> Item:
+def classify(
+    registry: EventRegistry, settings: Settings, seq: int, subject: str, data: bytes
+) -> Item:
     """Decode one message from the log, or say why it is poison. Pure: no I/O."""
     if len(data) > settings.max_event_bytes:
-        return Poison(seq, subject, data, "too_large",
-                      f"{len(data)} bytes exceeds the {settings.max_event_bytes}-byte event limit")
+        return Poison(
+            seq,
+            subject,
+            data,
+            "too_large",
+            f"{len(data)} bytes exceeds the {settings.max_event_bytes}-byte event limit",
+        )
     try:
         event = registry.decode(data)
     except EventDecodeError as exc:
         return Poison(seq, subject, data, exc.reason, str(exc))
     if workspace_of_subject(settings.subject_prefix, subject) != event.workspace_id:
-        return Poison(seq, subject, data, "workspace_mismatch",
-                      f"workspace_id {event.workspace_id!r} does not match subject {subject!r}")
+        return Poison(
+            seq,
+            subject,
+            data,
+            "workspace_mismatch",
+            f"workspace_id {event.workspace_id!r} does not match subject {subject!r}",
+        )
     expected = event_subject(settings.subject_prefix, event)
     if subject != expected:
-        return Poison(seq, subject, data, "subject_mismatch",
-                      f"a {event.type} event belongs on {expected!r}, not {subject!r}")
+        return Poison(
+            seq,
+            subject,
+            data,
+            "subject_mismatch",
+            f"a {event.type} event belongs on {expected!r}, not {subject!r}",
+        )
     return Decoded(seq, subject, event)
 
 
@@ -90,7 +106,9 @@ class Worker:
     async def start(self) -> None:
         """Connect, create the stream, schema and durable consumer; take the single-consumer
         lock so two instances of the same projection never apply the same batches."""
-        self.nc = await connect_nats(self.settings, name=f"tieline-worker-{self.settings.consumer_name}")
+        self.nc = await connect_nats(
+            self.settings, name=f"tieline-worker-{self.settings.consumer_name}"
+        )
         self.js = self.nc.jetstream()
         await ensure_streams(self.js, self.settings)
         await self._connect_pg()
@@ -108,8 +126,9 @@ class Worker:
             ),
         )
         self.stats.last_seq = await self.store.checkpoint(self._conn())
-        log.info("worker.started", consumer=self.settings.consumer_name,
-                 checkpoint=self.stats.last_seq)
+        log.info(
+            "worker.started", consumer=self.settings.consumer_name, checkpoint=self.stats.last_seq
+        )
 
     async def _connect_pg(self) -> None:
         self.pg = await db.connect(self.settings)
@@ -151,8 +170,9 @@ class Worker:
         """Fetch one batch, apply it, acknowledge it. Returns None when nothing arrived."""
         assert self._sub is not None
         try:
-            msgs = await self._sub.fetch(self.settings.batch_size,
-                                         timeout=self.settings.fetch_timeout_s)
+            msgs = await self._sub.fetch(
+                self.settings.batch_size, timeout=self.settings.fetch_timeout_s
+            )
         except (TimeoutError, NatsTimeout):
             return None
         if not msgs:
@@ -175,10 +195,21 @@ class Worker:
         out: list[Item] = []
         for it in items:
             if isinstance(it, Poison) and it.dlq_seq is None and it.seq > self.stats.last_seq:
-                it = Poison(it.seq, it.subject, it.raw, it.reason, it.detail,
-                            await self._publish_dead_letter(it))
-                log.warning("worker.dead_lettered", seq=it.seq, subject=it.subject,
-                            reason=it.reason, detail=it.detail[:200])
+                it = Poison(
+                    it.seq,
+                    it.subject,
+                    it.raw,
+                    it.reason,
+                    it.detail,
+                    await self._publish_dead_letter(it),
+                )
+                log.warning(
+                    "worker.dead_lettered",
+                    seq=it.seq,
+                    subject=it.subject,
+                    reason=it.reason,
+                    detail=it.detail[:200],
+                )
             out.append(it)
         return out
 
@@ -195,8 +226,13 @@ class Worker:
         subject = dlq_subject(self.settings.subject_prefix, self.settings.consumer_name)
         while True:
             try:
-                ack = await self.js.publish(subject, p.raw, headers=headers,
-                                            stream=f"{self.settings.stream_name}_DLQ", timeout=5)
+                ack = await self.js.publish(
+                    subject,
+                    p.raw,
+                    headers=headers,
+                    stream=f"{self.settings.stream_name}_DLQ",
+                    timeout=5,
+                )
                 return int(ack.seq)
             except Exception as exc:
                 log.warning("worker.dlq_publish_retry", error=str(exc))
@@ -259,10 +295,21 @@ class Worker:
                     await asyncio.sleep(min(0.1 * 2**n, 5.0))
                     out.append(it)
                     continue
-                poison = Poison(it.seq, it.subject, self.registry.encode(it.event),
-                                "apply_failed", f"{type(one).__name__}: {one}")
-                poison = Poison(poison.seq, poison.subject, poison.raw, poison.reason,
-                                poison.detail, await self._publish_dead_letter(poison))
+                poison = Poison(
+                    it.seq,
+                    it.subject,
+                    self.registry.encode(it.event),
+                    "apply_failed",
+                    f"{type(one).__name__}: {one}",
+                )
+                poison = Poison(
+                    poison.seq,
+                    poison.subject,
+                    poison.raw,
+                    poison.reason,
+                    poison.detail,
+                    await self._publish_dead_letter(poison),
+                )
                 out.append(poison)
         del exc
         return out
@@ -277,8 +324,14 @@ class Worker:
         s.last_seq = max(s.last_seq, r.last_seq)
         if r.orphan_retractions:
             log.warning("worker.orphan_retractions", event_ids=r.orphan_retractions)
-        log.debug("worker.batch", applied=r.applied, redelivered=r.redelivered,
-                  duplicates=r.duplicate_ids, poison=r.poison, last_seq=r.last_seq)
+        log.debug(
+            "worker.batch",
+            applied=r.applied,
+            redelivered=r.redelivered,
+            duplicates=r.duplicate_ids,
+            poison=r.poison,
+            last_seq=r.last_seq,
+        )
 
 
 class _ProbeRollback(Exception):

@@ -1,1 +1,1 @@
-"""tieline's services: the write side (people, interactions), the HTTP API, the CLI and the runtime."""
+"""tieline's services: the write side (people, interactions), HTTP API, CLI and runtime."""

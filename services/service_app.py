@@ -27,10 +27,16 @@ log = structlog.get_logger(__name__)
 
 #: Which service records which event types.
 PEOPLE_TYPES = frozenset({"person.added", "person.updated"})
-INTERACTION_TYPES = frozenset({
-    "relationship.met", "relationship.followed_up", "relationship.introduced",
-    "relationship.helped", "relationship.closeness_rated", "event.retracted",
-})
+INTERACTION_TYPES = frozenset(
+    {
+        "relationship.met",
+        "relationship.followed_up",
+        "relationship.introduced",
+        "relationship.helped",
+        "relationship.closeness_rated",
+        "event.retracted",
+    }
+)
 
 
 def service_for(event_type: object) -> str:
@@ -44,8 +50,13 @@ def create_service_app(settings: Settings, service: str, types: Iterable[str]) -
     broker_kwargs: dict[str, Any] = {}
     if settings.nats_user:
         broker_kwargs.update(user=settings.nats_user, password=settings.nats_password or "")
-    broker = NatsBroker(settings.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
-                        name=f"tieline-{service}-commands", **broker_kwargs)
+    broker = NatsBroker(
+        settings.nats_url,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        name=f"tieline-{service}-commands",
+        **broker_kwargs,
+    )
     pool = db.make_pool(settings, min_size=1, max_size=4)
     holder: dict[str, Any] = {}
 
@@ -57,10 +68,12 @@ def create_service_app(settings: Settings, service: str, types: Iterable[str]) -
         actor = body.get("actor")
         if not isinstance(items, list) or not isinstance(actor, str) or not actor:
             return {"results": [], "error": "command needs 'actor' and a list of 'items'"}
-        with structlog.contextvars.bound_contextvars(correlation_id=body.get("correlation_id"),
-                                                     service=service):
-            outcomes = await side.record_many(workspace_id, items, actor,
-                                              body.get("correlation_id"))
+        with structlog.contextvars.bound_contextvars(
+            correlation_id=body.get("correlation_id"), service=service
+        ):
+            outcomes = await side.record_many(
+                workspace_id, items, actor, body.get("correlation_id")
+            )
         return {"results": [o.as_dict() for o in outcomes]}
 
     app = FastStream(broker)
@@ -72,8 +85,11 @@ def create_service_app(settings: Settings, service: str, types: Iterable[str]) -
         await ensure_streams(js, settings)
         await pool.open(wait=True)
         holder.update(nc=nc, side=WriteSide(settings, js, pool, REGISTRY, types, service))
-        log.info("service.started", service=service, subjects=command_wildcard(
-            settings.subject_prefix, service))
+        log.info(
+            "service.started",
+            service=service,
+            subjects=command_wildcard(settings.subject_prefix, service),
+        )
 
     @app.on_shutdown
     async def _close() -> None:

@@ -29,8 +29,19 @@ log = structlog.get_logger(__name__)
 
 #: Fields only tieline sets; a client that sends them is told so.
 SERVER_FIELDS = ("recorded_at", "recorded_by")
-PERSON_REF_FIELDS = ("participants", "initiated_by", "from_person", "to_person", "introducer",
-                     "person_a", "person_b", "helper", "helped", "rater", "ratee")
+PERSON_REF_FIELDS = (
+    "participants",
+    "initiated_by",
+    "from_person",
+    "to_person",
+    "introducer",
+    "person_a",
+    "person_b",
+    "helper",
+    "helped",
+    "rater",
+    "ratee",
+)
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 WRONG_LAST_SEQUENCE = 10071
 
@@ -91,7 +102,7 @@ class WriteSide:
         self,
         settings: Settings,
         js: JetStreamContext,
-        pool: AsyncConnectionPool,
+        pool: AsyncConnectionPool[Any],
         registry: EventRegistry,
         types: Iterable[str],
         service: str,
@@ -109,8 +120,9 @@ class WriteSide:
 
     # -- validation (no side effects) -----------------------------------------------------
 
-    def build(self, workspace_id: str, obj: Any, actor: str,
-              correlation_id: str | None = None) -> Event:
+    def build(
+        self, workspace_id: str, obj: Any, actor: str, correlation_id: str | None = None
+    ) -> Event:
         """Turn a client's event object into a validated event, filling the envelope."""
         if not isinstance(obj, dict):
             raise Rejected(422, [], "an event must be a JSON object")
@@ -123,10 +135,15 @@ class WriteSide:
         event_type = obj.get("type")
         if event_type not in self.types:
             if event_type in self.registry.classes:
-                raise Rejected(422, ["type"], f"{event_type!r} is not recorded by the "
-                                              f"{self.service} service")
-            raise Rejected(422, ["type"], f"unknown event type {event_type!r}; known: "
-                                          f"{', '.join(sorted(self.registry.classes))}")
+                raise Rejected(
+                    422, ["type"], f"{event_type!r} is not recorded by the {self.service} service"
+                )
+            raise Rejected(
+                422,
+                ["type"],
+                f"unknown event type {event_type!r}; known: "
+                f"{', '.join(sorted(self.registry.classes))}",
+            )
         now = self.clock()
         data = dict(obj)
         data.setdefault("event_id", str(uuid4()))
@@ -167,11 +184,13 @@ class WriteSide:
         if event.type.startswith("person.") and not isinstance(event, PersonAdded):
             refs = [(["person_id"], getattr(event, "person_id"))]  # noqa: B009
         found = await asyncio.gather(
-            *(self.person_exists(event.workspace_id, pid) for _, pid in refs))
+            *(self.person_exists(event.workspace_id, pid) for _, pid in refs)
+        )
         for (loc, pid), ok in zip(refs, found, strict=True):
             if not ok:
-                raise Rejected(404, loc, f"unknown person {pid!r} in workspace "
-                                         f"{event.workspace_id!r}")
+                raise Rejected(
+                    404, loc, f"unknown person {pid!r} in workspace {event.workspace_id!r}"
+                )
         if isinstance(event, EventRetracted):
             await self._check_retraction(event)
 
@@ -179,7 +198,8 @@ class WriteSide:
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT type, retracted_by FROM events WHERE event_id = %s AND workspace_id = %s",
-                (event.retracted_event_id, event.workspace_id))
+                (event.retracted_event_id, event.workspace_id),
+            )
             row = await cur.fetchone()
         if row is None:
             raise Rejected(404, ["retracted_event_id"], "no such event in this workspace")
@@ -195,9 +215,9 @@ class WriteSide:
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT event_id, seq, workspace_id FROM events WHERE event_id = ANY(%s)",
-                (event_ids,))
-            return {r["event_id"]: (int(r["seq"]), r["workspace_id"])
-                    for r in await cur.fetchall()}
+                (event_ids,),
+            )
+            return {r["event_id"]: (int(r["seq"]), r["workspace_id"]) for r in await cur.fetchall()}
 
     # -- publishing -----------------------------------------------------------------------
 
@@ -209,9 +229,13 @@ class WriteSide:
         subject = event_subject(self.settings.subject_prefix, event)
         async with self._publish_slots:
             try:
-                ack = await self.js.publish(subject, self.registry.encode(event), headers=headers,
-                                            stream=self.settings.stream_name,
-                                            timeout=self.settings.command_timeout_s)
+                ack = await self.js.publish(
+                    subject,
+                    self.registry.encode(event),
+                    headers=headers,
+                    stream=self.settings.stream_name,
+                    timeout=self.settings.command_timeout_s,
+                )
             except APIError as exc:
                 if isinstance(event, PersonAdded) and exc.err_code == WRONG_LAST_SEQUENCE:
                     return await self._existing_person(event)
@@ -222,8 +246,9 @@ class WriteSide:
 
     async def _existing_person(self, event: PersonAdded) -> tuple[int, bool]:
         """The person already exists: fine if it is this very event re-sent, else a conflict."""
-        subject = person_added_subject(self.settings.subject_prefix, event.workspace_id,
-                                       event.person_id)
+        subject = person_added_subject(
+            self.settings.subject_prefix, event.workspace_id, event.person_id
+        )
         msg = await self.js.get_last_msg(self.settings.stream_name, subject)
         if msg.data and self.registry.decode(msg.data).event_id == event.event_id:
             return int(msg.seq or 0), True
@@ -231,8 +256,9 @@ class WriteSide:
 
     # -- the whole command ----------------------------------------------------------------
 
-    async def record_many(self, workspace_id: str, objs: Sequence[Any], actor: str,
-                          correlation_id: str | None = None) -> list[Outcome]:
+    async def record_many(
+        self, workspace_id: str, objs: Sequence[Any], actor: str, correlation_id: str | None = None
+    ) -> list[Outcome]:
         """Validate every line first, then publish the valid ones concurrently.
 
         A line's outcome never depends on a later line; nothing from a bad line is published.
@@ -253,9 +279,11 @@ class WriteSide:
             eid = str(event.event_id)
             prior = archived.get(event.event_id)
             if prior is not None:
-                outcomes[i] = (Outcome(200, eid, prior[0], duplicate=True)
-                               if prior[1] == workspace_id else
-                               Rejected(409, ["event_id"], "is already used").outcome(eid))
+                outcomes[i] = (
+                    Outcome(200, eid, prior[0], duplicate=True)
+                    if prior[1] == workspace_id
+                    else Rejected(409, ["event_id"], "is already used").outcome(eid)
+                )
                 return
             try:
                 await self.check_references(event, objs[i])
@@ -264,10 +292,18 @@ class WriteSide:
                 outcomes[i] = rej.outcome(eid)
                 return
             outcomes[i] = Outcome(200 if dup else 201, eid, seq, duplicate=dup)
-            log.info("event.recorded", event_id=eid, type=event.type, seq=seq, duplicate=dup,
-                     workspace_id=workspace_id, correlation_id=str(event.correlation_id),
-                     causation_id=str(event.causation_id))
+            log.info(
+                "event.recorded",
+                event_id=eid,
+                type=event.type,
+                seq=seq,
+                duplicate=dup,
+                workspace_id=workspace_id,
+                correlation_id=str(event.correlation_id),
+                causation_id=str(event.causation_id),
+            )
 
         await asyncio.gather(*(one(i, e) for i, e in events))
-        return [o if o is not None else Outcome(500, error="internal: no outcome")
-                for o in outcomes]
+        return [
+            o if o is not None else Outcome(500, error="internal: no outcome") for o in outcomes
+        ]

@@ -31,9 +31,16 @@ log = structlog.get_logger(__name__)
 
 WS = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Workspace id")]
 PID = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Person id")]
-MinSeq = Annotated[int | None, Query(ge=0, description=(
-    "Read-your-writes: wait (bounded) until the projection has applied this stream sequence; "
-    "503 if it does not in time."))]
+MinSeq = Annotated[
+    int | None,
+    Query(
+        ge=0,
+        description=(
+            "Read-your-writes: wait (bounded) until the projection has applied this stream seq; "
+            "503 if it does not in time."
+        ),
+    ),
+]
 #: Lines per request/reply command; keeps each NATS message well under its payload limit.
 CHUNK_LINES = 500
 
@@ -82,15 +89,17 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.pool: AsyncConnectionPool = db.make_pool(settings, min_size=2, max_size=16)
+        self.pool: AsyncConnectionPool[Any] = db.make_pool(settings, min_size=2, max_size=16)
         self.nc: NatsClient | None = None
 
-    async def command(self, ws: str, service: str, items: list[Any], actor: str,
-                      correlation_id: str) -> list[dict[str, Any]]:
+    async def command(
+        self, ws: str, service: str, items: list[Any], actor: str, correlation_id: str
+    ) -> list[dict[str, Any]]:
         assert self.nc is not None
         subject = command_subject(self.settings.subject_prefix, ws, service, "record")
-        body = json.dumps({"actor": actor, "correlation_id": correlation_id, "items": items},
-                          default=str).encode()
+        body = json.dumps(
+            {"actor": actor, "correlation_id": correlation_id, "items": items}, default=str
+        ).encode()
         try:
             reply = await self.nc.request(subject, body, timeout=self.settings.command_timeout_s)
         except NoRespondersError as exc:
@@ -115,8 +124,11 @@ class Runtime:
             if seen >= min_seq:
                 return
             if time.monotonic() >= deadline:
-                raise ApiError(503, f"projection has reached seq {seen}, not min_seq {min_seq}, "
-                                    f"within {self.settings.min_seq_wait_s:g}s; retry later")
+                raise ApiError(
+                    503,
+                    f"projection has reached seq {seen}, not min_seq {min_seq}, "
+                    f"within {self.settings.min_seq_wait_s:g}s; retry later",
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.02)
 
@@ -129,14 +141,20 @@ def _actor(request: Request) -> str:
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"body: larger than the {limit}-byte limit",
-                       [{"loc": ["body"], "msg": f"larger than {limit} bytes"}])
+        raise ApiError(
+            413,
+            f"body: larger than the {limit}-byte limit",
+            [{"loc": ["body"], "msg": f"larger than {limit} bytes"}],
+        )
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise ApiError(413, f"body: larger than the {limit}-byte limit",
-                           [{"loc": ["body"], "msg": f"larger than {limit} bytes"}])
+            raise ApiError(
+                413,
+                f"body: larger than the {limit}-byte limit",
+                [{"loc": ["body"], "msg": f"larger than {limit} bytes"}],
+            )
     return body
 
 
@@ -144,13 +162,17 @@ def _parse_json(raw: bytes, loc: list[str]) -> Any:
     try:
         return json.loads(raw)
     except ValueError as exc:
-        raise ApiError(422, f"{'.'.join(loc)}: not valid JSON ({exc})",
-                       [{"loc": loc, "msg": f"not valid JSON: {exc}"}]) from exc
+        raise ApiError(
+            422,
+            f"{'.'.join(loc)}: not valid JSON ({exc})",
+            [{"loc": loc, "msg": f"not valid JSON: {exc}"}],
+        ) from exc
 
 
 def _single_response(result: dict[str, Any]) -> JSONResponse:
-    return JSONResponse(WriteResult(**result).model_dump(exclude_none=True),
-                        status_code=result["status"])
+    return JSONResponse(
+        WriteResult(**result).model_dump(exclude_none=True), status_code=result["status"]
+    )
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -169,9 +191,13 @@ def create_app(settings: Settings) -> FastAPI:
         await rt.pool.close()
         await rt.nc.drain()
 
-    app = FastAPI(title="tieline", version="0.1.0", lifespan=lifespan,
-                  description="Event-sourced relationship backend. Writes return the stream "
-                              "sequence; reads accept ?min_seq for read-your-writes.")
+    app = FastAPI(
+        title="tieline",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Event-sourced relationship backend. Writes return the stream "
+        "sequence; reads accept ?min_seq for read-your-writes.",
+    )
     app.state.runtime = rt
 
     @app.exception_handler(ApiError)
@@ -209,8 +235,13 @@ def create_app(settings: Settings) -> FastAPI:
 
     # -- writes ---------------------------------------------------------------------------
 
-    @app.post("/v1/workspaces/{ws}/people", tags=["people"], status_code=201,
-              response_model=WriteResult, responses={409: {}, 413: {}, 422: {}})
+    @app.post(
+        "/v1/workspaces/{ws}/people",
+        tags=["people"],
+        status_code=201,
+        response_model=WriteResult,
+        responses={409: {}, 413: {}, 422: {}},
+    )
     async def add_person(ws: WS, person: PersonIn, request: Request) -> JSONResponse:
         obj = {"type": "person.added", **person.model_dump(exclude_none=True)}
         obj.setdefault("person_id", uuid4().hex)
@@ -219,28 +250,62 @@ def create_app(settings: Settings) -> FastAPI:
             result["person_id"] = obj["person_id"]
         return _single_response(result)
 
-    @app.post("/v1/workspaces/{ws}/events", tags=["events"], status_code=201,
-              response_model=WriteResult, responses={404: {}, 409: {}, 413: {}, 422: {}},
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": {"type": "object", "description":
-                      "One event object: `type` plus its fields (see events_schema/jsonschema)."
-                      " event_id, occurred_at, correlation_id and causation_id are optional."
-                  }}}}})
+    @app.post(
+        "/v1/workspaces/{ws}/events",
+        tags=["events"],
+        status_code=201,
+        response_model=WriteResult,
+        responses={404: {}, 409: {}, 413: {}, 422: {}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "description": "One event object: `type` plus its fields "
+                            "(see events_schema/jsonschema)."
+                            " event_id, occurred_at, correlation_id and causation_id are optional.",
+                        }
+                    }
+                },
+            }
+        },
+    )
     async def record_event(ws: WS, request: Request) -> JSONResponse:
         raw = await _read_body(request, settings.max_event_bytes)
         obj = _parse_json(raw, ["body"])
         if not isinstance(obj, dict):
-            raise ApiError(422, "body: an event must be a JSON object",
-                           [{"loc": ["body"], "msg": "must be a JSON object"}])
-        [result] = await rt.command(ws, service_for(obj.get("type")), [obj], _actor(request),
-                                    str(uuid4()))
+            raise ApiError(
+                422,
+                "body: an event must be a JSON object",
+                [{"loc": ["body"], "msg": "must be a JSON object"}],
+            )
+        [result] = await rt.command(
+            ws, service_for(obj.get("type")), [obj], _actor(request), str(uuid4())
+        )
         return _single_response(result)
 
-    @app.post("/v1/workspaces/{ws}/events/batch", tags=["events"], response_model=BatchResult,
-              responses={413: {}},
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/x-ndjson": {"schema": {"type": "string", "description":
-                      "JSON Lines: one event object per line; blank lines are skipped."}}}}})
+    @app.post(
+        "/v1/workspaces/{ws}/events/batch",
+        tags=["events"],
+        response_model=BatchResult,
+        responses={413: {}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/x-ndjson": {
+                        "schema": {
+                            "type": "string",
+                            "description": "JSON Lines: one event object per line; "
+                            "blank lines are skipped.",
+                        }
+                    }
+                },
+            }
+        },
+    )
     async def record_batch(ws: WS, request: Request) -> BatchResult:
         raw = await _read_body(request, settings.max_batch_bytes)
         lines = [ln for ln in raw.splitlines()]
@@ -256,8 +321,11 @@ def create_app(settings: Settings) -> FastAPI:
             try:
                 obj = json.loads(line)
             except ValueError as exc:
-                results[i] = {"status": 422, "error": f"line {i + 1}: not valid JSON ({exc})",
-                              "errors": [{"loc": ["line", str(i + 1)], "msg": "not valid JSON"}]}
+                results[i] = {
+                    "status": 422,
+                    "error": f"line {i + 1}: not valid JSON ({exc})",
+                    "errors": [{"loc": ["line", str(i + 1)], "msg": "not valid JSON"}],
+                }
                 continue
             objs[i] = obj
             service = service_for(obj.get("type") if isinstance(obj, dict) else None)
@@ -267,22 +335,30 @@ def create_app(settings: Settings) -> FastAPI:
                 runs.append((service, [i]))
         correlation = str(uuid4())
         for service, idx in runs:
-            out = await rt.command(ws, service, [objs[i] for i in idx], _actor(request),
-                                   correlation)
+            out = await rt.command(
+                ws, service, [objs[i] for i in idx], _actor(request), correlation
+            )
             for i, r in zip(idx, out, strict=True):
                 results[i] = r
         final = [WriteResult(**r) for r in results if r is not None and r["status"] != 204]
         seqs = [r.seq for r in final if r.seq is not None]
         accepted = sum(1 for r in final if r.status < 300)
-        return BatchResult(accepted=accepted, rejected=len(final) - accepted,
-                           last_seq=max(seqs) if seqs else None, results=final)
+        return BatchResult(
+            accepted=accepted,
+            rejected=len(final) - accepted,
+            last_seq=max(seqs) if seqs else None,
+            results=final,
+        )
 
     # -- reads ----------------------------------------------------------------------------
 
     @app.get("/v1/workspaces/{ws}/people", tags=["people"])
-    async def list_people(ws: WS, min_seq: MinSeq = None,
-                          limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                          after: str | None = None) -> dict[str, Any]:
+    async def list_people(
+        ws: WS,
+        min_seq: MinSeq = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        after: str | None = None,
+    ) -> dict[str, Any]:
         await rt.wait_for_seq(min_seq)
         async with rt.pool.connection() as conn:
             rows = await queries.list_people(conn, ws, limit, after)
@@ -298,8 +374,9 @@ def create_app(settings: Settings) -> FastAPI:
         return row
 
     @app.get("/v1/workspaces/{ws}/relationships/{person_a}/{person_b}", tags=["relationships"])
-    async def strength(ws: WS, person_a: PID, person_b: PID,
-                       min_seq: MinSeq = None) -> dict[str, Any]:
+    async def strength(
+        ws: WS, person_a: PID, person_b: PID, min_seq: MinSeq = None
+    ) -> dict[str, Any]:
         await rt.wait_for_seq(min_seq)
         async with rt.pool.connection() as conn:
             row = await queries.get_strength(conn, ws, person_a, person_b)
@@ -308,18 +385,28 @@ def create_app(settings: Settings) -> FastAPI:
         return row
 
     @app.get("/v1/workspaces/{ws}/people/{person}/relationships", tags=["relationships"])
-    async def relationships(ws: WS, person: PID, min_seq: MinSeq = None,
-                            order: Literal["strength", "recent"] = "strength",
-                            limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
+    async def relationships(
+        ws: WS,
+        person: PID,
+        min_seq: MinSeq = None,
+        order: Literal["strength", "recent"] = "strength",
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    ) -> dict[str, Any]:
         await rt.wait_for_seq(min_seq)
         async with rt.pool.connection() as conn:
             rows = await queries.person_relationships(conn, ws, person, order, limit)
         return {"person": person, "order": order, "relationships": rows}
 
-    @app.get("/v1/workspaces/{ws}/relationships/{person_a}/{person_b}/timeline",
-             tags=["relationships"])
-    async def timeline(ws: WS, person_a: PID, person_b: PID, min_seq: MinSeq = None,
-                       limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> dict[str, Any]:
+    @app.get(
+        "/v1/workspaces/{ws}/relationships/{person_a}/{person_b}/timeline", tags=["relationships"]
+    )
+    async def timeline(
+        ws: WS,
+        person_a: PID,
+        person_b: PID,
+        min_seq: MinSeq = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    ) -> dict[str, Any]:
         await rt.wait_for_seq(min_seq)
         async with rt.pool.connection() as conn:
             rows = await queries.timeline(conn, ws, person_a, person_b, limit)

@@ -15,19 +15,22 @@ def ordered(a: str, b: str) -> tuple[str, str]:
 
 
 async def checkpoint(conn: AsyncConnection[Any], projection: str) -> int:
-    cur = await conn.execute("SELECT last_seq FROM checkpoints WHERE projection = %s",
-                             (projection,))
+    cur = await conn.execute(
+        "SELECT last_seq FROM checkpoints WHERE projection = %s", (projection,)
+    )
     row = await cur.fetchone()
     return int(row["last_seq"]) if row else 0
 
 
-async def list_people(conn: AsyncConnection[Any], ws: str, limit: int, after: str | None
-                      ) -> list[Row]:
+async def list_people(
+    conn: AsyncConnection[Any], ws: str, limit: int, after: str | None
+) -> list[Row]:
     cur = await conn.execute(
         """SELECT person_id, display_name, email, phone, organization, title, added_at, updated_at
            FROM people_v1 WHERE workspace_id = %s AND NOT retracted AND person_id > %s
            ORDER BY person_id LIMIT %s""",
-        (ws, after or "", limit))
+        (ws, after or "", limit),
+    )
     return await cur.fetchall()
 
 
@@ -35,7 +38,9 @@ async def get_person(conn: AsyncConnection[Any], ws: str, person: str) -> Row | 
     cur = await conn.execute(
         """SELECT person_id, display_name, email, phone, organization, title, notes, added_at,
                   updated_at FROM people_v1
-           WHERE workspace_id = %s AND person_id = %s AND NOT retracted""", (ws, person))
+           WHERE workspace_id = %s AND person_id = %s AND NOT retracted""",
+        (ws, person),
+    )
     return await cur.fetchone()
 
 
@@ -47,12 +52,15 @@ async def get_strength(conn: AsyncConnection[Any], ws: str, a: str, b: str) -> R
     pa, pb = ordered(a, b)
     cur = await conn.execute(
         f"SELECT person_a, person_b, {STRENGTH_COLS} FROM strength_v1 "
-        "WHERE workspace_id = %s AND person_a = %s AND person_b = %s", (ws, pa, pb))
+        "WHERE workspace_id = %s AND person_a = %s AND person_b = %s",
+        (ws, pa, pb),
+    )
     return await cur.fetchone()
 
 
-async def person_relationships(conn: AsyncConnection[Any], ws: str, person: str, order: str,
-                               limit: int) -> list[Row]:
+async def person_relationships(
+    conn: AsyncConnection[Any], ws: str, person: str, order: str, limit: int
+) -> list[Row]:
     key = "score DESC" if order == "strength" else "last_contact_at DESC NULLS LAST"
     cur = await conn.execute(
         f"""SELECT * FROM (
@@ -62,7 +70,8 @@ async def person_relationships(conn: AsyncConnection[Any], ws: str, person: str,
               SELECT person_a AS other, {STRENGTH_COLS} FROM strength_v1
                WHERE workspace_id = %(ws)s AND person_b = %(p)s
             ) t ORDER BY {key}, other LIMIT %(limit)s""",
-        {"ws": ws, "p": person, "limit": limit})
+        {"ws": ws, "p": person, "limit": limit},
+    )
     return await cur.fetchall()
 
 
@@ -72,5 +81,7 @@ async def timeline(conn: AsyncConnection[Any], ws: str, a: str, b: str, limit: i
         """SELECT event_id, seq, type, occurred_at, recorded_at, recorded_by, detail,
                   contribution, retracted
            FROM pair_events_v1 WHERE workspace_id = %s AND person_a = %s AND person_b = %s
-           ORDER BY occurred_at, seq LIMIT %s""", (ws, pa, pb, limit))
+           ORDER BY occurred_at, seq LIMIT %s""",
+        (ws, pa, pb, limit),
+    )
     return await cur.fetchall()

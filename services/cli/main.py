@@ -20,30 +20,44 @@ console = Console()
 err = Console(stderr=True)
 
 ApiUrl = Annotated[str, typer.Option(envvar="TIELINE_API_URL", help="Base URL of the HTTP API.")]
-Workspace = Annotated[str, typer.Option("--workspace", "-w", envvar="TIELINE_WORKSPACE",
-                                        help="Workspace id.")]
+Workspace = Annotated[
+    str, typer.Option("--workspace", "-w", envvar="TIELINE_WORKSPACE", help="Workspace id.")
+]
 DEFAULT_API = "http://127.0.0.1:8080"
 DEFAULT_DATA_DIR = Path(os.environ.get("TIELINE_DATA_DIR", Path.home() / ".local/share/tieline"))
 
 
 # -- running ------------------------------------------------------------------------------
 
+
 @app.command()
 def up(
-    data_dir: Annotated[Path, typer.Option(help="Where NATS and PostgreSQL keep their data.")
-                        ] = DEFAULT_DATA_DIR,
+    data_dir: Annotated[
+        Path, typer.Option(help="Where NATS and PostgreSQL keep their data.")
+    ] = DEFAULT_DATA_DIR,
     api_port: Annotated[int, typer.Option(envvar="TIELINE_API_PORT")] = 8080,
-    nats_url: Annotated[str | None, typer.Option(
-        envvar="TIELINE_NATS_URL", help="Use this NATS server instead of an embedded one.")] = None,
-    database_url: Annotated[str | None, typer.Option(
-        envvar="TIELINE_DATABASE_URL", help="Use this PostgreSQL instead of an embedded one.")
-                            ] = None,
+    nats_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TIELINE_NATS_URL", help="Use this NATS server instead of an embedded one."
+        ),
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TIELINE_DATABASE_URL", help="Use this PostgreSQL instead of an embedded one."
+        ),
+    ] = None,
     nats_port: Annotated[int | None, typer.Option(help="Port of the embedded NATS.")] = None,
-    postgres_port: Annotated[int | None, typer.Option(help="Port of the embedded PostgreSQL.")
-                             ] = None,
-    lazy_fsync: Annotated[bool, typer.Option(
-        help="Let JetStream fsync lazily (faster, can lose acknowledged events on a crash)."
-    )] = False,
+    postgres_port: Annotated[
+        int | None, typer.Option(help="Port of the embedded PostgreSQL.")
+    ] = None,
+    lazy_fsync: Annotated[
+        bool,
+        typer.Option(
+            help="Let JetStream fsync lazily (faster, can lose acknowledged events on a crash)."
+        ),
+    ] = False,
 ) -> None:
     """Start NATS JetStream and PostgreSQL (embedded unless URLs are given), the services and
     the projection worker; print the API URL; Ctrl-C stops everything cleanly."""
@@ -51,9 +65,17 @@ def up(
     from services.runtime.supervisor import Stack, StackConfig
 
     configure_logging("INFO")
-    stack = Stack(StackConfig(data_dir=data_dir.resolve(), nats_url=nats_url,
-                              database_url=database_url, api_port=api_port, nats_port=nats_port,
-                              postgres_port=postgres_port, sync_always=not lazy_fsync))
+    stack = Stack(
+        StackConfig(
+            data_dir=data_dir.resolve(),
+            nats_url=nats_url,
+            database_url=database_url,
+            api_port=api_port,
+            nats_port=nats_port,
+            postgres_port=postgres_port,
+            sync_always=not lazy_fsync,
+        )
+    )
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -66,8 +88,9 @@ def up(
         stack.start_servers()
         stack.start_processes()
         stack.wait_ready(timeout=90)
-        console.print(f"[bold green]tieline is up[/]  API: {stack.api_url}  "
-                      f"(docs: {stack.api_url}/docs)")
+        console.print(
+            f"[bold green]tieline is up[/]  API: {stack.api_url}  (docs: {stack.api_url}/docs)"
+        )
         console.print(f"NATS: {stack.nats_url}   PostgreSQL: {stack.database_url}")
         console.print(f"data: {data_dir.resolve()}   logs: {data_dir.resolve() / 'logs'}")
         console.print("Ctrl-C stops everything.")
@@ -81,8 +104,9 @@ def up(
 
 
 @app.command()
-def serve(role: Annotated[str, typer.Argument(help="api | people | interactions | worker")]
-          ) -> None:
+def serve(
+    role: Annotated[str, typer.Argument(help="api | people | interactions | worker")],
+) -> None:
     """Run one process (settings from TIELINE_* environment variables)."""
     from services.runtime.run import main as run_main
 
@@ -98,6 +122,7 @@ def worker() -> None:
 
 
 # -- talking to the API -------------------------------------------------------------------
+
 
 def _call(method: str, url: str, **kwargs: Any) -> Any:
     try:
@@ -124,9 +149,14 @@ def _opt(**fields: Any) -> dict[str, Any]:
 
 
 @app.command("add-person")
-def add_person(person_id: str, name: Annotated[str, typer.Option("--name")],
-               email: str | None = None, organization: str | None = None,
-               api_url: ApiUrl = DEFAULT_API, workspace: Workspace = "default") -> None:
+def add_person(
+    person_id: str,
+    name: Annotated[str, typer.Option("--name")],
+    email: str | None = None,
+    organization: str | None = None,
+    api_url: ApiUrl = DEFAULT_API,
+    workspace: Workspace = "default",
+) -> None:
     """Add a person to the workspace's directory."""
     body = _opt(person_id=person_id, display_name=name, email=email, organization=organization)
     data = _call("POST", f"{api_url}/v1/workspaces/{workspace}/people", json=body)
@@ -134,87 +164,161 @@ def add_person(person_id: str, name: Annotated[str, typer.Option("--name")],
 
 
 @app.command()
-def met(people: Annotated[list[str], typer.Argument(help="Two or more person ids.")],
-        depth: str = "conversation", minutes: int = 0, remote: bool = False,
-        context: str | None = None, where: str | None = None,
-        initiated_by: str | None = None, at: str | None = None,
-        api_url: ApiUrl = DEFAULT_API, workspace: Workspace = "default") -> None:
+def met(
+    people: Annotated[list[str], typer.Argument(help="Two or more person ids.")],
+    depth: str = "conversation",
+    minutes: int = 0,
+    remote: bool = False,
+    context: str | None = None,
+    where: str | None = None,
+    initiated_by: str | None = None,
+    at: str | None = None,
+    api_url: ApiUrl = DEFAULT_API,
+    workspace: Workspace = "default",
+) -> None:
     """Record that people met (depth: card_exchange | brief_chat | conversation |
     deep_conversation | meal_or_activity)."""
-    _record(api_url, workspace, _opt(
-        type="relationship.met", participants=people, depth=depth, duration_minutes=minutes,
-        mode="remote" if remote else "in_person", context=context, where=where,
-        initiated_by=initiated_by, occurred_at=at))
+    _record(
+        api_url,
+        workspace,
+        _opt(
+            type="relationship.met",
+            participants=people,
+            depth=depth,
+            duration_minutes=minutes,
+            mode="remote" if remote else "in_person",
+            context=context,
+            where=where,
+            initiated_by=initiated_by,
+            occurred_at=at,
+        ),
+    )
 
 
 @app.command("follow-up")
-def follow_up(from_person: str, to_person: str, channel: str = "email", replied: bool = False,
-              note: str | None = None, at: str | None = None,
-              api_url: ApiUrl = DEFAULT_API, workspace: Workspace = "default") -> None:
+def follow_up(
+    from_person: str,
+    to_person: str,
+    channel: str = "email",
+    replied: bool = False,
+    note: str | None = None,
+    at: str | None = None,
+    api_url: ApiUrl = DEFAULT_API,
+    workspace: Workspace = "default",
+) -> None:
     """Record that FROM followed up with TO."""
-    _record(api_url, workspace, _opt(
-        type="relationship.followed_up", from_person=from_person, to_person=to_person,
-        channel=channel, replied=replied, note=note, occurred_at=at))
+    _record(
+        api_url,
+        workspace,
+        _opt(
+            type="relationship.followed_up",
+            from_person=from_person,
+            to_person=to_person,
+            channel=channel,
+            replied=replied,
+            note=note,
+            occurred_at=at,
+        ),
+    )
 
 
 @app.command()
-def introduce(introducer: str, person_a: str, person_b: str, reason: str | None = None,
-              at: str | None = None, api_url: ApiUrl = DEFAULT_API,
-              workspace: Workspace = "default") -> None:
+def introduce(
+    introducer: str,
+    person_a: str,
+    person_b: str,
+    reason: str | None = None,
+    at: str | None = None,
+    api_url: ApiUrl = DEFAULT_API,
+    workspace: Workspace = "default",
+) -> None:
     """Record that INTRODUCER introduced A and B."""
-    _record(api_url, workspace, _opt(
-        type="relationship.introduced", introducer=introducer, person_a=person_a,
-        person_b=person_b, reason=reason, occurred_at=at))
+    _record(
+        api_url,
+        workspace,
+        _opt(
+            type="relationship.introduced",
+            introducer=introducer,
+            person_a=person_a,
+            person_b=person_b,
+            reason=reason,
+            occurred_at=at,
+        ),
+    )
 
 
 @app.command()
-def retract(event_id: str, reason: str | None = None, api_url: ApiUrl = DEFAULT_API,
-            workspace: Workspace = "default") -> None:
+def retract(
+    event_id: str,
+    reason: str | None = None,
+    api_url: ApiUrl = DEFAULT_API,
+    workspace: Workspace = "default",
+) -> None:
     """Retract an event recorded by mistake (events are never edited or deleted)."""
-    _record(api_url, workspace, _opt(type="event.retracted", retracted_event_id=event_id,
-                                     reason=reason))
+    _record(
+        api_url, workspace, _opt(type="event.retracted", retracted_event_id=event_id, reason=reason)
+    )
 
 
 @app.command()
-def strength(person_a: str, person_b: str, api_url: ApiUrl = DEFAULT_API,
-             workspace: Workspace = "default", as_json: bool = typer.Option(False, "--json")
-             ) -> None:
+def strength(
+    person_a: str,
+    person_b: str,
+    api_url: ApiUrl = DEFAULT_API,
+    workspace: Workspace = "default",
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Show the strength of the tie between A and B."""
     data = _call("GET", f"{api_url}/v1/workspaces/{workspace}/relationships/{person_a}/{person_b}")
     if as_json:
         console.print_json(json.dumps(data, default=str))
         return
     table = Table(title=f"{data['person_a']} - {data['person_b']}")
-    for key in ("score", "event_count", "meetings", "follow_ups", "introductions", "helps",
-                "last_contact_at"):
+    for key in (
+        "score",
+        "event_count",
+        "meetings",
+        "follow_ups",
+        "introductions",
+        "helps",
+        "last_contact_at",
+    ):
         table.add_row(key, str(data.get(key)))
     console.print(table)
 
 
 @app.command()
-def timeline(person_a: str, person_b: str, api_url: ApiUrl = DEFAULT_API,
-             workspace: Workspace = "default") -> None:
+def timeline(
+    person_a: str, person_b: str, api_url: ApiUrl = DEFAULT_API, workspace: Workspace = "default"
+) -> None:
     """Show how the relationship between A and B developed, event by event."""
-    data = _call("GET",
-                 f"{api_url}/v1/workspaces/{workspace}/relationships/{person_a}/{person_b}/timeline")
+    data = _call(
+        "GET", f"{api_url}/v1/workspaces/{workspace}/relationships/{person_a}/{person_b}/timeline"
+    )
     table = Table("occurred_at", "type", "recorded_by", "contribution", "seq")
     for e in data["events"]:
         kind = e["type"] + (" (retracted)" if e["retracted"] else "")
-        table.add_row(str(e["occurred_at"]), kind, e["recorded_by"], f"{e['contribution']:.1f}",
-                      str(e["seq"]))
+        table.add_row(
+            str(e["occurred_at"]), kind, e["recorded_by"], f"{e['contribution']:.1f}", str(e["seq"])
+        )
     console.print(table)
 
 
 @app.command()
-def ties(person: str, limit: int = 20, api_url: ApiUrl = DEFAULT_API,
-         workspace: Workspace = "default") -> None:
+def ties(
+    person: str, limit: int = 20, api_url: ApiUrl = DEFAULT_API, workspace: Workspace = "default"
+) -> None:
     """A person's strongest ties."""
-    data = _call("GET", f"{api_url}/v1/workspaces/{workspace}/people/{person}/relationships",
-                 params={"limit": limit})
+    data = _call(
+        "GET",
+        f"{api_url}/v1/workspaces/{workspace}/people/{person}/relationships",
+        params={"limit": limit},
+    )
     table = Table("other", "score", "events", "last contact")
     for r in data["relationships"]:
-        table.add_row(r["other"], f"{r['score']:.1f}", str(r["event_count"]),
-                      str(r["last_contact_at"]))
+        table.add_row(
+            r["other"], f"{r['score']:.1f}", str(r["event_count"]), str(r["last_contact_at"])
+        )
     console.print(table)
 
 

@@ -26,7 +26,9 @@ async def connect(settings: Settings, *, autocommit: bool = True) -> AsyncConnec
     return await AsyncConnection.connect(settings.database_url, **kwargs)
 
 
-def make_pool(settings: Settings, *, min_size: int = 1, max_size: int = 10) -> AsyncConnectionPool:
+def make_pool(
+    settings: Settings, *, min_size: int = 1, max_size: int = 10
+) -> AsyncConnectionPool[Any]:
     """A pool for read paths; rows come back as dicts."""
     kwargs = conninfo_kwargs(settings)
     kwargs["autocommit"] = True

@@ -81,5 +81,5 @@ async def connect_nats(settings: Settings, name: str) -> NatsClient:
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.25,
         connect_timeout=5,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )

@@ -22,9 +22,14 @@ async def run_role(role: str, settings: Settings) -> None:
 
         from services.api.app import create_app as create_api
 
-        config = uvicorn.Config(create_api(settings), host=settings.api_host,
-                                port=settings.api_port, log_config=None, access_log=False,
-                                lifespan="on")
+        config = uvicorn.Config(
+            create_api(settings),
+            host=settings.api_host,
+            port=settings.api_port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+        )
         await uvicorn.Server(config).serve()
     elif role in ("people", "interactions"):
         if role == "people":

@@ -78,9 +78,12 @@ class Stack:
         data = self.config.data_dir
         data.mkdir(parents=True, exist_ok=True)
         if not self.config.nats_url and self.nats is None:
-            self.nats = EmbeddedNats(data / "nats", port=self.config.nats_port,
-                                     sync_always=self.config.sync_always,
-                                     extra_config=self.config.nats_extra_config)
+            self.nats = EmbeddedNats(
+                data / "nats",
+                port=self.config.nats_port,
+                sync_always=self.config.sync_always,
+                extra_config=self.config.nats_extra_config,
+            )
         if self.nats is not None:
             self.nats.start()
             log.info("nats.started", url=self.nats.url, sync_always=self.config.sync_always)
@@ -92,13 +95,15 @@ class Stack:
 
     def child_env(self, role: str) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({
-            "TIELINE_NATS_URL": self.nats_url,
-            "TIELINE_DATABASE_URL": self.database_url,
-            "TIELINE_API_HOST": self.config.api_host,
-            "TIELINE_API_PORT": str(self.api_port),
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "TIELINE_NATS_URL": self.nats_url,
+                "TIELINE_DATABASE_URL": self.database_url,
+                "TIELINE_API_HOST": self.config.api_host,
+                "TIELINE_API_PORT": str(self.api_port),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.setdefault("TIELINE_LOG_JSON", "true")
         env.update(self.config.env)
         return env
@@ -109,8 +114,11 @@ class Stack:
         out = (logs / f"{role}.log").open("ab")
         self.children[role] = subprocess.Popen(
             [sys.executable, "-m", "services.runtime.run", role],
-            env=self.child_env(role), stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            env=self.child_env(role),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         out.close()
 
     def start_processes(self) -> None:
@@ -129,8 +137,10 @@ class Stack:
         while time.monotonic() < deadline:
             for role, proc in self.children.items():
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{role} exited with {proc.returncode}; see "
-                                       f"{self.config.data_dir / 'logs' / (role + '.log')}")
+                    raise RuntimeError(
+                        f"{role} exited with {proc.returncode}; see "
+                        f"{self.config.data_dir / 'logs' / (role + '.log')}"
+                    )
             try:
                 with urllib.request.urlopen(self.api_url + "/readyz", timeout=2) as resp:
                     if resp.status == 200:

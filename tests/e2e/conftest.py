@@ -21,11 +21,16 @@ def stack_settings(servers: Servers) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def stack(servers: Servers, stack_settings: Settings,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    servers: Servers, stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     data: Path = tmp_path_factory.mktemp("stack")
-    config = StackConfig(data_dir=data, nats_url=servers.nats_url,
-                         database_url=servers.database_url, env=settings_env(stack_settings))
+    config = StackConfig(
+        data_dir=data,
+        nats_url=servers.nats_url,
+        database_url=servers.database_url,
+        env=settings_env(stack_settings),
+    )
     with Stack(config) as s:
         yield s
 

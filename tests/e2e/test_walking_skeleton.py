@@ -21,8 +21,9 @@ from services.runtime.supervisor import Stack
 def add_people(api: httpx.Client, ws: str, *ids: str) -> int:
     seq = 0
     for pid in ids:
-        r = api.post(f"/v1/workspaces/{ws}/people", json={"person_id": pid,
-                                                          "display_name": pid.title()})
+        r = api.post(
+            f"/v1/workspaces/{ws}/people", json={"person_id": pid, "display_name": pid.title()}
+        )
         assert r.status_code == 201, r.text
         seq = r.json()["seq"]
     return seq
@@ -33,12 +34,19 @@ def stream_last_seq(api: httpx.Client) -> int:
     return int(r.json()["checks"]["projection"]["stream_seq"])
 
 
-def test_met_recorded_over_http_shows_in_strength_and_timeline(api: httpx.Client, ws: str
-                                                               ) -> None:
+def test_met_recorded_over_http_shows_in_strength_and_timeline(api: httpx.Client, ws: str) -> None:
     add_people(api, ws, "ada", "grace")
-    r = api.post(f"/v1/workspaces/{ws}/events", json={
-        "type": "relationship.met", "participants": ["grace", "ada"], "depth": "conversation",
-        "duration_minutes": 45, "context": "PyCon hallway", "initiated_by": "ada"})
+    r = api.post(
+        f"/v1/workspaces/{ws}/events",
+        json={
+            "type": "relationship.met",
+            "participants": ["grace", "ada"],
+            "depth": "conversation",
+            "duration_minutes": 45,
+            "context": "PyCon hallway",
+            "initiated_by": "ada",
+        },
+    )
     assert r.status_code == 201, r.text
     seq = r.json()["seq"]
     s = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace", params={"min_seq": seq})
@@ -46,8 +54,9 @@ def test_met_recorded_over_http_shows_in_strength_and_timeline(api: httpx.Client
     body = s.json()
     assert body["meetings"] == 1 and body["score"] > 0
     assert body["person_a"] == "ada" and body["person_b"] == "grace"
-    t = api.get(f"/v1/workspaces/{ws}/relationships/grace/ada/timeline",
-                params={"min_seq": seq}).json()
+    t = api.get(
+        f"/v1/workspaces/{ws}/relationships/grace/ada/timeline", params={"min_seq": seq}
+    ).json()
     assert [e["type"] for e in t["events"]] == ["relationship.met"]
     assert t["events"][0]["recorded_by"] == "anonymous"
     assert t["events"][0]["seq"] == seq
@@ -55,47 +64,79 @@ def test_met_recorded_over_http_shows_in_strength_and_timeline(api: httpx.Client
 
 def test_follow_up_and_introduction_add_to_strength(api: httpx.Client, ws: str) -> None:
     add_people(api, ws, "ada", "grace", "linus")
-    met = api.post(f"/v1/workspaces/{ws}/events", json={
-        "type": "relationship.met", "participants": ["ada", "grace"], "depth": "brief_chat"})
+    met = api.post(
+        f"/v1/workspaces/{ws}/events",
+        json={"type": "relationship.met", "participants": ["ada", "grace"], "depth": "brief_chat"},
+    )
     seq0 = met.json()["seq"]
-    before = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace",
-                     params={"min_seq": seq0}).json()["score"]
-    fu = api.post(f"/v1/workspaces/{ws}/events", json={
-        "type": "relationship.followed_up", "from_person": "ada", "to_person": "grace",
-        "channel": "email", "replied": True}, headers={"X-Tieline-Actor": "alice"})
-    intro = api.post(f"/v1/workspaces/{ws}/events", json={
-        "type": "relationship.introduced", "introducer": "ada", "person_a": "grace",
-        "person_b": "linus", "reason": "compilers"})
+    before = api.get(
+        f"/v1/workspaces/{ws}/relationships/ada/grace", params={"min_seq": seq0}
+    ).json()["score"]
+    fu = api.post(
+        f"/v1/workspaces/{ws}/events",
+        json={
+            "type": "relationship.followed_up",
+            "from_person": "ada",
+            "to_person": "grace",
+            "channel": "email",
+            "replied": True,
+        },
+        headers={"X-Tieline-Actor": "alice"},
+    )
+    intro = api.post(
+        f"/v1/workspaces/{ws}/events",
+        json={
+            "type": "relationship.introduced",
+            "introducer": "ada",
+            "person_a": "grace",
+            "person_b": "linus",
+            "reason": "compilers",
+        },
+    )
     assert fu.status_code == 201 and intro.status_code == 201
     seq = intro.json()["seq"]
     after = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace", params={"min_seq": seq}).json()
     assert after["score"] > before
     assert after["follow_ups"] == 1 and after["introductions"] == 1
-    ties = api.get(f"/v1/workspaces/{ws}/people/ada/relationships",
-                   params={"order": "strength", "min_seq": seq}).json()["relationships"]
+    ties = api.get(
+        f"/v1/workspaces/{ws}/people/ada/relationships",
+        params={"order": "strength", "min_seq": seq},
+    ).json()["relationships"]
     assert [t["other"] for t in ties] == ["grace", "linus"]
     tl = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace/timeline").json()["events"]
     assert [e["recorded_by"] for e in tl] == ["anonymous", "alice", "anonymous"]
 
 
-async def test_met_recorded_over_nats_request_reply(stack: Stack, stack_settings: Settings,
-                                                    api: httpx.Client, ws: str) -> None:
+async def test_met_recorded_over_nats_request_reply(
+    stack: Stack, stack_settings: Settings, api: httpx.Client, ws: str
+) -> None:
     add_people(api, ws, "ada", "grace")
     nc = await nats.connect(stack.nats_url)
     try:
         subject = f"{stack_settings.subject_prefix}.cmd.{ws}.interactions.record"
-        cmd = {"actor": "nats-client", "items": [{
-            "type": "relationship.met", "participants": ["ada", "grace"],
-            "depth": "meal_or_activity", "duration_minutes": 120}]}
+        cmd = {
+            "actor": "nats-client",
+            "items": [
+                {
+                    "type": "relationship.met",
+                    "participants": ["ada", "grace"],
+                    "depth": "meal_or_activity",
+                    "duration_minutes": 120,
+                }
+            ],
+        }
         reply = await nc.request(subject, json.dumps(cmd).encode(), timeout=10)
     finally:
         await nc.close()
     [result] = json.loads(reply.data)["results"]
     assert result["status"] == 201, result
-    s = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace",
-                params={"min_seq": result["seq"]}).json()
+    s = api.get(  # noqa: ASYNC212  (sync client in a test is fine)
+        f"/v1/workspaces/{ws}/relationships/ada/grace", params={"min_seq": result["seq"]}
+    ).json()
     assert s["meetings"] == 1
-    tl = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace/timeline").json()["events"]
+    tl = api.get(  # noqa: ASYNC212
+        f"/v1/workspaces/{ws}/relationships/ada/grace/timeline"
+    ).json()["events"]
     assert tl[0]["recorded_by"] == "nats-client"
 
 
@@ -103,8 +144,13 @@ def test_met_recorded_with_the_cli(stack: Stack, api: httpx.Client, ws: str) -> 
     env = {**os.environ, "TIELINE_API_URL": stack.api_url, "TIELINE_WORKSPACE": ws}
 
     def cli(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "services.cli.main", *args], env=env,
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "services.cli.main", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr + done.stdout
         return done.stdout
 
@@ -125,45 +171,118 @@ def test_met_recorded_with_the_cli(stack: Stack, api: httpx.Client, ws: str) -> 
 # -- bad input: exact status, and nothing published -----------------------------------------
 
 BAD_EVENTS: list[tuple[str, dict[str, Any] | bytes, int, str]] = [
-    ("unknown person", {"type": "relationship.met", "participants": ["ada", "nobody"],
-                        "depth": "brief_chat"}, 404, "participants.1"),
-    ("introduced to themselves", {"type": "relationship.introduced", "introducer": "ada",
-                                  "person_a": "grace", "person_b": "grace"}, 422, "person_b"),
-    ("far future", {"type": "relationship.met", "participants": ["ada", "grace"],
-                    "depth": "brief_chat", "occurred_at": "2999-01-01T00:00:00Z"}, 422,
-     "occurred_at"),
-    ("naive timestamp", {"type": "relationship.met", "participants": ["ada", "grace"],
-                         "depth": "brief_chat", "occurred_at": "2025-01-01T10:00:00"}, 422,
-     "occurred_at"),
+    (
+        "unknown person",
+        {"type": "relationship.met", "participants": ["ada", "nobody"], "depth": "brief_chat"},
+        404,
+        "participants.1",
+    ),
+    (
+        "introduced to themselves",
+        {
+            "type": "relationship.introduced",
+            "introducer": "ada",
+            "person_a": "grace",
+            "person_b": "grace",
+        },
+        422,
+        "person_b",
+    ),
+    (
+        "far future",
+        {
+            "type": "relationship.met",
+            "participants": ["ada", "grace"],
+            "depth": "brief_chat",
+            "occurred_at": "2999-01-01T00:00:00Z",
+        },
+        422,
+        "occurred_at",
+    ),
+    (
+        "naive timestamp",
+        {
+            "type": "relationship.met",
+            "participants": ["ada", "grace"],
+            "depth": "brief_chat",
+            "occurred_at": "2025-01-01T10:00:00",
+        },
+        422,
+        "occurred_at",
+    ),
     ("malformed json", b'{"type": "relationship.met", "participants": [', 422, "body"),
     ("unknown type", {"type": "relationship.stalked", "participants": ["ada"]}, 422, "type"),
-    ("unknown field", {"type": "relationship.helped", "helper": "ada", "helped": "grace",
-                       "secret": 1}, 422, "secret"),
-    ("bad depth", {"type": "relationship.met", "participants": ["ada", "grace"],
-                   "depth": "telepathy"}, 422, "depth"),
-    ("other workspace in body", {"type": "relationship.met", "participants": ["ada", "grace"],
-                                 "depth": "brief_chat", "workspace_id": "someone-else"}, 422,
-     "workspace_id"),
-    ("client sets recorded_by", {"type": "relationship.met", "participants": ["ada", "grace"],
-                                 "depth": "brief_chat", "recorded_by": "ceo"}, 422,
-     "recorded_by"),
-    ("oversized body", {"type": "relationship.met", "participants": ["ada", "grace"],
-                        "depth": "brief_chat", "context": "x" * 70_000}, 413, "body"),
-    ("oversized field", {"type": "relationship.met", "participants": ["ada", "grace"],
-                         "depth": "brief_chat", "context": "x" * 5000}, 422, "context"),
+    (
+        "unknown field",
+        {"type": "relationship.helped", "helper": "ada", "helped": "grace", "secret": 1},
+        422,
+        "secret",
+    ),
+    (
+        "bad depth",
+        {"type": "relationship.met", "participants": ["ada", "grace"], "depth": "telepathy"},
+        422,
+        "depth",
+    ),
+    (
+        "other workspace in body",
+        {
+            "type": "relationship.met",
+            "participants": ["ada", "grace"],
+            "depth": "brief_chat",
+            "workspace_id": "someone-else",
+        },
+        422,
+        "workspace_id",
+    ),
+    (
+        "client sets recorded_by",
+        {
+            "type": "relationship.met",
+            "participants": ["ada", "grace"],
+            "depth": "brief_chat",
+            "recorded_by": "ceo",
+        },
+        422,
+        "recorded_by",
+    ),
+    (
+        "oversized body",
+        {
+            "type": "relationship.met",
+            "participants": ["ada", "grace"],
+            "depth": "brief_chat",
+            "context": "x" * 70_000,
+        },
+        413,
+        "body",
+    ),
+    (
+        "oversized field",
+        {
+            "type": "relationship.met",
+            "participants": ["ada", "grace"],
+            "depth": "brief_chat",
+            "context": "x" * 5000,
+        },
+        422,
+        "context",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "body", "status", "field"), BAD_EVENTS,
-                         ids=[c[0] for c in BAD_EVENTS])
+@pytest.mark.parametrize(
+    ("case", "body", "status", "field"), BAD_EVENTS, ids=[c[0] for c in BAD_EVENTS]
+)
 def test_bad_event_is_refused_naming_the_field_and_nothing_is_published(
-        api: httpx.Client, ws: str, case: str, body: dict[str, Any] | bytes, status: int,
-        field: str) -> None:
+    api: httpx.Client, ws: str, case: str, body: dict[str, Any] | bytes, status: int, field: str
+) -> None:
     add_people(api, ws, "ada", "grace")
     before = stream_last_seq(api)
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    r = api.post(f"/v1/workspaces/{ws}/events", content=content,
-                 headers={"content-type": "application/json"})
+    r = api.post(
+        f"/v1/workspaces/{ws}/events", content=content, headers={"content-type": "application/json"}
+    )
     assert r.status_code == status, r.text
     assert field in r.json()["error"], r.json()
     assert stream_last_seq(api) == before, f"{case}: something was published"
@@ -178,10 +297,15 @@ def test_adding_the_same_person_id_twice_is_a_conflict(api: httpx.Client, ws: st
 
 
 def test_resending_an_event_id_returns_the_original_and_publishes_nothing(
-        api: httpx.Client, ws: str) -> None:
+    api: httpx.Client, ws: str
+) -> None:
     add_people(api, ws, "ada", "grace")
-    event = {"type": "relationship.met", "participants": ["ada", "grace"], "depth": "brief_chat",
-             "event_id": str(uuid.uuid4())}
+    event = {
+        "type": "relationship.met",
+        "participants": ["ada", "grace"],
+        "depth": "brief_chat",
+        "event_id": str(uuid.uuid4()),
+    }
     first = api.post(f"/v1/workspaces/{ws}/events", json=event)
     assert first.status_code == 201
     before = stream_last_seq(api)
@@ -189,8 +313,9 @@ def test_resending_an_event_id_returns_the_original_and_publishes_nothing(
     assert again.status_code == 200
     assert again.json()["seq"] == first.json()["seq"] and again.json()["duplicate"] is True
     assert stream_last_seq(api) == before
-    s = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace",
-                params={"min_seq": first.json()["seq"]}).json()
+    s = api.get(
+        f"/v1/workspaces/{ws}/relationships/ada/grace", params={"min_seq": first.json()["seq"]}
+    ).json()
     assert s["meetings"] == 1
 
 
@@ -199,48 +324,70 @@ def test_batch_answers_per_line_and_publishes_only_good_lines(api: httpx.Client,
         json.dumps({"type": "person.added", "person_id": "ada", "display_name": "Ada"}),
         json.dumps({"type": "person.added", "person_id": "grace", "display_name": "Grace"}),
         "{not json",
-        json.dumps({"type": "relationship.met", "participants": ["ada", "grace"],
-                    "depth": "conversation"}),
-        json.dumps({"type": "relationship.met", "participants": ["ada", "ghost"],
-                    "depth": "conversation"}),
+        json.dumps(
+            {"type": "relationship.met", "participants": ["ada", "grace"], "depth": "conversation"}
+        ),
+        json.dumps(
+            {"type": "relationship.met", "participants": ["ada", "ghost"], "depth": "conversation"}
+        ),
     ]
     before = stream_last_seq(api)
-    r = api.post(f"/v1/workspaces/{ws}/events/batch", content="\n".join(lines).encode(),
-                 headers={"content-type": "application/x-ndjson"})
+    r = api.post(
+        f"/v1/workspaces/{ws}/events/batch",
+        content="\n".join(lines).encode(),
+        headers={"content-type": "application/x-ndjson"},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert [x["status"] for x in body["results"]] == [201, 201, 422, 201, 404]
     assert body["accepted"] == 3 and body["rejected"] == 2
     assert "line 3" in body["results"][2]["error"]
     assert stream_last_seq(api) == before + 3
-    s = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace",
-                params={"min_seq": body["last_seq"]}).json()
+    s = api.get(
+        f"/v1/workspaces/{ws}/relationships/ada/grace", params={"min_seq": body["last_seq"]}
+    ).json()
     assert s["meetings"] == 1
 
 
 def test_retraction_removes_exactly_that_event(api: httpx.Client, ws: str) -> None:
     add_people(api, ws, "ada", "grace")
-    keep = api.post(f"/v1/workspaces/{ws}/events", json={
-        "type": "relationship.met", "participants": ["ada", "grace"], "depth": "conversation"})
-    oops = api.post(f"/v1/workspaces/{ws}/events", json={
-        "type": "relationship.helped", "helper": "ada", "helped": "grace"})
+    keep = api.post(
+        f"/v1/workspaces/{ws}/events",
+        json={
+            "type": "relationship.met",
+            "participants": ["ada", "grace"],
+            "depth": "conversation",
+        },
+    )
+    oops = api.post(
+        f"/v1/workspaces/{ws}/events",
+        json={"type": "relationship.helped", "helper": "ada", "helped": "grace"},
+    )
     seq = oops.json()["seq"]
-    with_help = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace",
-                        params={"min_seq": seq}).json()
-    r = api.post(f"/v1/workspaces/{ws}/events", json={
-        "type": "event.retracted", "retracted_event_id": oops.json()["event_id"],
-        "reason": "wrong person"})
+    with_help = api.get(
+        f"/v1/workspaces/{ws}/relationships/ada/grace", params={"min_seq": seq}
+    ).json()
+    r = api.post(
+        f"/v1/workspaces/{ws}/events",
+        json={
+            "type": "event.retracted",
+            "retracted_event_id": oops.json()["event_id"],
+            "reason": "wrong person",
+        },
+    )
     assert r.status_code == 201, r.text
-    after = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace",
-                    params={"min_seq": r.json()["seq"]}).json()
+    after = api.get(
+        f"/v1/workspaces/{ws}/relationships/ada/grace", params={"min_seq": r.json()["seq"]}
+    ).json()
     assert with_help["helps"] == 1 and after["helps"] == 0 and after["meetings"] == 1
     assert after["score"] < with_help["score"]
     only_met = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace").json()
     assert only_met["event_count"] == 1 and keep.status_code == 201
 
 
-def test_min_seq_beyond_the_stream_answers_503_with_a_clear_message(api: httpx.Client,
-                                                                     ws: str) -> None:
+def test_min_seq_beyond_the_stream_answers_503_with_a_clear_message(
+    api: httpx.Client, ws: str
+) -> None:
     r = api.get(f"/v1/workspaces/{ws}/people", params={"min_seq": 10**12}, timeout=30)
     assert r.status_code == 503
     assert "min_seq" in r.json()["error"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -24,8 +25,15 @@ from services.infra.subjects import event_subject
 def make_event(ws: str, **fields: Any) -> Event:
     """A valid event with envelope defaults filled in."""
     now = datetime.now(UTC).isoformat()
-    data = {"event_id": str(uuid4()), "schema_version": 1, "occurred_at": now,
-            "recorded_at": now, "workspace_id": ws, "recorded_by": "test", **fields}
+    data = {
+        "event_id": str(uuid4()),
+        "schema_version": 1,
+        "occurred_at": now,
+        "recorded_at": now,
+        "workspace_id": ws,
+        "recorded_by": "test",
+        **fields,
+    }
     return REGISTRY.decode_obj(data)
 
 
@@ -36,10 +44,12 @@ class Log:
         self.settings, self.nc, self.js = settings, nc, js
 
     async def publish(self, event: Event, *, msg_id: str | None = None) -> int:
-        ack = await self.js.publish(event_subject(self.settings.subject_prefix, event),
-                                    REGISTRY.encode(event),
-                                    headers={"Nats-Msg-Id": msg_id or str(event.event_id)},
-                                    stream=self.settings.stream_name)
+        ack = await self.js.publish(
+            event_subject(self.settings.subject_prefix, event),
+            REGISTRY.encode(event),
+            headers={"Nats-Msg-Id": msg_id or str(event.event_id)},
+            stream=self.settings.stream_name,
+        )
         return int(ack.seq)
 
     async def publish_raw(self, subject: str, data: bytes) -> int:
@@ -56,10 +66,8 @@ async def log(settings: Settings) -> AsyncIterator[Log]:
         yield Log(settings, nc, js)
     finally:
         for name in (settings.stream_name, f"{settings.stream_name}_DLQ"):
-            try:
+            with contextlib.suppress(Exception):
                 await js.delete_stream(name)
-            except Exception:  # noqa: BLE001, S110
-                pass
         await nc.close()
 
 

@@ -20,21 +20,22 @@ def met(ws: str, a: str, b: str, depth: str = "conversation") -> Any:
     return make_event(ws, type="relationship.met", participants=[a, b], depth=depth)
 
 
-async def drain(worker: Worker, until_seq: int, timeout: float = 20.0) -> None:
-    async def loop() -> None:
+async def drain(worker: Worker, until_seq: int) -> None:
+    async with asyncio.timeout(20):
         while worker.stats.last_seq < until_seq:
             await worker.run_once()
-    await asyncio.wait_for(loop(), timeout)
 
 
 async def strength_row(pg: AsyncConnection[Any], ws: str) -> tuple[Any, ...] | None:
-    cur = await pg.execute("SELECT event_count, meetings, score FROM strength_v1 "
-                           "WHERE workspace_id = %s", (ws,))
+    cur = await pg.execute(
+        "SELECT event_count, meetings, score FROM strength_v1 WHERE workspace_id = %s", (ws,)
+    )
     return await cur.fetchone()
 
 
 async def test_worker_applies_events_and_commits_checkpoint_with_them(
-        settings: Settings, log: Log, pg: AsyncConnection[Any]) -> None:
+    settings: Settings, log: Log, pg: AsyncConnection[Any]
+) -> None:
     ws = "w1"
     await log.publish(make_event(ws, type="person.added", person_id="a", display_name="A"))
     last = 0
@@ -46,8 +47,12 @@ async def test_worker_applies_events_and_commits_checkpoint_with_them(
         await drain(worker, last)
     finally:
         await worker.close()
-    assert await scalar(pg, "SELECT last_seq FROM checkpoints WHERE projection = %s",
-                        settings.consumer_name) == last
+    assert (
+        await scalar(
+            pg, "SELECT last_seq FROM checkpoints WHERE projection = %s", settings.consumer_name
+        )
+        == last
+    )
     assert await scalar(pg, "SELECT count(*) FROM events") == 4
     row = await strength_row(pg, ws)
     assert row is not None and row[0] == 3 and row[1] == 3
@@ -55,7 +60,8 @@ async def test_worker_applies_events_and_commits_checkpoint_with_them(
 
 
 async def test_restarted_worker_resumes_from_its_checkpoint_without_double_counting(
-        settings: Settings, log: Log, pg: AsyncConnection[Any]) -> None:
+    settings: Settings, log: Log, pg: AsyncConnection[Any]
+) -> None:
     ws = "w2"
     first = [await log.publish(met(ws, "a", "b")) for _ in range(5)]
     worker = Worker(settings)
@@ -76,7 +82,8 @@ async def test_restarted_worker_resumes_from_its_checkpoint_without_double_count
 
 
 async def test_redelivered_batch_after_commit_without_ack_is_a_no_op(
-        settings: Settings, log: Log, pg: AsyncConnection[Any]) -> None:
+    settings: Settings, log: Log, pg: AsyncConnection[Any]
+) -> None:
     """Simulates a crash between commit and ack: the same messages arrive again."""
     settings = settings.model_copy(update={"ack_wait_s": 1.0})
     ws = "w3"
@@ -131,15 +138,17 @@ async def test_event_resent_beyond_the_dedupe_window_is_counted_once(log: Log) -
 
 
 async def test_poison_messages_are_dead_lettered_with_reason_and_later_events_flow(
-        settings: Settings, log: Log, pg: AsyncConnection[Any]) -> None:
+    settings: Settings, log: Log, pg: AsyncConnection[Any]
+) -> None:
     ws = "w5"
     p = settings.subject_prefix
     good = met(ws, "a", "b")
     other_ws = met("someone-else", "a", "b")
     from events_schema.registry import REGISTRY
 
-    future = REGISTRY.encode(met(ws, "a", "b")).replace(b'"schema_version":1',
-                                                          b'"schema_version":99')
+    future = REGISTRY.encode(met(ws, "a", "b")).replace(
+        b'"schema_version":1', b'"schema_version":99'
+    )
     poison = [
         (f"{p}.ev.{ws}.relationship.met", b"{not json"),
         (f"{p}.ev.{ws}.relationship.met", b'{"type": "relationship.stalked"}'),
@@ -160,8 +169,14 @@ async def test_poison_messages_are_dead_lettered_with_reason_and_later_events_fl
         await worker.close()
     cur = await pg.execute("SELECT reason FROM dead_letters ORDER BY stream_seq")
     reasons = [r[0] for r in await cur.fetchall()]
-    assert reasons == ["invalid_json", "unknown_type", "unsupported_schema_version",
-                       "invalid_event", "workspace_mismatch", "too_large"]
+    assert reasons == [
+        "invalid_json",
+        "unknown_type",
+        "unsupported_schema_version",
+        "invalid_event",
+        "workspace_mismatch",
+        "too_large",
+    ]
     row = await strength_row(pg, ws)
     assert row is not None and row[0] == 1  # the good event after the poison was applied
     info = await log.js.stream_info(f"{settings.stream_name}_DLQ")
@@ -172,13 +187,15 @@ async def test_poison_messages_are_dead_lettered_with_reason_and_later_events_fl
 
 
 async def test_store_applies_a_batch_atomically_with_the_checkpoint(
-        settings: Settings, log: Log, pg: AsyncConnection[Any]) -> None:
+    settings: Settings, log: Log, pg: AsyncConnection[Any]
+) -> None:
     """If anything in the batch fails, neither the read models nor the checkpoint move."""
     worker = Worker(settings)
     await worker.start()
     try:
-        good = Decoded(1_000_001, f"{settings.subject_prefix}.ev.w6.relationship.met",
-                       met("w6", "a", "b"))
+        good = Decoded(
+            1_000_001, f"{settings.subject_prefix}.ev.w6.relationship.met", met("w6", "a", "b")
+        )
         bad = Decoded(1_000_002, "x", met("w6", "a", "c"))
         await pg.execute("ALTER TABLE strength_v1 ADD CONSTRAINT no_c CHECK (person_b <> 'c')")
         with pytest.raises(psycopg.errors.CheckViolation):
