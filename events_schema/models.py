@@ -11,11 +11,20 @@ Never edit a model that has been released: add a new ``schema_version`` and an u
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 #: Marks a field as personal data in the generated JSON Schema.
 PERSONAL: dict[str, Any] = {"x-personal-data": True}
@@ -30,8 +39,46 @@ PersonId = Annotated[
     StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$"),
     Field(description="Stable id of a person inside a workspace (letters, digits, '_' and '-')."),
 ]
-ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-FreeText = Annotated[str, StringConstraints(max_length=2000)]
+#: Personal-data values travel encrypted: ``enc:v1:`` + base64(nonce + AES-GCM ciphertext).
+ENC_PREFIX = "enc:v1:"
+
+
+def _personal(max_len: int, min_len: int = 0) -> Callable[[str], str]:
+    """Validator of a personal-data string: plaintext of ``min_len``..``max_len`` characters
+    (surrounding whitespace stripped) from clients, or its ciphertext on the log (longer, so it
+    gets its own bound)."""
+
+    def check(value: str) -> str:
+        if value.startswith(ENC_PREFIX):
+            if len(value) > 2 * max_len * 4 + 64:
+                raise ValueError("ciphertext is longer than its plaintext can be")
+            return value
+        value = value.strip()
+        if not min_len <= len(value) <= max_len:
+            raise ValueError(f"must be {min_len} to {max_len} characters long (stripped)")
+        return value
+
+    return check
+
+
+def _extra(max_len: int) -> dict[str, Any]:
+    return {**PERSONAL, "x-max-plaintext-length": max_len}
+
+
+Name = Annotated[str, AfterValidator(_personal(200, 1)), Field(json_schema_extra=_extra(200))]
+ShortText = Annotated[str, AfterValidator(_personal(200)), Field(json_schema_extra=_extra(200))]
+FreeText = Annotated[str, AfterValidator(_personal(2000)), Field(json_schema_extra=_extra(2000))]
+Email = Annotated[str, AfterValidator(_personal(254)), Field(json_schema_extra=_extra(254))]
+Phone = Annotated[str, AfterValidator(_personal(64)), Field(json_schema_extra=_extra(64))]
+
+
+def _to_utc(value: datetime) -> datetime:
+    # Offsets with seconds (old local mean times) would be cut to minutes when encoded, so
+    # every timestamp is held in UTC: the instant is what matters.
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 
 Depth = Literal[
     "card_exchange", "brief_chat", "conversation", "deep_conversation", "meal_or_activity"
@@ -54,9 +101,9 @@ class Event(BaseModel):
 
     event_id: UUID
     type: str
-    schema_version: int = Field(ge=1)
-    occurred_at: AwareDatetime
-    recorded_at: AwareDatetime
+    schema_version: int = Field(ge=1, strict=True)
+    occurred_at: UtcDatetime
+    recorded_at: UtcDatetime
     workspace_id: WorkspaceId
     recorded_by: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     correlation_id: UUID | None = None
@@ -80,12 +127,12 @@ class PersonAdded(Event):
 
     type: Literal["person.added"] = "person.added"
     person_id: PersonId
-    display_name: Annotated[ShortText, Field(json_schema_extra=PERSONAL)]
-    email: Annotated[str | None, Field(max_length=254, json_schema_extra=PERSONAL)] = None
-    phone: Annotated[str | None, Field(max_length=64, json_schema_extra=PERSONAL)] = None
-    organization: Annotated[str | None, Field(max_length=200, json_schema_extra=PERSONAL)] = None
-    title: Annotated[str | None, Field(max_length=200, json_schema_extra=PERSONAL)] = None
-    notes: Annotated[FreeText | None, Field(json_schema_extra=PERSONAL)] = None
+    display_name: Name
+    email: Email | None = None
+    phone: Phone | None = None
+    organization: ShortText | None = None
+    title: ShortText | None = None
+    notes: FreeText | None = None
 
     def people(self) -> tuple[str, ...]:
         return (self.person_id,)
@@ -96,12 +143,12 @@ class PersonUpdated(Event):
 
     type: Literal["person.updated"] = "person.updated"
     person_id: PersonId
-    display_name: Annotated[ShortText | None, Field(json_schema_extra=PERSONAL)] = None
-    email: Annotated[str | None, Field(max_length=254, json_schema_extra=PERSONAL)] = None
-    phone: Annotated[str | None, Field(max_length=64, json_schema_extra=PERSONAL)] = None
-    organization: Annotated[str | None, Field(max_length=200, json_schema_extra=PERSONAL)] = None
-    title: Annotated[str | None, Field(max_length=200, json_schema_extra=PERSONAL)] = None
-    notes: Annotated[FreeText | None, Field(json_schema_extra=PERSONAL)] = None
+    display_name: Name | None = None
+    email: Email | None = None
+    phone: Phone | None = None
+    organization: ShortText | None = None
+    title: ShortText | None = None
+    notes: FreeText | None = None
 
     @model_validator(mode="after")
     def _changes_something(self) -> PersonUpdated:
@@ -109,6 +156,17 @@ class PersonUpdated(Event):
         if all(getattr(self, f) is None for f in fields):
             raise ValueError("person.updated must change at least one field")
         return self
+
+    def people(self) -> tuple[str, ...]:
+        return (self.person_id,)
+
+
+class PersonForgotten(Event):
+    """The person asked to be forgotten: their key was destroyed, so every encrypted value of
+    theirs on the log is unreadable, and projections purge what they hold of them."""
+
+    type: Literal["person.forgotten"] = "person.forgotten"
+    person_id: PersonId
 
     def people(self) -> tuple[str, ...]:
         return (self.person_id,)
@@ -122,13 +180,13 @@ class RelationshipMet(Event):
     """
 
     type: Literal["relationship.met"] = "relationship.met"
-    participants: Annotated[list[PersonId], Field(min_length=2, max_length=50)]
+    participants: Annotated[tuple[PersonId, ...], Field(min_length=2, max_length=50)]
     depth: Depth
     mode: Mode = "in_person"
     duration_minutes: Annotated[int, Field(ge=0, le=24 * 60)] = 0
     initiated_by: PersonId | None = None
-    where: Annotated[str | None, Field(max_length=200, json_schema_extra=PERSONAL)] = None
-    context: Annotated[FreeText | None, Field(json_schema_extra=PERSONAL)] = None
+    where: ShortText | None = None
+    context: FreeText | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> RelationshipMet:
@@ -155,7 +213,7 @@ class RelationshipFollowedUp(Event):
     to_person: PersonId
     channel: Channel
     replied: bool = False
-    note: Annotated[FreeText | None, Field(json_schema_extra=PERSONAL)] = None
+    note: FreeText | None = None
 
     @model_validator(mode="after")
     def _two_people(self) -> RelationshipFollowedUp:
@@ -178,7 +236,7 @@ class RelationshipIntroduced(Event):
     introducer: PersonId
     person_a: PersonId
     person_b: PersonId
-    reason: Annotated[FreeText | None, Field(json_schema_extra=PERSONAL)] = None
+    reason: FreeText | None = None
 
     @model_validator(mode="after")
     def _three_people(self) -> RelationshipIntroduced:
@@ -205,7 +263,7 @@ class RelationshipHelped(Event):
     type: Literal["relationship.helped"] = "relationship.helped"
     helper: PersonId
     helped: PersonId
-    what: Annotated[FreeText | None, Field(json_schema_extra=PERSONAL)] = None
+    what: FreeText | None = None
 
     @model_validator(mode="after")
     def _two_people(self) -> RelationshipHelped:
@@ -250,13 +308,14 @@ class EventRetracted(Event):
 
     type: Literal["event.retracted"] = "event.retracted"
     retracted_event_id: UUID
-    reason: Annotated[FreeText | None, Field(json_schema_extra=PERSONAL)] = None
+    reason: FreeText | None = None
 
 
 #: Every current event class, in a stable order.
 EVENT_CLASSES: tuple[type[Event], ...] = (
     PersonAdded,
     PersonUpdated,
+    PersonForgotten,
     RelationshipMet,
     RelationshipFollowedUp,
     RelationshipIntroduced,
@@ -274,11 +333,13 @@ def event_type_of(cls: type[Event]) -> str:
 
 
 __all__ = [
+    "ENC_PREFIX",
     "EVENT_CLASSES",
     "PERSONAL",
     "Event",
     "EventRetracted",
     "PersonAdded",
+    "PersonForgotten",
     "PersonId",
     "PersonUpdated",
     "RelationshipClosenessRated",
@@ -287,6 +348,5 @@ __all__ = [
     "RelationshipIntroduced",
     "RelationshipMet",
     "WorkspaceId",
-    "datetime",
     "event_type_of",
 ]

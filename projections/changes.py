@@ -10,6 +10,7 @@ from events_schema.models import (
     Event,
     EventRetracted,
     PersonAdded,
+    PersonForgotten,
     PersonUpdated,
     RelationshipClosenessRated,
     RelationshipFollowedUp,
@@ -40,6 +41,8 @@ class Changes:
     person_updated: dict[str, Any] | None = None
     pair_rows: list[PairEventRow] = field(default_factory=list)
     retracts: UUID | None = None
+    #: Erasure: purge this person's personal data from every read model.
+    forgets: str | None = None
 
 
 def _detail(event: Event, pair: tuple[str, str]) -> dict[str, Any]:
@@ -82,6 +85,8 @@ def changes_for(event: Event) -> Changes:
     if isinstance(event, PersonUpdated):
         values = {f: getattr(event, f) for f in PERSON_FIELDS if getattr(event, f) is not None}
         return Changes(person_updated={"person_id": event.person_id, **values})
+    if isinstance(event, PersonForgotten):
+        return Changes(forgets=event.person_id)
     if isinstance(event, EventRetracted):
         return Changes(retracts=event.retracted_event_id)
     rows = [

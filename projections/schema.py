@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS people_v1 (
     updated_at      timestamptz NOT NULL,
     last_seq        bigint NOT NULL,
     retracted       boolean NOT NULL DEFAULT false,
+    forgotten       boolean NOT NULL DEFAULT false,
     PRIMARY KEY (workspace_id, person_id)
 );
 

@@ -177,6 +177,7 @@ class ProjectionStore:
         pair_rows: list[tuple[Any, ...]] = []
         deltas: dict[PairKey, list[tuple[str, float, Any]]] = defaultdict(list)
         retractions: list[Decoded] = []
+        forgets: list[tuple[Decoded, str]] = []
         for it in items:
             e = it.event
             ch: Changes = changes_for(e)
@@ -216,6 +217,8 @@ class ProjectionStore:
                 )
             if ch.retracts is not None:
                 retractions.append(it)
+            if ch.forgets is not None:
+                forgets.append((it, ch.forgets))
         async with conn.cursor() as cur:
             if adds:
                 await cur.executemany(
@@ -240,6 +243,18 @@ class ProjectionStore:
             await self._fold_pairs(conn, deltas, items[-1].seq)
         for it in retractions:
             await self._retract(conn, it, result)
+        for it, person_id in forgets:
+            await self._forget(conn, it, person_id)
+
+    async def _forget(self, conn: AsyncConnection[Any], it: Decoded, person_id: str) -> None:
+        """Purge every personal value of the person from the read models. (Archived payloads
+        hold only ciphertext under the destroyed key, so they are unreadable already.)"""
+        nulls = ", ".join(f"{f} = NULL" for f in PERSON_FIELDS)
+        await conn.execute(
+            f"UPDATE people_v1 SET {nulls}, forgotten = true, last_seq = %s "
+            "WHERE workspace_id = %s AND person_id = %s",
+            (it.seq, it.event.workspace_id, person_id),
+        )
 
     async def _update_person(
         self, conn: AsyncConnection[Any], it: Decoded, upd: dict[str, Any]

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     #: Readiness fails when the projection lags the stream by more than this many events.
     ready_max_lag: int = 100_000
 
+    #: base64 of 32 bytes; wraps the per-person keys at rest (recommended in production).
+    master_key: str | None = None
+    #: Authentication failures per client and minute before answering 429.
+    auth_failures_per_minute: int = 20
+
     log_json: bool | None = None
     log_level: str = "INFO"
 

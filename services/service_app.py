@@ -19,6 +19,8 @@ from nats.aio.client import Client as NatsClient
 from events_schema.registry import REGISTRY
 from services.config import Settings
 from services.infra import db
+from services.crypto import KeyStore, master_key_from_env
+from services.infra.state import ensure_state_schema
 from services.infra.jetstream import connect_nats, ensure_streams
 from services.infra.subjects import command_wildcard
 from services.writeside import Outcome, WriteSide
@@ -26,7 +28,7 @@ from services.writeside import Outcome, WriteSide
 log = structlog.get_logger(__name__)
 
 #: Which service records which event types.
-PEOPLE_TYPES = frozenset({"person.added", "person.updated"})
+PEOPLE_TYPES = frozenset({"person.added", "person.updated", "person.forgotten"})
 INTERACTION_TYPES = frozenset(
     {
         "relationship.met",
@@ -84,7 +86,11 @@ def create_service_app(settings: Settings, service: str, types: Iterable[str]) -
         js = nc.jetstream()
         await ensure_streams(js, settings)
         await pool.open(wait=True)
-        holder.update(nc=nc, side=WriteSide(settings, js, pool, REGISTRY, types, service))
+        async with pool.connection() as conn:
+            await ensure_state_schema(conn, settings.database_schema)
+        keystore = KeyStore(pool, master_key_from_env(settings.master_key))
+        holder.update(nc=nc, side=WriteSide(settings, js, pool, REGISTRY, types, service,
+                                            keystore))
         log.info(
             "service.started",
             service=service,

@@ -20,9 +20,10 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 from psycopg_pool import AsyncConnectionPool
 
-from events_schema.models import Event, EventRetracted, PersonAdded
+from events_schema.models import ENC_PREFIX, Event, EventRetracted, PersonAdded, PersonForgotten
 from events_schema.registry import EventDecodeError, EventRegistry
 from services.config import Settings
+from services.crypto import KeyStore, PersonForgottenError, encrypt_event, key_people
 from services.infra.subjects import event_subject, person_added_subject
 
 log = structlog.get_logger(__name__)
@@ -106,8 +107,10 @@ class WriteSide:
         registry: EventRegistry,
         types: Iterable[str],
         service: str,
+        keystore: KeyStore,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self.keystore = keystore
         self.settings = settings
         self.js = js
         self.pool = pool
@@ -144,6 +147,9 @@ class WriteSide:
                 f"unknown event type {event_type!r}; known: "
                 f"{', '.join(sorted(self.registry.classes))}",
             )
+        for f, v in obj.items():
+            if isinstance(v, str) and v.startswith(ENC_PREFIX):
+                raise Rejected(422, [f], "must be plaintext; tieline encrypts personal data")
         now = self.clock()
         data = dict(obj)
         data.setdefault("event_id", str(uuid4()))
@@ -193,6 +199,13 @@ class WriteSide:
                 )
         if isinstance(event, EventRetracted):
             await self._check_retraction(event)
+        named = [pid for _, pid in refs] + (
+            [event.person_id] if isinstance(event, PersonAdded) else [])
+        if named and not isinstance(event, PersonForgotten):
+            keys = await self.keystore.keys(event.workspace_id, named, create=True)
+            gone = [p for p in named if keys.get(p) is None]
+            if gone:
+                raise Rejected(410, ["person"], f"person {gone[0]!r} was forgotten")
 
     async def _check_retraction(self, event: EventRetracted) -> None:
         async with self.pool.connection() as conn:
@@ -227,6 +240,7 @@ class WriteSide:
         if isinstance(event, PersonAdded):
             headers["Nats-Expected-Last-Subject-Sequence"] = "0"
         subject = event_subject(self.settings.subject_prefix, event)
+        event = await self._protect(event)
         async with self._publish_slots:
             try:
                 ack = await self.js.publish(
@@ -243,6 +257,17 @@ class WriteSide:
         if isinstance(event, PersonAdded):
             self._known_people.add((event.workspace_id, event.person_id))
         return int(ack.seq), bool(ack.duplicate)
+
+    async def _protect(self, event: Event) -> Event:
+        """Encrypt personal fields with the people's keys; forgetting destroys the key first."""
+        if isinstance(event, PersonForgotten):
+            await self.keystore.destroy(event.workspace_id, event.person_id)
+            return event
+        keys = await self.keystore.keys(event.workspace_id, key_people(event), create=True)
+        try:
+            return encrypt_event(event, keys)
+        except PersonForgottenError as exc:
+            raise Rejected(410, ["person"], f"person {exc.person_id!r} was forgotten") from exc
 
     async def _existing_person(self, event: PersonAdded) -> tuple[int, bool]:
         """The person already exists: fine if it is this very event re-sent, else a conflict."""

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from uuid import uuid4
 
 import structlog
-from fastapi import FastAPI, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
@@ -21,7 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from projections.schema import ensure_schema
 from services.api import queries
+from services.api.erasure import forget_person
+from services.auth import FailureLimiter, Principal, create_token, list_tokens, revoke_token
+from services.auth import verify_token
 from services.config import Settings
+from services.crypto import FORGOTTEN, KeyStore, decrypt_value, master_key_from_env
+from services.infra.state import ensure_state_schema
 from services.infra import db
 from services.infra.jetstream import connect_nats, ensure_streams
 from services.infra.subjects import command_subject
@@ -91,6 +96,53 @@ class Runtime:
         self.settings = settings
         self.pool: AsyncConnectionPool[Any] = db.make_pool(settings, min_size=2, max_size=16)
         self.nc: NatsClient | None = None
+        self.keystore = KeyStore(self.pool, master_key_from_env(settings.master_key))
+        self.limiter = FailureLimiter(settings.auth_failures_per_minute, 60.0)
+        self._principals: dict[str, tuple[float, Principal]] = {}
+
+    async def principal(self, token: str) -> Principal | None:
+        """The token's principal, cached for a few seconds (revocation takes effect within
+        that time); the cache is keyed by a hash, never by the token itself."""
+        import hashlib
+
+        key = hashlib.sha256(token.encode()).hexdigest()
+        hit = self._principals.get(key)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < 5.0:
+            return hit[1]
+        async with self.pool.connection() as conn:
+            found = await verify_token(conn, token)
+        if found is not None:
+            if len(self._principals) > 10_000:
+                self._principals.clear()
+            self._principals[key] = (now, found)
+        return found
+
+    async def audit(self, ws: str, who: Principal, endpoint: str, people: list[str]) -> None:
+        """Record that ``who`` read personal data of ``people``."""
+        if not people:
+            return
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO access_log (workspace_id, actor, endpoint, person_ids) "
+                "VALUES (%s, %s, %s, %s)", (ws, who.actor, endpoint, people))
+
+    async def reveal(self, ws: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Decrypt people rows; a forgotten person shows as such, with nothing else."""
+        keys = await self.keystore.keys(ws, [r["person_id"] for r in rows])
+        out = []
+        for r in rows:
+            r = dict(r)
+            forgotten = r.pop("forgotten", False)
+            key = keys.get(r["person_id"])
+            for f in ("display_name", "email", "phone", "organization", "title", "notes"):
+                if f in r:
+                    r[f] = None if forgotten else decrypt_value(key, ws, f, r[f])
+            if forgotten:
+                r["display_name"] = FORGOTTEN
+            r["forgotten"] = forgotten
+            out.append(r)
+        return out
 
     async def command(
         self, ws: str, service: str, items: list[Any], actor: str, correlation_id: str
@@ -133,11 +185,6 @@ class Runtime:
             delay = min(delay * 2, 0.02)
 
 
-def _actor(request: Request) -> str:
-    # Until authentication lands, the caller names itself; it is recorded as recorded_by.
-    return request.headers.get("x-tieline-actor", "anonymous")[:200] or "anonymous"
-
-
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -175,6 +222,44 @@ def _single_response(result: dict[str, Any]) -> JSONResponse:
     )
 
 
+def require(role: str) -> Any:
+    """Dependency: a valid bearer token for the workspace in the path, with ``role``.
+
+    Errors say only 401 or 403: nothing that tells an attacker which part was wrong.
+    """
+
+    async def dependency(request: Request, ws: WS) -> Principal:
+        rt: Runtime = request.app.state.runtime
+        client = request.client.host if request.client else "unknown"
+        if rt.limiter.blocked(client):
+            raise ApiError(429, "too many failed authentication attempts; retry later")
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        found = await rt.principal(token) if token else None
+        if found is None:
+            rt.limiter.failed(client)
+            raise ApiError(401, "unauthorized")
+        if found.workspace_id != ws or not found.may(role):
+            raise ApiError(403, "forbidden")
+        structlog.contextvars.bind_contextvars(actor=found.actor, workspace_id=ws)
+        return found
+
+    return Depends(dependency)
+
+
+Reader = Annotated[Principal, require("read")]
+Writer = Annotated[Principal, require("write")]
+Admin = Annotated[Principal, require("admin")]
+
+
+class TokenIn(BaseModel):
+    """A token to create: its role and a name that events record as ``recorded_by``."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["read", "write", "admin"]
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.@-]+$")
+
+
 def create_app(settings: Settings) -> FastAPI:
     """Build the API; connections open in the lifespan."""
     rt = Runtime(settings)
@@ -186,6 +271,7 @@ def create_app(settings: Settings) -> FastAPI:
         await rt.pool.open(wait=True)
         async with rt.pool.connection() as conn:
             await ensure_schema(conn, settings.database_schema)
+            await ensure_state_schema(conn, settings.database_schema)
         log.info("api.started", port=settings.api_port)
         yield
         await rt.pool.close()
@@ -200,9 +286,12 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.runtime = rt
 
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": str(exc), "detail": exc.detail}, status_code=exc.status)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"error": str(exc), "detail": exc.detail}, status_code=exc.status,
+                            headers=headers)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -242,10 +331,10 @@ def create_app(settings: Settings) -> FastAPI:
         response_model=WriteResult,
         responses={409: {}, 413: {}, 422: {}},
     )
-    async def add_person(ws: WS, person: PersonIn, request: Request) -> JSONResponse:
+    async def add_person(ws: WS, person: PersonIn, who: Writer) -> JSONResponse:
         obj = {"type": "person.added", **person.model_dump(exclude_none=True)}
         obj.setdefault("person_id", uuid4().hex)
-        [result] = await rt.command(ws, "people", [obj], _actor(request), str(uuid4()))
+        [result] = await rt.command(ws, "people", [obj], who.actor, str(uuid4()))
         if result["status"] < 300:
             result["person_id"] = obj["person_id"]
         return _single_response(result)
@@ -272,7 +361,7 @@ def create_app(settings: Settings) -> FastAPI:
             }
         },
     )
-    async def record_event(ws: WS, request: Request) -> JSONResponse:
+    async def record_event(ws: WS, request: Request, who: Writer) -> JSONResponse:
         raw = await _read_body(request, settings.max_event_bytes)
         obj = _parse_json(raw, ["body"])
         if not isinstance(obj, dict):
@@ -282,7 +371,7 @@ def create_app(settings: Settings) -> FastAPI:
                 [{"loc": ["body"], "msg": "must be a JSON object"}],
             )
         [result] = await rt.command(
-            ws, service_for(obj.get("type")), [obj], _actor(request), str(uuid4())
+            ws, service_for(obj.get("type")), [obj], who.actor, str(uuid4())
         )
         return _single_response(result)
 
@@ -306,7 +395,7 @@ def create_app(settings: Settings) -> FastAPI:
             }
         },
     )
-    async def record_batch(ws: WS, request: Request) -> BatchResult:
+    async def record_batch(ws: WS, request: Request, who: Writer) -> BatchResult:
         raw = await _read_body(request, settings.max_batch_bytes)
         lines = [ln for ln in raw.splitlines()]
         if len(lines) > settings.max_batch_lines:
@@ -335,9 +424,7 @@ def create_app(settings: Settings) -> FastAPI:
                 runs.append((service, [i]))
         correlation = str(uuid4())
         for service, idx in runs:
-            out = await rt.command(
-                ws, service, [objs[i] for i in idx], _actor(request), correlation
-            )
+            out = await rt.command(ws, service, [objs[i] for i in idx], who.actor, correlation)
             for i, r in zip(idx, out, strict=True):
                 results[i] = r
         final = [WriteResult(**r) for r in results if r is not None and r["status"] != 204]
@@ -355,39 +442,45 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/v1/workspaces/{ws}/people", tags=["people"])
     async def list_people(
         ws: WS,
+        who: Reader,
         min_seq: MinSeq = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         after: str | None = None,
     ) -> dict[str, Any]:
         await rt.wait_for_seq(min_seq)
         async with rt.pool.connection() as conn:
-            rows = await queries.list_people(conn, ws, limit, after)
+            rows = await rt.reveal(ws, await queries.list_people(conn, ws, limit, after))
+        await rt.audit(ws, who, "GET people", [r["person_id"] for r in rows])
         return {"people": rows, "next": rows[-1]["person_id"] if len(rows) == limit else None}
 
     @app.get("/v1/workspaces/{ws}/people/{person}", tags=["people"])
-    async def get_person(ws: WS, person: PID, min_seq: MinSeq = None) -> dict[str, Any]:
+    async def get_person(ws: WS, person: PID, who: Reader, min_seq: MinSeq = None
+                         ) -> dict[str, Any]:
         await rt.wait_for_seq(min_seq)
         async with rt.pool.connection() as conn:
             row = await queries.get_person(conn, ws, person)
         if row is None:
-            raise HTTPException(404, f"person {person!r} not found")
-        return row
+            raise HTTPException(404, "person not found")
+        await rt.audit(ws, who, "GET person", [person])
+        return (await rt.reveal(ws, [row]))[0]
 
     @app.get("/v1/workspaces/{ws}/relationships/{person_a}/{person_b}", tags=["relationships"])
     async def strength(
-        ws: WS, person_a: PID, person_b: PID, min_seq: MinSeq = None
+        ws: WS, person_a: PID, person_b: PID, who: Reader, min_seq: MinSeq = None
     ) -> dict[str, Any]:
         await rt.wait_for_seq(min_seq)
         async with rt.pool.connection() as conn:
             row = await queries.get_strength(conn, ws, person_a, person_b)
         if row is None:
             raise HTTPException(404, "no recorded relationship between these people")
+        await rt.audit(ws, who, "GET relationship", [person_a, person_b])
         return row
 
     @app.get("/v1/workspaces/{ws}/people/{person}/relationships", tags=["relationships"])
     async def relationships(
         ws: WS,
         person: PID,
+        who: Reader,
         min_seq: MinSeq = None,
         order: Literal["strength", "recent"] = "strength",
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
@@ -395,6 +488,7 @@ def create_app(settings: Settings) -> FastAPI:
         await rt.wait_for_seq(min_seq)
         async with rt.pool.connection() as conn:
             rows = await queries.person_relationships(conn, ws, person, order, limit)
+        await rt.audit(ws, who, "GET person relationships", [person])
         return {"person": person, "order": order, "relationships": rows}
 
     @app.get(
@@ -404,13 +498,68 @@ def create_app(settings: Settings) -> FastAPI:
         ws: WS,
         person_a: PID,
         person_b: PID,
+        who: Reader,
         min_seq: MinSeq = None,
         limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
     ) -> dict[str, Any]:
         await rt.wait_for_seq(min_seq)
         async with rt.pool.connection() as conn:
             rows = await queries.timeline(conn, ws, person_a, person_b, limit)
+        await rt.audit(ws, who, "GET timeline", [person_a, person_b])
         a, b = queries.ordered(person_a, person_b)
         return {"person_a": a, "person_b": b, "events": rows}
+
+    # -- administration -------------------------------------------------------------------
+
+    @app.post("/v1/workspaces/{ws}/people/{person}/forget", tags=["privacy"])
+    async def forget(ws: WS, person: PID, who: Admin) -> dict[str, Any]:
+        """Erase a person: destroy their key, purge the read models, and report a scan of the
+        stream, the archive and every read-model table for their former values."""
+        async with rt.pool.connection() as conn:
+            known = await queries.get_person(conn, ws, person)
+        if known is None:
+            raise HTTPException(404, "person not found")
+        report = await forget_person(rt, ws, person, who.actor)
+        return report
+
+    @app.get("/v1/workspaces/{ws}/access-log", tags=["privacy"])
+    async def access_log(ws: WS, who: Admin, person: str | None = None,
+                         limit: Annotated[int, Query(ge=1, le=10000)] = 100) -> dict[str, Any]:
+        async with rt.pool.connection() as conn:
+            cur = await conn.execute(
+                """SELECT at, actor, endpoint, person_ids FROM access_log
+                   WHERE workspace_id = %s AND (%s::text IS NULL OR %s = ANY(person_ids))
+                   ORDER BY id DESC LIMIT %s""", (ws, person, person, limit))
+            rows = await cur.fetchall()
+        return {"entries": rows}
+
+    @app.post("/v1/workspaces/{ws}/tokens", tags=["privacy"], status_code=201)
+    async def new_token(ws: WS, body: TokenIn, who: Admin) -> dict[str, Any]:
+        """Create a token for this workspace; the plaintext is shown only in this answer."""
+        async with rt.pool.connection() as conn:
+            token = await create_token(conn, ws, body.role, body.name)
+        log.info("token.created", workspace_id=ws, role=body.role, name=body.name,
+                 by=who.actor)
+        return {"token": token, "token_id": token.split("_")[1], "role": body.role,
+                "name": body.name}
+
+    @app.get("/v1/workspaces/{ws}/tokens", tags=["privacy"])
+    async def tokens(ws: WS, who: Admin) -> dict[str, Any]:
+        async with rt.pool.connection() as conn:
+            rows = await list_tokens(conn, ws)
+        keys = ("token_id", "workspace_id", "role", "name", "created_at", "revoked_at")
+        return {"tokens": [dict(zip(keys, r, strict=True)) for r in rows]}
+
+    @app.delete("/v1/workspaces/{ws}/tokens/{token_id}", tags=["privacy"])
+    async def revoke(ws: WS, token_id: str, who: Admin) -> dict[str, Any]:
+        async with rt.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT 1 FROM api_tokens WHERE token_id = %s AND workspace_id = %s",
+                (token_id, ws))
+            if await cur.fetchone() is None:
+                raise HTTPException(404, "no such token")
+            done = await revoke_token(conn, token_id)
+        rt._principals.clear()
+        return {"revoked": done}
 
     return app

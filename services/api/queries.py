@@ -26,7 +26,8 @@ async def list_people(
     conn: AsyncConnection[Any], ws: str, limit: int, after: str | None
 ) -> list[Row]:
     cur = await conn.execute(
-        """SELECT person_id, display_name, email, phone, organization, title, added_at, updated_at
+        """SELECT person_id, display_name, email, phone, organization, title, added_at,
+                  updated_at, forgotten
            FROM people_v1 WHERE workspace_id = %s AND NOT retracted AND person_id > %s
            ORDER BY person_id LIMIT %s""",
         (ws, after or "", limit),
@@ -37,7 +38,7 @@ async def list_people(
 async def get_person(conn: AsyncConnection[Any], ws: str, person: str) -> Row | None:
     cur = await conn.execute(
         """SELECT person_id, display_name, email, phone, organization, title, notes, added_at,
-                  updated_at FROM people_v1
+                  updated_at, forgotten FROM people_v1
            WHERE workspace_id = %s AND person_id = %s AND NOT retracted""",
         (ws, person),
     )

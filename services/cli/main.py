@@ -86,6 +86,7 @@ def up(
     signal.signal(signal.SIGINT, _stop)
     try:
         stack.start_servers()
+        token = stack.bootstrap_admin_token(os.environ.get("TIELINE_ADMIN_TOKEN"))
         stack.start_processes()
         stack.wait_ready(timeout=90)
         console.print(
@@ -93,6 +94,8 @@ def up(
         )
         console.print(f"NATS: {stack.nats_url}   PostgreSQL: {stack.database_url}")
         console.print(f"data: {data_dir.resolve()}   logs: {data_dir.resolve() / 'logs'}")
+        console.print(f"admin token for workspace 'default' (export it as TIELINE_TOKEN):\n"
+                      f"  {token}", soft_wrap=True)
         console.print("Ctrl-C stops everything.")
         while not stopping:
             stack.supervise_once()
@@ -101,6 +104,80 @@ def up(
         console.print("stopping ...")
         stack.stop()
         console.print("stopped.")
+
+
+def _settings_for_ops() -> Any:
+    from services.config import Settings
+
+    return Settings()
+
+
+def _run_db(fn: Any) -> Any:
+    """Run ``fn(conn)`` against tieline's schema (TIELINE_DATABASE_URL / _SCHEMA)."""
+    import asyncio
+
+    from services.infra import db
+    from services.infra.state import ensure_state_schema
+
+    settings = _settings_for_ops()
+
+    async def go() -> Any:
+        conn = await db.connect(settings)
+        try:
+            await ensure_state_schema(conn, settings.database_schema)
+            return await fn(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+token_app = typer.Typer(help="API tokens (talks to PostgreSQL: TIELINE_DATABASE_URL).")
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(workspace: Workspace = "default",
+                 role: Annotated[str, typer.Option(help="read | write | admin")] = "write",
+                 name: Annotated[str, typer.Option(help="Shown as recorded_by.")] = "cli") -> None:
+    """Create a token bound to one workspace; prints it once."""
+    from services.auth import create_token
+
+    token = _run_db(lambda conn: create_token(conn, workspace, role, name))
+    console.print(token, soft_wrap=True)
+
+
+@token_app.command("list")
+def token_list(workspace: Annotated[str | None, typer.Option("--workspace", "-w")] = None
+               ) -> None:
+    """List tokens (never their secrets)."""
+    from services.auth import list_tokens
+
+    rows = _run_db(lambda conn: list_tokens(conn, workspace))
+    table = Table("token_id", "workspace", "role", "name", "created", "revoked")
+    for r in rows:
+        table.add_row(*(str(x) if x is not None else "" for x in r))
+    console.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str) -> None:
+    """Revoke a token by its id (the part after ``tl_``)."""
+    from services.auth import revoke_token
+
+    done = _run_db(lambda conn: revoke_token(conn, token_id))
+    console.print("revoked" if done else "no such active token")
+    if not done:
+        raise typer.Exit(1)
+
+
+@app.command()
+def forget(person: str, api_url: ApiUrl = DEFAULT_API, workspace: Workspace = "default") -> None:
+    """Erase a person (admin token): destroy their key, purge read models, print the report."""
+    data = _call("POST", f"{api_url}/v1/workspaces/{workspace}/people/{person}/forget")
+    console.print_json(json.dumps(data, default=str))
+    if not data.get("clean"):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -125,8 +202,11 @@ def worker() -> None:
 
 
 def _call(method: str, url: str, **kwargs: Any) -> Any:
+    token = os.environ.get("TIELINE_TOKEN")
+    if token:
+        kwargs["headers"] = {**kwargs.get("headers", {}), "Authorization": f"Bearer {token}"}
     try:
-        resp = httpx.request(method, url, timeout=30, **kwargs)
+        resp = httpx.request(method, url, timeout=120, **kwargs)
     except httpx.HTTPError as exc:
         err.print(f"[red]cannot reach tieline at {url}: {exc}[/]")
         raise typer.Exit(2) from exc

@@ -64,9 +64,67 @@ async def _ensure(js: JetStreamContext, config: js_api.StreamConfig) -> js_api.S
 
 
 async def ensure_streams(js: JetStreamContext, settings: Settings) -> js_api.StreamInfo:
-    """Create (or bring up to date) the event stream and its dead-letter stream."""
-    await _ensure(js, dlq_stream_config(settings))
-    return await _ensure(js, stream_config(settings))
+    """Make sure the dead-letter stream and the event stream exist as configured; return the
+    event stream's info.
+
+    Each stream is looked up first (``$JS.API.STREAM.INFO.<name>``, which every tieline NATS
+    user may call) and created or updated only when it is missing or differs in a field that
+    :func:`stream_config` / :func:`dlq_stream_config` set. So once an admin step has created
+    the streams (``tieline up`` does it as the NATS ``admin`` user, see
+    services/runtime/nats_auth.py), a process whose user may not ``STREAM.CREATE`` /
+    ``STREAM.UPDATE`` starts without sending either request: the server would refuse them with
+    a permissions violation, which nats-py surfaces only as a request timeout.
+    """
+    # Imports and helpers are local so that this change stays inside this one function.
+    import dataclasses
+    import math
+
+    from nats.errors import TimeoutError as NatsTimeoutError
+    from nats.js.errors import NotFoundError
+
+    def differing_fields(want: js_api.StreamConfig, have: js_api.StreamConfig) -> list[str]:
+        """Fields set in ``want`` (not None) whose value on the server is different. Fields
+        left None are the server's to default; durations travel as nanoseconds and come back
+        as float seconds, hence the tolerance for floats."""
+        out: list[str] = []
+        for f in dataclasses.fields(want):
+            wanted, actual = getattr(want, f.name), getattr(have, f.name)
+            if wanted is None:
+                continue
+            if isinstance(wanted, float) and isinstance(actual, int | float):
+                if not math.isclose(wanted, actual, rel_tol=1e-9, abs_tol=1e-6):
+                    out.append(f.name)
+            elif wanted != actual:
+                out.append(f.name)
+        return out
+
+    info: js_api.StreamInfo | None = None
+    for config in (dlq_stream_config(settings), stream_config(settings)):
+        name = config.name or ""
+        try:
+            info = await js.stream_info(name)
+            differs = differing_fields(config, info.config)
+            if not differs:
+                continue
+            action = "update"
+            log.info("stream.update", stream=name, fields=differs)
+        except NotFoundError:
+            action, differs = "create", []
+        try:
+            if action == "create":
+                info = await _ensure(js, config)
+            else:
+                info = await js.update_stream(config=config)
+        except NatsTimeoutError as exc:
+            raise RuntimeError(
+                f"could not {action} JetStream stream {name!r}"
+                + (f" (it differs in {', '.join(differs)})" if differs else "")
+                + ": the request timed out, which is how nats-py reports a permissions "
+                f"violation; this NATS user may lack $JS.API.STREAM.{action.upper()}. Let the "
+                "admin user create the streams first (tieline up does that)"
+            ) from exc
+    assert info is not None
+    return info
 
 
 async def connect_nats(settings: Settings, name: str) -> NatsClient:

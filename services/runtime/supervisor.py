@@ -3,10 +3,18 @@ every service and worker as separate child processes, restarted if one dies.
 
 ``tieline up`` uses it; so do the end-to-end and fault-injection tests, which need to kill and
 restart real processes.
+
+With an embedded NATS the server requires authentication: every process connects as its own
+NATS user with only the permissions it needs (services/runtime/nats_auth.py), the passwords
+live in ``<data_dir>/secrets/nats-passwords.json``, and the streams are created by the
+``admin`` user before any process starts. With an external NATS (``nats_url``) the processes
+use whatever ``TIELINE_NATS_USER`` / ``TIELINE_NATS_PASSWORD`` the environment gives them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -19,7 +27,13 @@ from pathlib import Path
 
 import structlog
 
+from services.config import Settings
 from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, find_free_port
+from services.runtime.nats_auth import (
+    PASSWORDS_FILE,
+    authorization_block,
+    load_or_create_passwords,
+)
 from services.runtime.run import ROLES
 
 log = structlog.get_logger(__name__)
@@ -54,6 +68,8 @@ class Stack:
         self.restarts: dict[str, int] = {}
         self.api_port = config.api_port or find_free_port(config.api_host)
         self._stopping = False
+        #: NATS user -> password, for the embedded NATS only (None: external, no users made).
+        self._nats_passwords: dict[str, str] | None = None
 
     @property
     def api_url(self) -> str:
@@ -73,25 +89,128 @@ class Stack:
         assert self.postgres is not None
         return self.postgres.url
 
+    @property
+    def passwords_path(self) -> Path:
+        """Where the embedded NATS users' passwords are kept (JSON, mode 0600)."""
+        return self.config.data_dir / PASSWORDS_FILE
+
+    def nats_credentials(self, role: str) -> tuple[str, str] | None:
+        """(user, password) that ``role`` (a process role or ``admin``) uses on the embedded
+        NATS; None when the NATS is external (its credentials come from the environment)."""
+        if self._nats_passwords is None:
+            return None
+        return role, self._nats_passwords[role]
+
+    def settings(self, **overrides: object) -> Settings:
+        """The Settings the children get: TIELINE_* from our environment, then ``config.env``,
+        then ``overrides`` (used for the admin connection that creates the streams)."""
+        values: dict[str, object] = {
+            key.removeprefix("TIELINE_").lower(): value
+            for key, value in self.config.env.items()
+            if key.startswith("TIELINE_")
+        }
+        values.update(overrides)
+        return Settings(**values)  # type: ignore[arg-type]
+
     def start_servers(self) -> None:
-        """Start embedded NATS and PostgreSQL for whatever has no URL configured."""
+        """Start embedded NATS and PostgreSQL for whatever has no URL configured.
+
+        An embedded NATS gets one user per role with least-privilege permissions, and the
+        streams are then created (or checked) as ``admin``, since the processes may not.
+        """
         data = self.config.data_dir
         data.mkdir(parents=True, exist_ok=True)
         if not self.config.nats_url and self.nats is None:
+            self._nats_passwords = load_or_create_passwords(self.passwords_path)
+            subjects = self.settings()
+            auth = authorization_block(
+                subjects.subject_prefix, subjects.stream_name, self._nats_passwords
+            )
+            extra = "\n".join(part for part in (self.config.nats_extra_config, auth) if part)
             self.nats = EmbeddedNats(
                 data / "nats",
                 port=self.config.nats_port,
                 sync_always=self.config.sync_always,
-                extra_config=self.config.nats_extra_config,
+                extra_config=extra,
             )
         if self.nats is not None:
             self.nats.start()
             log.info("nats.started", url=self.nats.url, sync_always=self.config.sync_always)
+            if self._nats_passwords is not None:
+                self.ensure_streams_as_admin()
         if not self.config.database_url and self.postgres is None:
             self.postgres = EmbeddedPostgres(data / "postgres", port=self.config.postgres_port)
         if self.postgres is not None:
             self.postgres.start()
             log.info("postgres.started", url=self.postgres.url)
+
+    def ensure_streams_as_admin(self, timeout: float = 30.0) -> None:
+        """Create or check the event and dead-letter streams as the embedded NATS's ``admin``
+        user: the processes' own users may only look the streams up, not create them."""
+        from services.infra.jetstream import connect_nats, ensure_streams
+
+        credentials = self.nats_credentials("admin")
+        assert credentials is not None
+        settings = self.settings(
+            nats_url=self.nats_url, nats_user=credentials[0], nats_password=credentials[1]
+        )
+
+        async def run() -> None:
+            nc = await connect_nats(settings, name="tieline-supervisor-admin")
+            try:
+                info = await ensure_streams(nc.jetstream(), settings)
+                log.info("streams.ready", stream=info.config.name, last_seq=info.state.last_seq)
+            finally:
+                await nc.close()
+
+        # In a thread of its own: the caller may itself be running an event loop (async tests).
+        with concurrent.futures.ThreadPoolExecutor(1, "tieline-admin") as pool:
+            pool.submit(asyncio.run, asyncio.wait_for(run(), timeout)).result()
+
+    def master_key(self) -> str:
+        """TIELINE_MASTER_KEY from the environment, else one kept in the data dir (0600)."""
+        import base64
+        import secrets as _secrets
+
+        given = self.config.env.get("TIELINE_MASTER_KEY") or os.environ.get("TIELINE_MASTER_KEY")
+        if given:
+            return given
+        path = self.config.data_dir / "secrets" / "master.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.write_text(base64.b64encode(_secrets.token_bytes(32)).decode())
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def bootstrap_admin_token(self, token: str | None = None, workspace: str = "default") -> str:
+        """Create (or re-register a given) admin token for ``workspace``; a fresh one is
+        written to ``data_dir/secrets/admin-token`` so a restart prints the same token."""
+        import asyncio
+
+        from services.auth import create_token
+        from services.config import Settings
+        from services.infra import db
+        from services.infra.state import ensure_state_schema
+
+        path = self.config.data_dir / "secrets" / "admin-token"
+        if token is None and path.exists():
+            token = path.read_text().strip()
+        schema = self.config.env.get("TIELINE_DATABASE_SCHEMA", "tieline")
+        settings = Settings(database_url=self.database_url, database_schema=schema)
+
+        async def go() -> str:
+            conn = await db.connect(settings)
+            try:
+                await ensure_state_schema(conn, schema)
+                return await create_token(conn, workspace, "admin", "admin", token)
+            finally:
+                await conn.close()
+
+        created = asyncio.run(go())
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(created)
+        path.chmod(0o600)
+        return created
 
     def child_env(self, role: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -105,7 +224,12 @@ class Stack:
             }
         )
         env.setdefault("TIELINE_LOG_JSON", "true")
+        env["TIELINE_MASTER_KEY"] = self.master_key()
         env.update(self.config.env)
+        credentials = self.nats_credentials(role)
+        if credentials is not None:
+            # Last, so nothing inherited can make a process connect as someone else.
+            env["TIELINE_NATS_USER"], env["TIELINE_NATS_PASSWORD"] = credentials
         return env
 
     def start_role(self, role: str) -> None:

@@ -58,7 +58,7 @@ def test_met_recorded_over_http_shows_in_strength_and_timeline(api: httpx.Client
         f"/v1/workspaces/{ws}/relationships/grace/ada/timeline", params={"min_seq": seq}
     ).json()
     assert [e["type"] for e in t["events"]] == ["relationship.met"]
-    assert t["events"][0]["recorded_by"] == "anonymous"
+    assert t["events"][0]["recorded_by"] == "token:tester"
     assert t["events"][0]["seq"] == seq
 
 
@@ -81,7 +81,6 @@ def test_follow_up_and_introduction_add_to_strength(api: httpx.Client, ws: str) 
             "channel": "email",
             "replied": True,
         },
-        headers={"X-Tieline-Actor": "alice"},
     )
     intro = api.post(
         f"/v1/workspaces/{ws}/events",
@@ -104,7 +103,9 @@ def test_follow_up_and_introduction_add_to_strength(api: httpx.Client, ws: str) 
     ).json()["relationships"]
     assert [t["other"] for t in ties] == ["grace", "linus"]
     tl = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace/timeline").json()["events"]
-    assert [e["recorded_by"] for e in tl] == ["anonymous", "alice", "anonymous"]
+    assert [e["type"] for e in tl] == [
+        "relationship.met", "relationship.followed_up", "relationship.introduced"]
+    assert {e["recorded_by"] for e in tl} == {"token:tester"}
 
 
 async def test_met_recorded_over_nats_request_reply(
@@ -140,8 +141,9 @@ async def test_met_recorded_over_nats_request_reply(
     assert tl[0]["recorded_by"] == "nats-client"
 
 
-def test_met_recorded_with_the_cli(stack: Stack, api: httpx.Client, ws: str) -> None:
-    env = {**os.environ, "TIELINE_API_URL": stack.api_url, "TIELINE_WORKSPACE": ws}
+def test_met_recorded_with_the_cli(stack: Stack, api: httpx.Client, ws: str, token: str) -> None:
+    env = {**os.environ, "TIELINE_API_URL": stack.api_url, "TIELINE_WORKSPACE": ws,
+           "TIELINE_TOKEN": token}
 
     def cli(*args: str) -> str:
         done = subprocess.run(

@@ -1,0 +1,140 @@
+"""Erasure of a person by crypto-shredding, with a report that proves it.
+
+Before the key is destroyed, the person's personal values are decrypted one last time (held in
+memory only, never logged or returned); after the ``person.forgotten`` event is projected, the
+raw stream bytes, the archive and every table in the schema are searched for those values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+from uuid import uuid4
+
+from psycopg import sql
+
+from events_schema.registry import REGISTRY
+from services.crypto import decrypt_payload, fields_of, key_people
+
+if TYPE_CHECKING:
+    from services.api.app import Runtime
+
+#: Values shorter than this are not searched for (they would match unrelated data).
+MIN_SEARCH_LEN = 4
+STREAM_SCAN_LIMIT = 1_000_000
+
+
+async def _former_values(rt: Runtime, ws: str, person: str) -> tuple[set[str], int]:
+    """Plaintext personal values of events that the person's key protects, and their count."""
+    async with rt.pool.connection() as conn:
+        cur = await conn.execute(
+            """SELECT type, payload FROM events WHERE workspace_id = %s AND (
+                   payload->>'person_id' = %s OR event_id IN (
+                     SELECT event_id FROM pair_events_v1 WHERE workspace_id = %s
+                        AND (person_a = %s OR person_b = %s)))""",
+            (ws, person, ws, person, person))
+        rows = await cur.fetchall()
+    values: set[str] = set()
+    for row in rows:
+        cls = REGISTRY.classes.get(row["type"])
+        if cls is None:
+            continue
+        event = REGISTRY.decode_obj(row["payload"])
+        people = key_people(event)
+        keys = await rt.keystore.keys(ws, people)
+        plain = decrypt_payload(row["payload"], cls, people, keys)
+        for f in fields_of(cls):
+            v = plain.get(f)
+            if isinstance(v, str) and len(v) >= MIN_SEARCH_LEN and not v.startswith("enc:"):
+                values.add(v)
+    return values, len(rows)
+
+
+def _needles(values: set[str]) -> list[bytes]:
+    """Each value as raw UTF-8 and as it appears inside JSON (escaped)."""
+    out: set[bytes] = set()
+    for v in values:
+        out.add(v.encode())
+        out.add(json.dumps(v)[1:-1].encode())
+    return sorted(out)
+
+
+async def scan_tables(rt: Runtime, values: set[str]) -> dict[str, int]:
+    """Rows per table (in tieline's schema) whose text contains any of ``values``."""
+    if not values:
+        return {}
+    patterns = [
+        "%" + n.decode().replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%"
+        for n in _needles(values)
+    ]
+    found: dict[str, int] = {}
+    async with rt.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
+            "AND table_type = 'BASE TABLE' ORDER BY table_name", (rt.settings.database_schema,))
+        tables = [r["table_name"] for r in await cur.fetchall()]
+        for t in tables:
+            q = sql.SQL("SELECT count(*) AS n FROM {} x WHERE x::text LIKE ANY(%s)").format(
+                sql.Identifier(t))
+            c = await conn.execute(q, (patterns,))
+            row = await c.fetchone()
+            found[t] = int(row["n"]) if row else 0
+    return found
+
+
+async def scan_stream(rt: Runtime, values: set[str]) -> tuple[int, int]:
+    """(messages scanned, messages containing any value) over the raw stream bytes."""
+    assert rt.nc is not None
+    js = rt.nc.jetstream()
+    info = await js.stream_info(rt.settings.stream_name)
+    first, last = int(info.state.first_seq), int(info.state.last_seq)
+    needles = _needles(values)
+    scanned = hits = 0
+    seq = first
+    while seq <= min(last, first + STREAM_SCAN_LIMIT):
+        batch = range(seq, min(seq + 200, last + 1))
+        msgs = await asyncio.gather(
+            *(js.get_msg(rt.settings.stream_name, s) for s in batch), return_exceptions=True)
+        for m in msgs:
+            if isinstance(m, BaseException):
+                continue  # a deleted sequence
+            scanned += 1
+            data = m.data or b""
+            if any(n in data for n in needles):
+                hits += 1
+        seq += 200
+    return scanned, hits
+
+
+async def forget_person(rt: Runtime, ws: str, person: str, actor: str) -> dict[str, Any]:
+    """Destroy the person's key (through the people service), wait for the projection, and
+    report what was removed and what a search for their former values found."""
+    values, protected = await _former_values(rt, ws, person)
+    [result] = await rt.command(ws, "people", [{"type": "person.forgotten", "person_id": person}],
+                                actor, str(uuid4()))
+    if result["status"] >= 300:
+        return {"person_id": person, "erased": False, "error": result.get("error")}
+    await rt.wait_for_seq(result["seq"])
+    rt.keystore._cache.pop((ws, person), None)
+    tables = await scan_tables(rt, values)
+    scanned, stream_hits = await scan_stream(rt, values)
+    clean = stream_hits == 0 and not any(tables.values())
+    return {
+        "person_id": person,
+        "erased": True,
+        "forgotten_event_id": result["event_id"],
+        "forgotten_seq": result["seq"],
+        "removed": {
+            "key": "destroyed",
+            "people_v1": "personal fields purged",
+            "archived_events_now_unreadable": protected,
+        },
+        "search": {
+            "values_searched": len(values),
+            "stream_messages_scanned": scanned,
+            "stream_messages_with_plaintext": stream_hits,
+            "table_rows_with_plaintext": tables,
+        },
+        "clean": clean,
+    }

@@ -1,0 +1,134 @@
+"""Bearer API tokens: each bound to one workspace with a role (read < write < admin).
+
+A token looks like ``tl_<token_id>_<secret>``. Only the SHA-256 of the secret is stored (the
+secret has 192 random bits, so a fast hash is enough); the plaintext is shown once, at creation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from psycopg import AsyncConnection
+
+Role = Literal["read", "write", "admin"]
+ROLE_RANK: dict[str, int] = {"read": 1, "write": 2, "admin": 3}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the token's workspace, role and name."""
+
+    token_id: str
+    workspace_id: str
+    role: str
+    name: str
+
+    @property
+    def actor(self) -> str:
+        """What events record as ``recorded_by``."""
+        return f"token:{self.name}"
+
+    def may(self, role: str) -> bool:
+        return ROLE_RANK[self.role] >= ROLE_RANK[role]
+
+
+def _sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def split_token(token: str) -> tuple[str, str] | None:
+    """``tl_<id>_<secret>`` -> (id, secret), or None when it is not shaped like a token."""
+    parts = token.split("_", 2)
+    if len(parts) != 3 or parts[0] != "tl" or len(parts[1]) != 12 or len(parts[2]) < 20:
+        return None
+    return parts[1], parts[2]
+
+
+async def create_token(conn: AsyncConnection[Any], workspace_id: str, role: str, name: str,
+                       token: str | None = None) -> str:
+    """Store a new token (or a given one, e.g. from TIELINE_ADMIN_TOKEN); return its plaintext."""
+    if role not in ROLE_RANK:
+        raise ValueError(f"role must be one of {', '.join(ROLE_RANK)}")
+    if token is None:
+        token = f"tl_{secrets.token_hex(6)}_{secrets.token_urlsafe(24)}"
+    parts = split_token(token)
+    if parts is None:
+        raise ValueError("a token must look like tl_<12 hex>_<secret of 20+ characters>")
+    token_id, secret = parts
+    await conn.execute(
+        """INSERT INTO api_tokens (token_id, workspace_id, role, name, secret_sha256)
+           VALUES (%s, %s, %s, %s, %s)
+           ON CONFLICT (token_id) DO UPDATE SET workspace_id = EXCLUDED.workspace_id,
+               role = EXCLUDED.role, name = EXCLUDED.name,
+               secret_sha256 = EXCLUDED.secret_sha256, revoked_at = NULL""",
+        (token_id, workspace_id, role, name, _sha256(secret)),
+    )
+    return token
+
+
+async def list_tokens(conn: AsyncConnection[Any], workspace_id: str | None = None
+                      ) -> list[tuple[Any, ...]]:
+    cur = await conn.execute(
+        """SELECT token_id, workspace_id, role, name, created_at, revoked_at FROM api_tokens
+           WHERE %s::text IS NULL OR workspace_id = %s ORDER BY created_at""",
+        (workspace_id, workspace_id))
+    return [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in await cur.fetchall()]
+
+
+async def revoke_token(conn: AsyncConnection[Any], token_id: str) -> bool:
+    cur = await conn.execute(
+        "UPDATE api_tokens SET revoked_at = now() WHERE token_id = %s AND revoked_at IS NULL",
+        (token_id,))
+    return cur.rowcount == 1
+
+
+async def verify_token(conn: AsyncConnection[Any], token: str) -> Principal | None:
+    """The principal behind a token, or None (unknown, malformed, revoked or wrong secret)."""
+    parts = split_token(token)
+    if parts is None:
+        return None
+    token_id, secret = parts
+    cur = await conn.execute(
+        "SELECT workspace_id, role, name, secret_sha256 FROM api_tokens "
+        "WHERE token_id = %s AND revoked_at IS NULL", (token_id,))
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    values = list(row.values()) if isinstance(row, dict) else list(row)
+    ws, role, name, digest = values
+    if not hmac.compare_digest(digest, _sha256(secret)):
+        return None
+    return Principal(token_id, ws, role, name)
+
+
+class FailureLimiter:
+    """Counts authentication failures per client; too many in a window answers 429.
+
+    Slows down token guessing without affecting clients that authenticate correctly.
+    """
+
+    def __init__(self, max_failures: int = 20, window_s: float = 60.0) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        q = self._failures.setdefault(client, deque())
+        while q and now - q[0] > self.window_s:
+            q.popleft()
+        return q
+
+    def blocked(self, client: str) -> bool:
+        return len(self._recent(client, time.monotonic())) >= self.max_failures
+
+    def failed(self, client: str) -> None:
+        now = time.monotonic()
+        self._recent(client, now).append(now)
+        if len(self._failures) > 10_000:  # bound memory under a spray of client addresses
+            self._failures.clear()

@@ -1,0 +1,202 @@
+"""Crypto-shredding: personal-data fields are encrypted with a key per person (AES-GCM), so
+that destroying one key erases that person's data everywhere it was copied, including the
+immutable log.
+
+- A person event's fields use that person's key.
+- Free text on a relationship event is about everyone it names: its key is derived (HKDF) from
+  the keys of all of them, so forgetting any one of them makes it unreadable.
+- An event that names nobody (a retraction's reason) uses the workspace's own key.
+
+Person keys live in ``person_keys``, wrapped with the master key from ``TIELINE_MASTER_KEY``
+when one is configured.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from psycopg_pool import AsyncConnectionPool
+
+from events_schema.models import ENC_PREFIX, Event
+
+#: Key id of a workspace's own key (not a valid person id, so it can never collide).
+WORKSPACE_KEY = "~workspace"
+FORGOTTEN = "forgotten person"
+UNREADABLE = "[erased]"
+
+
+class PersonForgottenError(Exception):
+    """An event names a person whose key was destroyed."""
+
+    def __init__(self, person_id: str) -> None:
+        super().__init__(person_id)
+        self.person_id = person_id
+
+
+def personal_fields(cls: type[Event]) -> tuple[str, ...]:
+    """Names of the fields the schema marks ``x-personal-data``."""
+    props = cls.model_json_schema()["properties"]
+    return tuple(name for name, schema in props.items() if "x-personal-data" in str(schema))
+
+
+_FIELDS_CACHE: dict[type[Event], tuple[str, ...]] = {}
+
+
+def fields_of(cls: type[Event]) -> tuple[str, ...]:
+    if cls not in _FIELDS_CACHE:
+        _FIELDS_CACHE[cls] = personal_fields(cls)
+    return _FIELDS_CACHE[cls]
+
+
+def key_people(event: Event) -> list[str]:
+    """Whose keys protect this event's personal fields."""
+    if event.type.startswith("person."):
+        return [getattr(event, "person_id")]  # noqa: B009
+    people = sorted(set(event.people()))
+    return people or [WORKSPACE_KEY]
+
+
+def field_key(people: list[str], keys: dict[str, bytes | None]) -> bytes | None:
+    """The AES key for an event's fields given its key people (None if any key is gone)."""
+    material = [keys.get(p) for p in people]
+    if any(k is None for k in material):
+        return None
+    if len(material) == 1:
+        return material[0]
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=b"tieline/event-text/v1").derive(b"".join(k for k in material if k))
+
+
+def _aad(workspace_id: str, field: str) -> bytes:
+    return f"{workspace_id}|{field}".encode()
+
+
+def encrypt_value(key: bytes, workspace_id: str, field: str, value: str) -> str:
+    nonce = os.urandom(12)
+    ct = AESGCM(key).encrypt(nonce, value.encode(), _aad(workspace_id, field))
+    return ENC_PREFIX + base64.b64encode(nonce + ct).decode()
+
+
+def decrypt_value(key: bytes | None, workspace_id: str, field: str, value: Any) -> Any:
+    """Plaintext of an encrypted value; ``[erased]`` when its key is gone; others unchanged."""
+    if not isinstance(value, str) or not value.startswith(ENC_PREFIX):
+        return value
+    if key is None:
+        return UNREADABLE
+    raw = base64.b64decode(value[len(ENC_PREFIX):])
+    try:
+        return AESGCM(key).decrypt(raw[:12], raw[12:], _aad(workspace_id, field)).decode()
+    except Exception:  # noqa: BLE001  (tampered or foreign ciphertext reads as erased)
+        return UNREADABLE
+
+
+def encrypt_event(event: Event, keys: dict[str, bytes | None]) -> Event:
+    """The event with every personal field encrypted (fields left None stay None)."""
+    fields = fields_of(type(event))
+    key = field_key(key_people(event), keys)
+    updates = {}
+    for f in fields:
+        value = getattr(event, f)
+        if value is None:
+            continue
+        if key is None:
+            raise PersonForgottenError(next(p for p in key_people(event) if keys.get(p) is None))
+        updates[f] = encrypt_value(key, event.workspace_id, f, value)
+    return event.model_copy(update=updates) if updates else event
+
+
+def decrypt_payload(payload: dict[str, Any], cls: type[Event], people: list[str],
+                    keys: dict[str, bytes | None]) -> dict[str, Any]:
+    """A decrypted copy of an archived event payload (for exports and reports)."""
+    key = field_key(people, keys)
+    ws = payload.get("workspace_id", "")
+    return {k: decrypt_value(key, ws, k, v) if k in fields_of(cls) else v
+            for k, v in payload.items()}
+
+
+class KeyStore:
+    """Person keys in PostgreSQL, cached briefly in memory."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any], master_key: bytes | None,
+                 ttl_s: float = 5.0) -> None:
+        self.pool = pool
+        self.master = AESGCM(master_key) if master_key else None
+        self.ttl_s = ttl_s
+        self._cache: dict[tuple[str, str], tuple[float, bytes | None]] = {}
+
+    def _wrap(self, ws: str, pid: str, key: bytes) -> bytes:
+        if self.master is None:
+            return key
+        nonce = os.urandom(12)
+        return nonce + self.master.encrypt(nonce, key, f"{ws}/{pid}".encode())
+
+    def _unwrap(self, ws: str, pid: str, stored: bytes, wrapped: bool) -> bytes:
+        if not wrapped:
+            return stored
+        if self.master is None:
+            raise RuntimeError("person keys are wrapped but TIELINE_MASTER_KEY is not set")
+        return self.master.decrypt(stored[:12], stored[12:], f"{ws}/{pid}".encode())
+
+    async def keys(self, ws: str, people: list[str], *, create: bool = False
+                   ) -> dict[str, bytes | None]:
+        """Keys of ``people`` (None: destroyed, or missing when ``create`` is False)."""
+        now = time.monotonic()
+        out: dict[str, bytes | None] = {}
+        missing = []
+        for p in set(people):
+            hit = self._cache.get((ws, p))
+            if hit is not None and now - hit[0] < self.ttl_s:
+                out[p] = hit[1]
+            else:
+                missing.append(p)
+        if not missing:
+            return out
+        async with self.pool.connection() as conn:
+            if create:
+                rows = [(ws, p, self._wrap(ws, p, AESGCM.generate_key(256)), self.master is not None)
+                        for p in missing]
+                async with conn.cursor() as cur:
+                    await cur.executemany(
+                        "INSERT INTO person_keys (workspace_id, person_id, key, wrapped) "
+                        "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING", rows)
+            cur2 = await conn.execute(
+                "SELECT person_id, key, wrapped FROM person_keys "
+                "WHERE workspace_id = %s AND person_id = ANY(%s)", (ws, missing))
+            found = {r["person_id"]: r for r in await cur2.fetchall()}
+        for p in missing:
+            r = found.get(p)
+            key = None if r is None or r["key"] is None else self._unwrap(
+                ws, p, bytes(r["key"]), r["wrapped"])
+            if r is not None:
+                self._cache[(ws, p)] = (now, key)
+            out[p] = key
+        return out
+
+    async def destroy(self, ws: str, person_id: str) -> bool:
+        """Destroy a person's key: from now on their encrypted data is unreadable."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                """INSERT INTO person_keys (workspace_id, person_id, key, wrapped, destroyed_at)
+                   VALUES (%s, %s, NULL, false, now())
+                   ON CONFLICT (workspace_id, person_id) DO UPDATE
+                   SET key = NULL, destroyed_at = coalesce(person_keys.destroyed_at, now())
+                   RETURNING destroyed_at""", (ws, person_id))
+            await cur.fetchone()
+        self._cache[(ws, person_id)] = (time.monotonic(), None)
+        return True
+
+
+def master_key_from_env(value: str | None) -> bytes | None:
+    """Decode ``TIELINE_MASTER_KEY`` (base64 of 32 bytes)."""
+    if not value:
+        return None
+    key = base64.b64decode(value)
+    if len(key) != 32:
+        raise ValueError("TIELINE_MASTER_KEY must be base64 of 32 random bytes")
+    return key

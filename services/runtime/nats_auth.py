@@ -1,0 +1,234 @@
+"""Least-privilege NATS users: one per tieline process, each allowed only the subjects it uses.
+
+``tieline up`` (services/runtime/supervisor.py) writes :func:`authorization_block` into the
+embedded nats-server's configuration, keeps the generated passwords in
+``<data_dir>/secrets/nats-passwords.json`` and starts every process as its own user; the
+configurations in ``deploy/nats/`` carry the same block (:func:`deploy_authorization_block`)
+with the passwords taken from the server's environment.
+
+Why each permission exists (``P`` is the subject prefix, ``S`` the event stream's name):
+
+``admin``
+    Everything. Creates and updates the two streams before the other processes start, and is
+    the operators' user. No tieline process runs as admin.
+
+``api``
+    Publishes command requests ``P.cmd.>`` to the write services and subscribes ``_INBOX.>``
+    for their replies. ``$JS.API.STREAM.INFO.S`` answers ``/readyz`` (stream sequence) and,
+    with ``...INFO.S_DLQ``, lets :func:`services.infra.jetstream.ensure_streams` confirm at
+    start that the streams exist. It cannot publish events, read stream messages, or create
+    streams or consumers: everything written goes through a write service that validates it.
+
+``people`` / ``interactions``
+    Subscribe to their own commands ``P.cmd.*.<service>.*``, and only in the queue group named
+    after the service (replicas share the load; nobody else can join the group), and answer
+    them through ``allow_responses`` (one reply to each request they received, on the reply
+    subject it named, without a general publish right on ``_INBOX.>``). They publish only the
+    event types they own: ``P.ev.*.person.>`` for people; ``P.ev.*.relationship.>`` and
+    ``P.ev.*.event.>`` (retractions) for interactions. A JetStream publish is a request whose
+    PubAck comes back on ``_INBOX.>``. ``$JS.API.STREAM.MSG.GET.S`` is the "does this person
+    exist" check (last message on ``P.ev.<ws>.person.added.<id>``) and the re-sent
+    ``person.added`` lookup; ``STREAM.INFO`` of both streams is the start-up check.
+
+``worker``
+    Consumes the event stream through its durable pull consumer: ``STREAM.INFO`` of both
+    streams (start-up check), ``$JS.API.CONSUMER.INFO.S.>`` (nats-py's ``pull_subscribe`` asks
+    whether the durable exists), ``$JS.API.CONSUMER.CREATE.S.>`` (creates it when missing;
+    nats-py sends ``CONSUMER.CREATE.S.<durable>.<filter subject>`` to servers >= 2.9, so the
+    legacy ``CONSUMER.DURABLE.CREATE`` is not granted), ``$JS.API.CONSUMER.MSG.NEXT.S.>``
+    (fetch), ``$JS.ACK.S.>`` (ack and in-progress, sent to each message's reply subject) and
+    ``_INBOX.>`` to receive fetched messages and PubAcks. It parks poison events on
+    ``P.dlq.>``, the subjects of the ``S_DLQ`` stream. It cannot publish events, so a bug in a
+    projection cannot rewrite the log.
+
+Residual exposure: every user may subscribe to ``_INBOX.>``, so a compromised process could
+listen to other users' replies (e.g. fetched events). Closing that needs a per-user inbox
+prefix (``inbox_prefix`` in the NATS clients) and matching ``_INBOX_<user>.>`` permissions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "PASSWORDS_FILE",
+    "ROLES",
+    "Permissions",
+    "authorization_block",
+    "deploy_authorization_block",
+    "load_or_create_passwords",
+    "password_env_var",
+    "permissions",
+]
+
+#: NATS users: the operator/bootstrap user and one per process role of services/runtime/run.py.
+ROLES: tuple[str, ...] = ("admin", "api", "people", "interactions", "worker")
+
+#: Where ``tieline up`` keeps the generated passwords, relative to its data directory.
+PASSWORDS_FILE = Path("secrets") / "nats-passwords.json"
+
+#: Inbox subjects nats-py (and FastStream on top of it) use for replies to its requests.
+_INBOX = "_INBOX.>"
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """What one NATS user may do. ``subscribe`` entries may name a queue group after a space
+    (``"subject queue"``): the user may then subscribe only within that group."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    #: Allow one reply to each request received (on its reply subject), without publish rights.
+    allow_responses: bool = False
+
+
+def permissions(role: str, prefix: str, stream: str) -> Permissions:
+    """The permissions of ``role`` for subject prefix ``prefix`` and event stream ``stream``.
+
+    See the module docstring for why each subject is there.
+    """
+    api = f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.INFO.{stream}_DLQ"
+    if role == "admin":
+        return Permissions(publish=(">",), subscribe=(">",))
+    if role == "api":
+        return Permissions(publish=(f"{prefix}.cmd.>", *api), subscribe=(_INBOX,))
+    if role in ("people", "interactions"):
+        events = (
+            (f"{prefix}.ev.*.person.>",)
+            if role == "people"
+            else (f"{prefix}.ev.*.relationship.>", f"{prefix}.ev.*.event.>")
+        )
+        return Permissions(
+            publish=(*events, *api, f"$JS.API.STREAM.MSG.GET.{stream}"),
+            subscribe=(f"{prefix}.cmd.*.{role}.* {role}", _INBOX),
+            allow_responses=True,
+        )
+    if role == "worker":
+        return Permissions(
+            publish=(
+                *api,
+                f"$JS.API.CONSUMER.INFO.{stream}.>",
+                f"$JS.API.CONSUMER.CREATE.{stream}.>",
+                f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
+                f"$JS.ACK.{stream}.>",
+                f"{prefix}.dlq.>",
+            ),
+            subscribe=(_INBOX,),
+        )
+    raise ValueError(f"unknown NATS role {role!r}; expected one of {', '.join(ROLES)}")
+
+
+def password_env_var(role: str) -> str:
+    """Environment variable holding ``role``'s password for the deploy/ configurations."""
+    return f"TIELINE_NATS_PASSWORD_{role.upper()}"
+
+
+def _quote(value: str) -> str:
+    """A double-quoted string for the NATS configuration format.
+
+    The format accepts JSON string syntax, so ``json.dumps`` escapes quotes, backslashes and
+    control characters. Quoted values are never expanded as ``$VARIABLE`` references.
+    """
+    return json.dumps(value)
+
+
+def _allow_list(kind: str, subjects: tuple[str, ...]) -> list[str]:
+    """``publish``/``subscribe`` section with one quoted subject per line."""
+    return [
+        f"        {kind} {{",
+        "          allow: [",
+        *(f"            {_quote(subject)}" for subject in subjects),
+        "          ]",
+        "        }",
+    ]
+
+
+def _render(prefix: str, stream: str, password_values: Mapping[str, str]) -> str:
+    """The block, with each role's password written as the given configuration token."""
+    lines = ["authorization {", "  users = ["]
+    for role in ROLES:
+        perms = permissions(role, prefix, stream)
+        lines += [
+            "    {",
+            f"      user: {_quote(role)}",
+            f"      password: {password_values[role]}",
+            "      permissions {",
+            *_allow_list("publish", perms.publish),
+            *_allow_list("subscribe", perms.subscribe),
+        ]
+        if perms.allow_responses:
+            lines.append("        allow_responses: true")
+        lines += ["      }", "    }"]
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def authorization_block(prefix: str, stream: str, passwords: dict[str, str]) -> str:
+    """A nats-server ``authorization { users = [...] }`` block: one user per role in
+    :data:`ROLES` with the password from ``passwords`` and :func:`permissions`.
+
+    Passwords must not start with ``$2`` (nats-server would take them for bcrypt hashes).
+    """
+    for role in ROLES:
+        password = passwords.get(role)
+        if not password:
+            raise ValueError(f"no password for NATS user {role!r}")
+        if password.startswith("$2"):
+            raise ValueError(f"the password of {role!r} looks like a bcrypt hash ($2...)")
+    return _render(prefix, stream, {role: _quote(passwords[role]) for role in ROLES})
+
+
+def deploy_authorization_block(prefix: str = "tl", stream: str = "TIELINE") -> str:
+    """The block in ``deploy/nats/*.conf``: passwords are unquoted ``$TIELINE_NATS_PASSWORD_*``
+    references, which nats-server reads from its environment (unset is a start-up error)."""
+    return _render(prefix, stream, {role: f"${password_env_var(role)}" for role in ROLES})
+
+
+def load_or_create_passwords(path: Path) -> dict[str, str]:
+    """Return a password per role, generating (and storing) any that ``path`` does not hold.
+
+    The file is JSON ``{role: password}`` with mode 0600 in a 0700 directory, written
+    atomically. It is reused on later starts, so a second ``tieline up`` on the same data
+    directory keeps the same credentials (operators may have copied the admin password).
+    """
+    passwords: dict[str, str] = {}
+    if path.exists():
+        try:
+            loaded = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc}); fix or delete it") from exc
+        if not isinstance(loaded, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in loaded.items()
+        ):
+            raise ValueError(f"{path}: expected a JSON object of non-empty strings")
+        passwords = dict(loaded)
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            os.chmod(path, 0o600)
+    missing = [role for role in ROLES if role not in passwords]
+    if not missing:
+        return passwords
+    for role in missing:
+        passwords[role] = secrets.token_urlsafe(24)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(passwords, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return passwords
