@@ -171,18 +171,25 @@ class WriteSide:
             raise Rejected(422, ["occurred_at"], "lies before 1900")
         return event
 
-    async def person_exists(self, workspace_id: str, person_id: str) -> bool:
-        """Whether a person.added for this person is on the log (consistent: reads the stream)."""
-        key = (workspace_id, person_id)
-        if key in self._known_people:
-            return True
-        subject = person_added_subject(self.settings.subject_prefix, workspace_id, person_id)
+    async def _on_log(self, subject: str) -> bool:
         try:
             await self.js.get_last_msg(self.settings.stream_name, subject)
         except NotFoundError:
             return False
-        self._known_people.add(key)
         return True
+
+    async def person_status(self, workspace_id: str, person_id: str) -> str:
+        """``present``, ``unknown`` or ``forgotten``, read from the log itself (consistent
+        across services: a forget in the people service is seen here at once)."""
+        prefix = self.settings.subject_prefix
+        key = (workspace_id, person_id)
+        forgotten = person_added_subject(prefix, workspace_id, person_id).replace(
+            ".person.added.", ".person.forgotten.")
+        if key not in self._known_people:
+            if not await self._on_log(person_added_subject(prefix, workspace_id, person_id)):
+                return "unknown"
+            self._known_people.add(key)  # a person once added stays added
+        return "forgotten" if await self._on_log(forgotten) else "present"
 
     async def check_references(self, event: Event, obj: dict[str, Any]) -> None:
         """Every person named must exist in this workspace; a retraction's target must too."""
@@ -190,13 +197,15 @@ class WriteSide:
         if event.type.startswith("person.") and not isinstance(event, PersonAdded):
             refs = [(["person_id"], getattr(event, "person_id"))]  # noqa: B009
         found = await asyncio.gather(
-            *(self.person_exists(event.workspace_id, pid) for _, pid in refs)
+            *(self.person_status(event.workspace_id, pid) for _, pid in refs)
         )
-        for (loc, pid), ok in zip(refs, found, strict=True):
-            if not ok:
+        for (loc, pid), status in zip(refs, found, strict=True):
+            if status == "unknown":
                 raise Rejected(
                     404, loc, f"unknown person {pid!r} in workspace {event.workspace_id!r}"
                 )
+            if status == "forgotten" and not isinstance(event, PersonForgotten):
+                raise Rejected(410, loc, f"person {pid!r} was forgotten")
         if isinstance(event, EventRetracted):
             await self._check_retraction(event)
         named = [pid for _, pid in refs] + (

@@ -102,7 +102,14 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> js_api.Str
     for config in (dlq_stream_config(settings), stream_config(settings)):
         name = config.name or ""
         try:
-            info = await js.stream_info(name)
+            try:
+                info = await js.stream_info(name)
+            except NatsTimeoutError as exc:
+                raise RuntimeError(
+                    f"looking up JetStream stream {name!r} timed out: JetStream is not "
+                    f"answering, or this NATS user may not send $JS.API.STREAM.INFO.{name} "
+                    "(do the stream name and subject prefix match the server's permissions?)"
+                ) from exc
             differs = differing_fields(config, info.config)
             if not differs:
                 continue
