@@ -50,8 +50,9 @@ def split_token(token: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
-async def create_token(conn: AsyncConnection[Any], workspace_id: str, role: str, name: str,
-                       token: str | None = None) -> str:
+async def create_token(
+    conn: AsyncConnection[Any], workspace_id: str, role: str, name: str, token: str | None = None
+) -> str:
     """Store a new token (or a given one, e.g. from TIELINE_ADMIN_TOKEN); return its plaintext."""
     if role not in ROLE_RANK:
         raise ValueError(f"role must be one of {', '.join(ROLE_RANK)}")
@@ -72,19 +73,22 @@ async def create_token(conn: AsyncConnection[Any], workspace_id: str, role: str,
     return token
 
 
-async def list_tokens(conn: AsyncConnection[Any], workspace_id: str | None = None
-                      ) -> list[tuple[Any, ...]]:
+async def list_tokens(
+    conn: AsyncConnection[Any], workspace_id: str | None = None
+) -> list[tuple[Any, ...]]:
     cur = await conn.execute(
         """SELECT token_id, workspace_id, role, name, created_at, revoked_at FROM api_tokens
            WHERE %s::text IS NULL OR workspace_id = %s ORDER BY created_at""",
-        (workspace_id, workspace_id))
+        (workspace_id, workspace_id),
+    )
     return [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in await cur.fetchall()]
 
 
 async def revoke_token(conn: AsyncConnection[Any], token_id: str) -> bool:
     cur = await conn.execute(
         "UPDATE api_tokens SET revoked_at = now() WHERE token_id = %s AND revoked_at IS NULL",
-        (token_id,))
+        (token_id,),
+    )
     return cur.rowcount == 1
 
 
@@ -96,7 +100,9 @@ async def verify_token(conn: AsyncConnection[Any], token: str) -> Principal | No
     token_id, secret = parts
     cur = await conn.execute(
         "SELECT workspace_id, role, name, secret_sha256 FROM api_tokens "
-        "WHERE token_id = %s AND revoked_at IS NULL", (token_id,))
+        "WHERE token_id = %s AND revoked_at IS NULL",
+        (token_id,),
+    )
     row = await cur.fetchone()
     if row is None:
         return None

@@ -69,8 +69,9 @@ def field_key(people: list[str], keys: dict[str, bytes | None]) -> bytes | None:
         return None
     if len(material) == 1:
         return material[0]
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                info=b"tieline/event-text/v1").derive(b"".join(k for k in material if k))
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"tieline/event-text/v1"
+    ).derive(b"".join(k for k in material if k))
 
 
 def _aad(workspace_id: str, field: str) -> bytes:
@@ -89,10 +90,10 @@ def decrypt_value(key: bytes | None, workspace_id: str, field: str, value: Any) 
         return value
     if key is None:
         return UNREADABLE
-    raw = base64.b64decode(value[len(ENC_PREFIX):])
+    raw = base64.b64decode(value[len(ENC_PREFIX) :])
     try:
         return AESGCM(key).decrypt(raw[:12], raw[12:], _aad(workspace_id, field)).decode()
-    except Exception:  # noqa: BLE001  (tampered or foreign ciphertext reads as erased)
+    except Exception:
         return UNREADABLE
 
 
@@ -111,20 +112,23 @@ def encrypt_event(event: Event, keys: dict[str, bytes | None]) -> Event:
     return event.model_copy(update=updates) if updates else event
 
 
-def decrypt_payload(payload: dict[str, Any], cls: type[Event], people: list[str],
-                    keys: dict[str, bytes | None]) -> dict[str, Any]:
+def decrypt_payload(
+    payload: dict[str, Any], cls: type[Event], people: list[str], keys: dict[str, bytes | None]
+) -> dict[str, Any]:
     """A decrypted copy of an archived event payload (for exports and reports)."""
     key = field_key(people, keys)
     ws = payload.get("workspace_id", "")
-    return {k: decrypt_value(key, ws, k, v) if k in fields_of(cls) else v
-            for k, v in payload.items()}
+    return {
+        k: decrypt_value(key, ws, k, v) if k in fields_of(cls) else v for k, v in payload.items()
+    }
 
 
 class KeyStore:
     """Person keys in PostgreSQL, cached briefly in memory."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any], master_key: bytes | None,
-                 ttl_s: float = 5.0) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool[Any], master_key: bytes | None, ttl_s: float = 5.0
+    ) -> None:
         self.pool = pool
         self.master = AESGCM(master_key) if master_key else None
         self.ttl_s = ttl_s
@@ -143,8 +147,9 @@ class KeyStore:
             raise RuntimeError("person keys are wrapped but TIELINE_MASTER_KEY is not set")
         return self.master.decrypt(stored[:12], stored[12:], f"{ws}/{pid}".encode())
 
-    async def keys(self, ws: str, people: list[str], *, create: bool = False
-                   ) -> dict[str, bytes | None]:
+    async def keys(
+        self, ws: str, people: list[str], *, create: bool = False
+    ) -> dict[str, bytes | None]:
         """Keys of ``people`` (None: destroyed, or missing when ``create`` is False)."""
         now = time.monotonic()
         out: dict[str, bytes | None] = {}
@@ -159,20 +164,29 @@ class KeyStore:
             return out
         async with self.pool.connection() as conn:
             if create:
-                rows = [(ws, p, self._wrap(ws, p, AESGCM.generate_key(256)), self.master is not None)
-                        for p in missing]
+                rows = [
+                    (ws, p, self._wrap(ws, p, AESGCM.generate_key(256)), self.master is not None)
+                    for p in missing
+                ]
                 async with conn.cursor() as cur:
                     await cur.executemany(
                         "INSERT INTO person_keys (workspace_id, person_id, key, wrapped) "
-                        "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING", rows)
+                        "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        rows,
+                    )
             cur2 = await conn.execute(
                 "SELECT person_id, key, wrapped FROM person_keys "
-                "WHERE workspace_id = %s AND person_id = ANY(%s)", (ws, missing))
+                "WHERE workspace_id = %s AND person_id = ANY(%s)",
+                (ws, missing),
+            )
             found = {r["person_id"]: r for r in await cur2.fetchall()}
         for p in missing:
             r = found.get(p)
-            key = None if r is None or r["key"] is None else self._unwrap(
-                ws, p, bytes(r["key"]), r["wrapped"])
+            key = (
+                None
+                if r is None or r["key"] is None
+                else self._unwrap(ws, p, bytes(r["key"]), r["wrapped"])
+            )
             if r is not None:
                 self._cache[(ws, p)] = (now, key)
             out[p] = key
@@ -186,7 +200,9 @@ class KeyStore:
                    VALUES (%s, %s, NULL, false, now())
                    ON CONFLICT (workspace_id, person_id) DO UPDATE
                    SET key = NULL, destroyed_at = coalesce(person_keys.destroyed_at, now())
-                   RETURNING destroyed_at""", (ws, person_id))
+                   RETURNING destroyed_at""",
+                (ws, person_id),
+            )
             await cur.fetchone()
         self._cache[(ws, person_id)] = (time.monotonic(), None)
         return True

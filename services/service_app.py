@@ -14,14 +14,15 @@ import structlog
 from faststream import FastStream
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
+from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client as NatsClient
 
 from events_schema.registry import REGISTRY
 from services.config import Settings
-from services.infra import db
 from services.crypto import KeyStore, master_key_from_env
-from services.infra.state import ensure_state_schema
+from services.infra import db
 from services.infra.jetstream import connect_nats, ensure_streams
+from services.infra.state import ensure_state_schema
 from services.infra.subjects import command_wildcard
 from services.writeside import Outcome, WriteSide
 
@@ -51,7 +52,9 @@ def create_service_app(settings: Settings, service: str, types: Iterable[str]) -
     """Build (but do not start) the FastStream app of one write-side service."""
     broker_kwargs: dict[str, Any] = {}
     if settings.nats_user:
-        broker_kwargs.update(user=settings.nats_user, password=settings.nats_password or "")
+        broker_kwargs.update(
+            security=NatsUserPassword(settings.nats_user, settings.nats_password or "")
+        )
     broker = NatsBroker(
         settings.nats_url,
         max_reconnect_attempts=-1,
@@ -89,8 +92,7 @@ def create_service_app(settings: Settings, service: str, types: Iterable[str]) -
         async with pool.connection() as conn:
             await ensure_state_schema(conn, settings.database_schema)
         keystore = KeyStore(pool, master_key_from_env(settings.master_key))
-        holder.update(nc=nc, side=WriteSide(settings, js, pool, REGISTRY, types, service,
-                                            keystore))
+        holder.update(nc=nc, side=WriteSide(settings, js, pool, REGISTRY, types, service, keystore))
         log.info(
             "service.started",
             service=service,

@@ -184,7 +184,8 @@ class WriteSide:
         prefix = self.settings.subject_prefix
         key = (workspace_id, person_id)
         forgotten = person_added_subject(prefix, workspace_id, person_id).replace(
-            ".person.added.", ".person.forgotten.")
+            ".person.added.", ".person.forgotten."
+        )
         if key not in self._known_people:
             if not await self._on_log(person_added_subject(prefix, workspace_id, person_id)):
                 return "unknown"
@@ -209,7 +210,8 @@ class WriteSide:
         if isinstance(event, EventRetracted):
             await self._check_retraction(event)
         named = [pid for _, pid in refs] + (
-            [event.person_id] if isinstance(event, PersonAdded) else [])
+            [event.person_id] if isinstance(event, PersonAdded) else []
+        )
         if named and not isinstance(event, PersonForgotten):
             keys = await self.keystore.keys(event.workspace_id, named, create=True)
             gone = [p for p in named if keys.get(p) is None]

@@ -22,13 +22,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from projections.schema import ensure_schema
 from services.api import queries
 from services.api.erasure import forget_person
-from services.auth import FailureLimiter, Principal, create_token, list_tokens, revoke_token
-from services.auth import verify_token
+from services.auth import (
+    FailureLimiter,
+    Principal,
+    create_token,
+    list_tokens,
+    revoke_token,
+    verify_token,
+)
 from services.config import Settings
 from services.crypto import FORGOTTEN, KeyStore, decrypt_value, master_key_from_env
-from services.infra.state import ensure_state_schema
 from services.infra import db
 from services.infra.jetstream import connect_nats, ensure_streams
+from services.infra.state import ensure_state_schema
 from services.infra.subjects import command_subject
 from services.service_app import service_for
 
@@ -125,7 +131,9 @@ class Runtime:
         async with self.pool.connection() as conn:
             await conn.execute(
                 "INSERT INTO access_log (workspace_id, actor, endpoint, person_ids) "
-                "VALUES (%s, %s, %s, %s)", (ws, who.actor, endpoint, people))
+                "VALUES (%s, %s, %s, %s)",
+                (ws, who.actor, endpoint, people),
+            )
 
     async def reveal(self, ws: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Decrypt people rows; a forgotten person shows as such, with nothing else."""
@@ -286,12 +294,12 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.runtime = rt
 
-
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse({"error": str(exc), "detail": exc.detail}, status_code=exc.status,
-                            headers=headers)
+        return JSONResponse(
+            {"error": str(exc), "detail": exc.detail}, status_code=exc.status, headers=headers
+        )
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -454,8 +462,9 @@ def create_app(settings: Settings) -> FastAPI:
         return {"people": rows, "next": rows[-1]["person_id"] if len(rows) == limit else None}
 
     @app.get("/v1/workspaces/{ws}/people/{person}", tags=["people"])
-    async def get_person(ws: WS, person: PID, who: Reader, min_seq: MinSeq = None
-                         ) -> dict[str, Any]:
+    async def get_person(
+        ws: WS, person: PID, who: Reader, min_seq: MinSeq = None
+    ) -> dict[str, Any]:
         await rt.wait_for_seq(min_seq)
         async with rt.pool.connection() as conn:
             row = await queries.get_person(conn, ws, person)
@@ -523,13 +532,19 @@ def create_app(settings: Settings) -> FastAPI:
         return report
 
     @app.get("/v1/workspaces/{ws}/access-log", tags=["privacy"])
-    async def access_log(ws: WS, who: Admin, person: str | None = None,
-                         limit: Annotated[int, Query(ge=1, le=10000)] = 100) -> dict[str, Any]:
+    async def access_log(
+        ws: WS,
+        who: Admin,
+        person: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 100,
+    ) -> dict[str, Any]:
         async with rt.pool.connection() as conn:
             cur = await conn.execute(
                 """SELECT at, actor, endpoint, person_ids FROM access_log
                    WHERE workspace_id = %s AND (%s::text IS NULL OR %s = ANY(person_ids))
-                   ORDER BY id DESC LIMIT %s""", (ws, person, person, limit))
+                   ORDER BY id DESC LIMIT %s""",
+                (ws, person, person, limit),
+            )
             rows = await cur.fetchall()
         return {"entries": rows}
 
@@ -538,10 +553,13 @@ def create_app(settings: Settings) -> FastAPI:
         """Create a token for this workspace; the plaintext is shown only in this answer."""
         async with rt.pool.connection() as conn:
             token = await create_token(conn, ws, body.role, body.name)
-        log.info("token.created", workspace_id=ws, role=body.role, name=body.name,
-                 by=who.actor)
-        return {"token": token, "token_id": token.split("_")[1], "role": body.role,
-                "name": body.name}
+        log.info("token.created", workspace_id=ws, role=body.role, name=body.name, by=who.actor)
+        return {
+            "token": token,
+            "token_id": token.split("_")[1],
+            "role": body.role,
+            "name": body.name,
+        }
 
     @app.get("/v1/workspaces/{ws}/tokens", tags=["privacy"])
     async def tokens(ws: WS, who: Admin) -> dict[str, Any]:
@@ -554,8 +572,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def revoke(ws: WS, token_id: str, who: Admin) -> dict[str, Any]:
         async with rt.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT 1 FROM api_tokens WHERE token_id = %s AND workspace_id = %s",
-                (token_id, ws))
+                "SELECT 1 FROM api_tokens WHERE token_id = %s AND workspace_id = %s", (token_id, ws)
+            )
             if await cur.fetchone() is None:
                 raise HTTPException(404, "no such token")
             done = await revoke_token(conn, token_id)

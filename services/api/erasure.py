@@ -12,6 +12,7 @@ import json
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
+from nats.js.errors import NotFoundError
 from psycopg import sql
 
 from events_schema.registry import REGISTRY
@@ -33,7 +34,8 @@ async def _former_values(rt: Runtime, ws: str, person: str) -> tuple[set[str], i
                    payload->>'person_id' = %s OR event_id IN (
                      SELECT event_id FROM pair_events_v1 WHERE workspace_id = %s
                         AND (person_a = %s OR person_b = %s)))""",
-            (ws, person, ws, person, person))
+            (ws, person, ws, person, person),
+        )
         rows = await cur.fetchall()
     values: set[str] = set()
     for row in rows:
@@ -72,11 +74,14 @@ async def scan_tables(rt: Runtime, values: set[str]) -> dict[str, int]:
     async with rt.pool.connection() as conn:
         cur = await conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
-            "AND table_type = 'BASE TABLE' ORDER BY table_name", (rt.settings.database_schema,))
+            "AND table_type = 'BASE TABLE' ORDER BY table_name",
+            (rt.settings.database_schema,),
+        )
         tables = [r["table_name"] for r in await cur.fetchall()]
         for t in tables:
             q = sql.SQL("SELECT count(*) AS n FROM {} x WHERE x::text LIKE ANY(%s)").format(
-                sql.Identifier(t))
+                sql.Identifier(t)
+            )
             c = await conn.execute(q, (patterns,))
             row = await c.fetchone()
             found[t] = int(row["n"]) if row else 0
@@ -95,10 +100,13 @@ async def scan_stream(rt: Runtime, values: set[str]) -> tuple[int, int]:
     while seq <= min(last, first + STREAM_SCAN_LIMIT):
         batch = range(seq, min(seq + 200, last + 1))
         msgs = await asyncio.gather(
-            *(js.get_msg(rt.settings.stream_name, s) for s in batch), return_exceptions=True)
+            *(js.get_msg(rt.settings.stream_name, s) for s in batch), return_exceptions=True
+        )
         for m in msgs:
-            if isinstance(m, BaseException):
+            if isinstance(m, NotFoundError):
                 continue  # a deleted sequence
+            if isinstance(m, BaseException):
+                raise RuntimeError(f"stream scan failed: {m!r}") from m
             scanned += 1
             data = m.data or b""
             if any(n in data for n in needles):
@@ -111,8 +119,9 @@ async def forget_person(rt: Runtime, ws: str, person: str, actor: str) -> dict[s
     """Destroy the person's key (through the people service), wait for the projection, and
     report what was removed and what a search for their former values found."""
     values, protected = await _former_values(rt, ws, person)
-    [result] = await rt.command(ws, "people", [{"type": "person.forgotten", "person_id": person}],
-                                actor, str(uuid4()))
+    [result] = await rt.command(
+        ws, "people", [{"type": "person.forgotten", "person_id": person}], actor, str(uuid4())
+    )
     if result["status"] >= 300:
         return {"person_id": person, "erased": False, "error": result.get("error")}
     await rt.wait_for_seq(result["seq"])

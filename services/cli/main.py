@@ -94,8 +94,10 @@ def up(
         )
         console.print(f"NATS: {stack.nats_url}   PostgreSQL: {stack.database_url}")
         console.print(f"data: {data_dir.resolve()}   logs: {data_dir.resolve() / 'logs'}")
-        console.print(f"admin token for workspace 'default' (export it as TIELINE_TOKEN):\n"
-                      f"  {token}", soft_wrap=True)
+        console.print(
+            f"admin token for workspace 'default' (export it as TIELINE_TOKEN):\n  {token}",
+            soft_wrap=True,
+        )
         console.print("Ctrl-C stops everything.")
         while not stopping:
             stack.supervise_once()
@@ -137,9 +139,11 @@ app.add_typer(token_app, name="token")
 
 
 @token_app.command("create")
-def token_create(workspace: Workspace = "default",
-                 role: Annotated[str, typer.Option(help="read | write | admin")] = "write",
-                 name: Annotated[str, typer.Option(help="Shown as recorded_by.")] = "cli") -> None:
+def token_create(
+    workspace: Workspace = "default",
+    role: Annotated[str, typer.Option(help="read | write | admin")] = "write",
+    name: Annotated[str, typer.Option(help="Shown as recorded_by.")] = "cli",
+) -> None:
     """Create a token bound to one workspace; prints it once."""
     from services.auth import create_token
 
@@ -148,8 +152,7 @@ def token_create(workspace: Workspace = "default",
 
 
 @token_app.command("list")
-def token_list(workspace: Annotated[str | None, typer.Option("--workspace", "-w")] = None
-               ) -> None:
+def token_list(workspace: Annotated[str | None, typer.Option("--workspace", "-w")] = None) -> None:
     """List tokens (never their secrets)."""
     from services.auth import list_tokens
 

@@ -98,7 +98,12 @@ def permissions(role: str, prefix: str, stream: str) -> Permissions:
     if role == "admin":
         return Permissions(publish=(">",), subscribe=(">",))
     if role == "api":
-        return Permissions(publish=(f"{prefix}.cmd.>", *api), subscribe=(_INBOX,))
+        # STREAM.MSG.GET: read-only, used by the erasure report to prove no plaintext of a
+        # forgotten person is left in the raw stream bytes. The API cannot publish events.
+        return Permissions(
+            publish=(f"{prefix}.cmd.>", *api, f"$JS.API.STREAM.MSG.GET.{stream}"),
+            subscribe=(_INBOX,),
+        )
     if role in ("people", "interactions"):
         events = (
             (f"{prefix}.ev.*.person.>",)

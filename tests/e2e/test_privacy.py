@@ -20,9 +20,12 @@ from tests.e2e.test_walking_skeleton import add_people
 
 def test_requests_without_a_valid_token_get_401_and_nothing_else(stack: Stack, ws: str) -> None:
     with httpx.Client(base_url=stack.api_url, timeout=10) as anon:
-        for headers in ({}, {"Authorization": "Bearer nope"},
-                        {"Authorization": "Bearer tl_000000000000_" + "x" * 32},
-                        {"Authorization": "Basic abc"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer nope"},
+            {"Authorization": "Bearer tl_000000000000_" + "x" * 32},
+            {"Authorization": "Basic abc"},
+        ):
             r = anon.get(f"/v1/workspaces/{ws}/people", headers=headers)
             assert r.status_code == 401
             assert r.json() == {"error": "unauthorized", "detail": []}
@@ -31,49 +34,67 @@ def test_requests_without_a_valid_token_get_401_and_nothing_else(stack: Stack, w
 
 def test_roles_limit_what_a_token_may_do(stack: Stack, stack_settings: Settings, ws: str) -> None:
     reader = make_token(stack_settings, ws, "read", "reader")
-    with httpx.Client(base_url=stack.api_url, timeout=10,
-                      headers={"Authorization": f"Bearer {reader}"}) as client:
+    with httpx.Client(
+        base_url=stack.api_url, timeout=10, headers={"Authorization": f"Bearer {reader}"}
+    ) as client:
         assert client.get(f"/v1/workspaces/{ws}/people").status_code == 200
         r = client.post(f"/v1/workspaces/{ws}/people", json={"display_name": "X"})
         assert r.status_code == 403 and r.json()["error"] == "forbidden"
         assert client.get(f"/v1/workspaces/{ws}/access-log").status_code == 403
-        assert client.post(f"/v1/workspaces/{ws}/tokens",
-                           json={"role": "admin", "name": "x"}).status_code == 403
+        assert (
+            client.post(
+                f"/v1/workspaces/{ws}/tokens", json={"role": "admin", "name": "x"}
+            ).status_code
+            == 403
+        )
 
 
 def test_revoked_token_stops_working(stack: Stack, api: httpx.Client, ws: str) -> None:
     made = api.post(f"/v1/workspaces/{ws}/tokens", json={"role": "read", "name": "temp"}).json()
-    with httpx.Client(base_url=stack.api_url, timeout=10,
-                      headers={"Authorization": f"Bearer {made['token']}"}) as client:
+    with httpx.Client(
+        base_url=stack.api_url, timeout=10, headers={"Authorization": f"Bearer {made['token']}"}
+    ) as client:
         assert client.get(f"/v1/workspaces/{ws}/people").status_code == 200
         assert api.delete(f"/v1/workspaces/{ws}/tokens/{made['token_id']}").json() == {
-            "revoked": True}
+            "revoked": True
+        }
         # The API caches a verified token for up to 5 s; the revoking instance drops its cache.
         assert client.get(f"/v1/workspaces/{ws}/people").status_code == 401
     listed = api.get(f"/v1/workspaces/{ws}/tokens").json()["tokens"]
-    assert all("secret" not in json.dumps(t) and made["token"] not in json.dumps(t)
-               for t in listed)
+    assert all("secret" not in json.dumps(t) and made["token"] not in json.dumps(t) for t in listed)
 
 
 # -- isolation: try to cross workspaces by every route -------------------------------------
+
 
 @pytest.fixture
 def victim(stack: Stack, stack_settings: Settings) -> tuple[str, str, dict[str, Any]]:
     """Another workspace with a person, a meeting and a token we are NOT given."""
     ws = f"victim-{uuid.uuid4().hex[:8]}"
     token = make_token(stack_settings, ws)
-    with httpx.Client(base_url=stack.api_url, timeout=30,
-                      headers={"Authorization": f"Bearer {token}"}) as client:
+    with httpx.Client(
+        base_url=stack.api_url, timeout=30, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
         add_people(client, ws, "vera", "victor")
-        met = client.post(f"/v1/workspaces/{ws}/events", json={
-            "type": "relationship.met", "participants": ["vera", "victor"],
-            "depth": "conversation", "context": "secret merger talk"}).json()
+        met = client.post(
+            f"/v1/workspaces/{ws}/events",
+            json={
+                "type": "relationship.met",
+                "participants": ["vera", "victor"],
+                "depth": "conversation",
+                "context": "secret merger talk",
+            },
+        ).json()
     return ws, token, met
 
 
 def test_no_route_crosses_into_another_workspace(
-        api: httpx.Client, ws: str, victim: tuple[str, str, dict[str, Any]],
-        stack: Stack, stack_settings: Settings) -> None:
+    api: httpx.Client,
+    ws: str,
+    victim: tuple[str, str, dict[str, Any]],
+    stack: Stack,
+    stack_settings: Settings,
+) -> None:
     other, _, met = victim
     add_people(api, ws, "ada", "grace")
     attempts: list[tuple[str, Callable[[], httpx.Response], Callable[[httpx.Response], bool]]] = []
@@ -81,8 +102,11 @@ def test_no_route_crosses_into_another_workspace(
     def refused(r: httpx.Response) -> bool:
         return r.status_code in (401, 403, 404, 422)
 
-    def add(name: str, call: Callable[[], httpx.Response],
-            ok: Callable[[httpx.Response], bool] = refused) -> None:
+    def add(
+        name: str,
+        call: Callable[[], httpx.Response],
+        ok: Callable[[httpx.Response], bool] = refused,
+    ) -> None:
         attempts.append((name, call, ok))
 
     # Path tampering: our token, their workspace, on every route.
@@ -96,9 +120,11 @@ def test_no_route_crosses_into_another_workspace(
         ("GET", f"/v1/workspaces/{other}/tokens", None),
         ("POST", f"/v1/workspaces/{other}/tokens", {"role": "admin", "name": "x"}),
         ("POST", f"/v1/workspaces/{other}/people", {"display_name": "Mallory"}),
-        ("POST", f"/v1/workspaces/{other}/events", {
-            "type": "relationship.met", "participants": ["vera", "victor"],
-            "depth": "brief_chat"}),
+        (
+            "POST",
+            f"/v1/workspaces/{other}/events",
+            {"type": "relationship.met", "participants": ["vera", "victor"], "depth": "brief_chat"},
+        ),
         ("POST", f"/v1/workspaces/{other}/people/vera/forget", None),
         ("GET", f"/v1/workspaces/{other}/people?min_seq=1", None),
         ("GET", f"/v1/workspaces/{other.upper()}/people", None),
@@ -106,54 +132,109 @@ def test_no_route_crosses_into_another_workspace(
         ("GET", f"/v1/workspaces/{ws}/../{other}/people", None),
     ]:
         add(f"{method} {path}", lambda m=method, p=path, b=body: api.request(m, p, json=b))
-    add("batch to their workspace", lambda: api.post(
-        f"/v1/workspaces/{other}/events/batch", content=b'{"type":"person.added",'
-        b'"person_id":"x","display_name":"x"}'))
+    add(
+        "batch to their workspace",
+        lambda: api.post(
+            f"/v1/workspaces/{other}/events/batch",
+            content=b'{"type":"person.added","person_id":"x","display_name":"x"}',
+        ),
+    )
     # Their person ids in our workspace: they do not exist here.
-    add("their person in our met", lambda: api.post(f"/v1/workspaces/{ws}/events", json={
-        "type": "relationship.met", "participants": ["ada", "vera"], "depth": "brief_chat"}))
-    add("their pair in our read", lambda: api.get(
-        f"/v1/workspaces/{ws}/relationships/vera/victor"))
+    add(
+        "their person in our met",
+        lambda: api.post(
+            f"/v1/workspaces/{ws}/events",
+            json={
+                "type": "relationship.met",
+                "participants": ["ada", "vera"],
+                "depth": "brief_chat",
+            },
+        ),
+    )
+    add("their pair in our read", lambda: api.get(f"/v1/workspaces/{ws}/relationships/vera/victor"))
     add("their person in our directory", lambda: api.get(f"/v1/workspaces/{ws}/people/vera"))
-    add("their ties in our workspace", lambda: api.get(
-        f"/v1/workspaces/{ws}/people/vera/relationships"),
-        lambda r: r.status_code == 200 and r.json()["relationships"] == [])
-    add("their timeline in our workspace", lambda: api.get(
-        f"/v1/workspaces/{ws}/relationships/vera/victor/timeline"),
-        lambda r: r.status_code == 200 and r.json()["events"] == [])
+    add(
+        "their ties in our workspace",
+        lambda: api.get(f"/v1/workspaces/{ws}/people/vera/relationships"),
+        lambda r: r.status_code == 200 and r.json()["relationships"] == [],
+    )
+    add(
+        "their timeline in our workspace",
+        lambda: api.get(f"/v1/workspaces/{ws}/relationships/vera/victor/timeline"),
+        lambda r: r.status_code == 200 and r.json()["events"] == [],
+    )
     # A body naming their workspace.
-    add("workspace_id in body", lambda: api.post(f"/v1/workspaces/{ws}/events", json={
-        "type": "relationship.met", "participants": ["ada", "grace"], "depth": "brief_chat",
-        "workspace_id": other}))
-    add("batch line naming their workspace", lambda: api.post(
-        f"/v1/workspaces/{ws}/events/batch", content=json.dumps({
-            "type": "relationship.met", "participants": ["ada", "grace"],
-            "depth": "brief_chat", "workspace_id": other}).encode()),
-        lambda r: r.status_code == 200 and r.json()["results"][0]["status"] == 422)
+    add(
+        "workspace_id in body",
+        lambda: api.post(
+            f"/v1/workspaces/{ws}/events",
+            json={
+                "type": "relationship.met",
+                "participants": ["ada", "grace"],
+                "depth": "brief_chat",
+                "workspace_id": other,
+            },
+        ),
+    )
+    add(
+        "batch line naming their workspace",
+        lambda: api.post(
+            f"/v1/workspaces/{ws}/events/batch",
+            content=json.dumps(
+                {
+                    "type": "relationship.met",
+                    "participants": ["ada", "grace"],
+                    "depth": "brief_chat",
+                    "workspace_id": other,
+                }
+            ).encode(),
+        ),
+        lambda r: r.status_code == 200 and r.json()["results"][0]["status"] == 422,
+    )
     # Their event ids: retract it, or re-use its id.
-    add("retract their event", lambda: api.post(f"/v1/workspaces/{ws}/events", json={
-        "type": "event.retracted", "retracted_event_id": met["event_id"]}))
-    add("reuse their event_id", lambda: api.post(f"/v1/workspaces/{ws}/events", json={
-        "type": "relationship.met", "participants": ["ada", "grace"], "depth": "brief_chat",
-        "event_id": met["event_id"]}), lambda r: r.status_code == 409)
+    add(
+        "retract their event",
+        lambda: api.post(
+            f"/v1/workspaces/{ws}/events",
+            json={"type": "event.retracted", "retracted_event_id": met["event_id"]},
+        ),
+    )
+    add(
+        "reuse their event_id",
+        lambda: api.post(
+            f"/v1/workspaces/{ws}/events",
+            json={
+                "type": "relationship.met",
+                "participants": ["ada", "grace"],
+                "depth": "brief_chat",
+                "event_id": met["event_id"],
+            },
+        ),
+        lambda r: r.status_code == 409,
+    )
     # min_seq / as_of tricks: a seq from their workspace reveals nothing of theirs.
-    add("min_seq of their write", lambda: api.get(
-        f"/v1/workspaces/{ws}/people", params={"min_seq": met["seq"]}),
-        lambda r: r.status_code == 200 and "vera" not in r.text and "victor" not in r.text)
+    add(
+        "min_seq of their write",
+        lambda: api.get(f"/v1/workspaces/{ws}/people", params={"min_seq": met["seq"]}),
+        lambda r: r.status_code == 200 and "vera" not in r.text and "victor" not in r.text,
+    )
 
     escaped = []
     for name, call, ok in attempts:
         r = call()
-        if not ok(r) or "vera" in r.text and r.status_code == 200 and "people" in name:
+        if not ok(r) or ("vera" in r.text and r.status_code == 200 and "people" in name):
             escaped.append(f"{name}: {r.status_code} {r.text[:200]}")
         assert "secret merger talk" not in r.text
-    print(f"\ncross-workspace: {len(attempts)} escape attempts over HTTP, "
-          f"{len(attempts) - len(escaped)} refused")
+    print(
+        f"\ncross-workspace: {len(attempts)} escape attempts over HTTP, "
+        f"{len(attempts) - len(escaped)} refused"
+    )
     assert escaped == []
 
 
 async def test_a_nats_wildcard_subscription_sees_only_ciphertext_of_personal_data(
-        stack: Stack, stack_settings: Settings, api: httpx.Client, ws: str) -> None:
+    stack: Stack, stack_settings: Settings, api: httpx.Client, ws: str
+) -> None:
     """Even a party that can read the log sees no personal plaintext (least-privilege NATS
     users keep front ends off the stream entirely; see test_nats_permissions)."""
     js_nc = await nats.connect(stack.nats_url, **_admin(stack))
@@ -161,8 +242,10 @@ async def test_a_nats_wildcard_subscription_sees_only_ciphertext_of_personal_dat
         js = js_nc.jetstream()
         marker = f"planted-{uuid.uuid4().hex}"
         add_people(api, ws, "ada")
-        r = api.post(f"/v1/workspaces/{ws}/people",
-                     json={"person_id": "p1", "display_name": marker})
+        r = api.post(  # noqa: ASYNC212
+            f"/v1/workspaces/{ws}/people",
+            json={"person_id": "p1", "display_name": marker},
+        )
         msg = await js.get_msg(stack_settings.stream_name, r.json()["seq"])
         assert msg.data is not None and marker.encode() not in msg.data
         assert b'"display_name":"enc:v1:' in msg.data
@@ -179,16 +262,17 @@ def test_access_log_records_who_read_whose_data(api: httpx.Client, ws: str) -> N
     seq = add_people(api, ws, "ada", "grace")
     assert api.get(f"/v1/workspaces/{ws}/people/ada", params={"min_seq": seq}).status_code == 200
     api.get(f"/v1/workspaces/{ws}/people/ada/relationships")
-    entries = api.get(f"/v1/workspaces/{ws}/access-log", params={"person": "ada"}).json()[
-        "entries"]
+    entries = api.get(f"/v1/workspaces/{ws}/access-log", params={"person": "ada"}).json()["entries"]
     assert [e["endpoint"] for e in entries[:2]] == ["GET person relationships", "GET person"]
     assert {e["actor"] for e in entries} == {"token:tester"}
 
 
 # -- erasure ---------------------------------------------------------------------------------
 
+
 def test_forget_erases_every_trace_of_the_person_and_keeps_other_ties(
-        api: httpx.Client, ws: str, stack: Stack) -> None:
+    api: httpx.Client, ws: str, stack: Stack
+) -> None:
     tag = uuid.uuid4().hex
     planted = {
         "name": f"Zelda Plantedname {tag}",
@@ -197,20 +281,45 @@ def test_forget_erases_every_trace_of_the_person_and_keeps_other_ties(
         "context": f"Talked about her divorce {tag}",
         "note": f"Sent condolences {tag}",
     }
-    r = api.post(f"/v1/workspaces/{ws}/people", json={
-        "person_id": "zelda", "display_name": planted["name"], "email": planted["email"],
-        "notes": planted["notes"]})
+    r = api.post(
+        f"/v1/workspaces/{ws}/people",
+        json={
+            "person_id": "zelda",
+            "display_name": planted["name"],
+            "email": planted["email"],
+            "notes": planted["notes"],
+        },
+    )
     assert r.status_code == 201, r.text
     add_people(api, ws, "ada", "grace")
-    api.post(f"/v1/workspaces/{ws}/events", json={
-        "type": "relationship.met", "participants": ["zelda", "ada"], "depth": "conversation",
-        "context": planted["context"]})
-    api.post(f"/v1/workspaces/{ws}/events", json={
-        "type": "relationship.followed_up", "from_person": "ada", "to_person": "zelda",
-        "channel": "email", "note": planted["note"]})
-    other = api.post(f"/v1/workspaces/{ws}/events", json={
-        "type": "relationship.met", "participants": ["ada", "grace"], "depth": "meal_or_activity",
-        "context": "unrelated dinner"}).json()
+    api.post(
+        f"/v1/workspaces/{ws}/events",
+        json={
+            "type": "relationship.met",
+            "participants": ["zelda", "ada"],
+            "depth": "conversation",
+            "context": planted["context"],
+        },
+    )
+    api.post(
+        f"/v1/workspaces/{ws}/events",
+        json={
+            "type": "relationship.followed_up",
+            "from_person": "ada",
+            "to_person": "zelda",
+            "channel": "email",
+            "note": planted["note"],
+        },
+    )
+    other = api.post(
+        f"/v1/workspaces/{ws}/events",
+        json={
+            "type": "relationship.met",
+            "participants": ["ada", "grace"],
+            "depth": "meal_or_activity",
+            "context": "unrelated dinner",
+        },
+    ).json()
     seen = api.get(f"/v1/workspaces/{ws}/people/zelda", params={"min_seq": other["seq"]}).json()
     assert seen["display_name"] == planted["name"]  # readable before
     before = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace").json()
@@ -230,6 +339,8 @@ def test_forget_erases_every_trace_of_the_person_and_keeps_other_ties(
     assert tag not in listing
     assert api.get(f"/v1/workspaces/{ws}/relationships/ada/grace").json() == before
     # New events naming the forgotten person are refused.
-    again = api.post(f"/v1/workspaces/{ws}/events", json={
-        "type": "relationship.met", "participants": ["zelda", "ada"], "depth": "brief_chat"})
+    again = api.post(
+        f"/v1/workspaces/{ws}/events",
+        json={"type": "relationship.met", "participants": ["zelda", "ada"], "depth": "brief_chat"},
+    )
     assert again.status_code == 410

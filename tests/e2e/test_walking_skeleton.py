@@ -104,7 +104,10 @@ def test_follow_up_and_introduction_add_to_strength(api: httpx.Client, ws: str) 
     assert [t["other"] for t in ties] == ["grace", "linus"]
     tl = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace/timeline").json()["events"]
     assert [e["type"] for e in tl] == [
-        "relationship.met", "relationship.followed_up", "relationship.introduced"]
+        "relationship.met",
+        "relationship.followed_up",
+        "relationship.introduced",
+    ]
     assert {e["recorded_by"] for e in tl} == {"token:tester"}
 
 
@@ -142,8 +145,12 @@ async def test_met_recorded_over_nats_request_reply(
 
 
 def test_met_recorded_with_the_cli(stack: Stack, api: httpx.Client, ws: str, token: str) -> None:
-    env = {**os.environ, "TIELINE_API_URL": stack.api_url, "TIELINE_WORKSPACE": ws,
-           "TIELINE_TOKEN": token}
+    env = {
+        **os.environ,
+        "TIELINE_API_URL": stack.api_url,
+        "TIELINE_WORKSPACE": ws,
+        "TIELINE_TOKEN": token,
+    }
 
     def cli(*args: str) -> str:
         done = subprocess.run(

@@ -37,9 +37,12 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
 
 def test_authentication_failures_are_rate_limited_per_client(client: TestClient) -> None:
-    codes = [client.get("/v1/workspaces/w/people",
-                        headers={"Authorization": f"Bearer guess-{i}"}).status_code
-             for i in range(8)]
+    codes = [
+        client.get(
+            "/v1/workspaces/w/people", headers={"Authorization": f"Bearer guess-{i}"}
+        ).status_code
+        for i in range(8)
+    ]
     assert codes == [401] * 5 + [429] * 3
     assert client.get("/healthz").status_code == 200  # health stays open
 
@@ -52,8 +55,9 @@ def test_no_token_or_secret_appears_in_any_log_line(settings: Settings) -> None:
         auth = {"Authorization": f"Bearer {token}"}
         c.get("/v1/workspaces/logs/people", headers=auth)
         c.get("/v1/workspaces/logs/people", headers={"Authorization": f"Bearer {token}x"})
-        made = c.post("/v1/workspaces/logs/tokens", headers=auth,
-                      json={"role": "read", "name": "second"}).json()
+        made = c.post(
+            "/v1/workspaces/logs/tokens", headers=auth, json={"role": "read", "name": "second"}
+        ).json()
     assert made["token"].startswith("tl_")
     text = repr(logs)
     assert logs, "expected some log lines to check"
