@@ -45,7 +45,14 @@ class Poison:
     dlq_seq: int | None = None
 
 
-Item = Decoded | Poison
+@dataclass(frozen=True)
+class Skipped:
+    """A message a bounded replay deliberately leaves out (it only advances the checkpoint)."""
+
+    seq: int
+
+
+Item = Decoded | Poison | Skipped
 
 
 @dataclass

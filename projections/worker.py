@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -25,8 +27,10 @@ from nats.js import api as js_api
 from psycopg import AsyncConnection
 
 from events_schema.registry import REGISTRY, EventDecodeError, EventRegistry
-from projections.schema import ensure_schema
-from projections.store import BatchResult, Decoded, Item, Poison, ProjectionStore
+from projections import generations
+from projections.generations import Generation
+from projections.schema import READ_MODEL_VERSION, ensure_schema
+from projections.store import BatchResult, Decoded, Item, Poison, ProjectionStore, Skipped
 from services.config import Settings
 from services.infra import db
 from services.infra.jetstream import connect_nats, ensure_streams
@@ -87,11 +91,28 @@ class WorkerStats:
 
 
 class Worker:
-    """Composition of one projection consumer: NATS in, PostgreSQL out."""
+    """Composition of one projection consumer: NATS in, PostgreSQL out.
 
-    def __init__(self, settings: Settings, registry: EventRegistry = REGISTRY) -> None:
+    Without ``generation`` it feeds the live read-model generation (or, when the code's
+    read-model version differs from the live one, rebuilds a new generation and switches to it
+    once caught up). With ``generation`` it feeds exactly that one (a rebuild, a what-if or a
+    verification replay); ``stop_at_seq`` and ``until`` bound such a replay.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: EventRegistry = REGISTRY,
+        generation: Generation | None = None,
+        *,
+        stop_at_seq: int | None = None,
+        until: datetime | None = None,
+    ) -> None:
         self.settings = settings
         self.registry = registry
+        self.generation = generation
+        self.stop_at_seq = stop_at_seq
+        self.until = until
         self.store = ProjectionStore(registry, projection=settings.consumer_name)
         self.stats = WorkerStats()
         self.nc: NatsClient | None = None
@@ -100,22 +121,29 @@ class Worker:
         self._lock_conn: AsyncConnection[Any] | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
         self._stopping = asyncio.Event()
+        self._last_gen_check = 0.0
+
+    @property
+    def consumer(self) -> str:
+        assert self.generation is not None
+        return self.generation.consumer
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect, create the stream, schema and durable consumer; take the single-consumer
-        lock so two instances of the same projection never apply the same batches."""
-        self.nc = await connect_nats(
-            self.settings, name=f"tieline-worker-{self.settings.consumer_name}"
-        )
+        """Connect, pick the generation, create its tables and durable consumer; take the
+        single-consumer lock so two instances never apply the same batches."""
+        self.nc = await connect_nats(self.settings, name="tieline-worker")
         self.js = self.nc.jetstream()
         await ensure_streams(self.js, self.settings)
+        if self.generation is None:
+            self.generation = await self._choose_generation()
+        self.store.projection = self.consumer
         await self._connect_pg()
         await self._acquire_lock()
         self._sub = await self.js.pull_subscribe(
             subject=f"{self.settings.subject_prefix}.ev.>",
-            durable=self.settings.consumer_name,
+            durable=self.consumer,
             stream=self.settings.stream_name,
             config=js_api.ConsumerConfig(
                 ack_policy=js_api.AckPolicy.ALL,
@@ -126,17 +154,37 @@ class Worker:
             ),
         )
         self.stats.last_seq = await self.store.checkpoint(self._conn())
-        log.info(
-            "worker.started", consumer=self.settings.consumer_name, checkpoint=self.stats.last_seq
-        )
+        log.info("worker.started", consumer=self.consumer, generation=self.generation.gen,
+                 status=self.generation.status, checkpoint=self.stats.last_seq)
+
+    async def _choose_generation(self) -> Generation:
+        state = self.settings.database_schema
+        conn = await db.connect(self.settings)
+        try:
+            live = await generations.ensure_live(conn, state, self.settings.consumer_name,
+                                                 READ_MODEL_VERSION)
+            if live.version == READ_MODEL_VERSION:
+                return live
+            # The code's read models changed shape or meaning: rebuild into a new generation
+            # while the old one keeps serving, then switch (see run()).
+            building = await generations.latest_building(conn, state, READ_MODEL_VERSION)
+            if building is None:
+                building = await generations.create(
+                    conn, state, self.settings.consumer_name, READ_MODEL_VERSION, "building",
+                    note=f"read-model version {live.version} -> {READ_MODEL_VERSION}")
+            log.info("worker.rebuilding", generation=building.gen, live=live.gen)
+            return building
+        finally:
+            await conn.close()
 
     async def _connect_pg(self) -> None:
-        self.pg = await db.connect(self.settings)
-        await ensure_schema(self.pg, self.settings.database_schema)
+        assert self.generation is not None
+        self.pg = await db.connect(self.settings, rm_schema=self.generation.schema_name)
+        await ensure_schema(self.pg, self.generation.schema_name)
 
     async def _acquire_lock(self) -> None:
         self._lock_conn = await db.connect(self.settings, autocommit=True)
-        key = f"tieline-worker:{self.settings.database_schema}:{self.settings.consumer_name}"
+        key = f"tieline-worker:{self.settings.database_schema}:{self.consumer}"
         while True:
             cur = await self._lock_conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
             row = await cur.fetchone()
@@ -144,6 +192,38 @@ class Worker:
                 return
             log.info("worker.standby", reason="another instance holds the projection lock")
             await asyncio.sleep(1.0)
+
+    async def stream_last_seq(self) -> int:
+        assert self.js is not None
+        info = await self.js.stream_info(self.settings.stream_name)
+        return int(info.state.last_seq)
+
+    async def caught_up(self) -> bool:
+        return self.stats.last_seq >= await self.stream_last_seq()
+
+    async def _check_generation(self) -> None:
+        """Once a second: switch a caught-up rebuild live; stop when our generation retired
+        (the supervisor restarts us on the new live generation)."""
+        now = time.monotonic()
+        if now - self._last_gen_check < 1.0 or self.generation is None:
+            return
+        self._last_gen_check = now
+        gen = self.generation
+        if gen.status == "scratch":
+            return
+        conn = await db.connect(self.settings)
+        try:
+            current = await generations.get(conn, self.settings.database_schema, gen.gen)
+            if gen.status == "building" and current is not None and await self.caught_up():
+                await generations.switch(conn, self.settings.database_schema, gen)
+                self.generation = Generation(gen.gen, gen.schema_name, gen.version, "live",
+                                             gen.consumer, gen.params)
+                log.info("worker.switched_live", generation=gen.gen)
+            elif current is None or current.status == "retired":
+                log.info("worker.generation_retired", generation=gen.gen)
+                self.stop()
+        finally:
+            await conn.close()
 
     def _conn(self) -> AsyncConnection[Any]:
         assert self.pg is not None
@@ -163,6 +243,7 @@ class Worker:
         """Process batches until :meth:`stop` is called."""
         while not self._stopping.is_set():
             await self.run_once()
+            await self._check_generation()
 
     # -- one batch ------------------------------------------------------------------------
 
@@ -175,9 +256,16 @@ class Worker:
             )
         except (TimeoutError, NatsTimeout):
             return None
+        if self.stop_at_seq is not None:
+            # A bounded replay: never apply past the requested sequence.
+            msgs = [m for m in msgs if m.metadata.sequence.stream <= self.stop_at_seq]
         if not msgs:
             return None
         items = [self._classify(m) for m in msgs]
+        if self.until is not None:
+            until = self.until
+            items = [Skipped(i.seq) if isinstance(i, Decoded) and i.event.occurred_at > until
+                     else i for i in items]
         items = await self._park_poison(items)
         result = await self._apply_with_retry(msgs, items)
         # Ack only after commit. AckPolicy.ALL: acking the last acknowledges the whole batch.
@@ -194,7 +282,9 @@ class Worker:
         records it commits (dedupe by Nats-Msg-Id makes a retry after a crash harmless)."""
         out: list[Item] = []
         for it in items:
-            if isinstance(it, Poison) and it.dlq_seq is None and it.seq > self.stats.last_seq:
+            republish = self.generation is None or self.generation.status == "live"
+            if (isinstance(it, Poison) and it.dlq_seq is None and it.seq > self.stats.last_seq
+                    and republish):
                 it = Poison(
                     it.seq,
                     it.subject,
@@ -216,14 +306,14 @@ class Worker:
     async def _publish_dead_letter(self, p: Poison) -> int:
         assert self.js is not None
         headers = {
-            "Nats-Msg-Id": f"{self.settings.consumer_name}:{p.seq}",
+            "Nats-Msg-Id": f"{self.consumer}:{p.seq}",
             "Tieline-Reason": p.reason,
             "Tieline-Detail": _HEADER_UNSAFE.sub(" ", p.detail)[:1000],
             "Tieline-Original-Subject": p.subject,
             "Tieline-Original-Seq": str(p.seq),
-            "Tieline-Projection": self.settings.consumer_name,
+            "Tieline-Projection": self.consumer,
         }
-        subject = dlq_subject(self.settings.subject_prefix, self.settings.consumer_name)
+        subject = dlq_subject(self.settings.subject_prefix, self.consumer)
         while True:
             try:
                 ack = await self.js.publish(
@@ -276,7 +366,7 @@ class Worker:
         """Find the events that fail on their own; after ``max_attempts`` park them."""
         out: list[Item] = []
         for it in items:
-            if isinstance(it, Poison):
+            if not isinstance(it, Decoded):
                 out.append(it)
                 continue
             try:

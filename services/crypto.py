@@ -21,7 +21,6 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from psycopg_pool import AsyncConnectionPool
 
 from events_schema.models import ENC_PREFIX, Event
 
@@ -127,7 +126,7 @@ class KeyStore:
     """Person keys in PostgreSQL, cached briefly in memory."""
 
     def __init__(
-        self, pool: AsyncConnectionPool[Any], master_key: bytes | None, ttl_s: float = 5.0
+        self, pool: Any, master_key: bytes | None, ttl_s: float = 5.0
     ) -> None:
         self.pool = pool
         self.master = AESGCM(master_key) if master_key else None

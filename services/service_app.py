@@ -62,7 +62,7 @@ def create_service_app(settings: Settings, service: str, types: Iterable[str]) -
         name=f"tieline-{service}-commands",
         **broker_kwargs,
     )
-    pool = db.make_pool(settings, min_size=1, max_size=4)
+    pool = db.LivePool(settings, min_size=1, max_size=4)
     holder: dict[str, Any] = {}
 
     @broker.subscriber(command_wildcard(settings.subject_prefix, service), queue=service)

@@ -18,7 +18,6 @@ from uuid import UUID, uuid4
 import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
-from psycopg_pool import AsyncConnectionPool
 
 from events_schema.models import ENC_PREFIX, Event, EventRetracted, PersonAdded, PersonForgotten
 from events_schema.registry import EventDecodeError, EventRegistry
@@ -103,7 +102,7 @@ class WriteSide:
         self,
         settings: Settings,
         js: JetStreamContext,
-        pool: AsyncConnectionPool[Any],
+        pool: Any,
         registry: EventRegistry,
         types: Iterable[str],
         service: str,

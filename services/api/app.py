@@ -16,10 +16,8 @@ from fastapi.responses import JSONResponse
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, ConfigDict, Field
 
-from projections.schema import ensure_schema
 from services.api import queries
 from services.api.erasure import forget_person
 from services.auth import (
@@ -100,7 +98,7 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.pool: AsyncConnectionPool[Any] = db.make_pool(settings, min_size=2, max_size=16)
+        self.pool = db.LivePool(settings, min_size=2, max_size=16)
         self.nc: NatsClient | None = None
         self.keystore = KeyStore(self.pool, master_key_from_env(settings.master_key))
         self.limiter = FailureLimiter(settings.auth_failures_per_minute, 60.0)
@@ -180,7 +178,7 @@ class Runtime:
         delay = 0.001
         while True:
             async with self.pool.connection() as conn:
-                seen = await queries.checkpoint(conn, self.settings.consumer_name)
+                seen = await queries.checkpoint(conn, self.pool.generation.consumer)
             if seen >= min_seq:
                 return
             if time.monotonic() >= deadline:
@@ -278,7 +276,6 @@ def create_app(settings: Settings) -> FastAPI:
         await ensure_streams(rt.nc.jetstream(), settings)
         await rt.pool.open(wait=True)
         async with rt.pool.connection() as conn:
-            await ensure_schema(conn, settings.database_schema)
             await ensure_state_schema(conn, settings.database_schema)
         log.info("api.started", port=settings.api_port)
         yield
@@ -319,14 +316,15 @@ def create_app(settings: Settings) -> FastAPI:
             ok, stream_seq = False, -1
         try:
             async with rt.pool.connection(timeout=2) as conn:
-                seen = await queries.checkpoint(conn, settings.consumer_name)
+                seen = await queries.checkpoint(conn, rt.pool.generation.consumer)
             checks["postgres"] = "ok"
         except Exception as exc:
             checks["postgres"] = f"unavailable: {type(exc).__name__}"
             ok, seen = False, -1
         if stream_seq >= 0 and seen >= 0:
             lag = max(stream_seq - seen, 0)
-            checks["projection"] = {"stream_seq": stream_seq, "checkpoint": seen, "lag": lag}
+            checks["projection"] = {"stream_seq": stream_seq, "checkpoint": seen, "lag": lag,
+                                    "generation": rt.pool.generation.gen}
             ok = ok and lag <= settings.ready_max_lag
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 

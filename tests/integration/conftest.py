@@ -71,9 +71,15 @@ async def log(settings: Settings) -> AsyncIterator[Log]:
         await nc.close()
 
 
+def first_generation(settings: Settings) -> tuple[str, str]:
+    """(schema, consumer) of the read-model generation a fresh database starts with."""
+    return f"{settings.database_schema}_g1", f"{settings.consumer_name}-g1"
+
+
 @pytest.fixture
 async def pg(settings: Settings) -> AsyncIterator[AsyncConnection[Any]]:
-    conn = await db.connect(settings)
+    """A connection that sees the first (live) read-model generation."""
+    conn = await db.connect(settings, rm_schema=first_generation(settings)[0])
     try:
         yield conn
     finally:

@@ -13,7 +13,7 @@ from psycopg import AsyncConnection
 from projections.store import Decoded
 from projections.worker import Worker
 from services.config import Settings
-from tests.integration.conftest import Log, make_event, scalar
+from tests.integration.conftest import Log, first_generation, make_event, scalar
 
 
 def met(ws: str, a: str, b: str, depth: str = "conversation") -> Any:
@@ -49,7 +49,7 @@ async def test_worker_applies_events_and_commits_checkpoint_with_them(
         await worker.close()
     assert (
         await scalar(
-            pg, "SELECT last_seq FROM checkpoints WHERE projection = %s", settings.consumer_name
+            pg, "SELECT last_seq FROM checkpoints WHERE projection = %s", first_generation(settings)[1]
         )
         == last
     )
