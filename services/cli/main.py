@@ -183,6 +183,156 @@ def forget(person: str, api_url: ApiUrl = DEFAULT_API, workspace: Workspace = "d
         raise typer.Exit(1)
 
 
+def _ops_settings(data_dir: Path | None) -> Any:
+    """Settings for operator commands; with ``--data-dir`` of a ``tieline up`` installation,
+    connect to NATS as its admin user."""
+    settings = _settings_for_ops()
+    if data_dir is not None:
+        path = data_dir / "secrets" / "nats-passwords.json"
+        if path.exists():
+            settings = settings.model_copy(update={
+                "nats_user": "admin", "nats_password": json.loads(path.read_text())["admin"]})
+    return settings
+
+
+def _progress_reporter() -> tuple[Any, Any]:
+    """A rich progress bar on a terminal, structured log lines otherwise."""
+    import structlog
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    if not console.is_terminal:
+        log = structlog.get_logger("tieline.replay")
+        last = [0.0]
+
+        def report(done: int, total: int, applied: int, elapsed: float) -> None:
+            if elapsed - last[0] >= 2.0 or done >= total:
+                last[0] = elapsed
+                log.info("replay.progress", seq=done, of=total, applied=applied,
+                         events_per_s=round(applied / elapsed) if elapsed else 0)
+
+        return None, report
+    bar = Progress(TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[rate]} ev/s"), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=console)
+    task = bar.add_task("replay", total=1, rate="-")
+
+    def update(done: int, total: int, applied: int, elapsed: float) -> None:
+        bar.update(task, completed=done, total=max(total, 1),
+                   rate=f"{applied / elapsed:,.0f}" if elapsed else "-")
+
+    return bar, update
+
+
+DataDir = Annotated[Path | None, typer.Option(
+    help="Data dir of a `tieline up` installation (connects to its NATS as admin).")]
+
+
+@app.command("replay")
+def replay_cmd(
+    until: Annotated[str | None, typer.Option(
+        help="Materialise a snapshot as of this ISO time (events that occurred later are "
+             "left out) into a scratch generation instead of rebuilding live.")] = None,
+    into: Annotated[str | None, typer.Option(help="Schema name for the --until snapshot.")
+                    ] = None,
+    keep_old: Annotated[bool, typer.Option(help="Keep the retired generation's tables.")
+                        ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Rebuild the read models from the start of the stream into a new generation while the
+    live one keeps serving, then switch atomically (or, with --until, build a snapshot)."""
+    import asyncio
+    from datetime import datetime
+
+    from projections import replay as rp
+
+    settings = _ops_settings(data_dir)
+    bar, report = _progress_reporter()
+
+    async def go() -> None:
+        snapshot = until is not None
+        if snapshot and into is None:
+            raise typer.BadParameter("--until needs --into NAME")
+        when = datetime.fromisoformat(until) if until else None
+        if when is not None and when.tzinfo is None:
+            raise typer.BadParameter("--until needs a timezone, e.g. 2025-06-30T00:00:00Z")
+        result, worker = await rp.replay(
+            settings, status="scratch" if snapshot else "building", until=when,
+            schema_name=into, note=f"as of {until}" if snapshot else "tieline replay",
+            progress=report)
+        await worker.close()
+        console.print(f"generation {result.generation.gen} ({result.generation.schema_name}): "
+                      f"{result.applied} events up to seq {result.last_seq} in "
+                      f"{result.seconds:.1f}s ({result.events_per_s:,.0f} events/s)"
+                      + ("; now live" if result.switched else ""))
+        if result.switched and not keep_old:
+            dropped = await rp.retire_old(settings)
+            if dropped:
+                console.print(f"dropped retired generation(s) {dropped}")
+
+    if bar is not None:
+        with bar:
+            asyncio.run(go())
+    else:
+        asyncio.run(go())
+
+
+@app.command()
+def verify(keep: Annotated[bool, typer.Option(help="Keep the scratch copy.")] = False,
+           data_dir: DataDir = None) -> None:
+    """Replay into a scratch copy and compare it row by row with the live read models."""
+    import asyncio
+
+    from projections import replay as rp
+
+    settings = _ops_settings(data_dir)
+    bar, report = _progress_reporter()
+
+    async def go() -> list[Any]:
+        seen, diffs = await rp.verify(settings, keep=keep, progress=report)
+        console.print(f"compared at stream seq {seen}")
+        return diffs
+
+    if bar is not None:
+        with bar:
+            diffs = asyncio.run(go())
+    else:
+        diffs = asyncio.run(go())
+    table = Table("table", "live rows", "replay rows", "only live", "only replay", "verdict")
+    for d in diffs:
+        table.add_row(d.table, str(d.live_rows), str(d.replay_rows), str(d.only_live),
+                      str(d.only_replay), "[green]same[/]" if d.clean else "[red]DIFFERENT[/]")
+    console.print(table)
+    for d in diffs:
+        for sample in d.samples:
+            console.print(f"  {d.table}: {sample}")
+    if not all(d.clean for d in diffs):
+        raise typer.Exit(1)
+
+
+@app.command("generations")
+def generations_cmd() -> None:
+    """List read-model generations (live, building, retired, scratch)."""
+    from projections import generations as gens
+
+    async def rows(conn: Any) -> list[Any]:
+        await gens.ensure_table(conn, _settings_for_ops().database_schema)
+        cur = await conn.execute("SELECT gen, schema_name, version, status, consumer, note, "
+                                 "created_at, live_at FROM generations ORDER BY gen")
+        return list(await cur.fetchall())
+
+    table = Table("gen", "schema", "version", "status", "consumer", "note", "created", "live")
+    for r in _run_db(rows):
+        table.add_row(*(str(x) if x is not None else "" for x in r))
+    console.print(table)
+
+
 @app.command()
 def serve(
     role: Annotated[str, typer.Argument(help="api | people | interactions | worker")],

@@ -1,0 +1,287 @@
+"""Replay the log into a fresh read-model generation: rebuild (then switch live), as-of
+snapshots, and continuous verification against the live generation.
+
+Everything here reads the stream from its first message through an ordinary durable consumer
+of the new generation, in batches, committing each batch with its checkpoint, so memory stays
+bounded however long the stream is and an interrupted replay resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+from psycopg import AsyncConnection, sql
+
+from events_schema.registry import REGISTRY, EventRegistry
+from projections import generations
+from projections.generations import Generation
+from projections.schema import READ_MODEL_VERSION
+from projections.worker import Worker
+from services.config import Settings
+from services.infra import db
+
+log = structlog.get_logger(__name__)
+
+#: progress(done_seq, target_seq, events_applied, elapsed_s)
+Progress = Callable[[int, int, int, float], None]
+
+
+@dataclass
+class ReplayResult:
+    generation: Generation
+    last_seq: int
+    applied: int
+    seconds: float
+    switched: bool = False
+
+    @property
+    def events_per_s(self) -> float:
+        return self.applied / self.seconds if self.seconds > 0 else 0.0
+
+
+async def _drive(worker: Worker, target: Callable[[], Any], progress: Progress | None,
+                 started: float) -> None:
+    """Run batches until the worker reaches ``target()`` (re-evaluated when idle)."""
+    goal = int(await target())
+    idle = 0
+    while worker.stats.last_seq < goal:
+        result = await worker.run_once()
+        if progress is not None:
+            progress(worker.stats.last_seq, goal, worker.stats.applied,
+                     time.monotonic() - started)
+        if result is None:
+            idle += 1
+            goal = int(await target())
+            if idle >= 3:  # nothing left to fetch up to the goal (deleted sequences)
+                return
+        else:
+            idle = 0
+
+
+async def replay(
+    settings: Settings,
+    *,
+    status: str = "building",
+    until: datetime | None = None,
+    stop_at_seq: int | None = None,
+    schema_name: str | None = None,
+    note: str | None = None,
+    progress: Progress | None = None,
+    registry: EventRegistry = REGISTRY,
+    switch: bool = True,
+) -> tuple[ReplayResult, Worker]:
+    """Replay the stream into a new generation. A ``building`` generation is switched live
+    once caught up (``switch``); a ``scratch`` one never is. The caller closes the worker."""
+    conn = await db.connect(settings)
+    try:
+        await generations.ensure_live(conn, settings.database_schema, settings.consumer_name,
+                                      READ_MODEL_VERSION)
+        gen = await generations.create(conn, settings.database_schema, settings.consumer_name,
+                                       READ_MODEL_VERSION, status, note=note,
+                                       schema_name=schema_name)
+    finally:
+        await conn.close()
+    worker = Worker(settings, registry, generation=gen, stop_at_seq=stop_at_seq, until=until)
+    await worker.start()
+    started = time.monotonic()
+
+    async def target() -> int:
+        last = await worker.stream_last_seq()
+        return min(last, stop_at_seq) if stop_at_seq is not None else last
+
+    await _drive(worker, target, progress, started)
+    result = ReplayResult(gen, worker.stats.last_seq, worker.stats.applied,
+                          time.monotonic() - started)
+    if status == "building" and switch:
+        # Catch the last few events that arrived while we finished, then flip the pointer.
+        await _drive(worker, target, progress, started)
+        conn = await db.connect(settings)
+        try:
+            await generations.switch(conn, settings.database_schema, gen)
+        finally:
+            await conn.close()
+        result.switched = True
+        worker.generation = Generation(gen.gen, gen.schema_name, gen.version, "live",
+                                       gen.consumer, gen.params)
+        log.info("replay.switched", generation=gen.gen, last_seq=result.last_seq)
+    return result, worker
+
+
+async def discard(settings: Settings, gen: Generation, worker: Worker | None = None) -> None:
+    """Drop a scratch or retired generation: its tables and its durable consumer."""
+    if worker is not None and worker.js is not None:
+        try:
+            await worker.js.delete_consumer(settings.stream_name, gen.consumer)
+        except Exception as exc:  # noqa: BLE001  (already gone)
+            log.info("replay.consumer_gone", consumer=gen.consumer, error=str(exc))
+    conn = await db.connect(settings)
+    try:
+        await generations.drop(conn, settings.database_schema, gen)
+    finally:
+        await conn.close()
+
+
+async def retire_old(settings: Settings, keep: int = 0, grace_s: float = 5.0) -> list[int]:
+    """Drop retired generations (after a grace period for readers still on them)."""
+    await asyncio.sleep(grace_s)
+    conn = await db.connect(settings)
+    dropped = []
+    try:
+        cur = await conn.execute(
+            sql.SQL("SELECT {} FROM {}.generations WHERE status = 'retired' ORDER BY gen DESC")
+            .format(sql.SQL(generations.COLS), sql.Identifier(settings.database_schema)))
+        rows = await cur.fetchall()
+        for r in rows[keep:]:
+            gen = generations._row(r)
+            await generations.drop(conn, settings.database_schema, gen)
+            dropped.append(gen.gen)
+    finally:
+        await conn.close()
+    return dropped
+
+
+# -- verification ------------------------------------------------------------------------
+
+#: Columns that record *when in the batch sequence* a row was written, not what it says;
+#: they legitimately differ between a live projection and a replay with other batch limits.
+BOOKKEEPING = {"last_seq", "updated_at", "id", "created_at", "dlq_seq", "replayed_at", "projection"}
+#: Tables compared row by row.
+COMPARED = ("events", "people_v1", "pair_events_v1", "strength_v1", "dead_letters")
+
+
+@dataclass
+class TableDiff:
+    table: str
+    live_rows: int
+    replay_rows: int
+    only_live: int
+    only_replay: int
+    samples: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return self.only_live == 0 and self.only_replay == 0
+
+
+async def _columns(conn: AsyncConnection[Any], schema: str, table: str) -> list[tuple[str, str]]:
+    cur = await conn.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position", (schema, table))
+    return [(r[0], r[1]) for r in await cur.fetchall() if r[0] not in BOOKKEEPING]
+
+
+def _expr(col: str, data_type: str) -> sql.Composable:
+    # Floating-point sums depend on how events were grouped into batches; compare to 1e-6.
+    if data_type == "double precision":
+        return sql.SQL("round({}::numeric, 6)").format(sql.Identifier(col))
+    return sql.Identifier(col)
+
+
+async def compare(conn: AsyncConnection[Any], live_schema: str, replay_schema: str
+                  ) -> list[TableDiff]:
+    """Row-by-row comparison (multiset EXCEPT in both directions) of every compared table."""
+    out = []
+    for table in COMPARED:
+        cols = await _columns(conn, live_schema, table)
+        select = sql.SQL(", ").join(_expr(c, t) for c, t in cols)
+
+        def q(a: str, b: str, *, select: sql.Composable = select, table: str = table
+              ) -> sql.Composed:
+            return sql.SQL("SELECT {s} FROM {a}.{t} EXCEPT ALL SELECT {s} FROM {b}.{t}").format(
+                s=select, a=sql.Identifier(a), b=sql.Identifier(b), t=sql.Identifier(table))
+
+        counts = []
+        samples: list[str] = []
+        for a, b in ((live_schema, replay_schema), (replay_schema, live_schema)):
+            cur = await conn.execute(sql.SQL("SELECT count(*) FROM ({}) d").format(q(a, b)))
+            row = await cur.fetchone()
+            counts.append(int(row[0]) if row else 0)
+            cur = await conn.execute(sql.SQL("{} LIMIT 3").format(q(a, b)))
+            samples += [f"only in {a}: {tuple(r)}" for r in await cur.fetchall()]
+        sizes = []
+        for schema in (live_schema, replay_schema):
+            cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(
+                sql.Identifier(schema), sql.Identifier(table)))
+            row = await cur.fetchone()
+            sizes.append(int(row[0]) if row else 0)
+        out.append(TableDiff(table, sizes[0], sizes[1], counts[0], counts[1], samples))
+    return out
+
+
+async def verify(settings: Settings, *, keep: bool = False, progress: Progress | None = None,
+                 rounds: int = 5) -> tuple[int, list[TableDiff]]:
+    """Replay into a scratch generation up to the live checkpoint and compare row by row.
+
+    The live projection may move on while we replay; each round catches the scratch copy up
+    to the live checkpoint seen in one snapshot, and compares inside that snapshot.
+    """
+    conn = await db.connect(settings)
+    try:
+        live = await generations.live(conn, settings.database_schema)
+    finally:
+        await conn.close()
+    if live is None:
+        raise RuntimeError("no live read-model generation yet")
+    checkpoint = await _live_checkpoint(settings, live)
+    result, worker = await replay(settings, status="scratch", stop_at_seq=checkpoint,
+                                  note="verify", progress=progress)
+    try:
+        for _ in range(rounds):
+            conn = await db.connect(settings)
+            try:
+                async with conn.transaction():
+                    await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    cur = await conn.execute(
+                        sql.SQL("SELECT last_seq FROM {}.checkpoints WHERE projection = %s")
+                        .format(sql.Identifier(live.schema_name)), (live.consumer,))
+                    row = await cur.fetchone()
+                    seen = int(row[0]) if row else 0
+                    if seen <= worker.stats.last_seq:
+                        return seen, await compare(conn, live.schema_name,
+                                                   result.generation.schema_name)
+            finally:
+                await conn.close()
+            worker.stop_at_seq = seen
+            await _drive(worker, _const(seen), progress, time.monotonic())
+        raise RuntimeError("the live projection kept moving; verify again when it is quieter")
+    finally:
+        await worker.close()
+        if not keep:
+            await discard(settings, result.generation, None)
+            await _delete_consumer(settings, result.generation.consumer)
+
+
+def _const(value: int) -> Callable[[], Any]:
+    async def target() -> int:
+        return value
+
+    return target
+
+
+async def _live_checkpoint(settings: Settings, live: Generation) -> int:
+    conn = await db.connect(settings, rm_schema=live.schema_name)
+    try:
+        cur = await conn.execute("SELECT last_seq FROM checkpoints WHERE projection = %s",
+                                 (live.consumer,))
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+    finally:
+        await conn.close()
+
+
+async def _delete_consumer(settings: Settings, consumer: str) -> None:
+    from services.infra.jetstream import connect_nats
+
+    nc = await connect_nats(settings, name="tieline-replay-cleanup")
+    try:
+        await nc.jetstream().delete_consumer(settings.stream_name, consumer)
+    except Exception as exc:  # noqa: BLE001
+        log.info("replay.consumer_gone", consumer=consumer, error=str(exc))
+    finally:
+        await nc.close()
