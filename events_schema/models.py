@@ -237,6 +237,8 @@ class RelationshipIntroduced(Event):
     person_a: PersonId
     person_b: PersonId
     reason: FreeText | None = None
+    #: Set when the introduction completes a double opt-in flow (introduction.requested).
+    introduction_id: UUID | None = None
 
     @model_validator(mode="after")
     def _three_people(self) -> RelationshipIntroduced:
@@ -255,6 +257,49 @@ class RelationshipIntroduced(Event):
             _pair(self.introducer, self.person_b),
             _pair(self.person_a, self.person_b),
         ]
+
+
+class IntroductionRequested(Event):
+    """``requester`` asked ``introducer`` to introduce them to ``target``: the start of a
+    double opt-in introduction (both sides consent before the introducer makes it)."""
+
+    type: Literal["introduction.requested"] = "introduction.requested"
+    introduction_id: UUID
+    requester: PersonId
+    introducer: PersonId
+    target: PersonId
+    reason: FreeText | None = None
+
+    @model_validator(mode="after")
+    def _three_people(self) -> IntroductionRequested:
+        if len({self.requester, self.introducer, self.target}) != 3:
+            raise ValueError("requester, introducer and target must be three different people")
+        return self
+
+    def people(self) -> tuple[str, ...]:
+        return (self.requester, self.introducer, self.target)
+
+
+class IntroductionConsented(Event):
+    """One side of a requested introduction said yes (or no)."""
+
+    type: Literal["introduction.consented"] = "introduction.consented"
+    introduction_id: UUID
+    person: PersonId
+    consented: bool = True
+    note: FreeText | None = None
+
+    def people(self) -> tuple[str, ...]:
+        return (self.person,)
+
+
+class IntroductionOutcome(Event):
+    """What came of an introduction that was made."""
+
+    type: Literal["introduction.outcome"] = "introduction.outcome"
+    introduction_id: UUID
+    outcome: Literal["met", "talking", "no_response", "declined"]
+    note: FreeText | None = None
 
 
 class RelationshipHelped(Event):
@@ -321,6 +366,9 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     RelationshipIntroduced,
     RelationshipHelped,
     RelationshipClosenessRated,
+    IntroductionRequested,
+    IntroductionConsented,
+    IntroductionOutcome,
     EventRetracted,
 )
 
@@ -338,6 +386,9 @@ __all__ = [
     "PERSONAL",
     "Event",
     "EventRetracted",
+    "IntroductionConsented",
+    "IntroductionOutcome",
+    "IntroductionRequested",
     "PersonAdded",
     "PersonForgotten",
     "PersonId",

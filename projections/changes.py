@@ -9,6 +9,9 @@ from uuid import UUID
 from events_schema.models import (
     Event,
     EventRetracted,
+    IntroductionConsented,
+    IntroductionOutcome,
+    IntroductionRequested,
     PersonAdded,
     PersonForgotten,
     PersonUpdated,
@@ -43,6 +46,8 @@ class Changes:
     retracts: UUID | None = None
     #: Erasure: purge this person's personal data from every read model.
     forgets: str | None = None
+    #: Introduction flow: (introduction_id, what changed).
+    introduction: tuple[UUID, dict[str, Any]] | None = None
 
 
 def _detail(event: Event, pair: tuple[str, str]) -> dict[str, Any]:
@@ -85,6 +90,15 @@ def changes_for(event: Event) -> Changes:
     if isinstance(event, PersonUpdated):
         values = {f: getattr(event, f) for f in PERSON_FIELDS if getattr(event, f) is not None}
         return Changes(person_updated={"person_id": event.person_id, **values})
+    if isinstance(event, IntroductionRequested):
+        return Changes(introduction=(event.introduction_id, {
+            "new": True, "requester": event.requester, "introducer": event.introducer,
+            "target": event.target}))
+    if isinstance(event, IntroductionConsented):
+        return Changes(introduction=(event.introduction_id, {
+            "person": event.person, "consented": event.consented}))
+    if isinstance(event, IntroductionOutcome):
+        return Changes(introduction=(event.introduction_id, {"outcome": event.outcome}))
     if isinstance(event, PersonForgotten):
         return Changes(forgets=event.person_id)
     if isinstance(event, EventRetracted):
@@ -93,4 +107,7 @@ def changes_for(event: Event) -> Changes:
         PairEventRow(a, b, _detail(event, (a, b)), contribution(event, (a, b)))
         for a, b in event.pairs()
     ]
-    return Changes(pair_rows=rows)
+    intro = None
+    if isinstance(event, RelationshipIntroduced) and event.introduction_id is not None:
+        intro = (event.introduction_id, {"made": event.event_id})
+    return Changes(pair_rows=rows, introduction=intro)

@@ -88,6 +88,23 @@ CREATE TABLE IF NOT EXISTS strength_v1 (
 CREATE INDEX IF NOT EXISTS strength_v1_a ON strength_v1 (workspace_id, person_a, score DESC);
 CREATE INDEX IF NOT EXISTS strength_v1_b ON strength_v1 (workspace_id, person_b, score DESC);
 
+-- Double opt-in introductions: requested -> each side consents -> made -> outcome.
+CREATE TABLE IF NOT EXISTS introductions_v1 (
+    workspace_id      text NOT NULL,
+    introduction_id   uuid NOT NULL,
+    requester         text NOT NULL,
+    introducer        text NOT NULL,
+    target            text NOT NULL,
+    requester_consent boolean,
+    target_consent    boolean,
+    status            text NOT NULL,
+    made_event_id     uuid,
+    outcome           text,
+    requested_at      timestamptz NOT NULL,
+    updated_at        timestamptz NOT NULL,
+    PRIMARY KEY (workspace_id, introduction_id)
+);
+
 CREATE TABLE IF NOT EXISTS dead_letters (
     id           bigserial PRIMARY KEY,
     projection   text NOT NULL,

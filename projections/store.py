@@ -185,6 +185,7 @@ class ProjectionStore:
         deltas: dict[PairKey, list[tuple[str, float, Any]]] = defaultdict(list)
         retractions: list[Decoded] = []
         forgets: list[tuple[Decoded, str]] = []
+        intros: list[tuple[Decoded, UUID, dict[str, Any]]] = []
         for it in items:
             e = it.event
             ch: Changes = changes_for(e)
@@ -226,6 +227,8 @@ class ProjectionStore:
                 retractions.append(it)
             if ch.forgets is not None:
                 forgets.append((it, ch.forgets))
+            if ch.introduction is not None:
+                intros.append((it, *ch.introduction))
         async with conn.cursor() as cur:
             if adds:
                 await cur.executemany(
@@ -252,6 +255,51 @@ class ProjectionStore:
             await self._retract(conn, it, result)
         for it, person_id in forgets:
             await self._forget(conn, it, person_id)
+        for it, intro_id, change in intros:
+            await self._introduction(conn, it, intro_id, change)
+
+    async def _introduction(self, conn: AsyncConnection[Any], it: Decoded, intro_id: UUID,
+                            change: dict[str, Any]) -> None:
+        """Advance one introduction through requested -> consented -> made -> outcome."""
+        ws, at = it.event.workspace_id, it.event.occurred_at
+        if change.get("new"):
+            await conn.execute(
+                """INSERT INTO introductions_v1 (workspace_id, introduction_id, requester,
+                       introducer, target, status, requested_at, updated_at)
+                   VALUES (%s, %s, %s, %s, %s, 'awaiting consent', %s, %s)
+                   ON CONFLICT DO NOTHING""",
+                (ws, intro_id, change["requester"], change["introducer"], change["target"],
+                 at, at))
+            return
+        if "person" in change:
+            await conn.execute(
+                """UPDATE introductions_v1 SET
+                       requester_consent = CASE WHEN requester = %(p)s THEN %(c)s
+                                                ELSE requester_consent END,
+                       target_consent = CASE WHEN target = %(p)s THEN %(c)s
+                                             ELSE target_consent END,
+                       updated_at = greatest(updated_at, %(at)s)
+                   WHERE workspace_id = %(ws)s AND introduction_id = %(id)s""",
+                {"p": change["person"], "c": change["consented"], "at": at, "ws": ws,
+                 "id": intro_id})
+        elif "made" in change:
+            await conn.execute(
+                "UPDATE introductions_v1 SET made_event_id = %s, updated_at = greatest("
+                "updated_at, %s) WHERE workspace_id = %s AND introduction_id = %s",
+                (change["made"], at, ws, intro_id))
+        elif "outcome" in change:
+            await conn.execute(
+                "UPDATE introductions_v1 SET outcome = %s, updated_at = greatest(updated_at, %s) "
+                "WHERE workspace_id = %s AND introduction_id = %s",
+                (change["outcome"], at, ws, intro_id))
+        await conn.execute(
+            """UPDATE introductions_v1 SET status = CASE
+                   WHEN outcome IS NOT NULL THEN 'outcome: ' || outcome
+                   WHEN made_event_id IS NOT NULL THEN 'made'
+                   WHEN requester_consent = false OR target_consent = false THEN 'declined'
+                   WHEN requester_consent AND target_consent THEN 'ready'
+                   ELSE 'awaiting consent' END
+               WHERE workspace_id = %s AND introduction_id = %s""", (ws, intro_id))
 
     async def _forget(self, conn: AsyncConnection[Any], it: Decoded, person_id: str) -> None:
         """Purge every personal value of the person from the read models. (Archived payloads

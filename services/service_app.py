@@ -38,6 +38,9 @@ INTERACTION_TYPES = frozenset(
         "relationship.helped",
         "relationship.closeness_rated",
         "event.retracted",
+        "introduction.requested",
+        "introduction.consented",
+        "introduction.outcome",
     }
 )
 

@@ -19,7 +19,17 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
-from events_schema.models import ENC_PREFIX, Event, EventRetracted, PersonAdded, PersonForgotten
+from events_schema.models import (
+    ENC_PREFIX,
+    Event,
+    EventRetracted,
+    IntroductionConsented,
+    IntroductionOutcome,
+    IntroductionRequested,
+    PersonAdded,
+    PersonForgotten,
+    RelationshipIntroduced,
+)
 from events_schema.registry import EventDecodeError, EventRegistry
 from services.config import Settings
 from services.crypto import KeyStore, PersonForgottenError, encrypt_event, key_people
@@ -41,6 +51,9 @@ PERSON_REF_FIELDS = (
     "helped",
     "rater",
     "ratee",
+    "requester",
+    "target",
+    "person",
 )
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 WRONG_LAST_SEQUENCE = 10071
@@ -208,6 +221,9 @@ class WriteSide:
                 raise Rejected(410, loc, f"person {pid!r} was forgotten")
         if isinstance(event, EventRetracted):
             await self._check_retraction(event)
+        intro_id = getattr(event, "introduction_id", None)
+        if intro_id is not None and not isinstance(event, IntroductionRequested):
+            await self._check_introduction(event, intro_id)
         named = [pid for _, pid in refs] + (
             [event.person_id] if isinstance(event, PersonAdded) else []
         )
@@ -230,6 +246,31 @@ class WriteSide:
             raise Rejected(422, ["retracted_event_id"], "a retraction cannot be retracted")
         if row["retracted_by"] is not None:
             raise Rejected(409, ["retracted_event_id"], "is already retracted")
+
+    async def _check_introduction(self, event: Event, intro_id: UUID) -> None:
+        """Double opt-in: consents come from the two sides, an introduction is made only when
+        both said yes, and an outcome follows a made introduction."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT requester, introducer, target, requester_consent, target_consent, "
+                "made_event_id FROM introductions_v1 WHERE workspace_id = %s "
+                "AND introduction_id = %s", (event.workspace_id, intro_id))
+            row = await cur.fetchone()
+        if row is None:
+            raise Rejected(404, ["introduction_id"], "no such introduction in this workspace")
+        if isinstance(event, IntroductionConsented):
+            if event.person not in (row["requester"], row["target"]):
+                raise Rejected(422, ["person"], "must be the requester or the target")
+        elif isinstance(event, RelationshipIntroduced):
+            if {event.person_a, event.person_b} != {row["requester"], row["target"]} or (
+                    event.introducer != row["introducer"]):
+                raise Rejected(422, ["introduction_id"],
+                               "introducer and people differ from the request")
+            if not (row["requester_consent"] and row["target_consent"]):
+                raise Rejected(409, ["introduction_id"],
+                               "both sides must consent first (double opt-in)")
+        elif isinstance(event, IntroductionOutcome) and row["made_event_id"] is None:
+            raise Rejected(409, ["introduction_id"], "the introduction has not been made yet")
 
     async def archived_seqs(self, event_ids: list[UUID]) -> dict[UUID, tuple[int, str]]:
         """event_id -> (seq, workspace) for ids the projection has already archived."""

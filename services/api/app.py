@@ -516,6 +516,22 @@ def create_app(settings: Settings) -> FastAPI:
         a, b = queries.ordered(person_a, person_b)
         return {"person_a": a, "person_b": b, "events": rows}
 
+    @app.get("/v1/workspaces/{ws}/introductions", tags=["introductions"])
+    async def introductions(ws: WS, who: Reader, person: str | None = None,
+                            min_seq: MinSeq = None) -> dict[str, Any]:
+        """Introductions (double opt-in) and where each stands."""
+        await rt.wait_for_seq(min_seq)
+        async with rt.pool.connection() as conn:
+            cur = await conn.execute(
+                """SELECT introduction_id, requester, introducer, target, requester_consent,
+                          target_consent, status, made_event_id, outcome, requested_at,
+                          updated_at
+                   FROM introductions_v1 WHERE workspace_id = %(ws)s AND (%(p)s::text IS NULL
+                     OR %(p)s IN (requester, introducer, target))
+                   ORDER BY requested_at DESC LIMIT 500""", {"ws": ws, "p": person})
+            rows = await cur.fetchall()
+        return {"introductions": rows}
+
     # -- administration -------------------------------------------------------------------
 
     @app.post("/v1/workspaces/{ws}/people/{person}/forget", tags=["privacy"])

@@ -108,7 +108,11 @@ def permissions(role: str, prefix: str, stream: str) -> Permissions:
         events = (
             (f"{prefix}.ev.*.person.>",)
             if role == "people"
-            else (f"{prefix}.ev.*.relationship.>", f"{prefix}.ev.*.event.>")
+            else (
+                f"{prefix}.ev.*.relationship.>",
+                f"{prefix}.ev.*.introduction.>",
+                f"{prefix}.ev.*.event.>",
+            )
         )
         return Permissions(
             publish=(*events, *api, f"$JS.API.STREAM.MSG.GET.{stream}"),
