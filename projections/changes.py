@@ -21,7 +21,6 @@ from events_schema.models import (
     RelationshipIntroduced,
     RelationshipMet,
 )
-from projections.strength import contribution
 
 PERSON_FIELDS = ("display_name", "email", "phone", "organization", "title", "notes")
 
@@ -33,7 +32,6 @@ class PairEventRow:
     person_a: str
     person_b: str
     detail: dict[str, Any]
-    contribution: float
 
 
 @dataclass(frozen=True)
@@ -104,7 +102,7 @@ def changes_for(event: Event) -> Changes:
     if isinstance(event, EventRetracted):
         return Changes(retracts=event.retracted_event_id)
     rows = [
-        PairEventRow(a, b, _detail(event, (a, b)), contribution(event, (a, b)))
+        PairEventRow(a, b, _detail(event, (a, b)))
         for a, b in event.pairs()
     ]
     intro = None

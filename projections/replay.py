@@ -118,7 +118,7 @@ async def discard(settings: Settings, gen: Generation, worker: Worker | None = N
     if worker is not None and worker.js is not None:
         try:
             await worker.js.delete_consumer(settings.stream_name, gen.consumer)
-        except Exception as exc:  # noqa: BLE001  (already gone)
+        except Exception as exc:
             log.info("replay.consumer_gone", consumer=gen.consumer, error=str(exc))
     conn = await db.connect(settings)
     try:
@@ -281,7 +281,7 @@ async def _delete_consumer(settings: Settings, consumer: str) -> None:
     nc = await connect_nats(settings, name="tieline-replay-cleanup")
     try:
         await nc.jetstream().delete_consumer(settings.stream_name, consumer)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.info("replay.consumer_gone", consumer=consumer, error=str(exc))
     finally:
         await nc.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from psycopg import AsyncConnection, sql
 
 #: Bump when a read-model table changes shape or meaning; tables carry it as a suffix.
-READ_MODEL_VERSION = 1
+READ_MODEL_VERSION = 2
 
 DDL = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -68,21 +68,34 @@ CREATE TABLE IF NOT EXISTS pair_events_v1 (
 );
 CREATE INDEX IF NOT EXISTS pair_events_v1_event ON pair_events_v1 (event_id);
 
+-- Strength per pair, as the model's decay state at the pair's latest event (state_at); the
+-- score at any later time is a closed-form function of it (no nightly rewrite).
 CREATE TABLE IF NOT EXISTS strength_v1 (
-    workspace_id     text NOT NULL,
-    person_a         text NOT NULL,
-    person_b         text NOT NULL,
-    score            double precision NOT NULL,
-    total            double precision NOT NULL,
-    event_count      int NOT NULL,
-    meetings         int NOT NULL,
-    follow_ups       int NOT NULL,
-    introductions    int NOT NULL,
-    helps            int NOT NULL,
-    ratings          int NOT NULL,
-    first_contact_at timestamptz,
-    last_contact_at  timestamptz,
-    last_seq         bigint NOT NULL,
+    workspace_id          text NOT NULL,
+    person_a              text NOT NULL,
+    person_b              text NOT NULL,
+    score                 double precision NOT NULL,
+    tier                  text NOT NULL,
+    state_at              timestamptz,
+    fast                  double precision NOT NULL,
+    slow                  double precision NOT NULL,
+    reciprocity_factor    double precision NOT NULL,
+    rating                double precision,
+    event_count           int NOT NULL,
+    meetings              int NOT NULL,
+    follow_ups            int NOT NULL,
+    introductions         int NOT NULL,
+    helps                 int NOT NULL,
+    ratings               int NOT NULL,
+    first_contact_at      timestamptz,
+    last_contact_at       timestamptz,
+    score_at_last_contact double precision,
+    deepest_meeting       text,
+    one_sided             boolean NOT NULL,
+    can_vouch             boolean NOT NULL,
+    reciprocity           jsonb NOT NULL,
+    params_version        text NOT NULL,
+    last_seq              bigint NOT NULL,
     PRIMARY KEY (workspace_id, person_a, person_b)
 );
 CREATE INDEX IF NOT EXISTS strength_v1_a ON strength_v1 (workspace_id, person_a, score DESC);

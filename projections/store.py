@@ -8,20 +8,50 @@ already archived (a re-send beyond JetStream's dedupe window) changes nothing ei
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 
 from events_schema.models import Event
 from events_schema.registry import EventRegistry
 from projections.changes import PERSON_FIELDS, Changes, changes_for
-from projections.strength import PairSummary
+from projections.strength_model import PARAMS, PairEvent, Params, can_vouch, strength
 
 PairKey = tuple[str, str, str]  # workspace, person_a, person_b
+
+UPSERT_STRENGTH = """
+INSERT INTO strength_v1 (workspace_id, person_a, person_b, score, tier, state_at, fast, slow,
+    reciprocity_factor, rating, event_count, meetings, follow_ups, introductions, helps, ratings,
+    first_contact_at, last_contact_at, score_at_last_contact, deepest_meeting, one_sided,
+    can_vouch, reciprocity, params_version, last_seq)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+        %s, %s, %s)
+ON CONFLICT (workspace_id, person_a, person_b) DO UPDATE SET
+    score = EXCLUDED.score, tier = EXCLUDED.tier, state_at = EXCLUDED.state_at,
+    fast = EXCLUDED.fast, slow = EXCLUDED.slow, reciprocity_factor = EXCLUDED.reciprocity_factor,
+    rating = EXCLUDED.rating, event_count = EXCLUDED.event_count, meetings = EXCLUDED.meetings,
+    follow_ups = EXCLUDED.follow_ups, introductions = EXCLUDED.introductions,
+    helps = EXCLUDED.helps, ratings = EXCLUDED.ratings,
+    first_contact_at = EXCLUDED.first_contact_at, last_contact_at = EXCLUDED.last_contact_at,
+    score_at_last_contact = EXCLUDED.score_at_last_contact,
+    deepest_meeting = EXCLUDED.deepest_meeting, one_sided = EXCLUDED.one_sided,
+    can_vouch = EXCLUDED.can_vouch, reciprocity = EXCLUDED.reciprocity,
+    params_version = EXCLUDED.params_version, last_seq = EXCLUDED.last_seq
+"""
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy of a reciprocity summary (numbers rounded for stable comparisons)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, float):
+        return round(value, 6)
+    return value
 
 
 @dataclass(frozen=True)
@@ -68,9 +98,11 @@ class BatchResult:
 class ProjectionStore:
     """The thin I/O layer under the pure projection functions."""
 
-    def __init__(self, registry: EventRegistry, projection: str = "main") -> None:
+    def __init__(self, registry: EventRegistry, projection: str = "main",
+                 params: Params = PARAMS) -> None:
         self.registry = registry
         self.projection = projection
+        self.params = params
 
     async def checkpoint(self, conn: AsyncConnection[Any]) -> int:
         cur = await conn.execute(
@@ -217,11 +249,11 @@ class ProjectionStore:
                         e.recorded_at,
                         e.recorded_by,
                         json.dumps(r.detail),
-                        r.contribution,
+                        self._alone(e, it.seq, r.person_a, r.person_b, r.detail),
                     )
                 )
                 deltas[(e.workspace_id, r.person_a, r.person_b)].append(
-                    (e.type, r.contribution, e.occurred_at)
+                    (e.type, 0.0, e.occurred_at)
                 )
             if ch.retracts is not None:
                 retractions.append(it)
@@ -250,7 +282,7 @@ class ProjectionStore:
                     pair_rows,
                 )
         if deltas:
-            await self._fold_pairs(conn, deltas, items[-1].seq)
+            await self._recompute_pairs(conn, list(deltas), items[-1].seq)
         for it in retractions:
             await self._retract(conn, it, result)
         for it, person_id in forgets:
@@ -322,73 +354,55 @@ class ProjectionStore:
             (*values, it.event.occurred_at, it.seq, it.event.workspace_id, upd["person_id"]),
         )
 
-    async def _load_summaries(
-        self, conn: AsyncConnection[Any], keys: list[PairKey]
-    ) -> dict[PairKey, PairSummary]:
+    async def _recompute_pairs(
+        self, conn: AsyncConnection[Any], keys: list[PairKey], seq: int
+    ) -> None:
+        """Recompute the strength of every touched pair from its stored events with the pure
+        model (late events, retractions and burst damping all need the whole pair history)."""
+        keys = sorted(set(keys))  # a stable lock order keeps concurrent writers deadlock-free
         cur = await conn.execute(
-            """SELECT s.workspace_id, s.person_a, s.person_b, total, event_count, meetings,
-                      follow_ups, introductions, helps, ratings, first_contact_at, last_contact_at
-               FROM strength_v1 s
+            """SELECT p.workspace_id, p.person_a, p.person_b, p.event_id, p.seq, p.type,
+                      p.occurred_at, p.detail
+               FROM pair_events_v1 p
                JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(ws, a, b)
-                 ON s.workspace_id = k.ws AND s.person_a = k.a AND s.person_b = k.b
-               FOR UPDATE OF s""",
+                 ON p.workspace_id = k.ws AND p.person_a = k.a AND p.person_b = k.b
+               WHERE NOT p.retracted""",
             ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
         )
-        out: dict[PairKey, PairSummary] = {}
-        for row in await cur.fetchall():
-            out[(row[0], row[1], row[2])] = PairSummary(*row[3:])
-        return out
+        history: dict[PairKey, list[PairEvent]] = defaultdict(list)
+        for ws, a, b, eid, eseq, etype, occurred, detail in await cur.fetchall():
+            history[(ws, a, b)].append(
+                PairEvent(str(eid), etype, occurred, int(eseq), a, b, detail))
+        rows = [self._strength_row(k, history[k], seq) for k in keys if history.get(k)]
+        gone = [k for k in keys if not history.get(k)]
+        async with conn.cursor() as c:
+            if rows:
+                await c.executemany(UPSERT_STRENGTH, rows)
+            if gone:
+                await c.executemany(
+                    "DELETE FROM strength_v1 WHERE workspace_id = %s AND person_a = %s "
+                    "AND person_b = %s", gone)
 
-    async def _fold_pairs(
-        self,
-        conn: AsyncConnection[Any],
-        deltas: dict[PairKey, list[tuple[str, float, Any]]],
-        seq: int,
-    ) -> None:
-        keys = sorted(deltas)  # a stable lock order keeps concurrent writers deadlock-free
-        current = await self._load_summaries(conn, keys)
-        rows = []
-        for key in keys:
-            summary = current.get(key, PairSummary())
-            for event_type, points, occurred_at in deltas[key]:
-                summary = summary.add(event_type, points, occurred_at)
-            rows.append(self._summary_row(key, summary, seq))
-        await self._upsert_summaries(conn, rows)
+    def _alone(self, e: Event, seq: int, a: str, b: str, detail: dict[str, Any]) -> float:
+        """The points this event is worth on its own (the timeline shows what it was worth in
+        its history, after burst damping and decay)."""
+        pe = PairEvent(str(e.event_id), e.type, e.occurred_at, seq, a, b, detail)
+        contributions = strength([pe], self.params).contributions
+        return contributions[0].points if contributions else 0.0
 
-    @staticmethod
-    def _summary_row(key: PairKey, s: PairSummary, seq: int) -> tuple[Any, ...]:
+    def _strength_row(self, key: PairKey, events: list[PairEvent], seq: int) -> tuple[Any, ...]:
+        s = strength(events, self.params)
+        counts = Counter(e.type for e in events)
+        vouch, _ = can_vouch(s, self.params)
+        st = s.state
         return (
-            *key,
-            s.score,
-            s.total,
-            s.event_count,
-            s.meetings,
-            s.follow_ups,
-            s.introductions,
-            s.helps,
-            s.ratings,
-            s.first_contact_at,
-            s.last_contact_at,
-            seq,
+            *key, s.score, s.tier, st.at, st.fast, st.slow, st.reciprocity_factor, st.rating,
+            len(events), counts["relationship.met"], counts["relationship.followed_up"],
+            counts["relationship.introduced"], counts["relationship.helped"],
+            counts["relationship.closeness_rated"], s.first_contact_at, s.last_contact_at,
+            s.score_at_last_contact, s.deepest_meeting, bool(s.reciprocity.get("one_sided")),
+            vouch, Jsonb(_plain(s.reciprocity)), self.params.version, seq,
         )
-
-    @staticmethod
-    async def _upsert_summaries(conn: AsyncConnection[Any], rows: list[tuple[Any, ...]]) -> None:
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                """INSERT INTO strength_v1 (workspace_id, person_a, person_b, score, total,
-                       event_count, meetings, follow_ups, introductions, helps, ratings,
-                       first_contact_at, last_contact_at, last_seq)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                   ON CONFLICT (workspace_id, person_a, person_b) DO UPDATE SET
-                       score = EXCLUDED.score, total = EXCLUDED.total,
-                       event_count = EXCLUDED.event_count, meetings = EXCLUDED.meetings,
-                       follow_ups = EXCLUDED.follow_ups, introductions = EXCLUDED.introductions,
-                       helps = EXCLUDED.helps, ratings = EXCLUDED.ratings,
-                       first_contact_at = EXCLUDED.first_contact_at,
-                       last_contact_at = EXCLUDED.last_contact_at, last_seq = EXCLUDED.last_seq""",
-                rows,
-            )
 
     async def _retract(self, conn: AsyncConnection[Any], it: Decoded, result: BatchResult) -> None:
         """Remove exactly the retracted event's effect (same workspace only)."""
@@ -415,26 +429,9 @@ class ProjectionStore:
             "RETURNING person_a, person_b",
             (target, ws),
         )
-        for a, b in await cur.fetchall():
-            await self._recompute_pair(conn, (ws, a, b), it.seq)
-
-    async def _recompute_pair(self, conn: AsyncConnection[Any], key: PairKey, seq: int) -> None:
-        cur = await conn.execute(
-            "SELECT type, contribution, occurred_at FROM pair_events_v1 "
-            "WHERE workspace_id = %s AND person_a = %s AND person_b = %s AND NOT retracted",
-            key,
-        )
-        summary = PairSummary()
-        for event_type, points, occurred_at in await cur.fetchall():
-            summary = summary.add(event_type, points, occurred_at)
-        if summary.event_count == 0:
-            await conn.execute(
-                "DELETE FROM strength_v1 WHERE workspace_id = %s AND person_a = %s "
-                "AND person_b = %s",
-                key,
-            )
-            return
-        await self._upsert_summaries(conn, [self._summary_row(key, summary, seq)])
+        pairs = [(ws, a, b) for a, b in await cur.fetchall()]
+        if pairs:
+            await self._recompute_pairs(conn, pairs, it.seq)
 
     async def _dead_letters(self, conn: AsyncConnection[Any], poison: list[Poison]) -> None:
         if not poison:

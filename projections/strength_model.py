@@ -20,10 +20,11 @@ The model (full write-up with sources in ``docs/strength-model.md``)
 
    **Burst damping**: the k-th event of the same kind (same type and depth, or same sender)
    within ``burst_window_days`` of the first one of its burst counts ``burst_factor ** k`` of its
-   points, so ten messages in one day are worth less than two on separate days. **Card cap**:
-   card exchanges can only top the pair's card reservoir up to ``card_exchange_cap_points``
-   (decayed), so no number of card exchanges, in a burst or spread over years, makes more than
-   a contact.
+   points, so ten messages in one day are worth less than two on separate days. **Shallow caps**:
+   card exchanges and brief chats can only top their own decayed reservoir up to
+   ``shallow_cap_points[depth]``, so no number of card exchanges, in a burst or spread over
+   years, makes more than a contact, and small talk alone (the co-worker at the coffee machine,
+   Marsden & Campbell 1984) never makes more than a friend.
 
 2. **Two decaying accumulators**. A share ``slow_share`` of each event's points goes to a slow
    component (half-life ``slow_half_life_days``, ~2 years: a long friendship survives a quiet year)
@@ -127,7 +128,7 @@ class Params:
     duration_knee_minutes: float
     remote_factor: float
     conversation_group_limit: int
-    card_exchange_cap_points: float
+    shallow_cap_points: Mapping[str, float]
     followup_points: float
     followup_replied_points: float
     channel_factor: Mapping[str, float]
@@ -177,6 +178,8 @@ class Params:
             problems.append("reciprocity_penalty must be in [0, 1]")
         if not 0.0 <= self.reciprocity_free_balance < 1.0:
             problems.append("reciprocity_free_balance must be in [0, 1)")
+        if any(d not in DEPTHS or c < 0 for d, c in self.shallow_cap_points.items()):
+            problems.append("shallow_cap_points maps depths to caps >= 0")
         missing = [d for d in DEPTHS if d not in self.met_base_points]
         missing += [d for d in DEPTHS if d not in self.met_hourly_points]
         missing += [d for d in DEPTHS if d not in self.met_default_minutes]
@@ -249,9 +252,9 @@ class Params:
 PARAMS = Params(
     # Bump whenever a number changes; stored next to every computed score.
     version="2026.1",
-    # A one-off meeting fades within months: Burt (2000, 2002) found most new and weak ties among
-    # bankers gone within a year; with 70% of a contact in this component, a meeting keeps ~35% of
-    # its weight after a month and ~0.1% after a year.
+    # A one-off meeting fades within months: Burt (2000) found decay fastest for new
+    # relationships, and Burt (2002) nine in ten bridge ties gone a year later. The fast 70% of a
+    # contact halves every month (0.02% of it is left after a year).
     fast_half_life_days=30.0,
     # Established friendships decay slowly without contact: Roberts & Dunbar (2015) measured a
     # significant but partial loss of emotional closeness over 18 months; a 2-year half-life keeps
@@ -298,9 +301,12 @@ PARAMS = Params(
     # Conversations split into subgroups beyond ~4 people (Dunbar, Duncan & Nettle 1995); in a
     # group of n each pair gets min(1, (limit - 1) / (n - 1)) of the points.
     conversation_group_limit=4,
-    # Card exchanges alone can never make more than a contact (design rule; see vouching):
-    # 0.3 points score 15.9, below the acquaintance threshold (18).
-    card_exchange_cap_points=0.3,
+    # Caps on what shallow meetings can add up to (decayed), by depth. Card exchanges alone never
+    # make more than a contact (0.3 points score 15.9 < 18, the acquaintance threshold). Frequent
+    # small talk over-rates ties such as co-workers' (Marsden & Campbell 1984; Hall 2018: time at
+    # work did not build friendship): brief chats plus cards stay below close (5.3 points score
+    # 51.6 < 55). Design rule.
+    shallow_cap_points={"card_exchange": 0.3, "brief_chat": 5.0},
     # A follow-up nobody answered is a small signal; a reply makes it a (remote) exchange.
     followup_points=0.2,
     followup_replied_points=0.5,
@@ -510,6 +516,9 @@ class Strength:
         lost = None
         if self.score_at_last_contact is not None:
             lost = round(max(self.score_at_last_contact - self.score, 0.0), 4)
+        was = None
+        if self.score_at_last_contact is not None:
+            was = tier_for(self.score_at_last_contact, p)
         rank = TIERS.index(self.tier)
         next_tier = TIERS[rank - 1] if rank > 0 else None
         needed = None if next_tier is None else p.tier_thresholds[next_tier]
@@ -534,7 +543,8 @@ class Strength:
                 "days_since_contact": _round(self.days_since_contact),
                 "score_at_last_contact": _round(self.score_at_last_contact),
                 "lost_since_last_contact": lost,
-                "cadence_days": p.tier_cadence_days.get(self.tier),
+                "tier_at_last_contact": was,
+                "cadence_days": None if was is None else p.tier_cadence_days.get(was),
             },
             "reciprocity": dict(self.reciprocity),
             "next_tier": next_tier,
@@ -580,6 +590,8 @@ def timeline(
     right after it happened."""
     ordered = _canonical(events)
     if as_of is not None:
+        if as_of.tzinfo is None:
+            raise ValueError("as_of must be timezone-aware")
         ordered = [e for e in ordered if e.occurred_at <= as_of]
     final = strength(ordered, params, as_of)
     by_id = {c.event_id: c for c in final.contributions}
@@ -729,7 +741,7 @@ def _group_factor(group_size: int, params: Params) -> float:
 
 def _score(points: float, factor: float, rating: float | None, params: Params) -> float:
     x = max(points, 0.0) * factor / params.score_scale_points
-    behaviour = 100.0 * (1.0 - math.exp(-(x**params.score_exponent)))
+    behaviour = -100.0 * math.expm1(-(x**params.score_exponent))  # = 100 * (1 - exp(-x**e))
     if rating is None:
         return behaviour
     return (1.0 - params.rating_weight) * behaviour + params.rating_weight * rating
@@ -838,9 +850,8 @@ def _compute(ordered: list[PairEvent], params: Params, as_of: datetime | None) -
     a, b = ordered[0].person_a, ordered[0].person_b
     sides = {a: _Side(), b: _Side()}
     burst: dict[str, tuple[datetime, int]] = {}
-    # Card reservoir (decayed sum of card points, both components), tracked at ``card_at``.
-    card_fast = card_slow = 0.0
-    card_at: datetime | None = None
+    # Reservoirs of capped shallow depths: depth -> (fast, slow, as of when).
+    reservoirs: dict[str, tuple[float, float, datetime]] = {}
     staged: list[tuple[PairEvent, float, str]] = []
     ratings: dict[str, tuple[datetime, int]] = {}
     first = last = None
@@ -874,18 +885,18 @@ def _compute(ordered: list[PairEvent], params: Params, as_of: datetime | None) -
             if k > 0:
                 points *= params.burst_factor**k
                 reason += f"; {_ordinal(k + 1)} of a burst (x{params.burst_factor**k:g})"
-        if e.type == MET and e.detail.get("depth") == "card_exchange" and points > 0:
-            if card_at is not None:
-                dt = _days(card_at, e.occurred_at)
-                card_fast *= _decay(dt, params.fast_half_life_days)
-                card_slow *= _decay(dt, params.slow_half_life_days)
-            card_at = e.occurred_at
-            room = max(params.card_exchange_cap_points - (card_fast + card_slow), 0.0)
+        depth = str(e.detail.get("depth"))
+        if e.type == MET and depth in params.shallow_cap_points and points > 0:
+            r_fast, r_slow, r_at = reservoirs.get(depth, (0.0, 0.0, e.occurred_at))
+            dt = _days(r_at, e.occurred_at)
+            r_fast *= _decay(dt, params.fast_half_life_days)
+            r_slow *= _decay(dt, params.slow_half_life_days)
+            cap = params.shallow_cap_points[depth]
+            room = max(cap - (r_fast + r_slow), 0.0)
             if points > room:
                 points = room
-                reason += f"; capped: card exchanges add up to {params.card_exchange_cap_points:g}"
-            card_fast += (1 - s) * points
-            card_slow += s * points
+                reason += f"; capped: {depth.replace('_', ' ')}s add up to {cap:g} points at most"
+            reservoirs[depth] = (r_fast + (1 - s) * points, r_slow + s * points, e.occurred_at)
         if actor is not None:
             side = sides[actor]
             side.effort += 1.0
@@ -989,11 +1000,12 @@ def _reciprocity(
 def _suggestions(s: Strength, next_tier: str | None) -> list[str]:
     p = s.params
     out: list[str] = []
-    cadence = p.tier_cadence_days.get(s.tier)
+    was = None if s.score_at_last_contact is None else tier_for(s.score_at_last_contact, p)
+    cadence = None if was is None else p.tier_cadence_days.get(was)
     if s.days_since_contact is not None and cadence is not None and s.days_since_contact > cadence:
         out.append(
-            f"get in touch: {s.days_since_contact:.0f} days since the last contact, "
-            f"{s.tier} ties are usually in contact every {cadence:g} days"
+            f"get in touch: {s.days_since_contact:.0f} days since the last contact; it was a "
+            f"{was} tie then, and those are usually in contact every {cadence:g} days"
         )
     if s.deepest_meeting not in CONVERSATION_DEPTHS:
         out.append("have a real conversation (depth conversation or deeper), ideally in person")

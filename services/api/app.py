@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import uuid4
 
@@ -18,7 +19,8 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.api import queries
+from projections.strength_model import PARAMS, can_vouch
+from services.api import queries, ties
 from services.api.erasure import forget_person
 from services.auth import (
     FailureLimiter,
@@ -40,6 +42,15 @@ log = structlog.get_logger(__name__)
 
 WS = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Workspace id")]
 PID = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Person id")]
+AsOf = Annotated[
+    datetime | None,
+    Query(
+        description=(
+            "Answer as of this time (ISO 8601 with a timezone): only events that occurred by then "
+            "count, and decay runs to then."
+        )
+    ),
+]
 MinSeq = Annotated[
     int | None,
     Query(
@@ -222,6 +233,16 @@ def _parse_json(raw: bytes, loc: list[str]) -> Any:
         ) from exc
 
 
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ApiError(
+            422,
+            "as_of: needs a timezone, e.g. 2025-06-30T00:00:00Z",
+            [{"loc": ["query", "as_of"], "msg": "needs a timezone"}],
+        )
+    return value
+
+
 def _single_response(result: dict[str, Any]) -> JSONResponse:
     return JSONResponse(
         WriteResult(**result).model_dump(exclude_none=True), status_code=result["status"]
@@ -323,8 +344,12 @@ def create_app(settings: Settings) -> FastAPI:
             ok, seen = False, -1
         if stream_seq >= 0 and seen >= 0:
             lag = max(stream_seq - seen, 0)
-            checks["projection"] = {"stream_seq": stream_seq, "checkpoint": seen, "lag": lag,
-                                    "generation": rt.pool.generation.gen}
+            checks["projection"] = {
+                "stream_seq": stream_seq,
+                "checkpoint": seen,
+                "lag": lag,
+                "generation": rt.pool.generation.gen,
+            }
             ok = ok and lag <= settings.ready_max_lag
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
@@ -473,15 +498,44 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/v1/workspaces/{ws}/relationships/{person_a}/{person_b}", tags=["relationships"])
     async def strength(
-        ws: WS, person_a: PID, person_b: PID, who: Reader, min_seq: MinSeq = None
+        ws: WS,
+        person_a: PID,
+        person_b: PID,
+        who: Reader,
+        min_seq: MinSeq = None,
+        as_of: AsOf = None,
     ) -> dict[str, Any]:
+        """Strength of the tie now (or as of a date): score 0-100, tier, counts, reciprocity,
+        whether each side could vouch for the other."""
         await rt.wait_for_seq(min_seq)
         async with rt.pool.connection() as conn:
-            row = await queries.get_strength(conn, ws, person_a, person_b)
-        if row is None:
+            s = await ties.pair_strength(conn, ws, person_a, person_b, _aware(as_of))
+        if s is None:
             raise HTTPException(404, "no recorded relationship between these people")
         await rt.audit(ws, who, "GET relationship", [person_a, person_b])
-        return row
+        return ties.summary(s, person_a, person_b)
+
+    @app.get(
+        "/v1/workspaces/{ws}/relationships/{person_a}/{person_b}/explain", tags=["relationships"]
+    )
+    async def explain(
+        ws: WS,
+        person_a: PID,
+        person_b: PID,
+        who: Reader,
+        min_seq: MinSeq = None,
+        as_of: AsOf = None,
+        top: Annotated[int, Query(ge=1, le=100)] = 5,
+    ) -> dict[str, Any]:
+        """Why the score is what it is: top contributions, decay since the last contact,
+        reciprocity, the tier and what would raise it."""
+        await rt.wait_for_seq(min_seq)
+        async with rt.pool.connection() as conn:
+            s = await ties.pair_strength(conn, ws, person_a, person_b, _aware(as_of))
+        if s is None:
+            raise HTTPException(404, "no recorded relationship between these people")
+        await rt.audit(ws, who, "GET explain", [person_a, person_b])
+        return s.explain(top)
 
     @app.get("/v1/workspaces/{ws}/people/{person}/relationships", tags=["relationships"])
     async def relationships(
@@ -491,12 +545,98 @@ def create_app(settings: Settings) -> FastAPI:
         min_seq: MinSeq = None,
         order: Literal["strength", "recent"] = "strength",
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        as_of: AsOf = None,
     ) -> dict[str, Any]:
+        """A person's ties with their current (or as-of) score and Dunbar-like tier; tiers
+        respect the layers' capacities (about 5 / 15 / 50 / 150)."""
         await rt.wait_for_seq(min_seq)
         async with rt.pool.connection() as conn:
-            rows = await queries.person_relationships(conn, ws, person, order, limit)
+            scored = await ties.scored_ties(conn, ws, person, _aware(as_of))
         await rt.audit(ws, who, "GET person relationships", [person])
-        return {"person": person, "order": order, "relationships": rows}
+        return {
+            "person": person,
+            "order": order,
+            "as_of": as_of,
+            "relationships": ties.ranked(scored, order, limit),
+        }
+
+    @app.get("/v1/workspaces/{ws}/people/{person}/follow-ups", tags=["relationships"])
+    async def follow_ups_due(
+        ws: WS, person: PID, who: Reader, min_seq: MinSeq = None, as_of: AsOf = None
+    ) -> dict[str, Any]:
+        """Ties whose time since last contact exceeds their tier's cadence, ordered by how
+        much strength is at stake if nothing happens for another cadence."""
+        await rt.wait_for_seq(min_seq)
+        when = _aware(as_of) or ties.now()
+        async with rt.pool.connection() as conn:
+            scored = await ties.scored_ties(conn, ws, person, _aware(as_of))
+        await rt.audit(ws, who, "GET follow-ups", [person])
+        return {"person": person, "as_of": when, "due": ties.follow_ups(scored, when)}
+
+    @app.get("/v1/workspaces/{ws}/people/{person}/give-and-take", tags=["relationships"])
+    async def give_and_take(
+        ws: WS, person: PID, who: Reader, min_seq: MinSeq = None, one_sided: bool | None = None
+    ) -> dict[str, Any]:
+        """Per tie: who initiates, follows up, replies and helps whom; one-sided ties flagged
+        (one side makes nearly all the effort: the "sell and disappear" pattern)."""
+        await rt.wait_for_seq(min_seq)
+        async with rt.pool.connection() as conn:
+            rows = await ties.ties_of(conn, ws, person)
+        await rt.audit(ws, who, "GET give-and-take", [person])
+        out = [
+            {"other": r["other"], "one_sided": r["one_sided"], "reciprocity": r["reciprocity"]}
+            for r in rows
+            if one_sided is None or r["one_sided"] == one_sided
+        ]
+        out.sort(key=lambda x: (not x["one_sided"], x["other"]))
+        return {"person": person, "ties": out}
+
+    @app.get("/v1/workspaces/{ws}/introductions/check", tags=["introductions"])
+    async def can_introduce(
+        ws: WS, who: Reader, introducer: str, a: str, b: str, as_of: AsOf = None
+    ) -> dict[str, Any]:
+        """can_introduce(introducer, a, b): the introducer must know both well enough to vouch
+        (strength tier, a real conversation, history length, not one-sided), with reasons."""
+        out: dict[str, Any] = {"introducer": introducer, "a": a, "b": b}
+        ok = True
+        async with rt.pool.connection() as conn:
+            for side in (a, b):
+                s = await ties.pair_strength(conn, ws, introducer, side, _aware(as_of))
+                if s is None:
+                    out[side] = {
+                        "can_vouch": False,
+                        "reasons": [f"{introducer} has no recorded contact with {side}"],
+                    }
+                    ok = False
+                    continue
+                vouch, reasons = can_vouch(s, PARAMS)
+                out[side] = {
+                    "can_vouch": vouch,
+                    "score": round(s.score, 4),
+                    "tier": s.tier,
+                    "reasons": reasons,
+                }
+                ok = ok and vouch
+        await rt.audit(ws, who, "GET can-introduce", [introducer, a, b])
+        out["can_introduce"] = ok and a != b
+        return out
+
+    @app.get("/v1/workspaces/{ws}/people/{person}/warm-paths", tags=["introductions"])
+    async def warm_paths(
+        ws: WS,
+        person: PID,
+        who: Reader,
+        target: Annotated[str, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$")],
+        limit: Annotated[int, Query(ge=1, le=100)] = 10,
+        min_seq: MinSeq = None,
+    ) -> dict[str, Any]:
+        """Who can introduce ``person`` to ``target``: at most two intermediaries, every link
+        strong enough to vouch, ranked by the weakest link."""
+        await rt.wait_for_seq(min_seq)
+        async with rt.pool.connection() as conn:
+            paths = await ties.warm_paths(conn, ws, person, target, limit)
+        await rt.audit(ws, who, "GET warm paths", [person, target])
+        return {"person": person, "target": target, "paths": paths}
 
     @app.get(
         "/v1/workspaces/{ws}/relationships/{person_a}/{person_b}/timeline", tags=["relationships"]
@@ -507,18 +647,34 @@ def create_app(settings: Settings) -> FastAPI:
         person_b: PID,
         who: Reader,
         min_seq: MinSeq = None,
-        limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+        as_of: AsOf = None,
     ) -> dict[str, Any]:
+        """How the relationship developed: each event, who recorded it and when, its
+        contribution, and the strength right after it."""
         await rt.wait_for_seq(min_seq)
-        async with rt.pool.connection() as conn:
-            rows = await queries.timeline(conn, ws, person_a, person_b, limit)
-        await rt.audit(ws, who, "GET timeline", [person_a, person_b])
         a, b = queries.ordered(person_a, person_b)
-        return {"person_a": a, "person_b": b, "events": rows}
+        async with rt.pool.connection() as conn:
+            events = await ties.pair_events(conn, ws, a, b, _aware(as_of))
+            cur = await conn.execute(
+                "SELECT event_id, recorded_at, recorded_by FROM pair_events_v1 "
+                "WHERE workspace_id = %s AND person_a = %s AND person_b = %s",
+                (ws, a, b),
+            )
+            recorded = {str(r["event_id"]): r for r in await cur.fetchall()}
+            retracted = await queries.timeline(conn, ws, a, b, 10000)
+        await rt.audit(ws, who, "GET timeline", [person_a, person_b])
+        view = ties.timeline_view(events, _aware(as_of), recorded)
+        gone = [
+            dict(r, contribution=0.0, strength_after=None)
+            for r in retracted
+            if r["retracted"] and (as_of is None or r["occurred_at"] <= as_of)
+        ]
+        return {"person_a": a, "person_b": b, "as_of": as_of, "events": view, "retracted": gone}
 
     @app.get("/v1/workspaces/{ws}/introductions", tags=["introductions"])
-    async def introductions(ws: WS, who: Reader, person: str | None = None,
-                            min_seq: MinSeq = None) -> dict[str, Any]:
+    async def introductions(
+        ws: WS, who: Reader, person: str | None = None, min_seq: MinSeq = None
+    ) -> dict[str, Any]:
         """Introductions (double opt-in) and where each stands."""
         await rt.wait_for_seq(min_seq)
         async with rt.pool.connection() as conn:
@@ -528,7 +684,9 @@ def create_app(settings: Settings) -> FastAPI:
                           updated_at
                    FROM introductions_v1 WHERE workspace_id = %(ws)s AND (%(p)s::text IS NULL
                      OR %(p)s IN (requester, introducer, target))
-                   ORDER BY requested_at DESC LIMIT 500""", {"ws": ws, "p": person})
+                   ORDER BY requested_at DESC LIMIT 500""",
+                {"ws": ws, "p": person},
+            )
             rows = await cur.fetchall()
         return {"introductions": rows}
 

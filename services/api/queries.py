@@ -45,37 +45,6 @@ async def get_person(conn: AsyncConnection[Any], ws: str, person: str) -> Row | 
     return await cur.fetchone()
 
 
-STRENGTH_COLS = """score, event_count, meetings, follow_ups, introductions, helps, ratings,
-                   first_contact_at, last_contact_at"""
-
-
-async def get_strength(conn: AsyncConnection[Any], ws: str, a: str, b: str) -> Row | None:
-    pa, pb = ordered(a, b)
-    cur = await conn.execute(
-        f"SELECT person_a, person_b, {STRENGTH_COLS} FROM strength_v1 "
-        "WHERE workspace_id = %s AND person_a = %s AND person_b = %s",
-        (ws, pa, pb),
-    )
-    return await cur.fetchone()
-
-
-async def person_relationships(
-    conn: AsyncConnection[Any], ws: str, person: str, order: str, limit: int
-) -> list[Row]:
-    key = "score DESC" if order == "strength" else "last_contact_at DESC NULLS LAST"
-    cur = await conn.execute(
-        f"""SELECT * FROM (
-              SELECT person_b AS other, {STRENGTH_COLS} FROM strength_v1
-               WHERE workspace_id = %(ws)s AND person_a = %(p)s
-              UNION ALL
-              SELECT person_a AS other, {STRENGTH_COLS} FROM strength_v1
-               WHERE workspace_id = %(ws)s AND person_b = %(p)s
-            ) t ORDER BY {key}, other LIMIT %(limit)s""",
-        {"ws": ws, "p": person, "limit": limit},
-    )
-    return await cur.fetchall()
-
-
 async def timeline(conn: AsyncConnection[Any], ws: str, a: str, b: str, limit: int) -> list[Row]:
     pa, pb = ordered(a, b)
     cur = await conn.execute(

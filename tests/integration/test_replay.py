@@ -129,12 +129,13 @@ async def test_read_model_version_bump_rebuilds_on_start_and_switches(
     await first.close()
     import projections.worker as worker_module
 
-    monkeypatch.setattr(worker_module, "READ_MODEL_VERSION", 2)
+    bumped_version = worker_module.READ_MODEL_VERSION + 1
+    monkeypatch.setattr(worker_module, "READ_MODEL_VERSION", bumped_version)
     bumped = Worker(settings)
     await bumped.start()
     try:
         assert bumped.generation is not None and bumped.generation.status == "building"
-        assert bumped.generation.version == 2
+        assert bumped.generation.version == bumped_version
         async with asyncio.timeout(30):
             while bumped.generation.status != "live":
                 await bumped.run_once()
@@ -147,4 +148,4 @@ async def test_read_model_version_bump_rebuilds_on_start_and_switches(
         now_live = await generations.live(conn, settings.database_schema)
     finally:
         await conn.close()
-    assert now_live is not None and now_live.version == 2
+    assert now_live is not None and now_live.version == bumped_version
