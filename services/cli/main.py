@@ -493,66 +493,107 @@ def retract(
     )
 
 
+AsOfOpt = Annotated[str | None, typer.Option("--as-of", help="ISO time with timezone.")]
+
+
+def _params(as_of: str | None, **more: Any) -> dict[str, Any]:
+    return {k: v for k, v in {"as_of": as_of, **more}.items() if v is not None}
+
+
+def _show(data: Any) -> None:
+    console.print_json(json.dumps(data, default=str))
+
+
 @app.command()
-def strength(
-    person_a: str,
-    person_b: str,
-    api_url: ApiUrl = DEFAULT_API,
-    workspace: Workspace = "default",
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Show the strength of the tie between A and B."""
-    data = _call("GET", f"{api_url}/v1/workspaces/{workspace}/relationships/{person_a}/{person_b}")
+def strength(person_a: str, person_b: str, as_of: AsOfOpt = None,
+             api_url: ApiUrl = DEFAULT_API, workspace: Workspace = "default",
+             as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show the strength of the tie between A and B (now, or --as-of a date)."""
+    data = _call("GET", f"{api_url}/v1/workspaces/{workspace}/relationships/{person_a}/{person_b}",
+                 params=_params(as_of))
     if as_json:
-        console.print_json(json.dumps(data, default=str))
+        _show(data)
         return
     table = Table(title=f"{data['person_a']} - {data['person_b']}")
-    for key in (
-        "score",
-        "event_count",
-        "meetings",
-        "follow_ups",
-        "introductions",
-        "helps",
-        "last_contact_at",
-    ):
+    for key in ("score", "tier", "event_count", "meetings", "follow_ups", "introductions",
+                "helps", "last_contact_at", "can_vouch"):
         table.add_row(key, str(data.get(key)))
     console.print(table)
 
 
 @app.command()
-def timeline(
-    person_a: str, person_b: str, api_url: ApiUrl = DEFAULT_API, workspace: Workspace = "default"
-) -> None:
+def explain(person_a: str, person_b: str, as_of: AsOfOpt = None, api_url: ApiUrl = DEFAULT_API,
+            workspace: Workspace = "default") -> None:
+    """Why the tie between A and B is as strong as it is."""
+    _show(_call("GET", f"{api_url}/v1/workspaces/{workspace}/relationships/{person_a}/"
+                       f"{person_b}/explain", params=_params(as_of)))
+
+
+@app.command()
+def timeline(person_a: str, person_b: str, as_of: AsOfOpt = None,
+             api_url: ApiUrl = DEFAULT_API, workspace: Workspace = "default") -> None:
     """Show how the relationship between A and B developed, event by event."""
-    data = _call(
-        "GET", f"{api_url}/v1/workspaces/{workspace}/relationships/{person_a}/{person_b}/timeline"
-    )
-    table = Table("occurred_at", "type", "recorded_by", "contribution", "seq")
+    data = _call("GET", f"{api_url}/v1/workspaces/{workspace}/relationships/{person_a}/"
+                        f"{person_b}/timeline", params=_params(as_of))
+    table = Table("occurred_at", "type", "recorded_by", "contribution", "strength after", "why")
     for e in data["events"]:
-        kind = e["type"] + (" (retracted)" if e["retracted"] else "")
-        table.add_row(
-            str(e["occurred_at"]), kind, e["recorded_by"], f"{e['contribution']:.1f}", str(e["seq"])
-        )
+        table.add_row(str(e["occurred_at"]), e["type"], str(e["recorded_by"]),
+                      f"{e['contribution']:.1f}", f"{e['strength_after']:.1f}", e["reason"])
     console.print(table)
 
 
 @app.command()
-def ties(
-    person: str, limit: int = 20, api_url: ApiUrl = DEFAULT_API, workspace: Workspace = "default"
-) -> None:
-    """A person's strongest ties."""
-    data = _call(
-        "GET",
-        f"{api_url}/v1/workspaces/{workspace}/people/{person}/relationships",
-        params={"limit": limit},
-    )
-    table = Table("other", "score", "events", "last contact")
+def ties(person: str, limit: int = 20, as_of: AsOfOpt = None, api_url: ApiUrl = DEFAULT_API,
+         workspace: Workspace = "default") -> None:
+    """A person's strongest ties, with Dunbar-like tiers."""
+    data = _call("GET", f"{api_url}/v1/workspaces/{workspace}/people/{person}/relationships",
+                 params=_params(as_of, limit=limit))
+    table = Table("other", "score", "tier", "events", "last contact")
     for r in data["relationships"]:
-        table.add_row(
-            r["other"], f"{r['score']:.1f}", str(r["event_count"]), str(r["last_contact_at"])
-        )
+        table.add_row(r["other"], f"{r['score']:.1f}", r["tier"], str(r["event_count"]),
+                      str(r["last_contact_at"]))
     console.print(table)
+
+
+@app.command("follow-ups")
+def follow_ups(person: str, as_of: AsOfOpt = None, api_url: ApiUrl = DEFAULT_API,
+               workspace: Workspace = "default") -> None:
+    """Ties of PERSON that are due a follow-up, most strength at stake first."""
+    data = _call("GET", f"{api_url}/v1/workspaces/{workspace}/people/{person}/follow-ups",
+                 params=_params(as_of))
+    table = Table("other", "score", "tier at last contact", "days since", "cadence", "at stake")
+    for d in data["due"]:
+        table.add_row(d["other"], f"{d['score']:.1f}", str(d["tier_at_last_contact"]),
+                      f"{d['days_since_contact']:.0f}", str(d["cadence_days"]),
+                      f"{d['at_stake']:.1f}")
+    console.print(table)
+
+
+@app.command("give-and-take")
+def give_and_take(person: str, api_url: ApiUrl = DEFAULT_API,
+                  workspace: Workspace = "default") -> None:
+    """Who initiates and who helps whom, per tie; one-sided ties first."""
+    _show(_call("GET", f"{api_url}/v1/workspaces/{workspace}/people/{person}/give-and-take"))
+
+
+@app.command("can-introduce")
+def can_introduce(introducer: str, person_a: str, person_b: str, as_of: AsOfOpt = None,
+                  api_url: ApiUrl = DEFAULT_API, workspace: Workspace = "default") -> None:
+    """Whether INTRODUCER knows both A and B well enough to introduce them, with reasons."""
+    _show(_call("GET", f"{api_url}/v1/workspaces/{workspace}/introductions/check",
+                params=_params(as_of, introducer=introducer, a=person_a, b=person_b)))
+
+
+@app.command("warm-paths")
+def warm_paths(person: str, target: Annotated[str, typer.Option("--target")],
+               api_url: ApiUrl = DEFAULT_API, workspace: Workspace = "default") -> None:
+    """Who can introduce PERSON to --target (at most two intermediaries)."""
+    data = _call("GET", f"{api_url}/v1/workspaces/{workspace}/people/{person}/warm-paths",
+                 params={"target": target})
+    for p in data["paths"]:
+        console.print(" -> ".join(p["path"]) + f"   (weakest link {p['weakest_link']:.1f})")
+    if not data["paths"]:
+        console.print("no warm path found")
 
 
 def main() -> None:
