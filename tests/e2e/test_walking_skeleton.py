@@ -150,6 +150,7 @@ def test_met_recorded_with_the_cli(stack: Stack, api: httpx.Client, ws: str, tok
         "TIELINE_API_URL": stack.api_url,
         "TIELINE_WORKSPACE": ws,
         "TIELINE_TOKEN": token,
+        "COLUMNS": "250",
     }
 
     def cli(*args: str) -> str:
