@@ -22,6 +22,7 @@ from events_schema.registry import REGISTRY, EventRegistry
 from projections import generations
 from projections.generations import Generation
 from projections.schema import READ_MODEL_VERSION
+from projections.strength_model import TIERS, Params
 from projections.worker import Worker
 from services.config import Settings
 from services.infra import db
@@ -75,6 +76,7 @@ async def replay(
     progress: Progress | None = None,
     registry: EventRegistry = REGISTRY,
     switch: bool = True,
+    params: Params | None = None,
 ) -> tuple[ReplayResult, Worker]:
     """Replay the stream into a new generation. A ``building`` generation is switched live
     once caught up (``switch``); a ``scratch`` one never is. The caller closes the worker."""
@@ -82,12 +84,14 @@ async def replay(
     try:
         await generations.ensure_live(conn, settings.database_schema, settings.consumer_name,
                                       READ_MODEL_VERSION)
-        gen = await generations.create(conn, settings.database_schema, settings.consumer_name,
-                                       READ_MODEL_VERSION, status, note=note,
-                                       schema_name=schema_name)
+        gen = await generations.create(
+            conn, settings.database_schema, settings.consumer_name, READ_MODEL_VERSION, status,
+            params=params.to_dict() if params is not None else None, note=note,
+            schema_name=schema_name)
     finally:
         await conn.close()
-    worker = Worker(settings, registry, generation=gen, stop_at_seq=stop_at_seq, until=until)
+    worker = Worker(settings, registry, generation=gen, stop_at_seq=stop_at_seq, until=until,
+                    params=params)
     await worker.start()
     started = time.monotonic()
 
@@ -285,3 +289,72 @@ async def _delete_consumer(settings: Settings, consumer: str) -> None:
         log.info("replay.consumer_gone", consumer=consumer, error=str(exc))
     finally:
         await nc.close()
+
+
+# -- what-if -------------------------------------------------------------------------------
+
+@dataclass
+class WhatIf:
+    """How an alternative parameter set changes the live picture."""
+
+    pairs: int
+    mean_abs_delta: float
+    tier_moves: dict[str, dict[str, int]]
+    biggest: list[dict[str, Any]]
+    rank_changes: list[dict[str, Any]]
+
+
+async def what_if(settings: Settings, params: Params, *, keep: bool = False,
+                  progress: Progress | None = None, top: int = 10) -> WhatIf:
+    """Replay with ``params`` into a scratch generation (nothing live is touched) and compare
+    every pair's score and tier with the live generation, plus each person's top-tie order."""
+    conn = await db.connect(settings)
+    try:
+        live = await generations.live(conn, settings.database_schema)
+    finally:
+        await conn.close()
+    if live is None:
+        raise RuntimeError("no live read-model generation yet")
+    stop = await _live_checkpoint(settings, live)
+    result, worker = await replay(settings, status="scratch", stop_at_seq=stop,
+                                  note=f"what-if {params.version}", progress=progress,
+                                  params=params)
+    await worker.close()
+    try:
+        conn = await db.connect(settings)
+        try:
+            cur = await conn.execute(sql.SQL(
+                """SELECT l.workspace_id, l.person_a, l.person_b, l.score, l.tier, w.score,
+                          w.tier
+                   FROM {}.strength_v1 l JOIN {}.strength_v1 w USING (workspace_id, person_a,
+                        person_b)""").format(sql.Identifier(live.schema_name),
+                                             sql.Identifier(result.generation.schema_name)))
+            rows = await cur.fetchall()
+        finally:
+            await conn.close()
+    finally:
+        if not keep:
+            await discard(settings, result.generation, None)
+            await _delete_consumer(settings, result.generation.consumer)
+    moves: dict[str, dict[str, int]] = {t: dict.fromkeys(TIERS, 0) for t in TIERS}
+    deltas = []
+    per_person: dict[tuple[str, str], list[tuple[str, float, float]]] = {}
+    for ws, a, b, ls, lt, ws_score, wt in rows:
+        moves[lt][wt] += 1
+        deltas.append({"workspace_id": ws, "person_a": a, "person_b": b,
+                       "live": round(ls, 3), "what_if": round(ws_score, 3),
+                       "delta": round(ws_score - ls, 3), "tier": f"{lt} -> {wt}"})
+        for me, other in ((a, b), (b, a)):
+            per_person.setdefault((ws, me), []).append((other, ls, ws_score))
+    rank_changes: list[dict[str, Any]] = []
+    for (ws, me), ties in per_person.items():
+        live_rank = {o: i for i, (o, _, _) in enumerate(sorted(ties, key=lambda t: -t[1]))}
+        new_rank = {o: i for i, (o, _, _) in enumerate(sorted(ties, key=lambda t: -t[2]))}
+        moved = sum(1 for o in live_rank if live_rank[o] != new_rank[o])
+        if moved:
+            rank_changes.append({"workspace_id": ws, "person": me, "ties": len(ties),
+                                 "ties_changing_rank": moved})
+    rank_changes.sort(key=lambda r: -r["ties_changing_rank"])
+    deltas.sort(key=lambda d: -abs(float(d["delta"])))
+    mean = sum(abs(float(d["delta"])) for d in deltas) / len(deltas) if deltas else 0.0
+    return WhatIf(len(rows), round(mean, 4), moves, deltas[:top], rank_changes[:top])

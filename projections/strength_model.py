@@ -10,7 +10,7 @@ The model (full write-up with sources in ``docs/strength-model.md``)
    * ``relationship.met``: ``base[depth] + hourly[depth] * effective_hours(minutes)``, where
      ``effective_hours = knee * ln(1 + minutes / knee) / 60`` gives diminishing returns for long
      meetings; a card exchange has no hourly part. Remote meetings are worth less than in-person
-     ones (Roberts & Dunbar 2011, 2015; Vlahovic et al. 2012) and a large group dilutes each
+     ones (Roberts & Dunbar 2015; Vlahovic et al. 2012) and a large group dilutes each
      pair's share (conversations split beyond ~4 people, Dunbar et al. 1995).
    * ``relationship.followed_up``: a little, more if the other side replied, scaled by channel.
    * ``relationship.introduced`` and ``relationship.helped``: reciprocal services (Granovetter
@@ -295,8 +295,9 @@ PARAMS = Params(
     # Diminishing returns of one long meeting: effective = knee * ln(1 + minutes / knee), so 2 h
     # count ~1.4 h and 8 h ~3.2 h. Design choice (Marsden & Campbell 1984: sheer time over-rates).
     duration_knee_minutes=120.0,
-    # Face-to-face contact maintains closeness better than remote contact (Roberts & Dunbar 2011,
-    # 2015; Vlahovic et al. 2012 found face-to-face and video most satisfying). 0.6 is a choice.
+    # Face-to-face contact maintains closeness better than remote contact (Roberts & Dunbar 2015:
+    # shared activities slowed decay; Vlahovic et al. 2012 found face-to-face and video most
+    # satisfying). 0.6 is a choice.
     remote_factor=0.6,
     # Conversations split into subgroups beyond ~4 people (Dunbar, Duncan & Nettle 1995); in a
     # group of n each pair gets min(1, (limit - 1) / (n - 1)) of the points.
@@ -310,7 +311,7 @@ PARAMS = Params(
     # A follow-up nobody answered is a small signal; a reply makes it a (remote) exchange.
     followup_points=0.2,
     followup_replied_points=0.5,
-    # Richer channels count more (Vlahovic et al. 2012; Roberts & Dunbar 2011). Ordinal choice.
+    # Richer channels count more (Vlahovic et al. 2012). Ordinal choice.
     channel_factor={
         "in_person": 1.0,
         "video": 1.0,

@@ -31,6 +31,7 @@ from projections import generations
 from projections.generations import Generation
 from projections.schema import READ_MODEL_VERSION, ensure_schema
 from projections.store import BatchResult, Decoded, Item, Poison, ProjectionStore, Skipped
+from projections.strength_model import PARAMS, Params
 from services.config import Settings
 from services.infra import db
 from services.infra.jetstream import connect_nats, ensure_streams
@@ -107,13 +108,17 @@ class Worker:
         *,
         stop_at_seq: int | None = None,
         until: datetime | None = None,
+        params: Params | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.generation = generation
         self.stop_at_seq = stop_at_seq
         self.until = until
-        self.store = ProjectionStore(registry, projection=settings.consumer_name)
+        if params is None and generation is not None and generation.params:
+            params = Params.from_dict(generation.params)
+        self.store = ProjectionStore(registry, projection=settings.consumer_name,
+                                     params=params or PARAMS)
         self.stats = WorkerStats()
         self.nc: NatsClient | None = None
         self.js: JetStreamContext | None = None

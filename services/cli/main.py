@@ -316,6 +316,42 @@ def verify(keep: Annotated[bool, typer.Option(help="Keep the scratch copy.")] = 
         raise typer.Exit(1)
 
 
+@app.command("what-if")
+def what_if_cmd(
+    params_file: Annotated[Path, typer.Argument(help="JSON with the strength parameters to "
+                                                     "change (the rest keep their values).")],
+    keep: Annotated[bool, typer.Option(help="Keep the scratch generation.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Replay with an alternative strength parameter set into a scratch schema and compare
+    with the live read models (tier moves, biggest changes, rank changes). Nothing live is
+    touched."""
+    import asyncio
+
+    from projections import replay as rp
+    from projections.strength_model import Params
+
+    params = Params.from_dict(json.loads(params_file.read_text()))
+    settings = _ops_settings(data_dir)
+    bar, report = _progress_reporter()
+
+    async def go() -> Any:
+        return await rp.what_if(settings, params, keep=keep, progress=report)
+
+    if bar is not None:
+        with bar:
+            result = asyncio.run(go())
+    else:
+        result = asyncio.run(go())
+    console.print(f"{result.pairs} pairs compared; mean |score change| {result.mean_abs_delta}")
+    tiers = list(result.tier_moves)
+    table = Table("live \\ what-if", *tiers, title="tier moves")
+    for t in tiers:
+        table.add_row(t, *(str(result.tier_moves[t][u]) for u in tiers))
+    console.print(table)
+    _show({"biggest_changes": result.biggest, "rank_changes": result.rank_changes})
+
+
 @app.command("generations")
 def generations_cmd() -> None:
     """List read-model generations (live, building, retired, scratch)."""

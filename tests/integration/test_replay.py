@@ -149,3 +149,27 @@ async def test_read_model_version_bump_rebuilds_on_start_and_switches(
     finally:
         await conn.close()
     assert now_live is not None and now_live.version == bumped_version
+
+
+async def test_what_if_replays_into_scratch_and_reports_tier_moves_without_touching_live(
+        settings: Settings, log: Log) -> None:
+    from projections.strength_model import PARAMS, Params
+
+    last = await _history(log, "r5")
+    live = await _live_worker(settings, last)
+    await live.close()
+    assert live.generation is not None
+    before = await _scalar(settings, live.generation.schema_name,
+                           "SELECT string_agg(score::text || tier, ',' ORDER BY person_b) "
+                           "FROM strength_v1")
+    halved = Params.from_dict({"version": "what-if-halved",
+                               "fast_half_life_days": PARAMS.fast_half_life_days / 10,
+                               "slow_half_life_days": PARAMS.slow_half_life_days / 10})
+    result = await replay.what_if(settings, halved)
+    assert result.pairs == 2
+    assert result.mean_abs_delta > 0
+    assert sum(sum(row.values()) for row in result.tier_moves.values()) == 2
+    after = await _scalar(settings, live.generation.schema_name,
+                          "SELECT string_agg(score::text || tier, ',' ORDER BY person_b) "
+                          "FROM strength_v1")
+    assert after == before
