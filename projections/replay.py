@@ -225,14 +225,7 @@ async def verify(settings: Settings, *, keep: bool = False, progress: Progress |
     The live projection may move on while we replay; each round catches the scratch copy up
     to the live checkpoint seen in one snapshot, and compares inside that snapshot.
     """
-    conn = await db.connect(settings)
-    try:
-        live = await generations.live(conn, settings.database_schema)
-    finally:
-        await conn.close()
-    if live is None:
-        raise RuntimeError("no live read-model generation yet")
-    checkpoint = await _live_checkpoint(settings, live)
+    live, checkpoint = await live_and_checkpoint(settings)
     result, worker = await replay(settings, status="scratch", stop_at_seq=checkpoint,
                                   note="verify", progress=progress)
     try:
@@ -266,6 +259,18 @@ def _const(value: int) -> Callable[[], Any]:
         return value
 
     return target
+
+
+async def live_and_checkpoint(settings: Settings) -> tuple[Generation, int]:
+    """The live generation and the stream sequence its projection has reached."""
+    conn = await db.connect(settings)
+    try:
+        live = await generations.live(conn, settings.database_schema)
+    finally:
+        await conn.close()
+    if live is None:
+        raise RuntimeError("no live read-model generation yet")
+    return live, await _live_checkpoint(settings, live)
 
 
 async def _live_checkpoint(settings: Settings, live: Generation) -> int:
@@ -308,14 +313,7 @@ async def what_if(settings: Settings, params: Params, *, keep: bool = False,
                   progress: Progress | None = None, top: int = 10) -> WhatIf:
     """Replay with ``params`` into a scratch generation (nothing live is touched) and compare
     every pair's score and tier with the live generation, plus each person's top-tie order."""
-    conn = await db.connect(settings)
-    try:
-        live = await generations.live(conn, settings.database_schema)
-    finally:
-        await conn.close()
-    if live is None:
-        raise RuntimeError("no live read-model generation yet")
-    stop = await _live_checkpoint(settings, live)
+    live, stop = await live_and_checkpoint(settings)
     result, worker = await replay(settings, status="scratch", stop_at_seq=stop,
                                   note=f"what-if {params.version}", progress=progress,
                                   params=params)

@@ -133,6 +133,16 @@ class Runtime:
             self._principals[key] = (now, found)
         return found
 
+    async def pair(self, ws: str, a: str, b: str, as_of: datetime | None,
+                   min_seq: int | None) -> Any:
+        """The pair's strength as of ``as_of`` from the pure model, or 404."""
+        await self.wait_for_seq(min_seq)
+        async with self.pool.connection() as conn:
+            s = await ties.pair_strength(conn, ws, a, b, as_of)
+        if s is None:
+            raise HTTPException(404, "no recorded relationship between these people")
+        return s
+
     async def audit(self, ws: str, who: Principal, endpoint: str, people: list[str]) -> None:
         """Record that ``who`` read personal data of ``people``."""
         if not people:
@@ -507,11 +517,7 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> dict[str, Any]:
         """Strength of the tie now (or as of a date): score 0-100, tier, counts, reciprocity,
         whether each side could vouch for the other."""
-        await rt.wait_for_seq(min_seq)
-        async with rt.pool.connection() as conn:
-            s = await ties.pair_strength(conn, ws, person_a, person_b, _aware(as_of))
-        if s is None:
-            raise HTTPException(404, "no recorded relationship between these people")
+        s = await rt.pair(ws, person_a, person_b, _aware(as_of), min_seq)
         await rt.audit(ws, who, "GET relationship", [person_a, person_b])
         return ties.summary(s, person_a, person_b)
 
@@ -529,11 +535,7 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> dict[str, Any]:
         """Why the score is what it is: top contributions, decay since the last contact,
         reciprocity, the tier and what would raise it."""
-        await rt.wait_for_seq(min_seq)
-        async with rt.pool.connection() as conn:
-            s = await ties.pair_strength(conn, ws, person_a, person_b, _aware(as_of))
-        if s is None:
-            raise HTTPException(404, "no recorded relationship between these people")
+        s = await rt.pair(ws, person_a, person_b, _aware(as_of), min_seq)
         await rt.audit(ws, who, "GET explain", [person_a, person_b])
         return s.explain(top)
 

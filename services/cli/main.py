@@ -230,6 +230,16 @@ def _progress_reporter() -> tuple[Any, Any]:
     return bar, update
 
 
+def _run(bar: Any, go: Any) -> Any:
+    """Run the coroutine function ``go`` with the progress bar (if any) shown."""
+    import asyncio
+
+    if bar is None:
+        return asyncio.run(go())
+    with bar:
+        return asyncio.run(go())
+
+
 DataDir = Annotated[Path | None, typer.Option(
     help="Data dir of a `tieline up` installation (connects to its NATS as admin).")]
 
@@ -247,7 +257,6 @@ def replay_cmd(
 ) -> None:
     """Rebuild the read models from the start of the stream into a new generation while the
     live one keeps serving, then switch atomically (or, with --until, build a snapshot)."""
-    import asyncio
     from datetime import datetime
 
     from projections import replay as rp
@@ -276,18 +285,13 @@ def replay_cmd(
             if dropped:
                 console.print(f"dropped retired generation(s) {dropped}")
 
-    if bar is not None:
-        with bar:
-            asyncio.run(go())
-    else:
-        asyncio.run(go())
+    _run(bar, go)
 
 
 @app.command()
 def verify(keep: Annotated[bool, typer.Option(help="Keep the scratch copy.")] = False,
            data_dir: DataDir = None) -> None:
     """Replay into a scratch copy and compare it row by row with the live read models."""
-    import asyncio
 
     from projections import replay as rp
 
@@ -299,11 +303,7 @@ def verify(keep: Annotated[bool, typer.Option(help="Keep the scratch copy.")] = 
         console.print(f"compared at stream seq {seen}")
         return diffs
 
-    if bar is not None:
-        with bar:
-            diffs = asyncio.run(go())
-    else:
-        diffs = asyncio.run(go())
+    diffs = _run(bar, go)
     table = Table("table", "live rows", "replay rows", "only live", "only replay", "verdict")
     for d in diffs:
         table.add_row(d.table, str(d.live_rows), str(d.replay_rows), str(d.only_live),
@@ -326,7 +326,6 @@ def what_if_cmd(
     """Replay with an alternative strength parameter set into a scratch schema and compare
     with the live read models (tier moves, biggest changes, rank changes). Nothing live is
     touched."""
-    import asyncio
 
     from projections import replay as rp
     from projections.strength_model import Params
@@ -338,11 +337,7 @@ def what_if_cmd(
     async def go() -> Any:
         return await rp.what_if(settings, params, keep=keep, progress=report)
 
-    if bar is not None:
-        with bar:
-            result = asyncio.run(go())
-    else:
-        result = asyncio.run(go())
+    result = _run(bar, go)
     console.print(f"{result.pairs} pairs compared; mean |score change| {result.mean_abs_delta}")
     tiers = list(result.tier_moves)
     table = Table("live \\ what-if", *tiers, title="tier moves")
