@@ -19,7 +19,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from pydantic import BaseModel, ConfigDict, Field
 
-from projections.strength_model import PARAMS, can_vouch
+from projections.strength_model import PARAMS, Strength, can_vouch
 from services.api import queries, ties
 from services.api.erasure import forget_person
 from services.auth import (
@@ -134,7 +134,7 @@ class Runtime:
         return found
 
     async def pair(self, ws: str, a: str, b: str, as_of: datetime | None,
-                   min_seq: int | None) -> Any:
+                   min_seq: int | None) -> Strength:
         """The pair's strength as of ``as_of`` from the pure model, or 404."""
         await self.wait_for_seq(min_seq)
         async with self.pool.connection() as conn:
