@@ -21,7 +21,7 @@ from events_schema.registry import REGISTRY
 from services.config import Settings
 from services.crypto import KeyStore, master_key_from_env
 from services.infra import db
-from services.infra.jetstream import connect_nats, ensure_streams
+from services.infra.jetstream import connect_nats, ensure_streams, inbox_prefix
 from services.infra.state import ensure_state_schema
 from services.infra.subjects import command_wildcard
 from services.writeside import Outcome, WriteSide
@@ -56,7 +56,8 @@ def create_service_app(settings: Settings, service: str, types: Iterable[str]) -
     broker_kwargs: dict[str, Any] = {}
     if settings.nats_user:
         broker_kwargs.update(
-            security=NatsUserPassword(settings.nats_user, settings.nats_password or "")
+            security=NatsUserPassword(settings.nats_user, settings.nats_password or ""),
+            inbox_prefix=inbox_prefix(settings),
         )
     broker = NatsBroker(
         settings.nats_url,

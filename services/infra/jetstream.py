@@ -134,12 +134,19 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> js_api.Str
     return info
 
 
+def inbox_prefix(settings: Settings) -> str:
+    """Each NATS user gets its own reply inboxes (``_INBOX_<user>``), and its permissions
+    allow subscribing only there: no process can read replies meant for another."""
+    return f"_INBOX_{settings.nats_user}" if settings.nats_user else "_INBOX"
+
+
 async def connect_nats(settings: Settings, name: str) -> NatsClient:
     """Connect to NATS with reconnects forever (services ride out broker restarts)."""
     kwargs: dict[str, object] = {}
     if settings.nats_user:
         kwargs["user"] = settings.nats_user
         kwargs["password"] = settings.nats_password or ""
+        kwargs["inbox_prefix"] = inbox_prefix(settings)
     return await nats.connect(
         settings.nats_url,
         name=name,

@@ -41,9 +41,9 @@ Why each permission exists (``P`` is the subject prefix, ``S`` the event stream'
     ``P.dlq.>``, the subjects of the ``S_DLQ`` stream. It cannot publish events, so a bug in a
     projection cannot rewrite the log.
 
-Residual exposure: every user may subscribe to ``_INBOX.>``, so a compromised process could
-listen to other users' replies (e.g. fetched events). Closing that needs a per-user inbox
-prefix (``inbox_prefix`` in the NATS clients) and matching ``_INBOX_<user>.>`` permissions.
+Inboxes are per user: every tieline process connects with ``inbox_prefix=_INBOX_<user>``
+(``services.infra.jetstream.inbox_prefix``) and may subscribe only to ``_INBOX_<user>.>``, so
+no process can listen to replies meant for another (fetched events, PubAcks, command replies).
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ ROLES: tuple[str, ...] = ("admin", "api", "people", "interactions", "worker")
 PASSWORDS_FILE = Path("secrets") / "nats-passwords.json"
 
 #: Inbox subjects nats-py (and FastStream on top of it) use for replies to its requests.
-_INBOX = "_INBOX.>"
+def _inbox(role: str) -> str:
+    """The only inbox subjects ``role`` may subscribe to (see ``inbox_prefix``)."""
+    return f"_INBOX_{role}.>"
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def permissions(role: str, prefix: str, stream: str) -> Permissions:
         # forgotten person is left in the raw stream bytes. The API cannot publish events.
         return Permissions(
             publish=(f"{prefix}.cmd.>", *api, f"$JS.API.STREAM.MSG.GET.{stream}"),
-            subscribe=(_INBOX,),
+            subscribe=(_inbox(role),),
         )
     if role in ("people", "interactions"):
         events = (
@@ -116,7 +118,7 @@ def permissions(role: str, prefix: str, stream: str) -> Permissions:
         )
         return Permissions(
             publish=(*events, *api, f"$JS.API.STREAM.MSG.GET.{stream}"),
-            subscribe=(f"{prefix}.cmd.*.{role}.* {role}", _INBOX),
+            subscribe=(f"{prefix}.cmd.*.{role}.* {role}", _inbox(role)),
             allow_responses=True,
         )
     if role == "worker":
@@ -129,7 +131,7 @@ def permissions(role: str, prefix: str, stream: str) -> Permissions:
                 f"$JS.ACK.{stream}.>",
                 f"{prefix}.dlq.>",
             ),
-            subscribe=(_INBOX,),
+            subscribe=(_inbox(role),),
         )
     raise ValueError(f"unknown NATS role {role!r}; expected one of {', '.join(ROLES)}")
 

@@ -111,6 +111,7 @@ class Authz:
             error_cb=on_error,
             allow_reconnect=False,
             name=f"test-{role}",
+            inbox_prefix=f"_INBOX_{role}" if role != "admin" else "_INBOX",
         )
         conn = Conn(role, nc, nc.jetstream(timeout=JS_TIMEOUT), errors)
         self.conns.append(conn)
@@ -431,6 +432,10 @@ FORBIDDEN: list[Forbidden] = [
         "$JS.API.STREAM.CREATE.EVIL",
     ),
     subscribe("api", "{p}.ev.>"),
+    subscribe("api", "_INBOX.>"),
+    subscribe("api", "_INBOX_worker.>"),
+    subscribe("worker", "_INBOX_api.>"),
+    subscribe("people", "_INBOX_interactions.>"),
     subscribe("api", "{p}.cmd.>"),
     subscribe("api", "{p}.cmd.*.people.*", queue="people"),
     # people: only person events.
