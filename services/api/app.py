@@ -321,6 +321,9 @@ def create_app(settings: Settings) -> FastAPI:
         "sequence; reads accept ?min_seq for read-your-writes.",
     )
     app.state.runtime = rt
+    from services.api.export import router as export_router
+
+    app.include_router(export_router)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:

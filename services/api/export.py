@@ -6,10 +6,11 @@
   their plaintext. Each line is the event (envelope and fields) plus ``seq``, ``retracted``
   and ``retracted_by``. ``tieline import --remap-ids`` imports it into another workspace.
 - ``GET .../export/people``: the directory, decrypted; a forgotten person shows only as such.
-- ``GET .../export/strength``: strength per pair (``strength_v1``).
+- ``GET .../export/strength``: strength per pair: every column of ``strength_v1``.
 - ``GET .../export/timeline``: every (pair, event) row of ``pair_events_v1``, by pair and time.
 
-``?as_of=TIMESTAMP`` (with a timezone): events and timeline rows that occurred at or before it
+``?min_seq=N`` waits (bounded) until the projection has applied stream seq N, as every read
+does. ``?as_of=TIMESTAMP`` (with a timezone): events and timeline rows that occurred at or before it
 (an event counts as retracted only if its retraction occurred by then too); people added by
 then, with their current values. Strength ignores ``as_of`` for now and says so in the
 ``X-Tieline-As-Of`` response header: the rows are the current ones.
@@ -31,7 +32,7 @@ from fastapi.responses import StreamingResponse
 from psycopg import AsyncConnection
 
 from events_schema.registry import REGISTRY
-from services.api.app import WS, Admin, ApiError, Runtime
+from services.api.app import WS, Admin, ApiError, MinSeq, Runtime
 from services.auth import Principal
 from services.crypto import FORGOTTEN, WORKSPACE_KEY, decrypt_payload, decrypt_value, key_people
 
@@ -128,7 +129,7 @@ async def _render_pairs(rt: Runtime, ws: str, rows: list[Row]) -> tuple[list[byt
     for r in rows:
         people.add(r["person_a"])
         people.add(r["person_b"])
-        lines.append(_line(r))
+        lines.append(_line({k: v for k, v in r.items() if k != "workspace_id"}))
     return lines, people
 
 
@@ -197,12 +198,9 @@ WHERE workspace_id = %(ws)s AND (%(as_of)s::timestamptz IS NULL OR added_at <= %
 ORDER BY person_id
 """
 
+#: Every column of the strength read model as it is (its shape belongs to the strength model).
 STRENGTH_SQL = """
-SELECT person_a, person_b, score, total, event_count, meetings, follow_ups, introductions,
-       helps, ratings, first_contact_at, last_contact_at, last_seq
-FROM strength_v1
-WHERE workspace_id = %(ws)s
-ORDER BY person_a, person_b
+SELECT * FROM strength_v1 WHERE workspace_id = %(ws)s ORDER BY person_a, person_b
 """
 
 TIMELINE_SQL = """
@@ -225,12 +223,14 @@ def _params(ws: str, cutoff: datetime | None) -> dict[str, Any]:
 
 @router.get("/v1/workspaces/{ws}/export/events", responses=_STREAM_DOC,
             response_class=StreamingResponse)
-async def export_events(ws: WS, request: Request, who: Admin, as_of: AsOf = None
+async def export_events(ws: WS, request: Request, who: Admin, as_of: AsOf = None,
+                        min_seq: MinSeq = None
                         ) -> StreamingResponse:
     """Every archived event of the workspace in stream order, decrypted (a forgotten
     person's fields read ``[erased]``), with ``seq``, ``retracted`` and ``retracted_by``."""
     cutoff = _cutoff(as_of)
     rt = _runtime(request)
+    await rt.wait_for_seq(min_seq)
     body = _stream(rt, ws, who, "GET export/events", EVENTS_SQL, _params(ws, cutoff),
                    _render_events)
     return _response(body, "events", cutoff)
@@ -238,11 +238,13 @@ async def export_events(ws: WS, request: Request, who: Admin, as_of: AsOf = None
 
 @router.get("/v1/workspaces/{ws}/export/people", responses=_STREAM_DOC,
             response_class=StreamingResponse)
-async def export_people(ws: WS, request: Request, who: Admin, as_of: AsOf = None
+async def export_people(ws: WS, request: Request, who: Admin, as_of: AsOf = None,
+                        min_seq: MinSeq = None
                         ) -> StreamingResponse:
     """The directory, decrypted. ``as_of``: people added by then, with current values."""
     cutoff = _cutoff(as_of)
     rt = _runtime(request)
+    await rt.wait_for_seq(min_seq)
     body = _stream(rt, ws, who, "GET export/people", PEOPLE_SQL, _params(ws, cutoff),
                    _render_people)
     note = None if cutoff is None else (
@@ -252,12 +254,14 @@ async def export_people(ws: WS, request: Request, who: Admin, as_of: AsOf = None
 
 @router.get("/v1/workspaces/{ws}/export/strength", responses=_STREAM_DOC,
             response_class=StreamingResponse)
-async def export_strength(ws: WS, request: Request, who: Admin, as_of: AsOf = None
+async def export_strength(ws: WS, request: Request, who: Admin, as_of: AsOf = None,
+                        min_seq: MinSeq = None
                           ) -> StreamingResponse:
     """Strength per pair. ``as_of`` is not applied yet (the rows are the current ones; the
     ``X-Tieline-As-Of`` header says so): the strength model is being replaced."""
     cutoff = _cutoff(as_of)
     rt = _runtime(request)
+    await rt.wait_for_seq(min_seq)
     body = _stream(rt, ws, who, "GET export/strength", STRENGTH_SQL, _params(ws, cutoff),
                    _render_pairs)
     note = None if cutoff is None else "not applied: strength rows are the current ones"
@@ -266,11 +270,13 @@ async def export_strength(ws: WS, request: Request, who: Admin, as_of: AsOf = No
 
 @router.get("/v1/workspaces/{ws}/export/timeline", responses=_STREAM_DOC,
             response_class=StreamingResponse)
-async def export_timeline(ws: WS, request: Request, who: Admin, as_of: AsOf = None
+async def export_timeline(ws: WS, request: Request, who: Admin, as_of: AsOf = None,
+                        min_seq: MinSeq = None
                           ) -> StreamingResponse:
     """Every (pair, event) row of the relationship timelines, by pair and time."""
     cutoff = _cutoff(as_of)
     rt = _runtime(request)
+    await rt.wait_for_seq(min_seq)
     body = _stream(rt, ws, who, "GET export/timeline", TIMELINE_SQL, _params(ws, cutoff),
                    _render_pairs)
     return _response(body, "timeline", cutoff)

@@ -627,6 +627,15 @@ def warm_paths(person: str, target: Annotated[str, typer.Option("--target")],
         console.print("no warm path found")
 
 
+from services.cli.tools import register as register_tools  # noqa: E402  (needs `app`)
+
+register_tools(app)
+
+from services.cli import dlq  # noqa: E402
+
+app.add_typer(dlq.app, name="dlq")
+
+
 def main() -> None:
     app()
 
