@@ -9,7 +9,7 @@ server says ``duplicate``) and beyond it (the archive in PostgreSQL knows the id
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -190,6 +190,17 @@ class WriteSide:
             return False
         return True
 
+    def _status(self, ws: str, pid: str,
+                memo: dict[tuple[str, str], asyncio.Task[str]] | None) -> Awaitable[str]:
+        """One lookup per person per command: a batch naming the same people many times asks
+        the log once for each of them."""
+        if memo is None:
+            return self.person_status(ws, pid)
+        task = memo.get((ws, pid))
+        if task is None:
+            task = memo[(ws, pid)] = asyncio.ensure_future(self.person_status(ws, pid))
+        return task
+
     async def person_status(self, workspace_id: str, person_id: str) -> str:
         """``present``, ``unknown`` or ``forgotten``, read from the log itself (consistent
         across services: a forget in the people service is seen here at once)."""
@@ -204,13 +215,16 @@ class WriteSide:
             self._known_people.add(key)  # a person once added stays added
         return "forgotten" if await self._on_log(forgotten) else "present"
 
-    async def check_references(self, event: Event, obj: dict[str, Any]) -> None:
+    async def check_references(
+        self, event: Event, obj: dict[str, Any],
+        memo: dict[tuple[str, str], asyncio.Task[str]] | None = None,
+    ) -> None:
         """Every person named must exist in this workspace; a retraction's target must too."""
         refs = [] if isinstance(event, PersonAdded) else _person_refs(obj)
         if event.type.startswith("person.") and not isinstance(event, PersonAdded):
             refs = [(["person_id"], getattr(event, "person_id"))]  # noqa: B009
         found = await asyncio.gather(
-            *(self.person_status(event.workspace_id, pid) for _, pid in refs)
+            *(self._status(event.workspace_id, pid, memo) for _, pid in refs)
         )
         for (loc, pid), status in zip(refs, found, strict=True):
             if status == "unknown":
@@ -350,6 +364,7 @@ class WriteSide:
                 continue
             events.append((i, event))
         archived = await self.archived_seqs([e.event_id for _, e in events])
+        memo: dict[tuple[str, str], asyncio.Task[str]] = {}
 
         async def one(i: int, event: Event) -> None:
             eid = str(event.event_id)
@@ -362,7 +377,7 @@ class WriteSide:
                 )
                 return
             try:
-                await self.check_references(event, objs[i])
+                await self.check_references(event, objs[i], memo)
                 seq, dup = await self.publish(event)
             except Rejected as rej:
                 outcomes[i] = rej.outcome(eid)
