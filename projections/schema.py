@@ -62,7 +62,6 @@ CREATE TABLE IF NOT EXISTS pair_events_v1 (
     recorded_at     timestamptz NOT NULL,
     recorded_by     text NOT NULL,
     detail          jsonb NOT NULL,
-    contribution    double precision NOT NULL,
     retracted       boolean NOT NULL DEFAULT false,
     PRIMARY KEY (workspace_id, person_a, person_b, event_id)
 );

@@ -15,7 +15,6 @@ from typing import Any
 from uuid import UUID
 
 from psycopg import AsyncConnection
-from psycopg.types.json import Jsonb
 
 from events_schema.models import Event
 from events_schema.registry import EventRegistry
@@ -24,13 +23,24 @@ from projections.strength_model import PARAMS, PairEvent, Params, can_vouch, str
 
 PairKey = tuple[str, str, str]  # workspace, person_a, person_b
 
-UPSERT_STRENGTH = """
-INSERT INTO strength_v1 (workspace_id, person_a, person_b, score, tier, state_at, fast, slow,
-    reciprocity_factor, rating, event_count, meetings, follow_ups, introductions, helps, ratings,
-    first_contact_at, last_contact_at, score_at_last_contact, deepest_meeting, one_sided,
-    can_vouch, reciprocity, params_version, last_seq)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-        %s, %s, %s)
+ARCHIVE_COLS = ("event_id, seq, workspace_id, type, schema_version, occurred_at, recorded_at, "
+                "recorded_by, subject, payload")
+PAIR_COLS = ("workspace_id, person_a, person_b, event_id, seq, type, occurred_at, recorded_at, "
+             "recorded_by, detail")
+STRENGTH_COLS = (
+    "workspace_id, person_a, person_b, score, tier, state_at, fast, slow, reciprocity_factor, "
+    "rating, event_count, meetings, follow_ups, introductions, helps, ratings, first_contact_at, "
+    "last_contact_at, score_at_last_contact, deepest_meeting, one_sided, can_vouch, reciprocity, "
+    "params_version, last_seq")
+#: Staging tables: rows are COPYed in (fast), then merged with one INSERT ... ON CONFLICT.
+STAGING = {
+    "events_in": "events",
+    "pair_events_in": "pair_events_v1",
+    "strength_in": "strength_v1",
+}
+
+UPSERT_STRENGTH = f"""
+INSERT INTO strength_v1 ({STRENGTH_COLS}) SELECT {STRENGTH_COLS} FROM strength_in
 ON CONFLICT (workspace_id, person_a, person_b) DO UPDATE SET
     score = EXCLUDED.score, tier = EXCLUDED.tier, state_at = EXCLUDED.state_at,
     fast = EXCLUDED.fast, slow = EXCLUDED.slow, reciprocity_factor = EXCLUDED.reciprocity_factor,
@@ -45,13 +55,16 @@ ON CONFLICT (workspace_id, person_a, person_b) DO UPDATE SET
 """
 
 
-def _plain(value: Any) -> Any:
-    """JSON-safe copy of a reciprocity summary (numbers rounded for stable comparisons)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, float):
-        return round(value, 6)
-    return value
+async def _copy(conn: AsyncConnection[Any], table: str, cols: str,
+                rows: Sequence[Sequence[Any]]) -> None:
+    """COPY ``rows`` into a transaction-scoped staging table (created on first use)."""
+    await conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {table} "
+        f"(LIKE {STAGING[table]} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+    await conn.execute(f"TRUNCATE {table}")  # may be used twice in one transaction
+    async with conn.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
+        for row in rows:
+            await copy.write_row(row)
 
 
 @dataclass(frozen=True)
@@ -172,32 +185,12 @@ class ProjectionStore:
             cols["by"].append(e.recorded_by)
             cols["subject"].append(it.subject)
             cols["payload"].append(self.registry.encode(e).decode())
+        rows = list(zip(*(cols[k] for k in ("event_id", "seq", "ws", "type", "ver", "occ",
+                                            "rec", "by", "subject", "payload")), strict=True))
+        await _copy(conn, "events_in", ARCHIVE_COLS, rows)
         cur = await conn.execute(
-            """
-            INSERT INTO events (event_id, seq, workspace_id, type, schema_version, occurred_at,
-                                recorded_at, recorded_by, subject, payload)
-            SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::int[],
-                                 %s::timestamptz[], %s::timestamptz[], %s::text[], %s::text[],
-                                 %s::jsonb[])
-            ON CONFLICT DO NOTHING
-            RETURNING event_id
-            """,
-            [
-                cols[k]
-                for k in (
-                    "event_id",
-                    "seq",
-                    "ws",
-                    "type",
-                    "ver",
-                    "occ",
-                    "rec",
-                    "by",
-                    "subject",
-                    "payload",
-                )
-            ],
-        )
+            f"INSERT INTO events ({ARCHIVE_COLS}) SELECT {ARCHIVE_COLS} FROM events_in "
+            "ORDER BY seq ON CONFLICT DO NOTHING RETURNING event_id")
         inserted = {row[0] for row in await cur.fetchall()}
         seen: set[UUID] = set()
         new: list[Decoded] = []
@@ -249,7 +242,6 @@ class ProjectionStore:
                         e.recorded_at,
                         e.recorded_by,
                         json.dumps(r.detail),
-                        self._alone(e, it.seq, r.person_a, r.person_b, r.detail),
                     )
                 )
                 deltas[(e.workspace_id, r.person_a, r.person_b)].append(
@@ -274,13 +266,10 @@ class ProjectionStore:
             for it, upd in updates:
                 await self._update_person(conn, it, upd)
             if pair_rows:
-                await cur.executemany(
-                    """INSERT INTO pair_events_v1 (workspace_id, person_a, person_b, event_id, seq,
-                           type, occurred_at, recorded_at, recorded_by, detail, contribution)
-                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s)
-                       ON CONFLICT DO NOTHING""",
-                    pair_rows,
-                )
+                await _copy(conn, "pair_events_in", PAIR_COLS, pair_rows)
+                await conn.execute(
+                    f"INSERT INTO pair_events_v1 ({PAIR_COLS}) SELECT {PAIR_COLS} "
+                    "FROM pair_events_in ON CONFLICT DO NOTHING")
         if deltas:
             await self._recompute_pairs(conn, list(deltas), items[-1].seq)
         for it in retractions:
@@ -377,18 +366,12 @@ class ProjectionStore:
         gone = [k for k in keys if not history.get(k)]
         async with conn.cursor() as c:
             if rows:
-                await c.executemany(UPSERT_STRENGTH, rows)
+                await _copy(conn, "strength_in", STRENGTH_COLS, rows)
+                await c.execute(UPSERT_STRENGTH)
             if gone:
                 await c.executemany(
                     "DELETE FROM strength_v1 WHERE workspace_id = %s AND person_a = %s "
                     "AND person_b = %s", gone)
-
-    def _alone(self, e: Event, seq: int, a: str, b: str, detail: dict[str, Any]) -> float:
-        """The points this event is worth on its own (the timeline shows what it was worth in
-        its history, after burst damping and decay)."""
-        pe = PairEvent(str(e.event_id), e.type, e.occurred_at, seq, a, b, detail)
-        contributions = strength([pe], self.params).contributions
-        return contributions[0].points if contributions else 0.0
 
     def _strength_row(self, key: PairKey, events: list[PairEvent], seq: int) -> tuple[Any, ...]:
         s = strength(events, self.params)
@@ -401,7 +384,7 @@ class ProjectionStore:
             counts["relationship.introduced"], counts["relationship.helped"],
             counts["relationship.closeness_rated"], s.first_contact_at, s.last_contact_at,
             s.score_at_last_contact, s.deepest_meeting, bool(s.reciprocity.get("one_sided")),
-            vouch, Jsonb(_plain(s.reciprocity)), self.params.version, seq,
+            vouch, json.dumps(s.reciprocity), self.params.version, seq,
         )
 
     async def _retract(self, conn: AsyncConnection[Any], it: Decoded, result: BatchResult) -> None:

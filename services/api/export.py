@@ -205,7 +205,7 @@ SELECT * FROM strength_v1 WHERE workspace_id = %(ws)s ORDER BY person_a, person_
 
 TIMELINE_SQL = """
 SELECT t.person_a, t.person_b, t.event_id, t.seq, t.type, t.occurred_at, t.recorded_at,
-       t.recorded_by, t.detail, t.contribution,
+       t.recorded_by, t.detail,
        COALESCE(t.retracted AND (%(as_of)s::timestamptz IS NULL OR r.occurred_at <= %(as_of)s),
                 false) AS retracted
 FROM pair_events_v1 t

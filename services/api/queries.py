@@ -49,7 +49,7 @@ async def timeline(conn: AsyncConnection[Any], ws: str, a: str, b: str, limit: i
     pa, pb = ordered(a, b)
     cur = await conn.execute(
         """SELECT event_id, seq, type, occurred_at, recorded_at, recorded_by, detail,
-                  contribution, retracted
+                  retracted
            FROM pair_events_v1 WHERE workspace_id = %s AND person_a = %s AND person_b = %s
            ORDER BY occurred_at, seq LIMIT %s""",
         (ws, pa, pb, limit),

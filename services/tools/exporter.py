@@ -13,7 +13,8 @@ Columns (CSV and Parquet; JSON Lines has the same keys):
 - ``strength``: every column of the strength read model (its shape belongs to the strength
   model, so the columns and their types are taken from the rows: the first batch).
 - ``timeline``: ``person_a``, ``person_b``, ``event_id``, ``seq``, ``type``, ``occurred_at``,
-  ``recorded_at``, ``recorded_by``, ``detail`` (JSON), ``contribution``, ``retracted``.
+  ``recorded_at``, ``recorded_by``, ``detail`` (JSON), ``retracted`` (contributions and the
+  strength after each event: the timeline endpoint, which evaluates the model).
 
 Parquet needs pyarrow (``pip install 'tieline[analytics]'``).
 """
@@ -49,7 +50,7 @@ PEOPLE_COLUMNS: Columns = [
 TIMELINE_COLUMNS: Columns = [
     ("person_a", "str"), ("person_b", "str"), ("event_id", "str"), ("seq", "int"),
     ("type", "str"), ("occurred_at", "time"), ("recorded_at", "time"), ("recorded_by", "str"),
-    ("detail", "json"), ("contribution", "float"), ("retracted", "bool"),
+    ("detail", "json"), ("retracted", "bool"),
 ]
 
 

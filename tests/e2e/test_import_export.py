@@ -206,7 +206,7 @@ def _pairs(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[Any]]:
     for r in rows:
         out[(r["person_a"], r["person_b"])].append((
             r["type"], r["occurred_at"], json.dumps(r["detail"], sort_keys=True),
-            round(r["contribution"], 6), r["retracted"]))
+            r["retracted"]))
     return {k: sorted(v) for k, v in out.items()}
 
 
