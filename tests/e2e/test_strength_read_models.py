@@ -101,7 +101,7 @@ def test_projected_state_equals_the_pure_function_now(api: httpx.Client,
     direct = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace").json()
     from_state = next(t for t in ties if t["other"] == "grace")
     assert abs(from_state["score"] - direct["score"]) < 1e-3
-    assert [t["other"] for t in ties][0] == "grace"
+    assert ties[0]["other"] == "grace"
 
 
 def test_follow_ups_due_lists_fading_ties_with_strength_at_stake(

@@ -49,7 +49,9 @@ async def test_worker_applies_events_and_commits_checkpoint_with_them(
         await worker.close()
     assert (
         await scalar(
-            pg, "SELECT last_seq FROM checkpoints WHERE projection = %s", first_generation(settings)[1]
+            pg,
+            "SELECT last_seq FROM checkpoints WHERE projection = %s",
+            first_generation(settings)[1],
         )
         == last
     )
