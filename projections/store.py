@@ -19,7 +19,7 @@ from psycopg import AsyncConnection
 from events_schema.models import Event
 from events_schema.registry import EventRegistry
 from projections.changes import PERSON_FIELDS, Changes, changes_for
-from projections.strength_model import PARAMS, PairEvent, Params, can_vouch, strength
+from projections.strength_model import PARAMS, PairEvent, Params, strength, vouches
 
 PairKey = tuple[str, str, str]  # workspace, person_a, person_b
 
@@ -376,7 +376,7 @@ class ProjectionStore:
     def _strength_row(self, key: PairKey, events: list[PairEvent], seq: int) -> tuple[Any, ...]:
         s = strength(events, self.params)
         counts = Counter(e.type for e in events)
-        vouch, _ = can_vouch(s, self.params)
+        vouch = vouches(s, self.params)
         st = s.state
         return (
             *key, s.score, s.tier, st.at, st.fast, st.slow, st.reciprocity_factor, st.rating,

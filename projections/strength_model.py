@@ -651,6 +651,18 @@ def follow_up_due(s: Strength, as_of: datetime, params: Params = PARAMS) -> tupl
     return due, max(now - later, 0.0)
 
 
+def vouches(s: Strength, params: Params = PARAMS) -> bool:
+    """:func:`can_vouch`'s verdict alone (no reasons formatted: the projection's hot path)."""
+    history = s.history_days
+    return (
+        TIERS.index(s.tier) <= TIERS.index(params.vouch_tier)
+        and s.deepest_meeting in CONVERSATION_DEPTHS
+        and history is not None
+        and history >= params.vouch_min_history_days
+        and not s.reciprocity.get("one_sided")
+    )
+
+
 def can_vouch(s: Strength, params: Params = PARAMS) -> tuple[bool, list[str]]:
     """Whether one side knows the other well enough to vouch for or introduce them.
 

@@ -550,3 +550,22 @@ def test_an_empty_history_is_a_zero_contact() -> None:
     s = strength([])
     assert (s.score, s.tier, s.last_contact_at, s.contributions) == (0.0, "contact", None, ())
     assert s.explain()["top_contributions"] == []
+
+
+def test_vouches_gives_the_same_verdict_as_can_vouch() -> None:
+    from projections.strength_model import can_vouch, vouches
+
+    base = datetime(2024, 1, 1, tzinfo=UTC)
+    cases = [
+        [PairEvent(f"e{i}", "relationship.met", base + timedelta(days=14 * i), i, "a", "b",
+                   {"depth": depth, "duration_minutes": 90, "initiated_by": "ab"[i % 2]})
+         for i in range(n)]
+        for depth in ("card_exchange", "brief_chat", "conversation", "meal_or_activity")
+        for n in (1, 3, 12, 40)
+    ]
+    verdicts = set()
+    for events in cases:
+        s = strength(events)
+        verdicts.add(vouches(s))
+        assert vouches(s) == can_vouch(s)[0]
+    assert verdicts == {True, False}
