@@ -21,9 +21,11 @@ import psycopg
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js import api as js_api
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from psycopg import AsyncConnection
 
 from events_schema.registry import REGISTRY, EventDecodeError, EventRegistry
@@ -40,6 +42,9 @@ from services.infra.subjects import dlq_subject, event_subject, workspace_of_sub
 log = structlog.get_logger(__name__)
 
 _HEADER_UNSAFE = re.compile(r"[\r\n]+")
+#: Errors that mean "JetStream is not there right now", not "this event is bad".
+TRANSIENT_NATS = (NoRespondersError, ServiceUnavailableError, APIError, ConnectionClosedError,
+                  NatsTimeout)
 
 
 def classify(
@@ -140,27 +145,54 @@ class Worker:
         single-consumer lock so two instances never apply the same batches."""
         self.nc = await connect_nats(self.settings, name="tieline-worker")
         self.js = self.nc.jetstream()
-        await ensure_streams(self.js, self.settings)
+        for attempt in range(60):
+            try:
+                await ensure_streams(self.js, self.settings)
+                break
+            except (*TRANSIENT_NATS, RuntimeError) as exc:
+                if attempt == 59:
+                    raise
+                log.warning("worker.streams_retry", error=repr(exc))
+                await asyncio.sleep(0.5)
         if self.generation is None:
             self.generation = await self._choose_generation()
         self.store.projection = self.consumer
         await self._connect_pg()
         await self._acquire_lock()
-        self._sub = await self.js.pull_subscribe(
-            subject=f"{self.settings.subject_prefix}.ev.>",
-            durable=self.consumer,
-            stream=self.settings.stream_name,
-            config=js_api.ConsumerConfig(
-                ack_policy=js_api.AckPolicy.ALL,
-                deliver_policy=js_api.DeliverPolicy.ALL,
-                ack_wait=self.settings.ack_wait_s,
-                max_ack_pending=max(self.settings.batch_size * 4, 1000),
-                max_deliver=-1,
-            ),
-        )
-        self.stats.last_seq = await self.store.checkpoint(self._conn())
+        await self._subscribe_from_checkpoint()
         log.info("worker.started", consumer=self.consumer, generation=self.generation.gen,
                  status=self.generation.status, checkpoint=self.stats.last_seq)
+
+    async def _subscribe_from_checkpoint(self) -> None:
+        """Read the log from right after the committed checkpoint.
+
+        The PostgreSQL checkpoint is the only truth about what was applied. A consumer whose
+        delivery state lives in JetStream would, after a crash between fetch and commit, keep
+        the fetched batch pending until ack_wait and serve the messages after it first; an
+        ack of those (AckPolicy.ALL) would then swallow the pending batch. So every start
+        creates a fresh pull consumer at ``checkpoint + 1``, under the projection lock, and the
+        previous incarnation's consumer expires by itself (``inactive_threshold``).
+        """
+        assert self.js is not None
+        self.stats.last_seq = await self.store.checkpoint(self._conn())
+        config = js_api.ConsumerConfig(
+            ack_policy=js_api.AckPolicy.ALL,
+            deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.stats.last_seq + 1,
+            ack_wait=self.settings.ack_wait_s,
+            max_ack_pending=max(self.settings.batch_size * 4, 1000),
+            max_deliver=-1,
+            inactive_threshold=max(self.settings.ack_wait_s, 30.0),
+        )
+        while True:
+            try:
+                self._sub = await self.js.pull_subscribe(
+                    subject=f"{self.settings.subject_prefix}.ev.>", durable=None,
+                    stream=self.settings.stream_name, config=config)
+                return
+            except TRANSIENT_NATS as exc:  # JetStream electing a leader or restarting
+                log.warning("worker.subscribe_retry", error=repr(exc))
+                await asyncio.sleep(0.5)
 
     async def _choose_generation(self) -> Generation:
         state = self.settings.database_schema
@@ -260,6 +292,14 @@ class Worker:
                 self.settings.batch_size, timeout=self.settings.fetch_timeout_s
             )
         except (TimeoutError, NatsTimeout):
+            return None
+        except TRANSIENT_NATS as exc:
+            # JetStream briefly unavailable (server restart, cluster election): wait, and if
+            # our consumer is gone, subscribe again from the checkpoint.
+            log.warning("worker.fetch_retry", error=repr(exc))
+            await asyncio.sleep(0.5)
+            if isinstance(exc, (NotFoundError, ConnectionClosedError)):
+                await self._subscribe_from_checkpoint()
             return None
         if self.stop_at_seq is not None:
             # A bounded replay: never apply past the requested sequence.

@@ -48,7 +48,8 @@ INTERACTION_TYPES = frozenset(
 def service_for(event_type: object) -> str:
     """The service that owns an event type (unknown types go to interactions, which rejects
     them with a clear error)."""
-    return "people" if event_type in PEOPLE_TYPES else "interactions"
+    return "people" if isinstance(event_type, str) and event_type in PEOPLE_TYPES \
+        else "interactions"
 
 
 def create_service_app(settings: Settings, service: str, types: Iterable[str]) -> FastStream:
@@ -60,7 +61,7 @@ def create_service_app(settings: Settings, service: str, types: Iterable[str]) -
             inbox_prefix=inbox_prefix(settings),
         )
     broker = NatsBroker(
-        settings.nats_url,
+        [u.strip() for u in settings.nats_url.split(",") if u.strip()],
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         name=f"tieline-{service}-commands",

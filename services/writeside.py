@@ -93,7 +93,9 @@ class Rejected(Exception):
 
     def outcome(self, event_id: str | None) -> Outcome:
         loc = ".".join(self.errors[0]["loc"]) or "(body)"
-        return Outcome(self.status, event_id, error=f"{loc}: {self}", errors=self.errors)
+        text = str(self)
+        error = text if text.startswith(f"{loc}:") else f"{loc}: {text}"
+        return Outcome(self.status, event_id, error=error, errors=self.errors)
 
 
 def _person_refs(obj: dict[str, Any]) -> list[tuple[list[str], str]]:
@@ -148,8 +150,8 @@ class WriteSide:
         if ws != workspace_id:
             raise Rejected(422, ["workspace_id"], "must match the workspace in the path")
         event_type = obj.get("type")
-        if event_type not in self.types:
-            if event_type in self.registry.classes:
+        if not isinstance(event_type, str) or event_type not in self.types:
+            if isinstance(event_type, str) and event_type in self.registry.classes:
                 raise Rejected(
                     422, ["type"], f"{event_type!r} is not recorded by the {self.service} service"
                 )

@@ -13,6 +13,7 @@ from uuid import uuid4
 
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
@@ -324,6 +325,16 @@ def create_app(settings: Settings) -> FastAPI:
     from services.api.export import router as export_router
 
     app.include_router(export_router)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's own validation errors, in the same shape as every other rejection: an
+        ``error`` line naming the field, and the details."""
+        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")}
+                  for e in exc.errors()]
+        text = "; ".join(f"{'.'.join(e['loc']) or '(body)'}: {e['msg']}" for e in errors)
+        return JSONResponse({"error": text or "invalid request", "detail": errors},
+                            status_code=422)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:

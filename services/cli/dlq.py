@@ -51,9 +51,7 @@ Schema = Annotated[
     typer.Option(help="Schema holding dead_letters (overrides --generation)."),
 ]
 
-_COLUMNS = (
-    "id, projection, stream_seq, subject, reason, detail, dlq_seq, created_at, replayed_at"
-)
+_COLUMNS = "id, projection, stream_seq, subject, reason, detail, dlq_seq, created_at, replayed_at"
 
 
 @dataclass(frozen=True)
@@ -147,9 +145,11 @@ async def _select(
         args.append(projection)
     if not include_replayed:
         where.append(sql.SQL("replayed_at IS NULL"))
-    query = sql.SQL("SELECT {cols} FROM {schema}.dead_letters WHERE {where} ORDER BY stream_seq"
-                    ).format(cols=sql.SQL(_COLUMNS), schema=sql.Identifier(schema),
-                             where=sql.SQL(" AND ").join(where))
+    query = sql.SQL(
+        "SELECT {cols} FROM {schema}.dead_letters WHERE {where} ORDER BY stream_seq"
+    ).format(
+        cols=sql.SQL(_COLUMNS), schema=sql.Identifier(schema), where=sql.SQL(" AND ").join(where)
+    )
     if limit is not None:
         query = query + sql.SQL(" LIMIT {}").format(sql.Literal(limit))
     try:
@@ -183,8 +183,15 @@ def list_(
         conn = await _connect(settings)
         try:
             where = await _schema_of(conn, settings, generation, schema)
-            rows = await _select(conn, where, seqs=[], reason=reason, projection=projection,
-                                 include_replayed=include_replayed, limit=limit)
+            rows = await _select(
+                conn,
+                where,
+                seqs=[],
+                reason=reason,
+                projection=projection,
+                include_replayed=include_replayed,
+                limit=limit,
+            )
             return where, rows
         finally:
             await conn.close()
@@ -194,12 +201,26 @@ def list_(
         for r in rows:
             typer.echo(json.dumps(r.as_json()))
         return
-    table = Table("seq", "reason", "subject", "detail", "projection", "dlq_seq", "parked",
-                  "replayed", title=f"dead letters in {where} ({len(rows)})")
+    table = Table(
+        "seq",
+        "reason",
+        "subject",
+        "detail",
+        "projection",
+        "dlq_seq",
+        "parked",
+        "replayed",
+        title=f"dead letters in {where} ({len(rows)})",
+    )
     for r in rows:
         table.add_row(
-            str(r.stream_seq), r.reason, r.subject, r.detail[:80], r.projection,
-            str(r.dlq_seq or ""), r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            str(r.stream_seq),
+            r.reason,
+            r.subject,
+            r.detail[:80],
+            r.projection,
+            str(r.dlq_seq or ""),
+            r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
             r.replayed_at.strftime("%Y-%m-%d %H:%M:%S") if r.replayed_at else "",
         )
     console.print(table)
@@ -258,12 +279,21 @@ async def _replay(
     failures = 0
     try:
         where = await _schema_of(conn, settings, generation, schema)
-        rows = await _select(conn, where, seqs=seqs, reason=reason, projection=projection,
-                             include_replayed=again, limit=None)
+        rows = await _select(
+            conn,
+            where,
+            seqs=seqs,
+            reason=reason,
+            projection=projection,
+            include_replayed=again,
+            limit=None,
+        )
         missing = sorted(set(seqs) - {r.stream_seq for r in rows})
         for s in missing:
-            err.print(f"[yellow]seq {s}: no such dead letter"
-                      f"{'' if again else ' not yet replayed'} in {where}[/]")
+            err.print(
+                f"[yellow]seq {s}: no such dead letter"
+                f"{'' if again else ' not yet replayed'} in {where}[/]"
+            )
         if not rows:
             console.print("nothing to replay")
             return len(missing)
@@ -275,7 +305,8 @@ async def _replay(
         js = nc.jetstream()
         dlq_stream = f"{settings.stream_name}_DLQ"
         mark = sql.SQL("UPDATE {}.dead_letters SET replayed_at = now() WHERE id = %s").format(
-            sql.Identifier(where))
+            sql.Identifier(where)
+        )
         for r in rows:
             if r.dlq_seq is None:
                 err.print(f"[red]seq {r.stream_seq}: no DLQ message recorded; cannot replay[/]")
@@ -284,15 +315,18 @@ async def _replay(
             try:
                 msg = await js.get_msg(dlq_stream, seq=r.dlq_seq)
             except NotFoundError:
-                err.print(f"[red]seq {r.stream_seq}: DLQ message {r.dlq_seq} is gone from "
-                          f"{dlq_stream}[/]")
+                err.print(
+                    f"[red]seq {r.stream_seq}: DLQ message {r.dlq_seq} is gone from {dlq_stream}[/]"
+                )
                 failures += 1
                 continue
             headers = msg.headers or {}
             original = headers.get("Tieline-Original-Seq")
             if original is not None and original != str(r.stream_seq):
-                err.print(f"[red]seq {r.stream_seq}: DLQ message {r.dlq_seq} belongs to seq "
-                          f"{original}; not replaying[/]")
+                err.print(
+                    f"[red]seq {r.stream_seq}: DLQ message {r.dlq_seq} belongs to seq "
+                    f"{original}; not replaying[/]"
+                )
                 failures += 1
                 continue
             subject = headers.get("Tieline-Original-Subject") or r.subject
@@ -305,8 +339,9 @@ async def _replay(
             )
             await conn.execute(mark, (r.id,))
             dup = " (duplicate: already replayed within the dedupe window)" if ack.duplicate else ""
-            console.print(f"replayed seq={r.stream_seq} reason={r.reason} -> {subject} "
-                          f"as seq={ack.seq}{dup}")
+            console.print(
+                f"replayed seq={r.stream_seq} reason={r.reason} -> {subject} as seq={ack.seq}{dup}"
+            )
         return failures + len(missing)
     finally:
         if nc is not None:

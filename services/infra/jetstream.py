@@ -148,7 +148,8 @@ async def connect_nats(settings: Settings, name: str) -> NatsClient:
         kwargs["password"] = settings.nats_password or ""
         kwargs["inbox_prefix"] = inbox_prefix(settings)
     return await nats.connect(
-        settings.nats_url,
+        # A cluster is given as a comma-separated list; the client fails over between them.
+        [u.strip() for u in settings.nats_url.split(",") if u.strip()],
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.25,
