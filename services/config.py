@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     max_future_skew_s: float = 300.0
     #: Longest a read with ?min_seq waits for the projection before answering 503.
     min_seq_wait_s: float = Field(default=5.0, ge=0, le=60)
+    #: Commands a write service handles at once (each mostly waits on round trips).
+    command_concurrency: int = Field(default=64, ge=1, le=1024)
     #: Command request/reply timeout between the API and the services.
     command_timeout_s: float = 10.0
 

@@ -67,10 +67,13 @@ def create_service_app(settings: Settings, service: str, types: Iterable[str]) -
         name=f"tieline-{service}-commands",
         **broker_kwargs,
     )
-    pool = db.LivePool(settings, min_size=1, max_size=4)
+    pool = db.LivePool(settings, min_size=2, max_size=16)
     holder: dict[str, Any] = {}
 
-    @broker.subscriber(command_wildcard(settings.subject_prefix, service), queue=service)
+    # Commands are handled concurrently: each spends most of its time waiting on JetStream
+    # and PostgreSQL round trips, so one at a time would cap a service at 1/latency.
+    @broker.subscriber(command_wildcard(settings.subject_prefix, service), queue=service,
+                       max_workers=settings.command_concurrency)
     async def on_command(body: dict[str, Any], msg: NatsMessage) -> dict[str, Any]:
         workspace_id = msg.raw_message.subject.split(".")[2]
         side: WriteSide = holder["side"]

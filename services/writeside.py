@@ -365,7 +365,10 @@ class WriteSide:
                 outcomes[i] = rej.outcome(str(eid) if eid is not None else None)
                 continue
             events.append((i, event))
-        archived = await self.archived_seqs([e.event_id for _, e in events])
+        # Only ids the client chose can have been recorded before; ours are fresh uuid4s.
+        supplied = [e.event_id for i, e in events
+                    if isinstance(objs[i], dict) and "event_id" in objs[i]]
+        archived = await self.archived_seqs(supplied)
         memo: dict[tuple[str, str], asyncio.Task[str]] = {}
 
         async def one(i: int, event: Event) -> None:
