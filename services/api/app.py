@@ -531,6 +531,15 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> dict[str, Any]:
         """Strength of the tie now (or as of a date): score 0-100, tier, counts, reciprocity,
         whether each side could vouch for the other."""
+        if as_of is None:
+            # Now: one indexed row and the closed-form decay (the fast path).
+            await rt.wait_for_seq(min_seq)
+            async with rt.pool.connection() as conn:
+                row = await ties.pair_row(conn, ws, person_a, person_b)
+            if row is None:
+                raise HTTPException(404, "no recorded relationship between these people")
+            await rt.audit(ws, who, "GET relationship", [person_a, person_b])
+            return ties.summary_now(row, ties.now())
         s = await rt.pair(ws, person_a, person_b, _aware(as_of), min_seq)
         await rt.audit(ws, who, "GET relationship", [person_a, person_b])
         return ties.summary(s, person_a, person_b)

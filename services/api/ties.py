@@ -112,6 +112,32 @@ def summary(s: Strength, a: str, b: str) -> dict[str, Any]:
     }
 
 
+async def pair_row(conn: AsyncConnection[Any], ws: str, a: str, b: str) -> Row | None:
+    pa, pb = ordered(a, b)
+    cur = await conn.execute(
+        f"SELECT {TIE_COLS} FROM strength_v1 WHERE workspace_id = %s AND person_a = %s "
+        "AND person_b = %s", (ws, pa, pb))
+    return await cur.fetchone()
+
+
+def summary_now(row: Row, when: datetime) -> dict[str, Any]:
+    """The pair endpoint's answer for *now*, from the stored decay state (one indexed row, no
+    history walk); the same numbers the pure model gives (tests/e2e compare them)."""
+    score = score_at(row, when)
+    last = row["last_contact_at"]
+    return {
+        "person_a": row["person_a"], "person_b": row["person_b"], "score": round(score, 4),
+        "tier": tier_for(score, PARAMS), "as_of": when, "params_version": row["params_version"],
+        "event_count": row["event_count"], "meetings": row["meetings"],
+        "follow_ups": row["follow_ups"], "introductions": row["introductions"],
+        "helps": row["helps"], "ratings": row["ratings"],
+        "first_contact_at": row["first_contact_at"], "last_contact_at": last,
+        "days_since_contact": None if last is None else (when - last).total_seconds() / 86400,
+        "reciprocity": row["reciprocity"],
+        "can_vouch": vouches_now(row, when)[0],
+    }
+
+
 def timeline_view(
     events: list[PairEvent], as_of: datetime | None, recorded: dict[str, Row]
 ) -> list[dict[str, Any]]:

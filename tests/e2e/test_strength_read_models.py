@@ -101,6 +101,12 @@ def test_projected_state_equals_the_pure_function_now(api: httpx.Client,
     direct = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace").json()
     from_state = next(t for t in ties if t["other"] == "grace")
     assert abs(from_state["score"] - direct["score"]) < 1e-3
+    # The fast path (stored decay state) equals the pure model over the events at that instant.
+    pure = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace",
+                   params={"as_of": direct["as_of"]}).json()
+    assert abs(pure["score"] - direct["score"]) < 1e-6
+    assert (pure["tier"], pure["event_count"], pure["can_vouch"]) == (
+        direct["tier"], direct["event_count"], direct["can_vouch"])
     assert ties[0]["other"] == "grace"
 
 
