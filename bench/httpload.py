@@ -1,0 +1,146 @@
+"""HTTP load against the API with httpx: closed loop (C concurrent clients, as fast as the
+server answers) and open loop (a fixed arrival rate, latency measured from each request's
+scheduled time so a slow server cannot hide its queueing: no coordinated omission)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from bench.common import rate, self_cpu, summarize
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    events: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    client_cpu_s: float = 0.0
+    #: (ack time perf_counter, seq, body index) of each accepted single write, for freshness.
+    acks: list[tuple[float, int, int]] = field(default_factory=list)
+    #: Open loop only: the server fell too far behind the schedule and sending stopped.
+    saturated: bool = False
+    unsent: int = 0
+
+    @property
+    def events_per_s(self) -> float:
+        return rate(self.events, self.seconds)
+
+    def summary(self) -> dict[str, Any]:
+        return {"requests": self.requests, "events": self.events,
+                "seconds": round(self.seconds, 3), "events_per_s": round(self.events_per_s, 1),
+                "errors": self.errors, "client_cpu_s": round(self.client_cpu_s, 2),
+                "saturated": self.saturated, "unsent": self.unsent,
+                **summarize(self.latencies)}
+
+
+def client(base_url: str, token: str, connections: int, timeout: float = 60.0
+           ) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout,
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+    )
+
+
+def _count_error(errors: dict[str, int], key: str) -> None:
+    errors[key] = errors.get(key, 0) + 1
+
+
+async def closed_loop(http: httpx.AsyncClient, path: str, bodies: Iterable[bytes], *,
+                      concurrency: int, content_type: str = "application/json",
+                      events_per_body: Callable[[httpx.Response], int] | None = None
+                      ) -> LoadResult:
+    """POST every body with ``concurrency`` clients in parallel."""
+    it: Iterator[bytes] = iter(bodies)
+    res = LoadResult(0, 0, 0.0)
+    headers = {"content-type": content_type}
+
+    async def worker() -> None:
+        for body in it:
+            s = time.perf_counter()
+            try:
+                r = await http.post(path, content=body, headers=headers)
+            except httpx.HTTPError as exc:
+                _count_error(res.errors, type(exc).__name__)
+                continue
+            res.latencies.append(time.perf_counter() - s)
+            res.requests += 1
+            if r.status_code >= 300:
+                _count_error(res.errors, str(r.status_code))
+                continue
+            res.events += events_per_body(r) if events_per_body else 1
+
+    c0 = self_cpu()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    res.seconds = time.perf_counter() - t0
+    res.client_cpu_s = self_cpu() - c0
+    return res
+
+
+async def open_loop(http: httpx.AsyncClient, path: str, bodies: list[bytes], *, per_s: float,
+                    content_type: str = "application/json", max_outstanding: int = 256,
+                    give_up_behind_s: float = 5.0,
+                    on_ack: Callable[[float, int, int], None] | None = None) -> LoadResult:
+    """POST ``bodies`` at a steady ``per_s``; latency from the scheduled send time.
+
+    At most ``max_outstanding`` requests are in flight (one per connection, so nothing waits
+    inside the client's pool). When the server cannot keep up and sending falls more than
+    ``give_up_behind_s`` behind schedule, the rest is not sent: ``saturated`` says so, and the
+    latencies of what was sent show the queueing.
+
+    ``on_ack(t, seq, index)`` is called as each write is acknowledged (freshness probes).
+    """
+    res = LoadResult(0, 0, 0.0)
+    headers = {"content-type": content_type}
+    slots = asyncio.Semaphore(max_outstanding)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def one(i: int, body: bytes, scheduled: float) -> None:
+        try:
+            r = await http.post(path, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            _count_error(res.errors, type(exc).__name__)
+            return
+        finally:
+            slots.release()
+        done = time.perf_counter()
+        res.latencies.append(done - scheduled)
+        res.requests += 1
+        if r.status_code >= 300:
+            _count_error(res.errors, str(r.status_code))
+            return
+        res.events += 1
+        seq = r.json().get("seq")
+        if seq is not None:
+            res.acks.append((done, int(seq), i))
+            if on_ack is not None:
+                on_ack(done, int(seq), i)
+
+    c0 = self_cpu()
+    t0 = time.perf_counter()
+    for i, body in enumerate(bodies):
+        scheduled = t0 + i / per_s
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif -delay > give_up_behind_s:
+            res.saturated = True
+            res.unsent = len(bodies) - i
+            break
+        await slots.acquire()
+        tasks.append(asyncio.create_task(one(i, body, scheduled)))
+    sent_for = time.perf_counter() - t0
+    await asyncio.gather(*tasks)
+    # Achieved rate over the sending window (a server that falls behind shows as errors and
+    # latency, not as a stretched window).
+    res.seconds = sent_for if res.saturated else max(sent_for, len(bodies) / per_s)
+    res.client_cpu_s = self_cpu() - c0
+    return res

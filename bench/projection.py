@@ -1,0 +1,167 @@
+"""Live projection throughput: events/s from the stream to committed read models.
+
+N valid events are first published straight onto the stream (setup, lazy fsync for speed);
+then the server restarts in the measured mode (default: fsync before ack, the product
+default) and, in this order:
+
+1. raw limit: a plain nats-py pull consumer, fetch(500) + ack (the worker's exact consumption
+   pattern: AckPolicy.ALL, ack the last of each batch), over the same stream;
+2. tieline: a projection Worker (in this process, like ``tieline up``'s worker process) drains
+   the same N events into the live read-model generation; timed from its first fetch until its
+   checkpoint reaches the last sequence;
+3. the raw limit again (noise bracket); the reference is the mean of 1 and 3.
+
+    python -m bench projection --events 200000          # full
+    python -m bench projection --quick                  # ~20 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+from bench.common import (
+    RESULTS_DIR,
+    CpuMeter,
+    RestartableNats,
+    Row,
+    collapsed_self_top,
+    collapsed_top,
+    jsonable_args,
+    judge,
+    nats_connect,
+    other_activity,
+    postgres,
+    postgres_pid,
+    print_table,
+    quiet_logging,
+    rate,
+    self_cpu,
+    start_py_spy,
+    stop_py_spy,
+    temp_root,
+    unique_settings,
+    write_results,
+)
+from bench.events import LogEncoder, client_events
+from bench.natsraw import fill_stream, pull_drain
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--events", type=int, default=200_000)
+    p.add_argument("--people", type=int, default=5_000)
+    p.add_argument("--batch-size", type=int, default=500, help="worker batch (TIELINE_BATCH_SIZE)")
+    p.add_argument("--nats-mode", choices=("sync", "lazy"), default="sync")
+    p.add_argument("--profile", action="store_true", help="py-spy the worker (this process)")
+    p.add_argument("--quick", action="store_true", help="20k events, 1k people")
+
+
+async def drain_with_worker(settings: Any, last_seq: int, *, timeout: float = 3600
+                            ) -> tuple[Any, float, float]:
+    """(worker stats, seconds from the first fetch to the checkpoint at ``last_seq``, CPU s)."""
+    from projections.worker import Worker
+
+    worker = Worker(settings)
+    await worker.start()
+    try:
+        c0 = self_cpu()
+        t0 = time.perf_counter()
+        deadline = t0 + timeout
+        while worker.stats.last_seq < last_seq and time.perf_counter() < deadline:
+            await worker.run_once()
+        secs = time.perf_counter() - t0
+        return worker.stats, secs, self_cpu() - c0
+    finally:
+        await worker.close()
+
+
+async def _raw(settings: Any, n: int, ack: str) -> tuple[int, float]:
+    nc = await nats_connect(settings, "bench-raw-pull")
+    try:
+        return await pull_drain(nc.jetstream(), settings.stream_name,
+                                f"{settings.subject_prefix}.ev.>", n, ack=ack)
+    finally:
+        await nc.close()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.quick:
+        args.events, args.people = min(args.events, 20_000), min(args.people, 1_000)
+    quiet_logging()
+    started = time.time()
+    before = other_activity()
+    with temp_root() as root, postgres(root) as db_url:
+        nats = RestartableNats(root / "nats")
+        try:
+            url = nats.start(sync_always=False)
+            settings = unique_settings(url, db_url, batch_size=args.batch_size)
+            enc = LogEncoder("bench", settings.subject_prefix)
+            print(f"[projection] publishing {args.events} events to the stream (setup) ...")
+            fill = asyncio.run(fill_stream(settings, (enc.encode(o) for o in
+                                                      client_events(args.people, args.events))))
+            last_seq = fill.last_seq
+            url = nats.start(sync_always=args.nats_mode == "sync")
+            settings = settings.model_copy(update={"nats_url": url})
+            print(f"[projection] raw pull (ack all) over {last_seq} messages ...")
+            raw1 = asyncio.run(_raw(settings, last_seq, "all"))
+            raw_each = asyncio.run(_raw(settings, last_seq, "each"))
+            print("[projection] tieline worker draining ...")
+            meter = CpuMeter({"postgres": postgres_pid(db_url), "nats": nats.pid})
+            prof = None
+            prof_path = RESULTS_DIR / "profiles" / "projection-worker.txt"
+            if args.profile:
+                import os
+
+                prof = start_py_spy(os.getpid(), 3600, prof_path)
+                time.sleep(1.0)
+            meter.start()
+            stats, secs, worker_cpu = asyncio.run(drain_with_worker(settings, last_seq))
+            cpu = meter.stop()
+            stop_py_spy(prof)
+            raw2 = asyncio.run(_raw(settings, last_seq, "all"))
+            mode = nats.mode
+        finally:
+            nats.stop()
+    raw_rate = (rate(*raw1) + rate(*raw2)) / 2
+    worker_rate = rate(stats.applied, secs)
+    cpu["worker(bench process)"] = round(worker_cpu, 3)
+    rows = [
+        Row("live projection", worker_rate, "events/s", "raw pull fetch(500)+ack-last", raw_rate,
+            note=f"{stats.applied} events in {secs:.1f}s, {stats.batches} batches, "
+                 f"dead-lettered {stats.dead_lettered}; NATS {mode}",
+            extra={"seconds": secs, "applied": stats.applied, "batches": stats.batches,
+                   "dead_lettered": stats.dead_lettered, "cpu_s": cpu,
+                   "worker_cpu_us_per_event": 1e6 * worker_cpu / max(stats.applied, 1),
+                   "postgres_cpu_us_per_event":
+                       1e6 * cpu.get("postgres", 0) / max(stats.applied, 1)}),
+        Row("raw pull, ack last (before)", rate(*raw1), "events/s", note=f"{raw1[0]} msgs"),
+        Row("raw pull, ack last (after)", rate(*raw2), "events/s", note=f"{raw2[0]} msgs"),
+        Row("raw pull, ack each", rate(*raw_each), "events/s", note="(NOTES' 22k figure's mode)"),
+    ]
+    targets = [judge("live projection >= 15k events/s", worker_rate, 15_000, at_least=True,
+                     measured=f"{worker_rate:,.0f} events/s",
+                     reason_if_missed="see profile: per-event Python work in the worker "
+                                      "(decode, re-encode, executemany) and PostgreSQL")]
+    extra: dict[str, Any] = {"fill": fill.summary(), "nats_mode": mode}
+    if args.profile:
+        extra["profile_top_inclusive"] = collapsed_top(prof_path, 30)
+        extra["profile_top_self"] = collapsed_self_top(prof_path, 20)
+        extra["profile_file"] = str(prof_path)
+    path = write_results("projection", args=jsonable_args(args), rows=rows, targets=targets,
+                         extra=extra, database_url=None, started=started, activity_before=before)
+    print_table("projection: stream -> committed read models", rows, targets)
+    print(f"results: {path}")
+    return {"rows": rows, "targets": targets}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench projection", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(p)
+    run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
