@@ -8,6 +8,7 @@ path too) and the expected-stream header, on a stream configured like tieline's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
 import time
 from collections.abc import Iterable, Sequence
@@ -45,10 +46,8 @@ def raw_stream_config(name: str, subjects: list[str]) -> js_api.StreamConfig:
 
 
 async def ensure_raw_stream(js: Any, name: str, subjects: list[str]) -> None:
-    try:
+    with contextlib.suppress(Exception):
         await js.delete_stream(name)
-    except Exception:
-        pass
     await js.add_stream(config=raw_stream_config(name, subjects))
 
 
@@ -184,10 +183,8 @@ async def pull_drain(js: Any, stream: str, subject: str, n: int, *, batch: int =
                 await m.ack()
     secs = time.perf_counter() - t0
     await sub.unsubscribe()
-    try:
+    with contextlib.suppress(Exception):
         await js.delete_consumer(stream, durable)
-    except Exception:
-        pass
     return got, secs
 
 
@@ -207,10 +204,8 @@ async def ordered_read(nc: Any, js: Any, subject: str, n: int) -> tuple[int, flo
     sub = await js.subscribe(subject, ordered_consumer=True, cb=cb,
                              deliver_policy=js_api.DeliverPolicy.ALL,
                              pending_msgs_limit=1_000_000, pending_bytes_limit=1 << 30)
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), timeout=max(60.0, n / 2000))
-    except TimeoutError:
-        pass
     secs = time.perf_counter() - t0
     await sub.unsubscribe()
     return got, secs
