@@ -8,6 +8,7 @@ are covered by ``tests/unit/test_bench_smoke.py``; nothing here asserts on timin
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -20,7 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -759,3 +760,12 @@ def collapsed_self_top(path: Path, top: int = 15) -> list[dict[str, Any]]:
         selfc[leaf] = selfc.get(leaf, 0) + int(count)
     return [{"frame": f, "self": round(c / total, 3)}
             for f, c in sorted(selfc.items(), key=lambda kv: -kv[1])[:top]] if total else []
+
+
+def cli_main(name: str, doc: str | None, add_args: Callable[[argparse.ArgumentParser], None],
+             run: Callable[[argparse.Namespace], Any], argv: list[str] | None = None) -> None:
+    """The command line of one benchmark: ``python -m bench NAME [options]``."""
+    p = argparse.ArgumentParser(prog=f"python -m bench {name}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(p)
+    run(p.parse_args(argv))

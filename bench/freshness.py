@@ -35,6 +35,7 @@ from typing import Any
 from bench.common import (
     CpuMeter,
     Row,
+    cli_main,
     jsonable_args,
     judge,
     make_token,
@@ -328,10 +329,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench freshness", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(p)
-    run(p.parse_args(argv))
+    cli_main("freshness", __doc__, add_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from bench.common import (
     CpuMeter,
     Row,
     Target,
+    cli_main,
     collapsed_self_top,
     collapsed_top,
     jsonable_args,
@@ -400,10 +401,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench ingest", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(p)
-    run(p.parse_args(argv))
+    cli_main("ingest", __doc__, add_args, run, argv)
 
 
 if __name__ == "__main__":

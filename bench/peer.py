@@ -34,6 +34,7 @@ from urllib.parse import urlparse
 
 from bench.common import (
     Row,
+    cli_main,
     jsonable_args,
     judge,
     make_token,
@@ -264,10 +265,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench peer", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(p)
-    run(p.parse_args(argv))
+    cli_main("peer", __doc__, add_args, run, argv)
 
 
 if __name__ == "__main__":

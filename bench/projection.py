@@ -27,6 +27,7 @@ from bench.common import (
     CpuMeter,
     RestartableNats,
     Row,
+    cli_main,
     collapsed_self_top,
     collapsed_top,
     jsonable_args,
@@ -157,10 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench projection", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(p)
-    run(p.parse_args(argv))
+    cli_main("projection", __doc__, add_args, run, argv)
 
 
 if __name__ == "__main__":

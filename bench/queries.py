@@ -37,6 +37,7 @@ from typing import Any
 from bench.common import (
     Row,
     Target,
+    cli_main,
     jsonable_args,
     judge,
     make_token,
@@ -468,10 +469,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench queries", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(p)
-    run(p.parse_args(argv))
+    cli_main("queries", __doc__, add_args, run, argv)
 
 
 if __name__ == "__main__":

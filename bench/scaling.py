@@ -22,6 +22,7 @@ from typing import Any
 from bench.common import (
     Row,
     Target,
+    cli_main,
     growth_exponent,
     jsonable_args,
     make_token,
@@ -147,10 +148,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench scaling", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(p)
-    run(p.parse_args(argv))
+    cli_main("scaling", __doc__, add_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -207,7 +207,7 @@ class ProjectionStore:
         adds: list[tuple[Any, ...]] = []
         updates: list[tuple[Decoded, dict[str, Any]]] = []
         pair_rows: list[tuple[Any, ...]] = []
-        deltas: dict[PairKey, list[tuple[str, float, Any]]] = defaultdict(list)
+        touched: set[PairKey] = set()  # pairs whose strength must be recomputed
         retractions: list[Decoded] = []
         forgets: list[tuple[Decoded, str]] = []
         intros: list[tuple[Decoded, UUID, dict[str, Any]]] = []
@@ -244,9 +244,7 @@ class ProjectionStore:
                         json.dumps(r.detail),
                     )
                 )
-                deltas[(e.workspace_id, r.person_a, r.person_b)].append(
-                    (e.type, 0.0, e.occurred_at)
-                )
+                touched.add((e.workspace_id, r.person_a, r.person_b))
             if ch.retracts is not None:
                 retractions.append(it)
             if ch.forgets is not None:
@@ -270,8 +268,8 @@ class ProjectionStore:
                 await conn.execute(
                     f"INSERT INTO pair_events_v1 ({PAIR_COLS}) SELECT {PAIR_COLS} "
                     "FROM pair_events_in ON CONFLICT DO NOTHING")
-        if deltas:
-            await self._recompute_pairs(conn, list(deltas), items[-1].seq)
+        if touched:
+            await self._recompute_pairs(conn, list(touched), items[-1].seq)
         for it in retractions:
             await self._retract(conn, it, result)
         for it, person_id in forgets:
