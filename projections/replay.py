@@ -117,13 +117,9 @@ async def replay(
     return result, worker
 
 
-async def discard(settings: Settings, gen: Generation, worker: Worker | None = None) -> None:
-    """Drop a scratch or retired generation: its tables and its durable consumer."""
-    if worker is not None and worker.js is not None:
-        try:
-            await worker.js.delete_consumer(settings.stream_name, gen.consumer)
-        except Exception as exc:
-            log.info("replay.consumer_gone", consumer=gen.consumer, error=str(exc))
+async def discard(settings: Settings, gen: Generation) -> None:
+    """Drop a scratch or retired generation's tables. (Its worker's pull consumer is created
+    per start with an inactivity threshold, so JetStream removes it by itself.)"""
     conn = await db.connect(settings)
     try:
         await generations.drop(conn, settings.database_schema, gen)
@@ -250,8 +246,7 @@ async def verify(settings: Settings, *, keep: bool = False, progress: Progress |
     finally:
         await worker.close()
         if not keep:
-            await discard(settings, result.generation, None)
-            await _delete_consumer(settings, result.generation.consumer)
+            await discard(settings, result.generation)
 
 
 def _const(value: int) -> Callable[[], Any]:
@@ -282,18 +277,6 @@ async def _live_checkpoint(settings: Settings, live: Generation) -> int:
         return int(row[0]) if row else 0
     finally:
         await conn.close()
-
-
-async def _delete_consumer(settings: Settings, consumer: str) -> None:
-    from services.infra.jetstream import connect_nats
-
-    nc = await connect_nats(settings, name="tieline-replay-cleanup")
-    try:
-        await nc.jetstream().delete_consumer(settings.stream_name, consumer)
-    except Exception as exc:
-        log.info("replay.consumer_gone", consumer=consumer, error=str(exc))
-    finally:
-        await nc.close()
 
 
 # -- what-if -------------------------------------------------------------------------------
@@ -332,8 +315,7 @@ async def what_if(settings: Settings, params: Params, *, keep: bool = False,
             await conn.close()
     finally:
         if not keep:
-            await discard(settings, result.generation, None)
-            await _delete_consumer(settings, result.generation.consumer)
+            await discard(settings, result.generation)
     moves: dict[str, dict[str, int]] = {t: dict.fromkeys(TIERS, 0) for t in TIERS}
     deltas = []
     per_person: dict[tuple[str, str], list[tuple[str, float, float]]] = {}
