@@ -6,7 +6,7 @@ from __future__ import annotations
 from psycopg import AsyncConnection, sql
 
 #: Bump when a read-model table changes shape or meaning; tables carry it as a suffix.
-READ_MODEL_VERSION = 2
+READ_MODEL_VERSION = 3
 
 DDL = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -94,6 +94,9 @@ CREATE TABLE IF NOT EXISTS strength_v1 (
     can_vouch             boolean NOT NULL,
     reciprocity           jsonb NOT NULL,
     params_version        text NOT NULL,
+    -- The strength model's running state (Fold.to_dict) so a new event is one step, not a
+    -- recompute of the pair's history.
+    fold                  jsonb NOT NULL,
     last_seq              bigint NOT NULL,
     PRIMARY KEY (workspace_id, person_a, person_b)
 );

@@ -8,7 +8,7 @@ already archived (a re-send beyond JetStream's dedupe window) changes nothing ei
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +19,7 @@ from psycopg import AsyncConnection
 from events_schema.models import Event
 from events_schema.registry import EventRegistry
 from projections.changes import PERSON_FIELDS, Changes, changes_for
-from projections.strength_model import PARAMS, PairEvent, Params, strength, vouches
+from projections.strength_model import PARAMS, Fold, PairEvent, Params, vouches
 
 PairKey = tuple[str, str, str]  # workspace, person_a, person_b
 
@@ -31,7 +31,7 @@ STRENGTH_COLS = (
     "workspace_id, person_a, person_b, score, tier, state_at, fast, slow, reciprocity_factor, "
     "rating, event_count, meetings, follow_ups, introductions, helps, ratings, first_contact_at, "
     "last_contact_at, score_at_last_contact, deepest_meeting, one_sided, can_vouch, reciprocity, "
-    "params_version, last_seq")
+    "params_version, fold, last_seq")
 #: Staging tables: rows are COPYed in (fast), then merged with one INSERT ... ON CONFLICT.
 STAGING = {
     "events_in": "events",
@@ -51,8 +51,13 @@ ON CONFLICT (workspace_id, person_a, person_b) DO UPDATE SET
     score_at_last_contact = EXCLUDED.score_at_last_contact,
     deepest_meeting = EXCLUDED.deepest_meeting, one_sided = EXCLUDED.one_sided,
     can_vouch = EXCLUDED.can_vouch, reciprocity = EXCLUDED.reciprocity,
-    params_version = EXCLUDED.params_version, last_seq = EXCLUDED.last_seq
+    params_version = EXCLUDED.params_version, fold = EXCLUDED.fold,
+    last_seq = EXCLUDED.last_seq
 """
+
+
+def _key_arrays(keys: Sequence[PairKey]) -> tuple[list[str], list[str], list[str]]:
+    return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
 
 
 async def _copy(conn: AsyncConnection[Any], table: str, cols: str,
@@ -207,7 +212,7 @@ class ProjectionStore:
         adds: list[tuple[Any, ...]] = []
         updates: list[tuple[Decoded, dict[str, Any]]] = []
         pair_rows: list[tuple[Any, ...]] = []
-        touched: set[PairKey] = set()  # pairs whose strength must be recomputed
+        touched: dict[PairKey, list[PairEvent]] = defaultdict(list)  # new events per pair
         retractions: list[Decoded] = []
         forgets: list[tuple[Decoded, str]] = []
         intros: list[tuple[Decoded, UUID, dict[str, Any]]] = []
@@ -244,7 +249,9 @@ class ProjectionStore:
                         json.dumps(r.detail),
                     )
                 )
-                touched.add((e.workspace_id, r.person_a, r.person_b))
+                touched[(e.workspace_id, r.person_a, r.person_b)].append(PairEvent(
+                    str(e.event_id), e.type, e.occurred_at, it.seq, r.person_a, r.person_b,
+                    r.detail))
             if ch.retracts is not None:
                 retractions.append(it)
             if ch.forgets is not None:
@@ -269,7 +276,7 @@ class ProjectionStore:
                     f"INSERT INTO pair_events_v1 ({PAIR_COLS}) SELECT {PAIR_COLS} "
                     "FROM pair_events_in ON CONFLICT DO NOTHING")
         if touched:
-            await self._recompute_pairs(conn, list(touched), items[-1].seq)
+            await self._fold_pairs(conn, touched, items[-1].seq)
         for it in retractions:
             await self._retract(conn, it, result)
         for it, person_id in forgets:
@@ -341,12 +348,53 @@ class ProjectionStore:
             (*values, it.event.occurred_at, it.seq, it.event.workspace_id, upd["person_id"]),
         )
 
+    async def _fold_pairs(
+        self, conn: AsyncConnection[Any], new: dict[PairKey, list[PairEvent]], seq: int
+    ) -> None:
+        """Fold each touched pair's new events into its stored state. A pair whose new events
+        are not all later than its stored state (a late event) is recomputed from its whole
+        history instead, because damping and caps depend on order."""
+        keys = sorted(new)  # a stable lock order keeps concurrent writers deadlock-free
+        cur = await conn.execute(
+            """SELECT s.workspace_id, s.person_a, s.person_b, s.fold FROM strength_v1 s
+               JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(ws, a, b)
+                 ON s.workspace_id = k.ws AND s.person_a = k.a AND s.person_b = k.b""",
+            _key_arrays(keys),
+        )
+        stored = {(ws, a, b): f for ws, a, b, f in await cur.fetchall()}
+        folds: dict[PairKey, Fold] = {}
+        late: list[PairKey] = []
+        for key in keys:
+            fold = self._continued(stored.get(key), new[key])
+            if fold is None:
+                late.append(key)
+            else:
+                folds[key] = fold
+        if late:
+            folds.update(await self._history_folds(conn, late))
+        await self._write_strength(conn, folds, [k for k in late if k not in folds], seq)
+
+    def _continued(self, state: dict[str, Any] | None, events: list[PairEvent]) -> Fold | None:
+        """The stored fold continued with ``events``, or None when one of them is late."""
+        events = sorted(events, key=lambda e: (e.occurred_at, e.seq, e.event_id))
+        fold = (Fold(events[0].person_a, events[0].person_b) if state is None
+                else Fold.from_dict(state))
+        for e in events:
+            if not fold.accepts(e):
+                return None
+            fold.add(e, self.params)
+        return fold
+
     async def _recompute_pairs(
         self, conn: AsyncConnection[Any], keys: list[PairKey], seq: int
     ) -> None:
-        """Recompute the strength of every touched pair from its stored events with the pure
-        model (late events, retractions and burst damping all need the whole pair history)."""
-        keys = sorted(set(keys))  # a stable lock order keeps concurrent writers deadlock-free
+        """Recompute the strength of ``keys`` from their stored (unretracted) events."""
+        keys = sorted(set(keys))
+        folds = await self._history_folds(conn, keys)
+        await self._write_strength(conn, folds, [k for k in keys if k not in folds], seq)
+
+    async def _history_folds(self, conn: AsyncConnection[Any], keys: list[PairKey]
+                             ) -> dict[PairKey, Fold]:
         cur = await conn.execute(
             """SELECT p.workspace_id, p.person_a, p.person_b, p.event_id, p.seq, p.type,
                       p.occurred_at, p.detail
@@ -354,14 +402,22 @@ class ProjectionStore:
                JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(ws, a, b)
                  ON p.workspace_id = k.ws AND p.person_a = k.a AND p.person_b = k.b
                WHERE NOT p.retracted""",
-            ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+            _key_arrays(keys),
         )
         history: dict[PairKey, list[PairEvent]] = defaultdict(list)
         for ws, a, b, eid, eseq, etype, occurred, detail in await cur.fetchall():
             history[(ws, a, b)].append(
                 PairEvent(str(eid), etype, occurred, int(eseq), a, b, detail))
-        rows = [self._strength_row(k, history[k], seq) for k in keys if history.get(k)]
-        gone = [k for k in keys if not history.get(k)]
+        out: dict[PairKey, Fold] = {}
+        for key, events in history.items():
+            fold = Fold.of(events, self.params)
+            if fold is not None:
+                out[key] = fold
+        return out
+
+    async def _write_strength(self, conn: AsyncConnection[Any], folds: dict[PairKey, Fold],
+                              gone: list[PairKey], seq: int) -> None:
+        rows = [self._strength_row(k, folds[k], seq) for k in sorted(folds)]
         async with conn.cursor() as c:
             if rows:
                 await _copy(conn, "strength_in", STRENGTH_COLS, rows)
@@ -371,18 +427,19 @@ class ProjectionStore:
                     "DELETE FROM strength_v1 WHERE workspace_id = %s AND person_a = %s "
                     "AND person_b = %s", gone)
 
-    def _strength_row(self, key: PairKey, events: list[PairEvent], seq: int) -> tuple[Any, ...]:
-        s = strength(events, self.params)
-        counts = Counter(e.type for e in events)
+    def _strength_row(self, key: PairKey, fold: Fold, seq: int) -> tuple[Any, ...]:
+        s = fold.strength(self.params)
+        counts = fold.counts
         vouch = vouches(s, self.params)
         st = s.state
         return (
             *key, s.score, s.tier, st.at, st.fast, st.slow, st.reciprocity_factor, st.rating,
-            len(events), counts["relationship.met"], counts["relationship.followed_up"],
-            counts["relationship.introduced"], counts["relationship.helped"],
-            counts["relationship.closeness_rated"], s.first_contact_at, s.last_contact_at,
-            s.score_at_last_contact, s.deepest_meeting, bool(s.reciprocity.get("one_sided")),
-            vouch, json.dumps(s.reciprocity), self.params.version, seq,
+            fold.event_count, counts.get("relationship.met", 0),
+            counts.get("relationship.followed_up", 0), counts.get("relationship.introduced", 0),
+            counts.get("relationship.helped", 0), counts.get("relationship.closeness_rated", 0),
+            s.first_contact_at, s.last_contact_at, s.score_at_last_contact, s.deepest_meeting,
+            bool(s.reciprocity.get("one_sided")), vouch, json.dumps(s.reciprocity),
+            self.params.version, json.dumps(fold.to_dict()), seq,
         )
 
     async def _retract(self, conn: AsyncConnection[Any], it: Decoded, result: BatchResult) -> None:

@@ -449,6 +449,113 @@ class DecayState:
         )
 
 
+class Fold:
+    """A pair's strength maintained event by event: what a read model stores so that a new
+    event costs one step instead of a recompute of the pair's whole history.
+
+    Events must be folded in canonical order (:meth:`accepts` says whether one may come next).
+    The accumulators are kept decayed to :attr:`at`, the time of the latest folded event, so
+    :meth:`strength` equals :func:`strength` over the same events up to floating-point rounding
+    (a product of decays instead of one decay per event). Everything else (damping, caps,
+    reciprocity, ratings) runs through the very rules :func:`strength` uses. A late event or a
+    retraction needs :meth:`of` over the pair's whole stored history instead.
+    """
+
+    def __init__(self, person_a: str, person_b: str) -> None:
+        self.acc = _Acc(person_a, person_b)
+        self.at: datetime | None = None
+        self.last_key: tuple[datetime, int, str] | None = None
+        self.fast = 0.0
+        self.slow = 0.0
+        self.counts: dict[str, int] = {}
+        self.score_at_last_contact: float | None = None
+
+    @classmethod
+    def of(cls, events: Iterable[PairEvent], params: Params = PARAMS) -> Fold | None:
+        """The fold of a pair's whole history (None when there are no events)."""
+        ordered = _canonical(events)
+        if not ordered:
+            return None
+        fold = cls(ordered[0].person_a, ordered[0].person_b)
+        for e in ordered:
+            fold.add(e, params)
+        return fold
+
+    @property
+    def event_count(self) -> int:
+        return sum(self.counts.values())
+
+    def accepts(self, e: PairEvent) -> bool:
+        """Whether ``e`` comes after every folded event in canonical order."""
+        return self.last_key is None or (e.occurred_at, e.seq, e.event_id) > self.last_key
+
+    def add(self, e: PairEvent, params: Params = PARAMS) -> None:
+        """Fold in the next event (the caller has checked :meth:`accepts`)."""
+        points, _ = self.acc.step(e, params)
+        if self.at is not None:
+            days = _days(self.at, e.occurred_at)
+            self.fast *= _decay(days, params.fast_half_life_days)
+            self.slow *= _decay(days, params.slow_half_life_days)
+        s = params.slow_share
+        self.fast += (1 - s) * points
+        self.slow += s * points
+        self.at = e.occurred_at
+        self.last_key = (e.occurred_at, e.seq, e.event_id)
+        self.counts[e.type] = self.counts.get(e.type, 0) + 1
+        if self.acc.last == e.occurred_at:
+            # Same rule as strength(): the score at the last contact includes every event at
+            # that instant, so the latest one at it sets it.
+            factor = float(_reciprocity(self.acc.sides, self.acc.a, self.acc.b,
+                                        params)["factor"])
+            rating = self.acc.rating_at(e.occurred_at, params)
+            self.score_at_last_contact = _score(self.fast + self.slow, factor, rating, params)
+
+    def strength(self, params: Params = PARAMS) -> Strength:
+        """The strength at :attr:`at` (without per-event contributions)."""
+        if self.at is None:
+            return _compute([], params, None)
+        result = self.acc.result(self.fast, self.slow, self.at, params)
+        return replace(result, score_at_last_contact=self.score_at_last_contact)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready state; floats and times round-trip exactly."""
+        acc = self.acc
+        return {
+            "a": acc.a, "b": acc.b, "at": _iso(self.at), "fast": self.fast, "slow": self.slow,
+            "key": None if self.last_key is None else [
+                self.last_key[0].isoformat(), self.last_key[1], self.last_key[2]],
+            "counts": self.counts, "salc": self.score_at_last_contact,
+            "sides": {p: [x.initiated, x.followed_up, x.replies, x.helped, x.introduced,
+                          x.effort] for p, x in acc.sides.items()},
+            "burst": {k: [t.isoformat(), n] for k, (t, n) in acc.burst.items()},
+            "res": {d: [f, sl, t.isoformat()] for d, (f, sl, t) in acc.reservoirs.items()},
+            "ratings": {r: [t.isoformat(), v] for r, (t, v) in acc.ratings.items()},
+            "first": _iso(acc.first), "last": _iso(acc.last), "deepest": acc.deepest,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Fold:
+        fold = cls(d["a"], d["b"])
+        acc = fold.acc
+        fold.at = _time(d["at"])
+        fold.fast, fold.slow = float(d["fast"]), float(d["slow"])
+        key = d["key"]
+        fold.last_key = None if key is None else (
+            datetime.fromisoformat(key[0]), int(key[1]), str(key[2]))
+        fold.counts = {k: int(v) for k, v in d["counts"].items()}
+        fold.score_at_last_contact = None if d["salc"] is None else float(d["salc"])
+        for p, (i, f, r, h, n, eff) in d["sides"].items():
+            acc.sides[p] = _Side(int(i), int(f), int(r), int(h), int(n), float(eff))
+        acc.burst = {k: (datetime.fromisoformat(t), int(n)) for k, (t, n) in d["burst"].items()}
+        acc.reservoirs = {k: (float(f), float(sl), datetime.fromisoformat(t))
+                          for k, (f, sl, t) in d["res"].items()}
+        acc.ratings = {k: (datetime.fromisoformat(t), int(v))
+                       for k, (t, v) in d["ratings"].items()}
+        acc.first, acc.last = _time(d["first"]), _time(d["last"])
+        acc.deepest = d["deepest"]
+        return fold
+
+
 @dataclass(frozen=True)
 class Strength:
     """The strength of one tie at ``as_of``, with everything needed to explain it."""
@@ -764,6 +871,10 @@ def _iso(t: datetime | None) -> str | None:
     return None if t is None else t.isoformat()
 
 
+def _time(iso: str | None) -> datetime | None:
+    return None if iso is None else datetime.fromisoformat(iso)
+
+
 def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
@@ -843,6 +954,134 @@ def _raw_points(e: PairEvent, params: Params) -> tuple[float, str, str, str | No
     return 0.0, f"{e.type}: not part of the strength model", e.type, None, None
 
 
+class _Acc:
+    """What the model accumulates while it walks a pair's events in canonical order: who did
+    what (reciprocity), the bursts and shallow-depth reservoirs (damping), the latest rating of
+    each rater, first/last contact and the deepest meeting. :func:`_compute` and :class:`Fold`
+    share it, so a read model folded event by event applies exactly the rules of a recompute."""
+
+    def __init__(self, a: str, b: str) -> None:
+        self.a, self.b = a, b
+        self.sides = {a: _Side(), b: _Side()}
+        self.burst: dict[str, tuple[datetime, int]] = {}
+        # Reservoirs of capped shallow depths: depth -> (fast, slow, as of when).
+        self.reservoirs: dict[str, tuple[float, float, datetime]] = {}
+        self.ratings: dict[str, tuple[datetime, int]] = {}
+        self.first: datetime | None = None
+        self.last: datetime | None = None
+        self.deepest: str | None = None
+
+    def step(self, e: PairEvent, params: Params) -> tuple[float, str]:
+        """Take one event (the next in canonical order); return its points after burst damping
+        and the card cap, and the human reason."""
+        raw, reason, kind, actor, responder = _raw_points(e, params)
+        if e.type == RATED:
+            rater = str(e.detail.get("rater", ""))
+            given = min(max(int(e.detail.get("rating", 3)), 1), 5)
+            self.ratings[rater] = (e.occurred_at, given)
+            level = params.rating_scores[str(given)]
+            return 0.0, f"closeness rated {given}/5 by {rater} (score level {level:g})"
+        if e.type in CONTACT_TYPES:
+            self.first = e.occurred_at if self.first is None else self.first
+            self.last = e.occurred_at
+        if e.type == MET:
+            depth = str(e.detail.get("depth", "conversation"))
+            if depth in DEPTHS and (
+                self.deepest is None or DEPTHS.index(depth) > DEPTHS.index(self.deepest)
+            ):
+                self.deepest = depth
+        points = raw
+        if raw > 0:
+            points, reason = self._damp(e, kind, points, reason, params)
+        depth = str(e.detail.get("depth"))
+        if e.type == MET and depth in params.shallow_cap_points and points > 0:
+            points, reason = self._cap(e, depth, points, reason, params)
+        self._effort(e, actor, responder, params)
+        return points, reason
+
+    def _damp(self, e: PairEvent, kind: str, points: float, reason: str, params: Params
+              ) -> tuple[float, str]:
+        start, k = self.burst.get(kind, (e.occurred_at, -1))
+        if _days(start, e.occurred_at) <= params.burst_window_days:
+            k += 1
+        else:
+            start, k = e.occurred_at, 0
+        self.burst[kind] = (start, k)
+        if k > 0:
+            points *= params.burst_factor**k
+            reason += f"; {_ordinal(k + 1)} of a burst (x{params.burst_factor**k:g})"
+        return points, reason
+
+    def _cap(self, e: PairEvent, depth: str, points: float, reason: str, params: Params
+             ) -> tuple[float, str]:
+        s = params.slow_share
+        r_fast, r_slow, r_at = self.reservoirs.get(depth, (0.0, 0.0, e.occurred_at))
+        dt = _days(r_at, e.occurred_at)
+        r_fast *= _decay(dt, params.fast_half_life_days)
+        r_slow *= _decay(dt, params.slow_half_life_days)
+        cap = params.shallow_cap_points[depth]
+        room = max(cap - (r_fast + r_slow), 0.0)
+        if points > room:
+            points = room
+            reason += f"; capped: {depth.replace('_', ' ')}s add up to {cap:g} points at most"
+        self.reservoirs[depth] = (r_fast + (1 - s) * points, r_slow + s * points, e.occurred_at)
+        return points, reason
+
+    def _effort(self, e: PairEvent, actor: str | None, responder: str | None,
+                params: Params) -> None:
+        if actor is not None:
+            side = self.sides[actor]
+            side.effort += 1.0
+            if e.type == MET:
+                side.initiated += 1
+            elif e.type == FOLLOWED_UP:
+                side.followed_up += 1
+            elif e.type == HELPED:
+                side.helped += 1
+            elif e.type == INTRODUCED:
+                side.introduced += 1
+        if responder is not None:
+            self.sides[responder].replies += 1
+            self.sides[responder].effort += params.reply_effort
+
+    def rating_at(self, as_of: datetime, params: Params) -> float | None:
+        """The mean decayed rating level at ``as_of`` (None without ratings)."""
+        if not self.ratings:
+            return None
+        levels = [
+            params.rating_scores[str(r)] * _decay(_days(t, as_of), params.rating_half_life_days)
+            for t, r in self.ratings.values()
+        ]
+        return math.fsum(sorted(levels)) / len(levels)
+
+    def result(self, fast: float, slow: float, as_of: datetime, params: Params,
+               contributions: tuple[Contribution, ...] = ()) -> Strength:
+        """The :class:`Strength` at ``as_of`` given the decayed accumulators there."""
+        reciprocity = _reciprocity(self.sides, self.a, self.b, params)
+        factor = float(reciprocity["factor"])
+        rating = self.rating_at(as_of, params)
+        score = _score(fast + slow, factor, rating, params)
+        return Strength(
+            score=score,
+            tier=tier_for(score, params),
+            contributions=contributions,
+            fast=fast,
+            slow=slow,
+            rating=rating,
+            reciprocity=reciprocity,
+            last_contact_at=self.last,
+            first_contact_at=self.first,
+            days_since_contact=None if self.last is None else _days(self.last, as_of),
+            as_of=as_of,
+            person_a=self.a,
+            person_b=self.b,
+            behaviour_score=_score(fast + slow, factor, None, params),
+            reciprocity_factor=factor,
+            deepest_meeting=self.deepest,
+            params=params,
+        )
+
+
 def _compute(ordered: list[PairEvent], params: Params, as_of: datetime | None) -> Strength:
     """The strength of canonical, de-duplicated, already-cut-off events at ``as_of``."""
     if not ordered or as_of is None:
@@ -860,72 +1099,9 @@ def _compute(ordered: list[PairEvent], params: Params, as_of: datetime | None) -
             as_of=as_of,
             params=params,
         )
-    a, b = ordered[0].person_a, ordered[0].person_b
-    sides = {a: _Side(), b: _Side()}
-    burst: dict[str, tuple[datetime, int]] = {}
-    # Reservoirs of capped shallow depths: depth -> (fast, slow, as of when).
-    reservoirs: dict[str, tuple[float, float, datetime]] = {}
-    staged: list[tuple[PairEvent, float, str]] = []
-    ratings: dict[str, tuple[datetime, int]] = {}
-    first = last = None
-    deepest: str | None = None
+    acc = _Acc(ordered[0].person_a, ordered[0].person_b)
+    staged = [(e, *acc.step(e, params)) for e in ordered]
     s = params.slow_share
-    for e in ordered:
-        raw, reason, kind, actor, responder = _raw_points(e, params)
-        if e.type == RATED:
-            rater = str(e.detail.get("rater", ""))
-            given = min(max(int(e.detail.get("rating", 3)), 1), 5)
-            ratings[rater] = (e.occurred_at, given)
-            level = params.rating_scores[str(given)]
-            reason = f"closeness rated {given}/5 by {rater} (score level {level:g})"
-            staged.append((e, 0.0, reason))
-            continue
-        if e.type in CONTACT_TYPES:
-            first = e.occurred_at if first is None else first
-            last = e.occurred_at
-        if e.type == MET:
-            depth = str(e.detail.get("depth", "conversation"))
-            if depth in DEPTHS and (deepest is None or DEPTHS.index(depth) > DEPTHS.index(deepest)):
-                deepest = depth
-        points = raw
-        if raw > 0:
-            start, k = burst.get(kind, (e.occurred_at, -1))
-            if _days(start, e.occurred_at) <= params.burst_window_days:
-                k += 1
-            else:
-                start, k = e.occurred_at, 0
-            burst[kind] = (start, k)
-            if k > 0:
-                points *= params.burst_factor**k
-                reason += f"; {_ordinal(k + 1)} of a burst (x{params.burst_factor**k:g})"
-        depth = str(e.detail.get("depth"))
-        if e.type == MET and depth in params.shallow_cap_points and points > 0:
-            r_fast, r_slow, r_at = reservoirs.get(depth, (0.0, 0.0, e.occurred_at))
-            dt = _days(r_at, e.occurred_at)
-            r_fast *= _decay(dt, params.fast_half_life_days)
-            r_slow *= _decay(dt, params.slow_half_life_days)
-            cap = params.shallow_cap_points[depth]
-            room = max(cap - (r_fast + r_slow), 0.0)
-            if points > room:
-                points = room
-                reason += f"; capped: {depth.replace('_', ' ')}s add up to {cap:g} points at most"
-            reservoirs[depth] = (r_fast + (1 - s) * points, r_slow + s * points, e.occurred_at)
-        if actor is not None:
-            side = sides[actor]
-            side.effort += 1.0
-            if e.type == MET:
-                side.initiated += 1
-            elif e.type == FOLLOWED_UP:
-                side.followed_up += 1
-            elif e.type == HELPED:
-                side.helped += 1
-            elif e.type == INTRODUCED:
-                side.introduced += 1
-        if responder is not None:
-            sides[responder].replies += 1
-            sides[responder].effort += params.reply_effort
-        staged.append((e, points, reason))
-
     fast = slow = 0.0
     contributions: list[Contribution] = []
     for e, points, reason in staged:
@@ -937,36 +1113,7 @@ def _compute(ordered: list[PairEvent], params: Params, as_of: datetime | None) -
         contributions.append(
             Contribution(e.event_id, e.type, e.occurred_at, points, f_part + s_part, reason)
         )
-    reciprocity = _reciprocity(sides, a, b, params)
-    factor = float(reciprocity["factor"])
-    rating = None
-    if ratings:
-        levels = [
-            params.rating_scores[str(r)] * _decay(_days(t, as_of), params.rating_half_life_days)
-            for t, r in ratings.values()
-        ]
-        rating = math.fsum(sorted(levels)) / len(levels)
-    behaviour = _score(fast + slow, factor, None, params)
-    score = _score(fast + slow, factor, rating, params)
-    return Strength(
-        score=score,
-        tier=tier_for(score, params),
-        contributions=tuple(contributions),
-        fast=fast,
-        slow=slow,
-        rating=rating,
-        reciprocity=reciprocity,
-        last_contact_at=last,
-        first_contact_at=first,
-        days_since_contact=None if last is None else _days(last, as_of),
-        as_of=as_of,
-        person_a=a,
-        person_b=b,
-        behaviour_score=behaviour,
-        reciprocity_factor=factor,
-        deepest_meeting=deepest,
-        params=params,
-    )
+    return acc.result(fast, slow, as_of, params, tuple(contributions))
 
 
 def _reciprocity(

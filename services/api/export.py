@@ -129,7 +129,7 @@ async def _render_pairs(rt: Runtime, ws: str, rows: list[Row]) -> tuple[list[byt
     for r in rows:
         people.add(r["person_a"])
         people.add(r["person_b"])
-        lines.append(_line({k: v for k, v in r.items() if k != "workspace_id"}))
+        lines.append(_line({k: v for k, v in r.items() if k not in NOT_EXPORTED}))
     return lines, people
 
 
@@ -198,10 +198,14 @@ WHERE workspace_id = %(ws)s AND (%(as_of)s::timestamptz IS NULL OR added_at <= %
 ORDER BY person_id
 """
 
-#: Every column of the strength read model as it is (its shape belongs to the strength model).
+#: Every column of the strength read model as it is (its shape belongs to the strength model),
+#: except ``fold``: the model's running state keyed by stream positions, bookkeeping that means
+#: nothing outside this projection.
 STRENGTH_SQL = """
 SELECT * FROM strength_v1 WHERE workspace_id = %(ws)s ORDER BY person_a, person_b
 """
+#: Columns a pair export leaves out (see STRENGTH_SQL).
+NOT_EXPORTED = frozenset({"workspace_id", "fold"})
 
 TIMELINE_SQL = """
 SELECT t.person_a, t.person_b, t.event_id, t.seq, t.type, t.occurred_at, t.recorded_at,

@@ -303,9 +303,26 @@ class StreamMsg:
         return obj.get("event_id") if isinstance(obj, dict) else None
 
 
-async def read_stream(js: JetStreamContext, stream: str, subjects: str) -> list[StreamMsg]:
+async def read_stream(
+    js: JetStreamContext, stream: str, subjects: str, *, within: float = 60.0
+) -> list[StreamMsg]:
     """Every message of ``stream`` on ``subjects``, in order, via an ephemeral pull consumer
-    that acknowledges nothing (it leaves no trace on the projection's consumer)."""
+    that acknowledges nothing (it leaves no trace on the projection's consumer).
+
+    Right after a cluster node restarts, the new consumer may have no leader yet and a fetch
+    answers 503; that is an election, not a verdict, so the read starts over until ``within``.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await _read_stream_once(js, stream, subjects)
+        except Exception as exc:
+            if not is_retriable(exc) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def _read_stream_once(js: JetStreamContext, stream: str, subjects: str) -> list[StreamMsg]:
     info = await js.stream_info(stream)
     last = int(info.state.last_seq)
     if last == 0:

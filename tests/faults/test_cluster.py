@@ -273,6 +273,12 @@ async def test_cluster_leader_and_follower_loss_lose_and_double_nothing(tmp_path
                     await asyncio.sleep(rng.uniform(0.5, 1.5))
                     await asyncio.to_thread(node.start)
                 await publishing
+                # The restarted follower must have rejoined before the stream is read back.
+                await wait_for(
+                    lambda: replicas_current(js, settings.stream_name),
+                    within=60,
+                    what="all replicas current after the restarts",
+                )
                 last = await stream_last_seq(js, settings.stream_name)
 
                 async def caught_up() -> bool:

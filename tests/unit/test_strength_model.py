@@ -15,6 +15,7 @@ from projections.strength_model import (
     PARAMS,
     TIERS,
     DecayState,
+    Fold,
     PairEvent,
     Params,
     assign_tiers,
@@ -569,3 +570,55 @@ def test_vouches_gives_the_same_verdict_as_can_vouch() -> None:
         verdicts.add(vouches(s))
         assert vouches(s) == can_vouch(s)[0]
     assert verdicts == {True, False}
+
+
+# --- the read model's incremental fold ------------------------------------------------------------
+
+
+def _close(x: float | None, y: float | None) -> bool:
+    if x is None or y is None:
+        return x is y
+    return abs(x - y) <= 1e-9 * max(1.0, abs(x), abs(y))
+
+
+@PROPERTY
+@given(histories(max_size=40))
+def test_folding_events_one_by_one_gives_the_strength_of_the_whole_history(
+    events: list[PairEvent],
+) -> None:
+    fold = Fold.of(events)
+    assert fold is not None
+    folded, whole = fold.strength(), strength(events)
+    assert _close(folded.score, whole.score)
+    assert _close(folded.fast, whole.fast) and _close(folded.slow, whole.slow)
+    assert _close(folded.rating, whole.rating)
+    assert _close(folded.score_at_last_contact, whole.score_at_last_contact)
+    assert folded.reciprocity == whole.reciprocity
+    assert (folded.first_contact_at, folded.last_contact_at, folded.deepest_meeting) == (
+        whole.first_contact_at, whole.last_contact_at, whole.deepest_meeting)
+    assert fold.event_count == len({e.event_id for e in events})
+
+
+@PROPERTY
+@given(histories(max_size=40), st.integers(0, 40))
+def test_a_fold_stored_as_json_and_continued_is_bit_identical_to_one_fold(
+    events: list[PairEvent], cut: int
+) -> None:
+    ordered = sorted({e.event_id: e for e in events}.values(),
+                     key=lambda e: (e.occurred_at, e.seq, e.event_id))
+    head, tail = ordered[:cut], ordered[cut:]
+    stored = Fold.of(head)
+    resumed = Fold.from_dict(json.loads(json.dumps(stored.to_dict()))) if stored else Fold(A, B)
+    for e in tail:
+        assert resumed.accepts(e)
+        resumed.add(e)
+    once = Fold.of(ordered)
+    assert once is not None
+    assert resumed.to_dict() == once.to_dict()
+
+
+def test_a_fold_refuses_an_event_older_than_its_latest() -> None:
+    fold = Fold.of([met(1, T0 + timedelta(days=3))])
+    assert fold is not None
+    assert not fold.accepts(met(2, T0 + timedelta(days=1)))
+    assert fold.accepts(met(3, T0 + timedelta(days=4)))
