@@ -7,13 +7,13 @@ already archived (a re-send beyond JetStream's dedupe window) changes nothing ei
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+import orjson
 from psycopg import AsyncConnection
 
 from events_schema.models import Event
@@ -54,6 +54,10 @@ ON CONFLICT (workspace_id, person_a, person_b) DO UPDATE SET
     params_version = EXCLUDED.params_version, fold = EXCLUDED.fold,
     last_seq = EXCLUDED.last_seq
 """
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _key_arrays(keys: Sequence[PairKey]) -> tuple[list[str], list[str], list[str]]:
@@ -246,7 +250,7 @@ class ProjectionStore:
                         e.occurred_at,
                         e.recorded_at,
                         e.recorded_by,
-                        json.dumps(r.detail),
+                        _json(r.detail),
                     )
                 )
                 touched[(e.workspace_id, r.person_a, r.person_b)].append(PairEvent(
@@ -356,12 +360,12 @@ class ProjectionStore:
         history instead, because damping and caps depend on order."""
         keys = sorted(new)  # a stable lock order keeps concurrent writers deadlock-free
         cur = await conn.execute(
-            """SELECT s.workspace_id, s.person_a, s.person_b, s.fold FROM strength_v1 s
+            """SELECT s.workspace_id, s.person_a, s.person_b, s.fold::text FROM strength_v1 s
                JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(ws, a, b)
                  ON s.workspace_id = k.ws AND s.person_a = k.a AND s.person_b = k.b""",
             _key_arrays(keys),
         )
-        stored = {(ws, a, b): f for ws, a, b, f in await cur.fetchall()}
+        stored = {(ws, a, b): orjson.loads(f) for ws, a, b, f in await cur.fetchall()}
         folds: dict[PairKey, Fold] = {}
         late: list[PairKey] = []
         for key in keys:
@@ -438,8 +442,8 @@ class ProjectionStore:
             counts.get("relationship.followed_up", 0), counts.get("relationship.introduced", 0),
             counts.get("relationship.helped", 0), counts.get("relationship.closeness_rated", 0),
             s.first_contact_at, s.last_contact_at, s.score_at_last_contact, s.deepest_meeting,
-            bool(s.reciprocity.get("one_sided")), vouch, json.dumps(s.reciprocity),
-            self.params.version, json.dumps(fold.to_dict()), seq,
+            bool(s.reciprocity.get("one_sided")), vouch, _json(s.reciprocity),
+            self.params.version, fold.to_json(), seq,
         )
 
     async def _retract(self, conn: AsyncConnection[Any], it: Decoded, result: BatchResult) -> None:

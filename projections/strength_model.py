@@ -78,8 +78,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import orjson
 
 TIERS: tuple[str, ...] = ("intimate", "close", "friend", "acquaintance", "contact")
 """Dunbar-like layers, innermost first: ~5 / ~15 / ~50 / ~150 people, then everyone else."""
@@ -469,6 +471,7 @@ class Fold:
         self.slow = 0.0
         self.counts: dict[str, int] = {}
         self.score_at_last_contact: float | None = None
+        self._at_last_contact = False
 
     @classmethod
     def of(cls, events: Iterable[PairEvent], params: Params = PARAMS) -> Fold | None:
@@ -491,6 +494,8 @@ class Fold:
 
     def add(self, e: PairEvent, params: Params = PARAMS) -> None:
         """Fold in the next event (the caller has checked :meth:`accepts`)."""
+        if self._at_last_contact:
+            self._settle(params)  # the state is about to move past the last contact
         points, _ = self.acc.step(e, params)
         if self.at is not None:
             days = _days(self.at, e.occurred_at)
@@ -502,55 +507,61 @@ class Fold:
         self.at = e.occurred_at
         self.last_key = (e.occurred_at, e.seq, e.event_id)
         self.counts[e.type] = self.counts.get(e.type, 0) + 1
-        if self.acc.last == e.occurred_at:
-            # Same rule as strength(): the score at the last contact includes every event at
-            # that instant, so the latest one at it sets it.
-            factor = float(_reciprocity(self.acc.sides, self.acc.a, self.acc.b,
-                                        params)["factor"])
-            rating = self.acc.rating_at(e.occurred_at, params)
-            self.score_at_last_contact = _score(self.fast + self.slow, factor, rating, params)
+        # Same rule as strength(): the score at the last contact includes every event at that
+        # instant, so it is the score after the latest one at it. Computed lazily (_settle).
+        self._at_last_contact = self.acc.last == e.occurred_at
+
+    def _settle(self, params: Params) -> None:
+        self.score_at_last_contact = self.acc.result(self.fast, self.slow, self.at or _EPOCH,
+                                                     params).score
+        self._at_last_contact = False
 
     def strength(self, params: Params = PARAMS) -> Strength:
         """The strength at :attr:`at` (without per-event contributions)."""
         if self.at is None:
             return _compute([], params, None)
-        result = self.acc.result(self.fast, self.slow, self.at, params)
-        return replace(result, score_at_last_contact=self.score_at_last_contact)
+        result = self.acc.result(self.fast, self.slow, self.at, params,
+                                 score_at_last_contact=self.score_at_last_contact,
+                                 at_last_contact=self._at_last_contact)
+        self.score_at_last_contact = result.score_at_last_contact
+        self._at_last_contact = False
+        return result
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready state; floats and times round-trip exactly."""
+        """The state as JSON-ready values, except that times stay datetimes (:meth:`to_json`
+        writes them as ISO 8601); floats and times round-trip exactly."""
+        if self._at_last_contact:
+            raise RuntimeError("call strength() before storing a fold")  # settles the score
         acc = self.acc
         return {
-            "a": acc.a, "b": acc.b, "at": _iso(self.at), "fast": self.fast, "slow": self.slow,
-            "key": None if self.last_key is None else [
-                self.last_key[0].isoformat(), self.last_key[1], self.last_key[2]],
-            "counts": self.counts, "salc": self.score_at_last_contact,
-            "sides": {p: [x.initiated, x.followed_up, x.replies, x.helped, x.introduced,
-                          x.effort] for p, x in acc.sides.items()},
-            "burst": {k: [t.isoformat(), n] for k, (t, n) in acc.burst.items()},
-            "res": {d: [f, sl, t.isoformat()] for d, (f, sl, t) in acc.reservoirs.items()},
-            "ratings": {r: [t.isoformat(), v] for r, (t, v) in acc.ratings.items()},
-            "first": _iso(acc.first), "last": _iso(acc.last), "deepest": acc.deepest,
+            "a": acc.a, "b": acc.b, "at": self.at, "fast": self.fast, "slow": self.slow,
+            "key": self.last_key, "counts": self.counts, "salc": self.score_at_last_contact,
+            "sides": {p: (x.initiated, x.followed_up, x.replies, x.helped, x.introduced,
+                          x.effort) for p, x in acc.sides.items()},
+            "burst": acc.burst, "res": acc.reservoirs, "ratings": acc.ratings,
+            "first": acc.first, "last": acc.last, "deepest": acc.deepest,
         }
+
+    def to_json(self) -> str:
+        return orjson.dumps(self.to_dict()).decode()
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Fold:
+        """The inverse of :meth:`to_dict`, also after a JSON round trip (times as ISO 8601)."""
         fold = cls(d["a"], d["b"])
         acc = fold.acc
         fold.at = _time(d["at"])
         fold.fast, fold.slow = float(d["fast"]), float(d["slow"])
         key = d["key"]
         fold.last_key = None if key is None else (
-            datetime.fromisoformat(key[0]), int(key[1]), str(key[2]))
+            _dt(key[0]), int(key[1]), str(key[2]))
         fold.counts = {k: int(v) for k, v in d["counts"].items()}
         fold.score_at_last_contact = None if d["salc"] is None else float(d["salc"])
         for p, (i, f, r, h, n, eff) in d["sides"].items():
             acc.sides[p] = _Side(int(i), int(f), int(r), int(h), int(n), float(eff))
-        acc.burst = {k: (datetime.fromisoformat(t), int(n)) for k, (t, n) in d["burst"].items()}
-        acc.reservoirs = {k: (float(f), float(sl), datetime.fromisoformat(t))
-                          for k, (f, sl, t) in d["res"].items()}
-        acc.ratings = {k: (datetime.fromisoformat(t), int(v))
-                       for k, (t, v) in d["ratings"].items()}
+        acc.burst = {k: (_dt(t), int(n)) for k, (t, n) in d["burst"].items()}
+        acc.reservoirs = {k: (float(f), float(sl), _dt(t)) for k, (f, sl, t) in d["res"].items()}
+        acc.ratings = {k: (_dt(t), int(v)) for k, (t, v) in d["ratings"].items()}
         acc.first, acc.last = _time(d["first"]), _time(d["last"])
         acc.deepest = d["deepest"]
         return fold
@@ -871,8 +882,15 @@ def _iso(t: datetime | None) -> str | None:
     return None if t is None else t.isoformat()
 
 
-def _time(iso: str | None) -> datetime | None:
-    return None if iso is None else datetime.fromisoformat(iso)
+def _time(v: str | datetime | None) -> datetime | None:
+    return None if v is None else _dt(v)
+
+
+def _dt(v: str | datetime) -> datetime:
+    return v if isinstance(v, datetime) else datetime.fromisoformat(v)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _round(x: float | None) -> float | None:
@@ -1055,8 +1073,12 @@ class _Acc:
         return math.fsum(sorted(levels)) / len(levels)
 
     def result(self, fast: float, slow: float, as_of: datetime, params: Params,
-               contributions: tuple[Contribution, ...] = ()) -> Strength:
-        """The :class:`Strength` at ``as_of`` given the decayed accumulators there."""
+               contributions: tuple[Contribution, ...] = (),
+               score_at_last_contact: float | None = None,
+               at_last_contact: bool = False) -> Strength:
+        """The :class:`Strength` at ``as_of`` given the decayed accumulators there;
+        ``at_last_contact``: ``as_of`` is the last contact, so the score is also the score at it.
+        """
         reciprocity = _reciprocity(self.sides, self.a, self.b, params)
         factor = float(reciprocity["factor"])
         rating = self.rating_at(as_of, params)
@@ -1078,6 +1100,7 @@ class _Acc:
             behaviour_score=_score(fast + slow, factor, None, params),
             reciprocity_factor=factor,
             deepest_meeting=self.deepest,
+            score_at_last_contact=score if at_last_contact else score_at_last_contact,
             params=params,
         )
 

@@ -11,6 +11,7 @@ it keeps flowing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -132,6 +133,7 @@ class Worker:
         self._sub: JetStreamContext.PullSubscription | None = None
         self._stopping = asyncio.Event()
         self._last_gen_check = 0.0
+        self._prefetch: asyncio.Task[list[Msg] | BaseException] | None = None
 
     @property
     def consumer(self) -> str:
@@ -270,6 +272,12 @@ class Worker:
         self._stopping.set()
 
     async def close(self) -> None:
+        if self._prefetch is not None:
+            # Its messages stay unacknowledged; the next start reads from the checkpoint.
+            self._prefetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._prefetch
+            self._prefetch = None
         for conn in (self.pg, self._lock_conn):
             if conn is not None:
                 await conn.close()
@@ -285,27 +293,31 @@ class Worker:
     # -- one batch ------------------------------------------------------------------------
 
     async def run_once(self) -> BatchResult | None:
-        """Fetch one batch, apply it, acknowledge it. Returns None when nothing arrived."""
-        assert self._sub is not None
-        try:
-            msgs = await self._sub.fetch(
-                self.settings.batch_size, timeout=self.settings.fetch_timeout_s
-            )
-        except (TimeoutError, NatsTimeout):
-            return None
-        except TRANSIENT_NATS as exc:
+        """Fetch one batch, apply it, acknowledge it. Returns None when nothing arrived.
+
+        While a batch is being applied the next one is already being fetched (the fetch is
+        network wait and the apply mostly waits on PostgreSQL, so they overlap). That changes
+        nothing about exactly-once: batches are still applied one after the other in stream
+        order, and each is acknowledged only after its own commit.
+        """
+        pending, self._prefetch = self._prefetch, None
+        got = await pending if pending is not None else await self._fetch()
+        if isinstance(got, BaseException):
             # JetStream briefly unavailable (server restart, cluster election): wait, and if
             # our consumer is gone, subscribe again from the checkpoint.
-            log.warning("worker.fetch_retry", error=repr(exc))
+            log.warning("worker.fetch_retry", error=repr(got))
             await asyncio.sleep(0.5)
-            if isinstance(exc, (NotFoundError, ConnectionClosedError)):
+            if isinstance(got, (NotFoundError, ConnectionClosedError)):
                 await self._subscribe_from_checkpoint()
             return None
+        msgs = got
         if self.stop_at_seq is not None:
             # A bounded replay: never apply past the requested sequence.
             msgs = [m for m in msgs if m.metadata.sequence.stream <= self.stop_at_seq]
         if not msgs:
             return None
+        if not self._stopping.is_set():
+            self._prefetch = asyncio.create_task(self._fetch())
         items = [self._classify(m) for m in msgs]
         if self.until is not None:
             until = self.until
@@ -317,6 +329,19 @@ class Worker:
         await msgs[-1].ack()
         self._count(result)
         return result
+
+    async def _fetch(self) -> list[Msg] | BaseException:
+        """The next batch ([] when none came in time), or the transient error that stopped it
+        (the caller handles it, so a prefetch never touches the PostgreSQL connection)."""
+        assert self._sub is not None
+        try:
+            return await self._sub.fetch(
+                self.settings.batch_size, timeout=self.settings.fetch_timeout_s
+            )
+        except (TimeoutError, NatsTimeout):
+            return []
+        except TRANSIENT_NATS as exc:
+            return exc
 
     def _classify(self, msg: Msg) -> Item:
         seq = msg.metadata.sequence.stream

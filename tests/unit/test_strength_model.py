@@ -608,13 +608,16 @@ def test_a_fold_stored_as_json_and_continued_is_bit_identical_to_one_fold(
                      key=lambda e: (e.occurred_at, e.seq, e.event_id))
     head, tail = ordered[:cut], ordered[cut:]
     stored = Fold.of(head)
-    resumed = Fold.from_dict(json.loads(json.dumps(stored.to_dict()))) if stored else Fold(A, B)
+    if stored is not None:
+        stored.strength()  # what the projection does before it stores a fold
+    resumed = Fold.from_dict(json.loads(stored.to_json())) if stored else Fold(A, B)
     for e in tail:
         assert resumed.accepts(e)
         resumed.add(e)
     once = Fold.of(ordered)
     assert once is not None
-    assert resumed.to_dict() == once.to_dict()
+    assert resumed.strength() == once.strength()
+    assert resumed.to_json() == once.to_json()
 
 
 def test_a_fold_refuses_an_event_older_than_its_latest() -> None:
