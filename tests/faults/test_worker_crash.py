@@ -166,9 +166,12 @@ async def test_crash_between_fetch_and_commit_loses_nothing(tmp_path: Path) -> N
             first = Worker(admin)
             await first.start()
             await first.run_once()  # seqs 1-100 applied and acknowledged
-            assert first._sub is not None
-            held = await first._sub.fetch(100, timeout=5)  # seqs 101-200: fetched, then...
-            assert held[0].metadata.sequence.stream == 101
+            # While it applied them the worker already fetched the next batch (its prefetch):
+            assert first._prefetch is not None
+            held = await first._prefetch  # seqs 101-200: fetched, then...
+            assert not isinstance(held, BaseException)
+            assert held[0].metadata.sequence.stream == 101 and len(held) == 100
+            first._prefetch = None
             await first.close()  # ...the process dies: no commit, no ack
             second = Worker(admin)
             await second.start()
