@@ -12,7 +12,7 @@ raw limits (nats-py, as the NATS admin user, into a stream configured like tieli
   * ``publish_async`` with 4000 in flight (the reference for every ratio);
   * the same from 2 and 4 processes (does more publishers beat per-message fsync?).
 
-tieline, over HTTP with httpx from this process, events spread over existing people:
+tieline, over HTTP with aiohttp from this process, events spread over existing people:
   * single-event ``POST /events`` with 64 concurrent clients;
   * ``POST /events/batch`` JSON Lines, 500 events per request, 4 concurrent;
   * single events at a steady 1k events/s (latency from the scheduled send time).

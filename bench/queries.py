@@ -12,7 +12,7 @@ measurement, so the read models are loaded with COPY, but from rows the product 
    ids and sequence numbers; everything is COPYed (binary) into the live generation's tables,
    whatever columns they have today, then ANALYZEd.
 
-Then each endpoint is hammered by C concurrent httpx clients for a while; the reference for each
+Then each endpoint is hammered by C concurrent HTTP clients for a while; the reference for each
 is the same read-model query run in-process with psycopg at the same concurrency (no HTTP, auth
 or access-log write): the database floor. Endpoints that answer 404 (not there yet) are skipped
 and reported as such.

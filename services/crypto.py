@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import os
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -147,14 +148,18 @@ class KeyStore:
         return self.master.decrypt(stored[:12], stored[12:], f"{ws}/{pid}".encode())
 
     async def keys(
-        self, ws: str, people: list[str], *, create: bool = False
+        self, ws: str, people: Iterable[str], *, create: bool = False, fresh: bool = False
     ) -> dict[str, bytes | None]:
-        """Keys of ``people`` (None: destroyed, or missing when ``create`` is False)."""
+        """Keys of ``people`` (None: destroyed, or missing when ``create`` is False).
+
+        ``fresh``: read every key from PostgreSQL now, not from the cache (the write side does,
+        to see a forget by another service at once). One round trip when every key exists.
+        """
         now = time.monotonic()
         out: dict[str, bytes | None] = {}
         missing = []
         for p in set(people):
-            hit = self._cache.get((ws, p))
+            hit = None if fresh else self._cache.get((ws, p))
             if hit is not None and now - hit[0] < self.ttl_s:
                 out[p] = hit[1]
             else:
@@ -162,10 +167,12 @@ class KeyStore:
         if not missing:
             return out
         async with self.pool.connection() as conn:
-            if create:
+            found = await self._select(conn, ws, missing)
+            absent = [p for p in missing if p not in found]
+            if create and absent:
                 rows = [
                     (ws, p, self._wrap(ws, p, AESGCM.generate_key(256)), self.master is not None)
-                    for p in missing
+                    for p in absent
                 ]
                 async with conn.cursor() as cur:
                     await cur.executemany(
@@ -173,12 +180,7 @@ class KeyStore:
                         "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
                         rows,
                     )
-            cur2 = await conn.execute(
-                "SELECT person_id, key, wrapped FROM person_keys "
-                "WHERE workspace_id = %s AND person_id = ANY(%s)",
-                (ws, missing),
-            )
-            found = {r["person_id"]: r for r in await cur2.fetchall()}
+                found.update(await self._select(conn, ws, absent))
         for p in missing:
             r = found.get(p)
             key = (
@@ -190,6 +192,15 @@ class KeyStore:
                 self._cache[(ws, p)] = (now, key)
             out[p] = key
         return out
+
+    @staticmethod
+    async def _select(conn: Any, ws: str, people: list[str]) -> dict[str, Any]:
+        cur = await conn.execute(
+            "SELECT person_id, key, wrapped FROM person_keys "
+            "WHERE workspace_id = %s AND person_id = ANY(%s)",
+            (ws, people),
+        )
+        return {r["person_id"]: r for r in await cur.fetchall()}
 
     async def destroy(self, ws: str, person_id: str) -> bool:
         """Destroy a person's key: from now on their encrypted data is unreadable."""

@@ -9,7 +9,8 @@ server says ``duplicate``) and beyond it (the archive in PostgreSQL knows the id
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,7 +33,13 @@ from events_schema.models import (
 )
 from events_schema.registry import EventDecodeError, EventRegistry
 from services.config import Settings
-from services.crypto import KeyStore, PersonForgottenError, encrypt_event, key_people
+from services.crypto import (
+    WORKSPACE_KEY,
+    KeyStore,
+    PersonForgottenError,
+    encrypt_event,
+    key_people,
+)
 from services.infra.subjects import event_subject, person_added_subject
 
 log = structlog.get_logger(__name__)
@@ -81,6 +88,14 @@ class Outcome:
             d["error"] = self.error
             d["errors"] = self.errors
         return d
+
+
+@dataclass(frozen=True)
+class Command:
+    """What the lines of one command share (see :meth:`WriteSide.prepare`)."""
+
+    known: set[str]  # people that exist (on the log, or added by this command)
+    keys: dict[str, bytes | None]  # person -> key; None: forgotten (key destroyed)
 
 
 class Rejected(Exception):
@@ -192,76 +207,92 @@ class WriteSide:
             return False
         return True
 
-    def _status(self, ws: str, pid: str,
-                memo: dict[tuple[str, str], asyncio.Task[str]] | None) -> Awaitable[str]:
-        """One lookup per person per command: a batch naming the same people many times asks
-        the log once for each of them."""
-        if memo is None:
-            return self.person_status(ws, pid)
-        task = memo.get((ws, pid))
-        if task is None:
-            task = memo[(ws, pid)] = asyncio.ensure_future(self.person_status(ws, pid))
-        return task
+    def _refs(self, event: Event, obj: dict[str, Any]) -> list[tuple[list[str], str]]:
+        """(location, person id) of every existing person the event relies on."""
+        if isinstance(event, PersonAdded):
+            return []
+        if event.type.startswith("person."):
+            return [(["person_id"], getattr(event, "person_id"))]  # noqa: B009
+        return _person_refs(obj)
 
-    async def person_status(self, workspace_id: str, person_id: str) -> str:
-        """``present``, ``unknown`` or ``forgotten``, read from the log itself (consistent
-        across services: a forget in the people service is seen here at once)."""
+    async def prepare(self, workspace_id: str, lines: Sequence[tuple[Event, dict[str, Any]]]
+                      ) -> Command:
+        """The lookups every line of one command shares, done once for the whole command.
+
+        * Who exists: a person is known once their ``person.added`` is on the log (asked of
+          the log once per person, then remembered: a person once added stays added), or when
+          this very command adds them (those lines are published first).
+        * Who is forgotten, and everyone's key: one read of ``person_keys`` for all people
+          named, never from a cache. Forgetting destroys the key *before* the
+          ``person.forgotten`` event is published, so a destroyed key is the earliest and
+          exact sign, the same for every service.
+        """
+        ws = workspace_id
         prefix = self.settings.subject_prefix
-        key = (workspace_id, person_id)
-        forgotten = person_added_subject(prefix, workspace_id, person_id).replace(
-            ".person.added.", ".person.forgotten."
-        )
-        if key not in self._known_people:
-            if not await self._on_log(person_added_subject(prefix, workspace_id, person_id)):
-                return "unknown"
-            self._known_people.add(key)  # a person once added stays added
-        return "forgotten" if await self._on_log(forgotten) else "present"
+        adding = {e.person_id for e, _ in lines if isinstance(e, PersonAdded)}
+        named = {pid for e, obj in lines for _, pid in self._refs(e, obj)}
+        asked = sorted(p for p in named - adding if (ws, p) not in self._known_people)
+        on_log = await asyncio.gather(
+            *(self._on_log(person_added_subject(prefix, ws, p)) for p in asked))
+        self._known_people.update((ws, p) for p, ok in zip(asked, on_log, strict=True) if ok)
+        known = adding | {p for p in named if (ws, p) in self._known_people}
+        keyed = {p for e, _ in lines if not isinstance(e, PersonForgotten)
+                 for p in key_people(e)}
+        wanted = sorted((named | keyed | adding) & (known | {WORKSPACE_KEY}))
+        keys = await self.keystore.keys(ws, wanted, create=True, fresh=True) if wanted else {}
+        return Command(known=known, keys=keys)
 
-    async def check_references(
-        self, event: Event, obj: dict[str, Any],
-        memo: dict[tuple[str, str], asyncio.Task[str]] | None = None,
-    ) -> None:
-        """Every person named must exist in this workspace; a retraction's target must too."""
-        refs = [] if isinstance(event, PersonAdded) else _person_refs(obj)
-        if event.type.startswith("person.") and not isinstance(event, PersonAdded):
-            refs = [(["person_id"], getattr(event, "person_id"))]  # noqa: B009
-        found = await asyncio.gather(
-            *(self._status(event.workspace_id, pid, memo) for _, pid in refs)
-        )
-        for (loc, pid), status in zip(refs, found, strict=True):
-            if status == "unknown":
+    async def check_references(self, event: Event, obj: dict[str, Any], cmd: Command) -> None:
+        """Every person named must exist in this workspace and not be forgotten; a
+        retraction's target and an introduction's earlier steps must exist too."""
+        for loc, pid in self._refs(event, obj):
+            if pid not in cmd.known:
                 raise Rejected(
                     404, loc, f"unknown person {pid!r} in workspace {event.workspace_id!r}"
                 )
-            if status == "forgotten" and not isinstance(event, PersonForgotten):
+            if cmd.keys.get(pid) is None and not isinstance(event, PersonForgotten):
                 raise Rejected(410, loc, f"person {pid!r} was forgotten")
         if isinstance(event, EventRetracted):
             await self._check_retraction(event)
         intro_id = getattr(event, "introduction_id", None)
         if intro_id is not None and not isinstance(event, IntroductionRequested):
             await self._check_introduction(event, intro_id)
-        named = [pid for _, pid in refs] + (
-            [event.person_id] if isinstance(event, PersonAdded) else []
-        )
-        if named and not isinstance(event, PersonForgotten):
-            keys = await self.keystore.keys(event.workspace_id, named, create=True)
-            gone = [p for p in named if keys.get(p) is None]
-            if gone:
-                raise Rejected(410, ["person"], f"person {gone[0]!r} was forgotten")
 
     async def _check_retraction(self, event: EventRetracted) -> None:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT type, retracted_by FROM events WHERE event_id = %s AND workspace_id = %s",
-                (event.retracted_event_id, event.workspace_id),
-            )
-            row = await cur.fetchone()
+        row = await self._archived_event(event)
         if row is None:
             raise Rejected(404, ["retracted_event_id"], "no such event in this workspace")
         if row["type"] == "event.retracted":
             raise Rejected(422, ["retracted_event_id"], "a retraction cannot be retracted")
         if row["retracted_by"] is not None:
             raise Rejected(409, ["retracted_event_id"], "is already retracted")
+
+    async def _archived_event(self, event: EventRetracted) -> Any:
+        """The retraction's target as the archive knows it. An event written a moment ago may
+        not be archived yet, so when it is missing and the projection is behind the log, wait
+        (bounded by ``min_seq_wait_s``) until the projection has caught up with the log as it
+        was when we asked: write-then-retract works without the client passing ``min_seq``."""
+        query = ("SELECT type, retracted_by FROM events WHERE event_id = %s "
+                 "AND workspace_id = %s")
+        args = (event.retracted_event_id, event.workspace_id)
+        target: int | None = None
+        deadline = time.monotonic() + self.settings.min_seq_wait_s
+        while True:
+            async with self.pool.connection() as conn:
+                row = await (await conn.execute(query, args)).fetchone()
+                if row is not None:
+                    return row
+                cur = await conn.execute(
+                    "SELECT last_seq FROM checkpoints WHERE projection = %s",
+                    (self.pool.generation.consumer,))
+                seen_row = await cur.fetchone()
+            seen = int(seen_row["last_seq"]) if seen_row else 0
+            if target is None:
+                info = await self.js.stream_info(self.settings.stream_name)
+                target = int(info.state.last_seq)
+            if seen >= target or time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.01)
 
     async def _check_introduction(self, event: Event, intro_id: UUID) -> None:
         """Double opt-in: consents come from the two sides, an introduction is made only when
@@ -301,13 +332,13 @@ class WriteSide:
 
     # -- publishing -----------------------------------------------------------------------
 
-    async def publish(self, event: Event) -> tuple[int, bool]:
+    async def publish(self, event: Event, cmd: Command) -> tuple[int, bool]:
         """Publish with Nats-Msg-Id; a person.added also asserts the person is new."""
         headers = {"Nats-Msg-Id": str(event.event_id)}
         if isinstance(event, PersonAdded):
             headers["Nats-Expected-Last-Subject-Sequence"] = "0"
         subject = event_subject(self.settings.subject_prefix, event)
-        event = await self._protect(event)
+        event = await self._protect(event, cmd)
         async with self._publish_slots:
             try:
                 ack = await self.js.publish(
@@ -325,12 +356,14 @@ class WriteSide:
             self._known_people.add((event.workspace_id, event.person_id))
         return int(ack.seq), bool(ack.duplicate)
 
-    async def _protect(self, event: Event) -> Event:
+    async def _protect(self, event: Event, cmd: Command) -> Event:
         """Encrypt personal fields with the people's keys; forgetting destroys the key first."""
         if isinstance(event, PersonForgotten):
             await self.keystore.destroy(event.workspace_id, event.person_id)
             return event
-        keys = await self.keystore.keys(event.workspace_id, key_people(event), create=True)
+        people = key_people(event)
+        keys = (cmd.keys if all(p in cmd.keys for p in people)
+                else await self.keystore.keys(event.workspace_id, people, create=True))
         try:
             return encrypt_event(event, keys)
         except PersonForgottenError as exc:
@@ -369,21 +402,23 @@ class WriteSide:
         supplied = [e.event_id for i, e in events
                     if isinstance(objs[i], dict) and "event_id" in objs[i]]
         archived = await self.archived_seqs(supplied)
-        memo: dict[tuple[str, str], asyncio.Task[str]] = {}
-
-        async def one(i: int, event: Event) -> None:
-            eid = str(event.event_id)
+        for i, event in events:
             prior = archived.get(event.event_id)
             if prior is not None:
                 outcomes[i] = (
-                    Outcome(200, eid, prior[0], duplicate=True)
+                    Outcome(200, str(event.event_id), prior[0], duplicate=True)
                     if prior[1] == workspace_id
-                    else Rejected(409, ["event_id"], "is already used").outcome(eid)
+                    else Rejected(409, ["event_id"], "is already used").outcome(
+                        str(event.event_id))
                 )
-                return
+        events = [(i, e) for i, e in events if outcomes[i] is None]
+        cmd = await self.prepare(workspace_id, [(e, objs[i]) for i, e in events])
+
+        async def one(i: int, event: Event) -> None:
+            eid = str(event.event_id)
             try:
-                await self.check_references(event, objs[i], memo)
-                seq, dup = await self.publish(event)
+                await self.check_references(event, objs[i], cmd)
+                seq, dup = await self.publish(event, cmd)
             except Rejected as rej:
                 outcomes[i] = rej.outcome(eid)
                 return
@@ -399,7 +434,9 @@ class WriteSide:
                 causation_id=str(event.causation_id),
             )
 
-        await asyncio.gather(*(one(i, e) for i, e in events))
+        # People added by this command go on the log before the lines that name them.
+        await asyncio.gather(*(one(i, e) for i, e in events if isinstance(e, PersonAdded)))
+        await asyncio.gather(*(one(i, e) for i, e in events if not isinstance(e, PersonAdded)))
         return [
             o if o is not None else Outcome(500, error="internal: no outcome") for o in outcomes
         ]
