@@ -7,6 +7,7 @@ already archived (a re-send beyond JetStream's dedupe window) changes nothing ei
 
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 
 from events_schema.models import Event
 from events_schema.registry import EventRegistry
@@ -32,28 +33,35 @@ STRENGTH_COLS = (
     "rating, event_count, meetings, follow_ups, introductions, helps, ratings, first_contact_at, "
     "last_contact_at, score_at_last_contact, deepest_meeting, one_sided, can_vouch, reciprocity, "
     "params_version, fold, last_seq")
-#: Staging tables: rows are COPYed in (fast), then merged with one INSERT ... ON CONFLICT.
-STAGING = {
-    "events_in": "events",
-    "pair_events_in": "pair_events_v1",
-    "strength_in": "strength_v1",
-}
+UPSERT_STRENGTH_TAIL = "ON CONFLICT (workspace_id, person_a, person_b) DO UPDATE SET " + ", ".join(
+    f"{c} = EXCLUDED.{c}" for c in [x.strip() for x in STRENGTH_COLS.split(",")][3:])
 
-UPSERT_STRENGTH = f"""
-INSERT INTO strength_v1 ({STRENGTH_COLS}) SELECT {STRENGTH_COLS} FROM strength_in
-ON CONFLICT (workspace_id, person_a, person_b) DO UPDATE SET
-    score = EXCLUDED.score, tier = EXCLUDED.tier, state_at = EXCLUDED.state_at,
-    fast = EXCLUDED.fast, slow = EXCLUDED.slow, reciprocity_factor = EXCLUDED.reciprocity_factor,
-    rating = EXCLUDED.rating, event_count = EXCLUDED.event_count, meetings = EXCLUDED.meetings,
-    follow_ups = EXCLUDED.follow_ups, introductions = EXCLUDED.introductions,
-    helps = EXCLUDED.helps, ratings = EXCLUDED.ratings,
-    first_contact_at = EXCLUDED.first_contact_at, last_contact_at = EXCLUDED.last_contact_at,
-    score_at_last_contact = EXCLUDED.score_at_last_contact,
-    deepest_meeting = EXCLUDED.deepest_meeting, one_sided = EXCLUDED.one_sided,
-    can_vouch = EXCLUDED.can_vouch, reciprocity = EXCLUDED.reciprocity,
-    params_version = EXCLUDED.params_version, fold = EXCLUDED.fold,
-    last_seq = EXCLUDED.last_seq
-"""
+
+@dataclass(frozen=True)
+class Bulk:
+    """How a batch's rows reach one table: a small batch as one multi-row ``INSERT ... VALUES``
+    (one round trip), a large one COPYed into a staging table and merged with one
+    ``INSERT ... SELECT`` (COPY's row format is the cheaper one once rows are many)."""
+
+    staging: str
+    target: str
+    cols: str
+    tail: str  # ON CONFLICT ... [RETURNING ...]
+    order: str = ""  # the merge's ORDER BY
+
+    @property
+    def width(self) -> int:
+        return self.cols.count(",") + 1
+
+
+ARCHIVE_BULK = Bulk("events_in", "events", ARCHIVE_COLS,
+                    "ON CONFLICT DO NOTHING RETURNING event_id", "ORDER BY seq")
+PAIRS_BULK = Bulk("pair_events_in", "pair_events_v1", PAIR_COLS, "ON CONFLICT DO NOTHING")
+STRENGTH_BULK = Bulk("strength_in", "strength_v1", STRENGTH_COLS, UPSERT_STRENGTH_TAIL)
+STAGING = {b.staging: b.target for b in (ARCHIVE_BULK, PAIRS_BULK, STRENGTH_BULK)}
+#: Up to this many rows a batch goes in as VALUES (measured: below it COPY's extra protocol
+#: steps and the staging merge cost more than they save).
+VALUES_MAX_ROWS = 64
 
 
 def _json(value: Any) -> str:
@@ -64,16 +72,50 @@ def _key_arrays(keys: Sequence[PairKey]) -> tuple[list[str], list[str], list[str
     return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
 
 
-async def _copy(conn: AsyncConnection[Any], table: str, cols: str,
-                rows: Sequence[Sequence[Any]]) -> None:
-    """COPY ``rows`` into a transaction-scoped staging table (created on first use)."""
-    await conn.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS {table} "
-        f"(LIKE {STAGING[table]} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-    await conn.execute(f"TRUNCATE {table}")  # may be used twice in one transaction
-    async with conn.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
-        for row in rows:
-            await copy.write_row(row)
+class _Staging:
+    """Transaction-scoped staging tables for COPY (created once per connection; emptied by
+    ON COMMIT DELETE ROWS, which truncates in place, unlike a TRUNCATE statement, which makes
+    new files and catalog rows every time)."""
+
+    def __init__(self) -> None:
+        self._ready: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
+        self._used: set[str] = set()  # tables already filled in the current transaction
+
+    def begin(self) -> None:
+        self._used.clear()
+
+    def forget(self, conn: AsyncConnection[Any]) -> None:
+        """After a rollback: the tables may have been created in the undone transaction."""
+        self._ready.discard(conn)
+
+    async def write(self, conn: AsyncConnection[Any], bulk: Bulk,
+                    rows: Sequence[Sequence[Any]]) -> AsyncCursor[Any]:
+        """Insert ``rows`` into ``bulk.target``; the cursor holds what ``bulk.tail`` returns."""
+        if len(rows) <= VALUES_MAX_ROWS:
+            one = "(" + ", ".join(["%s"] * bulk.width) + ")"
+            query = (f"INSERT INTO {bulk.target} ({bulk.cols}) VALUES "
+                     f"{', '.join([one] * len(rows))} {bulk.tail}")
+            return await conn.execute(query, [v for row in rows for v in row])
+        await self.copy(conn, bulk.staging, bulk.cols, rows)
+        return await conn.execute(
+            f"INSERT INTO {bulk.target} ({bulk.cols}) SELECT {bulk.cols} FROM {bulk.staging} "
+            f"{bulk.order} {bulk.tail}")
+
+    async def copy(self, conn: AsyncConnection[Any], table: str, cols: str,
+                   rows: Sequence[Sequence[Any]]) -> None:
+        """COPY ``rows`` into the staging table ``table``."""
+        if conn not in self._ready:
+            for name, like in STAGING.items():
+                await conn.execute(
+                    f"CREATE TEMP TABLE IF NOT EXISTS {name} "
+                    f"(LIKE {like} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+            self._ready.add(conn)
+        if table in self._used:  # a second fill in one transaction (a retraction's recompute)
+            await conn.execute(f"DELETE FROM {table}")
+        self._used.add(table)
+        async with conn.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
+            for row in rows:
+                await copy.write_row(row)
 
 
 @dataclass(frozen=True)
@@ -125,6 +167,7 @@ class ProjectionStore:
         self.registry = registry
         self.projection = projection
         self.params = params
+        self.staging = _Staging()
 
     async def checkpoint(self, conn: AsyncConnection[Any]) -> int:
         cur = await conn.execute(
@@ -138,6 +181,15 @@ class ProjectionStore:
         result = BatchResult()
         if not items:
             return result
+        self.staging.begin()
+        try:
+            return await self._apply(conn, items, result)
+        except BaseException:
+            self.staging.forget(conn)
+            raise
+
+    async def _apply(self, conn: AsyncConnection[Any], items: Sequence[Item],
+                     result: BatchResult) -> BatchResult:
         async with conn.transaction():
             last = await self._lock_checkpoint(conn)
             fresh = [i for i in items if i.seq > last]
@@ -154,26 +206,25 @@ class ProjectionStore:
             await self._dead_letters(conn, poison)
             result.poison = len(poison)
             result.last_seq = max(i.seq for i in fresh)
+            # Advance the checkpoint and wake readers waiting for it (min_seq), one statement.
             await conn.execute(
-                "UPDATE checkpoints SET last_seq = %s, updated_at = now() "
-                "WHERE projection = %s AND last_seq < %s",
+                "WITH moved AS (UPDATE checkpoints SET last_seq = %s, updated_at = now() "
+                "WHERE projection = %s AND last_seq < %s RETURNING last_seq) "
+                "SELECT pg_notify('tieline_checkpoint', last_seq::text) FROM moved",
                 (result.last_seq, self.projection, result.last_seq),
-            )
-            await conn.execute(
-                "SELECT pg_notify('tieline_checkpoint', %s)", (str(result.last_seq),)
             )
         return result
 
     async def _lock_checkpoint(self, conn: AsyncConnection[Any]) -> int:
-        await conn.execute(
-            "INSERT INTO checkpoints (projection, last_seq) VALUES (%s, 0) "
-            "ON CONFLICT (projection) DO NOTHING",
-            (self.projection,),
-        )
-        cur = await conn.execute(
-            "SELECT last_seq FROM checkpoints WHERE projection = %s FOR UPDATE", (self.projection,)
-        )
-        row = await cur.fetchone()
+        select = "SELECT last_seq FROM checkpoints WHERE projection = %s FOR UPDATE"
+        row = await (await conn.execute(select, (self.projection,))).fetchone()
+        if row is None:  # the projection's first batch
+            await conn.execute(
+                "INSERT INTO checkpoints (projection, last_seq) VALUES (%s, 0) "
+                "ON CONFLICT (projection) DO NOTHING",
+                (self.projection,),
+            )
+            row = await (await conn.execute(select, (self.projection,))).fetchone()
         assert row is not None
         return int(row[0])
 
@@ -196,10 +247,7 @@ class ProjectionStore:
             cols["payload"].append(self.registry.encode(e).decode())
         rows = list(zip(*(cols[k] for k in ("event_id", "seq", "ws", "type", "ver", "occ",
                                             "rec", "by", "subject", "payload")), strict=True))
-        await _copy(conn, "events_in", ARCHIVE_COLS, rows)
-        cur = await conn.execute(
-            f"INSERT INTO events ({ARCHIVE_COLS}) SELECT {ARCHIVE_COLS} FROM events_in "
-            "ORDER BY seq ON CONFLICT DO NOTHING RETURNING event_id")
+        cur = await self.staging.write(conn, ARCHIVE_BULK, rows)
         inserted = {row[0] for row in await cur.fetchall()}
         seen: set[UUID] = set()
         new: list[Decoded] = []
@@ -275,10 +323,7 @@ class ProjectionStore:
             for it, upd in updates:
                 await self._update_person(conn, it, upd)
             if pair_rows:
-                await _copy(conn, "pair_events_in", PAIR_COLS, pair_rows)
-                await conn.execute(
-                    f"INSERT INTO pair_events_v1 ({PAIR_COLS}) SELECT {PAIR_COLS} "
-                    "FROM pair_events_in ON CONFLICT DO NOTHING")
+                await self.staging.write(conn, PAIRS_BULK, pair_rows)
         if touched:
             await self._fold_pairs(conn, touched, items[-1].seq)
         for it in retractions:
@@ -424,8 +469,7 @@ class ProjectionStore:
         rows = [self._strength_row(k, folds[k], seq) for k in sorted(folds)]
         async with conn.cursor() as c:
             if rows:
-                await _copy(conn, "strength_in", STRENGTH_COLS, rows)
-                await c.execute(UPSERT_STRENGTH)
+                await self.staging.write(conn, STRENGTH_BULK, rows)
             if gone:
                 await c.executemany(
                     "DELETE FROM strength_v1 WHERE workspace_id = %s AND person_a = %s "

@@ -444,6 +444,7 @@ class Worker:
                     await self.store.apply(self._conn(), [it])
                     raise _ProbeRollback
             except _ProbeRollback:
+                self.store.staging.forget(self._conn())  # the probe's rollback may undo them
                 out.append(it)
                 continue
             except psycopg.OperationalError:
