@@ -4,7 +4,7 @@ N valid events are first published straight onto the stream (setup, lazy fsync f
 then the server restarts in the measured mode (default: fsync before ack, the product
 default) and, in this order:
 
-1. raw limit: a plain nats-py pull consumer, fetch(500) + ack (the worker's exact consumption
+1. raw limit: a plain nats-py pull consumer, fetch(batch) + ack (the worker's exact consumption
    pattern: AckPolicy.ALL, ack the last of each batch), over the same stream;
 2. tieline: a projection Worker (in this process, like ``tieline up``'s worker process) drains
    the same N events into the live read-model generation; timed from its first fetch until its
@@ -53,7 +53,7 @@ from bench.natsraw import fill_stream, pull_drain
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events", type=int, default=200_000)
     p.add_argument("--people", type=int, default=5_000)
-    p.add_argument("--batch-size", type=int, default=500, help="worker batch (TIELINE_BATCH_SIZE)")
+    p.add_argument("--batch-size", type=int, default=2000, help="worker batch (TIELINE_BATCH_SIZE)")
     p.add_argument("--nats-mode", choices=("sync", "lazy"), default="sync")
     p.add_argument("--profile", action="store_true", help="py-spy the worker (this process)")
     p.add_argument("--quick", action="store_true", help="20k events, 1k people")
@@ -82,7 +82,8 @@ async def _raw(settings: Any, n: int, ack: str) -> tuple[int, float]:
     nc = await nats_connect(settings, "bench-raw-pull")
     try:
         return await pull_drain(nc.jetstream(), settings.stream_name,
-                                f"{settings.subject_prefix}.ev.>", n, ack=ack)
+                                f"{settings.subject_prefix}.ev.>", n, ack=ack,
+                                batch=settings.batch_size)
     finally:
         await nc.close()
 
@@ -129,7 +130,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     worker_rate = rate(stats.applied, secs)
     cpu["worker(bench process)"] = round(worker_cpu, 3)
     rows = [
-        Row("live projection", worker_rate, "events/s", "raw pull fetch(500)+ack-last", raw_rate,
+        Row("live projection", worker_rate, "events/s",
+            f"raw pull fetch({args.batch_size})+ack-last", raw_rate,
             note=f"{stats.applied} events in {secs:.1f}s, {stats.batches} batches, "
                  f"dead-lettered {stats.dead_lettered}; NATS {mode}",
             extra={"seconds": secs, "applied": stats.applied, "batches": stats.batches,
@@ -143,8 +145,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     targets = [judge("live projection >= 15k events/s", worker_rate, 15_000, at_least=True,
                      measured=f"{worker_rate:,.0f} events/s",
-                     reason_if_missed="see profile: per-event Python work in the worker "
-                                      "(decode, re-encode, executemany) and PostgreSQL")]
+                     reason_if_missed="one Python process is CPU-bound: per-event decode, "
+                                      "fold and row encoding in the worker, plus PostgreSQL "
+                                      "(see cpu_s per event and the profile)")]
     extra: dict[str, Any] = {"fill": fill.summary(), "nats_mode": mode}
     if args.profile:
         extra["profile_top_inclusive"] = collapsed_top(prof_path, 30)

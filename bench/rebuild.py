@@ -57,7 +57,7 @@ from bench.natsraw import fill_stream, ordered_read, pull_drain
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--people", type=int, default=20_000)
-    p.add_argument("--batch-size", type=int, default=500, help="worker batch (TIELINE_BATCH_SIZE)")
+    p.add_argument("--batch-size", type=int, default=2000, help="worker batch (TIELINE_BATCH_SIZE)")
     p.add_argument("--nats-mode", choices=("sync", "lazy"), default="sync")
     p.add_argument("--profile", action="store_true", help="py-spy the replay child")
     p.add_argument("--quick", action="store_true", help="30k events, 2k people")
@@ -177,7 +177,7 @@ def raw_copy(database_url: str, n: int, samples: list[tuple[str, bytes]], *,
 # -- the benchmark ---------------------------------------------------------------------------
 
 
-def measure(root: Any, db_url: str, events: int, people: int, *, batch_size: int = 500,
+def measure(root: Any, db_url: str, events: int, people: int, *, batch_size: int = 2000,
             nats_mode: str = "sync", profile: bool = False, copy: bool = True,
             label: str = "") -> dict[str, Any]:
     """One rebuild measurement with its raw references; used by scaling.py too."""

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         nats = RestartableNats(root / "nats")
         try:
             url = nats.start(sync_always=False)
-            settings = unique_settings(url, db_url, batch_size=500, fetch_timeout_s=0.5)
+            settings = unique_settings(url, db_url, batch_size=2000, fetch_timeout_s=0.5)
             enc = LogEncoder("bench", settings.subject_prefix)
             print(f"publishing {args.events} events ...", flush=True)
             fill = asyncio.run(fill_stream(settings, (enc.encode(o) for o in

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     command_timeout_s: float = 10.0
 
     #: Projection worker: messages fetched and committed per transaction.
-    batch_size: int = Field(default=500, ge=1, le=10_000)
+    batch_size: int = Field(default=2000, ge=1, le=10_000)
     fetch_timeout_s: float = 1.0
     consumer_name: str = "projections"
     #: Seconds JetStream waits for an ack before redelivering (a crashed worker's batch).
