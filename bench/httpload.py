@@ -154,7 +154,8 @@ async def closed_loop(http: Http, path: str, bodies: Iterable[bytes], *,
 async def open_loop(http: Http, path: str, bodies: list[bytes], *, per_s: float,
                     content_type: str = "application/json", max_outstanding: int = 256,
                     give_up_behind_s: float = 5.0,
-                    on_ack: Callable[[float, int, int], None] | None = None) -> LoadResult:
+                    on_ack: Callable[[float, int, int], None] | None = None,
+                    lines_per_body: int = 1) -> LoadResult:
     """POST ``bodies`` at a steady ``per_s``; latency from the scheduled send time.
 
     At most ``max_outstanding`` requests are in flight (one per connection, so nothing waits
@@ -163,6 +164,9 @@ async def open_loop(http: Http, path: str, bodies: list[bytes], *, per_s: float,
     latencies of what was sent show the queueing.
 
     ``on_ack(t, seq, index)`` is called as each write is acknowledged (freshness probes).
+    With ``lines_per_body`` > 1 the bodies are JSON Lines batches (``POST .../events/batch``)
+    sent at ``per_s / lines_per_body`` bodies per second, so events still arrive at ``per_s``;
+    each line's ``seq`` comes from the batch answer and ``index`` counts lines.
     """
     res = LoadResult(0, 0, 0.0)
     headers = {"content-type": content_type}
@@ -183,23 +187,28 @@ async def open_loop(http: Http, path: str, bodies: list[bytes], *, per_s: float,
         if r.status_code >= 300:
             _count_error(res.errors, str(r.status_code))
             return
-        res.events += 1
-        seq = r.json().get("seq")
-        if seq is not None:
-            res.acks.append((done, int(seq), i))
+        body = r.json()
+        lines = body["results"] if lines_per_body > 1 else [body]
+        for k, line in enumerate(lines):
+            seq = line.get("seq")
+            if seq is None:
+                continue
+            res.events += 1
+            index = i * lines_per_body + k
+            res.acks.append((done, int(seq), index))
             if on_ack is not None:
-                on_ack(done, int(seq), i)
+                on_ack(done, int(seq), index)
 
     c0 = self_cpu()
     t0 = time.perf_counter()
     for i, body in enumerate(bodies):
-        scheduled = t0 + i / per_s
+        scheduled = t0 + i * lines_per_body / per_s
         delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         elif -delay > give_up_behind_s:
             res.saturated = True
-            res.unsent = len(bodies) - i
+            res.unsent = (len(bodies) - i) * lines_per_body
             break
         await slots.acquire()
         tasks.append(asyncio.create_task(one(i, body, scheduled)))
@@ -207,6 +216,7 @@ async def open_loop(http: Http, path: str, bodies: list[bytes], *, per_s: float,
     await asyncio.gather(*tasks)
     # Achieved rate over the sending window (a server that falls behind shows as errors and
     # latency, not as a stretched window).
-    res.seconds = sent_for if res.saturated else max(sent_for, len(bodies) / per_s)
+    res.seconds = sent_for if res.saturated else max(sent_for,
+                                                      len(bodies) * lines_per_body / per_s)
     res.client_cpu_s = self_cpu() - c0
     return res

@@ -12,7 +12,7 @@ from typing import Any
 
 from bench.common import RESULTS_DIR, fmt_num, fmt_ratio
 
-ORDER = ("ingest", "projection", "rebuild", "freshness-1000", "freshness-60", "freshness",
+ORDER = ("ingest", "projection", "rebuild", "freshness", "freshness-batch",
          "queries", "peer", "scaling")
 
 

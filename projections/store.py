@@ -24,44 +24,70 @@ from projections.strength_model import PARAMS, Fold, PairEvent, Params, vouches
 
 PairKey = tuple[str, str, str]  # workspace, person_a, person_b
 
-ARCHIVE_COLS = ("event_id, seq, workspace_id, type, schema_version, occurred_at, recorded_at, "
-                "recorded_by, subject, payload")
-PAIR_COLS = ("workspace_id, person_a, person_b, event_id, seq, type, occurred_at, recorded_at, "
-             "recorded_by, detail")
-STRENGTH_COLS = (
-    "workspace_id, person_a, person_b, score, tier, state_at, fast, slow, reciprocity_factor, "
-    "rating, event_count, meetings, follow_ups, introductions, helps, ratings, first_contact_at, "
-    "last_contact_at, score_at_last_contact, deepest_meeting, one_sided, can_vouch, reciprocity, "
-    "params_version, fold, last_seq")
+#: Columns (and PostgreSQL types) of the rows a batch writes in bulk.
+ARCHIVE = (("event_id", "uuid"), ("seq", "bigint"), ("workspace_id", "text"), ("type", "text"),
+           ("schema_version", "int"), ("occurred_at", "timestamptz"),
+           ("recorded_at", "timestamptz"), ("recorded_by", "text"), ("subject", "text"),
+           ("payload", "jsonb"))
+PAIR = (("workspace_id", "text"), ("person_a", "text"), ("person_b", "text"),
+        ("event_id", "uuid"), ("seq", "bigint"), ("type", "text"),
+        ("occurred_at", "timestamptz"), ("recorded_at", "timestamptz"),
+        ("recorded_by", "text"), ("detail", "jsonb"))
+STRENGTH = (("workspace_id", "text"), ("person_a", "text"), ("person_b", "text"),
+            ("score", "float8"), ("tier", "text"), ("state_at", "timestamptz"),
+            ("fast", "float8"), ("slow", "float8"), ("reciprocity_factor", "float8"),
+            ("rating", "float8"), ("event_count", "int"), ("meetings", "int"),
+            ("follow_ups", "int"), ("introductions", "int"), ("helps", "int"),
+            ("ratings", "int"), ("first_contact_at", "timestamptz"),
+            ("last_contact_at", "timestamptz"), ("score_at_last_contact", "float8"),
+            ("deepest_meeting", "text"), ("one_sided", "bool"), ("can_vouch", "bool"),
+            ("reciprocity", "jsonb"), ("params_version", "text"), ("fold", "jsonb"),
+            ("last_seq", "bigint"))
 UPSERT_STRENGTH_TAIL = "ON CONFLICT (workspace_id, person_a, person_b) DO UPDATE SET " + ", ".join(
-    f"{c} = EXCLUDED.{c}" for c in [x.strip() for x in STRENGTH_COLS.split(",")][3:])
+    f"{c} = EXCLUDED.{c}" for c, _ in STRENGTH[3:])
 
 
 @dataclass(frozen=True)
 class Bulk:
-    """How a batch's rows reach one table: a small batch as one multi-row ``INSERT ... VALUES``
-    (one round trip), a large one COPYed into a staging table and merged with one
-    ``INSERT ... SELECT`` (COPY's row format is the cheaper one once rows are many)."""
+    """How a batch's rows reach one table, in one statement either way:
+
+    * a small batch: ``INSERT ... SELECT ... FROM unnest(<one array per column>)``. The query
+      text is the same for every batch, so psycopg parses it once and PostgreSQL prepares it;
+      a multi-row VALUES would be new text (parsed again, never prepared) for every size.
+    * a large batch: COPY into a staging table, then one ``INSERT ... SELECT`` from it. COPY's
+      row encoding runs in C; arrays are encoded element by element and lose past ~64 rows.
+    """
 
     staging: str
     target: str
-    cols: str
+    columns: tuple[tuple[str, str], ...]
     tail: str  # ON CONFLICT ... [RETURNING ...]
-    order: str = ""  # the merge's ORDER BY
+    order: str = ""  # the ORDER BY of the merge
 
     @property
-    def width(self) -> int:
-        return self.cols.count(",") + 1
+    def cols(self) -> str:
+        return ", ".join(c for c, _ in self.columns)
+
+    @property
+    def unnest(self) -> str:
+        arrays = ", ".join(f"%b::{'text' if t == 'jsonb' else t}[]" for _, t in self.columns)
+        values = ", ".join(f"{c}::jsonb" if t == "jsonb" else c for c, t in self.columns)
+        return (f"INSERT INTO {self.target} ({self.cols}) SELECT {values} "
+                f"FROM unnest({arrays}) AS u({self.cols}) {self.order} {self.tail}")
+
+    @property
+    def merge(self) -> str:
+        return (f"INSERT INTO {self.target} ({self.cols}) SELECT {self.cols} "
+                f"FROM {self.staging} {self.order} {self.tail}")
 
 
-ARCHIVE_BULK = Bulk("events_in", "events", ARCHIVE_COLS,
+ARCHIVE_BULK = Bulk("events_in", "events", ARCHIVE,
                     "ON CONFLICT DO NOTHING RETURNING event_id", "ORDER BY seq")
-PAIRS_BULK = Bulk("pair_events_in", "pair_events_v1", PAIR_COLS, "ON CONFLICT DO NOTHING")
-STRENGTH_BULK = Bulk("strength_in", "strength_v1", STRENGTH_COLS, UPSERT_STRENGTH_TAIL)
+PAIRS_BULK = Bulk("pair_events_in", "pair_events_v1", PAIR, "ON CONFLICT DO NOTHING")
+STRENGTH_BULK = Bulk("strength_in", "strength_v1", STRENGTH, UPSERT_STRENGTH_TAIL)
 STAGING = {b.staging: b.target for b in (ARCHIVE_BULK, PAIRS_BULK, STRENGTH_BULK)}
-#: Up to this many rows a batch goes in as VALUES (measured: below it COPY's extra protocol
-#: steps and the staging merge cost more than they save).
-VALUES_MAX_ROWS = 64
+#: Up to this many rows a batch goes in through unnest, above it through COPY (measured).
+UNNEST_MAX_ROWS = 64
 
 
 def _json(value: Any) -> str:
@@ -91,15 +117,11 @@ class _Staging:
     async def write(self, conn: AsyncConnection[Any], bulk: Bulk,
                     rows: Sequence[Sequence[Any]]) -> AsyncCursor[Any]:
         """Insert ``rows`` into ``bulk.target``; the cursor holds what ``bulk.tail`` returns."""
-        if len(rows) <= VALUES_MAX_ROWS:
-            one = "(" + ", ".join(["%s"] * bulk.width) + ")"
-            query = (f"INSERT INTO {bulk.target} ({bulk.cols}) VALUES "
-                     f"{', '.join([one] * len(rows))} {bulk.tail}")
-            return await conn.execute(query, [v for row in rows for v in row])
+        if len(rows) <= UNNEST_MAX_ROWS:
+            columns = [list(c) for c in zip(*rows, strict=True)]
+            return await conn.execute(bulk.unnest, columns)
         await self.copy(conn, bulk.staging, bulk.cols, rows)
-        return await conn.execute(
-            f"INSERT INTO {bulk.target} ({bulk.cols}) SELECT {bulk.cols} FROM {bulk.staging} "
-            f"{bulk.order} {bulk.tail}")
+        return await conn.execute(bulk.merge)
 
     async def copy(self, conn: AsyncConnection[Any], table: str, cols: str,
                    rows: Sequence[Sequence[Any]]) -> None:

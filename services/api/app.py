@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -115,6 +116,7 @@ class Runtime:
         self.keystore = KeyStore(self.pool, master_key_from_env(settings.master_key))
         self.limiter = FailureLimiter(settings.auth_failures_per_minute, 60.0)
         self._principals: dict[str, tuple[float, Principal]] = {}
+        self._checkpoint_changed = asyncio.Event()
 
     async def principal(self, token: str) -> Principal | None:
         """The token's principal, cached for a few seconds (revocation takes effect within
@@ -193,24 +195,49 @@ class Runtime:
         return results
 
     async def wait_for_seq(self, min_seq: int | None) -> None:
-        """Read-your-writes: poll the checkpoint until it reaches ``min_seq`` (bounded)."""
+        """Read-your-writes: wait until the live projection's checkpoint reaches ``min_seq``
+        (bounded by ``min_seq_wait_s``). Woken by the worker's ``tieline_checkpoint`` NOTIFY
+        the moment a batch commits; a short poll remains as the fallback."""
         if not min_seq:
             return
         deadline = time.monotonic() + self.settings.min_seq_wait_s
-        delay = 0.001
         while True:
+            changed = self._checkpoint_changed  # taken before the read: no lost wake-up
             async with self.pool.connection() as conn:
                 seen = await queries.checkpoint(conn, self.pool.generation.consumer)
             if seen >= min_seq:
                 return
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise ApiError(
                     503,
                     f"projection has reached seq {seen}, not min_seq {min_seq}, "
                     f"within {self.settings.min_seq_wait_s:g}s; retry later",
                 )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.02)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout=min(left, 0.05))
+
+    async def listen_checkpoints(self) -> None:
+        """Wake ``wait_for_seq`` callers on every committed batch. The notification is only a
+        hint (any generation's worker sends it); waiters re-read the live checkpoint."""
+        while True:
+            try:
+                conn = await db.connect(self.settings)
+                try:
+                    await conn.execute("LISTEN tieline_checkpoint")
+                    async for _ in conn.notifies():
+                        self._wake_checkpoint_waiters()
+                finally:
+                    await conn.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # database restarting: waiters fall back to polling
+                log.warning("api.checkpoint_listener_retry", error=str(exc))
+                await asyncio.sleep(1.0)
+
+    def _wake_checkpoint_waiters(self) -> None:
+        woken, self._checkpoint_changed = self._checkpoint_changed, asyncio.Event()
+        woken.set()
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -309,8 +336,12 @@ def create_app(settings: Settings) -> FastAPI:
         await rt.pool.open(wait=True)
         async with rt.pool.connection() as conn:
             await ensure_state_schema(conn, settings.database_schema)
+        listener = asyncio.create_task(rt.listen_checkpoints())
         log.info("api.started", port=settings.api_port)
         yield
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
         await rt.pool.close()
         await rt.nc.drain()
 
