@@ -126,7 +126,7 @@ class CheckpointListener:
             self._ready.set()
             while not self._stop.is_set():
                 for n in conn.notifies(timeout=0.2):
-                    with_time = (time.perf_counter(), int(n.payload))
+                    with_time = (time.perf_counter(), int(n.payload.split()[-1]))
                     self.events.append(with_time)
 
     def __enter__(self) -> CheckpointListener:

@@ -228,11 +228,14 @@ class ProjectionStore:
             await self._dead_letters(conn, poison)
             result.poison = len(poison)
             result.last_seq = max(i.seq for i in fresh)
-            # Advance the checkpoint and wake readers waiting for it (min_seq), one statement.
+            # Advance the checkpoint and tell readers waiting for it (min_seq), one statement;
+            # the payload is "<read-model schema> <last_seq>" (the channel is database-wide;
+            # the schema names the generation of one installation).
             await conn.execute(
                 "WITH moved AS (UPDATE checkpoints SET last_seq = %s, updated_at = now() "
                 "WHERE projection = %s AND last_seq < %s RETURNING last_seq) "
-                "SELECT pg_notify('tieline_checkpoint', last_seq::text) FROM moved",
+                "SELECT pg_notify('tieline_checkpoint', current_schema() || ' ' || last_seq) "
+                "FROM moved",
                 (result.last_seq, self.projection, result.last_seq),
             )
         return result

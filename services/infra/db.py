@@ -31,10 +31,15 @@ async def connect(settings: Settings, *, autocommit: bool = True,
 
 
 def make_pool(
-    settings: Settings, *, min_size: int = 1, max_size: int = 10, rm_schema: str | None = None
+    settings: Settings, *, min_size: int = 1, max_size: int = 10, rm_schema: str | None = None,
+    synchronous_commit: bool = True,
 ) -> AsyncConnectionPool[Any]:
-    """A pool for read paths; rows come back as dicts."""
+    """A pool for read paths; rows come back as dicts. ``synchronous_commit=False``: commits
+    return before their WAL is flushed (a crash of PostgreSQL itself may lose the last fraction
+    of a second of them, never corrupt anything): only for records that may be lost that way."""
     kwargs = conninfo_kwargs(settings, rm_schema)
+    if not synchronous_commit:
+        kwargs["options"] += " -c synchronous_commit=off"
     kwargs["autocommit"] = True
     kwargs["row_factory"] = dict_row
     return AsyncConnectionPool(

@@ -225,3 +225,30 @@ async def test_store_applies_a_batch_atomically_with_the_checkpoint(
         assert await scalar(pg, "SELECT coalesce(max(last_seq), 0) FROM checkpoints") == 0
     finally:
         await worker.close()
+
+
+async def test_each_commit_notifies_its_generation_schema_and_checkpoint(
+    settings: Settings, log: Log
+) -> None:
+    """What the API's read-your-writes waiters follow: "<read-model schema> <last_seq>"."""
+    ws = "wn"
+    await log.publish(make_event(ws, type="person.added", person_id="a", display_name="A"))
+    last = await log.publish(met(ws, "a", "b"))
+    listener = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
+    await listener.execute("LISTEN tieline_checkpoint")
+    worker = Worker(settings)
+    await worker.start()
+    try:
+        await drain(worker, last)
+        assert worker.generation is not None
+        expected = f"{worker.generation.schema_name} {last}"
+        payloads: list[str] = []
+        async with asyncio.timeout(10):
+            async for n in listener.notifies():
+                payloads.append(n.payload)
+                if n.payload == expected:
+                    break
+        assert payloads[-1] == expected
+    finally:
+        await worker.close()
+        await listener.close()
