@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     max_future_skew_s: float = 300.0
     #: Longest a read with ?min_seq waits for the projection before answering 503.
     min_seq_wait_s: float = Field(default=5.0, ge=0, le=60)
+    #: Wait for the WAL flush of every access-log record (an fsync per read of personal data).
+    #: Off by default: a PostgreSQL crash may then lose the last fraction of a second of them.
+    audit_synchronous_commit: bool = False
     #: Commands a write service handles at once (each mostly waits on round trips).
     command_concurrency: int = Field(default=64, ge=1, le=1024)
     #: Command request/reply timeout between the API and the services.

@@ -117,7 +117,7 @@ class Runtime:
         # of PostgreSQL itself can lose the last fraction of a second of access records; an
         # API crash loses none (each INSERT has reached PostgreSQL before the answer is sent).
         self.audit_pool = db.make_pool(settings, min_size=1, max_size=4,
-                                       synchronous_commit=False)
+                                       synchronous_commit=settings.audit_synchronous_commit)
         self.nc: NatsClient | None = None
         self.keystore = KeyStore(self.pool, master_key_from_env(settings.master_key))
         self.limiter = FailureLimiter(settings.auth_failures_per_minute, 60.0)
