@@ -15,9 +15,10 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
+if TYPE_CHECKING:
+    import aiohttp
 
 from bench.common import rate, self_cpu, summarize
 
@@ -66,11 +67,16 @@ class Response:
 
 
 class HTTPError(Exception):
-    """A transport failure or (from raise_for_status) an error status."""
+    """A transport failure (``kind`` names the client's exception) or, from
+    ``raise_for_status``, an error status."""
+
+    def __init__(self, message: str, kind: str = "HTTPError") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 #: What a request may raise instead of answering.
-TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, HTTPError)
+TRANSPORT_ERRORS = (asyncio.TimeoutError, HTTPError)
 
 
 class Http:
@@ -84,6 +90,8 @@ class Http:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Http:
+        import aiohttp  # the bench extra; imported here so `bench` imports without it
+
         self._session = aiohttp.ClientSession(
             headers=self.headers,
             connector=aiohttp.TCPConnector(limit=self.connections, force_close=False),
@@ -98,10 +106,15 @@ class Http:
     async def request(self, method: str, path: str, *, content: bytes | None = None,
                       headers: dict[str, str] | None = None,
                       params: dict[str, Any] | None = None) -> Response:
+        import aiohttp
+
         assert self._session is not None, "use 'async with Http(...)'"
-        async with self._session.request(method, self.base_url + path, data=content,
-                                         headers=headers, params=params) as r:
-            return Response(r.status, await r.read())
+        try:
+            async with self._session.request(method, self.base_url + path, data=content,
+                                             headers=headers, params=params) as r:
+                return Response(r.status, await r.read())
+        except aiohttp.ClientError as exc:
+            raise HTTPError(str(exc), type(exc).__name__) from exc
 
     async def post(self, path: str, *, content: bytes, headers: dict[str, str] | None = None
                    ) -> Response:
@@ -134,7 +147,7 @@ async def closed_loop(http: Http, path: str, bodies: Iterable[bytes], *,
             try:
                 r = await http.post(path, content=body, headers=headers)
             except TRANSPORT_ERRORS as exc:
-                _count_error(res.errors, type(exc).__name__)
+                _count_error(res.errors, getattr(exc, "kind", type(exc).__name__))
                 continue
             res.latencies.append(time.perf_counter() - s)
             res.requests += 1
@@ -177,7 +190,7 @@ async def open_loop(http: Http, path: str, bodies: list[bytes], *, per_s: float,
         try:
             r = await http.post(path, content=body, headers=headers)
         except TRANSPORT_ERRORS as exc:
-            _count_error(res.errors, type(exc).__name__)
+            _count_error(res.errors, getattr(exc, "kind", type(exc).__name__))
             return
         finally:
             slots.release()
