@@ -451,8 +451,8 @@ class ProjectionStore:
     def _continued(self, state: dict[str, Any] | None, events: list[PairEvent]) -> Fold | None:
         """The stored fold continued with ``events``, or None when one of them is late."""
         events = sorted(events, key=lambda e: (e.occurred_at, e.seq, e.event_id))
-        fold = (Fold(events[0].person_a, events[0].person_b) if state is None
-                else Fold.from_dict(state))
+        a, b = events[0].person_a, events[0].person_b
+        fold = Fold(a, b) if state is None else Fold.from_dict(state, a, b)
         for e in events:
             if not fold.accepts(e):
                 return None

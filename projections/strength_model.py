@@ -528,42 +528,49 @@ class Fold:
         return result
 
     def to_dict(self) -> dict[str, Any]:
-        """The state as JSON-ready values, except that times stay datetimes (:meth:`to_json`
-        writes them as ISO 8601); floats and times round-trip exactly."""
+        """The state as compact JSON-ready values (it is stored with every pair, so every byte
+        counts): times as integer microseconds since the epoch, event types without their
+        ``relationship.`` prefix, the pair itself left out (the row's key holds it). Floats
+        and times round-trip exactly."""
         if self._at_last_contact:
             raise RuntimeError("call strength() before storing a fold")  # settles the score
         acc = self.acc
+        key = self.last_key
         return {
-            "a": acc.a, "b": acc.b, "at": self.at, "fast": self.fast, "slow": self.slow,
-            "key": self.last_key, "counts": self.counts, "salc": self.score_at_last_contact,
-            "sides": {p: (x.initiated, x.followed_up, x.replies, x.helped, x.introduced,
-                          x.effort) for p, x in acc.sides.items()},
-            "burst": acc.burst, "res": acc.reservoirs, "ratings": acc.ratings,
-            "first": acc.first, "last": acc.last, "deepest": acc.deepest,
+            "at": _us(self.at), "key": None if key is None else [_us(key[0]), key[1]],
+            "f": self.fast, "s": self.slow, "c": self.score_at_last_contact,
+            "n": {_short(t): n for t, n in self.counts.items()},
+            "sd": {p: [x.initiated, x.followed_up, x.replies, x.helped, x.introduced, x.effort]
+                   for p, x in acc.sides.items()},
+            "b": {_short(k): [_us(t), n] for k, (t, n) in acc.burst.items()},
+            "r": {d: [f, sl, _us(t)] for d, (f, sl, t) in acc.reservoirs.items()},
+            "rt": {r: [_us(t), v] for r, (t, v) in acc.ratings.items()},
+            "fi": _us(acc.first), "la": _us(acc.last), "d": acc.deepest,
         }
 
     def to_json(self) -> str:
         return orjson.dumps(self.to_dict()).decode()
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Fold:
-        """The inverse of :meth:`to_dict`, also after a JSON round trip (times as ISO 8601)."""
-        fold = cls(d["a"], d["b"])
+    def from_dict(cls, d: Mapping[str, Any], person_a: str, person_b: str) -> Fold:
+        """The inverse of :meth:`to_dict` (also after a JSON round trip) for the pair
+        ``person_a``, ``person_b``. The stored key has no event id: two events of one pair
+        never share a stream sequence, so (time, seq) orders them already."""
+        fold = cls(person_a, person_b)
         acc = fold.acc
-        fold.at = _time(d["at"])
-        fold.fast, fold.slow = float(d["fast"]), float(d["slow"])
+        fold.at = _from_us(d["at"])
+        fold.fast, fold.slow = float(d["f"]), float(d["s"])
         key = d["key"]
-        fold.last_key = None if key is None else (
-            _dt(key[0]), int(key[1]), str(key[2]))
-        fold.counts = {k: int(v) for k, v in d["counts"].items()}
-        fold.score_at_last_contact = None if d["salc"] is None else float(d["salc"])
-        for p, (i, f, r, h, n, eff) in d["sides"].items():
+        fold.last_key = None if key is None else (_at_us(key[0]), int(key[1]), "")
+        fold.counts = {_long(k): int(v) for k, v in d["n"].items()}
+        fold.score_at_last_contact = None if d["c"] is None else float(d["c"])
+        for p, (i, f, r, h, n, eff) in d["sd"].items():
             acc.sides[p] = _Side(int(i), int(f), int(r), int(h), int(n), float(eff))
-        acc.burst = {k: (_dt(t), int(n)) for k, (t, n) in d["burst"].items()}
-        acc.reservoirs = {k: (float(f), float(sl), _dt(t)) for k, (f, sl, t) in d["res"].items()}
-        acc.ratings = {k: (_dt(t), int(v)) for k, (t, v) in d["ratings"].items()}
-        acc.first, acc.last = _time(d["first"]), _time(d["last"])
-        acc.deepest = d["deepest"]
+        acc.burst = {_long(k): (_at_us(t), int(n)) for k, (t, n) in d["b"].items()}
+        acc.reservoirs = {k: (float(f), float(sl), _at_us(t)) for k, (f, sl, t) in d["r"].items()}
+        acc.ratings = {k: (_at_us(t), int(v)) for k, (t, v) in d["rt"].items()}
+        acc.first, acc.last = _from_us(d["fi"]), _from_us(d["la"])
+        acc.deepest = d["d"]
         return fold
 
 
@@ -882,15 +889,31 @@ def _iso(t: datetime | None) -> str | None:
     return None if t is None else t.isoformat()
 
 
-def _time(v: str | datetime | None) -> datetime | None:
-    return None if v is None else _dt(v)
-
-
-def _dt(v: str | datetime) -> datetime:
-    return v if isinstance(v, datetime) else datetime.fromisoformat(v)
-
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_PREFIX = "relationship."
+
+
+def _us(t: datetime | None) -> int | None:
+    """Microseconds since the epoch (exact for datetime's resolution)."""
+    return None if t is None else (t - _EPOCH) // _MICROSECOND
+
+
+def _at_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _from_us(us: int | None) -> datetime | None:
+    return None if us is None else _at_us(us)
+
+
+def _short(kind: str) -> str:
+    return kind.removeprefix(_PREFIX)
+
+
+def _long(kind: str) -> str:
+    """The inverse of :func:`_short` (types of other families keep their own prefix)."""
+    return kind if "." in kind.split(":", 1)[0] else _PREFIX + kind
 
 
 def _round(x: float | None) -> float | None:

@@ -148,7 +148,9 @@ class WriteSide:
         self.service = service
         self.clock = clock
         self._known_people: set[tuple[str, str]] = set()
-        self._publish_slots = asyncio.Semaphore(512)
+        # As many publishes in flight as the raw reference keeps (fsync before ack amortises
+        # over the writes waiting together).
+        self._publish_slots = asyncio.Semaphore(4096)
 
     # -- validation (no side effects) -----------------------------------------------------
 

@@ -610,7 +610,7 @@ def test_a_fold_stored_as_json_and_continued_is_bit_identical_to_one_fold(
     stored = Fold.of(head)
     if stored is not None:
         stored.strength()  # what the projection does before it stores a fold
-    resumed = Fold.from_dict(json.loads(stored.to_json())) if stored else Fold(A, B)
+    resumed = Fold.from_dict(json.loads(stored.to_json()), A, B) if stored else Fold(A, B)
     for e in tail:
         assert resumed.accepts(e)
         resumed.add(e)
