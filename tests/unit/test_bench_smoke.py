@@ -15,7 +15,8 @@ from events_schema.registry import REGISTRY
 from services.infra.subjects import event_subject
 
 MODULES = ["common", "events", "natsraw", "httpload", "ingest", "projection", "rebuild",
-           "freshness", "queries", "peer", "scaling", "whatif", "report", "__main__"]
+           "freshness", "queries", "peer", "scaling", "whatif", "report", "store_harness",
+           "__main__"]
 
 
 @pytest.mark.parametrize("name", MODULES)
