@@ -520,14 +520,9 @@ def unique_settings(nats_url: str, database_url: str, **overrides: Any) -> Any:
 
 def settings_env(settings: Any) -> dict[str, str]:
     """The TIELINE_* environment that makes child processes use ``settings``."""
-    return {
-        "TIELINE_DATABASE_SCHEMA": settings.database_schema,
-        "TIELINE_STREAM_NAME": settings.stream_name,
-        "TIELINE_SUBJECT_PREFIX": settings.subject_prefix,
-        "TIELINE_CONSUMER_NAME": settings.consumer_name,
-        "TIELINE_DUPLICATE_WINDOW_S": str(settings.duplicate_window_s),
-        "TIELINE_FETCH_TIMEOUT_S": str(settings.fetch_timeout_s),
-    }
+    from services.config import DEPLOYMENT_NAMES
+
+    return settings.env(*DEPLOYMENT_NAMES)
 
 
 @dataclass

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -504,11 +505,12 @@ def create_app(settings: Settings) -> Worker:
     return Worker(settings)
 
 
-async def serve(settings: Settings) -> None:
-    """Run the worker until SIGTERM/SIGINT."""
+async def serve(settings: Settings,
+                make: Callable[[Settings], Worker] = create_app) -> None:
+    """Run the worker that ``make`` builds until SIGTERM/SIGINT."""
     import signal
 
-    worker = create_app(settings)
+    worker = make(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)

@@ -66,5 +66,15 @@ class Settings(BaseSettings):
     log_json: bool | None = None
     log_level: str = "INFO"
 
+    def env(self, *names: str) -> dict[str, str]:
+        """The ``TIELINE_*`` variables that give a child process these settings' ``names``."""
+        return {f"TIELINE_{name.upper()}": str(getattr(self, name)) for name in names}
+
     def stream_subjects(self) -> list[str]:
         return [f"{self.subject_prefix}.ev.>"]
+
+
+#: The names a child process must share with its parent to work on the same deployment
+#: (same schema, stream, subjects and consumer) when tests and benchmarks start one.
+DEPLOYMENT_NAMES = ("database_schema", "stream_name", "subject_prefix", "consumer_name",
+                    "duplicate_window_s", "fetch_timeout_s")

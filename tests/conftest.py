@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from services.config import Settings
+from services.config import DEPLOYMENT_NAMES, Settings
 
 
 @dataclass(frozen=True)
@@ -97,11 +97,4 @@ def settings(servers: Servers) -> Settings:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The TIELINE_* environment that makes child processes use ``settings``."""
-    return {
-        "TIELINE_DATABASE_SCHEMA": settings.database_schema,
-        "TIELINE_STREAM_NAME": settings.stream_name,
-        "TIELINE_SUBJECT_PREFIX": settings.subject_prefix,
-        "TIELINE_CONSUMER_NAME": settings.consumer_name,
-        "TIELINE_DUPLICATE_WINDOW_S": str(settings.duplicate_window_s),
-        "TIELINE_FETCH_TIMEOUT_S": str(settings.fetch_timeout_s),
-    }
+    return settings.env(*DEPLOYMENT_NAMES)

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import signal
 from typing import Any
 
 import structlog
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
-from projections.worker import Worker, log
+from projections.worker import Worker, log, serve
 from services.config import Settings
 from services.logging import configure_logging
 
@@ -68,23 +67,11 @@ class CheckpointSeekingWorker(Worker):
         js.pull_subscribe = pull_subscribe  # type: ignore[method-assign,assignment]
 
 
-async def serve(settings: Settings) -> None:
-    worker = CheckpointSeekingWorker(settings)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.stop)
-    await worker.start()
-    try:
-        await worker.run()
-    finally:
-        await worker.close()
-
-
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
     structlog.contextvars.bind_contextvars(role="worker", variant="checkpoint-seek")
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, CheckpointSeekingWorker))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from psycopg import AsyncConnection, sql
 
 from events_schema.registry import REGISTRY, EventRegistry
 from projections.worker import Worker
-from services.config import Settings
+from services.config import DEPLOYMENT_NAMES, Settings
 from services.runtime.supervisor import Stack, StackConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -623,17 +623,8 @@ def unique_tag() -> str:
 
 
 def stack_env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {
-        "TIELINE_DATABASE_SCHEMA": settings.database_schema,
-        "TIELINE_STREAM_NAME": settings.stream_name,
-        "TIELINE_SUBJECT_PREFIX": settings.subject_prefix,
-        "TIELINE_CONSUMER_NAME": settings.consumer_name,
-        "TIELINE_DUPLICATE_WINDOW_S": str(settings.duplicate_window_s),
-        "TIELINE_FETCH_TIMEOUT_S": str(settings.fetch_timeout_s),
-        "TIELINE_BATCH_SIZE": str(settings.batch_size),
-        "TIELINE_STREAM_REPLICAS": str(settings.stream_replicas),
-        "TIELINE_LOG_LEVEL": "INFO",
-    }
+    env = settings.env(*DEPLOYMENT_NAMES, "batch_size", "stream_replicas")
+    env["TIELINE_LOG_LEVEL"] = "INFO"
     env.update(extra)
     return env
 
