@@ -19,14 +19,20 @@ import traceback
 NAMES = ("ingest", "projection", "rebuild", "freshness", "queries", "peer", "scaling")
 #: What ``all`` runs: every benchmark with its defaults, and freshness a second time with the
 #: writes arriving in small batches (the same events/s).
-RUNS = [(n, []) for n in NAMES[:4]] + [("freshness", ["--via", "batch"])] + \
-    [(n, []) for n in NAMES[4:]]
+RUNS = (
+    [(n, []) for n in NAMES[:4]]
+    + [("freshness", ["--via", "batch"])]
+    + [(n, []) for n in NAMES[4:]]
+)
 
 
 def _parser(name: str) -> argparse.ArgumentParser:
     mod = importlib.import_module(f"bench.{name}")
-    p = argparse.ArgumentParser(prog=f"python -m bench {name}", description=mod.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=f"python -m bench {name}",
+        description=mod.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     mod.add_args(p)
     return p
 
@@ -73,8 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     for col in ("bench", "target", "verdict", "measured"):
         t.add_column(col, overflow="fold")
     for n, tg in verdicts:
-        v = ("[green]met[/]" if tg.met else "[red]missed[/]") if tg.met is not None \
+        v = (
+            ("[green]met[/]" if tg.met else "[red]missed[/]")
+            if tg.met is not None
             else "[yellow]not measured[/]"
+        )
         t.add_row(n, escape(tg.name), v, escape(tg.measured))
     Console(width=160).print(t)
     if failed:

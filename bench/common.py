@@ -54,8 +54,14 @@ def summarize(latencies_s: Sequence[float]) -> dict[str, float]:
     """Latency summary in milliseconds: n, mean, p50, p95, p99, max."""
     xs = sorted(latencies_s)
     if not xs:
-        return {"n": 0, "mean_ms": math.nan, "p50_ms": math.nan, "p95_ms": math.nan,
-                "p99_ms": math.nan, "max_ms": math.nan}
+        return {
+            "n": 0,
+            "mean_ms": math.nan,
+            "p50_ms": math.nan,
+            "p95_ms": math.nan,
+            "p99_ms": math.nan,
+            "max_ms": math.nan,
+        }
     return {
         "n": len(xs),
         "mean_ms": 1000.0 * sum(xs) / len(xs),
@@ -83,8 +89,7 @@ def growth_exponent(sizes: Sequence[float], costs: Sequence[float]) -> float:
 
     1.0 is linear, 0 constant, 2 quadratic. Needs two or more positive points.
     """
-    pts = [(math.log(s), math.log(c)) for s, c in zip(sizes, costs, strict=True)
-           if s > 0 and c > 0]
+    pts = [(math.log(s), math.log(c)) for s, c in zip(sizes, costs, strict=True) if s > 0 and c > 0]
     if len(pts) < 2:
         raise ValueError("need at least two positive (size, cost) points")
     mx = sum(x for x, _ in pts) / len(pts)
@@ -167,8 +172,15 @@ class Target:
         return asdict(self)
 
 
-def judge(name: str, value: float | None, threshold: float, *, at_least: bool,
-          measured: str, reason_if_missed: str = "") -> Target:
+def judge(
+    name: str,
+    value: float | None,
+    threshold: float,
+    *,
+    at_least: bool,
+    measured: str,
+    reason_if_missed: str = "",
+) -> Target:
     """A target met when ``value`` >= (``at_least``) or < ``threshold``; None when unmeasured."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return Target(name, None, "not measured", reason_if_missed)
@@ -203,10 +215,15 @@ def _mem_total_gib() -> float | None:
 
 def nats_server_version() -> str:
     try:
-        from services.runtime.embedded import nats_server_binary
+        from tieline.services.runtime.embedded import nats_server_binary
 
-        out = subprocess.run([nats_server_binary(), "--version"], capture_output=True,
-                             text=True, timeout=10, check=False)
+        out = subprocess.run(
+            [nats_server_binary(), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         return out.stdout.strip() or out.stderr.strip()
     except Exception as exc:
         return f"unknown ({type(exc).__name__})"
@@ -222,10 +239,15 @@ def postgres_version(database_url: str | None = None) -> str:
                 if row:
                     return f"PostgreSQL {row[0]}"
     with contextlib.suppress(Exception):
-        from services.runtime.embedded import postgres_bin_dir
+        from tieline.services.runtime.embedded import postgres_bin_dir
 
-        out = subprocess.run([str(postgres_bin_dir() / "postgres"), "--version"],
-                             capture_output=True, text=True, timeout=10, check=False)
+        out = subprocess.run(
+            [str(postgres_bin_dir() / "postgres"), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         return out.stdout.strip()
     return "unknown"
 
@@ -237,16 +259,28 @@ def code_version() -> dict[str, Any]:
 
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
-                                  text=True, timeout=10, check=False).stdout.strip()
+            return subprocess.run(
+                ["git", "-C", str(root), *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout.strip()
         except Exception:
             return ""
 
-    dirty = [ln[3:] for ln in git("status", "--porcelain").splitlines()
-             if not ln[3:].startswith(("bench/", "docs/performance.md",
-                                       "tests/unit/test_bench_smoke.py"))]
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "subject": git("log", "-1", "--format=%s")[:100], "modified": dirty[:30]}
+    dirty = [
+        ln[3:]
+        for ln in git("status", "--porcelain").splitlines()
+        if not ln[3:].startswith(
+            ("bench/", "docs/performance.md", "tests/unit/test_bench_smoke.py")
+        )
+    ]
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "subject": git("log", "-1", "--format=%s")[:100],
+        "modified": dirty[:30],
+    }
 
 
 def machine_info(database_url: str | None = None) -> dict[str, Any]:
@@ -309,7 +343,7 @@ def _proc_stat_table() -> dict[int, tuple[int, float]]:
             raw = (entry / "stat").read_text()
         except OSError:
             continue
-        f = raw[raw.rfind(")") + 2:].split()
+        f = raw[raw.rfind(")") + 2 :].split()
         table[int(entry.name)] = (int(f[1]), sum(int(x) for x in f[11:15]) / _TICK)
     return table
 
@@ -377,12 +411,13 @@ def postgres_pid(database_url: str) -> int | None:
 
     try:
         with psycopg.connect(database_url, connect_timeout=5) as conn:
-            row = conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = "
-                               "'checkpointer'").fetchone()
+            row = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'"
+            ).fetchone()
         if row is None:
             return None
         stat = Path(f"/proc/{row[0]}/stat").read_text()  # the checkpointer's parent
-        return int(stat[stat.rfind(")") + 2:].split()[1])
+        return int(stat[stat.rfind(")") + 2 :].split()[1])
     except Exception:
         return None
 
@@ -403,7 +438,7 @@ def quiet_logging() -> None:
     unwinds like Ctrl-C so the servers and processes a benchmark started are stopped."""
     import signal
 
-    from services.logging import configure_logging
+    from tieline.plumbing.logging import configure_logging
 
     configure_logging("WARNING", json=False)
 
@@ -444,22 +479,23 @@ def postgres(root: Path) -> Iterator[str]:
     if db_url:
         yield db_url
         return
-    from services.runtime.embedded import EmbeddedPostgres
+    from tieline.services.runtime.embedded import EmbeddedPostgres
 
     with EmbeddedPostgres(root / "pg") as pg:
         yield pg.url
 
 
 @contextlib.contextmanager
-def nats_server(root: Path, *, sync_always: bool = True, name: str = "nats"
-                ) -> Iterator[ServerUrls]:
+def nats_server(
+    root: Path, *, sync_always: bool = True, name: str = "nats"
+) -> Iterator[ServerUrls]:
     """A JetStream server without authentication: ``TIELINE_BENCH_NATS_URL`` or an embedded
     one under ``root/name`` (fsync before ack when ``sync_always``)."""
     nats_url, _ = bench_env_urls()
     if nats_url:
         yield ServerUrls(nats_url, "", "environment", None)
         return
-    from services.runtime.embedded import EmbeddedNats
+    from tieline.services.runtime.embedded import EmbeddedNats
 
     with EmbeddedNats(root / name, sync_always=sync_always) as n:
         yield ServerUrls(n.url, "", "embedded", sync_always)
@@ -477,7 +513,7 @@ class RestartableNats:
     def start(self, sync_always: bool) -> str:
         if self.external:
             return self.external
-        from services.runtime.embedded import EmbeddedNats
+        from tieline.services.runtime.embedded import EmbeddedNats
 
         self.stop()
         self.server = EmbeddedNats(self.data_dir, sync_always=sync_always)
@@ -503,7 +539,7 @@ class RestartableNats:
 def unique_settings(nats_url: str, database_url: str, **overrides: Any) -> Any:
     """Settings isolated from everything else on the servers (own stream, subjects, consumer,
     schema), like tests/conftest.py's."""
-    from services.config import Settings
+    from tieline.plumbing.config import Settings
 
     tag = uuid.uuid4().hex[:10]
     values: dict[str, Any] = {
@@ -520,7 +556,7 @@ def unique_settings(nats_url: str, database_url: str, **overrides: Any) -> Any:
 
 def settings_env(settings: Any) -> dict[str, str]:
     """The TIELINE_* environment that makes child processes use ``settings``."""
-    from services.config import DEPLOYMENT_NAMES
+    from tieline.plumbing.config import DEPLOYMENT_NAMES
 
     return settings.env(*DEPLOYMENT_NAMES)
 
@@ -545,12 +581,17 @@ class RunningStack:
 
 
 @contextlib.contextmanager
-def running_stack(root: Path, database_url: str, *, sync_always: bool = True,
-                  roles: tuple[str, ...] | None = None, env: dict[str, str] | None = None
-                  ) -> Iterator[RunningStack]:
+def running_stack(
+    root: Path,
+    database_url: str,
+    *,
+    sync_always: bool = True,
+    roles: tuple[str, ...] | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[RunningStack]:
     """The whole of tieline as ``tieline up`` runs it (separate processes; an embedded NATS
     with per-process users unless ``TIELINE_BENCH_NATS_URL`` is set), on ``database_url``."""
-    from services.runtime.supervisor import Stack, StackConfig
+    from tieline.services.runtime.supervisor import Stack, StackConfig
 
     nats_url, _ = bench_env_urls()
     base = unique_settings(nats_url or "nats://unused", database_url)
@@ -558,22 +599,32 @@ def running_stack(root: Path, database_url: str, *, sync_always: bool = True,
     kwargs: dict[str, Any] = {}
     if roles is not None:
         kwargs["roles"] = roles
-    config = StackConfig(data_dir=root, nats_url=nats_url, database_url=database_url,
-                         sync_always=sync_always, env=cfg_env, **kwargs)
+    config = StackConfig(
+        data_dir=root,
+        nats_url=nats_url,
+        database_url=database_url,
+        sync_always=sync_always,
+        env=cfg_env,
+        **kwargs,
+    )
     with Stack(config) as stack:
         creds = stack.nats_credentials("admin")
         settings = base.model_copy(update={"nats_url": stack.nats_url})
-        admin = settings.model_copy(update={"nats_user": creds[0] if creds else None,
-                                            "nats_password": creds[1] if creds else None})
+        admin = settings.model_copy(
+            update={
+                "nats_user": creds[0] if creds else None,
+                "nats_password": creds[1] if creds else None,
+            }
+        )
         mode = "external" if nats_url else ("sync_always" if sync_always else "lazy")
         yield RunningStack(stack, settings, admin, mode)
 
 
 def make_token(settings: Any, ws: str, role: str = "write", name: str = "bench") -> str:
     """An API token straight in the database (what ``tieline token create`` does)."""
-    from services.auth import create_token
-    from services.infra import db
-    from services.infra.state import ensure_state_schema
+    from tieline.plumbing import db
+    from tieline.plumbing.state import ensure_state_schema
+    from tieline.services.auth import create_token
 
     async def go() -> str:
         conn = await db.connect(settings)
@@ -604,8 +655,9 @@ async def nats_connect(settings: Any, name: str = "tieline-bench") -> Any:
     kwargs: dict[str, Any] = {}
     if settings.nats_user:
         kwargs = {"user": settings.nats_user, "password": settings.nats_password or ""}
-    return await nats.connect(settings.nats_url, name=name, connect_timeout=5,
-                              max_reconnect_attempts=3, **kwargs)
+    return await nats.connect(
+        settings.nats_url, name=name, connect_timeout=5, max_reconnect_attempts=3, **kwargs
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -619,15 +671,28 @@ def print_table(title: str, rows: Iterable[Row], targets: Iterable[Target] = ())
 
     console = Console(width=max(Console().width, 150))
     table = Table(title=title, show_lines=False)
-    for col, kw in (("metric", {}), ("value", {"justify": "right"}), ("unit", {}),
-                    ("same-run reference", {}), ("ref value", {"justify": "right"}),
-                    ("ratio", {"justify": "right"}), ("note", {"overflow": "fold"})):
+    for col, kw in (
+        ("metric", {}),
+        ("value", {"justify": "right"}),
+        ("unit", {}),
+        ("same-run reference", {}),
+        ("ref value", {"justify": "right"}),
+        ("ratio", {"justify": "right"}),
+        ("note", {"overflow": "fold"}),
+    ):
         table.add_column(col, **kw)
     from rich.markup import escape
 
     for r in rows:
-        table.add_row(escape(r.metric), fmt_num(r.value), r.unit, escape(r.limit_name or "-"),
-                      fmt_num(r.limit_value), fmt_ratio(r.ratio), escape(r.note))
+        table.add_row(
+            escape(r.metric),
+            fmt_num(r.value),
+            r.unit,
+            escape(r.limit_name or "-"),
+            fmt_num(r.limit_value),
+            fmt_ratio(r.ratio),
+            escape(r.note),
+        )
     console.print(table)
     targets = list(targets)
     if targets:
@@ -636,16 +701,26 @@ def print_table(title: str, rows: Iterable[Row], targets: Iterable[Target] = ())
         for col in ("target", "verdict", "measured", "reason for a miss"):
             t.add_column(col, overflow="fold")
         for tg in targets:
-            verdict = ("[green]met[/]" if tg.met else "[red]missed[/]") if tg.met is not None \
+            verdict = (
+                ("[green]met[/]" if tg.met else "[red]missed[/]")
+                if tg.met is not None
                 else "[yellow]not measured[/]"
+            )
             t.add_row(escape(tg.name), verdict, escape(tg.measured), escape(tg.reason))
         console.print(t)
 
 
-def write_results(name: str, *, args: dict[str, Any], rows: Sequence[Row],
-                  targets: Sequence[Target] = (), extra: dict[str, Any] | None = None,
-                  database_url: str | None = None, started: float | None = None,
-                  activity_before: dict[str, Any] | None = None) -> Path:
+def write_results(
+    name: str,
+    *,
+    args: dict[str, Any],
+    rows: Sequence[Row],
+    targets: Sequence[Target] = (),
+    extra: dict[str, Any] | None = None,
+    database_url: str | None = None,
+    started: float | None = None,
+    activity_before: dict[str, Any] | None = None,
+) -> Path:
     """Write ``bench/results/<name>.json`` and return its path."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -676,15 +751,29 @@ def jsonable_args(ns: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def start_py_spy(pid: int, seconds: float, out: Path, *, rate_hz: int = 200,
-                 subprocesses: bool = False) -> subprocess.Popen[bytes] | None:
+def start_py_spy(
+    pid: int, seconds: float, out: Path, *, rate_hz: int = 200, subprocesses: bool = False
+) -> subprocess.Popen[bytes] | None:
     """Sample ``pid`` for ``seconds`` into ``out`` (collapsed stacks); None without py-spy."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(exe).exists():
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
-    argv = [exe, "record", "--pid", str(pid), "--duration", str(max(int(seconds), 1)),
-            "--rate", str(rate_hz), "--format", "raw", "--output", str(out), "--nonblocking"]
+    argv = [
+        exe,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(max(int(seconds), 1)),
+        "--rate",
+        str(rate_hz),
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        "--nonblocking",
+    ]
     if subprocesses:
         argv.append("--subprocesses")
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -730,11 +819,27 @@ def collapsed_top(path: Path, top: int = 25) -> list[dict[str, Any]]:
     rows = sorted(incl.items(), key=lambda kv: -kv[1])
     out = []
     for frame, c in rows:
-        if frame.startswith(("<module>", "run (asyncio", "_run_once", "run_forever", "_run (",
-                             "run_until_complete", "main (", "run (uvicorn", "serve (")):
+        if frame.startswith(
+            (
+                "<module>",
+                "run (asyncio",
+                "_run_once",
+                "run_forever",
+                "_run (",
+                "run_until_complete",
+                "main (",
+                "run (uvicorn",
+                "serve (",
+            )
+        ):
             continue
-        out.append({"frame": frame, "inclusive": round(c / total, 3),
-                    "self": round(selfc.get(frame, 0) / total, 3)})
+        out.append(
+            {
+                "frame": frame,
+                "inclusive": round(c / total, 3),
+                "self": round(selfc.get(frame, 0) / total, 3),
+            }
+        )
         if len(out) >= top:
             break
     return out
@@ -753,14 +858,28 @@ def collapsed_self_top(path: Path, top: int = 15) -> list[dict[str, Any]]:
         total += int(count)
         leaf = stack.split(";")[-1]
         selfc[leaf] = selfc.get(leaf, 0) + int(count)
-    return [{"frame": f, "self": round(c / total, 3)}
-            for f, c in sorted(selfc.items(), key=lambda kv: -kv[1])[:top]] if total else []
+    return (
+        [
+            {"frame": f, "self": round(c / total, 3)}
+            for f, c in sorted(selfc.items(), key=lambda kv: -kv[1])[:top]
+        ]
+        if total
+        else []
+    )
 
 
-def cli_main(name: str, doc: str | None, add_args: Callable[[argparse.ArgumentParser], None],
-             run: Callable[[argparse.Namespace], Any], argv: list[str] | None = None) -> None:
+def cli_main(
+    name: str,
+    doc: str | None,
+    add_args: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], Any],
+    argv: list[str] | None = None,
+) -> None:
     """The command line of one benchmark: ``python -m bench NAME [options]``."""
-    p = argparse.ArgumentParser(prog=f"python -m bench {name}", description=doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=f"python -m bench {name}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_args(p)
     run(p.parse_args(argv))

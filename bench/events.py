@@ -1,8 +1,8 @@
 """Events for the benchmarks: in client form (what the HTTP API takes) and in log form (what the
 write side publishes to the stream: the envelope filled, personal fields as ciphertext).
 
-The realistic generator is ``services.tools.simulate`` when it exists; otherwise a small seeded
-generator below produces the same shapes (people first, then meetings and follow-ups).
+The realistic generator is ``tieline.services.tools.simulate`` when it exists; otherwise a
+small seeded generator below produces the same shapes (people first, then meetings and follow-ups).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ _NS = uuid.UUID("0b5c1e7a-3d1f-4f8e-9a51-8c1b2d3e4f50")
 
 def have_simulate() -> bool:
     try:
-        import services.tools.simulate  # noqa: F401
+        import tieline.services.tools.simulate  # noqa: F401
     except ImportError:
         return False
     return True
@@ -36,8 +36,13 @@ def _fallback(people: int, events: int, seed: int) -> Iterator[dict[str, Any]]:
     t = datetime(2020, 1, 1, tzinfo=UTC)
     n = 0
     for p in pid:
-        yield {"type": "person.added", "person_id": p, "display_name": f"Person {p}",
-               "event_id": str(uuid.uuid5(_NS, f"{seed}:{n}")), "occurred_at": t.isoformat()}
+        yield {
+            "type": "person.added",
+            "person_id": p,
+            "display_name": f"Person {p}",
+            "event_id": str(uuid.uuid5(_NS, f"{seed}:{n}")),
+            "occurred_at": t.isoformat(),
+        }
         n += 1
     weights = [1.0 / (i + 1) ** 0.8 for i in range(people)]
     step = timedelta(seconds=5 * 365 * 86400 / max(events - people, 1))
@@ -52,18 +57,31 @@ def _fallback(people: int, events: int, seed: int) -> Iterator[dict[str, Any]]:
             parts = [a, b]
             if rng.random() < 0.1:
                 parts += [q for q in rng.sample(pid, 2) if q not in parts]
-            ev = {"type": "relationship.met", "participants": parts,
-                  "depth": rng.choice(("card_exchange", "brief_chat", "conversation")),
-                  "duration_minutes": rng.randint(1, 90), "initiated_by": a,
-                  "context": "bench meetup"}
+            ev = {
+                "type": "relationship.met",
+                "participants": parts,
+                "depth": rng.choice(("card_exchange", "brief_chat", "conversation")),
+                "duration_minutes": rng.randint(1, 90),
+                "initiated_by": a,
+                "context": "bench meetup",
+            }
         elif x < 0.95:
-            ev = {"type": "relationship.followed_up", "from_person": a, "to_person": b,
-                  "channel": "email", "replied": rng.random() < 0.6}
+            ev = {
+                "type": "relationship.followed_up",
+                "from_person": a,
+                "to_person": b,
+                "channel": "email",
+                "replied": rng.random() < 0.6,
+            }
         elif x < 0.975:
             ev = {"type": "relationship.helped", "helper": a, "helped": b}
         else:
-            ev = {"type": "relationship.closeness_rated", "rater": a, "ratee": b,
-                  "rating": rng.randint(1, 5)}
+            ev = {
+                "type": "relationship.closeness_rated",
+                "rater": a,
+                "ratee": b,
+                "rating": rng.randint(1, 5),
+            }
         yield {**base, **ev}
         n += 1
 
@@ -71,14 +89,15 @@ def _fallback(people: int, events: int, seed: int) -> Iterator[dict[str, Any]]:
 def client_events(people: int, events: int, seed: int = 1) -> Iterator[dict[str, Any]]:
     """``events`` event objects in client form, the first ``people`` of them person.added."""
     if have_simulate():
-        from services.tools.simulate import SimConfig, simulate
+        from tieline.services.tools.simulate import SimConfig, simulate
 
         return simulate(SimConfig(seed=seed, people=people, events=events))
     return _fallback(people, events, seed)
 
 
-def split_people(events: Iterator[dict[str, Any]], people: int
-                 ) -> tuple[list[dict[str, Any]], Iterator[dict[str, Any]]]:
+def split_people(
+    events: Iterator[dict[str, Any]], people: int
+) -> tuple[list[dict[str, Any]], Iterator[dict[str, Any]]]:
     """(the person.added events, the rest as an iterator)."""
     first = [next(events) for _ in range(people)]
     return first, events
@@ -96,8 +115,8 @@ def personal_fields() -> dict[str, tuple[str, ...]]:
     """type -> its personal-data fields (from the schema's x-personal-data marks)."""
     global _PERSONAL
     if _PERSONAL is None:
-        from events_schema.registry import REGISTRY
-        from services.crypto import fields_of
+        from tieline.events_schema.registry import REGISTRY
+        from tieline.plumbing.crypto import fields_of
 
         _PERSONAL = {t: fields_of(cls) for t, cls in REGISTRY.classes.items()}
     return _PERSONAL
@@ -112,7 +131,7 @@ def fake_ciphertext(plaintext: str, salt: int = 0) -> str:
     n = 12 + len(plaintext.encode()) + 16
     width = 4 * ((n + 2) // 3)
     start = (salt * 7919) % (len(_POOL) - width - 1)
-    return "enc:v1:" + _POOL[start:start + width]
+    return "enc:v1:" + _POOL[start : start + width]
 
 
 class LogEncoder:
@@ -123,8 +142,14 @@ class LogEncoder:
     with the registry (the only decode path) so an invalid shape fails the run loudly.
     """
 
-    def __init__(self, workspace_id: str, prefix: str, *, recorded_by: str = "bench",
-                 validate_every: int = 997) -> None:
+    def __init__(
+        self,
+        workspace_id: str,
+        prefix: str,
+        *,
+        recorded_by: str = "bench",
+        validate_every: int = 997,
+    ) -> None:
         self.ws = workspace_id
         self.prefix = prefix
         self.recorded_by = recorded_by
@@ -154,8 +179,8 @@ class LogEncoder:
                 data[f] = fake_ciphertext(v, self.count)
         raw = self._dumps(data).encode()
         if self.validate_every and self.count % self.validate_every == 0:
-            from events_schema.registry import REGISTRY
-            from services.infra.subjects import event_subject
+            from tieline.events_schema.registry import REGISTRY
+            from tieline.plumbing.subjects import event_subject
 
             event = REGISTRY.decode(raw)
             if event_subject(self.prefix, event) != self.subject(data):
@@ -164,8 +189,9 @@ class LogEncoder:
         return self.subject(data), raw, data["event_id"]
 
 
-def log_messages(people: int, events: int, ws: str, prefix: str, seed: int = 1
-                 ) -> Iterator[tuple[str, bytes, str]]:
+def log_messages(
+    people: int, events: int, ws: str, prefix: str, seed: int = 1
+) -> Iterator[tuple[str, bytes, str]]:
     enc = LogEncoder(ws, prefix)
     for obj in client_events(people, events, seed):
         yield enc.encode(obj)
@@ -177,7 +203,11 @@ def meeting_events(people_ids: list[str], n: int, seed: int = 7) -> Iterator[dic
     t0 = datetime(2024, 1, 1, tzinfo=UTC)
     for i in range(n):
         a, b = rng.sample(people_ids, 2)
-        yield {"type": "relationship.met", "participants": [a, b], "depth": "conversation",
-               "duration_minutes": rng.randint(5, 120),
-               "occurred_at": (t0 + timedelta(minutes=i)).isoformat(),
-               "event_id": str(uuid.uuid5(_NS, f"meet:{seed}:{i}"))}
+        yield {
+            "type": "relationship.met",
+            "participants": [a, b],
+            "depth": "conversation",
+            "duration_minutes": rng.randint(5, 120),
+            "occurred_at": (t0 + timedelta(minutes=i)).isoformat(),
+            "event_id": str(uuid.uuid5(_NS, f"meet:{seed}:{i}")),
+        }

@@ -61,11 +61,19 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--mode", choices=("sync", "lazy"), default="lazy")
     p.add_argument("--people", type=int, default=2_000)
-    p.add_argument("--probe-every", type=int, default=10,
-                   help="read back every n-th acknowledged write through the API")
-    p.add_argument("--via", choices=("single", "batch"), default="single",
-                   help="write path: single-event POST /events, or POST /events/batch with "
-                        "--batch-lines events per request (same events/s)")
+    p.add_argument(
+        "--probe-every",
+        type=int,
+        default=10,
+        help="read back every n-th acknowledged write through the API",
+    )
+    p.add_argument(
+        "--via",
+        choices=("single", "batch"),
+        default="single",
+        help="write path: single-event POST /events, or POST /events/batch with "
+        "--batch-lines events per request (same events/s)",
+    )
     p.add_argument("--batch-lines", type=int, default=10)
     p.add_argument("--quick", action="store_true")
 
@@ -76,15 +84,18 @@ def pair_of(obj: dict[str, Any]) -> tuple[str, str] | None:
     if t == "relationship.met":
         ps = obj.get("participants") or []
         return (ps[0], ps[1]) if len(ps) >= 2 else None
-    keys = {"relationship.followed_up": ("from_person", "to_person"),
-            "relationship.helped": ("helper", "helped"),
-            "relationship.closeness_rated": ("rater", "ratee"),
-            "relationship.introduced": ("person_a", "person_b")}.get(str(t))
+    keys = {
+        "relationship.followed_up": ("from_person", "to_person"),
+        "relationship.helped": ("helper", "helped"),
+        "relationship.closeness_rated": ("rater", "ratee"),
+        "relationship.introduced": ("person_a", "person_b"),
+    }.get(str(t))
     return (obj[keys[0]], obj[keys[1]]) if keys else None
 
 
-def visibility_delays(acks: list[tuple[float, int]], checkpoints: list[tuple[float, int]]
-                      ) -> tuple[list[float], int]:
+def visibility_delays(
+    acks: list[tuple[float, int]], checkpoints: list[tuple[float, int]]
+) -> tuple[list[float], int]:
     """For each (ack time, seq): time until the first checkpoint (time, last_seq) with
     last_seq >= seq arriving at or after... any time (a checkpoint may even precede the ack:
     then the delay is 0). Returns (delays, writes never seen)."""
@@ -139,8 +150,9 @@ class CheckpointListener:
         self._thread.join(5)
 
 
-async def raw_pipeline(settings: Any, database_url: str, per_s: float, seconds: float
-                       ) -> dict[str, Any]:
+async def raw_pipeline(
+    settings: Any, database_url: str, per_s: float, seconds: float
+) -> dict[str, Any]:
     """Publisher at ``per_s`` -> pull fetch(500) loop -> one PostgreSQL transaction per batch
     (rows + checkpoint). Freshness = PubAck -> commit containing the message."""
     import psycopg
@@ -153,9 +165,12 @@ async def raw_pipeline(settings: Any, database_url: str, per_s: float, seconds: 
     tag = uuid.uuid4().hex[:8]
     stream, subject = f"RAWF_{tag}", f"rawf{tag}.x"
     await ensure_raw_stream(js, stream, [f"rawf{tag}.>"])
-    sub = await js.pull_subscribe(subject, durable="rawf", stream=stream,
-                                  config=js_api.ConsumerConfig(
-                                      ack_policy=js_api.AckPolicy.ALL, max_ack_pending=2000))
+    sub = await js.pull_subscribe(
+        subject,
+        durable="rawf",
+        stream=stream,
+        config=js_api.ConsumerConfig(ack_policy=js_api.AckPolicy.ALL, max_ack_pending=2000),
+    )
     conn = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
     await conn.execute(f"CREATE TABLE rawf_{tag} (seq bigint PRIMARY KEY, data bytea)")
     await conn.execute(f"CREATE TABLE rawf_cp_{tag} (id int PRIMARY KEY, last_seq bigint)")
@@ -178,14 +193,16 @@ async def raw_pipeline(settings: Any, database_url: str, per_s: float, seconds: 
             async with conn.transaction():
                 async with conn.cursor() as cur:
                     await cur.executemany(f"INSERT INTO rawf_{tag} VALUES (%s, %s)", rows)
-                await conn.execute(f"UPDATE rawf_cp_{tag} SET last_seq = %s WHERE id = 1",
-                                   (rows[-1][0],))
+                await conn.execute(
+                    f"UPDATE rawf_cp_{tag} SET last_seq = %s WHERE id = 1", (rows[-1][0],)
+                )
             commits.append((time.perf_counter(), rows[-1][0]))
             await msgs[-1].ack()
 
     async def publish(i: int) -> None:
-        ack = await js.publish(subject, payload, headers={"Nats-Msg-Id": f"{tag}-{i}"},
-                               stream=stream)
+        ack = await js.publish(
+            subject, payload, headers={"Nats-Msg-Id": f"{tag}-{i}"}, stream=stream
+        )
         acks.append((time.perf_counter(), int(ack.seq)))
 
     consumer = asyncio.create_task(consume())
@@ -211,29 +228,36 @@ async def raw_pipeline(settings: Any, database_url: str, per_s: float, seconds: 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
-        args.rate, args.seconds, args.people = min(args.rate, 300.0), min(args.seconds, 10.0), \
-            min(args.people, 500)
+        args.rate, args.seconds, args.people = (
+            min(args.rate, 300.0),
+            min(args.seconds, 10.0),
+            min(args.people, 500),
+        )
     quiet_logging()
     started = time.time()
     before = other_activity()
     with temp_root() as root, postgres(root) as db_url:
         with running_stack(root / "stack", db_url, sync_always=args.mode == "sync") as rs:
             token = make_token(rs.settings, WS, "write")
-            evs = client_events(args.people, args.people + int(args.rate * args.seconds) + 10,
-                                seed=5)
+            evs = client_events(
+                args.people, args.people + int(args.rate * args.seconds) + 10, seed=5
+            )
             people = [next(evs) for _ in range(args.people)]
             objs = list(itertools.islice(evs, int(args.rate * args.seconds)))
             lines = [json.dumps(o, separators=(",", ":")).encode() for o in objs]
             per_body = args.batch_lines if args.via == "batch" else 1
-            bodies = [b"\n".join(lines[i:i + per_body]) for i in range(0, len(lines), per_body)]
+            bodies = [b"\n".join(lines[i : i + per_body]) for i in range(0, len(lines), per_body)]
             pairs = [pair_of(o) for o in objs]
 
             async def setup() -> None:
                 async with client(rs.api_url, token, 4) as http:
                     for i in range(0, len(people), 500):
-                        body = b"\n".join(json.dumps(p).encode() for p in people[i:i + 500])
-                        r = await http.post(f"/v1/workspaces/{WS}/events/batch", content=body,
-                                            headers={"content-type": "application/x-ndjson"})
+                        body = b"\n".join(json.dumps(p).encode() for p in people[i : i + 500])
+                        r = await http.post(
+                            f"/v1/workspaces/{WS}/events/batch",
+                            content=body,
+                            headers={"content-type": "application/x-ndjson"},
+                        )
                         r.raise_for_status()
 
             asyncio.run(setup())
@@ -246,8 +270,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             probe_errors: dict[str, int] = {}
 
             async def load() -> Any:
-                async with client(rs.api_url, token, 256, timeout=10) as http, \
-                        client(rs.api_url, token, 64, timeout=10) as reader:
+                async with (
+                    client(rs.api_url, token, 256, timeout=10) as http,
+                    client(rs.api_url, token, 64, timeout=10) as reader,
+                ):
                     pending: list[asyncio.Task[None]] = []
                     n_acks = 0
 
@@ -258,14 +284,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         q = f"?min_seq={seq}" if with_min_seq else ""
                         try:
                             r = await reader.get(
-                                f"/v1/workspaces/{WS}/relationships/{pair[0]}/{pair[1]}{q}")
+                                f"/v1/workspaces/{WS}/relationships/{pair[0]}/{pair[1]}{q}"
+                            )
                         except Exception as exc:
-                            probe_errors[type(exc).__name__] = probe_errors.get(
-                                type(exc).__name__, 0) + 1
+                            probe_errors[type(exc).__name__] = (
+                                probe_errors.get(type(exc).__name__, 0) + 1
+                            )
                             return
                         if r.status_code != 200:
-                            probe_errors[str(r.status_code)] = probe_errors.get(
-                                str(r.status_code), 0) + 1
+                            probe_errors[str(r.status_code)] = (
+                                probe_errors.get(str(r.status_code), 0) + 1
+                            )
                             return
                         (probes if with_min_seq else plain).append(time.perf_counter() - t_ack)
 
@@ -276,22 +305,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             pending.append(asyncio.create_task(probe(t_ack, seq, i, True)))
                         elif n_acks % args.probe_every == args.probe_every // 2 and i >= 20:
                             # The same GET, for a pair written long ago: the read alone.
-                            pending.append(asyncio.create_task(
-                                probe(time.perf_counter(), 0, i // 2, False)))
+                            pending.append(
+                                asyncio.create_task(probe(time.perf_counter(), 0, i // 2, False))
+                            )
 
                     if per_body > 1:
                         res = await open_loop(
-                            http, f"/v1/workspaces/{WS}/events/batch", bodies, per_s=args.rate,
-                            on_ack=on_ack, lines_per_body=per_body,
-                            content_type="application/x-ndjson")
+                            http,
+                            f"/v1/workspaces/{WS}/events/batch",
+                            bodies,
+                            per_s=args.rate,
+                            on_ack=on_ack,
+                            lines_per_body=per_body,
+                            content_type="application/x-ndjson",
+                        )
                     else:
-                        res = await open_loop(http, f"/v1/workspaces/{WS}/events", bodies,
-                                              per_s=args.rate, on_ack=on_ack)
+                        res = await open_loop(
+                            http,
+                            f"/v1/workspaces/{WS}/events",
+                            bodies,
+                            per_s=args.rate,
+                            on_ack=on_ack,
+                        )
                     await asyncio.gather(*pending)
                     return res
 
-            print(f"[freshness] {args.rate:g} events/s for {args.seconds:g}s over HTTP "
-                  f"({rs.mode}, {args.via}) ...", flush=True)
+            print(
+                f"[freshness] {args.rate:g} events/s for {args.seconds:g}s over HTTP "
+                f"({rs.mode}, {args.via}) ...",
+                flush=True,
+            )
             with CheckpointListener(db_url) as listener:
                 meter.start()
                 res = asyncio.run(load())
@@ -307,36 +350,90 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     api = summarize(probes)
     read = summarize(plain)
     rows = [
-        Row(f"[{label}] freshness to commit p50", commit["p50_ms"], "ms", "raw pipeline p50",
-            raw["summary"]["p50_ms"], note=f"{commit['n']} writes; never seen: {missing}"),
-        Row(f"[{label}] freshness to commit p99", commit["p99_ms"], "ms", "raw pipeline p99",
-            raw["summary"]["p99_ms"], note=f"max {commit['max_ms']:.0f} ms (raw max "
-                                            f"{raw['summary']['max_ms']:.0f} ms)"),
-        Row(f"[{label}] freshness via API ?min_seq p50", api["p50_ms"], "ms", "raw pipeline p50",
-            raw["summary"]["p50_ms"], note=f"{api['n']} probes; errors {probe_errors or 0}"),
-        Row(f"[{label}] freshness via API ?min_seq p99", api["p99_ms"], "ms", "raw pipeline p99",
-            raw["summary"]["p99_ms"], note=f"max {api['max_ms']:.0f} ms"),
-        Row(f"[{label}] the same GET without min_seq p99", read["p99_ms"], "ms",
-            note=f"p50 {read['p50_ms']:.1f} ms ({read['n']} samples): the read alone"),
-        Row(f"[{label}] write rate achieved", res.events_per_s, "events/s",
+        Row(
+            f"[{label}] freshness to commit p50",
+            commit["p50_ms"],
+            "ms",
+            "raw pipeline p50",
+            raw["summary"]["p50_ms"],
+            note=f"{commit['n']} writes; never seen: {missing}",
+        ),
+        Row(
+            f"[{label}] freshness to commit p99",
+            commit["p99_ms"],
+            "ms",
+            "raw pipeline p99",
+            raw["summary"]["p99_ms"],
+            note=f"max {commit['max_ms']:.0f} ms (raw max {raw['summary']['max_ms']:.0f} ms)",
+        ),
+        Row(
+            f"[{label}] freshness via API ?min_seq p50",
+            api["p50_ms"],
+            "ms",
+            "raw pipeline p50",
+            raw["summary"]["p50_ms"],
+            note=f"{api['n']} probes; errors {probe_errors or 0}",
+        ),
+        Row(
+            f"[{label}] freshness via API ?min_seq p99",
+            api["p99_ms"],
+            "ms",
+            "raw pipeline p99",
+            raw["summary"]["p99_ms"],
+            note=f"max {api['max_ms']:.0f} ms",
+        ),
+        Row(
+            f"[{label}] the same GET without min_seq p99",
+            read["p99_ms"],
+            "ms",
+            note=f"p50 {read['p50_ms']:.1f} ms ({read['n']} samples): the read alone",
+        ),
+        Row(
+            f"[{label}] write rate achieved",
+            res.events_per_s,
+            "events/s",
             note=f"asked {args.rate:g}/s; write p50 {summarize(res.latencies)['p50_ms']:.1f} ms "
-                 f"p99 {summarize(res.latencies)['p99_ms']:.1f} ms; errors {res.errors or 0}"
-                 + ("; SATURATED (stopped sending)" if res.saturated else ""),
-            extra={"cpu_s": cpu}),
+            f"p99 {summarize(res.latencies)['p99_ms']:.1f} ms; errors {res.errors or 0}"
+            + ("; SATURATED (stopped sending)" if res.saturated else ""),
+            extra={"cpu_s": cpu},
+        ),
     ]
     saturated = res.saturated or res.events_per_s < 0.95 * args.rate
-    why = ("the stack could not sustain the rate (see the write-rate row): the backlog is the "
-           "delay" if saturated else "projection batches commit with fsync; see CPU split")
-    targets = [judge(f"[{label}] freshness p99 < 25 ms at {args.rate:g} events/s", api["p99_ms"]
-                     if api["n"] else commit["p99_ms"], 25, at_least=False,
-                     measured=f"API p99 {api['p99_ms']:.1f} ms, commit p99 "
-                              f"{commit['p99_ms']:.1f} ms at {res.events_per_s:,.0f}/s",
-                     reason_if_missed=why)]
-    extra = {"commit": commit, "api": api, "read_alone": read, "raw": raw,
-             "write": res.summary(), "cpu_s": cpu, "probe_errors": probe_errors}
+    why = (
+        "the stack could not sustain the rate (see the write-rate row): the backlog is the delay"
+        if saturated
+        else "projection batches commit with fsync; see CPU split"
+    )
+    targets = [
+        judge(
+            f"[{label}] freshness p99 < 25 ms at {args.rate:g} events/s",
+            api["p99_ms"] if api["n"] else commit["p99_ms"],
+            25,
+            at_least=False,
+            measured=f"API p99 {api['p99_ms']:.1f} ms, commit p99 "
+            f"{commit['p99_ms']:.1f} ms at {res.events_per_s:,.0f}/s",
+            reason_if_missed=why,
+        )
+    ]
+    extra = {
+        "commit": commit,
+        "api": api,
+        "read_alone": read,
+        "raw": raw,
+        "write": res.summary(),
+        "cpu_s": cpu,
+        "probe_errors": probe_errors,
+    }
     name = "freshness" if args.via == "single" else "freshness-batch"
-    path = write_results(name, args=jsonable_args(args), rows=rows, targets=targets,
-                         extra=extra, started=started, activity_before=before)
+    path = write_results(
+        name,
+        args=jsonable_args(args),
+        rows=rows,
+        targets=targets,
+        extra=extra,
+        started=started,
+        activity_before=before,
+    )
     print_table(f"{name}: write acknowledged -> visible", rows, targets)
     print(f"results: {path}")
     return {"rows": rows, "targets": targets}

@@ -42,11 +42,17 @@ class LoadResult:
         return rate(self.events, self.seconds)
 
     def summary(self) -> dict[str, Any]:
-        return {"requests": self.requests, "events": self.events,
-                "seconds": round(self.seconds, 3), "events_per_s": round(self.events_per_s, 1),
-                "errors": self.errors, "client_cpu_s": round(self.client_cpu_s, 2),
-                "saturated": self.saturated, "unsent": self.unsent,
-                **summarize(self.latencies)}
+        return {
+            "requests": self.requests,
+            "events": self.events,
+            "seconds": round(self.seconds, 3),
+            "events_per_s": round(self.events_per_s, 1),
+            "errors": self.errors,
+            "client_cpu_s": round(self.client_cpu_s, 2),
+            "saturated": self.saturated,
+            "unsent": self.unsent,
+            **summarize(self.latencies),
+        }
 
 
 @dataclass(frozen=True)
@@ -103,21 +109,29 @@ class Http:
         if self._session is not None:
             await self._session.close()
 
-    async def request(self, method: str, path: str, *, content: bytes | None = None,
-                      headers: dict[str, str] | None = None,
-                      params: dict[str, Any] | None = None) -> Response:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Response:
         import aiohttp
 
         assert self._session is not None, "use 'async with Http(...)'"
         try:
-            async with self._session.request(method, self.base_url + path, data=content,
-                                             headers=headers, params=params) as r:
+            async with self._session.request(
+                method, self.base_url + path, data=content, headers=headers, params=params
+            ) as r:
                 return Response(r.status, await r.read())
         except aiohttp.ClientError as exc:
             raise HTTPError(str(exc), type(exc).__name__) from exc
 
-    async def post(self, path: str, *, content: bytes, headers: dict[str, str] | None = None
-                   ) -> Response:
+    async def post(
+        self, path: str, *, content: bytes, headers: dict[str, str] | None = None
+    ) -> Response:
         return await self.request("POST", path, content=content, headers=headers)
 
     async def get(self, path: str, *, params: dict[str, Any] | None = None) -> Response:
@@ -132,10 +146,15 @@ def _count_error(errors: dict[str, int], key: str) -> None:
     errors[key] = errors.get(key, 0) + 1
 
 
-async def closed_loop(http: Http, path: str, bodies: Iterable[bytes], *,
-                      concurrency: int, content_type: str = "application/json",
-                      events_per_body: Callable[[Response], int] | None = None
-                      ) -> LoadResult:
+async def closed_loop(
+    http: Http,
+    path: str,
+    bodies: Iterable[bytes],
+    *,
+    concurrency: int,
+    content_type: str = "application/json",
+    events_per_body: Callable[[Response], int] | None = None,
+) -> LoadResult:
     """POST every body with ``concurrency`` clients in parallel."""
     it: Iterator[bytes] = iter(bodies)
     res = LoadResult(0, 0, 0.0)
@@ -164,11 +183,18 @@ async def closed_loop(http: Http, path: str, bodies: Iterable[bytes], *,
     return res
 
 
-async def open_loop(http: Http, path: str, bodies: list[bytes], *, per_s: float,
-                    content_type: str = "application/json", max_outstanding: int = 256,
-                    give_up_behind_s: float = 5.0,
-                    on_ack: Callable[[float, int, int], None] | None = None,
-                    lines_per_body: int = 1) -> LoadResult:
+async def open_loop(
+    http: Http,
+    path: str,
+    bodies: list[bytes],
+    *,
+    per_s: float,
+    content_type: str = "application/json",
+    max_outstanding: int = 256,
+    give_up_behind_s: float = 5.0,
+    on_ack: Callable[[float, int, int], None] | None = None,
+    lines_per_body: int = 1,
+) -> LoadResult:
     """POST ``bodies`` at a steady ``per_s``; latency from the scheduled send time.
 
     At most ``max_outstanding`` requests are in flight (one per connection, so nothing waits
@@ -229,7 +255,6 @@ async def open_loop(http: Http, path: str, bodies: list[bytes], *, per_s: float,
     await asyncio.gather(*tasks)
     # Achieved rate over the sending window (a server that falls behind shows as errors and
     # latency, not as a stretched window).
-    res.seconds = sent_for if res.saturated else max(sent_for,
-                                                      len(bodies) * lines_per_body / per_s)
+    res.seconds = sent_for if res.saturated else max(sent_for, len(bodies) * lines_per_body / per_s)
     res.client_cpu_s = self_cpu() - c0
     return res

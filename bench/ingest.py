@@ -84,14 +84,25 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-concurrency", type=int, default=4)
     p.add_argument("--steady-rate", type=float, default=1000.0)
     p.add_argument("--steady-seconds", type=float, default=20.0)
-    p.add_argument("--scale-out", type=int, default=1,
-                   help="extra interactions processes for a second batch pass (0: skip)")
-    p.add_argument("--whatif-workers", type=int, default=64,
-                   help="then replace the interactions process by one whose FastStream "
-                        "subscriber has max_workers=N (bench/whatif.py) and repeat the single-"
-                        "event phases (0: skip)")
-    p.add_argument("--profile", action="store_true",
-                   help="py-spy the api and interactions processes during the HTTP phases")
+    p.add_argument(
+        "--scale-out",
+        type=int,
+        default=1,
+        help="extra interactions processes for a second batch pass (0: skip)",
+    )
+    p.add_argument(
+        "--whatif-workers",
+        type=int,
+        default=64,
+        help="then replace the interactions process by one whose FastStream "
+        "subscriber has max_workers=N (bench/whatif.py) and repeat the single-"
+        "event phases (0: skip)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the api and interactions processes during the HTTP phases",
+    )
     p.add_argument("--quick", action="store_true")
 
 
@@ -120,8 +131,9 @@ class Phase:
         self.cpu = self.meter.stop()
 
 
-async def _raw_phases(rs: Any, enc: LogEncoder, events: Any, a: argparse.Namespace,
-                      pids: dict[str, int | None]) -> dict[str, Any]:
+async def _raw_phases(
+    rs: Any, enc: LogEncoder, events: Any, a: argparse.Namespace, pids: dict[str, int | None]
+) -> dict[str, Any]:
     nc = await nats_connect(rs.admin, "bench-raw")
     try:
         js = nc.jetstream(publish_async_max_pending=4000)
@@ -148,10 +160,15 @@ def _extra_interactions(rs: Any, n: int) -> list[subprocess.Popen[bytes]]:
     for _ in range(n):
         logs = rs.stack.config.data_dir / "logs"
         log = (logs / f"interactions-extra-{len(procs)}.log").open("ab")
-        procs.append(subprocess.Popen([sys.executable, "-m", "services.runtime.run",
-                                       "interactions"], env=rs.stack.child_env("interactions"),
-                                      stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tieline.services.runtime.run", "interactions"],
+                env=rs.stack.child_env("interactions"),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         log.close()
     time.sleep(4.0)
     return procs
@@ -159,8 +176,14 @@ def _extra_interactions(rs: Any, n: int) -> list[subprocess.Popen[bytes]]:
 
 def measure_mode(rs: Any, a: argparse.Namespace, mode: str) -> dict[str, Any]:
     token = make_token(rs.settings, WS, "write")
-    n_needed = a.raw_one + a.raw_async + 2 * a.single + a.batch * (2 if a.scale_out else 1) + \
-        2 * int(a.steady_rate * a.steady_seconds) + 10
+    n_needed = (
+        a.raw_one
+        + a.raw_async
+        + 2 * a.single
+        + a.batch * (2 if a.scale_out else 1)
+        + 2 * int(a.steady_rate * a.steady_seconds)
+        + 10
+    )
     evs = client_events(a.people, a.people + n_needed, seed=11)
     people = [next(evs) for _ in range(a.people)]
     interactions = iter(evs)
@@ -174,9 +197,12 @@ def measure_mode(rs: Any, a: argparse.Namespace, mode: str) -> dict[str, Any]:
     async def setup() -> None:
         async with client(url, token, 8) as http:
             for i in range(0, len(people), 500):
-                body = b"\n".join(_dumps(p) for p in people[i:i + 500])
-                r = await http.post(f"/v1/workspaces/{WS}/events/batch", content=body,
-                                    headers={"content-type": "application/x-ndjson"})
+                body = b"\n".join(_dumps(p) for p in people[i : i + 500])
+                r = await http.post(
+                    f"/v1/workspaces/{WS}/events/batch",
+                    content=body,
+                    headers={"content-type": "application/x-ndjson"},
+                )
                 r.raise_for_status()
                 if r.json()["rejected"]:
                     raise RuntimeError(f"people rejected: {r.text[:500]}")
@@ -189,99 +215,166 @@ def measure_mode(rs: Any, a: argparse.Namespace, mode: str) -> dict[str, Any]:
     out["raw_one_cpu"], out["raw_async_cpu"] = raw["one_cpu"], raw["async_cpu"]
     out["raw_procs"] = {}
     for k in [int(x) for x in a.procs.split(",") if x.strip()]:
-        res = publish_from_processes(rs.admin, raw["stream"], f"{raw_enc.prefix}.mp{k}",
-                                     raw["payloads"], a.raw_async, k)
+        res = publish_from_processes(
+            rs.admin, raw["stream"], f"{raw_enc.prefix}.mp{k}", raw["payloads"], a.raw_async, k
+        )
         out["raw_procs"][k] = res.summary()
 
     def spy(name: str, seconds: float) -> list[Any]:
         if not a.profile:
             return []
-        return [(role, start_py_spy(pids[role], seconds + 5,
-                                    profiles / f"ingest-{mode}-{name}-{role}.txt"))
-                for role in ("api", "interactions") if pids.get(role)]
+        return [
+            (
+                role,
+                start_py_spy(
+                    pids[role], seconds + 5, profiles / f"ingest-{mode}-{name}-{role}.txt"
+                ),
+            )
+            for role in ("api", "interactions")
+            if pids.get(role)
+        ]
 
     def unspy(spies: list[Any], name: str) -> None:
         for role, proc in spies:
             stop_py_spy(proc)
             path = profiles / f"ingest-{mode}-{name}-{role}.txt"
             out.setdefault("profiles", {})[f"{name}:{role}"] = {
-                "file": str(path), "top_inclusive": collapsed_top(path, 30),
-                "top_self": collapsed_self_top(path, 15)}
+                "file": str(path),
+                "top_inclusive": collapsed_top(path, 30),
+                "top_self": collapsed_self_top(path, 15),
+            }
 
     print(f"[ingest:{mode}] single-event HTTP, {a.concurrency} concurrent ...", flush=True)
     single_bodies = [_dumps(o) for o in itertools.islice(interactions, a.single)]
     spies = spy("single", 600)
     with Phase(pids) as ph:
-        single = asyncio.run(_closed(url, token, f"/v1/workspaces/{WS}/events", single_bodies,
-                                     a.concurrency, "application/json"))
+        single = asyncio.run(
+            _closed(
+                url,
+                token,
+                f"/v1/workspaces/{WS}/events",
+                single_bodies,
+                a.concurrency,
+                "application/json",
+            )
+        )
     unspy(spies, "single")
     out["single"], out["single_cpu"] = single.summary(), ph.cpu
 
-    print(f"[ingest:{mode}] batch HTTP, {a.batch_lines}/request, {a.batch_concurrency} "
-          "concurrent ...", flush=True)
+    print(
+        f"[ingest:{mode}] batch HTTP, {a.batch_lines}/request, {a.batch_concurrency} "
+        "concurrent ...",
+        flush=True,
+    )
 
     def batch_bodies() -> list[bytes]:
         lines = [_dumps(o) for o in itertools.islice(interactions, a.batch)]
-        return [b"\n".join(lines[i:i + a.batch_lines]) for i in range(0, len(lines),
-                                                                       a.batch_lines)]
+        return [
+            b"\n".join(lines[i : i + a.batch_lines]) for i in range(0, len(lines), a.batch_lines)
+        ]
 
     bodies = batch_bodies()
     spies = spy("batch", 600)
     with Phase(pids) as ph:
-        batch = asyncio.run(_closed(url, token, f"/v1/workspaces/{WS}/events/batch", bodies,
-                                    a.batch_concurrency, "application/x-ndjson",
-                                    batch=True))
+        batch = asyncio.run(
+            _closed(
+                url,
+                token,
+                f"/v1/workspaces/{WS}/events/batch",
+                bodies,
+                a.batch_concurrency,
+                "application/x-ndjson",
+                batch=True,
+            )
+        )
     unspy(spies, "batch")
     out["batch"], out["batch_cpu"] = batch.summary(), ph.cpu
 
     if a.scale_out:
-        print(f"[ingest:{mode}] batch HTTP with {a.scale_out} extra interactions "
-              "process(es) ...", flush=True)
+        print(
+            f"[ingest:{mode}] batch HTTP with {a.scale_out} extra interactions process(es) ...",
+            flush=True,
+        )
         extra = _extra_interactions(rs, a.scale_out)
         try:
             bodies = batch_bodies()
             with Phase(pids) as ph:
-                b2 = asyncio.run(_closed(url, token, f"/v1/workspaces/{WS}/events/batch",
-                                         bodies, a.batch_concurrency, "application/x-ndjson",
-                                         batch=True))
+                b2 = asyncio.run(
+                    _closed(
+                        url,
+                        token,
+                        f"/v1/workspaces/{WS}/events/batch",
+                        bodies,
+                        a.batch_concurrency,
+                        "application/x-ndjson",
+                        batch=True,
+                    )
+                )
             out["batch_scaled"], out["batch_scaled_cpu"] = b2.summary(), ph.cpu
         finally:
             for p in extra:
                 p.send_signal(signal.SIGTERM)
                 p.wait(timeout=30)
 
-    print(f"[ingest:{mode}] steady {a.steady_rate:g} events/s for {a.steady_seconds:g}s ...",
-          flush=True)
-    steady_bodies = [_dumps(o) for o in itertools.islice(
-        interactions, int(a.steady_rate * a.steady_seconds))]
+    print(
+        f"[ingest:{mode}] steady {a.steady_rate:g} events/s for {a.steady_seconds:g}s ...",
+        flush=True,
+    )
+    steady_bodies = [
+        _dumps(o) for o in itertools.islice(interactions, int(a.steady_rate * a.steady_seconds))
+    ]
     with Phase(pids) as ph:
-        steady = asyncio.run(_open(url, token, f"/v1/workspaces/{WS}/events", steady_bodies,
-                                   a.steady_rate))
+        steady = asyncio.run(
+            _open(url, token, f"/v1/workspaces/{WS}/events", steady_bodies, a.steady_rate)
+        )
     out["steady"], out["steady_cpu"] = steady.summary(), ph.cpu
 
     if a.whatif_workers:
-        print(f"[ingest:{mode}] what-if: interactions with max_workers={a.whatif_workers} ...",
-              flush=True)
+        print(
+            f"[ingest:{mode}] what-if: interactions with max_workers={a.whatif_workers} ...",
+            flush=True,
+        )
         rs.stack.kill_role("interactions", signal.SIGTERM)
         log = (rs.stack.config.data_dir / "logs" / "interactions-whatif.log").open("ab")
-        proc = subprocess.Popen([sys.executable, "-m", "bench.whatif", "--max-workers",
-                                 str(a.whatif_workers), "interactions"],
-                                env=rs.stack.child_env("interactions"), stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.whatif",
+                "--max-workers",
+                str(a.whatif_workers),
+                "interactions",
+            ],
+            env=rs.stack.child_env("interactions"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         time.sleep(5.0)
         wpids = {**pids, "interactions": proc.pid}
         try:
             bodies = [_dumps(o) for o in itertools.islice(interactions, a.single)]
             with Phase(wpids) as ph:
-                w1 = asyncio.run(_closed(url, token, f"/v1/workspaces/{WS}/events", bodies,
-                                         a.concurrency, "application/json"))
+                w1 = asyncio.run(
+                    _closed(
+                        url,
+                        token,
+                        f"/v1/workspaces/{WS}/events",
+                        bodies,
+                        a.concurrency,
+                        "application/json",
+                    )
+                )
             out["whatif_single"], out["whatif_single_cpu"] = w1.summary(), ph.cpu
-            bodies = [_dumps(o) for o in itertools.islice(
-                interactions, int(a.steady_rate * a.steady_seconds))]
+            bodies = [
+                _dumps(o)
+                for o in itertools.islice(interactions, int(a.steady_rate * a.steady_seconds))
+            ]
             with Phase(wpids) as ph:
-                w2 = asyncio.run(_open(url, token, f"/v1/workspaces/{WS}/events", bodies,
-                                       a.steady_rate))
+                w2 = asyncio.run(
+                    _open(url, token, f"/v1/workspaces/{WS}/events", bodies, a.steady_rate)
+                )
             out["whatif_steady"], out["whatif_steady_cpu"] = w2.summary(), ph.cpu
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -289,14 +382,22 @@ def measure_mode(rs: Any, a: argparse.Namespace, mode: str) -> dict[str, Any]:
     return out
 
 
-async def _closed(url: str, token: str, path: str, bodies: list[bytes], concurrency: int,
-                  ctype: str, batch: bool = False) -> Any:
+async def _closed(
+    url: str,
+    token: str,
+    path: str,
+    bodies: list[bytes],
+    concurrency: int,
+    ctype: str,
+    batch: bool = False,
+) -> Any:
     def count(r: Any) -> int:
         return int(r.json()["accepted"]) if batch else 1
 
     async with client(url, token, concurrency) as http:
-        return await closed_loop(http, path, bodies, concurrency=concurrency, content_type=ctype,
-                                 events_per_body=count)
+        return await closed_loop(
+            http, path, bodies, concurrency=concurrency, content_type=ctype, events_per_body=count
+        )
 
 
 async def _open(url: str, token: str, path: str, bodies: list[bytes], per_s: float) -> Any:
@@ -309,49 +410,107 @@ def rows_for(m: dict[str, Any]) -> list[Row]:
     ref = m["raw_async"]["events_per_s"]
     refname = f"raw publish_async 4000 in flight ({mode})"
     rows = [
-        Row(f"[{mode}] tieline batch HTTP (500/request)", m["batch"]["events_per_s"], "events/s",
-            refname, ref, note=f"p50 {m['batch']['p50_ms']:.0f} ms p99 {m['batch']['p99_ms']:.0f}"
-                               f" ms per request; errors {m['batch']['errors'] or 0}",
-            extra={"cpu_s": m["batch_cpu"]}),
-        Row(f"[{mode}] tieline single-event HTTP (64 concurrent)", m["single"]["events_per_s"],
-            "events/s", refname, ref,
+        Row(
+            f"[{mode}] tieline batch HTTP (500/request)",
+            m["batch"]["events_per_s"],
+            "events/s",
+            refname,
+            ref,
+            note=f"p50 {m['batch']['p50_ms']:.0f} ms p99 {m['batch']['p99_ms']:.0f}"
+            f" ms per request; errors {m['batch']['errors'] or 0}",
+            extra={"cpu_s": m["batch_cpu"]},
+        ),
+        Row(
+            f"[{mode}] tieline single-event HTTP (64 concurrent)",
+            m["single"]["events_per_s"],
+            "events/s",
+            refname,
+            ref,
             note=f"p50 {m['single']['p50_ms']:.1f} ms p99 {m['single']['p99_ms']:.1f} ms; "
-                 f"errors {m['single']['errors'] or 0}; "
-                 f"client CPU {m['single']['client_cpu_s']:.0f}s",
-            extra={"cpu_s": m["single_cpu"]}),
-        Row(f"[{mode}] tieline single-event p99 at {m['steady']['events_per_s']:.0f}/s steady",
-            m["steady"]["p99_ms"], "ms", "raw one-at-a-time publish p99", m["raw_one"]["p99_ms"],
+            f"errors {m['single']['errors'] or 0}; "
+            f"client CPU {m['single']['client_cpu_s']:.0f}s",
+            extra={"cpu_s": m["single_cpu"]},
+        ),
+        Row(
+            f"[{mode}] tieline single-event p99 at {m['steady']['events_per_s']:.0f}/s steady",
+            m["steady"]["p99_ms"],
+            "ms",
+            "raw one-at-a-time publish p99",
+            m["raw_one"]["p99_ms"],
             note=f"p50 {m['steady']['p50_ms']:.1f} ms, max {m['steady']['max_ms']:.0f} ms; "
-                 f"errors {m['steady']['errors'] or 0}"
-                 + ("; SATURATED: could not sustain the rate, stopped sending"
-                    if m["steady"]["saturated"] else ""), extra={"cpu_s": m["steady_cpu"]}),
-        Row(f"[{mode}] raw publish_async, 4000 in flight", ref, "events/s",
+            f"errors {m['steady']['errors'] or 0}"
+            + (
+                "; SATURATED: could not sustain the rate, stopped sending"
+                if m["steady"]["saturated"]
+                else ""
+            ),
+            extra={"cpu_s": m["steady_cpu"]},
+        ),
+        Row(
+            f"[{mode}] raw publish_async, 4000 in flight",
+            ref,
+            "events/s",
             note=f"p50 {m['raw_async']['p50_ms']:.1f} ms p99 {m['raw_async']['p99_ms']:.1f} ms "
-                 "(queueing at saturation)", extra={"cpu_s": m["raw_async_cpu"]}),
-        Row(f"[{mode}] raw publish one at a time", m["raw_one"]["events_per_s"], "events/s",
-            refname, ref, note=f"p50 {m['raw_one']['p50_ms']:.2f} ms p99 "
-                               f"{m['raw_one']['p99_ms']:.2f} ms"),
+            "(queueing at saturation)",
+            extra={"cpu_s": m["raw_async_cpu"]},
+        ),
+        Row(
+            f"[{mode}] raw publish one at a time",
+            m["raw_one"]["events_per_s"],
+            "events/s",
+            refname,
+            ref,
+            note=f"p50 {m['raw_one']['p50_ms']:.2f} ms p99 {m['raw_one']['p99_ms']:.2f} ms",
+        ),
     ]
     for k, r in m["raw_procs"].items():
-        rows.append(Row(f"[{mode}] raw publish_async from {k} processes", r["events_per_s"],
-                        "events/s", refname, ref, note="several publishers vs fsync cost"))
+        rows.append(
+            Row(
+                f"[{mode}] raw publish_async from {k} processes",
+                r["events_per_s"],
+                "events/s",
+                refname,
+                ref,
+                note="several publishers vs fsync cost",
+            )
+        )
     if "whatif_single" in m:
         w, ws = m["whatif_single"], m["whatif_steady"]
-        rows.append(Row(f"[{mode}] what-if: single-event HTTP, interactions max_workers=N",
-                        w["events_per_s"], "events/s", refname, ref,
-                        note=f"p50 {w['p50_ms']:.1f} ms p99 {w['p99_ms']:.1f} ms; errors "
-                             f"{w['errors'] or 0} (product unchanged; bench/whatif.py)",
-                        extra={"cpu_s": m["whatif_single_cpu"]}))
-        rows.append(Row(f"[{mode}] what-if: single-event p99 at {ws['events_per_s']:.0f}/s steady",
-                        ws["p99_ms"], "ms", "raw one-at-a-time publish p99",
-                        m["raw_one"]["p99_ms"],
-                        note=f"p50 {ws['p50_ms']:.1f} ms; errors {ws['errors'] or 0}"
-                             + ("; SATURATED" if ws["saturated"] else ""),
-                        extra={"cpu_s": m["whatif_steady_cpu"]}))
+        rows.append(
+            Row(
+                f"[{mode}] what-if: single-event HTTP, interactions max_workers=N",
+                w["events_per_s"],
+                "events/s",
+                refname,
+                ref,
+                note=f"p50 {w['p50_ms']:.1f} ms p99 {w['p99_ms']:.1f} ms; errors "
+                f"{w['errors'] or 0} (product unchanged; bench/whatif.py)",
+                extra={"cpu_s": m["whatif_single_cpu"]},
+            )
+        )
+        rows.append(
+            Row(
+                f"[{mode}] what-if: single-event p99 at {ws['events_per_s']:.0f}/s steady",
+                ws["p99_ms"],
+                "ms",
+                "raw one-at-a-time publish p99",
+                m["raw_one"]["p99_ms"],
+                note=f"p50 {ws['p50_ms']:.1f} ms; errors {ws['errors'] or 0}"
+                + ("; SATURATED" if ws["saturated"] else ""),
+                extra={"cpu_s": m["whatif_steady_cpu"]},
+            )
+        )
     if "batch_scaled" in m:
-        rows.append(Row(f"[{mode}] tieline batch HTTP, +1 interactions process",
-                        m["batch_scaled"]["events_per_s"], "events/s", refname, ref,
-                        extra={"cpu_s": m["batch_scaled_cpu"]}))
+        rows.append(
+            Row(
+                f"[{mode}] tieline batch HTTP, +1 interactions process",
+                m["batch_scaled"]["events_per_s"],
+                "events/s",
+                refname,
+                ref,
+                extra={"cpu_s": m["batch_scaled_cpu"]},
+            )
+        )
     return rows
 
 
@@ -361,20 +520,41 @@ def targets_for(results: dict[str, dict[str, Any]]) -> list[Target]:
         ref = m["raw_async"]["events_per_s"]
         b = m["batch"]["events_per_s"] / ref if ref else None
         s = m["single"]["events_per_s"] / ref if ref else None
-        out.append(judge(f"[{mode}] batch ingest >= 75% of raw async publish", b, 0.75,
-                         at_least=True, measured=f"{100 * (b or 0):.0f}% "
-                         f"({m['batch']['events_per_s']:,.0f} vs {ref:,.0f}/s)",
-                         reason_if_missed="write path CPU per event (see CPU split/profile)"))
-        out.append(judge(f"[{mode}] single-event HTTP >= 60% of raw async publish", s, 0.60,
-                         at_least=True, measured=f"{100 * (s or 0):.0f}% "
-                         f"({m['single']['events_per_s']:,.0f} vs {ref:,.0f}/s)",
-                         reason_if_missed="HTTP + NATS request/reply + validation per event"))
+        out.append(
+            judge(
+                f"[{mode}] batch ingest >= 75% of raw async publish",
+                b,
+                0.75,
+                at_least=True,
+                measured=f"{100 * (b or 0):.0f}% "
+                f"({m['batch']['events_per_s']:,.0f} vs {ref:,.0f}/s)",
+                reason_if_missed="write path CPU per event (see CPU split/profile)",
+            )
+        )
+        out.append(
+            judge(
+                f"[{mode}] single-event HTTP >= 60% of raw async publish",
+                s,
+                0.60,
+                at_least=True,
+                measured=f"{100 * (s or 0):.0f}% "
+                f"({m['single']['events_per_s']:,.0f} vs {ref:,.0f}/s)",
+                reason_if_missed="HTTP + NATS request/reply + validation per event",
+            )
+        )
     if "lazy" in results:
         st = results["lazy"]["steady"]
-        out.append(judge("[lazy] single-event p99 < 20 ms at 1k events/s", st["p99_ms"], 20,
-                         at_least=False, measured=f"p99 {st['p99_ms']:.1f} ms at "
-                         f"{st['events_per_s']:,.0f}/s", reason_if_missed="queueing: the "
-                         "write path is near saturation at this rate on 2 cores"))
+        out.append(
+            judge(
+                "[lazy] single-event p99 < 20 ms at 1k events/s",
+                st["p99_ms"],
+                20,
+                at_least=False,
+                measured=f"p99 {st['p99_ms']:.1f} ms at {st['events_per_s']:,.0f}/s",
+                reason_if_missed="queueing: the "
+                "write path is near saturation at this rate on 2 cores",
+            )
+        )
     return out
 
 
@@ -388,13 +568,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with temp_root() as root, postgres(root) as db_url:
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
             print(f"[ingest:{mode}] starting the stack ...", flush=True)
-            with running_stack(root / f"stack-{mode}", db_url,
-                               sync_always=mode == "sync") as rs:
+            with running_stack(root / f"stack-{mode}", db_url, sync_always=mode == "sync") as rs:
                 results[mode] = measure_mode(rs, args, mode)
     rows = [r for m in results.values() for r in rows_for(m)]
     targets = targets_for(results)
-    path = write_results("ingest", args=jsonable_args(args), rows=rows, targets=targets,
-                         extra=results, started=started, activity_before=before)
+    path = write_results(
+        "ingest",
+        args=jsonable_args(args),
+        rows=rows,
+        targets=targets,
+        extra=results,
+        started=started,
+        activity_before=before,
+    )
     print_table("ingest", rows, targets)
     print(f"results: {path}")
     return {"rows": rows, "targets": targets}

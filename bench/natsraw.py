@@ -32,17 +32,30 @@ class PubResult:
         return rate(self.count, self.seconds)
 
     def summary(self) -> dict[str, Any]:
-        return {"count": self.count, "seconds": round(self.seconds, 3),
-                "events_per_s": round(self.per_s, 1), **summarize(self.latencies)}
+        return {
+            "count": self.count,
+            "seconds": round(self.seconds, 3),
+            "events_per_s": round(self.per_s, 1),
+            **summarize(self.latencies),
+        }
 
 
 def raw_stream_config(name: str, subjects: list[str]) -> js_api.StreamConfig:
     """Like services.infra.jetstream.stream_config: file storage, limits, a dedupe window."""
     return js_api.StreamConfig(
-        name=name, subjects=subjects, retention=js_api.RetentionPolicy.LIMITS,
-        storage=js_api.StorageType.FILE, max_age=0, max_msgs=-1, max_bytes=-1,
-        max_msg_size=1024 * 1024, discard=js_api.DiscardPolicy.OLD, num_replicas=1,
-        duplicate_window=120.0, allow_direct=True)
+        name=name,
+        subjects=subjects,
+        retention=js_api.RetentionPolicy.LIMITS,
+        storage=js_api.StorageType.FILE,
+        max_age=0,
+        max_msgs=-1,
+        max_bytes=-1,
+        max_msg_size=1024 * 1024,
+        discard=js_api.DiscardPolicy.OLD,
+        num_replicas=1,
+        duplicate_window=120.0,
+        allow_direct=True,
+    )
 
 
 async def ensure_raw_stream(js: Any, name: str, subjects: list[str]) -> None:
@@ -51,8 +64,9 @@ async def ensure_raw_stream(js: Any, name: str, subjects: list[str]) -> None:
     await js.add_stream(config=raw_stream_config(name, subjects))
 
 
-async def publish_one_at_a_time(js: Any, stream: str, msgs: Iterable[tuple[str, bytes, str]]
-                                ) -> PubResult:
+async def publish_one_at_a_time(
+    js: Any, stream: str, msgs: Iterable[tuple[str, bytes, str]]
+) -> PubResult:
     lat = []
     n = 0
     seq = 0
@@ -66,8 +80,9 @@ async def publish_one_at_a_time(js: Any, stream: str, msgs: Iterable[tuple[str, 
     return PubResult(n, time.perf_counter() - t0, lat, seq)
 
 
-async def publish_many_in_flight(js: Any, stream: str, msgs: Iterable[tuple[str, bytes, str]],
-                                 *, record_latency: bool = True) -> PubResult:
+async def publish_many_in_flight(
+    js: Any, stream: str, msgs: Iterable[tuple[str, bytes, str]], *, record_latency: bool = True
+) -> PubResult:
     """``publish_async`` with up to the context's ``publish_async_max_pending`` (4000) in
     flight; latency is send -> PubAck (queueing included: this is the saturation point)."""
     lat: list[float] = []
@@ -77,8 +92,7 @@ async def publish_many_in_flight(js: Any, stream: str, msgs: Iterable[tuple[str,
     last = 0
     for subject, data, msg_id in msgs:
         s = time.perf_counter()
-        fut = await js.publish_async(subject, data, headers={"Nats-Msg-Id": msg_id},
-                                     stream=stream)
+        fut = await js.publish_async(subject, data, headers={"Nats-Msg-Id": msg_id}, stream=stream)
         if record_latency:
             fut.add_done_callback(lambda _f, s=s: lat.append(time.perf_counter() - s))
         futures.append(fut)
@@ -101,17 +115,27 @@ async def _settle(futures: Sequence[asyncio.Future[Any]]) -> int:
 # -- several publisher processes --------------------------------------------------------------
 
 
-def _child(settings_json: str, stream: str, prefix: str, payloads: list[bytes], n: int,
-           idx: int, go: Any, out: Any) -> None:
-    from services.config import Settings
+def _child(
+    settings_json: str,
+    stream: str,
+    prefix: str,
+    payloads: list[bytes],
+    n: int,
+    idx: int,
+    go: Any,
+    out: Any,
+) -> None:
+    from tieline.plumbing.config import Settings
 
     settings = Settings.model_validate_json(settings_json)
 
     async def main() -> tuple[int, float, float]:
         nc = await nats_connect(settings, f"bench-pub-{idx}")
         js = nc.jetstream(publish_async_max_pending=4000)
-        msgs = ((f"{prefix}.p{idx}", payloads[i % len(payloads)], f"{idx}-{i}-{time.time_ns()}")
-                for i in range(n))
+        msgs = (
+            (f"{prefix}.p{idx}", payloads[i % len(payloads)], f"{idx}-{i}-{time.time_ns()}")
+            for i in range(n)
+        )
         await asyncio.get_running_loop().run_in_executor(None, go.wait)
         t0 = time.time()
         res = await publish_many_in_flight(js, stream, msgs, record_latency=False)
@@ -122,17 +146,22 @@ def _child(settings_json: str, stream: str, prefix: str, payloads: list[bytes], 
     out.put(asyncio.run(main()))
 
 
-def publish_from_processes(settings: Any, stream: str, prefix: str, payloads: list[bytes],
-                           total: int, procs: int) -> PubResult:
+def publish_from_processes(
+    settings: Any, stream: str, prefix: str, payloads: list[bytes], total: int, procs: int
+) -> PubResult:
     """``procs`` processes each publishing ``total/procs`` messages with many in flight, all
     started together; rate = all messages / (last finish - first start)."""
     ctx = mp.get_context("spawn")
     go = ctx.Event()
     out = ctx.Queue()
     per = total // procs
-    children = [ctx.Process(target=_child, args=(settings.model_dump_json(), stream, prefix,
-                                                  payloads, per, i, go, out))
-                for i in range(procs)]
+    children = [
+        ctx.Process(
+            target=_child,
+            args=(settings.model_dump_json(), stream, prefix, payloads, per, i, go, out),
+        )
+        for i in range(procs)
+    ]
     for c in children:
         c.start()
     time.sleep(1.5)  # let them import and connect
@@ -149,18 +178,36 @@ def publish_from_processes(settings: Any, stream: str, prefix: str, payloads: li
 # -- consumers ------------------------------------------------------------------------------
 
 
-async def pull_drain(js: Any, stream: str, subject: str, n: int, *, batch: int = 500,
-                     ack: str = "all", durable: str | None = None) -> tuple[int, float]:
+async def pull_drain(
+    js: Any,
+    stream: str,
+    subject: str,
+    n: int,
+    *,
+    batch: int = 500,
+    ack: str = "all",
+    durable: str | None = None,
+) -> tuple[int, float]:
     """Fetch ``n`` messages in batches with a pull consumer; ``ack``: ``all`` (ack the last of
     each batch, AckPolicy.ALL, like the worker), ``each`` (ack every message, explicit) or
     ``none`` (AckPolicy.NONE). Returns (messages, seconds)."""
-    policy = {"all": js_api.AckPolicy.ALL, "each": js_api.AckPolicy.EXPLICIT,
-              "none": js_api.AckPolicy.NONE}[ack]
+    policy = {
+        "all": js_api.AckPolicy.ALL,
+        "each": js_api.AckPolicy.EXPLICIT,
+        "none": js_api.AckPolicy.NONE,
+    }[ack]
     durable = durable or f"raw-{ack}-{time.time_ns()}"
-    sub = await js.pull_subscribe(subject, durable=durable, stream=stream,
-                                  config=js_api.ConsumerConfig(
-                                      ack_policy=policy, deliver_policy=js_api.DeliverPolicy.ALL,
-                                      max_ack_pending=max(batch * 4, 1000), ack_wait=60))
+    sub = await js.pull_subscribe(
+        subject,
+        durable=durable,
+        stream=stream,
+        config=js_api.ConsumerConfig(
+            ack_policy=policy,
+            deliver_policy=js_api.DeliverPolicy.ALL,
+            max_ack_pending=max(batch * 4, 1000),
+            ack_wait=60,
+        ),
+    )
     got = 0
     t0 = time.perf_counter()
     idle = 0
@@ -201,9 +248,14 @@ async def ordered_read(nc: Any, js: Any, subject: str, n: int) -> tuple[int, flo
         if got >= n:
             done.set()
 
-    sub = await js.subscribe(subject, ordered_consumer=True, cb=cb,
-                             deliver_policy=js_api.DeliverPolicy.ALL,
-                             pending_msgs_limit=1_000_000, pending_bytes_limit=1 << 30)
+    sub = await js.subscribe(
+        subject,
+        ordered_consumer=True,
+        cb=cb,
+        deliver_policy=js_api.DeliverPolicy.ALL,
+        pending_msgs_limit=1_000_000,
+        pending_bytes_limit=1 << 30,
+    )
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), timeout=max(60.0, n / 2000))
     secs = time.perf_counter() - t0
@@ -213,7 +265,7 @@ async def ordered_read(nc: Any, js: Any, subject: str, n: int) -> tuple[int, flo
 
 async def fill_stream(settings: Any, msgs: Iterable[tuple[str, bytes, str]]) -> PubResult:
     """Publish ``msgs`` to the settings' stream as fast as possible (setup, not measured)."""
-    from services.infra.jetstream import ensure_streams
+    from tieline.plumbing.jetstream import ensure_streams
 
     nc = await nats_connect(settings, "bench-fill")
     try:

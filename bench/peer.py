@@ -55,8 +55,12 @@ WS = "peer"
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--meetings", type=int, default=20_000)
-    p.add_argument("--one-by-one", type=int, default=3_000,
-                   help="meetings appended one per transaction/request (each side)")
+    p.add_argument(
+        "--one-by-one",
+        type=int,
+        default=3_000,
+        help="meetings appended one per transaction/request (each side)",
+    )
     p.add_argument("--people", type=int, default=1_000)
     p.add_argument("--quick", action="store_true")
 
@@ -85,10 +89,12 @@ def _peer_classes() -> dict[str, Any]:
         def __init__(self, datastore: Any, **kwargs: Any) -> None:
             super().__init__(datastore, **kwargs)
             self.view_table = self.tracking_table_name.replace("_tracking", "") + "_pairs"
-            self.sql_create_statements.append(SQL(
-                "CREATE TABLE IF NOT EXISTS {0}.{1} (a text, b text, meetings int NOT NULL, "
-                "minutes bigint NOT NULL, PRIMARY KEY (a, b))").format(
-                    Identifier(self.datastore.schema), Identifier(self.view_table)))
+            self.sql_create_statements.append(
+                SQL(
+                    "CREATE TABLE IF NOT EXISTS {0}.{1} (a text, b text, meetings int NOT NULL, "
+                    "minutes bigint NOT NULL, PRIMARY KEY (a, b))"
+                ).format(Identifier(self.datastore.schema), Identifier(self.view_table))
+            )
             self.upsert = SQL(
                 "INSERT INTO {0}.{1} VALUES (%s, %s, 1, %s) ON CONFLICT (a, b) DO UPDATE SET "
                 "meetings = {0}.{1}.meetings + 1, minutes = {0}.{1}.minutes + EXCLUDED.minutes"
@@ -111,21 +117,29 @@ def _peer_classes() -> dict[str, Any]:
             else:
                 self.view.insert_tracking(tracking)
 
-    return {"Meeting": Meeting, "Meetings": Meetings, "PairView": PairView,
-            "PairProjection": PairProjection}
+    return {
+        "Meeting": Meeting,
+        "Meetings": Meetings,
+        "PairView": PairView,
+        "PairProjection": PairProjection,
+    }
 
 
 def peer_env(database_url: str, schema: str) -> dict[str, str]:
     u = urlparse(database_url)
-    return {"PERSISTENCE_MODULE": "eventsourcing.postgres",
-            "POSTGRES_DBNAME": (u.path or "/postgres").lstrip("/"),
-            "POSTGRES_HOST": u.hostname or "127.0.0.1", "POSTGRES_PORT": str(u.port or 5432),
-            "POSTGRES_USER": u.username or "postgres", "POSTGRES_PASSWORD": u.password or "x",
-            "POSTGRES_SCHEMA": schema, "POSTGRES_POOL_SIZE": "5"}
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": (u.path or "/postgres").lstrip("/"),
+        "POSTGRES_HOST": u.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(u.port or 5432),
+        "POSTGRES_USER": u.username or "postgres",
+        "POSTGRES_PASSWORD": u.password or "x",
+        "POSTGRES_SCHEMA": schema,
+        "POSTGRES_POOL_SIZE": "5",
+    }
 
 
-def run_peer(database_url: str, meetings: list[dict[str, Any]], one_by_one: int
-             ) -> dict[str, Any]:
+def run_peer(database_url: str, meetings: list[dict[str, Any]], one_by_one: int) -> dict[str, Any]:
     import psycopg
     from eventsourcing.projection import ProjectionRunner
 
@@ -148,13 +162,17 @@ def run_peer(database_url: str, meetings: list[dict[str, Any]], one_by_one: int
     one_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for i in range(0, len(rest), 500):
-        app.save(*(Meeting(*args(m)) for m in rest[i:i + 500]))
+        app.save(*(Meeting(*args(m)) for m in rest[i : i + 500]))
     batch_s = time.perf_counter() - t0
     last_id = app.recorder.max_notification_id()
     app.close()
     t0 = time.perf_counter()
-    with ProjectionRunner(application_class=c["Meetings"], projection_class=c["PairProjection"],
-                          view_class=c["PairView"], env=env) as runner:
+    with ProjectionRunner(
+        application_class=c["Meetings"],
+        projection_class=c["PairProjection"],
+        view_class=c["PairView"],
+        env=env,
+    ) as runner:
         view = runner.projection.view
         deadline = time.monotonic() + 3600
         while (view.max_tracking_id(runner.app.name) or 0) < last_id:
@@ -164,39 +182,61 @@ def run_peer(database_url: str, meetings: list[dict[str, Any]], one_by_one: int
         catch_s = time.perf_counter() - t0
         with psycopg.connect(database_url) as conn:
             total = conn.execute(
-                f"SELECT sum(meetings) FROM {schema}.{view.view_table}").fetchone()[0]
-    return {"one": (len(one), one_s), "batch": (len(rest), batch_s),
-            "catch_up": (int(last_id or 0), catch_s), "projected_meetings": int(total or 0)}
+                f"SELECT sum(meetings) FROM {schema}.{view.view_table}"
+            ).fetchone()[0]
+    return {
+        "one": (len(one), one_s),
+        "batch": (len(rest), batch_s),
+        "catch_up": (int(last_id or 0), catch_s),
+        "projected_meetings": int(total or 0),
+    }
 
 
 # -- tieline ---------------------------------------------------------------------------------
 
 
-def run_tieline(root: Any, database_url: str, people: list[dict[str, Any]],
-                meetings: list[dict[str, Any]], one_by_one: int) -> dict[str, Any]:
+def run_tieline(
+    root: Any,
+    database_url: str,
+    people: list[dict[str, Any]],
+    meetings: list[dict[str, Any]],
+    one_by_one: int,
+) -> dict[str, Any]:
     from bench.projection import drain_with_worker
 
     dumps = json.dumps
-    with running_stack(root / "stack", database_url,
-                       roles=("api", "people", "interactions")) as rs:
+    with running_stack(root / "stack", database_url, roles=("api", "people", "interactions")) as rs:
         token = make_token(rs.settings, WS, "write")
 
         async def load() -> tuple[Any, Any]:
             async with client(rs.api_url, token, 64) as http:
                 for i in range(0, len(people), 500):
-                    chunk = "\n".join(dumps(p) for p in people[i:i + 500]).encode()
-                    r = await http.post(f"/v1/workspaces/{WS}/events/batch", content=chunk,
-                                        headers={"content-type": "application/x-ndjson"})
+                    chunk = "\n".join(dumps(p) for p in people[i : i + 500]).encode()
+                    r = await http.post(
+                        f"/v1/workspaces/{WS}/events/batch",
+                        content=chunk,
+                        headers={"content-type": "application/x-ndjson"},
+                    )
                     r.raise_for_status()
                 single = await closed_loop(
-                    http, f"/v1/workspaces/{WS}/events",
-                    [dumps(m).encode() for m in meetings[:one_by_one]], concurrency=64)
+                    http,
+                    f"/v1/workspaces/{WS}/events",
+                    [dumps(m).encode() for m in meetings[:one_by_one]],
+                    concurrency=64,
+                )
                 rest = meetings[one_by_one:]
-                bodies = ["\n".join(dumps(m) for m in rest[i:i + 500]).encode()
-                          for i in range(0, len(rest), 500)]
-                batch = await closed_loop(http, f"/v1/workspaces/{WS}/events/batch", bodies,
-                                          concurrency=4, content_type="application/x-ndjson",
-                                          events_per_body=lambda r: int(r.json()["accepted"]))
+                bodies = [
+                    "\n".join(dumps(m) for m in rest[i : i + 500]).encode()
+                    for i in range(0, len(rest), 500)
+                ]
+                batch = await closed_loop(
+                    http,
+                    f"/v1/workspaces/{WS}/events/batch",
+                    bodies,
+                    concurrency=4,
+                    content_type="application/x-ndjson",
+                    events_per_body=lambda r: int(r.json()["accepted"]),
+                )
                 return single, batch
 
         single, batch = asyncio.run(load())
@@ -213,22 +253,28 @@ def run_tieline(root: Any, database_url: str, people: list[dict[str, Any]],
 
         last = asyncio.run(last_seq())
         stats, secs, cpu = asyncio.run(drain_with_worker(rs.admin, last))
-    return {"single": single.summary(), "batch": batch.summary(),
-            "catch_up": (stats.applied, secs), "catch_up_cpu_s": cpu,
-            "dead_lettered": stats.dead_lettered}
+    return {
+        "single": single.summary(),
+        "batch": batch.summary(),
+        "catch_up": (stats.applied, secs),
+        "catch_up_cpu_s": cpu,
+        "dead_lettered": stats.dead_lettered,
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
-        args.meetings, args.one_by_one, args.people = min(args.meetings, 3_000), \
-            min(args.one_by_one, 500), min(args.people, 300)
+        args.meetings, args.one_by_one, args.people = (
+            min(args.meetings, 3_000),
+            min(args.one_by_one, 500),
+            min(args.people, 300),
+        )
     quiet_logging()
     started = time.time()
     before = other_activity()
     width = len(str(args.people - 1))
     ids = [f"m{i:0{width}d}" for i in range(args.people)]
-    people = [{"type": "person.added", "person_id": p, "display_name": f"Person {p}"}
-              for p in ids]
+    people = [{"type": "person.added", "person_id": p, "display_name": f"Person {p}"} for p in ids]
     meetings = list(itertools.islice(meeting_events(ids, args.meetings), args.meetings))
     with temp_root() as root, postgres(root) as db_url:
         print(f"[peer] eventsourcing: {args.meetings} meetings ...", flush=True)
@@ -238,27 +284,53 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     p_one, p_batch, p_catch = (rate(*peer[k]) for k in ("one", "batch", "catch_up"))
     t_catch = rate(*tl["catch_up"])
     rows = [
-        Row("append one at a time: tieline single-event HTTP (64 concurrent)",
-            tl["single"]["events_per_s"], "events/s", "eventsourcing: one save() per meeting",
-            p_one, note=f"{tl['single']['events']} events; tieline p99 "
-                        f"{tl['single']['p99_ms']:.0f} ms"),
-        Row("append batched: tieline batch HTTP (500/request, 4 concurrent)",
-            tl["batch"]["events_per_s"], "events/s", "eventsourcing: save(*500 meetings)",
-            p_batch, note=f"{tl['batch']['events']} events"),
-        Row("projection catch-up from zero: tieline worker", t_catch, "events/s",
-            "eventsourcing ProjectionRunner", p_catch,
+        Row(
+            "append one at a time: tieline single-event HTTP (64 concurrent)",
+            tl["single"]["events_per_s"],
+            "events/s",
+            "eventsourcing: one save() per meeting",
+            p_one,
+            note=f"{tl['single']['events']} events; tieline p99 {tl['single']['p99_ms']:.0f} ms",
+        ),
+        Row(
+            "append batched: tieline batch HTTP (500/request, 4 concurrent)",
+            tl["batch"]["events_per_s"],
+            "events/s",
+            "eventsourcing: save(*500 meetings)",
+            p_batch,
+            note=f"{tl['batch']['events']} events",
+        ),
+        Row(
+            "projection catch-up from zero: tieline worker",
+            t_catch,
+            "events/s",
+            "eventsourcing ProjectionRunner",
+            p_catch,
             note=f"tieline {tl['catch_up'][0]} events in {tl['catch_up'][1]:.1f}s (incl. "
-                 f"{args.people} person.added); eventsourcing {peer['catch_up'][0]} in "
-                 f"{peer['catch_up'][1]:.1f}s, {peer['projected_meetings']} meetings counted"),
+            f"{args.people} person.added); eventsourcing {peer['catch_up'][0]} in "
+            f"{peer['catch_up'][1]:.1f}s, {peer['projected_meetings']} meetings counted",
+        ),
     ]
     r = t_catch / p_catch if p_catch else None
-    targets = [judge("live projection >= 10x the peer's projection catch-up", r, 10,
-                     at_least=True, measured=f"{r or 0:.1f}x ({t_catch:,.0f} vs "
-                                             f"{p_catch:,.0f} events/s)",
-                     reason_if_missed="tieline's worker CPU per event (see projection profile)")]
-    path = write_results("peer", args=jsonable_args(args), rows=rows, targets=targets,
-                         extra={"eventsourcing": peer, "tieline": tl}, started=started,
-                         activity_before=before)
+    targets = [
+        judge(
+            "live projection >= 10x the peer's projection catch-up",
+            r,
+            10,
+            at_least=True,
+            measured=f"{r or 0:.1f}x ({t_catch:,.0f} vs {p_catch:,.0f} events/s)",
+            reason_if_missed="tieline's worker CPU per event (see projection profile)",
+        )
+    ]
+    path = write_results(
+        "peer",
+        args=jsonable_args(args),
+        rows=rows,
+        targets=targets,
+        extra={"eventsourcing": peer, "tieline": tl},
+        started=started,
+        activity_before=before,
+    )
     print_table("peer: the same meetings on eventsourcing 9 (same PostgreSQL)", rows, targets)
     print(f"results: {path}")
     return {"rows": rows, "targets": targets}

@@ -59,10 +59,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="20k events, 1k people")
 
 
-async def drain_with_worker(settings: Any, last_seq: int, *, timeout: float = 3600
-                            ) -> tuple[Any, float, float]:
+async def drain_with_worker(
+    settings: Any, last_seq: int, *, timeout: float = 3600
+) -> tuple[Any, float, float]:
     """(worker stats, seconds from the first fetch to the checkpoint at ``last_seq``, CPU s)."""
-    from projections.worker import Worker
+    from tieline.projections.worker import Worker
 
     worker = Worker(settings)
     await worker.start()
@@ -81,9 +82,14 @@ async def drain_with_worker(settings: Any, last_seq: int, *, timeout: float = 36
 async def _raw(settings: Any, n: int, ack: str) -> tuple[int, float]:
     nc = await nats_connect(settings, "bench-raw-pull")
     try:
-        return await pull_drain(nc.jetstream(), settings.stream_name,
-                                f"{settings.subject_prefix}.ev.>", n, ack=ack,
-                                batch=settings.batch_size)
+        return await pull_drain(
+            nc.jetstream(),
+            settings.stream_name,
+            f"{settings.subject_prefix}.ev.>",
+            n,
+            ack=ack,
+            batch=settings.batch_size,
+        )
     finally:
         await nc.close()
 
@@ -101,8 +107,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             settings = unique_settings(url, db_url, batch_size=args.batch_size)
             enc = LogEncoder("bench", settings.subject_prefix)
             print(f"[projection] publishing {args.events} events to the stream (setup) ...")
-            fill = asyncio.run(fill_stream(settings, (enc.encode(o) for o in
-                                                      client_events(args.people, args.events))))
+            fill = asyncio.run(
+                fill_stream(
+                    settings, (enc.encode(o) for o in client_events(args.people, args.events))
+                )
+            )
             last_seq = fill.last_seq
             url = nats.start(sync_always=args.nats_mode == "sync")
             settings = settings.model_copy(update={"nats_url": url})
@@ -130,31 +139,55 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     worker_rate = rate(stats.applied, secs)
     cpu["worker(bench process)"] = round(worker_cpu, 3)
     rows = [
-        Row("live projection", worker_rate, "events/s",
-            f"raw pull fetch({args.batch_size})+ack-last", raw_rate,
+        Row(
+            "live projection",
+            worker_rate,
+            "events/s",
+            f"raw pull fetch({args.batch_size})+ack-last",
+            raw_rate,
             note=f"{stats.applied} events in {secs:.1f}s, {stats.batches} batches, "
-                 f"dead-lettered {stats.dead_lettered}; NATS {mode}",
-            extra={"seconds": secs, "applied": stats.applied, "batches": stats.batches,
-                   "dead_lettered": stats.dead_lettered, "cpu_s": cpu,
-                   "worker_cpu_us_per_event": 1e6 * worker_cpu / max(stats.applied, 1),
-                   "postgres_cpu_us_per_event":
-                       1e6 * cpu.get("postgres", 0) / max(stats.applied, 1)}),
+            f"dead-lettered {stats.dead_lettered}; NATS {mode}",
+            extra={
+                "seconds": secs,
+                "applied": stats.applied,
+                "batches": stats.batches,
+                "dead_lettered": stats.dead_lettered,
+                "cpu_s": cpu,
+                "worker_cpu_us_per_event": 1e6 * worker_cpu / max(stats.applied, 1),
+                "postgres_cpu_us_per_event": 1e6 * cpu.get("postgres", 0) / max(stats.applied, 1),
+            },
+        ),
         Row("raw pull, ack last (before)", rate(*raw1), "events/s", note=f"{raw1[0]} msgs"),
         Row("raw pull, ack last (after)", rate(*raw2), "events/s", note=f"{raw2[0]} msgs"),
         Row("raw pull, ack each", rate(*raw_each), "events/s", note="(NOTES' 22k figure's mode)"),
     ]
-    targets = [judge("live projection >= 15k events/s", worker_rate, 15_000, at_least=True,
-                     measured=f"{worker_rate:,.0f} events/s",
-                     reason_if_missed="one Python process is CPU-bound: per-event decode, "
-                                      "fold and row encoding in the worker, plus PostgreSQL "
-                                      "(see cpu_s per event and the profile)")]
+    targets = [
+        judge(
+            "live projection >= 15k events/s",
+            worker_rate,
+            15_000,
+            at_least=True,
+            measured=f"{worker_rate:,.0f} events/s",
+            reason_if_missed="one Python process is CPU-bound: per-event decode, "
+            "fold and row encoding in the worker, plus PostgreSQL "
+            "(see cpu_s per event and the profile)",
+        )
+    ]
     extra: dict[str, Any] = {"fill": fill.summary(), "nats_mode": mode}
     if args.profile:
         extra["profile_top_inclusive"] = collapsed_top(prof_path, 30)
         extra["profile_top_self"] = collapsed_self_top(prof_path, 20)
         extra["profile_file"] = str(prof_path)
-    path = write_results("projection", args=jsonable_args(args), rows=rows, targets=targets,
-                         extra=extra, database_url=None, started=started, activity_before=before)
+    path = write_results(
+        "projection",
+        args=jsonable_args(args),
+        rows=rows,
+        targets=targets,
+        extra=extra,
+        database_url=None,
+        started=started,
+        activity_before=before,
+    )
     print_table("projection: stream -> committed read models", rows, targets)
     print(f"results: {path}")
     return {"rows": rows, "targets": targets}

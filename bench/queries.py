@@ -3,7 +3,7 @@
 Building 100k people and 1M ties through the projection would take longer than the
 measurement, so the read models are loaded with COPY, but from rows the product itself made:
 
-1. a simulated history (``services.tools.simulate``) is published to the stack's stream and
+1. a simulated history (``tieline.services.tools.simulate``) is published to the stack's stream and
    projected by the stack's own worker: real ``people_v1``, ``pair_events_v1`` and
    ``strength_v1`` rows (templates);
 2. a network of N people and M ties (heavy-tailed degrees) is generated in another
@@ -77,8 +77,9 @@ def person_ids(n: int) -> list[str]:
     return [f"u{i:0{width}d}" for i in range(n)]
 
 
-def generate_ties(people: int, ties: int, seed: int = 3, alpha: float = 0.7
-                  ) -> list[tuple[int, int]]:
+def generate_ties(
+    people: int, ties: int, seed: int = 3, alpha: float = 0.7
+) -> list[tuple[int, int]]:
     """``ties`` distinct unordered pairs (i < j) over ``people`` with heavy-tailed degrees
     (endpoint chosen with weight 1/(rank+1)**alpha)."""
     if ties > people * (people - 1) // 2:
@@ -119,40 +120,65 @@ def substitute(value: Any, mapping: dict[str, str]) -> Any:
 async def _columns(conn: Any, schema: str, table: str) -> list[tuple[str, str]]:
     cur = await conn.execute(
         "SELECT column_name, udt_name FROM information_schema.columns WHERE table_schema = %s "
-        "AND table_name = %s ORDER BY ordinal_position", (schema, table))
+        "AND table_name = %s ORDER BY ordinal_position",
+        (schema, table),
+    )
     return [(r["column_name"], r["udt_name"]) for r in await cur.fetchall()]
 
 
-async def load_network(database_url: str, schema: str, people: int, ties: int,
-                       log: Callable[[str], None] = print, ws: str = WS) -> dict[str, Any]:
+async def load_network(
+    database_url: str,
+    schema: str,
+    people: int,
+    ties: int,
+    log: Callable[[str], None] = print,
+    ws: str = WS,
+) -> dict[str, Any]:
     """Clone the template workspace's projected rows into a big network (see module doc)."""
     import psycopg
     from psycopg import sql
     from psycopg.rows import dict_row
     from psycopg.types.json import Jsonb
 
-    conn = await psycopg.AsyncConnection.connect(database_url, autocommit=True,
-                                                 row_factory=dict_row)
+    conn = await psycopg.AsyncConnection.connect(
+        database_url, autocommit=True, row_factory=dict_row
+    )
     try:
-        cols = {t: await _columns(conn, schema, t)
-                for t in ("people_v1", "strength_v1", "pair_events_v1")}
+        cols = {
+            t: await _columns(conn, schema, t)
+            for t in ("people_v1", "strength_v1", "pair_events_v1")
+        }
         q = sql.SQL
-        cur = await conn.execute(q("SELECT * FROM {}.strength_v1 WHERE workspace_id = %s")
-                                 .format(sql.Identifier(schema)), (TEMPLATE_WS,))
+        cur = await conn.execute(
+            q("SELECT * FROM {}.strength_v1 WHERE workspace_id = %s").format(
+                sql.Identifier(schema)
+            ),
+            (TEMPLATE_WS,),
+        )
         t_strength = await cur.fetchall()
-        cur = await conn.execute(q("SELECT * FROM {}.pair_events_v1 WHERE workspace_id = %s "
-                                   "ORDER BY seq").format(sql.Identifier(schema)), (TEMPLATE_WS,))
+        cur = await conn.execute(
+            q("SELECT * FROM {}.pair_events_v1 WHERE workspace_id = %s ORDER BY seq").format(
+                sql.Identifier(schema)
+            ),
+            (TEMPLATE_WS,),
+        )
         t_events: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         for r in await cur.fetchall():
             t_events[(r["person_a"], r["person_b"])].append(r)
-        cur = await conn.execute(q("SELECT * FROM {}.people_v1 WHERE workspace_id = %s LIMIT 1")
-                                 .format(sql.Identifier(schema)), (TEMPLATE_WS,))
+        cur = await conn.execute(
+            q("SELECT * FROM {}.people_v1 WHERE workspace_id = %s LIMIT 1").format(
+                sql.Identifier(schema)
+            ),
+            (TEMPLATE_WS,),
+        )
         t_person = await cur.fetchone()
         templates = [r for r in t_strength if t_events.get((r["person_a"], r["person_b"]))]
         if not templates or t_person is None:
             raise RuntimeError("the template projection produced no ties")
-        log(f"[queries] {len(templates)} template ties, generating {ties} ties over "
-            f"{people} people ...")
+        log(
+            f"[queries] {len(templates)} template ties, generating {ties} ties over "
+            f"{people} people ..."
+        )
         ids = person_ids(people)
         pairs = generate_ties(people, ties)
         rng = random.Random(9)
@@ -167,21 +193,34 @@ async def load_network(database_url: str, schema: str, people: int, ties: int,
             names = [c for c, _ in cols[table]]
             types = [u for _, u in cols[table]]
             stmt = q("COPY {}.{} ({}) FROM STDIN (FORMAT BINARY)").format(
-                sql.Identifier(schema), sql.Identifier(table),
-                q(", ").join(sql.Identifier(n) for n in names))
+                sql.Identifier(schema),
+                sql.Identifier(table),
+                q(", ").join(sql.Identifier(n) for n in names),
+            )
             n = 0
             async with conn.transaction(), conn.cursor() as c, c.copy(stmt) as cp:
                 cp.set_types(types)
                 for row in rows:
-                    await cp.write_row([typed(u, row.get(k)) for k, u in zip(names, types,
-                                                                              strict=True)])
+                    await cp.write_row(
+                        [typed(u, row.get(k)) for k, u in zip(names, types, strict=True)]
+                    )
                     n += 1
             return n
 
         t0 = time.perf_counter()
-        n_people = await copy("people_v1", (
-            {**t_person, "workspace_id": ws, "person_id": pid, "added_event_id": uuid.uuid4(),
-             "last_seq": 1} for pid in ids))
+        n_people = await copy(
+            "people_v1",
+            (
+                {
+                    **t_person,
+                    "workspace_id": ws,
+                    "person_id": pid,
+                    "added_event_id": uuid.uuid4(),
+                    "last_seq": 1,
+                }
+                for pid in ids
+            ),
+        )
         seq = itertools.count(10_000_000)
 
         # Strength rows and their events must come from the same template: remember which.
@@ -194,8 +233,7 @@ async def load_network(database_url: str, schema: str, people: int, ties: int,
                 t = templates[k]
                 m = {t["person_a"]: ids[i], t["person_b"]: ids[j]}
                 row = {c: substitute(v, m) for c, v in t.items()}
-                row.update(workspace_id=ws, person_a=ids[i], person_b=ids[j],
-                           last_seq=next(seq))
+                row.update(workspace_id=ws, person_a=ids[i], person_b=ids[j], last_seq=next(seq))
                 yield row
 
         n_ties = await copy("strength_v1", strength_rows_tracked())
@@ -206,24 +244,38 @@ async def load_network(database_url: str, schema: str, people: int, ties: int,
                 m = {t["person_a"]: ids[i], t["person_b"]: ids[j]}
                 for e in t_events[(t["person_a"], t["person_b"])]:
                     row = {c: substitute(v, m) for c, v in e.items()}
-                    row.update(workspace_id=ws, person_a=ids[i], person_b=ids[j],
-                               event_id=uuid.uuid4(), seq=next(seq), recorded_at=now)
+                    row.update(
+                        workspace_id=ws,
+                        person_a=ids[i],
+                        person_b=ids[j],
+                        event_id=uuid.uuid4(),
+                        seq=next(seq),
+                        recorded_at=now,
+                    )
                     yield row
 
         n_events = await copy("pair_events_v1", event_rows())
         load_s = time.perf_counter() - t0
-        log(f"[queries] loaded {n_people} people, {n_ties} ties, {n_events} timeline rows in "
-            f"{load_s:.0f}s; ANALYZE ...")
+        log(
+            f"[queries] loaded {n_people} people, {n_ties} ties, {n_events} timeline rows in "
+            f"{load_s:.0f}s; ANALYZE ..."
+        )
         for t in ("people_v1", "strength_v1", "pair_events_v1"):
-            await conn.execute(q("ANALYZE {}.{}").format(sql.Identifier(schema),
-                                                          sql.Identifier(t)))
+            await conn.execute(q("ANALYZE {}.{}").format(sql.Identifier(schema), sql.Identifier(t)))
         degree: dict[int, int] = defaultdict(int)
         for i, j in pairs:
             degree[i] += 1
             degree[j] += 1
-        return {"ids": ids, "pairs": pairs, "degree": dict(degree), "people": n_people,
-                "ties": n_ties, "timeline_rows": n_events, "load_s": load_s,
-                "templates": len(templates)}
+        return {
+            "ids": ids,
+            "pairs": pairs,
+            "degree": dict(degree),
+            "people": n_people,
+            "ties": n_ties,
+            "timeline_rows": n_events,
+            "load_s": load_s,
+            "templates": len(templates),
+        }
     finally:
         await conn.close()
 
@@ -231,8 +283,9 @@ async def load_network(database_url: str, schema: str, people: int, ties: int,
 # -- load ----------------------------------------------------------------------------------
 
 
-async def hammer(make: Callable[[random.Random], Awaitable[int]], concurrency: int,
-                 seconds: float) -> dict[str, Any]:
+async def hammer(
+    make: Callable[[random.Random], Awaitable[int]], concurrency: int, seconds: float
+) -> dict[str, Any]:
     """Call ``make(rng)`` (returns an HTTP-like status) from ``concurrency`` tasks for
     ``seconds``; latencies of the 2xx answers."""
     lat: list[float] = []
@@ -254,14 +307,21 @@ async def hammer(make: Callable[[random.Random], Awaitable[int]], concurrency: i
     return {**summarize(lat), "per_s": len(lat) / wall, "statuses": dict(statuses)}
 
 
-async def run_endpoints(api_url: str, token: str, database_url: str, schema: str,
-                        state_schema: str, net: dict[str, Any], a: argparse.Namespace,
-                        ws: str = WS, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+async def run_endpoints(
+    api_url: str,
+    token: str,
+    database_url: str,
+    schema: str,
+    state_schema: str,
+    net: dict[str, Any],
+    a: argparse.Namespace,
+    ws: str = WS,
+    only: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
     from psycopg.rows import dict_row
     from psycopg_pool import AsyncConnectionPool
-
-    from services.api import queries as q
-    from services.api import ties
+    from tieline.services.api import queries as q
+    from tieline.services.api import ties
 
     ids, pairs, degree = net["ids"], net["pairs"], net["degree"]
     hubs = sorted(degree, key=lambda i: -degree[i])
@@ -280,34 +340,47 @@ async def run_endpoints(api_url: str, token: str, database_url: str, schema: str
     base = f"/v1/workspaces/{ws}"
     http_calls: dict[str, Callable[[Any, random.Random], Any]] = {
         "pair strength": lambda h, r: h.get("{}/relationships/{}/{}".format(base, *pair(r))),
-        "top-50 ties": lambda h, r: h.get(f"{base}/people/{person(r)}/relationships",
-                                          params={"limit": 50}),
+        "top-50 ties": lambda h, r: h.get(
+            f"{base}/people/{person(r)}/relationships", params={"limit": 50}
+        ),
         "timeline": lambda h, r: h.get("{}/relationships/{}/{}/timeline".format(base, *pair(r))),
         "follow-ups due": lambda h, r: h.get(f"{base}/people/{person(r)}/follow-ups"),
-        "warm paths": lambda h, r: h.get(f"{base}/people/{person(r)}/warm-paths",
-                                         params={"target": person(r)}),
+        "warm paths": lambda h, r: h.get(
+            f"{base}/people/{person(r)}/warm-paths", params={"target": person(r)}
+        ),
     }
     raw_calls: dict[str, Callable[[Any, random.Random], Awaitable[Any]]] = {
         # Whatever the endpoint reads for "now": the stored row when the API has pair_row
         # (closed-form decay), else every event of the pair (the model re-run per read).
-        "pair strength": (lambda c, r: ties.pair_row(c, ws, *pair(r))) if hasattr(
-            ties, "pair_row") else (lambda c, r: ties.pair_events(c, ws, *pair(r))),
+        "pair strength": (lambda c, r: ties.pair_row(c, ws, *pair(r)))
+        if hasattr(ties, "pair_row")
+        else (lambda c, r: ties.pair_events(c, ws, *pair(r))),
         "top-50 ties": lambda c, r: ties.ties_of(c, ws, person(r)),
         "timeline": lambda c, r: q.timeline(c, ws, *pair(r), 1000),
         "follow-ups due": lambda c, r: ties.ties_of(c, ws, person(r)),
         "warm paths": lambda c, r: ties.warm_paths(c, ws, person(r), person(r), 10),
     }
-    raw_what = {"pair strength": "SELECT the pair's strength row (ties.pair_row)"
-                if hasattr(ties, "pair_row") else "SELECT the pair's events (ties.pair_events)",
-                "top-50 ties": "SELECT the person's ties (ties.ties_of)",
-                "timeline": "SELECT the pair's timeline (queries.timeline)",
-                "follow-ups due": "SELECT the person's ties (ties.ties_of)",
-                "warm paths": "ties.warm_paths in-process (its 3 SELECTs + ranking)"}
+    raw_what = {
+        "pair strength": "SELECT the pair's strength row (ties.pair_row)"
+        if hasattr(ties, "pair_row")
+        else "SELECT the pair's events (ties.pair_events)",
+        "top-50 ties": "SELECT the person's ties (ties.ties_of)",
+        "timeline": "SELECT the pair's timeline (queries.timeline)",
+        "follow-ups due": "SELECT the person's ties (ties.ties_of)",
+        "warm paths": "ties.warm_paths in-process (its 3 SELECTs + ranking)",
+    }
     out: dict[str, Any] = {}
-    pool = AsyncConnectionPool(database_url, min_size=a.concurrency, max_size=a.concurrency,
-                               kwargs={"autocommit": True, "row_factory": dict_row,
-                                       "options": f"-c search_path={schema},{state_schema}"},
-                               open=False)
+    pool = AsyncConnectionPool(
+        database_url,
+        min_size=a.concurrency,
+        max_size=a.concurrency,
+        kwargs={
+            "autocommit": True,
+            "row_factory": dict_row,
+            "options": f"-c search_path={schema},{state_schema}",
+        },
+        open=False,
+    )
     await pool.open(wait=True)
     try:
         async with client(api_url, token, a.concurrency, timeout=30) as http:
@@ -316,7 +389,9 @@ async def run_endpoints(api_url: str, token: str, database_url: str, schema: str
                     continue
                 probe = await call(http, random.Random(0))
                 if probe.status_code == 404 and probe.text.strip() in (
-                        '{"detail":"Not Found"}', '{"error":"Not Found","detail":[]}'):
+                    '{"detail":"Not Found"}',
+                    '{"error":"Not Found","detail":[]}',
+                ):
                     out[name] = {"skipped": f"404 (no such route yet): {probe.text[:80]}"}
                     continue
 
@@ -349,8 +424,11 @@ async def run_endpoints(api_url: str, token: str, database_url: str, schema: str
                     from bench.common import collapsed_self_top, collapsed_top, stop_py_spy
 
                     stop_py_spy(spy)
-                    h["profile"] = {"file": str(ppath), "top": collapsed_top(ppath, 40),
-                                    "self": collapsed_self_top(ppath, 15)}
+                    h["profile"] = {
+                        "file": str(ppath),
+                        "top": collapsed_top(ppath, 40),
+                        "self": collapsed_self_top(ppath, 15),
+                    }
                 print(f"[queries] {name}: in-process SQL ...", flush=True)
                 s = await hammer(via_sql, a.concurrency, min(a.seconds, 5.0))
                 out[name] = {"http": h, "http_1": one, "sql": s, "sql_what": raw_what[name]}
@@ -366,17 +444,20 @@ async def _publish_templates(settings: Any, people: int, events: int) -> int:
     try:
         js = nc.jetstream(publish_async_max_pending=4000)
         enc = LogEncoder(TEMPLATE_WS, settings.subject_prefix)
-        res = await publish_many_in_flight(js, settings.stream_name,
-                                           (enc.encode(o) for o in client_events(people, events)),
-                                           record_latency=False)
+        res = await publish_many_in_flight(
+            js,
+            settings.stream_name,
+            (enc.encode(o) for o in client_events(people, events)),
+            record_latency=False,
+        )
         return res.last_seq
     finally:
         await nc.close()
 
 
 async def _wait_projected(settings: Any, last_seq: int, timeout: float = 1800) -> tuple[str, int]:
-    from projections import generations
-    from services.infra import db
+    from tieline.plumbing import db
+    from tieline.projections import generations
 
     deadline = time.monotonic() + timeout
     while True:
@@ -386,7 +467,8 @@ async def _wait_projected(settings: Any, last_seq: int, timeout: float = 1800) -
             if live is not None:
                 cur = await conn.execute(
                     f'SELECT last_seq FROM "{live.schema_name}".checkpoints WHERE projection = %s',
-                    (live.consumer,))
+                    (live.consumer,),
+                )
                 row = await cur.fetchone()
                 if row and row[0] >= last_seq:
                     return live.schema_name, int(row[0])
@@ -402,8 +484,10 @@ async def _wait_projected(settings: Any, last_seq: int, timeout: float = 1800) -
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         args.people, args.ties = min(args.people, 5_000), min(args.ties, 50_000)
-        args.template_events, args.template_people = min(args.template_events, 15_000), \
-            min(args.template_people, 800)
+        args.template_events, args.template_people = (
+            min(args.template_events, 15_000),
+            min(args.template_people, 800),
+        )
         args.seconds = min(args.seconds, 3.0)
     quiet_logging()
     started = time.time()
@@ -411,14 +495,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with temp_root() as root, postgres(root) as db_url:
         with running_stack(root / "stack", db_url) as rs:
             print(f"[queries] projecting {args.template_events} template events ...", flush=True)
-            last = asyncio.run(_publish_templates(rs.admin, args.template_people,
-                                                  args.template_events))
+            last = asyncio.run(
+                _publish_templates(rs.admin, args.template_people, args.template_events)
+            )
             schema, _ = asyncio.run(_wait_projected(rs.settings, last))
             net = asyncio.run(load_network(db_url, schema, args.people, args.ties))
             token = make_token(rs.settings, WS, "read")
             args.api_pid = rs.pids().get("api")
-            res = asyncio.run(run_endpoints(rs.api_url, token, db_url, schema,
-                                            rs.settings.database_schema, net, args))
+            res = asyncio.run(
+                run_endpoints(
+                    rs.api_url, token, db_url, schema, rs.settings.database_schema, net, args
+                )
+            )
     rows: list[Row] = []
     targets: list[Target] = []
     for name, r in res.items():
@@ -428,44 +516,93 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         h, s = r["http"], r["sql"]
         bad = {k: v for k, v in h["statuses"].items() if not 200 <= int(k) < 300}
         for p in ("p50", "p95", "p99"):
-            rows.append(Row(f"{name} {p} (HTTP, {args.concurrency} clients)", h[f"{p}_ms"], "ms",
-                            f"same query in-process {p}", s[f"{p}_ms"],
-                            note=(f"{h['per_s']:.0f} req/s; non-2xx {bad}" if p == "p50" else
-                                  s.get("sql_what", r.get("sql_what", "")) if p == "p95"
-                                  else f"max {h['max_ms']:.0f} ms")))
+            rows.append(
+                Row(
+                    f"{name} {p} (HTTP, {args.concurrency} clients)",
+                    h[f"{p}_ms"],
+                    "ms",
+                    f"same query in-process {p}",
+                    s[f"{p}_ms"],
+                    note=(
+                        f"{h['per_s']:.0f} req/s; non-2xx {bad}"
+                        if p == "p50"
+                        else s.get("sql_what", r.get("sql_what", ""))
+                        if p == "p95"
+                        else f"max {h['max_ms']:.0f} ms"
+                    ),
+                )
+            )
         one = r["http_1"]
-        rows.append(Row(f"{name} p99 (HTTP, 1 client)", one["p99_ms"], "ms",
-                        "same query in-process p99", s["p99_ms"],
-                        note=f"p50 {one['p50_ms']:.1f} ms; unloaded latency"))
+        rows.append(
+            Row(
+                f"{name} p99 (HTTP, 1 client)",
+                one["p99_ms"],
+                "ms",
+                "same query in-process p99",
+                s["p99_ms"],
+                note=f"p50 {one['p50_ms']:.1f} ms; unloaded latency",
+            )
+        )
     scale = f"{args.people:,} people / {args.ties:,} ties"
     if "pair strength" in res and "http" in res["pair strength"]:
         v = res["pair strength"]["http"]["p99_ms"]
         v1 = res["pair strength"]["http_1"]["p99_ms"]
-        targets.append(judge(f"pair strength p99 < 5 ms ({scale})", v, 5, at_least=False,
-                             measured=f"p99 {v:.1f} ms at {args.concurrency} clients "
-                                      f"({v1:.1f} ms with 1 client)",
-                             reason_if_missed=(
-                                 f"{args.concurrency} closed-loop clients saturate the one api "
-                                 f"process ({res['pair strength']['http']['per_s']:,.0f} req/s on "
-                                 "2 cores shared with PostgreSQL and the load generator): the "
-                                 "p99 is queueing (Little: clients / throughput); see the "
-                                 "1-client row for the latency of one read")))
+        targets.append(
+            judge(
+                f"pair strength p99 < 5 ms ({scale})",
+                v,
+                5,
+                at_least=False,
+                measured=f"p99 {v:.1f} ms at {args.concurrency} clients "
+                f"({v1:.1f} ms with 1 client)",
+                reason_if_missed=(
+                    f"{args.concurrency} closed-loop clients saturate the one api "
+                    f"process ({res['pair strength']['http']['per_s']:,.0f} req/s on "
+                    "2 cores shared with PostgreSQL and the load generator): the "
+                    "p99 is queueing (Little: clients / throughput); see the "
+                    "1-client row for the latency of one read"
+                ),
+            )
+        )
     wp = res.get("warm paths", {})
     if "http" in wp:
         v = wp["http"]["p95_ms"]
         v1 = wp["http_1"]["p95_ms"]
-        targets.append(judge(f"warm paths p95 < 50 ms ({scale})", v, 50, at_least=False,
-                             measured=f"p95 {v:.1f} ms at {args.concurrency} clients "
-                                      f"({v1:.1f} ms with 1 client)",
-                             reason_if_missed="hub neighbourhoods: all ties of both people "
-                                              "scored in Python, then a join over both sets"))
+        targets.append(
+            judge(
+                f"warm paths p95 < 50 ms ({scale})",
+                v,
+                50,
+                at_least=False,
+                measured=f"p95 {v:.1f} ms at {args.concurrency} clients "
+                f"({v1:.1f} ms with 1 client)",
+                reason_if_missed="hub neighbourhoods: all ties of both people "
+                "scored in Python, then a join over both sets",
+            )
+        )
     else:
-        targets.append(Target(f"warm paths p95 < 50 ms ({scale})", None,
-                              "endpoint not available", wp.get("skipped", "")))
-    extra = {"network": {k: v for k, v in net.items() if k not in ("ids", "pairs", "degree")},
-             "max_degree": max(net["degree"].values()), "results": res}
-    path = write_results("queries", args=jsonable_args(args), rows=rows, targets=targets,
-                         extra=extra, started=started, activity_before=before)
+        targets.append(
+            Target(
+                f"warm paths p95 < 50 ms ({scale})",
+                None,
+                "endpoint not available",
+                wp.get("skipped", ""),
+            )
+        )
+    extra = {
+        "network": {k: v for k, v in net.items() if k not in ("ids", "pairs", "degree")},
+        "max_degree": max(net["degree"].values()),
+        "results": res,
+    }
+    path = write_results(
+        "queries",
+        args=jsonable_args(args),
+        rows=rows,
+        targets=targets,
+        extra=extra,
+        started=started,
+        activity_before=before,
+    )
     print_table(f"queries ({scale})", rows, targets)
     print(f"results: {path}")
     return {"rows": rows, "targets": targets}

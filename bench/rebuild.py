@@ -1,6 +1,6 @@
 """Rebuild: replay the whole stream into a new read-model generation.
 
-N generated events (``services.tools.simulate`` when present) are published straight onto the
+N generated events (``tieline.services.tools.simulate``) are published straight onto the
 stream as the write side would (setup, lazy fsync for speed; the server then restarts in the
 measured mode). Then, in the same run:
 
@@ -72,21 +72,25 @@ def _child() -> None:
     """Run one replay with the settings in TIELINE_BENCH_SETTINGS; print one JSON line."""
     import resource
 
-    from services.config import Settings
-    from services.logging import configure_logging
+    from tieline.plumbing.config import Settings
+    from tieline.plumbing.logging import configure_logging
 
     configure_logging("WARNING", json=True)
     settings = Settings.model_validate_json(os.environ["TIELINE_BENCH_SETTINGS"])
 
     async def go() -> dict[str, Any]:
-        from projections.replay import replay
+        from tieline.projections.replay import replay
 
         result, worker = await replay(settings, status="building")
         try:
-            return {"applied": result.applied, "seconds": result.seconds,
-                    "last_seq": result.last_seq, "switched": result.switched,
-                    "dead_lettered": worker.stats.dead_lettered,
-                    "generation": result.generation.gen}
+            return {
+                "applied": result.applied,
+                "seconds": result.seconds,
+                "last_seq": result.last_seq,
+                "switched": result.switched,
+                "dead_lettered": worker.stats.dead_lettered,
+                "generation": result.generation.gen,
+            }
         finally:
             await worker.close()
 
@@ -102,8 +106,12 @@ def replay_in_child(settings: Any, *, profile_to: Any = None) -> dict[str, Any]:
     """Run the replay in a child process; add its wall time, CPU and own peak RSS (VmHWM)."""
     env = dict(os.environ, TIELINE_BENCH_SETTINGS=settings.model_dump_json())
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.rebuild", "--child"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.rebuild", "--child"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     spy = start_py_spy(proc.pid, 36000, profile_to) if profile_to else None
     assert proc.stdout is not None and proc.stderr is not None
     out_bytes = proc.stdout.read()
@@ -119,9 +127,13 @@ def replay_in_child(settings: Any, *, profile_to: Any = None) -> dict[str, Any]:
     res: dict[str, Any] = json.loads(lines[-1][7:])
     # The child's own peak (VmHWM); ru_maxrss also counts the parent's RSS at fork time.
     own = res.get("vmhwm_kib")
-    res.update(process_wall_s=wall, maxrss_mib=(own if own else usage.ru_maxrss) / 1024,
-               ru_maxrss_mib=usage.ru_maxrss / 1024,
-               cpu_user_s=usage.ru_utime, cpu_sys_s=usage.ru_stime)
+    res.update(
+        process_wall_s=wall,
+        maxrss_mib=(own if own else usage.ru_maxrss) / 1024,
+        ru_maxrss_mib=usage.ru_maxrss / 1024,
+        cpu_user_s=usage.ru_utime,
+        cpu_sys_s=usage.ru_stime,
+    )
     return res
 
 
@@ -133,8 +145,10 @@ async def raw_reads(settings: Any, n: int) -> dict[str, tuple[int, float]]:
     try:
         js = nc.jetstream()
         subject = f"{settings.subject_prefix}.ev.>"
-        return {"ordered": await ordered_read(nc, js, subject, n),
-                "pull_noack": await pull_drain(js, settings.stream_name, subject, n, ack="none")}
+        return {
+            "ordered": await ordered_read(nc, js, subject, n),
+            "pull_noack": await pull_drain(js, settings.stream_name, subject, n, ack="none"),
+        }
     finally:
         await nc.close()
 
@@ -160,8 +174,9 @@ def _vmhwm_kib() -> int | None:
     return None
 
 
-def raw_copy(database_url: str, n: int, samples: list[tuple[str, bytes]], *,
-             rows_per_tx: int = 50_000) -> tuple[int, float]:
+def raw_copy(
+    database_url: str, n: int, samples: list[tuple[str, bytes]], *, rows_per_tx: int = 50_000
+) -> tuple[int, float]:
     """COPY (binary) ``n`` archive-shaped rows into a fresh table with the archive's keys;
     payloads cycle through real encoded events. Returns (rows, seconds)."""
     import psycopg
@@ -170,23 +185,51 @@ def raw_copy(database_url: str, n: int, samples: list[tuple[str, bytes]], *,
     table = f"bench_copy_{uuid.uuid4().hex[:8]}"
     now = datetime.now(UTC)
     decoded = [(s, json.loads(b)) for s, b in samples]
-    payloads = [(s, d["type"], Jsonb(b.decode(), dumps=lambda x: x)) for (s, d), (_, b)
-                in zip(decoded, samples, strict=True)]
+    payloads = [
+        (s, d["type"], Jsonb(b.decode(), dumps=lambda x: x))
+        for (s, d), (_, b) in zip(decoded, samples, strict=True)
+    ]
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(ARCHIVE_DDL.format(t=table))
         t0 = time.perf_counter()
         done = 0
         while done < n:
             k = min(rows_per_tx, n - done)
-            with conn.transaction(), conn.cursor() as cur, cur.copy(
-                f"COPY {table} FROM STDIN (FORMAT BINARY)"
-            ) as cp:
-                cp.set_types(["uuid", "int8", "text", "text", "int4", "timestamptz",
-                              "timestamptz", "text", "text", "jsonb"])
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as cp,
+            ):
+                cp.set_types(
+                    [
+                        "uuid",
+                        "int8",
+                        "text",
+                        "text",
+                        "int4",
+                        "timestamptz",
+                        "timestamptz",
+                        "text",
+                        "text",
+                        "jsonb",
+                    ]
+                )
                 for i in range(done, done + k):
                     subj, typ, payload = payloads[i % len(payloads)]
-                    cp.write_row((uuid.UUID(int=i + 1), i + 1, "bench", typ, 1, now, now,
-                                  "bench", subj, payload))
+                    cp.write_row(
+                        (
+                            uuid.UUID(int=i + 1),
+                            i + 1,
+                            "bench",
+                            typ,
+                            1,
+                            now,
+                            now,
+                            "bench",
+                            subj,
+                            payload,
+                        )
+                    )
             done += k
         secs = time.perf_counter() - t0
         conn.execute(f"DROP TABLE {table}")
@@ -196,9 +239,18 @@ def raw_copy(database_url: str, n: int, samples: list[tuple[str, bytes]], *,
 # -- the benchmark ---------------------------------------------------------------------------
 
 
-def measure(root: Any, db_url: str, events: int, people: int, *, batch_size: int = 2000,
-            nats_mode: str = "sync", profile: bool = False, copy: bool = True,
-            label: str = "") -> dict[str, Any]:
+def measure(
+    root: Any,
+    db_url: str,
+    events: int,
+    people: int,
+    *,
+    batch_size: int = 2000,
+    nats_mode: str = "sync",
+    profile: bool = False,
+    copy: bool = True,
+    label: str = "",
+) -> dict[str, Any]:
     """One rebuild measurement with its raw references; used by scaling.py too."""
     nats = RestartableNats(root / f"nats{label}")
     try:
@@ -235,9 +287,15 @@ def measure(root: Any, db_url: str, events: int, people: int, *, batch_size: int
         rep["servers_cpu_s"] = meter.stop()
     finally:
         nats.stop()
-    out = {"events": fill.count, "fill": fill.summary(), "nats_mode": mode, "replay": rep,
-           "read_ordered": reads["ordered"], "read_pull_noack": reads["pull_noack"],
-           "copy": copy_res}
+    out = {
+        "events": fill.count,
+        "fill": fill.summary(),
+        "nats_mode": mode,
+        "replay": rep,
+        "read_ordered": reads["ordered"],
+        "read_pull_noack": reads["pull_noack"],
+        "copy": copy_res,
+    }
     if profile:
         out["profile_top_inclusive"] = collapsed_top(prof_path, 30)
         out["profile_top_self"] = collapsed_self_top(prof_path, 20)
@@ -254,8 +312,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.time()
     before = other_activity()
     with temp_root() as root, postgres(root) as db_url:
-        m = measure(root, db_url, args.events, args.people, batch_size=args.batch_size,
-                    nats_mode=args.nats_mode, profile=args.profile)
+        m = measure(
+            root,
+            db_url,
+            args.events,
+            args.people,
+            batch_size=args.batch_size,
+            nats_mode=args.nats_mode,
+            profile=args.profile,
+        )
     rep = m["replay"]
     n = m["events"]
     replay_rate = rate(rep["applied"], rep["seconds"])
@@ -263,40 +328,90 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     copy_rate = rate(*m["copy"])
     wall = rep["seconds"]
     rows = [
-        Row("rebuild (replay into a new generation)", replay_rate, "events/s",
-            "raw JetStream read (best of ordered / pull no-ack)", read_rate,
+        Row(
+            "rebuild (replay into a new generation)",
+            replay_rate,
+            "events/s",
+            "raw JetStream read (best of ordered / pull no-ack)",
+            read_rate,
             note=f"{rep['applied']} events, replay {wall:.1f}s "
-                 f"(process {rep['process_wall_s']:.1f}s"
-                 f" incl. start-up), dead-lettered {rep['dead_lettered']}, NATS {m['nats_mode']}",
-            extra={"replay": rep}),
-        Row("rebuild", replay_rate, "events/s", "raw PostgreSQL COPY (binary) of N archive rows",
-            copy_rate, note=f"{m['copy'][0]} rows in {m['copy'][1]:.1f}s"),
-        Row("rebuild wall time", wall, "s", "raw read + raw COPY of N (sum)",
+            f"(process {rep['process_wall_s']:.1f}s"
+            f" incl. start-up), dead-lettered {rep['dead_lettered']}, NATS {m['nats_mode']}",
+            extra={"replay": rep},
+        ),
+        Row(
+            "rebuild",
+            replay_rate,
+            "events/s",
+            "raw PostgreSQL COPY (binary) of N archive rows",
+            copy_rate,
+            note=f"{m['copy'][0]} rows in {m['copy'][1]:.1f}s",
+        ),
+        Row(
+            "rebuild wall time",
+            wall,
+            "s",
+            "raw read + raw COPY of N (sum)",
             m["read_pull_noack"][1] + m["copy"][1] if m["copy"][1] else None,
-            note="ratio > 1: slower than the raw floor"),
-        Row("rebuild peak RSS (replay child)", rep["maxrss_mib"], "MiB",
+            note="ratio > 1: slower than the raw floor",
+        ),
+        Row(
+            "rebuild peak RSS (replay child)",
+            rep["maxrss_mib"],
+            "MiB",
             note=f"replay CPU user {rep['cpu_user_s']:.1f}s sys {rep['cpu_sys_s']:.1f}s; "
-                 f"servers CPU {rep.get('servers_cpu_s', {})}"),
-        Row("raw read: ordered consumer", rate(*m["read_ordered"]), "events/s",
-            note=f"{m['read_ordered'][0]} msgs"),
-        Row("raw read: pull fetch(500), no acks", rate(*m["read_pull_noack"]), "events/s",
-            note=f"{m['read_pull_noack'][0]} msgs"),
+            f"servers CPU {rep.get('servers_cpu_s', {})}",
+        ),
+        Row(
+            "raw read: ordered consumer",
+            rate(*m["read_ordered"]),
+            "events/s",
+            note=f"{m['read_ordered'][0]} msgs",
+        ),
+        Row(
+            "raw read: pull fetch(500), no acks",
+            rate(*m["read_pull_noack"]),
+            "events/s",
+            note=f"{m['read_pull_noack'][0]} msgs",
+        ),
     ]
     full = n >= 1_000_000
     size_note = "" if full else f" (this run: {n} events; the target is for 1M)"
     targets = [
-        judge("rebuild >= 50k events/s", replay_rate, 50_000, at_least=True,
-              measured=f"{replay_rate:,.0f} events/s{size_note}",
-              reason_if_missed="worker CPU-bound in Python per event; see profile"),
-        judge("rebuild of 1M events < 20 s", wall if full else None, 20, at_least=False,
-              measured=f"{wall:.1f} s for {n}",
-              reason_if_missed="follows from the events/s figure"),
-        judge("rebuild peak RSS < 300 MB", rep["maxrss_mib"] * 1.048576, 300, at_least=False,
-              measured=f"{rep['maxrss_mib'] * 1.048576:.0f} MB{size_note}",
-              reason_if_missed="memory grows with the run"),
+        judge(
+            "rebuild >= 50k events/s",
+            replay_rate,
+            50_000,
+            at_least=True,
+            measured=f"{replay_rate:,.0f} events/s{size_note}",
+            reason_if_missed="worker CPU-bound in Python per event; see profile",
+        ),
+        judge(
+            "rebuild of 1M events < 20 s",
+            wall if full else None,
+            20,
+            at_least=False,
+            measured=f"{wall:.1f} s for {n}",
+            reason_if_missed="follows from the events/s figure",
+        ),
+        judge(
+            "rebuild peak RSS < 300 MB",
+            rep["maxrss_mib"] * 1.048576,
+            300,
+            at_least=False,
+            measured=f"{rep['maxrss_mib'] * 1.048576:.0f} MB{size_note}",
+            reason_if_missed="memory grows with the run",
+        ),
     ]
-    path = write_results("rebuild", args=jsonable_args(args), rows=rows, targets=targets,
-                         extra=m, started=started, activity_before=before)
+    path = write_results(
+        "rebuild",
+        args=jsonable_args(args),
+        rows=rows,
+        targets=targets,
+        extra=m,
+        started=started,
+        activity_before=before,
+    )
     print_table("rebuild: the whole stream into a new generation", rows, targets)
     print(f"results: {path}")
     return {"rows": rows, "targets": targets}

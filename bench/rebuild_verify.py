@@ -17,13 +17,14 @@ import resource
 import time
 from typing import Any
 
+from tieline.plumbing import db
+from tieline.projections import generations, replay
+from tieline.projections.worker import Worker
+
 from bench.common import RESULTS_DIR, postgres, temp_root, unique_settings
 from bench.events import LogEncoder, client_events
 from bench.natsraw import fill_stream
 from bench.rebuild import RestartableNats
-from projections import generations, replay
-from projections.worker import Worker
-from services.infra import db
 
 
 async def _drain(worker: Worker, last: int) -> float:
@@ -40,8 +41,10 @@ async def _serve_reads(settings: Any, schema: str, stop: asyncio.Event) -> tuple
     try:
         while not stop.is_set():
             t = time.perf_counter()
-            cur = await conn.execute("SELECT person_b, score FROM strength_v1 WHERE "
-                                     "workspace_id = 'bench' ORDER BY score DESC LIMIT 50")
+            cur = await conn.execute(
+                "SELECT person_b, score FROM strength_v1 WHERE "
+                "workspace_id = 'bench' ORDER BY score DESC LIMIT 50"
+            )
             await cur.fetchall()
             worst = max(worst, (time.perf_counter() - t) * 1000)
             n += 1
@@ -75,17 +78,26 @@ async def run(events: int, people: int, settings: Any) -> dict[str, Any]:
     finally:
         await conn.close()
     return {
-        "events": events, "people": people, "stream_last_seq": last,
+        "events": events,
+        "people": people,
+        "stream_last_seq": last,
         "live_projection_s": round(live_s, 1),
         "live_projection_events_per_s": round(last / live_s),
         "rebuild_s": round(rebuild_s, 1),
         "rebuild_events_per_s": round(result.applied / rebuild_s),
         "switched_live": now_live is not None and now_live.gen == result.generation.gen,
-        "reads_served_during_rebuild": reads, "worst_read_ms": round(worst_ms, 1),
+        "reads_served_during_rebuild": reads,
+        "worst_read_ms": round(worst_ms, 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "tables": {d.table: {"live": d.live_rows, "rebuilt": d.replay_rows,
-                             "only_live": d.only_live, "only_rebuilt": d.only_replay}
-                   for d in diffs},
+        "tables": {
+            d.table: {
+                "live": d.live_rows,
+                "rebuilt": d.replay_rows,
+                "only_live": d.only_live,
+                "only_rebuilt": d.only_replay,
+            }
+            for d in diffs
+        },
         "verify_clean": all(d.clean for d in diffs),
     }
 
@@ -102,8 +114,11 @@ def main(argv: list[str] | None = None) -> None:
             settings = unique_settings(url, db_url, batch_size=2000, fetch_timeout_s=0.5)
             enc = LogEncoder("bench", settings.subject_prefix)
             print(f"publishing {args.events} events ...", flush=True)
-            fill = asyncio.run(fill_stream(settings, (enc.encode(o) for o in
-                                                      client_events(args.people, args.events))))
+            fill = asyncio.run(
+                fill_stream(
+                    settings, (enc.encode(o) for o in client_events(args.people, args.events))
+                )
+            )
             print(f"  {fill.count} published; projecting live, then rebuilding ...", flush=True)
             out = asyncio.run(run(fill.count, args.people, settings))
         finally:

@@ -40,9 +40,13 @@ from bench.common import (
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events", default="10000,100000,1000000")
     p.add_argument("--people", default="1000,10000,100000")
-    p.add_argument("--events-people", type=int, default=5_000,
-                   help="people in the event sweep, fixed, so events per pair grow with N as "
-                        "they do when a network's history grows")
+    p.add_argument(
+        "--events-people",
+        type=int,
+        default=5_000,
+        help="people in the event sweep, fixed, so events per pair grow with N as "
+        "they do when a network's history grows",
+    )
     p.add_argument("--ties-per-person", type=int, default=10)
     p.add_argument("--seconds", type=float, default=4.0, help="per endpoint and size")
     p.add_argument("--skip-events", action="store_true")
@@ -57,18 +61,29 @@ def verdict(k: float, expected: float) -> str:
     return "ok" if k <= expected + 0.25 else "GROWS (expected flat)"
 
 
-def fit_rows(name: str, sizes: list[float], costs: list[float], unit: str, expected: float,
-             size_name: str) -> tuple[Row, Target]:
+def fit_rows(
+    name: str, sizes: list[float], costs: list[float], unit: str, expected: float, size_name: str
+) -> tuple[Row, Target]:
     try:
         k = growth_exponent(sizes, costs)
     except ValueError:
         k = float("nan")
     v = verdict(k, expected) if k == k else "not measured"
     pts = ", ".join(f"{int(s):,}: {c:.3g}" for s, c in zip(sizes, costs, strict=True))
-    row = Row(f"{name} vs {size_name}", k, "exponent k", "expected k", expected,
-              note=f"{v}; {unit} at {pts}")
-    tgt = Target(f"{name} grows no worse than n^{expected:g}", None if k != k else v == "ok",
-                 f"k = {k:.2f}", "" if v == "ok" else v)
+    row = Row(
+        f"{name} vs {size_name}",
+        k,
+        "exponent k",
+        "expected k",
+        expected,
+        note=f"{v}; {unit} at {pts}",
+    )
+    tgt = Target(
+        f"{name} grows no worse than n^{expected:g}",
+        None if k != k else v == "ok",
+        f"k = {k:.2f}",
+        "" if v == "ok" else v,
+    )
     return row, tgt
 
 
@@ -91,11 +106,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for n in ev_sizes:
                 print(f"[scaling] rebuild of {n} events ...", flush=True)
                 m = measure(root, db_url, n, min(args.events_people, n), label=f"-{n}")
-                events.append({"n": m["events"], "replay_s": m["replay"]["seconds"],
-                               "rss_mib": m["replay"]["maxrss_mib"],
-                               "read_s": m["read_pull_noack"][1], "copy_s": m["copy"][1],
-                               "replay_per_s": rate(m["replay"]["applied"],
-                                                   m["replay"]["seconds"])})
+                events.append(
+                    {
+                        "n": m["events"],
+                        "replay_s": m["replay"]["seconds"],
+                        "rss_mib": m["replay"]["maxrss_mib"],
+                        "read_s": m["read_pull_noack"][1],
+                        "copy_s": m["copy"][1],
+                        "replay_per_s": rate(m["replay"]["applied"], m["replay"]["seconds"]),
+                    }
+                )
         if not args.skip_people:
             with running_stack(root / "stack", db_url) as rs:
                 print("[scaling] projecting template ties ...", flush=True)
@@ -103,45 +123,84 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 schema, _ = asyncio.run(qb._wait_projected(rs.settings, last))
                 for p in pp_sizes:
                     ws = f"s{p}"
-                    net = asyncio.run(qb.load_network(db_url, schema, p,
-                                                      p * args.ties_per_person, ws=ws))
+                    net = asyncio.run(
+                        qb.load_network(db_url, schema, p, p * args.ties_per_person, ws=ws)
+                    )
                     token = make_token(rs.settings, ws, "read")
-                    ns = SimpleNamespace(concurrency=1, seconds=args.seconds, profile=False,
-                                         api_pid=None)
-                    res = asyncio.run(qb.run_endpoints(
-                        rs.api_url, token, db_url, schema, rs.settings.database_schema, net, ns,
-                        ws=ws, only=("pair strength", "top-50 ties", "warm paths")))
-                    people.append({"people": p, "ties": net["ties"], "load_s": net["load_s"],
-                                   "max_degree": max(net["degree"].values()),
-                                   **{f"{k} p50_ms": v["http"]["p50_ms"]
-                                      for k, v in res.items() if "http" in v},
-                                   **{f"{k} sql p50_ms": v["sql"]["p50_ms"]
-                                      for k, v in res.items() if "sql" in v}})
+                    ns = SimpleNamespace(
+                        concurrency=1, seconds=args.seconds, profile=False, api_pid=None
+                    )
+                    res = asyncio.run(
+                        qb.run_endpoints(
+                            rs.api_url,
+                            token,
+                            db_url,
+                            schema,
+                            rs.settings.database_schema,
+                            net,
+                            ns,
+                            ws=ws,
+                            only=("pair strength", "top-50 ties", "warm paths"),
+                        )
+                    )
+                    people.append(
+                        {
+                            "people": p,
+                            "ties": net["ties"],
+                            "load_s": net["load_s"],
+                            "max_degree": max(net["degree"].values()),
+                            **{
+                                f"{k} p50_ms": v["http"]["p50_ms"]
+                                for k, v in res.items()
+                                if "http" in v
+                            },
+                            **{
+                                f"{k} sql p50_ms": v["sql"]["p50_ms"]
+                                for k, v in res.items()
+                                if "sql" in v
+                            },
+                        }
+                    )
     rows: list[Row] = []
     targets: list[Target] = []
     if events:
         n = [e["n"] for e in events]
-        for key, label, unit, exp in (("replay_s", "rebuild wall time", "s", 1.0),
-                                      ("read_s", "raw JetStream read", "s", 1.0),
-                                      ("copy_s", "raw COPY", "s", 1.0),
-                                      ("rss_mib", "rebuild peak RSS", "MiB", 0.0)):
+        for key, label, unit, exp in (
+            ("replay_s", "rebuild wall time", "s", 1.0),
+            ("read_s", "raw JetStream read", "s", 1.0),
+            ("copy_s", "raw COPY", "s", 1.0),
+            ("rss_mib", "rebuild peak RSS", "MiB", 0.0),
+        ):
             r, t = fit_rows(label, n, [e[key] for e in events], unit, exp, "events")
             rows.append(r)
             targets.append(t)
     if people:
         sizes = [p["people"] for p in people]
-        r, t = fit_rows("network load (COPY)", sizes, [p["load_s"] for p in people], "s", 1.0,
-                        "people")
+        r, t = fit_rows(
+            "network load (COPY)", sizes, [p["load_s"] for p in people], "s", 1.0, "people"
+        )
         rows.append(r)
         targets.append(t)
         for key in [k for k in people[0] if k.endswith("p50_ms")]:
-            r, t = fit_rows(key.replace(" p50_ms", " p50 latency"), sizes,
-                            [p.get(key, float("nan")) for p in people], "ms", 0.0, "people")
+            r, t = fit_rows(
+                key.replace(" p50_ms", " p50 latency"),
+                sizes,
+                [p.get(key, float("nan")) for p in people],
+                "ms",
+                0.0,
+                "people",
+            )
             rows.append(r)
             targets.append(t)
-    path = write_results("scaling", args=jsonable_args(args), rows=rows, targets=targets,
-                         extra={"events": events, "people": people}, started=started,
-                         activity_before=before)
+    path = write_results(
+        "scaling",
+        args=jsonable_args(args),
+        rows=rows,
+        targets=targets,
+        extra={"events": events, "people": people},
+        started=started,
+        activity_before=before,
+    )
     print_table("scaling: observed growth exponents", rows, targets)
     print(f"results: {path}")
     return {"rows": rows, "targets": targets}

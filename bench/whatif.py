@@ -7,7 +7,7 @@ recommended product change before anyone edits the product. tieline never uses t
 concurrently (``broker.subscriber(..., max_workers=N)``), overriding what the product passes
 (FastStream's default is one at a time; since commit f465f9a the product passes
 ``TIELINE_COMMAND_CONCURRENCY``, 64). Everything else is the product's code, started as
-``services.runtime.run`` does.
+``tieline.services.runtime.run`` does.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.max_workers:
         patch_max_workers(a.max_workers)
-    from services.runtime.run import main as run_main
+    from tieline.services.runtime.run import main as run_main
 
     run_main([a.role])
 

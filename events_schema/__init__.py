@@ -1,6 +1,6 @@
 """tieline's event schema: the immutable facts on the log, and the one registry that reads them."""
 
-from events_schema.models import (
+from tieline.events_schema.models import (
     EVENT_CLASSES,
     Event,
     EventRetracted,
@@ -12,7 +12,7 @@ from events_schema.models import (
     RelationshipIntroduced,
     RelationshipMet,
 )
-from events_schema.registry import REGISTRY, EventDecodeError, EventRegistry
+from tieline.events_schema.registry import REGISTRY, EventDecodeError, EventRegistry
 
 __all__ = [
     "EVENT_CLASSES",

@@ -1,6 +1,6 @@
 """Writes the JSON Schema of every event type and version into ``events_schema/jsonschema/``.
 
-Run ``python -m events_schema.generate`` after changing a model; a test fails when the files
+Run ``python -m tieline.events_schema.generate`` after changing a model; a test fails when the files
 are stale, so non-Python clients never read an outdated contract.
 """
 
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from events_schema.registry import REGISTRY, EventRegistry
+from tieline.events_schema.registry import REGISTRY, EventRegistry
 
 SCHEMA_DIR = Path(__file__).parent / "jsonschema"
 

@@ -6,7 +6,7 @@ happened. Fields that hold personal data (names, contact details, free text) car
 ``x-personal-data: true`` in their JSON Schema so that erasure (crypto-shredding) can find them.
 
 Never edit a model that has been released: add a new ``schema_version`` and an upcaster in
-:mod:`events_schema.registry` instead.
+:mod:`tieline.events_schema.registry` instead.
 """
 
 from __future__ import annotations

@@ -14,8 +14,7 @@ from typing import Annotated, Any, Union
 
 import pydantic
 from pydantic import Field, TypeAdapter
-
-from events_schema.models import EVENT_CLASSES, Event, event_type_of
+from tieline.events_schema.models import EVENT_CLASSES, Event, event_type_of
 
 #: Turns the JSON object of version ``n`` into the JSON object of version ``n + 1``.
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]

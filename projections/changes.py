@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from events_schema.models import (
+from tieline.events_schema.models import (
     Event,
     EventRetracted,
     IntroductionConsented,
@@ -89,22 +89,31 @@ def changes_for(event: Event) -> Changes:
         values = {f: getattr(event, f) for f in PERSON_FIELDS if getattr(event, f) is not None}
         return Changes(person_updated={"person_id": event.person_id, **values})
     if isinstance(event, IntroductionRequested):
-        return Changes(introduction=(event.introduction_id, {
-            "new": True, "requester": event.requester, "introducer": event.introducer,
-            "target": event.target}))
+        return Changes(
+            introduction=(
+                event.introduction_id,
+                {
+                    "new": True,
+                    "requester": event.requester,
+                    "introducer": event.introducer,
+                    "target": event.target,
+                },
+            )
+        )
     if isinstance(event, IntroductionConsented):
-        return Changes(introduction=(event.introduction_id, {
-            "person": event.person, "consented": event.consented}))
+        return Changes(
+            introduction=(
+                event.introduction_id,
+                {"person": event.person, "consented": event.consented},
+            )
+        )
     if isinstance(event, IntroductionOutcome):
         return Changes(introduction=(event.introduction_id, {"outcome": event.outcome}))
     if isinstance(event, PersonForgotten):
         return Changes(forgets=event.person_id)
     if isinstance(event, EventRetracted):
         return Changes(retracts=event.retracted_event_id)
-    rows = [
-        PairEventRow(a, b, _detail(event, (a, b)))
-        for a, b in event.pairs()
-    ]
+    rows = [PairEventRow(a, b, _detail(event, (a, b))) for a, b in event.pairs()]
     intro = None
     if isinstance(event, RelationshipIntroduced) and event.introduction_id is not None:
         intro = (event.introduction_id, {"made": event.event_id})

@@ -5,8 +5,8 @@ Every read-model table set lives in its own PostgreSQL schema, a *generation*
 generation is ``live``; readers follow it. A rebuild creates a ``building`` generation, replays
 the whole stream into it while the live one keeps serving, and then switches the pointer in one
 transaction. A ``scratch`` generation (what-if, verify, as-of snapshots) is never switched to.
-A change of :data:`projections.schema.READ_MODEL_VERSION` in the code makes the worker rebuild
-into a new generation on start.
+A change of :data:`tieline.projections.schema.READ_MODEL_VERSION` in the code makes the
+worker rebuild into a new generation on start.
 """
 
 from __future__ import annotations
@@ -60,16 +60,20 @@ async def ensure_table(conn: AsyncConnection[Any], state_schema: str) -> None:
             "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tieline:{state_schema}",)
         )
         await conn.execute(
-            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(state_schema)))
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(state_schema))
+        )
         await conn.execute(
-            sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(state_schema)))
+            sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(state_schema))
+        )
         await conn.execute(GEN_DDL.encode())
 
 
 async def live(conn: AsyncConnection[Any], state_schema: str) -> Generation | None:
     cur = await conn.execute(
         sql.SQL("SELECT {} FROM {}.generations WHERE status = 'live'").format(
-            sql.SQL(COLS), sql.Identifier(state_schema)))
+            sql.SQL(COLS), sql.Identifier(state_schema)
+        )
+    )
     row = await cur.fetchone()
     return _row(row) if row else None
 
@@ -77,52 +81,83 @@ async def live(conn: AsyncConnection[Any], state_schema: str) -> Generation | No
 async def get(conn: AsyncConnection[Any], state_schema: str, gen: int) -> Generation | None:
     cur = await conn.execute(
         sql.SQL("SELECT {} FROM {}.generations WHERE gen = %s").format(
-            sql.SQL(COLS), sql.Identifier(state_schema)), (gen,))
+            sql.SQL(COLS), sql.Identifier(state_schema)
+        ),
+        (gen,),
+    )
     row = await cur.fetchone()
     return _row(row) if row else None
 
 
-async def latest_building(conn: AsyncConnection[Any], state_schema: str, version: int
-                          ) -> Generation | None:
+async def latest_building(
+    conn: AsyncConnection[Any], state_schema: str, version: int
+) -> Generation | None:
     cur = await conn.execute(
-        sql.SQL("SELECT {} FROM {}.generations WHERE status = 'building' AND version = %s "
-                "ORDER BY gen DESC LIMIT 1").format(sql.SQL(COLS), sql.Identifier(state_schema)),
-        (version,))
+        sql.SQL(
+            "SELECT {} FROM {}.generations WHERE status = 'building' AND version = %s "
+            "ORDER BY gen DESC LIMIT 1"
+        ).format(sql.SQL(COLS), sql.Identifier(state_schema)),
+        (version,),
+    )
     row = await cur.fetchone()
     return _row(row) if row else None
 
 
-async def create(conn: AsyncConnection[Any], state_schema: str, consumer_base: str, version: int,
-                 status: str, params: dict[str, Any] | None = None, note: str | None = None,
-                 schema_name: str | None = None) -> Generation:
+async def create(
+    conn: AsyncConnection[Any],
+    state_schema: str,
+    consumer_base: str,
+    version: int,
+    status: str,
+    params: dict[str, Any] | None = None,
+    note: str | None = None,
+    schema_name: str | None = None,
+) -> Generation:
     """Register a new generation (its tables are created by the worker that fills it)."""
     from psycopg.types.json import Jsonb
 
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
-                           (f"tieline-gen:{state_schema}",))
-        cur = await conn.execute(sql.SQL("SELECT coalesce(max(gen), 0) + 1 FROM {}.generations")
-                                 .format(sql.Identifier(state_schema)))
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tieline-gen:{state_schema}",)
+        )
+        cur = await conn.execute(
+            sql.SQL("SELECT coalesce(max(gen), 0) + 1 FROM {}.generations").format(
+                sql.Identifier(state_schema)
+            )
+        )
         row = await cur.fetchone()
         assert row is not None
         n = int(next(iter(row.values())) if isinstance(row, dict) else row[0])
         name = schema_name or f"{state_schema}_g{n}"
         await conn.execute(
-            sql.SQL("INSERT INTO {}.generations (gen, schema_name, version, status, consumer, "
-                    "params, note, live_at) VALUES (%s, %s, %s, %s, %s, %s, %s, "
-                    "CASE WHEN %s = 'live' THEN now() END)").format(sql.Identifier(state_schema)),
-            (n, name, version, status, f"{consumer_base}-g{n}",
-             Jsonb(params) if params is not None else None, note, status))
+            sql.SQL(
+                "INSERT INTO {}.generations (gen, schema_name, version, status, consumer, "
+                "params, note, live_at) VALUES (%s, %s, %s, %s, %s, %s, %s, "
+                "CASE WHEN %s = 'live' THEN now() END)"
+            ).format(sql.Identifier(state_schema)),
+            (
+                n,
+                name,
+                version,
+                status,
+                f"{consumer_base}-g{n}",
+                Jsonb(params) if params is not None else None,
+                note,
+                status,
+            ),
+        )
     return Generation(n, name, version, status, f"{consumer_base}-g{n}", params)
 
 
-async def ensure_live(conn: AsyncConnection[Any], state_schema: str, consumer_base: str,
-                      version: int) -> Generation:
+async def ensure_live(
+    conn: AsyncConnection[Any], state_schema: str, consumer_base: str, version: int
+) -> Generation:
     """The live generation, creating generation 1 on a fresh database."""
     await ensure_table(conn, state_schema)
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
-                           (f"tieline-live:{state_schema}",))
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tieline-live:{state_schema}",)
+        )
         current = await live(conn, state_schema)
         if current is None:
             current = await create(conn, state_schema, consumer_base, version, "live")
@@ -133,10 +168,18 @@ async def switch(conn: AsyncConnection[Any], state_schema: str, new: Generation)
     """Make ``new`` the live generation and retire the old one, atomically."""
     s = sql.Identifier(state_schema)
     async with conn.transaction():
-        await conn.execute(sql.SQL("UPDATE {}.generations SET status = 'retired', "
-                                   "retired_at = now() WHERE status = 'live'").format(s))
-        await conn.execute(sql.SQL("UPDATE {}.generations SET status = 'live', live_at = now() "
-                                   "WHERE gen = %s").format(s), (new.gen,))
+        await conn.execute(
+            sql.SQL(
+                "UPDATE {}.generations SET status = 'retired', "
+                "retired_at = now() WHERE status = 'live'"
+            ).format(s)
+        )
+        await conn.execute(
+            sql.SQL(
+                "UPDATE {}.generations SET status = 'live', live_at = now() WHERE gen = %s"
+            ).format(s),
+            (new.gen,),
+        )
         await conn.execute("SELECT pg_notify('tieline_generation', %s)", (str(new.gen),))
 
 
@@ -145,7 +188,12 @@ async def drop(conn: AsyncConnection[Any], state_schema: str, gen: Generation) -
     if gen.status == "live":
         raise ValueError("refusing to drop the live generation")
     async with conn.transaction():
-        await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-            sql.Identifier(gen.schema_name)))
-        await conn.execute(sql.SQL("DELETE FROM {}.generations WHERE gen = %s").format(
-            sql.Identifier(state_schema)), (gen.gen,))
+        await conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(gen.schema_name))
+        )
+        await conn.execute(
+            sql.SQL("DELETE FROM {}.generations WHERE gen = %s").format(
+                sql.Identifier(state_schema)
+            ),
+            (gen.gen,),
+        )

@@ -17,15 +17,14 @@ from typing import Any
 
 import structlog
 from psycopg import AsyncConnection, sql
-
-from events_schema.registry import REGISTRY, EventRegistry
-from projections import generations
-from projections.generations import Generation
-from projections.schema import READ_MODEL_VERSION
-from projections.strength_model import TIERS, Params
-from projections.worker import Worker
-from services.config import Settings
-from services.infra import db
+from tieline.events_schema.registry import REGISTRY, EventRegistry
+from tieline.plumbing import db
+from tieline.plumbing.config import Settings
+from tieline.projections import generations
+from tieline.projections.generations import Generation
+from tieline.projections.schema import READ_MODEL_VERSION
+from tieline.projections.strength_model import TIERS, Params
+from tieline.projections.worker import Worker
 
 log = structlog.get_logger(__name__)
 
@@ -46,16 +45,16 @@ class ReplayResult:
         return self.applied / self.seconds if self.seconds > 0 else 0.0
 
 
-async def _drive(worker: Worker, target: Callable[[], Any], progress: Progress | None,
-                 started: float) -> None:
+async def _drive(
+    worker: Worker, target: Callable[[], Any], progress: Progress | None, started: float
+) -> None:
     """Run batches until the worker reaches ``target()`` (re-evaluated when idle)."""
     goal = int(await target())
     idle = 0
     while worker.stats.last_seq < goal:
         result = await worker.run_once()
         if progress is not None:
-            progress(worker.stats.last_seq, goal, worker.stats.applied,
-                     time.monotonic() - started)
+            progress(worker.stats.last_seq, goal, worker.stats.applied, time.monotonic() - started)
         if result is None:
             idle += 1
             goal = int(await target())
@@ -82,16 +81,24 @@ async def replay(
     once caught up (``switch``); a ``scratch`` one never is. The caller closes the worker."""
     conn = await db.connect(settings)
     try:
-        await generations.ensure_live(conn, settings.database_schema, settings.consumer_name,
-                                      READ_MODEL_VERSION)
+        await generations.ensure_live(
+            conn, settings.database_schema, settings.consumer_name, READ_MODEL_VERSION
+        )
         gen = await generations.create(
-            conn, settings.database_schema, settings.consumer_name, READ_MODEL_VERSION, status,
-            params=params.to_dict() if params is not None else None, note=note,
-            schema_name=schema_name)
+            conn,
+            settings.database_schema,
+            settings.consumer_name,
+            READ_MODEL_VERSION,
+            status,
+            params=params.to_dict() if params is not None else None,
+            note=note,
+            schema_name=schema_name,
+        )
     finally:
         await conn.close()
-    worker = Worker(settings, registry, generation=gen, stop_at_seq=stop_at_seq, until=until,
-                    params=params)
+    worker = Worker(
+        settings, registry, generation=gen, stop_at_seq=stop_at_seq, until=until, params=params
+    )
     await worker.start()
     started = time.monotonic()
 
@@ -100,8 +107,9 @@ async def replay(
         return min(last, stop_at_seq) if stop_at_seq is not None else last
 
     await _drive(worker, target, progress, started)
-    result = ReplayResult(gen, worker.stats.last_seq, worker.stats.applied,
-                          time.monotonic() - started)
+    result = ReplayResult(
+        gen, worker.stats.last_seq, worker.stats.applied, time.monotonic() - started
+    )
     if status == "building" and switch:
         # Catch the last few events that arrived while we finished, then flip the pointer.
         await _drive(worker, target, progress, started)
@@ -111,8 +119,9 @@ async def replay(
         finally:
             await conn.close()
         result.switched = True
-        worker.generation = Generation(gen.gen, gen.schema_name, gen.version, "live",
-                                       gen.consumer, gen.params)
+        worker.generation = Generation(
+            gen.gen, gen.schema_name, gen.version, "live", gen.consumer, gen.params
+        )
         log.info("replay.switched", generation=gen.gen, last_seq=result.last_seq)
     return result, worker
 
@@ -134,8 +143,10 @@ async def retire_old(settings: Settings, keep: int = 0, grace_s: float = 5.0) ->
     dropped = []
     try:
         cur = await conn.execute(
-            sql.SQL("SELECT {} FROM {}.generations WHERE status = 'retired' ORDER BY gen DESC")
-            .format(sql.SQL(generations.COLS), sql.Identifier(settings.database_schema)))
+            sql.SQL(
+                "SELECT {} FROM {}.generations WHERE status = 'retired' ORDER BY gen DESC"
+            ).format(sql.SQL(generations.COLS), sql.Identifier(settings.database_schema))
+        )
         rows = await cur.fetchall()
         for r in rows[keep:]:
             gen = generations._row(r)
@@ -172,7 +183,9 @@ class TableDiff:
 async def _columns(conn: AsyncConnection[Any], schema: str, table: str) -> list[tuple[str, str]]:
     cur = await conn.execute(
         "SELECT column_name, data_type FROM information_schema.columns "
-        "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position", (schema, table))
+        "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+        (schema, table),
+    )
     return [(r[0], r[1]) for r in await cur.fetchall() if r[0] not in BOOKKEEPING]
 
 
@@ -183,18 +196,21 @@ def _expr(col: str, data_type: str) -> sql.Composable:
     return sql.Identifier(col)
 
 
-async def compare(conn: AsyncConnection[Any], live_schema: str, replay_schema: str
-                  ) -> list[TableDiff]:
+async def compare(
+    conn: AsyncConnection[Any], live_schema: str, replay_schema: str
+) -> list[TableDiff]:
     """Row-by-row comparison (multiset EXCEPT in both directions) of every compared table."""
     out = []
     for table in COMPARED:
         cols = await _columns(conn, live_schema, table)
         select = sql.SQL(", ").join(_expr(c, t) for c, t in cols)
 
-        def q(a: str, b: str, *, select: sql.Composable = select, table: str = table
-              ) -> sql.Composed:
+        def q(
+            a: str, b: str, *, select: sql.Composable = select, table: str = table
+        ) -> sql.Composed:
             return sql.SQL("SELECT {s} FROM {a}.{t} EXCEPT ALL SELECT {s} FROM {b}.{t}").format(
-                s=select, a=sql.Identifier(a), b=sql.Identifier(b), t=sql.Identifier(table))
+                s=select, a=sql.Identifier(a), b=sql.Identifier(b), t=sql.Identifier(table)
+            )
 
         counts = []
         samples: list[str] = []
@@ -206,24 +222,29 @@ async def compare(conn: AsyncConnection[Any], live_schema: str, replay_schema: s
             samples += [f"only in {a}: {tuple(r)}" for r in await cur.fetchall()]
         sizes = []
         for schema in (live_schema, replay_schema):
-            cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(
-                sql.Identifier(schema), sql.Identifier(table)))
+            cur = await conn.execute(
+                sql.SQL("SELECT count(*) FROM {}.{}").format(
+                    sql.Identifier(schema), sql.Identifier(table)
+                )
+            )
             row = await cur.fetchone()
             sizes.append(int(row[0]) if row else 0)
         out.append(TableDiff(table, sizes[0], sizes[1], counts[0], counts[1], samples))
     return out
 
 
-async def verify(settings: Settings, *, keep: bool = False, progress: Progress | None = None,
-                 rounds: int = 5) -> tuple[int, list[TableDiff]]:
+async def verify(
+    settings: Settings, *, keep: bool = False, progress: Progress | None = None, rounds: int = 5
+) -> tuple[int, list[TableDiff]]:
     """Replay into a scratch generation up to the live checkpoint and compare row by row.
 
     The live projection may move on while we replay; each round catches the scratch copy up
     to the live checkpoint seen in one snapshot, and compares inside that snapshot.
     """
     live, checkpoint = await live_and_checkpoint(settings)
-    result, worker = await replay(settings, status="scratch", stop_at_seq=checkpoint,
-                                  note="verify", progress=progress)
+    result, worker = await replay(
+        settings, status="scratch", stop_at_seq=checkpoint, note="verify", progress=progress
+    )
     try:
         for _ in range(rounds):
             conn = await db.connect(settings)
@@ -231,13 +252,17 @@ async def verify(settings: Settings, *, keep: bool = False, progress: Progress |
                 async with conn.transaction():
                     await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                     cur = await conn.execute(
-                        sql.SQL("SELECT last_seq FROM {}.checkpoints WHERE projection = %s")
-                        .format(sql.Identifier(live.schema_name)), (live.consumer,))
+                        sql.SQL("SELECT last_seq FROM {}.checkpoints WHERE projection = %s").format(
+                            sql.Identifier(live.schema_name)
+                        ),
+                        (live.consumer,),
+                    )
                     row = await cur.fetchone()
                     seen = int(row[0]) if row else 0
                     if seen <= worker.stats.last_seq:
-                        return seen, await compare(conn, live.schema_name,
-                                                   result.generation.schema_name)
+                        return seen, await compare(
+                            conn, live.schema_name, result.generation.schema_name
+                        )
             finally:
                 await conn.close()
             worker.stop_at_seq = seen
@@ -271,8 +296,9 @@ async def live_and_checkpoint(settings: Settings) -> tuple[Generation, int]:
 async def _live_checkpoint(settings: Settings, live: Generation) -> int:
     conn = await db.connect(settings, rm_schema=live.schema_name)
     try:
-        cur = await conn.execute("SELECT last_seq FROM checkpoints WHERE projection = %s",
-                                 (live.consumer,))
+        cur = await conn.execute(
+            "SELECT last_seq FROM checkpoints WHERE projection = %s", (live.consumer,)
+        )
         row = await cur.fetchone()
         return int(row[0]) if row else 0
     finally:
@@ -280,6 +306,7 @@ async def _live_checkpoint(settings: Settings, live: Generation) -> int:
 
 
 # -- what-if -------------------------------------------------------------------------------
+
 
 @dataclass
 class WhatIf:
@@ -292,24 +319,39 @@ class WhatIf:
     rank_changes: list[dict[str, Any]]
 
 
-async def what_if(settings: Settings, params: Params, *, keep: bool = False,
-                  progress: Progress | None = None, top: int = 10) -> WhatIf:
+async def what_if(
+    settings: Settings,
+    params: Params,
+    *,
+    keep: bool = False,
+    progress: Progress | None = None,
+    top: int = 10,
+) -> WhatIf:
     """Replay with ``params`` into a scratch generation (nothing live is touched) and compare
     every pair's score and tier with the live generation, plus each person's top-tie order."""
     live, stop = await live_and_checkpoint(settings)
-    result, worker = await replay(settings, status="scratch", stop_at_seq=stop,
-                                  note=f"what-if {params.version}", progress=progress,
-                                  params=params)
+    result, worker = await replay(
+        settings,
+        status="scratch",
+        stop_at_seq=stop,
+        note=f"what-if {params.version}",
+        progress=progress,
+        params=params,
+    )
     await worker.close()
     try:
         conn = await db.connect(settings)
         try:
-            cur = await conn.execute(sql.SQL(
-                """SELECT l.workspace_id, l.person_a, l.person_b, l.score, l.tier, w.score,
+            cur = await conn.execute(
+                sql.SQL(
+                    """SELECT l.workspace_id, l.person_a, l.person_b, l.score, l.tier, w.score,
                           w.tier
                    FROM {}.strength_v1 l JOIN {}.strength_v1 w USING (workspace_id, person_a,
-                        person_b)""").format(sql.Identifier(live.schema_name),
-                                             sql.Identifier(result.generation.schema_name)))
+                        person_b)"""
+                ).format(
+                    sql.Identifier(live.schema_name), sql.Identifier(result.generation.schema_name)
+                )
+            )
             rows = await cur.fetchall()
         finally:
             await conn.close()
@@ -321,9 +363,17 @@ async def what_if(settings: Settings, params: Params, *, keep: bool = False,
     per_person: dict[tuple[str, str], list[tuple[str, float, float]]] = {}
     for ws, a, b, ls, lt, ws_score, wt in rows:
         moves[lt][wt] += 1
-        deltas.append({"workspace_id": ws, "person_a": a, "person_b": b,
-                       "live": round(ls, 3), "what_if": round(ws_score, 3),
-                       "delta": round(ws_score - ls, 3), "tier": f"{lt} -> {wt}"})
+        deltas.append(
+            {
+                "workspace_id": ws,
+                "person_a": a,
+                "person_b": b,
+                "live": round(ls, 3),
+                "what_if": round(ws_score, 3),
+                "delta": round(ws_score - ls, 3),
+                "tier": f"{lt} -> {wt}",
+            }
+        )
         for me, other in ((a, b), (b, a)):
             per_person.setdefault((ws, me), []).append((other, ls, ws_score))
     rank_changes: list[dict[str, Any]] = []
@@ -332,8 +382,9 @@ async def what_if(settings: Settings, params: Params, *, keep: bool = False,
         new_rank = {o: i for i, (o, _, _) in enumerate(sorted(ties, key=lambda t: -t[2]))}
         moved = sum(1 for o in live_rank if live_rank[o] != new_rank[o])
         if moved:
-            rank_changes.append({"workspace_id": ws, "person": me, "ties": len(ties),
-                                 "ties_changing_rank": moved})
+            rank_changes.append(
+                {"workspace_id": ws, "person": me, "ties": len(ties), "ties_changing_rank": moved}
+            )
     rank_changes.sort(key=lambda r: -r["ties_changing_rank"])
     deltas.sort(key=lambda d: -abs(float(d["delta"])))
     mean = sum(abs(float(d["delta"])) for d in deltas) / len(deltas) if deltas else 0.0

@@ -16,35 +16,69 @@ from uuid import UUID
 
 import orjson
 from psycopg import AsyncConnection, AsyncCursor
-
-from events_schema.models import Event
-from events_schema.registry import EventRegistry
-from projections.changes import PERSON_FIELDS, Changes, changes_for
-from projections.strength_model import PARAMS, Fold, PairEvent, Params, vouches
+from tieline.events_schema.models import Event
+from tieline.events_schema.registry import EventRegistry
+from tieline.projections.changes import PERSON_FIELDS, Changes, changes_for
+from tieline.projections.strength_model import PARAMS, Fold, PairEvent, Params, vouches
 
 PairKey = tuple[str, str, str]  # workspace, person_a, person_b
 
 #: Columns (and PostgreSQL types) of the rows a batch writes in bulk.
-ARCHIVE = (("event_id", "uuid"), ("seq", "bigint"), ("workspace_id", "text"), ("type", "text"),
-           ("schema_version", "int"), ("occurred_at", "timestamptz"),
-           ("recorded_at", "timestamptz"), ("recorded_by", "text"), ("subject", "text"),
-           ("payload", "jsonb"))
-PAIR = (("workspace_id", "text"), ("person_a", "text"), ("person_b", "text"),
-        ("event_id", "uuid"), ("seq", "bigint"), ("type", "text"),
-        ("occurred_at", "timestamptz"), ("recorded_at", "timestamptz"),
-        ("recorded_by", "text"), ("detail", "jsonb"))
-STRENGTH = (("workspace_id", "text"), ("person_a", "text"), ("person_b", "text"),
-            ("score", "float8"), ("tier", "text"), ("state_at", "timestamptz"),
-            ("fast", "float8"), ("slow", "float8"), ("reciprocity_factor", "float8"),
-            ("rating", "float8"), ("event_count", "int"), ("meetings", "int"),
-            ("follow_ups", "int"), ("introductions", "int"), ("helps", "int"),
-            ("ratings", "int"), ("first_contact_at", "timestamptz"),
-            ("last_contact_at", "timestamptz"), ("score_at_last_contact", "float8"),
-            ("deepest_meeting", "text"), ("one_sided", "bool"), ("can_vouch", "bool"),
-            ("reciprocity", "jsonb"), ("params_version", "text"), ("fold", "jsonb"),
-            ("last_seq", "bigint"))
+ARCHIVE = (
+    ("event_id", "uuid"),
+    ("seq", "bigint"),
+    ("workspace_id", "text"),
+    ("type", "text"),
+    ("schema_version", "int"),
+    ("occurred_at", "timestamptz"),
+    ("recorded_at", "timestamptz"),
+    ("recorded_by", "text"),
+    ("subject", "text"),
+    ("payload", "jsonb"),
+)
+PAIR = (
+    ("workspace_id", "text"),
+    ("person_a", "text"),
+    ("person_b", "text"),
+    ("event_id", "uuid"),
+    ("seq", "bigint"),
+    ("type", "text"),
+    ("occurred_at", "timestamptz"),
+    ("recorded_at", "timestamptz"),
+    ("recorded_by", "text"),
+    ("detail", "jsonb"),
+)
+STRENGTH = (
+    ("workspace_id", "text"),
+    ("person_a", "text"),
+    ("person_b", "text"),
+    ("score", "float8"),
+    ("tier", "text"),
+    ("state_at", "timestamptz"),
+    ("fast", "float8"),
+    ("slow", "float8"),
+    ("reciprocity_factor", "float8"),
+    ("rating", "float8"),
+    ("event_count", "int"),
+    ("meetings", "int"),
+    ("follow_ups", "int"),
+    ("introductions", "int"),
+    ("helps", "int"),
+    ("ratings", "int"),
+    ("first_contact_at", "timestamptz"),
+    ("last_contact_at", "timestamptz"),
+    ("score_at_last_contact", "float8"),
+    ("deepest_meeting", "text"),
+    ("one_sided", "bool"),
+    ("can_vouch", "bool"),
+    ("reciprocity", "jsonb"),
+    ("params_version", "text"),
+    ("fold", "jsonb"),
+    ("last_seq", "bigint"),
+)
 UPSERT_STRENGTH_TAIL = "ON CONFLICT (workspace_id, person_a, person_b) DO UPDATE SET " + ", ".join(
-    f"{c} = EXCLUDED.{c}" for c, _ in STRENGTH[3:])
+    f"{c} = EXCLUDED.{c}" for c, _ in STRENGTH[3:]
+)
 
 
 @dataclass(frozen=True)
@@ -72,17 +106,22 @@ class Bulk:
     def unnest(self) -> str:
         arrays = ", ".join(f"%b::{'text' if t == 'jsonb' else t}[]" for _, t in self.columns)
         values = ", ".join(f"{c}::jsonb" if t == "jsonb" else c for c, t in self.columns)
-        return (f"INSERT INTO {self.target} ({self.cols}) SELECT {values} "
-                f"FROM unnest({arrays}) AS u({self.cols}) {self.order} {self.tail}")
+        return (
+            f"INSERT INTO {self.target} ({self.cols}) SELECT {values} "
+            f"FROM unnest({arrays}) AS u({self.cols}) {self.order} {self.tail}"
+        )
 
     @property
     def merge(self) -> str:
-        return (f"INSERT INTO {self.target} ({self.cols}) SELECT {self.cols} "
-                f"FROM {self.staging} {self.order} {self.tail}")
+        return (
+            f"INSERT INTO {self.target} ({self.cols}) SELECT {self.cols} "
+            f"FROM {self.staging} {self.order} {self.tail}"
+        )
 
 
-ARCHIVE_BULK = Bulk("events_in", "events", ARCHIVE,
-                    "ON CONFLICT DO NOTHING RETURNING event_id", "ORDER BY seq")
+ARCHIVE_BULK = Bulk(
+    "events_in", "events", ARCHIVE, "ON CONFLICT DO NOTHING RETURNING event_id", "ORDER BY seq"
+)
 PAIRS_BULK = Bulk("pair_events_in", "pair_events_v1", PAIR, "ON CONFLICT DO NOTHING")
 STRENGTH_BULK = Bulk("strength_in", "strength_v1", STRENGTH, UPSERT_STRENGTH_TAIL)
 STAGING = {b.staging: b.target for b in (ARCHIVE_BULK, PAIRS_BULK, STRENGTH_BULK)}
@@ -114,8 +153,9 @@ class _Staging:
         """After a rollback: the tables may have been created in the undone transaction."""
         self._ready.discard(conn)
 
-    async def write(self, conn: AsyncConnection[Any], bulk: Bulk,
-                    rows: Sequence[Sequence[Any]]) -> AsyncCursor[Any]:
+    async def write(
+        self, conn: AsyncConnection[Any], bulk: Bulk, rows: Sequence[Sequence[Any]]
+    ) -> AsyncCursor[Any]:
         """Insert ``rows`` into ``bulk.target``; the cursor holds what ``bulk.tail`` returns."""
         if len(rows) <= UNNEST_MAX_ROWS:
             columns = [list(c) for c in zip(*rows, strict=True)]
@@ -123,14 +163,16 @@ class _Staging:
         await self.copy(conn, bulk.staging, bulk.cols, rows)
         return await conn.execute(bulk.merge)
 
-    async def copy(self, conn: AsyncConnection[Any], table: str, cols: str,
-                   rows: Sequence[Sequence[Any]]) -> None:
+    async def copy(
+        self, conn: AsyncConnection[Any], table: str, cols: str, rows: Sequence[Sequence[Any]]
+    ) -> None:
         """COPY ``rows`` into the staging table ``table``."""
         if conn not in self._ready:
             for name, like in STAGING.items():
                 await conn.execute(
                     f"CREATE TEMP TABLE IF NOT EXISTS {name} "
-                    f"(LIKE {like} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+                    f"(LIKE {like} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                )
             self._ready.add(conn)
         if table in self._used:  # a second fill in one transaction (a retraction's recompute)
             await conn.execute(f"DELETE FROM {table}")
@@ -184,8 +226,9 @@ class BatchResult:
 class ProjectionStore:
     """The thin I/O layer under the pure projection functions."""
 
-    def __init__(self, registry: EventRegistry, projection: str = "main",
-                 params: Params = PARAMS) -> None:
+    def __init__(
+        self, registry: EventRegistry, projection: str = "main", params: Params = PARAMS
+    ) -> None:
         self.registry = registry
         self.projection = projection
         self.params = params
@@ -210,8 +253,9 @@ class ProjectionStore:
             self.staging.forget(conn)
             raise
 
-    async def _apply(self, conn: AsyncConnection[Any], items: Sequence[Item],
-                     result: BatchResult) -> BatchResult:
+    async def _apply(
+        self, conn: AsyncConnection[Any], items: Sequence[Item], result: BatchResult
+    ) -> BatchResult:
         async with conn.transaction():
             last = await self._lock_checkpoint(conn)
             fresh = [i for i in items if i.seq > last]
@@ -270,8 +314,26 @@ class ProjectionStore:
             cols["by"].append(e.recorded_by)
             cols["subject"].append(it.subject)
             cols["payload"].append(self.registry.encode(e).decode())
-        rows = list(zip(*(cols[k] for k in ("event_id", "seq", "ws", "type", "ver", "occ",
-                                            "rec", "by", "subject", "payload")), strict=True))
+        rows = list(
+            zip(
+                *(
+                    cols[k]
+                    for k in (
+                        "event_id",
+                        "seq",
+                        "ws",
+                        "type",
+                        "ver",
+                        "occ",
+                        "rec",
+                        "by",
+                        "subject",
+                        "payload",
+                    )
+                ),
+                strict=True,
+            )
+        )
         cur = await self.staging.write(conn, ARCHIVE_BULK, rows)
         inserted = {row[0] for row in await cur.fetchall()}
         seen: set[UUID] = set()
@@ -326,9 +388,17 @@ class ProjectionStore:
                         _json(r.detail),
                     )
                 )
-                touched[(e.workspace_id, r.person_a, r.person_b)].append(PairEvent(
-                    str(e.event_id), e.type, e.occurred_at, it.seq, r.person_a, r.person_b,
-                    r.detail))
+                touched[(e.workspace_id, r.person_a, r.person_b)].append(
+                    PairEvent(
+                        str(e.event_id),
+                        e.type,
+                        e.occurred_at,
+                        it.seq,
+                        r.person_a,
+                        r.person_b,
+                        r.detail,
+                    )
+                )
             if ch.retracts is not None:
                 retractions.append(it)
             if ch.forgets is not None:
@@ -358,8 +428,9 @@ class ProjectionStore:
         for it, intro_id, change in intros:
             await self._introduction(conn, it, intro_id, change)
 
-    async def _introduction(self, conn: AsyncConnection[Any], it: Decoded, intro_id: UUID,
-                            change: dict[str, Any]) -> None:
+    async def _introduction(
+        self, conn: AsyncConnection[Any], it: Decoded, intro_id: UUID, change: dict[str, Any]
+    ) -> None:
         """Advance one introduction through requested -> consented -> made -> outcome."""
         ws, at = it.event.workspace_id, it.event.occurred_at
         if change.get("new"):
@@ -368,8 +439,8 @@ class ProjectionStore:
                        introducer, target, status, requested_at, updated_at)
                    VALUES (%s, %s, %s, %s, %s, 'awaiting consent', %s, %s)
                    ON CONFLICT DO NOTHING""",
-                (ws, intro_id, change["requester"], change["introducer"], change["target"],
-                 at, at))
+                (ws, intro_id, change["requester"], change["introducer"], change["target"], at, at),
+            )
             return
         if "person" in change:
             await conn.execute(
@@ -380,18 +451,26 @@ class ProjectionStore:
                                              ELSE target_consent END,
                        updated_at = greatest(updated_at, %(at)s)
                    WHERE workspace_id = %(ws)s AND introduction_id = %(id)s""",
-                {"p": change["person"], "c": change["consented"], "at": at, "ws": ws,
-                 "id": intro_id})
+                {
+                    "p": change["person"],
+                    "c": change["consented"],
+                    "at": at,
+                    "ws": ws,
+                    "id": intro_id,
+                },
+            )
         elif "made" in change:
             await conn.execute(
                 "UPDATE introductions_v1 SET made_event_id = %s, updated_at = greatest("
                 "updated_at, %s) WHERE workspace_id = %s AND introduction_id = %s",
-                (change["made"], at, ws, intro_id))
+                (change["made"], at, ws, intro_id),
+            )
         elif "outcome" in change:
             await conn.execute(
                 "UPDATE introductions_v1 SET outcome = %s, updated_at = greatest(updated_at, %s) "
                 "WHERE workspace_id = %s AND introduction_id = %s",
-                (change["outcome"], at, ws, intro_id))
+                (change["outcome"], at, ws, intro_id),
+            )
         await conn.execute(
             """UPDATE introductions_v1 SET status = CASE
                    WHEN outcome IS NOT NULL THEN 'outcome: ' || outcome
@@ -399,7 +478,9 @@ class ProjectionStore:
                    WHEN requester_consent = false OR target_consent = false THEN 'declined'
                    WHEN requester_consent AND target_consent THEN 'ready'
                    ELSE 'awaiting consent' END
-               WHERE workspace_id = %s AND introduction_id = %s""", (ws, intro_id))
+               WHERE workspace_id = %s AND introduction_id = %s""",
+            (ws, intro_id),
+        )
 
     async def _forget(self, conn: AsyncConnection[Any], it: Decoded, person_id: str) -> None:
         """Purge every personal value of the person from the read models. (Archived payloads
@@ -467,8 +548,9 @@ class ProjectionStore:
         folds = await self._history_folds(conn, keys)
         await self._write_strength(conn, folds, [k for k in keys if k not in folds], seq)
 
-    async def _history_folds(self, conn: AsyncConnection[Any], keys: list[PairKey]
-                             ) -> dict[PairKey, Fold]:
+    async def _history_folds(
+        self, conn: AsyncConnection[Any], keys: list[PairKey]
+    ) -> dict[PairKey, Fold]:
         cur = await conn.execute(
             """SELECT p.workspace_id, p.person_a, p.person_b, p.event_id, p.seq, p.type,
                       p.occurred_at, p.detail
@@ -481,7 +563,8 @@ class ProjectionStore:
         history: dict[PairKey, list[PairEvent]] = defaultdict(list)
         for ws, a, b, eid, eseq, etype, occurred, detail in await cur.fetchall():
             history[(ws, a, b)].append(
-                PairEvent(str(eid), etype, occurred, int(eseq), a, b, detail))
+                PairEvent(str(eid), etype, occurred, int(eseq), a, b, detail)
+            )
         out: dict[PairKey, Fold] = {}
         for key, events in history.items():
             fold = Fold.of(events, self.params)
@@ -489,8 +572,9 @@ class ProjectionStore:
                 out[key] = fold
         return out
 
-    async def _write_strength(self, conn: AsyncConnection[Any], folds: dict[PairKey, Fold],
-                              gone: list[PairKey], seq: int) -> None:
+    async def _write_strength(
+        self, conn: AsyncConnection[Any], folds: dict[PairKey, Fold], gone: list[PairKey], seq: int
+    ) -> None:
         rows = [self._strength_row(k, folds[k], seq) for k in sorted(folds)]
         async with conn.cursor() as c:
             if rows:
@@ -498,7 +582,9 @@ class ProjectionStore:
             if gone:
                 await c.executemany(
                     "DELETE FROM strength_v1 WHERE workspace_id = %s AND person_a = %s "
-                    "AND person_b = %s", gone)
+                    "AND person_b = %s",
+                    gone,
+                )
 
     def _strength_row(self, key: PairKey, fold: Fold, seq: int) -> tuple[Any, ...]:
         s = fold.strength(self.params)
@@ -506,13 +592,30 @@ class ProjectionStore:
         vouch = vouches(s, self.params)
         st = s.state
         return (
-            *key, s.score, s.tier, st.at, st.fast, st.slow, st.reciprocity_factor, st.rating,
-            fold.event_count, counts.get("relationship.met", 0),
-            counts.get("relationship.followed_up", 0), counts.get("relationship.introduced", 0),
-            counts.get("relationship.helped", 0), counts.get("relationship.closeness_rated", 0),
-            s.first_contact_at, s.last_contact_at, s.score_at_last_contact, s.deepest_meeting,
-            bool(s.reciprocity.get("one_sided")), vouch, _json(s.reciprocity),
-            self.params.version, fold.to_json(), seq,
+            *key,
+            s.score,
+            s.tier,
+            st.at,
+            st.fast,
+            st.slow,
+            st.reciprocity_factor,
+            st.rating,
+            fold.event_count,
+            counts.get("relationship.met", 0),
+            counts.get("relationship.followed_up", 0),
+            counts.get("relationship.introduced", 0),
+            counts.get("relationship.helped", 0),
+            counts.get("relationship.closeness_rated", 0),
+            s.first_contact_at,
+            s.last_contact_at,
+            s.score_at_last_contact,
+            s.deepest_meeting,
+            bool(s.reciprocity.get("one_sided")),
+            vouch,
+            _json(s.reciprocity),
+            self.params.version,
+            fold.to_json(),
+            seq,
         )
 
     async def _retract(self, conn: AsyncConnection[Any], it: Decoded, result: BatchResult) -> None:

@@ -373,7 +373,7 @@ PARAMS = Params(
 class PairEvent:
     """One event as it concerns one pair (what the projection stores per pair and event).
 
-    ``detail`` holds the non-personal facts (see ``projections.changes._detail``): for
+    ``detail`` holds the non-personal facts (see ``tieline.projections.changes._detail``): for
     ``relationship.met`` depth, mode, duration_minutes, initiated_by, group_size; for
     ``followed_up`` from, to, channel, replied; for ``introduced`` introducer, person_a, person_b,
     role ('introducer' | 'introduced'); for ``helped`` helper, helped; for ``closeness_rated``
@@ -512,17 +512,23 @@ class Fold:
         self._at_last_contact = self.acc.last == e.occurred_at
 
     def _settle(self, params: Params) -> None:
-        self.score_at_last_contact = self.acc.result(self.fast, self.slow, self.at or _EPOCH,
-                                                     params).score
+        self.score_at_last_contact = self.acc.result(
+            self.fast, self.slow, self.at or _EPOCH, params
+        ).score
         self._at_last_contact = False
 
     def strength(self, params: Params = PARAMS) -> Strength:
         """The strength at :attr:`at` (without per-event contributions)."""
         if self.at is None:
             return _compute([], params, None)
-        result = self.acc.result(self.fast, self.slow, self.at, params,
-                                 score_at_last_contact=self.score_at_last_contact,
-                                 at_last_contact=self._at_last_contact)
+        result = self.acc.result(
+            self.fast,
+            self.slow,
+            self.at,
+            params,
+            score_at_last_contact=self.score_at_last_contact,
+            at_last_contact=self._at_last_contact,
+        )
         self.score_at_last_contact = result.score_at_last_contact
         self._at_last_contact = False
         return result
@@ -537,15 +543,22 @@ class Fold:
         acc = self.acc
         key = self.last_key
         return {
-            "at": _us(self.at), "key": None if key is None else [_us(key[0]), key[1]],
-            "f": self.fast, "s": self.slow, "c": self.score_at_last_contact,
+            "at": _us(self.at),
+            "key": None if key is None else [_us(key[0]), key[1]],
+            "f": self.fast,
+            "s": self.slow,
+            "c": self.score_at_last_contact,
             "n": {_short(t): n for t, n in self.counts.items()},
-            "sd": {p: [x.initiated, x.followed_up, x.replies, x.helped, x.introduced, x.effort]
-                   for p, x in acc.sides.items()},
+            "sd": {
+                p: [x.initiated, x.followed_up, x.replies, x.helped, x.introduced, x.effort]
+                for p, x in acc.sides.items()
+            },
             "b": {_short(k): [_us(t), n] for k, (t, n) in acc.burst.items()},
             "r": {d: [f, sl, _us(t)] for d, (f, sl, t) in acc.reservoirs.items()},
             "rt": {r: [_us(t), v] for r, (t, v) in acc.ratings.items()},
-            "fi": _us(acc.first), "la": _us(acc.last), "d": acc.deepest,
+            "fi": _us(acc.first),
+            "la": _us(acc.last),
+            "d": acc.deepest,
         }
 
     def to_json(self) -> str:
@@ -1040,8 +1053,9 @@ class _Acc:
         self._effort(e, actor, responder, params)
         return points, reason
 
-    def _damp(self, e: PairEvent, kind: str, points: float, reason: str, params: Params
-              ) -> tuple[float, str]:
+    def _damp(
+        self, e: PairEvent, kind: str, points: float, reason: str, params: Params
+    ) -> tuple[float, str]:
         start, k = self.burst.get(kind, (e.occurred_at, -1))
         if _days(start, e.occurred_at) <= params.burst_window_days:
             k += 1
@@ -1053,8 +1067,9 @@ class _Acc:
             reason += f"; {_ordinal(k + 1)} of a burst (x{params.burst_factor**k:g})"
         return points, reason
 
-    def _cap(self, e: PairEvent, depth: str, points: float, reason: str, params: Params
-             ) -> tuple[float, str]:
+    def _cap(
+        self, e: PairEvent, depth: str, points: float, reason: str, params: Params
+    ) -> tuple[float, str]:
         s = params.slow_share
         r_fast, r_slow, r_at = self.reservoirs.get(depth, (0.0, 0.0, e.occurred_at))
         dt = _days(r_at, e.occurred_at)
@@ -1068,8 +1083,9 @@ class _Acc:
         self.reservoirs[depth] = (r_fast + (1 - s) * points, r_slow + s * points, e.occurred_at)
         return points, reason
 
-    def _effort(self, e: PairEvent, actor: str | None, responder: str | None,
-                params: Params) -> None:
+    def _effort(
+        self, e: PairEvent, actor: str | None, responder: str | None, params: Params
+    ) -> None:
         if actor is not None:
             side = self.sides[actor]
             side.effort += 1.0
@@ -1095,10 +1111,16 @@ class _Acc:
         ]
         return math.fsum(sorted(levels)) / len(levels)
 
-    def result(self, fast: float, slow: float, as_of: datetime, params: Params,
-               contributions: tuple[Contribution, ...] = (),
-               score_at_last_contact: float | None = None,
-               at_last_contact: bool = False) -> Strength:
+    def result(
+        self,
+        fast: float,
+        slow: float,
+        as_of: datetime,
+        params: Params,
+        contributions: tuple[Contribution, ...] = (),
+        score_at_last_contact: float | None = None,
+        at_last_contact: bool = False,
+    ) -> Strength:
         """The :class:`Strength` at ``as_of`` given the decayed accumulators there;
         ``at_last_contact``: ``as_of`` is the last contact, so the score is also the score at it.
         """

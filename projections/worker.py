@@ -29,24 +29,28 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from psycopg import AsyncConnection
-
-from events_schema.registry import REGISTRY, EventDecodeError, EventRegistry
-from projections import generations
-from projections.generations import Generation
-from projections.schema import READ_MODEL_VERSION, ensure_schema
-from projections.store import BatchResult, Decoded, Item, Poison, ProjectionStore, Skipped
-from projections.strength_model import PARAMS, Params
-from services.config import Settings
-from services.infra import db
-from services.infra.jetstream import connect_nats, ensure_streams
-from services.infra.subjects import dlq_subject, event_subject, workspace_of_subject
+from tieline.events_schema.registry import REGISTRY, EventDecodeError, EventRegistry
+from tieline.plumbing import db
+from tieline.plumbing.config import Settings
+from tieline.plumbing.jetstream import connect_nats, ensure_streams
+from tieline.plumbing.subjects import dlq_subject, event_subject, workspace_of_subject
+from tieline.projections import generations
+from tieline.projections.generations import Generation
+from tieline.projections.schema import READ_MODEL_VERSION, ensure_schema
+from tieline.projections.store import BatchResult, Decoded, Item, Poison, ProjectionStore, Skipped
+from tieline.projections.strength_model import PARAMS, Params
 
 log = structlog.get_logger(__name__)
 
 _HEADER_UNSAFE = re.compile(r"[\r\n]+")
 #: Errors that mean "JetStream is not there right now", not "this event is bad".
-TRANSIENT_NATS = (NoRespondersError, ServiceUnavailableError, APIError, ConnectionClosedError,
-                  NatsTimeout)
+TRANSIENT_NATS = (
+    NoRespondersError,
+    ServiceUnavailableError,
+    APIError,
+    ConnectionClosedError,
+    NatsTimeout,
+)
 
 
 def classify(
@@ -124,8 +128,9 @@ class Worker:
         self.until = until
         if params is None and generation is not None and generation.params:
             params = Params.from_dict(generation.params)
-        self.store = ProjectionStore(registry, projection=settings.consumer_name,
-                                     params=params or PARAMS)
+        self.store = ProjectionStore(
+            registry, projection=settings.consumer_name, params=params or PARAMS
+        )
         self.stats = WorkerStats()
         self.nc: NatsClient | None = None
         self.js: JetStreamContext | None = None
@@ -163,8 +168,13 @@ class Worker:
         await self._connect_pg()
         await self._acquire_lock()
         await self._subscribe_from_checkpoint()
-        log.info("worker.started", consumer=self.consumer, generation=self.generation.gen,
-                 status=self.generation.status, checkpoint=self.stats.last_seq)
+        log.info(
+            "worker.started",
+            consumer=self.consumer,
+            generation=self.generation.gen,
+            status=self.generation.status,
+            checkpoint=self.stats.last_seq,
+        )
 
     async def _subscribe_from_checkpoint(self) -> None:
         """Read the log from right after the committed checkpoint.
@@ -190,8 +200,11 @@ class Worker:
         while True:
             try:
                 self._sub = await self.js.pull_subscribe(
-                    subject=f"{self.settings.subject_prefix}.ev.>", durable=None,
-                    stream=self.settings.stream_name, config=config)
+                    subject=f"{self.settings.subject_prefix}.ev.>",
+                    durable=None,
+                    stream=self.settings.stream_name,
+                    config=config,
+                )
                 return
             except TRANSIENT_NATS as exc:  # JetStream electing a leader or restarting
                 log.warning("worker.subscribe_retry", error=repr(exc))
@@ -201,8 +214,9 @@ class Worker:
         state = self.settings.database_schema
         conn = await db.connect(self.settings)
         try:
-            live = await generations.ensure_live(conn, state, self.settings.consumer_name,
-                                                 READ_MODEL_VERSION)
+            live = await generations.ensure_live(
+                conn, state, self.settings.consumer_name, READ_MODEL_VERSION
+            )
             if live.version == READ_MODEL_VERSION:
                 return live
             # The code's read models changed shape or meaning: rebuild into a new generation
@@ -210,8 +224,13 @@ class Worker:
             building = await generations.latest_building(conn, state, READ_MODEL_VERSION)
             if building is None:
                 building = await generations.create(
-                    conn, state, self.settings.consumer_name, READ_MODEL_VERSION, "building",
-                    note=f"read-model version {live.version} -> {READ_MODEL_VERSION}")
+                    conn,
+                    state,
+                    self.settings.consumer_name,
+                    READ_MODEL_VERSION,
+                    "building",
+                    note=f"read-model version {live.version} -> {READ_MODEL_VERSION}",
+                )
             log.info("worker.rebuilding", generation=building.gen, live=live.gen)
             return building
         finally:
@@ -256,8 +275,9 @@ class Worker:
             current = await generations.get(conn, self.settings.database_schema, gen.gen)
             if gen.status == "building" and current is not None and await self.caught_up():
                 await generations.switch(conn, self.settings.database_schema, gen)
-                self.generation = Generation(gen.gen, gen.schema_name, gen.version, "live",
-                                             gen.consumer, gen.params)
+                self.generation = Generation(
+                    gen.gen, gen.schema_name, gen.version, "live", gen.consumer, gen.params
+                )
                 log.info("worker.switched_live", generation=gen.gen)
             elif current is None or current.status == "retired":
                 log.info("worker.generation_retired", generation=gen.gen)
@@ -322,8 +342,10 @@ class Worker:
         items = [self._classify(m) for m in msgs]
         if self.until is not None:
             until = self.until
-            items = [Skipped(i.seq) if isinstance(i, Decoded) and i.event.occurred_at > until
-                     else i for i in items]
+            items = [
+                Skipped(i.seq) if isinstance(i, Decoded) and i.event.occurred_at > until else i
+                for i in items
+            ]
         items = await self._park_poison(items)
         result = await self._apply_with_retry(msgs, items)
         # Ack only after commit. AckPolicy.ALL: acking the last acknowledges the whole batch.
@@ -354,8 +376,12 @@ class Worker:
         out: list[Item] = []
         for it in items:
             republish = self.generation is None or self.generation.status == "live"
-            if (isinstance(it, Poison) and it.dlq_seq is None and it.seq > self.stats.last_seq
-                    and republish):
+            if (
+                isinstance(it, Poison)
+                and it.dlq_seq is None
+                and it.seq > self.stats.last_seq
+                and republish
+            ):
                 it = Poison(
                     it.seq,
                     it.subject,
@@ -505,8 +531,7 @@ def create_app(settings: Settings) -> Worker:
     return Worker(settings)
 
 
-async def serve(settings: Settings,
-                make: Callable[[Settings], Worker] = create_app) -> None:
+async def serve(settings: Settings, make: Callable[[Settings], Worker] = create_app) -> None:
     """Run the worker that ``make`` builds until SIGTERM/SIGINT."""
     import signal
 

@@ -2,7 +2,7 @@
 commands on ``{prefix}.cmd.{workspace}.{service}.record``.
 
 A command is ``{"actor": ..., "correlation_id": ..., "items": [event objects]}``; the reply is
-``{"results": [outcome per item]}`` in the same order (see :class:`services.writeside.Outcome`).
+``{"results": [outcome per item]}`` in the same order (see ``writeside.Outcome``).
 """
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
 from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client as NatsClient
-
-from events_schema.registry import REGISTRY
-from services.config import Settings
-from services.crypto import KeyStore, master_key_from_env
-from services.infra import db
-from services.infra.jetstream import connect_nats, ensure_streams, inbox_prefix
-from services.infra.state import ensure_state_schema
-from services.infra.subjects import command_wildcard
-from services.writeside import Outcome, WriteSide
+from tieline.events_schema.registry import REGISTRY
+from tieline.plumbing.config import Settings
+from tieline.plumbing.crypto import KeyStore, master_key_from_env
+from tieline.plumbing.jetstream import connect_nats, ensure_streams, inbox_prefix
+from tieline.plumbing.state import ensure_state_schema
+from tieline.plumbing.subjects import command_wildcard
+from tieline.projections.readpool import LivePool
+from tieline.services.writeside import Outcome, WriteSide
 
 log = structlog.get_logger(__name__)
 
@@ -48,8 +47,9 @@ INTERACTION_TYPES = frozenset(
 def service_for(event_type: object) -> str:
     """The service that owns an event type (unknown types go to interactions, which rejects
     them with a clear error)."""
-    return "people" if isinstance(event_type, str) and event_type in PEOPLE_TYPES \
-        else "interactions"
+    return (
+        "people" if isinstance(event_type, str) and event_type in PEOPLE_TYPES else "interactions"
+    )
 
 
 def create_service_app(settings: Settings, service: str, types: Iterable[str]) -> FastStream:
@@ -67,13 +67,16 @@ def create_service_app(settings: Settings, service: str, types: Iterable[str]) -
         name=f"tieline-{service}-commands",
         **broker_kwargs,
     )
-    pool = db.LivePool(settings, min_size=2, max_size=16)
+    pool = LivePool(settings, min_size=2, max_size=16)
     holder: dict[str, Any] = {}
 
     # Commands are handled concurrently: each spends most of its time waiting on JetStream
     # and PostgreSQL round trips, so one at a time would cap a service at 1/latency.
-    @broker.subscriber(command_wildcard(settings.subject_prefix, service), queue=service,
-                       max_workers=settings.command_concurrency)
+    @broker.subscriber(
+        command_wildcard(settings.subject_prefix, service),
+        queue=service,
+        max_workers=settings.command_concurrency,
+    )
     async def on_command(body: dict[str, Any]) -> dict[str, Any]:
         # The message is read from the context here rather than injected as a parameter:
         # FastStream resolves an injected NatsMessage with a synchronous function that

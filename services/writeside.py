@@ -19,8 +19,7 @@ from uuid import UUID, uuid4
 import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
-
-from events_schema.models import (
+from tieline.events_schema.models import (
     ENC_PREFIX,
     Event,
     EventRetracted,
@@ -31,16 +30,16 @@ from events_schema.models import (
     PersonForgotten,
     RelationshipIntroduced,
 )
-from events_schema.registry import EventDecodeError, EventRegistry
-from services.config import Settings
-from services.crypto import (
+from tieline.events_schema.registry import EventDecodeError, EventRegistry
+from tieline.plumbing.config import Settings
+from tieline.plumbing.crypto import (
     WORKSPACE_KEY,
     KeyStore,
     PersonForgottenError,
     encrypt_event,
     key_people,
 )
-from services.infra.subjects import event_subject, person_added_subject
+from tieline.plumbing.subjects import event_subject, person_added_subject
 
 log = structlog.get_logger(__name__)
 
@@ -217,8 +216,9 @@ class WriteSide:
             return [(["person_id"], getattr(event, "person_id"))]  # noqa: B009
         return _person_refs(obj)
 
-    async def prepare(self, workspace_id: str, lines: Sequence[tuple[Event, dict[str, Any]]]
-                      ) -> Command:
+    async def prepare(
+        self, workspace_id: str, lines: Sequence[tuple[Event, dict[str, Any]]]
+    ) -> Command:
         """The lookups every line of one command shares, done once for the whole command.
 
         * Who exists: a person is known once their ``person.added`` is on the log (asked of
@@ -235,11 +235,11 @@ class WriteSide:
         named = {pid for e, obj in lines for _, pid in self._refs(e, obj)}
         asked = sorted(p for p in named - adding if (ws, p) not in self._known_people)
         on_log = await asyncio.gather(
-            *(self._on_log(person_added_subject(prefix, ws, p)) for p in asked))
+            *(self._on_log(person_added_subject(prefix, ws, p)) for p in asked)
+        )
         self._known_people.update((ws, p) for p, ok in zip(asked, on_log, strict=True) if ok)
         known = adding | {p for p in named if (ws, p) in self._known_people}
-        keyed = {p for e, _ in lines if not isinstance(e, PersonForgotten)
-                 for p in key_people(e)}
+        keyed = {p for e, _ in lines if not isinstance(e, PersonForgotten) for p in key_people(e)}
         wanted = sorted((named | keyed | adding) & (known | {WORKSPACE_KEY}))
         keys = await self.keystore.keys(ws, wanted, create=True, fresh=True) if wanted else {}
         return Command(known=known, keys=keys)
@@ -274,8 +274,7 @@ class WriteSide:
         not be archived yet, so when it is missing and the projection is behind the log, wait
         (bounded by ``min_seq_wait_s``) until the projection has caught up with the log as it
         was when we asked: write-then-retract works without the client passing ``min_seq``."""
-        query = ("SELECT type, retracted_by FROM events WHERE event_id = %s "
-                 "AND workspace_id = %s")
+        query = "SELECT type, retracted_by FROM events WHERE event_id = %s AND workspace_id = %s"
         args = (event.retracted_event_id, event.workspace_id)
         target: int | None = None
         deadline = time.monotonic() + self.settings.min_seq_wait_s
@@ -286,7 +285,8 @@ class WriteSide:
                     return row
                 cur = await conn.execute(
                     "SELECT last_seq FROM checkpoints WHERE projection = %s",
-                    (self.pool.generation.consumer,))
+                    (self.pool.generation.consumer,),
+                )
                 seen_row = await cur.fetchone()
             seen = int(seen_row["last_seq"]) if seen_row else 0
             if target is None:
@@ -303,7 +303,9 @@ class WriteSide:
             cur = await conn.execute(
                 "SELECT requester, introducer, target, requester_consent, target_consent, "
                 "made_event_id FROM introductions_v1 WHERE workspace_id = %s "
-                "AND introduction_id = %s", (event.workspace_id, intro_id))
+                "AND introduction_id = %s",
+                (event.workspace_id, intro_id),
+            )
             row = await cur.fetchone()
         if row is None:
             raise Rejected(404, ["introduction_id"], "no such introduction in this workspace")
@@ -312,12 +314,15 @@ class WriteSide:
                 raise Rejected(422, ["person"], "must be the requester or the target")
         elif isinstance(event, RelationshipIntroduced):
             if {event.person_a, event.person_b} != {row["requester"], row["target"]} or (
-                    event.introducer != row["introducer"]):
-                raise Rejected(422, ["introduction_id"],
-                               "introducer and people differ from the request")
+                event.introducer != row["introducer"]
+            ):
+                raise Rejected(
+                    422, ["introduction_id"], "introducer and people differ from the request"
+                )
             if not (row["requester_consent"] and row["target_consent"]):
-                raise Rejected(409, ["introduction_id"],
-                               "both sides must consent first (double opt-in)")
+                raise Rejected(
+                    409, ["introduction_id"], "both sides must consent first (double opt-in)"
+                )
         elif isinstance(event, IntroductionOutcome) and row["made_event_id"] is None:
             raise Rejected(409, ["introduction_id"], "the introduction has not been made yet")
 
@@ -364,8 +369,11 @@ class WriteSide:
             await self.keystore.destroy(event.workspace_id, event.person_id)
             return event
         people = key_people(event)
-        keys = (cmd.keys if all(p in cmd.keys for p in people)
-                else await self.keystore.keys(event.workspace_id, people, create=True))
+        keys = (
+            cmd.keys
+            if all(p in cmd.keys for p in people)
+            else await self.keystore.keys(event.workspace_id, people, create=True)
+        )
         try:
             return encrypt_event(event, keys)
         except PersonForgottenError as exc:
@@ -401,8 +409,9 @@ class WriteSide:
                 continue
             events.append((i, event))
         # Only ids the client chose can have been recorded before; ours are fresh uuid4s.
-        supplied = [e.event_id for i, e in events
-                    if isinstance(objs[i], dict) and "event_id" in objs[i]]
+        supplied = [
+            e.event_id for i, e in events if isinstance(objs[i], dict) and "event_id" in objs[i]
+        ]
         archived = await self.archived_seqs(supplied)
         for i, event in events:
             prior = archived.get(event.event_id)
@@ -410,8 +419,7 @@ class WriteSide:
                 outcomes[i] = (
                     Outcome(200, str(event.event_id), prior[0], duplicate=True)
                     if prior[1] == workspace_id
-                    else Rejected(409, ["event_id"], "is already used").outcome(
-                        str(event.event_id))
+                    else Rejected(409, ["event_id"], "is already used").outcome(str(event.event_id))
                 )
         events = [(i, e) for i, e in events if outcomes[i] is None]
         cmd = await self.prepare(workspace_id, [(e, objs[i]) for i, e in events])

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from services.config import DEPLOYMENT_NAMES, Settings
+from tieline.plumbing.config import DEPLOYMENT_NAMES, Settings
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     if _docker_answers():
         yield from _from_containers()
         return
-    from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres
+    from tieline.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres
 
     root: Path = tmp_path_factory.mktemp("servers")
     with EmbeddedNats(root / "nats") as nats_s, EmbeddedPostgres(root / "pg") as pg_s:

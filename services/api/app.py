@@ -20,11 +20,17 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from pydantic import BaseModel, ConfigDict, Field
-
-from projections.strength_model import PARAMS, Strength, can_vouch
-from services.api import queries, ties
-from services.api.erasure import forget_person
-from services.auth import (
+from tieline.plumbing import db
+from tieline.plumbing.config import Settings
+from tieline.plumbing.crypto import FORGOTTEN, KeyStore, decrypt_value, master_key_from_env
+from tieline.plumbing.jetstream import connect_nats, ensure_streams
+from tieline.plumbing.state import ensure_state_schema
+from tieline.plumbing.subjects import command_subject
+from tieline.projections.readpool import LivePool
+from tieline.projections.strength_model import PARAMS, Strength, can_vouch
+from tieline.services.api import queries, ties
+from tieline.services.api.erasure import forget_person
+from tieline.services.auth import (
     FailureLimiter,
     Principal,
     create_token,
@@ -32,13 +38,7 @@ from services.auth import (
     revoke_token,
     verify_token,
 )
-from services.config import Settings
-from services.crypto import FORGOTTEN, KeyStore, decrypt_value, master_key_from_env
-from services.infra import db
-from services.infra.jetstream import connect_nats, ensure_streams
-from services.infra.state import ensure_state_schema
-from services.infra.subjects import command_subject
-from services.service_app import service_for
+from tieline.services.service_app import service_for
 
 log = structlog.get_logger(__name__)
 
@@ -111,13 +111,14 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.pool = db.LivePool(settings, min_size=2, max_size=16)
+        self.pool = LivePool(settings, min_size=2, max_size=16)
         # The read-access log: one INSERT per read of personal data. Without waiting for its
         # WAL flush (an fsync per read, measured as the largest single cost of a read), a crash
         # of PostgreSQL itself can lose the last fraction of a second of access records; an
         # API crash loses none (each INSERT has reached PostgreSQL before the answer is sent).
-        self.audit_pool = db.make_pool(settings, min_size=1, max_size=4,
-                                       synchronous_commit=settings.audit_synchronous_commit)
+        self.audit_pool = db.make_pool(
+            settings, min_size=1, max_size=4, synchronous_commit=settings.audit_synchronous_commit
+        )
         self.nc: NatsClient | None = None
         self.keystore = KeyStore(self.pool, master_key_from_env(settings.master_key))
         self.limiter = FailureLimiter(settings.auth_failures_per_minute, 60.0)
@@ -143,8 +144,9 @@ class Runtime:
             self._principals[key] = (now, found)
         return found
 
-    async def pair(self, ws: str, a: str, b: str, as_of: datetime | None,
-                   min_seq: int | None) -> Strength:
+    async def pair(
+        self, ws: str, a: str, b: str, as_of: datetime | None, min_seq: int | None
+    ) -> Strength:
         """The pair's strength as of ``as_of`` from the pure model, or 404."""
         await self.wait_for_seq(min_seq)
         async with self.pool.connection() as conn:
@@ -371,7 +373,7 @@ def create_app(settings: Settings) -> FastAPI:
         "sequence; reads accept ?min_seq for read-your-writes.",
     )
     app.state.runtime = rt
-    from services.api.export import router as export_router
+    from tieline.services.api.export import router as export_router
 
     app.include_router(export_router)
 
@@ -379,11 +381,12 @@ def create_app(settings: Settings) -> FastAPI:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         """FastAPI's own validation errors, in the same shape as every other rejection: an
         ``error`` line naming the field, and the details."""
-        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")}
-                  for e in exc.errors()]
+        errors = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")}
+            for e in exc.errors()
+        ]
         text = "; ".join(f"{'.'.join(e['loc']) or '(body)'}: {e['msg']}" for e in errors)
-        return JSONResponse({"error": text or "invalid request", "detail": errors},
-                            status_code=422)
+        return JSONResponse({"error": text or "invalid request", "detail": errors}, status_code=422)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:

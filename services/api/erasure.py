@@ -14,12 +14,11 @@ from uuid import uuid4
 
 from nats.js.errors import NotFoundError
 from psycopg import sql
-
-from events_schema.registry import REGISTRY
-from services.crypto import decrypt_payload, fields_of, key_people
+from tieline.events_schema.registry import REGISTRY
+from tieline.plumbing.crypto import decrypt_payload, fields_of, key_people
 
 if TYPE_CHECKING:
-    from services.api.app import Runtime
+    from tieline.services.api.app import Runtime
 
 #: Values shorter than this are not searched for (they would match unrelated data).
 MIN_SEARCH_LEN = 4

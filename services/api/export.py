@@ -30,11 +30,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from psycopg import AsyncConnection
-
-from events_schema.registry import REGISTRY
-from services.api.app import WS, Admin, ApiError, MinSeq, Runtime
-from services.auth import Principal
-from services.crypto import FORGOTTEN, WORKSPACE_KEY, decrypt_payload, decrypt_value, key_people
+from tieline.events_schema.registry import REGISTRY
+from tieline.plumbing.crypto import (
+    FORGOTTEN,
+    WORKSPACE_KEY,
+    decrypt_payload,
+    decrypt_value,
+    key_people,
+)
+from tieline.services.api.app import WS, Admin, ApiError, MinSeq, Runtime
+from tieline.services.auth import Principal
 
 router = APIRouter(tags=["export"])
 
@@ -45,8 +50,10 @@ PERSON_FIELDS = ("display_name", "email", "phone", "organization", "title", "not
 
 AsOf = Annotated[
     datetime | None,
-    Query(description="Only what occurred at or before this instant (ISO 8601 with a "
-          "timezone, e.g. 2024-06-30T23:59:59Z)."),
+    Query(
+        description="Only what occurred at or before this instant (ISO 8601 with a "
+        "timezone, e.g. 2024-06-30T23:59:59Z)."
+    ),
 ]
 Row = dict[str, Any]
 Render = Callable[[Runtime, str, list[Row]], Awaitable[tuple[list[bytes], set[str]]]]
@@ -54,8 +61,11 @@ Render = Callable[[Runtime, str, list[Row]], Awaitable[tuple[list[bytes], set[st
 
 def _cutoff(as_of: datetime | None) -> datetime | None:
     if as_of is not None and as_of.tzinfo is None:
-        raise ApiError(422, "as_of: must carry a timezone (e.g. 2024-06-30T23:59:59Z)",
-                       [{"loc": ["query", "as_of"], "msg": "must carry a timezone"}])
+        raise ApiError(
+            422,
+            "as_of: must carry a timezone (e.g. 2024-06-30T23:59:59Z)",
+            [{"loc": ["query", "as_of"], "msg": "must carry a timezone"}],
+        )
     return as_of
 
 
@@ -64,8 +74,10 @@ def _default(value: Any) -> str:
 
 
 def _line(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, default=_default, ensure_ascii=False,
-                      separators=(",", ":")).encode() + b"\n"
+    return (
+        json.dumps(obj, default=_default, ensure_ascii=False, separators=(",", ":")).encode()
+        + b"\n"
+    )
 
 
 async def _keys(rt: Runtime, ws: str, people: set[str]) -> dict[str, bytes | None]:
@@ -76,7 +88,9 @@ async def _keys(rt: Runtime, ws: str, people: set[str]) -> dict[str, bytes | Non
     async with rt.pool.connection() as conn:
         cur = await conn.execute(
             "SELECT person_id FROM person_keys WHERE workspace_id = %s "
-            "AND person_id = ANY(%s) AND key IS NULL", (ws, wanted))
+            "AND person_id = ANY(%s) AND key IS NULL",
+            (ws, wanted),
+        )
         for row in await cur.fetchall():
             keys[row["person_id"]] = None
     return keys
@@ -133,8 +147,15 @@ async def _render_pairs(rt: Runtime, ws: str, rows: list[Row]) -> tuple[list[byt
     return lines, people
 
 
-async def _stream(rt: Runtime, ws: str, who: Principal, endpoint: str, query: str,
-                  params: dict[str, Any], render: Render) -> AsyncIterator[bytes]:
+async def _stream(
+    rt: Runtime,
+    ws: str,
+    who: Principal,
+    endpoint: str,
+    query: str,
+    params: dict[str, Any],
+    render: Render,
+) -> AsyncIterator[bytes]:
     audited: set[str] = set()
     async with rt.pool.connection() as conn, conn.transaction():
         await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -156,8 +177,9 @@ def _named_cursor(conn: AsyncConnection[Any]) -> Any:
     return conn.cursor(name="tieline_export")
 
 
-def _response(body: AsyncIterator[bytes], kind: str, as_of: datetime | None,
-              note: str | None = None) -> StreamingResponse:
+def _response(
+    body: AsyncIterator[bytes], kind: str, as_of: datetime | None, note: str | None = None
+) -> StreamingResponse:
     headers = {
         "Content-Disposition": f'attachment; filename="{kind}.jsonl"',
         "Cache-Control": "no-store",
@@ -175,8 +197,10 @@ def _runtime(request: Request) -> Runtime:
 
 
 _STREAM_DOC: dict[int | str, dict[str, Any]] = {
-    200: {"content": {NDJSON: {"schema": {"type": "string"}}},
-          "description": "JSON Lines, one object per line."},
+    200: {
+        "content": {NDJSON: {"schema": {"type": "string"}}},
+        "description": "JSON Lines, one object per line.",
+    },
     422: {},
 }
 
@@ -225,62 +249,73 @@ def _params(ws: str, cutoff: datetime | None) -> dict[str, Any]:
     return {"ws": ws, "as_of": cutoff}
 
 
-@router.get("/v1/workspaces/{ws}/export/events", responses=_STREAM_DOC,
-            response_class=StreamingResponse)
-async def export_events(ws: WS, request: Request, who: Admin, as_of: AsOf = None,
-                        min_seq: MinSeq = None
-                        ) -> StreamingResponse:
+@router.get(
+    "/v1/workspaces/{ws}/export/events", responses=_STREAM_DOC, response_class=StreamingResponse
+)
+async def export_events(
+    ws: WS, request: Request, who: Admin, as_of: AsOf = None, min_seq: MinSeq = None
+) -> StreamingResponse:
     """Every archived event of the workspace in stream order, decrypted (a forgotten
     person's fields read ``[erased]``), with ``seq``, ``retracted`` and ``retracted_by``."""
     cutoff = _cutoff(as_of)
     rt = _runtime(request)
     await rt.wait_for_seq(min_seq)
-    body = _stream(rt, ws, who, "GET export/events", EVENTS_SQL, _params(ws, cutoff),
-                   _render_events)
+    body = _stream(
+        rt, ws, who, "GET export/events", EVENTS_SQL, _params(ws, cutoff), _render_events
+    )
     return _response(body, "events", cutoff)
 
 
-@router.get("/v1/workspaces/{ws}/export/people", responses=_STREAM_DOC,
-            response_class=StreamingResponse)
-async def export_people(ws: WS, request: Request, who: Admin, as_of: AsOf = None,
-                        min_seq: MinSeq = None
-                        ) -> StreamingResponse:
+@router.get(
+    "/v1/workspaces/{ws}/export/people", responses=_STREAM_DOC, response_class=StreamingResponse
+)
+async def export_people(
+    ws: WS, request: Request, who: Admin, as_of: AsOf = None, min_seq: MinSeq = None
+) -> StreamingResponse:
     """The directory, decrypted. ``as_of``: people added by then, with current values."""
     cutoff = _cutoff(as_of)
     rt = _runtime(request)
     await rt.wait_for_seq(min_seq)
-    body = _stream(rt, ws, who, "GET export/people", PEOPLE_SQL, _params(ws, cutoff),
-                   _render_people)
-    note = None if cutoff is None else (
-        f"{cutoff.isoformat()}; people added by then, with their current values")
+    body = _stream(
+        rt, ws, who, "GET export/people", PEOPLE_SQL, _params(ws, cutoff), _render_people
+    )
+    note = (
+        None
+        if cutoff is None
+        else (f"{cutoff.isoformat()}; people added by then, with their current values")
+    )
     return _response(body, "people", cutoff, note)
 
 
-@router.get("/v1/workspaces/{ws}/export/strength", responses=_STREAM_DOC,
-            response_class=StreamingResponse)
-async def export_strength(ws: WS, request: Request, who: Admin, as_of: AsOf = None,
-                        min_seq: MinSeq = None
-                          ) -> StreamingResponse:
+@router.get(
+    "/v1/workspaces/{ws}/export/strength", responses=_STREAM_DOC, response_class=StreamingResponse
+)
+async def export_strength(
+    ws: WS, request: Request, who: Admin, as_of: AsOf = None, min_seq: MinSeq = None
+) -> StreamingResponse:
     """Strength per pair. ``as_of`` is not applied yet (the rows are the current ones; the
     ``X-Tieline-As-Of`` header says so): the strength model is being replaced."""
     cutoff = _cutoff(as_of)
     rt = _runtime(request)
     await rt.wait_for_seq(min_seq)
-    body = _stream(rt, ws, who, "GET export/strength", STRENGTH_SQL, _params(ws, cutoff),
-                   _render_pairs)
+    body = _stream(
+        rt, ws, who, "GET export/strength", STRENGTH_SQL, _params(ws, cutoff), _render_pairs
+    )
     note = None if cutoff is None else "not applied: strength rows are the current ones"
     return _response(body, "strength", cutoff, note)
 
 
-@router.get("/v1/workspaces/{ws}/export/timeline", responses=_STREAM_DOC,
-            response_class=StreamingResponse)
-async def export_timeline(ws: WS, request: Request, who: Admin, as_of: AsOf = None,
-                        min_seq: MinSeq = None
-                          ) -> StreamingResponse:
+@router.get(
+    "/v1/workspaces/{ws}/export/timeline", responses=_STREAM_DOC, response_class=StreamingResponse
+)
+async def export_timeline(
+    ws: WS, request: Request, who: Admin, as_of: AsOf = None, min_seq: MinSeq = None
+) -> StreamingResponse:
     """Every (pair, event) row of the relationship timelines, by pair and time."""
     cutoff = _cutoff(as_of)
     rt = _runtime(request)
     await rt.wait_for_seq(min_seq)
-    body = _stream(rt, ws, who, "GET export/timeline", TIMELINE_SQL, _params(ws, cutoff),
-                   _render_pairs)
+    body = _stream(
+        rt, ws, who, "GET export/timeline", TIMELINE_SQL, _params(ws, cutoff), _render_pairs
+    )
     return _response(body, "timeline", cutoff)

@@ -12,8 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection
-
-from projections.strength_model import (
+from tieline.projections.strength_model import (
     PARAMS,
     TIERS,
     DecayState,
@@ -27,7 +26,7 @@ from projections.strength_model import (
     tier_for,
     timeline,
 )
-from services.api.queries import ordered
+from tieline.services.api.queries import ordered
 
 Row = dict[str, Any]
 TIE_COLS = """person_a, person_b, score, tier, state_at, fast, slow, reciprocity_factor, rating,
@@ -116,7 +115,9 @@ async def pair_row(conn: AsyncConnection[Any], ws: str, a: str, b: str) -> Row |
     pa, pb = ordered(a, b)
     cur = await conn.execute(
         f"SELECT {TIE_COLS} FROM strength_v1 WHERE workspace_id = %s AND person_a = %s "
-        "AND person_b = %s", (ws, pa, pb))
+        "AND person_b = %s",
+        (ws, pa, pb),
+    )
     return await cur.fetchone()
 
 
@@ -126,12 +127,20 @@ def summary_now(row: Row, when: datetime) -> dict[str, Any]:
     score = score_at(row, when)
     last = row["last_contact_at"]
     return {
-        "person_a": row["person_a"], "person_b": row["person_b"], "score": round(score, 4),
-        "tier": tier_for(score, PARAMS), "as_of": when, "params_version": row["params_version"],
-        "event_count": row["event_count"], "meetings": row["meetings"],
-        "follow_ups": row["follow_ups"], "introductions": row["introductions"],
-        "helps": row["helps"], "ratings": row["ratings"],
-        "first_contact_at": row["first_contact_at"], "last_contact_at": last,
+        "person_a": row["person_a"],
+        "person_b": row["person_b"],
+        "score": round(score, 4),
+        "tier": tier_for(score, PARAMS),
+        "as_of": when,
+        "params_version": row["params_version"],
+        "event_count": row["event_count"],
+        "meetings": row["meetings"],
+        "follow_ups": row["follow_ups"],
+        "introductions": row["introductions"],
+        "helps": row["helps"],
+        "ratings": row["ratings"],
+        "first_contact_at": row["first_contact_at"],
+        "last_contact_at": last,
         "days_since_contact": None if last is None else (when - last).total_seconds() / 86400,
         "reciprocity": row["reciprocity"],
         "can_vouch": vouches_now(row, when)[0],

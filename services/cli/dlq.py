@@ -20,7 +20,7 @@ services/runtime/nats_auth.py). Within the stream's dedupe window, replaying the
 twice is a no-op (same Nats-Msg-Id); ``--again`` is needed to select one already replayed.
 
 Mounted on the main CLI as ``app.add_typer(dlq.app, name="dlq")``; runnable alone as
-``python -m services.cli.dlq``.
+``python -m tieline.services.cli.dlq``.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class DeadLetter:
 
 
 def _settings() -> Any:
-    from services.config import Settings
+    from tieline.plumbing.config import Settings
 
     return Settings()
 
@@ -97,7 +97,7 @@ async def _schema_of(conn: Any, settings: Any, generation: int | None, schema: s
         if generation is not None:
             raise typer.BadParameter("this database has no read-model generations")
         return str(state)  # read models kept in the state schema (before generations)
-    from projections import generations
+    from tieline.projections import generations
 
     gen = (
         await generations.live(conn, state)
@@ -271,8 +271,7 @@ async def _replay(
 ) -> int:
     from nats.js.errors import NotFoundError
     from psycopg import sql
-
-    from services.infra.jetstream import connect_nats
+    from tieline.plumbing.jetstream import connect_nats
 
     conn = await _connect(settings)
     nc = None

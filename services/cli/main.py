@@ -61,8 +61,8 @@ def up(
 ) -> None:
     """Start NATS JetStream and PostgreSQL (embedded unless URLs are given), the services and
     the projection worker; print the API URL; Ctrl-C stops everything cleanly."""
-    from services.logging import configure_logging
-    from services.runtime.supervisor import Stack, StackConfig
+    from tieline.plumbing.logging import configure_logging
+    from tieline.services.runtime.supervisor import Stack, StackConfig
 
     configure_logging("INFO")
     stack = Stack(
@@ -109,7 +109,7 @@ def up(
 
 
 def _settings_for_ops() -> Any:
-    from services.config import Settings
+    from tieline.plumbing.config import Settings
 
     return Settings()
 
@@ -118,8 +118,8 @@ def _run_db(fn: Any) -> Any:
     """Run ``fn(conn)`` against tieline's schema (TIELINE_DATABASE_URL / _SCHEMA)."""
     import asyncio
 
-    from services.infra import db
-    from services.infra.state import ensure_state_schema
+    from tieline.plumbing import db
+    from tieline.plumbing.state import ensure_state_schema
 
     settings = _settings_for_ops()
 
@@ -145,7 +145,7 @@ def token_create(
     name: Annotated[str, typer.Option(help="Shown as recorded_by.")] = "cli",
 ) -> None:
     """Create a token bound to one workspace; prints it once."""
-    from services.auth import create_token
+    from tieline.services.auth import create_token
 
     token = _run_db(lambda conn: create_token(conn, workspace, role, name))
     console.print(token, soft_wrap=True)
@@ -154,7 +154,7 @@ def token_create(
 @token_app.command("list")
 def token_list(workspace: Annotated[str | None, typer.Option("--workspace", "-w")] = None) -> None:
     """List tokens (never their secrets)."""
-    from services.auth import list_tokens
+    from tieline.services.auth import list_tokens
 
     rows = _run_db(lambda conn: list_tokens(conn, workspace))
     table = Table("token_id", "workspace", "role", "name", "created", "revoked")
@@ -166,7 +166,7 @@ def token_list(workspace: Annotated[str | None, typer.Option("--workspace", "-w"
 @token_app.command("revoke")
 def token_revoke(token_id: str) -> None:
     """Revoke a token by its id (the part after ``tl_``)."""
-    from services.auth import revoke_token
+    from tieline.services.auth import revoke_token
 
     done = _run_db(lambda conn: revoke_token(conn, token_id))
     console.print("revoked" if done else "no such active token")
@@ -190,8 +190,12 @@ def _ops_settings(data_dir: Path | None) -> Any:
     if data_dir is not None:
         path = data_dir / "secrets" / "nats-passwords.json"
         if path.exists():
-            settings = settings.model_copy(update={
-                "nats_user": "admin", "nats_password": json.loads(path.read_text())["admin"]})
+            settings = settings.model_copy(
+                update={
+                    "nats_user": "admin",
+                    "nats_password": json.loads(path.read_text())["admin"],
+                }
+            )
     return settings
 
 
@@ -214,18 +218,33 @@ def _progress_reporter() -> tuple[Any, Any]:
         def report(done: int, total: int, applied: int, elapsed: float) -> None:
             if elapsed - last[0] >= 2.0 or done >= total:
                 last[0] = elapsed
-                log.info("replay.progress", seq=done, of=total, applied=applied,
-                         events_per_s=round(applied / elapsed) if elapsed else 0)
+                log.info(
+                    "replay.progress",
+                    seq=done,
+                    of=total,
+                    applied=applied,
+                    events_per_s=round(applied / elapsed) if elapsed else 0,
+                )
 
         return None, report
-    bar = Progress(TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[rate]} ev/s"), TimeElapsedColumn(),
-                   TimeRemainingColumn(), console=console)
+    bar = Progress(
+        TextColumn("[bold]replay"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} ev/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
     task = bar.add_task("replay", total=1, rate="-")
 
     def update(done: int, total: int, applied: int, elapsed: float) -> None:
-        bar.update(task, completed=done, total=max(total, 1),
-                   rate=f"{applied / elapsed:,.0f}" if elapsed else "-")
+        bar.update(
+            task,
+            completed=done,
+            total=max(total, 1),
+            rate=f"{applied / elapsed:,.0f}" if elapsed else "-",
+        )
 
     return bar, update
 
@@ -240,26 +259,30 @@ def _run(bar: Any, go: Any) -> Any:
         return asyncio.run(go())
 
 
-DataDir = Annotated[Path | None, typer.Option(
-    help="Data dir of a `tieline up` installation (connects to its NATS as admin).")]
+DataDir = Annotated[
+    Path | None,
+    typer.Option(help="Data dir of a `tieline up` installation (connects to its NATS as admin)."),
+]
 
 
 @app.command("replay")
 def replay_cmd(
-    until: Annotated[str | None, typer.Option(
-        help="Materialise a snapshot as of this ISO time (events that occurred later are "
-             "left out) into a scratch generation instead of rebuilding live.")] = None,
-    into: Annotated[str | None, typer.Option(help="Schema name for the --until snapshot.")
-                    ] = None,
-    keep_old: Annotated[bool, typer.Option(help="Keep the retired generation's tables.")
-                        ] = False,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            help="Materialise a snapshot as of this ISO time (events that occurred later are "
+            "left out) into a scratch generation instead of rebuilding live."
+        ),
+    ] = None,
+    into: Annotated[str | None, typer.Option(help="Schema name for the --until snapshot.")] = None,
+    keep_old: Annotated[bool, typer.Option(help="Keep the retired generation's tables.")] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Rebuild the read models from the start of the stream into a new generation while the
     live one keeps serving, then switch atomically (or, with --until, build a snapshot)."""
     from datetime import datetime
 
-    from projections import replay as rp
+    from tieline.projections import replay as rp
 
     settings = _ops_settings(data_dir)
     bar, report = _progress_reporter()
@@ -272,14 +295,20 @@ def replay_cmd(
         if when is not None and when.tzinfo is None:
             raise typer.BadParameter("--until needs a timezone, e.g. 2025-06-30T00:00:00Z")
         result, worker = await rp.replay(
-            settings, status="scratch" if snapshot else "building", until=when,
-            schema_name=into, note=f"as of {until}" if snapshot else "tieline replay",
-            progress=report)
+            settings,
+            status="scratch" if snapshot else "building",
+            until=when,
+            schema_name=into,
+            note=f"as of {until}" if snapshot else "tieline replay",
+            progress=report,
+        )
         await worker.close()
-        console.print(f"generation {result.generation.gen} ({result.generation.schema_name}): "
-                      f"{result.applied} events up to seq {result.last_seq} in "
-                      f"{result.seconds:.1f}s ({result.events_per_s:,.0f} events/s)"
-                      + ("; now live" if result.switched else ""))
+        console.print(
+            f"generation {result.generation.gen} ({result.generation.schema_name}): "
+            f"{result.applied} events up to seq {result.last_seq} in "
+            f"{result.seconds:.1f}s ({result.events_per_s:,.0f} events/s)"
+            + ("; now live" if result.switched else "")
+        )
         if result.switched and not keep_old:
             dropped = await rp.retire_old(settings)
             if dropped:
@@ -289,11 +318,13 @@ def replay_cmd(
 
 
 @app.command()
-def verify(keep: Annotated[bool, typer.Option(help="Keep the scratch copy.")] = False,
-           data_dir: DataDir = None) -> None:
+def verify(
+    keep: Annotated[bool, typer.Option(help="Keep the scratch copy.")] = False,
+    data_dir: DataDir = None,
+) -> None:
     """Replay into a scratch copy and compare it row by row with the live read models."""
 
-    from projections import replay as rp
+    from tieline.projections import replay as rp
 
     settings = _ops_settings(data_dir)
     bar, report = _progress_reporter()
@@ -306,8 +337,14 @@ def verify(keep: Annotated[bool, typer.Option(help="Keep the scratch copy.")] = 
     diffs = _run(bar, go)
     table = Table("table", "live rows", "replay rows", "only live", "only replay", "verdict")
     for d in diffs:
-        table.add_row(d.table, str(d.live_rows), str(d.replay_rows), str(d.only_live),
-                      str(d.only_replay), "[green]same[/]" if d.clean else "[red]DIFFERENT[/]")
+        table.add_row(
+            d.table,
+            str(d.live_rows),
+            str(d.replay_rows),
+            str(d.only_live),
+            str(d.only_replay),
+            "[green]same[/]" if d.clean else "[red]DIFFERENT[/]",
+        )
     console.print(table)
     for d in diffs:
         for sample in d.samples:
@@ -318,8 +355,12 @@ def verify(keep: Annotated[bool, typer.Option(help="Keep the scratch copy.")] = 
 
 @app.command("what-if")
 def what_if_cmd(
-    params_file: Annotated[Path, typer.Argument(help="JSON with the strength parameters to "
-                                                     "change (the rest keep their values).")],
+    params_file: Annotated[
+        Path,
+        typer.Argument(
+            help="JSON with the strength parameters to change (the rest keep their values)."
+        ),
+    ],
     keep: Annotated[bool, typer.Option(help="Keep the scratch generation.")] = False,
     data_dir: DataDir = None,
 ) -> None:
@@ -327,8 +368,8 @@ def what_if_cmd(
     with the live read models (tier moves, biggest changes, rank changes). Nothing live is
     touched."""
 
-    from projections import replay as rp
-    from projections.strength_model import Params
+    from tieline.projections import replay as rp
+    from tieline.projections.strength_model import Params
 
     params = Params.from_dict(json.loads(params_file.read_text()))
     settings = _ops_settings(data_dir)
@@ -350,12 +391,14 @@ def what_if_cmd(
 @app.command("generations")
 def generations_cmd() -> None:
     """List read-model generations (live, building, retired, scratch)."""
-    from projections import generations as gens
+    from tieline.projections import generations as gens
 
     async def rows(conn: Any) -> list[Any]:
         await gens.ensure_table(conn, _settings_for_ops().database_schema)
-        cur = await conn.execute("SELECT gen, schema_name, version, status, consumer, note, "
-                                 "created_at, live_at FROM generations ORDER BY gen")
+        cur = await conn.execute(
+            "SELECT gen, schema_name, version, status, consumer, note, "
+            "created_at, live_at FROM generations ORDER BY gen"
+        )
         return list(await cur.fetchall())
 
     table = Table("gen", "schema", "version", "status", "consumer", "note", "created", "live")
@@ -369,7 +412,7 @@ def serve(
     role: Annotated[str, typer.Argument(help="api | people | interactions | worker")],
 ) -> None:
     """Run one process (settings from TIELINE_* environment variables)."""
-    from services.runtime.run import main as run_main
+    from tieline.services.runtime.run import main as run_main
 
     run_main([role])
 
@@ -377,7 +420,7 @@ def serve(
 @app.command()
 def worker() -> None:
     """Run the projection worker (same as ``tieline serve worker``)."""
-    from services.runtime.run import main as run_main
+    from tieline.services.runtime.run import main as run_main
 
     run_main(["worker"])
 
@@ -536,102 +579,187 @@ def _show(data: Any) -> None:
 
 
 @app.command()
-def strength(person_a: str, person_b: str, as_of: AsOfOpt = None,
-             api_url: ApiUrl = DEFAULT_API, workspace: Workspace = "default",
-             as_json: bool = typer.Option(False, "--json")) -> None:
+def strength(
+    person_a: str,
+    person_b: str,
+    as_of: AsOfOpt = None,
+    api_url: ApiUrl = DEFAULT_API,
+    workspace: Workspace = "default",
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Show the strength of the tie between A and B (now, or --as-of a date)."""
-    data = _call("GET", f"{api_url}/v1/workspaces/{workspace}/relationships/{person_a}/{person_b}",
-                 params=_params(as_of))
+    data = _call(
+        "GET",
+        f"{api_url}/v1/workspaces/{workspace}/relationships/{person_a}/{person_b}",
+        params=_params(as_of),
+    )
     if as_json:
         _show(data)
         return
     table = Table(title=f"{data['person_a']} - {data['person_b']}")
-    for key in ("score", "tier", "event_count", "meetings", "follow_ups", "introductions",
-                "helps", "last_contact_at", "can_vouch"):
+    for key in (
+        "score",
+        "tier",
+        "event_count",
+        "meetings",
+        "follow_ups",
+        "introductions",
+        "helps",
+        "last_contact_at",
+        "can_vouch",
+    ):
         table.add_row(key, str(data.get(key)))
     console.print(table)
 
 
 @app.command()
-def explain(person_a: str, person_b: str, as_of: AsOfOpt = None, api_url: ApiUrl = DEFAULT_API,
-            workspace: Workspace = "default") -> None:
+def explain(
+    person_a: str,
+    person_b: str,
+    as_of: AsOfOpt = None,
+    api_url: ApiUrl = DEFAULT_API,
+    workspace: Workspace = "default",
+) -> None:
     """Why the tie between A and B is as strong as it is."""
-    _show(_call("GET", f"{api_url}/v1/workspaces/{workspace}/relationships/{person_a}/"
-                       f"{person_b}/explain", params=_params(as_of)))
+    _show(
+        _call(
+            "GET",
+            f"{api_url}/v1/workspaces/{workspace}/relationships/{person_a}/{person_b}/explain",
+            params=_params(as_of),
+        )
+    )
 
 
 @app.command()
-def timeline(person_a: str, person_b: str, as_of: AsOfOpt = None,
-             api_url: ApiUrl = DEFAULT_API, workspace: Workspace = "default") -> None:
+def timeline(
+    person_a: str,
+    person_b: str,
+    as_of: AsOfOpt = None,
+    api_url: ApiUrl = DEFAULT_API,
+    workspace: Workspace = "default",
+) -> None:
     """Show how the relationship between A and B developed, event by event."""
-    data = _call("GET", f"{api_url}/v1/workspaces/{workspace}/relationships/{person_a}/"
-                        f"{person_b}/timeline", params=_params(as_of))
+    data = _call(
+        "GET",
+        f"{api_url}/v1/workspaces/{workspace}/relationships/{person_a}/{person_b}/timeline",
+        params=_params(as_of),
+    )
     table = Table("occurred_at", "type", "recorded_by", "contribution", "strength after", "why")
     for e in data["events"]:
-        table.add_row(str(e["occurred_at"]), e["type"], str(e["recorded_by"]),
-                      f"{e['contribution']:.1f}", f"{e['strength_after']:.1f}", e["reason"])
+        table.add_row(
+            str(e["occurred_at"]),
+            e["type"],
+            str(e["recorded_by"]),
+            f"{e['contribution']:.1f}",
+            f"{e['strength_after']:.1f}",
+            e["reason"],
+        )
     console.print(table)
 
 
 @app.command()
-def ties(person: str, limit: int = 20, as_of: AsOfOpt = None, api_url: ApiUrl = DEFAULT_API,
-         workspace: Workspace = "default") -> None:
+def ties(
+    person: str,
+    limit: int = 20,
+    as_of: AsOfOpt = None,
+    api_url: ApiUrl = DEFAULT_API,
+    workspace: Workspace = "default",
+) -> None:
     """A person's strongest ties, with Dunbar-like tiers."""
-    data = _call("GET", f"{api_url}/v1/workspaces/{workspace}/people/{person}/relationships",
-                 params=_params(as_of, limit=limit))
+    data = _call(
+        "GET",
+        f"{api_url}/v1/workspaces/{workspace}/people/{person}/relationships",
+        params=_params(as_of, limit=limit),
+    )
     table = Table("other", "score", "tier", "events", "last contact")
     for r in data["relationships"]:
-        table.add_row(r["other"], f"{r['score']:.1f}", r["tier"], str(r["event_count"]),
-                      str(r["last_contact_at"]))
+        table.add_row(
+            r["other"],
+            f"{r['score']:.1f}",
+            r["tier"],
+            str(r["event_count"]),
+            str(r["last_contact_at"]),
+        )
     console.print(table)
 
 
 @app.command("follow-ups")
-def follow_ups(person: str, as_of: AsOfOpt = None, api_url: ApiUrl = DEFAULT_API,
-               workspace: Workspace = "default") -> None:
+def follow_ups(
+    person: str,
+    as_of: AsOfOpt = None,
+    api_url: ApiUrl = DEFAULT_API,
+    workspace: Workspace = "default",
+) -> None:
     """Ties of PERSON that are due a follow-up, most strength at stake first."""
-    data = _call("GET", f"{api_url}/v1/workspaces/{workspace}/people/{person}/follow-ups",
-                 params=_params(as_of))
+    data = _call(
+        "GET",
+        f"{api_url}/v1/workspaces/{workspace}/people/{person}/follow-ups",
+        params=_params(as_of),
+    )
     table = Table("other", "score", "tier at last contact", "days since", "cadence", "at stake")
     for d in data["due"]:
-        table.add_row(d["other"], f"{d['score']:.1f}", str(d["tier_at_last_contact"]),
-                      f"{d['days_since_contact']:.0f}", str(d["cadence_days"]),
-                      f"{d['at_stake']:.1f}")
+        table.add_row(
+            d["other"],
+            f"{d['score']:.1f}",
+            str(d["tier_at_last_contact"]),
+            f"{d['days_since_contact']:.0f}",
+            str(d["cadence_days"]),
+            f"{d['at_stake']:.1f}",
+        )
     console.print(table)
 
 
 @app.command("give-and-take")
-def give_and_take(person: str, api_url: ApiUrl = DEFAULT_API,
-                  workspace: Workspace = "default") -> None:
+def give_and_take(
+    person: str, api_url: ApiUrl = DEFAULT_API, workspace: Workspace = "default"
+) -> None:
     """Who initiates and who helps whom, per tie; one-sided ties first."""
     _show(_call("GET", f"{api_url}/v1/workspaces/{workspace}/people/{person}/give-and-take"))
 
 
 @app.command("can-introduce")
-def can_introduce(introducer: str, person_a: str, person_b: str, as_of: AsOfOpt = None,
-                  api_url: ApiUrl = DEFAULT_API, workspace: Workspace = "default") -> None:
+def can_introduce(
+    introducer: str,
+    person_a: str,
+    person_b: str,
+    as_of: AsOfOpt = None,
+    api_url: ApiUrl = DEFAULT_API,
+    workspace: Workspace = "default",
+) -> None:
     """Whether INTRODUCER knows both A and B well enough to introduce them, with reasons."""
-    _show(_call("GET", f"{api_url}/v1/workspaces/{workspace}/introductions/check",
-                params=_params(as_of, introducer=introducer, a=person_a, b=person_b)))
+    _show(
+        _call(
+            "GET",
+            f"{api_url}/v1/workspaces/{workspace}/introductions/check",
+            params=_params(as_of, introducer=introducer, a=person_a, b=person_b),
+        )
+    )
 
 
 @app.command("warm-paths")
-def warm_paths(person: str, target: Annotated[str, typer.Option("--target")],
-               api_url: ApiUrl = DEFAULT_API, workspace: Workspace = "default") -> None:
+def warm_paths(
+    person: str,
+    target: Annotated[str, typer.Option("--target")],
+    api_url: ApiUrl = DEFAULT_API,
+    workspace: Workspace = "default",
+) -> None:
     """Who can introduce PERSON to --target (at most two intermediaries)."""
-    data = _call("GET", f"{api_url}/v1/workspaces/{workspace}/people/{person}/warm-paths",
-                 params={"target": target})
+    data = _call(
+        "GET",
+        f"{api_url}/v1/workspaces/{workspace}/people/{person}/warm-paths",
+        params={"target": target},
+    )
     for p in data["paths"]:
         console.print(" -> ".join(p["path"]) + f"   (weakest link {p['weakest_link']:.1f})")
     if not data["paths"]:
         console.print("no warm path found")
 
 
-from services.cli.tools import register as register_tools  # noqa: E402  (needs `app`)
+from tieline.services.cli.tools import register as register_tools  # noqa: E402  (needs `app`)
 
 register_tools(app)
 
-from services.cli import dlq  # noqa: E402
+from tieline.services.cli import dlq  # noqa: E402
 
 app.add_typer(dlq.app, name="dlq")
 

@@ -1,7 +1,7 @@
 """CLI commands ``tieline simulate``, ``tieline import`` and ``tieline export``.
 
 Mounted on the main typer app with :func:`register`; runnable alone too
-(``python -m services.cli.tools ...``). The API commands read ``TIELINE_TOKEN`` like every
+(``python -m tieline.services.cli.tools ...``). The API commands read ``TIELINE_TOKEN`` like every
 other front-end command.
 """
 
@@ -31,8 +31,9 @@ def _parse_time(value: str, option: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise typer.BadParameter(f"{value!r} is not an ISO 8601 date or time",
-                                 param_hint=option) from exc
+        raise typer.BadParameter(
+            f"{value!r} is not an ISO 8601 date or time", param_hint=option
+        ) from exc
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
@@ -43,27 +44,30 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed: the same seed, the same lines.")] = 1,
     people: Annotated[int, typer.Option(help="People in the network (added first).")] = 1000,
     events: Annotated[int, typer.Option(help="Lines to generate, people included.")] = 100_000,
-    start: Annotated[str, typer.Option(help="Start of the simulated period (ISO date).")
-                     ] = "2020-01-01",
+    start: Annotated[
+        str, typer.Option(help="Start of the simulated period (ISO date).")
+    ] = "2020-01-01",
     years: Annotated[float, typer.Option(help="Length of the simulated period.")] = 5.0,
-    out: Annotated[Path | None, typer.Option(help="JSON Lines file (default: stdout).")
-                   ] = None,
+    out: Annotated[Path | None, typer.Option(help="JSON Lines file (default: stdout).")] = None,
 ) -> None:
     """Generate a realistic synthetic network as JSON Lines for `tieline import`:
     conferences and meetups, follow-ups, friendships that grow and fade, introductions, help,
     closeness ratings and one-sided sellers. Deterministic for a seed."""
-    from services.tools.simulate import SimConfig, write_jsonl
+    from tieline.services.tools.simulate import SimConfig, write_jsonl
 
-    cfg = SimConfig(seed=seed, people=people, events=events,
-                    start=_parse_time(start, "--start"), years=years)
+    cfg = SimConfig(
+        seed=seed, people=people, events=events, start=_parse_time(start, "--start"), years=years
+    )
     try:
         cfg.check()
     except ValueError as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
     if cfg.end > datetime.now(UTC):
-        err.print("[yellow]the simulated period reaches into the future; the API refuses "
-                  "events that have not happened yet[/]")
+        err.print(
+            "[yellow]the simulated period reaches into the future; the API refuses "
+            "events that have not happened yet[/]"
+        )
     t0 = time.perf_counter()
     if out is None:
         n = write_jsonl(cfg, sys.stdout)
@@ -74,9 +78,11 @@ def simulate(
             n = write_jsonl(cfg, f)
         os.replace(tmp, out)
     dt = time.perf_counter() - t0
-    err.print(f"simulated {n} events ({people} people, {years:g} years from "
-              f"{cfg.start.date()}) in {dt:.2f}s, {n / max(dt, 1e-9):,.0f} events/s"
-              + (f" -> {out}" if out else ""))
+    err.print(
+        f"simulated {n} events ({people} people, {years:g} years from "
+        f"{cfg.start.date()}) in {dt:.2f}s, {n / max(dt, 1e-9):,.0f} events/s"
+        + (f" -> {out}" if out else "")
+    )
 
 
 # -- import -------------------------------------------------------------------------------
@@ -107,34 +113,54 @@ rejected, 2 nothing could be imported (bad arguments, API unreachable or refused
 
 
 def import_events(
-    file: Annotated[Path, typer.Argument(help="The file to import.", exists=True,
-                                         dir_okay=False, readable=True)],
-    fmt: Annotated[str | None, typer.Option("--format", help="jsonl | csv | vcf | ics "
-                                            "(default: from the extension).")] = None,
-    remap_ids: Annotated[bool, typer.Option(
-        "--remap-ids", help="Map event ids to uuid5(target workspace, old id): to import an "
-        "export into another workspace.")] = False,
-    depth: Annotated[str, typer.Option(help="Depth of meetings from iCalendar events.")
-                     ] = "conversation",
+    file: Annotated[
+        Path, typer.Argument(help="The file to import.", exists=True, dir_okay=False, readable=True)
+    ],
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="jsonl | csv | vcf | ics (default: from the extension)."),
+    ] = None,
+    remap_ids: Annotated[
+        bool,
+        typer.Option(
+            "--remap-ids",
+            help="Map event ids to uuid5(target workspace, old id): to import an "
+            "export into another workspace.",
+        ),
+    ] = False,
+    depth: Annotated[
+        str, typer.Option(help="Depth of meetings from iCalendar events.")
+    ] = "conversation",
     chunk: Annotated[int, typer.Option(help="Lines per batch request.")] = 500,
     concurrency: Annotated[int, typer.Option(help="Batch requests in flight.")] = 4,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate only; publish nothing.")
-                       ] = False,
-    report: Annotated[Path | None, typer.Option(help="Write the full summary (every rejected "
-                                                "line) to this JSON file.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")
-                       ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate only; publish nothing.")
+    ] = False,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Write the full summary (every rejected line) to this JSON file."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     api_url: ApiUrl = DEFAULT_API,
     workspace: Workspace = "default",
 ) -> None:
-    from services.tools import importer
+    from tieline.services.tools import importer
 
     progress = None if dry_run else importer.default_progress()
     try:
         summary = importer.import_file(
-            file, api_url=api_url, workspace=workspace, token=importer.token_from_env(),
-            fmt=fmt, remap_ids=remap_ids, depth=depth, chunk_lines=chunk,
-            concurrency=concurrency, dry_run=dry_run, progress=progress)
+            file,
+            api_url=api_url,
+            workspace=workspace,
+            token=importer.token_from_env(),
+            fmt=fmt,
+            remap_ids=remap_ids,
+            depth=depth,
+            chunk_lines=chunk,
+            concurrency=concurrency,
+            dry_run=dry_run,
+            progress=progress,
+        )
     except (ValueError, importer.ImportAborted) as exc:
         err.print(f"[red]import failed:[/] {exc}")
         raise typer.Exit(2) from exc
@@ -150,14 +176,15 @@ def import_events(
 
 
 def _print_summary(s: object) -> None:
-    from services.tools.importer import ImportSummary
+    from tieline.services.tools.importer import ImportSummary
 
     assert isinstance(s, ImportSummary)
     out = Console()
     verb = "would publish" if s.dry_run else "published new"
     count = s.valid if s.dry_run else s.published
-    out.print(f"[bold]{s.file}[/] ({s.format}) -> workspace [bold]{s.workspace}[/]: "
-              f"{s.records} records")
+    out.print(
+        f"[bold]{s.file}[/] ({s.format}) -> workspace [bold]{s.workspace}[/]: {s.records} records"
+    )
     out.print(f"  {verb}: [green]{count}[/]")
     if not s.dry_run:
         out.print(f"  already present: {s.already_present}")
@@ -171,8 +198,10 @@ def _print_summary(s: object) -> None:
         for line, reason in sorted(s.skipped)[:20]:
             out.print(f"    line {line}: {reason}", markup=False)
     if not s.dry_run and s.publish_s > 0:
-        out.print(f"  {s.elapsed_s:.2f}s, {s.events_per_s:,.0f} events/s"
-                  + (f", last seq {s.last_seq}" if s.last_seq else ""))
+        out.print(
+            f"  {s.elapsed_s:.2f}s, {s.events_per_s:,.0f} events/s"
+            + (f", last seq {s.last_seq}" if s.last_seq else "")
+        )
 
 
 # -- export -------------------------------------------------------------------------------
@@ -180,30 +209,50 @@ def _print_summary(s: object) -> None:
 
 def export(
     kind: Annotated[str, typer.Argument(help="events | people | strength | timeline")],
-    out: Annotated[Path | None, typer.Option(help="File to write (JSON Lines to stdout if "
-                                             "left out).")] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="jsonl | csv | parquet "
-                                            "(default: from --out's extension, else jsonl).")
-                   ] = None,
-    as_of: Annotated[str | None, typer.Option("--as-of", help="Only what occurred by then "
-                                              "(ISO 8601; strength: not applied yet).")
-                     ] = None,
-    min_seq: Annotated[int | None, typer.Option("--min-seq", help="Wait until the projection "
-                                                "has applied this stream seq (e.g. the last "
-                                                "seq an import printed).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="File to write (JSON Lines to stdout if left out).")
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="jsonl | csv | parquet (default: from --out's extension, else jsonl)."
+        ),
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of", help="Only what occurred by then (ISO 8601; strength: not applied yet)."
+        ),
+    ] = None,
+    min_seq: Annotated[
+        int | None,
+        typer.Option(
+            "--min-seq",
+            help="Wait until the projection "
+            "has applied this stream seq (e.g. the last "
+            "seq an import printed).",
+        ),
+    ] = None,
     api_url: ApiUrl = DEFAULT_API,
     workspace: Workspace = "default",
 ) -> None:
     """Export a workspace's events (decrypted; a forgotten person's data comes out erased),
     people, strength or timelines (admin token) as JSON Lines, CSV or Parquet. Strength is
     always the current state (--as-of is not applied to it yet)."""
-    from services.tools import exporter
+    from tieline.services.tools import exporter
 
     cutoff = _parse_time(as_of, "--as-of").isoformat() if as_of else None
     try:
         summary = exporter.export_to(
-            kind, out, api_url=api_url, workspace=workspace,
-            token=os.environ.get("TIELINE_TOKEN"), fmt=fmt, as_of=cutoff, min_seq=min_seq)
+            kind,
+            out,
+            api_url=api_url,
+            workspace=workspace,
+            token=os.environ.get("TIELINE_TOKEN"),
+            fmt=fmt,
+            as_of=cutoff,
+            min_seq=min_seq,
+        )
     except (ValueError, exporter.ExportFailed) as exc:
         err.print(f"[red]export failed:[/] {exc}")
         raise typer.Exit(1) from exc
@@ -215,8 +264,10 @@ def export(
             raise typer.Exit(2) from exc
         raise
     note = f" (as_of: {summary.as_of_note})" if summary.as_of_note else ""
-    err.print(f"exported {summary.rows} {kind} rows as {summary.format} to {summary.out} "
-              f"in {summary.elapsed_s:.2f}s{note}")
+    err.print(
+        f"exported {summary.rows} {kind} rows as {summary.format} to {summary.out} "
+        f"in {summary.elapsed_s:.2f}s{note}"
+    )
 
 
 def register(app: typer.Typer) -> None:

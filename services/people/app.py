@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from faststream import FastStream
-
-from services.config import Settings
-from services.service_app import PEOPLE_TYPES, create_service_app
+from tieline.plumbing.config import Settings
+from tieline.services.service_app import PEOPLE_TYPES, create_service_app
 
 
 def create_app(settings: Settings) -> FastStream:

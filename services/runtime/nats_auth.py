@@ -15,7 +15,7 @@ Why each permission exists (``P`` is the subject prefix, ``S`` the event stream'
 ``api``
     Publishes command requests ``P.cmd.>`` to the write services and subscribes ``_INBOX.>``
     for their replies. ``$JS.API.STREAM.INFO.S`` answers ``/readyz`` (stream sequence) and,
-    with ``...INFO.S_DLQ``, lets :func:`services.infra.jetstream.ensure_streams` confirm at
+    with ``...INFO.S_DLQ``, lets :func:`tieline.plumbing.jetstream.ensure_streams` confirm at
     start that the streams exist. It cannot publish events, read stream messages, or create
     streams or consumers: everything written goes through a write service that validates it.
 
@@ -42,7 +42,7 @@ Why each permission exists (``P`` is the subject prefix, ``S`` the event stream'
     projection cannot rewrite the log.
 
 Inboxes are per user: every tieline process connects with ``inbox_prefix=_INBOX_<user>``
-(``services.infra.jetstream.inbox_prefix``) and may subscribe only to ``_INBOX_<user>.>``, so
+(``tieline.plumbing.jetstream.inbox_prefix``) and may subscribe only to ``_INBOX_<user>.>``, so
 no process can listen to replies meant for another (fetched events, PubAcks, command replies).
 """
 
@@ -73,6 +73,7 @@ ROLES: tuple[str, ...] = ("admin", "api", "people", "interactions", "worker")
 
 #: Where ``tieline up`` keeps the generated passwords, relative to its data directory.
 PASSWORDS_FILE = Path("secrets") / "nats-passwords.json"
+
 
 #: Inbox subjects nats-py (and FastStream on top of it) use for replies to its requests.
 def _inbox(role: str) -> str:

@@ -1,4 +1,4 @@
-"""Entry point of one tieline process: ``python -m services.runtime.run ROLE``.
+"""Entry point of one tieline process: ``python -m tieline.services.runtime.run ROLE``.
 
 Roles: ``api``, ``people``, ``interactions``, ``worker``. Settings come from the environment
 (``TIELINE_*``); ``tieline up`` sets them for the processes it supervises.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from services.config import Settings
-from services.logging import configure_logging
+from tieline.plumbing.config import Settings
+from tieline.plumbing.logging import configure_logging
 
 ROLES = ("api", "people", "interactions", "worker")
 
@@ -19,8 +19,7 @@ async def run_role(role: str, settings: Settings) -> None:
     """Run one role until it is told to stop (SIGTERM/SIGINT)."""
     if role == "api":
         import uvicorn
-
-        from services.api.app import create_app as create_api
+        from tieline.services.api.app import create_app as create_api
 
         config = uvicorn.Config(
             create_api(settings),
@@ -33,12 +32,12 @@ async def run_role(role: str, settings: Settings) -> None:
         await uvicorn.Server(config).serve()
     elif role in ("people", "interactions"):
         if role == "people":
-            from services.people.app import create_app
+            from tieline.services.people.app import create_app
         else:
-            from services.interactions.app import create_app
+            from tieline.services.interactions.app import create_app
         await create_app(settings).run()
     elif role == "worker":
-        from projections.worker import serve
+        from tieline.projections.worker import serve
 
         await serve(settings)
     else:
@@ -48,7 +47,7 @@ async def run_role(role: str, settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] not in ROLES:
-        raise SystemExit(f"usage: python -m services.runtime.run {{{','.join(ROLES)}}}")
+        raise SystemExit(f"usage: python -m tieline.services.runtime.run {{{','.join(ROLES)}}}")
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
     import structlog

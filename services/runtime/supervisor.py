@@ -26,15 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
-
-from services.config import Settings
-from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, find_free_port
-from services.runtime.nats_auth import (
+from tieline.plumbing.config import Settings
+from tieline.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, find_free_port
+from tieline.services.runtime.nats_auth import (
     PASSWORDS_FILE,
     authorization_block,
     load_or_create_passwords,
 )
-from services.runtime.run import ROLES
+from tieline.services.runtime.run import ROLES
 
 log = structlog.get_logger(__name__)
 
@@ -147,7 +146,7 @@ class Stack:
     def ensure_streams_as_admin(self, timeout: float = 30.0) -> None:
         """Create or check the event and dead-letter streams as the embedded NATS's ``admin``
         user: the processes' own users may only look the streams up, not create them."""
-        from services.infra.jetstream import connect_nats, ensure_streams
+        from tieline.plumbing.jetstream import connect_nats, ensure_streams
 
         credentials = self.nats_credentials("admin")
         assert credentials is not None
@@ -187,10 +186,10 @@ class Stack:
         written to ``data_dir/secrets/admin-token`` so a restart prints the same token."""
         import asyncio
 
-        from services.auth import create_token
-        from services.config import Settings
-        from services.infra import db
-        from services.infra.state import ensure_state_schema
+        from tieline.plumbing import db
+        from tieline.plumbing.config import Settings
+        from tieline.plumbing.state import ensure_state_schema
+        from tieline.services.auth import create_token
 
         path = self.config.data_dir / "secrets" / "admin-token"
         if token is None and path.exists():
@@ -237,7 +236,7 @@ class Stack:
         logs.mkdir(parents=True, exist_ok=True)
         out = (logs / f"{role}.log").open("ab")
         self.children[role] = subprocess.Popen(
-            [sys.executable, "-m", "services.runtime.run", role],
+            [sys.executable, "-m", "tieline.services.runtime.run", role],
             env=self.child_env(role),
             stdout=out,
             stderr=subprocess.STDOUT,

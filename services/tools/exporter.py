@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
-
-from events_schema.models import EVENT_CLASSES
+from tieline.events_schema.models import EVENT_CLASSES
 
 KINDS = ("events", "people", "strength", "timeline")
 FORMATS = ("jsonl", "csv", "parquet")
@@ -42,15 +41,30 @@ FORMATS = ("jsonl", "csv", "parquet")
 Columns = list[tuple[str, str]]
 
 PEOPLE_COLUMNS: Columns = [
-    ("person_id", "str"), ("display_name", "str"), ("email", "str"), ("phone", "str"),
-    ("organization", "str"), ("title", "str"), ("notes", "str"), ("added_at", "time"),
-    ("updated_at", "time"), ("added_event_id", "str"), ("retracted", "bool"),
+    ("person_id", "str"),
+    ("display_name", "str"),
+    ("email", "str"),
+    ("phone", "str"),
+    ("organization", "str"),
+    ("title", "str"),
+    ("notes", "str"),
+    ("added_at", "time"),
+    ("updated_at", "time"),
+    ("added_event_id", "str"),
+    ("retracted", "bool"),
     ("forgotten", "bool"),
 ]
 TIMELINE_COLUMNS: Columns = [
-    ("person_a", "str"), ("person_b", "str"), ("event_id", "str"), ("seq", "int"),
-    ("type", "str"), ("occurred_at", "time"), ("recorded_at", "time"), ("recorded_by", "str"),
-    ("detail", "json"), ("retracted", "bool"),
+    ("person_a", "str"),
+    ("person_b", "str"),
+    ("event_id", "str"),
+    ("seq", "int"),
+    ("type", "str"),
+    ("occurred_at", "time"),
+    ("recorded_at", "time"),
+    ("recorded_by", "str"),
+    ("detail", "json"),
+    ("retracted", "bool"),
 ]
 
 
@@ -67,8 +81,12 @@ def event_columns() -> Columns:
             kind = "str"
             if len(kinds) == 1:
                 t, fmt = next(iter(kinds))
-                kind = {"integer": "int", "boolean": "bool", "array": "list",
-                        "number": "float"}.get(t or "", "time" if fmt == "date-time" else "str")
+                kind = {
+                    "integer": "int",
+                    "boolean": "bool",
+                    "array": "list",
+                    "number": "float",
+                }.get(t or "", "time" if fmt == "date-time" else "str")
             cols[name] = kind
     cols["retracted"] = "bool"
     cols["retracted_by"] = "str"
@@ -168,7 +186,8 @@ class CsvWriter:
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         self.writer.writerows(
-            [_csv_cell(kind, r.get(name)) for name, kind in self.columns] for r in rows)
+            [_csv_cell(kind, r.get(name)) for name, kind in self.columns] for r in rows
+        )
 
     def close(self) -> None:
         pass
@@ -179,8 +198,7 @@ def _pyarrow() -> Any:
         import pyarrow as pa  # type: ignore[import-untyped,unused-ignore]
         import pyarrow.parquet  # type: ignore[import-untyped,unused-ignore]
     except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise ValueError(
-            "format parquet needs pyarrow: pip install 'tieline[analytics]'") from exc
+        raise ValueError("format parquet needs pyarrow: pip install 'tieline[analytics]'") from exc
     return pa
 
 
@@ -189,9 +207,15 @@ class ParquetWriter:
         pa = _pyarrow()
         self.pa = pa
         self.columns = columns
-        types = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(),
-                 "bool": pa.bool_(), "time": pa.timestamp("us", tz="UTC"),
-                 "list": pa.list_(pa.string()), "json": pa.string()}
+        types = {
+            "str": pa.string(),
+            "int": pa.int64(),
+            "float": pa.float64(),
+            "bool": pa.bool_(),
+            "time": pa.timestamp("us", tz="UTC"),
+            "list": pa.list_(pa.string()),
+            "json": pa.string(),
+        }
         self.schema = pa.schema([(name, types[kind]) for name, kind in columns])
         self.writer = pa.parquet.ParquetWriter(str(path), self.schema, compression="zstd")
 
@@ -210,8 +234,7 @@ class ParquetWriter:
         return value
 
     def write(self, rows: list[dict[str, Any]]) -> None:
-        data = {name: [self._value(kind, r.get(name)) for r in rows]
-                for name, kind in self.columns}
+        data = {name: [self._value(kind, r.get(name)) for r in rows] for name, kind in self.columns}
         self.writer.write_batch(self.pa.record_batch(data, schema=self.schema))
 
     def close(self) -> None:
@@ -262,9 +285,15 @@ def export_to(
     t0 = time.monotonic()
     rows = size = 0
     tmp = out.with_name(f".{out.name}.partial") if out is not None else None
-    with httpx.Client(base_url=api_url.rstrip("/"), headers=headers, transport=transport,
-                      timeout=httpx.Timeout(300.0, connect=10.0)) as client, client.stream(
-            "GET", f"/v1/workspaces/{workspace}/export/{kind}", params=params) as resp:
+    with (
+        httpx.Client(
+            base_url=api_url.rstrip("/"),
+            headers=headers,
+            transport=transport,
+            timeout=httpx.Timeout(300.0, connect=10.0),
+        ) as client,
+        client.stream("GET", f"/v1/workspaces/{workspace}/export/{kind}", params=params) as resp,
+    ):
         if resp.status_code != 200:
             resp.read()
             try:
@@ -275,9 +304,11 @@ def export_to(
         note = resp.headers.get("x-tieline-as-of")
         try:
             if fmt == "jsonl":
-                sink: IO[bytes] = (tmp.open("wb") if tmp is not None
-                                   else stdout or io.BufferedWriter(io.FileIO(1, "w",
-                                                                              closefd=False)))
+                sink: IO[bytes] = (
+                    tmp.open("wb")
+                    if tmp is not None
+                    else stdout or io.BufferedWriter(io.FileIO(1, "w", closefd=False))
+                )
                 try:
                     for chunk in resp.iter_bytes():
                         sink.write(chunk)
@@ -297,8 +328,9 @@ def export_to(
             raise
     if tmp is not None and out is not None:
         os.replace(tmp, out)
-    return ExportSummary(kind, fmt, str(out) if out else "-", rows, size,
-                         time.monotonic() - t0, note)
+    return ExportSummary(
+        kind, fmt, str(out) if out else "-", rows, size, time.monotonic() - t0, note
+    )
 
 
 def _batches(lines: Iterator[bytes], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -311,8 +343,9 @@ def _batches(lines: Iterator[bytes], size: int) -> Iterator[list[dict[str, Any]]
     yield batch  # possibly empty: a file with only the header / schema
 
 
-def _write_table(fmt: str, path: Path, columns: Columns | None, lines: Iterator[bytes],
-                 batch_rows: int) -> int:
+def _write_table(
+    fmt: str, path: Path, columns: Columns | None, lines: Iterator[bytes], batch_rows: int
+) -> int:
     rows = 0
     batches = _batches(lines, batch_rows)
     first = next(batches)
@@ -335,8 +368,9 @@ def _write_table(fmt: str, path: Path, columns: Columns | None, lines: Iterator[
     return rows
 
 
-def _chain(first: list[dict[str, Any]], rest: Iterator[list[dict[str, Any]]]
-           ) -> Iterator[list[dict[str, Any]]]:
+def _chain(
+    first: list[dict[str, Any]], rest: Iterator[list[dict[str, Any]]]
+) -> Iterator[list[dict[str, Any]]]:
     yield first
     yield from rest
 

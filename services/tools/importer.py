@@ -79,10 +79,9 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 import httpx
-
-from events_schema.models import ENC_PREFIX, EVENT_CLASSES, event_type_of
-from events_schema.registry import REGISTRY, EventDecodeError
-from services.writeside import PERSON_REF_FIELDS
+from tieline.events_schema.models import ENC_PREFIX, EVENT_CLASSES, event_type_of
+from tieline.events_schema.registry import REGISTRY, EventDecodeError
+from tieline.services.writeside import PERSON_REF_FIELDS
 
 FORMATS = ("jsonl", "csv", "vcf", "ics")
 EXTENSIONS = {
@@ -107,8 +106,17 @@ MAX_FUTURE_SKEW = timedelta(seconds=300)
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
 DEPTHS = ("card_exchange", "brief_chat", "conversation", "deep_conversation", "meal_or_activity")
-VIDEO_HINTS = ("zoom.us", "meet.google.com", "teams.microsoft.com", "webex.com", "whereby.com",
-               "meet.jit.si", "jitsi", "gotomeeting", "bluejeans")
+VIDEO_HINTS = (
+    "zoom.us",
+    "meet.google.com",
+    "teams.microsoft.com",
+    "webex.com",
+    "whereby.com",
+    "meet.jit.si",
+    "jitsi",
+    "gotomeeting",
+    "bluejeans",
+)
 
 
 class ImportAborted(Exception):
@@ -207,8 +215,9 @@ def content_id(workspace: str, key: str) -> str:
     return str(uuid.uuid5(workspace_namespace(workspace), f"content:{key}"))
 
 
-def person_id_for(workspace: str, *, email: str | None = None, uid: str | None = None,
-                  name: str | None = None) -> str | None:
+def person_id_for(
+    workspace: str, *, email: str | None = None, uid: str | None = None, name: str | None = None
+) -> str | None:
     """A person's deterministic id from their e-mail (else vCard UID, else name)."""
     if email:
         basis = "email:" + normalize_email(email)
@@ -400,19 +409,30 @@ def read_vcf(path: Path, workspace: str) -> Iterator[Record]:
         uid = first("uid")
         if not (isinstance(name, str) and name.strip()):
             name = email
-        pid = person_id_for(workspace, email=email, uid=uid if isinstance(uid, str) else None,
-                            name=name if isinstance(name, str) else None)
+        pid = person_id_for(
+            workspace,
+            email=email,
+            uid=uid if isinstance(uid, str) else None,
+            name=name if isinstance(name, str) else None,
+        )
         if pid is None or not name:
             yield Record(line, error="vCard: no FN, N, EMAIL or UID to name the person by")
             continue
         org = first("org")
         if isinstance(org, list):
             org = " / ".join(str(o) for o in org if str(o).strip())
-        obj: dict[str, Any] = {"type": "person.added", "person_id": pid,
-                               "display_name": _clip(name, 200)}
-        for key, value, limit in (("email", email, 254), ("phone", first("tel"), 64),
-                                  ("organization", org, 200), ("title", first("title"), 200),
-                                  ("notes", first("note"), 2000)):
+        obj: dict[str, Any] = {
+            "type": "person.added",
+            "person_id": pid,
+            "display_name": _clip(name, 200),
+        }
+        for key, value, limit in (
+            ("email", email, 254),
+            ("phone", first("tel"), 64),
+            ("organization", org, 200),
+            ("title", first("title"), 200),
+            ("notes", first("note"), 2000),
+        ):
             clipped = _clip(value, limit) if isinstance(value, str) else None
             if clipped:
                 obj[key] = clipped
@@ -430,8 +450,9 @@ def _as_utc(value: Any) -> tuple[datetime, bool]:
     raise ValueError(f"not a date or time: {value!r}")
 
 
-def read_ics(path: Path, workspace: str, depth: str = "conversation",
-             now: datetime | None = None) -> Iterator[Record]:
+def read_ics(
+    path: Path, workspace: str, depth: str = "conversation", now: datetime | None = None
+) -> Iterator[Record]:
     """People first (every attendee, once), then one relationship.met per VEVENT."""
     import icalendar
 
@@ -448,7 +469,10 @@ def read_ics(path: Path, workspace: str, depth: str = "conversation",
         try:
             cal = icalendar.Calendar.from_ical(
                 "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//tieline//import//EN\r\n"
-                + zones + block + "END:VCALENDAR\r\n")
+                + zones
+                + block
+                + "END:VCALENDAR\r\n"
+            )
             [ev] = cal.walk("VEVENT")
             start, whole_day = _as_utc(ev.decoded("DTSTART"))
             if ev.get("DTEND") is not None:
@@ -494,8 +518,12 @@ def read_ics(path: Path, workspace: str, depth: str = "conversation",
             participants.append(pid)
             if pid not in people:
                 name = _clip(str(cn), 200) if cn else email.split("@")[0]
-                people[pid] = {"type": "person.added", "person_id": pid,
-                               "display_name": name, "email": email}
+                people[pid] = {
+                    "type": "person.added",
+                    "person_id": pid,
+                    "display_name": name,
+                    "email": email,
+                }
                 people_line[pid] = line
         if len(participants) < 2:
             meetings.append(Record(line, skipped="fewer than two people"))
@@ -514,7 +542,8 @@ def read_ics(path: Path, workspace: str, depth: str = "conversation",
         location = str(ev.get("LOCATION", "") or "")
         hay = " ".join(str(ev.get(k, "") or "") for k in ("LOCATION", "DESCRIPTION", "URL"))
         remote = any(h in hay.lower() for h in VIDEO_HINTS) or any(
-            k in ev for k in ("X-GOOGLE-CONFERENCE", "X-MICROSOFT-SKYPETEAMSMEETINGURL"))
+            k in ev for k in ("X-GOOGLE-CONFERENCE", "X-MICROSOFT-SKYPETEAMSMEETINGURL")
+        )
         if remote:
             obj["mode"] = "remote"
         if organizer_email:
@@ -535,8 +564,9 @@ def read_ics(path: Path, workspace: str, depth: str = "conversation",
     yield from meetings
 
 
-def read_records(path: Path, fmt: str, workspace: str, depth: str = "conversation"
-                 ) -> Iterator[Record]:
+def read_records(
+    path: Path, fmt: str, workspace: str, depth: str = "conversation"
+) -> Iterator[Record]:
     if fmt == "jsonl":
         return read_jsonl(path)
     if fmt == "csv":
@@ -585,8 +615,10 @@ class Preparer:
             if not isinstance(version, int) or isinstance(version, bool) or version < 1:
                 raise ValueError("schema_version: must be a positive integer")
             if version > current:
-                raise ValueError(f"schema_version: {event_type} v{version} is newer than "
-                                 f"this tieline knows (v{current})")
+                raise ValueError(
+                    f"schema_version: {event_type} v{version} is newer than "
+                    f"this tieline knows (v{current})"
+                )
             if version < current:
                 try:
                     obj = REGISTRY.upcast(event_type, version, {**obj, "type": event_type})
@@ -619,8 +651,9 @@ class Preparer:
         data.setdefault("occurred_at", self.now_iso)
         data.setdefault("event_id", self.placeholder)
         data.setdefault("schema_version", REGISTRY.current_version(str(obj.get("type"))))
-        data.update(workspace_id=self.workspace, recorded_at=self.now_iso,
-                    recorded_by="tieline-import")
+        data.update(
+            workspace_id=self.workspace, recorded_at=self.now_iso, recorded_by="tieline-import"
+        )
         try:
             event = REGISTRY.decode_obj(data)
         except EventDecodeError as exc:
@@ -661,8 +694,11 @@ class LogProgress:
             self.last = now
             rate = self.done / max(now - self.t0, 1e-9)
             eta = (self.total - self.done) / rate if rate > 0 else 0.0
-            print(f"import: {self.done}/{self.total} events, {rate:,.0f} events/s, "
-                  f"ETA {eta:,.0f}s", file=self.out, flush=True)
+            print(
+                f"import: {self.done}/{self.total} events, {rate:,.0f} events/s, ETA {eta:,.0f}s",
+                file=self.out,
+                flush=True,
+            )
 
     def stop(self) -> None:
         pass
@@ -729,9 +765,17 @@ class Publisher:
     """Sends prepared lines in chunks, concurrently, keeping causal order (see the module
     docstring), and tallies the per-line answers."""
 
-    def __init__(self, client: httpx.AsyncClient, workspace: str, summary: ImportSummary,
-                 progress: Progress | None, chunk_lines: int, concurrency: int,
-                 retries: int = 5, projection_timeout_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        workspace: str,
+        summary: ImportSummary,
+        progress: Progress | None,
+        chunk_lines: int,
+        concurrency: int,
+        retries: int = 5,
+        projection_timeout_s: float = 120.0,
+    ) -> None:
         self.client = client
         self.ws = workspace
         self.summary = summary
@@ -780,7 +824,8 @@ class Publisher:
                 await barrier()
             elif t.startswith("person."):
                 if t != "person.added" and obj.get("person_id") in (
-                        in_flight_people | chunk_people):
+                    in_flight_people | chunk_people
+                ):
                     await barrier()
             elif in_flight_people and any(p in in_flight_people for p in _named(obj)):
                 await barrier()
@@ -825,14 +870,17 @@ class Publisher:
                 await asyncio.sleep(min(0.5 * 2 ** (attempt - 1), 8.0))
             try:
                 resp = await self.client.post(
-                    url, content=body, headers={"content-type": "application/x-ndjson"})
+                    url, content=body, headers={"content-type": "application/x-ndjson"}
+                )
             except httpx.TransportError as exc:
                 error = f"cannot reach the API: {exc!r}"
                 continue
             if resp.status_code in (401, 403):
-                raise ImportAborted(f"the API answered {resp.status_code} "
-                                    f"({_error_text(resp)}): check the token and its role "
-                                    f"(write) for workspace {self.ws!r}")
+                raise ImportAborted(
+                    f"the API answered {resp.status_code} "
+                    f"({_error_text(resp)}): check the token and its role "
+                    f"(write) for workspace {self.ws!r}"
+                )
             if resp.status_code in (429, 502, 503, 504):
                 error = f"HTTP {resp.status_code}: {_error_text(resp)}"
                 continue
@@ -993,12 +1041,16 @@ async def publish_spool(
         return summary
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     t1 = time.monotonic()
-    async with httpx.AsyncClient(base_url=api_url.rstrip("/"), headers=headers,
-                                 timeout=httpx.Timeout(120.0, connect=10.0),
-                                 transport=transport) as client:
+    async with httpx.AsyncClient(
+        base_url=api_url.rstrip("/"),
+        headers=headers,
+        timeout=httpx.Timeout(120.0, connect=10.0),
+        transport=transport,
+    ) as client:
         await _check_access(client, summary.workspace)
-        publisher = Publisher(client, summary.workspace, summary, progress, chunk_lines,
-                              concurrency)
+        publisher = Publisher(
+            client, summary.workspace, summary, progress, chunk_lines, concurrency
+        )
         if progress is not None:
             progress.start(summary.valid)
         try:
@@ -1014,13 +1066,18 @@ async def publish_spool(
 async def _check_access(client: httpx.AsyncClient, workspace: str) -> None:
     """Fail fast (before sending anything) on a wrong URL or token."""
     try:
-        resp = await client.post(f"/v1/workspaces/{workspace}/events/batch", content=b"",
-                                 headers={"content-type": "application/x-ndjson"})
+        resp = await client.post(
+            f"/v1/workspaces/{workspace}/events/batch",
+            content=b"",
+            headers={"content-type": "application/x-ndjson"},
+        )
     except httpx.TransportError as exc:
         raise ImportAborted(f"cannot reach tieline at {client.base_url}: {exc!r}") from exc
     if resp.status_code in (401, 403, 429):
-        raise ImportAborted(f"the API answered {resp.status_code} ({_error_text(resp)}): "
-                            f"check the token and its role (write) for workspace {workspace!r}")
+        raise ImportAborted(
+            f"the API answered {resp.status_code} ({_error_text(resp)}): "
+            f"check the token and its role (write) for workspace {workspace!r}"
+        )
     if resp.status_code >= 400:
         raise ImportAborted(f"the API answered {resp.status_code}: {_error_text(resp)}")
 
@@ -1045,12 +1102,28 @@ def import_file(
     by line number and nothing from them is published), then publish the good ones. Raises
     ValueError for a bad argument, ImportAborted when the API refuses or cannot be reached."""
     with tempfile.TemporaryFile(prefix="tieline-import-") as spool:
-        summary = validate_file(Path(path), spool, workspace=workspace, fmt=fmt,
-                                remap_ids=remap_ids, depth=depth, dry_run=dry_run,
-                                on_bad=on_bad)
-        return asyncio.run(publish_spool(
-            spool, summary, api_url=api_url, token=token, chunk_lines=chunk_lines,
-            concurrency=concurrency, progress=progress, transport=transport))
+        summary = validate_file(
+            Path(path),
+            spool,
+            workspace=workspace,
+            fmt=fmt,
+            remap_ids=remap_ids,
+            depth=depth,
+            dry_run=dry_run,
+            on_bad=on_bad,
+        )
+        return asyncio.run(
+            publish_spool(
+                spool,
+                summary,
+                api_url=api_url,
+                token=token,
+                chunk_lines=chunk_lines,
+                concurrency=concurrency,
+                progress=progress,
+                transport=transport,
+            )
+        )
 
 
 def token_from_env() -> str | None:

@@ -62,49 +62,262 @@ SELLER_SHARE = 0.03
 MAX_TIES = 200_000
 
 FIRST = (
-    "Ada", "Grace", "Alan", "Barbara", "Claude", "Donald", "Edsger", "Frances", "Guido",
-    "Hedy", "Ivan", "Joan", "Ken", "Linus", "Margaret", "Niklaus", "Olga", "Peter", "Radia",
-    "Sophie", "Tim", "Ursula", "Vint", "Wendy", "Xiao", "Yukihiro", "Zhang", "Amara",
-    "Bruno", "Chiara", "Dmitri", "Elena", "Farid", "Greta", "Hana", "Idris", "Jonas",
-    "Keiko", "Lars", "Mei", "Nadia", "Omar", "Priya", "Quentin", "Rosa", "Samir", "Tomas",
-    "Uma", "Viktor", "Wei", "Yara", "Zoe", "Aiko", "Ben", "Carla", "Diego", "Emil",
-    "Fatima", "Gabriel", "Helga", "Ines", "Jamal", "Kofi", "Lena", "Mateo", "Nora", "Oskar",
-    "Paula", "Rafael", "Sana", "Tariq", "Vera", "Yusuf",
+    "Ada",
+    "Grace",
+    "Alan",
+    "Barbara",
+    "Claude",
+    "Donald",
+    "Edsger",
+    "Frances",
+    "Guido",
+    "Hedy",
+    "Ivan",
+    "Joan",
+    "Ken",
+    "Linus",
+    "Margaret",
+    "Niklaus",
+    "Olga",
+    "Peter",
+    "Radia",
+    "Sophie",
+    "Tim",
+    "Ursula",
+    "Vint",
+    "Wendy",
+    "Xiao",
+    "Yukihiro",
+    "Zhang",
+    "Amara",
+    "Bruno",
+    "Chiara",
+    "Dmitri",
+    "Elena",
+    "Farid",
+    "Greta",
+    "Hana",
+    "Idris",
+    "Jonas",
+    "Keiko",
+    "Lars",
+    "Mei",
+    "Nadia",
+    "Omar",
+    "Priya",
+    "Quentin",
+    "Rosa",
+    "Samir",
+    "Tomas",
+    "Uma",
+    "Viktor",
+    "Wei",
+    "Yara",
+    "Zoe",
+    "Aiko",
+    "Ben",
+    "Carla",
+    "Diego",
+    "Emil",
+    "Fatima",
+    "Gabriel",
+    "Helga",
+    "Ines",
+    "Jamal",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nora",
+    "Oskar",
+    "Paula",
+    "Rafael",
+    "Sana",
+    "Tariq",
+    "Vera",
+    "Yusuf",
 )
 LAST = (
-    "Lovelace", "Hopper", "Turing", "Liskov", "Shannon", "Knuth", "Dijkstra", "Allen",
-    "Rossum", "Lamarr", "Sutherland", "Clarke", "Thompson", "Torvalds", "Hamilton", "Wirth",
-    "Ladyzhenskaya", "Naur", "Perlman", "Wilson", "Berners-Lee", "Franklin", "Cerf", "Hall",
-    "Chen", "Matsumoto", "Wang", "Okafor", "Silva", "Rossi", "Petrov", "Novak", "Haddad",
-    "Berg", "Sato", "Larsen", "Li", "Kowalski", "Hassan", "Sharma", "Dubois", "Garcia",
-    "Nakamura", "Schmidt", "Costa", "Ibrahim", "Jensen", "Kim", "Moreau", "Nilsson",
-    "Oliveira", "Park", "Quinn", "Romero", "Santos", "Tanaka", "Weber", "Yilmaz",
-    "Zimmermann", "Adeyemi", "Bauer", "Castro", "Eriksen", "Fischer", "Gomez", "Horvat",
-    "Ivanova", "Jovanovic", "Keller", "Lindqvist", "Mendes",
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Liskov",
+    "Shannon",
+    "Knuth",
+    "Dijkstra",
+    "Allen",
+    "Rossum",
+    "Lamarr",
+    "Sutherland",
+    "Clarke",
+    "Thompson",
+    "Torvalds",
+    "Hamilton",
+    "Wirth",
+    "Ladyzhenskaya",
+    "Naur",
+    "Perlman",
+    "Wilson",
+    "Berners-Lee",
+    "Franklin",
+    "Cerf",
+    "Hall",
+    "Chen",
+    "Matsumoto",
+    "Wang",
+    "Okafor",
+    "Silva",
+    "Rossi",
+    "Petrov",
+    "Novak",
+    "Haddad",
+    "Berg",
+    "Sato",
+    "Larsen",
+    "Li",
+    "Kowalski",
+    "Hassan",
+    "Sharma",
+    "Dubois",
+    "Garcia",
+    "Nakamura",
+    "Schmidt",
+    "Costa",
+    "Ibrahim",
+    "Jensen",
+    "Kim",
+    "Moreau",
+    "Nilsson",
+    "Oliveira",
+    "Park",
+    "Quinn",
+    "Romero",
+    "Santos",
+    "Tanaka",
+    "Weber",
+    "Yilmaz",
+    "Zimmermann",
+    "Adeyemi",
+    "Bauer",
+    "Castro",
+    "Eriksen",
+    "Fischer",
+    "Gomez",
+    "Horvat",
+    "Ivanova",
+    "Jovanovic",
+    "Keller",
+    "Lindqvist",
+    "Mendes",
 )
 ORGS = (
-    "Acme Labs", "Northwind", "Globex", "Initech", "Umbrella Research", "Stark Analytics",
-    "Wayne Data", "Hooli", "Pied Piper", "Vandelay Industries", "Tyrell Systems", "Soylent",
-    "Cyberdyne", "Aperture Science", "Black Mesa", "Massive Dynamic", "Oscorp", "Monarch",
-    "Blue Sun", "Weyland Labs", "Gringotts", "Dunder Mifflin", "Prestige Worldwide",
-    "Sterling Cooper", "Wonka Works", "Bluth Company", "Krusty Co", "Nakatomi Trading",
-    "Octan", "Rekall", "Spacely Sprockets", "Virtucon", "Yoyodyne", "Zorg Industries",
-    "Ollivanders", "Los Pollos Hermanos", "Kramerica", "Gekko & Co", "Duff", "Lacuna Inc",
+    "Acme Labs",
+    "Northwind",
+    "Globex",
+    "Initech",
+    "Umbrella Research",
+    "Stark Analytics",
+    "Wayne Data",
+    "Hooli",
+    "Pied Piper",
+    "Vandelay Industries",
+    "Tyrell Systems",
+    "Soylent",
+    "Cyberdyne",
+    "Aperture Science",
+    "Black Mesa",
+    "Massive Dynamic",
+    "Oscorp",
+    "Monarch",
+    "Blue Sun",
+    "Weyland Labs",
+    "Gringotts",
+    "Dunder Mifflin",
+    "Prestige Worldwide",
+    "Sterling Cooper",
+    "Wonka Works",
+    "Bluth Company",
+    "Krusty Co",
+    "Nakatomi Trading",
+    "Octan",
+    "Rekall",
+    "Spacely Sprockets",
+    "Virtucon",
+    "Yoyodyne",
+    "Zorg Industries",
+    "Ollivanders",
+    "Los Pollos Hermanos",
+    "Kramerica",
+    "Gekko & Co",
+    "Duff",
+    "Lacuna Inc",
 )
 TITLES = (
-    "Engineer", "Senior Engineer", "Researcher", "Product Manager", "Designer", "Founder",
-    "CTO", "Data Scientist", "Consultant", "Analyst", "Professor", "Student", "Recruiter",
-    "Sales Director", "Developer Advocate", "Head of Research", "Journalist", "Investor",
+    "Engineer",
+    "Senior Engineer",
+    "Researcher",
+    "Product Manager",
+    "Designer",
+    "Founder",
+    "CTO",
+    "Data Scientist",
+    "Consultant",
+    "Analyst",
+    "Professor",
+    "Student",
+    "Recruiter",
+    "Sales Director",
+    "Developer Advocate",
+    "Head of Research",
+    "Journalist",
+    "Investor",
 )
 TOPICS = (
-    "Python", "Rust", "Data", "Machine Learning", "Security", "Cloud", "Design", "Product",
-    "Open Source", "Databases", "Robotics", "Bioinformatics", "Climate Tech", "Fintech",
-    "Distributed Systems", "Accessibility", "Compilers", "Game Dev", "Quantum", "DevOps",
+    "Python",
+    "Rust",
+    "Data",
+    "Machine Learning",
+    "Security",
+    "Cloud",
+    "Design",
+    "Product",
+    "Open Source",
+    "Databases",
+    "Robotics",
+    "Bioinformatics",
+    "Climate Tech",
+    "Fintech",
+    "Distributed Systems",
+    "Accessibility",
+    "Compilers",
+    "Game Dev",
+    "Quantum",
+    "DevOps",
 )
 CITIES = (
-    "Berlin", "Lisbon", "London", "Paris", "Amsterdam", "Zurich", "Stockholm", "Warsaw",
-    "Madrid", "Milan", "Vienna", "Prague", "Dublin", "Copenhagen", "Helsinki", "Tallinn",
-    "Barcelona", "Munich", "Brussels", "Oslo", "Boston", "Toronto", "Austin", "Seattle",
+    "Berlin",
+    "Lisbon",
+    "London",
+    "Paris",
+    "Amsterdam",
+    "Zurich",
+    "Stockholm",
+    "Warsaw",
+    "Madrid",
+    "Milan",
+    "Vienna",
+    "Prague",
+    "Dublin",
+    "Copenhagen",
+    "Helsinki",
+    "Tallinn",
+    "Barcelona",
+    "Munich",
+    "Brussels",
+    "Oslo",
+    "Boston",
+    "Toronto",
+    "Austin",
+    "Seattle",
 )
 DOMAINS = ("example.com", "example.org", "example.net", "mail.example", "corp.example")
 FOLLOW_UP_CHANNELS = ("email", "email", "email", "message", "message", "social", "phone")
@@ -316,14 +529,27 @@ class _Simulation:
             ev = self._met(due, [a, b], d, initiated_by=a)
             self._after_meeting(a, b, d, due, allow_follow_up=False)
             return ev
-        return self._follow_up(due, a, b, kind == self.FOLLOW_UP_REPLIED,
-                               FOLLOW_UP_CHANNELS[extra % len(FOLLOW_UP_CHANNELS)])
+        return self._follow_up(
+            due,
+            a,
+            b,
+            kind == self.FOLLOW_UP_REPLIED,
+            FOLLOW_UP_CHANNELS[extra % len(FOLLOW_UP_CHANNELS)],
+        )
 
     # -- event builders -------------------------------------------------------------------
 
-    def _met(self, t: float, people: list[int], depth: int, *, initiated_by: int | None = None,
-             context: str | None = None, where: str | None = None, remote: bool = False
-             ) -> dict[str, Any]:
+    def _met(
+        self,
+        t: float,
+        people: list[int],
+        depth: int,
+        *,
+        initiated_by: int | None = None,
+        context: str | None = None,
+        where: str | None = None,
+        remote: bool = False,
+    ) -> dict[str, Any]:
         lo, hi = DURATIONS[depth]
         ev: dict[str, Any] = {
             "event_id": self._next_id(),
@@ -343,8 +569,9 @@ class _Simulation:
             ev["context"] = context
         return ev
 
-    def _follow_up(self, t: float, a: int, b: int, replied: bool, channel: str,
-                   note: str | None = None) -> dict[str, Any]:
+    def _follow_up(
+        self, t: float, a: int, b: int, replied: bool, channel: str, note: str | None = None
+    ) -> dict[str, Any]:
         ev: dict[str, Any] = {
             "event_id": self._next_id(),
             "type": "relationship.followed_up",
@@ -358,8 +585,9 @@ class _Simulation:
             ev["note"] = note
         return ev
 
-    def _after_meeting(self, a: int, b: int, depth: int, t: float,
-                       allow_follow_up: bool = True) -> None:
+    def _after_meeting(
+        self, a: int, b: int, depth: int, t: float, allow_follow_up: bool = True
+    ) -> None:
         rng = self.rng
         sa, sb = self.seller[a], self.seller[b]
         if sa or sb:  # sell and disappear: one or two unanswered follow-ups, never a tie
@@ -428,7 +656,9 @@ class _Simulation:
                         people.append(x)
                 depth = min(depth, 2) if depth else 1
             yield self._met(
-                t, people, depth,
+                t,
+                people,
+                depth,
                 initiated_by=people[0] if rng.random() < 0.4 else None,
                 context=name if rng.random() < 0.6 else None,
                 where=where if rng.random() < 0.3 else None,
@@ -443,8 +673,9 @@ class _Simulation:
         r = rng.random()
         if r < 0.28:
             remote = rng.random() < 0.3
-            return self._met(t, [a, b], 2 if rng.random() < 0.7 else 3, initiated_by=a,
-                             remote=remote)
+            return self._met(
+                t, [a, b], 2 if rng.random() < 0.7 else 3, initiated_by=a, remote=remote
+            )
         if r < 0.46:
             people = [a, b]
             if rng.random() < 0.2:
@@ -452,9 +683,13 @@ class _Simulation:
                     if f not in people:
                         people.append(f)
                         break
-            return self._met(t, people, 4, initiated_by=a,
-                             where=CITIES[self.comm[a] % len(CITIES)] if rng.random() < 0.5
-                             else None)
+            return self._met(
+                t,
+                people,
+                4,
+                initiated_by=a,
+                where=CITIES[self.comm[a] % len(CITIES)] if rng.random() < 0.5 else None,
+            )
         if r < 0.70:
             return self._follow_up(t, a, b, rng.random() < 0.9, rng.choice(FRIEND_CHANNELS))
         if r < 0.80:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tieline.plumbing.config import Settings
+from tieline.services.runtime.supervisor import Stack, StackConfig
 
-from services.config import Settings
-from services.runtime.supervisor import Stack, StackConfig
 from tests.conftest import Servers, settings_env, unique_settings
 
 
@@ -39,9 +39,9 @@ def make_token(settings: Settings, ws: str, role: str = "admin", name: str = "te
     """Create an API token straight in the database (what ``tieline token create`` does)."""
     import asyncio
 
-    from services.auth import create_token
-    from services.infra import db
-    from services.infra.state import ensure_state_schema
+    from tieline.plumbing import db
+    from tieline.plumbing.state import ensure_state_schema
+    from tieline.services.auth import create_token
 
     async def go() -> str:
         conn = await db.connect(settings)

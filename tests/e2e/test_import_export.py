@@ -16,22 +16,32 @@ from typing import Any
 
 import httpx
 import pytest
+from tieline.plumbing.config import Settings
+from tieline.services.runtime.supervisor import Stack
+from tieline.services.tools.importer import ImportSummary, import_file, person_id_for
 
-from services.config import Settings
-from services.runtime.supervisor import Stack
-from services.tools.importer import ImportSummary, import_file, person_id_for
 from tests.e2e.conftest import make_token
 from tests.e2e.test_walking_skeleton import add_people, stream_last_seq
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
-def cli(stack: Stack, ws: str, token: str, *args: str, ok: tuple[int, ...] = (0,)
-        ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TIELINE_API_URL": stack.api_url, "TIELINE_WORKSPACE": ws,
-           "TIELINE_TOKEN": token}
-    done = subprocess.run([sys.executable, "-m", "services.cli.tools", *args], env=env,
-                          capture_output=True, text=True, timeout=300)
+def cli(
+    stack: Stack, ws: str, token: str, *args: str, ok: tuple[int, ...] = (0,)
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "TIELINE_API_URL": stack.api_url,
+        "TIELINE_WORKSPACE": ws,
+        "TIELINE_TOKEN": token,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "tieline.services.cli.tools", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode in ok, f"exit {done.returncode}\n{done.stderr}\n{done.stdout}"
     return done
 
@@ -91,8 +101,12 @@ def test_jsonl_import_reports_bad_lines_and_publishes_only_the_good_ones(
 
     wait_applied(api, ws, first["last_seq"])
     kinds = [e["type"] for e in timeline(api, ws, "ada", "grace")]
-    assert kinds == ["relationship.met", "relationship.followed_up", "relationship.introduced",
-                     "relationship.closeness_rated"]
+    assert kinds == [
+        "relationship.met",
+        "relationship.followed_up",
+        "relationship.introduced",
+        "relationship.closeness_rated",
+    ]
     # recorded_by / workspace_id of an exported line are dropped, not refused.
     [met] = timeline(api, ws, "ada", "linus")[1:]
     assert met["recorded_by"] == "token:tester"
@@ -107,8 +121,9 @@ def test_a_dry_run_validates_without_publishing(
     stack: Stack, api: httpx.Client, ws: str, token: str
 ) -> None:
     before = stream_last_seq(api)
-    done = cli(stack, ws, token, "import", str(FIXTURES / "import_mixed.jsonl"), "--dry-run",
-               ok=(1,))
+    done = cli(
+        stack, ws, token, "import", str(FIXTURES / "import_mixed.jsonl"), "--dry-run", ok=(1,)
+    )
     assert "would publish: 9" in done.stdout and "line 6:" in done.stdout
     assert stream_last_seq(api) == before
 
@@ -142,13 +157,17 @@ def test_vcard_and_icalendar_import_people_and_meetings(
     assert person["organization"] == "Analytical Engines Ltd / Research"
     assert person["notes"] == "Met at the Babbage salon. Loves poetical science."
     assert api.get(f"/v1/workspaces/{ws}/people/{linus}").json()["display_name"] == (
-        "Linus Torvalds")
+        "Linus Torvalds"
+    )
 
     cal = imported(stack, ws, token, FIXTURES / "meetings.ics")
     # The three attendees already exist (from the vCards): already there, not errors.
     assert (cal.published, cal.already_present) == (3, 3), cal.rejected
-    assert dict(cal.skipped) == {43: "cancelled", 53: "fewer than two people",
-                                 62: "in the future (has not happened yet)"}
+    assert dict(cal.skipped) == {
+        43: "cancelled",
+        53: "fewer than two people",
+        62: "in the future (has not happened yet)",
+    }
     assert [ln for ln, _ in cal.rejected] == [71]
     wait_applied(api, ws, cal.last_seq)
 
@@ -187,13 +206,22 @@ def test_csv_import_follows_the_documented_mapping(
     assert api.get(f"/v1/workspaces/{ws}/people/cy").json()["display_name"] == "Cy, the third"
     ann_bob = timeline(api, ws, "ann", "bob")
     assert [(e["type"], e["detail"].get("duration_minutes")) for e in ann_bob] == [
-        ("relationship.met", 45), ("relationship.met", 120), ("relationship.followed_up", None)]
+        ("relationship.met", 45),
+        ("relationship.met", 120),
+        ("relationship.followed_up", None),
+    ]
     assert ann_bob[1]["occurred_at"].startswith("2024-02-03T11:00:00")
     assert ann_bob[1]["detail"]["group_size"] == 3
-    assert ann_bob[2]["detail"] == {"from": "bob", "to": "ann", "channel": "message",
-                                    "replied": True}
+    assert ann_bob[2]["detail"] == {
+        "from": "bob",
+        "to": "ann",
+        "channel": "message",
+        "replied": True,
+    }
     assert [e["type"] for e in timeline(api, ws, "ann", "cy")] == [
-        "relationship.met", "relationship.helped"]
+        "relationship.met",
+        "relationship.helped",
+    ]
     [helped] = [e for e in export(api, ws, "events") if e["type"] == "relationship.helped"]
     assert helped["what"] == "moving boxes" and helped["occurred_at"].startswith("2024-02-06")
 
@@ -204,9 +232,9 @@ def test_csv_import_follows_the_documented_mapping(
 def _pairs(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[Any]]:
     out: dict[tuple[str, str], list[Any]] = defaultdict(list)
     for r in rows:
-        out[(r["person_a"], r["person_b"])].append((
-            r["type"], r["occurred_at"], json.dumps(r["detail"], sort_keys=True),
-            r["retracted"]))
+        out[(r["person_a"], r["person_b"])].append(
+            (r["type"], r["occurred_at"], json.dumps(r["detail"], sort_keys=True), r["retracted"])
+        )
     return {k: sorted(v) for k, v in out.items()}
 
 
@@ -219,23 +247,42 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def test_an_export_imported_into_another_workspace_gives_the_same_read_models(
-    stack: Stack, stack_settings: Settings, api: httpx.Client, ws: str, token: str,
-    tmp_path: Path
+    stack: Stack, stack_settings: Settings, api: httpx.Client, ws: str, token: str, tmp_path: Path
 ) -> None:
     net = tmp_path / "net.jsonl"
-    cli(stack, ws, token, "simulate", "--seed", "11", "--people", "30", "--events", "300",
-        "--out", str(net))
+    cli(
+        stack,
+        ws,
+        token,
+        "simulate",
+        "--seed",
+        "11",
+        "--people",
+        "30",
+        "--events",
+        "300",
+        "--out",
+        str(net),
+    )
     lines = [json.loads(x) for x in net.read_text().splitlines()]
     assert len(lines) == 300
     a = imported(stack, ws, token, net)
     assert (a.published, a.rejected) == (300, [])
     # Give A a retraction and an update, so the export carries them too.
     met = next(x for x in lines if x["type"] == "relationship.met")
-    r = api.post(f"/v1/workspaces/{ws}/events", json={
-        "type": "event.retracted", "retracted_event_id": met["event_id"], "reason": "typo"})
+    r = api.post(
+        f"/v1/workspaces/{ws}/events",
+        json={"type": "event.retracted", "retracted_event_id": met["event_id"], "reason": "typo"},
+    )
     assert r.status_code == 201, r.text
-    r = api.post(f"/v1/workspaces/{ws}/events", json={
-        "type": "person.updated", "person_id": lines[0]["person_id"], "title": "Chief Tester"})
+    r = api.post(
+        f"/v1/workspaces/{ws}/events",
+        json={
+            "type": "person.updated",
+            "person_id": lines[0]["person_id"],
+            "title": "Chief Tester",
+        },
+    )
     assert r.status_code == 201, r.text
     seq_a = r.json()["seq"]
 
@@ -253,8 +300,9 @@ def test_an_export_imported_into_another_workspace_gives_the_same_read_models(
     again = imported(stack, other, other_token, exported, remap_ids=True)
     assert (again.published, again.already_present) == (0, 302)
 
-    with httpx.Client(base_url=stack.api_url, timeout=60,
-                      headers={"Authorization": f"Bearer {other_token}"}) as api_b:
+    with httpx.Client(
+        base_url=stack.api_url, timeout=60, headers={"Authorization": f"Bearer {other_token}"}
+    ) as api_b:
         wait_applied(api_b, other, b.last_seq)
         people_a = {p.pop("person_id"): p for p in export(api, ws, "people")}
         people_b = {p.pop("person_id"): p for p in export(api_b, other, "people")}
@@ -277,8 +325,17 @@ def test_an_export_imported_into_another_workspace_gives_the_same_read_models(
         assert any(row[-1] for rows_ in timeline_b.values() for row in rows_)  # the retraction
 
         events_b = export(api_b, other, "events")
-        ignore = {"event_id", "seq", "recorded_at", "recorded_by", "workspace_id",
-                  "correlation_id", "causation_id", "retracted_by", "retracted_event_id"}
+        ignore = {
+            "event_id",
+            "seq",
+            "recorded_at",
+            "recorded_by",
+            "workspace_id",
+            "correlation_id",
+            "causation_id",
+            "retracted_by",
+            "retracted_event_id",
+        }
 
         def key(e: dict[str, Any]) -> str:
             return json.dumps({k: v for k, v in e.items() if k not in ignore}, sort_keys=True)
@@ -322,13 +379,12 @@ def test_exports_in_csv_and_parquet_and_as_of(
     assert naive.status_code == 422 and "timezone" in naive.json()["error"]
 
 
-def test_exports_are_for_admins_only(
-    stack: Stack, stack_settings: Settings, ws: str
-) -> None:
+def test_exports_are_for_admins_only(stack: Stack, stack_settings: Settings, ws: str) -> None:
     for role in ("read", "write"):
         tok = make_token(stack_settings, ws, role, role)
-        with httpx.Client(base_url=stack.api_url, timeout=30,
-                          headers={"Authorization": f"Bearer {tok}"}) as client:
+        with httpx.Client(
+            base_url=stack.api_url, timeout=30, headers={"Authorization": f"Bearer {tok}"}
+        ) as client:
             for kind in ("events", "people", "strength", "timeline"):
                 r = client.get(f"/v1/workspaces/{ws}/export/{kind}")
                 assert r.status_code == 403, (role, kind, r.text)
@@ -336,8 +392,11 @@ def test_exports_are_for_admins_only(
         assert anon.get(f"/v1/workspaces/{ws}/export/events").status_code == 401
     # An admin of another workspace gets nothing of this one.
     other = f"ws-{uuid.uuid4().hex[:12]}"
-    with httpx.Client(base_url=stack.api_url, timeout=30, headers={
-            "Authorization": f"Bearer {make_token(stack_settings, other)}"}) as outsider:
+    with httpx.Client(
+        base_url=stack.api_url,
+        timeout=30,
+        headers={"Authorization": f"Bearer {make_token(stack_settings, other)}"},
+    ) as outsider:
         for kind in ("events", "people", "strength", "timeline"):
             r = outsider.get(f"/v1/workspaces/{ws}/export/{kind}")
             assert r.status_code == 403 and r.json() == {"error": "forbidden", "detail": []}
@@ -349,25 +408,52 @@ def test_exports_are_for_admins_only(
 def test_exports_never_hold_a_forgotten_persons_plaintext(
     stack: Stack, api: httpx.Client, ws: str, token: str, tmp_path: Path
 ) -> None:
-    planted = ["pat.planted.7QX@example.org", "Patricia Plantedname", "planted-note-9XKW",
-               "planted context Z3PQ", "planted help K8LM", "planted follow-up R2DV"]
+    planted = [
+        "pat.planted.7QX@example.org",
+        "Patricia Plantedname",
+        "planted-note-9XKW",
+        "planted context Z3PQ",
+        "planted help K8LM",
+        "planted follow-up R2DV",
+    ]
     visible = "ada.visible.4MNB@example.org"
     add_people(api, ws, "grace")
-    r = api.post(f"/v1/workspaces/{ws}/people", json={
-        "person_id": "ada", "display_name": "Ada Visible", "email": visible})
+    r = api.post(
+        f"/v1/workspaces/{ws}/people",
+        json={"person_id": "ada", "display_name": "Ada Visible", "email": visible},
+    )
     assert r.status_code == 201
-    r = api.post(f"/v1/workspaces/{ws}/people", json={
-        "person_id": "pat", "display_name": planted[1], "email": planted[0],
-        "notes": planted[2]})
+    r = api.post(
+        f"/v1/workspaces/{ws}/people",
+        json={
+            "person_id": "pat",
+            "display_name": planted[1],
+            "email": planted[0],
+            "notes": planted[2],
+        },
+    )
     assert r.status_code == 201
     for body in (
-        {"type": "relationship.met", "participants": ["pat", "ada"], "depth": "conversation",
-         "context": planted[3]},
+        {
+            "type": "relationship.met",
+            "participants": ["pat", "ada"],
+            "depth": "conversation",
+            "context": planted[3],
+        },
         {"type": "relationship.helped", "helper": "pat", "helped": "grace", "what": planted[4]},
-        {"type": "relationship.followed_up", "from_person": "ada", "to_person": "pat",
-         "channel": "email", "note": planted[5]},
-        {"type": "relationship.met", "participants": ["ada", "grace"], "depth": "brief_chat",
-         "context": "ada and grace only"},
+        {
+            "type": "relationship.followed_up",
+            "from_person": "ada",
+            "to_person": "pat",
+            "channel": "email",
+            "note": planted[5],
+        },
+        {
+            "type": "relationship.met",
+            "participants": ["ada", "grace"],
+            "depth": "brief_chat",
+            "context": "ada and grace only",
+        },
     ):
         r = api.post(f"/v1/workspaces/{ws}/events", json=body)
         assert r.status_code == 201, r.text
@@ -377,9 +463,12 @@ def test_exports_never_hold_a_forgotten_persons_plaintext(
 
     report = api.post(f"/v1/workspaces/{ws}/people/pat/forget").json()
     assert report["erased"] is True
-    texts = {kind: api.get(f"/v1/workspaces/{ws}/export/{kind}",
-                           params={"min_seq": report["forgotten_seq"]}).text
-             for kind in ("events", "people", "strength", "timeline")}
+    texts = {
+        kind: api.get(
+            f"/v1/workspaces/{ws}/export/{kind}", params={"min_seq": report["forgotten_seq"]}
+        ).text
+        for kind in ("events", "people", "strength", "timeline")
+    }
     for kind in ("events", "people"):
         out = tmp_path / f"{kind}.csv"
         cli(stack, ws, token, "export", kind, "--out", str(out))
@@ -394,8 +483,9 @@ def test_exports_never_hold_a_forgotten_persons_plaintext(
     events = [json.loads(x) for x in texts["events"].splitlines()]
     [added] = [e for e in events if e["type"] == "person.added" and e["person_id"] == "pat"]
     assert added["display_name"] == added["email"] == added["notes"] == "[erased]"
-    [pat_met] = [e for e in events if e["type"] == "relationship.met" and "pat" in
-                 e["participants"]]
+    [pat_met] = [
+        e for e in events if e["type"] == "relationship.met" and "pat" in e["participants"]
+    ]
     assert pat_met["context"] == "[erased]"
     assert any(e["type"] == "person.forgotten" for e in events)
     # Others' data still reads.

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import nats
 import pytest
+from tieline.plumbing.config import Settings
+from tieline.services.runtime.supervisor import Stack
 
-from services.config import Settings
-from services.runtime.supervisor import Stack
 from tests.e2e.conftest import make_token
 from tests.e2e.test_walking_skeleton import add_people
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
+from tieline.projections.strength_model import PARAMS, PairEvent, strength
 
-from projections.strength_model import PARAMS, PairEvent, strength
 from tests.e2e.test_walking_skeleton import add_people
 
 T0 = datetime(2024, 1, 1, 18, 0, tzinfo=UTC)
@@ -32,117 +32,179 @@ def friendship(a: str, b: str, start: float, n: int, every: float) -> list[dict[
     out: list[dict[str, Any]] = []
     for i in range(n):
         who, other = (a, b) if i % 2 == 0 else (b, a)
-        out.append({"type": "relationship.met", "participants": [a, b],
-                    "depth": "meal_or_activity", "duration_minutes": 120,
-                    "initiated_by": who, "occurred_at": at(start + i * every)})
-        out.append({"type": "relationship.followed_up", "from_person": other, "to_person": who,
-                    "channel": "message", "replied": True,
-                    "occurred_at": at(start + i * every + 1)})
+        out.append(
+            {
+                "type": "relationship.met",
+                "participants": [a, b],
+                "depth": "meal_or_activity",
+                "duration_minutes": 120,
+                "initiated_by": who,
+                "occurred_at": at(start + i * every),
+            }
+        )
+        out.append(
+            {
+                "type": "relationship.followed_up",
+                "from_person": other,
+                "to_person": who,
+                "channel": "message",
+                "replied": True,
+                "occurred_at": at(start + i * every + 1),
+            }
+        )
     return out
 
 
 @pytest.fixture
 def network(api: httpx.Client, ws: str) -> tuple[str, int]:
     add_people(api, ws, "ada", "grace", "linus", "mallory", "sam", "zoe")
-    events = friendship("ada", "grace", 0, 30, 14)          # a long friendship
-    events += friendship("grace", "linus", 30, 20, 20)      # grace knows linus well
-    events += friendship("linus", "zoe", 60, 20, 20)        # linus knows zoe well
-    events += [{"type": "relationship.met", "participants": ["ada", "mallory"],
-                "depth": "card_exchange", "occurred_at": at(400)}]
+    events = friendship("ada", "grace", 0, 30, 14)  # a long friendship
+    events += friendship("grace", "linus", 30, 20, 20)  # grace knows linus well
+    events += friendship("linus", "zoe", 60, 20, 20)  # linus knows zoe well
+    events += [
+        {
+            "type": "relationship.met",
+            "participants": ["ada", "mallory"],
+            "depth": "card_exchange",
+            "occurred_at": at(400),
+        }
+    ]
     # sam sells and disappears: always initiates, never answered
-    events += [{"type": "relationship.followed_up", "from_person": "sam", "to_person": "ada",
-                "channel": "email", "replied": False, "occurred_at": at(300 + i)}
-               for i in range(8)]
+    events += [
+        {
+            "type": "relationship.followed_up",
+            "from_person": "sam",
+            "to_person": "ada",
+            "channel": "email",
+            "replied": False,
+            "occurred_at": at(300 + i),
+        }
+        for i in range(8)
+    ]
     return ws, record(api, ws, events)
 
 
 def test_explain_names_top_contributions_decay_and_reciprocity(
-        api: httpx.Client, network: tuple[str, int]) -> None:
+    api: httpx.Client, network: tuple[str, int]
+) -> None:
     ws, seq = network
-    e = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace/explain",
-                params={"min_seq": seq, "as_of": at(500)}).json()
+    e = api.get(
+        f"/v1/workspaces/{ws}/relationships/ada/grace/explain",
+        params={"min_seq": seq, "as_of": at(500)},
+    ).json()
     assert e["top_contributions"] and e["top_contributions"][0]["type"] == "relationship.met"
     assert e["decay"]["days_since_contact"] > 0 and "reciprocity" in e
     assert 0 < e["score"] <= 100 and e["tier"]
 
 
 def test_as_of_answers_equal_a_replay_stopped_at_that_date(
-        api: httpx.Client, network: tuple[str, int]) -> None:
+    api: httpx.Client, network: tuple[str, int]
+) -> None:
     ws, seq = network
-    tl = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace/timeline",
-                 params={"min_seq": seq}).json()["events"]
-    all_events = [PairEvent(e["event_id"], e["type"],
-                            datetime.fromisoformat(e["occurred_at"]), e["seq"], "ada", "grace",
-                            e["detail"]) for e in tl]
+    tl = api.get(
+        f"/v1/workspaces/{ws}/relationships/ada/grace/timeline", params={"min_seq": seq}
+    ).json()["events"]
+    all_events = [
+        PairEvent(
+            e["event_id"],
+            e["type"],
+            datetime.fromisoformat(e["occurred_at"]),
+            e["seq"],
+            "ada",
+            "grace",
+            e["detail"],
+        )
+        for e in tl
+    ]
     for day in (10, 100, 250, 420, 800):
         when = T0 + timedelta(days=day)
-        got = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace",
-                      params={"as_of": when.isoformat()}).json()
+        got = api.get(
+            f"/v1/workspaces/{ws}/relationships/ada/grace", params={"as_of": when.isoformat()}
+        ).json()
         expected = strength([e for e in all_events if e.occurred_at <= when], PARAMS, when)
         assert got["score"] == round(expected.score, 4), day
         assert got["tier"] == expected.tier
         assert got["event_count"] == len(expected.contributions)
 
 
-def test_no_new_events_means_strength_never_rises(api: httpx.Client,
-                                                  network: tuple[str, int]) -> None:
+def test_no_new_events_means_strength_never_rises(
+    api: httpx.Client, network: tuple[str, int]
+) -> None:
     ws, seq = network
-    scores = [api.get(f"/v1/workspaces/{ws}/relationships/ada/grace",
-                      params={"as_of": at(d), "min_seq": seq}).json()["score"]
-              for d in (430, 500, 700, 1000, 2000)]
+    scores = [
+        api.get(
+            f"/v1/workspaces/{ws}/relationships/ada/grace", params={"as_of": at(d), "min_seq": seq}
+        ).json()["score"]
+        for d in (430, 500, 700, 1000, 2000)
+    ]
     assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1]
 
 
-def test_projected_state_equals_the_pure_function_now(api: httpx.Client,
-                                                      network: tuple[str, int]) -> None:
+def test_projected_state_equals_the_pure_function_now(
+    api: httpx.Client, network: tuple[str, int]
+) -> None:
     ws, seq = network
-    ties = api.get(f"/v1/workspaces/{ws}/people/ada/relationships",
-                   params={"min_seq": seq}).json()["relationships"]
+    ties = api.get(f"/v1/workspaces/{ws}/people/ada/relationships", params={"min_seq": seq}).json()[
+        "relationships"
+    ]
     direct = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace").json()
     from_state = next(t for t in ties if t["other"] == "grace")
     assert abs(from_state["score"] - direct["score"]) < 1e-3
     # The fast path (stored decay state) equals the pure model over the events at that instant.
-    pure = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace",
-                   params={"as_of": direct["as_of"]}).json()
+    pure = api.get(
+        f"/v1/workspaces/{ws}/relationships/ada/grace", params={"as_of": direct["as_of"]}
+    ).json()
     assert abs(pure["score"] - direct["score"]) < 1e-6
     assert (pure["tier"], pure["event_count"], pure["can_vouch"]) == (
-        direct["tier"], direct["event_count"], direct["can_vouch"])
+        direct["tier"],
+        direct["event_count"],
+        direct["can_vouch"],
+    )
     assert ties[0]["other"] == "grace"
 
 
 def test_follow_ups_due_lists_fading_ties_with_strength_at_stake(
-        api: httpx.Client, network: tuple[str, int]) -> None:
+    api: httpx.Client, network: tuple[str, int]
+) -> None:
     ws, seq = network
-    due = api.get(f"/v1/workspaces/{ws}/people/ada/follow-ups",
-                  params={"as_of": at(520), "min_seq": seq}).json()["due"]
+    due = api.get(
+        f"/v1/workspaces/{ws}/people/ada/follow-ups", params={"as_of": at(520), "min_seq": seq}
+    ).json()["due"]
     assert "grace" in [d["other"] for d in due]
     assert all(d["days_since_contact"] > d["cadence_days"] for d in due)
     stakes = [d["at_stake"] for d in due]
     assert stakes == sorted(stakes, reverse=True)
-    not_yet = api.get(f"/v1/workspaces/{ws}/people/ada/follow-ups",
-                      params={"as_of": at(407.5)}).json()["due"]
+    not_yet = api.get(
+        f"/v1/workspaces/{ws}/people/ada/follow-ups", params={"as_of": at(407.5)}
+    ).json()["due"]
     assert "grace" not in [d["other"] for d in not_yet]
 
 
-def test_give_and_take_flags_the_sell_and_disappear_tie(api: httpx.Client,
-                                                        network: tuple[str, int]) -> None:
+def test_give_and_take_flags_the_sell_and_disappear_tie(
+    api: httpx.Client, network: tuple[str, int]
+) -> None:
     ws, seq = network
-    ties = api.get(f"/v1/workspaces/{ws}/people/ada/give-and-take",
-                   params={"min_seq": seq}).json()["ties"]
+    ties = api.get(f"/v1/workspaces/{ws}/people/ada/give-and-take", params={"min_seq": seq}).json()[
+        "ties"
+    ]
     flags = {t["other"]: t["one_sided"] for t in ties}
     assert flags["sam"] is True and flags["grace"] is False
 
 
 def test_can_introduce_needs_the_introducer_to_know_both_well(
-        api: httpx.Client, network: tuple[str, int]) -> None:
+    api: httpx.Client, network: tuple[str, int]
+) -> None:
     ws, seq = network
     api.get(f"/v1/workspaces/{ws}/people", params={"min_seq": seq})
-    ok = api.get(f"/v1/workspaces/{ws}/introductions/check",
-                 params={"introducer": "grace", "a": "ada", "b": "linus", "as_of": at(420)}).json()
+    ok = api.get(
+        f"/v1/workspaces/{ws}/introductions/check",
+        params={"introducer": "grace", "a": "ada", "b": "linus", "as_of": at(420)},
+    ).json()
     assert ok["can_introduce"] is True, ok
-    card = api.get(f"/v1/workspaces/{ws}/introductions/check",
-                   params={"introducer": "ada", "a": "grace", "b": "mallory",
-                           "as_of": at(420)}).json()
+    card = api.get(
+        f"/v1/workspaces/{ws}/introductions/check",
+        params={"introducer": "ada", "a": "grace", "b": "mallory", "as_of": at(420)},
+    ).json()
     assert card["can_introduce"] is False
     assert card["mallory"]["can_vouch"] is False and card["mallory"]["reasons"]
 
@@ -155,9 +217,11 @@ def test_warm_paths_find_intermediaries_over_vouching_ties(api: httpx.Client, ws
     events += friendship("grace", "linus", start, 30, 13)
     events += friendship("linus", "zoe", start, 30, 13)
     seq = record(api, ws, events)
-    paths = api.get(f"/v1/workspaces/{ws}/people/ada/warm-paths",
-                    params={"target": "zoe", "min_seq": seq}).json()["paths"]
+    paths = api.get(
+        f"/v1/workspaces/{ws}/people/ada/warm-paths", params={"target": "zoe", "min_seq": seq}
+    ).json()["paths"]
     assert paths and paths[0]["path"] == ["ada", "grace", "linus", "zoe"]
-    one_hop = api.get(f"/v1/workspaces/{ws}/people/ada/warm-paths",
-                      params={"target": "linus"}).json()["paths"]
+    one_hop = api.get(
+        f"/v1/workspaces/{ws}/people/ada/warm-paths", params={"target": "linus"}
+    ).json()["paths"]
     assert one_hop[0]["intermediaries"] == ["grace"]

@@ -12,17 +12,28 @@ import time
 from pathlib import Path
 
 import httpx
-
-from services.runtime.embedded import find_free_port
+from tieline.services.runtime.embedded import find_free_port
 
 
 def start_up(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIELINE_")}
     env["COLUMNS"] = "250"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "up", "--data-dir", str(data_dir),
-         "--api-port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "tieline.services.cli.main",
+            "up",
+            "--data-dir",
+            str(data_dir),
+            "--api-port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert proc.stdout is not None
     lines = []
     deadline = time.monotonic() + 120
@@ -54,18 +65,30 @@ def test_tieline_up_serves_and_keeps_data_across_restarts(tmp_path: Path) -> Non
     data = tmp_path / "data"
     proc, token = start_up(data, port)
     try:
-        api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
-                           headers={"Authorization": f"Bearer {token}"})
+        api = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=30,
+            headers={"Authorization": f"Bearer {token}"},
+        )
         for pid in ("ada", "grace"):
-            r = api.post("/v1/workspaces/default/people",
-                         json={"person_id": pid, "display_name": pid.title()})
+            r = api.post(
+                "/v1/workspaces/default/people",
+                json={"person_id": pid, "display_name": pid.title()},
+            )
             assert r.status_code == 201, r.text
-        r = api.post("/v1/workspaces/default/events", json={
-            "type": "relationship.met", "participants": ["ada", "grace"],
-            "depth": "conversation", "duration_minutes": 40})
+        r = api.post(
+            "/v1/workspaces/default/events",
+            json={
+                "type": "relationship.met",
+                "participants": ["ada", "grace"],
+                "depth": "conversation",
+                "duration_minutes": 40,
+            },
+        )
         seq = r.json()["seq"]
-        first = api.get("/v1/workspaces/default/relationships/ada/grace",
-                        params={"min_seq": seq}).json()
+        first = api.get(
+            "/v1/workspaces/default/relationships/ada/grace", params={"min_seq": seq}
+        ).json()
         assert first["meetings"] == 1
         ready = api.get("/readyz").json()
         assert ready["ready"] is True
@@ -75,10 +98,14 @@ def test_tieline_up_serves_and_keeps_data_across_restarts(tmp_path: Path) -> Non
     proc2, token2 = start_up(data, port)
     try:
         assert token2 == token  # the same admin token after a restart
-        api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
-                           headers={"Authorization": f"Bearer {token}"})
-        again = api.get("/v1/workspaces/default/relationships/ada/grace",
-                        params={"min_seq": seq}).json()
+        api = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=30,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        again = api.get(
+            "/v1/workspaces/default/relationships/ada/grace", params={"min_seq": seq}
+        ).json()
         assert again["meetings"] == 1 and again["event_count"] == first["event_count"]
         people = api.get("/v1/workspaces/default/people").json()["people"]
         assert {p["display_name"] for p in people} == {"Ada", "Grace"}

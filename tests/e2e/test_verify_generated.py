@@ -6,19 +6,21 @@ from __future__ import annotations
 import json
 
 import httpx
+from tieline.plumbing.config import Settings
+from tieline.projections import replay
+from tieline.services.tools.simulate import SimConfig, simulate
 
-from projections import replay
-from services.config import Settings
-from services.tools.simulate import SimConfig, simulate
 
-
-async def test_verify_is_clean_over_a_generated_history(api: httpx.Client, ws: str,
-                                                        stack_settings: Settings) -> None:
+async def test_verify_is_clean_over_a_generated_history(
+    api: httpx.Client, ws: str, stack_settings: Settings
+) -> None:
     lines = [json.dumps(e) for e in simulate(SimConfig(seed=7, people=60, events=1500))]
     last = 0
     for i in range(0, len(lines), 500):
-        r = api.post(f"/v1/workspaces/{ws}/events/batch",  # noqa: ASYNC212
-                     content="\n".join(lines[i:i + 500]).encode())
+        r = api.post(  # noqa: ASYNC212 (a sync test client; nothing else runs on the loop)
+            f"/v1/workspaces/{ws}/events/batch",
+            content="\n".join(lines[i : i + 500]).encode(),
+        )
         body = r.json()
         assert body["rejected"] == 0, [x for x in body["results"] if x["status"] >= 300][:3]
         last = max(last, body["last_seq"] or 0)

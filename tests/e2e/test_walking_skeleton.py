@@ -13,9 +13,8 @@ from typing import Any
 import httpx
 import nats
 import pytest
-
-from services.config import Settings
-from services.runtime.supervisor import Stack
+from tieline.plumbing.config import Settings
+from tieline.services.runtime.supervisor import Stack
 
 
 def add_people(api: httpx.Client, ws: str, *ids: str) -> int:
@@ -155,7 +154,7 @@ def test_met_recorded_with_the_cli(stack: Stack, api: httpx.Client, ws: str, tok
 
     def cli(*args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "services.cli.main", *args],
+            [sys.executable, "-m", "tieline.services.cli.main", *args],
             env=env,
             capture_output=True,
             text=True,

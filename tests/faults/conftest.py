@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tieline.plumbing.config import Settings
+from tieline.services.runtime.supervisor import Stack
 
-from services.config import Settings
-from services.runtime.supervisor import Stack
 from tests.faults.support import (
     SCALE,
     SEED,

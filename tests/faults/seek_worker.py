@@ -14,7 +14,7 @@ permission beyond the worker's (``$JS.API.CONSUMER.CREATE.<S>.>``); the old inca
 consumer disappears after ``inactive_threshold``.
 
 Run as ``python -m tests.faults.seek_worker`` (settings from TIELINE_*), like
-``python -m services.runtime.run worker``.
+``python -m tieline.services.runtime.run worker``.
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ from typing import Any
 import structlog
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-
-from projections.worker import Worker, log, serve
-from services.config import Settings
-from services.logging import configure_logging
+from tieline.plumbing.config import Settings
+from tieline.plumbing.logging import configure_logging
+from tieline.projections.worker import Worker, log, serve
 
 
 class CheckpointSeekingWorker(Worker):

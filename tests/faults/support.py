@@ -40,11 +40,10 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from psycopg import AsyncConnection, sql
-
-from events_schema.registry import REGISTRY, EventRegistry
-from projections.worker import Worker
-from services.config import DEPLOYMENT_NAMES, Settings
-from services.runtime.supervisor import Stack, StackConfig
+from tieline.events_schema.registry import REGISTRY, EventRegistry
+from tieline.plumbing.config import DEPLOYMENT_NAMES, Settings
+from tieline.projections.worker import Worker
+from tieline.services.runtime.supervisor import Stack, StackConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -405,7 +404,7 @@ async def live_target(settings: Settings) -> Target | None:
     worker has created one yet. Code without generations keeps the read models in the state
     schema under the consumer name."""
     try:
-        from projections import generations
+        from tieline.projections import generations
     except ImportError:
         return Target(settings.database_schema, settings.consumer_name)
     conn = await pg_connect(settings)
@@ -666,7 +665,7 @@ def running_stack(
 
 
 def start_worker_process(stack: Stack, impl: str = "product") -> None:
-    """Start the worker role: the product's (``python -m services.runtime.run worker``) or
+    """Start the worker role: the product's (``python -m tieline.services.runtime.run worker``) or
     the checkpoint-seeking variant of tests/faults/seek_worker.py."""
     if impl == "product":
         stack.start_role("worker")
@@ -760,7 +759,7 @@ def quiet() -> Iterator[None]:
 
 def descendants() -> set[int]:
     """Live (non-zombie) descendants of this test process."""
-    from services.runtime import embedded
+    from tieline.services.runtime import embedded
 
     kids = embedded._descendants(os.getpid())
     table = embedded._process_table()
@@ -865,8 +864,8 @@ def assert_verdict(v: Verdict) -> None:
 
 async def make_token(settings: Settings, ws: str, role: str = "admin") -> str:
     """An API token for ``ws`` (what ``tieline token create`` does)."""
-    from services.auth import create_token
-    from services.infra.state import ensure_state_schema
+    from tieline.plumbing.state import ensure_state_schema
+    from tieline.services.auth import create_token
 
     conn = await pg_connect(settings)
     try:

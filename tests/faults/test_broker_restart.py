@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+from tieline.services.runtime.embedded import EmbeddedNats, nats_server_binary
 
-from services.runtime.embedded import EmbeddedNats, nats_server_binary
 from tests.faults.support import (
     EventFactory,
     HttpIngest,

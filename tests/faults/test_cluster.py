@@ -23,12 +23,12 @@ from unittest import mock
 
 import nats
 from nats.js import JetStreamContext
+from tieline.plumbing.config import Settings
+from tieline.plumbing.jetstream import ensure_streams
+from tieline.projections import worker as worker_module
+from tieline.projections.worker import Worker
+from tieline.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, find_free_port
 
-from projections import worker as worker_module
-from projections.worker import Worker
-from services.config import Settings
-from services.infra.jetstream import ensure_streams
-from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, find_free_port
 from tests.faults.support import (
     EventFactory,
     Oracle,

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from nats.js import JetStreamContext
+from tieline.plumbing.config import Settings
 
-from services.config import Settings
 from tests.faults.support import (
     EventFactory,
     Oracle,

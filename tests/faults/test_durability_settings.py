@@ -16,8 +16,8 @@ import re
 from pathlib import Path
 
 from nats.js.api import StorageType
+from tieline.services.runtime.embedded import EmbeddedNats
 
-from services.runtime.embedded import EmbeddedNats
 from tests.faults.conftest import Shared
 from tests.faults.support import REPO_ROOT, http_json, nats_admin, pg_connect, scalar, summary
 

@@ -19,11 +19,11 @@ from typing import Any, ClassVar
 
 import pytest
 from nats.js.errors import APIError
+from tieline.events_schema.models import RelationshipMet
+from tieline.events_schema.registry import EventRegistry, default_registry
+from tieline.plumbing.jetstream import MAX_MSG_BYTES
+from tieline.projections.worker import Worker
 
-from events_schema.models import RelationshipMet
-from events_schema.registry import EventRegistry, default_registry
-from projections.worker import Worker
-from services.infra.jetstream import MAX_MSG_BYTES
 from tests.faults.conftest import Shared
 from tests.faults.support import (
     REPO_ROOT,
@@ -68,7 +68,7 @@ async def _dead_letters(shared: Shared) -> dict[int, dict[str, Any]]:
 
 
 def dlq_cli(shared: Shared, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m services.cli.dlq ARGS`` as an operator (the NATS admin user)."""
+    """``python -m tieline.services.cli.dlq ARGS`` as an operator (the NATS admin user)."""
     a = shared.admin
     env = {
         **os.environ,
@@ -82,7 +82,7 @@ def dlq_cli(shared: Shared, *args: str) -> subprocess.CompletedProcess[str]:
         "COLUMNS": "250",
     }
     return subprocess.run(
-        [sys.executable, "-m", "services.cli.dlq", *args],
+        [sys.executable, "-m", "tieline.services.cli.dlq", *args],
         env=env,
         cwd=REPO_ROOT,
         capture_output=True,

@@ -3,7 +3,7 @@ ingested; after recovery the read models must equal a clean replay and match the
 
 Events are published straight onto the stream with nats-py (as the embedded NATS's admin
 user) with ``Nats-Msg-Id = event_id``; the worker runs as its own process
-(``python -m services.runtime.run worker``, the NATS ``worker`` user) and is killed with
+(``python -m tieline.services.runtime.run worker``, the NATS ``worker`` user) and is killed with
 SIGKILL while it is projecting, at least 10 times.
 """
 
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 from nats.js import JetStreamContext
+from tieline.plumbing.config import Settings
+from tieline.projections.worker import Worker
+from tieline.services.runtime.supervisor import Stack
 
-from projections.worker import Worker
-from services.config import Settings
-from services.runtime.supervisor import Stack
 from tests.faults.support import (
     EventFactory,
     Oracle,

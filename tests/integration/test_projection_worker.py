@@ -9,10 +9,10 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import AsyncConnection
+from tieline.plumbing.config import Settings
+from tieline.projections.store import Decoded
+from tieline.projections.worker import Worker
 
-from projections.store import Decoded
-from projections.worker import Worker
-from services.config import Settings
 from tests.integration.conftest import Log, first_generation, make_event, scalar
 
 
@@ -165,7 +165,7 @@ async def test_poison_messages_are_dead_lettered_with_reason_and_later_events_fl
     p = settings.subject_prefix
     good = met(ws, "a", "b")
     other_ws = met("someone-else", "a", "b")
-    from events_schema.registry import REGISTRY
+    from tieline.events_schema.registry import REGISTRY
 
     future = REGISTRY.encode(met(ws, "a", "b")).replace(
         b'"schema_version":1', b'"schema_version":99'

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from tieline.plumbing import db
+from tieline.plumbing.config import Settings
+from tieline.projections import generations, replay
+from tieline.projections.worker import Worker
 
-from projections import generations, replay
-from projections.worker import Worker
-from services.config import Settings
-from services.infra import db
 from tests.integration.conftest import Log, make_event
 
 
@@ -24,15 +24,21 @@ async def _history(log: Log, ws: str = "r1") -> int:
     last = 0
     oops = None
     for i in range(30):
-        e = make_event(ws, type="relationship.met", participants=["a", "b" if i % 2 else "c"],
-                       depth="conversation", occurred_at=(base + timedelta(days=i)).isoformat())
+        e = make_event(
+            ws,
+            type="relationship.met",
+            participants=["a", "b" if i % 2 else "c"],
+            depth="conversation",
+            occurred_at=(base + timedelta(days=i)).isoformat(),
+        )
         last = await log.publish(e)
         if i == 10:
             oops = e
     assert oops is not None
     await log.publish_raw(f"{log.settings.subject_prefix}.ev.{ws}.relationship.met", b"{bad")
-    last = await log.publish(make_event(ws, type="event.retracted",
-                                        retracted_event_id=str(oops.event_id)))
+    last = await log.publish(
+        make_event(ws, type="event.retracted", retracted_event_id=str(oops.event_id))
+    )
     return last
 
 
@@ -56,7 +62,8 @@ async def _scalar(settings: Settings, schema: str, query: str) -> Any:
 
 
 async def test_rebuild_switches_live_atomically_and_equals_the_old_generation(
-        settings: Settings, log: Log) -> None:
+    settings: Settings, log: Log
+) -> None:
     last = await _history(log)
     live = await _live_worker(settings, last)
     old = live.generation
@@ -80,8 +87,7 @@ async def test_rebuild_switches_live_atomically_and_equals_the_old_generation(
     await live.close()
 
 
-async def test_verify_is_clean_and_then_finds_a_tampered_row(settings: Settings,
-                                                             log: Log) -> None:
+async def test_verify_is_clean_and_then_finds_a_tampered_row(settings: Settings, log: Log) -> None:
     last = await _history(log, "r2")
     live = await _live_worker(settings, last)
     await live.close()
@@ -107,27 +113,32 @@ async def test_verify_is_clean_and_then_finds_a_tampered_row(settings: Settings,
         await conn.close()
 
 
-async def test_as_of_snapshot_holds_only_events_up_to_the_date(settings: Settings,
-                                                                log: Log) -> None:
+async def test_as_of_snapshot_holds_only_events_up_to_the_date(
+    settings: Settings, log: Log
+) -> None:
     await _history(log, "r3")
     until = datetime(2024, 1, 10, 12, tzinfo=UTC)  # days 0..9 -> 10 meetings
-    result, worker = await replay.replay(settings, status="scratch", until=until,
-                                         schema_name=f"{settings.database_schema}_asof")
+    result, worker = await replay.replay(
+        settings, status="scratch", until=until, schema_name=f"{settings.database_schema}_asof"
+    )
     await worker.close()
-    total = await _scalar(settings, result.generation.schema_name,
-                          "SELECT sum(meetings) FROM strength_v1")
+    total = await _scalar(
+        settings, result.generation.schema_name, "SELECT sum(meetings) FROM strength_v1"
+    )
     assert total == 10
-    latest = await _scalar(settings, result.generation.schema_name,
-                           "SELECT max(occurred_at) FROM pair_events_v1")
+    latest = await _scalar(
+        settings, result.generation.schema_name, "SELECT max(occurred_at) FROM pair_events_v1"
+    )
     assert latest <= until
 
 
 async def test_read_model_version_bump_rebuilds_on_start_and_switches(
-        settings: Settings, log: Log, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings: Settings, log: Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
     last = await _history(log, "r4")
     first = await _live_worker(settings, last)
     await first.close()
-    import projections.worker as worker_module
+    import tieline.projections.worker as worker_module
 
     bumped_version = worker_module.READ_MODEL_VERSION + 1
     monkeypatch.setattr(worker_module, "READ_MODEL_VERSION", bumped_version)
@@ -152,24 +163,33 @@ async def test_read_model_version_bump_rebuilds_on_start_and_switches(
 
 
 async def test_what_if_replays_into_scratch_and_reports_tier_moves_without_touching_live(
-        settings: Settings, log: Log) -> None:
-    from projections.strength_model import PARAMS, Params
+    settings: Settings, log: Log
+) -> None:
+    from tieline.projections.strength_model import PARAMS, Params
 
     last = await _history(log, "r5")
     live = await _live_worker(settings, last)
     await live.close()
     assert live.generation is not None
-    before = await _scalar(settings, live.generation.schema_name,
-                           "SELECT string_agg(score::text || tier, ',' ORDER BY person_b) "
-                           "FROM strength_v1")
-    halved = Params.from_dict({"version": "what-if-halved",
-                               "fast_half_life_days": PARAMS.fast_half_life_days / 10,
-                               "slow_half_life_days": PARAMS.slow_half_life_days / 10})
+    before = await _scalar(
+        settings,
+        live.generation.schema_name,
+        "SELECT string_agg(score::text || tier, ',' ORDER BY person_b) FROM strength_v1",
+    )
+    halved = Params.from_dict(
+        {
+            "version": "what-if-halved",
+            "fast_half_life_days": PARAMS.fast_half_life_days / 10,
+            "slow_half_life_days": PARAMS.slow_half_life_days / 10,
+        }
+    )
     result = await replay.what_if(settings, halved)
     assert result.pairs == 2
     assert result.mean_abs_delta > 0
     assert sum(sum(row.values()) for row in result.tier_moves.values()) == 2
-    after = await _scalar(settings, live.generation.schema_name,
-                          "SELECT string_agg(score::text || tier, ',' ORDER BY person_b) "
-                          "FROM strength_v1")
+    after = await _scalar(
+        settings,
+        live.generation.schema_name,
+        "SELECT string_agg(score::text || tier, ',' ORDER BY person_b) FROM strength_v1",
+    )
     assert after == before

@@ -8,15 +8,29 @@ import math
 from pathlib import Path
 
 import pytest
+from tieline.events_schema.registry import REGISTRY
+from tieline.plumbing.subjects import event_subject
 
 from bench import common
 from bench.events import LogEncoder, client_events, fake_ciphertext, meeting_events
-from events_schema.registry import REGISTRY
-from services.infra.subjects import event_subject
 
-MODULES = ["common", "events", "natsraw", "httpload", "ingest", "projection", "rebuild",
-           "freshness", "queries", "peer", "scaling", "whatif", "report", "store_harness",
-           "__main__"]
+MODULES = [
+    "common",
+    "events",
+    "natsraw",
+    "httpload",
+    "ingest",
+    "projection",
+    "rebuild",
+    "freshness",
+    "queries",
+    "peer",
+    "scaling",
+    "whatif",
+    "report",
+    "store_harness",
+    "__main__",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -130,8 +144,10 @@ def test_freshness_visibility_delays() -> None:
     assert delays == pytest.approx([0.2, 0.5, 0.2])
     assert missing == 1
     assert pair_of({"type": "relationship.met", "participants": ["a", "b", "c"]}) == ("a", "b")
-    assert pair_of({"type": "relationship.followed_up", "from_person": "x",
-                    "to_person": "y"}) == ("x", "y")
+    assert pair_of({"type": "relationship.followed_up", "from_person": "x", "to_person": "y"}) == (
+        "x",
+        "y",
+    )
     assert pair_of({"type": "person.added"}) is None
 
 
@@ -143,14 +159,16 @@ def test_network_generation_and_id_substitution() -> None:
     assert all(0 <= i < j < 200 for i, j in pairs)
     assert person_ids(3) == ["u0", "u1", "u2"]
     m = {"p1": "u7", "p2": "u9"}
-    assert substitute({"from": "p1", "to": ["p2", "z"], "n": 3}, m) == \
-        {"from": "u7", "to": ["u9", "z"], "n": 3}
+    assert substitute({"from": "p1", "to": ["p2", "z"], "n": 3}, m) == {
+        "from": "u7",
+        "to": ["u9", "z"],
+        "n": 3,
+    }
 
 
 def test_collapsed_profile_summary(tmp_path: Path) -> None:
     f = tmp_path / "p.txt"
-    f.write_text("main (a.py:1);work (a.py:5);leaf (b.py:9) 3\n"
-                 "main (a.py:1);work (a.py:6) 1\n")
+    f.write_text("main (a.py:1);work (a.py:5);leaf (b.py:9) 3\nmain (a.py:1);work (a.py:6) 1\n")
     top = {r["frame"]: r for r in common.collapsed_top(f)}
     assert top["work (a.py)"]["inclusive"] == 1.0
     assert top["leaf (b.py)"]["self"] == 0.75
@@ -161,8 +179,14 @@ def test_collapsed_profile_summary(tmp_path: Path) -> None:
 def test_report_renders_a_result() -> None:
     from bench.report import table
 
-    md = table({"name": "x", "argv": ["bench", "x"], "duration_s": 1.0,
-                "rows": [common.Row("m", 1.0, "ms", "raw", 2.0, "a|b").as_dict()],
-                "targets": [common.Target("t", False, "1 ms", "why").as_dict()]})
+    md = table(
+        {
+            "name": "x",
+            "argv": ["bench", "x"],
+            "duration_s": 1.0,
+            "rows": [common.Row("m", 1.0, "ms", "raw", 2.0, "a|b").as_dict()],
+            "targets": [common.Target("t", False, "1 ms", "why").as_dict()],
+        }
+    )
     assert "| m | 1 | ms | raw | 2 | 50% | a\\|b |" in md
     assert "**missed**" in md

@@ -15,10 +15,9 @@ import pydantic
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-import events_schema
-from events_schema.generate import SCHEMA_DIR, schema_files
-from events_schema.models import (
+from tieline import events_schema
+from tieline.events_schema.generate import SCHEMA_DIR, schema_files
+from tieline.events_schema.models import (
     EVENT_CLASSES,
     Depth,
     Event,
@@ -31,7 +30,7 @@ from events_schema.models import (
     RelationshipIntroduced,
     RelationshipMet,
 )
-from events_schema.registry import (
+from tieline.events_schema.registry import (
     REGISTRY,
     EventDecodeError,
     EventRegistry,
@@ -144,7 +143,7 @@ def test_there_is_a_registered_class_for_every_event_class() -> None:
 # -- 2. committed JSON Schema files are not stale ------------------------------------------
 
 
-STALE_HINT = "events_schema/jsonschema/ is stale: run `python -m events_schema.generate`"
+STALE_HINT = "events_schema/jsonschema/ is stale: run `python -m tieline.events_schema.generate`"
 
 
 def _committed_schema_files() -> dict[str, str]:

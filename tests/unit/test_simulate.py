@@ -12,12 +12,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from tieline.events_schema.registry import REGISTRY
+from tieline.services.tools.simulate import SimConfig, event_namespace, simulate, write_jsonl
 
-from events_schema.registry import REGISTRY
-from services.tools.simulate import SimConfig, event_namespace, simulate, write_jsonl
-
-PERSON_FIELDS = ("participants", "initiated_by", "from_person", "to_person", "introducer",
-                 "person_a", "person_b", "helper", "helped", "rater", "ratee")
+PERSON_FIELDS = (
+    "participants",
+    "initiated_by",
+    "from_person",
+    "to_person",
+    "introducer",
+    "person_a",
+    "person_b",
+    "helper",
+    "helped",
+    "rater",
+    "ratee",
+)
 ENVELOPE = {
     "workspace_id": "sim-check",
     "recorded_at": "2099-01-01T00:00:00Z",
@@ -99,9 +109,14 @@ def test_people_come_first_and_times_stay_inside_the_period() -> None:
 def test_the_network_looks_like_one() -> None:
     events = list(simulate(SimConfig(seed=1, people=400, events=60_000)))
     kinds = Counter(e["type"] for e in events)
-    assert set(kinds) == {"person.added", "relationship.met", "relationship.followed_up",
-                          "relationship.introduced", "relationship.helped",
-                          "relationship.closeness_rated"}
+    assert set(kinds) == {
+        "person.added",
+        "relationship.met",
+        "relationship.followed_up",
+        "relationship.introduced",
+        "relationship.helped",
+        "relationship.closeness_rated",
+    }
     depths = Counter(e["depth"] for e in events if e["type"] == "relationship.met")
     light = depths["card_exchange"] + depths["brief_chat"]
     assert light > 0.6 * sum(depths.values()), depths
@@ -121,8 +136,7 @@ def test_the_network_looks_like_one() -> None:
         if e["type"] == "relationship.followed_up":
             sent.setdefault(e["from_person"], []).append(e["replied"])
             received[e["to_person"]] += 1
-    one_sided = [p for p, r in sent.items() if len(r) >= 5 and not any(r)
-                 and received[p] == 0]
+    one_sided = [p for p, r in sent.items() if len(r) >= 5 and not any(r) and received[p] == 0]
     assert one_sided, "expected some sell-and-disappear contacts"
     # Ties fade: some pairs that met often stop meeting long before the end.
     last_met: dict[tuple[str, ...], str] = {}

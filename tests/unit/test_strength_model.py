@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from projections.strength_model import (
+from tieline.projections.strength_model import (
     PARAMS,
     TIERS,
     DecayState,
@@ -554,13 +553,22 @@ def test_an_empty_history_is_a_zero_contact() -> None:
 
 
 def test_vouches_gives_the_same_verdict_as_can_vouch() -> None:
-    from projections.strength_model import can_vouch, vouches
+    from tieline.projections.strength_model import can_vouch, vouches
 
     base = datetime(2024, 1, 1, tzinfo=UTC)
     cases = [
-        [PairEvent(f"e{i}", "relationship.met", base + timedelta(days=14 * i), i, "a", "b",
-                   {"depth": depth, "duration_minutes": 90, "initiated_by": "ab"[i % 2]})
-         for i in range(n)]
+        [
+            PairEvent(
+                f"e{i}",
+                "relationship.met",
+                base + timedelta(days=14 * i),
+                i,
+                "a",
+                "b",
+                {"depth": depth, "duration_minutes": 90, "initiated_by": "ab"[i % 2]},
+            )
+            for i in range(n)
+        ]
         for depth in ("card_exchange", "brief_chat", "conversation", "meal_or_activity")
         for n in (1, 3, 12, 40)
     ]
@@ -595,7 +603,10 @@ def test_folding_events_one_by_one_gives_the_strength_of_the_whole_history(
     assert _close(folded.score_at_last_contact, whole.score_at_last_contact)
     assert folded.reciprocity == whole.reciprocity
     assert (folded.first_contact_at, folded.last_contact_at, folded.deepest_meeting) == (
-        whole.first_contact_at, whole.last_contact_at, whole.deepest_meeting)
+        whole.first_contact_at,
+        whole.last_contact_at,
+        whole.deepest_meeting,
+    )
     assert fold.event_count == len({e.event_id for e in events})
 
 
@@ -604,8 +615,9 @@ def test_folding_events_one_by_one_gives_the_strength_of_the_whole_history(
 def test_a_fold_stored_as_json_and_continued_is_bit_identical_to_one_fold(
     events: list[PairEvent], cut: int
 ) -> None:
-    ordered = sorted({e.event_id: e for e in events}.values(),
-                     key=lambda e: (e.occurred_at, e.seq, e.event_id))
+    ordered = sorted(
+        {e.event_id: e for e in events}.values(), key=lambda e: (e.occurred_at, e.seq, e.event_id)
+    )
     head, tail = ordered[:cut], ordered[cut:]
     stored = Fold.of(head)
     if stored is not None:

@@ -10,7 +10,7 @@ scoped per workspace, and a wildcard can never cross from one workspace into ano
 
 from __future__ import annotations
 
-from events_schema.models import Event
+from tieline.events_schema.models import Event
 
 
 def event_subject(prefix: str, event: Event) -> str:

@@ -8,8 +8,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError
-
-from services.config import Settings
+from tieline.plumbing.config import Settings
 
 log = structlog.get_logger(__name__)
 

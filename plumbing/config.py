@@ -76,5 +76,11 @@ class Settings(BaseSettings):
 
 #: The names a child process must share with its parent to work on the same deployment
 #: (same schema, stream, subjects and consumer) when tests and benchmarks start one.
-DEPLOYMENT_NAMES = ("database_schema", "stream_name", "subject_prefix", "consumer_name",
-                    "duplicate_window_s", "fetch_timeout_s")
+DEPLOYMENT_NAMES = (
+    "database_schema",
+    "stream_name",
+    "subject_prefix",
+    "consumer_name",
+    "duplicate_window_s",
+    "fetch_timeout_s",
+)

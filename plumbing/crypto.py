@@ -22,8 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-from events_schema.models import ENC_PREFIX, Event
+from tieline.events_schema.models import ENC_PREFIX, Event
 
 #: Key id of a workspace's own key (not a valid person id, so it can never collide).
 WORKSPACE_KEY = "~workspace"
@@ -126,9 +125,7 @@ def decrypt_payload(
 class KeyStore:
     """Person keys in PostgreSQL, cached briefly in memory."""
 
-    def __init__(
-        self, pool: Any, master_key: bytes | None, ttl_s: float = 5.0
-    ) -> None:
+    def __init__(self, pool: Any, master_key: bytes | None, ttl_s: float = 5.0) -> None:
         self.pool = pool
         self.master = AESGCM(master_key) if master_key else None
         self.ttl_s = ttl_s

@@ -1,1 +1,0 @@
-"""Adapters at the edge: NATS JetStream and PostgreSQL connections, subjects, publishing."""
