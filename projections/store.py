@@ -210,7 +210,56 @@ class Skipped:
     seq: int
 
 
-Item = Decoded | Poison | Skipped
+@dataclass(frozen=True)
+class Gap:
+    """Stream sequences ``first..seq`` that hold no event for this projection, as the stream
+    itself confirmed (messages an operator deleted). Only such a proven hole lets the
+    checkpoint move over sequences no message was applied for."""
+
+    first: int
+    seq: int  # the last sequence of the hole
+
+
+Item = Decoded | Poison | Skipped | Gap
+
+
+class _TrialRollback(Exception):
+    """Raised to undo a trial application (:meth:`ProjectionStore.trial`)."""
+
+
+class SequenceGapError(Exception):
+    """A batch does not continue the committed checkpoint without a hole (a lost delivery, a
+    batch that starts behind or ahead, out-of-order items). Nothing of it may be applied or
+    acknowledged; the worker reads the log again from the checkpoint."""
+
+    def __init__(self, expected: int, got: int, checkpoint: int) -> None:
+        super().__init__(
+            f"expected stream sequence {expected} after checkpoint {checkpoint}, got {got}"
+        )
+        self.expected, self.got, self.checkpoint = expected, got, checkpoint
+
+
+def continuing(items: Sequence[Item], checkpoint: int) -> list[Item]:
+    """The items after ``checkpoint``, proven to continue it without a hole.
+
+    Items at or below the checkpoint are redeliveries of what a committed batch applied (a
+    crash between commit and ack) and are dropped. The rest must cover every sequence from
+    ``checkpoint + 1`` on, in order: each message's own sequence or a :class:`Gap` the stream
+    confirmed. Anything else raises :class:`SequenceGapError`. Pure: no I/O.
+    """
+    expected = checkpoint + 1
+    fresh: list[Item] = []
+    for it in items:
+        if it.seq < expected and not fresh:
+            continue  # already applied before the checkpoint
+        first = it.first if isinstance(it, Gap) else it.seq
+        if not fresh and isinstance(it, Gap) and first <= expected <= it.seq:
+            first = expected  # a proven hole that began before the checkpoint
+        if first != expected or it.seq < first:
+            raise SequenceGapError(expected, first, checkpoint)
+        fresh.append(it)
+        expected = it.seq + 1
+    return fresh
 
 
 @dataclass
@@ -258,31 +307,56 @@ class ProjectionStore:
     ) -> BatchResult:
         async with conn.transaction():
             last = await self._lock_checkpoint(conn)
-            fresh = [i for i in items if i.seq > last]
+            # The invariant lives here, in the transaction that moves the checkpoint, so no
+            # change in the worker can make the checkpoint jump over an unapplied event.
+            fresh = continuing(items, last)
             result.redelivered = len(items) - len(fresh)
             if not fresh:
                 result.last_seq = last
                 return result
-            decoded = [i for i in fresh if isinstance(i, Decoded)]
-            poison = [i for i in fresh if isinstance(i, Poison)]
-            new = await self._archive(conn, decoded)
-            result.duplicate_ids = len(decoded) - len(new)
-            result.applied = len(new)
-            await self._apply_changes(conn, new, result)
-            await self._dead_letters(conn, poison)
-            result.poison = len(poison)
-            result.last_seq = max(i.seq for i in fresh)
-            # Advance the checkpoint and tell readers waiting for it (min_seq), one statement;
-            # the payload is "<read-model schema> <last_seq>" (the channel is database-wide;
-            # the schema names the generation of one installation).
-            await conn.execute(
-                "WITH moved AS (UPDATE checkpoints SET last_seq = %s, updated_at = now() "
-                "WHERE projection = %s AND last_seq < %s RETURNING last_seq) "
-                "SELECT pg_notify('tieline_checkpoint', current_schema() || ' ' || last_seq) "
-                "FROM moved",
-                (result.last_seq, self.projection, result.last_seq),
-            )
+            await self._apply_items(conn, fresh, result)
+            result.last_seq = fresh[-1].seq
+            await self._advance(conn, result.last_seq)
         return result
+
+    async def trial(self, conn: AsyncConnection[Any], item: Item) -> None:
+        """Apply one item's changes and roll them back: raises what applying it raises.
+
+        The worker uses it to find the event of a failing batch that fails on its own; the
+        checkpoint is neither checked nor moved (the item need not follow it)."""
+        self.staging.begin()
+        try:
+            async with conn.transaction():
+                await self._apply_items(conn, [item], BatchResult())
+                raise _TrialRollback
+        except _TrialRollback:
+            pass
+        finally:
+            self.staging.forget(conn)  # the rollback may have undone the staging tables
+
+    async def _apply_items(
+        self, conn: AsyncConnection[Any], fresh: Sequence[Item], result: BatchResult
+    ) -> None:
+        decoded = [i for i in fresh if isinstance(i, Decoded)]
+        poison = [i for i in fresh if isinstance(i, Poison)]
+        new = await self._archive(conn, decoded)
+        result.duplicate_ids = len(decoded) - len(new)
+        result.applied = len(new)
+        await self._apply_changes(conn, new, result)
+        await self._dead_letters(conn, poison)
+        result.poison = len(poison)
+
+    async def _advance(self, conn: AsyncConnection[Any], last_seq: int) -> None:
+        """Advance the checkpoint and tell readers waiting for it (min_seq), one statement;
+        the payload is "<read-model schema> <last_seq>" (the channel is database-wide; the
+        schema names the generation of one installation)."""
+        await conn.execute(
+            "WITH moved AS (UPDATE checkpoints SET last_seq = %s, updated_at = now() "
+            "WHERE projection = %s AND last_seq < %s RETURNING last_seq) "
+            "SELECT pg_notify('tieline_checkpoint', current_schema() || ' ' || last_seq) "
+            "FROM moved",
+            (last_seq, self.projection, last_seq),
+        )
 
     async def _lock_checkpoint(self, conn: AsyncConnection[Any]) -> int:
         select = "SELECT last_seq FROM checkpoints WHERE projection = %s FOR UPDATE"

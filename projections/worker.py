@@ -37,7 +37,16 @@ from tieline.plumbing.subjects import dlq_subject, event_subject, workspace_of_s
 from tieline.projections import generations
 from tieline.projections.generations import Generation
 from tieline.projections.schema import READ_MODEL_VERSION, ensure_schema
-from tieline.projections.store import BatchResult, Decoded, Item, Poison, ProjectionStore, Skipped
+from tieline.projections.store import (
+    BatchResult,
+    Decoded,
+    Gap,
+    Item,
+    Poison,
+    ProjectionStore,
+    SequenceGapError,
+    Skipped,
+)
 from tieline.projections.strength_model import PARAMS, Params
 
 log = structlog.get_logger(__name__)
@@ -98,6 +107,9 @@ class WorkerStats:
     redelivered: int = 0
     duplicate_ids: int = 0
     dead_lettered: int = 0
+    #: Batches refused because they did not continue the checkpoint (then read again).
+    gaps: int = 0
+    resubscribes: int = 0
     last_seq: int = 0
     attempts: dict[int, int] = field(default_factory=dict)
 
@@ -314,12 +326,13 @@ class Worker:
     # -- one batch ------------------------------------------------------------------------
 
     async def run_once(self) -> BatchResult | None:
-        """Fetch one batch, apply it, acknowledge it. Returns None when nothing arrived.
+        """Fetch one batch, apply it, acknowledge it. Returns None when nothing was applied.
 
         While a batch is being applied the next one is already being fetched (the fetch is
         network wait and the apply mostly waits on PostgreSQL, so they overlap). That changes
         nothing about exactly-once: batches are still applied one after the other in stream
-        order, and each is acknowledged only after its own commit.
+        order, each only if it continues the committed checkpoint without a hole, and each is
+        acknowledged only after its own commit.
         """
         pending, self._prefetch = self._prefetch, None
         got = await pending if pending is not None else await self._fetch()
@@ -329,7 +342,7 @@ class Worker:
             log.warning("worker.fetch_retry", error=repr(got))
             await asyncio.sleep(0.5)
             if isinstance(got, (NotFoundError, ConnectionClosedError)):
-                await self._subscribe_from_checkpoint()
+                await self._resubscribe("consumer_lost")
             return None
         msgs = got
         if self.stop_at_seq is not None:
@@ -337,21 +350,82 @@ class Worker:
             msgs = [m for m in msgs if m.metadata.sequence.stream <= self.stop_at_seq]
         if not msgs:
             return None
+        items = await self._in_sequence([self._classify(m) for m in msgs])
+        if items is None:
+            await self._resubscribe("sequence_gap")
+            return None
         if not self._stopping.is_set():
             self._prefetch = asyncio.create_task(self._fetch())
-        items = [self._classify(m) for m in msgs]
-        if self.until is not None:
-            until = self.until
-            items = [
-                Skipped(i.seq) if isinstance(i, Decoded) and i.event.occurred_at > until else i
-                for i in items
-            ]
-        items = await self._park_poison(items)
-        result = await self._apply_with_retry(msgs, items)
-        # Ack only after commit. AckPolicy.ALL: acking the last acknowledges the whole batch.
+        try:
+            result = await self._apply_with_retry(msgs, await self._park_poison(items))
+        except SequenceGapError as exc:  # the store's own check (another writer moved it)
+            log.error("worker.checkpoint_mismatch", error=str(exc))
+            await self._resubscribe("checkpoint_mismatch")
+            return None
+        # Ack only after commit. AckPolicy.ALL: acking the last acknowledges the whole batch,
+        # which is exactly what was applied (the batch continued the checkpoint, no hole).
         await msgs[-1].ack()
         self._count(result)
         return result
+
+    async def _in_sequence(self, items: list[Item]) -> list[Item] | None:
+        """``items`` with every hole before or between them proven empty by the stream (as
+        :class:`Gap` items), or None when a hole holds events this batch did not bring (a
+        delivery was lost) or the batch starts behind the checkpoint or is out of order.
+
+        The consumer starts right after the checkpoint and the stream holds only events, so
+        a hole is rare (an operator deleted messages); it is looked up, never assumed.
+        """
+        expected = self.stats.last_seq + 1
+        out: list[Item] = []
+        for it in items:
+            if it.seq < expected:
+                self.stats.gaps += 1
+                log.warning("worker.behind", expected=expected, got=it.seq)
+                return None
+            if it.seq > expected:
+                present = await self._first_event_at_or_after(expected)
+                if present != it.seq:
+                    self.stats.gaps += 1
+                    log.warning("worker.sequence_gap", expected=expected, got=it.seq,
+                                first_in_stream=present)
+                    return None
+                out.append(Gap(expected, it.seq - 1))
+            if self.until is not None and isinstance(it, Decoded):
+                if it.event.occurred_at > self.until:
+                    it = Skipped(it.seq)
+            out.append(it)
+            expected = it.seq + 1
+        return out
+
+    async def _first_event_at_or_after(self, seq: int) -> int | None:
+        """The stream sequence of the first event message at or after ``seq`` (None: none)."""
+        assert self.js is not None
+        try:
+            msg = await self.js.get_msg(
+                self.settings.stream_name,
+                seq=seq,
+                subject=f"{self.settings.subject_prefix}.ev.>",
+                next=True,
+            )
+        except NotFoundError:
+            return None
+        return int(msg.seq) if msg.seq is not None else None
+
+    async def _resubscribe(self, reason: str) -> None:
+        """Drop whatever was fetched and not applied, and read again from the checkpoint."""
+        self.stats.resubscribes += 1
+        log.warning("worker.resubscribe", reason=reason, checkpoint=self.stats.last_seq)
+        if self._prefetch is not None:
+            self._prefetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._prefetch
+            self._prefetch = None
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+        await self._subscribe_from_checkpoint()
 
     async def _fetch(self) -> list[Msg] | BaseException:
         """The next batch ([] when none came in time), or the transient error that stopped it
@@ -438,6 +512,8 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 await self._reconnect_pg()
+            except SequenceGapError:
+                raise
             except Exception as exc:
                 log.exception("worker.apply_failed", error=str(exc))
                 items = await self._isolate_failures(items, exc)
@@ -467,11 +543,7 @@ class Worker:
                 out.append(it)
                 continue
             try:
-                async with self._conn().transaction():
-                    await self.store.apply(self._conn(), [it])
-                    raise _ProbeRollback
-            except _ProbeRollback:
-                self.store.staging.forget(self._conn())  # the probe's rollback may undo them
+                await self.store.trial(self._conn(), it)
                 out.append(it)
                 continue
             except psycopg.OperationalError:
@@ -520,10 +592,6 @@ class Worker:
             poison=r.poison,
             last_seq=r.last_seq,
         )
-
-
-class _ProbeRollback(Exception):
-    """Raised to roll back a trial application of one event."""
 
 
 def create_app(settings: Settings) -> Worker:

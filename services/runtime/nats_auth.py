@@ -37,7 +37,9 @@ Why each permission exists (``P`` is the subject prefix, ``S`` the event stream'
     nats-py sends ``CONSUMER.CREATE.S.<durable>.<filter subject>`` to servers >= 2.9, so the
     legacy ``CONSUMER.DURABLE.CREATE`` is not granted), ``$JS.API.CONSUMER.MSG.NEXT.S.>``
     (fetch), ``$JS.ACK.S.>`` (ack and in-progress, sent to each message's reply subject) and
-    ``_INBOX.>`` to receive fetched messages and PubAcks. It parks poison events on
+    ``_INBOX.>`` to receive fetched messages and PubAcks; ``$JS.API.STREAM.MSG.GET.S`` proves
+    that a hole in the sequences a fetch returned holds no event (else the batch is refused
+    and the log read again from the checkpoint). It parks poison events on
     ``P.dlq.>``, the subjects of the ``S_DLQ`` stream. It cannot publish events, so a bug in a
     projection cannot rewrite the log.
 
@@ -130,6 +132,7 @@ def permissions(role: str, prefix: str, stream: str) -> Permissions:
                 f"$JS.API.CONSUMER.CREATE.{stream}.>",
                 f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
                 f"$JS.ACK.{stream}.>",
+                f"$JS.API.STREAM.MSG.GET.{stream}",
                 f"{prefix}.dlq.>",
             ),
             subscribe=(_inbox(role),),

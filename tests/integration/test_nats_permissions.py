@@ -485,12 +485,6 @@ FORBIDDEN: list[Forbidden] = [
     publish_event("worker", "cmd.ws.people.record"),
     js_api_call(
         "worker",
-        "read a stream message",
-        lambda js, a: js.get_msg(a.stream, 1),
-        "$JS.API.STREAM.MSG.GET.{s}",
-    ),
-    js_api_call(
-        "worker",
         "purge the stream",
         lambda js, a: js.purge_stream(a.stream),
         "$JS.API.STREAM.PURGE.{s}",

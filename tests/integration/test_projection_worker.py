@@ -214,10 +214,8 @@ async def test_store_applies_a_batch_atomically_with_the_checkpoint(
     worker = Worker(settings)
     await worker.start()
     try:
-        good = Decoded(
-            1_000_001, f"{settings.subject_prefix}.ev.w6.relationship.met", met("w6", "a", "b")
-        )
-        bad = Decoded(1_000_002, "x", met("w6", "a", "c"))
+        good = Decoded(1, f"{settings.subject_prefix}.ev.w6.relationship.met", met("w6", "a", "b"))
+        bad = Decoded(2, "x", met("w6", "a", "c"))
         await pg.execute("ALTER TABLE strength_v1 ADD CONSTRAINT no_c CHECK (person_b <> 'c')")
         with pytest.raises(psycopg.errors.CheckViolation):
             await worker.store.apply(worker._conn(), [good, bad])
