@@ -1,0 +1,297 @@
+"""The projection checks itself while it runs: a sampled comparison of the read models with
+the log, recorded for ``/readyz`` and logged as an alarm on any difference.
+
+Each round, for the generation a worker feeds:
+
+* **checkpoint vs stream**: the checkpoint may not lie beyond the stream's last sequence (a
+  reset or truncated stream), and randomly sampled stream messages at or below the
+  checkpoint must each be accounted for: archived under their event_id, or dead-lettered at
+  their sequence (or, in a bounded replay, skipped). A message that is neither was skipped.
+* **pairs vs a replay of their events**: randomly sampled pairs are folded again from their
+  stored (unretracted) events with the pure model and the generation's parameters; score,
+  tier and event count must equal the stored row.
+
+It reads only; a round that finds a difference writes ``ok = false`` with the differences.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import structlog
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from psycopg import AsyncConnection, sql
+from tieline.events_schema.registry import EventDecodeError, EventRegistry
+from tieline.projections.generations import Generation
+from tieline.projections.strength_model import Fold, PairEvent, Params
+
+log = structlog.get_logger(__name__)
+
+DDL = """
+CREATE TABLE IF NOT EXISTS {}.self_checks (
+    projection   text PRIMARY KEY,
+    checked_at   timestamptz NOT NULL,
+    ok           boolean NOT NULL,
+    checkpoint   bigint NOT NULL,
+    stream_last  bigint NOT NULL,
+    sampled_msgs int NOT NULL,
+    sampled_pairs int NOT NULL,
+    problems     jsonb NOT NULL
+);
+"""
+
+
+@dataclass
+class CheckResult:
+    """What one round compared and what differed."""
+
+    checkpoint: int = 0
+    stream_last: int = 0
+    sampled_msgs: int = 0
+    sampled_pairs: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+async def ensure_table(conn: AsyncConnection[Any], state_schema: str) -> None:
+    await conn.execute(sql.SQL(DDL).format(sql.Identifier(state_schema)))
+
+
+async def check_stream(
+    conn: AsyncConnection[Any],
+    js: JetStreamContext,
+    stream: str,
+    registry: EventRegistry,
+    gen: Generation,
+    rng: random.Random,
+    samples: int,
+    result: CheckResult,
+    until: datetime | None = None,
+) -> None:
+    """Compare the checkpoint with the stream, and sampled messages with the archive."""
+    schema = sql.Identifier(gen.schema_name)
+    cur = await conn.execute(
+        sql.SQL("SELECT last_seq FROM {}.checkpoints WHERE projection = %s").format(schema),
+        (gen.consumer,),
+    )
+    row = await cur.fetchone()
+    result.checkpoint = int(row[0]) if row else 0
+    info = await js.stream_info(stream)
+    result.stream_last = int(info.state.last_seq)
+    if result.checkpoint > result.stream_last:
+        result.problems.append(
+            f"checkpoint {result.checkpoint} is beyond the stream's last sequence "
+            f"{result.stream_last}"
+        )
+        return
+    first = max(int(info.state.first_seq), 1)
+    if result.checkpoint < first:
+        return
+    span = range(first, result.checkpoint + 1)
+    for seq in sorted(rng.sample(span, min(samples, len(span)))):
+        await _account_for(conn, js, stream, registry, gen, seq, result, until)
+
+
+async def _account_for(
+    conn: AsyncConnection[Any],
+    js: JetStreamContext,
+    stream: str,
+    registry: EventRegistry,
+    gen: Generation,
+    seq: int,
+    result: CheckResult,
+    until: datetime | None,
+) -> None:
+    try:
+        msg = await js.get_msg(stream, seq=seq)
+    except NotFoundError:
+        return  # deleted from the stream: nothing to account for
+    result.sampled_msgs += 1
+    schema = sql.Identifier(gen.schema_name)
+    cur = await conn.execute(
+        sql.SQL("SELECT 1 FROM {}.dead_letters WHERE projection = %s AND stream_seq = %s").format(
+            schema
+        ),
+        (gen.consumer, seq),
+    )
+    if await cur.fetchone() is not None:
+        return
+    try:
+        event = registry.decode(msg.data or b"")
+    except EventDecodeError:
+        result.problems.append(f"seq {seq}: undecodable and not dead-lettered")
+        return
+    cur = await conn.execute(
+        sql.SQL("SELECT seq FROM {}.events WHERE event_id = %s").format(schema),
+        (event.event_id,),
+    )
+    skipped = until is not None and event.occurred_at > until  # a bounded replay left it out
+    if await cur.fetchone() is None and not skipped:
+        result.problems.append(f"seq {seq}: event {event.event_id} is not in the read models")
+
+
+async def check_pairs(
+    conn: AsyncConnection[Any],
+    gen: Generation,
+    params: Params,
+    rng: random.Random,
+    samples: int,
+    result: CheckResult,
+) -> None:
+    """Fold sampled pairs again from their stored events; compare with the stored row."""
+    schema = sql.Identifier(gen.schema_name)
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT workspace_id, person_a, person_b, score, tier, event_count "
+            "FROM {}.strength_v1 TABLESAMPLE BERNOULLI (%s) LIMIT %s"
+        ).format(schema),
+        (await _sample_percent(conn, gen, samples), samples),
+    )
+    rows = await cur.fetchall()
+    rng.shuffle(rows)
+    for ws, a, b, score, tier, count in rows:
+        result.sampled_pairs += 1
+        cur = await conn.execute(
+            sql.SQL(
+                "SELECT event_id, seq, type, occurred_at, detail FROM {}.pair_events_v1 "
+                "WHERE workspace_id = %s AND person_a = %s AND person_b = %s AND NOT retracted"
+            ).format(schema),
+            (ws, a, b),
+        )
+        events = [
+            PairEvent(str(eid), kind, at, int(seq), a, b, _detail(detail))
+            for eid, seq, kind, at, detail in await cur.fetchall()
+        ]
+        fold = Fold.of(events, params)
+        if fold is None:
+            result.problems.append(f"pair {ws}/{a}/{b}: stored strength but no events")
+            continue
+        again = fold.strength(params)
+        if not math.isclose(again.score, score, rel_tol=1e-9, abs_tol=1e-9) or (
+            again.tier != tier or fold.event_count != count
+        ):
+            result.problems.append(
+                f"pair {ws}/{a}/{b}: stored score={score:.6f} tier={tier} events={count}, "
+                f"replayed score={again.score:.6f} tier={again.tier} events={fold.event_count}"
+            )
+
+
+def _detail(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    parsed: dict[str, Any] = orjson.loads(value)
+    return parsed
+
+
+async def _sample_percent(conn: AsyncConnection[Any], gen: Generation, samples: int) -> float:
+    """A BERNOULLI percentage that yields about ``4 * samples`` rows of the strength table."""
+    cur = await conn.execute(
+        "SELECT reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = 'strength_v1'",
+        (gen.schema_name,),
+    )
+    row = await cur.fetchone()
+    rows = max(float(row[0]) if row else 0.0, 1.0)
+    return min(100.0, 100.0 * 4 * samples / rows)
+
+
+async def record(
+    conn: AsyncConnection[Any], state_schema: str, gen: Generation, r: CheckResult
+) -> None:
+    await conn.execute(
+        sql.SQL(
+            "INSERT INTO {}.self_checks (projection, checked_at, ok, checkpoint, stream_last, "
+            "sampled_msgs, sampled_pairs, problems) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (projection) DO UPDATE SET checked_at = EXCLUDED.checked_at, "
+            "ok = EXCLUDED.ok, checkpoint = EXCLUDED.checkpoint, "
+            "stream_last = EXCLUDED.stream_last, sampled_msgs = EXCLUDED.sampled_msgs, "
+            "sampled_pairs = EXCLUDED.sampled_pairs, problems = EXCLUDED.problems"
+        ).format(sql.Identifier(state_schema)),
+        (
+            gen.consumer,
+            datetime.now(UTC),
+            r.ok,
+            r.checkpoint,
+            r.stream_last,
+            r.sampled_msgs,
+            r.sampled_pairs,
+            orjson.dumps(r.problems[:20]).decode(),
+        ),
+    )
+
+
+async def latest(
+    conn: AsyncConnection[Any], state_schema: str, consumer: str
+) -> dict[str, Any] | None:
+    """The last round's result for ``consumer`` (None before the first round)."""
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT checked_at, ok, checkpoint, stream_last, sampled_msgs, sampled_pairs, "
+            "problems FROM {}.self_checks WHERE projection = %s"
+        ).format(sql.Identifier(state_schema)),
+        (consumer,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    at, ok, cp, last, msgs, pairs, problems = row
+    return {
+        "checked_at": at.isoformat(),
+        "ok": ok,
+        "checkpoint": cp,
+        "stream_last_seq": last,
+        "sampled_messages": msgs,
+        "sampled_pairs": pairs,
+        "problems": problems if isinstance(problems, list) else orjson.loads(problems),
+    }
+
+
+async def run_round(
+    conn: AsyncConnection[Any],
+    js: JetStreamContext,
+    *,
+    stream: str,
+    state_schema: str,
+    registry: EventRegistry,
+    gen: Generation,
+    params: Params,
+    samples: int,
+    rng: random.Random,
+    until: datetime | None = None,
+) -> CheckResult:
+    """One round: both comparisons, recorded; an alarm logged on any difference."""
+    result = CheckResult()
+    await check_stream(conn, js, stream, registry, gen, rng, samples, result, until)
+    await check_pairs(conn, gen, params, rng, samples, result)
+    await record(conn, state_schema, gen, result)
+    if result.ok:
+        log.info(
+            "selfcheck.ok",
+            generation=gen.gen,
+            checkpoint=result.checkpoint,
+            sampled_messages=result.sampled_msgs,
+            sampled_pairs=result.sampled_pairs,
+        )
+    else:
+        log.error(
+            "selfcheck.ALARM",
+            generation=gen.gen,
+            problems=result.problems[:20],
+            checkpoint=result.checkpoint,
+            stream_last_seq=result.stream_last,
+        )
+    return result
+
+
+async def sleep_jittered(interval: float, rng: random.Random) -> None:
+    await asyncio.sleep(interval * rng.uniform(0.8, 1.2))
