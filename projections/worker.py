@@ -387,8 +387,12 @@ class Worker:
                 present = await self._first_event_at_or_after(expected)
                 if present != it.seq:
                     self.stats.gaps += 1
-                    log.warning("worker.sequence_gap", expected=expected, got=it.seq,
-                                first_in_stream=present)
+                    log.warning(
+                        "worker.sequence_gap",
+                        expected=expected,
+                        got=it.seq,
+                        first_in_stream=present,
+                    )
                     return None
                 out.append(Gap(expected, it.seq - 1))
             if self.until is not None and isinstance(it, Decoded):
