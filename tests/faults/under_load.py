@@ -12,8 +12,10 @@ processes spin on a core each; it prints every scenario summary line it sees and
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,12 +35,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for run in range(1, a.runs + 1):
             t0 = time.monotonic()
+            # Its own temp root: a concurrent pytest session elsewhere on the machine resets
+            # the shared /tmp/pytest-of-<user> to mode 0700, which locks out the embedded
+            # PostgreSQL's unprivileged user mid-run.
+            base = Path(tempfile.mkdtemp(prefix=f"tieline-under-load-{run}-"))
             done = subprocess.run(
-                [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", *a.tests],
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    "-q",
+                    "-s",
+                    "-p",
+                    "no:cacheprovider",
+                    f"--basetemp={base / 'pytest'}",
+                    *a.tests,
+                ],
                 cwd=REPO,
                 capture_output=True,
                 text=True,
             )
+            shutil.rmtree(base, ignore_errors=True)
             lines = [x for x in done.stdout.splitlines() if x.startswith("scenario=")]
             ok = done.returncode == 0
             passed, failed = passed + ok, failed + (not ok)
