@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -30,6 +31,13 @@ class WriteResult(BaseModel):
     duplicate: bool = False
     error: str | None = None
     errors: list[dict[str, Any]] = []
+
+
+def single_response(result: dict[str, Any]) -> JSONResponse:
+    """A write's result with the status the write-side service decided."""
+    return JSONResponse(
+        WriteResult(**result).model_dump(exclude_none=True), status_code=result["status"]
+    )
 
 
 class BatchResult(BaseModel):

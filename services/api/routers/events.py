@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from tieline.services.api.deps import RT, WS, Writer
 from tieline.services.api.errors import ApiError
-from tieline.services.api.models import BatchResult, WriteResult
+from tieline.services.api.models import BatchResult, WriteResult, single_response
 from tieline.services.service_app import service_for
 
 router = APIRouter()
@@ -50,13 +50,6 @@ def parse_json(raw: bytes, loc: list[str]) -> Any:
             f"{'.'.join(loc)}: not valid JSON ({exc})",
             [{"loc": loc, "msg": f"not valid JSON: {exc}"}],
         ) from exc
-
-
-def single_response(result: dict[str, Any]) -> JSONResponse:
-    """A write's result with the status the write-side service decided."""
-    return JSONResponse(
-        WriteResult(**result).model_dump(exclude_none=True), status_code=result["status"]
-    )
 
 
 @router.post(

@@ -9,8 +9,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import JSONResponse
 from tieline.projections.queries import people as queries
 from tieline.services.api.deps import PID, RT, WS, MinSeq, Reader, Writer
-from tieline.services.api.models import PersonIn, WriteResult
-from tieline.services.api.routers.events import single_response
+from tieline.services.api.models import PersonIn, WriteResult, single_response
 
 router = APIRouter()
 
