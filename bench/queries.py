@@ -320,8 +320,8 @@ async def run_endpoints(
 ) -> dict[str, Any]:
     from psycopg.rows import dict_row
     from psycopg_pool import AsyncConnectionPool
-    from tieline.services.api import queries as q
-    from tieline.services.api import ties
+    from tieline.projections.queries import paths, strength, ties
+    from tieline.projections.queries import timeline as q
 
     ids, pairs, degree = net["ids"], net["pairs"], net["degree"]
     hubs = sorted(degree, key=lambda i: -degree[i])
@@ -350,24 +350,19 @@ async def run_endpoints(
         ),
     }
     raw_calls: dict[str, Callable[[Any, random.Random], Awaitable[Any]]] = {
-        # Whatever the endpoint reads for "now": the stored row when the API has pair_row
-        # (closed-form decay), else every event of the pair (the model re-run per read).
-        "pair strength": (lambda c, r: ties.pair_row(c, ws, *pair(r)))
-        if hasattr(ties, "pair_row")
-        else (lambda c, r: ties.pair_events(c, ws, *pair(r))),
+        # What the endpoint reads for "now": the stored row (closed-form decay).
+        "pair strength": lambda c, r: strength.pair_row(c, ws, *pair(r)),
         "top-50 ties": lambda c, r: ties.ties_of(c, ws, person(r)),
         "timeline": lambda c, r: q.timeline(c, ws, *pair(r), 1000),
         "follow-ups due": lambda c, r: ties.ties_of(c, ws, person(r)),
-        "warm paths": lambda c, r: ties.warm_paths(c, ws, person(r), person(r), 10),
+        "warm paths": lambda c, r: paths.warm_paths(c, ws, person(r), person(r), 10),
     }
     raw_what = {
-        "pair strength": "SELECT the pair's strength row (ties.pair_row)"
-        if hasattr(ties, "pair_row")
-        else "SELECT the pair's events (ties.pair_events)",
+        "pair strength": "SELECT the pair's strength row (strength.pair_row)",
         "top-50 ties": "SELECT the person's ties (ties.ties_of)",
-        "timeline": "SELECT the pair's timeline (queries.timeline)",
+        "timeline": "SELECT the pair's timeline (timeline.timeline)",
         "follow-ups due": "SELECT the person's ties (ties.ties_of)",
-        "warm paths": "ties.warm_paths in-process (its 3 SELECTs + ranking)",
+        "warm paths": "paths.warm_paths in-process (its 3 SELECTs + ranking)",
     }
     out: dict[str, Any] = {}
     pool = AsyncConnectionPool(

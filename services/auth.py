@@ -84,6 +84,15 @@ async def list_tokens(
     return [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in await cur.fetchall()]
 
 
+async def token_in_workspace(conn: AsyncConnection[Any], token_id: str, workspace_id: str) -> bool:
+    """Whether ``token_id`` names a token of ``workspace_id`` (revoked or not)."""
+    cur = await conn.execute(
+        "SELECT 1 FROM api_tokens WHERE token_id = %s AND workspace_id = %s",
+        (token_id, workspace_id),
+    )
+    return await cur.fetchone() is not None
+
+
 async def revoke_token(conn: AsyncConnection[Any], token_id: str) -> bool:
     cur = await conn.execute(
         "UPDATE api_tokens SET revoked_at = now() WHERE token_id = %s AND revoked_at IS NULL",

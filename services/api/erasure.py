@@ -2,23 +2,23 @@
 
 Before the key is destroyed, the person's personal values are decrypted one last time (held in
 memory only, never logged or returned); after the ``person.forgotten`` event is projected, the
-raw stream bytes, the archive and every table in the schema are searched for those values.
+raw stream bytes and every table of the state schema and of every read-model generation (live,
+building, retired, scratch: enumerated from the catalog, not listed by hand) are searched for
+those values.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import uuid4
 
 from nats.js.errors import NotFoundError
-from psycopg import sql
 from tieline.events_schema.registry import REGISTRY
 from tieline.plumbing.crypto import decrypt_payload, fields_of, key_people
-
-if TYPE_CHECKING:
-    from tieline.services.api.app import Runtime
+from tieline.projections.queries.erasure import events_about, rows_containing
+from tieline.services.api.runtime import Runtime
 
 #: Values shorter than this are not searched for (they would match unrelated data).
 MIN_SEARCH_LEN = 4
@@ -27,15 +27,8 @@ STREAM_SCAN_LIMIT = 1_000_000
 
 async def _former_values(rt: Runtime, ws: str, person: str) -> tuple[set[str], int]:
     """Plaintext personal values of events that the person's key protects, and their count."""
-    async with rt.pool.connection() as conn:
-        cur = await conn.execute(
-            """SELECT type, payload FROM events WHERE workspace_id = %s AND (
-                   payload->>'person_id' = %s OR event_id IN (
-                     SELECT event_id FROM pair_events_v1 WHERE workspace_id = %s
-                        AND (person_a = %s OR person_b = %s)))""",
-            (ws, person, ws, person, person),
-        )
-        rows = await cur.fetchall()
+    async with rt.connections.connection() as conn:
+        rows = await events_about(conn, ws, person)
     values: set[str] = set()
     for row in rows:
         cls = REGISTRY.classes.get(row["type"])
@@ -43,7 +36,7 @@ async def _former_values(rt: Runtime, ws: str, person: str) -> tuple[set[str], i
             continue
         event = REGISTRY.decode_obj(row["payload"])
         people = key_people(event)
-        keys = await rt.keystore.keys(ws, people)
+        keys = await rt.decryption.keystore.keys(ws, people)
         plain = decrypt_payload(row["payload"], cls, people, keys)
         for f in fields_of(cls):
             v = plain.get(f)
@@ -62,35 +55,21 @@ def _needles(values: set[str]) -> list[bytes]:
 
 
 async def scan_tables(rt: Runtime, values: set[str]) -> dict[str, int]:
-    """Rows per table (in tieline's schema) whose text contains any of ``values``."""
+    """Rows per table (``schema.table``, over the state schema and every read-model
+    generation) whose text contains any of ``values``."""
     if not values:
         return {}
     patterns = [
         "%" + n.decode().replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%"
         for n in _needles(values)
     ]
-    found: dict[str, int] = {}
-    async with rt.pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
-            "AND table_type = 'BASE TABLE' ORDER BY table_name",
-            (rt.settings.database_schema,),
-        )
-        tables = [r["table_name"] for r in await cur.fetchall()]
-        for t in tables:
-            q = sql.SQL("SELECT count(*) AS n FROM {} x WHERE x::text LIKE ANY(%s)").format(
-                sql.Identifier(t)
-            )
-            c = await conn.execute(q, (patterns,))
-            row = await c.fetchone()
-            found[t] = int(row["n"]) if row else 0
-    return found
+    async with rt.connections.connection() as conn:
+        return await rows_containing(conn, rt.settings.database_schema, patterns)
 
 
 async def scan_stream(rt: Runtime, values: set[str]) -> tuple[int, int]:
     """(messages scanned, messages containing any value) over the raw stream bytes."""
-    assert rt.nc is not None
-    js = rt.nc.jetstream()
+    js = rt.connections.nc.jetstream()
     info = await js.stream_info(rt.settings.stream_name)
     first, last = int(info.state.first_seq), int(info.state.last_seq)
     needles = _needles(values)
@@ -118,13 +97,13 @@ async def forget_person(rt: Runtime, ws: str, person: str, actor: str) -> dict[s
     """Destroy the person's key (through the people service), wait for the projection, and
     report what was removed and what a search for their former values found."""
     values, protected = await _former_values(rt, ws, person)
-    [result] = await rt.command(
+    [result] = await rt.bus.command(
         ws, "people", [{"type": "person.forgotten", "person_id": person}], actor, str(uuid4())
     )
     if result["status"] >= 300:
         return {"person_id": person, "erased": False, "error": result.get("error")}
-    await rt.wait_for_seq(result["seq"])
-    rt.keystore._cache.pop((ws, person), None)
+    await rt.waiter.wait(result["seq"])
+    rt.decryption.drop_cached(ws, person)
     tables = await scan_tables(rt, values)
     scanned, stream_hits = await scan_stream(rt, values)
     clean = stream_hits == 0 and not any(tables.values())

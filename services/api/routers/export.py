@@ -27,9 +27,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
-from psycopg import AsyncConnection
 from tieline.events_schema.registry import REGISTRY
 from tieline.plumbing.crypto import (
     FORGOTTEN,
@@ -38,15 +37,15 @@ from tieline.plumbing.crypto import (
     decrypt_value,
     key_people,
 )
-from tieline.services.api.app import WS, Admin, ApiError, MinSeq, Runtime
+from tieline.projections.queries import export as queries
+from tieline.services.api.deps import RT, WS, Admin, MinSeq
+from tieline.services.api.errors import ApiError
+from tieline.services.api.runtime import PERSON_FIELDS, Runtime
 from tieline.services.auth import Principal
 
 router = APIRouter(tags=["export"])
 
-#: Rows fetched from the server-side cursor, decrypted and sent at a time.
-BLOCK = 1000
 NDJSON = "application/x-ndjson"
-PERSON_FIELDS = ("display_name", "email", "phone", "organization", "title", "notes")
 
 AsOf = Annotated[
     datetime | None,
@@ -80,22 +79,6 @@ def _line(obj: dict[str, Any]) -> bytes:
     )
 
 
-async def _keys(rt: Runtime, ws: str, people: set[str]) -> dict[str, bytes | None]:
-    """The people's keys; a key destroyed in the database counts as gone even if another API
-    instance's cache still held it a moment ago (never decrypt a forgotten person)."""
-    wanted = sorted(people)
-    keys = await rt.keystore.keys(ws, wanted)
-    async with rt.pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT person_id FROM person_keys WHERE workspace_id = %s "
-            "AND person_id = ANY(%s) AND key IS NULL",
-            (ws, wanted),
-        )
-        for row in await cur.fetchall():
-            keys[row["person_id"]] = None
-    return keys
-
-
 async def _render_events(rt: Runtime, ws: str, rows: list[Row]) -> tuple[list[bytes], set[str]]:
     plans: list[tuple[Row, Any, list[str]]] = []
     needed: set[str] = set()
@@ -105,7 +88,7 @@ async def _render_events(rt: Runtime, ws: str, rows: list[Row]) -> tuple[list[by
         people = key_people(cls.model_construct(**payload)) if cls is not None else []
         plans.append((row, cls, people))
         needed.update(people)
-    keys = await _keys(rt, ws, needed) if needed else {}
+    keys = await rt.decryption.keys(ws, needed) if needed else {}
     lines: list[bytes] = []
     for row, cls, people in plans:
         payload = row["payload"]
@@ -124,7 +107,7 @@ async def _render_events(rt: Runtime, ws: str, rows: list[Row]) -> tuple[list[by
 
 async def _render_people(rt: Runtime, ws: str, rows: list[Row]) -> tuple[list[bytes], set[str]]:
     ids = {r["person_id"] for r in rows}
-    keys = await _keys(rt, ws, ids) if ids else {}
+    keys = await rt.decryption.keys(ws, ids) if ids else {}
     lines = []
     for r in rows:
         out = dict(r)
@@ -143,7 +126,7 @@ async def _render_pairs(rt: Runtime, ws: str, rows: list[Row]) -> tuple[list[byt
     for r in rows:
         people.add(r["person_a"])
         people.add(r["person_b"])
-        lines.append(_line({k: v for k, v in r.items() if k not in NOT_EXPORTED}))
+        lines.append(_line(queries.pair_row(r)))
     return lines, people
 
 
@@ -151,30 +134,21 @@ async def _stream(
     rt: Runtime,
     ws: str,
     who: Principal,
-    endpoint: str,
-    query: str,
-    params: dict[str, Any],
+    kind: queries.Kind,
+    cutoff: datetime | None,
     render: Render,
 ) -> AsyncIterator[bytes]:
+    """The export's lines block by block, recording in the access log each person whose data
+    a block reveals (once per export)."""
     audited: set[str] = set()
-    async with rt.pool.connection() as conn, conn.transaction():
-        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        async with _named_cursor(conn) as cur:
-            await cur.execute(query.encode(), params)
-            while True:
-                rows = await cur.fetchmany(BLOCK)
-                if not rows:
-                    break
-                lines, people = await render(rt, ws, rows)
-                fresh = sorted(people - audited)
-                if fresh:
-                    await rt.audit(ws, who, endpoint, fresh)
-                    audited.update(fresh)
-                yield b"".join(lines)
-
-
-def _named_cursor(conn: AsyncConnection[Any]) -> Any:
-    return conn.cursor(name="tieline_export")
+    async with rt.connections.connection() as conn:
+        async for rows in queries.blocks(conn, kind, ws, cutoff):
+            lines, people = await render(rt, ws, rows)
+            fresh = sorted(people - audited)
+            if fresh:
+                await rt.audit.record(ws, who, f"GET export/{kind}", fresh)
+                audited.update(fresh)
+            yield b"".join(lines)
 
 
 def _response(
@@ -191,11 +165,6 @@ def _response(
     return StreamingResponse(body, media_type=NDJSON, headers=headers)
 
 
-def _runtime(request: Request) -> Runtime:
-    rt: Runtime = request.app.state.runtime
-    return rt
-
-
 _STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {NDJSON: {"schema": {"type": "string"}}},
@@ -204,65 +173,18 @@ _STREAM_DOC: dict[int | str, dict[str, Any]] = {
     422: {},
 }
 
-EVENTS_SQL = """
-SELECT e.seq, e.type, e.payload, e.retracted_by,
-       (e.retracted_by IS NOT NULL
-        AND (%(as_of)s::timestamptz IS NULL OR r.occurred_at <= %(as_of)s)) AS retracted
-FROM events e LEFT JOIN events r ON r.event_id = e.retracted_by
-WHERE e.workspace_id = %(ws)s
-  AND (%(as_of)s::timestamptz IS NULL OR e.occurred_at <= %(as_of)s)
-ORDER BY e.seq
-"""
-
-PEOPLE_SQL = """
-SELECT person_id, display_name, email, phone, organization, title, notes, added_at,
-       updated_at, added_event_id, retracted, forgotten
-FROM people_v1
-WHERE workspace_id = %(ws)s AND (%(as_of)s::timestamptz IS NULL OR added_at <= %(as_of)s)
-ORDER BY person_id
-"""
-
-#: Every column of the strength read model as it is (its shape belongs to the strength model),
-#: except ``fold``: the model's running state keyed by stream positions, bookkeeping that means
-#: nothing outside this projection.
-STRENGTH_SQL = """
-SELECT * FROM strength_v1 WHERE workspace_id = %(ws)s ORDER BY person_a, person_b
-"""
-#: Columns a pair export leaves out (see STRENGTH_SQL).
-NOT_EXPORTED = frozenset({"workspace_id", "fold"})
-
-TIMELINE_SQL = """
-SELECT t.person_a, t.person_b, t.event_id, t.seq, t.type, t.occurred_at, t.recorded_at,
-       t.recorded_by, t.detail,
-       COALESCE(t.retracted AND (%(as_of)s::timestamptz IS NULL OR r.occurred_at <= %(as_of)s),
-                false) AS retracted
-FROM pair_events_v1 t
-LEFT JOIN events e ON e.event_id = t.event_id
-LEFT JOIN events r ON r.event_id = e.retracted_by
-WHERE t.workspace_id = %(ws)s
-  AND (%(as_of)s::timestamptz IS NULL OR t.occurred_at <= %(as_of)s)
-ORDER BY t.person_a, t.person_b, t.occurred_at, t.seq
-"""
-
-
-def _params(ws: str, cutoff: datetime | None) -> dict[str, Any]:
-    return {"ws": ws, "as_of": cutoff}
-
 
 @router.get(
     "/v1/workspaces/{ws}/export/events", responses=_STREAM_DOC, response_class=StreamingResponse
 )
 async def export_events(
-    ws: WS, request: Request, who: Admin, as_of: AsOf = None, min_seq: MinSeq = None
+    ws: WS, rt: RT, who: Admin, as_of: AsOf = None, min_seq: MinSeq = None
 ) -> StreamingResponse:
     """Every archived event of the workspace in stream order, decrypted (a forgotten
     person's fields read ``[erased]``), with ``seq``, ``retracted`` and ``retracted_by``."""
     cutoff = _cutoff(as_of)
-    rt = _runtime(request)
-    await rt.wait_for_seq(min_seq)
-    body = _stream(
-        rt, ws, who, "GET export/events", EVENTS_SQL, _params(ws, cutoff), _render_events
-    )
+    await rt.waiter.wait(min_seq)
+    body = _stream(rt, ws, who, "events", cutoff, _render_events)
     return _response(body, "events", cutoff)
 
 
@@ -270,15 +192,12 @@ async def export_events(
     "/v1/workspaces/{ws}/export/people", responses=_STREAM_DOC, response_class=StreamingResponse
 )
 async def export_people(
-    ws: WS, request: Request, who: Admin, as_of: AsOf = None, min_seq: MinSeq = None
+    ws: WS, rt: RT, who: Admin, as_of: AsOf = None, min_seq: MinSeq = None
 ) -> StreamingResponse:
     """The directory, decrypted. ``as_of``: people added by then, with current values."""
     cutoff = _cutoff(as_of)
-    rt = _runtime(request)
-    await rt.wait_for_seq(min_seq)
-    body = _stream(
-        rt, ws, who, "GET export/people", PEOPLE_SQL, _params(ws, cutoff), _render_people
-    )
+    await rt.waiter.wait(min_seq)
+    body = _stream(rt, ws, who, "people", cutoff, _render_people)
     note = (
         None
         if cutoff is None
@@ -291,16 +210,13 @@ async def export_people(
     "/v1/workspaces/{ws}/export/strength", responses=_STREAM_DOC, response_class=StreamingResponse
 )
 async def export_strength(
-    ws: WS, request: Request, who: Admin, as_of: AsOf = None, min_seq: MinSeq = None
+    ws: WS, rt: RT, who: Admin, as_of: AsOf = None, min_seq: MinSeq = None
 ) -> StreamingResponse:
     """Strength per pair. ``as_of`` is not applied yet (the rows are the current ones; the
     ``X-Tieline-As-Of`` header says so): the strength model is being replaced."""
     cutoff = _cutoff(as_of)
-    rt = _runtime(request)
-    await rt.wait_for_seq(min_seq)
-    body = _stream(
-        rt, ws, who, "GET export/strength", STRENGTH_SQL, _params(ws, cutoff), _render_pairs
-    )
+    await rt.waiter.wait(min_seq)
+    body = _stream(rt, ws, who, "strength", cutoff, _render_pairs)
     note = None if cutoff is None else "not applied: strength rows are the current ones"
     return _response(body, "strength", cutoff, note)
 
@@ -309,13 +225,10 @@ async def export_strength(
     "/v1/workspaces/{ws}/export/timeline", responses=_STREAM_DOC, response_class=StreamingResponse
 )
 async def export_timeline(
-    ws: WS, request: Request, who: Admin, as_of: AsOf = None, min_seq: MinSeq = None
+    ws: WS, rt: RT, who: Admin, as_of: AsOf = None, min_seq: MinSeq = None
 ) -> StreamingResponse:
     """Every (pair, event) row of the relationship timelines, by pair and time."""
     cutoff = _cutoff(as_of)
-    rt = _runtime(request)
-    await rt.wait_for_seq(min_seq)
-    body = _stream(
-        rt, ws, who, "GET export/timeline", TIMELINE_SQL, _params(ws, cutoff), _render_pairs
-    )
+    await rt.waiter.wait(min_seq)
+    body = _stream(rt, ws, who, "timeline", cutoff, _render_pairs)
     return _response(body, "timeline", cutoff)

@@ -1,0 +1,34 @@
+"""The people directory (``people_v1``). Personal fields come back as stored (encrypted);
+decrypting them is the caller's business, with the people's keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+from tieline.projections.queries.common import Row
+
+
+async def list_people(
+    conn: AsyncConnection[Any], ws: str, limit: int, after: str | None
+) -> list[Row]:
+    """A page of the directory in person-id order, starting after ``after``."""
+    cur = await conn.execute(
+        """SELECT person_id, display_name, email, phone, organization, title, added_at,
+                  updated_at, forgotten
+           FROM people_v1 WHERE workspace_id = %s AND NOT retracted AND person_id > %s
+           ORDER BY person_id LIMIT %s""",
+        (ws, after or "", limit),
+    )
+    return await cur.fetchall()
+
+
+async def get_person(conn: AsyncConnection[Any], ws: str, person: str) -> Row | None:
+    """One person's row (None if unknown or retracted)."""
+    cur = await conn.execute(
+        """SELECT person_id, display_name, email, phone, organization, title, notes, added_at,
+                  updated_at, forgotten FROM people_v1
+           WHERE workspace_id = %s AND person_id = %s AND NOT retracted""",
+        (ws, person),
+    )
+    return await cur.fetchone()

@@ -1,0 +1,154 @@
+"""Strength of one pair, served from the strength projection and the pure strength model.
+
+Current scores come from each pair's stored decay state (closed form, no rewrite of rows over
+time); anything ``as_of`` an earlier date, and every explanation, is the pure model evaluated
+over the pair's events up to that date, so the API and a replay always agree.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+from tieline.projections.queries.common import Row, now, ordered
+from tieline.projections.strength_model import (
+    PARAMS,
+    TIERS,
+    DecayState,
+    PairEvent,
+    Params,
+    Strength,
+    can_vouch,
+    strength,
+    tier_for,
+)
+
+#: The columns of ``strength_v1`` a tie read needs (everything but the fold state).
+TIE_COLS = """person_a, person_b, score, tier, state_at, fast, slow, reciprocity_factor, rating,
+    event_count, meetings, follow_ups, introductions, helps, ratings, first_contact_at,
+    last_contact_at, score_at_last_contact, deepest_meeting, one_sided, can_vouch, reciprocity,
+    params_version"""
+
+
+def state_of(row: Row) -> DecayState:
+    return DecayState(
+        row["state_at"],
+        row["fast"],
+        row["slow"],
+        row["reciprocity_factor"],
+        row["rating"],
+        row["params_version"],
+    )
+
+
+def score_at(row: Row, when: datetime, params: Params = PARAMS) -> float:
+    """The pair's score at ``when`` (>= its latest event) from its stored decay state."""
+    return state_of(row).score_at(when, params)
+
+
+async def pair_events(
+    conn: AsyncConnection[Any], ws: str, a: str, b: str, as_of: datetime | None = None
+) -> list[PairEvent]:
+    """The pair's events that count (not retracted; occurred by ``as_of`` when given)."""
+    pa, pb = ordered(a, b)
+    cur = await conn.execute(
+        """SELECT event_id, type, occurred_at, seq, detail FROM pair_events_v1
+           WHERE workspace_id = %s AND person_a = %s AND person_b = %s AND NOT retracted
+             AND (%s::timestamptz IS NULL OR occurred_at <= %s)""",
+        (ws, pa, pb, as_of, as_of),
+    )
+    return [
+        PairEvent(
+            str(r["event_id"]), r["type"], r["occurred_at"], int(r["seq"]), pa, pb, r["detail"]
+        )
+        for r in await cur.fetchall()
+    ]
+
+
+async def pair_strength(
+    conn: AsyncConnection[Any], ws: str, a: str, b: str, as_of: datetime | None
+) -> Strength | None:
+    """The pure model over the pair's events as of ``as_of`` (now when None); None when the
+    pair has no recorded contact."""
+    events = await pair_events(conn, ws, a, b, as_of)
+    if not events:
+        return None
+    return strength(events, PARAMS, as_of or now())
+
+
+def summary(s: Strength, a: str, b: str) -> dict[str, Any]:
+    """What the pair endpoint returns."""
+    pa, pb = ordered(a, b)
+    vouch, reasons = can_vouch(s, PARAMS)
+    counts: dict[str, int] = defaultdict(int)
+    for c in s.contributions:
+        counts[c.type] += 1
+    return {
+        "person_a": pa,
+        "person_b": pb,
+        "score": round(s.score, 4),
+        "tier": s.tier,
+        "as_of": s.as_of,
+        "params_version": PARAMS.version,
+        "event_count": len(s.contributions),
+        "meetings": counts["relationship.met"],
+        "follow_ups": counts["relationship.followed_up"],
+        "introductions": counts["relationship.introduced"],
+        "helps": counts["relationship.helped"],
+        "ratings": counts["relationship.closeness_rated"],
+        "first_contact_at": s.first_contact_at,
+        "last_contact_at": s.last_contact_at,
+        "days_since_contact": s.days_since_contact,
+        "reciprocity": s.reciprocity,
+        "can_vouch": vouch,
+        "vouch_reasons": reasons,
+    }
+
+
+async def pair_row(conn: AsyncConnection[Any], ws: str, a: str, b: str) -> Row | None:
+    """The pair's stored strength row (None if the pair has none)."""
+    pa, pb = ordered(a, b)
+    cur = await conn.execute(
+        f"SELECT {TIE_COLS} FROM strength_v1 WHERE workspace_id = %s AND person_a = %s "
+        "AND person_b = %s",
+        (ws, pa, pb),
+    )
+    return await cur.fetchone()
+
+
+def summary_now(row: Row, when: datetime) -> dict[str, Any]:
+    """The pair endpoint's answer for *now*, from the stored decay state (one indexed row, no
+    history walk); the same numbers the pure model gives (tests/e2e compare them)."""
+    score = score_at(row, when)
+    last = row["last_contact_at"]
+    return {
+        "person_a": row["person_a"],
+        "person_b": row["person_b"],
+        "score": round(score, 4),
+        "tier": tier_for(score, PARAMS),
+        "as_of": when,
+        "params_version": row["params_version"],
+        "event_count": row["event_count"],
+        "meetings": row["meetings"],
+        "follow_ups": row["follow_ups"],
+        "introductions": row["introductions"],
+        "helps": row["helps"],
+        "ratings": row["ratings"],
+        "first_contact_at": row["first_contact_at"],
+        "last_contact_at": last,
+        "days_since_contact": None if last is None else (when - last).total_seconds() / 86400,
+        "reciprocity": row["reciprocity"],
+        "can_vouch": vouches_now(row, when)[0],
+    }
+
+
+VOUCH_RANK = TIERS.index(PARAMS.vouch_tier)
+
+
+def vouches_now(row: Row, when: datetime) -> tuple[bool, float]:
+    """Whether a stored tie can vouch at ``when``: it could at its latest event and its decayed
+    score still reaches the vouching tier."""
+    score = score_at(row, when)
+    return bool(row["can_vouch"]) and TIERS.index(tier_for(score, PARAMS)) <= VOUCH_RANK, score

@@ -1,0 +1,147 @@
+"""A person's ties: ranked with Dunbar-like tiers, follow-ups due, and give-and-take.
+
+Scores *now* come from each tie's stored decay state; a tie whose stored state is later than
+``as_of`` is re-evaluated with the pure model over its events up to then.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from psycopg import AsyncConnection
+from tieline.projections.queries.common import Row, now
+from tieline.projections.queries.strength import TIE_COLS, pair_strength, score_at
+from tieline.projections.strength_model import (
+    PARAMS,
+    Strength,
+    assign_tiers,
+    follow_up_due,
+    tier_for,
+)
+
+#: (stored row, score at the asked time, the model's strength when it was recomputed)
+Scored = tuple[Row, float, Strength | None]
+
+
+async def ties_of(conn: AsyncConnection[Any], ws: str, person: str) -> list[Row]:
+    """Every stored tie of ``person``, each with ``other`` naming the other side."""
+    cur = await conn.execute(
+        f"""SELECT person_b AS other, {TIE_COLS} FROM strength_v1
+             WHERE workspace_id = %(ws)s AND person_a = %(p)s
+            UNION ALL
+            SELECT person_a AS other, {TIE_COLS} FROM strength_v1
+             WHERE workspace_id = %(ws)s AND person_b = %(p)s""",
+        {"ws": ws, "p": person},
+    )
+    return list(await cur.fetchall())
+
+
+async def scored_ties(
+    conn: AsyncConnection[Any], ws: str, person: str, as_of: datetime | None
+) -> list[Scored]:
+    """(row, score at as_of, strength when recomputed) for every tie of ``person``."""
+    rows = await ties_of(conn, ws, person)
+    out: list[Scored] = []
+    when = as_of or now()
+    for row in rows:
+        if as_of is None or (row["state_at"] is not None and as_of >= row["state_at"]):
+            out.append((row, score_at(row, when), None))
+            continue
+        if row["first_contact_at"] is not None and row["first_contact_at"] > as_of:
+            continue  # the tie did not exist yet
+        s = await pair_strength(conn, ws, row["person_a"], row["person_b"], as_of)
+        if s is not None:
+            out.append((row, s.score, s))
+    return out
+
+
+def tie_view(row: Row, score: float, tier: str, s: Strength | None) -> dict[str, Any]:
+    return {
+        "other": row["other"],
+        "score": round(score, 4),
+        "tier": tier,
+        "event_count": row["event_count"] if s is None else len(s.contributions),
+        "meetings": row["meetings"],
+        "last_contact_at": row["last_contact_at"] if s is None else s.last_contact_at,
+        "one_sided": row["one_sided"] if s is None else bool(s.reciprocity.get("one_sided")),
+    }
+
+
+def _due_stored(row: Row, score: float, when: datetime) -> tuple[bool, float, Any, str | None]:
+    """(due, at stake, last contact, tier at last contact) from a stored tie; not due when
+    the tie has no last contact or no cadence."""
+    last = row["last_contact_at"]
+    was = (
+        None
+        if row["score_at_last_contact"] is None
+        else tier_for(row["score_at_last_contact"], PARAMS)
+    )
+    cadence = None if was is None else PARAMS.tier_cadence_days.get(was)
+    if last is None or cadence is None:
+        return False, 0.0, last, was
+    is_due = (when - last).total_seconds() / 86400 > cadence
+    stake = max(score - score_at(row, when + timedelta(days=cadence)), 0.0)
+    return is_due, stake, last, was
+
+
+def follow_ups(scored: list[Scored], when: datetime) -> list[dict[str, Any]]:
+    """Ties whose time since last contact exceeds their tier's cadence, most at stake first."""
+    due = []
+    for row, score, s in scored:
+        if s is not None:
+            is_due, stake = follow_up_due(s, when, PARAMS)
+            last = s.last_contact_at
+            was = (
+                None
+                if s.score_at_last_contact is None
+                else tier_for(s.score_at_last_contact, PARAMS)
+            )
+        else:
+            is_due, stake, last, was = _due_stored(row, score, when)
+        if is_due and last is not None:
+            due.append(
+                {
+                    "other": row["other"],
+                    "score": round(score, 4),
+                    "tier_at_last_contact": was,
+                    "last_contact_at": last,
+                    "days_since_contact": round((when - last).total_seconds() / 86400, 1),
+                    "cadence_days": PARAMS.tier_cadence_days.get(was or ""),
+                    "at_stake": round(stake, 4),
+                }
+            )
+    due.sort(key=lambda d: (-d["at_stake"], d["other"]))
+    return due
+
+
+def ranked(scored: list[Scored], order: str, limit: int) -> list[dict[str, Any]]:
+    """The ties with tiers that respect the layers' capacities, strongest or latest first."""
+    tiers = assign_tiers({row["other"]: score for row, score, _ in scored}, PARAMS)
+    views = [tie_view(row, score, tiers[row["other"]], s) for row, score, s in scored]
+    if order == "strength":
+        views.sort(key=lambda v: (-v["score"], v["other"]))
+    else:
+        views.sort(
+            key=lambda v: (v["last_contact_at"] is None, v["last_contact_at"] or now(), v["other"]),
+            reverse=False,
+        )
+        views.sort(
+            key=lambda v: v["last_contact_at"] or datetime.min.replace(tzinfo=UTC), reverse=True
+        )
+    return views[:limit]
+
+
+async def give_and_take(
+    conn: AsyncConnection[Any], ws: str, person: str, one_sided: bool | None
+) -> list[dict[str, Any]]:
+    """Per tie, who makes the effort (the stored reciprocity) and whether it is one-sided;
+    one-sided ties first. ``one_sided`` filters on that flag when given."""
+    rows = await ties_of(conn, ws, person)
+    out = [
+        {"other": r["other"], "one_sided": r["one_sided"], "reciprocity": r["reciprocity"]}
+        for r in rows
+        if one_sided is None or r["one_sided"] == one_sided
+    ]
+    out.sort(key=lambda x: (not x["one_sided"], x["other"]))
+    return out

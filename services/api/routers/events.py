@@ -1,0 +1,153 @@
+"""Recording events: one event per request, or a JSON Lines batch. Both go to the write-side
+services as commands over NATS; each answer carries the stream sequence of what was written."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from uuid import uuid4
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from tieline.services.api.deps import RT, WS, Writer
+from tieline.services.api.errors import ApiError
+from tieline.services.api.models import BatchResult, WriteResult, single_response
+from tieline.services.service_app import service_for
+
+router = APIRouter()
+
+#: Lines per request/reply command; keeps each NATS message well under its payload limit.
+CHUNK_LINES = 500
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(
+            413,
+            f"body: larger than the {limit}-byte limit",
+            [{"loc": ["body"], "msg": f"larger than {limit} bytes"}],
+        )
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(
+                413,
+                f"body: larger than the {limit}-byte limit",
+                [{"loc": ["body"], "msg": f"larger than {limit} bytes"}],
+            )
+    return body
+
+
+def parse_json(raw: bytes, loc: list[str]) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(
+            422,
+            f"{'.'.join(loc)}: not valid JSON ({exc})",
+            [{"loc": loc, "msg": f"not valid JSON: {exc}"}],
+        ) from exc
+
+
+@router.post(
+    "/v1/workspaces/{ws}/events",
+    tags=["events"],
+    status_code=201,
+    response_model=WriteResult,
+    responses={404: {}, 409: {}, 413: {}, 422: {}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "description": "One event object: `type` plus its fields "
+                        "(see events_schema/jsonschema)."
+                        " event_id, occurred_at, correlation_id and causation_id are optional.",
+                    }
+                }
+            },
+        }
+    },
+)
+async def record_event(ws: WS, request: Request, who: Writer, rt: RT) -> JSONResponse:
+    raw = await read_body(request, rt.settings.max_event_bytes)
+    obj = parse_json(raw, ["body"])
+    if not isinstance(obj, dict):
+        raise ApiError(
+            422,
+            "body: an event must be a JSON object",
+            [{"loc": ["body"], "msg": "must be a JSON object"}],
+        )
+    [result] = await rt.bus.command(
+        ws, service_for(obj.get("type")), [obj], who.actor, str(uuid4())
+    )
+    return single_response(result)
+
+
+@router.post(
+    "/v1/workspaces/{ws}/events/batch",
+    tags=["events"],
+    response_model=BatchResult,
+    responses={413: {}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-ndjson": {
+                    "schema": {
+                        "type": "string",
+                        "description": "JSON Lines: one event object per line; "
+                        "blank lines are skipped.",
+                    }
+                }
+            },
+        }
+    },
+)
+async def record_batch(ws: WS, request: Request, who: Writer, rt: RT) -> BatchResult:
+    settings = rt.settings
+    raw = await read_body(request, settings.max_batch_bytes)
+    lines = [ln for ln in raw.splitlines()]
+    if len(lines) > settings.max_batch_lines:
+        raise ApiError(413, f"body: more than {settings.max_batch_lines} lines")
+    results: list[dict[str, Any] | None] = [None] * len(lines)
+    runs: list[tuple[str, list[int]]] = []  # consecutive lines for the same service
+    objs: dict[int, Any] = {}
+    for i, line in enumerate(lines):
+        if not line.strip():
+            results[i] = {"status": 204}
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            results[i] = {
+                "status": 422,
+                "error": f"line {i + 1}: not valid JSON ({exc})",
+                "errors": [{"loc": ["line", str(i + 1)], "msg": "not valid JSON"}],
+            }
+            continue
+        objs[i] = obj
+        service = service_for(obj.get("type") if isinstance(obj, dict) else None)
+        if runs and runs[-1][0] == service and len(runs[-1][1]) < CHUNK_LINES:
+            runs[-1][1].append(i)
+        else:
+            runs.append((service, [i]))
+    correlation = str(uuid4())
+    for service, idx in runs:
+        out = await rt.bus.command(ws, service, [objs[i] for i in idx], who.actor, correlation)
+        for i, r in zip(idx, out, strict=True):
+            results[i] = r
+    final = [WriteResult(**r) for r in results if r is not None and r["status"] != 204]
+    seqs = [r.seq for r in final if r.seq is not None]
+    accepted = sum(1 for r in final if r.status < 300)
+    return BatchResult(
+        accepted=accepted,
+        rejected=len(final) - accepted,
+        last_seq=max(seqs) if seqs else None,
+        results=final,
+    )

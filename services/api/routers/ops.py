@@ -1,0 +1,56 @@
+"""Liveness and readiness for orchestrators (no authentication)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from tieline.projections.queries.common import checkpoint
+from tieline.services.api.deps import RT
+from tieline.services.api.runtime import Runtime
+
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["ops"])
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+async def _stream_seq(rt: Runtime) -> tuple[str, int]:
+    """("ok", the stream's last seq), or why NATS is unavailable and -1."""
+    try:
+        assert rt.connections.nats_connected
+        info = await rt.connections.nc.jetstream().stream_info(rt.settings.stream_name)
+        return "ok", int(info.state.last_seq)
+    except Exception as exc:
+        return f"unavailable: {type(exc).__name__}", -1
+
+
+async def _checkpoint(rt: Runtime) -> tuple[str, int]:
+    """("ok", the live projection's checkpoint), or why PostgreSQL is unavailable and -1."""
+    try:
+        async with rt.connections.connection(timeout=2) as conn:
+            seen = await checkpoint(conn, rt.connections.pool.generation.consumer)
+        return "ok", seen
+    except Exception as exc:
+        return f"unavailable: {type(exc).__name__}", -1
+
+
+@router.get("/readyz", tags=["ops"])
+async def readyz(rt: RT) -> JSONResponse:
+    checks: dict[str, Any] = {}
+    checks["nats"], stream_seq = await _stream_seq(rt)
+    checks["postgres"], seen = await _checkpoint(rt)
+    ok = stream_seq >= 0 and seen >= 0
+    if ok:
+        lag = max(stream_seq - seen, 0)
+        checks["projection"] = {
+            "stream_seq": stream_seq,
+            "checkpoint": seen,
+            "lag": lag,
+            "generation": rt.connections.pool.generation.gen,
+        }
+        ok = lag <= rt.settings.ready_max_lag
+    return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)

@@ -1,0 +1,323 @@
+"""What the API holds while it runs, one small class per job: connections, the principal
+cache, the access log, decryption, the command bus and the read-your-writes waiter.
+
+Nothing here connects when built; :meth:`Runtime.start` opens everything in the app's
+lifespan and :meth:`Runtime.stop` closes it in reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from tieline.plumbing import db
+from tieline.plumbing.config import Settings
+from tieline.plumbing.crypto import FORGOTTEN, KeyStore, decrypt_value, master_key_from_env
+from tieline.plumbing.jetstream import connect_nats, ensure_streams
+from tieline.plumbing.state import ensure_state_schema
+from tieline.plumbing.subjects import command_subject
+from tieline.projections.queries.common import checkpoint
+from tieline.projections.readpool import LivePool
+from tieline.services.api.errors import ApiError
+from tieline.services.auth import FailureLimiter, Principal, verify_token
+
+log = structlog.get_logger(__name__)
+
+#: Personal fields of a people row (encrypted at rest).
+PERSON_FIELDS = ("display_name", "email", "phone", "organization", "title", "notes")
+
+
+class Connections:
+    """The read pool (following the live read-model generation), the access-log pool and
+    the NATS connection."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pool = LivePool(settings, min_size=2, max_size=16)
+        # The read-access log: one INSERT per read of personal data. Without waiting for its
+        # WAL flush (an fsync per read, measured as the largest single cost of a read), a crash
+        # of PostgreSQL itself can lose the last fraction of a second of access records; an
+        # API crash loses none (each INSERT has reached PostgreSQL before the answer is sent).
+        self.audit_pool = db.make_pool(
+            settings, min_size=1, max_size=4, synchronous_commit=settings.audit_synchronous_commit
+        )
+        self._nc: NatsClient | None = None
+
+    @property
+    def nc(self) -> NatsClient:
+        assert self._nc is not None, "Connections.open() first"
+        return self._nc
+
+    @property
+    def nats_connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    def connection(self, timeout: float | None = None) -> Any:
+        """A read connection on the live generation (``async with``)."""
+        return self.pool.connection(timeout=timeout)
+
+    async def open(self) -> None:
+        self._nc = await connect_nats(self.settings, name="tieline-api")
+        await ensure_streams(self._nc.jetstream(), self.settings)
+        await self.pool.open(wait=True)
+        async with self.pool.connection() as conn:
+            await ensure_state_schema(conn, self.settings.database_schema)
+        await self.audit_pool.open(wait=True)
+
+    async def close(self) -> None:
+        await self.audit_pool.close()
+        await self.pool.close()
+        if self._nc is not None:
+            await self._nc.drain()
+
+
+class PrincipalCache:
+    """Bearer tokens to principals, cached for a few seconds (so a revocation takes effect
+    within that time on other instances); keyed by a hash, never by the token itself."""
+
+    def __init__(self, connections: Connections, ttl_s: float = 5.0, max_entries: int = 10_000):
+        self.connections = connections
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._cache: dict[str, tuple[float, Principal]] = {}
+
+    async def get(self, token: str) -> Principal | None:
+        """The token's principal, or None when it is unknown, malformed or revoked."""
+        key = hashlib.sha256(token.encode()).hexdigest()
+        hit = self._cache.get(key)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        async with self.connections.connection() as conn:
+            found = await verify_token(conn, token)
+        if found is not None:
+            if len(self._cache) > self.max_entries:
+                self._cache.clear()
+            self._cache[key] = (now, found)
+        return found
+
+    def clear(self) -> None:
+        """Forget every cached principal (after a revocation on this instance)."""
+        self._cache.clear()
+
+
+class AuditLog:
+    """The access log: who read whose personal data, through which endpoint."""
+
+    def __init__(self, connections: Connections) -> None:
+        self.connections = connections
+
+    async def record(self, ws: str, who: Principal, endpoint: str, people: list[str]) -> None:
+        """Record that ``who`` read personal data of ``people``."""
+        if not people:
+            return
+        async with self.connections.audit_pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO access_log (workspace_id, actor, endpoint, person_ids) "
+                "VALUES (%s, %s, %s, %s)",
+                (ws, who.actor, endpoint, people),
+            )
+
+    async def entries(self, ws: str, person: str | None, limit: int) -> list[dict[str, Any]]:
+        """The latest ``limit`` entries, newest first; those naming ``person`` when given."""
+        async with self.connections.connection() as conn:
+            cur = await conn.execute(
+                """SELECT at, actor, endpoint, person_ids FROM access_log
+                   WHERE workspace_id = %s AND (%s::text IS NULL OR %s = ANY(person_ids))
+                   ORDER BY id DESC LIMIT %s""",
+                (ws, person, person, limit),
+            )
+            rows: list[dict[str, Any]] = await cur.fetchall()
+        return rows
+
+
+class Decryption:
+    """Personal fields in plaintext for an answer, with the people's keys; a forgotten
+    person's fields never come back."""
+
+    def __init__(self, connections: Connections, keystore: KeyStore) -> None:
+        self.connections = connections
+        self.keystore = keystore
+
+    async def reveal(self, ws: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Decrypt people rows; a forgotten person shows as such, with nothing else."""
+        keys = await self.keystore.keys(ws, [r["person_id"] for r in rows])
+        out = []
+        for r in rows:
+            r = dict(r)
+            forgotten = r.pop("forgotten", False)
+            key = keys.get(r["person_id"])
+            for f in PERSON_FIELDS:
+                if f in r:
+                    r[f] = None if forgotten else decrypt_value(key, ws, f, r[f])
+            if forgotten:
+                r["display_name"] = FORGOTTEN
+            r["forgotten"] = forgotten
+            out.append(r)
+        return out
+
+    async def keys(self, ws: str, people: set[str]) -> dict[str, bytes | None]:
+        """The people's keys; a key destroyed in the database counts as gone even if another
+        API instance's cache still held it a moment ago (never decrypt a forgotten person)."""
+        wanted = sorted(people)
+        keys = await self.keystore.keys(ws, wanted)
+        async with self.connections.connection() as conn:
+            cur = await conn.execute(
+                "SELECT person_id FROM person_keys WHERE workspace_id = %s "
+                "AND person_id = ANY(%s) AND key IS NULL",
+                (ws, wanted),
+            )
+            for row in await cur.fetchall():
+                keys[row["person_id"]] = None
+        return keys
+
+    def drop_cached(self, ws: str, person: str) -> None:
+        """Forget this instance's cached key of ``person`` (after destroying it)."""
+        self.keystore._cache.pop((ws, person), None)
+
+
+class CommandBus:
+    """Commands to the write-side services over NATS request/reply."""
+
+    def __init__(self, settings: Settings, connections: Connections) -> None:
+        self.settings = settings
+        self.connections = connections
+
+    async def command(
+        self, ws: str, service: str, items: list[Any], actor: str, correlation_id: str
+    ) -> list[dict[str, Any]]:
+        """One result per item, in order; 503 when the service is not there or too slow,
+        502 when its answer does not fit the request."""
+        subject = command_subject(self.settings.subject_prefix, ws, service, "record")
+        body = json.dumps(
+            {"actor": actor, "correlation_id": correlation_id, "items": items}, default=str
+        ).encode()
+        try:
+            reply = await self.connections.nc.request(
+                subject, body, timeout=self.settings.command_timeout_s
+            )
+        except NoRespondersError as exc:
+            raise ApiError(503, f"the {service} service is not running") from exc
+        except NatsTimeout as exc:
+            raise ApiError(503, f"the {service} service did not answer in time") from exc
+        data = json.loads(reply.data)
+        if "results" not in data or len(data["results"]) != len(items):
+            raise ApiError(502, f"the {service} service answered: {data.get('error')}")
+        results: list[dict[str, Any]] = data["results"]
+        return results
+
+
+class ReadYourWrites:
+    """Waits until the live projection has applied a stream sequence (``?min_seq``)."""
+
+    def __init__(self, settings: Settings, connections: Connections) -> None:
+        self.settings = settings
+        self.connections = connections
+        self._changed = asyncio.Event()
+        self._checkpoints: dict[str, int] = {}  # generation schema -> committed seq (NOTIFY)
+
+    async def wait(self, min_seq: int | None) -> None:
+        """Read-your-writes: wait until the live projection's checkpoint reaches ``min_seq``
+        (bounded by ``min_seq_wait_s``). The worker's ``tieline_checkpoint`` NOTIFY says at
+        once when a batch commits (and usually answers without a query); a short poll of the
+        checkpoint remains the fallback."""
+        if not min_seq:
+            return
+        deadline = time.monotonic() + self.settings.min_seq_wait_s
+        while True:
+            changed = self._changed  # taken before the read: no lost wake-up
+            generation = self.connections.pool.generation
+            if self._checkpoints.get(generation.schema_name, 0) >= min_seq:
+                return
+            async with self.connections.connection() as conn:
+                seen = await checkpoint(conn, generation.consumer)
+            if seen >= min_seq:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ApiError(
+                    503,
+                    f"projection has reached seq {seen}, not min_seq {min_seq}, "
+                    f"within {self.settings.min_seq_wait_s:g}s; retry later",
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout=min(left, 0.05))
+
+    async def listen(self) -> None:
+        """Follow every projection's committed checkpoint ("<read-model schema> <seq>"
+        notifications) and wake ``wait`` callers."""
+        while True:
+            try:
+                conn = await db.connect(self.settings)
+                try:
+                    await conn.execute("LISTEN tieline_checkpoint")
+                    async for n in conn.notifies():
+                        self.committed(n.payload)
+                finally:
+                    await conn.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # database restarting: waiters fall back to polling
+                self._checkpoints.clear()  # notifications may have been missed meanwhile
+                log.warning("api.checkpoint_listener_retry", error=str(exc))
+                await asyncio.sleep(1.0)
+
+    def committed(self, payload: str) -> None:
+        """A checkpoint notification: remember the seq and wake every waiter."""
+        schema, _, seq = payload.rpartition(" ")
+        if schema and seq.isdigit():
+            # Commits of one projection are serial, so its notifications arrive in order.
+            self._checkpoints[schema] = max(self._checkpoints.get(schema, 0), int(seq))
+        woken, self._changed = self._changed, asyncio.Event()
+        woken.set()
+
+
+@dataclass
+class Runtime:
+    """Everything the routes use, built from the settings without connecting."""
+
+    settings: Settings
+    connections: Connections
+    principals: PrincipalCache
+    audit: AuditLog
+    decryption: Decryption
+    bus: CommandBus
+    waiter: ReadYourWrites
+    limiter: FailureLimiter
+    _listener: asyncio.Task[None] | None = None
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        conns = Connections(settings)
+        keystore = KeyStore(conns.pool, master_key_from_env(settings.master_key))
+        return cls(
+            settings=settings,
+            connections=conns,
+            principals=PrincipalCache(conns),
+            audit=AuditLog(conns),
+            decryption=Decryption(conns, keystore),
+            bus=CommandBus(settings, conns),
+            waiter=ReadYourWrites(settings, conns),
+            limiter=FailureLimiter(settings.auth_failures_per_minute, 60.0),
+        )
+
+    async def start(self) -> None:
+        """Open the connections and start following projection checkpoints."""
+        await self.connections.open()
+        self._listener = asyncio.create_task(self.waiter.listen())
+        log.info("api.started", port=self.settings.api_port)
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self.connections.close()

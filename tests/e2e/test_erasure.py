@@ -1,0 +1,205 @@
+"""Erasure by crypto-shredding, proved independently of the product's own report: after a
+forget, nothing of the person's former values can be recovered from the raw streams or from
+any row of any table (state schema, live and retired read-model generations) by a party
+holding the database, the log and the master key; before it, the same search finds them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from psycopg import AsyncConnection, sql
+from tieline.plumbing.config import Settings
+from tieline.projections import replay
+from tieline.services.runtime.supervisor import Stack, StackConfig
+
+from tests.conftest import Servers, settings_env, unique_settings
+from tests.e2e.conftest import make_token
+from tests.e2e.test_walking_skeleton import add_people
+from tests.e2e.traces import Attacker, Traces
+
+
+@pytest.fixture
+def own_stack(servers: Servers, tmp_path: Path) -> Iterator[tuple[Stack, Settings]]:
+    """A stack of its own (own stream and schema), so the test can rebuild the read models
+    into a new generation, retiring the old one, without moving the shared stack."""
+    settings = unique_settings(servers)
+    config = StackConfig(
+        data_dir=tmp_path / "stack",
+        nats_url=servers.nats_url,
+        database_url=servers.database_url,
+        env=settings_env(settings),
+    )
+    with Stack(config) as stack:
+        yield stack, settings
+
+
+def _plant(api: httpx.Client, ws: str, tag: str) -> tuple[dict[str, str], int]:
+    """Zelda with personal data, a meeting and a follow-up with free text about her, and an
+    unrelated tie; returns the planted values and the last seq."""
+    planted = {
+        "name": f"Zelda Plantedname {tag}",
+        "email": f"zelda.{tag}@example.org",
+        "notes": f"Allergic to peanuts {tag}",
+        "context": f"Talked about her divorce {tag}",
+        "note": f"Sent condolences {tag}",
+    }
+    person = {"person_id": "zelda", "display_name": planted["name"]}
+    r = api.post(f"/v1/workspaces/{ws}/people", json={**person, **_pick(planted, "email", "notes")})
+    assert r.status_code == 201, r.text
+    add_people(api, ws, "ada", "grace")
+    events: list[dict[str, Any]] = [
+        {
+            "type": "relationship.met",
+            "participants": ["zelda", "ada"],
+            "depth": "conversation",
+            "context": planted["context"],
+        },
+        {
+            "type": "relationship.followed_up",
+            "from_person": "ada",
+            "to_person": "zelda",
+            "channel": "email",
+            "note": planted["note"],
+        },
+        {
+            "type": "relationship.met",
+            "participants": ["ada", "grace"],
+            "depth": "meal_or_activity",
+            "context": "unrelated dinner",
+        },
+    ]
+    for event in events:
+        r = api.post(f"/v1/workspaces/{ws}/events", json=event)
+        assert r.status_code == 201, r.text
+    return planted, int(r.json()["seq"])
+
+
+def _pick(d: dict[str, str], *keys: str) -> dict[str, str]:
+    return {k: d[k] for k in keys}
+
+
+def _rebuild(stack: Stack, settings: Settings, api: httpx.Client) -> tuple[str, str]:
+    """Replay the log into a new generation and switch it live (the old one is retired, its
+    tables kept); restart the stack's worker, which stops when its generation retires, as
+    ``tieline up`` would; wait until the API reads the new generation. Returns the retired
+    and the live schema."""
+
+    async def replay_and_switch() -> tuple[str, str, int]:
+        async with await AsyncConnection.connect(settings.database_url, autocommit=True) as c:
+            state = sql.Identifier(settings.database_schema)
+            cur = await c.execute(sql.SQL("SELECT schema_name FROM {}.generations").format(state))
+            [(old,)] = await cur.fetchall()
+        result, worker = await replay.replay(settings, status="building")
+        await worker.close()
+        assert result.switched
+        return old, result.generation.schema_name, result.generation.gen
+
+    old, new, gen = asyncio.run(replay_and_switch())
+    deadline = time.monotonic() + 60
+    while stack.children["worker"].poll() is None:  # it notices within about a second
+        assert time.monotonic() < deadline, "the worker did not stop on its retired generation"
+        time.sleep(0.2)
+    stack.supervise_once()
+    while True:
+        ready = api.get("/readyz").json()
+        if ready["ready"] and ready["checks"]["projection"]["generation"] == gen:
+            return old, new
+        assert time.monotonic() < deadline, ready
+        time.sleep(0.2)
+
+
+def test_forget_leaves_nothing_recoverable_in_the_stream_or_any_table(
+    own_stack: tuple[Stack, Settings],
+) -> None:
+    """After a forget, a search of the raw streams and of every row of every table (state
+    schema, live and retired read-model generations), decrypting with every key that is left,
+    finds none of the person's former values. The same search before the forget finds each
+    of them in the stream and in both generations' tables (positive control). The product's
+    own report is checked too, but not relied on."""
+    stack, settings = own_stack
+    ws, tag = "erasure", uuid.uuid4().hex
+    token = make_token(settings, ws)
+    with httpx.Client(
+        base_url=stack.api_url, timeout=30, headers={"Authorization": f"Bearer {token}"}
+    ) as api:
+        planted, seq = _plant(api, ws, tag)
+        seen = api.get(f"/v1/workspaces/{ws}/people/zelda", params={"min_seq": seq}).json()
+        assert seen["display_name"] == planted["name"]  # readable before
+        retired, live = _rebuild(stack, settings, api)
+        attacker = Attacker(settings, stack.nats_url, stack.master_key(), ws)
+        values = set(planted.values())
+        before = asyncio.run(attacker.search(values))
+        _assert_found_everywhere_it_should_be(before, planted, settings, (retired, live))
+
+        fixed = {"as_of": "2099-01-01T00:00:00Z"}  # the same instant before and after
+        tie = api.get(f"/v1/workspaces/{ws}/relationships/ada/grace", params=fixed).json()
+        report = api.post(f"/v1/workspaces/{ws}/people/zelda/forget").json()
+        print("\nerasure report:", json.dumps(report, default=str))
+        _assert_report(report, planted, tag, before)
+
+        after = asyncio.run(attacker.search(values))
+        assert after.tables == before.tables
+        assert after.messages[settings.stream_name] == before.messages[settings.stream_name] + 1
+        assert after.anywhere() == {}, after.anywhere()
+        print(
+            f"erasure: {after.rows} rows in {len(after.tables)} tables and "
+            f"{sum(after.messages.values())} messages searched after the forget: nothing found"
+        )
+        _assert_product_behaviour(api, ws, tag, fixed, tie)
+
+
+def _assert_found_everywhere_it_should_be(
+    before: Traces, planted: dict[str, str], settings: Settings, schemas: tuple[str, str]
+) -> None:
+    """The positive control: every value is recoverable before the forget from the raw
+    stream and from the archive of both generations; the person's fields from both
+    directories."""
+    stream = f"stream:{settings.stream_name}"
+    for value in planted.values():
+        assert stream in before.places_of(value), value
+    for schema in schemas:
+        assert set(before.found[f"{schema}.events"]) == set(planted.values()), schema
+        assert set(before.found[f"{schema}.people_v1"]) == set(
+            _pick(planted, "name", "email", "notes").values()
+        ), schema
+    assert {f"{s}.{t}" for s in schemas for t in ("events", "people_v1")} <= set(before.tables)
+    assert f"{settings.database_schema}.person_keys" in before.tables
+
+
+def _assert_report(
+    report: dict[str, Any], planted: dict[str, str], tag: str, before: Traces
+) -> None:
+    """The product's report: erased, clean, and its table scan covers every table the
+    independent search found (state schema and every generation)."""
+    assert report["erased"] is True and report["clean"] is True
+    search = report["search"]
+    assert search["values_searched"] >= len(planted)
+    assert search["stream_messages_with_plaintext"] == 0
+    assert search["stream_messages_scanned"] > 0
+    assert set(search["table_rows_with_plaintext"]) == set(before.tables)
+    assert set(search["table_rows_with_plaintext"].values()) == {0}
+    assert tag not in json.dumps(report)  # the report never repeats the values
+
+
+def _assert_product_behaviour(
+    api: httpx.Client, ws: str, tag: str, fixed: dict[str, str], tie: dict[str, Any]
+) -> None:
+    """What users see: the person shows as forgotten, other ties are unchanged, and new
+    events naming the person are refused."""
+    after = api.get(f"/v1/workspaces/{ws}/people/zelda").json()
+    assert after["display_name"] == "forgotten person" and after["email"] is None
+    assert tag not in api.get(f"/v1/workspaces/{ws}/people").text
+    assert api.get(f"/v1/workspaces/{ws}/relationships/ada/grace", params=fixed).json() == tie
+    again = api.post(
+        f"/v1/workspaces/{ws}/events",
+        json={"type": "relationship.met", "participants": ["zelda", "ada"], "depth": "brief_chat"},
+    )
+    assert again.status_code == 410
