@@ -395,9 +395,12 @@ class Worker:
                     )
                     return None
                 out.append(Gap(expected, it.seq - 1))
-            if self.until is not None and isinstance(it, Decoded):
-                if it.event.occurred_at > self.until:
-                    it = Skipped(it.seq)
+            if (
+                self.until is not None
+                and isinstance(it, Decoded)
+                and it.event.occurred_at > self.until
+            ):
+                it = Skipped(it.seq)  # a bounded replay leaves later events out
             out.append(it)
             expected = it.seq + 1
         return out
