@@ -27,9 +27,9 @@ async def measure(database_url: str, events: int, people: int, batch: int) -> di
     import psycopg
     from tieline.events_schema.registry import REGISTRY
     from tieline.plumbing.config import Settings
+    from tieline.projections.classify import classify
     from tieline.projections.schema import ensure_schema
     from tieline.projections.store import ProjectionStore
-    from tieline.projections.worker import classify
 
     settings = Settings(database_url=database_url)
     msgs = list(log_messages(people, events, "ws-harness", settings.subject_prefix))

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1)
     #: Readiness fails when the projection lags the stream by more than this many events.
     ready_max_lag: int = 100_000
+    #: Seconds between the worker's self-check rounds (0: off); messages and pairs sampled.
+    self_check_interval_s: float = Field(default=60.0, ge=0)
+    self_check_samples: int = Field(default=20, ge=1, le=10_000)
 
     #: base64 of 32 bytes; wraps the per-person keys at rest (recommended in production).
     master_key: str | None = None

@@ -17,6 +17,7 @@ It reads only; a round that finds a difference writes ``ok = false`` with the di
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 from dataclasses import dataclass, field
@@ -24,11 +25,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import psycopg
 import structlog
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from psycopg import AsyncConnection, sql
 from tieline.events_schema.registry import EventDecodeError, EventRegistry
+from tieline.plumbing import db
+from tieline.plumbing.config import Settings
 from tieline.projections.generations import Generation
 from tieline.projections.strength_model import Fold, PairEvent, Params
 
@@ -244,7 +249,8 @@ async def latest(
     row = await cur.fetchone()
     if row is None:
         return None
-    at, ok, cp, last, msgs, pairs, problems = row
+    # The api's pool returns dict rows, the worker's connection tuples.
+    at, ok, cp, last, msgs, pairs, problems = row.values() if isinstance(row, dict) else row
     return {
         "checked_at": at.isoformat(),
         "ok": ok,
@@ -293,5 +299,57 @@ async def run_round(
     return result
 
 
-async def sleep_jittered(interval: float, rng: random.Random) -> None:
-    await asyncio.sleep(interval * rng.uniform(0.8, 1.2))
+class SelfCheck:
+    """The rounds a worker runs beside its batches, on a PostgreSQL connection of its own."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        js: JetStreamContext,
+        registry: EventRegistry,
+        gen: Generation,
+        params: Params,
+    ) -> None:
+        self.settings, self.js, self.registry = settings, js, registry
+        self.gen, self.params = gen, params
+        self.rng = random.Random()
+        self._conn: AsyncConnection[Any] | None = None
+
+    async def run_forever(self, until: datetime | None = None) -> None:
+        """A round every ``self_check_interval_s`` (jittered); an unavailable server only
+        skips a round, it never stops the worker."""
+        try:
+            while True:
+                await asyncio.sleep(
+                    self.settings.self_check_interval_s * self.rng.uniform(0.8, 1.2)
+                )
+                try:
+                    await self.round(until)
+                except (OSError, psycopg.Error, NatsError, TimeoutError) as exc:
+                    log.warning("selfcheck.unavailable", error=repr(exc))
+                    await self._drop()
+        finally:
+            await self._drop()
+
+    async def round(self, until: datetime | None = None) -> CheckResult:
+        if self._conn is None or self._conn.closed:
+            self._conn = await db.connect(self.settings)
+            await ensure_table(self._conn, self.settings.database_schema)
+        return await run_round(
+            self._conn,
+            self.js,
+            stream=self.settings.stream_name,
+            state_schema=self.settings.database_schema,
+            registry=self.registry,
+            gen=self.gen,
+            params=self.params,
+            samples=self.settings.self_check_samples,
+            rng=self.rng,
+            until=until,
+        )
+
+    async def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+        self._conn = None

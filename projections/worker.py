@@ -29,12 +29,13 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from psycopg import AsyncConnection
-from tieline.events_schema.registry import REGISTRY, EventDecodeError, EventRegistry
+from tieline.events_schema.registry import REGISTRY, EventRegistry
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
 from tieline.plumbing.jetstream import connect_nats, ensure_streams
-from tieline.plumbing.subjects import dlq_subject, event_subject, workspace_of_subject
-from tieline.projections import generations
+from tieline.plumbing.subjects import dlq_subject
+from tieline.projections import generations, selfcheck
+from tieline.projections.classify import classify
 from tieline.projections.generations import Generation
 from tieline.projections.schema import READ_MODEL_VERSION, ensure_schema
 from tieline.projections.store import (
@@ -60,42 +61,6 @@ TRANSIENT_NATS = (
     ConnectionClosedError,
     NatsTimeout,
 )
-
-
-def classify(
-    registry: EventRegistry, settings: Settings, seq: int, subject: str, data: bytes
-) -> Item:
-    """Decode one message from the log, or say why it is poison. Pure: no I/O."""
-    if len(data) > settings.max_event_bytes:
-        return Poison(
-            seq,
-            subject,
-            data,
-            "too_large",
-            f"{len(data)} bytes exceeds the {settings.max_event_bytes}-byte event limit",
-        )
-    try:
-        event = registry.decode(data)
-    except EventDecodeError as exc:
-        return Poison(seq, subject, data, exc.reason, str(exc))
-    if workspace_of_subject(settings.subject_prefix, subject) != event.workspace_id:
-        return Poison(
-            seq,
-            subject,
-            data,
-            "workspace_mismatch",
-            f"workspace_id {event.workspace_id!r} does not match subject {subject!r}",
-        )
-    expected = event_subject(settings.subject_prefix, event)
-    if subject != expected:
-        return Poison(
-            seq,
-            subject,
-            data,
-            "subject_mismatch",
-            f"a {event.type} event belongs on {expected!r}, not {subject!r}",
-        )
-    return Decoded(seq, subject, event)
 
 
 @dataclass
@@ -152,6 +117,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._last_gen_check = 0.0
         self._prefetch: asyncio.Task[list[Msg] | BaseException] | None = None
+        self._self_check: asyncio.Task[None] | None = None
 
     @property
     def consumer(self) -> str:
@@ -180,6 +146,12 @@ class Worker:
         await self._connect_pg()
         await self._acquire_lock()
         await self._subscribe_from_checkpoint()
+        if self.settings.self_check_interval_s > 0 and self.generation.status != "scratch":
+            assert self.js is not None
+            checker = selfcheck.SelfCheck(
+                self.settings, self.js, self.registry, self.generation, self.store.params
+            )
+            self._self_check = asyncio.create_task(checker.run_forever(until=self.until))
         log.info(
             "worker.started",
             consumer=self.consumer,
@@ -305,6 +277,11 @@ class Worker:
         self._stopping.set()
 
     async def close(self) -> None:
+        if self._self_check is not None:
+            self._self_check.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._self_check
+            self._self_check = None
         if self._prefetch is not None:
             # Its messages stay unacknowledged; the next start reads from the checkpoint.
             self._prefetch.cancel()

@@ -29,7 +29,8 @@ def stack(
         data_dir=data,
         nats_url=servers.nats_url,
         database_url=servers.database_url,
-        env=settings_env(stack_settings),
+        # Self-check rounds every second, so tests see them (tests/e2e/test_self_check.py).
+        env={**settings_env(stack_settings), "TIELINE_SELF_CHECK_INTERVAL_S": "1"},
     )
     with Stack(config) as s:
         yield s

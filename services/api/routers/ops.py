@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from tieline.projections import selfcheck
 from tieline.projections.queries.common import checkpoint
 from tieline.services.api.deps import RT
 from tieline.services.api.runtime import Runtime
@@ -38,6 +40,19 @@ async def _checkpoint(rt: Runtime) -> tuple[str, int]:
         return f"unavailable: {type(exc).__name__}", -1
 
 
+async def _self_check(rt: Runtime) -> dict[str, Any] | None:
+    """The live projection's last self-check (projections/selfcheck.py); None before one."""
+    try:
+        async with rt.connections.connection(timeout=2) as conn:
+            return await selfcheck.latest(
+                conn, rt.settings.database_schema, rt.connections.pool.generation.consumer
+            )
+    except psycopg.errors.UndefinedTable:
+        return None  # no worker has run a round yet
+    except Exception as exc:  # PostgreSQL unavailable: the checks above already say so
+        return {"ok": None, "error": f"unavailable: {type(exc).__name__}"}
+
+
 @router.get("/readyz", tags=["ops"])
 async def readyz(rt: RT) -> JSONResponse:
     checks: dict[str, Any] = {}
@@ -53,4 +68,5 @@ async def readyz(rt: RT) -> JSONResponse:
             "generation": rt.connections.pool.generation.gen,
         }
         ok = lag <= rt.settings.ready_max_lag
+        checks["self_check"] = await _self_check(rt)
     return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
