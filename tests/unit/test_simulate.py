@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -145,15 +144,6 @@ def test_the_network_looks_like_one() -> None:
             last_met[tuple(sorted(e["participants"]))] = e["occurred_at"]
     faded = [p for p, n in per_pair.items() if n >= 5 and last_met[p] < "2023-01-01"]
     assert faded, "expected some ties to fade out"
-
-
-def test_generation_is_fast() -> None:
-    cfg = SimConfig(seed=5, people=1000, events=100_000)
-    t = time.perf_counter()
-    n = sum(1 for _ in simulate(cfg))
-    rate = n / (time.perf_counter() - t)
-    # >= 100k/s on a developer machine; the bound here is loose for slow CI.
-    assert rate > 25_000, f"{rate:.0f} events/s"
 
 
 @pytest.mark.parametrize(
