@@ -55,8 +55,6 @@ class Settings(BaseSettings):
     ack_wait_s: float = Field(default=30.0, gt=0)
     #: Deliveries of a failing event before it is parked in the dead-letter subject.
     max_attempts: int = Field(default=5, ge=1)
-    #: Readiness fails when the projection lags the stream by more than this many events.
-    ready_max_lag: int = 100_000
     #: Seconds between the worker's self-check rounds (0: off); messages and pairs sampled.
     self_check_interval_s: float = Field(default=60.0, ge=0)
     self_check_samples: int = Field(default=20, ge=1, le=10_000)
@@ -65,6 +63,16 @@ class Settings(BaseSettings):
     master_key: str | None = None
     #: Authentication failures per client and minute before answering 429.
     auth_failures_per_minute: int = 20
+
+    #: Health endpoint of the processes without an HTTP API (people, interactions, worker):
+    #: ``GET /healthz`` (the process answers) and ``/readyz`` (connected). Off when unset.
+    health_host: str = "127.0.0.1"
+    health_port: int | None = Field(default=None, ge=1, le=65535)
+    #: Refuse to start unless every setting the process's role needs was given explicitly
+    #: (services/runtime/run.py ``REQUIRED``). The container image turns it on, so a deployment
+    #: that forgets a variable fails at start with its name instead of silently connecting to
+    #: localhost defaults or storing per-person keys unwrapped.
+    strict_config: bool = False
 
     log_json: bool | None = None
     log_level: str = "INFO"

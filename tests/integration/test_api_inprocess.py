@@ -15,6 +15,8 @@ from tieline.plumbing.state import ensure_state_schema
 from tieline.services.api.app import create_app
 from tieline.services.auth import create_token
 
+from tests.integration.conftest import Log, make_event
+
 
 def _token(settings: Settings, ws: str) -> str:
     async def go() -> str:
@@ -62,3 +64,22 @@ def test_no_token_or_secret_appears_in_any_log_line(settings: Settings) -> None:
     assert logs, "expected some log lines to check"
     for secret in (token, token.split("_", 2)[2], made["token"], master):
         assert secret not in text
+
+
+async def test_readiness_reports_lag_and_fails_on_it_only_when_asked(
+    settings: Settings, log: Log
+) -> None:
+    """A projection that lags (no worker runs here) keeps the API ready by default, so a big
+    import does not take every replica out of its load balancer; ``?max_lag=N`` is the
+    opt-in check for monitors that want it."""
+    for name in ("ada", "grace", "alan"):
+        await log.publish(make_event("lag", type="person.added", person_id=name, display_name=name))
+    with TestClient(create_app(settings)) as c:
+        ready = c.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        projection = ready.json()["checks"]["projection"]
+        assert projection["lag"] == 3 and projection["stream_seq"] == 3
+        assert c.get("/readyz", params={"max_lag": 3}).status_code == 200
+        behind = c.get("/readyz", params={"max_lag": 2})
+        assert behind.status_code == 503 and behind.json()["ready"] is False
+        assert c.get("/readyz", params={"max_lag": -1}).status_code == 422

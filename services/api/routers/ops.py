@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import psycopg
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from tieline.projections import selfcheck
 from tieline.projections.queries.common import checkpoint
@@ -54,7 +54,16 @@ async def _self_check(rt: Runtime) -> dict[str, Any] | None:
 
 
 @router.get("/readyz", tags=["ops"])
-async def readyz(rt: RT) -> JSONResponse:
+async def readyz(
+    rt: RT,
+    max_lag: Annotated[
+        int | None,
+        Query(ge=0, description="Also fail while the projection lags by more than this."),
+    ] = None,
+) -> JSONResponse:
+    """Ready when NATS and PostgreSQL answer. Projection lag is reported, and fails the check
+    only when the caller asks with ``max_lag``: a long import must not take every API replica
+    out of its load balancer (reads with ``?min_seq`` wait for the projection)."""
     checks: dict[str, Any] = {}
     checks["nats"], stream_seq = await _stream_seq(rt)
     checks["postgres"], seen = await _checkpoint(rt)
@@ -67,6 +76,6 @@ async def readyz(rt: RT) -> JSONResponse:
             "lag": lag,
             "generation": rt.connections.pool.generation.gen,
         }
-        ok = lag <= rt.settings.ready_max_lag
+        ok = max_lag is None or lag <= max_lag
         checks["self_check"] = await _self_check(rt)
     return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
