@@ -1,45 +1,152 @@
 """Entry point of one tieline process: ``python -m tieline.services.runtime.run ROLE``.
 
 Roles: ``api``, ``people``, ``interactions``, ``worker``. Settings come from the environment
-(``TIELINE_*``); ``tieline up`` sets them for the processes it supervises.
+(``TIELINE_*``); ``tieline up`` sets them for the processes it supervises, the deployment files
+in deploy/ for containers. With ``TIELINE_HEALTH_PORT`` the roles without an HTTP API answer
+health probes (services/runtime/health.py); the api has ``/healthz`` and ``/readyz`` itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import AsyncIterator
+from typing import Any
 
 from tieline.plumbing.config import Settings
 from tieline.plumbing.logging import configure_logging
+from tieline.services.runtime.health import ReadyCheck, start_health_server
 
 ROLES = ("api", "people", "interactions", "worker")
+
+_CONNECTIONS = ("nats_url", "nats_user", "nats_password", "database_url")
+#: Settings each role must be given explicitly when ``TIELINE_STRICT_CONFIG`` is on (the
+#: container image turns it on). Without them a deployed process would fall back to
+#: ``localhost`` servers, connect to NATS without a user, or (master key) store per-person
+#: keys unwrapped. ``bootstrap`` is the one-shot ``tieline bootstrap`` (streams, first token).
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "api": (*_CONNECTIONS, "master_key"),
+    "people": (*_CONNECTIONS, "master_key"),
+    "interactions": (*_CONNECTIONS, "master_key"),
+    "worker": _CONNECTIONS,
+    "bootstrap": _CONNECTIONS,
+}
+
+
+def missing_settings(role: str, settings: Settings) -> list[str]:
+    """The ``TIELINE_*`` variables ``role`` needs but was not given.
+
+    Under ``strict_config`` every name in :data:`REQUIRED` must have been set explicitly (a
+    default does not count) and be non-empty. A NATS user without a password is always an
+    error: the server would refuse it with a message that names neither variable.
+    """
+    names = list(REQUIRED[role]) if settings.strict_config else []
+    missing = [n for n in names if n not in settings.model_fields_set or not getattr(settings, n)]
+    if settings.nats_user and not settings.nats_password and "nats_password" not in missing:
+        missing.append("nats_password")
+    return [f"TIELINE_{name.upper()}" for name in missing]
+
+
+def check_settings(role: str, settings: Settings) -> None:
+    """Exit with a message naming every missing variable (see :func:`missing_settings`)."""
+    missing = missing_settings(role, settings)
+    if missing:
+        raise SystemExit(
+            f"tieline {role}: missing required setting(s): {', '.join(missing)}. "
+            "Set them in the environment (deploy/: the compose file's environment or the "
+            "Kubernetes Secret; docs/operations.md)."
+        )
+
+
+@contextlib.asynccontextmanager
+async def _health(role: str, settings: Settings, ready: ReadyCheck) -> AsyncIterator[None]:
+    """Serve health probes for ``role`` while the body runs (when a port is configured)."""
+    if settings.health_port is None:
+        yield
+        return
+    server = await start_health_server(role, settings.health_host, settings.health_port, ready)
+    try:
+        yield
+    finally:
+        server.close()
+
+
+async def _run_api(settings: Settings) -> None:
+    import uvicorn
+    from tieline.services.api.app import create_app as create_api
+
+    config = uvicorn.Config(
+        create_api(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    await uvicorn.Server(config).serve()
+
+
+async def _run_service(role: str, settings: Settings) -> None:
+    """A write service: ready once started and its broker's NATS connection is up."""
+    if role == "people":
+        from tieline.services.people.app import create_app
+    else:
+        from tieline.services.interactions.app import create_app
+    app = create_app(settings)
+    started = asyncio.Event()
+    app.after_startup(started.set)
+
+    async def ready() -> tuple[bool, dict[str, Any]]:
+        broker = app.broker
+        connected = broker is not None and await broker.ping(timeout=1.0)
+        details = {"started": started.is_set(), "nats": "connected" if connected else "down"}
+        return started.is_set() and connected, details
+
+    async with _health(role, settings, ready):
+        await app.run()
+
+
+async def _run_worker(settings: Settings) -> None:
+    """The projection worker: ready while connected to NATS, whether it is the active
+    instance or a hot standby waiting for the projection lock (reported as ``state``)."""
+    from tieline.projections.worker import Worker, serve
+
+    class ObservedWorker(Worker):
+        #: ``start`` returns only once this instance holds the projection lock.
+        active = False
+
+        async def start(self) -> None:
+            await super().start()
+            self.active = True
+
+    made: list[ObservedWorker] = []
+
+    def make(s: Settings) -> Worker:
+        made.append(ObservedWorker(s))
+        return made[-1]
+
+    async def ready() -> tuple[bool, dict[str, Any]]:
+        worker = made[-1] if made else None
+        connected = bool(worker and worker.nc and worker.nc.is_connected)
+        state = "active" if worker and worker.active else "standby"
+        details: dict[str, Any] = {"nats": "connected" if connected else "down", "state": state}
+        if worker is not None and worker.active:
+            details["checkpoint"] = worker.stats.last_seq
+        return connected, details
+
+    async with _health("worker", settings, ready):
+        await serve(settings, make)
 
 
 async def run_role(role: str, settings: Settings) -> None:
     """Run one role until it is told to stop (SIGTERM/SIGINT)."""
     if role == "api":
-        import uvicorn
-        from tieline.services.api.app import create_app as create_api
-
-        config = uvicorn.Config(
-            create_api(settings),
-            host=settings.api_host,
-            port=settings.api_port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-        )
-        await uvicorn.Server(config).serve()
+        await _run_api(settings)
     elif role in ("people", "interactions"):
-        if role == "people":
-            from tieline.services.people.app import create_app
-        else:
-            from tieline.services.interactions.app import create_app
-        await create_app(settings).run()
+        await _run_service(role, settings)
     elif role == "worker":
-        from tieline.projections.worker import serve
-
-        await serve(settings)
+        await _run_worker(settings)
     else:
         raise SystemExit(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
 
@@ -53,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     import structlog
 
     structlog.contextvars.bind_contextvars(role=args[0])
+    check_settings(args[0], settings)
     asyncio.run(run_role(args[0], settings))
 
 
