@@ -763,6 +763,10 @@ from tieline.services.cli import dlq  # noqa: E402
 
 app.add_typer(dlq.app, name="dlq")
 
+from tieline.services.cli.deploy import register as register_deploy  # noqa: E402
+
+register_deploy(app)
+
 
 def main() -> None:
     app()

@@ -1,0 +1,101 @@
+"""Deployment commands: ``tieline secrets init`` and ``tieline bootstrap`` (docs/operations.md).
+
+Mounted on the main CLI by :func:`register`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console()
+err = Console(stderr=True)
+
+secrets_app = typer.Typer(
+    help="Deployment secrets (an .env file for deploy/).", no_args_is_help=True
+)
+
+
+@secrets_app.command("init")
+def secrets_init(
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="Where to write the file (deploy/.env for compose)."),
+    ] = Path(".env"),
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Replace an existing file. Everything must then restart with the new values, "
+            "and person keys wrapped with the old master key need it (docs/operations.md)."
+        ),
+    ] = False,
+) -> None:
+    """Write random values for every deployment secret (NATS passwords for each role, master
+    key, PostgreSQL password, first admin token) to an env file with mode 0600."""
+    from tieline.services.runtime.deploy_secrets import generate_secrets, write_env_file
+
+    values = generate_secrets()
+    try:
+        write_env_file(output, values, force=force)
+    except FileExistsError:
+        err.print(f"[red]{output} exists[/]; not overwriting it without --force")
+        raise typer.Exit(1) from None
+    console.print(f"wrote {len(values)} secrets to {output} (mode 0600): {', '.join(values)}")
+
+
+def bootstrap(
+    workspace: Annotated[str, typer.Option(help="Workspace of the first admin token.")] = "default",
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TIELINE_ADMIN_TOKEN",
+            help="Register this token (tieline secrets init makes one).",
+            show_default=False,
+        ),
+    ] = None,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to keep retrying while servers come up.")
+    ] = 120.0,
+) -> None:
+    """Create the streams (as the NATS admin user), the state tables and the first admin token
+    of WORKSPACE, then print the token. Safe to run again: nothing is duplicated."""
+    from tieline.plumbing.config import Settings
+    from tieline.plumbing.logging import configure_logging
+    from tieline.services.runtime.bootstrap import bootstrap as run_bootstrap
+    from tieline.services.runtime.run import check_settings
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    check_settings("bootstrap", settings)
+    try:
+        result = asyncio.run(
+            run_bootstrap(settings, admin_token=admin_token, workspace=workspace, wait_s=wait)
+        )
+    except (RuntimeError, ValueError) as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    console.print(
+        f"stream {result.stream}: {result.replicas} replica(s), last seq {result.last_seq}"
+    )
+    if result.token is not None:
+        console.print(
+            f"admin token for workspace '{workspace}' (export it as TIELINE_TOKEN):\n"
+            f"  {result.token}",
+            soft_wrap=True,
+        )
+    else:
+        console.print(
+            f"workspace '{workspace}' already has the bootstrap admin token "
+            f"{result.existing_token_id} "
+            "(only its hash is stored); make another with `tieline token create --role admin`"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``secrets`` and ``bootstrap`` to the main CLI."""
+    app.add_typer(secrets_app, name="secrets")
+    app.command("bootstrap")(bootstrap)

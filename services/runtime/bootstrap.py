@@ -1,0 +1,106 @@
+"""``tieline bootstrap``: the one-shot step a deployment runs before its processes start.
+
+It does, idempotently, what ``tieline up`` does itself for its embedded servers:
+
+1. creates (or checks and updates) the event and dead-letter streams. Only the NATS ``admin``
+   user may (services/runtime/nats_auth.py), so it runs as ``TIELINE_NATS_USER=admin``;
+2. creates the state tables (tokens, person keys, access log) in PostgreSQL;
+3. makes sure workspace ``default`` has an admin token, and prints it when it can: a token given
+   in ``TIELINE_ADMIN_TOKEN`` (``tieline secrets init`` generates one) is registered and printed
+   on every run; without one, a token named ``bootstrap`` is created on the first run only
+   (tokens are stored as hashes, so later runs can say only that it exists).
+
+The servers may still be coming up (a NATS cluster electing its meta leader, PostgreSQL
+starting), so every step is retried until ``wait_s`` runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from tieline.plumbing import db
+from tieline.plumbing.config import Settings
+from tieline.plumbing.jetstream import connect_nats, ensure_streams
+from tieline.plumbing.state import ensure_state_schema
+from tieline.services.auth import create_token, list_tokens
+
+log = structlog.get_logger(__name__)
+
+#: The name of the token the bootstrap creates when none is given.
+BOOTSTRAP_TOKEN_NAME = "bootstrap"
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """What the bootstrap did: the event stream's state and the admin token."""
+
+    stream: str
+    replicas: int
+    last_seq: int
+    workspace: str
+    #: The admin token's plaintext when it was given or created now; None when one already
+    #: existed (its secret is not stored anywhere).
+    token: str | None
+    #: The existing token's id when ``token`` is None.
+    existing_token_id: str | None = None
+
+
+async def _streams(settings: Settings) -> tuple[str, int, int]:
+    nc = await connect_nats(settings, name="tieline-bootstrap")
+    try:
+        info = await ensure_streams(nc.jetstream(), settings)
+        return info.config.name, int(info.config.num_replicas or 1), int(info.state.last_seq)
+    finally:
+        await nc.close()
+
+
+async def _admin_token(
+    settings: Settings, workspace: str, given: str | None
+) -> tuple[str | None, str | None]:
+    """(plaintext, None) for a given or new token; (None, id) when a bootstrap token exists."""
+    conn = await db.connect(settings)
+    try:
+        await ensure_state_schema(conn, settings.database_schema)
+        if given:
+            return await create_token(conn, workspace, "admin", BOOTSTRAP_TOKEN_NAME, given), None
+        for token_id, _ws, role, name, _created, revoked in await list_tokens(conn, workspace):
+            if role == "admin" and name == BOOTSTRAP_TOKEN_NAME and revoked is None:
+                return None, str(token_id)
+        return await create_token(conn, workspace, "admin", BOOTSTRAP_TOKEN_NAME), None
+    finally:
+        await conn.close()
+
+
+async def _retry(what: str, step: Any, deadline: float) -> Any:
+    """Run the coroutine function ``step`` until it succeeds or ``deadline`` passes."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await asyncio.wait_for(step(), timeout=max(deadline - time.monotonic(), 1.0))
+        except ValueError:
+            raise  # a malformed token or setting: retrying cannot help
+        except Exception as exc:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"bootstrap: {what} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            log.warning("bootstrap.retry", step=what, attempt=attempt, error=repr(exc))
+            await asyncio.sleep(1.0)
+
+
+async def bootstrap(
+    settings: Settings, *, admin_token: str | None, workspace: str = "default", wait_s: float = 120
+) -> BootstrapResult:
+    """Streams, state tables and the first admin token (see the module docstring)."""
+    deadline = time.monotonic() + wait_s
+    stream, replicas, last_seq = await _retry("streams", lambda: _streams(settings), deadline)
+    token, existing = await _retry(
+        "admin token", lambda: _admin_token(settings, workspace, admin_token), deadline
+    )
+    log.info("bootstrap.done", stream=stream, replicas=replicas, last_seq=last_seq)
+    return BootstrapResult(stream, replicas, last_seq, workspace, token, existing)
