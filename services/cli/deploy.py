@@ -95,7 +95,65 @@ def bootstrap(
         )
 
 
+stream_app = typer.Typer(
+    help="Back up and restore the JetStream streams (as the NATS admin user).",
+    no_args_is_help=True,
+)
+
+
+def _stream_job(directory: Path, restore: bool) -> None:
+    """Back up or restore the event and dead-letter streams (services/runtime/stream_backup.py)."""
+    from tieline.plumbing.config import Settings
+    from tieline.plumbing.jetstream import connect_nats
+    from tieline.services.runtime import stream_backup
+
+    settings = Settings()
+    streams = [settings.stream_name, f"{settings.stream_name}_DLQ"]
+    if not restore:
+        directory.mkdir(parents=True, exist_ok=True)
+
+    async def go() -> list[stream_backup.StreamCopy]:
+        nc = await connect_nats(settings, name="tieline-stream-backup")
+        try:
+            js = nc.jetstream()
+            if restore:
+                return await stream_backup.restore_streams(js, streams, directory)
+            return await stream_backup.backup_streams(js, streams, directory)
+        finally:
+            await nc.close()
+
+    try:
+        copies = asyncio.run(go())
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    verb = "restored" if restore else "backed up"
+    for c in copies:
+        console.print(
+            f"{verb} {c.stream}: {c.messages} message(s), last seq {c.last_seq} ({c.path})"
+        )
+
+
+@stream_app.command("backup")
+def stream_backup_cmd(
+    directory: Annotated[Path, typer.Argument(help="Where to write <STREAM>.jsonl files.")],
+) -> None:
+    """Write every message of the event and dead-letter streams to DIRECTORY (needs
+    TIELINE_NATS_USER=admin and its password)."""
+    _stream_job(directory, restore=False)
+
+
+@stream_app.command("restore")
+def stream_restore_cmd(
+    directory: Annotated[Path, typer.Argument(help="A directory written by stream backup.")],
+) -> None:
+    """Publish a backup into the empty streams of a fresh bootstrap, keeping every sequence
+    number; the workers then rebuild the read models from it."""
+    _stream_job(directory, restore=True)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``secrets`` and ``bootstrap`` to the main CLI."""
+    """Add ``secrets``, ``bootstrap`` and ``stream`` to the main CLI."""
     app.add_typer(secrets_app, name="secrets")
     app.command("bootstrap")(bootstrap)
+    app.add_typer(stream_app, name="stream")

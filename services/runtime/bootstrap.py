@@ -53,7 +53,8 @@ async def _streams(settings: Settings) -> tuple[str, int, int]:
     nc = await connect_nats(settings, name="tieline-bootstrap")
     try:
         info = await ensure_streams(nc.jetstream(), settings)
-        return info.config.name, int(info.config.num_replicas or 1), int(info.state.last_seq)
+        name = info.config.name or settings.stream_name
+        return name, int(info.config.num_replicas or 1), int(info.state.last_seq)
     finally:
         await nc.close()
 

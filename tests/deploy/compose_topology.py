@@ -49,7 +49,11 @@ from typing import Any
 import psycopg
 import yaml
 from psycopg import sql
-from tieline.services.runtime.embedded import EmbeddedPostgres, nats_server_binary
+from tieline.services.runtime.embedded import (
+    EmbeddedPostgres,
+    nats_server_binary,
+    postgres_bin_dir,
+)
 
 _VAR = re.compile(r"\$(?:(\$)|\{([^}]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 _BRACED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])(.*))?$", re.DOTALL)
@@ -238,11 +242,7 @@ class Topology:
         image = str(spec.get("image", ""))
         env = _env_dict(spec.get("environment"))
         if spec.get("build"):
-            build = spec["build"]
-            context = self.project_dir / build.get("context", ".")
-            entrypoint, image_env = dockerfile_image(
-                context / build.get("dockerfile", "Dockerfile")
-            )
+            entrypoint, image_env = dockerfile_image(self._dockerfile(instance))
             argv = entrypoint + _argv(spec.get("command"))
             env = {**image_env, **env}
         elif image.startswith("nats:"):
@@ -264,11 +264,22 @@ class Topology:
     # -- processes -------------------------------------------------------------------------
 
     def _process_env(self, instance: Instance) -> dict[str, str]:
-        pg_bin = Path(shutil.which("pg_isready") or "/usr/bin/pg_isready").parent
+        pg_bin = postgres_bin_dir()  # the server's own client tools (pg_isready, pg_dump)
         home = self.workdir / instance.name / "home"
         home.mkdir(parents=True, exist_ok=True)
         path = f"{_bin_dir()}:{pg_bin}:/usr/local/bin:/usr/bin:/bin"
         return {"PATH": path, "HOME": str(home), "LANG": "C.UTF-8", **instance.env}
+
+    def _local_env(self, instance: Instance) -> dict[str, str]:
+        """The environment of a command run inside ``instance``'s container. For PostgreSQL,
+        "local" is the server's Unix socket (trust, as in the image), else its address."""
+        env = self._process_env(instance)
+        pg = instance.postgres
+        if pg is not None:
+            socket = pg.socket_dir.resolve() / f".s.PGSQL.{pg.port}"
+            env["PGHOST"] = str(socket.parent) if socket.exists() else instance.address
+            env["PGPORT"] = str(pg.port)
+        return env
 
     def _resolve(self, argv: list[str], env: dict[str, str], what: str) -> list[str]:
         """The local program for argv[0] (the image's ``tieline``/``python``/``nats-server``)."""
@@ -361,9 +372,7 @@ class Topology:
             return False
         if instance.healthcheck is None:
             return True
-        env = self._process_env(instance)
-        if instance.postgres is not None:
-            env["PGHOST"] = instance.address  # "local" inside its container is its address here
+        env = self._local_env(instance)
         argv = self._resolve(instance.healthcheck, env, f"{instance.name} healthcheck")
         try:
             done = subprocess.run(argv, env=env, capture_output=True, timeout=10, check=False)
@@ -431,19 +440,53 @@ class Topology:
                     )
                 time.sleep(0.25)
 
-    def up(self, timeout: float = 120.0) -> None:
-        """Start every service in dependency order, honouring the conditions, then wait until
-        every long-running one is healthy."""
+    def up(self, services: list[str] | None = None, timeout: float = 120.0) -> None:
+        """``docker compose up [SERVICE...]``: start the services (default: all) in dependency
+        order, honouring the conditions, then wait until every long-running one is healthy.
+        Instances already running are left alone; one-shot services run again."""
         deadline = time.monotonic() + timeout
-        order = self.start_order()
+        order = [s for s in self.start_order() if services is None or s in services]
         for service in order:
             for dep, condition in self._depends_on(service).items():
                 self.wait(dep, condition, deadline)
             for instance in self.instances[service]:
-                self.start(instance)
+                if instance.one_shot or not self.running(instance):
+                    self.start(instance)
         for service in order:
             if not self.instances[service][0].one_shot:
                 self.wait(service, "service_healthy", deadline)
+
+    def run(
+        self, service: str, command: list[str], volumes: dict[Path, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``docker compose run --rm -v HOST:CONTAINER SERVICE COMMAND``: the service's image
+        and environment with another command; ``volumes`` maps host directories into it."""
+        [instance] = self.instances[service]
+        argv = dockerfile_image(self._dockerfile(instance))[0] + command
+        for host, target in (volumes or {}).items():
+            argv = [a.replace(target, str(host)) if a.startswith(target) else a for a in argv]
+        env = self._process_env(instance)
+        argv = self._resolve([self.substitute(a, instance) for a in argv], env, service)
+        return subprocess.run(
+            argv, env=env, cwd=self.workdir, capture_output=True, text=True, timeout=300,
+            check=False,
+        )  # fmt: skip
+
+    def exec(
+        self, name: str, argv: list[str], stdin: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        """``docker compose exec -T INSTANCE ARGV``: a command beside a running instance,
+        with its environment (local connections to PostgreSQL go to its address)."""
+        instance = self.instance(name)
+        env = self._local_env(instance)
+        argv = self._resolve([self.substitute(a, instance) for a in argv], env, name)
+        return subprocess.run(
+            argv, env=env, input=stdin, capture_output=True, timeout=300, check=False
+        )
+
+    def _dockerfile(self, instance: Instance) -> Path:
+        build = instance.spec["build"]
+        return self.project_dir / build.get("context", ".") / build.get("dockerfile", "Dockerfile")
 
     def run_again(self, service: str, timeout: float = 60.0) -> tuple[int, str]:
         """Run a one-shot service once more (as ``docker compose up`` does on every start);
@@ -464,16 +507,21 @@ class Topology:
             os.killpg(instance.proc.pid, sig)
         instance.proc.wait(timeout=30)
 
-    def down(self) -> None:
-        """SIGTERM everything (last started first), SIGKILL what is still up after 10 s."""
-        for instance in reversed(self.started):
+    def _level(self, service: str) -> int:
+        """0 for a service without dependencies, else one more than its deepest dependency."""
+        deps = self._depends_on(service)
+        return 1 + max(self._level(d) for d in deps) if deps else 0
+
+    def _stop(self, instances: list[Instance]) -> None:
+        """SIGTERM the instances together; SIGKILL whatever is still up after 10 s."""
+        for instance in instances:
             if instance.postgres is not None:
                 instance.postgres.stop()
             elif instance.proc is not None and instance.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(instance.proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
-        for instance in self.started:
+        for instance in instances:
             if instance.proc is None:
                 continue
             try:
@@ -483,13 +531,20 @@ class Topology:
                     os.killpg(instance.proc.pid, signal.SIGKILL)
                 instance.proc.wait()
 
+    def down(self) -> None:
+        """Stop in reverse dependency order, as Compose does: the services nothing depends on
+        first (together), the servers last."""
+        levels = sorted({self._level(i.service) for i in self.started}, reverse=True)
+        for level in levels:
+            self._stop([i for i in self.started if self._level(i.service) == level])
+
 
 @contextlib.contextmanager
 def running(compose_file: Path, workdir: Path, timeout: float = 120.0) -> Iterator[Topology]:
     """The deployment up for the body, always taken down afterwards."""
     topology = Topology(compose_file, workdir)
     try:
-        topology.up(timeout)
+        topology.up(timeout=timeout)
         yield topology
     finally:
         topology.down()

@@ -1,0 +1,130 @@
+"""``tieline stream backup DIR`` / ``tieline stream restore DIR``: the log of record, as files.
+
+The JetStream streams are the only state tieline cannot rebuild (besides the state tables in
+PostgreSQL, which ``pg_dump`` backs up: docs/operations.md). ``backup`` reads every message of
+the event stream and of its dead-letter stream with an ordered consumer and writes one JSON
+line per message: stream sequence, subject, headers (``Nats-Msg-Id`` included) and the exact
+bytes (base64). Personal data in them is still encrypted under the per-person keys, so a
+backup is no more readable than the stream itself.
+
+``restore`` publishes the messages, in order, into streams that exist but are empty (after
+``tieline bootstrap`` on a fresh installation), each with ``Nats-Expected-Last-Sequence`` so
+the restored stream holds them under the same sequence numbers, and nothing can interleave;
+a backup whose sequences have holes is refused (sequences would shift). The projection
+workers then rebuild every read model from the restored log (restore by replay).
+
+Both need the NATS ``admin`` user: no process user may read or write whole streams.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+
+__all__ = ["StreamCopy", "backup_streams", "restore_streams"]
+
+
+@dataclass(frozen=True)
+class StreamCopy:
+    """One stream's backup file and how many messages it holds."""
+
+    stream: str
+    path: Path
+    messages: int
+    last_seq: int
+
+
+def _file(directory: Path, stream: str) -> Path:
+    return directory / f"{stream}.jsonl"
+
+
+async def backup_stream(js: JetStreamContext, stream: str, directory: Path) -> StreamCopy:
+    """Every message of ``stream`` up to its last sequence at the start, in order."""
+    info = await js.stream_info(stream)
+    last = int(info.state.last_seq)
+    path = _file(directory, stream)
+    tmp = path.with_suffix(".jsonl.partial")
+    count = 0
+    with tmp.open("w") as out:
+        if info.state.messages:
+            subjects = info.config.subjects or [">"]
+            sub = await js.subscribe(
+                subjects[0] if len(subjects) == 1 else ">",
+                stream=stream,
+                ordered_consumer=True,
+                deliver_policy=js_api.DeliverPolicy.ALL,
+            )
+            try:
+                while True:
+                    msg = await sub.next_msg(timeout=10)
+                    seq = int(msg.metadata.sequence.stream)
+                    line = {
+                        "seq": seq,
+                        "subject": msg.subject,
+                        "headers": dict(msg.headers or {}),
+                        "data": base64.b64encode(msg.data).decode(),
+                    }
+                    out.write(json.dumps(line, separators=(",", ":")) + "\n")
+                    count += 1
+                    if seq >= last:
+                        break
+            finally:
+                await sub.unsubscribe()
+    tmp.replace(path)
+    return StreamCopy(stream, path, count, last)
+
+
+async def backup_streams(
+    js: JetStreamContext, streams: list[str], directory: Path
+) -> list[StreamCopy]:
+    """Back up each of ``streams`` into the existing ``directory``."""
+    return [await backup_stream(js, stream, directory) for stream in streams]
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+async def restore_stream(js: JetStreamContext, stream: str, directory: Path) -> StreamCopy:
+    """Publish a backup into the empty ``stream``, keeping every sequence number."""
+    path = _file(directory, stream)
+    lines = _lines(path)
+    info = await js.stream_info(stream)
+    if info.state.messages or info.state.last_seq:
+        raise ValueError(
+            f"stream {stream} already holds {info.state.messages} message(s) (last seq "
+            f"{info.state.last_seq}); restore only into the empty streams of a fresh bootstrap"
+        )
+    expected = 0
+    for line in lines:
+        if line["seq"] != expected + 1:
+            raise ValueError(
+                f"{path}: sequence {line['seq']} follows {expected}; a backup with holes "
+                "cannot keep its sequence numbers"
+            )
+        headers = {
+            k: v for k, v in (line["headers"] or {}).items() if not k.startswith("Nats-Expected")
+        }
+        headers["Nats-Expected-Last-Sequence"] = str(expected)
+        ack = await js.publish(
+            line["subject"], base64.b64decode(line["data"]), stream=stream, headers=headers
+        )
+        if ack.duplicate or ack.seq != line["seq"]:
+            raise ValueError(f"{stream}: message {line['seq']} was stored as {ack.seq}")
+        expected = line["seq"]
+    return StreamCopy(stream, path, len(lines), expected)
+
+
+async def restore_streams(
+    js: JetStreamContext, streams: list[str], directory: Path
+) -> list[StreamCopy]:
+    for stream in streams:
+        if not _file(directory, stream).exists():
+            raise ValueError(f"{_file(directory, stream)} is missing; not a tieline backup?")
+    return [await restore_stream(js, stream, directory) for stream in streams]
