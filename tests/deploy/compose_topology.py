@@ -440,7 +440,7 @@ class Topology:
                     )
                 time.sleep(0.25)
 
-    def up(self, services: list[str] | None = None, timeout: float = 120.0) -> None:
+    def up(self, services: list[str] | None = None, timeout: float = 180.0) -> None:
         """``docker compose up [SERVICE...]``: start the services (default: all) in dependency
         order, honouring the conditions, then wait until every long-running one is healthy.
         Instances already running are left alone; one-shot services run again."""
@@ -488,7 +488,7 @@ class Topology:
         build = instance.spec["build"]
         return self.project_dir / build.get("context", ".") / build.get("dockerfile", "Dockerfile")
 
-    def run_again(self, service: str, timeout: float = 60.0) -> tuple[int, str]:
+    def run_again(self, service: str, timeout: float = 180.0) -> tuple[int, str]:
         """Run a one-shot service once more (as ``docker compose up`` does on every start);
         its exit code and what it printed this time."""
         [instance] = self.instances[service]
@@ -540,7 +540,7 @@ class Topology:
 
 
 @contextlib.contextmanager
-def running(compose_file: Path, workdir: Path, timeout: float = 120.0) -> Iterator[Topology]:
+def running(compose_file: Path, workdir: Path, timeout: float = 180.0) -> Iterator[Topology]:
     """The deployment up for the body, always taken down afterwards."""
     topology = Topology(compose_file, workdir)
     try:

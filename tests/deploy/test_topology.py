@@ -71,7 +71,7 @@ def worker_states(topology: Topology) -> dict[str, str]:
     return states
 
 
-def eventually(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
+def eventually(what: str, check: Callable[[], Any], timeout: float = 90.0) -> Any:
     """The first truthy result of ``check``, polled until ``timeout``."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -220,7 +220,7 @@ def test_single_node_file_backs_up_and_restores_by_replay(tmp_path: Path) -> Non
         loaded = fresh.exec("postgres-1", PG_RESTORE, stdin=state)
         assert loaded.returncode == 0, loaded.stderr
         fresh.up(["bootstrap"])
-        fresh.wait("bootstrap", "service_completed_successfully", time.monotonic() + 60)
+        fresh.wait("bootstrap", "service_completed_successfully", time.monotonic() + 180)
         back = fresh.run("bootstrap", ["stream", "restore", "/backup"], {backup: "/backup"})
         assert back.returncode == 0, back.stderr
         assert f"restored TIELINE: 3 message(s), last seq {seq}" in back.stdout
