@@ -44,7 +44,9 @@ def secrets_init(
     except FileExistsError:
         err.print(f"[red]{output} exists[/]; not overwriting it without --force")
         raise typer.Exit(1) from None
-    console.print(f"wrote {len(values)} secrets to {output} (mode 0600): {', '.join(values)}")
+    console.print(
+        f"wrote {len(values)} secrets to {output} (mode 0600): {', '.join(values)}", soft_wrap=True
+    )
 
 
 def bootstrap(
@@ -130,7 +132,8 @@ def _stream_job(directory: Path, restore: bool) -> None:
     verb = "restored" if restore else "backed up"
     for c in copies:
         console.print(
-            f"{verb} {c.stream}: {c.messages} message(s), last seq {c.last_seq} ({c.path})"
+            f"{verb} {c.stream}: {c.messages} message(s), last seq {c.last_seq} ({c.path})",
+            soft_wrap=True,
         )
 
 
