@@ -118,6 +118,8 @@ class Worker:
         self._last_gen_check = 0.0
         self._prefetch: asyncio.Task[list[Msg] | BaseException] | None = None
         self._self_check: asyncio.Task[None] | None = None
+        #: True once this instance holds the projection lock (else a hot standby).
+        self.active = False
 
     @property
     def consumer(self) -> str:
@@ -144,7 +146,9 @@ class Worker:
             self.generation = await self._choose_generation()
         self.store.projection = self.consumer
         await self._connect_pg()
-        await self._acquire_lock()
+        if not await self._acquire_lock():
+            return  # stopped while a hot standby: run() returns at once
+        self.active = True
         await self._subscribe_from_checkpoint()
         if self.settings.self_check_interval_s > 0 and self.generation.status != "scratch":
             assert self.js is not None
@@ -225,16 +229,25 @@ class Worker:
         self.pg = await db.connect(self.settings, rm_schema=self.generation.schema_name)
         await ensure_schema(self.pg, self.generation.schema_name)
 
-    async def _acquire_lock(self) -> None:
+    async def _acquire_lock(self) -> bool:
+        """Wait until this instance holds the projection lock (False: stopped meanwhile).
+        Until then it is a hot standby: connected, its generation's tables ready."""
         self._lock_conn = await db.connect(self.settings, autocommit=True)
         key = f"tieline-worker:{self.settings.database_schema}:{self.consumer}"
-        while True:
+        waiting = False
+        while not self._stopping.is_set():
             cur = await self._lock_conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
             row = await cur.fetchone()
             if row and row[0]:
-                return
-            log.info("worker.standby", reason="another instance holds the projection lock")
-            await asyncio.sleep(1.0)
+                if waiting:
+                    log.info("worker.took_over", consumer=self.consumer)
+                return True
+            if not waiting:
+                log.info("worker.standby", reason="another instance holds the projection lock")
+                waiting = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
+        return False
 
     async def stream_last_seq(self) -> int:
         assert self.js is not None

@@ -112,18 +112,10 @@ async def _run_worker(settings: Settings) -> None:
     instance or a hot standby waiting for the projection lock (reported as ``state``)."""
     from tieline.projections.worker import Worker, serve
 
-    class ObservedWorker(Worker):
-        #: ``start`` returns only once this instance holds the projection lock.
-        active = False
-
-        async def start(self) -> None:
-            await super().start()
-            self.active = True
-
-    made: list[ObservedWorker] = []
+    made: list[Worker] = []
 
     def make(s: Settings) -> Worker:
-        made.append(ObservedWorker(s))
+        made.append(Worker(s))
         return made[-1]
 
     async def ready() -> tuple[bool, dict[str, Any]]:
