@@ -22,6 +22,7 @@ from tieline.services.api.routers import (
     relationships,
 )
 from tieline.services.api.runtime import Runtime
+from tieline.services.api.webapp import mount_web
 
 #: The routers in the order their routes are matched and listed in the OpenAPI document.
 ROUTERS = (export, ops, people, events, relationships, introductions, privacy)
@@ -48,4 +49,5 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     for module in ROUTERS:
         app.include_router(module.router)
+    mount_web(app)  # the web page at /app (services/api/webapp.py)
     return app

@@ -1,0 +1,170 @@
+// The page's shell: hash routes, navigation, sign-in state, the live-update banner.
+
+import { session, whenDenied } from "./api.js";
+import { fill, h, notice } from "./dom.js";
+import * as names from "./names.js";
+import { openStream } from "./sse.js";
+import * as signin from "./views/signin.js";
+import * as people from "./views/people.js";
+import * as person from "./views/person.js";
+import * as relationship from "./views/relationship.js";
+import * as losingTouch from "./views/losing-touch.js";
+import * as introductions from "./views/introductions.js";
+import * as recordView from "./views/record.js";
+
+const ROUTES = [
+  [/^\/signin$/, signin],
+  [/^\/people$/, people],
+  [/^\/person\/([^/]+)$/, person],
+  [/^\/rel\/([^/]+)\/([^/]+)$/, relationship],
+  [/^\/losing-touch$/, losingTouch],
+  [/^\/introductions$/, introductions],
+  [/^\/record$/, recordView],
+];
+
+const NAV = [
+  ["#/people", "People"],
+  ["#/losing-touch", "Losing touch"],
+  ["#/introductions", "Introductions"],
+  ["#/record", "Record"],
+];
+
+const main = document.getElementById("main");
+const banner = document.getElementById("banner");
+const sessionBox = document.getElementById("session");
+const liveBox = document.getElementById("live-state");
+const announcer = document.getElementById("announcer");
+let cleanups = [];
+let bannerTimer = null;
+
+export function announce(text) {
+  announcer.textContent = "";
+  setTimeout(() => { announcer.textContent = text; }, 30);
+}
+
+function showBanner(text, kind, hideAfterMs) {
+  clearTimeout(bannerTimer);
+  banner.className = `banner ${kind}`;
+  banner.textContent = text;
+  banner.hidden = false;
+  if (hideAfterMs) bannerTimer = setTimeout(() => { banner.hidden = true; }, hideAfterMs);
+}
+
+function setLive(text, state) {
+  liveBox.textContent = text;
+  liveBox.dataset.state = state;
+}
+
+/** Opens the event stream for the current view; closed when the view changes. */
+function live(filters, onMessage) {
+  const stream = openStream(filters, onMessage, (s) => {
+    if (s.state === "open") setLive("live", "open");
+    else if (s.state === "reconnected") {
+      setLive("live", "open");
+      showBanner("Live updates reconnected.", "ok", 4000);
+      onMessage({ kind: "reconnected", data: null, id: null });
+    } else if (s.state === "reconnecting") {
+      setLive("reconnecting", "reconnecting");
+      showBanner(`Live updates interrupted; reconnecting in ${Math.round(s.wait / 1000)} s…`, "warn");
+    } else if (s.state === "denied") {
+      setLive("live updates refused", "off");
+      showBanner(`The event stream refused this token (${s.status}).`, "error");
+    } else if (s.state === "unavailable") {
+      setLive("live updates unavailable", "off");
+    }
+  });
+  cleanups.push(() => stream.close());
+  return stream;
+}
+
+let deniedMessage = null;
+whenDenied((err) => {
+  session.signOut();
+  deniedMessage = signin.deniedText(err.status, session.workspace);
+  if (location.hash !== "#/signin") location.hash = "#/signin";
+  else render();
+});
+
+function parseHash() {
+  const raw = location.hash.replace(/^#/, "") || "/people";
+  const [path, qs] = raw.split("?");
+  return { path, query: new URLSearchParams(qs || "") };
+}
+
+function drawChrome(path) {
+  const nav = document.getElementById("nav-links");
+  fill(
+    nav,
+    NAV.map(([href, label]) =>
+      h("li", {}, h("a", { href, "aria-current": `#${path}`.startsWith(href) ? "page" : false }, label)),
+    ),
+  );
+  if (!session.token) {
+    fill(sessionBox, h("a", { href: "#/signin" }, "Sign in"));
+    return;
+  }
+  const me = session.me;
+  fill(
+    sessionBox,
+    h("span", {}, "workspace ", h("strong", {}, session.workspace)),
+    me ? h("span", {}, " · me: ", h("a", { href: `#/person/${encodeURIComponent(me)}` }, names.nameOf(me))) : null,
+    " ",
+    h("button", {
+      type: "button",
+      class: "link",
+      onclick: () => {
+        session.signOut();
+        names.forget();
+        location.hash = "#/signin";
+      },
+    }, "Sign out"),
+  );
+}
+
+async function render() {
+  for (const f of cleanups.splice(0)) f();
+  const { path, query } = parseHash();
+  if (!session.token && path !== "/signin") {
+    location.hash = "#/signin";
+    return;
+  }
+  const found = ROUTES.map(([re, view]) => [path.match(re), view]).find(([m]) => m);
+  drawChrome(path);
+  if (!found) {
+    fill(main, h("h1", { tabindex: "-1" }, "Not found"), h("p", {}, h("a", { href: "#/people" }, "Go to people")));
+    return;
+  }
+  const [match, view] = found;
+  const params = match.slice(1).map(decodeURIComponent);
+  const ctx = {
+    params,
+    query,
+    live,
+    announce,
+    navigate: (hash) => { location.hash = hash; },
+    deniedMessage: () => { const m = deniedMessage; deniedMessage = null; return m; },
+    onCleanup: (f) => cleanups.push(f),
+    refreshChrome: () => drawChrome(path),
+  };
+  fill(main);
+  main.setAttribute("aria-busy", "true");
+  try {
+    await view.render(main, ctx);
+  } catch (err) {
+    if (err?.status === 401 || (err?.status === 403 && !err?.handled)) return; // signing in again
+    main.append(notice("error", `Could not load this page: ${err.message || err}`));
+    console.error(err);
+  } finally {
+    main.removeAttribute("aria-busy");
+  }
+  document.title = `${main.querySelector("h1")?.textContent || "tieline"} · tieline`;
+  main.querySelector("h1")?.focus();
+}
+
+// The skip link must not change the hash (that is the router's): it moves focus instead.
+document.querySelector(".skip").addEventListener("click", (e) => {
+  e.preventDefault();
+  main.focus();
+});
+window.addEventListener("hashchange", render);
+render();

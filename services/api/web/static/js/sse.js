@@ -1,0 +1,117 @@
+// Live updates: the workspace's Server-Sent Events stream, GET /v1/workspaces/{ws}/stream.
+//
+// A browser's EventSource cannot send an Authorization header, so the stream is read with
+// fetch() and parsed here as the HTML standard's text/event-stream format: `event:` names the
+// kind, `data:` lines carry JSON, `id:` is the position to resume from (sent back as
+// Last-Event-ID on reconnect, so nothing is missed), `retry:` sets the reconnect delay, and
+// lines starting with ':' are heartbeats.
+
+import { ROUTES, urlOf, session } from "./api.js";
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Parses a text/event-stream body into {event, data, id, retry} messages. */
+export async function* parseEventStream(body) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  let data = [];
+  let event = "";
+  let id = null;
+  let retry = null;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += value;
+    for (;;) {
+      const m = /\r\n|\r|\n/.exec(buf);
+      // A '\r' at the end of the chunk may be the first half of '\r\n': wait for more.
+      if (!m || (m[0] === "\r" && m.index === buf.length - 1)) break;
+      const line = buf.slice(0, m.index);
+      buf = buf.slice(m.index + m[0].length);
+      if (line === "") {
+        if (data.length || retry !== null) {
+          yield { event: event || "message", data: data.length ? data.join("\n") : null, id, retry };
+        }
+        data = [];
+        event = "";
+        retry = null;
+        continue;
+      }
+      if (line.startsWith(":")) continue; // heartbeat / comment
+      const colon = line.indexOf(":");
+      const name = colon < 0 ? line : line.slice(0, colon);
+      let val = colon < 0 ? "" : line.slice(colon + 1);
+      if (val.startsWith(" ")) val = val.slice(1);
+      if (name === "data") data.push(val);
+      else if (name === "event") event = val;
+      else if (name === "id" && !val.includes("\0")) id = val;
+      else if (name === "retry" && /^\d+$/.test(val)) retry = Number(val);
+    }
+  }
+}
+
+/**
+ * Opens the stream with `filters` (person, pair, kinds) and keeps it open: on a drop it
+ * reconnects with backoff, resuming from the last id it saw.
+ * `onMessage({kind, data, id})` gets every message with JSON data; `onState({state, ...})`
+ * hears 'open', 'reconnecting', 'reconnected', 'denied' (401/403) and 'unavailable' (the
+ * server has no stream route). Returns {close()}.
+ */
+export function openStream(filters, onMessage, onState) {
+  let stopped = false;
+  let lastId = null;
+  let retryMs = 1000;
+  let controller = null;
+  let failures = 0;
+  let everOpen = false;
+
+  async function connectOnce() {
+    controller = new AbortController();
+    const headers = { Accept: "text/event-stream", Authorization: `Bearer ${session.token}` };
+    if (lastId !== null) headers["Last-Event-ID"] = lastId;
+    const resp = await fetch(urlOf(ROUTES.stream, {}, filters), {
+      headers, signal: controller.signal, cache: "no-store",
+    });
+    if (resp.status === 401 || resp.status === 403) return { final: "denied", status: resp.status };
+    if (resp.status === 404 || resp.status === 405) return { final: "unavailable", status: resp.status };
+    const type = resp.headers.get("content-type") || "";
+    if (!resp.ok || !resp.body || !type.startsWith("text/event-stream")) {
+      throw new Error(`the stream answered HTTP ${resp.status}`);
+    }
+    onState({ state: everOpen ? "reconnected" : "open" });
+    everOpen = true;
+    failures = 0;
+    for await (const msg of parseEventStream(resp.body)) {
+      if (msg.id !== null) lastId = msg.id;
+      if (msg.retry !== null) retryMs = msg.retry;
+      if (msg.data === null) continue;
+      let data = msg.data;
+      try { data = JSON.parse(msg.data); } catch { /* keep the text */ }
+      const kind = msg.event !== "message" ? msg.event : (data && data.kind) || "message";
+      onMessage({ kind, data, id: msg.id });
+    }
+    throw new Error("the stream ended");
+  }
+
+  (async () => {
+    while (!stopped) {
+      try {
+        const end = await connectOnce();
+        if (end) { onState({ state: end.final, status: end.status }); return; }
+      } catch (err) {
+        if (stopped) return;
+        failures += 1;
+        const wait = Math.min(retryMs * 2 ** (failures - 1), 15000);
+        onState({ state: "reconnecting", wait, error: String(err.message || err) });
+        await sleep(wait);
+      }
+    }
+  })();
+
+  return {
+    close() {
+      stopped = true;
+      controller?.abort();
+    },
+  };
+}

@@ -1,0 +1,194 @@
+// Introductions: who can introduce me to X (warm paths, each hop's strength), whether an
+// introducer can vouch for both sides, and the double opt-in flow: request, each side's
+// consent, the introduction itself, its outcome.
+
+import { ApiError, ROUTES, api, newId, record, session } from "../api.js";
+import { add, clearFieldErrors, field, fill, h, loading, notice, showFieldErrors, table, tierBadge, timeEl } from "../dom.js";
+import * as names from "../names.js";
+import { debounce, seqOf } from "./live.js";
+
+function personInput(name, value = "") {
+  return h("input", { type: "text", name, value, required: true, pattern: "[A-Za-z0-9_\\-]{1,64}", list: "intro-people", autocomplete: "off" });
+}
+
+/** Shows an API error on `form`: field errors next to the fields, the rest in `box`. */
+function showError(form, box, err) {
+  const rest = err instanceof ApiError ? showFieldErrors(form, err.fields) : [];
+  const why = err instanceof ApiError && err.status === 403 ? "your token may not record events (it needs the write role)" : err.message;
+  fill(box, notice("error", why, rest.length ? h("ul", {}, rest.map((m) => h("li", {}, m))) : null));
+}
+
+function warmPathsSection(from) {
+  const source = personInput("person", from);
+  const target = personInput("target");
+  const out = h("div", { "aria-live": "polite" });
+  const form = h("form", { class: "card" },
+    h("div", { class: "row" }, field("From", source, { name: "person" }), field("To", target, { name: "target" })),
+    h("button", { type: "submit" }, "Find warm paths"), out);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    clearFieldErrors(form);
+    fill(out, loading("Looking for paths"));
+    try {
+      const body = await api.get(ROUTES.warmPaths, { person: source.value.trim() }, { target: target.value.trim() });
+      await names.resolve(body.paths.flatMap((p) => p.path));
+      if (!body.paths.length) {
+        fill(out, notice("info", "No warm path: nobody who knows both well enough to vouch, within two intermediaries."));
+        return;
+      }
+      fill(out, h("ol", { class: "paths" }, body.paths.map((p) =>
+        h("li", {},
+          p.path.map((id, i) => [
+            i ? h("span", { class: "hop" }, ` —${Number(p.link_scores[i - 1]).toFixed(1)}→ `) : null,
+            names.personLink(id),
+          ]),
+          h("small", {}, ` (weakest link ${Number(p.weakest_link).toFixed(1)})`)))));
+    } catch (err) {
+      showError(form, out, err);
+    }
+  });
+  return h("section", { "aria-labelledby": "paths-h" }, h("h2", { id: "paths-h" }, "Who can introduce me to…"), form);
+}
+
+function vouchSection(from) {
+  const introducer = personInput("introducer");
+  const a = personInput("a", from);
+  const b = personInput("b");
+  const out = h("div", { "aria-live": "polite" });
+  const form = h("form", { class: "card" },
+    h("div", { class: "row" }, field("Introducer", introducer, { name: "introducer" }), field("Person", a, { name: "a" }), field("Other person", b, { name: "b" })),
+    h("button", { type: "submit" }, "Check"), out);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    clearFieldErrors(form);
+    try {
+      const q = { introducer: introducer.value.trim(), a: a.value.trim(), b: b.value.trim() };
+      const body = await api.get(ROUTES.vouchCheck, {}, q);
+      await names.resolve([q.introducer, q.a, q.b]);
+      const side = (id) => {
+        const s = body[id] || {};
+        return h("li", {}, names.personLink(id), ": ", s.can_vouch ? "can vouch" : "cannot vouch",
+          s.tier ? [" ", tierBadge(s.tier), ` ${Number(s.score).toFixed(1)}`] : null,
+          s.reasons?.length ? h("ul", {}, s.reasons.map((r) => h("li", {}, r))) : null);
+      };
+      fill(out, notice(body.can_introduce ? "ok" : "info",
+        h("p", {}, body.can_introduce ? `${names.nameOf(q.introducer)} can vouch for both.` : `${names.nameOf(q.introducer)} cannot vouch for both.`),
+        h("ul", {}, side(q.a), side(q.b))));
+    } catch (err) {
+      showError(form, out, err);
+    }
+  });
+  return h("section", { "aria-labelledby": "vouch-h" }, h("h2", { id: "vouch-h" }, "Can they vouch?"), form);
+}
+
+/** The next steps of one introduction, as buttons that record the events. */
+function steps(intro, after) {
+  const id = intro.introduction_id;
+  const act = (label, event) => {
+    const eventId = newId(); // one id per button: a second click of it records nothing new
+    const button = h("button", { type: "button" }, label);
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        const r = await record({ ...event, event_id: eventId });
+        await after(r.seq, `${label}: recorded.`);
+      } catch (err) {
+        button.disabled = false;
+        await after(undefined, null, err);
+      }
+    });
+    return button;
+  };
+  const out = [];
+  if (intro.status === "awaiting consent") {
+    for (const [who, consent] of [[intro.requester, intro.requester_consent], [intro.target, intro.target_consent]]) {
+      if (consent === null || consent === undefined) {
+        out.push(act(`${names.nameOf(who)} agrees`, { type: "introduction.consented", introduction_id: id, person: who, consented: true }));
+        out.push(act(`${names.nameOf(who)} declines`, { type: "introduction.consented", introduction_id: id, person: who, consented: false }));
+      }
+    }
+  } else if (intro.status === "ready") {
+    out.push(act("Make the introduction", { type: "relationship.introduced", introduction_id: id, introducer: intro.introducer, person_a: intro.requester, person_b: intro.target }));
+  } else if (intro.status === "made") {
+    for (const outcome of ["met", "talking", "no_response", "declined"]) {
+      out.push(act(`Outcome: ${outcome.replace("_", " ")}`, { type: "introduction.outcome", introduction_id: id, outcome }));
+    }
+  }
+  return out;
+}
+
+function flowSection(from) {
+  const requester = personInput("requester", from);
+  const introducer = personInput("introducer");
+  const target = personInput("target");
+  const reason = h("input", { type: "text", name: "reason", maxlength: "2000" });
+  const out = h("div", { "aria-live": "polite" });
+  const listBox = h("div", {}, loading("Loading introductions"));
+  let eventId = newId();
+  const form = h("form", { class: "card" },
+    h("div", { class: "row" }, field("Requester", requester, { name: "requester" }), field("Introducer", introducer, { name: "introducer" }), field("Target", target, { name: "target" })),
+    field("Why (optional)", reason, { name: "reason" }),
+    h("button", { type: "submit" }, "Request an introduction"), out);
+
+  async function load(minSeq) {
+    const body = await api.get(ROUTES.introductions, {}, { person: from || undefined, min_seq: minSeq });
+    const intros = body.introductions || body.items || [];
+    await names.resolve(intros.flatMap((i) => [i.requester, i.introducer, i.target]));
+    const after = async (seq, message, err) => {
+      if (err) fill(out, notice("error", err.message));
+      if (seq) await load(seq);
+      if (message) fill(out, notice("ok", message));
+    };
+    fill(listBox, intros.length
+      ? table("Introductions, newest first", ["Requested", "Requester", "Introducer", "Target", "Status", "Next step"],
+        intros.map((i) => h("tr", { dataset: { introductionId: i.introduction_id } },
+          h("td", {}, timeEl(i.requested_at)),
+          h("td", {}, names.personLink(i.requester)),
+          h("td", {}, names.personLink(i.introducer)),
+          h("td", {}, names.personLink(i.target)),
+          h("td", {}, h("span", { class: "badge" }, i.status)),
+          h("td", { class: "steps" }, steps(i, after)))))
+      : notice("info", "No introductions yet."));
+  }
+
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    clearFieldErrors(form);
+    try {
+      const r = await record({
+        type: "introduction.requested",
+        event_id: eventId,
+        introduction_id: eventId,
+        requester: requester.value.trim(),
+        introducer: introducer.value.trim(),
+        target: target.value.trim(),
+        reason: reason.value.trim() || undefined,
+      });
+      eventId = newId();
+      fill(out, notice("ok", "Requested. Both sides now need to agree before the introduction is made."));
+      await load(r.seq);
+    } catch (err) {
+      showError(form, out, err);
+    }
+  });
+  return {
+    section: h("section", { "aria-labelledby": "flow-h" }, h("h2", { id: "flow-h" }, "Double opt-in introductions"),
+      h("p", {}, "An introduction is made only after both people agree: request, consent from each side, the introduction, then how it went."),
+      form, listBox),
+    load,
+  };
+}
+
+export async function render(main, ctx) {
+  const from = ctx.query.get("from") || session.me;
+  const list = h("datalist", { id: "intro-people" });
+  names.peopleOptions().then((ps) => fill(list, ps.map((p) => h("option", { value: p.person_id }, p.display_name)))).catch(() => {});
+  const flow = flowSection(from);
+  add(main, h("h1", { tabindex: "-1" }, "Introductions"), list, warmPathsSection(from), vouchSection(from), flow.section);
+  await flow.load();
+  const reload = debounce((seq) => flow.load(seq).catch(() => {}), 300);
+  ctx.live({ kinds: "event.recorded" }, (msg) => {
+    const type = msg.data?.type || "";
+    if (type.startsWith("introduction.") || type === "relationship.introduced") reload(seqOf(msg));
+  });
+}

@@ -1,0 +1,32 @@
+// What the views read from the stream's messages (issue 12: `event.recorded` carries type,
+// people and seq; `relationship.changed` the pair, the score before and after and the event
+// that caused it). Readers are tolerant of field names so a small change in the payload
+// degrades to a plain reload, never to a wrong page.
+
+/** The stream sequence a message is about (for read-your-writes reloads), if it says. */
+export function seqOf(msg) {
+  const d = msg.data && typeof msg.data === "object" ? msg.data : {};
+  const seq = d.seq ?? d.event?.seq ?? d.caused_by?.seq ?? d.cause?.seq;
+  return Number.isInteger(seq) ? seq : undefined;
+}
+
+/** The two people a message concerns, if it names a pair. */
+export function pairOf(msg) {
+  const d = msg.data && typeof msg.data === "object" ? msg.data : {};
+  const pair = d.pair ?? d.people;
+  if (typeof pair === "string") return pair.split(",");
+  if (Array.isArray(pair)) return pair.map(String);
+  if (d.person_a && d.person_b) return [d.person_a, d.person_b];
+  return null;
+}
+
+/** Calls `fn` at most once per `ms` burst (a batch import sends many messages at once). */
+export function debounce(fn, ms = 150) {
+  let timer = null;
+  let latest;
+  return (arg) => {
+    latest = arg === undefined ? latest : Math.max(latest ?? 0, arg);
+    clearTimeout(timer);
+    timer = setTimeout(() => { const a = latest; latest = undefined; fn(a); }, ms);
+  };
+}

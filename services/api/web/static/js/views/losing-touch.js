@@ -1,0 +1,99 @@
+// Losing touch: the ties of "me" (or ?person=) past their tier's usual contact cadence, most
+// strength at stake first, each with a one-click "Followed up" that records the event
+// (an idempotent event_id: a retry after a lost answer records it once) and then reads the
+// list again with ?min_seq= so the row is gone as soon as the write is applied.
+
+import { ApiError, ROUTES, api, newId, record, session } from "../api.js";
+import { add, fill, fmtDays, h, loading, notice, scoreBar, table, tierBadge, timeEl, field } from "../dom.js";
+import * as names from "../names.js";
+import { debounce, seqOf } from "./live.js";
+
+const CHANNELS = ["message", "email", "phone", "video", "in_person", "social", "letter", "other"];
+
+function choosePerson(ctx) {
+  const input = h("input", { type: "text", name: "person", required: true, pattern: "[A-Za-z0-9_\\-]{1,64}", list: "people-list", autocomplete: "off" });
+  const list = h("datalist", { id: "people-list" });
+  names.peopleOptions().then((ps) => fill(list, ps.map((p) => h("option", { value: p.person_id }, p.display_name)))).catch(() => {});
+  return h("form", {
+    class: "card narrow",
+    onsubmit: (e) => {
+      e.preventDefault();
+      session.me = input.value.trim();
+      ctx.navigate("#/losing-touch");
+    },
+  }, field("Your person id", input, { name: "person", hint: "Whose network to look at; kept for this tab." }), list, h("button", { type: "submit" }, "Show"));
+}
+
+export async function render(main, ctx) {
+  const person = ctx.query.get("person") || session.me;
+  add(main, h("h1", { tabindex: "-1" }, "Losing touch"));
+  if (!person) {
+    add(main, h("p", {}, "Tell tieline who you are to see the ties you are losing touch with."), choosePerson(ctx));
+    return;
+  }
+  await names.resolve([person]);
+  const channel = h("select", { id: "fu-channel", name: "channel" }, CHANNELS.map((c) => h("option", { value: c }, c.replace("_", " "))));
+  const status = h("div", { "aria-live": "polite" });
+  const listBox = h("div", {}, loading("Loading follow-ups"));
+  add(main, 
+    h("p", {}, "Ties of ", names.personLink(person), " whose time since the last contact is past their tier's usual cadence, with the most strength at stake first."),
+    h("p", { class: "inline" }, h("label", { for: "fu-channel" }, "One-click follow-ups are recorded as"), " ", channel),
+    status,
+    listBox,
+  );
+
+  const pending = new Map(); // other -> event_id of a follow-up being recorded (retries reuse it)
+
+  async function followedUp(row, button) {
+    button.disabled = true;
+    const eventId = pending.get(row.other) ?? newId();
+    pending.set(row.other, eventId);
+    try {
+      const result = await record({
+        type: "relationship.followed_up",
+        event_id: eventId,
+        from_person: person,
+        to_person: row.other,
+        channel: channel.value,
+      });
+      pending.delete(row.other);
+      await load(result.seq);
+      fill(status, notice("ok", `Recorded a follow-up with ${names.nameOf(row.other)} (event ${result.seq}).`));
+    } catch (err) {
+      button.disabled = false;
+      const why = err instanceof ApiError && err.status === 403
+        ? "your token may not record events (it needs the write role)"
+        : err.message;
+      fill(status, notice("error", `Could not record the follow-up with ${names.nameOf(row.other)}: ${why}. Trying again records it once.`));
+    }
+  }
+
+  async function load(minSeq) {
+    const body = await api.get(ROUTES.followUps, { person }, { min_seq: minSeq });
+    const due = body.due || [];
+    await names.resolve(due.map((d) => d.other));
+    if (!due.length) {
+      fill(listBox, notice("ok", "Nobody is overdue. Nice."));
+      return;
+    }
+    const rows = due.map((d) => {
+      const button = h("button", { type: "button", class: "primary", "aria-label": `Followed up with ${names.nameOf(d.other)}` }, "Followed up");
+      button.addEventListener("click", () => followedUp(d, button));
+      return h(
+        "tr",
+        { dataset: { other: d.other } },
+        h("td", {}, names.personLink(d.other), " ", h("a", { href: `#/rel/${encodeURIComponent(person)}/${encodeURIComponent(d.other)}`, class: "small" }, "relationship")),
+        h("td", {}, scoreBar(d.score)),
+        h("td", {}, tierBadge(d.tier_at_last_contact)),
+        h("td", {}, timeEl(d.last_contact_at), h("br"), h("small", {}, `${fmtDays(d.days_since_contact)} ago; usual: every ${d.cadence_days} days`)),
+        h("td", { class: "num" }, Number(d.at_stake).toFixed(1)),
+        h("td", {}, button),
+      );
+    });
+    fill(listBox, table(`${due.length} follow-ups due, most at stake first`, ["Person", "Strength", "Tier then", "Last contact", "At stake", ""], rows));
+  }
+
+  await load();
+  const reload = debounce((seq) => load(seq).catch(() => {}), 300);
+  ctx.live({ person, kinds: "event.recorded,follow_up.due,relationship.changed,person.forgotten" }, (msg) => reload(seqOf(msg)));
+}

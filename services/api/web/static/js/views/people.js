@@ -1,0 +1,123 @@
+// The people directory: paged from the API, searchable by name, id, organisation, title or
+// e-mail. Names are stored encrypted, so the API cannot search them: a search reads the whole
+// directory (1,000 people per request) once and filters it here.
+
+import { ROUTES, api } from "../api.js";
+import { add, fill, forgottenBadge, h, loading, notice, table } from "../dom.js";
+import * as names from "../names.js";
+
+const PAGE = 25;
+const SEARCH_LIMIT = 20000; // people read for a search at most
+
+/** One page of the directory; `cursor` is the API's: `next_cursor` (issue 12's pagination)
+ *  or, before it, `next` with `after`. */
+async function page(cursor, limit) {
+  const query = { limit };
+  if (cursor?.kind === "cursor") query.cursor = cursor.value;
+  else if (cursor) query.after = cursor.value;
+  const body = await api.get(ROUTES.people, {}, query);
+  const rows = body.people || body.items || [];
+  names.remember(rows);
+  let next = null;
+  if (body.next_cursor) next = { kind: "cursor", value: body.next_cursor };
+  else if (body.next) next = { kind: "after", value: body.next };
+  return { rows, next };
+}
+
+async function everyone() {
+  const all = [];
+  let cursor = null;
+  do {
+    const { rows, next } = await page(cursor, 1000);
+    all.push(...rows);
+    cursor = next;
+  } while (cursor && all.length < SEARCH_LIMIT);
+  return { all, truncated: Boolean(cursor) };
+}
+
+function matches(p, q) {
+  const hay = [p.display_name, p.person_id, p.organization, p.title, p.email].filter(Boolean).join(" ").toLowerCase();
+  return q.split(/\s+/).every((word) => hay.includes(word));
+}
+
+function rowsOf(list) {
+  return list.map((p) =>
+    h(
+      "tr",
+      { class: p.forgotten ? "is-forgotten" : null },
+      h("td", {}, h("a", { href: `#/person/${encodeURIComponent(p.person_id)}` }, p.display_name || p.person_id), p.forgotten ? [" ", forgottenBadge()] : null),
+      h("td", {}, h("code", {}, p.person_id)),
+      h("td", {}, p.organization || ""),
+      h("td", {}, p.title || ""),
+    ),
+  );
+}
+
+export async function render(main, ctx) {
+  const search = h("input", { type: "search", id: "people-search", name: "q", value: ctx.query.get("q") || "", autocomplete: "off" });
+  const results = h("div", { id: "people-results" });
+  const pager = h("nav", { class: "pager", "aria-label": "Directory pages" });
+  add(main, 
+    h("h1", { tabindex: "-1" }, "People"),
+    h("form", { role: "search", class: "inline", onsubmit: (e) => e.preventDefault() },
+      h("label", { for: "people-search" }, "Search people"), search),
+    results,
+    pager,
+  );
+
+  const stack = []; // cursors of the pages before the current one
+  let cursor = null;
+  let cache = null; // the whole directory, once searched
+  let offset = 0;
+
+  function pagerButtons(hasPrev, hasNext, label, prev, next) {
+    fill(
+      pager,
+      h("button", { type: "button", disabled: !hasPrev, onclick: prev }, "← Previous"),
+      h("span", { "aria-live": "polite" }, label),
+      h("button", { type: "button", disabled: !hasNext, onclick: next }, "Next →"),
+    );
+  }
+
+  async function showPage() {
+    fill(results, loading("Loading people"));
+    const { rows, next } = await page(cursor, PAGE);
+    const n = stack.length;
+    fill(results, rows.length
+      ? table("People in this workspace", ["Name", "Id", "Organisation", "Title"], rowsOf(rows))
+      : notice("info", "No people yet. Add people through the API or `tieline import`."));
+    pagerButtons(n > 0, Boolean(next), `Page ${n + 1}`,
+      () => { cursor = stack.pop(); showPage(); },
+      () => { stack.push(cursor); cursor = next; showPage(); });
+  }
+
+  async function showSearch(q) {
+    if (!cache) {
+      fill(results, loading("Searching the directory"));
+      cache = await everyone();
+    }
+    const found = cache.all.filter((p) => matches(p, q));
+    const slice = found.slice(offset, offset + PAGE);
+    fill(results,
+      h("p", { role: "status" }, `${found.length} ${found.length === 1 ? "person matches" : "people match"} “${q}”`,
+        cache.truncated ? ` (among the first ${cache.all.length})` : ""),
+      slice.length ? table(`People matching “${q}”`, ["Name", "Id", "Organisation", "Title"], rowsOf(slice)) : null);
+    pagerButtons(offset > 0, offset + PAGE < found.length,
+      found.length ? `${offset + 1}–${offset + slice.length} of ${found.length}` : "",
+      () => { offset -= PAGE; showSearch(q); },
+      () => { offset += PAGE; showSearch(q); });
+  }
+
+  let timer = null;
+  search.addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      const q = search.value.trim().toLowerCase();
+      offset = 0;
+      history.replaceState(null, "", q ? `#/people?q=${encodeURIComponent(search.value.trim())}` : "#/people");
+      (q ? showSearch(q) : showPage()).catch((err) => fill(results, notice("error", err.message)));
+    }, 200);
+  });
+  const q = search.value.trim().toLowerCase();
+  await (q ? showSearch(q) : showPage());
+}
