@@ -55,8 +55,11 @@ function setLive(text, state) {
   liveBox.dataset.state = state;
 }
 
+let current = 0; // the render in progress or shown; older renders must not touch the page
+
 /** Opens the event stream for the current view; closed when the view changes. */
-function live(filters, onMessage) {
+function live(filters, onMessage, mine = current) {
+  if (mine !== current) return { close() {} }; // a view already replaced
   const stream = openStream(filters, onMessage, (s) => {
     if (s.state === "open") setLive("live", "open");
     else if (s.state === "reconnected") {
@@ -123,6 +126,7 @@ function drawChrome(path) {
 
 async function render() {
   for (const f of cleanups.splice(0)) f();
+  const mine = ++current;
   const { path, query } = parseHash();
   if (!session.token && path !== "/signin") {
     location.hash = "#/signin";
@@ -139,26 +143,29 @@ async function render() {
   const ctx = {
     params,
     query,
-    live,
+    live: (filters, onMessage) => live(filters, onMessage, mine),
     announce,
     navigate: (hash) => { location.hash = hash; },
     deniedMessage: () => { const m = deniedMessage; deniedMessage = null; return m; },
-    onCleanup: (f) => cleanups.push(f),
     refreshChrome: () => drawChrome(path),
   };
-  fill(main);
+  // Each render draws into its own element: a slower, replaced render writes into a
+  // detached one and never mixes with the page now shown.
+  const box = h("div", { class: "view" });
+  fill(main, box);
   main.setAttribute("aria-busy", "true");
   try {
-    await view.render(main, ctx);
+    await view.render(box, ctx);
   } catch (err) {
-    if (err?.status === 401 || (err?.status === 403 && !err?.handled)) return; // signing in again
-    main.append(notice("error", `Could not load this page: ${err.message || err}`));
+    if (err?.status === 401 || err?.status === 403) return; // back to sign-in, with the reason
+    box.append(notice("error", `Could not load this page: ${err.message || err}`));
     console.error(err);
   } finally {
-    main.removeAttribute("aria-busy");
+    if (mine === current) main.removeAttribute("aria-busy");
   }
-  document.title = `${main.querySelector("h1")?.textContent || "tieline"} · tieline`;
-  main.querySelector("h1")?.focus();
+  if (mine !== current) return;
+  document.title = `${box.querySelector("h1")?.textContent || "tieline"} · tieline`;
+  box.querySelector("h1")?.focus();
 }
 
 // The skip link must not change the hash (that is the router's): it moves focus instead.

@@ -100,8 +100,10 @@ export function eventLabel(type) {
 }
 
 /** A labelled form control wrapped with a slot for the API's errors about that field. */
+let fieldCount = 0;
 export function field(label, control, { name, hint } = {}) {
-  const id = control.id || `f-${name || Math.random().toString(36).slice(2)}`;
+  // Unique ids: two forms on one page may both have, say, an "introducer" field.
+  const id = control.id || `f-${name || "field"}-${++fieldCount}`;
   control.id = id;
   const errId = `${id}-error`;
   const hintId = hint ? `${id}-hint` : null;
@@ -173,17 +175,26 @@ export async function pool(items, limit, fn) {
   return out;
 }
 
-/** A table in a horizontally scrollable, keyboard-focusable region (phones). */
+/** A table; on a phone-width screen its rows become stacked cards, each cell labelled with
+ *  its column (data-label). Explicit ARIA roles keep it a table for screen readers when the
+ *  phone layout changes its CSS display. */
 export function table(caption, headers, rows) {
+  for (const tr of rows) {
+    tr.setAttribute("role", "row");
+    [...tr.children].forEach((td, i) => {
+      td.setAttribute("role", "cell");
+      if (headers[i]) td.dataset.label = headers[i];
+    });
+  }
   return h(
     "div",
     { class: "table-wrap", tabindex: "0", role: "region", "aria-label": caption },
     h(
       "table",
-      {},
+      { role: "table", class: "stack" },
       h("caption", {}, caption),
-      h("thead", {}, h("tr", {}, headers.map((x) => h("th", { scope: "col" }, x)))),
-      h("tbody", {}, rows),
+      h("thead", { role: "rowgroup" }, h("tr", { role: "row" }, headers.map((x) => h("th", { scope: "col", role: "columnheader" }, x)))),
+      h("tbody", { role: "rowgroup" }, rows),
     ),
   );
 }

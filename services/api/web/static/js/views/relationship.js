@@ -115,7 +115,7 @@ export async function render(main, ctx) {
   const dateInput = h("input", { type: "date", id: "as-of", name: "as_of", value: asOf ? day : "", max: new Date().toISOString().slice(0, 10) });
   dateInput.addEventListener("change", () => ctx.navigate(dateInput.value ? `${base}?as_of=${dateInput.value}` : base));
   const canvas = h("canvas", { id: "strength-chart", role: "img", tabindex: "0", "aria-label": "Strength over time" });
-  const figure = h("figure", { class: "chart card", dataset: { state: "loading" } },
+  const figure = h("figure", { class: "chart card", dataset: { state: "loading", asOf: asOf ? day : "now" } },
     h("div", { class: "chart-box" }, canvas),
     h("figcaption", {}, "Each dot is an event, at the strength right after it; the line is the model's decay between events. Focus the chart and use the arrow keys to step through the events."));
   const summaryBox = h("div", {}, loading("Loading the relationship"));

@@ -1,0 +1,83 @@
+"""Introductions: warm paths with each hop's strength, the vouch check, and the double opt-in
+flow (request, both consents, the introduction, its outcome) clicked through in the page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from playwright.sync_api import Page, expect
+
+from tests.browser.conftest import Network, screenshot, sign_in
+
+
+def test_warm_paths_and_vouch_check(watched: Page, network: Network) -> None:
+    page = watched
+    people = [e["person_id"] for e in network.lines if e["type"] == "person.added"]
+    found = None
+    for source in people:
+        mine = {t["other"]: t for t in network.get(f"/people/{source}/relationships")["relationships"]}
+        friends = [o for o, t in mine.items() if t["tier"] in ("intimate", "close", "friend")]
+        for via in friends:
+            theirs = network.get(f"/people/{via}/relationships")["relationships"]
+            for target in (t["other"] for t in theirs if t["other"] not in mine):
+                if target == source:
+                    continue
+                paths = network.get(f"/people/{source}/warm-paths", target=target)["paths"]
+                if any(len(p["path"]) > 2 for p in paths):
+                    found = (source, target, paths)
+                    break
+            if found:
+                break
+        if found:
+            break
+    assert found, "the simulated network has a warm path through someone"
+    source, target, paths = found
+    sign_in(page, network)
+    page.goto(network.app_url + f"#/introductions?from={source}")
+    section = page.locator("section[aria-labelledby=paths-h]")
+    section.get_by_label("To").fill(target)
+    section.get_by_role("button", name="Find warm paths").click()
+    items = section.locator("ol.paths > li")
+    expect(items).to_have_count(len(paths))
+    hops = items.first.locator(".hop").all_text_contents()
+    assert [h.strip(" —→") for h in hops] == [f"{s:.1f}" for s in paths[0]["link_scores"]]
+
+    via = next(p for p in paths if len(p["path"]) > 2)["path"][1]
+    check = network.get("/introductions/check", introducer=via, a=source, b=target)
+    vouch = page.locator("section[aria-labelledby=vouch-h]")
+    vouch.get_by_label("Introducer").fill(via)
+    vouch.get_by_label("Other person").fill(target)
+    vouch.get_by_role("button", name="Check").click()
+    verdict = "can vouch for both" if check["can_introduce"] else "cannot vouch for both"
+    expect(vouch.get_by_text(verdict)).to_be_visible()
+
+
+def test_double_opt_in_flow(watched: Page, network: Network, shots: Path) -> None:
+    page = watched
+    people = [e for e in network.lines if e["type"] == "person.added"]
+    requester, introducer, target = (p["person_id"] for p in people[10:13])
+    name = {p["person_id"]: p["display_name"] for p in people}
+    sign_in(page, network, me=requester)
+    page.goto(network.app_url + "#/introductions")
+    flow = page.locator("section[aria-labelledby=flow-h]")
+    flow.get_by_label("Introducer").fill(introducer)
+    flow.get_by_label("Target").fill(target)
+    flow.get_by_role("button", name="Request an introduction").click()
+    row = flow.locator("tbody tr").first
+    expect(row.locator(".badge")).to_have_text("awaiting consent")
+    row.get_by_role("button", name=f"{name[requester]} agrees").click()
+    expect(row.get_by_role("button", name=f"{name[requester]} agrees")).to_have_count(0)
+    row.get_by_role("button", name=f"{name[target]} agrees").click()
+    expect(row.locator(".badge")).to_have_text("ready")
+    row.get_by_role("button", name="Make the introduction").click()
+    expect(row.locator(".badge")).to_have_text("made")
+    screenshot(page, shots, "introductions")
+    row.get_by_role("button", name="Outcome: met").click()
+    expect(row.locator(".badge")).to_have_text("outcome: met")
+    [intro] = [
+        i
+        for i in network.get("/introductions", person=requester)["introductions"]
+        if i["introducer"] == introducer and i["target"] == target
+    ]
+    assert intro["status"] == "outcome: met"
+    assert intro["requester_consent"] and intro["target_consent"]

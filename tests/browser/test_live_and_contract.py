@@ -1,0 +1,207 @@
+"""The page against the API's contract: every route it calls is documented in /openapi.json,
+the live updates over the event stream (GET /v1/workspaces/{ws}/stream), the stream client's
+reconnect banner and resume, the closed-form decay the page carries, and a phone-width
+layout."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, Route, expect
+from tieline.projections.strength_model import PARAMS, PairEvent, strength
+from tieline.services.api.webapp import STATIC_DIR
+
+from tests.browser.conftest import Network, screenshot, sign_in
+from tests.browser.test_relationship_page import chart_of
+
+STREAM = "/v1/workspaces/{ws}/stream"
+#: Routes the page is written against that are not on main yet, and why. The lead empties
+#: this when issue 12's event stream lands; the tests below then hold the page to it.
+AWAITING = {STREAM: "issue 12's SSE route is being built; not in /openapi.json yet"}
+
+
+def documented(api_url: str) -> dict[str, set[str]]:
+    """path template -> methods, from the running API's /openapi.json."""
+    spec = httpx.get(f"{api_url}/openapi.json", timeout=10).json()
+    return {p: {m.upper() for m in ops} for p, ops in spec["paths"].items()}
+
+
+def routes_in_source() -> set[str]:
+    """Every API path written in the page's JavaScript."""
+    found: set[str] = set()
+    for path in (STATIC_DIR / "js").rglob("*.js"):
+        found.update(re.findall(r"""["'`](/v1/[^"'`?]+)["'`]""", path.read_text()))
+    return found
+
+
+def template_of(path: str, templates: dict[str, set[str]]) -> str | None:
+    for t in templates:
+        if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", t), path):
+            return t
+    return None
+
+
+def stream_is_served(network: Network) -> bool:
+    return STREAM in documented(network.api_url)
+
+
+def test_the_page_calls_only_documented_routes(watched: Page, network: Network) -> None:
+    page = watched
+    spec = documented(network.api_url)
+    written = routes_in_source()
+    assert len(written) >= 12, written
+    undocumented = {r for r in written if r not in spec} - set(AWAITING)
+    assert not undocumented, f"routes in the page's source missing from /openapi.json: {undocumented}"
+
+    # A tour of every view, then every request the browser made in this session's tests.
+    a, b = network.busiest_pair()
+    sign_in(page, network, me=a)
+    for hash_ in (
+        "#/people",
+        f"#/person/{a}",
+        f"#/rel/{a}/{b}",
+        "#/losing-touch",
+        "#/introductions",
+        "#/record",
+    ):
+        page.goto(network.app_url + hash_)
+        page.wait_for_load_state("networkidle")
+    seen = set(network.requests)
+    assert len({p for _, p in seen}) >= 10
+    for method, path in sorted(seen):
+        template = template_of(path, spec)
+        if template is None and template_of(path, dict.fromkeys(AWAITING, {"GET"})):
+            continue
+        assert template is not None, f"{method} {path}: not a documented route"
+        assert method in spec[template], f"{method} {path}: {template} has only {spec[template]}"
+
+
+def test_open_relationship_page_updates_live_from_the_stream(
+    watched: Page, network: Network
+) -> None:
+    if not stream_is_served(network):
+        pytest.skip(f"GET {STREAM} is not served yet ({AWAITING[STREAM]})")
+    page = watched
+    a, b = network.busiest_pair()
+    sign_in(page, network)
+    page.goto(network.app_url + f"#/rel/{a}/{b}")
+    before = len(chart_of(page)["events"])
+    expect(page.locator("#live-state")).to_have_attribute("data-state", "open")
+    rows = page.locator("section[aria-labelledby=timeline-h] tbody tr")
+    count = rows.count()
+    r = network.api.post(
+        f"/v1/workspaces/{network.ws}/events",
+        json={"type": "relationship.met", "participants": [a, b], "depth": "conversation"},
+    )
+    assert r.status_code == 201, r.text
+    acked = time.monotonic()
+    expect(rows).to_have_count(count + 1, timeout=2_000)
+    page.wait_for_function(
+        "n => Chart.getChart(document.getElementById('strength-chart'))"
+        ".data.datasets[0].data.length === n",
+        arg=before + 1,
+        timeout=2_000,
+    )
+    assert time.monotonic() - acked < 2.0
+
+
+#: Records what the banner says over time (it changes faster than a test can look).
+BANNER_LOG = """
+window.bannerLog = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const banner = document.getElementById("banner");
+  new MutationObserver(() => window.bannerLog.push(banner.textContent)).observe(
+    banner, { childList: true, characterData: true, subtree: true });
+});
+"""
+
+
+def test_stream_client_shows_a_banner_and_resumes_from_the_last_id(
+    watched: Page, network: Network
+) -> None:
+    """The page's stream client against the text/event-stream format (here served by the
+    test through Playwright's routing, so it runs before the server's route exists): a
+    message with an id, the stream ending, the reconnect banner, Last-Event-ID on the next
+    request, and the banner saying the updates are back."""
+    page = watched
+    a, b = network.busiest_pair()
+    asked: list[dict[str, str]] = []
+
+    def serve(route: Route) -> None:
+        asked.append(route.request.headers)
+        if len(asked) > 2:  # then let the page wait
+            route.abort()
+            return
+        body = (
+            f": heartbeat\n\nid: {40 + len(asked)}\nevent: event.recorded\n"
+            f"data: {json.dumps({'type': 'relationship.met', 'people': [a, b], 'seq': 1})}\n\n"
+        )
+        route.fulfill(status=200, headers={"content-type": "text/event-stream"}, body=body)
+
+    page.route(re.compile(r".*/v1/workspaces/[^/]+/stream.*"), serve)
+    page.add_init_script(BANNER_LOG)
+    sign_in(page, network)
+    page.goto(network.app_url + f"#/rel/{a}/{b}")
+    chart_of(page)
+    page.wait_for_function("() => window.bannerLog.some((t) => t.includes('reconnected'))")
+    log: list[str] = page.evaluate("() => window.bannerLog")
+    first_drop = next(i for i, t in enumerate(log) if "reconnecting in" in t)
+    assert "Live updates reconnected." in log[first_drop:], log
+    assert "last-event-id" not in asked[0]
+    assert asked[1]["last-event-id"] == "41"
+    assert asked[1]["authorization"] == f"Bearer {network.token}"
+    assert f"pair={a}%2C{b}" in page.evaluate("() => performance.getEntriesByType('resource')"
+                                              ".map(e => e.name).find(n => n.includes('/stream'))")
+
+
+def test_closed_form_decay_in_the_page_equals_the_model(watched: Page, network: Network) -> None:
+    """decay.js's scoreAt is DecayState.score_at: same state, same parameters, same score."""
+    page = watched
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    events = [
+        PairEvent("e1", "relationship.met", t0, 1, "a", "b", {"depth": "meal_or_activity"}),
+        PairEvent("e2", "relationship.followed_up", t0 + timedelta(days=3), 2, "a", "b",
+                  {"from": "a", "to": "b", "channel": "email", "replied": True}),
+        PairEvent("e3", "relationship.closeness_rated", t0 + timedelta(days=9), 3, "a", "b",
+                  {"rater": "b", "ratee": "a", "rating": 4}),
+    ]
+    state = strength(events, PARAMS).state
+    later = [state.at + timedelta(days=d) for d in (0, 0.5, 7, 45, 400, 3000)]  # type: ignore[operator]
+    page.goto(network.app_url + "#/signin")
+    got: list[float] = page.evaluate(
+        """async ([state, params, times]) => {
+             const m = await import("./js/decay.js");
+             return times.map((t) => m.scoreAt(state, params, t));
+           }""",
+        [state.to_dict(), PARAMS.to_dict(), [t.timestamp() * 1000 for t in later]],
+    )
+    want = [state.score_at(t) for t in later]
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
+    assert want[0] > want[-1] > 0
+
+
+def test_pages_fit_a_phone_screen(browser: Browser, network: Network, shots: Path) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    page = context.new_page()
+    try:
+        a, b = network.busiest_pair()
+        sign_in(page, network, me=a)
+        for name, hash_ in (("relationship-phone", f"#/rel/{a}/{b}"), ("losing-touch-phone", "#/losing-touch")):
+            page.goto(network.app_url + hash_)
+            page.wait_for_load_state("networkidle")
+            if "rel" in hash_:
+                chart_of(page)
+            overflow: Any = page.evaluate(
+                "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert overflow <= 0, f"{hash_}: {overflow}px wider than the screen"
+            screenshot(page, shots, name, full_page=False)
+    finally:
+        context.close()

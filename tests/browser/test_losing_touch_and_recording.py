@@ -1,0 +1,103 @@
+"""Losing touch (record a follow-up with one click and see it leave the list) and the record
+forms (the API's field errors next to the fields; a recorded event in the relationship)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from playwright.sync_api import Locator, Page, expect
+
+from tests.browser.conftest import Network, screenshot, sign_in
+
+
+def recorded_seq(form: Locator) -> int:
+    """The stream sequence the page reports for the event it just recorded."""
+    status = form.get_by_text("Recorded (event")
+    expect(status).to_be_visible()
+    found = re.search(r"Recorded \(event (\d+)", status.text_content() or "")
+    assert found, status.text_content()
+    return int(found.group(1))
+
+
+def test_followed_up_records_the_event_and_the_tie_leaves_the_list(
+    watched: Page, network: Network, shots: Path
+) -> None:
+    page = watched
+    me = network.most_overdue()
+    due = network.get(f"/people/{me}/follow-ups")["due"]
+    assert len(due) >= 2
+    sign_in(page, network, me=me)
+    expect(page.get_by_role("heading", name="Losing touch")).to_be_visible()
+    rows = page.locator("tbody tr")
+    expect(rows).to_have_count(len(due))
+    assert [r.get_attribute("data-other") for r in rows.all()] == [d["other"] for d in due]
+    screenshot(page, shots, "losing-touch")
+
+    other = due[0]["other"]
+    page.locator(f'tr[data-other="{other}"]').get_by_role("button", name="Followed up").click()
+    expect(page.locator(f'tr[data-other="{other}"]')).to_have_count(0)
+    expect(rows).to_have_count(len(due) - 1)
+    expect(page.get_by_text("Recorded a follow-up with")).to_be_visible()
+
+    assert other not in {d["other"] for d in network.get(f"/people/{me}/follow-ups")["due"]}
+    latest = network.get(f"/relationships/{me}/{other}/timeline")["events"][-1]
+    assert latest["type"] == "relationship.followed_up"
+    assert latest["detail"]["from"] == me and latest["detail"]["to"] == other
+    assert latest["recorded_by"] == "token:browser-tests"
+
+
+def test_record_form_shows_the_api_field_errors_next_to_the_fields(
+    watched: Page, network: Network, shots: Path
+) -> None:
+    page = watched
+    a, b = network.busiest_pair()
+    sign_in(page, network)
+    page.goto(network.app_url + f"#/record?a={a}")
+    form = page.locator("form.record")
+    form.get_by_label("Other person").fill("nobody-like-this")
+    form.get_by_role("button", name="Record “met”").click()
+    error = form.locator('[data-field="participants"] .field-error')
+    expect(error).to_contain_text("unknown person 'nobody-like-this'")
+    expect(form.get_by_label("Person", exact=True)).to_have_attribute("aria-invalid", "true")
+    screenshot(page, shots, "record-field-error")
+
+    before = len(network.get(f"/relationships/{a}/{b}/timeline")["events"])
+    form.get_by_label("Other person").fill(b)
+    form.get_by_label("Depth").select_option("deep_conversation")
+    form.get_by_role("button", name="Record “met”").click()
+    seq = recorded_seq(form)
+    expect(error).to_be_hidden()
+    events = network.get(f"/relationships/{a}/{b}/timeline", min_seq=seq)["events"]
+    assert len(events) == before + 1
+    assert any(e["detail"].get("depth") == "deep_conversation" for e in events[-3:])
+
+
+def test_each_record_form_posts_its_event(watched: Page, network: Network) -> None:
+    page = watched
+    a, b = network.busiest_pair()
+    people = [e["person_id"] for e in network.lines if e["type"] == "person.added"]
+    third = next(p for p in people if p not in (a, b))
+    sign_in(page, network)
+    page.goto(network.app_url + f"#/record?a={a}&b={b}")
+    fills = {
+        "Followed up": {"Channel": "phone"},
+        "Helped": {"What (optional)": "reviewed a talk"},
+        "Introduced": {"Introducer": third},
+    }
+    for kind, values in fills.items():
+        page.get_by_label(kind, exact=True).check()
+        form = page.locator("form.record")
+        for label, value in values.items():
+            control = form.get_by_label(label)
+            if label == "Channel":
+                control.select_option(value)
+            else:
+                control.fill(value)
+        form.locator("button[type=submit]").click()
+        seq = recorded_seq(form)
+    timeline = network.get(f"/relationships/{a}/{b}/timeline", min_seq=seq)
+    types = [e["type"] for e in timeline["events"][-3:]]
+    assert sorted(types) == sorted(
+        ["relationship.followed_up", "relationship.helped", "relationship.introduced"]
+    )

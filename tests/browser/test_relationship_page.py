@@ -1,0 +1,124 @@
+"""The relationship page in a real browser: the chart has one marker per event at the
+timeline's strength_after, its line ends at the API's score and follows the model between
+events, the "as of" date redraws everything, and the chart can be walked with the keyboard."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser.conftest import Network, screenshot, sign_in
+
+CHART = """() => {
+  const c = Chart.getChart(document.getElementById("strength-chart"));
+  return {
+    events: c.data.datasets[0].data.map((p) => [p.x, p.y]),
+    curve: c.data.datasets[1].data.map((p) => [p.x, p.y]),
+  };
+}"""
+
+
+def chart_of(page: Page, as_of: str = "now") -> dict[str, Any]:
+    ready = page.locator(f'figure.chart[data-state="ready"][data-as-of="{as_of}"]')
+    expect(ready).to_be_visible(timeout=20_000)
+    data: dict[str, Any] = page.evaluate(CHART)
+    return data
+
+
+def iso(ms: float) -> str:
+    """The instant the page asked the API for: JavaScript dates hold whole milliseconds."""
+    return datetime.fromtimestamp(math.floor(ms) / 1000, UTC).isoformat()
+
+
+def test_chart_has_a_point_per_event_and_ends_at_the_api_score(
+    watched: Page, network: Network, shots: Path
+) -> None:
+    page = watched
+    a, b = network.busiest_pair()
+    sign_in(page, network)
+    page.goto(network.app_url + f"#/rel/{a}/{b}")
+    chart = chart_of(page)
+    timeline = network.get(f"/relationships/{a}/{b}/timeline")
+    score = network.get(f"/relationships/{a}/{b}")["score"]
+
+    assert len(timeline["events"]) >= 10
+    assert [y for _, y in chart["events"]] == [e["strength_after"] for e in timeline["events"]]
+    # The line ends at the score now (decay of a few seconds since the page read it aside).
+    assert chart["curve"][-1][1] == pytest.approx(score, abs=1e-3)
+    expect(page.locator("#score")).to_have_text(f"{score:.1f}")
+    rows = page.locator("section[aria-labelledby=timeline-h] tbody tr")
+    expect(rows).to_have_count(len(timeline["events"]) + len(timeline["retracted"]))
+    screenshot(page, shots, "relationship")
+
+
+def test_decay_between_events_is_the_model_at_those_times(
+    watched: Page, network: Network
+) -> None:
+    page = watched
+    a, b = network.busiest_pair()
+    sign_in(page, network)
+    page.goto(network.app_url + f"#/rel/{a}/{b}")
+    chart = chart_of(page)
+    event_x = sorted({x for x, _ in chart["events"]})
+    between = [(x, y) for x, y in chart["curve"] if x not in event_x]
+    assert len(between) >= 20, "the decay between events is drawn"
+    # No rise without events: inside each gap the line only falls.
+    for lo, hi in zip(event_x, [*event_x[1:], float("inf")], strict=True):
+        ys = [y for x, y in chart["curve"] if lo <= x < hi]
+        assert all(later <= earlier + 1e-9 for earlier, later in zip(ys, ys[1:], strict=False))
+    # A few points of the line against the API's model at the same instants.
+    for x, y in between[:: max(len(between) // 4, 1)]:
+        at = network.get(f"/relationships/{a}/{b}", as_of=iso(x))
+        assert at["score"] == pytest.approx(y, abs=1e-9)
+
+
+def test_as_of_date_redraws_everything_as_of_that_day(
+    watched: Page, network: Network, shots: Path
+) -> None:
+    page = watched
+    a, b = network.busiest_pair()
+    events = network.get(f"/relationships/{a}/{b}/timeline")["events"]
+    middle = events[len(events) // 2]["occurred_at"][:10]
+    sign_in(page, network)
+    page.goto(network.app_url + f"#/rel/{a}/{b}")
+    now_score = page.locator("#score").text_content()
+    chart_of(page)
+
+    page.get_by_label("As of").fill(middle)
+    chart = chart_of(page, as_of=middle)
+    as_of = f"{middle}T23:59:59Z"
+    then = network.get(f"/relationships/{a}/{b}", as_of=as_of)
+    timeline = network.get(f"/relationships/{a}/{b}/timeline", as_of=as_of)
+    assert len(chart["events"]) == len(timeline["events"]) < len(events)
+    assert chart["curve"][-1][1] == then["score"]
+    expect(page.locator("#score")).to_have_text(f"{then['score']:.1f}")
+    assert page.locator("#score").text_content() != now_score
+    assert "as_of=" + middle in page.url
+    screenshot(page, shots, "relationship-as-of")
+
+    page.get_by_role("button", name="Now").click()
+    chart_of(page)
+    expect(page.locator("#score")).to_have_text(now_score or "")
+
+
+def test_chart_walks_events_with_the_keyboard(watched: Page, network: Network) -> None:
+    page = watched
+    a, b = network.busiest_pair()
+    sign_in(page, network)
+    page.goto(network.app_url + f"#/rel/{a}/{b}")
+    chart = chart_of(page)
+    canvas = page.locator("#strength-chart")
+    canvas.focus()
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#announcer")).to_contain_text(f"Event 1 of {len(chart['events'])}")
+    page.keyboard.press("End")
+    expect(page.locator("#announcer")).to_contain_text(
+        f"Event {len(chart['events'])} of {len(chart['events'])}"
+    )
+    label = canvas.get_attribute("aria-label") or ""
+    assert f"{len(chart['events'])} events" in label

@@ -1,0 +1,117 @@
+"""Signing in (and the clear messages for a wrong token or workspace), the people directory
+(paged, searchable, forgotten people shown as such) and a person's page (ties by strength with
+tier badges; give and take with one-sided ties flagged)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from playwright.sync_api import Page, expect
+from tieline.plumbing.config import Settings
+
+from tests.browser.conftest import Network, screenshot, sign_in, token_for
+
+
+def test_sign_in_keeps_the_token_in_session_storage(watched: Page, network: Network) -> None:
+    page = watched
+    sign_in(page, network)
+    expect(page.get_by_role("heading", name="People")).to_be_visible()
+    stored = page.evaluate("() => sessionStorage.getItem('tieline.token')")
+    assert stored == network.token
+    assert page.evaluate("() => localStorage.length") == 0
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in to tieline")).to_be_visible()
+    assert page.evaluate("() => sessionStorage.getItem('tieline.token')") is None
+
+
+def test_a_wrong_token_gets_the_sign_in_message(
+    watched: Page, network: Network, shots: Path
+) -> None:
+    page = watched
+    sign_in(page, network, token="tl_not_a_real_token")
+    message = page.locator("#signin-message")
+    expect(message).to_contain_text("did not accept this token (401 Unauthorized)")
+    expect(page.get_by_label("API token")).to_be_focused()
+    screenshot(page, shots, "sign-in-refused")
+    assert page.evaluate("() => sessionStorage.getItem('tieline.token')") is None
+
+
+def test_a_token_of_another_workspace_gets_the_403_message(
+    watched: Page, network: Network, stack_settings: Settings
+) -> None:
+    other = token_for(stack_settings, f"other-{uuid.uuid4().hex[:8]}", "read")
+    sign_in(watched, network, token=other)
+    expect(watched.locator("#signin-message")).to_contain_text(
+        f'not for workspace "{network.ws}" (403 Forbidden)'
+    )
+
+
+def test_directory_is_paged_and_searchable_and_opens_a_person(
+    watched: Page, network: Network, shots: Path
+) -> None:
+    page = watched
+    people = [e for e in network.lines if e["type"] == "person.added"]
+    sign_in(page, network)
+    rows = page.locator("#people-results tbody tr")
+    expect(rows).to_have_count(25)
+    page.get_by_role("button", name="Next →").click()
+    expect(rows).to_have_count(len(people) - 25)
+    page.get_by_role("button", name="← Previous").click()
+    expect(rows).to_have_count(25)
+    screenshot(page, shots, "people")
+
+    someone = people[7]
+    last_name = someone["display_name"].split()[-1]
+    page.get_by_label("Search people").fill(last_name)
+    directory = network.get("/people", limit=1000)["people"]
+    expected = [p for p in directory if last_name.lower() in p["display_name"].lower()]
+    expect(rows).to_have_count(len(expected))
+    page.get_by_role("link", name=someone["display_name"]).first.click()
+
+    pid = someone["person_id"]
+    expect(page.get_by_role("heading", level=1)).to_have_text(someone["display_name"])
+    ties = network.get(f"/people/{pid}/relationships", order="strength", limit=50)["relationships"]
+    tie_rows = page.locator("section[aria-labelledby=ties-h] tbody tr")
+    expect(tie_rows).to_have_count(len(ties))
+    badges = tie_rows.locator(".badge[class*=tier-]")
+    assert badges.all_text_contents() == [t["tier"] for t in ties]
+    shown = [float(x) for x in tie_rows.locator(".score-value").all_text_contents()]
+    assert shown == sorted(shown, reverse=True)
+    screenshot(page, shots, "person")
+
+
+def test_give_and_take_flags_one_sided_ties(watched: Page, network: Network) -> None:
+    page = watched
+    people = [e["person_id"] for e in network.lines if e["type"] == "person.added"]
+    flagged = {
+        p: [t for t in network.get(f"/people/{p}/give-and-take")["ties"] if t["one_sided"]]
+        for p in people
+    }
+    person = max(flagged, key=lambda p: len(flagged[p]))
+    assert flagged[person], "the simulation has sellers, so some tie is one-sided"
+    sign_in(page, network)
+    page.goto(network.app_url + f"#/person/{person}")
+    give = page.locator("section[aria-labelledby=give-h]")
+    expect(give.locator("tbody tr")).to_have_count(
+        len(network.get(f"/people/{person}/give-and-take")["ties"])
+    )
+    expect(give.locator("tbody tr.flagged")).to_have_count(len(flagged[person]))
+    give.get_by_label("Only one-sided ties").check()
+    expect(give.locator("tbody tr")).to_have_count(len(flagged[person]))
+
+
+def test_forgotten_people_are_shown_as_such(watched: Page, network: Network) -> None:
+    page = watched
+    quiet = min(
+        (e["person_id"] for e in network.lines if e["type"] == "person.added"),
+        key=lambda p: sum(p in str(e) for e in network.lines),
+    )
+    r = network.api.post(f"/v1/workspaces/{network.ws}/people/{quiet}/forget")
+    assert r.status_code == 200, r.text
+    sign_in(page, network)
+    page.get_by_label("Search people").fill(quiet)
+    row = page.locator("#people-results tbody tr", has=page.locator(f"code:text-is('{quiet}')"))
+    expect(row.locator(".badge.forgotten")).to_have_text("forgotten")
+    row.get_by_role("link").click()
+    expect(page.get_by_text("asked to be forgotten")).to_be_visible()
