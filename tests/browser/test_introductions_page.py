@@ -15,7 +15,9 @@ def test_warm_paths_and_vouch_check(watched: Page, network: Network) -> None:
     people = [e["person_id"] for e in network.lines if e["type"] == "person.added"]
     found = None
     for source in people:
-        mine = {t["other"]: t for t in network.get(f"/people/{source}/relationships")["relationships"]}
+        mine = {
+            t["other"]: t for t in network.get(f"/people/{source}/relationships")["relationships"]
+        }
         friends = [o for o, t in mine.items() if t["tier"] in ("intimate", "close", "friend")]
         for via in friends:
             theirs = network.get(f"/people/{via}/relationships")["relationships"]

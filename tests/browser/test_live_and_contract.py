@@ -58,7 +58,9 @@ def test_the_page_calls_only_documented_routes(watched: Page, network: Network) 
     written = routes_in_source()
     assert len(written) >= 12, written
     undocumented = {r for r in written if r not in spec} - set(AWAITING)
-    assert not undocumented, f"routes in the page's source missing from /openapi.json: {undocumented}"
+    assert not undocumented, (
+        f"routes in the page's source missing from /openapi.json: {undocumented}"
+    )
 
     # A tour of every view, then every request the browser made in this session's tests.
     a, b = network.busiest_pair()
@@ -77,7 +79,7 @@ def test_the_page_calls_only_documented_routes(watched: Page, network: Network) 
     assert len({p for _, p in seen}) >= 10
     for method, path in sorted(seen):
         template = template_of(path, spec)
-        if template is None and template_of(path, dict.fromkeys(AWAITING, {"GET"})):
+        if template is None and template_of(path, {p: {"GET"} for p in AWAITING}):
             continue
         assert template is not None, f"{method} {path}: not a documented route"
         assert method in spec[template], f"{method} {path}: {template} has only {spec[template]}"
@@ -157,8 +159,10 @@ def test_stream_client_shows_a_banner_and_resumes_from_the_last_id(
     assert "last-event-id" not in asked[0]
     assert asked[1]["last-event-id"] == "41"
     assert asked[1]["authorization"] == f"Bearer {network.token}"
-    assert f"pair={a}%2C{b}" in page.evaluate("() => performance.getEntriesByType('resource')"
-                                              ".map(e => e.name).find(n => n.includes('/stream'))")
+    assert f"pair={a}%2C{b}" in page.evaluate(
+        "() => performance.getEntriesByType('resource')"
+        ".map(e => e.name).find(n => n.includes('/stream'))"
+    )
 
 
 def test_closed_form_decay_in_the_page_equals_the_model(watched: Page, network: Network) -> None:
@@ -167,10 +171,24 @@ def test_closed_form_decay_in_the_page_equals_the_model(watched: Page, network: 
     t0 = datetime(2024, 1, 1, tzinfo=UTC)
     events = [
         PairEvent("e1", "relationship.met", t0, 1, "a", "b", {"depth": "meal_or_activity"}),
-        PairEvent("e2", "relationship.followed_up", t0 + timedelta(days=3), 2, "a", "b",
-                  {"from": "a", "to": "b", "channel": "email", "replied": True}),
-        PairEvent("e3", "relationship.closeness_rated", t0 + timedelta(days=9), 3, "a", "b",
-                  {"rater": "b", "ratee": "a", "rating": 4}),
+        PairEvent(
+            "e2",
+            "relationship.followed_up",
+            t0 + timedelta(days=3),
+            2,
+            "a",
+            "b",
+            {"from": "a", "to": "b", "channel": "email", "replied": True},
+        ),
+        PairEvent(
+            "e3",
+            "relationship.closeness_rated",
+            t0 + timedelta(days=9),
+            3,
+            "a",
+            "b",
+            {"rater": "b", "ratee": "a", "rating": 4},
+        ),
     ]
     state = strength(events, PARAMS).state
     later = [state.at + timedelta(days=d) for d in (0, 0.5, 7, 45, 400, 3000)]  # type: ignore[operator]
@@ -193,7 +211,10 @@ def test_pages_fit_a_phone_screen(browser: Browser, network: Network, shots: Pat
     try:
         a, b = network.busiest_pair()
         sign_in(page, network, me=a)
-        for name, hash_ in (("relationship-phone", f"#/rel/{a}/{b}"), ("losing-touch-phone", "#/losing-touch")):
+        for name, hash_ in (
+            ("relationship-phone", f"#/rel/{a}/{b}"),
+            ("losing-touch-phone", "#/losing-touch"),
+        ):
             page.goto(network.app_url + hash_)
             page.wait_for_load_state("networkidle")
             if "rel" in hash_:

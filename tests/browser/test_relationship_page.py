@@ -4,6 +4,7 @@ events, the "as of" date redraws everything, and the chart can be walked with th
 
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,9 +57,7 @@ def test_chart_has_a_point_per_event_and_ends_at_the_api_score(
     screenshot(page, shots, "relationship")
 
 
-def test_decay_between_events_is_the_model_at_those_times(
-    watched: Page, network: Network
-) -> None:
+def test_decay_between_events_is_the_model_at_those_times(watched: Page, network: Network) -> None:
     page = watched
     a, b = network.busiest_pair()
     sign_in(page, network)
@@ -70,7 +69,7 @@ def test_decay_between_events_is_the_model_at_those_times(
     # No rise without events: inside each gap the line only falls.
     for lo, hi in zip(event_x, [*event_x[1:], float("inf")], strict=True):
         ys = [y for x, y in chart["curve"] if lo <= x < hi]
-        assert all(later <= earlier + 1e-9 for earlier, later in zip(ys, ys[1:], strict=False))
+        assert all(later <= earlier + 1e-9 for earlier, later in itertools.pairwise(ys))
     # A few points of the line against the API's model at the same instants.
     for x, y in between[:: max(len(between) // 4, 1)]:
         at = network.get(f"/relationships/{a}/{b}", as_of=iso(x))
