@@ -24,6 +24,23 @@ CHART = """() => {
 }"""
 
 
+#: The page coordinates of event marker i.
+MARKER = """(i) => {
+  const canvas = document.getElementById("strength-chart");
+  const c = Chart.getChart(canvas);
+  const p = c.getDatasetMeta(0).data[i];
+  const box = canvas.getBoundingClientRect();
+  return [box.left + p.x, box.top + p.y];
+}"""
+
+#: The tooltip's lines once it shows an event.
+TOOLTIP = """() => {
+  const t = Chart.getChart(document.getElementById("strength-chart")).tooltip;
+  const lines = (t.body || []).flatMap((b) => b.lines);
+  return t.opacity > 0 && lines.length ? lines : null;
+}"""
+
+
 def chart_of(page: Page, as_of: str = "now") -> dict[str, Any]:
     ready = page.locator(f'figure.chart[data-state="ready"][data-as-of="{as_of}"]')
     expect(ready).to_be_visible(timeout=20_000)
@@ -40,6 +57,7 @@ def test_chart_has_a_point_per_event_and_ends_at_the_api_score(
     watched: Page, network: Network, shots: Path
 ) -> None:
     page = watched
+    page.set_viewport_size({"width": 1280, "height": 1000})
     a, b = network.busiest_pair()
     sign_in(page, network)
     page.goto(network.app_url + f"#/rel/{a}/{b}")
@@ -55,6 +73,17 @@ def test_chart_has_a_point_per_event_and_ends_at_the_api_score(
     rows = page.locator("section[aria-labelledby=timeline-h] tbody tr")
     expect(rows).to_have_count(len(timeline["events"]) + len(timeline["retracted"]))
     screenshot(page, shots, "relationship")
+
+    # Hovering an event's marker shows what it was: its reason and contribution.
+    page.evaluate("() => window.scrollTo(0, 0)")
+    last = len(chart["events"]) - 1
+    x, y = page.evaluate(MARKER, last)
+    page.mouse.move(x, y)
+    lines = page.wait_for_function(TOOLTIP).json_value()
+    shown = timeline["events"][last]
+    assert shown["reason"] in lines
+    assert f"contribution: +{shown['contribution']:.2f} points" in lines
+    screenshot(page, shots, "relationship-top", full_page=False)
 
 
 def test_decay_between_events_is_the_model_at_those_times(watched: Page, network: Network) -> None:

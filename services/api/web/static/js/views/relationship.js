@@ -40,12 +40,12 @@ function summary(rel, a, b) {
   const rows = [
     ["Strength", h("strong", { id: "score", class: "big" }, Number(rel.score).toFixed(1)), " / 100 ", tierBadge(rel.tier)],
     ["As of", timeEl(rel.as_of, true)],
-    ["Events", `${rel.event_count} (met ${rel.meetings}, follow-ups ${rel.follow_ups}, help ${rel.helps}, introductions ${rel.introductions}, ratings ${rel.ratings})`],
+    ["Events", `${rel.event_count}: met ${rel.meetings}, follow-ups ${rel.follow_ups}, help ${rel.helps}, introductions ${rel.introductions}, ratings ${rel.ratings}`],
     ["First contact", timeEl(rel.first_contact_at)],
     ["Last contact", [timeEl(rel.last_contact_at), ` (${fmtDays(rel.days_since_contact)} ago)`]],
-    ["Can vouch", rel.can_vouch ? `yes: ${names.nameOf(a)} and ${names.nameOf(b)} know each other well enough to vouch` : "not yet"],
+    ["Can vouch", rel.can_vouch ? "yes, for each other" : "not yet"],
   ];
-  return h("dl", { class: "details summary" }, rows.map(([k, ...v]) => [h("dt", {}, k), h("dd", {}, ...v)]));
+  return h("dl", { class: "summary" }, rows.map(([k, ...v]) => h("div", { class: "stat" }, h("dt", {}, k), h("dd", {}, ...v))));
 }
 
 function explanation(x, a, b) {
