@@ -1,11 +1,20 @@
-// Copies the chart library's self-contained build (and its licence) from node_modules into
-// static/vendor/, where the api serves it. Run after `npm ci` when package-lock.json changes;
-// the copied files are committed so that serving the page needs no Node toolchain.
+// Copies the built files of the page's npm packages (pinned in package-lock.json) to where
+// they are used, with their licences:
+//   chart.js  -> static/vendor/            (served by the api with the page)
+//   axe-core  -> ../../../tests/browser/vendor/  (the accessibility check of the browser tests)
+// Run `npm ci && npm run vendor` after changing package-lock.json; the copies are committed so
+// that serving and testing the page need no Node toolchain.
 import { copyFileSync, mkdirSync, readFileSync } from "node:fs";
 
-const out = new URL("./static/vendor/", import.meta.url);
-mkdirSync(out, { recursive: true });
-const pkg = JSON.parse(readFileSync(new URL("./node_modules/chart.js/package.json", import.meta.url)));
-copyFileSync(new URL("./node_modules/chart.js/dist/chart.umd.min.js", import.meta.url), new URL("chart.umd.min.js", out));
-copyFileSync(new URL("./node_modules/chart.js/LICENSE.md", import.meta.url), new URL("chart.js-LICENSE.md", out));
-console.log(`vendored chart.js ${pkg.version} into static/vendor/`);
+const here = (p) => new URL(p, import.meta.url);
+const version = (pkg) => JSON.parse(readFileSync(here(`./node_modules/${pkg}/package.json`))).version;
+
+function vendor(pkg, files, outDir) {
+  const out = here(outDir);
+  mkdirSync(out, { recursive: true });
+  for (const [from, to] of files) copyFileSync(here(`./node_modules/${pkg}/${from}`), new URL(to, out));
+  console.log(`vendored ${pkg} ${version(pkg)} into ${outDir}`);
+}
+
+vendor("chart.js", [["dist/chart.umd.min.js", "chart.umd.min.js"], ["LICENSE.md", "chart.js-LICENSE.md"]], "./static/vendor/");
+vendor("axe-core", [["axe.min.js", "axe.min.js"], ["LICENSE", "axe-core-LICENSE"]], "../../../tests/browser/vendor/");

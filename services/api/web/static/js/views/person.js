@@ -29,7 +29,7 @@ function tiesTable(person, ties) {
       h("td", {}, t.event_count),
       h("td", {}, timeEl(t.last_contact_at)),
       h("td", {}, t.one_sided ? h("span", { class: "badge warn" }, "one-sided") : ""),
-      h("td", {}, h("a", { href: `#/rel/${encodeURIComponent(person)}/${encodeURIComponent(t.other)}`, "aria-label": `Relationship with ${names.nameOf(t.other)}` }, "Open")),
+      h("td", {}, h("a", { href: `#/rel/${encodeURIComponent(person)}/${encodeURIComponent(t.other)}`, "aria-label": `Open the relationship with ${names.nameOf(t.other)}` }, "Open")),
     ),
   );
   return table("Ties, strongest first", ["Person", "Tier", "Strength", "Events", "Last contact", "", "Relationship"], rows);
