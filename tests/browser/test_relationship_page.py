@@ -24,20 +24,18 @@ CHART = """() => {
 }"""
 
 
-#: The page coordinates of event marker i.
+#: Where event marker i is drawn on the canvas (CSS pixels).
 MARKER = """(i) => {
-  const canvas = document.getElementById("strength-chart");
-  const c = Chart.getChart(canvas);
-  const p = c.getDatasetMeta(0).data[i];
-  const box = canvas.getBoundingClientRect();
-  return [box.left + p.x, box.top + p.y];
+  const p = Chart.getChart(document.getElementById("strength-chart")).getDatasetMeta(0).data[i];
+  return [p.x, p.y];
 }"""
 
-#: The tooltip's lines once it shows an event.
-TOOLTIP = """() => {
+#: The tooltip's lines once it shows event i.
+TOOLTIP = """(i) => {
   const t = Chart.getChart(document.getElementById("strength-chart")).tooltip;
+  const on = t.dataPoints || [];
   const lines = (t.body || []).flatMap((b) => b.lines);
-  return t.opacity > 0 && lines.length ? lines : null;
+  return t.opacity > 0 && on.some((p) => p.datasetIndex === 0 && p.dataIndex === i) ? lines : null;
 }"""
 
 
@@ -53,9 +51,10 @@ def iso(ms: float) -> str:
     return datetime.fromtimestamp(math.floor(ms) / 1000, UTC).isoformat()
 
 
-def test_chart_has_a_point_per_event_and_ends_at_the_api_score(
+def test_chart_matches_the_api_and_explains_each_event(
     watched: Page, network: Network, shots: Path
 ) -> None:
+    """One load of the busiest relationship, then each property of its chart in turn."""
     page = watched
     page.set_viewport_size({"width": 1280, "height": 1000})
     a, b = network.busiest_pair()
@@ -64,7 +63,19 @@ def test_chart_has_a_point_per_event_and_ends_at_the_api_score(
     chart = chart_of(page)
     timeline = network.get(f"/relationships/{a}/{b}/timeline")
     score = network.get(f"/relationships/{a}/{b}")["score"]
+    screenshot(page, shots, "relationship")
 
+    points_are_the_timeline(page, chart, timeline, score)
+    decay_is_the_model(network, a, b, chart)
+    keyboard_walks_the_events(page, chart)
+    hover_explains_an_event(page, chart, timeline)
+    screenshot(page, shots, "relationship-top", full_page=False)
+
+
+def points_are_the_timeline(
+    page: Page, chart: dict[str, Any], timeline: dict[str, Any], score: float
+) -> None:
+    """One marker per event at its strength_after; the line ends at the API's score."""
     assert len(timeline["events"]) >= 10
     assert [y for _, y in chart["events"]] == [e["strength_after"] for e in timeline["events"]]
     # The line ends at the score now (decay of a few seconds since the page read it aside).
@@ -72,26 +83,10 @@ def test_chart_has_a_point_per_event_and_ends_at_the_api_score(
     expect(page.locator("#score")).to_have_text(f"{score:.1f}")
     rows = page.locator("section[aria-labelledby=timeline-h] tbody tr")
     expect(rows).to_have_count(len(timeline["events"]) + len(timeline["retracted"]))
-    screenshot(page, shots, "relationship")
-
-    # Hovering an event's marker shows what it was: its reason and contribution.
-    page.evaluate("() => window.scrollTo(0, 0)")
-    last = len(chart["events"]) - 1
-    x, y = page.evaluate(MARKER, last)
-    page.mouse.move(x, y)
-    lines = page.wait_for_function(TOOLTIP).json_value()
-    shown = timeline["events"][last]
-    assert shown["reason"] in lines
-    assert f"contribution: +{shown['contribution']:.2f} points" in lines
-    screenshot(page, shots, "relationship-top", full_page=False)
 
 
-def test_decay_between_events_is_the_model_at_those_times(watched: Page, network: Network) -> None:
-    page = watched
-    a, b = network.busiest_pair()
-    sign_in(page, network)
-    page.goto(network.app_url + f"#/rel/{a}/{b}")
-    chart = chart_of(page)
+def decay_is_the_model(network: Network, a: str, b: str, chart: dict[str, Any]) -> None:
+    """Between events the line falls, and its points are the API's model at those instants."""
     event_x = sorted({x for x, _ in chart["events"]})
     between = [(x, y) for x, y in chart["curve"] if x not in event_x]
     assert len(between) >= 20, "the decay between events is drawn"
@@ -99,10 +94,34 @@ def test_decay_between_events_is_the_model_at_those_times(watched: Page, network
     for lo, hi in zip(event_x, [*event_x[1:], float("inf")], strict=True):
         ys = [y for x, y in chart["curve"] if lo <= x < hi]
         assert all(later <= earlier + 1e-9 for earlier, later in itertools.pairwise(ys))
-    # A few points of the line against the API's model at the same instants.
     for x, y in between[:: max(len(between) // 4, 1)]:
         at = network.get(f"/relationships/{a}/{b}", as_of=iso(x))
         assert at["score"] == pytest.approx(y, abs=1e-9)
+
+
+def keyboard_walks_the_events(page: Page, chart: dict[str, Any]) -> None:
+    n = len(chart["events"])
+    canvas = page.locator("#strength-chart")
+    canvas.focus()
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#announcer")).to_contain_text(f"Event 1 of {n}")
+    page.keyboard.press("End")
+    expect(page.locator("#announcer")).to_contain_text(f"Event {n} of {n}")
+    assert f"{n} events" in (canvas.get_attribute("aria-label") or "")
+
+
+def hover_explains_an_event(page: Page, chart: dict[str, Any], timeline: dict[str, Any]) -> None:
+    """Hovering an event's marker shows what it was: its reason and contribution."""
+    page.evaluate("() => window.scrollTo(0, 0)")
+    canvas = page.locator("#strength-chart")
+    canvas.blur()
+    last = len(chart["events"]) - 2  # not the last: the keyboard left its tooltip there
+    x, y = page.evaluate(MARKER, last)
+    canvas.hover(position={"x": x, "y": y})
+    lines = page.wait_for_function(TOOLTIP, arg=last).json_value()
+    shown = timeline["events"][last]
+    assert shown["reason"] in lines
+    assert f"contribution: +{shown['contribution']:.2f} points" in lines
 
 
 def test_as_of_date_redraws_everything_as_of_that_day(
@@ -114,8 +133,8 @@ def test_as_of_date_redraws_everything_as_of_that_day(
     middle = events[len(events) // 2]["occurred_at"][:10]
     sign_in(page, network)
     page.goto(network.app_url + f"#/rel/{a}/{b}")
-    now_score = page.locator("#score").text_content()
     chart_of(page)
+    now_score = page.locator("#score").text_content()
 
     page.get_by_label("As of").fill(middle)
     chart = chart_of(page, as_of=middle)
@@ -132,21 +151,3 @@ def test_as_of_date_redraws_everything_as_of_that_day(
     page.get_by_role("button", name="Now").click()
     chart_of(page)
     expect(page.locator("#score")).to_have_text(now_score or "")
-
-
-def test_chart_walks_events_with_the_keyboard(watched: Page, network: Network) -> None:
-    page = watched
-    a, b = network.busiest_pair()
-    sign_in(page, network)
-    page.goto(network.app_url + f"#/rel/{a}/{b}")
-    chart = chart_of(page)
-    canvas = page.locator("#strength-chart")
-    canvas.focus()
-    page.keyboard.press("ArrowRight")
-    expect(page.locator("#announcer")).to_contain_text(f"Event 1 of {len(chart['events'])}")
-    page.keyboard.press("End")
-    expect(page.locator("#announcer")).to_contain_text(
-        f"Event {len(chart['events'])} of {len(chart['events'])}"
-    )
-    label = canvas.get_attribute("aria-label") or ""
-    assert f"{len(chart['events'])} events" in label

@@ -39,7 +39,7 @@ export function scoreAt(state, params, tMs) {
  * count yet). At most `budget` instants in all; gaps too short to show a visible decay get
  * none. Returns sorted instants (ms).
  */
-export function sampleTimes(eventMs, endMs, budget = 60) {
+export function sampleTimes(eventMs, endMs, budget = 48) {
   const times = [...new Set(eventMs)].sort((a, b) => a - b);
   if (!times.length) return [];
   const span = Math.max(endMs - times[0], 1);
