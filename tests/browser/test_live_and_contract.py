@@ -52,8 +52,8 @@ def stream_is_served(network: Network) -> bool:
     return STREAM in documented(network.api_url)
 
 
-def test_the_page_calls_only_documented_routes(watched: Page, network: Network) -> None:
-    page = watched
+def test_the_page_calls_only_documented_routes(network: Network) -> None:
+    """Every API path written in the page's source is in /openapi.json."""
     spec = documented(network.api_url)
     written = routes_in_source()
     assert len(written) >= 12, written
@@ -62,20 +62,44 @@ def test_the_page_calls_only_documented_routes(watched: Page, network: Network) 
         f"routes in the page's source missing from /openapi.json: {undocumented}"
     )
 
-    # A tour of every view, then every request the browser made in this session's tests.
+
+VIEWS = (
+    "#/people",
+    "#/person/{a}",
+    "#/rel/{a}/{b}",
+    "#/losing-touch",
+    "#/introductions",
+    "#/record",
+)
+
+
+def test_a_tour_of_every_view_uses_documented_routes_and_passes_axe(
+    browser: Browser, network: Network
+) -> None:
+    """Every view, in a real browser: each request it makes is a documented route and method
+    (with the requests of this session's other tests), and axe-core (vendored from npm in
+    tests/browser/vendor/) finds no WCAG 2.1 A or AA violation. The page's CSP forbids
+    injected scripts, so this context bypasses it to inject the checker."""
+    spec = documented(network.api_url)
+    context = browser.new_context(bypass_csp=True, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.on("request", lambda r: network.requests.append((r.method, httpx.URL(r.url).path)))
     a, b = network.busiest_pair()
-    sign_in(page, network, me=a)
-    for hash_ in (
-        "#/people",
-        f"#/person/{a}",
-        f"#/rel/{a}/{b}",
-        "#/losing-touch",
-        "#/introductions",
-        "#/record",
-    ):
-        page.goto(network.app_url + hash_)
-        page.wait_for_load_state("networkidle")
-    seen = set(network.requests)
+    violations: dict[str, Any] = {}
+    try:
+        page.goto(network.app_url + "#/signin")
+        expect(page.get_by_role("heading", name="Sign in to tieline")).to_be_visible()
+        violations["#/signin"] = axe(page)
+        sign_in(page, network, me=a)
+        for view in (v.format(a=a, b=b) for v in VIEWS):
+            page.goto(network.app_url + view)
+            expect(page.locator("#main")).to_have_attribute("data-rendered", view, timeout=20_000)
+            violations[view] = axe(page)
+    finally:
+        context.close()
+    assert not {v: found for v, found in violations.items() if found}, violations
+
+    seen = {(m, p) for m, p in network.requests if p.startswith("/v1/")}
     assert len({p for _, p in seen}) >= 10
     for method, path in sorted(seen):
         template = template_of(path, spec)
@@ -83,6 +107,29 @@ def test_the_page_calls_only_documented_routes(watched: Page, network: Network) 
             continue
         assert template is not None, f"{method} {path}: not a documented route"
         assert method in spec[template], f"{method} {path}: {template} has only {spec[template]}"
+
+
+AXE = Path(__file__).parent / "vendor" / "axe.min.js"
+#: WCAG 2.1 A and AA rules; only violations are worked out in full (axe is much faster so).
+AXE_OPTIONS = {
+    "runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]},
+    "resultTypes": ["violations"],
+}
+
+
+def axe(page: Page) -> list[dict[str, Any]]:
+    """axe's violations on the page as it is: rule, impact, and the first offending nodes."""
+    page.add_script_tag(path=str(AXE))
+    result: dict[str, Any] = page.evaluate("(o) => axe.run(document, o)", AXE_OPTIONS)
+    return [
+        {
+            "rule": v["id"],
+            "impact": v["impact"],
+            "help": v["help"],
+            "nodes": [n["target"] for n in v["nodes"][:3]],
+        }
+        for v in result["violations"]
+    ]
 
 
 def test_open_relationship_page_updates_live_from_the_stream(
@@ -142,7 +189,7 @@ def test_stream_client_shows_a_banner_and_resumes_from_the_last_id(
             route.abort()
             return
         body = (
-            f": heartbeat\n\nid: {40 + len(asked)}\nevent: event.recorded\n"
+            f"retry: 200\n\n: heartbeat\n\nid: {40 + len(asked)}\nevent: event.recorded\n"
             f"data: {json.dumps({'type': 'relationship.met', 'people': [a, b], 'seq': 1})}\n\n"
         )
         route.fulfill(status=200, headers={"content-type": "text/event-stream"}, body=body)
@@ -150,8 +197,7 @@ def test_stream_client_shows_a_banner_and_resumes_from_the_last_id(
     page.route(re.compile(r".*/v1/workspaces/[^/]+/stream.*"), serve)
     page.add_init_script(BANNER_LOG)
     sign_in(page, network)
-    page.goto(network.app_url + f"#/rel/{a}/{b}")
-    chart_of(page)
+    page.goto(network.app_url + f"#/person/{a}")
     page.wait_for_function("() => window.bannerLog.some((t) => t.includes('reconnected'))")
     log: list[str] = page.evaluate("() => window.bannerLog")
     first_drop = next(i for i, t in enumerate(log) if "reconnecting in" in t)
@@ -159,7 +205,7 @@ def test_stream_client_shows_a_banner_and_resumes_from_the_last_id(
     assert "last-event-id" not in asked[0]
     assert asked[1]["last-event-id"] == "41"
     assert asked[1]["authorization"] == f"Bearer {network.token}"
-    assert f"pair={a}%2C{b}" in page.evaluate(
+    assert f"person={a}" in page.evaluate(
         "() => performance.getEntriesByType('resource')"
         ".map(e => e.name).find(n => n.includes('/stream'))"
     )

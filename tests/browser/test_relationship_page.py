@@ -24,11 +24,9 @@ CHART = """() => {
 }"""
 
 
-#: Where event marker i is drawn on the canvas (CSS pixels).
-MARKER = """(i) => {
-  const p = Chart.getChart(document.getElementById("strength-chart")).getDatasetMeta(0).data[i];
-  return [p.x, p.y];
-}"""
+#: Where the event markers are drawn on the canvas (CSS pixels).
+MARKERS = """() => Chart.getChart(document.getElementById("strength-chart"))
+  .getDatasetMeta(0).data.map((p) => [p.x, p.y])"""
 
 #: The tooltip's lines once it shows event i.
 TOOLTIP = """(i) => {
@@ -115,11 +113,14 @@ def hover_explains_an_event(page: Page, chart: dict[str, Any], timeline: dict[st
     page.evaluate("() => window.scrollTo(0, 0)")
     canvas = page.locator("#strength-chart")
     canvas.blur()
-    last = len(chart["events"]) - 2  # not the last: the keyboard left its tooltip there
-    x, y = page.evaluate(MARKER, last)
-    canvas.hover(position={"x": x, "y": y})
-    lines = page.wait_for_function(TOOLTIP, arg=last).json_value()
-    shown = timeline["events"][last]
+    xy = page.evaluate(MARKERS)
+    # The marker farthest from its neighbours (events minutes apart share a pixel); not the
+    # last one, where the keyboard left the tooltip.
+    gaps = [min(xy[i][0] - xy[i - 1][0], xy[i + 1][0] - xy[i][0]) for i in range(1, len(xy) - 1)]
+    i = 1 + gaps.index(max(gaps))
+    canvas.hover(position={"x": xy[i][0], "y": xy[i][1]})
+    lines = page.wait_for_function(TOOLTIP, arg=i).json_value()
+    shown = timeline["events"][i]
     assert shown["reason"] in lines
     assert f"contribution: +{shown['contribution']:.2f} points" in lines
 

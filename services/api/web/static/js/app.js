@@ -164,6 +164,7 @@ async function render() {
     if (mine === current) main.removeAttribute("aria-busy");
   }
   if (mine !== current) return;
+  main.dataset.rendered = location.hash; // this view has drawn what it loads
   document.title = `${box.querySelector("h1")?.textContent || "tieline"} · tieline`;
   box.querySelector("h1")?.focus();
 }
