@@ -200,7 +200,7 @@ def test_stream_client_shows_a_banner_and_resumes_from_the_last_id(
     page.goto(network.app_url + f"#/person/{a}")
     page.wait_for_function("() => window.bannerLog.some((t) => t.includes('reconnected'))")
     log: list[str] = page.evaluate("() => window.bannerLog")
-    first_drop = next(i for i, t in enumerate(log) if "reconnecting in" in t)
+    first_drop = next(i for i, t in enumerate(log) if "interrupted; reconnecting" in t)
     assert "Live updates reconnected." in log[first_drop:], log
     assert "last-event-id" not in asked[0]
     assert asked[1]["last-event-id"] == "41"

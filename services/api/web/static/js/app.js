@@ -68,7 +68,8 @@ function live(filters, onMessage, mine = current) {
       onMessage({ kind: "reconnected", data: null, id: null });
     } else if (s.state === "reconnecting") {
       setLive("reconnecting", "reconnecting");
-      showBanner(`Live updates interrupted; reconnecting in ${Math.round(s.wait / 1000)} s…`, "warn");
+      const when = s.wait >= 1000 ? ` in ${Math.round(s.wait / 1000)} s` : "";
+      showBanner(`Live updates interrupted; reconnecting${when}…`, "warn");
     } else if (s.state === "denied") {
       setLive("live updates refused", "off");
       showBanner(`The event stream refused this token (${s.status}).`, "error");
