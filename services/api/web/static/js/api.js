@@ -133,6 +133,22 @@ export const api = {
   post: (route, params, body, opts = {}) => send("POST", route, params, { ...opts, body }),
 };
 
+/**
+ * Every page of a list: follows `next_cursor` (sent back as ?cursor=, issue 12's pagination)
+ * and concatenates the arrays under `keys`, with at most `maxPages` requests. An answer
+ * without `next_cursor` is a single page.
+ */
+export async function allPages(route, params, query, keys, maxPages = 50) {
+  let body = await api.get(route, params, query);
+  const out = { ...body };
+  for (let n = 1; body.next_cursor && n < maxPages; n++) {
+    body = await api.get(route, params, { ...query, cursor: body.next_cursor });
+    for (const k of keys) out[k] = [...(out[k] || []), ...(body[k] || [])];
+  }
+  out.next_cursor = body.next_cursor ?? null;
+  return out;
+}
+
 /** A random UUID (v4) for idempotent writes; works outside secure contexts too. */
 export function newId() {
   if (globalThis.crypto?.randomUUID) return crypto.randomUUID();

@@ -2,7 +2,7 @@
 // introducer can vouch for both sides, and the double opt-in flow: request, each side's
 // consent, the introduction itself, its outcome.
 
-import { ApiError, ROUTES, api, newId, record, session } from "../api.js";
+import { ApiError, ROUTES, allPages, api, newId, record, session } from "../api.js";
 import { add, clearFieldErrors, field, fill, h, loading, notice, showFieldErrors, table, tierBadge, timeEl } from "../dom.js";
 import * as names from "../names.js";
 import { debounce, seqOf } from "./live.js";
@@ -131,7 +131,8 @@ function flowSection(from) {
     h("button", { type: "submit" }, "Request an introduction"), out);
 
   async function load(minSeq) {
-    const body = await api.get(ROUTES.introductions, {}, { person: from || undefined, min_seq: minSeq });
+    const query = { person: from || undefined, min_seq: minSeq };
+    const body = await allPages(ROUTES.introductions, {}, query, ["introductions"], 5);
     const intros = body.introductions || body.items || [];
     await names.resolve(intros.flatMap((i) => [i.requester, i.introducer, i.target]));
     const after = async (seq, message, err) => {

@@ -3,7 +3,7 @@
 // (an idempotent event_id: a retry after a lost answer records it once) and then reads the
 // list again with ?min_seq= so the row is gone as soon as the write is applied.
 
-import { ApiError, ROUTES, api, newId, record, session } from "../api.js";
+import { ApiError, ROUTES, allPages, newId, record, session } from "../api.js";
 import { add, fill, fmtDays, h, loading, notice, scoreBar, table, tierBadge, timeEl, field } from "../dom.js";
 import * as names from "../names.js";
 import { debounce, seqOf } from "./live.js";
@@ -69,7 +69,7 @@ export async function render(main, ctx) {
   }
 
   async function load(minSeq) {
-    const body = await api.get(ROUTES.followUps, { person }, { min_seq: minSeq });
+    const body = await allPages(ROUTES.followUps, { person }, { min_seq: minSeq }, ["due"]);
     const due = body.due || [];
     await names.resolve(due.map((d) => d.other));
     if (!due.length) {

@@ -1,7 +1,7 @@
 // One person: who they are, their ties ordered by strength with tier badges, and give and
 // take (who initiates, who helps, one-sided ties flagged).
 
-import { ApiError, ROUTES, api, session } from "../api.js";
+import { ApiError, ROUTES, allPages, api, session } from "../api.js";
 import { add, fill, fmtDays, forgottenBadge, h, loading, notice, scoreBar, table, tierBadge, timeEl } from "../dom.js";
 import * as names from "../names.js";
 import { debounce, seqOf } from "./live.js";
@@ -110,18 +110,31 @@ export async function render(main, ctx) {
       giveBox),
   );
 
+  // Strongest first, 50 at a time: "Show more" follows next_cursor (issue 12's pagination)
+  // or, from an API without it, asks for a longer list.
   let limit = 50;
+  let pages = 1;
   async function loadTies(minSeq) {
-    const body = await api.get(ROUTES.ties, { person: id }, { order: "strength", limit, min_seq: minSeq });
+    const query = { order: "strength", limit, min_seq: minSeq };
+    const body = await allPages(ROUTES.ties, { person: id }, query, ["relationships"], pages);
     const ties = body.relationships || [];
     await names.resolve(ties.map((t) => t.other));
-    const more = ties.length === limit && limit < 1000
-      ? h("button", { type: "button", onclick: () => { limit = Math.min(limit * 4, 1000); loadTies(); } }, "Show more ties")
+    const hasMore = body.next_cursor || (ties.length === limit && limit < 1000);
+    const more = hasMore
+      ? h("button", {
+        type: "button",
+        onclick: () => {
+          if (body.next_cursor) pages += 1;
+          else limit = Math.min(limit * 4, 1000);
+          loadTies();
+        },
+      }, "Show more ties")
       : null;
     fill(tiesBox, h("h2", { id: "ties-h" }, "Ties"), tiesTable(id, ties), more);
   }
   async function loadGive(minSeq) {
-    const body = await api.get(ROUTES.giveAndTake, { person: id }, { one_sided: onlyOneSided.checked ? "true" : undefined, min_seq: minSeq });
+    const query = { one_sided: onlyOneSided.checked ? "true" : undefined, min_seq: minSeq };
+    const body = await allPages(ROUTES.giveAndTake, { person: id }, query, ["ties"]);
     const ties = body.ties || [];
     await names.resolve(ties.map((t) => t.other));
     fill(giveBox, giveTable(id, ties));

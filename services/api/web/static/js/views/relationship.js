@@ -2,7 +2,7 @@
 // model's decay between events), the explanation, the audit timeline with retractions, and an
 // "as of" date that redraws everything as of the end of that day (UTC).
 
-import { ApiError, ROUTES, api } from "../api.js";
+import { ApiError, ROUTES, allPages, api } from "../api.js";
 import { curvePoints, sampleTimes, scoreAt } from "../decay.js";
 import { add, eventLabel, fill, fmtDate, fmtDays, h, loading, notice, pool, table, tierBadge, timeEl } from "../dom.js";
 import * as names from "../names.js";
@@ -147,7 +147,7 @@ export async function render(main, ctx) {
       [rel, x, tl] = await Promise.all([
         api.get(ROUTES.relationship, pair, query),
         api.get(ROUTES.explain, pair, query),
-        api.get(ROUTES.timeline, pair, query),
+        allPages(ROUTES.timeline, pair, query, ["events", "retracted"]),
       ]);
     } catch (err) {
       if (!(err instanceof ApiError) || err.status !== 404) throw err;
