@@ -50,9 +50,10 @@ function showBanner(text, kind, hideAfterMs) {
   if (hideAfterMs) bannerTimer = setTimeout(() => { banner.hidden = true; }, hideAfterMs);
 }
 
-function setLive(text, state) {
+function setLive(text, state, title = "") {
   liveBox.textContent = text;
   liveBox.dataset.state = state;
+  liveBox.title = title;
 }
 
 let current = 0; // the render in progress or shown; older renders must not touch the page
@@ -71,10 +72,10 @@ function live(filters, onMessage, mine = current) {
       const when = s.wait >= 1000 ? ` in ${Math.round(s.wait / 1000)} s` : "";
       showBanner(`Live updates interrupted; reconnecting${when}…`, "warn");
     } else if (s.state === "denied") {
-      setLive("live updates refused", "off");
+      setLive("offline", "off", `The event stream refused this token (${s.status}).`);
       showBanner(`The event stream refused this token (${s.status}).`, "error");
     } else if (s.state === "unavailable") {
-      setLive("live updates unavailable", "off");
+      setLive("offline", "off", "This server has no event stream: reload the page to see changes.");
     }
   });
   cleanups.push(() => stream.close());

@@ -78,13 +78,14 @@ export function timeEl(value, withTime = false) {
   return h("time", { datetime: value }, withTime ? fmtTime(value) : fmtDate(value));
 }
 
-export function fmtDays(days) {
+/** How long ago, from a number of days: "today", "12 days ago", "3 months ago". */
+export function fmtAgo(days) {
   if (days === null || days === undefined) return "—";
   const d = Number(days);
   if (d < 1) return "today";
-  if (d < 60) return `${Math.round(d)} days`;
-  if (d < 730) return `${Math.round(d / 30.44)} months`;
-  return `${(d / 365.25).toFixed(1)} years`;
+  if (d < 60) return `${Math.round(d)} days ago`;
+  if (d < 730) return `${Math.round(d / 30.44)} months ago`;
+  return `${(d / 365.25).toFixed(1)} years ago`;
 }
 
 export const EVENT_LABELS = {

@@ -4,7 +4,7 @@
 // list again with ?min_seq= so the row is gone as soon as the write is applied.
 
 import { ApiError, ROUTES, allPages, newId, record, session } from "../api.js";
-import { add, fill, fmtDays, h, loading, notice, scoreBar, table, tierBadge, timeEl, field } from "../dom.js";
+import { add, fill, fmtAgo, h, loading, notice, scoreBar, table, tierBadge, timeEl, field } from "../dom.js";
 import * as names from "../names.js";
 import { debounce, seqOf } from "./live.js";
 
@@ -85,7 +85,7 @@ export async function render(main, ctx) {
         h("td", {}, names.personLink(d.other), " ", h("a", { href: `#/rel/${encodeURIComponent(person)}/${encodeURIComponent(d.other)}`, class: "small" }, "relationship")),
         h("td", {}, scoreBar(d.score)),
         h("td", {}, tierBadge(d.tier_at_last_contact)),
-        h("td", {}, timeEl(d.last_contact_at), h("br"), h("small", {}, `${fmtDays(d.days_since_contact)} ago; usual: every ${d.cadence_days} days`)),
+        h("td", {}, timeEl(d.last_contact_at), h("br"), h("small", {}, `${fmtAgo(d.days_since_contact)}; usual: every ${d.cadence_days} days`)),
         h("td", { class: "num" }, Number(d.at_stake).toFixed(1)),
         h("td", {}, button),
       );

@@ -2,7 +2,7 @@
 // take (who initiates, who helps, one-sided ties flagged).
 
 import { ApiError, ROUTES, allPages, api, session } from "../api.js";
-import { add, fill, fmtDays, forgottenBadge, h, loading, notice, scoreBar, table, tierBadge, timeEl } from "../dom.js";
+import { add, fill, forgottenBadge, h, loading, notice, scoreBar, table, tierBadge, timeEl } from "../dom.js";
 import * as names from "../names.js";
 import { debounce, seqOf } from "./live.js";
 

@@ -4,7 +4,7 @@
 
 import { ApiError, ROUTES, allPages, api } from "../api.js";
 import { curvePoints, sampleTimes, scoreAt } from "../decay.js";
-import { add, eventLabel, fill, fmtDate, fmtDays, h, loading, notice, pool, table, tierBadge, timeEl } from "../dom.js";
+import { add, eventLabel, fill, fmtDate, fmtAgo, h, loading, notice, pool, table, tierBadge, timeEl } from "../dom.js";
 import * as names from "../names.js";
 import { drawStrengthChart } from "../strength-chart.js";
 import { debounce, pairOf, seqOf } from "./live.js";
@@ -42,7 +42,7 @@ function summary(rel, a, b) {
     ["As of", timeEl(rel.as_of, true)],
     ["Events", `${rel.event_count}: met ${rel.meetings}, follow-ups ${rel.follow_ups}, help ${rel.helps}, introductions ${rel.introductions}, ratings ${rel.ratings}`],
     ["First contact", timeEl(rel.first_contact_at)],
-    ["Last contact", [timeEl(rel.last_contact_at), ` (${fmtDays(rel.days_since_contact)} ago)`]],
+    ["Last contact", [timeEl(rel.last_contact_at), ` (${fmtAgo(rel.days_since_contact)})`]],
     ["Can vouch", rel.can_vouch ? "yes, for each other" : "not yet"],
   ];
   return h("dl", { class: "summary" }, rows.map(([k, ...v]) => h("div", { class: "stat" }, h("dt", {}, k), h("dd", {}, ...v))));
