@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from tieline.plumbing.config import DEPLOYMENT_NAMES, Settings
+from tieline.services.runtime.supervisor import Stack, StackConfig
 
 
 @dataclass(frozen=True)
@@ -97,3 +98,25 @@ def settings(servers: Servers) -> Settings:
 def settings_env(settings: Settings) -> dict[str, str]:
     """The TIELINE_* environment that makes child processes use ``settings``."""
     return settings.env(*DEPLOYMENT_NAMES)
+
+
+# One running tieline for the e2e and browser tests (each test uses its own workspace).
+@pytest.fixture(scope="session")
+def stack_settings(servers: Servers) -> Settings:
+    return unique_settings(servers)
+
+
+@pytest.fixture(scope="session")
+def stack(
+    servers: Servers, stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    data: Path = tmp_path_factory.mktemp("stack")
+    config = StackConfig(
+        data_dir=data,
+        nats_url=servers.nats_url,
+        database_url=servers.database_url,
+        # Self-check rounds every second, so tests see them (tests/e2e/test_self_check.py).
+        env={**settings_env(stack_settings), "TIELINE_SELF_CHECK_INTERVAL_S": "1"},
+    )
+    with Stack(config) as s:
+        yield s

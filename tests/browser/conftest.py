@@ -31,7 +31,7 @@ from playwright.sync_api import Page, Request, expect
 from tieline.plumbing.config import Settings
 from tieline.services.runtime.supervisor import Stack
 
-from tests.e2e.conftest import make_token, stack, stack_settings  # noqa: F401 (fixtures)
+from tests.e2e.conftest import make_token
 
 os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
 
@@ -149,8 +149,8 @@ def simulated(tmp: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def network(
-    stack: Stack,  # noqa: F811
-    stack_settings: Settings,  # noqa: F811
+    stack: Stack,
+    stack_settings: Settings,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Network]:
     ws = f"web-{uuid.uuid4().hex[:10]}"

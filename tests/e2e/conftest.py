@@ -5,35 +5,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from tieline.plumbing.config import Settings
-from tieline.services.runtime.supervisor import Stack, StackConfig
-
-from tests.conftest import Servers, settings_env, unique_settings
-
-
-@pytest.fixture(scope="session")
-def stack_settings(servers: Servers) -> Settings:
-    return unique_settings(servers)
-
-
-@pytest.fixture(scope="session")
-def stack(
-    servers: Servers, stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    data: Path = tmp_path_factory.mktemp("stack")
-    config = StackConfig(
-        data_dir=data,
-        nats_url=servers.nats_url,
-        database_url=servers.database_url,
-        # Self-check rounds every second, so tests see them (tests/e2e/test_self_check.py).
-        env={**settings_env(stack_settings), "TIELINE_SELF_CHECK_INTERVAL_S": "1"},
-    )
-    with Stack(config) as s:
-        yield s
+from tieline.services.runtime.supervisor import Stack
 
 
 def make_token(settings: Settings, ws: str, role: str = "admin", name: str = "tester") -> str:
