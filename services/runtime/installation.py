@@ -30,6 +30,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import signal
 import socket
 from collections.abc import Collection
@@ -49,6 +50,7 @@ __all__ = [
     "PortNeed",
     "check_ports",
     "clear_stale_postmaster_pid",
+    "describe",
     "find_leftovers",
     "listening_ports",
     "running_pid",
@@ -153,9 +155,6 @@ class Leftover:
     kind: str
     cmdline: list[str] = field(default_factory=list)
 
-    def describe(self) -> str:
-        return f"{self.kind} pid {self.proc.pid}"
-
 
 def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
@@ -191,6 +190,7 @@ def find_leftovers(data_dir: Path) -> list[Leftover]:
     me = psutil.Process()
     exclude = {me.pid, *(p.pid for p in me.parents())}
     found: list[Leftover] = []
+    untagged: list[psutil.Process] = []
     for proc in psutil.process_iter(["pid", "name", "cmdline", "cwd", "status"]):
         info = proc.info
         if info["pid"] in exclude or info.get("status") == psutil.STATUS_ZOMBIE:
@@ -198,7 +198,39 @@ def find_leftovers(data_dir: Path) -> list[Leftover]:
         kind = _classify(info, root)
         if kind is not None:
             found.append(Leftover(proc, kind, list(info.get("cmdline") or [])))
+        elif ROLE_MODULE in (info.get("cmdline") or []):
+            untagged.append(proc)
+    return found + _untagged_roles(untagged, listening_ports(found))
+
+
+def _untagged_roles(candidates: list[psutil.Process], server_ports: set[int]) -> list[Leftover]:
+    """tieline processes started before they carried ``--data-dir`` (an earlier release), known
+    by their environment: their NATS or PostgreSQL URL names a port a leftover server of this
+    data dir listens on."""
+    found: list[Leftover] = []
+    if not server_ports:
+        return found
+    for proc in candidates:
+        try:
+            env = proc.environ()
+        except psutil.Error:
+            continue
+        urls = (env.get("TIELINE_NATS_URL", ""), env.get("TIELINE_DATABASE_URL", ""))
+        ports = {int(p) for url in urls for p in re.findall(r":(\d{2,5})(?:[/?,]|$)", url)}
+        if ports & server_ports:
+            found.append(Leftover(proc, "tieline"))
     return found
+
+
+def describe(leftovers: list[Leftover]) -> str:
+    """``nats-server pid 1, postmaster pid 2, 9 postgres processes, 4 tieline processes``."""
+    by_kind: dict[str, list[int]] = {}
+    for left in leftovers:
+        by_kind.setdefault(left.kind, []).append(left.proc.pid)
+    parts = []
+    for kind, pids in by_kind.items():
+        parts.append(f"{kind} pid {pids[0]}" if len(pids) == 1 else f"{len(pids)} {kind} processes")
+    return ", ".join(parts)
 
 
 def listening_ports(leftovers: list[Leftover]) -> set[int]:

@@ -29,6 +29,7 @@ from tieline.services.runtime.installation import (
     PortNeed,
     check_ports,
     clear_stale_postmaster_pid,
+    describe,
     find_leftovers,
     listening_ports,
     stop_leftovers,
@@ -65,8 +66,8 @@ def prepare(stack: Stack, say: Say) -> None:
     check_ports(needed_ports(config), except_ports=listening_ports(leftovers))
     if leftovers:
         say(
-            f"stopping {len(leftovers)} processes left running on {config.data_dir} by a "
-            f"previous run: {', '.join(left.describe() for left in leftovers)}"
+            f"stopping {len(leftovers)} processes a previous run left on {config.data_dir}: "
+            f"{describe(leftovers)}"
         )
         stop_leftovers(leftovers)
         check_ports(needed_ports(config))

@@ -299,17 +299,28 @@ def test_killed_supervisor_takes_its_servers_and_processes_along(tmp_path: Path)
 
 def test_servers_left_running_on_the_data_dir_are_stopped_first(tmp_path: Path) -> None:
     """A nats-server and a PostgreSQL on the data dir without their supervisor (live
-    ``postmaster.pid``; the NATS on the port the new run asks for) are stopped cleanly, and the
+    ``postmaster.pid``; the NATS on the port the new run asks for), and a worker of an earlier
+    release (no ``--data-dir`` on its command line) connected to them, are stopped cleanly; the
     new run starts on the same data."""
     data, port = tmp_path / "data", find_free_port()
     nats = EmbeddedNats(data / "nats")
     postgres = EmbeddedPostgres(data / "postgres")
     nats.start()
     postgres.start()
-    old = [nats.pid, postgres.pid]
+    env = {**cli_env(), "TIELINE_NATS_URL": nats.url, "TIELINE_DATABASE_URL": postgres.url}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tieline.services.runtime.run", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    old = [nats.pid, postgres.pid, worker.pid]
     try:
         up = Up.start(data, port, "--nats-port", str(nats.port))
-        assert f"left running on {data}" in up.output, up.output
+        note = f"a previous run left on {data}: nats-server pid {old[0]}, postmaster pid {old[1]}"
+        assert note in up.output and "1 tieline processes" not in up.output, up.output
+        assert f"tieline pid {worker.pid}" in up.output, up.output
+        worker.wait(timeout=5)  # listed as a leftover above, so it ran until then
         assert nats.pid is None and postgres.pid is None  # exited (we reaped them)
         assert "database system is shut down" in (data / "postgres" / "postgres.log").read_text()
         with httpx.Client(base_url=up.url, timeout=10, trust_env=False) as client:
@@ -317,6 +328,9 @@ def test_servers_left_running_on_the_data_dir_are_stopped_first(tmp_path: Path) 
         assert not set(old) & {p.pid for p in processes_on(data)}
         up.stop()
     finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.wait()
         nats.stop()
         postgres.stop()
 
