@@ -19,9 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from tieline.plumbing.config import Settings
-from tieline.services.runtime.errors import NotRunning
+from tieline.services.runtime.errors import NotRunning, OperationalError
 from tieline.services.runtime.installation import running_pid
 
 __all__ = ["ENDPOINTS_FILE", "Endpoints", "read_endpoints", "remove_endpoints", "write_endpoints"]
@@ -67,10 +67,14 @@ class Endpoints(BaseModel):
             "consumer_name": self.consumer_name,
         }
         if self.nats_credentials_file and self.nats_admin_user:
-            passwords = json.loads(Path(self.nats_credentials_file).read_text())
-            update.update(
-                nats_user=self.nats_admin_user, nats_password=passwords[self.nats_admin_user]
-            )
+            path = Path(self.nats_credentials_file)
+            try:
+                password = json.loads(path.read_text())[self.nats_admin_user]
+            except (OSError, ValueError, KeyError) as exc:
+                raise OperationalError(
+                    f"cannot read the NATS {self.nats_admin_user!r} password from {path}: {exc}"
+                ) from exc
+            update.update(nats_user=self.nats_admin_user, nats_password=password)
         return base.model_copy(update=update)
 
 
@@ -113,3 +117,6 @@ def read_endpoints(data_dir: Path) -> Endpoints:
         raise NotRunning(
             f"tieline up (pid {pid}) on {data_dir} is still starting ({path} not written yet)"
         ) from None
+    except (OSError, ValidationError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise OperationalError(f"cannot read {path}: {reason}") from exc

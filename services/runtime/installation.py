@@ -34,7 +34,7 @@ import re
 import signal
 import socket
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,6 @@ class Leftover:
     proc: psutil.Process
     #: ``postmaster``, ``postgres`` (a backend or helper), ``nats-server`` or ``tieline``.
     kind: str
-    cmdline: list[str] = field(default_factory=list)
 
 
 def _inside(path: str, root: str) -> bool:
@@ -197,7 +196,7 @@ def find_leftovers(data_dir: Path) -> list[Leftover]:
             continue
         kind = _classify(info, root)
         if kind is not None:
-            found.append(Leftover(proc, kind, list(info.get("cmdline") or [])))
+            found.append(Leftover(proc, kind))
         elif ROLE_MODULE in (info.get("cmdline") or []):
             untagged.append(proc)
     return found + _untagged_roles(untagged, listening_ports(found))
@@ -270,6 +269,7 @@ def stop_leftovers(leftovers: list[Leftover], grace_s: float = GRACE_S) -> None:
         if first is not None:
             signal_all([left.proc], first)
     procs = [left.proc for left in leftovers]
+    signal_all(procs, signal.SIGCONT)  # a frozen (SIGSTOPped) process handles nothing
     survivors = wait_gone(procs, grace_s)
     if survivors:
         log.warning("leftovers.kill", pids=[p.pid for p in survivors], after_s=grace_s)
