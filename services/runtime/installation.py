@@ -86,8 +86,11 @@ class DataDirLock:
         """Take the lock and write our pid into it; :class:`AlreadyRunning` when another live
         process holds it. Retried briefly: an operator command probing the lock
         (:func:`running_pid`) holds it for a moment."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise OperationalError(f"cannot use {self.data_dir} as data dir: {exc}") from exc
 
         def attempt() -> bool | None:
             try:

@@ -23,7 +23,9 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+import psycopg
 from tieline.services.runtime.endpoints import remove_endpoints, write_endpoints
+from tieline.services.runtime.errors import OperationalError
 from tieline.services.runtime.installation import (
     DataDirLock,
     PortNeed,
@@ -120,7 +122,11 @@ def run_up(config: StackConfig, *, admin_token: str | None, say: Say, banner: Sa
 def _start(stack: Stack, admin_token: str | None) -> str:
     """Step 4 up to the endpoints file; returns the admin token."""
     stack.start_servers()
-    token = stack.bootstrap_admin_token(admin_token)
+    try:
+        token = stack.bootstrap_admin_token(admin_token)
+    except psycopg.OperationalError as exc:  # an external --database-url that does not answer
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OperationalError(f"cannot connect to PostgreSQL: {reason}") from exc
     stack.start_processes()
     stack.wait_ready(timeout=90)
     write_endpoints(stack.config.data_dir, stack.endpoints())
