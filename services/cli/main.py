@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -63,12 +62,9 @@ def up(
 
     Processes a crashed earlier run left on the data dir are stopped first; a port that is
     taken, or another `tieline up` on the same data dir, fails at once with one line."""
-    from tieline.plumbing.logging import configure_logging
-    from tieline.services.runtime.supervisor import StackConfig
-    from tieline.services.runtime.up import run_up
+    from tieline.services.runtime.up import UpOptions, run_up
 
-    configure_logging("INFO")
-    config = StackConfig(
+    options = UpOptions(
         data_dir=data_dir.expanduser().resolve(),
         nats_url=nats_url,
         database_url=database_url,
@@ -80,7 +76,7 @@ def up(
     with operational_errors("tieline up"):
         try:
             run_up(
-                config,
+                options,
                 admin_token=os.environ.get("TIELINE_ADMIN_TOKEN"),
                 say=lambda text: console.print(text, soft_wrap=True, markup=False),
                 banner=lambda text: console.print(text, soft_wrap=True),
@@ -392,6 +388,8 @@ def worker() -> None:
 
 
 def _call(method: str, url: str, **kwargs: Any) -> Any:
+    import httpx  # here, not at the top: `tieline up` must reach its port check fast
+
     token = os.environ.get("TIELINE_TOKEN")
     if token:
         kwargs["headers"] = {**kwargs.get("headers", {}), "Authorization": f"Bearer {token}"}

@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
-from tieline.plumbing.config import Settings
 from tieline.services.runtime.errors import OperationalError, ServerStartError
+
+if TYPE_CHECKING:
+    from tieline.plumbing.config import Settings
 
 __all__ = ["DataDir", "fail", "operational_errors", "ops_settings"]
 
@@ -44,6 +46,8 @@ def ops_settings(data_dir: Path | None, command: str = "tieline") -> Settings:
     """Settings for an operator command: ``TIELINE_*`` from the environment; with
     ``data_dir``, the endpoints the ``tieline up`` running there recorded, which win over the
     environment (servers, schema, stream, subject prefix, consumer, NATS admin user)."""
+    from tieline.plumbing.config import Settings
+
     settings = Settings()
     if data_dir is None:
         return settings

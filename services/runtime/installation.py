@@ -45,6 +45,8 @@ from tieline.services.runtime.procs import poll_until, signal_all, wait_gone
 
 __all__ = [
     "LOCK_FILE",
+    "NATS_SUBDIR",
+    "POSTGRES_SUBDIR",
     "DataDirLock",
     "Leftover",
     "PortNeed",
@@ -61,6 +63,9 @@ log = structlog.get_logger(__name__)
 
 #: Held (flock) by the running supervisor; holds its pid as text.
 LOCK_FILE = Path("run") / "supervisor.lock"
+#: Where in a data dir the embedded servers keep their state.
+NATS_SUBDIR = "nats"
+POSTGRES_SUBDIR = "postgres"
 #: The module every tieline process runs (``python -m ...``).
 ROLE_MODULE = "tieline.services.runtime.run"
 #: Seconds a leftover gets to stop by itself before it is killed.

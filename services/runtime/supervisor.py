@@ -31,6 +31,7 @@ from tieline.plumbing.config import Settings
 from tieline.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, find_free_port
 from tieline.services.runtime.endpoints import Endpoints
 from tieline.services.runtime.errors import OperationalError
+from tieline.services.runtime.installation import NATS_SUBDIR, POSTGRES_SUBDIR
 from tieline.services.runtime.nats_auth import (
     PASSWORDS_FILE,
     authorization_block,
@@ -95,12 +96,12 @@ class Stack:
     @property
     def nats_dir(self) -> Path:
         """Where the embedded NATS keeps its configuration, log and JetStream store."""
-        return self.config.data_dir / "nats"
+        return self.config.data_dir / NATS_SUBDIR
 
     @property
     def postgres_dir(self) -> Path:
         """Where the embedded PostgreSQL keeps its cluster (``pgdata``), socket and log."""
-        return self.config.data_dir / "postgres"
+        return self.config.data_dir / POSTGRES_SUBDIR
 
     def endpoints(self) -> Endpoints:
         """What operator commands need to reach this installation (run/endpoints.json)."""

@@ -21,12 +21,15 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
-import psycopg
-from tieline.services.runtime.endpoints import remove_endpoints, write_endpoints
+from tieline.plumbing.logging import configure_logging
 from tieline.services.runtime.errors import OperationalError
 from tieline.services.runtime.installation import (
+    POSTGRES_SUBDIR,
     DataDirLock,
     PortNeed,
     check_ports,
@@ -36,44 +39,61 @@ from tieline.services.runtime.installation import (
     listening_ports,
     stop_leftovers,
 )
-from tieline.services.runtime.supervisor import Stack, StackConfig
 
-__all__ = ["needed_ports", "run_up"]
+if TYPE_CHECKING:
+    from tieline.services.runtime.supervisor import Stack
+
+__all__ = ["UpOptions", "needed_ports", "run_up"]
 
 Say = Callable[[str], None]
 
 
-def needed_ports(config: StackConfig) -> list[PortNeed]:
+@dataclass(frozen=True)
+class UpOptions:
+    """What ``tieline up`` was asked for (its command-line options).
+
+    Only this module and installation.py are imported before the port check: the servers'
+    clients and the supervisor are loaded afterwards, so a taken port is reported in about the
+    time Python needs to start.
+    """
+
+    data_dir: Path
+    api_port: int
+    api_host: str = "127.0.0.1"
+    nats_url: str | None = None
+    database_url: str | None = None
+    nats_port: int | None = None
+    postgres_port: int | None = None
+    sync_always: bool = True
+
+
+def needed_ports(options: UpOptions) -> list[PortNeed]:
     """The fixed ports this run will listen on, with the option that changes each. Ports the
     runtime picks itself (embedded servers without ``--nats-port`` / ``--postgres-port``) are
     free by construction."""
-    needs: list[PortNeed] = []
-    if config.api_port is not None:
+    needs = [PortNeed(options.api_host, options.api_port, "API", "--api-port or TIELINE_API_PORT")]
+    if options.nats_url is None and options.nats_port is not None:
+        needs.append(PortNeed("127.0.0.1", options.nats_port, "embedded NATS", "--nats-port"))
+    if options.database_url is None and options.postgres_port is not None:
         needs.append(
-            PortNeed(config.api_host, config.api_port, "API", "--api-port or TIELINE_API_PORT")
-        )
-    if config.nats_url is None and config.nats_port is not None:
-        needs.append(PortNeed("127.0.0.1", config.nats_port, "embedded NATS", "--nats-port"))
-    if config.database_url is None and config.postgres_port is not None:
-        needs.append(
-            PortNeed("127.0.0.1", config.postgres_port, "embedded PostgreSQL", "--postgres-port")
+            PortNeed("127.0.0.1", options.postgres_port, "embedded PostgreSQL", "--postgres-port")
         )
     return needs
 
 
-def prepare(stack: Stack, say: Say) -> None:
-    """Steps 2 and 3: nothing of a previous run is left running, the ports are free."""
-    config = stack.config
-    leftovers = find_leftovers(config.data_dir)
-    check_ports(needed_ports(config), except_ports=listening_ports(leftovers))
+def prepare(options: UpOptions, say: Say) -> None:
+    """Steps 2 and 3: the ports are free (or held by leftovers), nothing of a previous run is
+    left running, no stale ``postmaster.pid`` is in the way."""
+    leftovers = find_leftovers(options.data_dir)
+    check_ports(needed_ports(options), except_ports=listening_ports(leftovers))
     if leftovers:
         say(
-            f"stopping {len(leftovers)} processes a previous run left on {config.data_dir}: "
+            f"stopping {len(leftovers)} processes a previous run left on {options.data_dir}: "
             f"{describe(leftovers)}"
         )
         stop_leftovers(leftovers)
-        check_ports(needed_ports(config))
-    note = clear_stale_postmaster_pid(stack.postgres_dir / "pgdata")
+        check_ports(needed_ports(options))
+    note = clear_stale_postmaster_pid(options.data_dir / POSTGRES_SUBDIR / "pgdata")
     if note:
         say(note)
 
@@ -92,17 +112,21 @@ class _Stop:
         self.requested = True
 
 
-def run_up(config: StackConfig, *, admin_token: str | None, say: Say, banner: Say) -> None:
+def run_up(options: UpOptions, *, admin_token: str | None, say: Say, banner: Say) -> None:
     """Run ``tieline up`` until stopped. ``say`` prints progress notes, ``banner`` the lines
     shown once everything is ready."""
     stop = _Stop()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    lock = DataDirLock(config.data_dir)
+    configure_logging("INFO")
+    lock = DataDirLock(options.data_dir)
     lock.acquire()
     try:
-        stack = Stack(config)
-        prepare(stack, say)
+        prepare(options, say)
+        from tieline.services.runtime.endpoints import remove_endpoints
+        from tieline.services.runtime.supervisor import Stack, StackConfig
+
+        stack = Stack(StackConfig(**vars(options)))
         try:
             token = _start(stack, admin_token)
             stop.up = True
@@ -113,7 +137,7 @@ def run_up(config: StackConfig, *, admin_token: str | None, say: Say, banner: Sa
             say("stopping ...")
         finally:
             stack.stop()
-            remove_endpoints(config.data_dir)
+            remove_endpoints(options.data_dir)
         say("stopped.")
     finally:
         lock.release()
@@ -121,6 +145,9 @@ def run_up(config: StackConfig, *, admin_token: str | None, say: Say, banner: Sa
 
 def _start(stack: Stack, admin_token: str | None) -> str:
     """Step 4 up to the endpoints file; returns the admin token."""
+    import psycopg
+    from tieline.services.runtime.endpoints import write_endpoints
+
     stack.start_servers()
     try:
         token = stack.bootstrap_admin_token(admin_token)
