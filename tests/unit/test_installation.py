@@ -205,3 +205,16 @@ def test_no_death_signal_is_tied_to_a_thread_that_ends() -> None:
     thread.start()
     thread.join()
     assert seen == [None]
+
+
+def test_the_port_check_loads_no_server_client() -> None:
+    """`tieline up` must report a taken port within seconds on a busy machine: the path to the
+    check (the CLI and services/runtime/up.py) imports none of the heavy clients, which load
+    only once the checks passed."""
+    probe = (
+        "import sys, tieline.services.cli.main, tieline.services.runtime.up; "
+        "print(sorted(m for m in ('pydantic', 'psycopg', 'httpx', 'nats', 'faststream') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
