@@ -137,6 +137,16 @@ def processes_on(data: Path) -> list[psutil.Process]:
     return found
 
 
+def kill_everything_on(data: Path) -> None:
+    """After a failed test: SIGKILL whatever still runs on ``data`` (the supervisor's children
+    follow it by themselves) and wait for it, so nothing outlives the test."""
+    left = processes_on(data)
+    for proc in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    gone_within(left, 10)
+
+
 def gone_within(procs: list[psutil.Process], seconds: float) -> tuple[list[psutil.Process], float]:
     """Wait until none of ``procs`` runs (zombies count as gone); (survivors, seconds taken)."""
     started = time.monotonic()
@@ -243,9 +253,7 @@ async def test_whole_installation_killed_during_batch_ingest_restarts_by_itself(
             assert "DIFFERENT" not in verify.stdout and "events" in verify.stdout
             up.stop()
         finally:
-            for proc in processes_on(data):
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    proc.kill()
+            kill_everything_on(data)
             reap(victims)
 
 
@@ -292,9 +300,7 @@ def test_killed_supervisor_takes_its_servers_and_processes_along(tmp_path: Path)
         assert verify.returncode == 1
         assert verify.stderr.strip().startswith("tieline: no tieline up is running on")
     finally:
-        for proc in processes_on(data):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
+        kill_everything_on(data)
 
 
 def test_servers_left_running_on_the_data_dir_are_stopped_first(tmp_path: Path) -> None:
@@ -328,6 +334,7 @@ def test_servers_left_running_on_the_data_dir_are_stopped_first(tmp_path: Path) 
         assert not set(old) & {p.pid for p in processes_on(data)}
         up.stop()
     finally:
+        kill_everything_on(data)
         if worker.poll() is None:
             worker.kill()
         worker.wait()
