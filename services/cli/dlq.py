@@ -27,7 +27,6 @@ Mounted on the main CLI as ``app.add_typer(dlq.app, name="dlq")``; runnable alon
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -194,6 +193,8 @@ def list_(
         finally:
             await conn.close()
 
+    import asyncio
+
     where, rows = asyncio.run(go())
     if as_json:
         for r in rows:
@@ -252,6 +253,8 @@ def replay(
     if not (seqs or reason or everything):
         raise typer.BadParameter("say which: --seq N (repeatable), --reason R, or --all")
     settings = ops_settings(data_dir, "tieline dlq")
+    import asyncio
+
     failures = asyncio.run(
         _replay(settings, seqs, reason, projection, again, dry_run, generation, schema)
     )

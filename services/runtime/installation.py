@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import structlog
 from tieline.services.runtime.errors import AlreadyRunning, OperationalError, PortInUse
 from tieline.services.runtime.procs import poll_until, signal_all, wait_gone
 
@@ -59,7 +58,14 @@ __all__ = [
     "stop_leftovers",
 ]
 
-log = structlog.get_logger(__name__)
+
+def _log() -> Any:
+    """structlog's logger, imported only when something is logged: nothing is on the way to
+    the port check, which must answer fast on a busy machine."""
+    import structlog
+
+    return structlog.get_logger(__name__)
+
 
 #: Held (flock) by the running supervisor; holds its pid as text.
 LOCK_FILE = Path("run") / "supervisor.lock"
@@ -280,7 +286,7 @@ def stop_leftovers(leftovers: list[Leftover], grace_s: float = GRACE_S) -> None:
     signal_all(procs, signal.SIGCONT)  # a frozen (SIGSTOPped) process handles nothing
     survivors = wait_gone(procs, grace_s)
     if survivors:
-        log.warning("leftovers.kill", pids=[p.pid for p in survivors], after_s=grace_s)
+        _log().warning("leftovers.kill", pids=[p.pid for p in survivors], after_s=grace_s)
         signal_all(survivors, signal.SIGKILL)
         survivors = wait_gone(survivors, 5.0)
     if survivors:
@@ -324,7 +330,7 @@ def clear_stale_postmaster_pid(pgdata: Path) -> str | None:
             raise OperationalError(f"PostgreSQL (pid {proc.pid}) still runs on {pgdata}")
         why = "the pid now belongs to another process"
     path.unlink(missing_ok=True)
-    log.warning("postgres.stale_lock_removed", path=str(path), pid=proc.pid, reason=why)
+    _log().warning("postgres.stale_lock_removed", path=str(path), pid=proc.pid, reason=why)
     return f"removed stale {path} (pid {proc.pid}: {why})"
 
 

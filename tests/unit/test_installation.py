@@ -213,7 +213,7 @@ def test_the_port_check_loads_no_server_client() -> None:
     only once the checks passed."""
     probe = (
         "import sys, tieline.services.cli.main, tieline.services.runtime.up; "
-        "print(sorted(m for m in ('pydantic', 'psycopg', 'httpx', 'nats', 'faststream') "
+        "print(sorted(m for m in ('pydantic', 'psycopg', 'httpx', 'nats', 'structlog') "
         "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
