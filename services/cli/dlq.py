@@ -6,8 +6,9 @@ over the event size limit, or an event that keeps failing) on ``{prefix}.dlq.{co
 ``{STREAM}_DLQ`` stream, with the original bytes and the reason in headers, and records it in
 the ``dead_letters`` table of the read-model generation it was feeding.
 
-* ``list`` reads ``dead_letters`` from PostgreSQL (TIELINE_DATABASE_URL, TIELINE_DATABASE_SCHEMA;
-  the live generation's table unless ``--generation``/``--schema`` say otherwise).
+* ``list`` reads ``dead_letters`` from PostgreSQL (TIELINE_DATABASE_URL, TIELINE_DATABASE_SCHEMA,
+  or ``--data-dir`` of a running ``tieline up``; the live generation's table unless
+  ``--generation``/``--schema`` say otherwise).
 * ``replay`` takes the original bytes of the selected dead letters from the DLQ stream and
   publishes them again, unchanged, to their original subject on the event stream, with
   ``Nats-Msg-Id: dlq-replay:<original stream seq>``; then it sets ``replayed_at``. Fix the cause
@@ -16,8 +17,9 @@ the ``dead_letters`` table of the read-model generation it was feeding.
 
 ``replay`` publishes onto the event stream and reads the DLQ stream, which the per-process NATS
 users may not do: run it as an operator (``TIELINE_NATS_USER=admin`` and its password, see
-services/runtime/nats_auth.py). Within the stream's dedupe window, replaying the same dead letter
-twice is a no-op (same Nats-Msg-Id); ``--again`` is needed to select one already replayed.
+services/runtime/nats_auth.py), or give ``--data-dir`` of the running ``tieline up``. Within
+the stream's dedupe window, replaying the same dead letter twice is a no-op (same Nats-Msg-Id);
+``--again`` is needed to select one already replayed.
 
 Mounted on the main CLI as ``app.add_typer(dlq.app, name="dlq")``; runnable alone as
 ``python -m tieline.services.cli.dlq``.
@@ -25,7 +27,6 @@ Mounted on the main CLI as ``app.add_typer(dlq.app, name="dlq")``; runnable alon
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +35,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from tieline.services.cli.ops import DataDir, ops_settings
 
 app = typer.Typer(
     help="Dead letters: events a projection could not apply (PostgreSQL + the DLQ stream).",
@@ -78,12 +80,6 @@ class DeadLetter:
             "created_at": self.created_at.isoformat(),
             "replayed_at": self.replayed_at.isoformat() if self.replayed_at else None,
         }
-
-
-def _settings() -> Any:
-    from tieline.plumbing.config import Settings
-
-    return Settings()
 
 
 async def _schema_of(conn: Any, settings: Any, generation: int | None, schema: str | None) -> str:
@@ -175,9 +171,10 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     generation: Generation = None,
     schema: Schema = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Show dead letters: stream seq, reason, subject, detail, and whether replayed."""
-    settings = _settings()
+    settings = ops_settings(data_dir, "tieline dlq")
 
     async def go() -> tuple[str, list[DeadLetter]]:
         conn = await _connect(settings)
@@ -195,6 +192,8 @@ def list_(
             return where, rows
         finally:
             await conn.close()
+
+    import asyncio
 
     where, rows = asyncio.run(go())
     if as_json:
@@ -245,13 +244,17 @@ def replay(
     dry_run: Annotated[bool, typer.Option(help="Only show what would be replayed.")] = False,
     generation: Generation = None,
     schema: Schema = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Publish the original bytes of dead letters again to their original subject, with
-    Nats-Msg-Id dlq-replay:<seq>, and mark them replayed. Select with --seq, --reason or --all."""
+    Nats-Msg-Id dlq-replay:<seq>, and mark them replayed. Select with --seq, --reason or --all.
+    With --data-dir of a running `tieline up` it connects as that installation's NATS admin."""
     seqs = list(seq or [])
     if not (seqs or reason or everything):
         raise typer.BadParameter("say which: --seq N (repeatable), --reason R, or --all")
-    settings = _settings()
+    settings = ops_settings(data_dir, "tieline dlq")
+    import asyncio
+
     failures = asyncio.run(
         _replay(settings, seqs, reason, projection, again, dry_run, generation, schema)
     )

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
+from tieline.services.cli.ops import DataDir, operational_errors, ops_settings
 
 app = typer.Typer(help="tieline: an event-sourced relationship backend.", no_args_is_help=True)
 console = Console()
@@ -60,68 +58,43 @@ def up(
     ] = False,
 ) -> None:
     """Start NATS JetStream and PostgreSQL (embedded unless URLs are given), the services and
-    the projection worker; print the API URL; Ctrl-C stops everything cleanly."""
-    from tieline.plumbing.logging import configure_logging
-    from tieline.services.runtime.supervisor import Stack, StackConfig
+    the projection worker; print the API URL; Ctrl-C stops everything cleanly.
 
-    configure_logging("INFO")
-    stack = Stack(
-        StackConfig(
-            data_dir=data_dir.resolve(),
-            nats_url=nats_url,
-            database_url=database_url,
-            api_port=api_port,
-            nats_port=nats_port,
-            postgres_port=postgres_port,
-            sync_always=not lazy_fsync,
-        )
+    Processes a crashed earlier run left on the data dir are stopped first; a port that is
+    taken, or another `tieline up` on the same data dir, fails at once with one line."""
+    from tieline.services.runtime.up import UpOptions, run_up
+
+    options = UpOptions(
+        data_dir=data_dir.expanduser().resolve(),
+        nats_url=nats_url,
+        database_url=database_url,
+        api_port=api_port,
+        nats_port=nats_port,
+        postgres_port=postgres_port,
+        sync_always=not lazy_fsync,
     )
-    stopping = False
-
-    def _stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    try:
-        stack.start_servers()
-        token = stack.bootstrap_admin_token(os.environ.get("TIELINE_ADMIN_TOKEN"))
-        stack.start_processes()
-        stack.wait_ready(timeout=90)
-        console.print(
-            f"[bold green]tieline is up[/]  API: {stack.api_url}  (docs: {stack.api_url}/docs)"
-        )
-        console.print(f"NATS: {stack.nats_url}   PostgreSQL: {stack.database_url}")
-        console.print(f"data: {data_dir.resolve()}   logs: {data_dir.resolve() / 'logs'}")
-        console.print(
-            f"admin token for workspace 'default' (export it as TIELINE_TOKEN):\n  {token}",
-            soft_wrap=True,
-        )
-        console.print("Ctrl-C stops everything.")
-        while not stopping:
-            stack.supervise_once()
-            time.sleep(0.5)
-    finally:
-        console.print("stopping ...")
-        stack.stop()
-        console.print("stopped.")
+    with operational_errors("tieline up"):
+        try:
+            run_up(
+                options,
+                admin_token=os.environ.get("TIELINE_ADMIN_TOKEN"),
+                say=lambda text: console.print(text, soft_wrap=True, markup=False),
+                banner=lambda text: console.print(text, soft_wrap=True),
+            )
+        except KeyboardInterrupt:
+            err.print("tieline up: interrupted while starting; stopped", markup=False)
+            raise typer.Exit(130) from None
 
 
-def _settings_for_ops() -> Any:
-    from tieline.plumbing.config import Settings
-
-    return Settings()
-
-
-def _run_db(fn: Any) -> Any:
-    """Run ``fn(conn)`` against tieline's schema (TIELINE_DATABASE_URL / _SCHEMA)."""
+def _run_db(fn: Any, data_dir: Path | None = None) -> Any:
+    """Run ``fn(conn)`` against tieline's schema (TIELINE_DATABASE_URL / _SCHEMA, or the
+    database of the `tieline up` running on ``data_dir``)."""
     import asyncio
 
     from tieline.plumbing import db
     from tieline.plumbing.state import ensure_state_schema
 
-    settings = _settings_for_ops()
+    settings = ops_settings(data_dir)
 
     async def go() -> Any:
         conn = await db.connect(settings)
@@ -134,7 +107,9 @@ def _run_db(fn: Any) -> Any:
     return asyncio.run(go())
 
 
-token_app = typer.Typer(help="API tokens (talks to PostgreSQL: TIELINE_DATABASE_URL).")
+token_app = typer.Typer(
+    help="API tokens (talks to PostgreSQL: TIELINE_DATABASE_URL, or --data-dir of tieline up)."
+)
 app.add_typer(token_app, name="token")
 
 
@@ -143,20 +118,24 @@ def token_create(
     workspace: Workspace = "default",
     role: Annotated[str, typer.Option(help="read | write | admin")] = "write",
     name: Annotated[str, typer.Option(help="Shown as recorded_by.")] = "cli",
+    data_dir: DataDir = None,
 ) -> None:
     """Create a token bound to one workspace; prints it once."""
     from tieline.services.auth import create_token
 
-    token = _run_db(lambda conn: create_token(conn, workspace, role, name))
+    token = _run_db(lambda conn: create_token(conn, workspace, role, name), data_dir)
     console.print(token, soft_wrap=True)
 
 
 @token_app.command("list")
-def token_list(workspace: Annotated[str | None, typer.Option("--workspace", "-w")] = None) -> None:
+def token_list(
+    workspace: Annotated[str | None, typer.Option("--workspace", "-w")] = None,
+    data_dir: DataDir = None,
+) -> None:
     """List tokens (never their secrets)."""
     from tieline.services.auth import list_tokens
 
-    rows = _run_db(lambda conn: list_tokens(conn, workspace))
+    rows = _run_db(lambda conn: list_tokens(conn, workspace), data_dir)
     table = Table("token_id", "workspace", "role", "name", "created", "revoked")
     for r in rows:
         table.add_row(*(str(x) if x is not None else "" for x in r))
@@ -164,11 +143,11 @@ def token_list(workspace: Annotated[str | None, typer.Option("--workspace", "-w"
 
 
 @token_app.command("revoke")
-def token_revoke(token_id: str) -> None:
+def token_revoke(token_id: str, data_dir: DataDir = None) -> None:
     """Revoke a token by its id (the part after ``tl_``)."""
     from tieline.services.auth import revoke_token
 
-    done = _run_db(lambda conn: revoke_token(conn, token_id))
+    done = _run_db(lambda conn: revoke_token(conn, token_id), data_dir)
     console.print("revoked" if done else "no such active token")
     if not done:
         raise typer.Exit(1)
@@ -181,22 +160,6 @@ def forget(person: str, api_url: ApiUrl = DEFAULT_API, workspace: Workspace = "d
     console.print_json(json.dumps(data, default=str))
     if not data.get("clean"):
         raise typer.Exit(1)
-
-
-def _ops_settings(data_dir: Path | None) -> Any:
-    """Settings for operator commands; with ``--data-dir`` of a ``tieline up`` installation,
-    connect to NATS as its admin user."""
-    settings = _settings_for_ops()
-    if data_dir is not None:
-        path = data_dir / "secrets" / "nats-passwords.json"
-        if path.exists():
-            settings = settings.model_copy(
-                update={
-                    "nats_user": "admin",
-                    "nats_password": json.loads(path.read_text())["admin"],
-                }
-            )
-    return settings
 
 
 def _progress_reporter() -> tuple[Any, Any]:
@@ -259,12 +222,6 @@ def _run(bar: Any, go: Any) -> Any:
         return asyncio.run(go())
 
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option(help="Data dir of a `tieline up` installation (connects to its NATS as admin)."),
-]
-
-
 @app.command("replay")
 def replay_cmd(
     until: Annotated[
@@ -284,7 +241,7 @@ def replay_cmd(
 
     from tieline.projections import replay as rp
 
-    settings = _ops_settings(data_dir)
+    settings = ops_settings(data_dir)
     bar, report = _progress_reporter()
 
     async def go() -> None:
@@ -326,7 +283,7 @@ def verify(
 
     from tieline.projections import replay as rp
 
-    settings = _ops_settings(data_dir)
+    settings = ops_settings(data_dir)
     bar, report = _progress_reporter()
 
     async def go() -> list[Any]:
@@ -372,7 +329,7 @@ def what_if_cmd(
     from tieline.projections.strength_model import Params
 
     params = Params.from_dict(json.loads(params_file.read_text()))
-    settings = _ops_settings(data_dir)
+    settings = ops_settings(data_dir)
     bar, report = _progress_reporter()
 
     async def go() -> Any:
@@ -389,12 +346,14 @@ def what_if_cmd(
 
 
 @app.command("generations")
-def generations_cmd() -> None:
+def generations_cmd(data_dir: DataDir = None) -> None:
     """List read-model generations (live, building, retired, scratch)."""
     from tieline.projections import generations as gens
 
+    schema = ops_settings(data_dir).database_schema
+
     async def rows(conn: Any) -> list[Any]:
-        await gens.ensure_table(conn, _settings_for_ops().database_schema)
+        await gens.ensure_table(conn, schema)
         cur = await conn.execute(
             "SELECT gen, schema_name, version, status, consumer, note, "
             "created_at, live_at FROM generations ORDER BY gen"
@@ -402,7 +361,7 @@ def generations_cmd() -> None:
         return list(await cur.fetchall())
 
     table = Table("gen", "schema", "version", "status", "consumer", "note", "created", "live")
-    for r in _run_db(rows):
+    for r in _run_db(rows, data_dir):
         table.add_row(*(str(x) if x is not None else "" for x in r))
     console.print(table)
 
@@ -429,6 +388,8 @@ def worker() -> None:
 
 
 def _call(method: str, url: str, **kwargs: Any) -> Any:
+    import httpx  # here, not at the top: `tieline up` must reach its port check fast
+
     token = os.environ.get("TIELINE_TOKEN")
     if token:
         kwargs["headers"] = {**kwargs.get("headers", {}), "Authorization": f"Bearer {token}"}

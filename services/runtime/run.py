@@ -1,9 +1,10 @@
 """Entry point of one tieline process: ``python -m tieline.services.runtime.run ROLE``.
 
 Roles: ``api``, ``people``, ``interactions``, ``worker``. Settings come from the environment
-(``TIELINE_*``); ``tieline up`` sets them for the processes it supervises, the deployment files
-in deploy/ for containers. With ``TIELINE_HEALTH_PORT`` the roles without an HTTP API answer
-health probes (services/runtime/health.py); the api has ``/healthz`` and ``/readyz`` itself.
+(``TIELINE_*``); ``tieline up`` sets them for the processes it supervises (and adds
+``--data-dir DIR`` to name the installation), the deployment files in deploy/ for containers.
+With ``TIELINE_HEALTH_PORT`` the roles without an HTTP API answer health probes
+(services/runtime/health.py); the api has ``/healthz`` and ``/readyz`` itself.
 """
 
 from __future__ import annotations
@@ -144,9 +145,16 @@ async def run_role(role: str, settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``ROLE [--data-dir DIR]``. ``--data-dir`` only labels the process with the installation
+    it belongs to (``tieline up`` passes it, so that leftovers of a crashed run can be found by
+    their command line); every setting still comes from the environment."""
     args = sys.argv[1:] if argv is None else argv
+    if len(args) == 3 and args[1] == "--data-dir":
+        args = args[:1]
     if len(args) != 1 or args[0] not in ROLES:
-        raise SystemExit(f"usage: python -m tieline.services.runtime.run {{{','.join(ROLES)}}}")
+        raise SystemExit(
+            f"usage: python -m tieline.services.runtime.run {{{','.join(ROLES)}}} [--data-dir DIR]"
+        )
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
     import structlog

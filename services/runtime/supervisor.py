@@ -23,16 +23,21 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
 from tieline.plumbing.config import Settings
 from tieline.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, find_free_port
+from tieline.services.runtime.endpoints import Endpoints
+from tieline.services.runtime.errors import OperationalError
+from tieline.services.runtime.installation import NATS_SUBDIR, POSTGRES_SUBDIR
 from tieline.services.runtime.nats_auth import (
     PASSWORDS_FILE,
     authorization_block,
     load_or_create_passwords,
 )
+from tieline.services.runtime.procs import die_with_parent, poll_until
 from tieline.services.runtime.run import ROLES
 
 log = structlog.get_logger(__name__)
@@ -89,6 +94,40 @@ class Stack:
         return self.postgres.url
 
     @property
+    def nats_dir(self) -> Path:
+        """Where the embedded NATS keeps its configuration, log and JetStream store."""
+        return self.config.data_dir / NATS_SUBDIR
+
+    @property
+    def postgres_dir(self) -> Path:
+        """Where the embedded PostgreSQL keeps its cluster (``pgdata``), socket and log."""
+        return self.config.data_dir / POSTGRES_SUBDIR
+
+    def endpoints(self) -> Endpoints:
+        """What operator commands need to reach this installation (run/endpoints.json)."""
+        settings = self.settings()
+        secrets = self.config.data_dir / "secrets"
+        return Endpoints(
+            data_dir=str(self.config.data_dir),
+            supervisor_pid=os.getpid(),
+            started_at=datetime.now(UTC).isoformat(),
+            api_url=self.api_url,
+            nats_url=self.nats_url,
+            nats_monitor_url=self.nats.monitor_url if self.nats else None,
+            database_url=self.database_url,
+            database_schema=settings.database_schema,
+            stream_name=settings.stream_name,
+            subject_prefix=settings.subject_prefix,
+            consumer_name=settings.consumer_name,
+            nats_pid=self.nats.pid if self.nats else None,
+            postgres_pid=self.postgres.pid if self.postgres else None,
+            nats_credentials_file=str(self.passwords_path) if self._nats_passwords else None,
+            nats_admin_user="admin" if self._nats_passwords else None,
+            admin_token_file=str(secrets / "admin-token"),
+            logs_dir=str(self.config.data_dir / "logs"),
+        )
+
+    @property
     def passwords_path(self) -> Path:
         """Where the embedded NATS users' passwords are kept (JSON, mode 0600)."""
         return self.config.data_dir / PASSWORDS_FILE
@@ -127,7 +166,7 @@ class Stack:
             )
             extra = "\n".join(part for part in (self.config.nats_extra_config, auth) if part)
             self.nats = EmbeddedNats(
-                data / "nats",
+                self.nats_dir,
                 port=self.config.nats_port,
                 sync_always=self.config.sync_always,
                 extra_config=extra,
@@ -138,7 +177,7 @@ class Stack:
             if self._nats_passwords is not None:
                 self.ensure_streams_as_admin()
         if not self.config.database_url and self.postgres is None:
-            self.postgres = EmbeddedPostgres(data / "postgres", port=self.config.postgres_port)
+            self.postgres = EmbeddedPostgres(self.postgres_dir, port=self.config.postgres_port)
         if self.postgres is not None:
             self.postgres.start()
             log.info("postgres.started", url=self.postgres.url)
@@ -194,7 +233,8 @@ class Stack:
         path = self.config.data_dir / "secrets" / "admin-token"
         if token is None and path.exists():
             token = path.read_text().strip()
-        schema = self.config.env.get("TIELINE_DATABASE_SCHEMA", "tieline")
+        # The schema the children will use: TIELINE_* from our environment, then config.env.
+        schema = self.settings().database_schema
         settings = Settings(database_url=self.database_url, database_schema=schema)
 
         async def go() -> str:
@@ -232,17 +272,25 @@ class Stack:
         return env
 
     def start_role(self, role: str) -> None:
+        """Start one tieline process, logging to ``logs/<role>.log``.
+
+        ``--data-dir`` on its command line names the installation it belongs to, so a later
+        ``tieline up`` (or ``ps``) can tell it apart from another's. If this process dies
+        without stopping it, the kernel kills it (``PR_SET_PDEATHSIG``): it holds nothing that
+        a crash could lose (checkpoints commit with the read models, acks follow commits).
+        """
         logs = self.config.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        out = (logs / f"{role}.log").open("ab")
-        self.children[role] = subprocess.Popen(
-            [sys.executable, "-m", "tieline.services.runtime.run", role],
-            env=self.child_env(role),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        out.close()
+        argv = [sys.executable, "-m", "tieline.services.runtime.run", role]
+        with (logs / f"{role}.log").open("ab") as out:
+            self.children[role] = subprocess.Popen(
+                [*argv, "--data-dir", str(self.config.data_dir)],
+                env=self.child_env(role),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGKILL),
+            )
 
     def start_processes(self) -> None:
         for role in self.config.roles:
@@ -254,24 +302,28 @@ class Stack:
         proc.wait(timeout=30)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Wait until the API answers /readyz with 200 (servers, services and worker up)."""
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
+        """Wait until the API answers /readyz with 200 (servers, services and worker up).
+
+        :class:`OperationalError` when a process exits meanwhile (naming its log) or time
+        runs out."""
+        last = [""]
+
+        def check() -> bool | None:
             for role, proc in self.children.items():
                 if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"{role} exited with {proc.returncode}; see "
+                    raise OperationalError(
+                        f"{role} exited with code {proc.returncode} while starting; see "
                         f"{self.config.data_dir / 'logs' / (role + '.log')}"
                     )
             try:
                 with urllib.request.urlopen(self.api_url + "/readyz", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
+                    return True if resp.status == 200 else None
             except (urllib.error.URLError, OSError) as exc:
-                last = str(exc)
-            time.sleep(0.2)
-        raise TimeoutError(f"tieline did not become ready in {timeout:g}s: {last}")
+                last[0] = str(exc)
+                return None
+
+        if poll_until(check, timeout=timeout, interval=0.2) is None:
+            raise OperationalError(f"tieline did not become ready in {timeout:g}s: {last[0]}")
 
     def supervise_once(self) -> None:
         """Restart any child that exited while we were not stopping (with a short backoff)."""

@@ -759,11 +759,9 @@ def quiet() -> Iterator[None]:
 
 def descendants() -> set[int]:
     """Live (non-zombie) descendants of this test process."""
-    from tieline.services.runtime import embedded
+    from tieline.services.runtime.procs import descendants as live_descendants
 
-    kids = embedded._descendants(os.getpid())
-    table = embedded._process_table()
-    return {p for p in kids if p in table and table[p][1] not in ("Z", "X")}
+    return {p.pid for p in live_descendants(os.getpid())}
 
 
 # ---------------------------------------------------------------------------------------------

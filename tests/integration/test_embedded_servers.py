@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import psutil
 import psycopg
 import pytest
 from nats.js.api import PubAck, StorageType
-from tieline.services.runtime import embedded
+from tieline.services.runtime import embedded, procs
 from tieline.services.runtime.embedded import (
     EmbeddedNats,
     EmbeddedPostgres,
@@ -51,7 +52,11 @@ def _get_json(url: str) -> dict[str, Any]:
 
 def _assert_gone(pid: int) -> None:
     """The process and everything it forked are gone (zombies awaiting init don't count)."""
-    assert not embedded._any_alive({pid, *embedded._descendants(pid)}), f"pid {pid} survived"
+    try:
+        family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    assert not procs.alive(family), f"pid {pid} survived"
 
 
 async def _create_stream_and_publish(url: str) -> PubAck:
