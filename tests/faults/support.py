@@ -22,8 +22,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -280,6 +278,46 @@ async def publish_all(
                 break
 
     await asyncio.gather(*(one() for _ in range(concurrency)))
+
+
+@dataclass
+class Feeder:
+    """Publishes ``items`` at ``rate`` events/s, then keeps publishing fresh events from
+    ``factory`` at the same rate until :meth:`stop`, so that every fault of a scenario lands
+    while events still arrive (however slow the machine makes the fault loop)."""
+
+    js: JetStreamContext
+    oracle: Oracle
+    factory: EventFactory
+    items: list[tuple[str, str, bytes]]
+    stream: str
+    prefix: str
+    rate: float
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        chunk = max(int(self.rate), 1)  # about a second of events per round
+        pending = list(self.items)
+        while pending or not self._stop.is_set():
+            if not pending:
+                objs = [self.factory.interaction() for _ in range(chunk)]
+                for o in objs:
+                    self.oracle.send(o)
+                pending = [(o["event_id"], subject_of(self.prefix, o), encode(o)) for o in objs]
+            now, pending = pending[:chunk], pending[chunk:]
+            await publish_all(
+                self.js, now, self.oracle, stream=self.stream, concurrency=64, rate=self.rate
+            )
+
+
+async def work_in_flight(settings: Settings, js: JetStreamContext) -> bool:
+    """Whether the projection has work pending right now (its checkpoint is behind the
+    stream): a fault landing now hits work in flight."""
+    last = await stream_last_seq(js, settings.stream_name)
+    return await checkpoint_of(settings) < last
 
 
 # ---------------------------------------------------------------------------------------------
@@ -664,25 +702,9 @@ def running_stack(
         stack.stop()
 
 
-def start_worker_process(stack: Stack, impl: str = "product") -> None:
-    """Start the worker role: the product's (``python -m tieline.services.runtime.run worker``) or
-    the checkpoint-seeking variant of tests/faults/seek_worker.py."""
-    if impl == "product":
-        stack.start_role("worker")
-        return
-    logs = stack.config.data_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    env = stack.child_env("worker")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    with (logs / "worker.log").open("ab") as out:
-        stack.children["worker"] = subprocess.Popen(
-            [sys.executable, "-m", "tests.faults.seek_worker"],
-            env=env,
-            cwd=REPO_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+def start_worker_process(stack: Stack) -> None:
+    """Start the product's worker (``python -m tieline.services.runtime.run worker``)."""
+    stack.start_role("worker")
 
 
 def signal_role(stack: Stack, role: str, sig: signal.Signals) -> None:

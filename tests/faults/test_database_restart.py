@@ -19,6 +19,7 @@ from tieline.plumbing.config import Settings
 
 from tests.faults.support import (
     EventFactory,
+    Feeder,
     Oracle,
     Target,
     admin_settings,
@@ -29,7 +30,6 @@ from tests.faults.support import (
     has_committed,
     live_target,
     nats_admin,
-    publish_all,
     rng_for,
     running_stack,
     scaled,
@@ -39,6 +39,7 @@ from tests.faults.support import (
     subject_of,
     verify,
     wait_for,
+    work_in_flight,
 )
 
 EVENTS = scaled(8_000, minimum=2_000)
@@ -76,20 +77,21 @@ async def test_database_restarts_during_projection_lose_and_double_nothing(
         admin = admin_settings(stack, settings)
         async with nats_admin(admin) as (_, js):
             start_worker_process(stack)
-            publishing = asyncio.create_task(
-                publish_all(
-                    js,
-                    items,
-                    oracle,
-                    stream=settings.stream_name,
-                    concurrency=64,
-                    rate=len(items) / INGEST_S,
-                )
+            feeder = Feeder(
+                js,
+                oracle,
+                factory,
+                items,
+                settings.stream_name,
+                settings.subject_prefix,
+                rate=len(items) / INGEST_S,
             )
+            publishing = asyncio.create_task(feeder.run())
             await wait_for(lambda: has_committed(admin), within=60, what="first commit")
             target = await live_target(admin)
             assert target is not None
             floor = 0
+            in_flight = 0  # outages that began while the checkpoint was behind the stream
             for how in OUTAGES:
 
                 async def projecting(floor: int = floor) -> bool:
@@ -97,6 +99,7 @@ async def test_database_restarts_during_projection_lose_and_double_nothing(
 
                 await wait_for(projecting, within=60, interval=0.05, what="worker progress")
                 await asyncio.sleep(rng.uniform(0.0, 0.4))
+                in_flight += await work_in_flight(admin, js)
                 await asyncio.to_thread(pg.kill if how == "kill" else pg.stop)
                 down_for = rng.uniform(1.5, 3.0)
                 samples = []
@@ -118,14 +121,12 @@ async def test_database_restarts_during_projection_lose_and_double_nothing(
                     )
 
                 async def resumed(committed: int = committed) -> bool:
-                    cp = await checkpoint_of(admin)
-                    return cp > committed or (
-                        publishing.done() and cp >= await stream_last_seq(js, admin.stream_name)
-                    )
+                    return await checkpoint_of(admin) > committed  # events keep arriving
 
                 await wait_for(resumed, within=60, interval=0.05, what="worker to resume")
                 recover.append(time.monotonic() - back)
                 floor = committed
+            feeder.stop()
             await publishing
             last = await stream_last_seq(js, settings.stream_name)
 
@@ -143,6 +144,7 @@ async def test_database_restarts_during_projection_lose_and_double_nothing(
                 crashes=len(OUTAGES),
                 recover_s=max(recover),
             )
+    assert in_flight == len(OUTAGES), f"only {in_flight} of {len(OUTAGES)} outages in flight"
     assert not early_acks, early_acks
     assert worker_alive, "the worker exited during a database outage instead of backing off"
     assert_verdict(verdict)
