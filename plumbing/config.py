@@ -6,8 +6,16 @@ Nothing reads settings at import time: each composition root (``create_app(setti
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import re
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: An origin as browsers send it: scheme://host[:port], no path, no trailing slash.
+ORIGIN = re.compile(
+    r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"
+)
 
 
 class Settings(BaseSettings):
@@ -31,6 +39,10 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    #: Web origins whose pages may call the API from a browser (CORS), comma-separated in
+    #: TIELINE_CORS_ORIGINS, e.g. ``https://app.example.org,http://localhost:5173``; ``*``
+    #: for any. None by default: browsers then refuse cross-origin calls.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Largest accepted request body for one event, and for a batch.
     max_event_bytes: int = 64 * 1024
     max_batch_bytes: int = 16 * 1024 * 1024
@@ -77,9 +89,28 @@ class Settings(BaseSettings):
     log_json: bool | None = None
     log_level: str = "INFO"
 
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        """A comma-separated string (the environment) or a list; each an exact origin."""
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            return items
+        out = [str(o).strip() for o in items if str(o).strip()]
+        bad = [o for o in out if o != "*" and not ORIGIN.match(o)]
+        if bad:
+            raise ValueError(
+                f"not an origin (scheme://host[:port], no path or trailing slash): {bad}"
+            )
+        return out
+
     def env(self, *names: str) -> dict[str, str]:
         """The ``TIELINE_*`` variables that give a child process these settings' ``names``."""
-        return {f"TIELINE_{name.upper()}": str(getattr(self, name)) for name in names}
+
+        def text(value: Any) -> str:
+            return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+        return {f"TIELINE_{name.upper()}": text(getattr(self, name)) for name in names}
 
     def stream_subjects(self) -> list[str]:
         return [f"{self.subject_prefix}.ev.>"]

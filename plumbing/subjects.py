@@ -13,12 +13,24 @@ from __future__ import annotations
 from tieline.events_schema.models import Event
 
 
+def is_person_event(event_type: str) -> bool:
+    """Person events carry the person in their subject (one direct get finds a person)."""
+    return event_type.startswith("person.")
+
+
 def event_subject(prefix: str, event: Event) -> str:
     """The subject an event is published on."""
     base = f"{prefix}.ev.{event.workspace_id}.{event.type}"
-    if event.type.startswith("person."):
+    if is_person_event(event.type):
         return f"{base}.{getattr(event, 'person_id')}"  # noqa: B009  (person events carry it)
     return base
+
+
+def event_subject_template(prefix: str, event_type: str) -> str:
+    """The subjects of ``event_type`` with ``{workspace}`` (and ``{person_id}``) left as
+    parameters: what :func:`event_subject` fills in, as documentation (AsyncAPI) writes it."""
+    base = f"{prefix}.ev.{{workspace}}.{event_type}"
+    return f"{base}.{{person_id}}" if is_person_event(event_type) else base
 
 
 def person_added_subject(prefix: str, workspace_id: str, person_id: str) -> str:

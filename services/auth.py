@@ -74,12 +74,25 @@ async def create_token(
 
 
 async def list_tokens(
-    conn: AsyncConnection[Any], workspace_id: str | None = None
+    conn: AsyncConnection[Any],
+    workspace_id: str | None = None,
+    limit: int | None = None,
+    after: tuple[Any, str] | None = None,
 ) -> list[tuple[Any, ...]]:
+    """(token_id, workspace_id, role, name, created_at, revoked_at) of the tokens (of one
+    workspace when given), oldest first; at most ``limit``; only those after ``after``, a
+    (created_at, token_id) of an earlier page."""
     cur = await conn.execute(
         """SELECT token_id, workspace_id, role, name, created_at, revoked_at FROM api_tokens
-           WHERE %s::text IS NULL OR workspace_id = %s ORDER BY created_at""",
-        (workspace_id, workspace_id),
+           WHERE (%(ws)s::text IS NULL OR workspace_id = %(ws)s)
+             AND (%(at)s::timestamptz IS NULL OR (created_at, token_id) > (%(at)s, %(id)s))
+           ORDER BY created_at, token_id LIMIT %(limit)s""",
+        {
+            "ws": workspace_id,
+            "at": after[0] if after else None,
+            "id": after[1] if after else None,
+            "limit": limit,
+        },
     )
     return [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in await cur.fetchall()]
 
@@ -141,6 +154,13 @@ class FailureLimiter:
 
     def blocked(self, client: str) -> bool:
         return len(self._recent(client, time.monotonic())) >= self.max_failures
+
+    def retry_after(self, client: str) -> float:
+        """Seconds until ``client`` is no longer blocked (its oldest counted failure leaves
+        the window)."""
+        now = time.monotonic()
+        q = self._recent(client, now)
+        return max(self.window_s - (now - q[0]), 0.0) if q else 0.0
 
     def failed(self, client: str) -> None:
         now = time.monotonic()

@@ -12,16 +12,32 @@ from tieline.projections.queries.strength import pair_strength
 from tieline.projections.strength_model import PARAMS, can_vouch
 
 
-async def list_introductions(conn: AsyncConnection[Any], ws: str, person: str | None) -> list[Row]:
-    """The latest 500 introductions, newest first; those ``person`` takes part in when given."""
+async def list_introductions(
+    conn: AsyncConnection[Any],
+    ws: str,
+    person: str | None,
+    limit: int,
+    before: tuple[datetime, str] | None = None,
+) -> list[Row]:
+    """Up to ``limit`` introductions, newest request first (then by id, descending); those
+    ``person`` takes part in when given; only those after ``before`` (a (requested_at,
+    introduction_id) of an earlier page) when given."""
     cur = await conn.execute(
         """SELECT introduction_id, requester, introducer, target, requester_consent,
                   target_consent, status, made_event_id, outcome, requested_at,
                   updated_at
            FROM introductions_v1 WHERE workspace_id = %(ws)s AND (%(p)s::text IS NULL
              OR %(p)s IN (requester, introducer, target))
-           ORDER BY requested_at DESC LIMIT 500""",
-        {"ws": ws, "p": person},
+             AND (%(at)s::timestamptz IS NULL
+               OR (requested_at, introduction_id) < (%(at)s, %(id)s::uuid))
+           ORDER BY requested_at DESC, introduction_id DESC LIMIT %(limit)s""",
+        {
+            "ws": ws,
+            "p": person,
+            "at": before[0] if before else None,
+            "id": before[1] if before else None,
+            "limit": limit,
+        },
     )
     return await cur.fetchall()
 
@@ -30,26 +46,29 @@ async def can_introduce(
     conn: AsyncConnection[Any], ws: str, introducer: str, a: str, b: str, as_of: datetime | None
 ) -> dict[str, Any]:
     """can_introduce(introducer, a, b): the introducer must be able to vouch for each side
-    (strength tier, a real conversation, history length, not one-sided), with the reasons;
-    and ``a`` and ``b`` must be two people."""
+    (strength tier, a real conversation, history length, not one-sided), with the reasons
+    (``checks``: the verdict per side, ``a`` and ``b``); and ``a`` and ``b`` must be two
+    people."""
     out: dict[str, Any] = {"introducer": introducer, "a": a, "b": b}
+    checks: dict[str, Any] = {}
     ok = True
-    for side in (a, b):
+    for name, side in (("a", a), ("b", b)):
         s = await pair_strength(conn, ws, introducer, side, as_of)
         if s is None:
-            out[side] = {
+            checks[name] = {
                 "can_vouch": False,
                 "reasons": [f"{introducer} has no recorded contact with {side}"],
             }
             ok = False
             continue
         vouch, reasons = can_vouch(s, PARAMS)
-        out[side] = {
+        checks[name] = {
             "can_vouch": vouch,
             "score": round(s.score, 4),
             "tier": s.tier,
             "reasons": reasons,
         }
         ok = ok and vouch
+    out["checks"] = checks
     out["can_introduce"] = ok and a != b
     return out

@@ -6,6 +6,7 @@ Scores *now* come from each tie's stored decay state; a tie whose stored state i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,12 +39,17 @@ async def ties_of(conn: AsyncConnection[Any], ws: str, person: str) -> list[Row]
 
 
 async def scored_ties(
-    conn: AsyncConnection[Any], ws: str, person: str, as_of: datetime | None
+    conn: AsyncConnection[Any],
+    ws: str,
+    person: str,
+    as_of: datetime | None,
+    at: datetime | None = None,
 ) -> list[Scored]:
-    """(row, score at as_of, strength when recomputed) for every tie of ``person``."""
+    """(row, score at as_of, strength when recomputed) for every tie of ``person``; without
+    ``as_of``, scores are taken at ``at`` (default: now) from the stored decay states."""
     rows = await ties_of(conn, ws, person)
     out: list[Scored] = []
-    when = as_of or now()
+    when = as_of or at or now()
     for row in rows:
         if as_of is None or (row["state_at"] is not None and as_of >= row["state_at"]):
             out.append((row, score_at(row, when), None))
@@ -111,25 +117,45 @@ def follow_ups(scored: list[Scored], when: datetime) -> list[dict[str, Any]]:
                     "at_stake": round(stake, 4),
                 }
             )
-    due.sort(key=lambda d: (-d["at_stake"], d["other"]))
+    due.sort(key=follow_up_key)
     return due
 
 
-def ranked(scored: list[Scored], order: str, limit: int) -> list[dict[str, Any]]:
-    """The ties with tiers that respect the layers' capacities, strongest or latest first."""
+#: A sort key of a ranked list (compared as a tuple; a pagination cursor holds one).
+Key = tuple[bool | float | str, ...]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def rank_key(order: str) -> Callable[[Row], Key]:
+    """The order of a person's ties: strongest first (``strength``) or latest contact first
+    (``recent``; never contacted last), then by the other person's id."""
+    if order == "strength":
+        return lambda v: (-v["score"], v["other"])
+
+    def recent(v: Row) -> Key:
+        last = v["last_contact_at"]
+        ago = 0.0 if last is None else -(last - EPOCH).total_seconds()
+        return (last is None, ago, v["other"])
+
+    return recent
+
+
+def ranked(scored: list[Scored], order: str) -> list[dict[str, Any]]:
+    """The ties with tiers that respect the layers' capacities, in ``rank_key`` order."""
     tiers = assign_tiers({row["other"]: score for row, score, _ in scored}, PARAMS)
     views = [tie_view(row, score, tiers[row["other"]], s) for row, score, s in scored]
-    if order == "strength":
-        views.sort(key=lambda v: (-v["score"], v["other"]))
-    else:
-        views.sort(
-            key=lambda v: (v["last_contact_at"] is None, v["last_contact_at"] or now(), v["other"]),
-            reverse=False,
-        )
-        views.sort(
-            key=lambda v: v["last_contact_at"] or datetime.min.replace(tzinfo=UTC), reverse=True
-        )
-    return views[:limit]
+    views.sort(key=rank_key(order))
+    return views
+
+
+def follow_up_key(d: Row) -> Key:
+    """Follow-ups: most strength at stake first, then by the other person's id."""
+    return (-d["at_stake"], d["other"])
+
+
+def give_and_take_key(d: Row) -> Key:
+    """Give-and-take: one-sided ties first, then by the other person's id."""
+    return (not d["one_sided"], d["other"])
 
 
 async def give_and_take(
@@ -143,5 +169,5 @@ async def give_and_take(
         for r in rows
         if one_sided is None or r["one_sided"] == one_sided
     ]
-    out.sort(key=lambda x: (not x["one_sided"], x["other"]))
+    out.sort(key=give_and_take_key)
     return out

@@ -13,15 +13,19 @@ from tieline.projections.strength_model import PARAMS, PairEvent
 from tieline.projections.strength_model import timeline as model_timeline
 
 
-async def timeline(conn: AsyncConnection[Any], ws: str, a: str, b: str, limit: int) -> list[Row]:
-    """The pair's stored rows in the order they occurred, retracted ones included."""
+async def timeline(
+    conn: AsyncConnection[Any], ws: str, a: str, b: str, retracted_only: bool = False
+) -> list[Row]:
+    """The pair's stored rows in the order they occurred, retracted ones included (only
+    those when ``retracted_only``)."""
     pa, pb = ordered(a, b)
     cur = await conn.execute(
         """SELECT event_id, seq, type, occurred_at, recorded_at, recorded_by, detail,
                   retracted
            FROM pair_events_v1 WHERE workspace_id = %s AND person_a = %s AND person_b = %s
-           ORDER BY occurred_at, seq LIMIT %s""",
-        (ws, pa, pb, limit),
+             AND (retracted OR NOT %s)
+           ORDER BY occurred_at, seq""",
+        (ws, pa, pb, retracted_only),
     )
     return await cur.fetchall()
 
@@ -71,7 +75,7 @@ async def pair_timeline(
     a, b = ordered(person_a, person_b)
     events = await pair_events(conn, ws, a, b, as_of)
     who = await recorded(conn, ws, a, b)
-    rows = await timeline(conn, ws, a, b, 10000)
+    rows = await timeline(conn, ws, a, b, retracted_only=True)
     view = timeline_view(events, as_of, who)
     gone = [
         dict(r, contribution=0.0, strength_after=None)

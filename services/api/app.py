@@ -1,7 +1,9 @@
-"""Composition root of the HTTP API (FastAPI). OpenAPI at /docs and /openapi.json.
+"""Composition root of the HTTP API (FastAPI). OpenAPI at /docs and /openapi.json, AsyncAPI
+(the event subjects) at /asyncapi.json.
 
 ``create_app(settings)`` builds the runtime (nothing connects until the lifespan starts),
-installs the error handlers and includes one router per area.
+installs the error handlers (every error a problem document), CORS for the configured
+origins, and includes one router per area.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 from tieline.plumbing.config import Settings
-from tieline.services.api import errors
+from tieline.services.api import errors, openapi
 from tieline.services.api.routers import (
     events,
     export,
@@ -26,6 +29,31 @@ from tieline.services.api.webapp import mount_web
 
 #: The routers in the order their routes are matched and listed in the OpenAPI document.
 ROUTERS = (export, ops, people, events, relationships, introductions, privacy)
+
+#: What a browser page on an allowed origin may send and read (CORS). No cookies: the API
+#: authenticates with a bearer token, so credentials mode stays off.
+CORS_METHODS = ("GET", "POST", "DELETE")
+CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID")
+CORS_EXPOSED_HEADERS = (
+    "Retry-After",
+    "WWW-Authenticate",
+    "Location",
+    "Content-Disposition",
+    "X-Tieline-As-Of",
+)
+
+DESCRIPTION = """Event-sourced relationship backend.
+
+* **Authenticate** with `Authorization: Bearer <token>` (Authorize button above); a token is
+  bound to one workspace with a role (read < write < admin).
+* **Write** with `POST .../events` (one command) or `.../events/batch` (JSON Lines). Each write
+  answers the event's stream `seq`; give your own `event_id` to make a retry safe.
+* **Read your writes**: pass that `seq` as `?min_seq=` to any read.
+* **Lists** are paged: `limit`, and `cursor` = the previous page's `next_cursor`.
+* **Errors** are RFC 9457 problem documents (`application/problem+json`): `type`, `title`,
+  `status`, `detail`, and `errors[]` naming each field at fault (`loc`, `msg`).
+* The events on NATS are described by the AsyncAPI document at `/asyncapi.json`.
+"""
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -42,12 +70,23 @@ def create_app(settings: Settings) -> FastAPI:
         title="tieline",
         version="0.1.0",
         lifespan=lifespan,
-        description="Event-sourced relationship backend. Writes return the stream "
-        "sequence; reads accept ?min_seq for read-your-writes.",
+        description=DESCRIPTION,
     )
     app.state.runtime = rt
     errors.install(app)
+    # Added after the problem middleware, so it wraps it: every answer, errors included,
+    # carries the CORS headers a browser needs to read it.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=CORS_METHODS,
+        allow_headers=CORS_REQUEST_HEADERS,
+        expose_headers=CORS_EXPOSED_HEADERS,
+        allow_credentials=False,
+        max_age=600,
+    )
     for module in ROUTERS:
         app.include_router(module.router)
     mount_web(app)  # the web page at /app (services/api/webapp.py)
+    openapi.install(app)
     return app

@@ -8,12 +8,17 @@ from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, Path, Query, Request
-from tieline.services.api.errors import ApiError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from tieline.services.api.errors import ApiError, retry_after
 from tieline.services.api.runtime import Runtime
 from tieline.services.auth import Principal
 
 WS = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Workspace id")]
-PID = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Person id")]
+PID = Annotated[
+    str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Person id", examples=["ada"])
+]
+#: A person id in the query string.
+PersonQuery = Annotated[str, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Person id")]
 AsOf = Annotated[
     datetime | None,
     Query(
@@ -28,8 +33,10 @@ MinSeq = Annotated[
     Query(
         ge=0,
         description=(
-            "Read-your-writes: wait (bounded) until the projection has applied this stream seq; "
-            "503 if it does not in time."
+            "Read-your-writes: the `seq` a write returned. The read waits (at most "
+            "TIELINE_MIN_SEQ_WAIT_S) until the projection has applied it: 503 `unavailable` "
+            "if it does not in time; 422 `min-seq-beyond-log` at once if the log has not "
+            "reached it."
         ),
     ),
 ]
@@ -56,25 +63,39 @@ def aware(value: datetime | None) -> datetime | None:
     return value
 
 
+#: The bearer scheme in the OpenAPI document (the Authorize button of /docs). It never refuses
+#: by itself: ``require`` answers 401 in the API's own problem shape.
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    bearerFormat="tl_<id>_<secret>",
+    description="An API token bound to one workspace with a role (read < write < admin).",
+)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+
+
 def require(role: str) -> Any:
     """Dependency: a valid bearer token for the workspace in the path, with ``role``.
 
     Errors say only 401 or 403: nothing that tells an attacker which part was wrong.
     """
 
-    async def dependency(request: Request, ws: WS) -> Principal:
+    async def dependency(request: Request, ws: WS, credentials: Credentials) -> Principal:
         rt = runtime(request)
         client = request.client.host if request.client else "unknown"
         if rt.limiter.blocked(client):
-            raise ApiError(429, "too many failed authentication attempts; retry later")
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+            raise ApiError(
+                429,
+                "too many failed authentication attempts from this client; retry later",
+                headers=retry_after(rt.limiter.retry_after(client)),
+            )
+        token = credentials.credentials.strip() if credentials is not None else ""
         found = await rt.principals.get(token) if token else None
         if found is None:
             rt.limiter.failed(client)
-            raise ApiError(401, "unauthorized")
+            raise ApiError(401, "unauthorized: send Authorization: Bearer <token>")
         if found.workspace_id != ws or not found.may(role):
-            raise ApiError(403, "forbidden")
+            raise ApiError(403, f"forbidden: the token is not a {role} token of workspace {ws!r}")
         structlog.contextvars.bind_contextvars(actor=found.actor, workspace_id=ws)
         return found
 

@@ -101,7 +101,13 @@ async def forget_person(rt: Runtime, ws: str, person: str, actor: str) -> dict[s
         ws, "people", [{"type": "person.forgotten", "person_id": person}], actor, str(uuid4())
     )
     if result["status"] >= 300:
-        return {"person_id": person, "erased": False, "error": result.get("error")}
+        return {
+            "person_id": person,
+            "erased": False,
+            "status": result["status"],
+            "error": result.get("error"),
+            "errors": result.get("errors") or [],
+        }
     await rt.waiter.wait(result["seq"])
     rt.decryption.drop_cached(ws, person)
     tables = await scan_tables(rt, values)

@@ -126,14 +126,19 @@ class AuditLog:
                 (ws, who.actor, endpoint, people),
             )
 
-    async def entries(self, ws: str, person: str | None, limit: int) -> list[dict[str, Any]]:
-        """The latest ``limit`` entries, newest first; those naming ``person`` when given."""
+    async def entries(
+        self, ws: str, person: str | None, limit: int, before: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The latest ``limit`` entries, newest first (with their ``id``); those naming
+        ``person`` when given; only those older than entry ``before`` when given."""
         async with self.connections.connection() as conn:
             cur = await conn.execute(
-                """SELECT at, actor, endpoint, person_ids FROM access_log
-                   WHERE workspace_id = %s AND (%s::text IS NULL OR %s = ANY(person_ids))
-                   ORDER BY id DESC LIMIT %s""",
-                (ws, person, person, limit),
+                """SELECT id, at, actor, endpoint, person_ids FROM access_log
+                   WHERE workspace_id = %(ws)s
+                     AND (%(p)s::text IS NULL OR %(p)s = ANY(person_ids))
+                     AND (%(before)s::bigint IS NULL OR id < %(before)s)
+                   ORDER BY id DESC LIMIT %(limit)s""",
+                {"ws": ws, "p": person, "before": before, "limit": limit},
             )
             rows: list[dict[str, Any]] = await cur.fetchall()
         return rows
@@ -216,13 +221,49 @@ class CommandBus:
 
 
 class ReadYourWrites:
-    """Waits until the live projection has applied a stream sequence (``?min_seq``)."""
+    """Waits until the live projection has applied a stream sequence (``?min_seq``), and
+    refuses at once a sequence the log has not reached."""
+
+    #: How long the log's last sequence is trusted before it is asked again. It only grows,
+    #: so a cached value is a lower bound: it answers "min_seq is within the log" without a
+    #: round trip; a min_seq beyond it is always checked against a fresh answer.
+    LAST_SEQ_TTL_S = 1.0
 
     def __init__(self, settings: Settings, connections: Connections) -> None:
         self.settings = settings
         self.connections = connections
         self._changed = asyncio.Event()
         self._checkpoints: dict[str, int] = {}  # generation schema -> committed seq (NOTIFY)
+        self._last_seq = (0, -1e9)  # (the stream's last seq, when it was read: monotonic)
+
+    async def stream_last_seq(self) -> int | None:
+        """The log's last sequence now (JetStream STREAM.INFO), or None when NATS does not
+        answer (the caller then cannot tell, and waits as before)."""
+        try:
+            info = await self.connections.nc.jetstream().stream_info(self.settings.stream_name)
+        except Exception as exc:
+            log.warning("api.stream_info_failed", error=repr(exc))
+            return None
+        last = int(info.state.last_seq)
+        self._last_seq = (last, time.monotonic())
+        return last
+
+    async def check_within_log(self, min_seq: int) -> None:
+        """422 ``min-seq-beyond-log`` when the log has not reached ``min_seq``: no wait can
+        ever see it, so none is started."""
+        cached, at = self._last_seq
+        if min_seq <= cached and time.monotonic() - at < self.LAST_SEQ_TTL_S:
+            return
+        last = await self.stream_last_seq()
+        if last is not None and min_seq > last:
+            raise ApiError(
+                422,
+                f"min_seq: {min_seq} is beyond the log, whose last sequence is {last}; "
+                "pass the seq a write of this deployment returned",
+                [{"loc": ["query", "min_seq"], "msg": f"beyond the log's last sequence {last}"}],
+                type="min-seq-beyond-log",
+                extra={"last_seq": last},
+            )
 
     async def wait(self, min_seq: int | None) -> None:
         """Read-your-writes: wait until the live projection's checkpoint reaches ``min_seq``
@@ -231,6 +272,10 @@ class ReadYourWrites:
         checkpoint remains the fallback."""
         if not min_seq:
             return
+        generation = self.connections.pool.generation
+        if self._checkpoints.get(generation.schema_name, 0) >= min_seq:
+            return
+        await self.check_within_log(min_seq)
         deadline = time.monotonic() + self.settings.min_seq_wait_s
         while True:
             changed = self._changed  # taken before the read: no lost wake-up
@@ -245,8 +290,9 @@ class ReadYourWrites:
             if left <= 0:
                 raise ApiError(
                     503,
-                    f"projection has reached seq {seen}, not min_seq {min_seq}, "
+                    f"min_seq: the projection has reached seq {seen}, not {min_seq}, "
                     f"within {self.settings.min_seq_wait_s:g}s; retry later",
+                    [{"loc": ["query", "min_seq"], "msg": f"not applied yet (at {seen})"}],
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), timeout=min(left, 0.05))

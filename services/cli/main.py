@@ -400,7 +400,7 @@ def _call(method: str, url: str, **kwargs: Any) -> Any:
         raise typer.Exit(2) from exc
     data = resp.json() if resp.content else {}
     if resp.status_code >= 400:
-        err.print(f"[red]{resp.status_code}[/] {data.get('error') or data.get('detail')}")
+        err.print(f"[red]{resp.status_code}[/] {data.get('detail') or data.get('error')}")
         raise typer.Exit(1)
     return data
 

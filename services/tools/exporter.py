@@ -297,7 +297,7 @@ def export_to(
         if resp.status_code != 200:
             resp.read()
             try:
-                detail = resp.json().get("error") or resp.text
+                detail = resp.json().get("detail") or resp.text
             except ValueError:
                 detail = resp.text
             raise ExportFailed(resp.status_code, str(detail)[:500])

@@ -962,7 +962,7 @@ def _error_text(resp: httpx.Response) -> str:
     except ValueError:
         return resp.text[:200]
     if isinstance(data, dict):
-        return str(data.get("error") or data.get("detail") or data)[:500]
+        return str(data.get("detail") or data.get("error") or data)[:500]
     return str(data)[:500]
 
 

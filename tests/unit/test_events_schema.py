@@ -147,7 +147,11 @@ STALE_HINT = "events_schema/jsonschema/ is stale: run `python -m tieline.events_
 
 
 def _committed_schema_files() -> dict[str, str]:
-    return {p.name: p.read_text() for p in sorted(SCHEMA_DIR.glob("*"))}
+    return {
+        str(p.relative_to(SCHEMA_DIR)): p.read_text()
+        for p in sorted(SCHEMA_DIR.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_committed_json_schema_files_equal_the_generated_ones() -> None:
@@ -160,14 +164,81 @@ def test_committed_json_schema_files_equal_the_generated_ones() -> None:
 
 def test_generated_schema_files_name_every_registered_type_and_version() -> None:
     files = schema_files()
-    assert sorted(files) == sorted(f"{t}.v{v}.json" for t, v, _ in REGISTRY_VERSIONS)
+    events = {n.removeprefix("events/") for n in files if n.startswith("events/")}
+    commands = {n.removeprefix("commands/") for n in files if n.startswith("commands/")}
+    assert sorted(events) == sorted(f"{t}.v{v}.json" for t, v, _ in REGISTRY_VERSIONS)
+    assert commands == {f"{t}.v{cls.version}.json" for t, cls in REGISTRY.classes.items()}
+    assert len(files) == len(events) + len(commands)
     for name, text in files.items():
         schema = json.loads(text)
-        event_type, version = name.removesuffix(".json").rsplit(".v", 1)
+        kind, file = name.split("/")
+        event_type, version = file.removesuffix(".json").rsplit(".v", 1)
         assert schema["x-schema-version"] == int(version)
-        assert schema["$id"] == f"https://tieline.dev/schemas/{event_type}/v{version}.json"
+        prefix = "https://tieline.dev/schemas/" + ("commands/" if kind == "commands" else "")
+        assert schema["$id"] == f"{prefix}{event_type}/v{version}.json"
         assert schema["properties"]["type"]["const"] == event_type
         assert schema["additionalProperties"] is False
+
+
+def _schema(kind: str, event_type: str, version: int = 1) -> dict[str, Any]:
+    schema = json.loads(schema_files()[f"{kind}/{event_type}.v{version}.json"])
+    assert isinstance(schema, dict)
+    return schema
+
+
+@pytest.mark.parametrize("event_type", sorted(REGISTRY.classes))
+def test_command_schema_is_what_the_write_side_accepts_from_a_client(event_type: str) -> None:
+    """A command leaves out the fields tieline sets (the write side refuses them from a
+    client) and needs only ``type`` and the event's own fields; the stored event needs the
+    whole envelope."""
+    command, event = _schema("commands", event_type), _schema("events", event_type)
+    assert not {"recorded_at", "recorded_by"} & set(command["properties"])
+    assert {"recorded_at", "recorded_by"} <= set(event["required"])
+    assert command["required"][0] == "type"
+    envelope_fields = {"event_id", "schema_version", "occurred_at", "workspace_id"}
+    assert not envelope_fields & set(command["required"])
+    assert envelope_fields <= set(event["required"])
+    own = set(event["required"]) - envelope_fields - {"recorded_at", "recorded_by"}
+    assert set(command["required"]) == own | {"type"}
+
+
+@pytest.mark.parametrize(
+    ("event_type", "version", "cls"),
+    REGISTRY_VERSIONS,
+    ids=[f"{t}.v{v}" for t, v, _ in REGISTRY_VERSIONS],
+)
+def test_golden_events_fit_the_event_schema_and_not_the_command_schema(
+    event_type: str, version: int, cls: type[Event]
+) -> None:
+    """A stored event (golden fixture) is valid against its event schema; sent as a command
+    it is refused for the server-set fields, and valid once they are taken out."""
+    import jsonschema_rs
+
+    stored = golden_dict(event_type, version)
+    assert jsonschema_rs.validator_for(_schema("events", event_type, version)).is_valid(stored)
+    command = jsonschema_rs.validator_for(_schema("commands", event_type, version))
+    assert not command.is_valid(stored)
+    sent = {k: v for k, v in stored.items() if k not in ("recorded_at", "recorded_by")}
+    assert command.is_valid(sent)
+    assert command.is_valid({"type": event_type, **{k: sent[k] for k in _own(event_type, sent)}})
+
+
+def _own(event_type: str, obj: dict[str, Any]) -> list[str]:
+    """The fields of ``obj`` that are the event's own (not its envelope)."""
+    envelope_fields = set(Event.model_fields)
+    return [k for k in obj if k not in envelope_fields]
+
+
+def test_command_schema_refuses_ciphertext_and_overlong_plaintext() -> None:
+    import jsonschema_rs
+
+    command = jsonschema_rs.validator_for(_schema("commands", "person.added"))
+    base = {"type": "person.added", "person_id": "ada", "display_name": "Ada"}
+    assert command.is_valid(base)
+    assert not command.is_valid({**base, "display_name": "enc:v1:AAAA"})
+    assert not command.is_valid({**base, "notes": "x" * 2001})
+    assert command.is_valid({**base, "notes": "x" * 2000})
+    assert not command.is_valid({**base, "recorded_by": "token:me"})
 
 
 # -- 3. personal data is marked in the schema ----------------------------------------------
@@ -203,7 +274,7 @@ def _is_personal(prop: dict[str, Any]) -> bool:
 
 
 def _properties(event_type: str) -> dict[str, Any]:
-    schema = json.loads(schema_files()[f"{event_type}.v1.json"])
+    schema = json.loads(schema_files()[f"events/{event_type}.v1.json"])
     props = schema["properties"]
     assert isinstance(props, dict)
     return props
@@ -361,9 +432,13 @@ def test_private_registry_leaves_the_global_registry_alone() -> None:
 
 def test_schema_files_describe_historical_and_current_versions() -> None:
     files = schema_files(_registry_with_helped_v2(upcaster=True))
-    assert {"relationship.helped.v1.json", "relationship.helped.v2.json"} <= set(files)
-    v1 = json.loads(files["relationship.helped.v1.json"])
-    v2 = json.loads(files["relationship.helped.v2.json"])
+    assert {"events/relationship.helped.v1.json", "events/relationship.helped.v2.json"} <= set(
+        files
+    )
+    assert "commands/relationship.helped.v2.json" in files
+    assert "commands/relationship.helped.v1.json" not in files
+    v1 = json.loads(files["events/relationship.helped.v1.json"])
+    v2 = json.loads(files["events/relationship.helped.v2.json"])
     assert "kind" not in v1["properties"]
     assert "kind" in v2["required"]
     assert v2["x-schema-version"] == 2

@@ -7,14 +7,14 @@ import json
 from typing import Any
 from uuid import uuid4
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request, Response
 from tieline.services.api.deps import RT, WS, Writer
 from tieline.services.api.errors import ApiError
-from tieline.services.api.models import BatchResult, WriteResult, single_response
+from tieline.services.api.models import BatchResult, LineResult, WriteResult, write_answer
+from tieline.services.api.openapi import WRITE, batch_body, created_responses, event_body
 from tieline.services.service_app import service_for
 
-router = APIRouter()
+router = APIRouter(tags=["events"])
 
 #: Lines per request/reply command; keeps each NATS message well under its payload limit.
 CHUNK_LINES = 500
@@ -54,27 +54,17 @@ def parse_json(raw: bytes, loc: list[str]) -> Any:
 
 @router.post(
     "/v1/workspaces/{ws}/events",
-    tags=["events"],
     status_code=201,
     response_model=WriteResult,
-    responses={404: {}, 409: {}, 413: {}, 422: {}},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "description": "One event object: `type` plus its fields "
-                        "(see events_schema/jsonschema)."
-                        " event_id, occurred_at, correlation_id and causation_id are optional.",
-                    }
-                }
-            },
-        }
-    },
+    response_model_exclude_none=True,
+    responses=created_responses(WRITE),
+    openapi_extra=event_body(),
 )
-async def record_event(ws: WS, request: Request, who: Writer, rt: RT) -> JSONResponse:
+async def record_event(
+    ws: WS, request: Request, who: Writer, rt: RT, response: Response
+) -> WriteResult:
+    """Record one event: a command object with ``type`` (see the schemas of the request
+    body). 201 with its ``seq``; a re-sent ``event_id`` answers 200 with the original."""
     raw = await read_body(request, rt.settings.max_event_bytes)
     obj = parse_json(raw, ["body"])
     if not isinstance(obj, dict):
@@ -86,35 +76,28 @@ async def record_event(ws: WS, request: Request, who: Writer, rt: RT) -> JSONRes
     [result] = await rt.bus.command(
         ws, service_for(obj.get("type")), [obj], who.actor, str(uuid4())
     )
-    return single_response(result)
+    return write_answer(result, response)
 
 
 @router.post(
     "/v1/workspaces/{ws}/events/batch",
-    tags=["events"],
     response_model=BatchResult,
-    responses={413: {}},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/x-ndjson": {
-                    "schema": {
-                        "type": "string",
-                        "description": "JSON Lines: one event object per line; "
-                        "blank lines are skipped.",
-                    }
-                }
-            },
-        }
-    },
+    responses=WRITE,
+    openapi_extra=batch_body(),
 )
 async def record_batch(ws: WS, request: Request, who: Writer, rt: RT) -> BatchResult:
+    """Record many events: JSON Lines, one command per line. The answer is 200 with one
+    result per non-blank line (each line succeeds or fails alone; see ``LineResult``); only
+    a refusal of the whole request (too large, not authorized) is a problem document."""
     settings = rt.settings
     raw = await read_body(request, settings.max_batch_bytes)
     lines = [ln for ln in raw.splitlines()]
     if len(lines) > settings.max_batch_lines:
-        raise ApiError(413, f"body: more than {settings.max_batch_lines} lines")
+        raise ApiError(
+            413,
+            f"body: more than {settings.max_batch_lines} lines",
+            [{"loc": ["body"], "msg": f"more than {settings.max_batch_lines} lines"}],
+        )
     results: list[dict[str, Any] | None] = [None] * len(lines)
     runs: list[tuple[str, list[int]]] = []  # consecutive lines for the same service
     objs: dict[int, Any] = {}
@@ -142,7 +125,7 @@ async def record_batch(ws: WS, request: Request, who: Writer, rt: RT) -> BatchRe
         out = await rt.bus.command(ws, service, [objs[i] for i in idx], who.actor, correlation)
         for i, r in zip(idx, out, strict=True):
             results[i] = r
-    final = [WriteResult(**r) for r in results if r is not None and r["status"] != 204]
+    final = [LineResult(**r) for r in results if r is not None and r["status"] != 204]
     seqs = [r.seq for r in final if r.seq is not None]
     accepted = sum(1 for r in final if r.status < 300)
     return BatchResult(

@@ -40,6 +40,7 @@ from tieline.plumbing.crypto import (
 from tieline.projections.queries import export as queries
 from tieline.services.api.deps import RT, WS, Admin, MinSeq
 from tieline.services.api.errors import ApiError
+from tieline.services.api.openapi import READ
 from tieline.services.api.runtime import PERSON_FIELDS, Runtime
 from tieline.services.auth import Principal
 
@@ -165,13 +166,13 @@ def _response(
     return StreamingResponse(body, media_type=NDJSON, headers=headers)
 
 
-_STREAM_DOC: dict[int | str, dict[str, Any]] = {
+_STREAMED: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {NDJSON: {"schema": {"type": "string"}}},
         "description": "JSON Lines, one object per line.",
     },
-    422: {},
 }
+_STREAM_DOC = _STREAMED | READ
 
 
 @router.get(

@@ -1,4 +1,5 @@
-"""Liveness and readiness for orchestrators (no authentication)."""
+"""Liveness and readiness for orchestrators, and the AsyncAPI document of the event subjects
+(no authentication)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,21 @@ from typing import Annotated, Any
 import psycopg
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
+from tieline.plumbing.asyncapi import asyncapi_document
 from tieline.projections import selfcheck
 from tieline.projections.queries.common import checkpoint
 from tieline.services.api.deps import RT
+from tieline.services.api.errors import PROBLEM_JSON, REF_PROBLEM, problem_response
+from tieline.services.api.models import Health, Readiness
 from tieline.services.api.runtime import Runtime
 
-router = APIRouter()
+router = APIRouter(tags=["ops"])
 
 
-@router.get("/healthz", tags=["ops"])
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """The process is up (nothing else is checked)."""
+    return Health(status="ok")
 
 
 async def _stream_seq(rt: Runtime) -> tuple[str, int]:
@@ -53,14 +58,24 @@ async def _self_check(rt: Runtime) -> dict[str, Any] | None:
         return {"ok": None, "error": f"unavailable: {type(exc).__name__}"}
 
 
-@router.get("/readyz", tags=["ops"])
+NOT_READY_DOC: dict[int | str, dict[str, Any]] = {
+    503: {
+        "description": "Not ready: a `not-ready` problem with the same `ready` (false) and "
+        "`checks` members as a ready answer.",
+        "content": {PROBLEM_JSON: {"schema": {"$ref": REF_PROBLEM}}},
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    }
+}
+
+
+@router.get("/readyz", response_model=Readiness, responses=NOT_READY_DOC)
 async def readyz(
     rt: RT,
     max_lag: Annotated[
         int | None,
         Query(ge=0, description="Also fail while the projection lags by more than this."),
     ] = None,
-) -> JSONResponse:
+) -> Any:
     """Ready when NATS and PostgreSQL answer. Projection lag is reported, and fails the check
     only when the caller asks with ``max_lag``: a long import must not take every API replica
     out of its load balancer (reads with ``?min_seq`` wait for the projection)."""
@@ -78,4 +93,28 @@ async def readyz(
         }
         ok = max_lag is None or lag <= max_lag
         checks["self_check"] = await _self_check(rt)
-    return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+    if ok:
+        return Readiness.model_validate({"ready": True, "checks": checks})
+    down = [name for name in ("nats", "postgres") if checks[name] != "ok"]
+    why = (
+        f"{', '.join(down)} unavailable" if down else f"the projection lags by more than {max_lag}"
+    )
+    return problem_response(
+        503,
+        f"not ready: {why}",
+        slug="not-ready",
+        instance="/readyz",
+        headers={"Retry-After": "1"},
+        extra={"ready": False, "checks": checks},
+    )
+
+
+@router.get(
+    "/asyncapi.json",
+    response_class=JSONResponse,
+    responses={200: {"description": "AsyncAPI 3.0 document (JSON)."}},
+)
+async def asyncapi(rt: RT) -> JSONResponse:
+    """The AsyncAPI 3.0 document of the event subjects on NATS and their payloads, for this
+    deployment's subject prefix and stream."""
+    return JSONResponse(asyncapi_document(rt.settings.subject_prefix, rt.settings.stream_name))

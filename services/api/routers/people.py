@@ -2,58 +2,99 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import uuid4
 
-from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Query, Response
 from tieline.projections.queries import people as queries
+from tieline.services.api import pagination
 from tieline.services.api.deps import PID, RT, WS, MinSeq, Reader, Writer
-from tieline.services.api.models import PersonIn, WriteResult, single_response
+from tieline.services.api.errors import ApiError
+from tieline.services.api.models import (
+    PeoplePage,
+    Person,
+    PersonIn,
+    PersonSummary,
+    WriteResult,
+    write_answer,
+)
+from tieline.services.api.openapi import READ, WRITE, created_responses, problems
 
-router = APIRouter()
+router = APIRouter(tags=["people"])
 
 
 @router.post(
     "/v1/workspaces/{ws}/people",
-    tags=["people"],
     status_code=201,
     response_model=WriteResult,
-    responses={409: {}, 413: {}, 422: {}},
+    response_model_exclude_none=True,
+    responses=created_responses(WRITE),
 )
-async def add_person(ws: WS, person: PersonIn, who: Writer, rt: RT) -> JSONResponse:
+async def add_person(
+    ws: WS, person: PersonIn, who: Writer, rt: RT, response: Response
+) -> WriteResult:
+    """Add a person (``person.added``). Re-sending the same ``event_id`` answers 200 with the
+    original ``seq``; a ``person_id`` that is taken is a ``conflict`` (409)."""
     obj = {"type": "person.added", **person.model_dump(exclude_none=True)}
     obj.setdefault("person_id", uuid4().hex)
     [result] = await rt.bus.command(ws, "people", [obj], who.actor, str(uuid4()))
     if result["status"] < 300:
         result["person_id"] = obj["person_id"]
-    return single_response(result)
+    return write_answer(result, response)
 
 
-@router.get("/v1/workspaces/{ws}/people", tags=["people"])
+@router.get("/v1/workspaces/{ws}/people", response_model=PeoplePage, responses=READ)
 async def list_people(
     ws: WS,
     who: Reader,
     rt: RT,
     min_seq: MinSeq = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: str | None = None,
-) -> dict[str, Any]:
+    cursor: pagination.CursorParam = None,
+    after: Annotated[
+        str | None,
+        Query(
+            deprecated=True,
+            max_length=64,
+            description="Deprecated: the person id to start after; use `cursor`.",
+        ),
+    ] = None,
+) -> PeoplePage:
+    """The directory in person-id order, a page at a time."""
+    if cursor is not None and after is not None:
+        raise ApiError(
+            422,
+            "after: give either cursor or the deprecated after, not both",
+            [{"loc": ["query", "after"], "msg": "not with cursor"}],
+        )
+    start = pagination.decode(cursor, "people", [str])
+    if start is not None:
+        after = str(start.key[0])
     await rt.waiter.wait(min_seq)
     async with rt.connections.connection() as conn:
-        rows = await rt.decryption.reveal(ws, await queries.list_people(conn, ws, limit, after))
+        rows = await queries.list_people(conn, ws, limit + 1, after)
+    nxt = pagination.next_cursor("people", rows, limit, lambda r: (r["person_id"],))
+    rows = await rt.decryption.reveal(ws, rows[:limit])
     await rt.audit.record(ws, who, "GET people", [r["person_id"] for r in rows])
-    return {"people": rows, "next": rows[-1]["person_id"] if len(rows) == limit else None}
+    return PeoplePage(
+        people=[PersonSummary(**r) for r in rows],
+        next=rows[-1]["person_id"] if len(rows) == limit else None,
+        next_cursor=nxt,
+    )
 
 
-@router.get("/v1/workspaces/{ws}/people/{person}", tags=["people"])
-async def get_person(
-    ws: WS, person: PID, who: Reader, rt: RT, min_seq: MinSeq = None
-) -> dict[str, Any]:
+@router.get(
+    "/v1/workspaces/{ws}/people/{person}",
+    response_model=Person,
+    responses=READ | problems(404),
+)
+async def get_person(ws: WS, person: PID, who: Reader, rt: RT, min_seq: MinSeq = None) -> Person:
+    """One person; a forgotten one shows only as such."""
     await rt.waiter.wait(min_seq)
     async with rt.connections.connection() as conn:
         row = await queries.get_person(conn, ws, person)
     if row is None:
-        raise HTTPException(404, "person not found")
+        raise ApiError(404, f"person: no person {person!r} in this workspace",
+                       [{"loc": ["path", "person"], "msg": "not found"}])  # fmt: skip
     await rt.audit.record(ws, who, "GET person", [person])
-    return (await rt.decryption.reveal(ws, [row]))[0]
+    return Person(**(await rt.decryption.reveal(ws, [row]))[0])

@@ -3,19 +3,40 @@ follow-ups due, give-and-take, and the timeline of how a relationship developed.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 from tieline.projections.queries import strength as pairs
 from tieline.projections.queries import ties
 from tieline.projections.queries.common import now
 from tieline.projections.queries.timeline import pair_timeline
 from tieline.projections.strength_model import Strength
+from tieline.services.api import pagination
 from tieline.services.api.deps import PID, RT, WS, AsOf, MinSeq, Reader, aware
+from tieline.services.api.errors import ApiError
+from tieline.services.api.openapi import READ, problems
+from tieline.services.api.read_models import (
+    Explanation,
+    FollowUpsPage,
+    GiveAndTakePage,
+    RelationshipStrength,
+    TiesPage,
+    TimelinePage,
+)
 from tieline.services.api.runtime import Runtime
 
-router = APIRouter()
+router = APIRouter(tags=["relationships"])
+PAIR = "/v1/workspaces/{ws}/relationships/{person_a}/{person_b}"
+Limit = Annotated[int, Query(ge=1, le=1000, description="Items per page.")]
+
+
+def _no_relationship(a: str, b: str) -> ApiError:
+    return ApiError(
+        404,
+        f"person_b: no recorded relationship between {a!r} and {b!r}",
+        [{"loc": ["path", "person_b"], "msg": "no recorded relationship"}],
+    )
 
 
 async def _pair(
@@ -26,11 +47,11 @@ async def _pair(
     async with rt.connections.connection() as conn:
         s = await pairs.pair_strength(conn, ws, a, b, as_of)
     if s is None:
-        raise HTTPException(404, "no recorded relationship between these people")
+        raise _no_relationship(a, b)
     return s
 
 
-@router.get("/v1/workspaces/{ws}/relationships/{person_a}/{person_b}", tags=["relationships"])
+@router.get(PAIR, response_model=RelationshipStrength, responses=READ | problems(404))
 async def strength(
     ws: WS,
     person_a: PID,
@@ -48,7 +69,7 @@ async def strength(
         async with rt.connections.connection() as conn:
             row = await pairs.pair_row(conn, ws, person_a, person_b)
         if row is None:
-            raise HTTPException(404, "no recorded relationship between these people")
+            raise _no_relationship(person_a, person_b)
         await rt.audit.record(ws, who, "GET relationship", [person_a, person_b])
         return pairs.summary_now(row, now())
     s = await _pair(rt, ws, person_a, person_b, aware(as_of), min_seq)
@@ -56,9 +77,7 @@ async def strength(
     return pairs.summary(s, person_a, person_b)
 
 
-@router.get(
-    "/v1/workspaces/{ws}/relationships/{person_a}/{person_b}/explain", tags=["relationships"]
-)
+@router.get(PAIR + "/explain", response_model=Explanation, responses=READ | problems(404))
 async def explain(
     ws: WS,
     person_a: PID,
@@ -76,7 +95,15 @@ async def explain(
     return s.explain(top)
 
 
-@router.get("/v1/workspaces/{ws}/people/{person}/relationships", tags=["relationships"])
+def _pinned(cursor: pagination.Cursor | None, as_of: datetime | None) -> datetime | None:
+    """The instant a ranked list is computed at: the first page's (in the cursor), else the
+    ``as_of`` asked for (None: now)."""
+    return cursor.at if cursor is not None and cursor.at is not None else aware(as_of)
+
+
+@router.get(
+    "/v1/workspaces/{ws}/people/{person}/relationships", response_model=TiesPage, responses=READ
+)
 async def relationships(
     ws: WS,
     person: PID,
@@ -86,36 +113,65 @@ async def relationships(
     order: Literal["strength", "recent"] = "strength",
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     as_of: AsOf = None,
+    cursor: pagination.CursorParam = None,
 ) -> dict[str, Any]:
     """A person's ties with their current (or as-of) score and Dunbar-like tier; tiers
-    respect the layers' capacities (about 5 / 15 / 50 / 150)."""
+    respect the layers' capacities (about 5 / 15 / 50 / 150). Every page ranks at the
+    instant of the first one (carried in the cursor)."""
+    listing = f"ties:{order}"
+    kinds = (float, str) if order == "strength" else (bool, float, str)
+    start = pagination.decode(cursor, listing, kinds)
     await rt.waiter.wait(min_seq)
+    when = _pinned(start, as_of)
+    at = when or now()
     async with rt.connections.connection() as conn:
-        scored = await ties.scored_ties(conn, ws, person, aware(as_of))
+        scored = await ties.scored_ties(conn, ws, person, when, at)
     await rt.audit.record(ws, who, "GET person relationships", [person])
+    views = ties.ranked(scored, order)
+    key = ties.rank_key(order)
+    taken, last = pagination.page(views, key, limit, start.key if start else None)
     return {
         "person": person,
         "order": order,
-        "as_of": as_of,
-        "relationships": ties.ranked(scored, order, limit),
+        "as_of": when,
+        "relationships": taken,
+        "next_cursor": None if last is None else pagination.encode(listing, last, at),
     }
 
 
-@router.get("/v1/workspaces/{ws}/people/{person}/follow-ups", tags=["relationships"])
+@router.get(
+    "/v1/workspaces/{ws}/people/{person}/follow-ups", response_model=FollowUpsPage, responses=READ
+)
 async def follow_ups_due(
-    ws: WS, person: PID, who: Reader, rt: RT, min_seq: MinSeq = None, as_of: AsOf = None
+    ws: WS,
+    person: PID,
+    who: Reader,
+    rt: RT,
+    min_seq: MinSeq = None,
+    as_of: AsOf = None,
+    limit: Limit = 100,
+    cursor: pagination.CursorParam = None,
 ) -> dict[str, Any]:
     """Ties whose time since last contact exceeds their tier's cadence, ordered by how
     much strength is at stake if nothing happens for another cadence."""
+    start = pagination.decode(cursor, "follow-ups", (float, str))
     await rt.waiter.wait(min_seq)
-    when = aware(as_of) or now()
+    pinned = _pinned(start, as_of)
+    when = pinned or now()
     async with rt.connections.connection() as conn:
-        scored = await ties.scored_ties(conn, ws, person, aware(as_of))
+        scored = await ties.scored_ties(conn, ws, person, pinned, when)
     await rt.audit.record(ws, who, "GET follow-ups", [person])
-    return {"person": person, "as_of": when, "due": ties.follow_ups(scored, when)}
+    due = ties.follow_ups(scored, when)
+    taken, last = pagination.page(due, ties.follow_up_key, limit, start.key if start else None)
+    nxt = None if last is None else pagination.encode("follow-ups", last, when)
+    return {"person": person, "as_of": when, "due": taken, "next_cursor": nxt}
 
 
-@router.get("/v1/workspaces/{ws}/people/{person}/give-and-take", tags=["relationships"])
+@router.get(
+    "/v1/workspaces/{ws}/people/{person}/give-and-take",
+    response_model=GiveAndTakePage,
+    responses=READ,
+)
 async def give_and_take(
     ws: WS,
     person: PID,
@@ -123,19 +179,22 @@ async def give_and_take(
     rt: RT,
     min_seq: MinSeq = None,
     one_sided: bool | None = None,
+    limit: Limit = 100,
+    cursor: pagination.CursorParam = None,
 ) -> dict[str, Any]:
     """Per tie: who initiates, follows up, replies and helps whom; one-sided ties flagged
-    (one side makes nearly all the effort: the "sell and disappear" pattern)."""
+    (one side makes nearly all the effort: the "sell and disappear" pattern) and first."""
+    start = pagination.decode(cursor, "give-and-take", (bool, str))
     await rt.waiter.wait(min_seq)
     async with rt.connections.connection() as conn:
         out = await ties.give_and_take(conn, ws, person, one_sided)
     await rt.audit.record(ws, who, "GET give-and-take", [person])
-    return {"person": person, "ties": out}
+    taken, last = pagination.page(out, ties.give_and_take_key, limit, start.key if start else None)
+    nxt = None if last is None else pagination.encode("give-and-take", last)
+    return {"person": person, "ties": taken, "next_cursor": nxt}
 
 
-@router.get(
-    "/v1/workspaces/{ws}/relationships/{person_a}/{person_b}/timeline", tags=["relationships"]
-)
+@router.get(PAIR + "/timeline", response_model=TimelinePage, responses=READ)
 async def timeline(
     ws: WS,
     person_a: PID,
@@ -144,12 +203,30 @@ async def timeline(
     rt: RT,
     min_seq: MinSeq = None,
     as_of: AsOf = None,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="Events per page.")] = 1000,
+    cursor: pagination.CursorParam = None,
 ) -> dict[str, Any]:
     """How the relationship developed: each event, who recorded it and when, its
-    contribution, and the strength right after it."""
+    contribution, and the strength right after it; in the order events occurred."""
+    start = pagination.decode(cursor, "timeline", (int, int))
     await rt.waiter.wait(min_seq)
     cutoff = aware(as_of)
     async with rt.connections.connection() as conn:
         body = await pair_timeline(conn, ws, person_a, person_b, cutoff)
     await rt.audit.record(ws, who, "GET timeline", [person_a, person_b])
+    merged = sorted(
+        [(e, False) for e in body["events"]] + [(e, True) for e in body["retracted"]],
+        key=lambda x: _timeline_key(x[0]),
+    )
+    taken, last = pagination.page(
+        merged, lambda x: _timeline_key(x[0]), limit, start.key if start else None
+    )
+    body["events"] = [e for e, gone in taken if not gone]
+    body["retracted"] = [e for e, gone in taken if gone]
+    body["next_cursor"] = None if last is None else pagination.encode("timeline", last)
     return body
+
+
+def _timeline_key(e: dict[str, Any]) -> pagination.Key:
+    """(when it occurred, in microseconds since the epoch; stream seq): a timeline's order."""
+    return ((e["occurred_at"] - ties.EPOCH) // timedelta(microseconds=1), int(e["seq"]))
