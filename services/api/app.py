@@ -71,6 +71,9 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         description=DESCRIPTION,
+        # operationId = the route function's name (add_person, record_event, timeline, ...):
+        # what a generated client names its calls.
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.runtime = rt
     errors.install(app)

@@ -318,6 +318,11 @@ async def api_error(request: Request, exc: Exception) -> JSONResponse:
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     """Starlette's own errors (no route for the path, method not allowed) as problems."""
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:  # FastAPI: a body it could not even parse (not UTF-8, ...)
+        errors = [{"loc": ["body"], "msg": str(exc.detail)}]
+        return problem_response(
+            422, f"body: {exc.detail}", errors=errors, instance=request.url.path
+        )
     slug = "no-such-route" if exc.status_code == 404 else None
     detail = (
         f"no route matches {request.url.path}"

@@ -43,11 +43,11 @@ def test_introduction_is_made_only_after_both_sides_consent(api: httpx.Client, w
         "introduction_id": intro,
     }
     early = post(api, ws, made)
-    assert early.status_code == 409 and "double opt-in" in early.json()["error"]
+    assert early.status_code == 409 and "double opt-in" in early.json()["detail"]
     stranger = post(
         api, ws, {"type": "introduction.consented", "introduction_id": intro, "person": "mallory"}
     )
-    assert stranger.status_code == 422 and "person" in stranger.json()["error"]
+    assert stranger.status_code == 422 and "person" in stranger.json()["detail"]
     post(api, ws, {"type": "introduction.consented", "introduction_id": intro, "person": "ada"})
     r = post(
         api, ws, {"type": "introduction.consented", "introduction_id": intro, "person": "linus"}

@@ -32,7 +32,15 @@ def test_requests_without_a_valid_token_get_401_and_nothing_else(stack: Stack, w
         ):
             r = anon.get(f"/v1/workspaces/{ws}/people", headers=headers)
             assert r.status_code == 401
-            assert r.json() == {"error": "unauthorized", "detail": []}
+            assert r.headers["content-type"] == "application/problem+json"
+            assert r.json() == {
+                "type": "https://tieline.dev/problems/unauthorized",
+                "title": "Authentication required",
+                "status": 401,
+                "detail": "unauthorized: send Authorization: Bearer <token>",
+                "instance": f"/v1/workspaces/{ws}/people",
+                "errors": [],
+            }
             assert r.headers["www-authenticate"] == "Bearer"
 
 
@@ -43,7 +51,8 @@ def test_roles_limit_what_a_token_may_do(stack: Stack, stack_settings: Settings,
     ) as client:
         assert client.get(f"/v1/workspaces/{ws}/people").status_code == 200
         r = client.post(f"/v1/workspaces/{ws}/people", json={"display_name": "X"})
-        assert r.status_code == 403 and r.json()["error"] == "forbidden"
+        assert r.status_code == 403
+        assert r.json()["type"] == "https://tieline.dev/problems/forbidden"
         assert client.get(f"/v1/workspaces/{ws}/access-log").status_code == 403
         assert (
             client.post(
@@ -217,8 +226,8 @@ def _routing_404(r: httpx.Response) -> bool:
     """A 404 from the router (no such path), not one a route answered."""
     return (
         r.status_code == 404
-        and r.headers.get("content-type", "").startswith("application/json")
-        and r.json() == {"detail": "Not Found"}
+        and r.headers.get("content-type", "") == "application/problem+json"
+        and r.json()["type"] == "https://tieline.dev/problems/no-such-route"
     )
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from typing import Any
 
@@ -293,7 +294,9 @@ def test_bad_event_is_refused_naming_the_field_and_nothing_is_published(
         f"/v1/workspaces/{ws}/events", content=content, headers={"content-type": "application/json"}
     )
     assert r.status_code == status, r.text
-    assert field in r.json()["error"], r.json()
+    assert r.headers["content-type"] == "application/problem+json"
+    assert field in r.json()["detail"], r.json()
+    assert r.json()["status"] == status and r.json()["errors"], r.json()
     assert stream_last_seq(api) == before, f"{case}: something was published"
 
 
@@ -301,7 +304,9 @@ def test_adding_the_same_person_id_twice_is_a_conflict(api: httpx.Client, ws: st
     add_people(api, ws, "ada")
     before = stream_last_seq(api)
     r = api.post(f"/v1/workspaces/{ws}/people", json={"person_id": "ada", "display_name": "Other"})
-    assert r.status_code == 409 and "person_id" in r.json()["error"]
+    assert r.status_code == 409 and "person_id" in r.json()["detail"]
+    assert r.json()["type"] == "https://tieline.dev/problems/conflict"
+    assert r.json()["errors"] == [{"loc": ["person_id"], "msg": "person 'ada' already exists"}]
     assert stream_last_seq(api) == before
 
 
@@ -394,12 +399,27 @@ def test_retraction_removes_exactly_that_event(api: httpx.Client, ws: str) -> No
     assert only_met["event_count"] == 1 and keep.status_code == 201
 
 
-def test_min_seq_beyond_the_stream_answers_503_with_a_clear_message(
+def test_min_seq_beyond_the_log_is_refused_at_once_naming_the_last_seq(
     api: httpx.Client, ws: str
 ) -> None:
+    """A min_seq the log has not reached can never be read: 422 at once (no wait), naming
+    the log's last sequence; the seq a write just returned is always accepted."""
+    written = add_people(api, ws, "ada")
+    last = stream_last_seq(api)
+    t0 = time.monotonic()
     r = api.get(f"/v1/workspaces/{ws}/people", params={"min_seq": 10**12}, timeout=30)
-    assert r.status_code == 503
-    assert "min_seq" in r.json()["error"]
+    took = time.monotonic() - t0
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["type"] == "https://tieline.dev/problems/min-seq-beyond-log"
+    assert body["last_seq"] >= last and str(body["last_seq"]) in body["detail"]
+    assert body["errors"] == [
+        {"loc": ["query", "min_seq"], "msg": f"beyond the log's last sequence {body['last_seq']}"}
+    ]
+    assert took < 1.0, f"refusal took {took:.2f}s"
+    ok = api.get(f"/v1/workspaces/{ws}/people", params={"min_seq": written})
+    assert ok.status_code == 200 and [p["person_id"] for p in ok.json()["people"]] == ["ada"]
 
 
 def test_health_and_readiness(api: httpx.Client) -> None:

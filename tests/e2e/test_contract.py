@@ -1,0 +1,321 @@
+"""The contract, tested against the running stack (real NATS JetStream and PostgreSQL, the api,
+people, interactions and worker as separate processes):
+
+1. schemathesis, run from its own command line on the live ``/openapi.json`` (bounded examples
+   per operation; the workspace and seeded people filled into paths and bodies), finds no
+   server error and no answer that breaks its documented status, content type, headers or
+   schema;
+2. every error answer it saw, and every refusal in a table of bad requests by route, is an
+   RFC 9457 problem document;
+3. a Python client generated from ``/openapi.json`` (openapi-python-client) runs the README's
+   try-it scenario.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tieline.plumbing.config import Settings
+from tieline.services.api.errors import PROBLEM_BASE, Problem
+from tieline.services.runtime.supervisor import Stack, StackConfig
+
+from tests.conftest import Servers, settings_env
+from tests.e2e.conftest import make_token
+from tests.e2e.test_strength_read_models import friendship, record
+
+#: Examples per operation and phase; the issue's baseline run used 30.
+MAX_EXAMPLES = int(os.environ.get("TIELINE_CONTRACT_EXAMPLES", "30"))
+#: The checks the contract must pass (schemathesis names).
+CHECKS = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+)
+PEOPLE = ("ada", "grace", "linus", "zoe", "sam", "kai")
+
+
+@dataclass(frozen=True)
+class Seeded:
+    ws: str
+    token: str
+    last_seq: int
+
+
+@pytest.fixture(scope="module")
+def contract_stack(
+    servers: Servers, stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """A stack of its own for these tests: a generator of bad requests fails authentication
+    far more often than the per-client limit allows (which would answer 429 to everything
+    after the first minute's 20 failures), so here the limit is out of reach."""
+    config = StackConfig(
+        data_dir=tmp_path_factory.mktemp("contract-stack"),
+        nats_url=servers.nats_url,
+        database_url=servers.database_url,
+        env={**settings_env(stack_settings), "TIELINE_AUTH_FAILURES_PER_MINUTE": "1000000"},
+    )
+    with Stack(config) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def seeded(contract_stack: Stack, stack_settings: Settings) -> Seeded:
+    """A workspace with people, ties, a follow-up history and a requested introduction, so
+    generated paths resolve and the reads have something to answer."""
+    ws = "contract"
+    token = make_token(stack_settings, ws, "admin", "contract")
+    with httpx.Client(
+        base_url=contract_stack.api_url,
+        timeout=30,
+        headers={"Authorization": f"Bearer {token}"},
+    ) as api:
+        events: list[dict[str, Any]] = [
+            {"type": "person.added", "person_id": p, "display_name": p.title()} for p in PEOPLE
+        ]
+        events += friendship("ada", "grace", 0, 6, 10) + friendship("grace", "linus", 5, 4, 9)
+        events += [
+            {"type": "relationship.helped", "helper": "zoe", "helped": "ada", "what": "advice"},
+            {
+                "type": "introduction.requested",
+                "introduction_id": "0b6d1f7e-5a51-4f8e-9a4b-1c2d3e4f5a10",
+                "requester": "ada",
+                "introducer": "grace",
+                "target": "linus",
+            },
+        ]
+        last = record(api, ws, events)
+        assert api.get(f"/v1/workspaces/{ws}/people", params={"min_seq": last}).status_code == 200
+    return Seeded(ws, token, last)
+
+
+@dataclass(frozen=True)
+class Run:
+    exit_code: int
+    output: str
+    report: dict[str, Any]
+    exchanges: list[tuple[dict[str, Any], dict[str, Any]]]  # (request, response) from the HAR
+
+
+def _config(tmp: Path, seeded: Seeded) -> Path:
+    """schemathesis.toml: the token, the workspace in every path, people drawn mostly from
+    the seeded ones (sometimes anything the schema allows)."""
+    people = ", ".join(f'"{p}"' for p in PEOPLE)
+    likely = '{ dictionary = "people", probability = 0.8 }'
+    names = ("path.person", "path.person_a", "path.person_b", "query.target", "query.a",
+             "query.b", "query.introducer", "query.person", "body.participants[*]",
+             "body.from_person", "body.to_person", "body.helper", "body.helped",
+             "body.rater", "body.ratee", "body.person_a", "body.person_b", "body.person_id")  # fmt: skip
+    bindings = "\n".join(f'"{n}" = {likely}' for n in names)
+    path = tmp / "schemathesis.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            headers = {{ Authorization = "Bearer {seeded.token}" }}
+            request-timeout = 30.0
+
+            [parameters]
+            "path.ws" = "{seeded.ws}"
+            """
+        )
+        + bindings
+        + f"\n\n[dictionaries.people]\nvalues = [{people}]\n"
+    )
+    return path
+
+
+def _har_exchanges(path: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    if not path.exists():
+        return []
+    har = json.loads(path.read_text())
+    return [(e["request"], e["response"]) for e in har["log"]["entries"]]
+
+
+@pytest.fixture(scope="module")
+def schemathesis_run(
+    contract_stack: Stack, seeded: Seeded, tmp_path_factory: pytest.TempPathFactory
+) -> Run:
+    """One schemathesis run over every operation of the live API (its own CLI, as a user
+    would run it), with JSON and HAR reports."""
+    tmp = tmp_path_factory.mktemp("schemathesis")
+    config = _config(tmp, seeded)
+    st = shutil.which("st", path=str(Path(sys.executable).parent)) or "st"
+    cmd = [
+        st,
+        "--config-file", str(config),
+        "run", f"{contract_stack.api_url}/openapi.json",
+        "--checks", ",".join(CHECKS),
+        "--max-examples", str(MAX_EXAMPLES),
+        "--phases", "examples,coverage,fuzzing",
+        "--seed", "12",
+        "--workers", "2",
+        "--no-shrink",
+        "--report", "json,har",
+        "--report-json-path", str(tmp / "report.json"),
+        "--report-har-path", str(tmp / "exchanges.har"),
+    ]  # fmt: skip
+    t0 = time.monotonic()
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "NO_COLOR": "1",
+        "SCHEMATHESIS_HOOKS": "tests.e2e.contract_hooks",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=root)
+    took = time.monotonic() - t0
+    output = done.stdout + done.stderr
+    (tmp / "output.txt").write_text(output)
+    report_path = tmp / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    exchanges = _har_exchanges(tmp / "exchanges.har")
+    print(f"\nschemathesis: exit {done.returncode} in {took:.0f}s; {len(exchanges)} requests")
+    print(f"output: {tmp / 'output.txt'}")
+    print("\n".join(output.splitlines()[-30:]))
+    return Run(done.returncode, output, report, exchanges)
+
+
+def test_schemathesis_finds_no_server_error_and_no_response_that_breaks_its_schema(
+    schemathesis_run: Run,
+) -> None:
+    run = schemathesis_run
+    statuses = Counter(r["status"] for _, r in run.exchanges)
+    print(f"statuses seen: {dict(sorted(statuses.items()))}")
+    assert run.exchanges, f"schemathesis recorded no request:\n{run.output[-3000:]}"
+    assert not [s for s in statuses if s >= 500], dict(statuses)
+    assert run.exit_code == 0, run.output[-6000:]
+
+
+def _content_type(response: dict[str, Any]) -> str:
+    for h in response.get("headers", []):
+        if h["name"].lower() == "content-type":
+            return str(h["value"])
+    return str(response.get("content", {}).get("mimeType", ""))
+
+
+def assert_problem(status: int, content_type: str, text: str) -> dict[str, Any]:
+    """The body is an RFC 9457 problem document for ``status``: the media type, the members
+    (``type`` one of ours, ``title``, ``status`` equal to the HTTP status, ``detail``) and
+    ``errors`` naming fields as ``{loc, msg}``."""
+    assert content_type.split(";")[0].strip() == "application/problem+json", (status, text)
+    body = json.loads(text)
+    Problem.model_validate(body)
+    assert body["type"].startswith(PROBLEM_BASE) and body["status"] == status, body
+    assert body["title"] and body["detail"], body
+    assert all(set(e) == {"loc", "msg"} for e in body["errors"]), body
+    return dict(body)
+
+
+def test_every_error_schemathesis_provoked_is_a_problem_document(schemathesis_run: Run) -> None:
+    errors = [(q, r) for q, r in schemathesis_run.exchanges if r["status"] >= 400]
+    assert errors, "the run provoked no error at all"
+    kinds: Counter[str] = Counter()
+    for request, response in errors:
+        text = response.get("content", {}).get("text", "")
+        try:
+            body = assert_problem(response["status"], _content_type(response), text)
+        except AssertionError as exc:
+            raise AssertionError(f"{request['method']} {request['url']}: {exc}") from exc
+        kinds[body["type"].removeprefix(PROBLEM_BASE)] += 1
+    print(f"\n{len(errors)} error answers, all problem documents: {dict(kinds)}")
+
+
+def _generate_client(api_url: str, out: Path) -> Any:
+    """Generate a Python client from the live /openapi.json with openapi-python-client (no
+    network beyond the API) and import it."""
+    spec = out / "openapi.json"
+    spec.write_text(httpx.get(f"{api_url}/openapi.json", timeout=10).text)
+    generator = shutil.which("openapi-python-client", path=str(Path(sys.executable).parent))
+    assert generator, "openapi-python-client is not installed (the test extra has it)"
+    package = out / "tieline_client"
+    done = subprocess.run(
+        [generator, "generate", "--path", str(spec), "--output-path", str(package),
+         "--meta", "none"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    sys.path.insert(0, str(out))
+    try:
+        import importlib
+
+        return importlib.import_module("tieline_client")
+    finally:
+        sys.path.remove(str(out))
+
+
+def test_a_client_generated_from_openapi_runs_the_readme_scenario(
+    stack: Stack, token: str, ws: str, tmp_path: Path
+) -> None:
+    """The README's try-it scenario (add two people, they met, a follow-up, strength,
+    timeline) through nothing but the generated client's typed calls and models."""
+    gen = _generate_client(stack.api_url, tmp_path)
+    from tieline_client.api.events import record_event  # type: ignore[import-not-found]
+    from tieline_client.api.people import add_person, get_person  # type: ignore[import-not-found]
+    from tieline_client.api.relationships import (  # type: ignore[import-not-found]
+        strength,
+        timeline,
+    )
+    from tieline_client.models import (  # type: ignore[import-not-found]
+        PersonIn,
+        Problem,
+        RelationshipFollowedUpV1Command,
+        RelationshipFollowedUpV1CommandChannel,
+        RelationshipMetV1Command,
+        RelationshipMetV1CommandDepth,
+        RelationshipStrength,
+        TimelinePage,
+        WriteResult,
+    )
+
+    client = gen.AuthenticatedClient(base_url=stack.api_url, token=token)
+    for pid, name in (("ada", "Ada Lovelace"), ("grace", "Grace Hopper")):
+        added = add_person.sync(ws, client=client, body=PersonIn(display_name=name, person_id=pid))
+        assert isinstance(added, WriteResult) and added.status == 201 and added.person_id == pid
+    met = record_event.sync(
+        ws,
+        client=client,
+        body=RelationshipMetV1Command(
+            participants=["ada", "grace"],
+            depth=RelationshipMetV1CommandDepth.MEAL_OR_ACTIVITY,
+            duration_minutes=90,
+            context="dinner after the keynote",
+        ),
+    )
+    assert isinstance(met, WriteResult) and met.status == 201, met
+    follow = record_event.sync(
+        ws,
+        client=client,
+        body=RelationshipFollowedUpV1Command(
+            from_person="ada",
+            to_person="grace",
+            channel=RelationshipFollowedUpV1CommandChannel.EMAIL,
+            replied=True,
+        ),
+    )
+    assert isinstance(follow, WriteResult) and follow.seq > met.seq
+    tie = strength.sync(ws, "ada", "grace", client=client, min_seq=follow.seq)
+    assert isinstance(tie, RelationshipStrength), tie
+    assert tie.meetings == 1 and tie.follow_ups == 1 and tie.score > 0
+    assert (tie.person_a, tie.person_b) == ("ada", "grace")
+    story = timeline.sync(ws, "ada", "grace", client=client, min_seq=follow.seq)
+    assert isinstance(story, TimelinePage), story
+    assert [e.type_ for e in story.events] == ["relationship.met", "relationship.followed_up"]
+    assert story.events[-1].strength_after == pytest.approx(tie.score, abs=1.0)
+    assert story.next_cursor is None
+    missing = get_person.sync(ws, "nobody", client=client)
+    assert isinstance(missing, Problem) and missing.status == 404
+    assert missing.type_ == PROBLEM_BASE + "not-found"
