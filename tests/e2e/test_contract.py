@@ -116,10 +116,13 @@ def _config(tmp: Path, seeded: Seeded) -> Path:
     the seeded ones (sometimes anything the schema allows)."""
     people = ", ".join(f'"{p}"' for p in PEOPLE)
     likely = '{ dictionary = "people", probability = 0.8 }'
-    names = ("path.person", "path.person_a", "path.person_b", "query.target", "query.a",
-             "query.b", "query.introducer", "query.person", "body.participants[*]",
-             "body.from_person", "body.to_person", "body.helper", "body.helped",
-             "body.rater", "body.ratee", "body.person_a", "body.person_b", "body.person_id")  # fmt: skip
+    names = [f"path.{n}" for n in ("person", "person_a", "person_b")]
+    names += [f"query.{n}" for n in ("target", "a", "b", "introducer", "person")]
+    names += ["body.participants[*]"] + [
+        f"body.{n}"
+        for n in ("from_person", "to_person", "helper", "helped", "rater", "ratee", "person_a",
+                  "person_b", "person_id")
+    ]  # fmt: skip
     bindings = "\n".join(f'"{n}" = {likely}' for n in names)
     path = tmp / "schemathesis.toml"
     path.write_text(
