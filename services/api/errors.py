@@ -22,10 +22,12 @@ import psycopg_pool
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from nats import errors as nats_errors
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = structlog.get_logger(__name__)
@@ -324,6 +326,9 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
             422, f"body: {exc.detail}", errors=errors, instance=request.url.path
         )
     slug = "no-such-route" if exc.status_code == 404 else None
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(_allowed_methods(request))
     detail = (
         f"no route matches {request.url.path}"
         if exc.status_code == 404
@@ -334,8 +339,19 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
         detail,
         slug=slug,
         instance=request.url.path,
-        headers=dict(exc.headers or {}),
+        headers=headers,
     )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route has for this path (Starlette names only the first route's
+    when two routes share a path, e.g. GET and POST /people)."""
+    methods: set[str] = set()
+    for context in iter_route_contexts(request.app.routes):
+        match, _ = context.route.matches(request.scope)
+        if match != Match.NONE:
+            methods.update(context.methods or ())
+    return sorted(methods)
 
 
 #: Failures of a dependency rather than of tieline: answered 503 (retry), not 500.

@@ -322,3 +322,93 @@ def test_a_client_generated_from_openapi_runs_the_readme_scenario(
     missing = get_person.sync(ws, "nobody", client=client)
     assert isinstance(missing, Problem) and missing.status == 404
     assert missing.type_ == PROBLEM_BASE + "not-found"
+
+
+#: (what, method, path under /v1/workspaces/{ws}, request keywords, token, status, type)
+BadRequest = tuple[str, str, str, dict[str, Any], str, int, str]
+MET = {"type": "relationship.met", "participants": ["ada", "grace"], "depth": "brief_chat"}
+
+
+def _bad_requests(ws: str, cursor: str) -> list[BadRequest]:
+    """A refusal of every kind, across the routes. Tokens: admin (of ``ws``), reader (of
+    ``ws``), other (admin of another workspace), none, wrong."""
+    big = {"content": b'{"type":"person.added","notes":"' + b"x" * 70_000 + b'"}'}
+    return [
+        ("no token", "GET", "/people", {}, "none", 401, "unauthorized"),
+        ("wrong token on a batch", "POST", "/events/batch", {"content": b"{}"}, "wrong", 401,
+         "unauthorized"),
+        ("reader writes", "POST", "/people", {"json": {"display_name": "X"}}, "reader", 403,
+         "forbidden"),
+        ("another workspace's token", "GET", "/people", {}, "other", 403, "forbidden"),
+        ("reader asks for the access log", "GET", "/access-log", {}, "reader", 403,
+         "forbidden"),
+        ("typo in the path", "GET", "/peple", {}, "admin", 404, "no-such-route"),
+        ("unknown person", "GET", "/people/nobody", {}, "admin", 404, "not-found"),
+        ("no relationship", "GET", "/relationships/ada/nobody", {}, "admin", 404, "not-found"),
+        ("no relationship to explain", "GET", "/relationships/ada/nobody/explain", {},
+         "admin", 404, "not-found"),
+        ("unknown token", "DELETE", "/tokens/000000000000", {}, "admin", 404, "not-found"),
+        ("forget nobody", "POST", "/people/nobody/forget", {}, "admin", 404, "not-found"),
+        ("met with a stranger", "POST", "/events",
+         {"json": {**MET, "participants": ["ada", "ghost"]}}, "admin", 404, "not-found"),
+        ("wrong method", "PUT", "/people", {"json": {}}, "admin", 405, "method-not-allowed"),
+        ("person id taken", "POST", "/people", {"json": {"person_id": "ada",
+         "display_name": "Other"}}, "admin", 409, "conflict"),
+        ("met with a forgotten person", "POST", "/events",
+         {"json": {**MET, "participants": ["ada", "gone"]}}, "admin", 410, "gone"),
+        ("event too large", "POST", "/events", big, "admin", 413, "payload-too-large"),
+        ("person without a name", "POST", "/people", {"json": {"person_id": "x"}}, "admin",
+         422, "validation"),
+        ("body not UTF-8", "POST", "/people",
+         {"content": b"\xff\xfe", "headers": {"content-type": "application/json"}}, "admin",
+         422, "validation"),
+        ("event not JSON", "POST", "/events", {"content": b"{not json"}, "admin", 422,
+         "validation"),
+        ("unknown event type", "POST", "/events", {"json": {"type": "x.y"}}, "admin", 422,
+         "validation"),
+        ("recorded_by from a client", "POST", "/events",
+         {"json": {**MET, "recorded_by": "me"}}, "admin", 422, "validation"),
+        ("limit out of range", "GET", "/people", {"params": {"limit": 0}}, "admin", 422,
+         "validation"),
+        ("naive as_of", "GET", "/relationships/ada/grace",
+         {"params": {"as_of": "2025-01-01T00:00:00"}}, "admin", 422, "validation"),
+        ("malformed cursor", "GET", "/people", {"params": {"cursor": "bm90LWEtY3Vyc29y"}},
+         "admin", 422, "validation"),
+        ("another list's cursor", "GET", "/introductions", {"params": {"cursor": cursor}},
+         "admin", 422, "validation"),
+        ("min_seq beyond the log", "GET", "/people/ada/follow-ups",
+         {"params": {"min_seq": 10**12}}, "admin", 422, "min-seq-beyond-log"),
+    ]  # fmt: skip
+
+
+def test_every_kind_of_refusal_on_every_kind_of_route_is_a_problem_document(
+    stack: Stack, stack_settings: Settings, api: httpx.Client, ws: str, token: str
+) -> None:
+    api.post(f"/v1/workspaces/{ws}/events/batch", content="\n".join(
+        json.dumps({"type": "person.added", "person_id": p, "display_name": p.title()})
+        for p in ("ada", "grace", "gone")
+    ))  # fmt: skip
+    assert api.post(f"/v1/workspaces/{ws}/people/gone/forget").json()["erased"] is True
+    page = api.get(f"/v1/workspaces/{ws}/people", params={"limit": 1}).json()
+    tokens = {
+        "admin": token,
+        "reader": make_token(stack_settings, ws, "read", "reader"),
+        "other": make_token(stack_settings, ws + "-x", "admin", "other"),
+        "wrong": "tl_000000000000_" + "x" * 30,
+    }
+    seen: Counter[int] = Counter()
+    with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+        for what, method, path, kwargs, who, status, slug in _bad_requests(ws, page["next_cursor"]):
+            headers = dict(kwargs.pop("headers", {}))
+            if who in tokens:
+                headers["Authorization"] = f"Bearer {tokens[who]}"
+            r = client.request(method, f"/v1/workspaces/{ws}{path}", headers=headers, **kwargs)
+            assert r.status_code == status, f"{what}: {r.status_code} {r.text[:300]}"
+            body = assert_problem(status, r.headers.get("content-type", ""), r.text)
+            assert body["type"] == PROBLEM_BASE + slug, f"{what}: {body}"
+            assert body["instance"] == f"/v1/workspaces/{ws}{path}", f"{what}: {body}"
+            if status == 405:
+                assert "GET" in r.headers["allow"] and "POST" in r.headers["allow"]
+            seen[status] += 1
+    print(f"\nrefusals, all problem documents: {dict(sorted(seen.items()))}")
+    assert set(seen) == {401, 403, 404, 405, 409, 410, 413, 422}
