@@ -33,7 +33,7 @@ ROUTERS = (export, ops, people, events, relationships, introductions, privacy)
 #: What a browser page on an allowed origin may send and read (CORS). No cookies: the API
 #: authenticates with a bearer token, so credentials mode stays off.
 CORS_METHODS = ("GET", "POST", "DELETE")
-CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID")
+CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "Last-Event-ID")
 CORS_EXPOSED_HEADERS = (
     "Retry-After",
     "WWW-Authenticate",

@@ -9,7 +9,7 @@ Formats (by extension, or ``--format``):
   and ``schema_version`` (after upcasting an older version) and the export's own ``seq``,
   ``retracted`` and ``retracted_by`` are dropped before sending.
 - **CSV** (``.csv``): one event per row under a header row. Every column is an event field
-  name (``type`` is required; the others as in ``events_schema/jsonschema``), e.g.::
+  name (``type`` is required; the others as in ``events_schema/jsonschema/commands``), e.g.::
 
       type,occurred_at,person_id,display_name,email,participants,depth,duration_minutes,context
       person.added,2024-05-01,ada,Ada Lovelace,ada@example.com,,,,
