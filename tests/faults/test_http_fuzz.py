@@ -1,10 +1,10 @@
 """Scenario 5 (second half): fuzz the HTTP write endpoints with hypothesis.
 
 Random JSON values and objects, random lines (JSON, text, bytes) and mutations of valid events
-go to POST /events, /events/batch and /people. For every request: no 5xx; every rejection's
-JSON ``error`` names the problem (a non-empty message that contains the location of the first
-field error); nothing is published for rejected input (the stream's last seq moves by exactly
-the number of events answered 201).
+go to POST /events, /events/batch and /people. For every request: no 5xx; every rejection
+names the problem (a problem document's ``detail``, a batch line's ``error``: a non-empty
+message that contains the location of the first field error); nothing is published for
+rejected input (the stream's last seq moves by exactly the number of events answered 201).
 
 Deterministic: ``derandomize=True`` (examples derive from the test itself) and no example
 database. ``TIELINE_FAULTS_SCALE`` scales the number of examples.
@@ -271,11 +271,13 @@ class Fuzz:
         return r, moved
 
     def check_error(self, body: dict[str, Any], what: str) -> None:
-        """The rejection's ``error`` is a message that names where the problem is."""
+        """The rejection's message names where the problem is: a problem document's
+        ``detail`` (a whole request refused), or a batch line's ``error``."""
         self.rejected += 1
-        error = body.get("error")
+        is_problem = str(body.get("type", "")).startswith("https://tieline.dev/problems/")
+        error = body.get("detail") if is_problem else body.get("error")
         assert isinstance(error, str) and error.strip(), f"no error message for {what}: {body}"
-        errors = body.get("errors") or body.get("detail")
+        errors = body.get("errors")
         assert isinstance(errors, list) and errors, f"no field errors for {what}: {body}"
         for e in errors:
             assert "loc" in e and e.get("msg"), f"field error without loc/msg for {what}: {e}"
@@ -449,4 +451,8 @@ def test_unhashable_type_answers_422_not_500(fuzz: Fuzz, bad_type: Any) -> None:
 def test_person_rejected_by_request_validation_has_an_error(fuzz: Fuzz) -> None:
     r, moved = fuzz.post("/people", json={"display_name": 5, "unknown": True})
     assert r.status_code == 422 and moved == 0
-    assert "error" in r.json(), r.json()
+    body = r.json()
+    assert body["type"] == "https://tieline.dev/problems/validation" and body["detail"], body
+    assert {("body", "display_name"), ("body", "unknown")} <= {
+        tuple(e["loc"]) for e in body["errors"]
+    }
