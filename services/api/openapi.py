@@ -227,10 +227,15 @@ def _components(doc: dict[str, Any]) -> None:
 
 
 def _every_operation_fails_like_this(doc: dict[str, Any]) -> None:
-    """500 and 503 can come from any route (a bug; a dependency down)."""
+    """500 and 503 can come from any route (a bug; a dependency down); a 422 FastAPI
+    documented by itself (its own validation-error shape) is the validation problem."""
+    fastapi_422 = {"$ref": REF + "HTTPValidationError"}
     for path in doc["paths"].values():
         for op in path.values():
             responses = op.setdefault("responses", {})
+            own = responses.get("422", {}).get("content", {}).get("application/json", {})
+            if own.get("schema") == fastapi_422:
+                responses["422"] = problems(422)[422]
             for status, slug in ((500, "internal"), (503, "unavailable")):
                 if str(status) not in responses:
                     responses[str(status)] = problems(status)[status]
@@ -249,8 +254,8 @@ def install(app: FastAPI) -> None:
                 routes=app.routes,
                 tags=app.openapi_tags,
             )
-            _components(doc)
             _every_operation_fails_like_this(doc)
+            _components(doc)
             app.openapi_schema = doc
         return app.openapi_schema
 

@@ -32,7 +32,7 @@ from tieline.plumbing.config import Settings
 from tieline.services.api.errors import PROBLEM_BASE, Problem
 from tieline.services.runtime.supervisor import Stack, StackConfig
 
-from tests.conftest import Servers, settings_env
+from tests.conftest import Servers, settings_env, unique_settings
 from tests.e2e.conftest import make_token
 from tests.e2e.test_strength_read_models import friendship, record
 
@@ -57,28 +57,34 @@ class Seeded:
 
 
 @pytest.fixture(scope="module")
+def contract_settings(servers: Servers) -> Settings:
+    return unique_settings(servers)
+
+
+@pytest.fixture(scope="module")
 def contract_stack(
-    servers: Servers, stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+    servers: Servers, contract_settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    """A stack of its own for these tests: a generator of bad requests fails authentication
-    far more often than the per-client limit allows (which would answer 429 to everything
-    after the first minute's 20 failures), so here the limit is out of reach."""
+    """A stack of its own for schemathesis (its own stream, subjects and schema): a generator
+    of bad requests fails authentication far more often than the per-client limit allows
+    (which would answer 429 to everything after the first minute's 20 failures), so here the
+    limit is out of reach; and what it writes stays out of the other tests' way."""
     config = StackConfig(
         data_dir=tmp_path_factory.mktemp("contract-stack"),
         nats_url=servers.nats_url,
         database_url=servers.database_url,
-        env={**settings_env(stack_settings), "TIELINE_AUTH_FAILURES_PER_MINUTE": "1000000"},
+        env={**settings_env(contract_settings), "TIELINE_AUTH_FAILURES_PER_MINUTE": "1000000"},
     )
     with Stack(config) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
-def seeded(contract_stack: Stack, stack_settings: Settings) -> Seeded:
+def seeded(contract_stack: Stack, contract_settings: Settings) -> Seeded:
     """A workspace with people, ties, a follow-up history and a requested introduction, so
     generated paths resolve and the reads have something to answer."""
     ws = "contract"
-    token = make_token(stack_settings, ws, "admin", "contract")
+    token = make_token(contract_settings, ws, "admin", "contract")
     with httpx.Client(
         base_url=contract_stack.api_url,
         timeout=30,
