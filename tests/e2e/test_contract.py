@@ -36,15 +36,22 @@ from tests.conftest import Servers, settings_env, unique_settings
 from tests.e2e.conftest import make_token
 from tests.e2e.test_strength_read_models import friendship, record
 
-#: Examples per operation and phase; the issue's baseline run used 30.
-MAX_EXAMPLES = int(os.environ.get("TIELINE_CONTRACT_EXAMPLES", "30"))
-#: The checks the contract must pass (schemathesis names).
+#: Examples per operation in the examples and fuzzing phases (the coverage phase draws its
+#: own boundary cases): 20 keeps the run near two minutes on a 2-core machine; the issue's
+#: baseline run used 30 (TIELINE_CONTRACT_EXAMPLES=30).
+MAX_EXAMPLES = int(os.environ.get("TIELINE_CONTRACT_EXAMPLES", "20"))
+#: The checks the contract must pass (schemathesis names); TIELINE_CONTRACT_CHECKS=all runs
+#: every check schemathesis has, to explore beyond the contract.
 CHECKS = (
-    "not_a_server_error",
-    "status_code_conformance",
-    "content_type_conformance",
-    "response_headers_conformance",
-    "response_schema_conformance",
+    os.environ.get("TIELINE_CONTRACT_CHECKS", "").split(",")
+    if os.environ.get("TIELINE_CONTRACT_CHECKS")
+    else [
+        "not_a_server_error",
+        "status_code_conformance",
+        "content_type_conformance",
+        "response_headers_conformance",
+        "response_schema_conformance",
+    ]
 )
 PEOPLE = ("ada", "grace", "linus", "zoe", "sam", "kai")
 
