@@ -63,10 +63,14 @@ class PersonIn(BaseModel):
     title: str | None = None
     notes: str | None = None
     event_id: str | None = Field(
-        default=None, description="Idempotency key (a UUID); generated when left out."
+        default=None,
+        description="Idempotency key (a UUID); generated when left out.",
+        json_schema_extra={"format": "uuid"},
     )
     occurred_at: str | None = Field(
-        default=None, description="When the person was added (ISO 8601 with a timezone)."
+        default=None,
+        description="When the person was added (ISO 8601 with a timezone).",
+        json_schema_extra={"format": "date-time"},
     )
 
 
