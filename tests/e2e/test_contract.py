@@ -397,11 +397,14 @@ def _bad_requests(ws: str, cursor: str) -> list[BadRequest]:
 def test_every_kind_of_refusal_on_every_kind_of_route_is_a_problem_document(
     stack: Stack, stack_settings: Settings, api: httpx.Client, ws: str, token: str
 ) -> None:
-    api.post(f"/v1/workspaces/{ws}/events/batch", content="\n".join(
+    added = api.post(f"/v1/workspaces/{ws}/events/batch", content="\n".join(
         json.dumps({"type": "person.added", "person_id": p, "display_name": p.title()})
         for p in ("ada", "grace", "gone")
-    ))  # fmt: skip
-    assert api.post(f"/v1/workspaces/{ws}/people/gone/forget").json()["erased"] is True
+    )).json()  # fmt: skip
+    # Forgetting looks the person up in the directory: wait until the adds are projected.
+    assert api.get(f"/v1/workspaces/{ws}/people", params={"min_seq": added["last_seq"]}).is_success
+    forgotten = api.post(f"/v1/workspaces/{ws}/people/gone/forget")
+    assert forgotten.json().get("erased") is True, forgotten.text
     page = api.get(f"/v1/workspaces/{ws}/people", params={"limit": 1}).json()
     tokens = {
         "admin": token,

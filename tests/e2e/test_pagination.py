@@ -185,9 +185,9 @@ def test_introductions_timeline_follow_ups_and_give_and_take_page(
 
 
 def test_access_log_and_tokens_page(api: httpx.Client, ws: str, stack_settings: Settings) -> None:
-    batch(api, ws, people("ada", "bo"))
-    for _ in range(5):
-        api.get(f"/v1/workspaces/{ws}/people")
+    seq = batch(api, ws, people("ada", "bo"))
+    for _ in range(5):  # each read of the (projected) directory is an access-log entry
+        api.get(f"/v1/workspaces/{ws}/people", params={"min_seq": seq})
     for i in range(5):
         make_token(stack_settings, ws, "read", f"reader{i}")
     w = f"/v1/workspaces/{ws}"
