@@ -192,7 +192,9 @@ def schemathesis_run(
         "SCHEMATHESIS_HOOKS": "tests.e2e.contract_hooks",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
     }
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=root)
+    # Run from the temporary directory: schemathesis keeps a cache (.schemathesis/) in its
+    # working directory, which must not land in the checkout.
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp)
     took = time.monotonic() - t0
     output = done.stdout + done.stderr
     (tmp / "output.txt").write_text(output)
