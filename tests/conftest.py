@@ -120,3 +120,13 @@ def stack(
     )
     with Stack(config) as s:
         yield s
+
+
+BROWSER_TESTS = Path(__file__).parent / "browser"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Browser tests run last: Playwright's sync API leaves an event loop running in the main
+    thread for the rest of the session, where asyncio.run() and async tests would refuse to
+    start."""
+    items.sort(key=lambda item: Path(str(item.fspath)).is_relative_to(BROWSER_TESTS))

@@ -3,13 +3,13 @@ them, each one's contribution, and the strength right after it."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection
 from tieline.projections.queries.common import Row, ordered
 from tieline.projections.queries.strength import pair_events
-from tieline.projections.strength_model import PARAMS, PairEvent
+from tieline.projections.strength_model import PARAMS, PairEvent, strength
 from tieline.projections.strength_model import timeline as model_timeline
 
 
@@ -41,12 +41,47 @@ async def recorded(conn: AsyncConnection[Any], ws: str, a: str, b: str) -> dict[
     return {str(r["event_id"]): r for r in await cur.fetchall()}
 
 
+#: Most model evaluations spent on the decay curves of one timeline (each is a fold of the
+#: events so far, so a long history gets fewer samples per gap).
+DECAY_BUDGET = 200_000
+
+
+def decay_after(
+    ordered: list[PairEvent], end: datetime, per_gap: int
+) -> list[list[dict[str, Any]]]:
+    """For each event (in the model's order), the score at ``per_gap`` instants between it and
+    the next event (or ``end``), computed by the model itself with only the events up to it:
+    the curve a front end draws between two events, with no copy of the model's formula."""
+    out: list[list[dict[str, Any]]] = []
+    for i, e in enumerate(ordered):
+        nxt = ordered[i + 1].occurred_at if i + 1 < len(ordered) else end
+        span = (nxt - e.occurred_at).total_seconds()
+        if span <= 0 or per_gap <= 0:
+            out.append([])
+            continue
+        prefix = ordered[: i + 1]
+        instants = [
+            e.occurred_at + timedelta(seconds=span * j / (per_gap + 1))
+            for j in range(1, per_gap + 1)
+        ]
+        out.append(
+            [{"at": t, "score": round(strength(prefix, PARAMS, t).score, 4)} for t in instants]
+        )
+    return out
+
+
 def timeline_view(
     events: list[PairEvent], as_of: datetime | None, recorded: dict[str, Row]
 ) -> list[dict[str, Any]]:
-    """Each event with who recorded it and when, its contribution, and the score after it."""
+    """Each event with who recorded it and when, its contribution, the score after it, and the
+    score's decay until the next event (``decay_after``)."""
     out = []
-    for e, c, after in model_timeline(events, PARAMS, as_of):
+    rows = model_timeline(events, PARAMS, as_of)
+    n = len(rows)
+    per_gap = max(0, min(8, DECAY_BUDGET // max(n * n, 1)))
+    end = as_of or datetime.now(UTC)
+    curves = decay_after([e for e, _, _ in rows], end, per_gap)
+    for (e, c, after), curve in zip(rows, curves, strict=True):
         r = recorded.get(e.event_id, {})
         out.append(
             {
@@ -61,6 +96,7 @@ def timeline_view(
                 "contribution_now": round(c.current, 4),
                 "reason": c.reason,
                 "strength_after": round(after, 4),
+                "decay_after": curve,
                 "retracted": False,
             }
         )

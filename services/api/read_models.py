@@ -182,6 +182,11 @@ class GiveAndTakePage(Page):
     ties: list[GiveAndTakeTie]
 
 
+class DecayPoint(Answer):
+    at: Instant
+    score: float
+
+
 class TimelineEvent(Answer):
     event_id: str
     seq: int
@@ -194,6 +199,12 @@ class TimelineEvent(Answer):
     contribution_now: float
     reason: str
     strength_after: float
+    decay_after: list[DecayPoint] = Field(
+        default_factory=list,
+        description="The score at instants between this event and the next one (or as_of), "
+        "as the model computes it with only the events so far: the curve to draw between "
+        "events. Fewer points per gap for long histories.",
+    )
     retracted: Literal[False]
 
 

@@ -10,10 +10,10 @@
 //   score := b                                         without a rating
 //          | (1 - rating_weight) * b + rating_weight * rating * 0.5^(d / rating_half_life_days)
 //
-// `scoreAt` is that formula. It needs each event's state and the workspace's parameters, which
-// the public API does not publish (yet); until it does, the curve is sampled from the API
-// itself: GET .../relationships/{a}/{b}?as_of=T is the model evaluated at T, which between
-// two events is exactly this decay.
+// The timeline answers each event's `decay_after`: the model's own score at instants up to
+// the next event, which the chart draws as it is (no copy of the formula needed). `scoreAt`
+// (the closed form above) and sampling GET .../relationships/{a}/{b}?as_of=T remain as
+// fallbacks for a server that does not send them.
 
 const DAY_MS = 86400000;
 

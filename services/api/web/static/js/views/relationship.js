@@ -13,6 +13,10 @@ const DENSE = 24; // closed-form points per gap when the API gives states and pa
 
 /** The decay samples [{x, y}] between events, as the model computes them. */
 async function decaySamples(a, b, events, end, tl) {
+  if (events.length && events.every((e) => Array.isArray(e.decay_after))) {
+    // The API's own samples of the model between events (timeline `decay_after`).
+    return events.flatMap((e) => e.decay_after.map((p) => ({ x: Date.parse(p.at), y: p.score })));
+  }
   const eventMs = events.map((e) => Date.parse(e.occurred_at));
   const params = tl.params ?? tl.strength_params;
   if (params && events.every((e) => e.state_after)) {
