@@ -6,7 +6,7 @@ from __future__ import annotations
 from psycopg import AsyncConnection, sql
 
 #: Bump when a read-model table changes shape or meaning; tables carry it as a suffix.
-READ_MODEL_VERSION = 3
+READ_MODEL_VERSION = 4
 
 DDL = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -119,6 +119,29 @@ CREATE TABLE IF NOT EXISTS introductions_v1 (
     updated_at        timestamptz NOT NULL,
     PRIMARY KEY (workspace_id, introduction_id)
 );
+
+-- The change log behind live updates (SSE) and webhooks: what each batch changed, written in
+-- the batch's transaction, at a position (seq, sub) that clients resume from. Rows carry ids
+-- and scores only, never personal data; old rows are trimmed (live_state.trimmed_seq says how
+-- far), and a rebuild writes rows only for recently recorded events (projections/changelog.py).
+CREATE TABLE IF NOT EXISTS changes_v1 (
+    seq           bigint NOT NULL,
+    sub           int NOT NULL,
+    workspace_id  text NOT NULL,
+    kind          text NOT NULL,
+    data          jsonb NOT NULL,
+    at            timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (seq, sub)
+);
+CREATE INDEX IF NOT EXISTS changes_v1_ws ON changes_v1 (workspace_id, seq, sub);
+
+-- One row: the change log's trim point and how far the follow-up scan has looked.
+CREATE TABLE IF NOT EXISTS live_state (
+    id             int PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    trimmed_seq    bigint NOT NULL DEFAULT 0,
+    scanned_until  timestamptz
+);
+INSERT INTO live_state (id) VALUES (1) ON CONFLICT DO NOTHING;
 
 CREATE TABLE IF NOT EXISTS dead_letters (
     id           bigserial PRIMARY KEY,

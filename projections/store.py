@@ -18,6 +18,8 @@ import orjson
 from psycopg import AsyncConnection, AsyncCursor
 from tieline.events_schema.models import Event
 from tieline.events_schema.registry import EventRegistry
+from tieline.projections.changelog import COLUMNS as CHANGE_COLUMNS
+from tieline.projections.changelog import Cause, ChangeLog, mark_trimmed
 from tieline.projections.changes import PERSON_FIELDS, Changes, changes_for
 from tieline.projections.strength_model import PARAMS, Fold, PairEvent, Params, vouches
 
@@ -124,7 +126,8 @@ ARCHIVE_BULK = Bulk(
 )
 PAIRS_BULK = Bulk("pair_events_in", "pair_events_v1", PAIR, "ON CONFLICT DO NOTHING")
 STRENGTH_BULK = Bulk("strength_in", "strength_v1", STRENGTH, UPSERT_STRENGTH_TAIL)
-STAGING = {b.staging: b.target for b in (ARCHIVE_BULK, PAIRS_BULK, STRENGTH_BULK)}
+CHANGES_BULK = Bulk("changes_in", "changes_v1", CHANGE_COLUMNS, "ON CONFLICT DO NOTHING")
+STAGING = {b.staging: b.target for b in (ARCHIVE_BULK, PAIRS_BULK, STRENGTH_BULK, CHANGES_BULK)}
 #: Up to this many rows a batch goes in through unnest, above it through COPY (measured).
 UNNEST_MAX_ROWS = 64
 
@@ -282,6 +285,7 @@ class ProjectionStore:
         self.projection = projection
         self.params = params
         self.staging = _Staging()
+        self._changes = ChangeLog()  # the current batch's change log (projections/changelog.py)
 
     async def checkpoint(self, conn: AsyncConnection[Any]) -> int:
         cur = await conn.execute(
@@ -342,9 +346,21 @@ class ProjectionStore:
         new = await self._archive(conn, decoded)
         result.duplicate_ids = len(decoded) - len(new)
         result.applied = len(new)
+        self._changes = ChangeLog()
+        for it in new:
+            self._changes.recorded(it.seq, it.event)
         await self._apply_changes(conn, new, result)
         await self._dead_letters(conn, poison)
         result.poison = len(poison)
+        await self._write_changes(conn)
+
+    async def _write_changes(self, conn: AsyncConnection[Any]) -> None:
+        """The batch's change log, in its transaction (live updates and webhooks read it)."""
+        rows, skipped = self._changes.rows()
+        if rows:
+            await self.staging.write(conn, CHANGES_BULK, rows)
+        if skipped:
+            await mark_trimmed(conn, skipped)
 
     async def _advance(self, conn: AsyncConnection[Any], last_seq: int) -> None:
         """Advance the checkpoint and tell readers waiting for it (min_seq), one statement;
@@ -585,12 +601,18 @@ class ProjectionStore:
         history instead, because damping and caps depend on order."""
         keys = sorted(new)  # a stable lock order keeps concurrent writers deadlock-free
         cur = await conn.execute(
-            """SELECT s.workspace_id, s.person_a, s.person_b, s.fold::text FROM strength_v1 s
+            """SELECT s.workspace_id, s.person_a, s.person_b, s.fold::text, s.score, s.tier
+               FROM strength_v1 s
                JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(ws, a, b)
                  ON s.workspace_id = k.ws AND s.person_a = k.a AND s.person_b = k.b""",
             _key_arrays(keys),
         )
-        stored = {(ws, a, b): orjson.loads(f) for ws, a, b, f in await cur.fetchall()}
+        found = await cur.fetchall()
+        stored = {(ws, a, b): orjson.loads(f) for ws, a, b, f, _, _ in found}
+        self._changes.before({(ws, a, b): (sc, t) for ws, a, b, _, sc, t in found}, keys)
+        for key in keys:
+            last = max(new[key], key=lambda e: e.seq)
+            self._changes.caused(key, Cause(last.seq, last.event_id, last.type), len(new[key]))
         folds: dict[PairKey, Fold] = {}
         late: list[PairKey] = []
         for key in keys:
@@ -619,6 +641,13 @@ class ProjectionStore:
     ) -> None:
         """Recompute the strength of ``keys`` from their stored (unretracted) events."""
         keys = sorted(set(keys))
+        cur = await conn.execute(
+            """SELECT s.workspace_id, s.person_a, s.person_b, s.score, s.tier FROM strength_v1 s
+               JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(ws, a, b)
+                 ON s.workspace_id = k.ws AND s.person_a = k.a AND s.person_b = k.b""",
+            _key_arrays(keys),
+        )
+        self._changes.before({(w, a, b): (sc, t) for w, a, b, sc, t in await cur.fetchall()}, keys)
         folds = await self._history_folds(conn, keys)
         await self._write_strength(conn, folds, [k for k in keys if k not in folds], seq)
 
@@ -650,6 +679,10 @@ class ProjectionStore:
         self, conn: AsyncConnection[Any], folds: dict[PairKey, Fold], gone: list[PairKey], seq: int
     ) -> None:
         rows = [self._strength_row(k, folds[k], seq) for k in sorted(folds)]
+        for r in rows:
+            self._changes.after((r[0], r[1], r[2]), r[3], r[4])
+        for k in gone:
+            self._changes.after(k, None, None)
         async with conn.cursor() as c:
             if rows:
                 await self.staging.write(conn, STRENGTH_BULK, rows)
@@ -720,6 +753,9 @@ class ProjectionStore:
         pairs = [(ws, a, b) for a, b in await cur.fetchall()]
         if pairs:
             await self._recompute_pairs(conn, pairs, it.seq)
+            cause = Cause(it.seq, str(it.event.event_id), it.event.type)
+            for key in pairs:
+                self._changes.caused(key, cause, 1)
 
     async def _dead_letters(self, conn: AsyncConnection[Any], poison: list[Poison]) -> None:
         if not poison:
