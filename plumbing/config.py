@@ -86,6 +86,31 @@ class Settings(BaseSettings):
     #: localhost defaults or storing per-person keys unwrapped.
     strict_config: bool = False
 
+    #: Live updates (SSE): heartbeat comment interval; the reconnect delay told to clients;
+    #: messages one client may have waiting before it is cut off (it resumes with
+    #: Last-Event-ID); how long one write to a client may block; the feed's fallback poll.
+    sse_heartbeat_s: float = Field(default=15.0, gt=0)
+    sse_retry_ms: int = Field(default=2000, ge=0)
+    sse_queue_limit: int = Field(default=1000, ge=1)
+    sse_send_timeout_s: float = Field(default=30.0, gt=0)
+    sse_poll_s: float = Field(default=1.0, gt=0)
+    #: How often the webhooks process looks for ties that fell due a follow-up, and how long
+    #: change-log rows are kept for clients that resume (older positions get a reset).
+    follow_up_scan_s: float = Field(default=60.0, gt=0)
+    live_retention_s: float = Field(default=86400.0, gt=0)
+
+    #: Webhooks: plain-http loopback receivers (development) and private-range targets are
+    #: refused unless allowed; per-attempt timeout; attempts per delivery with exponential
+    #: backoff and jitter between them; consecutive failed attempts that disable an endpoint.
+    webhook_allow_loopback: bool = False
+    webhook_allow_private: bool = False
+    webhook_timeout_s: float = Field(default=15.0, gt=0)
+    webhook_max_attempts: int = Field(default=10, ge=1)
+    webhook_backoff_s: float = Field(default=5.0, gt=0)
+    webhook_backoff_max_s: float = Field(default=6 * 3600.0, gt=0)
+    webhook_disable_after: int = Field(default=50, ge=1)
+    webhook_concurrency: int = Field(default=16, ge=1, le=1024)
+
     log_json: bool | None = None
     log_level: str = "INFO"
 

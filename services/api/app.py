@@ -23,12 +23,13 @@ from tieline.services.api.routers import (
     people,
     privacy,
     relationships,
+    stream,
 )
 from tieline.services.api.runtime import Runtime
 from tieline.services.api.webapp import mount_web
 
 #: The routers in the order their routes are matched and listed in the OpenAPI document.
-ROUTERS = (export, ops, people, events, relationships, introductions, privacy)
+ROUTERS = (export, ops, people, events, relationships, introductions, privacy, stream)
 
 #: What a browser page on an allowed origin may send and read (CORS). No cookies: the API
 #: authenticates with a bearer token, so credentials mode stays off.

@@ -12,7 +12,8 @@ import contextlib
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -28,6 +29,7 @@ from tieline.plumbing.subjects import command_subject
 from tieline.projections.queries.common import checkpoint
 from tieline.projections.readpool import LivePool
 from tieline.services.api.errors import ApiError
+from tieline.services.api.live import ChangeFeed
 from tieline.services.auth import FailureLimiter, Principal, verify_token
 
 log = structlog.get_logger(__name__)
@@ -235,6 +237,8 @@ class ReadYourWrites:
         self._changed = asyncio.Event()
         self._checkpoints: dict[str, int] = {}  # generation schema -> committed seq (NOTIFY)
         self._last_seq = (0, -1e9)  # (the stream's last seq, when it was read: monotonic)
+        #: Called with (schema, seq) on every notification (the live-update feed listens too).
+        self.listeners: list[Callable[[str, int], None]] = []
 
     async def stream_last_seq(self) -> int | None:
         """The log's last sequence now (JetStream STREAM.INFO), or None when NATS does not
@@ -322,6 +326,8 @@ class ReadYourWrites:
         if schema and seq.isdigit():
             # Commits of one projection are serial, so its notifications arrive in order.
             self._checkpoints[schema] = max(self._checkpoints.get(schema, 0), int(seq))
+            for listener in self.listeners:
+                listener(schema, int(seq))
         woken, self._changed = self._changed, asyncio.Event()
         woken.set()
 
@@ -338,7 +344,12 @@ class Runtime:
     bus: CommandBus
     waiter: ReadYourWrites
     limiter: FailureLimiter
+    feed: ChangeFeed = field(init=False)
     _listener: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.feed = ChangeFeed(self.settings, self.connections)
+        self.waiter.listeners.append(self.feed.committed)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -358,6 +369,7 @@ class Runtime:
     async def start(self) -> None:
         """Open the connections and start following projection checkpoints."""
         await self.connections.open()
+        await self.feed.start()
         self._listener = asyncio.create_task(self.waiter.listen())
         log.info("api.started", port=self.settings.api_port)
 
@@ -366,4 +378,5 @@ class Runtime:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
+        await self.feed.stop()
         await self.connections.close()

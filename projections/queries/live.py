@@ -1,0 +1,57 @@
+"""Reads of the change log (``changes_v1``, written by projections/changelog.py) for live
+updates and webhooks: rows after a position, and the bounds a resume position is checked
+against."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+from tieline.projections.queries.common import Row, checkpoint
+
+#: A change's position: (stream sequence, sub-index).
+Position = tuple[int, int]
+
+
+async def latest_position(conn: AsyncConnection[Any]) -> Position:
+    """The newest row's position, or (0, -1) when the log is empty (so (0, 0) comes after)."""
+    cur = await conn.execute("SELECT seq, sub FROM changes_v1 ORDER BY seq DESC, sub DESC LIMIT 1")
+    row = await cur.fetchone()
+    return (0, -1) if row is None else (int(row["seq"]), int(row["sub"]))
+
+
+async def changes_after(
+    conn: AsyncConnection[Any], after: Position, ws: str | None = None, limit: int = 1000
+) -> list[Row]:
+    """Up to ``limit`` rows after ``after`` in position order: of workspace ``ws``, or of
+    every workspace when it is None."""
+    cur = await conn.execute(
+        """SELECT seq, sub, workspace_id, kind, data, at FROM changes_v1
+            WHERE (seq, sub) > (%(seq)s, %(sub)s)
+              AND (%(ws)s::text IS NULL OR workspace_id = %(ws)s)
+            ORDER BY seq, sub LIMIT %(limit)s""",
+        {"seq": after[0], "sub": after[1], "ws": ws, "limit": limit},
+    )
+    return list(await cur.fetchall())
+
+
+async def changes_at(
+    conn: AsyncConnection[Any], first_seq: int, last_seq: int, below_sub: int
+) -> list[Row]:
+    """Every row at sequences ``first_seq..last_seq`` with ``sub < below_sub`` (the rows the
+    events at those sequences caused), in position order."""
+    cur = await conn.execute(
+        """SELECT seq, sub, workspace_id, kind, data, at FROM changes_v1
+            WHERE seq BETWEEN %s AND %s AND sub < %s ORDER BY seq, sub""",
+        (first_seq, last_seq, below_sub),
+    )
+    return list(await cur.fetchall())
+
+
+async def resume_bounds(conn: AsyncConnection[Any], projection: str) -> tuple[int, int]:
+    """(trim point, checkpoint): a position at or below the trim point may have lost rows, one
+    beyond the checkpoint was never written here."""
+    cur = await conn.execute("SELECT trimmed_seq FROM live_state WHERE id = 1")
+    row = await cur.fetchone()
+    trimmed = 0 if row is None else int(row["trimmed_seq"])
+    return trimmed, await checkpoint(conn, projection)

@@ -1,0 +1,156 @@
+"""Live updates over Server-Sent Events: ``GET /v1/workspaces/{ws}/stream``.
+
+Every message has ``id: <seq>-<sub>``, its position in the change log; a client that reconnects
+with ``Last-Event-ID`` (browsers' ``EventSource`` does so by itself) gets what it missed, then
+the live stream. See services/api/live.py for the fan-out and docs/frontends.md for clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from sse_starlette import EventSourceResponse
+from tieline.projections.changelog import KINDS
+from tieline.services.api.deps import RT, WS, Reader
+from tieline.services.api.errors import ApiError
+from tieline.services.api.live import (
+    ChangeFeed,
+    Filter,
+    control,
+    parse_position,
+)
+
+router = APIRouter()
+
+_ID = r"[A-Za-z0-9_-]{1,64}"
+Kinds = Annotated[
+    str | None,
+    Query(
+        description=f"Comma-separated kinds to receive (default all): {', '.join(KINDS)}.",
+        examples=["relationship.changed,person.forgotten"],
+    ),
+]
+Person = Annotated[
+    str | None,
+    Query(pattern=f"^{_ID}$", description="Only changes that name this person."),
+]
+Pair = Annotated[
+    str | None,
+    Query(
+        pattern=f"^{_ID},{_ID}$",
+        description="Only changes of this pair (and a person.forgotten of either side): `a,b`.",
+        examples=["ada,grace"],
+    ),
+]
+
+
+def parse_filter(kinds: str | None, person: str | None, pair: str | None) -> Filter:
+    """The client's filter; an unknown kind or a pair of one person is refused (422)."""
+    wanted = None
+    if kinds is not None:
+        wanted = frozenset(k.strip() for k in kinds.split(",") if k.strip())
+        unknown = sorted(wanted - set(KINDS))
+        if unknown or not wanted:
+            raise ApiError(
+                422,
+                f"kinds: unknown kind {', '.join(unknown) or '(none given)'}; "
+                f"expected some of {', '.join(KINDS)}",
+                [{"loc": ["query", "kinds"], "msg": f"expected some of {', '.join(KINDS)}"}],
+            )
+    two = None
+    if pair is not None:
+        a, b = pair.split(",")
+        if a == b:
+            raise ApiError(
+                422,
+                "pair: needs two different people",
+                [{"loc": ["query", "pair"], "msg": "needs two different people"}],
+            )
+        two = (a, b) if a < b else (b, a)
+    return Filter(wanted, person, two)
+
+
+@router.get(
+    "/v1/workspaces/{ws}/stream",
+    tags=["live"],
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "text/event-stream: `event.recorded`, `relationship.changed`, "
+            "`follow_up.due`, `person.forgotten`; and `reset` (reload, then go on) or "
+            "`overflow` (reconnect with Last-Event-ID) from the stream itself.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def stream(
+    ws: WS,
+    who: Reader,
+    rt: RT,
+    kinds: Kinds = None,
+    person: Person = None,
+    pair: Pair = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(description="Resume after this position (EventSource sends it on reconnect)."),
+    ] = None,
+    after: Annotated[
+        str | None,
+        Query(
+            pattern=r"^\d{1,18}-\d{1,9}$",
+            description="Resume after this position, for clients that cannot set "
+            "Last-Event-ID (the header wins).",
+        ),
+    ] = None,
+) -> EventSourceResponse:
+    """Live changes of the workspace (read role), filtered by kind, person or pair."""
+    flt = parse_filter(kinds, person, pair)
+    resume = last_event_id if last_event_id is not None else after
+    settings = rt.settings
+    return EventSourceResponse(
+        _messages(rt.feed, ws, flt, resume, int(settings.sse_retry_ms)),
+        ping=settings.sse_heartbeat_s,
+        send_timeout=settings.sse_send_timeout_s,
+        sep="\n",
+    )
+
+
+async def _messages(
+    feed: ChangeFeed, ws: str, flt: Filter, resume: str | None, retry_ms: int
+) -> AsyncIterator[bytes]:
+    """What one client receives: what it missed (if it resumes), then live changes.
+
+    The client registers with the feed first, so nothing committed from then on can fall
+    between the replay and the live messages; a live message at or before what the replay
+    already covered is skipped."""
+    sub = feed.register(ws, flt)
+    try:
+        yield b"retry: %d\n\n" % retry_ms
+        last = sub.start
+        if resume is not None:
+            position = parse_position(resume)
+            why = "the position is not one this stream gave out"
+            if position is not None:
+                why = await feed.resume_check(position) or ""
+            if why:
+                yield control("reset", last, reason=why)
+            else:
+                assert position is not None
+                last = position
+                async for last, chunk in feed.replay(ws, position, flt):
+                    if chunk:
+                        yield chunk
+        while True:
+            await sub.wake.wait()
+            batch = [m for m in sub.take() if m.position > last]
+            if batch:
+                last = batch[-1].position
+                yield b"".join(m.wire for m in batch)
+            if sub.overflowed:
+                reason = f"client too slow: more than {sub.limit} messages waiting"
+                yield control("overflow", last, reason=reason)
+                return
+    finally:
+        feed.unregister(sub)

@@ -1,0 +1,1 @@
+"""Signed webhooks (Standard Webhooks): endpoints, deliveries, the delivery process."""
