@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     webhook_backoff_max_s: float = Field(default=6 * 3600.0, gt=0)
     webhook_disable_after: int = Field(default=50, ge=1)
     webhook_concurrency: int = Field(default=16, ge=1, le=1024)
+    #: Finished deliveries (and their attempts) stay in the delivery log this long.
+    webhook_log_retention_s: float = Field(default=30 * 86400.0, gt=0)
 
     log_json: bool | None = None
     log_level: str = "INFO"

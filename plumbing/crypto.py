@@ -215,6 +215,19 @@ class KeyStore:
         return True
 
 
+def seal(master_key: bytes, purpose: str, plaintext: bytes) -> bytes:
+    """``plaintext`` encrypted under the master key (AES-GCM, nonce first), bound to
+    ``purpose`` (e.g. ``webhook/<ws>/<endpoint>``) so a sealed value cannot be moved to
+    another row and still open."""
+    nonce = os.urandom(12)
+    return nonce + AESGCM(master_key).encrypt(nonce, plaintext, purpose.encode())
+
+
+def unseal(master_key: bytes, purpose: str, sealed: bytes) -> bytes:
+    """The inverse of :func:`seal` (raises when the key or the purpose differ)."""
+    return AESGCM(master_key).decrypt(sealed[:12], sealed[12:], purpose.encode())
+
+
 def master_key_from_env(value: str | None) -> bytes | None:
     """Decode ``TIELINE_MASTER_KEY`` (base64 of 32 bytes)."""
     if not value:

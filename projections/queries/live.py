@@ -13,6 +13,18 @@ from tieline.projections.queries.common import Row, checkpoint
 Position = tuple[int, int]
 
 
+def format_position(p: Position) -> str:
+    """A position as the SSE ``id`` and a webhook's ``position``: ``<seq>-<sub>``."""
+    return f"{p[0]}-{p[1]}"
+
+
+def payload(row: Row) -> dict[str, Any]:
+    """What SSE ``data`` and a webhook's ``data`` carry for a change-log row: the row's data
+    with its position and workspace (ids, types, scores and times only)."""
+    position = format_position((int(row["seq"]), int(row["sub"])))
+    return {"position": position, "workspace_id": row["workspace_id"], **row["data"]}
+
+
 async def latest_position(conn: AsyncConnection[Any]) -> Position:
     """The newest row's position, or (0, -1) when the log is empty (so (0, 0) comes after)."""
     cur = await conn.execute("SELECT seq, sub FROM changes_v1 ORDER BY seq DESC, sub DESC LIMIT 1")

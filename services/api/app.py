@@ -24,12 +24,23 @@ from tieline.services.api.routers import (
     privacy,
     relationships,
     stream,
+    webhooks,
 )
 from tieline.services.api.runtime import Runtime
 from tieline.services.api.webapp import mount_web
 
 #: The routers in the order their routes are matched and listed in the OpenAPI document.
-ROUTERS = (export, ops, people, events, relationships, introductions, privacy, stream)
+ROUTERS = (
+    export,
+    ops,
+    people,
+    events,
+    relationships,
+    introductions,
+    privacy,
+    stream,
+    webhooks,
+)
 
 #: What a browser page on an allowed origin may send and read (CORS). No cookies: the API
 #: authenticates with a bearer token, so credentials mode stays off.

@@ -30,9 +30,11 @@ from tieline.projections.changelog import FORGOTTEN
 from tieline.projections.queries.live import (
     Position,
     changes_after,
+    format_position,
     latest_position,
     resume_bounds,
 )
+from tieline.projections.queries.live import payload as live_payload
 
 log = structlog.get_logger(__name__)
 
@@ -41,24 +43,12 @@ _POSITION = re.compile(r"^(\d{1,18})-(\d{1,9})$")
 PAGE = 1000
 
 
-def format_position(p: Position) -> str:
-    """A position as the SSE ``id`` (and webhook ``position``): ``<seq>-<sub>``."""
-    return f"{p[0]}-{p[1]}"
-
-
 def parse_position(text: str | None) -> Position | None:
     """A position from ``Last-Event-ID``; None when absent or not one of ours."""
     if not text:
         return None
     m = _POSITION.match(text.strip())
     return None if m is None else (int(m.group(1)), int(m.group(2)))
-
-
-def event_payload(row: dict[str, Any]) -> dict[str, Any]:
-    """What SSE ``data`` and a webhook's ``data`` carry for a change-log row: the row's data
-    with its position and workspace (ids, types, scores and times only)."""
-    position = format_position((int(row["seq"]), int(row["sub"])))
-    return {"position": position, "workspace_id": row["workspace_id"], **row["data"]}
 
 
 @dataclass(frozen=True)
@@ -73,14 +63,15 @@ class Message:
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> Message:
-        payload = event_payload(row)
+        payload = live_payload(row)
         wire = b"id: %s\nevent: %s\ndata: %s\n\n" % (
             payload["position"].encode(),
             row["kind"].encode(),
             orjson.dumps(payload),
         )
         people = frozenset(row["data"].get("people") or ())
-        return cls((int(row["seq"]), int(row["sub"])), row["workspace_id"], row["kind"], people, wire)
+        position = (int(row["seq"]), int(row["sub"]))
+        return cls(position, row["workspace_id"], row["kind"], people, wire)
 
 
 def control(kind: str, position: Position, **data: Any) -> bytes:

@@ -368,7 +368,7 @@ def generations_cmd(data_dir: DataDir = None) -> None:
 
 @app.command()
 def serve(
-    role: Annotated[str, typer.Argument(help="api | people | interactions | worker")],
+    role: Annotated[str, typer.Argument(help="api | people | interactions | worker | webhooks")],
 ) -> None:
     """Run one process (settings from TIELINE_* environment variables)."""
     from tieline.services.runtime.run import main as run_main

@@ -43,6 +43,15 @@ Why each permission exists (``P`` is the subject prefix, ``S`` the event stream'
     ``P.dlq.>``, the subjects of the ``S_DLQ`` stream. It cannot publish events, so a bug in a
     projection cannot rewrite the log.
 
+``webhooks``
+    Reads the event stream through its one durable pull consumer, named ``webhooks``
+    (services/webhooks/app.py), and through nothing else: ``STREAM.INFO`` of both streams
+    (start-up check), ``$JS.API.CONSUMER.INFO.S.webhooks`` and
+    ``$JS.API.CONSUMER.CREATE.S.webhooks.>`` (nats-py looks the durable up, and creates it with
+    its filter subject in the API subject when missing), ``$JS.API.CONSUMER.MSG.NEXT.S.webhooks``
+    (fetch), ``$JS.ACK.S.webhooks.>`` (ack and in-progress) and its inbox. It publishes nothing
+    on tieline's subjects: what it sends goes out over HTTP to the registered endpoints.
+
 Inboxes are per user: every tieline process connects with ``inbox_prefix=_INBOX_<user>``
 (``tieline.plumbing.jetstream.inbox_prefix``) and may subscribe only to ``_INBOX_<user>.>``, so
 no process can listen to replies meant for another (fetched events, PubAcks, command replies).
@@ -71,7 +80,7 @@ __all__ = [
 ]
 
 #: NATS users: the operator/bootstrap user and one per process role of services/runtime/run.py.
-ROLES: tuple[str, ...] = ("admin", "api", "people", "interactions", "worker")
+ROLES: tuple[str, ...] = ("admin", "api", "people", "interactions", "worker", "webhooks")
 
 #: Where ``tieline up`` keeps the generated passwords, relative to its data directory.
 PASSWORDS_FILE = Path("secrets") / "nats-passwords.json"
@@ -134,6 +143,17 @@ def permissions(role: str, prefix: str, stream: str) -> Permissions:
                 f"$JS.ACK.{stream}.>",
                 f"$JS.API.STREAM.MSG.GET.{stream}",
                 f"{prefix}.dlq.>",
+            ),
+            subscribe=(_inbox(role),),
+        )
+    if role == "webhooks":
+        return Permissions(
+            publish=(
+                *api,
+                f"$JS.API.CONSUMER.INFO.{stream}.webhooks",
+                f"$JS.API.CONSUMER.CREATE.{stream}.webhooks.>",
+                f"$JS.API.CONSUMER.MSG.NEXT.{stream}.webhooks",
+                f"$JS.ACK.{stream}.webhooks.>",
             ),
             subscribe=(_inbox(role),),
         )

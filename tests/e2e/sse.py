@@ -39,10 +39,10 @@ class EventSource:
         self._events: asyncio.Queue[Sse | None] = asyncio.Queue()
         self._task = asyncio.create_task(self._read())
 
-    async def next(self, timeout: float = 10.0) -> Sse:
-        """The next event; TimeoutError when none comes within ``timeout`` seconds, EOFError
+    async def next(self, wait_s: float = 10.0) -> Sse:
+        """The next event; TimeoutError when none comes within ``wait_s`` seconds, EOFError
         when the server closed the stream."""
-        got = await asyncio.wait_for(self._events.get(), timeout)
+        got = await asyncio.wait_for(self._events.get(), wait_s)
         if got is None:
             self._events.put_nowait(None)
             raise EOFError("the server closed the stream")
@@ -102,7 +102,7 @@ async def open_stream(
     token: str,
     params: dict[str, str] | None = None,
     last_event_id: str | None = None,
-) -> tuple[httpx.Response, EventSource]:
+) -> EventSource:
     """Open ``/v1/workspaces/{ws}/stream`` and wait for its first message (the client is
     registered with the change feed by then)."""
     headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
@@ -115,8 +115,8 @@ async def open_stream(
     source = EventSource(response)
     if response.status_code == 200:
         await asyncio.wait_for(source.opened.wait(), 10)
-    return response, source
+    return source
 
 
-async def events(source: EventSource, n: int, timeout: float = 15.0) -> list[Sse]:
-    return [await source.next(timeout) for _ in range(n)]
+async def events(source: EventSource, n: int, wait_s: float = 15.0) -> list[Sse]:
+    return [await source.next(wait_s) for _ in range(n)]

@@ -70,10 +70,10 @@ async def test_stream_delivers_resumes_exactly_and_keeps_workspaces_apart(
     other_token = await asyncio.to_thread(make_token, stack_settings, other_ws, "read")
     await api.people("ada", "grace", "linus")
     watch = {"kinds": "relationship.changed", "pair": "ada,grace"}
-    resp, source = await open_stream(client, ws, token, watch)
-    other_resp, other = await open_stream(client, other_ws, other_token)
-    assert resp.status_code == 200 and other_resp.status_code == 200
-    assert resp.headers["content-type"].startswith("text/event-stream")
+    source = await open_stream(client, ws, token, watch)
+    other = await open_stream(client, other_ws, other_token)
+    assert source.response.status_code == 200 and other.response.status_code == 200
+    assert source.response.headers["content-type"].startswith("text/event-stream")
 
     first = await api.met("ada", "grace")
     got = await source.next()
@@ -100,7 +100,7 @@ async def test_stream_delivers_resumes_exactly_and_keeps_workspaces_apart(
         ),
     ]
     await api.met("ada", "linus")
-    resp, source = await open_stream(client, ws, token, watch, last_event_id=got.id)
+    source = await open_stream(client, ws, token, watch, last_event_id=got.id)
     replayed = await events(source, 2)
     assert [e.json()["cause"]["event_id"] for e in replayed] == [m["event_id"] for m in missed]
     assert replayed[0].json()["score_before"] == change["score_after"]
@@ -156,7 +156,7 @@ async def test_filters_by_kind_person_and_pair(
             ("relationship.changed", s1, ["ada", "grace"]),
         ],
     }
-    for name, (resp, source) in opened.items():
+    for name, source in opened.items():
         got = await events(source, len(expected[name]))
         assert brief(got) == expected[name], name
         assert await source.quiet_for(0.3) == [], name
@@ -188,8 +188,8 @@ async def test_erasure_is_announced_without_personal_data(
         depth="conversation",
         context=f"talked about {name}",
     )
-    _, pair = await open_stream(client, ws, token, {"pair": "ada,zelda"})
-    _, everything = await open_stream(client, ws, token)
+    pair = await open_stream(client, ws, token, {"pair": "ada,zelda"})
+    everything = await open_stream(client, ws, token)
     forgot = await client.post(f"/v1/workspaces/{ws}/people/zelda/forget", headers=api.headers)
     assert forgot.status_code == 200, forgot.text
     seq = forgot.json()["forgotten_seq"]
@@ -213,7 +213,7 @@ async def test_erasure_is_announced_without_personal_data(
     await pair.aclose()
     await everything.aclose()
     # A client that resumes from before the erasure replays it, still without the data.
-    replay_resp, replay = await open_stream(
+    replay = await open_stream(
         client, ws, token, {"kinds": "person.forgotten"}, last_event_id="0-0"
     )
     first = await replay.next()
@@ -227,7 +227,7 @@ async def test_positions_it_cannot_resume_from_get_a_reset_then_the_live_stream(
     api = Api(client, ws, token)
     await api.people("ada", "grace")
     for bad in ("not-a-position", "999999999999-0"):
-        resp, source = await open_stream(client, ws, token, last_event_id=bad)
+        source = await open_stream(client, ws, token, last_event_id=bad)
         reset = await source.next()
         assert reset.event == "reset" and reset.json()["reason"]
         after = await api.met("ada", "grace")
@@ -236,12 +236,12 @@ async def test_positions_it_cannot_resume_from_get_a_reset_then_the_live_stream(
         assert got.id > reset.id or int(got.id.split("-")[0]) > int(reset.id.split("-")[0])
         await source.aclose()
     # Positions at or before the change log's trim point may have lost rows: reset too.
-    resp, source = await open_stream(client, ws, token)
+    source = await open_stream(client, ws, token)
     await api.met("ada", "grace")
     seen = await source.next()
     await source.aclose()
     await _set_trim_point(stack_settings, int(seen.id.split("-")[0]))
-    resp, source = await open_stream(client, ws, token, last_event_id=seen.id)
+    source = await open_stream(client, ws, token, last_event_id=seen.id)
     reset = await source.next()
     assert reset.event == "reset" and "older" in reset.json()["reason"]
     await source.aclose()

@@ -221,10 +221,10 @@ async def test_odd_password_authenticates(tmp_path: Path) -> None:
 async def test_each_role_can_do_its_job(authz: Authz) -> None:
     """The nats-py calls the processes make, as their own users, without a single violation."""
     p, s = authz.prefix, authz.stream
-    api, people, inter, worker = [
-        await authz.connect(r) for r in ("api", "people", "interactions", "worker")
+    api, people, inter, worker, hooks = [
+        await authz.connect(r) for r in ("api", "people", "interactions", "worker", "webhooks")
     ]
-    for conn in (api, people, inter, worker):  # every process checks the streams at start
+    for conn in (api, people, inter, worker, hooks):  # every process checks the streams at start
         info = await ensure_streams(conn.js, authz.settings)
         assert info.config.name == s
 
@@ -282,10 +282,34 @@ async def test_each_role_can_do_its_job(authz: Authz) -> None:
     consumer = await admin.js.consumer_info(s, "projections")
     assert consumer.ack_floor is not None and consumer.ack_floor.stream_seq == last.seq
 
-    for conn in (api, people, inter, worker):
+    # The webhooks process: its durable consumer exactly as services/webhooks/app.py makes it.
+    async def hook_subscribe() -> JetStreamContext.PullSubscription:
+        return await hooks.js.pull_subscribe(
+            f"{p}.ev.>",
+            durable="webhooks",
+            stream=s,
+            config=js_api.ConsumerConfig(
+                ack_policy=js_api.AckPolicy.EXPLICIT,
+                deliver_policy=js_api.DeliverPolicy.NEW,
+                ack_wait=60,
+                max_ack_pending=2000,
+                max_deliver=-1,
+            ),
+        )
+
+    hook_sub = await hook_subscribe()
+    newer = await inter.js.publish(f"{p}.ev.ws.relationship.met", b"{}", stream=s)
+    [hooked] = await hook_sub.fetch(1, timeout=5)
+    assert hooked.metadata.sequence.stream == newer.seq
+    await hooked.in_progress()
+    await hooked.ack()
+    await hook_sub.unsubscribe()
+    await hook_subscribe()  # found again on restart
+
+    for conn in (api, people, inter, worker, hooks):
         await conn.nc.flush()
     await asyncio.sleep(0.2)
-    assert [c.violations() for c in (api, people, inter, worker)] == [[], [], [], []]
+    assert [c.violations() for c in (api, people, inter, worker, hooks)] == [[], [], [], [], []]
 
 
 async def test_processes_start_without_create_rights_once_admin_made_the_streams(
@@ -509,6 +533,37 @@ FORBIDDEN: list[Forbidden] = [
     ),
     subscribe("worker", "{p}.ev.>"),
     subscribe("worker", "{p}.cmd.>"),
+    # webhooks: reads the log through its own durable consumer only, publishes nothing.
+    publish_event("webhooks", "ev.ws.relationship.met"),
+    publish_event("webhooks", "ev.ws.person.added.ada"),
+    publish_event("webhooks", "dlq.projections"),
+    publish_event("webhooks", "cmd.ws.people.record"),
+    js_api_call(
+        "webhooks",
+        "create another consumer",
+        lambda js, a: js.add_consumer(a.stream, _consumer(a)),
+        "$JS.API.CONSUMER.CREATE.{s}.intruder",
+    ),
+    js_api_call(
+        "webhooks",
+        "read the projection's consumer",
+        lambda js, a: js.consumer_info(a.stream, "projections"),
+        "$JS.API.CONSUMER.INFO.{s}.projections",
+    ),
+    js_api_call(
+        "webhooks",
+        "delete its consumer",
+        lambda js, a: js.delete_consumer(a.stream, "webhooks"),
+        "$JS.API.CONSUMER.DELETE.{s}.webhooks",
+    ),
+    js_api_call(
+        "webhooks",
+        "get a message",
+        lambda js, a: js.get_msg(a.stream, 1),
+        "$JS.API.STREAM.MSG.GET.{s}",
+    ),
+    subscribe("webhooks", "{p}.ev.>"),
+    subscribe("webhooks", "_INBOX_api.>"),
 ]
 
 
@@ -520,7 +575,8 @@ async def test_every_forbidden_operation_is_refused(authz: Authz) -> None:
     )
     before = await authz.stream_messages(admin)
     conns = {
-        role: await authz.connect(role) for role in ("api", "people", "interactions", "worker")
+        role: await authz.connect(role)
+        for role in ("api", "people", "interactions", "worker", "webhooks")
     }
 
     async def attempt(op: Forbidden) -> str | None:

@@ -139,7 +139,8 @@ async def _messages(
             else:
                 assert position is not None
                 last = position
-                async for last, chunk in feed.replay(ws, position, flt):
+                async for covered, chunk in feed.replay(ws, position, flt):
+                    last = covered
                     if chunk:
                         yield chunk
         while True:
