@@ -139,6 +139,7 @@ class Sender:
             await store.disable(conn, due.endpoint_id, reason)
             log.warning("webhooks.endpoint_disabled", endpoint_id=due.endpoint_id, reason=reason)
             disabled = True
+            error = f"{error}; endpoint disabled: {reason}"
         attempts = due.attempts + 1
         retry_in: float | None = None
         if not disabled and attempts < self.settings.webhook_max_attempts:
