@@ -1,4 +1,4 @@
-"""``python -m bench {all|ingest|projection|rebuild|freshness|queries|peer|scaling} [--quick]``
+"""``python -m bench {all|ingest|projection|rebuild|freshness|queries|peer|scaling|sse} [--quick]``
 (and ``python -m bench report``: the results as Markdown tables)
 
 Each benchmark starts its own servers (embedded NATS and PostgreSQL on free ports in a
@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 
-NAMES = ("ingest", "projection", "rebuild", "freshness", "queries", "peer", "scaling")
+NAMES = ("ingest", "projection", "rebuild", "freshness", "queries", "peer", "scaling", "sse")
 #: What ``all`` runs: every benchmark with its defaults, and freshness a second time with the
 #: writes arriving in small batches (the same events/s).
 RUNS = (

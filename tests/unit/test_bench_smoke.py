@@ -26,6 +26,7 @@ MODULES = [
     "queries",
     "peer",
     "scaling",
+    "sse",
     "whatif",
     "report",
     "store_harness",
