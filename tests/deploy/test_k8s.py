@@ -109,7 +109,8 @@ def test_ha_overlay_has_the_replicas_autoscaling_and_disruption_budgets(
     assert objects(docs, "ConfigMap")["tieline-config"]["data"]["TIELINE_STREAM_REPLICAS"] == "3"
     assert objects(docs, "Cluster")["tieline-db"]["spec"]["instances"] == 3
     replicas = {n: d["spec"]["replicas"] for n, d in objects(docs, "Deployment").items()}
-    assert replicas == {f"tieline-{c}": 2 for c in ("api", "people", "interactions", "worker")}
+    roles = ("api", "people", "interactions", "worker", "webhooks")
+    assert replicas == {f"tieline-{c}": 2 for c in roles}
     [hpa] = objects(docs, "HorizontalPodAutoscaler").values()
     assert hpa["spec"]["scaleTargetRef"]["name"] == "tieline-api"
     assert hpa["spec"]["minReplicas"] == 2 < hpa["spec"]["maxReplicas"]
@@ -151,7 +152,7 @@ def check_container(
     if workload["kind"] != "Job":
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert probe in container, f"{where}: no {probe}"
-        if role in ("people", "interactions", "worker"):
+        if role in ("people", "interactions", "worker", "webhooks"):
             ports = {p["name"]: p["containerPort"] for p in container["ports"]}
             assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
             assert ports[container["livenessProbe"]["httpGet"]["port"]] == int(
