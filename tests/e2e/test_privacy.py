@@ -106,7 +106,17 @@ KNOWN_WS_ROUTES = {
     ("POST", "/v1/workspaces/{ws}/tokens"),
     ("GET", "/v1/workspaces/{ws}/tokens"),
     ("DELETE", "/v1/workspaces/{ws}/tokens/{token_id}"),
+    ("GET", "/v1/workspaces/{ws}/stream"),
+    ("POST", "/v1/workspaces/{ws}/webhooks"),
+    ("GET", "/v1/workspaces/{ws}/webhooks"),
+    ("GET", "/v1/workspaces/{ws}/webhooks/{endpoint_id}"),
+    ("DELETE", "/v1/workspaces/{ws}/webhooks/{endpoint_id}"),
+    ("POST", "/v1/workspaces/{ws}/webhooks/{endpoint_id}/enable"),
+    ("GET", "/v1/workspaces/{ws}/webhooks/{endpoint_id}/deliveries"),
+    ("POST", "/v1/workspaces/{ws}/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver"),
 }
+#: The live stream never ends by itself: its positive control only checks that it opens.
+STREAM_ROUTE = "/v1/workspaces/{ws}/stream"
 #: Values of required query parameters, by name.
 QUERY_VALUES = {"introducer": "vera", "a": "vera", "b": "victor", "target": "victor"}
 #: A body for each route that needs one: (content type, body).
@@ -126,6 +136,11 @@ BODIES: dict[tuple[str, str], tuple[str, bytes]] = {
     ("POST", "/v1/workspaces/{ws}/tokens"): (
         "application/json",
         b'{"role": "admin", "name": "mallory"}',
+    ),
+    # A private address: the positive control gets the SSRF refusal, nothing is ever sent.
+    ("POST", "/v1/workspaces/{ws}/webhooks"): (
+        "application/json",
+        b'{"url": "https://10.0.0.1/hook"}',
     ),
 }
 
@@ -248,6 +263,8 @@ def test_every_workspace_route_refuses_another_workspaces_token(
         "person_a": "vera",
         "person_b": "victor",
         "token_id": victim.spare_token_id,
+        "endpoint_id": "ep_0123456789abcdef",
+        "delivery_id": "msg_0123456789abcdef",
     }
     cases = [case_for(m, p, op, attack_values) for m, p, op in routes]
     assert {(c.method, c.route) for c in cases} == enumerated
@@ -293,12 +310,18 @@ def _positive_controls(
     with httpx.Client(base_url=stack.api_url, timeout=30) as client:
         for method, route, operation in routes:
             case = case_for(method, route, operation, safe.get(route, attack_values))
+            if route == STREAM_ROUTE:
+                headers = {"Authorization": f"Bearer {victim.token}"}
+                with client.stream("GET", case.path, headers=headers) as r:
+                    if r.status_code != 200:
+                        failed.append(f"{method} {case.path}: {r.status_code}")
+                continue
             r = case.send(client, victim.token)
             if r.status_code in (401, 403, 405) or _routing_404(r) or r.status_code >= 500:
                 failed.append(f"{method} {case.path}: {r.status_code} {r.text[:200]}")
             elif route.endswith("/forget"):
                 assert r.status_code == 200 and r.json()["erased"] is True, r.text
-            elif method == "DELETE":  # the attack did not revoke it: this does, once
+            elif route.endswith("/tokens/{token_id}"):  # the attack did not revoke it: this does
                 assert r.json() == {"revoked": True}, r.text
     assert failed == [], failed
 
