@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import re
 import subprocess
@@ -53,6 +54,7 @@ from bench.common import (
     temp_root,
     write_results,
 )
+from bench.freshness import CheckpointListener, visibility_delays
 from bench.httpload import client, open_loop
 
 WS = "bench"
@@ -282,10 +284,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             meter = CpuMeter(pids)
             bodies, pairs = met_bodies(people, int(args.rate * args.seconds))
             print(f"[sse] {args.rate:g} events/s for {args.seconds:g}s ...", flush=True)
-            meter.start()
-            res = asyncio.run(_write(rs.api_url, token, bodies, args.rate))
-            time.sleep(3.0)  # the last deliveries
-            cpu = meter.stop()
+            with CheckpointListener(db_url) as listener:
+                meter.start()
+                res = asyncio.run(_write(rs.api_url, token, bodies, args.rate))
+                time.sleep(3.0)  # the last deliveries
+                cpu = meter.stop()
             loaded = rss_kib(api_pid)
             results = stop_clients(procs)
     watch = {p: sum(1 for _, q in queries if q.endswith(f"person={p}")) for p in people}
@@ -296,16 +299,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         a, b = pairs[i]
         watchers[seq] = args.clients if args.filter == "workspace" else watch[a] + watch[b]
     delays, expected, missing = delays_of(results, acks, watchers, args.sample_every)
+    # Same-run reference: when the projection's commit of each write was announced (NOTIFY),
+    # the earliest an SSE message about it could leave the API.
+    commit = summarize(visibility_delays([(t, q) for t, q, _ in res.acks], listener.events)[0])
     counts = {k: sum(r["counts"][k] for r in results) for k in results[0]["counts"]}
     s = summarize(delays)
     fanout = sum(watchers.values()) / max(len(watchers), 1)
     label = f"{args.clients} clients, {args.filter} filter"
     rows = [
-        Row(f"[{label}] delivery delay p50", s["p50_ms"], "ms", note=f"{s['n']} deliveries timed"),
+        Row(
+            f"[{label}] delivery delay p50",
+            s["p50_ms"],
+            "ms",
+            "projection commit p50",
+            commit["p50_ms"],
+            note=f"{s['n']} deliveries timed",
+        ),
         Row(
             f"[{label}] delivery delay p99",
             s["p99_ms"],
             "ms",
+            "projection commit p99",
+            commit["p99_ms"],
             note=f"max {s['max_ms']:.0f} ms; missing {missing} of {expected} expected",
         ),
         Row(
@@ -340,12 +355,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             100,
             at_least=False,
             measured=f"p99 {s['p99_ms']:.1f} ms, missing {missing}, at {res.events_per_s:,.0f}/s "
-            f"to {args.clients} clients; API CPU {cpu.get('api', 0) / max(cpu['wall'], 1e-9):.0%}",
+            f"to {args.clients} clients; API CPU {cpu.get('api', 0) / max(cpu['wall'], 1e-9):.0%}; "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
             reason_if_missed="see the CPU split: one API process writes every delivery",
         )
     ]
     extra = {
         "delay": s,
+        "commit": commit,
+        "load_average": os.getloadavg(),
         "write": res.summary(),
         "cpu_s": cpu,
         "rss_kib": {"idle": idle, "connected": connected, "after": loaded},
