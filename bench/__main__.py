@@ -17,12 +17,14 @@ import time
 import traceback
 
 NAMES = ("ingest", "projection", "rebuild", "freshness", "queries", "peer", "scaling", "sse")
-#: What ``all`` runs: every benchmark with its defaults, and freshness a second time with the
-#: writes arriving in small batches (the same events/s).
+#: What ``all`` runs: every benchmark with its defaults, freshness a second time with the
+#: writes arriving in small batches (the same events/s), and sse a second time with every
+#: client receiving every event (at a tenth of the rate).
 RUNS = (
     [(n, []) for n in NAMES[:4]]
     + [("freshness", ["--via", "batch"])]
     + [(n, []) for n in NAMES[4:]]
+    + [("sse", ["--filter", "workspace", "--rate", "20"])]
 )
 
 

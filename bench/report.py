@@ -21,6 +21,8 @@ ORDER = (
     "queries",
     "peer",
     "scaling",
+    "sse",
+    "sse-workspace",
 )
 
 
