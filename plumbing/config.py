@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     sse_queue_limit: int = Field(default=1000, ge=1)
     sse_send_timeout_s: float = Field(default=30.0, gt=0)
     sse_poll_s: float = Field(default=1.0, gt=0)
+    #: How often an open stream checks its token again (a revoked token's stream ends).
+    sse_reauth_s: float = Field(default=30.0, gt=0)
     #: How often the webhooks process looks for ties that fell due a follow-up, and how long
     #: change-log rows are kept for clients that resume (older positions get a reset).
     follow_up_scan_s: float = Field(default=60.0, gt=0)

@@ -18,7 +18,7 @@ from tieline.plumbing.config import Settings
 from tieline.plumbing.state import ensure_state_schema
 from tieline.projections.worker import Worker
 from tieline.services.api.app import create_app
-from tieline.services.auth import create_token
+from tieline.services.auth import create_token, revoke_token
 
 from tests.e2e.sse import open_stream
 from tests.integration.conftest import Log, make_event
@@ -31,7 +31,12 @@ async def served(settings: Settings, log: Log) -> AsyncIterator[tuple[str, Any]]
     """(base URL, the app's runtime) of an API with a tiny per-client queue and fast pings."""
     del log  # the streams exist before the API starts
     settings = settings.model_copy(
-        update={"sse_queue_limit": LIMIT, "sse_heartbeat_s": 0.3, "sse_poll_s": 0.2}
+        update={
+            "sse_queue_limit": LIMIT,
+            "sse_heartbeat_s": 0.3,
+            "sse_poll_s": 0.2,
+            "sse_reauth_s": 0.5,
+        }
     )
     app = create_app(settings)
     with socket.socket() as s:
@@ -111,3 +116,31 @@ async def test_slow_client_is_cut_off_with_its_position_and_resumes_exactly(
         seqs = sorted({int(i.split("-")[0]) for i in ids})
         assert seqs == list(range(last - 9, last + 1))
         await again.aclose()
+
+
+async def test_a_stream_ends_when_its_token_is_revoked(
+    settings: Settings, served: tuple[str, Any]
+) -> None:
+    url, runtime = served
+    token = await token_for(settings, "w-revoke")
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        source = await open_stream(client, "w-revoke", token)
+        await asyncio.sleep(1.0)
+        assert source.comments, "still open and pinged while the token is valid"
+        conn = await db.connect(settings)
+        try:
+            assert await revoke_token(conn, token.split("_")[1])
+        finally:
+            await conn.close()
+        # Within the re-check interval plus the principal cache's 5 s.
+        ended = await source.next(wait_s=10)
+        assert ended.event == "unauthorized"
+        with pytest.raises(EOFError):
+            await source.next(wait_s=5)
+        await source.aclose()
+        await asyncio.sleep(0.2)
+        assert runtime.feed.clients == 0
+        refused = await client.get(
+            "/v1/workspaces/w-revoke/stream", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert refused.status_code == 401

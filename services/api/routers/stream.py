@@ -7,12 +7,18 @@ the live stream. See services/api/live.py for the fan-out and docs/frontends.md 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse
+from tieline.plumbing.config import Settings
 from tieline.projections.changelog import KINDS
+from tieline.projections.queries.live import Position
 from tieline.services.api.deps import RT, WS, Reader
 from tieline.services.api.errors import ApiError
 from tieline.services.api.live import (
@@ -87,6 +93,7 @@ def parse_filter(kinds: str | None, person: str | None, pair: str | None) -> Fil
 )
 async def stream(
     ws: WS,
+    request: Request,
     who: Reader,
     rt: RT,
     kinds: Kinds = None,
@@ -105,20 +112,53 @@ async def stream(
         ),
     ] = None,
 ) -> EventSourceResponse:
-    """Live changes of the workspace (read role), filtered by kind, person or pair."""
+    """Live changes of the workspace (read role), filtered by kind, person or pair. The
+    token is checked again every ``sse_reauth_s``: a stream of a revoked token ends."""
     flt = parse_filter(kinds, person, pair)
     resume = last_event_id if last_event_id is not None else after
     settings = rt.settings
+    token = request.headers.get("authorization", "")[7:].strip()
+
+    async def authorized() -> bool:
+        found = await rt.principals.get(token)
+        return found is not None and found.workspace_id == ws and found.may("read")
+
     return EventSourceResponse(
-        _messages(rt.feed, ws, flt, resume, int(settings.sse_retry_ms)),
+        _messages(rt.feed, ws, flt, resume, Session(settings, authorized)),
         ping=settings.sse_heartbeat_s,
         send_timeout=settings.sse_send_timeout_s,
         sep="\n",
     )
 
 
+@dataclass(frozen=True)
+class Session:
+    """What one stream needs besides the feed: the settings and its token's re-check."""
+
+    settings: Settings
+    authorized: Callable[[], Awaitable[bool]]
+
+
+async def _catch_up(
+    feed: ChangeFeed, ws: str, flt: Filter, resume: str, start: Position
+) -> AsyncIterator[tuple[Position, bytes]]:
+    """(position covered, messages) of what the client missed after ``resume``; a reset at
+    ``start`` (then the live stream) when it cannot be resumed."""
+    position = parse_position(resume)
+    why = "the position is not one this stream gave out"
+    if position is not None:
+        why = await feed.resume_check(position) or ""
+    if why:
+        yield start, control("reset", start, reason=why)
+        return
+    assert position is not None
+    yield position, b""
+    async for covered, chunk in feed.replay(ws, position, flt):
+        yield covered, chunk
+
+
 async def _messages(
-    feed: ChangeFeed, ws: str, flt: Filter, resume: str | None, retry_ms: int
+    feed: ChangeFeed, ws: str, flt: Filter, resume: str | None, session: Session
 ) -> AsyncIterator[bytes]:
     """What one client receives: what it missed (if it resumes), then live changes.
 
@@ -126,25 +166,24 @@ async def _messages(
     between the replay and the live messages; a live message at or before what the replay
     already covered is skipped."""
     sub = feed.register(ws, flt)
+    settings = session.settings
     try:
-        yield b"retry: %d\n\n" % retry_ms
+        yield b"retry: %d\n\n" % settings.sse_retry_ms
         last = sub.start
         if resume is not None:
-            position = parse_position(resume)
-            why = "the position is not one this stream gave out"
-            if position is not None:
-                why = await feed.resume_check(position) or ""
-            if why:
-                yield control("reset", last, reason=why)
-            else:
-                assert position is not None
-                last = position
-                async for covered, chunk in feed.replay(ws, position, flt):
-                    last = covered
-                    if chunk:
-                        yield chunk
+            async for last, chunk in _catch_up(feed, ws, flt, resume, sub.start):  # noqa: B007
+                if chunk:
+                    yield chunk
+        checked = time.monotonic()
         while True:
-            await sub.wake.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(settings.sse_reauth_s):
+                    await sub.wake.wait()
+            if time.monotonic() - checked >= settings.sse_reauth_s:
+                checked = time.monotonic()
+                if not await session.authorized():
+                    yield control("unauthorized", last, reason="the token is no longer valid")
+                    return
             batch = [m for m in sub.take() if m.position > last]
             if batch:
                 last = batch[-1].position
