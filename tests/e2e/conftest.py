@@ -9,7 +9,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from tieline.plumbing.config import Settings
-from tieline.services.runtime.supervisor import Stack
+from tieline.services.runtime.supervisor import Stack, StackConfig
+
+from tests.conftest import Servers, settings_env, unique_settings
 
 
 def make_token(settings: Settings, ws: str, role: str = "admin", name: str = "tester") -> str:
