@@ -36,6 +36,7 @@ import httpx
 import psutil
 import pytest
 from tieline.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, find_free_port
+from tieline.services.runtime.run import ROLES
 
 from tests.faults.support import EventFactory, HttpIngest, Oracle, rng_for, wait_for
 
@@ -284,7 +285,7 @@ def test_killed_supervisor_takes_its_servers_and_processes_along(tmp_path: Path)
         names = Counter(p.name() for p in family)
         assert names["nats-server"] == 1 and names["postgres"] >= 3, names
         roles = [p for p in family if "tieline.services.runtime.run" in p.cmdline()]
-        assert len(roles) == 4
+        assert len(roles) == len(ROLES)
         # A second `tieline up` on the same data dir is refused at once, naming the first.
         second = tieline("up", "--data-dir", str(data), "--api-port", str(find_free_port()))
         assert second.returncode == 1
