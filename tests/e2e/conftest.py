@@ -63,11 +63,12 @@ LIVE_ENV = {
 }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def live_stack(
     servers: Servers, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Stack, Settings]]:
-    """A stack of its own with :data:`LIVE_ENV` (tests/e2e/test_webhooks.py), and its settings."""
+    """A stack of its own with :data:`LIVE_ENV` (tests/e2e/test_webhooks.py), and its settings;
+    stopped after the module, so it does not load the machine under the tests that follow."""
     settings = unique_settings(servers)
     config = StackConfig(
         data_dir=tmp_path_factory.mktemp("live-stack"),
