@@ -27,6 +27,7 @@ from tieline.services.api.live import (
     control,
     parse_position,
 )
+from tieline.services.api.openapi import READ
 
 router = APIRouter()
 
@@ -82,7 +83,8 @@ def parse_filter(kinds: str | None, person: str | None, pair: str | None) -> Fil
     "/v1/workspaces/{ws}/stream",
     tags=["live"],
     response_class=EventSourceResponse,
-    responses={
+    responses=READ
+    | {
         200: {
             "description": "text/event-stream: `event.recorded`, `relationship.changed`, "
             "`follow_up.due`, `person.forgotten`; and `reset` (reload, then go on) or "

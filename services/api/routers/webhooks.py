@@ -13,6 +13,7 @@ from tieline.plumbing.crypto import master_key_from_env
 from tieline.projections.changelog import KINDS
 from tieline.services.api.deps import RT, WS, Admin
 from tieline.services.api.errors import ApiError
+from tieline.services.api.openapi import AUTH, problems
 from tieline.services.webhooks import store
 from tieline.services.webhooks.sender import policy_of
 from tieline.services.webhooks.signing import new_secret
@@ -125,7 +126,12 @@ async def _endpoint_or_404(rt: Any, ws: str, endpoint_id: str) -> dict[str, Any]
     return row
 
 
-@router.post("/v1/workspaces/{ws}/webhooks", tags=["webhooks"], status_code=201)
+@router.post(
+    "/v1/workspaces/{ws}/webhooks",
+    tags=["webhooks"],
+    status_code=201,
+    responses=AUTH | problems(503),
+)
 async def register(ws: WS, body: EndpointIn, who: Admin, rt: RT) -> EndpointCreated:
     """Register an endpoint. The URL must be https (or loopback http where allowed) and may
     not resolve to a private address; the answer carries the signing secret, once."""
@@ -142,28 +148,40 @@ async def register(ws: WS, body: EndpointIn, who: Admin, rt: RT) -> EndpointCrea
     return EndpointCreated(**row, secret=secret)
 
 
-@router.get("/v1/workspaces/{ws}/webhooks", tags=["webhooks"])
+@router.get("/v1/workspaces/{ws}/webhooks", tags=["webhooks"], responses=AUTH)
 async def list_endpoints(ws: WS, who: Admin, rt: RT) -> EndpointList:
     async with rt.connections.connection() as conn:
         rows = await store.endpoints(conn, ws)
     return EndpointList(endpoints=[Endpoint(**r) for r in rows])
 
 
-@router.get("/v1/workspaces/{ws}/webhooks/{endpoint_id}", tags=["webhooks"])
+@router.get(
+    "/v1/workspaces/{ws}/webhooks/{endpoint_id}", tags=["webhooks"], responses=AUTH | problems(404)
+)
 async def get_endpoint(ws: WS, endpoint_id: EndpointId, who: Admin, rt: RT) -> Endpoint:
     return Endpoint(**await _endpoint_or_404(rt, ws, endpoint_id))
 
 
-@router.delete("/v1/workspaces/{ws}/webhooks/{endpoint_id}", tags=["webhooks"])
-async def delete_endpoint(ws: WS, endpoint_id: EndpointId, who: Admin, rt: RT) -> dict[str, bool]:
+class Deleted(BaseModel):
+    deleted: bool
+
+
+@router.delete(
+    "/v1/workspaces/{ws}/webhooks/{endpoint_id}", tags=["webhooks"], responses=AUTH | problems(404)
+)
+async def delete_endpoint(ws: WS, endpoint_id: EndpointId, who: Admin, rt: RT) -> Deleted:
     """Delete the endpoint with its delivery log; nothing more is sent to it."""
     async with rt.connections.connection() as conn:
         if not await store.delete_endpoint(conn, ws, endpoint_id):
             raise ApiError(404, "no such webhook endpoint in this workspace")
-    return {"deleted": True}
+    return Deleted(deleted=True)
 
 
-@router.post("/v1/workspaces/{ws}/webhooks/{endpoint_id}/enable", tags=["webhooks"])
+@router.post(
+    "/v1/workspaces/{ws}/webhooks/{endpoint_id}/enable",
+    tags=["webhooks"],
+    responses=AUTH | problems(404),
+)
 async def enable(ws: WS, endpoint_id: EndpointId, who: Admin, rt: RT) -> Endpoint:
     """Enable a disabled endpoint (its failure streak starts from zero)."""
     async with rt.connections.connection() as conn:
@@ -173,7 +191,11 @@ async def enable(ws: WS, endpoint_id: EndpointId, who: Admin, rt: RT) -> Endpoin
     return Endpoint(**row)
 
 
-@router.get("/v1/workspaces/{ws}/webhooks/{endpoint_id}/deliveries", tags=["webhooks"])
+@router.get(
+    "/v1/workspaces/{ws}/webhooks/{endpoint_id}/deliveries",
+    tags=["webhooks"],
+    responses=AUTH | problems(404),
+)
 async def delivery_log(
     ws: WS,
     endpoint_id: EndpointId,
@@ -198,6 +220,7 @@ async def delivery_log(
     "/v1/workspaces/{ws}/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver",
     tags=["webhooks"],
     status_code=202,
+    responses=AUTH | problems(404),
 )
 async def redeliver(
     ws: WS, endpoint_id: EndpointId, delivery_id: DeliveryId, who: Admin, rt: RT
