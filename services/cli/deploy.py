@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from tieline.services.cli.ops import run_async
 
 console = Console()
 err = Console(stderr=True)
@@ -97,10 +98,9 @@ def bootstrap(
         )
 
 
-stream_app = typer.Typer(
-    help="Back up and restore the JetStream streams (as the NATS admin user).",
-    no_args_is_help=True,
-)
+#: ``tieline stream`` alone tails the API's live updates (services/cli/stream.py sets the
+#: callback); ``backup`` and ``restore`` copy the JetStream streams (as the NATS admin user).
+stream_app = typer.Typer()
 
 
 def _stream_job(directory: Path, restore: bool) -> None:
@@ -125,7 +125,8 @@ def _stream_job(directory: Path, restore: bool) -> None:
             await nc.close()
 
     try:
-        copies = asyncio.run(go())
+        command = f"tieline stream {'restore' if restore else 'backup'}"
+        copies = run_async(command, settings, go, nats=True)
     except ValueError as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None

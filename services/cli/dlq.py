@@ -35,7 +35,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
-from tieline.services.cli.ops import DataDir, ops_settings
+from tieline.services.cli.ops import DataDir, ops_settings, run_async
 
 app = typer.Typer(
     help="Dead letters: events a projection could not apply (PostgreSQL + the DLQ stream).",
@@ -193,9 +193,7 @@ def list_(
         finally:
             await conn.close()
 
-    import asyncio
-
-    where, rows = asyncio.run(go())
+    where, rows = run_async("tieline dlq list", settings, go)
     if as_json:
         for r in rows:
             typer.echo(json.dumps(r.as_json()))
@@ -253,11 +251,11 @@ def replay(
     if not (seqs or reason or everything):
         raise typer.BadParameter("say which: --seq N (repeatable), --reason R, or --all")
     settings = ops_settings(data_dir, "tieline dlq")
-    import asyncio
 
-    failures = asyncio.run(
-        _replay(settings, seqs, reason, projection, again, dry_run, generation, schema)
-    )
+    async def go() -> int:
+        return await _replay(settings, seqs, reason, projection, again, dry_run, generation, schema)
+
+    failures = run_async("tieline dlq replay", settings, go, nats=not dry_run)
     if failures:
         raise typer.Exit(1)
 

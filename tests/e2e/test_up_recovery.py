@@ -300,7 +300,7 @@ def test_killed_supervisor_takes_its_servers_and_processes_along(tmp_path: Path)
         # Nothing runs there now: operator commands say so in one line.
         verify = tieline("verify", "--data-dir", str(data))
         assert verify.returncode == 1
-        assert verify.stderr.strip().startswith("tieline: no tieline up is running on")
+        assert verify.stderr.strip().startswith("tieline verify: no tieline up is running on")
     finally:
         kill_everything_on(data)
 
