@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from tieline.services.cli.client import (
     DEFAULT_API,
@@ -51,16 +52,17 @@ All = Annotated[bool, typer.Option("--all", help="Follow every page; print them 
 
 
 def cell(value: Any) -> str:
-    """A value for a table cell: numbers with one decimal, nothing for null."""
+    """A value for a table cell: numbers with one decimal, nothing for null, and text as it
+    is (escaped: a name like "[bold]" is data, not rich markup)."""
     if value is None:
         return ""
     if isinstance(value, float):
         return f"{value:.1f}"
-    return str(value)
+    return escape(str(value))
 
 
 def show_table(columns: list[str], rows: list[dict[str, Any]], title: str | None = None) -> None:
-    table = Table(*columns, title=title)
+    table = Table(*columns, title=cell(title) if title else None)
     for row in rows:
         table.add_row(*(cell(row.get(c)) for c in columns))
     console.print(table)
@@ -68,7 +70,7 @@ def show_table(columns: list[str], rows: list[dict[str, Any]], title: str | None
 
 def show_fields(data: dict[str, Any], keys: list[str], title: str | None = None) -> None:
     """A two-column table of ``keys`` of ``data`` (present ones only)."""
-    table = Table("field", "value", title=title)
+    table = Table("field", "value", title=cell(title) if title else None)
     for key in keys:
         if key in data:
             table.add_row(key, cell(data[key]))
@@ -220,16 +222,18 @@ def timeline(
         return
     table = Table("occurred_at", "type", "recorded_by", "contribution", "strength after", "why")
     for e in data.get("events") or []:
-        why = e.get("reason") or ""
-        if e.get("retracted"):
-            why = f"[retracted] {why}"
+        cols = ("occurred_at", "type", "recorded_by", "contribution", "strength_after", "reason")
+        table.add_row(*(cell(e.get(c)) for c in cols))
+    # Retracted events count for nothing; the audit trail still shows them.
+    for e in data.get("retracted") or []:
+        what = cell(f"[retracted] event_id {e.get('event_id')}")
         table.add_row(
             cell(e.get("occurred_at")),
             cell(e.get("type")),
             cell(e.get("recorded_by")),
-            cell(e.get("contribution")),
-            cell(e.get("strength_after")),
-            why,
+            "",
+            "",
+            what,
         )
     console.print(table)
     next_page_note(data)
@@ -376,7 +380,11 @@ def can_introduce(
         s = data.get(side) or {}
         reasons = "; ".join(s.get("reasons") or [])
         table.add_row(
-            side, cell(s.get("can_vouch")), cell(s.get("score")), cell(s.get("tier")), reasons
+            cell(side),
+            cell(s.get("can_vouch")),
+            cell(s.get("score")),
+            cell(s.get("tier")),
+            cell(reasons),
         )
     console.print(table)
 
@@ -430,7 +438,9 @@ def access_log(
     table = Table("at", "actor", "endpoint", "people")
     for e in data.get("entries") or []:
         people_read = ", ".join(e.get("person_ids") or [])
-        table.add_row(cell(e.get("at")), cell(e.get("actor")), cell(e.get("endpoint")), people_read)
+        table.add_row(
+            cell(e.get("at")), cell(e.get("actor")), cell(e.get("endpoint")), cell(people_read)
+        )
     console.print(table)
     next_page_note(data)
 

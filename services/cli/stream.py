@@ -53,17 +53,22 @@ class Sse:
 @dataclass
 class SseParser:
     """Server-Sent Events as the WHATWG HTML standard parses them: ``id``, ``event``,
-    ``data`` and ``retry`` fields, ``:`` comments, a blank line dispatches; an ``id`` sets the
-    last event id even when no event is dispatched."""
+    ``data`` and ``retry`` fields, ``:`` comments; a blank line dispatches the event and makes
+    the id buffer the last event id (even when there is no data to dispatch). An event cut off
+    by a dropped connection is never dispatched and its id never becomes the last one, so a
+    reconnection resumes before it."""
 
     last_id: str = ""
     retry_ms: int | None = None
+    _id: str | None = None
     _event: str = ""
     _data: list[str] = field(default_factory=list)
 
     def feed(self, line: str) -> Sse | None:
         """Take one line (without its end); return the event it dispatches, if any."""
         if line == "":
+            if self._id is not None:
+                self.last_id = self._id
             event, data = self._event or "message", self._data
             self._event, self._data = "", []
             return Sse(self.last_id, event, "\n".join(data)) if data else None
@@ -76,18 +81,29 @@ class SseParser:
         elif name == "data":
             self._data.append(value)
         elif name == "id" and "\0" not in value:
-            self.last_id = value
+            self._id = value
         elif name == "retry" and value.isdigit():
             self.retry_ms = int(value)
         return None
 
     def reset_partial(self) -> None:
         """A connection ended mid-event: what it had of that event is dropped."""
-        self._event, self._data = "", []
+        self._id, self._event, self._data = None, "", []
 
 
 def _pair(data: dict[str, Any]) -> str:
     return "-".join(str(p) for p in data.get("pair") or data.get("people") or [])
+
+
+def _change(d: dict[str, Any]) -> str:
+    """``12.3 -> 20.5  friend`` or, when the tier moved, ``... acquaintance -> friend``; a new
+    pair has no score before, one whose last counting event was retracted none after."""
+    before = "new" if d.get("score_before") is None else d["score_before"]
+    after = "none" if d.get("score_after") is None else d["score_after"]
+    tier = d.get("tier_after") or "none"
+    if d.get("tier_changed"):
+        tier = f"{d.get('tier_before') or 'new'} -> {tier}"
+    return f"{before} -> {after}  {tier}"
 
 
 def describe(ev: Sse) -> str:
@@ -98,11 +114,7 @@ def describe(ev: Sse) -> str:
     if ev.event == "event.recorded":
         what = f"{d.get('type')}  {', '.join(d.get('people') or [])}  seq={d.get('seq')}"
     elif ev.event == "relationship.changed":
-        cause = (d.get("cause") or {}).get("type", "")
-        tier = d.get("tier_after")
-        if d.get("tier_changed"):
-            tier = f"{d.get('tier_before')} -> {d.get('tier_after')}"
-        what = f"{_pair(d)}  {d.get('score_before')} -> {d.get('score_after')}  {tier}  by {cause}"
+        what = f"{_pair(d)}  {_change(d)}  by {(d.get('cause') or {}).get('type', '')}"
     elif ev.event == "follow_up.due":
         what = f"{_pair(d)}  due since {d.get('due_at')}  (tier {d.get('tier_at_last_contact')})"
     elif ev.event == "person.forgotten":
