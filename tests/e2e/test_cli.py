@@ -555,10 +555,10 @@ def test_stream_on_the_running_api(written: Written) -> None:
     assert json.loads(resumed.stdout)["id"] == first[2]["id"]
     live = subprocess.Popen(
         [sys.executable, "-m", "tieline.services.cli.main", "stream", "--from", first[2]["id"],
-         "--pair", "ada,grace", "--kinds", "relationship.changed", "--count", "1", "--json"],
+         "--pair", "ada,alan", "--kinds", "relationship.changed", "--count", "1", "--json"],
         env={**os.environ, **written.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)  # fmt: skip
-    met = ok(written.env, "met", "ada", "grace", "--json").json()
+    met = ok(written.env, "met", "ada", "alan", "--json").json()  # a pair new to the log
     out, err = live.communicate(timeout=60)
     assert live.returncode == 0, err
     got = [json.loads(line) for line in out.splitlines()]
