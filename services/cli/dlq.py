@@ -34,6 +34,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from tieline.services.cli.ops import DataDir, ops_settings, run_async
 
@@ -198,6 +199,10 @@ def list_(
         for r in rows:
             typer.echo(json.dumps(r.as_json()))
         return
+    _show(where, rows)
+
+
+def _show(where: str, rows: list[DeadLetter]) -> None:
     table = Table(
         "seq",
         "reason",
@@ -214,7 +219,7 @@ def list_(
             str(r.stream_seq),
             r.reason,
             r.subject,
-            r.detail[:80],
+            escape(r.detail[:80]),  # parked bytes are data, not rich markup
             r.projection,
             str(r.dlq_seq or ""),
             r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
@@ -260,6 +265,43 @@ def replay(
         raise typer.Exit(1)
 
 
+async def _republish(js: Any, settings: Any, r: DeadLetter) -> bool:
+    """Publish one dead letter's original bytes to its original subject; False (with the
+    reason on stderr) when its DLQ message is missing or belongs to another sequence."""
+    from nats.js.errors import NotFoundError
+
+    dlq_stream = f"{settings.stream_name}_DLQ"
+    if r.dlq_seq is None:
+        err.print(f"[red]seq {r.stream_seq}: no DLQ message recorded; cannot replay[/]")
+        return False
+    try:
+        msg = await js.get_msg(dlq_stream, seq=r.dlq_seq)
+    except NotFoundError:
+        err.print(f"[red]seq {r.stream_seq}: DLQ message {r.dlq_seq} is gone from {dlq_stream}[/]")
+        return False
+    headers = msg.headers or {}
+    original = headers.get("Tieline-Original-Seq")
+    if original is not None and original != str(r.stream_seq):
+        err.print(
+            f"[red]seq {r.stream_seq}: DLQ message {r.dlq_seq} belongs to seq "
+            f"{original}; not replaying[/]"
+        )
+        return False
+    subject = headers.get("Tieline-Original-Subject") or r.subject
+    ack = await js.publish(
+        subject,
+        msg.data or b"",
+        headers={"Nats-Msg-Id": f"dlq-replay:{r.stream_seq}"},
+        stream=settings.stream_name,
+        timeout=10,
+    )
+    dup = " (duplicate: already replayed within the dedupe window)" if ack.duplicate else ""
+    console.print(
+        f"replayed seq={r.stream_seq} reason={r.reason} -> {subject} as seq={ack.seq}{dup}"
+    )
+    return True
+
+
 async def _replay(
     settings: Any,
     seqs: list[int],
@@ -270,7 +312,6 @@ async def _replay(
     generation: int | None,
     schema: str | None,
 ) -> int:
-    from nats.js.errors import NotFoundError
     from psycopg import sql
     from tieline.plumbing.jetstream import connect_nats
 
@@ -302,46 +343,14 @@ async def _replay(
                 console.print(f"would replay seq={r.stream_seq} reason={r.reason} -> {r.subject}")
             return 0
         nc = await connect_nats(settings, name="tieline-dlq-replay")
-        js = nc.jetstream()
-        dlq_stream = f"{settings.stream_name}_DLQ"
         mark = sql.SQL("UPDATE {}.dead_letters SET replayed_at = now() WHERE id = %s").format(
             sql.Identifier(where)
         )
         for r in rows:
-            if r.dlq_seq is None:
-                err.print(f"[red]seq {r.stream_seq}: no DLQ message recorded; cannot replay[/]")
+            if await _republish(nc.jetstream(), settings, r):
+                await conn.execute(mark, (r.id,))
+            else:
                 failures += 1
-                continue
-            try:
-                msg = await js.get_msg(dlq_stream, seq=r.dlq_seq)
-            except NotFoundError:
-                err.print(
-                    f"[red]seq {r.stream_seq}: DLQ message {r.dlq_seq} is gone from {dlq_stream}[/]"
-                )
-                failures += 1
-                continue
-            headers = msg.headers or {}
-            original = headers.get("Tieline-Original-Seq")
-            if original is not None and original != str(r.stream_seq):
-                err.print(
-                    f"[red]seq {r.stream_seq}: DLQ message {r.dlq_seq} belongs to seq "
-                    f"{original}; not replaying[/]"
-                )
-                failures += 1
-                continue
-            subject = headers.get("Tieline-Original-Subject") or r.subject
-            ack = await js.publish(
-                subject,
-                msg.data or b"",
-                headers={"Nats-Msg-Id": f"dlq-replay:{r.stream_seq}"},
-                stream=settings.stream_name,
-                timeout=10,
-            )
-            await conn.execute(mark, (r.id,))
-            dup = " (duplicate: already replayed within the dedupe window)" if ack.duplicate else ""
-            console.print(
-                f"replayed seq={r.stream_seq} reason={r.reason} -> {subject} as seq={ack.seq}{dup}"
-            )
         return failures + len(missing)
     finally:
         if nc is not None:

@@ -13,18 +13,13 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from tieline.services.cli.client import DEFAULT_API, ApiUrl, AsJson, Token, Workspace
 
 err = Console(stderr=True)
-
-ApiUrl = Annotated[str, typer.Option(envvar="TIELINE_API_URL", help="Base URL of the HTTP API.")]
-Workspace = Annotated[
-    str, typer.Option("--workspace", "-w", envvar="TIELINE_WORKSPACE", help="Workspace id.")
-]
-DEFAULT_API = "http://127.0.0.1:8080"
 
 
 def _parse_time(value: str, option: str) -> datetime:
@@ -143,6 +138,7 @@ def import_events(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     api_url: ApiUrl = DEFAULT_API,
     workspace: Workspace = "default",
+    token: Token = None,
 ) -> None:
     from tieline.services.tools import importer
 
@@ -152,7 +148,7 @@ def import_events(
             file,
             api_url=api_url,
             workspace=workspace,
-            token=importer.token_from_env(),
+            token=token,
             fmt=fmt,
             remap_ids=remap_ids,
             depth=depth,
@@ -164,6 +160,11 @@ def import_events(
     except (ValueError, importer.ImportAborted) as exc:
         err.print(f"[red]import failed:[/] {exc}")
         raise typer.Exit(2) from exc
+    _finish_import(summary, report, as_json)
+
+
+def _finish_import(summary: Any, report: Path | None, as_json: bool) -> None:
+    """Write the report, print the summary; exit code 1 when some records were rejected."""
     data = summary.as_dict()
     if report is not None:
         report.write_text(json.dumps(data, indent=2, ensure_ascii=False))
@@ -207,6 +208,16 @@ def _print_summary(s: object) -> None:
 # -- export -------------------------------------------------------------------------------
 
 
+ExportMinSeq = Annotated[
+    int | None,
+    typer.Option(
+        "--min-seq",
+        help="Wait until the projection has applied this stream seq (e.g. the last seq an "
+        "import printed).",
+    ),
+]
+
+
 def export(
     kind: Annotated[str, typer.Argument(help="events | people | strength | timeline")],
     out: Annotated[
@@ -224,21 +235,16 @@ def export(
             "--as-of", help="Only what occurred by then (ISO 8601; strength: not applied yet)."
         ),
     ] = None,
-    min_seq: Annotated[
-        int | None,
-        typer.Option(
-            "--min-seq",
-            help="Wait until the projection "
-            "has applied this stream seq (e.g. the last "
-            "seq an import printed).",
-        ),
-    ] = None,
+    min_seq: ExportMinSeq = None,
     api_url: ApiUrl = DEFAULT_API,
     workspace: Workspace = "default",
+    token: Token = None,
+    as_json: AsJson = False,
 ) -> None:
     """Export a workspace's events (decrypted; a forgotten person's data comes out erased),
     people, strength or timelines (admin token) as JSON Lines, CSV or Parquet. Strength is
-    always the current state (--as-of is not applied to it yet)."""
+    always the current state (--as-of is not applied to it yet). With --json the summary is
+    one JSON object (on stdout with --out, else on stderr after the data)."""
     from tieline.services.tools import exporter
 
     cutoff = _parse_time(as_of, "--as-of").isoformat() if as_of else None
@@ -248,25 +254,43 @@ def export(
             out,
             api_url=api_url,
             workspace=workspace,
-            token=os.environ.get("TIELINE_TOKEN"),
+            token=token,
             fmt=fmt,
             as_of=cutoff,
             min_seq=min_seq,
         )
     except (ValueError, exporter.ExportFailed) as exc:
-        err.print(f"[red]export failed:[/] {exc}")
+        typer.echo(f"tieline export: export failed: {exc}", err=True)
         raise typer.Exit(1) from exc
     except Exception as exc:  # httpx errors: the API is unreachable
         import httpx
 
         if isinstance(exc, httpx.HTTPError):
-            err.print(f"[red]cannot reach tieline at {api_url}: {exc}[/]")
+            typer.echo(
+                f"tieline export: cannot reach the tieline API at {api_url}: {exc}", err=True
+            )
             raise typer.Exit(2) from exc
         raise
+    _export_done(kind, summary, as_json, to_stdout=out is not None)
+
+
+def _export_done(kind: str, summary: Any, as_json: bool, to_stdout: bool) -> None:
+    if as_json:
+        done = {
+            "kind": kind,
+            "rows": summary.rows,
+            "format": summary.format,
+            "out": str(summary.out),
+            "elapsed_s": round(summary.elapsed_s, 3),
+            "as_of_note": summary.as_of_note,
+        }
+        typer.echo(json.dumps(done), err=not to_stdout)
+        return
     note = f" (as_of: {summary.as_of_note})" if summary.as_of_note else ""
-    err.print(
+    typer.echo(
         f"exported {summary.rows} {kind} rows as {summary.format} to {summary.out} "
-        f"in {summary.elapsed_s:.2f}s{note}"
+        f"in {summary.elapsed_s:.2f}s{note}",
+        err=True,
     )
 
 

@@ -258,6 +258,24 @@ def test_the_servers_field_errors_are_shown(written: Written) -> None:
     assert typed.code == 2 and "rating" in typed.stderr
 
 
+def test_forget_records_person_forgotten(
+    stack: Stack, api: httpx.Client, ws: str, token: str
+) -> None:
+    env = {"TIELINE_API_URL": stack.api_url, "TIELINE_WORKSPACE": ws, "TIELINE_TOKEN": token}
+    ok(env, "add-person", "eve", "--name", "Eve Example", "--email", "eve@example.org")
+    report = ok(env, "forget", "eve", "--json").json()
+    assert report["erased"] is True and report["clean"] is True
+    events = api.get(f"/v1/workspaces/{ws}/export/events",
+                     params={"min_seq": report["forgotten_seq"]}).text  # fmt: skip
+    forgotten = [json.loads(x) for x in events.splitlines() if "person.forgotten" in x]
+    assert [(e["event_id"], e["person_id"]) for e in forgotten] == [
+        (report["forgotten_event_id"], "eve")
+    ]
+    assert "eve@example.org" not in events
+    again = ok(env, "forget", "eve")  # forgetting again finds nothing left: still clean
+    assert again.stdout.startswith("forgot eve: clean")
+
+
 # -- reads --------------------------------------------------------------------------------
 
 
