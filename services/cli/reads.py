@@ -61,8 +61,17 @@ def cell(value: Any) -> str:
     return escape(str(value))
 
 
+def new_table(*columns: str, title: str | None = None) -> Table:
+    """A table whose cells wrap (long ids and types fold) rather than end in an ellipsis:
+    what a person reads must be whole."""
+    table = Table(title=cell(title) if title else None)
+    for name in columns:
+        table.add_column(name, overflow="fold")
+    return table
+
+
 def show_table(columns: list[str], rows: list[dict[str, Any]], title: str | None = None) -> None:
-    table = Table(*columns, title=cell(title) if title else None)
+    table = new_table(*columns, title=title)
     for row in rows:
         table.add_row(*(cell(row.get(c)) for c in columns))
     console.print(table)
@@ -70,7 +79,7 @@ def show_table(columns: list[str], rows: list[dict[str, Any]], title: str | None
 
 def show_fields(data: dict[str, Any], keys: list[str], title: str | None = None) -> None:
     """A two-column table of ``keys`` of ``data`` (present ones only)."""
-    table = Table("field", "value", title=cell(title) if title else None)
+    table = new_table("field", "value", title=title)
     for key in keys:
         if key in data:
             table.add_row(key, cell(data[key]))
@@ -220,7 +229,7 @@ def timeline(
     if as_json:
         emit_json(data)
         return
-    table = Table("occurred_at", "type", "recorded_by", "contribution", "strength after", "why")
+    table = new_table("occurred_at", "type", "recorded_by", "contribution", "strength after", "why")
     for e in data.get("events") or []:
         cols = ("occurred_at", "type", "recorded_by", "contribution", "strength_after", "reason")
         table.add_row(*(cell(e.get(c)) for c in cols))
@@ -316,7 +325,7 @@ def give_and_take(
         emit_json(data)
         return
     acts = ["initiated", "followed_up", "replies", "helped", "introduced"]
-    table = Table("other", "one-sided", *(f"{a} (me/them)" for a in acts), "balance")
+    table = new_table("other", "one-sided", *(f"{a} (me/them)" for a in acts), "balance")
     for t in data.get("ties") or []:
         rec, other = t.get("reciprocity") or {}, t.get("other")
         pairs = [
@@ -375,7 +384,7 @@ def can_introduce(
         return
     verdict = "can" if data.get("can_introduce") else "cannot"
     out(f"{introducer} {verdict} introduce {person_a} and {person_b}")
-    table = Table("knows", "can vouch", "score", "tier", "reasons")
+    table = new_table("knows", "can vouch", "score", "tier", "reasons")
     for side in (person_a, person_b):
         s = data.get(side) or {}
         reasons = "; ".join(s.get("reasons") or [])
@@ -435,7 +444,7 @@ def access_log(
     if as_json:
         emit_json(data)
         return
-    table = Table("at", "actor", "endpoint", "people")
+    table = new_table("at", "actor", "endpoint", "people")
     for e in data.get("entries") or []:
         people_read = ", ".join(e.get("person_ids") or [])
         table.add_row(
