@@ -308,11 +308,12 @@ def _read_cases(w: Written) -> list[tuple[list[str], str, dict[str, Any], list[s
 
 def shape(value: Any) -> Any:
     """An answer without what moves between two calls: scores decay by the second (every
-    float), ``as_of`` defaults to now, suggestions quote scores."""
+    float), ``as_of`` defaults to now, suggestions quote scores, the last decay curve of a
+    timeline runs to now."""
     if isinstance(value, float):
         return float
     if isinstance(value, dict):
-        return {k: shape(v) for k, v in value.items() if k not in ("as_of", "to_raise")}
+        return {k: shape(v) for k, v in value.items() if k not in ("as_of", "to_raise", "decay_after")}
     if isinstance(value, list):
         return [shape(v) for v in value]
     return value
