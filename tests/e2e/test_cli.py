@@ -306,6 +306,9 @@ def _read_cases(w: Written) -> list[tuple[list[str], str, dict[str, Any], list[s
     ]  # fmt: skip
 
 
+MOVING = ("as_of", "to_raise", "decay_after")
+
+
 def shape(value: Any) -> Any:
     """An answer without what moves between two calls: scores decay by the second (every
     float), ``as_of`` defaults to now, suggestions quote scores, the last decay curve of a
@@ -313,7 +316,7 @@ def shape(value: Any) -> Any:
     if isinstance(value, float):
         return float
     if isinstance(value, dict):
-        return {k: shape(v) for k, v in value.items() if k not in ("as_of", "to_raise", "decay_after")}
+        return {k: shape(v) for k, v in value.items() if k not in MOVING}
     if isinstance(value, list):
         return [shape(v) for v in value]
     return value
