@@ -169,12 +169,15 @@ def test_introductions_timeline_follow_ups_and_give_and_take_page(
         (i["requested_at"] for i in intros), reverse=True
     )
     # A timeline page covers both lists over the same span; together they are the whole.
+    # One as_of for every page: the last event's decay curve runs to as_of (now by default).
     path = f"{w}/relationships/ada/bo/timeline"
-    whole = api.get(path, params={"min_seq": seq}).json()
+    at = {"as_of": datetime.now(UTC).isoformat()}
+    whole = api.get(path, params={"min_seq": seq, **at}).json()
     assert len(whole["events"]) == 6 and len(whole["retracted"]) == 1
     pages, cursor = [], None
     while True:
-        body = api.get(path, params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+        q = {"limit": 2, **at, **({"cursor": cursor} if cursor else {})}
+        body = api.get(path, params=q).json()
         pages.append(body)
         cursor = body["next_cursor"]
         if cursor is None:
