@@ -7,7 +7,7 @@ A command is ``{"actor": ..., "correlation_id": ..., "items": [event objects]}``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
@@ -19,10 +19,11 @@ from nats.aio.client import Client as NatsClient
 from tieline.events_schema.registry import REGISTRY
 from tieline.plumbing.config import Settings
 from tieline.plumbing.crypto import KeyStore, master_key_from_env
+from tieline.plumbing.db import make_pool
 from tieline.plumbing.jetstream import connect_nats, ensure_streams, inbox_prefix
 from tieline.plumbing.state import ensure_state_schema
 from tieline.plumbing.subjects import command_wildcard
-from tieline.projections.readpool import LivePool
+from tieline.services.write_state import WriteState, backfill, ensure_write_schema
 from tieline.services.writeside import Outcome, WriteSide
 
 log = structlog.get_logger(__name__)
@@ -52,23 +53,59 @@ def service_for(event_type: object) -> str:
     )
 
 
-def create_service_app(settings: Settings, service: str, types: Iterable[str]) -> FastStream:
-    """Build (but do not start) the FastStream app of one write-side service."""
+def _broker(settings: Settings, service: str) -> NatsBroker:
     broker_kwargs: dict[str, Any] = {}
     if settings.nats_user:
         broker_kwargs.update(
             security=NatsUserPassword(settings.nats_user, settings.nats_password or ""),
             inbox_prefix=inbox_prefix(settings),
         )
-    broker = NatsBroker(
+    return NatsBroker(
         [u.strip() for u in settings.nats_url.split(",") if u.strip()],
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         name=f"tieline-{service}-commands",
         **broker_kwargs,
     )
-    pool = LivePool(settings, min_size=2, max_size=16)
-    holder: dict[str, Any] = {}
+
+
+async def handle_command(
+    side: WriteSide, subject: str, body: dict[str, Any], service: str
+) -> dict[str, Any]:
+    """Answer one command: its workspace is the subject's third token."""
+    workspace_id = subject.split(".")[2]
+    items = body.get("items")
+    actor = body.get("actor")
+    if not isinstance(items, list) or not isinstance(actor, str) or not actor:
+        return {"results": [], "error": "command needs 'actor' and a list of 'items'"}
+    correlation_id = body.get("correlation_id")
+    with structlog.contextvars.bound_contextvars(correlation_id=correlation_id, service=service):
+        outcomes = await side.record_many(workspace_id, items, actor, correlation_id)
+    return {"results": [o.as_dict() for o in outcomes]}
+
+
+async def start_write_side(
+    settings: Settings, service: str, types: Iterable[str], pool: Any
+) -> tuple[NatsClient, WriteSide]:
+    """Connect, create what is missing (streams, state and write-side tables, a one-time
+    backfill of the write-side tables from the log) and build the write side."""
+    nc: NatsClient = await connect_nats(settings, name=f"tieline-{service}-publisher")
+    js = nc.jetstream()
+    await ensure_streams(js, settings)
+    await pool.open(wait=True)
+    async with pool.connection() as conn:
+        await ensure_state_schema(conn, settings.database_schema)
+        await ensure_write_schema(conn)
+        await backfill(conn, js, settings.stream_name, REGISTRY)
+    keystore = KeyStore(pool, master_key_from_env(settings.master_key))
+    side = WriteSide(settings, js, WriteState(pool), REGISTRY, types, service, keystore)
+    return nc, side
+
+
+def subscribe_commands(
+    broker: NatsBroker, settings: Settings, service: str, side: Callable[[], WriteSide]
+) -> None:
+    """Answer ``service``'s commands on ``broker`` with the write side ``side()`` returns."""
 
     # Commands are handled concurrently: each spends most of its time waiting on JetStream
     # and PostgreSQL round trips, so one at a time would cap a service at 1/latency.
@@ -83,37 +120,25 @@ def create_service_app(settings: Settings, service: str, types: Iterable[str]) -
         # fast_depends runs in a worker thread, a thread hop per command (profiled: ~10% of
         # this process on single-event writes).
         msg: NatsMessage = broker.context.get_local("message")
-        workspace_id = msg.raw_message.subject.split(".")[2]
-        side: WriteSide = holder["side"]
-        items = body.get("items")
-        actor = body.get("actor")
-        if not isinstance(items, list) or not isinstance(actor, str) or not actor:
-            return {"results": [], "error": "command needs 'actor' and a list of 'items'"}
-        with structlog.contextvars.bound_contextvars(
-            correlation_id=body.get("correlation_id"), service=service
-        ):
-            outcomes = await side.record_many(
-                workspace_id, items, actor, body.get("correlation_id")
-            )
-        return {"results": [o.as_dict() for o in outcomes]}
+        return await handle_command(side(), msg.raw_message.subject, body, service)
+
+
+def create_service_app(settings: Settings, service: str, types: Iterable[str]) -> FastStream:
+    """Build (but do not start) the FastStream app of one write-side service."""
+    broker = _broker(settings, service)
+    # The write side's own tables and the key store live in the state schema; it reads no
+    # read model, so no read-model generation is on this pool's search_path.
+    pool = make_pool(settings, min_size=2, max_size=16)
+    holder: dict[str, Any] = {}
+
+    subscribe_commands(broker, settings, service, lambda: holder["side"])
 
     app = FastStream(broker)
 
     @app.on_startup
     async def _connect() -> None:
-        nc: NatsClient = await connect_nats(settings, name=f"tieline-{service}-publisher")
-        js = nc.jetstream()
-        await ensure_streams(js, settings)
-        await pool.open(wait=True)
-        async with pool.connection() as conn:
-            await ensure_state_schema(conn, settings.database_schema)
-        keystore = KeyStore(pool, master_key_from_env(settings.master_key))
-        holder.update(nc=nc, side=WriteSide(settings, js, pool, REGISTRY, types, service, keystore))
-        log.info(
-            "service.started",
-            service=service,
-            subjects=command_wildcard(settings.subject_prefix, service),
-        )
+        holder["nc"], holder["side"] = await start_write_side(settings, service, types, pool)
+        log.info("service.started", service=service)
 
     @app.on_shutdown
     async def _close() -> None:

@@ -1,36 +1,31 @@
-"""The write side shared by the services that emit events: validate a command completely,
-then publish the event to JetStream with ``Nats-Msg-Id = event_id``.
+"""The write side shared by the services that emit events: decide each command line with the
+pure rules of ``write_rules`` over the state the write side owns (``write_state``, the log and
+the key store), then publish the event to JetStream with ``Nats-Msg-Id = event_id``.
 
-Nothing is published for a command that fails any check. Re-sending an event_id returns the
-original stream sequence and publishes nothing new, inside JetStream's dedupe window (the
-server says ``duplicate``) and beyond it (the archive in PostgreSQL knows the id).
+Nothing is published for a line that fails any check. Re-sending an event_id with the same body
+returns the original stream sequence and publishes nothing new; re-sending it with a different
+body, or from another workspace, is a 409 conflict. The write side never reads a read model.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 from tieline.events_schema.models import (
-    ENC_PREFIX,
     Event,
     EventRetracted,
-    IntroductionConsented,
-    IntroductionOutcome,
     IntroductionRequested,
     PersonAdded,
     PersonForgotten,
-    RelationshipIntroduced,
 )
-from tieline.events_schema.registry import EventDecodeError, EventRegistry
+from tieline.events_schema.registry import EventRegistry
 from tieline.plumbing.config import Settings
 from tieline.plumbing.crypto import (
     WORKSPACE_KEY,
@@ -40,98 +35,28 @@ from tieline.plumbing.crypto import (
     key_people,
 )
 from tieline.plumbing.subjects import event_subject, person_added_subject
+from tieline.services import write_rules as rules
+from tieline.services.write_rules import (
+    PERSON_REF_FIELDS,
+    Command,
+    Outcome,
+    Rejected,
+)
+from tieline.services.write_state import WriteState
 
 log = structlog.get_logger(__name__)
 
-#: Fields only tieline sets; a client that sends them is told so.
-SERVER_FIELDS = ("recorded_at", "recorded_by")
-PERSON_REF_FIELDS = (
-    "participants",
-    "initiated_by",
-    "from_person",
-    "to_person",
-    "introducer",
-    "person_a",
-    "person_b",
-    "helper",
-    "helped",
-    "rater",
-    "ratee",
-    "requester",
-    "target",
-    "person",
-)
-EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 WRONG_LAST_SEQUENCE = 10071
 
 
-@dataclass
-class Outcome:
-    """The result of one command line, as the API returns it."""
-
-    status: int
-    event_id: str | None = None
-    seq: int | None = None
-    duplicate: bool = False
-    error: str | None = None
-    errors: list[dict[str, Any]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"status": self.status}
-        if self.event_id is not None:
-            d["event_id"] = self.event_id
-        if self.seq is not None:
-            d["seq"] = self.seq
-            d["duplicate"] = self.duplicate
-        if self.error is not None:
-            d["error"] = self.error
-            d["errors"] = self.errors
-        return d
-
-
-@dataclass(frozen=True)
-class Command:
-    """What the lines of one command share (see :meth:`WriteSide.prepare`)."""
-
-    known: set[str]  # people that exist (on the log, or added by this command)
-    keys: dict[str, bytes | None]  # person -> key; None: forgotten (key destroyed)
-
-
-class Rejected(Exception):
-    """A command that must not be published; carries the HTTP-style status and field errors."""
-
-    def __init__(self, status: int, loc: Sequence[str], msg: str) -> None:
-        super().__init__(msg)
-        self.status = status
-        self.errors = [{"loc": list(loc), "msg": msg}]
-
-    def outcome(self, event_id: str | None) -> Outcome:
-        loc = ".".join(self.errors[0]["loc"]) or "(body)"
-        text = str(self)
-        error = text if text.startswith(f"{loc}:") else f"{loc}: {text}"
-        return Outcome(self.status, event_id, error=error, errors=self.errors)
-
-
-def _person_refs(obj: dict[str, Any]) -> list[tuple[list[str], str]]:
-    """(location, person id) for every person an event object names."""
-    refs: list[tuple[list[str], str]] = []
-    for f in PERSON_REF_FIELDS:
-        v = obj.get(f)
-        if isinstance(v, str):
-            refs.append(([f], v))
-        elif isinstance(v, list):
-            refs.extend(([f, str(i)], p) for i, p in enumerate(v) if isinstance(p, str))
-    return refs
-
-
 class WriteSide:
-    """Validates and publishes the events one service owns (``types``)."""
+    """Decides and publishes the events one service owns (``types``)."""
 
     def __init__(
         self,
         settings: Settings,
         js: JetStreamContext,
-        pool: Any,
+        state: WriteState,
         registry: EventRegistry,
         types: Iterable[str],
         service: str,
@@ -141,7 +66,7 @@ class WriteSide:
         self.keystore = keystore
         self.settings = settings
         self.js = js
-        self.pool = pool
+        self.state = state
         self.registry = registry
         self.types = frozenset(types)
         self.service = service
@@ -151,55 +76,23 @@ class WriteSide:
         # over the writes waiting together).
         self._publish_slots = asyncio.Semaphore(4096)
 
-    # -- validation (no side effects) -----------------------------------------------------
-
     def build(
         self, workspace_id: str, obj: Any, actor: str, correlation_id: str | None = None
     ) -> Event:
-        """Turn a client's event object into a validated event, filling the envelope."""
-        if not isinstance(obj, dict):
-            raise Rejected(422, [], "an event must be a JSON object")
-        for f in SERVER_FIELDS:
-            if f in obj:
-                raise Rejected(422, [f], "is set by tieline, not by clients")
-        ws = obj.get("workspace_id", workspace_id)
-        if ws != workspace_id:
-            raise Rejected(422, ["workspace_id"], "must match the workspace in the path")
-        event_type = obj.get("type")
-        if not isinstance(event_type, str) or event_type not in self.types:
-            if isinstance(event_type, str) and event_type in self.registry.classes:
-                raise Rejected(
-                    422, ["type"], f"{event_type!r} is not recorded by the {self.service} service"
-                )
-            raise Rejected(
-                422,
-                ["type"],
-                f"unknown event type {event_type!r}; known: "
-                f"{', '.join(sorted(self.registry.classes))}",
-            )
-        for f, v in obj.items():
-            if isinstance(v, str) and v.startswith(ENC_PREFIX):
-                raise Rejected(422, [f], "must be plaintext; tieline encrypts personal data")
-        now = self.clock()
-        data = dict(obj)
-        data.setdefault("event_id", str(uuid4()))
-        data.setdefault("schema_version", self.registry.current_version(event_type))
-        data.setdefault("occurred_at", now.isoformat())
-        if correlation_id and "correlation_id" not in data:
-            data["correlation_id"] = correlation_id
-        data.update(workspace_id=workspace_id, recorded_at=now.isoformat(), recorded_by=actor)
-        try:
-            event = self.registry.decode_obj(data)
-        except EventDecodeError as exc:
-            first = exc.errors[0] if exc.errors else {"loc": [], "msg": str(exc)}
-            rej = Rejected(422, first["loc"], str(exc))
-            rej.errors = exc.errors
-            raise rej from exc
-        if event.occurred_at > now + timedelta(seconds=self.settings.max_future_skew_s):
-            raise Rejected(422, ["occurred_at"], "lies in the future")
-        if event.occurred_at < EARLIEST:
-            raise Rejected(422, ["occurred_at"], "lies before 1900")
-        return event
+        """Turn a client's event object into a validated event (see ``write_rules.build``)."""
+        return rules.build(
+            workspace_id,
+            obj,
+            actor=actor,
+            now=self.clock(),
+            types=self.types,
+            service=self.service,
+            registry=self.registry,
+            max_future_skew_s=self.settings.max_future_skew_s,
+            correlation_id=correlation_id,
+        )
+
+    # -- state the rules need -------------------------------------------------------------
 
     async def _on_log(self, subject: str) -> bool:
         try:
@@ -207,14 +100,6 @@ class WriteSide:
         except NotFoundError:
             return False
         return True
-
-    def _refs(self, event: Event, obj: dict[str, Any]) -> list[tuple[list[str], str]]:
-        """(location, person id) of every existing person the event relies on."""
-        if isinstance(event, PersonAdded):
-            return []
-        if event.type.startswith("person."):
-            return [(["person_id"], getattr(event, "person_id"))]  # noqa: B009
-        return _person_refs(obj)
 
     async def prepare(
         self, workspace_id: str, lines: Sequence[tuple[Event, dict[str, Any]]]
@@ -232,7 +117,7 @@ class WriteSide:
         ws = workspace_id
         prefix = self.settings.subject_prefix
         adding = {e.person_id for e, _ in lines if isinstance(e, PersonAdded)}
-        named = {pid for e, obj in lines for _, pid in self._refs(e, obj)}
+        named = {pid for e, obj in lines for _, pid in rules.refs(e, obj)}
         asked = sorted(p for p in named - adding if (ws, p) not in self._known_people)
         on_log = await asyncio.gather(
             *(self._on_log(person_added_subject(prefix, ws, p)) for p in asked)
@@ -244,102 +129,32 @@ class WriteSide:
         keys = await self.keystore.keys(ws, wanted, create=True, fresh=True) if wanted else {}
         return Command(known=known, keys=keys)
 
-    async def check_references(self, event: Event, obj: dict[str, Any], cmd: Command) -> None:
-        """Every person named must exist in this workspace and not be forgotten; a
-        retraction's target and an introduction's earlier steps must exist too."""
-        for loc, pid in self._refs(event, obj):
-            if pid not in cmd.known:
-                raise Rejected(
-                    404, loc, f"unknown person {pid!r} in workspace {event.workspace_id!r}"
-                )
-            if cmd.keys.get(pid) is None and not isinstance(event, PersonForgotten):
-                raise Rejected(410, loc, f"person {pid!r} was forgotten")
+    async def check(self, event: Event, obj: dict[str, Any], cmd: Command) -> None:
+        """Apply every rule that needs state: people, retraction target, introduction."""
+        rules.check_people(event, obj, cmd)
         if isinstance(event, EventRetracted):
-            await self._check_retraction(event)
+            rules.check_retraction(event, await self.state.event(event.retracted_event_id))
         intro_id = getattr(event, "introduction_id", None)
         if intro_id is not None and not isinstance(event, IntroductionRequested):
-            await self._check_introduction(event, intro_id)
-
-    async def _check_retraction(self, event: EventRetracted) -> None:
-        row = await self._archived_event(event)
-        if row is None:
-            raise Rejected(404, ["retracted_event_id"], "no such event in this workspace")
-        if row["type"] == "event.retracted":
-            raise Rejected(422, ["retracted_event_id"], "a retraction cannot be retracted")
-        if row["retracted_by"] is not None:
-            raise Rejected(409, ["retracted_event_id"], "is already retracted")
-
-    async def _archived_event(self, event: EventRetracted) -> Any:
-        """The retraction's target as the archive knows it. An event written a moment ago may
-        not be archived yet, so when it is missing and the projection is behind the log, wait
-        (bounded by ``min_seq_wait_s``) until the projection has caught up with the log as it
-        was when we asked: write-then-retract works without the client passing ``min_seq``."""
-        query = "SELECT type, retracted_by FROM events WHERE event_id = %s AND workspace_id = %s"
-        args = (event.retracted_event_id, event.workspace_id)
-        target: int | None = None
-        deadline = time.monotonic() + self.settings.min_seq_wait_s
-        while True:
-            async with self.pool.connection() as conn:
-                row = await (await conn.execute(query, args)).fetchone()
-                if row is not None:
-                    return row
-                cur = await conn.execute(
-                    "SELECT last_seq FROM checkpoints WHERE projection = %s",
-                    (self.pool.generation.consumer,),
-                )
-                seen_row = await cur.fetchone()
-            seen = int(seen_row["last_seq"]) if seen_row else 0
-            if target is None:
-                info = await self.js.stream_info(self.settings.stream_name)
-                target = int(info.state.last_seq)
-            if seen >= target or time.monotonic() >= deadline:
-                return None
-            await asyncio.sleep(0.01)
-
-    async def _check_introduction(self, event: Event, intro_id: UUID) -> None:
-        """Double opt-in: consents come from the two sides, an introduction is made only when
-        both said yes, and an outcome follows a made introduction."""
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT requester, introducer, target, requester_consent, target_consent, "
-                "made_event_id FROM introductions_v1 WHERE workspace_id = %s "
-                "AND introduction_id = %s",
-                (event.workspace_id, intro_id),
-            )
-            row = await cur.fetchone()
-        if row is None:
-            raise Rejected(404, ["introduction_id"], "no such introduction in this workspace")
-        if isinstance(event, IntroductionConsented):
-            if event.person not in (row["requester"], row["target"]):
-                raise Rejected(422, ["person"], "must be the requester or the target")
-        elif isinstance(event, RelationshipIntroduced):
-            if {event.person_a, event.person_b} != {row["requester"], row["target"]} or (
-                event.introducer != row["introducer"]
-            ):
-                raise Rejected(
-                    422, ["introduction_id"], "introducer and people differ from the request"
-                )
-            if not (row["requester_consent"] and row["target_consent"]):
-                raise Rejected(
-                    409, ["introduction_id"], "both sides must consent first (double opt-in)"
-                )
-        elif isinstance(event, IntroductionOutcome) and row["made_event_id"] is None:
-            raise Rejected(409, ["introduction_id"], "the introduction has not been made yet")
-
-    async def archived_seqs(self, event_ids: list[UUID]) -> dict[UUID, tuple[int, str]]:
-        """event_id -> (seq, workspace) for ids the projection has already archived."""
-        if not event_ids:
-            return {}
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT event_id, seq, workspace_id FROM events WHERE event_id = ANY(%s)",
-                (event_ids,),
-            )
-            return {r["event_id"]: (int(r["seq"]), r["workspace_id"]) for r in await cur.fetchall()}
+            intro = await self.state.introduction(event.workspace_id, intro_id)
+            rules.check_introduction(event, intro)
 
     # -- publishing -----------------------------------------------------------------------
 
     async def publish(self, event: Event, cmd: Command) -> tuple[int, bool]:
+        """Publish one decided event. A retraction first claims its target, so of two
+        concurrent retractions of one event exactly one is published."""
+        if not isinstance(event, EventRetracted):
+            return await self._publish(event, cmd)
+        if not await self.state.claim_retraction(event):
+            raise Rejected(409, ["retracted_event_id"], "is already retracted")
+        try:
+            return await self._publish(event, cmd)
+        except Rejected:
+            await self.state.unclaim_retraction(event)
+            raise
+
+    async def _publish(self, event: Event, cmd: Command) -> tuple[int, bool]:
         """Publish with Nats-Msg-Id; a person.added also asserts the person is new."""
         headers = {"Nats-Msg-Id": str(event.event_id)}
         if isinstance(event, PersonAdded):
@@ -394,12 +209,14 @@ class WriteSide:
     async def record_many(
         self, workspace_id: str, objs: Sequence[Any], actor: str, correlation_id: str | None = None
     ) -> list[Outcome]:
-        """Validate every line first, then publish the valid ones concurrently.
+        """Decide every line, then publish the accepted ones concurrently and record them.
 
-        A line's outcome never depends on a later line; nothing from a bad line is published.
+        A line's outcome never depends on a later line; nothing from a refused line is
+        published. The command's answer is sent only after its events are recorded in the
+        write-side state, so the next command (a retraction, a consent) sees them.
         """
         outcomes: list[Outcome | None] = [None] * len(objs)
-        events: list[tuple[int, Event]] = []
+        lines: list[tuple[int, Event, str]] = []
         for i, obj in enumerate(objs):
             eid = obj.get("event_id") if isinstance(obj, dict) else None
             try:
@@ -407,31 +224,45 @@ class WriteSide:
             except Rejected as rej:
                 outcomes[i] = rej.outcome(str(eid) if eid is not None else None)
                 continue
-            events.append((i, event))
-        # Only ids the client chose can have been recorded before; ours are fresh uuid4s.
-        supplied = [
-            e.event_id for i, e in events if isinstance(objs[i], dict) and "event_id" in objs[i]
-        ]
-        archived = await self.archived_seqs(supplied)
-        for i, event in events:
-            prior = archived.get(event.event_id)
+            lines.append((i, event, rules.body_digest(obj, workspace_id)))
+        held = await self.state.take([(e, d) for _, e, d in lines])
+        todo: list[tuple[int, Event]] = []
+        for i, event, digest in lines:
+            prior = held.get(event.event_id)
             if prior is not None:
-                outcomes[i] = (
-                    Outcome(200, str(event.event_id), prior[0], duplicate=True)
-                    if prior[1] == workspace_id
-                    else Rejected(409, ["event_id"], "is already used").outcome(str(event.event_id))
-                )
-        events = [(i, e) for i, e in events if outcomes[i] is None]
-        cmd = await self.prepare(workspace_id, [(e, objs[i]) for i, e in events])
+                outcomes[i] = rules.prior_outcome(prior, workspace_id, digest, str(event.event_id))
+            if outcomes[i] is None:
+                todo.append((i, event))
+        published, refused = await self._publish_all(workspace_id, objs, todo, outcomes)
+        await self.state.recorded(published)
+        await self.state.release([e for e in refused if e not in held])
+        return [
+            o if o is not None else Outcome(500, error="internal: no outcome") for o in outcomes
+        ]
+
+    async def _publish_all(
+        self,
+        workspace_id: str,
+        objs: Sequence[Any],
+        todo: list[tuple[int, Event]],
+        outcomes: list[Outcome | None],
+    ) -> tuple[list[tuple[Event, int]], list[UUID]]:
+        """Check and publish the lines in ``todo``; fill ``outcomes``; return what was
+        published (event, seq) and the ids of the lines refused."""
+        cmd = await self.prepare(workspace_id, [(e, objs[i]) for i, e in todo])
+        published: list[tuple[Event, int]] = []
+        refused: list[UUID] = []
 
         async def one(i: int, event: Event) -> None:
             eid = str(event.event_id)
             try:
-                await self.check_references(event, objs[i], cmd)
+                await self.check(event, objs[i], cmd)
                 seq, dup = await self.publish(event, cmd)
             except Rejected as rej:
                 outcomes[i] = rej.outcome(eid)
+                refused.append(event.event_id)
                 return
+            published.append((event, seq))
             outcomes[i] = Outcome(200 if dup else 201, eid, seq, duplicate=dup)
             log.info(
                 "event.recorded",
@@ -445,8 +276,9 @@ class WriteSide:
             )
 
         # People added by this command go on the log before the lines that name them.
-        await asyncio.gather(*(one(i, e) for i, e in events if isinstance(e, PersonAdded)))
-        await asyncio.gather(*(one(i, e) for i, e in events if not isinstance(e, PersonAdded)))
-        return [
-            o if o is not None else Outcome(500, error="internal: no outcome") for o in outcomes
-        ]
+        await asyncio.gather(*(one(i, e) for i, e in todo if isinstance(e, PersonAdded)))
+        await asyncio.gather(*(one(i, e) for i, e in todo if not isinstance(e, PersonAdded)))
+        return published, refused
+
+
+__all__ = ["PERSON_REF_FIELDS", "Command", "Outcome", "Rejected", "WriteSide"]

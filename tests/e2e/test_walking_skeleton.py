@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -16,6 +17,8 @@ import nats
 import pytest
 from tieline.plumbing.config import Settings
 from tieline.services.runtime.supervisor import Stack
+
+from tests.e2e.conftest import make_token
 
 
 def add_people(api: httpx.Client, ws: str, *ids: str) -> int:
@@ -331,6 +334,93 @@ def test_resending_an_event_id_returns_the_original_and_publishes_nothing(
         f"/v1/workspaces/{ws}/relationships/ada/grace", params={"min_seq": first.json()["seq"]}
     ).json()
     assert s["meetings"] == 1
+
+
+def test_reusing_an_event_id_for_a_different_event_is_a_conflict(
+    api: httpx.Client, ws: str
+) -> None:
+    """An idempotency key reused with other content is a client bug, answered 409 (as Stripe
+    and the IETF Idempotency-Key draft do), not swallowed as a duplicate."""
+    add_people(api, ws, "ada", "grace", "alan")
+    eid = str(uuid.uuid4())
+    event = {"type": "relationship.met", "participants": ["ada", "grace"], "depth": "brief_chat"}
+    assert (
+        api.post(f"/v1/workspaces/{ws}/events", json={**event, "event_id": eid}).status_code == 201
+    )
+    before = stream_last_seq(api)
+    for other in (
+        {**event, "depth": "deep_conversation"},
+        {**event, "participants": ["ada", "alan"]},
+    ):
+        r = api.post(f"/v1/workspaces/{ws}/events", json={**other, "event_id": eid})
+        assert r.status_code == 409, r.text
+        assert r.json()["errors"][0]["loc"] == ["event_id"], r.json()
+        assert "different event" in r.json()["detail"]
+    assert stream_last_seq(api) == before
+    again = api.post(f"/v1/workspaces/{ws}/events", json={**event, "event_id": eid})
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+
+
+def test_concurrent_sends_of_one_event_id_publish_it_once(api: httpx.Client, ws: str) -> None:
+    """Eight clients racing with the same id and body: one 201, seven 200 naming the same
+    sequence, one message on the log."""
+    add_people(api, ws, "ada", "grace")
+    event = {
+        "type": "relationship.met",
+        "participants": ["ada", "grace"],
+        "depth": "conversation",
+        "event_id": str(uuid.uuid4()),
+    }
+    before = stream_last_seq(api)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda _: api.post(f"/v1/workspaces/{ws}/events", json=event), range(8))
+        )
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [200] * 7 + [201], [r.text for r in answers]
+    assert len({r.json()["seq"] for r in answers}) == 1
+    assert stream_last_seq(api) == before + 1
+
+
+def test_an_event_id_of_another_workspace_is_a_conflict(
+    api: httpx.Client, ws: str, stack: Stack, stack_settings: Settings
+) -> None:
+    add_people(api, ws, "ada", "grace")
+    event = {
+        "type": "relationship.met",
+        "participants": ["ada", "grace"],
+        "depth": "conversation",
+        "event_id": str(uuid.uuid4()),
+    }
+    assert api.post(f"/v1/workspaces/{ws}/events", json=event).status_code == 201
+    other = f"ws-{uuid.uuid4().hex[:12]}"
+    headers = {"Authorization": f"Bearer {make_token(stack_settings, other)}"}
+    with httpx.Client(base_url=stack.api_url, timeout=30, headers=headers) as them:
+        add_people(them, other, "ada", "grace")
+        r = them.post(f"/v1/workspaces/{other}/events", json=event)
+    assert r.status_code == 409 and r.json()["errors"][0]["loc"] == ["event_id"], r.text
+    assert ws not in r.text  # the other workspace is not named
+
+
+def test_two_retractions_of_one_event_publish_one(api: httpx.Client, ws: str) -> None:
+    add_people(api, ws, "ada", "grace")
+    met = api.post(
+        f"/v1/workspaces/{ws}/events",
+        json={
+            "type": "relationship.met",
+            "participants": ["ada", "grace"],
+            "depth": "conversation",
+        },
+    ).json()
+    retract = {"type": "event.retracted", "retracted_event_id": met["event_id"]}
+    before = stream_last_seq(api)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(
+            pool.map(lambda _: api.post(f"/v1/workspaces/{ws}/events", json=retract), range(4))
+        )
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [201, 409, 409, 409], [r.text for r in answers]
+    assert stream_last_seq(api) == before + 1
 
 
 def test_batch_answers_per_line_and_publishes_only_good_lines(api: httpx.Client, ws: str) -> None:

@@ -1,0 +1,274 @@
+"""The write side's rules, as pure decisions: given a client's event object and the state the
+write side owns, either an event to publish or a refusal (:class:`Rejected`) naming the field.
+
+Nothing here does I/O; the adapters in ``writeside`` and ``write_state`` gather the state and
+publish. That is what lets every rule be unit-tested without a server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import uuid4
+
+from tieline.events_schema.models import (
+    ENC_PREFIX,
+    Event,
+    EventRetracted,
+    IntroductionConsented,
+    IntroductionOutcome,
+    PersonAdded,
+    PersonForgotten,
+    RelationshipIntroduced,
+)
+from tieline.events_schema.registry import EventDecodeError, EventRegistry
+
+#: Fields only tieline sets; a client that sends them is told so.
+SERVER_FIELDS = ("recorded_at", "recorded_by")
+#: Every field of any event type that names a person.
+PERSON_REF_FIELDS = (
+    "participants",
+    "initiated_by",
+    "from_person",
+    "to_person",
+    "introducer",
+    "person_a",
+    "person_b",
+    "helper",
+    "helped",
+    "rater",
+    "ratee",
+    "requester",
+    "target",
+    "person",
+)
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class Outcome:
+    """The result of one command line, as the API returns it."""
+
+    status: int
+    event_id: str | None = None
+    seq: int | None = None
+    duplicate: bool = False
+    error: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"status": self.status}
+        if self.event_id is not None:
+            d["event_id"] = self.event_id
+        if self.seq is not None:
+            d["seq"] = self.seq
+            d["duplicate"] = self.duplicate
+        if self.error is not None:
+            d["error"] = self.error
+            d["errors"] = self.errors
+        return d
+
+
+@dataclass(frozen=True)
+class Command:
+    """What the lines of one command share: who exists and everyone's key."""
+
+    known: set[str]  # people that exist (on the log, or added by this command)
+    keys: dict[str, bytes | None]  # person -> key; None: forgotten (key destroyed)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What the write side remembers of an event id it has taken (see ``write_state``)."""
+
+    workspace_id: str
+    type: str
+    digest: str | None  # None: learnt from the log by the backfill, the body is not known
+    seq: int | None  # None: taken, publish not confirmed yet
+    retracted_by: str | None = None
+
+
+@dataclass(frozen=True)
+class Introduction:
+    """The write side's view of one double opt-in introduction."""
+
+    requester: str
+    introducer: str
+    target: str
+    requester_consent: bool | None
+    target_consent: bool | None
+    made_event_id: str | None
+
+
+class Rejected(Exception):
+    """A command line that must not be published: an HTTP-style status and field errors."""
+
+    def __init__(self, status: int, loc: Sequence[str], msg: str) -> None:
+        super().__init__(msg)
+        self.status = status
+        self.errors: list[dict[str, Any]] = [{"loc": list(loc), "msg": msg}]
+
+    def outcome(self, event_id: str | None) -> Outcome:
+        loc = ".".join(str(p) for p in self.errors[0]["loc"]) or "(body)"
+        text = str(self)
+        error = text if text.startswith(f"{loc}:") else f"{loc}: {text}"
+        return Outcome(self.status, event_id, error=error, errors=self.errors)
+
+
+def body_digest(obj: dict[str, Any], workspace_id: str) -> str:
+    """A fingerprint of what the client asked to record (its JSON object, canonicalised).
+
+    Two sends of one ``event_id`` are the same request when their digests are equal; fields the
+    server fills in (``occurred_at`` when omitted, ``recorded_at``) are not part of it, so an
+    honest retry always matches.
+    """
+    canonical = dict(obj, workspace_id=workspace_id)
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_envelope(
+    workspace_id: str, obj: Any, types: frozenset[str], service: str, registry: EventRegistry
+) -> str:
+    if not isinstance(obj, dict):
+        raise Rejected(422, [], "an event must be a JSON object")
+    for f in SERVER_FIELDS:
+        if f in obj:
+            raise Rejected(422, [f], "is set by tieline, not by clients")
+    if obj.get("workspace_id", workspace_id) != workspace_id:
+        raise Rejected(422, ["workspace_id"], "must match the workspace in the path")
+    event_type = obj.get("type")
+    if not isinstance(event_type, str) or event_type not in types:
+        if isinstance(event_type, str) and event_type in registry.classes:
+            raise Rejected(
+                422, ["type"], f"{event_type!r} is not recorded by the {service} service"
+            )
+        known = ", ".join(sorted(registry.classes))
+        raise Rejected(422, ["type"], f"unknown event type {event_type!r}; known: {known}")
+    for f, v in obj.items():
+        if isinstance(v, str) and v.startswith(ENC_PREFIX):
+            raise Rejected(422, [f], "must be plaintext; tieline encrypts personal data")
+    return event_type
+
+
+def build(
+    workspace_id: str,
+    obj: Any,
+    *,
+    actor: str,
+    now: datetime,
+    types: frozenset[str],
+    service: str,
+    registry: EventRegistry,
+    max_future_skew_s: float,
+    correlation_id: str | None = None,
+) -> Event:
+    """Turn a client's event object into a validated event, filling the envelope."""
+    event_type = _check_envelope(workspace_id, obj, types, service, registry)
+    data = dict(obj)
+    data.setdefault("event_id", str(uuid4()))
+    data.setdefault("schema_version", registry.current_version(event_type))
+    data.setdefault("occurred_at", now.isoformat())
+    if correlation_id and "correlation_id" not in data:
+        data["correlation_id"] = correlation_id
+    data.update(workspace_id=workspace_id, recorded_at=now.isoformat(), recorded_by=actor)
+    try:
+        event = registry.decode_obj(data)
+    except EventDecodeError as exc:
+        first = exc.errors[0] if exc.errors else {"loc": [], "msg": str(exc)}
+        rej = Rejected(422, first["loc"], str(exc))
+        rej.errors = exc.errors
+        raise rej from exc
+    if event.occurred_at > now + timedelta(seconds=max_future_skew_s):
+        raise Rejected(422, ["occurred_at"], "lies in the future")
+    if event.occurred_at < EARLIEST:
+        raise Rejected(422, ["occurred_at"], "lies before 1900")
+    return event
+
+
+def prior_outcome(prior: Recorded, workspace_id: str, digest: str, event_id: str) -> Outcome | None:
+    """What a re-sent ``event_id`` gets, or None when it must (still) be published.
+
+    * another workspace used the id: 409 (ids are global; the other workspace is not named);
+    * the same id with a different body: 409 — a client bug that reuses ids is not swallowed;
+    * the same request, already on the log: 200 with the original sequence, nothing new;
+    * the same request, publish not confirmed yet (in flight, or the service died between
+      publish and record): publish again with the same ``Nats-Msg-Id`` (JetStream dedupes).
+    """
+    if prior.workspace_id != workspace_id:
+        return Rejected(409, ["event_id"], "is already used").outcome(event_id)
+    if prior.digest is not None and prior.digest != digest:
+        return Rejected(
+            409, ["event_id"], "was already used for a different event (same id, other content)"
+        ).outcome(event_id)
+    if prior.seq is not None:
+        return Outcome(200, event_id, prior.seq, duplicate=True)
+    return None
+
+
+def person_refs(obj: dict[str, Any]) -> list[tuple[list[str], str]]:
+    """(location, person id) for every person an event object names."""
+    refs: list[tuple[list[str], str]] = []
+    for f in PERSON_REF_FIELDS:
+        v = obj.get(f)
+        if isinstance(v, str):
+            refs.append(([f], v))
+        elif isinstance(v, list):
+            refs.extend(([f, str(i)], p) for i, p in enumerate(v) if isinstance(p, str))
+    return refs
+
+
+def refs(event: Event, obj: dict[str, Any]) -> list[tuple[list[str], str]]:
+    """(location, person id) of every existing person the event relies on."""
+    if isinstance(event, PersonAdded):
+        return []
+    if event.type.startswith("person."):
+        return [(["person_id"], getattr(event, "person_id"))]  # noqa: B009
+    return person_refs(obj)
+
+
+def check_people(event: Event, obj: dict[str, Any], cmd: Command) -> None:
+    """Every person named must exist in this workspace and not be forgotten."""
+    for loc, pid in refs(event, obj):
+        if pid not in cmd.known:
+            raise Rejected(404, loc, f"unknown person {pid!r} in workspace {event.workspace_id!r}")
+        if cmd.keys.get(pid) is None and not isinstance(event, PersonForgotten):
+            raise Rejected(410, loc, f"person {pid!r} was forgotten")
+
+
+def check_retraction(event: EventRetracted, target: Recorded | None) -> None:
+    """A retraction names a recorded event of its own workspace that is not a retraction and
+    not retracted already (by another retraction)."""
+    if target is None or target.workspace_id != event.workspace_id or target.seq is None:
+        raise Rejected(404, ["retracted_event_id"], "no such event in this workspace")
+    if target.type == "event.retracted":
+        raise Rejected(422, ["retracted_event_id"], "a retraction cannot be retracted")
+    if target.retracted_by is not None and target.retracted_by != str(event.event_id):
+        raise Rejected(409, ["retracted_event_id"], "is already retracted")
+
+
+def check_introduction(event: Event, intro: Introduction | None) -> None:
+    """Double opt-in: consents come from the two sides, an introduction is made only when
+    both said yes, and an outcome follows a made introduction."""
+    if intro is None:
+        raise Rejected(404, ["introduction_id"], "no such introduction in this workspace")
+    if isinstance(event, IntroductionConsented):
+        if event.person not in (intro.requester, intro.target):
+            raise Rejected(422, ["person"], "must be the requester or the target")
+    elif isinstance(event, RelationshipIntroduced):
+        if {event.person_a, event.person_b} != {intro.requester, intro.target} or (
+            event.introducer != intro.introducer
+        ):
+            raise Rejected(
+                422, ["introduction_id"], "introducer and people differ from the request"
+            )
+        if not (intro.requester_consent and intro.target_consent):
+            raise Rejected(
+                409, ["introduction_id"], "both sides must consent first (double opt-in)"
+            )
+    elif isinstance(event, IntroductionOutcome) and intro.made_event_id is None:
+        raise Rejected(409, ["introduction_id"], "the introduction has not been made yet")

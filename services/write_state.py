@@ -1,0 +1,271 @@
+"""The write side's own state in PostgreSQL: which event ids it has taken (with the digest of
+their body and their stream sequence), which events are retracted, and where each double
+opt-in introduction stands. The write side decides from these tables only; it never reads a
+read model (those belong to the projections and lag behind the log).
+
+Rows are written in the same command that publishes: an id is *taken* before the publish
+(``seq`` NULL) and *recorded* with its sequence after the ack, so a second command with the
+same id — concurrent or later — sees it. A database that predates these tables is filled once
+from the log (:meth:`WriteState.backfill`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import structlog
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from psycopg import AsyncConnection
+from tieline.events_schema.models import (
+    Event,
+    EventRetracted,
+    IntroductionConsented,
+    IntroductionRequested,
+    RelationshipIntroduced,
+)
+from tieline.events_schema.registry import EventRegistry
+from tieline.services.write_rules import Introduction, Recorded
+
+log = structlog.get_logger(__name__)
+
+WRITE_DDL = """
+CREATE TABLE IF NOT EXISTS write_events (
+    event_id      uuid PRIMARY KEY,
+    workspace_id  text NOT NULL,
+    type          text NOT NULL,
+    digest        text,            -- NULL: learnt from the log, the client's body is unknown
+    seq           bigint,          -- NULL: taken, publish not confirmed yet
+    retracted_by  uuid,
+    taken_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS write_introductions (
+    workspace_id      text NOT NULL,
+    introduction_id   uuid NOT NULL,
+    requester         text NOT NULL,
+    introducer        text NOT NULL,
+    target            text NOT NULL,
+    requester_consent boolean,
+    target_consent    boolean,
+    made_event_id     uuid,
+    PRIMARY KEY (workspace_id, introduction_id)
+);
+-- One row per stream once the write-side tables hold everything the log held when they were
+-- created (see WriteState.backfill).
+CREATE TABLE IF NOT EXISTS write_backfill (
+    stream     text PRIMARY KEY,
+    upto_seq   bigint NOT NULL,
+    done_at    timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+#: Messages fetched concurrently while backfilling from the log.
+BACKFILL_BATCH = 256
+
+
+def _recorded(row: dict[str, Any]) -> Recorded:
+    return Recorded(
+        workspace_id=row["workspace_id"],
+        type=row["type"],
+        digest=row["digest"],
+        seq=None if row["seq"] is None else int(row["seq"]),
+        retracted_by=None if row["retracted_by"] is None else str(row["retracted_by"]),
+    )
+
+
+class WriteState:
+    """Reads and writes the write-side tables through ``pool`` (search_path: the state schema)."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    async def take(self, lines: Sequence[tuple[Event, str]]) -> dict[UUID, Recorded]:
+        """Take every (event, digest) id not taken yet; return what was already there for the
+        ids another command (or an earlier send) holds."""
+        if not lines:
+            return {}
+        ids = [e.event_id for e, _ in lines]
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                """INSERT INTO write_events (event_id, workspace_id, type, digest)
+                   SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[])
+                   ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
+                (
+                    ids,
+                    [e.workspace_id for e, _ in lines],
+                    [e.type for e, _ in lines],
+                    [d for _, d in lines],
+                ),
+            )
+            new = {r["event_id"] for r in await cur.fetchall()}
+            held = [i for i in ids if i not in new]
+            if not held:
+                return {}
+            cur = await conn.execute("SELECT * FROM write_events WHERE event_id = ANY(%s)", (held,))
+            return {r["event_id"]: _recorded(r) for r in await cur.fetchall()}
+
+    async def release(self, event_ids: Sequence[UUID]) -> None:
+        """Give back ids taken by lines that were refused before publishing."""
+        if event_ids:
+            async with self.pool.connection() as conn:
+                await conn.execute(
+                    "DELETE FROM write_events WHERE event_id = ANY(%s) AND seq IS NULL",
+                    (list(event_ids),),
+                )
+
+    async def event(self, event_id: UUID) -> Recorded | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT * FROM write_events WHERE event_id = %s", (event_id,))
+            row = await cur.fetchone()
+        return None if row is None else _recorded(row)
+
+    async def claim_retraction(self, event: EventRetracted) -> bool:
+        """Mark the target retracted by this retraction unless another one did first (two
+        concurrent retractions of one event: exactly one is published)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                """UPDATE write_events SET retracted_by = %s
+                   WHERE event_id = %s AND workspace_id = %s
+                     AND (retracted_by IS NULL OR retracted_by = %s) RETURNING 1""",
+                (event.event_id, event.retracted_event_id, event.workspace_id, event.event_id),
+            )
+            return await cur.fetchone() is not None
+
+    async def unclaim_retraction(self, event: EventRetracted) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE write_events SET retracted_by = NULL WHERE event_id = %s "
+                "AND retracted_by = %s",
+                (event.retracted_event_id, event.event_id),
+            )
+
+    async def introduction(self, workspace_id: str, introduction_id: UUID) -> Introduction | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT * FROM write_introductions WHERE workspace_id = %s "
+                "AND introduction_id = %s",
+                (workspace_id, introduction_id),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        made = row["made_event_id"]
+        return Introduction(
+            row["requester"],
+            row["introducer"],
+            row["target"],
+            row["requester_consent"],
+            row["target_consent"],
+            None if made is None else str(made),
+        )
+
+    async def recorded(self, published: Sequence[tuple[Event, int]]) -> None:
+        """After the acks: the sequences, and what the events change in the write-side state."""
+        if not published:
+            return
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                """UPDATE write_events w SET seq = s.seq
+                   FROM unnest(%s::uuid[], %s::bigint[]) AS s(event_id, seq)
+                   WHERE w.event_id = s.event_id""",
+                ([e.event_id for e, _ in published], [s for _, s in published]),
+            )
+            for event, _ in published:
+                await apply_to_state(conn, event)
+
+
+async def apply_to_state(conn: AsyncConnection[Any], event: Event) -> None:
+    """What one recorded event changes in the write-side tables (besides its own row)."""
+    if isinstance(event, EventRetracted):
+        await conn.execute(
+            "UPDATE write_events SET retracted_by = %s WHERE event_id = %s AND workspace_id = %s"
+            " AND retracted_by IS NULL",
+            (event.event_id, event.retracted_event_id, event.workspace_id),
+        )
+    elif isinstance(event, IntroductionRequested):
+        await conn.execute(
+            """INSERT INTO write_introductions (workspace_id, introduction_id, requester,
+                   introducer, target) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+            (
+                event.workspace_id,
+                event.introduction_id,
+                event.requester,
+                event.introducer,
+                event.target,
+            ),
+        )
+    elif isinstance(event, IntroductionConsented):
+        await conn.execute(
+            """UPDATE write_introductions SET
+                   requester_consent = CASE WHEN requester = %(p)s THEN %(c)s
+                                            ELSE requester_consent END,
+                   target_consent = CASE WHEN target = %(p)s THEN %(c)s ELSE target_consent END
+               WHERE workspace_id = %(ws)s AND introduction_id = %(id)s""",
+            {
+                "p": event.person,
+                "c": event.consented,
+                "ws": event.workspace_id,
+                "id": event.introduction_id,
+            },
+        )
+    elif isinstance(event, RelationshipIntroduced) and event.introduction_id is not None:
+        await conn.execute(
+            "UPDATE write_introductions SET made_event_id = %s WHERE workspace_id = %s "
+            "AND introduction_id = %s",
+            (event.event_id, event.workspace_id, event.introduction_id),
+        )
+
+
+async def ensure_write_schema(conn: AsyncConnection[Any]) -> None:
+    """Create the write-side tables if missing (idempotent, safe to race)."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tieline:write-ddl'))")
+        await conn.execute(WRITE_DDL.encode())
+
+
+async def backfill(
+    conn: AsyncConnection[Any], js: JetStreamContext, stream: str, registry: EventRegistry
+) -> int:
+    """Fill the write-side tables from the log once (a database from before they existed).
+
+    Runs under an advisory lock so one service does it while the others wait; events those
+    services publish meanwhile take their own rows (``ON CONFLICT DO NOTHING`` here). Returns
+    the number of events read (0 when done before).
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tieline:write-backfill'))")
+        cur = await conn.execute("SELECT 1 FROM write_backfill WHERE stream = %s", (stream,))
+        if await cur.fetchone() is not None:
+            return 0
+        last = int((await js.stream_info(stream)).state.last_seq)
+        count = 0
+        for start in range(1, last + 1, BACKFILL_BATCH):
+            seqs = range(start, min(start + BACKFILL_BATCH, last + 1))
+            msgs = await asyncio.gather(
+                *(js.get_msg(stream, seq=s) for s in seqs), return_exceptions=True
+            )
+            for seq, msg in zip(seqs, msgs, strict=True):
+                if isinstance(msg, NotFoundError):
+                    continue  # removed by the stream's limits
+                if isinstance(msg, BaseException):
+                    raise msg
+                await _backfill_one(conn, registry.decode(msg.data or b""), seq)
+                count += 1
+        await conn.execute(
+            "INSERT INTO write_backfill (stream, upto_seq) VALUES (%s, %s)", (stream, last)
+        )
+    log.info("write_state.backfilled", stream=stream, events=count, upto_seq=last)
+    return count
+
+
+async def _backfill_one(conn: AsyncConnection[Any], event: Event, seq: int) -> None:
+    cur = await conn.execute(
+        """INSERT INTO write_events (event_id, workspace_id, type, digest, seq)
+           VALUES (%s, %s, %s, NULL, %s) ON CONFLICT (event_id) DO NOTHING RETURNING 1""",
+        (event.event_id, event.workspace_id, event.type, seq),
+    )
+    if await cur.fetchone() is not None:
+        await apply_to_state(conn, event)

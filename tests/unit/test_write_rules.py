@@ -1,0 +1,327 @@
+"""The write side's rules without a server: the pure decisions of ``write_rules``, the whole
+``WriteSide.record_many`` over in-memory stand-ins for its state, log and key store, and the
+command handler's wiring through FastStream's ``TestNatsBroker``.
+
+The real-server behaviour (JetStream dedupe, PostgreSQL claims under concurrency) is tested in
+tests/e2e/test_walking_skeleton.py; here every rule is checked in isolation and fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from faststream.nats import NatsBroker, TestNatsBroker
+from nats.js.errors import NotFoundError
+from tieline.events_schema.models import Event, EventRetracted
+from tieline.events_schema.registry import REGISTRY
+from tieline.plumbing.config import Settings
+from tieline.plumbing.subjects import command_subject
+from tieline.services import write_rules as rules
+from tieline.services.service_app import INTERACTION_TYPES, PEOPLE_TYPES, subscribe_commands
+from tieline.services.write_rules import Introduction, Recorded, Rejected
+from tieline.services.writeside import WriteSide
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+ALL_TYPES = INTERACTION_TYPES | PEOPLE_TYPES
+
+
+def build(obj: dict[str, Any], ws: str = "w") -> Event:
+    return rules.build(
+        ws,
+        obj,
+        actor="tester",
+        now=NOW,
+        types=frozenset(ALL_TYPES),
+        service="test",
+        registry=REGISTRY,
+        max_future_skew_s=300,
+    )
+
+
+def refused(obj: dict[str, Any]) -> Rejected:
+    with pytest.raises(Rejected) as info:
+        build(obj)
+    return info.value
+
+
+MET = {"type": "relationship.met", "participants": ["ada", "grace"], "depth": "conversation"}
+
+
+# -- pure rules ---------------------------------------------------------------------------
+
+
+def test_a_date_in_the_future_is_refused_naming_occurred_at() -> None:
+    later = (NOW + timedelta(hours=1)).isoformat()
+    rej = refused({**MET, "occurred_at": later})
+    assert (rej.status, rej.errors[0]["loc"]) == (422, ["occurred_at"])
+
+
+def test_a_self_introduction_is_refused() -> None:
+    rej = refused(
+        {
+            "type": "relationship.introduced",
+            "introducer": "ada",
+            "person_a": "grace",
+            "person_b": "grace",
+        }
+    )
+    assert rej.status == 422 and "themselves" in str(rej)
+
+
+@pytest.mark.parametrize(
+    ("obj", "loc"),
+    [
+        ({**MET, "recorded_by": "me"}, ["recorded_by"]),
+        ({**MET, "workspace_id": "other"}, ["workspace_id"]),
+        ({**MET, "type": "relationship.hugged"}, ["type"]),
+        ({**MET, "context": "enc:v1:abc"}, ["context"]),
+    ],
+)
+def test_envelope_mistakes_are_refused_naming_the_field(
+    obj: dict[str, Any], loc: list[str]
+) -> None:
+    rej = refused(obj)
+    assert rej.status == 422 and rej.errors[0]["loc"] == loc
+
+
+def test_unknown_and_forgotten_people_are_refused_at_their_position() -> None:
+    event = build(MET)
+    with pytest.raises(Rejected) as unknown:
+        rules.check_people(event, MET, rules.Command(known={"ada"}, keys={"ada": b"k" * 32}))
+    assert (unknown.value.status, unknown.value.errors[0]["loc"]) == (404, ["participants", "1"])
+    gone = rules.Command(known={"ada", "grace"}, keys={"ada": b"k" * 32, "grace": None})
+    with pytest.raises(Rejected) as forgotten:
+        rules.check_people(event, MET, gone)
+    assert forgotten.value.status == 410
+
+
+def test_a_reused_event_id_is_a_duplicate_only_with_the_same_body() -> None:
+    digest = rules.body_digest(MET, "w")
+    done = Recorded("w", "relationship.met", digest, seq=7)
+    same = rules.prior_outcome(done, "w", digest, "e")
+    assert same is not None and (same.status, same.seq, same.duplicate) == (200, 7, True)
+    other = rules.body_digest({**MET, "depth": "brief_chat"}, "w")
+    conflict = rules.prior_outcome(done, "w", other, "e")
+    assert conflict is not None and conflict.status == 409
+    assert conflict.errors[0]["loc"] == ["event_id"]
+    elsewhere = rules.prior_outcome(done, "v", digest, "e")
+    assert elsewhere is not None and elsewhere.status == 409 and "w" not in (elsewhere.error or "")
+    # Taken but not confirmed (a crash between publish and record): publish again.
+    assert rules.prior_outcome(replace(done, seq=None), "w", digest, "e") is None
+    # Learnt from the log (no digest): the id is a duplicate whatever the body.
+    learnt = rules.prior_outcome(replace(done, digest=None), "w", other, "e")
+    assert learnt is not None and learnt.status == 200
+
+
+def test_the_digest_ignores_key_order_and_is_per_workspace() -> None:
+    flipped = dict(reversed(list(MET.items())))
+    assert rules.body_digest(flipped, "w") == rules.body_digest(MET, "w")
+    assert rules.body_digest(MET, "w") != rules.body_digest(MET, "v")
+
+
+def test_retraction_rules() -> None:
+    target = uuid4()
+    retraction = build({"type": "event.retracted", "retracted_event_id": str(target)})
+    assert isinstance(retraction, EventRetracted)
+    met = Recorded("w", "relationship.met", "d", seq=3)
+
+    def status(rec: Recorded | None) -> int:
+        with pytest.raises(Rejected) as info:
+            rules.check_retraction(retraction, rec)
+        return info.value.status
+
+    rules.check_retraction(retraction, met)  # a recorded event of this workspace: fine
+    assert status(None) == 404
+    assert status(replace(met, workspace_id="v")) == 404
+    assert status(replace(met, seq=None)) == 404
+    assert status(replace(met, type="event.retracted")) == 422
+    assert status(replace(met, retracted_by=str(uuid4()))) == 409
+
+
+def test_introduction_rules_are_double_opt_in() -> None:
+    intro_id = str(uuid4())
+    made = build(
+        {
+            "type": "relationship.introduced",
+            "introducer": "ada",
+            "person_a": "grace",
+            "person_b": "alan",
+            "introduction_id": intro_id,
+        }
+    )
+    asked = Introduction("grace", "ada", "alan", None, None, None)
+    with pytest.raises(Rejected) as early:
+        rules.check_introduction(made, asked)
+    assert early.value.status == 409
+    rules.check_introduction(made, replace(asked, requester_consent=True, target_consent=True))
+    with pytest.raises(Rejected) as missing:
+        rules.check_introduction(made, None)
+    assert missing.value.status == 404
+
+
+# -- the whole command over in-memory stand-ins -------------------------------------------
+
+
+@dataclass
+class Ack:
+    seq: int
+    duplicate: bool
+
+
+class MemoryLog:
+    """JetStream as the write side uses it: publish with Nats-Msg-Id dedupe, last message per
+    subject."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.ids: dict[str, int] = {}
+
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str], **_: Any) -> Ack:
+        msg_id = headers["Nats-Msg-Id"]
+        if msg_id in self.ids:
+            return Ack(self.ids[msg_id], True)
+        self.messages.append((subject, data))
+        self.ids[msg_id] = len(self.messages)
+        return Ack(len(self.messages), False)
+
+    async def get_last_msg(self, stream: str, subject: str) -> Any:
+        for seq in range(len(self.messages), 0, -1):
+            if self.messages[seq - 1][0] == subject:
+                return type("Msg", (), {"data": self.messages[seq - 1][1], "seq": seq})()
+        raise NotFoundError
+
+
+class MemoryState:
+    """``WriteState`` in a dict."""
+
+    def __init__(self) -> None:
+        self.rows: dict[UUID, Recorded] = {}
+
+    async def take(self, lines: Sequence[tuple[Event, str]]) -> dict[UUID, Recorded]:
+        held = {e.event_id: self.rows[e.event_id] for e, _ in lines if e.event_id in self.rows}
+        for e, d in lines:
+            self.rows.setdefault(e.event_id, Recorded(e.workspace_id, e.type, d, None))
+        return held
+
+    async def release(self, ids: Sequence[UUID]) -> None:
+        for i in ids:
+            if self.rows[i].seq is None:
+                del self.rows[i]
+
+    async def event(self, event_id: UUID) -> Recorded | None:
+        return self.rows.get(event_id)
+
+    async def claim_retraction(self, event: EventRetracted) -> bool:
+        row = self.rows.get(event.retracted_event_id)
+        if row is None or row.retracted_by not in (None, str(event.event_id)):
+            return False
+        self.rows[event.retracted_event_id] = replace(row, retracted_by=str(event.event_id))
+        return True
+
+    async def unclaim_retraction(self, event: EventRetracted) -> None:
+        row = self.rows[event.retracted_event_id]
+        self.rows[event.retracted_event_id] = replace(row, retracted_by=None)
+
+    async def introduction(self, ws: str, intro_id: UUID) -> Introduction | None:
+        return None
+
+    async def recorded(self, published: Sequence[tuple[Event, int]]) -> None:
+        for e, seq in published:
+            self.rows[e.event_id] = replace(self.rows[e.event_id], seq=seq)
+
+
+class MemoryKeys:
+    def __init__(self) -> None:
+        self.keys_: dict[str, bytes | None] = {}
+
+    async def keys(self, ws: str, people: Sequence[str], **_: Any) -> dict[str, bytes | None]:
+        return {p: self.keys_.setdefault(p, os.urandom(32)) for p in people}
+
+    async def destroy(self, ws: str, person_id: str) -> None:
+        self.keys_[person_id] = None
+
+
+def write_side() -> tuple[WriteSide, MemoryLog, MemoryState]:
+    log, state = MemoryLog(), MemoryState()
+    side = WriteSide(
+        Settings(),
+        log,
+        state,
+        REGISTRY,
+        ALL_TYPES,
+        "test",
+        MemoryKeys(),  # type: ignore[arg-type]
+        clock=lambda: NOW,
+    )
+    return side, log, state
+
+
+PEOPLE = [
+    {"type": "person.added", "person_id": "ada", "display_name": "Ada"},
+    {"type": "person.added", "person_id": "grace", "display_name": "Grace"},
+]
+
+
+def test_record_many_publishes_good_lines_only_and_answers_in_order() -> None:
+    side, log, _ = write_side()
+    ghost = {**MET, "participants": ["ada", "ghost"]}
+    out = asyncio.run(side.record_many("w", [*PEOPLE, MET, ghost, "nope"], "tester"))
+    assert [o.status for o in out] == [201, 201, 201, 404, 422]
+    assert len(log.messages) == 3
+
+
+def test_record_many_conflict_and_duplicate_publish_nothing() -> None:
+    side, log, _ = write_side()
+    eid = str(uuid4())
+    asyncio.run(side.record_many("w", [*PEOPLE, {**MET, "event_id": eid}], "tester"))
+    again = asyncio.run(side.record_many("w", [{**MET, "event_id": eid}], "tester"))
+    other = asyncio.run(
+        side.record_many("w", [{**MET, "event_id": eid, "depth": "brief_chat"}], "tester")
+    )
+    assert (again[0].status, again[0].duplicate, again[0].seq) == (200, True, 3)
+    assert other[0].status == 409
+    assert len(log.messages) == 3
+
+
+def test_a_refused_line_gives_its_id_back_so_a_corrected_resend_is_accepted() -> None:
+    side, _, state = write_side()
+    eid = str(uuid4())
+    asyncio.run(side.record_many("w", PEOPLE, "tester"))
+    bad = asyncio.run(
+        side.record_many("w", [{**MET, "event_id": eid, "participants": ["ada", "x"]}], "t")
+    )
+    assert bad[0].status == 404 and UUID(eid) not in state.rows
+    good = asyncio.run(side.record_many("w", [{**MET, "event_id": eid}], "tester"))
+    assert good[0].status == 201
+
+
+def test_a_forgotten_person_can_no_longer_be_named() -> None:
+    side, _, _ = write_side()
+    asyncio.run(side.record_many("w", PEOPLE, "tester"))
+    forget = {"type": "person.forgotten", "person_id": "grace"}
+    assert asyncio.run(side.record_many("w", [forget], "admin"))[0].status == 201
+    assert asyncio.run(side.record_many("w", [MET], "tester"))[0].status == 410
+
+
+# -- wiring through FastStream's TestNatsBroker -------------------------------------------
+
+
+async def test_the_command_handler_answers_on_its_subject() -> None:
+    settings = Settings()
+    side, log, _ = write_side()
+    broker = NatsBroker()
+    subscribe_commands(broker, settings, "interactions", lambda: side)
+    subject = command_subject(settings.subject_prefix, "w", "interactions", "record")
+    async with TestNatsBroker(broker) as br:
+        ok = await br.request({"actor": "t", "items": PEOPLE}, subject)
+        bad = await br.request({"items": PEOPLE}, subject)
+    assert [r["status"] for r in (await ok.decode())["results"]] == [201, 201]  # type: ignore[index]
+    assert "actor" in (await bad.decode())["error"]  # type: ignore[index]
+    assert len(log.messages) == 2
