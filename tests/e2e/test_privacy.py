@@ -62,6 +62,32 @@ def test_roles_limit_what_a_token_may_do(stack: Stack, stack_settings: Settings,
         )
 
 
+def test_a_write_token_cannot_forget_a_person_through_the_events_route(
+    stack: Stack, api: httpx.Client, stack_settings: Settings, ws: str
+) -> None:
+    """Forgetting destroys a key for good: it takes an admin token on every route, not only
+    on ``/forget`` (a write token posting ``person.forgotten`` to /events is refused)."""
+    add_people(api, ws, "ada", "grace")
+    writer = make_token(stack_settings, ws, "write", "writer")
+    forget = {"type": "person.forgotten", "person_id": "ada"}
+    with httpx.Client(
+        base_url=stack.api_url, timeout=10, headers={"Authorization": f"Bearer {writer}"}
+    ) as client:
+        one = client.post(f"/v1/workspaces/{ws}/events", json=forget)
+        assert one.status_code == 403 and one.json()["errors"][0]["loc"] == ["type"], one.text
+        batch = client.post(
+            f"/v1/workspaces/{ws}/events/batch",
+            content=json.dumps(forget) + "\n",
+            headers={"content-type": "application/x-ndjson"},
+        )
+        assert batch.status_code == 200, batch.text
+        assert [r["status"] for r in batch.json()["results"]] == [403]
+        met = {"type": "relationship.met", "participants": ["ada", "grace"], "depth": "brief_chat"}
+        assert client.post(f"/v1/workspaces/{ws}/events", json=met).status_code == 201
+    person = api.get(f"/v1/workspaces/{ws}/people/ada").json()
+    assert person.get("display_name") == "Ada" and not person.get("forgotten"), person
+
+
 def test_revoked_token_stops_working(stack: Stack, api: httpx.Client, ws: str) -> None:
     made = api.post(f"/v1/workspaces/{ws}/tokens", json={"role": "read", "name": "temp"}).json()
     with httpx.Client(

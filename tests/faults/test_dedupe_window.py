@@ -3,8 +3,8 @@
 * Re-sent straight onto the stream after the window, the same event (same Nats-Msg-Id) is
   stored twice; the projection counts it once (the archive's event_id is the key).
 * Re-sent within the window, JetStream itself drops it (``duplicate`` in the PubAck).
-* Re-sent through the HTTP API after the window, the write side finds it in the archive and
-  answers 200 ``duplicate`` with the original seq, publishing nothing.
+* Re-sent through the HTTP API after the window, the write side finds it in its own table of
+  taken ids and answers 200 ``duplicate`` with the original seq, publishing nothing.
 """
 
 from __future__ import annotations

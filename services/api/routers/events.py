@@ -18,6 +18,18 @@ router = APIRouter(tags=["events"])
 
 #: Lines per request/reply command; keeps each NATS message well under its payload limit.
 CHUNK_LINES = 500
+#: Event types only an admin token may record: forgetting destroys a person's key for good,
+#: so it takes the same role as ``POST .../people/{person}/forget``.
+ADMIN_ONLY_TYPES = frozenset({"person.forgotten"})
+
+
+def role_refusal(obj: Any, role: str) -> dict[str, Any] | None:
+    """A 403 line result when ``obj`` is an event type the caller's role may not record."""
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    if kind not in ADMIN_ONLY_TYPES or role == "admin":
+        return None
+    msg = f"recording {kind!r} needs an admin token (POST .../people/{{person}}/forget)"
+    return {"status": 403, "error": f"type: {msg}", "errors": [{"loc": ["type"], "msg": msg}]}
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -73,6 +85,9 @@ async def record_event(
             "body: an event must be a JSON object",
             [{"loc": ["body"], "msg": "must be a JSON object"}],
         )
+    refusal = role_refusal(obj, who.role)
+    if refusal is not None:
+        raise ApiError(403, refusal["error"], refusal["errors"])
     [result] = await rt.bus.command(
         ws, service_for(obj.get("type")), [obj], who.actor, str(uuid4())
     )
@@ -113,6 +128,10 @@ async def record_batch(ws: WS, request: Request, who: Writer, rt: RT) -> BatchRe
                 "error": f"line {i + 1}: not valid JSON ({exc})",
                 "errors": [{"loc": ["line", str(i + 1)], "msg": "not valid JSON"}],
             }
+            continue
+        refusal = role_refusal(obj, who.role)
+        if refusal is not None:
+            results[i] = refusal
             continue
         objs[i] = obj
         service = service_for(obj.get("type") if isinstance(obj, dict) else None)
