@@ -344,9 +344,8 @@ def test_reusing_an_event_id_for_a_different_event_is_a_conflict(
     add_people(api, ws, "ada", "grace", "alan")
     eid = str(uuid.uuid4())
     event = {"type": "relationship.met", "participants": ["ada", "grace"], "depth": "brief_chat"}
-    assert (
-        api.post(f"/v1/workspaces/{ws}/events", json={**event, "event_id": eid}).status_code == 201
-    )
+    first = api.post(f"/v1/workspaces/{ws}/events", json={**event, "event_id": eid})
+    assert first.status_code == 201
     before = stream_last_seq(api)
     for other in (
         {**event, "depth": "deep_conversation"},
@@ -356,6 +355,17 @@ def test_reusing_an_event_id_for_a_different_event_is_a_conflict(
         assert r.status_code == 409, r.text
         assert r.json()["errors"][0]["loc"] == ["event_id"], r.json()
         assert "different event" in r.json()["detail"]
+    batch = api.post(
+        f"/v1/workspaces/{ws}/events/batch",
+        content="\n".join(
+            json.dumps({**e, "event_id": eid}) for e in (event, {**event, "depth": "conversation"})
+        ),
+        headers={"content-type": "application/x-ndjson"},
+    )
+    lines = batch.json()["results"]
+    assert [r["status"] for r in lines] == [200, 409], lines
+    assert lines[0]["duplicate"] is True and lines[0]["seq"] == first.json()["seq"]
+    assert lines[1]["errors"][0]["loc"] == ["event_id"]
     assert stream_last_seq(api) == before
     again = api.post(f"/v1/workspaces/{ws}/events", json={**event, "event_id": eid})
     assert again.status_code == 200 and again.json()["duplicate"] is True

@@ -4,7 +4,8 @@
   stored twice; the projection counts it once (the archive's event_id is the key).
 * Re-sent within the window, JetStream itself drops it (``duplicate`` in the PubAck).
 * Re-sent through the HTTP API after the window, the write side finds it in its own table of
-  taken ids and answers 200 ``duplicate`` with the original seq, publishing nothing.
+  taken ids and answers 200 ``duplicate`` with the original seq, publishing nothing; the
+  same id with another body is a 409 conflict, also after the window.
 """
 
 from __future__ import annotations
@@ -117,6 +118,10 @@ async def test_resend_beyond_the_dedupe_window_is_stored_twice_and_counted_once(
             await asyncio.sleep(shared.settings.duplicate_window_s + 1.0)
             before = await stream_last_seq(js, stream)
             r2 = await client.post(f"/v1/workspaces/{ws}/events", json=body)
+            # The same id with another body, beyond the window: a conflict, nothing published.
+            r3 = await client.post(
+                f"/v1/workspaces/{ws}/events", json={**body, "depth": "deep_conversation"}
+            )
             after = await stream_last_seq(js, stream)
     summary(
         "dedupe_window",
@@ -134,4 +139,5 @@ async def test_resend_beyond_the_dedupe_window_is_stored_twice_and_counted_once(
     assert check.projected == 2
     assert r2.status_code == 200, r2.text
     assert r2.json()["duplicate"] is True and r2.json()["seq"] == seq, r2.json()
+    assert r3.status_code == 409 and r3.json()["errors"][0]["loc"] == ["event_id"], r3.text
     assert after == before, "the API published a re-sent event again"
