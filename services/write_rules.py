@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -119,15 +119,27 @@ class Rejected(Exception):
         return Outcome(self.status, event_id, error=error, errors=self.errors)
 
 
-def body_digest(obj: dict[str, Any], workspace_id: str) -> str:
-    """A fingerprint of what the client asked to record (its JSON object, canonicalised).
+#: Envelope fields left out of a body's digest: set by the server, or tracing metadata that
+#: a retry may carry differently without being another event.
+DIGEST_EXCLUDES = frozenset(
+    {"event_id", "schema_version", "recorded_at", "recorded_by", "correlation_id", "causation_id"}
+)
 
-    Two sends of one ``event_id`` are the same request when their digests are equal; fields the
-    server fills in (``occurred_at`` when omitted, ``recorded_at``) are not part of it, so an
-    honest retry always matches.
+
+def body_digest(event: Event, supplied: Iterable[str]) -> str:
+    """A fingerprint of the event a client asked to record: the validated event in its current
+    schema version (so ``"2024-01-01T10:00:00+01:00"`` and ``"2024-01-01T09:00:00Z"`` are the
+    same time, key order and defaults do not matter), without the envelope fields above.
+
+    Two sends of one ``event_id`` are the same request when their digests are equal. An
+    ``occurred_at`` the client left out (the server fills in *now*) is not part of it, so an
+    honest retry always matches, and an export imported back matches its original.
     """
-    canonical = dict(obj, workspace_id=workspace_id)
-    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), default=str)
+    exclude = set(DIGEST_EXCLUDES)
+    if "occurred_at" not in supplied:
+        exclude.add("occurred_at")
+    content = event.model_dump(mode="json", exclude=exclude)
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -224,7 +224,7 @@ class WriteSide:
             except Rejected as rej:
                 outcomes[i] = rej.outcome(str(eid) if eid is not None else None)
                 continue
-            lines.append((i, event, rules.body_digest(obj, workspace_id)))
+            lines.append((i, event, rules.body_digest(event, obj)))
         held = await self.state.take([(e, d) for _, e, d in lines])
         todo: list[tuple[int, Event]] = []
         for i, event, digest in lines:

@@ -26,7 +26,7 @@ ADMIN_ONLY_TYPES = frozenset({"person.forgotten"})
 def role_refusal(obj: Any, role: str) -> dict[str, Any] | None:
     """A 403 line result when ``obj`` is an event type the caller's role may not record."""
     kind = obj.get("type") if isinstance(obj, dict) else None
-    if kind not in ADMIN_ONLY_TYPES or role == "admin":
+    if not isinstance(kind, str) or kind not in ADMIN_ONLY_TYPES or role == "admin":
         return None
     msg = f"recording {kind!r} needs an admin token (POST .../people/{{person}}/forget)"
     return {"status": 403, "error": f"type: {msg}", "errors": [{"loc": ["type"], "msg": msg}]}
