@@ -622,19 +622,9 @@ def running_stack(
 
 def make_token(settings: Any, ws: str, role: str = "write", name: str = "bench") -> str:
     """An API token straight in the database (what ``tieline token create`` does)."""
-    from tieline.plumbing import db
-    from tieline.plumbing.state import ensure_state_schema
-    from tieline.services.auth import create_token
+    from tieline.services.auth import issue_token
 
-    async def go() -> str:
-        conn = await db.connect(settings)
-        try:
-            await ensure_state_schema(conn, settings.database_schema)
-            return await create_token(conn, ws, role, name)
-        finally:
-            await conn.close()
-
-    return run_async(go())
+    return str(run_async(issue_token(settings, ws, role, name)))
 
 
 def run_async(coro: Any) -> Any:

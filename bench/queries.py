@@ -454,6 +454,7 @@ async def _publish_templates(settings: Any, people: int, events: int) -> int:
 async def _wait_projected(settings: Any, last_seq: int, timeout: float = 1800) -> tuple[str, int]:
     from tieline.plumbing import db
     from tieline.projections import generations
+    from tieline.projections.queries.common import checkpoint
 
     deadline = time.monotonic() + timeout
     while True:
@@ -461,13 +462,9 @@ async def _wait_projected(settings: Any, last_seq: int, timeout: float = 1800) -
         try:
             live = await generations.live(conn, settings.database_schema)
             if live is not None:
-                cur = await conn.execute(
-                    f'SELECT last_seq FROM "{live.schema_name}".checkpoints WHERE projection = %s',
-                    (live.consumer,),
-                )
-                row = await cur.fetchone()
-                if row and row[0] >= last_seq:
-                    return live.schema_name, int(row[0])
+                seen = await checkpoint(conn, live.consumer, live.schema_name)
+                if seen >= last_seq:
+                    return live.schema_name, seen
         except Exception:
             pass
         finally:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from tenacity import (
     AsyncRetrying,
@@ -41,7 +41,25 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-__all__ = ["HTTP", "NATS", "POSTGRES", "PROCESS", "Policy"]
+__all__ = ["HTTP", "NATS", "POSTGRES", "PROCESS", "Condition", "Options", "Policy"]
+
+
+#: What counts as a failure worth another attempt: exception types, or a tenacity condition.
+Condition = retry_base | type[BaseException] | tuple[type[BaseException], ...]
+
+
+class Options(TypedDict, total=False):
+    """How long a caller may keep trying, and what happens at the end."""
+
+    #: At most this many attempts in all (None: no limit).
+    attempts: int | None
+    #: At most this many seconds from the first attempt (None: no limit).
+    deadline_s: float | None
+    #: What to return on giving up, e.g. ``lambda state: state.outcome.result()``: the last
+    #: result, or the last exception raised. Unset: the last exception is raised.
+    give_up: Callable[[RetryCallState], Any] | None
+    #: Runs before each wait (to log the failure).
+    on_retry: Callable[[RetryCallState], None] | None
 
 
 @dataclass(frozen=True)
@@ -60,15 +78,9 @@ class Policy:
             multiplier=self.initial, max=self.maximum, jitter=self.jitter
         )
 
-    def _arguments(
-        self,
-        retry: retry_base | type[BaseException] | tuple[type[BaseException], ...],
-        attempts: int | None,
-        deadline_s: float | None,
-        give_up: Callable[[RetryCallState], Any] | None,
-        on_retry: Callable[[RetryCallState], None] | None,
-    ) -> dict[str, Any]:
+    def _arguments(self, retry: Condition, options: Options) -> dict[str, Any]:
         stops: list[stop_base] = []
+        attempts, deadline_s = options.get("attempts"), options.get("deadline_s")
         if attempts is not None:
             stops.append(stop_after_attempt(attempts))
         if deadline_s is not None:
@@ -80,37 +92,18 @@ class Policy:
             "stop": stop_any(*stops) if stops else stop_never,
             "retry": retry,
             "reraise": True,
-            "retry_error_callback": give_up,
-            "before_sleep": on_retry,
+            "retry_error_callback": options.get("give_up"),
+            "before_sleep": options.get("on_retry"),
         }
 
-    def retrying(
-        self,
-        retry: retry_base | type[BaseException] | tuple[type[BaseException], ...],
-        *,
-        attempts: int | None = None,
-        deadline_s: float | None = None,
-        give_up: Callable[[RetryCallState], Any] | None = None,
-        on_retry: Callable[[RetryCallState], None] | None = None,
-    ) -> AsyncRetrying:
+    def retrying(self, retry: Condition, **options: Unpack[Options]) -> AsyncRetrying:
         """An ``AsyncRetrying`` that tries again on ``retry`` (exception types, or a tenacity
-        retry condition such as ``retry_if_result``), at most ``attempts`` times in all and
-        for at most ``deadline_s`` seconds (neither: until it succeeds). ``give_up`` decides
-        what it returns when it gives up (``lambda state: state.outcome.result()``: the last
-        result, or the last exception raised); ``on_retry`` runs before each wait (to log)."""
-        return AsyncRetrying(**self._arguments(retry, attempts, deadline_s, give_up, on_retry))
+        retry condition such as ``retry_if_result``); see :class:`Options` for the rest."""
+        return AsyncRetrying(**self._arguments(retry, options))
 
-    def retrying_sync(
-        self,
-        retry: retry_base | type[BaseException] | tuple[type[BaseException], ...],
-        *,
-        attempts: int | None = None,
-        deadline_s: float | None = None,
-        give_up: Callable[[RetryCallState], Any] | None = None,
-        on_retry: Callable[[RetryCallState], None] | None = None,
-    ) -> Retrying:
+    def retrying_sync(self, retry: Condition, **options: Unpack[Options]) -> Retrying:
         """:meth:`retrying` for blocking code."""
-        return Retrying(**self._arguments(retry, attempts, deadline_s, give_up, on_retry))
+        return Retrying(**self._arguments(retry, options))
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after ``failures`` consecutive failures, for loops that are not a
