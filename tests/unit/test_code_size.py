@@ -20,13 +20,13 @@ MAX_MODULE_LINES = 600
 # Files another helper is splitting on its own branch while this test lands. The lead empties
 # this list after merging those branches; a file listed here is skipped by both checks, and a
 # listed file that has come within the limits fails the test below, so the list cannot go stale.
+# (services/service_app.py is not listed: main split it with the write-side change, b13a930.)
 STILL_BEING_SPLIT: frozenset[str] = frozenset(
     {
         "projections/worker.py",  # helper `scale`
         "projections/store.py",  # helper `scale`
         "projections/replay.py",  # helper `scale`
         "projections/strength_model.py",  # helper `strength`
-        "services/service_app.py",  # the lead (write side)
     }
 )
 
