@@ -18,6 +18,9 @@ may keep trying:
 loops and ``await retrying(fn)``; ``policy.retrying_sync(...)`` gives a ``Retrying`` for
 blocking code (the supervisor, the embedded servers). Both re-raise the last error when they
 give up (``reraise=True``): a caller sees the real exception, never tenacity's ``RetryError``.
+Pass ``retrying`` an ``async def`` function: tenacity awaits what it returns only when the
+function itself is a coroutine function, so a ``lambda`` returning a coroutine would be
+"successful" at once with the coroutine as its result.
 ``policy.delay(n)`` is the wait after ``n`` failures, for loops that are not one call.
 """
 

@@ -93,10 +93,14 @@ async def _retry(what: str, step: Any, deadline: float, policy: Policy) -> Any:
         deadline_s=max(deadline - time.monotonic(), 0.0),
         on_retry=logged,
     )
+
+    # A coroutine function, not a lambda returning a coroutine: tenacity awaits the result
+    # only when the function itself is ``async def``.
+    async def attempt() -> Any:
+        return await asyncio.wait_for(step(), timeout=max(deadline - time.monotonic(), 1.0))
+
     try:
-        return await retrying(
-            lambda: asyncio.wait_for(step(), timeout=max(deadline - time.monotonic(), 1.0))
-        )
+        return await retrying(attempt)
     except ValueError:
         raise
     except Exception as exc:

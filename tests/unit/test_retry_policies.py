@@ -4,6 +4,7 @@ real exception (never tenacity's RetryError) when they give up."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from tenacity import retry_if_result
@@ -79,3 +80,46 @@ def test_a_deadline_ends_the_retries() -> None:
     with pytest.raises(TimeoutError):
         FAST.retrying_sync(TimeoutError, deadline_s=0.05)(down)
     assert 2 <= len(calls) < 1000
+
+
+# -- the bootstrap's use of a policy (services/runtime/bootstrap.py) --------------------------
+
+
+def test_bootstrap_retries_a_step_until_it_returns_its_value() -> None:
+    from tieline.services.runtime.bootstrap import _retry
+
+    calls: list[int] = []
+
+    async def step() -> tuple[str, int]:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionRefusedError("not yet")
+        return ("TIELINE", 1)
+
+    deadline = time.monotonic() + 10
+    assert asyncio.run(_retry("streams", step, deadline, FAST)) == ("TIELINE", 1)
+    assert len(calls) == 3
+
+
+def test_bootstrap_gives_up_at_the_deadline_naming_the_step() -> None:
+    from tieline.services.runtime.bootstrap import _retry
+
+    async def step() -> None:
+        raise ConnectionRefusedError("refused")
+
+    with pytest.raises(RuntimeError, match="bootstrap: admin token failed: ConnectionRefusedError"):
+        asyncio.run(_retry("admin token", step, time.monotonic() + 0.1, FAST))
+
+
+def test_bootstrap_does_not_retry_a_malformed_setting() -> None:
+    from tieline.services.runtime.bootstrap import _retry
+
+    calls: list[int] = []
+
+    async def step() -> None:
+        calls.append(1)
+        raise ValueError("a token must look like tl_...")
+
+    with pytest.raises(ValueError):
+        asyncio.run(_retry("admin token", step, time.monotonic() + 10, FAST))
+    assert len(calls) == 1
