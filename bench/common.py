@@ -719,6 +719,35 @@ def write_results(
     return path
 
 
+def finish_run(
+    name: str,
+    title: str,
+    args: Any,
+    rows: Sequence[Row],
+    targets: Sequence[Target],
+    *,
+    extra: dict[str, Any] | None,
+    started: float,
+    before: dict[str, Any],
+    database_url: str | None = None,
+) -> dict[str, Any]:
+    """The end of every benchmark: write its results file, print its table and where the file
+    is; return the rows and targets (``python -m bench all`` collects them)."""
+    path = write_results(
+        name,
+        args=jsonable_args(args),
+        rows=rows,
+        targets=targets,
+        extra=extra,
+        database_url=database_url,
+        started=started,
+        activity_before=before,
+    )
+    print_table(title, rows, targets)
+    print(f"results: {path}")
+    return {"rows": rows, "targets": targets}
+
+
 def jsonable_args(ns: Any) -> dict[str, Any]:
     return {k: v for k, v in vars(ns).items() if not callable(v)}
 

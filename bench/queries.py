@@ -38,18 +38,16 @@ from bench.common import (
     Row,
     Target,
     cli_main,
-    jsonable_args,
+    finish_run,
     judge,
     make_token,
     nats_connect,
     other_activity,
     postgres,
-    print_table,
     quiet_logging,
     running_stack,
     summarize,
     temp_root,
-    write_results,
 )
 from bench.events import LogEncoder, client_events
 from bench.httpload import client
@@ -587,18 +585,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "max_degree": max(net["degree"].values()),
         "results": res,
     }
-    path = write_results(
+    return finish_run(
         "queries",
-        args=jsonable_args(args),
-        rows=rows,
-        targets=targets,
+        f"queries ({scale})",
+        args,
+        rows,
+        targets,
         extra=extra,
         started=started,
-        activity_before=before,
+        before=before,
     )
-    print_table(f"queries ({scale})", rows, targets)
-    print(f"results: {path}")
-    return {"rows": rows, "targets": targets}
 
 
 def main(argv: list[str] | None = None) -> None:
