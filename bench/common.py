@@ -298,57 +298,43 @@ def machine_info(database_url: str | None = None) -> dict[str, Any]:
 
 def other_activity() -> dict[str, Any]:
     """Load average and other heavy processes (e.g. other engineers' test runs) right now."""
-    me = os.getpid()
-    table = _proc_stat_table()
-    mine = _descendants_of(me, table) | {me}
-    p = me
-    while p in table and table[p][0] > 1:  # our ancestors (a timeout wrapper, the shell)
-        p = table[p][0]
-        mine.add(p)
+    import psutil
+
+    me = psutil.Process()
+    mine = {me.pid} | {c.pid for c in me.children(recursive=True)}
+    mine |= {p.pid for p in me.parents()}  # our ancestors (a timeout wrapper, the shell)
     busy = []
-    for pid, cmd in _cmdlines().items():
-        if pid in mine:
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if proc.info["pid"] in mine or not cmd:
             continue
         if any(k in cmd for k in ("pytest", "py.test", "bench", "mypy", "pip ")):
             busy.append(cmd[:120])
     return {"loadavg": list(os.getloadavg()), "other_processes": busy[:20]}
 
 
-def _cmdlines() -> dict[int, str]:
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                raw = (entry / "cmdline").read_bytes()
-                if raw:
-                    out[int(entry.name)] = raw.replace(b"\0", b" ").decode(errors="replace")
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # CPU accounting per process tree (where did the CPU go during a phase?)
 # ---------------------------------------------------------------------------------------------
 
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
 
 def _proc_stat_table() -> dict[int, tuple[int, float]]:
-    """pid -> (ppid, cpu seconds used so far: utime + stime, plus cutime + cstime, the time of
-    children it has reaped, so a PostgreSQL backend that exits is still counted)."""
+    """pid -> (ppid, cpu seconds used so far: user + system, plus the time of children it has
+    reaped, so a PostgreSQL backend that exits is still counted)."""
+    import psutil
+
     table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for proc in psutil.process_iter(["ppid", "cpu_times"]):
+        times = proc.info["cpu_times"]
+        if times is None:  # gone, or not ours to read
             continue
-        try:
-            raw = (entry / "stat").read_text()
-        except OSError:
-            continue
-        f = raw[raw.rfind(")") + 2 :].split()
-        table[int(entry.name)] = (int(f[1]), sum(int(x) for x in f[11:15]) / _TICK)
+        cpu = times.user + times.system + times.children_user + times.children_system
+        table[proc.pid] = (proc.info["ppid"], cpu)
     return table
 
 
 def _descendants_of(pid: int, table: dict[int, tuple[int, float]] | None = None) -> set[int]:
+    """Every pid below ``pid`` in ``table`` (a snapshot, so the tree and its CPU times agree)."""
     table = table if table is not None else _proc_stat_table()
     kids: dict[int, list[int]] = {}
     for p, (pp, _) in table.items():
@@ -416,8 +402,9 @@ def postgres_pid(database_url: str) -> int | None:
             ).fetchone()
         if row is None:
             return None
-        stat = Path(f"/proc/{row[0]}/stat").read_text()  # the checkpointer's parent
-        return int(stat[stat.rfind(")") + 2 :].split()[1])
+        import psutil
+
+        return int(psutil.Process(row[0]).ppid())  # the checkpointer's parent
     except Exception:
         return None
 
@@ -622,19 +609,9 @@ def running_stack(
 
 def make_token(settings: Any, ws: str, role: str = "write", name: str = "bench") -> str:
     """An API token straight in the database (what ``tieline token create`` does)."""
-    from tieline.plumbing import db
-    from tieline.plumbing.state import ensure_state_schema
-    from tieline.services.auth import create_token
+    from tieline.services.auth import issue_token
 
-    async def go() -> str:
-        conn = await db.connect(settings)
-        try:
-            await ensure_state_schema(conn, settings.database_schema)
-            return await create_token(conn, ws, role, name)
-        finally:
-            await conn.close()
-
-    return run_async(go())
+    return str(run_async(issue_token(settings, ws, role, name)))
 
 
 def run_async(coro: Any) -> Any:
@@ -740,6 +717,35 @@ def write_results(
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=str))
     return path
+
+
+def finish_run(
+    name: str,
+    title: str,
+    args: Any,
+    rows: Sequence[Row],
+    targets: Sequence[Target],
+    *,
+    extra: dict[str, Any] | None,
+    started: float,
+    before: dict[str, Any],
+    database_url: str | None = None,
+) -> dict[str, Any]:
+    """The end of every benchmark: write its results file, print its table and where the file
+    is; return the rows and targets (``python -m bench all`` collects them)."""
+    path = write_results(
+        name,
+        args=jsonable_args(args),
+        rows=rows,
+        targets=targets,
+        extra=extra,
+        database_url=database_url,
+        started=started,
+        activity_before=before,
+    )
+    print_table(title, rows, targets)
+    print(f"results: {path}")
+    return {"rows": rows, "targets": targets}
 
 
 def jsonable_args(ns: Any) -> dict[str, Any]:

@@ -36,19 +36,17 @@ from bench.common import (
     CpuMeter,
     Row,
     cli_main,
-    jsonable_args,
+    finish_run,
     judge,
     make_token,
     nats_connect,
     other_activity,
     postgres,
     postgres_pid,
-    print_table,
     quiet_logging,
     running_stack,
     summarize,
     temp_root,
-    write_results,
 )
 from bench.events import client_events
 from bench.httpload import client, open_loop
@@ -425,18 +423,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "probe_errors": probe_errors,
     }
     name = "freshness" if args.via == "single" else "freshness-batch"
-    path = write_results(
+    return finish_run(
         name,
-        args=jsonable_args(args),
-        rows=rows,
-        targets=targets,
+        f"{name}: write acknowledged -> visible",
+        args,
+        rows,
+        targets,
         extra=extra,
         started=started,
-        activity_before=before,
+        before=before,
     )
-    print_table(f"{name}: write acknowledged -> visible", rows, targets)
-    print(f"results: {path}")
-    return {"rows": rows, "targets": targets}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,20 +44,18 @@ from bench.common import (
     cli_main,
     collapsed_self_top,
     collapsed_top,
-    jsonable_args,
+    finish_run,
     judge,
     make_token,
     nats_connect,
     other_activity,
     postgres,
     postgres_pid,
-    print_table,
     quiet_logging,
     running_stack,
     start_py_spy,
     stop_py_spy,
     temp_root,
-    write_results,
 )
 from bench.events import LogEncoder, client_events
 from bench.httpload import client, closed_loop, open_loop
@@ -572,18 +570,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results[mode] = measure_mode(rs, args, mode)
     rows = [r for m in results.values() for r in rows_for(m)]
     targets = targets_for(results)
-    path = write_results(
+    return finish_run(
         "ingest",
-        args=jsonable_args(args),
-        rows=rows,
-        targets=targets,
+        "ingest",
+        args,
+        rows,
+        targets,
         extra=results,
         started=started,
-        activity_before=before,
+        before=before,
     )
-    print_table("ingest", rows, targets)
-    print(f"results: {path}")
-    return {"rows": rows, "targets": targets}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,17 +35,15 @@ from urllib.parse import urlparse
 from bench.common import (
     Row,
     cli_main,
-    jsonable_args,
+    finish_run,
     judge,
     make_token,
     other_activity,
     postgres,
-    print_table,
     quiet_logging,
     rate,
     running_stack,
     temp_root,
-    write_results,
 )
 from bench.events import meeting_events
 from bench.httpload import client, closed_loop
@@ -322,18 +320,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             reason_if_missed="tieline's worker CPU per event (see projection profile)",
         )
     ]
-    path = write_results(
+    return finish_run(
         "peer",
-        args=jsonable_args(args),
-        rows=rows,
-        targets=targets,
+        "peer: the same meetings on eventsourcing 9 (same PostgreSQL)",
+        args,
+        rows,
+        targets,
         extra={"eventsourcing": peer, "tieline": tl},
         started=started,
-        activity_before=before,
+        before=before,
     )
-    print_table("peer: the same meetings on eventsourcing 9 (same PostgreSQL)", rows, targets)
-    print(f"results: {path}")
-    return {"rows": rows, "targets": targets}
 
 
 def main(argv: list[str] | None = None) -> None:

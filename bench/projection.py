@@ -30,13 +30,12 @@ from bench.common import (
     cli_main,
     collapsed_self_top,
     collapsed_top,
-    jsonable_args,
+    finish_run,
     judge,
     nats_connect,
     other_activity,
     postgres,
     postgres_pid,
-    print_table,
     quiet_logging,
     rate,
     self_cpu,
@@ -44,7 +43,6 @@ from bench.common import (
     stop_py_spy,
     temp_root,
     unique_settings,
-    write_results,
 )
 from bench.events import LogEncoder, client_events
 from bench.natsraw import fill_stream, pull_drain
@@ -178,19 +176,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         extra["profile_top_inclusive"] = collapsed_top(prof_path, 30)
         extra["profile_top_self"] = collapsed_self_top(prof_path, 20)
         extra["profile_file"] = str(prof_path)
-    path = write_results(
+    return finish_run(
         "projection",
-        args=jsonable_args(args),
-        rows=rows,
-        targets=targets,
+        "projection: stream -> committed read models",
+        args,
+        rows,
+        targets,
         extra=extra,
-        database_url=None,
         started=started,
-        activity_before=before,
+        before=before,
     )
-    print_table("projection: stream -> committed read models", rows, targets)
-    print(f"results: {path}")
-    return {"rows": rows, "targets": targets}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,18 +38,16 @@ from bench.common import (
     Row,
     Target,
     cli_main,
-    jsonable_args,
+    finish_run,
     judge,
     make_token,
     nats_connect,
     other_activity,
     postgres,
-    print_table,
     quiet_logging,
     running_stack,
     summarize,
     temp_root,
-    write_results,
 )
 from bench.events import LogEncoder, client_events
 from bench.httpload import client
@@ -454,6 +452,7 @@ async def _publish_templates(settings: Any, people: int, events: int) -> int:
 async def _wait_projected(settings: Any, last_seq: int, timeout: float = 1800) -> tuple[str, int]:
     from tieline.plumbing import db
     from tieline.projections import generations
+    from tieline.projections.queries.common import checkpoint
 
     deadline = time.monotonic() + timeout
     while True:
@@ -461,13 +460,9 @@ async def _wait_projected(settings: Any, last_seq: int, timeout: float = 1800) -
         try:
             live = await generations.live(conn, settings.database_schema)
             if live is not None:
-                cur = await conn.execute(
-                    f'SELECT last_seq FROM "{live.schema_name}".checkpoints WHERE projection = %s',
-                    (live.consumer,),
-                )
-                row = await cur.fetchone()
-                if row and row[0] >= last_seq:
-                    return live.schema_name, int(row[0])
+                seen = await checkpoint(conn, live.consumer, live.schema_name)
+                if seen >= last_seq:
+                    return live.schema_name, seen
         except Exception:
             pass
         finally:
@@ -590,18 +585,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "max_degree": max(net["degree"].values()),
         "results": res,
     }
-    path = write_results(
+    return finish_run(
         "queries",
-        args=jsonable_args(args),
-        rows=rows,
-        targets=targets,
+        f"queries ({scale})",
+        args,
+        rows,
+        targets,
         extra=extra,
         started=started,
-        activity_before=before,
+        before=before,
     )
-    print_table(f"queries ({scale})", rows, targets)
-    print(f"results: {path}")
-    return {"rows": rows, "targets": targets}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,19 +37,17 @@ from bench.common import (
     cli_main,
     collapsed_self_top,
     collapsed_top,
-    jsonable_args,
+    finish_run,
     judge,
     nats_connect,
     other_activity,
     postgres,
     postgres_pid,
-    print_table,
     quiet_logging,
     rate,
     start_py_spy,
     temp_root,
     unique_settings,
-    write_results,
 )
 from bench.events import LogEncoder, client_events
 from bench.natsraw import fill_stream, ordered_read, pull_drain
@@ -403,18 +401,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             reason_if_missed="memory grows with the run",
         ),
     ]
-    path = write_results(
+    return finish_run(
         "rebuild",
-        args=jsonable_args(args),
-        rows=rows,
-        targets=targets,
+        "rebuild: the whole stream into a new generation",
+        args,
+        rows,
+        targets,
         extra=m,
         started=started,
-        activity_before=before,
+        before=before,
     )
-    print_table("rebuild: the whole stream into a new generation", rows, targets)
-    print(f"results: {path}")
-    return {"rows": rows, "targets": targets}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,17 +23,15 @@ from bench.common import (
     Row,
     Target,
     cli_main,
+    finish_run,
     growth_exponent,
-    jsonable_args,
     make_token,
     other_activity,
     postgres,
-    print_table,
     quiet_logging,
     rate,
     running_stack,
     temp_root,
-    write_results,
 )
 
 
@@ -192,18 +190,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             rows.append(r)
             targets.append(t)
-    path = write_results(
+    return finish_run(
         "scaling",
-        args=jsonable_args(args),
-        rows=rows,
-        targets=targets,
+        "scaling: observed growth exponents",
+        args,
+        rows,
+        targets,
         extra={"events": events, "people": people},
         started=started,
-        activity_before=before,
+        before=before,
     )
-    print_table("scaling: observed growth exponents", rows, targets)
-    print(f"results: {path}")
-    return {"rows": rows, "targets": targets}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,18 +41,16 @@ from bench.common import (
     CpuMeter,
     Row,
     cli_main,
-    jsonable_args,
+    finish_run,
     judge,
     make_token,
     other_activity,
     postgres,
     postgres_pid,
-    print_table,
     quiet_logging,
     running_stack,
     summarize,
     temp_root,
-    write_results,
 )
 from bench.freshness import CheckpointListener, visibility_delays
 from bench.httpload import client, open_loop
@@ -373,18 +371,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "fanout": fanout,
     }
     name = "sse" if args.filter == "person" else "sse-workspace"
-    path = write_results(
+    return finish_run(
         name,
-        args=jsonable_args(args),
-        rows=rows,
-        targets=targets,
+        f"{name}: write acknowledged -> SSE delivery",
+        args,
+        rows,
+        targets,
         extra=extra,
         started=started,
-        activity_before=before,
+        before=before,
     )
-    print_table(f"{name}: write acknowledged -> SSE delivery", rows, targets)
-    print(f"results: {path}")
-    return {"rows": rows, "targets": targets}
 
 
 def _add_people(url: str, token: str, people: list[str]) -> None:

@@ -426,21 +426,10 @@ def make_token(stack: Stack, workspace: str) -> str:
     ``Stack.bootstrap_admin_token`` store it (``auth.create_token``). The latter is not
     called: it keeps one token file per data dir and re-registers that one token for whichever
     workspace it is given, while each data set and stretch here has a workspace of its own."""
-    from tieline.plumbing import db
-    from tieline.plumbing.state import ensure_state_schema
-    from tieline.services.auth import create_token
+    from tieline.services.auth import issue_token
 
     settings = stack.settings(database_url=stack.database_url)
-
-    async def go() -> str:
-        conn = await db.connect(settings)
-        try:
-            await ensure_state_schema(conn, settings.database_schema)
-            return await create_token(conn, workspace, "admin", "validate-strength")
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
+    return asyncio.run(issue_token(settings, workspace, "admin", "validate-strength"))
 
 
 def ingest(client: httpx.Client, work: Workload) -> tuple[int, int]:

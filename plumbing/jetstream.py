@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import nats
 import structlog
 from nats.aio.client import Client as NatsClient
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 from tieline.plumbing.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -62,6 +66,54 @@ async def _ensure(js: JetStreamContext, config: js_api.StreamConfig) -> js_api.S
         return await js.update_stream(config=config)
 
 
+def _differing_fields(want: js_api.StreamConfig, have: js_api.StreamConfig) -> list[str]:
+    """Fields set in ``want`` (not None) whose value on the server is different. Fields left
+    None are the server's to default; durations travel as nanoseconds and come back as float
+    seconds, hence the tolerance for floats."""
+    out: list[str] = []
+    for f in dataclasses.fields(want):
+        wanted, actual = getattr(want, f.name), getattr(have, f.name)
+        if wanted is None:
+            continue
+        if isinstance(wanted, float) and isinstance(actual, int | float):
+            if not math.isclose(wanted, actual, rel_tol=1e-9, abs_tol=1e-6):
+                out.append(f.name)
+        elif wanted != actual:
+            out.append(f.name)
+    return out
+
+
+async def _stream_info(js: JetStreamContext, name: str) -> js_api.StreamInfo:
+    """``$JS.API.STREAM.INFO.<name>``; a timeout is turned into an error that says why."""
+    try:
+        return await js.stream_info(name)
+    except NatsTimeoutError as exc:
+        raise RuntimeError(
+            f"looking up JetStream stream {name!r} timed out: JetStream is not "
+            f"answering, or this NATS user may not send $JS.API.STREAM.INFO.{name} "
+            "(do the stream name and subject prefix match the server's permissions?)"
+        ) from exc
+
+
+async def _create_or_update(
+    js: JetStreamContext, config: js_api.StreamConfig, differs: list[str] | None
+) -> js_api.StreamInfo:
+    """Create the stream (``differs`` None: it is missing) or update the fields that differ."""
+    action = "create" if differs is None else "update"
+    try:
+        if differs is None:
+            return await _ensure(js, config)
+        return await js.update_stream(config=config)
+    except NatsTimeoutError as exc:
+        raise RuntimeError(
+            f"could not {action} JetStream stream {config.name!r}"
+            + (f" (it differs in {', '.join(differs)})" if differs else "")
+            + ": the request timed out, which is how nats-py reports a permissions "
+            f"violation; this NATS user may lack $JS.API.STREAM.{action.upper()}. Let the "
+            "admin user create the streams first (tieline up does that)"
+        ) from exc
+
+
 async def ensure_streams(js: JetStreamContext, settings: Settings) -> js_api.StreamInfo:
     """Make sure the dead-letter stream and the event stream exist as configured; return the
     event stream's info.
@@ -74,61 +126,17 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> js_api.Str
     ``STREAM.UPDATE`` starts without sending either request: the server would refuse them with
     a permissions violation, which nats-py surfaces only as a request timeout.
     """
-    # Imports and helpers are local so that this change stays inside this one function.
-    import dataclasses
-    import math
-
-    from nats.errors import TimeoutError as NatsTimeoutError
-    from nats.js.errors import NotFoundError
-
-    def differing_fields(want: js_api.StreamConfig, have: js_api.StreamConfig) -> list[str]:
-        """Fields set in ``want`` (not None) whose value on the server is different. Fields
-        left None are the server's to default; durations travel as nanoseconds and come back
-        as float seconds, hence the tolerance for floats."""
-        out: list[str] = []
-        for f in dataclasses.fields(want):
-            wanted, actual = getattr(want, f.name), getattr(have, f.name)
-            if wanted is None:
-                continue
-            if isinstance(wanted, float) and isinstance(actual, int | float):
-                if not math.isclose(wanted, actual, rel_tol=1e-9, abs_tol=1e-6):
-                    out.append(f.name)
-            elif wanted != actual:
-                out.append(f.name)
-        return out
-
     info: js_api.StreamInfo | None = None
     for config in (dlq_stream_config(settings), stream_config(settings)):
-        name = config.name or ""
         try:
-            try:
-                info = await js.stream_info(name)
-            except NatsTimeoutError as exc:
-                raise RuntimeError(
-                    f"looking up JetStream stream {name!r} timed out: JetStream is not "
-                    f"answering, or this NATS user may not send $JS.API.STREAM.INFO.{name} "
-                    "(do the stream name and subject prefix match the server's permissions?)"
-                ) from exc
-            differs = differing_fields(config, info.config)
-            if not differs:
-                continue
-            action = "update"
-            log.info("stream.update", stream=name, fields=differs)
+            info = await _stream_info(js, config.name or "")
         except NotFoundError:
-            action, differs = "create", []
-        try:
-            if action == "create":
-                info = await _ensure(js, config)
-            else:
-                info = await js.update_stream(config=config)
-        except NatsTimeoutError as exc:
-            raise RuntimeError(
-                f"could not {action} JetStream stream {name!r}"
-                + (f" (it differs in {', '.join(differs)})" if differs else "")
-                + ": the request timed out, which is how nats-py reports a permissions "
-                f"violation; this NATS user may lack $JS.API.STREAM.{action.upper()}. Let the "
-                "admin user create the streams first (tieline up does that)"
-            ) from exc
+            info = await _create_or_update(js, config, None)
+            continue
+        differs = _differing_fields(config, info.config)
+        if differs:
+            log.info("stream.update", stream=config.name, fields=differs)
+            info = await _create_or_update(js, config, differs)
     assert info is not None
     return info
 

@@ -35,6 +35,7 @@ from tieline.events_schema.registry import EventDecodeError, EventRegistry
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
 from tieline.projections.generations import Generation
+from tieline.projections.queries.common import checkpoint
 from tieline.projections.strength_model import Fold, PairEvent, Params
 
 log = structlog.get_logger(__name__)
@@ -84,13 +85,7 @@ async def check_stream(
     until: datetime | None = None,
 ) -> None:
     """Compare the checkpoint with the stream, and sampled messages with the archive."""
-    schema = sql.Identifier(gen.schema_name)
-    cur = await conn.execute(
-        sql.SQL("SELECT last_seq FROM {}.checkpoints WHERE projection = %s").format(schema),
-        (gen.consumer,),
-    )
-    row = await cur.fetchone()
-    result.checkpoint = int(row[0]) if row else 0
+    result.checkpoint = await checkpoint(conn, gen.consumer, gen.schema_name)
     info = await js.stream_info(stream)
     result.stream_last = int(info.state.last_seq)
     if result.checkpoint > result.stream_last:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from psycopg import AsyncConnection
+from tieline.plumbing import db
+from tieline.plumbing.config import Settings
+from tieline.plumbing.state import ensure_state_schema
 
 Role = Literal["read", "write", "admin"]
 ROLE_RANK: dict[str, int] = {"read": 1, "write": 2, "admin": 3}
@@ -71,6 +74,18 @@ async def create_token(
         (token_id, workspace_id, role, name, _sha256(secret)),
     )
     return token
+
+
+async def issue_token(settings: Settings, workspace_id: str, role: str, name: str) -> str:
+    """A new token stored straight in the database, tieline's state tables created first when
+    the database has none yet; its plaintext. What ``tieline token create`` stores, for the
+    tests, the benches and scripts that need a token without going through the CLI."""
+    conn = await db.connect(settings)
+    try:
+        await ensure_state_schema(conn, settings.database_schema)
+        return await create_token(conn, workspace_id, role, name)
+    finally:
+        await conn.close()
 
 
 async def list_tokens(

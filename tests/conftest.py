@@ -130,3 +130,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     thread for the rest of the session, where asyncio.run() and async tests would refuse to
     start."""
     items.sort(key=lambda item: Path(str(item.fspath)).is_relative_to(BROWSER_TESTS))
+
+
+def make_token(settings: Settings, ws: str, role: str = "admin", name: str = "tester") -> str:
+    """An API token made straight in the database (``auth.issue_token``, what ``tieline token
+    create`` stores), for tests that run no event loop of their own."""
+    import asyncio
+
+    from tieline.services.auth import issue_token
+
+    return asyncio.run(issue_token(settings, ws, role, name))

@@ -20,10 +20,12 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from tenacity import RetryCallState
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
 from tieline.plumbing.crypto import FORGOTTEN, KeyStore, decrypt_value, master_key_from_env
 from tieline.plumbing.jetstream import connect_nats, ensure_streams
+from tieline.plumbing.retry import POSTGRES
 from tieline.plumbing.state import ensure_state_schema
 from tieline.plumbing.subjects import command_subject
 from tieline.projections.queries.common import checkpoint
@@ -303,22 +305,27 @@ class ReadYourWrites:
 
     async def listen(self) -> None:
         """Follow every projection's committed checkpoint ("<read-model schema> <seq>"
-        notifications) and wake ``wait`` callers."""
-        while True:
-            try:
-                conn = await db.connect(self.settings)
-                try:
-                    await conn.execute("LISTEN tieline_checkpoint")
-                    async for n in conn.notifies():
-                        self.committed(n.payload)
-                finally:
-                    await conn.close()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # database restarting: waiters fall back to polling
-                self._checkpoints.clear()  # notifications may have been missed meanwhile
-                log.warning("api.checkpoint_listener_retry", error=str(exc))
-                await asyncio.sleep(1.0)
+        notifications) and wake ``wait`` callers; reconnect under the PostgreSQL retry policy
+        when the database goes away (waiters fall back to polling meanwhile)."""
+
+        def lost(state: RetryCallState) -> None:
+            self._checkpoints.clear()  # notifications may have been missed meanwhile
+            error = state.outcome.exception() if state.outcome else None
+            log.warning("api.checkpoint_listener_retry", error=str(error))
+
+        # Exception only: a cancellation (the api stopping) ends the listener at once.
+        retrying = POSTGRES.retrying(Exception, on_retry=lost)
+        while True:  # a connection that ended without an error is simply opened again
+            await retrying(self._listen_once)
+
+    async def _listen_once(self) -> None:
+        conn = await db.connect(self.settings)
+        try:
+            await conn.execute("LISTEN tieline_checkpoint")
+            async for n in conn.notifies():
+                self.committed(n.payload)
+        finally:
+            await conn.close()
 
     def committed(self, payload: str) -> None:
         """A checkpoint notification: remember the seq and wake every waiter."""

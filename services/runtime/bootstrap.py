@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from tenacity import RetryCallState, retry_if_exception
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
 from tieline.plumbing.jetstream import connect_nats, ensure_streams
+from tieline.plumbing.retry import NATS, POSTGRES, Policy
 from tieline.plumbing.state import ensure_state_schema
 from tieline.services.auth import create_token, list_tokens
 
@@ -76,22 +78,33 @@ async def _admin_token(
         await conn.close()
 
 
-async def _retry(what: str, step: Any, deadline: float) -> Any:
-    """Run the coroutine function ``step`` until it succeeds or ``deadline`` passes."""
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return await asyncio.wait_for(step(), timeout=max(deadline - time.monotonic(), 1.0))
-        except ValueError:
-            raise  # a malformed token or setting: retrying cannot help
-        except Exception as exc:
-            if time.monotonic() >= deadline:
-                raise RuntimeError(
-                    f"bootstrap: {what} failed: {type(exc).__name__}: {exc}"
-                ) from exc
-            log.warning("bootstrap.retry", step=what, attempt=attempt, error=repr(exc))
-            await asyncio.sleep(1.0)
+async def _retry(what: str, step: Any, deadline: float, policy: Policy) -> Any:
+    """Run the coroutine function ``step`` until it succeeds or ``deadline`` passes, waiting
+    between attempts as ``policy`` says. A ValueError (a malformed token or setting) ends it at
+    once: retrying cannot help."""
+
+    def logged(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning("bootstrap.retry", step=what, attempt=state.attempt_number, error=repr(error))
+
+    retrying = policy.retrying(
+        # Exception only: a cancellation (a BaseException) must end the wait, not be retried.
+        retry_if_exception(lambda e: isinstance(e, Exception) and not isinstance(e, ValueError)),
+        deadline_s=max(deadline - time.monotonic(), 0.0),
+        on_retry=logged,
+    )
+
+    # A coroutine function, not a lambda returning a coroutine: tenacity awaits the result
+    # only when the function itself is ``async def``.
+    async def attempt() -> Any:
+        return await asyncio.wait_for(step(), timeout=max(deadline - time.monotonic(), 1.0))
+
+    try:
+        return await retrying(attempt)
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise RuntimeError(f"bootstrap: {what} failed: {type(exc).__name__}: {exc}") from exc
 
 
 async def bootstrap(
@@ -99,9 +112,9 @@ async def bootstrap(
 ) -> BootstrapResult:
     """Streams, state tables and the first admin token (see the module docstring)."""
     deadline = time.monotonic() + wait_s
-    stream, replicas, last_seq = await _retry("streams", lambda: _streams(settings), deadline)
+    stream, replicas, last_seq = await _retry("streams", lambda: _streams(settings), deadline, NATS)
     token, existing = await _retry(
-        "admin token", lambda: _admin_token(settings, workspace, admin_token), deadline
+        "admin token", lambda: _admin_token(settings, workspace, admin_token), deadline, POSTGRES
     )
     log.info("bootstrap.done", stream=stream, replicas=replicas, last_seq=last_seq)
     return BootstrapResult(stream, replicas, last_seq, workspace, token, existing)

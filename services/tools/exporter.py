@@ -254,6 +254,62 @@ def _lines(resp: httpx.Response) -> Iterator[bytes]:
         yield pending
 
 
+def _check_answer(resp: httpx.Response) -> None:
+    """Raise ExportFailed with the API's own detail for anything but 200."""
+    if resp.status_code == 200:
+        return
+    resp.read()
+    try:
+        detail = resp.json().get("detail") or resp.text
+    except ValueError:
+        detail = resp.text
+    raise ExportFailed(resp.status_code, str(detail)[:500])
+
+
+def _copy_jsonl(
+    resp: httpx.Response, tmp: Path | None, stdout: IO[bytes] | None
+) -> tuple[int, int]:
+    """Copy the JSON Lines body as it arrives into ``tmp`` (else ``stdout``, else file
+    descriptor 1); return (rows, bytes)."""
+    rows = size = 0
+    sink: IO[bytes] = (
+        tmp.open("wb")
+        if tmp is not None
+        else stdout or io.BufferedWriter(io.FileIO(1, "w", closefd=False))
+    )
+    try:
+        for chunk in resp.iter_bytes():
+            sink.write(chunk)
+            size += len(chunk)
+            rows += chunk.count(b"\n")
+    finally:
+        sink.flush()
+        if tmp is not None:
+            sink.close()
+    return rows, size
+
+
+def _write_answer(
+    resp: httpx.Response,
+    fmt: str,
+    tmp: Path | None,
+    columns: Columns | None,
+    stdout: IO[bytes] | None,
+    batch_rows: int,
+) -> tuple[int, int]:
+    """Write the answer in ``fmt``; a partial file is removed when anything goes wrong."""
+    try:
+        if fmt == "jsonl":
+            return _copy_jsonl(resp, tmp, stdout)
+        assert tmp is not None
+        rows = _write_table(fmt, tmp, columns, _lines(resp), batch_rows)
+        return rows, tmp.stat().st_size
+    except BaseException:
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
+        raise
+
+
 def export_to(
     kind: str,
     out: Path | None,
@@ -275,7 +331,6 @@ def export_to(
     fmt = format_for(out, fmt)
     if out is None and fmt != "jsonl":
         raise ValueError(f"--out is needed for format {fmt}")
-    columns = columns_for(kind)
     if fmt == "parquet":
         _pyarrow()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -283,7 +338,6 @@ def export_to(
     if min_seq:
         params["min_seq"] = min_seq
     t0 = time.monotonic()
-    rows = size = 0
     tmp = out.with_name(f".{out.name}.partial") if out is not None else None
     with (
         httpx.Client(
@@ -294,38 +348,9 @@ def export_to(
         ) as client,
         client.stream("GET", f"/v1/workspaces/{workspace}/export/{kind}", params=params) as resp,
     ):
-        if resp.status_code != 200:
-            resp.read()
-            try:
-                detail = resp.json().get("detail") or resp.text
-            except ValueError:
-                detail = resp.text
-            raise ExportFailed(resp.status_code, str(detail)[:500])
+        _check_answer(resp)
         note = resp.headers.get("x-tieline-as-of")
-        try:
-            if fmt == "jsonl":
-                sink: IO[bytes] = (
-                    tmp.open("wb")
-                    if tmp is not None
-                    else stdout or io.BufferedWriter(io.FileIO(1, "w", closefd=False))
-                )
-                try:
-                    for chunk in resp.iter_bytes():
-                        sink.write(chunk)
-                        size += len(chunk)
-                        rows += chunk.count(b"\n")
-                finally:
-                    sink.flush()
-                    if tmp is not None:
-                        sink.close()
-            else:
-                assert tmp is not None
-                rows = _write_table(fmt, tmp, columns, _lines(resp), batch_rows)
-                size = tmp.stat().st_size
-        except BaseException:
-            if tmp is not None and tmp.exists():
-                tmp.unlink()
-            raise
+        rows, size = _write_answer(resp, fmt, tmp, columns_for(kind), stdout, batch_rows)
     if tmp is not None and out is not None:
         os.replace(tmp, out)
     return ExportSummary(

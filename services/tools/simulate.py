@@ -43,6 +43,8 @@ from datetime import UTC, datetime, timedelta
 from itertools import accumulate
 from typing import IO, Any
 
+from tieline.services.tools.sim_names import CITIES, DOMAINS, FIRST, LAST, ORGS, TITLES, TOPICS
+
 #: Namespace of simulated event ids: ids are uuid5(uuid5(SIM_NAMESPACE, "seed:N"), counter).
 SIM_NAMESPACE = uuid.UUID("6f1d3c2a-8a7e-5b0c-9d7e-2f4c1a9b7e31")
 DEFAULT_START = datetime(2020, 1, 1, tzinfo=UTC)
@@ -61,265 +63,6 @@ TIE_GAP_DAYS = 21.0
 SELLER_SHARE = 0.03
 MAX_TIES = 200_000
 
-FIRST = (
-    "Ada",
-    "Grace",
-    "Alan",
-    "Barbara",
-    "Claude",
-    "Donald",
-    "Edsger",
-    "Frances",
-    "Guido",
-    "Hedy",
-    "Ivan",
-    "Joan",
-    "Ken",
-    "Linus",
-    "Margaret",
-    "Niklaus",
-    "Olga",
-    "Peter",
-    "Radia",
-    "Sophie",
-    "Tim",
-    "Ursula",
-    "Vint",
-    "Wendy",
-    "Xiao",
-    "Yukihiro",
-    "Zhang",
-    "Amara",
-    "Bruno",
-    "Chiara",
-    "Dmitri",
-    "Elena",
-    "Farid",
-    "Greta",
-    "Hana",
-    "Idris",
-    "Jonas",
-    "Keiko",
-    "Lars",
-    "Mei",
-    "Nadia",
-    "Omar",
-    "Priya",
-    "Quentin",
-    "Rosa",
-    "Samir",
-    "Tomas",
-    "Uma",
-    "Viktor",
-    "Wei",
-    "Yara",
-    "Zoe",
-    "Aiko",
-    "Ben",
-    "Carla",
-    "Diego",
-    "Emil",
-    "Fatima",
-    "Gabriel",
-    "Helga",
-    "Ines",
-    "Jamal",
-    "Kofi",
-    "Lena",
-    "Mateo",
-    "Nora",
-    "Oskar",
-    "Paula",
-    "Rafael",
-    "Sana",
-    "Tariq",
-    "Vera",
-    "Yusuf",
-)
-LAST = (
-    "Lovelace",
-    "Hopper",
-    "Turing",
-    "Liskov",
-    "Shannon",
-    "Knuth",
-    "Dijkstra",
-    "Allen",
-    "Rossum",
-    "Lamarr",
-    "Sutherland",
-    "Clarke",
-    "Thompson",
-    "Torvalds",
-    "Hamilton",
-    "Wirth",
-    "Ladyzhenskaya",
-    "Naur",
-    "Perlman",
-    "Wilson",
-    "Berners-Lee",
-    "Franklin",
-    "Cerf",
-    "Hall",
-    "Chen",
-    "Matsumoto",
-    "Wang",
-    "Okafor",
-    "Silva",
-    "Rossi",
-    "Petrov",
-    "Novak",
-    "Haddad",
-    "Berg",
-    "Sato",
-    "Larsen",
-    "Li",
-    "Kowalski",
-    "Hassan",
-    "Sharma",
-    "Dubois",
-    "Garcia",
-    "Nakamura",
-    "Schmidt",
-    "Costa",
-    "Ibrahim",
-    "Jensen",
-    "Kim",
-    "Moreau",
-    "Nilsson",
-    "Oliveira",
-    "Park",
-    "Quinn",
-    "Romero",
-    "Santos",
-    "Tanaka",
-    "Weber",
-    "Yilmaz",
-    "Zimmermann",
-    "Adeyemi",
-    "Bauer",
-    "Castro",
-    "Eriksen",
-    "Fischer",
-    "Gomez",
-    "Horvat",
-    "Ivanova",
-    "Jovanovic",
-    "Keller",
-    "Lindqvist",
-    "Mendes",
-)
-ORGS = (
-    "Acme Labs",
-    "Northwind",
-    "Globex",
-    "Initech",
-    "Umbrella Research",
-    "Stark Analytics",
-    "Wayne Data",
-    "Hooli",
-    "Pied Piper",
-    "Vandelay Industries",
-    "Tyrell Systems",
-    "Soylent",
-    "Cyberdyne",
-    "Aperture Science",
-    "Black Mesa",
-    "Massive Dynamic",
-    "Oscorp",
-    "Monarch",
-    "Blue Sun",
-    "Weyland Labs",
-    "Gringotts",
-    "Dunder Mifflin",
-    "Prestige Worldwide",
-    "Sterling Cooper",
-    "Wonka Works",
-    "Bluth Company",
-    "Krusty Co",
-    "Nakatomi Trading",
-    "Octan",
-    "Rekall",
-    "Spacely Sprockets",
-    "Virtucon",
-    "Yoyodyne",
-    "Zorg Industries",
-    "Ollivanders",
-    "Los Pollos Hermanos",
-    "Kramerica",
-    "Gekko & Co",
-    "Duff",
-    "Lacuna Inc",
-)
-TITLES = (
-    "Engineer",
-    "Senior Engineer",
-    "Researcher",
-    "Product Manager",
-    "Designer",
-    "Founder",
-    "CTO",
-    "Data Scientist",
-    "Consultant",
-    "Analyst",
-    "Professor",
-    "Student",
-    "Recruiter",
-    "Sales Director",
-    "Developer Advocate",
-    "Head of Research",
-    "Journalist",
-    "Investor",
-)
-TOPICS = (
-    "Python",
-    "Rust",
-    "Data",
-    "Machine Learning",
-    "Security",
-    "Cloud",
-    "Design",
-    "Product",
-    "Open Source",
-    "Databases",
-    "Robotics",
-    "Bioinformatics",
-    "Climate Tech",
-    "Fintech",
-    "Distributed Systems",
-    "Accessibility",
-    "Compilers",
-    "Game Dev",
-    "Quantum",
-    "DevOps",
-)
-CITIES = (
-    "Berlin",
-    "Lisbon",
-    "London",
-    "Paris",
-    "Amsterdam",
-    "Zurich",
-    "Stockholm",
-    "Warsaw",
-    "Madrid",
-    "Milan",
-    "Vienna",
-    "Prague",
-    "Dublin",
-    "Copenhagen",
-    "Helsinki",
-    "Tallinn",
-    "Barcelona",
-    "Munich",
-    "Brussels",
-    "Oslo",
-    "Boston",
-    "Toronto",
-    "Austin",
-    "Seattle",
-)
-DOMAINS = ("example.com", "example.org", "example.net", "mail.example", "corp.example")
 FOLLOW_UP_CHANNELS = ("email", "email", "email", "message", "message", "social", "phone")
 FRIEND_CHANNELS = ("message", "message", "phone", "video", "email", "in_person")
 
@@ -677,48 +420,66 @@ class _Simulation:
                 t, [a, b], 2 if rng.random() < 0.7 else 3, initiated_by=a, remote=remote
             )
         if r < 0.46:
-            people = [a, b]
-            if rng.random() < 0.2:
-                for f in self.friends.get(a, ())[:3]:
-                    if f not in people:
-                        people.append(f)
-                        break
-            return self._met(
-                t,
-                people,
-                4,
-                initiated_by=a,
-                where=CITIES[self.comm[a] % len(CITIES)] if rng.random() < 0.5 else None,
-            )
+            return self._meal(t, a, b)
         if r < 0.70:
             return self._follow_up(t, a, b, rng.random() < 0.9, rng.choice(FRIEND_CHANNELS))
         if r < 0.80:
-            ev: dict[str, Any] = {
-                "event_id": self._next_id(),
-                "type": "relationship.helped",
-                "occurred_at": self._ts(t),
-                "helper": self.pid[a],
-                "helped": self.pid[b],
-            }
-            if rng.random() < 0.4:
-                ev["what"] = f"advice on {topic}"
-            return ev
+            return self._helped(t, a, b, topic)
         if r < 0.88:
-            age = (t - tie[2]) / (tie[3] - tie[2])
-            rating = max(1, min(5, round(1 + 4 * tie[4] * (1.0 - 0.6 * age))))
-            return {
-                "event_id": self._next_id(),
-                "type": "relationship.closeness_rated",
-                "occurred_at": self._ts(t),
-                "rater": self.pid[a],
-                "ratee": self.pid[b],
-                "rating": rating,
-            }
+            return self._rated(t, a, b, tie)
+        return self._introduce_friend(t, a, b, topic)
+
+    def _meal(self, t: float, a: int, b: int) -> dict[str, Any]:
+        """A meal or an activity, now and then with a third friend of ``a``."""
+        rng = self.rng
+        people = [a, b]
+        if rng.random() < 0.2:
+            for f in self.friends.get(a, ())[:3]:
+                if f not in people:
+                    people.append(f)
+                    break
+        return self._met(
+            t,
+            people,
+            4,
+            initiated_by=a,
+            where=CITIES[self.comm[a] % len(CITIES)] if rng.random() < 0.5 else None,
+        )
+
+    def _helped(self, t: float, a: int, b: int, topic: str) -> dict[str, Any]:
+        ev: dict[str, Any] = {
+            "event_id": self._next_id(),
+            "type": "relationship.helped",
+            "occurred_at": self._ts(t),
+            "helper": self.pid[a],
+            "helped": self.pid[b],
+        }
+        if self.rng.random() < 0.4:
+            ev["what"] = f"advice on {topic}"
+        return ev
+
+    def _rated(self, t: float, a: int, b: int, tie: list[Any]) -> dict[str, Any]:
+        """A closeness rating that follows the tie's weight and falls as the tie ages."""
+        age = (t - tie[2]) / (tie[3] - tie[2])
+        rating = max(1, min(5, round(1 + 4 * tie[4] * (1.0 - 0.6 * age))))
+        return {
+            "event_id": self._next_id(),
+            "type": "relationship.closeness_rated",
+            "occurred_at": self._ts(t),
+            "rater": self.pid[a],
+            "ratee": self.pid[b],
+            "rating": rating,
+        }
+
+    def _introduce_friend(self, t: float, a: int, b: int, topic: str) -> dict[str, Any]:
+        """``a`` introduces ``b`` to another friend, who often meet soon after (else, with no
+        other friend to introduce, a follow-up)."""
+        rng = self.rng
         others = [f for f in self.friends.get(a, ()) if f != b]
         if not others:
             return self._follow_up(t, a, b, True, rng.choice(FRIEND_CHANNELS))
         c = others[int(rng.random() * len(others))]
-        ev = {
+        ev: dict[str, Any] = {
             "event_id": self._next_id(),
             "type": "relationship.introduced",
             "occurred_at": self._ts(t),

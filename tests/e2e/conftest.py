@@ -11,26 +11,8 @@ import pytest
 from tieline.plumbing.config import Settings
 from tieline.services.runtime.supervisor import Stack, StackConfig
 
-from tests.conftest import Servers, settings_env, unique_settings
-
-
-def make_token(settings: Settings, ws: str, role: str = "admin", name: str = "tester") -> str:
-    """Create an API token straight in the database (what ``tieline token create`` does)."""
-    import asyncio
-
-    from tieline.plumbing import db
-    from tieline.plumbing.state import ensure_state_schema
-    from tieline.services.auth import create_token
-
-    async def go() -> str:
-        conn = await db.connect(settings)
-        try:
-            await ensure_state_schema(conn, settings.database_schema)
-            return await create_token(conn, ws, role, name)
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
+# make_token is re-exported: the e2e, browser and integration tests import it from here.
+from tests.conftest import Servers, make_token, settings_env, unique_settings
 
 
 @pytest.fixture
@@ -78,3 +60,6 @@ def live_stack(
     )
     with Stack(config) as s:
         yield s, settings
+
+
+__all__ = ["make_token"]

@@ -886,15 +886,9 @@ def assert_verdict(v: Verdict) -> None:
 
 async def make_token(settings: Settings, ws: str, role: str = "admin") -> str:
     """An API token for ``ws`` (what ``tieline token create`` does)."""
-    from tieline.plumbing.state import ensure_state_schema
-    from tieline.services.auth import create_token
+    from tieline.services.auth import issue_token
 
-    conn = await pg_connect(settings)
-    try:
-        await ensure_state_schema(conn, settings.database_schema)
-        return await create_token(conn, ws, role, "faults")
-    finally:
-        await conn.close()
+    return await issue_token(settings, ws, role, "faults")
 
 
 @contextlib.contextmanager

@@ -3,31 +3,20 @@ PostgreSQL: rate limiting of authentication failures, and no secret ever in the 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import pytest
 import structlog
 from fastapi.testclient import TestClient
-from tieline.plumbing import db
 from tieline.plumbing.config import Settings
-from tieline.plumbing.state import ensure_state_schema
 from tieline.services.api.app import create_app
-from tieline.services.auth import create_token
 
+from tests.conftest import make_token
 from tests.integration.conftest import Log, make_event
 
 
 def _token(settings: Settings, ws: str) -> str:
-    async def go() -> str:
-        conn = await db.connect(settings)
-        try:
-            await ensure_state_schema(conn, settings.database_schema)
-            return await create_token(conn, ws, "admin", "inproc")
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
+    return make_token(settings, ws, "admin", "inproc")
 
 
 @pytest.fixture

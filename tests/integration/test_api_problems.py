@@ -18,12 +18,10 @@ import httpx
 import nats
 import pytest
 from fastapi.testclient import TestClient
-from tieline.plumbing import db
 from tieline.plumbing.config import Settings
-from tieline.plumbing.state import ensure_state_schema
 from tieline.services.api.app import create_app
-from tieline.services.auth import create_token
 
+from tests.conftest import make_token
 from tests.e2e.test_contract import assert_problem
 from tests.netproxy import TcpProxy
 
@@ -31,15 +29,7 @@ WS = "problems"
 
 
 def _token(settings: Settings, ws: str = WS, role: str = "admin") -> str:
-    async def go() -> str:
-        conn = await db.connect(settings)
-        try:
-            await ensure_state_schema(conn, settings.database_schema)
-            return await create_token(conn, ws, role, "problems")
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
+    return make_token(settings, ws, role, "problems")
 
 
 def problem(r: httpx.Response, status: int, slug: str) -> dict[str, Any]:

