@@ -17,9 +17,11 @@ from faststream.nats.annotations import NatsMessage
 from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client as NatsClient
 from tieline.events_schema.registry import REGISTRY
+from tieline.plumbing import metrics, telemetry
 from tieline.plumbing.config import Settings
 from tieline.plumbing.crypto import KeyStore, master_key_from_env
 from tieline.plumbing.jetstream import connect_nats, ensure_streams, inbox_prefix
+from tieline.plumbing.logging import stdlib_logger
 from tieline.plumbing.state import ensure_state_schema
 from tieline.plumbing.subjects import command_wildcard
 from tieline.projections.readpool import LivePool
@@ -65,6 +67,8 @@ def create_service_app(settings: Settings, service: str, types: Iterable[str]) -
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         name=f"tieline-{service}-commands",
+        middlewares=telemetry.broker_middlewares(),
+        logger=stdlib_logger("tieline.faststream.broker"),  # JSON through the root handler
         **broker_kwargs,
     )
     pool = LivePool(settings, min_size=2, max_size=16)
@@ -95,14 +99,16 @@ def create_service_app(settings: Settings, service: str, types: Iterable[str]) -
             outcomes = await side.record_many(
                 workspace_id, items, actor, body.get("correlation_id")
             )
-        return {"results": [o.as_dict() for o in outcomes]}
+        results = [o.as_dict() for o in outcomes]
+        metrics.count_command_outcomes(items, results, PEOPLE_TYPES | INTERACTION_TYPES)
+        return {"results": results}
 
-    app = FastStream(broker)
+    app = FastStream(broker, logger=stdlib_logger("tieline.faststream.app"))
 
     @app.on_startup
     async def _connect() -> None:
         nc: NatsClient = await connect_nats(settings, name=f"tieline-{service}-publisher")
-        js = nc.jetstream()
+        js = telemetry.jetstream(nc)  # publishes carry the command's trace (when tracing)
         await ensure_streams(js, settings)
         await pool.open(wait=True)
         async with pool.connection() as conn:
