@@ -20,9 +20,9 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from contextvars import ContextVar
 
 import structlog
-from fastapi import Request
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tieline.plumbing import metrics
@@ -33,6 +33,8 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 #: uuid5 namespace turning a caller's non-UUID request id into an event correlation id.
 _NAMESPACE = uuid.UUID("6f1c7d1e-4b7a-5c1e-9a55-2b1d3c4e5f60")
+#: The request id of the request being handled (the route runs in the middleware's context).
+_CURRENT: ContextVar[str | None] = ContextVar("tieline_request_id", default=None)
 
 
 def request_id_of(headers: Headers) -> str:
@@ -46,10 +48,11 @@ def request_id_of(headers: Headers) -> str:
     return str(uuid.uuid4())
 
 
-def correlation_id(request: Request) -> str:
-    """The ``correlation_id`` (a UUID) of the events a request records: its request id when
-    that is a UUID, else a UUID derived from it (uuid5), so the same id finds both."""
-    rid = getattr(request.state, "request_id", None) or str(uuid.uuid4())
+def correlation_id() -> str:
+    """The ``correlation_id`` (a UUID) of the events the current request records: its request
+    id when that is a UUID, else a UUID derived from it (uuid5), so the same id finds both;
+    a fresh UUID outside a request."""
+    rid = _CURRENT.get() or str(uuid.uuid4())
     try:
         return str(uuid.UUID(rid))
     except ValueError:
@@ -87,10 +90,12 @@ class ObserveMiddleware:
                 message["headers"] = headers
             await send(message)
 
+        current = _CURRENT.set(request_id)
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
                 await self.app(scope, receive, tagged)
             finally:
+                _CURRENT.reset(current)
                 self._observe(scope, status, time.perf_counter() - started)
 
     @staticmethod

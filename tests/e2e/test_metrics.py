@@ -72,8 +72,9 @@ def test_every_process_exposes_metrics_that_move_with_writes(
     assert delta("api", "tieline_http_request_duration_seconds_sum", events_route) > 0
     assert not [lab for n, lab, _ in after["api"] if ws in lab.get("route", "")]
     recorded = {"outcome": "recorded", "status": "201"}
+    added = {"type": "person.added", **recorded}
     for role in ("api", "people"):
-        assert delta(role, "tieline_command_events_total", {"type": "person.added", **recorded}) == 2
+        assert delta(role, "tieline_command_events_total", added) == 2
     for role in ("api", "interactions"):
         met_labels = {"type": "relationship.met"}
         assert delta(role, "tieline_command_events_total", {**met_labels, **recorded}) == 1
@@ -128,4 +129,3 @@ def test_api_counts_open_live_update_streams(stack: Stack, api: httpx.Client, ws
     while value(scrape(url), "tieline_sse_clients") > baseline:
         assert time.monotonic() < deadline, "the closed stream was still counted"
         time.sleep(0.1)
-

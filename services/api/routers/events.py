@@ -74,7 +74,7 @@ async def record_event(
             [{"loc": ["body"], "msg": "must be a JSON object"}],
         )
     [result] = await rt.bus.command(
-        ws, service_for(obj.get("type")), [obj], who.actor, correlation_id(request)
+        ws, service_for(obj.get("type")), [obj], who.actor, correlation_id()
     )
     return write_answer(result, response)
 
@@ -120,7 +120,7 @@ async def record_batch(ws: WS, request: Request, who: Writer, rt: RT) -> BatchRe
             runs[-1][1].append(i)
         else:
             runs.append((service, [i]))
-    correlation = correlation_id(request)
+    correlation = correlation_id()
     for service, idx in runs:
         out = await rt.bus.command(ws, service, [objs[i] for i in idx], who.actor, correlation)
         for i, r in zip(idx, out, strict=True):
