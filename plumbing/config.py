@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     log_json: bool | None = None
     log_level: str = "INFO"
 
+    #: Tracing (plumbing/telemetry.py): an OTLP/HTTP traces endpoint, e.g.
+    #: ``http://otel-collector:4318/v1/traces``. Unset (the default): tracing is off.
+    otlp_endpoint: str | None = None
+    #: Share of traces kept (parent-based: a trace is kept or dropped whole).
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _origins(cls, value: Any) -> Any:

@@ -32,7 +32,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from psycopg import AsyncConnection, sql
 from tieline.events_schema.registry import EventDecodeError, EventRegistry
-from tieline.plumbing import db
+from tieline.plumbing import db, metrics
 from tieline.plumbing.config import Settings
 from tieline.projections.generations import Generation
 from tieline.projections.queries.common import checkpoint
@@ -275,6 +275,7 @@ async def run_round(
     await check_stream(conn, js, stream, registry, gen, rng, samples, result, until)
     await check_pairs(conn, gen, params, rng, samples, result)
     await record(conn, state_schema, gen, result)
+    metrics.SELF_CHECK.labels("ok" if result.ok else "alarm").inc()
     if result.ok:
         log.info(
             "selfcheck.ok",

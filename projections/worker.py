@@ -30,7 +30,7 @@ from nats.js import api as js_api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from psycopg import AsyncConnection
 from tieline.events_schema.registry import REGISTRY, EventRegistry
-from tieline.plumbing import db
+from tieline.plumbing import db, metrics, telemetry
 from tieline.plumbing.config import Settings
 from tieline.plumbing.jetstream import connect_nats, ensure_streams
 from tieline.plumbing.subjects import dlq_subject
@@ -346,6 +346,7 @@ class Worker:
             return None
         if not self._stopping.is_set():
             self._prefetch = asyncio.create_task(self._fetch())
+        started = time.time_ns()
         try:
             result = await self._apply_with_retry(msgs, await self._park_poison(items))
         except SequenceGapError as exc:  # the store's own check (another writer moved it)
@@ -356,6 +357,9 @@ class Worker:
         # which is exactly what was applied (the batch continued the checkpoint, no hole).
         await msgs[-1].ack()
         self._count(result)
+        seconds = (time.time_ns() - started) / 1e9
+        metrics.observe_batch(result.applied, result.poison, self.stats.last_seq, seconds)
+        telemetry.trace_applied(msgs, started)  # a span per event, child of its producer's
         return result
 
     async def _in_sequence(self, items: list[Item]) -> list[Item] | None:

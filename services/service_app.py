@@ -17,10 +17,12 @@ from faststream.nats.annotations import NatsMessage
 from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client as NatsClient
 from tieline.events_schema.registry import REGISTRY
+from tieline.plumbing import metrics, telemetry
 from tieline.plumbing.config import Settings
 from tieline.plumbing.crypto import KeyStore, master_key_from_env
 from tieline.plumbing.db import make_pool
 from tieline.plumbing.jetstream import connect_nats, ensure_streams, inbox_prefix
+from tieline.plumbing.logging import stdlib_logger
 from tieline.plumbing.state import ensure_state_schema
 from tieline.plumbing.subjects import command_wildcard
 from tieline.services.write_state import WriteState, backfill, ensure_write_schema
@@ -65,6 +67,8 @@ def _broker(settings: Settings, service: str) -> NatsBroker:
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         name=f"tieline-{service}-commands",
+        middlewares=telemetry.broker_middlewares(),
+        logger=stdlib_logger("tieline.faststream.broker"),  # JSON through the root handler
         **broker_kwargs,
     )
 
@@ -81,7 +85,9 @@ async def handle_command(
     correlation_id = body.get("correlation_id")
     with structlog.contextvars.bound_contextvars(correlation_id=correlation_id, service=service):
         outcomes = await side.record_many(workspace_id, items, actor, correlation_id)
-    return {"results": [o.as_dict() for o in outcomes]}
+    results = [o.as_dict() for o in outcomes]
+    metrics.count_command_outcomes(items, results, PEOPLE_TYPES | INTERACTION_TYPES)
+    return {"results": results}
 
 
 async def start_write_side(
@@ -90,7 +96,7 @@ async def start_write_side(
     """Connect, create what is missing (streams, state and write-side tables, a one-time
     backfill of the write-side tables from the log) and build the write side."""
     nc: NatsClient = await connect_nats(settings, name=f"tieline-{service}-publisher")
-    js = nc.jetstream()
+    js = telemetry.jetstream(nc)  # publishes carry the command's trace (when tracing)
     await ensure_streams(js, settings)
     await pool.open(wait=True)
     async with pool.connection() as conn:
@@ -133,7 +139,7 @@ def create_service_app(settings: Settings, service: str, types: Iterable[str]) -
 
     subscribe_commands(broker, settings, service, lambda: holder["side"])
 
-    app = FastStream(broker)
+    app = FastStream(broker, logger=stdlib_logger("tieline.faststream.app"))
 
     @app.on_startup
     async def _connect() -> None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from starlette.middleware.cors import CORSMiddleware
+from tieline.plumbing import metrics, telemetry
 from tieline.plumbing.config import Settings
 from tieline.services.api import errors, openapi
+from tieline.services.api.observe import ObserveMiddleware
 from tieline.services.api.routers import (
     events,
     export,
@@ -45,13 +47,14 @@ ROUTERS = (
 #: What a browser page on an allowed origin may send and read (CORS). No cookies: the API
 #: authenticates with a bearer token, so credentials mode stays off.
 CORS_METHODS = ("GET", "POST", "DELETE")
-CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "Last-Event-ID")
+CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID")
 CORS_EXPOSED_HEADERS = (
     "Retry-After",
     "WWW-Authenticate",
     "Location",
     "Content-Disposition",
     "X-Tieline-As-Of",
+    "X-Request-ID",
 )
 
 DESCRIPTION = """Event-sourced relationship backend.
@@ -100,8 +103,29 @@ def create_app(settings: Settings) -> FastAPI:
         allow_credentials=False,
         max_age=600,
     )
+    # Outermost: its access-log line and metrics see every answer, CORS and problems included.
+    app.add_middleware(ObserveMiddleware)
     for module in ROUTERS:
         app.include_router(module.router)
     mount_web(app)  # the web page at /app (services/api/webapp.py)
     openapi.install(app)
+    install_observability(app, rt)
     return app
+
+
+def install_observability(app: FastAPI, rt: Runtime) -> None:
+    """``/metrics`` (Prometheus text, plumbing/metrics.py; not in the OpenAPI document) and,
+    when tracing is on (plumbing/telemetry.py), a server span per request."""
+    metrics.SSE_CLIENTS.set_function(lambda: rt.feed.clients)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    if telemetry.enabled():
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(
+            app, tracer_provider=telemetry.provider(), excluded_urls="healthz,readyz,metrics"
+        )

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
-from uuid import uuid4
 
 from nats.js.errors import NotFoundError
 from tieline.events_schema.registry import REGISTRY
 from tieline.plumbing.crypto import decrypt_payload, fields_of, key_people
 from tieline.projections.queries.erasure import events_about, rows_containing
+from tieline.services.api.observe import correlation_id
 from tieline.services.api.runtime import Runtime
 
 #: Values shorter than this are not searched for (they would match unrelated data).
@@ -98,7 +98,7 @@ async def forget_person(rt: Runtime, ws: str, person: str, actor: str) -> dict[s
     report what was removed and what a search for their former values found."""
     values, protected = await _former_values(rt, ws, person)
     [result] = await rt.bus.command(
-        ws, "people", [{"type": "person.forgotten", "person_id": person}], actor, str(uuid4())
+        ws, "people", [{"type": "person.forgotten", "person_id": person}], actor, correlation_id()
     )
     if result["status"] >= 300:
         return {

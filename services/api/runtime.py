@@ -21,7 +21,7 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from tenacity import RetryCallState
-from tieline.plumbing import db
+from tieline.plumbing import db, metrics, telemetry
 from tieline.plumbing.config import Settings
 from tieline.plumbing.crypto import FORGOTTEN, KeyStore, decrypt_value, master_key_from_env
 from tieline.plumbing.jetstream import connect_nats, ensure_streams
@@ -33,6 +33,10 @@ from tieline.projections.readpool import LivePool
 from tieline.services.api.errors import ApiError
 from tieline.services.api.live import ChangeFeed
 from tieline.services.auth import FailureLimiter, Principal, verify_token
+from tieline.services.service_app import INTERACTION_TYPES, PEOPLE_TYPES
+
+#: The event types a command may carry (the label values of the command metrics).
+EVENT_TYPES = PEOPLE_TYPES | INTERACTION_TYPES
 
 log = structlog.get_logger(__name__)
 
@@ -210,9 +214,10 @@ class CommandBus:
             {"actor": actor, "correlation_id": correlation_id, "items": items}, default=str
         ).encode()
         try:
-            reply = await self.connections.nc.request(
-                subject, body, timeout=self.settings.command_timeout_s
-            )
+            with telemetry.outgoing(f"{service} command", **{"tieline.items": len(items)}) as tp:
+                reply = await self.connections.nc.request(
+                    subject, body, timeout=self.settings.command_timeout_s, headers=tp or None
+                )
         except NoRespondersError as exc:
             raise ApiError(503, f"the {service} service is not running") from exc
         except NatsTimeout as exc:
@@ -221,6 +226,7 @@ class CommandBus:
         if "results" not in data or len(data["results"]) != len(items):
             raise ApiError(502, f"the {service} service answered: {data.get('error')}")
         results: list[dict[str, Any]] = data["results"]
+        metrics.count_command_outcomes(items, results, EVENT_TYPES)
         return results
 
 

@@ -55,6 +55,8 @@ class Endpoints(BaseModel):
     nats_admin_user: str | None = None
     admin_token_file: str
     logs_dir: str
+    #: role -> its Prometheus ``/metrics`` URL (the api's own port; the others' health port).
+    metrics_urls: dict[str, str] = {}
 
     def settings(self, base: Settings) -> Settings:
         """``base`` pointed at this installation (servers, names, the admin NATS user)."""

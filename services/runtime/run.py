@@ -15,9 +15,10 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+from tieline.plumbing import metrics, telemetry
 from tieline.plumbing.config import Settings
 from tieline.plumbing.logging import configure_logging
-from tieline.services.runtime.health import ReadyCheck, start_health_server
+from tieline.services.runtime.health import ReadyCheck, Refresh, start_health_server
 
 ROLES = ("api", "people", "interactions", "worker", "webhooks")
 
@@ -63,12 +64,17 @@ def check_settings(role: str, settings: Settings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _health(role: str, settings: Settings, ready: ReadyCheck) -> AsyncIterator[None]:
-    """Serve health probes for ``role`` while the body runs (when a port is configured)."""
+async def _health(
+    role: str, settings: Settings, ready: ReadyCheck, refresh: Refresh | None = None
+) -> AsyncIterator[None]:
+    """Serve health probes and ``/metrics`` for ``role`` while the body runs (when a port is
+    configured)."""
     if settings.health_port is None:
         yield
         return
-    server = await start_health_server(role, settings.health_host, settings.health_port, ready)
+    server = await start_health_server(
+        role, settings.health_host, settings.health_port, ready, refresh
+    )
     try:
         yield
     finally:
@@ -130,7 +136,17 @@ async def _run_worker(settings: Settings) -> None:
             details["checkpoint"] = worker.stats.last_seq
         return connected, details
 
-    async with _health("worker", settings, ready):
+    async def refresh() -> None:
+        """Lag and dead-letter count as of this scrape (two STREAM.INFO round trips)."""
+        worker = made[-1] if made else None
+        if worker is None or worker.js is None:
+            return
+        last = await worker.stream_last_seq() if worker.active else None
+        metrics.observe_position(worker.active, worker.stats.last_seq, last)
+        dlq = await worker.js.stream_info(f"{settings.stream_name}_DLQ")
+        metrics.DLQ_MESSAGES.set(dlq.state.messages)
+
+    async with _health("worker", settings, ready, refresh):
         await serve(settings, make)
 
 
@@ -184,7 +200,11 @@ def main(argv: list[str] | None = None) -> None:
 
     structlog.contextvars.bind_contextvars(role=args[0])
     check_settings(args[0], settings)
-    asyncio.run(run_role(args[0], settings))
+    telemetry.configure_tracing(settings, f"tieline-{args[0]}")
+    try:
+        asyncio.run(run_role(args[0], settings))
+    finally:
+        telemetry.shutdown()
 
 
 if __name__ == "__main__":

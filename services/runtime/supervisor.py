@@ -72,6 +72,10 @@ class Stack:
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.restarts: dict[str, int] = {}
         self.api_port = config.api_port or find_free_port(config.api_host)
+        #: The health and /metrics port of each role without an HTTP API of its own.
+        self.health_ports = {
+            role: find_free_port(config.api_host) for role in config.roles if role != "api"
+        }
         self._stopping = False
         #: NATS user -> password, for the embedded NATS only (None: external, no users made).
         self._nats_passwords: dict[str, str] | None = None
@@ -126,7 +130,16 @@ class Stack:
             nats_admin_user="admin" if self._nats_passwords else None,
             admin_token_file=str(secrets / "admin-token"),
             logs_dir=str(self.config.data_dir / "logs"),
+            metrics_urls=self.metrics_urls(),
         )
+
+    def metrics_urls(self) -> dict[str, str]:
+        """role -> where Prometheus scrapes it."""
+        host = self.config.api_host
+        urls = {role: f"http://{host}:{port}/metrics" for role, port in self.health_ports.items()}
+        if "api" in self.config.roles:
+            urls["api"] = f"{self.api_url}/metrics"
+        return urls
 
     @property
     def passwords_path(self) -> Path:
@@ -264,6 +277,9 @@ class Stack:
             }
         )
         env.setdefault("TIELINE_LOG_JSON", "true")
+        if role in self.health_ports:
+            env["TIELINE_HEALTH_HOST"] = self.config.api_host
+            env["TIELINE_HEALTH_PORT"] = str(self.health_ports[role])
         env["TIELINE_MASTER_KEY"] = self.master_key()
         env.update(self.config.env)
         credentials = self.nats_credentials(role)

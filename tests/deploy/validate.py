@@ -178,6 +178,11 @@ def main() -> int:
         )
         failures += [f"overlays/{overlay}: {e}" for e in errors]
         failures += [f"overlays/{overlay}: no schema for {k} ({v})" for v, k in unexpected]
+    from tests.deploy import observability  # alert rules, dashboard (promtool if installed)
+
+    lines, problems = observability.check()
+    print("\n".join(lines))
+    failures += problems
     for failure in failures:
         print(f"FAILED {failure}", file=sys.stderr)
     print(f"validate-deploy: {'FAILED' if failures else 'all checks passed'}")

@@ -45,9 +45,42 @@ async def test_health_answers_liveness_and_the_roles_readiness() -> None:
         state["boom"] = True
         status, body = await get(port, b"GET /readyz HTTP/1.1\r\n\r\n")
         assert status == 503 and b"broker gone" in body
-        assert (await get(port, b"GET /metrics HTTP/1.1\r\n\r\n"))[0] == 404
+        assert (await get(port, b"GET /nowhere HTTP/1.1\r\n\r\n"))[0] == 404
         assert (await get(port, b"POST /healthz HTTP/1.1\r\n\r\n"))[0] == 405
         assert await get(port, b"HEAD /healthz HTTP/1.1\r\n\r\n") == (200, b"")
+    finally:
+        server.close()
+
+
+async def test_health_port_serves_metrics_after_the_roles_refresh() -> None:
+    """``/metrics`` on the health port: Prometheus text, brought up to date by the role's
+    refresh first; a failing refresh still answers (with the last values)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from tieline.plumbing import metrics
+
+    calls = {"n": 0}
+
+    async def refresh() -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ConnectionError("stream info failed")
+        metrics.DLQ_MESSAGES.set(7 + calls["n"])
+
+    async def ready() -> tuple[bool, dict[str, Any]]:
+        return True, {}
+
+    port = find_free_port()
+    server = await start_health_server("worker", "127.0.0.1", port, ready, refresh)
+    try:
+        for expected in (8.0, 8.0, 10.0):
+            status, body = await get(port, b"GET /metrics HTTP/1.1\r\n\r\n")
+            assert status == 200
+            values = {
+                s.name: s.value
+                for f in text_string_to_metric_families(body.decode())
+                for s in f.samples
+            }
+            assert values["tieline_dlq_messages"] == expected
     finally:
         server.close()
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from uuid import uuid4
 
 from fastapi import APIRouter, Request, Response
 from tieline.services.api.deps import RT, WS, Writer
 from tieline.services.api.errors import ApiError
 from tieline.services.api.models import BatchResult, LineResult, WriteResult, write_answer
+from tieline.services.api.observe import correlation_id
 from tieline.services.api.openapi import WRITE, batch_body, created_responses, event_body
 from tieline.services.service_app import service_for
 
@@ -89,7 +89,7 @@ async def record_event(
     if refusal is not None:
         raise ApiError(403, refusal["error"], refusal["errors"])
     [result] = await rt.bus.command(
-        ws, service_for(obj.get("type")), [obj], who.actor, str(uuid4())
+        ws, service_for(obj.get("type")), [obj], who.actor, correlation_id()
     )
     return write_answer(result, response)
 
@@ -139,7 +139,7 @@ async def record_batch(ws: WS, request: Request, who: Writer, rt: RT) -> BatchRe
             runs[-1][1].append(i)
         else:
             runs.append((service, [i]))
-    correlation = str(uuid4())
+    correlation = correlation_id()
     for service, idx in runs:
         out = await rt.bus.command(ws, service, [objs[i] for i in idx], who.actor, correlation)
         for i, r in zip(idx, out, strict=True):

@@ -18,6 +18,7 @@ from tieline.services.api.models import (
     WriteResult,
     write_answer,
 )
+from tieline.services.api.observe import correlation_id
 from tieline.services.api.openapi import READ, WRITE, created_responses, problems
 
 router = APIRouter(tags=["people"])
@@ -37,7 +38,7 @@ async def add_person(
     original ``seq``; a ``person_id`` that is taken is a ``conflict`` (409)."""
     obj = {"type": "person.added", **person.model_dump(exclude_none=True)}
     obj.setdefault("person_id", uuid4().hex)
-    [result] = await rt.bus.command(ws, "people", [obj], who.actor, str(uuid4()))
+    [result] = await rt.bus.command(ws, "people", [obj], who.actor, correlation_id())
     if result["status"] < 300:
         result["person_id"] = obj["person_id"]
     return write_answer(result, response)

@@ -1,0 +1,190 @@
+"""Prometheus metrics of every tieline process (prometheus-client, the default registry).
+
+Each process exposes ``/metrics`` in the Prometheus text format: the api on its own HTTP port,
+the write services, the worker and the webhooks process on their health port
+(``TIELINE_HEALTH_PORT``, services/runtime/health.py). The names, and what each one means:
+
+api
+    ``tieline_http_requests_total{method,route,status}`` and
+    ``tieline_http_request_duration_seconds{method,route}``: per route *template*
+    (``/v1/workspaces/{ws}/people``), never the raw path, so a workspace or person id never
+    becomes a label; ``tieline_sse_clients``: open live-update streams.
+api, people, interactions
+    ``tieline_command_events_total{type,outcome,status}``: the events of write commands by
+    what came of them: ``recorded`` (201), ``duplicate`` (200, a re-sent event id) or
+    ``refused`` (the status says why: 409 conflict, 410 forgotten, 422 invalid, 5xx error).
+people, interactions
+    FastStream's ``faststream_*`` metrics (messages received/processed, processing time,
+    publishes) with subjects normalised to their pattern (no workspace ids).
+worker
+    ``tieline_projection_events_applied_total``, ``..._batches_total``,
+    ``..._dead_lettered_total``, ``tieline_projection_batch_apply_seconds`` (fetch excluded,
+    database retries included), ``tieline_projection_checkpoint``,
+    ``tieline_projection_stream_last_seq``, ``tieline_projection_lag_events`` (the log's last
+    sequence minus the committed checkpoint, read at scrape time), ``tieline_projection_active``
+    (1: holds the projection lock; 0: hot standby, whose lag is not its own and reads 0),
+    ``tieline_dlq_messages`` (messages in the dead-letter stream) and
+    ``tieline_selfcheck_rounds_total{result}`` (``ok`` or ``alarm``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "HTTP_DURATION",
+    "HTTP_REQUESTS",
+    "SSE_CLIENTS",
+    "count_command_outcomes",
+    "faststream_middleware",
+    "normalise_subject",
+    "observe_batch",
+    "render",
+]
+
+HTTP_REQUESTS = Counter(
+    "tieline_http_requests",
+    "HTTP requests answered by the api, by method, route template and status code.",
+    ["method", "route", "status"],
+)
+HTTP_DURATION = Histogram(
+    "tieline_http_request_duration_seconds",
+    "Time from request to the end of the response, by method and route template "
+    "(a live-update stream counts until it closes).",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+SSE_CLIENTS = Gauge("tieline_sse_clients", "Live-update (SSE) streams open on this api.")
+COMMAND_EVENTS = Counter(
+    "tieline_command_events",
+    "Events in write commands by event type and what came of them "
+    "(recorded, duplicate, refused; status: the HTTP-style status of the outcome).",
+    ["type", "outcome", "status"],
+)
+
+APPLIED = Counter("tieline_projection_events_applied", "Events applied to the read models.")
+BATCHES = Counter("tieline_projection_batches", "Batches committed by the projection worker.")
+DEAD_LETTERED = Counter(
+    "tieline_projection_dead_lettered", "Events parked in the dead-letter stream."
+)
+BATCH_SECONDS = Histogram(
+    "tieline_projection_batch_apply_seconds",
+    "Time to apply and commit one batch (database retries included, fetch excluded).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+CHECKPOINT = Gauge("tieline_projection_checkpoint", "Last stream sequence committed.")
+STREAM_LAST = Gauge("tieline_projection_stream_last_seq", "Last sequence in the event stream.")
+LAG = Gauge(
+    "tieline_projection_lag_events",
+    "Events in the stream not yet applied (0 on a hot standby).",
+)
+ACTIVE = Gauge(
+    "tieline_projection_active", "1 while this worker holds the projection lock, else 0."
+)
+DLQ_MESSAGES = Gauge("tieline_dlq_messages", "Messages in the dead-letter stream.")
+SELF_CHECK = Counter(
+    "tieline_selfcheck_rounds",
+    "Self-check rounds of the worker by result (ok, alarm: the read models differ from the log).",
+    ["result"],
+)
+
+
+def render() -> tuple[bytes, str]:
+    """(body, content type) of this process's metrics in the Prometheus text format."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def outcome_of(status: int) -> str:
+    """``recorded``, ``duplicate`` or ``refused`` for an outcome's HTTP-style status."""
+    if status == 201:
+        return "recorded"
+    if status == 200:
+        return "duplicate"
+    return "refused"
+
+
+def count_command_outcomes(
+    items: Sequence[Any], results: Iterable[dict[str, Any]], known_types: frozenset[str]
+) -> None:
+    """Count each item of a command with its result. An unknown ``type`` counts as
+    ``other``, so whatever a client sends, the label set stays bounded."""
+    for item, result in zip(items, results, strict=False):
+        kind = item.get("type") if isinstance(item, dict) else None
+        label = kind if isinstance(kind, str) and kind in known_types else "other"
+        status = int(result.get("status", 500))
+        COMMAND_EVENTS.labels(label, outcome_of(status), str(status)).inc()
+
+
+def observe_batch(applied: int, dead_lettered: int, checkpoint: int, seconds: float) -> None:
+    """A committed projection batch."""
+    BATCHES.inc()
+    APPLIED.inc(applied)
+    DEAD_LETTERED.inc(dead_lettered)
+    CHECKPOINT.set(checkpoint)
+    BATCH_SECONDS.observe(seconds)
+
+
+def observe_position(active: bool, checkpoint: int, stream_last: int | None) -> None:
+    """The worker's position against the log (at scrape time)."""
+    ACTIVE.set(1 if active else 0)
+    if not active:
+        LAG.set(0)
+        return
+    CHECKPOINT.set(checkpoint)
+    if stream_last is not None:
+        STREAM_LAST.set(stream_last)
+        LAG.set(max(stream_last - checkpoint, 0))
+
+
+def normalise_subject(subject: str) -> str:
+    """A NATS subject as a metric label: the workspace and person tokens replaced by ``*``
+    and reply inboxes (unique per request) folded into ``_INBOX``."""
+    if subject.startswith("_INBOX"):
+        return "_INBOX"
+    parts = subject.split(".")
+    if len(parts) >= 3 and parts[1] in ("cmd", "ev"):
+        parts[2] = "*"
+        if parts[1] == "ev" and len(parts) > 5 and parts[3] == "person":
+            parts = [*parts[:5], "*"]
+    return ".".join(parts)
+
+
+@functools.cache
+def faststream_middleware() -> Any:
+    """FastStream's Prometheus middleware for a NATS broker, one per process (its metrics
+    register once in the default registry), with subjects normalised by
+    :func:`normalise_subject` so a workspace id or a reply inbox never becomes a label."""
+    from faststream.nats.prometheus.provider import (
+        NatsMetricsSettingsProvider,
+        settings_provider_factory,
+    )
+    from faststream.prometheus.middleware import PrometheusMiddleware
+
+    class Provider(NatsMetricsSettingsProvider):
+        def get_consume_attrs_from_message(self, msg: Any) -> Any:
+            attrs = super().get_consume_attrs_from_message(msg)
+            attrs["destination_name"] = normalise_subject(attrs["destination_name"])
+            return attrs
+
+        def get_publish_destination_name_from_cmd(self, cmd: Any) -> str:
+            return normalise_subject(super().get_publish_destination_name_from_cmd(cmd))
+
+    def factory(msg: Any) -> Any:
+        made = settings_provider_factory(msg)
+        return Provider() if isinstance(made, NatsMetricsSettingsProvider) else made
+
+    return PrometheusMiddleware(
+        settings_provider_factory=factory, registry=REGISTRY, app_name="tieline"
+    )
