@@ -110,10 +110,14 @@ class DataSet:
         record at ``share`` of all records (activity is front-loaded in message data)."""
         times = self.record_times
         if split == "time":
-            return times[0] + share * (times[-1] - times[0])
-        if split == "count":
-            return times[min(int(share * len(times)), len(times) - 1)]
-        raise ValueError(f"unknown split {split!r}")
+            cut = times[0] + share * (times[-1] - times[0])
+        elif split == "count":
+            cut = times[min(int(share * len(times)), len(times) - 1)]
+        else:
+            raise ValueError(f"unknown split {split!r}")
+        # Records have whole-second times: half a second before keeps every contact strictly on
+        # one side, so "before the cut-off" (<) and the API's as_of (<=) select the same events.
+        return cut - 0.5 if cut == int(cut) else cut
 
 
 def _pair(i: str, j: str) -> Pair:

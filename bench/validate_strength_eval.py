@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tieline.projections.strength_model import PairEvent
+
 from bench.validate_strength_data import DataSet, Pair
 from bench.validate_strength_stats import (
     auc,
@@ -31,7 +33,6 @@ from bench.validate_strength_stats import (
     mean_difference_ci,
     per_person_precision,
 )
-from tieline.projections.strength_model import PairEvent
 
 DAY = 86400.0
 LABELS: tuple[str, ...] = ("two_way_90d", "any_30d", "ge5_90d")

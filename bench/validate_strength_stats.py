@@ -68,7 +68,7 @@ def _interval(values: list[float]) -> list[float]:
     if not values:
         return [math.nan, math.nan]
     lo = values[int(0.025 * len(values))]
-    hi = values[max(int(math.ceil(0.975 * len(values))) - 1, 0)]
+    hi = values[max(math.ceil(0.975 * len(values)) - 1, 0)]
     return [lo, hi]
 
 
