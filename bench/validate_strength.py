@@ -34,6 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from tieline.projections.strength_model import PARAMS, Params, strength
+from tieline.projections.strength_model_eval import (
+    LABELS,
+    PRIMARY,
+    Scorer,
+    build,
+    evaluate,
+    score_all,
+)
 from tieline.projections.strength_model_momentum import (
     MOMENTUM_PARAMS,
     MomentumParams,
@@ -41,7 +49,6 @@ from tieline.projections.strength_model_momentum import (
 )
 
 from bench.validate_strength_data import NAMES, load, to_events
-from bench.validate_strength_eval import LABELS, PRIMARY, Scorer, build, evaluate, score_all
 
 SPLITS: tuple[str, ...] = ("time", "count")
 DEFAULT_DATA_DIR = Path(tempfile.gettempdir()) / "tieline-strength-data"
@@ -91,7 +98,7 @@ def run(
         span = data.record_times[-1] - data.record_times[0]
         out["span_days"] = span / 86400
         for split in SPLITS:
-            table = build(data, data.cutoff(split))
+            table = build(data.contacts, data.cutoff(split))
             if max_pairs is not None:
                 _truncate(table, max_pairs)
             result = evaluate(table, score_all(table, events, chosen), bootstrap)

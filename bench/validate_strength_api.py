@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 from uuid import NAMESPACE_URL, uuid4, uuid5
 
 from tieline.projections.strength_model import FOLLOWED_UP, PARAMS, PairEvent, strength
+from tieline.projections.strength_model_eval import build, evaluate, score_all
 
 from bench.validate_strength_data import NAMES, DataSet, Pair, load, to_events
-from bench.validate_strength_eval import build, evaluate, score_all
 
 if TYPE_CHECKING:
     import httpx
@@ -202,7 +202,7 @@ def api_split(
     client: httpx.Client, ws: str, data: DataSet, events: Any, split: str, bootstrap: int
 ) -> dict[str, Any]:
     """One split: read the API's scores at the cut-off, evaluate them, compare with pure."""
-    table = build(data, data.cutoff(split))
+    table = build(data.contacts, data.cutoff(split))
     as_of = table.context.cutoff
     t0 = time.perf_counter()
     api = scores_by_person(client, ws, data.people, as_of)

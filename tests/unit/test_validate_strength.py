@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 from tieline.projections.strength_model import FOLLOWED_UP, PairEvent
+from tieline.projections.strength_model_eval import BASELINES, LABELS
 from tieline.projections.strength_model_momentum import momentum
-
-from bench import validate_strength
-from bench.validate_strength_eval import BASELINES, LABELS
-from bench.validate_strength_stats import (
+from tieline.projections.strength_model_stats import (
     Ranked,
     auc,
     auc_difference_ci,
     mean_difference_ci,
     precision_at,
 )
+
+from bench import validate_strength
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 

@@ -1,5 +1,7 @@
-"""One evaluation: a data set, a cut-off, the candidate pairs, three labels, the baselines and
-tieline's scores, ROC AUC and precision@10 with paired-bootstrap intervals.
+"""Scores as predictors of what a relationship does next: one evaluation is a history of
+contacts, a cut-off, the candidate pairs, three labels, the baselines and tieline's scores, ROC
+AUC and precision@10 with paired-bootstrap intervals. Used by ``bench/validate_strength.py`` (real
+data sets) and by ``tieline calibrate`` (a workspace's own history).
 
 * **Candidates**: every pair with at least one contact before the cut-off.
 * **Labels** (contacts after the cut-off, up to ``end`` when given):
@@ -24,10 +26,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from tieline.projections.strength_model import PairEvent
-
-from bench.validate_strength_data import DataSet, Pair
-from bench.validate_strength_stats import (
+from tieline.projections.strength_model import (
+    FOLLOWED_UP,
+    HELPED,
+    INTRODUCED,
+    MET,
+    PairEvent,
+)
+from tieline.projections.strength_model_stats import (
     auc,
     auc_difference_ci,
     mean_difference_ci,
@@ -48,6 +54,44 @@ BASELINES: tuple[str, ...] = (
 TOP_K = 10
 
 
+Pair = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Contact:
+    """One contact as the evaluation sees it: when (epoch seconds), the unordered pair, who
+    sent it (None for a meeting, which is contact in both directions) and how long it lasted."""
+
+    t: float
+    pair: Pair
+    sender: str | None
+    seconds: float
+
+
+def contacts_of(events: Mapping[Pair, Sequence[PairEvent]]) -> list[Contact]:
+    """The contacts among stored pair events, in time order: a meeting is two-way; a follow-up
+    is from its sender, help from the helper, an introduction from the introducer (to the
+    introduced pair: two-way); ratings are not contacts."""
+    out: list[Contact] = []
+    for pair, evs in events.items():
+        for e in evs:
+            d = e.detail
+            sender: Any = None
+            if e.type == FOLLOWED_UP:
+                sender = d.get("from", d.get("from_person"))
+            elif e.type == HELPED:
+                sender = d.get("helper")
+            elif e.type == INTRODUCED and d.get("role", "introducer") == "introducer":
+                sender = d.get("introducer")
+            elif e.type != MET and e.type != INTRODUCED:
+                continue
+            sender = str(sender) if sender in pair else None
+            minutes = float(d.get("duration_minutes") or 0) if e.type == MET else 0.0
+            out.append(Contact(e.occurred_at.timestamp(), pair, sender, 60.0 * minutes))
+    out.sort(key=lambda c: (c.t, c.pair, c.sender or ""))
+    return out
+
+
 @dataclass(frozen=True)
 class Context:
     """What a scorer may know at the cut-off besides the pair's own events."""
@@ -59,13 +103,10 @@ class Context:
 Scorer = Callable[[Pair, Sequence[PairEvent], Context], float]
 
 
-def _labels(after: Sequence[Any], cutoff: float, directed: bool, pair: Pair) -> dict[str, bool]:
+def _labels(after: Sequence[Contact], cutoff: float, pair: Pair) -> dict[str, bool]:
     in90 = [c for c in after if c.t < cutoff + 90 * DAY]
-    if directed:
-        senders = {c.sender for c in in90}
-        two_way = pair[0] in senders and pair[1] in senders
-    else:
-        two_way = bool(in90)
+    senders = {c.sender for c in in90}
+    two_way = None in senders or (pair[0] in senders and pair[1] in senders)
     return {
         "two_way_90d": two_way,
         "any_30d": any(c.t < cutoff + 30 * DAY for c in in90),
@@ -73,12 +114,10 @@ def _labels(after: Sequence[Any], cutoff: float, directed: bool, pair: Pair) -> 
     }
 
 
-def _baselines(train: Sequence[Any], cutoff: float, pair: Pair) -> dict[str, float]:
+def _baselines(train: Sequence[Contact], cutoff: float, pair: Pair) -> dict[str, float]:
     senders = [c.sender for c in train]
-    if any(s is None for s in senders):
-        lesser = float(len(train))  # a meeting is contact in both directions
-    else:
-        lesser = float(min(senders.count(pair[0]), senders.count(pair[1])))
+    both = senders.count(None)  # a meeting is contact in both directions
+    lesser = float(both + min(senders.count(pair[0]), senders.count(pair[1])))
     return {
         "count": float(len(train)),
         "count_30d": float(sum(1 for c in train if c.t >= cutoff - 30 * DAY)),
@@ -100,11 +139,12 @@ class Table:
     context: Context
 
 
-def build(data: DataSet, cutoff: float, end: float | None = None) -> Table:
-    """The evaluation table at ``cutoff`` (contacts at or after ``end`` are ignored)."""
-    by_pair: dict[Pair, list[Any]] = defaultdict(list)
+def build(contacts: Sequence[Contact], cutoff: float, end: float | None = None) -> Table:
+    """The evaluation table at ``cutoff`` over ``contacts`` in time order (contacts at or after
+    ``end`` are ignored)."""
+    by_pair: dict[Pair, list[Contact]] = defaultdict(list)
     last_active: dict[str, float] = {}
-    for c in data.contacts:
+    for c in contacts:
         if end is not None and c.t >= end:
             break
         by_pair[c.pair].append(c)
@@ -130,7 +170,7 @@ def build(data: DataSet, cutoff: float, end: float | None = None) -> Table:
         for p in pair:
             table.people[p].append(index)
         after = [c for c in contacts if c.t >= cutoff]
-        for key, value in _labels(after, cutoff, data.directed, pair).items():
+        for key, value in _labels(after, cutoff, pair).items():
             table.labels[key].append(value)
         for key, number in _baselines(train, cutoff, pair).items():
             table.features[key].append(number)
