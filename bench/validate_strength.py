@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tieline.projections.strength_model import PARAMS, Params, strength
+from tieline.projections.strength_model_calibrate import choose
 from tieline.projections.strength_model_eval import (
     LABELS,
     PRIMARY,
@@ -73,14 +74,31 @@ def scorers(
     return out
 
 
+#: ``momentum_calibrated`` chooses its parameters on the history before the cut-off alone, as
+#: ``tieline calibrate`` does: candidates scored at a selection cut-off this share of the
+#: history before the cut-off, labels up to the cut-off.
+CALIBRATION_HOLDOUT = 1 / 3
+
+
+def calibrated(
+    data: Any, events: Mapping[Any, Any], cutoff: float, model: str = "momentum"
+) -> tuple[dict[str, float], Scorer]:
+    """A scorer calibrated on ``data``'s history before ``cutoff`` only."""
+    first = data.contacts[0].t
+    select_cut = cutoff - CALIBRATION_HOLDOUT * (cutoff - first)
+    return choose(model, data.contacts, events, select_cut, cutoff)
+
+
 def run(
     data_dir: Path,
     sets: Sequence[str] = NAMES,
     bootstrap: int = 500,
     chosen: Mapping[str, Scorer] | None = None,
     max_pairs: int | None = None,
+    calibrate: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate every set and split; ``max_pairs`` keeps only the first pairs (a quick check)."""
+    """Evaluate every set and split; ``max_pairs`` keeps only the first pairs (a quick check);
+    ``calibrate`` adds ``momentum_calibrated`` (:func:`calibrated`)."""
     chosen = chosen if chosen is not None else scorers()
     report: dict[str, Any] = {
         "run_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -98,11 +116,17 @@ def run(
         span = data.record_times[-1] - data.record_times[0]
         out["span_days"] = span / 86400
         for split in SPLITS:
-            table = build(data.contacts, data.cutoff(split))
+            cutoff = data.cutoff(split)
+            table = build(data.contacts, cutoff)
             if max_pairs is not None:
                 _truncate(table, max_pairs)
-            result = evaluate(table, score_all(table, events, chosen), bootstrap)
+            these = dict(chosen)
+            change: dict[str, float] = {}
+            if calibrate:
+                change, these["momentum_calibrated"] = calibrated(data, events, cutoff)
+            result = evaluate(table, score_all(table, events, these), bootstrap)
             result["cutoff"] = table.context.cutoff.isoformat()
+            result["momentum_calibrated_params"] = change
             out[split] = result
         out["seconds"] = time.perf_counter() - t0
         report["datasets"][name] = out

@@ -124,6 +124,20 @@ def _select(model: Model, table: Table, events: Mapping[Pair, Sequence[PairEvent
     return best[2], best[0], found[0][0]
 
 
+def choose(
+    name: str,
+    contacts: Sequence[Contact],
+    events: Mapping[Pair, Sequence[PairEvent]],
+    cutoff: float,
+    end: float,
+) -> tuple[dict[str, float], Any]:
+    """The best parameter change of model ``name`` chosen at ``cutoff`` with labels up to
+    ``end`` (nothing at or after ``end`` is seen), and a scorer with it."""
+    model = next(m for m in _models() if m.name == name)
+    best, _, _ = _select(model, build(contacts, cutoff, end=end), events)
+    return best, model.scorer(best)
+
+
 def _validate(
     model: Model,
     best: dict[str, float],
