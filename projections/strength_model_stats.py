@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -79,15 +80,22 @@ def auc_difference_ci(
     if n <= 0:
         return [math.nan, math.nan]
     a, b = Ranked.of(ours), Ranked.of(theirs)
+    diffs = [a.auc(labels, w) - b.auc(labels, w) for w in _resamples(len(labels), n, seed)]
+    return _interval(diffs)
+
+
+@functools.lru_cache(maxsize=2)
+def _resamples(size: int, n: int, seed: int) -> tuple[tuple[int, ...], ...]:
+    """``n`` bootstrap resamples of ``size`` items as multiplicities; the same for every
+    predictor compared on the same items (paired), computed once."""
     rng = random.Random(seed)
-    size = len(labels)
-    diffs: list[float] = []
+    out = []
     for _ in range(n):
         weights = [0] * size
         for _ in range(size):
             weights[rng.randrange(size)] += 1
-        diffs.append(a.auc(labels, weights) - b.auc(labels, weights))
-    return _interval(diffs)
+        out.append(tuple(weights))
+    return tuple(out)
 
 
 def precision_at(scores: Sequence[float], labels: Sequence[bool], k: int) -> float:
