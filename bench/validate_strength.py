@@ -175,10 +175,52 @@ def table(report: Mapping[str, Any], models: Sequence[str] | None = None) -> str
     return "\n".join(lines)
 
 
+def _flat(report: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A through-the-API report in the pure report's shape (set -> split -> evaluation)."""
+    if not any("splits" in d for d in report["datasets"].values()):
+        return report
+    return {
+        "datasets": {
+            n: {s: {**d["splits"][s]["evaluation"]} for s in SPLITS}
+            for n, d in report["datasets"].items()
+        }
+    }
+
+
+def markdown(report: Mapping[str, Any], models: Sequence[str] | None = None) -> str:
+    """The report as the doc's tables: per label, AUC with the interval against the label's best
+    baseline; then precision@10 per person, likewise."""
+    blocks = []
+    for metric in ("auc", "p_at_10"):
+        for label in LABELS:
+            first = next(iter(report["datasets"].values()))["time"]["labels"][label]
+            names = list(models or first["versus_best_baseline"])
+            head = "| set / split | pairs / positives | best baseline | " + " | ".join(names)
+            lines = [f"**{metric.replace('p_at_10', 'precision@10').upper()}, {label}**", ""]
+            lines += [head + " |", "|---" * (3 + len(names)) + "|"]
+            for name, d in report["datasets"].items():
+                for split in SPLITS:
+                    r = d[split]["labels"][label]
+                    best = r["best_baseline_auc" if metric == "auc" else "best_baseline_p_at_10"]
+                    key = "auc_ci95" if metric == "auc" else "p_at_10_ci95"
+                    cells = [
+                        f"{r[metric][m]:.3f} {_ci(r['versus_best_baseline'][m][key])}"
+                        for m in names
+                    ]
+                    lines.append(
+                        f"| {name} / {split} | {d[split]['pairs']} / {r['positives']} | "
+                        f"{best} {r[metric][best]:.3f} | " + " | ".join(cells) + " |"
+                    )
+            blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.validate_strength", description=__doc__)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--json", type=Path, help="write the full report here")
+    parser.add_argument("--from-json", type=Path, help="print the tables of a saved report")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
     parser.add_argument("--bootstrap", type=int, default=500, help="paired resamples (0 = none)")
     parser.add_argument("--sets", nargs="+", choices=NAMES, default=list(NAMES))
     parser.add_argument("--params", type=Path, help="what-if strength parameters (JSON)")
@@ -186,17 +228,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--through-api", action="store_true", help="through a real tieline")
     parser.add_argument("--timeout", type=float, default=900.0, help="projection wait (s)")
     args = parser.parse_args(argv)
+    if args.from_json is not None:
+        saved = _flat(json.loads(args.from_json.read_text()))
+        print(markdown(saved) if args.markdown else table(saved))
+        return 0
     if args.through_api:
         from bench.validate_strength_api import run_api
 
         report = run_api(args.data_dir, args.bootstrap, args.timeout, args.sets)
-        flat = {
-            "datasets": {
-                n: {s: d["splits"][s]["evaluation"] for s in SPLITS}
-                for n, d in report["datasets"].items()
-            }
-        }
-        print(table(flat, ["strength_api", "strength_pure"]))
+        print(table(_flat(report), ["strength_api", "strength_pure"]))
         for n, d in report["datasets"].items():
             for s, r in d["splits"].items():
                 print(
