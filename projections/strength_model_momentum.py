@@ -17,13 +17,15 @@ The model, a pure function of one pair's contacts and the two people's last cont
   (``1 / (g + eps)``), not an exponential: a power law has no time scale of its own, so the same
   parameters apply to face-to-face data over days and messages over months (no stretch).
 * ``E``: the number of *episodes* (contacts more than ``episode_gap_days`` apart count
-  separately; a burst of messages within the hour is one episode). Counting bursty trains
-  rather than events follows Ureña-Carrion, Saramäki & Kivelä (2020), who found event counts
-  inflated by bursts; here the exponent is the weight of volume against recency.
+  separately; a burst of messages within the hour is one episode). Ureña-Carrion, Saramäki &
+  Kivelä (2020) found the number of bursty cascades predicted neighbourhood overlap better than
+  plain contact counts; here the exponent is the weight of volume against recency.
 * ``h``: days since the *less recently active* of the two people was in contact with anyone. A
   pair whose members have both gone quiet rarely resumes; a person active elsewhere but not
-  with this tie is a sign the tie, not the person, has stopped (the rhythm idea of Navarro et
-  al. 2017, at the level of a person). Without that information ``h = g``.
+  with this tie is a sign the tie, not the person, has stopped. (Navarro et al. 2017: a tie
+  halted for more than ~8 times its previous interval most likely decays; judged against the
+  pair's own interval that ranked worse than plain recency on our data, see the doc.) Without
+  that information ``h = g``.
 
 The parameters were chosen on an earlier cut-off than the one they are reported at
 (``bench/validate_strength.py``, the selection is described in the doc); they are a versioned
