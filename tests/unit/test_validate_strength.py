@@ -127,3 +127,40 @@ def test_evaluation_on_a_small_subset_reports_every_label_with_intervals() -> No
                 plo, phi = v["p_at_10_ci95"]
                 assert plo <= phi and 0.0 <= r["p_at_10"][model] <= 1.0
     assert "hospital/time" in validate_strength.table(report)
+
+
+def _history(seed: int, pairs: int = 80, days: int = 200) -> dict[tuple[str, str], list[PairEvent]]:
+    """Message histories: each pair talks at its own rate until a random day, then stops."""
+    rng = random.Random(seed)
+    out: dict[tuple[str, str], list[PairEvent]] = {}
+    n = 0
+    for k in range(pairs):
+        a, b = f"p{k % 30:02d}", f"q{k:02d}"
+        stop = rng.uniform(20, days)
+        t = rng.uniform(0, 30)
+        while t < stop:
+            sender, receiver = (a, b) if rng.random() < 0.5 else (b, a)
+            detail = {"from": sender, "to": receiver, "channel": "message", "replied": False}
+            when = T0 + timedelta(days=t)
+            out.setdefault((a, b), []).append(
+                PairEvent(f"m{n}", FOLLOWED_UP, when, n, a, b, detail)
+            )
+            n += 1
+            t += rng.expovariate(1 / rng.uniform(2, 20))
+    return out
+
+
+def test_calibrate_chooses_before_the_held_out_time_and_reports_intervals() -> None:
+    from tieline.projections.strength_model_calibrate import calibrate
+
+    report = calibrate(_history(5), holdout_share=0.25, bootstrap=30, models=("momentum",))
+    assert "refused" not in report, report
+    assert report["selection"]["cutoff"] < report["validation"]["cutoff"]
+    r = report["models"]["momentum"]
+    lo, hi = r["auc_best_minus_default_ci95"]
+    assert math.isfinite(lo) and lo <= hi
+    assert r["recommend"] == (r["best"] != r["default"] and lo > 0)
+    assert r["candidates"] == 90
+    # too little history is refused, never recommended
+    small = dict(list(_history(5).items())[:5])
+    assert "refused" in calibrate(small, 0.25, 10, ("momentum",))
