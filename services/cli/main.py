@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from tieline.services.cli import admin, dlq, events, reads, stream
+from tieline.services.cli import admin, calibrate, dlq, events, reads, stream
 from tieline.services.cli.client import DEFAULT_DATA_DIR
 from tieline.services.cli.deploy import register as register_deploy
 from tieline.services.cli.ops import operational_errors
@@ -111,6 +111,7 @@ reads.register(app)
 stream.register(app)
 register_tools(app)
 admin.register(app)
+calibrate.register(app)
 app.add_typer(dlq.app, name="dlq")
 register_deploy(app)
 

@@ -26,7 +26,6 @@ STILL_BEING_SPLIT: frozenset[str] = frozenset(
         "projections/worker.py",  # helper `scale`
         "projections/store.py",  # helper `scale`
         "projections/replay.py",  # helper `scale`
-        "projections/strength_model.py",  # helper `strength`
     }
 )
 

@@ -1,0 +1,207 @@
+"""Calibration by replay: which parameters predict *this* workspace's relationships best?
+
+``tieline calibrate`` (services/cli/calibrate.py) reads a workspace's history (every stored pair
+event that is not retracted, from the live read-model generation: what the projection made of
+the log), and then, for strength and for momentum separately:
+
+1. **Holds out the most recent part.** With ``h`` the held-out share of the span (first to last
+   contact): the *selection* cut-off is at ``1 - 2h`` with labels up to ``1 - h``, the
+   *validation* cut-off at ``1 - h`` with labels up to the end. Nothing after ``1 - h`` is seen
+   while choosing.
+2. **Searches the documented ranges** (:data:`STRENGTH_GRID`, ``MOMENTUM_GRID``): each candidate
+   is scored by ROC AUC on the primary label (the relationship continues two-way) at the
+   selection cut-off; the best one is kept (the default wins ties).
+3. **Validates on held-out time**: default and best are evaluated at the validation cut-off
+   (AUC and precision@10 per person, each with a 95% paired-bootstrap interval of best -
+   default). A set is *recommended* only if the interval of its AUC gain lies above zero;
+   otherwise the report says the default stays.
+
+Nothing is changed: applying a recommended set (through the what-if/rebuild machinery, audited
+as an event) is not built yet.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+from tieline.projections.strength_model import PARAMS, PairEvent, Params, strength
+from tieline.projections.strength_model_eval import (
+    PRIMARY,
+    TOP_K,
+    Contact,
+    Pair,
+    Table,
+    build,
+    contacts_of,
+    score_all,
+)
+from tieline.projections.strength_model_momentum import (
+    MOMENTUM_GRID,
+    MOMENTUM_PARAMS,
+    MomentumParams,
+    momentum,
+)
+from tieline.projections.strength_model_stats import (
+    auc,
+    auc_difference_ci,
+    mean_difference_ci,
+    per_person_precision,
+)
+
+#: The documented range of the strength parameters calibration searches (docs/strength-model.md).
+STRENGTH_GRID: dict[str, tuple[float, ...]] = {
+    "fast_half_life_days": (7.0, 30.0, 90.0),
+    "slow_half_life_days": (180.0, 730.0),
+    "slow_share": (0.1, 0.3),
+    "reciprocity_penalty": (0.0, 0.3),
+}
+MIN_PAIRS = 20
+
+
+async def workspace_events(
+    conn: AsyncConnection[Any], schema: str, workspace: str
+) -> dict[Pair, list[PairEvent]]:
+    """Every pair event of ``workspace`` that counts (not retracted), from read-model ``schema``."""
+    cur = await conn.execute(
+        sql.SQL(
+            """SELECT person_a, person_b, event_id, type, occurred_at, seq, detail
+               FROM {}.pair_events_v1 WHERE workspace_id = %s AND NOT retracted"""
+        ).format(sql.Identifier(schema)),
+        (workspace,),
+    )
+    out: dict[Pair, list[PairEvent]] = {}
+    for r in await cur.fetchall():
+        a, b = str(r[0]), str(r[1])
+        e = PairEvent(str(r[2]), str(r[3]), r[4], int(r[5]), a, b, r[6] or {})
+        out.setdefault((a, b), []).append(e)
+    return out
+
+
+def _grid(ranges: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:
+    keys = list(ranges)
+    return [dict(zip(keys, v, strict=True)) for v in itertools.product(*ranges.values())]
+
+
+@dataclass(frozen=True)
+class Model:
+    """One score family: its default, its candidates, and how to score a pair with a set."""
+
+    name: str
+    default: dict[str, float]
+    candidates: list[dict[str, float]]
+    scorer: Callable[[dict[str, float]], Any]
+
+
+def _models() -> list[Model]:
+    def strength_scorer(change: dict[str, float]) -> Any:
+        p = Params.from_dict(change) if change else PARAMS
+        return lambda pair, train, ctx: strength(train, p, as_of=ctx.cutoff).score
+
+    def momentum_scorer(change: dict[str, float]) -> Any:
+        p = MomentumParams.from_dict(change) if change else MOMENTUM_PARAMS
+        return lambda pair, train, ctx: momentum(train, ctx.cutoff, ctx.people_last_active, p).score
+
+    s_default = {k: float(getattr(PARAMS, k)) for k in STRENGTH_GRID}
+    m_default = {k: float(getattr(MOMENTUM_PARAMS, k)) for k in MOMENTUM_GRID}
+    return [
+        Model("strength", s_default, _grid(STRENGTH_GRID), strength_scorer),
+        Model("momentum", m_default, _grid(MOMENTUM_GRID), momentum_scorer),
+    ]
+
+
+def _select(model: Model, table: Table, events: Mapping[Pair, Sequence[PairEvent]]) -> Any:
+    """(best set, its AUC, the default's AUC) at the selection cut-off."""
+    y = table.labels[PRIMARY]
+    found = []
+    for i, change in enumerate([model.default, *model.candidates]):
+        scores = score_all(table, events, {"s": model.scorer(change)})["s"]
+        found.append((auc(scores, y), -i, change))
+    best = max(found, key=lambda f: (f[0], f[1]))
+    return best[2], best[0], found[0][0]
+
+
+def choose(
+    name: str,
+    contacts: Sequence[Contact],
+    events: Mapping[Pair, Sequence[PairEvent]],
+    cutoff: float,
+    end: float,
+) -> tuple[dict[str, float], Any]:
+    """The best parameter change of model ``name`` chosen at ``cutoff`` with labels up to
+    ``end`` (nothing at or after ``end`` is seen), and a scorer with it."""
+    model = next(m for m in _models() if m.name == name)
+    best, _, _ = _select(model, build(contacts, cutoff, end=end), events)
+    return best, model.scorer(best)
+
+
+def _validate(
+    model: Model,
+    best: dict[str, float],
+    table: Table,
+    events: Mapping[Pair, Sequence[PairEvent]],
+    bootstrap: int,
+) -> dict[str, Any]:
+    y = table.labels[PRIMARY]
+    scored = score_all(
+        table, events, {"default": model.scorer(model.default), "best": model.scorer(best)}
+    )
+    p10 = {k: per_person_precision(table.people, v, y, TOP_K) for k, v in scored.items()}
+    mean = {k: sum(v.values()) / max(len(v), 1) for k, v in p10.items()}
+    ci = auc_difference_ci(scored["best"], scored["default"], y, bootstrap)
+    return {
+        "auc": {k: auc(v, y) for k, v in scored.items()},
+        "auc_best_minus_default_ci95": ci,
+        "p_at_10": mean,
+        "p_at_10_best_minus_default_ci95": mean_difference_ci(
+            p10["best"], p10["default"], bootstrap
+        ),
+        "recommend": best != model.default and ci[0] > 0,
+    }
+
+
+def calibrate(
+    events: Mapping[Pair, Sequence[PairEvent]],
+    holdout_share: float = 0.25,
+    bootstrap: int = 300,
+    models: Sequence[str] = ("strength", "momentum"),
+) -> dict[str, Any]:
+    """The calibration report of one workspace's events (see the module docstring)."""
+    if not 0.05 <= holdout_share <= 0.45:
+        raise ValueError("holdout_share must be in [0.05, 0.45]")
+    contacts: list[Contact] = contacts_of(events)
+    if not contacts:
+        raise ValueError("the workspace has no contacts to calibrate on")
+    first, last = contacts[0].t, contacts[-1].t
+    select_cut = first + (1 - 2 * holdout_share) * (last - first)
+    validate_cut = first + (1 - holdout_share) * (last - first)
+    inner = build(contacts, select_cut, end=validate_cut)
+    outer = build(contacts, validate_cut)
+    report: dict[str, Any] = {
+        "contacts": len(contacts),
+        "pairs": len(events),
+        "label": PRIMARY,
+        "holdout_share": holdout_share,
+        "selection": {"cutoff": inner.context.cutoff.isoformat(), "pairs": len(inner.pairs)},
+        "validation": {"cutoff": outer.context.cutoff.isoformat(), "pairs": len(outer.pairs)},
+        "models": {},
+    }
+    for table, name in ((inner, "selection"), (outer, "validation")):
+        positives = sum(table.labels[PRIMARY])
+        report[name]["positives"] = positives
+        if len(table.pairs) < MIN_PAIRS or positives in (0, len(table.pairs)):
+            report["refused"] = f"too little history: {name} has {len(table.pairs)} pairs, "
+            report["refused"] += f"{positives} positive (needs {MIN_PAIRS}+ and both classes)"
+            return report
+    for model in (m for m in _models() if m.name in models):
+        best, best_auc, default_auc = _select(model, inner, events)
+        result = _validate(model, best, outer, events, bootstrap)
+        result["selection_auc"] = {"default": default_auc, "best": best_auc}
+        result["default"] = model.default
+        result["best"] = best
+        result["candidates"] = len(model.candidates)
+        report["models"][model.name] = result
+    return report

@@ -1,0 +1,112 @@
+"""``tieline calibrate``: which strength and momentum parameters predict a workspace's own
+relationships best, validated on its most recent history (projections/strength_model_calibrate.py).
+
+Talks to PostgreSQL directly (``TIELINE_DATABASE_URL``, or ``--data-dir`` of a running
+``tieline up``) and reads the live read-model generation; it changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from tieline.services.cli.client import DEFAULT_WORKSPACE, AsJson, emit_json, out
+from tieline.services.cli.ops import DataDir, ops_settings, run_db
+
+console = Console()
+
+
+def _ci(ci: list[float]) -> str:
+    if any(math.isnan(x) for x in ci):
+        return "n/a"
+    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def calibrate_cmd(
+    workspace: Annotated[
+        str, typer.Option("--workspace", "-w", envvar="TIELINE_WORKSPACE", help="Workspace id.")
+    ] = DEFAULT_WORKSPACE,
+    holdout: Annotated[
+        float, typer.Option(help="Share of the history's span held out (most recent).")
+    ] = 0.25,
+    bootstrap: Annotated[int, typer.Option(help="Paired bootstrap resamples.")] = 300,
+    model: Annotated[
+        list[str] | None, typer.Option(help="strength and/or momentum (default: both).")
+    ] = None,
+    data_dir: DataDir = None,
+    as_json: AsJson = False,
+) -> None:
+    """Replay the workspace's history, hold out its most recent part, search the documented
+    parameter ranges on the part before it, and report AUC and precision@10 of the default and
+    the best set on the held-out time. Recommends a set only if it beats the default there
+    (95% interval of the AUC gain above zero). Nothing is changed."""
+    from tieline.projections import generations
+    from tieline.projections.strength_model_calibrate import calibrate, workspace_events
+
+    models = tuple(model or ("strength", "momentum"))
+    if any(m not in ("strength", "momentum") for m in models):
+        raise typer.BadParameter("--model is strength or momentum")
+    settings = ops_settings(data_dir, "tieline calibrate")
+
+    async def load(conn: Any) -> Any:
+        gen = await generations.live(conn, settings.database_schema)
+        if gen is None:
+            return None
+        return await workspace_events(conn, gen.schema_name, workspace)
+
+    events = run_db("tieline calibrate", settings, load)
+    if not events:
+        out(f"tieline calibrate: workspace {workspace!r} has no relationship events")
+        raise typer.Exit(1)
+    try:
+        report = calibrate(events, holdout, bootstrap, models)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    report["workspace"] = workspace
+    if as_json:
+        emit_json(report)
+    else:
+        _show(report)
+    if "refused" in report:
+        raise typer.Exit(1)
+
+
+def _show(report: dict[str, Any]) -> None:
+    sel, val = report["selection"], report["validation"]
+    out(
+        f"workspace {report['workspace']}: {report['contacts']} contacts, {report['pairs']} "
+        f"pairs; label {report['label']}; choose at {sel['cutoff']} ({sel['pairs']} pairs), "
+        f"validate at {val['cutoff']} ({val['pairs']} pairs, {val.get('positives')} positive)"
+    )
+    if "refused" in report:
+        out(f"refused: {report['refused']}")
+        return
+    table = Table("model", "set", "held-out AUC", "P@10", "AUC gain 95% CI", "P@10 gain 95% CI")
+    for name, r in report["models"].items():
+        table.add_row(
+            name, "default", f"{r['auc']['default']:.3f}", f"{r['p_at_10']['default']:.3f}"
+        )
+        table.add_row(
+            "",
+            "best of " + str(r["candidates"] + 1),
+            f"{r['auc']['best']:.3f}",
+            f"{r['p_at_10']['best']:.3f}",
+            _ci(r["auc_best_minus_default_ci95"]),
+            _ci(r["p_at_10_best_minus_default_ci95"]),
+        )
+    console.print(table)
+    for name, r in report["models"].items():
+        changed = {k: v for k, v in r["best"].items() if r["default"].get(k) != v}
+        if r["recommend"]:
+            out(f"{name}: recommended {changed} (beats the default on held-out time)")
+        elif not changed:
+            out(f"{name}: the default stays (no candidate did better before the held-out time)")
+        else:
+            out(f"{name}: not recommended {changed}: it does not beat the default on held-out time")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("calibrate")(calibrate_cmd)

