@@ -115,6 +115,16 @@ class Settings(BaseSettings):
     #: Finished deliveries (and their attempts) stay in the delivery log this long.
     webhook_log_retention_s: float = Field(default=30 * 86400.0, gt=0)
 
+    #: Calendar/address-book sync (services/sync): how often the sync process looks for due
+    #: sources, how long one run may hold a source before another process may take it over,
+    #: the longest backoff after failures, and the per-request timeout towards the server.
+    sync_poll_s: float = Field(default=5.0, gt=0)
+    sync_lease_s: float = Field(default=600.0, gt=0)
+    sync_backoff_max_s: float = Field(default=3600.0, gt=0)
+    sync_timeout_s: float = Field(default=30.0, gt=0)
+    #: Sources one sync process runs at once (a slow or dead server holds only its own).
+    sync_concurrency: int = Field(default=4, ge=1, le=64)
+
     log_json: bool | None = None
     log_level: str = "INFO"
 
