@@ -124,6 +124,8 @@ class Settings(BaseSettings):
     sync_timeout_s: float = Field(default=30.0, gt=0)
     #: Sources one sync process runs at once (a slow or dead server holds only its own).
     sync_concurrency: int = Field(default=4, ge=1, le=64)
+    #: Events per command the sync sends to a write service.
+    sync_chunk: int = Field(default=200, ge=1, le=1000)
 
     log_json: bool | None = None
     log_level: str = "INFO"

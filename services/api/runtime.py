@@ -26,6 +26,7 @@ from tieline.plumbing.crypto import FORGOTTEN, KeyStore, decrypt_value, master_k
 from tieline.plumbing.jetstream import connect_nats, ensure_streams
 from tieline.plumbing.state import ensure_state_schema
 from tieline.plumbing.subjects import command_subject
+from tieline.services.sync.state import ensure_sync_schema
 from tieline.projections.queries.common import checkpoint
 from tieline.projections.readpool import LivePool
 from tieline.services.api.errors import ApiError
@@ -73,6 +74,7 @@ class Connections:
         await self.pool.open(wait=True)
         async with self.pool.connection() as conn:
             await ensure_state_schema(conn, self.settings.database_schema)
+            await ensure_sync_schema(conn, self.settings.database_schema)
         await self.audit_pool.open(wait=True)
 
     async def close(self) -> None:

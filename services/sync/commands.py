@@ -14,10 +14,6 @@ from nats.errors import TimeoutError as NatsTimeout
 from tieline.plumbing.config import Settings
 from tieline.plumbing.subjects import command_subject
 
-#: Items per command (a command is one NATS message; the services take up to a batch).
-CHUNK = 200
-
-
 class CommandUnavailable(Exception):
     """The write side did not answer (not running, or too slow): nothing can be recorded now."""
 
@@ -39,8 +35,9 @@ class CommandBus:
     ) -> list[dict[str, Any]]:
         """One result per item, in order."""
         out: list[dict[str, Any]] = []
-        for i in range(0, len(items), CHUNK):
-            out.extend(await self._send(ws, service, items[i : i + CHUNK], actor))
+        chunk = self.settings.sync_chunk
+        for i in range(0, len(items), chunk):
+            out.extend(await self._send(ws, service, items[i : i + chunk], actor))
         return out
 
     async def _send(
