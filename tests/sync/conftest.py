@@ -78,8 +78,14 @@ def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dav]:
         proc.wait(10)
 
 
-#: The sync process looks for due sources every 0.2 s; a failure backs off 1 s at most.
-SYNC_ENV = {"TIELINE_SYNC_POLL_S": "0.2", "TIELINE_SYNC_BACKOFF_MAX_S": "1"}
+#: The sync process looks for due sources every 0.2 s; a failure backs off 1 s at most; a
+#: killed process's lease on a source ends after 3 s; commands carry 10 events each.
+SYNC_ENV = {
+    "TIELINE_SYNC_POLL_S": "0.2",
+    "TIELINE_SYNC_BACKOFF_MAX_S": "1",
+    "TIELINE_SYNC_LEASE_S": "3",
+    "TIELINE_SYNC_CHUNK": "10",
+}
 
 
 @pytest.fixture(scope="module")
