@@ -17,6 +17,17 @@ from tieline.projections.readpool import LivePool
 from tieline.services.sync.mapping import normalize_email
 
 PAGE = 1000
+#: The directory's personal fields the sync compares with a vCard.
+FIELDS = ("display_name", "email", "phone", "organization", "title")
+
+
+def normalize_phone(value: str) -> str:
+    """Digits only, with a leading + kept: ``+44 (0)20 7946-0000`` -> ``+440207946000``.
+    Too short to tell people apart (fewer than 6 digits) -> ""."""
+    digits = "".join(ch for ch in value if ch.isdigit())
+    if len(digits) < 6:
+        return ""
+    return ("+" if value.strip().startswith("+") else "") + digits
 
 
 def person_id_for_email(workspace: str, email: str) -> str:
@@ -30,10 +41,27 @@ def person_id_for_email(workspace: str, email: str) -> str:
 class Directory:
     """A snapshot of one workspace's people: ids, and who has which address."""
 
-    def __init__(self, workspace: str, ids: set[str], emails: dict[str, str]) -> None:
+    def __init__(
+        self,
+        workspace: str,
+        ids: set[str],
+        emails: dict[str, str],
+        fields: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.workspace = workspace
         self.ids = ids
         self.emails = emails  # address -> person id
+        #: person id -> their decrypted directory fields (display_name, email, phone, ...)
+        self.fields = fields or {}
+        self.phones = {
+            normalize_phone(f["phone"]): pid
+            for pid, f in self.fields.items()
+            if f.get("phone") and normalize_phone(f["phone"])
+        }
+
+    def person_of_phone(self, phone: str) -> str | None:
+        digits = normalize_phone(phone)
+        return self.phones.get(digits) if digits else None
 
     def person_of(self, email: str) -> str | None:
         addr = normalize_email(email)
@@ -59,14 +87,16 @@ async def load_directory(live: LivePool, keystore: KeyStore, ws: str) -> Directo
             break
         after = page[-1]["person_id"]
     ids = {r["person_id"] for r in rows}
-    with_email = [r for r in rows if r["email"]]
-    keys = await keystore.keys(ws, [r["person_id"] for r in with_email]) if with_email else {}
+    keys = await keystore.keys(ws, list(ids)) if ids else {}
     emails: dict[str, str] = {}
-    for r in with_email:
+    fields: dict[str, dict[str, Any]] = {}
+    for r in rows:
         key = keys.get(r["person_id"])
         if key is None:
             continue
-        value = decrypt_value(key, ws, "email", r["email"])
+        plain = {f: decrypt_value(key, ws, f, r[f]) for f in FIELDS if r.get(f) is not None}
+        fields[r["person_id"]] = plain
+        value = plain.get("email")
         if isinstance(value, str) and "@" in value:
             emails.setdefault(normalize_email(value), r["person_id"])
-    return Directory(ws, ids, emails)
+    return Directory(ws, ids, emails, fields)

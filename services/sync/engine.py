@@ -24,7 +24,14 @@ from tieline.plumbing.crypto import KeyStore
 from tieline.projections.readpool import LivePool
 from tieline.services.sync import state
 from tieline.services.sync.commands import CommandBus, accepted
-from tieline.services.sync.dav import CollectionChanges, SourceError, pull_calendars
+from tieline.services.sync.contacts import commands as contact_commands
+from tieline.services.sync.contacts import parse_contact
+from tieline.services.sync.dav import (
+    CollectionChanges,
+    SourceError,
+    pull_addressbooks,
+    pull_calendars,
+)
 from tieline.services.sync.directory import Directory, load_directory
 from tieline.services.sync.mapping import (
     Owner,
@@ -90,13 +97,21 @@ class Engine:
         started = time.monotonic()
         stats = RunStats()
         password = state.password_of(row, self.master_key)
-        if row["kind"] != "caldav":
-            raise SourceError(f"source kind {row['kind']!r} is not synced by this version")
-        changes = await pull_calendars(
-            row["url"], row["username"], password, dict(row["tokens"] or {}), self.timeout_s
-        )
-        await self._store(row["source_id"], changes, stats)
-        await self.reconcile(row, stats, now or datetime.now(UTC))
+        tokens = dict(row["tokens"] or {})
+        if row["kind"] == "carddav":
+            async with self.state_pool.connection() as conn:
+                cached = await state.cached_etags(conn, row["source_id"])
+            changes = await pull_addressbooks(
+                row["url"], row["username"], password, tokens, cached, self.timeout_s
+            )
+            await self._store(row["source_id"], changes, stats)
+            await self.reconcile_contacts(row, stats)
+        else:
+            changes = await pull_calendars(
+                row["url"], row["username"], password, tokens, self.timeout_s
+            )
+            await self._store(row["source_id"], changes, stats)
+            await self.reconcile(row, stats, now or datetime.now(UTC))
         stats.seconds = round(time.monotonic() - started, 3)
         return stats
 
@@ -112,7 +127,7 @@ class Engine:
                         "SELECT href FROM sync_items WHERE source_id = %s AND collection = %s",
                         (source_id, ch.collection),
                     )
-                    present = {h for h, _, _ in ch.changed}
+                    present = set(ch.members or ()) | {h for h, _, _ in ch.changed}
                     deleted += [r["href"] for r in await cur.fetchall() if r["href"] not in present]
                 stats.changed += len(ch.changed)
                 stats.deleted += len(deleted)
@@ -219,3 +234,33 @@ class Engine:
                 stats.rejected.append(str(r.get("error")))
         async with self.state_pool.connection() as conn:
             await state.mark_recorded(conn, source_id, ok)
+
+    async def reconcile_contacts(self, row: dict[str, Any], stats: RunStats) -> None:
+        """Add the people the address book has and the workspace lacks; update the ones whose
+        card changed. Deleting a card removes nobody (people are forgotten on purpose only)."""
+        ws, source_id = row["workspace_id"], row["source_id"]
+        directory = await load_directory(self.live, self.keystore, ws)
+        async with self.state_pool.connection() as conn:
+            cached = await state.items(conn, source_id, self.master_key)
+            known = await state.known_contacts(conn, source_id)
+        contacts = []
+        for href, data in cached:
+            try:
+                c = parse_contact(href, data)
+            except Exception as exc:  # one malformed card must not stop the others
+                stats.unreadable += 1
+                log.warning("sync.unreadable_card", href=href, error=repr(exc)[:200])
+                continue
+            if c is not None:
+                contacts.append(c)
+        stats.objects = len(cached)
+        todo, uids = contact_commands(source_id, contacts, directory, known)
+        results = await self.bus.record(ws, "people", todo, f"sync:{source_id}") if todo else []
+        for r in results:
+            if accepted(r):
+                stats.recorded += 0 if r.get("duplicate") else 1
+                stats.already_recorded += 1 if r.get("duplicate") else 0
+            elif len(stats.rejected) < 5:
+                stats.rejected.append(str(r.get("error")))
+        async with self.state_pool.connection() as conn:
+            await state.remember_contacts(conn, source_id, uids)

@@ -61,6 +61,13 @@ CREATE TABLE IF NOT EXISTS sync_recorded (
     occurred_at  timestamptz NOT NULL,
     PRIMARY KEY (source_id, event_id)
 );
+
+CREATE TABLE IF NOT EXISTS sync_contacts (
+    source_id   text NOT NULL REFERENCES sync_sources ON DELETE CASCADE,
+    uid         text NOT NULL,
+    person_id   text NOT NULL,
+    PRIMARY KEY (source_id, uid)
+);
 """
 
 SOURCE_COLS = """source_id, workspace_id, kind, url, username, owner, window_days, interval_s,
@@ -298,3 +305,38 @@ async def mark_retracted(conn: AsyncConnection[Any], source_id: str, event_ids: 
         "DELETE FROM sync_recorded WHERE source_id = %s AND event_id = ANY(%s::uuid[])",
         (source_id, event_ids),
     )
+
+
+# -- address books --------------------------------------------------------------------------
+
+
+async def cached_etags(
+    conn: AsyncConnection[Any], source_id: str
+) -> dict[str, dict[str, str | None]]:
+    """collection -> href -> ETag of every object cached for a source."""
+    cur = await conn.execute(
+        "SELECT collection, href, etag FROM sync_items WHERE source_id = %s", (source_id,)
+    )
+    out: dict[str, dict[str, str | None]] = {}
+    for r in await cur.fetchall():
+        out.setdefault(r["collection"], {})[r["href"]] = r["etag"]
+    return out
+
+
+async def known_contacts(conn: AsyncConnection[Any], source_id: str) -> dict[str, str]:
+    """vCard UID -> the person it was matched to."""
+    cur = await conn.execute(
+        "SELECT uid, person_id FROM sync_contacts WHERE source_id = %s", (source_id,)
+    )
+    return {r["uid"]: r["person_id"] for r in await cur.fetchall()}
+
+
+async def remember_contacts(
+    conn: AsyncConnection[Any], source_id: str, uids: dict[str, str]
+) -> None:
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO sync_contacts (source_id, uid, person_id) VALUES (%s, %s, %s) "
+            "ON CONFLICT (source_id, uid) DO UPDATE SET person_id = excluded.person_id",
+            [(source_id, u, p) for u, p in uids.items()],
+        )
