@@ -26,12 +26,12 @@ from tieline.plumbing.crypto import FORGOTTEN, KeyStore, decrypt_value, master_k
 from tieline.plumbing.jetstream import connect_nats, ensure_streams
 from tieline.plumbing.state import ensure_state_schema
 from tieline.plumbing.subjects import command_subject
-from tieline.services.sync.state import ensure_sync_schema
 from tieline.projections.queries.common import checkpoint
 from tieline.projections.readpool import LivePool
 from tieline.services.api.errors import ApiError
 from tieline.services.api.live import ChangeFeed
 from tieline.services.auth import FailureLimiter, Principal, verify_token
+from tieline.services.sync.state import ensure_sync_schema
 
 log = structlog.get_logger(__name__)
 

@@ -90,7 +90,9 @@ def up(
 
 @app.command()
 def serve(
-    role: Annotated[str, typer.Argument(help="api | people | interactions | worker | webhooks | sync")],
+    role: Annotated[
+        str, typer.Argument(help="api | people | interactions | worker | webhooks | sync")
+    ],
 ) -> None:
     """Run one process (settings from TIELINE_* environment variables)."""
     from tieline.services.runtime.run import main as run_main

@@ -1,8 +1,9 @@
 """Entry point of one tieline process: ``python -m tieline.services.runtime.run ROLE``.
 
-Roles: ``api``, ``people``, ``interactions``, ``worker``, ``webhooks``, ``sync``. Settings come from the
-environment (``TIELINE_*``); ``tieline up`` sets them for the processes it supervises (and adds
-``--data-dir DIR`` to name the installation), the deployment files in deploy/ for containers.
+Roles: ``api``, ``people``, ``interactions``, ``worker``, ``webhooks``, ``sync``. Settings come
+from the environment (``TIELINE_*``); ``tieline up`` sets them for the processes it supervises
+(and adds ``--data-dir DIR`` to name the installation), the deployment files in deploy/ for
+containers.
 With ``TIELINE_HEALTH_PORT`` the roles without an HTTP API answer health probes
 (services/runtime/health.py); the api has ``/healthz`` and ``/readyz`` itself.
 """

@@ -14,6 +14,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from tieline.plumbing.config import Settings
 from tieline.plumbing.subjects import command_subject
 
+
 class CommandUnavailable(Exception):
     """The write side did not answer (not running, or too slow): nothing can be recorded now."""
 

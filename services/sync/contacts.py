@@ -108,7 +108,9 @@ def derived_id(ws: str, c: Contact) -> str:
     """A new person's id: the same derivation as ``tieline import``."""
     if c.emails:
         return person_id_for_email(ws, c.emails[0])
-    basis = "uid:" + c.uid.strip() if c.uid else "name:" + " ".join((c.name or "").split()).casefold()
+    basis = (
+        "uid:" + c.uid.strip() if c.uid else "name:" + " ".join((c.name or "").split()).casefold()
+    )
     return "p-" + hashlib.sha256(f"tieline-person|{ws}|{basis}".encode()).hexdigest()[:16]
 
 
@@ -148,8 +150,12 @@ def commands(
         if pid not in directory.ids:
             key = f"person.added|{directory.workspace}|{pid}"
             out.append(
-                {"type": "person.added", "person_id": pid, **values,
-                 "event_id": str(uuid.uuid5(SYNC_NAMESPACE, key))}
+                {
+                    "type": "person.added",
+                    "person_id": pid,
+                    **values,
+                    "event_id": str(uuid.uuid5(SYNC_NAMESPACE, key)),
+                }
             )
             continue
         have = directory.fields.get(pid, {})
@@ -157,8 +163,12 @@ def commands(
         if changed:
             key = f"person.updated|{source_id}|{pid}|{_digest(changed)}"
             out.append(
-                {"type": "person.updated", "person_id": pid, **changed,
-                 "event_id": str(uuid.uuid5(SYNC_NAMESPACE, key))}
+                {
+                    "type": "person.updated",
+                    "person_id": pid,
+                    **changed,
+                    "event_id": str(uuid.uuid5(SYNC_NAMESPACE, key)),
+                }
             )
     return out, uids
 

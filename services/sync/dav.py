@@ -12,9 +12,10 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+from xml.sax.saxutils import escape
 
-import caldav  # type: ignore[import-untyped]
-from caldav.elements import dav  # type: ignore[import-untyped]
+from caldav.davclient import DAVClient
+from caldav.elements import dav
 
 
 @dataclass
@@ -47,12 +48,12 @@ def _describe(exc: BaseException) -> str:
 def _pull_calendars(
     url: str, user: str, password: str, tokens: dict[str, Any], timeout: float
 ) -> list[CollectionChanges]:
-    client = caldav.DAVClient(url=url, username=user, password=password, timeout=int(timeout))
+    client = DAVClient(url=url, username=user, password=password, timeout=int(timeout))
     with client:
         wanted = urlsplit(url).path.rstrip("/") + "/"
         calendars = [
             c
-            for c in client.principal().calendars()
+            for c in client.principal().calendars()  # type: ignore[no-untyped-call]
             if str(c.url.path).rstrip("/").startswith(wanted.rstrip("/"))
         ]
         out = []
@@ -76,12 +77,12 @@ def _pull_calendars(
 
 
 async def pull_calendars(
-    url: str, user: str, password: str, tokens: dict[str, Any], timeout: float = 30.0
+    url: str, user: str, password: str, tokens: dict[str, Any], timeout_s: float = 30.0
 ) -> list[CollectionChanges]:
     """The changes of every calendar at or under ``url`` (a calendar's URL names that one;
     a server or principal URL names all the user's calendars)."""
     try:
-        return await asyncio.to_thread(_pull_calendars, url, user, password, tokens, timeout)
+        return await asyncio.to_thread(_pull_calendars, url, user, password, tokens, timeout_s)
     except Exception as exc:
         raise SourceError(_describe(exc)) from exc
 
@@ -89,17 +90,21 @@ async def pull_calendars(
 CARDDAV_ADDRESSBOOK = "{urn:ietf:params:xml:ns:carddav}addressbook"
 
 
-def _xml(element: Any) -> bytes:
-    from lxml import etree
-
-    body: bytes = etree.tostring(element.xmlelement(), encoding="utf-8", xml_declaration=True)
-    return body
+#: The two request bodies the address-book pull sends (RFC 4918 PROPFIND, RFC 6578 REPORT).
+PROPFIND = (
+    '<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:prop>'
+    "<D:{prop}/></D:prop></D:propfind>"
+)
+SYNC_COLLECTION = (
+    '<?xml version="1.0" encoding="utf-8"?><D:sync-collection xmlns:D="DAV:">'
+    "<D:sync-token>{token}</D:sync-token><D:sync-level>1</D:sync-level>"
+    "<D:prop><D:getetag/></D:prop></D:sync-collection>"
+)
 
 
 def _addressbooks(client: Any, url: str) -> list[str]:
     """The address books at ``url``: itself when it is one, else its children that are."""
-    query = dav.Propfind() + [dav.Prop() + [dav.ResourceType()]]
-    resp = client.propfind(url, _xml(query).decode(), depth=1)
+    resp = client.propfind(url, PROPFIND.format(prop="resourcetype"), depth=1)
     props = resp.expand_simple_props(multi_value_props=[dav.ResourceType()])
     base = urlsplit(url)
     found = []
@@ -112,10 +117,13 @@ def _addressbooks(client: Any, url: str) -> list[str]:
     return [here] if here in found else sorted(found)
 
 
-def _etags(client: Any, book: str, depth: int, body: bytes) -> tuple[dict[str, str | None], Any]:
-    resp = client.report(book, body, depth=depth) if depth == 0 else client.propfind(
-        book, body.decode(), depth=1
-    )
+def _etags(client: Any, book: str, token: str | None) -> tuple[dict[str, str | None], Any]:
+    """href -> ETag (None: removed) from a sync-collection REPORT from ``token``, or from a
+    PROPFIND of the members when ``token`` is None."""
+    if token is None:
+        resp = client.propfind(book, PROPFIND.format(prop="getetag"), depth=1)
+    else:
+        resp = client.report(book, SYNC_COLLECTION.format(token=escape(token)), depth=0)
     base = urlsplit(book)
     out: dict[str, str | None] = {}
     for href, p in resp.expand_simple_props([dav.GetEtag()]).items():
@@ -132,21 +140,16 @@ def _pull_book(
     """One address book: a sync-collection REPORT from ``old`` (RFC 6578); when the server
     refuses it, a PROPFIND of every member's ETag compared with ``cached``."""
     try:
-        query = dav.SyncCollection() + [
-            dav.SyncToken(value=old or ""),
-            dav.SyncLevel(value="1"),
-            dav.Prop() + [dav.GetEtag()],
-        ]
-        etags, resp = _etags(client, book, 0, _xml(query))
+        etags, resp = _etags(client, book, old or "")
         token, full = resp.sync_token, old is None
         wanted = {h: e for h, e in etags.items() if e is not None and cached.get(h) != e}
         gone = [h for h, e in etags.items() if e is None]
     except Exception as exc:
         if type(exc).__name__ == "AuthorizationError" and "valid-sync-token" not in str(exc):
             raise
-        etags, _ = _etags(client, book, 1, _xml(dav.Propfind() + [dav.Prop() + [dav.GetEtag()]]))
+        etags, _ = _etags(client, book, None)
         token, full = None, True
-        wanted = {h: e for h, e in etags.items() if cached.get(h) != e}
+        wanted = {h: e for h, e in etags.items() if e is not None and cached.get(h) != e}
         gone = [h for h in cached if h not in etags]
     changes = CollectionChanges(collection=book, token=token, full=full, deleted=gone)
     for href, etag in wanted.items():
@@ -169,7 +172,7 @@ def _pull_addressbooks(
     cached: dict[str, dict[str, str | None]],
     timeout: float,
 ) -> list[CollectionChanges]:
-    client = caldav.DAVClient(url=url, username=user, password=password, timeout=int(timeout))
+    client = DAVClient(url=url, username=user, password=password, timeout=int(timeout))
     with client:
         return [
             _pull_book(client, book, tokens.get(book), cached.get(book, {}))
@@ -183,13 +186,13 @@ async def pull_addressbooks(
     password: str,
     tokens: dict[str, Any],
     cached: dict[str, dict[str, str | None]],
-    timeout: float = 30.0,
+    timeout_s: float = 30.0,
 ) -> list[CollectionChanges]:
     """The changes of every CardDAV address book at or directly under ``url``. ``cached``:
     collection -> href -> ETag of what the last pull kept (for the ETag fallback)."""
     try:
         return await asyncio.to_thread(
-            _pull_addressbooks, url, user, password, tokens, cached, timeout
+            _pull_addressbooks, url, user, password, tokens, cached, timeout_s
         )
     except Exception as exc:
         raise SourceError(_describe(exc)) from exc

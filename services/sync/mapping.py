@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import icalendar
-import recurring_ical_events  # type: ignore[import-untyped]
+import recurring_ical_events
 
 #: Namespace of every id the sync derives (events, retractions, people).
 SYNC_NAMESPACE = uuid.UUID("5f0c2b7e-9d4a-5c31-8e6f-2a7b1c9d0e43")

@@ -78,7 +78,9 @@ SOURCE_COLS = """source_id, workspace_id, kind, url, username, owner, window_day
 async def ensure_sync_schema(conn: AsyncConnection[Any], schema: str) -> None:
     """Create the sync tables in the state schema if missing."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tieline-sync:{schema}",))
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tieline-sync:{schema}",)
+        )
         await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
         await conn.execute(SYNC_DDL.encode())
@@ -236,8 +238,13 @@ async def store_changes(
                 (source_id, deleted),
             )
         rows = [
-            (source_id, href, collection, etag, seal(master_key, item_purpose(source_id, href),
-                                                     data.encode()))
+            (
+                source_id,
+                href,
+                collection,
+                etag,
+                seal(master_key, item_purpose(source_id, href), data.encode()),
+            )
             for href, etag, data in changed
         ]
         if rows:
@@ -256,9 +263,7 @@ async def store_changes(
         )
 
 
-async def drop_collections(
-    conn: AsyncConnection[Any], source_id: str, keep: list[str]
-) -> None:
+async def drop_collections(conn: AsyncConnection[Any], source_id: str, keep: list[str]) -> None:
     """Forget the objects of collections the server no longer lists."""
     await conn.execute(
         "DELETE FROM sync_items WHERE source_id = %s AND NOT (collection = ANY(%s))",
@@ -274,8 +279,10 @@ async def items(
         "SELECT href, data FROM sync_items WHERE source_id = %s ORDER BY href", (source_id,)
     )
     return [
-        (r["href"], unseal(master_key, item_purpose(source_id, r["href"]), bytes(r["data"]))
-         .decode())
+        (
+            r["href"],
+            unseal(master_key, item_purpose(source_id, r["href"]), bytes(r["data"])).decode(),
+        )
         for r in await cur.fetchall()
     ]
 

@@ -124,7 +124,9 @@ def meetings(api: httpx.Client, ws: str, live_only: bool = True) -> list[dict[st
     ]
 
 
-def settle(api: httpx.Client, ws: str, expect: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+def settle(
+    api: httpx.Client, ws: str, expect: Callable[[list[dict[str, Any]]], bool]
+) -> list[dict[str, Any]]:
     """The workspace's events once ``expect`` holds (the projection applies them shortly after
     the write side answered the sync)."""
     result: list[dict[str, Any]] = wait_until(

@@ -42,24 +42,35 @@ def test_vcards_add_and_update_people(api: httpx.Client, ws: str, radicale: Dav)
     client = caldav.DAVClient(url=radicale.url, username=radicale.user, password=radicale.password)
     book = f"{radicale.url}{radicale.user}/{ws}-book/"
     assert client.mkcol(book, MKCOL).status == 201
-    put(client, book, "g1", card("g1", "Grace B. Hopper", "EMAIL:Grace@Example.org",
-                                 "TEL:+1 555 0100", "ORG:US Navy"))
+    put(
+        client,
+        book,
+        "g1",
+        card("g1", "Grace B. Hopper", "EMAIL:Grace@Example.org", "TEL:+1 555 0100", "ORG:US Navy"),
+    )
     put(client, book, "l1", card("l1", "Linus Torvalds", "EMAIL;TYPE=pref:linus@example.org"))
     # A duplicate card of the same person (same address, another name and a number).
     put(client, book, "l2", card("l2", "Linus T.", "EMAIL:linus@example.org", "TEL:+1 555 0199"))
     put(client, book, "x1", card("x1", "Margaret Hamilton", "TEL:+1 555 0142"))
-    r = api.post(f"/v1/workspaces/{ws}/sync-sources", json={
-        "kind": "carddav", "url": book, "username": radicale.user, "password": radicale.password,
-    })
+    r = api.post(
+        f"/v1/workspaces/{ws}/sync-sources",
+        json={
+            "kind": "carddav",
+            "url": book,
+            "username": radicale.user,
+            "password": radicale.password,
+        },
+    )
     assert r.status_code == 201, r.text
     sid = r.json()["source_id"]
     s = sync_now(api, ws, sid)
     assert s["status"]["last_error"] is None, s
     assert s["status"]["items_seen"] == 4
 
-    linus = "p-" + hashlib.sha256(
-        f"tieline-person|{ws}|email:linus@example.org".encode()
-    ).hexdigest()[:16]
+    linus = (
+        "p-"
+        + hashlib.sha256(f"tieline-person|{ws}|email:linus@example.org".encode()).hexdigest()[:16]
+    )
     evs = settle(api, ws, lambda e: len([x for x in e if x["type"].startswith("person.")]) >= 4)
     added = [e for e in evs if e["type"] == "person.added" and e["person_id"] != "grace"]
     assert sorted(str(e["display_name"]) for e in added) == ["Linus Torvalds", "Margaret Hamilton"]
@@ -68,7 +79,9 @@ def test_vcards_add_and_update_people(api: httpx.Client, ws: str, radicale: Dav)
     [upd] = [e for e in evs if e["type"] == "person.updated"]
     assert upd["person_id"] == "grace" and upd["recorded_by"] == f"sync:{sid}"
     assert (upd["display_name"], upd["phone"], upd["organization"]) == (
-        "Grace B. Hopper", "+1 555 0100", "US Navy"
+        "Grace B. Hopper",
+        "+1 555 0100",
+        "US Navy",
     )
     assert upd.get("email") is None  # the same address, only in other case
     grace = api.get(f"/v1/workspaces/{ws}/people/grace").json()
@@ -81,8 +94,12 @@ def test_vcards_add_and_update_people(api: httpx.Client, ws: str, radicale: Dav)
     assert len(person_events(api, ws)) == n
 
     # An edited card updates its person once, however often the sync runs.
-    put(client, book, "l1", card("l1", "Linus B. Torvalds", "EMAIL:linus@example.org",
-                                 "TITLE:Maintainer"))
+    put(
+        client,
+        book,
+        "l1",
+        card("l1", "Linus B. Torvalds", "EMAIL:linus@example.org", "TITLE:Maintainer"),
+    )
     for _ in range(3):
         sync_now(api, ws, sid)
     evs = settle(api, ws, lambda e: len([x for x in e if x["type"] == "person.updated"]) >= 2)

@@ -48,8 +48,9 @@ def test_kill_9_mid_sync_records_every_meeting_once(
     for body in ics:
         cal.add_event(body)
     url = radicale.url + f"{radicale.user}/{ws}/"
-    sid = add_source(api, ws, url, radicale.user, radicale.password, owner="ada",
-                     window_days=N + 10)
+    sid = add_source(
+        api, ws, url, radicale.user, radicale.password, owner="ada", window_days=N + 10
+    )
 
     # The run sends its meetings in commands of 10 (TIELINE_SYNC_CHUNK): kill the process as
     # soon as the first ones reach the log, while the rest are still to be sent.

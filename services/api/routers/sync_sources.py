@@ -19,7 +19,6 @@ from tieline.services.sync import state
 router = APIRouter()
 
 SourceId = Annotated[str, Path(pattern=r"^src_[0-9a-f]{16}$", description="Source id")]
-TAG = ["sync"]
 
 
 class SourceIn(BaseModel):
@@ -109,7 +108,10 @@ def _master_key(rt: Any) -> bytes:
 
 
 @router.post(
-    "/v1/workspaces/{ws}/sync-sources", tags=TAG, status_code=201, responses=AUTH | problems(503)
+    "/v1/workspaces/{ws}/sync-sources",
+    tags=["sync"],
+    status_code=201,
+    responses=AUTH | problems(503),
 )
 async def add_source(ws: WS, body: SourceIn, who: Admin, rt: RT) -> Source:
     """Add a source; the sync process pulls it at once, then every ``interval_s``."""
@@ -134,7 +136,7 @@ async def add_source(ws: WS, body: SourceIn, who: Admin, rt: RT) -> Source:
     return Source.of(row)
 
 
-@router.get("/v1/workspaces/{ws}/sync-sources", tags=TAG, responses=AUTH)
+@router.get("/v1/workspaces/{ws}/sync-sources", tags=["sync"], responses=AUTH)
 async def list_sources(ws: WS, who: Admin, rt: RT) -> SourceList:
     async with rt.connections.connection() as conn:
         rows = await state.sources(conn, ws)
@@ -150,7 +152,7 @@ async def _source_or_404(rt: Any, ws: str, source_id: str) -> dict[str, Any]:
 
 
 @router.get(
-    "/v1/workspaces/{ws}/sync-sources/{source_id}", tags=TAG, responses=AUTH | problems(404)
+    "/v1/workspaces/{ws}/sync-sources/{source_id}", tags=["sync"], responses=AUTH | problems(404)
 )
 async def get_source(ws: WS, source_id: SourceId, who: Admin, rt: RT) -> Source:
     return Source.of(await _source_or_404(rt, ws, source_id))
@@ -158,7 +160,7 @@ async def get_source(ws: WS, source_id: SourceId, who: Admin, rt: RT) -> Source:
 
 @router.post(
     "/v1/workspaces/{ws}/sync-sources/{source_id}/run",
-    tags=TAG,
+    tags=["sync"],
     status_code=202,
     responses=AUTH | problems(404),
 )
@@ -172,7 +174,7 @@ async def run_source(ws: WS, source_id: SourceId, who: Admin, rt: RT) -> Source:
 
 
 @router.delete(
-    "/v1/workspaces/{ws}/sync-sources/{source_id}", tags=TAG, responses=AUTH | problems(404)
+    "/v1/workspaces/{ws}/sync-sources/{source_id}", tags=["sync"], responses=AUTH | problems(404)
 )
 async def delete_source(ws: WS, source_id: SourceId, who: Admin, rt: RT) -> Deleted:
     """Remove the source, its password and its cached objects. What it recorded stays on the
