@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from tieline.services.cli import admin, dlq, events, reads, stream
+from tieline.services.cli import sync as sync_cli
 from tieline.services.cli.client import DEFAULT_DATA_DIR
 from tieline.services.cli.deploy import register as register_deploy
 from tieline.services.cli.ops import operational_errors
@@ -114,6 +115,7 @@ stream.register(app)
 register_tools(app)
 admin.register(app)
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(sync_cli.app, name="sync")
 register_deploy(app)
 
 

@@ -149,8 +149,10 @@ def test_calendar_events_become_meetings_and_follow_edits(
     evs = settle(
         api,
         ws,
-        lambda e: len([x for x in e if x["type"] == "event.retracted"]) >= 3
-        and len(by_context(e).get("Coffee", [])) == 1,
+        lambda e: (
+            len([x for x in e if x["type"] == "event.retracted"]) >= 3
+            and len(by_context(e).get("Coffee", [])) == 1
+        ),
     )
     got = by_context(evs)
     assert set(got) == {"Coffee", "Standup"}
