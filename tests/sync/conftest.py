@@ -92,12 +92,16 @@ SYNC_ENV = {
 def sync_stack(
     servers: Servers, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Stack, Settings]]:
+    """The stack's own embedded NATS, so every process runs as its least-privilege NATS user
+    as under ``tieline up`` (the sync process may only send commands); the shared
+    PostgreSQL."""
     settings = unique_settings(servers)
+    env = {k: v for k, v in settings_env(settings).items() if k != "TIELINE_NATS_URL"}
     config = StackConfig(
         data_dir=tmp_path_factory.mktemp("sync-stack"),
-        nats_url=servers.nats_url,
+        nats_url=None,
         database_url=servers.database_url,
-        env={**settings_env(settings), **SYNC_ENV},
+        env={**env, **SYNC_ENV},
     )
     with Stack(config) as s:
         yield s, settings
