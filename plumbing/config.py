@@ -126,6 +126,11 @@ class Settings(BaseSettings):
     sync_concurrency: int = Field(default=4, ge=1, le=64)
     #: Events per command the sync sends to a write service.
     sync_chunk: int = Field(default=200, ge=1, le=1000)
+    #: Sync sources on loopback (plain http allowed there) and on private addresses are
+    #: refused unless allowed: a workspace admin must not reach the installation's own network.
+    #: A self-hosted server at home (192.168.x) needs ``TIELINE_SYNC_ALLOW_PRIVATE=true``.
+    sync_allow_loopback: bool = False
+    sync_allow_private: bool = False
 
     log_json: bool | None = None
     log_level: str = "INFO"

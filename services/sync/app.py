@@ -24,8 +24,15 @@ from tieline.projections.readpool import LivePool
 from tieline.services.sync import state
 from tieline.services.sync.commands import CommandBus
 from tieline.services.sync.engine import Engine, RunStats
+from tieline.services.webhooks.ssrf import Policy
 
 log = structlog.get_logger(__name__)
+
+
+def sync_policy(settings: Settings) -> Policy:
+    """The addresses sources may point at (the webhooks' SSRF rules, with the sync's own
+    settings): public addresses over https; loopback and private ones when allowed."""
+    return Policy(settings.sync_allow_loopback, settings.sync_allow_private)
 
 
 class SyncService:
@@ -56,6 +63,7 @@ class SyncService:
             CommandBus(self.settings, self.nc),
             self.master_key,
             self.settings.sync_timeout_s,
+            sync_policy(self.settings),
         )
 
     async def close(self) -> None:

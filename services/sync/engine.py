@@ -40,6 +40,7 @@ from tieline.services.sync.mapping import (
     retraction_for,
     window,
 )
+from tieline.services.webhooks.ssrf import Policy, UrlRefused, check_url
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +85,7 @@ class Engine:
         bus: CommandBus,
         master_key: bytes,
         timeout_s: float = 30.0,
+        policy: Policy | None = None,
     ) -> None:
         self.state_pool = state_pool
         self.live = live
@@ -91,11 +93,18 @@ class Engine:
         self.bus = bus
         self.master_key = master_key
         self.timeout_s = timeout_s
+        #: Which addresses a source may point at (checked before every pull); None: any.
+        self.policy = policy
 
     async def run(self, row: dict[str, Any], now: datetime | None = None) -> RunStats:
         """Pull and reconcile one source (``row`` from :func:`state.claim_due`)."""
         started = time.monotonic()
         stats = RunStats()
+        if self.policy is not None:
+            try:
+                await check_url(row["url"], self.policy)
+            except UrlRefused as exc:
+                raise SourceError(str(exc)) from exc
         password = state.password_of(row, self.master_key)
         tokens = dict(row["tokens"] or {})
         if row["kind"] == "carddav":

@@ -85,6 +85,8 @@ SYNC_ENV = {
     "TIELINE_SYNC_BACKOFF_MAX_S": "1",
     "TIELINE_SYNC_LEASE_S": "3",
     "TIELINE_SYNC_CHUNK": "10",
+    # Radicale listens on loopback, over plain http.
+    "TIELINE_SYNC_ALLOW_LOOPBACK": "true",
 }
 
 

@@ -15,6 +15,8 @@ from tieline.services.api.deps import RT, WS, Admin
 from tieline.services.api.errors import ApiError
 from tieline.services.api.openapi import AUTH, problems
 from tieline.services.sync import state
+from tieline.services.sync.app import sync_policy
+from tieline.services.webhooks.ssrf import UrlRefused, check_url
 
 router = APIRouter()
 
@@ -114,10 +116,16 @@ def _master_key(rt: Any) -> bytes:
     responses=AUTH | problems(503),
 )
 async def add_source(ws: WS, body: SourceIn, who: Admin, rt: RT) -> Source:
-    """Add a source; the sync process pulls it at once, then every ``interval_s``."""
+    """Add a source; the sync process pulls it at once, then every ``interval_s``. The URL
+    must be https on a public address, unless the installation allows loopback
+    (``TIELINE_SYNC_ALLOW_LOOPBACK``) or private addresses (``TIELINE_SYNC_ALLOW_PRIVATE``)."""
     if body.kind == "caldav" and not body.owner:
         msg = "a calendar needs its owner: the person whose calendar it is"
         raise ApiError(422, msg, [{"loc": ["body", "owner"], "msg": msg}])
+    try:
+        await check_url(body.url, sync_policy(rt.settings))
+    except UrlRefused as exc:
+        raise ApiError(422, str(exc), [{"loc": ["body", "url"], "msg": str(exc)}]) from exc
     key = _master_key(rt)
     async with rt.connections.connection() as conn:
         row = await state.create_source(
