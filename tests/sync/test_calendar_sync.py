@@ -195,6 +195,13 @@ def test_a_wrong_password_is_the_source_error_and_other_sources_go_on(
     wait_until(lambda: source(api, ws, bad)["status"]["failures"] > first, 20, "a retry")
     ready = httpx.get(str(api.base_url) + "/readyz").json()
     assert ready["checks"]["sync"]["failing"] >= 1
+    # A source on a private address is refused (the sync must not reach the installation's
+    # own network unless TIELINE_SYNC_ALLOW_PRIVATE says so).
+    r = api.post(
+        f"/v1/workspaces/{ws}/sync-sources",
+        json={"url": "https://10.0.0.1/dav/", "username": "u", "password": "p", "owner": "ada"},
+    )
+    assert r.status_code == 422 and "url" in r.text, r.text
     # Removing a source forgets it.
     assert api.delete(f"/v1/workspaces/{ws}/sync-sources/{bad}").status_code == 200
     assert api.get(f"/v1/workspaces/{ws}/sync-sources/{bad}").status_code == 404
