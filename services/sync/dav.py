@@ -60,14 +60,16 @@ def _pull_calendars(
         for cal in calendars:
             key = str(cal.url.canonical())
             old = tokens.get(key)
-            result = cal.get_objects_by_sync_token(sync_token=old, load_objects=True)
+            result = cal.objects_by_sync_token(sync_token=old, load_objects=True)
             new = str(result.sync_token) if result.sync_token is not None else None
             full = old is None or (new is not None and new.startswith("fake-") and new != old)
             changes = CollectionChanges(collection=key, token=new, full=full)
-            deleted = {str(u) for u in result.deleted_urls}
+            # Newer caldav releases list removals apart; older ones leave a removed member without
+            # data (its load() found nothing).
+            deleted = {str(u) for u in getattr(result, "deleted_urls", ())}
             for obj in result.objects:
                 href = str(obj.url.canonical())
-                if href in deleted or obj.data is None:
+                if href in deleted or not obj.data:
                     changes.deleted.append(href)
                     continue
                 etag = obj.props.get(dav.GetEtag.tag) if hasattr(obj, "props") else None
