@@ -115,6 +115,23 @@ class Settings(BaseSettings):
     #: Finished deliveries (and their attempts) stay in the delivery log this long.
     webhook_log_retention_s: float = Field(default=30 * 86400.0, gt=0)
 
+    #: Calendar/address-book sync (services/sync): how often the sync process looks for due
+    #: sources, how long one run may hold a source before another process may take it over,
+    #: the longest backoff after failures, and the per-request timeout towards the server.
+    sync_poll_s: float = Field(default=5.0, gt=0)
+    sync_lease_s: float = Field(default=600.0, gt=0)
+    sync_backoff_max_s: float = Field(default=3600.0, gt=0)
+    sync_timeout_s: float = Field(default=30.0, gt=0)
+    #: Sources one sync process runs at once (a slow or dead server holds only its own).
+    sync_concurrency: int = Field(default=4, ge=1, le=64)
+    #: Events per command the sync sends to a write service.
+    sync_chunk: int = Field(default=200, ge=1, le=1000)
+    #: Sync sources on loopback (plain http allowed there) and on private addresses are
+    #: refused unless allowed: a workspace admin must not reach the installation's own network.
+    #: A self-hosted server at home (192.168.x) needs ``TIELINE_SYNC_ALLOW_PRIVATE=true``.
+    sync_allow_loopback: bool = False
+    sync_allow_private: bool = False
+
     log_json: bool | None = None
     log_level: str = "INFO"
 

@@ -26,6 +26,7 @@ from tieline.services.api.routers import (
     privacy,
     relationships,
     stream,
+    sync_sources,
     webhooks,
 )
 from tieline.services.api.runtime import Runtime
@@ -42,6 +43,7 @@ ROUTERS = (
     privacy,
     stream,
     webhooks,
+    sync_sources,
 )
 
 #: What a browser page on an allowed origin may send and read (CORS). No cookies: the API

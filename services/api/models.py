@@ -320,6 +320,11 @@ class ReadinessChecks(Answer):
         default=None,
         description="The live projection's last self-check (null before its first round).",
     )
+    sync: dict[str, int] | None = Field(
+        default=None,
+        description="Calendar/address-book sync sources: how many, and how many failing "
+        "(their errors are at /v1/workspaces/{ws}/sync-sources). Never fails the check.",
+    )
 
 
 class Readiness(BaseModel):

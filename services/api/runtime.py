@@ -34,6 +34,7 @@ from tieline.services.api.errors import ApiError
 from tieline.services.api.live import ChangeFeed
 from tieline.services.auth import FailureLimiter, Principal, verify_token
 from tieline.services.service_app import INTERACTION_TYPES, PEOPLE_TYPES
+from tieline.services.sync.state import ensure_sync_schema
 
 #: The event types a command may carry (the label values of the command metrics).
 EVENT_TYPES = PEOPLE_TYPES | INTERACTION_TYPES
@@ -79,6 +80,7 @@ class Connections:
         await self.pool.open(wait=True)
         async with self.pool.connection() as conn:
             await ensure_state_schema(conn, self.settings.database_schema)
+            await ensure_sync_schema(conn, self.settings.database_schema)
         await self.audit_pool.open(wait=True)
 
     async def close(self) -> None:

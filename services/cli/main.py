@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from tieline.services.cli import admin, calibrate, dlq, events, reads, stream
+from tieline.services.cli import sync as sync_cli
 from tieline.services.cli.client import DEFAULT_DATA_DIR
 from tieline.services.cli.deploy import register as register_deploy
 from tieline.services.cli.ops import operational_errors
@@ -90,7 +91,9 @@ def up(
 
 @app.command()
 def serve(
-    role: Annotated[str, typer.Argument(help="api | people | interactions | worker | webhooks")],
+    role: Annotated[
+        str, typer.Argument(help="api | people | interactions | worker | webhooks | sync")
+    ],
 ) -> None:
     """Run one process (settings from TIELINE_* environment variables)."""
     from tieline.services.runtime.run import main as run_main
@@ -113,6 +116,7 @@ register_tools(app)
 admin.register(app)
 calibrate.register(app)
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(sync_cli.app, name="sync")
 register_deploy(app)
 
 

@@ -52,6 +52,11 @@ Why each permission exists (``P`` is the subject prefix, ``S`` the event stream'
     (fetch), ``$JS.ACK.S.webhooks.>`` (ack and in-progress) and its inbox. It publishes nothing
     on tieline's subjects: what it sends goes out over HTTP to the registered endpoints.
 
+``sync``
+    Sends commands to the write services like the API: publishes ``P.cmd.*.people.record`` and
+    ``P.cmd.*.interactions.record`` and subscribes its inbox for the replies. It reads nothing
+    of the streams and cannot publish events.
+
 Inboxes are per user: every tieline process connects with ``inbox_prefix=_INBOX_<user>``
 (``tieline.plumbing.jetstream.inbox_prefix``) and may subscribe only to ``_INBOX_<user>.>``, so
 no process can listen to replies meant for another (fetched events, PubAcks, command replies).
@@ -80,7 +85,15 @@ __all__ = [
 ]
 
 #: NATS users: the operator/bootstrap user and one per process role of services/runtime/run.py.
-ROLES: tuple[str, ...] = ("admin", "api", "people", "interactions", "worker", "webhooks")
+ROLES: tuple[str, ...] = (
+    "admin",
+    "api",
+    "people",
+    "interactions",
+    "worker",
+    "webhooks",
+    "sync",
+)
 
 #: Where ``tieline up`` keeps the generated passwords, relative to its data directory.
 PASSWORDS_FILE = Path("secrets") / "nats-passwords.json"
@@ -119,15 +132,8 @@ def permissions(role: str, prefix: str, stream: str) -> Permissions:
             subscribe=(_inbox(role),),
         )
     if role in ("people", "interactions"):
-        events = (
-            (f"{prefix}.ev.*.person.>",)
-            if role == "people"
-            else (
-                f"{prefix}.ev.*.relationship.>",
-                f"{prefix}.ev.*.introduction.>",
-                f"{prefix}.ev.*.event.>",
-            )
-        )
+        kinds = ("person",) if role == "people" else ("relationship", "introduction", "event")
+        events = tuple(f"{prefix}.ev.*.{kind}.>" for kind in kinds)
         return Permissions(
             publish=(*events, *api, f"$JS.API.STREAM.MSG.GET.{stream}"),
             subscribe=(f"{prefix}.cmd.*.{role}.* {role}", _inbox(role)),
@@ -155,6 +161,12 @@ def permissions(role: str, prefix: str, stream: str) -> Permissions:
                 f"$JS.API.CONSUMER.MSG.NEXT.{stream}.webhooks",
                 f"$JS.ACK.{stream}.webhooks.>",
             ),
+            subscribe=(_inbox(role),),
+        )
+    if role == "sync":
+        # Records through the write services like the API, and only as a command sender.
+        return Permissions(
+            publish=(f"{prefix}.cmd.*.people.record", f"{prefix}.cmd.*.interactions.record"),
             subscribe=(_inbox(role),),
         )
     raise ValueError(f"unknown NATS role {role!r}; expected one of {', '.join(ROLES)}")

@@ -1,8 +1,9 @@
 """Entry point of one tieline process: ``python -m tieline.services.runtime.run ROLE``.
 
-Roles: ``api``, ``people``, ``interactions``, ``worker``, ``webhooks``. Settings come from the
-environment (``TIELINE_*``); ``tieline up`` sets them for the processes it supervises (and adds
-``--data-dir DIR`` to name the installation), the deployment files in deploy/ for containers.
+Roles: ``api``, ``people``, ``interactions``, ``worker``, ``webhooks``, ``sync``. Settings come
+from the environment (``TIELINE_*``); ``tieline up`` sets them for the processes it supervises
+(and adds ``--data-dir DIR`` to name the installation), the deployment files in deploy/ for
+containers.
 With ``TIELINE_HEALTH_PORT`` the roles without an HTTP API answer health probes
 (services/runtime/health.py); the api has ``/healthz`` and ``/readyz`` itself.
 """
@@ -20,7 +21,7 @@ from tieline.plumbing.config import Settings
 from tieline.plumbing.logging import configure_logging
 from tieline.services.runtime.health import ReadyCheck, Refresh, start_health_server
 
-ROLES = ("api", "people", "interactions", "worker", "webhooks")
+ROLES = ("api", "people", "interactions", "worker", "webhooks", "sync")
 
 _CONNECTIONS = ("nats_url", "nats_user", "nats_password", "database_url")
 #: Settings each role must be given explicitly when ``TIELINE_STRICT_CONFIG`` is on (the
@@ -34,6 +35,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "worker": _CONNECTIONS,
     # Endpoint secrets are sealed under the master key: without it nothing can be signed.
     "webhooks": (*_CONNECTIONS, "master_key"),
+    # Source credentials and the cached calendar objects are sealed under the master key.
+    "sync": (*_CONNECTIONS, "master_key"),
     "bootstrap": _CONNECTIONS,
 }
 
@@ -169,6 +172,25 @@ async def _run_webhooks(settings: Settings) -> None:
         await serve(settings, make)
 
 
+async def _run_sync(settings: Settings) -> None:
+    """The sync process (services/sync): ready while connected to NATS."""
+    from tieline.services.sync.app import SyncService, serve
+
+    made: list[SyncService] = []
+
+    def make(s: Settings) -> SyncService:
+        made.append(SyncService(s))
+        return made[-1]
+
+    async def ready() -> tuple[bool, dict[str, Any]]:
+        service = made[-1] if made else None
+        connected = bool(service and service.nc and service.nc.is_connected)
+        return connected, {"nats": "connected" if connected else "down"}
+
+    async with _health("sync", settings, ready):
+        await serve(settings, make)
+
+
 async def run_role(role: str, settings: Settings) -> None:
     """Run one role until it is told to stop (SIGTERM/SIGINT)."""
     if role == "api":
@@ -179,6 +201,8 @@ async def run_role(role: str, settings: Settings) -> None:
         await _run_worker(settings)
     elif role == "webhooks":
         await _run_webhooks(settings)
+    elif role == "sync":
+        await _run_sync(settings)
     else:
         raise SystemExit(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
 

@@ -109,7 +109,7 @@ def test_ha_overlay_has_the_replicas_autoscaling_and_disruption_budgets(
     assert objects(docs, "ConfigMap")["tieline-config"]["data"]["TIELINE_STREAM_REPLICAS"] == "3"
     assert objects(docs, "Cluster")["tieline-db"]["spec"]["instances"] == 3
     replicas = {n: d["spec"]["replicas"] for n, d in objects(docs, "Deployment").items()}
-    roles = ("api", "people", "interactions", "worker", "webhooks")
+    roles = ("api", "people", "interactions", "worker", "webhooks", "sync")
     assert replicas == {f"tieline-{c}": 2 for c in roles}
     [hpa] = objects(docs, "HorizontalPodAutoscaler").values()
     assert hpa["spec"]["scaleTargetRef"]["name"] == "tieline-api"
@@ -152,7 +152,7 @@ def check_container(
     if workload["kind"] != "Job":
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert probe in container, f"{where}: no {probe}"
-        if role in ("people", "interactions", "worker", "webhooks"):
+        if role in ("people", "interactions", "worker", "webhooks", "sync"):
             ports = {p["name"]: p["containerPort"] for p in container["ports"]}
             assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
             assert ports[container["livenessProbe"]["httpGet"]["port"]] == int(

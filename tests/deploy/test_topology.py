@@ -125,7 +125,7 @@ def test_cluster_file_runs_the_scenario_and_a_standby_worker_takes_over(tmp_path
         declared = {s: len(group) for s, group in topology.instances.items()}
         assert declared == {
             "nats-1": 1, "nats-2": 1, "nats-3": 1, "postgres": 1, "bootstrap": 1,
-            "api": 2, "people": 2, "interactions": 2, "worker": 2, "webhooks": 2,
+            "api": 2, "people": 2, "interactions": 2, "worker": 2, "webhooks": 2, "sync": 2,
         }  # fmt: skip
         assert refuses_anonymous(f"nats://{topology.address_of('nats-2')}:4222")
         first = topology.instance("bootstrap-1").log_tail(100)

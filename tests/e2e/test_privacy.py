@@ -140,6 +140,12 @@ KNOWN_WS_ROUTES = {
     ("POST", "/v1/workspaces/{ws}/webhooks/{endpoint_id}/enable"),
     ("GET", "/v1/workspaces/{ws}/webhooks/{endpoint_id}/deliveries"),
     ("POST", "/v1/workspaces/{ws}/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver"),
+    ("GET", "/v1/workspaces/{ws}/people/duplicates"),
+    ("POST", "/v1/workspaces/{ws}/sync-sources"),
+    ("GET", "/v1/workspaces/{ws}/sync-sources"),
+    ("GET", "/v1/workspaces/{ws}/sync-sources/{source_id}"),
+    ("POST", "/v1/workspaces/{ws}/sync-sources/{source_id}/run"),
+    ("DELETE", "/v1/workspaces/{ws}/sync-sources/{source_id}"),
 }
 #: The live stream never ends by itself: its positive control only checks that it opens.
 STREAM_ROUTE = "/v1/workspaces/{ws}/stream"
@@ -167,6 +173,11 @@ BODIES: dict[tuple[str, str], tuple[str, bytes]] = {
     ("POST", "/v1/workspaces/{ws}/webhooks"): (
         "application/json",
         b'{"url": "https://10.0.0.1/hook"}',
+    ),
+    # The same for a sync source: refused (422), no source made, nothing ever pulled.
+    ("POST", "/v1/workspaces/{ws}/sync-sources"): (
+        "application/json",
+        b'{"kind": "carddav", "url": "https://10.0.0.1/dav/", "username": "m", "password": "p"}',
     ),
 }
 
@@ -291,6 +302,7 @@ def test_every_workspace_route_refuses_another_workspaces_token(
         "token_id": victim.spare_token_id,
         "endpoint_id": "ep_0123456789abcdef",
         "delivery_id": "msg_0123456789abcdef",
+        "source_id": "src_0123456789abcdef",
     }
     cases = [case_for(m, p, op, attack_values) for m, p, op in routes]
     assert {(c.method, c.route) for c in cases} == enumerated

@@ -68,6 +68,20 @@ NOT_READY_DOC: dict[int | str, dict[str, Any]] = {
 }
 
 
+async def _sync_status(rt: Any) -> dict[str, int] | None:
+    """Counts only: /readyz answers without a token, so no workspace or error shows here."""
+    try:
+        async with rt.connections.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) AS sources, count(*) FILTER (WHERE last_error IS NOT NULL) "
+                "AS failing FROM sync_sources"
+            )
+            row = await cur.fetchone()
+    except Exception:
+        return None
+    return {"sources": int(row["sources"]), "failing": int(row["failing"])} if row else None
+
+
 @router.get("/readyz", response_model=Readiness, responses=NOT_READY_DOC)
 async def readyz(
     rt: RT,
@@ -93,6 +107,7 @@ async def readyz(
         }
         ok = max_lag is None or lag <= max_lag
         checks["self_check"] = await _self_check(rt)
+        checks["sync"] = await _sync_status(rt)
     if ok:
         return Readiness.model_validate({"ready": True, "checks": checks})
     down = [name for name in ("nats", "postgres") if checks[name] != "ok"]

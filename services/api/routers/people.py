@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import uuid4
 
 from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel
 from tieline.projections.queries import people as queries
 from tieline.services.api import pagination
 from tieline.services.api.deps import PID, RT, WS, MinSeq, Reader, Writer
+from tieline.services.api.duplicates import duplicate_groups
 from tieline.services.api.errors import ApiError
 from tieline.services.api.models import (
     PeoplePage,
@@ -81,6 +83,45 @@ async def list_people(
         people=[PersonSummary(**r) for r in rows],
         next=rows[-1]["person_id"] if len(rows) == limit else None,
         next_cursor=nxt,
+    )
+
+
+class DuplicateGroup(BaseModel):
+    """People who are likely one person, and why: ``same email``, ``same phone``, ``same
+    name`` (after folding case, accents, punctuation and word order), ``similar names``."""
+
+    people: list[PersonSummary]
+    reasons: list[str]
+
+
+class Duplicates(BaseModel):
+    groups: list[DuplicateGroup]
+
+
+@router.get("/v1/workspaces/{ws}/people/duplicates", responses=READ)
+async def duplicates(ws: WS, who: Reader, rt: RT, min_seq: MinSeq = None) -> Duplicates:
+    """Likely duplicate people in the directory (e.g. one typed in and one from an address
+    book), grouped; forgotten people are left out. Reading it reads their personal data, so
+    it is in the access log."""
+    await rt.waiter.wait(min_seq)
+    rows: list[dict[str, Any]] = []
+    after: str | None = None
+    while True:
+        async with rt.connections.connection() as conn:
+            page = await queries.list_people(conn, ws, 1000, after)
+        rows.extend(r for r in page if not r["forgotten"])
+        if len(page) < 1000:
+            break
+        after = page[-1]["person_id"]
+    rows = await rt.decryption.reveal(ws, rows)
+    groups = duplicate_groups(rows)
+    seen = [p["person_id"] for g in groups for p in g["people"]]
+    await rt.audit.record(ws, who, "GET people/duplicates", seen)
+    return Duplicates(
+        groups=[
+            DuplicateGroup(people=[PersonSummary(**p) for p in g["people"]], reasons=g["reasons"])
+            for g in groups
+        ]
     )
 
 
