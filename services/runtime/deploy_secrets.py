@@ -31,7 +31,7 @@ import os
 import secrets
 from pathlib import Path
 
-from tieline.services.runtime.nats_auth import ROLES, password_env_var
+from tieline.services.runtime.nats_auth import ROLES, new_password, password_env_var
 
 __all__ = ["SECRET_NAMES", "generate_secrets", "read_env_file", "write_env_file"]
 
@@ -53,7 +53,7 @@ _HEADER = """\
 
 def generate_secrets() -> dict[str, str]:
     """Fresh random values for every name in :data:`SECRET_NAMES`."""
-    values = {password_env_var(role): secrets.token_urlsafe(24) for role in ROLES}
+    values = {password_env_var(role): new_password() for role in ROLES}
     values["TIELINE_MASTER_KEY"] = base64.b64encode(secrets.token_bytes(32)).decode()
     values["POSTGRES_PASSWORD"] = secrets.token_urlsafe(24)
     # The shape services/auth.py accepts: tl_<12 hex id>_<secret>.

@@ -116,6 +116,17 @@ class Permissions:
     allow_responses: bool = False
 
 
+def new_password() -> str:
+    """A random NATS password that nats-server reads back as a string wherever it stands.
+
+    Deployment configs say ``password: $TIELINE_NATS_PASSWORD_X`` and nats-server parses the
+    variable's *value* as a config token: a value starting with a digit or ``-`` is read as a
+    number and fails ("Expected a digit but got 'q'"), one random password in about six with
+    ``token_urlsafe``. A letter first and hex after is always a plain string.
+    """
+    return "p" + secrets.token_hex(24)
+
+
 def permissions(role: str, prefix: str, stream: str) -> Permissions:
     """The permissions of ``role`` for subject prefix ``prefix`` and event stream ``stream``.
 
@@ -262,7 +273,7 @@ def load_or_create_passwords(path: Path) -> dict[str, str]:
     if not missing:
         return passwords
     for role in missing:
-        passwords[role] = secrets.token_urlsafe(24)
+        passwords[role] = new_password()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

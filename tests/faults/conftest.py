@@ -38,10 +38,13 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"tieline faults: TIELINE_FAULTS_SCALE={SCALE:g} TIELINE_FAULTS_SEED={SEED}"
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def no_processes_left_behind() -> Iterator[None]:
-    """After the suite (all fixtures torn down), no server or tieline process we started may
-    still run. Survivors are killed (they are ours) and the session fails."""
+    """After the fault suite (all its fixtures torn down), no server or tieline process it
+    started may still run. Survivors are killed (they are ours) and the suite fails.
+
+    Package scope, like ``shared``: the check runs when tests/faults ends, so processes that
+    later tests start (the browser's, a restarted process of the e2e stack) are not counted."""
     before = descendants()
     yield
     deadline = time.monotonic() + 10
@@ -74,7 +77,7 @@ class Shared:
     admin: Settings
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
     settings = base_settings(duplicate_window_s=1.0)
     running = full_stack(tmp_path_factory.mktemp("shared"), settings)
