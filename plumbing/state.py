@@ -14,9 +14,6 @@ from psycopg import AsyncConnection, sql
 from psycopg.conninfo import make_conninfo
 from tieline.plumbing.migrations import runner
 
-#: Re-exported: the role the api's workspace-scoped transactions run as.
-API_ROLE = runner.API_ROLE
-
 
 def conninfo_of(conn: AsyncConnection[Any]) -> str:
     """Parameters for another connection like ``conn`` (its dsn leaves the password out)."""

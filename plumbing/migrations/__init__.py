@@ -11,3 +11,12 @@ Adding a revision (docs/operations.md, "Upgrading"): copy the newest file of ``v
 give it the next number as ``revision`` and the previous one as ``down_revision``, write its
 DDL unqualified (the search path is the deployment's schema) and never edit a released one.
 """
+
+#: The PostgreSQL role the api's workspace-scoped transactions run as (``SET LOCAL ROLE``):
+#: no BYPASSRLS, owner of nothing, so the row-level security policies apply to it. One name
+#: per PostgreSQL cluster (roles are not per schema); the grants are per schema.
+API_ROLE = "tieline_api"
+
+#: The policy of every table keyed on a workspace: only the rows of the workspace the
+#: transaction names with ``SET LOCAL tieline.workspace_id`` (unset: NULL or '', no rows).
+WORKSPACE_SETTING = "tieline.workspace_id"

@@ -19,13 +19,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
+from tieline.plumbing.migrations import API_ROLE
 
 HERE = Path(__file__).resolve().parent
 
-#: The PostgreSQL role the api's workspace-scoped transactions run as (``SET LOCAL ROLE``):
-#: no BYPASSRLS, not a table owner, so the row-level security policies apply to it. One name
-#: per PostgreSQL cluster (roles are not per schema); the grants are per schema.
-API_ROLE = "tieline_api"
 
 #: Alembic's ``context`` and ``op`` are module-level proxies: one upgrade at a time per process
 #: (other processes wait on the schema's advisory lock instead).

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from tieline.plumbing.config import Settings
 from tieline.services.api import errors, openapi
+from tieline.services.api.deps import WorkspaceScope
 from tieline.services.api.routers import (
     events,
     export,
@@ -100,6 +101,8 @@ def create_app(settings: Settings) -> FastAPI:
         allow_credentials=False,
         max_age=600,
     )
+    # Outermost: a request's workspace binding (row-level security) never outlives it.
+    app.add_middleware(WorkspaceScope)
     for module in ROUTERS:
         app.include_router(module.router)
     mount_web(app)  # the web page at /app (services/api/webapp.py)

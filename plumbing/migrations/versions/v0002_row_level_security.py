@@ -51,8 +51,12 @@ def upgrade(**kw: str) -> None:
     policies."""
     role, schema = _ident(kw["api_role"]), _ident(kw["schema"])
     op.execute(
+        # Checked first: a database owner without CREATEROLE (a managed PostgreSQL, e.g.
+        # CloudNativePG's app user) gets the role made for it at the cluster's creation.
         f"""DO $$ BEGIN
-              CREATE ROLE {role} NOLOGIN NOBYPASSRLS;
+              IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{kw["api_role"]}') THEN
+                CREATE ROLE {role} NOLOGIN NOBYPASSRLS;
+              END IF;
             EXCEPTION WHEN duplicate_object THEN NULL;
             END $$"""
     )
