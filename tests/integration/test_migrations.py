@@ -251,3 +251,67 @@ def test_tieline_migrate_command(settings: Settings) -> None:
     again = run("migrate")
     assert f"already at revision {head()}; nothing to do" in again.stdout
     assert run("migrate", "--check").returncode == 0
+
+
+async def test_an_owner_without_createrole_migrates_once_the_api_role_is_made_for_it(
+    settings: Settings,
+) -> None:
+    """As on a managed PostgreSQL (CloudNativePG's app user): the login owns its tables but
+    may not create roles; the operator made ``tieline_api`` and the membership once
+    (deploy/k8s/base/postgres.yaml ``postInitApplicationSQL``), and the migrations and the
+    read-model DDL then run as that login."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    from tieline.plumbing.migrations import API_ROLE
+    from tieline.projections.schema import ensure_schema
+
+    owner = f"tl_owner_{settings.database_schema}"
+    password = "owner-password-for-the-test"
+    su = await db.connect(settings)
+    try:
+        await su.execute(
+            sql.SQL("CREATE ROLE {} LOGIN NOCREATEROLE NOSUPERUSER PASSWORD {}").format(
+                sql.Identifier(owner), sql.Literal(password)
+            )
+        )
+        dbname = conninfo_to_dict(settings.database_url).get("dbname") or "postgres"
+        await su.execute(
+            sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+                sql.Identifier(str(dbname)), sql.Identifier(owner)
+            )
+        )
+        # What the operator's postInitApplicationSQL does (the role may exist already: it is
+        # one per PostgreSQL cluster).
+        cur = await su.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (API_ROLE,))
+        if await cur.fetchone() is None:
+            await su.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(API_ROLE)))
+        await su.execute(
+            sql.SQL("GRANT {} TO {}").format(sql.Identifier(API_ROLE), sql.Identifier(owner))
+        )
+        conninfo = make_conninfo(settings.database_url, user=owner, password=password)
+        conn = await AsyncConnection.connect(conninfo, autocommit=True)
+        try:
+            cur = await conn.execute(
+                "SELECT rolcreaterole, rolsuper FROM pg_roles WHERE rolname = current_user"
+            )
+            assert await cur.fetchone() == (False, False)
+            await ensure_state_schema(conn, settings.database_schema)
+            await ensure_schema(conn, f"{settings.database_schema}_g1")
+            assert await state_revision(conn, settings.database_schema) == head()
+            # The api's scoped transaction works as this login.
+            async with conn.transaction():
+                await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(API_ROLE)))
+                await conn.execute(
+                    sql.SQL("SELECT count(*) FROM {}.api_tokens").format(
+                        sql.Identifier(settings.database_schema)
+                    )
+                )
+        finally:
+            await conn.close()
+    finally:
+        for schema in (settings.database_schema, f"{settings.database_schema}_g1"):
+            await su.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+            )
+        await su.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(owner)))
+        await su.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(owner)))
+        await su.close()
