@@ -12,7 +12,22 @@ from typing import Any
 
 from psycopg import AsyncConnection, sql
 from psycopg.conninfo import make_conninfo
-from tieline.plumbing.migrations import runner
+from tieline.plumbing.migrations import API_ROLE, API_ROLE_DDL, runner
+
+#: What the api role may do on the state tables, inside its workspace-scoped transactions
+#: (row-level security limits it to the workspace's rows). Granted at every start rather than
+#: by a migration: the role is per PostgreSQL cluster, so a schema restored elsewhere
+#: (``pg_restore --no-privileges``) gets its grants back there. A table the api does not use
+#: in a scoped transaction (``rate_limits``, ``alembic_version``) is not listed.
+API_GRANTS = {
+    "api_tokens": "SELECT, INSERT, UPDATE",
+    "person_keys": "SELECT, INSERT, UPDATE",
+    "access_log": "SELECT, INSERT",
+    "webhook_endpoints": "SELECT, INSERT, UPDATE, DELETE",
+    "webhook_deliveries": "SELECT, INSERT, UPDATE, DELETE",
+    "webhook_attempts": "SELECT, INSERT, DELETE",
+}
+API_SEQUENCES = ("access_log_id_seq", "webhook_deliveries_id_seq", "webhook_attempts_id_seq")
 
 
 def conninfo_of(conn: AsyncConnection[Any]) -> str:
@@ -51,6 +66,28 @@ async def ensure_state_schema(conn: AsyncConnection[Any], schema: str) -> None:
     A database made by a release before migrations is upgraded in place: the baseline
     revision's DDL is ``IF NOT EXISTS``, so existing tables and their rows are kept.
     """
-    if await state_revision(conn, schema) == runner.head():
-        return  # the common case at every process start: no Alembic, one query
-    await migrate(conn, schema)
+    if await state_revision(conn, schema) != runner.head():
+        await migrate(conn, schema)
+    await grant_api_role(conn, schema)
+
+
+async def grant_api_role(conn: AsyncConnection[Any], schema: str) -> None:
+    """Make the api role (where the login may) and grant it :data:`API_GRANTS` on ``schema``
+    (idempotent; under the schema's lock, since concurrent GRANTs on one table fail)."""
+    s, role = sql.Identifier(schema), sql.Identifier(API_ROLE)
+    statements = [
+        sql.SQL(API_ROLE_DDL),
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {};").format(s, role),
+        *(
+            sql.SQL("GRANT {} ON {} TO {};").format(
+                sql.SQL(rights), sql.Identifier(schema, table), role
+            )
+            for table, rights in API_GRANTS.items()
+        ),
+        sql.SQL("GRANT USAGE ON SEQUENCE {} TO {};").format(
+            sql.SQL(", ").join(sql.Identifier(schema, q) for q in API_SEQUENCES), role
+        ),
+    ]
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tieline:{schema}",))
+        await conn.execute(sql.Composed(statements))

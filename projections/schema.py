@@ -4,7 +4,7 @@ shape bumps ``READ_MODEL_VERSION`` and rebuilds into new tables instead of migra
 from __future__ import annotations
 
 from psycopg import AsyncConnection, sql
-from tieline.plumbing.migrations import API_ROLE, WORKSPACE_SETTING
+from tieline.plumbing.migrations import API_ROLE, API_ROLE_DDL, WORKSPACE_SETTING
 
 #: Bump when a read-model table changes shape or meaning; tables carry it as a suffix.
 READ_MODEL_VERSION = 4
@@ -176,17 +176,6 @@ WORKSPACE_TABLES = (
 # worker writes as the tables' owner, which the policies do not apply to (not FORCEd). Each
 # step is conditional, so a start on an existing generation takes no table lock.
 RLS_DDL = """
-DO $$ BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {role_name}) THEN
-        CREATE ROLE {role} NOLOGIN NOBYPASSRLS;
-    END IF;
-EXCEPTION WHEN duplicate_object THEN NULL;
-END $$;
-DO $$ BEGIN
-    IF NOT pg_has_role(current_user, {role_name}, 'MEMBER') THEN
-        EXECUTE 'GRANT ' || quote_ident({role_name}) || ' TO ' || quote_ident(current_user);
-    END IF;
-END $$;
 GRANT USAGE ON SCHEMA {schema} TO {role};
 GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role};
 """
@@ -209,11 +198,8 @@ END $$;
 def rls_statements(schema: str) -> sql.Composed:
     """The api role, its grants on ``schema`` and a policy on every workspace table."""
     parts = [
-        sql.SQL(RLS_DDL).format(
-            role=sql.Identifier(API_ROLE),
-            role_name=sql.Literal(API_ROLE),
-            schema=sql.Identifier(schema),
-        )
+        sql.SQL(API_ROLE_DDL),
+        sql.SQL(RLS_DDL).format(role=sql.Identifier(API_ROLE), schema=sql.Identifier(schema)),
     ]
     for table in WORKSPACE_TABLES:
         parts.append(

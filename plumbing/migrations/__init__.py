@@ -20,3 +20,21 @@ API_ROLE = "tieline_api"
 #: The policy of every table keyed on a workspace: only the rows of the workspace the
 #: transaction names with ``SET LOCAL tieline.workspace_id`` (unset: NULL or '', no rows).
 WORKSPACE_SETTING = "tieline.workspace_id"
+
+#: Make the api role if it is missing and the login may (a login without CREATEROLE, e.g. a
+#: managed PostgreSQL's app user, gets it made by the operator: docs/operations.md), and make
+#: the login a member (``SET LOCAL ROLE`` needs it; a superuser is one implicitly). Checked
+#: before acting, so it needs no privilege when both are there.
+API_ROLE_DDL = f"""
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{API_ROLE}') THEN
+        CREATE ROLE {API_ROLE} NOLOGIN NOBYPASSRLS;
+    END IF;
+EXCEPTION WHEN duplicate_object THEN NULL;
+END $$;
+DO $$ BEGIN
+    IF NOT pg_has_role(current_user, '{API_ROLE}', 'MEMBER') THEN
+        EXECUTE 'GRANT {API_ROLE} TO ' || quote_ident(current_user);
+    END IF;
+END $$;
+"""
