@@ -81,16 +81,23 @@ class LivePool:
         workspace's rows even from a query that forgot its ``WHERE workspace_id``. Both end
         with the transaction, so the pooled connection goes back as it came.
         """
-        async with self.connection(timeout=checkout_s) as conn, conn.transaction():
-            # One round trip, no parameters (SET takes none): the values are quoted here.
+        async with self.connection(timeout=checkout_s) as conn:
+            # BEGIN and both SETs in one round trip (no parameters: the values are quoted
+            # here). psycopg sees the open transaction, so a ``conn.transaction()`` inside
+            # becomes a savepoint of it.
             await conn.execute(
-                sql.SQL("SET LOCAL ROLE {}; SET LOCAL {} = {}").format(
+                sql.SQL("BEGIN; SET LOCAL ROLE {}; SET LOCAL {} = {}").format(
                     sql.Identifier(API_ROLE),
                     sql.SQL(WORKSPACE_SETTING),
                     sql.Literal(workspace_id),
                 )
             )
-            yield conn
+            try:
+                yield conn
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
 
     async def close(self) -> None:
         if self._task is not None:
