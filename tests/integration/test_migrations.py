@@ -116,6 +116,39 @@ CREATE INDEX IF NOT EXISTS webhook_attempts_delivery ON webhook_attempts (delive
 """
 
 
+#: The write side's tables as its services made them before migrations (``WRITE_DDL`` of
+#: services/write_state.py on main at 90bc06e, run by ``ensure_write_schema``).
+WRITE_SIDE_DDL_BEFORE_MIGRATIONS = """
+CREATE TABLE IF NOT EXISTS write_events (
+    event_id      uuid PRIMARY KEY,
+    workspace_id  text NOT NULL,
+    type          text NOT NULL,
+    digest        text,            -- NULL: learnt from the log, the client's body is unknown
+    seq           bigint,          -- NULL: taken, publish not confirmed yet
+    retracted_by  uuid,
+    taken_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS write_introductions (
+    workspace_id      text NOT NULL,
+    introduction_id   uuid NOT NULL,
+    requester         text NOT NULL,
+    introducer        text NOT NULL,
+    target            text NOT NULL,
+    requester_consent boolean,
+    target_consent    boolean,
+    made_event_id     uuid,
+    PRIMARY KEY (workspace_id, introduction_id)
+);
+-- One row per stream once the write-side tables hold everything the log held when they were
+-- created (see WriteState.backfill).
+CREATE TABLE IF NOT EXISTS write_backfill (
+    stream     text PRIMARY KEY,
+    upto_seq   bigint NOT NULL,
+    done_at    timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
 async def _previous_release(settings: Settings) -> AsyncConnection[Any]:
     """A connection to a schema made exactly as the previous release made it."""
     conn = await db.connect(settings)
@@ -190,9 +223,38 @@ async def test_upgrade_of_previous_release_keeps_tokens_keys_and_access_log(
             "webhook_attempts",
             "webhook_deliveries",
             "webhook_endpoints",
+            "write_events",
+            "write_introductions",
         ]
         cur = await conn.execute("SELECT count(*) FROM rate_limits")
         assert await cur.fetchone() == (0,)
+    finally:
+        await conn.close()
+
+
+async def test_upgrade_keeps_the_write_sides_tables_made_before_migrations(
+    settings: Settings,
+) -> None:
+    conn = await _previous_release(settings)
+    schema = settings.database_schema
+    try:
+        await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        await conn.execute(WRITE_SIDE_DDL_BEFORE_MIGRATIONS.encode())
+        event_id = "6f1c1f7e-3b0a-4c57-9a4e-0d2f8c1b2a33"
+        await conn.execute(
+            "INSERT INTO write_events (event_id, workspace_id, type, digest, seq) "
+            "VALUES (%s, 'acme', 'person.added', 'abc', 7)",
+            (event_id,),
+        )
+        await conn.execute("INSERT INTO write_backfill (stream, upto_seq) VALUES ('T', 7)")
+
+        await ensure_state_schema(conn, schema)
+
+        assert await state_revision(conn, schema) == head()
+        cur = await conn.execute("SELECT event_id::text, workspace_id, seq FROM write_events")
+        assert await cur.fetchall() == [(event_id, "acme", 7)]
+        cur = await conn.execute("SELECT stream, upto_seq FROM write_backfill")
+        assert await cur.fetchall() == [("T", 7)]
     finally:
         await conn.close()
 
