@@ -73,8 +73,16 @@ class Settings(BaseSettings):
 
     #: base64 of 32 bytes; wraps the per-person keys at rest (recommended in production).
     master_key: str | None = None
-    #: Authentication failures per client and minute before answering 429.
+    #: Authentication failures per client and minute before answering 429 (counted across
+    #: every api process: services/api/ratelimit.py).
     auth_failures_per_minute: int = 20
+    #: Requests per token and client and minute before answering 429; 0: no such limit.
+    requests_per_minute: int = Field(default=0, ge=0)
+    #: Addresses of the reverse proxies (ingress, load balancer) whose ``X-Forwarded-For`` /
+    #: ``X-Forwarded-Proto`` the api believes (uvicorn's ``forwarded_allow_ips``):
+    #: comma-separated IPs or CIDR networks, ``*`` for any. Unset: none, the peer address is
+    #: the client. The rate limits are keyed on the client this gives.
+    forwarded_allow_ips: str | None = None
 
     #: Health endpoint of the processes without an HTTP API (people, interactions, worker):
     #: ``GET /healthz`` (the process answers) and ``/readyz`` (connected). Off when unset.

@@ -1,109 +1,94 @@
 """Tables that hold the services' own state (not rebuildable from the log): API tokens,
-per-person encryption keys and the access log. Created idempotently at start."""
+per-person encryption keys, the access log, webhooks and the shared rate-limit counters.
+
+Their DDL lives in Alembic revisions (plumbing/migrations/versions/); every process brings the
+schema to this release's revision at start through :func:`ensure_state_schema`.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from psycopg import AsyncConnection, sql
+from psycopg.conninfo import make_conninfo
+from tieline.plumbing.migrations import API_ROLE, API_ROLE_DDL, runner
 
-STATE_DDL = """
-CREATE TABLE IF NOT EXISTS api_tokens (
-    token_id      text PRIMARY KEY,
-    workspace_id  text NOT NULL,
-    role          text NOT NULL CHECK (role IN ('read', 'write', 'admin')),
-    name          text NOT NULL,
-    secret_sha256 text NOT NULL,
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    revoked_at    timestamptz
-);
-CREATE INDEX IF NOT EXISTS api_tokens_ws ON api_tokens (workspace_id);
+#: What the api role may do on the state tables, inside its workspace-scoped transactions
+#: (row-level security limits it to the workspace's rows). Granted at every start rather than
+#: by a migration: the role is per PostgreSQL cluster, so a schema restored elsewhere
+#: (``pg_restore --no-privileges``) gets its grants back there. A table the api does not use
+#: in a scoped transaction (``rate_limits``, ``alembic_version``) is not listed.
+API_GRANTS = {
+    "api_tokens": "SELECT, INSERT, UPDATE",
+    "person_keys": "SELECT, INSERT, UPDATE",
+    "access_log": "SELECT, INSERT",
+    "webhook_endpoints": "SELECT, INSERT, UPDATE, DELETE",
+    "webhook_deliveries": "SELECT, INSERT, UPDATE, DELETE",
+    "webhook_attempts": "SELECT, INSERT, DELETE",
+    "sync_sources": "SELECT, INSERT, UPDATE, DELETE",
+}
+API_SEQUENCES = ("access_log_id_seq", "webhook_deliveries_id_seq", "webhook_attempts_id_seq")
 
--- One data key per person. Destroying it (key = NULL) is erasure: every ciphertext of that
--- person's personal data, in the log and everywhere else, becomes unreadable.
-CREATE TABLE IF NOT EXISTS person_keys (
-    workspace_id  text NOT NULL,
-    person_id     text NOT NULL,
-    key           bytea,
-    wrapped       boolean NOT NULL,
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    destroyed_at  timestamptz,
-    PRIMARY KEY (workspace_id, person_id)
-);
 
--- Who read whose personal data, when, through which endpoint.
-CREATE TABLE IF NOT EXISTS access_log (
-    id            bigserial PRIMARY KEY,
-    at            timestamptz NOT NULL DEFAULT now(),
-    workspace_id  text NOT NULL,
-    actor         text NOT NULL,
-    endpoint      text NOT NULL,
-    person_ids    text[] NOT NULL
-);
-CREATE INDEX IF NOT EXISTS access_log_ws_at ON access_log (workspace_id, at);
+def conninfo_of(conn: AsyncConnection[Any]) -> str:
+    """Parameters for another connection like ``conn`` (its dsn leaves the password out)."""
+    password = conn.pgconn.password
+    return make_conninfo(conn.info.dsn, password=password.decode() if password else None)
 
--- Webhook endpoints an admin registered; the signing secret is sealed under the master key
--- and never returned after creation. After too many consecutive failed attempts (or a 410)
--- an endpoint is disabled, with the reason.
-CREATE TABLE IF NOT EXISTS webhook_endpoints (
-    endpoint_id          text PRIMARY KEY,
-    workspace_id         text NOT NULL,
-    url                  text NOT NULL,
-    kinds                text[] NOT NULL,
-    description          text,
-    secret               bytea NOT NULL,
-    created_by           text NOT NULL,
-    created_at           timestamptz NOT NULL DEFAULT now(),
-    consecutive_failures int NOT NULL DEFAULT 0,
-    disabled_at          timestamptz,
-    disabled_reason      text
-);
-CREATE INDEX IF NOT EXISTS webhook_endpoints_ws ON webhook_endpoints (workspace_id);
 
--- One delivery per (endpoint, change-log position): the message (its id is the webhook-id,
--- the same on every attempt), its state and retry schedule. The body is kept as sent.
-CREATE TABLE IF NOT EXISTS webhook_deliveries (
-    id               bigserial PRIMARY KEY,
-    delivery_id      text NOT NULL UNIQUE,
-    endpoint_id      text NOT NULL REFERENCES webhook_endpoints ON DELETE CASCADE,
-    workspace_id     text NOT NULL,
-    position         text NOT NULL,
-    kind             text NOT NULL,
-    body             text NOT NULL,
-    status           text NOT NULL DEFAULT 'pending'
-                     CHECK (status IN ('pending', 'succeeded', 'failed')),
-    attempts         int NOT NULL DEFAULT 0,
-    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
-    lease_until      timestamptz,
-    manual           boolean NOT NULL DEFAULT false,
-    last_status      int,
-    last_error       text,
-    created_at       timestamptz NOT NULL DEFAULT now(),
-    delivered_at     timestamptz,
-    UNIQUE (endpoint_id, position)
-);
-CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
-    WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, id);
+async def state_revision(conn: AsyncConnection[Any], schema: str) -> str | None:
+    """The Alembic revision ``schema`` is at, or None when it was never migrated."""
+    cur = await conn.execute(
+        "SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = 'alembic_version'",
+        (schema,),
+    )
+    if await cur.fetchone() is None:
+        return None
+    cur = await conn.execute(
+        sql.SQL("SELECT version_num FROM {}.alembic_version").format(sql.Identifier(schema))
+    )
+    found = await cur.fetchone()
+    if found is None:
+        return None
+    return str(found["version_num"] if isinstance(found, dict) else found[0])
 
--- Every attempt of a delivery: when, how long, the receiver's status or the error.
-CREATE TABLE IF NOT EXISTS webhook_attempts (
-    id           bigserial PRIMARY KEY,
-    delivery_id  text NOT NULL REFERENCES webhook_deliveries (delivery_id) ON DELETE CASCADE,
-    at           timestamptz NOT NULL DEFAULT now(),
-    duration_ms  double precision,
-    status_code  int,
-    error        text,
-    manual       boolean NOT NULL DEFAULT false
-);
-CREATE INDEX IF NOT EXISTS webhook_attempts_delivery ON webhook_attempts (delivery_id, id);
-"""
+
+async def migrate(conn: AsyncConnection[Any], schema: str) -> runner.Upgrade:
+    """Upgrade ``schema`` to this release's newest revision (Alembic, on a connection of its
+    own in a thread, made from ``conn``'s parameters); returns the revisions before/after."""
+    return await asyncio.to_thread(runner.upgrade, conninfo_of(conn), schema)
 
 
 async def ensure_state_schema(conn: AsyncConnection[Any], schema: str) -> None:
-    """Create the schema and the state tables if missing (idempotent, safe to race)."""
+    """Bring the schema and its state tables to this release's revision (idempotent, safe to
+    race: the migration holds the schema's advisory lock, later starters find it done).
+
+    A database made by a release before migrations is upgraded in place: the baseline
+    revision's DDL is ``IF NOT EXISTS``, so existing tables and their rows are kept.
+    """
+    if await state_revision(conn, schema) != runner.head():
+        await migrate(conn, schema)
+    await grant_api_role(conn, schema)
+
+
+async def grant_api_role(conn: AsyncConnection[Any], schema: str) -> None:
+    """Make the api role (where the login may) and grant it :data:`API_GRANTS` on ``schema``
+    (idempotent; under the schema's lock, since concurrent GRANTs on one table fail)."""
+    s, role = sql.Identifier(schema), sql.Identifier(API_ROLE)
+    statements = [
+        sql.SQL(API_ROLE_DDL),
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {};").format(s, role),
+        *(
+            sql.SQL("GRANT {} ON {} TO {};").format(
+                sql.SQL(rights), sql.Identifier(schema, table), role
+            )
+            for table, rights in API_GRANTS.items()
+        ),
+        sql.SQL("GRANT USAGE ON SEQUENCE {} TO {};").format(
+            sql.SQL(", ").join(sql.Identifier(schema, q) for q in API_SEQUENCES), role
+        ),
+    ]
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tieline:{schema}",))
-        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-        await conn.execute(STATE_DDL.encode())
+        await conn.execute(sql.Composed(statements))

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 from tieline.plumbing.config import Settings
 from tieline.plumbing.db import connect, make_pool
+from tieline.plumbing.migrations import API_ROLE, WORKSPACE_SETTING
 from tieline.projections import generations
 from tieline.projections.schema import READ_MODEL_VERSION, ensure_schema
 
@@ -64,6 +68,36 @@ class LivePool:
     def connection(self, timeout: float | None = None) -> Any:
         assert self._pool is not None, "LivePool.open() first"
         return self._pool.connection(timeout=timeout)
+
+    @contextlib.asynccontextmanager
+    async def workspace_connection(
+        self, workspace_id: str, checkout_s: float | None = None
+    ) -> AsyncIterator[Any]:
+        """A connection inside a transaction that sees only ``workspace_id``'s rows.
+
+        The transaction runs as the api role (no BYPASSRLS, owner of nothing) with the
+        workspace in ``tieline.workspace_id``, both ``SET LOCAL``: the row-level security
+        policies (projections/schema.py, plumbing/migrations) then hide every other
+        workspace's rows even from a query that forgot its ``WHERE workspace_id``. Both end
+        with the transaction, so the pooled connection goes back as it came.
+        """
+        async with self.connection(timeout=checkout_s) as conn:
+            # BEGIN and both SETs in one round trip (no parameters: the values are quoted
+            # here). psycopg sees the open transaction, so a ``conn.transaction()`` inside
+            # becomes a savepoint of it.
+            await conn.execute(
+                sql.SQL("BEGIN; SET LOCAL ROLE {}; SET LOCAL {} = {}").format(
+                    sql.Identifier(API_ROLE),
+                    sql.SQL(WORKSPACE_SETTING),
+                    sql.Literal(workspace_id),
+                )
+            )
+            try:
+                yield conn
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
 
     async def close(self) -> None:
         if self._task is not None:

@@ -4,6 +4,7 @@ shape bumps ``READ_MODEL_VERSION`` and rebuilds into new tables instead of migra
 from __future__ import annotations
 
 from psycopg import AsyncConnection, sql
+from tieline.plumbing.migrations import API_ROLE, API_ROLE_DDL, WORKSPACE_SETTING
 
 #: Bump when a read-model table changes shape or meaning; tables carry it as a suffix.
 READ_MODEL_VERSION = 4
@@ -158,11 +159,66 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 
 
+#: Read-model tables keyed on a workspace: each gets row-level security (see ``RLS_DDL``).
+#: A new table with a ``workspace_id`` column must be listed here (tests/integration/
+#: test_row_level_security.py fails for any such table of a generation without a policy).
+WORKSPACE_TABLES = (
+    "events",
+    "people_v1",
+    "pair_events_v1",
+    "strength_v1",
+    "introductions_v1",
+    "changes_v1",
+)
+
+# The api reads as API_ROLE inside transactions that name their workspace (``SET LOCAL``): it
+# may read every table of the generation, and the policies leave it one workspace's rows. The
+# worker writes as the tables' owner, which the policies do not apply to (not FORCEd). Each
+# step is conditional, so a start on an existing generation takes no table lock.
+RLS_DDL = """
+GRANT USAGE ON SCHEMA {schema} TO {role};
+GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role};
+"""
+
+POLICY_DDL = """
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = {table_name}::regclass
+                   AND relrowsecurity) THEN
+        ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = {table_name}::regclass
+                   AND polname = 'workspace_isolation') THEN
+        CREATE POLICY workspace_isolation ON {table}
+            USING (workspace_id = current_setting({setting}, true));
+    END IF;
+END $$;
+"""
+
+
+def rls_statements(schema: str) -> sql.Composed:
+    """The api role, its grants on ``schema`` and a policy on every workspace table."""
+    parts = [
+        sql.SQL(API_ROLE_DDL),
+        sql.SQL(RLS_DDL).format(role=sql.Identifier(API_ROLE), schema=sql.Identifier(schema)),
+    ]
+    for table in WORKSPACE_TABLES:
+        parts.append(
+            sql.SQL(POLICY_DDL).format(
+                table=sql.Identifier(schema, table),
+                table_name=sql.Literal(f"{schema}.{table}"),
+                setting=sql.Literal(WORKSPACE_SETTING),
+            )
+        )
+    return sql.Composed(parts)
+
+
 async def ensure_schema(conn: AsyncConnection[object], schema: str) -> None:
-    """Create the schema and every read-model table if missing (idempotent, safe to race)."""
+    """Create the schema and every read-model table if missing, with the row-level security
+    policies the api's reads run under (idempotent, safe to race)."""
     async with conn.transaction():
         # Serialise concurrent starters (API, worker, tests) so CREATE IF NOT EXISTS can't race.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tieline:{schema}",))
         await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
         await conn.execute(DDL.encode())
+        await conn.execute(rls_statements(schema))

@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -148,37 +146,3 @@ async def verify_token(conn: AsyncConnection[Any], token: str) -> Principal | No
     if not hmac.compare_digest(digest, _sha256(secret)):
         return None
     return Principal(token_id, ws, role, name)
-
-
-class FailureLimiter:
-    """Counts authentication failures per client; too many in a window answers 429.
-
-    Slows down token guessing without affecting clients that authenticate correctly.
-    """
-
-    def __init__(self, max_failures: int = 20, window_s: float = 60.0) -> None:
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self._failures: dict[str, deque[float]] = {}
-
-    def _recent(self, client: str, now: float) -> deque[float]:
-        q = self._failures.setdefault(client, deque())
-        while q and now - q[0] > self.window_s:
-            q.popleft()
-        return q
-
-    def blocked(self, client: str) -> bool:
-        return len(self._recent(client, time.monotonic())) >= self.max_failures
-
-    def retry_after(self, client: str) -> float:
-        """Seconds until ``client`` is no longer blocked (its oldest counted failure leaves
-        the window)."""
-        now = time.monotonic()
-        q = self._recent(client, now)
-        return max(self.window_s - (now - q[0]), 0.0) if q else 0.0
-
-    def failed(self, client: str) -> None:
-        now = time.monotonic()
-        self._recent(client, now).append(now)
-        if len(self._failures) > 10_000:  # bound memory under a spray of client addresses
-            self._failures.clear()

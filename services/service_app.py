@@ -25,7 +25,7 @@ from tieline.plumbing.jetstream import connect_nats, ensure_streams, inbox_prefi
 from tieline.plumbing.logging import stdlib_logger
 from tieline.plumbing.state import ensure_state_schema
 from tieline.plumbing.subjects import command_wildcard
-from tieline.services.write_state import WriteState, backfill, ensure_write_schema
+from tieline.services.write_state import WriteState, backfill
 from tieline.services.writeside import Outcome, WriteSide
 
 log = structlog.get_logger(__name__)
@@ -101,7 +101,6 @@ async def start_write_side(
     await pool.open(wait=True)
     async with pool.connection() as conn:
         await ensure_state_schema(conn, settings.database_schema)
-        await ensure_write_schema(conn)
         await backfill(conn, js, settings.stream_name, REGISTRY)
     keystore = KeyStore(pool, master_key_from_env(settings.master_key))
     side = WriteSide(settings, js, WriteState(pool), REGISTRY, types, service, keystore)

@@ -32,35 +32,6 @@ from tieline.services.write_rules import Introduction, Recorded
 
 log = structlog.get_logger(__name__)
 
-WRITE_DDL = """
-CREATE TABLE IF NOT EXISTS write_events (
-    event_id      uuid PRIMARY KEY,
-    workspace_id  text NOT NULL,
-    type          text NOT NULL,
-    digest        text,            -- NULL: learnt from the log, the client's body is unknown
-    seq           bigint,          -- NULL: taken, publish not confirmed yet
-    retracted_by  uuid,
-    taken_at      timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS write_introductions (
-    workspace_id      text NOT NULL,
-    introduction_id   uuid NOT NULL,
-    requester         text NOT NULL,
-    introducer        text NOT NULL,
-    target            text NOT NULL,
-    requester_consent boolean,
-    target_consent    boolean,
-    made_event_id     uuid,
-    PRIMARY KEY (workspace_id, introduction_id)
-);
--- One row per stream once the write-side tables hold everything the log held when they were
--- created (see WriteState.backfill).
-CREATE TABLE IF NOT EXISTS write_backfill (
-    stream     text PRIMARY KEY,
-    upto_seq   bigint NOT NULL,
-    done_at    timestamptz NOT NULL DEFAULT now()
-);
-"""
 
 #: Messages fetched concurrently while backfilling from the log.
 BACKFILL_BATCH = 256
@@ -217,13 +188,6 @@ async def apply_to_state(conn: AsyncConnection[Any], event: Event) -> None:
             "AND introduction_id = %s",
             (event.event_id, event.workspace_id, event.introduction_id),
         )
-
-
-async def ensure_write_schema(conn: AsyncConnection[Any]) -> None:
-    """Create the write-side tables if missing (idempotent, safe to race)."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tieline:write-ddl'))")
-        await conn.execute(WRITE_DDL.encode())
 
 
 async def backfill(

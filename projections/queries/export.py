@@ -8,11 +8,13 @@ ones (the caller says so to the client).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, Literal
 
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 from tieline.projections.queries.common import Row
 
 #: Rows fetched from the server-side cursor at a time.
@@ -77,7 +79,10 @@ async def blocks(
 ) -> AsyncIterator[list[Row]]:
     """The export's rows in blocks of :data:`BLOCK`, all from one repeatable-read snapshot
     through a server-side cursor, so memory stays bounded whatever the size."""
-    async with conn.transaction():
+    # Inside the api's workspace-scoped transaction (row-level security: only SET LOCALs have
+    # run in it), the snapshot is set on that transaction itself: a savepoint cannot set it.
+    scoped = conn.info.transaction_status == TransactionStatus.INTRANS
+    async with contextlib.nullcontext() if scoped else conn.transaction():
         await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         async with conn.cursor(name="tieline_export") as cur:
             await cur.execute(QUERIES[kind].encode(), {"ws": ws, "as_of": as_of})

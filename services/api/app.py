@@ -16,6 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from tieline.plumbing import metrics, telemetry
 from tieline.plumbing.config import Settings
 from tieline.services.api import errors, openapi
+from tieline.services.api.deps import WorkspaceScope
 from tieline.services.api.observe import ObserveMiddleware
 from tieline.services.api.routers import (
     events,
@@ -105,6 +106,9 @@ def create_app(settings: Settings) -> FastAPI:
         allow_credentials=False,
         max_age=600,
     )
+    # Around everything but the access log: a request's workspace binding (row-level
+    # security) never outlives it.
+    app.add_middleware(WorkspaceScope)
     # Outermost: its access-log line and metrics see every answer, CORS and problems included.
     app.add_middleware(ObserveMiddleware)
     for module in ROUTERS:

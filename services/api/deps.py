@@ -9,8 +9,9 @@ from typing import Annotated, Any
 import structlog
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
 from tieline.services.api.errors import ApiError, retry_after
-from tieline.services.api.runtime import Runtime
+from tieline.services.api.runtime import REQUEST_WORKSPACE, Runtime
 from tieline.services.auth import Principal
 
 WS = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Workspace id")]
@@ -82,24 +83,59 @@ def require(role: str) -> Any:
 
     async def dependency(request: Request, ws: WS, credentials: Credentials) -> Principal:
         rt = runtime(request)
+        # The real client: uvicorn puts a trusted proxy's X-Forwarded-For here
+        # (TIELINE_FORWARDED_ALLOW_IPS), so clients behind an ingress do not share a bucket.
         client = request.client.host if request.client else "unknown"
-        if rt.limiter.blocked(client):
-            raise ApiError(
-                429,
-                "too many failed authentication attempts from this client; retry later",
-                headers=retry_after(rt.limiter.retry_after(client)),
-            )
+        blocked = rt.limiter.blocked(client)
+        if blocked is not None:
+            raise _too_many_failures(blocked)
         token = credentials.credentials.strip() if credentials is not None else ""
         found = await rt.principals.get(token) if token else None
         if found is None:
-            rt.limiter.failed(client)
+            blocked = await rt.limiter.failed(client)
+            if blocked is not None:
+                raise _too_many_failures(blocked)
             raise ApiError(401, "unauthorized: send Authorization: Bearer <token>")
         if found.workspace_id != ws or not found.may(role):
             raise ApiError(403, f"forbidden: the token is not a {role} token of workspace {ws!r}")
+        wait = await rt.limiter.request(found.token_id, client)
+        if wait is not None:
+            raise ApiError(
+                429, "too many requests with this token; retry later", headers=retry_after(wait)
+            )
         structlog.contextvars.bind_contextvars(actor=found.actor, workspace_id=ws)
+        # From here on this request's read connections see only workspace ``ws``'s rows.
+        REQUEST_WORKSPACE.set(ws)
         return found
 
     return Depends(dependency)
+
+
+def _too_many_failures(seconds: float) -> ApiError:
+    return ApiError(
+        429,
+        "too many failed authentication attempts from this client; retry later",
+        headers=retry_after(seconds),
+    )
+
+
+class WorkspaceScope:
+    """ASGI middleware: every request starts with no workspace bound
+    (:data:`REQUEST_WORKSPACE`), whatever the task serving it saw before (an in-process
+    client may run requests one after another in one task), and ends leaving none."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        token = REQUEST_WORKSPACE.set(None)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            REQUEST_WORKSPACE.reset(token)
 
 
 Reader = Annotated[Principal, require("read")]

@@ -63,7 +63,9 @@ async def scan_tables(rt: Runtime, values: set[str]) -> dict[str, int]:
         "%" + n.decode().replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%"
         for n in _needles(values)
     ]
-    async with rt.connections.connection() as conn:
+    # Every row of every table, whatever its workspace (and tables the api role may not
+    # read): the proof must not miss a copy. Only counts come back.
+    async with rt.connections.system() as conn:
         return await rows_containing(conn, rt.settings.database_schema, patterns)
 
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,14 +33,20 @@ from tieline.projections.queries.common import checkpoint
 from tieline.projections.readpool import LivePool
 from tieline.services.api.errors import ApiError
 from tieline.services.api.live import ChangeFeed
-from tieline.services.auth import FailureLimiter, Principal, verify_token
+from tieline.services.api.ratelimit import SharedLimiter
+from tieline.services.auth import Principal, verify_token
 from tieline.services.service_app import INTERACTION_TYPES, PEOPLE_TYPES
-from tieline.services.sync.state import ensure_sync_schema
 
 #: The event types a command may carry (the label values of the command metrics).
 EVENT_TYPES = PEOPLE_TYPES | INTERACTION_TYPES
 
 log = structlog.get_logger(__name__)
+
+#: The workspace of the request being served, once its caller is authenticated for it
+#: (services/api/deps.py ``require``); cleared at the start of every request
+#: (:func:`tieline.services.api.deps.workspace_scope`). While it is set, every read
+#: connection is a transaction under row-level security that sees only that workspace.
+REQUEST_WORKSPACE: ContextVar[str | None] = ContextVar("tieline_request_workspace", default=None)
 
 #: Personal fields of a people row (encrypted at rest).
 PERSON_FIELDS = ("display_name", "email", "phone", "organization", "title", "notes")
@@ -71,7 +78,19 @@ class Connections:
         return self._nc is not None and self._nc.is_connected
 
     def connection(self, timeout: float | None = None) -> Any:
-        """A read connection on the live generation (``async with``)."""
+        """A read connection on the live generation (``async with``). Inside a request for a
+        workspace (:data:`REQUEST_WORKSPACE`), a transaction as the api role that sees only
+        that workspace's rows (row-level security), so a query missing its ``WHERE
+        workspace_id`` cannot leak another's; otherwise as :meth:`system`."""
+        ws = REQUEST_WORKSPACE.get()
+        if ws is None:
+            return self.pool.connection(timeout=timeout)
+        return self.pool.workspace_connection(ws, checkout_s=timeout)
+
+    def system(self, timeout: float | None = None) -> Any:
+        """A connection as the tables' owner, not scoped to a workspace: for the process's
+        own work (token lookup before the workspace is known, rate-limit counters, the
+        erasure proof's scan of every table)."""
         return self.pool.connection(timeout=timeout)
 
     async def open(self) -> None:
@@ -80,7 +99,6 @@ class Connections:
         await self.pool.open(wait=True)
         async with self.pool.connection() as conn:
             await ensure_state_schema(conn, self.settings.database_schema)
-            await ensure_sync_schema(conn, self.settings.database_schema)
         await self.audit_pool.open(wait=True)
 
     async def close(self) -> None:
@@ -106,7 +124,7 @@ class PrincipalCache:
         now = time.monotonic()
         if hit is not None and now - hit[0] < self.ttl_s:
             return hit[1]
-        async with self.connections.connection() as conn:
+        async with self.connections.system() as conn:
             found = await verify_token(conn, token)
         if found is not None:
             if len(self._cache) > self.max_entries:
@@ -358,7 +376,7 @@ class Runtime:
     decryption: Decryption
     bus: CommandBus
     waiter: ReadYourWrites
-    limiter: FailureLimiter
+    limiter: SharedLimiter
     feed: ChangeFeed = field(init=False)
     _listener: asyncio.Task[None] | None = None
 
@@ -378,13 +396,18 @@ class Runtime:
             decryption=Decryption(conns, keystore),
             bus=CommandBus(settings, conns),
             waiter=ReadYourWrites(settings, conns),
-            limiter=FailureLimiter(settings.auth_failures_per_minute, 60.0),
+            limiter=SharedLimiter(
+                conns,
+                auth_failures=settings.auth_failures_per_minute,
+                requests=settings.requests_per_minute,
+            ),
         )
 
     async def start(self) -> None:
         """Open the connections and start following projection checkpoints."""
         await self.connections.open()
         await self.feed.start()
+        self.limiter.start()
         self._listener = asyncio.create_task(self.waiter.listen())
         log.info("api.started", port=self.settings.api_port)
 
@@ -394,4 +417,5 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
         await self.feed.stop()
+        await self.limiter.stop()
         await self.connections.close()

@@ -1,4 +1,5 @@
-"""Deployment commands: ``tieline secrets init`` and ``tieline bootstrap`` (docs/operations.md).
+"""Deployment commands: ``tieline secrets init``, ``tieline bootstrap`` and ``tieline migrate``
+(docs/operations.md).
 
 Mounted on the main CLI by :func:`register`.
 """
@@ -11,7 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from tieline.services.cli.ops import run_async
+from tieline.services.cli.ops import DataDir, ops_settings, run_async
 
 console = Console()
 err = Console(stderr=True)
@@ -98,6 +99,47 @@ def bootstrap(
         )
 
 
+def migrate(
+    data_dir: DataDir = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Change nothing: exit 1 when the schema is not at this release's revision.",
+        ),
+    ] = False,
+) -> None:
+    """Upgrade the state tables (tokens, person keys, access log, webhooks, rate limits) to
+    this release's schema revision. Safe to run again; `tieline up`, `tieline bootstrap` and
+    every process run it at start too."""
+    from tieline.plumbing import db
+    from tieline.plumbing.migrations.runner import Upgrade, head
+    from tieline.plumbing.state import migrate as run_migrate
+    from tieline.plumbing.state import state_revision
+
+    settings = ops_settings(data_dir, "tieline migrate")
+    schema = settings.database_schema
+
+    async def go() -> Upgrade:
+        conn = await db.connect(settings)
+        try:
+            if check:
+                at = await state_revision(conn, schema)
+                return Upgrade(schema, at, at)
+            return await run_migrate(conn, schema)
+        finally:
+            await conn.close()
+
+    done = run_async("tieline migrate", settings, go)
+    if check:
+        console.print(f"schema {schema}: at revision {done.after}, this release's is {head()}")
+        raise typer.Exit(0 if done.after == head() else 1)
+    if done.changed:
+        console.print(f"schema {schema}: upgraded from revision {done.before} to {done.after}")
+    else:
+        console.print(f"schema {schema}: already at revision {done.after}; nothing to do")
+
+
 #: ``tieline stream`` alone tails the API's live updates (services/cli/stream.py sets the
 #: callback); ``backup`` and ``restore`` copy the JetStream streams (as the NATS admin user).
 stream_app = typer.Typer()
@@ -157,7 +199,8 @@ def stream_restore_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``secrets``, ``bootstrap`` and ``stream`` to the main CLI."""
+    """Add ``secrets``, ``bootstrap``, ``migrate`` and ``stream`` to the main CLI."""
     app.add_typer(secrets_app, name="secrets")
     app.command("bootstrap")(bootstrap)
+    app.command("migrate")(migrate)
     app.add_typer(stream_app, name="stream")

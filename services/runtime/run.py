@@ -84,19 +84,34 @@ async def _health(
         server.close()
 
 
-async def _run_api(settings: Settings) -> None:
-    import uvicorn
-    from tieline.services.api.app import create_app as create_api
+def api_server_config(settings: Settings, app: Any) -> Any:
+    """uvicorn's configuration of the api process (a ``uvicorn.Config``).
 
-    config = uvicorn.Config(
-        create_api(settings),
+    ``X-Forwarded-For`` / ``-Proto`` are believed only from the proxies named in
+    ``TIELINE_FORWARDED_ALLOW_IPS``; with none named, not at all (uvicorn itself would trust
+    127.0.0.1 by default, letting any local process pick the client address the rate limits
+    key on).
+    """
+    import uvicorn
+
+    trusted = settings.forwarded_allow_ips
+    return uvicorn.Config(
+        app,
         host=settings.api_host,
         port=settings.api_port,
         log_config=None,
         access_log=False,
         lifespan="on",
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or None,
     )
-    await uvicorn.Server(config).serve()
+
+
+async def _run_api(settings: Settings) -> None:
+    import uvicorn
+    from tieline.services.api.app import create_app as create_api
+
+    await uvicorn.Server(api_server_config(settings, create_api(settings))).serve()
 
 
 async def _run_service(role: str, settings: Settings) -> None:

@@ -20,6 +20,7 @@ from tieline.plumbing import db
 from tieline.plumbing.config import Settings
 from tieline.plumbing.crypto import KeyStore, master_key_from_env
 from tieline.plumbing.jetstream import connect_nats
+from tieline.plumbing.state import ensure_state_schema
 from tieline.projections.readpool import LivePool
 from tieline.services.sync import state
 from tieline.services.sync.commands import CommandBus
@@ -54,7 +55,7 @@ class SyncService:
         self.nc = await connect_nats(self.settings, name="tieline-sync")
         await self.state.open(wait=True)
         async with self.state.connection() as conn:
-            await state.ensure_sync_schema(conn, self.settings.database_schema)
+            await ensure_state_schema(conn, self.settings.database_schema)
         await self.live.open(wait=True)
         self.engine = Engine(
             self.state,

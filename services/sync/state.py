@@ -3,8 +3,8 @@ log): configured sources with their sealed credentials and status, the calendar/
 objects last seen per source, and the events the sync has recorded per source (so an edited
 or deleted object can be retracted).
 
-The DDL lives here, not in plumbing/state.py, and is applied by :func:`ensure_sync_schema`
-(idempotent, safe to race). It is to become a migration when the state schema moves to them.
+The tables are made by the state schema's migrations (plumbing/migrations, revision 0005),
+which every process runs at start through ``plumbing.state.ensure_state_schema``.
 """
 
 from __future__ import annotations
@@ -14,76 +14,15 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection
 from tieline.plumbing.crypto import seal, unseal
 
 Row = dict[str, Any]
 
-SYNC_DDL = """
-CREATE TABLE IF NOT EXISTS sync_sources (
-    source_id       text PRIMARY KEY,
-    workspace_id    text NOT NULL,
-    kind            text NOT NULL CHECK (kind IN ('caldav', 'carddav')),
-    url             text NOT NULL,
-    username        text NOT NULL,
-    secret          bytea NOT NULL,
-    owner           text,
-    window_days     integer NOT NULL DEFAULT 90,
-    interval_s      integer NOT NULL DEFAULT 900,
-    created_by      text NOT NULL,
-    created_at      timestamptz NOT NULL DEFAULT now(),
-    tokens          jsonb NOT NULL DEFAULT '{}'::jsonb,
-    next_run_at     timestamptz NOT NULL DEFAULT now(),
-    lease_until     timestamptz,
-    failures        integer NOT NULL DEFAULT 0,
-    last_success_at timestamptz,
-    last_error      text,
-    last_error_at   timestamptz,
-    items_seen      bigint NOT NULL DEFAULT 0,
-    last_run        jsonb
-);
-CREATE INDEX IF NOT EXISTS sync_sources_ws ON sync_sources (workspace_id);
-CREATE INDEX IF NOT EXISTS sync_sources_due ON sync_sources (next_run_at);
-
-CREATE TABLE IF NOT EXISTS sync_items (
-    source_id   text NOT NULL REFERENCES sync_sources ON DELETE CASCADE,
-    href        text NOT NULL,
-    collection  text NOT NULL,
-    etag        text,
-    data        bytea NOT NULL,
-    PRIMARY KEY (source_id, href)
-);
-
-CREATE TABLE IF NOT EXISTS sync_recorded (
-    source_id    text NOT NULL REFERENCES sync_sources ON DELETE CASCADE,
-    event_id     uuid NOT NULL,
-    href         text NOT NULL,
-    occurred_at  timestamptz NOT NULL,
-    PRIMARY KEY (source_id, event_id)
-);
-
-CREATE TABLE IF NOT EXISTS sync_contacts (
-    source_id   text NOT NULL REFERENCES sync_sources ON DELETE CASCADE,
-    uid         text NOT NULL,
-    person_id   text NOT NULL,
-    PRIMARY KEY (source_id, uid)
-);
-"""
 
 SOURCE_COLS = """source_id, workspace_id, kind, url, username, owner, window_days, interval_s,
     created_by, created_at, next_run_at, failures, last_success_at, last_error, last_error_at,
     items_seen, last_run"""
-
-
-async def ensure_sync_schema(conn: AsyncConnection[Any], schema: str) -> None:
-    """Create the sync tables in the state schema if missing."""
-    async with conn.transaction():
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tieline-sync:{schema}",)
-        )
-        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-        await conn.execute(SYNC_DDL.encode())
 
 
 def secret_purpose(ws: str, source_id: str) -> str:

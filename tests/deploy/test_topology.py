@@ -239,4 +239,8 @@ PG_DUMP = [
     "pg_dump", "-U", "tieline", "-d", "tieline", "--schema=tieline",
     "--exclude-table=tieline.generations", "--format=custom",
 ]  # fmt: skip
-PG_RESTORE = ["pg_restore", "-U", "tieline", "-d", "tieline", "--exit-on-error"]
+#: --no-privileges: the grants name the api role, which belongs to the old PostgreSQL cluster
+#: (every process grants it again at start).
+PG_RESTORE = [
+    "pg_restore", "-U", "tieline", "-d", "tieline", "--exit-on-error", "--no-privileges",
+]  # fmt: skip
