@@ -37,16 +37,15 @@ from tieline.plumbing.subjects import dlq_subject
 from tieline.projections import generations, selfcheck
 from tieline.projections.classify import classify
 from tieline.projections.generations import Generation
+from tieline.projections.items import in_sequence
 from tieline.projections.schema import READ_MODEL_VERSION, ensure_schema
 from tieline.projections.store import (
     BatchResult,
     Decoded,
-    Gap,
     Item,
     Poison,
     ProjectionStore,
     SequenceGapError,
-    Skipped,
 )
 from tieline.projections.strength_model import PARAMS, Params
 
@@ -359,40 +358,13 @@ class Worker:
         return result
 
     async def _in_sequence(self, items: list[Item]) -> list[Item] | None:
-        """``items`` with every hole before or between them proven empty by the stream (as
-        :class:`Gap` items), or None when a hole holds events this batch did not bring (a
-        delivery was lost) or the batch starts behind the checkpoint or is out of order.
-
-        The consumer starts right after the checkpoint and the stream holds only events, so
-        a hole is rare (an operator deleted messages); it is looked up, never assumed.
-        """
-        expected = self.stats.last_seq + 1
-        out: list[Item] = []
-        for it in items:
-            if it.seq < expected:
-                self.stats.gaps += 1
-                log.warning("worker.behind", expected=expected, got=it.seq)
-                return None
-            if it.seq > expected:
-                present = await self._first_event_at_or_after(expected)
-                if present != it.seq:
-                    self.stats.gaps += 1
-                    log.warning(
-                        "worker.sequence_gap",
-                        expected=expected,
-                        got=it.seq,
-                        first_in_stream=present,
-                    )
-                    return None
-                out.append(Gap(expected, it.seq - 1))
-            if (
-                self.until is not None
-                and isinstance(it, Decoded)
-                and it.event.occurred_at > self.until
-            ):
-                it = Skipped(it.seq)  # a bounded replay leaves later events out
-            out.append(it)
-            expected = it.seq + 1
+        """``items`` with proven holes as :class:`Gap` items, or None when the batch does not
+        continue the checkpoint (:func:`~tieline.projections.items.in_sequence`)."""
+        out = await in_sequence(
+            items, self.stats.last_seq, self._first_event_at_or_after, self.until
+        )
+        if out is None:
+            self.stats.gaps += 1
         return out
 
     async def _first_event_at_or_after(self, seq: int) -> int | None:
