@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     #: Projection worker: messages fetched and committed per transaction.
     batch_size: int = Field(default=2000, ge=1, le=10_000)
     fetch_timeout_s: float = 1.0
+    #: Rebuilds, as-of replays, what-ifs and verify fill a new generation with the bulk path
+    #: (projections/bulk_load.py) before the worker continues; false: the worker alone.
+    replay_bulk: bool = True
     consumer_name: str = "projections"
     #: Seconds JetStream waits for an ack before redelivering (a crashed worker's batch).
     ack_wait_s: float = Field(default=30.0, gt=0)

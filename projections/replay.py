@@ -1,9 +1,12 @@
 """Replay the log into a fresh read-model generation: rebuild (then switch live), as-of
 snapshots, and continuous verification against the live generation.
 
-Everything here reads the stream from its first message through an ordinary durable consumer
-of the new generation, in batches, committing each batch with its checkpoint, so memory stays
-bounded however long the stream is and an interrupted replay resumes where it stopped.
+A new generation is first filled from empty by the bulk path (projections/bulk_load.py: the
+whole log read in large ordered chunks, folded in memory with the live worker's pure rules,
+COPY, keys built after the load, the checkpoint written last, one transaction), then handed to
+an ordinary worker of the generation, which continues from that checkpoint in batches with
+whatever arrived meanwhile. ``TIELINE_REPLAY_BULK=false`` (or ``bulk=False``) replays through
+the worker alone, batch by batch, as before.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from psycopg import AsyncConnection, sql
 from tieline.events_schema.registry import REGISTRY, EventRegistry
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
-from tieline.projections import generations
+from tieline.projections import bulk_load, generations
+from tieline.projections.bulk_load import BulkResult
 from tieline.projections.generations import Generation
 from tieline.projections.schema import READ_MODEL_VERSION
-from tieline.projections.strength_model import TIERS, Params
+from tieline.projections.strength_model import PARAMS, TIERS, Params
 from tieline.projections.worker import Worker
 
 log = structlog.get_logger(__name__)
@@ -39,6 +43,8 @@ class ReplayResult:
     applied: int
     seconds: float
     switched: bool = False
+    #: What the bulk load did before the worker took over (None: replayed by the worker).
+    bulk: BulkResult | None = None
 
     @property
     def events_per_s(self) -> float:
@@ -76,9 +82,14 @@ async def replay(
     registry: EventRegistry = REGISTRY,
     switch: bool = True,
     params: Params | None = None,
+    bulk: bool | None = None,
 ) -> tuple[ReplayResult, Worker]:
     """Replay the stream into a new generation. A ``building`` generation is switched live
-    once caught up (``switch``); a ``scratch`` one never is. The caller closes the worker."""
+    once caught up (``switch``); a ``scratch`` one never is. The caller closes the worker.
+
+    ``bulk`` (default: the ``replay_bulk`` setting) fills the generation with the bulk path
+    first; the worker then only continues from its checkpoint."""
+    started = time.monotonic()
     conn = await db.connect(settings)
     try:
         await generations.ensure_live(
@@ -96,19 +107,30 @@ async def replay(
         )
     finally:
         await conn.close()
+    built = None
+    if settings.replay_bulk if bulk is None else bulk:
+        built = await bulk_load.build(
+            settings,
+            gen,
+            registry,
+            params or PARAMS,
+            stop_at_seq=stop_at_seq,
+            until=until,
+            progress=progress,
+        )
     worker = Worker(
         settings, registry, generation=gen, stop_at_seq=stop_at_seq, until=until, params=params
     )
     await worker.start()
-    started = time.monotonic()
 
     async def target() -> int:
         last = await worker.stream_last_seq()
         return min(last, stop_at_seq) if stop_at_seq is not None else last
 
     await _drive(worker, target, progress, started)
+    applied = worker.stats.applied + (built.counts.applied if built is not None else 0)
     result = ReplayResult(
-        gen, worker.stats.last_seq, worker.stats.applied, time.monotonic() - started
+        gen, worker.stats.last_seq, applied, time.monotonic() - started, bulk=built
     )
     if status == "building" and switch:
         # Catch the last few events that arrived while we finished, then flip the pointer.
@@ -197,11 +219,14 @@ def _expr(col: str, data_type: str) -> sql.Composable:
 
 
 async def compare(
-    conn: AsyncConnection[Any], live_schema: str, replay_schema: str
+    conn: AsyncConnection[Any],
+    live_schema: str,
+    replay_schema: str,
+    tables: tuple[str, ...] = COMPARED,
 ) -> list[TableDiff]:
     """Row-by-row comparison (multiset EXCEPT in both directions) of every compared table."""
     out = []
-    for table in COMPARED:
+    for table in tables:
         cols = await _columns(conn, live_schema, table)
         select = sql.SQL(", ").join(_expr(c, t) for c, t in cols)
 
