@@ -39,7 +39,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 from psycopg import AsyncConnection, sql
-from psycopg.types.json import set_json_loads
+from psycopg.types.json import Jsonb, set_json_loads
 from tieline.events_schema.registry import EventRegistry
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
@@ -168,20 +168,55 @@ async def copy_rows(
             await copy.write_row(row)
 
 
+#: SQL type names as psycopg's type registry knows them.
+_PG_NAMES = {"int": "int4", "bigint": "int8", "bool": "bool"}
+
+
+def _same(text: Any) -> Any:
+    return text
+
+
+async def copy_binary(
+    conn: AsyncConnection[Any],
+    table: str,
+    columns: Sequence[tuple[str, str]],
+    rows: Sequence[Sequence[Any]],
+) -> None:
+    """COPY ``rows`` into ``table`` in PostgreSQL's binary format (``columns``: name and
+    type; jsonb values are JSON text already). Binary rows are encoded in C without parsing
+    text on either side: several times cheaper per row than text COPY here."""
+    if not rows:
+        return
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(c) for c, _ in columns)
+    )
+    json_at = [i for i, (_, t) in enumerate(columns) if t == "jsonb"]
+    async with conn.cursor() as cur, cur.copy(stmt) as copy:
+        copy.set_types([_PG_NAMES.get(t, t) for _, t in columns])
+        for row in rows:
+            if json_at:
+                row = list(row)
+                for i in json_at:
+                    row[i] = Jsonb(row[i], dumps=_same)
+            await copy.write_row(row)
+
+
 class _Copier:
     """COPYs chunks in the background, so PostgreSQL stores one chunk while the next one is
     read and decoded (a bounded queue keeps memory bounded when PostgreSQL is slower)."""
 
     def __init__(self, conn: AsyncConnection[Any]) -> None:
         self.conn = conn
-        self.queue: asyncio.Queue[tuple[str, Sequence[str], list[Any]] | None] = asyncio.Queue(4)
+        self.queue: asyncio.Queue[tuple[str, Sequence[tuple[str, str]], list[Any]] | None] = (
+            asyncio.Queue(4)
+        )
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         while (job := await self.queue.get()) is not None:
-            await copy_rows(self.conn, *job)
+            await copy_binary(self.conn, *job)
 
-    async def put(self, table: str, cols: Sequence[str], rows: list[Any]) -> None:
+    async def put(self, table: str, cols: Sequence[tuple[str, str]], rows: list[Any]) -> None:
         if self.task.done():
             await self.task  # raises what the COPY raised
         await self.queue.put((table, cols, rows))
@@ -302,8 +337,8 @@ async def _read_log(
 
 async def _put_rows(fold: BulkFold, copier: _Copier) -> None:
     archive, pairs = fold.take_rows()
-    await copier.put("events", [c for c, _ in ARCHIVE], archive)
-    await copier.put("pair_events_v1", [c for c, _ in PAIR], pairs)
+    await copier.put("events", ARCHIVE, archive)
+    await copier.put("pair_events_v1", PAIR, pairs)
 
 
 async def _retract(conn: AsyncConnection[Any], fold: BulkFold) -> int:
@@ -325,7 +360,6 @@ async def _fold_pairs(conn: AsyncConnection[Any], params: Params, seq: int) -> i
     pairs = 0
     key: PairKey | None = None
     events: list[PairEvent] = []
-    cols = [c for c, _ in STRENGTH]
 
     def flush(out: list[tuple[Any, ...]]) -> None:
         nonlocal pairs
@@ -344,10 +378,10 @@ async def _fold_pairs(conn: AsyncConnection[Any], params: Params, seq: int) -> i
                     flush(out)
                     key, events = (ws, a, b), []
                 events.append(PairEvent(str(eid), etype, occurred, int(eseq), a, b, detail))
-            await copy_rows(conn, "strength_v1", cols, out)
+            await copy_binary(conn, "strength_v1", STRENGTH, out)
         out = []
         flush(out)
-        await copy_rows(conn, "strength_v1", cols, out)
+        await copy_binary(conn, "strength_v1", STRENGTH, out)
     return pairs
 
 

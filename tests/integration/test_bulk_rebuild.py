@@ -39,6 +39,7 @@ from tieline.projections.worker import Worker
 from tests.integration.conftest import Log, make_event
 
 BASE = datetime(2024, 3, 1, tzinfo=UTC)
+DEPTHS = ("card_exchange", "brief_chat", "conversation", "deep_conversation", "meal_or_activity")
 #: Every read-model table a batch or a bulk load writes (the change log is a delivery aid).
 TABLES = (*replay.COMPARED, "introductions_v1")
 
@@ -94,7 +95,7 @@ class History:
             self._ev(ws, type="person.updated", person_id=a, title=f"t{rng.randint(0, 9)}")
         elif op == 2:
             parts = rng.sample(live, rng.randint(2, min(4, len(live))))
-            depth = rng.choice(("card_exchange", "brief_chat", "conversation", "deep"))
+            depth = rng.choice(DEPTHS)
             self._ev(ws, type="relationship.met", participants=parts, depth=depth)
         elif op == 3:
             replied = rng.random() < 0.5
