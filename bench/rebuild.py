@@ -169,6 +169,43 @@ async def raw_reads(settings: Any, n: int) -> dict[str, tuple[int, float]]:
         await nc.close()
 
 
+def _incremental(settings: Any, db_url: str, nats_pid: int, bulk: dict[str, Any]) -> dict[str, Any]:
+    """The same stream replayed through the worker alone, then compared with the bulk build."""
+    print("[rebuild] replay through the worker alone (child process) ...", flush=True)
+    meter = CpuMeter({"postgres": postgres_pid(db_url), "nats": nats_pid})
+    meter.start()
+    inc = replay_in_child(settings, bulk=False)
+    inc.update(servers_cpu_s=meter.stop(), loadavg_after=os.getloadavg())
+    print("[rebuild] comparing the two generations row by row ...", flush=True)
+    inc["diff_vs_bulk"] = asyncio.run(
+        compare_generations(settings, bulk["generation"], inc["generation"])
+    )
+    return inc
+
+
+async def compare_generations(settings: Any, bulk_gen: int, inc_gen: int) -> dict[str, Any]:
+    """Row-by-row differences between the bulk-built and the worker-built generation of the
+    same stream (projections.replay.compare, the check ``tieline verify`` runs)."""
+    from tieline.plumbing import db
+    from tieline.projections import replay
+
+    conn = await db.connect(settings)
+    try:
+        base = settings.database_schema
+        diffs = await replay.compare(
+            conn,
+            f"{base}_g{bulk_gen}",
+            f"{base}_g{inc_gen}",
+            (*replay.COMPARED, "introductions_v1"),
+        )
+    finally:
+        await conn.close()
+    return {
+        d.table: {"bulk_rows": d.live_rows, "worker_rows": d.replay_rows, "clean": d.clean}
+        for d in diffs
+    }
+
+
 ARCHIVE_DDL = """
 CREATE TABLE {t} (
     event_id uuid PRIMARY KEY, seq bigint NOT NULL UNIQUE, workspace_id text NOT NULL,
@@ -255,6 +292,25 @@ def raw_copy(
 # -- the benchmark ---------------------------------------------------------------------------
 
 
+def _fill(settings: Any, people: int, events: int) -> tuple[Any, list[tuple[str, bytes]]]:
+    """Publish the generated events (setup, not measured); keep a sample for raw COPY."""
+    enc = LogEncoder("bench", settings.subject_prefix)
+    samples: list[tuple[str, bytes]] = []
+
+    def msgs() -> Any:
+        for o in client_events(people, events):
+            m = enc.encode(o)
+            if len(samples) < 5000 and enc.count % 7 == 0:
+                samples.append((m[0], m[1]))
+            yield m
+
+    print(f"[rebuild] publishing {events} events (setup) ...", flush=True)
+    t = time.perf_counter()
+    fill = asyncio.run(fill_stream(settings, msgs()))
+    print(f"[rebuild]   {fill.count} in {time.perf_counter() - t:.1f}s", flush=True)
+    return fill, samples
+
+
 def measure(
     root: Any,
     db_url: str,
@@ -274,23 +330,11 @@ def measure(
     try:
         url = nats.start(sync_always=False)
         settings = unique_settings(url, db_url, batch_size=batch_size, fetch_timeout_s=0.5)
-        enc = LogEncoder("bench", settings.subject_prefix)
-        samples: list[tuple[str, bytes]] = []
-
-        def msgs() -> Any:
-            for o in client_events(people, events):
-                m = enc.encode(o)
-                if len(samples) < 5000 and enc.count % 7 == 0:
-                    samples.append((m[0], m[1]))
-                yield m
-
-        print(f"[rebuild] publishing {events} events (setup) ...", flush=True)
-        t = time.perf_counter()
-        fill = asyncio.run(fill_stream(settings, msgs()))
-        print(f"[rebuild]   {fill.count} in {time.perf_counter() - t:.1f}s", flush=True)
-        url = nats.start(sync_always=nats_mode == "sync")
+        fill, samples = _fill(settings, people, events)
+        settings = settings.model_copy(
+            update={"nats_url": nats.start(sync_always=nats_mode == "sync")}
+        )
         mode = nats.mode
-        settings = settings.model_copy(update={"nats_url": url})
         print("[rebuild] raw JetStream reads ...", flush=True)
         reads = asyncio.run(raw_reads(settings, fill.last_seq))
         copy_res = (0, 0.0)
@@ -302,16 +346,8 @@ def measure(
         meter = CpuMeter({"postgres": postgres_pid(db_url), "nats": nats.pid})
         meter.start()
         rep = replay_in_child(settings, profile_to=prof_path if profile else None)
-        rep["servers_cpu_s"] = meter.stop()
-        rep["loadavg_after"] = os.getloadavg()
-        inc = None
-        if incremental:
-            print("[rebuild] replay through the worker alone (child process) ...", flush=True)
-            meter = CpuMeter({"postgres": postgres_pid(db_url), "nats": nats.pid})
-            meter.start()
-            inc = replay_in_child(settings, bulk=False)
-            inc["servers_cpu_s"] = meter.stop()
-            inc["loadavg_after"] = os.getloadavg()
+        rep.update(servers_cpu_s=meter.stop(), loadavg_after=os.getloadavg())
+        inc = _incremental(settings, db_url, nats.pid, rep) if incremental else None
     finally:
         nats.stop()
     out = {
@@ -419,7 +455,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "events/s",
                 "raw JetStream read (best of ordered / pull no-ack)",
                 read_rate,
-                note=f"{inc['applied']} events in {inc['seconds']:.1f}s; peak RSS "
+                note=f"{inc['applied']} events in {inc['seconds']:.1f}s; bulk == worker "
+                f"row by row: {all(d['clean'] for d in inc['diff_vs_bulk'].values())}; peak RSS "
                 f"{inc['maxrss_mib']:.0f} MiB; bulk/worker = {replay_rate / inc_rate:.1f}x; "
                 f"load after {inc['loadavg_after'][0]:.2f}",
             )

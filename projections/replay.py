@@ -86,27 +86,10 @@ async def replay(
 ) -> tuple[ReplayResult, Worker]:
     """Replay the stream into a new generation. A ``building`` generation is switched live
     once caught up (``switch``); a ``scratch`` one never is. The caller closes the worker.
-
     ``bulk`` (default: the ``replay_bulk`` setting) fills the generation with the bulk path
     first; the worker then only continues from its checkpoint."""
     started = time.monotonic()
-    conn = await db.connect(settings)
-    try:
-        await generations.ensure_live(
-            conn, settings.database_schema, settings.consumer_name, READ_MODEL_VERSION
-        )
-        gen = await generations.create(
-            conn,
-            settings.database_schema,
-            settings.consumer_name,
-            READ_MODEL_VERSION,
-            status,
-            params=params.to_dict() if params is not None else None,
-            note=note,
-            schema_name=schema_name,
-        )
-    finally:
-        await conn.close()
+    gen = await _new_generation(settings, status, params, note, schema_name)
     built = None
     if settings.replay_bulk if bulk is None else bulk:
         built = await bulk_load.build(
@@ -146,6 +129,32 @@ async def replay(
         )
         log.info("replay.switched", generation=gen.gen, last_seq=result.last_seq)
     return result, worker
+
+
+async def _new_generation(
+    settings: Settings,
+    status: str,
+    params: Params | None,
+    note: str | None,
+    schema_name: str | None,
+) -> Generation:
+    conn = await db.connect(settings)
+    try:
+        await generations.ensure_live(
+            conn, settings.database_schema, settings.consumer_name, READ_MODEL_VERSION
+        )
+        return await generations.create(
+            conn,
+            settings.database_schema,
+            settings.consumer_name,
+            READ_MODEL_VERSION,
+            status,
+            params=params.to_dict() if params is not None else None,
+            note=note,
+            schema_name=schema_name,
+        )
+    finally:
+        await conn.close()
 
 
 async def discard(settings: Settings, gen: Generation) -> None:
