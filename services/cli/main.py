@@ -30,6 +30,18 @@ err = Console(stderr=True)
 # -- running ------------------------------------------------------------------------------
 
 
+ApiWorkers = Annotated[
+    int,
+    typer.Option(
+        envvar="TIELINE_API_WORKERS",
+        min=1,
+        max=64,
+        help="API processes serving the one API port (SO_REUSEPORT), for reads on more than "
+        "one core.",
+    ),
+]
+
+
 @app.command()
 def up(
     data_dir: Annotated[
@@ -58,16 +70,7 @@ def up(
             help="Let JetStream fsync lazily (faster, can lose acknowledged events on a crash)."
         ),
     ] = False,
-    api_workers: Annotated[
-        int,
-        typer.Option(
-            envvar="TIELINE_API_WORKERS",
-            min=1,
-            max=64,
-            help="API processes serving the one API port (SO_REUSEPORT), for reads on more "
-            "than one core.",
-        ),
-    ] = 1,
+    api_workers: ApiWorkers = 1,
 ) -> None:
     """Start NATS JetStream and PostgreSQL (embedded unless URLs are given), the services and
     the projection worker; print the API URL; Ctrl-C stops everything cleanly.
