@@ -407,6 +407,10 @@ async def build(
     nc = await connect_nats(settings, name="tieline-bulk")
     conn = await db.connect(settings, rm_schema=gen.schema_name)
     try:
+        # The worker's lock for this generation (projections/worker.py): no worker applies a
+        # batch to it while it is being loaded (the session ends, and frees it, at close).
+        key = f"tieline-worker:{settings.database_schema}:{gen.consumer}"
+        await conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
         await ensure_schema(conn, gen.schema_name)
         js = nc.jetstream()
         target = await _target(settings, js, stop_at_seq)
