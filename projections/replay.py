@@ -90,17 +90,8 @@ async def replay(
     first; the worker then only continues from its checkpoint."""
     started = time.monotonic()
     gen = await _new_generation(settings, status, params, note, schema_name)
-    built = None
-    if settings.replay_bulk if bulk is None else bulk:
-        built = await bulk_load.build(
-            settings,
-            gen,
-            registry,
-            params or PARAMS,
-            stop_at_seq=stop_at_seq,
-            until=until,
-            progress=progress,
-        )
+    use_bulk = settings.replay_bulk if bulk is None else bulk
+    built = await _bulk(settings, gen, registry, params, stop_at_seq, until, progress, use_bulk)
     worker = Worker(
         settings, registry, generation=gen, stop_at_seq=stop_at_seq, until=until, params=params
     )
@@ -110,8 +101,10 @@ async def replay(
         last = await worker.stream_last_seq()
         return min(last, stop_at_seq) if stop_at_seq is not None else last
 
+    bulk_applied = built.counts.applied if built is not None else 0
+    progress = _offset(progress, bulk_applied)
     await _drive(worker, target, progress, started)
-    applied = worker.stats.applied + (built.counts.applied if built is not None else 0)
+    applied = worker.stats.applied + bulk_applied
     result = ReplayResult(
         gen, worker.stats.last_seq, applied, time.monotonic() - started, bulk=built
     )
@@ -129,6 +122,42 @@ async def replay(
         )
         log.info("replay.switched", generation=gen.gen, last_seq=result.last_seq)
     return result, worker
+
+
+async def _bulk(
+    settings: Settings,
+    gen: Generation,
+    registry: EventRegistry,
+    params: Params | None,
+    stop_at_seq: int | None,
+    until: datetime | None,
+    progress: Progress | None,
+    bulk: bool,
+) -> BulkResult | None:
+    """Fill ``gen`` with the bulk path (None: not asked for)."""
+    if not bulk:
+        return None
+    return await bulk_load.build(
+        settings,
+        gen,
+        registry,
+        params or PARAMS,
+        stop_at_seq=stop_at_seq,
+        until=until,
+        progress=progress,
+    )
+
+
+def _offset(progress: Progress | None, applied: int) -> Progress | None:
+    """``progress`` counting the ``applied`` events of the bulk load before the worker's."""
+    if progress is None or not applied:
+        return progress
+    report = progress
+
+    def shifted(done: int, goal: int, count: int, elapsed: float) -> None:
+        report(done, goal, count + applied, elapsed)
+
+    return shifted
 
 
 async def _new_generation(

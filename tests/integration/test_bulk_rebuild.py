@@ -303,8 +303,13 @@ async def test_bulk_rebuild_from_the_log_over_a_deleted_message_equals_the_live_
             await live.run_once()
     await live.close()
     assert live.generation is not None
-    result, rebuilt = await replay.replay(settings, status="building", bulk=True)
+    seen: list[tuple[int, int]] = []
+    result, rebuilt = await replay.replay(
+        settings, status="building", bulk=True, progress=lambda d, _g, n, _e: seen.append((d, n))
+    )
     await rebuilt.close()
+    # Progress counts the bulk load's events and then the worker's on top, never backwards.
+    assert seen and seen[-1] == (last, 44) and seen == sorted(seen)
     assert result.bulk is not None and result.bulk.last_seq == last
     assert result.switched and result.last_seq == last
     # 4 people + 39 meetings (one deleted) + the retraction; the duplicate and poison are not.
