@@ -403,21 +403,7 @@ async def what_if(
     )
     await worker.close()
     try:
-        conn = await db.connect(settings)
-        try:
-            cur = await conn.execute(
-                sql.SQL(
-                    """SELECT l.workspace_id, l.person_a, l.person_b, l.score, l.tier, w.score,
-                          w.tier
-                   FROM {}.strength_v1 l JOIN {}.strength_v1 w USING (workspace_id, person_a,
-                        person_b)"""
-                ).format(
-                    sql.Identifier(live.schema_name), sql.Identifier(result.generation.schema_name)
-                )
-            )
-            rows = await cur.fetchall()
-        finally:
-            await conn.close()
+        rows = await _scores_side_by_side(settings, live, result.generation)
     finally:
         if not keep:
             await discard(settings, result.generation)
@@ -439,16 +425,44 @@ async def what_if(
         )
         for me, other in ((a, b), (b, a)):
             per_person.setdefault((ws, me), []).append((other, ls, ws_score))
-    rank_changes: list[dict[str, Any]] = []
+    rank_changes = _rank_changes(per_person)
+    deltas.sort(key=lambda d: -abs(float(d["delta"])))
+    mean = sum(abs(float(d["delta"])) for d in deltas) / len(deltas) if deltas else 0.0
+    return WhatIf(len(rows), round(mean, 4), moves, deltas[:top], rank_changes[:top])
+
+
+async def _scores_side_by_side(
+    settings: Settings, live: Generation, other: Generation
+) -> list[Any]:
+    """(workspace, a, b, live score, live tier, other score, other tier) of every pair."""
+    conn = await db.connect(settings)
+    try:
+        cur = await conn.execute(
+            sql.SQL(
+                """SELECT l.workspace_id, l.person_a, l.person_b, l.score, l.tier, w.score,
+                      w.tier
+               FROM {}.strength_v1 l JOIN {}.strength_v1 w USING (workspace_id, person_a,
+                    person_b)"""
+            ).format(sql.Identifier(live.schema_name), sql.Identifier(other.schema_name))
+        )
+        return list(await cur.fetchall())
+    finally:
+        await conn.close()
+
+
+def _rank_changes(
+    per_person: dict[tuple[str, str], list[tuple[str, float, float]]],
+) -> list[dict[str, Any]]:
+    """Per person, how many of their ties change rank between the live and what-if scores
+    (people with the most changes first)."""
+    out: list[dict[str, Any]] = []
     for (ws, me), ties in per_person.items():
         live_rank = {o: i for i, (o, _, _) in enumerate(sorted(ties, key=lambda t: -t[1]))}
         new_rank = {o: i for i, (o, _, _) in enumerate(sorted(ties, key=lambda t: -t[2]))}
         moved = sum(1 for o in live_rank if live_rank[o] != new_rank[o])
         if moved:
-            rank_changes.append(
+            out.append(
                 {"workspace_id": ws, "person": me, "ties": len(ties), "ties_changing_rank": moved}
             )
-    rank_changes.sort(key=lambda r: -r["ties_changing_rank"])
-    deltas.sort(key=lambda d: -abs(float(d["delta"])))
-    mean = sum(abs(float(d["delta"])) for d in deltas) / len(deltas) if deltas else 0.0
-    return WhatIf(len(rows), round(mean, 4), moves, deltas[:top], rank_changes[:top])
+    out.sort(key=lambda r: -r["ties_changing_rank"])
+    return out
