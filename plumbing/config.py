@@ -39,6 +39,9 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    #: API processes serving the one port (each binds it with SO_REUSEPORT and the kernel
+    #: spreads new connections over them): reads use more than one core.
+    api_workers: int = Field(default=1, ge=1, le=64)
     #: Web origins whose pages may call the API from a browser (CORS), comma-separated in
     #: TIELINE_CORS_ORIGINS, e.g. ``https://app.example.org,http://localhost:5173``; ``*``
     #: for any. None by default: browsers then refuse cross-origin calls.
@@ -62,6 +65,9 @@ class Settings(BaseSettings):
     #: Projection worker: messages fetched and committed per transaction.
     batch_size: int = Field(default=2000, ge=1, le=10_000)
     fetch_timeout_s: float = 1.0
+    #: Rebuilds, as-of replays, what-ifs and verify fill a new generation with the bulk path
+    #: (projections/bulk_load.py) before the worker continues; false: the worker alone.
+    replay_bulk: bool = True
     consumer_name: str = "projections"
     #: Seconds JetStream waits for an ack before redelivering (a crashed worker's batch).
     ack_wait_s: float = Field(default=30.0, gt=0)

@@ -1,9 +1,12 @@
 """Replay the log into a fresh read-model generation: rebuild (then switch live), as-of
 snapshots, and continuous verification against the live generation.
 
-Everything here reads the stream from its first message through an ordinary durable consumer
-of the new generation, in batches, committing each batch with its checkpoint, so memory stays
-bounded however long the stream is and an interrupted replay resumes where it stopped.
+A new generation is first filled from empty by the bulk path (projections/bulk_load.py: the
+whole log read in large ordered chunks, folded in memory with the live worker's pure rules,
+COPY, keys built after the load, the checkpoint written last, one transaction), then handed to
+an ordinary worker of the generation, which continues from that checkpoint in batches with
+whatever arrived meanwhile. ``TIELINE_REPLAY_BULK=false`` (or ``bulk=False``) replays through
+the worker alone, batch by batch, as before.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from psycopg import AsyncConnection, sql
 from tieline.events_schema.registry import REGISTRY, EventRegistry
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
-from tieline.projections import generations
+from tieline.projections import bulk_load, generations
+from tieline.projections.bulk_load import BulkResult
 from tieline.projections.generations import Generation
 from tieline.projections.schema import READ_MODEL_VERSION
-from tieline.projections.strength_model import TIERS, Params
+from tieline.projections.strength_model import PARAMS, TIERS, Params
 from tieline.projections.worker import Worker
 
 log = structlog.get_logger(__name__)
@@ -39,6 +43,8 @@ class ReplayResult:
     applied: int
     seconds: float
     switched: bool = False
+    #: What the bulk load did before the worker took over (None: replayed by the worker).
+    bulk: BulkResult | None = None
 
     @property
     def events_per_s(self) -> float:
@@ -76,39 +82,31 @@ async def replay(
     registry: EventRegistry = REGISTRY,
     switch: bool = True,
     params: Params | None = None,
+    bulk: bool | None = None,
 ) -> tuple[ReplayResult, Worker]:
     """Replay the stream into a new generation. A ``building`` generation is switched live
-    once caught up (``switch``); a ``scratch`` one never is. The caller closes the worker."""
-    conn = await db.connect(settings)
-    try:
-        await generations.ensure_live(
-            conn, settings.database_schema, settings.consumer_name, READ_MODEL_VERSION
-        )
-        gen = await generations.create(
-            conn,
-            settings.database_schema,
-            settings.consumer_name,
-            READ_MODEL_VERSION,
-            status,
-            params=params.to_dict() if params is not None else None,
-            note=note,
-            schema_name=schema_name,
-        )
-    finally:
-        await conn.close()
+    once caught up (``switch``); a ``scratch`` one never is. The caller closes the worker.
+    ``bulk`` (default: the ``replay_bulk`` setting) fills the generation with the bulk path
+    first; the worker then only continues from its checkpoint."""
+    started = time.monotonic()
+    gen = await _new_generation(settings, status, params, note, schema_name)
+    use_bulk = settings.replay_bulk if bulk is None else bulk
+    built = await _bulk(settings, gen, registry, params, stop_at_seq, until, progress, use_bulk)
     worker = Worker(
         settings, registry, generation=gen, stop_at_seq=stop_at_seq, until=until, params=params
     )
     await worker.start()
-    started = time.monotonic()
 
     async def target() -> int:
         last = await worker.stream_last_seq()
         return min(last, stop_at_seq) if stop_at_seq is not None else last
 
+    bulk_applied = built.counts.applied if built is not None else 0
+    progress = _offset(progress, bulk_applied)
     await _drive(worker, target, progress, started)
+    applied = worker.stats.applied + bulk_applied
     result = ReplayResult(
-        gen, worker.stats.last_seq, worker.stats.applied, time.monotonic() - started
+        gen, worker.stats.last_seq, applied, time.monotonic() - started, bulk=built
     )
     if status == "building" and switch:
         # Catch the last few events that arrived while we finished, then flip the pointer.
@@ -124,6 +122,68 @@ async def replay(
         )
         log.info("replay.switched", generation=gen.gen, last_seq=result.last_seq)
     return result, worker
+
+
+async def _bulk(
+    settings: Settings,
+    gen: Generation,
+    registry: EventRegistry,
+    params: Params | None,
+    stop_at_seq: int | None,
+    until: datetime | None,
+    progress: Progress | None,
+    bulk: bool,
+) -> BulkResult | None:
+    """Fill ``gen`` with the bulk path (None: not asked for)."""
+    if not bulk:
+        return None
+    return await bulk_load.build(
+        settings,
+        gen,
+        registry,
+        params or PARAMS,
+        stop_at_seq=stop_at_seq,
+        until=until,
+        progress=progress,
+    )
+
+
+def _offset(progress: Progress | None, applied: int) -> Progress | None:
+    """``progress`` counting the ``applied`` events of the bulk load before the worker's."""
+    if progress is None or not applied:
+        return progress
+    report = progress
+
+    def shifted(done: int, goal: int, count: int, elapsed: float) -> None:
+        report(done, goal, count + applied, elapsed)
+
+    return shifted
+
+
+async def _new_generation(
+    settings: Settings,
+    status: str,
+    params: Params | None,
+    note: str | None,
+    schema_name: str | None,
+) -> Generation:
+    conn = await db.connect(settings)
+    try:
+        await generations.ensure_live(
+            conn, settings.database_schema, settings.consumer_name, READ_MODEL_VERSION
+        )
+        return await generations.create(
+            conn,
+            settings.database_schema,
+            settings.consumer_name,
+            READ_MODEL_VERSION,
+            status,
+            params=params.to_dict() if params is not None else None,
+            note=note,
+            schema_name=schema_name,
+        )
+    finally:
+        await conn.close()
 
 
 async def discard(settings: Settings, gen: Generation) -> None:
@@ -197,11 +257,14 @@ def _expr(col: str, data_type: str) -> sql.Composable:
 
 
 async def compare(
-    conn: AsyncConnection[Any], live_schema: str, replay_schema: str
+    conn: AsyncConnection[Any],
+    live_schema: str,
+    replay_schema: str,
+    tables: tuple[str, ...] = COMPARED,
 ) -> list[TableDiff]:
     """Row-by-row comparison (multiset EXCEPT in both directions) of every compared table."""
     out = []
-    for table in COMPARED:
+    for table in tables:
         cols = await _columns(conn, live_schema, table)
         select = sql.SQL(", ").join(_expr(c, t) for c, t in cols)
 
@@ -340,21 +403,7 @@ async def what_if(
     )
     await worker.close()
     try:
-        conn = await db.connect(settings)
-        try:
-            cur = await conn.execute(
-                sql.SQL(
-                    """SELECT l.workspace_id, l.person_a, l.person_b, l.score, l.tier, w.score,
-                          w.tier
-                   FROM {}.strength_v1 l JOIN {}.strength_v1 w USING (workspace_id, person_a,
-                        person_b)"""
-                ).format(
-                    sql.Identifier(live.schema_name), sql.Identifier(result.generation.schema_name)
-                )
-            )
-            rows = await cur.fetchall()
-        finally:
-            await conn.close()
+        rows = await _scores_side_by_side(settings, live, result.generation)
     finally:
         if not keep:
             await discard(settings, result.generation)
@@ -376,16 +425,44 @@ async def what_if(
         )
         for me, other in ((a, b), (b, a)):
             per_person.setdefault((ws, me), []).append((other, ls, ws_score))
-    rank_changes: list[dict[str, Any]] = []
+    rank_changes = _rank_changes(per_person)
+    deltas.sort(key=lambda d: -abs(float(d["delta"])))
+    mean = sum(abs(float(d["delta"])) for d in deltas) / len(deltas) if deltas else 0.0
+    return WhatIf(len(rows), round(mean, 4), moves, deltas[:top], rank_changes[:top])
+
+
+async def _scores_side_by_side(
+    settings: Settings, live: Generation, other: Generation
+) -> list[Any]:
+    """(workspace, a, b, live score, live tier, other score, other tier) of every pair."""
+    conn = await db.connect(settings)
+    try:
+        cur = await conn.execute(
+            sql.SQL(
+                """SELECT l.workspace_id, l.person_a, l.person_b, l.score, l.tier, w.score,
+                      w.tier
+               FROM {}.strength_v1 l JOIN {}.strength_v1 w USING (workspace_id, person_a,
+                    person_b)"""
+            ).format(sql.Identifier(live.schema_name), sql.Identifier(other.schema_name))
+        )
+        return list(await cur.fetchall())
+    finally:
+        await conn.close()
+
+
+def _rank_changes(
+    per_person: dict[tuple[str, str], list[tuple[str, float, float]]],
+) -> list[dict[str, Any]]:
+    """Per person, how many of their ties change rank between the live and what-if scores
+    (people with the most changes first)."""
+    out: list[dict[str, Any]] = []
     for (ws, me), ties in per_person.items():
         live_rank = {o: i for i, (o, _, _) in enumerate(sorted(ties, key=lambda t: -t[1]))}
         new_rank = {o: i for i, (o, _, _) in enumerate(sorted(ties, key=lambda t: -t[2]))}
         moved = sum(1 for o in live_rank if live_rank[o] != new_rank[o])
         if moved:
-            rank_changes.append(
+            out.append(
                 {"workspace_id": ws, "person": me, "ties": len(ties), "ties_changing_rank": moved}
             )
-    rank_changes.sort(key=lambda r: -r["ties_changing_rank"])
-    deltas.sort(key=lambda d: -abs(float(d["delta"])))
-    mean = sum(abs(float(d["delta"])) for d in deltas) / len(deltas) if deltas else 0.0
-    return WhatIf(len(rows), round(mean, 4), moves, deltas[:top], rank_changes[:top])
+    out.sort(key=lambda r: -r["ties_changing_rank"])
+    return out

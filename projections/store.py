@@ -7,7 +7,6 @@ already archived (a re-send beyond JetStream's dedupe window) changes nothing ei
 
 from __future__ import annotations
 
-import weakref
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,254 +14,49 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-from psycopg import AsyncConnection, AsyncCursor
-from tieline.events_schema.models import Event
+from psycopg import AsyncConnection
 from tieline.events_schema.registry import EventRegistry
-from tieline.projections.changelog import COLUMNS as CHANGE_COLUMNS
 from tieline.projections.changelog import Cause, ChangeLog, mark_trimmed
 from tieline.projections.changes import PERSON_FIELDS, Changes, changes_for
-from tieline.projections.strength_model import PARAMS, Fold, PairEvent, Params, vouches
-
-PairKey = tuple[str, str, str]  # workspace, person_a, person_b
-
-#: Columns (and PostgreSQL types) of the rows a batch writes in bulk.
-ARCHIVE = (
-    ("event_id", "uuid"),
-    ("seq", "bigint"),
-    ("workspace_id", "text"),
-    ("type", "text"),
-    ("schema_version", "int"),
-    ("occurred_at", "timestamptz"),
-    ("recorded_at", "timestamptz"),
-    ("recorded_by", "text"),
-    ("subject", "text"),
-    ("payload", "jsonb"),
+from tieline.projections.items import (
+    Decoded,
+    Gap,
+    Item,
+    Poison,
+    SequenceGapError,
+    Skipped,
+    continuing,
 )
-PAIR = (
-    ("workspace_id", "text"),
-    ("person_a", "text"),
-    ("person_b", "text"),
-    ("event_id", "uuid"),
-    ("seq", "bigint"),
-    ("type", "text"),
-    ("occurred_at", "timestamptz"),
-    ("recorded_at", "timestamptz"),
-    ("recorded_by", "text"),
-    ("detail", "jsonb"),
+from tieline.projections.rows import (
+    ARCHIVE_BULK,
+    CHANGES_BULK,
+    PAIRS_BULK,
+    STRENGTH_BULK,
+    PairKey,
+    _key_arrays,
+    _Staging,
+    archive_row,
+    pair_event,
+    pair_row,
+    strength_row,
 )
-STRENGTH = (
-    ("workspace_id", "text"),
-    ("person_a", "text"),
-    ("person_b", "text"),
-    ("score", "float8"),
-    ("tier", "text"),
-    ("state_at", "timestamptz"),
-    ("fast", "float8"),
-    ("slow", "float8"),
-    ("reciprocity_factor", "float8"),
-    ("rating", "float8"),
-    ("event_count", "int"),
-    ("meetings", "int"),
-    ("follow_ups", "int"),
-    ("introductions", "int"),
-    ("helps", "int"),
-    ("ratings", "int"),
-    ("first_contact_at", "timestamptz"),
-    ("last_contact_at", "timestamptz"),
-    ("score_at_last_contact", "float8"),
-    ("deepest_meeting", "text"),
-    ("one_sided", "bool"),
-    ("can_vouch", "bool"),
-    ("reciprocity", "jsonb"),
-    ("params_version", "text"),
-    ("fold", "jsonb"),
-    ("last_seq", "bigint"),
-)
-UPSERT_STRENGTH_TAIL = "ON CONFLICT (workspace_id, person_a, person_b) DO UPDATE SET " + ", ".join(
-    f"{c} = EXCLUDED.{c}" for c, _ in STRENGTH[3:]
-)
+from tieline.projections.strength_model import PARAMS, Fold, PairEvent, Params
 
-
-@dataclass(frozen=True)
-class Bulk:
-    """How a batch's rows reach one table, in one statement either way:
-
-    * a small batch: ``INSERT ... SELECT ... FROM unnest(<one array per column>)``. The query
-      text is the same for every batch, so psycopg parses it once and PostgreSQL prepares it;
-      a multi-row VALUES would be new text (parsed again, never prepared) for every size.
-    * a large batch: COPY into a staging table, then one ``INSERT ... SELECT`` from it. COPY's
-      row encoding runs in C; arrays are encoded element by element and lose past ~64 rows.
-    """
-
-    staging: str
-    target: str
-    columns: tuple[tuple[str, str], ...]
-    tail: str  # ON CONFLICT ... [RETURNING ...]
-    order: str = ""  # the ORDER BY of the merge
-
-    @property
-    def cols(self) -> str:
-        return ", ".join(c for c, _ in self.columns)
-
-    @property
-    def unnest(self) -> str:
-        arrays = ", ".join(f"%b::{'text' if t == 'jsonb' else t}[]" for _, t in self.columns)
-        values = ", ".join(f"{c}::jsonb" if t == "jsonb" else c for c, t in self.columns)
-        return (
-            f"INSERT INTO {self.target} ({self.cols}) SELECT {values} "
-            f"FROM unnest({arrays}) AS u({self.cols}) {self.order} {self.tail}"
-        )
-
-    @property
-    def merge(self) -> str:
-        return (
-            f"INSERT INTO {self.target} ({self.cols}) SELECT {self.cols} "
-            f"FROM {self.staging} {self.order} {self.tail}"
-        )
-
-
-ARCHIVE_BULK = Bulk(
-    "events_in", "events", ARCHIVE, "ON CONFLICT DO NOTHING RETURNING event_id", "ORDER BY seq"
-)
-PAIRS_BULK = Bulk("pair_events_in", "pair_events_v1", PAIR, "ON CONFLICT DO NOTHING")
-STRENGTH_BULK = Bulk("strength_in", "strength_v1", STRENGTH, UPSERT_STRENGTH_TAIL)
-CHANGES_BULK = Bulk("changes_in", "changes_v1", CHANGE_COLUMNS, "ON CONFLICT DO NOTHING")
-STAGING = {b.staging: b.target for b in (ARCHIVE_BULK, PAIRS_BULK, STRENGTH_BULK, CHANGES_BULK)}
-#: Up to this many rows a batch goes in through unnest, above it through COPY (measured).
-UNNEST_MAX_ROWS = 64
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _key_arrays(keys: Sequence[PairKey]) -> tuple[list[str], list[str], list[str]]:
-    return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
-
-
-class _Staging:
-    """Transaction-scoped staging tables for COPY (created once per connection; emptied by
-    ON COMMIT DELETE ROWS, which truncates in place, unlike a TRUNCATE statement, which makes
-    new files and catalog rows every time)."""
-
-    def __init__(self) -> None:
-        self._ready: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
-        self._used: set[str] = set()  # tables already filled in the current transaction
-
-    def begin(self) -> None:
-        self._used.clear()
-
-    def forget(self, conn: AsyncConnection[Any]) -> None:
-        """After a rollback: the tables may have been created in the undone transaction."""
-        self._ready.discard(conn)
-
-    async def write(
-        self, conn: AsyncConnection[Any], bulk: Bulk, rows: Sequence[Sequence[Any]]
-    ) -> AsyncCursor[Any]:
-        """Insert ``rows`` into ``bulk.target``; the cursor holds what ``bulk.tail`` returns."""
-        if len(rows) <= UNNEST_MAX_ROWS:
-            columns = [list(c) for c in zip(*rows, strict=True)]
-            return await conn.execute(bulk.unnest, columns)
-        await self.copy(conn, bulk.staging, bulk.cols, rows)
-        return await conn.execute(bulk.merge)
-
-    async def copy(
-        self, conn: AsyncConnection[Any], table: str, cols: str, rows: Sequence[Sequence[Any]]
-    ) -> None:
-        """COPY ``rows`` into the staging table ``table``."""
-        if conn not in self._ready:
-            for name, like in STAGING.items():
-                await conn.execute(
-                    f"CREATE TEMP TABLE IF NOT EXISTS {name} "
-                    f"(LIKE {like} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-                )
-            self._ready.add(conn)
-        if table in self._used:  # a second fill in one transaction (a retraction's recompute)
-            await conn.execute(f"DELETE FROM {table}")
-        self._used.add(table)
-        async with conn.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
-            for row in rows:
-                await copy.write_row(row)
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """A message from the stream that decoded into a valid event."""
-
-    seq: int
-    subject: str
-    event: Event
-
-
-@dataclass(frozen=True)
-class Poison:
-    """A message that can never be applied as it is; it goes to the dead-letter subject."""
-
-    seq: int
-    subject: str
-    raw: bytes
-    reason: str
-    detail: str
-    dlq_seq: int | None = None
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A message a bounded replay deliberately leaves out (it only advances the checkpoint)."""
-
-    seq: int
-
-
-@dataclass(frozen=True)
-class Gap:
-    """Stream sequences ``first..seq`` that hold no event for this projection, as the stream
-    itself confirmed (messages an operator deleted). Only such a proven hole lets the
-    checkpoint move over sequences no message was applied for."""
-
-    first: int
-    seq: int  # the last sequence of the hole
-
-
-Item = Decoded | Poison | Skipped | Gap
+__all__ = [
+    "BatchResult",
+    "Decoded",
+    "Gap",
+    "Item",
+    "Poison",
+    "ProjectionStore",
+    "SequenceGapError",
+    "Skipped",
+    "continuing",
+]
 
 
 class _TrialRollback(Exception):
     """Raised to undo a trial application (:meth:`ProjectionStore.trial`)."""
-
-
-class SequenceGapError(Exception):
-    """A batch does not continue the committed checkpoint without a hole (a lost delivery, a
-    batch that starts behind or ahead, out-of-order items). Nothing of it may be applied or
-    acknowledged; the worker reads the log again from the checkpoint."""
-
-    def __init__(self, expected: int, got: int, checkpoint: int) -> None:
-        super().__init__(
-            f"expected stream sequence {expected} after checkpoint {checkpoint}, got {got}"
-        )
-        self.expected, self.got, self.checkpoint = expected, got, checkpoint
-
-
-def continuing(items: Sequence[Item], checkpoint: int) -> list[Item]:
-    """The items after ``checkpoint``, proven to continue it without a hole.
-
-    Items at or below the checkpoint are redeliveries of what a committed batch applied (a
-    crash between commit and ack) and are dropped. The rest must cover every sequence from
-    ``checkpoint + 1`` on, in order: each message's own sequence or a :class:`Gap` the stream
-    confirmed. Anything else raises :class:`SequenceGapError`. Pure: no I/O.
-    """
-    expected = checkpoint + 1
-    fresh: list[Item] = []
-    for it in items:
-        if it.seq < expected and not fresh:
-            continue  # already applied before the checkpoint
-        first = it.first if isinstance(it, Gap) else it.seq
-        if not fresh and isinstance(it, Gap) and first <= expected <= it.seq:
-            first = expected  # a proven hole that began before the checkpoint
-        if first != expected or it.seq < first:
-            raise SequenceGapError(expected, first, checkpoint)
-        fresh.append(it)
-        expected = it.seq + 1
-    return fresh
 
 
 @dataclass
@@ -391,39 +185,8 @@ class ProjectionStore:
         """Insert into the archive; return the items whose event_id was new."""
         if not items:
             return []
-        cols: dict[str, list[Any]] = defaultdict(list)
-        for it in items:
-            e = it.event
-            cols["event_id"].append(e.event_id)
-            cols["seq"].append(it.seq)
-            cols["ws"].append(e.workspace_id)
-            cols["type"].append(e.type)
-            cols["ver"].append(e.schema_version)
-            cols["occ"].append(e.occurred_at)
-            cols["rec"].append(e.recorded_at)
-            cols["by"].append(e.recorded_by)
-            cols["subject"].append(it.subject)
-            cols["payload"].append(self.registry.encode(e).decode())
-        rows = list(
-            zip(
-                *(
-                    cols[k]
-                    for k in (
-                        "event_id",
-                        "seq",
-                        "ws",
-                        "type",
-                        "ver",
-                        "occ",
-                        "rec",
-                        "by",
-                        "subject",
-                        "payload",
-                    )
-                ),
-                strict=True,
-            )
-        )
+        encode = self.registry.encode
+        rows = [archive_row(i.seq, i.subject, i.event, encode(i.event).decode()) for i in items]
         cur = await self.staging.write(conn, ARCHIVE_BULK, rows)
         inserted = {row[0] for row in await cur.fetchall()}
         seen: set[UUID] = set()
@@ -464,31 +227,8 @@ class ProjectionStore:
             if ch.person_updated is not None:
                 updates.append((it, ch.person_updated))
             for r in ch.pair_rows:
-                pair_rows.append(
-                    (
-                        e.workspace_id,
-                        r.person_a,
-                        r.person_b,
-                        e.event_id,
-                        it.seq,
-                        e.type,
-                        e.occurred_at,
-                        e.recorded_at,
-                        e.recorded_by,
-                        _json(r.detail),
-                    )
-                )
-                touched[(e.workspace_id, r.person_a, r.person_b)].append(
-                    PairEvent(
-                        str(e.event_id),
-                        e.type,
-                        e.occurred_at,
-                        it.seq,
-                        r.person_a,
-                        r.person_b,
-                        r.detail,
-                    )
-                )
+                pair_rows.append(pair_row(it.seq, e, r))
+                touched[(e.workspace_id, r.person_a, r.person_b)].append(pair_event(it.seq, e, r))
             if ch.retracts is not None:
                 retractions.append(it)
             if ch.forgets is not None:
@@ -694,36 +434,7 @@ class ProjectionStore:
                 )
 
     def _strength_row(self, key: PairKey, fold: Fold, seq: int) -> tuple[Any, ...]:
-        s = fold.strength(self.params)
-        counts = fold.counts
-        vouch = vouches(s, self.params)
-        st = s.state
-        return (
-            *key,
-            s.score,
-            s.tier,
-            st.at,
-            st.fast,
-            st.slow,
-            st.reciprocity_factor,
-            st.rating,
-            fold.event_count,
-            counts.get("relationship.met", 0),
-            counts.get("relationship.followed_up", 0),
-            counts.get("relationship.introduced", 0),
-            counts.get("relationship.helped", 0),
-            counts.get("relationship.closeness_rated", 0),
-            s.first_contact_at,
-            s.last_contact_at,
-            s.score_at_last_contact,
-            s.deepest_meeting,
-            bool(s.reciprocity.get("one_sided")),
-            vouch,
-            _json(s.reciprocity),
-            self.params.version,
-            fold.to_json(),
-            seq,
-        )
+        return strength_row(key, fold, seq, self.params)
 
     async def _retract(self, conn: AsyncConnection[Any], it: Decoded, result: BatchResult) -> None:
         """Remove exactly the retracted event's effect (same workspace only)."""

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -23,12 +21,18 @@ import psycopg
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import ConnectionClosedError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import NotFoundError
 from psycopg import AsyncConnection
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_fixed,
+)
 from tieline.events_schema.registry import REGISTRY, EventRegistry
 from tieline.plumbing import db, metrics, telemetry
 from tieline.plumbing.config import Settings
@@ -37,46 +41,25 @@ from tieline.plumbing.subjects import dlq_subject
 from tieline.projections import generations, selfcheck
 from tieline.projections.classify import classify
 from tieline.projections.generations import Generation
+from tieline.projections.items import in_sequence
 from tieline.projections.schema import READ_MODEL_VERSION, ensure_schema
 from tieline.projections.store import (
     BatchResult,
     Decoded,
-    Gap,
     Item,
     Poison,
     ProjectionStore,
     SequenceGapError,
-    Skipped,
 )
 from tieline.projections.strength_model import PARAMS, Params
-
-log = structlog.get_logger(__name__)
-
-_HEADER_UNSAFE = re.compile(r"[\r\n]+")
-#: Errors that mean "JetStream is not there right now", not "this event is bad".
-TRANSIENT_NATS = (
-    NoRespondersError,
-    ServiceUnavailableError,
-    APIError,
-    ConnectionClosedError,
-    NatsTimeout,
+from tieline.projections.worker_support import (
+    HEADER_UNSAFE,
+    TRANSIENT_NATS,
+    WorkerStats,
+    log_retry,
 )
 
-
-@dataclass
-class WorkerStats:
-    """Counters exposed in logs (and, through Postgres, to /readyz)."""
-
-    batches: int = 0
-    applied: int = 0
-    redelivered: int = 0
-    duplicate_ids: int = 0
-    dead_lettered: int = 0
-    #: Batches refused because they did not continue the checkpoint (then read again).
-    gaps: int = 0
-    resubscribes: int = 0
-    last_seq: int = 0
-    attempts: dict[int, int] = field(default_factory=dict)
+log = structlog.get_logger(__name__)
 
 
 class Worker:
@@ -133,15 +116,17 @@ class Worker:
         single-consumer lock so two instances never apply the same batches."""
         self.nc = await connect_nats(self.settings, name="tieline-worker")
         self.js = self.nc.jetstream()
-        for attempt in range(60):
-            try:
-                await ensure_streams(self.js, self.settings)
-                break
-            except (*TRANSIENT_NATS, RuntimeError) as exc:
-                if attempt == 59:
-                    raise
-                log.warning("worker.streams_retry", error=repr(exc))
-                await asyncio.sleep(0.5)
+        js = self.js
+        # JetStream may still be electing a leader or starting: 60 tries, half a second apart.
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((*TRANSIENT_NATS, RuntimeError)),
+            stop=stop_after_attempt(60),
+            wait=wait_fixed(0.5),
+            before_sleep=log_retry("worker.streams_retry"),
+            reraise=True,
+        ):
+            with attempt:
+                await ensure_streams(js, self.settings)
         if self.generation is None:
             self.generation = await self._choose_generation()
         self.store.projection = self.consumer
@@ -185,18 +170,20 @@ class Worker:
             max_deliver=-1,
             inactive_threshold=max(self.settings.ack_wait_s, 30.0),
         )
-        while True:
-            try:
-                self._sub = await self.js.pull_subscribe(
+        js = self.js
+        # JetStream electing a leader or restarting: try again every half second, forever.
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(TRANSIENT_NATS),
+            wait=wait_fixed(0.5),
+            before_sleep=log_retry("worker.subscribe_retry"),
+        ):
+            with attempt:
+                self._sub = await js.pull_subscribe(
                     subject=f"{self.settings.subject_prefix}.ev.>",
                     durable=None,
                     stream=self.settings.stream_name,
                     config=config,
                 )
-                return
-            except TRANSIENT_NATS as exc:  # JetStream electing a leader or restarting
-                log.warning("worker.subscribe_retry", error=repr(exc))
-                await asyncio.sleep(0.5)
 
     async def _choose_generation(self) -> Generation:
         state = self.settings.database_schema
@@ -363,40 +350,13 @@ class Worker:
         return result
 
     async def _in_sequence(self, items: list[Item]) -> list[Item] | None:
-        """``items`` with every hole before or between them proven empty by the stream (as
-        :class:`Gap` items), or None when a hole holds events this batch did not bring (a
-        delivery was lost) or the batch starts behind the checkpoint or is out of order.
-
-        The consumer starts right after the checkpoint and the stream holds only events, so
-        a hole is rare (an operator deleted messages); it is looked up, never assumed.
-        """
-        expected = self.stats.last_seq + 1
-        out: list[Item] = []
-        for it in items:
-            if it.seq < expected:
-                self.stats.gaps += 1
-                log.warning("worker.behind", expected=expected, got=it.seq)
-                return None
-            if it.seq > expected:
-                present = await self._first_event_at_or_after(expected)
-                if present != it.seq:
-                    self.stats.gaps += 1
-                    log.warning(
-                        "worker.sequence_gap",
-                        expected=expected,
-                        got=it.seq,
-                        first_in_stream=present,
-                    )
-                    return None
-                out.append(Gap(expected, it.seq - 1))
-            if (
-                self.until is not None
-                and isinstance(it, Decoded)
-                and it.event.occurred_at > self.until
-            ):
-                it = Skipped(it.seq)  # a bounded replay leaves later events out
-            out.append(it)
-            expected = it.seq + 1
+        """``items`` with proven holes as :class:`Gap` items, or None when the batch does not
+        continue the checkpoint (:func:`~tieline.projections.items.in_sequence`)."""
+        out = await in_sequence(
+            items, self.stats.last_seq, self._first_event_at_or_after, self.until
+        )
+        if out is None:
+            self.stats.gaps += 1
         return out
 
     async def _first_event_at_or_after(self, seq: int) -> int | None:
@@ -480,25 +440,26 @@ class Worker:
         headers = {
             "Nats-Msg-Id": f"{self.consumer}:{p.seq}",
             "Tieline-Reason": p.reason,
-            "Tieline-Detail": _HEADER_UNSAFE.sub(" ", p.detail)[:1000],
+            "Tieline-Detail": HEADER_UNSAFE.sub(" ", p.detail)[:1000],
             "Tieline-Original-Subject": p.subject,
             "Tieline-Original-Seq": str(p.seq),
             "Tieline-Projection": self.consumer,
         }
         subject = dlq_subject(self.settings.subject_prefix, self.consumer)
-        while True:
-            try:
-                ack = await self.js.publish(
+        js = self.js
+        # The batch waits for its poison to be parked: retry every half second until it is.
+        async for attempt in AsyncRetrying(
+            wait=wait_fixed(0.5), before_sleep=log_retry("worker.dlq_publish_retry")
+        ):
+            with attempt:
+                ack = await js.publish(
                     subject,
                     p.raw,
                     headers=headers,
                     stream=f"{self.settings.stream_name}_DLQ",
                     timeout=5,
                 )
-                return int(ack.seq)
-            except Exception as exc:
-                log.warning("worker.dlq_publish_retry", error=str(exc))
-                await asyncio.sleep(0.5)
+        return int(ack.seq)
 
     async def _apply_with_retry(self, msgs: list[Msg], items: list[Item]) -> BatchResult:
         delay = 0.1

@@ -31,6 +31,18 @@ err = Console(stderr=True)
 # -- running ------------------------------------------------------------------------------
 
 
+ApiWorkers = Annotated[
+    int,
+    typer.Option(
+        envvar="TIELINE_API_WORKERS",
+        min=1,
+        max=64,
+        help="API processes serving the one API port (SO_REUSEPORT), for reads on more than "
+        "one core.",
+    ),
+]
+
+
 @app.command()
 def up(
     data_dir: Annotated[
@@ -59,6 +71,7 @@ def up(
             help="Let JetStream fsync lazily (faster, can lose acknowledged events on a crash)."
         ),
     ] = False,
+    api_workers: ApiWorkers = 1,
 ) -> None:
     """Start NATS JetStream and PostgreSQL (embedded unless URLs are given), the services and
     the projection worker; print the API URL; Ctrl-C stops everything cleanly.
@@ -75,6 +88,7 @@ def up(
         nats_port=nats_port,
         postgres_port=postgres_port,
         sync_always=not lazy_fsync,
+        api_workers=api_workers,
     )
     with operational_errors("tieline up"):
         try:

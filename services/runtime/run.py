@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -84,6 +85,19 @@ async def _health(
         server.close()
 
 
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` that other processes may bind too
+    (SO_REUSEPORT): the kernel spreads new connections over every process listening."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
 def api_server_config(settings: Settings, app: Any) -> Any:
     """uvicorn's configuration of the api process (a ``uvicorn.Config``).
 
@@ -108,10 +122,15 @@ def api_server_config(settings: Settings, app: Any) -> Any:
 
 
 async def _run_api(settings: Settings) -> None:
+    """One API process; with ``api_workers`` > 1 it is one of several on the same port."""
     import uvicorn
     from tieline.services.api.app import create_app as create_api
 
-    await uvicorn.Server(api_server_config(settings, create_api(settings))).serve()
+    server = uvicorn.Server(api_server_config(settings, create_api(settings)))
+    if settings.api_workers > 1:
+        await server.serve(sockets=[reuse_port_socket(settings.api_host, settings.api_port)])
+    else:
+        await server.serve()
 
 
 async def _run_service(role: str, settings: Settings) -> None:

@@ -60,6 +60,8 @@ class StackConfig:
     env: dict[str, str] = field(default_factory=dict)
     roles: tuple[str, ...] = ROLES
     nats_extra_config: str = ""
+    #: API processes on the one API port (SO_REUSEPORT; ``tieline up --api-workers``).
+    api_workers: int = 1
 
 
 class Stack:
@@ -288,8 +290,19 @@ class Stack:
             env["TIELINE_NATS_USER"], env["TIELINE_NATS_PASSWORD"] = credentials
         return env
 
-    def start_role(self, role: str) -> None:
-        """Start one tieline process, logging to ``logs/<role>.log``.
+    def process_names(self) -> list[str]:
+        """One name per process: its role, and ``api.2`` ... ``api.N`` for further API
+        processes (each is supervised and restarted on its own)."""
+        names: list[str] = []
+        for role in self.config.roles:
+            names.append(role)
+            if role == "api":
+                names += [f"api.{i}" for i in range(2, self.config.api_workers + 1)]
+        return names
+
+    def start_role(self, name: str) -> None:
+        """Start one tieline process (``name``: a role, or ``api.N``), logging to
+        ``logs/<name>.log``.
 
         ``--data-dir`` on its command line names the installation it belongs to, so a later
         ``tieline up`` (or ``ps``) can tell it apart from another's. If this process dies
@@ -298,11 +311,15 @@ class Stack:
         """
         logs = self.config.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        role = name.partition(".")[0]
         argv = [sys.executable, "-m", "tieline.services.runtime.run", role]
-        with (logs / f"{role}.log").open("ab") as out:
-            self.children[role] = subprocess.Popen(
+        env = self.child_env(role)
+        if role == "api":
+            env["TIELINE_API_WORKERS"] = str(self.config.api_workers)
+        with (logs / f"{name}.log").open("ab") as out:
+            self.children[name] = subprocess.Popen(
                 [*argv, "--data-dir", str(self.config.data_dir)],
-                env=self.child_env(role),
+                env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -310,8 +327,8 @@ class Stack:
             )
 
     def start_processes(self) -> None:
-        for role in self.config.roles:
-            self.start_role(role)
+        for name in self.process_names():
+            self.start_role(name)
 
     def kill_role(self, role: str, sig: signal.Signals = signal.SIGKILL) -> None:
         proc = self.children[role]

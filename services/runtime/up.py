@@ -64,6 +64,7 @@ class UpOptions:
     nats_port: int | None = None
     postgres_port: int | None = None
     sync_always: bool = True
+    api_workers: int = 1
 
 
 def needed_ports(options: UpOptions) -> list[PortNeed]:
