@@ -163,3 +163,18 @@ async def connect_nats(settings: Settings, name: str) -> NatsClient:
         connect_timeout=5,
         **kwargs,
     )
+
+
+async def first_event_at_or_after(js: JetStreamContext, settings: Settings, seq: int) -> int | None:
+    """The stream sequence of the first *event* message at or after ``seq`` (None: none).
+
+    What proves a hole in a consumer's deliveries empty (``$JS.API.STREAM.MSG.GET`` with
+    ``next_by_subj``): the projections apply across a hole only when this says so.
+    """
+    try:
+        msg = await js.get_msg(
+            settings.stream_name, seq=seq, subject=f"{settings.subject_prefix}.ev.>", next=True
+        )
+    except NotFoundError:
+        return None
+    return int(msg.seq) if msg.seq is not None else None

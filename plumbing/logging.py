@@ -33,6 +33,21 @@ def _renderer(as_json: bool) -> structlog.typing.Processor:
     return structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is *now*. A handler that kept the stream it was given
+    at configure time would write to a closed file once that stream is swapped and closed
+    (a CLI run inside typer's CliRunner, pytest's capture): "I/O operation on closed file"."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+_STDERR = _CurrentStderr()
+
+
 def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     """Configure structlog and the stdlib root logger for a process.
 
@@ -53,10 +68,10 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
             _renderer(as_json),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_STDERR),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_STDERR)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             # Records from the standard library: name the logger, keep %-formatted messages.

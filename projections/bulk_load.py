@@ -37,13 +37,12 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import NotFoundError
 from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb, set_json_loads
 from tieline.events_schema.registry import EventRegistry
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
-from tieline.plumbing.jetstream import connect_nats
+from tieline.plumbing.jetstream import connect_nats, first_event_at_or_after
 from tieline.projections.bulk import (
     DEAD_COLUMNS,
     INTRO_COLUMNS,
@@ -260,16 +259,7 @@ class _Reader:
 
     async def first_at_or_after(self, seq: int) -> int | None:
         """The sequence of the first event message at or after ``seq`` (None: none)."""
-        try:
-            msg = await self.js.get_msg(
-                self.settings.stream_name,
-                seq=seq,
-                subject=f"{self.settings.subject_prefix}.ev.>",
-                next=True,
-            )
-        except NotFoundError:
-            return None
-        return int(msg.seq) if msg.seq is not None else None
+        return await first_event_at_or_after(self.js, self.settings, seq)
 
     async def close(self) -> None:
         if self.sub is not None:

@@ -36,7 +36,7 @@ from tenacity import (
 from tieline.events_schema.registry import REGISTRY, EventRegistry
 from tieline.plumbing import db, metrics, telemetry
 from tieline.plumbing.config import Settings
-from tieline.plumbing.jetstream import connect_nats, ensure_streams
+from tieline.plumbing.jetstream import connect_nats, ensure_streams, first_event_at_or_after
 from tieline.plumbing.subjects import dlq_subject
 from tieline.projections import generations, selfcheck
 from tieline.projections.classify import classify
@@ -362,16 +362,7 @@ class Worker:
     async def _first_event_at_or_after(self, seq: int) -> int | None:
         """The stream sequence of the first event message at or after ``seq`` (None: none)."""
         assert self.js is not None
-        try:
-            msg = await self.js.get_msg(
-                self.settings.stream_name,
-                seq=seq,
-                subject=f"{self.settings.subject_prefix}.ev.>",
-                next=True,
-            )
-        except NotFoundError:
-            return None
-        return int(msg.seq) if msg.seq is not None else None
+        return await first_event_at_or_after(self.js, self.settings, seq)
 
     async def _resubscribe(self, reason: str) -> None:
         """Drop whatever was fetched and not applied, and read again from the checkpoint."""

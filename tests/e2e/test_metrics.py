@@ -1,6 +1,6 @@
 """Every process of a running tieline answers ``/metrics`` in the Prometheus text format, and
 the numbers move when events are written: scraped from the real processes of the shared stack
-(api, people, interactions, worker, webhooks) and parsed with prometheus_client's parser."""
+(api, people, interactions, worker, webhooks, sync) and parsed with prometheus_client's parser."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_every_process_exposes_metrics_that_move_with_writes(
     stack: Stack, api: httpx.Client, ws: str
 ) -> None:
     urls = stack.metrics_urls()
-    assert set(urls) == {"api", "people", "interactions", "worker", "webhooks"}
+    assert set(urls) == {"api", "people", "interactions", "worker", "webhooks", "sync"}
     # tieline up writes the same URLs to run/endpoints.json for operators and scrapers.
     assert stack.endpoints().metrics_urls == urls
     before = scrape_all(urls)
