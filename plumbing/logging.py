@@ -94,7 +94,14 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     _reroute()
 
 
+#: Libraries that log every request they make at INFO: a line per HTTP call of the CLI, the
+#: importer or a webhook delivery is noise on a user's terminal (tieline logs what matters).
+CHATTY = ("httpx", "httpcore")
+
+
 def _reroute() -> None:
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.WARNING)
     for name in OWN_HANDLERS:
         own = logging.getLogger(name)
         own.handlers = []

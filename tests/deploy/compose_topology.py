@@ -279,6 +279,11 @@ class Topology:
             socket = pg.socket_dir.resolve() / f".s.PGSQL.{pg.port}"
             env["PGHOST"] = str(socket.parent) if socket.exists() else instance.address
             env["PGPORT"] = str(pg.port)
+            if not socket.exists() and env.get("POSTGRES_PASSWORD"):
+                # No socket here when its path is too long for one (a deep temp dir, as in
+                # CI): over TCP the server wants the password the container was given; the
+                # image's socket would have trusted the local user.
+                env["PGPASSWORD"] = env["POSTGRES_PASSWORD"]
         return env
 
     def _resolve(self, argv: list[str], env: dict[str, str], what: str) -> list[str]:

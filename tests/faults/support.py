@@ -322,6 +322,19 @@ async def work_in_flight(settings: Settings, js: JetStreamContext) -> bool:
     return await checkpoint_of(settings) < last
 
 
+async def until_in_flight(settings: Settings, js: JetStreamContext, within: float = 15.0) -> bool:
+    """Wait (polling every few ms) until the projection has work pending, so the fault about
+    to be injected hits work in flight; False if that never happened within ``within`` s.
+    On a quiet machine the worker keeps up with the feeder most of the time, so one look at
+    a random moment missed now and then ("only 2 of 3 outages in flight")."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await work_in_flight(settings, js):
+            return True
+        await asyncio.sleep(0.005)
+    return False
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading the log back
 # ---------------------------------------------------------------------------------------------

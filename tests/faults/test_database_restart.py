@@ -37,9 +37,9 @@ from tests.faults.support import (
     start_worker_process,
     stream_last_seq,
     subject_of,
+    until_in_flight,
     verify,
     wait_for,
-    work_in_flight,
 )
 
 EVENTS = scaled(8_000, minimum=2_000)
@@ -99,7 +99,7 @@ async def test_database_restarts_during_projection_lose_and_double_nothing(
 
                 await wait_for(projecting, within=60, interval=0.05, what="worker progress")
                 await asyncio.sleep(rng.uniform(0.0, 0.4))
-                in_flight += await work_in_flight(admin, js)
+                in_flight += await until_in_flight(admin, js)
                 await asyncio.to_thread(pg.kill if how == "kill" else pg.stop)
                 down_for = rng.uniform(1.5, 3.0)
                 samples = []
