@@ -137,15 +137,28 @@ class WriteState:
         """After the acks: the sequences, and what the events change in the write-side state."""
         if not published:
             return
-        async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute(
-                """UPDATE write_events w SET seq = s.seq
-                   FROM unnest(%s::uuid[], %s::bigint[]) AS s(event_id, seq)
-                   WHERE w.event_id = s.event_id""",
-                ([e.event_id for e, _ in published], [s for _, s in published]),
-            )
-            for event, _ in published:
-                await apply_to_state(conn, event)
+        changing = [e for e, _ in published if isinstance(e, CHANGES_STATE)]
+        seqs = """UPDATE write_events w SET seq = s.seq
+                  FROM unnest(%s::uuid[], %s::bigint[]) AS s(event_id, seq)
+                  WHERE w.event_id = s.event_id"""
+        args = ([e.event_id for e, _ in published], [s for _, s in published])
+        async with self.pool.connection() as conn:
+            if not changing:  # the common case: one statement, no transaction round trips
+                await conn.execute(seqs, args)
+                return
+            async with conn.transaction():
+                await conn.execute(seqs, args)
+                for event in changing:
+                    await apply_to_state(conn, event)
+
+
+#: The event types that change write-side state besides their own row.
+CHANGES_STATE = (
+    EventRetracted,
+    IntroductionRequested,
+    IntroductionConsented,
+    RelationshipIntroduced,
+)
 
 
 async def apply_to_state(conn: AsyncConnection[Any], event: Event) -> None:
