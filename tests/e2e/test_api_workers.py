@@ -61,6 +61,12 @@ def test_the_api_answers_from_the_other_process_while_one_is_down(
         assert set(stack.children) >= {"api", "api.2"}
         pids = {stack.children["api"].pid, stack.children["api.2"].pid}
         assert len(pids) == 2
+        # wait_ready saw one 200, maybe from the first api while the second was still starting
+        # (each runs the migrations at start): wait until both answer before killing one.
+        deadline = time.monotonic() + 120
+        while not all(_ready(stack.api_url) for _ in range(20)):
+            assert time.monotonic() < deadline, "the two api processes never both answered"
+            time.sleep(0.5)
         stack.kill_role("api", signal.SIGKILL)
         # Nothing restarted it yet (no supervise_once): api.2 alone answers, every time.
         assert all(_ready(stack.api_url) for _ in range(20))
