@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
 import structlog
 from tieline.plumbing.config import Settings
 from tieline.plumbing.retry import PROCESS
@@ -349,6 +350,10 @@ class Stack:
                         f"{role} exited with code {proc.returncode} while starting; see "
                         f"{self.config.data_dir / 'logs' / (role + '.log')}"
                     )
+            silent = self.api_processes_not_listening()
+            if silent:
+                last[0] = f"{', '.join(silent)} not listening on port {self.api_port} yet"
+                return None
             try:
                 with urllib.request.urlopen(self.api_url + "/readyz", timeout=2) as resp:
                     return True if resp.status == 200 else None
@@ -358,6 +363,27 @@ class Stack:
 
         if poll_until(check, timeout=timeout, interval=0.2) is None:
             raise OperationalError(f"tieline did not become ready in {timeout:g}s: {last[0]}")
+
+    def api_processes_not_listening(self) -> list[str]:
+        """The API processes (``api``, ``api.2`` ...) with no listening socket on the API port.
+
+        With several API processes on one port, one answering ``/readyz`` says nothing of the
+        others: a process still importing has not joined the port's SO_REUSEPORT group yet,
+        so every answer comes from the first, and the API would vanish with it."""
+        silent = []
+        for name, proc in self.children.items():
+            if name.partition(".")[0] != "api" or proc.poll() is not None:
+                continue
+            try:
+                sockets = psutil.Process(proc.pid).net_connections(kind="tcp")
+            except psutil.Error:
+                sockets = []
+            if not any(
+                s.status == psutil.CONN_LISTEN and s.laddr and s.laddr.port == self.api_port
+                for s in sockets
+            ):
+                silent.append(name)
+        return silent
 
     def supervise_once(self) -> None:
         """Restart any child that exited while we were not stopping (with a short backoff)."""
