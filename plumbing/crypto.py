@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from tieline.events_schema.models import ENC_PREFIX, Event
+from tieline.plumbing.coalesce import Coalescer
 
 #: Key id of a workspace's own key (not a valid person id, so it can never collide).
 WORKSPACE_KEY = "~workspace"
@@ -125,11 +126,18 @@ def decrypt_payload(
 class KeyStore:
     """Person keys in PostgreSQL, cached briefly in memory."""
 
-    def __init__(self, pool: Any, master_key: bytes | None, ttl_s: float = 5.0) -> None:
+    def __init__(
+        self, pool: Any, master_key: bytes | None, ttl_s: float = 5.0, *, coalesce: bool = False
+    ) -> None:
         self.pool = pool
         self.master = AESGCM(master_key) if master_key else None
         self.ttl_s = ttl_s
         self._cache: dict[tuple[str, str], tuple[float, bytes | None]] = {}
+        # ``coalesce``: concurrent reads of keys go to PostgreSQL together, as one statement
+        # (the write side reads them fresh for every command). Only for a pool that sees every
+        # workspace: one statement serves callers of several workspaces, so a pool under
+        # row-level security per request (the API's) must not coalesce.
+        self._reads = Coalescer(self._read_many) if coalesce else None
 
     def _wrap(self, ws: str, pid: str, key: bytes) -> bytes:
         if self.master is None:
@@ -163,20 +171,11 @@ class KeyStore:
                 missing.append(p)
         if not missing:
             return out
-        async with self.pool.connection() as conn:
-            found = await self._select(conn, ws, missing)
-            absent = [p for p in missing if p not in found]
-            if create and absent:
-                rows = [
-                    (ws, p, self._wrap(ws, p, AESGCM.generate_key(256)), self.master is not None)
-                    for p in absent
-                ]
-                async with conn.cursor() as cur:
-                    await cur.executemany(
-                        "INSERT INTO person_keys (workspace_id, person_id, key, wrapped) "
-                        "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                        rows,
-                    )
+        found = await self._read(ws, missing)
+        absent = [p for p in missing if p not in found]
+        if create and absent:
+            async with self.pool.connection() as conn:
+                await self._create(conn, ws, absent)
                 found.update(await self._select(conn, ws, absent))
         for p in missing:
             r = found.get(p)
@@ -189,6 +188,39 @@ class KeyStore:
                 self._cache[(ws, p)] = (now, key)
             out[p] = key
         return out
+
+    async def _read(self, ws: str, people: list[str]) -> dict[str, Any]:
+        if self._reads is not None:
+            return await self._reads.submit((ws, people))
+        async with self.pool.connection() as conn:
+            return await self._select(conn, ws, people)
+
+    async def _create(self, conn: Any, ws: str, people: list[str]) -> None:
+        rows = [
+            (ws, p, self._wrap(ws, p, AESGCM.generate_key(256)), self.master is not None)
+            for p in people
+        ]
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO person_keys (workspace_id, person_id, key, wrapped) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                rows,
+            )
+
+    async def _read_many(self, requests: list[tuple[str, list[str]]]) -> list[dict[str, Any]]:
+        """The stored keys of several callers' (workspace, people), in one statement."""
+        pairs = sorted({(ws, p) for ws, people in requests for p in people})
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT k.workspace_id, k.person_id, k.key, k.wrapped FROM person_keys k "
+                "JOIN unnest(%s::text[], %s::text[]) AS w(workspace_id, person_id) "
+                "USING (workspace_id, person_id)",
+                ([ws for ws, _ in pairs], [p for _, p in pairs]),
+            )
+            rows = {(r["workspace_id"], r["person_id"]): r for r in await cur.fetchall()}
+        return [
+            {p: rows[(ws, p)] for p in people if (ws, p) in rows} for ws, people in requests
+        ]
 
     @staticmethod
     async def _select(conn: Any, ws: str, people: list[str]) -> dict[str, Any]:

@@ -102,7 +102,7 @@ async def start_write_side(
     async with pool.connection() as conn:
         await ensure_state_schema(conn, settings.database_schema)
         await backfill(conn, js, settings.stream_name, REGISTRY)
-    keystore = KeyStore(pool, master_key_from_env(settings.master_key))
+    keystore = KeyStore(pool, master_key_from_env(settings.master_key), coalesce=True)
     side = WriteSide(settings, js, WriteState(pool), REGISTRY, types, service, keystore)
     return nc, side
 

@@ -28,9 +28,15 @@ from tieline.events_schema.models import (
     RelationshipIntroduced,
 )
 from tieline.events_schema.registry import EventRegistry
+from tieline.plumbing.coalesce import Coalescer
 from tieline.services.write_rules import Introduction, Recorded
 
 log = structlog.get_logger(__name__)
+
+#: Record the stream sequences of published events (the ids were taken before the publish).
+SET_SEQS = """UPDATE write_events w SET seq = s.seq
+              FROM unnest(%s::uuid[], %s::bigint[]) AS s(event_id, seq)
+              WHERE w.event_id = s.event_id"""
 
 
 #: Messages fetched concurrently while backfilling from the log.
@@ -52,31 +58,54 @@ class WriteState:
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
+        self._take = Coalescer(self._take_many)
+        self._record = Coalescer(self._record_many)
 
     async def take(self, lines: Sequence[tuple[Event, str]]) -> dict[UUID, Recorded]:
         """Take every (event, digest) id not taken yet; return what was already there for the
-        ids another command (or an earlier send) holds."""
+        ids another command (or an earlier send) holds.
+
+        Concurrent commands take their ids in one statement (:class:`Coalescer`); an id two
+        of them send at once is taken by the first, and the second finds it held."""
         if not lines:
             return {}
-        ids = [e.event_id for e, _ in lines]
+        return await self._take.submit(list(lines))
+
+    async def _take_many(
+        self, requests: list[list[tuple[Event, str]]]
+    ) -> list[dict[UUID, Recorded]]:
+        first: dict[UUID, int] = {}  # event id -> the request that inserts it
+        rows: list[tuple[Event, str]] = []
+        for n, lines in enumerate(requests):
+            for event, digest in lines:
+                if first.setdefault(event.event_id, n) == n:
+                    rows.append((event, digest))
+        rows.sort(key=lambda row: row[0].event_id)  # lock order, as in _record_many
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 """INSERT INTO write_events (event_id, workspace_id, type, digest)
                    SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[])
                    ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
                 (
-                    ids,
-                    [e.workspace_id for e, _ in lines],
-                    [e.type for e, _ in lines],
-                    [d for _, d in lines],
+                    [e.event_id for e, _ in rows],
+                    [e.workspace_id for e, _ in rows],
+                    [e.type for e, _ in rows],
+                    [d for _, d in rows],
                 ),
             )
             new = {r["event_id"] for r in await cur.fetchall()}
-            held = [i for i in ids if i not in new]
-            if not held:
-                return {}
-            cur = await conn.execute("SELECT * FROM write_events WHERE event_id = ANY(%s)", (held,))
-            return {r["event_id"]: _recorded(r) for r in await cur.fetchall()}
+            held = [
+                {e.event_id for e, _ in lines if e.event_id not in new or first[e.event_id] != n}
+                for n, lines in enumerate(requests)
+            ]
+            wanted = sorted(set().union(*held), key=str)
+            if not wanted:
+                return [{} for _ in requests]
+            cur = await conn.execute(
+                "SELECT * FROM write_events WHERE event_id = ANY(%s)", (wanted,)
+            )
+            found = {r["event_id"]: _recorded(r) for r in await cur.fetchall()}
+        return [{i: found[i] for i in ids if i in found} for ids in held]
 
     async def release(self, event_ids: Sequence[UUID]) -> None:
         """Give back ids taken by lines that were refused before publishing."""
@@ -138,18 +167,24 @@ class WriteState:
         if not published:
             return
         changing = [e for e, _ in published if isinstance(e, CHANGES_STATE)]
-        seqs = """UPDATE write_events w SET seq = s.seq
-                  FROM unnest(%s::uuid[], %s::bigint[]) AS s(event_id, seq)
-                  WHERE w.event_id = s.event_id"""
         args = ([e.event_id for e, _ in published], [s for _, s in published])
+        if not changing:  # the common case: one statement with other commands' sequences
+            await self._record.submit(list(published))
+            return
         async with self.pool.connection() as conn:
-            if not changing:  # the common case: one statement, no transaction round trips
-                await conn.execute(seqs, args)
-                return
             async with conn.transaction():
-                await conn.execute(seqs, args)
+                await conn.execute(SET_SEQS, args)
                 for event in changing:
                     await apply_to_state(conn, event)
+
+    async def _record_many(self, requests: list[list[tuple[Event, int]]]) -> list[None]:
+        # In id order: two writers updating overlapping rows lock them in the same order.
+        published = sorted((p for lines in requests for p in lines), key=lambda p: p[0].event_id)
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                SET_SEQS, ([e.event_id for e, _ in published], [s for _, s in published])
+            )
+        return [None] * len(requests)
 
 
 #: The event types that change write-side state besides their own row.

@@ -4,11 +4,13 @@ re-sent ids from them (never from a read model)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+from uuid import uuid4
 
 from tieline.plumbing.config import Settings
 from tieline.plumbing.db import make_pool
-from tieline.services.service_app import INTERACTION_TYPES, start_write_side
+from tieline.services.service_app import INTERACTION_TYPES, PEOPLE_TYPES, start_write_side
 from tieline.services.write_state import backfill
 
 from tests.integration.conftest import Log, make_event
@@ -52,4 +54,48 @@ async def test_a_log_older_than_the_write_tables_is_backfilled_once(
         assert row is not None and row["n"] == 6  # 5 from the log + the new retraction
     finally:
         await nc.close()
+        await pool.close()
+
+
+async def test_concurrent_commands_share_statements_and_keep_their_own_answers(
+    settings: Settings,
+) -> None:
+    """Commands in flight together take their ids, read their keys and record their sequences
+    in shared statements (plumbing/coalesce.py); each still gets exactly its own answer: an id
+    sent by several at once is published once, a reused id with another body is a 409."""
+    ws = "coalesce"
+    pool = make_pool(settings)
+    pnc, people_side = await start_write_side(settings, "people", PEOPLE_TYPES, pool)
+    nc, side = await start_write_side(settings, "interactions", INTERACTION_TYPES, pool)
+    try:
+        added = await people_side.record_many(
+            ws, [{"type": "person.added", "person_id": p, "display_name": p} for p in "abcd"], "t"
+        )
+        assert [o.status for o in added] == [201] * 4
+        met: dict[str, Any] = {"type": "relationship.met", "depth": "conversation"}
+        shared, reused = str(uuid4()), str(uuid4())
+        commands = [[{**met, "participants": ["a", "b"]}] for _ in range(20)]
+        commands += [[{**met, "participants": ["a", "c"], "event_id": shared}]] * 8
+        commands += [
+            [{**met, "participants": ["a", pid], "event_id": reused}] for pid in ("b", "c", "d")
+        ]
+        answers = await asyncio.gather(*(side.record_many(ws, c, "t") for c in commands))
+        codes = [a[0].status for a in answers]
+        assert codes[:20] == [201] * 20
+        assert sorted(codes[20:28]) == [200] * 7 + [201]
+        assert len({a[0].seq for a in answers[20:28]}) == 1
+        assert sorted(codes[28:]) == [201, 409, 409]
+        seqs = [a[0].seq for a in answers if a[0].status == 201]
+        assert len(set(seqs)) == len(seqs) == 22
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) AS n, count(seq) AS recorded FROM write_events "
+                "WHERE workspace_id = %s",
+                (ws,),
+            )
+            row = await cur.fetchone()
+        assert row is not None and row["n"] == row["recorded"] == 4 + 22
+    finally:
+        await nc.close()
+        await pnc.close()
         await pool.close()
