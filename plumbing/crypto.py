@@ -218,9 +218,7 @@ class KeyStore:
                 ([ws for ws, _ in pairs], [p for _, p in pairs]),
             )
             rows = {(r["workspace_id"], r["person_id"]): r for r in await cur.fetchall()}
-        return [
-            {p: rows[(ws, p)] for p in people if (ws, p) in rows} for ws, people in requests
-        ]
+        return [{p: rows[(ws, p)] for p in people if (ws, p) in rows} for ws, people in requests]
 
     @staticmethod
     async def _select(conn: Any, ws: str, people: list[str]) -> dict[str, Any]:

@@ -171,11 +171,10 @@ class WriteState:
         if not changing:  # the common case: one statement with other commands' sequences
             await self._record.submit(list(published))
             return
-        async with self.pool.connection() as conn:
-            async with conn.transaction():
-                await conn.execute(SET_SEQS, args)
-                for event in changing:
-                    await apply_to_state(conn, event)
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(SET_SEQS, args)
+            for event in changing:
+                await apply_to_state(conn, event)
 
     async def _record_many(self, requests: list[list[tuple[Event, int]]]) -> list[None]:
         # In id order: two writers updating overlapping rows lock them in the same order.
