@@ -172,6 +172,28 @@ class PersonForgotten(Event):
         return (self.person_id,)
 
 
+class PersonMerged(Event):
+    """``person_id`` and ``survivor`` are the same human recorded twice (a duplicate contact):
+    every read model counts the merged person's history as the survivor's, and lists one
+    person. Reversible: retracting this event (``event.retracted``) separates them again
+    exactly as before. The merged person's own events stay on the log unchanged."""
+
+    type: Literal["person.merged"] = "person.merged"
+    #: The duplicate that is folded into ``survivor`` (and no longer listed).
+    person_id: PersonId
+    #: The person who stays.
+    survivor: PersonId
+
+    @model_validator(mode="after")
+    def _two_people(self) -> PersonMerged:
+        if self.survivor == self.person_id:
+            raise ValueError("survivor: a person cannot be merged into itself")
+        return self
+
+    def people(self) -> tuple[str, ...]:
+        return (self.person_id, self.survivor)
+
+
 class RelationshipMet(Event):
     """Two or more people met. ``depth`` says how much of a meeting it was.
 
@@ -361,6 +383,7 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     PersonAdded,
     PersonUpdated,
     PersonForgotten,
+    PersonMerged,
     RelationshipMet,
     RelationshipFollowedUp,
     RelationshipIntroduced,
@@ -392,6 +415,7 @@ __all__ = [
     "PersonAdded",
     "PersonForgotten",
     "PersonId",
+    "PersonMerged",
     "PersonUpdated",
     "RelationshipClosenessRated",
     "RelationshipFollowedUp",
