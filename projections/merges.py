@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from psycopg import AsyncConnection, sql
+from psycopg.rows import tuple_row
 from tieline.projections.strength_model import PairEvent
 
 PairKey = tuple[str, str, str]  # workspace, person_a, person_b
@@ -145,8 +146,9 @@ class Aliases:
 
 async def load(conn: AsyncConnection[Any], workspaces: Iterable[str]) -> Aliases:
     """The merges that hold in ``workspaces``."""
-    cur = await conn.execute(HOLDING_SQL, (sorted(set(workspaces)),))
-    return Aliases.of((ws, m, s) for ws, m, s in await cur.fetchall())
+    async with conn.cursor(row_factory=tuple_row) as cur:  # whatever the connection's rows
+        await cur.execute(HOLDING_SQL, (sorted(set(workspaces)),))
+        return Aliases.of((ws, m, s) for ws, m, s in await cur.fetchall())
 
 
 async def load_schema(conn: AsyncConnection[Any], schema: str) -> Aliases:
@@ -154,8 +156,9 @@ async def load_schema(conn: AsyncConnection[Any], schema: str) -> Aliases:
     query = sql.SQL(ALL_HOLDING_SQL.replace("merges_v1", "{}.merges_v1")).format(
         sql.Identifier(schema)
     )
-    cur = await conn.execute(query)
-    return Aliases.of((ws, m, s) for ws, m, s in await cur.fetchall())
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(query)
+        return Aliases.of((ws, m, s) for ws, m, s in await cur.fetchall())
 
 
 def resolve_rows(
