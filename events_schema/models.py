@@ -23,6 +23,8 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -184,11 +186,13 @@ class PersonMerged(Event):
     #: The person who stays.
     survivor: PersonId
 
-    @model_validator(mode="after")
-    def _two_people(self) -> PersonMerged:
-        if self.survivor == self.person_id:
-            raise ValueError("survivor: a person cannot be merged into itself")
-        return self
+    @field_validator("survivor")
+    @classmethod
+    def _another_person(cls, survivor: str, info: ValidationInfo) -> str:
+        # A field validator (not a model one) so the error names ``survivor``.
+        if survivor == info.data.get("person_id"):
+            raise ValueError("a person cannot be merged into itself")
+        return survivor
 
     def people(self) -> tuple[str, ...]:
         return (self.person_id, self.survivor)
