@@ -1,7 +1,7 @@
 """Prometheus metrics of every tieline process (prometheus-client, the default registry).
 
 Each process exposes ``/metrics`` in the Prometheus text format: the api on its own HTTP port,
-the write services, the worker and the webhooks process on their health port
+the write services, the worker, the webhooks and the sync process on their health port
 (``TIELINE_HEALTH_PORT``, services/runtime/health.py). The names, and what each one means:
 
 api
