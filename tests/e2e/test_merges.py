@@ -5,6 +5,7 @@ exactly what was there before."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
@@ -40,13 +41,16 @@ def snapshot(api: httpx.Client, ws: str, seq: int) -> dict[str, Any]:
         out[f"{a}-{b} timeline"] = sorted(e["event_id"] for e in t.json()["events"])
     ties = api.get(f"/v1/workspaces/{ws}/people/xena/relationships", params=at).json()
     out["xena ties"] = sorted((t["other"], t["event_count"]) for t in ties["relationships"])
+    intros = api.get(f"/v1/workspaces/{ws}/introductions", params={**at, "person": "ada"}).json()
+    roles = ("requester", "introducer", "target")
+    out["ada intros"] = [tuple(i[r] for r in roles) for i in intros["introductions"]]
     return out
 
 
 def test_merge_folds_history_into_the_survivor_and_its_retraction_restores_it(
     api: httpx.Client, ws: str
 ) -> None:
-    add_people(api, ws, "xena")
+    add_people(api, ws, "xena", "yuri")
     for pid, name in (("ada", "Ada Lovelace"), ("ada2", "Ada L.")):  # one woman, added twice
         r = api.post(
             f"/v1/workspaces/{ws}/people",
@@ -67,17 +71,29 @@ def test_merge_folds_history_into_the_survivor_and_its_retraction_restores_it(
             "replied": True,
         },
     )
+    recorded(
+        api,
+        ws,
+        {
+            "type": "introduction.requested",
+            "introduction_id": str(uuid.uuid4()),
+            "requester": "ada2",
+            "introducer": "xena",
+            "target": "yuri",
+        },
+    )
     own = recorded(api, ws, {**met, "participants": ["ada", "ada2"]})
     before = snapshot(api, ws, own["seq"])
-    assert before["people"] == ["ada", "ada2", "xena"]
+    assert before["people"] == ["ada", "ada2", "xena", "yuri"]
     assert ["ada", "ada2"] in before["duplicates"]
     assert before["ada-xena"] == ("ada", "xena", 1, 0)
     assert before["ada2-xena"] == ("ada2", "xena", 1, 1)
     assert before["ada-ada2"] == ("ada", "ada2", 1, 0)
+    assert before["ada intros"] == []
 
     merge = recorded(api, ws, {"type": "person.merged", "person_id": "ada2", "survivor": "ada"})
     after = snapshot(api, ws, merge["seq"])
-    assert after["people"] == ["ada", "xena"]
+    assert after["people"] == ["ada", "xena", "yuri"]
     assert after["duplicates"] == []
     # (ada2, xena) is read as (ada, xena): both meetings and the follow-up count once.
     assert after["ada-xena"] == after["ada2-xena"] == ("ada", "xena", 2, 1)
@@ -86,6 +102,7 @@ def test_merge_folds_history_into_the_survivor_and_its_retraction_restores_it(
     # The two were one person all along: their own meeting is no tie of anyone.
     assert after["ada-ada2"] is None and after["ada-ada2 timeline"] == []
     assert after["xena ties"] == [("ada", 3)]
+    assert after["ada intros"] == [("ada", "xena", "yuri")]  # requested as ada2
     ada2 = api.get(f"/v1/workspaces/{ws}/people/ada2", params={"min_seq": merge["seq"]}).json()
     assert ada2["merged_into"] == "ada"
 
