@@ -101,9 +101,15 @@ def ordered(ws: str, a: str, b: str) -> PairKey:
 
 @dataclass
 class Aliases:
-    """Who counts as whom, per workspace: merged person -> survivor."""
+    """Who counts as whom, per workspace: merged person -> survivor (not to be changed after
+    construction: the reverse index is built once)."""
 
     survivor: dict[tuple[str, str], str] = field(default_factory=dict)
+    _merged: dict[tuple[str, str], list[str]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for (ws, merged), survivor in sorted(self.survivor.items()):
+            self._merged.setdefault((ws, survivor), []).append(merged)
 
     @classmethod
     def of(cls, rows: Iterable[tuple[str, str, str]]) -> Aliases:
@@ -119,7 +125,7 @@ class Aliases:
 
     def members(self, ws: str, p: str) -> list[str]:
         """``p`` and everyone merged into ``p``."""
-        return [p, *sorted(m for (w, m), s in self.survivor.items() if w == ws and s == p)]
+        return [p, *self._merged.get((ws, p), ())]
 
     def stored_keys(self, key: PairKey) -> list[PairKey]:
         """Every stored pair that may belong to the relationship ``key``."""

@@ -511,8 +511,8 @@ class ProjectionStore:
         ws = it.event.workspace_id
         before = self._aliases
         fresh = await merges.load(conn, [ws])
-        after = merges.Aliases({k: v for k, v in before.survivor.items() if k[0] != ws})
-        after.survivor.update(fresh.survivor)
+        others = {k: v for k, v in before.survivor.items() if k[0] != ws}
+        after = merges.Aliases({**others, **fresh.survivor})
         self._aliases = after
         await conn.execute(
             "UPDATE people_v1 SET merged_into = %s WHERE workspace_id = %s AND person_id = %s",
