@@ -172,6 +172,11 @@ def resolve_rows(
 ) -> dict[PairKey, list[PairEvent]]:
     """Stored rows ``(stored pair, event)`` grouped by the relationship they belong to, each
     event once per relationship (the row of the lowest stored pair wins)."""
+    if not aliases.survivor:  # no merges (the common case): every row is its own pair's
+        plain: dict[PairKey, list[PairEvent]] = {}
+        for stored, e in rows:
+            plain.setdefault(stored, []).append(e)
+        return plain
     out: dict[PairKey, dict[str, PairEvent]] = {}
     for stored, e in sorted(rows, key=lambda r: (r[0], r[1].seq)):
         key = aliases.key(*stored)
