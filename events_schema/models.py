@@ -23,6 +23,8 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -170,6 +172,30 @@ class PersonForgotten(Event):
 
     def people(self) -> tuple[str, ...]:
         return (self.person_id,)
+
+
+class PersonMerged(Event):
+    """``person_id`` and ``survivor`` are the same human recorded twice (a duplicate contact):
+    every read model counts the merged person's history as the survivor's, and lists one
+    person. Reversible: retracting this event (``event.retracted``) separates them again
+    exactly as before. The merged person's own events stay on the log unchanged."""
+
+    type: Literal["person.merged"] = "person.merged"
+    #: The duplicate that is folded into ``survivor`` (and no longer listed).
+    person_id: PersonId
+    #: The person who stays.
+    survivor: PersonId
+
+    @field_validator("survivor")
+    @classmethod
+    def _another_person(cls, survivor: str, info: ValidationInfo) -> str:
+        # A field validator (not a model one) so the error names ``survivor``.
+        if survivor == info.data.get("person_id"):
+            raise ValueError("a person cannot be merged into itself")
+        return survivor
+
+    def people(self) -> tuple[str, ...]:
+        return (self.person_id, self.survivor)
 
 
 class RelationshipMet(Event):
@@ -361,6 +387,7 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     PersonAdded,
     PersonUpdated,
     PersonForgotten,
+    PersonMerged,
     RelationshipMet,
     RelationshipFollowedUp,
     RelationshipIntroduced,
@@ -392,6 +419,7 @@ __all__ = [
     "PersonAdded",
     "PersonForgotten",
     "PersonId",
+    "PersonMerged",
     "PersonUpdated",
     "RelationshipClosenessRated",
     "RelationshipFollowedUp",

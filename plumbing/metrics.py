@@ -1,7 +1,7 @@
 """Prometheus metrics of every tieline process (prometheus-client, the default registry).
 
 Each process exposes ``/metrics`` in the Prometheus text format: the api on its own HTTP port,
-the write services, the worker and the webhooks process on their health port
+the write services, the worker, the webhooks and the sync process on their health port
 (``TIELINE_HEALTH_PORT``, services/runtime/health.py). The names, and what each one means:
 
 api
@@ -25,6 +25,13 @@ worker
     (1: holds the projection lock; 0: hot standby, whose lag is not its own and reads 0),
     ``tieline_dlq_messages`` (messages in the dead-letter stream) and
     ``tieline_selfcheck_rounds_total{result}`` (``ok`` or ``alarm``).
+sync
+    Per calendar or address-book source, labelled ``{source_id,kind}`` only (the source id is
+    a random ``src_…`` token; no workspace, URL, user name or error text, which may be
+    personal, becomes a label), read from ``sync_sources`` at scrape time:
+    ``tieline_sync_last_success_timestamp_seconds`` (0: never succeeded),
+    ``tieline_sync_source_failing`` (1 while the last run failed, the error is in the API),
+    ``tieline_sync_items_seen`` and ``tieline_sync_next_run_timestamp_seconds``.
 """
 
 from __future__ import annotations
@@ -99,6 +106,39 @@ SELF_CHECK = Counter(
     "Self-check rounds of the worker by result (ok, alarm: the read models differ from the log).",
     ["result"],
 )
+
+
+_SYNC_LABELS = ("source_id", "kind")
+SYNC_LAST_SUCCESS = Gauge(
+    "tieline_sync_last_success_timestamp_seconds",
+    "When the source last synced without error (Unix time; 0: never).",
+    _SYNC_LABELS,
+)
+SYNC_FAILING = Gauge(
+    "tieline_sync_source_failing", "1 while the source's last run failed, else 0.", _SYNC_LABELS
+)
+SYNC_ITEMS = Gauge(
+    "tieline_sync_items_seen", "Calendar events or vCards the source held at its last run.",
+    _SYNC_LABELS,
+)  # fmt: skip
+SYNC_NEXT_RUN = Gauge(
+    "tieline_sync_next_run_timestamp_seconds", "When the source runs next (Unix time).",
+    _SYNC_LABELS,
+)  # fmt: skip
+_SYNC_GAUGES = (SYNC_LAST_SUCCESS, SYNC_FAILING, SYNC_ITEMS, SYNC_NEXT_RUN)
+
+
+def observe_sync_sources(rows: Iterable[dict[str, Any]]) -> None:
+    """Set the sync gauges to ``rows`` (``sync_sources`` rows); a removed source's series go."""
+    for gauge in _SYNC_GAUGES:
+        gauge.clear()
+    for r in rows:
+        labels = (r["source_id"], r["kind"])
+        done = r["last_success_at"]
+        SYNC_LAST_SUCCESS.labels(*labels).set(done.timestamp() if done is not None else 0)
+        SYNC_FAILING.labels(*labels).set(1 if r["last_error"] is not None else 0)
+        SYNC_ITEMS.labels(*labels).set(int(r["items_seen"]))
+        SYNC_NEXT_RUN.labels(*labels).set(r["next_run_at"].timestamp())
 
 
 def render() -> tuple[bytes, str]:

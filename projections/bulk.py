@@ -117,6 +117,8 @@ class BulkFold:
     people: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     intros: dict[tuple[str, UUID], list[Any]] = field(default_factory=dict)
     dead: list[tuple[Any, ...]] = field(default_factory=list)
+    #: ``merges_v1`` rows (projections/merges.py MERGE_COLUMNS), by merge event id.
+    merges: dict[UUID, list[Any]] = field(default_factory=dict)
     #: (retraction event id, its seq, workspace, retracted event id), in stream order.
     retractions: list[tuple[UUID, int, str, UUID]] = field(default_factory=list)
     _seen: set[int] = field(default_factory=set)
@@ -180,6 +182,8 @@ class BulkFold:
             self._update_person(it.seq, e.workspace_id, e.occurred_at, ch.person_updated)
         if ch.retracts is not None:
             self.retractions.append((e.event_id, it.seq, e.workspace_id, ch.retracts))
+        if ch.merges is not None:
+            self.merges[e.event_id] = [e.workspace_id, e.event_id, *ch.merges, it.seq, False]
         if ch.forgets is not None:
             row = self.people.get((e.workspace_id, ch.forgets))
             if row is not None:
@@ -228,10 +232,13 @@ class BulkFold:
 
     def retracted(self, rows: Iterable[tuple[Any, ...]]) -> None:
         """Mark the people whose ``person.added`` :data:`RETRACT_SQL` retracted."""
-        for _event_id, etype, ws, person_id in rows:
+        for event_id, etype, ws, person_id in rows:
             row = self.people.get((ws, person_id)) if etype == "person.added" else None
             if row is not None:
                 row[_P_RETRACTED] = True
+            merge = self.merges.get(event_id) if etype == "person.merged" else None
+            if merge is not None:
+                merge[-1] = True
 
     def retraction_arrays(self) -> tuple[list[UUID], list[int], list[str], list[UUID]]:
         r = self.retractions
@@ -239,6 +246,9 @@ class BulkFold:
 
     def people_rows(self) -> list[list[Any]]:
         return list(self.people.values())
+
+    def merge_rows(self) -> list[list[Any]]:
+        return list(self.merges.values())
 
     def intro_rows(self) -> list[list[Any]]:
         return list(self.intros.values())

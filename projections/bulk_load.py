@@ -43,6 +43,7 @@ from tieline.events_schema.registry import EventRegistry
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
 from tieline.plumbing.jetstream import connect_nats, first_event_at_or_after
+from tieline.projections import merges
 from tieline.projections.bulk import (
     DEAD_COLUMNS,
     INTRO_COLUMNS,
@@ -345,11 +346,14 @@ async def _retract(conn: AsyncConnection[Any], fold: BulkFold) -> int:
 
 
 async def _fold_pairs(conn: AsyncConnection[Any], params: Params, seq: int) -> int:
-    """Phase 3: every pair's strength from its unretracted timeline, one pair at a time
-    (rows arrive grouped by pair; Fold.of puts each pair's events in canonical order)."""
+    """Phase 3: every relationship's strength from its unretracted timeline, one at a time
+    (rows arrive grouped by relationship, read through the merges that hold, see
+    projections/merges.py; Fold.of puts each one's events in canonical order)."""
     pairs = 0
     key: PairKey | None = None
     events: list[PairEvent] = []
+    seen: set[str] = set()
+    aliases = merges.Aliases.of(await (await conn.execute(merges.ALL_HOLDING_SQL)).fetchall())
 
     def flush(out: list[tuple[Any, ...]]) -> None:
         nonlocal pairs
@@ -360,14 +364,18 @@ async def _fold_pairs(conn: AsyncConnection[Any], params: Params, seq: int) -> i
 
     async with conn.cursor(name="tieline_bulk_pairs") as cur:
         set_json_loads(orjson.loads, cur)
-        await cur.execute(PAIR_SCAN)
+        await cur.execute(merges.RESOLVED_PAIR_SCAN if aliases.survivor else PAIR_SCAN)
         while rows := await cur.fetchmany(PAIR_CHUNK):
             out: list[tuple[Any, ...]] = []
             for ws, a, b, eid, eseq, etype, occurred, detail in rows:
-                if key != (ws, a, b):
+                if key != (k := aliases.key(ws, a, b)):
                     flush(out)
-                    key, events = (ws, a, b), []
-                events.append(PairEvent(str(eid), etype, occurred, int(eseq), a, b, detail))
+                    key, events, seen = k, [], set()
+                if k is None or str(eid) in seen:
+                    continue  # the two are one; or the event counted on a lower stored pair
+                seen.add(str(eid))
+                e = PairEvent(str(eid), etype, occurred, int(eseq), a, b, detail)
+                events.append(aliases.event(e, k))
             await copy_binary(conn, "strength_v1", STRENGTH, out)
         out = []
         flush(out)
@@ -493,6 +501,9 @@ async def _load(
     result.retracted = await _retract(conn, fold)
     await copy_rows(conn, "people_v1", PEOPLE_COLUMNS, fold.people_rows())
     await copy_rows(conn, "introductions_v1", INTRO_COLUMNS, fold.intro_rows())
+    await copy_rows(conn, "merges_v1", merges.MERGE_COLUMNS, fold.merge_rows())
+    if fold.merges:
+        await conn.execute(merges.PEOPLE_MERGED_SQL)
     await copy_rows(conn, "dead_letters", DEAD_COLUMNS, fold.dead)
     lap("retract_people")
     last = fold.counts.last_seq

@@ -14,6 +14,7 @@ from tieline.events_schema.models import (
     IntroductionRequested,
     PersonAdded,
     PersonForgotten,
+    PersonMerged,
     PersonUpdated,
     RelationshipClosenessRated,
     RelationshipFollowedUp,
@@ -44,6 +45,8 @@ class Changes:
     retracts: UUID | None = None
     #: Erasure: purge this person's personal data from every read model.
     forgets: str | None = None
+    #: A merge: (merged person, survivor) (projections/merges.py).
+    merges: tuple[str, str] | None = None
     #: Introduction flow: (introduction_id, what changed).
     introduction: tuple[UUID, dict[str, Any]] | None = None
 
@@ -113,6 +116,8 @@ def changes_for(event: Event) -> Changes:
         return Changes(forgets=event.person_id)
     if isinstance(event, EventRetracted):
         return Changes(retracts=event.retracted_event_id)
+    if isinstance(event, PersonMerged):
+        return Changes(merges=(event.person_id, event.survivor))
     rows = [PairEventRow(a, b, _detail(event, (a, b))) for a, b in event.pairs()]
     intro = None
     if isinstance(event, RelationshipIntroduced) and event.introduction_id is not None:

@@ -7,7 +7,7 @@ from psycopg import AsyncConnection, sql
 from tieline.plumbing.migrations import API_ROLE, API_ROLE_DDL, WORKSPACE_SETTING
 
 #: Bump when a read-model table changes shape or meaning; tables carry it as a suffix.
-READ_MODEL_VERSION = 4
+READ_MODEL_VERSION = 5
 
 DDL = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -48,8 +48,23 @@ CREATE TABLE IF NOT EXISTS people_v1 (
     last_seq        bigint NOT NULL,
     retracted       boolean NOT NULL DEFAULT false,
     forgotten       boolean NOT NULL DEFAULT false,
+    -- The survivor this person was merged into (person.merged, not retracted); such a person
+    -- is not listed, and their timeline counts as the survivor's (projections/merges.py).
+    merged_into     text,
     PRIMARY KEY (workspace_id, person_id)
 );
+
+-- Every person.merged: merged person -> survivor; a retraction of the merge marks it.
+CREATE TABLE IF NOT EXISTS merges_v1 (
+    workspace_id    text NOT NULL,
+    event_id        uuid NOT NULL,
+    merged          text NOT NULL,
+    survivor        text NOT NULL,
+    seq             bigint NOT NULL,
+    retracted       boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (event_id)
+);
+CREATE INDEX IF NOT EXISTS merges_v1_ws ON merges_v1 (workspace_id, merged);
 
 -- One row per (pair, event): the audit timeline of a relationship.
 CREATE TABLE IF NOT EXISTS pair_events_v1 (
@@ -169,6 +184,7 @@ WORKSPACE_TABLES = (
     "strength_v1",
     "introductions_v1",
     "changes_v1",
+    "merges_v1",
 )
 
 # The api reads as API_ROLE inside transactions that name their workspace (``SET LOCAL``): it

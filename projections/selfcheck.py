@@ -34,6 +34,7 @@ from psycopg import AsyncConnection, sql
 from tieline.events_schema.registry import EventDecodeError, EventRegistry
 from tieline.plumbing import db, metrics
 from tieline.plumbing.config import Settings
+from tieline.projections import merges
 from tieline.projections.generations import Generation
 from tieline.projections.queries.common import checkpoint
 from tieline.projections.strength_model import Fold, PairEvent, Params
@@ -159,19 +160,10 @@ async def check_pairs(
     )
     rows = await cur.fetchall()
     rng.shuffle(rows)
+    aliases = await merges.load_schema(conn, gen.schema_name)
     for ws, a, b, score, tier, count in rows:
         result.sampled_pairs += 1
-        cur = await conn.execute(
-            sql.SQL(
-                "SELECT event_id, seq, type, occurred_at, detail FROM {}.pair_events_v1 "
-                "WHERE workspace_id = %s AND person_a = %s AND person_b = %s AND NOT retracted"
-            ).format(schema),
-            (ws, a, b),
-        )
-        events = [
-            PairEvent(str(eid), kind, at, int(seq), a, b, _detail(detail))
-            for eid, seq, kind, at, detail in await cur.fetchall()
-        ]
+        events = await _events_of(conn, gen, aliases, (ws, a, b))
         fold = Fold.of(events, params)
         if fold is None:
             result.problems.append(f"pair {ws}/{a}/{b}: stored strength but no events")
@@ -184,6 +176,27 @@ async def check_pairs(
                 f"pair {ws}/{a}/{b}: stored score={score:.6f} tier={tier} events={count}, "
                 f"replayed score={again.score:.6f} tier={again.tier} events={fold.event_count}"
             )
+
+
+async def _events_of(
+    conn: AsyncConnection[Any], gen: Generation, aliases: merges.Aliases, key: merges.PairKey
+) -> list[PairEvent]:
+    """The relationship's unretracted events, from the stored pairs that belong to it (a
+    merged person's pairs count as the survivor's, projections/merges.py)."""
+    found: list[tuple[merges.PairKey, PairEvent]] = []
+    for ws, a, b in aliases.stored_keys(key):
+        cur = await conn.execute(
+            sql.SQL(
+                "SELECT event_id, seq, type, occurred_at, detail FROM {}.pair_events_v1 "
+                "WHERE workspace_id = %s AND person_a = %s AND person_b = %s AND NOT retracted"
+            ).format(sql.Identifier(gen.schema_name)),
+            (ws, a, b),
+        )
+        found.extend(
+            ((ws, a, b), PairEvent(str(eid), kind, at, int(seq), a, b, _detail(detail)))
+            for eid, seq, kind, at, detail in await cur.fetchall()
+        )
+    return merges.resolve_rows(aliases, found).get(key, [])
 
 
 def _detail(value: Any) -> dict[str, Any]:

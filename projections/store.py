@@ -7,7 +7,6 @@ already archived (a re-send beyond JetStream's dedupe window) changes nothing ei
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,7 @@ from uuid import UUID
 import orjson
 from psycopg import AsyncConnection
 from tieline.events_schema.registry import EventRegistry
+from tieline.projections import merges
 from tieline.projections.changelog import Cause, ChangeLog, mark_trimmed
 from tieline.projections.changes import PERSON_FIELDS, Changes, changes_for
 from tieline.projections.items import (
@@ -55,6 +55,21 @@ __all__ = [
 ]
 
 
+def _person_row(it: Decoded, p: dict[str, Any]) -> tuple[Any, ...]:
+    """The ``people_v1`` row a ``person.added`` inserts."""
+    e = it.event
+    fields = (p[f] for f in PERSON_FIELDS)
+    return (
+        e.workspace_id,
+        p["person_id"],
+        *fields,
+        e.event_id,
+        e.occurred_at,
+        e.occurred_at,
+        it.seq,
+    )
+
+
 class _TrialRollback(Exception):
     """Raised to undo a trial application (:meth:`ProjectionStore.trial`)."""
 
@@ -80,6 +95,7 @@ class ProjectionStore:
         self.params = params
         self.staging = _Staging()
         self._changes = ChangeLog()  # the current batch's change log (projections/changelog.py)
+        self._aliases = merges.Aliases()  # the merges that hold (projections/merges.py)
 
     async def checkpoint(self, conn: AsyncConnection[Any]) -> int:
         cur = await conn.execute(
@@ -204,33 +220,23 @@ class ProjectionStore:
         adds: list[tuple[Any, ...]] = []
         updates: list[tuple[Decoded, dict[str, Any]]] = []
         pair_rows: list[tuple[Any, ...]] = []
-        touched: dict[PairKey, list[PairEvent]] = defaultdict(list)  # new events per pair
-        retractions: list[Decoded] = []
+        stored: list[tuple[PairKey, PairEvent]] = []  # new events per stored pair
+        steps: list[tuple[Decoded, Changes]] = []  # retractions and merges, in stream order
         forgets: list[tuple[Decoded, str]] = []
         intros: list[tuple[Decoded, UUID, dict[str, Any]]] = []
+        self._aliases = await merges.load(conn, {it.event.workspace_id for it in items})
         for it in items:
             e = it.event
             ch: Changes = changes_for(e)
             if ch.person_added is not None:
-                p = ch.person_added
-                adds.append(
-                    (
-                        e.workspace_id,
-                        p["person_id"],
-                        *(p[f] for f in PERSON_FIELDS),
-                        e.event_id,
-                        e.occurred_at,
-                        e.occurred_at,
-                        it.seq,
-                    )
-                )
+                adds.append(_person_row(it, ch.person_added))
             if ch.person_updated is not None:
                 updates.append((it, ch.person_updated))
             for r in ch.pair_rows:
                 pair_rows.append(pair_row(it.seq, e, r))
-                touched[(e.workspace_id, r.person_a, r.person_b)].append(pair_event(it.seq, e, r))
-            if ch.retracts is not None:
-                retractions.append(it)
+                stored.append(((e.workspace_id, r.person_a, r.person_b), pair_event(it.seq, e, r)))
+            if ch.retracts is not None or ch.merges is not None:
+                steps.append((it, ch))
             if ch.forgets is not None:
                 forgets.append((it, ch.forgets))
             if ch.introduction is not None:
@@ -249,10 +255,14 @@ class ProjectionStore:
                 await self._update_person(conn, it, upd)
             if pair_rows:
                 await self.staging.write(conn, PAIRS_BULK, pair_rows)
+        touched = merges.resolve_rows(self._aliases, stored)  # new events per relationship
         if touched:
             await self._fold_pairs(conn, touched, items[-1].seq)
-        for it in retractions:
-            await self._retract(conn, it, result)
+        for it, ch in steps:
+            if ch.merges is not None:
+                await self._merge(conn, it, *ch.merges)
+            else:
+                await self._retract(conn, it, result)
         for it, person_id in forgets:
             await self._forget(conn, it, person_id)
         for it, intro_id, change in intros:
@@ -394,6 +404,10 @@ class ProjectionStore:
     async def _history_folds(
         self, conn: AsyncConnection[Any], keys: list[PairKey]
     ) -> dict[PairKey, Fold]:
+        """Each relationship's fold of its whole stored, unretracted history (the rows of
+        every stored pair that belongs to it, projections/merges.py)."""
+        wanted = set(keys)
+        stored = sorted({s for k in keys for s in self._aliases.stored_keys(k)})
         cur = await conn.execute(
             """SELECT p.workspace_id, p.person_a, p.person_b, p.event_id, p.seq, p.type,
                       p.occurred_at, p.detail
@@ -401,16 +415,15 @@ class ProjectionStore:
                JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(ws, a, b)
                  ON p.workspace_id = k.ws AND p.person_a = k.a AND p.person_b = k.b
                WHERE NOT p.retracted""",
-            _key_arrays(keys),
+            _key_arrays(stored),
         )
-        history: dict[PairKey, list[PairEvent]] = defaultdict(list)
-        for ws, a, b, eid, eseq, etype, occurred, detail in await cur.fetchall():
-            history[(ws, a, b)].append(
-                PairEvent(str(eid), etype, occurred, int(eseq), a, b, detail)
-            )
+        rows = [
+            ((ws, a, b), PairEvent(str(eid), etype, occurred, int(eseq), a, b, detail))
+            for ws, a, b, eid, eseq, etype, occurred, detail in await cur.fetchall()
+        ]
         out: dict[PairKey, Fold] = {}
-        for key, events in history.items():
-            fold = Fold.of(events, self.params)
+        for key, events in merges.resolve_rows(self._aliases, rows).items():
+            fold = Fold.of(events, self.params) if key in wanted else None
             if fold is not None:
                 out[key] = fold
         return out
@@ -449,6 +462,13 @@ class ProjectionStore:
         if row is None:
             result.orphan_retractions.append(str(target))
             return
+        if row[0] == "person.merged":
+            await conn.execute(
+                "UPDATE merges_v1 SET retracted = true WHERE event_id = %s AND workspace_id = %s",
+                (target, ws),
+            )
+            await self._remap(conn, it, row[1])
+            return
         if row[0] == "person.added":
             await conn.execute(
                 "UPDATE people_v1 SET retracted = true, last_seq = %s "
@@ -461,12 +481,50 @@ class ProjectionStore:
             "RETURNING person_a, person_b",
             (target, ws),
         )
-        pairs = [(ws, a, b) for a, b in await cur.fetchall()]
-        if pairs:
-            await self._recompute_pairs(conn, pairs, it.seq)
+        keys = {self._aliases.key(ws, a, b) for a, b in await cur.fetchall()}
+        await self._recompute(conn, it, sorted(k for k in keys if k is not None))
+
+    async def _recompute(
+        self, conn: AsyncConnection[Any], it: Decoded, keys: list[PairKey]
+    ) -> None:
+        """Recompute ``keys`` from their history because of ``it`` (a retraction, a merge)."""
+        if keys:
+            await self._recompute_pairs(conn, keys, it.seq)
             cause = Cause(it.seq, str(it.event.event_id), it.event.type)
-            for key in pairs:
+            for key in keys:
                 self._changes.caused(key, cause, 1)
+
+    async def _merge(
+        self, conn: AsyncConnection[Any], it: Decoded, merged: str, survivor: str
+    ) -> None:
+        """A person merged into another: remembered, then every relationship it moves is
+        recomputed (projections/merges.py)."""
+        e = it.event
+        await conn.execute(
+            merges.INSERT_MERGE, (e.workspace_id, e.event_id, merged, survivor, it.seq)
+        )
+        await self._remap(conn, it, merged)
+
+    async def _remap(self, conn: AsyncConnection[Any], it: Decoded, person: str) -> None:
+        """The merges of ``it``'s workspace changed for ``person``: mark the person merged (or
+        not) and recompute every relationship one of their stored pairs moves out of or into."""
+        ws = it.event.workspace_id
+        before = self._aliases
+        fresh = await merges.load(conn, [ws])
+        others = {k: v for k, v in before.survivor.items() if k[0] != ws}
+        after = merges.Aliases({**others, **fresh.survivor})
+        self._aliases = after
+        await conn.execute(
+            "UPDATE people_v1 SET merged_into = %s WHERE workspace_id = %s AND person_id = %s",
+            (after.survivor.get((ws, person)), ws, person),
+        )
+        cur = await conn.execute(
+            "SELECT DISTINCT person_a, person_b FROM pair_events_v1 WHERE workspace_id = %s "
+            "AND (person_a = %s OR person_b = %s)",
+            (ws, person, person),
+        )
+        stored = [(ws, a, b) for a, b in await cur.fetchall()]
+        await self._recompute(conn, it, merges.moved_keys(before, after, stored))
 
     async def _dead_letters(self, conn: AsyncConnection[Any], poison: list[Poison]) -> None:
         if not poison:

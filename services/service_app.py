@@ -32,7 +32,7 @@ from tieline.services.writeside import Outcome, WriteSide
 log = structlog.get_logger(__name__)
 
 #: Which service records which event types.
-PEOPLE_TYPES = frozenset({"person.added", "person.updated", "person.forgotten"})
+PEOPLE_TYPES = frozenset({"person.added", "person.updated", "person.forgotten", "person.merged"})
 INTERACTION_TYPES = frozenset(
     {
         "relationship.met",

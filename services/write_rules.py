@@ -23,6 +23,7 @@ from tieline.events_schema.models import (
     IntroductionOutcome,
     PersonAdded,
     PersonForgotten,
+    PersonMerged,
     RelationshipIntroduced,
 )
 from tieline.events_schema.registry import EventDecodeError, EventRegistry
@@ -238,6 +239,8 @@ def refs(event: Event, obj: dict[str, Any]) -> list[tuple[list[str], str]]:
     """(location, person id) of every existing person the event relies on."""
     if isinstance(event, PersonAdded):
         return []
+    if isinstance(event, PersonMerged):
+        return [(["person_id"], event.person_id), (["survivor"], event.survivor)]
     if event.type.startswith("person."):
         return [(["person_id"], getattr(event, "person_id"))]  # noqa: B009
     return person_refs(obj)
@@ -261,6 +264,41 @@ def check_retraction(event: EventRetracted, target: Recorded | None) -> None:
         raise Rejected(422, ["retracted_event_id"], "a retraction cannot be retracted")
     if target.retracted_by is not None and target.retracted_by != str(event.event_id):
         raise Rejected(409, ["retracted_event_id"], "is already retracted")
+
+
+@dataclass(frozen=True)
+class Merge:
+    """A merge that holds (its ``person.merged`` is not retracted): ``merged`` -> ``survivor``."""
+
+    merged: str
+    survivor: str
+
+
+def check_merge(event: PersonMerged, holding: Sequence[Merge]) -> None:
+    """A merge folds one person into another exactly once and never into a chain, so that
+    retracting it restores exactly the two people it joined: refused (409) when the person is
+    merged already, when the survivor is itself merged, or when people were merged into the
+    person (retract those merges first, or merge into this person instead). ``holding``: the
+    merges that hold and name either person."""
+    for m in holding:
+        if m.merged == event.person_id:
+            raise Rejected(
+                409, ["person_id"], f"person {m.merged!r} is already merged into {m.survivor!r}"
+            )
+        if m.merged == event.survivor:
+            raise Rejected(
+                409,
+                ["survivor"],
+                f"person {m.merged!r} was merged into {m.survivor!r}; merge into "
+                f"{m.survivor!r} instead",
+            )
+        if m.survivor == event.person_id:
+            raise Rejected(
+                409,
+                ["person_id"],
+                f"person {m.merged!r} was merged into {event.person_id!r}; retract that "
+                f"merge first, or merge into {event.person_id!r} instead",
+            )
 
 
 def check_introduction(event: Event, intro: Introduction | None) -> None:

@@ -25,11 +25,12 @@ from tieline.events_schema.models import (
     EventRetracted,
     IntroductionConsented,
     IntroductionRequested,
+    PersonMerged,
     RelationshipIntroduced,
 )
 from tieline.events_schema.registry import EventRegistry
 from tieline.plumbing.coalesce import Coalescer
-from tieline.services.write_rules import Introduction, Recorded
+from tieline.services.write_rules import Introduction, Merge, Recorded
 
 log = structlog.get_logger(__name__)
 
@@ -162,6 +163,18 @@ class WriteState:
             None if made is None else str(made),
         )
 
+    async def merges(self, workspace_id: str, people: Sequence[str]) -> list[Merge]:
+        """The merges that hold (not retracted) and name any of ``people``."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                """SELECT m.merged, m.survivor FROM write_merges m
+                   JOIN write_events w ON w.event_id = m.event_id
+                   WHERE m.workspace_id = %(ws)s AND w.retracted_by IS NULL
+                     AND (m.merged = ANY(%(p)s) OR m.survivor = ANY(%(p)s))""",
+                {"ws": workspace_id, "p": list(people)},
+            )
+            return [Merge(r["merged"], r["survivor"]) for r in await cur.fetchall()]
+
     async def recorded(self, published: Sequence[tuple[Event, int]]) -> None:
         """After the acks: the sequences, and what the events change in the write-side state."""
         if not published:
@@ -192,6 +205,7 @@ CHANGES_STATE = (
     IntroductionRequested,
     IntroductionConsented,
     RelationshipIntroduced,
+    PersonMerged,
 )
 
 
@@ -202,6 +216,12 @@ async def apply_to_state(conn: AsyncConnection[Any], event: Event) -> None:
             "UPDATE write_events SET retracted_by = %s WHERE event_id = %s AND workspace_id = %s"
             " AND retracted_by IS NULL",
             (event.event_id, event.retracted_event_id, event.workspace_id),
+        )
+    elif isinstance(event, PersonMerged):
+        await conn.execute(
+            "INSERT INTO write_merges (event_id, workspace_id, merged, survivor) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (event.event_id, event.workspace_id, event.person_id, event.survivor),
         )
     elif isinstance(event, IntroductionRequested):
         await conn.execute(

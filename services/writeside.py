@@ -24,6 +24,7 @@ from tieline.events_schema.models import (
     IntroductionRequested,
     PersonAdded,
     PersonForgotten,
+    PersonMerged,
 )
 from tieline.events_schema.registry import EventRegistry
 from tieline.plumbing.config import Settings
@@ -134,6 +135,9 @@ class WriteSide:
         rules.check_people(event, obj, cmd)
         if isinstance(event, EventRetracted):
             rules.check_retraction(event, await self.state.event(event.retracted_event_id))
+        if isinstance(event, PersonMerged):
+            people = (event.person_id, event.survivor)
+            rules.check_merge(event, await self.state.merges(event.workspace_id, people))
         intro_id = getattr(event, "introduction_id", None)
         if intro_id is not None and not isinstance(event, IntroductionRequested):
             intro = await self.state.introduction(event.workspace_id, intro_id)

@@ -7,8 +7,9 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
+from tieline.projections import merges
 from tieline.projections.queries.common import Row
-from tieline.projections.queries.strength import pair_strength
+from tieline.projections.queries.strength import pair_strength, relationship
 from tieline.projections.strength_model import PARAMS, can_vouch
 
 
@@ -21,25 +22,29 @@ async def list_introductions(
 ) -> list[Row]:
     """Up to ``limit`` introductions, newest request first (then by id, descending); those
     ``person`` takes part in when given; only those after ``before`` (a (requested_at,
-    introduction_id) of an earlier page) when given."""
+    introduction_id) of an earlier page) when given. A merged person counts as their survivor
+    (projections/merges.py): in the filter and in the people each row names."""
+    aliases = await merges.load(conn, [ws])
+    people = None if person is None else aliases.members(ws, aliases.person(ws, person))
     cur = await conn.execute(
         """SELECT introduction_id, requester, introducer, target, requester_consent,
                   target_consent, status, made_event_id, outcome, requested_at,
                   updated_at
-           FROM introductions_v1 WHERE workspace_id = %(ws)s AND (%(p)s::text IS NULL
-             OR %(p)s IN (requester, introducer, target))
+           FROM introductions_v1 WHERE workspace_id = %(ws)s AND (%(p)s::text[] IS NULL
+             OR ARRAY[requester, introducer, target] && %(p)s::text[])
              AND (%(at)s::timestamptz IS NULL
                OR (requested_at, introduction_id) < (%(at)s, %(id)s::uuid))
            ORDER BY requested_at DESC, introduction_id DESC LIMIT %(limit)s""",
         {
             "ws": ws,
-            "p": person,
+            "p": people,
             "at": before[0] if before else None,
             "id": before[1] if before else None,
             "limit": limit,
         },
     )
-    return await cur.fetchall()
+    roles = ("requester", "introducer", "target")
+    return [{**r, **{f: aliases.person(ws, r[f]) for f in roles}} for r in await cur.fetchall()]
 
 
 async def can_introduce(
@@ -70,5 +75,6 @@ async def can_introduce(
         }
         ok = ok and vouch
     out["checks"] = checks
-    out["can_introduce"] = ok and a != b
+    _, same = await relationship(conn, ws, a, b)
+    out["can_introduce"] = ok and same is not None  # None: a and b are one (merged) person
     return out

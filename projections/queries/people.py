@@ -12,11 +12,13 @@ from tieline.projections.queries.common import Row
 async def list_people(
     conn: AsyncConnection[Any], ws: str, limit: int, after: str | None
 ) -> list[Row]:
-    """A page of the directory in person-id order, starting after ``after``."""
+    """A page of the directory in person-id order, starting after ``after``; people merged
+    into another are left out (they are listed as their survivor)."""
     cur = await conn.execute(
         """SELECT person_id, display_name, email, phone, organization, title, added_at,
                   updated_at, forgotten
-           FROM people_v1 WHERE workspace_id = %s AND NOT retracted AND person_id > %s
+           FROM people_v1 WHERE workspace_id = %s AND NOT retracted AND merged_into IS NULL
+             AND person_id > %s
            ORDER BY person_id LIMIT %s""",
         (ws, after or "", limit),
     )
@@ -27,7 +29,7 @@ async def get_person(conn: AsyncConnection[Any], ws: str, person: str) -> Row | 
     """One person's row (None if unknown or retracted)."""
     cur = await conn.execute(
         """SELECT person_id, display_name, email, phone, organization, title, notes, added_at,
-                  updated_at, forgotten FROM people_v1
+                  updated_at, forgotten, merged_into FROM people_v1
            WHERE workspace_id = %s AND person_id = %s AND NOT retracted""",
         (ws, person),
     )

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
+from tieline.projections import merges
 from tieline.projections.queries.common import Row, now, ordered
 from tieline.projections.strength_model import (
     PARAMS,
@@ -48,23 +49,62 @@ def score_at(row: Row, when: datetime, params: Params = PARAMS) -> float:
     return state_of(row).score_at(when, params)
 
 
+async def relationship(
+    conn: AsyncConnection[Any], ws: str, a: str, b: str
+) -> tuple[merges.Aliases, merges.PairKey | None]:
+    """The relationship the pair ``(a, b)`` is, through the merges that hold (a merged person
+    counts as their survivor, projections/merges.py); None when the two are one person."""
+    aliases = await merges.load(conn, [ws])
+    return aliases, aliases.key(ws, a, b)
+
+
+async def stored_rows(
+    conn: AsyncConnection[Any], aliases: merges.Aliases, key: merges.PairKey, where: str, args: Any
+) -> list[Row]:
+    """The stored timeline rows of every stored pair that belongs to the relationship ``key``
+    (``where``: more conditions on ``p``), by stored pair and sequence."""
+    stored = aliases.stored_keys(key)
+    cur = await conn.execute(
+        f"""SELECT p.* FROM pair_events_v1 p
+            JOIN unnest(%s::text[], %s::text[]) AS k(a, b) ON p.person_a = k.a AND p.person_b = k.b
+            WHERE p.workspace_id = %s AND {where}
+            ORDER BY p.person_a COLLATE "C", p.person_b COLLATE "C", p.seq""",
+        ([k[1] for k in stored], [k[2] for k in stored], key[0], *args),
+    )
+    return await cur.fetchall()
+
+
 async def pair_events(
     conn: AsyncConnection[Any], ws: str, a: str, b: str, as_of: datetime | None = None
 ) -> list[PairEvent]:
-    """The pair's events that count (not retracted; occurred by ``as_of`` when given)."""
-    pa, pb = ordered(a, b)
-    cur = await conn.execute(
-        """SELECT event_id, type, occurred_at, seq, detail FROM pair_events_v1
-           WHERE workspace_id = %s AND person_a = %s AND person_b = %s AND NOT retracted
-             AND (%s::timestamptz IS NULL OR occurred_at <= %s)""",
-        (ws, pa, pb, as_of, as_of),
+    """The relationship's events that count (not retracted; occurred by ``as_of`` when
+    given), each once, as events of the relationship (see :func:`relationship`)."""
+    aliases, key = await relationship(conn, ws, a, b)
+    if key is None:
+        return []
+    rows = await stored_rows(
+        conn,
+        aliases,
+        key,
+        "NOT p.retracted AND (%s::timestamptz IS NULL OR p.occurred_at <= %s)",
+        (as_of, as_of),
     )
-    return [
-        PairEvent(
-            str(r["event_id"]), r["type"], r["occurred_at"], int(r["seq"]), pa, pb, r["detail"]
+    found = [
+        (
+            (ws, r["person_a"], r["person_b"]),
+            PairEvent(
+                str(r["event_id"]),
+                r["type"],
+                r["occurred_at"],
+                int(r["seq"]),
+                r["person_a"],
+                r["person_b"],
+                r["detail"],
+            ),
         )
-        for r in await cur.fetchall()
+        for r in rows
     ]
+    return merges.resolve_rows(aliases, found).get(key, [])
 
 
 async def pair_strength(
@@ -108,12 +148,15 @@ def summary(s: Strength, a: str, b: str) -> dict[str, Any]:
 
 
 async def pair_row(conn: AsyncConnection[Any], ws: str, a: str, b: str) -> Row | None:
-    """The pair's stored strength row (None if the pair has none)."""
-    pa, pb = ordered(a, b)
+    """The relationship's stored strength row (None if it has none); a merged person counts
+    as their survivor (:func:`relationship`)."""
+    _, key = await relationship(conn, ws, a, b)
+    if key is None:
+        return None
     cur = await conn.execute(
         f"SELECT {TIE_COLS} FROM strength_v1 WHERE workspace_id = %s AND person_a = %s "
         "AND person_b = %s",
-        (ws, pa, pb),
+        key,
     )
     return await cur.fetchone()
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 from tieline.projections.queries.common import Row, ordered
-from tieline.projections.queries.strength import pair_events
+from tieline.projections.queries.strength import pair_events, relationship, stored_rows
 from tieline.projections.strength_model import PARAMS, PairEvent, strength
 from tieline.projections.strength_model import timeline as model_timeline
 
@@ -16,29 +16,31 @@ from tieline.projections.strength_model import timeline as model_timeline
 async def timeline(
     conn: AsyncConnection[Any], ws: str, a: str, b: str, retracted_only: bool = False
 ) -> list[Row]:
-    """The pair's stored rows in the order they occurred, retracted ones included (only
-    those when ``retracted_only``)."""
-    pa, pb = ordered(a, b)
-    cur = await conn.execute(
-        """SELECT event_id, seq, type, occurred_at, recorded_at, recorded_by, detail,
-                  retracted
-           FROM pair_events_v1 WHERE workspace_id = %s AND person_a = %s AND person_b = %s
-             AND (retracted OR NOT %s)
-           ORDER BY occurred_at, seq""",
-        (ws, pa, pb, retracted_only),
-    )
-    return await cur.fetchall()
+    """The relationship's stored rows in the order they occurred, retracted ones included
+    (only those when ``retracted_only``), each event once; with a merge, the rows of the
+    merged person's pairs too (queries/strength.py ``relationship``)."""
+    aliases, key = await relationship(conn, ws, a, b)
+    if key is None:
+        return []
+    rows = await stored_rows(conn, aliases, key, "(p.retracted OR NOT %s)", (retracted_only,))
+    once: dict[str, Row] = {}
+    for r in rows:
+        once.setdefault(str(r["event_id"]), r)
+    fields = ("event_id", "seq", "type", "occurred_at", "recorded_at", "recorded_by")
+    out = [
+        {
+            **{f: r[f] for f in fields},
+            "detail": aliases.event_detail(ws, r["detail"]),
+            "retracted": r["retracted"],
+        }
+        for r in once.values()
+    ]
+    return sorted(out, key=lambda r: (r["occurred_at"], r["seq"]))
 
 
 async def recorded(conn: AsyncConnection[Any], ws: str, a: str, b: str) -> dict[str, Row]:
-    """Who recorded each of the pair's events and when, by event id."""
-    pa, pb = ordered(a, b)
-    cur = await conn.execute(
-        "SELECT event_id, recorded_at, recorded_by FROM pair_events_v1 "
-        "WHERE workspace_id = %s AND person_a = %s AND person_b = %s",
-        (ws, pa, pb),
-    )
-    return {str(r["event_id"]): r for r in await cur.fetchall()}
+    """Who recorded each of the relationship's events and when, by event id."""
+    return {str(r["event_id"]): r for r in await timeline(conn, ws, a, b)}
 
 
 #: Most model evaluations spent on the decay curves of one timeline (each is a fold of the
@@ -108,7 +110,8 @@ async def pair_timeline(
 ) -> dict[str, Any]:
     """The timeline endpoint's answer: the events that count, scored in order, and the
     retracted ones (contributing nothing) that occurred by ``as_of``."""
-    a, b = ordered(person_a, person_b)
+    _, key = await relationship(conn, ws, person_a, person_b)
+    a, b = key[1:] if key is not None else ordered(person_a, person_b)
     events = await pair_events(conn, ws, a, b, as_of)
     who = await recorded(conn, ws, a, b)
     rows = await timeline(conn, ws, a, b, retracted_only=True)

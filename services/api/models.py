@@ -198,9 +198,11 @@ class PersonSummary(Answer):
 
 
 class Person(PersonSummary):
-    """One person, with their notes."""
+    """One person, with their notes; ``merged_into`` names the survivor when this person was
+    merged into another (``person.merged``; the directory lists only the survivor)."""
 
     notes: str | None = None
+    merged_into: str | None = None
 
 
 class PeoplePage(Page):

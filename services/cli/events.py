@@ -378,6 +378,32 @@ def retract(
     )
 
 
+def merge(
+    ctx: typer.Context,
+    person: Annotated[str, typer.Argument(help="The duplicate, folded into SURVIVOR.")],
+    survivor: Annotated[str, typer.Argument(help="The person who stays.")],
+    event_id: EventId = None,
+    occurred_at: OccurredAt = None,
+    correlation_id: CorrelationId = None,
+    causation_id: CausationId = None,
+    api_url: ApiUrl = DEFAULT_API,
+    workspace: Workspace = DEFAULT_WORKSPACE,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """PERSON is a duplicate of SURVIVOR (person.merged): every read model counts PERSON's
+    history as SURVIVOR's. Undo with `tieline retract EVENT_ID` of the merge."""
+    record(
+        Api.of(ctx, api_url, workspace, token, as_json),
+        {
+            "type": "person.merged",
+            "person_id": person,
+            "survivor": survivor,
+            **envelope(event_id, occurred_at, correlation_id, causation_id),
+        },
+    )
+
+
 # -- double opt-in introductions ----------------------------------------------------------
 
 intro_app = typer.Typer(
@@ -515,6 +541,7 @@ COMMANDS: tuple[tuple[str, Any], ...] = (
     ("rate", rate),
     ("introduce", introduce),
     ("retract", retract),
+    ("merge", merge),
     ("forget", forget),
 )
 

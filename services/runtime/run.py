@@ -207,7 +207,8 @@ async def _run_webhooks(settings: Settings) -> None:
 
 
 async def _run_sync(settings: Settings) -> None:
-    """The sync process (services/sync): ready while connected to NATS."""
+    """The sync process (services/sync): ready while connected to NATS; ``/metrics`` has
+    each source's status."""
     from tieline.services.sync.app import SyncService, serve
 
     made: list[SyncService] = []
@@ -221,7 +222,12 @@ async def _run_sync(settings: Settings) -> None:
         connected = bool(service and service.nc and service.nc.is_connected)
         return connected, {"nats": "connected" if connected else "down"}
 
-    async with _health("sync", settings, ready):
+    async def refresh() -> None:
+        """Each source's status as of this scrape (one read of ``sync_sources``)."""
+        if made and made[-1].engine is not None:
+            await made[-1].refresh_metrics()
+
+    async with _health("sync", settings, ready, refresh):
         await serve(settings, make)
 
 

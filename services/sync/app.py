@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 from nats.aio.client import Client as NatsClient
-from tieline.plumbing import db
+from tieline.plumbing import db, metrics
 from tieline.plumbing.config import Settings
 from tieline.plumbing.crypto import KeyStore, master_key_from_env
 from tieline.plumbing.jetstream import connect_nats
@@ -73,6 +73,11 @@ class SyncService:
                 await self.nc.drain()
         await self.live.close()
         await self.state.close()
+
+    async def refresh_metrics(self) -> None:
+        """The per-source gauges (plumbing/metrics.py) as of now, for a ``/metrics`` scrape."""
+        async with self.state.connection() as conn:
+            metrics.observe_sync_sources(await state.statuses(conn))
 
     async def run_row(self, row: dict[str, Any]) -> RunStats | None:
         """Run one leased source and record how it went; never raises for the source's own

@@ -61,6 +61,15 @@ async def create_source(
     return row
 
 
+async def statuses(conn: AsyncConnection[Any]) -> list[Row]:
+    """Every source's status columns, of every workspace (for ``/metrics``)."""
+    cur = await conn.execute(
+        "SELECT source_id, kind, last_success_at, last_error, items_seen, next_run_at "
+        "FROM sync_sources ORDER BY source_id"
+    )
+    return list(await cur.fetchall())
+
+
 async def sources(conn: AsyncConnection[Any], ws: str | None = None) -> list[Row]:
     """Every source of ``ws`` (of every workspace when None), oldest first."""
     where, args = ("WHERE workspace_id = %s", (ws,)) if ws else ("", ())

@@ -179,9 +179,8 @@ class Publisher:
             elif t == "person.forgotten":
                 await barrier()
             elif t.startswith("person."):
-                if t != "person.added" and obj.get("person_id") in (
-                    in_flight_people | chunk_people
-                ):
+                named = {obj.get("person_id"), obj.get("survivor")}  # survivor: person.merged
+                if t != "person.added" and named & (in_flight_people | chunk_people):
                     await barrier()
             elif in_flight_people and any(p in in_flight_people for p in _named(obj)):
                 await barrier()

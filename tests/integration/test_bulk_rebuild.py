@@ -2,8 +2,9 @@
 
 Each example draws a history the write side could have produced (people added, updated and
 forgotten; meetings, follow-ups, help, ratings and introductions at random times, so many
-events arrive late for their pair; retractions of earlier events, some of them in another
-workspace or of a retraction; re-sent duplicates; poison messages; holes in the stream),
+events arrive late for their pair; merges of people, whose merged person keeps being named;
+retractions of earlier events (merges among them), some of them in another workspace or of a
+retraction; re-sent duplicates; poison messages; holes in the stream),
 applies it once through the live store in randomly cut batches and once through the bulk
 path, and compares every read-model table row by row. A final test runs the real bulk path
 from the log (NATS) and checks the rebuilt generation against the live worker's.
@@ -55,6 +56,8 @@ class History:
         self.people: dict[str, list[str]] = {"w1": [], "w2": []}
         self.gone: set[tuple[str, str]] = set()
         self.intros: list[tuple[str, UUID, str, str, str]] = []
+        #: merges that hold: merge event id -> (workspace, merged, survivor)
+        self.merges: dict[UUID, tuple[str, str, str]] = {}
 
     def _ev(self, ws: str, **fields: Any) -> None:
         days = self.rng.uniform(0, 400)
@@ -123,6 +126,8 @@ class History:
             self._push(rng.choice(self.events))  # a re-send beyond the dedupe window
         elif op == 10:
             self._odd_message()
+        elif op == 11:
+            self._merge(ws, a, b)
         else:
             self._ev(ws, type="relationship.met", participants=[a, b], depth="brief_chat")
 
@@ -166,6 +171,19 @@ class History:
             outcome = rng.choice(("met", "talking", "no_response", "declined"))
             self._ev(ws, type="introduction.outcome", introduction_id=str(iid), outcome=outcome)
 
+    def _merge(self, ws: str, person: str, survivor: str) -> None:
+        """``person`` into ``survivor`` when the write side allows it (neither is merged, no
+        one is merged into ``person``); else, sometimes, the retraction of a merge."""
+        holding = [m for m in self.merges.values() if m[0] == ws]
+        if any(person in (m, s) or survivor == m for _, m, s in holding):
+            if holding and self.rng.random() < 0.5:
+                eid = self.rng.choice([k for k, m in self.merges.items() if m[0] == ws])
+                self._ev(ws, type="event.retracted", retracted_event_id=str(eid))
+                del self.merges[eid]
+            return
+        self._ev(ws, type="person.merged", person_id=person, survivor=survivor)
+        self.merges[self.events[-1].event_id] = (ws, person, survivor)
+
     def _retract(self, ws: str) -> None:
         if not self.events:
             return
@@ -173,6 +191,8 @@ class History:
         # Mostly the target's own workspace; sometimes another one (an orphan, changes nothing).
         where = target.workspace_id if self.rng.random() < 0.9 else ws
         self._ev(where, type="event.retracted", retracted_event_id=str(target.event_id))
+        if where == target.workspace_id:
+            self.merges.pop(target.event_id, None)
 
     def _odd_message(self) -> None:
         seq = self.items[-1].seq + 1 if self.items else 1
@@ -261,7 +281,7 @@ async def _check(database_url: str, items: list[Item], cuts: list[int], tag: str
 )
 @given(
     seed=st.integers(0, 2**32 - 1),
-    ops=st.lists(st.integers(0, 12), min_size=1, max_size=160),
+    ops=st.lists(st.integers(0, 13), min_size=1, max_size=160),
     cuts=st.lists(st.integers(0, 10_000), max_size=12),
 )
 def test_bulk_equals_incremental_on_generated_histories(

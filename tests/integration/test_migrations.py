@@ -226,6 +226,7 @@ async def test_upgrade_of_previous_release_keeps_tokens_keys_and_access_log(
             "webhook_endpoints",
             "write_events",
             "write_introductions",
+            "write_merges",
         ]
         cur = await conn.execute("SELECT count(*) FROM rate_limits")
         assert await cur.fetchone() == (0,)

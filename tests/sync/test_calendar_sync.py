@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
+from tieline.plumbing.config import Settings
+from tieline.services.runtime.supervisor import Stack
 
 from tests.sync.conftest import Dav
 from tests.sync.helpers import (
@@ -169,8 +171,12 @@ def test_calendar_events_become_meetings_and_follow_edits(
     assert len(events(api, ws)) == n
 
 
+def sync_metrics(stack: Stack) -> str:
+    return httpx.get(stack.metrics_urls()["sync"], timeout=10).text
+
+
 def test_a_wrong_password_is_the_source_error_and_other_sources_go_on(
-    api: httpx.Client, ws: str, radicale: Dav
+    api: httpx.Client, ws: str, radicale: Dav, sync_stack: tuple[Stack, Settings]
 ) -> None:
     people(api, ws)
     cal = calendar(radicale, ws)
@@ -195,6 +201,17 @@ def test_a_wrong_password_is_the_source_error_and_other_sources_go_on(
     wait_until(lambda: source(api, ws, bad)["status"]["failures"] > first, 20, "a retry")
     ready = httpx.get(str(api.base_url) + "/readyz").json()
     assert ready["checks"]["sync"]["failing"] >= 1
+    # The sync process's /metrics: each source's status, labelled by source id and kind only.
+    text = sync_metrics(sync_stack[0])
+    assert f'tieline_sync_source_failing{{kind="caldav",source_id="{bad}"}} 1.0' in text
+    assert f'tieline_sync_source_failing{{kind="caldav",source_id="{good}"}} 0.0' in text
+    assert f'tieline_sync_items_seen{{kind="caldav",source_id="{good}"}} 1.0' in text
+    assert (
+        f'tieline_sync_last_success_timestamp_seconds{{kind="caldav",source_id="{bad}"}} 0.0'
+        in text
+    )
+    assert f'tieline_sync_next_run_timestamp_seconds{{kind="caldav",source_id="{good}"}}' in text
+    assert ws not in text and radicale.user not in text
     # A source on a private address is refused (the sync must not reach the installation's
     # own network unless TIELINE_SYNC_ALLOW_PRIVATE says so).
     r = api.post(
@@ -205,3 +222,4 @@ def test_a_wrong_password_is_the_source_error_and_other_sources_go_on(
     # Removing a source forgets it.
     assert api.delete(f"/v1/workspaces/{ws}/sync-sources/{bad}").status_code == 200
     assert api.get(f"/v1/workspaces/{ws}/sync-sources/{bad}").status_code == 404
+    assert bad not in sync_metrics(sync_stack[0])

@@ -1,6 +1,7 @@
 """Address-book sync against a real CardDAV server (Radicale): vCards add people or update the
-person they match (by UID, e-mail or phone), duplicate cards make one person, re-runs record
-nothing, an edited card updates its person once."""
+person they match (by UID, e-mail or phone), duplicate cards make one person, a likely
+duplicate of a hand-typed person is resolved by a merge, re-runs record nothing, an edited card
+updates its person once."""
 
 from __future__ import annotations
 
@@ -94,6 +95,18 @@ def test_vcards_add_and_update_people(api: httpx.Client, ws: str, radicale: Dav)
     assert r.status_code == 200, r.text
     groups = {tuple(p["person_id"] for p in g["people"]): g["reasons"] for g in r.json()["groups"]}
     assert groups == {tuple(sorted(["lt", linus])): ["same name"]}
+    # Merging the hand-typed one into the synced one resolves it (docs/sync.md).
+    r = api.post(
+        f"/v1/workspaces/{ws}/events",
+        json={"type": "person.merged", "person_id": "lt", "survivor": linus},
+    )
+    assert r.status_code == 201, r.text
+    at = {"min_seq": r.json()["seq"]}
+    assert api.get(f"/v1/workspaces/{ws}/people/duplicates", params=at).json()["groups"] == []
+    listed = api.get(f"/v1/workspaces/{ws}/people", params=at).json()["people"]
+    assert "lt" not in {p["person_id"] for p in listed} and linus in {
+        p["person_id"] for p in listed
+    }
 
     # Nothing changed: a re-run records nothing.
     n = len(person_events(api, ws))

@@ -31,6 +31,7 @@ EVENT_COMMANDS: list[tuple[Callable[..., Any], type[models.Event], dict[str, str
     (events.intro_consent, models.IntroductionConsented, {}),
     (events.intro_outcome, models.IntroductionOutcome, {}),
     (events.forget, models.PersonForgotten, {"person_id": "person"}),
+    (events.merge, models.PersonMerged, {"person_id": "person"}),
 ]
 #: Envelope fields an endpoint does not accept (POST /people takes a person, not an event;
 #: forget is a route of its own that records the event itself).

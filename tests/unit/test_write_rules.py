@@ -19,7 +19,7 @@ from uuid import UUID, uuid4
 import pytest
 from faststream.nats import NatsBroker, TestNatsBroker
 from nats.js.errors import NotFoundError
-from tieline.events_schema.models import Event, EventRetracted
+from tieline.events_schema.models import Event, EventRetracted, PersonMerged
 from tieline.events_schema.registry import REGISTRY
 from tieline.plumbing.config import Settings
 from tieline.plumbing.subjects import command_subject
@@ -155,6 +155,53 @@ def test_retraction_rules() -> None:
     assert status(replace(met, seq=None)) == 404
     assert status(replace(met, type="event.retracted")) == 422
     assert status(replace(met, retracted_by=str(uuid4()))) == 409
+
+
+MERGE = {"type": "person.merged", "person_id": "ada2", "survivor": "ada"}
+
+
+def test_a_person_cannot_be_merged_into_itself() -> None:
+    rej = refused({**MERGE, "survivor": "ada2"})
+    assert rej.status == 422 and rej.errors[0]["loc"] == ["survivor"]
+
+
+def test_both_people_of_a_merge_must_exist_and_not_be_forgotten() -> None:
+    event = build(MERGE)
+    key = b"k" * 32
+    with pytest.raises(Rejected) as unknown:
+        rules.check_people(event, MERGE, rules.Command(known={"ada2"}, keys={"ada2": key}))
+    assert (unknown.value.status, unknown.value.errors[0]["loc"]) == (404, ["survivor"])
+    gone = rules.Command(known={"ada", "ada2"}, keys={"ada": key, "ada2": None})
+    with pytest.raises(Rejected) as forgotten:
+        rules.check_people(event, MERGE, gone)
+    assert (forgotten.value.status, forgotten.value.errors[0]["loc"]) == (410, ["person_id"])
+    rules.check_people(event, MERGE, rules.Command({"ada", "ada2"}, {"ada": key, "ada2": key}))
+
+
+@pytest.mark.parametrize(
+    ("holding", "loc"),
+    [
+        ([rules.Merge("ada2", "grace")], ["person_id"]),  # merged already
+        ([rules.Merge("ada", "grace")], ["survivor"]),  # the survivor is merged: no chains
+        ([rules.Merge("linus", "ada2")], ["person_id"]),  # others were merged into the person
+    ],
+)
+def test_a_merge_is_refused_when_it_would_merge_twice_or_chain(
+    holding: list[rules.Merge], loc: list[str]
+) -> None:
+    event = build(MERGE)
+    assert isinstance(event, PersonMerged)
+    with pytest.raises(Rejected) as info:
+        rules.check_merge(event, holding)
+    assert (info.value.status, info.value.errors[0]["loc"]) == (409, loc)
+    assert holding[0].merged in str(info.value)
+
+
+def test_a_merge_into_a_survivor_of_other_merges_is_fine() -> None:
+    event = build(MERGE)
+    assert isinstance(event, PersonMerged)
+    rules.check_merge(event, [rules.Merge("ada3", "ada")])  # ada already absorbed ada3
+    rules.check_merge(event, [])
 
 
 def test_introduction_rules_are_double_opt_in() -> None:
