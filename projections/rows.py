@@ -68,6 +68,7 @@ STRENGTH = (
     ("can_vouch", "bool"),
     ("reciprocity", "jsonb"),
     ("params_version", "text"),
+    ("episodes", "int"),
     ("fold", "jsonb"),
     ("last_seq", "bigint"),
 )
@@ -246,6 +247,7 @@ def strength_row(key: PairKey, fold: Fold, seq: int, params: Params) -> tuple[An
         vouches(s, params),
         _json(s.reciprocity),
         params.version,
+        fold.episodes,
         fold.to_json(),
         seq,
     )

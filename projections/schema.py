@@ -7,7 +7,7 @@ from psycopg import AsyncConnection, sql
 from tieline.plumbing.migrations import API_ROLE, API_ROLE_DDL, WORKSPACE_SETTING
 
 #: Bump when a read-model table changes shape or meaning; tables carry it as a suffix.
-READ_MODEL_VERSION = 4
+READ_MODEL_VERSION = 5
 
 DDL = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -95,6 +95,9 @@ CREATE TABLE IF NOT EXISTS strength_v1 (
     can_vouch             boolean NOT NULL,
     reciprocity           jsonb NOT NULL,
     params_version        text NOT NULL,
+    -- Momentum's episodes (contacts more than its default episode gap apart); the rest of
+    -- momentum is computed at read time (projections/queries/momentum.py).
+    episodes              int NOT NULL,
     -- The strength model's running state (Fold.to_dict) so a new event is one step, not a
     -- recompute of the pair's history.
     fold                  jsonb NOT NULL,

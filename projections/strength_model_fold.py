@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 from tieline.projections.strength_model_acc import _Acc, _canonical, _compute
 from tieline.projections.strength_model_core import PairEvent, Strength, _days, _decay, _Side
-from tieline.projections.strength_model_params import PARAMS, Params
+from tieline.projections.strength_model_momentum import MOMENTUM_PARAMS
+from tieline.projections.strength_model_params import CONTACT_TYPES, DAY_SECONDS, PARAMS, Params
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -62,6 +63,9 @@ class Fold:
         self.counts: dict[str, int] = {}
         self.score_at_last_contact: float | None = None
         self._at_last_contact = False
+        #: Momentum's episodes so far (contacts more than the default momentum parameter
+        #: set's episode gap apart): the one part of momentum that needs the whole history.
+        self.episodes = 0
 
     @classmethod
     def of(cls, events: Iterable[PairEvent], params: Params = PARAMS) -> Fold | None:
@@ -86,6 +90,8 @@ class Fold:
         """Fold in the next event (the caller has checked :meth:`accepts`)."""
         if self._at_last_contact:
             self._settle(params)  # the state is about to move past the last contact
+        if e.type in CONTACT_TYPES:
+            self._episode(e.occurred_at)
         points, _ = self.acc.step(e, params)
         if self.at is not None:
             days = _days(self.at, e.occurred_at)
@@ -100,6 +106,14 @@ class Fold:
         # Same rule as strength(): the score at the last contact includes every event at that
         # instant, so it is the score after the latest one at it. Computed lazily (_settle).
         self._at_last_contact = self.acc.last == e.occurred_at
+
+    def _episode(self, at: datetime) -> None:
+        """Count a contact at ``at`` into momentum's episodes (the same rule as
+        :func:`~tieline.projections.strength_model_momentum.momentum`)."""
+        last = self.acc.last  # the previous contact, before this event is stepped in
+        gap = MOMENTUM_PARAMS.episode_gap_days * DAY_SECONDS
+        if last is None or (at - last).total_seconds() > gap:
+            self.episodes += 1
 
     def _settle(self, params: Params) -> None:
         self.score_at_last_contact = self.acc.result(
@@ -149,6 +163,7 @@ class Fold:
             "fi": _us(acc.first),
             "la": _us(acc.last),
             "d": acc.deepest,
+            "ep": self.episodes,
         }
 
     def to_json(self) -> str:
@@ -174,4 +189,5 @@ class Fold:
         acc.ratings = {k: (_at_us(t), int(v)) for k, (t, v) in d["rt"].items()}
         acc.first, acc.last = _from_us(d["fi"]), _from_us(d["la"])
         acc.deepest = d["d"]
+        fold.episodes = int(d["ep"])
         return fold

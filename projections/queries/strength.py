@@ -29,7 +29,7 @@ from tieline.projections.strength_model import (
 TIE_COLS = """person_a, person_b, score, tier, state_at, fast, slow, reciprocity_factor, rating,
     event_count, meetings, follow_ups, introductions, helps, ratings, first_contact_at,
     last_contact_at, score_at_last_contact, deepest_meeting, one_sided, can_vouch, reciprocity,
-    params_version"""
+    params_version, episodes"""
 
 
 def state_of(row: Row) -> DecayState:
