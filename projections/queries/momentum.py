@@ -26,14 +26,10 @@ from tieline.projections.queries.strength import (
     summary,
     summary_now,
 )
-from tieline.projections.strength_model import CONTACT_TYPES, PARAMS, PairEvent, strength
-from tieline.projections.strength_model_momentum import (
-    MOMENTUM_PARAMS,
-    Momentum,
-    MomentumParams,
-    combine,
-    momentum,
-)
+from tieline.projections.strength_model import CONTACT_TYPES, PairEvent, strength
+from tieline.projections.strength_model_momentum import Momentum, combine, momentum
+from tieline.projections.strength_model_workspace import momentum_params
+from tieline.projections.workspace_models import workspace_model
 
 _DAY = 86400.0
 
@@ -72,13 +68,10 @@ async def last_active(
     return {p: t for p, t in await cur.fetchall() if t is not None}
 
 
-def from_row(
-    row: Row,
-    when: datetime,
-    active: Mapping[str, datetime],
-    params: MomentumParams = MOMENTUM_PARAMS,
-) -> Momentum:
-    """A pair's momentum at ``when`` (>= its latest event) from its stored row."""
+def from_row(row: Row, when: datetime, active: Mapping[str, datetime]) -> Momentum:
+    """A pair's momentum at ``when`` (>= its latest event) from its stored row, with the
+    momentum set the row was computed with (a workspace may have adopted its own)."""
+    params = momentum_params(row["momentum_version"])
     last = row["last_contact_at"]
     episodes = int(row["episodes"])
     if last is None or episodes == 0:
@@ -95,7 +88,8 @@ async def of_pair(
     """A pair's momentum as of ``as_of`` from its events up to then (the pure model), with
     the two people's activity up to then."""
     people = {e.person_a for e in events} | {e.person_b for e in events}
-    return momentum(events, as_of, await last_active(conn, ws, people, as_of, True))
+    active = await last_active(conn, ws, people, as_of, True)
+    return momentum(events, as_of, active, (await workspace_model(conn, ws)).momentum)
 
 
 async def of_ties(
@@ -117,7 +111,8 @@ async def of_ties(
             out[row["other"]] = from_row(row, when, active)
             continue
         events = await pair_events(conn, ws, row["person_a"], row["person_b"], when)
-        out[row["other"]] = momentum(events, when, active)
+        params = momentum_params(row["momentum_version"])
+        out[row["other"]] = momentum(events, when, active, params)
     return out
 
 
@@ -138,7 +133,8 @@ async def pair_as_of(
     events = await pair_events(conn, ws, a, b, as_of)
     if not events:
         return None
-    out = summary(strength(events, PARAMS, as_of), a, b)
+    params = (await workspace_model(conn, ws)).strength
+    out = summary(strength(events, params, as_of), a, b)
     out.update(fields(await of_pair(conn, ws, events, as_of)))
     return out
 
