@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.rows import tuple_row
 from tieline.projections.queries.common import Row
 from tieline.projections.queries.strength import (
     pair_events,
@@ -64,8 +65,9 @@ async def last_active(
     """Each person's latest contact with anyone up to ``at``: from the stored ties (``now``) or,
     when ``historical``, from the pair timelines (exact for any earlier date)."""
     args = {"ws": ws, "people": sorted(set(people)), "at": at, "types": sorted(CONTACT_TYPES)}
-    cur = await conn.execute(_AS_OF_SQL if historical else _NOW_SQL, args)
-    return {p: t for p, t in await cur.fetchall() if t is not None}
+    async with conn.cursor(row_factory=tuple_row) as cur:  # whatever the connection's rows
+        await cur.execute(_AS_OF_SQL if historical else _NOW_SQL, args)
+        return {p: t for p, t in await cur.fetchall() if t is not None}
 
 
 def from_row(row: Row, when: datetime, active: Mapping[str, datetime]) -> Momentum:

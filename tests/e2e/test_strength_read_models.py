@@ -248,9 +248,14 @@ def test_momentum_is_served_and_equals_the_pure_model(
     """The pair answer's momentum (as of a date, and now from the stored row) is the pure
     momentum model with each person's latest contact with anyone; the ties listing ranks by
     it and follow-ups can put the ties least likely to go on first."""
-    ws, seq = network
+    ws, _ = network
+    # ada meets linus after her last contact with grace: at day 420 the less recently active
+    # of ada and grace was active 10 days ago, their pair 13 days ago (both matter).
+    meet = {"type": "relationship.met", "participants": ["ada", "linus"], "depth": "conversation"}
+    meet["occurred_at"] = at(410)
+    seq = record(api, ws, [meet])
     pairs = [("ada", "grace"), ("grace", "linus"), ("linus", "zoe"), ("ada", "mallory")]
-    pairs.append(("ada", "sam"))
+    pairs += [("ada", "sam"), ("ada", "linus")]
     history = {p: _pair_events(api, ws, *p, seq) for p in pairs}
     for day in (100, 420, 800):
         when = T0 + timedelta(days=day)
@@ -266,6 +271,8 @@ def test_momentum_is_served_and_equals_the_pure_model(
         upto = [e for e in history[("ada", "grace")] if e.occurred_at <= when]
         expected = momentum(upto, when, active)
         assert got["momentum"] == round(expected.score, 4), day
+        if day == 420:
+            assert expected.score != momentum(upto, when).score  # the activity term counts
         assert got["episodes"] == expected.episodes and got["momentum_version"]
     direct = api.get(f"/v1/workspaces/{ws}/relationships/linus/grace").json()
     pure = api.get(
@@ -277,7 +284,7 @@ def test_momentum_is_served_and_equals_the_pure_model(
         params={"order": "momentum", "as_of": at(420)},
     ).json()["relationships"]
     values = [t["momentum"] for t in ranked]
-    assert values == sorted(values, reverse=True) and len(values) == 3
+    assert values == sorted(values, reverse=True) and len(values) == 4
     due = api.get(
         f"/v1/workspaces/{ws}/people/ada/follow-ups", params={"as_of": at(520), "order": "lapsing"}
     ).json()["due"]
