@@ -2,8 +2,9 @@
 
 Each example draws a history the write side could have produced (people added, updated and
 forgotten; meetings, follow-ups, help, ratings and introductions at random times, so many
-events arrive late for their pair; retractions of earlier events, some of them in another
-workspace or of a retraction; re-sent duplicates; poison messages; holes in the stream),
+events arrive late for their pair; adoptions of per-workspace parameter sets; retractions of
+earlier events, some of them in another workspace or of a retraction; re-sent duplicates;
+poison messages; holes in the stream),
 applies it once through the live store in randomly cut batches and once through the bulk
 path, and compares every read-model table row by row. A final test runs the real bulk path
 from the log (NATS) and checks the rebuilt generation against the live worker's.
@@ -123,6 +124,8 @@ class History:
             self._push(rng.choice(self.events))  # a re-send beyond the dedupe window
         elif op == 10:
             self._odd_message()
+        elif op == 11 and rng.random() < 0.3:
+            self._calibrated(ws)
         else:
             self._ev(ws, type="relationship.met", participants=[a, b], depth="brief_chat")
 
@@ -165,6 +168,21 @@ class History:
         else:
             outcome = rng.choice(("met", "talking", "no_response", "declined"))
             self._ev(ws, type="introduction.outcome", introduction_id=str(iid), outcome=outcome)
+
+    def _calibrated(self, ws: str) -> None:
+        """An adoption of parameter sets: the workspace's whole history is recomputed with
+        them (a retraction of it, drawn by _retract, undoes it)."""
+        rng = self.rng
+        sets: dict[str, Any] = {}
+        if rng.random() < 0.7:
+            values = {"fast_half_life_days": rng.choice((7.0, 90.0)), "slow_share": 0.1}
+            sets["strength"] = {"version": "drawn", "values": values}
+        if not sets or rng.random() < 0.5:
+            values = {"episode_gap_days": rng.choice((0.0, 0.5, 2.0)), "episode_exponent": 1.0}
+            sets["momentum"] = {"version": "drawn", "values": values}
+        validated = BASE.isoformat()
+        self._ev(ws, type="workspace.model_calibrated", holdout_share=0.25, validated_at=validated,
+                 **sets)  # fmt: skip
 
     def _retract(self, ws: str) -> None:
         if not self.events:
@@ -271,6 +289,17 @@ def test_bulk_equals_incremental_on_generated_histories(
     for op in ops:
         history.step(op)
     asyncio.run(_check(servers.database_url, history.items, cuts, f"{seed % 10_000}"))
+
+
+def test_bulk_equals_incremental_with_per_workspace_parameter_sets(servers: Any) -> None:
+    """A long seeded history with several adoptions of parameter sets in one workspace (and
+    retractions among its events): generated examples are mostly too short to draw one."""
+    history = History(random.Random(5), _S.subject_prefix)
+    rng = random.Random(6)
+    for _ in range(160):
+        history.step(rng.randint(0, 12))
+    assert sum(e.type == "workspace.model_calibrated" for e in history.events) >= 3
+    asyncio.run(_check(servers.database_url, history.items, [7, 50, 90, 120], "sets"))
 
 
 async def test_bulk_rebuild_from_the_log_over_a_deleted_message_equals_the_live_worker(
