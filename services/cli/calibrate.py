@@ -69,21 +69,12 @@ def calibrate_cmd(
     parameter ranges on the part before it, and report AUC and precision@10 of the default and
     the best set on the held-out time. Recommends a set only if it beats the default there
     (95% interval of the AUC gain above zero). Nothing is changed unless ``--apply``."""
-    from tieline.projections import generations
-    from tieline.projections.strength_model_calibrate import calibrate, workspace_events
+    from tieline.projections.strength_model_calibrate import calibrate
 
     models = tuple(model or ("strength", "momentum"))
     if any(m not in ("strength", "momentum") for m in models):
         raise typer.BadParameter("--model is strength or momentum")
-    settings = ops_settings(data_dir, "tieline calibrate")
-
-    async def load(conn: Any) -> Any:
-        gen = await generations.live(conn, settings.database_schema)
-        if gen is None:
-            return None
-        return await workspace_events(conn, gen.schema_name, workspace)
-
-    events = run_db("tieline calibrate", settings, load)
+    events = _history(data_dir, workspace)
     if not events:
         out(f"tieline calibrate: workspace {workspace!r} has no relationship events")
         raise typer.Exit(1)
@@ -102,6 +93,22 @@ def calibrate_cmd(
         raise typer.Exit(1)
     if apply and report["applied"] is None:
         raise typer.Exit(EXIT_NOT_BETTER)
+
+
+def _history(data_dir: Any, workspace: str) -> Any:
+    """The workspace's pair events from the live read-model generation (None: no generation)."""
+    from tieline.projections import generations
+    from tieline.projections.strength_model_calibrate import workspace_events
+
+    settings = ops_settings(data_dir, "tieline calibrate")
+
+    async def load(conn: Any) -> Any:
+        gen = await generations.live(conn, settings.database_schema)
+        if gen is None:
+            return None
+        return await workspace_events(conn, gen.schema_name, workspace)
+
+    return run_db("tieline calibrate", settings, load)
 
 
 def _apply(api: Api, report: dict[str, Any]) -> dict[str, Any] | None:
