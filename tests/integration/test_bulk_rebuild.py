@@ -28,7 +28,7 @@ from tieline.events_schema.registry import REGISTRY
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
 from tieline.plumbing.subjects import event_subject
-from tieline.projections import bulk_load, replay
+from tieline.projections import bulk_load, replay, selfcheck
 from tieline.projections.classify import classify
 from tieline.projections.generations import Generation
 from tieline.projections.items import Gap, Item
@@ -236,7 +236,25 @@ async def _rows_only_in(conn: AsyncConnection[Any], a: str, b: str, table: str) 
     return int(row[0]) if row else -1
 
 
-async def _check(database_url: str, items: list[Item], cuts: list[int], tag: str) -> None:
+async def _self_check(conn: AsyncConnection[Any], schema: str) -> None:
+    """The worker's self-check refolds every pair with the set its row names: no problem."""
+    result = selfcheck.CheckResult()
+    gen = Generation(0, schema, 0, "scratch", "bulkprop")
+    await selfcheck.check_pairs(conn, gen, PARAMS, random.Random(0), 10_000, result)
+    assert result.sampled_pairs > 0 and result.problems == [], result.problems[:3]
+    cur = await conn.execute(
+        sql.SQL("SELECT count(*) FROM {}.strength_v1 WHERE params_version <> %s").format(
+            sql.Identifier(schema)
+        ),
+        (PARAMS.version,),
+    )
+    row = await cur.fetchone()
+    assert row is not None and row[0] > 0  # the adopted sets are in the rows
+
+
+async def _check(
+    database_url: str, items: list[Item], cuts: list[int], tag: str, sets: bool = False
+) -> None:
     incr, bulk = f"bulkprop_{tag}_incr", f"bulkprop_{tag}_bulk"
     conn = await db.connect(Settings(database_url=database_url))
     try:
@@ -264,6 +282,8 @@ async def _check(database_url: str, items: list[Item], cuts: list[int], tag: str
         )
         row = await cur.fetchone()
         assert row is not None and row[0] == row[1] == result.last_seq
+        if sets:
+            await _self_check(conn, incr)
     finally:
         for name in (incr, bulk):
             await conn.execute(
@@ -299,7 +319,7 @@ def test_bulk_equals_incremental_with_per_workspace_parameter_sets(servers: Any)
     for _ in range(160):
         history.step(rng.randint(0, 12))
     assert sum(e.type == "workspace.model_calibrated" for e in history.events) >= 3
-    asyncio.run(_check(servers.database_url, history.items, [7, 50, 90, 120], "sets"))
+    asyncio.run(_check(servers.database_url, history.items, [7, 50, 90, 120], "sets", True))
 
 
 async def test_bulk_rebuild_from_the_log_over_a_deleted_message_equals_the_live_worker(
