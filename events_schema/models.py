@@ -382,6 +382,45 @@ class EventRetracted(Event):
     reason: FreeText | None = None
 
 
+ParamName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
+class ParameterSet(BaseModel):
+    """One versioned parameter set of a model: its version and the values that differ from
+    the model's default set (the rest are the default's)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    values: dict[ParamName, float] = Field(default_factory=dict, max_length=64)
+
+
+class WorkspaceModelCalibrated(Event):
+    """An admin adopted parameter sets of the strength and/or momentum models for this
+    workspace only (``tieline calibrate --apply``), after they beat the default on the
+    workspace's held-out recent history. From then on the workspace's read models are those
+    parameters applied to its whole history (the latest such event wins); a model left out
+    keeps its current set. The evidence is the held-out validation that justified it."""
+
+    type: Literal["workspace.model_calibrated"] = "workspace.model_calibrated"
+    strength: ParameterSet | None = None
+    momentum: ParameterSet | None = None
+    holdout_share: Annotated[float, Field(gt=0, lt=1)]
+    validated_at: UtcDatetime = Field(description="The held-out cut-off the sets beat it at.")
+    evidence: dict[ParamName, float] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Held-out AUC and precision@10 of the default and the adopted set, and the "
+        "95% interval of the gain, per model (e.g. strength_auc_default).",
+    )
+
+    @model_validator(mode="after")
+    def _adopts_something(self) -> WorkspaceModelCalibrated:
+        if self.strength is None and self.momentum is None:
+            raise ValueError("workspace.model_calibrated must adopt a strength or momentum set")
+        return self
+
+
 #: Every current event class, in a stable order.
 EVENT_CLASSES: tuple[type[Event], ...] = (
     PersonAdded,
@@ -397,6 +436,7 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     IntroductionConsented,
     IntroductionOutcome,
     EventRetracted,
+    WorkspaceModelCalibrated,
 )
 
 
@@ -416,6 +456,7 @@ __all__ = [
     "IntroductionConsented",
     "IntroductionOutcome",
     "IntroductionRequested",
+    "ParameterSet",
     "PersonAdded",
     "PersonForgotten",
     "PersonId",
@@ -427,5 +468,6 @@ __all__ = [
     "RelationshipIntroduced",
     "RelationshipMet",
     "WorkspaceId",
+    "WorkspaceModelCalibrated",
     "event_type_of",
 ]

@@ -59,6 +59,8 @@ from tieline.projections.items import Item, continuing, in_sequence
 from tieline.projections.rows import ARCHIVE, PAIR, STRENGTH, PairKey, strength_row
 from tieline.projections.schema import ensure_schema
 from tieline.projections.strength_model import Fold, PairEvent, Params
+from tieline.projections.strength_model_workspace import WorkspaceModel
+from tieline.projections.workspace_models import workspace_models
 
 log = structlog.get_logger(__name__)
 
@@ -354,12 +356,19 @@ async def _fold_pairs(conn: AsyncConnection[Any], params: Params, seq: int) -> i
     events: list[PairEvent] = []
     seen: set[str] = set()
     aliases = merges.Aliases.of(await (await conn.execute(merges.ALL_HOLDING_SQL)).fetchall())
+    # Workspaces that adopted parameter sets of their own (the archive is loaded and its
+    # retractions resolved by now): the same rule as the live store.
+    models = await workspace_models(conn, None, params)
+    default = WorkspaceModel(params)
 
     def flush(out: list[tuple[Any, ...]]) -> None:
         nonlocal pairs
-        fold = Fold.of(events, params) if key is not None else None
-        if key is not None and fold is not None:
-            out.append(strength_row(key, fold, seq, params))
+        if key is None:
+            return
+        model = models.get(key[0], default)
+        fold = Fold.of(events, model.strength, model.momentum.episode_gap_days)
+        if fold is not None:
+            out.append(strength_row(key, fold, seq, model.strength, model.momentum.version))
             pairs += 1
 
     async with conn.cursor(name="tieline_bulk_pairs") as cur:

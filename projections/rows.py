@@ -15,6 +15,9 @@ from tieline.events_schema.models import Event
 from tieline.projections.changelog import COLUMNS as CHANGE_COLUMNS
 from tieline.projections.changes import PairEventRow
 from tieline.projections.strength_model import Fold, PairEvent, Params, vouches
+from tieline.projections.strength_model_momentum import MOMENTUM_PARAMS
+
+MOMENTUM_VERSION = MOMENTUM_PARAMS.version
 
 PairKey = tuple[str, str, str]  # workspace, person_a, person_b
 
@@ -68,6 +71,8 @@ STRENGTH = (
     ("can_vouch", "bool"),
     ("reciprocity", "jsonb"),
     ("params_version", "text"),
+    ("episodes", "int"),
+    ("momentum_version", "text"),
     ("fold", "jsonb"),
     ("last_seq", "bigint"),
 )
@@ -218,8 +223,11 @@ def pair_event(seq: int, event: Event, r: PairEventRow) -> PairEvent:
     return PairEvent(str(e.event_id), e.type, e.occurred_at, seq, r.person_a, r.person_b, r.detail)
 
 
-def strength_row(key: PairKey, fold: Fold, seq: int, params: Params) -> tuple[Any, ...]:
-    """One ``strength_v1`` row: the pair's strength at its latest event, and its fold."""
+def strength_row(
+    key: PairKey, fold: Fold, seq: int, params: Params, momentum_version: str = MOMENTUM_VERSION
+) -> tuple[Any, ...]:
+    """One ``strength_v1`` row: the pair's strength at its latest event, its momentum
+    episodes (counted with the set ``momentum_version``), and its fold."""
     s = fold.strength(params)
     counts = fold.counts
     st = s.state
@@ -246,6 +254,8 @@ def strength_row(key: PairKey, fold: Fold, seq: int, params: Params) -> tuple[An
         vouches(s, params),
         _json(s.reciprocity),
         params.version,
+        fold.episodes,
+        momentum_version,
         fold.to_json(),
         seq,
     )

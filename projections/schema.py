@@ -32,6 +32,9 @@ CREATE TABLE IF NOT EXISTS events (
     retracted_by    uuid
 );
 CREATE INDEX IF NOT EXISTS events_ws_seq ON events (workspace_id, seq);
+-- A workspace's adopted model parameters (projections/workspace_models.py).
+CREATE INDEX IF NOT EXISTS events_model ON events (workspace_id, seq)
+    WHERE type = 'workspace.model_calibrated';
 
 CREATE TABLE IF NOT EXISTS people_v1 (
     workspace_id    text NOT NULL,
@@ -110,6 +113,10 @@ CREATE TABLE IF NOT EXISTS strength_v1 (
     can_vouch             boolean NOT NULL,
     reciprocity           jsonb NOT NULL,
     params_version        text NOT NULL,
+    -- Momentum's episodes (contacts more than its default episode gap apart); the rest of
+    -- momentum is computed at read time (projections/queries/momentum.py).
+    episodes              int NOT NULL,
+    momentum_version      text NOT NULL,
     -- The strength model's running state (Fold.to_dict) so a new event is one step, not a
     -- recompute of the pair's history.
     fold                  jsonb NOT NULL,

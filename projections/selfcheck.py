@@ -38,6 +38,7 @@ from tieline.projections import merges
 from tieline.projections.generations import Generation
 from tieline.projections.queries.common import checkpoint
 from tieline.projections.strength_model import Fold, PairEvent, Params
+from tieline.projections.strength_model_workspace import momentum_params, strength_params
 
 log = structlog.get_logger(__name__)
 
@@ -153,28 +154,31 @@ async def check_pairs(
     schema = sql.Identifier(gen.schema_name)
     cur = await conn.execute(
         sql.SQL(
-            "SELECT workspace_id, person_a, person_b, score, tier, event_count "
-            "FROM {}.strength_v1 TABLESAMPLE BERNOULLI (%s) LIMIT %s"
+            "SELECT workspace_id, person_a, person_b, score, tier, event_count, params_version, "
+            "momentum_version, episodes FROM {}.strength_v1 TABLESAMPLE BERNOULLI (%s) LIMIT %s"
         ).format(schema),
         (await _sample_percent(conn, gen, samples), samples),
     )
     rows = await cur.fetchall()
     rng.shuffle(rows)
     aliases = await merges.load_schema(conn, gen.schema_name)
-    for ws, a, b, score, tier, count in rows:
+    for ws, a, b, score, tier, count, version, m_version, episodes in rows:
         result.sampled_pairs += 1
         events = await _events_of(conn, gen, aliases, (ws, a, b))
-        fold = Fold.of(events, params)
+        # The set the row names: the generation's, or one its workspace adopted.
+        mine = params if version == params.version else strength_params(version)
+        fold = Fold.of(events, mine, momentum_params(m_version).episode_gap_days)
         if fold is None:
             result.problems.append(f"pair {ws}/{a}/{b}: stored strength but no events")
             continue
-        again = fold.strength(params)
+        again = fold.strength(mine)
         if not math.isclose(again.score, score, rel_tol=1e-9, abs_tol=1e-9) or (
-            again.tier != tier or fold.event_count != count
+            again.tier != tier or fold.event_count != count or fold.episodes != episodes
         ):
             result.problems.append(
                 f"pair {ws}/{a}/{b}: stored score={score:.6f} tier={tier} events={count}, "
                 f"replayed score={again.score:.6f} tier={again.tier} events={fold.event_count}"
+                f" (episodes stored {episodes}, replayed {fold.episodes})"
             )
 
 

@@ -41,6 +41,8 @@ from tieline.projections.rows import (
     strength_row,
 )
 from tieline.projections.strength_model import PARAMS, Fold, PairEvent, Params
+from tieline.projections.strength_model_workspace import MODEL_CALIBRATED, WorkspaceModel
+from tieline.projections.workspace_models import workspace_models
 
 __all__ = [
     "BatchResult",
@@ -93,6 +95,10 @@ class ProjectionStore:
         self.registry = registry
         self.projection = projection
         self.params = params
+        #: Workspaces that adopted parameter sets of their own (loaded per batch).
+        self._models: dict[str, WorkspaceModel] = {}
+        #: Workspaces whose adoption a retraction of this batch undid.
+        self._recalibrated: set[str] = set()
         self.staging = _Staging()
         self._changes = ChangeLog()  # the current batch's change log (projections/changelog.py)
         self._aliases = merges.Aliases()  # the merges that hold (projections/merges.py)
@@ -159,7 +165,9 @@ class ProjectionStore:
         self._changes = ChangeLog()
         for it in new:
             self._changes.recorded(it.seq, it.event)
+        self._recalibrated = set()
         await self._apply_changes(conn, new, result)
+        await self._recalibrate(conn, new)
         await self._dead_letters(conn, poison)
         result.poison = len(poison)
         await self._write_changes(conn)
@@ -343,6 +351,35 @@ class ProjectionStore:
             (*values, it.event.occurred_at, it.seq, it.event.workspace_id, upd["person_id"]),
         )
 
+    def _model(self, ws: str) -> WorkspaceModel:
+        """The parameter sets of workspace ``ws`` (the generation's strength set unless the
+        workspace adopted its own)."""
+        model = self._models.get(ws)
+        return model if model is not None else WorkspaceModel(self.params)
+
+    async def _load_models(self, conn: AsyncConnection[Any], keys: Sequence[PairKey]) -> None:
+        self._models = await workspace_models(conn, {k[0] for k in keys}, self.params)
+
+    async def _recalibrate(self, conn: AsyncConnection[Any], items: list[Decoded]) -> None:
+        """A workspace adopted parameter sets (or an adoption was retracted): they apply to
+        its whole history, so every pair of the workspace is recomputed with them."""
+        found = {it.event.workspace_id: it for it in items if it.event.type == MODEL_CALIBRATED}
+        for ws in sorted(set(found) | self._recalibrated):
+            cur = await conn.execute(
+                "SELECT workspace_id, person_a, person_b FROM strength_v1 WHERE workspace_id = %s",
+                (ws,),
+            )
+            keys: list[PairKey] = [(w, a, b) for w, a, b in await cur.fetchall()]
+            if not keys:
+                continue
+            seq = items[-1].seq
+            await self._recompute_pairs(conn, keys, seq)
+            it = found.get(ws)
+            if it is not None:
+                cause = Cause(it.seq, str(it.event.event_id), it.event.type)
+                for key in keys:
+                    self._changes.caused(key, cause, 1)
+
     async def _fold_pairs(
         self, conn: AsyncConnection[Any], new: dict[PairKey, list[PairEvent]], seq: int
     ) -> None:
@@ -350,6 +387,7 @@ class ProjectionStore:
         are not all later than its stored state (a late event) is recomputed from its whole
         history instead, because damping and caps depend on order."""
         keys = sorted(new)  # a stable lock order keeps concurrent writers deadlock-free
+        await self._load_models(conn, keys)
         cur = await conn.execute(
             """SELECT s.workspace_id, s.person_a, s.person_b, s.fold::text, s.score, s.tier
                FROM strength_v1 s
@@ -366,7 +404,7 @@ class ProjectionStore:
         folds: dict[PairKey, Fold] = {}
         late: list[PairKey] = []
         for key in keys:
-            fold = self._continued(stored.get(key), new[key])
+            fold = self._continued(key[0], stored.get(key), new[key])
             if fold is None:
                 late.append(key)
             else:
@@ -375,15 +413,18 @@ class ProjectionStore:
             folds.update(await self._history_folds(conn, late))
         await self._write_strength(conn, folds, [k for k in late if k not in folds], seq)
 
-    def _continued(self, state: dict[str, Any] | None, events: list[PairEvent]) -> Fold | None:
+    def _continued(
+        self, ws: str, state: dict[str, Any] | None, events: list[PairEvent]
+    ) -> Fold | None:
         """The stored fold continued with ``events``, or None when one of them is late."""
         events = sorted(events, key=lambda e: (e.occurred_at, e.seq, e.event_id))
         a, b = events[0].person_a, events[0].person_b
         fold = Fold(a, b) if state is None else Fold.from_dict(state, a, b)
+        model = self._model(ws)
         for e in events:
             if not fold.accepts(e):
                 return None
-            fold.add(e, self.params)
+            fold.add(e, model.strength, model.momentum.episode_gap_days)
         return fold
 
     async def _recompute_pairs(
@@ -391,6 +432,7 @@ class ProjectionStore:
     ) -> None:
         """Recompute the strength of ``keys`` from their stored (unretracted) events."""
         keys = sorted(set(keys))
+        await self._load_models(conn, keys)
         cur = await conn.execute(
             """SELECT s.workspace_id, s.person_a, s.person_b, s.score, s.tier FROM strength_v1 s
                JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(ws, a, b)
@@ -423,7 +465,12 @@ class ProjectionStore:
         ]
         out: dict[PairKey, Fold] = {}
         for key, events in merges.resolve_rows(self._aliases, rows).items():
-            fold = Fold.of(events, self.params) if key in wanted else None
+            model = self._model(key[0])
+            fold = (
+                Fold.of(events, model.strength, model.momentum.episode_gap_days)
+                if key in wanted
+                else None
+            )
             if fold is not None:
                 out[key] = fold
         return out
@@ -447,7 +494,8 @@ class ProjectionStore:
                 )
 
     def _strength_row(self, key: PairKey, fold: Fold, seq: int) -> tuple[Any, ...]:
-        return strength_row(key, fold, seq, self.params)
+        model = self._model(key[0])
+        return strength_row(key, fold, seq, model.strength, model.momentum.version)
 
     async def _retract(self, conn: AsyncConnection[Any], it: Decoded, result: BatchResult) -> None:
         """Remove exactly the retracted event's effect (same workspace only)."""
@@ -468,6 +516,9 @@ class ProjectionStore:
                 (target, ws),
             )
             await self._remap(conn, it, row[1])
+            return
+        if row[0] == MODEL_CALIBRATED:
+            self._recalibrated.add(ws)  # the workspace's pairs are recomputed after the batch
             return
         if row[0] == "person.added":
             await conn.execute(

@@ -16,8 +16,10 @@ the log), and then, for strength and for momentum separately:
    default). A set is *recommended* only if the interval of its AUC gain lies above zero;
    otherwise the report says the default stays.
 
-Nothing is changed: applying a recommended set (through the what-if/rebuild machinery, audited
-as an event) is not built yet.
+The report changes nothing. :func:`adoption` turns the recommended sets into the body of a
+``workspace.model_calibrated`` event (``tieline calibrate --apply`` records it; the projection
+then recomputes the workspace with them, projections/strength_model_workspace.py); with no
+recommended set there is nothing to adopt.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from tieline.projections.strength_model_stats import (
     mean_difference_ci,
     per_person_precision,
 )
+from tieline.projections.strength_model_workspace import MODEL_CALIBRATED, parameter_set
 
 #: The documented range of the strength parameters calibration searches (docs/strength-model.md).
 STRENGTH_GRID: dict[str, tuple[float, ...]] = {
@@ -205,3 +208,35 @@ def calibrate(
         result["candidates"] = len(model.candidates)
         report["models"][model.name] = result
     return report
+
+
+def adoption(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``workspace.model_calibrated`` command for the sets ``report`` recommends (each
+    only the values that differ from the default, with its held-out evidence), or None when
+    it recommends none: a set that does not beat the default on held-out time is never
+    adopted."""
+    if "refused" in report:
+        return None
+    body: dict[str, Any] = {
+        "type": MODEL_CALIBRATED,
+        "holdout_share": report["holdout_share"],
+        "validated_at": report["validation"]["cutoff"],
+        "evidence": {},
+    }
+    base = {"strength": PARAMS.version, "momentum": MOMENTUM_PARAMS.version}
+    for name, r in report["models"].items():
+        if not r["recommend"]:
+            continue
+        changed = {k: v for k, v in r["best"].items() if r["default"].get(k) != v}
+        body[name] = parameter_set(changed, base[name])
+        lo, hi = r["auc_best_minus_default_ci95"]
+        evidence = {
+            f"{name}_auc_default": r["auc"]["default"],
+            f"{name}_auc": r["auc"]["best"],
+            f"{name}_auc_gain_lo": lo,
+            f"{name}_auc_gain_hi": hi,
+            f"{name}_p_at_10_default": r["p_at_10"]["default"],
+            f"{name}_p_at_10": r["p_at_10"]["best"],
+        }
+        body["evidence"].update({k: v for k, v in evidence.items() if v == v})  # no NaN
+    return body if any(m in body for m in base) else None

@@ -12,11 +12,13 @@ from typing import Any
 import orjson
 from tieline.projections.strength_model_acc import _Acc, _canonical, _compute
 from tieline.projections.strength_model_core import PairEvent, Strength, _days, _decay, _Side
-from tieline.projections.strength_model_params import PARAMS, Params
+from tieline.projections.strength_model_momentum import MOMENTUM_PARAMS
+from tieline.projections.strength_model_params import CONTACT_TYPES, DAY_SECONDS, PARAMS, Params
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _PREFIX = "relationship."
+_GAP = MOMENTUM_PARAMS.episode_gap_days
 
 
 def _us(t: datetime | None) -> int | None:
@@ -62,16 +64,21 @@ class Fold:
         self.counts: dict[str, int] = {}
         self.score_at_last_contact: float | None = None
         self._at_last_contact = False
+        #: Momentum's episodes so far (contacts more than the momentum parameter set's
+        #: episode gap apart): the one part of momentum that needs the whole history.
+        self.episodes = 0
 
     @classmethod
-    def of(cls, events: Iterable[PairEvent], params: Params = PARAMS) -> Fold | None:
+    def of(
+        cls, events: Iterable[PairEvent], params: Params = PARAMS, episode_gap_days: float = _GAP
+    ) -> Fold | None:
         """The fold of a pair's whole history (None when there are no events)."""
         ordered = _canonical(events)
         if not ordered:
             return None
         fold = cls(ordered[0].person_a, ordered[0].person_b)
         for e in ordered:
-            fold.add(e, params)
+            fold.add(e, params, episode_gap_days)
         return fold
 
     @property
@@ -82,10 +89,13 @@ class Fold:
         """Whether ``e`` comes after every folded event in canonical order."""
         return self.last_key is None or (e.occurred_at, e.seq, e.event_id) > self.last_key
 
-    def add(self, e: PairEvent, params: Params = PARAMS) -> None:
-        """Fold in the next event (the caller has checked :meth:`accepts`)."""
+    def add(self, e: PairEvent, params: Params = PARAMS, episode_gap_days: float = _GAP) -> None:
+        """Fold in the next event (the caller has checked :meth:`accepts`); contacts more than
+        ``episode_gap_days`` apart are separate momentum episodes."""
         if self._at_last_contact:
             self._settle(params)  # the state is about to move past the last contact
+        if e.type in CONTACT_TYPES:
+            self._episode(e.occurred_at, episode_gap_days)
         points, _ = self.acc.step(e, params)
         if self.at is not None:
             days = _days(self.at, e.occurred_at)
@@ -100,6 +110,13 @@ class Fold:
         # Same rule as strength(): the score at the last contact includes every event at that
         # instant, so it is the score after the latest one at it. Computed lazily (_settle).
         self._at_last_contact = self.acc.last == e.occurred_at
+
+    def _episode(self, at: datetime, gap_days: float) -> None:
+        """Count a contact at ``at`` into momentum's episodes (the same rule as
+        :func:`~tieline.projections.strength_model_momentum.momentum`)."""
+        last = self.acc.last  # the previous contact, before this event is stepped in
+        if last is None or (at - last).total_seconds() > gap_days * DAY_SECONDS:
+            self.episodes += 1
 
     def _settle(self, params: Params) -> None:
         self.score_at_last_contact = self.acc.result(
@@ -149,6 +166,7 @@ class Fold:
             "fi": _us(acc.first),
             "la": _us(acc.last),
             "d": acc.deepest,
+            "ep": self.episodes,
         }
 
     def to_json(self) -> str:
@@ -174,4 +192,5 @@ class Fold:
         acc.ratings = {k: (_at_us(t), int(v)) for k, (t, v) in d["rt"].items()}
         acc.first, acc.last = _from_us(d["fi"]), _from_us(d["la"])
         acc.deepest = d["d"]
+        fold.episodes = int(d["ep"])
         return fold

@@ -44,6 +44,8 @@ INTERACTION_TYPES = frozenset(
         "introduction.requested",
         "introduction.consented",
         "introduction.outcome",
+        # An admin's adoption of model parameters for the workspace (tieline calibrate --apply)
+        "workspace.model_calibrated",
     }
 )
 

@@ -25,12 +25,14 @@ from tieline.projections.strength_model import (
     strength,
     tier_for,
 )
+from tieline.projections.strength_model_workspace import strength_params
+from tieline.projections.workspace_models import workspace_model
 
 #: The columns of ``strength_v1`` a tie read needs (everything but the fold state).
 TIE_COLS = """person_a, person_b, score, tier, state_at, fast, slow, reciprocity_factor, rating,
     event_count, meetings, follow_ups, introductions, helps, ratings, first_contact_at,
     last_contact_at, score_at_last_contact, deepest_meeting, one_sided, can_vouch, reciprocity,
-    params_version"""
+    params_version, episodes, momentum_version"""
 
 
 def state_of(row: Row) -> DecayState:
@@ -44,9 +46,10 @@ def state_of(row: Row) -> DecayState:
     )
 
 
-def score_at(row: Row, when: datetime, params: Params = PARAMS) -> float:
-    """The pair's score at ``when`` (>= its latest event) from its stored decay state."""
-    return state_of(row).score_at(when, params)
+def score_at(row: Row, when: datetime, params: Params | None = None) -> float:
+    """The pair's score at ``when`` (>= its latest event) from its stored decay state, with
+    the parameter set the row was computed with (a workspace may have adopted its own)."""
+    return state_of(row).score_at(when, params or strength_params(row["params_version"]))
 
 
 async def relationship(
@@ -110,18 +113,20 @@ async def pair_events(
 async def pair_strength(
     conn: AsyncConnection[Any], ws: str, a: str, b: str, as_of: datetime | None
 ) -> Strength | None:
-    """The pure model over the pair's events as of ``as_of`` (now when None); None when the
-    pair has no recorded contact."""
+    """The pure model over the pair's events as of ``as_of`` (now when None), with the
+    workspace's parameter set; None when the pair has no recorded contact."""
     events = await pair_events(conn, ws, a, b, as_of)
     if not events:
         return None
-    return strength(events, PARAMS, as_of or now())
+    params = (await workspace_model(conn, ws)).strength
+    return strength(events, params, as_of or now())
 
 
 def summary(s: Strength, a: str, b: str) -> dict[str, Any]:
     """What the pair endpoint returns."""
     pa, pb = ordered(a, b)
-    vouch, reasons = can_vouch(s, PARAMS)
+    params = strength_params(s.state.params_version)
+    vouch, reasons = can_vouch(s, params)
     counts: dict[str, int] = defaultdict(int)
     for c in s.contributions:
         counts[c.type] += 1
@@ -131,7 +136,7 @@ def summary(s: Strength, a: str, b: str) -> dict[str, Any]:
         "score": round(s.score, 4),
         "tier": s.tier,
         "as_of": s.as_of,
-        "params_version": PARAMS.version,
+        "params_version": s.state.params_version,
         "event_count": len(s.contributions),
         "meetings": counts["relationship.met"],
         "follow_ups": counts["relationship.followed_up"],

@@ -6,11 +6,12 @@ Scores *now* come from each tie's stored decay state; a tie whose stored state i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection
+from tieline.projections.queries import momentum as mo
 from tieline.projections.queries.common import Row, now
 from tieline.projections.queries.strength import TIE_COLS, pair_strength, score_at
 from tieline.projections.strength_model import (
@@ -20,6 +21,7 @@ from tieline.projections.strength_model import (
     follow_up_due,
     tier_for,
 )
+from tieline.projections.strength_model_momentum import Momentum
 
 #: (stored row, score at the asked time, the model's strength when it was recomputed)
 Scored = tuple[Row, float, Strength | None]
@@ -62,10 +64,28 @@ async def scored_ties(
     return out
 
 
-def tie_view(row: Row, score: float, tier: str, s: Strength | None) -> dict[str, Any]:
+async def momenta(
+    conn: AsyncConnection[Any],
+    ws: str,
+    person: str,
+    scored: list[Scored],
+    when: datetime,
+    historical: bool,
+) -> dict[str, Momentum]:
+    """Momentum of each scored tie at ``when`` (projections/queries/momentum.py), by the other
+    person's id; ties the strength model recomputed are recomputed here too."""
+    return await mo.of_ties(
+        conn, ws, person, [(row, s is not None) for row, _, s in scored], when, historical
+    )
+
+
+def tie_view(
+    row: Row, score: float, tier: str, s: Strength | None, m: Momentum | None = None
+) -> dict[str, Any]:
     return {
         "other": row["other"],
         "score": round(score, 4),
+        "momentum": None if m is None else round(m.score, 4),
         "tier": tier,
         "event_count": row["event_count"] if s is None else len(s.contributions),
         "meetings": row["meetings"],
@@ -91,8 +111,14 @@ def _due_stored(row: Row, score: float, when: datetime) -> tuple[bool, float, An
     return is_due, stake, last, was
 
 
-def follow_ups(scored: list[Scored], when: datetime) -> list[dict[str, Any]]:
-    """Ties whose time since last contact exceeds their tier's cadence, most at stake first."""
+def follow_ups(
+    scored: list[Scored],
+    when: datetime,
+    momenta: Mapping[str, Momentum] | None = None,
+    order: str = "at_stake",
+) -> list[dict[str, Any]]:
+    """Ties whose time since last contact exceeds their tier's cadence: most at stake first,
+    or (``lapsing``) least momentum first: the ties least likely to go on without a nudge."""
     due = []
     for row, score, s in scored:
         if s is not None:
@@ -115,10 +141,16 @@ def follow_ups(scored: list[Scored], when: datetime) -> list[dict[str, Any]]:
                     "days_since_contact": round((when - last).total_seconds() / 86400, 1),
                     "cadence_days": PARAMS.tier_cadence_days.get(was or ""),
                     "at_stake": round(stake, 4),
+                    "momentum": _momentum(momenta, row["other"]),
                 }
             )
-    due.sort(key=follow_up_key)
+    due.sort(key=follow_up_order(order))
     return due
+
+
+def _momentum(momenta: Mapping[str, Momentum] | None, other: str) -> float | None:
+    m = None if momenta is None else momenta.get(other)
+    return None if m is None else round(m.score, 4)
 
 
 #: A sort key of a ranked list (compared as a tuple; a pagination cursor holds one).
@@ -131,6 +163,8 @@ def rank_key(order: str) -> Callable[[Row], Key]:
     (``recent``; never contacted last), then by the other person's id."""
     if order == "strength":
         return lambda v: (-v["score"], v["other"])
+    if order == "momentum":
+        return lambda v: (-(v["momentum"] or 0.0), v["other"])
 
     def recent(v: Row) -> Key:
         last = v["last_contact_at"]
@@ -140,10 +174,16 @@ def rank_key(order: str) -> Callable[[Row], Key]:
     return recent
 
 
-def ranked(scored: list[Scored], order: str) -> list[dict[str, Any]]:
+def ranked(
+    scored: list[Scored], order: str, momenta: Mapping[str, Momentum] | None = None
+) -> list[dict[str, Any]]:
     """The ties with tiers that respect the layers' capacities, in ``rank_key`` order."""
     tiers = assign_tiers({row["other"]: score for row, score, _ in scored}, PARAMS)
-    views = [tie_view(row, score, tiers[row["other"]], s) for row, score, s in scored]
+    got = momenta or {}
+    views = [
+        tie_view(row, score, tiers[row["other"]], s, got.get(row["other"]))
+        for row, score, s in scored
+    ]
     views.sort(key=rank_key(order))
     return views
 
@@ -151,6 +191,15 @@ def ranked(scored: list[Scored], order: str) -> list[dict[str, Any]]:
 def follow_up_key(d: Row) -> Key:
     """Follow-ups: most strength at stake first, then by the other person's id."""
     return (-d["at_stake"], d["other"])
+
+
+def lapsing_key(d: Row) -> Key:
+    """Follow-ups, ``lapsing``: least momentum first, then by the other person's id."""
+    return (d["momentum"] or 0.0, d["other"])
+
+
+def follow_up_order(order: str) -> Callable[[Row], Key]:
+    return lapsing_key if order == "lapsing" else follow_up_key
 
 
 def give_and_take_key(d: Row) -> Key:

@@ -9,8 +9,9 @@ from typing import Any
 from psycopg import AsyncConnection
 from tieline.projections.queries.common import Row, ordered
 from tieline.projections.queries.strength import pair_events, relationship, stored_rows
-from tieline.projections.strength_model import PARAMS, PairEvent, strength
+from tieline.projections.strength_model import PARAMS, PairEvent, Params, strength
 from tieline.projections.strength_model import timeline as model_timeline
+from tieline.projections.workspace_models import workspace_model
 
 
 async def timeline(
@@ -49,7 +50,7 @@ DECAY_BUDGET = 200_000
 
 
 def decay_after(
-    ordered: list[PairEvent], end: datetime, per_gap: int
+    ordered: list[PairEvent], end: datetime, per_gap: int, params: Params = PARAMS
 ) -> list[list[dict[str, Any]]]:
     """For each event (in the model's order), the score at ``per_gap`` instants between it and
     the next event (or ``end``), computed by the model itself with only the events up to it:
@@ -67,22 +68,25 @@ def decay_after(
             for j in range(1, per_gap + 1)
         ]
         out.append(
-            [{"at": t, "score": round(strength(prefix, PARAMS, t).score, 4)} for t in instants]
+            [{"at": t, "score": round(strength(prefix, params, t).score, 4)} for t in instants]
         )
     return out
 
 
 def timeline_view(
-    events: list[PairEvent], as_of: datetime | None, recorded: dict[str, Row]
+    events: list[PairEvent],
+    as_of: datetime | None,
+    recorded: dict[str, Row],
+    params: Params = PARAMS,
 ) -> list[dict[str, Any]]:
     """Each event with who recorded it and when, its contribution, the score after it, and the
     score's decay until the next event (``decay_after``)."""
     out = []
-    rows = model_timeline(events, PARAMS, as_of)
+    rows = model_timeline(events, params, as_of)
     n = len(rows)
     per_gap = max(0, min(8, DECAY_BUDGET // max(n * n, 1)))
     end = as_of or datetime.now(UTC)
-    curves = decay_after([e for e, _, _ in rows], end, per_gap)
+    curves = decay_after([e for e, _, _ in rows], end, per_gap, params)
     for (e, c, after), curve in zip(rows, curves, strict=True):
         r = recorded.get(e.event_id, {})
         out.append(
@@ -115,7 +119,7 @@ async def pair_timeline(
     events = await pair_events(conn, ws, a, b, as_of)
     who = await recorded(conn, ws, a, b)
     rows = await timeline(conn, ws, a, b, retracted_only=True)
-    view = timeline_view(events, as_of, who)
+    view = timeline_view(events, as_of, who, (await workspace_model(conn, ws)).strength)
     gone = [
         dict(r, contribution=0.0, strength_after=None)
         for r in rows

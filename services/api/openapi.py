@@ -128,8 +128,26 @@ def command_components() -> dict[str, dict[str, Any]]:
     for event_type, cls in sorted(REGISTRY.classes.items()):
         schema = command_schema(event_type, cls.version, cls)
         schema.pop("$id", None)
-        out[command_component(event_type)] = schema
+        # Nested models (a ParameterSet) become components of their own: generators do not
+        # follow a "#/$defs/..." reference inside an OpenAPI component.
+        for name, nested in schema.pop("$defs", {}).items():
+            out[name] = _local_refs(nested)
+        out[command_component(event_type)] = _local_refs(schema)
     return out
+
+
+def _local_refs(node: Any) -> Any:
+    """``node`` with every ``#/$defs/X`` reference pointing at the component ``X``."""
+    if isinstance(node, dict):
+        return {
+            k: REF + v.removeprefix("#/$defs/")
+            if k == "$ref" and isinstance(v, str) and v.startswith("#/$defs/")
+            else _local_refs(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_local_refs(v) for v in node]
+    return node
 
 
 EVENT_EXAMPLES: dict[str, dict[str, Any]] = {

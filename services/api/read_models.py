@@ -58,6 +58,9 @@ class RelationshipStrength(Answer):
                     "reciprocity": {"acts": 2, "balance": 0.0, "one_sided": False,
                                     "factor": 1.0},
                     "can_vouch": False,
+                    "momentum": 67.3,
+                    "momentum_version": "momentum-2026.1",
+                    "episodes": 2,
                 }
             ]
         }
@@ -81,6 +84,15 @@ class RelationshipStrength(Answer):
     can_vouch: bool
     vouch_reasons: list[str] | None = Field(
         default=None, description="Why (not) vouching; given for an ``as_of`` answer."
+    )
+    momentum: float = Field(
+        description="0-100: how likely the relationship goes on, both ways, soon (a score "
+        "separate from strength, validated on that question: docs/strength-model.md §8)."
+    )
+    momentum_version: str = Field(description="The momentum parameter set.")
+    episodes: int = Field(
+        description="Contacts counted as separate episodes (a burst within the parameter "
+        "set's episode gap is one)."
     )
 
 
@@ -132,6 +144,9 @@ class Explanation(Answer):
 class Tie(Answer):
     other: str
     score: float
+    momentum: float | None = Field(
+        description="0-100: how likely the tie goes on, both ways, soon (see the pair answer)."
+    )
     tier: Tier = Field(description="Capacity-limited: about 5 / 15 / 50 / 150 per layer.")
     event_count: int
     meetings: int
@@ -143,7 +158,7 @@ class TiesPage(Page):
     """A person's ties, strongest (or latest) first."""
 
     person: str
-    order: Literal["strength", "recent"]
+    order: Literal["strength", "recent", "momentum"]
     as_of: Instant | None = Field(
         description="The instant the ranking is computed at: the ``as_of`` asked for, or "
         "(after the first page) the instant of the first page; null for a first page of now."
@@ -159,10 +174,13 @@ class FollowUp(Answer):
     days_since_contact: float
     cadence_days: float | None
     at_stake: float = Field(description="Strength lost if nothing happens for another cadence.")
+    momentum: float | None = Field(
+        description="0-100: how likely the tie goes on soon without a nudge (low: lapsing)."
+    )
 
 
 class FollowUpsPage(Page):
-    """Ties due a follow-up, most strength at stake first."""
+    """Ties due a follow-up, most strength at stake first (or least momentum first)."""
 
     person: str
     as_of: Instant

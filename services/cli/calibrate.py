@@ -2,7 +2,11 @@
 relationships best, validated on its most recent history (projections/strength_model_calibrate.py).
 
 Talks to PostgreSQL directly (``TIELINE_DATABASE_URL``, or ``--data-dir`` of a running
-``tieline up``) and reads the live read-model generation; it changes nothing.
+``tieline up``) and reads the live read-model generation; it changes nothing, unless
+``--apply``: then the recommended sets are recorded for that workspace as a
+``workspace.model_calibrated`` event through the HTTP API (an admin token), and the projection
+recomputes the workspace's read models with them. Exit codes: 0 done, 1 too little history,
+3 ``--apply`` refused because no set beats the default on held-out time.
 """
 
 from __future__ import annotations
@@ -13,10 +17,21 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
-from tieline.services.cli.client import DEFAULT_WORKSPACE, AsJson, emit_json, out
+from tieline.services.cli.client import (
+    DEFAULT_API,
+    DEFAULT_WORKSPACE,
+    Api,
+    ApiUrl,
+    AsJson,
+    Token,
+    emit_json,
+    out,
+)
 from tieline.services.cli.ops import DataDir, ops_settings, run_db
 
 console = Console()
+#: ``--apply`` found nothing to adopt: no set beats the default on held-out time.
+EXIT_NOT_BETTER = 3
 
 
 def _ci(ci: list[float]) -> str:
@@ -26,6 +41,7 @@ def _ci(ci: list[float]) -> str:
 
 
 def calibrate_cmd(
+    ctx: typer.Context,
     workspace: Annotated[
         str, typer.Option("--workspace", "-w", envvar="TIELINE_WORKSPACE", help="Workspace id.")
     ] = DEFAULT_WORKSPACE,
@@ -37,27 +53,28 @@ def calibrate_cmd(
         list[str] | None, typer.Option(help="strength and/or momentum (default: both).")
     ] = None,
     data_dir: DataDir = None,
+    apply: Annotated[
+        bool,
+        typer.Option(
+            "--apply",
+            help="Adopt the recommended sets for this workspace only (admin token; recorded as "
+            "a workspace.model_calibrated event). Refused (exit 3) when none beats the default.",
+        ),
+    ] = False,
+    api_url: ApiUrl = DEFAULT_API,
+    token: Token = None,
     as_json: AsJson = False,
 ) -> None:
     """Replay the workspace's history, hold out its most recent part, search the documented
     parameter ranges on the part before it, and report AUC and precision@10 of the default and
     the best set on the held-out time. Recommends a set only if it beats the default there
-    (95% interval of the AUC gain above zero). Nothing is changed."""
-    from tieline.projections import generations
-    from tieline.projections.strength_model_calibrate import calibrate, workspace_events
+    (95% interval of the AUC gain above zero). Nothing is changed unless ``--apply``."""
+    from tieline.projections.strength_model_calibrate import calibrate
 
     models = tuple(model or ("strength", "momentum"))
     if any(m not in ("strength", "momentum") for m in models):
         raise typer.BadParameter("--model is strength or momentum")
-    settings = ops_settings(data_dir, "tieline calibrate")
-
-    async def load(conn: Any) -> Any:
-        gen = await generations.live(conn, settings.database_schema)
-        if gen is None:
-            return None
-        return await workspace_events(conn, gen.schema_name, workspace)
-
-    events = run_db("tieline calibrate", settings, load)
+    events = _history(data_dir, workspace)
     if not events:
         out(f"tieline calibrate: workspace {workspace!r} has no relationship events")
         raise typer.Exit(1)
@@ -66,12 +83,43 @@ def calibrate_cmd(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     report["workspace"] = workspace
+    if apply and "refused" not in report:
+        report["applied"] = _apply(Api.of(ctx, api_url, workspace, token, as_json), report)
     if as_json:
         emit_json(report)
     else:
         _show(report)
     if "refused" in report:
         raise typer.Exit(1)
+    if apply and report["applied"] is None:
+        raise typer.Exit(EXIT_NOT_BETTER)
+
+
+def _history(data_dir: Any, workspace: str) -> Any:
+    """The workspace's pair events from the live read-model generation (None: no generation)."""
+    from tieline.projections import generations
+    from tieline.projections.strength_model_calibrate import workspace_events
+
+    settings = ops_settings(data_dir, "tieline calibrate")
+
+    async def load(conn: Any) -> Any:
+        gen = await generations.live(conn, settings.database_schema)
+        if gen is None:
+            return None
+        return await workspace_events(conn, gen.schema_name, workspace)
+
+    return run_db("tieline calibrate", settings, load)
+
+
+def _apply(api: Api, report: dict[str, Any]) -> dict[str, Any] | None:
+    """Record the recommended sets for the workspace (None: nothing beats the default)."""
+    from tieline.projections.strength_model_calibrate import adoption
+
+    body = adoption(report)
+    if body is None:
+        return None
+    answer = api.post("/events", body, unsure="; it may have been recorded: check before again")
+    return {**body, "seq": answer.get("seq"), "event_id": answer.get("event_id")}
 
 
 def _show(report: dict[str, Any]) -> None:
@@ -106,6 +154,15 @@ def _show(report: dict[str, Any]) -> None:
             out(f"{name}: the default stays (no candidate did better before the held-out time)")
         else:
             out(f"{name}: not recommended {changed}: it does not beat the default on held-out time")
+    if "applied" not in report:
+        return
+    applied = report["applied"]
+    if applied is None:
+        out("--apply refused: no parameter set beats the default on held-out time; nothing changed")
+    else:
+        sets = {m: applied[m]["version"] for m in ("strength", "momentum") if m in applied}
+        out(f"applied to workspace {report['workspace']}: {sets} (event seq {applied['seq']}); ")
+        out("the projection recomputes the workspace's relationships with them")
 
 
 def register(app: typer.Typer) -> None:

@@ -156,6 +156,8 @@ STRENGTH_FIELDS = [
     "last_contact_at",
     "days_since_contact",
     "can_vouch",
+    "momentum",
+    "episodes",
     "as_of",
 ]
 
@@ -254,7 +256,9 @@ def timeline(
 def ties(
     ctx: typer.Context,
     person_id: Annotated[str, typer.Argument(metavar="PERSON")],
-    order: Annotated[str | None, typer.Option(help="strength (default) | recent")] = None,
+    order: Annotated[
+        str | None, typer.Option(help="strength (default) | recent | momentum")
+    ] = None,
     limit: Limit = None,
     cursor: Cursor = None,
     follow: All = False,
@@ -272,7 +276,8 @@ def ties(
     if as_json:
         emit_json(data)
         return
-    cols = ["other", "score", "tier", "event_count", "meetings", "last_contact_at", "one_sided"]
+    cols = ["other", "score", "tier", "momentum", "event_count", "meetings", "last_contact_at"]
+    cols.append("one_sided")
     show_table(cols, data.get("relationships") or [], title=f"ties of {person_id}")
     next_page_note(data)
 
@@ -280,6 +285,9 @@ def ties(
 def follow_ups(
     ctx: typer.Context,
     person_id: Annotated[str, typer.Argument(metavar="PERSON")],
+    order: Annotated[
+        str | None, typer.Option(help="at_stake (default) | lapsing (least momentum first)")
+    ] = None,
     limit: Limit = None,
     cursor: Cursor = None,
     follow: All = False,
@@ -290,15 +298,18 @@ def follow_ups(
     token: Token = None,
     as_json: AsJson = False,
 ) -> None:
-    """Ties of PERSON that are due a follow-up, most strength at stake first."""
+    """Ties of PERSON that are due a follow-up, most strength at stake first (or least
+    momentum first: the ties least likely to go on without a nudge)."""
     api = Api.of(ctx, api_url, workspace, token, as_json)
-    params = {"limit": limit, "cursor": cursor, "as_of": as_of, "min_seq": min_seq}
+    params = {"order": order, "limit": limit, "cursor": cursor, "as_of": as_of}
+    params["min_seq"] = min_seq
     data = api.pages(f"/people/{person_id}/follow-ups", params, "due", follow)
     if as_json:
         emit_json(data)
         return
     cols = ["other", "score", "tier_at_last_contact", "days_since_contact", "cadence_days"]
-    show_table([*cols, "at_stake"], data.get("due") or [], title=f"follow-ups due ({person_id})")
+    cols += ["at_stake", "momentum"]
+    show_table(cols, data.get("due") or [], title=f"follow-ups due ({person_id})")
     next_page_note(data)
 
 

@@ -24,8 +24,9 @@ Why each permission exists (``P`` is the subject prefix, ``S`` the event stream'
     after the service (replicas share the load; nobody else can join the group), and answer
     them through ``allow_responses`` (one reply to each request they received, on the reply
     subject it named, without a general publish right on ``_INBOX.>``). They publish only the
-    event types they own: ``P.ev.*.person.>`` for people; ``P.ev.*.relationship.>`` and
-    ``P.ev.*.event.>`` (retractions) for interactions. A JetStream publish is a request whose
+    event types they own: ``P.ev.*.person.>`` for people; ``P.ev.*.relationship.>``,
+    ``P.ev.*.introduction.>``, ``P.ev.*.event.>`` (retractions) and ``P.ev.*.workspace.>``
+    (model adoptions) for interactions. A JetStream publish is a request whose
     PubAck comes back on ``_INBOX.>``. ``$JS.API.STREAM.MSG.GET.S`` is the "does this person
     exist" check (last message on ``P.ev.<ws>.person.added.<id>``) and the re-sent
     ``person.added`` lookup; ``STREAM.INFO`` of both streams is the start-up check.
@@ -143,7 +144,11 @@ def permissions(role: str, prefix: str, stream: str) -> Permissions:
             subscribe=(_inbox(role),),
         )
     if role in ("people", "interactions"):
-        kinds = ("person",) if role == "people" else ("relationship", "introduction", "event")
+        kinds = (
+            ("person",)
+            if role == "people"
+            else ("relationship", "introduction", "event", "workspace")
+        )
         events = tuple(f"{prefix}.ev.*.{kind}.>" for kind in kinds)
         return Permissions(
             publish=(*events, *api, f"$JS.API.STREAM.MSG.GET.{stream}"),

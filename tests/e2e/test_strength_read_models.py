@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 from tieline.projections.strength_model import PARAMS, PairEvent, strength
+from tieline.projections.strength_model_momentum import momentum
 
 from tests.e2e.test_walking_skeleton import add_people
 
@@ -225,3 +226,67 @@ def test_warm_paths_find_intermediaries_over_vouching_ties(api: httpx.Client, ws
         f"/v1/workspaces/{ws}/people/ada/warm-paths", params={"target": "linus"}
     ).json()["paths"]
     assert one_hop[0]["intermediaries"] == ["grace"]
+
+
+def _pair_events(api: httpx.Client, ws: str, a: str, b: str, seq: int) -> list[PairEvent]:
+    tl = api.get(
+        f"/v1/workspaces/{ws}/relationships/{a}/{b}/timeline", params={"min_seq": seq}
+    ).json()["events"]
+    pa, pb = sorted((a, b))
+    return [
+        PairEvent(
+            e["event_id"], e["type"], datetime.fromisoformat(e["occurred_at"]), e["seq"], pa, pb,
+            e["detail"],
+        )
+        for e in tl
+    ]  # fmt: skip
+
+
+def test_momentum_is_served_and_equals_the_pure_model(
+    api: httpx.Client, network: tuple[str, int]
+) -> None:
+    """The pair answer's momentum (as of a date, and now from the stored row) is the pure
+    momentum model with each person's latest contact with anyone; the ties listing ranks by
+    it and follow-ups can put the ties least likely to go on first."""
+    ws, _ = network
+    # ada meets linus after her last contact with grace: at day 420 the less recently active
+    # of ada and grace was active 10 days ago, their pair 13 days ago (both matter).
+    meet = {"type": "relationship.met", "participants": ["ada", "linus"], "depth": "conversation"}
+    meet["occurred_at"] = at(410)
+    seq = record(api, ws, [meet])
+    pairs = [("ada", "grace"), ("grace", "linus"), ("linus", "zoe"), ("ada", "mallory")]
+    pairs += [("ada", "sam"), ("ada", "linus")]
+    history = {p: _pair_events(api, ws, *p, seq) for p in pairs}
+    for day in (100, 420, 800):
+        when = T0 + timedelta(days=day)
+        active: dict[str, datetime] = {}
+        for events in history.values():
+            for e in events:
+                if e.occurred_at <= when:
+                    for p in (e.person_a, e.person_b):
+                        active[p] = max(active.get(p, e.occurred_at), e.occurred_at)
+        got = api.get(
+            f"/v1/workspaces/{ws}/relationships/ada/grace", params={"as_of": when.isoformat()}
+        ).json()
+        upto = [e for e in history[("ada", "grace")] if e.occurred_at <= when]
+        expected = momentum(upto, when, active)
+        assert got["momentum"] == round(expected.score, 4), day
+        if day == 420:
+            assert expected.score != momentum(upto, when).score  # the activity term counts
+        assert got["episodes"] == expected.episodes and got["momentum_version"]
+    direct = api.get(f"/v1/workspaces/{ws}/relationships/linus/grace").json()
+    pure = api.get(
+        f"/v1/workspaces/{ws}/relationships/linus/grace", params={"as_of": direct["as_of"]}
+    ).json()
+    assert abs(pure["momentum"] - direct["momentum"]) < 1e-6 and direct["episodes"] > 1
+    ranked = api.get(
+        f"/v1/workspaces/{ws}/people/ada/relationships",
+        params={"order": "momentum", "as_of": at(420)},
+    ).json()["relationships"]
+    values = [t["momentum"] for t in ranked]
+    assert values == sorted(values, reverse=True) and len(values) == 4
+    due = api.get(
+        f"/v1/workspaces/{ws}/people/ada/follow-ups", params={"as_of": at(520), "order": "lapsing"}
+    ).json()["due"]
+    lapsing = [d["momentum"] for d in due]
+    assert lapsing == sorted(lapsing) and "grace" in [d["other"] for d in due]

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from tieline.events_schema import models
-from tieline.services.cli import events, reads, stream
+from tieline.services.cli import calibrate, events, reads, stream
 
 #: Fields the write side sets itself: a client never sends them.
 SERVER_SET = {"type", "schema_version", "recorded_at", "workspace_id", "recorded_by"}
@@ -32,12 +32,15 @@ EVENT_COMMANDS: list[tuple[Callable[..., Any], type[models.Event], dict[str, str
     (events.intro_outcome, models.IntroductionOutcome, {}),
     (events.forget, models.PersonForgotten, {"person_id": "person"}),
     (events.merge, models.PersonMerged, {"person_id": "person"}),
+    (calibrate.calibrate_cmd, models.WorkspaceModelCalibrated, {}),
 ]
 #: Envelope fields an endpoint does not accept (POST /people takes a person, not an event;
-#: forget is a route of its own that records the event itself).
+#: forget is a route of its own that records the event itself; calibrate computes its event).
 NOT_ACCEPTED = {
     events.add_person: {"correlation_id", "causation_id"},
     events.forget: {"event_id", "occurred_at", "correlation_id", "causation_id"},
+    # ``calibrate --apply`` records what the calibration found: every field is its result.
+    calibrate.calibrate_cmd: set(models.WorkspaceModelCalibrated.model_fields),
 }
 
 

@@ -25,6 +25,7 @@ from tieline.projections.strength_model import (
     tier_for,
     timeline,
 )
+from tieline.projections.strength_model_momentum import momentum
 
 T0 = datetime(2024, 1, 1, 9, 0, tzinfo=UTC)
 A, B = "ann", "bob"
@@ -608,6 +609,9 @@ def test_folding_events_one_by_one_gives_the_strength_of_the_whole_history(
         whole.deepest_meeting,
     )
     assert fold.event_count == len({e.event_id for e in events})
+    # The stored momentum episodes are what the pure momentum model counts.
+    last = max(e.occurred_at for e in events)
+    assert fold.episodes == momentum(events, last).episodes
 
 
 @PROPERTY

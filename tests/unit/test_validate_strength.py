@@ -13,6 +13,7 @@ import random
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tieline.projections.strength_model import FOLLOWED_UP, PairEvent
@@ -164,3 +165,56 @@ def test_calibrate_chooses_before_the_held_out_time_and_reports_intervals() -> N
     # too little history is refused, never recommended
     small = dict(list(_history(5).items())[:5])
     assert "refused" in calibrate(small, 0.25, 10, ("momentum",))
+
+
+def _report(recommend: bool) -> dict[str, Any]:
+    model = {
+        "recommend": recommend,
+        "default": {"episode_gap_days": 1 / 24, "episode_exponent": 3.0},
+        "best": {"episode_gap_days": 0.5, "episode_exponent": 3.0},
+        "auc": {"default": 0.8, "best": 0.9},
+        "auc_best_minus_default_ci95": [0.01, 0.05] if recommend else [-0.01, 0.05],
+        "p_at_10": {"default": 0.2, "best": 0.25},
+    }
+    return {
+        "holdout_share": 0.25,
+        "validation": {"cutoff": "2024-05-01T00:00:00+00:00"},
+        "models": {"momentum": model},
+    }
+
+
+def test_adoption_records_only_sets_that_beat_the_default() -> None:
+    """``calibrate --apply``'s event: the recommended set's changes and evidence; nothing when
+    no set is recommended; the event validates against the registry's model."""
+    from tieline.events_schema.models import WorkspaceModelCalibrated
+    from tieline.projections.strength_model_calibrate import adoption
+
+    assert adoption(_report(False)) is None
+    body = adoption(_report(True))
+    assert body is not None and "strength" not in body
+    assert body["momentum"]["values"] == {"episode_gap_days": 0.5}  # only what changed
+    assert body["momentum"]["version"] == "momentum-2026.1+episode_gap_days=0.5"
+    assert body["evidence"]["momentum_auc_gain_lo"] == 0.01
+    envelope = {"event_id": "0b6d1f7e-5a51-4f8e-9a4b-1c2d3e4f5a0c", "schema_version": 1,
+                "occurred_at": "2024-06-01T00:00:00Z", "recorded_at": "2024-06-01T00:00:00Z",
+                "workspace_id": "acme", "recorded_by": "t"}  # fmt: skip
+    WorkspaceModelCalibrated.model_validate({**envelope, **body})
+
+
+def test_a_workspace_model_is_its_newest_usable_adoption_per_model() -> None:
+    from tieline.projections.strength_model_workspace import (
+        model_of,
+        parameter_set,
+        strength_params,
+    )
+
+    newest = {"momentum": parameter_set({"episode_exponent": 1.0}, "momentum-2026.1")}
+    older = {"strength": {"version": "anything", "values": {"slow_share": 0.1}}}
+    broken = {"strength": {"version": "x", "values": {"no_such_parameter": 1.0}}}
+    model = model_of([broken, newest, older])
+    assert model.momentum.episode_exponent == 1.0
+    # the broken set is ignored, the older strength set applies, named by its values
+    assert model.strength.slow_share == 0.1
+    assert model.strength.version == "2026.1+slow_share=0.1"
+    assert strength_params(model.strength.version) == model.strength
+    assert model_of([]).strength is strength_params("2026.1")

@@ -19,8 +19,9 @@ router = APIRouter(tags=["events"])
 #: Lines per request/reply command; keeps each NATS message well under its payload limit.
 CHUNK_LINES = 500
 #: Event types only an admin token may record: forgetting destroys a person's key for good,
-#: so it takes the same role as ``POST .../people/{person}/forget``.
-ADMIN_ONLY_TYPES = frozenset({"person.forgotten"})
+#: so it takes the same role as ``POST .../people/{person}/forget``; adopting a workspace's
+#: model parameters (``tieline calibrate --apply``) changes every score of the workspace.
+ADMIN_ONLY_TYPES = frozenset({"person.forgotten", "workspace.model_calibrated"})
 
 
 def role_refusal(obj: Any, role: str) -> dict[str, Any] | None:
@@ -28,7 +29,11 @@ def role_refusal(obj: Any, role: str) -> dict[str, Any] | None:
     kind = obj.get("type") if isinstance(obj, dict) else None
     if not isinstance(kind, str) or kind not in ADMIN_ONLY_TYPES or role == "admin":
         return None
-    msg = f"recording {kind!r} needs an admin token (POST .../people/{{person}}/forget)"
+    how = {
+        "person.forgotten": "POST .../people/{person}/forget",
+        "workspace.model_calibrated": "tieline calibrate --apply",
+    }[kind]
+    msg = f"recording {kind!r} needs an admin token ({how})"
     return {"status": 403, "error": f"type: {msg}", "errors": [{"loc": ["type"], "msg": msg}]}
 
 

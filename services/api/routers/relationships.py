@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
+from tieline.projections.queries import momentum, ties
 from tieline.projections.queries import strength as pairs
-from tieline.projections.queries import ties
 from tieline.projections.queries.common import now
 from tieline.projections.queries.timeline import pair_timeline
 from tieline.projections.strength_model import Strength
@@ -62,19 +62,20 @@ async def strength(
     as_of: AsOf = None,
 ) -> dict[str, Any]:
     """Strength of the tie now (or as of a date): score 0-100, tier, counts, reciprocity,
-    whether each side could vouch for the other."""
-    if as_of is None:
-        # Now: one indexed row and the closed-form decay (the fast path).
-        await rt.waiter.wait(min_seq)
-        async with rt.connections.connection() as conn:
-            row = await pairs.pair_row(conn, ws, person_a, person_b)
-        if row is None:
-            raise _no_relationship(person_a, person_b)
-        await rt.audit.record(ws, who, "GET relationship", [person_a, person_b])
-        return pairs.summary_now(row, now())
-    s = await _pair(rt, ws, person_a, person_b, aware(as_of), min_seq)
+    whether each side could vouch for the other; and its momentum (0-100): how likely the
+    relationship goes on, both ways, soon (a separate score, docs/strength-model.md §8)."""
+    when = aware(as_of)
+    await rt.waiter.wait(min_seq)
+    async with rt.connections.connection() as conn:
+        if when is None:
+            # Now: one indexed row and the closed-form decay (the fast path).
+            out = await momentum.pair_now(conn, ws, person_a, person_b, now())
+        else:
+            out = await momentum.pair_as_of(conn, ws, person_a, person_b, when)
+    if out is None:
+        raise _no_relationship(person_a, person_b)
     await rt.audit.record(ws, who, "GET relationship", [person_a, person_b])
-    return pairs.summary(s, person_a, person_b)
+    return out
 
 
 @router.get(PAIR + "/explain", response_model=Explanation, responses=READ | problems(404))
@@ -110,24 +111,26 @@ async def relationships(
     who: Reader,
     rt: RT,
     min_seq: MinSeq = None,
-    order: Literal["strength", "recent"] = "strength",
+    order: Literal["strength", "recent", "momentum"] = "strength",
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     as_of: AsOf = None,
     cursor: pagination.CursorParam = None,
 ) -> dict[str, Any]:
     """A person's ties with their current (or as-of) score and Dunbar-like tier; tiers
-    respect the layers' capacities (about 5 / 15 / 50 / 150). Every page ranks at the
-    instant of the first one (carried in the cursor)."""
+    respect the layers' capacities (about 5 / 15 / 50 / 150), and each tie's momentum: how
+    likely it goes on soon (``order=momentum``: the ties you are most likely in touch with
+    next first). Every page ranks at the instant of the first one (carried in the cursor)."""
     listing = f"ties:{order}"
-    kinds = (float, str) if order == "strength" else (bool, float, str)
+    kinds = (bool, float, str) if order == "recent" else (float, str)
     start = pagination.decode(cursor, listing, kinds)
     await rt.waiter.wait(min_seq)
     when = _pinned(start, as_of)
     at = when or now()
     async with rt.connections.connection() as conn:
         scored = await ties.scored_ties(conn, ws, person, when, at)
+        momenta = await ties.momenta(conn, ws, person, scored, at, when is not None)
     await rt.audit.record(ws, who, "GET person relationships", [person])
-    views = ties.ranked(scored, order)
+    views = ties.ranked(scored, order, momenta)
     key = ties.rank_key(order)
     taken, last = pagination.page(views, key, limit, start.key if start else None)
     return {
@@ -149,21 +152,26 @@ async def follow_ups_due(
     rt: RT,
     min_seq: MinSeq = None,
     as_of: AsOf = None,
+    order: Literal["at_stake", "lapsing"] = "at_stake",
     limit: Limit = 100,
     cursor: pagination.CursorParam = None,
 ) -> dict[str, Any]:
     """Ties whose time since last contact exceeds their tier's cadence, ordered by how
-    much strength is at stake if nothing happens for another cadence."""
-    start = pagination.decode(cursor, "follow-ups", (float, str))
+    much strength is at stake if nothing happens for another cadence, or (``lapsing``) by
+    momentum, lowest first: the due ties least likely to go on without a nudge."""
+    listing = "follow-ups" if order == "at_stake" else f"follow-ups:{order}"
+    start = pagination.decode(cursor, listing, (float, str))
     await rt.waiter.wait(min_seq)
     pinned = _pinned(start, as_of)
     when = pinned or now()
     async with rt.connections.connection() as conn:
         scored = await ties.scored_ties(conn, ws, person, pinned, when)
+        momenta = await ties.momenta(conn, ws, person, scored, when, pinned is not None)
     await rt.audit.record(ws, who, "GET follow-ups", [person])
-    due = ties.follow_ups(scored, when)
-    taken, last = pagination.page(due, ties.follow_up_key, limit, start.key if start else None)
-    nxt = None if last is None else pagination.encode("follow-ups", last, when)
+    due = ties.follow_ups(scored, when, momenta, order)
+    key = ties.follow_up_order(order)
+    taken, last = pagination.page(due, key, limit, start.key if start else None)
+    nxt = None if last is None else pagination.encode(listing, last, when)
     return {"person": person, "as_of": when, "due": taken, "next_cursor": nxt}
 
 

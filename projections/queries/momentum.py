@@ -1,0 +1,154 @@
+"""Momentum served from the read models: "will this relationship go on, both ways, soon?"
+
+Momentum (docs/strength-model.md §8) is a score separate from strength. Its parts are the
+pair's episodes (stored per pair: ``strength_v1.episodes``, folded like strength), the time
+since the pair's last contact (stored: ``last_contact_at``) and the time since the *less
+recently active* of the two people had contact with anyone: that last part changes whenever
+either person is in touch with someone else, so it is read at query time, not stored.
+
+Now: each person's latest contact is the latest ``last_contact_at`` of their stored ties (up to
+the asked instant). As of an earlier date: the latest unretracted contact event in the pair
+timelines up to then, and the pair's own momentum from its events up to then, exactly as the
+pure model computes it (:func:`~tieline.projections.strength_model_momentum.momentum`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import tuple_row
+from tieline.projections.queries.common import Row
+from tieline.projections.queries.strength import (
+    pair_events,
+    pair_row,
+    summary,
+    summary_now,
+)
+from tieline.projections.strength_model import CONTACT_TYPES, PairEvent, strength
+from tieline.projections.strength_model_momentum import Momentum, combine, momentum
+from tieline.projections.strength_model_workspace import momentum_params
+from tieline.projections.workspace_models import workspace_model
+
+_DAY = 86400.0
+
+_NOW_SQL = """
+SELECT p, max(l) FROM (
+    SELECT person_a AS p, last_contact_at AS l FROM strength_v1
+     WHERE workspace_id = %(ws)s AND person_a = ANY(%(people)s)
+    UNION ALL
+    SELECT person_b, last_contact_at FROM strength_v1
+     WHERE workspace_id = %(ws)s AND person_b = ANY(%(people)s)
+) x WHERE l <= %(at)s GROUP BY p"""
+
+_AS_OF_SQL = """
+SELECT p, max(t) FROM (
+    SELECT person_a AS p, occurred_at AS t FROM pair_events_v1
+     WHERE workspace_id = %(ws)s AND person_a = ANY(%(people)s) AND NOT retracted
+       AND type = ANY(%(types)s) AND occurred_at <= %(at)s
+    UNION ALL
+    SELECT person_b, occurred_at FROM pair_events_v1
+     WHERE workspace_id = %(ws)s AND person_b = ANY(%(people)s) AND NOT retracted
+       AND type = ANY(%(types)s) AND occurred_at <= %(at)s
+) x GROUP BY p"""
+
+
+async def last_active(
+    conn: AsyncConnection[Any],
+    ws: str,
+    people: Iterable[str],
+    at: datetime,
+    historical: bool,
+) -> dict[str, datetime]:
+    """Each person's latest contact with anyone up to ``at``: from the stored ties (``now``) or,
+    when ``historical``, from the pair timelines (exact for any earlier date)."""
+    args = {"ws": ws, "people": sorted(set(people)), "at": at, "types": sorted(CONTACT_TYPES)}
+    async with conn.cursor(row_factory=tuple_row) as cur:  # whatever the connection's rows
+        await cur.execute(_AS_OF_SQL if historical else _NOW_SQL, args)
+        return {p: t for p, t in await cur.fetchall() if t is not None}
+
+
+def from_row(row: Row, when: datetime, active: Mapping[str, datetime]) -> Momentum:
+    """A pair's momentum at ``when`` (>= its latest event) from its stored row, with the
+    momentum set the row was computed with (a workspace may have adopted its own)."""
+    params = momentum_params(row["momentum_version"])
+    last = row["last_contact_at"]
+    episodes = int(row["episodes"])
+    if last is None or episodes == 0:
+        return Momentum(0.0, 0, None, None, params.version)
+    g = (when - last).total_seconds() / _DAY
+    quiet = min(max(last, active.get(p, last)) for p in (row["person_a"], row["person_b"]))
+    h = (when - quiet).total_seconds() / _DAY
+    return Momentum(combine(params, episodes, g, h), episodes, g, h, params.version)
+
+
+async def of_pair(
+    conn: AsyncConnection[Any], ws: str, events: list[PairEvent], as_of: datetime
+) -> Momentum:
+    """A pair's momentum as of ``as_of`` from its events up to then (the pure model), with
+    the two people's activity up to then."""
+    people = {e.person_a for e in events} | {e.person_b for e in events}
+    active = await last_active(conn, ws, people, as_of, True)
+    return momentum(events, as_of, active, (await workspace_model(conn, ws)).momentum)
+
+
+async def of_ties(
+    conn: AsyncConnection[Any],
+    ws: str,
+    person: str,
+    ties: list[tuple[Row, bool]],
+    when: datetime,
+    historical: bool,
+) -> dict[str, Momentum]:
+    """Momentum of each of ``person``'s ties at ``when``, by the other person's id. ``ties``:
+    (stored row with ``other``, whether the row is later than ``when`` and so the pair must be
+    evaluated from its events up to ``when``)."""
+    others = [row["other"] for row, _ in ties]
+    active = await last_active(conn, ws, [person, *others], when, historical)
+    out: dict[str, Momentum] = {}
+    for row, replay in ties:
+        if not replay:
+            out[row["other"]] = from_row(row, when, active)
+            continue
+        events = await pair_events(conn, ws, row["person_a"], row["person_b"], when)
+        params = momentum_params(row["momentum_version"])
+        out[row["other"]] = momentum(events, when, active, params)
+    return out
+
+
+def fields(m: Momentum) -> dict[str, Any]:
+    """What an answer says about a pair's momentum."""
+    return {
+        "momentum": round(m.score, 4),
+        "momentum_version": m.params_version,
+        "episodes": m.episodes,
+    }
+
+
+async def pair_as_of(
+    conn: AsyncConnection[Any], ws: str, a: str, b: str, as_of: datetime
+) -> dict[str, Any] | None:
+    """The pair endpoint's answer as of ``as_of``: the pure models (strength and momentum)
+    over the pair's events up to then; None when the pair has no recorded contact."""
+    events = await pair_events(conn, ws, a, b, as_of)
+    if not events:
+        return None
+    params = (await workspace_model(conn, ws)).strength
+    out = summary(strength(events, params, as_of), a, b)
+    out.update(fields(await of_pair(conn, ws, events, as_of)))
+    return out
+
+
+async def pair_now(
+    conn: AsyncConnection[Any], ws: str, a: str, b: str, when: datetime
+) -> dict[str, Any] | None:
+    """The pair endpoint's answer for ``when`` (now) from the stored row, with momentum;
+    None when the pair has no row."""
+    row = await pair_row(conn, ws, a, b)
+    if row is None:
+        return None
+    people = (row["person_a"], row["person_b"])
+    active = await last_active(conn, ws, people, when, historical=False)
+    return {**summary_now(row, when), **fields(from_row(row, when, active))}
