@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     projection_workers: int = Field(default=1, ge=1, le=64)
     #: Which partition this worker process owns (0 .. projection_workers - 1).
     projection_partition: int = Field(default=0, ge=0, le=63)
+    #: A replica's index (a Kubernetes StatefulSet's pod index): when set, the partition is
+    #: ``projection_pod_index % projection_workers``, so 2N replicas run each partition as an
+    #: active worker and a hot standby (the partition's lock decides which is active).
+    projection_pod_index: int | None = Field(default=None, ge=0)
     #: Seconds JetStream waits for an ack before redelivering (a crashed worker's batch).
     ack_wait_s: float = Field(default=30.0, gt=0)
     #: Deliveries of a failing event before it is parked in the dead-letter subject.
@@ -180,6 +184,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _partition_in_range(self) -> Settings:
         """A partition index names one of the ``projection_workers`` partitions."""
+        if self.projection_pod_index is not None:
+            self.projection_partition = self.projection_pod_index % self.projection_workers
         if self.projection_partition >= self.projection_workers:
             raise ValueError(
                 f"projection_partition {self.projection_partition} is not below "

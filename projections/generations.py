@@ -26,15 +26,23 @@ CREATE TABLE IF NOT EXISTS generations (
     consumer     text NOT NULL,
     params       jsonb,
     note         text,
+    -- How many partitioned workers feed it (one checkpoint row each); a generation is built
+    -- for one count, another count builds a new generation.
+    partitions   int NOT NULL DEFAULT 1,
     created_at   timestamptz NOT NULL DEFAULT now(),
     live_at      timestamptz,
     retired_at   timestamptz
 );
 CREATE UNIQUE INDEX IF NOT EXISTS generations_one_live ON generations (status)
     WHERE status = 'live';
--- How many partitioned workers feed the generation (one checkpoint row each); a generation
--- is built for one count, a different count builds a new generation.
-ALTER TABLE generations ADD COLUMN IF NOT EXISTS partitions int NOT NULL DEFAULT 1;
+-- A table from before partitioned workers gets the column once; the check first, since even
+-- ADD COLUMN IF NOT EXISTS takes an exclusive lock (and would deadlock with starters).
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'generations'::regclass
+                   AND attname = 'partitions' AND NOT attisdropped) THEN
+        ALTER TABLE generations ADD COLUMN partitions int NOT NULL DEFAULT 1;
+    END IF;
+END $$;
 """
 
 
