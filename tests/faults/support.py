@@ -914,9 +914,7 @@ async def make_token(settings: Settings, ws: str, role: str = "admin") -> str:
 
 
 @contextlib.contextmanager
-def full_stack(
-    data_dir: Path, settings: Settings, workers: int = 1, **env: str
-) -> Iterator[Stack]:
+def full_stack(data_dir: Path, settings: Settings, workers: int = 1, **env: str) -> Iterator[Stack]:
     """Embedded servers plus every tieline process (api, people, interactions, worker, and
     ``worker.2`` ... for ``workers`` partitions), ready (``/readyz`` 200) on entry; everything
     stops on exit."""
