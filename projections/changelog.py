@@ -212,11 +212,10 @@ async def scan_follow_ups(
 
     The first scan of a generation only records where it started (ties that were already
     overdue are not news). Runs in one transaction that holds the projection's checkpoint
-    rows (every partition's: so no batch commits meanwhile), at the checkpoint's sequence (the
-    smallest partition's) with ``sub`` from :data:`SCAN_SUB` up: positions keep growing in
-    commit order among the rows at or below the checkpoint, which are all that readers take.
-    A tie due exactly at the window's end is found by the next scan (windows are half-open,
-    none overlap).
+    rows (every partition's: no batch commits meanwhile), at the checkpoint (the smallest
+    partition's) with ``sub`` from :data:`SCAN_SUB` up: positions keep growing in commit order
+    among the rows at or below the checkpoint, all that readers take. A tie due exactly at the
+    window's end is found by the next scan (windows are half-open, none overlap).
     """
     async with conn.transaction():
         cur = await conn.execute(

@@ -26,7 +26,7 @@ from tieline.plumbing.config import Settings
 from tieline.projections import bulk_load, generations
 from tieline.projections.bulk_load import BulkResult
 from tieline.projections.generations import Generation
-from tieline.projections.queries.common import checkpoint
+from tieline.projections.queries.common import checkpoint, checkpoint_span
 from tieline.projections.schema import READ_MODEL_VERSION
 from tieline.projections.strength_model import PARAMS, TIERS, Params
 from tieline.projections.worker import Worker
@@ -301,7 +301,9 @@ async def verify(
     """Replay into a scratch generation up to the live checkpoint and compare row by row.
 
     The live projection may move on while we replay; each round catches the scratch copy up
-    to the live checkpoint seen in one snapshot, and compares inside that snapshot.
+    to the live checkpoint seen in one snapshot, and compares inside that snapshot. With
+    partitioned workers it compares only a snapshot in which every partition is at the same
+    sequence (each partition's tables hold its workspaces up to its own checkpoint).
     """
     live, reached = await live_and_checkpoint(settings)
     result, worker = await replay(
@@ -313,8 +315,8 @@ async def verify(
             try:
                 async with conn.transaction():
                     await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                    seen = await checkpoint(conn, live.consumer, live.schema_name)
-                    if seen <= worker.stats.last_seq:
+                    lo, seen = await checkpoint_span(conn, live.consumer, live.schema_name)
+                    if lo == seen <= worker.stats.last_seq:
                         return seen, await compare(
                             conn, live.schema_name, result.generation.schema_name
                         )

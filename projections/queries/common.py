@@ -40,3 +40,21 @@ async def checkpoint(conn: AsyncConnection[Any], projection: str, schema: str | 
         )
         row = await cur.fetchone()
     return int(row[0]) if row else 0
+
+
+async def checkpoint_span(
+    conn: AsyncConnection[Any], projection: str, schema: str | None = None
+) -> tuple[int, int]:
+    """(smallest, largest) checkpoint over the partitions of ``projection`` (equal for a
+    generation of one worker); (0, 0) before its first batch."""
+    table = sql.Identifier(schema, "checkpoints") if schema else sql.Identifier("checkpoints")
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(
+            sql.SQL(
+                "SELECT coalesce(min(last_seq), 0), coalesce(max(last_seq), 0) FROM {} WHERE "
+                + ROWS_OF
+            ).format(table),
+            (projection, projection),
+        )
+        row = await cur.fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)

@@ -14,6 +14,7 @@ from tieline.plumbing.config import Settings
 from tieline.projections import generations
 from tieline.projections.partitions import checkpoint_row, owns_subject, partition_of
 from tieline.projections.queries.common import checkpoint
+from tieline.projections.queries.live import changes_after
 from tieline.projections.worker import Worker
 
 from tests.integration.conftest import Log, first_generation, make_event, scalar
@@ -86,8 +87,15 @@ async def test_two_partitions_apply_each_event_once_with_their_own_checkpoints(
             owned0 = {w for w in workspaces if partition_of(w, 2) == 0}
             in_archive = await scalar(conn, "SELECT array_agg(DISTINCT workspace_id) FROM events")
             assert set(in_archive) == owned0
+            # The change log: partition 0's rows exist, but none is final while partition 1
+            # may still write rows before them.
+            assert await changes_after(conn, (0, -1), None, 1000)
+            assert await changes_after(conn, (0, -1), None, 1000, consumer) == []
             await drain([w1], last)
             assert await checkpoint(conn, consumer) == last
+            final = await changes_after(conn, (0, -1), None, 1000, consumer)
+            assert {r[2] for r in final} == set(workspaces)  # (seq, sub, workspace_id, ...)
+            assert final == await changes_after(conn, (0, -1), None, 1000)
             rows = await (
                 await conn.execute("SELECT projection, last_seq FROM checkpoints ORDER BY 1")
             ).fetchall()
