@@ -914,10 +914,14 @@ async def make_token(settings: Settings, ws: str, role: str = "admin") -> str:
 
 
 @contextlib.contextmanager
-def full_stack(data_dir: Path, settings: Settings, workers: int = 1, **env: str) -> Iterator[Stack]:
+def full_stack(
+    data_dir: Path, settings: Settings, workers: int | None = None, **env: str
+) -> Iterator[Stack]:
     """Embedded servers plus every tieline process (api, people, interactions, worker, and
-    ``worker.2`` ... for ``workers`` partitions), ready (``/readyz`` 200) on entry; everything
-    stops on exit."""
+    ``worker.2`` ... for ``workers`` partitions; default TIELINE_FAULTS_WORKERS, else 1),
+    ready (``/readyz`` 200) on entry; everything stops on exit."""
+    if workers is None:
+        workers = int(os.environ.get("TIELINE_FAULTS_WORKERS", "1"))
     roles = ("api", "people", "interactions", "worker")
     with running_stack(data_dir, settings, roles=roles, workers=workers, **env) as stack:
         stack.start_processes()
