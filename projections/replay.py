@@ -169,7 +169,11 @@ async def _new_generation(
     conn = await db.connect(settings)
     try:
         await generations.ensure_live(
-            conn, settings.database_schema, settings.consumer_name, READ_MODEL_VERSION
+            conn,
+            settings.database_schema,
+            settings.consumer_name,
+            READ_MODEL_VERSION,
+            partitions=settings.projection_workers,
         )
         return await generations.create(
             conn,

@@ -322,8 +322,9 @@ class Stack:
         env = self.child_env(role)
         if role == "api":
             env["TIELINE_API_WORKERS"] = str(self.config.api_workers)
+        # Every process: the api's first generation on a fresh database is built for it too.
+        env["TIELINE_PROJECTION_WORKERS"] = str(self.config.workers)
         if role == "worker":
-            env["TIELINE_PROJECTION_WORKERS"] = str(self.config.workers)
             env["TIELINE_PROJECTION_PARTITION"] = str(int(name.partition(".")[2] or 1) - 1)
         if name in self.health_ports:
             env["TIELINE_HEALTH_PORT"] = str(self.health_ports[name])
