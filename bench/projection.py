@@ -13,6 +13,12 @@ default) and, in this order:
 
     python -m bench projection --events 200000          # full
     python -m bench projection --quick                  # ~20 s
+
+With ``--workers 1,2,4`` the drain runs once per count as that many partitioned worker
+processes (bench/partitioned.py), each count on a fresh read-model schema, and with
+``--pin-cores 1,2`` once more per core count with the worker processes pinned to the first K
+cores (``sched_setaffinity``, as ``taskset`` does; NATS and PostgreSQL are not pinned). The
+events are spread over ``--workspaces`` workspaces, since partitions are by workspace.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from bench.common import (
@@ -55,6 +62,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nats-mode", choices=("sync", "lazy"), default="sync")
     p.add_argument("--profile", action="store_true", help="py-spy the worker (this process)")
     p.add_argument("--quick", action="store_true", help="20k events, 1k people")
+    p.add_argument(
+        "--workers",
+        default="",
+        help="partitioned worker counts, e.g. 1,2,4 (each in its own processes); "
+        "empty: one worker in this process",
+    )
+    p.add_argument("--pin-cores", default="", help="also pin the workers to K cores, e.g. 1,2")
+    p.add_argument("--workspaces", type=int, default=1, help="workspaces the events spread over")
 
 
 async def drain_with_worker(
@@ -103,13 +118,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             url = nats.start(sync_always=False)
             settings = unique_settings(url, db_url, batch_size=args.batch_size)
-            enc = LogEncoder("bench", settings.subject_prefix)
             print(f"[projection] publishing {args.events} events to the stream (setup) ...")
-            fill = asyncio.run(
-                fill_stream(
-                    settings, (enc.encode(o) for o in client_events(args.people, args.events))
-                )
-            )
+            fill = asyncio.run(fill_stream(settings, _log_events(args, settings.subject_prefix)))
             last_seq = fill.last_seq
             url = nats.start(sync_always=args.nats_mode == "sync")
             settings = settings.model_copy(update={"nats_url": url})
@@ -125,6 +135,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
                 prof = start_py_spy(os.getpid(), 3600, prof_path)
                 time.sleep(1.0)
+            partition_rows: list[Row] = []
+            if args.workers:
+                partition_rows = _partitioned(args, settings, last_seq, meter)
             meter.start()
             stats, secs, worker_cpu = asyncio.run(drain_with_worker(settings, last_seq))
             cpu = meter.stop()
@@ -159,6 +172,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         Row("raw pull, ack last (after)", rate(*raw2), "events/s", note=f"{raw2[0]} msgs"),
         Row("raw pull, ack each", rate(*raw_each), "events/s", note="(NOTES' 22k figure's mode)"),
     ]
+    if args.workers:
+        for r in partition_rows:
+            r.limit_value = raw_rate
+        rows += partition_rows
     targets = [
         judge(
             "live projection >= 15k events/s",
@@ -186,6 +203,68 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         started=started,
         before=before,
     )
+
+
+def _log_events(args: argparse.Namespace, prefix: str) -> Iterator[bytes]:
+    """The workload in log form, spread round-robin over ``--workspaces`` workspaces (each
+    its own simulated population of people/K and events/K)."""
+    k = max(args.workspaces, 1)
+    if k == 1:
+        enc = LogEncoder("bench", prefix)
+        yield from (enc.encode(o) for o in client_events(args.people, args.events))
+        return
+    encs = [LogEncoder(f"bench-{i}", prefix) for i in range(k)]
+    gens = [client_events(max(args.people // k, 2), args.events // k, seed=i + 1) for i in range(k)]
+    for objs in zip(*gens, strict=False):
+        for enc, o in zip(encs, objs, strict=True):
+            yield enc.encode(o)
+
+
+def _counts(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _partitioned(
+    args: argparse.Namespace, settings: Any, last_seq: int, meter: CpuMeter
+) -> list[Row]:
+    """One row per (worker count, pinned cores): N partition processes drain the stream
+    into a read-model schema of their own."""
+    from bench.partitioned import drain_partitioned
+
+    rows = []
+    combos = [(n, 0) for n in _counts(args.workers)]
+    combos += [(n, c) for c in _counts(args.pin_cores) for n in _counts(args.workers)]
+    for n, cores in combos:
+        pinned = f", pinned to {cores} core(s)" if cores else ""
+        print(f"[projection] {n} partitioned worker process(es){pinned} draining ...")
+        schema = f"{settings.database_schema}_w{n}c{cores}"
+        meter.start()
+        res = drain_partitioned(
+            settings.model_copy(update={"database_schema": schema}), last_seq, n, cores
+        )
+        cpu = meter.stop()
+        cpu["workers"] = round(res.cpu_s, 3)
+        per = [r.applied for r in res.runs]
+        rows.append(
+            Row(
+                f"live projection, {n} partitioned worker(s){pinned}",
+                rate(res.applied, res.seconds),
+                "events/s",
+                "raw pull fetch+ack-last",
+                None,
+                note=f"{res.applied} events in {res.seconds:.1f}s; per partition {per}",
+                extra={
+                    "workers": n,
+                    "pinned_cores": cores,
+                    "seconds": res.seconds,
+                    "applied": res.applied,
+                    "per_partition": per,
+                    "cpu_s": cpu,
+                    "worker_cpu_us_per_event": 1e6 * res.cpu_s / max(res.applied, 1),
+                },
+            )
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: An origin as browsers send it: scheme://host[:port], no path, no trailing slash.
@@ -69,6 +69,17 @@ class Settings(BaseSettings):
     #: (projections/bulk_load.py) before the worker continues; false: the worker alone.
     replay_bulk: bool = True
     consumer_name: str = "projections"
+    #: Partitioned projection workers of the live generation: each applies the events of the
+    #: workspaces with ``crc32(workspace_id) % projection_workers == projection_partition``
+    #: (docs/architecture.md, "Partitioned projection workers"). A different count than the
+    #: live generation's builds a new generation blue/green.
+    projection_workers: int = Field(default=1, ge=1, le=64)
+    #: Which partition this worker process owns (0 .. projection_workers - 1).
+    projection_partition: int = Field(default=0, ge=0, le=63)
+    #: A replica's index (a Kubernetes StatefulSet's pod index): when set, the partition is
+    #: ``projection_pod_index % projection_workers``, so 2N replicas run each partition as an
+    #: active worker and a hot standby (the partition's lock decides which is active).
+    projection_pod_index: int | None = Field(default=None, ge=0)
     #: Seconds JetStream waits for an ack before redelivering (a crashed worker's batch).
     ack_wait_s: float = Field(default=30.0, gt=0)
     #: Deliveries of a failing event before it is parked in the dead-letter subject.
@@ -169,6 +180,18 @@ class Settings(BaseSettings):
                 f"not an origin (scheme://host[:port], no path or trailing slash): {bad}"
             )
         return out
+
+    @model_validator(mode="after")
+    def _partition_in_range(self) -> Settings:
+        """A partition index names one of the ``projection_workers`` partitions."""
+        if self.projection_pod_index is not None:
+            self.projection_partition = self.projection_pod_index % self.projection_workers
+        if self.projection_partition >= self.projection_workers:
+            raise ValueError(
+                f"projection_partition {self.projection_partition} is not below "
+                f"projection_workers {self.projection_workers}"
+            )
+        return self
 
     def env(self, *names: str) -> dict[str, str]:
         """The ``TIELINE_*`` variables that give a child process these settings' ``names``."""

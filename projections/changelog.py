@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 from psycopg import AsyncConnection
 from tieline.events_schema.models import Event, PersonForgotten
+from tieline.projections.queries.common import ROWS_OF
 from tieline.projections.strength_model import PARAMS, TIERS, Params
 
 RECORDED = "event.recorded"
@@ -210,18 +211,19 @@ async def scan_follow_ups(
     of its tier then) fell since the previous scan; return the rows written.
 
     The first scan of a generation only records where it started (ties that were already
-    overdue are not news). Runs in one transaction that holds the projection's checkpoint row
-    (so no batch commits meanwhile), at the checkpoint's sequence with ``sub`` from
-    :data:`SCAN_SUB` up: positions keep growing in commit order. A tie due exactly at the
+    overdue are not news). Runs in one transaction that holds the projection's checkpoint
+    rows (every partition's: no batch commits meanwhile), at the checkpoint (the smallest
+    partition's) with ``sub`` from :data:`SCAN_SUB` up: positions keep growing in commit order
+    among the rows at or below the checkpoint, all that readers take. A tie due exactly at the
     window's end is found by the next scan (windows are half-open, none overlap).
     """
     async with conn.transaction():
-        row = await (
-            await conn.execute(
-                "SELECT last_seq FROM checkpoints WHERE projection = %s FOR UPDATE", (projection,)
-            )
-        ).fetchone()
-        seq = 0 if row is None else int(_first(row))
+        cur = await conn.execute(
+            f"SELECT last_seq FROM checkpoints WHERE {ROWS_OF} ORDER BY projection FOR UPDATE",
+            (projection, projection),
+        )
+        held = [int(_first(r)) for r in await cur.fetchall()]
+        seq = min(held, default=0)
         state = await (
             await conn.execute(
                 "SELECT scanned_until, now() FROM live_state WHERE id = 1 FOR UPDATE"

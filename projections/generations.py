@@ -11,6 +11,7 @@ worker rebuild into a new generation on start.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +26,23 @@ CREATE TABLE IF NOT EXISTS generations (
     consumer     text NOT NULL,
     params       jsonb,
     note         text,
+    -- How many partitioned workers feed it (one checkpoint row each); a generation is built
+    -- for one count, another count builds a new generation.
+    partitions   int NOT NULL DEFAULT 1,
     created_at   timestamptz NOT NULL DEFAULT now(),
     live_at      timestamptz,
     retired_at   timestamptz
 );
 CREATE UNIQUE INDEX IF NOT EXISTS generations_one_live ON generations (status)
     WHERE status = 'live';
+-- A table from before partitioned workers gets the column once; the check first, since even
+-- ADD COLUMN IF NOT EXISTS takes an exclusive lock (and would deadlock with starters).
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'generations'::regclass
+                   AND attname = 'partitions' AND NOT attisdropped) THEN
+        ALTER TABLE generations ADD COLUMN partitions int NOT NULL DEFAULT 1;
+    END IF;
+END $$;
 """
 
 
@@ -44,14 +56,20 @@ class Generation:
     status: str
     consumer: str
     params: dict[str, Any] | None = None
+    #: Partitioned workers that feed it (projections/partitions.py); 1: one worker.
+    partitions: int = 1
+
+    def with_status(self, status: str) -> Generation:
+        """The same generation with another status (after a switch)."""
+        return dataclasses.replace(self, status=status)
 
 
 def _row(r: Any) -> Generation:
     values = list(r.values()) if isinstance(r, dict) else list(r)
-    return Generation(*values[:6])
+    return Generation(*values[:7])
 
 
-COLS = "gen, schema_name, version, status, consumer, params"
+COLS = "gen, schema_name, version, status, consumer, params, partitions"
 
 
 async def ensure_table(conn: AsyncConnection[Any], state_schema: str) -> None:
@@ -90,14 +108,14 @@ async def get(conn: AsyncConnection[Any], state_schema: str, gen: int) -> Genera
 
 
 async def latest_building(
-    conn: AsyncConnection[Any], state_schema: str, version: int
+    conn: AsyncConnection[Any], state_schema: str, version: int, partitions: int = 1
 ) -> Generation | None:
     cur = await conn.execute(
         sql.SQL(
             "SELECT {} FROM {}.generations WHERE status = 'building' AND version = %s "
-            "ORDER BY gen DESC LIMIT 1"
+            "AND partitions = %s ORDER BY gen DESC LIMIT 1"
         ).format(sql.SQL(COLS), sql.Identifier(state_schema)),
-        (version,),
+        (version, partitions),
     )
     row = await cur.fetchone()
     return _row(row) if row else None
@@ -112,6 +130,7 @@ async def create(
     params: dict[str, Any] | None = None,
     note: str | None = None,
     schema_name: str | None = None,
+    partitions: int = 1,
 ) -> Generation:
     """Register a new generation (its tables are created by the worker that fills it)."""
     from psycopg.types.json import Jsonb
@@ -132,7 +151,7 @@ async def create(
         await conn.execute(
             sql.SQL(
                 "INSERT INTO {}.generations (gen, schema_name, version, status, consumer, "
-                "params, note, live_at) VALUES (%s, %s, %s, %s, %s, %s, %s, "
+                "params, note, partitions, live_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, "
                 "CASE WHEN %s = 'live' THEN now() END)"
             ).format(sql.Identifier(state_schema)),
             (
@@ -143,16 +162,51 @@ async def create(
                 f"{consumer_base}-g{n}",
                 Jsonb(params) if params is not None else None,
                 note,
+                partitions,
                 status,
             ),
         )
-    return Generation(n, name, version, status, f"{consumer_base}-g{n}", params)
+    return Generation(n, name, version, status, f"{consumer_base}-g{n}", params, partitions)
+
+
+async def ensure_building(
+    conn: AsyncConnection[Any],
+    state_schema: str,
+    consumer_base: str,
+    version: int,
+    partitions: int,
+    note: str,
+) -> Generation:
+    """The newest ``building`` generation of ``version`` and ``partitions``, registered if
+    there is none. Checked and created under one lock, so partitioned workers that start
+    together agree on one generation."""
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tieline-building:{state_schema}",)
+        )
+        found = await latest_building(conn, state_schema, version, partitions)
+        if found is None:
+            found = await create(
+                conn,
+                state_schema,
+                consumer_base,
+                version,
+                "building",
+                note=note,
+                partitions=partitions,
+            )
+    return found
 
 
 async def ensure_live(
-    conn: AsyncConnection[Any], state_schema: str, consumer_base: str, version: int
+    conn: AsyncConnection[Any],
+    state_schema: str,
+    consumer_base: str,
+    version: int,
+    partitions: int = 1,
 ) -> Generation:
-    """The live generation, creating generation 1 on a fresh database."""
+    """The live generation, creating generation 1 (fed by ``partitions`` workers) on a fresh
+    database."""
     await ensure_table(conn, state_schema)
     async with conn.transaction():
         await conn.execute(
@@ -160,14 +214,23 @@ async def ensure_live(
         )
         current = await live(conn, state_schema)
         if current is None:
-            current = await create(conn, state_schema, consumer_base, version, "live")
+            current = await create(
+                conn, state_schema, consumer_base, version, "live", partitions=partitions
+            )
     return current
 
 
 async def switch(conn: AsyncConnection[Any], state_schema: str, new: Generation) -> None:
-    """Make ``new`` the live generation and retire the old one, atomically."""
+    """Make ``new`` the live generation and retire the old one, atomically (nothing when
+    ``new`` is live already: partitioned workers may each try)."""
     s = sql.Identifier(state_schema)
     async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tieline-live:{state_schema}",)
+        )
+        current = await live(conn, state_schema)
+        if current is not None and current.gen == new.gen:
+            return
         await conn.execute(
             sql.SQL(
                 "UPDATE {}.generations SET status = 'retired', "

@@ -37,7 +37,13 @@ class LivePool:
         conn = await connect(self.settings)
         try:
             gen = await generations.ensure_live(
-                conn, self.settings.database_schema, self.settings.consumer_name, READ_MODEL_VERSION
+                conn,
+                self.settings.database_schema,
+                self.settings.consumer_name,
+                READ_MODEL_VERSION,
+                # A fresh database's first generation is built for the configured workers,
+                # whichever process starts first.
+                partitions=self.settings.projection_workers,
             )
             await ensure_schema(conn, gen.schema_name)
         finally:

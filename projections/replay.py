@@ -26,6 +26,7 @@ from tieline.plumbing.config import Settings
 from tieline.projections import bulk_load, generations
 from tieline.projections.bulk_load import BulkResult
 from tieline.projections.generations import Generation
+from tieline.projections.queries.common import checkpoint, checkpoint_span
 from tieline.projections.schema import READ_MODEL_VERSION
 from tieline.projections.strength_model import PARAMS, TIERS, Params
 from tieline.projections.worker import Worker
@@ -117,9 +118,7 @@ async def replay(
         finally:
             await conn.close()
         result.switched = True
-        worker.generation = Generation(
-            gen.gen, gen.schema_name, gen.version, "live", gen.consumer, gen.params
-        )
+        worker.generation = gen.with_status("live")
         log.info("replay.switched", generation=gen.gen, last_seq=result.last_seq)
     return result, worker
 
@@ -170,7 +169,11 @@ async def _new_generation(
     conn = await db.connect(settings)
     try:
         await generations.ensure_live(
-            conn, settings.database_schema, settings.consumer_name, READ_MODEL_VERSION
+            conn,
+            settings.database_schema,
+            settings.consumer_name,
+            READ_MODEL_VERSION,
+            partitions=settings.projection_workers,
         )
         return await generations.create(
             conn,
@@ -302,11 +305,13 @@ async def verify(
     """Replay into a scratch generation up to the live checkpoint and compare row by row.
 
     The live projection may move on while we replay; each round catches the scratch copy up
-    to the live checkpoint seen in one snapshot, and compares inside that snapshot.
+    to the live checkpoint seen in one snapshot, and compares inside that snapshot. With
+    partitioned workers it compares only a snapshot in which every partition is at the same
+    sequence (each partition's tables hold its workspaces up to its own checkpoint).
     """
-    live, checkpoint = await live_and_checkpoint(settings)
+    live, reached = await live_and_checkpoint(settings)
     result, worker = await replay(
-        settings, status="scratch", stop_at_seq=checkpoint, note="verify", progress=progress
+        settings, status="scratch", stop_at_seq=reached, note="verify", progress=progress
     )
     try:
         for _ in range(rounds):
@@ -314,15 +319,8 @@ async def verify(
             try:
                 async with conn.transaction():
                     await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                    cur = await conn.execute(
-                        sql.SQL("SELECT last_seq FROM {}.checkpoints WHERE projection = %s").format(
-                            sql.Identifier(live.schema_name)
-                        ),
-                        (live.consumer,),
-                    )
-                    row = await cur.fetchone()
-                    seen = int(row[0]) if row else 0
-                    if seen <= worker.stats.last_seq:
+                    lo, seen = await checkpoint_span(conn, live.consumer, live.schema_name)
+                    if lo == seen <= worker.stats.last_seq:
                         return seen, await compare(
                             conn, live.schema_name, result.generation.schema_name
                         )
@@ -359,11 +357,7 @@ async def live_and_checkpoint(settings: Settings) -> tuple[Generation, int]:
 async def _live_checkpoint(settings: Settings, live: Generation) -> int:
     conn = await db.connect(settings, rm_schema=live.schema_name)
     try:
-        cur = await conn.execute(
-            "SELECT last_seq FROM checkpoints WHERE projection = %s", (live.consumer,)
-        )
-        row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        return await checkpoint(conn, live.consumer)  # every partition's, for several
     finally:
         await conn.close()
 

@@ -94,6 +94,9 @@ class ProjectionStore:
     ) -> None:
         self.registry = registry
         self.projection = projection
+        #: This worker's checkpoint row when it is one partition of several
+        #: (projections/partitions.py); None: the row is ``projection`` itself.
+        self.partition_row: str | None = None
         self.params = params
         #: Workspaces that adopted parameter sets of their own (loaded per batch).
         self._models: dict[str, WorkspaceModel] = {}
@@ -103,9 +106,14 @@ class ProjectionStore:
         self._changes = ChangeLog()  # the current batch's change log (projections/changelog.py)
         self._aliases = merges.Aliases()  # the merges that hold (projections/merges.py)
 
+    @property
+    def row(self) -> str:
+        """The ``checkpoints.projection`` this store moves."""
+        return self.partition_row or self.projection
+
     async def checkpoint(self, conn: AsyncConnection[Any]) -> int:
         cur = await conn.execute(
-            "SELECT last_seq FROM checkpoints WHERE projection = %s", (self.projection,)
+            "SELECT last_seq FROM checkpoints WHERE projection = %s", (self.row,)
         )
         row = await cur.fetchone()
         return int(row[0]) if row else 0
@@ -183,25 +191,27 @@ class ProjectionStore:
     async def _advance(self, conn: AsyncConnection[Any], last_seq: int) -> None:
         """Advance the checkpoint and tell readers waiting for it (min_seq), one statement;
         the payload is "<read-model schema> <last_seq>" (the channel is database-wide; the
-        schema names the generation of one installation)."""
+        schema names the generation of one installation), "<schema>/p<i> <last_seq>" from
+        partition ``i`` of several (readers take the minimum over the partitions)."""
+        suffix = self.row[len(self.projection) :] if self.partition_row else ""
         await conn.execute(
             "WITH moved AS (UPDATE checkpoints SET last_seq = %s, updated_at = now() "
             "WHERE projection = %s AND last_seq < %s RETURNING last_seq) "
-            "SELECT pg_notify('tieline_checkpoint', current_schema() || ' ' || last_seq) "
+            "SELECT pg_notify('tieline_checkpoint', current_schema() || %s || ' ' || last_seq) "
             "FROM moved",
-            (last_seq, self.projection, last_seq),
+            (last_seq, self.row, last_seq, suffix),
         )
 
     async def _lock_checkpoint(self, conn: AsyncConnection[Any]) -> int:
         select = "SELECT last_seq FROM checkpoints WHERE projection = %s FOR UPDATE"
-        row = await (await conn.execute(select, (self.projection,))).fetchone()
+        row = await (await conn.execute(select, (self.row,))).fetchone()
         if row is None:  # the projection's first batch
             await conn.execute(
                 "INSERT INTO checkpoints (projection, last_seq) VALUES (%s, 0) "
                 "ON CONFLICT (projection) DO NOTHING",
-                (self.projection,),
+                (self.row,),
             )
-            row = await (await conn.execute(select, (self.projection,))).fetchone()
+            row = await (await conn.execute(select, (self.row,))).fetchone()
         assert row is not None
         return int(row[0])
 

@@ -38,7 +38,7 @@ from tieline.plumbing import db, metrics, telemetry
 from tieline.plumbing.config import Settings
 from tieline.plumbing.jetstream import connect_nats, ensure_streams, first_event_at_or_after
 from tieline.plumbing.subjects import dlq_subject
-from tieline.projections import generations, selfcheck
+from tieline.projections import generations, partitions, selfcheck
 from tieline.projections.classify import classify
 from tieline.projections.generations import Generation
 from tieline.projections.items import in_sequence
@@ -50,6 +50,7 @@ from tieline.projections.store import (
     Poison,
     ProjectionStore,
     SequenceGapError,
+    Skipped,
 )
 from tieline.projections.strength_model import PARAMS, Params
 from tieline.projections.worker_support import (
@@ -92,6 +93,8 @@ class Worker:
             registry, projection=settings.consumer_name, params=params or PARAMS
         )
         self.stats = WorkerStats()
+        #: This worker's partition of the generation's ``partitions`` (set on start).
+        self.partition, self.partitions = 0, 1
         self.nc: NatsClient | None = None
         self.js: JetStreamContext | None = None
         self.pg: AsyncConnection[Any] | None = None
@@ -128,14 +131,17 @@ class Worker:
             with attempt:
                 await ensure_streams(js, self.settings)
         if self.generation is None:
-            self.generation = await self._choose_generation()
-        self.store.projection = self.consumer
+            self.generation = await partitions.choose_generation(self.settings, READ_MODEL_VERSION)
+        self._partition_setup(self.generation)
         await self._connect_pg()
         if not await self._acquire_lock():
             return  # stopped while a hot standby: run() returns at once
         self.active = True
+        if self.partitions > 1:
+            await partitions.ensure_rows(self._conn(), self.consumer, self.partitions)
         await self._subscribe_from_checkpoint()
-        if self.settings.self_check_interval_s > 0 and self.generation.status != "scratch":
+        checks = self.settings.self_check_interval_s > 0 and self.partition == 0
+        if checks and self.generation.status != "scratch":
             assert self.js is not None
             checker = selfcheck.SelfCheck(
                 self.settings, self.js, self.registry, self.generation, self.store.params
@@ -147,6 +153,18 @@ class Worker:
             generation=self.generation.gen,
             status=self.generation.status,
             checkpoint=self.stats.last_seq,
+            partition=f"{self.partition}/{self.partitions}",
+        )
+
+    def _partition_setup(self, gen: Generation) -> None:
+        """Which share of ``gen`` this worker applies, and its checkpoint row."""
+        self.partitions = max(gen.partitions, 1)
+        self.partition = self.settings.projection_partition if self.partitions > 1 else 0
+        self.store.projection = gen.consumer
+        self.store.partition_row = (
+            partitions.checkpoint_row(gen.consumer, self.partition, self.partitions)
+            if self.partitions > 1
+            else None
         )
 
     async def _subscribe_from_checkpoint(self) -> None:
@@ -185,32 +203,6 @@ class Worker:
                     config=config,
                 )
 
-    async def _choose_generation(self) -> Generation:
-        state = self.settings.database_schema
-        conn = await db.connect(self.settings)
-        try:
-            live = await generations.ensure_live(
-                conn, state, self.settings.consumer_name, READ_MODEL_VERSION
-            )
-            if live.version == READ_MODEL_VERSION:
-                return live
-            # The code's read models changed shape or meaning: rebuild into a new generation
-            # while the old one keeps serving, then switch (see run()).
-            building = await generations.latest_building(conn, state, READ_MODEL_VERSION)
-            if building is None:
-                building = await generations.create(
-                    conn,
-                    state,
-                    self.settings.consumer_name,
-                    READ_MODEL_VERSION,
-                    "building",
-                    note=f"read-model version {live.version} -> {READ_MODEL_VERSION}",
-                )
-            log.info("worker.rebuilding", generation=building.gen, live=live.gen)
-            return building
-        finally:
-            await conn.close()
-
     async def _connect_pg(self) -> None:
         assert self.generation is not None
         self.pg = await db.connect(self.settings, rm_schema=self.generation.schema_name)
@@ -220,7 +212,7 @@ class Worker:
         """Wait until this instance holds the projection lock (False: stopped meanwhile).
         Until then it is a hot standby: connected, its generation's tables ready."""
         self._lock_conn = await db.connect(self.settings, autocommit=True)
-        key = f"tieline-worker:{self.settings.database_schema}:{self.consumer}"
+        key = f"tieline-worker:{self.settings.database_schema}:{self.store.row}"
         waiting = False
         while not self._stopping.is_set():
             cur = await self._lock_conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
@@ -242,7 +234,14 @@ class Worker:
         return int(info.state.last_seq)
 
     async def caught_up(self) -> bool:
-        return self.stats.last_seq >= await self.stream_last_seq()
+        """Whether the generation has applied the whole stream: this worker, and every other
+        partition of it."""
+        last = await self.stream_last_seq()
+        if self.stats.last_seq < last:
+            return False
+        if self.partitions == 1 or self.generation is None:
+            return True
+        return await partitions.generation_checkpoint(self.settings, self.generation) >= last
 
     async def _check_generation(self) -> None:
         """Once a second: switch a caught-up rebuild live; stop when our generation retired
@@ -257,11 +256,11 @@ class Worker:
         conn = await db.connect(self.settings)
         try:
             current = await generations.get(conn, self.settings.database_schema, gen.gen)
-            if gen.status == "building" and current is not None and await self.caught_up():
+            if gen.status == "building" and current is not None and current.status == "live":
+                self.generation = gen.with_status("live")  # another partition switched it
+            elif gen.status == "building" and current is not None and await self.caught_up():
                 await generations.switch(conn, self.settings.database_schema, gen)
-                self.generation = Generation(
-                    gen.gen, gen.schema_name, gen.version, "live", gen.consumer, gen.params
-                )
+                self.generation = gen.with_status("live")
                 log.info("worker.switched_live", generation=gen.gen)
             elif current is None or current.status == "retired":
                 log.info("worker.generation_retired", generation=gen.gen)
@@ -346,6 +345,8 @@ class Worker:
         self._count(result)
         seconds = (time.time_ns() - started) / 1e9
         metrics.observe_batch(result.applied, result.poison, self.stats.last_seq, seconds)
+        if self.partitions > 1:
+            msgs = [m for m in msgs if self._owns(m)]
         telemetry.trace_applied(msgs, started)  # a span per event, child of its producer's
         return result
 
@@ -393,8 +394,16 @@ class Worker:
             return exc
 
     def _classify(self, msg: Msg) -> Item:
+        """The message as an item to apply; another partition's (known from its subject,
+        before decoding) only moves this partition's checkpoint past it."""
         seq = msg.metadata.sequence.stream
+        if self.partitions > 1 and not self._owns(msg):
+            return Skipped(seq)
         return classify(self.registry, self.settings, seq, msg.subject, msg.data)
+
+    def _owns(self, msg: Msg) -> bool:
+        prefix = self.settings.subject_prefix
+        return partitions.owns_subject(prefix, msg.subject, self.partition, self.partitions)
 
     async def _park_poison(self, items: list[Item]) -> list[Item]:
         """Publish every poison message to the dead-letter subject before the transaction that

@@ -25,24 +25,42 @@ def payload(row: Row) -> dict[str, Any]:
     return {"position": position, "workspace_id": row["workspace_id"], **row["data"]}
 
 
-async def latest_position(conn: AsyncConnection[Any]) -> Position:
-    """The newest row's position, or (0, -1) when the log is empty (so (0, 0) comes after)."""
-    cur = await conn.execute("SELECT seq, sub FROM changes_v1 ORDER BY seq DESC, sub DESC LIMIT 1")
+#: Rows at or below a partitioned generation's checkpoint (named parameter ``p``: its consumer).
+BOUND = """AND seq <= (SELECT min(last_seq) FROM checkpoints
+               WHERE projection = %(p)s OR starts_with(projection, %(p)s || '/p'))"""
+
+
+async def latest_position(conn: AsyncConnection[Any], projection: str | None = None) -> Position:
+    """The newest row's position, or (0, -1) when the log is empty (so (0, 0) comes after);
+    ``projection`` bounds it as in :func:`changes_after`."""
+    cur = await conn.execute(
+        f"""SELECT seq, sub FROM changes_v1 WHERE true {"" if projection is None else BOUND}
+            ORDER BY seq DESC, sub DESC LIMIT 1""",
+        {"p": projection},
+    )
     row = await cur.fetchone()
     return (0, -1) if row is None else (int(row["seq"]), int(row["sub"]))
 
 
 async def changes_after(
-    conn: AsyncConnection[Any], after: Position, ws: str | None = None, limit: int = 1000
+    conn: AsyncConnection[Any],
+    after: Position,
+    ws: str | None = None,
+    limit: int = 1000,
+    projection: str | None = None,
 ) -> list[Row]:
     """Up to ``limit`` rows after ``after`` in position order: of workspace ``ws``, or of
-    every workspace when it is None."""
+    every workspace when it is None. With ``projection`` (a generation fed by partitioned
+    workers), only rows at or below its checkpoint (the smallest partition's): those are
+    final, while a partition ahead of the others writes rows that a slower one may still
+    precede."""
+    bound = "" if projection is None else BOUND
     cur = await conn.execute(
-        """SELECT seq, sub, workspace_id, kind, data, at FROM changes_v1
+        f"""SELECT seq, sub, workspace_id, kind, data, at FROM changes_v1
             WHERE (seq, sub) > (%(seq)s, %(sub)s)
-              AND (%(ws)s::text IS NULL OR workspace_id = %(ws)s)
+              AND (%(ws)s::text IS NULL OR workspace_id = %(ws)s) {bound}
             ORDER BY seq, sub LIMIT %(limit)s""",
-        {"seq": after[0], "sub": after[1], "ws": ws, "limit": limit},
+        {"seq": after[0], "sub": after[1], "ws": ws, "limit": limit, "p": projection},
     )
     return list(await cur.fetchall())
 

@@ -151,7 +151,7 @@ class ChangeFeed:
 
     async def start(self) -> None:
         async with self.connections.connection() as conn:
-            self.position = await latest_position(conn)
+            self.position = await latest_position(conn, self._bound())
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -191,7 +191,7 @@ class ChangeFeed:
     async def _read_new(self) -> None:
         while True:
             async with self.connections.connection() as conn:
-                rows = await changes_after(conn, self.position, None, PAGE)
+                rows = await changes_after(conn, self.position, None, PAGE, self._bound())
             for row in rows:
                 m = Message.of(row)
                 self.position = m.position
@@ -199,6 +199,12 @@ class ChangeFeed:
                     sub.offer(m)
             if len(rows) < PAGE:
                 return
+
+    def _bound(self) -> str | None:
+        """The consumer whose checkpoint bounds the rows read, for a generation fed by
+        partitioned workers (rows beyond the slowest partition are not final yet)."""
+        generation = self.connections.pool.generation
+        return generation.consumer if generation.partitions > 1 else None
 
     async def resume_check(self, position: Position) -> str | None:
         """Why ``position`` cannot be resumed from (the client must reload), or None."""
@@ -217,7 +223,7 @@ class ChangeFeed:
         (last position of the page, encoded messages)."""
         while True:
             async with self.connections.connection() as conn:
-                rows = await changes_after(conn, after, ws, PAGE)
+                rows = await changes_after(conn, after, ws, PAGE, self._bound())
             if not rows:
                 return
             msgs = [Message.of(r) for r in rows]

@@ -29,6 +29,7 @@ from tieline.plumbing.jetstream import connect_nats, ensure_streams
 from tieline.plumbing.retry import POSTGRES
 from tieline.plumbing.state import ensure_state_schema
 from tieline.plumbing.subjects import command_subject
+from tieline.projections.generations import Generation
 from tieline.projections.queries.common import checkpoint
 from tieline.projections.readpool import LivePool
 from tieline.services.api.errors import ApiError
@@ -305,14 +306,14 @@ class ReadYourWrites:
         if not min_seq:
             return
         generation = self.connections.pool.generation
-        if self._checkpoints.get(generation.schema_name, 0) >= min_seq:
+        if self.notified(generation) >= min_seq:
             return
         await self.check_within_log(min_seq)
         deadline = time.monotonic() + self.settings.min_seq_wait_s
         while True:
             changed = self._changed  # taken before the read: no lost wake-up
             generation = self.connections.pool.generation
-            if self._checkpoints.get(generation.schema_name, 0) >= min_seq:
+            if self.notified(generation) >= min_seq:
                 return
             async with self.connections.connection() as conn:
                 seen = await checkpoint(conn, generation.consumer)
@@ -353,11 +354,20 @@ class ReadYourWrites:
         finally:
             await conn.close()
 
+    def notified(self, generation: Generation) -> int:
+        """The generation's checkpoint as notifications told it (0: not known): with
+        partitioned workers ("<schema>/p<i> <seq>"), the smallest partition's."""
+        schema = generation.schema_name
+        if generation.partitions <= 1:
+            return self._checkpoints.get(schema, 0)
+        return min(self._checkpoints.get(f"{schema}/p{i}", 0) for i in range(generation.partitions))
+
     def committed(self, payload: str) -> None:
         """A checkpoint notification: remember the seq and wake every waiter."""
         schema, _, seq = payload.rpartition(" ")
         if schema and seq.isdigit():
-            # Commits of one projection are serial, so its notifications arrive in order.
+            # Commits of one projection (or partition) are serial: its notifications arrive
+            # in order.
             self._checkpoints[schema] = max(self._checkpoints.get(schema, 0), int(seq))
             for listener in self.listeners:
                 listener(schema, int(seq))

@@ -42,6 +42,19 @@ ApiWorkers = Annotated[
     ),
 ]
 
+ProjectionWorkers = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        envvar="TIELINE_PROJECTION_WORKERS",
+        min=1,
+        max=64,
+        help="Partitioned projection workers (by workspace), for projection on more than one "
+        "core. A count other than the live read models were built with rebuilds them "
+        "blue/green first.",
+    ),
+]
+
 
 @app.command()
 def up(
@@ -72,6 +85,7 @@ def up(
         ),
     ] = False,
     api_workers: ApiWorkers = 1,
+    workers: ProjectionWorkers = 1,
 ) -> None:
     """Start NATS JetStream and PostgreSQL (embedded unless URLs are given), the services and
     the projection worker; print the API URL; Ctrl-C stops everything cleanly.
@@ -89,6 +103,7 @@ def up(
         postgres_port=postgres_port,
         sync_always=not lazy_fsync,
         api_workers=api_workers,
+        workers=workers,
     )
     with operational_errors("tieline up"):
         try:

@@ -63,6 +63,9 @@ class StackConfig:
     nats_extra_config: str = ""
     #: API processes on the one API port (SO_REUSEPORT; ``tieline up --api-workers``).
     api_workers: int = 1
+    #: Partitioned projection workers (``tieline up --workers``): ``worker`` owns partition
+    #: 0, ``worker.2`` partition 1, and so on.
+    workers: int = 1
 
 
 class Stack:
@@ -77,7 +80,9 @@ class Stack:
         self.api_port = config.api_port or find_free_port(config.api_host)
         #: The health and /metrics port of each role without an HTTP API of its own.
         self.health_ports = {
-            role: find_free_port(config.api_host) for role in config.roles if role != "api"
+            name: find_free_port(config.api_host)
+            for name in self.process_names()
+            if not name.startswith("api")
         }
         self._stopping = False
         #: NATS user -> password, for the embedded NATS only (None: external, no users made).
@@ -292,13 +297,14 @@ class Stack:
         return env
 
     def process_names(self) -> list[str]:
-        """One name per process: its role, and ``api.2`` ... ``api.N`` for further API
-        processes (each is supervised and restarted on its own)."""
+        """One name per process: its role, ``api.2`` ... ``api.N`` for further API processes
+        and ``worker.2`` ... ``worker.N`` for further projection partitions (each is
+        supervised and restarted on its own)."""
         names: list[str] = []
+        extra = {"api": self.config.api_workers, "worker": self.config.workers}
         for role in self.config.roles:
             names.append(role)
-            if role == "api":
-                names += [f"api.{i}" for i in range(2, self.config.api_workers + 1)]
+            names += [f"{role}.{i}" for i in range(2, extra.get(role, 1) + 1)]
         return names
 
     def start_role(self, name: str) -> None:
@@ -317,6 +323,12 @@ class Stack:
         env = self.child_env(role)
         if role == "api":
             env["TIELINE_API_WORKERS"] = str(self.config.api_workers)
+        # Every process: the api's first generation on a fresh database is built for it too.
+        env["TIELINE_PROJECTION_WORKERS"] = str(self.config.workers)
+        if role == "worker":
+            env["TIELINE_PROJECTION_PARTITION"] = str(int(name.partition(".")[2] or 1) - 1)
+        if name in self.health_ports:
+            env["TIELINE_HEALTH_PORT"] = str(self.health_ports[name])
         with (logs / f"{name}.log").open("ab") as out:
             self.children[name] = subprocess.Popen(
                 [*argv, "--data-dir", str(self.config.data_dir)],

@@ -65,6 +65,7 @@ class UpOptions:
     postgres_port: int | None = None
     sync_always: bool = True
     api_workers: int = 1
+    workers: int = 1
 
 
 def needed_ports(options: UpOptions) -> list[PortNeed]:

@@ -109,8 +109,20 @@ def test_ha_overlay_has_the_replicas_autoscaling_and_disruption_budgets(
     assert objects(docs, "ConfigMap")["tieline-config"]["data"]["TIELINE_STREAM_REPLICAS"] == "3"
     assert objects(docs, "Cluster")["tieline-db"]["spec"]["instances"] == 3
     replicas = {n: d["spec"]["replicas"] for n, d in objects(docs, "Deployment").items()}
-    roles = ("api", "people", "interactions", "worker", "webhooks", "sync")
+    roles = ("api", "people", "interactions", "webhooks", "sync")
     assert replicas == {f"tieline-{c}": 2 for c in roles}
+    # The projection workers: a StatefulSet (pod index -> partition), active + standby for
+    # each of TIELINE_PROJECTION_WORKERS partitions.
+    worker = objects(docs, "StatefulSet")["tieline-worker"]
+    partitions = int(
+        objects(docs, "ConfigMap")["tieline-config"]["data"]["TIELINE_PROJECTION_WORKERS"]
+    )
+    assert worker["spec"]["replicas"] == 2 * partitions
+    [container] = worker["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TIELINE_PROJECTION_POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    )
     [hpa] = objects(docs, "HorizontalPodAutoscaler").values()
     assert hpa["spec"]["scaleTargetRef"]["name"] == "tieline-api"
     assert hpa["spec"]["minReplicas"] == 2 < hpa["spec"]["maxReplicas"]

@@ -487,8 +487,13 @@ async def checkpoint_of(settings: Settings) -> int:
         exists = await scalar(conn, "SELECT to_regclass('checkpoints') IS NOT NULL")
         if not exists:
             return 0
+        # Every partition's checkpoint row when partitioned workers feed it: the minimum.
         value = await scalar(
-            conn, "SELECT last_seq FROM checkpoints WHERE projection = %s", target.projection
+            conn,
+            "SELECT min(last_seq) FROM checkpoints WHERE projection = %s "
+            "OR starts_with(projection, %s || '/p')",
+            target.projection,
+            target.projection,
         )
         return int(value or 0)
     except Exception:
@@ -705,11 +710,15 @@ def admin_settings(stack: Stack, settings: Settings) -> Settings:
 
 @contextlib.contextmanager
 def running_stack(
-    data_dir: Path, settings: Settings, roles: tuple[str, ...], **env: str
+    data_dir: Path, settings: Settings, roles: tuple[str, ...], workers: int = 1, **env: str
 ) -> Iterator[Stack]:
     """Embedded NATS (with its per-role users) and PostgreSQL on free ports under
-    ``data_dir``; ``roles`` are started but not waited for. Everything stops on exit."""
-    stack = Stack(StackConfig(data_dir=data_dir, roles=roles, env=stack_env(settings, **env)))
+    ``data_dir``; ``roles`` are started but not waited for (``workers`` partitioned
+    projection workers). Everything stops on exit."""
+    config = StackConfig(
+        data_dir=data_dir, roles=roles, env=stack_env(settings, **env), workers=workers
+    )
+    stack = Stack(config)
     try:
         stack.start_servers()
         yield stack
@@ -905,12 +914,16 @@ async def make_token(settings: Settings, ws: str, role: str = "admin") -> str:
 
 
 @contextlib.contextmanager
-def full_stack(data_dir: Path, settings: Settings, **env: str) -> Iterator[Stack]:
-    """Embedded servers plus every tieline process (api, people, interactions, worker),
+def full_stack(
+    data_dir: Path, settings: Settings, workers: int | None = None, **env: str
+) -> Iterator[Stack]:
+    """Embedded servers plus every tieline process (api, people, interactions, worker, and
+    ``worker.2`` ... for ``workers`` partitions; default TIELINE_FAULTS_WORKERS, else 1),
     ready (``/readyz`` 200) on entry; everything stops on exit."""
-    with running_stack(
-        data_dir, settings, roles=("api", "people", "interactions", "worker"), **env
-    ) as stack:
+    if workers is None:
+        workers = int(os.environ.get("TIELINE_FAULTS_WORKERS", "1"))
+    roles = ("api", "people", "interactions", "worker")
+    with running_stack(data_dir, settings, roles=roles, workers=workers, **env) as stack:
         stack.start_processes()
         stack.wait_ready(timeout=90)
         yield stack
