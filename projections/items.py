@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import structlog
 from tieline.events_schema.models import Event
@@ -134,3 +135,15 @@ async def in_sequence(
         out.append(it)
         expected = it.seq + 1
     return out
+
+
+async def record_poison(conn: Any, projection: str, poison: Sequence[Poison]) -> None:
+    """Park ``poison`` in ``dead_letters`` (in the batch's transaction, with its checkpoint)."""
+    if not poison:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO dead_letters (projection, stream_seq, subject, reason, detail, "
+            "dlq_seq) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [(projection, p.seq, p.subject, p.reason, p.detail[:2000], p.dlq_seq) for p in poison],
+        )

@@ -26,6 +26,7 @@ from tieline.projections.items import (
     SequenceGapError,
     Skipped,
     continuing,
+    record_poison,
 )
 from tieline.projections.rows import (
     ARCHIVE_BULK,
@@ -176,7 +177,7 @@ class ProjectionStore:
         self._recalibrated = set()
         await self._apply_changes(conn, new, result)
         await self._recalibrate(conn, new)
-        await self._dead_letters(conn, poison)
+        await record_poison(conn, self.projection, poison)
         result.poison = len(poison)
         await self._write_changes(conn)
 
@@ -586,16 +587,3 @@ class ProjectionStore:
         )
         stored = [(ws, a, b) for a, b in await cur.fetchall()]
         await self._recompute(conn, it, merges.moved_keys(before, after, stored))
-
-    async def _dead_letters(self, conn: AsyncConnection[Any], poison: list[Poison]) -> None:
-        if not poison:
-            return
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                "INSERT INTO dead_letters (projection, stream_seq, subject, reason, detail, "
-                "dlq_seq) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                [
-                    (self.projection, p.seq, p.subject, p.reason, p.detail[:2000], p.dlq_seq)
-                    for p in poison
-                ],
-            )
