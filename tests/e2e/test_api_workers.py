@@ -38,7 +38,7 @@ def test_process_names_add_api_processes() -> None:
 
 
 def _probe(url: str) -> str:
-    """"ok", or why ``/readyz`` did not answer 200."""
+    """ "ok", or why ``/readyz`` did not answer 200."""
     try:
         with urllib.request.urlopen(url + "/readyz", timeout=5) as resp:
             return "ok" if resp.status == 200 else f"status {resp.status}"
