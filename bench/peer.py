@@ -1,5 +1,6 @@
-"""The same work on a peer: the Python ``eventsourcing`` library (9.x, PostgreSQL persistence)
-against the same PostgreSQL server, next to tieline in the same run.
+"""The same work on two peers against the same PostgreSQL server, next to tieline in the same
+run: the Python ``eventsourcing`` library (9.x, PostgreSQL persistence) and Emmett 0.42
+(TypeScript on Node, ``bench/emmett.py``; skipped with a line saying so without node/npm).
 
 Workload: append N two-person meeting events, then project them into a per-pair read model
 (meeting count and total duration), catching up from zero.
@@ -9,6 +10,12 @@ eventsourcing, written the way its documentation shows:
     each), and in batches (``save(*500 meetings)``, one transaction per batch);
   * a ``Projection`` with a ``PostgresTrackingRecorder`` view that upserts the pair's counters
     and records the tracking position in one transaction per event (``ProjectionRunner``).
+
+Emmett (``bench/peer_emmett/peer.mjs``, its own database on the same server): one stream per
+meeting, ``appendToStream`` awaited one at a time for the first ``--one-by-one`` meetings and
+with 16 in flight for the rest; then two async projectors (``postgreSQLRawSQLProjection`` with
+an upsert per event, ``pongoMultiStreamProjection`` with a document per pair), each caught up
+from zero by its own ``postgreSQLEventStoreConsumer`` with the default pulling.
 
 tieline, on the same PostgreSQL (its log on JetStream, fsync before ack): the same meetings
 through the HTTP API (single-event requests with 64 concurrent clients, and the batch endpoint),
@@ -34,6 +41,7 @@ from urllib.parse import urlparse
 
 from bench.common import (
     Row,
+    Target,
     cli_main,
     finish_run,
     judge,
@@ -61,6 +69,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--people", type=int, default=1_000)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--no-emmett", action="store_true", help="leave the Emmett peer out")
+    p.add_argument("--emmett-in-flight", type=int, default=16)
 
 
 # -- eventsourcing ---------------------------------------------------------------------------
@@ -260,6 +270,78 @@ def run_tieline(
     }
 
 
+def run_emmett_peer(
+    args: argparse.Namespace, db_url: str, meetings: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Emmett's results, or ``{"skipped": reason}`` without node/npm (never a made-up row)."""
+    from bench import emmett
+
+    reason = "--no-emmett" if args.no_emmett else emmett.unavailable()
+    if reason:
+        print(f"[peer] Emmett: SKIPPED ({reason})", flush=True)
+        return {"skipped": reason}
+    print(f"[peer] Emmett: {len(meetings)} meetings ...", flush=True)
+    return emmett.run_emmett(
+        db_url, emmett.as_pairs(meetings), args.one_by_one, in_flight=args.emmett_in_flight
+    )
+
+
+def emmett_rows(tl: dict[str, Any], em: dict[str, Any]) -> tuple[list[Row], list[Target]]:
+    """Rows and targets of tieline beside Emmett (the targets are unmeasured when skipped)."""
+    single, t_catch = tl["single"]["events_per_s"], rate(*tl["catch_up"])
+    if "skipped" in em:
+        names = (
+            "single-event writes >= 1x Emmett's 16-in-flight appends",
+            "live projection >= 8x Emmett's fastest projector",
+        )
+        return [], [Target(n, None, f"not measured: {em['skipped']}") for n in names]
+    seq, conc = rate(*em["sequential"]), rate(*em["concurrent"])
+    catch = {k: rate(v["handled"], v["seconds"]) for k, v in em["projections"].items()}
+    fastest = max(catch, key=lambda k: catch[k])
+    n_in = em["in_flight"]
+    rows = [
+        Row(
+            "append one at a time: tieline single-event HTTP (64 concurrent)",
+            single,
+            "events/s",
+            f"Emmett: appendToStream, {n_in} in flight",
+            conc,
+            note=f"Emmett {em['concurrent'][0]} appends in {em['concurrent'][1]:.1f}s",
+        ),
+        Row(
+            "append one at a time: tieline single-event HTTP (64 concurrent)",
+            single,
+            "events/s",
+            "Emmett: appendToStream awaited one at a time",
+            seq,
+            note=f"Emmett {em['sequential'][0]} appends in {em['sequential'][1]:.1f}s",
+        ),
+    ]
+    for kind, label in (("raw_sql", "postgreSQLRawSQLProjection"), ("pongo", "pongo multi-stream")):
+        p = em["projections"][kind]
+        rows.append(
+            Row(
+                "projection catch-up from zero: tieline worker",
+                t_catch,
+                "events/s",
+                f"Emmett projector: {label}",
+                catch[kind],
+                note=f"Emmett handled {p['handled']} of {em['appended']} appended in "
+                f"{p['seconds']:.1f}s; read model counts {p['projected']['meetings']} meetings",
+            )
+        )
+    r_w, r_p = single / conc if conc else None, t_catch / catch[fastest] if catch[fastest] else None
+    targets = [
+        judge("single-event writes >= 1x Emmett's 16-in-flight appends", r_w, 1, at_least=True,
+              measured=f"{r_w or 0:.2f}x ({single:,.0f} vs {conc:,.0f} events/s)",
+              reason_if_missed="tieline's per-request CPU (api, interactions, nats, PostgreSQL)"),
+        judge("live projection >= 8x Emmett's fastest projector", r_p, 8, at_least=True,
+              measured=f"{r_p or 0:.1f}x ({t_catch:,.0f} vs {catch[fastest]:,.0f} events/s, "
+              f"{fastest})", reason_if_missed="tieline's worker CPU per event"),
+    ]  # fmt: skip
+    return rows, targets
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         args.meetings, args.one_by_one, args.people = (
@@ -277,6 +359,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with temp_root() as root, postgres(root) as db_url:
         print(f"[peer] eventsourcing: {args.meetings} meetings ...", flush=True)
         peer = run_peer(db_url, meetings, args.one_by_one)
+        em = run_emmett_peer(args, db_url, meetings)
         print(f"[peer] tieline: {args.meetings} meetings ...", flush=True)
         tl = run_tieline(root, db_url, people, meetings, args.one_by_one)
     p_one, p_batch, p_catch = (rate(*peer[k]) for k in ("one", "batch", "catch_up"))
@@ -320,13 +403,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             reason_if_missed="tieline's worker CPU per event (see projection profile)",
         )
     ]
+    rows_e, targets_e = emmett_rows(tl, em)
     return finish_run(
         "peer",
-        "peer: the same meetings on eventsourcing 9 (same PostgreSQL)",
+        "peer: the same meetings on eventsourcing 9 and Emmett 0.42 (same PostgreSQL)",
         args,
-        rows,
-        targets,
-        extra={"eventsourcing": peer, "tieline": tl},
+        rows + rows_e,
+        targets + targets_e,
+        extra={"eventsourcing": peer, "emmett": em, "tieline": tl},
         started=started,
         before=before,
     )

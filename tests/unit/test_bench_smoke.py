@@ -25,6 +25,7 @@ MODULES = [
     "freshness",
     "queries",
     "peer",
+    "emmett",
     "scaling",
     "sse",
     "whatif",
@@ -39,6 +40,8 @@ def test_every_bench_module_imports(name: str) -> None:
     mod = importlib.import_module(f"bench.{name}")
     if name == "store_harness":  # a developer tool with its own command line, not in `all`
         assert callable(mod.main) and callable(mod.measure)
+    elif name == "emmett":  # the Emmett peer's runner, used by bench/peer.py
+        assert callable(mod.run_emmett) and callable(mod.unavailable)
     elif name not in ("common", "events", "natsraw", "httpload", "whatif", "report", "__main__"):
         assert callable(mod.run) and callable(mod.add_args)
 
@@ -191,3 +194,46 @@ def test_report_renders_a_result() -> None:
     )
     assert "| m | 1 | ms | raw | 2 | 50% | a\\|b |" in md
     assert "**missed**" in md
+
+
+def test_emmett_peer_without_node_is_skipped_with_a_reason_not_faked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from bench import emmett
+    from bench.peer import emmett_rows
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    reason = emmett.unavailable()
+    assert reason is not None and "node" in reason and "npm" in reason
+    tl = {"single": {"events_per_s": 400.0}, "catch_up": (3300, 0.5)}
+    rows, targets = emmett_rows(tl, {"skipped": reason})
+    assert rows == []
+    assert [t.met for t in targets] == [None, None]
+    assert all(reason in t.measured for t in targets)
+
+
+def test_emmett_rows_are_same_run_ratios_over_what_the_projector_handled() -> None:
+    from bench.peer import emmett_rows
+
+    tl = {"single": {"events_per_s": 400.0}, "catch_up": (6000, 1.0)}
+    projected = {"pairs": 10, "meetings": 900, "minutes": 1}
+    em = {
+        "appended": 1000,
+        "in_flight": 16,
+        "sequential": (200, 0.5),  # 400/s
+        "concurrent": (800, 0.5),  # 1600/s
+        "projections": {
+            "raw_sql": {"handled": 900, "seconds": 0.6, "projected": projected},  # 1500/s
+            "pongo": {"handled": 900, "seconds": 0.9, "projected": projected},  # 1000/s
+        },
+    }
+    rows, targets = emmett_rows(tl, em)
+    assert [r.ratio for r in rows] == pytest.approx([0.25, 1.0, 4.0, 6.0])
+    assert "900 of 1000" in rows[2].note
+    writes, projection = targets
+    assert writes.met is False and "0.25x" in writes.measured
+    assert (
+        projection.met is False
+        and "4.0x" in projection.measured
+        and "raw_sql" in projection.measured
+    )
