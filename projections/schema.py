@@ -7,7 +7,7 @@ from psycopg import AsyncConnection, sql
 from tieline.plumbing.migrations import API_ROLE, API_ROLE_DDL, WORKSPACE_SETTING
 
 #: Bump when a read-model table changes shape or meaning; tables carry it as a suffix.
-READ_MODEL_VERSION = 4
+READ_MODEL_VERSION = 5
 
 DDL = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -95,14 +95,17 @@ CREATE TABLE IF NOT EXISTS strength_v1 (
     can_vouch             boolean NOT NULL,
     reciprocity           jsonb NOT NULL,
     params_version        text NOT NULL,
+    -- An upper bound on the score at any later time, as a time-invariant key (see
+    -- projections/strength_model_bound.py): ranked lists read ties in this order and stop early.
+    bound_key             double precision NOT NULL,
     -- The strength model's running state (Fold.to_dict) so a new event is one step, not a
     -- recompute of the pair's history.
     fold                  jsonb NOT NULL,
     last_seq              bigint NOT NULL,
     PRIMARY KEY (workspace_id, person_a, person_b)
 );
-CREATE INDEX IF NOT EXISTS strength_v1_a ON strength_v1 (workspace_id, person_a, score DESC);
-CREATE INDEX IF NOT EXISTS strength_v1_b ON strength_v1 (workspace_id, person_b, score DESC);
+CREATE INDEX IF NOT EXISTS strength_v1_a ON strength_v1 (workspace_id, person_a, bound_key DESC);
+CREATE INDEX IF NOT EXISTS strength_v1_b ON strength_v1 (workspace_id, person_b, bound_key DESC);
 
 -- Double opt-in introductions: requested -> each side consents -> made -> outcome.
 CREATE TABLE IF NOT EXISTS introductions_v1 (

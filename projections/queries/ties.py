@@ -2,6 +2,12 @@
 
 Scores *now* come from each tie's stored decay state; a tie whose stored state is later than
 ``as_of`` is re-evaluated with the pure model over its events up to then.
+
+The first page of a ranked list *now* (strongest ties, follow-ups) does not score every tie of
+a person: :func:`top_scored` reads them in the order of their stored ``bound_key`` (an index
+scan) and stops once no unread tie can enter the page (the bound and its proof are in
+``projections/strength_model_bound.py``), so a hub with thousands of ties costs a few hundred
+rows. Later pages and ``as_of`` lists score every tie.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from tieline.projections.strength_model import (
     Strength,
     assign_tiers,
     follow_up_due,
+    score_bound,
     tier_for,
 )
 
@@ -36,6 +43,69 @@ async def ties_of(conn: AsyncConnection[Any], ws: str, person: str) -> list[Row]
         {"ws": ws, "p": person},
     )
     return list(await cur.fetchall())
+
+
+#: Ties read by the first round of :func:`top_scored` (each further round reads 4x as many).
+FIRST_READ = 128
+#: From the ties read so far, the (rounded) score an unread tie must stay below for the list to
+#: be complete, or None when not known yet (see :func:`strongest_needs`, :func:`follow_ups_need`).
+Need = Callable[[list[Scored]], float | None]
+
+BY_BOUND = f"""
+(SELECT person_b AS other, {TIE_COLS}, bound_key FROM strength_v1
+  WHERE workspace_id = %(ws)s AND person_a = %(p)s ORDER BY bound_key DESC LIMIT %(n)s)
+UNION ALL
+(SELECT person_a AS other, {TIE_COLS}, bound_key FROM strength_v1
+  WHERE workspace_id = %(ws)s AND person_b = %(p)s ORDER BY bound_key DESC LIMIT %(n)s)
+ORDER BY bound_key DESC LIMIT %(n)s"""
+
+
+async def top_scored(
+    conn: AsyncConnection[Any], ws: str, person: str, at: datetime, need: Need
+) -> list[Scored]:
+    """Ties of ``person`` scored at ``at`` from their stored states: at least every tie whose
+    rounded score reaches ``need``'s threshold (a prefix in ``bound_key`` order; every tie
+    when the scan runs out). Each round reads ``n`` ties strongest bound first and stops when
+    the bound of the ``n``-th is below the threshold: every unread tie's key, hence its score,
+    is at most that. Rows of another parameter set than the model's fall back to every tie."""
+    n = FIRST_READ
+    while True:
+        cur = await conn.execute(BY_BOUND, {"ws": ws, "p": person, "n": n})
+        rows = list(await cur.fetchall())
+        if any(r["params_version"] != PARAMS.version for r in rows):
+            return await scored_ties(conn, ws, person, None, at)
+        scored: list[Scored] = [(row, score_at(row, at), None) for row in rows]
+        if len(rows) < n:
+            return scored
+        threshold = need(scored)
+        if threshold is not None:
+            bound = round(score_bound(rows[-1]["bound_key"], at, PARAMS), 4)
+            if bound < threshold:
+                return scored
+        n *= 4
+
+
+def strongest_needs(count: int) -> Need:
+    """For the ``count`` strongest ties (in :func:`rank_key` ``strength`` order): the rounded
+    score of the ``count``-th; an unread tie scoring below it ranks after it."""
+
+    def need(scored: list[Scored]) -> float | None:
+        if len(scored) < count:
+            return None
+        return sorted((round(s, 4) for _, s, _ in scored), reverse=True)[count - 1]
+
+    return need
+
+
+def follow_ups_need(count: int, when: datetime) -> Need:
+    """For the first ``count`` follow-ups due (:func:`follow_up_key` order): the amount at
+    stake of the ``count``-th; what a tie has at stake never exceeds its score now."""
+
+    def need(scored: list[Scored]) -> float | None:
+        due = follow_ups(scored, when)
+        return None if len(due) < count else float(due[count - 1]["at_stake"])
+
+    return need
 
 
 async def scored_ties(
