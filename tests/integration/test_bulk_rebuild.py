@@ -27,7 +27,7 @@ from tieline.events_schema.registry import REGISTRY
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
 from tieline.plumbing.subjects import event_subject
-from tieline.projections import bulk_load, replay
+from tieline.projections import bulk_fold, bulk_load, replay
 from tieline.projections.classify import classify
 from tieline.projections.generations import Generation
 from tieline.projections.items import Gap, Item
@@ -218,9 +218,14 @@ async def _rows_only_in(conn: AsyncConnection[Any], a: str, b: str, table: str) 
     return int(row[0]) if row else -1
 
 
-async def _check(database_url: str, items: list[Item], cuts: list[int], tag: str) -> None:
+async def _check(
+    database_url: str, items: list[Item], cuts: list[int], tag: str, processes: int = 1
+) -> None:
     incr, bulk = f"bulkprop_{tag}_incr", f"bulkprop_{tag}_bulk"
     conn = await db.connect(Settings(database_url=database_url))
+    chunk = bulk_fold.PAIR_CHUNK
+    # Small fetches of the strength pass: pairs cut across fetches, several chunks in flight.
+    bulk_fold.PAIR_CHUNK = 1 + (len(cuts) * 3) % 11
     try:
         for name in (incr, bulk):
             await _schema(conn, name)
@@ -231,7 +236,7 @@ async def _check(database_url: str, items: list[Item], cuts: list[int], tag: str
         await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(bulk)))
         gen = Generation(0, bulk, 0, "scratch", "bulkprop")
         chunks = _batches(items, [c * 7 for c in cuts])
-        result = await bulk_load.load_items(conn, gen, REGISTRY, PARAMS, chunks)
+        result = await bulk_load.load_items(conn, gen, REGISTRY, PARAMS, chunks, processes)
         assert result.last_seq == (items[-1].seq if items else 0)
         diffs = await replay.compare(conn, incr, bulk, TABLES)
         assert [d.table for d in diffs if not d.clean] == [], [d.samples for d in diffs]
@@ -247,6 +252,7 @@ async def _check(database_url: str, items: list[Item], cuts: list[int], tag: str
         row = await cur.fetchone()
         assert row is not None and row[0] == row[1] == result.last_seq
     finally:
+        bulk_fold.PAIR_CHUNK = chunk
         for name in (incr, bulk):
             await conn.execute(
                 sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name))
@@ -271,6 +277,26 @@ def test_bulk_equals_incremental_on_generated_histories(
     for op in ops:
         history.step(op)
     asyncio.run(_check(servers.database_url, history.items, cuts, f"{seed % 10_000}"))
+
+
+@settings(
+    max_examples=3,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    ops=st.lists(st.integers(0, 12), min_size=60, max_size=160),
+    cuts=st.lists(st.integers(0, 10_000), max_size=12),
+)
+def test_bulk_with_the_strength_pass_in_two_processes_equals_incremental(
+    servers: Any, seed: int, ops: list[int], cuts: list[int]
+) -> None:
+    """The same, with pairs folded by two worker processes (projections/bulk_fold.py)."""
+    history = History(random.Random(seed), _S.subject_prefix)
+    for op in ops:
+        history.step(op)
+    asyncio.run(_check(servers.database_url, history.items, cuts, f"p{seed % 10_000}", 2))
 
 
 async def test_bulk_rebuild_from_the_log_over_a_deleted_message_equals_the_live_worker(

@@ -1,0 +1,145 @@
+"""Phase 3 of a bulk load: every pair's strength from its loaded timeline, optionally spread
+over worker processes.
+
+Pairs share nothing: a pair's strength is :meth:`~tieline.projections.strength_model.Fold.of`
+over that pair's unretracted timeline alone (the live worker's full-recompute path). The
+timeline is read grouped by pair, cut into chunks at pair boundaries, and each chunk folded
+(in this process, or by one of ``processes`` worker processes while this one reads the next
+chunk and COPYs finished rows); at most ``processes + 1`` chunks are in flight, so memory
+does not grow with the number of pairs. The rows are those the live store writes
+(:func:`~tieline.projections.rows.strength_row`), whichever process folded them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import orjson
+from psycopg import AsyncConnection
+from psycopg.types.json import set_json_loads
+from tieline.projections.rows import STRENGTH, PairKey, strength_row
+from tieline.projections.strength_model import Fold, PairEvent, Params
+
+#: Pair-timeline rows per fetch of the strength pass.
+PAIR_CHUNK = 20_000
+
+PAIR_SCAN = """
+SELECT workspace_id, person_a, person_b, event_id, seq, type, occurred_at, detail
+  FROM pair_events_v1 WHERE NOT retracted ORDER BY workspace_id, person_a, person_b
+"""
+
+
+def fold_chunk(rows: Sequence[tuple[Any, ...]], seq: int, params: Params) -> list[tuple[Any, ...]]:
+    """The ``strength_v1`` rows of whole pairs (``rows``: PAIR_SCAN rows, grouped by pair)."""
+    out: list[tuple[Any, ...]] = []
+    key: PairKey | None = None
+    events: list[PairEvent] = []
+    for ws, a, b, eid, eseq, etype, occurred, detail in rows:
+        if key != (ws, a, b):
+            _flush(out, key, events, seq, params)
+            key, events = (ws, a, b), []
+        events.append(PairEvent(str(eid), etype, occurred, int(eseq), a, b, detail))
+    _flush(out, key, events, seq, params)
+    return out
+
+
+def _flush(
+    out: list[tuple[Any, ...]],
+    key: PairKey | None,
+    events: list[PairEvent],
+    seq: int,
+    params: Params,
+) -> None:
+    fold = Fold.of(events, params) if key is not None else None
+    if key is not None and fold is not None:
+        out.append(strength_row(key, fold, seq, params))
+
+
+def _whole_pairs(rows: list[tuple[Any, ...]]) -> int:
+    """Where the last pair of ``rows`` starts (it may go on in the next fetch)."""
+    last = rows[-1][:3]
+    i = len(rows) - 1
+    while i > 0 and rows[i - 1][:3] == last:
+        i -= 1
+    return i
+
+
+class _Folder:
+    """Folds chunks in order, in worker processes once there is more than one chunk."""
+
+    def __init__(self, params: Params, seq: int, processes: int) -> None:
+        self.params, self.seq, self.processes = params, seq, processes
+        self.pool: ProcessPoolExecutor | None = None
+        self.pending: deque[asyncio.Future[list[tuple[Any, ...]]]] = deque()
+
+    def submit(self, rows: list[tuple[Any, ...]]) -> None:
+        if self.pool is None and self.processes > 1:
+            # spawn, not fork: this process runs an event loop and holds open connections
+            ctx = multiprocessing.get_context("spawn")
+            self.pool = ProcessPoolExecutor(self.processes, mp_context=ctx)
+        loop = asyncio.get_running_loop()
+        if self.pool is None:
+            done: asyncio.Future[list[tuple[Any, ...]]] = loop.create_future()
+            done.set_result(fold_chunk(rows, self.seq, self.params))
+            self.pending.append(done)
+        else:
+            job = loop.run_in_executor(self.pool, fold_chunk, rows, self.seq, self.params)
+            self.pending.append(job)
+
+    def full(self) -> bool:
+        return len(self.pending) > max(self.processes, 1)
+
+    async def next(self) -> list[tuple[Any, ...]]:
+        return await self.pending.popleft()
+
+    def close(self) -> None:
+        for job in self.pending:
+            job.cancel()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+async def fold_pairs(
+    conn: AsyncConnection[Any],
+    params: Params,
+    seq: int,
+    processes: int,
+    copy: Any,
+) -> int:
+    """Fold and COPY every pair's strength (``copy(conn, table, columns, rows)``); returns
+    the number of pairs. ``processes`` > 1: fold in that many worker processes (started only
+    when the timeline is longer than one fetch)."""
+    pairs = 0
+    folder = _Folder(params, seq, processes)
+    first = True
+    try:
+        async with conn.cursor(name="tieline_bulk_pairs") as cur:
+            set_json_loads(orjson.loads, cur)
+            await cur.execute(PAIR_SCAN)
+            carry: list[tuple[Any, ...]] = []
+            while rows := await cur.fetchmany(PAIR_CHUNK):
+                rows = carry + rows
+                cut = _whole_pairs(rows)
+                carry, ready = rows[cut:], rows[:cut]
+                if first:  # one fetch may be all: fold it here, no processes
+                    first, folder.processes = False, (processes if len(rows) >= PAIR_CHUNK else 1)
+                if ready:
+                    folder.submit(ready)
+                while folder.full():
+                    out = await folder.next()
+                    pairs += len(out)
+                    await copy(conn, "strength_v1", STRENGTH, out)
+            if carry:
+                folder.submit(carry)
+            while folder.pending:
+                out = await folder.next()
+                pairs += len(out)
+                await copy(conn, "strength_v1", STRENGTH, out)
+    finally:
+        folder.close()
+    return pairs
