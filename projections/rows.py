@@ -14,7 +14,7 @@ from psycopg import AsyncConnection, AsyncCursor
 from tieline.events_schema.models import Event
 from tieline.projections.changelog import COLUMNS as CHANGE_COLUMNS
 from tieline.projections.changes import PairEventRow
-from tieline.projections.strength_model import Fold, PairEvent, Params, bound_key, vouches
+from tieline.projections.strength_model import Fold, PairEvent, Params, bound_keys, vouches
 
 PairKey = tuple[str, str, str]  # workspace, person_a, person_b
 
@@ -68,7 +68,8 @@ STRENGTH = (
     ("can_vouch", "bool"),
     ("reciprocity", "jsonb"),
     ("params_version", "text"),
-    ("bound_key", "float8"),
+    ("bound_fast", "float8"),
+    ("bound_slow", "float8"),
     ("fold", "jsonb"),
     ("last_seq", "bigint"),
 )
@@ -247,7 +248,7 @@ def strength_row(key: PairKey, fold: Fold, seq: int, params: Params) -> tuple[An
         vouches(s, params),
         _json(s.reciprocity),
         params.version,
-        bound_key(st, params),
+        *bound_keys(st, params),
         fold.to_json(),
         seq,
     )

@@ -3,7 +3,7 @@ person's strongest ties, follow-ups) read ties strongest-bound first and stop ea
 
 Part of :mod:`tieline.projections.strength_model`; it depends on the score formula of
 :meth:`~tieline.projections.strength_model_core.DecayState.score_at`, so a change of that
-formula must change :func:`bound_key` and :func:`score_bound` with it (the property test in
+formula must change :func:`bound_keys` and :func:`score_bound` with it (the property test in
 ``tests/unit/test_strength_bound.py`` checks the bound on random states and parameter sets).
 
 Why a bound and not the score itself
@@ -18,43 +18,48 @@ A stored tie's score at a time ``t`` after its state time ``at`` (``d`` days lat
 
 with the reciprocity factor ``f`` in ``[1 - penalty, 1]`` and the rating weight ``w`` in
 ``[0, 1]``. With two (or three) half-lives no time-invariant number orders ties by score for
-every ``t``: a tie made of fast points ranks higher now and lower later. So the index orders
-ties by a time-invariant *bound* key instead, and a reader scores exactly in that order.
+every ``t``: a tie made of fast points ranks higher now and lower later. So each tie stores two
+time-invariant keys, one per decaying term, each indexed; a reader walks both orders at once
+and scores exactly what it reads. (One key bounding both terms with the slowest half-life is
+valid too, but two years after the last events it overestimates ties whose points were mostly
+fast when stored by up to ``1 / slow_share``: it read 150-270 ties of a 300-3,000-tie hub to
+find the top 50 on the bench's data; two keys read about 55 of each order.)
 
-The bound
-=========
-Let ``H = max(h_fast, h_slow, h_rating)``, ``m = max(fast, 0) + max(slow, 0)`` and ``r`` the
-stored rating (``rating`` above). The key is ``K = log2(c) + day(at) / H`` (``day``: days since
-the epoch) with
+The keys and the bound
+======================
+Let ``S = max(h_slow, h_rating)``, ``day(x)`` the days since the epoch, and
 
-* ``c = m`` for a tie without a rating;
-* ``c = max(m, B^-1(r))`` for a rated tie when ``exponent <= 1`` and ``r < 100``, where
-  ``B^-1(s) = scale * (-ln(1 - s/100))^(1/exponent)`` is the points that alone score ``s``;
-* ``c = +inf`` (``K = +inf``: always read first) for a rated tie otherwise;
+* ``s' = max(slow, 0)`` without a rating; with one, ``s' = max(slow, 0, B^-1(r))`` when
+  ``exponent <= 1`` and ``r < 100``, where ``r`` is the stored rating and ``B^-1(v) = scale *
+  (-ln(1 - v/100))^(1/exponent)`` the points that alone score ``v``; otherwise ``s' = +inf``
+  (always read first);
+* ``F = log2(max(fast, 0)) + day(at) / h_fast`` and ``L = log2(s') + day(at) / S``
+  (``-inf`` for a zero amount): :func:`bound_keys`.
 
-(``K = -inf`` when ``c = 0``), and the bound at ``t`` of every tie with key at most ``K`` is
-``G = B(z)`` with ``z = 2^(K - day(t) / H) = c * y``, ``y = 2^(-d/H)``.
+For any keys ``F0 >= F`` and ``L0 >= L`` of a tie, its score at ``t`` is at most
+``B(2^(F0 - day(t)/h_fast) + 2^(L0 - day(t)/S))`` (:func:`score_bound`), which grows with
+``F0`` and ``L0``.
 
-Claim: ``score(t) <= B(c * y)`` for every ``t``, and ``B(2^(K - day(t)/H))`` grows with ``K``.
-
-Proof. For ``d >= 0`` and any half-life ``h <= H``, ``2^(-d/h) <= y``; so ``P(t) <= m * y``
-and ``R(t) <= r * y``. (For ``d < 0`` the model clamps ``d`` to 0: ``P = m``, ``R = r``, and
-``y > 1``; every step below holds with ``y`` replaced by 1 on the model's side.) ``f <= 1`` and
-``B`` increases, so ``B(P f) <= B(m y) <= B(c y)``: that is the whole score of a tie without a
-rating. With a rating, ``score = (1 - w) B(P f) + w R <= (1 - w) B(c y) + w r y``, and ``r y
-<= B(c y)``: for ``exponent <= 1``, ``B`` is concave (``1 - exp(-u)`` is concave and increasing,
-``(x/scale)^exponent`` concave) with ``B(0) = 0``, so ``B(c y) >= y B(c) >= y B(B^-1(r)) = r
-y`` for ``y <= 1``; otherwise ``c = +inf`` and the bound is 100. Hence ``score <= B(c y)``.
-Finally ``2^(K - day(t)/H)`` increases with ``K`` and ``B`` increases, so ordering ties by ``K``
-descending orders their bounds descending at every ``t``. The bound is tight for a tie of slow
-points alone (``h_slow = H``, factor 1, no rating): it is its score.
+Proof. Let ``u = 2^(-d/h_fast)`` and ``v = 2^(-d/S)``; for ``d >= 0``, ``2^(-d/h_slow) <= v``
+and ``2^(-d/h_rating) <= v``. Then ``2^(F - day(t)/h_fast) = fast * u`` and ``2^(L -
+day(t)/S) = s' * v``, so the bound is at least ``B(fast u + s' v) >= B(P(t)) >= B(P(t) f)``
+(``f <= 1``, ``s' >= slow``, ``B`` increasing): that is the whole score of a tie without a
+rating. With a rating, ``R(t) <= r v``, and ``r v <= B(s' v)``: for ``exponent <= 1``, ``B``
+is concave (``1 - exp(-x)`` is concave and increasing, ``(x/scale)^exponent`` concave) with
+``B(0) = 0``, so ``B(s' v) >= v B(s') >= v B(B^-1(r)) = r v`` for ``v <= 1``; otherwise ``s' =
++inf`` and the bound is 100. So ``score = (1 - w) B(P f) + w R <= (1 - w) B(fast u + s' v) + w
+B(fast u + s' v)``. (For ``d < 0`` the model clamps ``d`` to 0 while ``u, v > 1``: every step
+holds with the model's side at ``u = v = 1``.) The bound is tight for a tie without a rating
+and with factor 1 when ``h_slow = S``: it is its score.
 
 The early stop
 ==============
-Read a person's ties by ``K`` descending, score each exactly, and stop after a tie whose ``K``
-gives ``G`` below the ``n``-th best exact score: every unread tie has ``K`` at most that one's,
-so its score is below the ``n``-th, and the top ``n`` (and their capacity-limited tiers, which
-depend only on the ties above them, see ``assign_tiers``) are those of the full list.
+Read a person's ties in both orders (``F`` descending and ``L`` descending), ``n`` of each,
+and score each tie read exactly. A tie read in neither has ``F`` at most the last ``F`` read
+and ``L`` at most the last ``L`` read, so its score is at most the bound of those two keys;
+once that is below the ``n``-th best exact score, the top ``n`` (and their capacity-limited
+tiers, which depend only on the ties above them, see ``assign_tiers``) are those of the full
+list. Each order holds every tie, so when one runs out every tie has been read.
 """
 
 from __future__ import annotations
@@ -68,9 +73,9 @@ from tieline.projections.strength_model_params import DAY_SECONDS, Params
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _horizon(params: Params) -> float:
-    """The slowest half-life of the score's decaying terms (days)."""
-    return max(params.fast_half_life_days, params.slow_half_life_days, params.rating_half_life_days)
+def _slow_horizon(params: Params) -> float:
+    """``S``: the slowest half-life of the slow points and the rating (days)."""
+    return max(params.slow_half_life_days, params.rating_half_life_days)
 
 
 def _day(t: datetime) -> float:
@@ -88,28 +93,44 @@ def _points_for(score: float, params: Params) -> float:
     return params.score_scale_points * float(units ** (1.0 / params.score_exponent))
 
 
-def bound_key(state: DecayState, params: Params) -> float:
-    """The time-invariant key ``K`` of a stored tie (see the module docstring)."""
-    if state.at is None:
+def _key(amount: float, day: float, half_life: float) -> float:
+    if amount <= 0.0:
         return -math.inf
-    c = max(state.fast, 0.0) + max(state.slow, 0.0)
+    return math.inf if amount == math.inf else math.log2(amount) + day / half_life
+
+
+def bound_keys(state: DecayState, params: Params) -> tuple[float, float]:
+    """The time-invariant keys ``(F, L)`` of a stored tie (see the module docstring)."""
+    if state.at is None:
+        return -math.inf, -math.inf
+    slow = max(state.slow, 0.0)
     if state.rating is not None:
         r = max(state.rating, 0.0)
         if params.score_exponent > 1.0 or r >= 100.0:
-            return math.inf
-        # (a rating so small that its points underflow still gets a finite key: the bound's
-        # absolute margin covers its score)
-        c = max(c, _points_for(r, params), math.ulp(0.0) if r > 0.0 else 0.0)
-    if c <= 0.0:
-        return -math.inf
-    return math.log2(c) + _day(state.at) / _horizon(params)
+            slow = math.inf
+        else:
+            # (a rating so small that its points underflow still gets a finite key: the
+            # bound's absolute margin covers its score)
+            slow = max(slow, _points_for(r, params), math.ulp(0.0) if r > 0.0 else 0.0)
+    day = _day(state.at)
+    fast = _key(max(state.fast, 0.0), day, params.fast_half_life_days)
+    return fast, _key(slow, day, _slow_horizon(params))
 
 
-def score_bound(key: float, t: datetime, params: Params) -> float:
-    """An upper bound on the score at ``t`` of every tie whose :func:`bound_key` is at most
-    ``key`` (see the module docstring), with a small margin for floating-point rounding."""
+def _amount(key: float, day: float, half_life: float) -> float:
     if key == -math.inf:
         return 0.0
-    exponent = key - _day(t) / _horizon(params)
-    behaviour = 100.0 if exponent > 1000.0 else _behaviour(2.0**exponent, params)
+    exponent = key - day / half_life
+    return math.inf if exponent > 1000.0 else 2.0**exponent
+
+
+def score_bound(fast_key: float, slow_key: float, t: datetime, params: Params) -> float:
+    """An upper bound on the score at ``t`` of every tie whose :func:`bound_keys` are at most
+    ``(fast_key, slow_key)`` (see the module docstring), with a small margin for
+    floating-point rounding."""
+    day = _day(t)
+    points = _amount(fast_key, day, params.fast_half_life_days) + _amount(
+        slow_key, day, _slow_horizon(params)
+    )
+    behaviour = 100.0 if points == math.inf else _behaviour(points, params)
     return behaviour * (1.0 + 1e-9) + 1e-9

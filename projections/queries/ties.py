@@ -4,10 +4,10 @@ Scores *now* come from each tie's stored decay state; a tie whose stored state i
 ``as_of`` is re-evaluated with the pure model over its events up to then.
 
 The first page of a ranked list *now* (strongest ties, follow-ups) does not score every tie of
-a person: :func:`top_scored` reads them in the order of their stored ``bound_key`` (an index
-scan) and stops once no unread tie can enter the page (the bound and its proof are in
-``projections/strength_model_bound.py``), so a hub with thousands of ties costs a few hundred
-rows. Later pages and ``as_of`` lists score every tie.
+a person: :func:`top_scored` reads them in the orders of their stored bound keys (index
+scans) and stops once no unread tie can enter the page (the bound and its proof are in
+``projections/strength_model_bound.py``), so a hub with thousands of ties costs about a
+hundred rows. Later pages and ``as_of`` lists score every tie.
 """
 
 from __future__ import annotations
@@ -45,42 +45,56 @@ async def ties_of(conn: AsyncConnection[Any], ws: str, person: str) -> list[Row]
     return list(await cur.fetchall())
 
 
-#: Ties read by the first round of :func:`top_scored` (each further round reads 4x as many).
-FIRST_READ = 128
+#: Ties read in each order by the first round of :func:`top_scored` (then 4x more per round).
+FIRST_READ = 64
 #: From the ties read so far, the (rounded) score an unread tie must stay below for the list to
 #: be complete, or None when not known yet (see :func:`strongest_needs`, :func:`follow_ups_need`).
 Need = Callable[[list[Scored]], float | None]
 
-BY_BOUND = f"""
-(SELECT person_b AS other, {TIE_COLS}, bound_key FROM strength_v1
-  WHERE workspace_id = %(ws)s AND person_a = %(p)s ORDER BY bound_key DESC LIMIT %(n)s)
+#: What a ranked list needs of a tie (no reciprocity JSON: parsing it is most of a row's cost).
+_RANK_COLS = """person_a, person_b, state_at, fast, slow, reciprocity_factor, rating,
+    params_version, event_count, meetings, last_contact_at, score_at_last_contact, one_sided,
+    bound_fast, bound_slow"""
+
+
+def _by(key: str) -> str:
+    """A person's ties in ``key`` order, ``%(n)s`` of them (both sides of the pair key)."""
+    return f"""
+(SELECT person_b AS other, {_RANK_COLS} FROM strength_v1
+  WHERE workspace_id = %(ws)s AND person_a = %(p)s ORDER BY {key} DESC LIMIT %(n)s)
 UNION ALL
-(SELECT person_a AS other, {TIE_COLS}, bound_key FROM strength_v1
-  WHERE workspace_id = %(ws)s AND person_b = %(p)s ORDER BY bound_key DESC LIMIT %(n)s)
-ORDER BY bound_key DESC LIMIT %(n)s"""
+(SELECT person_a AS other, {_RANK_COLS} FROM strength_v1
+  WHERE workspace_id = %(ws)s AND person_b = %(p)s ORDER BY {key} DESC LIMIT %(n)s)
+ORDER BY {key} DESC LIMIT %(n)s"""
+
+
+BY_FAST, BY_SLOW = _by("bound_fast"), _by("bound_slow")
 
 
 async def top_scored(
     conn: AsyncConnection[Any], ws: str, person: str, at: datetime, need: Need
 ) -> list[Scored]:
     """Ties of ``person`` scored at ``at`` from their stored states: at least every tie whose
-    rounded score reaches ``need``'s threshold (a prefix in ``bound_key`` order; every tie
-    when the scan runs out). Each round reads ``n`` ties strongest bound first and stops when
-    the bound of the ``n``-th is below the threshold: every unread tie's key, hence its score,
-    is at most that. Rows of another parameter set than the model's fall back to every tie."""
+    rounded score reaches ``need``'s threshold. Each round reads ``n`` ties in each bound
+    order (projections/strength_model_bound.py) and stops when the bound of the last keys
+    read is below the threshold: every unread tie's keys, hence its score, are at most those.
+    Every tie is read when an order runs out. Rows of another parameter set than the model's
+    fall back to scoring every tie."""
     n = FIRST_READ
     while True:
-        cur = await conn.execute(BY_BOUND, {"ws": ws, "p": person, "n": n})
-        rows = list(await cur.fetchall())
+        args = {"ws": ws, "p": person, "n": n}
+        fast = list(await (await conn.execute(BY_FAST, args)).fetchall())
+        slow = list(await (await conn.execute(BY_SLOW, args)).fetchall())
+        rows = list({r["other"]: r for r in (*fast, *slow)}.values())
         if any(r["params_version"] != PARAMS.version for r in rows):
             return await scored_ties(conn, ws, person, None, at)
         scored: list[Scored] = [(row, score_at(row, at), None) for row in rows]
-        if len(rows) < n:
+        if len(fast) < n or len(slow) < n:
             return scored
         threshold = need(scored)
         if threshold is not None:
-            bound = round(score_bound(rows[-1]["bound_key"], at, PARAMS), 4)
-            if bound < threshold:
+            last = score_bound(fast[-1]["bound_fast"], slow[-1]["bound_slow"], at, PARAMS)
+            if round(last, 4) < threshold:
                 return scored
         n *= 4
 

@@ -1,5 +1,5 @@
 """The ranked lists' bound (projections/strength_model_bound.py): a tie's score at any time is
-at most the bound of its stored key, and the bound grows with the key, for random decay
+at most the bound of its stored keys, and the bound grows with each key, for random decay
 states, random parameter sets and the states real histories fold to."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from tieline.projections.strength_model import (
     DecayState,
     Fold,
     Params,
-    bound_key,
+    bound_keys,
     score_bound,
 )
 
@@ -58,7 +58,7 @@ def test_score_never_exceeds_the_bound_of_its_key(data: st.DataObject) -> None:
     state = data.draw(states(params))
     assert state.at is not None
     t = state.at + timedelta(days=data.draw(st.floats(-200.0, 20_000.0)))
-    assert state.score_at(t, params) <= score_bound(bound_key(state, params), t, params)
+    assert state.score_at(t, params) <= score_bound(*bound_keys(state, params), t, params)
 
 
 @settings(max_examples=200, deadline=None)
@@ -67,10 +67,12 @@ def test_bound_grows_with_the_key(data: st.DataObject) -> None:
     params = data.draw(params_sets())
     one, two = data.draw(states(params)), data.draw(states(params))
     t = T0 + timedelta(days=data.draw(st.floats(0.0, 10_000.0)))
-    k1, k2 = sorted((bound_key(one, params), bound_key(two, params)))
-    assert score_bound(k1, t, params) <= score_bound(k2, t, params)
-    # and every tie below a key is below that key's bound
-    assert max(one.score_at(t, params), two.score_at(t, params)) <= score_bound(k2, t, params)
+    (f1, s1), (f2, s2) = bound_keys(one, params), bound_keys(two, params)
+    lo, hi = (min(f1, f2), min(s1, s2)), (max(f1, f2), max(s1, s2))
+    assert score_bound(*lo, t, params) <= score_bound(f1, s1, t, params)
+    assert score_bound(f1, s1, t, params) <= score_bound(*hi, t, params)
+    # every tie whose keys are at most both maxima scores at most their bound
+    assert max(one.score_at(t, params), two.score_at(t, params)) <= score_bound(*hi, t, params)
 
 
 @settings(max_examples=150, deadline=None)
@@ -81,24 +83,24 @@ def test_bound_holds_on_folded_histories(events: list, later_days: float) -> Non
     state = fold.strength(PARAMS).state
     assert state.at is not None
     t = state.at + timedelta(days=later_days)
-    key = bound_key(state, PARAMS)
-    assert key > -math.inf or state.score_at(t, PARAMS) == 0.0
-    assert state.score_at(t, PARAMS) <= score_bound(key, t, PARAMS)
+    keys = bound_keys(state, PARAMS)
+    assert max(keys) > -math.inf or state.score_at(t, PARAMS) == 0.0
+    assert state.score_at(t, PARAMS) <= score_bound(*keys, t, PARAMS)
 
 
 def test_a_tie_without_points_or_rating_never_scores() -> None:
     state = DecayState(T0, 0.0, 0.0, 1.0, None, PARAMS.version)
-    assert bound_key(state, PARAMS) == -math.inf
-    assert score_bound(-math.inf, T0, PARAMS) == 0.0
+    assert bound_keys(state, PARAMS) == (-math.inf, -math.inf)
+    assert score_bound(-math.inf, -math.inf, T0, PARAMS) < 1e-8
     assert state.score_at(T0, PARAMS) == 0.0
 
 
 def test_the_bound_is_tight_for_slow_points_without_rating() -> None:
-    """Only slow points, factor 1, no rating: the bound is the score itself (up to rounding),
+    """Fast and slow points, factor 1, no rating: the bound is the score itself (rounding),
     so the early stop is not loose where most long ties live."""
-    state = DecayState(T0, 0.0, 12.5, 1.0, None, PARAMS.version)
-    key = bound_key(state, PARAMS)
+    state = DecayState(T0, 30.0, 12.5, 1.0, None, PARAMS.version)
+    keys = bound_keys(state, PARAMS)
     for days in (0, 30, 400, 2000):
         t = T0 + timedelta(days=days)
         score = state.score_at(t, PARAMS)
-        assert score <= score_bound(key, t, PARAMS) <= score + 1e-6
+        assert score <= score_bound(*keys, t, PARAMS) <= score + 1e-6
