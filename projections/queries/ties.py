@@ -45,7 +45,9 @@ async def ties_of(conn: AsyncConnection[Any], ws: str, person: str) -> list[Row]
     return list(await cur.fetchall())
 
 
-#: Ties read in each order by the first round of :func:`top_scored` (then 4x more per round).
+#: Ties read in each order by the first round of :func:`top_scored` (then 8x more per round:
+#: a list that cannot stop early, such as follow-ups of a hub with few due, reads everything
+#: in few rounds).
 FIRST_READ = 64
 #: From the ties read so far, the (rounded) score an unread tie must stay below for the list to
 #: be complete, or None when not known yet (see :func:`strongest_needs`, :func:`follow_ups_need`).
@@ -96,7 +98,7 @@ async def top_scored(
             last = score_bound(fast[-1]["bound_fast"], slow[-1]["bound_slow"], at, PARAMS)
             if round(last, 4) < threshold:
                 return scored
-        n *= 4
+        n *= 8
 
 
 def strongest_needs(count: int) -> Need:
