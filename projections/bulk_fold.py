@@ -27,6 +27,11 @@ from tieline.projections.strength_model import Fold, PairEvent, Params
 
 #: Pair-timeline rows per fetch of the strength pass.
 PAIR_CHUNK = 20_000
+#: Fewer pair-timeline rows than this are folded in the replaying process: starting worker
+#: processes (a fresh interpreter importing the model each) costs seconds, which a fold of
+#: ~25 us per row only repays past ~100k rows (measured: 30k events, 36k rows, took 5.0 s
+#: with two workers against ~1 s of fold CPU in one process).
+POOL_MIN_ROWS = 200_000
 
 PAIR_SCAN = """
 SELECT workspace_id, person_a, person_b, event_id, seq, type, occurred_at, detail
@@ -110,12 +115,13 @@ async def fold_pairs(
     seq: int,
     processes: int,
     copy: Any,
+    rows_hint: int,
 ) -> int:
     """Fold and COPY every pair's strength (``copy(conn, table, columns, rows)``); returns
-    the number of pairs. ``processes`` > 1: fold in that many worker processes (started only
-    when the timeline is longer than one fetch)."""
+    the number of pairs. ``processes`` > 1: fold in that many worker processes when the
+    timeline has at least :data:`POOL_MIN_ROWS` rows (``rows_hint``) and more than one fetch."""
     pairs = 0
-    folder = _Folder(params, seq, processes)
+    folder = _Folder(params, seq, processes if rows_hint >= POOL_MIN_ROWS else 1)
     first = True
     try:
         async with conn.cursor(name="tieline_bulk_pairs") as cur:
@@ -126,8 +132,9 @@ async def fold_pairs(
                 rows = carry + rows
                 cut = _whole_pairs(rows)
                 carry, ready = rows[cut:], rows[:cut]
-                if first:  # one fetch may be all: fold it here, no processes
-                    first, folder.processes = False, (processes if len(rows) >= PAIR_CHUNK else 1)
+                if first and len(rows) < PAIR_CHUNK:  # one fetch is all: fold it here
+                    folder.processes = 1
+                first = False
                 if ready:
                     folder.submit(ready)
                 while folder.full():

@@ -465,7 +465,8 @@ async def _load(
     await copy_rows(conn, "dead_letters", DEAD_COLUMNS, fold.dead)
     lap("retract_people")
     last = fold.counts.last_seq
-    result.pairs = await fold_pairs(conn, params, last, processes, copy_binary)
+    rows = fold.counts.pair_rows
+    result.pairs = await fold_pairs(conn, params, last, processes, copy_binary, rows)
     lap("fold_pairs")
     await build_keys(conn, schema, keys, ("people_v1", "introductions_v1", "strength_v1"))
     lap("other_keys")

@@ -223,9 +223,10 @@ async def _check(
 ) -> None:
     incr, bulk = f"bulkprop_{tag}_incr", f"bulkprop_{tag}_bulk"
     conn = await db.connect(Settings(database_url=database_url))
-    chunk = bulk_fold.PAIR_CHUNK
-    # Small fetches of the strength pass: pairs cut across fetches, several chunks in flight.
-    bulk_fold.PAIR_CHUNK = 1 + (len(cuts) * 3) % 11
+    chunk, pool_min = bulk_fold.PAIR_CHUNK, bulk_fold.POOL_MIN_ROWS
+    # Small fetches of the strength pass: pairs cut across fetches, several chunks in flight;
+    # worker processes (when asked for) however short the timeline.
+    bulk_fold.PAIR_CHUNK, bulk_fold.POOL_MIN_ROWS = 1 + (len(cuts) * 3) % 11, 0
     try:
         for name in (incr, bulk):
             await _schema(conn, name)
@@ -252,7 +253,7 @@ async def _check(
         row = await cur.fetchone()
         assert row is not None and row[0] == row[1] == result.last_seq
     finally:
-        bulk_fold.PAIR_CHUNK = chunk
+        bulk_fold.PAIR_CHUNK, bulk_fold.POOL_MIN_ROWS = chunk, pool_min
         for name in (incr, bulk):
             await conn.execute(
                 sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name))
