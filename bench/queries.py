@@ -350,16 +350,21 @@ async def run_endpoints(
     raw_calls: dict[str, Callable[[Any, random.Random], Awaitable[Any]]] = {
         # What the endpoint reads for "now": the stored row (closed-form decay).
         "pair strength": lambda c, r: strength.pair_row(c, ws, *pair(r)),
-        "top-50 ties": lambda c, r: ties.ties_of(c, ws, person(r)),
+        # What the endpoints run for the first page now: the index scan (ties.top_scored).
+        "top-50 ties": lambda c, r: ties.top_scored(
+            c, ws, person(r), datetime.now(UTC), ties.strongest_needs(51)
+        ),
         "timeline": lambda c, r: q.timeline(c, ws, *pair(r), 1000),
-        "follow-ups due": lambda c, r: ties.ties_of(c, ws, person(r)),
+        "follow-ups due": lambda c, r: ties.top_scored(
+            c, ws, person(r), datetime.now(UTC), ties.follow_ups_need(101, datetime.now(UTC))
+        ),
         "warm paths": lambda c, r: paths.warm_paths(c, ws, person(r), person(r), 10),
     }
     raw_what = {
         "pair strength": "SELECT the pair's strength row (strength.pair_row)",
-        "top-50 ties": "SELECT the person's ties (ties.ties_of)",
+        "top-50 ties": "the index scan in-process (ties.top_scored, 51 strongest)",
         "timeline": "SELECT the pair's timeline (timeline.timeline)",
-        "follow-ups due": "SELECT the person's ties (ties.ties_of)",
+        "follow-ups due": "the index scan in-process (ties.top_scored, 101 due)",
         "warm paths": "paths.warm_paths in-process (its 3 SELECTs + ranking)",
     }
     out: dict[str, Any] = {}

@@ -102,6 +102,8 @@ class BulkCounts:
     poison: int = 0
     skipped: int = 0
     last_seq: int = 0
+    #: Pair-timeline rows written (before retractions).
+    pair_rows: int = 0
 
 
 @dataclass
@@ -162,6 +164,7 @@ class BulkFold:
         ch = changes_for(e)
         for r in ch.pair_rows:
             self.pairs.append(pair_row(it.seq, e, r))
+        self.counts.pair_rows += len(ch.pair_rows)
         if ch.person_added is not None:
             p = ch.person_added
             self.people.setdefault(

@@ -11,7 +11,8 @@ transaction, without the live worker's per-batch round trips.
 2. The archive's and timeline's keys are rebuilt; retractions are resolved in one statement.
 3. People, introductions and dead letters are copied from memory; every pair's strength is
    folded from its loaded timeline, pair by pair (the live worker's full-recompute path,
-   :meth:`~tieline.projections.strength_model.Fold.of`), and copied.
+   :meth:`~tieline.projections.strength_model.Fold.of`), in ``bulk_fold_processes`` worker
+   processes (projections/bulk_fold.py), and copied.
 4. The remaining keys and indexes are rebuilt, the change log is marked trimmed up to the last
    sequence (a bulk load writes no change rows: clients resuming from before it reload), and
    the checkpoint is written last. Nothing is visible before the commit; a crash leaves an
@@ -31,14 +32,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import orjson
 import structlog
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from psycopg import AsyncConnection, sql
-from psycopg.types.json import Jsonb, set_json_loads
+from psycopg.types.json import Jsonb
 from tieline.events_schema.registry import EventRegistry
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
@@ -52,15 +52,14 @@ from tieline.projections.bulk import (
     BulkCounts,
     BulkFold,
 )
+from tieline.projections.bulk_fold import fold_pairs
 from tieline.projections.changelog import mark_trimmed
 from tieline.projections.classify import classify
 from tieline.projections.generations import Generation
 from tieline.projections.items import Item, continuing, in_sequence
-from tieline.projections.rows import ARCHIVE, PAIR, STRENGTH, PairKey, strength_row
+from tieline.projections.rows import ARCHIVE, PAIR
 from tieline.projections.schema import ensure_schema
-from tieline.projections.strength_model import Fold, PairEvent, Params
-from tieline.projections.strength_model_workspace import WorkspaceModel
-from tieline.projections.workspace_models import workspace_models
+from tieline.projections.strength_model import Params
 
 log = structlog.get_logger(__name__)
 
@@ -68,15 +67,9 @@ log = structlog.get_logger(__name__)
 LOADED = ("events", "pair_events_v1", "people_v1", "introductions_v1", "strength_v1")
 #: Messages per fetch from the log.
 CHUNK = 5000
-#: Pair-timeline rows per fetch of the strength pass.
-PAIR_CHUNK = 20_000
 #: progress(done_seq, target_seq, events_applied, elapsed_s)
 Progress = Callable[[int, int, int, float], None]
 
-PAIR_SCAN = """
-SELECT workspace_id, person_a, person_b, event_id, seq, type, occurred_at, detail
-  FROM pair_events_v1 WHERE NOT retracted ORDER BY workspace_id, person_a, person_b
-"""
 MARK_PAIRS = """
 UPDATE pair_events_v1 p SET retracted = true
   FROM unnest(%s::uuid[], %s::text[]) AS r(event_id, ws)
@@ -347,51 +340,6 @@ async def _retract(conn: AsyncConnection[Any], fold: BulkFold) -> int:
     return len(rows)
 
 
-async def _fold_pairs(conn: AsyncConnection[Any], params: Params, seq: int) -> int:
-    """Phase 3: every relationship's strength from its unretracted timeline, one at a time
-    (rows arrive grouped by relationship, read through the merges that hold, see
-    projections/merges.py; Fold.of puts each one's events in canonical order)."""
-    pairs = 0
-    key: PairKey | None = None
-    events: list[PairEvent] = []
-    seen: set[str] = set()
-    aliases = merges.Aliases.of(await (await conn.execute(merges.ALL_HOLDING_SQL)).fetchall())
-    # Workspaces that adopted parameter sets of their own (the archive is loaded and its
-    # retractions resolved by now): the same rule as the live store.
-    models = await workspace_models(conn, None, params)
-    default = WorkspaceModel(params)
-
-    def flush(out: list[tuple[Any, ...]]) -> None:
-        nonlocal pairs
-        if key is None:
-            return
-        model = models.get(key[0], default)
-        fold = Fold.of(events, model.strength, model.momentum.episode_gap_days)
-        if fold is not None:
-            out.append(strength_row(key, fold, seq, model.strength, model.momentum.version))
-            pairs += 1
-
-    async with conn.cursor(name="tieline_bulk_pairs") as cur:
-        set_json_loads(orjson.loads, cur)
-        await cur.execute(merges.RESOLVED_PAIR_SCAN if aliases.survivor else PAIR_SCAN)
-        while rows := await cur.fetchmany(PAIR_CHUNK):
-            out: list[tuple[Any, ...]] = []
-            for ws, a, b, eid, eseq, etype, occurred, detail in rows:
-                if key != (k := aliases.key(ws, a, b)):
-                    flush(out)
-                    key, events, seen = k, [], set()
-                if k is None or str(eid) in seen:
-                    continue  # the two are one; or the event counted on a lower stored pair
-                seen.add(str(eid))
-                e = PairEvent(str(eid), etype, occurred, int(eseq), a, b, detail)
-                events.append(aliases.event(e, k))
-            await copy_binary(conn, "strength_v1", STRENGTH, out)
-        out = []
-        flush(out)
-        await copy_binary(conn, "strength_v1", STRENGTH, out)
-    return pairs
-
-
 async def _target(settings: Settings, js: JetStreamContext, stop_at_seq: int | None) -> int:
     info = await js.stream_info(settings.stream_name)
     last = int(info.state.last_seq)
@@ -429,7 +377,9 @@ async def build(
             await _read_log(settings, reader, fold, copier, target, until, progress)
 
         async with conn.transaction():
-            await _load(conn, gen.schema_name, fold, result, params, read)
+            await _load(
+                conn, gen.schema_name, fold, result, params, read, settings.bulk_fold_processes
+            )
         result.rereads = reader.rereads
         await conn.execute(
             sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(map(sql.Identifier, LOADED)))
@@ -460,10 +410,12 @@ async def load_items(
     registry: EventRegistry,
     params: Params,
     chunks: Iterable[Sequence[Item]],
+    processes: int = 1,
 ) -> BulkResult:
     """Bulk-load classified items (chunks in stream order, from the start of the log) into
     the empty generation ``gen`` that ``conn`` points at, in one transaction: :func:`build`
-    with another source than the log (the property tests use it)."""
+    with another source than the log (the property tests use it); ``processes``: the
+    strength pass's worker processes (projections/bulk_fold.py)."""
     fold = BulkFold(registry, gen.consumer)
     result = BulkResult(fold.counts)
 
@@ -473,7 +425,7 @@ async def load_items(
             await _put_rows(fold, copier)
 
     async with conn.transaction():
-        await _load(conn, gen.schema_name, fold, result, params, read)
+        await _load(conn, gen.schema_name, fold, result, params, read, processes)
     return result
 
 
@@ -484,6 +436,7 @@ async def _load(
     result: BulkResult,
     params: Params,
     read: Read,
+    processes: int,
 ) -> None:
     """The phases of :func:`build`, inside its transaction."""
     clock = time.monotonic()
@@ -516,7 +469,8 @@ async def _load(
     await copy_rows(conn, "dead_letters", DEAD_COLUMNS, fold.dead)
     lap("retract_people")
     last = fold.counts.last_seq
-    result.pairs = await _fold_pairs(conn, params, last)
+    rows = fold.counts.pair_rows
+    result.pairs = await fold_pairs(conn, params, last, processes, copy_binary, rows)
     lap("fold_pairs")
     await build_keys(conn, schema, keys, ("people_v1", "introductions_v1", "strength_v1"))
     lap("other_keys")

@@ -14,7 +14,7 @@ from psycopg import AsyncConnection, AsyncCursor
 from tieline.events_schema.models import Event
 from tieline.projections.changelog import COLUMNS as CHANGE_COLUMNS
 from tieline.projections.changes import PairEventRow
-from tieline.projections.strength_model import Fold, PairEvent, Params, vouches
+from tieline.projections.strength_model import Fold, PairEvent, Params, bound_keys, vouches
 from tieline.projections.strength_model_momentum import MOMENTUM_PARAMS
 
 MOMENTUM_VERSION = MOMENTUM_PARAMS.version
@@ -73,6 +73,8 @@ STRENGTH = (
     ("params_version", "text"),
     ("episodes", "int"),
     ("momentum_version", "text"),
+    ("bound_fast", "float8"),
+    ("bound_slow", "float8"),
     ("fold", "jsonb"),
     ("last_seq", "bigint"),
 )
@@ -256,6 +258,7 @@ def strength_row(
         params.version,
         fold.episodes,
         momentum_version,
+        *bound_keys(st, params),
         fold.to_json(),
         seq,
     )

@@ -117,14 +117,21 @@ CREATE TABLE IF NOT EXISTS strength_v1 (
     -- momentum is computed at read time (projections/queries/momentum.py).
     episodes              int NOT NULL,
     momentum_version      text NOT NULL,
+    -- Time-invariant keys that bound the score at any later time (fast points; slow points
+    -- and rating), see projections/strength_model_bound.py: ranked lists read ties in both
+    -- orders and stop early.
+    bound_fast            double precision NOT NULL,
+    bound_slow            double precision NOT NULL,
     -- The strength model's running state (Fold.to_dict) so a new event is one step, not a
     -- recompute of the pair's history.
     fold                  jsonb NOT NULL,
     last_seq              bigint NOT NULL,
     PRIMARY KEY (workspace_id, person_a, person_b)
 );
-CREATE INDEX IF NOT EXISTS strength_v1_a ON strength_v1 (workspace_id, person_a, score DESC);
-CREATE INDEX IF NOT EXISTS strength_v1_b ON strength_v1 (workspace_id, person_b, score DESC);
+CREATE INDEX IF NOT EXISTS strength_v1_a ON strength_v1 (workspace_id, person_a, bound_slow DESC);
+CREATE INDEX IF NOT EXISTS strength_v1_b ON strength_v1 (workspace_id, person_b, bound_slow DESC);
+CREATE INDEX IF NOT EXISTS strength_v1_af ON strength_v1 (workspace_id, person_a, bound_fast DESC);
+CREATE INDEX IF NOT EXISTS strength_v1_bf ON strength_v1 (workspace_id, person_b, bound_fast DESC);
 
 -- Double opt-in introductions: requested -> each side consents -> made -> outcome.
 CREATE TABLE IF NOT EXISTS introductions_v1 (

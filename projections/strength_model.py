@@ -78,6 +78,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from tieline.projections.strength_model_acc import _canonical, _compute
+from tieline.projections.strength_model_bound import bound_keys, score_bound
 from tieline.projections.strength_model_core import (
     Contribution,
     DecayState,
@@ -120,9 +121,11 @@ __all__ = [
     "Params",
     "Strength",
     "assign_tiers",
+    "bound_keys",
     "can_vouch",
     "follow_up_due",
     "met_points",
+    "score_bound",
     "strength",
     "tier_for",
     "timeline",

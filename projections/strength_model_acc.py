@@ -38,16 +38,26 @@ from tieline.projections.strength_model_params import (
 
 def _canonical(events: Iterable[PairEvent]) -> list[PairEvent]:
     """De-duplicated by event_id (keeping the canonically first copy), in canonical order."""
-    best: dict[str, PairEvent] = {}
-    for e in events:
-        kept = best.get(e.event_id)
-        if kept is None or _key(e) < _key(kept):
-            best[e.event_id] = e
-    ordered = sorted(best.values(), key=_key)
+    given = list(events)
+    if len({e.event_id for e in given}) == len(given):
+        # No duplicates (a stored timeline): (time, seq, event_id) is unique per event, so it
+        # orders exactly as the full key does, without formatting every detail.
+        ordered = sorted(given, key=_order)
+    else:
+        best: dict[str, PairEvent] = {}
+        for e in given:
+            kept = best.get(e.event_id)
+            if kept is None or _key(e) < _key(kept):
+                best[e.event_id] = e
+        ordered = sorted(best.values(), key=_key)
     pairs = {(e.person_a, e.person_b) for e in ordered}
     if len(pairs) > 1:
         raise ValueError(f"events of more than one pair: {sorted(pairs)}")
     return ordered
+
+
+def _order(e: PairEvent) -> tuple[datetime, int, str]:
+    return (e.occurred_at, e.seq, e.event_id)
 
 
 def _key(e: PairEvent) -> tuple[datetime, int, str, str, str]:
@@ -216,6 +226,11 @@ class _Acc:
             for t, r in self.ratings.values()
         ]
         return math.fsum(sorted(levels)) / len(levels)
+
+    def score(self, fast: float, slow: float, as_of: datetime, params: Params) -> float:
+        """``result(fast, slow, as_of, params).score`` without building the rest."""
+        factor = float(_reciprocity(self.sides, self.a, self.b, params)["factor"])
+        return _score(fast + slow, factor, self.rating_at(as_of, params), params)
 
     def result(
         self,

@@ -119,9 +119,7 @@ class Fold:
             self.episodes += 1
 
     def _settle(self, params: Params) -> None:
-        self.score_at_last_contact = self.acc.result(
-            self.fast, self.slow, self.at or _EPOCH, params
-        ).score
+        self.score_at_last_contact = self.acc.score(self.fast, self.slow, self.at or _EPOCH, params)
         self._at_last_contact = False
 
     def strength(self, params: Params = PARAMS) -> Strength:

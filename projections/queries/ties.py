@@ -2,6 +2,12 @@
 
 Scores *now* come from each tie's stored decay state; a tie whose stored state is later than
 ``as_of`` is re-evaluated with the pure model over its events up to then.
+
+The first page of a ranked list *now* (strongest ties, follow-ups) does not score every tie of
+a person: :func:`top_scored` reads them in the orders of their stored bound keys (index
+scans) and stops once no unread tie can enter the page (the bound and its proof are in
+``projections/strength_model_bound.py``), so a hub with thousands of ties costs about a
+hundred rows. Later pages and ``as_of`` lists score every tie.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from tieline.projections.strength_model import (
     Strength,
     assign_tiers,
     follow_up_due,
+    score_bound,
     tier_for,
 )
 from tieline.projections.strength_model_momentum import Momentum
@@ -38,6 +45,85 @@ async def ties_of(conn: AsyncConnection[Any], ws: str, person: str) -> list[Row]
         {"ws": ws, "p": person},
     )
     return list(await cur.fetchall())
+
+
+#: Ties read in each order by the first round of :func:`top_scored` (then 8x more per round:
+#: a list that cannot stop early, such as follow-ups of a hub with few due, reads everything
+#: in few rounds).
+FIRST_READ = 64
+#: From the ties read so far, the (rounded) score an unread tie must stay below for the list to
+#: be complete, or None when not known yet (see :func:`strongest_needs`, :func:`follow_ups_need`).
+Need = Callable[[list[Scored]], float | None]
+
+#: What a ranked list needs of a tie (no reciprocity JSON: parsing it is most of a row's cost).
+_RANK_COLS = """person_a, person_b, state_at, fast, slow, reciprocity_factor, rating,
+    params_version, event_count, meetings, last_contact_at, score_at_last_contact, one_sided,
+    episodes, momentum_version, bound_fast, bound_slow"""
+
+
+def _by(key: str) -> str:
+    """A person's ties in ``key`` order, ``%(n)s`` of them (both sides of the pair key)."""
+    return f"""
+(SELECT person_b AS other, {_RANK_COLS} FROM strength_v1
+  WHERE workspace_id = %(ws)s AND person_a = %(p)s ORDER BY {key} DESC LIMIT %(n)s)
+UNION ALL
+(SELECT person_a AS other, {_RANK_COLS} FROM strength_v1
+  WHERE workspace_id = %(ws)s AND person_b = %(p)s ORDER BY {key} DESC LIMIT %(n)s)
+ORDER BY {key} DESC LIMIT %(n)s"""
+
+
+BY_FAST, BY_SLOW = _by("bound_fast"), _by("bound_slow")
+
+
+async def top_scored(
+    conn: AsyncConnection[Any], ws: str, person: str, at: datetime, need: Need
+) -> list[Scored]:
+    """Ties of ``person`` scored at ``at`` from their stored states: at least every tie whose
+    rounded score reaches ``need``'s threshold. Each round reads ``n`` ties in each bound
+    order (projections/strength_model_bound.py) and stops when the bound of the last keys
+    read is below the threshold: every unread tie's keys, hence its score, are at most those.
+    Every tie is read when an order runs out. Rows of another parameter set than the model's
+    fall back to scoring every tie."""
+    n = FIRST_READ
+    while True:
+        args = {"ws": ws, "p": person, "n": n}
+        fast = list(await (await conn.execute(BY_FAST, args)).fetchall())
+        slow = list(await (await conn.execute(BY_SLOW, args)).fetchall())
+        rows = list({r["other"]: r for r in (*fast, *slow)}.values())
+        if any(r["params_version"] != PARAMS.version for r in rows):
+            return await scored_ties(conn, ws, person, None, at)
+        scored: list[Scored] = [(row, score_at(row, at), None) for row in rows]
+        if len(fast) < n or len(slow) < n:
+            return scored
+        threshold = need(scored)
+        if threshold is not None:
+            last = score_bound(fast[-1]["bound_fast"], slow[-1]["bound_slow"], at, PARAMS)
+            if round(last, 4) < threshold:
+                return scored
+        n *= 8
+
+
+def strongest_needs(count: int) -> Need:
+    """For the ``count`` strongest ties (in :func:`rank_key` ``strength`` order): the rounded
+    score of the ``count``-th; an unread tie scoring below it ranks after it."""
+
+    def need(scored: list[Scored]) -> float | None:
+        if len(scored) < count:
+            return None
+        return sorted((round(s, 4) for _, s, _ in scored), reverse=True)[count - 1]
+
+    return need
+
+
+def follow_ups_need(count: int, when: datetime) -> Need:
+    """For the first ``count`` follow-ups due (:func:`follow_up_key` order): the amount at
+    stake of the ``count``-th; what a tie has at stake never exceeds its score now."""
+
+    def need(scored: list[Scored]) -> float | None:
+        due = follow_ups(scored, when)
+        return None if len(due) < count else float(due[count - 1]["at_stake"])
+
+    return need
 
 
 async def scored_ties(

@@ -29,7 +29,7 @@ from tieline.events_schema.registry import REGISTRY
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
 from tieline.plumbing.subjects import event_subject
-from tieline.projections import bulk_load, replay, selfcheck
+from tieline.projections import bulk_fold, bulk_load, replay, selfcheck
 from tieline.projections.classify import classify
 from tieline.projections.generations import Generation
 from tieline.projections.items import Gap, Item
@@ -273,10 +273,19 @@ async def _self_check(conn: AsyncConnection[Any], schema: str) -> None:
 
 
 async def _check(
-    database_url: str, items: list[Item], cuts: list[int], tag: str, sets: bool = False
+    database_url: str,
+    items: list[Item],
+    cuts: list[int],
+    tag: str,
+    processes: int = 1,
+    sets: bool = False,
 ) -> None:
     incr, bulk = f"bulkprop_{tag}_incr", f"bulkprop_{tag}_bulk"
     conn = await db.connect(Settings(database_url=database_url))
+    chunk, pool_min = bulk_fold.PAIR_CHUNK, bulk_fold.POOL_MIN_ROWS
+    # Small fetches of the strength pass: pairs cut across fetches, several chunks in flight;
+    # worker processes (when asked for) however short the timeline.
+    bulk_fold.PAIR_CHUNK, bulk_fold.POOL_MIN_ROWS = 1 + (len(cuts) * 3) % 11, 0
     try:
         for name in (incr, bulk):
             await _schema(conn, name)
@@ -287,7 +296,7 @@ async def _check(
         await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(bulk)))
         gen = Generation(0, bulk, 0, "scratch", "bulkprop")
         chunks = _batches(items, [c * 7 for c in cuts])
-        result = await bulk_load.load_items(conn, gen, REGISTRY, PARAMS, chunks)
+        result = await bulk_load.load_items(conn, gen, REGISTRY, PARAMS, chunks, processes)
         assert result.last_seq == (items[-1].seq if items else 0)
         diffs = await replay.compare(conn, incr, bulk, TABLES)
         assert [d.table for d in diffs if not d.clean] == [], [d.samples for d in diffs]
@@ -305,6 +314,7 @@ async def _check(
         if sets:
             await _self_check(conn, incr)
     finally:
+        bulk_fold.PAIR_CHUNK, bulk_fold.POOL_MIN_ROWS = chunk, pool_min
         for name in (incr, bulk):
             await conn.execute(
                 sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name))
@@ -339,7 +349,27 @@ def test_bulk_equals_incremental_with_per_workspace_parameter_sets(servers: Any)
     for _ in range(240):
         history.step(rng.randint(0, 12))
     assert sum(e.type == "workspace.model_calibrated" for e in history.events) >= 3
-    asyncio.run(_check(servers.database_url, history.items, [7, 50, 90, 120], "sets", True))
+    asyncio.run(_check(servers.database_url, history.items, [7, 50, 90, 120], "sets", 2, True))
+
+
+@settings(
+    max_examples=3,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    ops=st.lists(st.integers(0, 12), min_size=60, max_size=160),
+    cuts=st.lists(st.integers(0, 10_000), max_size=12),
+)
+def test_bulk_with_the_strength_pass_in_two_processes_equals_incremental(
+    servers: Any, seed: int, ops: list[int], cuts: list[int]
+) -> None:
+    """The same, with pairs folded by two worker processes (projections/bulk_fold.py)."""
+    history = History(random.Random(seed), _S.subject_prefix)
+    for op in ops:
+        history.step(op)
+    asyncio.run(_check(servers.database_url, history.items, cuts, f"p{seed % 10_000}", 2))
 
 
 async def test_bulk_rebuild_from_the_log_over_a_deleted_message_equals_the_live_worker(

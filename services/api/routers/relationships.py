@@ -127,7 +127,11 @@ async def relationships(
     when = _pinned(start, as_of)
     at = when or now()
     async with rt.connections.connection() as conn:
-        scored = await ties.scored_ties(conn, ws, person, when, at)
+        if when is None and order == "strength":  # the first page now: an index scan
+            need = ties.strongest_needs(limit + 1)
+            scored = await ties.top_scored(conn, ws, person, at, need)
+        else:
+            scored = await ties.scored_ties(conn, ws, person, when, at)
         momenta = await ties.momenta(conn, ws, person, scored, at, when is not None)
     await rt.audit.record(ws, who, "GET person relationships", [person])
     views = ties.ranked(scored, order, momenta)
@@ -165,7 +169,11 @@ async def follow_ups_due(
     pinned = _pinned(start, as_of)
     when = pinned or now()
     async with rt.connections.connection() as conn:
-        scored = await ties.scored_ties(conn, ws, person, pinned, when)
+        if pinned is None and order == "at_stake":  # the first page now: an index scan
+            need = ties.follow_ups_need(limit + 1, when)
+            scored = await ties.top_scored(conn, ws, person, when, need)
+        else:
+            scored = await ties.scored_ties(conn, ws, person, pinned, when)
         momenta = await ties.momenta(conn, ws, person, scored, when, pinned is not None)
     await rt.audit.record(ws, who, "GET follow-ups", [person])
     due = ties.follow_ups(scored, when, momenta, order)
