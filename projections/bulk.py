@@ -34,7 +34,7 @@ from uuid import UUID
 from tieline.events_schema.registry import EventRegistry
 from tieline.projections.changes import PERSON_FIELDS, changes_for
 from tieline.projections.items import Decoded, Gap, Item, Poison, Skipped
-from tieline.projections.rows import archive_row, pair_row
+from tieline.projections.rows import archive_row, pair_row, person_row
 
 #: Columns of the tables written from memory at the end (in this order).
 PEOPLE_COLUMNS = (
@@ -170,13 +170,7 @@ class BulkFold:
             self.people.setdefault(
                 (e.workspace_id, p["person_id"]),
                 [
-                    e.workspace_id,
-                    p["person_id"],
-                    *(p[f] for f in PERSON_FIELDS),
-                    e.event_id,
-                    e.occurred_at,
-                    e.occurred_at,
-                    it.seq,
+                    *person_row(it, p),
                     False,
                     False,
                 ],

@@ -13,7 +13,8 @@ import orjson
 from psycopg import AsyncConnection, AsyncCursor
 from tieline.events_schema.models import Event
 from tieline.projections.changelog import COLUMNS as CHANGE_COLUMNS
-from tieline.projections.changes import PairEventRow
+from tieline.projections.changes import PERSON_FIELDS, PairEventRow
+from tieline.projections.items import Decoded
 from tieline.projections.strength_model import Fold, PairEvent, Params, bound_keys, vouches
 from tieline.projections.strength_model_momentum import MOMENTUM_PARAMS
 
@@ -261,4 +262,19 @@ def strength_row(
         *bound_keys(st, params),
         fold.to_json(),
         seq,
+    )
+
+
+def person_row(it: Decoded, p: dict[str, Any]) -> tuple[Any, ...]:
+    """The ``people_v1`` row a ``person.added`` inserts."""
+    e = it.event
+    fields = (p[f] for f in PERSON_FIELDS)
+    return (
+        e.workspace_id,
+        p["person_id"],
+        *fields,
+        e.event_id,
+        e.occurred_at,
+        e.occurred_at,
+        it.seq,
     )

@@ -39,6 +39,7 @@ from tieline.projections.rows import (
     archive_row,
     pair_event,
     pair_row,
+    person_row,
     strength_row,
 )
 from tieline.projections.strength_model import PARAMS, Fold, PairEvent, Params
@@ -56,21 +57,6 @@ __all__ = [
     "Skipped",
     "continuing",
 ]
-
-
-def _person_row(it: Decoded, p: dict[str, Any]) -> tuple[Any, ...]:
-    """The ``people_v1`` row a ``person.added`` inserts."""
-    e = it.event
-    fields = (p[f] for f in PERSON_FIELDS)
-    return (
-        e.workspace_id,
-        p["person_id"],
-        *fields,
-        e.event_id,
-        e.occurred_at,
-        e.occurred_at,
-        it.seq,
-    )
 
 
 class _TrialRollback(Exception):
@@ -248,7 +234,7 @@ class ProjectionStore:
             e = it.event
             ch: Changes = changes_for(e)
             if ch.person_added is not None:
-                adds.append(_person_row(it, ch.person_added))
+                adds.append(person_row(it, ch.person_added))
             if ch.person_updated is not None:
                 updates.append((it, ch.person_updated))
             for r in ch.pair_rows:
