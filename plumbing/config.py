@@ -69,8 +69,9 @@ class Settings(BaseSettings):
     #: (projections/bulk_load.py) before the worker continues; false: the worker alone.
     replay_bulk: bool = True
     #: Worker processes of the bulk path's strength pass (pairs are folded independently);
-    #: 1: fold in the replaying process itself.
-    bulk_fold_processes: int = Field(default=2, ge=1, le=64)
+    #: 1: fold in the replaying process itself. On 2 shared cores 2 processes did not shorten
+    #: the fold of 200k events and cost 23% more CPU (docs/performance.md), hence 1.
+    bulk_fold_processes: int = Field(default=1, ge=1, le=64)
     consumer_name: str = "projections"
     #: Partitioned projection workers of the live generation: each applies the events of the
     #: workspaces with ``crc32(workspace_id) % projection_workers == projection_partition``

@@ -84,7 +84,11 @@ def _day(t: datetime) -> float:
 
 def _behaviour(points: float, params: Params) -> float:
     """``B``: the score of ``points`` without a rating, reciprocity factor 1."""
-    return -100.0 * math.expm1(-((points / params.score_scale_points) ** params.score_exponent))
+    try:
+        x = (points / params.score_scale_points) ** params.score_exponent
+    except OverflowError:  # astronomically many points: saturated
+        return 100.0
+    return -100.0 * math.expm1(-x)
 
 
 def _points_for(score: float, params: Params) -> float:
