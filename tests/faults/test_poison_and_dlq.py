@@ -22,6 +22,7 @@ from nats.js.errors import APIError
 from tieline.events_schema.models import RelationshipMet
 from tieline.events_schema.registry import EventRegistry, default_registry
 from tieline.plumbing.jetstream import MAX_MSG_BYTES
+from tieline.projections.partitions import partition_of
 from tieline.projections.worker import Worker
 
 from tests.faults.conftest import Shared
@@ -244,9 +245,17 @@ async def test_dlq_replay_projects_a_future_version_once_the_code_knows_it(
         row = (await _dead_letters(shared))[seq]
         assert row["reason"] == "unsupported_schema_version" and row["replayed_at"] is None
 
-        # "Fix the cause": the product worker stops; one that knows v2 takes over.
-        await asyncio.to_thread(stack.kill_role, "worker", signal.SIGTERM)
-        fixed = Worker(shared.admin, registry_knowing_v2())
+        # "Fix the cause": the product worker of the workspace's partition stops; one that
+        # knows v2 takes over that partition (with TIELINE_FAULTS_WORKERS=N the stack runs N;
+        # a worker with another N would build a new generation instead).
+        n = stack.config.workers
+        part = partition_of(ws, n)
+        role = "worker" if part == 0 else f"worker.{part + 1}"
+        await asyncio.to_thread(stack.kill_role, role, signal.SIGTERM)
+        mine = shared.admin.model_copy(
+            update={"projection_workers": n, "projection_partition": part}
+        )
+        fixed = Worker(mine, registry_knowing_v2())
         await fixed.start()
         running = asyncio.create_task(fixed.run())
         try:
@@ -266,7 +275,7 @@ async def test_dlq_replay_projects_a_future_version_once_the_code_knows_it(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(running, 10)
             await fixed.close()
-            stack.start_role("worker")
+            stack.start_role(role)
         again = dlq_cli(shared, "replay", "--seq", str(seq))
         assert again.returncode == 1 and "no such dead letter" in again.stderr, again.stderr
 
