@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -123,6 +123,22 @@ def decrypt_payload(
     }
 
 
+async def _select_many(
+    conn: Any, requests: Sequence[tuple[str, list[str]]]
+) -> list[dict[str, Any]]:
+    """The stored key rows of several callers' (workspace, people), in one statement: for
+    each request, its people's rows by person id (people without a row are left out)."""
+    pairs = sorted({(ws, p) for ws, people in requests for p in people})
+    cur = await conn.execute(
+        "SELECT k.workspace_id, k.person_id, k.key, k.wrapped FROM person_keys k "
+        "JOIN unnest(%s::text[], %s::text[]) AS w(workspace_id, person_id) "
+        "USING (workspace_id, person_id)",
+        ([ws for ws, _ in pairs], [p for _, p in pairs]),
+    )
+    rows = {(r["workspace_id"], r["person_id"]): r for r in await cur.fetchall()}
+    return [{p: rows[(ws, p)] for p in people if (ws, p) in rows} for ws, people in requests]
+
+
 class KeyStore:
     """Person keys in PostgreSQL, cached briefly in memory."""
 
@@ -176,7 +192,7 @@ class KeyStore:
         if create and absent:
             async with self.pool.connection() as conn:
                 await self._create(conn, ws, absent)
-                found.update(await self._select(conn, ws, absent))
+                found.update((await _select_many(conn, [(ws, absent)]))[0])
         for p in missing:
             r = found.get(p)
             key = (
@@ -193,7 +209,7 @@ class KeyStore:
         if self._reads is not None:
             return await self._reads.submit((ws, people))
         async with self.pool.connection() as conn:
-            return await self._select(conn, ws, people)
+            return (await _select_many(conn, [(ws, people)]))[0]
 
     async def _create(self, conn: Any, ws: str, people: list[str]) -> None:
         rows = [
@@ -208,26 +224,8 @@ class KeyStore:
             )
 
     async def _read_many(self, requests: list[tuple[str, list[str]]]) -> list[dict[str, Any]]:
-        """The stored keys of several callers' (workspace, people), in one statement."""
-        pairs = sorted({(ws, p) for ws, people in requests for p in people})
         async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT k.workspace_id, k.person_id, k.key, k.wrapped FROM person_keys k "
-                "JOIN unnest(%s::text[], %s::text[]) AS w(workspace_id, person_id) "
-                "USING (workspace_id, person_id)",
-                ([ws for ws, _ in pairs], [p for _, p in pairs]),
-            )
-            rows = {(r["workspace_id"], r["person_id"]): r for r in await cur.fetchall()}
-        return [{p: rows[(ws, p)] for p in people if (ws, p) in rows} for ws, people in requests]
-
-    @staticmethod
-    async def _select(conn: Any, ws: str, people: list[str]) -> dict[str, Any]:
-        cur = await conn.execute(
-            "SELECT person_id, key, wrapped FROM person_keys "
-            "WHERE workspace_id = %s AND person_id = ANY(%s)",
-            (ws, people),
-        )
-        return {r["person_id"]: r for r in await cur.fetchall()}
+            return await _select_many(conn, requests)
 
     async def destroy(self, ws: str, person_id: str) -> bool:
         """Destroy a person's key: from now on their encrypted data is unreadable."""

@@ -180,12 +180,13 @@ class WriteState:
         if not published:
             return
         changing = [e for e, _ in published if isinstance(e, CHANGES_STATE)]
-        args = ([e.event_id for e, _ in published], [s for _, s in published])
         if not changing:  # the common case: one statement with other commands' sequences
             await self._record.submit(list(published))
             return
         async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute(SET_SEQS, args)
+            await conn.execute(
+                SET_SEQS, ([e.event_id for e, _ in published], [s for _, s in published])
+            )
             for event in changing:
                 await apply_to_state(conn, event)
 

@@ -68,6 +68,16 @@ class StackConfig:
     workers: int = 1
 
 
+def worker_process(partition: int) -> str:
+    """The name of the worker process that owns ``partition``: ``worker``, ``worker.2`` ..."""
+    return "worker" if partition == 0 else f"worker.{partition + 1}"
+
+
+def partition_of_process(name: str) -> int:
+    """The partition the worker process ``name`` owns (the inverse of ``worker_process``)."""
+    return int(name.partition(".")[2] or 1) - 1
+
+
 class Stack:
     """The servers and processes of one tieline installation."""
 
@@ -326,7 +336,7 @@ class Stack:
         # Every process: the api's first generation on a fresh database is built for it too.
         env["TIELINE_PROJECTION_WORKERS"] = str(self.config.workers)
         if role == "worker":
-            env["TIELINE_PROJECTION_PARTITION"] = str(int(name.partition(".")[2] or 1) - 1)
+            env["TIELINE_PROJECTION_PARTITION"] = str(partition_of_process(name))
         if name in self.health_ports:
             env["TIELINE_HEALTH_PORT"] = str(self.health_ports[name])
         with (logs / f"{name}.log").open("ab") as out:

@@ -24,6 +24,7 @@ from tieline.events_schema.registry import EventRegistry, default_registry
 from tieline.plumbing.jetstream import MAX_MSG_BYTES
 from tieline.projections.partitions import partition_of
 from tieline.projections.worker import Worker
+from tieline.services.runtime.supervisor import worker_process
 
 from tests.faults.conftest import Shared
 from tests.faults.support import (
@@ -250,7 +251,7 @@ async def test_dlq_replay_projects_a_future_version_once_the_code_knows_it(
         # a worker with another N would build a new generation instead).
         n = stack.config.workers
         part = partition_of(ws, n)
-        role = "worker" if part == 0 else f"worker.{part + 1}"
+        role = worker_process(part)
         await asyncio.to_thread(stack.kill_role, role, signal.SIGTERM)
         mine = shared.admin.model_copy(
             update={"projection_workers": n, "projection_partition": part}

@@ -60,9 +60,10 @@ async def test_a_log_older_than_the_write_tables_is_backfilled_once(
 async def test_concurrent_commands_share_statements_and_keep_their_own_answers(
     settings: Settings,
 ) -> None:
-    """Commands in flight together take their ids, read their keys and record their sequences
-    in shared statements (plumbing/coalesce.py); each still gets exactly its own answer: an id
-    sent by several at once is published once, a reused id with another body is a 409."""
+    """Commands in flight together (which the write side runs through shared statements,
+    plumbing/coalesce.py; tests/unit/test_coalesce.py checks the sharing itself) each still
+    get exactly their own answer: an id sent by several at once is published once, a reused
+    id with another body is a 409, and every published id has its sequence recorded."""
     ws = "coalesce"
     pool = make_pool(settings)
     pnc, people_side = await start_write_side(settings, "people", PEOPLE_TYPES, pool)
