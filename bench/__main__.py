@@ -17,13 +17,20 @@ import time
 import traceback
 
 NAMES = ("ingest", "projection", "rebuild", "freshness", "queries", "peer", "scaling", "sse")
-#: What ``all`` runs: every benchmark with its defaults, freshness a second time with the
-#: writes arriving in small batches (the same events/s), and sse a second time with every
-#: client receiving every event (at a tenth of the rate).
+#: What ``all`` runs: every benchmark with its defaults, except projection (also 1 and 2
+#: partitioned worker processes, unpinned and pinned to 1 and 2 cores, events over 8
+#: workspaces: issue 15's scaling figures) and rebuild (also the worker-built generation
+#: compared row by row with the bulk one, as ``tieline verify`` does, and a timed what-if);
+#: freshness a second time with the writes arriving in small batches (the same events/s), and
+#: sse a second time with every client receiving every event (at a tenth of the rate).
+EXTRA = {
+    "projection": ["--workers", "1,2", "--pin-cores", "1,2", "--workspaces", "8"],
+    "rebuild": ["--incremental", "--what-if"],
+}
 RUNS = (
-    [(n, []) for n in NAMES[:4]]
+    [(n, EXTRA.get(n, [])) for n in NAMES[:4]]
     + [("freshness", ["--via", "batch"])]
-    + [(n, []) for n in NAMES[4:]]
+    + [(n, EXTRA.get(n, [])) for n in NAMES[4:]]
     + [("sse", ["--filter", "workspace", "--rate", "20"])]
 )
 

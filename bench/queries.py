@@ -51,6 +51,7 @@ from bench.common import (
 )
 from bench.events import LogEncoder, client_events
 from bench.httpload import client
+from bench.issue15 import query_targets
 
 TEMPLATE_WS = "tmpl"
 WS = "big"
@@ -540,26 +541,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         )
     scale = f"{args.people:,} people / {args.ties:,} ties"
-    if "pair strength" in res and "http" in res["pair strength"]:
-        v = res["pair strength"]["http"]["p99_ms"]
-        v1 = res["pair strength"]["http_1"]["p99_ms"]
-        targets.append(
-            judge(
-                f"pair strength p99 < 5 ms ({scale})",
-                v,
-                5,
-                at_least=False,
-                measured=f"p99 {v:.1f} ms at {args.concurrency} clients "
-                f"({v1:.1f} ms with 1 client)",
-                reason_if_missed=(
-                    f"{args.concurrency} closed-loop clients saturate the one api "
-                    f"process ({res['pair strength']['http']['per_s']:,.0f} req/s on "
-                    "2 cores shared with PostgreSQL and the load generator): the "
-                    "p99 is queueing (Little: clients / throughput); see the "
-                    "1-client row for the latency of one read"
-                ),
-            )
-        )
+    targets += query_targets(res, args.concurrency, scale)
     wp = res.get("warm paths", {})
     if "http" in wp:
         v = wp["http"]["p95_ms"]

@@ -34,6 +34,7 @@ from bench.common import (
     CpuMeter,
     RestartableNats,
     Row,
+    Target,
     cli_main,
     collapsed_self_top,
     collapsed_top,
@@ -64,6 +65,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also replay through the worker alone (the pre-bulk path), same stream",
     )
+    p.add_argument(
+        "--what-if",
+        action="store_true",
+        help=f"also time a product what-if ({WHAT_IF_PARAMS}) after the rebuild, same stream",
+    )
     p.add_argument("--quick", action="store_true", help="30k events, 2k people")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
 
@@ -84,6 +90,8 @@ def _child() -> None:
     async def go() -> dict[str, Any]:
         from tieline.projections.replay import replay
 
+        if os.environ.get("TIELINE_BENCH_WHATIF") == "1":
+            return await _what_if(settings)
         bulk = os.environ.get("TIELINE_BENCH_BULK", "1") == "1"
         result, worker = await replay(settings, status="building", bulk=bulk)
         b = result.bulk
@@ -111,13 +119,39 @@ def _child() -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def replay_in_child(settings: Any, *, profile_to: Any = None, bulk: bool = True) -> dict[str, Any]:
+#: The product what-if the rebuild bench times: one strength parameter away from the default
+#: (a shorter memory of long friendships), so every pair's score is recomputed.
+WHAT_IF_PARAMS = {"slow_half_life_days": 180}
+
+
+async def _what_if(settings: Any) -> dict[str, Any]:
+    """``tieline what-if`` (projections.replay.what_if) with :data:`WHAT_IF_PARAMS` against
+    the live generation: a scratch replay of the stream plus the side-by-side comparison."""
+    from tieline.projections.replay import what_if
+    from tieline.projections.strength_model import Params
+
+    t = time.perf_counter()
+    r = await what_if(settings, Params.from_dict(WHAT_IF_PARAMS))
+    return {
+        "seconds": time.perf_counter() - t,
+        "params": WHAT_IF_PARAMS,
+        "pairs": r.pairs,
+        "mean_abs_delta": r.mean_abs_delta,
+        "tier_moves": r.tier_moves,
+    }
+
+
+def replay_in_child(
+    settings: Any, *, profile_to: Any = None, bulk: bool = True, what_if: bool = False
+) -> dict[str, Any]:
     """Run the replay in a child process; add its wall time, CPU and own peak RSS (VmHWM).
-    ``bulk``: the bulk rebuild path (projections/bulk_load.py), else the worker alone."""
+    ``bulk``: the bulk rebuild path (projections/bulk_load.py), else the worker alone;
+    ``what_if``: a product what-if (:func:`_what_if`) instead of a replay."""
     env = dict(
         os.environ,
         TIELINE_BENCH_SETTINGS=settings.model_dump_json(),
         TIELINE_BENCH_BULK="1" if bulk else "0",
+        TIELINE_BENCH_WHATIF="1" if what_if else "0",
     )
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -137,7 +171,7 @@ def replay_in_child(settings: Any, *, profile_to: Any = None, bulk: bool = True)
         spy.wait(timeout=120)
     lines = [ln for ln in out_bytes.decode().splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"replay child failed ({proc.returncode}): {err_bytes.decode()[-3000:]}")
+        raise RuntimeError(f"child failed ({proc.returncode}): {err_bytes.decode()[-3000:]}")
     res: dict[str, Any] = json.loads(lines[-1][7:])
     # The child's own peak (VmHWM); ru_maxrss also counts the parent's RSS at fork time.
     own = res.get("vmhwm_kib")
@@ -179,6 +213,16 @@ def _incremental(settings: Any, db_url: str, nats_pid: int, bulk: dict[str, Any]
         compare_generations(settings, bulk["generation"], inc["generation"])
     )
     return inc
+
+
+def _what_if_timed(settings: Any, db_url: str, nats_pid: int) -> dict[str, Any]:
+    """The product what-if on the rebuilt (live) generation, in a child like the replay."""
+    print(f"[rebuild] what-if {WHAT_IF_PARAMS} (child process) ...", flush=True)
+    meter = CpuMeter({"postgres": postgres_pid(db_url), "nats": nats_pid})
+    meter.start()
+    wif = replay_in_child(settings, what_if=True)
+    wif.update(servers_cpu_s=meter.stop(), loadavg_after=os.getloadavg())
+    return wif
 
 
 async def compare_generations(settings: Any, bulk_gen: int, inc_gen: int) -> dict[str, Any]:
@@ -321,6 +365,7 @@ def measure(
     copy: bool = True,
     label: str = "",
     incremental: bool = False,
+    what_if: bool = False,
 ) -> dict[str, Any]:
     """One rebuild measurement with its raw references; used by scaling.py too."""
     nats = RestartableNats(root / f"nats{label}")
@@ -345,6 +390,7 @@ def measure(
         meter.start()
         rep = replay_in_child(settings, profile_to=prof_path if profile else None)
         rep.update(servers_cpu_s=meter.stop(), loadavg_after=os.getloadavg())
+        wif = _what_if_timed(settings, db_url, nats.pid) if what_if else None
         inc = _incremental(settings, db_url, nats.pid, rep) if incremental else None
     finally:
         nats.stop()
@@ -354,6 +400,7 @@ def measure(
         "nats_mode": mode,
         "replay": rep,
         "replay_incremental": inc,
+        "what_if": wif,
         "loadavg_before": load_before,
         "read_ordered": reads["ordered"],
         "read_pull_noack": reads["pull_noack"],
@@ -384,6 +431,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             nats_mode=args.nats_mode,
             profile=args.profile,
             incremental=args.incremental,
+            what_if=args.what_if,
         )
     rep = m["replay"]
     n = m["events"]
@@ -459,6 +507,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"load after {inc['loadavg_after'][0]:.2f}",
             )
         )
+    wif = m.get("what_if")
+    if wif:
+        rows.append(_what_if_row(wif, n, read_rate))
     full = n >= 1_000_000
     size_note = "" if full else f" (this run: {n} events; the target is for 1M)"
     targets = [
@@ -487,6 +538,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             measured=f"{rep['maxrss_mib'] * 1.048576:.0f} MB{size_note}",
             reason_if_missed="memory grows with the run",
         ),
+        judge(
+            "what-if on the 1M benchmark < 40 s (issue 15)",
+            wif["seconds"] if wif and full else None,
+            40,
+            at_least=False,
+            measured=f"{wif['seconds']:.1f} s for {n}" if wif else "not run (--what-if)",
+            reason_if_missed="a scratch bulk replay plus the side-by-side score comparison",
+        ),
+        _verify_target(inc),
     ]
     return finish_run(
         "rebuild",
@@ -497,6 +557,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         extra=m,
         started=started,
         before=before,
+    )
+
+
+def _what_if_row(wif: dict[str, Any], n: int, read_rate: float) -> Row:
+    return Row(
+        f"what-if {wif['params']} (scratch replay + comparison)",
+        rate(n, wif["seconds"]),
+        "events/s",
+        "raw JetStream read (best of ordered / pull no-ack)",
+        read_rate,
+        note=f"{n} events in {wif['seconds']:.1f}s (process {wif['process_wall_s']:.1f}s); "
+        f"peak RSS {wif['maxrss_mib']:.0f} MiB; CPU user {wif['cpu_user_s']:.1f}s "
+        f"sys {wif['cpu_sys_s']:.1f}s; {wif['pairs']} pairs compared, mean |score change| "
+        f"{wif['mean_abs_delta']}; servers CPU {wif.get('servers_cpu_s', {})}",
+        extra={"what_if": wif},
+    )
+
+
+def _verify_target(inc: dict[str, Any] | None) -> Target:
+    """Bulk == incremental on this run's stream: what ``tieline verify`` checks, row by row."""
+    name = "bulk rebuild == worker-built generation, row by row (issue 15, verify)"
+    if not inc:
+        return Target(name, None, "not run (--incremental)")
+    diff = inc["diff_vs_bulk"]
+    bad = [t for t, d in diff.items() if not d["clean"]]
+    return Target(
+        name,
+        not bad,
+        f"{len(diff)} tables, {sum(d['bulk_rows'] for d in diff.values())} rows"
+        + (f"; differ: {', '.join(bad)}" if bad else "; identical"),
+        "see diff_vs_bulk in the results" if bad else "",
     )
 
 

@@ -29,6 +29,7 @@ MODULES = [
     "scaling",
     "sse",
     "whatif",
+    "issue15",
     "report",
     "store_harness",
     "__main__",
@@ -42,7 +43,16 @@ def test_every_bench_module_imports(name: str) -> None:
         assert callable(mod.main) and callable(mod.measure)
     elif name == "emmett":  # the Emmett peer's runner, used by bench/peer.py
         assert callable(mod.run_emmett) and callable(mod.unavailable)
-    elif name not in ("common", "events", "natsraw", "httpload", "whatif", "report", "__main__"):
+    elif name not in (
+        "common",
+        "events",
+        "natsraw",
+        "httpload",
+        "whatif",
+        "issue15",
+        "report",
+        "__main__",
+    ):
         assert callable(mod.run) and callable(mod.add_args)
 
 
@@ -103,6 +113,35 @@ def test_judge_targets() -> None:
     missed = common.judge("t", 30.0, 25.0, at_least=False, measured="30 ms", reason_if_missed="r")
     assert missed.met is False and missed.reason == "r"
     assert common.judge("t", None, 1.0, at_least=True, measured="").met is None
+
+
+def test_issue15_cpu_per_event_counts_the_stack_not_the_client_or_the_wall_clock() -> None:
+    from bench.issue15 import cpu_ms_per_event
+
+    cpu = {"api": 1.0, "interactions": 2.0, "postgres": 1.0, "bench client": 9.0, "wall": 60.0}
+    assert cpu_ms_per_event(cpu, 2000) == pytest.approx(2.0)
+    assert cpu_ms_per_event(cpu, 0) is None
+
+
+def test_issue15_batch_share_differs_by_durability_mode() -> None:
+    from bench.issue15 import ingest_targets
+
+    def mode(batch_per_s: float) -> dict[str, object]:
+        summary = {"events_per_s": batch_per_s, "events": 1000, "p99_ms": 5.0, "saturated": False}
+        return {
+            "raw_async": {"events_per_s": 1000.0},
+            "batch": summary,
+            "batch_cpu": {"interactions": 0.1, "wall": 5.0},
+            "single": summary,
+            "single_cpu": {"api": 1.0},
+            "steady": summary,
+        }
+
+    got = {t.name: t.met for t in ingest_targets({"sync": mode(500), "lazy": mode(500)}, 500)}
+    assert got["[sync] batch ingest >= 75% of raw async publish (issue 15)"] is False
+    assert got["[lazy] batch ingest >= 40% of raw async publish (issue 15)"] is True
+    assert got["[sync] batch ingest CPU per line, all processes <= 0.15 ms (issue 15)"] is True
+    assert got["[lazy] single-event p99 < 25 ms at 500 events/s (issue 15)"] is True
 
 
 def test_formatting() -> None:
