@@ -11,6 +11,12 @@ measured mode). Then, in the same run:
 3. ``projections.replay.replay(settings, status="building")`` in a child process: events/s,
    wall time, and the child's own peak RSS (its ``VmHWM``: wait4's ru_maxrss would include the
    parent's RSS at fork).
+4. ``--what-if``: a product what-if (``projections.replay.what_if``, what ``tieline what-if``
+   runs) with ``slow_half_life_days=180`` against the rebuilt live generation, in a child
+   the same way: wall time, events/s, peak RSS.
+5. ``--incremental``: the same stream replayed through the worker alone, then compared with
+   the bulk-built generation row by row (``projections.replay.compare``, ``tieline verify``'s
+   check).
 
     python -m bench rebuild --events 1000000   # full (the issue's target size)
     python -m bench rebuild --quick            # 30k events
