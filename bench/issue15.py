@@ -1,6 +1,6 @@
-"""Issue 15's targets judged from the figures ingest and queries already compute (their
-per-phase, per-process CPU meters and HTTP latency summaries); kept here so each bench module
-stays about measuring."""
+"""Issue 15's targets judged from the figures ingest, queries and rebuild already compute
+(per-phase, per-process CPU meters, HTTP latency summaries, the row-by-row diff); kept here
+so each bench module stays about measuring."""
 
 from __future__ import annotations
 
@@ -121,3 +121,19 @@ def query_targets(res: dict[str, Any], clients: int, scale: str) -> list[Target]
     else:
         out.append(Target(name, None, "not measured", top.get("skipped", "")))
     return out
+
+
+def verify_target(inc: dict[str, Any] | None) -> Target:
+    """Bulk == incremental on this run's stream: what ``tieline verify`` checks, row by row."""
+    name = "bulk rebuild == worker-built generation, row by row (issue 15, verify)"
+    if not inc:
+        return Target(name, None, "not run (--incremental)")
+    diff = inc["diff_vs_bulk"]
+    bad = [t for t, d in diff.items() if not d["clean"]]
+    return Target(
+        name,
+        not bad,
+        f"{len(diff)} tables, {sum(d['bulk_rows'] for d in diff.values())} rows"
+        + (f"; differ: {', '.join(bad)}" if bad else "; identical"),
+        "see diff_vs_bulk in the results" if bad else "",
+    )

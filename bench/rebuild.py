@@ -40,7 +40,6 @@ from bench.common import (
     CpuMeter,
     RestartableNats,
     Row,
-    Target,
     cli_main,
     collapsed_self_top,
     collapsed_top,
@@ -57,6 +56,7 @@ from bench.common import (
     unique_settings,
 )
 from bench.events import LogEncoder, client_events
+from bench.issue15 import verify_target
 from bench.natsraw import fill_stream, ordered_read, pull_drain
 
 
@@ -552,7 +552,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             measured=f"{wif['seconds']:.1f} s for {n}" if wif else "not run (--what-if)",
             reason_if_missed="a scratch bulk replay plus the side-by-side score comparison",
         ),
-        _verify_target(inc),
+        verify_target(inc),
     ]
     return finish_run(
         "rebuild",
@@ -578,22 +578,6 @@ def _what_if_row(wif: dict[str, Any], n: int, read_rate: float) -> Row:
         f"sys {wif['cpu_sys_s']:.1f}s; {wif['pairs']} pairs compared, mean |score change| "
         f"{wif['mean_abs_delta']}; servers CPU {wif.get('servers_cpu_s', {})}",
         extra={"what_if": wif},
-    )
-
-
-def _verify_target(inc: dict[str, Any] | None) -> Target:
-    """Bulk == incremental on this run's stream: what ``tieline verify`` checks, row by row."""
-    name = "bulk rebuild == worker-built generation, row by row (issue 15, verify)"
-    if not inc:
-        return Target(name, None, "not run (--incremental)")
-    diff = inc["diff_vs_bulk"]
-    bad = [t for t, d in diff.items() if not d["clean"]]
-    return Target(
-        name,
-        not bad,
-        f"{len(diff)} tables, {sum(d['bulk_rows'] for d in diff.values())} rows"
-        + (f"; differ: {', '.join(bad)}" if bad else "; identical"),
-        "see diff_vs_bulk in the results" if bad else "",
     )
 
 
