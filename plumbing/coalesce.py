@@ -9,7 +9,9 @@ else in flight a request runs at once, alone (no added latency when idle); under
 requests that arrive during a run form the next one, so batches grow with the load.
 
 A run that fails fails every request in it with the same exception, as each would have failed
-on its own (the statement is the same, only over more rows).
+on its own (the statement is the same, only over more rows). A request whose caller was
+cancelled before its run started is left out of the run (nobody waits for it, and a caller
+that gave up must not have its statement run behind its back); one already in a run stays in.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class Coalescer(Generic[T, R]):
 
     async def _flush(self) -> None:
         # The batch is taken when the task first runs, so every request submitted in the
-        # same turn of the event loop joins it.
+        # same turn of the event loop joins it. A cancelled caller cancelled its future.
+        self._pending = [p for p in self._pending if not p[1].done()]
         batch = self._pending[: self._max_batch]
         del self._pending[: len(batch)]
         try:

@@ -12,6 +12,7 @@ from the log (:meth:`WriteState.backfill`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -30,7 +31,7 @@ from tieline.events_schema.models import (
 )
 from tieline.events_schema.registry import EventRegistry
 from tieline.plumbing.coalesce import Coalescer
-from tieline.services.write_rules import Introduction, Merge, Recorded
+from tieline.services.write_rules import Introduction, Merge, Recorded, check_merge
 
 log = structlog.get_logger(__name__)
 
@@ -39,9 +40,25 @@ SET_SEQS = """UPDATE write_events w SET seq = s.seq
               FROM unnest(%s::uuid[], %s::bigint[]) AS s(event_id, seq)
               WHERE w.event_id = s.event_id"""
 
+#: The merges (claimed or recorded) that name any of the people ``p``, other than ``me``, and
+#: still hold: not retracted, or retracted by a retraction whose publish is not confirmed yet
+#: (until it is on the log, a merge that relies on the person being free could overtake it).
+HOLDING_MERGES = """SELECT m.merged, m.survivor FROM write_merges m
+                    JOIN write_events w ON w.event_id = m.event_id
+                    LEFT JOIN write_events r ON r.event_id = w.retracted_by
+                    WHERE m.workspace_id = %(ws)s AND m.event_id <> %(me)s
+                      AND (w.retracted_by IS NULL OR r.seq IS NULL)
+                      AND (m.merged = ANY(%(p)s) OR m.survivor = ANY(%(p)s))"""
 
 #: Messages fetched concurrently while backfilling from the log.
 BACKFILL_BATCH = 256
+
+
+def merge_lock(workspace_id: str, person_id: str) -> int:
+    """The advisory lock key of one person's merges (a signed 64-bit hash; a collision only
+    makes two unrelated merges wait for each other)."""
+    name = f"tieline:merge:{workspace_id}:{person_id}".encode()
+    return int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "big", signed=True)
 
 
 def _recorded(row: dict[str, Any]) -> Recorded:
@@ -163,17 +180,36 @@ class WriteState:
             None if made is None else str(made),
         )
 
-    async def merges(self, workspace_id: str, people: Sequence[str]) -> list[Merge]:
-        """The merges that hold (not retracted) and name any of ``people``."""
-        async with self.pool.connection() as conn:
+    async def claim_merge(self, event: PersonMerged) -> bool:
+        """Decide a merge and hold it (a ``write_merges`` row) before it is published, so a
+        racing merge sees it: refused (:func:`check_merge`) when it would merge someone twice
+        or make a chain with a merge that holds or is claimed.
+
+        Any two merges that conflict name a common person, so each claim locks both of its
+        people (transaction-scoped advisory locks, taken in one global order so two claims
+        never deadlock) and conflicting claims run one after the other, on any replica.
+        Returns whether this call made the claim (False: an earlier send of the same event id
+        made it and its publish was not confirmed; the retry publishes it again)."""
+        ws = event.workspace_id
+        async with self.pool.connection() as conn, conn.transaction():
+            for key in sorted({merge_lock(ws, event.person_id), merge_lock(ws, event.survivor)}):
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
             cur = await conn.execute(
-                """SELECT m.merged, m.survivor FROM write_merges m
-                   JOIN write_events w ON w.event_id = m.event_id
-                   WHERE m.workspace_id = %(ws)s AND w.retracted_by IS NULL
-                     AND (m.merged = ANY(%(p)s) OR m.survivor = ANY(%(p)s))""",
-                {"ws": workspace_id, "p": list(people)},
+                HOLDING_MERGES,
+                {"ws": ws, "p": [event.person_id, event.survivor], "me": event.event_id},
             )
-            return [Merge(r["merged"], r["survivor"]) for r in await cur.fetchall()]
+            check_merge(event, [Merge(r["merged"], r["survivor"]) for r in await cur.fetchall()])
+            cur = await conn.execute(
+                "INSERT INTO write_merges (event_id, workspace_id, merged, survivor) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING RETURNING 1",
+                (event.event_id, ws, event.person_id, event.survivor),
+            )
+            return await cur.fetchone() is not None
+
+    async def unclaim_merge(self, event: PersonMerged) -> None:
+        """Give back the claim of a merge that was refused while publishing."""
+        async with self.pool.connection() as conn:
+            await conn.execute("DELETE FROM write_merges WHERE event_id = %s", (event.event_id,))
 
     async def recorded(self, published: Sequence[tuple[Event, int]]) -> None:
         """After the acks: the sequences, and what the events change in the write-side state."""

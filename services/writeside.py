@@ -131,13 +131,11 @@ class WriteSide:
         return Command(known=known, keys=keys)
 
     async def check(self, event: Event, obj: dict[str, Any], cmd: Command) -> None:
-        """Apply every rule that needs state: people, retraction target, introduction."""
+        """Apply the rules that need state: people, retraction target, introduction. (A merge
+        is decided when it claims its people, just before publishing: see :meth:`publish`.)"""
         rules.check_people(event, obj, cmd)
         if isinstance(event, EventRetracted):
             rules.check_retraction(event, await self.state.event(event.retracted_event_id))
-        if isinstance(event, PersonMerged):
-            people = (event.person_id, event.survivor)
-            rules.check_merge(event, await self.state.merges(event.workspace_id, people))
         intro_id = getattr(event, "introduction_id", None)
         if intro_id is not None and not isinstance(event, IntroductionRequested):
             intro = await self.state.introduction(event.workspace_id, intro_id)
@@ -147,7 +145,14 @@ class WriteSide:
 
     async def publish(self, event: Event, cmd: Command) -> tuple[int, bool]:
         """Publish one decided event. A retraction first claims its target, so of two
-        concurrent retractions of one event exactly one is published."""
+        concurrent retractions of one event exactly one is published; a merge first claims
+        its two people, so of merges that would make a double merge or a chain only one is.
+
+        A claim is given back when the line is refused while publishing; when the publish
+        fails otherwise (a timeout: it may be on the log) it is kept, and a retry with the
+        same event id publishes it again (JetStream dedupes)."""
+        if isinstance(event, PersonMerged):
+            return await self._publish_merge(event, cmd)
         if not isinstance(event, EventRetracted):
             return await self._publish(event, cmd)
         if not await self.state.claim_retraction(event):
@@ -156,6 +161,15 @@ class WriteSide:
             return await self._publish(event, cmd)
         except Rejected:
             await self.state.unclaim_retraction(event)
+            raise
+
+    async def _publish_merge(self, event: PersonMerged, cmd: Command) -> tuple[int, bool]:
+        claimed = await self.state.claim_merge(event)  # raises Rejected: the merge conflicts
+        try:
+            return await self._publish(event, cmd)
+        except Rejected:
+            if claimed:  # (not a claim an earlier send of this id made: that may be on the log)
+                await self.state.unclaim_merge(event)
             raise
 
     async def _publish(self, event: Event, cmd: Command) -> tuple[int, bool]:
@@ -279,9 +293,19 @@ class WriteSide:
                 causation_id=str(event.causation_id),
             )
 
+        async def merges_in_order() -> None:
+            # One after the other, in line order: each merge is decided against the merges
+            # of the earlier lines that were accepted (a line never depends on a later one).
+            for i, e in todo:
+                if isinstance(e, PersonMerged):
+                    await one(i, e)
+
         # People added by this command go on the log before the lines that name them.
         await asyncio.gather(*(one(i, e) for i, e in todo if isinstance(e, PersonAdded)))
-        await asyncio.gather(*(one(i, e) for i, e in todo if not isinstance(e, PersonAdded)))
+        await asyncio.gather(
+            merges_in_order(),
+            *(one(i, e) for i, e in todo if not isinstance(e, PersonAdded | PersonMerged)),
+        )
         return published, refused
 
 

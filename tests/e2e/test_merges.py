@@ -1,11 +1,14 @@
 """Merging duplicate people (person.merged) through the API, on the running stack (separate
 api, people, interactions and worker processes; real NATS and PostgreSQL): the merged
 person's history counts as the survivor's in every read, and retracting the merge restores
-exactly what was there before."""
+exactly what was there before. Merges racing each other never make a double merge or a
+chain."""
 
 from __future__ import annotations
 
+import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -117,3 +120,34 @@ def test_merge_folds_history_into_the_survivor_and_its_retraction_restores_it(
 
     undo = recorded(api, ws, {"type": "event.retracted", "retracted_event_id": merge["event_id"]})
     assert snapshot(api, ws, undo["seq"]) == before
+
+
+def test_racing_merges_are_accepted_once_and_the_others_told_which_field(
+    api: httpx.Client, ws: str
+) -> None:
+    """Six clients at once merge ada into three people (twice each): one merge is published,
+    the other five get a 409 problem document naming ``person_id``. In one batch, a line that
+    would chain onto an earlier accepted line is refused naming its field."""
+    add_people(api, ws, "ada", "bob", "cy", "dee", "pat", "quin", "rae")
+    bodies = [
+        {"type": "person.merged", "person_id": "ada", "survivor": s}
+        for s in ("bob", "cy", "dee") * 2
+    ]
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda b: post(api, ws, b), bodies))
+    assert sorted(r.status_code for r in answers) == [201] + [409] * 5, [r.text for r in answers]
+    for r in answers:
+        if r.status_code == 409:
+            assert r.headers["content-type"].startswith("application/problem+json")
+            assert r.json()["errors"][0]["loc"] == ["person_id"], r.text
+    merges = [{"type": "person.merged", "person_id": p, "survivor": s}
+              for p, s in (("pat", "quin"), ("quin", "rae"))]  # fmt: skip
+    r = api.post(
+        f"/v1/workspaces/{ws}/events/batch",
+        content="\n".join(json.dumps(m) for m in merges).encode(),
+        headers={"content-type": "application/x-ndjson"},
+    )
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == [201, 409], results
+    assert results[1]["errors"][0]["loc"] == ["person_id"], results

@@ -98,3 +98,52 @@ async def test_a_cancelled_caller_does_not_break_the_others() -> None:
     assert await a == 1
     assert await d == 3
     assert b.cancelled()
+
+
+async def test_a_caller_cancelled_before_its_run_is_left_out_of_it() -> None:
+    """Cancelled while waiting for a run: its item is not run. Cancelled once its run has
+    started: the run goes on with it (its statement may already be executing)."""
+    gate = asyncio.Event()
+    runs: list[list[int]] = []
+
+    async def run(items: list[int]) -> list[int]:
+        runs.append(items)
+        await gate.wait()
+        return items
+
+    c: Coalescer[int, int] = Coalescer(run)
+    in_flight = asyncio.ensure_future(c.submit(1))
+    also_in_flight = asyncio.ensure_future(c.submit(2))
+    await asyncio.sleep(0)  # the first run takes 1 and 2 and waits at the gate
+    waiting = [asyncio.ensure_future(c.submit(i)) for i in (3, 4, 5)]
+    await asyncio.sleep(0)
+    also_in_flight.cancel()
+    waiting[0].cancel()
+    waiting[2].cancel()
+    await asyncio.sleep(0)
+    gate.set()
+    assert await in_flight == 1 and await waiting[1] == 4
+    assert runs == [[1, 2], [4]]
+    assert also_in_flight.cancelled() and waiting[0].cancelled() and waiting[2].cancelled()
+
+
+async def test_no_run_when_every_waiting_caller_was_cancelled() -> None:
+    gate = asyncio.Event()
+    runs: list[list[int]] = []
+
+    async def run(items: list[int]) -> list[int]:
+        runs.append(items)
+        await gate.wait()
+        return items
+
+    c: Coalescer[int, int] = Coalescer(run)
+    first = asyncio.ensure_future(c.submit(1))
+    await asyncio.sleep(0)
+    gone = [asyncio.ensure_future(c.submit(i)) for i in (2, 3)]
+    await asyncio.sleep(0)
+    for g in gone:
+        g.cancel()
+    gate.set()
+    assert await first == 1
+    assert await c.submit(4) == 4  # the coalescer still runs what comes next
+    assert runs == [[1], [4]]

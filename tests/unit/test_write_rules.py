@@ -262,6 +262,7 @@ class MemoryState:
 
     def __init__(self) -> None:
         self.rows: dict[UUID, Recorded] = {}
+        self.merges: dict[UUID, rules.Merge] = {}  # claimed or recorded
 
     async def take(self, lines: Sequence[tuple[Event, str]]) -> dict[UUID, Recorded]:
         held = {e.event_id: self.rows[e.event_id] for e, _ in lines if e.event_id in self.rows}
@@ -287,6 +288,20 @@ class MemoryState:
     async def unclaim_retraction(self, event: EventRetracted) -> None:
         row = self.rows[event.retracted_event_id]
         self.rows[event.retracted_event_id] = replace(row, retracted_by=None)
+
+    async def claim_merge(self, event: PersonMerged) -> bool:
+        holding = [
+            m
+            for i, m in self.merges.items()
+            if i != event.event_id and self.rows[i].retracted_by is None
+        ]
+        rules.check_merge(event, holding)
+        made = event.event_id not in self.merges
+        self.merges[event.event_id] = rules.Merge(event.person_id, event.survivor)
+        return made
+
+    async def unclaim_merge(self, event: PersonMerged) -> None:
+        del self.merges[event.event_id]
 
     async def introduction(self, ws: str, intro_id: UUID) -> Introduction | None:
         return None
@@ -367,6 +382,84 @@ def test_a_forgotten_person_can_no_longer_be_named() -> None:
     forget = {"type": "person.forgotten", "person_id": "grace"}
     assert asyncio.run(side.record_many("w", [forget], "admin"))[0].status == 201
     assert asyncio.run(side.record_many("w", [MET], "tester"))[0].status == 410
+
+
+def merge(person: str, survivor: str, **more: str) -> dict[str, str]:
+    return {"type": "person.merged", "person_id": person, "survivor": survivor, **more}
+
+
+def statuses(out: Sequence[rules.Outcome]) -> list[tuple[int, list[str] | None]]:
+    return [(o.status, o.errors[0]["loc"] if o.errors else None) for o in out]
+
+
+FOUR = [{"type": "person.added", "person_id": p, "display_name": p} for p in "abcd"]
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ([merge("a", "b"), merge("b", "c")], (409, ["person_id"])),  # chain: b absorbed a
+        ([merge("b", "c"), merge("a", "b")], (409, ["survivor"])),  # chain: b is merged
+        ([merge("a", "b"), merge("a", "c")], (409, ["person_id"])),  # a merged twice
+        ([merge("a", "b"), merge("c", "b")], (201, None)),  # two into one survivor: fine
+    ],
+)
+def test_merges_in_one_command_are_decided_against_the_earlier_lines(
+    lines: list[dict[str, str]], expected: tuple[int, list[str] | None]
+) -> None:
+    side, log, _ = write_side()
+    asyncio.run(side.record_many("w", FOUR, "tester"))
+    out = asyncio.run(side.record_many("w", lines, "tester"))
+    assert statuses(out) == [(201, None), expected]
+    assert len(log.messages) == 4 + [o.status for o in out].count(201)
+
+
+def test_a_refused_earlier_merge_does_not_hold_against_a_later_line() -> None:
+    side, _, _ = write_side()
+    asyncio.run(side.record_many("w", FOUR, "tester"))
+    out = asyncio.run(side.record_many("w", [merge("a", "ghost"), merge("a", "b")], "tester"))
+    assert statuses(out) == [(404, ["survivor"]), (201, None)]
+
+
+def test_a_merge_refused_while_publishing_gives_its_claim_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Refused (a Rejected) while publishing: nothing is on the log, the claim goes and a
+    later merge of the person is decided afresh. Failed otherwise (it may be on the log):
+    the claim stays, other merges of the person are refused, and a retry of the same event
+    id is published."""
+    side, log, state = write_side()
+    asyncio.run(side.record_many("w", FOUR, "tester"))
+    real = side._publish
+    failure: list[Exception] = [Rejected(410, ["person"], "forgotten meanwhile")]
+
+    async def failing(event: Event, cmd: rules.Command) -> tuple[int, bool]:
+        if isinstance(event, PersonMerged) and failure:
+            raise failure.pop()
+        return await real(event, cmd)
+
+    monkeypatch.setattr(side, "_publish", failing)
+    assert statuses(asyncio.run(side.record_many("w", [merge("a", "b")], "t"))) == [
+        (410, ["person"])
+    ]
+    assert state.merges == {}
+    eid = str(uuid4())
+    failure.append(TimeoutError())
+    with pytest.raises(TimeoutError):
+        asyncio.run(side.record_many("w", [merge("a", "c", event_id=eid)], "t"))
+    other = asyncio.run(side.record_many("w", [merge("a", "b")], "t"))
+    assert statuses(other) == [(409, ["person_id"])]
+    retry = asyncio.run(side.record_many("w", [merge("a", "c", event_id=eid)], "t"))
+    assert statuses(retry) == [(201, None)] and len(log.messages) == 5
+
+
+def test_retracting_a_merge_frees_the_person() -> None:
+    side, _, _ = write_side()
+    asyncio.run(side.record_many("w", FOUR, "tester"))
+    (first,) = asyncio.run(side.record_many("w", [merge("a", "b")], "t"))
+    undo = {"type": "event.retracted", "retracted_event_id": first.event_id}
+    assert asyncio.run(side.record_many("w", [undo], "t"))[0].status == 201
+    assert statuses(asyncio.run(side.record_many("w", [merge("a", "c")], "t"))) == [(201, None)]
 
 
 # -- wiring through FastStream's TestNatsBroker -------------------------------------------
