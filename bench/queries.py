@@ -321,6 +321,7 @@ async def run_endpoints(
     from psycopg_pool import AsyncConnectionPool
     from tieline.projections.queries import paths, strength, ties
     from tieline.projections.queries import timeline as q
+    from tieline.projections.strength_model import PARAMS
 
     ids, pairs, degree = net["ids"], net["pairs"], net["degree"]
     hubs = sorted(degree, key=lambda i: -degree[i])
@@ -353,11 +354,16 @@ async def run_endpoints(
         "pair strength": lambda c, r: strength.pair_row(c, ws, *pair(r)),
         # What the endpoints run for the first page now: the index scan (ties.top_scored).
         "top-50 ties": lambda c, r: ties.top_scored(
-            c, ws, person(r), datetime.now(UTC), ties.strongest_needs(51)
+            c, ws, person(r), datetime.now(UTC), ties.strongest_needs(51), PARAMS
         ),
         "timeline": lambda c, r: q.timeline(c, ws, *pair(r), 1000),
         "follow-ups due": lambda c, r: ties.top_scored(
-            c, ws, person(r), datetime.now(UTC), ties.follow_ups_need(101, datetime.now(UTC))
+            c,
+            ws,
+            person(r),
+            datetime.now(UTC),
+            ties.follow_ups_need(101, datetime.now(UTC), PARAMS),
+            PARAMS,
         ),
         "warm paths": lambda c, r: paths.warm_paths(c, ws, person(r), person(r), 10),
     }

@@ -17,11 +17,13 @@ applied everything up to the *smallest* partition checkpoint: readers use that m
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from typing import Any
 
 import structlog
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
+from psycopg.rows import tuple_row
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
 from tieline.plumbing.subjects import workspace_of_subject
@@ -68,6 +70,48 @@ async def ensure_rows(conn: AsyncConnection[Any], consumer: str, partitions: int
             "ON CONFLICT (projection) DO NOTHING",
             [(row,) for row in checkpoint_rows(consumer, partitions)],
         )
+
+
+async def split(
+    conn: AsyncConnection[Any], state_schema: str, gen: Generation, n: int
+) -> Generation:
+    """Hand a generation one worker built (a replay) to ``n`` partitioned workers: every
+    partition's checkpoint row at the one worker's checkpoint, which it replaces, and the
+    generation registered as fed by ``n``. Exact, because the read models do not depend on
+    how workers are partitioned (every one is keyed by workspace) and the one worker applied
+    *every* event up to its checkpoint, so each partition has applied all of its own and
+    skipped the others'. In one transaction (the caller's, when it has one: the switch). The
+    one worker must not apply another batch afterwards (it would write its old row)."""
+    if n <= 1 or gen.partitions == n:
+        return gen
+    if gen.partitions != 1:
+        raise ValueError(f"generation {gen.gen} is fed by {gen.partitions} workers, not one")
+    table = sql.Identifier(gen.schema_name, "checkpoints")
+    async with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(
+            sql.SQL("SELECT last_seq FROM {} WHERE projection = %s FOR UPDATE").format(table),
+            (gen.consumer,),
+        )
+        row = await cur.fetchone()
+        last = int(row[0]) if row else 0
+        await cur.executemany(
+            sql.SQL(
+                "INSERT INTO {} (projection, last_seq) VALUES (%s, %s) ON CONFLICT (projection) "
+                "DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at = now()"
+            ).format(table),
+            [(r, last) for r in checkpoint_rows(gen.consumer, n)],
+        )
+        await cur.execute(
+            sql.SQL("DELETE FROM {} WHERE projection = %s").format(table), (gen.consumer,)
+        )
+        await cur.execute(
+            sql.SQL("UPDATE {}.generations SET partitions = %s WHERE gen = %s").format(
+                sql.Identifier(state_schema)
+            ),
+            (n, gen.gen),
+        )
+    log.info("replay.split", generation=gen.gen, partitions=n, checkpoint=last)
+    return dataclasses.replace(gen, partitions=n)
 
 
 async def choose_generation(settings: Settings, version: int) -> Generation:

@@ -23,7 +23,7 @@ from psycopg import AsyncConnection, sql
 from tieline.events_schema.registry import REGISTRY, EventRegistry
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
-from tieline.projections import bulk_load, generations
+from tieline.projections import bulk_load, generations, partitions
 from tieline.projections.bulk_load import BulkResult
 from tieline.projections.generations import Generation
 from tieline.projections.queries.common import checkpoint, checkpoint_span
@@ -88,7 +88,11 @@ async def replay(
     """Replay the stream into a new generation. A ``building`` generation is switched live
     once caught up (``switch``); a ``scratch`` one never is. The caller closes the worker.
     ``bulk`` (default: the ``replay_bulk`` setting) fills the generation with the bulk path
-    first; the worker then only continues from its checkpoint."""
+    first; the worker then only continues from its checkpoint.
+
+    One worker builds it; with partitioned workers (``projection_workers`` N > 1) it is handed
+    to N partitions as it switches (:func:`~.partitions.split`), so the N live workers take it
+    over without building another. Its worker is then stopped: close it, apply nothing more."""
     started = time.monotonic()
     gen = await _new_generation(settings, status, params, note, schema_name)
     use_bulk = settings.replay_bulk if bulk is None else bulk
@@ -114,11 +118,16 @@ async def replay(
         await _drive(worker, target, progress, started)
         conn = await db.connect(settings)
         try:
-            await generations.switch(conn, settings.database_schema, gen)
+            async with conn.transaction():
+                n = settings.projection_workers
+                gen = await partitions.split(conn, settings.database_schema, gen, n)
+                await generations.switch(conn, settings.database_schema, gen)
         finally:
             await conn.close()
         result.switched = True
-        worker.generation = gen.with_status("live")
+        result.generation = worker.generation = gen.with_status("live")
+        if gen.partitions > 1:
+            worker.stop()  # its checkpoint row is the partitions' now
         log.info("replay.switched", generation=gen.gen, last_seq=result.last_seq)
     return result, worker
 

@@ -87,8 +87,9 @@ class ProjectionStore:
         self.params = params
         #: Workspaces that adopted parameter sets of their own (loaded per batch).
         self._models: dict[str, WorkspaceModel] = {}
-        #: Workspaces whose adoption a retraction of this batch undid.
-        self._recalibrated: set[str] = set()
+        #: Workspaces whose adoption a retraction of this batch undid, with that retraction
+        #: (the latest of the workspace's, the cause of its change rows).
+        self._recalibrated: dict[str, Decoded] = {}
         self.staging = _Staging()
         self._changes = ChangeLog()  # the current batch's change log (projections/changelog.py)
         self._aliases = merges.Aliases()  # the merges that hold (projections/merges.py)
@@ -160,7 +161,7 @@ class ProjectionStore:
         self._changes = ChangeLog()
         for it in new:
             self._changes.recorded(it.seq, it.event)
-        self._recalibrated = set()
+        self._recalibrated = {}
         await self._apply_changes(conn, new, result)
         await self._recalibrate(conn, new)
         await record_poison(conn, self.projection, poison)
@@ -359,9 +360,14 @@ class ProjectionStore:
 
     async def _recalibrate(self, conn: AsyncConnection[Any], items: list[Decoded]) -> None:
         """A workspace adopted parameter sets (or an adoption was retracted): they apply to
-        its whole history, so every pair of the workspace is recomputed with them."""
+        its whole history, so every pair of the workspace is recomputed with them. The
+        batch's latest adoption or retraction of an adoption in the workspace is the cause of
+        the change rows of its pairs."""
         found = {it.event.workspace_id: it for it in items if it.event.type == MODEL_CALIBRATED}
-        for ws in sorted(set(found) | self._recalibrated):
+        for ws, undo in self._recalibrated.items():
+            if ws not in found or found[ws].seq < undo.seq:
+                found[ws] = undo
+        for ws in sorted(found):
             cur = await conn.execute(
                 "SELECT workspace_id, person_a, person_b FROM strength_v1 WHERE workspace_id = %s",
                 (ws,),
@@ -371,11 +377,10 @@ class ProjectionStore:
                 continue
             seq = items[-1].seq
             await self._recompute_pairs(conn, keys, seq)
-            it = found.get(ws)
-            if it is not None:
-                cause = Cause(it.seq, str(it.event.event_id), it.event.type)
-                for key in keys:
-                    self._changes.caused(key, cause, 1)
+            it = found[ws]
+            cause = Cause(it.seq, str(it.event.event_id), it.event.type)
+            for key in keys:
+                self._changes.caused(key, cause, 1)
 
     async def _fold_pairs(
         self, conn: AsyncConnection[Any], new: dict[PairKey, list[PairEvent]], seq: int
@@ -515,7 +520,7 @@ class ProjectionStore:
             await self._remap(conn, it, row[1])
             return
         if row[0] == MODEL_CALIBRATED:
-            self._recalibrated.add(ws)  # the workspace's pairs are recomputed after the batch
+            self._recalibrated[ws] = it  # the workspace's pairs are recomputed after the batch
             return
         if row[0] == "person.added":
             await conn.execute(

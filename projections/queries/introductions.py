@@ -10,7 +10,8 @@ from psycopg import AsyncConnection
 from tieline.projections import merges
 from tieline.projections.queries.common import Row
 from tieline.projections.queries.strength import pair_strength, relationship
-from tieline.projections.strength_model import PARAMS, can_vouch
+from tieline.projections.strength_model import can_vouch
+from tieline.projections.workspace_models import workspace_model
 
 
 async def list_introductions(
@@ -57,8 +58,9 @@ async def can_introduce(
     out: dict[str, Any] = {"introducer": introducer, "a": a, "b": b}
     checks: dict[str, Any] = {}
     ok = True
+    params = (await workspace_model(conn, ws)).strength  # the workspace's (adopted) set
     for name, side in (("a", a), ("b", b)):
-        s = await pair_strength(conn, ws, introducer, side, as_of)
+        s = await pair_strength(conn, ws, introducer, side, as_of, params)
         if s is None:
             checks[name] = {
                 "can_vouch": False,
@@ -66,7 +68,7 @@ async def can_introduce(
             }
             ok = False
             continue
-        vouch, reasons = can_vouch(s, PARAMS)
+        vouch, reasons = can_vouch(s, params)
         checks[name] = {
             "can_vouch": vouch,
             "score": round(s.score, 4),

@@ -9,7 +9,10 @@ either person is in touch with someone else, so it is read at query time, not st
 Now: each person's latest contact is the latest ``last_contact_at`` of their stored ties (up to
 the asked instant). As of an earlier date: the latest unretracted contact event in the pair
 timelines up to then, and the pair's own momentum from its events up to then, exactly as the
-pure model computes it (:func:`~tieline.projections.strength_model_momentum.momentum`).
+pure model computes it (:func:`~tieline.projections.strength_model_momentum.momentum`). Both
+read people through the merges that hold (projections/merges.py): a merged person's contacts
+are the survivor's, and a contact between the two is nobody's (a person has no tie to
+themselves), as in the stored ties.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import tuple_row
+from tieline.projections import merges
 from tieline.projections.queries.common import Row
 from tieline.projections.queries.strength import (
     pair_events,
@@ -43,16 +47,27 @@ SELECT p, max(l) FROM (
      WHERE workspace_id = %(ws)s AND person_b = ANY(%(people)s)
 ) x WHERE l <= %(at)s GROUP BY p"""
 
+#: ``members``: the people asked for and everyone merged into them; ``merged``/``survivor``:
+#: the workspace's merges that hold, so each row's two people are read as whom they count as.
 _AS_OF_SQL = """
-SELECT p, max(t) FROM (
-    SELECT person_a AS p, occurred_at AS t FROM pair_events_v1
-     WHERE workspace_id = %(ws)s AND person_a = ANY(%(people)s) AND NOT retracted
+WITH m AS (SELECT * FROM unnest(%(merged)s::text[], %(survivor)s::text[]) AS m(merged, survivor)),
+e AS (
+    SELECT person_a, person_b, occurred_at FROM pair_events_v1
+     WHERE workspace_id = %(ws)s AND person_a = ANY(%(members)s) AND NOT retracted
        AND type = ANY(%(types)s) AND occurred_at <= %(at)s
     UNION ALL
-    SELECT person_b, occurred_at FROM pair_events_v1
-     WHERE workspace_id = %(ws)s AND person_b = ANY(%(people)s) AND NOT retracted
+    SELECT person_a, person_b, occurred_at FROM pair_events_v1
+     WHERE workspace_id = %(ws)s AND person_b = ANY(%(members)s) AND NOT retracted
        AND type = ANY(%(types)s) AND occurred_at <= %(at)s
-) x GROUP BY p"""
+),
+r AS (
+    SELECT coalesce(ma.survivor, e.person_a) AS ra, coalesce(mb.survivor, e.person_b) AS rb,
+           e.occurred_at AS t
+      FROM e LEFT JOIN m ma ON ma.merged = e.person_a LEFT JOIN m mb ON mb.merged = e.person_b
+)
+SELECT p, max(t) FROM (
+    SELECT ra AS p, t FROM r WHERE ra <> rb UNION ALL SELECT rb, t FROM r WHERE ra <> rb
+) x WHERE p = ANY(%(people)s) GROUP BY p"""
 
 
 async def last_active(
@@ -63,11 +78,30 @@ async def last_active(
     historical: bool,
 ) -> dict[str, datetime]:
     """Each person's latest contact with anyone up to ``at``: from the stored ties (``now``) or,
-    when ``historical``, from the pair timelines (exact for any earlier date)."""
-    args = {"ws": ws, "people": sorted(set(people)), "at": at, "types": sorted(CONTACT_TYPES)}
+    when ``historical``, from the pair timelines (exact for any earlier date). A merged
+    person's answer is their survivor's."""
+    asked = sorted(set(people))
+    if not historical:  # the stored ties are the survivors' already
+        async with conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(_NOW_SQL, {"ws": ws, "people": asked, "at": at})
+            return {p: t for p, t in await cur.fetchall() if t is not None}
+    aliases = await merges.load(conn, [ws])
+    whom = {p: aliases.person(ws, p) for p in asked}
+    found = sorted(set(whom.values()))
+    held = sorted((m, s) for (w, m), s in aliases.survivor.items() if w == ws)
+    args = {
+        "ws": ws,
+        "people": found,
+        "members": sorted({x for p in found for x in aliases.members(ws, p)}),
+        "merged": [m for m, _ in held],
+        "survivor": [s for _, s in held],
+        "at": at,
+        "types": sorted(CONTACT_TYPES),
+    }
     async with conn.cursor(row_factory=tuple_row) as cur:  # whatever the connection's rows
-        await cur.execute(_AS_OF_SQL if historical else _NOW_SQL, args)
-        return {p: t for p, t in await cur.fetchall() if t is not None}
+        await cur.execute(_AS_OF_SQL, args)
+        latest = {p: t for p, t in await cur.fetchall() if t is not None}
+    return {p: latest[q] for p, q in whom.items() if q in latest}
 
 
 def from_row(row: Row, when: datetime, active: Mapping[str, datetime]) -> Momentum:

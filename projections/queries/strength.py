@@ -15,7 +15,6 @@ from psycopg import AsyncConnection
 from tieline.projections import merges
 from tieline.projections.queries.common import Row, now, ordered
 from tieline.projections.strength_model import (
-    PARAMS,
     TIERS,
     DecayState,
     PairEvent,
@@ -111,14 +110,21 @@ async def pair_events(
 
 
 async def pair_strength(
-    conn: AsyncConnection[Any], ws: str, a: str, b: str, as_of: datetime | None
+    conn: AsyncConnection[Any],
+    ws: str,
+    a: str,
+    b: str,
+    as_of: datetime | None,
+    params: Params | None = None,
 ) -> Strength | None:
     """The pure model over the pair's events as of ``as_of`` (now when None), with the
-    workspace's parameter set; None when the pair has no recorded contact."""
+    workspace's parameter set (``params``, read when None); None when the pair has no
+    recorded contact."""
     events = await pair_events(conn, ws, a, b, as_of)
     if not events:
         return None
-    params = (await workspace_model(conn, ws)).strength
+    if params is None:
+        params = (await workspace_model(conn, ws)).strength
     return strength(events, params, as_of or now())
 
 
@@ -171,11 +177,12 @@ def summary_now(row: Row, when: datetime) -> dict[str, Any]:
     history walk); the same numbers the pure model gives (tests/e2e compare them)."""
     score = score_at(row, when)
     last = row["last_contact_at"]
+    params = strength_params(row["params_version"])
     return {
         "person_a": row["person_a"],
         "person_b": row["person_b"],
         "score": round(score, 4),
-        "tier": tier_for(score, PARAMS),
+        "tier": tier_for(score, params),
         "as_of": when,
         "params_version": row["params_version"],
         "event_count": row["event_count"],
@@ -192,11 +199,10 @@ def summary_now(row: Row, when: datetime) -> dict[str, Any]:
     }
 
 
-VOUCH_RANK = TIERS.index(PARAMS.vouch_tier)
-
-
 def vouches_now(row: Row, when: datetime) -> tuple[bool, float]:
     """Whether a stored tie can vouch at ``when``: it could at its latest event and its decayed
-    score still reaches the vouching tier."""
-    score = score_at(row, when)
-    return bool(row["can_vouch"]) and TIERS.index(tier_for(score, PARAMS)) <= VOUCH_RANK, score
+    score still reaches the vouching tier (of the set the row was computed with)."""
+    params = strength_params(row["params_version"])
+    score = score_at(row, when, params)
+    tier = tier_for(score, params)
+    return bool(row["can_vouch"]) and TIERS.index(tier) <= TIERS.index(params.vouch_tier), score

@@ -8,6 +8,10 @@ a person: :func:`top_scored` reads them in the orders of their stored bound keys
 scans) and stops once no unread tie can enter the page (the bound and its proof are in
 ``projections/strength_model_bound.py``), so a hub with thousands of ties costs about a
 hundred rows. Later pages and ``as_of`` lists score every tie.
+
+Every number depends on the workspace's strength set (the default, or the one it adopted with
+``workspace.model_calibrated``, projections/workspace_models.py): the bound, tiers, cadences
+and what is at stake, so the functions here take it (:func:`strength_set` reads it).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from tieline.projections.queries import momentum as mo
 from tieline.projections.queries.common import Row, now
 from tieline.projections.queries.strength import TIE_COLS, pair_strength, score_at
 from tieline.projections.strength_model import (
-    PARAMS,
+    Params,
     Strength,
     assign_tiers,
     follow_up_due,
@@ -29,9 +33,16 @@ from tieline.projections.strength_model import (
     tier_for,
 )
 from tieline.projections.strength_model_momentum import Momentum
+from tieline.projections.workspace_models import workspace_model
 
 #: (stored row, score at the asked time, the model's strength when it was recomputed)
 Scored = tuple[Row, float, Strength | None]
+
+
+async def strength_set(conn: AsyncConnection[Any], ws: str) -> Params:
+    """The strength set workspace ``ws``'s read models use (its adopted one, else the
+    default)."""
+    return (await workspace_model(conn, ws)).strength
 
 
 async def ties_of(conn: AsyncConnection[Any], ws: str, person: str) -> list[Row]:
@@ -76,28 +87,29 @@ BY_FAST, BY_SLOW = _by("bound_fast"), _by("bound_slow")
 
 
 async def top_scored(
-    conn: AsyncConnection[Any], ws: str, person: str, at: datetime, need: Need
+    conn: AsyncConnection[Any], ws: str, person: str, at: datetime, need: Need, params: Params
 ) -> list[Scored]:
     """Ties of ``person`` scored at ``at`` from their stored states: at least every tie whose
     rounded score reaches ``need``'s threshold. Each round reads ``n`` ties in each bound
     order (projections/strength_model_bound.py) and stops when the bound of the last keys
     read is below the threshold: every unread tie's keys, hence its score, are at most those.
-    Every tie is read when an order runs out. Rows of another parameter set than the model's
-    fall back to scoring every tie."""
+    Every tie is read when an order runs out. ``params``: the workspace's strength set, whose
+    half-lives and score curve the stored keys were computed with; rows of another set (a
+    workspace being recomputed) fall back to scoring every tie."""
     n = FIRST_READ
     while True:
         args = {"ws": ws, "p": person, "n": n}
         fast = list(await (await conn.execute(BY_FAST, args)).fetchall())
         slow = list(await (await conn.execute(BY_SLOW, args)).fetchall())
         rows = list({r["other"]: r for r in (*fast, *slow)}.values())
-        if any(r["params_version"] != PARAMS.version for r in rows):
-            return await scored_ties(conn, ws, person, None, at)
+        if any(r["params_version"] != params.version for r in rows):
+            return await scored_ties(conn, ws, person, None, at, params)
         scored: list[Scored] = [(row, score_at(row, at), None) for row in rows]
         if len(fast) < n or len(slow) < n:
             return scored
         threshold = need(scored)
         if threshold is not None:
-            last = score_bound(fast[-1]["bound_fast"], slow[-1]["bound_slow"], at, PARAMS)
+            last = score_bound(fast[-1]["bound_fast"], slow[-1]["bound_slow"], at, params)
             if round(last, 4) < threshold:
                 return scored
         n *= 8
@@ -115,12 +127,12 @@ def strongest_needs(count: int) -> Need:
     return need
 
 
-def follow_ups_need(count: int, when: datetime) -> Need:
+def follow_ups_need(count: int, when: datetime, params: Params) -> Need:
     """For the first ``count`` follow-ups due (:func:`follow_up_key` order): the amount at
     stake of the ``count``-th; what a tie has at stake never exceeds its score now."""
 
     def need(scored: list[Scored]) -> float | None:
-        due = follow_ups(scored, when)
+        due = follow_ups(scored, when, params)
         return None if len(due) < count else float(due[count - 1]["at_stake"])
 
     return need
@@ -132,9 +144,11 @@ async def scored_ties(
     person: str,
     as_of: datetime | None,
     at: datetime | None = None,
+    params: Params | None = None,
 ) -> list[Scored]:
     """(row, score at as_of, strength when recomputed) for every tie of ``person``; without
-    ``as_of``, scores are taken at ``at`` (default: now) from the stored decay states."""
+    ``as_of``, scores are taken at ``at`` (default: now) from the stored decay states.
+    ``params``: the workspace's strength set, for the recomputed ties (read when None)."""
     rows = await ties_of(conn, ws, person)
     out: list[Scored] = []
     when = as_of or at or now()
@@ -144,7 +158,9 @@ async def scored_ties(
             continue
         if row["first_contact_at"] is not None and row["first_contact_at"] > as_of:
             continue  # the tie did not exist yet
-        s = await pair_strength(conn, ws, row["person_a"], row["person_b"], as_of)
+        if params is None:
+            params = await strength_set(conn, ws)
+        s = await pair_strength(conn, ws, row["person_a"], row["person_b"], as_of, params)
         if s is not None:
             out.append((row, s.score, s))
     return out
@@ -165,6 +181,18 @@ async def momenta(
     )
 
 
+def of_others(scored: list[Scored], others: list[str]) -> list[Scored]:
+    """The scored ties with the other people ``others`` (e.g. those of one page)."""
+    keep = set(others)
+    return [x for x in scored if x[0]["other"] in keep]
+
+
+def set_momenta(views: list[dict[str, Any]], momenta: Mapping[str, Momentum]) -> None:
+    """Fill in each view's ``momentum`` (a list ranked without them, once paged)."""
+    for v in views:
+        v["momentum"] = _momentum(momenta, v["other"])
+
+
 def tie_view(
     row: Row, score: float, tier: str, s: Strength | None, m: Momentum | None = None
 ) -> dict[str, Any]:
@@ -180,16 +208,18 @@ def tie_view(
     }
 
 
-def _due_stored(row: Row, score: float, when: datetime) -> tuple[bool, float, Any, str | None]:
+def _due_stored(
+    row: Row, score: float, when: datetime, params: Params
+) -> tuple[bool, float, Any, str | None]:
     """(due, at stake, last contact, tier at last contact) from a stored tie; not due when
     the tie has no last contact or no cadence."""
     last = row["last_contact_at"]
     was = (
         None
         if row["score_at_last_contact"] is None
-        else tier_for(row["score_at_last_contact"], PARAMS)
+        else tier_for(row["score_at_last_contact"], params)
     )
-    cadence = None if was is None else PARAMS.tier_cadence_days.get(was)
+    cadence = None if was is None else params.tier_cadence_days.get(was)
     if last is None or cadence is None:
         return False, 0.0, last, was
     is_due = (when - last).total_seconds() / 86400 > cadence
@@ -200,23 +230,25 @@ def _due_stored(row: Row, score: float, when: datetime) -> tuple[bool, float, An
 def follow_ups(
     scored: list[Scored],
     when: datetime,
+    params: Params,
     momenta: Mapping[str, Momentum] | None = None,
     order: str = "at_stake",
 ) -> list[dict[str, Any]]:
     """Ties whose time since last contact exceeds their tier's cadence: most at stake first,
-    or (``lapsing``) least momentum first: the ties least likely to go on without a nudge."""
+    or (``lapsing``) least momentum first: the ties least likely to go on without a nudge.
+    ``params``: the workspace's strength set (tiers, cadences and decay)."""
     due = []
     for row, score, s in scored:
         if s is not None:
-            is_due, stake = follow_up_due(s, when, PARAMS)
+            is_due, stake = follow_up_due(s, when, params)
             last = s.last_contact_at
             was = (
                 None
                 if s.score_at_last_contact is None
-                else tier_for(s.score_at_last_contact, PARAMS)
+                else tier_for(s.score_at_last_contact, params)
             )
         else:
-            is_due, stake, last, was = _due_stored(row, score, when)
+            is_due, stake, last, was = _due_stored(row, score, when, params)
         if is_due and last is not None:
             due.append(
                 {
@@ -225,7 +257,7 @@ def follow_ups(
                     "tier_at_last_contact": was,
                     "last_contact_at": last,
                     "days_since_contact": round((when - last).total_seconds() / 86400, 1),
-                    "cadence_days": PARAMS.tier_cadence_days.get(was or ""),
+                    "cadence_days": params.tier_cadence_days.get(was or ""),
                     "at_stake": round(stake, 4),
                     "momentum": _momentum(momenta, row["other"]),
                 }
@@ -261,10 +293,14 @@ def rank_key(order: str) -> Callable[[Row], Key]:
 
 
 def ranked(
-    scored: list[Scored], order: str, momenta: Mapping[str, Momentum] | None = None
+    scored: list[Scored],
+    order: str,
+    params: Params,
+    momenta: Mapping[str, Momentum] | None = None,
 ) -> list[dict[str, Any]]:
-    """The ties with tiers that respect the layers' capacities, in ``rank_key`` order."""
-    tiers = assign_tiers({row["other"]: score for row, score, _ in scored}, PARAMS)
+    """The ties with tiers that respect the layers' capacities (``params``: the workspace's
+    strength set), in ``rank_key`` order."""
+    tiers = assign_tiers({row["other"]: score for row, score, _ in scored}, params)
     got = momenta or {}
     views = [
         tie_view(row, score, tiers[row["other"]], s, got.get(row["other"]))

@@ -117,6 +117,47 @@ async def test_retraction_and_erasure_are_logged_without_personal_data(
     assert secret not in text and "private matter" not in text and "enc:" not in text
 
 
+async def test_an_adoption_and_its_retraction_each_cause_the_rows_of_the_pairs_they_move(
+    settings: Settings, log: Log, pg: AsyncConnection[Any]
+) -> None:
+    ws = "w-calib"
+    month_ago = (datetime.now(UTC) - timedelta(days=30)).isoformat()
+    # Two meetings a month apart: the stored score (at the latest event) depends on how much
+    # of the first one decayed, so on the half-lives the adoption changes.
+    for days in (60, 30):
+        at = (datetime.now(UTC) - timedelta(days=days)).isoformat()
+        for other in ("b", "c"):
+            seq = await log.publish(met(ws, "a", other, occurred_at=at))
+    await project(settings, seq)  # the pairs exist before the adoption's batch
+    adopt = make_event(
+        ws,
+        type="workspace.model_calibrated",
+        strength={"version": "x", "values": {"fast_half_life_days": 7.0, "slow_share": 0.1}},
+        holdout_share=0.25,
+        validated_at=month_ago,
+    )
+    a_seq = await log.publish(adopt)
+    await project(settings, a_seq)
+    undo = make_event(ws, type="event.retracted", retracted_event_id=str(adopt.event_id))
+    r_seq = await log.publish(undo)
+    await project(settings, r_seq)
+    rows = [r for r in await changes(pg, ws) if r[2] == "relationship.changed"]
+    for seq, cause in ((a_seq, adopt), (r_seq, undo)):
+        moved = {tuple(r[3]["pair"]): r[3] for r in rows if r[0] == seq}
+        assert set(moved) == {("a", "b"), ("a", "c")}
+        for data in moved.values():
+            assert data["cause"] == {
+                "event_id": str(cause.event_id),
+                "type": cause.type,
+                "seq": seq,
+            }
+            assert data["score_before"] != data["score_after"]
+    # The retraction restores the scores the adoption replaced.
+    before = {tuple(r[3]["pair"]): r[3]["score_before"] for r in rows if r[0] == a_seq}
+    after = {tuple(r[3]["pair"]): r[3]["score_after"] for r in rows if r[0] == r_seq}
+    assert before == after
+
+
 async def test_events_recorded_before_the_horizon_get_no_rows_and_move_the_trim_point(
     settings: Settings, log: Log, pg: AsyncConnection[Any]
 ) -> None:

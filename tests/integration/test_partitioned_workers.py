@@ -1,6 +1,7 @@
 """Partitioned projection workers on real JetStream and PostgreSQL: each applies its own
 workspaces' events with its own checkpoint row; the generation has reached the smallest of
-them; a batch applied again changes nothing; another worker count builds a new generation."""
+them; a batch applied again changes nothing; another worker count builds a new generation; a
+replay builds one they take over as it is."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import asyncio
 import zlib
 from typing import Any
 
+import pytest
 from psycopg import AsyncConnection
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
-from tieline.projections import generations
+from tieline.projections import generations, replay
 from tieline.projections.partitions import checkpoint_row, owns_subject, partition_of
 from tieline.projections.queries.common import checkpoint
 from tieline.projections.queries.live import changes_after
@@ -182,3 +184,65 @@ async def test_another_worker_count_builds_a_new_generation_and_switches(
             await w.close()
     schema = first_generation(settings)[0]
     assert await scalar(pg, f"SELECT count(*) FROM {schema}.events") == len(ws)
+
+
+@pytest.mark.parametrize("bulk", [True, False])
+async def test_a_replay_is_taken_over_by_partitioned_workers_without_another_rebuild(
+    settings: Settings, log: Log, bulk: bool
+) -> None:
+    """``tieline replay`` with N = 2 workers configured builds a generation the two
+    partitioned workers take over as it is: no second rebuild, each from its own checkpoint
+    row at the replay's, and the same rows as the generation it replaced."""
+    s = [partition_settings(settings, 2, i) for i in range(2)]
+
+    async def meetings(count: int) -> int:
+        last = 0
+        for w in spaces(2):
+            for _ in range(count):
+                event = make_event(
+                    w, type="relationship.met", participants=["p", "q"], depth="conversation"
+                )
+                last = await log.publish(event)
+        return last
+
+    last = await meetings(2)
+    live = [Worker(x) for x in s]
+    for w in live:
+        await w.start()
+    try:
+        await drain(live, last)
+    finally:
+        for w in live:
+            await w.close()
+    old = live[0].generation
+    assert old is not None and old.partitions == 2
+    result, rebuilt = await replay.replay(s[0], status="building", bulk=bulk)
+    await rebuilt.close()
+    gen = result.generation
+    assert result.switched and result.last_seq == last and gen.partitions == 2
+    later = await meetings(1)
+    two = [Worker(x) for x in s]
+    for w in two:
+        await w.start()
+    try:
+        assert [w.generation for w in two] == [gen, gen]  # no new building generation
+        await drain(two, later)
+    finally:
+        for w in two:
+            await w.close()
+    conn = await db.connect(settings)
+    try:
+        found = await generations.get(conn, settings.database_schema, gen.gen)
+        assert found is not None and found.partitions == 2 and found.status == "live"
+        cur = await conn.execute(
+            f"SELECT projection, last_seq FROM {gen.schema_name}.checkpoints ORDER BY 1"
+        )
+        rows = await cur.fetchall()
+        assert rows == [(f"{gen.consumer}/p0", later), (f"{gen.consumer}/p1", later)]
+        cur = await conn.execute(f"SELECT count(*) FROM {settings.database_schema}.generations")
+        assert await cur.fetchone() == (2,)  # the first and the replay, nothing built since
+        assert await checkpoint(conn, gen.consumer, gen.schema_name) == later
+        count = await scalar(conn, f"SELECT sum(event_count) FROM {gen.schema_name}.strength_v1")
+        assert count == 3 * len(spaces(2))
+    finally:
+        await conn.close()

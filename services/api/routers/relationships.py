@@ -126,17 +126,27 @@ async def relationships(
     await rt.waiter.wait(min_seq)
     when = _pinned(start, as_of)
     at = when or now()
+    key = ties.rank_key(order)
     async with rt.connections.connection() as conn:
+        params = await ties.strength_set(conn, ws)
         if when is None and order == "strength":  # the first page now: an index scan
             need = ties.strongest_needs(limit + 1)
-            scored = await ties.top_scored(conn, ws, person, at, need)
+            scored = await ties.top_scored(conn, ws, person, at, need, params)
         else:
-            scored = await ties.scored_ties(conn, ws, person, when, at)
-        momenta = await ties.momenta(conn, ws, person, scored, at, when is not None)
+            scored = await ties.scored_ties(conn, ws, person, when, at, params)
+        # Momentum of every tie only to rank by it; else of the page's (as of a date, each
+        # tie's momentum replays its events).
+        ranking = order == "momentum"
+        momenta = (
+            await ties.momenta(conn, ws, person, scored, at, when is not None) if ranking else None
+        )
+        views = ties.ranked(scored, order, params, momenta)
+        taken, last = pagination.page(views, key, limit, start.key if start else None)
+        if not ranking:
+            shown = ties.of_others(scored, [v["other"] for v in taken])
+            got = await ties.momenta(conn, ws, person, shown, at, when is not None)
+            ties.set_momenta(taken, got)
     await rt.audit.record(ws, who, "GET person relationships", [person])
-    views = ties.ranked(scored, order, momenta)
-    key = ties.rank_key(order)
-    taken, last = pagination.page(views, key, limit, start.key if start else None)
     return {
         "person": person,
         "order": order,
@@ -168,17 +178,26 @@ async def follow_ups_due(
     await rt.waiter.wait(min_seq)
     pinned = _pinned(start, as_of)
     when = pinned or now()
-    async with rt.connections.connection() as conn:
-        if pinned is None and order == "at_stake":  # the first page now: an index scan
-            need = ties.follow_ups_need(limit + 1, when)
-            scored = await ties.top_scored(conn, ws, person, when, need)
-        else:
-            scored = await ties.scored_ties(conn, ws, person, pinned, when)
-        momenta = await ties.momenta(conn, ws, person, scored, when, pinned is not None)
-    await rt.audit.record(ws, who, "GET follow-ups", [person])
-    due = ties.follow_ups(scored, when, momenta, order)
     key = ties.follow_up_order(order)
-    taken, last = pagination.page(due, key, limit, start.key if start else None)
+    async with rt.connections.connection() as conn:
+        params = await ties.strength_set(conn, ws)
+        if pinned is None and order == "at_stake":  # the first page now: an index scan
+            need = ties.follow_ups_need(limit + 1, when, params)
+            scored = await ties.top_scored(conn, ws, person, when, need, params)
+        else:
+            scored = await ties.scored_ties(conn, ws, person, pinned, when, params)
+        # Momentum of the due ties only to order by it; else of the page's.
+        due = ties.follow_ups(scored, when, params)
+        if order == "lapsing":
+            shown = ties.of_others(scored, [d["other"] for d in due])
+            got = await ties.momenta(conn, ws, person, shown, when, pinned is not None)
+            due = ties.follow_ups(shown, when, params, got, order)
+        taken, last = pagination.page(due, key, limit, start.key if start else None)
+        if order != "lapsing":
+            shown = ties.of_others(scored, [d["other"] for d in taken])
+            got = await ties.momenta(conn, ws, person, shown, when, pinned is not None)
+            ties.set_momenta(taken, got)
+    await rt.audit.record(ws, who, "GET follow-ups", [person])
     nxt = None if last is None else pagination.encode(listing, last, when)
     return {"person": person, "as_of": when, "due": taken, "next_cursor": nxt}
 
