@@ -10,6 +10,7 @@ label, and strength keeps its meaning.
 The model, a pure function of one pair's contacts and the two people's last contact with anyone:
 
     M = E ** episode_exponent * (eps / (g + eps)) * (eps / (h + eps)) ** activity_weight
+          * (eps / (h2 + eps)) ** partner_activity_weight
     momentum = 100 * M / (1 + M)          # in [0, 100); never saturates to ties
 
 * ``g``: days since the pair's last contact. Recency is the strongest single predictor of
@@ -26,6 +27,11 @@ The model, a pure function of one pair's contacts and the two people's last cont
   halted for more than ~8 times its previous interval most likely decays; judged against the
   pair's own interval that ranked worse than plain recency on our data, see the doc.) Without
   that information ``h = g``.
+* ``h2``: days since the *more recently active* of the two was in contact with anyone: small
+  while at least one of them is still around. With ``h`` this makes the activity term one
+  factor per person. ``partner_activity_weight`` is 0 in ``momentum-2026.1`` (the term is off)
+  and calibration does not search it: it is a what-if term (``--momentum-params``), tried in
+  issue #16's third round and not adopted (the doc, §8, "Ideas tried and dropped").
 
 The parameters were chosen on an earlier cut-off than the one they are reported at
 (``bench/validate_strength.py``, the selection is described in the doc); they are a versioned
@@ -54,12 +60,18 @@ class MomentumParams:
     episode_exponent: float
     eps_days: float
     activity_weight: float
+    # Weight of the more recently active person's silence (``h2``); 0 (off) in every set before
+    # momentum-2026.2, so their stored versions read back unchanged.
+    partner_activity_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not (self.episode_gap_days >= 0 and self.eps_days > 0):
             raise ValueError("episode_gap_days must be >= 0 and eps_days > 0")
-        if not (self.episode_exponent >= 0 and self.activity_weight >= 0):
-            raise ValueError("episode_exponent and activity_weight must be >= 0")
+        weights = (self.episode_exponent, self.activity_weight, self.partner_activity_weight)
+        if min(weights) < 0:
+            raise ValueError(
+                "episode_exponent, activity_weight and partner_activity_weight must be >= 0"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -108,6 +120,8 @@ class Momentum:
     days_since_contact: float | None
     days_since_people_active: float | None
     params_version: str
+    #: Days since the more recently active of the two people's last contact with anyone.
+    days_since_either_active: float | None = None
 
 
 def momentum(
@@ -140,13 +154,22 @@ def momentum(
     people = {e.person_a for e in events} | {e.person_b for e in events}
     active = [max(last, (people_last_active or {}).get(p, last)) for p in sorted(people)]
     h = (as_of - min(active)).total_seconds() / DAY_SECONDS if active else g
-    return Momentum(combine(params, episodes, g, h), episodes, g, h, params.version)
+    h2 = (as_of - max(active)).total_seconds() / DAY_SECONDS if active else g
+    score = combine(params, episodes, g, h, h2)
+    return Momentum(score, episodes, g, h, params.version, h2)
 
 
-def combine(params: MomentumParams, episodes: int, g: float, h: float) -> float:
+def combine(
+    params: MomentumParams, episodes: int, g: float, h: float, h2: float | None = None
+) -> float:
     """The score from its parts: episodes, days since the pair's last contact, days since the
-    less recently active person's last contact with anyone."""
+    less recently active person's last contact with anyone (``h``) and since the more recently
+    active one's (``h2``; None: taken as ``h``, only right when both were last active together,
+    so a caller with a set whose ``partner_activity_weight`` is not 0 passes it)."""
     eps = params.eps_days
     m = math.pow(episodes, params.episode_exponent) * (eps / (g + eps))
     m *= math.pow(eps / (max(h, 0.0) + eps), params.activity_weight)
+    if params.partner_activity_weight:
+        other = max(h if h2 is None else h2, 0.0)
+        m *= math.pow(eps / (other + eps), params.partner_activity_weight)
     return 100.0 * m / (1.0 + m)

@@ -113,9 +113,10 @@ def from_row(row: Row, when: datetime, active: Mapping[str, datetime]) -> Moment
     if last is None or episodes == 0:
         return Momentum(0.0, 0, None, None, params.version)
     g = (when - last).total_seconds() / _DAY
-    quiet = min(max(last, active.get(p, last)) for p in (row["person_a"], row["person_b"]))
-    h = (when - quiet).total_seconds() / _DAY
-    return Momentum(combine(params, episodes, g, h), episodes, g, h, params.version)
+    seen = [max(last, active.get(p, last)) for p in (row["person_a"], row["person_b"])]
+    h = (when - min(seen)).total_seconds() / _DAY
+    h2 = (when - max(seen)).total_seconds() / _DAY
+    return Momentum(combine(params, episodes, g, h, h2), episodes, g, h, params.version, h2)
 
 
 async def of_pair(

@@ -18,7 +18,12 @@ from typing import Any
 import pytest
 from tieline.projections.strength_model import FOLLOWED_UP, PairEvent
 from tieline.projections.strength_model_eval import BASELINES, LABELS
-from tieline.projections.strength_model_momentum import momentum
+from tieline.projections.strength_model_momentum import (
+    MOMENTUM_PARAMS,
+    MomentumParams,
+    combine,
+    momentum,
+)
 from tieline.projections.strength_model_stats import (
     Ranked,
     auc,
@@ -218,3 +223,30 @@ def test_a_workspace_model_is_its_newest_usable_adoption_per_model() -> None:
     assert model.strength.version == "2026.1+slow_share=0.1"
     assert strength_params(model.strength.version) == model.strength
     assert model_of([]).strength is strength_params("2026.1")
+
+
+def test_partner_activity_term_is_off_by_default_and_lowers_momentum_when_both_go_quiet() -> None:
+    events = [_msg(i, "ab"[i % 2], T0 + timedelta(days=3 * i)) for i in range(6)]
+    last = events[-1].occurred_at
+    at = last + timedelta(days=10)
+    assert MOMENTUM_PARAMS.partner_activity_weight == 0.0
+    # off: only the less recently active person counts, as in momentum-2026.1
+    one_active = momentum(events, at, {"a": at})
+    assert one_active.days_since_people_active == pytest.approx(10.0)
+    assert one_active.days_since_either_active == pytest.approx(0.0)
+    both = MomentumParams.from_dict({"partner_activity_weight": 1.0, "version": "t"})
+    # on: a pair where one person is still active elsewhere keeps more momentum than a pair
+    # where both have gone quiet; with both active right now the term is 1
+    a_active = momentum(events, at, {"a": at}, both).score
+    none_active = momentum(events, at, {}, both).score
+    assert none_active < a_active
+    off = momentum(events, at, {"a": at, "b": at}).score
+    assert momentum(events, at, {"a": at, "b": at}, both).score == pytest.approx(off)
+    # the formula: one factor eps / (h2 + eps) per unit of weight
+    eps = both.eps_days
+    plain = combine(MOMENTUM_PARAMS, 6, 10.0, 10.0)
+    m_plain = plain / (100.0 - plain)
+    with_term = combine(both, 6, 10.0, 10.0, 4.0)
+    assert with_term / (100.0 - with_term) == pytest.approx(m_plain * eps / (4.0 + eps))
+    with pytest.raises(ValueError):
+        MomentumParams.from_dict({"partner_activity_weight": -1.0})
