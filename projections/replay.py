@@ -28,7 +28,8 @@ from tieline.projections.bulk_load import BulkResult
 from tieline.projections.generations import Generation
 from tieline.projections.queries.common import checkpoint, checkpoint_span
 from tieline.projections.schema import READ_MODEL_VERSION
-from tieline.projections.strength_model import PARAMS, TIERS, Params
+from tieline.projections.strength_model import PARAMS, Params
+from tieline.projections.what_if_compare import Comparison, compare_scores
 from tieline.projections.worker import Worker
 
 log = structlog.get_logger(__name__)
@@ -374,15 +375,7 @@ async def _live_checkpoint(settings: Settings, live: Generation) -> int:
 # -- what-if -------------------------------------------------------------------------------
 
 
-@dataclass
-class WhatIf:
-    """How an alternative parameter set changes the live picture."""
-
-    pairs: int
-    mean_abs_delta: float
-    tier_moves: dict[str, dict[str, int]]
-    biggest: list[dict[str, Any]]
-    rank_changes: list[dict[str, Any]]
+WhatIf = Comparison  # what ``tieline what-if`` reports (projections/what_if_compare.py)
 
 
 async def what_if(
@@ -406,66 +399,13 @@ async def what_if(
     )
     await worker.close()
     try:
-        rows = await _scores_side_by_side(settings, live, result.generation)
+        conn = await db.connect(settings)
+        try:
+            return await compare_scores(
+                conn, live.schema_name, result.generation.schema_name, top=top
+            )
+        finally:
+            await conn.close()
     finally:
         if not keep:
             await discard(settings, result.generation)
-    moves: dict[str, dict[str, int]] = {t: dict.fromkeys(TIERS, 0) for t in TIERS}
-    deltas = []
-    per_person: dict[tuple[str, str], list[tuple[str, float, float]]] = {}
-    for ws, a, b, ls, lt, ws_score, wt in rows:
-        moves[lt][wt] += 1
-        deltas.append(
-            {
-                "workspace_id": ws,
-                "person_a": a,
-                "person_b": b,
-                "live": round(ls, 3),
-                "what_if": round(ws_score, 3),
-                "delta": round(ws_score - ls, 3),
-                "tier": f"{lt} -> {wt}",
-            }
-        )
-        for me, other in ((a, b), (b, a)):
-            per_person.setdefault((ws, me), []).append((other, ls, ws_score))
-    rank_changes = _rank_changes(per_person)
-    deltas.sort(key=lambda d: -abs(float(d["delta"])))
-    mean = sum(abs(float(d["delta"])) for d in deltas) / len(deltas) if deltas else 0.0
-    return WhatIf(len(rows), round(mean, 4), moves, deltas[:top], rank_changes[:top])
-
-
-async def _scores_side_by_side(
-    settings: Settings, live: Generation, other: Generation
-) -> list[Any]:
-    """(workspace, a, b, live score, live tier, other score, other tier) of every pair."""
-    conn = await db.connect(settings)
-    try:
-        cur = await conn.execute(
-            sql.SQL(
-                """SELECT l.workspace_id, l.person_a, l.person_b, l.score, l.tier, w.score,
-                      w.tier
-               FROM {}.strength_v1 l JOIN {}.strength_v1 w USING (workspace_id, person_a,
-                    person_b)"""
-            ).format(sql.Identifier(live.schema_name), sql.Identifier(other.schema_name))
-        )
-        return list(await cur.fetchall())
-    finally:
-        await conn.close()
-
-
-def _rank_changes(
-    per_person: dict[tuple[str, str], list[tuple[str, float, float]]],
-) -> list[dict[str, Any]]:
-    """Per person, how many of their ties change rank between the live and what-if scores
-    (people with the most changes first)."""
-    out: list[dict[str, Any]] = []
-    for (ws, me), ties in per_person.items():
-        live_rank = {o: i for i, (o, _, _) in enumerate(sorted(ties, key=lambda t: -t[1]))}
-        new_rank = {o: i for i, (o, _, _) in enumerate(sorted(ties, key=lambda t: -t[2]))}
-        moved = sum(1 for o in live_rank if live_rank[o] != new_rank[o])
-        if moved:
-            out.append(
-                {"workspace_id": ws, "person": me, "ties": len(ties), "ties_changing_rank": moved}
-            )
-    out.sort(key=lambda r: -r["ties_changing_rank"])
-    return out
