@@ -71,7 +71,7 @@ async def compare_scores(
 
     async def rows(query: str) -> list[tuple[Any, ...]]:
         cur = conn.cursor(row_factory=tuple_row)
-        await cur.execute(sql.SQL(query).format(**names), args)  # type: ignore[arg-type]
+        await cur.execute(sql.SQL(query).format(**names), args)
         return list(await cur.fetchall())
 
     (pairs, mean), *_ = await rows(_TOTALS)
