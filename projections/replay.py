@@ -31,6 +31,7 @@ from tieline.projections.schema import READ_MODEL_VERSION
 from tieline.projections.strength_model import PARAMS, Params
 from tieline.projections.what_if_compare import Comparison, compare_scores
 from tieline.projections.worker import Worker
+from tieline.projections.worker_support import tune_gc
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +95,7 @@ async def replay(
     One worker builds it; with partitioned workers (``projection_workers`` N > 1) it is handed
     to N partitions as it switches (:func:`~.partitions.split`), so the N live workers take it
     over without building another. Its worker is then stopped: close it, apply nothing more."""
+    tune_gc()  # the bulk load keeps even more objects alive than a worker's batch
     started = time.monotonic()
     gen = await _new_generation(settings, status, params, note, schema_name)
     use_bulk = settings.replay_bulk if bulk is None else bulk

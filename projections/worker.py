@@ -58,6 +58,7 @@ from tieline.projections.worker_support import (
     TRANSIENT_NATS,
     WorkerStats,
     log_retry,
+    tune_gc,
 )
 
 log = structlog.get_logger(__name__)
@@ -117,6 +118,7 @@ class Worker:
     async def start(self) -> None:
         """Connect, pick the generation, create its tables and durable consumer; take the
         single-consumer lock so two instances never apply the same batches."""
+        tune_gc()
         self.nc = await connect_nats(self.settings, name="tieline-worker")
         self.js = self.nc.jetstream()
         js = self.js

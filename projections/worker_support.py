@@ -3,6 +3,7 @@ and the tenacity hook its retries log with."""
 
 from __future__ import annotations
 
+import gc
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,3 +52,23 @@ class WorkerStats:
     resubscribes: int = 0
     last_seq: int = 0
     attempts: dict[int, int] = field(default_factory=dict)
+
+
+#: The cyclic collector's first threshold in a worker process (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 100_000
+
+
+def tune_gc() -> None:
+    """Run the cyclic garbage collector once per ~100k net new objects instead of 700.
+
+    A batch keeps its objects alive until it commits (thousands of decoded events, rows and
+    folds); with the default threshold the collector traverses them again and again, promotes
+    them, and the promotions set off full collections of the whole heap: about a quarter of
+    the worker's CPU in ``python -m bench projection`` (docs/performance.md, "Worker profile
+    after the issue 15 run"). Reference counting frees almost all of a batch when it ends, so
+    the net count seldom reaches the new threshold; cyclic garbage is still collected, only
+    later. Nothing here changes results. A threshold already higher (or 0, collection off) is
+    left alone."""
+    young, middle, old = gc.get_threshold()
+    if 0 < young < GC_YOUNG_THRESHOLD:
+        gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
