@@ -23,7 +23,7 @@ from tests.sync.helpers import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-N = 120
+N = 360  # 36 commands of 10: a send phase long enough for the kill to land inside it
 
 
 def test_kill_9_mid_sync_records_every_meeting_once(
