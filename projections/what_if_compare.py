@@ -22,9 +22,11 @@ _JOINED = """SELECT l.workspace_id AS ws, l.person_a AS a, l.person_b AS b,
              FROM {live}.strength_v1 l
              JOIN {other}.strength_v1 w USING (workspace_id, person_a, person_b)"""
 
-_TOTALS = "WITH j AS (" + _JOINED + ") SELECT count(*), avg(abs(wsc - ls)) FROM j"
-
-_MOVES = "WITH j AS (" + _JOINED + ") SELECT lt, wt, count(*) FROM j GROUP BY lt, wt"
+# Per (live tier, what-if tier): pairs and their summed |score change|; the totals and the mean
+# follow from these rows, so the join is not scanned once more for them.
+_MOVES = (
+    "WITH j AS (" + _JOINED + ") SELECT lt, wt, count(*), sum(abs(wsc - ls)) FROM j GROUP BY lt, wt"
+)
 
 _BIGGEST = (
     "WITH j AS (" + _JOINED + ") SELECT ws, a, b, ls, wsc, lt, wt FROM j "
@@ -74,10 +76,11 @@ async def compare_scores(
         await cur.execute(sql.SQL(query).format(**names), args)
         return list(await cur.fetchall())
 
-    (pairs, mean), *_ = await rows(_TOTALS)
     moves: dict[str, dict[str, int]] = {t: dict.fromkeys(TIERS, 0) for t in TIERS}
-    for lt, wt, n in await rows(_MOVES):
+    pairs, total = 0, 0.0
+    for lt, wt, n, delta in await rows(_MOVES):
         moves.setdefault(lt, dict.fromkeys(TIERS, 0))[wt] = n
+        pairs, total = pairs + n, total + float(delta)
     biggest = [
         {
             "workspace_id": ws,
@@ -94,4 +97,5 @@ async def compare_scores(
         {"workspace_id": ws, "person": me, "ties": ties, "ties_changing_rank": moved}
         for ws, me, ties, moved in await rows(_RANKS)
     ]
-    return Comparison(int(pairs), round(float(mean or 0.0), 4), moves, biggest, ranks)
+    mean = total / pairs if pairs else 0.0
+    return Comparison(pairs, round(mean, 4), moves, biggest, ranks)
