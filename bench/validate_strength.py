@@ -215,6 +215,10 @@ def markdown(report: Mapping[str, Any], models: Sequence[str] | None = None) -> 
     return "\n\n".join(blocks) + "\n"
 
 
+#: The scores of a ``--through-api`` report: each as served and as the pure function gives it.
+API_MODELS = ("strength_api", "strength_pure", "momentum_api", "momentum_pure")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.validate_strength", description=__doc__)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
@@ -236,11 +240,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.validate_strength_api import run_api
 
         report = run_api(args.data_dir, args.bootstrap, args.timeout, args.sets)
-        print(table(_flat(report), ["strength_api", "strength_pure"]))
+        print(table(_flat(report), [*API_MODELS]))
         for n, d in report["datasets"].items():
             for s, r in d["splits"].items():
                 print(
-                    f"{n}/{s}: max |API - pure| {r['max_abs_api_minus_pure']:.2g}, "
+                    f"{n}/{s}: max |API - pure| strength {r['max_abs_api_minus_pure']:.2g}, "
+                    f"momentum {r['max_abs_momentum_api_minus_pure']:.2g}, "
                     f"pair vs person endpoint {r['max_abs_pair_minus_person_endpoint']:.2g} "
                     f"({r['pair_endpoint_sample']} pairs), extra ties {r['extra_api_ties']}"
                 )

@@ -9,9 +9,10 @@ participant and then every contact at its real time (``relationship.met`` for a 
 a request, waits for the projection (``?min_seq=``), and reads every candidate pair's strength
 as of each split's cut-off from ``GET /people/{p}/relationships?as_of=`` (every page). A sample
 of pairs is read again from ``GET /relationships/{a}/{b}?as_of=``. Everything after the
-cut-off is sent too: the API has to leave it out itself. The API serves ``strength`` (the
-momentum score is not served by the API yet), so the report gives strength's AUCs and
-precision@10 from the API's scores next to the pure function's on the same events.
+cut-off is sent too: the API has to leave it out itself. Every tie's ``score`` (strength) and
+``momentum`` are read, so the report gives both scores' AUCs and precision@10 from the API next
+to the pure functions' on the same events (the pure momentum with each person's last contact
+with anyone up to the cut-off, as the API computes it).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from uuid import NAMESPACE_URL, uuid4, uuid5
 
 from tieline.projections.strength_model import FOLLOWED_UP, PARAMS, PairEvent, strength
 from tieline.projections.strength_model_eval import build, evaluate, score_all
+from tieline.projections.strength_model_momentum import MOMENTUM_PARAMS, momentum
 
 from bench.validate_strength_data import NAMES, DataSet, Pair, load, to_events
 
@@ -155,9 +157,10 @@ def wait_projection(client: httpx.Client, ws: str, seq: int, timeout: float) -> 
 
 def scores_by_person(
     client: httpx.Client, ws: str, people: Sequence[str], as_of: datetime
-) -> dict[Pair, float]:
-    """Every tie's score as of ``as_of``, from each person's listing (all pages)."""
-    out: dict[Pair, float] = {}
+) -> dict[Pair, tuple[float, float]]:
+    """Every tie's (strength, momentum) as of ``as_of``, from each person's listing (all
+    pages)."""
+    out: dict[Pair, tuple[float, float]] = {}
     for person in people:
         cursor: str | None = None
         while True:
@@ -169,7 +172,7 @@ def scores_by_person(
             page = resp.json()
             for tie in page["relationships"]:
                 a, b = sorted((person, str(tie["other"])))
-                out[(a, b)] = float(tie["score"])
+                out[(a, b)] = (float(tie["score"]), float(tie["momentum"]))
             cursor = page.get("next_cursor")
             if not cursor:
                 break
@@ -178,13 +181,18 @@ def scores_by_person(
 
 def _pair_endpoint(
     client: httpx.Client, ws: str, pairs: Sequence[Pair], as_of: datetime
-) -> dict[Pair, float]:
+) -> dict[Pair, tuple[float, float]]:
     out = {}
     for a, b in pairs:
         resp = client.get(f"/v1/workspaces/{ws}/relationships/{a}/{b}", params={"as_of": as_of})
         resp.raise_for_status()
-        out[(a, b)] = float(resp.json()["score"])
+        body = resp.json()
+        out[(a, b)] = (float(body["score"]), float(body["momentum"]))
     return out
+
+
+def _max_diff(a: Sequence[float], b: Sequence[float]) -> float:
+    return max((abs(x - y) for x, y in zip(a, b, strict=True)), default=0.0)
 
 
 def api_split(
@@ -201,15 +209,30 @@ def api_split(
         raise RuntimeError(f"{ws}: no API score for {len(missing)} pairs, e.g. {missing[0]}")
     sample = random.Random(0).sample(table.pairs, min(PAIR_SAMPLE, len(table.pairs)))
     by_pair = _pair_endpoint(client, ws, sample, as_of)
-    pure = score_all(table, events, {"pure": lambda p, tr, c: strength(tr, PARAMS, c.cutoff).score})
-    scores = {"strength_api": [api[p] for p in table.pairs], "strength_pure": pure["pure"]}
-    diffs = [abs(a - b) for a, b in zip(scores["strength_api"], pure["pure"], strict=True)]
+    pure = score_all(
+        table,
+        events,
+        {
+            "strength": lambda p, tr, c: strength(tr, PARAMS, c.cutoff).score,
+            "momentum": lambda p, tr, c: (
+                momentum(tr, c.cutoff, c.people_last_active, MOMENTUM_PARAMS).score
+            ),
+        },
+    )
+    scores = {
+        "strength_api": [api[p][0] for p in table.pairs],
+        "strength_pure": pure["strength"],
+        "momentum_api": [api[p][1] for p in table.pairs],
+        "momentum_pure": pure["momentum"],
+    }
     return {
         "cutoff": as_of.isoformat(),
         "extra_api_ties": len(set(api) - set(table.pairs)),
-        "max_abs_api_minus_pure": max(diffs, default=0.0),
+        "max_abs_api_minus_pure": _max_diff(scores["strength_api"], pure["strength"]),
+        "max_abs_momentum_api_minus_pure": _max_diff(scores["momentum_api"], pure["momentum"]),
         "max_abs_pair_minus_person_endpoint": max(
-            (abs(by_pair[p] - api[p]) for p in sample), default=0.0
+            (abs(x - y) for p in sample for x, y in zip(by_pair[p], api[p], strict=True)),
+            default=0.0,
         ),
         "pair_endpoint_sample": len(sample),
         "read_seconds": t1 - t0,
@@ -224,7 +247,11 @@ def run_api(
     import httpx
 
     wall = time.perf_counter()
-    report: dict[str, Any] = {"params_version": PARAMS.version, "datasets": {}}
+    report: dict[str, Any] = {
+        "params_version": PARAMS.version,
+        "momentum_params": MOMENTUM_PARAMS.to_dict(),
+        "datasets": {},
+    }
     with tempfile.TemporaryDirectory(prefix="tieline-validate-") as tmp:
         t0 = time.perf_counter()
         with bench_stack(Path(tmp)) as stack:
