@@ -142,13 +142,14 @@ def _show(report: dict[str, Any]) -> None:
     for name, r in report["models"].items():
         base = r["baseline"]["name"]
         table.add_row(name, base, f"{r['auc']['baseline']:.3f}", f"{r['p_at_10']['baseline']:.3f}")
+        same = r["best"] == r["baseline"]["values"]
         table.add_row(
             "",
-            "best of " + str(r["candidates"] + 1),
+            f"best of {r['candidates'] + 1}" + (": the same set" if same else ""),
             f"{r['auc']['best']:.3f}",
             f"{r['p_at_10']['best']:.3f}",
-            _ci(r["auc_best_minus_baseline_ci95"]),
-            _ci(r["p_at_10_best_minus_baseline_ci95"]),
+            "" if same else _ci(r["auc_best_minus_baseline_ci95"]),
+            "" if same else _ci(r["p_at_10_best_minus_baseline_ci95"]),
         )
     console.print(table)
     for name, r in report["models"].items():
@@ -174,7 +175,7 @@ def _show(report: dict[str, Any]) -> None:
         )
     else:
         sets = {m: applied[m]["version"] for m in ("strength", "momentum") if m in applied}
-        out(f"applied to workspace {report['workspace']}: {sets} (event seq {applied['seq']}); ")
+        out(f"applied to workspace {report['workspace']}: {sets} (event seq {applied['seq']});")
         out("the projection recomputes the workspace's relationships with them")
 
 

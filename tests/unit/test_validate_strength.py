@@ -207,7 +207,9 @@ def test_adoption_records_only_sets_that_beat_the_default() -> None:
     WorkspaceModelCalibrated.model_validate({**envelope, **body})
 
 
-def test_calibrate_compares_candidates_with_the_adopted_set() -> None:
+def test_calibrate_compares_candidates_with_the_adopted_set(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """With an adopted set the baseline is that set, not the default: it is named, it wins
     ties at the selection cut-off, the default is still a candidate, and a set equal to the
     adopted one is never recommended nor recorded again."""
@@ -232,17 +234,19 @@ def test_calibrate_compares_candidates_with_the_adopted_set() -> None:
     # The best set, once adopted, is the baseline: it wins its own tie, nothing is recommended
     # and --apply has nothing to record.
     best_changes = {k: v for k, v in r["best"].items() if r["default"][k] != v}
-    again = calibrate(
-        events,
-        0.25,
-        30,
-        ("momentum",),
-        {"momentum": parameter_set(best_changes, "momentum-2026.1")},
-    )
+    now = {"momentum": parameter_set(best_changes, "momentum-2026.1")}
+    again = calibrate(events, 0.25, 30, ("momentum",), now)
     m = again["models"]["momentum"]
     assert m["best"] == m["baseline"]["values"] and not m["recommend"]
     assert m["auc"]["baseline"] == m["auc"]["best"]
     assert adoption(again) is None
+    # The report printed names the baseline and says it stays.
+    from tieline.services.cli.calibrate import _show
+
+    _show({**again, "workspace": "w", "applied": None})
+    text = capsys.readouterr().out
+    assert f"momentum: the adopted {now['momentum']['version']} set stays" in text
+    assert "--apply refused" in text
 
 
 def test_adoption_never_records_the_current_set() -> None:
