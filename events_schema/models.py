@@ -410,8 +410,10 @@ class WorkspaceModelCalibrated(Event):
     evidence: dict[ParamName, float] = Field(
         default_factory=dict,
         max_length=64,
-        description="Held-out AUC and precision@10 of the default and the adopted set, and the "
-        "95% interval of the gain, per model (e.g. strength_auc_default).",
+        description="Held-out AUC and precision@10 of the baseline (the set the workspace used "
+        "before: the default, or its earlier adoption) and the adopted set, and the 95% interval "
+        "of the gain, per model (e.g. strength_auc_baseline; strength_auc_default in events "
+        "recorded before the baseline could be an adoption).",
     )
 
     @model_validator(mode="after")

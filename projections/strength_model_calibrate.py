@@ -11,22 +11,27 @@ the log), and then, for strength and for momentum separately:
 2. **Searches the documented ranges** (:data:`STRENGTH_GRID`, ``MOMENTUM_GRID``): each candidate
    is scored by ROC AUC on the primary label (the relationship continues two-way) at the
    selection cut-off; the best one is kept (the default wins ties).
-3. **Validates on held-out time**: default and best are evaluated at the validation cut-off
-   (AUC and precision@10 per person, each with a 95% paired-bootstrap interval of best -
-   default). A set is *recommended* only if the interval of its AUC gain lies above zero;
-   otherwise the report says the default stays.
+3. **Validates on held-out time** against the workspace's **baseline**: the set it uses now,
+   i.e. its latest unretracted adoption of that model (:func:`adopted_sets`), or the default
+   when it adopted none. Baseline and best are evaluated at the validation cut-off (AUC and
+   precision@10 per person, each with a 95% paired-bootstrap interval of best - baseline). A
+   set is *recommended* only if it differs from the baseline and the interval of its AUC gain
+   lies above zero; otherwise the report says the baseline stays. The baseline is candidate 0
+   at the selection cut-off (it wins ties), and the default is always among the candidates, so
+   a workspace can also be recommended back onto the default.
 
 The report changes nothing. :func:`adoption` turns the recommended sets into the body of a
 ``workspace.model_calibrated`` event (``tieline calibrate --apply`` records it; the projection
 then recomputes the workspace with them, projections/strength_model_workspace.py); with no
-recommended set there is nothing to adopt.
+recommended set there is nothing to adopt, so a set equal to the current one is never
+recorded again.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from psycopg import AsyncConnection, sql
@@ -54,6 +59,8 @@ from tieline.projections.strength_model_stats import (
     per_person_precision,
 )
 from tieline.projections.strength_model_workspace import MODEL_CALIBRATED, parameter_set
+from tieline.projections.strength_model_workspace import adopted_sets as _adopted
+from tieline.projections.workspace_models import workspace_model
 
 #: The documented range of the strength parameters calibration searches (docs/strength-model.md).
 STRENGTH_GRID: dict[str, tuple[float, ...]] = {
@@ -84,6 +91,18 @@ async def workspace_events(
     return out
 
 
+async def adopted_sets(
+    conn: AsyncConnection[Any], schema: str, workspace: str
+) -> dict[str, dict[str, Any]]:
+    """The sets ``workspace`` adopted and uses now in read-model ``schema`` (its latest
+    unretracted ``workspace.model_calibrated`` per model; projections/workspace_models.py):
+    ``{model: {"version", "values"}}``, a model left out being on its default."""
+    async with conn.transaction():
+        await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+        model = await workspace_model(conn, workspace)
+    return _adopted(model)
+
+
 def _grid(ranges: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:
     keys = list(ranges)
     return [dict(zip(keys, v, strict=True)) for v in itertools.product(*ranges.values())]
@@ -91,12 +110,36 @@ def _grid(ranges: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:
 
 @dataclass(frozen=True)
 class Model:
-    """One score family: its default, its candidates, and how to score a pair with a set."""
+    """One score family: its default, its candidates, how to score a pair with a set, and the
+    baseline candidates must beat (the workspace's current set; the default if none)."""
 
     name: str
     default: dict[str, float]
     candidates: list[dict[str, float]]
     scorer: Callable[[dict[str, float]], Any]
+    baseline: dict[str, float] | None = None
+    baseline_name: str = "default"
+
+    @property
+    def base(self) -> dict[str, float]:
+        return self.default if self.baseline is None else self.baseline
+
+
+def _with_baseline(model: Model, adopted: Mapping[str, Any] | None) -> Model:
+    """``model`` compared with an adopted set (``{"version", "values"}``, changes to the
+    default) instead of the default; the default stays a candidate."""
+    if not adopted:
+        return model
+    base = {**model.default, **{k: float(v) for k, v in adopted["values"].items()}}
+    if base == model.default:
+        return model
+    extra = [] if model.default in model.candidates else [model.default]
+    return replace(
+        model,
+        candidates=[*model.candidates, *extra],
+        baseline=base,
+        baseline_name=f"adopted {adopted['version']}",
+    )
 
 
 def _models() -> list[Model]:
@@ -117,10 +160,10 @@ def _models() -> list[Model]:
 
 
 def _select(model: Model, table: Table, events: Mapping[Pair, Sequence[PairEvent]]) -> Any:
-    """(best set, its AUC, the default's AUC) at the selection cut-off."""
+    """(best set, its AUC, the baseline's AUC) at the selection cut-off."""
     y = table.labels[PRIMARY]
     found = []
-    for i, change in enumerate([model.default, *model.candidates]):
+    for i, change in enumerate([model.base, *model.candidates]):
         scores = score_all(table, events, {"s": model.scorer(change)})["s"]
         found.append((auc(scores, y), -i, change))
     best = max(found, key=lambda f: (f[0], f[1]))
@@ -150,19 +193,19 @@ def _validate(
 ) -> dict[str, Any]:
     y = table.labels[PRIMARY]
     scored = score_all(
-        table, events, {"default": model.scorer(model.default), "best": model.scorer(best)}
+        table, events, {"baseline": model.scorer(model.base), "best": model.scorer(best)}
     )
     p10 = {k: per_person_precision(table.people, v, y, TOP_K) for k, v in scored.items()}
     mean = {k: sum(v.values()) / max(len(v), 1) for k, v in p10.items()}
-    ci = auc_difference_ci(scored["best"], scored["default"], y, bootstrap)
+    ci = auc_difference_ci(scored["best"], scored["baseline"], y, bootstrap)
     return {
         "auc": {k: auc(v, y) for k, v in scored.items()},
-        "auc_best_minus_default_ci95": ci,
+        "auc_best_minus_baseline_ci95": ci,
         "p_at_10": mean,
-        "p_at_10_best_minus_default_ci95": mean_difference_ci(
-            p10["best"], p10["default"], bootstrap
+        "p_at_10_best_minus_baseline_ci95": mean_difference_ci(
+            p10["best"], p10["baseline"], bootstrap
         ),
-        "recommend": best != model.default and ci[0] > 0,
+        "recommend": best != model.base and ci[0] > 0,
     }
 
 
@@ -171,8 +214,11 @@ def calibrate(
     holdout_share: float = 0.25,
     bootstrap: int = 300,
     models: Sequence[str] = ("strength", "momentum"),
+    adopted: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The calibration report of one workspace's events (see the module docstring)."""
+    """The calibration report of one workspace's events (see the module docstring).
+    ``adopted``: the sets the workspace uses now (:func:`adopted_sets`); each model's
+    candidates are compared with its adopted set, or with the default when it has none."""
     if not 0.05 <= holdout_share <= 0.45:
         raise ValueError("holdout_share must be in [0.05, 0.45]")
     contacts: list[Contact] = contacts_of(events)
@@ -199,10 +245,12 @@ def calibrate(
             report["refused"] = f"too little history: {name} has {len(table.pairs)} pairs, "
             report["refused"] += f"{positives} positive (needs {MIN_PAIRS}+ and both classes)"
             return report
-    for model in (m for m in _models() if m.name in models):
-        best, best_auc, default_auc = _select(model, inner, events)
+    for plain in (m for m in _models() if m.name in models):
+        model = _with_baseline(plain, (adopted or {}).get(plain.name))
+        best, best_auc, base_auc = _select(model, inner, events)
         result = _validate(model, best, outer, events, bootstrap)
-        result["selection_auc"] = {"default": default_auc, "best": best_auc}
+        result["selection_auc"] = {"baseline": base_auc, "best": best_auc}
+        result["baseline"] = {"name": model.baseline_name, "values": model.base}
         result["default"] = model.default
         result["best"] = best
         result["candidates"] = len(model.candidates)
@@ -212,9 +260,10 @@ def calibrate(
 
 def adoption(report: Mapping[str, Any]) -> dict[str, Any] | None:
     """The ``workspace.model_calibrated`` command for the sets ``report`` recommends (each
-    only the values that differ from the default, with its held-out evidence), or None when
-    it recommends none: a set that does not beat the default on held-out time is never
-    adopted."""
+    only the values that differ from the default, with its held-out evidence against the
+    baseline), or None when it recommends none: a set that does not beat the workspace's
+    current set (adopted, or the default) on held-out time is never adopted, and neither is
+    a set equal to the current one."""
     if "refused" in report:
         return None
     body: dict[str, Any] = {
@@ -225,17 +274,18 @@ def adoption(report: Mapping[str, Any]) -> dict[str, Any] | None:
     }
     base = {"strength": PARAMS.version, "momentum": MOMENTUM_PARAMS.version}
     for name, r in report["models"].items():
-        if not r["recommend"]:
+        current = r.get("baseline", {}).get("values", r["default"])
+        if not r["recommend"] or r["best"] == current:
             continue
         changed = {k: v for k, v in r["best"].items() if r["default"].get(k) != v}
         body[name] = parameter_set(changed, base[name])
-        lo, hi = r["auc_best_minus_default_ci95"]
+        lo, hi = r["auc_best_minus_baseline_ci95"]
         evidence = {
-            f"{name}_auc_default": r["auc"]["default"],
+            f"{name}_auc_baseline": r["auc"]["baseline"],
             f"{name}_auc": r["auc"]["best"],
             f"{name}_auc_gain_lo": lo,
             f"{name}_auc_gain_hi": hi,
-            f"{name}_p_at_10_default": r["p_at_10"]["default"],
+            f"{name}_p_at_10_baseline": r["p_at_10"]["baseline"],
             f"{name}_p_at_10": r["p_at_10"]["best"],
         }
         body["evidence"].update({k: v for k, v in evidence.items() if v == v})  # no NaN

@@ -102,3 +102,20 @@ def _usable(make: Any, values: Mapping[str, float], base_version: str) -> Any:
         return make(parameter_set(values, base_version)["version"])
     except (ValueError, TypeError):
         return None
+
+
+def adopted_sets(model: WorkspaceModel) -> dict[str, dict[str, Any]]:
+    """The sets of ``model`` that are not the defaults, per model, as :func:`parameter_set`
+    dicts (``version`` and ``values``): what the workspace adopted and still uses. A model
+    left out is on its default (never adopted, retracted, or adopted back to the default); a
+    set whose version is not one of ours (a what-if generation's base) counts as the
+    default too."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, version, base in (
+        ("strength", model.strength.version, PARAMS.version),
+        ("momentum", model.momentum.version, MOMENTUM_PARAMS.version),
+    ):
+        values = _values(version, base)
+        if values:
+            out[name] = parameter_set(values, base)
+    return out

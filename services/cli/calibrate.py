@@ -2,11 +2,13 @@
 relationships best, validated on its most recent history (projections/strength_model_calibrate.py).
 
 Talks to PostgreSQL directly (``TIELINE_DATABASE_URL``, or ``--data-dir`` of a running
-``tieline up``) and reads the live read-model generation; it changes nothing, unless
-``--apply``: then the recommended sets are recorded for that workspace as a
-``workspace.model_calibrated`` event through the HTTP API (an admin token), and the projection
-recomputes the workspace's read models with them. Exit codes: 0 done, 1 too little history,
-3 ``--apply`` refused because no set beats the default on held-out time.
+``tieline up``) and reads the live read-model generation: the workspace's history and the sets
+it adopted before, which candidates are compared with (the default when it adopted none). It
+changes nothing, unless ``--apply``: then the recommended sets are recorded for that workspace
+as a ``workspace.model_calibrated`` event through the HTTP API (an admin token), and the
+projection recomputes the workspace's read models with them. Exit codes: 0 done, 1 too little
+history, 3 ``--apply`` refused because no set beats the workspace's current one on held-out
+time (a set equal to the current one is never recorded again).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from tieline.services.cli.client import (
 from tieline.services.cli.ops import DataDir, ops_settings, run_db
 
 console = Console()
-#: ``--apply`` found nothing to adopt: no set beats the default on held-out time.
+#: ``--apply`` found nothing to adopt: no set beats the current one on held-out time.
 EXIT_NOT_BETTER = 3
 
 
@@ -58,7 +60,8 @@ def calibrate_cmd(
         typer.Option(
             "--apply",
             help="Adopt the recommended sets for this workspace only (admin token; recorded as "
-            "a workspace.model_calibrated event). Refused (exit 3) when none beats the default.",
+            "a workspace.model_calibrated event). Refused (exit 3) when none beats the "
+            "workspace's current sets (adopted before, or the default).",
         ),
     ] = False,
     api_url: ApiUrl = DEFAULT_API,
@@ -66,20 +69,21 @@ def calibrate_cmd(
     as_json: AsJson = False,
 ) -> None:
     """Replay the workspace's history, hold out its most recent part, search the documented
-    parameter ranges on the part before it, and report AUC and precision@10 of the default and
-    the best set on the held-out time. Recommends a set only if it beats the default there
-    (95% interval of the AUC gain above zero). Nothing is changed unless ``--apply``."""
+    parameter ranges on the part before it, and report AUC and precision@10 of the
+    workspace's current set (its latest adoption, or the default) and the best set on the
+    held-out time. Recommends a set only if it beats the current one there (95% interval of
+    the AUC gain above zero). Nothing is changed unless ``--apply``."""
     from tieline.projections.strength_model_calibrate import calibrate
 
     models = tuple(model or ("strength", "momentum"))
     if any(m not in ("strength", "momentum") for m in models):
         raise typer.BadParameter("--model is strength or momentum")
-    events = _history(data_dir, workspace)
+    events, adopted = _history(data_dir, workspace)
     if not events:
         out(f"tieline calibrate: workspace {workspace!r} has no relationship events")
         raise typer.Exit(1)
     try:
-        report = calibrate(events, holdout, bootstrap, models)
+        report = calibrate(events, holdout, bootstrap, models, adopted)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     report["workspace"] = workspace
@@ -96,23 +100,25 @@ def calibrate_cmd(
 
 
 def _history(data_dir: Any, workspace: str) -> Any:
-    """The workspace's pair events from the live read-model generation (None: no generation)."""
+    """(the workspace's pair events, the sets it adopted) from the live read-model generation
+    (None, {}: no generation)."""
     from tieline.projections import generations
-    from tieline.projections.strength_model_calibrate import workspace_events
+    from tieline.projections.strength_model_calibrate import adopted_sets, workspace_events
 
     settings = ops_settings(data_dir, "tieline calibrate")
 
     async def load(conn: Any) -> Any:
         gen = await generations.live(conn, settings.database_schema)
         if gen is None:
-            return None
-        return await workspace_events(conn, gen.schema_name, workspace)
+            return None, {}
+        events = await workspace_events(conn, gen.schema_name, workspace)
+        return events, await adopted_sets(conn, gen.schema_name, workspace)
 
     return run_db("tieline calibrate", settings, load)
 
 
 def _apply(api: Api, report: dict[str, Any]) -> dict[str, Any] | None:
-    """Record the recommended sets for the workspace (None: nothing beats the default)."""
+    """Record the recommended sets for the workspace (None: nothing beats the current sets)."""
     from tieline.projections.strength_model_calibrate import adoption
 
     body = adoption(report)
@@ -134,34 +140,42 @@ def _show(report: dict[str, Any]) -> None:
         return
     table = Table("model", "set", "held-out AUC", "P@10", "AUC gain 95% CI", "P@10 gain 95% CI")
     for name, r in report["models"].items():
-        table.add_row(
-            name, "default", f"{r['auc']['default']:.3f}", f"{r['p_at_10']['default']:.3f}"
-        )
+        base = r["baseline"]["name"]
+        table.add_row(name, base, f"{r['auc']['baseline']:.3f}", f"{r['p_at_10']['baseline']:.3f}")
+        same = r["best"] == r["baseline"]["values"]
         table.add_row(
             "",
-            "best of " + str(r["candidates"] + 1),
+            f"best of {r['candidates'] + 1}" + (": the same set" if same else ""),
             f"{r['auc']['best']:.3f}",
             f"{r['p_at_10']['best']:.3f}",
-            _ci(r["auc_best_minus_default_ci95"]),
-            _ci(r["p_at_10_best_minus_default_ci95"]),
+            "" if same else _ci(r["auc_best_minus_baseline_ci95"]),
+            "" if same else _ci(r["p_at_10_best_minus_baseline_ci95"]),
         )
     console.print(table)
     for name, r in report["models"].items():
-        changed = {k: v for k, v in r["best"].items() if r["default"].get(k) != v}
+        base = r["baseline"]["name"]
+        changed: Any = {k: v for k, v in r["best"].items() if r["default"].get(k) != v}
+        changed = changed or "the default"
         if r["recommend"]:
-            out(f"{name}: recommended {changed} (beats the default on held-out time)")
-        elif not changed:
-            out(f"{name}: the default stays (no candidate did better before the held-out time)")
+            out(f"{name}: recommended {changed} (beats the {base} set on held-out time)")
+        elif r["best"] == r["baseline"]["values"]:
+            out(f"{name}: the {base} set stays (no candidate did better before the held-out time)")
         else:
-            out(f"{name}: not recommended {changed}: it does not beat the default on held-out time")
+            out(
+                f"{name}: not recommended {changed}: it does not beat the {base} set "
+                "on held-out time"
+            )
     if "applied" not in report:
         return
     applied = report["applied"]
     if applied is None:
-        out("--apply refused: no parameter set beats the default on held-out time; nothing changed")
+        out(
+            "--apply refused: no parameter set beats the workspace's current one on held-out "
+            "time; nothing changed"
+        )
     else:
         sets = {m: applied[m]["version"] for m in ("strength", "momentum") if m in applied}
-        out(f"applied to workspace {report['workspace']}: {sets} (event seq {applied['seq']}); ")
+        out(f"applied to workspace {report['workspace']}: {sets} (event seq {applied['seq']});")
         out("the projection recomputes the workspace's relationships with them")
 
 

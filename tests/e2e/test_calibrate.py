@@ -76,9 +76,10 @@ def test_calibrate_on_a_simulated_workspace(
     assert report["selection"]["cutoff"] < report["validation"]["cutoff"]
     assert set(report["models"]) == {"strength", "momentum"}
     for name, r in report["models"].items():
-        lo, hi = r["auc_best_minus_default_ci95"]
+        lo, hi = r["auc_best_minus_baseline_ci95"]
         assert math.isfinite(lo) and lo <= hi, name
-        assert 0.0 <= r["auc"]["default"] <= 1.0 and 0.0 <= r["auc"]["best"] <= 1.0
+        assert 0.0 <= r["auc"]["baseline"] <= 1.0 and 0.0 <= r["auc"]["best"] <= 1.0
+        assert r["baseline"] == {"name": "default", "values": r["default"]}
         # the refusal rule: recommended only when the held-out interval is above zero
         assert r["recommend"] == (r["best"] != r["default"] and lo > 0)
         assert r["candidates"] > 1
@@ -145,7 +146,8 @@ def test_apply_adopts_a_better_set_for_one_workspace_only(
     """``--apply`` records the winning momentum set as a workspace.model_calibrated event;
     the projection recomputes that workspace's pairs with it (episodes at the new gap), the
     answers carry its version, and another workspace with the same history keeps the
-    default."""
+    default. A second calibration compares with the adopted set: it wins its own tie, so
+    ``--apply`` records nothing (exit 3)."""
     other = f"{ws}-x"
     other_api = httpx.Client(
         base_url=stack.api_url,
@@ -173,4 +175,13 @@ def test_apply_adopts_a_better_set_for_one_workspace_only(
     assert "momentum" in pure, pure
     assert abs(pure["momentum"] - mine["momentum"]) < 1e-6
     assert pure["episodes"] == 1 and pure["momentum_version"] == mine["momentum_version"]
+    code, again, text = _apply(stack_settings, stack, token, ws)
+    assert code == 3 and again["applied"] is None, text
+    m = again["models"]["momentum"]
+    assert m["baseline"]["name"] == f"adopted {applied['momentum']['version']}"
+    assert m["baseline"]["values"]["episode_gap_days"] == 0.5
+    assert m["best"] == m["baseline"]["values"] and not m["recommend"]
+    assert (
+        api.get(f"/v1/workspaces/{ws}{url}").json()["momentum_version"] == mine["momentum_version"]
+    )
     other_api.close()

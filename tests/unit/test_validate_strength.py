@@ -163,8 +163,9 @@ def test_calibrate_chooses_before_the_held_out_time_and_reports_intervals() -> N
     assert "refused" not in report, report
     assert report["selection"]["cutoff"] < report["validation"]["cutoff"]
     r = report["models"]["momentum"]
-    lo, hi = r["auc_best_minus_default_ci95"]
+    lo, hi = r["auc_best_minus_baseline_ci95"]
     assert math.isfinite(lo) and lo <= hi
+    assert r["baseline"] == {"name": "default", "values": r["default"]}
     assert r["recommend"] == (r["best"] != r["default"] and lo > 0)
     assert r["candidates"] == 90
     # too little history is refused, never recommended
@@ -177,9 +178,9 @@ def _report(recommend: bool) -> dict[str, Any]:
         "recommend": recommend,
         "default": {"episode_gap_days": 1 / 24, "episode_exponent": 3.0},
         "best": {"episode_gap_days": 0.5, "episode_exponent": 3.0},
-        "auc": {"default": 0.8, "best": 0.9},
-        "auc_best_minus_default_ci95": [0.01, 0.05] if recommend else [-0.01, 0.05],
-        "p_at_10": {"default": 0.2, "best": 0.25},
+        "auc": {"baseline": 0.8, "best": 0.9},
+        "auc_best_minus_baseline_ci95": [0.01, 0.05] if recommend else [-0.01, 0.05],
+        "p_at_10": {"baseline": 0.2, "best": 0.25},
     }
     return {
         "holdout_share": 0.25,
@@ -204,6 +205,81 @@ def test_adoption_records_only_sets_that_beat_the_default() -> None:
                 "occurred_at": "2024-06-01T00:00:00Z", "recorded_at": "2024-06-01T00:00:00Z",
                 "workspace_id": "acme", "recorded_by": "t"}  # fmt: skip
     WorkspaceModelCalibrated.model_validate({**envelope, **body})
+
+
+def test_calibrate_compares_candidates_with_the_adopted_set(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With an adopted set the baseline is that set, not the default: it is named, it wins
+    ties at the selection cut-off, the default is still a candidate, and a set equal to the
+    adopted one is never recommended nor recorded again."""
+    from tieline.projections.strength_model_calibrate import adoption, calibrate
+    from tieline.projections.strength_model_workspace import parameter_set
+
+    events = _history(5)
+    first = calibrate(events, 0.25, 30, ("momentum",))["models"]["momentum"]
+    # Adopt a set other than the default and other than the best: the next report compares
+    # with it, on the same held-out time.
+    adopted_values = {"episode_gap_days": 0.5, "episode_exponent": 0.0, "eps_days": 1 / 1440}
+    assert {**first["default"], **adopted_values} != first["best"]
+    adopted = {"momentum": parameter_set(adopted_values, "momentum-2026.1")}
+    report = calibrate(events, 0.25, 30, ("momentum",), adopted)
+    r = report["models"]["momentum"]
+    assert r["baseline"]["name"] == f"adopted {adopted['momentum']['version']}"
+    assert r["baseline"]["values"] == {**r["default"], **adopted_values}
+    assert r["candidates"] == 90  # the default is in the grid already
+    assert r["auc"]["baseline"] != first["auc"]["baseline"]  # another set was scored
+    lo = r["auc_best_minus_baseline_ci95"][0]
+    assert r["recommend"] == (r["best"] != r["baseline"]["values"] and lo > 0)
+    # The best set, once adopted, is the baseline: it wins its own tie, nothing is recommended
+    # and --apply has nothing to record.
+    best_changes = {k: v for k, v in r["best"].items() if r["default"][k] != v}
+    now = {"momentum": parameter_set(best_changes, "momentum-2026.1")}
+    again = calibrate(events, 0.25, 30, ("momentum",), now)
+    m = again["models"]["momentum"]
+    assert m["best"] == m["baseline"]["values"] and not m["recommend"]
+    assert m["auc"]["baseline"] == m["auc"]["best"]
+    assert adoption(again) is None
+    # The report printed names the baseline and says it stays.
+    from tieline.services.cli.calibrate import _show
+
+    _show({**again, "workspace": "w", "applied": None})
+    text = capsys.readouterr().out
+    assert f"momentum: the adopted {now['momentum']['version']} set stays" in text
+    assert "--apply refused" in text
+
+
+def test_adoption_never_records_the_current_set() -> None:
+    """A report whose best equals the workspace's current set records nothing, even marked
+    recommended (defence in depth); a recommended return to the default records an empty
+    change set, which the rule reads as the default."""
+    from tieline.projections.strength_model_calibrate import adoption
+    from tieline.projections.strength_model_workspace import momentum_params
+
+    report = _report(True)
+    model = report["models"]["momentum"]
+    model["baseline"] = {"name": "adopted x", "values": dict(model["best"])}
+    assert adoption(report) is None
+    model["baseline"] = {"name": "adopted x", "values": dict(model["best"])}
+    model["best"] = dict(model["default"])
+    body = adoption(report)
+    assert body is not None and body["momentum"] == {"version": "momentum-2026.1", "values": {}}
+    assert body["evidence"]["momentum_auc_baseline"] == 0.8
+    assert momentum_params(body["momentum"]["version"]).version == "momentum-2026.1"
+
+
+def test_adopted_sets_name_what_a_workspace_uses_beyond_the_defaults() -> None:
+    from tieline.projections.strength_model_workspace import (
+        DEFAULT_MODEL,
+        adopted_sets,
+        model_of,
+        parameter_set,
+    )
+
+    assert adopted_sets(DEFAULT_MODEL) == {}
+    s = parameter_set({"slow_half_life_days": 180.0}, "2026.1")
+    model = model_of([{"strength": s}, {"momentum": parameter_set({}, "momentum-2026.1")}])
+    assert adopted_sets(model) == {"strength": s}
 
 
 def test_a_workspace_model_is_its_newest_usable_adoption_per_model() -> None:
