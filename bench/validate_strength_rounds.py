@@ -17,7 +17,15 @@ reported one), and how far a formula *fitted* to a history transfers to a later 
    same formula fitted at the reported cut-off itself, scored out of fold (5-fold, 3 repeats):
    what this family of formulas could reach if the period's pattern were known in advance.
 
-Run: ``python -m bench.validate_strength_rounds [--bootstrap 500]``. Pure Python; a few minutes.
+3. **What ``tieline calibrate`` itself would leave each history on** (``--calibrate``): the whole
+   of :func:`~tieline.projections.strength_model_calibrate.calibrate` (choose, validate on
+   held-out time, recommend only with the interval of the gain above zero) run on each set's
+   events before the reported cut-off; the momentum set it recommends, or the default when it
+   refuses, is then scored at the reported cut-off. ``momentum_calibrated`` of
+   ``bench.validate_strength`` only *chooses*; this adds the refusal rule.
+
+Run: ``python -m bench.validate_strength_rounds [--bootstrap 500] [--calibrate]``. Pure Python; a
+few minutes (``--calibrate``: a few more).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tieline.projections.strength_model_calibrate import calibrate
 from tieline.projections.strength_model_eval import (
     BASELINES,
     DAY,
@@ -39,7 +48,9 @@ from tieline.projections.strength_model_eval import (
     Contact,
     Table,
     build,
+    score_all,
 )
+from tieline.projections.strength_model_momentum import MOMENTUM_PARAMS, MomentumParams, momentum
 from tieline.projections.strength_model_stats import (
     auc,
     auc_difference_ci,
@@ -47,7 +58,7 @@ from tieline.projections.strength_model_stats import (
     per_person_precision,
 )
 
-from bench.validate_strength_data import NAMES, DataSet, load
+from bench.validate_strength_data import NAMES, DataSet, load, to_events
 
 MINUTE = 1 / 1440
 EARLY = ((0.3, 0.45), (0.4, 0.6))
@@ -257,12 +268,46 @@ def _p10(scores: Sequence[float], table: Table, label: str, bootstrap: int) -> s
     return f"p@10 {mine:.3f} [{lo:+.3f}, {hi:+.3f}] vs {ref} {means[ref]:.3f}"
 
 
+def calibrate_then_score(data: DataSet, split: str, bootstrap: int) -> str:
+    """``tieline calibrate`` (momentum) on the events before the reported cut-off, then the set
+    it leaves the workspace on, scored at the reported cut-off."""
+    cutoff = data.cutoff(split, REPORT_SHARE)
+    events = to_events(data)
+    before = {
+        pair: [e for e in evs if e.occurred_at.timestamp() < cutoff] for pair, evs in events.items()
+    }
+    report = calibrate(
+        {p: e for p, e in before.items() if e}, bootstrap=bootstrap, models=["momentum"]
+    )
+    if "refused" in report:
+        return f"refused: {report['refused']}"
+    found = report["models"]["momentum"]
+    change = found["best"] if found["recommend"] else {}
+    params = (
+        MomentumParams.from_dict({**change, "version": "calibrated"}) if change else MOMENTUM_PARAMS
+    )
+    table = build(data.contacts, cutoff)
+    scores = score_all(
+        table,
+        events,
+        {"m": lambda pair, tr, ctx: momentum(tr, ctx.cutoff, ctx.people_last_active, params).score},
+    )["m"]
+    lo, hi = found["auc_best_minus_baseline_ci95"]
+    verdict = f"recommends {change}" if change else "keeps the default"
+    return (
+        f"held-out AUC {found['auc']['baseline']:.3f} -> {found['auc']['best']:.3f} "
+        f"[{lo:+.3f}, {hi:+.3f}], {verdict}; at the reported cut-off "
+        f"{_cell(scores, table, PRIMARY, bootstrap)}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.validate_strength_rounds")
     parser.add_argument(
         "--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "tieline-strength-data"
     )
     parser.add_argument("--bootstrap", type=int, default=500)
+    parser.add_argument("--calibrate", action="store_true", help="also section 3 (slower)")
     args = parser.parse_args(argv)
     sets = {name: load(name, args.data_dir) for name in NAMES}
     beta, margins = choose_beta(sets)
@@ -290,6 +335,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"(weights {', '.join(f'{v:+.2f}' for v in w)}); "
                 f"ceiling {_cell(ceiling, table, PRIMARY, args.bootstrap)}"
             )
+    if args.calibrate:
+        print("3. tieline calibrate (momentum) on each history before the reported cut-off")
+        for name, data in sets.items():
+            for split in ("time", "count"):
+                print(f"   {name}/{split}: {calibrate_then_score(data, split, args.bootstrap)}")
     return 0
 
 
