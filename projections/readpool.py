@@ -104,9 +104,10 @@ class LivePool:
         even from a query that forgot its ``WHERE workspace_id``.
 
         Until 2026-11 this was a transaction with both settings ``SET LOCAL`` on the shared
-        pool: BEGIN and COMMIT were two of a one-row read's six round trips, and switching
-        the role of a connection between owner and api role re-planned its prepared
-        statements (docs/performance.md, "HTTP read path after the issue 15 run").
+        pool: BEGIN and COMMIT were two of a one-row read's six statements, and one connection
+        served both roles, while PostgreSQL re-analyses a prepared statement over a table under
+        row-level security when the role changes (docs/performance.md, "HTTP read path after
+        the issue 15 run").
         """
         assert self._scoped is not None, "LivePool.open() first"
         async with self._scoped.connection(timeout=checkout_s) as conn:
