@@ -172,3 +172,17 @@ async def test_waiters_share_one_checkpoint_read(
         await asyncio.sleep(ReadYourWrites.POLL_S * 1.5)
         await waiter.polled(consumer)  # older than POLL_S: read again
         assert calls == [2]
+
+
+async def test_after_a_generation_switch_scoped_connections_are_new_and_scoped(
+    one_connection: LivePool,
+) -> None:
+    async with one_connection.workspace_connection("acme") as conn:
+        before = conn
+    # What the generation watcher does on a blue/green switch (here onto the same generation):
+    # new pools on both sides, the old ones closed.
+    await one_connection._use(one_connection.generation)
+    assert before.closed
+    async with one_connection.workspace_connection("rival") as conn:
+        assert conn is not before
+        assert await _seen(conn) == ({"rival"}, API_ROLE)
