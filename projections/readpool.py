@@ -22,14 +22,22 @@ class LivePool:
 
     It checks the ``generations`` pointer every ``poll_s`` seconds; after a blue/green switch it
     opens a pool on the new generation and closes the old one, so readers move over without a
-    restart.
+    restart. ``max_size`` bounds the owner's pool; ``scoped_max_size`` the api role's
+    (:meth:`workspace_connection`), which only the api has (0: none).
     """
 
     def __init__(
-        self, settings: Settings, *, min_size: int = 1, max_size: int = 10, poll_s: float = 1.0
+        self,
+        settings: Settings,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        scoped_max_size: int = 0,
+        poll_s: float = 1.0,
     ) -> None:
         self.settings = settings
         self.min_size, self.max_size, self.poll_s = min_size, max_size, poll_s
+        self.scoped_max_size = scoped_max_size
         self.generation: Any = None
         self._pool: AsyncConnectionPool[Any] | None = None  # the owner's: system work
         self._scoped: AsyncConnectionPool[Any] | None = None  # the api role's: requests
@@ -59,15 +67,18 @@ class LivePool:
         pool = make_pool(
             self.settings, min_size=self.min_size, max_size=self.max_size, rm_schema=gen.schema_name
         )
-        scoped = make_pool(
-            self.settings,
-            min_size=self.min_size,
-            max_size=self.max_size,
-            rm_schema=gen.schema_name,
-            configure=_as_api_role,
-        )
+        scoped = None
+        if self.scoped_max_size > 0:
+            scoped = make_pool(
+                self.settings,
+                min_size=min(self.min_size, self.scoped_max_size),
+                max_size=self.scoped_max_size,
+                rm_schema=gen.schema_name,
+                configure=_as_api_role,
+            )
         await pool.open(wait=True)
-        await scoped.open(wait=True)
+        if scoped is not None:
+            await scoped.open(wait=True)
         old = (self._pool, self._scoped)
         self._pool, self._scoped, self.generation = pool, scoped, gen
         for p in old:
@@ -109,7 +120,7 @@ class LivePool:
         row-level security when the role changes (docs/performance.md, "HTTP read path after
         the issue 15 run").
         """
-        assert self._scoped is not None, "LivePool.open() first"
+        assert self._scoped is not None, "LivePool(scoped_max_size=...), then open() first"
         async with self._scoped.connection(timeout=checkout_s) as conn:
             if self._bound.get(conn) != workspace_id:
                 # Forget first: if the SET fails, the next checkout sets it again.

@@ -56,16 +56,18 @@ PERSON_FIELDS = ("display_name", "email", "phone", "organization", "title", "not
 
 
 class Connections:
-    """The read pool (following the live read-model generation), the access-log pool and
-    the NATS connection."""
+    """The read pools (the owner's and the api role's, following the live read-model
+    generation), the access-log pool and the NATS connection."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.pool = LivePool(settings, min_size=2, max_size=16)
-        # The read-access log: one INSERT per read of personal data. Without waiting for its
+        # Requests read on the scoped side (api role, one workspace); the owner's side serves
+        # the process's own work (tokens, rate limits, checkpoints, the live feed's reader).
+        self.pool = LivePool(settings, min_size=2, max_size=8, scoped_max_size=16)
+        # The read-access log: one row per read of personal data. Without waiting for its
         # WAL flush (an fsync per read, measured as the largest single cost of a read), a crash
         # of PostgreSQL itself can lose the last fraction of a second of access records; an
-        # API crash loses none (each INSERT has reached PostgreSQL before the answer is sent).
+        # API crash loses none (each row has reached PostgreSQL before the answer is sent).
         self.audit_pool = db.make_pool(
             settings, min_size=1, max_size=4, synchronous_commit=settings.audit_synchronous_commit
         )

@@ -44,7 +44,7 @@ async def _seed(pool: LivePool) -> None:
 @pytest.fixture
 async def one_connection(settings: Settings) -> AsyncIterator[LivePool]:
     """A live pool of one connection per side: every checkout reuses the same connection."""
-    pool = LivePool(settings, min_size=1, max_size=1)
+    pool = LivePool(settings, min_size=1, max_size=1, scoped_max_size=1)
     await pool.open()
     await _seed(pool)
     try:
