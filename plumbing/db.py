@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -36,10 +37,12 @@ def make_pool(
     max_size: int = 10,
     rm_schema: str | None = None,
     synchronous_commit: bool = True,
+    configure: Callable[[AsyncConnection[Any]], Awaitable[None]] | None = None,
 ) -> AsyncConnectionPool[Any]:
     """A pool for read paths; rows come back as dicts. ``synchronous_commit=False``: commits
     return before their WAL is flushed (a crash of PostgreSQL itself may lose the last fraction
-    of a second of them, never corrupt anything): only for records that may be lost that way."""
+    of a second of them, never corrupt anything): only for records that may be lost that way.
+    ``configure`` runs once on each new connection (psycopg_pool's hook)."""
     kwargs = conninfo_kwargs(settings, rm_schema)
     if not synchronous_commit:
         kwargs["options"] += " -c synchronous_commit=off"
@@ -52,4 +55,5 @@ def make_pool(
         max_size=max_size,
         open=False,
         timeout=10,
+        configure=configure,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,16 +22,27 @@ class LivePool:
 
     It checks the ``generations`` pointer every ``poll_s`` seconds; after a blue/green switch it
     opens a pool on the new generation and closes the old one, so readers move over without a
-    restart.
+    restart. ``max_size`` bounds the owner's pool; ``scoped_max_size`` the api role's
+    (:meth:`workspace_connection`), which only the api has (0: none).
     """
 
     def __init__(
-        self, settings: Settings, *, min_size: int = 1, max_size: int = 10, poll_s: float = 1.0
+        self,
+        settings: Settings,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        scoped_max_size: int = 0,
+        poll_s: float = 1.0,
     ) -> None:
         self.settings = settings
         self.min_size, self.max_size, self.poll_s = min_size, max_size, poll_s
+        self.scoped_max_size = scoped_max_size
         self.generation: Any = None
-        self._pool: AsyncConnectionPool[Any] | None = None
+        self._pool: AsyncConnectionPool[Any] | None = None  # the owner's: system work
+        self._scoped: AsyncConnectionPool[Any] | None = None  # the api role's: requests
+        #: The workspace each scoped connection's session is set to.
+        self._bound: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._task: asyncio.Task[None] | None = None
 
     async def open(self, wait: bool = True) -> None:
@@ -55,10 +67,23 @@ class LivePool:
         pool = make_pool(
             self.settings, min_size=self.min_size, max_size=self.max_size, rm_schema=gen.schema_name
         )
+        scoped = None
+        if self.scoped_max_size > 0:
+            scoped = make_pool(
+                self.settings,
+                min_size=min(self.min_size, self.scoped_max_size),
+                max_size=self.scoped_max_size,
+                rm_schema=gen.schema_name,
+                configure=_as_api_role,
+            )
         await pool.open(wait=True)
-        old, self._pool, self.generation = self._pool, pool, gen
-        if old is not None:
-            await old.close()
+        if scoped is not None:
+            await scoped.open(wait=True)
+        old = (self._pool, self._scoped)
+        self._pool, self._scoped, self.generation = pool, scoped, gen
+        for p in old:
+            if p is not None:
+                await p.close()
 
     async def _watch(self) -> None:
         while True:
@@ -79,34 +104,41 @@ class LivePool:
     async def workspace_connection(
         self, workspace_id: str, checkout_s: float | None = None
     ) -> AsyncIterator[Any]:
-        """A connection inside a transaction that sees only ``workspace_id``'s rows.
+        """A connection that sees only ``workspace_id``'s rows.
 
-        The transaction runs as the api role (no BYPASSRLS, owner of nothing) with the
-        workspace in ``tieline.workspace_id``, both ``SET LOCAL``: the row-level security
-        policies (projections/schema.py, plumbing/migrations) then hide every other
-        workspace's rows even from a query that forgot its ``WHERE workspace_id``. Both end
-        with the transaction, so the pooled connection goes back as it came.
+        It comes from the scoped pool, whose every connection runs as the api role (no
+        BYPASSRLS, owner of nothing) for its whole life and serves nothing else; the
+        workspace is in ``tieline.workspace_id`` for the connection's session, set at every
+        checkout before the caller runs anything (no round trip when the connection's last
+        checkout was for the same workspace). The row-level security policies
+        (projections/schema.py, plumbing/migrations) then hide every other workspace's rows
+        even from a query that forgot its ``WHERE workspace_id``.
+
+        Until 2026-11 this was a transaction with both settings ``SET LOCAL`` on the shared
+        pool: BEGIN and COMMIT were two of a one-row read's six statements, and one connection
+        served both roles, while PostgreSQL re-analyses a prepared statement over a table under
+        row-level security when the role changes (docs/performance.md, "HTTP read path after
+        the issue 15 run").
         """
-        async with self.connection(timeout=checkout_s) as conn:
-            # BEGIN and both SETs in one round trip (no parameters: the values are quoted
-            # here). psycopg sees the open transaction, so a ``conn.transaction()`` inside
-            # becomes a savepoint of it.
-            await conn.execute(
-                sql.SQL("BEGIN; SET LOCAL ROLE {}; SET LOCAL {} = {}").format(
-                    sql.Identifier(API_ROLE),
-                    sql.SQL(WORKSPACE_SETTING),
-                    sql.Literal(workspace_id),
+        assert self._scoped is not None, "LivePool(scoped_max_size=...), then open() first"
+        async with self._scoped.connection(timeout=checkout_s) as conn:
+            if self._bound.get(conn) != workspace_id:
+                # Forget first: if the SET fails, the next checkout sets it again.
+                self._bound.pop(conn, None)
+                await conn.execute(
+                    "SELECT set_config(%s, %s, false)", (WORKSPACE_SETTING, workspace_id)
                 )
-            )
-            try:
-                yield conn
-            except BaseException:
-                await conn.execute("ROLLBACK")
-                raise
-            await conn.execute("COMMIT")
+                self._bound[conn] = workspace_id
+            yield conn
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-        if self._pool is not None:
-            await self._pool.close()
+        for p in (self._pool, self._scoped):
+            if p is not None:
+                await p.close()
+
+
+async def _as_api_role(conn: Any) -> None:
+    """A scoped pool's new connection: the api role for the rest of its session."""
+    await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(API_ROLE)))

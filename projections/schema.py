@@ -201,7 +201,7 @@ WORKSPACE_TABLES = (
     "merges_v1",
 )
 
-# The api reads as API_ROLE inside transactions that name their workspace (``SET LOCAL``): it
+# The api reads as API_ROLE on connections whose session names their workspace: it
 # may read every table of the generation, and the policies leave it one workspace's rows. The
 # worker writes as the tables' owner, which the policies do not apply to (not FORCEd). Each
 # step is conditional, so a start on an existing generation takes no table lock.

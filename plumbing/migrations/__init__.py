@@ -12,13 +12,13 @@ give it the next number as ``revision`` and the previous one as ``down_revision`
 DDL unqualified (the search path is the deployment's schema) and never edit a released one.
 """
 
-#: The PostgreSQL role the api's workspace-scoped transactions run as (``SET LOCAL ROLE``):
+#: The PostgreSQL role the api's workspace-scoped connections run as (``SET ROLE``):
 #: no BYPASSRLS, owner of nothing, so the row-level security policies apply to it. One name
 #: per PostgreSQL cluster (roles are not per schema); the grants are per schema.
 API_ROLE = "tieline_api"
 
 #: The policy of every table keyed on a workspace: only the rows of the workspace the
-#: transaction names with ``SET LOCAL tieline.workspace_id`` (unset: NULL or '', no rows).
+#: session (or transaction) names in ``tieline.workspace_id`` (unset: NULL or '', no rows).
 WORKSPACE_SETTING = "tieline.workspace_id"
 
 #: Make the api role if it is missing and the login may (a login without CREATEROLE, e.g. a

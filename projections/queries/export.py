@@ -79,8 +79,9 @@ async def blocks(
 ) -> AsyncIterator[list[Row]]:
     """The export's rows in blocks of :data:`BLOCK`, all from one repeatable-read snapshot
     through a server-side cursor, so memory stays bounded whatever the size."""
-    # Inside the api's workspace-scoped transaction (row-level security: only SET LOCALs have
-    # run in it), the snapshot is set on that transaction itself: a savepoint cannot set it.
+    # Inside a transaction the caller opened (nothing but settings run in it yet), the
+    # snapshot is set on that transaction itself: a savepoint cannot set it. The api's
+    # workspace-scoped connections are not in one (their scope is the session's).
     scoped = conn.info.transaction_status == TransactionStatus.INTRANS
     async with contextlib.nullcontext() if scoped else conn.transaction():
         await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")

@@ -8,6 +8,7 @@ origins, and includes one router per area.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -81,6 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await rt.start()
+        freeze_startup_heap()
         yield
         await rt.stop()
 
@@ -117,6 +119,15 @@ def create_app(settings: Settings) -> FastAPI:
     openapi.install(app)
     install_observability(app, rt)
     return app
+
+
+def freeze_startup_heap() -> None:
+    """Move every object alive after start-up (modules, the app, its routes and models) out
+    of the cyclic collector's reach (``gc.freeze``): they live as long as the process, and a
+    full collection walked all of them while a request waited (docs/performance.md, "HTTP
+    read path after the issue 15 run"). Objects made later are collected as before."""
+    gc.collect()
+    gc.freeze()
 
 
 def install_observability(app: FastAPI, rt: Runtime) -> None:

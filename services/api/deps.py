@@ -49,7 +49,15 @@ def runtime(request: Request) -> Runtime:
     return rt
 
 
-RT = Annotated[Runtime, Depends(runtime)]
+async def runtime_dependency(request: Request) -> Runtime:
+    """:func:`runtime` as a route dependency. ``async`` on purpose: FastAPI runs a plain
+    ``def`` dependency in a worker thread, a thread hand-off on every request (about a tenth
+    of the api's samples under load: docs/performance.md, "HTTP read path after the issue 15
+    run")."""
+    return runtime(request)
+
+
+RT = Annotated[Runtime, Depends(runtime_dependency)]
 
 
 def aware(value: datetime | None) -> datetime | None:

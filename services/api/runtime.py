@@ -21,8 +21,10 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from psycopg import sql
 from tenacity import RetryCallState
 from tieline.plumbing import db, metrics, telemetry
+from tieline.plumbing.coalesce import Coalescer
 from tieline.plumbing.config import Settings
 from tieline.plumbing.crypto import FORGOTTEN, KeyStore, decrypt_value, master_key_from_env
 from tieline.plumbing.jetstream import connect_nats, ensure_streams
@@ -46,7 +48,7 @@ log = structlog.get_logger(__name__)
 #: The workspace of the request being served, once its caller is authenticated for it
 #: (services/api/deps.py ``require``); cleared at the start of every request
 #: (:func:`tieline.services.api.deps.workspace_scope`). While it is set, every read
-#: connection is a transaction under row-level security that sees only that workspace.
+#: connection runs under row-level security and sees only that workspace.
 REQUEST_WORKSPACE: ContextVar[str | None] = ContextVar("tieline_request_workspace", default=None)
 
 #: Personal fields of a people row (encrypted at rest).
@@ -54,16 +56,18 @@ PERSON_FIELDS = ("display_name", "email", "phone", "organization", "title", "not
 
 
 class Connections:
-    """The read pool (following the live read-model generation), the access-log pool and
-    the NATS connection."""
+    """The read pools (the owner's and the api role's, following the live read-model
+    generation), the access-log pool and the NATS connection."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.pool = LivePool(settings, min_size=2, max_size=16)
-        # The read-access log: one INSERT per read of personal data. Without waiting for its
+        # Requests read on the scoped side (api role, one workspace); the owner's side serves
+        # the process's own work (tokens, rate limits, checkpoints, the live feed's reader).
+        self.pool = LivePool(settings, min_size=2, max_size=8, scoped_max_size=16)
+        # The read-access log: one row per read of personal data. Without waiting for its
         # WAL flush (an fsync per read, measured as the largest single cost of a read), a crash
         # of PostgreSQL itself can lose the last fraction of a second of access records; an
-        # API crash loses none (each INSERT has reached PostgreSQL before the answer is sent).
+        # API crash loses none (each row has reached PostgreSQL before the answer is sent).
         self.audit_pool = db.make_pool(
             settings, min_size=1, max_size=4, synchronous_commit=settings.audit_synchronous_commit
         )
@@ -80,7 +84,7 @@ class Connections:
 
     def connection(self, timeout: float | None = None) -> Any:
         """A read connection on the live generation (``async with``). Inside a request for a
-        workspace (:data:`REQUEST_WORKSPACE`), a transaction as the api role that sees only
+        workspace (:data:`REQUEST_WORKSPACE`), a connection as the api role that sees only
         that workspace's rows (row-level security), so a query missing its ``WHERE
         workspace_id`` cannot leak another's; otherwise as :meth:`system`."""
         ws = REQUEST_WORKSPACE.get()
@@ -138,22 +142,38 @@ class PrincipalCache:
         self._cache.clear()
 
 
+#: One access-log entry: workspace, actor, endpoint, the people read.
+AuditEntry = tuple[str, str, str, list[str]]
+
+
 class AuditLog:
-    """The access log: who read whose personal data, through which endpoint."""
+    """The access log: who read whose personal data, through which endpoint.
+
+    Each read still waits until its entry is in PostgreSQL before it answers (an api crash
+    loses none), but the entries of reads that finish at the same time go in one multi-row
+    INSERT (plumbing/coalesce.py): one round trip and one commit for all of them instead of
+    one each (docs/performance.md, "HTTP read path after the issue 15 run").
+    """
 
     def __init__(self, connections: Connections) -> None:
         self.connections = connections
+        self._inserts = Coalescer(self._insert_many, max_batch=500, max_in_flight=2)
 
     async def record(self, ws: str, who: Principal, endpoint: str, people: list[str]) -> None:
         """Record that ``who`` read personal data of ``people``."""
         if not people:
             return
+        await self._inserts.submit((ws, who.actor, endpoint, people))
+
+    async def _insert_many(self, entries: list[AuditEntry]) -> list[None]:
+        """Insert ``entries`` in their order as one statement (ids ascend in that order)."""
+        values = sql.SQL(", ").join(sql.SQL("(%s, %s, %s, %s)") for _ in entries)
+        query = sql.SQL(
+            "INSERT INTO access_log (workspace_id, actor, endpoint, person_ids) VALUES {}"
+        ).format(values)
         async with self.connections.audit_pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO access_log (workspace_id, actor, endpoint, person_ids) "
-                "VALUES (%s, %s, %s, %s)",
-                (ws, who.actor, endpoint, people),
-            )
+            await conn.execute(query, [v for entry in entries for v in entry])
+        return [None] * len(entries)
 
     async def entries(
         self, ws: str, person: str | None, limit: int, before: int | None = None
@@ -259,6 +279,8 @@ class ReadYourWrites:
     #: so a cached value is a lower bound: it answers "min_seq is within the log" without a
     #: round trip; a min_seq beyond it is always checked against a fresh answer.
     LAST_SEQ_TTL_S = 1.0
+    #: How often the waiters read the checkpoint from the database (all of them together).
+    POLL_S = 0.05
 
     def __init__(self, settings: Settings, connections: Connections) -> None:
         self.settings = settings
@@ -266,6 +288,9 @@ class ReadYourWrites:
         self._changed = asyncio.Event()
         self._checkpoints: dict[str, int] = {}  # generation schema -> committed seq (NOTIFY)
         self._last_seq = (0, -1e9)  # (the stream's last seq, when it was read: monotonic)
+        # consumer -> (checkpoint read, when the read started), and the read in flight.
+        self._polled: dict[str, tuple[int, float]] = {}
+        self._polling: dict[str, asyncio.Future[int]] = {}
         #: Called with (schema, seq) on every notification (the live-update feed listens too).
         self.listeners: list[Callable[[str, int], None]] = []
 
@@ -302,7 +327,7 @@ class ReadYourWrites:
         """Read-your-writes: wait until the live projection's checkpoint reaches ``min_seq``
         (bounded by ``min_seq_wait_s``). The worker's ``tieline_checkpoint`` NOTIFY says at
         once when a batch commits (and usually answers without a query); a short poll of the
-        checkpoint remains the fallback."""
+        checkpoint remains the fallback, shared by every waiter (:meth:`polled`)."""
         if not min_seq:
             return
         generation = self.connections.pool.generation
@@ -315,8 +340,7 @@ class ReadYourWrites:
             generation = self.connections.pool.generation
             if self.notified(generation) >= min_seq:
                 return
-            async with self.connections.connection() as conn:
-                seen = await checkpoint(conn, generation.consumer)
+            seen = await self.polled(generation.consumer)
             if seen >= min_seq:
                 return
             left = deadline - time.monotonic()
@@ -329,6 +353,29 @@ class ReadYourWrites:
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), timeout=min(left, 0.05))
+
+    async def polled(self, consumer: str) -> int:
+        """``consumer``'s checkpoint from the database, one read for every waiter: a read
+        started less than :data:`POLL_S` ago answers, and a read in flight is joined. Each
+        waiter used to read it itself every 50 ms (and at every notification): N waiting
+        ``?min_seq`` reads made 20·N queries a second on the pool the plain reads use."""
+        hit = self._polled.get(consumer)
+        if hit is not None and time.monotonic() - hit[1] < self.POLL_S:
+            return hit[0]
+        future = self._polling.get(consumer)
+        if future is None:
+            future = asyncio.ensure_future(self._read_checkpoint(consumer))
+            self._polling[consumer] = future
+            future.add_done_callback(lambda _: self._polling.pop(consumer, None))
+        return await asyncio.shield(future)
+
+    async def _read_checkpoint(self, consumer: str) -> int:
+        started = time.monotonic()
+        # As the owner: a checkpoint is not workspace data, and the answer is shared.
+        async with self.connections.system() as conn:
+            seen = await checkpoint(conn, consumer)
+        self._polled[consumer] = (seen, started)
+        return seen
 
     async def listen(self) -> None:
         """Follow every projection's committed checkpoint ("<read-model schema> <seq>"
