@@ -8,13 +8,17 @@ import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
+import structlog
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 from tieline.plumbing.config import Settings
 from tieline.plumbing.db import connect, make_pool
 from tieline.plumbing.migrations import API_ROLE, WORKSPACE_SETTING
 from tieline.projections import generations
 from tieline.projections.schema import READ_MODEL_VERSION, ensure_schema
+
+log = structlog.get_logger(__name__)
 
 
 class LivePool:
@@ -76,9 +80,17 @@ class LivePool:
                 rm_schema=gen.schema_name,
                 configure=_as_api_role,
             )
-        await pool.open(wait=True)
-        if scoped is not None:
-            await scoped.open(wait=True)
+        try:
+            await pool.open(wait=True)
+            if scoped is not None:
+                await scoped.open(wait=True)
+        except BaseException:
+            # Neither new pool is in use yet: close both, or every failed switch (retried by
+            # _watch) would leave an open pool behind, connections and all.
+            for p in (pool, scoped):
+                if p is not None:
+                    await p.close()
+            raise
         old = (self._pool, self._scoped)
         self._pool, self._scoped, self.generation = pool, scoped, gen
         for p in old:
@@ -93,7 +105,8 @@ class LivePool:
                     gen = await generations.live(conn, self.settings.database_schema)
                 if gen is not None and gen.gen != self.generation.gen:
                     await self._use(gen)
-            except Exception:
+            except Exception as exc:
+                log.warning("read_pool.switch_failed", error=repr(exc))
                 continue
 
     def connection(self, timeout: float | None = None) -> Any:
@@ -122,6 +135,12 @@ class LivePool:
         """
         assert self._scoped is not None, "LivePool(scoped_max_size=...), then open() first"
         async with self._scoped.connection(timeout=checkout_s) as conn:
+            # The skip below trusts that nothing but this method changes a scoped connection's
+            # session: callers run statements and transactions, never a session-level SET,
+            # RESET or DISCARD; and the setting is made outside any transaction, so no
+            # rollback can undo it. Both checked here at no cost (no round trip).
+            idle = conn.info.transaction_status == TransactionStatus.IDLE
+            assert conn.autocommit and idle, "a scoped connection must come back idle"
             if self._bound.get(conn) != workspace_id:
                 # Forget first: if the SET fails, the next checkout sets it again.
                 self._bound.pop(conn, None)

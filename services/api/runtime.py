@@ -366,8 +366,13 @@ class ReadYourWrites:
         if future is None:
             future = asyncio.ensure_future(self._read_checkpoint(consumer))
             self._polling[consumer] = future
-            future.add_done_callback(lambda _: self._polling.pop(consumer, None))
+            future.add_done_callback(lambda f: self._done_polling(consumer, f))
         return await asyncio.shield(future)
+
+    def _done_polling(self, consumer: str, future: asyncio.Future[int]) -> None:
+        self._polling.pop(consumer, None)
+        if not future.cancelled():
+            future.exception()  # retrieved: every waiter may have gone (no "never retrieved")
 
     async def _read_checkpoint(self, consumer: str) -> int:
         started = time.monotonic()

@@ -186,3 +186,40 @@ async def test_after_a_generation_switch_scoped_connections_are_new_and_scoped(
     async with one_connection.workspace_connection("rival") as conn:
         assert conn is not before
         assert await _seen(conn) == ({"rival"}, API_ROLE)
+
+
+async def test_a_failed_generation_switch_closes_the_new_pools_and_keeps_serving(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A switch whose scoped pool cannot open (roles revoked, no connection slots left) leaves
+    no new pool open behind it (the watcher retries every poll), and the old pools serve."""
+    from tieline.projections import readpool
+
+    pool = LivePool(settings, min_size=1, max_size=1, scoped_max_size=1)
+    await pool.open()
+    await _seed(pool)
+    created: list[Any] = []
+    real = readpool.make_pool
+
+    def failing_scoped(*args: Any, **kwargs: Any) -> Any:
+        made = real(*args, **kwargs)
+        created.append(made)
+        if kwargs.get("configure") is not None:
+
+            async def fail_open(*_a: Any, **_k: Any) -> None:
+                raise psycopg.OperationalError("the scoped pool could not open (test)")
+
+            made.open = fail_open
+        return made
+
+    monkeypatch.setattr(readpool, "make_pool", failing_scoped)
+    try:
+        for _ in range(3):
+            with pytest.raises(psycopg.OperationalError):
+                await pool._use(pool.generation)
+        assert len(created) == 6
+        assert all(p.closed for p in created)
+        async with pool.workspace_connection("acme") as conn:
+            assert await _seen(conn) == ({"acme"}, API_ROLE)
+    finally:
+        await pool.close()
