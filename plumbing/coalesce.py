@@ -17,6 +17,7 @@ that gave up must not have its statement run behind its back); one already in a 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -56,7 +57,9 @@ class Coalescer(Generic[T, R]):
     def _maybe_start(self) -> None:
         if self._pending and self._in_flight < self._max_in_flight:
             self._in_flight += 1
-            task = asyncio.create_task(self._flush())
+            # A fresh context: the batch serves many callers, so it must not run (log, trace,
+            # or pick a connection) as whichever caller happened to start it.
+            task = asyncio.create_task(self._flush(), context=contextvars.Context())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import json
 import time
@@ -364,7 +365,10 @@ class ReadYourWrites:
             return hit[0]
         future = self._polling.get(consumer)
         if future is None:
-            future = asyncio.ensure_future(self._read_checkpoint(consumer))
+            # Shared by every waiter: run in a fresh context, not as the request that started it.
+            future = asyncio.get_running_loop().create_task(
+                self._read_checkpoint(consumer), context=contextvars.Context()
+            )
             self._polling[consumer] = future
             future.add_done_callback(lambda f: self._done_polling(consumer, f))
         return await asyncio.shield(future)
