@@ -81,26 +81,24 @@ class Parts:
 def parts_at(
     contacts: Sequence[Contact], cutoff: float, end: float | None
 ) -> tuple[Table, list[Parts]]:
-    """The evaluation table and every candidate's parts at ``cutoff``."""
+    """The evaluation table and every candidate's parts at ``cutoff``: the pair's contacts and
+    last contact are the table's ``count`` and ``recency``, each person's last activity its
+    context's; only the common neighbours are counted here."""
     table = build(contacts, cutoff, end)
-    last: dict[str, float] = {}
+    last = {p: t.timestamp() for p, t in table.context.people_last_active.items()}
     neighbours: dict[str, set[str]] = defaultdict(set)
-    times: dict[tuple[str, str], list[float]] = defaultdict(list)
     for c in contacts:
         if c.t >= cutoff:
             break
-        a, b = c.pair
-        last[a] = last[b] = c.t
-        neighbours[a].add(b)
-        neighbours[b].add(a)
-        times[c.pair].append(c.t)
+        neighbours[c.pair[0]].add(c.pair[1])
+        neighbours[c.pair[1]].add(c.pair[0])
     out = []
-    for a, b in table.pairs:
+    for i, (a, b) in enumerate(table.pairs):
         active = (last[a], last[b])
         out.append(
             Parts(
-                len(times[(a, b)]),
-                (cutoff - times[(a, b)][-1]) / DAY,
+                int(table.features["count"][i]),
+                (cutoff - table.features["recency"][i]) / DAY,
                 (cutoff - min(active)) / DAY,
                 (cutoff - max(active)) / DAY,
                 len((neighbours[a] & neighbours[b]) - {a, b}),
