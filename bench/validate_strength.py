@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tieline.projections.strength_model import PARAMS, Params, strength
+from tieline.projections.strength_model_calibrate import calibrate as calibrate_report
 from tieline.projections.strength_model_calibrate import choose
 from tieline.projections.strength_model_eval import (
     LABELS,
@@ -89,6 +90,34 @@ def calibrated(
     return choose(model, data.contacts, events, select_cut, cutoff)
 
 
+def after_calibrate(
+    events: Mapping[Any, Any], cutoff: float, bootstrap: int
+) -> tuple[dict[str, Any], Scorer]:
+    """What ``tieline calibrate`` (momentum, its defaults) leaves a workspace on when run on
+    the history before ``cutoff``: the set it recommends (chosen, then validated on held-out
+    time with the interval of the gain above zero), or the default when it refuses."""
+    before = {
+        p: [e for e in evs if e.occurred_at.timestamp() < cutoff] for p, evs in events.items()
+    }
+    report = calibrate_report(
+        {p: e for p, e in before.items() if e}, bootstrap=bootstrap, models=("momentum",)
+    )
+    found = report.get("models", {}).get("momentum")
+    change = found["best"] if found and found["recommend"] else {}
+    params = (
+        MomentumParams.from_dict({**change, "version": "calibrated"}) if change else MOMENTUM_PARAMS
+    )
+    info = {
+        "recommended": change,
+        "refused": report.get("refused"),
+        "held_out_gain_ci95": found["auc_best_minus_baseline_ci95"] if found else None,
+    }
+    return (
+        info,
+        lambda pair, train, ctx: momentum(train, ctx.cutoff, ctx.people_last_active, params).score,
+    )
+
+
 def run(
     data_dir: Path,
     sets: Sequence[str] = NAMES,
@@ -98,7 +127,8 @@ def run(
     calibrate: bool = True,
 ) -> dict[str, Any]:
     """Evaluate every set and split; ``max_pairs`` keeps only the first pairs (a quick check);
-    ``calibrate`` adds ``momentum_calibrated`` (:func:`calibrated`)."""
+    ``calibrate`` adds ``momentum_calibrated`` (:func:`calibrated`: chosen before the cut-off)
+    and ``momentum_after_calibrate`` (:func:`after_calibrate`: what the command leaves)."""
     chosen = chosen if chosen is not None else scorers()
     report: dict[str, Any] = {
         "run_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -122,11 +152,14 @@ def run(
                 _truncate(table, max_pairs)
             these = dict(chosen)
             change: dict[str, float] = {}
+            left: dict[str, Any] = {}
             if calibrate:
                 change, these["momentum_calibrated"] = calibrated(data, events, cutoff)
+                left, these["momentum_after_calibrate"] = after_calibrate(events, cutoff, bootstrap)
             result = evaluate(table, score_all(table, events, these), bootstrap)
             result["cutoff"] = table.context.cutoff.isoformat()
             result["momentum_calibrated_params"] = change
+            result["calibrate_left"] = left
             out[split] = result
         out["seconds"] = time.perf_counter() - t0
         report["datasets"][name] = out

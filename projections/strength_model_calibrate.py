@@ -16,7 +16,10 @@ the log), and then, for strength and for momentum separately:
    when it adopted none. Baseline and best are evaluated at the validation cut-off (AUC and
    precision@10 per person, each with a 95% paired-bootstrap interval of best - baseline). A
    set is *recommended* only if it differs from the baseline and the interval of its AUC gain
-   lies above zero; otherwise the report says the baseline stays. The baseline is candidate 0
+   lies above zero; otherwise the report says the baseline stays. The report also compares
+   the set the workspace is left on with the best *simple* baseline there (count, recency, a
+   decayed count, ...): a model that does not beat recency on a workspace's own held-out time
+   is worth no more than recency there, and the user should know. The baseline is candidate 0
    at the selection cut-off (it wins ties), and the default is always among the candidates, so
    a workspace can also be recommended back onto the default.
 
@@ -37,6 +40,7 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 from tieline.projections.strength_model import PARAMS, PairEvent, Params, strength
 from tieline.projections.strength_model_eval import (
+    BASELINES,
     PRIMARY,
     TOP_K,
     Contact,
@@ -198,6 +202,8 @@ def _validate(
     p10 = {k: per_person_precision(table.people, v, y, TOP_K) for k, v in scored.items()}
     mean = {k: sum(v.values()) / max(len(v), 1) for k, v in p10.items()}
     ci = auc_difference_ci(scored["best"], scored["baseline"], y, bootstrap)
+    recommend = best != model.base and ci[0] > 0
+    kept = scored["best"] if recommend else scored["baseline"]
     return {
         "auc": {k: auc(v, y) for k, v in scored.items()},
         "auc_best_minus_baseline_ci95": ci,
@@ -205,7 +211,26 @@ def _validate(
         "p_at_10_best_minus_baseline_ci95": mean_difference_ci(
             p10["best"], p10["baseline"], bootstrap
         ),
-        "recommend": best != model.base and ci[0] > 0,
+        "recommend": recommend,
+        "simple_baseline": _against_simple(table, kept, bootstrap),
+    }
+
+
+def _against_simple(table: Table, kept: Sequence[float], bootstrap: int) -> dict[str, Any]:
+    """The best simple baseline on held-out time (count, recency, a decayed count, ...:
+    ``strength_model_eval.BASELINES``, the best by AUC) and the interval of (the set the
+    workspace is left on - it): whether the model is worth more than counting here at all."""
+    y = table.labels[PRIMARY]
+    aucs = {b: auc(table.features[b], y) for b in BASELINES}
+    name = max(BASELINES, key=lambda b: (aucs[b], -BASELINES.index(b)))
+    p10 = per_person_precision(table.people, table.features[name], y, TOP_K)
+    ci = auc_difference_ci(kept, table.features[name], y, bootstrap)
+    return {
+        "name": name,
+        "auc": aucs[name],
+        "p_at_10": sum(p10.values()) / max(len(p10), 1),
+        "auc_kept_minus_it_ci95": ci,
+        "beaten": ci[0] > 0,
     }
 
 

@@ -138,6 +138,24 @@ def _show(report: dict[str, Any]) -> None:
     if "refused" in report:
         out(f"refused: {report['refused']}")
         return
+    console.print(_table(report))
+    _verdicts(report)
+    if "applied" not in report:
+        return
+    applied = report["applied"]
+    if applied is None:
+        out(
+            "--apply refused: no parameter set beats the workspace's current one on held-out "
+            "time; nothing changed"
+        )
+    else:
+        sets = {m: applied[m]["version"] for m in ("strength", "momentum") if m in applied}
+        out(f"applied to workspace {report['workspace']}: {sets} (event seq {applied['seq']});")
+        out("the projection recomputes the workspace's relationships with them")
+
+
+def _table(report: dict[str, Any]) -> Table:
+    """Per model: the baseline set, the best candidate and the best simple baseline."""
     table = Table("model", "set", "held-out AUC", "P@10", "AUC gain 95% CI", "P@10 gain 95% CI")
     for name, r in report["models"].items():
         base = r["baseline"]["name"]
@@ -151,7 +169,21 @@ def _show(report: dict[str, Any]) -> None:
             "" if same else _ci(r["auc_best_minus_baseline_ci95"]),
             "" if same else _ci(r["p_at_10_best_minus_baseline_ci95"]),
         )
-    console.print(table)
+        simple = r.get("simple_baseline")
+        if simple:
+            table.add_row(
+                "",
+                f"simple baseline: {simple['name']}",
+                f"{simple['auc']:.3f}",
+                f"{simple['p_at_10']:.3f}",
+                f"kept set - it: {_ci(simple['auc_kept_minus_it_ci95'])}",
+                "",
+            )
+    return table
+
+
+def _verdicts(report: dict[str, Any]) -> None:
+    """One line per model: recommended or not, and against the best simple baseline."""
     for name, r in report["models"].items():
         base = r["baseline"]["name"]
         changed: Any = {k: v for k, v in r["best"].items() if r["default"].get(k) != v}
@@ -165,18 +197,14 @@ def _show(report: dict[str, Any]) -> None:
                 f"{name}: not recommended {changed}: it does not beat the {base} set "
                 "on held-out time"
             )
-    if "applied" not in report:
-        return
-    applied = report["applied"]
-    if applied is None:
-        out(
-            "--apply refused: no parameter set beats the workspace's current one on held-out "
-            "time; nothing changed"
-        )
-    else:
-        sets = {m: applied[m]["version"] for m in ("strength", "momentum") if m in applied}
-        out(f"applied to workspace {report['workspace']}: {sets} (event seq {applied['seq']});")
-        out("the projection recomputes the workspace's relationships with them")
+    for name, r in report["models"].items():
+        simple = r.get("simple_baseline")
+        if simple:
+            verb = "beats" if simple["beaten"] else "does not beat"
+            out(
+                f"{name}: the set it leaves {verb} the best simple baseline ({simple['name']}) "
+                f"on held-out time (AUC gain {_ci(simple['auc_kept_minus_it_ci95'])})"
+            )
 
 
 def register(app: typer.Typer) -> None:

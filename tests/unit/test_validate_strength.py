@@ -122,16 +122,21 @@ def test_evaluation_on_a_small_subset_reports_every_label_with_intervals() -> No
         assert set(split_result["labels"]) == set(LABELS)
         for label in LABELS:
             r = split_result["labels"][label]
-            assert set(BASELINES) | {"strength", "momentum"} <= set(r["auc"])
+            models = {"strength", "momentum", "momentum_calibrated", "momentum_after_calibrate"}
+            assert set(BASELINES) | models <= set(r["auc"])
             assert r["best_baseline_auc"] in BASELINES
             assert r["auc"]["seen_before"] == pytest.approx(0.5)
-            for model in ("strength", "momentum"):
+            for model in sorted(models):
                 v = r["versus_best_baseline"][model]
                 lo, hi = v["auc_ci95"]
                 assert not math.isnan(lo) and lo <= hi
                 assert math.isfinite(v["auc_minus_best_baseline"])
                 plo, phi = v["p_at_10_ci95"]
                 assert plo <= phi and 0.0 <= r["p_at_10"][model] <= 1.0
+        left = split_result["calibrate_left"]  # a set is recommended, or the default is kept
+        assert not (left["recommended"] and left["refused"])
+        lo, hi = left["held_out_gain_ci95"]
+        assert lo <= hi and bool(left["recommended"]) == (lo > 0)
     assert "hospital/time" in validate_strength.table(report)
 
 
@@ -171,6 +176,44 @@ def test_calibrate_chooses_before_the_held_out_time_and_reports_intervals() -> N
     # too little history is refused, never recommended
     small = dict(list(_history(5).items())[:5])
     assert "refused" in calibrate(small, 0.25, 10, ("momentum",))
+
+
+def test_calibrate_compares_the_kept_set_with_the_best_simple_baseline(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The report says whether the set a workspace is left on beats the best simple baseline
+    (by AUC, at the validation cut-off) on held-out time, and prints it."""
+    from datetime import datetime
+
+    from tieline.projections.strength_model_calibrate import calibrate
+    from tieline.projections.strength_model_eval import BASELINES, build, contacts_of
+    from tieline.projections.strength_model_momentum import MomentumParams, momentum
+    from tieline.projections.strength_model_stats import auc, auc_difference_ci
+    from tieline.services.cli.calibrate import _show
+
+    events = _history(5)
+    report = calibrate(events, 0.25, 30, ("momentum",))
+    r = report["models"]["momentum"]
+    simple = r["simple_baseline"]
+    cut = datetime.fromisoformat(report["validation"]["cutoff"]).timestamp()
+    table = build(contacts_of(events), cut)
+    y = table.labels["two_way_90d"]
+    aucs = {b: auc(table.features[b], y) for b in BASELINES}
+    assert simple["name"] in BASELINES and simple["auc"] == max(aucs.values())
+    kept = MomentumParams.from_dict(r["best"] if r["recommend"] else r["default"])
+    at = table.context.cutoff
+    scores = [
+        momentum([e for e in events[p] if e.occurred_at < at], at,
+                 table.context.people_last_active, kept).score
+        for p in table.pairs
+    ]  # fmt: skip
+    ci = auc_difference_ci(scores, table.features[simple["name"]], y, 30)
+    assert simple["auc_kept_minus_it_ci95"] == ci
+    assert simple["beaten"] == (ci[0] > 0)
+    _show({**report, "workspace": "w"})
+    text = capsys.readouterr().out
+    verb = "beats" if simple["beaten"] else "does not beat"
+    assert f"momentum: the set it leaves {verb} the best simple baseline ({simple['name']})" in text
 
 
 def _report(recommend: bool) -> dict[str, Any]:

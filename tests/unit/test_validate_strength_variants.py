@@ -1,0 +1,94 @@
+"""The fifth round's tools (bench/validate_strength_variants.py): its fast one-window calibration
+must choose and refuse exactly as ``tieline calibrate`` does, and its parts must be momentum's."""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import UTC, datetime
+
+from tieline.projections.strength_model_calibrate import calibrate
+from tieline.projections.strength_model_eval import DAY, Contact
+from tieline.projections.strength_model_momentum import MOMENTUM_PARAMS, MomentumParams, momentum
+
+from bench import validate_strength_variants as variants
+from bench.validate_strength_data import DataSet, to_events
+
+
+def _history(seed: int, stationary: bool = False) -> DataSet:
+    """40 people over 60 days: ties with their own rate, some stopping part-way, so that the
+    grid's candidates rank pairs differently (``stationary``: one slow rate, no stopping, so
+    that nothing but chance separates the candidates)."""
+    rng = random.Random(seed)
+    people = [f"p{i:02d}" for i in range(40)]
+    contacts = []
+    for _ in range(120):
+        a, b = sorted(rng.sample(people, 2))
+        rate, stop = rng.choice((0.2, 0.5, 1.5)), rng.uniform(10, 70)
+        if stationary:
+            rate, stop = 0.05, 70.0
+        t = rng.uniform(0, 20)
+        while t < min(stop, 60):
+            contacts.append(Contact(float(int(t * DAY)), (a, b), None, 600.0))
+            t += rng.expovariate(rate) + rng.choice((0.0, 0.0, 0.01))
+    contacts.sort(key=lambda c: (c.t, c.pair))
+    return DataSet("synthetic", False, tuple(contacts), tuple(c.t for c in contacts))
+
+
+def test_one_window_variant_is_tieline_calibrate() -> None:
+    """Same choice, same refusal, same held-out interval: recommended on histories where ties
+    stop (seeds 1-3), refused on stationary ones (seeds 1-2)."""
+    seen = set()
+    for seed, stationary in ((1, False), (2, False), (3, False), (1, True), (2, True)):
+        data = _history(seed, stationary)
+        report = calibrate(to_events(data), holdout_share=0.25, bootstrap=200, models=["momentum"])
+        found = report["models"]["momentum"]
+        chosen, why = variants.calibrated(list(data.contacts), variants.VARIANTS[0], 200)
+        expected = found["best"] if found["recommend"] else found["default"]
+        assert {k: v for k, v in chosen.items() if k != "beta"} == expected, (seed, why)
+        assert chosen["beta"] == 0.0
+        if not found["recommend"]:
+            lo, hi = found["auc_best_minus_baseline_ci95"]
+            assert why == f"refused: held-out gain [{lo:+.3f}, {hi:+.3f}]"
+        seen.add(found["recommend"])
+    assert seen == {True, False}
+
+
+def test_log_scores_rank_as_momentum_does() -> None:
+    data = _history(4)
+    cutoff = 45 * DAY
+    table, parts = variants.parts_at(list(data.contacts), cutoff, None)
+    events = to_events(data)
+    at = datetime.fromtimestamp(cutoff, UTC)
+    cand = {**variants.candidates((0.0,))[7], "beta": 0.0}
+    params = MomentumParams.from_dict({k: v for k, v in cand.items() if k != "beta"})
+    mine = variants.scores(parts, cand)
+    theirs = []
+    for pair in table.pairs:
+        train = [e for e in events[pair] if e.occurred_at < at]
+        theirs.append(momentum(train, at, table.context.people_last_active, params).score)
+    compared = 0
+    for i in range(len(mine)):
+        for j in range(len(mine)):
+            if theirs[i] < theirs[j] - 1e-9:  # momentum saturates near 100; the log does not
+                assert mine[i] < mine[j]
+                compared += 1
+    assert compared > 1000
+    assert params != MOMENTUM_PARAMS
+
+
+def test_common_neighbours_raise_a_candidate_only_with_beta() -> None:
+    p = variants.Parts({1 / 24: 3, 0.5: 2}, 1.0, 1.0, 0)
+    q = variants.Parts({1 / 24: 3, 0.5: 2}, 1.0, 1.0, 4)
+    base = variants.candidates((0.0,))[0]
+    assert variants.scores([q], {**base, "beta": 0.5})[0] > variants.scores([p], base)[0]
+    assert variants.scores([q], base) == variants.scores([p], base)
+    assert math.isclose(
+        variants.scores([q], {**base, "beta": 1.0})[0] - variants.scores([q], base)[0], math.log(5)
+    )
+
+
+def test_verdict() -> None:
+    assert variants.verdict(0.001, 0.02) == "win"
+    assert variants.verdict(-0.001, 0.02) == "tie"
+    assert variants.verdict(-0.03, -0.001) == "loss"
