@@ -40,6 +40,21 @@ def scrape_all(urls: Mapping[str, str]) -> dict[str, Samples]:
     return {role: scrape(url) for role, url in urls.items()}
 
 
+def caught_up(worker_url: str, timeout: float = 30.0) -> None:
+    """Wait until the worker has applied everything on the log (lag 0 at scrape time): the
+    stack is shared, and an earlier test's last events may still be in flight; the worker's
+    counters are global, so they must not move between this test's two scrapes for others."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(worker_url)
+        lag = value(samples, "tieline_projection_lag_events")
+        last = value(samples, "tieline_projection_stream_last_seq")
+        if lag == 0 and value(samples, "tieline_projection_checkpoint") >= last:
+            return
+        assert time.monotonic() < deadline, f"worker still {lag} events behind"
+        time.sleep(0.1)
+
+
 def test_every_process_exposes_metrics_that_move_with_writes(
     stack: Stack, api: httpx.Client, ws: str
 ) -> None:
@@ -47,6 +62,7 @@ def test_every_process_exposes_metrics_that_move_with_writes(
     assert set(urls) == {"api", "people", "interactions", "worker", "webhooks", "sync"}
     # tieline up writes the same URLs to run/endpoints.json for operators and scrapers.
     assert stack.endpoints().metrics_urls == urls
+    caught_up(urls["worker"])
     before = scrape_all(urls)
 
     add_people(api, ws, "ada", "grace")
