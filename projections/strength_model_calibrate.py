@@ -35,8 +35,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
+import orjson
 from psycopg import AsyncConnection, sql
 from tieline.projections.strength_model import PARAMS, PairEvent, Params, strength
 from tieline.projections.strength_model_eval import (
@@ -105,6 +107,36 @@ async def adopted_sets(
         await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
         model = await workspace_model(conn, workspace)
     return _adopted(model)
+
+
+async def adoption_times(
+    conn: AsyncConnection[Any], schema: str, workspace: str, adopted: Mapping[str, Any]
+) -> dict[str, datetime]:
+    """When each set in ``adopted`` (:func:`adopted_sets`) was recorded: the newest unretracted
+    ``workspace.model_calibrated`` event that sets that model to exactly that set."""
+    cur = await conn.execute(
+        sql.SQL(
+            """SELECT payload::text, recorded_at FROM {}.events
+               WHERE workspace_id = %s AND type = %s AND retracted_by IS NULL
+               ORDER BY seq DESC"""
+        ).format(sql.Identifier(schema)),
+        (workspace, MODEL_CALIBRATED),
+    )
+    base = {"strength": PARAMS.version, "momentum": MOMENTUM_PARAMS.version}
+    out: dict[str, datetime] = {}
+    for text, recorded_at in await cur.fetchall():
+        payload = orjson.loads(text)  # text: whatever JSON loader the connection has
+        for name, current in adopted.items():
+            found = payload.get(name) if isinstance(payload, dict) else None
+            if name in out or not isinstance(found, dict):
+                continue
+            try:
+                version = parameter_set(found.get("values") or {}, base[name])["version"]
+            except (TypeError, ValueError):
+                continue
+            if version == current["version"]:
+                out[name] = recorded_at
+    return out
 
 
 def _grid(ranges: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:
@@ -234,16 +266,53 @@ def _against_simple(table: Table, kept: Sequence[float], bootstrap: int) -> dict
     }
 
 
+def since_adoption(
+    model: Model,
+    adopted_at: datetime,
+    contacts: Sequence[Contact],
+    events: Mapping[Pair, Sequence[PairEvent]],
+    bootstrap: int,
+) -> dict[str, Any]:
+    """A forward check of an adoption: the adopted set against the default on the history
+    recorded *after* the adoption, which nobody had seen when the set was chosen (candidates:
+    the pairs in contact before it; labels: the primary label, up to the last contact, so a
+    recent adoption has its labels cut short)."""
+    cut = adopted_at.timestamp()
+    out: dict[str, Any] = {"adopted_at": adopted_at.isoformat()}
+    if not contacts or contacts[-1].t <= cut:
+        out["refused"] = "no contact since the adoption"
+        return out
+    table = build(contacts, cut)
+    y = table.labels[PRIMARY]
+    out.update(pairs=len(table.pairs), positives=sum(y))
+    if len(y) < MIN_PAIRS or sum(y) in (0, len(y)):
+        out["refused"] = (
+            f"too little history since the adoption (needs {MIN_PAIRS}+ pairs, both classes)"
+        )
+        return out
+    scored = score_all(
+        table, events, {"adopted": model.scorer(model.base), "default": model.scorer(model.default)}
+    )
+    out["auc"] = {k: auc(v, y) for k, v in scored.items()}
+    out["auc_adopted_minus_default_ci95"] = auc_difference_ci(
+        scored["adopted"], scored["default"], y, bootstrap
+    )
+    return out
+
+
 def calibrate(
     events: Mapping[Pair, Sequence[PairEvent]],
     holdout_share: float = 0.25,
     bootstrap: int = 300,
     models: Sequence[str] = ("strength", "momentum"),
     adopted: Mapping[str, Mapping[str, Any]] | None = None,
+    adopted_at: Mapping[str, datetime] | None = None,
 ) -> dict[str, Any]:
     """The calibration report of one workspace's events (see the module docstring).
     ``adopted``: the sets the workspace uses now (:func:`adopted_sets`); each model's
-    candidates are compared with its adopted set, or with the default when it has none."""
+    candidates are compared with its adopted set, or with the default when it has none.
+    ``adopted_at``: when each adopted set was recorded (:func:`adoption_times`); such a model's
+    report adds ``since_adoption`` (:func:`since_adoption`)."""
     if not 0.05 <= holdout_share <= 0.45:
         raise ValueError("holdout_share must be in [0.05, 0.45]")
     contacts: list[Contact] = contacts_of(events)
@@ -279,6 +348,9 @@ def calibrate(
         result["default"] = model.default
         result["best"] = best
         result["candidates"] = len(model.candidates)
+        when = (adopted_at or {}).get(model.name)
+        if model.baseline is not None and when is not None:
+            result["since_adoption"] = since_adoption(model, when, contacts, events, bootstrap)
         report["models"][model.name] = result
     return report
 

@@ -78,12 +78,12 @@ def calibrate_cmd(
     models = tuple(model or ("strength", "momentum"))
     if any(m not in ("strength", "momentum") for m in models):
         raise typer.BadParameter("--model is strength or momentum")
-    events, adopted = _history(data_dir, workspace)
+    events, adopted, adopted_at = _history(data_dir, workspace)
     if not events:
         out(f"tieline calibrate: workspace {workspace!r} has no relationship events")
         raise typer.Exit(1)
     try:
-        report = calibrate(events, holdout, bootstrap, models, adopted)
+        report = calibrate(events, holdout, bootstrap, models, adopted, adopted_at)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     report["workspace"] = workspace
@@ -100,19 +100,25 @@ def calibrate_cmd(
 
 
 def _history(data_dir: Any, workspace: str) -> Any:
-    """(the workspace's pair events, the sets it adopted) from the live read-model generation
-    (None, {}: no generation)."""
+    """(the workspace's pair events, the sets it adopted, when each was recorded) from the
+    live read-model generation (None, {}, {}: no generation)."""
     from tieline.projections import generations
-    from tieline.projections.strength_model_calibrate import adopted_sets, workspace_events
+    from tieline.projections.strength_model_calibrate import (
+        adopted_sets,
+        adoption_times,
+        workspace_events,
+    )
 
     settings = ops_settings(data_dir, "tieline calibrate")
 
     async def load(conn: Any) -> Any:
         gen = await generations.live(conn, settings.database_schema)
         if gen is None:
-            return None, {}
-        events = await workspace_events(conn, gen.schema_name, workspace)
-        return events, await adopted_sets(conn, gen.schema_name, workspace)
+            return None, {}, {}
+        schema = gen.schema_name
+        events = await workspace_events(conn, schema, workspace)
+        adopted = await adopted_sets(conn, schema, workspace)
+        return events, adopted, await adoption_times(conn, schema, workspace, adopted)
 
     return run_db("tieline calibrate", settings, load)
 
@@ -198,6 +204,8 @@ def _verdicts(report: dict[str, Any]) -> None:
                 "on held-out time"
             )
     for name, r in report["models"].items():
+        _since(name, r.get("since_adoption"))
+    for name, r in report["models"].items():
         simple = r.get("simple_baseline")
         if simple:
             verb = "beats" if simple["beaten"] else "does not beat"
@@ -205,6 +213,22 @@ def _verdicts(report: dict[str, Any]) -> None:
                 f"{name}: the set it leaves {verb} the best simple baseline ({simple['name']}) "
                 f"on held-out time (AUC gain {_ci(simple['auc_kept_minus_it_ci95'])})"
             )
+
+
+def _since(name: str, since: dict[str, Any] | None) -> None:
+    """The forward check of the adopted set (the history after its adoption), if any."""
+    if not since:
+        return
+    head = f"{name}: since its adoption ({since['adopted_at']})"
+    if "refused" in since:
+        out(f"{head}: not checked, {since['refused']}")
+        return
+    aucs = since["auc"]
+    out(
+        f"{head}, {since['pairs']} pairs, {since['positives']} positive: adopted set AUC "
+        f"{aucs['adopted']:.3f}, default {aucs['default']:.3f}, gain "
+        f"{_ci(since['auc_adopted_minus_default_ci95'])}"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -157,7 +157,9 @@ def test_apply_adopts_a_better_set_for_one_workspace_only(
     lines = _bursts_and_trickles()
     _wait(api, ws, _ingest(api, ws, lines))
     _wait(other_api, other, _ingest(other_api, other, lines))
+    before = datetime.now(UTC)
     code, report, text = _apply(stack_settings, stack, token, ws)
+    after = datetime.now(UTC)
     assert code == 0, text
     applied = report["applied"]
     assert report["models"]["momentum"]["recommend"] and "momentum" in applied
@@ -181,6 +183,10 @@ def test_apply_adopts_a_better_set_for_one_workspace_only(
     assert m["baseline"]["name"] == f"adopted {applied['momentum']['version']}"
     assert m["baseline"]["values"]["episode_gap_days"] == 0.5
     assert m["best"] == m["baseline"]["values"] and not m["recommend"]
+    # The forward check finds the adoption event's time; the history (2024) is all before it.
+    since = m["since_adoption"]
+    assert before <= datetime.fromisoformat(since["adopted_at"]) <= after, since
+    assert since["refused"] == "no contact since the adoption"
     assert (
         api.get(f"/v1/workspaces/{ws}{url}").json()["momentum_version"] == mine["momentum_version"]
     )

@@ -216,6 +216,64 @@ def test_calibrate_compares_the_kept_set_with_the_best_simple_baseline(
     assert f"momentum: the set it leaves {verb} the best simple baseline ({simple['name']})" in text
 
 
+def test_calibrate_checks_an_adopted_set_on_the_history_after_its_adoption(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With the time of an adoption, the report scores the adopted set against the default on
+    the pairs in contact before it, labelled by what happened after it (a forward check);
+    with no contact since, it says so; without the time, or without an adoption, nothing."""
+    from tieline.projections.strength_model_calibrate import calibrate
+    from tieline.projections.strength_model_eval import build, contacts_of
+    from tieline.projections.strength_model_momentum import MomentumParams, momentum
+    from tieline.projections.strength_model_stats import auc, auc_difference_ci
+    from tieline.projections.strength_model_workspace import parameter_set
+    from tieline.services.cli.calibrate import _show
+
+    events = _history(5)
+    values = {"episode_gap_days": 0.5, "episode_exponent": 0.0, "eps_days": 1 / 1440}
+    adopted = {"momentum": parameter_set(values, "momentum-2026.1")}
+    at = T0 + timedelta(days=120)
+    report = calibrate(events, 0.25, 30, ("momentum",), adopted, {"momentum": at})
+    since = report["models"]["momentum"]["since_adoption"]
+    table = build(contacts_of(events), at.timestamp())
+    y = table.labels["two_way_90d"]
+    assert (since["pairs"], since["positives"]) == (len(y), sum(y))
+    assert 0 < sum(y) < len(y)
+    cutoff = table.context.cutoff
+    scores = {}
+    for name, params in (
+        ("adopted", MomentumParams.from_dict(values)),
+        ("default", MomentumParams.from_dict({})),
+    ):
+        scores[name] = [
+            momentum([e for e in events[p] if e.occurred_at < cutoff], cutoff,
+                     table.context.people_last_active, params).score
+            for p in table.pairs
+        ]  # fmt: skip
+        assert since["auc"][name] == auc(scores[name], y)
+    assert since["auc"]["adopted"] != since["auc"]["default"]
+    ci = auc_difference_ci(scores["adopted"], scores["default"], y, 30)
+    assert since["auc_adopted_minus_default_ci95"] == ci
+    _show({**report, "workspace": "w"})
+    assert f"momentum: since its adoption ({at.isoformat()}), {len(y)} pairs" in (
+        capsys.readouterr().out
+    )
+    # adopted after the last contact: nothing to check yet
+    later = T0 + timedelta(days=400)
+    again = calibrate(events, 0.25, 30, ("momentum",), adopted, {"momentum": later})
+    assert again["models"]["momentum"]["since_adoption"] == {
+        "adopted_at": later.isoformat(),
+        "refused": "no contact since the adoption",
+    }
+    # no time given, or on the default: no forward check
+    assert (
+        "since_adoption"
+        not in calibrate(events, 0.25, 30, ("momentum",), adopted)["models"]["momentum"]
+    )
+    plain = calibrate(events, 0.25, 30, ("momentum",), None, {"momentum": at})
+    assert "since_adoption" not in plain["models"]["momentum"]
+
+
 def _report(recommend: bool) -> dict[str, Any]:
     model = {
         "recommend": recommend,
