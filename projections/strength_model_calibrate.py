@@ -262,7 +262,7 @@ def _against_simple(table: Table, kept: Sequence[float], bootstrap: int) -> dict
         "auc": aucs[name],
         "p_at_10": sum(p10.values()) / max(len(p10), 1),
         "auc_kept_minus_it_ci95": ci,
-        "beaten": ci[0] > 0,
+        "beaten": None if ci[0] != ci[0] else ci[0] > 0,  # None: no resamples, not tested
     }
 
 

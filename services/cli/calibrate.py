@@ -208,7 +208,8 @@ def _verdicts(report: dict[str, Any]) -> None:
     for name, r in report["models"].items():
         simple = r.get("simple_baseline")
         if simple:
-            verb = "beats" if simple["beaten"] else "does not beat"
+            verbs = {True: "beats", False: "does not beat", None: "was not tested against"}
+            verb = verbs[simple["beaten"]]
             out(
                 f"{name}: the set it leaves {verb} the best simple baseline ({simple['name']}) "
                 f"on held-out time (AUC gain {_ci(simple['auc_kept_minus_it_ci95'])})"

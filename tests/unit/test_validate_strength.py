@@ -134,9 +134,11 @@ def test_evaluation_on_a_small_subset_reports_every_label_with_intervals() -> No
                 plo, phi = v["p_at_10_ci95"]
                 assert plo <= phi and 0.0 <= r["p_at_10"][model] <= 1.0
         left = split_result["calibrate_left"]  # a set is recommended, or the default is kept
-        assert not (left["recommended"] and left["refused"])
-        lo, hi = left["held_out_gain_ci95"]
-        assert lo <= hi and bool(left["recommended"]) == (lo > 0)
+        if left["refused"]:
+            assert left["recommended"] == {} and left["held_out_gain_ci95"] is None
+        else:
+            lo, hi = left["held_out_gain_ci95"]
+            assert lo <= hi and bool(left["recommended"]) == (lo > 0)
     assert "hospital/time" in validate_strength.table(report)
 
 
@@ -214,6 +216,12 @@ def test_calibrate_compares_the_kept_set_with_the_best_simple_baseline(
     text = capsys.readouterr().out
     verb = "beats" if simple["beaten"] else "does not beat"
     assert f"momentum: the set it leaves {verb} the best simple baseline ({simple['name']})" in text
+    # with no resamples there is no verdict, and the report says so
+    untested = calibrate(events, 0.25, 0, ("momentum",))["models"]["momentum"]
+    assert untested["simple_baseline"]["beaten"] is None
+    _show({**calibrate(events, 0.25, 0, ("momentum",)), "workspace": "w"})
+    printed = capsys.readouterr().out
+    assert "the set it leaves was not tested against the best simple baseline" in printed
 
 
 def test_calibrate_checks_an_adopted_set_on_the_history_after_its_adoption(
