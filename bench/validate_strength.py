@@ -110,6 +110,7 @@ def after_calibrate(
     info = {
         "recommended": change,
         "refused": report.get("refused"),
+        "held_out_auc": found["auc"] if found else None,
         "held_out_gain_ci95": found["auc_best_minus_baseline_ci95"] if found else None,
     }
     return (

@@ -39,7 +39,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tieline.projections.strength_model_calibrate import calibrate
 from tieline.projections.strength_model_eval import (
     BASELINES,
     DAY,
@@ -50,7 +49,7 @@ from tieline.projections.strength_model_eval import (
     build,
     score_all,
 )
-from tieline.projections.strength_model_momentum import MOMENTUM_PARAMS, MomentumParams, momentum
+from tieline.projections.strength_model_eval import best_baseline as best_of
 from tieline.projections.strength_model_stats import (
     auc,
     auc_difference_ci,
@@ -58,6 +57,7 @@ from tieline.projections.strength_model_stats import (
     per_person_precision,
 )
 
+from bench.validate_strength import after_calibrate
 from bench.validate_strength_data import NAMES, DataSet, load, to_events
 
 MINUTE = 1 / 1440
@@ -125,7 +125,7 @@ def rule(beta: float) -> Callable[[Parts], float]:
 
 def best_baseline(table: Table, label: str = PRIMARY) -> str:
     y = table.labels[label]
-    return max(BASELINES, key=lambda b: (auc(table.features[b], y), -BASELINES.index(b)))
+    return best_of({b: auc(table.features[b], y) for b in BASELINES})
 
 
 def choose_beta(sets: dict[str, DataSet]) -> tuple[float, dict[float, list[float]]]:
@@ -260,7 +260,7 @@ def _p10(scores: Sequence[float], table: Table, label: str, bootstrap: int) -> s
     ours = per_person_precision(table.people, scores, y, 10)
     refs = {b: per_person_precision(table.people, table.features[b], y, 10) for b in BASELINES}
     means = {b: sum(v.values()) / max(len(v), 1) for b, v in refs.items()}
-    ref = max(BASELINES, key=lambda b: (means[b], -BASELINES.index(b)))
+    ref = best_of(means)
     lo, hi = mean_difference_ci(ours, refs[ref], bootstrap, 0)
     mine = sum(ours.values()) / max(len(ours), 1)
     return f"p@10 {mine:.3f} [{lo:+.3f}, {hi:+.3f}] vs {ref} {means[ref]:.3f}"
@@ -271,29 +271,16 @@ def calibrate_then_score(data: DataSet, split: str, bootstrap: int) -> str:
     it leaves the workspace on, scored at the reported cut-off."""
     cutoff = data.cutoff(split, REPORT_SHARE)
     events = to_events(data)
-    before = {
-        pair: [e for e in evs if e.occurred_at.timestamp() < cutoff] for pair, evs in events.items()
-    }
-    report = calibrate(
-        {p: e for p, e in before.items() if e}, bootstrap=bootstrap, models=["momentum"]
-    )
-    if "refused" in report:
-        return f"refused: {report['refused']}"
-    found = report["models"]["momentum"]
-    change = found["best"] if found["recommend"] else {}
-    params = (
-        MomentumParams.from_dict({**change, "version": "calibrated"}) if change else MOMENTUM_PARAMS
-    )
+    left, scorer = after_calibrate(events, cutoff, bootstrap)
+    if left["refused"]:
+        return f"refused: {left['refused']}"
     table = build(data.contacts, cutoff)
-    scores = score_all(
-        table,
-        events,
-        {"m": lambda pair, tr, ctx: momentum(tr, ctx.cutoff, ctx.people_last_active, params).score},
-    )["m"]
-    lo, hi = found["auc_best_minus_baseline_ci95"]
-    verdict = f"recommends {change}" if change else "keeps the default"
+    scores = score_all(table, events, {"m": scorer})["m"]
+    lo, hi = left["held_out_gain_ci95"]
+    held = left["held_out_auc"]
+    verdict = f"recommends {left['recommended']}" if left["recommended"] else "keeps the default"
     return (
-        f"held-out AUC {found['auc']['baseline']:.3f} -> {found['auc']['best']:.3f} "
+        f"held-out AUC {held['baseline']:.3f} -> {held['best']:.3f} "
         f"[{lo:+.3f}, {hi:+.3f}], {verdict}; at the reported cut-off "
         f"{_cell(scores, table, PRIMARY, bootstrap)}"
     )

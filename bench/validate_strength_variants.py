@@ -39,10 +39,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tieline.projections.strength_model_eval import BASELINES, DAY, PRIMARY, Contact, Table, build
+from tieline.projections.strength_model_eval import DAY, PRIMARY, Contact, Table
 from tieline.projections.strength_model_momentum import MOMENTUM_GRID, MOMENTUM_PARAMS
 from tieline.projections.strength_model_stats import auc, auc_difference_ci
 
+from bench import validate_strength_rounds as rounds
 from bench.validate_strength_data import NAMES, DataSet, load
 
 SHARES = (0.4, 0.5, 0.6)
@@ -87,28 +88,19 @@ def _episodes(times: Sequence[float], gap_seconds: float) -> int:
 def parts_at(
     contacts: Sequence[Contact], cutoff: float, end: float | None
 ) -> tuple[Table, list[Parts]]:
-    """The evaluation table at ``cutoff`` (labels up to ``end``) and every candidate's parts."""
-    table = build(contacts, cutoff, end)
-    last = {p: t.timestamp() for p, t in table.context.people_last_active.items()}
-    neighbours: dict[str, set[str]] = defaultdict(set)
+    """The evaluation table at ``cutoff`` (labels up to ``end``) and every candidate's parts:
+    the fourth round's (:func:`bench.validate_strength_rounds.parts_at`) and the episodes."""
+    table, found = rounds.parts_at(contacts, cutoff, end)
     times: dict[tuple[str, str], list[float]] = defaultdict(list)
     for c in contacts:
         if c.t >= cutoff:
             break
-        neighbours[c.pair[0]].add(c.pair[1])
-        neighbours[c.pair[1]].add(c.pair[0])
         times[c.pair].append(c.t)
     out = []
-    for a, b in table.pairs:
-        ts = sorted(set(times[(a, b)]))
-        out.append(
-            Parts(
-                {gap: _episodes(ts, gap * DAY) for gap in MOMENTUM_GRID["episode_gap_days"]},
-                (cutoff - ts[-1]) / DAY,
-                (cutoff - min(last[a], last[b])) / DAY,
-                len((neighbours[a] & neighbours[b]) - {a, b}),
-            )
-        )
+    for pair, p in zip(table.pairs, found, strict=True):
+        ts = sorted(set(times[pair]))
+        gaps = MOMENTUM_GRID["episode_gap_days"]
+        out.append(Parts({gap: _episodes(ts, gap * DAY) for gap in gaps}, p.g, p.h, p.common))
     return table, out
 
 
@@ -180,7 +172,7 @@ def cell(data: DataSet, split: str, share: float, v: Variant, bootstrap: int) ->
     end = data.cutoff(split, share + 0.4) if share + 0.4 < 1 else None
     table, parts = parts_at(data.contacts, cut, end)
     y = table.labels[PRIMARY]
-    ref = max(BASELINES, key=lambda b: (auc(table.features[b], y), -BASELINES.index(b)))
+    ref = rounds.best_baseline(table)
     mine = scores(parts, chosen)
     lo, hi = auc_difference_ci(mine, table.features[ref], y, bootstrap, 0)
     return {

@@ -48,6 +48,7 @@ from tieline.projections.strength_model_eval import (
     Contact,
     Pair,
     Table,
+    best_baseline,
     build,
     contacts_of,
     score_all,
@@ -254,7 +255,7 @@ def _against_simple(table: Table, kept: Sequence[float], bootstrap: int) -> dict
     workspace is left on - it): whether the model is worth more than counting here at all."""
     y = table.labels[PRIMARY]
     aucs = {b: auc(table.features[b], y) for b in BASELINES}
-    name = max(BASELINES, key=lambda b: (aucs[b], -BASELINES.index(b)))
+    name = best_baseline(aucs)
     p10 = per_person_precision(table.people, table.features[name], y, TOP_K)
     ci = auc_difference_ci(kept, table.features[name], y, bootstrap)
     return {

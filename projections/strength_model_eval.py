@@ -190,6 +190,12 @@ def score_all(
     return out
 
 
+def best_baseline(values: Mapping[str, float]) -> str:
+    """The baseline with the highest value in ``values`` (an AUC or a precision per name); on
+    a tie the one listed first in :data:`BASELINES`."""
+    return max(BASELINES, key=lambda b: (values[b], -BASELINES.index(b)))
+
+
 def evaluate(
     table: Table, scores: Mapping[str, Sequence[float]], bootstrap: int, seed: int = 0
 ) -> dict[str, Any]:
@@ -205,8 +211,8 @@ def evaluate(
             for name, values in every.items()
         }
         mean_p10 = {name: sum(v.values()) / max(len(v), 1) for name, v in p10.items()}
-        best = max(BASELINES, key=lambda b: (aucs[b], -BASELINES.index(b)))
-        best_p10 = max(BASELINES, key=lambda b: (mean_p10[b], -BASELINES.index(b)))
+        best = best_baseline(aucs)
+        best_p10 = best_baseline(mean_p10)
         versus = {}
         for name in scores:
             versus[name] = {

@@ -180,6 +180,17 @@ def test_calibrate_chooses_before_the_held_out_time_and_reports_intervals() -> N
     assert "refused" in calibrate(small, 0.25, 10, ("momentum",))
 
 
+def _momentum_scores(events: Any, table: Any, params: Any) -> list[float]:
+    """Momentum with ``params`` of every candidate of ``table``, from its events before the
+    cut-off (computed here, independently of calibrate)."""
+    at = table.context.cutoff
+    active = table.context.people_last_active
+    return [
+        momentum([e for e in events[p] if e.occurred_at < at], at, active, params).score
+        for p in table.pairs
+    ]
+
+
 def test_calibrate_compares_the_kept_set_with_the_best_simple_baseline(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -189,7 +200,7 @@ def test_calibrate_compares_the_kept_set_with_the_best_simple_baseline(
 
     from tieline.projections.strength_model_calibrate import calibrate
     from tieline.projections.strength_model_eval import BASELINES, build, contacts_of
-    from tieline.projections.strength_model_momentum import MomentumParams, momentum
+    from tieline.projections.strength_model_momentum import MomentumParams
     from tieline.projections.strength_model_stats import auc, auc_difference_ci
     from tieline.services.cli.calibrate import _show
 
@@ -203,12 +214,7 @@ def test_calibrate_compares_the_kept_set_with_the_best_simple_baseline(
     aucs = {b: auc(table.features[b], y) for b in BASELINES}
     assert simple["name"] in BASELINES and simple["auc"] == max(aucs.values())
     kept = MomentumParams.from_dict(r["best"] if r["recommend"] else r["default"])
-    at = table.context.cutoff
-    scores = [
-        momentum([e for e in events[p] if e.occurred_at < at], at,
-                 table.context.people_last_active, kept).score
-        for p in table.pairs
-    ]  # fmt: skip
+    scores = _momentum_scores(events, table, kept)
     ci = auc_difference_ci(scores, table.features[simple["name"]], y, 30)
     assert simple["auc_kept_minus_it_ci95"] == ci
     assert simple["beaten"] == (ci[0] > 0)
@@ -232,7 +238,7 @@ def test_calibrate_checks_an_adopted_set_on_the_history_after_its_adoption(
     with no contact since, it says so; without the time, or without an adoption, nothing."""
     from tieline.projections.strength_model_calibrate import calibrate
     from tieline.projections.strength_model_eval import build, contacts_of
-    from tieline.projections.strength_model_momentum import MomentumParams, momentum
+    from tieline.projections.strength_model_momentum import MomentumParams
     from tieline.projections.strength_model_stats import auc, auc_difference_ci
     from tieline.projections.strength_model_workspace import parameter_set
     from tieline.services.cli.calibrate import _show
@@ -247,17 +253,12 @@ def test_calibrate_checks_an_adopted_set_on_the_history_after_its_adoption(
     y = table.labels["two_way_90d"]
     assert (since["pairs"], since["positives"]) == (len(y), sum(y))
     assert 0 < sum(y) < len(y)
-    cutoff = table.context.cutoff
     scores = {}
     for name, params in (
         ("adopted", MomentumParams.from_dict(values)),
         ("default", MomentumParams.from_dict({})),
     ):
-        scores[name] = [
-            momentum([e for e in events[p] if e.occurred_at < cutoff], cutoff,
-                     table.context.people_last_active, params).score
-            for p in table.pairs
-        ]  # fmt: skip
+        scores[name] = _momentum_scores(events, table, params)
         assert since["auc"][name] == auc(scores[name], y)
     assert since["auc"]["adopted"] != since["auc"]["default"]
     ci = auc_difference_ci(scores["adopted"], scores["default"], y, 30)
