@@ -1058,11 +1058,27 @@ class Supervision:
         self.stack = stack
         self.interval = interval
         self._stop = threading.Event()
+        self._held = threading.Event()
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="faults-supervisor", daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.stack.supervise_once()
+            with self._lock:
+                if not self._held.is_set():
+                    self.stack.supervise_once()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """No restarts inside the block: a test can observe the system while a killed process
+        is certainly down (its restart could otherwise race the observation); on exit,
+        supervision goes on and restarts whatever exited."""
+        with self._lock:  # a round already under way finishes before the hold starts
+            self._held.set()
+        try:
+            yield
+        finally:
+            self._held.clear()
 
     @property
     def restarts(self) -> dict[str, int]:
