@@ -96,10 +96,10 @@ def parts_at(
         if c.t >= cutoff:
             break
         times[c.pair].append(c.t)
+    gaps = MOMENTUM_GRID["episode_gap_days"]
     out = []
     for pair, p in zip(table.pairs, found, strict=True):
         ts = sorted(set(times[pair]))
-        gaps = MOMENTUM_GRID["episode_gap_days"]
         out.append(Parts({gap: _episodes(ts, gap * DAY) for gap in gaps}, p.g, p.h, p.common))
     return table, out
 

@@ -33,6 +33,7 @@ recorded again.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -263,7 +264,7 @@ def _against_simple(table: Table, kept: Sequence[float], bootstrap: int) -> dict
         "auc": aucs[name],
         "p_at_10": sum(p10.values()) / max(len(p10), 1),
         "auc_kept_minus_it_ci95": ci,
-        "beaten": None if ci[0] != ci[0] else ci[0] > 0,  # None: no resamples, not tested
+        "beaten": None if math.isnan(ci[0]) else ci[0] > 0,  # None: no resamples, not tested
     }
 
 

@@ -1058,14 +1058,14 @@ class Supervision:
         self.stack = stack
         self.interval = interval
         self._stop = threading.Event()
-        self._held = threading.Event()
+        self._held = False  # read and written under _lock
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="faults-supervisor", daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             with self._lock:
-                if not self._held.is_set():
+                if not self._held:
                     self.stack.supervise_once()
 
     @contextlib.contextmanager
@@ -1074,11 +1074,12 @@ class Supervision:
         is certainly down (its restart could otherwise race the observation); on exit,
         supervision goes on and restarts whatever exited."""
         with self._lock:  # a round already under way finishes before the hold starts
-            self._held.set()
+            self._held = True
         try:
             yield
         finally:
-            self._held.clear()
+            with self._lock:
+                self._held = False
 
     @property
     def restarts(self) -> dict[str, int]:

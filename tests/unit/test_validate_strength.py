@@ -223,9 +223,9 @@ def test_calibrate_compares_the_kept_set_with_the_best_simple_baseline(
     verb = "beats" if simple["beaten"] else "does not beat"
     assert f"momentum: the set it leaves {verb} the best simple baseline ({simple['name']})" in text
     # with no resamples there is no verdict, and the report says so
-    untested = calibrate(events, 0.25, 0, ("momentum",))["models"]["momentum"]
-    assert untested["simple_baseline"]["beaten"] is None
-    _show({**calibrate(events, 0.25, 0, ("momentum",)), "workspace": "w"})
+    untested = calibrate(events, 0.25, 0, ("momentum",))
+    assert untested["models"]["momentum"]["simple_baseline"]["beaten"] is None
+    _show({**untested, "workspace": "w"})
     printed = capsys.readouterr().out
     assert "the set it leaves was not tested against the best simple baseline" in printed
 
