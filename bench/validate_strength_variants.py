@@ -16,7 +16,12 @@ difference above zero, straddling zero, below zero). The variants:
 * **refusal**: *one window* (what the command does: choose at ``1 - 2h`` with labels up to
   ``1 - h``, validate at ``1 - h``; ``h`` = 0.25) or *two windows* (rolling-origin evaluation,
   Tashman 2000: choose at ``1 - 3h``, require a gain at ``1 - 2h`` as well as the interval above
-  zero at ``1 - h``; ``h`` = 0.2).
+  zero at ``1 - h``; ``h`` = 0.2);
+* **default** (sixth round): the set kept when the refusal holds and that wins ties:
+  ``momentum-2026.1``, or the fourth round's common-neighbours rule (contacts³ · ε/(g + ε) ·
+  ε/(h + ε) · (ε/(h2 + ε))^0.5 · (1 + CN)^0.25, ε = 1 minute: the rule with the largest smallest
+  margin at the earlier cut-offs by the protocol of docs/strength-model.md §8, +0.010 against
+  ``momentum-2026.1``'s -0.014). The grid is the same either way.
 
 The one-window variant without β is ``tieline calibrate`` itself, computed faster: each pair's
 parts (episodes at each gap, days since its last contact and since its people's) are found once
@@ -24,7 +29,10 @@ per table and every candidate is a sum of their logarithms, which ranks pairs as
 :func:`~tieline.projections.strength_model_momentum.momentum` does (``tests/unit/
 test_validate_strength_variants.py`` checks the choice against :func:`calibrate`).
 
-Run: ``python -m bench.validate_strength_variants [--bootstrap 500]``. Pure Python; about ten
+Each cell also reports, for what the variant leaves, the AUC of ``any_30d`` and the precision@10
+of the primary label, each with its interval against the best baseline of that label and metric.
+
+Run: ``python -m bench.validate_strength_variants [--bootstrap 500]``. Pure Python; about twenty
 minutes on one core.
 """
 
@@ -35,13 +43,20 @@ import itertools
 import math
 import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from tieline.projections.strength_model_eval import DAY, PRIMARY, Contact, Table
+from tieline.projections.strength_model_eval import BASELINES, DAY, PRIMARY, Contact, Table
+from tieline.projections.strength_model_eval import best_baseline as best_of
 from tieline.projections.strength_model_momentum import MOMENTUM_GRID, MOMENTUM_PARAMS
-from tieline.projections.strength_model_stats import auc, auc_difference_ci
+from tieline.projections.strength_model_stats import (
+    auc,
+    auc_difference_ci,
+    mean_difference_ci,
+    per_person_precision,
+)
 
 from bench import validate_strength_rounds as rounds
 from bench.validate_strength_data import NAMES, DataSet, load
@@ -49,16 +64,30 @@ from bench.validate_strength_data import NAMES, DataSet, load
 SHARES = (0.4, 0.5, 0.6)
 BETAS = (0.0, 0.25, 0.5, 1.0)
 Candidate = dict[str, float]
+MINUTE = 1 / 1440
+
+#: The fourth round's rule as a candidate (``episode_gap_days`` 0: the volume is the pair's
+#: contacts, as in :func:`bench.validate_strength_rounds.rule`).
+FOURTH_ROUND: Candidate = {
+    "episode_gap_days": 0.0,
+    "episode_exponent": 3.0,
+    "activity_weight": 1.0,
+    "eps_days": MINUTE,
+    "partner_activity_weight": 0.5,
+    "beta": 0.25,
+}
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to calibrate: the grid (with or without β) and the refusal (1 or 2 windows)."""
+    """One way to calibrate: the grid (with or without β), the refusal (1 or 2 windows) and
+    the set kept on refusal (None: ``momentum-2026.1``)."""
 
     name: str
     betas: tuple[float, ...]
     windows: int
     holdout: float
+    default: Candidate | None = None
 
 
 VARIANTS = (
@@ -66,18 +95,23 @@ VARIANTS = (
     Variant("one window, grid x CN^beta", BETAS, 1, 0.25),
     Variant("two windows", (0.0,), 2, 0.2),
     Variant("two windows, grid x CN^beta", BETAS, 2, 0.2),
+    Variant("one window, fourth-round default", (0.0,), 1, 0.25, FOURTH_ROUND),
+    Variant("one window, fourth-round default, grid x CN^beta", BETAS, 1, 0.25, FOURTH_ROUND),
 )
 
 
 @dataclass(frozen=True)
 class Parts:
     """A candidate pair at a cut-off: episodes per episode gap, days since the pair's last
-    contact and since its less recently active person's, and its common neighbours."""
+    contact and since its less recently active person's, its common neighbours, its contacts
+    and the days since its more recently active person's last contact."""
 
     episodes: dict[float, int]
     g: float
     h: float
     common: int
+    contacts: int = 1
+    h2: float = 0.0
 
 
 def _episodes(times: Sequence[float], gap_seconds: float) -> int:
@@ -100,25 +134,31 @@ def parts_at(
     out = []
     for pair, p in zip(table.pairs, found, strict=True):
         ts = sorted(set(times[pair]))
-        out.append(Parts({gap: _episodes(ts, gap * DAY) for gap in gaps}, p.g, p.h, p.common))
+        episodes = {gap: _episodes(ts, gap * DAY) for gap in gaps}
+        out.append(Parts(episodes, p.g, p.h, p.common, p.contacts, p.h2))
     return table, out
 
 
-def candidates(betas: Sequence[float]) -> list[Candidate]:
+def candidates(betas: Sequence[float], default: Candidate | None = None) -> list[Candidate]:
     """The default first (it wins ties, as in ``tieline calibrate``), then the grid times each β."""
     keys = list(MOMENTUM_GRID)
-    default = {k: float(getattr(MOMENTUM_PARAMS, k)) for k in keys} | {"beta": 0.0}
+    if default is None:
+        default = {k: float(getattr(MOMENTUM_PARAMS, k)) for k in keys} | {"beta": 0.0}
     grid = [dict(zip(keys, v, strict=True)) for v in itertools.product(*MOMENTUM_GRID.values())]
     return [default, *({**c, "beta": b} for b in betas for c in grid)]
 
 
 def scores(parts: Sequence[Parts], c: Candidate) -> list[float]:
-    """log of momentum's ``M`` (partner weight 0, as in every searched set) + β·log(1 + CN)."""
-    e = c["eps_days"]
+    """log of momentum's ``M`` + β·log(1 + CN); the volume is the pair's contacts when
+    ``episode_gap_days`` is 0, and the partner weight 0 unless the candidate sets it (every
+    searched set leaves it at 0)."""
+    e, gap = c["eps_days"], c["episode_gap_days"]
+    partner = c.get("partner_activity_weight", 0.0)
     return [
-        c["episode_exponent"] * math.log(p.episodes[c["episode_gap_days"]])
+        c["episode_exponent"] * math.log(p.episodes[gap] if gap else p.contacts)
         + math.log(e / (p.g + e))
         + c["activity_weight"] * math.log(e / (max(p.h, 0.0) + e))
+        + partner * math.log(e / (max(p.h2, 0.0) + e))
         + c["beta"] * math.log1p(p.common)
         for p in parts
     ]
@@ -139,7 +179,7 @@ def calibrated(contacts: Sequence[Contact], v: Variant, bootstrap: int) -> tuple
         return first + share * (last - first)
 
     h, n = v.holdout, v.windows
-    cands = candidates(v.betas)
+    cands = candidates(v.betas, v.default)
     best = choose(*parts_at(contacts, at(1 - (n + 1) * h), at(1 - n * h)), cands)
     if best == cands[0]:
         return best, "the default is best"
@@ -163,6 +203,20 @@ def verdict(lo: float, hi: float) -> str:
     return "win" if lo > 0 else "loss" if hi < 0 else "tie"
 
 
+def precision_vs_best(
+    table: Table, mine: Sequence[float], bootstrap: int
+) -> tuple[float, str, float, float, float]:
+    """Precision@10 of the primary label: ours, the best baseline's name and value, and the
+    interval of the difference (people resampled), as in ``bench.validate_strength``."""
+    y = table.labels[PRIMARY]
+    ours = per_person_precision(table.people, mine, y, 10)
+    refs = {b: per_person_precision(table.people, table.features[b], y, 10) for b in BASELINES}
+    means = {b: sum(v.values()) / max(len(v), 1) for b, v in refs.items()}
+    ref = best_of(means)
+    lo, hi = mean_difference_ci(ours, refs[ref], bootstrap, 0)
+    return sum(ours.values()) / max(len(ours), 1), ref, means[ref], lo, hi
+
+
 def cell(data: DataSet, split: str, share: float, v: Variant, bootstrap: int) -> dict[str, object]:
     """Calibrate on the history before the cut-off at ``share``; score at the cut-off, labels
     up to 40% of the span (or of the records) later, as at the 60% cut-off."""
@@ -175,7 +229,14 @@ def cell(data: DataSet, split: str, share: float, v: Variant, bootstrap: int) ->
     ref = rounds.best_baseline(table)
     mine = scores(parts, chosen)
     lo, hi = auc_difference_ci(mine, table.features[ref], y, bootstrap, 0)
+    y30 = table.labels["any_30d"]
+    ref30 = rounds.best_baseline(table, "any_30d")
     return {
+        "any_30d": (
+            auc(mine, y30),
+            *auc_difference_ci(mine, table.features[ref30], y30, bootstrap, 0),
+        ),
+        "p10": precision_vs_best(table, mine, bootstrap),
         "auc": auc(mine, y),
         "baseline": ref,
         "baseline_auc": auc(table.features[ref], y),
@@ -186,6 +247,18 @@ def cell(data: DataSet, split: str, share: float, v: Variant, bootstrap: int) ->
     }
 
 
+def describe(r: Mapping[str, Any]) -> str:
+    """One cell as two lines: the primary label's verdict and AUC, then any_30d and p@10."""
+    lo, hi = r["ci"]
+    a30, lo30, hi30 = r["any_30d"]
+    p10, ref10, base10, lo10, hi10 = r["p10"]
+    return (
+        f"{r['verdict']:<4} {r['auc']:.3f} [{lo:+.3f}, {hi:+.3f}] vs {r['baseline']} "
+        f"{r['baseline_auc']:.3f}; {r['why']}\n        any_30d {a30:.3f} [{lo30:+.3f}, "
+        f"{hi30:+.3f}]; p@10 {p10:.3f} [{lo10:+.3f}, {hi10:+.3f}] vs {ref10} {base10:.3f}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.validate_strength_variants")
     parser.add_argument(
@@ -193,9 +266,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--bootstrap", type=int, default=500)
     parser.add_argument("--shares", type=float, nargs="+", default=list(SHARES))
+    parser.add_argument(
+        "--variants", type=int, nargs="+", help="indices into VARIANTS (default: all)"
+    )
     args = parser.parse_args(argv)
     sets = {name: load(name, args.data_dir) for name in NAMES}
-    for v in VARIANTS:
+    for v in [VARIANTS[i] for i in args.variants] if args.variants else VARIANTS:
         tally: Counter[str] = Counter()
         print(f"== {v.name}", flush=True)
         for share in args.shares:
@@ -203,13 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for split in ("time", "count"):
                     r = cell(data, split, share, v, args.bootstrap)
                     tally[str(r["verdict"])] += 1
-                    lo, hi = r["ci"]  # type: ignore[misc]
-                    print(
-                        f"   {share:.1f} {name}/{split}: {r['verdict']:<4} {r['auc']:.3f} "
-                        f"[{lo:+.3f}, {hi:+.3f}] vs {r['baseline']} {r['baseline_auc']:.3f}; "
-                        f"{r['why']}",
-                        flush=True,
-                    )
+                    print(f"   {share:.1f} {name}/{split}: {describe(r)}", flush=True)
         print(f"   {v.name}: {tally['win']} wins, {tally['tie']} ties, {tally['loss']} losses")
     return 0
 

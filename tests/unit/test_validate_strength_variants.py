@@ -11,6 +11,7 @@ from tieline.projections.strength_model_calibrate import calibrate
 from tieline.projections.strength_model_eval import DAY, Contact
 from tieline.projections.strength_model_momentum import MOMENTUM_PARAMS, MomentumParams, momentum
 
+from bench import validate_strength_rounds as rounds
 from bench import validate_strength_variants as variants
 from bench.validate_strength_data import DataSet, to_events
 
@@ -92,3 +93,18 @@ def test_verdict() -> None:
     assert variants.verdict(0.001, 0.02) == "win"
     assert variants.verdict(-0.001, 0.02) == "tie"
     assert variants.verdict(-0.03, -0.001) == "loss"
+
+
+def test_fourth_round_default_is_the_fourth_round_rule() -> None:
+    """The sixth variant's default scores each pair exactly as the fourth round's rule (contacts,
+    both people's silences, common neighbours) and is the candidate kept on refusal."""
+    data = _history(5)
+    table, parts = variants.parts_at(list(data.contacts), 45 * DAY, None)
+    _, fourth = rounds.parts_at(list(data.contacts), 45 * DAY, None)
+    mine = variants.scores(parts, variants.FOURTH_ROUND)
+    theirs = [rounds.rule(0.25)(p) for p in fourth]
+    assert len(mine) == len(table.pairs) > 50
+    assert all(math.isclose(a, b, abs_tol=1e-9) for a, b in zip(mine, theirs, strict=True))
+    assert any(p.h2 != p.h for p in parts) and any(p.common for p in parts)
+    assert variants.candidates((0.0,), variants.FOURTH_ROUND)[0] == variants.FOURTH_ROUND
+    assert variants.candidates((0.0,))[0]["episode_exponent"] == MOMENTUM_PARAMS.episode_exponent
