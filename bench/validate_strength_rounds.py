@@ -255,15 +255,23 @@ def _cell(scores: Sequence[float], table: Table, label: str, bootstrap: int) -> 
     return f"{auc(scores, y):.3f} [{lo:+.3f}, {hi:+.3f}] vs {ref} {auc(table.features[ref], y):.3f}"
 
 
-def _p10(scores: Sequence[float], table: Table, label: str, bootstrap: int) -> str:
+def p10_vs_best(
+    scores: Sequence[float], table: Table, label: str, bootstrap: int
+) -> tuple[float, str, float, float, float]:
+    """Precision@10 of ``label``: ours, the best baseline's name and value, and the interval of
+    the difference (people resampled), as in ``bench.validate_strength``."""
     y = table.labels[label]
     ours = per_person_precision(table.people, scores, y, 10)
     refs = {b: per_person_precision(table.people, table.features[b], y, 10) for b in BASELINES}
     means = {b: sum(v.values()) / max(len(v), 1) for b, v in refs.items()}
     ref = best_of(means)
     lo, hi = mean_difference_ci(ours, refs[ref], bootstrap, 0)
-    mine = sum(ours.values()) / max(len(ours), 1)
-    return f"p@10 {mine:.3f} [{lo:+.3f}, {hi:+.3f}] vs {ref} {means[ref]:.3f}"
+    return sum(ours.values()) / max(len(ours), 1), ref, means[ref], lo, hi
+
+
+def _p10(scores: Sequence[float], table: Table, label: str, bootstrap: int) -> str:
+    mine, ref, base, lo, hi = p10_vs_best(scores, table, label, bootstrap)
+    return f"p@10 {mine:.3f} [{lo:+.3f}, {hi:+.3f}] vs {ref} {base:.3f}"
 
 
 def calibrate_then_score(data: DataSet, split: str, bootstrap: int) -> str:

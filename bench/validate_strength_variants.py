@@ -48,15 +48,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tieline.projections.strength_model_eval import BASELINES, DAY, PRIMARY, Contact, Table
-from tieline.projections.strength_model_eval import best_baseline as best_of
+from tieline.projections.strength_model_eval import DAY, PRIMARY, Contact, Table
 from tieline.projections.strength_model_momentum import MOMENTUM_GRID, MOMENTUM_PARAMS
-from tieline.projections.strength_model_stats import (
-    auc,
-    auc_difference_ci,
-    mean_difference_ci,
-    per_person_precision,
-)
+from tieline.projections.strength_model_stats import auc, auc_difference_ci
 
 from bench import validate_strength_rounds as rounds
 from bench.validate_strength_data import NAMES, DataSet, load
@@ -203,20 +197,6 @@ def verdict(lo: float, hi: float) -> str:
     return "win" if lo > 0 else "loss" if hi < 0 else "tie"
 
 
-def precision_vs_best(
-    table: Table, mine: Sequence[float], bootstrap: int
-) -> tuple[float, str, float, float, float]:
-    """Precision@10 of the primary label: ours, the best baseline's name and value, and the
-    interval of the difference (people resampled), as in ``bench.validate_strength``."""
-    y = table.labels[PRIMARY]
-    ours = per_person_precision(table.people, mine, y, 10)
-    refs = {b: per_person_precision(table.people, table.features[b], y, 10) for b in BASELINES}
-    means = {b: sum(v.values()) / max(len(v), 1) for b, v in refs.items()}
-    ref = best_of(means)
-    lo, hi = mean_difference_ci(ours, refs[ref], bootstrap, 0)
-    return sum(ours.values()) / max(len(ours), 1), ref, means[ref], lo, hi
-
-
 def cell(data: DataSet, split: str, share: float, v: Variant, bootstrap: int) -> dict[str, object]:
     """Calibrate on the history before the cut-off at ``share``; score at the cut-off, labels
     up to 40% of the span (or of the records) later, as at the 60% cut-off."""
@@ -236,7 +216,7 @@ def cell(data: DataSet, split: str, share: float, v: Variant, bootstrap: int) ->
             auc(mine, y30),
             *auc_difference_ci(mine, table.features[ref30], y30, bootstrap, 0),
         ),
-        "p10": precision_vs_best(table, mine, bootstrap),
+        "p10": rounds.p10_vs_best(mine, table, PRIMARY, bootstrap),
         "auc": auc(mine, y),
         "baseline": ref,
         "baseline_auc": auc(table.features[ref], y),
