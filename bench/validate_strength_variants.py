@@ -17,7 +17,7 @@ difference above zero, straddling zero, below zero). The variants:
   ``1 - h``, validate at ``1 - h``; ``h`` = 0.25) or *two windows* (rolling-origin evaluation,
   Tashman 2000: choose at ``1 - 3h``, require a gain at ``1 - 2h`` as well as the interval above
   zero at ``1 - h``; ``h`` = 0.2);
-* **default** (sixth round): the set kept when the refusal holds and that wins ties:
+* **default** (seventh round): the set kept when the refusal holds and that wins ties:
   ``momentum-2026.1``, or the fourth round's common-neighbours rule (contacts³ · ε/(g + ε) ·
   ε/(h + ε) · (ε/(h2 + ε))^0.5 · (1 + CN)^0.25, ε = 1 minute: the rule with the largest smallest
   margin at the earlier cut-offs by the protocol of docs/strength-model.md §8, +0.010 against
@@ -58,15 +58,13 @@ from bench.validate_strength_data import NAMES, DataSet, load
 SHARES = (0.4, 0.5, 0.6)
 BETAS = (0.0, 0.25, 0.5, 1.0)
 Candidate = dict[str, float]
-MINUTE = 1 / 1440
-
 #: The fourth round's rule as a candidate (``episode_gap_days`` 0: the volume is the pair's
 #: contacts, as in :func:`bench.validate_strength_rounds.rule`).
 FOURTH_ROUND: Candidate = {
     "episode_gap_days": 0.0,
     "episode_exponent": 3.0,
     "activity_weight": 1.0,
-    "eps_days": MINUTE,
+    "eps_days": rounds.MINUTE,
     "partner_activity_weight": 0.5,
     "beta": 0.25,
 }
@@ -104,8 +102,8 @@ class Parts:
     g: float
     h: float
     common: int
-    contacts: int = 1
-    h2: float = 0.0
+    contacts: int
+    h2: float
 
 
 def _episodes(times: Sequence[float], gap_seconds: float) -> int:

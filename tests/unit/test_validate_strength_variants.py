@@ -79,8 +79,8 @@ def test_log_scores_rank_as_momentum_does() -> None:
 
 
 def test_common_neighbours_raise_a_candidate_only_with_beta() -> None:
-    p = variants.Parts({1 / 24: 3, 0.5: 2}, 1.0, 1.0, 0)
-    q = variants.Parts({1 / 24: 3, 0.5: 2}, 1.0, 1.0, 4)
+    p = variants.Parts({1 / 24: 3, 0.5: 2}, 1.0, 1.0, 0, 4, 0.5)
+    q = variants.Parts({1 / 24: 3, 0.5: 2}, 1.0, 1.0, 4, 4, 0.5)
     base = variants.candidates((0.0,))[0]
     assert variants.scores([q], {**base, "beta": 0.5})[0] > variants.scores([p], base)[0]
     assert variants.scores([q], base) == variants.scores([p], base)
@@ -96,7 +96,7 @@ def test_verdict() -> None:
 
 
 def test_fourth_round_default_is_the_fourth_round_rule() -> None:
-    """The sixth variant's default scores each pair exactly as the fourth round's rule (contacts,
+    """The last two variants' default scores each pair exactly as the fourth round's rule (contacts,
     both people's silences, common neighbours) and is the candidate kept on refusal."""
     data = _history(5)
     table, parts = variants.parts_at(list(data.contacts), 45 * DAY, None)
