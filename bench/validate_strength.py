@@ -66,13 +66,21 @@ def scorers(
     def strength_of(p: Params) -> Scorer:
         return lambda pair, train, ctx: strength(train, p, as_of=ctx.cutoff).score
 
-    def momentum_of(p: MomentumParams) -> Scorer:
-        return lambda pair, train, ctx: momentum(train, ctx.cutoff, ctx.people_last_active, p).score
-
     out = {"strength": strength_of(params), "momentum": momentum_of(momentum_params)}
     for name, p in (extra or {}).items():
         out[name] = strength_of(p) if isinstance(p, Params) else momentum_of(p)
     return out
+
+
+def momentum_of(p: MomentumParams) -> Scorer:
+    """Momentum with set ``p`` as a scorer: the pair's events, both people's last activity
+    and the pair's common neighbours before the cut-off."""
+
+    def score(pair: Any, train: Any, ctx: Any) -> float:
+        common = ctx.common_neighbours(pair)
+        return momentum(train, ctx.cutoff, ctx.people_last_active, p, common).score
+
+    return score
 
 
 #: ``momentum_calibrated`` chooses its parameters on the history before the cut-off alone, as
@@ -113,10 +121,7 @@ def after_calibrate(
         "held_out_auc": found["auc"] if found else None,
         "held_out_gain_ci95": found["auc_best_minus_baseline_ci95"] if found else None,
     }
-    return (
-        info,
-        lambda pair, train, ctx: momentum(train, ctx.cutoff, ctx.people_last_active, params).score,
-    )
+    return info, momentum_of(params)
 
 
 def run(

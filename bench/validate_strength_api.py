@@ -34,8 +34,9 @@ from uuid import NAMESPACE_URL, uuid4, uuid5
 
 from tieline.projections.strength_model import FOLLOWED_UP, PARAMS, PairEvent, strength
 from tieline.projections.strength_model_eval import build, evaluate, score_all
-from tieline.projections.strength_model_momentum import MOMENTUM_PARAMS, momentum
+from tieline.projections.strength_model_momentum import MOMENTUM_PARAMS
 
+from bench.validate_strength import momentum_of
 from bench.validate_strength_data import NAMES, DataSet, Pair, load, to_events
 
 if TYPE_CHECKING:
@@ -214,9 +215,7 @@ def api_split(
         events,
         {
             "strength": lambda p, tr, c: strength(tr, PARAMS, c.cutoff).score,
-            "momentum": lambda p, tr, c: (
-                momentum(tr, c.cutoff, c.people_last_active, MOMENTUM_PARAMS).score
-            ),
+            "momentum": momentum_of(MOMENTUM_PARAMS),
         },
     )
     scores = {

@@ -4,8 +4,9 @@ For each data set and split, the cut-off is put at ``SELECT_SHARE`` (40%) of the
 records, and contacts from the reported cut-off (60%) on are ignored, so nothing the reported
 evaluation labels is seen while choosing. Each grid point is scored by its smallest margin over
 the data sets and splits: AUC(momentum) - AUC(best baseline) for the primary label. The grid is
-the documented range of each parameter (``GRID``); ``tieline calibrate`` searches the same
-ranges on a workspace's own history.
+the documented range of each parameter as it was then (``GRID``: momentum-2026.1's four
+parameters); this is how ``momentum-2026.1`` was chosen. ``momentum-2026.2`` was chosen by the
+fourth round's protocol (``bench/validate_strength_rounds.py``, docs/strength-model.md §8).
 
 Run: ``python -m bench.validate_strength_select [--data-dir DIR]``.
 """
@@ -21,8 +22,8 @@ from typing import Any
 
 from tieline.projections.strength_model_eval import BASELINES, PRIMARY, Table, build
 from tieline.projections.strength_model_momentum import (
+    MOMENTUM_2026_1,
     MOMENTUM_GRID,
-    MOMENTUM_PARAMS,
     MomentumParams,
     momentum,
 )
@@ -33,7 +34,11 @@ from bench.validate_strength_data import NAMES, load, to_events
 
 SELECT_SHARE = 0.4
 REPORT_SHARE = 0.6
-GRID = MOMENTUM_GRID
+#: The range searched when momentum-2026.1 was chosen (the grid has grown since).
+GRID = {
+    k: MOMENTUM_GRID[k]
+    for k in ("episode_gap_days", "episode_exponent", "activity_weight", "eps_days")
+}
 
 
 def grid() -> list[MomentumParams]:
@@ -43,7 +48,7 @@ def grid() -> list[MomentumParams]:
     for values in itertools.product(*(GRID[k] for k in keys)):
         change = dict(zip(keys, values, strict=True))
         tag = ",".join(f"{k}={v:g}" for k, v in change.items())
-        out.append(MomentumParams.from_dict({**change, "version": f"grid({tag})"}))
+        out.append(MomentumParams.from_dict({**change, "version": f"grid({tag})"}, MOMENTUM_2026_1))
     return out
 
 
@@ -78,7 +83,11 @@ def margins(data_dir: Path, share: float, end_share: float | None) -> dict[str, 
             y = table.labels[PRIMARY]
             best = max(auc(table.features[b], y) for b in BASELINES)
             by_gap = {
-                gap: parts(table, events, MomentumParams.from_dict({"episode_gap_days": gap}))
+                gap: parts(
+                    table,
+                    events,
+                    MomentumParams.from_dict({"episode_gap_days": gap}, MOMENTUM_2026_1),
+                )
                 for gap in GRID["episode_gap_days"]
             }
             for p in candidates:
@@ -101,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for version, m in ranked[: args.top]:
         cells = " ".join(f"{v:+.3f}" for v in m.values())
         print(f"{min(m.values()):+.3f} {version} | {cells}")
-    print(f"default {MOMENTUM_PARAMS.version}: {MOMENTUM_PARAMS.to_dict()}")
+    print(f"chosen then {MOMENTUM_2026_1.version}: {MOMENTUM_2026_1.to_dict()}")
     return 0
 
 

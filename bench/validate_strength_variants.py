@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from tieline.projections.strength_model_eval import DAY, PRIMARY, Contact, Table
-from tieline.projections.strength_model_momentum import MOMENTUM_GRID, MOMENTUM_PARAMS
+from tieline.projections.strength_model_momentum import MOMENTUM_2026_1, MOMENTUM_GRID
 from tieline.projections.strength_model_stats import auc, auc_difference_ci
 
 from bench import validate_strength_rounds as rounds
@@ -57,6 +57,12 @@ from bench.validate_strength_data import NAMES, DataSet, load
 
 SHARES = (0.4, 0.5, 0.6)
 BETAS = (0.0, 0.25, 0.5, 1.0)
+#: The grid as ``tieline calibrate`` searched it when these variants were written, before the
+#: neighbour term joined it (``momentum-2026.2``'s grid is this one times ``BETAS``).
+GRID: dict[str, tuple[float, ...]] = {
+    k: MOMENTUM_GRID[k]
+    for k in ("episode_gap_days", "episode_exponent", "activity_weight", "eps_days")
+}
 Candidate = dict[str, float]
 #: The fourth round's rule as a candidate (``episode_gap_days`` 0: the volume is the pair's
 #: contacts, as in :func:`bench.validate_strength_rounds.rule`).
@@ -122,7 +128,7 @@ def parts_at(
         if c.t >= cutoff:
             break
         times[c.pair].append(c.t)
-    gaps = MOMENTUM_GRID["episode_gap_days"]
+    gaps = GRID["episode_gap_days"]
     out = []
     for pair, p in zip(table.pairs, found, strict=True):
         ts = sorted(set(times[pair]))
@@ -133,10 +139,10 @@ def parts_at(
 
 def candidates(betas: Sequence[float], default: Candidate | None = None) -> list[Candidate]:
     """The default first (it wins ties, as in ``tieline calibrate``), then the grid times each β."""
-    keys = list(MOMENTUM_GRID)
+    keys = list(GRID)
     if default is None:
-        default = {k: float(getattr(MOMENTUM_PARAMS, k)) for k in keys} | {"beta": 0.0}
-    grid = [dict(zip(keys, v, strict=True)) for v in itertools.product(*MOMENTUM_GRID.values())]
+        default = {k: float(getattr(MOMENTUM_2026_1, k)) for k in keys} | {"beta": 0.0}
+    grid = [dict(zip(keys, v, strict=True)) for v in itertools.product(*GRID.values())]
     return [default, *({**c, "beta": b} for b in betas for c in grid)]
 
 

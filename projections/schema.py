@@ -7,7 +7,7 @@ from psycopg import AsyncConnection, sql
 from tieline.plumbing.migrations import API_ROLE, API_ROLE_DDL, WORKSPACE_SETTING
 
 #: Bump when a read-model table changes shape or meaning; tables carry it as a suffix.
-READ_MODEL_VERSION = 5
+READ_MODEL_VERSION = 6
 
 DDL = """
 CREATE TABLE IF NOT EXISTS checkpoints (

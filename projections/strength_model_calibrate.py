@@ -58,7 +58,8 @@ from tieline.projections.strength_model_momentum import (
     MOMENTUM_GRID,
     MOMENTUM_PARAMS,
     MomentumParams,
-    momentum,
+    combine,
+    parts,
 )
 from tieline.projections.strength_model_stats import (
     auc,
@@ -66,7 +67,13 @@ from tieline.projections.strength_model_stats import (
     mean_difference_ci,
     per_person_precision,
 )
-from tieline.projections.strength_model_workspace import MODEL_CALIBRATED, parameter_set
+from tieline.projections.strength_model_workspace import (
+    MODEL_CALIBRATED,
+    momentum_base,
+    momentum_params,
+    parameter_set,
+    strength_params,
+)
 from tieline.projections.strength_model_workspace import adopted_sets as _adopted
 from tieline.projections.workspace_models import workspace_model
 
@@ -124,7 +131,6 @@ async def adoption_times(
         ).format(sql.Identifier(schema)),
         (workspace, MODEL_CALIBRATED),
     )
-    base = {"strength": PARAMS.version, "momentum": MOMENTUM_PARAMS.version}
     out: dict[str, datetime] = {}
     for text, recorded_at in await cur.fetchall():
         payload = orjson.loads(text)  # text: whatever JSON loader the connection has
@@ -133,12 +139,20 @@ async def adoption_times(
             if name in out or not isinstance(found, dict):
                 continue
             try:
-                version = parameter_set(found.get("values") or {}, base[name])["version"]
+                version = parameter_set(found.get("values") or {}, _base(name, found))["version"]
             except (TypeError, ValueError):
                 continue
             if version == current["version"]:
                 out[name] = recorded_at
     return out
+
+
+def _base(name: str, found: Mapping[str, Any]) -> str:
+    """The default version an adopted set of model ``name`` (``{"version", "values"}``) holds
+    changes to: strength has one; momentum's is named by the set (:func:`momentum_base`)."""
+    if name == "strength":
+        return PARAMS.version
+    return momentum_base(str(found.get("version") or ""))
 
 
 def _grid(ranges: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:
@@ -155,6 +169,8 @@ class Model:
     default: dict[str, float]
     candidates: list[dict[str, float]]
     scorer: Callable[[dict[str, float]], Any]
+    #: The whole set a stored version names (the version a workspace's adoption has).
+    params_of: Callable[[str], Any]
     baseline: dict[str, float] | None = None
     baseline_name: str = "default"
 
@@ -168,7 +184,9 @@ def _with_baseline(model: Model, adopted: Mapping[str, Any] | None) -> Model:
     default) instead of the default; the default stays a candidate."""
     if not adopted:
         return model
-    base = {**model.default, **{k: float(v) for k, v in adopted["values"].items()}}
+    # the adopted set as a whole (a momentum set adopted on momentum-2026.1 keeps that base)
+    whole = model.params_of(str(adopted["version"]))
+    base = {k: float(getattr(whole, k)) for k in model.default}
     if base == model.default:
         return model
     extra = [] if model.default in model.candidates else [model.default]
@@ -185,15 +203,27 @@ def _models() -> list[Model]:
         p = Params.from_dict(change) if change else PARAMS
         return lambda pair, train, ctx: strength(train, p, as_of=ctx.cutoff).score
 
+    # A pair's momentum parts at a cut-off depend on the episode gap only, so they are found
+    # once per pair, cut-off and gap and every candidate combines them (360 candidates).
+    found: dict[tuple[Pair, datetime, float], Any] = {}
+
     def momentum_scorer(change: dict[str, float]) -> Any:
         p = MomentumParams.from_dict(change) if change else MOMENTUM_PARAMS
-        return lambda pair, train, ctx: momentum(train, ctx.cutoff, ctx.people_last_active, p).score
+
+        def score(pair: Pair, train: Sequence[PairEvent], ctx: Any) -> float:
+            key = (pair, ctx.cutoff, p.episode_gap_days)
+            if key not in found:
+                at = parts(train, ctx.cutoff, ctx.people_last_active, p.episode_gap_days)
+                found[key] = at and (*at, ctx.common_neighbours(pair))
+            return 0.0 if found[key] is None else combine(p, *found[key])
+
+        return score
 
     s_default = {k: float(getattr(PARAMS, k)) for k in STRENGTH_GRID}
     m_default = {k: float(getattr(MOMENTUM_PARAMS, k)) for k in MOMENTUM_GRID}
     return [
-        Model("strength", s_default, _grid(STRENGTH_GRID), strength_scorer),
-        Model("momentum", m_default, _grid(MOMENTUM_GRID), momentum_scorer),
+        Model("strength", s_default, _grid(STRENGTH_GRID), strength_scorer, strength_params),
+        Model("momentum", m_default, _grid(MOMENTUM_GRID), momentum_scorer, momentum_params),
     ]
 
 

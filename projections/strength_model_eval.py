@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -98,6 +98,16 @@ class Context:
 
     cutoff: datetime
     people_last_active: Mapping[str, datetime]  # each person's last contact with anyone
+    #: Each person's contacts before the cut-off (the people they had contact with).
+    neighbours: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def common_neighbours(self, pair: Pair) -> int:
+        """The people both of ``pair`` had contact with before the cut-off."""
+        a, b = pair
+        return len((self.neighbours.get(a, _NOBODY) & self.neighbours.get(b, _NOBODY)) - {a, b})
+
+
+_NOBODY: frozenset[str] = frozenset()
 
 
 Scorer = Callable[[Pair, Sequence[PairEvent], Context], float]
@@ -144,12 +154,15 @@ def build(contacts: Sequence[Contact], cutoff: float, end: float | None = None) 
     ``end`` are ignored)."""
     by_pair: dict[Pair, list[Contact]] = defaultdict(list)
     last_active: dict[str, float] = {}
+    neighbours: dict[str, set[str]] = defaultdict(set)
     for c in contacts:
         if end is not None and c.t >= end:
             break
         by_pair[c.pair].append(c)
         if c.t < cutoff:
             last_active[c.pair[0]] = last_active[c.pair[1]] = c.t
+            neighbours[c.pair[0]].add(c.pair[1])
+            neighbours[c.pair[1]].add(c.pair[0])
     table = Table(
         [],
         {k: [] for k in LABELS},
@@ -158,6 +171,7 @@ def build(contacts: Sequence[Contact], cutoff: float, end: float | None = None) 
         Context(
             datetime.fromtimestamp(cutoff, UTC),
             {p: datetime.fromtimestamp(t, UTC) for p, t in last_active.items()},
+            {p: frozenset(n) for p, n in neighbours.items()},
         ),
     )
     for pair in sorted(by_pair):

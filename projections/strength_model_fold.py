@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from tieline.projections.strength_model_acc import _Acc, _canonical, _compute
 from tieline.projections.strength_model_core import PairEvent, Strength, _days, _decay, _Side
-from tieline.projections.strength_model_momentum import MOMENTUM_PARAMS
+from tieline.projections.strength_model_momentum import MOMENTUM_PARAMS, new_episode
 from tieline.projections.strength_model_params import CONTACT_TYPES, DAY_SECONDS, PARAMS, Params
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -115,7 +115,7 @@ class Fold:
         """Count a contact at ``at`` into momentum's episodes (the same rule as
         :func:`~tieline.projections.strength_model_momentum.momentum`)."""
         last = self.acc.last  # the previous contact, before this event is stepped in
-        if last is None or (at - last).total_seconds() > gap_days * DAY_SECONDS:
+        if last is None or new_episode((at - last).total_seconds(), gap_days * DAY_SECONDS):
             self.episodes += 1
 
     def _settle(self, params: Params) -> None:

@@ -15,7 +15,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tieline.projections.strength_model_momentum import MOMENTUM_PARAMS, MomentumParams
+from tieline.projections.strength_model_momentum import (
+    MOMENTUM_PARAMS,
+    MOMENTUM_SETS,
+    MomentumParams,
+)
 from tieline.projections.strength_model_params import PARAMS, Params
 
 #: The event type that adopts parameter sets for one workspace.
@@ -68,13 +72,22 @@ def strength_params(version: str) -> Params:
     return Params.from_dict({**values, "version": version}, PARAMS)
 
 
+def momentum_base(version: str) -> str:
+    """The momentum set a version starts from: ``momentum-2026.1`` for a set adopted before
+    ``momentum-2026.2`` (its changes are to 2026.1's values), else the default's."""
+    head = version.split("+", 1)[0]
+    return head if head in MOMENTUM_SETS else MOMENTUM_PARAMS.version
+
+
 @functools.lru_cache(maxsize=256)
 def momentum_params(version: str) -> MomentumParams:
-    """The momentum set a stored ``momentum_version`` names (as :func:`strength_params`)."""
-    values = _values(version, MOMENTUM_PARAMS.version)
+    """The momentum set a stored ``momentum_version`` names (as :func:`strength_params`):
+    every set of :data:`MOMENTUM_SETS`, with or without changes, reads back as it was."""
+    base = MOMENTUM_SETS[momentum_base(version)]
+    values = _values(version, base.version)
     if not values:
-        return MOMENTUM_PARAMS
-    result: MomentumParams = MomentumParams.from_dict({**values, "version": version})
+        return base
+    result: MomentumParams = MomentumParams.from_dict({**values, "version": version}, base)
     return result
 
 
@@ -83,7 +96,9 @@ def model_of(payloads: Iterable[Mapping[str, Any]], base: Params = PARAMS) -> Wo
     model the newest payload that sets it wins. ``base``: the strength set a workspace without
     an adoption uses (the generation's, e.g. a what-if set). The version of an adopted set is
     derived from its values (:func:`parameter_set`), whatever the event called it, so a
-    stored version always names its values exactly."""
+    stored version always names its values exactly; of the name only the momentum set it
+    starts from is read (:func:`momentum_base`), since a set adopted before
+    ``momentum-2026.2`` holds changes to ``momentum-2026.1``."""
     strength: Params | None = None
     momentum: MomentumParams | None = None
     for p in payloads:
@@ -91,7 +106,8 @@ def model_of(payloads: Iterable[Mapping[str, Any]], base: Params = PARAMS) -> Wo
         if strength is None and s is not None:
             strength = _usable(strength_params, s["values"], PARAMS.version)
         if momentum is None and m is not None:
-            momentum = _usable(momentum_params, m["values"], MOMENTUM_PARAMS.version)
+            start = momentum_base(str(m.get("version") or ""))
+            momentum = _usable(momentum_params, m["values"], start)
     return WorkspaceModel(strength or base, momentum or MOMENTUM_PARAMS)
 
 
@@ -109,11 +125,11 @@ def adopted_sets(model: WorkspaceModel) -> dict[str, dict[str, Any]]:
     dicts (``version`` and ``values``): what the workspace adopted and still uses. A model
     left out is on its default (never adopted, retracted, or adopted back to the default); a
     set whose version is not one of ours (a what-if generation's base) counts as the
-    default too."""
+    default too. A momentum set adopted on ``momentum-2026.1`` keeps that base."""
     out: dict[str, dict[str, Any]] = {}
     for name, version, base in (
         ("strength", model.strength.version, PARAMS.version),
-        ("momentum", model.momentum.version, MOMENTUM_PARAMS.version),
+        ("momentum", model.momentum.version, momentum_base(model.momentum.version)),
     ):
         values = _values(version, base)
         if values:

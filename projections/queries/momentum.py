@@ -2,9 +2,10 @@
 
 Momentum (docs/strength-model.md §8) is a score separate from strength. Its parts are the
 pair's episodes (stored per pair: ``strength_v1.episodes``, folded like strength), the time
-since the pair's last contact (stored: ``last_contact_at``) and the time since the *less
-recently active* of the two people had contact with anyone: that last part changes whenever
-either person is in touch with someone else, so it is read at query time, not stored.
+since the pair's last contact (stored: ``last_contact_at``), the time since each of the two
+people had contact with anyone, and their common neighbours (the people both have had contact
+with): those last parts change whenever either person is in touch with someone else, so they
+are read at query time, not stored.
 
 Now: each person's latest contact is the latest ``last_contact_at`` of their stored ties (up to
 the asked instant). As of an earlier date: the latest unretracted contact event in the pair
@@ -47,9 +48,26 @@ SELECT p, max(l) FROM (
      WHERE workspace_id = %(ws)s AND person_b = ANY(%(people)s)
 ) x WHERE l <= %(at)s GROUP BY p"""
 
+#: The common neighbours of ``p`` and each of ``others`` now: the people with a stored tie
+#: (a contact up to ``at``) to both. The stored ties are the survivors' already.
+_NOW_COMMON_SQL = """
+WITH n AS (
+    SELECT CASE WHEN person_a = %(p)s THEN person_b ELSE person_a END AS x FROM strength_v1
+     WHERE workspace_id = %(ws)s AND (person_a = %(p)s OR person_b = %(p)s)
+       AND first_contact_at <= %(at)s
+),
+o AS (
+    SELECT person_a AS o, person_b AS x FROM strength_v1
+     WHERE workspace_id = %(ws)s AND person_a = ANY(%(others)s) AND first_contact_at <= %(at)s
+    UNION ALL
+    SELECT person_b, person_a FROM strength_v1
+     WHERE workspace_id = %(ws)s AND person_b = ANY(%(others)s) AND first_contact_at <= %(at)s
+)
+SELECT o.o, count(*) FROM o JOIN n USING (x) GROUP BY o.o"""
+
 #: ``members``: the people asked for and everyone merged into them; ``merged``/``survivor``:
 #: the workspace's merges that hold, so each row's two people are read as whom they count as.
-_AS_OF_SQL = """
+_AS_OF_CTE = """
 WITH m AS (SELECT * FROM unnest(%(merged)s::text[], %(survivor)s::text[]) AS m(merged, survivor)),
 e AS (
     SELECT person_a, person_b, occurred_at FROM pair_events_v1
@@ -64,10 +82,72 @@ r AS (
     SELECT coalesce(ma.survivor, e.person_a) AS ra, coalesce(mb.survivor, e.person_b) AS rb,
            e.occurred_at AS t
       FROM e LEFT JOIN m ma ON ma.merged = e.person_a LEFT JOIN m mb ON mb.merged = e.person_b
-)
+)"""
+_AS_OF_SQL = (
+    _AS_OF_CTE
+    + """
 SELECT p, max(t) FROM (
     SELECT ra AS p, t FROM r WHERE ra <> rb UNION ALL SELECT rb, t FROM r WHERE ra <> rb
 ) x WHERE p = ANY(%(people)s) GROUP BY p"""
+)
+#: The distinct ties (as whom each person counts as) of the people asked for, up to ``at``.
+_AS_OF_TIES_SQL = _AS_OF_CTE + "\nSELECT DISTINCT ra, rb FROM r WHERE ra <> rb"
+
+
+async def _as_of_args(
+    conn: AsyncConnection[Any], ws: str, asked: list[str], at: datetime
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Whom each asked person counts as (through the merges that hold) and the arguments of
+    the as-of queries for them."""
+    aliases = await merges.load(conn, [ws])
+    whom = {p: aliases.person(ws, p) for p in asked}
+    found = sorted(set(whom.values()))
+    held = sorted((m, s) for (w, m), s in aliases.survivor.items() if w == ws)
+    args = {
+        "ws": ws,
+        "people": found,
+        "members": sorted({x for p in found for x in aliases.members(ws, p)}),
+        "merged": [m for m, _ in held],
+        "survivor": [s for _, s in held],
+        "at": at,
+        "types": sorted(CONTACT_TYPES),
+    }
+    return whom, args
+
+
+async def common_neighbours(
+    conn: AsyncConnection[Any],
+    ws: str,
+    person: str,
+    others: Iterable[str],
+    at: datetime,
+    historical: bool,
+) -> dict[str, int]:
+    """How many people both ``person`` and each of ``others`` had contact with up to ``at``
+    (momentum's ``CN``): from the stored ties (now) or, when ``historical``, from the pair
+    timelines through the merges that hold (exact for any earlier date)."""
+    asked = sorted(set(others) - {person})
+    if not asked:
+        return {}
+    if not historical:
+        args = {"ws": ws, "p": person, "others": asked, "at": at}
+        async with conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(_NOW_COMMON_SQL, args)
+            return {o: int(n) for o, n in await cur.fetchall()}
+    whom, args = await _as_of_args(conn, ws, [person, *asked], at)
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(_AS_OF_TIES_SQL, args)
+        ties = await cur.fetchall()
+    around: dict[str, set[str]] = {}
+    for a, b in ties:
+        around.setdefault(a, set()).add(b)
+        around.setdefault(b, set()).add(a)
+    mine = around.get(whom[person], set())
+    out = {}
+    for o in asked:
+        pair = {whom[person], whom[o]}
+        out[o] = len((mine & around.get(whom[o], set())) - pair)
+    return out
 
 
 async def last_active(
@@ -85,28 +165,17 @@ async def last_active(
         async with conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute(_NOW_SQL, {"ws": ws, "people": asked, "at": at})
             return {p: t for p, t in await cur.fetchall() if t is not None}
-    aliases = await merges.load(conn, [ws])
-    whom = {p: aliases.person(ws, p) for p in asked}
-    found = sorted(set(whom.values()))
-    held = sorted((m, s) for (w, m), s in aliases.survivor.items() if w == ws)
-    args = {
-        "ws": ws,
-        "people": found,
-        "members": sorted({x for p in found for x in aliases.members(ws, p)}),
-        "merged": [m for m, _ in held],
-        "survivor": [s for _, s in held],
-        "at": at,
-        "types": sorted(CONTACT_TYPES),
-    }
+    whom, args = await _as_of_args(conn, ws, asked, at)
     async with conn.cursor(row_factory=tuple_row) as cur:  # whatever the connection's rows
         await cur.execute(_AS_OF_SQL, args)
         latest = {p: t for p, t in await cur.fetchall() if t is not None}
     return {p: latest[q] for p, q in whom.items() if q in latest}
 
 
-def from_row(row: Row, when: datetime, active: Mapping[str, datetime]) -> Momentum:
+def from_row(row: Row, when: datetime, active: Mapping[str, datetime], common: int = 0) -> Momentum:
     """A pair's momentum at ``when`` (>= its latest event) from its stored row, with the
-    momentum set the row was computed with (a workspace may have adopted its own)."""
+    momentum set the row was computed with (a workspace may have adopted its own), and the
+    pair's ``common`` neighbours."""
     params = momentum_params(row["momentum_version"])
     last = row["last_contact_at"]
     episodes = int(row["episodes"])
@@ -116,7 +185,8 @@ def from_row(row: Row, when: datetime, active: Mapping[str, datetime]) -> Moment
     seen = [max(last, active.get(p, last)) for p in (row["person_a"], row["person_b"])]
     h = (when - min(seen)).total_seconds() / _DAY
     h2 = (when - max(seen)).total_seconds() / _DAY
-    return Momentum(combine(params, episodes, g, h, h2), episodes, g, h, params.version, h2)
+    score = combine(params, episodes, g, h, h2, common)
+    return Momentum(score, episodes, g, h, params.version, h2, common)
 
 
 async def of_pair(
@@ -126,7 +196,10 @@ async def of_pair(
     the two people's activity up to then."""
     people = {e.person_a for e in events} | {e.person_b for e in events}
     active = await last_active(conn, ws, people, as_of, True)
-    return momentum(events, as_of, active, (await workspace_model(conn, ws)).momentum)
+    a, b = events[0].person_a, events[0].person_b
+    common = (await common_neighbours(conn, ws, a, [b], as_of, True)).get(b, 0)
+    params = (await workspace_model(conn, ws)).momentum
+    return momentum(events, as_of, active, params, common)
 
 
 async def of_ties(
@@ -142,14 +215,16 @@ async def of_ties(
     evaluated from its events up to ``when``)."""
     others = [row["other"] for row, _ in ties]
     active = await last_active(conn, ws, [person, *others], when, historical)
+    common = await common_neighbours(conn, ws, person, others, when, historical)
     out: dict[str, Momentum] = {}
     for row, replay in ties:
+        cn = common.get(row["other"], 0)
         if not replay:
-            out[row["other"]] = from_row(row, when, active)
+            out[row["other"]] = from_row(row, when, active, cn)
             continue
         events = await pair_events(conn, ws, row["person_a"], row["person_b"], when)
         params = momentum_params(row["momentum_version"])
-        out[row["other"]] = momentum(events, when, active, params)
+        out[row["other"]] = momentum(events, when, active, params, cn)
     return out
 
 
@@ -159,6 +234,7 @@ def fields(m: Momentum) -> dict[str, Any]:
         "momentum": round(m.score, 4),
         "momentum_version": m.params_version,
         "episodes": m.episodes,
+        "common_neighbours": m.common_neighbours,
     }
 
 
@@ -184,6 +260,7 @@ async def pair_now(
     row = await pair_row(conn, ws, a, b)
     if row is None:
         return None
-    people = (row["person_a"], row["person_b"])
-    active = await last_active(conn, ws, people, when, historical=False)
-    return {**summary_now(row, when), **fields(from_row(row, when, active))}
+    a, b = row["person_a"], row["person_b"]
+    active = await last_active(conn, ws, (a, b), when, historical=False)
+    common = (await common_neighbours(conn, ws, a, [b], when, historical=False)).get(b, 0)
+    return {**summary_now(row, when), **fields(from_row(row, when, active, common))}

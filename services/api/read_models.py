@@ -58,9 +58,10 @@ class RelationshipStrength(Answer):
                     "reciprocity": {"acts": 2, "balance": 0.0, "one_sided": False,
                                     "factor": 1.0},
                     "can_vouch": False,
-                    "momentum": 67.3,
-                    "momentum_version": "momentum-2026.1",
+                    "momentum": 41.7,
+                    "momentum_version": "momentum-2026.2",
                     "episodes": 2,
+                    "common_neighbours": 3,
                 }
             ]
         }
@@ -86,13 +87,19 @@ class RelationshipStrength(Answer):
         default=None, description="Why (not) vouching; given for an ``as_of`` answer."
     )
     momentum: float = Field(
-        description="0-100: how likely the relationship goes on, both ways, soon (a score "
-        "separate from strength, validated on that question: docs/strength-model.md §8)."
+        description="0-100: how likely the relationship goes on, both ways, soon, as a rank "
+        "(higher: likelier), not a probability (a score separate from strength, validated on "
+        "that question: docs/strength-model.md §8)."
     )
     momentum_version: str = Field(description="The momentum parameter set.")
     episodes: int = Field(
         description="Contacts counted as separate episodes (a burst within the parameter "
-        "set's episode gap is one)."
+        "set's episode gap is one; with a gap of 0, as in momentum-2026.2, every contact)."
+    )
+    common_neighbours: int = Field(
+        default=0,
+        description="The people both have had contact with (up to the answer's instant); "
+        "momentum rises with them when its set weighs them (momentum-2026.2 does).",
     )
 
 

@@ -260,19 +260,25 @@ def test_momentum_is_served_and_equals_the_pure_model(
     for day in (100, 420, 800):
         when = T0 + timedelta(days=day)
         active: dict[str, datetime] = {}
+        around: dict[str, set[str]] = {}
         for events in history.values():
             for e in events:
                 if e.occurred_at <= when:
                     for p in (e.person_a, e.person_b):
                         active[p] = max(active.get(p, e.occurred_at), e.occurred_at)
+                    around.setdefault(e.person_a, set()).add(e.person_b)
+                    around.setdefault(e.person_b, set()).add(e.person_a)
+        common = len(around.get("ada", set()) & around.get("grace", set()))
         got = api.get(
             f"/v1/workspaces/{ws}/relationships/ada/grace", params={"as_of": when.isoformat()}
         ).json()
         upto = [e for e in history[("ada", "grace")] if e.occurred_at <= when]
-        expected = momentum(upto, when, active)
+        expected = momentum(upto, when, active, common_neighbours=common)
         assert got["momentum"] == round(expected.score, 4), day
+        assert got["common_neighbours"] == common, day
         if day == 420:
-            assert expected.score != momentum(upto, when).score  # the activity term counts
+            assert expected.score != momentum(upto, when).score  # activity and CN count
+            assert common == 1  # linus: ada met him at 410, grace has known him for long
         assert got["episodes"] == expected.episodes and got["momentum_version"]
     direct = api.get(f"/v1/workspaces/{ws}/relationships/linus/grace").json()
     pure = api.get(

@@ -19,6 +19,7 @@ import pytest
 from tieline.projections.strength_model import FOLLOWED_UP, PairEvent
 from tieline.projections.strength_model_eval import BASELINES, LABELS
 from tieline.projections.strength_model_momentum import (
+    MOMENTUM_2026_1,
     MOMENTUM_PARAMS,
     MomentumParams,
     combine,
@@ -97,9 +98,12 @@ def test_momentum_falls_without_contact_and_rises_with_episodes() -> None:
     assert scores == sorted(scores, reverse=True) and scores[-1] < scores[0]
     fewer = momentum(events[3:], last + timedelta(days=1)).score
     assert fewer < scores[1]
-    # a burst within the hour is one episode, not many
+    # momentum-2026.1: a burst within the hour is one episode, not many; momentum-2026.2
+    # (episode gap 0): every contact counts
     burst = [_msg(10 + i, "a", last + timedelta(days=1, minutes=i)) for i in range(5)]
-    assert momentum([*events, *burst], last + timedelta(days=2)).episodes == 7
+    later = last + timedelta(days=2)
+    assert momentum([*events, *burst], later, None, MOMENTUM_2026_1).episodes == 7
+    assert momentum([*events, *burst], later).episodes == 11
     # events after as_of are left out; people still active elsewhere keep it higher
     at = last + timedelta(days=5)
     assert momentum([*events, _msg(99, "a", at + timedelta(days=1))], at).score == pytest.approx(
@@ -107,7 +111,11 @@ def test_momentum_falls_without_contact_and_rises_with_episodes() -> None:
     )
     idle = momentum(events, at).score
     assert momentum(events, at, {"a": at, "b": at}).score > idle
-    assert momentum(events, at, {"a": at}).score == pytest.approx(idle)  # b idle since last
+    # momentum-2026.1 weighs only the less recently active person (b, idle since the last
+    # contact); momentum-2026.2 weighs both, so a's activity counts too
+    old = momentum(events, at, None, MOMENTUM_2026_1).score
+    assert momentum(events, at, {"a": at}, MOMENTUM_2026_1).score == pytest.approx(old)
+    assert momentum(events, at, {"a": at}).score > idle
     assert momentum([], at).score == 0.0
 
 
@@ -174,7 +182,7 @@ def test_calibrate_chooses_before_the_held_out_time_and_reports_intervals() -> N
     assert math.isfinite(lo) and lo <= hi
     assert r["baseline"] == {"name": "default", "values": r["default"]}
     assert r["recommend"] == (r["best"] != r["default"] and lo > 0)
-    assert r["candidates"] == 90
+    assert r["candidates"] == 360
     # too little history is refused, never recommended
     small = dict(list(_history(5).items())[:5])
     assert "refused" in calibrate(small, 0.25, 10, ("momentum",))
@@ -183,10 +191,16 @@ def test_calibrate_chooses_before_the_held_out_time_and_reports_intervals() -> N
 def _momentum_scores(events: Any, table: Any, params: Any) -> list[float]:
     """Momentum with ``params`` of every candidate of ``table``, from its events before the
     cut-off (computed here, independently of calibrate)."""
-    at = table.context.cutoff
-    active = table.context.people_last_active
+    ctx = table.context
+    at, active = ctx.cutoff, ctx.people_last_active
     return [
-        momentum([e for e in events[p] if e.occurred_at < at], at, active, params).score
+        momentum(
+            [e for e in events[p] if e.occurred_at < at],
+            at,
+            active,
+            params,
+            ctx.common_neighbours(p),
+        ).score
         for p in table.pairs
     ]
 
@@ -255,8 +269,8 @@ def test_calibrate_checks_an_adopted_set_on_the_history_after_its_adoption(
     assert 0 < sum(y) < len(y)
     scores = {}
     for name, params in (
-        ("adopted", MomentumParams.from_dict(values)),
-        ("default", MomentumParams.from_dict({})),
+        ("adopted", MomentumParams.from_dict(values, MOMENTUM_2026_1)),  # adopted on 2026.1
+        ("default", MOMENTUM_PARAMS),
     ):
         scores[name] = _momentum_scores(events, table, params)
         assert since["auc"][name] == auc(scores[name], y)
@@ -309,7 +323,7 @@ def test_adoption_records_only_sets_that_beat_the_default() -> None:
     body = adoption(_report(True))
     assert body is not None and "strength" not in body
     assert body["momentum"]["values"] == {"episode_gap_days": 0.5}  # only what changed
-    assert body["momentum"]["version"] == "momentum-2026.1+episode_gap_days=0.5"
+    assert body["momentum"]["version"] == "momentum-2026.2+episode_gap_days=0.5"
     assert body["evidence"]["momentum_auc_gain_lo"] == 0.01
     envelope = {"event_id": "0b6d1f7e-5a51-4f8e-9a4b-1c2d3e4f5a0c", "schema_version": 1,
                 "occurred_at": "2024-06-01T00:00:00Z", "recorded_at": "2024-06-01T00:00:00Z",
@@ -336,15 +350,17 @@ def test_calibrate_compares_candidates_with_the_adopted_set(
     report = calibrate(events, 0.25, 30, ("momentum",), adopted)
     r = report["models"]["momentum"]
     assert r["baseline"]["name"] == f"adopted {adopted['momentum']['version']}"
-    assert r["baseline"]["values"] == {**r["default"], **adopted_values}
-    assert r["candidates"] == 90  # the default is in the grid already
+    # adopted on momentum-2026.1: its changes are to 2026.1's values, not the default's
+    old = {k: float(getattr(MOMENTUM_2026_1, k)) for k in r["default"]}
+    assert r["baseline"]["values"] == {**old, **adopted_values}
+    assert r["candidates"] == 361  # the grid and the default (which is not in it)
     assert r["auc"]["baseline"] != first["auc"]["baseline"]  # another set was scored
     lo = r["auc_best_minus_baseline_ci95"][0]
     assert r["recommend"] == (r["best"] != r["baseline"]["values"] and lo > 0)
     # The best set, once adopted, is the baseline: it wins its own tie, nothing is recommended
     # and --apply has nothing to record.
     best_changes = {k: v for k, v in r["best"].items() if r["default"][k] != v}
-    now = {"momentum": parameter_set(best_changes, "momentum-2026.1")}
+    now = {"momentum": parameter_set(best_changes, "momentum-2026.2")}
     again = calibrate(events, 0.25, 30, ("momentum",), now)
     m = again["models"]["momentum"]
     assert m["best"] == m["baseline"]["values"] and not m["recommend"]
@@ -373,9 +389,9 @@ def test_adoption_never_records_the_current_set() -> None:
     model["baseline"] = {"name": "adopted x", "values": dict(model["best"])}
     model["best"] = dict(model["default"])
     body = adoption(report)
-    assert body is not None and body["momentum"] == {"version": "momentum-2026.1", "values": {}}
+    assert body is not None and body["momentum"] == {"version": "momentum-2026.2", "values": {}}
     assert body["evidence"]["momentum_auc_baseline"] == 0.8
-    assert momentum_params(body["momentum"]["version"]).version == "momentum-2026.1"
+    assert momentum_params(body["momentum"]["version"]) is MOMENTUM_PARAMS
 
 
 def test_adopted_sets_name_what_a_workspace_uses_beyond_the_defaults() -> None:
@@ -411,28 +427,94 @@ def test_a_workspace_model_is_its_newest_usable_adoption_per_model() -> None:
     assert model_of([]).strength is strength_params("2026.1")
 
 
-def test_partner_activity_term_is_off_by_default_and_lowers_momentum_when_both_go_quiet() -> None:
+def test_partner_activity_term_is_off_in_2026_1_and_lowers_momentum_when_both_go_quiet() -> None:
     events = [_msg(i, "ab"[i % 2], T0 + timedelta(days=3 * i)) for i in range(6)]
     last = events[-1].occurred_at
     at = last + timedelta(days=10)
-    assert MOMENTUM_PARAMS.partner_activity_weight == 0.0
+    old = MOMENTUM_2026_1
+    assert old.partner_activity_weight == 0.0 and MOMENTUM_PARAMS.partner_activity_weight == 0.5
     # off: only the less recently active person counts, as in momentum-2026.1
-    one_active = momentum(events, at, {"a": at})
+    one_active = momentum(events, at, {"a": at}, old)
     assert one_active.days_since_people_active == pytest.approx(10.0)
     assert one_active.days_since_either_active == pytest.approx(0.0)
-    both = MomentumParams.from_dict({"partner_activity_weight": 1.0, "version": "t"})
+    both = MomentumParams.from_dict({"partner_activity_weight": 1.0, "version": "t"}, old)
     # on: a pair where one person is still active elsewhere keeps more momentum than a pair
     # where both have gone quiet; with both active right now the term is 1
     a_active = momentum(events, at, {"a": at}, both).score
     none_active = momentum(events, at, {}, both).score
     assert none_active < a_active
-    off = momentum(events, at, {"a": at, "b": at}).score
+    assert momentum(events, at, {}).score < momentum(events, at, {"a": at}).score  # 2026.2
+    off = momentum(events, at, {"a": at, "b": at}, old).score
     assert momentum(events, at, {"a": at, "b": at}, both).score == pytest.approx(off)
     # the formula: one factor eps / (h2 + eps) per unit of weight
     eps = both.eps_days
-    plain = combine(MOMENTUM_PARAMS, 6, 10.0, 10.0)
+    plain = combine(old, 6, 10.0, 10.0)
     m_plain = plain / (100.0 - plain)
     with_term = combine(both, 6, 10.0, 10.0, 4.0)
     assert with_term / (100.0 - with_term) == pytest.approx(m_plain * eps / (4.0 + eps))
     with pytest.raises(ValueError):
         MomentumParams.from_dict({"partner_activity_weight": -1.0})
+
+
+def test_common_neighbours_raise_momentum_2026_2_and_the_score_is_a_logistic_of_log_m() -> None:
+    """momentum-2026.2 multiplies M by (1 + CN)^0.25 and shows 100 logistic((ln M + 15) / 5): a
+    monotone map of ln M, so it ranks as M does; momentum-2026.1 has no neighbour term."""
+    p = MOMENTUM_PARAMS
+    none, some = combine(p, 10, 7.0, 1.0, 1.0, 0), combine(p, 10, 7.0, 1.0, 1.0, 15)
+    assert some > none
+    assert combine(MOMENTUM_2026_1, 10, 7.0, 1.0, 1.0, 15) == combine(MOMENTUM_2026_1, 10, 7.0, 1.0)
+    eps = p.eps_days
+    log_m = (
+        3 * math.log(10) + math.log(eps / (7 + eps)) + math.log(eps / (1 + eps))
+        + 0.5 * math.log(eps / (1 + eps)) + 0.25 * math.log(16)
+    )  # fmt: skip
+    logit = math.log(some / (100.0 - some))
+    assert logit * p.log_scale + p.log_center == pytest.approx(log_m)
+    # neither end saturates: long-dead and very busy pairs still rank
+    dead = [combine(p, 1, d, d, d, 0) for d in (100.0, 200.0, 400.0)]
+    busy = [combine(p, n, 0.0, 0.0, 0.0, 50) for n in (100, 200, 400)]
+    assert 0.0 < dead[2] < dead[1] < dead[0] and busy[0] < busy[1] < busy[2] < 100.0
+    with pytest.raises(ValueError):
+        MomentumParams.from_dict({"neighbour_weight": -0.5})
+    with pytest.raises(ValueError):
+        MomentumParams.from_dict({"log_scale": 0.0})
+
+
+def test_a_set_adopted_on_momentum_2026_1_keeps_its_base() -> None:
+    """A workspace that adopted a momentum set before momentum-2026.2 stored changes to
+    2026.1's values; read back, they still are, and a stored 2026.1 version is 2026.1."""
+    from tieline.projections.strength_model_workspace import (
+        adopted_sets,
+        model_of,
+        momentum_params,
+        parameter_set,
+    )
+
+    assert momentum_params("momentum-2026.1") is MOMENTUM_2026_1
+    assert momentum_params("momentum-2026.2") is MOMENTUM_PARAMS
+    old = parameter_set({"episode_exponent": 1.0}, "momentum-2026.1")
+    m = model_of([{"momentum": old}]).momentum
+    assert m.version == old["version"] and m.episode_exponent == 1.0
+    assert (m.episode_gap_days, m.activity_weight) == (1 / 24, 0.5)  # 2026.1's, not 2026.2's
+    assert m.neighbour_weight == 0.0
+    assert adopted_sets(model_of([{"momentum": old}])) == {"momentum": old}
+    new = parameter_set({"episode_exponent": 1.0}, "momentum-2026.2")
+    m2 = model_of([{"momentum": new}]).momentum
+    assert (m2.episode_gap_days, m2.neighbour_weight) == (0.0, 0.25)
+    # an adoption whose version names no known set counts its values as changes to the default
+    odd = model_of([{"momentum": {"version": "whatever", "values": {"episode_exponent": 2.0}}}])
+    assert odd.momentum.version == "momentum-2026.2+episode_exponent=2.0"
+
+
+def test_the_fold_counts_episodes_as_momentum_does_with_either_set() -> None:
+    from tieline.projections.strength_model_fold import Fold
+
+    events = [_msg(i, "ab"[i % 2], T0 + timedelta(minutes=20 * i)) for i in range(9)]
+    events += [_msg(20, "a", events[-1].occurred_at)]  # two contacts at the same instant
+    at = events[-1].occurred_at
+    for params in (MOMENTUM_2026_1, MOMENTUM_PARAMS):
+        fold = Fold.of(events, episode_gap_days=params.episode_gap_days)
+        assert fold is not None
+        assert fold.episodes == momentum(events, at, None, params).episodes
+    assert momentum(events, at, None, MOMENTUM_PARAMS).episodes == 10
+    assert momentum(events, at, None, MOMENTUM_2026_1).episodes == 1

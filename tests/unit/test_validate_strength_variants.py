@@ -9,7 +9,12 @@ from datetime import UTC, datetime
 
 from tieline.projections.strength_model_calibrate import calibrate
 from tieline.projections.strength_model_eval import DAY, Contact
-from tieline.projections.strength_model_momentum import MOMENTUM_PARAMS, MomentumParams, momentum
+from tieline.projections.strength_model_momentum import (
+    MOMENTUM_2026_1,
+    MOMENTUM_PARAMS,
+    MomentumParams,
+    momentum,
+)
 
 from bench import validate_strength_rounds as rounds
 from bench import validate_strength_variants as variants
@@ -36,18 +41,29 @@ def _history(seed: int, stationary: bool = False) -> DataSet:
     return DataSet("synthetic", False, tuple(contacts), tuple(c.t for c in contacts))
 
 
-def test_one_window_variant_is_tieline_calibrate() -> None:
-    """Same choice, same refusal, same held-out interval: recommended on histories where ties
-    stop (seeds 1-3), refused on stationary ones (seeds 1-2)."""
+def _as_momentum_set(c: variants.Candidate) -> dict[str, float]:
+    """A variants candidate as ``tieline calibrate`` names it (β is ``neighbour_weight``; the
+    grid's candidates leave the partner term off)."""
+    out = {k: v for k, v in c.items() if k != "beta"}
+    return {**out, "partner_activity_weight": c.get("partner_activity_weight", 0.0),
+            "neighbour_weight": c["beta"]}  # fmt: skip
+
+
+def test_served_variant_is_tieline_calibrate() -> None:
+    """The seventh round's last variant (the fourth round's rule kept on refusal, the grid
+    times (1 + CN)^β) is what ``tieline calibrate`` does since momentum-2026.2: same choice,
+    same refusal, same held-out interval: recommended on histories where ties stop (seeds
+    1-3), refused on stationary ones (seeds 1-2)."""
     seen = set()
+    served = variants.VARIANTS[5]
+    assert served.default == variants.FOURTH_ROUND and served.betas == variants.BETAS
     for seed, stationary in ((1, False), (2, False), (3, False), (1, True), (2, True)):
         data = _history(seed, stationary)
         report = calibrate(to_events(data), holdout_share=0.25, bootstrap=200, models=["momentum"])
         found = report["models"]["momentum"]
-        chosen, why = variants.calibrated(list(data.contacts), variants.VARIANTS[0], 200)
+        chosen, why = variants.calibrated(list(data.contacts), served, 200)
         expected = found["best"] if found["recommend"] else found["default"]
-        assert {k: v for k, v in chosen.items() if k != "beta"} == expected, (seed, why)
-        assert chosen["beta"] == 0.0
+        assert _as_momentum_set(chosen) == expected, (seed, why)
         if not found["recommend"]:
             lo, hi = found["auc_best_minus_baseline_ci95"]
             assert why == f"refused: held-out gain [{lo:+.3f}, {hi:+.3f}]"
@@ -62,7 +78,9 @@ def test_log_scores_rank_as_momentum_does() -> None:
     events = to_events(data)
     at = datetime.fromtimestamp(cutoff, UTC)
     cand = {**variants.candidates((0.0,))[7], "beta": 0.0}
-    params = MomentumParams.from_dict({k: v for k, v in cand.items() if k != "beta"})
+    params = MomentumParams.from_dict(
+        {k: v for k, v in cand.items() if k != "beta"}, MOMENTUM_2026_1
+    )
     mine = variants.scores(parts, cand)
     theirs = []
     for pair in table.pairs:
@@ -107,4 +125,7 @@ def test_fourth_round_default_is_the_fourth_round_rule() -> None:
     assert all(math.isclose(a, b, abs_tol=1e-9) for a, b in zip(mine, theirs, strict=True))
     assert any(p.h2 != p.h for p in parts) and any(p.common for p in parts)
     assert variants.candidates((0.0,), variants.FOURTH_ROUND)[0] == variants.FOURTH_ROUND
-    assert variants.candidates((0.0,))[0]["episode_exponent"] == MOMENTUM_PARAMS.episode_exponent
+    assert variants.candidates((0.0,))[0]["episode_exponent"] == MOMENTUM_2026_1.episode_exponent
+    # and it is the served default, momentum-2026.2
+    fourth = _as_momentum_set(variants.FOURTH_ROUND)
+    assert fourth == {k: float(getattr(MOMENTUM_PARAMS, k)) for k in fourth}
