@@ -133,7 +133,8 @@ async def common_neighbours(
         args = {"ws": ws, "p": person, "others": asked, "at": at}
         async with conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute(_NOW_COMMON_SQL, args)
-            return {o: int(n) for o, n in await cur.fetchall()}
+            counted = {o: int(n) for o, n in await cur.fetchall()}
+        return {o: counted.get(o, 0) for o in asked}
     whom, args = await _as_of_args(conn, ws, [person, *asked], at)
     async with conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(_AS_OF_TIES_SQL, args)

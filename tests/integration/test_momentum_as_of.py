@@ -82,6 +82,17 @@ async def test_as_of_activity_follows_merges_and_lists_compute_their_page_only(
         assert got["momentum"] == round(want.score, 4)
         unmerged = momentum(events, when, {"s": ago(100), "y": ago(15)})
         assert round(unmerged.score, 4) != got["momentum"]  # the merge matters here
+        # Common neighbours are read through the merge too: z met m, who counts as s, so y
+        # and z share s (as y and t0 do); w's only tie is y.
+        others = ["z", "w", "t0"]
+        expected = {"z": 1, "w": 0, "t0": 1}
+        assert await mo.common_neighbours(conn, WS, "y", others, when, True) == expected
+        assert await mo.common_neighbours(conn, WS, "y", others, NOW, False) == expected
+        assert await mo.common_neighbours(conn, WS, "y", others, ago(25), True) == {
+            "z": 0,  # m met z 20 days ago
+            "w": 0,
+            "t0": 1,
+        }
     finally:
         await conn.close()
     token = await issue_token(settings, WS, "admin", "mom")
