@@ -137,8 +137,9 @@ MOMENTUM_PARAMS = MomentumParams(
     partner_activity_weight=0.5,
     # (1 + CN) ** 0.25: chosen at the earlier cut-offs among 0, 0.25, 0.5, 1 and 2 (§8).
     neighbour_weight=0.25,
-    # Display only (monotone): ln M = -15 (e.g. ten contacts, the last a week ago, both people
-    # active a day ago) shows as 50; each 5 more in ln M moves the score about 23 points.
+    # Display only (monotone): ln M = -15 shows as 50 (e.g. ten contacts, the last a week ago,
+    # one of the two silent since, the other active a day ago: -15.2); each 5 more in ln M
+    # moves the score about 23 points.
     log_center=-15.0,
     log_scale=5.0,
 )
@@ -251,6 +252,8 @@ def combine(
     so a caller with a set whose ``partner_activity_weight`` is not 0 passes it), and the
     common neighbours."""
     eps = params.eps_days
+    if episodes <= 0:
+        return 0.0  # no contact: nothing to go on
     if params.log_center == 0.0 and params.log_scale == 1.0 and not params.neighbour_weight:
         # momentum-2026.1's own arithmetic, so its stored versions read back bit for bit
         m = math.pow(episodes, params.episode_exponent) * (eps / (g + eps))

@@ -106,8 +106,10 @@ def model_of(payloads: Iterable[Mapping[str, Any]], base: Params = PARAMS) -> Wo
         if strength is None and s is not None:
             strength = _usable(strength_params, s["values"], PARAMS.version)
         if momentum is None and m is not None:
-            start = momentum_base(str(m.get("version") or ""))
-            momentum = _usable(momentum_params, m["values"], start)
+            # No changes means "back to the default", whichever default the event was
+            # recorded under (a 2026.1-era return to the default is 2026.2 now).
+            start = momentum_base(str(m.get("version") or "")) if m["values"] else ""
+            momentum = _usable(momentum_params, m["values"], start or MOMENTUM_PARAMS.version)
     return WorkspaceModel(strength or base, momentum or MOMENTUM_PARAMS)
 
 

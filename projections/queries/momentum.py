@@ -147,7 +147,8 @@ async def common_neighbours(
     out = {}
     for o in asked:
         pair = {whom[person], whom[o]}
-        out[o] = len((mine & around.get(whom[o], set())) - pair)
+        # someone merged into the person is the person: no tie, so no common neighbours
+        out[o] = 0 if len(pair) == 1 else len((mine & around.get(whom[o], set())) - pair)
     return out
 
 

@@ -158,6 +158,7 @@ STRENGTH_FIELDS = [
     "can_vouch",
     "momentum",
     "episodes",
+    "common_neighbours",
     "as_of",
 ]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tieline.projections.strength_model import PARAMS, PairEvent, strength
+from tieline.projections.strength_model import CONTACT_TYPES, PARAMS, PairEvent, strength
 from tieline.projections.strength_model_momentum import momentum
 
 from tests.e2e.test_walking_skeleton import add_people
@@ -263,7 +263,7 @@ def test_momentum_is_served_and_equals_the_pure_model(
         around: dict[str, set[str]] = {}
         for events in history.values():
             for e in events:
-                if e.occurred_at <= when:
+                if e.occurred_at <= when and e.type in CONTACT_TYPES:  # ratings are not contact
                     for p in (e.person_a, e.person_b):
                         active[p] = max(active.get(p, e.occurred_at), e.occurred_at)
                     around.setdefault(e.person_a, set()).add(e.person_b)

@@ -474,6 +474,7 @@ def test_common_neighbours_raise_momentum_2026_2_and_the_score_is_a_logistic_of_
     dead = [combine(p, 1, d, d, d, 0) for d in (100.0, 200.0, 400.0)]
     busy = [combine(p, n, 0.0, 0.0, 0.0, 50) for n in (100, 200, 400)]
     assert 0.0 < dead[2] < dead[1] < dead[0] and busy[0] < busy[1] < busy[2] < 100.0
+    assert combine(p, 0, 1.0, 1.0, 1.0, 3) == 0.0 == combine(MOMENTUM_2026_1, 0, 1.0, 1.0)
     with pytest.raises(ValueError):
         MomentumParams.from_dict({"neighbour_weight": -0.5})
     with pytest.raises(ValueError):
@@ -501,6 +502,9 @@ def test_a_set_adopted_on_momentum_2026_1_keeps_its_base() -> None:
     new = parameter_set({"episode_exponent": 1.0}, "momentum-2026.2")
     m2 = model_of([{"momentum": new}]).momentum
     assert (m2.episode_gap_days, m2.neighbour_weight) == (0.0, 0.25)
+    # a return to the default recorded under 2026.1 (no changes) is the default, 2026.2, now
+    back = model_of([{"momentum": {"version": "momentum-2026.1", "values": {}}}, {"momentum": old}])
+    assert back.momentum is MOMENTUM_PARAMS and adopted_sets(back) == {}
     # an adoption whose version names no known set counts its values as changes to the default
     odd = model_of([{"momentum": {"version": "whatever", "values": {"episode_exponent": 2.0}}}])
     assert odd.momentum.version == "momentum-2026.2+episode_exponent=2.0"
