@@ -267,7 +267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=500, help="paired resamples (0 = none)")
     parser.add_argument("--sets", nargs="+", choices=NAMES, default=list(NAMES))
     parser.add_argument("--params", type=Path, help="what-if strength parameters (JSON)")
-    parser.add_argument("--momentum-params", type=Path, help="what-if momentum parameters (JSON)")
+    parser.add_argument(
+        "--momentum-params",
+        type=Path,
+        help="what-if momentum parameters (JSON: changes to the default set, MOMENTUM_PARAMS)",
+    )
     parser.add_argument("--through-api", action="store_true", help="through a real tieline")
     parser.add_argument("--timeout", type=float, default=900.0, help="projection wait (s)")
     args = parser.parse_args(argv)
