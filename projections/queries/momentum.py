@@ -48,22 +48,22 @@ SELECT p, max(l) FROM (
      WHERE workspace_id = %(ws)s AND person_b = ANY(%(people)s)
 ) x WHERE l <= %(at)s GROUP BY p"""
 
-#: The common neighbours of ``p`` and each of ``others`` now: the people with a stored tie
-#: (a contact up to ``at``) to both. The stored ties are the survivors' already.
-_NOW_COMMON_SQL = """
-WITH n AS (
-    SELECT CASE WHEN person_a = %(p)s THEN person_b ELSE person_a END AS x FROM strength_v1
-     WHERE workspace_id = %(ws)s AND (person_a = %(p)s OR person_b = %(p)s)
-       AND first_contact_at <= %(at)s
-),
-o AS (
-    SELECT person_a AS o, person_b AS x FROM strength_v1
-     WHERE workspace_id = %(ws)s AND person_a = ANY(%(others)s) AND first_contact_at <= %(at)s
+#: Now, in one pass over the stored ties of ``p`` and of ``others`` (``people``: all of them):
+#: each one's latest contact up to ``at`` and how many people with a stored tie (a contact up
+#: to ``at``) to ``p`` they also have one with (for ``p`` itself: its ties, not counted). The
+#: stored ties are the survivors' already.
+_NOW_AROUND_SQL = """
+WITH t AS (
+    SELECT person_a AS p, person_b AS x, first_contact_at AS f, last_contact_at AS l
+      FROM strength_v1 WHERE workspace_id = %(ws)s AND person_a = ANY(%(people)s)
     UNION ALL
-    SELECT person_b, person_a FROM strength_v1
-     WHERE workspace_id = %(ws)s AND person_b = ANY(%(others)s) AND first_contact_at <= %(at)s
-)
-SELECT o.o, count(*) FROM o JOIN n USING (x) GROUP BY o.o"""
+    SELECT person_b, person_a, first_contact_at, last_contact_at
+      FROM strength_v1 WHERE workspace_id = %(ws)s AND person_b = ANY(%(people)s)
+),
+n AS (SELECT x FROM t WHERE p = %(p)s AND f <= %(at)s)
+SELECT p, max(l) FILTER (WHERE l <= %(at)s),
+       count(*) FILTER (WHERE f <= %(at)s AND x IN (SELECT x FROM n))
+  FROM t GROUP BY p"""
 
 #: ``members``: the people asked for and everyone merged into them; ``merged``/``survivor``:
 #: the workspace's merges that hold, so each row's two people are read as whom they count as.
@@ -130,11 +130,7 @@ async def common_neighbours(
     if not asked:
         return {}
     if not historical:
-        args = {"ws": ws, "p": person, "others": asked, "at": at}
-        async with conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(_NOW_COMMON_SQL, args)
-            counted = {o: int(n) for o, n in await cur.fetchall()}
-        return {o: counted.get(o, 0) for o in asked}
+        return (await around_now(conn, ws, person, asked, at))[1]
     whom, args = await _as_of_args(conn, ws, [person, *asked], at)
     async with conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(_AS_OF_TIES_SQL, args)
@@ -150,6 +146,22 @@ async def common_neighbours(
         # someone merged into the person is the person: no tie, so no common neighbours
         out[o] = 0 if len(pair) == 1 else len((mine & around.get(whom[o], set())) - pair)
     return out
+
+
+async def around_now(
+    conn: AsyncConnection[Any], ws: str, person: str, others: Iterable[str], at: datetime
+) -> tuple[dict[str, datetime], dict[str, int]]:
+    """Now, from the stored ties in one query: the latest contact up to ``at`` of ``person``
+    and of each of ``others`` (as :func:`last_active`), and the common neighbours of
+    ``person`` and each of ``others`` (as :func:`common_neighbours`)."""
+    asked = sorted(set(others) - {person})
+    args = {"ws": ws, "p": person, "people": [person, *asked], "at": at}
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(_NOW_AROUND_SQL, args)
+        rows = await cur.fetchall()
+    active = {p: t for p, t, _ in rows if t is not None}
+    counted = {p: int(n) for p, _, n in rows}
+    return active, {o: counted.get(o, 0) for o in asked}
 
 
 async def last_active(
@@ -216,8 +228,11 @@ async def of_ties(
     (stored row with ``other``, whether the row is later than ``when`` and so the pair must be
     evaluated from its events up to ``when``)."""
     others = [row["other"] for row, _ in ties]
-    active = await last_active(conn, ws, [person, *others], when, historical)
-    common = await common_neighbours(conn, ws, person, others, when, historical)
+    if historical:
+        active = await last_active(conn, ws, [person, *others], when, historical)
+        common = await common_neighbours(conn, ws, person, others, when, historical)
+    else:
+        active, common = await around_now(conn, ws, person, others, when)
     out: dict[str, Momentum] = {}
     for row, replay in ties:
         cn = common.get(row["other"], 0)
@@ -263,6 +278,6 @@ async def pair_now(
     if row is None:
         return None
     a, b = row["person_a"], row["person_b"]
-    active = await last_active(conn, ws, (a, b), when, historical=False)
-    common = (await common_neighbours(conn, ws, a, [b], when, historical=False)).get(b, 0)
+    active, common_of = await around_now(conn, ws, a, [b], when)
+    common = common_of.get(b, 0)
     return {**summary_now(row, when), **fields(from_row(row, when, active, common))}

@@ -88,6 +88,9 @@ async def test_as_of_activity_follows_merges_and_lists_compute_their_page_only(
         expected = {"z": 1, "w": 0, "t0": 1}
         assert await mo.common_neighbours(conn, WS, "y", others, when, True) == expected
         assert await mo.common_neighbours(conn, WS, "y", others, NOW, False) == expected
+        # the one-query read of both (lists and pair answers now) agrees with each
+        both = await mo.around_now(conn, WS, "y", others, NOW)
+        assert both == (await mo.last_active(conn, WS, ["y", *others], NOW, False), expected)
         assert await mo.common_neighbours(conn, WS, "y", others, ago(25), True) == {
             "z": 0,  # m met z 20 days ago
             "w": 0,
