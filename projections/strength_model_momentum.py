@@ -262,24 +262,12 @@ def combine(
             other = max(h if h2 is None else h2, 0.0)
             m *= math.pow(eps / (other + eps), params.partner_activity_weight)
         return 100.0 * m / (1.0 + m)
-    log_m = log_parts(params, episodes, g, h, h2, common_neighbours)
+    # ln M: what ranks pairs; the logistic below maps it monotonically onto 0-100
+    log_m = params.episode_exponent * math.log(episodes) + math.log(eps / (max(g, 0.0) + eps))
+    log_m += params.activity_weight * math.log(eps / (max(h, 0.0) + eps))
+    other = max(h if h2 is None else h2, 0.0)
+    log_m += params.partner_activity_weight * math.log(eps / (other + eps))
+    log_m += params.neighbour_weight * math.log1p(common_neighbours)
     x = (log_m - params.log_center) / params.log_scale
     # a logistic that neither overflows nor loses the small end
     return 100.0 / (1.0 + math.exp(-x)) if x >= 0 else 100.0 * math.exp(x) / (1.0 + math.exp(x))
-
-
-def log_parts(
-    params: MomentumParams,
-    episodes: int,
-    g: float,
-    h: float,
-    h2: float | None = None,
-    common_neighbours: int = 0,
-) -> float:
-    """``ln M``: what ranks pairs (:func:`combine` maps it monotonically onto 0-100)."""
-    eps = params.eps_days
-    out = params.episode_exponent * math.log(episodes) + math.log(eps / (max(g, 0.0) + eps))
-    out += params.activity_weight * math.log(eps / (max(h, 0.0) + eps))
-    other = max(h if h2 is None else h2, 0.0)
-    out += params.partner_activity_weight * math.log(eps / (other + eps))
-    return out + params.neighbour_weight * math.log1p(common_neighbours)
