@@ -34,7 +34,6 @@ import argparse
 import math
 import random
 import tempfile
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,15 +82,9 @@ def parts_at(
 ) -> tuple[Table, list[Parts]]:
     """The evaluation table and every candidate's parts at ``cutoff``: the pair's contacts and
     last contact are the table's ``count`` and ``recency``, each person's last activity its
-    context's; only the common neighbours are counted here."""
+    context's, and so are the common neighbours."""
     table = build(contacts, cutoff, end)
     last = {p: t.timestamp() for p, t in table.context.people_last_active.items()}
-    neighbours: dict[str, set[str]] = defaultdict(set)
-    for c in contacts:
-        if c.t >= cutoff:
-            break
-        neighbours[c.pair[0]].add(c.pair[1])
-        neighbours[c.pair[1]].add(c.pair[0])
     out = []
     for i, (a, b) in enumerate(table.pairs):
         active = (last[a], last[b])
@@ -101,7 +94,7 @@ def parts_at(
                 (cutoff - table.features["recency"][i]) / DAY,
                 (cutoff - min(active)) / DAY,
                 (cutoff - max(active)) / DAY,
-                len((neighbours[a] & neighbours[b]) - {a, b}),
+                table.context.common_neighbours((a, b)),
             )
         )
     return table, out

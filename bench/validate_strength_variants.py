@@ -23,11 +23,14 @@ difference above zero, straddling zero, below zero). The variants:
   margin at the earlier cut-offs by the protocol of docs/strength-model.md §8, +0.010 against
   ``momentum-2026.1``'s -0.014). The grid is the same either way.
 
-The one-window variant without β is ``tieline calibrate`` itself, computed faster: each pair's
-parts (episodes at each gap, days since its last contact and since its people's) are found once
-per table and every candidate is a sum of their logarithms, which ranks pairs as
+The last variant (the fourth round's rule kept on refusal, the grid times β) is ``tieline
+calibrate`` since ``momentum-2026.2``; the first was it before. Both are computed faster than
+the command: each pair's parts (episodes at each gap, contacts, days since its last contact and
+since its people's, common neighbours) are found once per table and every candidate is a sum
+of their logarithms, which ranks pairs as
 :func:`~tieline.projections.strength_model_momentum.momentum` does (``tests/unit/
-test_validate_strength_variants.py`` checks the choice against :func:`calibrate`).
+test_validate_strength_variants.py`` checks the last variant's choice against
+:func:`calibrate`).
 
 Each cell also reports, for what the variant leaves, the AUC of ``any_30d`` and the precision@10
 of the primary label, each with its interval against the best baseline of that label and metric.
@@ -49,20 +52,18 @@ from pathlib import Path
 from typing import Any
 
 from tieline.projections.strength_model_eval import DAY, PRIMARY, Contact, Table
-from tieline.projections.strength_model_momentum import MOMENTUM_2026_1, MOMENTUM_GRID
+from tieline.projections.strength_model_momentum import MOMENTUM_2026_1
 from tieline.projections.strength_model_stats import auc, auc_difference_ci
 
 from bench import validate_strength_rounds as rounds
+from bench import validate_strength_select as select
 from bench.validate_strength_data import NAMES, DataSet, load
 
 SHARES = (0.4, 0.5, 0.6)
 BETAS = (0.0, 0.25, 0.5, 1.0)
 #: The grid as ``tieline calibrate`` searched it when these variants were written, before the
 #: neighbour term joined it (``momentum-2026.2``'s grid is this one times ``BETAS``).
-GRID: dict[str, tuple[float, ...]] = {
-    k: MOMENTUM_GRID[k]
-    for k in ("episode_gap_days", "episode_exponent", "activity_weight", "eps_days")
-}
+GRID = select.GRID
 Candidate = dict[str, float]
 #: The fourth round's rule as a candidate (``episode_gap_days`` 0: the volume is the pair's
 #: contacts, as in :func:`bench.validate_strength_rounds.rule`).

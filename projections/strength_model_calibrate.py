@@ -69,7 +69,7 @@ from tieline.projections.strength_model_stats import (
 )
 from tieline.projections.strength_model_workspace import (
     MODEL_CALIBRATED,
-    momentum_base,
+    adopted_base,
     momentum_params,
     parameter_set,
     strength_params,
@@ -139,20 +139,13 @@ async def adoption_times(
             if name in out or not isinstance(found, dict):
                 continue
             try:
-                version = parameter_set(found.get("values") or {}, _base(name, found))["version"]
+                base = adopted_base(name, found)
+                version = parameter_set(found.get("values") or {}, base)["version"]
             except (TypeError, ValueError):
                 continue
             if version == current["version"]:
                 out[name] = recorded_at
     return out
-
-
-def _base(name: str, found: Mapping[str, Any]) -> str:
-    """The default version an adopted set of model ``name`` (``{"version", "values"}``) holds
-    changes to: strength has one; momentum's is named by the set (:func:`momentum_base`)."""
-    if name == "strength":
-        return PARAMS.version
-    return momentum_base(str(found.get("version") or ""))
 
 
 def _grid(ranges: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:

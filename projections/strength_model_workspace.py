@@ -79,6 +79,18 @@ def momentum_base(version: str) -> str:
     return head if head in MOMENTUM_SETS else MOMENTUM_PARAMS.version
 
 
+def adopted_base(name: str, adopted: Mapping[str, Any]) -> str:
+    """The default version an adopted set of model ``name`` (an event's ``{"version",
+    "values"}``) holds changes to: strength has one; a momentum set names its own
+    (:func:`momentum_base`), except that no changes means "back to the default", whichever
+    default the event was recorded under (a 2026.1-era return to the default is 2026.2 now)."""
+    if name == "strength":
+        return PARAMS.version
+    if not adopted.get("values"):
+        return MOMENTUM_PARAMS.version
+    return momentum_base(str(adopted.get("version") or ""))
+
+
 @functools.lru_cache(maxsize=256)
 def momentum_params(version: str) -> MomentumParams:
     """The momentum set a stored ``momentum_version`` names (as :func:`strength_params`):
@@ -97,19 +109,16 @@ def model_of(payloads: Iterable[Mapping[str, Any]], base: Params = PARAMS) -> Wo
     an adoption uses (the generation's, e.g. a what-if set). The version of an adopted set is
     derived from its values (:func:`parameter_set`), whatever the event called it, so a
     stored version always names its values exactly; of the name only the momentum set it
-    starts from is read (:func:`momentum_base`), since a set adopted before
+    starts from is read (:func:`adopted_base`), since a set adopted before
     ``momentum-2026.2`` holds changes to ``momentum-2026.1``."""
     strength: Params | None = None
     momentum: MomentumParams | None = None
     for p in payloads:
         s, m = p.get("strength"), p.get("momentum")
         if strength is None and s is not None:
-            strength = _usable(strength_params, s["values"], PARAMS.version)
+            strength = _usable(strength_params, s["values"], adopted_base("strength", s))
         if momentum is None and m is not None:
-            # No changes means "back to the default", whichever default the event was
-            # recorded under (a 2026.1-era return to the default is 2026.2 now).
-            start = momentum_base(str(m.get("version") or "")) if m["values"] else ""
-            momentum = _usable(momentum_params, m["values"], start or MOMENTUM_PARAMS.version)
+            momentum = _usable(momentum_params, m["values"], adopted_base("momentum", m))
     return WorkspaceModel(strength or base, momentum or MOMENTUM_PARAMS)
 
 

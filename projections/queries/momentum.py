@@ -39,15 +39,6 @@ from tieline.projections.workspace_models import workspace_model
 
 _DAY = 86400.0
 
-_NOW_SQL = """
-SELECT p, max(l) FROM (
-    SELECT person_a AS p, last_contact_at AS l FROM strength_v1
-     WHERE workspace_id = %(ws)s AND person_a = ANY(%(people)s)
-    UNION ALL
-    SELECT person_b, last_contact_at FROM strength_v1
-     WHERE workspace_id = %(ws)s AND person_b = ANY(%(people)s)
-) x WHERE l <= %(at)s GROUP BY p"""
-
 #: Now, in one pass over the stored ties of ``p`` and of ``others`` (``people``: all of them):
 #: each one's latest contact up to ``at`` and how many people with a stored tie (a contact up
 #: to ``at``) to ``p`` they also have one with (for ``p`` itself: its ties, not counted). The
@@ -65,9 +56,11 @@ SELECT p, max(l) FILTER (WHERE l <= %(at)s),
        count(*) FILTER (WHERE f <= %(at)s AND x IN (SELECT x FROM n))
   FROM t GROUP BY p"""
 
+#: The ties (as whom each person counts as) of the people asked for, each with its latest
+#: contact up to ``at``: each person's latest activity and their neighbours both come from it.
 #: ``members``: the people asked for and everyone merged into them; ``merged``/``survivor``:
 #: the workspace's merges that hold, so each row's two people are read as whom they count as.
-_AS_OF_CTE = """
+_AS_OF_TIES_SQL = """
 WITH m AS (SELECT * FROM unnest(%(merged)s::text[], %(survivor)s::text[]) AS m(merged, survivor)),
 e AS (
     SELECT person_a, person_b, occurred_at FROM pair_events_v1
@@ -82,16 +75,8 @@ r AS (
     SELECT coalesce(ma.survivor, e.person_a) AS ra, coalesce(mb.survivor, e.person_b) AS rb,
            e.occurred_at AS t
       FROM e LEFT JOIN m ma ON ma.merged = e.person_a LEFT JOIN m mb ON mb.merged = e.person_b
-)"""
-_AS_OF_SQL = (
-    _AS_OF_CTE
-    + """
-SELECT p, max(t) FROM (
-    SELECT ra AS p, t FROM r WHERE ra <> rb UNION ALL SELECT rb, t FROM r WHERE ra <> rb
-) x WHERE p = ANY(%(people)s) GROUP BY p"""
 )
-#: The distinct ties (as whom each person counts as) of the people asked for, up to ``at``.
-_AS_OF_TIES_SQL = _AS_OF_CTE + "\nSELECT DISTINCT ra, rb FROM r WHERE ra <> rb"
+SELECT ra, rb, max(t) FROM r WHERE ra <> rb GROUP BY ra, rb"""
 
 
 async def _as_of_args(
@@ -115,6 +100,63 @@ async def _as_of_args(
     return whom, args
 
 
+Around = tuple[dict[str, datetime], dict[str, int]]
+
+
+async def around_now(
+    conn: AsyncConnection[Any], ws: str, person: str, others: Iterable[str], at: datetime
+) -> Around:
+    """Now, from the stored ties in one query: the latest contact up to ``at`` of ``person``
+    and of each of ``others`` (:func:`last_active`), and the common neighbours of ``person``
+    and each of ``others`` (:func:`common_neighbours`)."""
+    asked = sorted(set(others) - {person})
+    args = {"ws": ws, "p": person, "people": [person, *asked], "at": at}
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(_NOW_AROUND_SQL, args)
+        rows = await cur.fetchall()
+    active = {p: t for p, t, _ in rows if t is not None}
+    counted = {p: int(n) for p, _, n in rows}
+    return active, {o: counted.get(o, 0) for o in asked}
+
+
+async def around_as_of(
+    conn: AsyncConnection[Any], ws: str, person: str, others: Iterable[str], at: datetime
+) -> Around:
+    """As :func:`around_now`, exact for any date: from the pair timelines up to ``at``, read
+    through the merges that hold (a merged person's answer is their survivor's), in one
+    query."""
+    asked = sorted(set(others) - {person})
+    whom, args = await _as_of_args(conn, ws, [person, *asked], at)
+    ties: dict[str, dict[str, datetime]] = {}
+    async with conn.cursor(row_factory=tuple_row) as cur:  # whatever the connection's rows
+        await cur.execute(_AS_OF_TIES_SQL, args)
+        for a, b, t in await cur.fetchall():
+            ties.setdefault(a, {})[b] = t
+            ties.setdefault(b, {})[a] = t
+    active = {p: max(ties[q].values()) for p, q in whom.items() if ties.get(q)}
+    me = whom[person]
+    mine = set(ties.get(me, {}))
+    common = {}
+    for o in asked:
+        pair = {me, whom[o]}
+        # someone merged into the person is the person: no tie, so no common neighbours
+        common[o] = 0 if len(pair) == 1 else len((mine & set(ties.get(whom[o], {}))) - pair)
+    return active, common
+
+
+async def around(
+    conn: AsyncConnection[Any],
+    ws: str,
+    person: str,
+    others: Iterable[str],
+    at: datetime,
+    historical: bool,
+) -> Around:
+    """:func:`around_as_of` when ``historical``, else :func:`around_now`."""
+    read = around_as_of if historical else around_now
+    return await read(conn, ws, person, others, at)
+
+
 async def common_neighbours(
     conn: AsyncConnection[Any],
     ws: str,
@@ -126,42 +168,7 @@ async def common_neighbours(
     """How many people both ``person`` and each of ``others`` had contact with up to ``at``
     (momentum's ``CN``): from the stored ties (now) or, when ``historical``, from the pair
     timelines through the merges that hold (exact for any earlier date)."""
-    asked = sorted(set(others) - {person})
-    if not asked:
-        return {}
-    if not historical:
-        return (await around_now(conn, ws, person, asked, at))[1]
-    whom, args = await _as_of_args(conn, ws, [person, *asked], at)
-    async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute(_AS_OF_TIES_SQL, args)
-        ties = await cur.fetchall()
-    around: dict[str, set[str]] = {}
-    for a, b in ties:
-        around.setdefault(a, set()).add(b)
-        around.setdefault(b, set()).add(a)
-    mine = around.get(whom[person], set())
-    out = {}
-    for o in asked:
-        pair = {whom[person], whom[o]}
-        # someone merged into the person is the person: no tie, so no common neighbours
-        out[o] = 0 if len(pair) == 1 else len((mine & around.get(whom[o], set())) - pair)
-    return out
-
-
-async def around_now(
-    conn: AsyncConnection[Any], ws: str, person: str, others: Iterable[str], at: datetime
-) -> tuple[dict[str, datetime], dict[str, int]]:
-    """Now, from the stored ties in one query: the latest contact up to ``at`` of ``person``
-    and of each of ``others`` (as :func:`last_active`), and the common neighbours of
-    ``person`` and each of ``others`` (as :func:`common_neighbours`)."""
-    asked = sorted(set(others) - {person})
-    args = {"ws": ws, "p": person, "people": [person, *asked], "at": at}
-    async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute(_NOW_AROUND_SQL, args)
-        rows = await cur.fetchall()
-    active = {p: t for p, t, _ in rows if t is not None}
-    counted = {p: int(n) for p, _, n in rows}
-    return active, {o: counted.get(o, 0) for o in asked}
+    return (await around(conn, ws, person, others, at, historical))[1]
 
 
 async def last_active(
@@ -175,15 +182,9 @@ async def last_active(
     when ``historical``, from the pair timelines (exact for any earlier date). A merged
     person's answer is their survivor's."""
     asked = sorted(set(people))
-    if not historical:  # the stored ties are the survivors' already
-        async with conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(_NOW_SQL, {"ws": ws, "people": asked, "at": at})
-            return {p: t for p, t in await cur.fetchall() if t is not None}
-    whom, args = await _as_of_args(conn, ws, asked, at)
-    async with conn.cursor(row_factory=tuple_row) as cur:  # whatever the connection's rows
-        await cur.execute(_AS_OF_SQL, args)
-        latest = {p: t for p, t in await cur.fetchall() if t is not None}
-    return {p: latest[q] for p, q in whom.items() if q in latest}
+    if not asked:
+        return {}
+    return (await around(conn, ws, asked[0], asked[1:], at, historical))[0]
 
 
 def from_row(row: Row, when: datetime, active: Mapping[str, datetime], common: int = 0) -> Momentum:
@@ -209,9 +210,9 @@ async def of_pair(
     """A pair's momentum as of ``as_of`` from its events up to then (the pure model), with
     the two people's activity up to then."""
     people = {e.person_a for e in events} | {e.person_b for e in events}
-    active = await last_active(conn, ws, people, as_of, True)
     a, b = events[0].person_a, events[0].person_b
-    common = (await common_neighbours(conn, ws, a, [b], as_of, True)).get(b, 0)
+    active, common_of = await around_as_of(conn, ws, a, people, as_of)
+    common = common_of.get(b, 0)
     params = (await workspace_model(conn, ws)).momentum
     return momentum(events, as_of, active, params, common)
 
@@ -228,11 +229,7 @@ async def of_ties(
     (stored row with ``other``, whether the row is later than ``when`` and so the pair must be
     evaluated from its events up to ``when``)."""
     others = [row["other"] for row, _ in ties]
-    if historical:
-        active = await last_active(conn, ws, [person, *others], when, historical)
-        common = await common_neighbours(conn, ws, person, others, when, historical)
-    else:
-        active, common = await around_now(conn, ws, person, others, when)
+    active, common = await around(conn, ws, person, others, when, historical)
     out: dict[str, Momentum] = {}
     for row, replay in ties:
         cn = common.get(row["other"], 0)
