@@ -108,7 +108,8 @@ async def around_now(
 ) -> Around:
     """Now, from the stored ties in one query: the latest contact up to ``at`` of ``person``
     and of each of ``others`` (:func:`last_active`), and the common neighbours of ``person``
-    and each of ``others`` (:func:`common_neighbours`)."""
+    and each of ``others``: how many people both had contact with up to ``at`` (momentum's
+    ``CN``)."""
     asked = sorted(set(others) - {person})
     args = {"ws": ws, "p": person, "people": [person, *asked], "at": at}
     async with conn.cursor(row_factory=tuple_row) as cur:
@@ -155,20 +156,6 @@ async def around(
     """:func:`around_as_of` when ``historical``, else :func:`around_now`."""
     read = around_as_of if historical else around_now
     return await read(conn, ws, person, others, at)
-
-
-async def common_neighbours(
-    conn: AsyncConnection[Any],
-    ws: str,
-    person: str,
-    others: Iterable[str],
-    at: datetime,
-    historical: bool,
-) -> dict[str, int]:
-    """How many people both ``person`` and each of ``others`` had contact with up to ``at``
-    (momentum's ``CN``): from the stored ties (now) or, when ``historical``, from the pair
-    timelines through the merges that hold (exact for any earlier date)."""
-    return (await around(conn, ws, person, others, at, historical))[1]
 
 
 async def last_active(

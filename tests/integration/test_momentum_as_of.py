@@ -83,19 +83,15 @@ async def test_as_of_activity_follows_merges_and_lists_compute_their_page_only(
         unmerged = momentum(events, when, {"s": ago(100), "y": ago(15)})
         assert round(unmerged.score, 4) != got["momentum"]  # the merge matters here
         # Common neighbours are read through the merge too: z met m, who counts as s, so y
-        # and z share s (as y and t0 do); w's only tie is y.
+        # and z share s (as y and t0 do); w's only tie is y. The same one query gives each
+        # person's latest contact (y met w 15 days ago, m's contact with z is z's latest).
         others = ["z", "w", "t0"]
         expected = {"z": 1, "w": 0, "t0": 1}
-        assert await mo.common_neighbours(conn, WS, "y", others, when, True) == expected
-        assert await mo.common_neighbours(conn, WS, "y", others, NOW, False) == expected
-        # the one-query read of both (lists and pair answers now) agrees with each
-        both = await mo.around_now(conn, WS, "y", others, NOW)
-        assert both == (await mo.last_active(conn, WS, ["y", *others], NOW, False), expected)
-        assert await mo.common_neighbours(conn, WS, "y", others, ago(25), True) == {
-            "z": 0,  # m met z 20 days ago
-            "w": 0,
-            "t0": 1,
-        }
+        latest = {"y": ago(15), "z": ago(20), "w": ago(15), "t0": ago(30)}
+        assert await mo.around(conn, WS, "y", others, when, True) == (latest, expected)
+        assert await mo.around(conn, WS, "y", others, NOW, False) == (latest, expected)
+        _, early = await mo.around(conn, WS, "y", others, ago(25), True)
+        assert early == {"z": 0, "w": 0, "t0": 1}  # m met z 20 days ago
     finally:
         await conn.close()
     token = await issue_token(settings, WS, "admin", "mom")
