@@ -18,8 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from tieline.plumbing.config import DEPLOYMENT_NAMES, Settings
 from tieline.services.runtime.supervisor import Stack, StackConfig
+
+# Property tests judge behaviour, never speed: on a loaded machine (CI beside other jobs, the
+# fault tests beside a CPU burner) Hypothesis's per-example deadline and its "input generation
+# is slow" health check fail tests whose properties hold. Examples and shrinking are unchanged.
+settings.register_profile("tieline", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("tieline")
 
 
 @dataclass(frozen=True)
