@@ -37,9 +37,7 @@ def test_the_served_weights_rank_as_the_fourth_rounds_rule() -> None:
     assert wide.SERVED in wide.GRID
 
 
-def test_a_cell_scores_each_rule_as_the_rule_does_and_its_margin_is_over_the_best_baseline() -> (
-    None
-):
+def test_a_cell_scores_rules_as_they_do_and_its_margin_is_over_the_best_baseline() -> None:
     table, parts = rounds.parts_at(_contacts(), 12 * DAY, 16 * DAY)
     labels = table.labels[PRIMARY]
     assert 0 < sum(labels) < len(labels)  # both classes, so the AUCs mean something
