@@ -3,9 +3,10 @@ flow (request, both consents, the introduction, its outcome) clicked through in 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 
 from tests.browser.conftest import Network, screenshot, sign_in
 
@@ -83,3 +84,46 @@ def test_double_opt_in_flow(watched: Page, network: Network, shots: Path) -> Non
     ]
     assert intro["status"] == "outcome: met"
     assert intro["requester_consent"] and intro["target_consent"]
+
+
+def test_a_field_clicked_while_the_view_loads_keeps_the_focus(
+    watched: Page, network: Network
+) -> None:
+    """A view takes the focus to its heading once its data is in, but not from a field the user
+    is already typing in (the text would go to the heading and be lost). The list's answer is
+    held until the user has filled a field, then let through."""
+    page = watched
+    people = [e["person_id"] for e in network.lines if e["type"] == "person.added"]
+    requester, introducer = people[20], people[21]
+    listing = re.compile(r".*/v1/workspaces/[^/]+/introductions(\?.*)?$")
+    held: list[Route] = []
+    holding = [True]
+
+    def hold(route: Route) -> None:
+        if holding[0]:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route(listing, hold)
+    sign_in(page, network, me=requester)
+    page.goto(network.app_url + "#/introductions")
+    for _ in range(200):  # until the view asks for its list (the route keeps it waiting)
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the introductions view asked for its list"
+    field = page.locator("section[aria-labelledby=flow-h]").get_by_label("Introducer")
+    field.fill(introducer)
+    expect(page.locator("#main")).to_have_attribute("aria-busy", "true")
+    holding[0] = False
+    for route in held:
+        route.continue_()
+    expect(page.locator("#main")).to_have_attribute("data-rendered", "#/introductions")
+    expect(field).to_be_focused()
+    page.keyboard.type("x")
+    expect(field).to_have_value(introducer + "x")
+
+    page.goto(network.app_url + "#/people")  # untouched, a view still takes the focus
+    expect(page.locator("#main")).to_have_attribute("data-rendered", "#/people")
+    expect(page.get_by_role("heading", level=1)).to_be_focused()

@@ -168,7 +168,10 @@ async function render() {
   if (mine !== current) return;
   main.dataset.rendered = location.hash; // this view has drawn what it loads
   document.title = `${box.querySelector("h1")?.textContent || "tieline"} · tieline`;
-  box.querySelector("h1")?.focus();
+  // A new view takes the focus to its heading (keyboard and screen-reader users start there),
+  // unless the user is already in it: a field clicked while the view's data loaded keeps the
+  // focus, or what they type would go to the heading and be lost.
+  if (!box.contains(document.activeElement)) box.querySelector("h1")?.focus();
 }
 
 // The skip link must not change the hash (that is the router's): it moves focus instead.
