@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from playwright.sync_api import Page, Route, expect
+from playwright.sync_api import APIResponse, Page, Route, expect
 
 from tests.browser.conftest import Network, screenshot, sign_in
 
@@ -127,3 +127,41 @@ def test_a_field_clicked_while_the_view_loads_keeps_the_focus(
     page.goto(network.app_url + "#/people")  # untouched, a view still takes the focus
     expect(page.locator("#main")).to_have_attribute("data-rendered", "#/people")
     expect(page.get_by_role("heading", level=1)).to_be_focused()
+
+
+def test_an_older_answer_arriving_late_does_not_replace_a_newer_one(
+    watched: Page, network: Network
+) -> None:
+    """After a request the view reads its list again (read-your-writes); if its first read is
+    answered only after that, the older list must not replace the newer one. The first read's
+    real answer is fetched at once and delivered after the new row is shown."""
+    page = watched
+    people = [e["person_id"] for e in network.lines if e["type"] == "person.added"]
+    requester, introducer, target = people[30:33]
+    listing = re.compile(r".*/v1/workspaces/[^/]+/introductions(\?.*)?$")
+    late: list[tuple[Route, APIResponse]] = []
+
+    def first_answer_late(route: Route) -> None:
+        if late:
+            route.continue_()
+        else:
+            late.append((route, route.fetch()))
+
+    page.route(listing, first_answer_late)
+    sign_in(page, network, me=requester)
+    page.goto(network.app_url + "#/introductions")
+    flow = page.locator("section[aria-labelledby=flow-h]")
+    flow.get_by_label("Introducer").fill(introducer)
+    flow.get_by_label("Target").fill(target)
+    flow.get_by_role("button", name="Request an introduction").click()
+    badge = flow.locator("tbody tr").first.locator(".badge")
+    expect(badge).to_have_text("awaiting consent")
+    assert late, "the view's first read was held"
+    route, answer = late[0]
+    assert answer.json()["introductions"] == [], "the held answer is from before the request"
+    with page.expect_response(listing) as delivered:
+        route.fulfill(response=answer)
+    delivered.value.finished()
+    page.wait_for_timeout(1000)  # room for the old answer to be drawn, were it drawn
+    expect(badge).to_have_text("awaiting consent")
+    expect(flow.get_by_text("No introductions yet.")).to_have_count(0)

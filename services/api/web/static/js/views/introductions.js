@@ -5,7 +5,7 @@
 import { ApiError, ROUTES, allPages, api, newId, record, session } from "../api.js";
 import { add, clearFieldErrors, field, fill, h, loading, notice, showFieldErrors, table, tierBadge, timeEl } from "../dom.js";
 import * as names from "../names.js";
-import { debounce, seqOf } from "./live.js";
+import { debounce, newestOnly, seqOf } from "./live.js";
 
 function personInput(name, value = "") {
   return h("input", { type: "text", name, value, required: true, pattern: "[A-Za-z0-9_\\-]{1,64}", list: "intro-people", autocomplete: "off" });
@@ -130,11 +130,14 @@ function flowSection(from) {
     field("Why (optional)", reason, { name: "reason" }),
     h("button", { type: "submit" }, "Request an introduction"), out);
 
+  const ticket = newestOnly();
   async function load(minSeq) {
+    const newest = ticket();
     const query = { person: from || undefined, min_seq: minSeq };
     const body = await allPages(ROUTES.introductions, {}, query, ["introductions"], 5);
     const intros = body.introductions || body.items || [];
     await names.resolve(intros.flatMap((i) => [i.requester, i.introducer, i.target]));
+    if (!newest()) return;
     const after = async (seq, message, err) => {
       if (err) fill(out, notice("error", err.message));
       if (seq) await load(seq);

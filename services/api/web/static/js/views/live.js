@@ -30,3 +30,18 @@ export function debounce(fn, ms = 150) {
     timer = setTimeout(() => { const a = latest; latest = undefined; fn(a); }, ms);
   };
 }
+
+/**
+ * For a loader that may run again before its last answer is in (a live reload, a write's
+ * read-your-writes reload, "Show more"): each call takes a ticket, and only the call started
+ * last may draw. Answers can arrive out of order, and an older one must not replace a newer.
+ * Returns a function to call at the start of each load; what it returns says, after each
+ * await, whether this load is still the newest.
+ */
+export function newestOnly() {
+  let started = 0;
+  return () => {
+    const mine = ++started;
+    return () => mine === started;
+  };
+}

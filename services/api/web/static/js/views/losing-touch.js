@@ -6,7 +6,7 @@
 import { ApiError, ROUTES, allPages, newId, record, session } from "../api.js";
 import { add, fill, fmtAgo, h, loading, notice, scoreBar, table, tierBadge, timeEl, field } from "../dom.js";
 import * as names from "../names.js";
-import { debounce, seqOf } from "./live.js";
+import { debounce, newestOnly, seqOf } from "./live.js";
 
 const CHANNELS = ["message", "email", "phone", "video", "in_person", "social", "letter", "other"];
 
@@ -68,10 +68,13 @@ export async function render(main, ctx) {
     }
   }
 
+  const ticket = newestOnly();
   async function load(minSeq) {
+    const newest = ticket();
     const body = await allPages(ROUTES.followUps, { person }, { min_seq: minSeq }, ["due"]);
     const due = body.due || [];
     await names.resolve(due.map((d) => d.other));
+    if (!newest()) return;
     if (!due.length) {
       fill(listBox, notice("ok", "Nobody is overdue. Nice."));
       return;

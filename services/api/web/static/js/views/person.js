@@ -4,7 +4,7 @@
 import { ApiError, ROUTES, allPages, api, session } from "../api.js";
 import { add, fill, forgottenBadge, h, loading, notice, scoreBar, table, tierBadge, timeEl } from "../dom.js";
 import * as names from "../names.js";
-import { debounce, seqOf } from "./live.js";
+import { debounce, newestOnly, seqOf } from "./live.js";
 
 function details(p) {
   const rows = [
@@ -114,11 +114,14 @@ export async function render(main, ctx) {
   // or, from an API without it, asks for a longer list.
   let limit = 50;
   let pages = 1;
+  const tiesTicket = newestOnly();
   async function loadTies(minSeq) {
+    const newest = tiesTicket();
     const query = { order: "strength", limit, min_seq: minSeq };
     const body = await allPages(ROUTES.ties, { person: id }, query, ["relationships"], pages);
     const ties = body.relationships || [];
     await names.resolve(ties.map((t) => t.other));
+    if (!newest()) return;
     const hasMore = body.next_cursor || (ties.length === limit && limit < 1000);
     const more = hasMore
       ? h("button", {
@@ -132,11 +135,14 @@ export async function render(main, ctx) {
       : null;
     fill(tiesBox, h("h2", { id: "ties-h" }, "Ties"), tiesTable(id, ties), more);
   }
+  const giveTicket = newestOnly();
   async function loadGive(minSeq) {
+    const newest = giveTicket();
     const query = { one_sided: onlyOneSided.checked ? "true" : undefined, min_seq: minSeq };
     const body = await allPages(ROUTES.giveAndTake, { person: id }, query, ["ties"]);
     const ties = body.ties || [];
     await names.resolve(ties.map((t) => t.other));
+    if (!newest()) return;
     fill(giveBox, giveTable(id, ties));
   }
   onlyOneSided.addEventListener("change", () => loadGive().catch((e) => fill(giveBox, notice("error", e.message))));

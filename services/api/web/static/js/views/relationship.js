@@ -7,7 +7,7 @@ import { curvePoints, sampleTimes, scoreAt } from "../decay.js";
 import { add, eventLabel, fill, fmtDate, fmtAgo, h, loading, notice, pool, table, tierBadge, timeEl } from "../dom.js";
 import * as names from "../names.js";
 import { drawStrengthChart } from "../strength-chart.js";
-import { debounce, pairOf, seqOf } from "./live.js";
+import { debounce, newestOnly, pairOf, seqOf } from "./live.js";
 
 const DENSE = 24; // closed-form points per gap when the API gives states and parameters
 
@@ -139,9 +139,9 @@ export async function render(main, ctx) {
     h("section", { "aria-labelledby": "timeline-h" }, h("h2", { id: "timeline-h" }, "Timeline"), timelineBox),
   );
 
-  let generation = 0;
+  const ticket = newestOnly();
   async function load(minSeq) {
-    const mine = ++generation;
+    const newest = ticket();
     const pair = { person_a: a, person_b: b };
     const query = { as_of: asOf, min_seq: minSeq };
     let rel;
@@ -155,11 +155,12 @@ export async function render(main, ctx) {
       ]);
     } catch (err) {
       if (!(err instanceof ApiError) || err.status !== 404) throw err;
+      if (!newest()) return;
       fill(summaryBox, notice("info", `No recorded relationship between ${names.nameOf(a)} and ${names.nameOf(b)}${asOf ? ` by ${fmtDate(asOf)}` : ""}.`));
       figure.dataset.state = "empty";
       return;
     }
-    if (mine !== generation) return;
+    if (!newest()) return;
     fill(summaryBox, summary(rel, a, b));
     fill(explainBox, explanation(x, a, b));
     fill(timelineBox, timelineTable(tl));
@@ -171,7 +172,7 @@ export async function render(main, ctx) {
     figure.dataset.state = "drawing";
     const chart = drawStrengthChart(canvas, events, curvePoints(points, [], end), ctx.announce);
     const samples = await decaySamples(a, b, events, end, tl);
-    if (mine !== generation) return;
+    if (!newest()) return;
     chart.data.datasets[1].data = curvePoints(points, samples, end);
     chart.update();
     figure.dataset.state = "ready";
