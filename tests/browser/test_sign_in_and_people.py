@@ -4,10 +4,11 @@ tier badges; give and take with one-sided ties flagged)."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 from tieline.plumbing.config import Settings
 
 from tests.browser.conftest import Network, screenshot, sign_in, token_for
@@ -115,3 +116,31 @@ def test_forgotten_people_are_shown_as_such(watched: Page, network: Network) -> 
     expect(row.locator(".badge.forgotten")).to_have_text("forgotten")
     row.get_by_role("link").click()
     expect(page.get_by_text("asked to be forgotten")).to_be_visible()
+
+
+def test_a_search_answered_late_does_not_replace_the_list_shown_after_it(
+    watched: Page, network: Network
+) -> None:
+    """Typing a search reads the whole directory; clearing the box before that answer is in
+    shows the first page again, and the search's late answer must not be drawn over it."""
+    page = watched
+    sign_in(page, network)
+    rows = page.locator("#people-results tbody tr")
+    expect(rows).to_have_count(25)
+    directory_read = re.compile(r".*/v1/workspaces/[^/]+/people\?(.*&)?limit=1000(&.*)?$")
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        held.append(route)
+
+    page.route(directory_read, hold)
+    page.get_by_label("Search people").fill("no such person anywhere")
+    expect(page.get_by_text("Searching the directory")).to_be_visible()
+    assert held, "the search asked for the directory"
+    page.get_by_label("Search people").fill("")
+    expect(rows).to_have_count(25)
+    page.unroute(directory_read, hold)  # continues the held read: its answer comes in now
+    expect(page.get_by_text("people match")).to_have_count(0)
+    page.wait_for_timeout(1000)  # room for the late answer to be drawn, were it drawn
+    expect(page.get_by_text("people match")).to_have_count(0)
+    expect(rows).to_have_count(25)

@@ -5,6 +5,7 @@
 import { ROUTES, api } from "../api.js";
 import { add, fill, forgottenBadge, h, loading, notice, table } from "../dom.js";
 import * as names from "../names.js";
+import { newestOnly } from "./live.js";
 
 const PAGE = 25;
 const SEARCH_LIMIT = 20000; // people read for a search at most
@@ -67,7 +68,8 @@ export async function render(main, ctx) {
 
   const stack = []; // cursors of the pages before the current one
   let cursor = null;
-  let cache = null; // the whole directory, once searched
+  let directory = null; // the whole directory, once searched (a promise: one read for all)
+  const ticket = newestOnly(); // typing and paging start loads; only the newest draws
   let offset = 0;
 
   function pagerButtons(hasPrev, hasNext, label, prev, next) {
@@ -80,8 +82,10 @@ export async function render(main, ctx) {
   }
 
   async function showPage() {
+    const newest = ticket();
     fill(results, loading("Loading people"));
     const { rows, next } = await page(cursor, PAGE);
+    if (!newest()) return;
     const n = stack.length;
     fill(results, rows.length
       ? table("People in this workspace", ["Name", "Id", "Organisation", "Title"], rowsOf(rows))
@@ -92,10 +96,16 @@ export async function render(main, ctx) {
   }
 
   async function showSearch(q) {
-    if (!cache) {
+    const newest = ticket();
+    if (!directory) {
       fill(results, loading("Searching the directory"));
-      cache = await everyone();
+      directory = everyone().catch((err) => {
+        directory = null; // a failed read is tried again by the next search
+        throw err;
+      });
     }
+    const cache = await directory;
+    if (!newest()) return;
     const found = cache.all.filter((p) => matches(p, q));
     const slice = found.slice(offset, offset + PAGE);
     fill(results,
