@@ -3,7 +3,9 @@ flow (request, both consents, the introduction, its outcome) clicked through in 
 
 from __future__ import annotations
 
+import json
 import re
+import uuid
 from pathlib import Path
 
 from playwright.sync_api import APIResponse, Page, Route, expect
@@ -165,3 +167,61 @@ def test_an_older_answer_arriving_late_does_not_replace_a_newer_one(
     page.wait_for_timeout(1000)  # room for the old answer to be drawn, were it drawn
     expect(badge).to_have_text("awaiting consent")
     expect(flow.get_by_text("No introductions yet.")).to_have_count(0)
+
+
+def test_a_step_clicked_again_on_a_redrawn_row_records_it_once(
+    watched: Page, network: Network
+) -> None:
+    """While a consent is being recorded, a live update redraws the list with the step's
+    button enabled again; clicking it sends the same event id, so the step is recorded once."""
+    page = watched
+    people = [e["person_id"] for e in network.lines if e["type"] == "person.added"]
+    requester, introducer, target, other = people[34:38]
+    name = {p["person_id"]: p["display_name"] for p in network.lines if p["type"] == "person.added"}
+    sign_in(page, network, me=requester)
+    page.goto(network.app_url + "#/introductions")
+    flow = page.locator("section[aria-labelledby=flow-h]")
+    flow.get_by_label("Introducer").fill(introducer)
+    flow.get_by_label("Target").fill(target)
+    flow.get_by_role("button", name="Request an introduction").click()
+    agree = flow.locator("tbody tr").first.get_by_role("button", name=f"{name[requester]} agrees")
+    expect(agree).to_be_enabled()
+
+    writes = re.compile(r".*/v1/workspaces/[^/]+/events$")
+    held: list[Route] = []
+    sent: list[dict[str, object]] = []
+
+    def consent(route: Route) -> None:
+        body = json.loads(route.request.post_data or "{}")
+        if route.request.method != "POST" or body.get("type") != "introduction.consented":
+            route.continue_()
+            return
+        sent.append(body)
+        if held:
+            route.continue_()
+        else:
+            held.append(route)  # the first click's write, answered late
+
+    page.route(writes, consent)
+    agree.click()
+    expect(agree).to_be_disabled()
+    r = network.api.post(  # someone else's request: a live update that redraws the list
+        f"/v1/workspaces/{network.ws}/events",
+        json={
+            "type": "introduction.requested",
+            "introduction_id": str(uuid.uuid4()),
+            "requester": requester,
+            "introducer": introducer,
+            "target": other,
+        },
+    )
+    assert r.status_code in (200, 201, 202), r.text
+    expect(flow.locator("tbody tr")).to_have_count(2)
+    again = flow.locator("tbody tr").nth(1).get_by_role("button", name=f"{name[requester]} agrees")
+    expect(again).to_be_enabled()
+    again.click()
+    expect(flow.get_by_text(f"{name[requester]} agrees: recorded.")).to_be_visible()
+    held[0].continue_()
+    page.unroute(writes, consent)
+    assert len(sent) == 2
+    assert sent[0]["event_id"] == sent[1]["event_id"], "the redrawn button sent another event id"

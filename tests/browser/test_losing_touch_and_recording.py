@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Locator, Page, Route, expect
 
 from tests.browser.conftest import Network, screenshot, sign_in
 
@@ -101,3 +101,55 @@ def test_each_record_form_posts_its_event(watched: Page, network: Network) -> No
     assert sorted(types) == sorted(
         ["relationship.followed_up", "relationship.helped", "relationship.introduced"]
     )
+
+
+def test_a_failed_refresh_after_a_follow_up_does_not_invite_a_second_one(
+    watched: Page, network: Network
+) -> None:
+    """The follow-up is recorded but the list's read-your-writes refresh fails (the server
+    answers 503): the page says it was recorded and keeps the button disabled, instead of
+    "could not record ... trying again", which would have recorded it twice."""
+    page = watched
+    me = network.most_overdue()
+    due = network.get(f"/people/{me}/follow-ups")["due"]
+    other = due[-1]["other"]
+    before = len(network.get(f"/relationships/{me}/{other}/timeline")["events"])
+    refresh = re.compile(r".*/v1/workspaces/[^/]+/people/[^/]+/follow-ups\?(.*&)?min_seq=.*")
+    failed: list[str] = []
+
+    def unavailable(route: Route) -> None:
+        failed.append(route.request.url)
+        route.fulfill(
+            status=503,
+            content_type="application/problem+json",
+            body='{"type": "about:blank", "title": "Service Unavailable", "status": 503, '
+            '"detail": "the read model is behind"}',
+        )
+
+    sign_in(page, network, me=me)
+    row = page.locator(f'tr[data-other="{other}"]')
+    expect(row).to_have_count(1)
+    page.route(refresh, unavailable)
+    button = row.get_by_role("button", name="Followed up")
+    button.click()
+    expect(page.get_by_text("The list could not be refreshed")).to_be_visible()
+    expect(page.get_by_text("Recorded a follow-up with")).to_be_visible()
+    expect(button).to_be_disabled()
+    assert failed, "the refresh was answered 503"
+    page.unroute(refresh, unavailable)
+    events = network.get(f"/relationships/{me}/{other}/timeline")["events"]
+    assert len(events) == before + 1
+    assert events[-1]["type"] == "relationship.followed_up"
+
+
+def test_choosing_who_i_am_on_losing_touch_shows_my_list(watched: Page, network: Network) -> None:
+    """Signed in without a person id, Losing touch asks who you are; "Show" draws the list at
+    once (the page is already at #/losing-touch, so setting that hash again changes nothing)."""
+    page = watched
+    me = network.most_overdue()
+    sign_in(page, network)
+    page.goto(network.app_url + "#/losing-touch")
+    page.get_by_label("Your person id").fill(me)
+    page.get_by_role("button", name="Show").click()
+    expect(page.get_by_text("whose time since the last contact is past")).to_be_visible()
+    expect(page.locator("tbody tr").first).to_be_visible()

@@ -152,3 +152,25 @@ def test_as_of_date_redraws_everything_as_of_that_day(
     page.get_by_role("button", name="Now").click()
     chart_of(page)
     expect(page.locator("#score")).to_have_text(now_score or "")
+
+
+def test_as_of_date_typed_digit_by_digit_moves_the_page_once(
+    watched: Page, network: Network
+) -> None:
+    """Typing a date fires "change" at each digit of its year (0002, 0020, 0202, ...); the page
+    moves only once the year is whole, so the rest of what is typed is not lost."""
+    page = watched
+    a, b = network.busiest_pair()
+    events = network.get(f"/relationships/{a}/{b}/timeline")["events"]
+    day = events[len(events) // 3]["occurred_at"][:10]
+    year, month, date = day.split("-")
+    sign_in(page, network)
+    page.goto(network.app_url + f"#/rel/{a}/{b}")
+    chart_of(page)
+    field = page.get_by_label("As of")
+    field.click()
+    assert page.evaluate("() => navigator.language").startswith("en-US")
+    page.keyboard.type(month + date + year)  # en-US: mm/dd/yyyy, one digit at a time
+    chart_of(page, as_of=day)
+    assert "as_of=" + day in page.url
+    expect(page.get_by_label("As of")).to_have_value(day)

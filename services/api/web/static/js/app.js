@@ -147,7 +147,8 @@ async function render() {
     query,
     live: (filters, onMessage) => live(filters, onMessage, mine),
     announce,
-    navigate: (hash) => { location.hash = hash; },
+    // Setting the hash the page already shows fires no hashchange: draw the view again then.
+    navigate: (hash) => { if (location.hash === hash) render(); else location.hash = hash; },
     deniedMessage: () => { const m = deniedMessage; deniedMessage = null; return m; },
     refreshChrome: () => drawChrome(path),
   };

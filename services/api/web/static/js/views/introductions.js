@@ -81,21 +81,30 @@ function vouchSection(from) {
   return h("section", { "aria-labelledby": "vouch-h" }, h("h2", { id: "vouch-h" }, "Can they vouch?"), form);
 }
 
-/** The next steps of one introduction, as buttons that record the events. */
-function steps(intro, after) {
+/**
+ * The next steps of one introduction, as buttons that record the events. `ids` keeps one
+ * event id per introduction and step for the life of the view, across redraws: a second click
+ * of the same step, on this button or on a redrawn one, records nothing new.
+ */
+function steps(intro, after, ids) {
   const id = intro.introduction_id;
   const act = (label, event) => {
-    const eventId = newId(); // one id per button: a second click of it records nothing new
+    const key = `${id} ${event.type} ${event.person ?? ""} ${event.consented ?? ""} ${event.outcome ?? ""}`;
+    if (!ids.has(key)) ids.set(key, newId());
     const button = h("button", { type: "button" }, label);
     button.addEventListener("click", async () => {
-      button.disabled = true;
+      // One step at a time per introduction: its other buttons wait for this one's answer.
+      const row = [...(button.parentElement?.querySelectorAll("button") ?? [button])];
+      for (const b of row) b.disabled = true;
+      let r;
       try {
-        const r = await record({ ...event, event_id: eventId });
-        await after(r.seq, `${label}: recorded.`);
+        r = await record({ ...event, event_id: ids.get(key) });
       } catch (err) {
-        button.disabled = false;
+        for (const b of row) b.disabled = false;
         await after(undefined, null, err);
+        return;
       }
+      await after(r.seq, `${label}: recorded.`);
     });
     return button;
   };
@@ -124,6 +133,7 @@ function flowSection(from) {
   const reason = h("input", { type: "text", name: "reason", maxlength: "2000" });
   const out = h("div", { "aria-live": "polite" });
   const listBox = h("div", {}, loading("Loading introductions"));
+  const stepIds = new Map(); // the steps' event ids, kept across redraws of the list
   let eventId = newId();
   const form = h("form", { class: "card" },
     h("div", { class: "row" }, field("Requester", requester, { name: "requester" }), field("Introducer", introducer, { name: "introducer" }), field("Target", target, { name: "target" })),
@@ -140,7 +150,14 @@ function flowSection(from) {
     if (!newest()) return;
     const after = async (seq, message, err) => {
       if (err) fill(out, notice("error", err.message));
-      if (seq) await load(seq);
+      if (seq) {
+        try {
+          await load(seq);
+        } catch (e) {
+          fill(out, notice("info", `${message} The list could not be refreshed (${e.message}); it will be on the next update.`));
+          return;
+        }
+      }
       if (message) fill(out, notice("ok", message));
     };
     fill(listBox, intros.length
@@ -151,15 +168,16 @@ function flowSection(from) {
           h("td", {}, names.personLink(i.introducer)),
           h("td", {}, names.personLink(i.target)),
           h("td", {}, h("span", { class: "badge" }, i.status)),
-          h("td", { class: "steps" }, steps(i, after)))))
+          h("td", { class: "steps" }, steps(i, after, stepIds)))))
       : notice("info", "No introductions yet."));
   }
 
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     clearFieldErrors(form);
+    let r;
     try {
-      const r = await record({
+      r = await record({
         type: "introduction.requested",
         event_id: eventId,
         introduction_id: eventId,
@@ -168,11 +186,17 @@ function flowSection(from) {
         target: target.value.trim(),
         reason: reason.value.trim() || undefined,
       });
-      eventId = newId();
-      fill(out, notice("ok", "Requested. Both sides now need to agree before the introduction is made."));
+    } catch (err) {
+      showError(form, out, err); // not recorded: trying again with the same id records it once
+      return;
+    }
+    eventId = newId();
+    const done = "Requested. Both sides now need to agree before the introduction is made.";
+    fill(out, notice("ok", done));
+    try {
       await load(r.seq);
     } catch (err) {
-      showError(form, out, err);
+      fill(out, notice("info", `${done} The list could not be refreshed (${err.message}); it will be on the next update.`));
     }
   });
   return {

@@ -48,23 +48,31 @@ export async function render(main, ctx) {
     button.disabled = true;
     const eventId = pending.get(row.other) ?? newId();
     pending.set(row.other, eventId);
+    let result;
     try {
-      const result = await record({
+      result = await record({
         type: "relationship.followed_up",
         event_id: eventId,
         from_person: person,
         to_person: row.other,
         channel: channel.value,
       });
-      pending.delete(row.other);
-      await load(result.seq);
-      fill(status, notice("ok", `Recorded a follow-up with ${names.nameOf(row.other)} (event ${result.seq}).`));
     } catch (err) {
       button.disabled = false;
       const why = err instanceof ApiError && err.status === 403
         ? "your token may not record events (it needs the write role)"
         : err.message;
       fill(status, notice("error", `Could not record the follow-up with ${names.nameOf(row.other)}: ${why}. Trying again records it once.`));
+      return;
+    }
+    pending.delete(row.other);
+    const done = `Recorded a follow-up with ${names.nameOf(row.other)} (event ${result.seq}).`;
+    try {
+      await load(result.seq);
+      fill(status, notice("ok", done));
+    } catch (err) {
+      // Recorded: the button stays disabled, so a click cannot record it a second time.
+      fill(status, notice("info", `${done} The list could not be refreshed (${err.message}); it will be on the next update.`));
     }
   }
 

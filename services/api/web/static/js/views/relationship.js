@@ -117,7 +117,12 @@ export async function render(main, ctx) {
   await names.resolve([a, b]);
   const base = `#/rel/${encodeURIComponent(a)}/${encodeURIComponent(b)}`;
   const dateInput = h("input", { type: "date", id: "as-of", name: "as_of", value: asOf ? day : "", max: new Date().toISOString().slice(0, 10) });
-  dateInput.addEventListener("change", () => ctx.navigate(dateInput.value ? `${base}?as_of=${dateInput.value}` : base));
+  dateInput.addEventListener("change", () => {
+    // Typing a date fires "change" at each digit of the year (0002, 0020, 0202, 2024): only a
+    // full year moves the page, or the redraw would take the field from under the keyboard.
+    if (dateInput.value && Number(dateInput.value.slice(0, 4)) < 1900) return;
+    ctx.navigate(dateInput.value ? `${base}?as_of=${dateInput.value}` : base);
+  });
   const canvas = h("canvas", { id: "strength-chart", role: "img", tabindex: "0", "aria-label": "Strength over time" });
   const figure = h("figure", { class: "chart card", dataset: { state: "loading", asOf: asOf ? day : "now" } },
     h("div", { class: "chart-box" }, canvas),
