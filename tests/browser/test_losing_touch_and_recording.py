@@ -153,3 +153,42 @@ def test_choosing_who_i_am_on_losing_touch_shows_my_list(watched: Page, network:
     page.get_by_role("button", name="Show").click()
     expect(page.get_by_text("whose time since the last contact is past")).to_be_visible()
     expect(page.locator("tbody tr").first).to_be_visible()
+
+
+def test_a_changed_form_after_a_lost_answer_is_not_locked_out(
+    watched: Page, network: Network
+) -> None:
+    """A write lands but its answer is lost; the user changes a value and submits again. The
+    server refuses the reused event id (409: same id, other content). The page says the earlier
+    attempt was recorded and takes a new id, so the next submit records the new values instead
+    of failing with 409 until the page is reloaded."""
+    page = watched
+    a, b = network.busiest_pair()
+    before = len(network.get(f"/relationships/{a}/{b}/timeline")["events"])
+    writes = re.compile(r".*/v1/workspaces/[^/]+/events$")
+    lost: list[int] = []
+
+    def answer_lost(route: Route) -> None:
+        if lost:
+            route.continue_()
+            return
+        lost.append(route.fetch().status)  # the server records it ...
+        route.abort()  # ... and the page never hears back
+
+    sign_in(page, network)
+    page.goto(network.app_url + f"#/record?a={a}&b={b}")
+    page.get_by_label("Helped", exact=True).check()
+    form = page.locator("form.record")
+    form.get_by_label("What (optional)").fill("lent a book")
+    page.route(writes, answer_lost)
+    form.locator("button[type=submit]").click()
+    expect(form.get_by_text("Submitting again records the event once")).to_be_visible()
+    assert lost and lost[0] in (200, 201), lost
+    form.get_by_label("What (optional)").fill("lent two books")
+    form.locator("button[type=submit]").click()
+    expect(form.get_by_text("An earlier attempt was recorded")).to_be_visible()
+    form.locator("button[type=submit]").click()
+    seq = recorded_seq(form)
+    page.unroute(writes, answer_lost)
+    events = network.get(f"/relationships/{a}/{b}/timeline", min_seq=seq)["events"]
+    assert len(events) == before + 2

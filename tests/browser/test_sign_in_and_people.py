@@ -144,3 +144,37 @@ def test_a_search_answered_late_does_not_replace_the_list_shown_after_it(
     page.wait_for_timeout(1000)  # room for the late answer to be drawn, were it drawn
     expect(page.get_by_text("people match")).to_have_count(0)
     expect(rows).to_have_count(25)
+
+
+def test_a_filter_after_a_live_update_reads_at_least_what_was_shown(
+    watched: Page, network: Network
+) -> None:
+    """A live update makes a person's page read its lists again at that event's sequence; a
+    read the page starts later without one (the one-sided filter) still asks for at least that
+    sequence, so it cannot show the lists from before the update."""
+    page = watched
+    people = [e["person_id"] for e in network.lines if e["type"] == "person.added"]
+    person, other = people[5], people[6]
+    sign_in(page, network)
+    page.goto(network.app_url + f"#/person/{person}")
+    expect(page.locator("#main")).to_have_attribute("data-rendered", f"#/person/{person}")
+    reread = re.compile(rf".*/people/{person}/give-and-take\?(.*&)?min_seq=(\d+).*")
+    with page.expect_request(reread, timeout=20_000) as live_reload:
+        r = network.api.post(
+            f"/v1/workspaces/{network.ws}/events",
+            json={
+                "type": "relationship.followed_up",
+                "from_person": person,
+                "to_person": other,
+                "channel": "email",
+            },
+        )
+        assert r.status_code in (200, 201, 202), r.text
+    seq = r.json()["seq"]
+    found = reread.match(live_reload.value.url)
+    assert found and int(found.group(2)) >= seq
+    with page.expect_request(re.compile(r".*/give-and-take\?.*one_sided=true.*")) as filtered:
+        page.get_by_label("Only one-sided ties").check()
+    again = reread.match(filtered.value.url)
+    assert again, f"the filtered read named no min_seq: {filtered.value.url}"
+    assert int(again.group(2)) >= seq

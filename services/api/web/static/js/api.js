@@ -164,3 +164,10 @@ export function newId() {
 export function record(event) {
   return api.post(ROUTES.events, {}, event);
 }
+
+/** Whether `err` says the write's `event_id` was already recorded with other content: an
+ *  earlier attempt landed but its answer was lost, and the form was changed since. Sending
+ *  the same id again can only fail, so the caller takes a new id (and says so). */
+export function isEarlierAttempt(err) {
+  return err instanceof ApiError && err.status === 409 && Boolean(err.fields?.event_id);
+}

@@ -2,10 +2,10 @@
 // introducer can vouch for both sides, and the double opt-in flow: request, each side's
 // consent, the introduction itself, its outcome.
 
-import { ApiError, ROUTES, allPages, api, newId, record, session } from "../api.js";
+import { ApiError, ROUTES, allPages, api, isEarlierAttempt, newId, record, session } from "../api.js";
 import { add, clearFieldErrors, field, fill, h, loading, notice, showFieldErrors, table, tierBadge, timeEl } from "../dom.js";
 import * as names from "../names.js";
-import { debounce, newestOnly, seqOf } from "./live.js";
+import { debounce, newestOnly, seqFloor, seqOf } from "./live.js";
 
 function personInput(name, value = "") {
   return h("input", { type: "text", name, value, required: true, pattern: "[A-Za-z0-9_\\-]{1,64}", list: "intro-people", autocomplete: "off" });
@@ -141,9 +141,10 @@ function flowSection(from) {
     h("button", { type: "submit" }, "Request an introduction"), out);
 
   const ticket = newestOnly();
+  const atLeast = seqFloor();
   async function load(minSeq) {
     const newest = ticket();
-    const query = { person: from || undefined, min_seq: minSeq };
+    const query = { person: from || undefined, min_seq: atLeast(minSeq) };
     const body = await allPages(ROUTES.introductions, {}, query, ["introductions"], 5);
     const intros = body.introductions || body.items || [];
     await names.resolve(intros.flatMap((i) => [i.requester, i.introducer, i.target]));
@@ -187,6 +188,12 @@ function flowSection(from) {
         reason: reason.value.trim() || undefined,
       });
     } catch (err) {
+      if (isEarlierAttempt(err)) {
+        eventId = newId(); // that earlier request is in the list; another needs a new id
+        fill(out, notice("info", "An earlier request was recorded, but its answer was lost, and the values have changed since. Submitting again requests these as a new introduction."));
+        await load().catch(() => {});
+        return;
+      }
       showError(form, out, err); // not recorded: trying again with the same id records it once
       return;
     }

@@ -45,3 +45,17 @@ export function newestOnly() {
     return () => mine === started;
   };
 }
+
+/**
+ * The highest stream sequence a view has read at or after. Each of its loads sends it as
+ * `min_seq`, so a load that names none (paging, a filter, a reload for an older event) never
+ * shows a list from before a write the view has already shown. Returns a function that takes
+ * a load's own `min_seq` (or nothing) and gives the one to send.
+ */
+export function seqFloor() {
+  let floor = 0;
+  return (seq) => {
+    if (Number.isInteger(seq) && seq > floor) floor = seq;
+    return floor || undefined;
+  };
+}

@@ -3,10 +3,10 @@
 // (an idempotent event_id: a retry after a lost answer records it once) and then reads the
 // list again with ?min_seq= so the row is gone as soon as the write is applied.
 
-import { ApiError, ROUTES, allPages, newId, record, session } from "../api.js";
+import { ApiError, ROUTES, allPages, isEarlierAttempt, newId, record, session } from "../api.js";
 import { add, fill, fmtAgo, h, loading, notice, scoreBar, table, tierBadge, timeEl, field } from "../dom.js";
 import * as names from "../names.js";
-import { debounce, newestOnly, seqOf } from "./live.js";
+import { debounce, newestOnly, seqFloor, seqOf } from "./live.js";
 
 const CHANNELS = ["message", "email", "phone", "video", "in_person", "social", "letter", "other"];
 
@@ -58,6 +58,13 @@ export async function render(main, ctx) {
         channel: channel.value,
       });
     } catch (err) {
+      if (isEarlierAttempt(err)) {
+        // An earlier click landed (its answer was lost) with another channel: it is recorded.
+        pending.delete(row.other);
+        fill(status, notice("info", `A follow-up with ${names.nameOf(row.other)} was already recorded by an earlier click whose answer was lost.`));
+        await load().catch(() => {});
+        return;
+      }
       button.disabled = false;
       const why = err instanceof ApiError && err.status === 403
         ? "your token may not record events (it needs the write role)"
@@ -77,9 +84,10 @@ export async function render(main, ctx) {
   }
 
   const ticket = newestOnly();
+  const atLeast = seqFloor();
   async function load(minSeq) {
     const newest = ticket();
-    const body = await allPages(ROUTES.followUps, { person }, { min_seq: minSeq }, ["due"]);
+    const body = await allPages(ROUTES.followUps, { person }, { min_seq: atLeast(minSeq) }, ["due"]);
     const due = body.due || [];
     await names.resolve(due.map((d) => d.other));
     if (!newest()) return;

@@ -4,7 +4,7 @@
 import { ApiError, ROUTES, allPages, api, session } from "../api.js";
 import { add, fill, forgottenBadge, h, loading, notice, scoreBar, table, tierBadge, timeEl } from "../dom.js";
 import * as names from "../names.js";
-import { debounce, newestOnly, seqOf } from "./live.js";
+import { debounce, newestOnly, seqFloor, seqOf } from "./live.js";
 
 function details(p) {
   const rows = [
@@ -114,10 +114,11 @@ export async function render(main, ctx) {
   // or, from an API without it, asks for a longer list.
   let limit = 50;
   let pages = 1;
+  const atLeast = seqFloor(); // one floor for both lists: both read the same stream
   const tiesTicket = newestOnly();
   async function loadTies(minSeq) {
     const newest = tiesTicket();
-    const query = { order: "strength", limit, min_seq: minSeq };
+    const query = { order: "strength", limit, min_seq: atLeast(minSeq) };
     const body = await allPages(ROUTES.ties, { person: id }, query, ["relationships"], pages);
     const ties = body.relationships || [];
     await names.resolve(ties.map((t) => t.other));
@@ -138,7 +139,7 @@ export async function render(main, ctx) {
   const giveTicket = newestOnly();
   async function loadGive(minSeq) {
     const newest = giveTicket();
-    const query = { one_sided: onlyOneSided.checked ? "true" : undefined, min_seq: minSeq };
+    const query = { one_sided: onlyOneSided.checked ? "true" : undefined, min_seq: atLeast(minSeq) };
     const body = await allPages(ROUTES.giveAndTake, { person: id }, query, ["ties"]);
     const ties = body.ties || [];
     await names.resolve(ties.map((t) => t.other));

@@ -3,7 +3,7 @@
 // event_id until the write succeeds: submitting again after an error or a lost answer records
 // the event at most once.
 
-import { ApiError, newId, record } from "../api.js";
+import { ApiError, isEarlierAttempt, newId, record } from "../api.js";
 import { add, clearFieldErrors, field, fill, h, notice, showFieldErrors } from "../dom.js";
 import * as names from "../names.js";
 
@@ -99,7 +99,10 @@ function buildForm(type, label, fieldsOf, toEvent, query) {
       fill(status, notice("ok", `Recorded (event ${r.seq}${r.duplicate ? ", already recorded before" : ""}). `,
         pair ? h("a", { href: `#/rel/${encodeURIComponent(pair[0])}/${encodeURIComponent(pair[1])}` }, "Open the relationship") : null));
     } catch (err) {
-      if (!(err instanceof ApiError) || err.status === 0) {
+      if (isEarlierAttempt(err)) {
+        eventId = newId();
+        fill(status, notice("info", `An earlier attempt was recorded, but its answer was lost, and the values have changed since. Submitting again records these values as a new event.`));
+      } else if (!(err instanceof ApiError) || err.status === 0) {
         fill(status, notice("error", `${err.message}. Submitting again records the event once.`));
       } else {
         const rest = showFieldErrors(form, err.fields);

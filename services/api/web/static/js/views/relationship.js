@@ -7,7 +7,7 @@ import { curvePoints, sampleTimes, scoreAt } from "../decay.js";
 import { add, eventLabel, fill, fmtDate, fmtAgo, h, loading, notice, pool, table, tierBadge, timeEl } from "../dom.js";
 import * as names from "../names.js";
 import { drawStrengthChart } from "../strength-chart.js";
-import { debounce, newestOnly, pairOf, seqOf } from "./live.js";
+import { debounce, newestOnly, pairOf, seqFloor, seqOf } from "./live.js";
 
 const DENSE = 24; // closed-form points per gap when the API gives states and parameters
 
@@ -145,10 +145,11 @@ export async function render(main, ctx) {
   );
 
   const ticket = newestOnly();
+  const atLeast = seqFloor();
   async function load(minSeq) {
     const newest = ticket();
     const pair = { person_a: a, person_b: b };
-    const query = { as_of: asOf, min_seq: minSeq };
+    const query = { as_of: asOf, min_seq: atLeast(minSeq) };
     let rel;
     let x;
     let tl;
