@@ -178,3 +178,61 @@ def test_a_filter_after_a_live_update_reads_at_least_what_was_shown(
     again = reread.match(filtered.value.url)
     assert again, f"the filtered read named no min_seq: {filtered.value.url}"
     assert int(again.group(2)) >= seq
+
+
+def test_next_pressed_twice_moves_one_page(watched: Page, network: Network) -> None:
+    """The pager is off while a page loads, and the paging state moves only once it is in:
+    Enter pressed twice on "Next" (a keyboard user's double press; a mouse's second click
+    misses, as the pager moves up while the page loads) shows page 2 as page 2, and
+    "Previous" goes back to page 1."""
+    page = watched
+    people = [e for e in network.lines if e["type"] == "person.added"]
+    sign_in(page, network)
+    rows = page.locator("#people-results tbody tr")
+    expect(rows).to_have_count(25)
+    next_page = re.compile(r".*/v1/workspaces/[^/]+/people\?(.*&)?(cursor|after)=.*")
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        held.append(route)
+
+    page.route(next_page, hold)  # page 2 arrives only after both presses
+    page.get_by_role("button", name="Next →").focus()
+    page.keyboard.press("Enter")
+    page.keyboard.press("Enter")
+    page.unroute(next_page, hold)  # lets the held reads through
+    expect(rows).to_have_count(len(people) - 25)
+    expect(page.get_by_text("Page 2", exact=True)).to_be_visible()
+    page.get_by_role("button", name="← Previous").click()
+    expect(rows).to_have_count(25)
+    expect(page.get_by_text("Page 1", exact=True)).to_be_visible()
+    expect(page.get_by_role("button", name="← Previous")).to_be_disabled()
+
+
+def test_a_page_that_fails_to_load_says_so_and_can_be_tried_again(
+    watched: Page, network: Network
+) -> None:
+    """A failed read of the directory's first page shows the error with "Try again" (not a
+    spinner left next to a general error), and trying again shows the page."""
+    page = watched
+    first_page = re.compile(r".*/v1/workspaces/[^/]+/people\?(.*&)?limit=25(&.*)?$")
+    refused: list[str] = []
+
+    def unavailable_once(route: Route) -> None:
+        if refused:
+            route.continue_()
+            return
+        refused.append(route.request.url)
+        route.fulfill(
+            status=503,
+            content_type="application/problem+json",
+            body='{"type": "about:blank", "title": "Service Unavailable", "status": 503}',
+        )
+
+    page.route(first_page, unavailable_once)
+    sign_in(page, network)
+    expect(page.get_by_text("Could not load people")).to_be_visible()
+    expect(page.get_by_text("Loading people")).to_have_count(0)
+    page.get_by_role("button", name="Try again").click()
+    expect(page.locator("#people-results tbody tr")).to_have_count(25)
+    assert len(refused) == 1

@@ -66,7 +66,7 @@ export async function render(main, ctx) {
     pager,
   );
 
-  const stack = []; // cursors of the pages before the current one
+  let stack = []; // cursors of the pages before the current one
   let cursor = null;
   let directory = null; // the whole directory, once searched (a promise: one read for all)
   const ticket = newestOnly(); // typing and paging start loads; only the newest draws
@@ -81,30 +81,53 @@ export async function render(main, ctx) {
     );
   }
 
-  async function showPage() {
+  function failed(err, retry) {
+    fill(results, notice("error", `Could not load people: ${err.message}. `,
+      h("button", { type: "button", onclick: retry }, "Try again")));
+  }
+
+  /** Shows the page at `to` (its cursor and the cursors before it). The paging state moves
+   *  only once that page is in, and the pager is off while it loads: a double click on
+   *  "Next" would otherwise skip a page or count one twice. */
+  async function showPage(to = { cursor, stack }) {
     const newest = ticket();
+    fill(pager);
     fill(results, loading("Loading people"));
-    const { rows, next } = await page(cursor, PAGE);
+    let got;
+    try {
+      got = await page(to.cursor, PAGE);
+    } catch (err) {
+      if (newest()) failed(err, () => showPage(to));
+      return;
+    }
     if (!newest()) return;
-    const n = stack.length;
+    ({ cursor, stack } = to);
+    const { rows, next } = got;
     fill(results, rows.length
       ? table("People in this workspace", ["Name", "Id", "Organisation", "Title"], rowsOf(rows))
       : notice("info", "No people yet. Add people through the API or `tieline import`."));
-    pagerButtons(n > 0, Boolean(next), `Page ${n + 1}`,
-      () => { cursor = stack.pop(); showPage(); },
-      () => { stack.push(cursor); cursor = next; showPage(); });
+    pagerButtons(stack.length > 0, Boolean(next), `Page ${stack.length + 1}`,
+      () => showPage({ cursor: stack.at(-1), stack: stack.slice(0, -1) }),
+      () => showPage({ cursor: next, stack: [...stack, cursor] }));
   }
 
   async function showSearch(q) {
     const newest = ticket();
     if (!directory) {
+      fill(pager);
       fill(results, loading("Searching the directory"));
       directory = everyone().catch((err) => {
         directory = null; // a failed read is tried again by the next search
         throw err;
       });
     }
-    const cache = await directory;
+    let cache;
+    try {
+      cache = await directory;
+    } catch (err) {
+      if (newest()) failed(err, () => showSearch(q));
+      return;
+    }
     if (!newest()) return;
     const found = cache.all.filter((p) => matches(p, q));
     const slice = found.slice(offset, offset + PAGE);
@@ -122,10 +145,12 @@ export async function render(main, ctx) {
   search.addEventListener("input", () => {
     clearTimeout(timer);
     timer = setTimeout(() => {
+      if (!search.isConnected) return; // the user has gone to another view meanwhile
       const q = search.value.trim().toLowerCase();
       offset = 0;
       history.replaceState(null, "", q ? `#/people?q=${encodeURIComponent(search.value.trim())}` : "#/people");
-      (q ? showSearch(q) : showPage()).catch((err) => fill(results, notice("error", err.message)));
+      if (q) showSearch(q);
+      else showPage();
     }, 200);
   });
   const q = search.value.trim().toLowerCase();
