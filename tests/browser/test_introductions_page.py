@@ -7,14 +7,16 @@ import json
 import re
 import uuid
 from pathlib import Path
+from typing import Any
 
 from playwright.sync_api import APIResponse, Page, Route, expect
 
 from tests.browser.conftest import Network, screenshot, sign_in
 
 
-def test_warm_paths_and_vouch_check(watched: Page, network: Network) -> None:
-    page = watched
+def a_warm_path(network: Network) -> tuple[str, str, list[dict[str, Any]]]:
+    """A source, a target it does not know, and the warm paths between them (at least one
+    through someone)."""
     people = [e["person_id"] for e in network.lines if e["type"] == "person.added"]
     found = None
     for source in people:
@@ -36,7 +38,12 @@ def test_warm_paths_and_vouch_check(watched: Page, network: Network) -> None:
         if found:
             break
     assert found, "the simulated network has a warm path through someone"
-    source, target, paths = found
+    return found
+
+
+def test_warm_paths_and_vouch_check(watched: Page, network: Network) -> None:
+    page = watched
+    source, target, paths = a_warm_path(network)
     sign_in(page, network)
     page.goto(network.app_url + f"#/introductions?from={source}")
     section = page.locator("section[aria-labelledby=paths-h]")
@@ -225,3 +232,36 @@ def test_a_step_clicked_again_on_a_redrawn_row_records_it_once(
     page.unroute(writes, consent)
     assert len(sent) == 2
     assert sent[0]["event_id"] == sent[1]["event_id"], "the redrawn button sent another event id"
+
+
+def test_an_earlier_search_answered_late_does_not_replace_the_later_one(
+    watched: Page, network: Network
+) -> None:
+    """Warm paths to one person, then (before that answer is in) to another: the first answer,
+    delivered last, is not drawn over the second's paths."""
+    page = watched
+    source, target, paths = a_warm_path(network)
+    search = re.compile(r".*/warm-paths\?(.*&)?target=nobody-known-here.*")
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        held.append(route)
+
+    page.route(search, hold)
+    sign_in(page, network)
+    page.goto(network.app_url + f"#/introductions?from={source}")
+    section = page.locator("section[aria-labelledby=paths-h]")
+    section.get_by_label("To").fill("nobody-known-here")
+    section.get_by_role("button", name="Find warm paths").click()
+    expect(section.get_by_text("Looking for paths")).to_be_visible()
+    section.get_by_label("To").fill(target)
+    section.get_by_role("button", name="Find warm paths").click()
+    items = section.locator("ol.paths > li")
+    expect(items).to_have_count(len(paths))
+    assert held, "the first search was held"
+    with page.expect_response(search) as late:
+        page.unroute(search, hold)  # the first search's answer comes in now
+    late.value.finished()
+    page.wait_for_timeout(1000)  # room for the late answer to be drawn, were it drawn
+    expect(items).to_have_count(len(paths))
+    expect(section.locator(".notice")).to_have_count(0)

@@ -139,7 +139,10 @@ export function showFieldErrors(form, fields) {
     if (control) control.setAttribute("aria-invalid", "true");
     first ||= control;
   }
-  if (first) first.focus();
+  // To the first field in error, unless the user has gone on to something else meanwhile
+  // (another form of the page): an answer must not pull the focus from where they type.
+  const at = document.activeElement;
+  if (first && (!at || at === document.body || form.contains(at))) first.focus();
   return unplaced;
 }
 

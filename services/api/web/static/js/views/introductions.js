@@ -25,13 +25,16 @@ function warmPathsSection(from) {
   const form = h("form", { class: "card" },
     h("div", { class: "row" }, field("From", source, { name: "person" }), field("To", target, { name: "target" })),
     h("button", { type: "submit" }, "Find warm paths"), out);
+  const ticket = newestOnly(); // a second search before the first is answered: the second shows
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
+    const newest = ticket();
     clearFieldErrors(form);
     fill(out, loading("Looking for paths"));
     try {
       const body = await api.get(ROUTES.warmPaths, { person: source.value.trim() }, { target: target.value.trim() });
       await names.resolve(body.paths.flatMap((p) => p.path));
+      if (!newest()) return;
       if (!body.paths.length) {
         fill(out, notice("info", "No warm path: nobody who knows both well enough to vouch, within two intermediaries."));
         return;
@@ -44,7 +47,7 @@ function warmPathsSection(from) {
           ]),
           h("small", {}, ` (weakest link ${Number(p.weakest_link).toFixed(1)})`)))));
     } catch (err) {
-      showError(form, out, err);
+      if (newest()) showError(form, out, err);
     }
   });
   return h("section", { "aria-labelledby": "paths-h" }, h("h2", { id: "paths-h" }, "Who can introduce me to…"), form);
@@ -58,13 +61,16 @@ function vouchSection(from) {
   const form = h("form", { class: "card" },
     h("div", { class: "row" }, field("Introducer", introducer, { name: "introducer" }), field("Person", a, { name: "a" }), field("Other person", b, { name: "b" })),
     h("button", { type: "submit" }, "Check"), out);
+  const ticket = newestOnly(); // a second check before the first is answered: the second shows
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
+    const newest = ticket();
     clearFieldErrors(form);
     try {
       const q = { introducer: introducer.value.trim(), a: a.value.trim(), b: b.value.trim() };
       const body = await api.get(ROUTES.vouchCheck, {}, q);
       await names.resolve([q.introducer, q.a, q.b]);
+      if (!newest()) return;
       const side = (id) => {
         const s = body[id] || {};
         return h("li", {}, names.personLink(id), ": ", s.can_vouch ? "can vouch" : "cannot vouch",
@@ -75,7 +81,7 @@ function vouchSection(from) {
         h("p", {}, body.can_introduce ? `${names.nameOf(q.introducer)} can vouch for both.` : `${names.nameOf(q.introducer)} cannot vouch for both.`),
         h("ul", {}, side(q.a), side(q.b))));
     } catch (err) {
-      showError(form, out, err);
+      if (newest()) showError(form, out, err);
     }
   });
   return h("section", { "aria-labelledby": "vouch-h" }, h("h2", { id: "vouch-h" }, "Can they vouch?"), form);
