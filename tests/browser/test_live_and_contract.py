@@ -271,3 +271,28 @@ def test_pages_fit_a_phone_screen(browser: Browser, network: Network, shots: Pat
             screenshot(page, shots, name, full_page=False)
     finally:
         context.close()
+
+
+def test_a_stream_that_opens_and_drops_at_once_backs_off(watched: Page, network: Network) -> None:
+    """A stream that answers and ends before delivering anything (an overloaded server, a
+    proxy) is retried after 1 s, then 2 s, then 4 s: opening alone does not reset the backoff,
+    or the page would reconnect every second for ever."""
+    page = watched
+    a, _ = network.busiest_pair()
+    opened: list[str] = []
+
+    def empty(route: Route) -> None:
+        opened.append(route.request.url)
+        route.fulfill(status=200, headers={"content-type": "text/event-stream"}, body="")
+
+    page.route(re.compile(r".*/v1/workspaces/[^/]+/stream.*"), empty)
+    page.add_init_script(BANNER_LOG)
+    sign_in(page, network)
+    page.goto(network.app_url + f"#/person/{a}")
+    page.wait_for_function(
+        "() => window.bannerLog.some((t) => t.includes('reconnecting in 4 s'))", timeout=20_000
+    )
+    log: list[str] = page.evaluate("() => window.bannerLog")
+    waits = [t for t in log if "interrupted; reconnecting" in t]
+    assert "in 1 s" in waits[0] and any("in 2 s" in t for t in waits), waits
+    assert len(opened) >= 3

@@ -64,6 +64,7 @@ export function openStream(filters, onMessage, onState) {
   let controller = null;
   let failures = 0;
   let everOpen = false;
+  let openedAt = 0;
 
   async function connectOnce() {
     controller = new AbortController();
@@ -80,8 +81,11 @@ export function openStream(filters, onMessage, onState) {
     }
     onState({ state: everOpen ? "reconnected" : "open" });
     everOpen = true;
-    failures = 0;
+    openedAt = Date.now();
     for await (const msg of parseEventStream(resp.body)) {
+      // The backoff starts again only once the stream has delivered something: one that opens
+      // and drops at once (an overloaded server, a proxy) must not be retried at full speed.
+      failures = 0;
       if (msg.id !== null) lastId = msg.id;
       if (msg.retry !== null) retryMs = msg.retry;
       if (msg.data === null) continue;
@@ -100,6 +104,8 @@ export function openStream(filters, onMessage, onState) {
         if (end) { onState({ state: end.final, status: end.status }); return; }
       } catch (err) {
         if (stopped) return;
+        if (openedAt && Date.now() - openedAt >= 30000) failures = 0; // it held for a while
+        openedAt = 0;
         failures += 1;
         const wait = Math.min(retryMs * 2 ** (failures - 1), 15000);
         onState({ state: "reconnecting", wait, error: String(err.message || err) });
