@@ -236,3 +236,39 @@ def test_a_page_that_fails_to_load_says_so_and_can_be_tried_again(
     page.get_by_role("button", name="Try again").click()
     expect(page.locator("#people-results tbody tr")).to_have_count(25)
     assert len(refused) == 1
+
+
+def test_a_name_that_cannot_be_read_shows_the_id_not_an_error_page(
+    watched: Page, network: Network
+) -> None:
+    """One tie's name cannot be read (its person route answers 503): the person's page still
+    shows every tie, that one by its id, instead of failing as a whole."""
+    page = watched
+    first_page = {p["person_id"] for p in network.get("/people", limit=25)["people"]}
+    people = [e["person_id"] for e in network.lines if e["type"] == "person.added"]
+    person, other, count = next(
+        (p, t["other"], len(ties["relationships"]))
+        for p in people
+        for ties in [network.get(f"/people/{p}/relationships", order="strength", limit=50)]
+        for t in ties["relationships"]
+        if t["other"] not in first_page
+    )
+    unreadable = re.compile(rf".*/v1/workspaces/[^/]+/people/{re.escape(other)}$")
+    refused: list[str] = []
+
+    def busy(route: Route) -> None:
+        refused.append(route.request.url)
+        route.fulfill(
+            status=503,
+            content_type="application/problem+json",
+            body='{"type": "about:blank", "title": "Service Unavailable", "status": 503}',
+        )
+
+    page.route(unreadable, busy)
+    sign_in(page, network)
+    page.goto(network.app_url + f"#/person/{person}")
+    tie_rows = page.locator("section[aria-labelledby=ties-h] tbody tr")
+    expect(tie_rows).to_have_count(count)
+    expect(tie_rows.get_by_role("link", name=other, exact=True).first).to_be_visible()
+    expect(page.get_by_text("Could not load")).to_have_count(0)
+    assert refused, "the name was asked for, and refused"

@@ -138,6 +138,7 @@ async function render() {
   drawChrome(path);
   if (!found) {
     fill(main, h("h1", { tabindex: "-1" }, "Not found"), h("p", {}, h("a", { href: "#/people" }, "Go to people")));
+    main.removeAttribute("aria-busy"); // a slower view replaced by this one left it set
     return;
   }
   const [match, view] = found;

@@ -14,15 +14,18 @@ export function known(id) {
   return people.get(id);
 }
 
-/** Fetches the people not seen yet (6 requests at a time). */
+/** Fetches the people not seen yet (6 requests at a time). A name that cannot be read now
+ *  (the server is busy, a rate limit) is shown as the person's id and asked for again next
+ *  time: a missing name must not cost the user the whole page. A refused token still fails. */
 export async function resolve(ids) {
   const missing = [...new Set(ids)].filter((id) => id && !people.has(id));
   await pool(missing, 6, async (id) => {
     try {
       people.set(id, await api.get(ROUTES.person, { person: id }));
     } catch (err) {
-      if (!(err instanceof ApiError) || err.status !== 404) throw err;
-      people.set(id, null);
+      if (!(err instanceof ApiError)) throw err;
+      if (err.status === 404) people.set(id, null);
+      else if (err.status === 401 || err.status === 403) throw err;
     }
   });
 }

@@ -110,6 +110,16 @@ export async function render(main, ctx) {
       giveBox),
   );
 
+  /** A section's read failed: say so in it, with a way to try again (the other section and
+   *  the live updates go on). A list already shown stays, with the failure above it. */
+  function failedIn(box, what, err, retry) {
+    const shown = box.querySelector("table");
+    const message = notice("error", `Could not load ${what}: ${err.message}. `,
+      h("button", { type: "button", onclick: () => retry() }, "Try again"));
+    const heading = box.querySelector("h2");
+    fill(box, heading, message, shown);
+  }
+
   // Strongest first, 50 at a time: "Show more" follows next_cursor (issue 12's pagination)
   // or, from an API without it, asks for a longer list.
   let limit = 50;
@@ -118,11 +128,17 @@ export async function render(main, ctx) {
   const tiesTicket = newestOnly();
   async function loadTies(minSeq) {
     const newest = tiesTicket();
-    const query = { order: "strength", limit, min_seq: atLeast(minSeq) };
-    const body = await allPages(ROUTES.ties, { person: id }, query, ["relationships"], pages);
-    const ties = body.relationships || [];
-    await names.resolve(ties.map((t) => t.other));
+    let body;
+    try {
+      const query = { order: "strength", limit, min_seq: atLeast(minSeq) };
+      body = await allPages(ROUTES.ties, { person: id }, query, ["relationships"], pages);
+      await names.resolve((body.relationships || []).map((t) => t.other));
+    } catch (err) {
+      if (newest()) failedIn(tiesBox, "the ties", err, () => loadTies(minSeq));
+      return;
+    }
     if (!newest()) return;
+    const ties = body.relationships || [];
     const hasMore = body.next_cursor || (ties.length === limit && limit < 1000);
     const more = hasMore
       ? h("button", {
@@ -139,17 +155,23 @@ export async function render(main, ctx) {
   const giveTicket = newestOnly();
   async function loadGive(minSeq) {
     const newest = giveTicket();
-    const query = { one_sided: onlyOneSided.checked ? "true" : undefined, min_seq: atLeast(minSeq) };
-    const body = await allPages(ROUTES.giveAndTake, { person: id }, query, ["ties"]);
-    const ties = body.ties || [];
-    await names.resolve(ties.map((t) => t.other));
+    let ties;
+    try {
+      const query = { one_sided: onlyOneSided.checked ? "true" : undefined, min_seq: atLeast(minSeq) };
+      const body = await allPages(ROUTES.giveAndTake, { person: id }, query, ["ties"]);
+      ties = body.ties || [];
+      await names.resolve(ties.map((t) => t.other));
+    } catch (err) {
+      if (newest()) failedIn(giveBox, "give and take", err, () => loadGive(minSeq));
+      return;
+    }
     if (!newest()) return;
     fill(giveBox, giveTable(id, ties));
   }
-  onlyOneSided.addEventListener("change", () => loadGive().catch((e) => fill(giveBox, notice("error", e.message))));
-  await Promise.all([loadTies(), loadGive()]);
+  onlyOneSided.addEventListener("change", () => loadGive());
+  await Promise.all([loadTies(), loadGive()]); // each section shows its own failure
 
-  const reload = debounce((seq) => Promise.all([loadTies(seq), loadGive(seq)]).catch(() => {}));
+  const reload = debounce((seq) => Promise.all([loadTies(seq), loadGive(seq)]));
   ctx.live({ person: id }, (msg) => {
     if (msg.kind === "person.forgotten" && (msg.data?.person_id === id || msg.data?.person === id)) {
       ctx.navigate("#/people");

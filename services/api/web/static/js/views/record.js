@@ -89,10 +89,12 @@ function buildForm(type, label, fieldsOf, toEvent, query) {
     clearFieldErrors(form);
     submit.disabled = true;
     const f = form.elements;
-    const body = { type, event_id: eventId, ...toEvent(f) };
-    if (f.occurred_at.value) body.occurred_at = new Date(f.occurred_at.value).toISOString();
-    for (const k of Object.keys(body)) if (body[k] === undefined) delete body[k];
+    let body;
     try {
+      body = { type, event_id: eventId, ...toEvent(f) };
+      // An unparseable date throws here: inside the try, so the button comes back (finally).
+      if (f.occurred_at.value) body.occurred_at = new Date(f.occurred_at.value).toISOString();
+      for (const k of Object.keys(body)) if (body[k] === undefined) delete body[k];
       const r = await record(body);
       eventId = newId();
       const pair = pairOfEvent(body);
