@@ -192,3 +192,33 @@ def test_a_changed_form_after_a_lost_answer_is_not_locked_out(
     page.unroute(writes, answer_lost)
     events = network.get(f"/relationships/{a}/{b}/timeline", min_seq=seq)["events"]
     assert len(events) == before + 2
+
+
+def test_follow_ups_that_fail_to_load_say_so_and_can_be_tried_again(
+    watched: Page, network: Network
+) -> None:
+    """The first read of the follow-ups fails (503): the list says so with "Try again" (not a
+    spinner left next to a general error), and trying again shows the list."""
+    page = watched
+    me = network.most_overdue()
+    due = network.get(f"/people/{me}/follow-ups")["due"]
+    reads = re.compile(r".*/v1/workspaces/[^/]+/people/[^/]+/follow-ups(\?.*)?$")
+    refused: list[str] = []
+
+    def unavailable_once(route: Route) -> None:
+        if refused:
+            route.continue_()
+            return
+        refused.append(route.request.url)
+        route.fulfill(
+            status=503,
+            content_type="application/problem+json",
+            body='{"type": "about:blank", "title": "Service Unavailable", "status": 503}',
+        )
+
+    page.route(reads, unavailable_once)
+    sign_in(page, network, me=me)
+    expect(page.get_by_text("Could not load the follow-ups")).to_be_visible()
+    expect(page.get_by_text("Loading follow-ups")).to_have_count(0)
+    page.get_by_role("button", name="Try again").click()
+    expect(page.locator("tbody tr")).to_have_count(len(due))

@@ -150,10 +150,16 @@ function flowSection(from) {
   const atLeast = seqFloor();
   async function load(minSeq) {
     const newest = ticket();
-    const query = { person: from || undefined, min_seq: atLeast(minSeq) };
-    const body = await allPages(ROUTES.introductions, {}, query, ["introductions"], 5);
-    const intros = body.introductions || body.items || [];
-    await names.resolve(intros.flatMap((i) => [i.requester, i.introducer, i.target]));
+    let intros;
+    try {
+      const query = { person: from || undefined, min_seq: atLeast(minSeq) };
+      const body = await allPages(ROUTES.introductions, {}, query, ["introductions"], 5);
+      intros = body.introductions || body.items || [];
+      await names.resolve(intros.flatMap((i) => [i.requester, i.introducer, i.target]));
+    } catch (err) {
+      if (newest()) throw err; // an older load's failure: the newer one draws
+      return;
+    }
     if (!newest()) return;
     const after = async (seq, message, err) => {
       if (err) fill(out, notice("error", err.message));
@@ -212,7 +218,10 @@ function flowSection(from) {
       fill(out, notice("info", `${done} The list could not be refreshed (${err.message}); it will be on the next update.`));
     }
   });
+  const failed = (err) => fill(listBox, notice("error", `Could not load the introductions: ${err.message}. `,
+    h("button", { type: "button", onclick: () => load().catch(failed) }, "Try again")));
   return {
+    failed,
     section: h("section", { "aria-labelledby": "flow-h" }, h("h2", { id: "flow-h" }, "Double opt-in introductions"),
       h("p", {}, "An introduction is made only after both people agree: request, consent from each side, the introduction, then how it went."),
       form, listBox),
@@ -226,8 +235,8 @@ export async function render(main, ctx) {
   names.peopleOptions().then((ps) => fill(list, ps.map((p) => h("option", { value: p.person_id }, p.display_name)))).catch(() => {});
   const flow = flowSection(from);
   add(main, h("h1", { tabindex: "-1" }, "Introductions"), list, warmPathsSection(from), vouchSection(from), flow.section);
-  await flow.load();
-  const reload = debounce((seq) => flow.load(seq).catch(() => {}), 300);
+  await flow.load().catch(flow.failed);
+  const reload = debounce((seq) => flow.load(seq).catch(flow.failed), 300);
   ctx.live({ kinds: "event.recorded" }, (msg) => {
     const type = msg.data?.type || "";
     if (type.startsWith("introduction.") || type === "relationship.introduced") reload(seqOf(msg));

@@ -87,9 +87,15 @@ export async function render(main, ctx) {
   const atLeast = seqFloor();
   async function load(minSeq) {
     const newest = ticket();
-    const body = await allPages(ROUTES.followUps, { person }, { min_seq: atLeast(minSeq) }, ["due"]);
-    const due = body.due || [];
-    await names.resolve(due.map((d) => d.other));
+    let due;
+    try {
+      const body = await allPages(ROUTES.followUps, { person }, { min_seq: atLeast(minSeq) }, ["due"]);
+      due = body.due || [];
+      await names.resolve(due.map((d) => d.other));
+    } catch (err) {
+      if (newest()) throw err; // an older load's failure: the newer one draws
+      return;
+    }
     if (!newest()) return;
     if (!due.length) {
       fill(listBox, notice("ok", "Nobody is overdue. Nice."));
@@ -112,7 +118,10 @@ export async function render(main, ctx) {
     fill(listBox, table(`${due.length} follow-ups due, most at stake first`, ["Person", "Strength", "Tier then", "Last contact", "At stake", ""], rows));
   }
 
-  await load();
-  const reload = debounce((seq) => load(seq).catch(() => {}), 300);
+  const failed = (err) => fill(listBox, notice("error", `Could not load the follow-ups: ${err.message}. `,
+    h("button", { type: "button", onclick: () => load().catch(failed) }, "Try again")));
+  await load().catch(failed);
+  // A failed refresh keeps the list shown and says so.
+  const reload = debounce((seq) => load(seq).catch((err) => fill(status, notice("error", `Could not refresh the list: ${err.message}.`))), 300);
   ctx.live({ person, kinds: "event.recorded,follow_up.due,relationship.changed,person.forgotten" }, (msg) => reload(seqOf(msg)));
 }

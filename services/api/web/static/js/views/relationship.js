@@ -160,8 +160,8 @@ export async function render(main, ctx) {
         allPages(ROUTES.timeline, pair, query, ["events", "retracted"]),
       ]);
     } catch (err) {
+      if (!newest()) return; // an older load's failure: the newer one draws
       if (!(err instanceof ApiError) || err.status !== 404) throw err;
-      if (!newest()) return;
       fill(summaryBox, notice("info", `No recorded relationship between ${names.nameOf(a)} and ${names.nameOf(b)}${asOf ? ` by ${fmtDate(asOf)}` : ""}.`));
       figure.dataset.state = "empty";
       return;
@@ -177,7 +177,13 @@ export async function render(main, ctx) {
       `Strength over time: ${events.length} events from ${fmtDate(events[0]?.occurred_at)} to ${fmtDate(rel.as_of)}; now ${Number(rel.score).toFixed(1)} (${rel.tier}).`);
     figure.dataset.state = "drawing";
     const chart = drawStrengthChart(canvas, events, curvePoints(points, [], end), ctx.announce);
-    const samples = await decaySamples(a, b, events, end, tl);
+    let samples = [];
+    try {
+      samples = await decaySamples(a, b, events, end, tl);
+    } catch (err) {
+      // The summary, explanation and markers stand; only the curve between events is missing.
+      if (newest()) figure.append(notice("info", `The decay between events could not be drawn: ${err.message}.`));
+    }
     if (!newest()) return;
     chart.data.datasets[1].data = curvePoints(points, samples, end);
     chart.update();
