@@ -18,7 +18,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Page, Request, expect
+from playwright.sync_api import Locator, Page, Request, Route, expect
 from tieline.plumbing.config import Settings
 from tieline.services.runtime.supervisor import Stack
 
@@ -214,3 +214,47 @@ def sign_in(page: Page, network: Network, me: str = "", token: str | None = None
     page.get_by_role("button", name="Sign in").click()
     if token is None:
         expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+
+
+#: An overloaded server's answer, as the API's problem documents look.
+UNAVAILABLE = '{"type": "about:blank", "title": "Service Unavailable", "status": 503}'
+
+
+def refusing(times: int | None = None) -> tuple[Callable[[Route], None], list[str]]:
+    """A route handler answering 503 to the first ``times`` requests it sees (every one when
+    None) and letting the rest through, with the list of the URLs it refused."""
+    refused: list[str] = []
+
+    def handler(route: Route) -> None:
+        if times is not None and len(refused) >= times:
+            route.continue_()
+            return
+        refused.append(route.request.url)
+        route.fulfill(status=503, content_type="application/problem+json", body=UNAVAILABLE)
+
+    return handler, refused
+
+
+def request_introduction(
+    page: Page, network: Network, me: str, introducer: str, target: str
+) -> Locator:
+    """Signs in as ``me``, opens Introductions and requests one through the double opt-in
+    form; returns the form's section."""
+    sign_in(page, network, me=me)
+    page.goto(network.app_url + "#/introductions")
+    flow = page.locator("section[aria-labelledby=flow-h]")
+    flow.get_by_label("Introducer").fill(introducer)
+    flow.get_by_label("Target").fill(target)
+    flow.get_by_role("button", name="Request an introduction").click()
+    return flow
+
+
+def holding() -> tuple[Callable[[Route], None], list[Route]]:
+    """A route handler that keeps every request waiting (no answer yet), with the list of the
+    held routes: continue them, or ``page.unroute`` the handler to let them all through."""
+    held: list[Route] = []
+
+    def handler(route: Route) -> None:
+        held.append(route)
+
+    return handler, held

@@ -11,7 +11,7 @@ from typing import Any
 
 from playwright.sync_api import APIResponse, Page, Route, expect
 
-from tests.browser.conftest import Network, screenshot, sign_in
+from tests.browser.conftest import Network, holding, request_introduction, screenshot, sign_in
 
 
 def a_warm_path(network: Network) -> tuple[str, str, list[dict[str, Any]]]:
@@ -69,12 +69,7 @@ def test_double_opt_in_flow(watched: Page, network: Network, shots: Path) -> Non
     people = [e for e in network.lines if e["type"] == "person.added"]
     requester, introducer, target = (p["person_id"] for p in people[10:13])
     name = {p["person_id"]: p["display_name"] for p in people}
-    sign_in(page, network, me=requester)
-    page.goto(network.app_url + "#/introductions")
-    flow = page.locator("section[aria-labelledby=flow-h]")
-    flow.get_by_label("Introducer").fill(introducer)
-    flow.get_by_label("Target").fill(target)
-    flow.get_by_role("button", name="Request an introduction").click()
+    flow = request_introduction(page, network, requester, introducer, target)
     row = flow.locator("tbody tr").first
     expect(row.locator(".badge")).to_have_text("awaiting consent")
     row.get_by_role("button", name=f"{name[requester]} agrees").click()
@@ -157,12 +152,7 @@ def test_an_older_answer_arriving_late_does_not_replace_a_newer_one(
             late.append((route, route.fetch()))
 
     page.route(listing, first_answer_late)
-    sign_in(page, network, me=requester)
-    page.goto(network.app_url + "#/introductions")
-    flow = page.locator("section[aria-labelledby=flow-h]")
-    flow.get_by_label("Introducer").fill(introducer)
-    flow.get_by_label("Target").fill(target)
-    flow.get_by_role("button", name="Request an introduction").click()
+    flow = request_introduction(page, network, requester, introducer, target)
     badge = flow.locator("tbody tr").first.locator(".badge")
     expect(badge).to_have_text("awaiting consent")
     assert late, "the view's first read was held"
@@ -185,12 +175,7 @@ def test_a_step_clicked_again_on_a_redrawn_row_records_it_once(
     people = [e["person_id"] for e in network.lines if e["type"] == "person.added"]
     requester, introducer, target, other = people[34:38]
     name = {p["person_id"]: p["display_name"] for p in network.lines if p["type"] == "person.added"}
-    sign_in(page, network, me=requester)
-    page.goto(network.app_url + "#/introductions")
-    flow = page.locator("section[aria-labelledby=flow-h]")
-    flow.get_by_label("Introducer").fill(introducer)
-    flow.get_by_label("Target").fill(target)
-    flow.get_by_role("button", name="Request an introduction").click()
+    flow = request_introduction(page, network, requester, introducer, target)
     agree = flow.locator("tbody tr").first.get_by_role("button", name=f"{name[requester]} agrees")
     expect(agree).to_be_enabled()
 
@@ -242,11 +227,7 @@ def test_an_earlier_search_answered_late_does_not_replace_the_later_one(
     page = watched
     source, target, paths = a_warm_path(network)
     search = re.compile(r".*/warm-paths\?(.*&)?target=nobody-known-here.*")
-    held: list[Route] = []
-
-    def hold(route: Route) -> None:
-        held.append(route)
-
+    hold, held = holding()
     page.route(search, hold)
     sign_in(page, network)
     page.goto(network.app_url + f"#/introductions?from={source}")

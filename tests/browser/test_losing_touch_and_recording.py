@@ -8,7 +8,7 @@ from pathlib import Path
 
 from playwright.sync_api import Locator, Page, Route, expect
 
-from tests.browser.conftest import Network, screenshot, sign_in
+from tests.browser.conftest import Network, refusing, screenshot, sign_in
 
 
 def recorded_seq(form: Locator) -> int:
@@ -115,17 +115,7 @@ def test_a_failed_refresh_after_a_follow_up_does_not_invite_a_second_one(
     other = due[-1]["other"]
     before = len(network.get(f"/relationships/{me}/{other}/timeline")["events"])
     refresh = re.compile(r".*/v1/workspaces/[^/]+/people/[^/]+/follow-ups\?(.*&)?min_seq=.*")
-    failed: list[str] = []
-
-    def unavailable(route: Route) -> None:
-        failed.append(route.request.url)
-        route.fulfill(
-            status=503,
-            content_type="application/problem+json",
-            body='{"type": "about:blank", "title": "Service Unavailable", "status": 503, '
-            '"detail": "the read model is behind"}',
-        )
-
+    unavailable, failed = refusing()
     sign_in(page, network, me=me)
     row = page.locator(f'tr[data-other="{other}"]')
     expect(row).to_have_count(1)
@@ -203,22 +193,11 @@ def test_follow_ups_that_fail_to_load_say_so_and_can_be_tried_again(
     me = network.most_overdue()
     due = network.get(f"/people/{me}/follow-ups")["due"]
     reads = re.compile(r".*/v1/workspaces/[^/]+/people/[^/]+/follow-ups(\?.*)?$")
-    refused: list[str] = []
-
-    def unavailable_once(route: Route) -> None:
-        if refused:
-            route.continue_()
-            return
-        refused.append(route.request.url)
-        route.fulfill(
-            status=503,
-            content_type="application/problem+json",
-            body='{"type": "about:blank", "title": "Service Unavailable", "status": 503}',
-        )
-
+    unavailable_once, refused = refusing(times=1)
     page.route(reads, unavailable_once)
     sign_in(page, network, me=me)
     expect(page.get_by_text("Could not load the follow-ups")).to_be_visible()
     expect(page.get_by_text("Loading follow-ups")).to_have_count(0)
     page.get_by_role("button", name="Try again").click()
     expect(page.locator("tbody tr")).to_have_count(len(due))
+    assert len(refused) == 1

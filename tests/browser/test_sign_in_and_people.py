@@ -8,10 +8,10 @@ import re
 import uuid
 from pathlib import Path
 
-from playwright.sync_api import Page, Route, expect
+from playwright.sync_api import Page, expect
 from tieline.plumbing.config import Settings
 
-from tests.browser.conftest import Network, screenshot, sign_in, token_for
+from tests.browser.conftest import Network, holding, refusing, screenshot, sign_in, token_for
 
 
 def test_sign_in_keeps_the_token_in_session_storage(watched: Page, network: Network) -> None:
@@ -128,11 +128,7 @@ def test_a_search_answered_late_does_not_replace_the_list_shown_after_it(
     rows = page.locator("#people-results tbody tr")
     expect(rows).to_have_count(25)
     directory_read = re.compile(r".*/v1/workspaces/[^/]+/people\?(.*&)?limit=1000(&.*)?$")
-    held: list[Route] = []
-
-    def hold(route: Route) -> None:
-        held.append(route)
-
+    hold, held = holding()
     page.route(directory_read, hold)
     page.get_by_label("Search people").fill("no such person anywhere")
     expect(page.get_by_text("Searching the directory")).to_be_visible()
@@ -191,11 +187,7 @@ def test_next_pressed_twice_moves_one_page(watched: Page, network: Network) -> N
     rows = page.locator("#people-results tbody tr")
     expect(rows).to_have_count(25)
     next_page = re.compile(r".*/v1/workspaces/[^/]+/people\?(.*&)?(cursor|after)=.*")
-    held: list[Route] = []
-
-    def hold(route: Route) -> None:
-        held.append(route)
-
+    hold, held = holding()
     page.route(next_page, hold)  # page 2 arrives only after both presses
     page.get_by_role("button", name="Next →").focus()
     page.keyboard.press("Enter")
@@ -203,6 +195,7 @@ def test_next_pressed_twice_moves_one_page(watched: Page, network: Network) -> N
     page.unroute(next_page, hold)  # lets the held reads through
     expect(rows).to_have_count(len(people) - 25)
     expect(page.get_by_text("Page 2", exact=True)).to_be_visible()
+    assert len(held) == 1, "one press asked for page 2; the second found the pager off"
     page.get_by_role("button", name="← Previous").click()
     expect(rows).to_have_count(25)
     expect(page.get_by_text("Page 1", exact=True)).to_be_visible()
@@ -216,19 +209,7 @@ def test_a_page_that_fails_to_load_says_so_and_can_be_tried_again(
     spinner left next to a general error), and trying again shows the page."""
     page = watched
     first_page = re.compile(r".*/v1/workspaces/[^/]+/people\?(.*&)?limit=25(&.*)?$")
-    refused: list[str] = []
-
-    def unavailable_once(route: Route) -> None:
-        if refused:
-            route.continue_()
-            return
-        refused.append(route.request.url)
-        route.fulfill(
-            status=503,
-            content_type="application/problem+json",
-            body='{"type": "about:blank", "title": "Service Unavailable", "status": 503}',
-        )
-
+    unavailable_once, refused = refusing(times=1)
     page.route(first_page, unavailable_once)
     sign_in(page, network)
     expect(page.get_by_text("Could not load people")).to_be_visible()
@@ -254,16 +235,7 @@ def test_a_name_that_cannot_be_read_shows_the_id_not_an_error_page(
         if t["other"] not in first_page
     )
     unreadable = re.compile(rf".*/v1/workspaces/[^/]+/people/{re.escape(other)}$")
-    refused: list[str] = []
-
-    def busy(route: Route) -> None:
-        refused.append(route.request.url)
-        route.fulfill(
-            status=503,
-            content_type="application/problem+json",
-            body='{"type": "about:blank", "title": "Service Unavailable", "status": 503}',
-        )
-
+    busy, refused = refusing()
     page.route(unreadable, busy)
     sign_in(page, network)
     page.goto(network.app_url + f"#/person/{person}")
