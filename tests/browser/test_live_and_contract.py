@@ -274,16 +274,18 @@ def test_pages_fit_a_phone_screen(browser: Browser, network: Network, shots: Pat
 
 
 def test_a_stream_that_opens_and_drops_at_once_backs_off(watched: Page, network: Network) -> None:
-    """A stream that answers and ends before delivering anything (an overloaded server, a
-    proxy) is retried after 1 s, then 2 s, then 4 s: opening alone does not reset the backoff,
-    or the page would reconnect every second for ever."""
+    """A stream that answers and ends before delivering a message (an overloaded server, a
+    proxy) is retried after 1 s, then 2 s, then 4 s: opening, or the server's first "retry:"
+    line, does not reset the backoff, or the page would reconnect every second for ever."""
     page = watched
     a, _ = network.busiest_pair()
     opened: list[str] = []
 
     def empty(route: Route) -> None:
         opened.append(route.request.url)
-        route.fulfill(status=200, headers={"content-type": "text/event-stream"}, body="")
+        # What the server sends first on every connection, then the end: no message.
+        body = "retry: 1000\n\n"
+        route.fulfill(status=200, headers={"content-type": "text/event-stream"}, body=body)
 
     page.route(re.compile(r".*/v1/workspaces/[^/]+/stream.*"), empty)
     page.add_init_script(BANNER_LOG)

@@ -132,6 +132,10 @@ def test_a_search_answered_late_does_not_replace_the_list_shown_after_it(
     page.route(directory_read, hold)
     page.get_by_label("Search people").fill("no such person anywhere")
     expect(page.get_by_text("Searching the directory")).to_be_visible()
+    for _ in range(200):  # until the route has the request (its handler runs in turn)
+        if held:
+            break
+        page.wait_for_timeout(50)
     assert held, "the search asked for the directory"
     page.get_by_label("Search people").fill("")
     expect(rows).to_have_count(25)
@@ -154,6 +158,7 @@ def test_a_filter_after_a_live_update_reads_at_least_what_was_shown(
     sign_in(page, network)
     page.goto(network.app_url + f"#/person/{person}")
     expect(page.locator("#main")).to_have_attribute("data-rendered", f"#/person/{person}")
+    expect(page.locator("#live-state")).to_have_attribute("data-state", "open")
     reread = re.compile(rf".*/people/{person}/give-and-take\?(.*&)?min_seq=(\d+).*")
     with page.expect_request(reread, timeout=20_000) as live_reload:
         r = network.api.post(

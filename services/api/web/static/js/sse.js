@@ -83,12 +83,13 @@ export function openStream(filters, onMessage, onState) {
     everOpen = true;
     openedAt = Date.now();
     for await (const msg of parseEventStream(resp.body)) {
-      // The backoff starts again only once the stream has delivered something: one that opens
-      // and drops at once (an overloaded server, a proxy) must not be retried at full speed.
-      failures = 0;
       if (msg.id !== null) lastId = msg.id;
       if (msg.retry !== null) retryMs = msg.retry;
       if (msg.data === null) continue;
+      // The backoff starts again only once the stream has delivered a message: one that opens
+      // and drops at once (an overloaded server, a proxy) must not be retried at full speed.
+      // The server's first line ("retry:") proves nothing, as it comes before any work.
+      failures = 0;
       let data = msg.data;
       try { data = JSON.parse(msg.data); } catch { /* keep the text */ }
       const kind = msg.event !== "message" ? msg.event : (data && data.kind) || "message";

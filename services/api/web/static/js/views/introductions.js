@@ -202,7 +202,7 @@ function flowSection(from) {
     } catch (err) {
       if (isEarlierAttempt(err)) {
         eventId = newId(); // that earlier request is in the list; another needs a new id
-        fill(out, notice("info", "An earlier request was recorded, but its answer was lost, and the values have changed since. Submitting again requests these as a new introduction."));
+        fill(out, notice("info", "An earlier attempt, whose answer was lost, was recorded or is being recorded with other values (see the list). Submitting again requests these as a new introduction."));
         await load().catch(() => {});
         return;
       }
@@ -220,8 +220,15 @@ function flowSection(from) {
   });
   const failed = (err) => fill(listBox, notice("error", `Could not load the introductions: ${err.message}. `,
     h("button", { type: "button", onclick: () => load().catch(failed) }, "Try again")));
+  /** A live refresh failed: a list already shown stays, with the failure above it. */
+  const refreshFailed = (err) => {
+    const shown = listBox.querySelector("table");
+    if (!shown) return failed(err);
+    fill(listBox, notice("error", `Could not refresh the list: ${err.message}.`), shown);
+  };
   return {
     failed,
+    refreshFailed,
     section: h("section", { "aria-labelledby": "flow-h" }, h("h2", { id: "flow-h" }, "Double opt-in introductions"),
       h("p", {}, "An introduction is made only after both people agree: request, consent from each side, the introduction, then how it went."),
       form, listBox),
@@ -236,7 +243,7 @@ export async function render(main, ctx) {
   const flow = flowSection(from);
   add(main, h("h1", { tabindex: "-1" }, "Introductions"), list, warmPathsSection(from), vouchSection(from), flow.section);
   await flow.load().catch(flow.failed);
-  const reload = debounce((seq) => flow.load(seq).catch(flow.failed), 300);
+  const reload = debounce((seq) => flow.load(seq).catch(flow.refreshFailed), 300);
   ctx.live({ kinds: "event.recorded" }, (msg) => {
     const type = msg.data?.type || "";
     if (type.startsWith("introduction.") || type === "relationship.introduced") reload(seqOf(msg));

@@ -34,11 +34,13 @@ export async function render(main, ctx) {
   await names.resolve([person]);
   const channel = h("select", { id: "fu-channel", name: "channel" }, CHANNELS.map((c) => h("option", { value: c }, c.replace("_", " "))));
   const status = h("div", { "aria-live": "polite" });
+  const refreshStatus = h("div", { "aria-live": "polite" }); // live refreshes: apart from writes
   const listBox = h("div", {}, loading("Loading follow-ups"));
   add(main, 
     h("p", {}, "Ties of ", names.personLink(person), " whose time since the last contact is past their tier's usual cadence, with the most strength at stake first."),
     h("p", { class: "inline" }, h("label", { for: "fu-channel" }, "One-click follow-ups are recorded as"), " ", channel),
     status,
+    refreshStatus,
     listBox,
   );
 
@@ -61,7 +63,7 @@ export async function render(main, ctx) {
       if (isEarlierAttempt(err)) {
         // An earlier click landed (its answer was lost) with another channel: it is recorded.
         pending.delete(row.other);
-        fill(status, notice("info", `A follow-up with ${names.nameOf(row.other)} was already recorded by an earlier click whose answer was lost.`));
+        fill(status, notice("info", `An earlier click for ${names.nameOf(row.other)}, whose answer was lost, was recorded or is being recorded; the list shows what is.`));
         await load().catch(() => {});
         return;
       }
@@ -122,6 +124,8 @@ export async function render(main, ctx) {
     h("button", { type: "button", onclick: () => load().catch(failed) }, "Try again")));
   await load().catch(failed);
   // A failed refresh keeps the list shown and says so.
-  const reload = debounce((seq) => load(seq).catch((err) => fill(status, notice("error", `Could not refresh the list: ${err.message}.`))), 300);
+  const reload = debounce((seq) => load(seq).then(
+    () => refreshStatus.replaceChildren(),
+    (err) => fill(refreshStatus, notice("error", `Could not refresh the list: ${err.message}.`))), 300);
   ctx.live({ person, kinds: "event.recorded,follow_up.due,relationship.changed,person.forgotten" }, (msg) => reload(seqOf(msg)));
 }

@@ -103,7 +103,7 @@ function buildForm(type, label, fieldsOf, toEvent, query) {
     } catch (err) {
       if (isEarlierAttempt(err)) {
         eventId = newId();
-        fill(status, notice("info", `An earlier attempt was recorded, but its answer was lost, and the values have changed since. Submitting again records these values as a new event.`));
+        fill(status, notice("info", `An earlier attempt was recorded or is being recorded with other values (its answer was lost). Submitting again records these values as a new event.`));
       } else if (!(err instanceof ApiError) || err.status === 0) {
         fill(status, notice("error", `${err.message}. Submitting again records the event once.`));
       } else {

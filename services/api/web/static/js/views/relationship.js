@@ -120,8 +120,10 @@ export async function render(main, ctx) {
   dateInput.addEventListener("change", () => {
     // Typing a date fires "change" at each digit of the year (0002, 0020, 0202, 2024): only a
     // full year moves the page, or the redraw would take the field from under the keyboard.
-    if (dateInput.value && Number(dateInput.value.slice(0, 4)) < 1900) return;
-    ctx.navigate(dateInput.value ? `${base}?as_of=${dateInput.value}` : base);
+    // An empty value comes mid-edit too (a deleted digit, an invalid date on the way): "Now"
+    // is the way back.
+    if (!dateInput.value || Number(dateInput.value.slice(0, 4)) < 1900) return;
+    ctx.navigate(`${base}?as_of=${dateInput.value}`);
   });
   const canvas = h("canvas", { id: "strength-chart", role: "img", tabindex: "0", "aria-label": "Strength over time" });
   const figure = h("figure", { class: "chart card", dataset: { state: "loading", asOf: asOf ? day : "now" } },
@@ -146,8 +148,11 @@ export async function render(main, ctx) {
 
   const ticket = newestOnly();
   const atLeast = seqFloor();
+  const decayNote = h("div", {});
+  figure.append(decayNote);
   async function load(minSeq) {
     const newest = ticket();
+    decayNote.replaceChildren();
     const pair = { person_a: a, person_b: b };
     const query = { as_of: asOf, min_seq: atLeast(minSeq) };
     let rel;
@@ -182,7 +187,7 @@ export async function render(main, ctx) {
       samples = await decaySamples(a, b, events, end, tl);
     } catch (err) {
       // The summary, explanation and markers stand; only the curve between events is missing.
-      if (newest()) figure.append(notice("info", `The decay between events could not be drawn: ${err.message}.`));
+      if (newest()) fill(decayNote, notice("info", `The decay between events could not be drawn: ${err.message}.`));
     }
     if (!newest()) return;
     chart.data.datasets[1].data = curvePoints(points, samples, end);
