@@ -258,3 +258,13 @@ def holding() -> tuple[Callable[[Route], None], list[Route]]:
         held.append(route)
 
     return handler, held
+
+
+def wait_until_held(page: Page, held: list[Route], what: str) -> None:
+    """Waits (up to 10 s) until a held request has reached its handler: the browser holds an
+    intercepted request at once, but the handler runs only when this client dispatches it."""
+    for _ in range(200):
+        if held:
+            return
+        page.wait_for_timeout(50)
+    raise AssertionError(f"{what}: no request reached the handler")

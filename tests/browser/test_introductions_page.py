@@ -11,7 +11,14 @@ from typing import Any
 
 from playwright.sync_api import APIResponse, Page, Route, expect
 
-from tests.browser.conftest import Network, holding, request_introduction, screenshot, sign_in
+from tests.browser.conftest import (
+    Network,
+    holding,
+    request_introduction,
+    screenshot,
+    sign_in,
+    wait_until_held,
+)
 
 
 def a_warm_path(network: Network) -> tuple[str, str, list[dict[str, Any]]]:
@@ -112,11 +119,7 @@ def test_a_field_clicked_while_the_view_loads_keeps_the_focus(
     page.route(listing, hold)
     sign_in(page, network, me=requester)
     page.goto(network.app_url + "#/introductions")
-    for _ in range(200):  # until the view asks for its list (the route keeps it waiting)
-        if held:
-            break
-        page.wait_for_timeout(50)
-    assert held, "the introductions view asked for its list"
+    wait_until_held(page, held, "the introductions view asks for its list")
     field = page.locator("section[aria-labelledby=flow-h]").get_by_label("Introducer")
     field.fill(introducer)
     expect(page.locator("#main")).to_have_attribute("aria-busy", "true")
@@ -213,6 +216,7 @@ def test_a_step_clicked_again_on_a_redrawn_row_records_it_once(
     expect(again).to_be_enabled()
     again.click()
     expect(flow.get_by_text(f"{name[requester]} agrees: recorded.")).to_be_visible()
+    wait_until_held(page, held, "the first click's consent")
     held[0].continue_()
     page.unroute(writes, consent)
     assert len(sent) == 2
@@ -239,7 +243,7 @@ def test_an_earlier_search_answered_late_does_not_replace_the_later_one(
     section.get_by_role("button", name="Find warm paths").click()
     items = section.locator("ol.paths > li")
     expect(items).to_have_count(len(paths))
-    assert held, "the first search was held"
+    wait_until_held(page, held, "the first search")
     with page.expect_response(search) as late:
         page.unroute(search, hold)  # the first search's answer comes in now
     late.value.finished()
