@@ -107,15 +107,7 @@ def test_a_field_clicked_while_the_view_loads_keeps_the_focus(
     people = [e["person_id"] for e in network.lines if e["type"] == "person.added"]
     requester, introducer = people[20], people[21]
     listing = re.compile(r".*/v1/workspaces/[^/]+/introductions(\?.*)?$")
-    held: list[Route] = []
-    holding = [True]
-
-    def hold(route: Route) -> None:
-        if holding[0]:
-            held.append(route)
-        else:
-            route.continue_()
-
+    hold, held = holding()
     page.route(listing, hold)
     sign_in(page, network, me=requester)
     page.goto(network.app_url + "#/introductions")
@@ -123,9 +115,7 @@ def test_a_field_clicked_while_the_view_loads_keeps_the_focus(
     field = page.locator("section[aria-labelledby=flow-h]").get_by_label("Introducer")
     field.fill(introducer)
     expect(page.locator("#main")).to_have_attribute("aria-busy", "true")
-    holding[0] = False
-    for route in held:
-        route.continue_()
+    page.unroute(listing, hold)  # lets the held reads through
     expect(page.locator("#main")).to_have_attribute("data-rendered", "#/introductions")
     expect(field).to_be_focused()
     page.keyboard.type("x")

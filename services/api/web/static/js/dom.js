@@ -161,6 +161,12 @@ export function notice(kind, ...children) {
   return h("div", { class: `notice ${kind}`, role: kind === "error" ? "alert" : "status" }, ...children);
 }
 
+/** A read that failed, said where its content would be, with a button to read it again. */
+export function loadFailed(what, err, retry) {
+  return notice("error", `Could not load ${what}: ${err.message}. `,
+    h("button", { type: "button", onclick: () => retry() }, "Try again"));
+}
+
 export function loading(what = "Loading") {
   return h("p", { class: "loading", role: "status" }, `${what}…`);
 }

@@ -3,7 +3,7 @@
 // consent, the introduction itself, its outcome.
 
 import { ApiError, ROUTES, allPages, api, isEarlierAttempt, newId, record, session } from "../api.js";
-import { add, clearFieldErrors, field, fill, h, loading, notice, showFieldErrors, table, tierBadge, timeEl } from "../dom.js";
+import { add, clearFieldErrors, field, fill, h, loadFailed, loading, notice, showFieldErrors, table, tierBadge, timeEl } from "../dom.js";
 import * as names from "../names.js";
 import { debounce, newestOnly, seqFloor, seqOf } from "./live.js";
 
@@ -218,8 +218,7 @@ function flowSection(from) {
       fill(out, notice("info", `${done} The list could not be refreshed (${err.message}); it will be on the next update.`));
     }
   });
-  const failed = (err) => fill(listBox, notice("error", `Could not load the introductions: ${err.message}. `,
-    h("button", { type: "button", onclick: () => load().catch(failed) }, "Try again")));
+  const failed = (err) => fill(listBox, loadFailed("the introductions", err, () => load().catch(failed)));
   /** A live refresh failed: a list already shown stays, with the failure above it. */
   const refreshFailed = (err) => {
     const shown = listBox.querySelector("table");

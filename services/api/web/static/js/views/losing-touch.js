@@ -4,7 +4,7 @@
 // list again with ?min_seq= so the row is gone as soon as the write is applied.
 
 import { ApiError, ROUTES, allPages, isEarlierAttempt, newId, record, session } from "../api.js";
-import { add, fill, fmtAgo, h, loading, notice, scoreBar, table, tierBadge, timeEl, field } from "../dom.js";
+import { add, fill, fmtAgo, h, loadFailed, loading, notice, scoreBar, table, tierBadge, timeEl, field } from "../dom.js";
 import * as names from "../names.js";
 import { debounce, newestOnly, seqFloor, seqOf } from "./live.js";
 
@@ -120,8 +120,7 @@ export async function render(main, ctx) {
     fill(listBox, table(`${due.length} follow-ups due, most at stake first`, ["Person", "Strength", "Tier then", "Last contact", "At stake", ""], rows));
   }
 
-  const failed = (err) => fill(listBox, notice("error", `Could not load the follow-ups: ${err.message}. `,
-    h("button", { type: "button", onclick: () => load().catch(failed) }, "Try again")));
+  const failed = (err) => fill(listBox, loadFailed("the follow-ups", err, () => load().catch(failed)));
   await load().catch(failed);
   // A failed refresh keeps the list shown and says so.
   const reload = debounce((seq) => load(seq).then(

@@ -3,7 +3,7 @@
 // directory (1,000 people per request) once and filters it here.
 
 import { ROUTES, api } from "../api.js";
-import { add, fill, forgottenBadge, h, loading, notice, table } from "../dom.js";
+import { add, fill, forgottenBadge, h, loadFailed, loading, notice, table } from "../dom.js";
 import * as names from "../names.js";
 import { newestOnly } from "./live.js";
 
@@ -81,10 +81,7 @@ export async function render(main, ctx) {
     );
   }
 
-  function failed(err, retry) {
-    fill(results, notice("error", `Could not load people: ${err.message}. `,
-      h("button", { type: "button", onclick: retry }, "Try again")));
-  }
+  const failed = (err, retry) => fill(results, loadFailed("people", err, retry));
 
   /** Shows the page at `to` (its cursor and the cursors before it). The paging state moves
    *  only once that page is in, and the pager is off while it loads: a double click on

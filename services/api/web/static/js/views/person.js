@@ -2,7 +2,7 @@
 // take (who initiates, who helps, one-sided ties flagged).
 
 import { ApiError, ROUTES, allPages, api, session } from "../api.js";
-import { add, fill, forgottenBadge, h, loading, notice, scoreBar, table, tierBadge, timeEl } from "../dom.js";
+import { add, fill, forgottenBadge, h, loadFailed, loading, notice, scoreBar, table, tierBadge, timeEl } from "../dom.js";
 import * as names from "../names.js";
 import { debounce, newestOnly, seqFloor, seqOf } from "./live.js";
 
@@ -113,11 +113,7 @@ export async function render(main, ctx) {
   /** A section's read failed: say so in it, with a way to try again (the other section and
    *  the live updates go on). A list already shown stays, with the failure above it. */
   function failedIn(box, what, err, retry) {
-    const shown = box.querySelector("table");
-    const message = notice("error", `Could not load ${what}: ${err.message}. `,
-      h("button", { type: "button", onclick: () => retry() }, "Try again"));
-    const heading = box.querySelector("h2");
-    fill(box, heading, message, shown);
+    fill(box, box.querySelector("h2"), loadFailed(what, err, retry), box.querySelector("table"));
   }
 
   // Strongest first, 50 at a time: "Show more" follows next_cursor (issue 12's pagination)
