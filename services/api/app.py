@@ -59,6 +59,7 @@ CORS_EXPOSED_HEADERS = (
     "Content-Disposition",
     "X-Tieline-As-Of",
     "X-Request-ID",
+    "Tieline-Heartbeat-Seconds",
 )
 
 DESCRIPTION = """Event-sourced relationship backend.

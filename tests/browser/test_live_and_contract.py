@@ -18,7 +18,7 @@ from playwright.sync_api import Browser, Page, Route, expect
 from tieline.projections.strength_model import PARAMS, PairEvent, strength
 from tieline.services.api.webapp import STATIC_DIR
 
-from tests.browser.conftest import Network, screenshot, sign_in
+from tests.browser.conftest import Network, holding, screenshot, sign_in, wait_until_held
 from tests.browser.test_relationship_page import chart_of
 
 STREAM = "/v1/workspaces/{ws}/stream"
@@ -161,13 +161,18 @@ def test_open_relationship_page_updates_live_from_the_stream(
     assert time.monotonic() - acked < 2.0
 
 
-#: Records what the banner says over time (it changes faster than a test can look).
+#: Records what the banner says over time (it changes faster than a test can look), and the
+#: live indicator's explanations (its title).
 BANNER_LOG = """
 window.bannerLog = [];
+window.liveTitles = [];
 document.addEventListener("DOMContentLoaded", () => {
   const banner = document.getElementById("banner");
   new MutationObserver(() => window.bannerLog.push(banner.textContent)).observe(
     banner, { childList: true, characterData: true, subtree: true });
+  const live = document.getElementById("live-state");
+  new MutationObserver(() => window.liveTitles.push(live.title)).observe(
+    live, { attributes: true, attributeFilter: ["title"] });
 });
 """
 
@@ -298,3 +303,98 @@ def test_a_stream_that_opens_and_drops_at_once_backs_off(watched: Page, network:
     waits = [t for t in log if "interrupted; reconnecting" in t]
     assert "in 1 s" in waits[0] and any("in 2 s" in t for t in waits), waits
     assert len(opened) >= 3
+
+
+STREAM_URL = re.compile(r".*/v1/workspaces/[^/]+/stream.*")
+
+
+def logged(page: Page, text: str, times: int = 1, within_s: float = 15.0) -> list[str]:
+    """Waits until the banner has said ``text`` ``times`` times; the banner's log. Polled
+    from here, not with the page's timers, which these tests' fake clock holds."""
+    log: list[str] = []
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        log = page.evaluate("() => window.bannerLog")
+        if sum(text in t for t in log) >= times:
+            return log
+        page.wait_for_timeout(50)
+    raise AssertionError(f"the banner did not say {text!r} {times} time(s): {log}")
+
+
+def test_a_silent_stream_is_taken_for_stalled_and_reopened(watched: Page, network: Network) -> None:
+    """A stream that stays open but goes silent (a proxy or a NAT that dropped it without
+    closing it, a server that hangs) used to show "live" for ever. The server says how often
+    it sends a heartbeat (Tieline-Heartbeat-Seconds, 15 s here); after three intervals with
+    nothing heard the page drops the connection, says so, and reconnects. The page's clock is
+    Playwright's, moved on by the test; the real server's heartbeat does not come meanwhile."""
+    page = watched
+    a, _ = network.busiest_pair()
+    opened: list[str] = []
+    page.on("request", lambda r: opened.append(r.url) if STREAM_URL.match(r.url) else None)
+    page.clock.install()
+    page.add_init_script(BANNER_LOG)
+    sign_in(page, network)
+    page.goto(network.app_url + f"#/person/{a}")
+    live = page.locator("#live-state")
+    expect(live).to_have_attribute("data-state", "open")
+    page.clock.run_for(40_000)  # under three heartbeats: still trusted
+    assert not any("interrupted" in t for t in page.evaluate("() => window.bannerLog"))
+    assert len(opened) == 1, opened
+    page.clock.run_for(10_000)
+    logged(page, "interrupted; reconnecting")
+    titles: list[str] = page.evaluate("() => window.liveTitles")
+    assert any("nothing heard for 45 s" in t for t in titles), titles
+    logged(page, "Live updates reconnected.")
+    expect(live).to_have_attribute("data-state", "open")
+    assert len(opened) == 2, opened
+
+
+def test_a_live_reload_still_waiting_is_dropped_when_the_view_is_left(
+    watched: Page, network: Network
+) -> None:
+    """A live message schedules a reload (debounced, so a burst costs one); when the user
+    leaves the view before it runs, it must not run: it cost requests drawing into a page no
+    one sees. The test serves the stream and holds the page's clock, so the reload waits."""
+    page = watched
+    a, _ = network.busiest_pair()
+    ties = re.compile(rf".*/v1/workspaces/[^/]+/people/{re.escape(a)}/relationships.*")
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if ties.match(r.url) else None)
+    hold, streams = holding()
+    page.route(STREAM_URL, hold)
+    page.clock.install()
+    page.add_init_script(BANNER_LOG)
+    sign_in(page, network)
+    page.goto(network.app_url + f"#/person/{a}")
+    expect(page.locator("#main")).to_have_attribute("data-rendered", f"#/person/{a}")
+    wait_until_held(page, streams, "the person's stream")
+    page.clock.pause_at(page.evaluate("() => Date.now() / 1000") + 0.01)  # in seconds
+    message = json.dumps({"type": "relationship.met", "people": [a, "x"], "seq": 1})
+    body = f"id: 1-0\nevent: event.recorded\ndata: {message}\n\n"  # then the stream ends
+
+    def deliver(n: int) -> int:
+        for _ in range(200):
+            if len(streams) > n:
+                break
+            page.wait_for_timeout(50)
+        streams[n].fulfill(status=200, headers={"content-type": "text/event-stream"}, body=body)
+        logged(page, "interrupted; reconnecting", times=n + 1)  # the message was read
+        return len(asked)
+
+    # While the view is shown, the reload runs once its wait is over (the test's control).
+    before = deliver(0)
+    page.clock.run_for(500)
+    for _ in range(100):
+        if len(asked) > before:
+            break
+        page.wait_for_timeout(50)
+    assert len(asked) > before, "the live reload did not run while the view was shown"
+    page.clock.run_for(2_000)  # the reconnect's wait
+    before = deliver(1)
+    page.evaluate("() => { location.hash = '#/people'; }")
+    expect(page.locator("#main")).to_have_attribute("data-rendered", "#/people")
+    page.clock.run_for(2_000)
+    page.clock.resume()
+    page.wait_for_timeout(1_000)
+    page.unroute(STREAM_URL, hold)
+    assert len(asked) == before, asked[before:]

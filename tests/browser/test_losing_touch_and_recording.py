@@ -201,3 +201,53 @@ def test_follow_ups_that_fail_to_load_say_so_and_can_be_tried_again(
     page.get_by_role("button", name="Try again").click()
     expect(page.locator("tbody tr")).to_have_count(len(due))
     assert len(refused) == 1
+
+
+#: How the API refuses a token that expired or was revoked.
+UNAUTHORIZED = '{"type": "about:blank", "title": "Unauthorized", "status": 401}'
+
+
+def test_what_was_typed_survives_a_refused_token_and_signing_in_again(
+    watched: Page, network: Network
+) -> None:
+    """The token is refused (401: it expired or was revoked) when the user submits a record
+    form. The page sends them to sign in, as before; after signing in again it is back on
+    that form with what they had typed, says nothing was recorded, and submitting records it
+    once. Before, the form and what was in it were gone."""
+    page = watched
+    a, b = network.busiest_pair()
+    before = len(network.get(f"/relationships/{a}/{b}/timeline")["events"])
+    writes = re.compile(r".*/v1/workspaces/[^/]+/events$")
+    refused: list[str] = []
+
+    def expired(route: Route) -> None:
+        refused.append(route.request.method)
+        route.fulfill(
+            status=401, headers={"content-type": "application/problem+json"}, body=UNAUTHORIZED
+        )
+
+    sign_in(page, network)
+    page.goto(network.app_url + f"#/record?a={a}&b={b}")
+    page.get_by_label("Helped", exact=True).check()
+    form = page.locator("form.record")
+    form.get_by_label("What (optional)").fill("read the draft of a talk")
+    page.route(writes, expired)
+    form.locator("button[type=submit]").click()
+    expect(page.get_by_role("heading", name="Sign in to tieline")).to_be_visible()
+    expect(page.get_by_text("did not accept this token (401")).to_be_visible()
+    page.unroute(writes, expired)
+    assert refused == ["POST"]
+    page.get_by_label("API token").fill(network.token)
+    page.get_by_label("Workspace").fill(network.ws)
+    page.get_by_role("button", name="Sign in").click()
+
+    form = page.locator("form.record")
+    expect(form).to_have_attribute("data-type", "relationship.helped")
+    expect(form.get_by_label("What (optional)")).to_have_value("read the draft of a talk")
+    expect(form.get_by_label("Helper")).to_have_value(a)
+    expect(form.get_by_text("Nothing was recorded")).to_be_visible()
+    form.locator("button[type=submit]").click()
+    seq = recorded_seq(form)
+    events = network.get(f"/relationships/{a}/{b}/timeline", min_seq=seq)["events"]
+    assert len(events) == before + 1
+    assert events[-1]["type"] == "relationship.helped"

@@ -70,6 +70,8 @@ async def test_slow_client_is_cut_off_with_its_position_and_resumes_exactly(
         assert runtime.feed.clients == 1
         await asyncio.sleep(0.8)
         assert any(c.startswith("ping") for c in source.comments), "heartbeats while idle"
+        # What a client's stall watchdog is timed by (the web page waits three of them).
+        assert source.response.headers["tieline-heartbeat-seconds"] == "0.3"
 
         # Ten meetings in one projection batch: 20 changes reach the feed at once, more than
         # the client's queue holds, so it is cut off after the first LIMIT.

@@ -31,6 +31,9 @@ from tieline.services.api.openapi import READ
 
 router = APIRouter()
 
+#: The response header that tells a client how often heartbeats come (see the 200 response).
+HEARTBEAT_HEADER = "Tieline-Heartbeat-Seconds"
+
 _ID = r"[A-Za-z0-9_-]{1,64}"
 Kinds = Annotated[
     str | None,
@@ -90,6 +93,14 @@ def parse_filter(kinds: str | None, person: str | None, pair: str | None) -> Fil
             "`follow_up.due`, `person.forgotten`; and `reset` (reload, then go on) or "
             "`overflow` (reconnect with Last-Event-ID) from the stream itself.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "headers": {
+                HEARTBEAT_HEADER: {
+                    "description": "Seconds between the stream's heartbeat comments: a "
+                    "client that hears nothing (not even a heartbeat) for a few of them can "
+                    "take the connection for stalled and reconnect with Last-Event-ID.",
+                    "schema": {"type": "number"},
+                }
+            },
         }
     },
 )
@@ -128,6 +139,7 @@ async def stream(
     return EventSourceResponse(
         _messages(rt.feed, ws, flt, resume, Session(settings, authorized)),
         ping=settings.sse_heartbeat_s,
+        headers={HEARTBEAT_HEADER: f"{settings.sse_heartbeat_s:g}"},
         send_timeout=settings.sse_send_timeout_s,
         sep="\n",
     )

@@ -2,6 +2,7 @@
 
 import { session, whenDenied } from "./api.js";
 import { fill, h, notice } from "./dom.js";
+import { keepDrafts, restoreDrafts } from "./drafts.js";
 import * as names from "./names.js";
 import { openStream } from "./sse.js";
 import * as signin from "./views/signin.js";
@@ -68,7 +69,7 @@ function live(filters, onMessage, mine = current) {
       showBanner("Live updates reconnected.", "ok", 4000);
       onMessage({ kind: "reconnected", data: null, id: null });
     } else if (s.state === "reconnecting") {
-      setLive("reconnecting", "reconnecting");
+      setLive("reconnecting", "reconnecting", s.error ? `Why: ${s.error}` : "");
       const when = s.wait >= 1000 ? ` in ${Math.round(s.wait / 1000)} s` : "";
       showBanner(`Live updates interrupted; reconnecting${when}…`, "warn");
     } else if (s.state === "denied") {
@@ -84,6 +85,8 @@ function live(filters, onMessage, mine = current) {
 
 let deniedMessage = null;
 whenDenied((err) => {
+  // What the user typed goes with them to sign-in and comes back after it (drafts.js).
+  if (location.hash !== "#/signin") keepDrafts(main, session.workspace, location.hash);
   session.signOut();
   deniedMessage = signin.deniedText(err.status, session.workspace);
   if (location.hash !== "#/signin") location.hash = "#/signin";
@@ -147,6 +150,8 @@ async function render() {
     params,
     query,
     live: (filters, onMessage) => live(filters, onMessage, mine),
+    // What to undo when the view is left (a debounced reload still waiting, say).
+    onLeave: (fn) => { if (mine === current) cleanups.push(fn); else fn(); },
     announce,
     // Setting the hash the page already shows fires no hashchange: draw the view again then.
     navigate: (hash) => { if (location.hash === hash) render(); else location.hash = hash; },
@@ -168,12 +173,21 @@ async function render() {
     if (mine === current) main.removeAttribute("aria-busy");
   }
   if (mine !== current) return;
+  if (path !== "/signin") offerDrafts(box);
   main.dataset.rendered = location.hash; // this view has drawn what it loads
   document.title = `${box.querySelector("h1")?.textContent || "tieline"} · tieline`;
   // A new view takes the focus to its heading (keyboard and screen-reader users start there),
   // unless the user is already in it: a field clicked while the view's data loaded keeps the
   // focus, or what they type would go to the heading and be lost.
   if (!box.contains(document.activeElement)) box.querySelector("h1")?.focus();
+}
+
+/** Gives a view just drawn after sign-in what the user had typed into its forms. */
+function offerDrafts(box) {
+  for (const form of restoreDrafts(box, session.workspace)) {
+    form.prepend(notice("info", "What you had entered before signing in again is back. Nothing was recorded: submit to record it."));
+    announce("Your entries were kept while you signed in again.");
+  }
 }
 
 // The skip link must not change the hash (that is the router's): it moves focus instead.

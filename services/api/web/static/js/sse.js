@@ -10,8 +10,9 @@ import { ROUTES, urlOf, session } from "./api.js";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Parses a text/event-stream body into {event, data, id, retry} messages. */
-export async function* parseEventStream(body) {
+/** Parses a text/event-stream body into {event, data, id, retry} messages; `onChunk()` is
+ *  called for every piece of the body received, heartbeats included. */
+export async function* parseEventStream(body, onChunk = () => {}) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
   let buf = "";
   let data = [];
@@ -21,6 +22,7 @@ export async function* parseEventStream(body) {
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return;
+    onChunk();
     buf += value;
     for (;;) {
       const m = /\r\n|\r|\n/.exec(buf);
@@ -50,9 +52,25 @@ export async function* parseEventStream(body) {
   }
 }
 
+/** The header in which the server says how often it sends a heartbeat (seconds). */
+const HEARTBEAT_HEADER = "Tieline-Heartbeat-Seconds";
+/** The server's default heartbeat, for a server that does not say. */
+const DEFAULT_HEARTBEAT_S = 15;
+
+/** How long the stream may stay silent before it counts as stalled: three heartbeats (one
+ *  late or lost heartbeat is no reason to reconnect), and never under 3 s. */
+export function stallAfterMs(headerValue) {
+  const s = Number(headerValue);
+  const beat = Number.isFinite(s) && s > 0 ? s : DEFAULT_HEARTBEAT_S;
+  return Math.max(3 * beat * 1000, 3000);
+}
+
 /**
  * Opens the stream with `filters` (person, pair, kinds) and keeps it open: on a drop it
- * reconnects with backoff, resuming from the last id it saw.
+ * reconnects with backoff, resuming from the last id it saw. A connection that goes silent
+ * (a proxy or a NAT that dropped it without closing it, a server that hangs) would otherwise
+ * look "live" for ever: when neither a message nor a heartbeat arrives for three of the
+ * server's heartbeat intervals, it is abandoned and reopened the same way.
  * `onMessage({kind, data, id})` gets every message with JSON data; `onState({state, ...})`
  * hears 'open', 'reconnecting', 'reconnected', 'denied' (401/403) and 'unavailable' (the
  * server has no stream route). Returns {close()}.
@@ -67,11 +85,31 @@ export function openStream(filters, onMessage, onState) {
   let openedAt = 0;
 
   async function connectOnce() {
-    controller = new AbortController();
+    const mine = new AbortController();
+    controller = mine;
+    let stalled = false;
+    let watchdog = null;
+    let silentMs = stallAfterMs(null);
+    const arm = () => {
+      clearTimeout(watchdog);
+      watchdog = setTimeout(() => { stalled = true; mine.abort(); }, silentMs);
+    };
+    arm(); // an answer that never comes is a stall too
+    try {
+      return await readStream(mine, (ms) => { silentMs = ms; arm(); }, arm);
+    } catch (err) {
+      if (stalled) throw new Error(`nothing heard for ${Math.round(silentMs / 1000)} s`);
+      throw err;
+    } finally {
+      clearTimeout(watchdog);
+    }
+  }
+
+  async function readStream(mine, opened, heard) {
     const headers = { Accept: "text/event-stream", Authorization: `Bearer ${session.token}` };
     if (lastId !== null) headers["Last-Event-ID"] = lastId;
     const resp = await fetch(urlOf(ROUTES.stream, {}, filters), {
-      headers, signal: controller.signal, cache: "no-store",
+      headers, signal: mine.signal, cache: "no-store",
     });
     if (resp.status === 401 || resp.status === 403) return { final: "denied", status: resp.status };
     if (resp.status === 404 || resp.status === 405) return { final: "unavailable", status: resp.status };
@@ -79,10 +117,11 @@ export function openStream(filters, onMessage, onState) {
     if (!resp.ok || !resp.body || !type.startsWith("text/event-stream")) {
       throw new Error(`the stream answered HTTP ${resp.status}`);
     }
+    opened(stallAfterMs(resp.headers.get(HEARTBEAT_HEADER)));
     onState({ state: everOpen ? "reconnected" : "open" });
     everOpen = true;
     openedAt = Date.now();
-    for await (const msg of parseEventStream(resp.body)) {
+    for await (const msg of parseEventStream(resp.body, heard)) {
       if (msg.id !== null) lastId = msg.id;
       if (msg.retry !== null) retryMs = msg.retry;
       if (msg.data === null) continue;

@@ -141,7 +141,7 @@ function flowSection(from) {
   const listBox = h("div", {}, loading("Loading introductions"));
   const stepIds = new Map(); // the steps' event ids, kept across redraws of the list
   let eventId = newId();
-  const form = h("form", { class: "card" },
+  const form = h("form", { class: "card", dataset: { draft: "introduction-request" } },
     h("div", { class: "row" }, field("Requester", requester, { name: "requester" }), field("Introducer", introducer, { name: "introducer" }), field("Target", target, { name: "target" })),
     field("Why (optional)", reason, { name: "reason" }),
     h("button", { type: "submit" }, "Request an introduction"), out);
@@ -243,6 +243,7 @@ export async function render(main, ctx) {
   add(main, h("h1", { tabindex: "-1" }, "Introductions"), list, warmPathsSection(from), vouchSection(from), flow.section);
   await flow.load().catch(flow.failed);
   const reload = debounce((seq) => flow.load(seq).catch(flow.refreshFailed), 300);
+  ctx.onLeave(reload.cancel);
   ctx.live({ kinds: "event.recorded" }, (msg) => {
     const type = msg.data?.type || "";
     if (type.startsWith("introduction.") || type === "relationship.introduced") reload(seqOf(msg));

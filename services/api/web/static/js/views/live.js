@@ -20,15 +20,19 @@ export function pairOf(msg) {
   return null;
 }
 
-/** Calls `fn` at most once per `ms` burst (a batch import sends many messages at once). */
+/** Calls `fn` at most once per `ms` burst (a batch import sends many messages at once).
+ *  `.cancel()` drops a call still waiting: a view that is left must not reload into a page
+ *  no one sees (views pass it to `ctx.onLeave`). */
 export function debounce(fn, ms = 150) {
   let timer = null;
   let latest;
-  return (arg) => {
+  const call = (arg) => {
     latest = arg === undefined ? latest : Math.max(latest ?? 0, arg);
     clearTimeout(timer);
     timer = setTimeout(() => { const a = latest; latest = undefined; fn(a); }, ms);
   };
+  call.cancel = () => { clearTimeout(timer); latest = undefined; };
+  return call;
 }
 
 /**

@@ -126,5 +126,6 @@ export async function render(main, ctx) {
   const reload = debounce((seq) => load(seq).then(
     () => refreshStatus.replaceChildren(),
     (err) => fill(refreshStatus, notice("error", `Could not refresh the list: ${err.message}.`))), 300);
+  ctx.onLeave(reload.cancel);
   ctx.live({ person, kinds: "event.recorded,follow_up.due,relationship.changed,person.forgotten" }, (msg) => reload(seqOf(msg)));
 }

@@ -168,6 +168,7 @@ export async function render(main, ctx) {
   await Promise.all([loadTies(), loadGive()]); // each section shows its own failure
 
   const reload = debounce((seq) => Promise.all([loadTies(seq), loadGive(seq)]));
+  ctx.onLeave(reload.cancel);
   ctx.live({ person: id }, (msg) => {
     if (msg.kind === "person.forgotten" && (msg.data?.person_id === id || msg.data?.person === id)) {
       ctx.navigate("#/people");

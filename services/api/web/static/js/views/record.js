@@ -3,7 +3,8 @@
 // event_id until the write succeeds: submitting again after an error or a lost answer records
 // the event at most once.
 
-import { ApiError, isEarlierAttempt, newId, record } from "../api.js";
+import { ApiError, isEarlierAttempt, newId, record, session } from "../api.js";
+import { hasDraft } from "../drafts.js";
 import { add, clearFieldErrors, field, fill, h, notice, showFieldErrors } from "../dom.js";
 import * as names from "../names.js";
 
@@ -75,7 +76,7 @@ const FORMS = [
 
 function buildForm(type, label, fieldsOf, toEvent, query) {
   const status = h("div", { "aria-live": "polite" });
-  const form = h("form", { class: "card record", dataset: { type } });
+  const form = h("form", { class: "card record", dataset: { type, draft: `record:${type}` } });
   for (const [text_, control, name, hint] of fieldsOf(query)) {
     const box = field(text_, control, { name, hint });
     if (control.type === "checkbox") box.classList.add("check");
@@ -127,7 +128,9 @@ function pairOfEvent(e) {
 }
 
 export async function render(main, ctx) {
-  const chosen = ctx.query.get("type") || FORMS[0][0];
+  // The form with a draft kept over a sign-in (drafts.js) is the one the user was filling.
+  const drafted = FORMS.find(([type]) => hasDraft(session.workspace, `record:${type}`));
+  const chosen = ctx.query.get("type") || drafted?.[0] || FORMS[0][0];
   const list = h("datalist", { id: "record-people" });
   names.peopleOptions().then((ps) => fill(list, ps.map((p) => h("option", { value: p.person_id }, p.display_name)))).catch(() => {});
   const holder = h("div", {});

@@ -198,6 +198,7 @@ export async function render(main, ctx) {
 
   await load();
   const reload = debounce((seq) => load(seq).catch((err) => fill(summaryBox, notice("error", err.message))));
+  ctx.onLeave(reload.cancel);
   ctx.live({ pair: `${a},${b}` }, (msg) => {
     const pair = pairOf(msg);
     if (pair && !(pair.includes(a) && pair.includes(b))) return;

@@ -2,6 +2,7 @@
 
 import { ApiError, ROUTES, api, session } from "../api.js";
 import { add, field, h, notice } from "../dom.js";
+import { returnTo } from "../drafts.js";
 import * as names from "../names.js";
 
 /** What to tell the user when the API refuses their token. */
@@ -46,7 +47,8 @@ export async function render(main, ctx) {
       await api.get(ROUTES.people, {}, { limit: 1 }, { token: token.value.trim(), workspace: ws, quiet: true });
       session.signIn(token.value.trim(), ws, me.value.trim());
       names.forget();
-      ctx.navigate(me.value.trim() ? "#/losing-touch" : "#/people");
+      // Back to the page the API's refusal interrupted (with what was typed there), if any.
+      ctx.navigate(returnTo(ws) || (me.value.trim() ? "#/losing-touch" : "#/people"));
     } catch (err) {
       const status = err instanceof ApiError ? err.status : 0;
       message.replaceChildren(notice("error", status ? deniedText(status, ws) : String(err.message)));
