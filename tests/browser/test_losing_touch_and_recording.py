@@ -73,6 +73,21 @@ def test_record_form_shows_the_api_field_errors_next_to_the_fields(
     assert any(e["detail"].get("depth") == "deep_conversation" for e in events[-3:])
 
 
+#: The page's writes: POST /v1/workspaces/{ws}/events.
+WRITES = re.compile(r".*/v1/workspaces/[^/]+/events$")
+
+
+def helped_form(page: Page, network: Network, what: str) -> Locator:
+    """Signed in, the "Helped" form of the busiest pair, with ``what`` typed in."""
+    a, b = network.busiest_pair()
+    sign_in(page, network)
+    page.goto(network.app_url + f"#/record?a={a}&b={b}")
+    page.get_by_label("Helped", exact=True).check()
+    form = page.locator("form.record")
+    form.get_by_label("What (optional)").fill(what)
+    return form
+
+
 def test_each_record_form_posts_its_event(watched: Page, network: Network) -> None:
     page = watched
     a, b = network.busiest_pair()
@@ -155,7 +170,6 @@ def test_a_changed_form_after_a_lost_answer_is_not_locked_out(
     page = watched
     a, b = network.busiest_pair()
     before = len(network.get(f"/relationships/{a}/{b}/timeline")["events"])
-    writes = re.compile(r".*/v1/workspaces/[^/]+/events$")
     lost: list[int] = []
 
     def answer_lost(route: Route) -> None:
@@ -165,12 +179,8 @@ def test_a_changed_form_after_a_lost_answer_is_not_locked_out(
         lost.append(route.fetch().status)  # the server records it ...
         route.abort()  # ... and the page never hears back
 
-    sign_in(page, network)
-    page.goto(network.app_url + f"#/record?a={a}&b={b}")
-    page.get_by_label("Helped", exact=True).check()
-    form = page.locator("form.record")
-    form.get_by_label("What (optional)").fill("lent a book")
-    page.route(writes, answer_lost)
+    form = helped_form(page, network, "lent a book")
+    page.route(WRITES, answer_lost)
     form.locator("button[type=submit]").click()
     expect(form.get_by_text("Submitting again records the event once")).to_be_visible()
     assert lost and lost[0] in (200, 201), lost
@@ -179,7 +189,7 @@ def test_a_changed_form_after_a_lost_answer_is_not_locked_out(
     expect(form.get_by_text("An earlier attempt was recorded")).to_be_visible()
     form.locator("button[type=submit]").click()
     seq = recorded_seq(form)
-    page.unroute(writes, answer_lost)
+    page.unroute(WRITES, answer_lost)
     events = network.get(f"/relationships/{a}/{b}/timeline", min_seq=seq)["events"]
     assert len(events) == before + 2
 
@@ -217,7 +227,6 @@ def test_what_was_typed_survives_a_refused_token_and_signing_in_again(
     page = watched
     a, b = network.busiest_pair()
     before = len(network.get(f"/relationships/{a}/{b}/timeline")["events"])
-    writes = re.compile(r".*/v1/workspaces/[^/]+/events$")
     refused: list[str] = []
 
     def expired(route: Route) -> None:
@@ -226,16 +235,12 @@ def test_what_was_typed_survives_a_refused_token_and_signing_in_again(
             status=401, headers={"content-type": "application/problem+json"}, body=UNAUTHORIZED
         )
 
-    sign_in(page, network)
-    page.goto(network.app_url + f"#/record?a={a}&b={b}")
-    page.get_by_label("Helped", exact=True).check()
-    form = page.locator("form.record")
-    form.get_by_label("What (optional)").fill("read the draft of a talk")
-    page.route(writes, expired)
+    form = helped_form(page, network, "read the draft of a talk")
+    page.route(WRITES, expired)
     form.locator("button[type=submit]").click()
     expect(page.get_by_role("heading", name="Sign in to tieline")).to_be_visible()
     expect(page.get_by_text("did not accept this token (401")).to_be_visible()
-    page.unroute(writes, expired)
+    page.unroute(WRITES, expired)
     assert refused == ["POST"]
     page.get_by_label("API token").fill(network.token)
     page.get_by_label("Workspace").fill(network.ws)
