@@ -240,3 +240,36 @@ def test_an_earlier_search_answered_late_does_not_replace_the_later_one(
     page.wait_for_timeout(1000)  # room for the late answer to be drawn, were it drawn
     expect(items).to_have_count(len(paths))
     expect(section.locator(".notice")).to_have_count(0)
+
+
+def test_a_token_refused_while_the_view_loads_keeps_the_page_and_what_was_typed(
+    watched: Page, network: Network
+) -> None:
+    """The token expired: the introductions view's first read is refused (401) while the user
+    is already typing a request. The page goes to sign in; after signing in again it is back
+    on Introductions with the field as typed. (The view that met the 401 used to finish
+    drawing after it, and took the kept draft and the page to return to with it.)"""
+    page = watched
+    people = [e["person_id"] for e in network.lines if e["type"] == "person.added"]
+    requester, introducer = people[22], people[23]
+    listing = re.compile(r".*/v1/workspaces/[^/]+/introductions(\?.*)?$")
+    hold, held = holding()
+    page.route(listing, hold)
+    sign_in(page, network, me=requester)
+    page.goto(network.app_url + "#/introductions")
+    wait_until_held(page, held, "the introductions view asks for its list")
+    flow = page.locator("section[aria-labelledby=flow-h]")
+    flow.get_by_label("Introducer").fill(introducer)
+    held[0].fulfill(
+        status=401,
+        headers={"content-type": "application/problem+json"},
+        body='{"type": "about:blank", "title": "Unauthorized", "status": 401}',
+    )
+    expect(page.get_by_role("heading", name="Sign in to tieline")).to_be_visible()
+    page.unroute(listing, hold)
+    page.get_by_label("API token").fill(network.token)
+    page.get_by_label("Workspace").fill(network.ws)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#main")).to_have_attribute("data-rendered", "#/introductions")
+    expect(flow.get_by_label("Introducer")).to_have_value(introducer)
+    expect(flow.get_by_text("Nothing was recorded")).to_be_visible()

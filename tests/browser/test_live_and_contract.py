@@ -5,10 +5,13 @@ layout."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import threading
 import time
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from tieline.services.api.webapp import STATIC_DIR
 
 from tests.browser.conftest import Network, holding, screenshot, sign_in, wait_until_held
 from tests.browser.test_relationship_page import chart_of
+from tests.fake_http import FakeApi
 
 STREAM = "/v1/workspaces/{ws}/stream"
 #: Routes the page is written against that are not on main yet, and why. The lead empties
@@ -349,6 +353,46 @@ def test_a_silent_stream_is_taken_for_stalled_and_reopened(watched: Page, networ
     assert len(opened) == 2, opened
 
 
+def test_the_stall_watchdog_is_timed_by_the_servers_heartbeat(
+    watched: Page, network: Network
+) -> None:
+    """A server that says it sends a heartbeat every 2 s (Tieline-Heartbeat-Seconds) and then
+    goes silent is taken for stalled after 6 s, not after the default's 45 s. The page's
+    stream is routed to a stand-in server that sends that header and its first line, then
+    nothing."""
+    page = watched
+    a, _ = network.busiest_pair()
+    quiet = threading.Event()
+
+    def silent(h: BaseHTTPRequestHandler, _: int) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Tieline-Heartbeat-Seconds", "2")
+        h.end_headers()
+        with contextlib.suppress(OSError):
+            h.wfile.write(b"retry: 1000\n\n")
+            h.wfile.flush()
+            quiet.wait(60)  # then nothing, until the test is over
+
+    with FakeApi(silent) as fake:
+        page.route(STREAM_URL, lambda route: route.continue_(url=fake.url + "/stream"))
+        page.clock.install()
+        page.add_init_script(BANNER_LOG)
+        try:
+            sign_in(page, network)
+            page.goto(network.app_url + f"#/person/{a}")
+            expect(page.locator("#live-state")).to_have_attribute("data-state", "open")
+            page.clock.run_for(5_000)
+            assert not any("interrupted" in t for t in page.evaluate("() => window.bannerLog"))
+            page.clock.run_for(2_000)
+            log = logged(page, "interrupted; reconnecting")
+        finally:
+            quiet.set()
+            page.unroute(STREAM_URL)
+    assert any("nothing heard for 6 s" in t for t in log), log
+    assert len(fake.seen) >= 1
+
+
 def test_a_live_reload_still_waiting_is_dropped_when_the_view_is_left(
     watched: Page, network: Network
 ) -> None:
@@ -368,7 +412,8 @@ def test_a_live_reload_still_waiting_is_dropped_when_the_view_is_left(
     page.goto(network.app_url + f"#/person/{a}")
     expect(page.locator("#main")).to_have_attribute("data-rendered", f"#/person/{a}")
     wait_until_held(page, streams, "the person's stream")
-    page.clock.pause_at(page.evaluate("() => Date.now() / 1000") + 0.01)  # in seconds
+    # In seconds; a whole second ahead, as the fake clock may have moved on meanwhile.
+    page.clock.pause_at(page.evaluate("() => Date.now() / 1000") + 1)
     message = json.dumps({"type": "relationship.met", "people": [a, "x"], "seq": 1})
     body = f"id: 1-0\nevent: event.recorded\ndata: {message}\n\n"  # then the stream ends
 

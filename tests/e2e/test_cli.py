@@ -18,13 +18,12 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -36,6 +35,7 @@ from tieline.services.runtime.supervisor import Stack
 from typer.testing import CliRunner
 
 from tests.e2e.conftest import make_token
+from tests.fake_http import FakeApi
 
 WIDE = {"COLUMNS": "250"}  # tables not truncated
 
@@ -421,40 +421,7 @@ def test_replay_with_nats_down_is_one_line_and_exit_2(stack_settings: Settings) 
     assert done.returncode == 2
     assert f"cannot reach NATS at {url}" in one_line(done.stderr)
 
-
-# -- pages by next_cursor (the contract's pagination), against a fake API ------------------
-
-
-class FakeApi(ThreadingHTTPServer):
-    """A stand-in API on a free port: ``answer(handler)`` writes each response; every
-    request's path and headers are kept in ``seen``."""
-
-    daemon_threads = True
-
-    def __init__(self, answer: Callable[[BaseHTTPRequestHandler, int], None]) -> None:
-        self.answer = answer
-        self.seen: list[tuple[str, dict[str, str]]] = []
-        super().__init__(("127.0.0.1", 0), _Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def __enter__(self) -> FakeApi:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
-        self.server_close()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: FakeApi
-
-    def do_GET(self) -> None:
-        self.server.seen.append((self.path, dict(self.headers.items())))
-        self.server.answer(self, len(self.server.seen))
+    # -- pages by next_cursor (the contract's pagination), against a fake API ------------------
 
     def log_message(self, *args: Any) -> None:  # quiet
         return None

@@ -71,7 +71,8 @@ function live(filters, onMessage, mine = current) {
     } else if (s.state === "reconnecting") {
       setLive("reconnecting", "reconnecting", s.error ? `Why: ${s.error}` : "");
       const when = s.wait >= 1000 ? ` in ${Math.round(s.wait / 1000)} s` : "";
-      showBanner(`Live updates interrupted; reconnecting${when}…`, "warn");
+      const why = s.error ? ` (${s.error})` : "";
+      showBanner(`Live updates interrupted; reconnecting${when}…${why}`, "warn");
     } else if (s.state === "denied") {
       setLive("offline", "off", `The event stream refused this token (${s.status}).`);
       showBanner(`The event stream refused this token (${s.status}).`, "error");
@@ -87,6 +88,9 @@ let deniedMessage = null;
 whenDenied((err) => {
   // What the user typed goes with them to sign-in and comes back after it (drafts.js).
   if (location.hash !== "#/signin") keepDrafts(main, session.workspace, location.hash);
+  // The view that met the refusal is over now, not at the next hashchange (a later task): it
+  // must not finish drawing, open a stream or take the drafts just kept.
+  current += 1;
   session.signOut();
   deniedMessage = signin.deniedText(err.status, session.workspace);
   if (location.hash !== "#/signin") location.hash = "#/signin";
@@ -173,7 +177,7 @@ async function render() {
     if (mine === current) main.removeAttribute("aria-busy");
   }
   if (mine !== current) return;
-  if (path !== "/signin") offerDrafts(box);
+  if (path !== "/signin" && session.token) offerDrafts(box);
   main.dataset.rendered = location.hash; // this view has drawn what it loads
   document.title = `${box.querySelector("h1")?.textContent || "tieline"} · tieline`;
   // A new view takes the focus to its heading (keyboard and screen-reader users start there),
@@ -184,10 +188,12 @@ async function render() {
 
 /** Gives a view just drawn after sign-in what the user had typed into its forms. */
 function offerDrafts(box) {
-  for (const form of restoreDrafts(box, session.workspace)) {
-    form.prepend(notice("info", "What you had entered before signing in again is back. Nothing was recorded: submit to record it."));
-    announce("Your entries were kept while you signed in again.");
+  const restored = restoreDrafts(box, session.workspace);
+  for (const form of restored) {
+    // Not a live region: drawn with the view, it would not be read; announce() says it once.
+    form.prepend(h("p", { class: "notice info" }, "What you had entered before signing in again is back. Nothing was recorded: submit to record it."));
   }
+  if (restored.length) announce("What you had entered before signing in again is back. Nothing was recorded yet.");
 }
 
 // The skip link must not change the hash (that is the router's): it moves focus instead.

@@ -41,7 +41,11 @@ export function keepDrafts(root, workspace, hash) {
     const values = changedValues(form);
     if (Object.keys(values).length) drafts[form.dataset.draft] = values;
   }
-  sessionStorage.setItem(KEY, JSON.stringify({ workspace, hash, drafts }));
+  try {
+    sessionStorage.setItem(KEY, JSON.stringify({ workspace, hash, drafts }));
+  } catch {
+    // Storage full or turned off: the drafts are lost as before, but sign-in must go on.
+  }
 }
 
 /** The page to go back to after signing in to `workspace`, if one was kept for it. */

@@ -130,7 +130,7 @@ function pairOfEvent(e) {
 export async function render(main, ctx) {
   // The form with a draft kept over a sign-in (drafts.js) is the one the user was filling.
   const drafted = FORMS.find(([type]) => hasDraft(session.workspace, `record:${type}`));
-  const chosen = ctx.query.get("type") || drafted?.[0] || FORMS[0][0];
+  const chosen = drafted?.[0] || ctx.query.get("type") || FORMS[0][0];
   const list = h("datalist", { id: "record-people" });
   names.peopleOptions().then((ps) => fill(list, ps.map((p) => h("option", { value: p.person_id }, p.display_name)))).catch(() => {});
   const holder = h("div", {});
