@@ -1,6 +1,6 @@
 """What an erasure needs from the read side: the archived events a person's key protects,
-and a search of every table, in the state schema and in every read-model generation
-(live, building, retired, scratch), for rows holding given text."""
+and a search of the workspace's rows of every table, in the state schema and in every
+read-model generation (live, building, retired, scratch), for rows holding given text."""
 
 from __future__ import annotations
 
@@ -60,18 +60,72 @@ async def tables_of(conn: AsyncConnection[Any], schemas: list[str]) -> list[tupl
     return [(r["schema"], r["table"]) for r in await cur.fetchall()]
 
 
+async def _columns(conn: AsyncConnection[Any], schema: str, table: str) -> set[str]:
+    cur = await conn.execute(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = %s",
+        (schema, table),
+    )
+    return {r["column_name"] for r in await cur.fetchall()}
+
+
+def _like_prefix(text: str) -> str:
+    """A LIKE pattern for strings starting with ``text``."""
+    return text.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%"
+
+
+def workspace_rows(
+    state_schema: str, columns: set[str], ws: str, subject_prefix: str
+) -> tuple[sql.Composable, tuple[str, ...]] | None:
+    """The condition (on alias ``x``) and its parameters that keep a table's rows to those of
+    workspace ``ws``, or None for a table whose rows belong to no workspace (checkpoints,
+    generations, migration state). A table is keyed by ``workspace_id``, or reaches it
+    through its sync source or webhook delivery, or names it in an event subject."""
+    state = sql.Identifier(state_schema)
+    if "workspace_id" in columns:
+        return sql.SQL("x.workspace_id = %s"), (ws,)
+    if "source_id" in columns:
+        q = "x.source_id IN (SELECT source_id FROM {}.sync_sources WHERE workspace_id = %s)"
+        return sql.SQL(q).format(state), (ws,)
+    if "delivery_id" in columns:
+        q = (
+            "x.delivery_id IN "
+            "(SELECT delivery_id FROM {}.webhook_deliveries WHERE workspace_id = %s)"
+        )
+        return sql.SQL(q).format(state), (ws,)
+    if "subject" in columns:  # dead letters: the event's subject names its workspace
+        return sql.SQL("x.subject LIKE %s"), (_like_prefix(f"{subject_prefix}.ev.{ws}."),)
+    return None
+
+
 async def rows_containing(
-    conn: AsyncConnection[Any], state_schema: str, patterns: list[str]
-) -> dict[str, int]:
-    """Rows per table (``schema.table``: the state schema and every generation schema) whose
-    text (the whole row cast to text) matches any of the LIKE ``patterns``."""
+    conn: AsyncConnection[Any],
+    state_schema: str,
+    patterns: list[str],
+    ws: str,
+    subject_prefix: str,
+) -> tuple[dict[str, int], list[str]]:
+    """Rows of workspace ``ws`` per table (``schema.table``: the state schema and every
+    generation schema) whose text (the whole row cast to text) matches any of the LIKE
+    ``patterns``; and the tables not searched, whose rows belong to no workspace. Other
+    workspaces' rows are never searched: a count over them would tell this workspace's
+    admin whether another workspace holds a string."""
     schemas = [state_schema, *await generation_schemas(conn, state_schema)]
     found: dict[str, int] = {}
+    skipped: list[str] = []
     for schema, table in await tables_of(conn, schemas):
-        q = sql.SQL("SELECT count(*) AS n FROM {}.{} x WHERE x::text LIKE ANY(%s)").format(
-            sql.Identifier(schema), sql.Identifier(table)
+        name = f"{schema}.{table}"
+        scope = workspace_rows(
+            state_schema, await _columns(conn, schema, table), ws, subject_prefix
         )
-        cur = await conn.execute(q, (patterns,))
+        if scope is None:
+            skipped.append(name)
+            continue
+        where, params = scope
+        q = sql.SQL("SELECT count(*) AS n FROM {}.{} x WHERE {} AND x::text LIKE ANY(%s)").format(
+            sql.Identifier(schema), sql.Identifier(table), where
+        )
+        cur = await conn.execute(q, (*params, patterns))
         row = await cur.fetchone()
-        found[f"{schema}.{table}"] = int(row["n"]) if row else 0
-    return found
+        found[name] = int(row["n"]) if row else 0
+    return found, skipped

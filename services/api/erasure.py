@@ -2,9 +2,11 @@
 
 Before the key is destroyed, the person's personal values are decrypted one last time (held in
 memory only, never logged or returned); after the ``person.forgotten`` event is projected, the
-raw stream bytes and every table of the state schema and of every read-model generation (live,
-building, retired, scratch: enumerated from the catalog, not listed by hand) are searched for
-those values.
+workspace's raw stream messages and its rows of every table of the state schema and of every
+read-model generation (live, building, retired, scratch: enumerated from the catalog, not
+listed by hand) are searched for those values. Only the workspace's own data is searched:
+counts over other workspaces' data would let an admin of this one ask whether another holds
+a string (plant it as a value here, forget, read the counts).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from nats.js.errors import NotFoundError
 from tieline.events_schema.registry import REGISTRY
 from tieline.plumbing.crypto import decrypt_payload, fields_of, key_people
+from tieline.plumbing.subjects import workspace_of_subject
 from tieline.projections.queries.erasure import events_about, rows_containing
 from tieline.services.api.observe import correlation_id
 from tieline.services.api.runtime import Runtime
@@ -54,23 +57,27 @@ def _needles(values: set[str]) -> list[bytes]:
     return sorted(out)
 
 
-async def scan_tables(rt: Runtime, values: set[str]) -> dict[str, int]:
-    """Rows per table (``schema.table``, over the state schema and every read-model
-    generation) whose text contains any of ``values``."""
+async def scan_tables(rt: Runtime, ws: str, values: set[str]) -> tuple[dict[str, int], list[str]]:
+    """The workspace's rows per table (``schema.table``, over the state schema and every
+    read-model generation) whose text contains any of ``values``; and the tables whose rows
+    belong to no workspace, not searched."""
     if not values:
-        return {}
+        return {}, []
     patterns = [
         "%" + n.decode().replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%"
         for n in _needles(values)
     ]
-    # Every row of every table, whatever its workspace (and tables the api role may not
-    # read): the proof must not miss a copy. Only counts come back.
+    # Every table, the api role's or not (the proof must not miss a copy), but only this
+    # workspace's rows of it. Only counts come back.
     async with rt.connections.system() as conn:
-        return await rows_containing(conn, rt.settings.database_schema, patterns)
+        return await rows_containing(
+            conn, rt.settings.database_schema, patterns, ws, rt.settings.subject_prefix
+        )
 
 
-async def scan_stream(rt: Runtime, values: set[str]) -> tuple[int, int]:
-    """(messages scanned, messages containing any value) over the raw stream bytes."""
+async def scan_stream(rt: Runtime, ws: str, values: set[str]) -> tuple[int, int]:
+    """(messages scanned, messages containing any value) over the raw bytes of the
+    workspace's messages on the stream."""
     js = rt.connections.nc.jetstream()
     info = await js.stream_info(rt.settings.stream_name)
     first, last = int(info.state.first_seq), int(info.state.last_seq)
@@ -87,6 +94,8 @@ async def scan_stream(rt: Runtime, values: set[str]) -> tuple[int, int]:
                 continue  # a deleted sequence
             if isinstance(m, BaseException):
                 raise RuntimeError(f"stream scan failed: {m!r}") from m
+            if workspace_of_subject(rt.settings.subject_prefix, m.subject or "") != ws:
+                continue  # another workspace's: not ours to search
             scanned += 1
             data = m.data or b""
             if any(n in data for n in needles):
@@ -112,8 +121,8 @@ async def forget_person(rt: Runtime, ws: str, person: str, actor: str) -> dict[s
         }
     await rt.waiter.wait(result["seq"])
     rt.decryption.drop_cached(ws, person)
-    tables = await scan_tables(rt, values)
-    scanned, stream_hits = await scan_stream(rt, values)
+    tables, skipped = await scan_tables(rt, ws, values)
+    scanned, stream_hits = await scan_stream(rt, ws, values)
     clean = stream_hits == 0 and not any(tables.values())
     return {
         "person_id": person,
@@ -130,6 +139,7 @@ async def forget_person(rt: Runtime, ws: str, person: str, actor: str) -> dict[s
             "stream_messages_scanned": scanned,
             "stream_messages_with_plaintext": stream_hits,
             "table_rows_with_plaintext": tables,
+            "tables_not_searched": skipped,
         },
         "clean": clean,
     }

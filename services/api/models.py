@@ -280,10 +280,16 @@ class ErasureRemoved(Answer):
 
 class ErasureSearch(Answer):
     values_searched: int
-    stream_messages_scanned: int
+    stream_messages_scanned: int = Field(description="The workspace's messages on the stream.")
     stream_messages_with_plaintext: int
     table_rows_with_plaintext: dict[str, int] = Field(
-        description="Rows still holding a former value, per `schema.table`."
+        description="The workspace's rows still holding a former value, per `schema.table` "
+        "(other workspaces' rows are never searched)."
+    )
+    tables_not_searched: list[str] = Field(
+        default_factory=list,
+        description="Tables whose rows belong to no workspace (checkpoints, generations, "
+        "migration state): not searched, as no row of them is this workspace's.",
     )
 
 
@@ -320,7 +326,10 @@ class ReadinessChecks(Answer):
     projection: ProjectionCheck | None = None
     self_check: dict[str, Any] | None = Field(
         default=None,
-        description="The live projection's last self-check (null before its first round).",
+        description="The live projection's last self-check (null before its first round): "
+        "when, what it sampled, `ok`, and `problem_count`. The differences themselves name "
+        "workspaces and people, so they are not shown here (this route has no token): they "
+        "are in the worker's `selfcheck.ALARM` log line and in `tieline verify`.",
     )
     sync: dict[str, int] | None = Field(
         default=None,

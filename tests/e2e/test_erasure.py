@@ -174,6 +174,18 @@ def _assert_found_everywhere_it_should_be(
     assert f"{settings.database_schema}.person_keys" in before.tables
 
 
+#: Tables whose rows belong to no workspace: the erasure report does not search them.
+NO_WORKSPACE_TABLES = {
+    "alembic_version",
+    "checkpoints",
+    "generations",
+    "live_state",
+    "rate_limits",
+    "self_checks",
+    "write_backfill",
+}
+
+
 def _assert_report(
     report: dict[str, Any], planted: dict[str, str], tag: str, before: Traces
 ) -> None:
@@ -184,7 +196,12 @@ def _assert_report(
     assert search["values_searched"] >= len(planted)
     assert search["stream_messages_with_plaintext"] == 0
     assert search["stream_messages_scanned"] > 0
-    assert set(search["table_rows_with_plaintext"]) == set(before.tables)
+    # Every table the independent search found is either searched (the workspace's rows of
+    # it) or named as holding no workspace's rows.
+    searched, skipped = set(search["table_rows_with_plaintext"]), set(search["tables_not_searched"])
+    assert searched | skipped == set(before.tables) and not searched & skipped
+    assert {t.rsplit(".", 1)[1] for t in skipped} <= NO_WORKSPACE_TABLES, skipped
+    assert {"people_v1", "events", "person_keys"} <= {t.rsplit(".", 1)[1] for t in searched}
     assert set(search["table_rows_with_plaintext"].values()) == {0}
     assert tag not in json.dumps(report)  # the report never repeats the values
 
@@ -203,3 +220,35 @@ def _assert_product_behaviour(
         json={"type": "relationship.met", "participants": ["zelda", "ada"], "depth": "brief_chat"},
     )
     assert again.status_code == 410
+
+
+def test_the_erasure_report_searches_only_its_own_workspace(
+    stack: Stack, stack_settings: Settings
+) -> None:
+    """A's admin wants to know whether workspace B holds a person. Person ids are plaintext
+    and can be predictable (contacts sync derives them from an e-mail address). A plants the
+    id as the name of a person of its own, forgets that person and reads the report's counts:
+    they are A's own (clean, nothing of B counted), so the report is no oracle into B. Before
+    the fix the scan covered every workspace's rows and stream messages, and the report came
+    back unclean, B's copies counted."""
+    tag = uuid.uuid4().hex[:10]
+    victim, prober, secret = f"eb-{tag}", f"ea-{tag}", f"p-{tag}"
+    report: dict[str, Any] = {}
+    for ws, person in ((victim, secret), (prober, "probe")):
+        headers = {"Authorization": f"Bearer {make_token(stack_settings, ws)}"}
+        with httpx.Client(base_url=stack.api_url, timeout=30, headers=headers) as api:
+            r = api.post(
+                f"/v1/workspaces/{ws}/people", json={"person_id": person, "display_name": secret}
+            )
+            assert r.status_code == 201, r.text
+            seen = api.get(
+                f"/v1/workspaces/{ws}/people/{person}", params={"min_seq": r.json()["seq"]}
+            )
+            assert seen.status_code == 200, seen.text
+            if ws == prober:
+                report = api.post(f"/v1/workspaces/{ws}/people/probe/forget").json()
+    search = report["search"]
+    assert report["erased"] is True and search["values_searched"] == 1, report
+    assert search["stream_messages_with_plaintext"] == 0, search
+    assert set(search["table_rows_with_plaintext"].values()) == {0}, search
+    assert report["clean"] is True

@@ -38,5 +38,6 @@ def test_readyz_shows_a_clean_self_check_after_writes(
             break
         time.sleep(0.3)
     assert check is not None and check["checkpoint"] >= seq, check
-    assert check["ok"] is True and check["problems"] == [], check
+    assert check["ok"] is True and check["problem_count"] == 0, check
+    assert "problems" not in check  # the differences name workspaces: never without a token
     assert check["sampled_messages"] > 0 and check["sampled_pairs"] > 0, check

@@ -4,6 +4,7 @@ correct projection."""
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -13,6 +14,7 @@ from tieline.plumbing.config import Settings
 from tieline.projections import selfcheck
 from tieline.projections.strength_model import PARAMS
 from tieline.projections.worker import Worker
+from tieline.services.api.routers.ops import public_self_check
 
 from tests.integration.conftest import Log, make_event
 
@@ -76,3 +78,9 @@ async def test_self_check_is_clean_then_finds_a_skipped_event_and_a_wrong_pair(
     assert any("/b2:" in p for p in found.problems), found.problems
     assert len(found.problems) == 2, found.problems
     assert shown is not None and shown["ok"] is False and len(shown["problems"]) == 2
+    # What /readyz (no token) shows of it: the count, and nothing that names the workspace,
+    # a person or an event.
+    public = public_self_check(shown)
+    assert public["ok"] is False and public["problem_count"] == 2
+    text = json.dumps(public)
+    assert "problems" not in public and f"{ws}/" not in text and "b2" not in text, text

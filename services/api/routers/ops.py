@@ -45,13 +45,25 @@ async def _checkpoint(rt: Runtime) -> tuple[str, int]:
         return f"unavailable: {type(exc).__name__}", -1
 
 
+def public_self_check(found: dict[str, Any]) -> dict[str, Any]:
+    """A self-check result as /readyz may show it: its differences counted, not listed. They
+    name workspaces, people, scores and events of every workspace, and /readyz answers
+    without a token; operators read them in the worker's ``selfcheck.ALARM`` log line, the
+    ``self_checks`` table or ``tieline verify``."""
+    shown = {k: v for k, v in found.items() if k != "problems"}
+    shown["problem_count"] = len(found.get("problems") or [])
+    return shown
+
+
 async def _self_check(rt: Runtime) -> dict[str, Any] | None:
-    """The live projection's last self-check (projections/selfcheck.py); None before one."""
+    """The live projection's last self-check (projections/selfcheck.py), its differences
+    counted only; None before the first round."""
     try:
         async with rt.connections.connection(timeout=2) as conn:
-            return await selfcheck.latest(
+            found = await selfcheck.latest(
                 conn, rt.settings.database_schema, rt.connections.pool.generation.consumer
             )
+        return None if found is None else public_self_check(found)
     except psycopg.errors.UndefinedTable:
         return None  # no worker has run a round yet
     except Exception as exc:  # PostgreSQL unavailable: the checks above already say so
