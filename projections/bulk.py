@@ -13,8 +13,10 @@ not need those round trips. :class:`BulkFold` takes the same classified items
 * people and introductions are small and kept in memory until the end;
 * retractions need the archive (the target's type, workspace and position), so they are
   collected here and resolved by one set-based statement after the load
-  (:data:`RETRACT_SQL`), with exactly the live store's rule: the first retraction of an event
-  that is archived before it, in the same workspace, wins; every other is an orphan;
+  (:data:`RETRACT_SQL`), with exactly the live store's rule: the first retraction of an
+  archived event, in the same workspace, wins, wherever the event is in the log (a dead-lettered
+  event that ``tieline dlq replay`` brought back after its retraction is retracted too); a
+  retraction whose event is not archived waits for it in ``pending_retractions_v1``;
 * pair strengths are folded afterwards from the loaded pair timeline, pair by pair, with
   :meth:`~tieline.projections.strength_model.Fold.of` (projections/bulk_load.py), so memory
   does not grow with the number of pairs.
@@ -87,7 +89,7 @@ WITH r(rid, rseq, ws, target) AS (
     SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::uuid[])
 ), first AS (
     SELECT DISTINCT ON (r.target) r.rid, r.target
-      FROM r JOIN events e ON e.event_id = r.target AND e.workspace_id = r.ws AND e.seq < r.rseq
+      FROM r JOIN events e ON e.event_id = r.target AND e.workspace_id = r.ws
      ORDER BY r.target, r.rseq
 )
 UPDATE events e SET retracted_by = first.rid FROM first WHERE e.event_id = first.target

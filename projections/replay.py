@@ -238,7 +238,15 @@ async def retire_old(settings: Settings, keep: int = 0, grace_s: float = 5.0) ->
 #: they legitimately differ between a live projection and a replay with other batch limits.
 BOOKKEEPING = {"last_seq", "updated_at", "id", "created_at", "dlq_seq", "replayed_at", "projection"}
 #: Tables compared row by row.
-COMPARED = ("events", "people_v1", "pair_events_v1", "strength_v1", "dead_letters", "merges_v1")
+COMPARED = (
+    "events",
+    "people_v1",
+    "pair_events_v1",
+    "strength_v1",
+    "dead_letters",
+    "merges_v1",
+    "pending_retractions_v1",
+)
 
 
 @dataclass

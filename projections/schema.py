@@ -173,6 +173,17 @@ CREATE TABLE IF NOT EXISTS live_state (
 );
 INSERT INTO live_state (id) VALUES (1) ON CONFLICT DO NOTHING;
 
+-- Retractions that arrived before the event they retract: a dead-lettered event, retracted
+-- meanwhile, that `tieline dlq replay` brings back later. It is retracted as it is archived,
+-- as a rebuild from the log reads it (projections/store.py, projections/bulk.py).
+CREATE TABLE IF NOT EXISTS pending_retractions_v1 (
+    workspace_id        text NOT NULL,
+    target_event_id     uuid NOT NULL,
+    retraction_event_id uuid NOT NULL,
+    seq                 bigint NOT NULL,
+    PRIMARY KEY (workspace_id, target_event_id)
+);
+
 CREATE TABLE IF NOT EXISTS dead_letters (
     id           bigserial PRIMARY KEY,
     projection   text NOT NULL,
@@ -199,6 +210,7 @@ WORKSPACE_TABLES = (
     "introductions_v1",
     "changes_v1",
     "merges_v1",
+    "pending_retractions_v1",
 )
 
 # The api reads as API_ROLE on connections whose session names their workspace: it

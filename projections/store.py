@@ -15,7 +15,7 @@ from uuid import UUID
 import orjson
 from psycopg import AsyncConnection
 from tieline.events_schema.registry import EventRegistry
-from tieline.projections import merges
+from tieline.projections import merges, retractions
 from tieline.projections.changelog import Cause, ChangeLog, mark_trimmed
 from tieline.projections.changes import PERSON_FIELDS, Changes, changes_for
 from tieline.projections.items import (
@@ -273,6 +273,7 @@ class ProjectionStore:
             await self._forget(conn, it, person_id)
         for it, intro_id, change in intros:
             await self._introduction(conn, it, intro_id, change)
+        await self._late_retractions(conn, items)
 
     async def _introduction(
         self, conn: AsyncConnection[Any], it: Decoded, intro_id: UUID, change: dict[str, Any]
@@ -500,18 +501,30 @@ class ProjectionStore:
         return strength_row(key, fold, seq, model.strength, model.momentum.version)
 
     async def _retract(self, conn: AsyncConnection[Any], it: Decoded, result: BatchResult) -> None:
-        """Remove exactly the retracted event's effect (same workspace only)."""
+        """Remove exactly the retracted event's effect (same workspace only). A target not
+        archived yet (dead-lettered, to be replayed later) is retracted when it arrives."""
         target = getattr(it.event, "retracted_event_id")  # noqa: B009
         ws = it.event.workspace_id
-        cur = await conn.execute(
-            "UPDATE events SET retracted_by = %s WHERE event_id = %s AND workspace_id = %s "
-            "AND retracted_by IS NULL RETURNING type, payload->>'person_id'",
-            (it.event.event_id, target, ws),
-        )
-        row = await cur.fetchone()
+        row = await retractions.mark(conn, ws, target, it.event.event_id)
         if row is None:
             result.orphan_retractions.append(str(target))
+            await retractions.wait(conn, ws, target, it.event.event_id, it.seq)
             return
+        await self._undo(conn, it, ws, target, row)
+
+    async def _late_retractions(self, conn: AsyncConnection[Any], new: list[Decoded]) -> None:
+        """Retract the batch's new events that a retraction named before they arrived."""
+        by_id = {i.event.event_id: i for i in new}
+        for ws, target, retraction in await retractions.take(conn, new):
+            row = await retractions.mark(conn, ws, target, retraction)
+            if row is not None:
+                await self._undo(conn, by_id[target], ws, target, row)
+
+    async def _undo(
+        self, conn: AsyncConnection[Any], it: Decoded, ws: str, target: UUID, row: Any
+    ) -> None:
+        """Undo the effect of the archived event ``target`` (of type ``row[0]``) because of
+        ``it`` (the retraction, or the late target itself)."""
         if row[0] == "person.merged":
             await conn.execute(
                 "UPDATE merges_v1 SET retracted = true WHERE event_id = %s AND workspace_id = %s",

@@ -193,3 +193,44 @@ async def test_what_if_replays_into_scratch_and_reports_tier_moves_without_touch
         "SELECT string_agg(score::text || tier, ',' ORDER BY person_b) FROM strength_v1",
     )
     assert after == before
+
+
+async def test_an_event_that_arrives_after_its_retraction_arrives_retracted(
+    settings: Settings, log: Log
+) -> None:
+    """A meeting is dead-lettered (say, a schema version the worker did not know yet), the
+    user retracts it meanwhile, and `tieline dlq replay` brings it back later: the log then
+    holds the retraction before the event. The live worker used to apply the event as if
+    never retracted (the retraction found nothing and was dropped); a rebuild ignored such a
+    retraction too. Both now retract it when it arrives, and agree; a retraction whose event
+    never comes stays waiting in both."""
+    ws = "r6"
+    for pid in ("a", "b"):
+        await log.publish(make_event(ws, type="person.added", person_id=pid, display_name=pid))
+    await log.publish(
+        make_event(ws, type="relationship.met", participants=["a", "b"], depth="conversation")
+    )
+    late = make_event(ws, type="relationship.met", participants=["a", "b"], depth="conversation")
+    never = make_event(ws, type="relationship.met", participants=["a", "b"], depth="brief_chat")
+    for target in (late, never):
+        retracted_at = await log.publish(
+            make_event(ws, type="event.retracted", retracted_event_id=str(target.event_id))
+        )
+    live = await _live_worker(settings, retracted_at)  # the retractions' batch is committed
+    last = await log.publish(late)  # then the replayed dead letter comes, in a later batch
+    async with asyncio.timeout(30):
+        while live.stats.last_seq < last:
+            await live.run_once()
+    await live.close()
+    assert live.generation is not None
+    schema = live.generation.schema_name
+    meetings = f"SELECT meetings FROM strength_v1 WHERE workspace_id = '{ws}'"
+    assert await _scalar(settings, schema, meetings) == 1
+    retracted = f"SELECT retracted_by IS NOT NULL FROM events WHERE event_id = '{late.event_id}'"
+    assert await _scalar(settings, schema, retracted) is True
+    waiting = (
+        f"SELECT target_event_id::text FROM pending_retractions_v1 WHERE workspace_id = '{ws}'"
+    )
+    assert await _scalar(settings, schema, waiting) == str(never.event_id)
+    seen, diffs = await replay.verify(settings)  # a rebuild from the log, compared row by row
+    assert seen == last and all(d.clean for d in diffs), [d.samples for d in diffs]

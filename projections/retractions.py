@@ -1,0 +1,65 @@
+"""Retractions in the archive, for the live store (projections/store.py).
+
+A retraction marks its event retracted in the ``events`` archive; the store then undoes the
+event's effect. A retraction can reach the projection before its event: the write side
+accepted the event, so it accepts its retraction, but the event was dead-lettered (a schema
+version the worker did not know yet) and ``tieline dlq replay`` brings it back later. Such a
+retraction waits in ``pending_retractions_v1`` and is taken when its event is archived, which
+is what a rebuild from the log gives too (projections/bulk.py: the first retraction of an event
+wins, wherever the event is in the log).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection
+from tieline.projections.items import Decoded
+
+
+async def mark(
+    conn: AsyncConnection[Any], ws: str, target: UUID, retraction: UUID
+) -> tuple[Any, ...] | None:
+    """Mark ``target`` retracted by ``retraction``: (its type, its person_id), or None when it
+    is not archived in ``ws`` or is retracted already."""
+    cur = await conn.execute(
+        "UPDATE events SET retracted_by = %s WHERE event_id = %s AND workspace_id = %s "
+        "AND retracted_by IS NULL RETURNING type, payload->>'person_id'",
+        (retraction, target, ws),
+    )
+    return await cur.fetchone()
+
+
+async def wait(
+    conn: AsyncConnection[Any], ws: str, target: UUID, retraction: UUID, seq: int
+) -> None:
+    """Keep a retraction whose event is not archived until the event comes (the first such
+    retraction of an event wins); nothing when the event is archived and retracted already."""
+    cur = await conn.execute(
+        "SELECT 1 FROM events WHERE event_id = %s AND workspace_id = %s", (target, ws)
+    )
+    if await cur.fetchone() is not None:
+        return
+    await conn.execute(
+        """INSERT INTO pending_retractions_v1
+               (workspace_id, target_event_id, retraction_event_id, seq)
+           VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+        (ws, target, retraction, seq),
+    )
+
+
+async def take(conn: AsyncConnection[Any], new: Sequence[Decoded]) -> list[tuple[str, UUID, UUID]]:
+    """(workspace, event, retraction) of the waiting retractions of ``new`` events, removed
+    from the waiting list."""
+    if not new:
+        return []
+    cur = await conn.execute(
+        """DELETE FROM pending_retractions_v1 p
+            USING unnest(%s::text[], %s::uuid[]) AS n(ws, id)
+            WHERE p.workspace_id = n.ws AND p.target_event_id = n.id
+        RETURNING p.workspace_id, p.target_event_id, p.retraction_event_id""",
+        ([i.event.workspace_id for i in new], [i.event.event_id for i in new]),
+    )
+    return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
