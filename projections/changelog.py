@@ -226,11 +226,16 @@ async def scan_follow_ups(
         seq = min(held, default=0)
         state = await (
             await conn.execute(
-                "SELECT scanned_until, now() FROM live_state WHERE id = 1 FOR UPDATE"
+                "SELECT scanned_until, now(), scan_seq, scan_sub FROM live_state "
+                "WHERE id = 1 FOR UPDATE"
             )
         ).fetchone()
         assert state is not None, "live_state has its row from the DDL"
-        since, until = _values(state)
+        since, until, floor_seq, floor_sub = _values(state)
+        if seq < floor_seq:
+            # A generation switched in below the last scan's position: its rows would sit
+            # behind what readers have taken. Scan once the checkpoint has caught up.
+            return []
         await conn.execute("UPDATE live_state SET scanned_until = %s WHERE id = 1", (until,))
         if since is None or seq == 0:
             return []
@@ -249,20 +254,37 @@ async def scan_follow_ups(
         found = [_values(r) for r in await cur.fetchall()]
         if not found:
             return []
-        top = await (
-            await conn.execute("SELECT max(sub) FROM changes_v1 WHERE seq = %s", (seq,))
-        ).fetchone()
-        first = max(SCAN_SUB, int(_first(top) or 0) + 1)
-        rows = [_due_row(seq, first + i, r) for i, r in enumerate(found)]
-        async with conn.cursor() as c:
-            await c.executemany(
-                "INSERT INTO changes_v1 (seq, sub, workspace_id, kind, data) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                rows,
-            )
-        await conn.execute(
-            "SELECT pg_notify('tieline_checkpoint', current_schema() || ' ' || %s)", (str(seq),)
+        return await _write_due(conn, seq, found, (int(floor_seq), int(floor_sub)))
+
+
+async def _write_due(
+    conn: AsyncConnection[Any], seq: int, found: list[list[Any]], floor: tuple[int, int]
+) -> list[tuple[Any, ...]]:
+    """Write the scan's ``follow_up.due`` rows at ``seq``, above ``floor`` (the last scan's
+    position); return them."""
+    top = await (
+        await conn.execute("SELECT max(sub) FROM changes_v1 WHERE seq = %s", (seq,))
+    ).fetchone()
+    # Above the rows at this seq and above the last scan's position, whose rows a trim may
+    # have deleted: a position is never given out twice (webhooks dedupe on it, and live
+    # clients that saw it would skip the new rows).
+    first = max(SCAN_SUB, int(_first(top) or 0) + 1)
+    if floor[0] == seq:
+        first = max(first, floor[1] + 1)
+    rows = [_due_row(seq, first + i, r) for i, r in enumerate(found)]
+    async with conn.cursor() as c:
+        await c.executemany(
+            "INSERT INTO changes_v1 (seq, sub, workspace_id, kind, data) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            rows,
         )
+    await conn.execute(
+        "UPDATE live_state SET scan_seq = %s, scan_sub = %s WHERE id = 1",
+        (seq, first + len(rows) - 1),
+    )
+    await conn.execute(
+        "SELECT pg_notify('tieline_checkpoint', current_schema() || ' ' || %s)", (str(seq),)
+    )
     return rows
 
 

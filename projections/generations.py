@@ -231,6 +231,8 @@ async def switch(conn: AsyncConnection[Any], state_schema: str, new: Generation)
         current = await live(conn, state_schema)
         if current is not None and current.gen == new.gen:
             return
+        if current is not None:
+            await _carry_scan_state(conn, current.schema_name, new.schema_name)
         await conn.execute(
             sql.SQL(
                 "UPDATE {}.generations SET status = 'retired', "
@@ -244,6 +246,33 @@ async def switch(conn: AsyncConnection[Any], state_schema: str, new: Generation)
             (new.gen,),
         )
         await conn.execute("SELECT pg_notify('tieline_generation', %s)", (str(new.gen),))
+
+
+async def _carry_scan_state(conn: AsyncConnection[Any], old: str, new: str) -> None:
+    """The follow-up scan goes on in the new generation where it stopped in the old one: the
+    same window (no tie that fell due in between is missed) and positions above the old
+    one's (webhooks and live clients have seen those)."""
+    names = {"n": sql.Identifier(new), "o": sql.Identifier(old)}
+    await conn.execute(
+        sql.SQL(
+            "UPDATE {n}.live_state n SET scanned_until = o.scanned_until "
+            "FROM {o}.live_state o WHERE n.id = 1 AND o.id = 1 AND o.scanned_until IS NOT NULL"
+        ).format(**names)
+    )
+    cur = await conn.execute(
+        "SELECT count(*) AS n FROM information_schema.columns WHERE table_schema = %s "
+        "AND table_name = 'live_state' AND column_name IN ('scan_seq', 'scan_sub')",
+        (old,),
+    )
+    row = await cur.fetchone()
+    if row is None or (row["n"] if isinstance(row, dict) else row[0]) < 2:
+        return  # an old generation's code kept no scan position
+    await conn.execute(
+        sql.SQL(
+            "UPDATE {n}.live_state n SET scan_seq = o.scan_seq, scan_sub = o.scan_sub "
+            "FROM {o}.live_state o WHERE n.id = 1 AND o.id = 1 AND o.scan_seq >= n.scan_seq"
+        ).format(**names)
+    )
 
 
 async def drop(conn: AsyncConnection[Any], state_schema: str, gen: Generation) -> None:

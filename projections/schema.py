@@ -165,12 +165,16 @@ CREATE TABLE IF NOT EXISTS changes_v1 (
 );
 CREATE INDEX IF NOT EXISTS changes_v1_ws ON changes_v1 (workspace_id, seq, sub);
 
--- One row: the change log's trim point and how far the follow-up scan has looked.
+-- One row: the change log's trim point, how far the follow-up scan has looked, and the last
+-- position it wrote (scan_seq, scan_sub): its next rows go above it even after a trim deleted
+-- those rows, or a generation switch (which carries this row over) left them behind.
 CREATE TABLE IF NOT EXISTS live_state (
     id             int PRIMARY KEY DEFAULT 1 CHECK (id = 1),
     trimmed_seq    bigint NOT NULL DEFAULT 0,
     scanned_until  timestamptz
 );
+ALTER TABLE live_state ADD COLUMN IF NOT EXISTS scan_seq bigint NOT NULL DEFAULT 0;
+ALTER TABLE live_state ADD COLUMN IF NOT EXISTS scan_sub int NOT NULL DEFAULT 0;
 INSERT INTO live_state (id) VALUES (1) ON CONFLICT DO NOTHING;
 
 -- Retractions that arrived before the event they retract: a dead-lettered event, retracted

@@ -12,7 +12,8 @@ from typing import Any
 
 from psycopg import AsyncConnection
 from tieline.plumbing.config import Settings
-from tieline.projections.changelog import SCAN_SUB, cadence_bands, scan_follow_ups
+from tieline.projections import replay
+from tieline.projections.changelog import SCAN_SUB, cadence_bands, scan_follow_ups, trim
 from tieline.projections.strength_model import tier_for
 from tieline.projections.worker import Worker
 
@@ -203,3 +204,24 @@ async def test_follow_up_scan_reports_ties_that_fell_due_in_its_window_once(
     assert await scan_follow_ups(pg, consumer) == []  # nothing is reported twice
     rows = await changes(pg, ws)
     assert rows[-1][:3] == (last, SCAN_SUB, "follow_up.due")
+
+    # A day without events: the webhooks process trims the change log through the checkpoint,
+    # the scan's rows included, and a later scan (here over the same window again) writes at
+    # the same seq. Its rows go above the trimmed ones: webhooks dedupe deliveries on the
+    # position, and live clients that saw it would skip the new rows.
+    await trim(pg, last)
+    assert await changes(pg, ws) == []
+    await pg.execute("UPDATE live_state SET scanned_until = now() - interval '1 hour'")
+    again = await scan_follow_ups(pg, consumer)
+    assert [(seq, sub) for seq, sub, *_ in again] == [(last, SCAN_SUB + 1)]
+
+    # A rebuild switched in carries the scan on: the same window, positions above the old.
+    old_state = await pg.execute("SELECT scanned_until, scan_seq, scan_sub FROM live_state")
+    before = await old_state.fetchone()
+    result, worker = await replay.replay(settings, status="building")
+    await worker.close()
+    assert result.switched
+    new_state = await pg.execute(
+        f"SELECT scanned_until, scan_seq, scan_sub FROM {result.generation.schema_name}.live_state"
+    )
+    assert await new_state.fetchone() == before == (before[0], last, SCAN_SUB + 1)
