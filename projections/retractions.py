@@ -32,6 +32,15 @@ async def mark(
     return await cur.fetchone()
 
 
+async def waiting(conn: AsyncConnection[Any], ws: str, target: UUID) -> bool:
+    """Whether an earlier retraction of ``target`` waits for it (it wins over a later one)."""
+    cur = await conn.execute(
+        "SELECT 1 FROM pending_retractions_v1 WHERE workspace_id = %s AND target_event_id = %s",
+        (ws, target),
+    )
+    return await cur.fetchone() is not None
+
+
 async def wait(
     conn: AsyncConnection[Any], ws: str, target: UUID, retraction: UUID, seq: int
 ) -> None:

@@ -505,7 +505,9 @@ class ProjectionStore:
         archived yet (dead-lettered, to be replayed later) is retracted when it arrives."""
         target = getattr(it.event, "retracted_event_id")  # noqa: B009
         ws = it.event.workspace_id
-        row = await retractions.mark(conn, ws, target, it.event.event_id)
+        row = None
+        if not await retractions.waiting(conn, ws, target):  # else the earlier one wins
+            row = await retractions.mark(conn, ws, target, it.event.event_id)
         if row is None:
             result.orphan_retractions.append(str(target))
             await retractions.wait(conn, ws, target, it.event.event_id, it.seq)
