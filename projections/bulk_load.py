@@ -334,19 +334,21 @@ async def _retract(conn: AsyncConnection[Any], fold: BulkFold) -> int:
     cur = await conn.execute(RETRACT_SQL, fold.retraction_arrays())
     rows = [tuple(r) for r in await cur.fetchall()]
     fold.retracted(rows)
-    await _pending(conn, fold, {r[0] for r in rows})
+    await _pending(conn, fold, {(r[2], r[0]) for r in rows})
     others = [(r[0], r[2]) for r in rows if r[1] != "person.added"]
     if others:
         await conn.execute(MARK_PAIRS, ([o[0] for o in others], [o[1] for o in others]))
     return len(rows)
 
 
-async def _pending(conn: AsyncConnection[Any], fold: BulkFold, retracted: set[Any]) -> None:
+async def _pending(
+    conn: AsyncConnection[Any], fold: BulkFold, retracted: set[tuple[str, Any]]
+) -> None:
     """Retractions whose event is not in the archive wait for it, as in the live store: the
     first of each (by position) is kept, for a dead-lettered event replayed later."""
     waiting: dict[tuple[str, Any], tuple[Any, int]] = {}
     for rid, rseq, ws, target in sorted(fold.retractions, key=lambda r: r[1]):
-        if target not in retracted:
+        if (ws, target) not in retracted:
             waiting.setdefault((ws, target), (rid, rseq))
     if not waiting:
         return

@@ -226,12 +226,14 @@ async def scan_follow_ups(
         seq = min(held, default=0)
         state = await (
             await conn.execute(
-                "SELECT scanned_until, now(), scan_seq, scan_sub FROM live_state "
+                "SELECT scanned_until, now(), scan_seq, scan_sub, retired FROM live_state "
                 "WHERE id = 1 FOR UPDATE"
             )
         ).fetchone()
         assert state is not None, "live_state has its row from the DDL"
-        since, until, floor_seq, floor_sub = _values(state)
+        since, until, floor_seq, floor_sub, retired = _values(state)
+        if retired:
+            return []  # switched out: the new generation's scan goes on from here
         if seq < floor_seq:
             # A generation switched in below the last scan's position: its rows would sit
             # behind what readers have taken. Scan once the checkpoint has caught up.

@@ -251,27 +251,38 @@ async def switch(conn: AsyncConnection[Any], state_schema: str, new: Generation)
 async def _carry_scan_state(conn: AsyncConnection[Any], old: str, new: str) -> None:
     """The follow-up scan goes on in the new generation where it stopped in the old one: the
     same window (no tie that fell due in between is missed) and positions above the old
-    one's (webhooks and live clients have seen those)."""
-    names = {"n": sql.Identifier(new), "o": sql.Identifier(old)}
-    await conn.execute(
-        sql.SQL(
-            "UPDATE {n}.live_state n SET scanned_until = o.scanned_until "
-            "FROM {o}.live_state o WHERE n.id = 1 AND o.id = 1 AND o.scanned_until IS NOT NULL"
-        ).format(**names)
-    )
+    one's (webhooks and live clients have seen those). The old row is locked (a scan running
+    there finishes first) and marked retired, so no later scan of the old generation, by a
+    process that has not noticed the switch yet, writes what the new one will."""
     cur = await conn.execute(
         "SELECT count(*) AS n FROM information_schema.columns WHERE table_schema = %s "
-        "AND table_name = 'live_state' AND column_name IN ('scan_seq', 'scan_sub')",
+        "AND table_name = 'live_state' AND column_name IN ('scan_seq', 'scan_sub', 'retired')",
         (old,),
     )
     row = await cur.fetchone()
-    if row is None or (row["n"] if isinstance(row, dict) else row[0]) < 2:
-        return  # an old generation's code kept no scan position
+    names = {"n": sql.Identifier(new), "o": sql.Identifier(old)}
+    if row is None or (row["n"] if isinstance(row, dict) else row[0]) < 3:
+        # An old generation's code kept no scan position: carry the window only.
+        await conn.execute(
+            sql.SQL(
+                "UPDATE {n}.live_state n SET scanned_until = o.scanned_until FROM "
+                "{o}.live_state o WHERE n.id = 1 AND o.id = 1 AND o.scanned_until IS NOT NULL"
+            ).format(**names)
+        )
+        return
+    await conn.execute(
+        sql.SQL("SELECT 1 FROM {o}.live_state WHERE id = 1 FOR UPDATE").format(**names)
+    )
     await conn.execute(
         sql.SQL(
-            "UPDATE {n}.live_state n SET scan_seq = o.scan_seq, scan_sub = o.scan_sub "
-            "FROM {o}.live_state o WHERE n.id = 1 AND o.id = 1 AND o.scan_seq >= n.scan_seq"
+            "UPDATE {n}.live_state n SET scanned_until = coalesce(o.scanned_until, "
+            "n.scanned_until), scan_seq = greatest(n.scan_seq, o.scan_seq), "
+            "scan_sub = CASE WHEN o.scan_seq >= n.scan_seq THEN o.scan_sub ELSE n.scan_sub END "
+            "FROM {o}.live_state o WHERE n.id = 1 AND o.id = 1"
         ).format(**names)
+    )
+    await conn.execute(
+        sql.SQL("UPDATE {o}.live_state SET retired = true WHERE id = 1").format(**names)
     )
 
 

@@ -173,20 +173,43 @@ CREATE TABLE IF NOT EXISTS live_state (
     trimmed_seq    bigint NOT NULL DEFAULT 0,
     scanned_until  timestamptz
 );
-ALTER TABLE live_state ADD COLUMN IF NOT EXISTS scan_seq bigint NOT NULL DEFAULT 0;
-ALTER TABLE live_state ADD COLUMN IF NOT EXISTS scan_sub int NOT NULL DEFAULT 0;
+-- Columns added since version 6 began, each only when missing: ALTER TABLE would take an
+-- exclusive lock at every start even with IF NOT EXISTS. ``retired``: set by a switch, after
+-- which a scan of this generation writes nothing (the new generation goes on from here).
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'live_state'::regclass
+                   AND attname = 'scan_seq' AND NOT attisdropped) THEN
+        ALTER TABLE live_state ADD COLUMN scan_seq bigint NOT NULL DEFAULT 0,
+            ADD COLUMN scan_sub int NOT NULL DEFAULT 0,
+            ADD COLUMN retired boolean NOT NULL DEFAULT false;
+    END IF;
+END $$;
 INSERT INTO live_state (id) VALUES (1) ON CONFLICT DO NOTHING;
 
 -- Retractions that arrived before the event they retract: a dead-lettered event, retracted
 -- meanwhile, that `tieline dlq replay` brings back later. It is retracted as it is archived,
 -- as a rebuild from the log reads it (projections/store.py, projections/bulk.py).
-CREATE TABLE IF NOT EXISTS pending_retractions_v1 (
-    workspace_id        text NOT NULL,
-    target_event_id     uuid NOT NULL,
-    retraction_event_id uuid NOT NULL,
-    seq                 bigint NOT NULL,
-    PRIMARY KEY (workspace_id, target_event_id)
-);
+-- Made with the retractions an earlier worker dropped (their event not archived), the
+-- first of each by position, so a generation from before it keeps the same rule.
+DO $$ BEGIN
+    IF to_regclass('pending_retractions_v1') IS NULL THEN
+        CREATE TABLE pending_retractions_v1 (
+            workspace_id        text NOT NULL,
+            target_event_id     uuid NOT NULL,
+            retraction_event_id uuid NOT NULL,
+            seq                 bigint NOT NULL,
+            PRIMARY KEY (workspace_id, target_event_id)
+        );
+        INSERT INTO pending_retractions_v1
+        SELECT DISTINCT ON (r.workspace_id, (r.payload->>'retracted_event_id')::uuid)
+               r.workspace_id, (r.payload->>'retracted_event_id')::uuid, r.event_id, r.seq
+          FROM events r
+         WHERE r.type = 'event.retracted' AND NOT EXISTS (
+               SELECT 1 FROM events t WHERE t.workspace_id = r.workspace_id
+                  AND t.event_id = (r.payload->>'retracted_event_id')::uuid)
+         ORDER BY r.workspace_id, (r.payload->>'retracted_event_id')::uuid, r.seq;
+    END IF;
+END $$;
 
 CREATE TABLE IF NOT EXISTS dead_letters (
     id           bigserial PRIMARY KEY,

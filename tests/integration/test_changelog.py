@@ -11,9 +11,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection
+from tieline.plumbing import db
 from tieline.plumbing.config import Settings
 from tieline.projections import replay
 from tieline.projections.changelog import SCAN_SUB, cadence_bands, scan_follow_ups, trim
+from tieline.projections.schema import ensure_schema
 from tieline.projections.strength_model import tier_for
 from tieline.projections.worker import Worker
 
@@ -225,3 +227,27 @@ async def test_follow_up_scan_reports_ties_that_fell_due_in_its_window_once(
         f"SELECT scanned_until, scan_seq, scan_sub FROM {result.generation.schema_name}.live_state"
     )
     assert await new_state.fetchone() == before == (before[0], last, SCAN_SUB + 1)
+    # A process that has not noticed the switch yet scans the old generation: nothing, as
+    # the new generation's scan goes on from here (before, it announced the ties again).
+    await pg.execute("UPDATE live_state SET scanned_until = now() - interval '1 hour'")
+    assert await scan_follow_ups(pg, consumer) == []
+
+
+async def test_a_start_on_an_existing_generation_waits_for_no_scan(
+    settings: Settings, pg: AsyncConnection[Any]
+) -> None:
+    """Every process runs the read-model DDL at start. On an existing generation it must not
+    wait for the follow-up scan, which holds live_state's row (and then writes the change
+    log) for a while: a column added with a plain ALTER TABLE ... IF NOT EXISTS takes an
+    exclusive lock each time, and could deadlock with the scan."""
+    schema, _ = first_generation(settings)
+    other = await db.connect(settings)
+    await ensure_schema(other, schema)  # the generation exists
+    await pg.execute("BEGIN")
+    await pg.execute("SELECT 1 FROM live_state WHERE id = 1 FOR UPDATE")  # a scan's hold
+    try:
+        await other.execute("SET lock_timeout = '2s'")
+        await ensure_schema(other, schema)  # raises LockNotAvailable if it needs the table
+    finally:
+        await other.close()
+        await pg.execute("ROLLBACK")
