@@ -91,6 +91,12 @@ BATCH_SECONDS = Histogram(
     "Time to apply and commit one batch (database retries included, fetch excluded).",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
+WEBHOOK_EVENTS_WITHOUT_CHANGES = Counter(
+    "tieline_webhooks_events_without_changes",
+    "Events the webhooks process handed over at or below the change log's trim point: the "
+    "projection wrote no rows for them (recorded more than 24 h before their batch, or a bulk "
+    "rebuild switched in) or they were trimmed, so no webhook was sent for them.",
+)
 CHECKPOINT = Gauge("tieline_projection_checkpoint", "Last stream sequence committed.")
 STREAM_LAST = Gauge("tieline_projection_stream_last_seq", "Last sequence in the event stream.")
 LAG = Gauge(

@@ -35,10 +35,11 @@ from tieline.plumbing import db
 from tieline.plumbing.config import Settings
 from tieline.plumbing.crypto import master_key_from_env
 from tieline.plumbing.jetstream import connect_nats, ensure_streams
+from tieline.plumbing.metrics import WEBHOOK_EVENTS_WITHOUT_CHANGES
 from tieline.plumbing.state import ensure_state_schema
 from tieline.projections.changelog import SCAN_SUB, scan_follow_ups, trim
 from tieline.projections.queries.common import checkpoint
-from tieline.projections.queries.live import changes_at, payload
+from tieline.projections.queries.live import changes_at, payload, resume_bounds
 from tieline.projections.readpool import LivePool
 from tieline.services.webhooks import store
 from tieline.services.webhooks.sender import Sender
@@ -155,6 +156,8 @@ class WebhookService:
         await self._wait_projected(max(seqs), msgs)
         async with self.live.connection() as conn:
             rows = await changes_at(conn, min(seqs), max(seqs), SCAN_SUB)
+            trimmed, _ = await resume_bounds(conn, self.live.generation.consumer)
+        self._report_missing(seqs, trimmed)
         if rows:
             async with self.state.connection() as conn, conn.transaction():
                 eps = await store.active_endpoints(conn, sorted({r["workspace_id"] for r in rows}))
@@ -163,6 +166,25 @@ class WebhookService:
             await m.ack()
         self.handed_over = max(self.handed_over, max(seqs))
         self._wake.set()
+
+    def _report_missing(self, seqs: list[int], trimmed: int) -> None:
+        """Events at or below the trim point may have no change rows (the projection left
+        them out, or they were trimmed): their webhooks cannot be sent. Said loudly (a log
+        line and a metric that an alert watches) instead of acknowledged in silence. The
+        process trims only what it handed over, so its own trims never land here."""
+        missed = [s for s in seqs if s <= trimmed]
+        if not missed:
+            return
+        WEBHOOK_EVENTS_WITHOUT_CHANGES.inc(len(missed))
+        log.warning(
+            "webhooks.events_without_changes",
+            events=len(missed),
+            first_seq=min(missed),
+            last_seq=max(missed),
+            trimmed_seq=trimmed,
+            why="no change-log rows: recorded more than 24 h before projected, a bulk "
+            "rebuild, or trimmed; no webhook was sent for them",
+        )
 
     async def _wait_projected(self, seq: int, msgs: list[Msg]) -> None:
         """Until the live projection has applied ``seq`` (its change-log rows are there);
