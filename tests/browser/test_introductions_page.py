@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,23 @@ def test_double_opt_in_flow(watched: Page, network: Network, shots: Path) -> Non
     assert intro["requester_consent"] and intro["target_consent"]
 
 
+LISTING = re.compile(r".*/v1/workspaces/[^/]+/introductions(\?.*)?$")
+
+
+def open_with_the_list_held(
+    page: Page, network: Network, n: int
+) -> tuple[str, Callable[[Route], None], list[Route]]:
+    """Signed in as the ``n``th simulated person, Introductions opened with its list's read
+    held (not answered yet); (the ``n+1``th person, the handler, the held reads)."""
+    people = [e["person_id"] for e in network.lines if e["type"] == "person.added"]
+    hold, held = holding()
+    page.route(LISTING, hold)
+    sign_in(page, network, me=people[n])
+    page.goto(network.app_url + "#/introductions")
+    wait_until_held(page, held, "the introductions view asks for its list")
+    return people[n + 1], hold, held
+
+
 def test_a_field_clicked_while_the_view_loads_keeps_the_focus(
     watched: Page, network: Network
 ) -> None:
@@ -104,18 +122,11 @@ def test_a_field_clicked_while_the_view_loads_keeps_the_focus(
     is already typing in (the text would go to the heading and be lost). The list's answer is
     held until the user has filled a field, then let through."""
     page = watched
-    people = [e["person_id"] for e in network.lines if e["type"] == "person.added"]
-    requester, introducer = people[20], people[21]
-    listing = re.compile(r".*/v1/workspaces/[^/]+/introductions(\?.*)?$")
-    hold, held = holding()
-    page.route(listing, hold)
-    sign_in(page, network, me=requester)
-    page.goto(network.app_url + "#/introductions")
-    wait_until_held(page, held, "the introductions view asks for its list")
+    introducer, hold, _ = open_with_the_list_held(page, network, 20)
     field = page.locator("section[aria-labelledby=flow-h]").get_by_label("Introducer")
     field.fill(introducer)
     expect(page.locator("#main")).to_have_attribute("aria-busy", "true")
-    page.unroute(listing, hold)  # lets the held reads through
+    page.unroute(LISTING, hold)  # lets the held reads through
     expect(page.locator("#main")).to_have_attribute("data-rendered", "#/introductions")
     expect(field).to_be_focused()
     page.keyboard.type("x")
@@ -250,14 +261,7 @@ def test_a_token_refused_while_the_view_loads_keeps_the_page_and_what_was_typed(
     on Introductions with the field as typed. (The view that met the 401 used to finish
     drawing after it, and took the kept draft and the page to return to with it.)"""
     page = watched
-    people = [e["person_id"] for e in network.lines if e["type"] == "person.added"]
-    requester, introducer = people[22], people[23]
-    listing = re.compile(r".*/v1/workspaces/[^/]+/introductions(\?.*)?$")
-    hold, held = holding()
-    page.route(listing, hold)
-    sign_in(page, network, me=requester)
-    page.goto(network.app_url + "#/introductions")
-    wait_until_held(page, held, "the introductions view asks for its list")
+    introducer, hold, held = open_with_the_list_held(page, network, 22)
     flow = page.locator("section[aria-labelledby=flow-h]")
     flow.get_by_label("Introducer").fill(introducer)
     held[0].fulfill(
@@ -266,7 +270,7 @@ def test_a_token_refused_while_the_view_loads_keeps_the_page_and_what_was_typed(
         body='{"type": "about:blank", "title": "Unauthorized", "status": 401}',
     )
     expect(page.get_by_role("heading", name="Sign in to tieline")).to_be_visible()
-    page.unroute(listing, hold)
+    page.unroute(LISTING, hold)
     page.get_by_label("API token").fill(network.token)
     page.get_by_label("Workspace").fill(network.ws)
     page.get_by_role("button", name="Sign in").click()
