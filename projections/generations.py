@@ -273,11 +273,12 @@ async def _carry_scan_state(conn: AsyncConnection[Any], old: str, new: str) -> N
     await conn.execute(
         sql.SQL("SELECT 1 FROM {o}.live_state WHERE id = 1 FOR UPDATE").format(**names)
     )
+    # The live generation's scan state is the one that holds (a generation switched back in
+    # takes it too, and scans again).
     await conn.execute(
         sql.SQL(
-            "UPDATE {n}.live_state n SET scanned_until = coalesce(o.scanned_until, "
-            "n.scanned_until), scan_seq = greatest(n.scan_seq, o.scan_seq), "
-            "scan_sub = CASE WHEN o.scan_seq >= n.scan_seq THEN o.scan_sub ELSE n.scan_sub END "
+            "UPDATE {n}.live_state n SET scanned_until = o.scanned_until, "
+            "scan_seq = o.scan_seq, scan_sub = o.scan_sub, retired = false "
             "FROM {o}.live_state o WHERE n.id = 1 AND o.id = 1"
         ).format(**names)
     )

@@ -41,22 +41,31 @@ async def waiting(conn: AsyncConnection[Any], ws: str, target: UUID) -> bool:
     return await cur.fetchone() is not None
 
 
+async def any_waiting(conn: AsyncConnection[Any]) -> bool:
+    """Whether any retraction waits for its event."""
+    cur = await conn.execute("SELECT EXISTS (SELECT 1 FROM pending_retractions_v1)")
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
 async def wait(
     conn: AsyncConnection[Any], ws: str, target: UUID, retraction: UUID, seq: int
-) -> None:
+) -> bool:
     """Keep a retraction whose event is not archived until the event comes (the first such
-    retraction of an event wins); nothing when the event is archived and retracted already."""
+    retraction of an event wins); nothing when the event is archived and retracted already.
+    Whether the retraction (or an earlier one of the event) now waits."""
     cur = await conn.execute(
         "SELECT 1 FROM events WHERE event_id = %s AND workspace_id = %s", (target, ws)
     )
     if await cur.fetchone() is not None:
-        return
+        return False
     await conn.execute(
         """INSERT INTO pending_retractions_v1
                (workspace_id, target_event_id, retraction_event_id, seq)
            VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING""",
         (ws, target, retraction, seq),
     )
+    return True
 
 
 async def take(conn: AsyncConnection[Any], new: Sequence[Decoded]) -> list[tuple[str, UUID, UUID]]:
@@ -72,3 +81,32 @@ async def take(conn: AsyncConnection[Any], new: Sequence[Decoded]) -> list[tuple
         ([i.event.workspace_id for i in new], [i.event.event_id for i in new]),
     )
     return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
+
+
+class Waiting:
+    """The waiting retractions as one store sees them. Almost always there are none, and
+    looking up every batch's events in the table would cost every batch (about 4 ms per
+    1,000 events), so the store looks once and then only after it added one itself: one
+    active worker per partition, and a retraction waits in its event's partition."""
+
+    def __init__(self) -> None:
+        self.maybe: bool | None = None  # None: not looked yet
+
+    async def _any(self, conn: AsyncConnection[Any]) -> bool:
+        if self.maybe is None:
+            self.maybe = await any_waiting(conn)
+        return self.maybe
+
+    async def has(self, conn: AsyncConnection[Any], ws: str, target: UUID) -> bool:
+        return await self._any(conn) and await waiting(conn, ws, target)
+
+    async def add(
+        self, conn: AsyncConnection[Any], ws: str, target: UUID, retraction: UUID, seq: int
+    ) -> None:
+        if await wait(conn, ws, target, retraction, seq):
+            self.maybe = True
+
+    async def take(
+        self, conn: AsyncConnection[Any], new: Sequence[Decoded]
+    ) -> list[tuple[str, UUID, UUID]]:
+        return await take(conn, new) if await self._any(conn) else []

@@ -93,6 +93,7 @@ class ProjectionStore:
         self.staging = _Staging()
         self._changes = ChangeLog()  # the current batch's change log (projections/changelog.py)
         self._aliases = merges.Aliases()  # the merges that hold (projections/merges.py)
+        self._waiting = retractions.Waiting()  # retractions that came before their event
 
     @property
     def row(self) -> str:
@@ -506,18 +507,18 @@ class ProjectionStore:
         target = getattr(it.event, "retracted_event_id")  # noqa: B009
         ws = it.event.workspace_id
         row = None
-        if not await retractions.waiting(conn, ws, target):  # else the earlier one wins
+        if not await self._waiting.has(conn, ws, target):  # else the earlier one wins
             row = await retractions.mark(conn, ws, target, it.event.event_id)
         if row is None:
             result.orphan_retractions.append(str(target))
-            await retractions.wait(conn, ws, target, it.event.event_id, it.seq)
+            await self._waiting.add(conn, ws, target, it.event.event_id, it.seq)
             return
         await self._undo(conn, it, ws, target, row)
 
     async def _late_retractions(self, conn: AsyncConnection[Any], new: list[Decoded]) -> None:
         """Retract the batch's new events that a retraction named before they arrived."""
         by_id = {i.event.event_id: i for i in new}
-        for ws, target, retraction in await retractions.take(conn, new):
+        for ws, target, retraction in await self._waiting.take(conn, new):
             row = await retractions.mark(conn, ws, target, retraction)
             if row is not None:
                 await self._undo(conn, by_id[target], ws, target, row)

@@ -29,7 +29,7 @@ async def generation_schemas(conn: AsyncConnection[Any], state_schema: str) -> l
     (whatever their status) and any ``{state}_g{N}`` schema left without a row there."""
     cur = await conn.execute(
         "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname LIKE %s",
-        (state_schema.replace("\\", "\\\\").replace("_", r"\_").replace("%", r"\%") + r"\_g%",),
+        (like_escaped(state_schema) + r"\_g%",),
     )
     pattern = re.compile(re.escape(state_schema) + r"_g[0-9]+")
     found = {r["nspname"] for r in await cur.fetchall() if pattern.fullmatch(r["nspname"])}
@@ -69,9 +69,9 @@ async def _columns(conn: AsyncConnection[Any], schema: str, table: str) -> set[s
     return {r["column_name"] for r in await cur.fetchall()}
 
 
-def _like_prefix(text: str) -> str:
-    """A LIKE pattern for strings starting with ``text``."""
-    return text.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%"
+def like_escaped(text: str) -> str:
+    """``text`` as a literal inside a LIKE pattern (backslash is LIKE's escape character)."""
+    return text.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
 
 
 def workspace_rows(
@@ -94,7 +94,7 @@ def workspace_rows(
         )
         return sql.SQL(q).format(state), (ws,)
     if "subject" in columns:  # dead letters: the event's subject names its workspace
-        return sql.SQL("x.subject LIKE %s"), (_like_prefix(f"{subject_prefix}.ev.{ws}."),)
+        return sql.SQL("x.subject LIKE %s"), (like_escaped(f"{subject_prefix}.ev.{ws}.") + "%",)
     return None
 
 

@@ -19,7 +19,7 @@ from nats.js.errors import NotFoundError
 from tieline.events_schema.registry import REGISTRY
 from tieline.plumbing.crypto import decrypt_payload, fields_of, key_people
 from tieline.plumbing.subjects import workspace_of_subject
-from tieline.projections.queries.erasure import events_about, rows_containing
+from tieline.projections.queries.erasure import events_about, like_escaped, rows_containing
 from tieline.services.api.observe import correlation_id
 from tieline.services.api.runtime import Runtime
 
@@ -63,10 +63,7 @@ async def scan_tables(rt: Runtime, ws: str, values: set[str]) -> tuple[dict[str,
     belong to no workspace, not searched."""
     if not values:
         return {}, []
-    patterns = [
-        "%" + n.decode().replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%"
-        for n in _needles(values)
-    ]
+    patterns = ["%" + like_escaped(n.decode()) + "%" for n in _needles(values)]
     # Every table, the api role's or not (the proof must not miss a copy), but only this
     # workspace's rows of it. Only counts come back.
     async with rt.connections.system() as conn:
