@@ -29,7 +29,8 @@ _DESCRIPTION = (
     "JetStream consumer on the stream; the stream sequence orders them. Personal fields "
     "(`x-personal-data`) travel encrypted (`enc:v1:` + base64 of AES-GCM) under a key per "
     "person; forgetting a person destroys the key. Each message carries `Nats-Msg-Id` = "
-    "`event_id` (JetStream dedupes re-sends within its window). A reader decodes every "
+    "`{workspace}/{event_id}` (JetStream dedupes re-sends within its window; event ids are "
+    "unique per workspace). A reader decodes every "
     "version it finds (older ones are upcast); a version newer than it knows is parked, "
     "never guessed."
 )
@@ -71,8 +72,9 @@ def _message(event_type: str, version: int, schema: dict[str, Any]) -> dict[str,
             "properties": {
                 "Nats-Msg-Id": {
                     "type": "string",
-                    "format": "uuid",
-                    "description": "The event_id: JetStream's dedupe key.",
+                    "pattern": "^[a-z0-9][a-z0-9-]*/[0-9a-f-]{36}$",
+                    "description": "`{workspace}/{event_id}`: JetStream's dedupe key (event "
+                    "ids are unique per workspace).",
                 }
             },
         },

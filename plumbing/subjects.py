@@ -26,6 +26,13 @@ def event_subject(prefix: str, event: Event) -> str:
     return base
 
 
+def msg_id(event: Event) -> str:
+    """The ``Nats-Msg-Id`` an event is published with: its workspace and its id. Ids are unique
+    per workspace, so JetStream's dedupe window must not drop another workspace's event that
+    happens to use the same id (a workspace id cannot contain ``/``: it is a subject token)."""
+    return f"{event.workspace_id}/{event.event_id}"
+
+
 def event_subject_template(prefix: str, event_type: str) -> str:
     """The subjects of ``event_type`` with ``{workspace}`` (and ``{person_id}``) left as
     parameters: what :func:`event_subject` fills in, as documentation (AsyncAPI) writes it."""

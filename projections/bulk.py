@@ -88,11 +88,12 @@ RETRACT_SQL = """
 WITH r(rid, rseq, ws, target) AS (
     SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::uuid[])
 ), first AS (
-    SELECT DISTINCT ON (r.target) r.rid, r.target
+    SELECT DISTINCT ON (r.ws, r.target) r.rid, r.ws, r.target
       FROM r JOIN events e ON e.event_id = r.target AND e.workspace_id = r.ws
-     ORDER BY r.target, r.rseq
+     ORDER BY r.ws, r.target, r.rseq
 )
-UPDATE events e SET retracted_by = first.rid FROM first WHERE e.event_id = first.target
+UPDATE events e SET retracted_by = first.rid FROM first
+ WHERE e.workspace_id = first.ws AND e.event_id = first.target
 RETURNING e.event_id, e.type, e.workspace_id, e.payload->>'person_id'
 """
 
@@ -121,11 +122,11 @@ class BulkFold:
     people: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     intros: dict[tuple[str, UUID], list[Any]] = field(default_factory=dict)
     dead: list[tuple[Any, ...]] = field(default_factory=list)
-    #: ``merges_v1`` rows (projections/merges.py MERGE_COLUMNS), by merge event id.
-    merges: dict[UUID, list[Any]] = field(default_factory=dict)
+    #: ``merges_v1`` rows (projections/merges.py MERGE_COLUMNS), by (workspace, merge event id).
+    merges: dict[tuple[str, UUID], list[Any]] = field(default_factory=dict)
     #: (retraction event id, its seq, workspace, retracted event id), in stream order.
     retractions: list[tuple[UUID, int, str, UUID]] = field(default_factory=list)
-    _seen: set[int] = field(default_factory=set)
+    _seen: set[tuple[str, int]] = field(default_factory=set)
 
     def add_all(self, items: Iterable[Item]) -> None:
         for it in items:
@@ -156,7 +157,7 @@ class BulkFold:
 
     def _event(self, it: Decoded) -> None:
         e = it.event
-        key = e.event_id.int
+        key = (e.workspace_id, e.event_id.int)  # ids are unique per workspace
         if key in self._seen:  # a re-send beyond the dedupe window changes nothing
             self.counts.duplicate_ids += 1
             return
@@ -182,7 +183,13 @@ class BulkFold:
         if ch.retracts is not None:
             self.retractions.append((e.event_id, it.seq, e.workspace_id, ch.retracts))
         if ch.merges is not None:
-            self.merges[e.event_id] = [e.workspace_id, e.event_id, *ch.merges, it.seq, False]
+            self.merges[(e.workspace_id, e.event_id)] = [
+                e.workspace_id,
+                e.event_id,
+                *ch.merges,
+                it.seq,
+                False,
+            ]
         if ch.forgets is not None:
             row = self.people.get((e.workspace_id, ch.forgets))
             if row is not None:
@@ -235,7 +242,7 @@ class BulkFold:
             row = self.people.get((ws, person_id)) if etype == "person.added" else None
             if row is not None:
                 row[_P_RETRACTED] = True
-            merge = self.merges.get(event_id) if etype == "person.merged" else None
+            merge = self.merges.get((ws, event_id)) if etype == "person.merged" else None
             if merge is not None:
                 merge[-1] = True
 

@@ -123,7 +123,11 @@ class Bulk:
 
 
 ARCHIVE_BULK = Bulk(
-    "events_in", "events", ARCHIVE, "ON CONFLICT DO NOTHING RETURNING event_id", "ORDER BY seq"
+    "events_in",
+    "events",
+    ARCHIVE,
+    "ON CONFLICT DO NOTHING RETURNING workspace_id, event_id",
+    "ORDER BY seq",
 )
 PAIRS_BULK = Bulk("pair_events_in", "pair_events_v1", PAIR, "ON CONFLICT DO NOTHING")
 STRENGTH_BULK = Bulk("strength_in", "strength_v1", STRENGTH, UPSERT_STRENGTH_TAIL)

@@ -7,7 +7,7 @@ from psycopg import AsyncConnection, sql
 from tieline.plumbing.migrations import API_ROLE, API_ROLE_DDL, WORKSPACE_SETTING
 
 #: Bump when a read-model table changes shape or meaning; tables carry it as a suffix.
-READ_MODEL_VERSION = 6
+READ_MODEL_VERSION = 7
 
 DDL = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -16,10 +16,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
--- Append-only archive of every event the projections accepted; event_id is the idempotency
--- key beyond JetStream's short dedupe window.
+-- Append-only archive of every event the projections accepted; (workspace_id, event_id) is the
+-- idempotency key beyond JetStream's short dedupe window (ids are unique per workspace).
 CREATE TABLE IF NOT EXISTS events (
-    event_id        uuid PRIMARY KEY,
+    event_id        uuid NOT NULL,
     seq             bigint NOT NULL UNIQUE,
     workspace_id    text NOT NULL,
     type            text NOT NULL,
@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS events (
     recorded_by     text NOT NULL,
     subject         text NOT NULL,
     payload         jsonb NOT NULL,
-    retracted_by    uuid
+    retracted_by    uuid,
+    PRIMARY KEY (workspace_id, event_id)
 );
 CREATE INDEX IF NOT EXISTS events_ws_seq ON events (workspace_id, seq);
 -- A workspace's adopted model parameters (projections/workspace_models.py).
@@ -65,7 +66,7 @@ CREATE TABLE IF NOT EXISTS merges_v1 (
     survivor        text NOT NULL,
     seq             bigint NOT NULL,
     retracted       boolean NOT NULL DEFAULT false,
-    PRIMARY KEY (event_id)
+    PRIMARY KEY (workspace_id, event_id)
 );
 CREATE INDEX IF NOT EXISTS merges_v1_ws ON merges_v1 (workspace_id, merged);
 

@@ -134,8 +134,10 @@ async def _account_for(
         result.problems.append(f"seq {seq}: undecodable and not dead-lettered")
         return
     cur = await conn.execute(
-        sql.SQL("SELECT seq FROM {}.events WHERE event_id = %s").format(schema),
-        (event.event_id,),
+        sql.SQL("SELECT seq FROM {}.events WHERE workspace_id = %s AND event_id = %s").format(
+            schema
+        ),
+        (event.workspace_id, event.event_id),
     )
     skipped = until is not None and event.occurred_at > until  # a bounded replay left it out
     if await cur.fetchone() is None and not skipped:

@@ -2,7 +2,8 @@
 
 The checkpoint is the JetStream stream sequence. A message at or below it was already applied
 (a redelivery after a crash between commit and ack) and is skipped; an event whose event_id is
-already archived (a re-send beyond JetStream's dedupe window) changes nothing either.
+already archived in its workspace (a re-send beyond JetStream's dedupe window) changes nothing
+either.
 """
 
 from __future__ import annotations
@@ -205,17 +206,17 @@ class ProjectionStore:
         return int(row[0])
 
     async def _archive(self, conn: AsyncConnection[Any], items: list[Decoded]) -> list[Decoded]:
-        """Insert into the archive; return the items whose event_id was new."""
+        """Insert into the archive; return the items whose (workspace, event_id) was new."""
         if not items:
             return []
         encode = self.registry.encode
         rows = [archive_row(i.seq, i.subject, i.event, encode(i.event).decode()) for i in items]
         cur = await self.staging.write(conn, ARCHIVE_BULK, rows)
-        inserted = {row[0] for row in await cur.fetchall()}
-        seen: set[UUID] = set()
+        inserted = {(row[0], row[1]) for row in await cur.fetchall()}
+        seen: set[tuple[str, UUID]] = set()
         new: list[Decoded] = []
         for it in items:
-            eid = it.event.event_id
+            eid = (it.event.workspace_id, it.event.event_id)
             if eid in inserted and eid not in seen:
                 seen.add(eid)
                 new.append(it)
@@ -517,11 +518,11 @@ class ProjectionStore:
 
     async def _late_retractions(self, conn: AsyncConnection[Any], new: list[Decoded]) -> None:
         """Retract the batch's new events that a retraction named before they arrived."""
-        by_id = {i.event.event_id: i for i in new}
+        by_id = {(i.event.workspace_id, i.event.event_id): i for i in new}
         for ws, target, retraction in await self._waiting.take(conn, new):
             row = await retractions.mark(conn, ws, target, retraction)
             if row is not None:
-                await self._undo(conn, by_id[target], ws, target, row)
+                await self._undo(conn, by_id[(ws, target)], ws, target, row)
 
     async def _undo(
         self, conn: AsyncConnection[Any], it: Decoded, ws: str, target: UUID, row: Any

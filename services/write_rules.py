@@ -203,17 +203,16 @@ def build(
     return event
 
 
-def prior_outcome(prior: Recorded, workspace_id: str, digest: str, event_id: str) -> Outcome | None:
-    """What a re-sent ``event_id`` gets, or None when it must (still) be published.
+def prior_outcome(prior: Recorded, digest: str, event_id: str) -> Outcome | None:
+    """What a re-sent ``event_id`` gets, or None when it must (still) be published (``prior``
+    is the workspace's own: ids are unique per workspace, and another workspace may use the
+    same one for its own event).
 
-    * another workspace used the id: 409 (ids are global; the other workspace is not named);
     * the same id with a different body: 409 — a client bug that reuses ids is not swallowed;
     * the same request, already on the log: 200 with the original sequence, nothing new;
     * the same request, publish not confirmed yet (in flight, or the service died between
       publish and record): publish again with the same ``Nats-Msg-Id`` (JetStream dedupes).
     """
-    if prior.workspace_id != workspace_id:
-        return Rejected(409, ["event_id"], "is already used").outcome(event_id)
     if prior.digest is not None and prior.digest != digest:
         return Rejected(
             409, ["event_id"], "was already used for a different event (same id, other content)"

@@ -37,15 +37,17 @@ log = structlog.get_logger(__name__)
 
 #: Record the stream sequences of published events (the ids were taken before the publish).
 SET_SEQS = """UPDATE write_events w SET seq = s.seq
-              FROM unnest(%s::uuid[], %s::bigint[]) AS s(event_id, seq)
-              WHERE w.event_id = s.event_id"""
+              FROM unnest(%s::text[], %s::uuid[], %s::bigint[]) AS s(ws, event_id, seq)
+              WHERE w.workspace_id = s.ws AND w.event_id = s.event_id"""
 
 #: The merges (claimed or recorded) that name any of the people ``p``, other than ``me``, and
 #: still hold: not retracted, or retracted by a retraction whose publish is not confirmed yet
 #: (until it is on the log, a merge that relies on the person being free could overtake it).
 HOLDING_MERGES = """SELECT m.merged, m.survivor FROM write_merges m
-                    JOIN write_events w ON w.event_id = m.event_id
-                    LEFT JOIN write_events r ON r.event_id = w.retracted_by
+                    JOIN write_events w
+                      ON w.workspace_id = m.workspace_id AND w.event_id = m.event_id
+                    LEFT JOIN write_events r
+                      ON r.workspace_id = w.workspace_id AND r.event_id = w.retracted_by
                     WHERE m.workspace_id = %(ws)s AND m.event_id <> %(me)s
                       AND (w.retracted_by IS NULL OR r.seq IS NULL)
                       AND (m.merged = ANY(%(p)s) OR m.survivor = ANY(%(p)s))"""
@@ -59,6 +61,23 @@ def merge_lock(workspace_id: str, person_id: str) -> int:
     makes two unrelated merges wait for each other)."""
     name = f"tieline:merge:{workspace_id}:{person_id}".encode()
     return int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "big", signed=True)
+
+
+#: An event's identity: ids are unique within a workspace (migration 0007).
+Key = tuple[str, UUID]
+
+
+def _key(event: Event) -> Key:
+    return (event.workspace_id, event.event_id)
+
+
+def _seq_arrays(published: Sequence[tuple[Event, int]]) -> tuple[list[Any], ...]:
+    """The parameters of :data:`SET_SEQS`."""
+    return (
+        [e.workspace_id for e, _ in published],
+        [e.event_id for e, _ in published],
+        [s for _, s in published],
+    )
 
 
 def _recorded(row: dict[str, Any]) -> Recorded:
@@ -92,18 +111,20 @@ class WriteState:
     async def _take_many(
         self, requests: list[list[tuple[Event, str]]]
     ) -> list[dict[UUID, Recorded]]:
-        first: dict[UUID, int] = {}  # event id -> the request that inserts it
+        # An id is a workspace's own: the same id in two workspaces is two events.
+        first: dict[Key, int] = {}  # (workspace, event id) -> the request that inserts it
         rows: list[tuple[Event, str]] = []
         for n, lines in enumerate(requests):
             for event, digest in lines:
-                if first.setdefault(event.event_id, n) == n:
+                if first.setdefault(_key(event), n) == n:
                     rows.append((event, digest))
-        rows.sort(key=lambda row: row[0].event_id)  # lock order, as in _record_many
+        rows.sort(key=lambda row: _key(row[0]))  # lock order, as in _record_many
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 """INSERT INTO write_events (event_id, workspace_id, type, digest)
                    SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[])
-                   ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
+                   ON CONFLICT (workspace_id, event_id) DO NOTHING
+                   RETURNING workspace_id, event_id""",
                 (
                     [e.event_id for e, _ in rows],
                     [e.workspace_id for e, _ in rows],
@@ -111,32 +132,40 @@ class WriteState:
                     [d for _, d in rows],
                 ),
             )
-            new = {r["event_id"] for r in await cur.fetchall()}
+            new = {(r["workspace_id"], r["event_id"]) for r in await cur.fetchall()}
             held = [
-                {e.event_id for e, _ in lines if e.event_id not in new or first[e.event_id] != n}
+                {_key(e) for e, _ in lines if _key(e) not in new or first[_key(e)] != n}
                 for n, lines in enumerate(requests)
             ]
-            wanted = sorted(set().union(*held), key=str)
+            wanted = sorted(set().union(*held))
             if not wanted:
                 return [{} for _ in requests]
             cur = await conn.execute(
-                "SELECT * FROM write_events WHERE event_id = ANY(%s)", (wanted,)
+                """SELECT w.* FROM write_events w
+                   JOIN unnest(%s::text[], %s::uuid[]) AS k(ws, event_id)
+                     ON w.workspace_id = k.ws AND w.event_id = k.event_id""",
+                ([k[0] for k in wanted], [k[1] for k in wanted]),
             )
-            found = {r["event_id"]: _recorded(r) for r in await cur.fetchall()}
-        return [{i: found[i] for i in ids if i in found} for ids in held]
+            found = {(r["workspace_id"], r["event_id"]): _recorded(r) for r in await cur.fetchall()}
+        return [{k[1]: found[k] for k in keys if k in found} for keys in held]
 
-    async def release(self, event_ids: Sequence[UUID]) -> None:
+    async def release(self, workspace_id: str, event_ids: Sequence[UUID]) -> None:
         """Give back ids taken by lines that were refused before publishing."""
         if event_ids:
             async with self.pool.connection() as conn:
                 await conn.execute(
-                    "DELETE FROM write_events WHERE event_id = ANY(%s) AND seq IS NULL",
-                    (list(event_ids),),
+                    "DELETE FROM write_events WHERE workspace_id = %s AND event_id = ANY(%s) "
+                    "AND seq IS NULL",
+                    (workspace_id, list(event_ids)),
                 )
 
-    async def event(self, event_id: UUID) -> Recorded | None:
+    async def event(self, workspace_id: str, event_id: UUID) -> Recorded | None:
+        """The workspace's event ``event_id`` as the write side recorded it, if any."""
         async with self.pool.connection() as conn:
-            cur = await conn.execute("SELECT * FROM write_events WHERE event_id = %s", (event_id,))
+            cur = await conn.execute(
+                "SELECT * FROM write_events WHERE workspace_id = %s AND event_id = %s",
+                (workspace_id, event_id),
+            )
             row = await cur.fetchone()
         return None if row is None else _recorded(row)
 
@@ -155,9 +184,9 @@ class WriteState:
     async def unclaim_retraction(self, event: EventRetracted) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(
-                "UPDATE write_events SET retracted_by = NULL WHERE event_id = %s "
-                "AND retracted_by = %s",
-                (event.retracted_event_id, event.event_id),
+                "UPDATE write_events SET retracted_by = NULL WHERE workspace_id = %s "
+                "AND event_id = %s AND retracted_by = %s",
+                (event.workspace_id, event.retracted_event_id, event.event_id),
             )
 
     async def introduction(self, workspace_id: str, introduction_id: UUID) -> Introduction | None:
@@ -201,7 +230,8 @@ class WriteState:
             check_merge(event, [Merge(r["merged"], r["survivor"]) for r in await cur.fetchall()])
             cur = await conn.execute(
                 "INSERT INTO write_merges (event_id, workspace_id, merged, survivor) "
-                "VALUES (%s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING RETURNING 1",
+                "VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (workspace_id, event_id) DO NOTHING RETURNING 1",
                 (event.event_id, ws, event.person_id, event.survivor),
             )
             return await cur.fetchone() is not None
@@ -209,7 +239,10 @@ class WriteState:
     async def unclaim_merge(self, event: PersonMerged) -> None:
         """Give back the claim of a merge that was refused while publishing."""
         async with self.pool.connection() as conn:
-            await conn.execute("DELETE FROM write_merges WHERE event_id = %s", (event.event_id,))
+            await conn.execute(
+                "DELETE FROM write_merges WHERE workspace_id = %s AND event_id = %s",
+                (event.workspace_id, event.event_id),
+            )
 
     async def recorded(self, published: Sequence[tuple[Event, int]]) -> None:
         """After the acks: the sequences, and what the events change in the write-side state."""
@@ -220,19 +253,15 @@ class WriteState:
             await self._record.submit(list(published))
             return
         async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute(
-                SET_SEQS, ([e.event_id for e, _ in published], [s for _, s in published])
-            )
+            await conn.execute(SET_SEQS, _seq_arrays(published))
             for event in changing:
                 await apply_to_state(conn, event)
 
     async def _record_many(self, requests: list[list[tuple[Event, int]]]) -> list[None]:
         # In id order: two writers updating overlapping rows lock them in the same order.
-        published = sorted((p for lines in requests for p in lines), key=lambda p: p[0].event_id)
+        published = sorted((p for lines in requests for p in lines), key=lambda p: _key(p[0]))
         async with self.pool.connection() as conn:
-            await conn.execute(
-                SET_SEQS, ([e.event_id for e, _ in published], [s for _, s in published])
-            )
+            await conn.execute(SET_SEQS, _seq_arrays(published))
         return [None] * len(requests)
 
 
@@ -332,7 +361,8 @@ async def backfill(
 async def _backfill_one(conn: AsyncConnection[Any], event: Event, seq: int) -> None:
     cur = await conn.execute(
         """INSERT INTO write_events (event_id, workspace_id, type, digest, seq)
-           VALUES (%s, %s, %s, NULL, %s) ON CONFLICT (event_id) DO NOTHING RETURNING 1""",
+           VALUES (%s, %s, %s, NULL, %s)
+           ON CONFLICT (workspace_id, event_id) DO NOTHING RETURNING 1""",
         (event.event_id, event.workspace_id, event.type, seq),
     )
     if await cur.fetchone() is not None:

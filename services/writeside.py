@@ -1,10 +1,11 @@
 """The write side shared by the services that emit events: decide each command line with the
 pure rules of ``write_rules`` over the state the write side owns (``write_state``, the log and
-the key store), then publish the event to JetStream with ``Nats-Msg-Id = event_id``.
+the key store), then publish the event to JetStream with ``Nats-Msg-Id = workspace/event_id``.
 
-Nothing is published for a line that fails any check. Re-sending an event_id with the same body
+Nothing is published for a line that fails any check. Event ids are unique per workspace: two
+workspaces may use the same id for their own events. Re-sending an event_id with the same body
 returns the original stream sequence and publishes nothing new; re-sending it with a different
-body, or from another workspace, is a 409 conflict. The write side never reads a read model.
+body is a 409 conflict. The write side never reads a read model.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from tieline.plumbing.crypto import (
     encrypt_event,
     key_people,
 )
-from tieline.plumbing.subjects import event_subject, person_added_subject
+from tieline.plumbing.subjects import event_subject, msg_id, person_added_subject
 from tieline.services import write_rules as rules
 from tieline.services.write_rules import (
     PERSON_REF_FIELDS,
@@ -135,7 +136,9 @@ class WriteSide:
         is decided when it claims its people, just before publishing: see :meth:`publish`.)"""
         rules.check_people(event, obj, cmd)
         if isinstance(event, EventRetracted):
-            rules.check_retraction(event, await self.state.event(event.retracted_event_id))
+            rules.check_retraction(
+                event, await self.state.event(event.workspace_id, event.retracted_event_id)
+            )
         intro_id = getattr(event, "introduction_id", None)
         if intro_id is not None and not isinstance(event, IntroductionRequested):
             intro = await self.state.introduction(event.workspace_id, intro_id)
@@ -174,7 +177,7 @@ class WriteSide:
 
     async def _publish(self, event: Event, cmd: Command) -> tuple[int, bool]:
         """Publish with Nats-Msg-Id; a person.added also asserts the person is new."""
-        headers = {"Nats-Msg-Id": str(event.event_id)}
+        headers = {"Nats-Msg-Id": msg_id(event)}
         if isinstance(event, PersonAdded):
             headers["Nats-Expected-Last-Subject-Sequence"] = "0"
         subject = event_subject(self.settings.subject_prefix, event)
@@ -248,12 +251,12 @@ class WriteSide:
         for i, event, digest in lines:
             prior = held.get(event.event_id)
             if prior is not None:
-                outcomes[i] = rules.prior_outcome(prior, workspace_id, digest, str(event.event_id))
+                outcomes[i] = rules.prior_outcome(prior, digest, str(event.event_id))
             if outcomes[i] is None:
                 todo.append((i, event))
         published, refused = await self._publish_all(workspace_id, objs, todo, outcomes)
         await self.state.recorded(published)
-        await self.state.release([e for e in refused if e not in held])
+        await self.state.release(workspace_id, [e for e in refused if e not in held])
         return [
             o if o is not None else Outcome(500, error="internal: no outcome") for o in outcomes
         ]

@@ -24,7 +24,8 @@ EVENTS_SQL = """
 SELECT e.seq, e.type, e.payload, e.retracted_by,
        (e.retracted_by IS NOT NULL
         AND (%(as_of)s::timestamptz IS NULL OR r.occurred_at <= %(as_of)s)) AS retracted
-FROM events e LEFT JOIN events r ON r.event_id = e.retracted_by
+FROM events e
+LEFT JOIN events r ON r.workspace_id = e.workspace_id AND r.event_id = e.retracted_by
 WHERE e.workspace_id = %(ws)s
   AND (%(as_of)s::timestamptz IS NULL OR e.occurred_at <= %(as_of)s)
 ORDER BY e.seq
@@ -53,8 +54,8 @@ SELECT t.person_a, t.person_b, t.event_id, t.seq, t.type, t.occurred_at, t.recor
        COALESCE(t.retracted AND (%(as_of)s::timestamptz IS NULL OR r.occurred_at <= %(as_of)s),
                 false) AS retracted
 FROM pair_events_v1 t
-LEFT JOIN events e ON e.event_id = t.event_id
-LEFT JOIN events r ON r.event_id = e.retracted_by
+LEFT JOIN events e ON e.workspace_id = t.workspace_id AND e.event_id = t.event_id
+LEFT JOIN events r ON r.workspace_id = e.workspace_id AND r.event_id = e.retracted_by
 WHERE t.workspace_id = %(ws)s
   AND (%(as_of)s::timestamptz IS NULL OR t.occurred_at <= %(as_of)s)
 ORDER BY t.person_a, t.person_b, t.occurred_at, t.seq

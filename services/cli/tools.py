@@ -102,9 +102,10 @@ UTC). Example header and rows:
 
 Every record is validated locally first; bad ones are reported by line number and nothing
 from them is published. Records without event_id get a deterministic one, so importing the
-same file twice publishes nothing new. --remap-ids imports an export into another workspace
-(ids become uuid5(target workspace, old id)). Exit status: 0 all good, 1 some records were
-rejected, 2 nothing could be imported (bad arguments, API unreachable or refused)."""
+same file twice publishes nothing new. --remap-ids gives the copy ids of its own (uuid5(target
+workspace, old id)); an export imports into another workspace without it. Exit status: 0 all
+good, 1 some records were rejected, 2 nothing could be imported (bad arguments, API
+unreachable or refused)."""
 
 
 def import_events(
@@ -119,8 +120,9 @@ def import_events(
         bool,
         typer.Option(
             "--remap-ids",
-            help="Map event ids to uuid5(target workspace, old id): to import an "
-            "export into another workspace.",
+            help="Map event ids to uuid5(target workspace, old id), so the copy's ids differ "
+            "from the export's (not needed to import into another workspace: ids are unique "
+            "per workspace).",
         ),
     ] = False,
     depth: Annotated[

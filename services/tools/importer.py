@@ -52,9 +52,10 @@ How it runs:
    everything before it, and everything after it waits for it.
 3. Idempotent: a record without ``event_id`` gets ``uuid5(workspace, canonical content)``
    (plus a counter for identical records of the same file), so importing the same file again
-   publishes nothing new. ``--remap-ids`` (to import an export into another workspace) maps
-   every event id to ``uuid5(target workspace, old id)``, and ``retracted_event_id``,
-   ``correlation_id`` and ``causation_id`` the same way.
+   publishes nothing new. ``--remap-ids`` (the copy gets ids of its own; an export imports
+   into another workspace without it, as ids are unique per workspace) maps every event id
+   to ``uuid5(target workspace, old id)``, and ``retracted_event_id``, ``correlation_id``
+   and ``causation_id`` the same way.
 
 The summary counts events published new, already present, rejected (with line numbers) and
 skipped.

@@ -5,7 +5,8 @@ forgotten; meetings, follow-ups, help, ratings and introductions at random times
 events arrive late for their pair; merges of people, whose merged person keeps being named;
 adoptions of per-workspace parameter sets; retractions of earlier events (merges and
 adoptions among them), some of them in another workspace or of a retraction; re-sent
-duplicates; poison messages; holes in the stream),
+duplicates; events that use an id the other workspace used (ids are unique per workspace);
+poison messages; holes in the stream),
 applies it once through the live store in randomly cut batches and once through the bulk
 path, and compares every read-model table row by row. A final test runs the real bulk path
 from the log (NATS) and checks the rebuilt generation against the live worker's.
@@ -57,13 +58,20 @@ class History:
         self.people: dict[str, list[str]] = {"w1": [], "w2": []}
         self.gone: set[tuple[str, str]] = set()
         self.intros: list[tuple[str, UUID, str, str, str]] = []
-        #: merges that hold: merge event id -> (workspace, merged, survivor)
-        self.merges: dict[UUID, tuple[str, str, str]] = {}
+        #: merges that hold: (workspace, merge event id) -> (workspace, merged, survivor)
+        self.merges: dict[tuple[str, UUID], tuple[str, str, str]] = {}
+        self.ids: dict[str, set[UUID]] = {"w1": set(), "w2": set()}
+
+    def _event_id(self, ws: str) -> UUID:
+        """Mostly a fresh id; sometimes one the other workspace used (its own event there)."""
+        theirs = [e.event_id for e in self.events[-50:] if e.workspace_id != ws]
+        free = [i for i in theirs if i not in self.ids[ws]]
+        return self.rng.choice(free) if free and self.rng.random() < 0.1 else uuid4()
 
     def _ev(self, ws: str, **fields: Any) -> None:
         days = self.rng.uniform(0, 400)
         data = {
-            "event_id": str(uuid4()),
+            "event_id": str(self._event_id(ws)),
             "schema_version": 1,
             "occurred_at": (BASE + timedelta(days=days)).isoformat(),
             "recorded_at": datetime.now(UTC).isoformat(),
@@ -78,6 +86,7 @@ class History:
         subject = event_subject(self.prefix, e)
         self.items.append(classify(REGISTRY, _S, seq, subject, REGISTRY.encode(e)))
         self.events.append(e)
+        self.ids[e.workspace_id].add(e.event_id)
 
     def _live(self, ws: str) -> list[str]:
         return [p for p in self.people[ws] if (ws, p) not in self.gone]
@@ -180,12 +189,12 @@ class History:
         holding = [m for m in self.merges.values() if m[0] == ws]
         if any(person in (m, s) or survivor == m for _, m, s in holding):
             if holding and self.rng.random() < 0.5:
-                eid = self.rng.choice([k for k, m in self.merges.items() if m[0] == ws])
-                self._ev(ws, type="event.retracted", retracted_event_id=str(eid))
-                del self.merges[eid]
+                key = self.rng.choice([k for k in self.merges if k[0] == ws])
+                self._ev(ws, type="event.retracted", retracted_event_id=str(key[1]))
+                del self.merges[key]
             return
         self._ev(ws, type="person.merged", person_id=person, survivor=survivor)
-        self.merges[self.events[-1].event_id] = (ws, person, survivor)
+        self.merges[(ws, self.events[-1].event_id)] = (ws, person, survivor)
 
     def _calibrated(self, ws: str) -> None:
         """An adoption of parameter sets: the workspace's whole history is recomputed with
@@ -206,11 +215,11 @@ class History:
         if not self.events:
             return
         target = self.rng.choice(self.events)
-        # Mostly the target's own workspace; sometimes another one (an orphan, changes nothing).
+        # Mostly the target's own workspace; sometimes another one: an orphan there, or that
+        # workspace's own event with the same id.
         where = target.workspace_id if self.rng.random() < 0.9 else ws
         self._ev(where, type="event.retracted", retracted_event_id=str(target.event_id))
-        if where == target.workspace_id:
-            self.merges.pop(target.event_id, None)
+        self.merges.pop((where, target.event_id), None)
 
     def _odd_message(self) -> None:
         seq = self.items[-1].seq + 1 if self.items else 1

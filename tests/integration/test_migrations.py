@@ -11,6 +11,7 @@ import subprocess
 import sys
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg import AsyncConnection, sql
 from tieline.plumbing import db
@@ -255,6 +256,18 @@ async def test_upgrade_keeps_the_write_sides_tables_made_before_migrations(
         assert await state_revision(conn, schema) == head()
         cur = await conn.execute("SELECT event_id::text, workspace_id, seq FROM write_events")
         assert await cur.fetchall() == [(event_id, "acme", 7)]
+        # Revision 0007: an id is unique per workspace; another one may use it for its own.
+        await conn.execute(
+            "INSERT INTO write_events (event_id, workspace_id, type) "
+            "VALUES (%s, 'other', 'person.added')",
+            (event_id,),
+        )
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            await conn.execute(
+                "INSERT INTO write_events (event_id, workspace_id, type) "
+                "VALUES (%s, 'acme', 'person.added')",
+                (event_id,),
+            )
         cur = await conn.execute("SELECT stream, upto_seq FROM write_backfill")
         assert await cur.fetchall() == [("T", 7)]
     finally:

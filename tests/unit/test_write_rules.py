@@ -110,18 +110,16 @@ def test_a_reused_event_id_is_a_duplicate_only_with_the_same_body() -> None:
     eid = str(uuid4())
     mine = digest({**MET, "event_id": eid})
     done = Recorded("w", "relationship.met", mine, seq=7)
-    same = rules.prior_outcome(done, "w", mine, "e")
+    same = rules.prior_outcome(done, mine, "e")
     assert same is not None and (same.status, same.seq, same.duplicate) == (200, 7, True)
     other = digest({**MET, "event_id": eid, "depth": "brief_chat"})
-    conflict = rules.prior_outcome(done, "w", other, "e")
+    conflict = rules.prior_outcome(done, other, "e")
     assert conflict is not None and conflict.status == 409
     assert conflict.errors[0]["loc"] == ["event_id"]
-    elsewhere = rules.prior_outcome(done, "v", mine, "e")
-    assert elsewhere is not None and elsewhere.status == 409 and "w" not in (elsewhere.error or "")
     # Taken but not confirmed (a crash between publish and record): publish again.
-    assert rules.prior_outcome(replace(done, seq=None), "w", mine, "e") is None
+    assert rules.prior_outcome(replace(done, seq=None), mine, "e") is None
     # Learnt from the log (no digest): the id is a duplicate whatever the body.
-    learnt = rules.prior_outcome(replace(done, digest=None), "w", other, "e")
+    learnt = rules.prior_outcome(replace(done, digest=None), other, "e")
     assert learnt is not None and learnt.status == 200
 
 
@@ -258,57 +256,62 @@ class MemoryLog:
 
 
 class MemoryState:
-    """``WriteState`` in a dict."""
+    """``WriteState`` in a dict, keyed like its tables on (workspace, event id)."""
 
     def __init__(self) -> None:
-        self.rows: dict[UUID, Recorded] = {}
-        self.merges: dict[UUID, rules.Merge] = {}  # claimed or recorded
+        self.rows: dict[tuple[str, UUID], Recorded] = {}
+        self.merges: dict[tuple[str, UUID], rules.Merge] = {}  # claimed or recorded
 
     async def take(self, lines: Sequence[tuple[Event, str]]) -> dict[UUID, Recorded]:
-        held = {e.event_id: self.rows[e.event_id] for e, _ in lines if e.event_id in self.rows}
+        held = {e.event_id: self.rows[_k(e)] for e, _ in lines if _k(e) in self.rows}
         for e, d in lines:
-            self.rows.setdefault(e.event_id, Recorded(e.workspace_id, e.type, d, None))
+            self.rows.setdefault(_k(e), Recorded(e.workspace_id, e.type, d, None))
         return held
 
-    async def release(self, ids: Sequence[UUID]) -> None:
+    async def release(self, ws: str, ids: Sequence[UUID]) -> None:
         for i in ids:
-            if self.rows[i].seq is None:
-                del self.rows[i]
+            if self.rows[(ws, i)].seq is None:
+                del self.rows[(ws, i)]
 
-    async def event(self, event_id: UUID) -> Recorded | None:
-        return self.rows.get(event_id)
+    async def event(self, ws: str, event_id: UUID) -> Recorded | None:
+        return self.rows.get((ws, event_id))
 
     async def claim_retraction(self, event: EventRetracted) -> bool:
-        row = self.rows.get(event.retracted_event_id)
+        key = (event.workspace_id, event.retracted_event_id)
+        row = self.rows.get(key)
         if row is None or row.retracted_by not in (None, str(event.event_id)):
             return False
-        self.rows[event.retracted_event_id] = replace(row, retracted_by=str(event.event_id))
+        self.rows[key] = replace(row, retracted_by=str(event.event_id))
         return True
 
     async def unclaim_retraction(self, event: EventRetracted) -> None:
-        row = self.rows[event.retracted_event_id]
-        self.rows[event.retracted_event_id] = replace(row, retracted_by=None)
+        key = (event.workspace_id, event.retracted_event_id)
+        self.rows[key] = replace(self.rows[key], retracted_by=None)
 
     async def claim_merge(self, event: PersonMerged) -> bool:
         holding = [
             m
-            for i, m in self.merges.items()
-            if i != event.event_id and self.rows[i].retracted_by is None
+            for k, m in self.merges.items()
+            if k[0] == event.workspace_id and k != _k(event) and self.rows[k].retracted_by is None
         ]
         rules.check_merge(event, holding)
-        made = event.event_id not in self.merges
-        self.merges[event.event_id] = rules.Merge(event.person_id, event.survivor)
+        made = _k(event) not in self.merges
+        self.merges[_k(event)] = rules.Merge(event.person_id, event.survivor)
         return made
 
     async def unclaim_merge(self, event: PersonMerged) -> None:
-        del self.merges[event.event_id]
+        del self.merges[_k(event)]
 
     async def introduction(self, ws: str, intro_id: UUID) -> Introduction | None:
         return None
 
     async def recorded(self, published: Sequence[tuple[Event, int]]) -> None:
         for e, seq in published:
-            self.rows[e.event_id] = replace(self.rows[e.event_id], seq=seq)
+            self.rows[_k(e)] = replace(self.rows[_k(e)], seq=seq)
+
+
+def _k(event: Event) -> tuple[str, UUID]:
+    return (event.workspace_id, event.event_id)
 
 
 class MemoryKeys:
@@ -371,7 +374,7 @@ def test_a_refused_line_gives_its_id_back_so_a_corrected_resend_is_accepted() ->
     bad = asyncio.run(
         side.record_many("w", [{**MET, "event_id": eid, "participants": ["ada", "x"]}], "t")
     )
-    assert bad[0].status == 404 and UUID(eid) not in state.rows
+    assert bad[0].status == 404 and ("w", UUID(eid)) not in state.rows
     good = asyncio.run(side.record_many("w", [{**MET, "event_id": eid}], "tester"))
     assert good[0].status == 201
 
