@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -480,7 +481,25 @@ class Worker:
                 raise
             except Exception as exc:
                 log.exception("worker.apply_failed", error=str(exc))
-                items = await self._isolate_failures(items, exc)
+                items, alone = await self._isolate_failures(items, exc)
+                if not alone and len(items) > 1:
+                    # Each event applies alone, the batch never will: one item per transaction.
+                    return await self._one_by_one(msgs, items)
+                if not alone:  # one item, not an event's fault (a gap, a dead letter's row)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+
+    async def _one_by_one(self, msgs: list[Msg], items: list[Item]) -> BatchResult:
+        """Apply ``items`` in stream order, each in its own transaction with its checkpoint."""
+        log.warning("worker.batch_split", first_seq=items[0].seq, items=len(items))
+        total = BatchResult()
+        for it in items:
+            r = await self._apply_with_retry(msgs, [it])
+            for f in ("applied", "redelivered", "duplicate_ids", "poison"):
+                setattr(total, f, getattr(total, f) + getattr(r, f))
+            total.orphan_retractions += r.orphan_retractions
+            total.last_seq = r.last_seq
+        return total
 
     async def _keep_alive(self, msgs: list[Msg]) -> None:
         for m in msgs:
@@ -499,44 +518,46 @@ class Worker:
         except psycopg.OperationalError as exc:
             log.warning("worker.reconnect_failed", error=str(exc))
 
-    async def _isolate_failures(self, items: list[Item], exc: Exception) -> list[Item]:
-        """Find the events that fail on their own; after ``max_attempts`` park them."""
+    async def _isolate_failures(self, items: list[Item], exc: Exception) -> tuple[list[Item], bool]:
+        """Find the events that fail on their own (a lone event: with ``exc``) and park them
+        after ``max_attempts``. Returns the items to try again, and whether any did."""
         out: list[Item] = []
+        decoded = [it for it in items if isinstance(it, Decoded)]
+        alone = False
         for it in items:
             if not isinstance(it, Decoded):
                 out.append(it)
                 continue
-            try:
-                await self.store.trial(self._conn(), it)
+            failed = exc if len(decoded) == 1 else await self._trial(it)
+            if failed is None:
                 out.append(it)
                 continue
-            except psycopg.OperationalError:
-                raise
-            except Exception as one:
-                n = self.stats.attempts.get(it.seq, 0) + 1
-                self.stats.attempts[it.seq] = n
-                if n < self.settings.max_attempts:
-                    await asyncio.sleep(min(0.1 * 2**n, 5.0))
-                    out.append(it)
-                    continue
-                poison = Poison(
-                    it.seq,
-                    it.subject,
-                    self.registry.encode(it.event),
-                    "apply_failed",
-                    f"{type(one).__name__}: {one}",
-                )
-                poison = Poison(
-                    poison.seq,
-                    poison.subject,
-                    poison.raw,
-                    poison.reason,
-                    poison.detail,
-                    await self._publish_dead_letter(poison),
-                )
-                out.append(poison)
-        del exc
-        return out
+            alone = True
+            n = self.stats.attempts.get(it.seq, 0) + 1
+            self.stats.attempts[it.seq] = n
+            if n < self.settings.max_attempts:
+                await asyncio.sleep(min(0.1 * 2**n, 5.0))
+                out.append(it)
+                continue
+            poison = Poison(
+                it.seq,
+                it.subject,
+                self.registry.encode(it.event),
+                "apply_failed",
+                f"{type(failed).__name__}: {failed}",
+            )
+            out.append(dataclasses.replace(poison, dlq_seq=await self._publish_dead_letter(poison)))
+        return out, alone
+
+    async def _trial(self, it: Decoded) -> Exception | None:
+        """What applying ``it`` alone raises (rolled back), or None."""
+        try:
+            await self.store.trial(self._conn(), it)
+        except psycopg.OperationalError:
+            raise
+        except Exception as one:
+            return one
+        return None
 
     def _count(self, r: BatchResult) -> None:
         s = self.stats

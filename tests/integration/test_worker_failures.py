@@ -1,0 +1,88 @@
+"""A batch that fails although each of its events applies on its own (real NATS JetStream and
+PostgreSQL; the failure is injected at the store's ``apply``, the worker is the real one).
+
+Before, the worker tried each event alone, found none failing, and retried the whole batch
+for ever: nothing after it was ever applied. Now it applies the batch one item per
+transaction, so the events go in, and an event that then fails on its own (after the ones
+before it committed) is parked after ``max_attempts`` like any failing event."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from psycopg import AsyncConnection
+from tieline.plumbing import db
+from tieline.plumbing.config import Settings
+from tieline.projections.items import Decoded, Item
+from tieline.projections.store import BatchResult
+from tieline.projections.worker import Worker
+
+from tests.integration.conftest import Log, make_event
+
+
+async def _history(log: Log) -> list[int]:
+    """Two people, then five meetings; returns the meetings' sequences."""
+    for pid in ("a", "b"):
+        await log.publish(make_event("wf", type="person.added", person_id=pid, display_name=pid))
+    met = {"type": "relationship.met", "participants": ["a", "b"], "depth": "conversation"}
+    return [await log.publish(make_event("wf", **met)) for _ in range(5)]
+
+
+async def _run(worker: Worker, last: int) -> None:
+    async with asyncio.timeout(60):
+        while worker.stats.last_seq < last:
+            await worker.run_once()
+
+
+async def _scalar(settings: Settings, schema: str, query: str) -> Any:
+    conn = await db.connect(settings, rm_schema=schema)
+    try:
+        row = await (await conn.execute(query)).fetchone()
+        return None if row is None else row[0]
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("state_based", [False, True], ids=["in_one_batch", "after_commit"])
+async def test_a_batch_failing_only_in_combination_is_applied_one_event_at_a_time(
+    settings: Settings, log: Log, state_based: bool
+) -> None:
+    seqs = await _history(log)
+    x, y = seqs[1], seqs[3]
+    settings = settings.model_copy(update={"max_attempts": 2})
+    worker = Worker(settings)
+    await worker.start()
+    assert worker.generation is not None
+    real = worker.store.apply
+
+    async def apply(conn: AsyncConnection[Any], items: Sequence[Item]) -> BatchResult:
+        here = {i.seq for i in items if isinstance(i, Decoded)}  # (a parked one applies)
+        # in_one_batch: x and y fail together in one transaction, each passes alone.
+        # after_commit: y fails once x is committed (its trial, before that, passes).
+        if {x, y} <= here or (
+            state_based and y in here and await worker.store.checkpoint(conn) >= x
+        ):
+            raise RuntimeError("fails only in combination")
+        return await real(conn, items)
+
+    worker.store.apply = apply  # type: ignore[method-assign]
+    try:
+        await _run(worker, seqs[-1])
+        schema = worker.generation.schema_name
+        meetings = await _scalar(settings, schema, "SELECT meetings FROM strength_v1")
+        parked = await _scalar(
+            settings,
+            schema,
+            "SELECT string_agg(stream_seq::text || ':' || reason, ',') FROM dead_letters",
+        )
+        checkpoint = await _scalar(settings, schema, "SELECT max(last_seq) FROM checkpoints")
+    finally:
+        await worker.close()
+    assert checkpoint == seqs[-1]
+    if state_based:  # y fails on its own once x is in: parked, everything else applied
+        assert (meetings, parked) == (4, f"{y}:apply_failed")
+    else:
+        assert (meetings, parked) == (5, None)
