@@ -33,7 +33,9 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from psycopg.types.json import Jsonb
 from tieline.events_schema.registry import EventRegistry
+from tieline.projections import people
 from tieline.projections.changes import PERSON_FIELDS, changes_for
 from tieline.projections.items import Decoded, Gap, Item, Poison, Skipped
 from tieline.projections.rows import archive_row, pair_row, person_row
@@ -47,6 +49,7 @@ PEOPLE_COLUMNS = (
     "added_at",
     "updated_at",
     "last_seq",
+    "field_at",
     "retracted",
     "forgotten",
 )
@@ -68,7 +71,7 @@ DEAD_COLUMNS = ("projection", "stream_seq", "subject", "reason", "detail", "dlq_
 
 # Positions in a people row (PEOPLE_COLUMNS).
 _P_FIELDS = {f: 2 + i for i, f in enumerate(PERSON_FIELDS)}
-_P_UPDATED, _P_SEQ, _P_RETRACTED, _P_FORGOTTEN = 10, 11, 12, 13
+_P_UPDATED, _P_SEQ, _P_FIELD_AT, _P_RETRACTED, _P_FORGOTTEN = 10, 11, 12, 13, 14
 # Positions in an introduction row (INTRO_COLUMNS).
 _I_REQUESTER, _I_TARGET, _I_RC, _I_TC, _I_STATUS, _I_MADE, _I_OUTCOME, _I_UPDATED = (
     2,
@@ -195,17 +198,20 @@ class BulkFold:
             if row is not None:
                 for i in _P_FIELDS.values():
                     row[i] = None
-                row[_P_FORGOTTEN], row[_P_SEQ] = True, it.seq
+                row[_P_FORGOTTEN], row[_P_SEQ], row[_P_FIELD_AT] = True, it.seq, {}
         if ch.introduction is not None:
             self._introduction(e.workspace_id, e.occurred_at, *ch.introduction)
 
     def _update_person(self, seq: int, ws: str, at: datetime, upd: dict[str, Any]) -> None:
+        """The live store's rule (projections/people.py): each field newer than its last
+        change; no row or forgotten, nothing."""
         row = self.people.get((ws, upd["person_id"]))
-        if row is None:  # like the live UPDATE: no row, nothing to change
+        if row is None or row[_P_FORGOTTEN]:
             return
-        for f, i in _P_FIELDS.items():
-            if f in upd:
-                row[i] = upd[f]
+        s = people.stamp(at, seq)
+        for f, v in people.newer(upd, row[_P_FIELD_AT], s).items():
+            row[_P_FIELDS[f]] = v
+            row[_P_FIELD_AT][f] = s
         row[_P_UPDATED] = max(row[_P_UPDATED], at)
         row[_P_SEQ] = seq
 
@@ -251,7 +257,8 @@ class BulkFold:
         return [x[0] for x in r], [x[1] for x in r], [x[2] for x in r], [x[3] for x in r]
 
     def people_rows(self) -> list[list[Any]]:
-        return list(self.people.values())
+        f = _P_FIELD_AT
+        return [[*r[:f], Jsonb(r[f]), *r[f + 1 :]] for r in self.people.values()]
 
     def merge_rows(self) -> list[list[Any]]:
         return list(self.merges.values())

@@ -15,6 +15,7 @@ from tieline.events_schema.models import Event
 from tieline.projections.changelog import COLUMNS as CHANGE_COLUMNS
 from tieline.projections.changes import PERSON_FIELDS, PairEventRow
 from tieline.projections.items import Decoded
+from tieline.projections.people import added_stamps, stamp
 from tieline.projections.strength_model import Fold, PairEvent, Params, bound_keys, vouches
 from tieline.projections.strength_model_momentum import MOMENTUM_PARAMS
 
@@ -270,7 +271,7 @@ def strength_row(
 
 
 def person_row(it: Decoded, p: dict[str, Any]) -> tuple[Any, ...]:
-    """The ``people_v1`` row a ``person.added`` inserts."""
+    """The ``people_v1`` row a ``person.added`` inserts (``field_at`` last, as a dict)."""
     e = it.event
     fields = (p[f] for f in PERSON_FIELDS)
     return (
@@ -281,4 +282,5 @@ def person_row(it: Decoded, p: dict[str, Any]) -> tuple[Any, ...]:
         e.occurred_at,
         e.occurred_at,
         it.seq,
+        added_stamps(p, stamp(e.occurred_at, it.seq)),
     )

@@ -50,6 +50,9 @@ CREATE TABLE IF NOT EXISTS people_v1 (
     added_at        timestamptz NOT NULL,
     updated_at      timestamptz NOT NULL,
     last_seq        bigint NOT NULL,
+    -- When the change that set each field happened: {field: [occurred_at in microseconds,
+    -- seq]}; an update sets only the fields it is newer for (projections/people.py).
+    field_at        jsonb NOT NULL DEFAULT '{}',
     retracted       boolean NOT NULL DEFAULT false,
     forgotten       boolean NOT NULL DEFAULT false,
     -- The survivor this person was merged into (person.merged, not retracted); such a person

@@ -15,10 +15,11 @@ from uuid import UUID
 
 import orjson
 from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 from tieline.events_schema.registry import EventRegistry
-from tieline.projections import merges, retractions
+from tieline.projections import merges, people, retractions
 from tieline.projections.changelog import Cause, ChangeLog, mark_trimmed
-from tieline.projections.changes import PERSON_FIELDS, Changes, changes_for
+from tieline.projections.changes import Changes, changes_for
 from tieline.projections.items import (
     Decoded,
     Gap,
@@ -231,6 +232,7 @@ class ProjectionStore:
         stored: list[tuple[PairKey, PairEvent]] = []  # new events per stored pair
         steps: list[tuple[Decoded, Changes]] = []  # retractions and merges, in stream order
         forgets: list[tuple[Decoded, str]] = []
+        gone: set[tuple[str, str]] = set()  # people the batch forgets, so far
         intros: list[tuple[Decoded, UUID, dict[str, Any]]] = []
         self._aliases = await merges.load(conn, {it.event.workspace_id for it in items})
         for it in items:
@@ -238,8 +240,11 @@ class ProjectionStore:
             ch: Changes = changes_for(e)
             if ch.person_added is not None:
                 adds.append(person_row(it, ch.person_added))
-            if ch.person_updated is not None:
-                updates.append((it, ch.person_updated))
+            if (
+                ch.person_updated is not None
+                and (e.workspace_id, ch.person_updated["person_id"]) not in gone
+            ):
+                updates.append((it, ch.person_updated))  # (after a forget: nothing, as in bulk)
             for r in ch.pair_rows:
                 pair_rows.append(pair_row(it.seq, e, r))
                 stored.append(((e.workspace_id, r.person_a, r.person_b), pair_event(it.seq, e, r)))
@@ -247,6 +252,7 @@ class ProjectionStore:
                 steps.append((it, ch))
             if ch.forgets is not None:
                 forgets.append((it, ch.forgets))
+                gone.add((e.workspace_id, ch.forgets))
             if ch.introduction is not None:
                 intros.append((it, *ch.introduction))
         async with conn.cursor() as cur:
@@ -254,13 +260,13 @@ class ProjectionStore:
                 await cur.executemany(
                     """INSERT INTO people_v1 (workspace_id, person_id, display_name, email, phone,
                            organization, title, notes, added_event_id, added_at, updated_at,
-                           last_seq)
-                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                           last_seq, field_at)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                        ON CONFLICT (workspace_id, person_id) DO NOTHING""",
-                    adds,
+                    [(*r[:-1], Jsonb(r[-1])) for r in adds],
                 )
             for it, upd in updates:
-                await self._update_person(conn, it, upd)
+                await people.update(conn, it, upd)
             if pair_rows:
                 await self.staging.write(conn, PAIRS_BULK, pair_rows)
         touched = merges.resolve_rows(self._aliases, stored)  # new events per relationship
@@ -272,7 +278,7 @@ class ProjectionStore:
             else:
                 await self._retract(conn, it, result)
         for it, person_id in forgets:
-            await self._forget(conn, it, person_id)
+            await people.forget(conn, it, person_id)
         for it, intro_id, change in intros:
             await self._introduction(conn, it, intro_id, change)
         await self._late_retractions(conn, items)
@@ -329,27 +335,6 @@ class ProjectionStore:
                    ELSE 'awaiting consent' END
                WHERE workspace_id = %s AND introduction_id = %s""",
             (ws, intro_id),
-        )
-
-    async def _forget(self, conn: AsyncConnection[Any], it: Decoded, person_id: str) -> None:
-        """Purge every personal value of the person from the read models. (Archived payloads
-        hold only ciphertext under the destroyed key, so they are unreadable already.)"""
-        nulls = ", ".join(f"{f} = NULL" for f in PERSON_FIELDS)
-        await conn.execute(
-            f"UPDATE people_v1 SET {nulls}, forgotten = true, last_seq = %s "
-            "WHERE workspace_id = %s AND person_id = %s",
-            (it.seq, it.event.workspace_id, person_id),
-        )
-
-    async def _update_person(
-        self, conn: AsyncConnection[Any], it: Decoded, upd: dict[str, Any]
-    ) -> None:
-        sets = ", ".join(f"{f} = %s" for f in PERSON_FIELDS if f in upd)
-        values = [upd[f] for f in PERSON_FIELDS if f in upd]
-        await conn.execute(
-            f"UPDATE people_v1 SET {sets}, updated_at = GREATEST(updated_at, %s), last_seq = %s "
-            "WHERE workspace_id = %s AND person_id = %s",
-            (*values, it.event.occurred_at, it.seq, it.event.workspace_id, upd["person_id"]),
         )
 
     def _model(self, ws: str) -> WorkspaceModel:

@@ -1,0 +1,81 @@
+"""A person's fields in ``people_v1``: the last change by event time wins, field by field.
+
+Each field remembers when the change that set it happened (``field_at``: the event's
+``occurred_at`` in microseconds, then its stream sequence). A ``person.updated`` sets only the
+fields it is newer for, so an update that arrives late (replayed from the dead letters after
+newer ones, or sent by a device that was offline) never undoes a newer change, and the result
+does not depend on the order the log delivers the updates in: the live store and the bulk
+rebuild (projections/bulk.py) apply the same rule. Forgetting a person clears every field and
+its time; an update that comes after the forget (only a dead letter replayed late can) sets
+nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+from tieline.projections.changes import PERSON_FIELDS
+from tieline.projections.items import Decoded
+
+#: When a field was set: [microseconds since the epoch of the event's occurred_at, its seq].
+Stamp = list[int]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def stamp(occurred_at: datetime, seq: int) -> Stamp:
+    """The order of a change: its event time, then its stream sequence."""
+    return [(occurred_at - _EPOCH) // timedelta(microseconds=1), seq]
+
+
+def added_stamps(person: dict[str, Any], s: Stamp) -> dict[str, Stamp]:
+    """The ``field_at`` of a ``person.added``: every field it sets, at its own stamp."""
+    return {f: s for f in PERSON_FIELDS if person.get(f) is not None}
+
+
+def newer(update: dict[str, Any], field_at: dict[str, Stamp], s: Stamp) -> dict[str, Any]:
+    """The fields of ``update`` (a ``person.updated`` at stamp ``s``) that are newer than the
+    change that set each one."""
+    return {f: update[f] for f in PERSON_FIELDS if f in update and s > field_at.get(f, [-1 << 62])}
+
+
+async def update(conn: AsyncConnection[Any], it: Decoded, upd: dict[str, Any]) -> None:
+    """Apply one ``person.updated`` to the live read model (no row, or forgotten: nothing)."""
+    ws, person = it.event.workspace_id, upd["person_id"]
+    cur = await conn.execute(
+        "SELECT field_at FROM people_v1 WHERE workspace_id = %s AND person_id = %s "
+        "AND NOT forgotten FOR UPDATE",
+        (ws, person),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return
+    s = stamp(it.event.occurred_at, it.seq)
+    values = newer(upd, row[0], s)
+    sets = "".join(f"{f} = %s, " for f in values)
+    await conn.execute(
+        f"UPDATE people_v1 SET {sets}field_at = %s, updated_at = GREATEST(updated_at, %s), "
+        "last_seq = %s WHERE workspace_id = %s AND person_id = %s",
+        (
+            *values.values(),
+            Jsonb({**row[0], **dict.fromkeys(values, s)}),
+            it.event.occurred_at,
+            it.seq,
+            ws,
+            person,
+        ),
+    )
+
+
+async def forget(conn: AsyncConnection[Any], it: Decoded, person_id: str) -> None:
+    """Purge every personal value of the person from the read model. (Archived payloads hold
+    only ciphertext under the destroyed key, so they are unreadable already.)"""
+    nulls = ", ".join(f"{f} = NULL" for f in PERSON_FIELDS)
+    await conn.execute(
+        f"UPDATE people_v1 SET {nulls}, field_at = '{{}}', forgotten = true, last_seq = %s "
+        "WHERE workspace_id = %s AND person_id = %s",
+        (it.seq, it.event.workspace_id, person_id),
+    )
