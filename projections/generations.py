@@ -220,17 +220,22 @@ async def ensure_live(
     return current
 
 
-async def switch(conn: AsyncConnection[Any], state_schema: str, new: Generation) -> None:
-    """Make ``new`` the live generation and retire the old one, atomically (nothing when
-    ``new`` is live already: partitioned workers may each try)."""
+async def switch(conn: AsyncConnection[Any], state_schema: str, new: Generation) -> bool:
+    """Make ``new`` the live generation and retire the old one, atomically. True when ``new``
+    is live afterwards (nothing to do when it was already: partitioned workers may each try);
+    False, changing nothing, when its stored row says it is no longer being built (retired
+    or dropped since the caller looked), which only the row read under the lock can tell."""
     s = sql.Identifier(state_schema)
     async with conn.transaction():
         await conn.execute(
             "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tieline-live:{state_schema}",)
         )
+        stored = await get(conn, state_schema, new.gen)
+        if stored is None or stored.status not in ("building", "live"):
+            return False
+        if stored.status == "live":
+            return True
         current = await live(conn, state_schema)
-        if current is not None and current.gen == new.gen:
-            return
         if current is not None:
             await _carry_scan_state(conn, current.schema_name, new.schema_name)
         await conn.execute(
@@ -246,6 +251,7 @@ async def switch(conn: AsyncConnection[Any], state_schema: str, new: Generation)
             (new.gen,),
         )
         await conn.execute("SELECT pg_notify('tieline_generation', %s)", (str(new.gen),))
+    return True
 
 
 async def _carry_scan_state(conn: AsyncConnection[Any], old: str, new: str) -> None:

@@ -124,9 +124,11 @@ async def replay(
             async with conn.transaction():
                 n = settings.projection_workers
                 gen = await partitions.split(conn, settings.database_schema, gen, n)
-                await generations.switch(conn, settings.database_schema, gen)
+                switched = await generations.switch(conn, settings.database_schema, gen)
         finally:
             await conn.close()
+        if not switched:  # retired or dropped while it was being built
+            raise RuntimeError(f"generation {gen.gen} is no longer being built; not switched")
         result.switched = True
         result.generation = worker.generation = gen.with_status("live")
         if gen.partitions > 1:

@@ -84,11 +84,8 @@ class Worker:
         until: datetime | None = None,
         params: Params | None = None,
     ) -> None:
-        self.settings = settings
-        self.registry = registry
-        self.generation = generation
-        self.stop_at_seq = stop_at_seq
-        self.until = until
+        self.settings, self.registry, self.generation = settings, registry, generation
+        self.stop_at_seq, self.until = stop_at_seq, until
         if params is None and generation is not None and generation.params:
             params = Params.from_dict(generation.params)
         self.store = ProjectionStore(
@@ -259,13 +256,14 @@ class Worker:
         conn = await db.connect(self.settings)
         try:
             current = await generations.get(conn, self.settings.database_schema, gen.gen)
-            if gen.status == "building" and current is not None and current.status == "live":
+            stored = current.status if current is not None else None
+            if gen.status == "building" and stored == "live":
                 self.generation = gen.with_status("live")  # another partition switched it
-            elif gen.status == "building" and current is not None and await self.caught_up():
-                await generations.switch(conn, self.settings.database_schema, gen)
-                self.generation = gen.with_status("live")
-                log.info("worker.switched_live", generation=gen.gen)
-            elif current is None or current.status == "retired":
+            elif gen.status == "building" and stored == "building" and await self.caught_up():
+                if await generations.switch(conn, self.settings.database_schema, gen):
+                    self.generation = gen.with_status("live")
+                    log.info("worker.switched_live", generation=gen.gen)
+            elif stored is None or stored == "retired":
                 log.info("worker.generation_retired", generation=gen.gen)
                 self.stop()
         finally:

@@ -163,6 +163,58 @@ async def test_read_model_version_bump_rebuilds_on_start_and_switches(
     assert now_live is not None and now_live.version == bumped_version
 
 
+async def test_a_rebuild_retired_while_its_worker_checks_is_not_switched_live(
+    settings: Settings, log: Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker reads its generation's row, then asks whether it has caught up (a round
+    trip to JetStream); an operator retiring the rebuild meanwhile must win. The switch
+    re-reads the row under its lock (before, it made the retired generation live)."""
+    last = await _history(log, "r7")
+    first = await _live_worker(settings, last)
+    old = first.generation
+    await first.close()
+    import tieline.projections.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "READ_MODEL_VERSION", worker_module.READ_MODEL_VERSION + 1)
+    bumped = Worker(settings)
+    await bumped.start()
+    schema = settings.database_schema
+    try:
+        gen = bumped.generation
+        assert gen is not None and gen.status == "building" and old is not None
+        async with asyncio.timeout(30):
+            while bumped.stats.last_seq < last:
+                await bumped.run_once()
+        caught_up = bumped.caught_up
+
+        async def retired_meanwhile() -> bool:
+            conn = await db.connect(settings)
+            try:
+                await conn.execute(
+                    f"UPDATE {schema}.generations SET status = 'retired' WHERE gen = %s",
+                    (gen.gen,),
+                )
+            finally:
+                await conn.close()
+            return await caught_up()
+
+        monkeypatch.setattr(bumped, "caught_up", retired_meanwhile)
+        bumped._last_gen_check = 0.0
+        await bumped._check_generation()
+        assert bumped.generation.status == "building"
+        bumped._last_gen_check = 0.0
+        await bumped._check_generation()  # now it sees the row: retired, so it stops
+        assert bumped._stopping.is_set()
+    finally:
+        await bumped.close()
+    conn = await db.connect(settings)
+    try:
+        now_live = await generations.live(conn, schema)
+    finally:
+        await conn.close()
+    assert now_live is not None and now_live.gen == old.gen
+
+
 async def test_what_if_replays_into_scratch_and_reports_tier_moves_without_touching_live(
     settings: Settings, log: Log
 ) -> None:
