@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS pair_events_v1 (
     retracted       boolean NOT NULL DEFAULT false,
     PRIMARY KEY (workspace_id, person_a, person_b, event_id)
 );
-CREATE INDEX IF NOT EXISTS pair_events_v1_event ON pair_events_v1 (event_id);
+CREATE INDEX IF NOT EXISTS pair_events_v1_event ON pair_events_v1 (workspace_id, event_id);
 
 -- Strength per pair, as the model's decay state at the pair's latest event (state_at); the
 -- score at any later time is a closed-form function of it (no nightly rewrite).

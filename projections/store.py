@@ -496,7 +496,7 @@ class ProjectionStore:
         if not await self._waiting.has(conn, ws, target):  # else the earlier one wins
             row = await retractions.mark(conn, ws, target, it.event.event_id)
         if row is None:
-            result.orphan_retractions.append(str(target))
+            result.orphan_retractions.append(f"{ws}/{target}")
             await self._waiting.add(conn, ws, target, it.event.event_id, it.seq)
             return
         await self._undo(conn, it, ws, target, row)

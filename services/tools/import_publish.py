@@ -273,7 +273,8 @@ class Publisher:
                 s.already_present += 1
             else:
                 if status == 409 and "event_id" in error:
-                    error += " (used in another workspace: import with --remap-ids)"
+                    error += " (this workspace has that id with other content: fix the record"
+                    error += " or give it an event_id of its own)"
                 s.rejected.append((ln.line, f"{status} {error}"))
         if self.progress is not None:
             self.progress.advance(len(chunk))

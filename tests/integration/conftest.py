@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 from psycopg import AsyncConnection
 from tieline.events_schema.models import Event
 from tieline.events_schema.registry import REGISTRY
-from tieline.plumbing import db
+from tieline.plumbing import db, subjects
 from tieline.plumbing.config import Settings
 from tieline.plumbing.jetstream import ensure_streams
 from tieline.plumbing.subjects import event_subject
@@ -46,7 +46,7 @@ class Log:
         ack = await self.js.publish(
             event_subject(self.settings.subject_prefix, event),
             REGISTRY.encode(event),
-            headers={"Nats-Msg-Id": msg_id or str(event.event_id)},
+            headers={"Nats-Msg-Id": msg_id or subjects.msg_id(event)},
             stream=self.settings.stream_name,
         )
         return int(ack.seq)

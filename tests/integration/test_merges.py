@@ -241,7 +241,8 @@ async def holding(pool: Any, ws: str) -> int:
     """How many merges of ``ws`` the write side holds (not retracted)."""
     async with pool.connection() as conn:
         cur = await conn.execute(
-            """SELECT count(*) AS n FROM write_merges m JOIN write_events w USING (event_id)
+            """SELECT count(*) AS n FROM write_merges m
+               JOIN write_events w USING (workspace_id, event_id)
                WHERE m.workspace_id = %s AND w.retracted_by IS NULL""",
             (ws,),
         )

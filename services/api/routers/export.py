@@ -4,7 +4,8 @@
   accepted) in stream order, personal fields decrypted with the people's keys. A forgotten
   person's key is destroyed, so their fields come out as ``[erased]``: an export never holds
   their plaintext. Each line is the event (envelope and fields) plus ``seq``, ``retracted``
-  and ``retracted_by``. ``tieline import --remap-ids`` imports it into another workspace.
+  and ``retracted_by``. ``tieline import`` imports it into another workspace (``--remap-ids``
+  gives the copy ids of its own).
 - ``GET .../export/people``: the directory, decrypted; a forgotten person shows only as such.
 - ``GET .../export/strength``: strength per pair: every column of ``strength_v1``.
 - ``GET .../export/timeline``: every (pair, event) row of ``pair_events_v1``, by pair and time.
