@@ -37,7 +37,7 @@ from psycopg.types.json import Jsonb
 from tieline.events_schema.registry import EventRegistry
 from tieline.projections import people
 from tieline.projections.changes import PERSON_FIELDS, changes_for
-from tieline.projections.items import Decoded, Gap, Item, Poison, Skipped
+from tieline.projections.items import Decoded, Gap, Item, Poison, Skipped, stored_detail
 from tieline.projections.rows import archive_row, pair_row, person_row
 
 #: Columns of the tables written from memory at the end (in this order).
@@ -143,7 +143,7 @@ class BulkFold:
         elif isinstance(it, Poison):
             # A rebuild never republishes to the dead-letter subject (like the worker on a
             # generation that is not live): the row records it, dlq_seq stays empty.
-            detail = it.detail[:2000]
+            detail = stored_detail(it.detail)
             self.dead.append((self.projection, it.seq, it.subject, it.reason, detail, None))
             self.counts.poison += 1
         elif isinstance(it, Skipped):

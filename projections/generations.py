@@ -230,10 +230,17 @@ async def switch(conn: AsyncConnection[Any], state_schema: str, new: Generation)
         await conn.execute(
             "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tieline-live:{state_schema}",)
         )
-        stored = await get(conn, state_schema, new.gen)
-        if stored is None or stored.status not in ("building", "live"):
+        # FOR UPDATE: an operator's retire (which takes no advisory lock) waits for us, or we
+        # see it.
+        cur = await conn.execute(
+            sql.SQL("SELECT status FROM {}.generations WHERE gen = %s FOR UPDATE").format(s),
+            (new.gen,),
+        )
+        row = await cur.fetchone()
+        status = None if row is None else (row["status"] if isinstance(row, dict) else row[0])
+        if status not in ("building", "live"):
             return False
-        if stored.status == "live":
+        if status == "live":
             return True
         current = await live(conn, state_schema)
         if current is not None:

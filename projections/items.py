@@ -137,6 +137,12 @@ async def in_sequence(
     return out
 
 
+def stored_detail(detail: str) -> str:
+    """A dead letter's detail as PostgreSQL text can hold it: no NUL (a message's own bytes,
+    quoted in a validation error, may carry one), at most 2,000 characters."""
+    return detail.replace("\x00", "\\u0000")[:2000]
+
+
 async def record_poison(conn: Any, projection: str, poison: Sequence[Poison]) -> None:
     """Park ``poison`` in ``dead_letters`` (in the batch's transaction, with its checkpoint)."""
     if not poison:
@@ -145,5 +151,8 @@ async def record_poison(conn: Any, projection: str, poison: Sequence[Poison]) ->
         await cur.executemany(
             "INSERT INTO dead_letters (projection, stream_seq, subject, reason, detail, "
             "dlq_seq) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            [(projection, p.seq, p.subject, p.reason, p.detail[:2000], p.dlq_seq) for p in poison],
+            [
+                (projection, p.seq, p.subject, p.reason, stored_detail(p.detail), p.dlq_seq)
+                for p in poison
+            ],
         )

@@ -5,9 +5,9 @@ Each field remembers when the change that set it happened (``field_at``: the eve
 fields it is newer for, so an update that arrives late (replayed from the dead letters after
 newer ones, or sent by a device that was offline) never undoes a newer change, and the result
 does not depend on the order the log delivers the updates in: the live store and the bulk
-rebuild (projections/bulk.py) apply the same rule. Forgetting a person clears every field and
-its time; an update that comes after the forget (only a dead letter replayed late can) sets
-nothing.
+rebuild (projections/bulk.py) apply the same rule, in stream order (:func:`apply`).
+Forgetting a person clears every field and its time; an update that comes after the forget
+(only a dead letter replayed late can) sets nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +40,33 @@ def newer(update: dict[str, Any], field_at: dict[str, Stamp], s: Stamp) -> dict[
     """The fields of ``update`` (a ``person.updated`` at stamp ``s``) that are newer than the
     change that set each one."""
     return {f: update[f] for f in PERSON_FIELDS if f in update and s > field_at.get(f, [-1 << 62])}
+
+
+_INSERT = """INSERT INTO people_v1 (workspace_id, person_id, display_name, email, phone,
+                  organization, title, notes, added_event_id, added_at, updated_at, last_seq,
+                  field_at)
+              VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+              ON CONFLICT (workspace_id, person_id) DO NOTHING"""
+
+
+async def apply(conn: AsyncConnection[Any], events: list[tuple[Decoded, str, Any]]) -> None:
+    """Apply a batch's people events (``add`` with its :func:`~.rows.person_row`, ``update``,
+    ``forget``) in stream order, as the bulk rebuild does, so where a batch is cut never
+    changes a row (an update or a forget before the person's add finds no row). Runs of adds
+    go in one statement."""
+    adds: list[tuple[Any, ...]] = []
+    for n, (it, kind, data) in enumerate(events):
+        if kind == "add":
+            adds.append((*data[:-1], Jsonb(data[-1])))
+            if n + 1 < len(events) and events[n + 1][1] == "add":
+                continue
+            async with conn.cursor() as cur:
+                await cur.executemany(_INSERT, adds)
+            adds = []
+        elif kind == "update":
+            await update(conn, it, data)
+        else:
+            await forget(conn, it, data)
 
 
 async def update(conn: AsyncConnection[Any], it: Decoded, upd: dict[str, Any]) -> None:

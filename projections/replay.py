@@ -119,16 +119,7 @@ async def replay(
     if status == "building" and switch:
         # Catch the last few events that arrived while we finished, then flip the pointer.
         await _drive(worker, target, progress, started)
-        conn = await db.connect(settings)
-        try:
-            async with conn.transaction():
-                n = settings.projection_workers
-                gen = await partitions.split(conn, settings.database_schema, gen, n)
-                switched = await generations.switch(conn, settings.database_schema, gen)
-        finally:
-            await conn.close()
-        if not switched:  # retired or dropped while it was being built
-            raise RuntimeError(f"generation {gen.gen} is no longer being built; not switched")
+        gen = await _split_and_switch(settings, gen, worker)
         result.switched = True
         result.generation = worker.generation = gen.with_status("live")
         if gen.partitions > 1:
@@ -159,6 +150,22 @@ async def _bulk(
         until=until,
         progress=progress,
     )
+
+
+async def _split_and_switch(settings: Settings, gen: Generation, worker: Worker) -> Generation:
+    """Hand ``gen`` to its partitions and make it live, in one transaction; raise (undoing
+    the split, closing ``worker``) when it was retired or dropped while being built."""
+    conn = await db.connect(settings)
+    try:
+        async with conn.transaction():
+            n = settings.projection_workers
+            gen = await partitions.split(conn, settings.database_schema, gen, n)
+            if not await generations.switch(conn, settings.database_schema, gen):
+                await worker.close()
+                raise RuntimeError(f"generation {gen.gen} is no longer being built")
+    finally:
+        await conn.close()
+    return gen
 
 
 def _offset(progress: Progress | None, applied: int) -> Progress | None:

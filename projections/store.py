@@ -15,7 +15,6 @@ from uuid import UUID
 
 import orjson
 from psycopg import AsyncConnection
-from psycopg.types.json import Jsonb
 from tieline.events_schema.registry import EventRegistry
 from tieline.projections import merges, people, retractions
 from tieline.projections.changelog import Cause, ChangeLog, mark_trimmed
@@ -226,49 +225,31 @@ class ProjectionStore:
     async def _apply_changes(
         self, conn: AsyncConnection[Any], items: list[Decoded], result: BatchResult
     ) -> None:
-        adds: list[tuple[Any, ...]] = []
-        updates: list[tuple[Decoded, dict[str, Any]]] = []
+        who: list[tuple[Decoded, str, Any]] = []  # people events, in stream order
         pair_rows: list[tuple[Any, ...]] = []
         stored: list[tuple[PairKey, PairEvent]] = []  # new events per stored pair
         steps: list[tuple[Decoded, Changes]] = []  # retractions and merges, in stream order
-        forgets: list[tuple[Decoded, str]] = []
-        gone: set[tuple[str, str]] = set()  # people the batch forgets, so far
         intros: list[tuple[Decoded, UUID, dict[str, Any]]] = []
         self._aliases = await merges.load(conn, {it.event.workspace_id for it in items})
         for it in items:
             e = it.event
             ch: Changes = changes_for(e)
             if ch.person_added is not None:
-                adds.append(person_row(it, ch.person_added))
-            if (
-                ch.person_updated is not None
-                and (e.workspace_id, ch.person_updated["person_id"]) not in gone
-            ):
-                updates.append((it, ch.person_updated))  # (after a forget: nothing, as in bulk)
+                who.append((it, "add", person_row(it, ch.person_added)))
+            if ch.person_updated is not None:
+                who.append((it, "update", ch.person_updated))
             for r in ch.pair_rows:
                 pair_rows.append(pair_row(it.seq, e, r))
                 stored.append(((e.workspace_id, r.person_a, r.person_b), pair_event(it.seq, e, r)))
             if ch.retracts is not None or ch.merges is not None:
                 steps.append((it, ch))
             if ch.forgets is not None:
-                forgets.append((it, ch.forgets))
-                gone.add((e.workspace_id, ch.forgets))
+                who.append((it, "forget", ch.forgets))
             if ch.introduction is not None:
                 intros.append((it, *ch.introduction))
-        async with conn.cursor() as cur:
-            if adds:
-                await cur.executemany(
-                    """INSERT INTO people_v1 (workspace_id, person_id, display_name, email, phone,
-                           organization, title, notes, added_event_id, added_at, updated_at,
-                           last_seq, field_at)
-                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                       ON CONFLICT (workspace_id, person_id) DO NOTHING""",
-                    [(*r[:-1], Jsonb(r[-1])) for r in adds],
-                )
-            for it, upd in updates:
-                await people.update(conn, it, upd)
-            if pair_rows:
-                await self.staging.write(conn, PAIRS_BULK, pair_rows)
+        await people.apply(conn, who)
+        if pair_rows:
+            await self.staging.write(conn, PAIRS_BULK, pair_rows)
         touched = merges.resolve_rows(self._aliases, stored)  # new events per relationship
         if touched:
             await self._fold_pairs(conn, touched, items[-1].seq)
@@ -277,8 +258,6 @@ class ProjectionStore:
                 await self._merge(conn, it, *ch.merges)
             else:
                 await self._retract(conn, it, result)
-        for it, person_id in forgets:
-            await people.forget(conn, it, person_id)
         for it, intro_id, change in intros:
             await self._introduction(conn, it, intro_id, change)
         await self._late_retractions(conn, items)

@@ -520,13 +520,12 @@ class Worker:
         """Find the events that fail on their own (a lone event: with ``exc``) and park them
         after ``max_attempts``. Returns the items to try again, and whether any did."""
         out: list[Item] = []
-        decoded = [it for it in items if isinstance(it, Decoded)]
         alone = False
         for it in items:
             if not isinstance(it, Decoded):
                 out.append(it)
                 continue
-            failed = exc if len(decoded) == 1 else await self._trial(it)
+            failed = exc if items == [it] else await self._trial(it)
             if failed is None:
                 out.append(it)
                 continue

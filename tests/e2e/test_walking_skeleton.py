@@ -18,8 +18,6 @@ import pytest
 from tieline.plumbing.config import Settings
 from tieline.services.runtime.supervisor import Stack
 
-from tests.e2e.conftest import make_token
-
 
 def add_people(api: httpx.Client, ws: str, *ids: str) -> int:
     seq = 0
@@ -390,26 +388,6 @@ def test_concurrent_sends_of_one_event_id_publish_it_once(api: httpx.Client, ws:
     assert codes == [200] * 7 + [201], [r.text for r in answers]
     assert len({r.json()["seq"] for r in answers}) == 1
     assert stream_last_seq(api) == before + 1
-
-
-def test_an_event_id_of_another_workspace_is_a_conflict(
-    api: httpx.Client, ws: str, stack: Stack, stack_settings: Settings
-) -> None:
-    add_people(api, ws, "ada", "grace")
-    event = {
-        "type": "relationship.met",
-        "participants": ["ada", "grace"],
-        "depth": "conversation",
-        "event_id": str(uuid.uuid4()),
-    }
-    assert api.post(f"/v1/workspaces/{ws}/events", json=event).status_code == 201
-    other = f"ws-{uuid.uuid4().hex[:12]}"
-    headers = {"Authorization": f"Bearer {make_token(stack_settings, other)}"}
-    with httpx.Client(base_url=stack.api_url, timeout=30, headers=headers) as them:
-        add_people(them, other, "ada", "grace")
-        r = them.post(f"/v1/workspaces/{other}/events", json=event)
-    assert r.status_code == 409 and r.json()["errors"][0]["loc"] == ["event_id"], r.text
-    assert ws not in r.text  # the other workspace is not named
 
 
 def test_two_retractions_of_one_event_publish_one(api: httpx.Client, ws: str) -> None:
