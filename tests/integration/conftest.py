@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -89,3 +90,36 @@ async def scalar(conn: AsyncConnection[Any], query: str, *args: Any) -> Any:
     cur = await conn.execute(query, args)
     row = await cur.fetchone()
     return None if row is None else row[0]
+
+
+@contextlib.asynccontextmanager
+async def live_worker(settings: Settings, until_seq: int) -> AsyncIterator[str]:
+    """A live worker that has applied the log up to ``until_seq``; yields its schema."""
+    from tieline.projections.worker import Worker
+
+    worker = Worker(settings)
+    await worker.start()
+    assert worker.generation is not None
+    try:
+        async with asyncio.timeout(30):
+            while worker.stats.last_seq < until_seq:
+                await worker.run_once()
+        yield worker.generation.schema_name
+    finally:
+        await worker.close()
+
+
+async def assert_rebuild_equals(settings: Settings, live: str) -> str:
+    """Rebuild the log with the bulk path into a scratch generation and assert that its
+    tables equal ``live``'s; return the rebuilt schema."""
+    from tieline.projections import replay
+
+    result, rebuilt = await replay.replay(settings, status="scratch", bulk=True)
+    await rebuilt.close()
+    conn = await db.connect(settings)
+    try:
+        diffs = await replay.compare(conn, live, result.generation.schema_name)
+    finally:
+        await conn.close()
+    assert [d.table for d in diffs if not d.clean] == [], [d.samples for d in diffs]
+    return result.generation.schema_name

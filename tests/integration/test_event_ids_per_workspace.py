@@ -3,16 +3,13 @@ same id apart, live and in a bulk rebuild (real NATS JetStream and PostgreSQL)."
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 from uuid import uuid4
 
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
-from tieline.projections import replay
-from tieline.projections.worker import Worker
 
-from tests.integration.conftest import Log, make_event
+from tests.integration.conftest import Log, assert_rebuild_equals, live_worker, make_event
 
 
 async def _rows(settings: Settings, schema: str, query: str) -> list[tuple[Any, ...]]:
@@ -56,14 +53,7 @@ async def test_two_workspaces_events_with_one_id_are_each_their_own(
     settings: Settings, log: Log
 ) -> None:
     last = await _same_ids_in_two_workspaces(log)
-    worker = Worker(settings)
-    await worker.start()
-    assert worker.generation is not None
-    try:
-        async with asyncio.timeout(30):
-            while worker.stats.last_seq < last:
-                await worker.run_once()
-        live = worker.generation.schema_name
+    async with live_worker(settings, last) as live:
         archived = await _rows(
             settings, live, "SELECT workspace_id, count(*) FROM events GROUP BY 1 ORDER BY 1"
         )
@@ -86,14 +76,4 @@ async def test_two_workspaces_events_with_one_id_are_each_their_own(
         )
         assert merged == [("w1", True), ("w2", False)]
         # A bulk rebuild from the log gives the same tables.
-        result, rebuilt = await replay.replay(settings, status="scratch", bulk=True)
-        await rebuilt.close()
-        assert result.last_seq == last
-        conn = await db.connect(settings)
-        try:
-            diffs = await replay.compare(conn, live, result.generation.schema_name)
-        finally:
-            await conn.close()
-        assert [d.table for d in diffs if not d.clean] == [], [d.samples for d in diffs]
-    finally:
-        await worker.close()
+        await assert_rebuild_equals(settings, live)

@@ -4,16 +4,13 @@ rebuild)."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
-from tieline.projections import replay
-from tieline.projections.worker import Worker
 
-from tests.integration.conftest import Log, make_event
+from tests.integration.conftest import Log, assert_rebuild_equals, live_worker, make_event
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -57,14 +54,7 @@ async def test_an_older_update_arriving_late_does_not_undo_a_newer_one(
     settings: Settings, log: Log
 ) -> None:
     last = await _history(log)
-    worker = Worker(settings)
-    await worker.start()
-    assert worker.generation is not None
-    try:
-        async with asyncio.timeout(30):
-            while worker.stats.last_seq < last:
-                await worker.run_once()
-        live = worker.generation.schema_name
+    async with live_worker(settings, last) as live:
         rows = await _people(settings, live)
         # Fields are stored as the write side sent them (here: plain text, no key store).
         assert [r[:4] for r in rows] == [
@@ -72,17 +62,8 @@ async def test_an_older_update_arriving_late_does_not_undo_a_newer_one(
             ("grace", None, None, None),
         ]
         assert rows[0][4] == T0 + timedelta(days=20)
-        result, rebuilt = await replay.replay(settings, status="scratch", bulk=True)
-        await rebuilt.close()
-        assert await _people(settings, result.generation.schema_name) == rows
-        conn = await db.connect(settings)
-        try:
-            diffs = await replay.compare(conn, live, result.generation.schema_name)
-        finally:
-            await conn.close()
-        assert [d.table for d in diffs if not d.clean] == [], [d.samples for d in diffs]
-    finally:
-        await worker.close()
+        rebuilt = await assert_rebuild_equals(settings, live)
+        assert await _people(settings, rebuilt) == rows
 
 
 async def test_people_events_before_the_persons_add_do_the_same_live_and_in_a_rebuild(
@@ -102,14 +83,7 @@ async def test_people_events_before_the_persons_add_do_the_same_live_and_in_a_re
     last = 0
     for e in events:
         last = await log.publish(e)
-    worker = Worker(settings)
-    await worker.start()
-    assert worker.generation is not None
-    try:
-        async with asyncio.timeout(30):
-            while worker.stats.last_seq < last:
-                await worker.run_once()
-        live = worker.generation.schema_name
+    async with live_worker(settings, last) as live:
         rows = await _people(settings, live)
         assert [r[:2] for r in rows] == [("ada", None), ("bob", None)]
         conn = await db.connect(settings, rm_schema=live)
@@ -118,13 +92,4 @@ async def test_people_events_before_the_persons_add_do_the_same_live_and_in_a_re
             assert await cur.fetchone() == (0,)
         finally:
             await conn.close()
-        result, rebuilt = await replay.replay(settings, status="scratch", bulk=True)
-        await rebuilt.close()
-        conn = await db.connect(settings)
-        try:
-            diffs = await replay.compare(conn, live, result.generation.schema_name)
-        finally:
-            await conn.close()
-        assert [d.table for d in diffs if not d.clean] == [], [d.samples for d in diffs]
-    finally:
-        await worker.close()
+        await assert_rebuild_equals(settings, live)
