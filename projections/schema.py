@@ -244,13 +244,24 @@ WORKSPACE_TABLES = (
     "pending_retractions_v1",
 )
 
-# The api reads as API_ROLE on connections whose session names their workspace: it
-# may read every table of the generation, and the policies leave it one workspace's rows. The
-# worker writes as the tables' owner, which the policies do not apply to (not FORCEd). Each
+#: Tables of a generation whose rows belong to no workspace and hold nothing of one (stream
+#: positions only): the api reads them (freshness, the live feed's trim point) unfiltered.
+SHARED_TABLES = ("checkpoints", "live_state")
+
+#: Tables the api must not read at all: a dead letter's subject and detail name any
+#: workspace, and no route serves them (``tieline dlq`` reads them as the owner).
+PRIVATE_TABLES = ("dead_letters",)
+
+# The api reads as API_ROLE on connections whose session names their workspace: it may read
+# the workspace tables, where the policies leave it one workspace's rows, and the shared ones.
+# Grants are by name, so a table added later is not readable until it is listed here (an
+# earlier release granted every table: the REVOKE takes that back on an existing generation).
+# The worker writes as the tables' owner, which the policies do not apply to (not FORCEd). Each
 # step is conditional, so a start on an existing generation takes no table lock.
 RLS_DDL = """
 GRANT USAGE ON SCHEMA {schema} TO {role};
-GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role};
+GRANT SELECT ON {readable} TO {role};
+REVOKE ALL ON {private} FROM {role};
 """
 
 POLICY_DDL = """
@@ -272,7 +283,14 @@ def rls_statements(schema: str) -> sql.Composed:
     """The api role, its grants on ``schema`` and a policy on every workspace table."""
     parts = [
         sql.SQL(API_ROLE_DDL),
-        sql.SQL(RLS_DDL).format(role=sql.Identifier(API_ROLE), schema=sql.Identifier(schema)),
+        sql.SQL(RLS_DDL).format(
+            role=sql.Identifier(API_ROLE),
+            schema=sql.Identifier(schema),
+            readable=sql.SQL(", ").join(
+                sql.Identifier(schema, t) for t in (*WORKSPACE_TABLES, *SHARED_TABLES)
+            ),
+            private=sql.SQL(", ").join(sql.Identifier(schema, t) for t in PRIVATE_TABLES),
+        ),
     ]
     for table in WORKSPACE_TABLES:
         parts.append(

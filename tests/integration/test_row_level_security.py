@@ -17,6 +17,7 @@ from tieline.plumbing.config import Settings
 from tieline.plumbing.migrations import API_ROLE
 from tieline.plumbing.state import ensure_state_schema
 from tieline.projections.readpool import LivePool
+from tieline.projections.schema import SHARED_TABLES, WORKSPACE_TABLES
 from tieline.services.api.runtime import REQUEST_WORKSPACE, Connections
 from tieline.services.auth import create_token
 
@@ -171,3 +172,49 @@ async def test_every_table_keyed_on_a_workspace_has_a_policy(settings: Settings)
     assert len(rows) >= 11, rows  # 5 state tables + 6 read-model tables at least
     unprotected = [name for name, enabled, policy in rows if not (enabled and policy)]
     assert unprotected == []
+
+
+async def test_the_api_role_reads_no_table_of_a_generation_that_names_any_workspace(
+    settings: Settings,
+) -> None:
+    """The api role may read a generation's workspace tables (under their policies) and the
+    tables of stream positions, nothing else: the dead letters name any workspace in their
+    subjects and details, and a table added later is not readable until it is listed."""
+    pool = LivePool(settings)
+    await pool.open()
+    try:
+        async with pool.connection() as conn:
+            await ensure_state_schema(conn, settings.database_schema)
+            generation = pool.generation.schema_name
+            await conn.execute(
+                sql.SQL(
+                    "INSERT INTO {}.dead_letters (projection, stream_seq, subject, reason, "
+                    "detail) VALUES ('p', 1, 'tieline.events.rival.person.added', 'poison', "
+                    "'rival''s payload')"
+                ).format(sql.Identifier(generation))
+            )
+            cur = await conn.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relkind = 'r' "
+                "AND has_table_privilege(%s, c.oid, 'SELECT') ORDER BY 1",
+                (generation, API_ROLE),
+            )
+            readable = {r["relname"] for r in await cur.fetchall()}
+            bound = REQUEST_WORKSPACE.set("acme")
+            try:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    async with conn.transaction():
+                        await conn.execute(
+                            sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(API_ROLE))
+                        )
+                        await conn.execute(
+                            sql.SQL("SELECT detail FROM {}.dead_letters").format(
+                                sql.Identifier(generation)
+                            )
+                        )
+            finally:
+                REQUEST_WORKSPACE.reset(bound)
+    finally:
+        await pool.close()
+    assert readable == set(WORKSPACE_TABLES) | set(SHARED_TABLES)
+    assert "dead_letters" not in readable
