@@ -127,6 +127,9 @@ class BulkFold:
     dead: list[tuple[Any, ...]] = field(default_factory=list)
     #: ``merges_v1`` rows (projections/merges.py MERGE_COLUMNS), by (workspace, merge event id).
     merges: dict[tuple[str, UUID], list[Any]] = field(default_factory=dict)
+    #: People (workspace, person) with a retracted ``person.updated``: their fields are
+    #: folded again from the archive once it is loaded (projections/people.py ``refold``).
+    refolds: set[tuple[str, str]] = field(default_factory=set)
     #: (retraction event id, its seq, workspace, retracted event id), in stream order.
     retractions: list[tuple[UUID, int, str, UUID]] = field(default_factory=list)
     _seen: set[tuple[str, int]] = field(default_factory=set)
@@ -243,8 +246,11 @@ class BulkFold:
         row[_I_STATUS] = _intro_status(row)
 
     def retracted(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        """Mark the people whose ``person.added`` :data:`RETRACT_SQL` retracted."""
+        """Mark the people whose ``person.added`` :data:`RETRACT_SQL` retracted, and note
+        those a retracted ``person.updated`` of must be folded again (:attr:`refolds`)."""
         for event_id, etype, ws, person_id in rows:
+            if etype == "person.updated":
+                self.refolds.add((ws, person_id))
             row = self.people.get((ws, person_id)) if etype == "person.added" else None
             if row is not None:
                 row[_P_RETRACTED] = True

@@ -43,7 +43,7 @@ from tieline.events_schema.registry import EventRegistry
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
 from tieline.plumbing.jetstream import connect_nats, first_event_at_or_after
-from tieline.projections import merges
+from tieline.projections import merges, people
 from tieline.projections.bulk import (
     DEAD_COLUMNS,
     INTRO_COLUMNS,
@@ -495,6 +495,8 @@ async def _load(
     lap("fold_pairs")
     await build_keys(conn, schema, keys, ("people_v1", "introductions_v1", "strength_v1"))
     lap("other_keys")
+    for ws, person in sorted(fold.refolds):  # with the keys: one indexed update each
+        await people.refold(conn, fold.registry, ws, person, last)
     if last:
         await mark_trimmed(conn, last)
     # The checkpoint last: it says every event up to `last` is in the tables above.

@@ -7,7 +7,9 @@ newer ones, or sent by a device that was offline) never undoes a newer change, a
 does not depend on the order the log delivers the updates in: the live store and the bulk
 rebuild (projections/bulk.py) apply the same rule, in stream order (:func:`apply`).
 Forgetting a person clears every field and its time; an update that comes after the forget
-(only a dead letter replayed late can) sets nothing.
+(only a dead letter replayed late can) sets nothing. Retracting a ``person.updated`` undoes it:
+the person's fields are folded again from the archive (:func:`refold`), so a value the update
+had replaced comes back, and one a later update set stays.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
-from tieline.projections.changes import PERSON_FIELDS
+from tieline.events_schema.registry import EventRegistry
+from tieline.projections.changes import PERSON_FIELDS, changes_for
 from tieline.projections.items import Decoded
 
 #: When a field was set: [microseconds since the epoch of the event's occurred_at, its seq].
@@ -105,4 +108,54 @@ async def forget(conn: AsyncConnection[Any], it: Decoded, person_id: str) -> Non
         f"UPDATE people_v1 SET {nulls}, field_at = '{{}}', forgotten = true, last_seq = %s "
         "WHERE workspace_id = %s AND person_id = %s",
         (it.seq, it.event.workspace_id, person_id),
+    )
+
+
+#: A person's archived add and the updates after it that still hold, in stream order.
+_HISTORY = """SELECT type, seq, payload FROM events
+               WHERE workspace_id = %s AND payload->>'person_id' = %s
+                 AND type IN ('person.added', 'person.updated')
+                 AND (type = 'person.added' OR retracted_by IS NULL)
+               ORDER BY seq"""
+
+
+def fold(registry: EventRegistry, history: list[tuple[str, int, Any]]) -> dict[str, Any] | None:
+    """A person's fields, their ``field_at`` and ``updated_at`` from their archived
+    ``person.added`` and the unretracted ``person.updated`` after it (the rows of
+    :data:`_HISTORY`), by the rule of :func:`apply`: an update before the add found no row and
+    set nothing. None without an add. The add counts even when retracted: its row stays,
+    hidden, with the fields it has, as the live store and the bulk rebuild leave it."""
+    values: dict[str, Any] = {}
+    field_at: dict[str, Stamp] = {}
+    updated_at: datetime | None = None
+    for _type, seq, payload in history:
+        event = registry.decode_obj(payload)
+        ch = changes_for(event)
+        s = stamp(event.occurred_at, seq)
+        if ch.person_added is not None and updated_at is None:
+            values = {f: ch.person_added[f] for f in PERSON_FIELDS}
+            field_at, updated_at = added_stamps(ch.person_added, s), event.occurred_at
+        elif ch.person_updated is not None and updated_at is not None:
+            for f, v in newer(ch.person_updated, field_at, s).items():
+                values[f], field_at[f] = v, s
+            updated_at = max(updated_at, event.occurred_at)
+    if updated_at is None:
+        return None
+    return {**values, "field_at": Jsonb(field_at), "updated_at": updated_at}
+
+
+async def refold(
+    conn: AsyncConnection[Any], registry: EventRegistry, ws: str, person: str, seq: int
+) -> None:
+    """Fold ``person``'s fields again from the archive (a ``person.updated`` of theirs was
+    retracted, at ``seq``); a forgotten person stays forgotten."""
+    cur = await conn.execute(_HISTORY, (ws, person))
+    folded = fold(registry, [tuple(r) for r in await cur.fetchall()])
+    if folded is None:
+        return
+    sets = "".join(f"{f} = %({f})s, " for f in folded)
+    await conn.execute(
+        f"UPDATE people_v1 SET {sets}last_seq = %(seq)s "
+        "WHERE workspace_id = %(ws)s AND person_id = %(person)s AND NOT forgotten",
+        {**folded, "seq": seq, "ws": ws, "person": person},
     )

@@ -33,6 +33,9 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (workspace_id, event_id)
 );
 CREATE INDEX IF NOT EXISTS events_ws_seq ON events (workspace_id, seq);
+-- A person's add and updates, folded again when an update is retracted (projections/people.py).
+CREATE INDEX IF NOT EXISTS events_person ON events (workspace_id, (payload->>'person_id'), seq)
+    WHERE type IN ('person.added', 'person.updated');
 -- A workspace's adopted model parameters (projections/workspace_models.py).
 CREATE INDEX IF NOT EXISTS events_model ON events (workspace_id, seq)
     WHERE type = 'workspace.model_calibrated';

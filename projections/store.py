@@ -503,6 +503,9 @@ class ProjectionStore:
         if row[0] == MODEL_CALIBRATED:
             self._recalibrated[ws] = it  # the workspace's pairs are recomputed after the batch
             return
+        if row[0] == "person.updated":
+            await people.refold(conn, self.registry, ws, row[1], it.seq)
+            return
         if row[0] == "person.added":
             await conn.execute(
                 "UPDATE people_v1 SET retracted = true, last_seq = %s "

@@ -93,3 +93,42 @@ async def test_people_events_before_the_persons_add_do_the_same_live_and_in_a_re
         finally:
             await conn.close()
         await assert_rebuild_equals(settings, live)
+
+
+async def test_a_retracted_update_is_undone_and_the_values_it_replaced_come_back(
+    settings: Settings, log: Log
+) -> None:
+    """ada's title changes on days 10 and 20 (day 20 also sets her phone); a change from day 5
+    (phone) comes late. Retracting day 20's change brings back day 10's title and day 5's
+    phone. A change from day 30 (email) is retracted before it reaches the log (a dead letter
+    replayed later): it is undone as it arrives. grace's update retracted after her forget
+    brings back nothing."""
+    up, add, ret, d0 = "person.updated", "person.added", "event.retracted", _at(0)
+    u20 = make_event("pr", type=up, person_id="ada", title="CEO", phone="+2", occurred_at=_at(20))
+    u30 = make_event("pr", type=up, person_id="ada", email="a@example.org", occurred_at=_at(30))
+    g9 = make_event("pr", type=up, person_id="grace", title="back", occurred_at=_at(9))
+    events = [
+        make_event("pr", type=add, person_id="ada", display_name="A", title="dev", occurred_at=d0),
+        make_event("pr", type=add, person_id="grace", display_name="G", occurred_at=_at(0)),
+        make_event("pr", type=up, person_id="ada", title="CTO", occurred_at=_at(10)),
+        u20,
+        make_event("pr", type=up, person_id="ada", phone="+1", occurred_at=_at(5)),
+        g9,
+        make_event("pr", type="person.forgotten", person_id="grace", occurred_at=_at(11)),
+        make_event("pr", type=ret, retracted_event_id=str(u20.event_id), occurred_at=_at(21)),
+        make_event("pr", type=ret, retracted_event_id=str(u30.event_id), occurred_at=_at(22)),
+        make_event("pr", type=ret, retracted_event_id=str(g9.event_id), occurred_at=_at(23)),
+        u30,
+    ]  # fmt: skip
+    last = 0
+    for e in events:
+        last = await log.publish(e)
+    async with live_worker(settings, last) as live:
+        rows = await _people(settings, live)
+        assert [r[:4] for r in rows] == [
+            ("ada", "CTO", "+1", None),  # day 10's title, day 5's phone, no email
+            ("grace", None, None, None),
+        ]
+        assert rows[0][4] == T0 + timedelta(days=10)  # the latest change that holds
+        rebuilt = await assert_rebuild_equals(settings, live)
+        assert await _people(settings, rebuilt) == rows
