@@ -254,13 +254,34 @@ def check_people(event: Event, obj: dict[str, Any], cmd: Command) -> None:
             raise Rejected(410, loc, f"person {pid!r} was forgotten")
 
 
+#: Events whose effect a retraction cannot remove, and what to send instead. A retraction
+#: promises to remove exactly its event's effect: these were accepted and changed nothing
+#: (an erasure destroyed the person's key; the double opt-in state of an introduction would
+#: keep a consent the read side no longer showed).
+NOT_RETRACTABLE = {
+    "event.retracted": "a retraction cannot be retracted",
+    "person.forgotten": "an erasure cannot be undone: the person's key is destroyed",
+    "introduction.requested": (
+        "an introduction request cannot be retracted; withdraw it with introduction.consented "
+        "(consented: false) from the requester"
+    ),
+    "introduction.consented": (
+        "a consent cannot be retracted; send introduction.consented again with the new answer"
+    ),
+    "introduction.outcome": (
+        "an outcome cannot be retracted; send introduction.outcome again with the right one"
+    ),
+}
+
+
 def check_retraction(event: EventRetracted, target: Recorded | None) -> None:
-    """A retraction names a recorded event of its own workspace that is not a retraction and
-    not retracted already (by another retraction)."""
+    """A retraction names a recorded event of its own workspace whose effect can be removed
+    (not a retraction, an erasure or an introduction step: :data:`NOT_RETRACTABLE`), not
+    retracted already (by another retraction)."""
     if target is None or target.workspace_id != event.workspace_id or target.seq is None:
         raise Rejected(404, ["retracted_event_id"], "no such event in this workspace")
-    if target.type == "event.retracted":
-        raise Rejected(422, ["retracted_event_id"], "a retraction cannot be retracted")
+    if target.type in NOT_RETRACTABLE:
+        raise Rejected(422, ["retracted_event_id"], NOT_RETRACTABLE[target.type])
     if target.retracted_by is not None and target.retracted_by != str(event.event_id):
         raise Rejected(409, ["retracted_event_id"], "is already retracted")
 
