@@ -246,11 +246,17 @@ class BulkFold:
         row[_I_STATUS] = _intro_status(row)
 
     def retracted(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        """Mark the people whose ``person.added`` :data:`RETRACT_SQL` retracted, and note
-        those a retracted ``person.updated`` of must be folded again (:attr:`refolds`)."""
+        """Mark the people whose ``person.added`` :data:`RETRACT_SQL` retracted, note those
+        a retracted ``person.updated`` of must be folded again (:attr:`refolds`), and unmake
+        the introductions whose ``relationship.introduced`` it retracted."""
+        made = {(k[0], r[_I_MADE]): r for k, r in self.intros.items() if r[_I_MADE] is not None}
         for event_id, etype, ws, person_id in rows:
             if etype == "person.updated":
                 self.refolds.add((ws, person_id))
+            intro = made.get((ws, event_id)) if etype == "relationship.introduced" else None
+            if intro is not None:  # the live store's _unmake
+                intro[_I_MADE] = None
+                intro[_I_STATUS] = _intro_status(intro)
             row = self.people.get((ws, person_id)) if etype == "person.added" else None
             if row is not None:
                 row[_P_RETRACTED] = True
@@ -274,8 +280,8 @@ class BulkFold:
 
 
 def _intro_status(row: list[Any]) -> str:
-    """The live store's status rule for an introduction row."""
-    if row[_I_OUTCOME] is not None:
+    """The live store's status rule for an introduction row (store.py ``INTRO_STATUS``)."""
+    if row[_I_OUTCOME] is not None and row[_I_MADE] is not None:
         return f"outcome: {row[_I_OUTCOME]}"
     if row[_I_MADE] is not None:
         return "made"

@@ -64,6 +64,17 @@ class _TrialRollback(Exception):
     """Raised to undo a trial application (:meth:`ProjectionStore.trial`)."""
 
 
+#: An introduction's status from its steps (bulk.py ``_intro_status`` is the same rule): an
+#: outcome shows only while the introduction is made (its making may be retracted).
+INTRO_STATUS = """UPDATE introductions_v1 SET status = CASE
+        WHEN outcome IS NOT NULL AND made_event_id IS NOT NULL THEN 'outcome: ' || outcome
+        WHEN made_event_id IS NOT NULL THEN 'made'
+        WHEN requester_consent = false OR target_consent = false THEN 'declined'
+        WHEN requester_consent AND target_consent THEN 'ready'
+        ELSE 'awaiting consent' END
+    WHERE workspace_id = %s AND introduction_id = %s"""
+
+
 @dataclass
 class BatchResult:
     applied: int = 0
@@ -305,16 +316,18 @@ class ProjectionStore:
                 "WHERE workspace_id = %s AND introduction_id = %s",
                 (change["outcome"], at, ws, intro_id),
             )
-        await conn.execute(
-            """UPDATE introductions_v1 SET status = CASE
-                   WHEN outcome IS NOT NULL THEN 'outcome: ' || outcome
-                   WHEN made_event_id IS NOT NULL THEN 'made'
-                   WHEN requester_consent = false OR target_consent = false THEN 'declined'
-                   WHEN requester_consent AND target_consent THEN 'ready'
-                   ELSE 'awaiting consent' END
-               WHERE workspace_id = %s AND introduction_id = %s""",
-            (ws, intro_id),
+        await conn.execute(INTRO_STATUS, (ws, intro_id))
+
+    async def _unmake(self, conn: AsyncConnection[Any], ws: str, target: UUID) -> None:
+        """The ``relationship.introduced`` ``target`` that made an introduction is retracted:
+        the introduction is no longer made (and its outcome no longer shows)."""
+        cur = await conn.execute(
+            "UPDATE introductions_v1 SET made_event_id = NULL WHERE workspace_id = %s "
+            "AND made_event_id = %s RETURNING introduction_id",
+            (ws, target),
         )
+        for (intro_id,) in await cur.fetchall():
+            await conn.execute(INTRO_STATUS, (ws, intro_id))
 
     def _model(self, ws: str) -> WorkspaceModel:
         """The parameter sets of workspace ``ws`` (the generation's strength set unless the
@@ -513,6 +526,8 @@ class ProjectionStore:
                 (it.seq, ws, row[1]),
             )
             return
+        if row[0] == "relationship.introduced":
+            await self._unmake(conn, ws, target)
         cur = await conn.execute(
             "UPDATE pair_events_v1 SET retracted = true WHERE event_id = %s AND workspace_id = %s "
             "RETURNING person_a, person_b",

@@ -283,6 +283,12 @@ async def apply_to_state(conn: AsyncConnection[Any], event: Event) -> None:
             " AND retracted_by IS NULL",
             (event.event_id, event.retracted_event_id, event.workspace_id),
         )
+        # The retracted event may have made an introduction: it can be made again.
+        await conn.execute(
+            "UPDATE write_introductions SET made_event_id = NULL WHERE workspace_id = %s "
+            "AND made_event_id = %s",
+            (event.workspace_id, event.retracted_event_id),
+        )
     elif isinstance(event, PersonMerged):
         await conn.execute(
             "INSERT INTO write_merges (event_id, workspace_id, merged, survivor) "

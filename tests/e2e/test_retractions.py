@@ -64,3 +64,39 @@ def test_a_retraction_that_could_not_remove_its_events_effect_is_refused(
     )
     rows = api.get(f"/v1/workspaces/{ws}/introductions", params={"min_seq": r.json()["seq"]})
     assert rows.json()["introductions"][0]["status"] == "ready"
+
+
+def test_retracting_the_event_that_made_an_introduction_unmakes_it(
+    api: httpx.Client, ws: str
+) -> None:
+    add_people(api, ws, "ada", "grace", "linus")
+    intro = str(uuid.uuid4())
+    steps = [
+        {"type": "introduction.requested", "introduction_id": intro, "requester": "ada",
+         "introducer": "grace", "target": "linus"},
+        {"type": "introduction.consented", "introduction_id": intro, "person": "ada"},
+        {"type": "introduction.consented", "introduction_id": intro, "person": "linus"},
+    ]  # fmt: skip
+    for step in steps:
+        post(api, ws, step)
+    made = {"type": "relationship.introduced", "introducer": "grace", "person_a": "ada",
+            "person_b": "linus", "introduction_id": intro}  # fmt: skip
+    first = post(api, ws, made).json()
+    post(api, ws, {"type": "introduction.outcome", "introduction_id": intro, "outcome": "met"})
+
+    def status(seq: int) -> str:
+        rows = api.get(f"/v1/workspaces/{ws}/introductions", params={"min_seq": seq}).json()
+        return str(rows["introductions"][0]["status"])
+
+    r = retract(api, ws, first["event_id"])
+    assert r.status_code == 201, r.text
+    assert status(r.json()["seq"]) == "ready"  # its outcome no longer shows
+    tie = api.get(f"/v1/workspaces/{ws}/relationships/ada/linus")
+    assert tie.status_code == 404 or tie.json()["introductions"] == 0, tie.text
+    late = api.post(
+        f"/v1/workspaces/{ws}/events",
+        json={"type": "introduction.outcome", "introduction_id": intro, "outcome": "talking"},
+    )
+    assert late.status_code == 409, late.text  # the write side knows it is not made
+    again = post(api, ws, made).json()
+    assert status(again["seq"]) == "outcome: met"  # made again: the outcome that holds shows
