@@ -7,7 +7,7 @@ from psycopg import AsyncConnection, sql
 from tieline.plumbing.migrations import API_ROLE, API_ROLE_DDL, WORKSPACE_SETTING
 
 #: Bump when a read-model table changes shape or meaning; tables carry it as a suffix.
-READ_MODEL_VERSION = 7
+READ_MODEL_VERSION = 8  # 8: retracted person updates and introduction makes undone
 
 DDL = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -34,8 +34,16 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_ws_seq ON events (workspace_id, seq);
 -- A person's add and updates, folded again when an update is retracted (projections/people.py).
-CREATE INDEX IF NOT EXISTS events_person ON events (workspace_id, (payload->>'person_id'), seq)
-    WHERE type IN ('person.added', 'person.updated');
+-- Made only on an empty archive (a new generation): on a filled one of an older version the
+-- build would hold off the archive's writers; that generation is rebuilt anyway.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_indexes WHERE schemaname = current_schema()
+                   AND indexname = 'events_person')
+       AND NOT EXISTS (SELECT 1 FROM events) THEN
+        CREATE INDEX events_person ON events (workspace_id, (payload->>'person_id'), seq)
+            WHERE type IN ('person.added', 'person.updated');
+    END IF;
+END $$;
 -- A workspace's adopted model parameters (projections/workspace_models.py).
 CREATE INDEX IF NOT EXISTS events_model ON events (workspace_id, seq)
     WHERE type = 'workspace.model_calibrated';

@@ -264,13 +264,15 @@ class ProjectionStore:
         touched = merges.resolve_rows(self._aliases, stored)  # new events per relationship
         if touched:
             await self._fold_pairs(conn, touched, items[-1].seq)
+        # Introduction steps before retractions, as people events are: a retraction of the
+        # make in the same batch then finds it made (the bulk rebuild retracts after all).
+        for it, intro_id, change in intros:
+            await self._introduction(conn, it, intro_id, change)
         for it, ch in steps:
             if ch.merges is not None:
                 await self._merge(conn, it, *ch.merges)
             else:
                 await self._retract(conn, it, result)
-        for it, intro_id, change in intros:
-            await self._introduction(conn, it, intro_id, change)
         await self._late_retractions(conn, items)
 
     async def _introduction(

@@ -340,5 +340,11 @@ def check_introduction(event: Event, intro: Introduction | None) -> None:
             raise Rejected(
                 409, ["introduction_id"], "both sides must consent first (double opt-in)"
             )
+        if intro.made_event_id is not None:
+            raise Rejected(
+                409,
+                ["introduction_id"],
+                f"is made already (event {intro.made_event_id}); retract that to make it again",
+            )
     elif isinstance(event, IntroductionOutcome) and intro.made_event_id is None:
         raise Rejected(409, ["introduction_id"], "the introduction has not been made yet")

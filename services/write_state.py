@@ -191,15 +191,18 @@ class WriteState:
 
     async def introduction(self, workspace_id: str, introduction_id: UUID) -> Introduction | None:
         async with self.pool.connection() as conn:
+            # A make whose retraction is claimed (in flight) or recorded no longer counts.
             cur = await conn.execute(
-                "SELECT * FROM write_introductions WHERE workspace_id = %s "
-                "AND introduction_id = %s",
+                "SELECT i.*, w.retracted_by IS NOT NULL AS unmade FROM write_introductions i "
+                "LEFT JOIN write_events w ON w.workspace_id = i.workspace_id "
+                "AND w.event_id = i.made_event_id "
+                "WHERE i.workspace_id = %s AND i.introduction_id = %s",
                 (workspace_id, introduction_id),
             )
             row = await cur.fetchone()
         if row is None:
             return None
-        made = row["made_event_id"]
+        made = None if row["unmade"] else row["made_event_id"]
         return Introduction(
             row["requester"],
             row["introducer"],

@@ -82,6 +82,10 @@ def test_retracting_the_event_that_made_an_introduction_unmakes_it(
     made = {"type": "relationship.introduced", "introducer": "grace", "person_a": "ada",
             "person_b": "linus", "introduction_id": intro}  # fmt: skip
     first = post(api, ws, made).json()
+    resent = api.post(f"/v1/workspaces/{ws}/events", json={**made, "event_id": first["event_id"]})
+    assert resent.status_code == 200 and resent.json()["duplicate"], resent.text
+    twice = api.post(f"/v1/workspaces/{ws}/events", json=made)
+    assert twice.status_code == 409 and first["event_id"] in twice.json()["detail"], twice.text
     post(api, ws, {"type": "introduction.outcome", "introduction_id": intro, "outcome": "met"})
 
     def status(seq: int) -> str:
