@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
@@ -51,6 +51,13 @@ class Log:
             stream=self.settings.stream_name,
         )
         return int(ack.seq)
+
+    async def publish_all(self, events: Iterable[Event]) -> int:
+        """Publish ``events`` in order; the last one's sequence (0 for none)."""
+        last = 0
+        for event in events:
+            last = await self.publish(event)
+        return last
 
     async def publish_raw(self, subject: str, data: bytes) -> int:
         ack = await self.js.publish(subject, data, stream=self.settings.stream_name)

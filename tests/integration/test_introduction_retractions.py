@@ -39,17 +39,16 @@ async def test_a_make_retracted_in_the_same_batch_leaves_the_introduction_ready(
         *_steps(first),
         *_steps(second),
     ]  # fmt: skip
-    last = 0
-    for body in bodies:
-        last = await log.publish(make_event(WS, **body))
-    for event in (
-        m1,
-        make_event(WS, type="introduction.outcome", introduction_id=first, outcome="met"),
-        make_event(WS, type=retract, retracted_event_id=str(m1.event_id)),
-        make_event(WS, type=retract, retracted_event_id=str(m2.event_id)),
-        m2,  # after its retraction
-    ):
-        last = await log.publish(event)
+    await log.publish_all(make_event(WS, **body) for body in bodies)
+    last = await log.publish_all(
+        (
+            m1,
+            make_event(WS, type="introduction.outcome", introduction_id=first, outcome="met"),
+            make_event(WS, type=retract, retracted_event_id=str(m1.event_id)),
+            make_event(WS, type=retract, retracted_event_id=str(m2.event_id)),
+            m2,  # after its retraction
+        )
+    )
     async with live_worker(settings, last) as live:
         conn = await db.connect(settings, rm_schema=live)
         try:

@@ -33,9 +33,7 @@ async def _history(log: Log) -> int:
         make_event("pu", type=up, person_id="ada", email="ada@example.org", occurred_at=_at(20)),
         make_event("pu", type=up, person_id="grace", title="back", occurred_at=_at(12)),
     ]
-    last = 0
-    for e in events:
-        last = await log.publish(e)
+    last = await log.publish_all(events)
     return last
 
 
@@ -80,9 +78,7 @@ async def test_people_events_before_the_persons_add_do_the_same_live_and_in_a_re
         make_event("po", type="person.forgotten", person_id="bob", occurred_at=_at(1)),
         make_event("po", type=add, person_id="bob", display_name="B", occurred_at=_at(0)),
     ]  # fmt: skip
-    last = 0
-    for e in events:
-        last = await log.publish(e)
+    last = await log.publish_all(events)
     async with live_worker(settings, last) as live:
         rows = await _people(settings, live)
         assert [r[:2] for r in rows] == [("ada", None), ("bob", None)]
@@ -120,9 +116,7 @@ async def test_a_retracted_update_is_undone_and_the_values_it_replaced_come_back
         make_event("pr", type=ret, retracted_event_id=str(g9.event_id), occurred_at=_at(23)),
         u30,
     ]  # fmt: skip
-    last = 0
-    for e in events:
-        last = await log.publish(e)
+    last = await log.publish_all(events)
     async with live_worker(settings, last) as live:
         rows = await _people(settings, live)
         assert [r[:4] for r in rows] == [
