@@ -376,8 +376,9 @@ class RelationshipClosenessRated(Event):
 class EventRetracted(Event):
     """An earlier event was recorded by mistake. Events are never edited or deleted; projections
     honour a retraction by removing exactly that event's effect. An effect that cannot be
-    removed is not retractable: a retraction, an erasure (``person.forgotten``) or an
-    introduction step (send the step again with the right answer instead)."""
+    removed is not retractable: a retraction, a person's add or erasure (``person.added``,
+    ``person.forgotten``: merge a duplicate instead) or an introduction step (send the step
+    again with the right answer instead)."""
 
     type: Literal["event.retracted"] = "event.retracted"
     retracted_event_id: UUID

@@ -257,9 +257,14 @@ def check_people(event: Event, obj: dict[str, Any], cmd: Command) -> None:
 #: Events whose effect a retraction cannot remove, and what to send instead. A retraction
 #: promises to remove exactly its event's effect: these were accepted and changed nothing
 #: (an erasure destroyed the person's key; the double opt-in state of an introduction would
-#: keep a consent the read side no longer showed).
+#: keep a consent the read side no longer showed; a person's add only left the directory while
+#: the events naming them still counted and more could be recorded).
 NOT_RETRACTABLE = {
     "event.retracted": "a retraction cannot be retracted",
+    "person.added": (
+        "a person cannot be un-added (events may name them); fold a duplicate into the right "
+        "person with person.merged, or erase them with person.forgotten"
+    ),
     "person.forgotten": "an erasure cannot be undone: the person's key is destroyed",
     "introduction.requested": (
         "an introduction request cannot be retracted; withdraw it with introduction.consented "
@@ -276,7 +281,8 @@ NOT_RETRACTABLE = {
 
 def check_retraction(event: EventRetracted, target: Recorded | None) -> None:
     """A retraction names a recorded event of its own workspace whose effect can be removed
-    (not a retraction, an erasure or an introduction step: :data:`NOT_RETRACTABLE`), not
+    (not a retraction, a person's add or erasure, or an introduction step:
+    :data:`NOT_RETRACTABLE`), not
     retracted already (by another retraction)."""
     if target is None or target.workspace_id != event.workspace_id or target.seq is None:
         raise Rejected(404, ["retracted_event_id"], "no such event in this workspace")

@@ -104,3 +104,19 @@ def test_retracting_the_event_that_made_an_introduction_unmakes_it(
     assert late.status_code == 409, late.text  # the write side knows it is not made
     again = post(api, ws, made).json()
     assert status(again["seq"]) == "outcome: met"  # made again: the outcome that holds shows
+
+
+def test_a_person_cannot_be_un_added(api: httpx.Client, ws: str) -> None:
+    """Retracting a ``person.added`` is refused: events may name the person, and hiding them
+    from the directory while their ties still counted was not removing the add's effect."""
+    add_people(api, ws, "ada")
+    added = api.post(f"/v1/workspaces/{ws}/people", json={"person_id": "mal", "display_name": "M"})
+    assert added.status_code == 201, added.text
+    met = {"type": "relationship.met", "participants": ["ada", "mal"], "depth": "conversation"}
+    seq = post(api, ws, met).json()["seq"]
+    r = retract(api, ws, added.json()["event_id"])
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["loc"] == ["retracted_event_id"], r.json()
+    assert "person.merged" in r.json()["errors"][0]["msg"], r.json()
+    person = api.get(f"/v1/workspaces/{ws}/people/mal", params={"min_seq": seq})
+    assert person.status_code == 200, person.text  # still there, as the refusal says

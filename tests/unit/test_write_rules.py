@@ -153,10 +153,11 @@ def test_retraction_rules() -> None:
     assert status(replace(met, seq=None)) == 404
     assert status(replace(met, type="event.retracted")) == 422
     # Effects a retraction cannot remove are refused, not accepted to change nothing.
-    for kind in ("person.forgotten", "introduction.consented", "introduction.outcome"):
+    for kind in ("person.added", "person.forgotten", "introduction.consented"):
         assert status(replace(met, type=kind)) == 422, kind
     assert status(replace(met, type="introduction.requested")) == 422
-    for kind in ("person.updated", "person.added", "person.merged", "workspace.model_calibrated"):
+    assert status(replace(met, type="introduction.outcome")) == 422
+    for kind in ("person.updated", "person.merged", "workspace.model_calibrated"):
         rules.check_retraction(retraction, replace(met, type=kind))
     assert status(replace(met, retracted_by=str(uuid4()))) == 409
 
