@@ -21,6 +21,7 @@ from tieline.events_schema.models import (
     EventRetracted,
     IntroductionConsented,
     IntroductionOutcome,
+    IntroductionRequested,
     PersonAdded,
     PersonForgotten,
     PersonMerged,
@@ -325,6 +326,15 @@ def check_merge(event: PersonMerged, holding: Sequence[Merge]) -> None:
                 f"person {m.merged!r} was merged into {event.person_id!r}; retract that "
                 f"merge first, or merge into {event.person_id!r} instead",
             )
+
+
+def is_introduction_step(event: Event) -> bool:
+    """A step of a double opt-in introduction: its request, a consent, the make (a
+    ``relationship.introduced`` naming the introduction) or an outcome. Each is decided,
+    published and recorded under its introduction's lock, one after another."""
+    if isinstance(event, RelationshipIntroduced):
+        return event.introduction_id is not None
+    return isinstance(event, IntroductionRequested | IntroductionConsented | IntroductionOutcome)
 
 
 def check_introduction(event: Event, intro: Introduction | None) -> None:

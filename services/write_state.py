@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -31,7 +31,14 @@ from tieline.events_schema.models import (
 )
 from tieline.events_schema.registry import EventRegistry
 from tieline.plumbing.coalesce import Coalescer
-from tieline.services.write_rules import Introduction, Merge, Recorded, check_merge
+from tieline.services.write_rules import (
+    Introduction,
+    Merge,
+    Recorded,
+    check_introduction,
+    check_merge,
+    is_introduction_step,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -59,8 +66,25 @@ BACKFILL_BATCH = 256
 def merge_lock(workspace_id: str, person_id: str) -> int:
     """The advisory lock key of one person's merges (a signed 64-bit hash; a collision only
     makes two unrelated merges wait for each other)."""
-    name = f"tieline:merge:{workspace_id}:{person_id}".encode()
-    return int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "big", signed=True)
+    return _lock_key(f"tieline:merge:{workspace_id}:{person_id}")
+
+
+def introduction_lock(workspace_id: str, introduction_id: UUID) -> int:
+    """The advisory lock key of one introduction's steps (see :meth:`WriteState.step`)."""
+    return _lock_key(f"tieline:introduction:{workspace_id}:{introduction_id}")
+
+
+def _lock_key(name: str) -> int:
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+#: Where one introduction stands; a make whose retraction is claimed (in flight) or recorded
+#: no longer counts (``unmade``).
+INTRODUCTION = """SELECT i.*, w.retracted_by IS NOT NULL AS unmade FROM write_introductions i
+                  LEFT JOIN write_events w ON w.workspace_id = i.workspace_id
+                   AND w.event_id = i.made_event_id
+                  WHERE i.workspace_id = %s AND i.introduction_id = %s"""
 
 
 #: An event's identity: ids are unique within a workspace (migration 0007).
@@ -191,26 +215,31 @@ class WriteState:
 
     async def introduction(self, workspace_id: str, introduction_id: UUID) -> Introduction | None:
         async with self.pool.connection() as conn:
-            # A make whose retraction is claimed (in flight) or recorded no longer counts.
-            cur = await conn.execute(
-                "SELECT i.*, w.retracted_by IS NOT NULL AS unmade FROM write_introductions i "
-                "LEFT JOIN write_events w ON w.workspace_id = i.workspace_id "
-                "AND w.event_id = i.made_event_id "
-                "WHERE i.workspace_id = %s AND i.introduction_id = %s",
-                (workspace_id, introduction_id),
-            )
-            row = await cur.fetchone()
-        if row is None:
-            return None
-        made = None if row["unmade"] else row["made_event_id"]
-        return Introduction(
-            row["requester"],
-            row["introducer"],
-            row["target"],
-            row["requester_consent"],
-            row["target_consent"],
-            None if made is None else str(made),
-        )
+            return await _introduction(conn, workspace_id, introduction_id)
+
+    async def step(
+        self, event: Event, publish: Callable[[], Awaitable[tuple[int, bool]]]
+    ) -> tuple[int, bool]:
+        """Decide, publish and record one introduction step (:func:`is_introduction_step`)
+        under its introduction's lock, in one transaction: of two makes racing (on any
+        replica, or two lines of one command) exactly one is published, and a consent
+        withdrawn while a make is decided lands on the log after that make, never before it.
+        The double opt-in is checked (:func:`check_introduction`) against the state as it
+        is under the lock; a request only records where the introduction stands.
+
+        A publish that fails (refused, or a timeout: it may be on the log) rolls the state
+        back; a retry with the same event id is decided again and JetStream dedupes it."""
+        ws, intro_id = event.workspace_id, getattr(event, "introduction_id", None)
+        assert intro_id is not None and is_introduction_step(event)
+        async with self.pool.connection() as conn, conn.transaction():
+            lock = introduction_lock(ws, intro_id)
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+            if not isinstance(event, IntroductionRequested):
+                check_introduction(event, await _introduction(conn, ws, intro_id))
+            seq, dup = await publish()
+            await conn.execute(SET_SEQS, _seq_arrays([(event, seq)]))
+            await apply_to_state(conn, event)
+        return seq, dup
 
     async def claim_merge(self, event: PersonMerged) -> bool:
         """Decide a merge and hold it (a ``write_merges`` row) before it is published, so a
@@ -251,7 +280,11 @@ class WriteState:
         """After the acks: the sequences, and what the events change in the write-side state."""
         if not published:
             return
-        changing = [e for e, _ in published if isinstance(e, CHANGES_STATE)]
+        # (An introduction step changed the state when it was published, under its lock:
+        # applying it again here could undo a later step of another command.)
+        changing = [
+            e for e, _ in published if isinstance(e, CHANGES_STATE) and not is_introduction_step(e)
+        ]
         if not changing:  # the common case: one statement with other commands' sequences
             await self._record.submit(list(published))
             return
@@ -276,6 +309,24 @@ CHANGES_STATE = (
     RelationshipIntroduced,
     PersonMerged,
 )
+
+
+async def _introduction(
+    conn: AsyncConnection[Any], workspace_id: str, introduction_id: UUID
+) -> Introduction | None:
+    cur = await conn.execute(INTRODUCTION, (workspace_id, introduction_id))
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    made = None if row["unmade"] else row["made_event_id"]
+    return Introduction(
+        row["requester"],
+        row["introducer"],
+        row["target"],
+        row["requester_consent"],
+        row["target_consent"],
+        None if made is None else str(made),
+    )
 
 
 async def apply_to_state(conn: AsyncConnection[Any], event: Event) -> None:

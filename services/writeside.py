@@ -22,7 +22,6 @@ from nats.js.errors import APIError, NotFoundError
 from tieline.events_schema.models import (
     Event,
     EventRetracted,
-    IntroductionRequested,
     PersonAdded,
     PersonForgotten,
     PersonMerged,
@@ -132,30 +131,31 @@ class WriteSide:
         return Command(known=known, keys=keys)
 
     async def check(self, event: Event, obj: dict[str, Any], cmd: Command) -> None:
-        """Apply the rules that need state: people, retraction target, introduction. (A merge
-        is decided when it claims its people, just before publishing: see :meth:`publish`.)"""
+        """Apply the rules that need state: people, retraction target. (A merge is decided
+        when it claims its people, and an introduction step under its introduction's lock,
+        just before publishing: see :meth:`publish`.)"""
         rules.check_people(event, obj, cmd)
         if isinstance(event, EventRetracted):
             rules.check_retraction(
                 event, await self.state.event(event.workspace_id, event.retracted_event_id)
             )
-        intro_id = getattr(event, "introduction_id", None)
-        if intro_id is not None and not isinstance(event, IntroductionRequested):
-            intro = await self.state.introduction(event.workspace_id, intro_id)
-            rules.check_introduction(event, intro)
 
     # -- publishing -----------------------------------------------------------------------
 
     async def publish(self, event: Event, cmd: Command) -> tuple[int, bool]:
         """Publish one decided event. A retraction first claims its target, so of two
         concurrent retractions of one event exactly one is published; a merge first claims
-        its two people, so of merges that would make a double merge or a chain only one is.
+        its two people, so of merges that would make a double merge or a chain only one is;
+        an introduction step is decided, published and recorded under its introduction's
+        lock, so of two makes of one introduction only one is.
 
         A claim is given back when the line is refused while publishing; when the publish
         fails otherwise (a timeout: it may be on the log) it is kept, and a retry with the
         same event id publishes it again (JetStream dedupes)."""
         if isinstance(event, PersonMerged):
             return await self._publish_merge(event, cmd)
+        if rules.is_introduction_step(event):
+            return await self.state.step(event, lambda: self._publish(event, cmd))
         if not isinstance(event, EventRetracted):
             return await self._publish(event, cmd)
         if not await self.state.claim_retraction(event):
@@ -296,18 +296,23 @@ class WriteSide:
                 causation_id=str(event.causation_id),
             )
 
-        async def merges_in_order() -> None:
-            # One after the other, in line order: each merge is decided against the merges
-            # of the earlier lines that were accepted (a line never depends on a later one).
+        def in_order(e: Event) -> bool:
+            return isinstance(e, PersonMerged) or rules.is_introduction_step(e)
+
+        async def one_after_another() -> None:
+            # In line order: each merge is decided against the merges of the earlier lines
+            # that were accepted, each introduction step against the earlier steps (a
+            # request, its consents and the make may come in one command); a line never
+            # depends on a later one.
             for i, e in todo:
-                if isinstance(e, PersonMerged):
+                if in_order(e):
                     await one(i, e)
 
         # People added by this command go on the log before the lines that name them.
         await asyncio.gather(*(one(i, e) for i, e in todo if isinstance(e, PersonAdded)))
         await asyncio.gather(
-            merges_in_order(),
-            *(one(i, e) for i, e in todo if not isinstance(e, PersonAdded | PersonMerged)),
+            one_after_another(),
+            *(one(i, e) for i, e in todo if not (isinstance(e, PersonAdded) or in_order(e))),
         )
         return published, refused
 

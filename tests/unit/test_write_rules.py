@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,7 +19,12 @@ from uuid import UUID, uuid4
 import pytest
 from faststream.nats import NatsBroker, TestNatsBroker
 from nats.js.errors import NotFoundError
-from tieline.events_schema.models import Event, EventRetracted, PersonMerged
+from tieline.events_schema.models import (
+    Event,
+    EventRetracted,
+    IntroductionRequested,
+    PersonMerged,
+)
 from tieline.events_schema.registry import REGISTRY
 from tieline.plumbing.config import Settings
 from tieline.plumbing.subjects import command_subject
@@ -311,6 +316,15 @@ class MemoryState:
 
     async def introduction(self, ws: str, intro_id: UUID) -> Introduction | None:
         return None
+
+    async def step(
+        self, event: Event, publish: Callable[[], Awaitable[tuple[int, bool]]]
+    ) -> tuple[int, bool]:
+        # No introductions are kept here (tests/integration/test_introduction_races.py has
+        # the real state): a request is published, every other step names no introduction.
+        if not isinstance(event, IntroductionRequested):
+            rules.check_introduction(event, None)
+        return await publish()
 
     async def recorded(self, published: Sequence[tuple[Event, int]]) -> None:
         for e, seq in published:
