@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -81,6 +81,7 @@ class Command:
 
     known: set[str]  # people that exist (on the log, or added by this command)
     keys: dict[str, bytes | None]  # person -> key; None: forgotten (key destroyed)
+    forgetting: frozenset[str] = frozenset()  # people this command forgets
 
 
 @dataclass(frozen=True)
@@ -326,6 +327,40 @@ def check_merge(event: PersonMerged, holding: Sequence[Merge]) -> None:
                 f"person {m.merged!r} was merged into {event.person_id!r}; retract that "
                 f"merge first, or merge into {event.person_id!r} instead",
             )
+
+
+def check_forget(
+    event: PersonForgotten,
+    holding: Sequence[Merge],
+    forgetting: Collection[str],
+    forgotten: Collection[str],
+) -> None:
+    """A person is erased together with the people merged into them: a merge says two ids are
+    one human recorded twice, so erasing the survivor alone would leave the duplicate's name
+    and contact details readable, and events naming the duplicate would still be accepted and
+    count as the erased survivor's. So forgetting a survivor needs the people merged into it
+    (by the merges that hold, ``holding``) forgotten in the same command (``forgetting``) or
+    before (``forgotten``); and a merged person is forgotten only with their survivor, never
+    alone (the admin meant the human; to erase only the duplicate, retract the merge first)."""
+    gone = set(forgetting) | set(forgotten)
+    p = event.person_id
+    for m in holding:
+        if m.merged == p and m.survivor not in gone:
+            raise Rejected(
+                409,
+                ["person_id"],
+                f"person {p!r} is merged into {m.survivor!r}: forget {m.survivor!r} (the "
+                f"people merged into it are forgotten with it), or retract the merge to "
+                f"forget {p!r} alone",
+            )
+    left = sorted(m.merged for m in holding if m.survivor == p and m.merged not in gone)
+    if left:
+        raise Rejected(
+            409,
+            ["person_id"],
+            f"the people merged into {p!r} must be forgotten with it, in the same command: "
+            f"{', '.join(map(repr, left))} (POST .../people/{p}/forget sends them all)",
+        )
 
 
 def is_introduction_step(event: Event) -> bool:

@@ -268,6 +268,14 @@ class WriteState:
             )
             return await cur.fetchone() is not None
 
+    async def merges_naming(self, workspace_id: str, person_id: str) -> list[Merge]:
+        """The merges that hold (or are claimed) and name the person, either side."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                HOLDING_MERGES, {"ws": workspace_id, "p": [person_id], "me": UUID(int=0)}
+            )
+            return [Merge(r["merged"], r["survivor"]) for r in await cur.fetchall()]
+
     async def unclaim_merge(self, event: PersonMerged) -> None:
         """Give back the claim of a merge that was refused while publishing."""
         async with self.pool.connection() as conn:

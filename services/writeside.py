@@ -128,17 +128,30 @@ class WriteSide:
         keyed = {p for e, _ in lines if not isinstance(e, PersonForgotten) for p in key_people(e)}
         wanted = sorted((named | keyed | adding) & (known | {WORKSPACE_KEY}))
         keys = await self.keystore.keys(ws, wanted, create=True, fresh=True) if wanted else {}
-        return Command(known=known, keys=keys)
+        forgetting = frozenset(e.person_id for e, _ in lines if isinstance(e, PersonForgotten))
+        return Command(known=known, keys=keys, forgetting=forgetting)
 
     async def check(self, event: Event, obj: dict[str, Any], cmd: Command) -> None:
         """Apply the rules that need state: people, retraction target. (A merge is decided
         when it claims its people, and an introduction step under its introduction's lock,
         just before publishing: see :meth:`publish`.)"""
         rules.check_people(event, obj, cmd)
+        if isinstance(event, PersonForgotten):
+            await self._check_forget(event, cmd)
         if isinstance(event, EventRetracted):
             rules.check_retraction(
                 event, await self.state.event(event.workspace_id, event.retracted_event_id)
             )
+
+    async def _check_forget(self, event: PersonForgotten, cmd: Command) -> None:
+        """An erasure takes the people merged into the person along (:func:`check_forget`);
+        whether those are forgotten already is read from the key store, fresh."""
+        ws = event.workspace_id
+        holding = await self.state.merges_naming(ws, event.person_id)
+        others = sorted({p for m in holding for p in (m.merged, m.survivor)} - {event.person_id})
+        keys = await self.keystore.keys(ws, others, fresh=True) if others else {}
+        forgotten = {p for p, key in keys.items() if key is None}
+        rules.check_forget(event, holding, cmd.forgetting, forgotten)
 
     # -- publishing -----------------------------------------------------------------------
 

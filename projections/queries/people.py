@@ -34,3 +34,15 @@ async def get_person(conn: AsyncConnection[Any], ws: str, person: str) -> Row | 
         (ws, person),
     )
     return await cur.fetchone()
+
+
+async def merged_into(conn: AsyncConnection[Any], ws: str, survivor: str) -> list[str]:
+    """The people merged into ``survivor`` (by merges that hold) and not forgotten: an erasure
+    of the survivor takes them along (the same human recorded more than once)."""
+    cur = await conn.execute(
+        """SELECT person_id FROM people_v1
+           WHERE workspace_id = %s AND merged_into = %s AND NOT forgotten
+           ORDER BY person_id""",
+        (ws, survivor),
+    )
+    return [r["person_id"] for r in await cur.fetchall()]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from nats.js.errors import NotFoundError
@@ -101,31 +102,43 @@ async def scan_stream(rt: Runtime, ws: str, values: set[str]) -> tuple[int, int]
     return scanned, hits
 
 
-async def forget_person(rt: Runtime, ws: str, person: str, actor: str) -> dict[str, Any]:
-    """Destroy the person's key (through the people service), wait for the projection, and
-    report what was removed and what a search for their former values found."""
-    values, protected = await _former_values(rt, ws, person)
-    [result] = await rt.bus.command(
-        ws, "people", [{"type": "person.forgotten", "person_id": person}], actor, correlation_id()
-    )
-    if result["status"] >= 300:
+async def forget_person(
+    rt: Runtime, ws: str, person: str, actor: str, merged: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Destroy the person's key and those of the people ``merged`` into them (through the
+    people service, in one command: the write side refuses to erase a survivor without its
+    duplicates), wait for the projection, and report what was removed and what a search for
+    their former values found."""
+    everyone = [person, *merged]
+    values: set[str] = set()
+    protected = 0
+    for p in everyone:
+        former, count = await _former_values(rt, ws, p)
+        values |= former
+        protected += count
+    lines = [{"type": "person.forgotten", "person_id": p} for p in everyone]
+    results = await rt.bus.command(ws, "people", lines, actor, correlation_id())
+    refused = next((r for r in results if r["status"] >= 300), None)
+    if refused is not None:
         return {
             "person_id": person,
             "erased": False,
-            "status": result["status"],
-            "error": result.get("error"),
-            "errors": result.get("errors") or [],
+            "status": refused["status"],
+            "error": refused.get("error"),
+            "errors": refused.get("errors") or [],
         }
-    await rt.waiter.wait(result["seq"])
-    rt.decryption.drop_cached(ws, person)
+    await rt.waiter.wait(max(r["seq"] for r in results))
+    for p in everyone:
+        rt.decryption.drop_cached(ws, p)
     tables, skipped = await scan_tables(rt, ws, values)
     scanned, stream_hits = await scan_stream(rt, ws, values)
     clean = stream_hits == 0 and not any(tables.values())
     return {
         "person_id": person,
         "erased": True,
-        "forgotten_event_id": result["event_id"],
-        "forgotten_seq": result["seq"],
+        "forgotten_event_id": results[0]["event_id"],
+        "forgotten_seq": results[0]["seq"],
+        "merged_people_forgotten": list(merged),
         "removed": {
             "key": "destroyed",
             "people_v1": "personal fields purged",

@@ -301,6 +301,11 @@ class ErasureReport(Answer):
     erased: bool
     forgotten_event_id: str
     forgotten_seq: int
+    merged_people_forgotten: list[str] = Field(
+        default_factory=list,
+        description="The people merged into this one (duplicates of the same human), erased "
+        "with it in the same command; their former values are searched too.",
+    )
     removed: ErasureRemoved
     search: ErasureSearch
     clean: bool

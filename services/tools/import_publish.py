@@ -173,11 +173,17 @@ class Publisher:
             obj = json.loads(ln.raw)
             t = ln.type
             dependent = needs_projection(obj)
+            if t != "person.forgotten" and chunk and chunk[-1].type == "person.forgotten":
+                await barrier()  # everything after an erasure waits for it
             if dependent:
                 if not synced:
                     await barrier(sync=True)
             elif t == "person.forgotten":
-                await barrier()
+                # An erasure waits for everything before it; adjacent erasures go in one
+                # chunk, so a survivor and the people merged into it are forgotten in one
+                # command (the write side refuses them apart).
+                if not chunk or chunk[-1].type != "person.forgotten":
+                    await barrier()
             elif t.startswith("person."):
                 named = {obj.get("person_id"), obj.get("survivor")}  # survivor: person.merged
                 if t != "person.added" and named & (in_flight_people | chunk_people):
@@ -190,9 +196,7 @@ class Publisher:
             size += len(ln.raw) + 1
             if t == "person.added":
                 chunk_people.add(str(obj.get("person_id")))
-            if t == "person.forgotten":
-                await barrier()
-            elif len(chunk) >= self.chunk_lines or size >= MAX_CHUNK_BYTES:
+            if len(chunk) >= self.chunk_lines or size >= MAX_CHUNK_BYTES:
                 await flush()
         await flush()
         await self.drain()

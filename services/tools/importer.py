@@ -49,7 +49,8 @@ How it runs:
    that names a person added by a chunk still in flight waits for it; retractions and the
    steps of a double opt-in introduction (checked against the read models) wait until the
    projection has applied everything before them; a ``person.forgotten`` waits for
-   everything before it, and everything after it waits for it.
+   everything before it, and everything after it waits for it (adjacent erasures go in one
+   request: a survivor and the people merged into it are forgotten together).
 3. Idempotent: a record without ``event_id`` gets ``uuid5(workspace, canonical content)``
    (plus a counter for identical records of the same file), so importing the same file again
    publishes nothing new. ``--remap-ids`` (the copy gets ids of its own; an export imports

@@ -252,3 +252,45 @@ def test_the_erasure_report_searches_only_its_own_workspace(
     assert search["stream_messages_with_plaintext"] == 0, search
     assert set(search["table_rows_with_plaintext"].values()) == {0}, search
     assert report["clean"] is True
+
+
+def test_forgetting_a_survivor_erases_the_people_merged_into_it(api: httpx.Client, ws: str) -> None:
+    """A merge says two ids are one human recorded twice. Forgetting the survivor erases the
+    duplicate too, in the same command: its name and e-mail are gone from the directory and
+    the export, and events naming it are refused. Forgetting a duplicate alone is refused,
+    naming its survivor (to erase only the duplicate, retract the merge first). Before this
+    the duplicate stayed readable after the survivor's erasure, and a meeting naming it was
+    accepted and counted as the erased survivor's."""
+    tag = uuid.uuid4().hex[:10]
+    add_people(api, ws, "ada")
+    for survivor, duplicate in (("zed", "zed2"), ("yan", "yan2")):
+        for pid in (survivor, duplicate):
+            person = {"person_id": pid, "display_name": f"Z {tag}", "email": f"{pid}.{tag}@e.org"}
+            r = api.post(f"/v1/workspaces/{ws}/people", json=person)
+            assert r.status_code == 201, r.text
+        merge = {"type": "person.merged", "person_id": duplicate, "survivor": survivor}
+        r = api.post(f"/v1/workspaces/{ws}/events", json=merge)
+        assert r.status_code == 201, r.text
+        seen = api.get(
+            f"/v1/workspaces/{ws}/people/{duplicate}", params={"min_seq": r.json()["seq"]}
+        )
+        assert seen.json()["merged_into"] == survivor
+
+    report = api.post(f"/v1/workspaces/{ws}/people/zed/forget").json()
+    assert report["erased"] is True and report["clean"] is True, report
+    for pid in ("zed", "zed2"):
+        gone = api.get(f"/v1/workspaces/{ws}/people/{pid}").json()
+        assert gone["display_name"] == "forgotten person" and gone["email"] is None, gone
+    assert report.get("merged_people_forgotten") == ["zed2"]
+    assert report["search"]["values_searched"] >= 3  # both people's name and e-mail
+    assert f"zed2.{tag}" not in api.get(f"/v1/workspaces/{ws}/export/people").text
+    met = api.post(
+        f"/v1/workspaces/{ws}/events",
+        json={"type": "relationship.met", "participants": ["zed2", "ada"], "depth": "brief_chat"},
+    )
+    assert met.status_code == 410, met.text
+
+    alone = api.post(f"/v1/workspaces/{ws}/people/yan2/forget")
+    assert alone.status_code == 409, alone.text
+    assert "merged into 'yan'" in alone.json()["detail"]
+    assert api.get(f"/v1/workspaces/{ws}/people/yan2").json()["email"] == f"yan2.{tag}@e.org"

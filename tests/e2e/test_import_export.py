@@ -498,3 +498,40 @@ def test_exports_never_hold_a_forgotten_persons_plaintext(
     log = api.get(f"/v1/workspaces/{ws}/access-log", params={"person": "ada"}).json()
     endpoints = {e["endpoint"] for e in log["entries"]}
     assert {"GET export/events", "GET export/people"} <= endpoints
+
+
+def test_an_export_with_an_erased_merge_imports_the_erasure_whole(
+    stack: Stack, stack_settings: Settings, api: httpx.Client, ws: str, token: str, tmp_path: Path
+) -> None:
+    """Forgetting a survivor forgets the people merged into it in one command, and the write
+    side refuses them apart; the importer sends adjacent erasures in one chunk, so the export
+    of such a workspace imports with nothing rejected and both people forgotten."""
+    add_people(api, ws, "sam", "sam2", "ada")
+    r = api.post(
+        f"/v1/workspaces/{ws}/events",
+        json={"type": "person.merged", "person_id": "sam2", "survivor": "sam"},
+    )
+    assert r.status_code == 201, r.text
+    wait_applied(api, ws, r.json()["seq"])
+    report = api.post(f"/v1/workspaces/{ws}/people/sam/forget").json()
+    assert report["erased"] is True and report["merged_people_forgotten"] == ["sam2"], report
+    r = api.post(
+        f"/v1/workspaces/{ws}/events",
+        json={"type": "relationship.met", "participants": ["ada", "sam"], "depth": "brief_chat"},
+    )
+    assert r.status_code == 410, r.text  # (nothing after the erasure names them)
+
+    exported = tmp_path / "erased.jsonl"
+    cli(stack, ws, token, "export", "events", "--out", str(exported))
+    kinds = [json.loads(x)["type"] for x in exported.read_text().splitlines()]
+    assert kinds[-2:] == ["person.forgotten", "person.forgotten"], kinds
+
+    other = f"ws-{uuid.uuid4().hex[:12]}"
+    other_token = make_token(stack_settings, other)
+    b = imported(stack, other, other_token, exported)
+    assert (b.published, b.rejected) == (len(kinds), []), b
+    headers = {"Authorization": f"Bearer {other_token}"}
+    with httpx.Client(base_url=stack.api_url, timeout=30, headers=headers) as other_api:
+        wait_applied(other_api, other, b.last_seq)
+        people = {p["person_id"]: p for p in export(other_api, other, "people")}
+    assert people["sam"]["forgotten"] is True and people["sam2"]["forgotten"] is True, people

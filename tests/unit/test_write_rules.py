@@ -23,6 +23,7 @@ from tieline.events_schema.models import (
     Event,
     EventRetracted,
     IntroductionRequested,
+    PersonForgotten,
     PersonMerged,
 )
 from tieline.events_schema.registry import REGISTRY
@@ -214,6 +215,31 @@ def test_a_merge_into_a_survivor_of_other_merges_is_fine() -> None:
     rules.check_merge(event, [])
 
 
+def test_a_survivor_is_forgotten_only_with_the_people_merged_into_it() -> None:
+    def forget(person: str) -> PersonForgotten:
+        event = build({"type": "person.forgotten", "person_id": person})
+        assert isinstance(event, PersonForgotten)
+        return event
+
+    def refusal(event: PersonForgotten, *args: Any) -> str:
+        with pytest.raises(Rejected) as info:
+            rules.check_forget(event, *args)
+        assert (info.value.status, info.value.errors[0]["loc"]) == (409, ["person_id"])
+        return str(info.value)
+
+    holding = [rules.Merge("ada2", "ada"), rules.Merge("ada3", "ada")]
+    # The survivor alone, or with one of its two duplicates: refused, naming the rest.
+    assert "'ada2', 'ada3'" in refusal(forget("ada"), holding, {"ada"}, set())
+    assert "'ada3'" in refusal(forget("ada"), holding, {"ada", "ada2"}, set())
+    rules.check_forget(forget("ada"), holding, {"ada", "ada2", "ada3"}, set())
+    rules.check_forget(forget("ada"), holding, {"ada", "ada2"}, {"ada3"})  # ada3 erased before
+    # A duplicate alone: refused, naming its survivor; with the survivor (or after it): fine.
+    assert "merged into 'ada'" in refusal(forget("ada2"), holding[:1], {"ada2"}, set())
+    rules.check_forget(forget("ada2"), holding[:1], {"ada", "ada2"}, set())
+    rules.check_forget(forget("ada2"), holding[:1], {"ada2"}, {"ada"})
+    rules.check_forget(forget("grace"), [], {"grace"}, set())  # no merges: as before
+
+
 def test_introduction_rules_are_double_opt_in() -> None:
     intro_id = str(uuid4())
     made = build(
@@ -313,6 +339,13 @@ class MemoryState:
 
     async def unclaim_merge(self, event: PersonMerged) -> None:
         del self.merges[_k(event)]
+
+    async def merges_naming(self, ws: str, person: str) -> list[rules.Merge]:
+        return [
+            m
+            for k, m in self.merges.items()
+            if k[0] == ws and person in (m.merged, m.survivor) and self.rows[k].retracted_by is None
+        ]
 
     async def introduction(self, ws: str, intro_id: UUID) -> Introduction | None:
         return None

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Path, Query
-from tieline.projections.queries.people import get_person
+from tieline.projections.queries.people import get_person, merged_into
 from tieline.services.api import pagination
 from tieline.services.api.deps import PID, RT, WS, Admin
 from tieline.services.api.erasure import forget_person
@@ -39,16 +39,21 @@ TokenId = Annotated[
 )
 async def forget(ws: WS, person: PID, who: Admin, rt: RT) -> dict[str, Any]:
     """Erase a person: destroy their key, purge the read models, and report a scan of the
-    stream, the archive and every read-model table for their former values."""
+    stream, the archive and every read-model table for their former values. The people merged
+    into them (duplicates of the same human) are erased with them; a person merged into
+    another is erased only with that survivor (409 naming it; retract the merge to erase the
+    duplicate alone)."""
     async with rt.connections.connection() as conn:
         known = await get_person(conn, ws, person)
+        # The people merged into this one go with it (the write side refuses otherwise).
+        merged = [] if known is None or known["forgotten"] else await merged_into(conn, ws, person)
     if known is None:
         raise ApiError(
             404,
             f"person: no person {person!r} in this workspace",
             [{"loc": ["path", "person"], "msg": "not found"}],
         )
-    report = await forget_person(rt, ws, person, who.actor)
+    report = await forget_person(rt, ws, person, who.actor, merged)
     if not report.get("erased"):
         raise ApiError(
             int(report.get("status") or 500),
