@@ -267,9 +267,13 @@ class WriteSide:
                 outcomes[i] = rules.prior_outcome(prior, digest, str(event.event_id))
             if outcomes[i] is None:
                 todo.append((i, event))
-        published, refused = await self._publish_all(workspace_id, objs, todo, outcomes)
+        published, refused, failure = await self._publish_all(workspace_id, objs, todo, outcomes)
+        # Whatever was published is recorded even when another line failed: a line on the log
+        # but not recorded could not be retracted (404) nor count for the double opt-in.
         await self.state.recorded(published)
         await self.state.release(workspace_id, [e for e in refused if e not in held])
+        if failure is not None:
+            raise failure
         return [
             o if o is not None else Outcome(500, error="internal: no outcome") for o in outcomes
         ]
@@ -280,15 +284,21 @@ class WriteSide:
         objs: Sequence[Any],
         todo: list[tuple[int, Event]],
         outcomes: list[Outcome | None],
-    ) -> tuple[list[tuple[Event, int]], list[UUID]]:
+    ) -> tuple[list[tuple[Event, int]], list[UUID], Exception | None]:
         """Check and publish the lines in ``todo``; fill ``outcomes``; return what was
-        published (event, seq) and the ids of the lines refused."""
+        published (event, seq), the ids of the lines refused or never tried, and the first
+        failure other than a refusal (a publish timeout, a database error), if any: after
+        one, no further line is started, and the lines already started finish."""
         cmd = await self.prepare(workspace_id, [(e, objs[i]) for i, e in todo])
         published: list[tuple[Event, int]] = []
         refused: list[UUID] = []
+        failures: list[Exception] = []
 
         async def one(i: int, event: Event) -> None:
             eid = str(event.event_id)
+            if failures:  # not tried: its id is given back, a retry decides it afresh
+                refused.append(event.event_id)
+                return
             try:
                 await self.check(event, objs[i], cmd)
                 seq, dup = await self.publish(event, cmd)
@@ -296,18 +306,12 @@ class WriteSide:
                 outcomes[i] = rej.outcome(eid)
                 refused.append(event.event_id)
                 return
+            except Exception as exc:  # it may be on the log: its id stays taken (a retry
+                failures.append(exc)  # with the same id publishes again, deduped)
+                return
             published.append((event, seq))
             outcomes[i] = Outcome(200 if dup else 201, eid, seq, duplicate=dup)
-            log.info(
-                "event.recorded",
-                event_id=eid,
-                type=event.type,
-                seq=seq,
-                duplicate=dup,
-                workspace_id=workspace_id,
-                correlation_id=str(event.correlation_id),
-                causation_id=str(event.causation_id),
-            )
+            _log_recorded(event, seq, dup)
 
         def in_order(e: Event) -> bool:
             return isinstance(e, PersonMerged) or rules.is_introduction_step(e)
@@ -327,7 +331,20 @@ class WriteSide:
             one_after_another(),
             *(one(i, e) for i, e in todo if not (isinstance(e, PersonAdded) or in_order(e))),
         )
-        return published, refused
+        return published, refused, failures[0] if failures else None
+
+
+def _log_recorded(event: Event, seq: int, duplicate: bool) -> None:
+    log.info(
+        "event.recorded",
+        event_id=str(event.event_id),
+        type=event.type,
+        seq=seq,
+        duplicate=duplicate,
+        workspace_id=event.workspace_id,
+        correlation_id=str(event.correlation_id),
+        causation_id=str(event.causation_id),
+    )
 
 
 __all__ = ["PERSON_REF_FIELDS", "Command", "Outcome", "Rejected", "WriteSide"]

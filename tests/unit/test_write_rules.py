@@ -408,6 +408,41 @@ def test_record_many_publishes_good_lines_only_and_answers_in_order() -> None:
     assert len(log.messages) == 3
 
 
+class FailingOnce(MemoryLog):
+    """A log whose first publish of a follow-up times out (nothing reaches it)."""
+
+    failed = False
+
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str], **kw: Any) -> Ack:
+        if b'"relationship.followed_up"' in data and not self.failed:
+            self.failed = True
+            raise TimeoutError("publish timed out")
+        return await super().publish(subject, data, headers, **kw)
+
+
+def test_a_failed_line_leaves_the_published_lines_recorded() -> None:
+    """One line's publish fails (not a refusal): the command fails, but the lines already on
+    the log are recorded (a retraction of them would otherwise be refused 404), and a retry
+    of the same command answers them as duplicates and publishes the failed one."""
+    side, _, state = write_side()
+    log = FailingOnce()
+    side.js = log  # type: ignore[assignment]
+    follow = {
+        "type": "relationship.followed_up",
+        "from_person": "ada",
+        "to_person": "grace",
+        "channel": "email",
+    }
+    lines = [{**MET, "event_id": str(uuid4())}, {**follow, "event_id": str(uuid4())}]
+    asyncio.run(side.record_many("w", PEOPLE, "tester"))
+    with pytest.raises(TimeoutError):
+        asyncio.run(side.record_many("w", lines, "tester"))
+    met, failed = (state.rows[("w", UUID(x["event_id"]))] for x in lines)
+    assert met.seq == 3 and failed.seq is None  # recorded; taken, not confirmed
+    again = asyncio.run(side.record_many("w", lines, "tester"))
+    assert [(o.status, o.seq) for o in again] == [(200, 3), (201, 4)]
+
+
 def test_record_many_conflict_and_duplicate_publish_nothing() -> None:
     side, log, _ = write_side()
     eid = str(uuid4())
