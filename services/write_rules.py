@@ -387,6 +387,8 @@ def check_introduction(event: Event, intro: Introduction | None) -> None:
             raise Rejected(
                 422, ["introduction_id"], "introducer and people differ from the request"
             )
+        if intro.made_event_id == str(event.event_id):
+            return  # this very make, sent again (a retry): published again, deduped
         if not (intro.requester_consent and intro.target_consent):
             raise Rejected(
                 409, ["introduction_id"], "both sides must consent first (double opt-in)"

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID
 
@@ -35,6 +36,7 @@ from tieline.services.write_rules import (
     Introduction,
     Merge,
     Recorded,
+    Rejected,
     check_introduction,
     check_merge,
     is_introduction_step,
@@ -227,18 +229,32 @@ class WriteState:
         The double opt-in is checked (:func:`check_introduction`) against the state as it
         is under the lock; a request only records where the introduction stands.
 
-        A publish that fails (refused, or a timeout: it may be on the log) rolls the state
-        back; a retry with the same event id is decided again and JetStream dedupes it."""
+        A refused publish (a 410 from encryption) changes nothing. One that fails otherwise
+        (a timeout: it may be on the log) keeps its change of state, the event's row staying
+        taken (``seq`` NULL), and the failure is raised; a retry with the same event id is
+        decided again (a make's own retry passes), published (deduped) and recorded."""
         ws, intro_id = event.workspace_id, getattr(event, "introduction_id", None)
         assert intro_id is not None and is_introduction_step(event)
+        failure: Exception | None = None
         async with self.pool.connection() as conn, conn.transaction():
             lock = introduction_lock(ws, intro_id)
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
             if not isinstance(event, IntroductionRequested):
                 check_introduction(event, await _introduction(conn, ws, intro_id))
-            seq, dup = await publish()
-            await conn.execute(SET_SEQS, _seq_arrays([(event, seq)]))
+            try:
+                seq, dup = await publish()
+            except Rejected:
+                raise  # refused: nothing changes
+            except Exception as exc:  # a timeout: it may be on the log
+                failure = exc
+            else:
+                await conn.execute(SET_SEQS, _seq_arrays([(event, seq)]))
+            # Kept when the publish failed otherwise, like a merge's claim: the step may be on
+            # the log, so no other step may be decided as if it were not (a second make);
+            # a retry with the same event id publishes it again (deduped) and records it.
             await apply_to_state(conn, event)
+        if failure is not None:
+            raise failure
         return seq, dup
 
     async def claim_merge(self, event: PersonMerged) -> bool:
@@ -275,6 +291,16 @@ class WriteState:
                 HOLDING_MERGES, {"ws": workspace_id, "p": [person_id], "me": UUID(int=0)}
             )
             return [Merge(r["merged"], r["survivor"]) for r in await cur.fetchall()]
+
+    @asynccontextmanager
+    async def merge_locked(self, workspace_id: str, people: Iterable[str]) -> AsyncIterator[None]:
+        """Hold the merge locks of ``people`` (as :meth:`claim_merge` takes them): an erasure
+        decides and destroys the key under them, so a merge claimed after it sees the key
+        gone and one claimed before it is seen by the erasure's check."""
+        async with self.pool.connection() as conn, conn.transaction():
+            for key in sorted({merge_lock(workspace_id, p) for p in people}):
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+            yield
 
     async def unclaim_merge(self, event: PersonMerged) -> None:
         """Give back the claim of a merge that was refused while publishing."""

@@ -133,15 +133,48 @@ class WriteSide:
 
     async def check(self, event: Event, obj: dict[str, Any], cmd: Command) -> None:
         """Apply the rules that need state: people, retraction target. (A merge is decided
-        when it claims its people, and an introduction step under its introduction's lock,
-        just before publishing: see :meth:`publish`.)"""
+        when it claims its people, an erasure under its person's merge lock, and an
+        introduction step under its introduction's lock, just before publishing: see
+        :meth:`publish`.)"""
         rules.check_people(event, obj, cmd)
-        if isinstance(event, PersonForgotten):
-            await self._check_forget(event, cmd)
         if isinstance(event, EventRetracted):
             rules.check_retraction(
                 event, await self.state.event(event.workspace_id, event.retracted_event_id)
             )
+
+    async def _all_erasures_or_none(
+        self,
+        todo: list[tuple[int, Event]],
+        objs: Sequence[Any],
+        cmd: Command,
+        outcomes: list[Outcome | None],
+        refused: list[UUID],
+    ) -> list[tuple[int, Event]]:
+        """The erasures of one command are all or none: each is decided before any key is
+        destroyed, and when one is refused so are the others (a survivor and the people
+        merged into it are erased together, or not at all). Returns the lines left to do."""
+        erasures = [(i, e) for i, e in todo if isinstance(e, PersonForgotten)]
+        refusals: dict[int, Rejected] = {}
+        for i, e in erasures:
+            assert isinstance(e, PersonForgotten)
+            try:
+                rules.check_people(e, objs[i], cmd)
+                await self._check_forget(e, cmd)
+            except Rejected as refusal:
+                refusals[i] = refusal
+        if not refusals:
+            return todo
+        first = min(refusals)
+        for i, e in erasures:
+            why = refusals.get(i) or Rejected(
+                409,
+                ["person_id"],
+                f"not erased: the erasure at index {first} of this command was refused, and "
+                "the erasures of one command are all or none",
+            )
+            outcomes[i] = why.outcome(str(e.event_id))
+            refused.append(e.event_id)
+        return [(i, e) for i, e in todo if not isinstance(e, PersonForgotten)]
 
     async def _check_forget(self, event: PersonForgotten, cmd: Command) -> None:
         """An erasure takes the people merged into the person along (:func:`check_forget`);
@@ -167,6 +200,13 @@ class WriteSide:
         same event id publishes it again (JetStream dedupes)."""
         if isinstance(event, PersonMerged):
             return await self._publish_merge(event, cmd)
+        if isinstance(event, PersonForgotten):
+            # Decided and the key destroyed under the person's merge lock: a merge claimed
+            # before is seen here, one claimed after sees the key gone (_publish_merge).
+            async with self.state.merge_locked(event.workspace_id, [event.person_id]):
+                await self._check_forget(event, cmd)
+                await self.keystore.destroy(event.workspace_id, event.person_id)
+            return await self._publish(event, cmd)
         if rules.is_introduction_step(event):
             return await self.state.step(event, lambda: self._publish(event, cmd))
         if not isinstance(event, EventRetracted):
@@ -182,11 +222,21 @@ class WriteSide:
     async def _publish_merge(self, event: PersonMerged, cmd: Command) -> tuple[int, bool]:
         claimed = await self.state.claim_merge(event)  # raises Rejected: the merge conflicts
         try:
+            await self._not_forgotten_since(event)
             return await self._publish(event, cmd)
         except Rejected:
             if claimed:  # (not a claim an earlier send of this id made: that may be on the log)
                 await self.state.unclaim_merge(event)
             raise
+
+    async def _not_forgotten_since(self, event: PersonMerged) -> None:
+        """After the claim, the two people's keys again, fresh: an erasure that destroyed one
+        since the command read them (in :meth:`prepare`) refuses the merge (410)."""
+        ws = event.workspace_id
+        keys = await self.keystore.keys(ws, [event.person_id, event.survivor], fresh=True)
+        for loc, p in (("person_id", event.person_id), ("survivor", event.survivor)):
+            if keys.get(p) is None:
+                raise Rejected(410, [loc], f"person {p!r} was forgotten")
 
     async def _publish(self, event: Event, cmd: Command) -> tuple[int, bool]:
         """Publish with Nats-Msg-Id; a person.added also asserts the person is new."""
@@ -293,6 +343,7 @@ class WriteSide:
         published: list[tuple[Event, int]] = []
         refused: list[UUID] = []
         failures: list[Exception] = []
+        todo = await self._all_erasures_or_none(todo, objs, cmd, outcomes, refused)
 
         async def one(i: int, event: Event) -> None:
             eid = str(event.event_id)
@@ -308,6 +359,7 @@ class WriteSide:
                 return
             except Exception as exc:  # it may be on the log: its id stays taken (a retry
                 failures.append(exc)  # with the same id publishes again, deduped)
+                log.warning("event.publish_failed", event_id=eid, type=event.type, error=repr(exc))
                 return
             published.append((event, seq))
             outcomes[i] = Outcome(200 if dup else 201, eid, seq, duplicate=dup)

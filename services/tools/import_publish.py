@@ -150,6 +150,7 @@ class Publisher:
         in_flight_people: set[str] = set()  # added by chunks that may still be in flight
         chunk_people: set[str] = set()  # added in the chunk being built
         synced = False  # the projection has caught up since the last independent line
+        erasing = False  # the last line taken was an erasure (a group of them may follow)
 
         async def flush() -> None:
             nonlocal chunk, size, chunk_people
@@ -173,7 +174,7 @@ class Publisher:
             obj = json.loads(ln.raw)
             t = ln.type
             dependent = needs_projection(obj)
-            if t != "person.forgotten" and chunk and chunk[-1].type == "person.forgotten":
+            if erasing and t != "person.forgotten":
                 await barrier()  # everything after an erasure waits for it
             if dependent:
                 if not synced:
@@ -182,7 +183,7 @@ class Publisher:
                 # An erasure waits for everything before it; adjacent erasures go in one
                 # chunk, so a survivor and the people merged into it are forgotten in one
                 # command (the write side refuses them apart).
-                if not chunk or chunk[-1].type != "person.forgotten":
+                if not erasing:
                     await barrier()
             elif t.startswith("person."):
                 named = {obj.get("person_id"), obj.get("survivor")}  # survivor: person.merged
@@ -194,9 +195,10 @@ class Publisher:
                 synced = False
             chunk.append(ln)
             size += len(ln.raw) + 1
+            erasing = t == "person.forgotten"
             if t == "person.added":
                 chunk_people.add(str(obj.get("person_id")))
-            if len(chunk) >= self.chunk_lines or size >= MAX_CHUNK_BYTES:
+            if (len(chunk) >= self.chunk_lines and not erasing) or size >= MAX_CHUNK_BYTES:
                 await flush()
         await flush()
         await self.drain()

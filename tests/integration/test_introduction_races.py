@@ -10,6 +10,7 @@ import asyncio
 import uuid
 from typing import Any
 
+import pytest
 from tieline.plumbing.config import Settings
 from tieline.plumbing.db import make_pool
 from tieline.services.service_app import INTERACTION_TYPES, PEOPLE_TYPES, start_write_side
@@ -129,3 +130,42 @@ async def test_racing_makes_of_one_introduction_publish_exactly_one(settings: Se
         await people_nc.close()
         for p in pools:
             await p.close()
+
+
+async def test_a_make_whose_publish_failed_still_counts_and_its_retry_passes(
+    settings: Settings,
+) -> None:
+    """A make's publish times out (it may be on the log): the write side keeps the
+    introduction made by it, so a second make is refused rather than risking two on the log;
+    the client's retry with the same event id is published and recorded."""
+    pool = make_pool(settings)
+    nc, side = await start_write_side(settings, "interactions", INTERACTION_TYPES, pool)
+    people_nc, people = await start_write_side(settings, "people", PEOPLE_TYPES, pool)
+    try:
+        added = [
+            {"type": "person.added", "person_id": p, "display_name": p}
+            for p in ("ada", "grace", "linus")
+        ]
+        await people.record_many(WS, added, "t")
+        intro = str(uuid.uuid4())
+        await ready(side, intro)
+        first = {**make(intro), "event_id": str(uuid.uuid4())}
+        event = side.build(WS, first, "t", None)
+
+        async def timed_out() -> tuple[int, bool]:
+            raise TimeoutError("publish timed out")
+
+        with pytest.raises(TimeoutError):
+            await side.state.step(event, timed_out)
+        state = await side.state.introduction(WS, uuid.UUID(intro))
+        assert state is not None and state.made_event_id == first["event_id"]
+        other = await side.record_many(WS, [make(intro)], "t")
+        assert other[0].status == 409 and first["event_id"] in str(other[0].errors)
+        retry = await side.record_many(WS, [first], "t")
+        assert retry[0].status == 201, retry[0].as_dict()
+        again = await side.record_many(WS, [first], "t")
+        assert (again[0].status, again[0].seq) == (200, retry[0].seq)
+    finally:
+        await nc.close()
+        await people_nc.close()
+        await pool.close()

@@ -9,8 +9,9 @@ tests/e2e/test_walking_skeleton.py; here every rule is checked in isolation and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -340,6 +341,10 @@ class MemoryState:
     async def unclaim_merge(self, event: PersonMerged) -> None:
         del self.merges[_k(event)]
 
+    @contextlib.asynccontextmanager
+    async def merge_locked(self, ws: str, people: Sequence[str]) -> AsyncIterator[None]:
+        yield  # one event loop, no other process: nothing to lock against
+
     async def merges_naming(self, ws: str, person: str) -> list[rules.Merge]:
         return [
             m
@@ -441,6 +446,31 @@ def test_a_failed_line_leaves_the_published_lines_recorded() -> None:
     assert met.seq == 3 and failed.seq is None  # recorded; taken, not confirmed
     again = asyncio.run(side.record_many("w", lines, "tester"))
     assert [(o.status, o.seq) for o in again] == [(200, 3), (201, 4)]
+
+
+def test_the_erasures_of_one_command_are_all_or_none() -> None:
+    """A merged person's erasure without their survivor is refused, and with it every other
+    erasure of the command (no key destroyed); the survivor with its duplicate: both."""
+    side, log, _ = write_side()
+    asyncio.run(side.record_many("w", [*PEOPLE, {**PEOPLE[0], "person_id": "ada2"}], "t"))
+    merged = asyncio.run(side.record_many("w", [MERGE], "t"))
+    assert [o.status for o in merged] == [201]
+    published = len(log.messages)
+
+    def forget(*people: str) -> list[tuple[int, str]]:
+        lines = [{"type": "person.forgotten", "person_id": p} for p in people]
+        out = asyncio.run(side.record_many("w", lines, "admin"))
+        return [(o.status, str(o.errors)) for o in out]
+
+    (dup, grace) = forget("ada2", "grace")
+    assert dup[0] == 409 and "merged into 'ada'" in dup[1]
+    assert grace[0] == 409 and "all or none" in grace[1]
+    (alone,) = forget("ada")
+    assert alone[0] == 409 and "'ada2'" in alone[1]
+    assert len(log.messages) == published
+    keys = side.keystore.keys_  # type: ignore[attr-defined]
+    assert all(keys[p] is not None for p in ("ada", "ada2", "grace"))  # nothing destroyed
+    assert [s for s, _ in forget("ada", "ada2")] == [201, 201]
 
 
 def test_record_many_conflict_and_duplicate_publish_nothing() -> None:

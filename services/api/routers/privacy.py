@@ -43,6 +43,9 @@ async def forget(ws: WS, person: PID, who: Admin, rt: RT) -> dict[str, Any]:
     into them (duplicates of the same human) are erased with them; a person merged into
     another is erased only with that survivor (409 naming it; retract the merge to erase the
     duplicate alone)."""
+    # Who is merged into the person is read once the projection has applied the whole log as
+    # it is now: a merge retracted just before must not take an unrelated person along.
+    await rt.waiter.wait(await rt.waiter.stream_last_seq())
     async with rt.connections.connection() as conn:
         known = await get_person(conn, ws, person)
         # The people merged into this one go with it (the write side refuses otherwise).
