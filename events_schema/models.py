@@ -319,13 +319,46 @@ class IntroductionConsented(Event):
         return (self.person,)
 
 
-class IntroductionOutcome(Event):
+# Version 1, released (frozen: its docstring is its schema's description). It names nobody,
+# so its note was encrypted with the workspace's key, which no erasure destroys; version 2
+# names the introduction's two people.
+class IntroductionOutcomeV1(Event):
     """What came of an introduction that was made."""
 
     type: Literal["introduction.outcome"] = "introduction.outcome"
     introduction_id: UUID
     outcome: Literal["met", "talking", "no_response", "declined"]
     note: FreeText | None = None
+
+
+class IntroductionOutcome(IntroductionOutcomeV1):
+    """What came of an introduction that was made, naming its two people: the request's
+    ``requester`` and ``target``, filled in by the write side from the request (a client may
+    leave them out). The ``note`` is encrypted with both people's keys, so forgetting either
+    erases it. An outcome upcast from version 1 names nobody (its note stays under the
+    workspace's key)."""
+
+    version: ClassVar[int] = 2
+    requester: PersonId | None = None
+    target: PersonId | None = None
+
+    @model_validator(mode="after")
+    def _both_people(self) -> IntroductionOutcome:
+        if (self.requester is None) != (self.target is None):
+            raise ValueError("requester and target are given together, or neither")
+        if self.requester is not None and self.requester == self.target:
+            raise ValueError("target must differ from requester")
+        return self
+
+    def people(self) -> tuple[str, ...]:
+        return (
+            ()
+            if self.requester is None or self.target is None
+            else (
+                self.requester,
+                self.target,
+            )
+        )
 
 
 class RelationshipHelped(Event):
@@ -460,6 +493,7 @@ __all__ = [
     "EventRetracted",
     "IntroductionConsented",
     "IntroductionOutcome",
+    "IntroductionOutcomeV1",
     "IntroductionRequested",
     "ParameterSet",
     "PersonAdded",

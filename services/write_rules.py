@@ -363,6 +363,20 @@ def check_forget(
         )
 
 
+def with_introduction_people(event: Event, intro: Introduction | None) -> Event:
+    """An outcome as published: naming the introduction's requester and target (a client
+    may leave them out; given, they must be the request's), so its note is encrypted with
+    both people's keys and forgetting either erases it. Other events are returned as is."""
+    if not isinstance(event, IntroductionOutcome) or intro is None:
+        return event
+    for field_name, person in (("requester", intro.requester), ("target", intro.target)):
+        if getattr(event, field_name) not in (None, person):
+            raise Rejected(
+                422, [field_name], f"must be the introduction's {field_name}, {person!r}"
+            )
+    return event.model_copy(update={"requester": intro.requester, "target": intro.target})
+
+
 def is_introduction_step(event: Event) -> bool:
     """A step of a double opt-in introduction: its request, a consent, the make (a
     ``relationship.introduced`` naming the introduction) or an outcome. Each is decided,

@@ -40,6 +40,7 @@ from tieline.services.write_rules import (
     check_introduction,
     check_merge,
     is_introduction_step,
+    with_introduction_people,
 )
 
 log = structlog.get_logger(__name__)
@@ -220,7 +221,7 @@ class WriteState:
             return await _introduction(conn, workspace_id, introduction_id)
 
     async def step(
-        self, event: Event, publish: Callable[[], Awaitable[tuple[int, bool]]]
+        self, event: Event, publish: Callable[[Event], Awaitable[tuple[int, bool]]]
     ) -> tuple[int, bool]:
         """Decide, publish and record one introduction step (:func:`is_introduction_step`)
         under its introduction's lock, in one transaction: of two makes racing (on any
@@ -239,10 +240,13 @@ class WriteState:
         async with self.pool.connection() as conn, conn.transaction():
             lock = introduction_lock(ws, intro_id)
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+            stamped = event
             if not isinstance(event, IntroductionRequested):
-                check_introduction(event, await _introduction(conn, ws, intro_id))
+                intro = await _introduction(conn, ws, intro_id)
+                check_introduction(event, intro)
+                stamped = with_introduction_people(event, intro)  # an outcome names them
             try:
-                seq, dup = await publish()
+                seq, dup = await publish(stamped)
             except Rejected:
                 raise  # refused: nothing changes
             except Exception as exc:  # a timeout: it may be on the log

@@ -22,6 +22,7 @@ from nats.js.errors import APIError, NotFoundError
 from tieline.events_schema.models import (
     Event,
     EventRetracted,
+    IntroductionOutcome,
     PersonAdded,
     PersonForgotten,
     PersonMerged,
@@ -76,6 +77,9 @@ class WriteSide:
         # As many publishes in flight as the raw reference keeps (fsync before ack amortises
         # over the writes waiting together).
         self._publish_slots = asyncio.Semaphore(4096)
+        # Commands deciding erasures at once: each holds a pool connection (its merge locks)
+        # while it needs another for the checks, so they must not be able to take them all.
+        self._erasure_slots = asyncio.Semaphore(2)
 
     def build(
         self, workspace_id: str, obj: Any, actor: str, correlation_id: str | None = None
@@ -142,7 +146,7 @@ class WriteSide:
                 event, await self.state.event(event.workspace_id, event.retracted_event_id)
             )
 
-    async def _all_erasures_or_none(
+    async def _decide_erasures(
         self,
         todo: list[tuple[int, Event]],
         objs: Sequence[Any],
@@ -150,41 +154,47 @@ class WriteSide:
         outcomes: list[Outcome | None],
         refused: list[UUID],
     ) -> list[tuple[int, Event]]:
-        """The erasures of one command are all or none: each is decided before any key is
-        destroyed, and when one is refused so are the others (a survivor and the people
-        merged into it are erased together, or not at all). Returns the lines left to do."""
+        """Decide the command's erasures together and destroy the keys of those accepted,
+        under one hold of their people's merge locks: a merge claimed before is seen here,
+        one claimed after finds the key gone (:meth:`_publish_merge`). A survivor and the
+        people merged into it are erased together or not at all: when one of them is
+        refused, so are the others of this command (unrelated erasures go on). Returns the
+        lines left to publish."""
         erasures = [(i, e) for i, e in todo if isinstance(e, PersonForgotten)]
-        refusals: dict[int, Rejected] = {}
-        for i, e in erasures:
-            assert isinstance(e, PersonForgotten)
-            try:
-                rules.check_people(e, objs[i], cmd)
-                await self._check_forget(e, cmd)
-            except Rejected as refusal:
-                refusals[i] = refusal
-        if not refusals:
+        if not erasures:
             return todo
-        first = min(refusals)
+        ws = erasures[0][1].workspace_id
+        people = [e.person_id for _, e in erasures]
+        async with self._erasure_slots, self.state.merge_locked(ws, people):
+            refusals: dict[int, Rejected] = {}
+            partners: dict[int, set[str]] = {}
+            for i, e in erasures:
+                try:
+                    rules.check_people(e, objs[i], cmd)
+                    partners[i] = await self._check_forget(e, cmd)
+                except Rejected as refusal:
+                    refusals[i] = refusal
+            _refuse_linked(erasures, partners, refusals)
+            for i, e in erasures:
+                if i not in refusals:
+                    await self.keystore.destroy(ws, e.person_id)
         for i, e in erasures:
-            why = refusals.get(i) or Rejected(
-                409,
-                ["person_id"],
-                f"not erased: the erasure at index {first} of this command was refused, and "
-                "the erasures of one command are all or none",
-            )
-            outcomes[i] = why.outcome(str(e.event_id))
-            refused.append(e.event_id)
-        return [(i, e) for i, e in todo if not isinstance(e, PersonForgotten)]
+            if i in refusals:
+                outcomes[i] = refusals[i].outcome(str(e.event_id))
+                refused.append(e.event_id)
+        return [(i, e) for i, e in todo if i not in refusals]
 
-    async def _check_forget(self, event: PersonForgotten, cmd: Command) -> None:
+    async def _check_forget(self, event: PersonForgotten, cmd: Command) -> set[str]:
         """An erasure takes the people merged into the person along (:func:`check_forget`);
-        whether those are forgotten already is read from the key store, fresh."""
+        whether those are forgotten already is read from the key store, fresh. Returns the
+        person's merge partners (the people merged into them, or their survivor)."""
         ws = event.workspace_id
         holding = await self.state.merges_naming(ws, event.person_id)
-        others = sorted({p for m in holding for p in (m.merged, m.survivor)} - {event.person_id})
-        keys = await self.keystore.keys(ws, others, fresh=True) if others else {}
+        others = {p for m in holding for p in (m.merged, m.survivor)} - {event.person_id}
+        keys = await self.keystore.keys(ws, sorted(others), fresh=True) if others else {}
         forgotten = {p for p, key in keys.items() if key is None}
         rules.check_forget(event, holding, cmd.forgetting, forgotten)
+        return others
 
     # -- publishing -----------------------------------------------------------------------
 
@@ -200,15 +210,10 @@ class WriteSide:
         same event id publishes it again (JetStream dedupes)."""
         if isinstance(event, PersonMerged):
             return await self._publish_merge(event, cmd)
-        if isinstance(event, PersonForgotten):
-            # Decided and the key destroyed under the person's merge lock: a merge claimed
-            # before is seen here, one claimed after sees the key gone (_publish_merge).
-            async with self.state.merge_locked(event.workspace_id, [event.person_id]):
-                await self._check_forget(event, cmd)
-                await self.keystore.destroy(event.workspace_id, event.person_id)
-            return await self._publish(event, cmd)
         if rules.is_introduction_step(event):
-            return await self.state.step(event, lambda: self._publish(event, cmd))
+            if isinstance(event, IntroductionOutcome):
+                await self._outcome_keys(event, cmd)
+            return await self.state.step(event, lambda stamped: self._publish(stamped, cmd))
         if not isinstance(event, EventRetracted):
             return await self._publish(event, cmd)
         if not await self.state.claim_retraction(event):
@@ -228,6 +233,15 @@ class WriteSide:
             if claimed:  # (not a claim an earlier send of this id made: that may be on the log)
                 await self.state.unclaim_merge(event)
             raise
+
+    async def _outcome_keys(self, event: IntroductionOutcome, cmd: Command) -> None:
+        """An outcome's note is encrypted with the keys of the introduction's two people
+        (named when it is published, under the step's lock): read them before taking it, so
+        the step holds one pool connection, not two. (An introduction's people never change.)"""
+        intro = await self.state.introduction(event.workspace_id, event.introduction_id)
+        if intro is not None:
+            people = [intro.requester, intro.target]
+            cmd.keys.update(await self.keystore.keys(event.workspace_id, people, fresh=True))
 
     async def _not_forgotten_since(self, event: PersonMerged) -> None:
         """After the claim, the two people's keys again, fresh: an erasure that destroyed one
@@ -343,7 +357,7 @@ class WriteSide:
         published: list[tuple[Event, int]] = []
         refused: list[UUID] = []
         failures: list[Exception] = []
-        todo = await self._all_erasures_or_none(todo, objs, cmd, outcomes, refused)
+        todo = await self._decide_erasures(todo, objs, cmd, outcomes, refused)
 
         async def one(i: int, event: Event) -> None:
             eid = str(event.event_id)
@@ -384,6 +398,37 @@ class WriteSide:
             *(one(i, e) for i, e in todo if not (isinstance(e, PersonAdded) or in_order(e))),
         )
         return published, refused, failures[0] if failures else None
+
+
+def _refuse_linked(
+    erasures: Sequence[tuple[int, PersonForgotten]],
+    partners: dict[int, set[str]],
+    refusals: dict[int, Rejected],
+) -> None:
+    """Refuse (in ``refusals``) every erasure linked by a merge to a refused one, so that a
+    survivor and the people merged into it are never split (to a fixpoint: a refused
+    duplicate refuses its survivor, which refuses the survivor's other duplicates)."""
+    person = {i: e.person_id for i, e in erasures}
+    changed = True
+    while changed:
+        changed = False
+        gone = {person[i] for i in refusals}
+        linked = set().union(*(partners.get(i, set()) for i in refusals)) if refusals else set()
+        for i, _ in erasures:
+            if i in refusals or not (person[i] in linked or partners.get(i, set()) & gone):
+                continue
+            by = next(
+                r
+                for r in sorted(refusals)
+                if person[i] in partners.get(r, set()) or person[r] in partners.get(i, set())
+            )
+            refusals[i] = Rejected(
+                409,
+                ["person_id"],
+                f"not erased: merged with {person[by]!r}, whose erasure (index {by}) was "
+                "refused; a survivor and the people merged into it are erased together",
+            )
+            changed = True
 
 
 def _log_recorded(event: Event, seq: int, duplicate: bool) -> None:

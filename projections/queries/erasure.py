@@ -12,14 +12,17 @@ from tieline.projections.queries.common import Row
 
 
 async def events_about(conn: AsyncConnection[Any], ws: str, person: str) -> list[Row]:
-    """(type, payload) of the archived events of ``person``: their own person events and
-    every relationship event that names them."""
+    """(type, payload) of the archived events of ``person``: their own person events, every
+    relationship event that names them, and the introduction steps that name them (a
+    request's reason, an outcome's note)."""
     cur = await conn.execute(
-        """SELECT type, payload FROM events WHERE workspace_id = %s AND (
-               payload->>'person_id' = %s OR event_id IN (
-                 SELECT event_id FROM pair_events_v1 WHERE workspace_id = %s
-                    AND (person_a = %s OR person_b = %s)))""",
-        (ws, person, ws, person, person),
+        """SELECT type, payload FROM events WHERE workspace_id = %(ws)s AND (
+               payload->>'person_id' = %(p)s OR payload->>'requester' = %(p)s
+               OR payload->>'target' = %(p)s OR payload->>'introducer' = %(p)s
+               OR event_id IN (
+                 SELECT event_id FROM pair_events_v1 WHERE workspace_id = %(ws)s
+                    AND (person_a = %(p)s OR person_b = %(p)s)))""",
+        {"ws": ws, "p": person},
     )
     return await cur.fetchall()
 

@@ -305,3 +305,50 @@ def test_forgetting_a_survivor_erases_the_people_merged_into_it(api: httpx.Clien
     report = api.post(f"/v1/workspaces/{ws}/people/yan/forget").json()
     assert report["erased"] is True and report["merged_people_forgotten"] == [], report
     assert api.get(f"/v1/workspaces/{ws}/people/yan2").json()["email"] == f"yan2.{tag}@e.org"
+
+
+def test_an_outcome_note_is_erased_with_either_person_of_the_introduction(
+    stack: Stack, stack_settings: Settings, api: httpx.Client, ws: str
+) -> None:
+    """An introduction's outcome names its two people (introduction.outcome v2, filled in
+    by the write side), so its note is encrypted with both their keys: after either is
+    forgotten nobody holding the database, the log and the master key can read it. Before
+    (v1) it was under the workspace's key, which no erasure destroys."""
+    tag = uuid.uuid4().hex[:10]
+    note = f"Zelda is job-hunting after her divorce {tag}"
+    add_people(api, ws, "zelda", "ada", "grace")
+    intro = str(uuid.uuid4())
+    steps: list[dict[str, Any]] = [
+        {
+            "type": "introduction.requested",
+            "introduction_id": intro,
+            "requester": "zelda",
+            "introducer": "grace",
+            "target": "ada",
+        },
+        {"type": "introduction.consented", "introduction_id": intro, "person": "zelda"},
+        {"type": "introduction.consented", "introduction_id": intro, "person": "ada"},
+        {
+            "type": "relationship.introduced",
+            "introduction_id": intro,
+            "introducer": "grace",
+            "person_a": "zelda",
+            "person_b": "ada",
+        },
+        {"type": "introduction.outcome", "introduction_id": intro, "outcome": "met", "note": note},
+    ]
+    for step in steps:
+        r = api.post(f"/v1/workspaces/{ws}/events", json=step)
+        assert r.status_code == 201, r.text
+    exported = api.get(f"/v1/workspaces/{ws}/export/events", params={"min_seq": r.json()["seq"]})
+    [outcome] = [
+        e for e in map(json.loads, exported.text.splitlines()) if e["type"] == steps[-1]["type"]
+    ]
+    assert (outcome["requester"], outcome["target"], outcome["note"]) == ("zelda", "ada", note)
+    attacker = Attacker(stack_settings, stack.nats_url, stack.master_key(), ws)
+    assert asyncio.run(attacker.search({note})).anywhere()  # positive control: readable
+
+    report = api.post(f"/v1/workspaces/{ws}/people/zelda/forget").json()
+    assert report["erased"] is True and report["clean"] is True, report
+    assert asyncio.run(attacker.search({note})).anywhere() == {}
+    assert tag not in api.get(f"/v1/workspaces/{ws}/export/events").text

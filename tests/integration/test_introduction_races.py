@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
+from tieline.events_schema.models import Event
 from tieline.plumbing.config import Settings
 from tieline.plumbing.db import make_pool
 from tieline.services.service_app import INTERACTION_TYPES, PEOPLE_TYPES, start_write_side
@@ -152,7 +153,7 @@ async def test_a_make_whose_publish_failed_still_counts_and_its_retry_passes(
         first = {**make(intro), "event_id": str(uuid.uuid4())}
         event = side.build(WS, first, "t", None)
 
-        async def timed_out() -> tuple[int, bool]:
+        async def timed_out(_: Event) -> tuple[int, bool]:
             raise TimeoutError("publish timed out")
 
         with pytest.raises(TimeoutError):

@@ -39,6 +39,8 @@ EVENT_COMMANDS: list[tuple[Callable[..., Any], type[models.Event], dict[str, str
 NOT_ACCEPTED = {
     events.add_person: {"correlation_id", "causation_id"},
     events.forget: {"event_id", "occurred_at", "correlation_id", "causation_id"},
+    # An outcome's two people are filled in by the write side from the request.
+    events.intro_outcome: {"requester", "target"},
     # ``calibrate --apply`` records what the calibration found: every field is its result.
     calibrate.calibrate_cmd: set(models.WorkspaceModelCalibrated.model_fields),
 }

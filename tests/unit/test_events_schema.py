@@ -108,11 +108,14 @@ def test_every_golden_fixture_decodes_and_reencodes_to_the_same_json(
 
     event = REGISTRY.decode(raw)
 
-    assert type(event) is cls
+    # A released older version decodes as the current model, upcast; the current one as is.
+    current = REGISTRY.classes[event_type]
+    assert type(event) is current and isinstance(event, cls)
     assert event.type == event_type
-    assert event.schema_version == version
+    assert event.schema_version == current.version
     reencoded = json.loads(REGISTRY.encode(event))
-    assert normalised(reencoded) == normalised(fixture)
+    expected = REGISTRY.upcast(event_type, version, fixture)
+    assert normalised(reencoded) == normalised(expected)
     # And the canonical bytes decode to the very same event.
     assert REGISTRY.decode(REGISTRY.encode(event)) == event
 
@@ -180,7 +183,9 @@ def test_generated_schema_files_name_every_registered_type_and_version() -> None
         assert schema["additionalProperties"] is False
 
 
-def _schema(kind: str, event_type: str, version: int = 1) -> dict[str, Any]:
+def _schema(kind: str, event_type: str, version: int | None = None) -> dict[str, Any]:
+    """A generated schema (``version``: the current one when left out)."""
+    version = version or REGISTRY.current_version(event_type)
     schema = json.loads(schema_files()[f"{kind}/{event_type}.v{version}.json"])
     assert isinstance(schema, dict)
     return schema
@@ -216,6 +221,8 @@ def test_golden_events_fit_the_event_schema_and_not_the_command_schema(
 
     stored = golden_dict(event_type, version)
     assert jsonschema_rs.validator_for(_schema("events", event_type, version)).is_valid(stored)
+    if version < REGISTRY.current_version(event_type):
+        return  # commands are written in the current version only
     command = jsonschema_rs.validator_for(_schema("commands", event_type, version))
     assert not command.is_valid(stored)
     sent = {k: v for k, v in stored.items() if k not in ("recorded_at", "recorded_by")}

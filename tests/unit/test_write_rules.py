@@ -356,13 +356,13 @@ class MemoryState:
         return None
 
     async def step(
-        self, event: Event, publish: Callable[[], Awaitable[tuple[int, bool]]]
+        self, event: Event, publish: Callable[[Event], Awaitable[tuple[int, bool]]]
     ) -> tuple[int, bool]:
         # No introductions are kept here (tests/integration/test_introduction_races.py has
         # the real state): a request is published, every other step names no introduction.
         if not isinstance(event, IntroductionRequested):
             rules.check_introduction(event, None)
-        return await publish()
+        return await publish(event)
 
     async def recorded(self, published: Sequence[tuple[Event, int]]) -> None:
         for e, seq in published:
@@ -448,29 +448,32 @@ def test_a_failed_line_leaves_the_published_lines_recorded() -> None:
     assert [(o.status, o.seq) for o in again] == [(200, 3), (201, 4)]
 
 
-def test_the_erasures_of_one_command_are_all_or_none() -> None:
-    """A merged person's erasure without their survivor is refused, and with it every other
-    erasure of the command (no key destroyed); the survivor with its duplicate: both."""
+def test_a_survivor_and_its_duplicates_are_erased_together_or_not_at_all() -> None:
+    """A merged person's erasure without their survivor is refused (no key destroyed); an
+    unrelated erasure in the same command goes on. A survivor's erasure refused for a
+    duplicate left out refuses the duplicates that came with it too."""
     side, log, _ = write_side()
-    asyncio.run(side.record_many("w", [*PEOPLE, {**PEOPLE[0], "person_id": "ada2"}], "t"))
-    merged = asyncio.run(side.record_many("w", [MERGE], "t"))
-    assert [o.status for o in merged] == [201]
-    published = len(log.messages)
+    dups = [{**PEOPLE[0], "person_id": p} for p in ("ada2", "ada3")]
+    asyncio.run(side.record_many("w", [*PEOPLE, *dups], "t"))
+    merges = [MERGE, {**MERGE, "person_id": "ada3"}]
+    assert [o.status for o in asyncio.run(side.record_many("w", merges, "t"))] == [201, 201]
+    keys = side.keystore.keys_  # type: ignore[attr-defined]
 
     def forget(*people: str) -> list[tuple[int, str]]:
         lines = [{"type": "person.forgotten", "person_id": p} for p in people]
         out = asyncio.run(side.record_many("w", lines, "admin"))
         return [(o.status, str(o.errors)) for o in out]
 
-    (dup, grace) = forget("ada2", "grace")
+    dup, grace = forget("ada2", "grace")
     assert dup[0] == 409 and "merged into 'ada'" in dup[1]
-    assert grace[0] == 409 and "all or none" in grace[1]
-    (alone,) = forget("ada")
-    assert alone[0] == 409 and "'ada2'" in alone[1]
+    assert grace[0] == 201 and keys["grace"] is None
+    published = len(log.messages)
+    survivor, dup = forget("ada", "ada2")  # ada3 left out
+    assert survivor[0] == 409 and "'ada3'" in survivor[1]
+    assert dup[0] == 409 and "erased together" in dup[1]
     assert len(log.messages) == published
-    keys = side.keystore.keys_  # type: ignore[attr-defined]
-    assert all(keys[p] is not None for p in ("ada", "ada2", "grace"))  # nothing destroyed
-    assert [s for s, _ in forget("ada", "ada2")] == [201, 201]
+    assert all(keys[p] is not None for p in ("ada", "ada2", "ada3"))  # nothing destroyed
+    assert [s for s, _ in forget("ada3", "ada", "ada2")] == [201, 201, 201]
 
 
 def test_record_many_conflict_and_duplicate_publish_nothing() -> None:

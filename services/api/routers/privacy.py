@@ -45,7 +45,10 @@ async def forget(ws: WS, person: PID, who: Admin, rt: RT) -> dict[str, Any]:
     duplicate alone)."""
     # Who is merged into the person is read once the projection has applied the whole log as
     # it is now: a merge retracted just before must not take an unrelated person along.
-    await rt.waiter.wait(await rt.waiter.stream_last_seq())
+    last = await rt.waiter.stream_last_seq()
+    if last is None:  # cannot tell how far the log goes: do not erase on a stale read
+        raise ApiError(503, "the log (NATS) does not answer; retry the erasure later", [])
+    await rt.waiter.wait(last)
     async with rt.connections.connection() as conn:
         known = await get_person(conn, ws, person)
         # The people merged into this one go with it (the write side refuses otherwise).
