@@ -361,7 +361,9 @@ class WriteSide:
 
         async def one(i: int, event: Event) -> None:
             eid = str(event.event_id)
-            if failures:  # not tried: its id is given back, a retry decides it afresh
+            if failures and not isinstance(event, PersonForgotten):
+                # Not tried: its id is given back, a retry decides it afresh. (An erasure
+                # left in ``todo`` was decided and its key destroyed: it is always tried.)
                 refused.append(event.event_id)
                 return
             try:

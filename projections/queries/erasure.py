@@ -15,13 +15,19 @@ async def events_about(conn: AsyncConnection[Any], ws: str, person: str) -> list
     """(type, payload) of the archived events of ``person``: their own person events, every
     relationship event that names them, and the introduction steps that name them (a
     request's reason, an outcome's note)."""
+    # Three branches, so the first can use the events_person index (an OR of them could not);
+    # the third filters the workspace's events to its introduction steps.
     cur = await conn.execute(
-        """SELECT type, payload FROM events WHERE workspace_id = %(ws)s AND (
-               payload->>'person_id' = %(p)s OR payload->>'requester' = %(p)s
-               OR payload->>'target' = %(p)s OR payload->>'introducer' = %(p)s
-               OR event_id IN (
-                 SELECT event_id FROM pair_events_v1 WHERE workspace_id = %(ws)s
-                    AND (person_a = %(p)s OR person_b = %(p)s)))""",
+        """SELECT type, payload FROM events
+             WHERE workspace_id = %(ws)s AND payload->>'person_id' = %(p)s
+           UNION
+           SELECT type, payload FROM events WHERE workspace_id = %(ws)s AND event_id IN (
+             SELECT event_id FROM pair_events_v1 WHERE workspace_id = %(ws)s
+                AND (person_a = %(p)s OR person_b = %(p)s))
+           UNION
+           SELECT type, payload FROM events WHERE workspace_id = %(ws)s
+              AND type IN ('introduction.requested', 'introduction.outcome')
+              AND %(p)s IN (payload->>'requester', payload->>'target', payload->>'introducer')""",
         {"ws": ws, "p": person},
     )
     return await cur.fetchall()

@@ -143,6 +143,15 @@ def test_the_digest_is_of_the_event_not_of_its_spelling() -> None:
     assert digest(MET, "w") != digest(MET, "v")
 
 
+def test_an_outcomes_digest_leaves_out_the_people_the_write_side_fills_in() -> None:
+    """An outcome recorded as version 1 (no people) and the same outcome from an export
+    (with the people filled in) are one request: a retry or a re-import is a duplicate."""
+    sent = {"type": "introduction.outcome", "introduction_id": str(uuid4()), "outcome": "met"}
+    exported = {**sent, "requester": "ada", "target": "grace"}
+    assert digest(exported) == digest(sent) == digest({**sent, "schema_version": 1})
+    assert digest({**sent, "outcome": "declined"}) != digest(sent)
+
+
 def test_retraction_rules() -> None:
     target = uuid4()
     retraction = build({"type": "event.retracted", "retracted_event_id": str(target)})
