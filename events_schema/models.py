@@ -351,14 +351,9 @@ class IntroductionOutcome(IntroductionOutcomeV1):
         return self
 
     def people(self) -> tuple[str, ...]:
-        return (
-            ()
-            if self.requester is None or self.target is None
-            else (
-                self.requester,
-                self.target,
-            )
-        )
+        if self.requester is None or self.target is None:
+            return ()
+        return (self.requester, self.target)
 
 
 class RelationshipHelped(Event):

@@ -273,8 +273,7 @@ class WriteState:
         made it and its publish was not confirmed; the retry publishes it again)."""
         ws = event.workspace_id
         async with self.pool.connection() as conn, conn.transaction():
-            for key in sorted({merge_lock(ws, event.person_id), merge_lock(ws, event.survivor)}):
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+            await _lock_merges(conn, ws, [event.person_id, event.survivor])
             cur = await conn.execute(
                 HOLDING_MERGES,
                 {"ws": ws, "p": [event.person_id, event.survivor], "me": event.event_id},
@@ -302,8 +301,7 @@ class WriteState:
         decides and destroys the key under them, so a merge claimed after it sees the key
         gone and one claimed before it is seen by the erasure's check."""
         async with self.pool.connection() as conn, conn.transaction():
-            for key in sorted({merge_lock(workspace_id, p) for p in people}):
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+            await _lock_merges(conn, workspace_id, people)
             yield
 
     async def unclaim_merge(self, event: PersonMerged) -> None:
@@ -347,6 +345,15 @@ CHANGES_STATE = (
     RelationshipIntroduced,
     PersonMerged,
 )
+
+
+async def _lock_merges(
+    conn: AsyncConnection[Any], workspace_id: str, people: Iterable[str]
+) -> None:
+    """Take the people's merge locks for the transaction, in one global order (ascending
+    keys), so two holders never deadlock."""
+    for key in sorted({merge_lock(workspace_id, p) for p in people}):
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
 
 
 async def _introduction(

@@ -411,19 +411,19 @@ def _refuse_linked(
     survivor and the people merged into it are never split (to a fixpoint: a refused
     duplicate refuses its survivor, which refuses the survivor's other duplicates)."""
     person = {i: e.person_id for i, e in erasures}
+
+    def linked(i: int, r: int) -> bool:
+        return person[i] in partners.get(r, set()) or person[r] in partners.get(i, set())
+
     changed = True
     while changed:
         changed = False
-        gone = {person[i] for i in refusals}
-        linked = set().union(*(partners.get(i, set()) for i in refusals)) if refusals else set()
         for i, _ in erasures:
-            if i in refusals or not (person[i] in linked or partners.get(i, set()) & gone):
-                continue
-            by = next(
-                r
-                for r in sorted(refusals)
-                if person[i] in partners.get(r, set()) or person[r] in partners.get(i, set())
+            by = (
+                None if i in refusals else next((r for r in sorted(refusals) if linked(i, r)), None)
             )
+            if by is None:
+                continue
             refusals[i] = Rejected(
                 409,
                 ["person_id"],
