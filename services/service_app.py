@@ -26,7 +26,7 @@ from tieline.plumbing.jetstream import connect_nats, ensure_streams, inbox_prefi
 from tieline.plumbing.logging import stdlib_logger
 from tieline.plumbing.state import ensure_state_schema
 from tieline.plumbing.subjects import command_wildcard
-from tieline.services.write_state import WriteState, backfill
+from tieline.services.write_state import WriteState, backfill, backfill_people
 from tieline.services.writeside import Outcome, WriteSide
 
 log = structlog.get_logger(__name__)
@@ -110,6 +110,7 @@ async def start_write_side(
     async with pool.connection() as conn:
         await ensure_state_schema(conn, settings.database_schema)
         await backfill(conn, js, settings.stream_name, REGISTRY)
+        await backfill_people(conn, js, settings.stream_name, REGISTRY)
     keystore = KeyStore(pool, master_key_from_env(settings.master_key), coalesce=True)
     side = WriteSide(settings, js, WriteState(pool), REGISTRY, types, service, keystore)
     return nc, side

@@ -26,6 +26,7 @@ from tieline.events_schema.models import (
     Event,
     EventRetracted,
     IntroductionConsented,
+    IntroductionOutcome,
     IntroductionRequested,
     PersonMerged,
     RelationshipIntroduced,
@@ -107,6 +108,13 @@ def _seq_arrays(published: Sequence[tuple[Event, int]]) -> tuple[list[Any], ...]
     )
 
 
+def _joined(people: Iterable[str]) -> str:
+    """People as one text for an ``unnest`` column (an array of arrays must be rectangular);
+    a person id is letters, digits, ``_`` and ``-`` (events_schema), never a comma. ``''``
+    is the empty array: the event names nobody."""
+    return ",".join(sorted(set(people)))
+
+
 def _recorded(row: dict[str, Any]) -> Recorded:
     return Recorded(
         workspace_id=row["workspace_id"],
@@ -148,8 +156,10 @@ class WriteState:
         rows.sort(key=lambda row: _key(row[0]))  # lock order, as in _record_many
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                """INSERT INTO write_events (event_id, workspace_id, type, digest)
-                   SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[])
+                """INSERT INTO write_events (event_id, workspace_id, type, digest, people)
+                   SELECT event_id, ws, type, digest, string_to_array(people, ',')
+                   FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[])
+                        AS t(event_id, ws, type, digest, people)
                    ON CONFLICT (workspace_id, event_id) DO NOTHING
                    RETURNING workspace_id, event_id""",
                 (
@@ -157,6 +167,7 @@ class WriteState:
                     [e.workspace_id for e, _ in rows],
                     [e.type for e, _ in rows],
                     [d for _, d in rows],
+                    [_joined(e.people()) for e, _ in rows],
                 ),
             )
             new = {(r["workspace_id"], r["event_id"]) for r in await cur.fetchall()}
@@ -195,6 +206,31 @@ class WriteState:
             )
             row = await cur.fetchone()
         return None if row is None else _recorded(row)
+
+    async def name_people(self, event: Event) -> None:
+        """Record whom ``event`` names, as published (an outcome names its introduction's
+        people once the write side fills them in): done before the people's keys are read,
+        so an erasure that destroys one of them after that read finds the row."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE write_events SET people = %s WHERE workspace_id = %s AND event_id = %s",
+                (sorted(set(event.people())), event.workspace_id, event.event_id),
+            )
+
+    async def forget_digests(self, workspace_id: str, people: Sequence[str]) -> int:
+        """Clear the digests of the workspace's events that name any of ``people`` (just
+        erased), and of those whose people are not known (taken before revision 0008 and not
+        found on the log): a digest of a body with a note would let whoever holds the
+        database and the log confirm a guess of the note. A re-sent id of such an event is
+        answered as already recorded, whatever its body. Returns the rows cleared."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                """UPDATE write_events SET digest = NULL
+                   WHERE workspace_id = %s AND digest IS NOT NULL
+                     AND (people && %s::text[] OR people IS NULL)""",
+                (workspace_id, list(people)),
+            )
+            return int(cur.rowcount)
 
     async def claim_retraction(self, event: EventRetracted) -> bool:
         """Mark the target retracted by this retraction unless another one did first (two
@@ -461,6 +497,57 @@ async def backfill(
         )
     log.info("write_state.backfilled", stream=stream, events=count, upto_seq=last)
     return count
+
+
+async def backfill_people(
+    conn: AsyncConnection[Any], js: JetStreamContext, stream: str, registry: EventRegistry
+) -> int:
+    """Once: fill ``people`` of the rows taken before revision 0008 that keep a digest, from
+    their events on the log (found by sequence). A row whose event is no longer on the log
+    keeps NULL, and the next erasure in its workspace clears its digest. Runs under the
+    backfill's lock; returns the rows filled."""
+    mark = f"people:{stream}"
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tieline:write-backfill'))")
+        cur = await conn.execute("SELECT 1 FROM write_backfill WHERE stream = %s", (mark,))
+        if await cur.fetchone() is not None:
+            return 0
+        cur = await conn.execute(
+            "SELECT workspace_id, event_id, seq FROM write_events "
+            "WHERE people IS NULL AND digest IS NOT NULL AND seq IS NOT NULL ORDER BY seq"
+        )
+        rows = await cur.fetchall()
+        filled = 0
+        for start in range(0, len(rows), BACKFILL_BATCH):
+            batch = rows[start : start + BACKFILL_BATCH]
+            msgs = await asyncio.gather(
+                *(js.get_msg(stream, seq=r["seq"]) for r in batch), return_exceptions=True
+            )
+            for row, msg in zip(batch, msgs, strict=True):
+                if isinstance(msg, NotFoundError):
+                    continue  # removed by the stream's limits: left NULL (see above)
+                if isinstance(msg, BaseException):
+                    raise msg
+                filled += await _fill_people(conn, row, registry.decode(msg.data or b""))
+        await conn.execute("INSERT INTO write_backfill (stream, upto_seq) VALUES (%s, 0)", (mark,))
+    log.info("write_state.people_backfilled", stream=stream, rows=filled)
+    return filled
+
+
+async def _fill_people(conn: AsyncConnection[Any], row: dict[str, Any], event: Event) -> int:
+    """One row's people from its event (an outcome: its introduction's too, which version 1
+    did not name)."""
+    if event.workspace_id != row["workspace_id"] or event.event_id != row["event_id"]:
+        return 0  # not this row's event (cannot happen on one stream): leave it unknown
+    people = set(event.people())
+    if isinstance(event, IntroductionOutcome):
+        intro = await _introduction(conn, event.workspace_id, event.introduction_id)
+        people |= {intro.requester, intro.target} if intro is not None else set()
+    await conn.execute(
+        "UPDATE write_events SET people = %s WHERE workspace_id = %s AND event_id = %s",
+        (sorted(people), row["workspace_id"], row["event_id"]),
+    )
+    return 1
 
 
 async def _backfill_one(conn: AsyncConnection[Any], event: Event, seq: int) -> None:

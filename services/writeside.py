@@ -175,9 +175,12 @@ class WriteSide:
                 except Rejected as refusal:
                     refusals[i] = refusal
             _refuse_linked(erasures, partners, refusals)
-            for i, e in erasures:
-                if i not in refusals:
-                    await self.keystore.destroy(ws, e.person_id)
+            erased = [e.person_id for i, e in erasures if i not in refusals]
+            for person in erased:
+                await self.keystore.destroy(ws, person)
+            if erased:
+                cleared = await self.state.forget_digests(ws, erased)
+                log.info("erasure.digests_cleared", workspace_id=ws, rows=cleared)
         for i, e in erasures:
             if i in refusals:
                 outcomes[i] = refusals[i].outcome(str(e.event_id))
@@ -241,6 +244,9 @@ class WriteSide:
         intro = await self.state.introduction(event.workspace_id, event.introduction_id)
         if intro is not None:
             people = [intro.requester, intro.target]
+            # Named before the keys are read: an erasure that destroys one after the read
+            # clears this outcome's digest (see WriteState.forget_digests).
+            await self.state.name_people(rules.with_introduction_people(event, intro))
             cmd.keys.update(await self.keystore.keys(event.workspace_id, people, fresh=True))
 
     async def _not_forgotten_since(self, event: PersonMerged) -> None:

@@ -10,15 +10,18 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from psycopg import AsyncConnection, sql
+from tieline.events_schema.registry import REGISTRY
 from tieline.plumbing.config import Settings
 from tieline.projections import replay
 from tieline.services.runtime.supervisor import Stack, StackConfig
+from tieline.services.write_rules import body_digest, build
 
 from tests.conftest import Servers, settings_env, unique_settings
 from tests.e2e.conftest import make_token
@@ -352,3 +355,101 @@ def test_an_outcome_note_is_erased_with_either_person_of_the_introduction(
     assert report["erased"] is True and report["clean"] is True, report
     assert asyncio.run(attacker.search({note})).anywhere() == {}
     assert tag not in api.get(f"/v1/workspaces/{ws}/export/events").text
+    # Nor does its digest confirm a guess of the note (see the next test).
+    assert _stored_digests(stack_settings, ws)[outcome["event_id"]] is None
+
+
+def _digest_guess(ws: str, obj: dict[str, Any]) -> str:
+    """What an attacker computes for a guessed body: the write side's own digest of it (the
+    function is public, and so is everything else of the event on the log)."""
+    event = build(
+        ws,
+        obj,
+        actor="attacker",
+        now=datetime.now(UTC),
+        types=frozenset(REGISTRY.classes),
+        service="attacker",
+        registry=REGISTRY,
+        max_future_skew_s=60,
+    )
+    return body_digest(event, obj)
+
+
+def _stored_digests(settings: Settings, ws: str) -> dict[str, str | None]:
+    async def read() -> dict[str, str | None]:
+        async with await AsyncConnection.connect(settings.database_url, autocommit=True) as c:
+            cur = await c.execute(
+                sql.SQL(
+                    "SELECT event_id::text, digest FROM {}.write_events WHERE workspace_id = %s"
+                ).format(sql.Identifier(settings.database_schema)),
+                (ws,),
+            )
+            return {r[0]: r[1] for r in await cur.fetchall()}
+
+    return asyncio.run(read())
+
+
+def test_no_digest_confirms_a_guess_of_a_forgotten_persons_note(
+    stack_settings: Settings, api: httpx.Client, ws: str
+) -> None:
+    """The write side keeps a digest of each body a client sent (a re-sent id with another
+    body is refused). Whoever holds the database and the log sees every field of an event
+    but its encrypted notes, so a digest lets them confirm a guess of a note: fill it in,
+    digest, compare. After the person's erasure no stored digest confirms a guess of their
+    events (nor of their directory entry); an unrelated event keeps its digest, so a reused
+    id is still refused there. Before, every digest stayed and confirmed the guess."""
+    tag = uuid.uuid4().hex[:10]
+    add_people(api, ws, "zelda", "ada", "grace")
+    lines: dict[str, dict[str, Any]] = {
+        "zelda": {
+            "type": "person.updated",
+            "person_id": "zelda",
+            "notes": f"Allergic to peanuts {tag}",
+        },
+        "met": {
+            "type": "relationship.met",
+            "participants": ["zelda", "ada"],
+            "depth": "conversation",
+            "context": f"Talked about her divorce {tag}",
+            "occurred_at": "2026-11-02T10:00:00Z",
+        },
+        "note": {
+            "type": "relationship.followed_up",
+            "from_person": "ada",
+            "to_person": "zelda",
+            "channel": "email",
+            "note": f"Sent condolences {tag}",
+        },
+        "unrelated": {
+            "type": "relationship.met",
+            "participants": ["ada", "grace"],
+            "depth": "brief_chat",
+            "context": f"Unrelated chat {tag}",
+        },
+    }
+    for obj in lines.values():
+        obj["event_id"] = str(uuid.uuid4())
+        r = api.post(f"/v1/workspaces/{ws}/events", json=obj)
+        assert r.status_code == 201, r.text
+    guesses = {name: _digest_guess(ws, obj) for name, obj in lines.items()}
+    before = _stored_digests(stack_settings, ws)
+    for name, obj in lines.items():  # positive control: each guess is confirmed before
+        assert before[obj["event_id"]] == guesses[name], name
+
+    report = api.post(f"/v1/workspaces/{ws}/people/zelda/forget").json()
+    assert report["erased"] is True and report["clean"] is True, report
+    stored = _stored_digests(stack_settings, ws)
+    confirmed = {name for name, obj in lines.items() if stored[obj["event_id"]] == guesses[name]}
+    assert confirmed == {"unrelated"}
+    # Zelda's four events lost their digests (her person.added too); the unrelated meeting
+    # and the other two people's person.added kept theirs.
+    assert None not in before.values()
+    kept = {e for e, d in stored.items() if d is not None}
+    assert len(before) == 7 and len(kept) == 3, (before, stored)
+
+    # A reused id of an unrelated event is still refused; one of the forgotten person's
+    # events is answered as recorded (its body can no longer be compared), nothing published.
+    reused = {**lines["unrelated"], "context": "another body"}
+    assert api.post(f"/v1/workspaces/{ws}/events", json=reused).status_code == 409
+    again = api.post(f"/v1/workspaces/{ws}/events", json={**lines["note"], "note": "other"})
+    assert again.status_code == 200 and again.json()["duplicate"] is True, again.text

@@ -11,7 +11,7 @@ from uuid import uuid4
 from tieline.plumbing.config import Settings
 from tieline.plumbing.db import make_pool
 from tieline.services.service_app import INTERACTION_TYPES, PEOPLE_TYPES, start_write_side
-from tieline.services.write_state import backfill
+from tieline.services.write_state import backfill, backfill_people
 
 from tests.integration.conftest import Log, make_event
 
@@ -100,3 +100,63 @@ async def test_concurrent_commands_share_statements_and_keep_their_own_answers(
         await nc.close()
         await pnc.close()
         await pool.close()
+
+
+async def test_whom_each_event_names_is_kept_and_filled_from_the_log_once(
+    settings: Settings,
+) -> None:
+    """Each taken id records whom its event names (migration 0008), so an erasure clears the
+    digests of that person's events and only theirs. Rows taken before the migration get
+    their people from the log once, at start; a row whose event is no longer on the log
+    stays unknown, and the next erasure in its workspace clears its digest too."""
+    ws = "people-of-events"
+    pool = make_pool(settings)
+    pnc, people_side = await start_write_side(settings, "people", PEOPLE_TYPES, pool)
+    nc, side = await start_write_side(settings, "interactions", INTERACTION_TYPES, pool)
+    try:
+        added = [{"type": "person.added", "person_id": p, "display_name": p} for p in "abc"]
+        assert {o.status for o in await people_side.record_many(ws, added, "t")} == {201}
+        met: dict[str, Any] = {"type": "relationship.met", "depth": "conversation"}
+        lines = [{**met, "participants": pair} for pair in (["a", "b"], ["b", "c"], ["a", "c"])]
+        out = await side.record_many(ws, lines, "t")
+        assert {o.status for o in out} == {201}
+        ab, bc, ac = (o.event_id for o in out)
+
+        async with pool.connection() as conn:
+            names = await _people_by_event(conn, ws)
+            assert (names[ab], names[bc], names[ac]) == (["a", "b"], ["b", "c"], ["a", "c"])
+            # As before the migration: nothing known; the a-c event gone from the log.
+            await conn.execute(
+                "UPDATE write_events SET people = NULL WHERE workspace_id = %s", (ws,)
+            )
+            await conn.execute(
+                "UPDATE write_events SET seq = 1000000 WHERE workspace_id = %s AND event_id = %s",
+                (ws, ac),
+            )
+            await conn.execute("DELETE FROM write_backfill WHERE stream LIKE 'people:%%'")
+            filled = await backfill_people(conn, side.js, settings.stream_name, side.registry)
+            again = await backfill_people(conn, side.js, settings.stream_name, side.registry)
+            names = await _people_by_event(conn, ws)
+        assert (filled, again) == (5, 0)  # three person.added and two meetings; once
+        assert (names[ab], names[bc], names[ac]) == (["a", "b"], ["b", "c"], None)
+
+        assert await side.state.forget_digests(ws, ["a"]) == 3  # a's add, a-b, a-c (unknown)
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT event_id::text AS e FROM write_events "
+                "WHERE workspace_id = %s AND digest IS NOT NULL",
+                (ws,),
+            )
+            kept = {r["e"] for r in await cur.fetchall()}
+        assert bc in kept and ab not in kept and ac not in kept and len(kept) == 3
+    finally:
+        await nc.close()
+        await pnc.close()
+        await pool.close()
+
+
+async def _people_by_event(conn: Any, ws: str) -> dict[str, list[str] | None]:
+    cur = await conn.execute(
+        "SELECT event_id::text AS e, people FROM write_events WHERE workspace_id = %s", (ws,)
+    )
+    return {r["e"]: r["people"] for r in await cur.fetchall()}

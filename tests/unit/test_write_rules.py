@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -309,12 +310,26 @@ class MemoryState:
     def __init__(self) -> None:
         self.rows: dict[tuple[str, UUID], Recorded] = {}
         self.merges: dict[tuple[str, UUID], rules.Merge] = {}  # claimed or recorded
+        self.people: dict[tuple[str, UUID], set[str]] = {}
 
     async def take(self, lines: Sequence[tuple[Event, str]]) -> dict[UUID, Recorded]:
         held = {e.event_id: self.rows[_k(e)] for e, _ in lines if _k(e) in self.rows}
         for e, d in lines:
-            self.rows.setdefault(_k(e), Recorded(e.workspace_id, e.type, d, None))
+            if _k(e) not in self.rows:
+                self.rows[_k(e)] = Recorded(e.workspace_id, e.type, d, None)
+                self.people[_k(e)] = set(e.people())
         return held
+
+    async def name_people(self, event: Event) -> None:
+        self.people[_k(event)] = set(event.people())
+
+    async def forget_digests(self, ws: str, people: Sequence[str]) -> int:
+        named = [
+            k for k, p in self.people.items() if k[0] == ws and p & set(people) and k in self.rows
+        ]
+        for k in named:
+            self.rows[k] = dataclasses.replace(self.rows[k], digest=None)
+        return len(named)
 
     async def release(self, ws: str, ids: Sequence[UUID]) -> None:
         for i in ids:
