@@ -401,7 +401,7 @@ class RelationshipClosenessRated(Event):
         return [_pair(self.rater, self.ratee)]
 
 
-class EventRetracted(Event):
+class EventRetractedV1(Event):
     """An earlier event was recorded by mistake. Events are never edited or deleted; projections
     honour a retraction by removing exactly that event's effect. An effect that cannot be
     removed is not retractable: a retraction, a person's add or erasure (``person.added``,
@@ -411,6 +411,21 @@ class EventRetracted(Event):
     type: Literal["event.retracted"] = "event.retracted"
     retracted_event_id: UUID
     reason: FreeText | None = None
+
+
+class EventRetracted(EventRetractedV1):
+    """An earlier event was recorded by mistake (see version 1). ``about``: the people the
+    retracted event names, filled in by the write side (a client may leave them out; given,
+    they must be those). The ``reason`` is encrypted with their keys, so forgetting any of them
+    erases it. A retraction upcast from version 1, or of an event that names nobody or whose
+    people the write side does not know, leaves ``about`` out (its reason stays under the
+    workspace's key)."""
+
+    version: ClassVar[int] = 2
+    about: Annotated[tuple[PersonId, ...], Field(min_length=1, max_length=64)] | None = None
+
+    def people(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.about or ())))
 
 
 ParamName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
@@ -486,6 +501,7 @@ __all__ = [
     "PERSONAL",
     "Event",
     "EventRetracted",
+    "EventRetractedV1",
     "IntroductionConsented",
     "IntroductionOutcome",
     "IntroductionOutcomeV1",

@@ -14,7 +14,13 @@ from typing import Annotated, Any, Union
 
 import pydantic
 from pydantic import Field, TypeAdapter
-from tieline.events_schema.models import EVENT_CLASSES, Event, IntroductionOutcomeV1, event_type_of
+from tieline.events_schema.models import (
+    EVENT_CLASSES,
+    Event,
+    EventRetractedV1,
+    IntroductionOutcomeV1,
+    event_type_of,
+)
 
 #: Turns the JSON object of version ``n`` into the JSON object of version ``n + 1``.
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
@@ -190,12 +196,20 @@ def default_registry() -> EventRegistry:
     # Released older versions: the frozen model (for the JSON Schemas) and the upcaster.
     registry.historical[("introduction.outcome", 1)] = IntroductionOutcomeV1
     registry.register_upcaster("introduction.outcome", 1, _outcome_v1_to_v2)
+    registry.historical[("event.retracted", 1)] = EventRetractedV1
+    registry.register_upcaster("event.retracted", 1, _retracted_v1_to_v2)
     return registry
 
 
 def _outcome_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     """introduction.outcome v1 named nobody: as v2 it names nobody either (``requester`` and
     ``target`` left out), which keeps its note readable with the key it was encrypted with."""
+    return data
+
+
+def _retracted_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """event.retracted v1 named nobody: as v2 it names nobody either (``about`` left out),
+    which keeps its reason readable with the key it was encrypted with (the workspace's)."""
     return data
 
 

@@ -93,6 +93,7 @@ class Recorded:
     digest: str | None  # None: learnt from the log by the backfill, the body is not known
     seq: int | None  # None: taken, publish not confirmed yet
     retracted_by: str | None = None
+    people: tuple[str, ...] | None = None  # whom the event names; None: not known (0008)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,8 @@ def body_digest(event: Event, supplied: Iterable[str]) -> str:
         # they add nothing, and leaving them out keeps the digests of outcomes recorded as
         # version 1 and of an export's outcomes (which carry them) equal to the original's.
         exclude |= {"requester", "target"}
+    if isinstance(event, EventRetracted):
+        exclude.add("about")  # likewise filled in by the write side, from the retracted event
     content = event.model_dump(mode="json", exclude=exclude)
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -297,6 +300,19 @@ def check_retraction(event: EventRetracted, target: Recorded | None) -> None:
         raise Rejected(422, ["retracted_event_id"], NOT_RETRACTABLE[target.type])
     if target.retracted_by is not None and target.retracted_by != str(event.event_id):
         raise Rejected(409, ["retracted_event_id"], "is already retracted")
+
+
+def with_retracted_people(event: EventRetracted, target: Recorded | None) -> EventRetracted:
+    """A retraction as published: naming the people the retracted event names (``about``;
+    a client may leave it out, and given it must be those), so its reason is encrypted with
+    their keys and forgetting any of them erases it. When the write side does not know them
+    (an event taken before migration 0008 and gone from the log) it names nobody."""
+    people = tuple(sorted(set(target.people))) if target and target.people is not None else None
+    given = tuple(sorted(set(event.about))) if event.about is not None else None
+    if given is not None and given != people:
+        expected = "left out" if not people else f"{list(people)!r}"
+        raise Rejected(422, ["about"], f"must be the people the retracted event names: {expected}")
+    return event.model_copy(update={"about": people or None})
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,7 @@ def _recorded(row: dict[str, Any]) -> Recorded:
         digest=row["digest"],
         seq=None if row["seq"] is None else int(row["seq"]),
         retracted_by=None if row["retracted_by"] is None else str(row["retracted_by"]),
+        people=None if row.get("people") is None else tuple(row["people"]),
     )
 
 

@@ -219,10 +219,11 @@ class WriteSide:
             return await self.state.step(event, lambda stamped: self._publish(stamped, cmd))
         if not isinstance(event, EventRetracted):
             return await self._publish(event, cmd)
+        stamped = await self._retraction_people(event, cmd)  # refused before the claim
         if not await self.state.claim_retraction(event):
             raise Rejected(409, ["retracted_event_id"], "is already retracted")
         try:
-            return await self._publish(event, cmd)
+            return await self._publish(stamped, cmd)
         except Rejected:
             await self.state.unclaim_retraction(event)
             raise
@@ -248,6 +249,28 @@ class WriteSide:
             # clears this outcome's digest (see WriteState.forget_digests).
             await self.state.name_people(rules.with_introduction_people(event, intro))
             cmd.keys.update(await self.keystore.keys(event.workspace_id, people, fresh=True))
+
+    async def _retraction_people(self, event: EventRetracted, cmd: Command) -> EventRetracted:
+        """A retraction names the retracted event's people (its reason goes under their
+        keys): recorded before their keys are read, as for an outcome. A reason cannot be
+        kept when one of them is forgotten (410): retract without one."""
+        ws = event.workspace_id
+        stamped = rules.with_retracted_people(
+            event, await self.state.event(ws, event.retracted_event_id)
+        )
+        await self.state.name_people(stamped)
+        people = list(stamped.people())
+        if people:
+            cmd.keys.update(await self.keystore.keys(ws, people, create=True, fresh=True))
+        gone = [p for p in people if cmd.keys.get(p) is None]
+        if gone and stamped.reason is not None:
+            raise Rejected(
+                410,
+                ["reason"],
+                f"cannot be kept: person {gone[0]!r}, whom the retracted event names, was "
+                "forgotten (the reason would be under their destroyed key); retract without one",
+            )
+        return stamped
 
     async def _not_forgotten_since(self, event: PersonMerged) -> None:
         """After the claim, the two people's keys again, fresh: an erasure that destroyed one

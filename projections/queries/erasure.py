@@ -13,10 +13,10 @@ from tieline.projections.queries.common import Row
 
 async def events_about(conn: AsyncConnection[Any], ws: str, person: str) -> list[Row]:
     """(type, payload) of the archived events of ``person``: their own person events, every
-    relationship event that names them, and the introduction steps that name them (a
-    request's reason, an outcome's note)."""
-    # Three branches, so the first can use the events_person index (an OR of them could not);
-    # the third filters the workspace's events to its introduction steps.
+    relationship event that names them, the introduction steps that name them (a request's
+    reason, an outcome's note) and the retractions of events that name them (a reason)."""
+    # Four branches, so the first can use the events_person index (an OR of them could not);
+    # the last two filter the workspace's events to its introduction steps and retractions.
     cur = await conn.execute(
         """SELECT type, payload FROM events
              WHERE workspace_id = %(ws)s AND payload->>'person_id' = %(p)s
@@ -27,7 +27,10 @@ async def events_about(conn: AsyncConnection[Any], ws: str, person: str) -> list
            UNION
            SELECT type, payload FROM events WHERE workspace_id = %(ws)s
               AND type IN ('introduction.requested', 'introduction.outcome')
-              AND %(p)s IN (payload->>'requester', payload->>'target', payload->>'introducer')""",
+              AND %(p)s IN (payload->>'requester', payload->>'target', payload->>'introducer')
+           UNION
+           SELECT type, payload FROM events WHERE workspace_id = %(ws)s
+              AND type = 'event.retracted' AND payload->'about' ? %(p)s""",
         {"ws": ws, "p": person},
     )
     return await cur.fetchall()

@@ -453,3 +453,43 @@ def test_no_digest_confirms_a_guess_of_a_forgotten_persons_note(
     assert api.post(f"/v1/workspaces/{ws}/events", json=reused).status_code == 409
     again = api.post(f"/v1/workspaces/{ws}/events", json={**lines["note"], "note": "other"})
     assert again.status_code == 200 and again.json()["duplicate"] is True, again.text
+
+
+def test_a_retraction_reason_is_erased_with_the_people_of_the_retracted_event(
+    stack: Stack, stack_settings: Settings, api: httpx.Client, ws: str
+) -> None:
+    """A retraction names the people of the event it retracts (event.retracted v2, filled in
+    by the write side), so its reason is encrypted with their keys: after any of them is
+    forgotten nobody holding the database, the log and the master key can read it. Before
+    (v1) it was under the workspace's key, which no erasure destroys. Once a person is
+    forgotten, a retraction of an event naming them is still accepted, but not with a
+    reason (it could not be kept under their key), and a wrong ``about`` is refused."""
+    tag = uuid.uuid4().hex[:10]
+    reason = f"Zelda asked us to drop this, health reasons {tag}"
+    add_people(api, ws, "zelda", "ada")
+    met = {"type": "relationship.met", "participants": ["zelda", "ada"], "depth": "brief_chat"}
+    first, second = (api.post(f"/v1/workspaces/{ws}/events", json=met).json() for _ in "12")
+    wrong = {"type": "event.retracted", "retracted_event_id": first["event_id"], "about": ["ada"]}
+    refused = api.post(f"/v1/workspaces/{ws}/events", json=wrong)
+    assert refused.status_code == 422 and "about" in refused.text, refused.text
+    retraction = {"type": "event.retracted", "retracted_event_id": first["event_id"]}
+    r = api.post(f"/v1/workspaces/{ws}/events", json={**retraction, "reason": reason})
+    assert r.status_code == 201, r.text
+    exported = api.get(f"/v1/workspaces/{ws}/export/events", params={"min_seq": r.json()["seq"]})
+    [stored] = [
+        e for e in map(json.loads, exported.text.splitlines()) if e["type"] == "event.retracted"
+    ]
+    assert (stored["about"], stored["reason"]) == (["ada", "zelda"], reason)
+    attacker = Attacker(stack_settings, stack.nats_url, stack.master_key(), ws)
+    assert asyncio.run(attacker.search({reason})).anywhere()  # positive control: readable
+
+    report = api.post(f"/v1/workspaces/{ws}/people/zelda/forget").json()
+    assert report["erased"] is True and report["clean"] is True, report
+    assert asyncio.run(attacker.search({reason})).anywhere() == {}
+    assert tag not in api.get(f"/v1/workspaces/{ws}/export/events").text
+    assert _stored_digests(stack_settings, ws)[r.json()["event_id"]] is None
+
+    later = {"type": "event.retracted", "retracted_event_id": second["event_id"]}
+    gone = api.post(f"/v1/workspaces/{ws}/events", json={**later, "reason": f"why {tag}"})
+    assert gone.status_code == 410 and "reason" in gone.text, gone.text
+    assert api.post(f"/v1/workspaces/{ws}/events", json=later).status_code == 201

@@ -41,6 +41,8 @@ NOT_ACCEPTED = {
     events.forget: {"event_id", "occurred_at", "correlation_id", "causation_id"},
     # An outcome's two people are filled in by the write side from the request.
     events.intro_outcome: {"requester", "target"},
+    # A retraction's people likewise, from the retracted event.
+    events.retract: {"about"},
     # ``calibrate --apply`` records what the calibration found: every field is its result.
     calibrate.calibrate_cmd: set(models.WorkspaceModelCalibrated.model_fields),
 }

@@ -153,6 +153,34 @@ def test_an_outcomes_digest_leaves_out_the_people_the_write_side_fills_in() -> N
     assert digest({**sent, "outcome": "declined"}) != digest(sent)
 
 
+def test_a_retraction_names_the_people_of_the_event_it_retracts() -> None:
+    """Its ``about`` is the retracted event's people as the write side recorded them (a
+    client's, when given, must be those); unknown or nobody: left out. The digest leaves it
+    out, so a retry of a retraction recorded as version 1, or its export re-imported, match."""
+    target = str(uuid4())
+    sent = {"type": "event.retracted", "retracted_event_id": target, "reason": "typo"}
+    met = Recorded("w", "relationship.met", "d", seq=3, people=("zelda", "ada"))
+    retraction = build(sent)
+    assert isinstance(retraction, EventRetracted)
+    stamped = rules.with_retracted_people(retraction, met)
+    assert stamped.about == ("ada", "zelda") and stamped.people() == ("ada", "zelda")
+    given = build({**sent, "about": ["zelda", "ada"]})
+    assert isinstance(given, EventRetracted)
+    assert rules.with_retracted_people(given, met) == stamped.model_copy(
+        update={"event_id": given.event_id, "recorded_at": given.recorded_at}
+    )
+    wrong = build({**sent, "about": ["ada"]})
+    assert isinstance(wrong, EventRetracted)
+    with pytest.raises(Rejected) as info:
+        rules.with_retracted_people(wrong, met)
+    assert info.value.status == 422 and info.value.errors[0]["loc"] == ["about"]
+    for unknown in (replace(met, people=None), replace(met, people=()), None):
+        assert rules.with_retracted_people(retraction, unknown).about is None
+    exported = {**sent, "about": ["ada", "zelda"]}
+    assert digest(exported) == digest(sent) == digest({**sent, "schema_version": 1})
+    assert digest({**sent, "reason": "another"}) != digest(sent)
+
+
 def test_retraction_rules() -> None:
     target = uuid4()
     retraction = build({"type": "event.retracted", "retracted_event_id": str(target)})
