@@ -233,6 +233,24 @@ class WriteState:
             )
             return int(cur.rowcount)
 
+    async def in_flight(
+        self, workspace_id: str, people: Sequence[str], other_than: Sequence[UUID], within_s: float
+    ) -> int:
+        """How many events naming any of ``people`` another command has taken in the last
+        ``within_s`` seconds and not yet recorded (publish in flight; older ones failed).
+        Erasures are not counted: two erasures of one person never wait for each other."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                """SELECT count(*) AS n FROM write_events
+                   WHERE workspace_id = %s AND people && %s::text[] AND seq IS NULL
+                     AND type <> 'person.forgotten'
+                     AND taken_at > now() - make_interval(secs => %s)
+                     AND NOT event_id = ANY(%s::uuid[])""",
+                (workspace_id, list(people), within_s, list(other_than)),
+            )
+            row = await cur.fetchone()
+            return 0 if row is None else int(row["n"])
+
     async def claim_retraction(self, event: EventRetracted) -> bool:
         """Mark the target retracted by this retraction unless another one did first (two
         concurrent retractions of one event: exactly one is published)."""

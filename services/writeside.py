@@ -422,13 +422,47 @@ class WriteSide:
                 if in_order(e):
                     await one(i, e)
 
-        # People added by this command go on the log before the lines that name them.
+        # People added by this command go on the log before the lines that name them, and
+        # erasures after every other line, and after the lines of other commands that read
+        # the erased people's keys before they were destroyed (see _after_in_flight).
+        erasures = [(i, e) for i, e in todo if isinstance(e, PersonForgotten)]
         await asyncio.gather(*(one(i, e) for i, e in todo if isinstance(e, PersonAdded)))
         await asyncio.gather(
             one_after_another(),
-            *(one(i, e) for i, e in todo if not (isinstance(e, PersonAdded) or in_order(e))),
+            *(
+                one(i, e)
+                for i, e in todo
+                if not (isinstance(e, PersonAdded | PersonForgotten) or in_order(e))
+            ),
         )
+        if erasures:
+            await self._after_in_flight(workspace_id, erasures, [e.event_id for _, e in todo])
+            await asyncio.gather(*(one(i, e) for i, e in erasures))
         return published, refused, failures[0] if failures else None
+
+    async def _after_in_flight(
+        self,
+        workspace_id: str,
+        erasures: Sequence[tuple[int, PersonForgotten]],
+        own: Sequence[UUID],
+    ) -> None:
+        """Wait until no other command has an event naming an erased person in flight. Such
+        an event's id was taken before its command read the keys, so one that read a key
+        before the erasure destroyed it is seen here, and goes on the log before the
+        ``person.forgotten`` (one that read it after is refused, 410). Bounded: a publish
+        that fails keeps its row taken, so past twice the publish timeout it no longer counts."""
+        people = sorted({e.person_id for _, e in erasures})
+        bound = 2 * self.settings.command_timeout_s
+        deadline = asyncio.get_running_loop().time() + bound
+        while await self.state.in_flight(workspace_id, people, own, bound):
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("erasure.in_flight_timeout", workspace_id=workspace_id)
+                return
+            await asyncio.sleep(IN_FLIGHT_POLL_S)
+
+
+#: How often an erasure looks again for other commands' lines in flight naming its people.
+IN_FLIGHT_POLL_S = 0.02
 
 
 def _refuse_linked(

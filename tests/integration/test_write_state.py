@@ -160,3 +160,36 @@ async def _people_by_event(conn: Any, ws: str) -> dict[str, list[str] | None]:
         "SELECT event_id::text AS e, people FROM write_events WHERE workspace_id = %s", (ws,)
     )
     return {r["e"]: r["people"] for r in await cur.fetchall()}
+
+
+async def test_an_erasure_sees_the_lines_in_flight_that_name_its_people(
+    settings: Settings,
+) -> None:
+    """``WriteState.in_flight``, which an erasure waits on before publishing: events of other
+    commands taken and not yet recorded, naming one of the people; not the erasure's own
+    lines, not erasures, not rows taken longer ago than the bound (a failed publish)."""
+    ws = "in-flight"
+    pool = make_pool(settings)
+    nc, side = await start_write_side(settings, "interactions", INTERACTION_TYPES, pool)
+    try:
+        met = make_event(ws, type="relationship.met", participants=["a", "b"], depth="brief_chat")
+        other = make_event(ws, type="relationship.met", participants=["c", "d"], depth="brief_chat")
+        erasure = make_event(ws, type="person.forgotten", person_id="a")
+        await side.state.take([(met, "d1"), (other, "d2"), (erasure, "d3")])
+        assert await side.state.in_flight(ws, ["a"], [], 20) == 1  # the meeting, not erasures
+        assert await side.state.in_flight(ws, ["b", "x"], [], 20) == 1
+        assert await side.state.in_flight(ws, ["a"], [met.event_id], 20) == 0  # its own
+        assert await side.state.in_flight(ws, ["x"], [], 20) == 0
+        await side.state.recorded([(met, 7)])
+        assert await side.state.in_flight(ws, ["a"], [], 20) == 0  # on the log
+        async with pool.connection() as conn:
+            await conn.execute(
+                "UPDATE write_events SET taken_at = now() - interval '1 minute' "
+                "WHERE workspace_id = %s AND event_id = %s",
+                (ws, other.event_id),
+            )
+        assert await side.state.in_flight(ws, ["c"], [], 20) == 0  # failed long ago
+        assert await side.state.in_flight(ws, ["c"], [], 120) == 1
+    finally:
+        await nc.close()
+        await pool.close()

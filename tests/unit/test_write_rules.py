@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -420,6 +421,19 @@ class MemoryState:
         for e, seq in published:
             self.rows[_k(e)] = replace(self.rows[_k(e)], seq=seq)
 
+    async def in_flight(
+        self, ws: str, people: Sequence[str], other_than: Sequence[UUID], within_s: float
+    ) -> int:
+        return sum(
+            1
+            for k, row in self.rows.items()
+            if k[0] == ws
+            and row.seq is None
+            and row.type != "person.forgotten"
+            and self.people.get(k, set()) & set(people)
+            and k[1] not in other_than
+        )
+
 
 def _k(event: Event) -> tuple[str, UUID]:
     return (event.workspace_id, event.event_id)
@@ -498,6 +512,45 @@ def test_a_failed_line_leaves_the_published_lines_recorded() -> None:
     assert met.seq == 3 and failed.seq is None  # recorded; taken, not confirmed
     again = asyncio.run(side.record_many("w", lines, "tester"))
     assert [(o.status, o.seq) for o in again] == [(200, 3), (201, 4)]
+
+
+class HeldLog(MemoryLog):
+    """A log that holds the publish of a meeting until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding, self.release = asyncio.Event(), asyncio.Event()
+
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str], **kw: Any) -> Ack:
+        if b'"relationship.met"' in data:
+            self.holding.set()
+            await self.release.wait()
+        return await super().publish(subject, data, headers, **kw)
+
+
+def test_an_erasure_goes_on_the_log_after_the_lines_that_read_the_key_before_it() -> None:
+    """A meeting naming Ada has read her key and is being published when an admin forgets
+    her. The erasure destroys the key at once but publishes ``person.forgotten`` only after
+    the meeting is on the log, so nothing accepted about Ada comes after her erasure (the
+    projections would count it). Before, the erasure was published at once, ahead of it."""
+    side, _, _ = write_side()
+    log = HeldLog()
+    side.js = log  # type: ignore[assignment]
+
+    async def scenario() -> list[str]:
+        await side.record_many("w", PEOPLE, "t")
+        meeting = asyncio.create_task(side.record_many("w", [MET], "t"))
+        await log.holding.wait()  # the meeting has Ada's key and is publishing
+        forget = [{"type": "person.forgotten", "person_id": "ada"}]
+        erasure = asyncio.create_task(side.record_many("w", forget, "admin"))
+        await asyncio.sleep(0.1)
+        assert side.keystore.keys_["ada"] is None  # type: ignore[attr-defined]
+        log.release.set()
+        assert [o.status for o in await meeting] == [201]
+        assert [o.status for o in await erasure] == [201]
+        return [json.loads(data)["type"] for _, data in log.messages]
+
+    assert asyncio.run(scenario())[2:] == ["relationship.met", "person.forgotten"]
 
 
 def test_a_survivor_and_its_duplicates_are_erased_together_or_not_at_all() -> None:
