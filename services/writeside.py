@@ -449,10 +449,12 @@ class WriteSide:
         """Wait until no other command has an event naming an erased person in flight. Such
         an event's id was taken before its command read the keys, so one that read a key
         before the erasure destroyed it is seen here, and goes on the log before the
-        ``person.forgotten`` (one that read it after is refused, 410). Bounded: a publish
-        that fails keeps its row taken, so past twice the publish timeout it no longer counts."""
+        ``person.forgotten`` (one that read it after is refused, 410). Bounded: a line is
+        published within the publish timeout of being taken or fails (its row stays taken,
+        ``seq`` NULL, as does a crashed service's), so older rows no longer count and the
+        wait is at most that timeout."""
         people = sorted({e.person_id for _, e in erasures})
-        bound = 2 * self.settings.command_timeout_s
+        bound = self.settings.command_timeout_s
         deadline = asyncio.get_running_loop().time() + bound
         while await self.state.in_flight(workspace_id, people, own, bound):
             if asyncio.get_running_loop().time() > deadline:
