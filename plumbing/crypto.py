@@ -5,7 +5,10 @@ immutable log.
 - A person event's fields use that person's key.
 - Free text on a relationship event is about everyone it names: its key is derived (HKDF) from
   the keys of all of them, so forgetting any one of them makes it unreadable.
-- An event that names nobody (a retraction's reason) uses the workspace's own key.
+- A retraction's reason is about the people of the event it retracts (``about``, filled in by
+  the write side), so it is under their keys the same way.
+- An event that names nobody (a retraction recorded as version 1, say) uses the workspace's
+  own key.
 
 Person keys live in ``person_keys``, wrapped with the master key from ``TIELINE_MASTER_KEY``
 when one is configured.

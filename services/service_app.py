@@ -26,7 +26,8 @@ from tieline.plumbing.jetstream import connect_nats, ensure_streams, inbox_prefi
 from tieline.plumbing.logging import stdlib_logger
 from tieline.plumbing.state import ensure_state_schema
 from tieline.plumbing.subjects import command_wildcard
-from tieline.services.write_state import WriteState, backfill, backfill_people
+from tieline.services.write_backfill import backfill, backfill_people, sweep_digests
+from tieline.services.write_state import WriteState
 from tieline.services.writeside import Outcome, WriteSide
 
 log = structlog.get_logger(__name__)
@@ -101,8 +102,9 @@ async def handle_command(
 async def start_write_side(
     settings: Settings, service: str, types: Iterable[str], pool: Any
 ) -> tuple[NatsClient, WriteSide]:
-    """Connect, create what is missing (streams, state and write-side tables, a one-time
-    backfill of the write-side tables from the log) and build the write side."""
+    """Connect, create what is missing (streams, state and write-side tables, the one-time
+    backfills of the write-side tables from the log, the sweep of digests of forgotten
+    people: services/write_backfill.py) and build the write side."""
     nc: NatsClient = await connect_nats(settings, name=f"tieline-{service}-publisher")
     js = telemetry.jetstream(nc)  # publishes carry the command's trace (when tracing)
     await ensure_streams(js, settings)
@@ -111,6 +113,7 @@ async def start_write_side(
         await ensure_state_schema(conn, settings.database_schema)
         await backfill(conn, js, settings.stream_name, REGISTRY)
         await backfill_people(conn, js, settings.stream_name, REGISTRY)
+        await sweep_digests(conn)
     keystore = KeyStore(pool, master_key_from_env(settings.master_key), coalesce=True)
     side = WriteSide(settings, js, WriteState(pool), REGISTRY, types, service, keystore)
     return nc, side

@@ -302,17 +302,22 @@ def check_retraction(event: EventRetracted, target: Recorded | None) -> None:
         raise Rejected(409, ["retracted_event_id"], "is already retracted")
 
 
-def with_retracted_people(event: EventRetracted, target: Recorded | None) -> EventRetracted:
-    """A retraction as published: naming the people the retracted event names (``about``;
-    a client may leave it out, and given it must be those), so its reason is encrypted with
-    their keys and forgetting any of them erases it. When the write side does not know them
-    (an event taken before migration 0008 and gone from the log) it names nobody."""
-    people = tuple(sorted(set(target.people))) if target and target.people is not None else None
+def with_retracted_people(event: EventRetracted, living: Sequence[str] | None) -> EventRetracted:
+    """A retraction as published: naming (``about``) the people of the retracted event who
+    are not forgotten (``living``), so its reason is encrypted with their keys and forgetting
+    any of them erases it. A client may leave ``about`` out; given, it must be those. None
+    (the write side does not know the event's people, or all are forgotten): it names
+    nobody, and its reason is under the workspace's key."""
+    people = tuple(sorted(set(living))) if living else None
     given = tuple(sorted(set(event.about))) if event.about is not None else None
     if given is not None and given != people:
-        expected = "left out" if not people else f"{list(people)!r}"
-        raise Rejected(422, ["about"], f"must be the people the retracted event names: {expected}")
-    return event.model_copy(update={"about": people or None})
+        expected = "left out" if people is None else f"{list(people)!r}"
+        raise Rejected(
+            422,
+            ["about"],
+            f"must be the retracted event's people who are not forgotten: {expected}",
+        )
+    return event.model_copy(update={"about": people})
 
 
 @dataclass(frozen=True)

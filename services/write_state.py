@@ -5,13 +5,14 @@ read model (those belong to the projections and lag behind the log).
 
 Rows are written in the same command that publishes: an id is *taken* before the publish
 (``seq`` NULL) and *recorded* with its sequence after the ack, so a second command with the
-same id — concurrent or later — sees it. A database that predates these tables is filled once
-from the log (:meth:`WriteState.backfill`).
+same id — concurrent or later — sees it. Each row also says whom its event names
+(``people``), so an erasure can clear the digests of the person's events and wait for their
+lines in flight. A database that predates these tables, or that column, is filled once from
+the log (services/write_backfill.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -19,19 +20,15 @@ from typing import Any
 from uuid import UUID
 
 import structlog
-from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 from psycopg import AsyncConnection
 from tieline.events_schema.models import (
     Event,
     EventRetracted,
     IntroductionConsented,
-    IntroductionOutcome,
     IntroductionRequested,
     PersonMerged,
     RelationshipIntroduced,
 )
-from tieline.events_schema.registry import EventRegistry
 from tieline.plumbing.coalesce import Coalescer
 from tieline.services.write_rules import (
     Introduction,
@@ -51,6 +48,13 @@ SET_SEQS = """UPDATE write_events w SET seq = s.seq
               FROM unnest(%s::text[], %s::uuid[], %s::bigint[]) AS s(ws, event_id, seq)
               WHERE w.workspace_id = s.ws AND w.event_id = s.event_id"""
 
+#: Clear the digests of a workspace's events that name any of some people / whose people
+#: are not known (:meth:`WriteState.forget_digests`).
+NAMED_DIGESTS = """UPDATE write_events SET digest = NULL
+                   WHERE workspace_id = %s AND people && %s::text[] AND digest IS NOT NULL"""
+UNKNOWN_DIGESTS = """UPDATE write_events SET digest = NULL
+                     WHERE workspace_id = %s AND people IS NULL AND digest IS NOT NULL"""
+
 #: The merges (claimed or recorded) that name any of the people ``p``, other than ``me``, and
 #: still hold: not retracted, or retracted by a retraction whose publish is not confirmed yet
 #: (until it is on the log, a merge that relies on the person being free could overtake it).
@@ -62,9 +66,6 @@ HOLDING_MERGES = """SELECT m.merged, m.survivor FROM write_merges m
                     WHERE m.workspace_id = %(ws)s AND m.event_id <> %(me)s
                       AND (w.retracted_by IS NULL OR r.seq IS NULL)
                       AND (m.merged = ANY(%(p)s) OR m.survivor = ANY(%(p)s))"""
-
-#: Messages fetched concurrently while backfilling from the log.
-BACKFILL_BATCH = 256
 
 
 def merge_lock(workspace_id: str, person_id: str) -> int:
@@ -208,14 +209,16 @@ class WriteState:
             row = await cur.fetchone()
         return None if row is None else _recorded(row)
 
-    async def name_people(self, event: Event) -> None:
-        """Record whom ``event`` names, as published (an outcome names its introduction's
-        people once the write side fills them in): done before the people's keys are read,
-        so an erasure that destroys one of them after that read finds the row."""
+    async def name_people(self, event: Event, people: Iterable[str] | None = None) -> None:
+        """Record whom ``event`` names as published (``people``, or its own): an outcome its
+        introduction's people, a retraction those of the event it retracts, once the write
+        side knows them. Done before their keys are read, so an erasure that destroys one of
+        them after that read finds the row."""
+        named = sorted(set(event.people() if people is None else people))
         async with self.pool.connection() as conn:
             await conn.execute(
                 "UPDATE write_events SET people = %s WHERE workspace_id = %s AND event_id = %s",
-                (sorted(set(event.people())), event.workspace_id, event.event_id),
+                (named, event.workspace_id, event.event_id),
             )
 
     async def forget_digests(self, workspace_id: str, people: Sequence[str]) -> int:
@@ -225,13 +228,10 @@ class WriteState:
         database and the log confirm a guess of the note. A re-sent id of such an event is
         answered as already recorded, whatever its body. Returns the rows cleared."""
         async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                """UPDATE write_events SET digest = NULL
-                   WHERE workspace_id = %s AND digest IS NOT NULL
-                     AND (people && %s::text[] OR people IS NULL)""",
-                (workspace_id, list(people)),
-            )
-            return int(cur.rowcount)
+            # Two statements: each uses its own index (the GIN on people, the partial one).
+            named = await conn.execute(NAMED_DIGESTS, (workspace_id, list(people)))
+            unknown = await conn.execute(UNKNOWN_DIGESTS, (workspace_id,))
+            return int(max(named.rowcount, 0) + max(unknown.rowcount, 0))
 
     async def in_flight(
         self, workspace_id: str, people: Sequence[str], other_than: Sequence[UUID], within_s: float
@@ -273,7 +273,7 @@ class WriteState:
 
     async def introduction(self, workspace_id: str, introduction_id: UUID) -> Introduction | None:
         async with self.pool.connection() as conn:
-            return await _introduction(conn, workspace_id, introduction_id)
+            return await load_introduction(conn, workspace_id, introduction_id)
 
     async def step(
         self, event: Event, publish: Callable[[Event], Awaitable[tuple[int, bool]]]
@@ -297,7 +297,7 @@ class WriteState:
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
             stamped = event
             if not isinstance(event, IntroductionRequested):
-                intro = await _introduction(conn, ws, intro_id)
+                intro = await load_introduction(conn, ws, intro_id)
                 check_introduction(event, intro)
                 stamped = with_introduction_people(event, intro)  # an outcome names them
             try:
@@ -411,7 +411,7 @@ async def _lock_merges(
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
 
 
-async def _introduction(
+async def load_introduction(
     conn: AsyncConnection[Any], workspace_id: str, introduction_id: UUID
 ) -> Introduction | None:
     cur = await conn.execute(INTRODUCTION, (workspace_id, introduction_id))
@@ -481,100 +481,3 @@ async def apply_to_state(conn: AsyncConnection[Any], event: Event) -> None:
             "AND introduction_id = %s",
             (event.event_id, event.workspace_id, event.introduction_id),
         )
-
-
-async def backfill(
-    conn: AsyncConnection[Any], js: JetStreamContext, stream: str, registry: EventRegistry
-) -> int:
-    """Fill the write-side tables from the log once (a database from before they existed).
-
-    Runs under an advisory lock so one service does it while the others wait; events those
-    services publish meanwhile take their own rows (``ON CONFLICT DO NOTHING`` here). Returns
-    the number of events read (0 when done before).
-    """
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tieline:write-backfill'))")
-        cur = await conn.execute("SELECT 1 FROM write_backfill WHERE stream = %s", (stream,))
-        if await cur.fetchone() is not None:
-            return 0
-        last = int((await js.stream_info(stream)).state.last_seq)
-        count = 0
-        for start in range(1, last + 1, BACKFILL_BATCH):
-            seqs = range(start, min(start + BACKFILL_BATCH, last + 1))
-            msgs = await asyncio.gather(
-                *(js.get_msg(stream, seq=s) for s in seqs), return_exceptions=True
-            )
-            for seq, msg in zip(seqs, msgs, strict=True):
-                if isinstance(msg, NotFoundError):
-                    continue  # removed by the stream's limits
-                if isinstance(msg, BaseException):
-                    raise msg
-                await _backfill_one(conn, registry.decode(msg.data or b""), seq)
-                count += 1
-        await conn.execute(
-            "INSERT INTO write_backfill (stream, upto_seq) VALUES (%s, %s)", (stream, last)
-        )
-    log.info("write_state.backfilled", stream=stream, events=count, upto_seq=last)
-    return count
-
-
-async def backfill_people(
-    conn: AsyncConnection[Any], js: JetStreamContext, stream: str, registry: EventRegistry
-) -> int:
-    """Once: fill ``people`` of the rows taken before revision 0008 that keep a digest, from
-    their events on the log (found by sequence). A row whose event is no longer on the log
-    keeps NULL, and the next erasure in its workspace clears its digest. Runs under the
-    backfill's lock; returns the rows filled."""
-    mark = f"people:{stream}"
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tieline:write-backfill'))")
-        cur = await conn.execute("SELECT 1 FROM write_backfill WHERE stream = %s", (mark,))
-        if await cur.fetchone() is not None:
-            return 0
-        cur = await conn.execute(
-            "SELECT workspace_id, event_id, seq FROM write_events "
-            "WHERE people IS NULL AND digest IS NOT NULL AND seq IS NOT NULL ORDER BY seq"
-        )
-        rows = await cur.fetchall()
-        filled = 0
-        for start in range(0, len(rows), BACKFILL_BATCH):
-            batch = rows[start : start + BACKFILL_BATCH]
-            msgs = await asyncio.gather(
-                *(js.get_msg(stream, seq=r["seq"]) for r in batch), return_exceptions=True
-            )
-            for row, msg in zip(batch, msgs, strict=True):
-                if isinstance(msg, NotFoundError):
-                    continue  # removed by the stream's limits: left NULL (see above)
-                if isinstance(msg, BaseException):
-                    raise msg
-                filled += await _fill_people(conn, row, registry.decode(msg.data or b""))
-        await conn.execute("INSERT INTO write_backfill (stream, upto_seq) VALUES (%s, 0)", (mark,))
-    log.info("write_state.people_backfilled", stream=stream, rows=filled)
-    return filled
-
-
-async def _fill_people(conn: AsyncConnection[Any], row: dict[str, Any], event: Event) -> int:
-    """One row's people from its event (an outcome: its introduction's too, which version 1
-    did not name)."""
-    if event.workspace_id != row["workspace_id"] or event.event_id != row["event_id"]:
-        return 0  # not this row's event (cannot happen on one stream): leave it unknown
-    people = set(event.people())
-    if isinstance(event, IntroductionOutcome):
-        intro = await _introduction(conn, event.workspace_id, event.introduction_id)
-        people |= {intro.requester, intro.target} if intro is not None else set()
-    await conn.execute(
-        "UPDATE write_events SET people = %s WHERE workspace_id = %s AND event_id = %s",
-        (sorted(people), row["workspace_id"], row["event_id"]),
-    )
-    return 1
-
-
-async def _backfill_one(conn: AsyncConnection[Any], event: Event, seq: int) -> None:
-    cur = await conn.execute(
-        """INSERT INTO write_events (event_id, workspace_id, type, digest, seq)
-           VALUES (%s, %s, %s, NULL, %s)
-           ON CONFLICT (workspace_id, event_id) DO NOTHING RETURNING 1""",
-        (event.event_id, event.workspace_id, event.type, seq),
-    )
-    if await cur.fetchone() is not None:
-        await apply_to_state(conn, event)

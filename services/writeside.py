@@ -11,7 +11,7 @@ body is a 409 conflict. The write side never reads a read model.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -27,7 +27,7 @@ from tieline.events_schema.models import (
     PersonForgotten,
     PersonMerged,
 )
-from tieline.events_schema.registry import EventRegistry
+from tieline.events_schema.registry import EventDecodeError, EventRegistry
 from tieline.plumbing.config import Settings
 from tieline.plumbing.crypto import (
     WORKSPACE_KEY,
@@ -251,26 +251,33 @@ class WriteSide:
             cmd.keys.update(await self.keystore.keys(event.workspace_id, people, fresh=True))
 
     async def _retraction_people(self, event: EventRetracted, cmd: Command) -> EventRetracted:
-        """A retraction names the retracted event's people (its reason goes under their
-        keys): recorded before their keys are read, as for an outcome. A reason cannot be
-        kept when one of them is forgotten (410): retract without one."""
+        """A retraction names the retracted event's people who are not forgotten, so its
+        reason goes under their keys: its row names them all before their keys are read, as
+        an outcome's. (A reason sent after one of them was forgotten is new text about the
+        others, like a note on any event between them.)"""
         ws = event.workspace_id
-        stamped = rules.with_retracted_people(
-            event, await self.state.event(ws, event.retracted_event_id)
-        )
-        await self.state.name_people(stamped)
-        people = list(stamped.people())
-        if people:
-            cmd.keys.update(await self.keystore.keys(ws, people, create=True, fresh=True))
-        gone = [p for p in people if cmd.keys.get(p) is None]
-        if gone and stamped.reason is not None:
-            raise Rejected(
-                410,
-                ["reason"],
-                f"cannot be kept: person {gone[0]!r}, whom the retracted event names, was "
-                "forgotten (the reason would be under their destroyed key); retract without one",
-            )
-        return stamped
+        people = await self._target_people(event)
+        if not people:
+            return rules.with_retracted_people(event, None)
+        await self.state.name_people(event, people)
+        keys = await self.keystore.keys(ws, people, create=True, fresh=True)
+        cmd.keys.update(keys)
+        return rules.with_retracted_people(event, [p for p in people if keys.get(p) is not None])
+
+    async def _target_people(self, event: EventRetracted) -> list[str] | None:
+        """Whom the retracted event names: from its row, or, for a row that does not know
+        (taken by a release before revision 0008 after the one-time backfill), from the log."""
+        target = await self.state.event(event.workspace_id, event.retracted_event_id)
+        if target is None or target.people is not None or target.seq is None:
+            return None if target is None or target.people is None else list(target.people)
+        try:
+            msg = await self.js.get_msg(self.settings.stream_name, seq=target.seq)
+            found = self.registry.decode(msg.data or b"")
+        except (NotFoundError, EventDecodeError):
+            return None  # gone from the log, or unreadable: it names nobody
+        if (found.workspace_id, found.event_id) != (event.workspace_id, event.retracted_event_id):
+            return None
+        return sorted(set(found.people()))
 
     async def _not_forgotten_since(self, event: PersonMerged) -> None:
         """After the claim, the two people's keys again, fresh: an erasure that destroyed one
@@ -410,21 +417,30 @@ class WriteSide:
             outcomes[i] = Outcome(200 if dup else 201, eid, seq, duplicate=dup)
             _log_recorded(event, seq, dup)
 
+        await self._in_line_order(workspace_id, todo, one)
+        return published, refused, failures[0] if failures else None
+
+    async def _in_line_order(
+        self,
+        workspace_id: str,
+        todo: list[tuple[int, Event]],
+        one: Callable[[int, Event], Awaitable[None]],
+    ) -> None:
+        """Run ``one`` on every line: people added by the command first (they go on the log
+        before the lines that name them); then, concurrently, the other lines, except that
+        merges and introduction steps go one after another in line order (each decided
+        against the earlier accepted ones; a line never depends on a later one); erasures
+        last, after the lines of other commands that read the erased people's keys before
+        they were destroyed (:meth:`_after_in_flight`)."""
+
         def in_order(e: Event) -> bool:
             return isinstance(e, PersonMerged) or rules.is_introduction_step(e)
 
         async def one_after_another() -> None:
-            # In line order: each merge is decided against the merges of the earlier lines
-            # that were accepted, each introduction step against the earlier steps (a
-            # request, its consents and the make may come in one command); a line never
-            # depends on a later one.
             for i, e in todo:
                 if in_order(e):
                     await one(i, e)
 
-        # People added by this command go on the log before the lines that name them, and
-        # erasures after every other line, and after the lines of other commands that read
-        # the erased people's keys before they were destroyed (see _after_in_flight).
         erasures = [(i, e) for i, e in todo if isinstance(e, PersonForgotten)]
         await asyncio.gather(*(one(i, e) for i, e in todo if isinstance(e, PersonAdded)))
         await asyncio.gather(
@@ -438,7 +454,6 @@ class WriteSide:
         if erasures:
             await self._after_in_flight(workspace_id, erasures, [e.event_id for _, e in todo])
             await asyncio.gather(*(one(i, e) for i, e in erasures))
-        return published, refused, failures[0] if failures else None
 
     async def _after_in_flight(
         self,

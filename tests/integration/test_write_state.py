@@ -11,7 +11,7 @@ from uuid import uuid4
 from tieline.plumbing.config import Settings
 from tieline.plumbing.db import make_pool
 from tieline.services.service_app import INTERACTION_TYPES, PEOPLE_TYPES, start_write_side
-from tieline.services.write_state import backfill, backfill_people
+from tieline.services.write_backfill import backfill, backfill_people, sweep_digests
 
 from tests.integration.conftest import Log, make_event
 
@@ -52,6 +52,13 @@ async def test_a_log_older_than_the_write_tables_is_backfilled_once(
             row = await taken.fetchone()
         assert again == 0  # done once, not on every start
         assert row is not None and row["n"] == 6  # 5 from the log + the new retraction
+        async with pool.connection() as conn:  # whom each names, learnt from the log too
+            names = await _people_by_event(conn, ws)
+        assert (
+            names[str(gone.event_id)] == ["ada", "grace"] and names[str(retracted.event_id)] == []
+        )
+        # A retraction of an event learnt from the log names its people.
+        assert (out[0].status, names[str(out[0].event_id)]) == (201, ["ada", "grace"])
     finally:
         await nc.close()
         await pool.close()
@@ -149,6 +156,16 @@ async def test_whom_each_event_names_is_kept_and_filled_from_the_log_once(
             )
             kept = {r["e"] for r in await cur.fetchall()}
         assert bc in kept and ab not in kept and ac not in kept and len(kept) == 3
+
+        # b's key destroyed with no clear after it (a crash between the two, or an older
+        # release's erasure): the sweep at every start clears b's digests.
+        async with pool.connection() as conn:
+            await conn.execute(
+                "UPDATE person_keys SET key = NULL WHERE workspace_id = %s AND person_id = 'b'",
+                (ws,),
+            )
+            assert await sweep_digests(conn) == 2  # b's add, b-c
+            assert await sweep_digests(conn) == 0
     finally:
         await nc.close()
         await pnc.close()

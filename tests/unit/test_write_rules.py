@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -154,29 +153,24 @@ def test_an_outcomes_digest_leaves_out_the_people_the_write_side_fills_in() -> N
     assert digest({**sent, "outcome": "declined"}) != digest(sent)
 
 
-def test_a_retraction_names_the_people_of_the_event_it_retracts() -> None:
-    """Its ``about`` is the retracted event's people as the write side recorded them (a
-    client's, when given, must be those); unknown or nobody: left out. The digest leaves it
-    out, so a retry of a retraction recorded as version 1, or its export re-imported, match."""
-    target = str(uuid4())
-    sent = {"type": "event.retracted", "retracted_event_id": target, "reason": "typo"}
-    met = Recorded("w", "relationship.met", "d", seq=3, people=("zelda", "ada"))
-    retraction = build(sent)
-    assert isinstance(retraction, EventRetracted)
-    stamped = rules.with_retracted_people(retraction, met)
-    assert stamped.about == ("ada", "zelda") and stamped.people() == ("ada", "zelda")
-    given = build({**sent, "about": ["zelda", "ada"]})
-    assert isinstance(given, EventRetracted)
-    assert rules.with_retracted_people(given, met) == stamped.model_copy(
-        update={"event_id": given.event_id, "recorded_at": given.recorded_at}
+def test_a_retractions_about_is_checked_and_left_out_of_its_digest() -> None:
+    """A client may give ``about``; it must be the people the write side found (who are not
+    forgotten). None found: it names nobody. The digest leaves it out, so a retry of a
+    retraction recorded as version 1, or its export re-imported, match."""
+    sent = {"type": "event.retracted", "retracted_event_id": str(uuid4()), "reason": "typo"}
+    retraction, given, wrong = (
+        build({**sent, **extra}) for extra in ({}, {"about": ["zelda", "ada"]}, {"about": ["ada"]})
     )
-    wrong = build({**sent, "about": ["ada"]})
+    assert isinstance(retraction, EventRetracted) and isinstance(given, EventRetracted)
     assert isinstance(wrong, EventRetracted)
+    stamped = rules.with_retracted_people(retraction, ["zelda", "ada"])
+    assert stamped.about == ("ada", "zelda") and stamped.people() == ("ada", "zelda")
+    assert rules.with_retracted_people(given, ["ada", "zelda"]).about == ("ada", "zelda")
     with pytest.raises(Rejected) as info:
-        rules.with_retracted_people(wrong, met)
+        rules.with_retracted_people(wrong, ["ada", "zelda"])
     assert info.value.status == 422 and info.value.errors[0]["loc"] == ["about"]
-    for unknown in (replace(met, people=None), replace(met, people=()), None):
-        assert rules.with_retracted_people(retraction, unknown).about is None
+    for nobody in (None, []):
+        assert rules.with_retracted_people(retraction, nobody).about is None
     exported = {**sent, "about": ["ada", "zelda"]}
     assert digest(exported) == digest(sent) == digest({**sent, "schema_version": 1})
     assert digest({**sent, "reason": "another"}) != digest(sent)
@@ -339,26 +333,31 @@ class MemoryState:
     def __init__(self) -> None:
         self.rows: dict[tuple[str, UUID], Recorded] = {}
         self.merges: dict[tuple[str, UUID], rules.Merge] = {}  # claimed or recorded
-        self.people: dict[tuple[str, UUID], set[str]] = {}
 
     async def take(self, lines: Sequence[tuple[Event, str]]) -> dict[UUID, Recorded]:
         held = {e.event_id: self.rows[_k(e)] for e, _ in lines if _k(e) in self.rows}
         for e, d in lines:
-            if _k(e) not in self.rows:
-                self.rows[_k(e)] = Recorded(e.workspace_id, e.type, d, None)
-                self.people[_k(e)] = set(e.people())
+            people = tuple(sorted(set(e.people())))
+            self.rows.setdefault(_k(e), Recorded(e.workspace_id, e.type, d, None, people=people))
         return held
 
-    async def name_people(self, event: Event) -> None:
-        self.people[_k(event)] = set(event.people())
+    async def name_people(self, event: Event, people: Sequence[str] | None = None) -> None:
+        if _k(event) in self.rows:  # like the UPDATE: nothing for a row that is not there
+            named = tuple(sorted(set(event.people() if people is None else people)))
+            self.rows[_k(event)] = replace(self.rows[_k(event)], people=named)
 
     async def forget_digests(self, ws: str, people: Sequence[str]) -> int:
-        named = [
-            k for k, p in self.people.items() if k[0] == ws and p & set(people) and k in self.rows
+        """Rows naming any of ``people``, or whose people are unknown, that keep a digest."""
+        cleared = [
+            k
+            for k, row in self.rows.items()
+            if k[0] == ws
+            and row.digest is not None
+            and (row.people is None or set(row.people) & set(people))
         ]
-        for k in named:
-            self.rows[k] = dataclasses.replace(self.rows[k], digest=None)
-        return len(named)
+        for k in cleared:
+            self.rows[k] = replace(self.rows[k], digest=None)
+        return len(cleared)
 
     async def release(self, ws: str, ids: Sequence[UUID]) -> None:
         for i in ids:
@@ -430,7 +429,7 @@ class MemoryState:
             if k[0] == ws
             and row.seq is None
             and row.type != "person.forgotten"
-            and self.people.get(k, set()) & set(people)
+            and set(row.people or ()) & set(people)
             and k[1] not in other_than
         )
 
@@ -551,6 +550,36 @@ def test_an_erasure_goes_on_the_log_after_the_lines_that_read_the_key_before_it(
         return [json.loads(data)["type"] for _, data in log.messages]
 
     assert asyncio.run(scenario())[2:] == ["relationship.met", "person.forgotten"]
+
+
+def test_a_retraction_names_the_living_people_and_an_erasure_clears_their_digests() -> None:
+    """Through whole commands: a retraction names the retracted meeting's people (and its
+    row records them); forgetting grace clears the digests of her events and of that
+    retraction, and leaves ada's other events' digests; a later retraction, reason and all,
+    names only the people who are not forgotten."""
+    side, log, state = write_side()
+    asyncio.run(side.record_many("w", PEOPLE, "t"))
+    met = [{**MET, "event_id": str(uuid4())} for _ in range(2)]
+    solo = {**MET, "participants": ["ada", "linus"], "event_id": str(uuid4())}
+    linus = {"type": "person.added", "person_id": "linus", "display_name": "Linus"}
+    asyncio.run(side.record_many("w", [linus, *met, solo], "t"))
+
+    def retract(event_id: str, **extra: Any) -> tuple[int, list[str] | None]:
+        line = {"type": "event.retracted", "retracted_event_id": event_id, **extra}
+        [out] = asyncio.run(side.record_many("w", [line], "t"))
+        published = json.loads(log.messages[-1][1])
+        return out.status, published.get("about") if out.status == 201 else None
+
+    assert retract(met[0]["event_id"], about=["ada"])[0] == 422
+    assert retract(met[0]["event_id"], reason="typo") == (201, ["ada", "grace"])
+    forget = [{"type": "person.forgotten", "person_id": "grace"}]
+    assert [o.status for o in asyncio.run(side.record_many("w", forget, "admin"))] == [201]
+    digests = {k[1]: row.digest for k, row in state.rows.items()}
+    assert digests[UUID(met[1]["event_id"])] is None and digests[UUID(solo["event_id"])]
+    assert all(
+        d is None for k, d in digests.items() if "grace" in (state.rows[("w", k)].people or ())
+    )
+    assert retract(met[1]["event_id"], reason="wrong day") == (201, ["ada"])
 
 
 def test_a_survivor_and_its_duplicates_are_erased_together_or_not_at_all() -> None:

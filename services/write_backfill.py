@@ -1,0 +1,178 @@
+"""What the write services do once at start so the write-side tables match the log:
+
+* :func:`backfill`: a database from before the write-side tables (revision 0004) gets them
+  filled from the log;
+* :func:`backfill_people`: rows taken before revision 0008 get whom their event names;
+* :func:`sweep_digests` (every start): no digest is left of an event naming a person whose
+  key is destroyed, whatever happened between the destroy and its clear (a crash, an
+  instance of the release before 0008 erasing during a rolling upgrade).
+
+Each runs under one advisory lock, so one service does it while the others wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from psycopg import AsyncConnection
+from tieline.events_schema.models import Event, IntroductionOutcome
+from tieline.events_schema.registry import EventDecodeError, EventRegistry
+from tieline.services.write_state import apply_to_state, load_introduction
+
+log = structlog.get_logger(__name__)
+
+#: Messages fetched concurrently while backfilling from the log.
+BACKFILL_BATCH = 256
+
+LOCK = "SELECT pg_advisory_xact_lock(hashtext('tieline:write-backfill'))"
+
+#: Clear the digests of the events naming a person whose key is destroyed, and of those whose
+#: people are unknown in a workspace where someone's key is (docs/privacy.md, "Digests").
+SWEEP = """
+UPDATE write_events w SET digest = NULL
+  FROM person_keys k
+ WHERE k.key IS NULL AND w.workspace_id = k.workspace_id AND w.digest IS NOT NULL
+   AND w.people && ARRAY[k.person_id];
+UPDATE write_events w SET digest = NULL
+ WHERE w.people IS NULL AND w.digest IS NOT NULL
+   AND EXISTS (SELECT 1 FROM person_keys k
+                WHERE k.workspace_id = w.workspace_id AND k.key IS NULL)"""
+
+
+async def backfill(
+    conn: AsyncConnection[Any], js: JetStreamContext, stream: str, registry: EventRegistry
+) -> int:
+    """Fill the write-side tables from the log once (a database from before they existed).
+
+    Events other services publish meanwhile take their own rows (``ON CONFLICT DO NOTHING``
+    here). Returns the number of events read (0 when done before).
+    """
+    async with conn.transaction():
+        await conn.execute(LOCK)
+        cur = await conn.execute("SELECT 1 FROM write_backfill WHERE stream = %s", (stream,))
+        if await cur.fetchone() is not None:
+            return 0
+        last = int((await js.stream_info(stream)).state.last_seq)
+        count = 0
+        for start in range(1, last + 1, BACKFILL_BATCH):
+            seqs = range(start, min(start + BACKFILL_BATCH, last + 1))
+            msgs = await asyncio.gather(
+                *(js.get_msg(stream, seq=s) for s in seqs), return_exceptions=True
+            )
+            for seq, msg in zip(seqs, msgs, strict=True):
+                if isinstance(msg, NotFoundError):
+                    continue  # removed by the stream's limits
+                if isinstance(msg, BaseException):
+                    raise msg
+                await _backfill_one(conn, registry.decode(msg.data or b""), seq)
+                count += 1
+        await conn.execute(
+            "INSERT INTO write_backfill (stream, upto_seq) VALUES (%s, %s)", (stream, last)
+        )
+    log.info("write_state.backfilled", stream=stream, events=count, upto_seq=last)
+    return count
+
+
+async def _backfill_one(conn: AsyncConnection[Any], event: Event, seq: int) -> None:
+    cur = await conn.execute(
+        """INSERT INTO write_events (event_id, workspace_id, type, digest, seq)
+           VALUES (%s, %s, %s, NULL, %s)
+           ON CONFLICT (workspace_id, event_id) DO NOTHING RETURNING 1""",
+        (event.event_id, event.workspace_id, event.type, seq),
+    )
+    if await cur.fetchone() is not None:
+        await apply_to_state(conn, event)
+        await _set_people(conn, event)
+
+
+async def backfill_people(
+    conn: AsyncConnection[Any], js: JetStreamContext, stream: str, registry: EventRegistry
+) -> int:
+    """Once: fill ``people`` of the rows on the log taken before revision 0008 from their
+    events (read by sequence). A row whose event is no longer on the log, or cannot be read,
+    keeps NULL: the next erasure in its workspace clears its digest, and a retraction of it
+    names nobody. Returns the rows filled."""
+    mark = f"people:{stream}"
+    async with conn.transaction():
+        await conn.execute(LOCK)
+        cur = await conn.execute("SELECT 1 FROM write_backfill WHERE stream = %s", (mark,))
+        if await cur.fetchone() is not None:
+            return 0
+        cur = await conn.execute(
+            "SELECT workspace_id, event_id, seq FROM write_events "
+            "WHERE people IS NULL AND seq IS NOT NULL ORDER BY seq"
+        )
+        rows = await cur.fetchall()
+        filled = 0
+        for start in range(0, len(rows), BACKFILL_BATCH):
+            filled += await _fill_batch(
+                conn, js, stream, registry, rows[start : start + BACKFILL_BATCH]
+            )
+        await conn.execute("INSERT INTO write_backfill (stream, upto_seq) VALUES (%s, 0)", (mark,))
+    log.info(
+        "write_state.people_backfilled", stream=stream, rows=filled, unknown=len(rows) - filled
+    )
+    return filled
+
+
+async def _fill_batch(
+    conn: AsyncConnection[Any],
+    js: JetStreamContext,
+    stream: str,
+    registry: EventRegistry,
+    batch: Sequence[dict[str, Any]],
+) -> int:
+    msgs = await asyncio.gather(
+        *(js.get_msg(stream, seq=r["seq"]) for r in batch), return_exceptions=True
+    )
+    filled = 0
+    for row, msg in zip(batch, msgs, strict=True):
+        if isinstance(msg, NotFoundError):
+            continue  # removed by the stream's limits: left unknown
+        if isinstance(msg, BaseException):
+            raise msg  # NATS unavailable: the start fails and is retried
+        try:
+            event = registry.decode(msg.data or b"")
+        except EventDecodeError as exc:
+            log.warning("write_state.people_unreadable", seq=row["seq"], error=str(exc))
+            continue
+        if (event.workspace_id, event.event_id) == (row["workspace_id"], row["event_id"]):
+            await _set_people(conn, event)
+            filled += 1
+    return filled
+
+
+async def people_of(conn: AsyncConnection[Any], event: Event) -> list[str]:
+    """Whom an event on the log names, as :meth:`WriteState.take` would record it (an outcome
+    of version 1: its introduction's two people, which it did not name)."""
+    people = set(event.people())
+    if isinstance(event, IntroductionOutcome) and not people:
+        intro = await load_introduction(conn, event.workspace_id, event.introduction_id)
+        people |= {intro.requester, intro.target} if intro is not None else set()
+    return sorted(people)
+
+
+async def _set_people(conn: AsyncConnection[Any], event: Event) -> None:
+    await conn.execute(
+        "UPDATE write_events SET people = %s WHERE workspace_id = %s AND event_id = %s",
+        (await people_of(conn, event), event.workspace_id, event.event_id),
+    )
+
+
+async def sweep_digests(conn: AsyncConnection[Any]) -> int:
+    """Every start: clear what :meth:`WriteState.forget_digests` would have cleared for every
+    person whose key is destroyed (normally nothing is left). Returns the rows cleared."""
+    cleared = 0
+    async with conn.transaction():
+        await conn.execute(LOCK)
+        for statement in SWEEP.split(";"):
+            cur = await conn.execute(statement)
+            cleared += max(cur.rowcount, 0)
+    if cleared:
+        log.warning("write_state.digests_swept", rows=cleared)
+    return cleared
