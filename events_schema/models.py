@@ -415,11 +415,11 @@ class EventRetractedV1(Event):
 
 class EventRetracted(EventRetractedV1):
     """An earlier event was recorded by mistake (see version 1). ``about``: the people the
-    retracted event names, filled in by the write side (a client may leave them out; given,
-    they must be those). The ``reason`` is encrypted with their keys, so forgetting any of them
-    erases it. A retraction upcast from version 1, or of an event that names nobody or whose
-    people the write side does not know, leaves ``about`` out (its reason stays under the
-    workspace's key)."""
+    retracted event names who are not forgotten, filled in by the write side (a client may
+    leave them out; given, they must be those). The ``reason`` is encrypted with their keys,
+    so forgetting any of them erases it. A retraction upcast from version 1, or of an event
+    that names nobody, whose people the write side cannot know or who are all forgotten,
+    leaves ``about`` out (its reason stays under the workspace's key)."""
 
     version: ClassVar[int] = 2
     about: Annotated[tuple[PersonId, ...], Field(min_length=1, max_length=64)] | None = None

@@ -55,6 +55,20 @@ NAMED_DIGESTS = """UPDATE write_events SET digest = NULL
 UNKNOWN_DIGESTS = """UPDATE write_events SET digest = NULL
                      WHERE workspace_id = %s AND people IS NULL AND digest IS NOT NULL"""
 
+#: Lines in flight an erasure waits for (:meth:`WriteState.in_flight`): ``taken_at`` is the
+#: take statement's start and ``destroyed_at`` the destroy's; a second's margin covers a take
+#: that started after the destroy statement but committed before it.
+IN_FLIGHT = """SELECT count(*) AS n FROM write_events w
+               WHERE w.workspace_id = %(ws)s AND w.people && %(p)s::text[] AND w.seq IS NULL
+                 AND w.type <> 'person.forgotten'
+                 AND w.taken_at > now() - make_interval(secs => %(within)s)
+                 AND NOT w.event_id = ANY(%(own)s::uuid[])
+                 AND EXISTS (SELECT 1 FROM person_keys k
+                              WHERE k.workspace_id = w.workspace_id AND k.key IS NULL
+                                AND k.person_id = ANY(%(p)s::text[])
+                                AND k.person_id = ANY(w.people)
+                                AND w.taken_at < k.destroyed_at + interval '1 second')"""
+
 #: The merges (claimed or recorded) that name any of the people ``p``, other than ``me``, and
 #: still hold: not retracted, or retracted by a retraction whose publish is not confirmed yet
 #: (until it is on the log, a merge that relies on the person being free could overtake it).
@@ -236,20 +250,46 @@ class WriteState:
     async def in_flight(
         self, workspace_id: str, people: Sequence[str], other_than: Sequence[UUID], within_s: float
     ) -> int:
-        """How many events naming any of ``people`` another command has taken in the last
-        ``within_s`` seconds and not yet recorded (publish in flight; older ones failed).
-        Erasures are not counted: two erasures of one person never wait for each other."""
+        """How many lines naming any of ``people`` (just erased) other commands have taken
+        and not recorded yet: taken (or taken again) in the last ``within_s`` seconds (older
+        ones failed) and before that person's key was destroyed (a line taken after reads
+        the key after, and is refused). Erasures are not counted: two erasures of one person
+        never wait for each other."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                """SELECT count(*) AS n FROM write_events
-                   WHERE workspace_id = %s AND people && %s::text[] AND seq IS NULL
-                     AND type <> 'person.forgotten'
-                     AND taken_at > now() - make_interval(secs => %s)
-                     AND NOT event_id = ANY(%s::uuid[])""",
-                (workspace_id, list(people), within_s, list(other_than)),
+                IN_FLIGHT,
+                {
+                    "ws": workspace_id,
+                    "p": list(people),
+                    "within": within_s,
+                    "own": list(other_than),
+                },
             )
             row = await cur.fetchone()
             return 0 if row is None else int(row["n"])
+
+    async def retake(self, lines: Sequence[tuple[Event, str | None]]) -> None:
+        """Take again ids taken and not recorded (a re-send, or a line whose keys are old):
+        ``taken_at`` now, and the row back if its first sender gave it back meanwhile."""
+        if not lines:
+            return
+        rows = sorted(lines, key=lambda row: _key(row[0]))
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                """INSERT INTO write_events (event_id, workspace_id, type, digest, people)
+                   SELECT event_id, ws, type, digest, string_to_array(people, ',')
+                   FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[])
+                        AS t(event_id, ws, type, digest, people)
+                   ON CONFLICT (workspace_id, event_id) DO UPDATE SET taken_at = now()
+                   WHERE write_events.seq IS NULL""",
+                (
+                    [e.event_id for e, _ in rows],
+                    [e.workspace_id for e, _ in rows],
+                    [e.type for e, _ in rows],
+                    [d for _, d in rows],
+                    [_joined(e.people()) for e, _ in rows],
+                ),
+            )
 
     async def claim_retraction(self, event: EventRetracted) -> bool:
         """Mark the target retracted by this retraction unless another one did first (two

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -133,7 +134,8 @@ class WriteSide:
         wanted = sorted((named | keyed | adding) & (known | {WORKSPACE_KEY}))
         keys = await self.keystore.keys(ws, wanted, create=True, fresh=True) if wanted else {}
         forgetting = frozenset(e.person_id for e, _ in lines if isinstance(e, PersonForgotten))
-        return Command(known=known, keys=keys, forgetting=forgetting)
+        read_at = asyncio.get_running_loop().time()
+        return Command(known=known, keys=keys, forgetting=forgetting, read_at=read_at)
 
     async def check(self, event: Event, obj: dict[str, Any], cmd: Command) -> None:
         """Apply the rules that need state: people, retraction target. (A merge is decided
@@ -262,7 +264,10 @@ class WriteSide:
         await self.state.name_people(event, people)
         keys = await self.keystore.keys(ws, people, create=True, fresh=True)
         cmd.keys.update(keys)
-        return rules.with_retracted_people(event, [p for p in people if keys.get(p) is not None])
+        living = [p for p in people if keys.get(p) is not None]
+        if living != people:  # the row names those whose erasure must clear its digest
+            await self.state.name_people(event, living)
+        return rules.with_retracted_people(event, living)
 
     async def _target_people(self, event: EventRetracted) -> list[str] | None:
         """Whom the retracted event names: from its row, or, for a row that does not know
@@ -294,6 +299,7 @@ class WriteSide:
         if isinstance(event, PersonAdded):
             headers["Nats-Expected-Last-Subject-Sequence"] = "0"
         subject = event_subject(self.settings.subject_prefix, event)
+        await self._fresh_enough(event, cmd)
         event = await self._protect(event, cmd)
         async with self._publish_slots:
             try:
@@ -361,17 +367,19 @@ class WriteSide:
             lines.append((i, event, rules.body_digest(event, obj)))
         held = await self.state.take([(e, d) for _, e, d in lines])
         todo: list[tuple[int, Event]] = []
+        again: list[tuple[Event, str]] = []
         for i, event, digest in lines:
             prior = held.get(event.event_id)
             if prior is not None:
                 outcomes[i] = rules.prior_outcome(prior, digest, str(event.event_id))
+                again += [(event, digest)] if outcomes[i] is None else []
             if outcomes[i] is None:
                 todo.append((i, event))
-        published, refused, failure = await self._publish_all(workspace_id, objs, todo, outcomes)
-        # Whatever was published is recorded even when another line failed: a line on the log
-        # but not recorded could not be retracted (404) nor count for the double opt-in.
-        await self.state.recorded(published)
-        await self.state.release(workspace_id, [e for e in refused if e not in held])
+        # A re-send of an id taken and not confirmed is taken again now (and again if its first
+        # sender gave it back meanwhile), before this command reads the keys: an erasure waits
+        # for it (see _after_in_flight).
+        await self.state.retake(again)
+        failure = await self._publish_all(workspace_id, objs, todo, outcomes, set(held))
         if failure is not None:
             raise failure
         return [
@@ -384,54 +392,65 @@ class WriteSide:
         objs: Sequence[Any],
         todo: list[tuple[int, Event]],
         outcomes: list[Outcome | None],
-    ) -> tuple[list[tuple[Event, int]], list[UUID], Exception | None]:
-        """Check and publish the lines in ``todo``; fill ``outcomes``; return what was
-        published (event, seq), the ids of the lines refused or never tried, and the first
-        failure other than a refusal (a publish timeout, a database error), if any: after
-        one, no further line is started, and the lines already started finish."""
+        held: set[UUID],
+    ) -> Exception | None:
+        """Check and publish the lines in ``todo``, fill ``outcomes`` and record what was
+        published; give back the ids of the lines refused or never tried (``held``: ids an
+        earlier send took, kept). Returns the first failure other than a refusal (a publish
+        timeout, a database error), if any: after one, no further line is started, the lines
+        already started finish, and whatever was published is still recorded (a line on the
+        log but not recorded could not be retracted, 404, nor count for the double opt-in).
+        Erasures go last, once the other lines are recorded (:meth:`_after_in_flight`)."""
         cmd = await self.prepare(workspace_id, [(e, objs[i]) for i, e in todo])
-        published: list[tuple[Event, int]] = []
-        refused: list[UUID] = []
-        failures: list[Exception] = []
-        todo = await self._decide_erasures(todo, objs, cmd, outcomes, refused)
+        run = _Run(objs, cmd, outcomes)
+        todo = await self._decide_erasures(todo, objs, cmd, outcomes, run.refused)
+        erasures = [(i, e) for i, e in todo if isinstance(e, PersonForgotten)]
+        others = [(i, e) for i, e in todo if not isinstance(e, PersonForgotten)]
+        await self._in_line_order(others, lambda i, e: self._line(run, i, e))
+        await self._settle(workspace_id, run, held)
+        if erasures:
+            await self._after_in_flight(workspace_id, erasures, [e.event_id for _, e in todo])
+            await asyncio.gather(*(self._line(run, i, e) for i, e in erasures))
+            await self._settle(workspace_id, run, held)
+        return run.failures[0] if run.failures else None
 
-        async def one(i: int, event: Event) -> None:
-            eid = str(event.event_id)
-            if failures and not isinstance(event, PersonForgotten):
-                # Not tried: its id is given back, a retry decides it afresh. (An erasure
-                # left in ``todo`` was decided and its key destroyed: it is always tried.)
-                refused.append(event.event_id)
-                return
-            try:
-                await self.check(event, objs[i], cmd)
-                seq, dup = await self.publish(event, cmd)
-            except Rejected as rej:
-                outcomes[i] = rej.outcome(eid)
-                refused.append(event.event_id)
-                return
-            except Exception as exc:  # it may be on the log: its id stays taken (a retry
-                failures.append(exc)  # with the same id publishes again, deduped)
-                log.warning("event.publish_failed", event_id=eid, type=event.type, error=repr(exc))
-                return
-            published.append((event, seq))
-            outcomes[i] = Outcome(200 if dup else 201, eid, seq, duplicate=dup)
-            _log_recorded(event, seq, dup)
+    async def _settle(self, workspace_id: str, run: _Run, held: set[UUID]) -> None:
+        """Record what ``run`` published and give back what it refused, since the last call."""
+        published, run.published = run.published, []
+        refused, run.refused = run.refused, []
+        await self.state.recorded(published)
+        await self.state.release(workspace_id, [e for e in refused if e not in held])
 
-        await self._in_line_order(workspace_id, todo, one)
-        return published, refused, failures[0] if failures else None
+    async def _line(self, run: _Run, i: int, event: Event) -> None:
+        """Check and publish one line of ``run``, noting its outcome."""
+        eid = str(event.event_id)
+        if run.failures and not isinstance(event, PersonForgotten):
+            # Not tried: its id is given back, a retry decides it afresh. (An erasure was
+            # decided and its key destroyed: it is always tried.)
+            run.refused.append(event.event_id)
+            return
+        try:
+            await self.check(event, run.objs[i], run.cmd)
+            seq, dup = await self.publish(event, run.cmd)
+        except Rejected as rej:
+            run.outcomes[i] = rej.outcome(eid)
+            run.refused.append(event.event_id)
+            return
+        except Exception as exc:  # it may be on the log: its id stays taken (a retry
+            run.failures.append(exc)  # with the same id publishes again, deduped)
+            log.warning("event.publish_failed", event_id=eid, type=event.type, error=repr(exc))
+            return
+        run.published.append((event, seq))
+        run.outcomes[i] = Outcome(200 if dup else 201, eid, seq, duplicate=dup)
+        _log_recorded(event, seq, dup)
 
     async def _in_line_order(
-        self,
-        workspace_id: str,
-        todo: list[tuple[int, Event]],
-        one: Callable[[int, Event], Awaitable[None]],
+        self, todo: list[tuple[int, Event]], one: Callable[[int, Event], Awaitable[None]]
     ) -> None:
         """Run ``one`` on every line: people added by the command first (they go on the log
         before the lines that name them); then, concurrently, the other lines, except that
         merges and introduction steps go one after another in line order (each decided
-        against the earlier accepted ones; a line never depends on a later one); erasures
-        last, after the lines of other commands that read the erased people's keys before
-        they were destroyed (:meth:`_after_in_flight`)."""
+        against the earlier accepted ones; a line never depends on a later one)."""
 
         def in_order(e: Event) -> bool:
             return isinstance(e, PersonMerged) or rules.is_introduction_step(e)
@@ -441,19 +460,11 @@ class WriteSide:
                 if in_order(e):
                     await one(i, e)
 
-        erasures = [(i, e) for i, e in todo if isinstance(e, PersonForgotten)]
         await asyncio.gather(*(one(i, e) for i, e in todo if isinstance(e, PersonAdded)))
         await asyncio.gather(
             one_after_another(),
-            *(
-                one(i, e)
-                for i, e in todo
-                if not (isinstance(e, PersonAdded | PersonForgotten) or in_order(e))
-            ),
+            *(one(i, e) for i, e in todo if not (isinstance(e, PersonAdded) or in_order(e))),
         )
-        if erasures:
-            await self._after_in_flight(workspace_id, erasures, [e.event_id for _, e in todo])
-            await asyncio.gather(*(one(i, e) for i, e in erasures))
 
     async def _after_in_flight(
         self,
@@ -461,25 +472,65 @@ class WriteSide:
         erasures: Sequence[tuple[int, PersonForgotten]],
         own: Sequence[UUID],
     ) -> None:
-        """Wait until no other command has an event naming an erased person in flight. Such
-        an event's id was taken before its command read the keys, so one that read a key
-        before the erasure destroyed it is seen here, and goes on the log before the
-        ``person.forgotten`` (one that read it after is refused, 410). Bounded: a line is
-        published within the publish timeout of being taken or fails (its row stays taken,
-        ``seq`` NULL, as does a crashed service's), so older rows no longer count and the
-        wait is at most that timeout."""
+        """Wait until no other command has a line naming an erased person in flight that was
+        taken before the person's key was destroyed. A line's id is taken before its command
+        reads the keys, and taken again just before it is published when those keys are old
+        (:meth:`_fresh_enough`), so one that read a key before the destroy is seen here and
+        goes on the log before ``person.forgotten``; one that reads it after is refused (410).
+        Bounded: a line whose publish failed keeps its row taken (as does a crashed
+        service's), so rows older than twice the publish timeout no longer count, and the wait
+        gives up after that long (logged). A database error ends the wait (logged): the
+        erasure, its key destroyed, is always published."""
         people = sorted({e.person_id for _, e in erasures})
-        bound = self.settings.command_timeout_s
-        deadline = asyncio.get_running_loop().time() + bound
-        while await self.state.in_flight(workspace_id, people, own, bound):
-            if asyncio.get_running_loop().time() > deadline:
-                log.warning("erasure.in_flight_timeout", workspace_id=workspace_id)
-                return
-            await asyncio.sleep(IN_FLIGHT_POLL_S)
+        bound = 2 * self.settings.command_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + bound
+        try:
+            while await self.state.in_flight(workspace_id, people, own, bound):
+                if loop.time() > deadline:
+                    log.warning("erasure.in_flight_timeout", workspace_id=workspace_id)
+                    return
+                await asyncio.sleep(IN_FLIGHT_POLL_S)
+        except Exception as exc:
+            log.warning("erasure.in_flight_unknown", workspace_id=workspace_id, error=repr(exc))
+
+    async def _fresh_enough(self, event: Event, cmd: Command) -> None:
+        """A line whose keys were read long ago (it waited for a lock, the pool, earlier
+        steps) takes its id again and reads its people's keys again before it is published:
+        an erasure that destroyed one since refuses it (410), and one that destroys one later
+        sees the line in flight (:meth:`_after_in_flight`)."""
+        if isinstance(event, PersonAdded | PersonForgotten):
+            return
+        if asyncio.get_running_loop().time() - cmd.read_at < STALE_KEYS_S:
+            return
+        people = sorted({*key_people(event), *event.people()} - {WORKSPACE_KEY})
+        if not people:
+            return
+        await self.state.retake([(event, None)])
+        keys = await self.keystore.keys(event.workspace_id, people, create=True, fresh=True)
+        cmd.keys.update(keys)
+        gone = next((p for p in people if keys.get(p) is None), None)
+        if gone is not None:
+            raise Rejected(410, ["person"], f"person {gone!r} was forgotten")
 
 
 #: How often an erasure looks again for other commands' lines in flight naming its people.
-IN_FLIGHT_POLL_S = 0.02
+IN_FLIGHT_POLL_S = 0.05
+#: Keys read longer ago than this are read again before a line is published.
+STALE_KEYS_S = 2.0
+
+
+@dataclass
+class _Run:
+    """One command's lines as they are published: outcomes, and what is left to record or
+    give back (:meth:`WriteSide._settle`)."""
+
+    objs: Sequence[Any]
+    cmd: Command
+    outcomes: list[Outcome | None]
+    published: list[tuple[Event, int]] = field(default_factory=list)
+    refused: list[UUID] = field(default_factory=list)
+    failures: list[Exception] = field(default_factory=list)
 
 
 def _refuse_linked(

@@ -182,31 +182,79 @@ async def _people_by_event(conn: Any, ws: str) -> dict[str, list[str] | None]:
 async def test_an_erasure_sees_the_lines_in_flight_that_name_its_people(
     settings: Settings,
 ) -> None:
-    """``WriteState.in_flight``, which an erasure waits on before publishing: events of other
-    commands taken and not yet recorded, naming one of the people; not the erasure's own
-    lines, not erasures, not rows taken longer ago than the bound (a failed publish)."""
+    """``WriteState.in_flight``, which an erasure waits on before publishing: lines of other
+    commands taken before the erased person's key was destroyed and not yet recorded; not
+    the erasure's own lines, not erasures, not lines taken after the destroy (they read the
+    key after it and are refused), not rows taken longer ago than the bound (a failed
+    publish) unless taken again (``retake``: a re-send, or a line whose keys are old)."""
     ws = "in-flight"
     pool = make_pool(settings)
     nc, side = await start_write_side(settings, "interactions", INTERACTION_TYPES, pool)
     try:
-        met = make_event(ws, type="relationship.met", participants=["a", "b"], depth="brief_chat")
-        other = make_event(ws, type="relationship.met", participants=["c", "d"], depth="brief_chat")
+        meet = {"type": "relationship.met", "depth": "brief_chat"}
+        met = make_event(ws, participants=["a", "b"], **meet)
+        other = make_event(ws, participants=["c", "d"], **meet)
+        late = make_event(ws, participants=["a", "d"], **meet)
         erasure = make_event(ws, type="person.forgotten", person_id="a")
+        await side.keystore.keys(ws, ["a", "b", "c", "d"], create=True)
         await side.state.take([(met, "d1"), (other, "d2"), (erasure, "d3")])
-        assert await side.state.in_flight(ws, ["a"], [], 20) == 1  # the meeting, not erasures
-        assert await side.state.in_flight(ws, ["b", "x"], [], 20) == 1
+        assert await side.state.in_flight(ws, ["a"], [], 20) == 0  # no key destroyed yet
+        for p in ("a", "c"):
+            await side.keystore.destroy(ws, p)
+        await side.state.take([(late, "d4")])
+        async with pool.connection() as conn:  # taken well after the destroy
+            await _taken_at(conn, ws, late.event_id, "now() + interval '5 seconds'")
+        assert await side.state.in_flight(ws, ["a"], [], 20) == 1  # the meeting only
+        assert await side.state.in_flight(ws, ["a", "x"], [], 20) == 1
         assert await side.state.in_flight(ws, ["a"], [met.event_id], 20) == 0  # its own
-        assert await side.state.in_flight(ws, ["x"], [], 20) == 0
+        assert await side.state.in_flight(ws, ["b"], [], 20) == 0  # b's key is not destroyed
         await side.state.recorded([(met, 7)])
         assert await side.state.in_flight(ws, ["a"], [], 20) == 0  # on the log
         async with pool.connection() as conn:
-            await conn.execute(
-                "UPDATE write_events SET taken_at = now() - interval '1 minute' "
-                "WHERE workspace_id = %s AND event_id = %s",
-                (ws, other.event_id),
-            )
+            await _taken_at(conn, ws, other.event_id, "now() - interval '1 minute'")
         assert await side.state.in_flight(ws, ["c"], [], 20) == 0  # failed long ago
         assert await side.state.in_flight(ws, ["c"], [], 120) == 1
+        await side.state.release(ws, [other.event_id])
+        await side.state.retake([(other, "d2")])  # a re-send: back, taken now
+        assert await side.state.in_flight(ws, ["c"], [], 20) == 1
     finally:
         await nc.close()
+        await pool.close()
+
+
+async def _taken_at(conn: Any, ws: str, event_id: Any, when: str) -> None:
+    await conn.execute(
+        f"UPDATE write_events SET taken_at = {when} WHERE workspace_id = %s AND event_id = %s",
+        (ws, event_id),
+    )
+
+
+async def test_a_retraction_of_a_row_that_does_not_know_its_people_reads_them_on_the_log(
+    settings: Settings,
+) -> None:
+    """A row without people (taken by a release before migration 0008 during a rolling
+    upgrade, after the one-time backfill): a retraction of its event learns whom it names
+    from the log, so its reason goes under their keys."""
+    ws = "people-from-log"
+    pool = make_pool(settings)
+    pnc, people_side = await start_write_side(settings, "people", PEOPLE_TYPES, pool)
+    nc, side = await start_write_side(settings, "interactions", INTERACTION_TYPES, pool)
+    try:
+        added = [{"type": "person.added", "person_id": p, "display_name": p} for p in "bc"]
+        assert {o.status for o in await people_side.record_many(ws, added, "t")} == {201}
+        met = {"type": "relationship.met", "depth": "conversation", "participants": ["b", "c"]}
+        [out] = await side.record_many(ws, [met], "t")
+        async with pool.connection() as conn:
+            await conn.execute(
+                "UPDATE write_events SET people = NULL WHERE workspace_id = %s AND event_id = %s",
+                (ws, out.event_id),
+            )
+        undo = {"type": "event.retracted", "retracted_event_id": out.event_id, "reason": "x"}
+        [done] = await side.record_many(ws, [undo], "t")
+        assert done.status == 201 and done.seq is not None
+        msg = await side.js.get_msg(settings.stream_name, seq=done.seq)
+        assert side.registry.decode(msg.data or b"").people() == ("b", "c")
+    finally:
+        await nc.close()
+        await pnc.close()
         await pool.close()

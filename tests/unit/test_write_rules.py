@@ -32,6 +32,7 @@ from tieline.events_schema.registry import REGISTRY
 from tieline.plumbing.config import Settings
 from tieline.plumbing.subjects import command_subject
 from tieline.services import write_rules as rules
+from tieline.services import writeside
 from tieline.services.service_app import INTERACTION_TYPES, PEOPLE_TYPES, subscribe_commands
 from tieline.services.write_rules import Introduction, Recorded, Rejected
 from tieline.services.writeside import WriteSide
@@ -420,6 +421,11 @@ class MemoryState:
         for e, seq in published:
             self.rows[_k(e)] = replace(self.rows[_k(e)], seq=seq)
 
+    async def retake(self, lines: Sequence[tuple[Event, str | None]]) -> None:
+        for e, d in lines:  # (no clock here: only a row given back comes back)
+            people = tuple(sorted(set(e.people())))
+            self.rows.setdefault(_k(e), Recorded(e.workspace_id, e.type, d, None, people=people))
+
     async def in_flight(
         self, ws: str, people: Sequence[str], other_than: Sequence[UUID], within_s: float
     ) -> int:
@@ -580,6 +586,80 @@ def test_a_retraction_names_the_living_people_and_an_erasure_clears_their_digest
         d is None for k, d in digests.items() if "grace" in (state.rows[("w", k)].people or ())
     )
     assert retract(met[1]["event_id"], reason="wrong day") == (201, ["ada"])
+
+
+def test_a_line_whose_keys_are_old_reads_them_again_before_it_is_published(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A line that waited after its command read the keys (for a lock, the pool, earlier
+    steps) takes its id again and reads its people's keys again just before publishing: an
+    erasure that destroyed one meanwhile refuses it (410) instead of letting it on the log
+    after ``person.forgotten`` under the destroyed key. (Here every key counts as old.)"""
+    monkeypatch.setattr(writeside, "STALE_KEYS_S", 0.0)
+    side, log, state = write_side()
+    asyncio.run(side.record_many("w", PEOPLE, "t"))
+    keys = side.keystore.keys_  # type: ignore[attr-defined]
+    checked = side.check
+
+    async def erased_meanwhile(event: Event, obj: dict[str, Any], cmd: rules.Command) -> None:
+        await checked(event, obj, cmd)  # the keys were read and the rules passed ...
+        keys["grace"] = None  # ... then an erasure destroyed grace's key
+
+    side.check = erased_meanwhile  # type: ignore[method-assign]
+    [out] = asyncio.run(side.record_many("w", [MET], "t"))
+    assert out.status == 410 and len(log.messages) == 2, out.as_dict()
+    assert all(row.type == "person.added" for row in state.rows.values())  # given back
+
+
+def test_two_erasures_each_waiting_for_the_others_line_do_not_stall() -> None:
+    """Command A meets zed and forgets ada; command B meets ada and forgets zed; both read
+    the keys before either erasure destroys one. Each erasure waits for the other command's
+    meeting, which each command records before its own erasure waits, so both finish at
+    once, each meeting on the log before the erasure of its person. (When a command
+    recorded its lines only after its erasure had waited, each waited for the other until
+    the bound, twice the command timeout.)"""
+    side, log, _ = write_side()
+    added = [
+        {"type": "person.added", "person_id": p, "display_name": p}
+        for p in ("ada", "bob", "zed", "carl")
+    ]
+    asyncio.run(side.record_many("w", added, "t"))
+    prepared = side.prepare
+
+    async def scenario() -> list[tuple[str, str]]:
+        both = asyncio.Barrier(2)
+
+        async def prepare_together(ws: str, lines: Any) -> rules.Command:
+            cmd = await prepared(ws, lines)
+            await both.wait()
+            return cmd
+
+        side.prepare = prepare_together  # type: ignore[method-assign]
+        met = {"type": "relationship.met", "depth": "brief_chat"}
+        a = [
+            {**met, "participants": ["zed", "carl"]},
+            {"type": "person.forgotten", "person_id": "ada"},
+        ]
+        b = [
+            {**met, "participants": ["ada", "bob"]},
+            {"type": "person.forgotten", "person_id": "zed"},
+        ]
+        runs = (side.record_many("w", lines, "admin") for lines in (a, b))
+        outs = await asyncio.wait_for(asyncio.gather(*runs), timeout=5)
+        assert [[o.status for o in out] for out in outs] == [[201, 201], [201, 201]]
+        return [_what(data) for _, data in log.messages[4:]]
+
+    order = asyncio.run(scenario())
+    assert order.index(("met", "ada")) < order.index(("forgotten", "ada")), order
+    assert order.index(("met", "zed")) < order.index(("forgotten", "zed")), order
+
+
+def _what(data: bytes) -> tuple[str, str]:
+    """("met", the first participant) or ("forgotten", the person) of a published event."""
+    event = json.loads(data)
+    if event["type"] == "person.forgotten":
+        return ("forgotten", event["person_id"])
+    return ("met", event["participants"][0])
 
 
 def test_a_survivor_and_its_duplicates_are_erased_together_or_not_at_all() -> None:
