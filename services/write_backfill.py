@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from typing import Any
+from uuid import UUID
 
 import structlog
 from nats.js import JetStreamContext
@@ -30,6 +31,9 @@ log = structlog.get_logger(__name__)
 BACKFILL_BATCH = 256
 
 LOCK = "SELECT pg_advisory_xact_lock(hashtext('tieline:write-backfill'))"
+#: The same lock held across several transactions (:func:`backfill_people`).
+SESSION_LOCK = "SELECT pg_advisory_lock(hashtext('tieline:write-backfill'))"
+SESSION_UNLOCK = "SELECT pg_advisory_unlock(hashtext('tieline:write-backfill'))"
 
 #: Clear the digests of the events naming a person whose key is destroyed, and of those whose
 #: people are unknown in a workspace where someone's key is (docs/privacy.md, "Digests").
@@ -94,29 +98,37 @@ async def backfill_people(
     conn: AsyncConnection[Any], js: JetStreamContext, stream: str, registry: EventRegistry
 ) -> int:
     """Once: fill ``people`` of the rows on the log taken before revision 0008 from their
-    events (read by sequence). A row whose event is no longer on the log, or cannot be read,
-    keeps NULL: the next erasure in its workspace clears its digest, and a retraction of it
-    names nobody. Returns the rows filled."""
+    events (read by sequence), a page at a time, each page committed (a long log neither
+    sits in memory nor holds its rows locked). A row whose event is no longer on the log, or
+    cannot be read, keeps NULL: the next erasure in its workspace clears its digest, and a
+    retraction of it reads the log itself. Returns the rows filled."""
     mark = f"people:{stream}"
-    async with conn.transaction():
-        await conn.execute(LOCK)
+    await conn.execute(SESSION_LOCK)
+    try:
         cur = await conn.execute("SELECT 1 FROM write_backfill WHERE stream = %s", (mark,))
         if await cur.fetchone() is not None:
             return 0
-        cur = await conn.execute(
-            "SELECT workspace_id, event_id, seq FROM write_events "
-            "WHERE people IS NULL AND seq IS NOT NULL ORDER BY seq"
-        )
-        rows = await cur.fetchall()
-        filled = 0
-        for start in range(0, len(rows), BACKFILL_BATCH):
-            filled += await _fill_batch(
-                conn, js, stream, registry, rows[start : start + BACKFILL_BATCH]
+        filled = unknown = 0
+        after: tuple[str, Any] = ("", UUID(int=0))
+        while True:  # in primary-key order, which the key's index serves page by page
+            cur = await conn.execute(
+                "SELECT workspace_id, event_id, seq FROM write_events "
+                "WHERE (workspace_id, event_id) > (%s, %s) "
+                "AND people IS NULL AND seq IS NOT NULL "
+                "ORDER BY workspace_id, event_id LIMIT %s",
+                (*after, BACKFILL_BATCH),
             )
+            page = await cur.fetchall()
+            if not page:
+                break
+            async with conn.transaction():
+                done = await _fill_batch(conn, js, stream, registry, page)
+            filled, unknown = filled + done, unknown + len(page) - done
+            after = (page[-1]["workspace_id"], page[-1]["event_id"])
         await conn.execute("INSERT INTO write_backfill (stream, upto_seq) VALUES (%s, 0)", (mark,))
-    log.info(
-        "write_state.people_backfilled", stream=stream, rows=filled, unknown=len(rows) - filled
-    )
+    finally:
+        await conn.execute(SESSION_UNLOCK)
+    log.info("write_state.people_backfilled", stream=stream, rows=filled, unknown=unknown)
     return filled
 
 

@@ -8,8 +8,10 @@ import asyncio
 from typing import Any
 from uuid import uuid4
 
+import pytest
 from tieline.plumbing.config import Settings
 from tieline.plumbing.db import make_pool
+from tieline.services import write_backfill
 from tieline.services.service_app import INTERACTION_TYPES, PEOPLE_TYPES, start_write_side
 from tieline.services.write_backfill import backfill, backfill_people, sweep_digests
 
@@ -110,13 +112,14 @@ async def test_concurrent_commands_share_statements_and_keep_their_own_answers(
 
 
 async def test_whom_each_event_names_is_kept_and_filled_from_the_log_once(
-    settings: Settings,
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each taken id records whom its event names (migration 0008), so an erasure clears the
     digests of that person's events and only theirs. Rows taken before the migration get
     their people from the log once, at start; a row whose event is no longer on the log
     stays unknown, and the next erasure in its workspace clears its digest too."""
     ws = "people-of-events"
+    monkeypatch.setattr(write_backfill, "BACKFILL_BATCH", 2)  # several pages
     pool = make_pool(settings)
     pnc, people_side = await start_write_side(settings, "people", PEOPLE_TYPES, pool)
     nc, side = await start_write_side(settings, "interactions", INTERACTION_TYPES, pool)
