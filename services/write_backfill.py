@@ -13,6 +13,7 @@ Each runs under one advisory lock, so one service does it while the others wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -127,7 +128,8 @@ async def backfill_people(
             after = (page[-1]["workspace_id"], page[-1]["event_id"])
         await conn.execute("INSERT INTO write_backfill (stream, upto_seq) VALUES (%s, 0)", (mark,))
     finally:
-        await conn.execute(SESSION_UNLOCK)
+        with contextlib.suppress(Exception):  # a dead connection released it already
+            await conn.execute(SESSION_UNLOCK)
     log.info("write_state.people_backfilled", stream=stream, rows=filled, unknown=unknown)
     return filled
 

@@ -82,7 +82,6 @@ class Command:
     known: set[str]  # people that exist (on the log, or added by this command)
     keys: dict[str, bytes | None]  # person -> key; None: forgotten (key destroyed)
     forgetting: frozenset[str] = frozenset()  # people this command forgets
-    read_at: float = 0.0  # when the keys were read (event-loop clock)
 
 
 @dataclass(frozen=True)

@@ -268,20 +268,24 @@ class WriteState:
             row = await cur.fetchone()
             return 0 if row is None else int(row["n"])
 
-    async def retake(self, lines: Sequence[tuple[Event, str | None]]) -> None:
-        """Take again ids taken and not recorded (a re-send, or a line whose keys are old):
-        ``taken_at`` now, and the row back if its first sender gave it back meanwhile."""
-        if not lines:
-            return
-        rows = sorted(lines, key=lambda row: _key(row[0]))
+    async def retake(self, lines: Sequence[tuple[Event, str]]) -> set[UUID]:
+        """Take again ids taken and not recorded (re-sends): ``taken_at`` now (and ``people``
+        where a row from before revision 0008 lacks them), or the row back if its first sender
+        gave it back meanwhile. Returns the ids put back: the caller's own now."""
+        first = {_key(e): (e, d) for e, d in lines}  # one row per id: an id sent twice
+        if not first:
+            return set()
+        rows = [first[k] for k in sorted(first)]
         async with self.pool.connection() as conn:
-            await conn.execute(
+            cur = await conn.execute(
                 """INSERT INTO write_events (event_id, workspace_id, type, digest, people)
                    SELECT event_id, ws, type, digest, string_to_array(people, ',')
                    FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[])
                         AS t(event_id, ws, type, digest, people)
-                   ON CONFLICT (workspace_id, event_id) DO UPDATE SET taken_at = now()
-                   WHERE write_events.seq IS NULL""",
+                   ON CONFLICT (workspace_id, event_id) DO UPDATE
+                   SET taken_at = now(), people = coalesce(write_events.people, EXCLUDED.people)
+                   WHERE write_events.seq IS NULL
+                   RETURNING event_id, (xmax = 0) AS inserted""",
                 (
                     [e.event_id for e, _ in rows],
                     [e.workspace_id for e, _ in rows],
@@ -290,6 +294,7 @@ class WriteState:
                     [_joined(e.people()) for e, _ in rows],
                 ),
             )
+            return {r["event_id"] for r in await cur.fetchall() if r["inserted"]}
 
     async def claim_retraction(self, event: EventRetracted) -> bool:
         """Mark the target retracted by this retraction unless another one did first (two

@@ -134,8 +134,7 @@ class WriteSide:
         wanted = sorted((named | keyed | adding) & (known | {WORKSPACE_KEY}))
         keys = await self.keystore.keys(ws, wanted, create=True, fresh=True) if wanted else {}
         forgetting = frozenset(e.person_id for e, _ in lines if isinstance(e, PersonForgotten))
-        read_at = asyncio.get_running_loop().time()
-        return Command(known=known, keys=keys, forgetting=forgetting, read_at=read_at)
+        return Command(known=known, keys=keys, forgetting=forgetting)
 
     async def check(self, event: Event, obj: dict[str, Any], cmd: Command) -> None:
         """Apply the rules that need state: people, retraction target. (A merge is decided
@@ -299,7 +298,6 @@ class WriteSide:
         if isinstance(event, PersonAdded):
             headers["Nats-Expected-Last-Subject-Sequence"] = "0"
         subject = event_subject(self.settings.subject_prefix, event)
-        await self._fresh_enough(event, cmd)
         event = await self._protect(event, cmd)
         async with self._publish_slots:
             try:
@@ -376,10 +374,10 @@ class WriteSide:
             if outcomes[i] is None:
                 todo.append((i, event))
         # A re-send of an id taken and not confirmed is taken again now (and again if its first
-        # sender gave it back meanwhile), before this command reads the keys: an erasure waits
-        # for it (see _after_in_flight).
-        await self.state.retake(again)
-        failure = await self._publish_all(workspace_id, objs, todo, outcomes, set(held))
+        # sender gave it back meanwhile: then it is this command's own), before this command
+        # reads the keys: an erasure waits for it (see _after_in_flight).
+        own = await self.state.retake(again)
+        failure = await self._publish_all(workspace_id, objs, todo, outcomes, set(held) - own)
         if failure is not None:
             raise failure
         return [
@@ -407,19 +405,24 @@ class WriteSide:
         erasures = [(i, e) for i, e in todo if isinstance(e, PersonForgotten)]
         others = [(i, e) for i, e in todo if not isinstance(e, PersonForgotten)]
         await self._in_line_order(others, lambda i, e: self._line(run, i, e))
-        await self._settle(workspace_id, run, held)
         if erasures:
+            try:
+                await self._settle(workspace_id, run, held)
+            except Exception as exc:  # the erasures, keys destroyed, are published all the same
+                run.failures.append(exc)
+                log.warning("command.record_failed", workspace_id=workspace_id, error=repr(exc))
             await self._after_in_flight(workspace_id, erasures, [e.event_id for _, e in todo])
             await asyncio.gather(*(self._line(run, i, e) for i, e in erasures))
-            await self._settle(workspace_id, run, held)
+        await self._settle(workspace_id, run, held)
         return run.failures[0] if run.failures else None
 
     async def _settle(self, workspace_id: str, run: _Run, held: set[UUID]) -> None:
-        """Record what ``run`` published and give back what it refused, since the last call."""
-        published, run.published = run.published, []
-        refused, run.refused = run.refused, []
-        await self.state.recorded(published)
-        await self.state.release(workspace_id, [e for e in refused if e not in held])
+        """Record what ``run`` published and give back what it refused, since the last call
+        that succeeded (what is left stays to be done by the next call)."""
+        await self.state.recorded(run.published)
+        run.published = []
+        await self.state.release(workspace_id, [e for e in run.refused if e not in held])
+        run.refused = []
 
     async def _line(self, run: _Run, i: int, event: Event) -> None:
         """Check and publish one line of ``run``, noting its outcome."""
@@ -473,12 +476,12 @@ class WriteSide:
         own: Sequence[UUID],
     ) -> None:
         """Wait until no other command has a line naming an erased person in flight that was
-        taken before the person's key was destroyed. A line's id is taken before its command
-        reads the keys, and taken again just before it is published when those keys are old
-        (:meth:`_fresh_enough`), so one that read a key before the destroy is seen here and
-        goes on the log before ``person.forgotten``; one that reads it after is refused (410).
-        Bounded: a line whose publish failed keeps its row taken (as does a crashed
-        service's), so rows older than twice the publish timeout no longer count, and the wait
+        taken before the person's key was destroyed. A line's id is taken (a re-send's taken
+        again) before its command reads the keys, so one that read a key before the destroy
+        is seen here and goes on the log before ``person.forgotten``; one that reads it after
+        is refused (410). Bounded: a line whose publish failed keeps its row taken (as does a
+        crashed service's), so rows taken more than twice the command timeout ago no longer
+        count (a line slower than that from take to publish is not waited for), and the wait
         gives up after that long (logged). A database error ends the wait (logged): the
         erasure, its key destroyed, is always published."""
         people = sorted({e.person_id for _, e in erasures})
@@ -494,30 +497,9 @@ class WriteSide:
         except Exception as exc:
             log.warning("erasure.in_flight_unknown", workspace_id=workspace_id, error=repr(exc))
 
-    async def _fresh_enough(self, event: Event, cmd: Command) -> None:
-        """A line whose keys were read long ago (it waited for a lock, the pool, earlier
-        steps) takes its id again and reads its people's keys again before it is published:
-        an erasure that destroyed one since refuses it (410), and one that destroys one later
-        sees the line in flight (:meth:`_after_in_flight`)."""
-        if isinstance(event, PersonAdded | PersonForgotten):
-            return
-        if asyncio.get_running_loop().time() - cmd.read_at < STALE_KEYS_S:
-            return
-        people = sorted({*key_people(event), *event.people()} - {WORKSPACE_KEY})
-        if not people:
-            return
-        await self.state.retake([(event, None)])
-        keys = await self.keystore.keys(event.workspace_id, people, create=True, fresh=True)
-        cmd.keys.update(keys)
-        gone = next((p for p in people if keys.get(p) is None), None)
-        if gone is not None:
-            raise Rejected(410, ["person"], f"person {gone!r} was forgotten")
-
 
 #: How often an erasure looks again for other commands' lines in flight naming its people.
 IN_FLIGHT_POLL_S = 0.05
-#: Keys read longer ago than this are read again before a line is published.
-STALE_KEYS_S = 2.0
 
 
 @dataclass

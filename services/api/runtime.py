@@ -256,9 +256,9 @@ class CommandBus:
             {"actor": actor, "correlation_id": correlation_id, "items": items}, default=str
         ).encode()
         # An erasure may wait up to twice the command timeout for other commands' lines in
-        # flight naming the person (services/writeside.py, _after_in_flight).
+        # flight naming the person (services/writeside.py, _after_in_flight), then publish.
         erasing = any(isinstance(it, dict) and it.get("type") == "person.forgotten" for it in items)
-        timeout = self.settings.command_timeout_s * (3 if erasing else 1)
+        timeout = self.settings.command_timeout_s * (4 if erasing else 1)
         try:
             with telemetry.outgoing(f"{service} command", **{"tieline.items": len(items)}) as tp:
                 reply = await self.connections.nc.request(

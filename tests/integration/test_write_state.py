@@ -189,7 +189,7 @@ async def test_an_erasure_sees_the_lines_in_flight_that_name_its_people(
     commands taken before the erased person's key was destroyed and not yet recorded; not
     the erasure's own lines, not erasures, not lines taken after the destroy (they read the
     key after it and are refused), not rows taken longer ago than the bound (a failed
-    publish) unless taken again (``retake``: a re-send, or a line whose keys are old)."""
+    publish) unless taken again (``retake``: a re-send)."""
     ws = "in-flight"
     pool = make_pool(settings)
     nc, side = await start_write_side(settings, "interactions", INTERACTION_TYPES, pool)
@@ -218,8 +218,12 @@ async def test_an_erasure_sees_the_lines_in_flight_that_name_its_people(
         assert await side.state.in_flight(ws, ["c"], [], 20) == 0  # failed long ago
         assert await side.state.in_flight(ws, ["c"], [], 120) == 1
         await side.state.release(ws, [other.event_id])
-        await side.state.retake([(other, "d2")])  # a re-send: back, taken now
-        assert await side.state.in_flight(ws, ["c"], [], 20) == 1
+        # A re-send (twice in one command): back, the caller's own now, and taken now, so an
+        # erasure of d after it waits for it.
+        assert await side.state.retake([(other, "d2"), (other, "d2")]) == {other.event_id}
+        assert await side.state.retake([(other, "d2")]) == set()  # there: taken again
+        await side.keystore.destroy(ws, "d")
+        assert await side.state.in_flight(ws, ["d"], [], 20) == 1
     finally:
         await nc.close()
         await pool.close()

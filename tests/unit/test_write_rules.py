@@ -32,7 +32,6 @@ from tieline.events_schema.registry import REGISTRY
 from tieline.plumbing.config import Settings
 from tieline.plumbing.subjects import command_subject
 from tieline.services import write_rules as rules
-from tieline.services import writeside
 from tieline.services.service_app import INTERACTION_TYPES, PEOPLE_TYPES, subscribe_commands
 from tieline.services.write_rules import Introduction, Recorded, Rejected
 from tieline.services.writeside import WriteSide
@@ -421,10 +420,14 @@ class MemoryState:
         for e, seq in published:
             self.rows[_k(e)] = replace(self.rows[_k(e)], seq=seq)
 
-    async def retake(self, lines: Sequence[tuple[Event, str | None]]) -> None:
+    async def retake(self, lines: Sequence[tuple[Event, str]]) -> set[UUID]:
+        back = set()
         for e, d in lines:  # (no clock here: only a row given back comes back)
-            people = tuple(sorted(set(e.people())))
-            self.rows.setdefault(_k(e), Recorded(e.workspace_id, e.type, d, None, people=people))
+            if _k(e) not in self.rows:
+                people = tuple(sorted(set(e.people())))
+                self.rows[_k(e)] = Recorded(e.workspace_id, e.type, d, None, people=people)
+                back.add(e.event_id)
+        return back
 
     async def in_flight(
         self, ws: str, people: Sequence[str], other_than: Sequence[UUID], within_s: float
@@ -588,29 +591,6 @@ def test_a_retraction_names_the_living_people_and_an_erasure_clears_their_digest
     assert retract(met[1]["event_id"], reason="wrong day") == (201, ["ada"])
 
 
-def test_a_line_whose_keys_are_old_reads_them_again_before_it_is_published(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A line that waited after its command read the keys (for a lock, the pool, earlier
-    steps) takes its id again and reads its people's keys again just before publishing: an
-    erasure that destroyed one meanwhile refuses it (410) instead of letting it on the log
-    after ``person.forgotten`` under the destroyed key. (Here every key counts as old.)"""
-    monkeypatch.setattr(writeside, "STALE_KEYS_S", 0.0)
-    side, log, state = write_side()
-    asyncio.run(side.record_many("w", PEOPLE, "t"))
-    keys = side.keystore.keys_  # type: ignore[attr-defined]
-    checked = side.check
-
-    async def erased_meanwhile(event: Event, obj: dict[str, Any], cmd: rules.Command) -> None:
-        await checked(event, obj, cmd)  # the keys were read and the rules passed ...
-        keys["grace"] = None  # ... then an erasure destroyed grace's key
-
-    side.check = erased_meanwhile  # type: ignore[method-assign]
-    [out] = asyncio.run(side.record_many("w", [MET], "t"))
-    assert out.status == 410 and len(log.messages) == 2, out.as_dict()
-    assert all(row.type == "person.added" for row in state.rows.values())  # given back
-
-
 def test_two_erasures_each_waiting_for_the_others_line_do_not_stall() -> None:
     """Command A meets zed and forgets ada; command B meets ada and forgets zed; both read
     the keys before either erasure destroys one. Each erasure waits for the other command's
@@ -660,6 +640,31 @@ def _what(data: bytes) -> tuple[str, str]:
     if event["type"] == "person.forgotten":
         return ("forgotten", event["person_id"])
     return ("met", event["participants"][0])
+
+
+def test_an_erasure_is_published_when_recording_the_other_lines_fails() -> None:
+    """The command's meeting is published, then recording it fails once (a database error):
+    the erasure, whose key is already destroyed, is published all the same, the meeting is
+    recorded by the retry at the end, and the command reports the failure."""
+    side, log, state = write_side()
+    asyncio.run(side.record_many("w", PEOPLE, "t"))
+    recorded, failed = state.recorded, []
+
+    async def fails_once(published: Sequence[tuple[Event, int]]) -> None:
+        if published and not failed:
+            failed.append(True)
+            raise OSError("database unavailable")
+        await recorded(published)
+
+    state.recorded = fails_once  # type: ignore[method-assign]
+    lines = [{**MET, "event_id": str(uuid4())}, {"type": "person.forgotten", "person_id": "ada"}]
+    with pytest.raises(OSError):
+        asyncio.run(side.record_many("w", lines, "admin"))
+    assert [json.loads(d)["type"] for _, d in log.messages[2:]] == [
+        "relationship.met",
+        "person.forgotten",
+    ]
+    assert state.rows[("w", UUID(lines[0]["event_id"]))].seq == 3
 
 
 def test_a_survivor_and_its_duplicates_are_erased_together_or_not_at_all() -> None:
