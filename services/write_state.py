@@ -123,6 +123,25 @@ def _seq_arrays(published: Sequence[tuple[Event, int]]) -> tuple[list[Any], ...]
     )
 
 
+#: Take ids (one row per line; :func:`_take_params`), followed by what to do with an id taken.
+TAKE = """INSERT INTO write_events (event_id, workspace_id, type, digest, people)
+          SELECT event_id, ws, type, digest, string_to_array(people, ',')
+          FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[])
+               AS t(event_id, ws, type, digest, people)
+          """
+
+
+def _take_params(rows: Sequence[tuple[Event, str]]) -> tuple[list[Any], ...]:
+    """The parameters of :data:`TAKE`."""
+    return (
+        [e.event_id for e, _ in rows],
+        [e.workspace_id for e, _ in rows],
+        [e.type for e, _ in rows],
+        [d for _, d in rows],
+        [_joined(e.people()) for e, _ in rows],
+    )
+
+
 def _joined(people: Iterable[str]) -> str:
     """People as one text for an ``unnest`` column (an array of arrays must be rectangular);
     a person id is letters, digits, ``_`` and ``-`` (events_schema), never a comma. ``''``
@@ -172,19 +191,9 @@ class WriteState:
         rows.sort(key=lambda row: _key(row[0]))  # lock order, as in _record_many
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                """INSERT INTO write_events (event_id, workspace_id, type, digest, people)
-                   SELECT event_id, ws, type, digest, string_to_array(people, ',')
-                   FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[])
-                        AS t(event_id, ws, type, digest, people)
-                   ON CONFLICT (workspace_id, event_id) DO NOTHING
-                   RETURNING workspace_id, event_id""",
-                (
-                    [e.event_id for e, _ in rows],
-                    [e.workspace_id for e, _ in rows],
-                    [e.type for e, _ in rows],
-                    [d for _, d in rows],
-                    [_joined(e.people()) for e, _ in rows],
-                ),
+                TAKE + "ON CONFLICT (workspace_id, event_id) DO NOTHING "
+                "RETURNING workspace_id, event_id",
+                _take_params(rows),
             )
             new = {(r["workspace_id"], r["event_id"]) for r in await cur.fetchall()}
             held = [
@@ -278,21 +287,12 @@ class WriteState:
         rows = [first[k] for k in sorted(first)]
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                """INSERT INTO write_events (event_id, workspace_id, type, digest, people)
-                   SELECT event_id, ws, type, digest, string_to_array(people, ',')
-                   FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[])
-                        AS t(event_id, ws, type, digest, people)
-                   ON CONFLICT (workspace_id, event_id) DO UPDATE
+                TAKE
+                + """ON CONFLICT (workspace_id, event_id) DO UPDATE
                    SET taken_at = now(), people = coalesce(write_events.people, EXCLUDED.people)
                    WHERE write_events.seq IS NULL
                    RETURNING event_id, (xmax = 0) AS inserted""",
-                (
-                    [e.event_id for e, _ in rows],
-                    [e.workspace_id for e, _ in rows],
-                    [e.type for e, _ in rows],
-                    [d for _, d in rows],
-                    [_joined(e.people()) for e, _ in rows],
-                ),
+                _take_params(rows),
             )
             return {r["event_id"] for r in await cur.fetchall() if r["inserted"]}
 

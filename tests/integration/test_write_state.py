@@ -121,11 +121,8 @@ async def test_whom_each_event_names_is_kept_and_filled_from_the_log_once(
     ws = "people-of-events"
     monkeypatch.setattr(write_backfill, "BACKFILL_BATCH", 2)  # several pages
     pool = make_pool(settings)
-    pnc, people_side = await start_write_side(settings, "people", PEOPLE_TYPES, pool)
-    nc, side = await start_write_side(settings, "interactions", INTERACTION_TYPES, pool)
+    pnc, _, nc, side = await _both_sides(settings, pool, ws, "abc")
     try:
-        added = [{"type": "person.added", "person_id": p, "display_name": p} for p in "abc"]
-        assert {o.status for o in await people_side.record_many(ws, added, "t")} == {201}
         met: dict[str, Any] = {"type": "relationship.met", "depth": "conversation"}
         lines = [{**met, "participants": pair} for pair in (["a", "b"], ["b", "c"], ["a", "c"])]
         out = await side.record_many(ws, lines, "t")
@@ -244,11 +241,8 @@ async def test_a_retraction_of_a_row_that_does_not_know_its_people_reads_them_on
     from the log, so its reason goes under their keys."""
     ws = "people-from-log"
     pool = make_pool(settings)
-    pnc, people_side = await start_write_side(settings, "people", PEOPLE_TYPES, pool)
-    nc, side = await start_write_side(settings, "interactions", INTERACTION_TYPES, pool)
+    pnc, _, nc, side = await _both_sides(settings, pool, ws, "bc")
     try:
-        added = [{"type": "person.added", "person_id": p, "display_name": p} for p in "bc"]
-        assert {o.status for o in await people_side.record_many(ws, added, "t")} == {201}
         met = {"type": "relationship.met", "depth": "conversation", "participants": ["b", "c"]}
         [out] = await side.record_many(ws, [met], "t")
         async with pool.connection() as conn:
@@ -265,3 +259,13 @@ async def test_a_retraction_of_a_row_that_does_not_know_its_people_reads_them_on
         await nc.close()
         await pnc.close()
         await pool.close()
+
+
+async def _both_sides(settings: Settings, pool: Any, ws: str, people: str) -> tuple[Any, ...]:
+    """The people and interactions write sides on ``pool``, with ``people`` (one letter
+    each) added: (people's NATS client, people side, interactions' client, its side)."""
+    pnc, people_side = await start_write_side(settings, "people", PEOPLE_TYPES, pool)
+    nc, side = await start_write_side(settings, "interactions", INTERACTION_TYPES, pool)
+    added = [{"type": "person.added", "person_id": p, "display_name": p} for p in people]
+    assert {o.status for o in await people_side.record_many(ws, added, "t")} == {201}
+    return pnc, people_side, nc, side
