@@ -150,18 +150,27 @@ async def _fill_batch(
             continue  # removed by the stream's limits: left unknown
         if isinstance(msg, BaseException):
             raise msg  # NATS unavailable: the start fails and is retried
-        try:
-            event = registry.decode(msg.data or b"")
-        except EventDecodeError as exc:
-            log.warning("write_state.people_unreadable", seq=row["seq"], error=str(exc))
-            continue
-        if (event.workspace_id, event.event_id) == (row["workspace_id"], row["event_id"]):
+        event = event_on_log(msg.data or b"", registry, row["workspace_id"], row["event_id"])
+        if event is not None:
             await _set_people(conn, event)
             filled += 1
     return filled
 
 
-async def people_of(conn: AsyncConnection[Any], event: Event) -> list[str]:
+def event_on_log(
+    data: bytes, registry: EventRegistry, workspace_id: str, event_id: UUID
+) -> Event | None:
+    """The event a row's sequence points at on the log, if it can be read and is that row's
+    (workspace, id); None otherwise (logged when unreadable)."""
+    try:
+        event = registry.decode(data)
+    except EventDecodeError as exc:
+        log.warning("write_state.event_unreadable", event_id=str(event_id), error=str(exc))
+        return None
+    return event if (event.workspace_id, event.event_id) == (workspace_id, event_id) else None
+
+
+async def _people_of(conn: AsyncConnection[Any], event: Event) -> list[str]:
     """Whom an event on the log names, as :meth:`WriteState.take` would record it (an outcome
     of version 1: its introduction's two people, which it did not name)."""
     people = set(event.people())
@@ -174,7 +183,7 @@ async def people_of(conn: AsyncConnection[Any], event: Event) -> list[str]:
 async def _set_people(conn: AsyncConnection[Any], event: Event) -> None:
     await conn.execute(
         "UPDATE write_events SET people = %s WHERE workspace_id = %s AND event_id = %s",
-        (await people_of(conn, event), event.workspace_id, event.event_id),
+        (await _people_of(conn, event), event.workspace_id, event.event_id),
     )
 
 

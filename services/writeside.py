@@ -28,7 +28,7 @@ from tieline.events_schema.models import (
     PersonForgotten,
     PersonMerged,
 )
-from tieline.events_schema.registry import EventDecodeError, EventRegistry
+from tieline.events_schema.registry import EventRegistry
 from tieline.plumbing.config import Settings
 from tieline.plumbing.crypto import (
     WORKSPACE_KEY,
@@ -39,6 +39,7 @@ from tieline.plumbing.crypto import (
 )
 from tieline.plumbing.subjects import event_subject, msg_id, person_added_subject
 from tieline.services import write_rules as rules
+from tieline.services.write_backfill import event_on_log
 from tieline.services.write_rules import (
     PERSON_REF_FIELDS,
     Command,
@@ -271,17 +272,20 @@ class WriteSide:
     async def _target_people(self, event: EventRetracted) -> list[str] | None:
         """Whom the retracted event names: from its row, or, for a row that does not know
         (taken by a release before revision 0008 after the one-time backfill), from the log."""
-        target = await self.state.event(event.workspace_id, event.retracted_event_id)
-        if target is None or target.people is not None or target.seq is None:
-            return None if target is None or target.people is None else list(target.people)
+        ws, target_id = event.workspace_id, event.retracted_event_id
+        target = await self.state.event(ws, target_id)
+        if target is None:
+            return None
+        if target.people is not None:
+            return list(target.people)
+        if target.seq is None:
+            return None
         try:
             msg = await self.js.get_msg(self.settings.stream_name, seq=target.seq)
-            found = self.registry.decode(msg.data or b"")
-        except (NotFoundError, EventDecodeError):
-            return None  # gone from the log, or unreadable: it names nobody
-        if (found.workspace_id, found.event_id) != (event.workspace_id, event.retracted_event_id):
-            return None
-        return sorted(set(found.people()))
+        except NotFoundError:
+            return None  # gone from the log: it names nobody
+        found = event_on_log(msg.data or b"", self.registry, ws, target_id)
+        return None if found is None else sorted(set(found.people()))
 
     async def _not_forgotten_since(self, event: PersonMerged) -> None:
         """After the claim, the two people's keys again, fresh: an erasure that destroyed one
