@@ -37,16 +37,23 @@ SESSION_LOCK = "SELECT pg_advisory_lock(hashtext('tieline:write-backfill'))"
 SESSION_UNLOCK = "SELECT pg_advisory_unlock(hashtext('tieline:write-backfill'))"
 
 #: Clear the digests of the events naming a person whose key is destroyed, and of those whose
-#: people are unknown in a workspace where someone's key is (docs/privacy.md, "Digests").
+#: people are unknown in a workspace where someone's key is (docs/privacy.md, "Digests"). One
+#: statement that locks its rows in key order, as every multi-row writer of the table does
+#: (see write_state.NAMED_DIGESTS): a replica starting beside others serving commands.
 SWEEP = """
 UPDATE write_events w SET digest = NULL
-  FROM person_keys k
- WHERE k.key IS NULL AND w.workspace_id = k.workspace_id AND w.digest IS NOT NULL
-   AND w.people && ARRAY[k.person_id];
-UPDATE write_events w SET digest = NULL
- WHERE w.people IS NULL AND w.digest IS NOT NULL
-   AND EXISTS (SELECT 1 FROM person_keys k
-                WHERE k.workspace_id = w.workspace_id AND k.key IS NULL)"""
+  FROM (SELECT v.workspace_id, v.event_id FROM write_events v
+         WHERE (v.workspace_id, v.event_id) IN (
+               SELECT e.workspace_id, e.event_id FROM write_events e
+                 JOIN person_keys k ON k.workspace_id = e.workspace_id
+                WHERE k.key IS NULL AND e.digest IS NOT NULL AND e.people && ARRAY[k.person_id]
+               UNION ALL
+               SELECT e.workspace_id, e.event_id FROM write_events e
+                WHERE e.people IS NULL AND e.digest IS NOT NULL
+                  AND EXISTS (SELECT 1 FROM person_keys k
+                               WHERE k.workspace_id = e.workspace_id AND k.key IS NULL))
+         ORDER BY v.workspace_id, v.event_id FOR UPDATE) AS t
+ WHERE w.workspace_id = t.workspace_id AND w.event_id = t.event_id"""
 
 
 async def backfill(
@@ -190,12 +197,10 @@ async def _set_people(conn: AsyncConnection[Any], event: Event) -> None:
 async def sweep_digests(conn: AsyncConnection[Any]) -> int:
     """Every start: clear what :meth:`WriteState.forget_digests` would have cleared for every
     person whose key is destroyed (normally nothing is left). Returns the rows cleared."""
-    cleared = 0
     async with conn.transaction():
         await conn.execute(LOCK)
-        for statement in SWEEP.split(";"):
-            cur = await conn.execute(statement)
-            cleared += max(cur.rowcount, 0)
+        cur = await conn.execute(SWEEP)
+        cleared = max(cur.rowcount, 0)
     if cleared:
         log.warning("write_state.digests_swept", rows=cleared)
     return cleared

@@ -49,11 +49,16 @@ SET_SEQS = """UPDATE write_events w SET seq = s.seq
               WHERE w.workspace_id = s.ws AND w.event_id = s.event_id"""
 
 #: Clear the digests of a workspace's events that name any of some people / whose people
-#: are not known (:meth:`WriteState.forget_digests`).
-NAMED_DIGESTS = """UPDATE write_events SET digest = NULL
-                   WHERE workspace_id = %s AND people && %s::text[] AND digest IS NOT NULL"""
-UNKNOWN_DIGESTS = """UPDATE write_events SET digest = NULL
-                     WHERE workspace_id = %s AND people IS NULL AND digest IS NOT NULL"""
+#: are not known (:meth:`WriteState.forget_digests`). The rows are locked in key order first,
+#: as every other multi-row writer of the table locks them: an UPDATE alone locks them in
+#: the order it scans them, and deadlocked with a writer holding a smaller key.
+_CLEAR_DIGESTS = """UPDATE write_events w SET digest = NULL
+                    FROM (SELECT workspace_id, event_id FROM write_events
+                          WHERE workspace_id = %s AND {which} AND digest IS NOT NULL
+                          ORDER BY workspace_id, event_id FOR UPDATE) AS k
+                    WHERE w.workspace_id = k.workspace_id AND w.event_id = k.event_id"""
+NAMED_DIGESTS = _CLEAR_DIGESTS.format(which="people && %s::text[]")
+UNKNOWN_DIGESTS = _CLEAR_DIGESTS.format(which="people IS NULL")
 
 #: Lines in flight an erasure waits for (:meth:`WriteState.in_flight`): ``taken_at`` is the
 #: take statement's start and ``destroyed_at`` the destroy's; a second's margin covers a take

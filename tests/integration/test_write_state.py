@@ -10,7 +10,7 @@ from uuid import uuid4
 
 import pytest
 from tieline.plumbing.config import Settings
-from tieline.plumbing.db import make_pool
+from tieline.plumbing.db import connect, make_pool
 from tieline.services import write_backfill
 from tieline.services.service_app import INTERACTION_TYPES, PEOPLE_TYPES, start_write_side
 from tieline.services.write_backfill import backfill, backfill_people, sweep_digests
@@ -269,3 +269,58 @@ async def _both_sides(settings: Settings, pool: Any, ws: str, people: str) -> tu
     added = [{"type": "person.added", "person_id": p, "display_name": p} for p in people]
     assert {o.status for o in await people_side.record_many(ws, added, "t")} == {201}
     return pnc, people_side, nc, side
+
+
+async def test_an_erasure_clearing_digests_locks_rows_in_key_order(settings: Settings) -> None:
+    """Every multi-row writer of ``write_events`` locks its rows in key order (take, retake,
+    recording sequences), so none deadlocks with another. Clearing an erased person's digests
+    did not: it locked them in the table's physical order, and when that differed from key
+    order it deadlocked with a writer holding a smaller key and waiting for a larger one.
+    PostgreSQL broke the cycle by failing one of them, the erasure command after its key
+    was destroyed, or the other command's recording."""
+    ws = f"lock-order-{uuid4()}"
+    pool = make_pool(settings, min_size=2)
+    pnc, people_side = await start_write_side(settings, "people", PEOPLE_TYPES, pool)
+    nc, side = await start_write_side(settings, "interactions", INTERACTION_TYPES, pool)
+    try:
+        await people_side.record_many(
+            ws, [{"type": "person.added", "person_id": p, "display_name": p} for p in "ab"], "t"
+        )
+        met: dict[str, Any] = {
+            "type": "relationship.met",
+            "participants": ["a", "b"],
+            "depth": "conversation",
+        }
+        small, large = (
+            "00000000-0000-4000-8000-000000000001",
+            "ffffffff-ffff-4fff-bfff-ffffffffffff",
+        )
+        for event_id in (large, small):  # the larger key first in the table
+            out = await side.record_many(ws, [{**met, "event_id": event_id}], "t")
+            assert out[0].status == 201
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT event_id::text AS e FROM write_events WHERE workspace_id = %s "
+                "AND type = 'relationship.met' ORDER BY ctid",
+                (ws,),
+            )
+            assert [r["e"] for r in await cur.fetchall()] == [large, small]  # the premise
+        other = await connect(settings, autocommit=False)
+        try:
+            lock = (
+                "UPDATE write_events SET taken_at = taken_at "
+                "WHERE workspace_id = %s AND event_id = %s"
+            )
+            await other.execute("SET lock_timeout = '10s'")
+            await other.execute(lock, (ws, small))  # a key-ordered writer, between its rows
+            clearing = asyncio.create_task(side.state.forget_digests(ws, ["a"]))
+            await asyncio.sleep(0.5)  # waits for the small key: it must not hold the large
+            await other.execute(lock, (ws, large))
+            await other.commit()
+            assert await asyncio.wait_for(clearing, 10) == 3  # a's add and both meetings
+        finally:
+            await other.close()
+    finally:
+        await nc.close()
+        await pnc.close()
+        await pool.close()
