@@ -13,6 +13,8 @@ may keep trying:
 * :data:`HTTP` -- our own API behind a load balancer answering 429/502/503/504, or a remote
   endpoint: start at half a second and wait up to eight, as the importer always did.
 * :data:`PROCESS` -- a child process of ``tieline up`` that exited and is started again.
+* :data:`LOCK` -- an advisory lock another command holds for the milliseconds of its step:
+  try again soon, and never wait long between tries.
 
 ``policy.retrying(...)`` gives a tenacity ``AsyncRetrying`` for ``async for attempt in ...``
 loops and ``await retrying(fn)``; ``policy.retrying_sync(...)`` gives a ``Retrying`` for
@@ -44,7 +46,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-__all__ = ["HTTP", "NATS", "POSTGRES", "PROCESS", "Condition", "Options", "Policy"]
+__all__ = ["HTTP", "LOCK", "NATS", "POSTGRES", "PROCESS", "Condition", "Options", "Policy"]
 
 
 #: What counts as a failure worth another attempt: exception types, or a tenacity condition.
@@ -125,3 +127,7 @@ POSTGRES = Policy("postgres", initial=0.2, maximum=5.0, jitter=0.2)
 PROCESS = Policy("process", initial=0.2, maximum=5.0, jitter=0.2)
 #: An HTTP API (tieline's own, for the importer and the CLI; 429/5xx and transport errors).
 HTTP = Policy("http", initial=0.5, maximum=8.0, jitter=0.5)
+#: A PostgreSQL advisory lock another command holds (a merge's or an introduction's): its holder
+#: keeps it for one decision and one publish, milliseconds; the waiter has given back its
+#: connection (services/write_state.py, ``_holding``).
+LOCK = Policy("lock", initial=0.005, maximum=0.1, jitter=0.01)

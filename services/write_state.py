@@ -13,6 +13,7 @@ the log (services/write_backfill.py).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ from typing import Any
 from uuid import UUID
 
 import structlog
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, Rollback
 from tieline.events_schema.models import (
     Event,
     EventRetracted,
@@ -30,6 +31,7 @@ from tieline.events_schema.models import (
     RelationshipIntroduced,
 )
 from tieline.plumbing.coalesce import Coalescer
+from tieline.plumbing.retry import LOCK
 from tieline.services.write_rules import (
     Introduction,
     Merge,
@@ -342,9 +344,7 @@ class WriteState:
         ws, intro_id = event.workspace_id, getattr(event, "introduction_id", None)
         assert intro_id is not None and is_introduction_step(event)
         failure: Exception | None = None
-        async with self.pool.connection() as conn, conn.transaction():
-            lock = introduction_lock(ws, intro_id)
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+        async with _holding(self.pool, [introduction_lock(ws, intro_id)]) as conn:
             stamped = event
             if not isinstance(event, IntroductionRequested):
                 intro = await load_introduction(conn, ws, intro_id)
@@ -377,8 +377,7 @@ class WriteState:
         Returns whether this call made the claim (False: an earlier send of the same event id
         made it and its publish was not confirmed; the retry publishes it again)."""
         ws = event.workspace_id
-        async with self.pool.connection() as conn, conn.transaction():
-            await _lock_merges(conn, ws, [event.person_id, event.survivor])
+        async with _holding(self.pool, _merge_locks(ws, [event.person_id, event.survivor])) as conn:
             cur = await conn.execute(
                 HOLDING_MERGES,
                 {"ws": ws, "p": [event.person_id, event.survivor], "me": event.event_id},
@@ -405,8 +404,7 @@ class WriteState:
         """Hold the merge locks of ``people`` (as :meth:`claim_merge` takes them): an erasure
         decides and destroys the key under them, so a merge claimed after it sees the key
         gone and one claimed before it is seen by the erasure's check."""
-        async with self.pool.connection() as conn, conn.transaction():
-            await _lock_merges(conn, workspace_id, people)
+        async with _holding(self.pool, _merge_locks(workspace_id, people)):
             yield
 
     async def unclaim_merge(self, event: PersonMerged) -> None:
@@ -430,7 +428,7 @@ class WriteState:
             await self._record.submit(list(published))
             return
         async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute(SET_SEQS, _seq_arrays(published))
+            await conn.execute(SET_SEQS, _seq_arrays(sorted(published, key=lambda p: _key(p[0]))))
             for event in changing:
                 await apply_to_state(conn, event)
 
@@ -452,13 +450,37 @@ CHANGES_STATE = (
 )
 
 
-async def _lock_merges(
-    conn: AsyncConnection[Any], workspace_id: str, people: Iterable[str]
-) -> None:
-    """Take the people's merge locks for the transaction, in one global order (ascending
-    keys), so two holders never deadlock."""
-    for key in sorted({merge_lock(workspace_id, p) for p in people}):
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+def _merge_locks(workspace_id: str, people: Iterable[str]) -> list[int]:
+    return [merge_lock(workspace_id, p) for p in people]
+
+
+@asynccontextmanager
+async def _holding(pool: Any, keys: Iterable[int]) -> AsyncIterator[AsyncConnection[Any]]:
+    """A connection of ``pool`` in a transaction holding the advisory locks ``keys``.
+
+    A waiter does not keep a connection while another transaction holds one of the locks: it
+    rolls back (giving back the locks it got) and the connection, and tries again after a
+    short pause (:data:`~tieline.plumbing.retry.LOCK`). Waiting inside PostgreSQL held one
+    connection per waiter, and the holder may need more of the same pool (an erasure reads
+    keys and clears digests under its people's merge locks): enough merges waiting took the
+    whole pool and the erasure failed on the pool's timeout. A try never waits, so the
+    order the locks are taken in cannot deadlock."""
+    wanted = sorted(set(keys))
+    failures = 0
+    while True:
+        async with pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT bool_and(pg_try_advisory_xact_lock(k)) AS held "
+                "FROM unnest(%s::bigint[]) AS t(k)",
+                (wanted,),
+            )
+            row = await cur.fetchone()
+            if row is not None and row["held"]:
+                yield conn
+                return
+            raise Rollback  # (caught by the transaction block)
+        failures += 1
+        await asyncio.sleep(LOCK.delay(failures))
 
 
 async def load_introduction(

@@ -324,3 +324,34 @@ async def test_an_erasure_clearing_digests_locks_rows_in_key_order(settings: Set
         await nc.close()
         await pnc.close()
         await pool.close()
+
+
+async def test_merges_waiting_for_an_erasure_leave_it_the_pool(settings: Settings) -> None:
+    """An erasure holds its people's merge locks and, under them, needs more connections of
+    the write side's pool (keys, digests). Merges of those people waited for the locks inside
+    PostgreSQL, each holding a connection: enough of them took the whole pool, and the
+    erasure waited for a connection until the pool's timeout failed it. A waiter now gives
+    its connection back between tries."""
+    ws = f"pool-{uuid4()}"
+    pool = make_pool(settings, min_size=1, max_size=3)
+    pnc, side = await start_write_side(settings, "people", PEOPLE_TYPES, pool)
+    try:
+        added = [{"type": "person.added", "person_id": p, "display_name": p} for p in "abcde"]
+        assert [o.status for o in await side.record_many(ws, added, "t")] == [201] * 5
+        merges = [
+            side.build(ws, {"type": "person.merged", "person_id": "a", "survivor": s}, "t")
+            for s in "bcde"
+        ]
+        await side.state.take([(m, "digest") for m in merges])  # as a command does first
+        async with side.state.merge_locked(ws, ["a"]):  # an erasure of a, deciding
+            claims = [asyncio.create_task(side.state.claim_merge(m)) for m in merges]  # type: ignore[arg-type]
+            await asyncio.sleep(0.5)  # the merges wait for a's lock
+            async with pool.connection(timeout=3) as conn:  # what the erasure needs next
+                await conn.execute("SELECT 1")
+            assert not any(c.done() for c in claims)
+        done = await asyncio.wait_for(asyncio.gather(*claims, return_exceptions=True), 10)
+        assert sorted(type(d).__name__ for d in done) == ["Rejected"] * 3 + ["bool"]
+        assert [d for d in done if isinstance(d, bool)] == [True]  # one merge of a claimed
+    finally:
+        await pnc.close()
+        await pool.close()
