@@ -127,7 +127,9 @@ POSTGRES = Policy("postgres", initial=0.2, maximum=5.0, jitter=0.2)
 PROCESS = Policy("process", initial=0.2, maximum=5.0, jitter=0.2)
 #: An HTTP API (tieline's own, for the importer and the CLI; 429/5xx and transport errors).
 HTTP = Policy("http", initial=0.5, maximum=8.0, jitter=0.5)
-#: A PostgreSQL advisory lock another command holds (a merge's or an introduction's): its holder
-#: keeps it for one decision and one publish, milliseconds; the waiter has given back its
-#: connection (services/write_state.py, ``_holding``).
+#: A PostgreSQL advisory lock another command holds (a merge's claim: a decision, milliseconds;
+#: an introduction step's: a decision and a publish with fsync; an erasure's: its checks and
+#: key destruction); the waiter has given back its connection (services/write_state.py,
+#: ``_holding``, which also scales each pause by a random factor: at the cap this policy's
+#: own jitter is clamped away).
 LOCK = Policy("lock", initial=0.005, maximum=0.1, jitter=0.01)

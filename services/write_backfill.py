@@ -38,8 +38,8 @@ SESSION_UNLOCK = "SELECT pg_advisory_unlock(hashtext('tieline:write-backfill'))"
 
 #: Clear the digests of the events naming a person whose key is destroyed, and of those whose
 #: people are unknown in a workspace where someone's key is (docs/privacy.md, "Digests"). One
-#: statement that locks its rows in key order, as every multi-row writer of the table does
-#: (see write_state.NAMED_DIGESTS): a replica starting beside others serving commands.
+#: statement that locks its rows in key order, as the commands' writers of the table do (see
+#: write_state.NAMED_DIGESTS): a replica starts beside others serving commands.
 SWEEP = """
 UPDATE write_events w SET digest = NULL
   FROM (SELECT v.workspace_id, v.event_id FROM write_events v
@@ -52,7 +52,7 @@ UPDATE write_events w SET digest = NULL
                 WHERE e.people IS NULL AND e.digest IS NOT NULL
                   AND EXISTS (SELECT 1 FROM person_keys k
                                WHERE k.workspace_id = e.workspace_id AND k.key IS NULL))
-         ORDER BY v.workspace_id, v.event_id FOR UPDATE) AS t
+         ORDER BY v.workspace_id COLLATE "C", v.event_id FOR UPDATE) AS t
  WHERE w.workspace_id = t.workspace_id AND w.event_id = t.event_id"""
 
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID
 
 import structlog
-from psycopg import AsyncConnection, Rollback
+from psycopg import AsyncConnection
 from tieline.events_schema.models import (
     Event,
     EventRetracted,
@@ -51,13 +52,14 @@ SET_SEQS = """UPDATE write_events w SET seq = s.seq
               WHERE w.workspace_id = s.ws AND w.event_id = s.event_id"""
 
 #: Clear the digests of a workspace's events that name any of some people / whose people
-#: are not known (:meth:`WriteState.forget_digests`). The rows are locked in key order first,
-#: as every other multi-row writer of the table locks them: an UPDATE alone locks them in
-#: the order it scans them, and deadlocked with a writer holding a smaller key.
+#: are not known (:meth:`WriteState.forget_digests`). The rows are locked in key order first
+#: (the workspace by code point, as Python sorts it), as the commands' writers of the table
+#: lock them (take, retake, recording sequences): an UPDATE alone locks them in the order it
+#: scans them, and deadlocked with a writer holding a smaller key.
 _CLEAR_DIGESTS = """UPDATE write_events w SET digest = NULL
                     FROM (SELECT workspace_id, event_id FROM write_events
                           WHERE workspace_id = %s AND {which} AND digest IS NOT NULL
-                          ORDER BY workspace_id, event_id FOR UPDATE) AS k
+                          ORDER BY workspace_id COLLATE "C", event_id FOR UPDATE) AS k
                     WHERE w.workspace_id = k.workspace_id AND w.event_id = k.event_id"""
 NAMED_DIGESTS = _CLEAR_DIGESTS.format(which="people && %s::text[]")
 UNKNOWN_DIGESTS = _CLEAR_DIGESTS.format(which="people IS NULL")
@@ -372,8 +374,8 @@ class WriteState:
         or make a chain with a merge that holds or is claimed.
 
         Any two merges that conflict name a common person, so each claim locks both of its
-        people (transaction-scoped advisory locks, taken in one global order so two claims
-        never deadlock) and conflicting claims run one after the other, on any replica.
+        people (transaction-scoped advisory locks, :func:`_holding`) and conflicting claims
+        run one after the other, on any replica.
         Returns whether this call made the claim (False: an earlier send of the same event id
         made it and its publish was not confirmed; the retry publishes it again)."""
         ws = event.workspace_id
@@ -459,28 +461,30 @@ async def _holding(pool: Any, keys: Iterable[int]) -> AsyncIterator[AsyncConnect
     """A connection of ``pool`` in a transaction holding the advisory locks ``keys``.
 
     A waiter does not keep a connection while another transaction holds one of the locks: it
-    rolls back (giving back the locks it got) and the connection, and tries again after a
-    short pause (:data:`~tieline.plumbing.retry.LOCK`). Waiting inside PostgreSQL held one
-    connection per waiter, and the holder may need more of the same pool (an erasure reads
-    keys and clears digests under its people's merge locks): enough merges waiting took the
-    whole pool and the erasure failed on the pool's timeout. A try never waits, so the
-    order the locks are taken in cannot deadlock."""
+    ends its transaction (which gives back any of the locks it got) and the connection, and
+    tries again after a short pause (:data:`~tieline.plumbing.retry.LOCK`, times a random
+    factor so waiters do not try in lock-step). Waiting inside PostgreSQL held one connection
+    per waiter, and the holder may need more of the same pool (an erasure reads keys and
+    clears digests under its people's merge locks): enough merges waiting took the whole
+    pool and the erasure failed on the pool's timeout. A try never waits, so the order the
+    locks are taken in cannot deadlock; but waiters are not served in arrival order."""
     wanted = sorted(set(keys))
     failures = 0
     while True:
         async with pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                "SELECT bool_and(pg_try_advisory_xact_lock(k)) AS held "
+                "SELECT coalesce(bool_and(pg_try_advisory_xact_lock(k)), true) AS held "
                 "FROM unnest(%s::bigint[]) AS t(k)",
                 (wanted,),
             )
             row = await cur.fetchone()
-            if row is not None and row["held"]:
+            held = row is not None and bool(row["held"])
+            if held:
                 yield conn
-                return
-            raise Rollback  # (caught by the transaction block)
+        if held:  # (also when the body ended its transaction with psycopg.Rollback)
+            return
         failures += 1
-        await asyncio.sleep(LOCK.delay(failures))
+        await asyncio.sleep(LOCK.delay(failures) * random.uniform(0.5, 1.0))
 
 
 async def load_introduction(

@@ -11,7 +11,7 @@ from uuid import uuid4
 import pytest
 from tieline.plumbing.config import Settings
 from tieline.plumbing.db import connect, make_pool
-from tieline.services import write_backfill
+from tieline.services import write_backfill, write_state
 from tieline.services.service_app import INTERACTION_TYPES, PEOPLE_TYPES, start_write_side
 from tieline.services.write_backfill import backfill, backfill_people, sweep_digests
 
@@ -354,4 +354,15 @@ async def test_merges_waiting_for_an_erasure_leave_it_the_pool(settings: Setting
         assert [d for d in done if isinstance(d, bool)] == [True]  # one merge of a claimed
     finally:
         await pnc.close()
+        await pool.close()
+
+
+async def test_holding_no_locks_is_a_plain_transaction(settings: Settings) -> None:
+    """``bool_and`` over no keys is NULL: taken as "not held", it retried forever."""
+    pool = make_pool(settings)
+    await pool.open()
+    try:
+        async with asyncio.timeout(5), write_state._holding(pool, []) as conn:
+            await conn.execute("SELECT 1")
+    finally:
         await pool.close()
