@@ -68,6 +68,7 @@ INTRO_COLUMNS = (
     "updated_at",
 )
 DEAD_COLUMNS = ("projection", "stream_seq", "subject", "reason", "detail", "dlq_seq")
+FORGET_COLUMNS = ("workspace_id", "person_id", "seq")
 
 # Positions in a people row (PEOPLE_COLUMNS).
 _P_FIELDS = {f: 2 + i for i, f in enumerate(PERSON_FIELDS)}
@@ -101,6 +102,13 @@ RETURNING e.event_id, e.type, e.workspace_id, e.payload->>'person_id'
 """
 
 
+def _purge(row: list[Any], seq: int) -> None:
+    """A ``people_v1`` row forgotten at ``seq``: every field cleared, and its times."""
+    for i in _P_FIELDS.values():
+        row[i] = None
+    row[_P_FORGOTTEN], row[_P_SEQ], row[_P_FIELD_AT] = True, seq, {}
+
+
 @dataclass
 class BulkCounts:
     applied: int = 0
@@ -132,6 +140,8 @@ class BulkFold:
     refolds: set[tuple[str, str]] = field(default_factory=set)
     #: (retraction event id, its seq, workspace, retracted event id), in stream order.
     retractions: list[tuple[UUID, int, str, UUID]] = field(default_factory=list)
+    #: Forgets of people not added yet: (workspace, person) -> the first one's seq.
+    forgets: dict[tuple[str, str], int] = field(default_factory=dict)
     _seen: set[tuple[str, int]] = field(default_factory=set)
 
     def add_all(self, items: Iterable[Item]) -> None:
@@ -175,15 +185,7 @@ class BulkFold:
             self.pairs.append(pair_row(it.seq, e, r))
         self.counts.pair_rows += len(ch.pair_rows)
         if ch.person_added is not None:
-            p = ch.person_added
-            self.people.setdefault(
-                (e.workspace_id, p["person_id"]),
-                [
-                    *person_row(it, p),
-                    False,
-                    False,
-                ],
-            )
+            self._add_person(it, ch.person_added)
         if ch.person_updated is not None:
             self._update_person(it.seq, e.workspace_id, e.occurred_at, ch.person_updated)
         if ch.retracts is not None:
@@ -199,11 +201,21 @@ class BulkFold:
         if ch.forgets is not None:
             row = self.people.get((e.workspace_id, ch.forgets))
             if row is not None:
-                for i in _P_FIELDS.values():
-                    row[i] = None
-                row[_P_FORGOTTEN], row[_P_SEQ], row[_P_FIELD_AT] = True, it.seq, {}
+                _purge(row, it.seq)
+            else:  # waits for the person's add, as in the live store (projections/people.py)
+                self.forgets.setdefault((e.workspace_id, ch.forgets), it.seq)
         if ch.introduction is not None:
             self._introduction(e.workspace_id, e.occurred_at, *ch.introduction)
+
+    def _add_person(self, it: Decoded, p: dict[str, Any]) -> None:
+        """The live store's rule: the first add of a person makes the row (a forget that
+        came before it purges it at once)."""
+        key = (it.event.workspace_id, p["person_id"])
+        if key not in self.people:
+            self.people[key] = [*person_row(it, p), False, False]
+            forgotten_at = self.forgets.pop(key, None)
+            if forgotten_at is not None:
+                _purge(self.people[key], forgotten_at)
 
     def _update_person(self, seq: int, ws: str, at: datetime, upd: dict[str, Any]) -> None:
         """The live store's rule (projections/people.py): each field newer than its last
@@ -267,6 +279,10 @@ class BulkFold:
     def retraction_arrays(self) -> tuple[list[UUID], list[int], list[str], list[UUID]]:
         r = self.retractions
         return [x[0] for x in r], [x[1] for x in r], [x[2] for x in r], [x[3] for x in r]
+
+    def pending_forget_rows(self) -> list[tuple[str, str, int]]:
+        """``pending_forgets_v1``: the forgets whose person's add never came."""
+        return [(ws, person, seq) for (ws, person), seq in self.forgets.items()]
 
     def people_rows(self) -> list[list[Any]]:
         f = _P_FIELD_AT

@@ -7,9 +7,12 @@ newer ones, or sent by a device that was offline) never undoes a newer change, a
 does not depend on the order the log delivers the updates in: the live store and the bulk
 rebuild (projections/bulk.py) apply the same rule, in stream order (:func:`apply`).
 Forgetting a person clears every field and its time; an update that comes after the forget
-(only a dead letter replayed late can) sets nothing. Retracting a ``person.updated`` undoes it:
-the person's fields are folded again from the archive (:func:`refold`), so a value the update
-had replaced comes back, and one a later update set stays.
+(only a dead letter replayed late can) sets nothing. A forget that comes before the person's
+add (the add dead-lettered, the person forgotten, the add replayed) waits for it in
+``pending_forgets_v1``, and the add arrives forgotten, as a rebuild has it. Retracting a
+``person.updated`` undoes it: the person's fields are folded again from the archive
+(:func:`refold`), so a value the update had replaced comes back, and one a later update set
+stays.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ async def apply(conn: AsyncConnection[Any], events: list[tuple[Decoded, str, Any
                 continue
             async with conn.cursor() as cur:
                 await cur.executemany(_INSERT, adds)
+            await _forgotten_before(conn, [(a[0], a[1]) for a in adds])
             adds = []
         elif kind == "update":
             await update(conn, it, data)
@@ -102,13 +106,39 @@ async def update(conn: AsyncConnection[Any], it: Decoded, upd: dict[str, Any]) -
 
 async def forget(conn: AsyncConnection[Any], it: Decoded, person_id: str) -> None:
     """Purge every personal value of the person from the read model. (Archived payloads hold
-    only ciphertext under the destroyed key, so they are unreadable already.)"""
+    only ciphertext under the destroyed key, so they are unreadable already.) With no row yet,
+    the forget waits for the person's add (the first forget of a person wins)."""
+    ws = it.event.workspace_id
+    if not await _purge(conn, ws, person_id, it.seq):
+        await conn.execute(
+            "INSERT INTO pending_forgets_v1 (workspace_id, person_id, seq) VALUES (%s, %s, %s) "
+            "ON CONFLICT DO NOTHING",
+            (ws, person_id, it.seq),
+        )
+
+
+async def _purge(conn: AsyncConnection[Any], ws: str, person_id: str, seq: int) -> bool:
+    """Clear the person's row (forgotten at ``seq``); whether there was one."""
     nulls = ", ".join(f"{f} = NULL" for f in PERSON_FIELDS)
-    await conn.execute(
+    cur = await conn.execute(
         f"UPDATE people_v1 SET {nulls}, field_at = '{{}}', forgotten = true, last_seq = %s "
-        "WHERE workspace_id = %s AND person_id = %s",
-        (it.seq, it.event.workspace_id, person_id),
+        "WHERE workspace_id = %s AND person_id = %s RETURNING 1",
+        (seq, ws, person_id),
     )
+    return await cur.fetchone() is not None
+
+
+async def _forgotten_before(conn: AsyncConnection[Any], added: list[tuple[str, str]]) -> None:
+    """Apply the forgets that waited for these people's adds (just inserted)."""
+    cur = await conn.execute(
+        """DELETE FROM pending_forgets_v1 p
+            USING unnest(%s::text[], %s::text[]) AS n(ws, person)
+            WHERE p.workspace_id = n.ws AND p.person_id = n.person
+        RETURNING p.workspace_id, p.person_id, p.seq""",
+        ([a[0] for a in added], [a[1] for a in added]),
+    )
+    for ws, person_id, seq in await cur.fetchall():
+        await _purge(conn, ws, person_id, seq)
 
 
 #: A person's archived add and the updates after it that still hold, in stream order.

@@ -226,6 +226,29 @@ DO $$ BEGIN
     END IF;
 END $$;
 
+-- Erasures that arrived before their person's add: an add dead-lettered and brought back by
+-- `tieline dlq replay` after the person was forgotten. The add arrives forgotten, as a rebuild
+-- from a log with the add first has it (projections/people.py, projections/bulk.py). Made with
+-- the forgets an earlier worker dropped (no row for their person), the first of each.
+DO $$ BEGIN
+    IF to_regclass('pending_forgets_v1') IS NULL THEN
+        CREATE TABLE pending_forgets_v1 (
+            workspace_id text NOT NULL,
+            person_id    text NOT NULL,
+            seq          bigint NOT NULL,
+            PRIMARY KEY (workspace_id, person_id)
+        );
+        INSERT INTO pending_forgets_v1
+        SELECT DISTINCT ON (f.workspace_id, f.payload->>'person_id')
+               f.workspace_id, f.payload->>'person_id', f.seq
+          FROM events f
+         WHERE f.type = 'person.forgotten' AND NOT EXISTS (
+               SELECT 1 FROM people_v1 p WHERE p.workspace_id = f.workspace_id
+                  AND p.person_id = f.payload->>'person_id')
+         ORDER BY f.workspace_id, f.payload->>'person_id', f.seq;
+    END IF;
+END $$;
+
 CREATE TABLE IF NOT EXISTS dead_letters (
     id           bigserial PRIMARY KEY,
     projection   text NOT NULL,
@@ -253,6 +276,7 @@ WORKSPACE_TABLES = (
     "changes_v1",
     "merges_v1",
     "pending_retractions_v1",
+    "pending_forgets_v1",
 )
 
 #: Tables of a generation whose rows belong to no workspace and hold nothing of one (stream

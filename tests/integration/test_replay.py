@@ -305,3 +305,50 @@ async def test_an_event_that_arrives_after_its_retraction_arrives_retracted(
     finally:
         await conn.close()
     assert await _scalar(settings, schema, waiting) == str(never.event_id)
+
+
+async def test_an_add_that_arrives_after_its_person_was_forgotten_arrives_forgotten(
+    settings: Settings, log: Log
+) -> None:
+    """A ``person.added`` is dead-lettered, the person is forgotten meanwhile, and `tieline
+    dlq replay` brings the add back later: the log then holds the forget before the add. A
+    rebuild from a log that still holds the first add has the person forgotten. The live
+    worker dropped the forget (no row to purge) and the late add made the person again, not
+    forgotten, with the fields the add carried. Now a forget with no row waits for its add,
+    in the live store and in a rebuild alike; one whose add never comes stays waiting."""
+    ws = "r7"
+    for pid in ("a", "b"):
+        await log.publish(make_event(ws, type="person.added", person_id=pid, display_name=pid))
+    for pid in ("late", "never"):
+        forgot = await log.publish(make_event(ws, type="person.forgotten", person_id=pid))
+    await (await _live_worker(settings, forgot)).close()  # the forgets committed
+    await log.publish(make_event(ws, type="person.added", person_id="late", display_name="L"))
+    last = await log.publish(
+        make_event(ws, type="person.updated", person_id="late", email="late@example.com")
+    )
+    live = await _live_worker(settings, last)
+    await live.close()
+    assert live.generation is not None
+    schema = live.generation.schema_name
+    row = (
+        "SELECT forgotten, display_name, email FROM people_v1 "
+        f"WHERE workspace_id = '{ws}' AND person_id = 'late'"
+    )
+    conn = await db.connect(settings, rm_schema=schema)
+    try:
+        cur = await conn.execute(row)
+        assert await cur.fetchall() == [(True, None, None)]
+    finally:
+        await conn.close()
+    waiting = f"SELECT person_id FROM pending_forgets_v1 WHERE workspace_id = '{ws}'"
+    assert await _scalar(settings, schema, waiting) == "never"
+    seen, diffs = await replay.verify(settings)  # a rebuild from the log, compared row by row
+    assert seen == last and all(d.clean for d in diffs), [d.samples for d in diffs]
+    # A generation from before the waiting list gets it on start, made from the archive.
+    conn = await db.connect(settings)
+    try:
+        await conn.execute(f"DROP TABLE {schema}.pending_forgets_v1")
+        await ensure_schema(conn, schema)
+    finally:
+        await conn.close()
+    assert await _scalar(settings, schema, waiting) == "never"
