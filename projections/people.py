@@ -17,6 +17,7 @@ stays.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -55,11 +56,16 @@ _INSERT = """INSERT INTO people_v1 (workspace_id, person_id, display_name, email
               ON CONFLICT (workspace_id, person_id) DO NOTHING"""
 
 
-async def apply(conn: AsyncConnection[Any], events: list[tuple[Decoded, str, Any]]) -> None:
+async def apply(
+    conn: AsyncConnection[Any],
+    events: list[tuple[Decoded, str, Any]],
+    survivor: Mapping[tuple[str, str], str] | None = None,
+) -> None:
     """Apply a batch's people events (``add`` with its :func:`~.rows.person_row`, ``update``,
     ``forget``) in stream order, as the bulk rebuild does, so where a batch is cut never
-    changes a row (an update or a forget before the person's add finds no row). Runs of adds
-    go in one statement."""
+    changes a row (an update before the person's add finds no row; a forget waits for it).
+    Runs of adds go in one statement. ``survivor``: the merges that hold, (workspace, merged)
+    -> survivor, for an add that comes after its person's merge (a dead letter replayed)."""
     adds: list[tuple[Any, ...]] = []
     for n, (it, kind, data) in enumerate(events):
         if kind == "add":
@@ -68,7 +74,9 @@ async def apply(conn: AsyncConnection[Any], events: list[tuple[Decoded, str, Any
                 continue
             async with conn.cursor() as cur:
                 await cur.executemany(_INSERT, adds)
-            await _forgotten_before(conn, [(a[0], a[1]) for a in adds])
+            added = [(a[0], a[1]) for a in adds]
+            await _merged_before(conn, added, survivor or {})
+            await _forgotten_before(conn, added)
             adds = []
         elif kind == "update":
             await update(conn, it, data)
@@ -126,6 +134,18 @@ async def _purge(conn: AsyncConnection[Any], ws: str, person_id: str, seq: int) 
         (seq, ws, person_id),
     )
     return await cur.fetchone() is not None
+
+
+async def _merged_before(
+    conn: AsyncConnection[Any], added: list[tuple[str, str]], survivor: Mapping[Any, str]
+) -> None:
+    """Mark merged the people just added whose merge came first, as a rebuild marks them."""
+    for ws, person_id in added:
+        if (ws, person_id) in survivor:
+            await conn.execute(
+                "UPDATE people_v1 SET merged_into = %s WHERE workspace_id = %s AND person_id = %s",
+                (survivor[(ws, person_id)], ws, person_id),
+            )
 
 
 async def _forgotten_before(conn: AsyncConnection[Any], added: list[tuple[str, str]]) -> None:

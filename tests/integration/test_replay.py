@@ -314,11 +314,15 @@ async def test_an_add_that_arrives_after_its_person_was_forgotten_arrives_forgot
     dlq replay` brings the add back later: the log then holds the forget before the add. A
     rebuild from a log that still holds the first add has the person forgotten. The live
     worker dropped the forget (no row to purge) and the late add made the person again, not
-    forgotten, with the fields the add carried. Now a forget with no row waits for its add,
-    in the live store and in a rebuild alike; one whose add never comes stays waiting."""
+    forgotten, with the fields the add carried, and not merged although its merge came
+    first. Now a forget with no row waits for its add, and an add finds its merge, in the
+    live store and in a rebuild alike; a forget whose add never comes stays waiting."""
     ws = "r7"
     for pid in ("a", "b"):
         await log.publish(make_event(ws, type="person.added", person_id=pid, display_name=pid))
+    # The late person was also merged into a before the erasure (a survivor and the people
+    # merged into it are erased together; the survivor's forget is left out here).
+    await log.publish(make_event(ws, type="person.merged", person_id="late", survivor="a"))
     for pid in ("late", "never"):
         forgot = await log.publish(make_event(ws, type="person.forgotten", person_id=pid))
     await (await _live_worker(settings, forgot)).close()  # the forgets committed
@@ -331,13 +335,13 @@ async def test_an_add_that_arrives_after_its_person_was_forgotten_arrives_forgot
     assert live.generation is not None
     schema = live.generation.schema_name
     row = (
-        "SELECT forgotten, display_name, email FROM people_v1 "
+        "SELECT forgotten, display_name, email, merged_into FROM people_v1 "
         f"WHERE workspace_id = '{ws}' AND person_id = 'late'"
     )
     conn = await db.connect(settings, rm_schema=schema)
     try:
         cur = await conn.execute(row)
-        assert await cur.fetchall() == [(True, None, None)]
+        assert await cur.fetchall() == [(True, None, None, "a")]
     finally:
         await conn.close()
     waiting = f"SELECT person_id FROM pending_forgets_v1 WHERE workspace_id = '{ws}'"
