@@ -52,6 +52,24 @@ async def _live_worker(settings: Settings, until_seq: int) -> Worker:
     return worker
 
 
+async def _rebuilt_equal_and_remade(
+    settings: Settings, last: int, schema: str, table: str, waiting: str
+) -> None:
+    """A rebuild from the log equals the live generation ``schema`` row by row (``tieline
+    verify``), and a generation from before the waiting ``table`` gets it on start, made from
+    its archive: the query ``waiting`` answers as before."""
+    before = await _scalar(settings, schema, waiting)
+    seen, diffs = await replay.verify(settings)
+    assert seen == last and all(d.clean for d in diffs), [d.samples for d in diffs]
+    conn = await db.connect(settings)
+    try:
+        await conn.execute(f"DROP TABLE {schema}.{table}")
+        await ensure_schema(conn, schema)
+    finally:
+        await conn.close()
+    assert before is not None and await _scalar(settings, schema, waiting) == before
+
+
 async def _scalar(settings: Settings, schema: str, query: str) -> Any:
     conn = await db.connect(settings, rm_schema=schema)
     try:
@@ -295,16 +313,7 @@ async def test_an_event_that_arrives_after_its_retraction_arrives_retracted(
         f"SELECT target_event_id::text FROM pending_retractions_v1 WHERE workspace_id = '{ws}'"
     )
     assert await _scalar(settings, schema, waiting) == str(never.event_id)
-    seen, diffs = await replay.verify(settings)  # a rebuild from the log, compared row by row
-    assert seen == last and all(d.clean for d in diffs), [d.samples for d in diffs]
-    # A generation from before the waiting list gets it on start, made from the archive.
-    conn = await db.connect(settings)
-    try:
-        await conn.execute(f"DROP TABLE {schema}.pending_retractions_v1")
-        await ensure_schema(conn, schema)
-    finally:
-        await conn.close()
-    assert await _scalar(settings, schema, waiting) == str(never.event_id)
+    await _rebuilt_equal_and_remade(settings, last, schema, "pending_retractions_v1", waiting)
 
 
 async def test_an_add_that_arrives_after_its_person_was_forgotten_arrives_forgotten(
@@ -346,13 +355,4 @@ async def test_an_add_that_arrives_after_its_person_was_forgotten_arrives_forgot
         await conn.close()
     waiting = f"SELECT person_id FROM pending_forgets_v1 WHERE workspace_id = '{ws}'"
     assert await _scalar(settings, schema, waiting) == "never"
-    seen, diffs = await replay.verify(settings)  # a rebuild from the log, compared row by row
-    assert seen == last and all(d.clean for d in diffs), [d.samples for d in diffs]
-    # A generation from before the waiting list gets it on start, made from the archive.
-    conn = await db.connect(settings)
-    try:
-        await conn.execute(f"DROP TABLE {schema}.pending_forgets_v1")
-        await ensure_schema(conn, schema)
-    finally:
-        await conn.close()
-    assert await _scalar(settings, schema, waiting) == "never"
+    await _rebuilt_equal_and_remade(settings, last, schema, "pending_forgets_v1", waiting)
