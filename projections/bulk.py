@@ -68,7 +68,7 @@ INTRO_COLUMNS = (
     "updated_at",
 )
 DEAD_COLUMNS = ("projection", "stream_seq", "subject", "reason", "detail", "dlq_seq")
-FORGET_COLUMNS = ("workspace_id", "person_id", "seq")
+PENDING_PEOPLE_COLUMNS = ("workspace_id", "person_id", "forget_seq")
 
 # Positions in a people row (PEOPLE_COLUMNS).
 _P_FIELDS = {f: 2 + i for i, f in enumerate(PERSON_FIELDS)}
@@ -142,6 +142,10 @@ class BulkFold:
     retractions: list[tuple[UUID, int, str, UUID]] = field(default_factory=list)
     #: Forgets of people not added yet: (workspace, person) -> the first one's seq.
     forgets: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Updates of people not added yet, in stream order: (seq, occurred_at, the update).
+    updates: dict[tuple[str, str], list[tuple[int, datetime, dict[str, Any]]]] = field(
+        default_factory=dict
+    )
     _seen: set[tuple[str, int]] = field(default_factory=set)
 
     def add_all(self, items: Iterable[Item]) -> None:
@@ -208,20 +212,25 @@ class BulkFold:
             self._introduction(e.workspace_id, e.occurred_at, *ch.introduction)
 
     def _add_person(self, it: Decoded, p: dict[str, Any]) -> None:
-        """The live store's rule: the first add of a person makes the row (a forget that
-        came before it purges it at once)."""
+        """The live store's rule: the first add of a person makes the row; the updates and
+        the forget that came before it are applied at once, in that order."""
         key = (it.event.workspace_id, p["person_id"])
         if key not in self.people:
             self.people[key] = [*person_row(it, p), False, False]
+            for seq, at, upd in self.updates.pop(key, ()):
+                self._update_person(seq, key[0], at, upd)
             forgotten_at = self.forgets.pop(key, None)
             if forgotten_at is not None:
                 _purge(self.people[key], forgotten_at)
 
     def _update_person(self, seq: int, ws: str, at: datetime, upd: dict[str, Any]) -> None:
         """The live store's rule (projections/people.py): each field newer than its last
-        change; no row or forgotten, nothing."""
+        change; forgotten, nothing."""
         row = self.people.get((ws, upd["person_id"]))
-        if row is None or row[_P_FORGOTTEN]:
+        if row is None:  # waits for the add, as in the live store (people._updated_before)
+            self.updates.setdefault((ws, upd["person_id"]), []).append((seq, at, upd))
+            return
+        if row[_P_FORGOTTEN]:
             return
         s = people.stamp(at, seq)
         for f, v in people.newer(upd, row[_P_FIELD_AT], s).items():
@@ -280,9 +289,10 @@ class BulkFold:
         r = self.retractions
         return [x[0] for x in r], [x[1] for x in r], [x[2] for x in r], [x[3] for x in r]
 
-    def pending_forget_rows(self) -> list[tuple[str, str, int]]:
-        """``pending_forgets_v1``: the forgets whose person's add never came."""
-        return [(ws, person, seq) for (ws, person), seq in self.forgets.items()]
+    def pending_people_rows(self) -> list[tuple[str, str, int | None]]:
+        """``pending_people_v1``: the people whose updates or forget came and add never did."""
+        waiting = sorted(set(self.forgets) | set(self.updates))
+        return [(ws, person, self.forgets.get((ws, person))) for ws, person in waiting]
 
     def people_rows(self) -> list[list[Any]]:
         f = _P_FIELD_AT

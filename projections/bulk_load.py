@@ -46,8 +46,8 @@ from tieline.plumbing.jetstream import connect_nats, first_event_at_or_after
 from tieline.projections import merges, people
 from tieline.projections.bulk import (
     DEAD_COLUMNS,
-    FORGET_COLUMNS,
     INTRO_COLUMNS,
+    PENDING_PEOPLE_COLUMNS,
     PEOPLE_COLUMNS,
     RETRACT_SQL,
     BulkCounts,
@@ -484,7 +484,7 @@ async def _load(
     lap("archive_keys")
     result.retracted = await _retract(conn, fold)
     await copy_rows(conn, "people_v1", PEOPLE_COLUMNS, fold.people_rows())
-    await copy_rows(conn, "pending_forgets_v1", FORGET_COLUMNS, fold.pending_forget_rows())
+    await copy_rows(conn, "pending_people_v1", PENDING_PEOPLE_COLUMNS, fold.pending_people_rows())
     await copy_rows(conn, "introductions_v1", INTRO_COLUMNS, fold.intro_rows())
     await copy_rows(conn, "merges_v1", merges.MERGE_COLUMNS, fold.merge_rows())
     if fold.merges:

@@ -7,9 +7,10 @@ newer ones, or sent by a device that was offline) never undoes a newer change, a
 does not depend on the order the log delivers the updates in: the live store and the bulk
 rebuild (projections/bulk.py) apply the same rule, in stream order (:func:`apply`).
 Forgetting a person clears every field and its time; an update that comes after the forget
-(only a dead letter replayed late can) sets nothing. A forget that comes before the person's
-add (the add dead-lettered, the person forgotten, the add replayed) waits for it in
-``pending_forgets_v1``, and the add arrives forgotten, as a rebuild has it. Retracting a
+(only a dead letter replayed late can) sets nothing. An update or a forget that comes before
+the person's add (the add dead-lettered, then replayed) waits for it, as a rebuild reading the
+add first has it: the person in ``pending_people_v1`` (with the first forget's position), the
+updates in the archive. Retracting a
 ``person.updated`` undoes it: the person's fields are folded again from the archive
 (:func:`refold`), so a value the update had replaced comes back, and one a later update set
 stays.
@@ -59,13 +60,14 @@ _INSERT = """INSERT INTO people_v1 (workspace_id, person_id, display_name, email
 async def apply(
     conn: AsyncConnection[Any],
     events: list[tuple[Decoded, str, Any]],
+    registry: EventRegistry,
     survivor: Mapping[tuple[str, str], str] | None = None,
 ) -> None:
     """Apply a batch's people events (``add`` with its :func:`~.rows.person_row`, ``update``,
     ``forget``) in stream order, as the bulk rebuild does, so where a batch is cut never
-    changes a row (an update before the person's add finds no row; a forget waits for it).
-    Runs of adds go in one statement. ``survivor``: the merges that hold, (workspace, merged)
-    -> survivor, for an add that comes after its person's merge (a dead letter replayed)."""
+    changes a row. An update or a forget before the person's add (a dead letter replayed
+    late) waits for it (:func:`_before_add`). Runs of adds go in one statement. ``survivor``:
+    the merges that hold, (workspace, merged) -> survivor, for an add after its merge."""
     adds: list[tuple[Any, ...]] = []
     for n, (it, kind, data) in enumerate(events):
         if kind == "add":
@@ -74,9 +76,8 @@ async def apply(
                 continue
             async with conn.cursor() as cur:
                 await cur.executemany(_INSERT, adds)
-            added = [(a[0], a[1]) for a in adds]
-            await _merged_before(conn, added, survivor or {})
-            await _forgotten_before(conn, added)
+            await _merged_before(conn, [(a[0], a[1]) for a in adds], survivor or {})
+            await _before_add(conn, registry, [(a[0], a[1], a[-2]) for a in adds])
             adds = []
         elif kind == "update":
             await update(conn, it, data)
@@ -84,32 +85,43 @@ async def apply(
             await forget(conn, it, data)
 
 
+#: A person with events that came before their add: a ``pending_people_v1`` row (with the
+#: first erasure's position, if one came).
+_WAIT = """INSERT INTO pending_people_v1 (workspace_id, person_id, forget_seq) VALUES (%s, %s, %s)
+           ON CONFLICT (workspace_id, person_id) DO UPDATE
+           SET forget_seq = coalesce(pending_people_v1.forget_seq, EXCLUDED.forget_seq)"""
+
+
 async def update(conn: AsyncConnection[Any], it: Decoded, upd: dict[str, Any]) -> None:
-    """Apply one ``person.updated`` to the live read model (no row, or forgotten: nothing)."""
-    ws, person = it.event.workspace_id, upd["person_id"]
+    """Apply one ``person.updated`` to the live read model (forgotten: nothing). With no row
+    yet it waits, in the archive, for the person's add (:func:`_before_add`)."""
+    ws = it.event.workspace_id
+    if not await _apply_update(conn, ws, upd, it.event.occurred_at, it.seq):
+        await conn.execute(_WAIT, (ws, upd["person_id"], None))
+
+
+async def _apply_update(
+    conn: AsyncConnection[Any], ws: str, upd: dict[str, Any], at: datetime, seq: int
+) -> bool:
+    """Apply one update by the rule of :func:`newer`; whether the person has a row."""
+    person = upd["person_id"]
     cur = await conn.execute(
-        "SELECT field_at FROM people_v1 WHERE workspace_id = %s AND person_id = %s "
-        "AND NOT forgotten FOR UPDATE",
+        "SELECT field_at, forgotten FROM people_v1 WHERE workspace_id = %s AND person_id = %s "
+        "FOR UPDATE",
         (ws, person),
     )
     row = await cur.fetchone()
-    if row is None:
-        return
-    s = stamp(it.event.occurred_at, it.seq)
+    if row is None or row[1]:
+        return row is not None
+    s = stamp(at, seq)
     values = newer(upd, row[0], s)
     sets = "".join(f"{f} = %s, " for f in values)
     await conn.execute(
         f"UPDATE people_v1 SET {sets}field_at = %s, updated_at = GREATEST(updated_at, %s), "
         "last_seq = %s WHERE workspace_id = %s AND person_id = %s",
-        (
-            *values.values(),
-            Jsonb({**row[0], **dict.fromkeys(values, s)}),
-            it.event.occurred_at,
-            it.seq,
-            ws,
-            person,
-        ),
+        (*values.values(), Jsonb({**row[0], **dict.fromkeys(values, s)}), at, seq, ws, person),
     )
+    return True
 
 
 async def forget(conn: AsyncConnection[Any], it: Decoded, person_id: str) -> None:
@@ -118,11 +130,7 @@ async def forget(conn: AsyncConnection[Any], it: Decoded, person_id: str) -> Non
     the forget waits for the person's add (the first forget of a person wins)."""
     ws = it.event.workspace_id
     if not await _purge(conn, ws, person_id, it.seq):
-        await conn.execute(
-            "INSERT INTO pending_forgets_v1 (workspace_id, person_id, seq) VALUES (%s, %s, %s) "
-            "ON CONFLICT DO NOTHING",
-            (ws, person_id, it.seq),
-        )
+        await conn.execute(_WAIT, (ws, person_id, it.seq))
 
 
 async def _purge(conn: AsyncConnection[Any], ws: str, person_id: str, seq: int) -> bool:
@@ -148,17 +156,36 @@ async def _merged_before(
             )
 
 
-async def _forgotten_before(conn: AsyncConnection[Any], added: list[tuple[str, str]]) -> None:
-    """Apply the forgets that waited for these people's adds (just inserted)."""
-    cur = await conn.execute(
-        """DELETE FROM pending_forgets_v1 p
-            USING unnest(%s::text[], %s::text[]) AS n(ws, person)
-            WHERE p.workspace_id = n.ws AND p.person_id = n.person
-        RETURNING p.workspace_id, p.person_id, p.seq""",
-        ([a[0] for a in added], [a[1] for a in added]),
-    )
-    for ws, person_id, seq in await cur.fetchall():
-        await _purge(conn, ws, person_id, seq)
+#: The people just added who have events waiting for their add (almost always none).
+_WAITING = """DELETE FROM pending_people_v1 p
+               USING unnest(%s::text[], %s::text[]) AS n(ws, person)
+               WHERE p.workspace_id = n.ws AND p.person_id = n.person
+           RETURNING p.workspace_id, p.person_id, p.forget_seq"""
+#: A person's archived, unretracted updates before a stream position (``events_person``).
+_UPDATED_BEFORE = """SELECT seq, payload FROM events
+                     WHERE workspace_id = %s AND payload->>'person_id' = %s AND seq < %s
+                       AND type = 'person.updated' AND retracted_by IS NULL
+                     ORDER BY seq"""
+
+
+async def _before_add(
+    conn: AsyncConnection[Any], registry: EventRegistry, added: list[tuple[str, str, int]]
+) -> None:
+    """For the people just added ((workspace, person, the add's seq)) whose events came
+    before their add: apply those updates (archived, not retracted) in stream order, each by
+    the rule of :func:`newer`, then the first forget, as a rebuild reading the add first does."""
+    cur = await conn.execute(_WAITING, ([a[0] for a in added], [a[1] for a in added]))
+    waiting = await cur.fetchall()
+    add_seq = {(a[0], a[1]): a[2] for a in added}
+    for ws, person_id, forget_seq in waiting:
+        cur = await conn.execute(_UPDATED_BEFORE, (ws, person_id, add_seq[(ws, person_id)]))
+        for seq, payload in await cur.fetchall():
+            event = registry.decode_obj(payload)
+            upd = changes_for(event).person_updated
+            if upd is not None:
+                await _apply_update(conn, ws, upd, event.occurred_at, seq)
+        if forget_seq is not None:
+            await _purge(conn, ws, person_id, forget_seq)
 
 
 #: A person's archived add and the updates after it that still hold, in stream order.
@@ -171,26 +198,29 @@ _HISTORY = """SELECT type, seq, payload FROM events
 
 def fold(registry: EventRegistry, history: list[tuple[str, int, Any]]) -> dict[str, Any] | None:
     """A person's fields, their ``field_at`` and ``updated_at`` from their archived
-    ``person.added`` and the unretracted ``person.updated`` after it (the rows of
-    :data:`_HISTORY`), by the rule of :func:`apply`: an update before the add found no row and
-    set nothing. None without an add. The add counts even when retracted: its row stays,
-    hidden, with the fields it has, as the live store and the bulk rebuild leave it."""
-    values: dict[str, Any] = {}
-    field_at: dict[str, Stamp] = {}
-    updated_at: datetime | None = None
+    ``person.added`` and their unretracted ``person.updated`` (the rows of :data:`_HISTORY`),
+    by the rule of :func:`apply`: an update before the add waited for it. None without an
+    add. The add counts even when retracted: its row stays, hidden, with the fields it has,
+    as the live store and the bulk rebuild leave it. (Each field ends with the value of the
+    change with the greatest stamp, so the order the updates are taken in does not matter.)"""
+    added: tuple[dict[str, Any], Stamp, datetime] | None = None
+    updates: list[tuple[dict[str, Any], Stamp, datetime]] = []
     for _type, seq, payload in history:
         event = registry.decode_obj(payload)
         ch = changes_for(event)
         s = stamp(event.occurred_at, seq)
-        if ch.person_added is not None and updated_at is None:
-            values = {f: ch.person_added[f] for f in PERSON_FIELDS}
-            field_at, updated_at = added_stamps(ch.person_added, s), event.occurred_at
-        elif ch.person_updated is not None and updated_at is not None:
-            for f, v in newer(ch.person_updated, field_at, s).items():
-                values[f], field_at[f] = v, s
-            updated_at = max(updated_at, event.occurred_at)
-    if updated_at is None:
+        if ch.person_added is not None and added is None:
+            added = (ch.person_added, s, event.occurred_at)
+        elif ch.person_updated is not None:
+            updates.append((ch.person_updated, s, event.occurred_at))
+    if added is None:
         return None
+    values = {f: added[0][f] for f in PERSON_FIELDS}
+    field_at, updated_at = added_stamps(added[0], added[1]), added[2]
+    for upd, s, at in updates:
+        for f, v in newer(upd, field_at, s).items():
+            values[f], field_at[f] = v, s
+        updated_at = max(updated_at, at)
     return {**values, "field_at": Jsonb(field_at), "updated_at": updated_at}
 
 

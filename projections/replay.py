@@ -255,7 +255,7 @@ COMPARED = (
     "dead_letters",
     "merges_v1",
     "pending_retractions_v1",
-    "pending_forgets_v1",
+    "pending_people_v1",
 )
 
 

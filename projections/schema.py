@@ -226,26 +226,27 @@ DO $$ BEGIN
     END IF;
 END $$;
 
--- Erasures that arrived before their person's add: an add dead-lettered and brought back by
--- `tieline dlq replay` after the person was forgotten. The add arrives forgotten, as a rebuild
--- from a log with the add first has it (projections/people.py, projections/bulk.py). Made with
--- the forgets an earlier worker dropped (no row for their person), the first of each.
+-- People whose events arrived before their add: an add dead-lettered and brought back by
+-- `tieline dlq replay` later. Their updates wait in the archive, and `forget_seq` holds the
+-- first erasure's position; when the add comes, both are applied, as a rebuild from a log with
+-- the add first has them (projections/people.py, projections/bulk.py). Made with the updates
+-- and forgets an earlier worker dropped (no row for their person).
 DO $$ BEGIN
-    IF to_regclass('pending_forgets_v1') IS NULL THEN
-        CREATE TABLE pending_forgets_v1 (
+    IF to_regclass('pending_people_v1') IS NULL THEN
+        CREATE TABLE pending_people_v1 (
             workspace_id text NOT NULL,
             person_id    text NOT NULL,
-            seq          bigint NOT NULL,
+            forget_seq   bigint,
             PRIMARY KEY (workspace_id, person_id)
         );
-        INSERT INTO pending_forgets_v1
-        SELECT DISTINCT ON (f.workspace_id, f.payload->>'person_id')
-               f.workspace_id, f.payload->>'person_id', f.seq
+        INSERT INTO pending_people_v1
+        SELECT f.workspace_id, f.payload->>'person_id',
+               min(f.seq) FILTER (WHERE f.type = 'person.forgotten')
           FROM events f
-         WHERE f.type = 'person.forgotten' AND NOT EXISTS (
+         WHERE f.type IN ('person.forgotten', 'person.updated') AND NOT EXISTS (
                SELECT 1 FROM people_v1 p WHERE p.workspace_id = f.workspace_id
                   AND p.person_id = f.payload->>'person_id')
-         ORDER BY f.workspace_id, f.payload->>'person_id', f.seq;
+         GROUP BY f.workspace_id, f.payload->>'person_id';
     END IF;
 END $$;
 
@@ -276,7 +277,7 @@ WORKSPACE_TABLES = (
     "changes_v1",
     "merges_v1",
     "pending_retractions_v1",
-    "pending_forgets_v1",
+    "pending_people_v1",
 )
 
 #: Tables of a generation whose rows belong to no workspace and hold nothing of one (stream

@@ -258,7 +258,7 @@ class ProjectionStore:
                 who.append((it, "forget", ch.forgets))
             if ch.introduction is not None:
                 intros.append((it, *ch.introduction))
-        await people.apply(conn, who, self._aliases.survivor)
+        await people.apply(conn, who, self.registry, self._aliases.survivor)
         if pair_rows:
             await self.staging.write(conn, PAIRS_BULK, pair_rows)
         touched = merges.resolve_rows(self._aliases, stored)  # new events per relationship

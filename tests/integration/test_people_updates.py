@@ -68,21 +68,27 @@ async def test_people_events_before_the_persons_add_do_the_same_live_and_in_a_re
     settings: Settings, log: Log
 ) -> None:
     """In one batch: an update of ada before her add, a forget of bob before his add (a dead
-    letter replayed late can reorder them). The live store applies people events in stream
-    order like the rebuild: the update finds no row, so ada has no title; the forget waits
-    for bob's add, so bob arrives forgotten, as a rebuild of a log holding his add first has
-    him (tests/integration/test_replay.py; before, he came back not forgotten)."""
+    letter replayed late can reorder them). Both wait for the add, in the live store as in
+    the rebuild: ada's update, newer than her add, sets her title when the add comes (before,
+    it found no row and was lost: a person replayed from the dead letters lacked every change
+    made while the add waited); bob arrives forgotten, as a rebuild of a log holding his add
+    first has him (tests/integration/test_replay.py; before, he came back not forgotten).
+    A later change of ada's title is retracted: her fields are folded again from the archive,
+    and the change made before her add still holds (the fold once dropped it)."""
     up, add = "person.updated", "person.added"
+    later = make_event("po", type=up, person_id="ada", title="Y", occurred_at=_at(6))
     events = [
         make_event("po", type=up, person_id="ada", title="X", occurred_at=_at(5)),
         make_event("po", type=add, person_id="ada", display_name="A", occurred_at=_at(0)),
         make_event("po", type="person.forgotten", person_id="bob", occurred_at=_at(1)),
         make_event("po", type=add, person_id="bob", display_name="B", occurred_at=_at(0)),
+        later,
+        make_event("po", type="event.retracted", retracted_event_id=str(later.event_id)),
     ]  # fmt: skip
     last = await log.publish_all(events)
     async with live_worker(settings, last) as live:
         rows = await _people(settings, live)
-        assert [r[:2] for r in rows] == [("ada", None), ("bob", None)]
+        assert [r[:2] for r in rows] == [("ada", "X"), ("bob", None)]
         conn = await db.connect(settings, rm_schema=live)
         try:
             cur = await conn.execute("SELECT person_id FROM people_v1 WHERE forgotten")

@@ -324,8 +324,9 @@ async def test_an_add_that_arrives_after_its_person_was_forgotten_arrives_forgot
     rebuild from a log that still holds the first add has the person forgotten. The live
     worker dropped the forget (no row to purge) and the late add made the person again, not
     forgotten, with the fields the add carried, and not merged although its merge came
-    first. Now a forget with no row waits for its add, and an add finds its merge, in the
-    live store and in a rebuild alike; a forget whose add never comes stays waiting."""
+    first; an update made while an add waited was lost. Now a forget or an update with no
+    row waits for its add, and an add finds its merge, in the live store and in a rebuild
+    alike; a forget whose add never comes stays waiting."""
     ws = "r7"
     for pid in ("a", "b"):
         await log.publish(make_event(ws, type="person.added", person_id=pid, display_name=pid))
@@ -334,7 +335,15 @@ async def test_an_add_that_arrives_after_its_person_was_forgotten_arrives_forgot
     await log.publish(make_event(ws, type="person.merged", person_id="late", survivor="a"))
     for pid in ("late", "never"):
         forgot = await log.publish(make_event(ws, type="person.forgotten", person_id=pid))
+    # Another dead-lettered add: its person changed title meanwhile (not forgotten).
+    now = datetime.now(UTC)
+    kept: dict[str, Any] = {"type": "person.updated", "person_id": "kept"}
+    days_ago = {d: (now - timedelta(days=d)).isoformat() for d in (0, 2, 3)}
+    await log.publish(make_event(ws, **kept, title="CTO", occurred_at=days_ago[0]))
+    forgot = await log.publish(make_event(ws, **kept, title="intern", occurred_at=days_ago[3]))
     await (await _live_worker(settings, forgot)).close()  # the forgets committed
+    added = {"person_id": "kept", "display_name": "K", "title": "dev", "occurred_at": days_ago[2]}
+    await log.publish(make_event(ws, type="person.added", **added))
     await log.publish(make_event(ws, type="person.added", person_id="late", display_name="L"))
     last = await log.publish(
         make_event(ws, type="person.updated", person_id="late", email="late@example.com")
@@ -351,8 +360,14 @@ async def test_an_add_that_arrives_after_its_person_was_forgotten_arrives_forgot
     try:
         cur = await conn.execute(row)
         assert await cur.fetchall() == [(True, None, None, "a")]
+        cur = await conn.execute(
+            "SELECT title FROM people_v1 WHERE workspace_id = %s AND person_id = 'kept'", (ws,)
+        )
+        # The add was made two days ago: the change of today holds, the one from three days
+        # ago (older than the add's own title) does not, whatever order they came in.
+        assert await cur.fetchall() == [("CTO",)]
     finally:
         await conn.close()
-    waiting = f"SELECT person_id FROM pending_forgets_v1 WHERE workspace_id = '{ws}'"
+    waiting = f"SELECT person_id FROM pending_people_v1 WHERE workspace_id = '{ws}'"
     assert await _scalar(settings, schema, waiting) == "never"
-    await _rebuilt_equal_and_remade(settings, last, schema, "pending_forgets_v1", waiting)
+    await _rebuilt_equal_and_remade(settings, last, schema, "pending_people_v1", waiting)
