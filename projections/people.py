@@ -228,14 +228,18 @@ async def refold(
     conn: AsyncConnection[Any], registry: EventRegistry, ws: str, person: str, seq: int
 ) -> None:
     """Fold ``person``'s fields again from the archive (a ``person.updated`` of theirs was
-    retracted, at ``seq``); a forgotten person stays forgotten."""
+    retracted, at ``seq``); a forgotten person stays forgotten, and only the time of their
+    last change that holds (``updated_at``) is folded again: a rebuild may have applied the
+    retracted update before the erasure, where the live store, with the retraction first,
+    never did (a late add)."""
     cur = await conn.execute(_HISTORY, (ws, person))
     folded = fold(registry, [tuple(r) for r in await cur.fetchall()])
     if folded is None:
         return
-    sets = "".join(f"{f} = %({f})s, " for f in folded)
+    kept = [f for f in folded if f != "updated_at"]
+    sets = "".join(f"{f} = CASE WHEN forgotten THEN {f} ELSE %({f})s END, " for f in kept)
     await conn.execute(
-        f"UPDATE people_v1 SET {sets}last_seq = %(seq)s "
-        "WHERE workspace_id = %(ws)s AND person_id = %(person)s AND NOT forgotten",
+        f"UPDATE people_v1 SET {sets}updated_at = %(updated_at)s, last_seq = %(seq)s "
+        "WHERE workspace_id = %(ws)s AND person_id = %(person)s",
         {**folded, "seq": seq, "ws": ws, "person": person},
     )

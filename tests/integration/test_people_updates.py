@@ -133,3 +133,30 @@ async def test_a_retracted_update_is_undone_and_the_values_it_replaced_come_back
         assert rows[0][4] == T0 + timedelta(days=10)  # the latest change that holds
         rebuilt = await assert_rebuild_equals(settings, live)
         assert await _people(settings, rebuilt) == rows
+
+
+async def test_a_late_add_whose_update_was_retracted_has_the_same_time_live_and_rebuilt(
+    settings: Settings, log: Log
+) -> None:
+    """cara's add (day 0) is dead-lettered; meanwhile she is updated (day 5), forgotten, and
+    the update retracted; the add comes last, in a later batch. Live, the update was already
+    retracted when the add came, so her row's ``updated_at`` is the add's. A rebuild reads the
+    add first, applies the update, forgets her, and folds her again for the retraction: that
+    fold skipped forgotten rows, so the rebuild kept day 5 (the api shows ``updated_at``)."""
+    up, add = "person.updated", "person.added"
+    changed = make_event("pt", type=up, person_id="cara", title="X", occurred_at=_at(5))
+    meanwhile = [
+        changed,
+        make_event("pt", type="person.forgotten", person_id="cara", occurred_at=_at(6)),
+        make_event("pt", type="event.retracted", retracted_event_id=str(changed.event_id)),
+    ]
+    async with live_worker(settings, await log.publish_all(meanwhile)):
+        pass
+    last = await log.publish_all(
+        [make_event("pt", type=add, person_id="cara", display_name="C", occurred_at=_at(0))]
+    )
+    async with live_worker(settings, last) as live:
+        rows = await _people(settings, live)
+        assert [(r[0], r[4]) for r in rows if r[0] == "cara"] == [("cara", T0)]
+        rebuilt = await assert_rebuild_equals(settings, live)
+        assert await _people(settings, rebuilt) == rows
