@@ -49,10 +49,13 @@ TABLES = (*replay.COMPARED, "introductions_v1")
 
 class History:
     """Turns drawn numbers into a valid history (the write side's rules: people exist before
-    they are named, nobody is named after being forgotten, retractions name earlier events)."""
+    they are named, nobody is named after being forgotten, retractions name earlier events),
+    except that a person's add sometimes comes after their update and erasure, as when the
+    add was dead-lettered and replayed later."""
 
     def __init__(self, rng: random.Random, prefix: str) -> None:
         self.rng, self.prefix = rng, prefix
+        self.late = random.Random(hash(rng.getstate()))  # (reading the state draws nothing)
         self.items: list[Item] = []
         self.events: list[Event] = []
         self.people: dict[str, list[str]] = {"w1": [], "w2": []}
@@ -61,6 +64,20 @@ class History:
         #: merges that hold: (workspace, merge event id) -> (workspace, merged, survivor)
         self.merges: dict[tuple[str, UUID], tuple[str, str, str]] = {}
         self.ids: dict[str, set[UUID]] = {"w1": set(), "w2": set()}
+
+    def _late_add(self, ws: str, pid: str) -> None:
+        """Sometimes the person's update and erasure come before their add (the add was
+        dead-lettered and replayed later). Drawn from a generator of its own, so the seeded
+        histories of the other tests stay as they were."""
+        main, self.rng = self.rng, self.late
+        try:
+            if self.rng.random() < 0.1:
+                self._ev(ws, type="person.updated", person_id=pid, title="early")
+                if self.rng.random() < 0.3:
+                    self._ev(ws, type="person.forgotten", person_id=pid)
+                    self.gone.add((ws, pid))
+        finally:
+            self.rng = main
 
     def _event_id(self, ws: str) -> UUID:
         """Mostly a fresh id; sometimes one the other workspace used (its own event there)."""
@@ -101,6 +118,7 @@ class History:
                 pid = rng.choice(self.people[ws])  # a second add of one id: the first wins
             else:
                 self.people[ws].append(pid)
+                self._late_add(ws, pid)
             self._ev(ws, type="person.added", person_id=pid, display_name=f"N{pid}")
             return
         a, b, c = rng.sample(live, 3)
