@@ -10,10 +10,9 @@ Forgetting a person clears every field and its time; an update that comes after 
 (only a dead letter replayed late can) sets nothing. An update or a forget that comes before
 the person's add (the add dead-lettered, then replayed) waits for it, as a rebuild reading the
 add first has it: the person in ``pending_people_v1`` (with the first forget's position), the
-updates in the archive. Retracting a
-``person.updated`` undoes it: the person's fields are folded again from the archive
-(:func:`refold`), so a value the update had replaced comes back, and one a later update set
-stays.
+updates in the archive. Retracting a ``person.updated`` undoes it: the person's fields are
+folded again from the archive (:func:`refold`), so a value the update had replaced comes
+back, and one a later update set stays.
 """
 
 from __future__ import annotations
