@@ -87,7 +87,10 @@ class Waiting:
     """The waiting retractions as one store sees them. Almost always there are none, and
     looking up every batch's events in the table would cost every batch (about 4 ms per
     1,000 events), so the store looks once and then only after it added one itself: one
-    active worker per partition, and a retraction waits in its event's partition."""
+    active worker per partition, and a retraction waits in its event's partition. When
+    another instance applied batches meanwhile (a standby that took over while this one's
+    lock connection was gone), the store forgets what it knew and looks again
+    (projections/store.py)."""
 
     def __init__(self) -> None:
         self.maybe: bool | None = None  # None: not looked yet

@@ -105,7 +105,12 @@ class ProjectionStore:
         self.staging = _Staging()
         self._changes = ChangeLog()  # the current batch's change log (projections/changelog.py)
         self._aliases = merges.Aliases()  # the merges that hold (projections/merges.py)
-        self._waiting = retractions.Waiting()  # retractions that came before their event
+        #: What this store knows of the rows waiting in tables only stores write (retractions
+        #: that came before their event, people's events before their add); true only while
+        #: no other store moved the checkpoint since this one's last commit (``_left_at``).
+        self._waiting = retractions.Waiting()
+        self._pending = people.Pending()
+        self._left_at: int | None = None
 
     @property
     def row(self) -> str:
@@ -136,16 +141,18 @@ class ProjectionStore:
     ) -> BatchResult:
         async with conn.transaction():
             last = await self._lock_checkpoint(conn)
+            if last != self._left_at:  # another instance (a standby that took over) or none
+                self._waiting, self._pending = retractions.Waiting(), people.Pending()
             # The invariant lives here, in the transaction that moves the checkpoint, so no
             # change in the worker can make the checkpoint jump over an unapplied event.
             fresh = continuing(items, last)
             result.redelivered = len(items) - len(fresh)
-            if not fresh:
-                result.last_seq = last
-                return result
-            await self._apply_items(conn, fresh, result)
-            result.last_seq = fresh[-1].seq
-            await self._advance(conn, result.last_seq)
+            result.last_seq = last
+            if fresh:
+                await self._apply_items(conn, fresh, result)
+                result.last_seq = fresh[-1].seq
+                await self._advance(conn, result.last_seq)
+        self._left_at = result.last_seq  # committed
         return result
 
     async def trial(self, conn: AsyncConnection[Any], item: Item) -> None:
@@ -258,7 +265,7 @@ class ProjectionStore:
                 who.append((it, "forget", ch.forgets))
             if ch.introduction is not None:
                 intros.append((it, *ch.introduction))
-        await people.apply(conn, who, self.registry, self._aliases.survivor)
+        await people.apply(conn, who, self.registry, self._aliases.survivor, self._pending)
         if pair_rows:
             await self.staging.write(conn, PAIRS_BULK, pair_rows)
         touched = merges.resolve_rows(self._aliases, stored)  # new events per relationship

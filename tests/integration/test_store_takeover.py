@@ -1,0 +1,95 @@
+"""Two projection stores of one checkpoint, one after the other, on real PostgreSQL.
+
+A store remembers that nothing waits in ``pending_retractions_v1`` or ``pending_people_v1``
+(almost always so), to spare every batch a lookup. That memory is its own: another instance
+of the same projection (a standby that took over while this one's lock connection was gone,
+then stopped) can have added rows meanwhile. The store now forgets what it remembered when the
+checkpoint is not where it left it, so such rows are still found."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+from tieline.events_schema.models import Event
+from tieline.events_schema.registry import REGISTRY
+from tieline.plumbing import db
+from tieline.plumbing.config import Settings
+from tieline.plumbing.subjects import event_subject
+from tieline.projections.classify import classify
+from tieline.projections.items import Item
+from tieline.projections.schema import ensure_schema
+from tieline.projections.store import ProjectionStore
+from tieline.projections.strength_model import PARAMS
+
+from tests.integration.conftest import make_event, scalar
+
+WS = "tk"
+_S = Settings(subject_prefix="takeovertest")
+SCHEMA = "takeovertest_live"
+_DROP = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA))
+
+
+class Feed:
+    """Events as classified items in stream order."""
+
+    def __init__(self) -> None:
+        self.items: list[Item] = []
+
+    def add(self, **fields: Any) -> Event:
+        e = make_event(WS, **fields)
+        self.items.append(self.item(e))
+        return e
+
+    def item(self, e: Event) -> Item:
+        seq = len(self.items) + 1
+        return classify(REGISTRY, _S, seq, event_subject(_S.subject_prefix, e), REGISTRY.encode(e))
+
+
+def _store() -> ProjectionStore:
+    return ProjectionStore(REGISTRY, projection="takeovertest", params=PARAMS)
+
+
+async def test_a_store_finds_what_another_instance_left_waiting(settings: Settings) -> None:
+    feed = Feed()
+    for p in ("a", "b"):
+        feed.add(type="person.added", person_id=p, display_name=p)
+    feed.add(type="relationship.met", participants=["a", "b"], depth="conversation")
+    late = make_event(WS, type="relationship.met", participants=["a", "b"], depth="brief_chat")
+    first = len(feed.items)
+    # Dead-lettered meanwhile: `late`, and the add of "c"; both retracted or forgotten first.
+    feed.add(type="event.retracted", retracted_event_id=str(late.event_id))
+    feed.add(type="person.forgotten", person_id="c")
+    second = len(feed.items)
+    feed.items.append(feed.item(late))  # `tieline dlq replay` brings both back
+    feed.add(type="person.added", person_id="c", display_name="Carol")
+    conn = await db.connect(settings)
+    other = await db.connect(settings)
+    try:
+        await conn.execute(_DROP)
+        for c in (conn, other):
+            await _fresh(c)
+        this = _store()
+        await this.apply(conn, feed.items[:first])  # looked: nothing waits
+        await _store().apply(other, feed.items[first:second])  # another instance's batch
+        waits = "SELECT (SELECT count(*) FROM pending_retractions_v1) + "
+        assert await scalar(conn, waits + "(SELECT count(*) FROM pending_people_v1)") == 2
+        result = await this.apply(conn, feed.items[second:])
+        assert result.applied == 2
+        assert await scalar(conn, "SELECT meetings FROM strength_v1") == 1
+        assert await scalar(
+            conn, "SELECT retracted_by IS NOT NULL FROM events WHERE event_id = %s", late.event_id
+        )
+        person = "SELECT forgotten, display_name FROM people_v1 WHERE person_id = 'c'"
+        cur = await conn.execute(person)
+        assert await cur.fetchall() == [(True, None)]
+        assert await scalar(conn, waits + "(SELECT count(*) FROM pending_people_v1)") == 0
+    finally:
+        await conn.execute(_DROP)
+        await conn.close()
+        await other.close()
+
+
+async def _fresh(conn: AsyncConnection[Any]) -> None:
+    await ensure_schema(conn, SCHEMA)
+    await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(SCHEMA)))
