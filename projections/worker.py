@@ -57,6 +57,7 @@ from tieline.projections.strength_model import PARAMS, Params
 from tieline.projections.worker_support import (
     HEADER_UNSAFE,
     TRANSIENT_NATS,
+    ProjectionLock,
     WorkerStats,
     log_retry,
     tune_gc,
@@ -97,7 +98,7 @@ class Worker:
         self.nc: NatsClient | None = None
         self.js: JetStreamContext | None = None
         self.pg: AsyncConnection[Any] | None = None
-        self._lock_conn: AsyncConnection[Any] | None = None
+        self._lock: ProjectionLock | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
         self._stopping = asyncio.Event()
         self._last_gen_check = 0.0
@@ -211,22 +212,9 @@ class Worker:
     async def _acquire_lock(self) -> bool:
         """Wait until this instance holds the projection lock (False: stopped meanwhile).
         Until then it is a hot standby: connected, its generation's tables ready."""
-        self._lock_conn = await db.connect(self.settings, autocommit=True)
         key = f"tieline-worker:{self.settings.database_schema}:{self.store.row}"
-        waiting = False
-        while not self._stopping.is_set():
-            cur = await self._lock_conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
-            row = await cur.fetchone()
-            if row and row[0]:
-                if waiting:
-                    log.info("worker.took_over", consumer=self.consumer)
-                return True
-            if not waiting:
-                log.info("worker.standby", reason="another instance holds the projection lock")
-                waiting = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
-        return False
+        self._lock = self._lock or ProjectionLock(self.settings, key, self.consumer)
+        return await self._lock.wait(self._stopping)
 
     async def stream_last_seq(self) -> int:
         assert self.js is not None
@@ -244,12 +232,15 @@ class Worker:
         return await partitions.generation_checkpoint(self.settings, self.generation) >= last
 
     async def _check_generation(self) -> None:
-        """Once a second: switch a caught-up rebuild live; stop when our generation retired
-        (the supervisor restarts us on the new live generation)."""
+        """Once a second: stop when this instance lost the projection lock to another
+        (:meth:`_check_lock`); switch a caught-up rebuild live; stop when our generation
+        retired (the supervisor restarts us, as a standby or on the new live generation)."""
         now = time.monotonic()
         if now - self._last_gen_check < 1.0 or self.generation is None:
             return
         self._last_gen_check = now
+        if not await self._check_lock():
+            return
         gen = self.generation
         if gen.status == "scratch":
             return
@@ -268,6 +259,15 @@ class Worker:
                 self.stop()
         finally:
             await conn.close()
+
+    async def _check_lock(self) -> bool:
+        """Whether this instance still holds the projection lock. Its session gone, a standby
+        may have taken it: two instances would then apply the same batches, so this one
+        stops, and its supervisor starts it again as a standby."""
+        if self._lock is None or await self._lock.still_held():
+            return True
+        self.stop()
+        return False
 
     def _conn(self) -> AsyncConnection[Any]:
         assert self.pg is not None
@@ -288,9 +288,10 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._prefetch
             self._prefetch = None
-        for conn in (self.pg, self._lock_conn):
-            if conn is not None:
-                await conn.close()
+        if self.pg is not None:
+            await self.pg.close()
+        if self._lock is not None:
+            await self._lock.close()
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.close()
 
@@ -511,7 +512,7 @@ class Worker:
             if self.pg is not None:
                 await self.pg.close()
             await self._connect_pg()
-            if self._lock_conn is None or self._lock_conn.closed:
+            if self._lock is None or not await self._lock.held():
                 await self._acquire_lock()
         except psycopg.OperationalError as exc:
             log.warning("worker.reconnect_failed", error=str(exc))

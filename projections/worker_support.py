@@ -1,18 +1,25 @@
 """Small pieces of the projection worker: its counters, which NATS errors are transient,
-and the tenacity hook its retries log with."""
+the tenacity hook its retries log with, and the lock that makes one instance active."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import psycopg
 import structlog
 from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import APIError, ServiceUnavailableError
+from psycopg import AsyncConnection
 from tenacity import RetryCallState
+from tieline.plumbing import db
+from tieline.plumbing.config import Settings
 
 log = structlog.get_logger("tieline.projections.worker")
 
@@ -72,3 +79,71 @@ def tune_gc() -> None:
     young, middle, old = gc.get_threshold()
     if 0 < young < GC_YOUNG_THRESHOLD:
         gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
+class ProjectionLock:
+    """The session advisory lock that makes one instance of a projection (or of one of its
+    partitions) the active one; the others wait as hot standbys. It is held as long as the
+    session that took it lives: a connection that dies (a database restart, its backend
+    killed, a cut network) gives it up, and a standby may take it."""
+
+    def __init__(self, settings: Settings, key: str, consumer: str) -> None:
+        self.settings, self.key, self.consumer = settings, key, consumer
+        self.conn: AsyncConnection[Any] | None = None
+
+    async def wait(self, stopping: asyncio.Event) -> bool:
+        """Take the lock, waiting as a hot standby while another instance holds it (False:
+        stopped meanwhile)."""
+        waiting = False
+        while not stopping.is_set():
+            if await self.try_take():
+                if waiting:
+                    log.info("worker.took_over", consumer=self.consumer)
+                return True
+            if not waiting:
+                log.info("worker.standby", reason="another instance holds the projection lock")
+                waiting = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=1.0)
+        return False
+
+    async def still_held(self) -> bool:
+        """Whether this instance still holds the lock, or took it back at once: False when
+        its session ended and another instance holds it now. A database that does not answer
+        is left to the worker's retries of its batch, which take the lock again first."""
+        if await self.held():
+            return True
+        log.warning("worker.lock_lost", consumer=self.consumer)
+        try:
+            taken = await self.try_take()
+        except psycopg.Error:
+            return True
+        if not taken:
+            log.warning("worker.lock_taken", consumer=self.consumer, by="another instance")
+        return taken
+
+    async def try_take(self) -> bool:
+        """Take the lock if no other session holds it (on a new connection if need be)."""
+        if self.conn is None or self.conn.closed:
+            self.conn = await db.connect(self.settings, autocommit=True)
+        cur = await self.conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (self.key,))
+        row = await cur.fetchone()
+        return bool(row and row[0])
+
+    async def held(self) -> bool:
+        """Whether the session that took the lock still answers. (A dead connection does not
+        say so until it is used: ``closed`` stays false.)"""
+        if self.conn is None or self.conn.closed:
+            return False
+        try:
+            await self.conn.execute("SELECT 1")
+        except psycopg.Error:
+            with contextlib.suppress(psycopg.Error):
+                await self.conn.close()
+            self.conn = None  # the next try takes a new connection
+            return False
+        return True
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await self.conn.close()

@@ -1,6 +1,8 @@
-"""Two projection stores of one checkpoint, one after the other, on real PostgreSQL.
+"""Two instances of one projection, one after the other, on real PostgreSQL and NATS.
 
-A store remembers that nothing waits in ``pending_retractions_v1`` or ``pending_people_v1``
+A worker whose lock connection died (its backend killed, a cut network) has lost the
+projection lock, and a standby may take it: the worker now notices within about a second and
+stops, where it used to go on applying beside the standby. And a store remembers that nothing waits in ``pending_retractions_v1`` or ``pending_people_v1``
 (almost always so), to spare every batch a lookup. That memory is its own: another instance
 of the same projection (a standby that took over while this one's lock connection was gone,
 then stopped) can have added rows meanwhile. The store now forgets what it remembered when the
@@ -8,6 +10,7 @@ checkpoint is not where it left it, so such rows are still found."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from psycopg import AsyncConnection, sql
@@ -21,8 +24,9 @@ from tieline.projections.items import Item
 from tieline.projections.schema import ensure_schema
 from tieline.projections.store import ProjectionStore
 from tieline.projections.strength_model import PARAMS
+from tieline.projections.worker import Worker
 
-from tests.integration.conftest import make_event, scalar
+from tests.integration.conftest import Log, make_event, scalar
 
 WS = "tk"
 _S = Settings(subject_prefix="takeovertest")
@@ -93,3 +97,37 @@ async def test_a_store_finds_what_another_instance_left_waiting(settings: Settin
 async def _fresh(conn: AsyncConnection[Any]) -> None:
     await ensure_schema(conn, SCHEMA)
     await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(SCHEMA)))
+
+
+async def test_a_worker_that_lost_its_lock_to_a_standby_stops(settings: Settings, log: Log) -> None:
+    ws = "tk2"
+    last = await log.publish(make_event(ws, type="person.added", person_id="a", display_name="A"))
+    first, second = Worker(settings), Worker(settings)
+    admin = await db.connect(settings)
+    try:
+        await first.start()
+        async with asyncio.timeout(30):
+            while first.stats.last_seq < last:
+                await first.run_once()
+        # The session holding the lock ends; the worker's other connection lives on.
+        key = f"tieline-worker:{settings.database_schema}:{first.store.row}"
+        killed = await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND granted AND objsubid = 1 AND objid::bigint = hashtext(%s)::bigint & 4294967295",
+            (key,),
+        )
+        assert [r[0] for r in await killed.fetchall()] == [True]
+        async with asyncio.timeout(30):
+            await second.start()  # a standby until the lock is free: it takes it
+        assert second.active
+        async with asyncio.timeout(15):  # the old worker went on for ever
+            await first.run()
+        last = await log.publish(make_event(ws, type="person.updated", person_id="a", title="CTO"))
+        async with asyncio.timeout(30):
+            while second.stats.last_seq < last:
+                await second.run_once()
+        assert first.stats.last_seq < last
+    finally:
+        for w in (first, second):
+            await w.close()
+        await admin.close()
