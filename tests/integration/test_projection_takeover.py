@@ -2,11 +2,12 @@
 
 A worker whose lock connection died (its backend killed, a cut network) has lost the
 projection lock, and a standby may take it: the worker now notices within about a second and
-stops, where it used to go on applying beside the standby. And a store remembers that nothing waits in ``pending_retractions_v1`` or ``pending_people_v1``
-(almost always so), to spare every batch a lookup. That memory is its own: another instance
-of the same projection (a standby that took over while this one's lock connection was gone,
-then stopped) can have added rows meanwhile. The store now forgets what it remembered when the
-checkpoint is not where it left it, so such rows are still found."""
+stops, where it used to go on applying beside the standby. And a store remembers that nothing
+waits in ``pending_retractions_v1`` or ``pending_people_v1`` (almost always so), to spare
+every batch a lookup. That memory is its own: another instance of the same projection (a
+standby that took over while this one's lock connection was gone, then stopped) can have
+added rows meanwhile. The store now forgets what it remembered when the checkpoint is not
+where it left it, so such rows are still found."""
 
 from __future__ import annotations
 
