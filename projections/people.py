@@ -68,7 +68,7 @@ async def apply(
     changes a row. An update or a forget before the person's add (a dead letter replayed
     late) waits for it (:func:`_before_add`). Runs of adds go in one statement. ``survivor``:
     the merges that hold, (workspace, merged) -> survivor, for an add after its merge;
-    ``pending``: what the store knows of the waiting people (None: look every time)."""
+    ``pending``: what the store knows of the waiting people (None: look once, here)."""
     pending = pending or Pending()
     adds: list[tuple[Any, ...]] = []
     for n, (it, kind, data) in enumerate(events):

@@ -105,8 +105,8 @@ class ProjectionStore:
         self.staging = _Staging()
         self._changes = ChangeLog()  # the current batch's change log (projections/changelog.py)
         self._aliases = merges.Aliases()  # the merges that hold (projections/merges.py)
-        #: What this store knows of the rows waiting in tables only stores write (retractions
-        #: that came before their event, people's events before their add); true only while
+        #: What this store knows of the rows waiting for their event (retractions) or add
+        #: (people), which only the live stores add once the generation runs; true only while
         #: no other store moved the checkpoint since this one's last commit (``_left_at``).
         self._waiting = retractions.Waiting()
         self._pending = people.Pending()

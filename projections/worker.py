@@ -57,6 +57,7 @@ from tieline.projections.strength_model import PARAMS, Params
 from tieline.projections.worker_support import (
     HEADER_UNSAFE,
     TRANSIENT_NATS,
+    LockLost,
     ProjectionLock,
     WorkerStats,
     log_retry,
@@ -232,9 +233,8 @@ class Worker:
         return await partitions.generation_checkpoint(self.settings, self.generation) >= last
 
     async def _check_generation(self) -> None:
-        """Once a second: stop when this instance lost the projection lock to another
-        (:meth:`_check_lock`); switch a caught-up rebuild live; stop when our generation
-        retired (the supervisor restarts us, as a standby or on the new live generation)."""
+        """Once a second: stop when the lock is lost (:meth:`_check_lock`) or our generation
+        retired (the supervisor restarts us); switch a caught-up rebuild live."""
         now = time.monotonic()
         if now - self._last_gen_check < 1.0 or self.generation is None:
             return
@@ -261,9 +261,9 @@ class Worker:
             await conn.close()
 
     async def _check_lock(self) -> bool:
-        """Whether this instance still holds the projection lock. Its session gone, a standby
-        may have taken it: two instances would then apply the same batches, so this one
-        stops, and its supervisor starts it again as a standby."""
+        """Whether this instance still holds the projection lock, checked between batches and
+        when the database is back. If not, it stops (two instances would apply the same
+        batches), and its supervisor starts it again as a standby."""
         if self._lock is None or await self._lock.still_held():
             return True
         self.stop()
@@ -340,6 +340,8 @@ class Worker:
         except SequenceGapError as exc:  # the store's own check (another writer moved it)
             log.error("worker.checkpoint_mismatch", error=str(exc))
             await self._resubscribe("checkpoint_mismatch")
+            return None
+        except LockLost:  # stopping, unacked: another instance applies from the checkpoint
             return None
         # Ack only after commit. AckPolicy.ALL: acking the last acknowledges the whole batch,
         # which is exactly what was applied (the batch continued the checkpoint, no hole).
@@ -512,8 +514,8 @@ class Worker:
             if self.pg is not None:
                 await self.pg.close()
             await self._connect_pg()
-            if self._lock is None or not await self._lock.held():
-                await self._acquire_lock()
+            if not await self._check_lock():  # lost while the database was away: stop
+                raise LockLost
         except psycopg.OperationalError as exc:
             log.warning("worker.reconnect_failed", error=str(exc))
 

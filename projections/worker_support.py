@@ -81,6 +81,14 @@ def tune_gc() -> None:
         gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
+#: How long the lock's connection may take to answer before the lock counts as lost.
+LOCK_PING_S = 5.0
+
+
+class LockLost(Exception):
+    """This instance lost the projection lock to another: its batch is given up unacked."""
+
+
 class ProjectionLock:
     """The session advisory lock that makes one instance of a projection (or of one of its
     partitions) the active one; the others wait as hot standbys. It is held as long as the
@@ -109,15 +117,16 @@ class ProjectionLock:
 
     async def still_held(self) -> bool:
         """Whether this instance still holds the lock, or took it back at once: False when
-        its session ended and another instance holds it now. A database that does not answer
-        is left to the worker's retries of its batch, which take the lock again first."""
+        its session ended and another instance holds it now, or it cannot tell (no new
+        connection: a standby may hold it)."""
         if await self.held():
             return True
         log.warning("worker.lock_lost", consumer=self.consumer)
         try:
             taken = await self.try_take()
-        except psycopg.Error:
-            return True
+        except psycopg.Error as exc:
+            log.warning("worker.lock_unknown", consumer=self.consumer, error=str(exc))
+            return False
         if not taken:
             log.warning("worker.lock_taken", consumer=self.consumer, by="another instance")
         return taken
@@ -131,13 +140,15 @@ class ProjectionLock:
         return bool(row and row[0])
 
     async def held(self) -> bool:
-        """Whether the session that took the lock still answers. (A dead connection does not
-        say so until it is used: ``closed`` stays false.)"""
+        """Whether the session that took the lock still answers, within
+        :data:`LOCK_PING_S` (a half-open connection would not fail for minutes). A dead
+        connection does not say so until it is used: ``closed`` stays false."""
         if self.conn is None or self.conn.closed:
             return False
         try:
-            await self.conn.execute("SELECT 1")
-        except psycopg.Error:
+            async with asyncio.timeout(LOCK_PING_S):
+                await self.conn.execute("SELECT 1")
+        except (psycopg.Error, TimeoutError):
             with contextlib.suppress(psycopg.Error):
                 await self.conn.close()
             self.conn = None  # the next try takes a new connection

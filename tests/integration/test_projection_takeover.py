@@ -100,27 +100,42 @@ async def _fresh(conn: AsyncConnection[Any]) -> None:
     await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(SCHEMA)))
 
 
-async def test_a_worker_that_lost_its_lock_to_a_standby_stops(settings: Settings, log: Log) -> None:
-    ws = "tk2"
+async def _lost_lock(
+    settings: Settings, log: Log, ws: str, *, all_sessions: bool
+) -> tuple[Worker, Worker]:
+    """A worker that applied an event, then lost the session of its lock (``all_sessions``:
+    every session of its, as in a database restart), and a second worker that took the lock."""
     last = await log.publish(make_event(ws, type="person.added", person_id="a", display_name="A"))
     first, second = Worker(settings), Worker(settings)
+    await first.start()
+    async with asyncio.timeout(30):
+        while first.stats.last_seq < last:
+            await first.run_once()
+    key = f"tieline-worker:{settings.database_schema}:{first.store.row}"
+    assert first.pg is not None
     admin = await db.connect(settings)
     try:
-        await first.start()
-        async with asyncio.timeout(30):
-            while first.stats.last_seq < last:
-                await first.run_once()
-        # The session holding the lock ends; the worker's other connection lives on.
-        key = f"tieline-worker:{settings.database_schema}:{first.store.row}"
         killed = await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
-            "AND granted AND objsubid = 1 AND objid::bigint = hashtext(%s)::bigint & 4294967295",
-            (key,),
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid IN ("
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+            "AND objid::bigint = hashtext(%s)::bigint & 4294967295) OR pid = %s",
+            (key, first.pg.info.backend_pid if all_sessions else -1),
         )
-        assert [r[0] for r in await killed.fetchall()] == [True]
-        async with asyncio.timeout(30):
-            await second.start()  # a standby until the lock is free: it takes it
-        assert second.active
+        assert [r[0] for r in await killed.fetchall()] == [True] * (2 if all_sessions else 1)
+    finally:
+        await admin.close()
+    async with asyncio.timeout(30):
+        await second.start()  # a standby until the lock is free: it takes it
+    assert second.active
+    return first, second
+
+
+async def test_a_worker_that_lost_its_lock_to_a_standby_stops(settings: Settings, log: Log) -> None:
+    """Only the lock's session ends (the worker's other connection lives on): it used to go on
+    applying beside the standby."""
+    ws = "tk2"
+    first, second = await _lost_lock(settings, log, ws, all_sessions=False)
+    try:
         async with asyncio.timeout(15):  # the old worker went on for ever
             await first.run()
         last = await log.publish(make_event(ws, type="person.updated", person_id="a", title="CTO"))
@@ -131,4 +146,26 @@ async def test_a_worker_that_lost_its_lock_to_a_standby_stops(settings: Settings
     finally:
         for w in (first, second):
             await w.close()
-        await admin.close()
+
+
+async def test_a_worker_back_from_a_database_restart_without_its_lock_stops(
+    settings: Settings, log: Log
+) -> None:
+    """Every session of the worker ends (a database restart) and a standby takes the lock
+    first: the worker's retry of its batch used to reconnect and apply it without the lock,
+    since its lock connection still looked open; now it gives the batch up unacked."""
+    ws = "tk3"
+    first, second = await _lost_lock(settings, log, ws, all_sessions=True)
+    try:
+        before = first.stats.last_seq
+        last = await log.publish(make_event(ws, type="person.updated", person_id="a", title="X"))
+        async with asyncio.timeout(30):
+            while first.stats.batches == 1 and not first._stopping.is_set():
+                await first.run_once()
+        assert first._stopping.is_set() and first.stats.last_seq == before
+        async with asyncio.timeout(30):
+            while second.stats.last_seq < last:
+                await second.run_once()
+    finally:
+        for w in (first, second):
+            await w.close()
