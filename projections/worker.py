@@ -244,21 +244,21 @@ class Worker:
         gen = self.generation
         if gen.status == "scratch":
             return
-        conn = await db.connect(self.settings)
-        try:
-            current = await generations.get(conn, self.settings.database_schema, gen.gen)
-            stored = current.status if current is not None else None
-            if gen.status == "building" and stored == "live":
-                self.generation = gen.with_status("live")  # another partition switched it
-            elif gen.status == "building" and stored == "building" and await self.caught_up():
-                if await generations.switch(conn, self.settings.database_schema, gen):
-                    self.generation = gen.with_status("live")
-                    log.info("worker.switched_live", generation=gen.gen)
-            elif stored is None or stored == "retired":
-                log.info("worker.generation_retired", generation=gen.gen)
-                self.stop()
-        finally:
-            await conn.close()
+        # On the lock's connection, which just answered: a new connection every second cost
+        # PostgreSQL a backend process each time.
+        assert self._lock is not None and self._lock.conn is not None
+        conn = self._lock.conn
+        current = await generations.get(conn, self.settings.database_schema, gen.gen)
+        stored = current.status if current is not None else None
+        if gen.status == "building" and stored == "live":
+            self.generation = gen.with_status("live")  # another partition switched it
+        elif gen.status == "building" and stored == "building" and await self.caught_up():
+            if await generations.switch(conn, self.settings.database_schema, gen):
+                self.generation = gen.with_status("live")
+                log.info("worker.switched_live", generation=gen.gen)
+        elif stored is None or stored == "retired":
+            log.info("worker.generation_retired", generation=gen.gen)
+            self.stop()
 
     async def _check_lock(self) -> bool:
         """Whether this instance still holds the projection lock, checked between batches and
