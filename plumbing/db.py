@@ -10,6 +10,28 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from tieline.plumbing.config import Settings
 
+#: A connection attempt that hangs (a host that drops packets) fails after 10 s instead of
+#: the operating system's two minutes of SYN retries; callers retry.
+CONNECT_TIMEOUT_S = 10
+#: Both ends of a TCP connection find a dead network path within about 25 s: libpq's
+#: keepalives and TCP user timeout on the client (a query on a dead path fails instead of
+#: waiting minutes), the same on the server for this session. The server side matters most:
+#: an orphaned backend keeps its locks (the projection lock, a batch's checkpoint row) until
+#: the server drops it, by default after about two hours of TCP keepalive. Unix sockets ignore
+#: all of it.
+CLIENT = {
+    "connect_timeout": CONNECT_TIMEOUT_S,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 25_000,
+}
+SERVER_KEEPALIVE = (
+    " -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
+    " -c tcp_user_timeout=25000"
+)
+
 
 def conninfo_kwargs(settings: Settings, rm_schema: str | None = None) -> dict[str, Any]:
     """Connection options: a connection sees tieline's state schema and, when given, one
@@ -19,7 +41,7 @@ def conninfo_kwargs(settings: Settings, rm_schema: str | None = None) -> dict[st
     stray SELECT can never leave an implicit transaction open that swallows a later commit.
     """
     path = f"{rm_schema},{settings.database_schema}" if rm_schema else settings.database_schema
-    return {"options": f"-c search_path={path}", "autocommit": True}
+    return {"options": f"-c search_path={path}{SERVER_KEEPALIVE}", "autocommit": True, **CLIENT}
 
 
 async def connect(

@@ -28,12 +28,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 from psycopg import AsyncConnection
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_fixed,
-)
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 from tieline.events_schema.registry import REGISTRY, EventRegistry
 from tieline.plumbing import db, metrics, telemetry
 from tieline.plumbing.config import Settings
@@ -266,6 +261,7 @@ class Worker:
         batches), and its supervisor starts it again as a standby."""
         if self._lock is None or await self._lock.still_held():
             return True
+        self.active = False  # run_once raises LockLost from now on
         self.stop()
         return False
 
@@ -296,10 +292,12 @@ class Worker:
             await self.nc.close()
 
     async def run(self) -> None:
-        """Process batches until :meth:`stop` is called."""
-        while not self._stopping.is_set():
-            await self.run_once()
-            await self._check_generation()
+        """Process batches until :meth:`stop` is called or the lock is lost."""
+        with contextlib.suppress(LockLost):
+            while not self._stopping.is_set():
+                await self.run_once()
+                if not self._stopping.is_set():
+                    await self._check_generation()
 
     # -- one batch ------------------------------------------------------------------------
 
@@ -310,8 +308,11 @@ class Worker:
         network wait and the apply mostly waits on PostgreSQL, so they overlap). That changes
         nothing about exactly-once: batches are still applied one after the other in stream
         order, each only if it continues the committed checkpoint without a hole, and each is
-        acknowledged only after its own commit.
+        acknowledged only after its own commit. Without the projection lock (lost now or
+        before) it raises :class:`LockLost`, its batch unacknowledged, and applies nothing.
         """
+        if not self.active:
+            raise LockLost(self.consumer)
         pending, self._prefetch = self._prefetch, None
         got = await pending if pending is not None else await self._fetch()
         if isinstance(got, BaseException):
@@ -340,8 +341,6 @@ class Worker:
         except SequenceGapError as exc:  # the store's own check (another writer moved it)
             log.error("worker.checkpoint_mismatch", error=str(exc))
             await self._resubscribe("checkpoint_mismatch")
-            return None
-        except LockLost:  # stopping, unacked: another instance applies from the checkpoint
             return None
         # Ack only after commit. AckPolicy.ALL: acking the last acknowledges the whole batch,
         # which is exactly what was applied (the batch continued the checkpoint, no hole).
@@ -515,7 +514,7 @@ class Worker:
                 await self.pg.close()
             await self._connect_pg()
             if not await self._check_lock():  # lost while the database was away: stop
-                raise LockLost
+                raise LockLost(self.consumer)
         except psycopg.OperationalError as exc:
             log.warning("worker.reconnect_failed", error=str(exc))
 

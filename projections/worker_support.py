@@ -86,7 +86,8 @@ LOCK_PING_S = 5.0
 
 
 class LockLost(Exception):
-    """This instance lost the projection lock to another: its batch is given up unacked."""
+    """This instance (of the projection named in the message) lost the projection lock to
+    another, or cannot tell whether it still holds it: its batch is given up unacked."""
 
 
 class ProjectionLock:
@@ -123,13 +124,14 @@ class ProjectionLock:
             return True
         log.warning("worker.lock_lost", consumer=self.consumer)
         try:
-            taken = await self.try_take()
+            if await self.try_take():
+                return True
+            log.warning("worker.lock_taken", consumer=self.consumer, by="another instance")
         except psycopg.Error as exc:
             log.warning("worker.lock_unknown", consumer=self.consumer, error=str(exc))
-            return False
-        if not taken:
-            log.warning("worker.lock_taken", consumer=self.consumer, by="another instance")
-        return taken
+        # A session that does not hold the lock must not answer a later held() for it.
+        await self.close()
+        return False
 
     async def try_take(self) -> bool:
         """Take the lock if no other session holds it (on a new connection if need be)."""
@@ -157,4 +159,6 @@ class ProjectionLock:
 
     async def close(self) -> None:
         if self.conn is not None:
-            await self.conn.close()
+            with contextlib.suppress(psycopg.Error):
+                await self.conn.close()
+            self.conn = None

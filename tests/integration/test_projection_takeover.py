@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from psycopg import AsyncConnection, sql
 from tieline.events_schema.models import Event
 from tieline.events_schema.registry import REGISTRY
@@ -26,6 +27,7 @@ from tieline.projections.schema import ensure_schema
 from tieline.projections.store import ProjectionStore
 from tieline.projections.strength_model import PARAMS
 from tieline.projections.worker import Worker
+from tieline.projections.worker_support import LockLost, ProjectionLock
 
 from tests.integration.conftest import Log, make_event, scalar
 
@@ -138,6 +140,8 @@ async def test_a_worker_that_lost_its_lock_to_a_standby_stops(settings: Settings
     try:
         async with asyncio.timeout(15):  # the old worker went on for ever
             await first.run()
+        with pytest.raises(LockLost):  # and a caller driving it batch by batch is told
+            await first.run_once()
         last = await log.publish(make_event(ws, type="person.updated", person_id="a", title="CTO"))
         async with asyncio.timeout(30):
             while second.stats.last_seq < last:
@@ -159,13 +163,66 @@ async def test_a_worker_back_from_a_database_restart_without_its_lock_stops(
     try:
         before = first.stats.last_seq
         last = await log.publish(make_event(ws, type="person.updated", person_id="a", title="X"))
-        async with asyncio.timeout(30):
-            while first.stats.batches == 1 and not first._stopping.is_set():
-                await first.run_once()
-        assert first._stopping.is_set() and first.stats.last_seq == before
+        with pytest.raises(LockLost):
+            async with asyncio.timeout(30):
+                while True:
+                    await first.run_once()
+        assert first._stopping.is_set() and not first.active
+        assert await second.store.checkpoint(second._conn()) == before  # nothing applied
         async with asyncio.timeout(30):
             while second.stats.last_seq < last:
                 await second.run_once()
     finally:
         for w in (first, second):
             await w.close()
+
+
+async def test_a_lock_taken_by_another_is_not_held_on_a_later_check(settings: Settings) -> None:
+    """After its session ended and another instance took the lock, the retake fails; the
+    connection the retake opened did not hold the lock but used to stay, so the next
+    ``held()`` answered True."""
+    key = "tieline-worker:takeovertest:a-lock-test"
+    mine, theirs = ProjectionLock(settings, key, "t"), ProjectionLock(settings, key, "t")
+    try:
+        assert await mine.try_take()
+        assert mine.conn is not None
+        admin = await db.connect(settings)
+        try:
+            pid = mine.conn.info.backend_pid
+            # The two-argument form returns once the backend has ended (its lock freed).
+            await admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
+        finally:
+            await admin.close()
+        assert await theirs.try_take()
+        assert not await mine.still_held()
+        assert not await mine.held()
+        assert not await mine.still_held()  # and asks again, rather than believing it
+    finally:
+        await mine.close()
+        await theirs.close()
+
+
+async def test_every_session_tells_the_server_to_drop_it_when_its_network_dies(
+    settings: Settings,
+) -> None:
+    """An orphaned backend (its client gone, the path between them dead) keeps its locks, the
+    projection lock among them, until the server drops it: two hours of TCP keepalive by
+    default. Sessions ask for about 25 s; the client side likewise, and connects time out."""
+    conn = await db.connect(settings)
+    try:
+        cur = await conn.execute(
+            "SELECT name, reset_val, source FROM pg_settings WHERE name IN ("
+            "'tcp_keepalives_idle', 'tcp_keepalives_interval', 'tcp_keepalives_count', "
+            "'tcp_user_timeout') ORDER BY name"
+        )
+        assert await cur.fetchall() == [
+            ("tcp_keepalives_count", "3", "client"),
+            ("tcp_keepalives_idle", "10", "client"),
+            ("tcp_keepalives_interval", "5", "client"),
+            ("tcp_user_timeout", "25000", "client"),
+        ]
+        params = conn.info.get_parameters()
+        assert params["connect_timeout"] == "10" and params["tcp_user_timeout"] == "25000"
+        assert (params["keepalives_idle"], params["keepalives_count"]) == ("10", "3")
+    finally:
+        await conn.close()
