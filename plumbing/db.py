@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from tieline.plumbing.config import Settings
@@ -28,7 +29,7 @@ CLIENT = {
     "tcp_user_timeout": 25_000,
 }
 SERVER_KEEPALIVE = (
-    " -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
+    "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
     " -c tcp_user_timeout=25000"
 )
 
@@ -41,7 +42,13 @@ def conninfo_kwargs(settings: Settings, rm_schema: str | None = None) -> dict[st
     stray SELECT can never leave an implicit transaction open that swallows a later commit.
     """
     path = f"{rm_schema},{settings.database_schema}" if rm_schema else settings.database_schema
-    return {"options": f"-c search_path={path}{SERVER_KEEPALIVE}", "autocommit": True, **CLIENT}
+    # What DATABASE_URL sets wins over the defaults above (an ``options`` of its own used to
+    # be dropped); the search path is always ours, last.
+    given = conninfo_to_dict(settings.database_url)
+    own = str(given.get("options") or "")
+    options = " ".join(o for o in (SERVER_KEEPALIVE, own, f"-c search_path={path}") if o)
+    client = {k: v for k, v in CLIENT.items() if k not in given}
+    return {"options": options, "autocommit": True, **client}
 
 
 async def connect(

@@ -12,6 +12,7 @@ the worker alone, batch by batch, as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -99,11 +100,35 @@ async def replay(
     started = time.monotonic()
     gen = await _new_generation(settings, status, params, note, schema_name)
     use_bulk = settings.replay_bulk if bulk is None else bulk
-    built = await _bulk(settings, gen, registry, params, stop_at_seq, until, progress, use_bulk)
     worker = Worker(
         settings, registry, generation=gen, stop_at_seq=stop_at_seq, until=until, params=params
     )
-    await worker.start()
+    try:
+        built = await _bulk(settings, gen, registry, params, stop_at_seq, until, progress, use_bulk)
+        await worker.start()
+        result = await _build(worker, built, progress, started, switch)
+    except BaseException:
+        # Leave nothing half done behind: the worker's connections, and a scratch copy (a
+        # generation being built stays, for `tieline replay` to be run again).
+        await worker.close()
+        if status == "scratch":
+            with contextlib.suppress(Exception):  # the error that stopped us matters more
+                await discard(settings, gen)
+        raise
+    return result, worker
+
+
+async def _build(
+    worker: Worker,
+    built: BulkResult | None,
+    progress: Progress | None,
+    started: float,
+    switch: bool,
+) -> ReplayResult:
+    """Drive ``worker`` through the stream (after the bulk load ``built``, if any) and switch
+    a ``building`` generation live when ``switch``."""
+    gen, settings, stop_at_seq = worker.generation, worker.settings, worker.stop_at_seq
+    assert gen is not None
 
     async def target() -> int:
         last = await worker.stream_last_seq()
@@ -116,7 +141,7 @@ async def replay(
     result = ReplayResult(
         gen, worker.stats.last_seq, applied, time.monotonic() - started, bulk=built
     )
-    if status == "building" and switch:
+    if gen.status == "building" and switch:
         # Catch the last few events that arrived while we finished, then flip the pointer.
         await _drive(worker, target, progress, started)
         gen = await _split_and_switch(settings, gen, worker)
@@ -125,7 +150,7 @@ async def replay(
         if gen.partitions > 1:
             worker.stop()  # its checkpoint row is the partitions' now
         log.info("replay.switched", generation=gen.gen, last_seq=result.last_seq)
-    return result, worker
+    return result
 
 
 async def _bulk(

@@ -207,22 +207,48 @@ async def test_every_session_tells_the_server_to_drop_it_when_its_network_dies(
 ) -> None:
     """An orphaned backend (its client gone, the path between them dead) keeps its locks, the
     projection lock among them, until the server drops it: two hours of TCP keepalive by
-    default. Sessions ask for about 25 s; the client side likewise, and connects time out."""
-    conn = await db.connect(settings)
+    default. Sessions ask for about 25 s, from ``db.connect`` and from the pools alike; the
+    client side likewise, and connects time out. ``options`` in DATABASE_URL reach the
+    server too (they used to be dropped)."""
+    sep = "&" if "?" in settings.database_url else "?"
+    url = f"{settings.database_url}{sep}options=-c%20statement_timeout%3D4321"
+    tuned = settings.model_copy(update={"database_url": url})
+    pool = db.make_pool(tuned, min_size=1, max_size=1, synchronous_commit=False)
+    await pool.open()
     try:
-        cur = await conn.execute(
-            "SELECT name, reset_val, source FROM pg_settings WHERE name IN ("
-            "'tcp_keepalives_idle', 'tcp_keepalives_interval', 'tcp_keepalives_count', "
-            "'tcp_user_timeout') ORDER BY name"
-        )
-        assert await cur.fetchall() == [
-            ("tcp_keepalives_count", "3", "client"),
-            ("tcp_keepalives_idle", "10", "client"),
-            ("tcp_keepalives_interval", "5", "client"),
-            ("tcp_user_timeout", "25000", "client"),
-        ]
-        params = conn.info.get_parameters()
-        assert params["connect_timeout"] == "10" and params["tcp_user_timeout"] == "25000"
-        assert (params["keepalives_idle"], params["keepalives_count"]) == ("10", "3")
+        conn = await db.connect(tuned)
+        try:
+            await _asks_for_keepalives(conn)
+        finally:
+            await conn.close()
+        async with pool.connection() as pooled:
+            await _asks_for_keepalives(pooled)
+            cur = await pooled.execute("SHOW synchronous_commit")
+            assert await cur.fetchone() == {"synchronous_commit": "off"}
     finally:
-        await conn.close()
+        await pool.close()
+
+
+async def _asks_for_keepalives(conn: AsyncConnection[Any]) -> None:
+    cur = await conn.execute(
+        "SELECT name, setting, reset_val, source FROM pg_settings WHERE name IN ("
+        "'tcp_keepalives_idle', 'tcp_keepalives_interval', 'tcp_keepalives_count', "
+        "'tcp_user_timeout', 'statement_timeout') ORDER BY name"
+    )
+    rows = [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in await cur.fetchall()]
+    tcp = not (conn.info.host or "/").startswith("/")  # on a Unix socket they read 0
+    want = [("statement_timeout", "4321", "client")] + [
+        (name, value, "client")
+        for name, value in (
+            ("tcp_keepalives_count", "3"),
+            ("tcp_keepalives_idle", "10"),
+            ("tcp_keepalives_interval", "5"),
+            ("tcp_user_timeout", "25000"),
+        )
+    ]
+    assert [(n, r, src) for n, _, r, src in rows] == want
+    if tcp:  # in effect on this connection, not only asked for
+        assert [s for _, s, _, _ in rows] == [v for _, v, _ in want]
+    params = conn.info.get_parameters()
+    assert params["connect_timeout"] == "10" and params["tcp_user_timeout"] == "25000"
+    assert (params["keepalives_idle"], params["keepalives_count"]) == ("10", "3")

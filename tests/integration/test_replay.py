@@ -371,3 +371,34 @@ async def test_an_add_that_arrives_after_its_person_was_forgotten_arrives_forgot
     waiting = f"SELECT person_id FROM pending_people_v1 WHERE workspace_id = '{ws}'"
     assert await _scalar(settings, schema, waiting) == "never"
     await _rebuilt_equal_and_remade(settings, last, schema, "pending_people_v1", waiting)
+
+
+async def test_a_scratch_replay_that_fails_leaves_nothing_behind(
+    settings: Settings, log: Log
+) -> None:
+    """A replay that fails part way (here its progress report raises) used to leave its
+    scratch generation's tables and row, and its worker's connections, open."""
+    await _history(log, "r9")
+    schema, state = f"{settings.database_schema}_failed", settings.database_schema
+
+    def report(done: int, goal: int, count: int, elapsed: float) -> None:
+        raise RuntimeError("the caller gave up")
+
+    with pytest.raises(RuntimeError, match="gave up"):
+        await replay.replay(settings, status="scratch", schema_name=schema, progress=report)
+    assert not await _scalar(
+        settings, state, f"SELECT count(*) FROM {state}.generations WHERE schema_name = '{schema}'"
+    )
+    assert not await _scalar(
+        settings,
+        state,
+        f"SELECT count(*) FROM information_schema.schemata WHERE schema_name = '{schema}'",
+    )
+    held = await _scalar(  # a generation's projection lock, held while its worker's session lives
+        settings,
+        state,
+        "SELECT count(*) FROM pg_locks, generate_series(1, 9) AS g WHERE locktype = 'advisory' "
+        "AND granted AND objsubid = 1 AND objid::bigint = hashtext("
+        f"'tieline-worker:{state}:{settings.consumer_name}-g' || g)::bigint & 4294967295",
+    )
+    assert held == 0

@@ -1,0 +1,36 @@
+"""What every PostgreSQL connection asks for, and what DATABASE_URL may override."""
+
+from __future__ import annotations
+
+from tieline.plumbing import db
+from tieline.plumbing.config import Settings
+
+
+def _kwargs(url: str) -> dict[str, object]:
+    return db.conninfo_kwargs(Settings(database_url=url, database_schema="s"), "s_g1")
+
+
+def test_a_plain_url_gets_the_keepalives_and_the_search_path() -> None:
+    kw = _kwargs("postgresql://u@db.example:5432/t")
+    assert kw["options"] == f"{db.SERVER_KEEPALIVE} -c search_path=s_g1,s"
+    assert kw["connect_timeout"] == 10 and kw["tcp_user_timeout"] == 25_000
+    assert (kw["keepalives_idle"], kw["keepalives_interval"], kw["keepalives_count"]) == (10, 5, 3)
+
+
+def test_what_the_url_sets_wins_but_the_search_path_is_ours() -> None:
+    """The URL's own ``options`` used to be dropped (the keyword replaced it), and its
+    network settings would have been overridden."""
+    kw = _kwargs(
+        "postgresql://u@db.example/t?connect_timeout=3&keepalives_idle=60"
+        "&options=-c%20statement_timeout%3D5000%20-c%20tcp_keepalives_idle%3D60"
+        "%20-c%20search_path%3Devil"
+    )
+    options = str(kw["options"])
+    assert options.startswith(db.SERVER_KEEPALIVE)
+    # PostgreSQL applies -c settings in order: the URL's come after our defaults, ours last.
+    assert options.endswith(
+        "-c statement_timeout=5000 -c tcp_keepalives_idle=60 -c search_path=evil "
+        "-c search_path=s_g1,s"
+    )
+    assert "connect_timeout" not in kw and "keepalives_idle" not in kw
+    assert kw["tcp_user_timeout"] == 25_000
