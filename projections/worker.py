@@ -55,6 +55,7 @@ from tieline.projections.worker_support import (
     LockLost,
     ProjectionLock,
     WorkerStats,
+    keep_alive,
     log_retry,
     tune_gc,
 )
@@ -468,26 +469,28 @@ class Worker:
         delay = 0.1
         while True:
             try:
-                return await self.store.apply(self._conn(), items)
-            except psycopg.OperationalError as exc:
-                # Database down or restarting: hold the batch (unacknowledged), back off,
-                # reconnect, and try the very same batch again.
-                log.warning("worker.db_unavailable", error=str(exc), retry_in=delay)
-                await self._keep_alive(msgs)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                await self._reconnect_pg()
-            except SequenceGapError:
-                raise
-            except Exception as exc:
-                log.exception("worker.apply_failed", error=str(exc))
-                items, alone = await self._isolate_failures(items, exc)
+                try:
+                    return await self.store.apply(self._conn(), items)
+                except (psycopg.OperationalError, SequenceGapError):
+                    raise
+                except Exception as exc:
+                    log.exception("worker.apply_failed", error=str(exc))
+                    # (The database may go away during the trials too: handled below.)
+                    items, alone = await self._isolate_failures(items, exc)
                 if not alone and len(items) > 1:
                     # Each event applies alone, the batch never will: one item per transaction.
                     return await self._one_by_one(msgs, items)
                 if not alone:  # one item, not an event's fault (a gap, a dead letter's row)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
+            except psycopg.OperationalError as exc:
+                # Database down or restarting: hold the batch (unacknowledged), back off,
+                # reconnect, and try the very same batch again.
+                log.warning("worker.db_unavailable", error=str(exc), retry_in=delay)
+                await keep_alive(msgs)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                await self._reconnect_pg()
 
     async def _one_by_one(self, msgs: list[Msg], items: list[Item]) -> BatchResult:
         """Apply ``items`` in stream order, each in its own transaction with its checkpoint."""
@@ -500,13 +503,6 @@ class Worker:
             total.orphan_retractions += r.orphan_retractions
             total.last_seq = r.last_seq
         return total
-
-    async def _keep_alive(self, msgs: list[Msg]) -> None:
-        for m in msgs:
-            try:
-                await m.in_progress()
-            except Exception:
-                return
 
     async def _reconnect_pg(self) -> None:
         try:

@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import structlog
+from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import APIError, ServiceUnavailableError
@@ -59,6 +60,16 @@ class WorkerStats:
     resubscribes: int = 0
     last_seq: int = 0
     attempts: dict[int, int] = field(default_factory=dict)
+
+
+async def keep_alive(msgs: list[Msg]) -> None:
+    """Tell JetStream the batch ``msgs`` is still being worked on (its ack wait starts again),
+    as far as the connection lets us."""
+    for m in msgs:
+        try:
+            await m.in_progress()
+        except Exception:
+            return
 
 
 #: The cyclic collector's first threshold in a worker process (CPython's default is 700).

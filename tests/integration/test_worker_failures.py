@@ -86,3 +86,39 @@ async def test_a_batch_failing_only_in_combination_is_applied_one_event_at_a_tim
         assert (meetings, parked) == (4, f"{y}:apply_failed")
     else:
         assert (meetings, parked) == (5, None)
+
+
+async def test_a_database_outage_while_the_events_are_tried_alone_is_waited_out(
+    settings: Settings, log: Log
+) -> None:
+    """The batch fails (injected, once), and the worker's PostgreSQL session dies (for real:
+    its backend terminated) just before it tries each event alone. The trial's connection
+    error used to escape the worker (a crash, the batch left for a restart); now it is an
+    outage like any other: reconnect, and the very same batch again."""
+    seqs = await _history(log)
+    worker = Worker(settings)
+    await worker.start()
+    assert worker.generation is not None and worker.pg is not None
+    real, failed = worker.store.apply, []
+
+    async def apply(conn: AsyncConnection[Any], items: Sequence[Item]) -> BatchResult:
+        if not failed and len(items) > 1:
+            failed.append(conn.info.backend_pid)
+            admin = await db.connect(settings)
+            try:  # the two-argument form returns once the backend has ended
+                await admin.execute("SELECT pg_terminate_backend(%s, 10000)", (failed[0],))
+            finally:
+                await admin.close()
+            raise RuntimeError("this batch fails once")
+        return await real(conn, items)
+
+    worker.store.apply = apply  # type: ignore[method-assign]
+    try:
+        await _run(worker, seqs[-1])
+        schema = worker.generation.schema_name
+        meetings = await _scalar(settings, schema, "SELECT meetings FROM strength_v1")
+        parked = await _scalar(settings, schema, "SELECT count(*) FROM dead_letters")
+        assert failed and worker.pg is not None and worker.pg.info.backend_pid != failed[0]
+    finally:
+        await worker.close()
+    assert (meetings, parked) == (5, 0)
