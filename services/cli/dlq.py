@@ -108,13 +108,9 @@ async def _schema_of(conn: Any, settings: Any, generation: int | None, schema: s
 
 
 async def _connect(settings: Any) -> Any:
-    from psycopg import AsyncConnection
+    from tieline.plumbing import db
 
-    return await AsyncConnection.connect(
-        settings.database_url,
-        autocommit=True,
-        options=f"-c search_path={settings.database_schema}",
-    )
+    return await db.connect(settings)  # the state schema first, and tieline's timeouts
 
 
 async def _select(
