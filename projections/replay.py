@@ -109,10 +109,12 @@ async def replay(
         result = await _build(worker, built, progress, started, switch)
     except BaseException:
         # Leave nothing half done behind: the worker's connections, and a scratch copy (a
-        # generation being built stays, for `tieline replay` to be run again).
-        await worker.close()
+        # generation being built stays, for `tieline replay` to be run again). The error that
+        # stopped us matters more than one in cleaning up.
+        with contextlib.suppress(Exception):
+            await worker.close()
         if status == "scratch":
-            with contextlib.suppress(Exception):  # the error that stopped us matters more
+            with contextlib.suppress(Exception):
                 await discard(settings, gen)
         raise
     return result, worker

@@ -548,8 +548,13 @@ class Worker:
         """What applying ``it`` alone raises (rolled back), or None."""
         try:
             await self.store.trial(self._conn(), it)
-        except psycopg.OperationalError:
-            raise
+        except psycopg.OperationalError as exc:
+            # The database went away, or a conflict that passes (SQLSTATE class 40: deadlock,
+            # serialization): retried as an outage. Anything else (a statement timeout) is
+            # this event's failure.
+            if self._conn().broken or (exc.sqlstate or "").startswith("40"):
+                raise
+            return exc
         except Exception as one:
             return one
         return None

@@ -110,7 +110,7 @@ async def _schema_of(conn: Any, settings: Any, generation: int | None, schema: s
 async def _connect(settings: Any) -> Any:
     from tieline.plumbing import db
 
-    return await db.connect(settings)  # the state schema first, and tieline's timeouts
+    return await db.connect(settings)  # the state schema, and tieline's timeouts and keepalives
 
 
 async def _select(

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from psycopg import AsyncConnection, sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tieline.events_schema.models import Event
 from tieline.events_schema.registry import REGISTRY
 from tieline.plumbing import db
@@ -210,8 +211,8 @@ async def test_every_session_tells_the_server_to_drop_it_when_its_network_dies(
     default. Sessions ask for about 25 s, from ``db.connect`` and from the pools alike; the
     client side likewise, and connects time out. ``options`` in DATABASE_URL reach the
     server too (they used to be dropped)."""
-    sep = "&" if "?" in settings.database_url else "?"
-    url = f"{settings.database_url}{sep}options=-c%20statement_timeout%3D4321"
+    own = str(conninfo_to_dict(settings.database_url).get("options") or "")
+    url = make_conninfo(settings.database_url, options=f"{own} -c statement_timeout=4321".strip())
     tuned = settings.model_copy(update={"database_url": url})
     pool = db.make_pool(tuned, min_size=1, max_size=1, synchronous_commit=False)
     await pool.open()

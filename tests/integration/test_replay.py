@@ -373,11 +373,13 @@ async def test_an_add_that_arrives_after_its_person_was_forgotten_arrives_forgot
     await _rebuilt_equal_and_remade(settings, last, schema, "pending_people_v1", waiting)
 
 
+@pytest.mark.parametrize("bulk", [True, False], ids=["in_the_bulk_load", "in_the_worker"])
 async def test_a_scratch_replay_that_fails_leaves_nothing_behind(
-    settings: Settings, log: Log
+    settings: Settings, log: Log, bulk: bool
 ) -> None:
-    """A replay that fails part way (here its progress report raises) used to leave its
-    scratch generation's tables and row, and its worker's connections, open."""
+    """A replay that fails part way (here its progress report raises, during the bulk load or
+    while its worker holds the generation's lock) used to leave its scratch generation's
+    tables and row, and its worker's connections and lock."""
     await _history(log, "r9")
     schema, state = f"{settings.database_schema}_failed", settings.database_schema
 
@@ -385,7 +387,9 @@ async def test_a_scratch_replay_that_fails_leaves_nothing_behind(
         raise RuntimeError("the caller gave up")
 
     with pytest.raises(RuntimeError, match="gave up"):
-        await replay.replay(settings, status="scratch", schema_name=schema, progress=report)
+        await replay.replay(
+            settings, status="scratch", schema_name=schema, progress=report, bulk=bulk
+        )
     assert not await _scalar(
         settings, state, f"SELECT count(*) FROM {state}.generations WHERE schema_name = '{schema}'"
     )
@@ -398,7 +402,8 @@ async def test_a_scratch_replay_that_fails_leaves_nothing_behind(
         settings,
         state,
         "SELECT count(*) FROM pg_locks, generate_series(1, 9) AS g WHERE locktype = 'advisory' "
-        "AND granted AND objsubid = 1 AND objid::bigint = hashtext("
+        "AND granted AND objsubid = 1 AND database = (SELECT oid FROM pg_database WHERE "
+        "datname = current_database()) AND objid::bigint = hashtext("
         f"'tieline-worker:{state}:{settings.consumer_name}-g' || g)::bigint & 4294967295",
     )
     assert held == 0

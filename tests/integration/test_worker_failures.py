@@ -119,6 +119,51 @@ async def test_a_database_outage_while_the_events_are_tried_alone_is_waited_out(
         meetings = await _scalar(settings, schema, "SELECT meetings FROM strength_v1")
         parked = await _scalar(settings, schema, "SELECT count(*) FROM dead_letters")
         assert failed and worker.pg is not None and worker.pg.info.backend_pid != failed[0]
+        assert worker.stats.attempts == {}  # an outage, no event's failure
     finally:
         await worker.close()
     assert (meetings, parked) == (5, 0)
+
+
+async def test_an_event_whose_trial_times_out_is_parked_not_waited_on(
+    settings: Settings, log: Log
+) -> None:
+    """A query error that leaves the connection alive (here a real statement timeout, while
+    one event is tried alone) is that event's failure: counted, and parked after
+    ``max_attempts``. It was taken for a database outage and retried for ever."""
+    seqs = await _history(log)
+    y = seqs[2]
+    settings = settings.model_copy(update={"max_attempts": 2})
+    worker = Worker(settings)
+    await worker.start()
+    assert worker.generation is not None
+    real_apply, real_trial = worker.store.apply, worker.store.trial
+
+    async def apply(conn: AsyncConnection[Any], items: Sequence[Item]) -> BatchResult:
+        if y in {i.seq for i in items if isinstance(i, Decoded)} and len(items) > 1:
+            raise RuntimeError("this batch fails while y is in it")
+        return await real_apply(conn, items)
+
+    async def trial(conn: AsyncConnection[Any], it: Decoded) -> None:
+        if it.seq == y:
+            async with conn.transaction():
+                await conn.execute("SET LOCAL statement_timeout = 50")
+                await conn.execute("SELECT pg_sleep(5)")
+        await real_trial(conn, it)
+
+    worker.store.apply = apply  # type: ignore[method-assign]
+    worker.store.trial = trial  # type: ignore[method-assign]
+    try:
+        await _run(worker, seqs[-1])
+        schema = worker.generation.schema_name
+        meetings = await _scalar(settings, schema, "SELECT meetings FROM strength_v1")
+        parked = await _scalar(
+            settings,
+            schema,
+            "SELECT string_agg(stream_seq::text || ':' || reason || ':' || detail, ',') "
+            "FROM dead_letters",
+        )
+    finally:
+        await worker.close()
+    assert meetings == 4
+    assert parked.startswith(f"{y}:apply_failed:QueryCanceled"), parked
