@@ -57,6 +57,7 @@ from tieline.projections.worker_support import (
     WorkerStats,
     keep_alive,
     log_retry,
+    outage,
     tune_gc,
 )
 
@@ -549,10 +550,7 @@ class Worker:
         try:
             await self.store.trial(self._conn(), it)
         except psycopg.OperationalError as exc:
-            # The database went away, or a conflict that passes (SQLSTATE class 40: deadlock,
-            # serialization): retried as an outage. Anything else (a statement timeout) is
-            # this event's failure.
-            if self._conn().broken or (exc.sqlstate or "").startswith("40"):
+            if outage(self._conn(), exc):  # retried as such, not this event's failure
                 raise
             return exc
         except Exception as one:

@@ -62,6 +62,18 @@ class WorkerStats:
     attempts: dict[int, int] = field(default_factory=dict)
 
 
+#: SQLSTATEs of a query error that the statement brought on itself (57014: a statement
+#: timeout; class 54: a program limit), not the state of the database.
+OWN_SQLSTATES = ("57014", "54")
+
+
+def outage(conn: AsyncConnection[Any], exc: psycopg.OperationalError) -> bool:
+    """Whether ``exc`` on ``conn`` says the database failed rather than the statement: the
+    connection broke, or the SQLSTATE is not one the statement brings on itself (a full
+    disk, no memory, an I/O error, a deadlock: all pass, so the batch is retried whole)."""
+    return conn.broken or not (exc.sqlstate or "").startswith(OWN_SQLSTATES)
+
+
 async def keep_alive(msgs: list[Msg]) -> None:
     """Tell JetStream the batch ``msgs`` is still being worked on (its ack wait starts again),
     as far as the connection lets us."""
