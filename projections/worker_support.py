@@ -174,9 +174,7 @@ class ProjectionLock:
             async with asyncio.timeout(LOCK_PING_S):
                 await self.conn.execute("SELECT 1")
         except (psycopg.Error, TimeoutError):
-            with contextlib.suppress(psycopg.Error):
-                await self.conn.close()
-            self.conn = None  # the next try takes a new connection
+            await self.close()  # the next try takes a new connection
             return False
         return True
 
