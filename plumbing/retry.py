@@ -42,9 +42,11 @@ from tenacity import (
     stop_after_delay,
     stop_any,
     stop_never,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 from tenacity.stop import stop_base
+from tenacity.wait import wait_base
 
 __all__ = ["HTTP", "LOCK", "NATS", "POSTGRES", "PROCESS", "Condition", "Options", "Policy"]
 
@@ -69,19 +71,27 @@ class Options(TypedDict, total=False):
 
 @dataclass(frozen=True)
 class Policy:
-    """Exponential backoff with jitter: the n-th wait is ``initial * 2**(n-1)`` plus up to
-    ``jitter`` seconds at random, never more than ``maximum``."""
+    """Exponential backoff with jitter: the n-th wait is ``initial * 2**(n-1)``, at most
+    ``maximum - jitter``, plus up to ``jitter`` seconds at random; so never more than
+    ``maximum``, and still spread at the cap."""
 
     name: str
     initial: float
     maximum: float
     jitter: float
 
-    def wait(self) -> wait_exponential_jitter:
-        """The tenacity wait strategy of this policy."""
-        return wait_exponential_jitter(
-            multiplier=self.initial, max=self.maximum, jitter=self.jitter
-        )
+    def __post_init__(self) -> None:
+        if not 0 <= self.jitter <= self.maximum:
+            raise ValueError(f"policy {self.name}: jitter must be between 0 and maximum")
+
+    def wait(self) -> wait_base:
+        """The tenacity wait strategy of this policy.
+
+        Not tenacity's ``wait_exponential_jitter``: it adds the jitter *before* the cap, so
+        once the waits reach the cap every client waits exactly ``maximum`` and a crowd that
+        failed together (a database restart) retries together again, in lock-step."""
+        growing = wait_exponential(multiplier=self.initial, max=self.maximum - self.jitter)
+        return growing + wait_random(0, self.jitter)
 
     def _arguments(self, retry: Condition, options: Options) -> dict[str, Any]:
         stops: list[stop_base] = []
@@ -130,6 +140,5 @@ HTTP = Policy("http", initial=0.5, maximum=8.0, jitter=0.5)
 #: A PostgreSQL advisory lock another command holds (a merge's claim: a decision, milliseconds;
 #: an introduction step's: a decision and a publish with fsync; an erasure's: its checks and
 #: key destruction); the waiter has given back its connection (services/write_state.py,
-#: ``_holding``, which also scales each pause by a random factor: at the cap this policy's
-#: own jitter is clamped away).
+#: ``_holding``, which also scales each pause by a random factor, spreading waiters further).
 LOCK = Policy("lock", initial=0.005, maximum=0.1, jitter=0.01)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from tenacity import retry_if_result
-from tieline.plumbing.retry import HTTP, NATS, POSTGRES, PROCESS, Policy
+from tieline.plumbing.retry import HTTP, LOCK, NATS, POSTGRES, PROCESS, Policy
 
 FAST = Policy("test", initial=0.001, maximum=0.004, jitter=0.001)
 
@@ -16,12 +16,25 @@ FAST = Policy("test", initial=0.001, maximum=0.004, jitter=0.001)
 @pytest.mark.parametrize("policy", [NATS, POSTGRES, HTTP, PROCESS], ids=lambda p: p.name)
 def test_waits_grow_with_jitter_and_stay_under_the_cap(policy: Policy) -> None:
     for failures in range(1, 12):
-        base = min(policy.initial * 2 ** (failures - 1), policy.maximum)
+        base = min(policy.initial * 2 ** (failures - 1), policy.maximum - policy.jitter)
         waits = [policy.delay(failures) for _ in range(50)]
-        assert all(base <= w <= min(base + policy.jitter, policy.maximum) for w in waits), waits
+        assert all(base <= w <= base + policy.jitter <= policy.maximum for w in waits), waits
     # Jitter: fifty draws of the first wait are not all the same number.
     assert len({policy.delay(1) for _ in range(50)}) > 1
-    assert policy.delay(40) == policy.maximum
+
+
+@pytest.mark.parametrize("policy", [NATS, POSTGRES, HTTP, PROCESS, LOCK], ids=lambda p: p.name)
+def test_waits_at_the_cap_are_still_spread(policy: Policy) -> None:
+    """Clients that failed together and reached the cap must not retry together: tenacity's
+    own ``wait_exponential_jitter`` clamps every wait there to exactly ``maximum``."""
+    waits = [policy.delay(40) for _ in range(200)]
+    assert all(policy.maximum - policy.jitter <= w <= policy.maximum for w in waits), waits
+    assert max(waits) - min(waits) > policy.jitter / 2, (min(waits), max(waits))
+
+
+def test_a_jitter_larger_than_the_cap_is_refused() -> None:
+    with pytest.raises(ValueError, match="jitter"):
+        Policy("bad", initial=0.1, maximum=0.5, jitter=1.0)
 
 
 def test_async_retrying_retries_the_named_errors_then_succeeds() -> None:
