@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -34,6 +35,18 @@ SERVER_KEEPALIVE = (
 )
 
 
+def _given(url: str) -> dict[str, Any]:
+    """What ``url`` sets, plus what libpq would take from the environment (``PGOPTIONS``,
+    ``PGCONNECT_TIMEOUT``, ...) for the keywords the URL leaves out. libpq reads those only
+    for keywords the caller does not pass, and we pass ours, so they must be read here."""
+    given = conninfo_to_dict(url)
+    for d in pq.Conninfo.get_defaults():
+        key, envvar = d.keyword.decode(), (d.envvar or b"").decode()
+        if key not in given and envvar and (value := os.environ.get(envvar)) is not None:
+            given[key] = value
+    return given
+
+
 def conninfo_kwargs(settings: Settings, rm_schema: str | None = None) -> dict[str, Any]:
     """Connection options: a connection sees tieline's state schema and, when given, one
     read-model generation's schema first (so read-model tables resolve to that generation).
@@ -42,9 +55,9 @@ def conninfo_kwargs(settings: Settings, rm_schema: str | None = None) -> dict[st
     stray SELECT can never leave an implicit transaction open that swallows a later commit.
     """
     path = f"{rm_schema},{settings.database_schema}" if rm_schema else settings.database_schema
-    # What DATABASE_URL sets wins over the defaults above (an ``options`` of its own used to
-    # be dropped); the search path is always ours, last.
-    given = conninfo_to_dict(settings.database_url)
+    # What DATABASE_URL (or the PG* environment) sets wins over the defaults above (an
+    # ``options`` of its own used to be dropped); the search path is always ours, last.
+    given = _given(settings.database_url)
     own = str(given.get("options") or "")
     options = " ".join(o for o in (SERVER_KEEPALIVE, own, f"-c search_path={path}") if o)
     client = {k: v for k, v in CLIENT.items() if k not in given}

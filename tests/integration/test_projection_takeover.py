@@ -230,6 +230,22 @@ async def test_every_session_tells_the_server_to_drop_it_when_its_network_dies(
         await pool.close()
 
 
+async def test_pgoptions_reaches_the_server_beside_the_keepalives(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libpq reads PGOPTIONS only when the caller passes no ``options``; tieline always
+    passes its own, so an operator's PGOPTIONS used to be ignored without a word."""
+    url = conninfo_to_dict(settings.database_url)
+    url.pop("options", None)  # PGOPTIONS applies only where the URL sets none
+    plain = settings.model_copy(update={"database_url": make_conninfo(**url)})
+    monkeypatch.setenv("PGOPTIONS", "-c statement_timeout=4321")
+    conn = await db.connect(plain)
+    try:
+        await _asks_for_keepalives(conn)
+    finally:
+        await conn.close()
+
+
 async def _asks_for_keepalives(conn: AsyncConnection[Any]) -> None:
     cur = await conn.execute(
         "SELECT name, setting, reset_val, source FROM pg_settings WHERE name IN ("

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
 
@@ -34,3 +35,19 @@ def test_what_the_url_sets_wins_but_the_search_path_is_ours() -> None:
     )
     assert "connect_timeout" not in kw and "keepalives_idle" not in kw
     assert kw["tcp_user_timeout"] == 25_000
+
+
+def test_the_pg_environment_wins_where_the_url_is_silent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libpq reads PGOPTIONS and PGCONNECT_TIMEOUT only for keywords the caller leaves out;
+    we always pass ``options`` and ``connect_timeout``, so they used to be ignored."""
+    monkeypatch.setenv("PGOPTIONS", "-c statement_timeout=7000")
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "3")
+    kw = _kwargs("postgresql://u@db.example/t")
+    assert kw["options"] == (
+        f"{db.SERVER_KEEPALIVE} -c statement_timeout=7000 -c search_path=s_g1,s"
+    )
+    assert "connect_timeout" not in kw  # libpq takes PGCONNECT_TIMEOUT itself
+    # The URL's own keywords beat the environment, as in libpq.
+    kw = _kwargs("postgresql://u@db.example/t?connect_timeout=4&options=-c%20work_mem%3D8MB")
+    assert str(kw["options"]).endswith("-c work_mem=8MB -c search_path=s_g1,s")
+    assert "statement_timeout" not in str(kw["options"]) and "connect_timeout" not in kw
