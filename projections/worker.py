@@ -542,7 +542,9 @@ class Worker:
                 "apply_failed",
                 f"{type(failed).__name__}: {failed}",
             )
-            out.append(dataclasses.replace(poison, dlq_seq=await self._publish_dead_letter(poison)))
+            if it.seq not in self.stats.parked:
+                self.stats.parked[it.seq] = await self._publish_dead_letter(poison)
+            out.append(dataclasses.replace(poison, dlq_seq=self.stats.parked[it.seq]))
         return out, alone
 
     async def _trial(self, it: Decoded) -> Exception | None:

@@ -59,7 +59,11 @@ class WorkerStats:
     gaps: int = 0
     resubscribes: int = 0
     last_seq: int = 0
+    #: Failures of each event tried alone (parked at ``max_attempts``).
     attempts: dict[int, int] = field(default_factory=dict)
+    #: The dead letter published for each event parked that way: an outage before the commit
+    #: that records it must not publish it again (the stream's dedupe window is 2 minutes).
+    parked: dict[int, int] = field(default_factory=dict)
 
 
 #: SQLSTATEs of a query error that the statement brought on itself (57014: a statement

@@ -158,3 +158,49 @@ async def test_an_event_whose_trial_times_out_is_parked_not_waited_on(
         await worker.close()
     assert meetings == 4 and len(parked) == 1
     assert parked[0].startswith(f"{y}:apply_failed:QueryCanceled"), parked
+
+
+async def test_an_outage_after_a_dead_letter_is_published_does_not_publish_it_again(
+    settings: Settings, log: Log
+) -> None:
+    """An event that keeps failing is published to the dead-letter stream before the
+    transaction that records it commits. An outage in between (here the next event's trial,
+    its backend terminated) used to publish it again once the database was back, which the
+    stream deduplicates only within its window (2 minutes by default; here 1 s, and the
+    outage outlasts it): two dead letters for one event."""
+    settings = settings.model_copy(update={"max_attempts": 1, "duplicate_window_s": 1.0})
+    seqs = await _history(log)
+    y, z = seqs[1], seqs[2]
+    worker = Worker(settings)
+    await worker.start()
+    assert worker.generation is not None
+    real_apply, real_trial, cut = worker.store.apply, worker.store.trial, []
+
+    async def apply(conn: AsyncConnection[Any], items: Sequence[Item]) -> BatchResult:
+        if y in {i.seq for i in items if isinstance(i, Decoded)}:  # (parked, it applies)
+            raise RuntimeError("y never applies")
+        return await real_apply(conn, items)
+
+    async def trial(conn: AsyncConnection[Any], it: Decoded) -> None:
+        if it.seq == y:
+            raise RuntimeError("y never applies")
+        if it.seq == z and not cut:  # y's dead letter is out, its row not yet committed
+            cut.append(conn.info.backend_pid)
+            admin = await db.connect(settings)
+            try:
+                await admin.execute("SELECT pg_terminate_backend(%s, 10000)", (cut[0],))
+            finally:
+                await admin.close()
+            await asyncio.sleep(1.5)  # past the stream's dedupe window
+        await real_trial(conn, it)
+
+    worker.store.apply = apply  # type: ignore[method-assign]
+    worker.store.trial = trial  # type: ignore[method-assign]
+    try:
+        meetings, parked = await _outcome(worker, seqs[-1])
+    finally:
+        await worker.close()
+    info = await log.js.stream_info(f"{settings.stream_name}_DLQ")
+    assert cut and meetings == 4
+    assert [p.split(":")[:2] for p in parked] == [[str(y), "apply_failed"]]
+    assert info.state.messages == 1, "one event, one dead letter"
