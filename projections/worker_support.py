@@ -126,6 +126,8 @@ class ProjectionLock:
     def __init__(self, settings: Settings, key: str, consumer: str) -> None:
         self.settings, self.key, self.consumer = settings, key, consumer
         self.conn: AsyncConnection[Any] | None = None
+        #: The backend (pid, start time) of the session that took the lock.
+        self._session: tuple[int, Any] | None = None
 
     async def wait(self, stopping: asyncio.Event) -> bool:
         """Take the lock, waiting as a hot standby while another instance holds it (False:
@@ -151,7 +153,7 @@ class ProjectionLock:
             return True
         log.warning("worker.lock_lost", consumer=self.consumer)
         try:
-            if await self.try_take():
+            if await self.try_take() or (await self._end_old_session() and await self.try_take()):
                 return True
             log.warning("worker.lock_taken", consumer=self.consumer, by="another instance")
         except psycopg.Error as exc:
@@ -164,9 +166,35 @@ class ProjectionLock:
         """Take the lock if no other session holds it (on a new connection if need be)."""
         if self.conn is None or self.conn.closed:
             self.conn = await db.connect(self.settings, autocommit=True)
-        cur = await self.conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (self.key,))
+        cur = await self.conn.execute(
+            "SELECT pg_try_advisory_lock(hashtext(%s)), pid, backend_start"
+            " FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            (self.key,),
+        )
         row = await cur.fetchone()
+        if row and row[0]:
+            self._session = (row[1], row[2])
         return bool(row and row[0])
+
+    async def _end_old_session(self) -> bool:
+        """End this instance's own earlier lock session if it still lives, and say whether it
+        did. A ping that timed out on a slow server, or a half-open connection, leaves that
+        session holding the lock until the server notices the client is gone; until then the
+        lock looks taken by another instance, and the worker stopped for nothing. The session
+        is ours (its pid and start time), so no other instance can hold the lock meanwhile."""
+        if self._session is None or self.conn is None:
+            return False
+        (pid, started), self._session = self._session, None
+        cur = await self.conn.execute(
+            "SELECT pg_terminate_backend(pid, %s) FROM pg_stat_activity"
+            " WHERE pid = %s AND backend_start = %s",
+            (int(LOCK_PING_S * 1000), pid, started),
+        )
+        row = await cur.fetchone()
+        if row is None or not row[0]:
+            return False
+        log.warning("worker.lock_session_ended", consumer=self.consumer, pid=pid)
+        return True
 
     async def held(self) -> bool:
         """Whether the session that took the lock still answers, within

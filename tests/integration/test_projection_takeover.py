@@ -22,6 +22,7 @@ from tieline.events_schema.registry import REGISTRY
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
 from tieline.plumbing.subjects import event_subject
+from tieline.projections import worker_support
 from tieline.projections.classify import classify
 from tieline.projections.items import Item
 from tieline.projections.schema import ensure_schema
@@ -199,6 +200,38 @@ async def test_a_lock_taken_by_another_is_not_held_on_a_later_check(settings: Se
         assert not await mine.held()
         assert not await mine.still_held()  # and asks again, rather than believing it
     finally:
+        await mine.close()
+        await theirs.close()
+
+
+async def test_a_lock_session_too_slow_to_answer_is_ended_and_the_lock_taken_again(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ping that times out (a slow server; here the lock's session is busy in a long query)
+    closes the connection, but its backend goes on, holding the lock, until the server
+    notices. The retake found the lock taken and the worker stopped for nothing, to wait as a
+    standby for its own old session. Now it ends that session (its own: same pid and start
+    time) and takes the lock again."""
+    monkeypatch.setattr(worker_support, "LOCK_PING_S", 0.5)
+    key = f"tieline-worker:{settings.database_schema}:slow-lock-test"
+    mine, theirs = ProjectionLock(settings, key, "t"), ProjectionLock(settings, key, "t")
+    admin, old = await db.connect(settings), 0
+    try:
+        assert await mine.try_take() and mine.conn is not None
+        old = mine.conn.info.backend_pid
+        # The session is busy past the ping's deadline, and its backend does not look at the
+        # socket while it sleeps: closing the connection leaves it holding the lock.
+        mine.conn.pgconn.send_query(b"SELECT pg_sleep(60)")
+        assert mine.conn.pgconn.flush() == 0
+        assert await mine.still_held()
+        assert mine.conn is not None and mine.conn.info.backend_pid != old
+        assert not await theirs.try_take()
+        alive = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s"
+        assert await scalar(admin, alive, old) == 0
+    finally:
+        if old:
+            await admin.execute("SELECT pg_terminate_backend(%s)", (old,))
+        await admin.close()
         await mine.close()
         await theirs.close()
 
