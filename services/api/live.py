@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import structlog
 from tieline.plumbing.config import Settings
-from tieline.projections.changelog import FORGOTTEN
+from tieline.projections.changelog import FORGOTTEN, SCAN_SUB
 from tieline.projections.queries.live import (
     Position,
     changes_after,
@@ -134,6 +134,17 @@ class Subscriber:
         return out
 
 
+def disclosed(position: Position) -> Position:
+    """The feed's position as a stream may show it to any workspace: its ``seq`` (public, as
+    in every write answer) without its ``sub``, which counts the change rows of whichever
+    workspace wrote last (one per pair a meeting moved, one per follow-up a scan found due).
+    Rows below :data:`SCAN_SUB` at that ``seq`` are one event's, committed together before
+    the client came; a later follow-up scan's rows at that ``seq`` stay above the position.
+    (So a client that resumes from a reset at this position is sent its own workspace's
+    follow-ups of a scan at that ``seq`` again.)"""
+    return (position[0], SCAN_SUB - 1)
+
+
 class ChangeFeed:
     """The API process's single reader of the change log (see the module docstring)."""
 
@@ -166,7 +177,7 @@ class ChangeFeed:
         self._wake.set()
 
     def register(self, ws: str, flt: Filter) -> Subscriber:
-        sub = Subscriber(ws, flt, self.settings.sse_queue_limit, start=self.position)
+        sub = Subscriber(ws, flt, self.settings.sse_queue_limit, start=disclosed(self.position))
         self._subs[ws].add(sub)
         return sub
 

@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
+from tieline.projections.changelog import SCAN_SUB
 from tieline.projections.worker import Worker
 from tieline.services.api.app import create_app
 from tieline.services.auth import issue_token, revoke_token
@@ -140,3 +141,38 @@ async def test_a_stream_ends_when_its_token_is_revoked(
             "/v1/workspaces/w-revoke/stream", headers={"Authorization": f"Bearer {token}"}
         )
         assert refused.status_code == 401
+
+
+async def test_a_reset_does_not_show_another_workspaces_change_count(
+    settings: Settings, log: Log, served: tuple[str, Any]
+) -> None:
+    """A stream that cannot resume is reset at the feed's position. That position's ``sub``
+    counted the change rows of whichever workspace wrote last: a reader of one workspace
+    learned how many pairs another's latest meeting moved (here 10, for 5 people)."""
+    url, _ = served
+    people = [f"v{i}" for i in range(5)]
+    met = make_event("w-victim", type="relationship.met", participants=people, depth="brief_chat")
+    last = await log.publish(met)
+    worker = Worker(settings)
+    await worker.start()
+    try:
+        async with asyncio.timeout(20):
+            while worker.stats.last_seq < last:
+                await worker.run_once()
+        await asyncio.sleep(1.0)  # the feed reads the new rows (it polls every 0.2 s)
+        token = await token_for(settings, "w-other")
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            source = await open_stream(client, "w-other", token, last_event_id="garbage")
+            reset = await source.next(wait_s=5)
+            assert (reset.event, reset.id) == ("reset", f"{last}-{SCAN_SUB - 1}")
+            # The position still serves: the workspace's next change comes live after it.
+            mine = make_event("w-other", type="person.added", person_id="o1", display_name="O")
+            seq = await log.publish(mine)
+            async with asyncio.timeout(20):
+                while worker.stats.last_seq < seq:
+                    await worker.run_once()
+            got = await source.next(wait_s=10)
+            assert got.event == "event.recorded" and got.id.startswith(f"{seq}-")
+            await source.aclose()
+    finally:
+        await worker.close()
