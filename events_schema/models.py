@@ -74,10 +74,22 @@ Email = Annotated[str, AfterValidator(_personal(254)), Field(json_schema_extra=_
 Phone = Annotated[str, AfterValidator(_personal(64)), Field(json_schema_extra=_extra(64))]
 
 
+def _unlike(value: str, info: ValidationInfo, *others: str) -> str:
+    """``value``, refused when another field validated before it (``others``) names the same
+    person. Run as a field validator, so the error names the field."""
+    for other in others:
+        if other != info.field_name and value == info.data.get(other):
+            raise ValueError(f"must differ from {other}")
+    return value
+
+
 def _to_utc(value: datetime) -> datetime:
     # Offsets with seconds (old local mean times) would be cut to minutes when encoded, so
     # every timestamp is held in UTC: the instant is what matters.
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00: not a ValueError, so not a 422 by itself
+        raise ValueError("is out of range once converted to UTC") from None
 
 
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
@@ -214,13 +226,20 @@ class RelationshipMet(Event):
     where: ShortText | None = None
     context: FreeText | None = None
 
-    @model_validator(mode="after")
-    def _consistent(self) -> RelationshipMet:
-        if len(set(self.participants)) != len(self.participants):
-            raise ValueError("participants must be distinct people")
-        if self.initiated_by is not None and self.initiated_by not in self.participants:
-            raise ValueError("initiated_by must be one of the participants")
-        return self
+    # Field validators (not a model one), so each error names its field.
+    @field_validator("participants")
+    @classmethod
+    def _distinct(cls, participants: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(participants)) != len(participants):
+            raise ValueError("must be distinct people")
+        return participants
+
+    @field_validator("initiated_by")
+    @classmethod
+    def _a_participant(cls, initiated_by: str | None, info: ValidationInfo) -> str | None:
+        if initiated_by is not None and initiated_by not in info.data.get("participants", ()):
+            raise ValueError("must be one of the participants")
+        return initiated_by
 
     def people(self) -> tuple[str, ...]:
         return tuple(self.participants)
@@ -241,11 +260,10 @@ class RelationshipFollowedUp(Event):
     replied: bool = False
     note: FreeText | None = None
 
-    @model_validator(mode="after")
-    def _two_people(self) -> RelationshipFollowedUp:
-        if self.from_person == self.to_person:
-            raise ValueError("to_person must differ from from_person")
-        return self
+    @field_validator("to_person")
+    @classmethod
+    def _two_people(cls, value: str, info: ValidationInfo) -> str:
+        return _unlike(value, info, "from_person")
 
     def people(self) -> tuple[str, ...]:
         return (self.from_person, self.to_person)
@@ -266,13 +284,12 @@ class RelationshipIntroduced(Event):
     #: Set when the introduction completes a double opt-in flow (introduction.requested).
     introduction_id: UUID | None = None
 
-    @model_validator(mode="after")
-    def _three_people(self) -> RelationshipIntroduced:
-        if self.person_a == self.person_b:
-            raise ValueError("person_b: a person cannot be introduced to themselves")
-        if self.introducer in (self.person_a, self.person_b):
-            raise ValueError("introducer must differ from the people introduced")
-        return self
+    @field_validator("person_a", "person_b")
+    @classmethod
+    def _three_people(cls, value: str, info: ValidationInfo) -> str:
+        if info.field_name == "person_b" and value == info.data.get("person_a"):
+            raise ValueError("a person cannot be introduced to themselves")
+        return _unlike(value, info, "introducer")
 
     def people(self) -> tuple[str, ...]:
         return (self.introducer, self.person_a, self.person_b)
@@ -296,11 +313,10 @@ class IntroductionRequested(Event):
     target: PersonId
     reason: FreeText | None = None
 
-    @model_validator(mode="after")
-    def _three_people(self) -> IntroductionRequested:
-        if len({self.requester, self.introducer, self.target}) != 3:
-            raise ValueError("requester, introducer and target must be three different people")
-        return self
+    @field_validator("introducer", "target")
+    @classmethod
+    def _three_people(cls, value: str, info: ValidationInfo) -> str:
+        return _unlike(value, info, "requester", "introducer")
 
     def people(self) -> tuple[str, ...]:
         return (self.requester, self.introducer, self.target)
@@ -346,9 +362,12 @@ class IntroductionOutcome(IntroductionOutcomeV1):
     def _both_people(self) -> IntroductionOutcome:
         if (self.requester is None) != (self.target is None):
             raise ValueError("requester and target are given together, or neither")
-        if self.requester is not None and self.requester == self.target:
-            raise ValueError("target must differ from requester")
         return self
+
+    @field_validator("target")
+    @classmethod
+    def _another_person(cls, target: str | None, info: ValidationInfo) -> str | None:
+        return None if target is None else _unlike(target, info, "requester")
 
     def people(self) -> tuple[str, ...]:
         if self.requester is None or self.target is None:
@@ -364,11 +383,10 @@ class RelationshipHelped(Event):
     helped: PersonId
     what: FreeText | None = None
 
-    @model_validator(mode="after")
-    def _two_people(self) -> RelationshipHelped:
-        if self.helper == self.helped:
-            raise ValueError("helped must differ from helper")
-        return self
+    @field_validator("helped")
+    @classmethod
+    def _two_people(cls, value: str, info: ValidationInfo) -> str:
+        return _unlike(value, info, "helper")
 
     def people(self) -> tuple[str, ...]:
         return (self.helper, self.helped)
@@ -388,11 +406,10 @@ class RelationshipClosenessRated(Event):
     ratee: PersonId
     rating: Annotated[int, Field(ge=1, le=5)]
 
-    @model_validator(mode="after")
-    def _two_people(self) -> RelationshipClosenessRated:
-        if self.rater == self.ratee:
-            raise ValueError("ratee must differ from rater")
-        return self
+    @field_validator("ratee")
+    @classmethod
+    def _two_people(cls, value: str, info: ValidationInfo) -> str:
+        return _unlike(value, info, "rater")
 
     def people(self) -> tuple[str, ...]:
         return (self.rater, self.ratee)
@@ -429,6 +446,9 @@ class EventRetracted(EventRetractedV1):
 
 
 ParamName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+#: A number JSON can carry: the registry encodes NaN and infinities as null, which it then
+#: cannot decode.
+Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class ParameterSet(BaseModel):
@@ -437,8 +457,9 @@ class ParameterSet(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    version: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    values: dict[ParamName, float] = Field(default_factory=dict, max_length=64)
+    # No NUL: PostgreSQL text cannot hold it, and the projection stores the version as text.
+    version: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
+    values: dict[ParamName, Finite] = Field(default_factory=dict, max_length=64)
 
 
 class WorkspaceModelCalibrated(Event):
@@ -453,7 +474,7 @@ class WorkspaceModelCalibrated(Event):
     momentum: ParameterSet | None = None
     holdout_share: Annotated[float, Field(gt=0, lt=1)]
     validated_at: UtcDatetime = Field(description="The held-out cut-off the sets beat it at.")
-    evidence: dict[ParamName, float] = Field(
+    evidence: dict[ParamName, Finite] = Field(
         default_factory=dict,
         max_length=64,
         description="Held-out AUC and precision@10 of the baseline (the set the workspace used "

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import psycopg
 import structlog
 from faststream import FastStream
 from faststream.nats import NatsBroker
@@ -82,6 +83,14 @@ def _broker(settings: Settings, service: str) -> NatsBroker:
     )
 
 
+def _failed(exc: Exception) -> dict[str, Any]:
+    """The answer to every line of a command that failed as a whole: 503 when the database or
+    the broker was away (send it again: an ``event_id`` makes that safe), else 500."""
+    transient = isinstance(exc, OSError | TimeoutError | psycopg.OperationalError)
+    status, what = (503, "try again") if transient else (500, "internal error")
+    return {"status": status, "error": f"(command): {what} ({type(exc).__name__})", "errors": []}
+
+
 async def handle_command(
     side: WriteSide, subject: str, body: dict[str, Any], service: str
 ) -> dict[str, Any]:
@@ -93,7 +102,13 @@ async def handle_command(
         return {"results": [], "error": "command needs 'actor' and a list of 'items'"}
     correlation_id = body.get("correlation_id")
     with structlog.contextvars.bound_contextvars(correlation_id=correlation_id, service=service):
-        outcomes = await side.record_many(workspace_id, items, actor, correlation_id)
+        try:
+            outcomes = await side.record_many(workspace_id, items, actor, correlation_id)
+        except Exception as exc:
+            # An answer now, not the API's 503 after its command timeout: the client learns
+            # at once, and the log says why.
+            log.exception("command.failed", workspace_id=workspace_id, items=len(items))
+            return {"results": [_failed(exc) for _ in items]}
     results = [o.as_dict() for o in outcomes]
     metrics.count_command_outcomes(items, results, PEOPLE_TYPES | INTERACTION_TYPES)
     return {"results": results}

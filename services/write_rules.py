@@ -7,13 +7,14 @@ publish. That is what lets every rule be unit-tested without a server.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 from tieline.events_schema.models import (
     ENC_PREFIX,
@@ -211,6 +212,50 @@ def build(
     if event.occurred_at < EARLIEST:
         raise Rejected(422, ["occurred_at"], "lies before 1900")
     return event
+
+
+def repeated_ids(
+    lines: list[tuple[int, Event, str]], outcomes: list[Outcome | None]
+) -> tuple[list[tuple[int, Event, str]], dict[int, int]]:
+    """The lines of one command without those that repeat an earlier line's ``event_id``, and
+    for each repeat with the same body, the line it repeats (it is answered as that line is:
+    :func:`as_repeat`). A repeat with another body is refused 409 in ``outcomes``, as a
+    re-send would be: both used to be published at once, and which body won was a race."""
+    first: dict[UUID, tuple[int, str]] = {}
+    kept: list[tuple[int, Event, str]] = []
+    copies: dict[int, int] = {}
+    for i, event, digest in lines:
+        seen = first.setdefault(event.event_id, (i, digest))
+        if seen[0] == i:
+            kept.append((i, event, digest))
+        elif seen[1] == digest:
+            copies[i] = seen[0]
+        else:
+            msg = f"was already used for a different event on line {seen[0] + 1} of this command"
+            outcomes[i] = Rejected(409, ["event_id"], msg).outcome(str(event.event_id))
+    return kept, copies
+
+
+def as_repeat(first: Outcome | None) -> Outcome:
+    """The answer to a line that repeats ``first``'s line: a duplicate of what it recorded."""
+    if first is None:
+        return Outcome(500, error="internal: no outcome")
+    if first.status < 300:
+        return dataclasses.replace(first, status=200, duplicate=True)
+    return first
+
+
+def unsettled(event: Event, failure: Exception) -> Outcome:
+    """A line not published because of ``failure`` (its own publish timed out, or an earlier
+    line's failure stopped the command): it may be on the log (its id stays taken), so the
+    answer is to send it again with the same ``event_id``, which is published once."""
+    msg = f"not recorded ({type(failure).__name__}); send it again with the same event_id"
+    return Outcome(
+        503,
+        str(event.event_id),
+        error=f"event_id: {msg}",
+        errors=[{"loc": ["event_id"], "msg": msg}],
+    )
 
 
 def prior_outcome(prior: Recorded, digest: str, event_id: str) -> Outcome | None:

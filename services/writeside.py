@@ -354,8 +354,11 @@ class WriteSide:
         """Decide every line, then publish the accepted ones concurrently and record them.
 
         A line's outcome never depends on a later line; nothing from a refused line is
-        published. The command's answer is sent only after its events are recorded in the
-        write-side state, so the next command (a retraction, a consent) sees them.
+        published. After a failure that is not a refusal (a publish timeout, a database
+        error) the lines published are still recorded and answered; the failed line and those
+        not tried get 503 (:func:`~tieline.services.write_rules.unsettled`). The command's
+        answer is sent only after its events are recorded in the write-side state, so the
+        next command (a retraction, a consent) sees them.
         """
         outcomes: list[Outcome | None] = [None] * len(objs)
         lines: list[tuple[int, Event, str]] = []
@@ -367,6 +370,7 @@ class WriteSide:
                 outcomes[i] = rej.outcome(str(eid) if eid is not None else None)
                 continue
             lines.append((i, event, rules.body_digest(event, obj)))
+        lines, copies = rules.repeated_ids(lines, outcomes)
         held = await self.state.take([(e, d) for _, e, d in lines])
         todo: list[tuple[int, Event]] = []
         again: list[tuple[Event, str]] = []
@@ -382,8 +386,11 @@ class WriteSide:
         # reads the keys: an erasure waits for it (see _after_in_flight).
         own = await self.state.retake(again)
         failure = await self._publish_all(workspace_id, objs, todo, outcomes, set(held) - own)
-        if failure is not None:
-            raise failure
+        if failure is not None:  # the lines without an outcome failed or were not tried
+            for i, event in todo:
+                outcomes[i] = outcomes[i] or rules.unsettled(event, failure)
+        for i, first in copies.items():
+            outcomes[i] = rules.as_repeat(outcomes[first])
         return [
             o if o is not None else Outcome(500, error="internal: no outcome") for o in outcomes
         ]

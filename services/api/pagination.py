@@ -69,6 +69,8 @@ def _fits(value: Any, kind: type) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if kind is str:  # PostgreSQL text cannot hold NUL: it would fail the query (a 500)
+        return isinstance(value, str) and "\x00" not in value
     return isinstance(value, kind)
 
 
@@ -83,7 +85,7 @@ def decode(
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         obj = json.loads(raw)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
         raise refuse("not a cursor of this API") from None
     if not isinstance(obj, dict) or obj.get("l") != listing:
         raise refuse(f"not a cursor of this list ({listing})")

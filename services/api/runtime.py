@@ -35,6 +35,7 @@ from tieline.plumbing.subjects import command_subject
 from tieline.projections.generations import Generation
 from tieline.projections.queries.common import checkpoint
 from tieline.projections.readpool import LivePool
+from tieline.services.api import strict_json
 from tieline.services.api.errors import ApiError
 from tieline.services.api.live import ChangeFeed
 from tieline.services.api.ratelimit import SharedLimiter
@@ -239,6 +240,11 @@ class Decryption:
         self.keystore._cache.pop((ws, person), None)
 
 
+def _unfit(loc: list[str], msg: str) -> dict[str, Any]:
+    where = ".".join(loc) or "(body)"
+    return {"status": 422, "error": f"{where}: {msg}", "errors": [{"loc": loc, "msg": msg}]}
+
+
 class CommandBus:
     """Commands to the write-side services over NATS request/reply."""
 
@@ -250,7 +256,15 @@ class CommandBus:
         self, ws: str, service: str, items: list[Any], actor: str, correlation_id: str
     ) -> list[dict[str, Any]]:
         """One result per item, in order; 503 when the service is not there or too slow,
-        502 when its answer does not fit the request."""
+        502 when its answer does not fit the request. An item no command can carry (a
+        non-finite number, a lone surrogate, a NUL) is refused here (422), the rest sent."""
+        unfit = {i: p for i, it in enumerate(items) if (p := strict_json.problem(it)) is not None}
+        if unfit:
+            rest = [it for i, it in enumerate(items) if i not in unfit]
+            sent = iter(
+                await self.command(ws, service, rest, actor, correlation_id) if rest else []
+            )
+            return [_unfit(*unfit[i]) if i in unfit else next(sent) for i in range(len(items))]
         subject = command_subject(self.settings.subject_prefix, ws, service, "record")
         body = json.dumps(
             {"actor": actor, "correlation_id": correlation_id, "items": items}, default=str

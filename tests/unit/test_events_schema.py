@@ -746,3 +746,81 @@ def test_every_valid_met_event_survives_encode_then_decode(event: RelationshipMe
     assert decoded == event
     assert type(decoded) is RelationshipMet
     assert decoded.occurred_at.utcoffset() == event.occurred_at.utcoffset()
+
+
+@pytest.mark.parametrize(
+    ("fields", "loc"),
+    [
+        (
+            {"type": "relationship.closeness_rated", "rater": "a", "ratee": "a", "rating": 3},
+            "ratee",
+        ),
+        ({"type": "relationship.helped", "helper": "a", "helped": "a"}, "helped"),
+        (
+            {
+                "type": "relationship.followed_up",
+                "from_person": "a",
+                "to_person": "a",
+                "channel": "email",
+            },
+            "to_person",
+        ),
+        (
+            {"type": "relationship.met", "participants": ["a", "a"], "depth": "brief_chat"},
+            "participants",
+        ),
+        (
+            {
+                "type": "relationship.met",
+                "participants": ["a", "b"],
+                "depth": "brief_chat",
+                "initiated_by": "c",
+            },
+            "initiated_by",
+        ),
+        (
+            {
+                "type": "relationship.introduced",
+                "introducer": "a",
+                "person_a": "a",
+                "person_b": "b",
+            },
+            "person_a",
+        ),
+        (
+            {
+                "type": "relationship.introduced",
+                "introducer": "x",
+                "person_a": "b",
+                "person_b": "b",
+            },
+            "person_b",
+        ),
+        (
+            {
+                "type": "introduction.requested",
+                "introduction_id": str(uuid.uuid4()),
+                "requester": "a",
+                "introducer": "b",
+                "target": "a",
+            },
+            "target",
+        ),
+    ],
+    ids=[
+        "rated",
+        "helped",
+        "followed_up",
+        "met_twice",
+        "initiated_by",
+        "introducer",
+        "self_intro",
+        "requested",
+    ],
+)
+def test_a_rule_between_two_fields_names_the_field(fields: dict[str, Any], loc: str) -> None:
+    """The API's 422 shows ``errors[].loc``: these rules were model validators, whose errors
+    have an empty location ("(body)"), so a client could not point at the field."""
+    with pytest.raises(EventDecodeError) as caught:
+        REGISTRY.decode_obj(envelope(**fields))
+    assert [e["loc"] for e in caught.value.errors] == [[loc]]

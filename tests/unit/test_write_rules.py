@@ -500,9 +500,11 @@ class FailingOnce(MemoryLog):
 
 
 def test_a_failed_line_leaves_the_published_lines_recorded() -> None:
-    """One line's publish fails (not a refusal): the command fails, but the lines already on
-    the log are recorded (a retraction of them would otherwise be refused 404), and a retry
-    of the same command answers them as duplicates and publishes the failed one."""
+    """One line's publish fails (not a refusal): that line is answered 503 with its event_id
+    (the whole command used to fail, unanswered, and the lines already on the log with it),
+    the lines on the log are recorded and answered (a retraction of them would otherwise be
+    refused 404), and a retry of the same command answers them as duplicates and publishes
+    the failed one."""
     side, _, state = write_side()
     log = FailingOnce()
     side.js = log  # type: ignore[assignment]
@@ -514,8 +516,9 @@ def test_a_failed_line_leaves_the_published_lines_recorded() -> None:
     }
     lines = [{**MET, "event_id": str(uuid4())}, {**follow, "event_id": str(uuid4())}]
     asyncio.run(side.record_many("w", PEOPLE, "tester"))
-    with pytest.raises(TimeoutError):
-        asyncio.run(side.record_many("w", lines, "tester"))
+    first = asyncio.run(side.record_many("w", lines, "tester"))
+    assert [(o.status, o.seq) for o in first] == [(201, 3), (503, None)]
+    assert first[1].event_id == lines[1]["event_id"] and first[1].errors[0]["loc"] == ["event_id"]
     met, failed = (state.rows[("w", UUID(x["event_id"]))] for x in lines)
     assert met.seq == 3 and failed.seq is None  # recorded; taken, not confirmed
     again = asyncio.run(side.record_many("w", lines, "tester"))
@@ -645,7 +648,7 @@ def _what(data: bytes) -> tuple[str, str]:
 def test_an_erasure_is_published_when_recording_the_other_lines_fails() -> None:
     """The command's meeting is published, then recording it fails once (a database error):
     the erasure, whose key is already destroyed, is published all the same, the meeting is
-    recorded by the retry at the end, and the command reports the failure."""
+    recorded by the retry at the end, and both lines are answered as recorded."""
     side, log, state = write_side()
     asyncio.run(side.record_many("w", PEOPLE, "t"))
     recorded, failed = state.recorded, []
@@ -658,8 +661,9 @@ def test_an_erasure_is_published_when_recording_the_other_lines_fails() -> None:
 
     state.recorded = fails_once  # type: ignore[method-assign]
     lines = [{**MET, "event_id": str(uuid4())}, {"type": "person.forgotten", "person_id": "ada"}]
-    with pytest.raises(OSError):
-        asyncio.run(side.record_many("w", lines, "admin"))
+    # Both published, and recorded by the retry at the end: both answers are true.
+    out = asyncio.run(side.record_many("w", lines, "admin"))
+    assert failed and [o.status for o in out] == [201, 201]
     assert [json.loads(d)["type"] for _, d in log.messages[2:]] == [
         "relationship.met",
         "person.forgotten",
@@ -789,8 +793,8 @@ def test_a_merge_refused_while_publishing_gives_its_claim_back(
     assert state.merges == {}
     eid = str(uuid4())
     failure.append(TimeoutError())
-    with pytest.raises(TimeoutError):
-        asyncio.run(side.record_many("w", [merge("a", "c", event_id=eid)], "t"))
+    timed_out = asyncio.run(side.record_many("w", [merge("a", "c", event_id=eid)], "t"))
+    assert [(o.status, o.event_id) for o in timed_out] == [(503, eid)]
     other = asyncio.run(side.record_many("w", [merge("a", "b")], "t"))
     assert statuses(other) == [(409, ["person_id"])]
     retry = asyncio.run(side.record_many("w", [merge("a", "c", event_id=eid)], "t"))

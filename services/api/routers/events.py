@@ -3,7 +3,6 @@ services as commands over NATS; each answer carries the stream sequence of what 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -12,6 +11,7 @@ from tieline.services.api.errors import ApiError
 from tieline.services.api.models import BatchResult, LineResult, WriteResult, write_answer
 from tieline.services.api.observe import correlation_id
 from tieline.services.api.openapi import WRITE, batch_body, created_responses, event_body
+from tieline.services.api.strict_json import Unfit, loads
 from tieline.services.service_app import service_for
 
 router = APIRouter(tags=["events"])
@@ -59,14 +59,47 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def parse_json(raw: bytes, loc: list[str]) -> Any:
+    """``raw`` as strict JSON (:mod:`~tieline.services.api.strict_json`); 422 naming ``loc``
+    when it is not."""
     try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise ApiError(
-            422,
-            f"{'.'.join(loc)}: not valid JSON ({exc})",
-            [{"loc": loc, "msg": f"not valid JSON: {exc}"}],
-        ) from exc
+        return loads(raw)
+    except Unfit as exc:
+        raise ApiError(422, *_unfit(exc, loc, ".".join(loc))) from exc
+
+
+async def send_runs(
+    bus: Any,
+    ws: str,
+    runs: list[tuple[str, list[int]]],
+    objs: dict[int, Any],
+    actor: str,
+    results: list[dict[str, Any] | None],
+) -> None:
+    """Send each run of lines to its service and fill ``results``. A run whose service does
+    not answer fails alone (503 per line): the whole batch used to answer 503, although the
+    runs before it were on the log, and a client re-sending it without event_ids recorded
+    them twice."""
+    correlation = correlation_id()
+    for service, idx in runs:
+        try:
+            out = await bus.command(ws, service, [objs[i] for i in idx], actor, correlation)
+        except ApiError as exc:
+            out = [_unanswered(objs[i], exc) for i in idx]
+        for i, r in zip(idx, out, strict=True):
+            results[i] = r
+
+
+def _unanswered(obj: Any, exc: ApiError) -> dict[str, Any]:
+    """A line whose service did not answer (503): it may or may not be on the log, so a
+    retry is safe only with its ``event_id``."""
+    eid = obj.get("event_id") if isinstance(obj, dict) else None
+    out: dict[str, Any] = {"status": exc.status, "error": exc.detail, "errors": exc.errors}
+    return out | ({"event_id": str(eid)} if eid is not None else {})
+
+
+def _unfit(exc: Unfit, loc: list[str], label: str) -> tuple[str, list[dict[str, Any]]]:
+    """(error, errors) of a body or line that is not strict JSON, at ``loc``."""
+    return f"{label}: {exc}", [{"loc": loc, "msg": str(exc)}]
 
 
 @router.post(
@@ -126,13 +159,10 @@ async def record_batch(ws: WS, request: Request, who: Writer, rt: RT) -> BatchRe
             results[i] = {"status": 204}
             continue
         try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            results[i] = {
-                "status": 422,
-                "error": f"line {i + 1}: not valid JSON ({exc})",
-                "errors": [{"loc": ["line", str(i + 1)], "msg": "not valid JSON"}],
-            }
+            obj = loads(line)
+        except Unfit as exc:
+            error, errors = _unfit(exc, ["line", str(i + 1)], f"line {i + 1}")
+            results[i] = {"status": 422, "error": error, "errors": errors}
             continue
         refusal = role_refusal(obj, who.role)
         if refusal is not None:
@@ -144,11 +174,7 @@ async def record_batch(ws: WS, request: Request, who: Writer, rt: RT) -> BatchRe
             runs[-1][1].append(i)
         else:
             runs.append((service, [i]))
-    correlation = correlation_id()
-    for service, idx in runs:
-        out = await rt.bus.command(ws, service, [objs[i] for i in idx], who.actor, correlation)
-        for i, r in zip(idx, out, strict=True):
-            results[i] = r
+    await send_runs(rt.bus, ws, runs, objs, who.actor, results)
     final = [LineResult(**r) for r in results if r is not None and r["status"] != 204]
     seqs = [r.seq for r in final if r.seq is not None]
     accepted = sum(1 for r in final if r.status < 300)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
-from uuid import uuid4
+from uuid import UUID, uuid4, uuid5
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel
@@ -25,6 +25,20 @@ from tieline.services.api.openapi import READ, WRITE, created_responses, problem
 
 router = APIRouter(tags=["people"])
 
+#: Namespace of the person ids derived from a request's ``event_id`` (a fixed random UUID).
+PERSON_IDS = UUID("5d8f1c52-8b0e-4f4e-9f53-2a6c0b7e1d94")
+
+
+def new_person_id(ws: str, event_id: str | None) -> str:
+    """The id of a person added without one: derived from the request's ``event_id`` when
+    it has one, so a re-send (its answer lost) names the same person and is answered as a
+    duplicate with that id; it used to get a fresh id, so the re-send was another body under
+    the same ``event_id`` (409) and the client never learnt the id. Random otherwise."""
+    try:
+        return uuid5(PERSON_IDS, f"{ws}/{UUID(event_id)}").hex if event_id else uuid4().hex
+    except ValueError:  # not a UUID: the write side refuses it, naming event_id
+        return uuid4().hex
+
 
 @router.post(
     "/v1/workspaces/{ws}/people",
@@ -39,7 +53,7 @@ async def add_person(
     """Add a person (``person.added``). Re-sending the same ``event_id`` answers 200 with the
     original ``seq``; a ``person_id`` that is taken is a ``conflict`` (409)."""
     obj = {"type": "person.added", **person.model_dump(exclude_none=True)}
-    obj.setdefault("person_id", uuid4().hex)
+    obj.setdefault("person_id", new_person_id(ws, person.event_id))
     [result] = await rt.bus.command(ws, "people", [obj], who.actor, correlation_id())
     if result["status"] < 300:
         result["person_id"] = obj["person_id"]
@@ -58,7 +72,7 @@ async def list_people(
         str | None,
         Query(
             deprecated=True,
-            max_length=64,
+            pattern=r"^[A-Za-z0-9_-]{1,64}$",
             description="Deprecated: the person id to start after; use `cursor`.",
         ),
     ] = None,
