@@ -56,6 +56,12 @@ async def served(settings: Settings, log: Log) -> AsyncIterator[tuple[str, Any]]
         await task
 
 
+async def apply_until(worker: Worker, last: int) -> None:
+    async with asyncio.timeout(20):
+        while worker.stats.last_seq < last:
+            await worker.run_once()
+
+
 async def token_for(settings: Settings, ws: str) -> str:
     return await issue_token(settings, ws, "read", "feed-test")
 
@@ -85,9 +91,7 @@ async def test_slow_client_is_cut_off_with_its_position_and_resumes_exactly(
         worker = Worker(settings)
         await worker.start()
         try:
-            async with asyncio.timeout(20):
-                while worker.stats.last_seq < last:
-                    await worker.run_once()
+            await apply_until(worker, last)
         finally:
             await worker.close()
         got = [await source.next() for _ in range(LIMIT + 1)]
@@ -156,9 +160,7 @@ async def test_a_reset_does_not_show_another_workspaces_change_count(
     worker = Worker(settings)
     await worker.start()
     try:
-        async with asyncio.timeout(20):
-            while worker.stats.last_seq < last:
-                await worker.run_once()
+        await apply_until(worker, last)
         await asyncio.sleep(1.0)  # the feed reads the new rows (it polls every 0.2 s)
         token = await token_for(settings, "w-other")
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
@@ -168,9 +170,7 @@ async def test_a_reset_does_not_show_another_workspaces_change_count(
             # The position still serves: the workspace's next change comes live after it.
             mine = make_event("w-other", type="person.added", person_id="o1", display_name="O")
             seq = await log.publish(mine)
-            async with asyncio.timeout(20):
-                while worker.stats.last_seq < seq:
-                    await worker.run_once()
+            await apply_until(worker, seq)
             got = await source.next(wait_s=10)
             assert got.event == "event.recorded" and got.id.startswith(f"{seq}-")
             await source.aclose()

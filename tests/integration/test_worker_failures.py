@@ -55,6 +55,18 @@ async def _outcome(worker: Worker, last: int) -> tuple[int, list[str]]:
         await conn.close()
 
 
+async def _patched_outcome(
+    worker: Worker, last: int, apply: Any, trial: Any
+) -> tuple[int, list[str]]:
+    """:func:`_outcome` with the store's ``apply`` and ``trial`` replaced; closes ``worker``."""
+    worker.store.apply = apply  # type: ignore[method-assign]
+    worker.store.trial = trial  # type: ignore[method-assign]
+    try:
+        return await _outcome(worker, last)
+    finally:
+        await worker.close()
+
+
 @pytest.mark.parametrize("state_based", [False, True], ids=["in_one_batch", "after_commit"])
 async def test_a_batch_failing_only_in_combination_is_applied_one_event_at_a_time(
     settings: Settings, log: Log, state_based: bool
@@ -150,12 +162,7 @@ async def test_an_event_whose_trial_times_out_is_parked_not_waited_on(
                 await conn.execute("SELECT pg_sleep(5)")
         await real_trial(conn, it)
 
-    worker.store.apply = apply  # type: ignore[method-assign]
-    worker.store.trial = trial  # type: ignore[method-assign]
-    try:
-        meetings, parked = await _outcome(worker, seqs[-1])
-    finally:
-        await worker.close()
+    meetings, parked = await _patched_outcome(worker, seqs[-1], apply, trial)
     assert meetings == 4 and len(parked) == 1
     assert parked[0].startswith(f"{y}:apply_failed:QueryCanceled"), parked
 
@@ -194,12 +201,7 @@ async def test_an_outage_after_a_dead_letter_is_published_does_not_publish_it_ag
             await asyncio.sleep(1.5)  # past the stream's dedupe window
         await real_trial(conn, it)
 
-    worker.store.apply = apply  # type: ignore[method-assign]
-    worker.store.trial = trial  # type: ignore[method-assign]
-    try:
-        meetings, parked = await _outcome(worker, seqs[-1])
-    finally:
-        await worker.close()
+    meetings, parked = await _patched_outcome(worker, seqs[-1], apply, trial)
     info = await log.js.stream_info(f"{settings.stream_name}_DLQ")
     assert cut and meetings == 4
     assert [p.split(":")[:2] for p in parked] == [[str(y), "apply_failed"]]
