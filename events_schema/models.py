@@ -237,7 +237,9 @@ class RelationshipMet(Event):
     @field_validator("initiated_by")
     @classmethod
     def _a_participant(cls, initiated_by: str | None, info: ValidationInfo) -> str | None:
-        if initiated_by is not None and initiated_by not in info.data.get("participants", ()):
+        if "participants" not in info.data:  # refused already: nothing to compare with
+            return initiated_by
+        if initiated_by is not None and initiated_by not in info.data["participants"]:
             raise ValueError("must be one of the participants")
         return initiated_by
 

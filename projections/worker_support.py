@@ -185,10 +185,14 @@ class ProjectionLock:
         if self._session is None or self.conn is None:
             return False
         (pid, started), self._session = self._session, None
+        # And only while it holds this very lock: behind a pooler a backend outlives the
+        # client session, and one serving another client must not be ended.
         cur = await self.conn.execute(
-            "SELECT pg_terminate_backend(pid, %s) FROM pg_stat_activity"
-            " WHERE pid = %s AND backend_start = %s",
-            (int(LOCK_PING_S * 1000), pid, started),
+            "SELECT pg_terminate_backend(a.pid, %s) FROM pg_stat_activity a"
+            " JOIN pg_locks l ON l.pid = a.pid AND l.locktype = 'advisory' AND l.granted"
+            " AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext(%s)::bigint"
+            " WHERE a.pid = %s AND a.backend_start = %s",
+            (int(LOCK_PING_S * 1000), self.key, pid, started),
         )
         row = await cur.fetchone()
         if row is None or not row[0]:

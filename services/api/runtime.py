@@ -272,7 +272,9 @@ class CommandBus:
         # An erasure may wait up to twice the command timeout for other commands' lines in
         # flight naming the person (services/writeside.py, _after_in_flight), then publish.
         erasing = any(isinstance(it, dict) and it.get("type") == "person.forgotten" for it in items)
-        timeout = self.settings.command_timeout_s * (4 if erasing else 1)
+        # Half as long again as the service may take to publish, so that a line whose publish
+        # timed out there is answered (503, with its event_id) beside those that went through.
+        timeout = self.settings.command_timeout_s * (4 if erasing else 1) * 1.5
         try:
             with telemetry.outgoing(f"{service} command", **{"tieline.items": len(items)}) as tp:
                 reply = await self.connections.nc.request(

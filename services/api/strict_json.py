@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -36,27 +37,52 @@ def loads(raw: bytes | str) -> Any:
         raise Unfit(f"not valid JSON ({exc})") from exc
 
 
+#: Deeper than any event or command (their deepest value is a list inside an object inside
+#: the body); far below the depth at which encoding the command would overflow the stack.
+MAX_DEPTH = 32
+#: orjson, which the services decode commands with, reads integers up to 64 bits.
+MAX_INT = 2**63 - 1
+
+
 def problem(obj: Any) -> tuple[list[str], str] | None:
-    """(where, what) of the first value in ``obj`` no command can carry, or None. Walks
-    without recursion, so a deep body cannot overflow the stack here either."""
-    stack: list[tuple[list[str], Any]] = [([], obj)]
+    """(where, what) of the first value in ``obj`` no command can carry, or None. Walks with
+    one iterator per level (memory grows with the depth, not the size) and builds the path
+    only for what it refuses."""
+    keys: list[str] = []
+    stack: list[Iterator[tuple[str, Any]]] = [iter((("", obj),))]
     while stack:
-        loc, value = stack.pop()
-        if isinstance(value, str):
-            why = _bad_text(value)
-            if why:
-                return loc, why
-        elif isinstance(value, float) and not math.isfinite(value):
-            return loc, "must be a finite number"
-        elif isinstance(value, dict):
-            for key, item in reversed(value.items()):
-                why = _bad_text(key) if isinstance(key, str) else ""
-                if why:
-                    return [*loc, key], f"field name {why}"
-                stack.append(([*loc, str(key)], item))
+        step = next(stack[-1], None)
+        if step is None:
+            stack.pop()
+            if keys:
+                keys.pop()
+            continue
+        key, value = step
+        why = _bad_value(value, len(stack))
+        if why:
+            return [*keys[: len(stack) - 1], key][1:], why
+        if isinstance(value, dict):
+            bad = next((k for k in value if isinstance(k, str) and _bad_text(k)), None)
+            if bad is not None:
+                return [*keys[: len(stack) - 1], key, bad][1:], f"field name {_bad_text(bad)}"
+            stack.append(iter([(str(k), v) for k, v in value.items()]))
+            keys.append(key)
         elif isinstance(value, list):
-            stack.extend(([*loc, str(i)], item) for i, item in reversed(list(enumerate(value))))
+            stack.append(((str(i), v) for i, v in enumerate(value)))
+            keys.append(key)
     return None
+
+
+def _bad_value(value: Any, depth: int) -> str:
+    if isinstance(value, str):
+        return _bad_text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if isinstance(value, int) and not -MAX_INT - 1 <= value <= MAX_INT:
+        return "is too large a number"
+    if isinstance(value, dict | list) and depth > MAX_DEPTH:
+        return f"is nested more than {MAX_DEPTH} levels deep"
+    return ""
 
 
 def _bad_text(text: str) -> str:

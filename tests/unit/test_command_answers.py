@@ -38,27 +38,56 @@ def test_the_bus_refuses_items_no_service_can_decode_and_sends_the_rest() -> Non
         {"type": "relationship.met", "where": "caf\ud800"},
         {"type": "relationship.met", "notes": ["a", "b\x00"]},
         {"type": "relationship.met", "x": float("nan")},
-        {"type": "relationship.met", "where": "fine"},
+        {"type": "relationship.met", "duration_minutes": 10**400},
+        {"type": "relationship.met", "x": {"y": _nested(953)}},
+        {"type": "relationship.met", "where": "fine", "n": [1, {"m": True}]},
     ]
     out = asyncio.run(bus.command("w", "interactions", items, "t", "c"))
-    assert [r["status"] for r in out] == [201, 422, 422, 422, 201]
-    assert [r["errors"][0]["loc"] for r in out[1:4]] == [["where"], ["notes", "1"], ["x"]]
-    assert nc.sent == [[items[0], items[4]]]  # one command, without the unfit items
+    assert [r["status"] for r in out] == [201, 422, 422, 422, 422, 422, 201]
+    assert [r["errors"][0]["loc"] for r in out[1:5]] == [
+        ["where"],
+        ["notes", "1"],
+        ["x"],
+        ["duration_minutes"],
+    ]
+    assert out[5]["errors"][0]["loc"][:3] == ["x", "y", "0"]
+    assert nc.sent == [[items[0], items[6]]]  # one command, without the unfit items
+
+
+def _nested(depth: int) -> list[Any]:
+    """A list ``depth`` levels deep: ``json.loads`` reads 953 levels, but encoding the command
+    around it overflowed the stack (a 500)."""
+    out: list[Any] = []
+    for _ in range(depth):
+        out = [out]
+    return out
 
 
 def test_a_batch_run_whose_service_does_not_answer_fails_alone() -> None:
+    """That run's lines get 503; the service's later runs too, without waiting for it again
+    (one command timeout each would make a long batch take hours); other services' runs,
+    before and after, are sent; an unforeseen error is a 500 for its run only."""
+    asked: list[str] = []
+
     class Bus:
         async def command(self, ws: str, service: str, items: list[Any], *_: Any) -> Any:
+            asked.append(service)
             if service == "people":
                 raise ApiError(503, "the people service did not answer in time")
+            if items[0].get("boom"):
+                raise RecursionError
             return [{"status": 201, "seq": 7} for _ in items]
 
-    objs = {0: {"type": "relationship.met"}, 1: {"type": "person.added", "event_id": "e1"}}
-    results: list[dict[str, Any] | None] = [None, None]
-    asyncio.run(send_runs(Bus(), "w", [("interactions", [0]), ("people", [1])], objs, "t", results))
-    assert results[0] == {"status": 201, "seq": 7}
-    assert results[1] is not None and results[1]["status"] == 503
-    assert results[1]["event_id"] == "e1" and "did not answer" in results[1]["error"]
+    met, boom = {"type": "relationship.met"}, {"type": "relationship.met", "boom": 1}
+    objs = {0: met, 1: {"type": "person.added", "event_id": "e1"}, 2: met, 3: {}, 4: boom}
+    runs = [("interactions", [0]), ("people", [1]), ("interactions", [2]), ("people", [3])]
+    runs.append(("x", [4]))
+    results: list[dict[str, Any] | None] = [None] * 5
+    asyncio.run(send_runs(Bus(), "w", runs, objs, "t", results))
+    assert asked == ["interactions", "people", "interactions", "x"]
+    assert [r["status"] if r else None for r in results] == [201, 503, 201, 503, 500]
+    assert results[1] is not None and results[1]["event_id"] == "e1"
+    assert "did not answer" in results[1]["error"]
 
 
 @pytest.mark.parametrize(

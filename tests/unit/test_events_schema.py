@@ -824,3 +824,10 @@ def test_a_rule_between_two_fields_names_the_field(fields: dict[str, Any], loc: 
     with pytest.raises(EventDecodeError) as caught:
         REGISTRY.decode_obj(envelope(**fields))
     assert [e["loc"] for e in caught.value.errors] == [[loc]]
+
+
+def test_a_refused_participants_list_adds_no_error_on_initiated_by() -> None:
+    met = {"type": "relationship.met", "participants": ["a", "a"], "depth": "brief_chat"}
+    with pytest.raises(EventDecodeError) as caught:
+        REGISTRY.decode_obj(envelope(**met, initiated_by="a"))
+    assert [e["loc"] for e in caught.value.errors] == [["participants"]]

@@ -76,15 +76,23 @@ async def send_runs(
     results: list[dict[str, Any] | None],
 ) -> None:
     """Send each run of lines to its service and fill ``results``. A run whose service does
-    not answer fails alone (503 per line): the whole batch used to answer 503, although the
-    runs before it were on the log, and a client re-sending it without event_ids recorded
-    them twice."""
+    not answer fails alone (503 per line), and that service's later runs are answered the
+    same without waiting for it again: the whole batch used to answer 503, although the runs
+    before it were on the log, and a client re-sending it without event_ids recorded them
+    twice."""
     correlation = correlation_id()
+    down: dict[str, ApiError] = {}  # a service that did not answer is not asked again
     for service, idx in runs:
         try:
+            if service in down:
+                raise down[service]
             out = await bus.command(ws, service, [objs[i] for i in idx], actor, correlation)
         except ApiError as exc:
+            down[service] = exc
             out = [_unanswered(objs[i], exc) for i in idx]
+        except Exception as exc:  # the runs before it are on the log: answer them still
+            down[service] = ApiError(500, f"internal error ({type(exc).__name__})")
+            out = [_unanswered(objs[i], down[service]) for i in idx]
         for i, r in zip(idx, out, strict=True):
             results[i] = r
 
@@ -157,6 +165,14 @@ async def record_batch(ws: WS, request: Request, who: Writer, rt: RT) -> BatchRe
     for i, line in enumerate(lines):
         if not line.strip():
             results[i] = {"status": 204}
+            continue
+        if len(line) > settings.max_event_bytes:  # as one event alone would be (413)
+            msg = f"larger than the {settings.max_event_bytes}-byte limit of one event"
+            results[i] = {
+                "status": 413,
+                "error": f"line {i + 1}: {msg}",
+                "errors": [{"loc": ["line", str(i + 1)], "msg": msg}],
+            }
             continue
         try:
             obj = loads(line)
