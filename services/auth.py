@@ -63,15 +63,25 @@ async def create_token(
     if parts is None:
         raise ValueError("a token must look like tl_<12 hex>_<secret of 20+ characters>")
     token_id, secret = parts
-    await conn.execute(
+    # A revoked token stays revoked: registering it again (``tieline up`` and the bootstrap
+    # do so on every start) used to clear the revocation, so a leaked token came back.
+    cur = await conn.execute(
         """INSERT INTO api_tokens (token_id, workspace_id, role, name, secret_sha256)
            VALUES (%s, %s, %s, %s, %s)
            ON CONFLICT (token_id) DO UPDATE SET workspace_id = EXCLUDED.workspace_id,
                role = EXCLUDED.role, name = EXCLUDED.name,
-               secret_sha256 = EXCLUDED.secret_sha256, revoked_at = NULL""",
+               secret_sha256 = EXCLUDED.secret_sha256
+           WHERE api_tokens.revoked_at IS NULL
+           RETURNING token_id""",
         (token_id, workspace_id, role, name, _sha256(secret)),
     )
+    if await cur.fetchone() is None:
+        raise TokenRevoked(f"token {token_id} was revoked: it cannot be used again; set a new one")
     return token
+
+
+class TokenRevoked(ValueError):
+    """A token given to be registered (again) was revoked."""
 
 
 async def issue_token(settings: Settings, workspace_id: str, role: str, name: str) -> str:

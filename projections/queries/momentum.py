@@ -131,9 +131,12 @@ async def around_as_of(
     ties: dict[str, dict[str, datetime]] = {}
     async with conn.cursor(row_factory=tuple_row) as cur:  # whatever the connection's rows
         await cur.execute(_AS_OF_TIES_SQL, args)
+        # After a merge one tie can come back as two rows, (b, e) and (e, b): the latest wins,
+        # not whichever row came last (so an as_of read equals the read now).
         for a, b, t in await cur.fetchall():
-            ties.setdefault(a, {})[b] = t
-            ties.setdefault(b, {})[a] = t
+            for x, y in ((a, b), (b, a)):
+                mine = ties.setdefault(x, {})
+                mine[y] = max(t, mine.get(y, t))
     active = {p: max(ties[q].values()) for p, q in whom.items() if ties.get(q)}
     me = whom[person]
     mine = set(ties.get(me, {}))

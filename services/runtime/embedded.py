@@ -187,6 +187,11 @@ class EmbeddedNats(ManagedServer):
             return
         binary = nats_server_binary()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # The config holds every NATS user's password, admin's included: owner only (it was
+        # 0644, readable by any local user, while secrets/ kept the same passwords at 0600).
+        self.data_dir.chmod(0o700)
+        self.config_path.touch(mode=0o600)
+        self.config_path.chmod(0o600)
         self.config_path.write_text(self.render_config())
         started = time.monotonic()
         self._spawn(

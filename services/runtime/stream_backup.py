@@ -108,8 +108,14 @@ async def restore_stream(js: JetStreamContext, stream: str, directory: Path) -> 
                 f"{path}: sequence {line['seq']} follows {expected}; a backup with holes "
                 "cannot keep its sequence numbers"
             )
+        # Without Nats-Msg-Id: the log may hold one id twice (a dead letter replayed again
+        # after the dedupe window), and restored within milliseconds the second copy was
+        # dropped as a duplicate and the restore stopped half-way. The expected last sequence
+        # keeps the order and refuses anything interleaved.
         headers = {
-            k: v for k, v in (line["headers"] or {}).items() if not k.startswith("Nats-Expected")
+            k: v
+            for k, v in (line["headers"] or {}).items()
+            if not k.startswith("Nats-Expected") and k != "Nats-Msg-Id"
         }
         headers["Nats-Expected-Last-Sequence"] = str(expected)
         ack = await js.publish(

@@ -260,10 +260,11 @@ class Stack:
         from tieline.plumbing import db
         from tieline.plumbing.config import Settings
         from tieline.plumbing.state import ensure_state_schema
-        from tieline.services.auth import create_token
+        from tieline.services.auth import TokenRevoked, create_token
 
         path = self.config.data_dir / "secrets" / "admin-token"
-        if token is None and path.exists():
+        stored = token is None and path.exists()
+        if stored:
             token = path.read_text().strip()
         # The schema the children will use: TIELINE_* from our environment, then config.env.
         schema = self.settings().database_schema
@@ -273,7 +274,13 @@ class Stack:
             conn = await db.connect(settings)
             try:
                 await ensure_state_schema(conn, schema)
-                return await create_token(conn, workspace, "admin", "admin", token)
+                try:
+                    return await create_token(conn, workspace, "admin", "admin", token)
+                except TokenRevoked:
+                    if not stored:
+                        raise
+                    # The operator revoked the stored token: a new one replaces it.
+                    return await create_token(conn, workspace, "admin", "admin")
             finally:
                 await conn.close()
 

@@ -208,3 +208,25 @@ def test_network_policies_expose_only_the_api(rendered: dict[str, list[dict[str,
         assert client_rule["from"] == [
             {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "tieline"}}}
         ]
+
+
+def test_every_tieline_process_of_the_tls_overlay_can_read_the_nats_ca(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """``SSL_CERT_FILE`` points every tieline process at the CA; the worker (a StatefulSet)
+    was left without it, so its TLS handshakes with NATS failed and nothing was projected."""
+    docs = rendered["ha-tls"]
+    cert = objects(docs, "ConfigMap")["tieline-config"]["data"]["SSL_CERT_FILE"]
+    checked = []
+    for workload in workloads(docs):
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            if role_of(container) is None:
+                continue
+            mounts = [m["mountPath"] for m in container.get("volumeMounts", [])]
+            assert any(cert.startswith(p.rstrip("/") + "/") for p in mounts), (
+                workload["kind"],
+                workload["metadata"]["name"],
+                mounts,
+            )
+            checked.append(workload["kind"])
+    assert "StatefulSet" in checked and "Deployment" in checked

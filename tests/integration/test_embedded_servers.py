@@ -146,6 +146,9 @@ def test_nats_context_manager_and_start_failure_reports_log(tmp_path: Path) -> N
         pid = server.pid
         assert pid is not None
         assert _get_json(f"{server.monitor_url}/jsz")["config"]["sync_always"] is True
+        # Its config holds the NATS users' passwords (tieline up): owner only.
+        assert stat.S_IMODE(server.config_path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(server.data_dir.stat().st_mode) == 0o700
     assert server.pid is None
     _assert_gone(pid)
 

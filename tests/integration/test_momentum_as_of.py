@@ -115,3 +115,34 @@ async def test_as_of_activity_follows_merges_and_lists_compute_their_page_only(
     assert computed[0] == 2 and len(whole["relationships"]) == 8 == computed[1]
     assert page["relationships"] == whole["relationships"][:2]
     assert all(t["momentum"] is not None for t in page["relationships"])
+
+
+async def test_after_a_merge_as_of_activity_is_the_latest_not_the_last_row(
+    settings: Settings, log: Log
+) -> None:
+    """After ``a`` is merged into ``e``, the tie of ``b`` and ``e`` is stored as two rows,
+    (a, b) and (b, e): the as-of read kept whichever row came last, so ``b`` looked last
+    active 40 days before it was, and momentum as of now differed from the answer now."""
+    ws = "w-mom-merge"
+
+    def meeting(x: str, y: str, days: float) -> Any:
+        at = ago(days).isoformat()
+        kind = {"type": "relationship.met", "depth": "conversation"}
+        return make_event(ws, **kind, participants=[x, y], occurred_at=at)
+
+    for x, y, days in (("b", "c", 65), ("a", "b", 60), ("b", "e", 20)):
+        await log.publish(meeting(x, y, days))
+    merged = make_event(ws, type="person.merged", person_id="a", survivor="e")
+    await _project(settings, await log.publish(merged))
+    conn = await db.connect(settings, rm_schema=first_generation(settings)[0])
+    conn.row_factory = dict_row  # type: ignore[assignment]
+    try:
+        when = datetime.now(UTC)
+        around = await mo.around_as_of(conn, ws, "b", ["c", "e"], when)
+        assert around[0]["b"] == ago(20)
+        now = await mo.pair_now(conn, ws, "b", "c", when)
+        then = await mo.pair_as_of(conn, ws, "b", "c", when)
+        assert now is not None and then is not None
+        assert then["momentum"] == now["momentum"]
+    finally:
+        await conn.close()
