@@ -135,8 +135,8 @@ async def around_as_of(
         # not whichever row came last (so an as_of read equals the read now).
         for a, b, t in await cur.fetchall():
             for x, y in ((a, b), (b, a)):
-                mine = ties.setdefault(x, {})
-                mine[y] = max(t, mine.get(y, t))
+                known = ties.setdefault(x, {})
+                known[y] = max(t, known.get(y, t))
     active = {p: max(ties[q].values()) for p, q in whom.items() if ties.get(q)}
     me = whom[person]
     mine = set(ties.get(me, {}))
