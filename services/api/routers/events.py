@@ -98,8 +98,8 @@ async def send_runs(
 
 
 def _unanswered(obj: Any, exc: ApiError) -> dict[str, Any]:
-    """A line whose service did not answer (503): it may or may not be on the log, so a
-    retry is safe only with its ``event_id``."""
+    """A line whose service did not answer (503) or failed unforeseen (500): it may or may
+    not be on the log, so a retry is safe only with its ``event_id``."""
     eid = obj.get("event_id") if isinstance(obj, dict) else None
     out: dict[str, Any] = {"status": exc.status, "error": exc.detail, "errors": exc.errors}
     return out | ({"event_id": str(eid)} if eid is not None else {})
