@@ -11,9 +11,9 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import typer
+from tieline.plumbing.redact import redact_url
 from tieline.services.runtime.errors import OperationalError, ServerStartError
 
 if TYPE_CHECKING:
@@ -80,15 +80,7 @@ def ops_settings(data_dir: Path | None, command: str = "tieline") -> Settings:
 
 def redact(url: str) -> str:
     """``url`` without its password (for messages)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return redact_url(url)
 
 
 def _reason(exc: BaseException) -> str:

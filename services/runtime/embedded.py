@@ -40,8 +40,14 @@ import psycopg
 import structlog
 from psycopg import sql
 from psycopg.rows import TupleRow
+from tieline.plumbing.redact import redact_url
 from tieline.services.runtime.errors import OperationalError
 from tieline.services.runtime.managed_server import ManagedServer
+from tieline.services.runtime.pg_auth import (
+    load_or_make_password,
+    require_passwords,
+    set_password,
+)
 from tieline.services.runtime.pg_unprivileged import (
     RunAs,
     chown_tree,
@@ -227,9 +233,11 @@ class EmbeddedNats(ManagedServer):
 class EmbeddedPostgres(ManagedServer):
     """A real PostgreSQL server whose cluster lives in ``data_dir/pgdata``.
 
-    The first ``start()`` runs initdb (superuser ``postgres``, trust auth, UTF8, C locale);
-    later starts reuse the cluster. The server listens on ``host`` only, over TCP on ``port``
-    and on a Unix socket in ``data_dir/s``, with ``fsync=on``; it logs to
+    The first ``start()`` runs initdb (superuser ``postgres``, SCRAM password auth, UTF8, C
+    locale); later starts reuse the cluster. The password is kept in ``data_dir/password``
+    (0600) and is part of :attr:`url` (services/runtime/pg_auth.py). The server listens on
+    ``host`` only, over TCP on ``port`` and on a Unix socket in ``data_dir/s``, with
+    ``fsync=on``; it logs to
     ``data_dir/postgres.log``. After start, role ``user`` (LOGIN SUPERUSER: this is an embedded
     development/test server) and database ``database`` owned by it exist.
     """
@@ -245,6 +253,7 @@ class EmbeddedPostgres(ManagedServer):
         host: str = "127.0.0.1",
         database: str = "tieline",
         user: str = "tieline",
+        password: str | None = None,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir)
@@ -252,11 +261,28 @@ class EmbeddedPostgres(ManagedServer):
         self.port: int = port if port is not None else find_free_port(host)
         self.database = database
         self.user = user
+        #: A given password is used as is; else one is kept in :attr:`password_path`.
+        self._password: str | None = password
+
+    @property
+    def password_path(self) -> Path:
+        """Where the cluster's password is kept (0600, owned by whoever starts the server)."""
+        return self.data_dir / "password"
+
+    @property
+    def password(self) -> str:
+        """The password of both the bootstrap superuser and the application role."""
+        if self._password is None:
+            self._password = load_or_make_password(
+                self.password_path, cluster_exists=(self.pgdata / "PG_VERSION").is_file()
+            )
+        return self._password
 
     @property
     def url(self) -> str:
-        """Connection URL for the application role and database."""
-        return f"postgresql://{self.user}@{host_in_url(self.host)}:{self.port}/{self.database}"
+        """Connection URL for the application role and database (it holds the password)."""
+        host = host_in_url(self.host)
+        return f"postgresql://{self.user}:{self.password}@{host}:{self.port}/{self.database}"
 
     @property
     def pgdata(self) -> Path:
@@ -317,28 +343,27 @@ class EmbeddedPostgres(ManagedServer):
         staging.mkdir(mode=0o700)
         if run_as is not None:
             os.chown(staging, run_as.uid, run_as.gid)
+        # initdb reads the superuser's password from a file the server's user can read; it
+        # is removed as soon as initdb is done.
+        pwfile = self.data_dir / ".initdb-password"
+        pwfile.write_text(self.password + "\n", encoding="utf-8")
+        pwfile.chmod(0o600)
+        if run_as is not None:
+            os.chown(pwfile, run_as.uid, run_as.gid)
         argv = [
             str(bin_dir / "initdb"),
             "-D", str(staging.resolve()),
             "-U", _PG_SUPERUSER,
-            "--auth=trust",
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile.resolve()}",
             "--encoding=UTF8",
             "--locale=C",
         ]  # fmt: skip
         started = time.monotonic()
-        with self.log_path.open("ab") as log_file:
-            result = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.data_dir,
-                env=self._child_env(),
-                user=run_as.uid if run_as else None,
-                group=run_as.gid if run_as else None,
-                extra_groups=[] if run_as else None,
-                check=False,
-            )
+        try:
+            result = self._run_initdb(argv, run_as)
+        finally:
+            pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
             shutil.rmtree(staging, ignore_errors=True)
             raise self._exited_error(self.log_path, f"initdb failed with code {result.returncode}")
@@ -351,8 +376,27 @@ class EmbeddedPostgres(ManagedServer):
         )
         return True
 
-    def _bootstrap(self, conn: psycopg.Connection[TupleRow]) -> None:
-        """Create the application role and database if they are missing."""
+    def _run_initdb(
+        self, argv: list[str], run_as: RunAs | None
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run initdb ``argv`` as ``run_as``, its output appended to the server log."""
+        with self.log_path.open("ab") as log_file:
+            return subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
+                env=self._child_env(),
+                user=run_as.uid if run_as else None,
+                group=run_as.gid if run_as else None,
+                extra_groups=[] if run_as else None,
+                check=False,
+            )
+
+    def _bootstrap(self, conn: psycopg.Connection[TupleRow], run_as: RunAs | None) -> None:
+        """Create the application role and database if they are missing; make sure both roles
+        have the password and that no ``pg_hba.conf`` line trusts a client without one."""
         if self.user != _PG_SUPERUSER:
             role = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.user,))
             if role.fetchone() is None:
@@ -360,6 +404,15 @@ class EmbeddedPostgres(ManagedServer):
                     sql.SQL("CREATE ROLE {} LOGIN SUPERUSER").format(sql.Identifier(self.user))
                 )
                 _log.info("embedded_postgres.role_created", role=self.user)
+        for role_name in {_PG_SUPERUSER, self.user}:
+            set_password(conn, role_name, self.password)
+        owner = (run_as.uid, run_as.gid) if run_as is not None else None
+        if require_passwords(conn, self.pgdata / "pg_hba.conf", owner):
+            _log.warning(
+                "embedded_postgres.trust_removed",
+                reason="a cluster made without passwords now requires one",
+                password_file=str(self.password_path),
+            )
         database = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,))
         if database.fetchone() is None:
             conn.execute(
@@ -376,6 +429,7 @@ class EmbeddedPostgres(ManagedServer):
                 host=self.host,
                 port=self.port,
                 user=_PG_SUPERUSER,
+                password=self.password,
                 dbname="postgres",
                 connect_timeout=2,
                 sslmode="disable",
@@ -425,10 +479,10 @@ class EmbeddedPostgres(ManagedServer):
             not_ready=f"not accepting connections in {timeout}s",
         )
         with conn:
-            self._bootstrap(conn)
+            self._bootstrap(conn, run_as)
         _log.info(
             "embedded_postgres.started",
-            url=self.url,
+            url=redact_url(self.url),
             pid=proc.pid,
             data_dir=str(self.data_dir),
             initdb=created,

@@ -29,6 +29,7 @@ from pathlib import Path
 import psutil
 import structlog
 from tieline.plumbing.config import Settings
+from tieline.plumbing.redact import redact_url
 from tieline.plumbing.retry import PROCESS
 from tieline.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, find_free_port
 from tieline.services.runtime.endpoints import Endpoints
@@ -212,7 +213,7 @@ class Stack:
             self.postgres = EmbeddedPostgres(self.postgres_dir, port=self.config.postgres_port)
         if self.postgres is not None:
             self.postgres.start()
-            log.info("postgres.started", url=self.postgres.url)
+            log.info("postgres.started", url=redact_url(self.postgres.url))
 
     def ensure_streams_as_admin(self, timeout: float = 30.0) -> None:
         """Create or check the event and dead-letter streams as the embedded NATS's ``admin``

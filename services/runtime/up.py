@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from tieline.plumbing.redact import redact_url
 from tieline.services.runtime.errors import OperationalError
 from tieline.services.runtime.installation import (
     POSTGRES_SUBDIR,
@@ -167,7 +168,7 @@ def _start(stack: Stack, admin_token: str | None) -> str:
 def _announce(stack: Stack, token: str, banner: Say) -> None:
     data = stack.config.data_dir
     banner(f"[bold green]tieline is up[/]  API: {stack.api_url}  (docs: {stack.api_url}/docs)")
-    banner(f"NATS: {stack.nats_url}   PostgreSQL: {stack.database_url}")
+    banner(f"NATS: {redact_url(stack.nats_url)}   PostgreSQL: {redact_url(stack.database_url)}")
     banner(f"data: {data}   logs: {data / 'logs'}")
     banner(f"operator commands: tieline verify --data-dir {data}  (endpoints: run/endpoints.json)")
     banner(f"admin token for workspace 'default' (export it as TIELINE_TOKEN):\n  {token}")

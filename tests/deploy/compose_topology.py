@@ -48,7 +48,6 @@ from typing import Any
 
 import psycopg
 import yaml
-from psycopg import sql
 from tieline.services.runtime.embedded import (
     EmbeddedPostgres,
     nats_server_binary,
@@ -279,10 +278,11 @@ class Topology:
             socket = pg.socket_dir.resolve() / f".s.PGSQL.{pg.port}"
             env["PGHOST"] = str(socket.parent) if socket.exists() else instance.address
             env["PGPORT"] = str(pg.port)
-            if not socket.exists() and env.get("POSTGRES_PASSWORD"):
+            if env.get("POSTGRES_PASSWORD"):
                 # No socket here when its path is too long for one (a deep temp dir, as in
-                # CI): over TCP the server wants the password the container was given; the
-                # image's socket would have trusted the local user.
+                # CI), and after a restart the embedded server's socket asks for a password
+                # too: over TCP or socket, the one the container was given. (The image's
+                # socket would have trusted the local user.)
                 env["PGPASSWORD"] = env["POSTGRES_PASSWORD"]
         return env
 
@@ -348,19 +348,27 @@ class Topology:
             (h for t, h, _ in self._mounts(instance) if t.startswith("/var/lib/postgresql")),
             self.workdir / instance.name / "pgdata",
         )
+        password = env["POSTGRES_PASSWORD"]
         pg = EmbeddedPostgres(
-            data, host=instance.address, port=5432, user=user, database=env.get("POSTGRES_DB", user)
+            data,
+            host=instance.address,
+            port=5432,
+            user=user,
+            database=env.get("POSTGRES_DB", user),
+            password=password,
         )
         pg.start()
         instance.postgres = pg
         with psycopg.connect(
-            host=instance.address, port=5432, user="postgres", dbname="postgres", autocommit=True
+            host=instance.address,
+            port=5432,
+            user="postgres",
+            password=password,
+            dbname="postgres",
+            autocommit=True,
         ) as conn:
-            conn.execute(
-                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                    sql.Identifier(user), sql.Literal(env["POSTGRES_PASSWORD"])
-                )
-            )
+            # As the image: the socket trusts the local user (a restart of the embedded
+            # server asks for the password there too; _local_env gives it).
             (pg.pgdata / "pg_hba.conf").write_text(
                 "local all all trust\nhost all all all scram-sha-256\n"
             )

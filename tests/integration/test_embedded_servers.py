@@ -172,7 +172,7 @@ def _count_rows(url: str) -> list[tuple[int, str]]:
 def test_postgres_data_survives_stop_start_and_kill(tmp_path: Path) -> None:
     server = EmbeddedPostgres(tmp_path / "pg")
     assert server.port not in WELL_KNOWN_PORTS
-    assert server.url == f"postgresql://tieline@127.0.0.1:{server.port}/tieline"
+    assert server.url == (f"postgresql://tieline:{server.password}@127.0.0.1:{server.port}/tieline")
     try:
         server.start()
         first_pid = server.pid
@@ -211,6 +211,67 @@ def test_postgres_data_survives_stop_start_and_kill(tmp_path: Path) -> None:
         server.stop()
     assert server.pid is None
     assert "database system was not properly shut down" in server.log_path.read_text()
+
+
+def _refused_without(server: EmbeddedPostgres, tmp_path: Path, **given: Any) -> str:
+    """The server's refusal of a login as each role with ``given`` (no password by default);
+    libpq's password file and ``PGPASSWORD`` are kept out of it."""
+    refusals = []
+    for user in ("postgres", "tieline"):
+        with pytest.raises(psycopg.OperationalError) as refused:
+            psycopg.connect(
+                host=server.host, port=server.port, user=user, dbname="postgres",
+                passfile=str(tmp_path / "no-pgpass"), connect_timeout=5, **given,
+            )  # fmt: skip
+        refusals.append(str(refused.value))
+    return "\n".join(refusals)
+
+
+def test_postgres_asks_every_client_for_the_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No local user gets in as a superuser without the password kept (0600) beside the
+    cluster; the URL the supervisor hands out carries it."""
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    with EmbeddedPostgres(tmp_path / "pg") as server:
+        assert stat.S_IMODE(server.password_path.stat().st_mode) == 0o600
+        assert len(server.password) >= 24
+        assert "password" in _refused_without(server, tmp_path)
+        assert "password" in _refused_without(server, tmp_path, password="guess")
+        with psycopg.connect(server.url, connect_timeout=5) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("tieline",)
+            hba = conn.execute("SELECT DISTINCT auth_method FROM pg_hba_file_rules").fetchall()
+            assert hba == [("scram-sha-256",)]
+        password = server.password
+    again = EmbeddedPostgres(tmp_path / "pg", port=server.port)
+    with again:  # a restart keeps the password: clients holding the URL still get in
+        assert again.password == password
+        with psycopg.connect(server.url, connect_timeout=5) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_cluster_made_with_trust_asks_for_a_password_from_its_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data dir from a version that ran initdb --auth=trust (roles without a password,
+    pg_hba.conf all trust, no password file) keeps its data and stops trusting."""
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    server = EmbeddedPostgres(tmp_path / "pg")
+    with server, psycopg.connect(server.url, connect_timeout=5, autocommit=True) as conn:
+        conn.execute("CREATE TABLE survivors (id int PRIMARY KEY, note text NOT NULL)")
+        conn.execute("INSERT INTO survivors VALUES (1, 'from the trusting days')")
+        conn.execute("ALTER ROLE postgres PASSWORD NULL")
+        conn.execute("ALTER ROLE tieline PASSWORD NULL")
+    hba = server.pgdata / "pg_hba.conf"
+    hba.write_text(hba.read_text().replace("scram-sha-256", "trust"))
+    server.password_path.unlink()
+    old = EmbeddedPostgres(tmp_path / "pg", port=server.port)
+    with old:
+        assert "password" in _refused_without(old, tmp_path)
+        assert _count_rows(old.url) == [(1, "from the trusting days")]
+        assert "trust" not in "\n".join(
+            line for line in hba.read_text().splitlines() if not line.lstrip().startswith("#")
+        )
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
+from tieline.plumbing.redact import redact_url
 
 
 def _kwargs(url: str) -> dict[str, object]:
@@ -51,3 +52,26 @@ def test_the_pg_environment_wins_where_the_url_is_silent(monkeypatch: pytest.Mon
     kw = _kwargs("postgresql://u@db.example/t?connect_timeout=4&options=-c%20work_mem%3D8MB")
     assert str(kw["options"]).endswith("-c work_mem=8MB -c search_path=s_g1,s")
     assert "statement_timeout" not in str(kw["options"]) and "connect_timeout" not in kw
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:s3cret@db.example:5432/t", "postgresql://u:***@db.example:5432/t"),
+        ("postgresql://u:s3cret@[::1]:5432/t", "postgresql://u:***@[::1]:5432/t"),
+        ("postgresql://:s3cret@db/t", "postgresql://:***@db/t"),
+        (
+            "postgresql://u@db/t?password=s3cret&sslmode=require",
+            "postgresql://u@db/t?password=***&sslmode=require",
+        ),
+        ("host=db user=u password='s3 cret' dbname=t", "host=db user=u password=*** dbname=t"),
+        ("host=db password=s3cret", "host=db password=***"),
+        ("nats://api:s3cret@127.0.0.1:4222", "nats://api:***@127.0.0.1:4222"),
+        ("postgresql://u@db/t", "postgresql://u@db/t"),
+    ],
+)
+def test_a_printed_url_hides_its_password(url: str, shown: str) -> None:
+    """Banners and logs show where a server is, never its password (the IPv6 brackets and
+    the query's other settings stay)."""
+    assert redact_url(url) == shown
+    assert "s3" not in redact_url(url)
