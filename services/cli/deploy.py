@@ -1,5 +1,5 @@
-"""Deployment commands: ``tieline secrets init``, ``tieline bootstrap`` and ``tieline migrate``
-(docs/operations.md).
+"""Deployment commands: ``tieline secrets init``, ``tieline bootstrap``, ``tieline migrate`` and
+``tieline stream backup|restore`` (docs/operations.md).
 
 Mounted on the main CLI by :func:`register`.
 """
@@ -7,12 +7,19 @@ Mounted on the main CLI by :func:`register`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from tieline.plumbing.redact import redact_url
 from tieline.services.cli.ops import DataDir, ops_settings, run_async
+
+if TYPE_CHECKING:
+    from tieline.plumbing.config import Settings
+
+T = TypeVar("T")
 
 console = Console()
 err = Console(stderr=True)
@@ -145,18 +152,19 @@ def migrate(
 stream_app = typer.Typer()
 
 
-def _stream_job(directory: Path, restore: bool) -> None:
+def _stream_job(directory: Path, restore: bool, data_dir: Path | None) -> None:
     """Back up or restore the event and dead-letter streams (services/runtime/stream_backup.py)."""
-    from tieline.plumbing.config import Settings
-    from tieline.plumbing.jetstream import connect_nats
     from tieline.services.runtime import stream_backup
 
-    settings = Settings()
+    command = f"tieline stream {'restore' if restore else 'backup'}"
+    settings = ops_settings(data_dir, command)
     streams = [settings.stream_name, f"{settings.stream_name}_DLQ"]
     if not restore:
         directory.mkdir(parents=True, exist_ok=True)
 
     async def go() -> list[stream_backup.StreamCopy]:
+        from tieline.plumbing.jetstream import connect_nats
+
         nc = await connect_nats(settings, name="tieline-stream-backup")
         try:
             js = nc.jetstream()
@@ -167,10 +175,9 @@ def _stream_job(directory: Path, restore: bool) -> None:
             await nc.close()
 
     try:
-        command = f"tieline stream {'restore' if restore else 'backup'}"
-        copies = run_async(command, settings, go, nats=True)
+        copies = run_async(command, settings, lambda: _explained(go(), settings), nats=True)
     except ValueError as exc:
-        err.print(f"[red]{exc}[/]")
+        err.print(f"[red]{command}: {exc}[/]", soft_wrap=True)
         raise typer.Exit(1) from None
     verb = "restored" if restore else "backed up"
     for c in copies:
@@ -180,22 +187,49 @@ def _stream_job(directory: Path, restore: bool) -> None:
         )
 
 
+async def _explained(job: Awaitable[T], settings: Settings) -> T:
+    """``job``, with JetStream's answers that mean "wrong stream" or "not allowed" turned into
+    a ValueError that says what to do (they were tracebacks)."""
+    from nats import errors as nats_errors
+    from nats.js import errors as js_errors
+
+    who = f"NATS user {settings.nats_user!r}" if settings.nats_user else "this NATS user"
+    try:
+        return await job
+    except js_errors.NotFoundError as exc:
+        raise ValueError(
+            f"{exc.description or 'not found'} ({settings.stream_name} or its _DLQ on "
+            f"{redact_url(settings.nats_url)}; `tieline bootstrap` creates them; check "
+            "TIELINE_STREAM_NAME, or give --data-dir DIR of a running `tieline up`)"
+        ) from None
+    except (js_errors.APIError, nats_errors.TimeoutError, TimeoutError) as exc:
+        # A user without the permission gets no answer: the server drops the request.
+        reason = getattr(exc, "description", None) or "no answer from JetStream"
+        raise ValueError(
+            f"{reason}; {who} may not be allowed to read or write whole streams: this needs "
+            "the NATS admin user (TIELINE_NATS_USER=admin and TIELINE_NATS_PASSWORD, or "
+            "--data-dir DIR of a running `tieline up`)"
+        ) from None
+
+
 @stream_app.command("backup")
 def stream_backup_cmd(
     directory: Annotated[Path, typer.Argument(help="Where to write <STREAM>.jsonl files.")],
+    data_dir: DataDir = None,
 ) -> None:
-    """Write every message of the event and dead-letter streams to DIRECTORY (needs
-    TIELINE_NATS_USER=admin and its password)."""
-    _stream_job(directory, restore=False)
+    """Write every message of the event and dead-letter streams to DIRECTORY (needs the NATS
+    admin user: TIELINE_NATS_USER=admin and its password, or --data-dir)."""
+    _stream_job(directory, restore=False, data_dir=data_dir)
 
 
 @stream_app.command("restore")
 def stream_restore_cmd(
     directory: Annotated[Path, typer.Argument(help="A directory written by stream backup.")],
+    data_dir: DataDir = None,
 ) -> None:
     """Publish a backup into the empty streams of a fresh bootstrap, keeping every sequence
     number; the workers then rebuild the read models from it."""
-    _stream_job(directory, restore=True)
+    _stream_job(directory, restore=True, data_dir=data_dir)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,6 +3,7 @@ token; Ctrl-C stops everything; a second `tieline up` on the same data dir keeps
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -15,7 +16,9 @@ import httpx
 from tieline.services.runtime.embedded import find_free_port
 
 
-def start_up(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], str]:
+def start_up(
+    data_dir: Path, port: int, banner: list[str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIELINE_")}
     env["COLUMNS"] = "250"
     proc = subprocess.Popen(
@@ -48,6 +51,8 @@ def start_up(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], str]:
             token = found.group(1)
         if "Ctrl-C stops everything" in line:
             assert token is not None, "".join(lines)
+            if banner is not None:
+                banner.extend(lines)
             return proc, token
     proc.kill()
     raise AssertionError("tieline up did not come up:\n" + "".join(lines))
@@ -95,9 +100,12 @@ def test_tieline_up_serves_and_keeps_data_across_restarts(tmp_path: Path) -> Non
     finally:
         out = stop(proc)
     assert "stopped." in out
-    proc2, token2 = start_up(data, port)
+    banner: list[str] = []
+    proc2, token2 = start_up(data, port, banner)
     try:
         assert token2 == token  # the same admin token after a restart
+        _the_banner_hides_the_database_password(data, "".join(banner))
+        _stream_backup_with_the_data_dir_and_without_admin(data, tmp_path)
         api = httpx.Client(
             base_url=f"http://127.0.0.1:{port}",
             timeout=30,
@@ -111,3 +119,38 @@ def test_tieline_up_serves_and_keeps_data_across_restarts(tmp_path: Path) -> Non
         assert {p["display_name"] for p in people} == {"Ada", "Grace"}
     finally:
         stop(proc2)
+
+
+def _the_banner_hides_the_database_password(data: Path, banner: str) -> None:
+    password = (data / "postgres" / "password").read_text().strip()
+    assert len(password) >= 24
+    assert "PostgreSQL: postgresql://tieline:***@127.0.0.1:" in banner, banner
+    assert password not in banner
+    assert not any(password in p.read_text() for p in (data / "logs").glob("*.log"))
+
+
+def _stream_backup_with_the_data_dir_and_without_admin(data: Path, tmp_path: Path) -> None:
+    """``--data-dir`` (which the error messages suggest) backs up as admin; another NATS user
+    gets one line that says what is needed, not a traceback."""
+    cli = [sys.executable, "-m", "tieline.services.cli.main", "stream", "backup"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIELINE_")}
+    done = subprocess.run(
+        [*cli, "--data-dir", str(data), str(tmp_path / "backup")],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "backed up TIELINE: 3 message(s), last seq 3" in done.stdout, done.stdout
+    endpoints = json.loads((data / "run" / "endpoints.json").read_text())
+    passwords = json.loads(Path(endpoints["nats_credentials_file"]).read_text())
+    env.update(
+        TIELINE_NATS_URL=endpoints["nats_url"],
+        TIELINE_NATS_USER="api",
+        TIELINE_NATS_PASSWORD=passwords["api"],
+    )
+    refused = subprocess.run(
+        [*cli, str(tmp_path / "not-admin")],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stderr and "│" not in refused.stderr, refused.stderr
+    assert "needs the NATS admin user" in refused.stderr, refused.stderr
