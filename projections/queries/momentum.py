@@ -27,6 +27,7 @@ from psycopg.rows import tuple_row
 from tieline.projections import merges
 from tieline.projections.queries.common import Row
 from tieline.projections.queries.strength import (
+    counts_as,
     pair_events,
     pair_row,
     summary,
@@ -217,7 +218,9 @@ async def of_ties(
 ) -> dict[str, Momentum]:
     """Momentum of each of ``person``'s ties at ``when``, by the other person's id. ``ties``:
     (stored row with ``other``, whether the row is later than ``when`` and so the pair must be
-    evaluated from its events up to ``when``)."""
+    evaluated from its events up to ``when``). A merged ``person`` is their survivor, whose
+    ties the stored rows are (projections/queries/ties.py ``ties_of``)."""
+    person = await counts_as(conn, ws, person)
     others = [row["other"] for row, _ in ties]
     active, common = await around(conn, ws, person, others, when, historical)
     out: dict[str, Momentum] = {}
@@ -246,10 +249,14 @@ async def pair_as_of(
     conn: AsyncConnection[Any], ws: str, a: str, b: str, as_of: datetime
 ) -> dict[str, Any] | None:
     """The pair endpoint's answer as of ``as_of``: the pure models (strength and momentum)
-    over the pair's events up to then; None when the pair has no recorded contact."""
+    over the pair's events up to then; None when the pair has no recorded contact. It names
+    the relationship the pair is (a merged person as their survivor), as :func:`pair_now`
+    does: the same pair now and as of a date."""
     events = await pair_events(conn, ws, a, b, as_of)
     if not events:
         return None
+    # pair_events gives them as events of the relationship, keyed by its two people.
+    a, b = events[0].person_a, events[0].person_b
     params = (await workspace_model(conn, ws)).strength
     out = summary(strength(events, params, as_of), a, b)
     out.update(fields(await of_pair(conn, ws, events, as_of)))

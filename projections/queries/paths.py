@@ -7,7 +7,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 from tieline.projections.queries.common import now
-from tieline.projections.queries.strength import TIE_COLS, vouches_now
+from tieline.projections.queries.strength import TIE_COLS, counts_as, vouches_now
 
 #: (people along the path, the score of each link)
 Path = tuple[list[str], list[float]]
@@ -16,7 +16,15 @@ Path = tuple[list[str], list[float]]
 async def vouching_neighbours(
     conn: AsyncConnection[Any], ws: str, person: str, when: datetime
 ) -> dict[str, float]:
-    """The people ``person`` can vouch for (or be vouched by) at ``when``, with the score."""
+    """The people ``person`` can vouch for (or be vouched by) at ``when``, with the score. A
+    merged person's are their survivor's (the stored ties are the survivors' only)."""
+    return await _vouching(conn, ws, await counts_as(conn, ws, person), when)
+
+
+async def _vouching(
+    conn: AsyncConnection[Any], ws: str, person: str, when: datetime
+) -> dict[str, float]:
+    """:func:`vouching_neighbours` of ``person`` as the stored ties name them (a survivor)."""
     cur = await conn.execute(
         f"""SELECT person_b AS other, {TIE_COLS} FROM strength_v1
              WHERE workspace_id = %(ws)s AND person_a = %(p)s AND can_vouch
@@ -76,10 +84,15 @@ async def warm_paths(
     conn: AsyncConnection[Any], ws: str, source: str, target: str, limit: int = 10
 ) -> list[dict[str, Any]]:
     """Who can introduce ``source`` to ``target``: paths with at most two intermediaries over
-    ties strong enough to vouch, ranked by their weakest link, then by their average."""
+    ties strong enough to vouch, ranked by their weakest link, then by their average. A
+    merged person counts as their survivor, whom the paths name (as a pair read does); none
+    when the two are one person."""
     when = now()
-    mine = await vouching_neighbours(conn, ws, source, when)
-    theirs = await vouching_neighbours(conn, ws, target, when)
+    source, target = await counts_as(conn, ws, source), await counts_as(conn, ws, target)
+    if source == target:
+        return []
+    mine = await _vouching(conn, ws, source, when)
+    theirs = await _vouching(conn, ws, target, when)
     paths: list[Path] = []
     if target in mine:
         paths.append(([source, target], [mine[target]]))

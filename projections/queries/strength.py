@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.rows import tuple_row
 from tieline.projections import merges
 from tieline.projections.queries.common import Row, now, ordered
 from tieline.projections.strength_model import (
@@ -58,6 +59,24 @@ async def relationship(
     counts as their survivor, projections/merges.py); None when the two are one person."""
     aliases = await merges.load(conn, [ws])
     return aliases, aliases.key(ws, a, b)
+
+
+#: Whom one person counts as: the survivor of their merge that holds (the latest unretracted
+#: one, as ``merges.HOLDING_SQL`` decides for every person), if any.
+_SURVIVOR_SQL = """SELECT survivor FROM merges_v1
+ WHERE workspace_id = %s AND merged = %s AND NOT retracted ORDER BY seq DESC LIMIT 1"""
+
+
+async def counts_as(conn: AsyncConnection[Any], ws: str, person: str) -> str:
+    """Whom ``person`` counts as through the merges that hold: their survivor when merged,
+    else themselves. Person-scoped reads (a person's ties, vouching neighbours) read the
+    stored ties, which are the survivors' only, so a merged (old) id answers what its survivor
+    does, as a pair read (:func:`relationship`) does. One indexed row, not every merge of the
+    workspace."""
+    async with conn.cursor(row_factory=tuple_row) as cur:  # whatever the connection's rows
+        await cur.execute(_SURVIVOR_SQL, (ws, person))
+        row = await cur.fetchone()
+    return person if row is None else str(row[0])
 
 
 async def stored_rows(

@@ -23,8 +23,9 @@ from typing import Any
 from psycopg import AsyncConnection
 from tieline.projections.queries import momentum as mo
 from tieline.projections.queries.common import Row, now
-from tieline.projections.queries.strength import TIE_COLS, pair_strength, score_at
+from tieline.projections.queries.strength import TIE_COLS, counts_as, pair_strength, score_at
 from tieline.projections.strength_model import (
+    MET,
     Params,
     Strength,
     assign_tiers,
@@ -46,7 +47,10 @@ async def strength_set(conn: AsyncConnection[Any], ws: str) -> Params:
 
 
 async def ties_of(conn: AsyncConnection[Any], ws: str, person: str) -> list[Row]:
-    """Every stored tie of ``person``, each with ``other`` naming the other side."""
+    """Every stored tie of ``person``, each with ``other`` naming the other side. A merged
+    person's ties are their survivor's (:func:`counts_as`): the stored ties are keyed by
+    survivors only."""
+    person = await counts_as(conn, ws, person)
     cur = await conn.execute(
         f"""SELECT person_b AS other, {TIE_COLS} FROM strength_v1
              WHERE workspace_id = %(ws)s AND person_a = %(p)s
@@ -95,7 +99,9 @@ async def top_scored(
     read is below the threshold: every unread tie's keys, hence its score, are at most those.
     Every tie is read when an order runs out. ``params``: the workspace's strength set, whose
     half-lives and score curve the stored keys were computed with; rows of another set (a
-    workspace being recomputed) fall back to scoring every tie."""
+    workspace being recomputed) fall back to scoring every tie. A merged person's ties are
+    their survivor's (:func:`ties_of`)."""
+    person = await counts_as(conn, ws, person)
     n = FIRST_READ
     while True:
         args = {"ws": ws, "p": person, "n": n}
@@ -148,7 +154,12 @@ async def scored_ties(
 ) -> list[Scored]:
     """(row, score at as_of, strength when recomputed) for every tie of ``person``; without
     ``as_of``, scores are taken at ``at`` (default: now) from the stored decay states.
-    ``params``: the workspace's strength set, for the recomputed ties (read when None)."""
+    ``params``: the workspace's strength set, for the recomputed ties (read when None).
+
+    A tie existed as of ``as_of`` when any of its events that count (not retracted) occurred
+    at or before then: a rating is an event of the tie but not a contact, so a tie rated
+    before its first contact existed from the rating on (``first_contact_at`` cannot tell).
+    :func:`pair_strength` is None exactly when no such event exists."""
     rows = await ties_of(conn, ws, person)
     out: list[Scored] = []
     when = as_of or at or now()
@@ -156,8 +167,6 @@ async def scored_ties(
         if as_of is None or (row["state_at"] is not None and as_of >= row["state_at"]):
             out.append((row, score_at(row, when), None))
             continue
-        if row["first_contact_at"] is not None and row["first_contact_at"] > as_of:
-            continue  # the tie did not exist yet
         if params is None:
             params = await strength_set(conn, ws)
         s = await pair_strength(conn, ws, row["person_a"], row["person_b"], as_of, params)
@@ -202,10 +211,15 @@ def tie_view(
         "momentum": None if m is None else round(m.score, 4),
         "tier": tier,
         "event_count": row["event_count"] if s is None else len(s.contributions),
-        "meetings": row["meetings"],
+        # Recomputed as of a date: the meetings up to then, not the stored (latest) count.
+        "meetings": row["meetings"] if s is None else _meetings(s),
         "last_contact_at": row["last_contact_at"] if s is None else s.last_contact_at,
         "one_sided": row["one_sided"] if s is None else bool(s.reciprocity.get("one_sided")),
     }
+
+
+def _meetings(s: Strength) -> int:
+    return sum(1 for c in s.contributions if c.type == MET)
 
 
 def _due_stored(

@@ -97,6 +97,27 @@ def test_min_seq_within_the_log_but_not_projected_in_time_is_503_with_retry_afte
     assert problem(beyond, 422, "min-seq-beyond-log")["last_seq"] == seq
 
 
+def test_introductions_check_waits_for_min_seq_like_every_read(
+    app_client: tuple[TestClient, dict[str, str]], settings: Settings
+) -> None:
+    """/introductions/check took no ``min_seq``: it answered 200 at once from a projection
+    that had not applied the write, so a check right after recording a meeting could answer
+    from before it. It waits and refuses as every other read does."""
+    c, auth = app_client
+    seq = _publish_one(settings)
+    url = f"/v1/workspaces/{WS}/introductions/check"
+    who = {"introducer": "ada", "a": "grace", "b": "linus"}
+    t0 = time.monotonic()
+    r = c.get(url, params={**who, "min_seq": seq}, headers=auth)
+    body = problem(r, 503, "unavailable")
+    assert time.monotonic() - t0 >= 0.3  # it did wait (min_seq_wait_s)
+    assert body["errors"] == [{"loc": ["query", "min_seq"], "msg": "not applied yet (at 0)"}]
+    beyond = c.get(url, params={**who, "min_seq": seq + 1}, headers=auth)
+    assert problem(beyond, 422, "min-seq-beyond-log")["last_seq"] == seq
+    # Without min_seq it answers at once from what is projected (nothing here).
+    assert c.get(url, params=who, headers=auth).json()["can_introduce"] is False
+
+
 def test_a_write_service_that_is_not_running_is_503(
     app_client: tuple[TestClient, dict[str, str]],
 ) -> None:

@@ -126,3 +126,25 @@ def test_operation_ids_are_the_route_names(doc: dict[str, Any]) -> None:
     ids = [op["operationId"] for _, _, op in operations(doc)]
     assert len(ids) == len(set(ids))
     assert {"add_person", "record_event", "strength", "timeline", "list_people"} <= set(ids)
+
+
+#: The tags of the routes that read the read models (projections), which a write's ``seq``
+#: can be waited for: the README's "every read accepts ?min_seq=N".
+READ_MODEL_TAGS = {"people", "relationships", "introductions", "export"}
+
+
+def test_every_read_model_read_takes_min_seq(doc: dict[str, Any]) -> None:
+    """Read-your-writes holds on every read of the read models: each takes ``min_seq`` and
+    documents its 503 (not applied in time). /introductions/check once took no ``min_seq``
+    (FastAPI ignores an unknown parameter), so a check right after a write could answer from
+    before it."""
+    reads = [
+        (path, op)
+        for path, method, op in operations(doc)
+        if method == "get" and READ_MODEL_TAGS & set(op.get("tags", []))
+    ]
+    assert "/v1/workspaces/{ws}/introductions/check" in {p for p, _ in reads}
+    for path, op in reads:
+        names = {p["name"] for p in op.get("parameters", [])}
+        assert "min_seq" in names, path
+        assert "503" in op["responses"], path

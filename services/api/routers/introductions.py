@@ -28,10 +28,12 @@ async def can_introduce(
     introducer: PersonQuery,
     a: PersonQuery,
     b: PersonQuery,
+    min_seq: MinSeq = None,
     as_of: AsOf = None,
 ) -> dict[str, Any]:
     """can_introduce(introducer, a, b): the introducer must know both well enough to vouch
     (strength tier, a real conversation, history length, not one-sided), with reasons."""
+    await rt.waiter.wait(min_seq)
     async with rt.connections.connection() as conn:
         out = await queries.can_introduce(conn, ws, introducer, a, b, aware(as_of))
     await rt.audit.record(ws, who, "GET can-introduce", [introducer, a, b])
