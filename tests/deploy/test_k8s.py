@@ -107,7 +107,15 @@ def test_ha_overlay_has_the_replicas_autoscaling_and_disruption_budgets(
     docs = rendered["ha"]
     assert objects(docs, "StatefulSet")["nats"]["spec"]["replicas"] == 3
     assert objects(docs, "ConfigMap")["tieline-config"]["data"]["TIELINE_STREAM_REPLICAS"] == "3"
-    assert objects(docs, "Cluster")["tieline-db"]["spec"]["instances"] == 3
+    db = objects(docs, "Cluster")["tieline-db"]["spec"]
+    assert db["instances"] == 3
+    # A failover loses no commit: one of the two replicas confirms each (CloudNativePG's
+    # default is asynchronous).
+    assert db["postgresql"]["synchronous"] == {
+        "method": "any",
+        "number": 1,
+        "dataDurability": "required",
+    }
     replicas = {n: d["spec"]["replicas"] for n, d in objects(docs, "Deployment").items()}
     roles = ("api", "people", "interactions", "webhooks", "sync")
     assert replicas == {f"tieline-{c}": 2 for c in roles}
@@ -230,3 +238,16 @@ def test_every_tieline_process_of_the_tls_overlay_can_read_the_nats_ca(
             )
             checked.append(workload["kind"])
     assert "StatefulSet" in checked and "Deployment" in checked
+
+
+def test_a_single_instance_database_does_not_wait_for_a_replica(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The single overlay's one PostgreSQL instance would block every commit waiting for a
+    synchronous replica that does not exist; the HA overlays wait for one of two."""
+    single = objects(rendered["single"], "Cluster")["tieline-db"]["spec"]
+    assert single["instances"] == 1
+    assert "synchronous" not in single.get("postgresql", {})
+    for overlay in ("ha", "ha-tls"):
+        spec = objects(rendered[overlay], "Cluster")["tieline-db"]["spec"]
+        assert spec["instances"] > spec["postgresql"]["synchronous"]["number"]
