@@ -3,6 +3,8 @@
 * :func:`backfill`: a database from before the write-side tables (revision 0004) gets them
   filled from the log;
 * :func:`backfill_people`: rows taken before revision 0008 get whom their event names;
+* :func:`reconcile_with_log` (``tieline stream restore``): after a restore of the log, the
+  tables forget ids the log does not hold and learn those it does;
 * :func:`sweep_digests` (every start): no digest is left of an event naming a person whose
   key is destroyed, whatever happened between the destroy and its clear (a crash, an
   instance of the release before 0008 erasing during a rolling upgrade).
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -71,18 +73,9 @@ async def backfill(
             return 0
         last = int((await js.stream_info(stream)).state.last_seq)
         count = 0
-        for start in range(1, last + 1, BACKFILL_BATCH):
-            seqs = range(start, min(start + BACKFILL_BATCH, last + 1))
-            msgs = await asyncio.gather(
-                *(js.get_msg(stream, seq=s) for s in seqs), return_exceptions=True
-            )
-            for seq, msg in zip(seqs, msgs, strict=True):
-                if isinstance(msg, NotFoundError):
-                    continue  # removed by the stream's limits
-                if isinstance(msg, BaseException):
-                    raise msg
-                await _backfill_one(conn, registry.decode(msg.data or b""), seq)
-                count += 1
+        async for seq, data in _log(js, stream, last):
+            await _backfill_one(conn, registry.decode(data), seq)
+            count += 1
         await conn.execute(
             "INSERT INTO write_backfill (stream, upto_seq) VALUES (%s, %s)", (stream, last)
         )
@@ -90,16 +83,85 @@ async def backfill(
     return count
 
 
-async def _backfill_one(conn: AsyncConnection[Any], event: Event, seq: int) -> None:
+async def _log(js: JetStreamContext, stream: str, last: int) -> AsyncIterator[tuple[int, bytes]]:
+    """(sequence, bytes) of every message of ``stream`` up to ``last``, in order, fetched
+    :data:`BACKFILL_BATCH` at a time; sequences removed by the stream's limits are skipped."""
+    for start in range(1, last + 1, BACKFILL_BATCH):
+        seqs = range(start, min(start + BACKFILL_BATCH, last + 1))
+        msgs = await asyncio.gather(
+            *(js.get_msg(stream, seq=s) for s in seqs), return_exceptions=True
+        )
+        for seq, msg in zip(seqs, msgs, strict=True):
+            if isinstance(msg, NotFoundError):
+                continue
+            if isinstance(msg, BaseException):
+                raise msg
+            yield seq, msg.data or b""
+
+
+#: What the write side decided from events (besides each event's own row): rebuilt from the
+#: log by :func:`reconcile_with_log`.
+_FORGET_DECISIONS = (
+    "UPDATE write_events SET retracted_by = NULL WHERE retracted_by IS NOT NULL",
+    "DELETE FROM write_introductions",
+    "DELETE FROM write_merges",
+)
+
+
+async def reconcile_with_log(
+    conn: AsyncConnection[Any], js: JetStreamContext, stream: str, registry: EventRegistry
+) -> tuple[int, int]:
+    """Make the write-side tables say what the log says, after the log was restored from a
+    backup (``tieline stream restore``) next to a state dump of another moment.
+
+    The documented backup takes the stream first and the state dump second, so the dump may
+    know ids accepted after the stream backup. Left there, a client re-sending such an id
+    was answered "duplicate, seq N" for an event the log no longer holds: accepted and lost.
+    Here every id whose sequence is beyond the log (or was never confirmed) is forgotten, so
+    a re-send is accepted again; ids on the log the dump does not know are learnt (a dump
+    older than the backup); and what events decided (retractions, introductions, merges) is
+    rebuilt from the log in order. Digests of the ids kept stay. Returns (forgotten, learnt).
+    """
+    async with conn.transaction():
+        await conn.execute(LOCK)
+        last = int((await js.stream_info(stream)).state.last_seq)
+        cur = await conn.execute(
+            "DELETE FROM write_events WHERE seq IS NULL OR seq > %s RETURNING 1", (last,)
+        )
+        forgotten = len(await cur.fetchall())
+        for statement in _FORGET_DECISIONS:
+            await conn.execute(statement)
+        learnt = 0
+        async for seq, data in _log(js, stream, last):
+            event = registry.decode(data)
+            new = await _backfill_one(conn, event, seq)  # a new row has its decisions applied
+            if not new:
+                await apply_to_state(conn, event)
+            learnt += new
+        await conn.execute(
+            "INSERT INTO write_backfill (stream, upto_seq) VALUES (%s, %s) "
+            "ON CONFLICT (stream) DO UPDATE SET upto_seq = excluded.upto_seq, done_at = now()",
+            (stream, last),
+        )
+    log.info(
+        "write_state.reconciled", stream=stream, upto_seq=last, forgotten=forgotten, learnt=learnt
+    )
+    return forgotten, learnt
+
+
+async def _backfill_one(conn: AsyncConnection[Any], event: Event, seq: int) -> int:
+    """Take ``event``'s row from the log unless it exists; 1 if it was new."""
     cur = await conn.execute(
         """INSERT INTO write_events (event_id, workspace_id, type, digest, seq)
            VALUES (%s, %s, %s, NULL, %s)
            ON CONFLICT (workspace_id, event_id) DO NOTHING RETURNING 1""",
         (event.event_id, event.workspace_id, event.type, seq),
     )
-    if await cur.fetchone() is not None:
-        await apply_to_state(conn, event)
-        await _set_people(conn, event)
+    if await cur.fetchone() is None:
+        return 0
+    await apply_to_state(conn, event)
+    await _set_people(conn, event)
+    return 1
 
 
 async def backfill_people(

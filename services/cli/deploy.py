@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -163,14 +163,23 @@ def _stream_job(directory: Path, restore: bool, data_dir: Path | None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
 
     async def go() -> list[stream_backup.StreamCopy]:
+        from tieline.plumbing import db
         from tieline.plumbing.jetstream import connect_nats
 
         nc = await connect_nats(settings, name="tieline-stream-backup")
         try:
             js = nc.jetstream()
-            if restore:
-                return await stream_backup.restore_streams(js, streams, directory)
-            return await stream_backup.backup_streams(js, streams, directory)
+            if not restore:
+                return await stream_backup.backup_streams(js, streams, directory)
+            # PostgreSQL is reached before anything is published: a restored log whose
+            # write-side state was not reconciled could not be restored again (not empty).
+            conn = await db.connect(settings)
+            try:
+                copies = await stream_backup.restore_streams(js, streams, directory)
+                await _reconcile_write_state(settings, conn, js)
+            finally:
+                await conn.close()
+            return copies
         finally:
             await nc.close()
 
@@ -185,6 +194,20 @@ def _stream_job(directory: Path, restore: bool, data_dir: Path | None) -> None:
             f"{verb} {c.stream}: {c.messages} message(s), last seq {c.last_seq} ({c.path})",
             soft_wrap=True,
         )
+
+
+async def _reconcile_write_state(settings: Settings, conn: Any, js: Any) -> None:
+    """The write side's tables made to say what the restored log says (a state dump taken
+    after the stream backup knows ids the log does not: services/write_backfill.py)."""
+    from tieline.events_schema.registry import REGISTRY
+    from tieline.services.write_backfill import reconcile_with_log
+
+    forgotten, learnt = await reconcile_with_log(conn, js, settings.stream_name, REGISTRY)
+    console.print(
+        f"write-side state: {forgotten} id(s) the restored log does not hold forgotten "
+        f"(a re-send is accepted again), {learnt} learnt from it",
+        soft_wrap=True,
+    )
 
 
 async def _explained(job: Awaitable[T], settings: Settings) -> T:

@@ -1,17 +1,30 @@
 """Backup and restore of a stream (services/runtime/stream_backup.py) on real JetStream, with
 a log that holds one Nats-Msg-Id twice (a dead letter replayed again after the dedupe window
 does that): restored within milliseconds, the second copy was taken for a duplicate and the
-restore stopped half-way ("message 3 was stored as 2")."""
+restore stopped half-way ("message 3 was stored as 2"); and the write side's state after a
+restore next to a state dump newer than the log."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
+from uuid import uuid4
 
 import nats
 from nats.js import api as js_api
+from tieline.events_schema.registry import REGISTRY
 from tieline.plumbing.config import Settings
-from tieline.services.runtime.stream_backup import backup_stream, restore_stream
+from tieline.plumbing.db import make_pool
+from tieline.plumbing.jetstream import ensure_streams
+from tieline.services.runtime.stream_backup import (
+    backup_stream,
+    backup_streams,
+    restore_stream,
+    restore_streams,
+)
+from tieline.services.service_app import INTERACTION_TYPES, PEOPLE_TYPES, start_write_side
+from tieline.services.write_backfill import reconcile_with_log
 
 
 async def test_a_log_with_a_repeated_message_id_restores_whole(
@@ -40,3 +53,56 @@ async def test_a_log_with_a_repeated_message_id_restores_whole(
             await js.delete_stream(name)
         finally:
             await nc.close()
+
+
+async def test_a_state_newer_than_the_restored_log_forgets_what_the_log_lost(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The documented backup takes the stream, then the state dump: the dump knows ids
+    accepted in between. After the restore, a client re-sending such an id was answered
+    "duplicate, seq N" for an event the log does not hold (accepted and lost), and a
+    retraction of an event whose retraction was lost was refused as done already."""
+    ws = "restore-newer-state"
+    met: dict[str, Any] = {"type": "relationship.met", "participants": ["a", "b"]}
+    pool = make_pool(settings)
+    pnc, people = await start_write_side(settings, "people", PEOPLE_TYPES, pool)
+    nc, side = await start_write_side(settings, "interactions", INTERACTION_TYPES, pool)
+    try:
+        added = [{"type": "person.added", "person_id": p, "display_name": p} for p in "ab"]
+        assert {o.status for o in await people.record_many(ws, added, "t")} == {201}
+        [kept] = await side.record_many(ws, [{**met, "depth": "conversation"}], "t")
+        streams = [settings.stream_name, f"{settings.stream_name}_DLQ"]
+        await backup_streams(side.js, streams, tmp_path)
+        # Accepted after the stream backup, before the state dump:
+        later = {**met, "depth": "brief_chat", "event_id": str(uuid4())}
+        retraction = {"type": "event.retracted", "retracted_event_id": str(kept.event_id)}
+        answers = await side.record_many(ws, [later, retraction], "t")
+        assert [a.status for a in answers] == [201, 201]
+    finally:
+        await nc.close()
+        await pnc.close()
+    admin = await nats.connect(settings.nats_url)
+    try:
+        js = admin.jetstream()
+        for name in streams:  # a fresh installation's empty streams, then the restore
+            await js.delete_stream(name)
+        await ensure_streams(js, settings)
+        await restore_streams(js, streams, tmp_path)
+        async with pool.connection() as conn:
+            assert await reconcile_with_log(conn, js, settings.stream_name, REGISTRY) == (2, 0)
+    finally:
+        await admin.close()
+    nc, side = await start_write_side(settings, "interactions", INTERACTION_TYPES, pool)
+    try:
+        again = await side.record_many(
+            ws,
+            [later, retraction, {**met, "depth": "conversation", "event_id": str(kept.event_id)}],
+            "t",
+        )
+        assert [(a.status, a.duplicate) for a in again] == [(201, False), (201, False), (200, True)]
+        assert again[0].seq == 4 and again[1].seq == 5 and again[2].seq == kept.seq == 3
+        info = await side.js.stream_info(settings.stream_name)
+        assert info.state.last_seq == 5
+    finally:
+        await nc.close()
+        await pool.close()
