@@ -382,6 +382,7 @@ def can_introduce(
     person_a: str,
     person_b: str,
     as_of: AsOf = None,
+    min_seq: MinSeq = None,
     api_url: ApiUrl = DEFAULT_API,
     workspace: Workspace = DEFAULT_WORKSPACE,
     token: Token = None,
@@ -389,7 +390,10 @@ def can_introduce(
 ) -> None:
     """Whether INTRODUCER knows both A and B well enough to vouch, with reasons."""
     api = Api.of(ctx, api_url, workspace, token, as_json)
-    params = {"introducer": introducer, "a": person_a, "b": person_b, "as_of": as_of}
+    params = {
+        "introducer": introducer, "a": person_a, "b": person_b, "as_of": as_of,
+        "min_seq": min_seq,
+    }  # fmt: skip
     data = api.get("/introductions/check", params)
     if as_json:
         emit_json(data)
