@@ -4,12 +4,14 @@ Three loops:
 
 * **hand-over**: a durable JetStream pull consumer (``webhooks``) on the event stream. For each
   fetched batch it waits until the live projection has applied the batch's last sequence, reads
-  the change-log rows those events caused, records one delivery per matching enabled endpoint
+  the change-log rows those events caused, records one delivery per matching endpoint (a
+  disabled endpoint's are held until it is enabled again: services/webhooks/store.py)
   (unique per endpoint and position, so a redelivered message adds nothing), and only then
   acknowledges. A crash at any point redelivers the messages: at least once, never lost. The
   consumer starts at new messages when it is first created: endpoints get changes from then on.
 * **sending**: claims due deliveries and attempts them (services/webhooks/sender.py), at most
-  ``webhook_concurrency`` at a time.
+  ``webhook_concurrency`` at a time; a slot that frees up is filled at once, so one slow
+  receiver never holds up the deliveries to other endpoints.
 * **upkeep**, every ``follow_up_scan_s``: the follow-up scan (``follow_up.due`` rows, with their
   deliveries in the same transaction), trimming change-log rows older than
   ``live_retention_s`` that have been handed over, and forgetting finished deliveries older
@@ -81,7 +83,7 @@ class WebhookService:
         self.nc: NatsClient | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
         self._stopping = asyncio.Event()
-        self._wake = asyncio.Event()
+        self._wake = self.sender.wake  # new deliveries, or a sending slot free again
         self.handed_over = 0  # the last stream sequence whose changes were handed over
         self._samples: deque[tuple[float, int]] = deque()  # (monotonic time, checkpoint)
         self._trimmed = 0
@@ -160,7 +162,9 @@ class WebhookService:
         self._report_missing(seqs, trimmed)
         if rows:
             async with self.state.connection() as conn, conn.transaction():
-                eps = await store.active_endpoints(conn, sorted({r["workspace_id"] for r in rows}))
+                eps = await store.subscribed_endpoints(
+                    conn, sorted({r["workspace_id"] for r in rows})
+                )
                 await store.enqueue(conn, deliveries_for(rows, eps))
         for m in msgs:
             await m.ack()
@@ -203,13 +207,12 @@ class WebhookService:
     # -- sending --------------------------------------------------------------------------
 
     async def send_once(self) -> None:
-        limit = self.settings.webhook_concurrency
-        async with self.state.connection() as conn:
-            due = await store.claim_due(conn, limit, self.settings.webhook_timeout_s + 30)
-        if due:
-            await asyncio.gather(*(self.sender.attempt(d) for d in due))
+        """Fill the free sending slots with due deliveries (their attempts run on without
+        being waited for); when none started, wait for new deliveries, a slot that frees up
+        or a quarter of a second (for deliveries whose retry time comes)."""
+        self._wake.clear()  # before claiming: a wake-up from here on is not lost
+        if await self.sender.send_due():
             return
-        self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=0.25)
 
@@ -234,7 +237,8 @@ class WebhookService:
                 (rows[0][0], rows[0][1]),
             )
             found = list(await cur.fetchall())
-            eps = await store.active_endpoints(conn, sorted({r["workspace_id"] for r in found}))
+            wss = sorted({r["workspace_id"] for r in found})
+            eps = await store.subscribed_endpoints(conn, wss)
             await store.enqueue(conn, deliveries_for(found, eps))
         self._wake.set()
         return len(found)

@@ -1,18 +1,43 @@
-"""One attempt of one delivery: check where it goes, sign it, POST it, record the outcome.
+"""Attempts of deliveries: check where each goes, sign it, POST it, record the outcome.
 
 A ``2xx`` answer is success. Anything else (another status, a redirect, which is never
 followed, a timeout, a refused or reset connection, a URL the SSRF guard refuses) is a failed
 attempt: the delivery is tried again after an exponentially growing wait with random jitter
 (tenacity's ``wait_exponential_jitter``; a longer ``Retry-After`` wins), until
-``webhook_max_attempts``. Every failed attempt also extends the endpoint's streak of
-consecutive failures; at ``webhook_disable_after`` (or at once on ``410 Gone``, as the Standard
-Webhooks spec asks) the endpoint is disabled with the reason, and its pending deliveries fail
-with it. Every attempt is kept in the delivery log.
+``webhook_max_attempts``. Every attempt is kept in the delivery log.
+
+**Time.** One attempt (resolving, connecting, sending, waiting for the answer's head) takes at
+most ``webhook_timeout_s`` in all: httpx's timeouts bound each phase, so a receiver that
+trickles a byte now and then could otherwise hold an attempt for ever. Attempts run side by
+side, up to ``webhook_concurrency``, and a slot freed is filled at once (no batch waits for its
+slowest member); at most a quarter of the slots (at least one) go to one endpoint at a time, so
+a slow receiver delays its own deliveries, not other endpoints'.
+
+**Disabling.** An endpoint that keeps failing is disabled (with the reason); the rule counts
+failed attempts *in time order*: a failure extends the endpoint's streak only when no other
+counted failure of the endpoint was recorded while it was in flight (sixteen attempts that time
+out together are one observation of a failing receiver, not sixteen). A ``429 Too Many
+Requests`` does not count (the receiver is there and asks for less); ``502``/``503``/``504``,
+other statuses, timeouts and refused connections count one each, like a timeout. Any success
+ends the streak. The endpoint is disabled when the streak reaches ``webhook_disable_after``
+*and* the endpoint has taken nothing for at least as long as one delivery's first that-many
+(at most ``webhook_max_attempts``) retry waits would last, so a receiver that is away for a
+restart while a backlog fails quickly is not disabled; at once on ``410 Gone``, as the Standard
+Webhooks spec asks. A disabled endpoint's deliveries are held until it is enabled again
+(services/webhooks/store.py); manual redeliveries are sent to it meanwhile, retried like any
+delivery, and never count towards a streak.
+
+**Retry-After** (seconds or an HTTP date) on a ``429`` or ``503`` holds back every delivery of
+the endpoint that is not in flight for that long (at most ``webhook_backoff_max_s``); on any
+failure it is the least wait before that delivery's next attempt.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -26,6 +51,8 @@ from tieline.services.webhooks.ssrf import Policy, Resolver, UrlRefused, check_u
 log = structlog.get_logger(__name__)
 
 USER_AGENT = "tieline-webhooks/1"
+#: Answers after which the receiver asked for quiet: their Retry-After holds the endpoint.
+PAUSING = (429, 503)
 
 
 def policy_of(settings: Settings) -> Policy:
@@ -45,14 +72,38 @@ def retry_wait(settings: Settings, attempt: int) -> float:
     return float(wait(state))
 
 
+def disable_span_s(settings: Settings) -> float:
+    """How long an endpoint must have taken nothing before its streak may disable it: the
+    retry waits (without jitter) of one delivery's first ``webhook_disable_after`` attempts
+    (at most ``webhook_max_attempts``)."""
+    n = min(settings.webhook_disable_after, settings.webhook_max_attempts)
+    base, top = settings.webhook_backoff_s, settings.webhook_backoff_max_s
+    return sum(min(base * 2.0 ** min(k, 60), top) for k in range(n - 1))
+
+
+def per_endpoint(settings: Settings) -> int:
+    """Attempts in flight to one endpoint at most: a quarter of the slots, at least one."""
+    return max(1, settings.webhook_concurrency // 4)
+
+
 def retry_after(response: httpx.Response) -> float | None:
-    """The receiver's ``Retry-After`` in seconds (only the delay form)."""
-    value = response.headers.get("retry-after", "")
-    return float(value) if value.isdigit() else None
+    """The receiver's ``Retry-After`` in seconds (a delay or an HTTP date), None if absent or
+    unreadable."""
+    value = response.headers.get("retry-after", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 class Sender:
-    """Sends claimed deliveries; the pool is the state schema's."""
+    """Sends claimed deliveries; the pool is the state schema's. :meth:`send_due` starts
+    attempts in free slots; ``wake`` is set whenever a slot frees up."""
 
     def __init__(
         self,
@@ -68,22 +119,56 @@ class Sender:
         self.client = httpx.AsyncClient(
             timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False
         )
+        self.wake = asyncio.Event()
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
+        """Let the attempts in flight finish (each is bounded), then close the client."""
+        if self._sending:
+            await asyncio.wait(self._sending, timeout=self.settings.webhook_timeout_s + 5)
+        for task in self._sending:
+            task.cancel()
         await self.client.aclose()
 
+    async def send_due(self) -> int:
+        """Claim due deliveries for the free slots and start their attempts; how many."""
+        free = self.settings.webhook_concurrency - len(self._sending)
+        if free <= 0:
+            return 0
+        lease_s = self.settings.webhook_timeout_s + 30  # the attempt's bound, and then some
+        async with self.pool.connection() as conn:
+            due = await store.claim_due(conn, free, lease_s, per_endpoint(self.settings))
+        for d in due:
+            task = asyncio.create_task(self._attempt_logged(d))
+            self._sending.add(task)
+            task.add_done_callback(self._finished)
+        return len(due)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self.wake.set()
+
+    async def _attempt_logged(self, due: store.Due) -> None:
+        try:
+            await self.attempt(due)
+        except Exception as exc:  # PostgreSQL away: the lease runs out, the attempt is redone
+            log.warning("webhooks.record_failed", delivery_id=due.delivery_id, error=repr(exc))
+
     async def attempt(self, due: store.Due) -> None:
-        """Send ``due`` once and record what happened."""
+        """Send ``due`` once (at most ``webhook_timeout_s`` in all) and record what happened."""
         started = time.perf_counter()
         status: int | None = None
         error: str | None = None
         wait_hint: float | None = None
         try:
-            status, wait_hint = await self._post(due)
+            async with asyncio.timeout(self.settings.webhook_timeout_s):
+                status, wait_hint = await self._post(due)
             if not 200 <= status < 300:
                 error = f"HTTP {status}" + (
                     " (redirects are not followed)" if 300 <= status < 400 else ""
                 )
+        except TimeoutError:
+            error = f"timed out: no answer within {self.settings.webhook_timeout_s:g} s"
         except UrlRefused as exc:
             error = f"refused: {exc}"
         except httpx.HTTPError as exc:
@@ -92,13 +177,7 @@ class Sender:
             error = f"{type(exc).__name__}: {exc}"
             log.exception("webhooks.attempt_failed", delivery_id=due.delivery_id)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        async with self.pool.connection() as conn, conn.transaction():
-            await store.record_attempt(conn, due, status, error, elapsed_ms)
-            if error is None:
-                assert status is not None
-                await store.succeeded(conn, due, status)
-            else:
-                await self._failed(conn, due, status, error, wait_hint)
+        await self._record(due, status, error, wait_hint, elapsed_ms)
         log.info(
             "webhooks.attempt",
             delivery_id=due.delivery_id,
@@ -109,6 +188,8 @@ class Sender:
         )
 
     async def _post(self, due: store.Due) -> tuple[int, float | None]:
+        """POST to the checked addresses in the resolver's order, the next one only when a
+        connection could not be made (nothing was sent)."""
         if self.master_key is None:
             raise RuntimeError("webhook secrets need TIELINE_MASTER_KEY")
         target = await check_url(due.url, policy_of(self.settings), self.resolve)
@@ -117,32 +198,79 @@ class Sender:
         port = httpx.URL(due.url).port
         sent["host"] = target.host if port is None else f"{target.host}:{port}"
         sent["user-agent"] = USER_AGENT
-        async with self.client.stream(
-            "POST",
-            target.url,
-            content=body,
-            headers=sent,
-            extensions={"sni_hostname": target.host},
-        ) as response:
-            return response.status_code, retry_after(response)
+        for n, address in enumerate(target.addresses, start=1):
+            try:
+                async with self.client.stream(
+                    "POST",
+                    target.url_for(address),
+                    content=body,
+                    headers=sent,
+                    extensions={"sni_hostname": target.host},
+                ) as response:
+                    return response.status_code, retry_after(response)
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                if n == len(target.addresses):
+                    raise
+        raise AssertionError("check_url returns at least one address")
+
+    async def _record(
+        self,
+        due: store.Due,
+        status: int | None,
+        error: str | None,
+        hint: float | None,
+        elapsed_ms: float,
+    ) -> None:
+        async with self.pool.connection() as conn, conn.transaction():
+            endpoint = await store.lock_endpoint(conn, due.endpoint_id)
+            attempt_id = await store.record_attempt(conn, due, status, error, elapsed_ms)
+            if error is None:
+                assert status is not None
+                await store.succeeded(conn, due, status)
+            else:
+                reason = await self._disable_reason(conn, due, endpoint, status, attempt_id)
+                if reason is not None:
+                    await store.disable(conn, due.endpoint_id, reason + f"; the last: {error}")
+                    log.warning(
+                        "webhooks.endpoint_disabled", endpoint_id=due.endpoint_id, reason=reason
+                    )
+                    error = f"{error}; endpoint disabled: {reason}"
+                await self._failed(conn, due, status, error, hint)
+
+    async def _disable_reason(
+        self,
+        conn: Any,
+        due: store.Due,
+        endpoint: store.Row | None,
+        status: int | None,
+        attempt_id: int,
+    ) -> str | None:
+        """Count the failure in the endpoint's streak (see the module's docstring); why the
+        endpoint is to be disabled now, or None."""
+        if endpoint is None or endpoint["disabled_at"] is not None:
+            return None  # deleted, or disabled already (a manual redelivery)
+        if status == 410:
+            return "the receiver answered 410 Gone"
+        if status == 429 or await store.overlapped(conn, due, attempt_id):
+            return None
+        streak = await store.extend_streak(conn, due.endpoint_id)
+        if streak < self.settings.webhook_disable_after:
+            return None
+        failing_s = await store.failing_for_s(conn, due.endpoint_id)
+        if failing_s < disable_span_s(self.settings):
+            return None
+        return f"{streak} consecutive failed attempts, nothing taken for {failing_s:.0f} s"
 
     async def _failed(
         self, conn: Any, due: store.Due, status: int | None, error: str, hint: float | None
     ) -> None:
-        streak, disabled = await store.failure_streak(conn, due.endpoint_id)
-        reason = None
-        if status == 410:
-            reason = "the receiver answered 410 Gone"
-        elif streak >= self.settings.webhook_disable_after:
-            reason = f"{streak} consecutive failed attempts; the last: {error}"
-        if reason is not None and not disabled:
-            await store.disable(conn, due.endpoint_id, reason)
-            log.warning("webhooks.endpoint_disabled", endpoint_id=due.endpoint_id, reason=reason)
-            disabled = True
-            error = f"{error}; endpoint disabled: {reason}"
+        top = self.settings.webhook_backoff_max_s
+        if hint is not None:
+            hint = min(hint, top)
+            if status in PAUSING:
+                await store.pause(conn, due.endpoint_id, hint)
         attempts = due.attempts + 1
         retry_in: float | None = None
-        if not disabled and attempts < self.settings.webhook_max_attempts:
-            retry_in = max(retry_wait(self.settings, attempts), hint or 0.0)
-            retry_in = min(retry_in, self.settings.webhook_backoff_max_s)
+        if attempts < self.settings.webhook_max_attempts:
+            retry_in = min(max(retry_wait(self.settings, attempts), hint or 0.0), top)
         await store.failed(conn, due, status, error, retry_in)

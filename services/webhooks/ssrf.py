@@ -3,11 +3,19 @@
 A receiver URL must be ``https``, or plain ``http`` to a loopback address when loopback
 receivers are allowed (development). Its host is resolved and *every* address checked: a name
 that resolves to any address outside the public internet (private ranges, link-local and the
-cloud metadata address, loopback, carrier-grade NAT, multicast, reserved, unspecified, and
-IPv4 inside IPv6) is refused unless private targets are allowed (or, for loopback, loopback
-receivers). The request then goes to the address that was checked, never to a fresh lookup
-(a DNS answer that changes between check and connect, "DNS rebinding", gains nothing), with
-the original host name in the ``Host`` header and for TLS (SNI and certificate check).
+cloud metadata address, loopback, carrier-grade NAT, multicast, reserved, unspecified, the
+deprecated IPv6 site-local ``fec0::/10``) is refused unless private targets are allowed (or, for
+loopback, loopback receivers). An IPv6 address that carries an IPv4 address (IPv4-mapped
+``::ffff:0:0/96``, IPv4-compatible ``::/96``, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``) is
+judged by the IPv4 address it carries: ``64:ff9b::a00:1`` reaches 10.0.0.1 through a NAT64
+gateway, so it is as private as 10.0.0.1, while the NAT64 form of a public address (what DNS64
+answers on an IPv6-only network) is public. The local-use NAT64 prefix ``64:ff9b:1::/48`` is
+private whatever it carries.
+
+The request then goes to the addresses that were checked, never to a fresh lookup (a DNS answer
+that changes between check and connect, "DNS rebinding", gains nothing), in the resolver's
+order (getaddrinfo's preference, RFC 6724), the next one when one refuses the connection;
+with the original host name in the ``Host`` header and for TLS (SNI and certificate check).
 Redirects are never followed (services/webhooks/sender.py).
 """
 
@@ -39,34 +47,75 @@ class Policy:
 
 @dataclass(frozen=True)
 class Target:
-    """A checked URL: the address to connect to and what to tell the server."""
+    """A checked URL: the addresses to connect to, in order, and what to tell the server."""
 
-    url: str  # the URL with the checked address in place of the host name
     host: str  # the original host name (Host header, TLS server name)
-    address: str
+    addresses: tuple[str, ...]  # checked, in the resolver's order
+    template: tuple[str, int | None, str, str]  # scheme, port, path, query of the URL
+
+    @property
+    def address(self) -> str:
+        return self.addresses[0]
+
+    @property
+    def url(self) -> str:
+        """The URL with the first address in place of the host name."""
+        return self.url_for(self.address)
+
+    def url_for(self, address: str) -> str:
+        """The URL with ``address`` (one of :attr:`addresses`) in place of the host name."""
+        scheme, port, path, query = self.template
+        netloc = f"[{address}]" if ":" in address else address
+        if port is not None:
+            netloc += f":{port}"
+        return urlunsplit((scheme, netloc, path, query, ""))
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
     infos = await asyncio.get_running_loop().getaddrinfo(
         host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
     )
-    return sorted({str(info[4][0]) for info in infos})
+    # In getaddrinfo's order (its preference), each address once.
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries and reaches (mapped, compatible, NAT64,
+    6to4), or None. ``::`` and ``::1`` are themselves, not compatible forms of 0.0.0.0/0.0.0.1."""
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    if addr.sixtofour is not None:
+        return addr.sixtofour
+    if addr in NAT64 or (addr in IPV4_COMPATIBLE and int(addr) > 1):
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    return None
 
 
 def _kind(addr: Address) -> str | None:
     """Why an address is not a public internet address, or None when it is."""
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return _kind(addr.ipv4_mapped)
+    if isinstance(addr, ipaddress.IPv6Address):
+        inner = embedded_ipv4(addr)
+        if inner is not None:
+            return _kind(inner)
+        if addr in NAT64_LOCAL:
+            return "private"
+        if addr.is_site_local:
+            return "site-local"
     if addr.is_loopback:
         return "loopback"
-    if addr.is_global and not addr.is_multicast:
-        return None
     if addr.is_link_local:
         return "link-local"
     if addr.is_multicast:
         return "multicast"
     if addr.is_unspecified:
         return "unspecified"
+    if addr.is_global and not addr.is_reserved:
+        return None
     return "private"
 
 
@@ -78,7 +127,7 @@ def check_address(address: str, policy: Policy) -> None:
         return
     if kind == "loopback" and (policy.allow_loopback or policy.allow_private):
         return
-    if kind == "private" and policy.allow_private:
+    if kind in ("private", "site-local") and policy.allow_private:
         return
     raise UrlRefused(
         f"url: resolves to {address}, a {kind} address, which may not receive webhooks"
@@ -115,15 +164,12 @@ async def check_url(url: str, policy: Policy, resolve: Resolver = system_resolve
             addresses = await resolve(host, port)
         except OSError as exc:
             raise UrlRefused(f"url: host {host!r} does not resolve ({exc})") from exc
+    addresses = list(dict.fromkeys(addresses))
     if not addresses:
         raise UrlRefused(f"url: host {host!r} has no address")
     for address in addresses:
         check_address(address, policy)
         if scheme == "http" and _kind(ipaddress.ip_address(address.split("%", 1)[0])) != "loopback":
             raise UrlRefused("url: plain http is allowed only to loopback receivers")
-    chosen = addresses[0]
-    netloc = f"[{chosen}]" if ":" in chosen else chosen
     parts = urlsplit(url)
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return Target(urlunsplit((scheme, netloc, parts.path or "/", parts.query, "")), host, chosen)
+    return Target(host, tuple(addresses), (scheme, parts.port, parts.path or "/", parts.query))

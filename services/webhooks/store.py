@@ -1,10 +1,20 @@
 """Webhook endpoints, deliveries and attempts in PostgreSQL (the state schema: they are not
-rebuildable from the log). Every query is scoped by workspace where a client names one."""
+rebuildable from the log). Every query is scoped by workspace where a client names one.
+
+A delivery being attempted is *leased* (``lease_until``): no other attempt of it starts until
+the lease is released or runs out, and only the attempt that holds the lease records the
+outcome on the row (its ``lease_until`` and ``next_attempt_at`` as claimed are its token).
+While an endpoint is disabled its deliveries are *held*: new changes are still recorded for it
+and nothing is given up, but nothing is sent except manual redeliveries; enabling it sends what
+was held, with a fresh retry budget (what the Standard Webhooks / Svix "recover" promise asks).
+Held deliveries are kept for ``webhook_log_retention_s``, like the delivery log.
+"""
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -76,14 +86,31 @@ async def delete_endpoint(conn: AsyncConnection[Any], ws: str, endpoint_id: str)
 
 
 async def enable_endpoint(conn: AsyncConnection[Any], ws: str, endpoint_id: str) -> Row | None:
-    """Enable a disabled endpoint again, its failure count cleared."""
-    cur = await conn.execute(
-        f"""UPDATE webhook_endpoints SET disabled_at = NULL, disabled_reason = NULL,
-                consecutive_failures = 0
-            WHERE workspace_id = %s AND endpoint_id = %s RETURNING {ENDPOINT_COLS}""",
-        (ws, endpoint_id),
-    )
-    row: Row | None = await cur.fetchone()
+    """Enable a disabled endpoint again, its failure count cleared. The deliveries held while
+    it was disabled are due at once, each with a fresh retry budget (one in flight, a manual
+    redelivery, keeps its lease and its schedule). Enabling an enabled endpoint changes
+    nothing but the failure count."""
+    async with conn.transaction():
+        cur = await conn.execute(
+            "SELECT disabled_at FROM webhook_endpoints WHERE workspace_id = %s "
+            "AND endpoint_id = %s FOR UPDATE",
+            (ws, endpoint_id),
+        )
+        was = await cur.fetchone()
+        if was is not None and was["disabled_at"] is not None:
+            await conn.execute(
+                """UPDATE webhook_deliveries SET next_attempt_at = now(), attempts = 0
+                    WHERE endpoint_id = %s AND status = 'pending' AND NOT manual
+                      AND (lease_until IS NULL OR lease_until < now())""",
+                (endpoint_id,),
+            )
+        cur = await conn.execute(
+            f"""UPDATE webhook_endpoints SET disabled_at = NULL, disabled_reason = NULL,
+                    consecutive_failures = 0
+                WHERE workspace_id = %s AND endpoint_id = %s RETURNING {ENDPOINT_COLS}""",
+            (ws, endpoint_id),
+        )
+        row: Row | None = await cur.fetchone()
     return row
 
 
@@ -117,11 +144,17 @@ async def deliveries(
 async def redeliver(
     conn: AsyncConnection[Any], ws: str, endpoint_id: str, delivery_id: str
 ) -> Row | None:
-    """Schedule a delivery again now, as a manual redelivery (sent even to a disabled endpoint,
-    with a fresh retry budget)."""
+    """Schedule a delivery again now, as a manual redelivery: sent even to a disabled endpoint,
+    with a fresh retry budget (retried with backoff like any delivery until it succeeds or
+    runs out of attempts).
+
+    The lease is left alone: when an attempt of the delivery is in flight, the redelivery
+    waits for it (never two attempts of one message at once), and that attempt, finding
+    ``next_attempt_at`` changed under its lease, records only itself in the attempt log and
+    leaves the row to the redelivery, which is then sent at once."""
     cur = await conn.execute(
-        f"""UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = now(),
-                lease_until = NULL, manual = true, attempts = 0
+        f"""UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = clock_timestamp(),
+                manual = true, attempts = 0
             WHERE workspace_id = %s AND endpoint_id = %s AND delivery_id = %s
             RETURNING {DELIVERY_COLS}""",
         (ws, endpoint_id, delivery_id),
@@ -133,11 +166,12 @@ async def redeliver(
 # -- the delivery process ----------------------------------------------------------------------
 
 
-async def active_endpoints(conn: AsyncConnection[Any], workspaces: list[str]) -> list[Row]:
-    """The enabled endpoints of ``workspaces`` (id, workspace, kinds)."""
+async def subscribed_endpoints(conn: AsyncConnection[Any], workspaces: list[str]) -> list[Row]:
+    """The endpoints of ``workspaces`` (id, workspace, kinds), disabled ones too: their
+    deliveries are recorded and held until they are enabled again."""
     cur = await conn.execute(
         "SELECT endpoint_id, workspace_id, kinds FROM webhook_endpoints "
-        "WHERE disabled_at IS NULL AND workspace_id = ANY(%s)",
+        "WHERE workspace_id = ANY(%s)",
         (workspaces,),
     )
     return list(await cur.fetchall())
@@ -166,7 +200,9 @@ async def enqueue(conn: AsyncConnection[Any], items: list[tuple[str, str, str, s
 
 @dataclass(frozen=True)
 class Due:
-    """A delivery claimed for one attempt."""
+    """A delivery claimed for one attempt. ``due_at`` (its ``next_attempt_at`` when claimed)
+    and ``lease_until`` are the lease's token; ``mark`` is the newest attempt id recorded
+    when it was claimed (failures recorded after it overlapped this attempt)."""
 
     delivery_id: str
     endpoint_id: str
@@ -176,30 +212,49 @@ class Due:
     manual: bool
     url: str
     sealed_secret: bytes
+    due_at: datetime
+    lease_until: datetime
+    mark: int
 
     def secret(self, master_key: bytes) -> str:
         purpose = secret_purpose(self.workspace_id, self.endpoint_id)
         return unseal(master_key, purpose, self.sealed_secret).decode()
 
 
-async def claim_due(conn: AsyncConnection[Any], limit: int, lease_s: float) -> list[Due]:
+async def claim_due(
+    conn: AsyncConnection[Any], limit: int, lease_s: float, per_endpoint: int | None = None
+) -> list[Due]:
     """Deliveries due now, leased for one attempt (another delivery process skips them): of
-    enabled endpoints, or manual redeliveries."""
+    enabled endpoints, or manual redeliveries; oldest due first. ``per_endpoint``: at most
+    this many attempts in flight to one endpoint, counting the leases already out (so one
+    slow receiver cannot take every sending slot); None: no such bound."""
     cur = await conn.execute(
-        """WITH due AS (
-               SELECT d.delivery_id FROM webhook_deliveries d
-                 JOIN webhook_endpoints e USING (endpoint_id)
+        """WITH busy AS (
+               SELECT endpoint_id, count(*) AS n FROM webhook_deliveries
+                WHERE status = 'pending' AND lease_until >= now() GROUP BY endpoint_id),
+           ranked AS (
+               SELECT d.delivery_id, d.next_attempt_at, coalesce(b.n, 0) + row_number()
+                        OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id)
+                        AS slot
+                 FROM webhook_deliveries d JOIN webhook_endpoints e USING (endpoint_id)
+                 LEFT JOIN busy b USING (endpoint_id)
                 WHERE d.status = 'pending' AND d.next_attempt_at <= now()
                   AND (d.lease_until IS NULL OR d.lease_until < now())
-                  AND (e.disabled_at IS NULL OR d.manual)
-                ORDER BY d.next_attempt_at LIMIT %s
+                  AND (e.disabled_at IS NULL OR d.manual)),
+           due AS (
+               SELECT d.delivery_id FROM webhook_deliveries d JOIN ranked r USING (delivery_id)
+                WHERE (%(cap)s::int IS NULL OR r.slot <= %(cap)s::int)
+                  -- checked again on the locked row: another process may have claimed it
+                  AND d.status = 'pending' AND (d.lease_until IS NULL OR d.lease_until < now())
+                ORDER BY r.next_attempt_at LIMIT %(limit)s
                 FOR UPDATE OF d SKIP LOCKED)
-           UPDATE webhook_deliveries d SET lease_until = now() + %s * interval '1 second'
+           UPDATE webhook_deliveries d SET lease_until = now() + %(lease)s * interval '1 second'
              FROM due, webhook_endpoints e
             WHERE d.delivery_id = due.delivery_id AND e.endpoint_id = d.endpoint_id
            RETURNING d.delivery_id, d.endpoint_id, d.workspace_id, d.body, d.attempts, d.manual,
-                     e.url, e.secret""",
-        (limit, lease_s),
+                     e.url, e.secret, d.next_attempt_at, d.lease_until,
+                     (SELECT coalesce(max(id), 0) FROM webhook_attempts) AS mark""",
+        {"cap": per_endpoint, "limit": limit, "lease": lease_s},
     )
     return [
         Due(
@@ -211,6 +266,9 @@ async def claim_due(conn: AsyncConnection[Any], limit: int, lease_s: float) -> l
             r["manual"],
             r["url"],
             bytes(r["secret"]),
+            r["next_attempt_at"],
+            r["lease_until"],
+            int(r["mark"]),
         )
         for r in await cur.fetchall()
     ]
@@ -222,55 +280,123 @@ async def record_attempt(
     status_code: int | None,
     error: str | None,
     duration_ms: float,
-) -> None:
-    await conn.execute(
+) -> int:
+    """Add the attempt to the delivery log; its id."""
+    cur = await conn.execute(
         "INSERT INTO webhook_attempts (delivery_id, duration_ms, status_code, error, manual) "
-        "VALUES (%s, %s, %s, %s, %s)",
+        "VALUES (%s, %s, %s, %s, %s) RETURNING id",
         (due.delivery_id, duration_ms, status_code, error, due.manual),
     )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row["id"])
+
+
+#: The lease's token: the row is still as this attempt claimed it.
+HELD = "delivery_id = %(id)s AND lease_until = %(lease)s AND next_attempt_at = %(due_at)s"
+
+
+def _token(due: Due) -> dict[str, Any]:
+    return {"id": due.delivery_id, "lease": due.lease_until, "due_at": due.due_at}
+
+
+async def _release(conn: AsyncConnection[Any], due: Due) -> None:
+    """The row changed under the lease (a manual redelivery): leave it to that, lease freed."""
+    await conn.execute(
+        "UPDATE webhook_deliveries SET lease_until = NULL "
+        "WHERE delivery_id = %(id)s AND lease_until = %(lease)s",
+        _token(due),
+    )
+
+
+async def lock_endpoint(conn: AsyncConnection[Any], endpoint_id: str) -> Row | None:
+    """Lock the endpoint's row for this transaction (outcomes of one endpoint are recorded
+    one after another, so each sees the ones before it); its failure count and disabled_at."""
+    cur = await conn.execute(
+        "SELECT consecutive_failures, disabled_at FROM webhook_endpoints "
+        "WHERE endpoint_id = %s FOR UPDATE",
+        (endpoint_id,),
+    )
+    row: Row | None = await cur.fetchone()
+    return row
 
 
 async def succeeded(conn: AsyncConnection[Any], due: Due, status_code: int) -> None:
     """The receiver took it: the delivery is done and the endpoint's failure streak ends."""
     await conn.execute(
-        """UPDATE webhook_deliveries SET status = 'succeeded', attempts = attempts + 1,
-               delivered_at = now(), lease_until = NULL, manual = false, last_status = %s,
-               last_error = NULL WHERE delivery_id = %s""",
-        (status_code, due.delivery_id),
-    )
-    await conn.execute(
         "UPDATE webhook_endpoints SET consecutive_failures = 0 WHERE endpoint_id = %s",
         (due.endpoint_id,),
     )
+    cur = await conn.execute(
+        f"""UPDATE webhook_deliveries SET status = 'succeeded', attempts = attempts + 1,
+               delivered_at = now(), lease_until = NULL, manual = false, last_status = %(st)s,
+               last_error = NULL WHERE {HELD}""",
+        {**_token(due), "st": status_code},
+    )
+    if cur.rowcount == 0:
+        await _release(conn, due)
 
 
-async def failure_streak(conn: AsyncConnection[Any], endpoint_id: str) -> tuple[int, bool]:
-    """Count one more failed attempt of the endpoint: (consecutive failures, disabled?)."""
+async def overlapped(conn: AsyncConnection[Any], due: Due, attempt_id: int) -> bool:
+    """Whether another failed attempt of the endpoint was recorded while this one was in
+    flight (after ``due.mark``). 429 answers are left out: they do not count either."""
+    cur = await conn.execute(
+        """SELECT EXISTS (
+               SELECT 1 FROM webhook_attempts a JOIN webhook_deliveries d USING (delivery_id)
+                WHERE a.id > %s AND a.id <> %s AND d.endpoint_id = %s
+                  AND a.error IS NOT NULL AND a.status_code IS DISTINCT FROM 429) AS hit""",
+        (due.mark, attempt_id, due.endpoint_id),
+    )
+    row = await cur.fetchone()
+    return bool(row and row["hit"])
+
+
+async def extend_streak(conn: AsyncConnection[Any], endpoint_id: str) -> int:
+    """One more counted failure of the endpoint; the streak's length."""
     cur = await conn.execute(
         "UPDATE webhook_endpoints SET consecutive_failures = consecutive_failures + 1 "
-        "WHERE endpoint_id = %s RETURNING consecutive_failures, disabled_at",
+        "WHERE endpoint_id = %s RETURNING consecutive_failures",
         (endpoint_id,),
     )
     row = await cur.fetchone()
-    if row is None:  # deleted meanwhile
-        return 0, True
-    return int(row["consecutive_failures"]), row["disabled_at"] is not None
+    return int(row["consecutive_failures"]) if row else 0
+
+
+async def failing_for_s(conn: AsyncConnection[Any], endpoint_id: str) -> float:
+    """Seconds since the endpoint last took a delivery (since it was made, if never): how
+    long its failure streak has lasted at most. The newest successful delivery by id is
+    found through the endpoint's index without reading all of its log."""
+    cur = await conn.execute(
+        """SELECT extract(epoch FROM now() - greatest(e.created_at, (
+                   SELECT d.delivered_at FROM webhook_deliveries d
+                    WHERE d.endpoint_id = e.endpoint_id AND d.status = 'succeeded'
+                    ORDER BY d.id DESC LIMIT 1)))::float8 AS s
+             FROM webhook_endpoints e WHERE e.endpoint_id = %s""",
+        (endpoint_id,),
+    )
+    row = await cur.fetchone()
+    return float(row["s"]) if row else 0.0
 
 
 async def disable(conn: AsyncConnection[Any], endpoint_id: str, reason: str) -> None:
-    """Disable the endpoint with ``reason``; its pending deliveries fail with it (an admin
-    can redeliver them from the log)."""
+    """Disable the endpoint with ``reason``. Its pending deliveries are held, not given up:
+    enabling the endpoint sends them (and what arrives meanwhile)."""
     await conn.execute(
         "UPDATE webhook_endpoints SET disabled_at = now(), disabled_reason = %s "
         "WHERE endpoint_id = %s AND disabled_at IS NULL",
         (reason, endpoint_id),
     )
+
+
+async def pause(conn: AsyncConnection[Any], endpoint_id: str, seconds: float) -> None:
+    """The receiver asked for ``seconds`` of quiet (``Retry-After`` on a 429 or 503): none of
+    the endpoint's deliveries not in flight is attempted before then."""
     await conn.execute(
-        """UPDATE webhook_deliveries SET status = 'failed', lease_until = NULL,
-               last_error = coalesce(last_error || '; ', '') || 'endpoint disabled: ' || %s
-            WHERE endpoint_id = %s AND status = 'pending' AND NOT manual
+        """UPDATE webhook_deliveries
+              SET next_attempt_at = greatest(next_attempt_at, now() + %s * interval '1 second')
+            WHERE endpoint_id = %s AND status = 'pending'
               AND (lease_until IS NULL OR lease_until < now())""",
-        (reason, endpoint_id),
+        (seconds, endpoint_id),
     )
 
 
@@ -281,22 +407,30 @@ async def failed(
     error: str,
     retry_in_s: float | None,
 ) -> None:
-    """Record a failed attempt: try again in ``retry_in_s`` seconds, or (None) give up."""
-    await conn.execute(
-        """UPDATE webhook_deliveries SET attempts = attempts + 1, lease_until = NULL,
-               manual = false, last_status = %s, last_error = %s,
-               status = CASE WHEN %s::float8 IS NULL THEN 'failed' ELSE 'pending' END,
-               next_attempt_at = now() + coalesce(%s::float8, 0) * interval '1 second'
-            WHERE delivery_id = %s""",
-        (status_code, error, retry_in_s, retry_in_s, due.delivery_id),
+    """Record a failed attempt: try again in ``retry_in_s`` seconds, or (None) give up. A
+    manual redelivery stays one while it is retried (so it is sent to a disabled endpoint)."""
+    cur = await conn.execute(
+        f"""UPDATE webhook_deliveries SET attempts = attempts + 1, lease_until = NULL,
+               manual = manual AND %(retry)s::float8 IS NOT NULL, last_status = %(st)s,
+               last_error = %(error)s,
+               status = CASE WHEN %(retry)s::float8 IS NULL THEN 'failed' ELSE 'pending' END,
+               next_attempt_at = now() + coalesce(%(retry)s::float8, 0) * interval '1 second'
+            WHERE {HELD}""",
+        {**_token(due), "st": status_code, "error": error, "retry": retry_in_s},
     )
+    if cur.rowcount == 0:
+        await _release(conn, due)
 
 
 async def forget_old(conn: AsyncConnection[Any], older_than_s: float) -> int:
-    """Delete finished deliveries (and their attempts) older than ``older_than_s``."""
+    """Delete finished deliveries (and their attempts) older than ``older_than_s``, and the
+    deliveries a disabled endpoint has held that long."""
     cur = await conn.execute(
-        "DELETE FROM webhook_deliveries WHERE status <> 'pending' "
-        "AND created_at < now() - %s * interval '1 second'",
+        """DELETE FROM webhook_deliveries d
+            WHERE d.created_at < now() - %s * interval '1 second'
+              AND (d.status <> 'pending' OR (NOT d.manual AND EXISTS (
+                   SELECT 1 FROM webhook_endpoints e
+                    WHERE e.endpoint_id = d.endpoint_id AND e.disabled_at IS NOT NULL)))""",
         (older_than_s,),
     )
     return cur.rowcount

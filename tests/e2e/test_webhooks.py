@@ -1,8 +1,9 @@
 """Signed webhooks end to end: the running stack's webhooks process delivers changes to a real
 HTTP receiver that verifies every signature with the Standard Webhooks reference
 implementation; failures are retried with growing waits, a receiver that goes away gets its
-endpoint disabled with the reason, and once it is back a manual redelivery from the log
-succeeds. URLs that point into private networks are refused at registration."""
+endpoint disabled with the reason (its changes are held meanwhile), and once it is back a manual
+redelivery from the log succeeds and enabling the endpoint sends what was held. URLs that point
+into private networks are refused at registration."""
 
 from __future__ import annotations
 
@@ -143,13 +144,19 @@ async def test_signed_deliveries_retry_disable_and_redeliver(
     ep = await admin.until(disabled, "the endpoint to be disabled", wait_s=60)
     assert f"{DISABLE_AFTER} consecutive failed attempts" in ep["disabled_reason"]
     failed = (await admin.log(endpoint))[0]
-    assert failed["status"] == "failed" and failed["attempts"] == DISABLE_AFTER
+    assert failed["status"] == "pending" and failed["attempts"] == DISABLE_AFTER  # held
     assert "endpoint disabled" in failed["last_error"]
     assert all(a["status_code"] is None and a["error"] for a in failed["attempt_log"])
     assert lost["event_id"] in failed["body"]
-    await admin.met("ada", "linus")  # while disabled: nothing is queued for the endpoint
-    await asyncio.sleep(1.0)
-    assert len(await admin.log(endpoint)) == 2
+    waiting = await admin.met("ada", "linus")  # while disabled: recorded, held, not sent
+
+    async def held() -> list[dict[str, Any]] | None:
+        log = await admin.log(endpoint)
+        return log if len(log) == 3 else None
+
+    newest = (await admin.until(held, "the change to be held for the disabled endpoint"))[0]
+    assert newest["status"] == "pending" and newest["attempts"] == 0
+    assert waiting["event_id"] in newest["body"]
 
     # Back again: a manual redelivery from the log reaches it, same message id, signed.
     await receiver.start()
@@ -168,11 +175,13 @@ async def test_signed_deliveries_retry_disable_and_redeliver(
 
     d = await admin.until(redelivered, "the redelivery to succeed")
     assert d["attempt_log"][-1]["manual"] is True and d["attempt_log"][-1]["status_code"] == 204
-    # Enabled again, new changes flow again.
+    assert len(receiver.requests) == before + 1, "the held change waits for the endpoint"
+    # Enabled again: what was held is sent, and new changes flow again.
     assert (await admin.ok("POST", f"/webhooks/{endpoint}/enable"))["disabled_at"] is None
     later = await admin.met("ada", "grace")
-    got = await receiver.wait_for(before + 2)
-    assert got[-1].verified["data"]["cause"]["event_id"] == later["event_id"]
+    got = (await receiver.wait_for(before + 3))[before + 1 :]
+    causes = {r.verified["data"]["cause"]["event_id"] for r in got}
+    assert causes == {waiting["event_id"], later["event_id"]}
 
 
 async def _secret_is_sealed(settings: Settings, secret: str) -> None:

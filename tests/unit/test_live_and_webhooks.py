@@ -164,3 +164,26 @@ async def test_ssrf_guard_checks_every_address_and_pins_the_checked_one() -> Non
         await check_url("https://mixed.example.org/", loop_ok, names)
     private_ok = Policy(allow_private=True)
     assert (await check_url("https://mixed.example.org/", private_ok, names)).address
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    import httpx
+    from tieline.services.webhooks.sender import retry_after
+
+    def answer(value: str) -> httpx.Response:
+        return httpx.Response(503, headers={"Retry-After": value})
+
+    assert retry_after(answer("120")) == 120.0
+    later = datetime.now(UTC) + timedelta(seconds=600)
+    assert 590 <= (retry_after(answer(later.strftime("%a, %d %b %Y %H:%M:%S GMT"))) or 0) <= 600
+    assert retry_after(answer("Wed, 21 Oct 2015 07:28:00 GMT")) == 0.0  # in the past
+    assert retry_after(answer("soon")) is None and retry_after(httpx.Response(503)) is None
+
+
+def test_an_endpoint_is_disabled_no_sooner_than_one_deliverys_retries_take() -> None:
+    from tieline.services.webhooks.sender import disable_span_s
+
+    s = Settings(webhook_backoff_s=0.2, webhook_backoff_max_s=2, webhook_disable_after=6)
+    assert disable_span_s(s) == pytest.approx(0.2 + 0.4 + 0.8 + 1.6 + 2)
+    defaults = Settings()  # 50 after 10 attempts a delivery gives up: its 9 waits, ~43 min
+    assert disable_span_s(defaults) == pytest.approx(5 * (2**9 - 1))

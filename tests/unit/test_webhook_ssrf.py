@@ -1,0 +1,75 @@
+"""The SSRF guard's address rules beyond the plain private ranges: IPv6 forms that carry an
+IPv4 address (NAT64, 6to4, IPv4-compatible and IPv4-mapped) are judged by the IPv4 address they
+carry, deprecated site-local addresses are private, and a name's addresses are kept and tried in
+the resolver's order (not sorted as text)."""
+
+from __future__ import annotations
+
+import pytest
+from tieline.services.webhooks.ssrf import Policy, UrlRefused, check_address, check_url
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("64:ff9b::a00:1", "private"),  # NAT64 of 10.0.0.1
+        ("64:ff9b::7f00:1", "loopback"),  # NAT64 of 127.0.0.1
+        ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 of the cloud metadata address
+        ("64:ff9b:1::a00:1", "private"),  # the local-use NAT64 prefix (RFC 8215)
+        ("2002:a00:1::1", "private"),  # 6to4 of 10.0.0.1
+        ("2002:7f00:1::1", "loopback"),  # 6to4 of 127.0.0.1
+        ("::10.0.0.1", "private"),  # IPv4-compatible (deprecated)
+        ("::127.0.0.1", "loopback"),
+        ("::ffff:169.254.169.254", "link-local"),  # IPv4-mapped
+        ("fec0::1", "site-local"),
+        ("fe80::1%eth0", "link-local"),
+        ("ff02::1", "multicast"),
+        ("::", "unspecified"),
+    ],
+)
+def test_addresses_that_embed_or_are_private_are_refused(address: str, why: str) -> None:
+    with pytest.raises(UrlRefused, match=why):
+        check_address(address, Policy())
+
+
+@pytest.mark.parametrize(
+    "address", ["93.184.216.34", "2606:4700::1111", "64:ff9b::5db8:d822", "2002:5db8:d822::1"]
+)
+def test_public_addresses_and_their_nat64_and_6to4_forms_are_allowed(address: str) -> None:
+    check_address(address, Policy())  # raises UrlRefused when refused
+
+
+def test_embedded_loopback_counts_as_loopback_for_the_policy() -> None:
+    check_address("64:ff9b::7f00:1", Policy(allow_loopback=True))
+    check_address("2002:a00:1::1", Policy(allow_private=True))
+
+
+async def test_addresses_are_kept_in_the_resolvers_order() -> None:
+    async def resolve(host: str, port: int) -> list[str]:
+        del host, port
+        return ["93.184.216.34", "2606:4700::1111", "104.16.0.1", "93.184.216.34"]
+
+    t = await check_url("https://hooks.example.org/in", Policy(), resolve)
+    assert t.addresses == ("93.184.216.34", "2606:4700::1111", "104.16.0.1")
+    assert t.address == "93.184.216.34" and t.url == "https://93.184.216.34/in"
+    assert t.url_for("2606:4700::1111") == "https://[2606:4700::1111]/in"
+
+
+async def test_the_system_resolver_keeps_getaddrinfo_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """getaddrinfo orders addresses by preference (RFC 6724); sorting them as text would put
+    "10.0.0.9" before "9.9.9.9" and IPv6 after IPv4 for no reason."""
+    import asyncio
+    import socket
+
+    from tieline.services.webhooks.ssrf import system_resolver
+
+    order = ["9.9.9.9", "2620:fe::fe", "10.0.0.9", "9.9.9.9"]
+
+    async def getaddrinfo(host: str, port: int, **kw: object) -> list[tuple[object, ...]]:
+        del host, kw
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in order]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+    assert await system_resolver("hooks.example.org", 443) == ["9.9.9.9", "2620:fe::fe", "10.0.0.9"]
