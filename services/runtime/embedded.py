@@ -44,9 +44,13 @@ from tieline.plumbing.redact import redact_url
 from tieline.services.runtime.errors import OperationalError
 from tieline.services.runtime.managed_server import ManagedServer
 from tieline.services.runtime.pg_auth import (
+    HBA_PROBLEMS_SQL,
     load_or_make_password,
-    require_passwords,
-    set_password,
+    read_hba,
+    set_passwords_offline,
+    trusting_lines,
+    untrusted,
+    write_hba,
 )
 from tieline.services.runtime.pg_unprivileged import (
     RunAs,
@@ -273,10 +277,17 @@ class EmbeddedPostgres(ManagedServer):
     def password(self) -> str:
         """The password of both the bootstrap superuser and the application role."""
         if self._password is None:
+            exists = (self.pgdata / "PG_VERSION").is_file()
             self._password = load_or_make_password(
-                self.password_path, cluster_exists=(self.pgdata / "PG_VERSION").is_file()
+                self.password_path,
+                cluster_exists=exists,
+                trusting=exists and bool(trusting_lines(read_hba(self.hba_path))),
             )
         return self._password
+
+    @property
+    def hba_path(self) -> Path:
+        return self.pgdata / "pg_hba.conf"
 
     @property
     def url(self) -> str:
@@ -346,10 +357,14 @@ class EmbeddedPostgres(ManagedServer):
         # initdb reads the superuser's password from a file the server's user can read; it
         # is removed as soon as initdb is done.
         pwfile = self.data_dir / ".initdb-password"
-        pwfile.write_text(self.password + "\n", encoding="utf-8")
-        pwfile.chmod(0o600)
-        if run_as is not None:
-            os.chown(pwfile, run_as.uid, run_as.gid)
+        pwfile.unlink(missing_ok=True)
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:  # 0600 from its creation (the data dir is traversable by others when we are root)
+            if run_as is not None:
+                os.fchown(fd, run_as.uid, run_as.gid)
+            os.write(fd, (self.password + "\n").encode())
+        finally:
+            os.close(fd)
         argv = [
             str(bin_dir / "initdb"),
             "-D", str(staging.resolve()),
@@ -394,24 +409,22 @@ class EmbeddedPostgres(ManagedServer):
                 check=False,
             )
 
-    def _bootstrap(self, conn: psycopg.Connection[TupleRow], run_as: RunAs | None) -> None:
-        """Create the application role and database if they are missing; make sure both roles
-        have the password and that no ``pg_hba.conf`` line trusts a client without one."""
+    def _bootstrap(self, conn: psycopg.Connection[TupleRow]) -> None:
+        """Check that no ``pg_hba.conf`` rule trusts a client; create the application role
+        (with the password) and database if they are missing."""
         if self.user != _PG_SUPERUSER:
             role = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.user,))
             if role.fetchone() is None:
                 conn.execute(
-                    sql.SQL("CREATE ROLE {} LOGIN SUPERUSER").format(sql.Identifier(self.user))
+                    sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+                        sql.Identifier(self.user), sql.Literal(self.password)
+                    )
                 )
                 _log.info("embedded_postgres.role_created", role=self.user)
-        for role_name in {_PG_SUPERUSER, self.user}:
-            set_password(conn, role_name, self.password)
-        owner = (run_as.uid, run_as.gid) if run_as is not None else None
-        if require_passwords(conn, self.pgdata / "pg_hba.conf", owner):
-            _log.warning(
-                "embedded_postgres.trust_removed",
-                reason="a cluster made without passwords now requires one",
-                password_file=str(self.password_path),
+        problems = conn.execute(HBA_PROBLEMS_SQL).fetchall()
+        if problems:  # what the conversion could not see (an included file, a typo)
+            raise OperationalError(
+                f"{self.hba_path} trusts clients or does not parse: {problems}; fix it by hand"
             )
         database = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,))
         if database.fetchone() is None:
@@ -435,8 +448,35 @@ class EmbeddedPostgres(ManagedServer):
                 sslmode="disable",
                 autocommit=True,
             )
-        except psycopg.OperationalError:
+        except psycopg.OperationalError as exc:
+            if exc.sqlstate in ("28P01", "28000"):  # wrong password, or no rule lets us in
+                raise OperationalError(
+                    f"PostgreSQL in {self.pgdata} refused the password in "
+                    f"{self.password_path}: {str(exc).strip().splitlines()[-1]}"
+                ) from exc
             return None
+
+    def _require_passwords_offline(self, bin_dir: Path, run_as: RunAs | None) -> None:
+        """A cluster whose pg_hba.conf trusts clients (made by an older version) gets the
+        password for its roles and loses its ``trust`` methods before it serves anyone
+        (services/runtime/pg_auth.py)."""
+        text = read_hba(self.hba_path)
+        if not trusting_lines(text):
+            return
+        roles = [_PG_SUPERUSER] if self.user == _PG_SUPERUSER else [_PG_SUPERUSER, self.user]
+        argv = [str(bin_dir / "postgres"), "--single", "-D", str(self.pgdata.resolve()), "postgres"]
+        owner = (run_as.uid, run_as.gid) if run_as is not None else None
+        output = set_passwords_offline(
+            argv, roles, self.password, cwd=self.data_dir, env=self._child_env(), owner=owner
+        )
+        with self.log_path.open("a", encoding="utf-8") as log_file:
+            log_file.write(output)
+        write_hba(self.hba_path, untrusted(text), owner)
+        _log.warning(
+            "embedded_postgres.trust_removed",
+            reason="a cluster made without passwords now requires one",
+            password_file=str(self.password_path),
+        )
 
     def start(self, timeout: float = 30.0) -> None:
         """initdb if needed, start postgres, wait until it accepts connections, bootstrap.
@@ -456,6 +496,9 @@ class EmbeddedPostgres(ManagedServer):
             ensure_traversable(self.data_dir)
         socket_dir = self._socket_dir_arg(run_as)
         created = self._ensure_cluster(bin_dir, run_as)
+        if not created:
+            self._require_passwords_offline(bin_dir, run_as)
+        _ = self.password  # read (or refused) before the server starts
         argv = [
             str(bin_dir / "postgres"),
             "-D", str(self.pgdata.resolve()),
@@ -472,14 +515,18 @@ class EmbeddedPostgres(ManagedServer):
         )
         proc = self._proc
         assert proc is not None
-        conn = self._await_ready(
-            self._try_connect,
-            timeout=timeout - (time.monotonic() - spawned),
-            log_path=self.log_path,
-            not_ready=f"not accepting connections in {timeout}s",
-        )
-        with conn:
-            self._bootstrap(conn, run_as)
+        try:
+            conn = self._await_ready(
+                self._try_connect,
+                timeout=timeout - (time.monotonic() - spawned),
+                log_path=self.log_path,
+                not_ready=f"not accepting connections in {timeout}s",
+            )
+            with conn:
+                self._bootstrap(conn)
+        except OperationalError:
+            self.stop()
+            raise
         _log.info(
             "embedded_postgres.started",
             url=redact_url(self.url),

@@ -8,9 +8,16 @@ in ``<data_dir>/password`` (mode 0600, owned by whoever runs ``tieline up``), an
 the connection URL the supervisor hands its children and writes to ``run/endpoints.json``
 (also 0600).
 
-A cluster made by an older version still says ``trust`` in ``pg_hba.conf``: on its next start
-the roles get the password and those lines become ``scram-sha-256`` (see
-:func:`trusting_lines` and :func:`require_passwords`).
+A cluster made by an older version still says ``trust`` in ``pg_hba.conf``. It is converted
+*before* the server accepts any client (a session opened while it still trusted would outlive
+the change): the roles get the password in single-user mode (``postgres --single``, no
+network, the password on its standard input), then the ``trust`` methods become
+``scram-sha-256``, then the server starts. After the start the caller checks, with
+``pg_hba_file_rules``, that no rule trusts and none failed to parse.
+
+When we are root the cluster directory belongs to the unprivileged user the server runs as,
+who may have put symbolic links in it: ``pg_hba.conf`` is read and written without following
+any (``O_NOFOLLOW``, a new file created ``O_EXCL``, its owner and mode set on the open file).
 """
 
 from __future__ import annotations
@@ -18,84 +25,197 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import subprocess
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
-from psycopg.rows import TupleRow
 from tieline.services.runtime.errors import OperationalError
 
-__all__ = ["load_or_make_password", "require_passwords", "set_password", "trusting_lines"]
+__all__ = [
+    "HBA_PROBLEMS_SQL",
+    "load_or_make_password",
+    "read_hba",
+    "set_passwords_offline",
+    "trusting_lines",
+    "untrusted",
+    "write_hba",
+]
 
-#: The method a trusting pg_hba.conf line names (the last field before any options).
-_TRUST = re.compile(r"(?<=\s)trust(?=\s*$|\s+\w+=)")
+#: Rules the server would apply that trust a client, or that it could not read.
+HBA_PROBLEMS_SQL = """SELECT line_number, auth_method, error FROM pg_hba_file_rules
+                       WHERE error IS NOT NULL OR auth_method = 'trust'"""
+
+#: A connection type of a pg_hba.conf record, and how many fields precede its method when
+#: the address is one field (``local`` has none).
+_TYPES = {"local": 3, "host": 4, "hostssl": 4, "hostnossl": 4, "hostgssenc": 4, "hostnogssenc": 4}
+#: An IPv4 netmask written as a separate field (``127.0.0.1 255.255.255.255``).
+_MASK = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$|^[0-9A-Fa-f:]+$")
+_FIELD = re.compile(r'"(?:[^"]|"")*"|[^\s"]+')
 
 
-def load_or_make_password(path: Path, *, cluster_exists: bool) -> str:
-    """The password kept in ``path``; a new one (written 0600) if the file is missing.
+def load_or_make_password(path: Path, *, cluster_exists: bool, trusting: bool) -> str:
+    """The password kept in ``path``; a new one (written durably, 0600) if it is missing.
 
     A missing file beside an existing cluster that already asks for passwords cannot be
-    recovered here: making a new password would lock every client out, so that is an error
-    that says what to do.
+    recovered here: a new password would lock every client out, so that is an error that
+    says what to do.
     """
     if path.is_file():
         value = path.read_text(encoding="utf-8").strip()
         if value:
             return value
-    if cluster_exists and not trusting_lines(path.parent / "pgdata" / "pg_hba.conf"):
+    if cluster_exists and not trusting:
         raise OperationalError(
             f"{path} is missing but the PostgreSQL cluster beside it asks for a password; "
             "restore that file from a backup (or restore the database from a dump into a "
             "new data dir)"
         )
     value = secrets.token_urlsafe(24)  # URL-safe: goes into postgresql://user:pw@host/db as is
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(value + "\n")
-    os.chmod(path, 0o600)  # O_CREAT's mode does not change a file that was already there
+    _write_durably(path, value + "\n")
     return value
 
 
-def trusting_lines(hba: Path) -> list[int]:
-    """Indexes of the lines of ``hba`` that let a client in without a password."""
-    if not hba.is_file():
-        return []
-    lines = hba.read_text(encoding="utf-8").splitlines()
-    return [
-        i
-        for i, line in enumerate(lines)
-        if line.strip() and not line.lstrip().startswith("#") and _TRUST.search(line)
+def _write_durably(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (0600) through a new file, fsynced and renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(staged, path)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _method_index(fields: list[str]) -> int | None:
+    """Where the authentication method of a record is, None for what is not a record
+    (``include`` directives and the like)."""
+    before = _TYPES.get(fields[0])
+    if before is None:
+        return None
+    if before == 4 and len(fields) > 5 and _MASK.match(fields[4]) and "/" not in fields[3]:
+        before = 5  # address and mask as two fields
+    return before if len(fields) > before else None
+
+
+def _record(line: str) -> tuple[list[str], list[tuple[int, int]]]:
+    """The fields of one pg_hba.conf line and where each is, its comment (``#`` outside
+    quotes) left out."""
+    fields: list[str] = []
+    spans: list[tuple[int, int]] = []
+    for match in _FIELD.finditer(line):
+        token = match.group()
+        if not token.startswith('"') and "#" in token:
+            head = token.split("#", 1)[0]
+            if head:
+                fields.append(head)
+                spans.append((match.start(), match.start() + len(head)))
+            break
+        fields.append(token)
+        spans.append(match.span())
+    return fields, spans
+
+
+def _trusting(line: str) -> tuple[int, int] | None:
+    """Where the method ``trust`` of a record line is, None if it has none."""
+    fields, spans = _record(line)
+    at = _method_index(fields) if fields else None
+    return spans[at] if at is not None and fields[at] == "trust" else None
+
+
+def trusting_lines(text: str) -> list[int]:
+    """Indexes of the lines of a pg_hba.conf text whose method is ``trust``."""
+    return [i for i, line in enumerate(text.splitlines()) if _trusting(line) is not None]
+
+
+def untrusted(text: str) -> str:
+    """``text`` with each ``trust`` method replaced by ``scram-sha-256``, nothing else moved
+    (a database or user named trust, a comment saying trust, stay)."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        span = _trusting(line)
+        if span is not None:
+            lines[i] = line[: span[0]] + "scram-sha-256" + line[span[1] :]
+    return "\n".join(lines) + "\n"
+
+
+def read_hba(path: Path) -> str:
+    """The text of ``path``, refusing to follow a symbolic link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise OperationalError(f"cannot read {path} ({exc}); is it a symbolic link?") from exc
+    with os.fdopen(fd, "r", encoding="utf-8") as handle:
+        return handle.read()
+
+
+def write_hba(path: Path, text: str, owner: tuple[int, int] | None) -> None:
+    """Replace ``path`` with ``text`` through a new file: created O_EXCL|O_NOFOLLOW, its mode
+    and owner set on the open file, fsynced, renamed into place (never following a link)."""
+    staged = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tieline")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(staged, path)
+
+
+def _literal(value: str) -> str:
+    """A SQL string literal (standard_conforming_strings is on in every supported server)."""
+    if "\0" in value or "\n" in value:
+        raise OperationalError("a PostgreSQL password may not hold NUL or a line break")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def set_passwords_offline(
+    argv: list[str],
+    roles: list[str],
+    password: str,
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    owner: tuple[int, int] | None,
+) -> str:
+    """Give each of ``roles`` (those that exist) ``password`` in single-user mode: ``argv``
+    is ``postgres --single -D PGDATA postgres``, run in ``cwd`` with ``env`` as ``owner``
+    (uid, gid; None: as we are). The password goes on its standard input, never on a command
+    line. Returns its output; an error in it raises."""
+    tag = f"$t{secrets.token_hex(8)}$"  # a dollar quote no password contains
+    statements = [
+        f"DO {tag} BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {_literal(role)}) "
+        f"THEN EXECUTE format('ALTER ROLE %I PASSWORD %L', {_literal(role)}, "
+        f"{_literal(password)}); END IF; END {tag}"
+        for role in roles
     ]
-
-
-def set_password(conn: psycopg.Connection[TupleRow], role: str, password: str) -> None:
-    """Give ``role`` ``password`` (stored as a SCRAM verifier, the server's default)."""
-    # DDL takes no bound parameters; sql.Literal quotes the value for the statement.
-    conn.execute(
-        sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(password))
+    done = subprocess.run(
+        argv,
+        input="\n".join(statements) + "\n",
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        cwd=cwd,
+        env=env,
+        user=owner[0] if owner else None,
+        group=owner[1] if owner else None,
+        extra_groups=[] if owner else None,
     )
-
-
-def require_passwords(
-    conn: psycopg.Connection[TupleRow], hba: Path, owner: tuple[int, int] | None
-) -> bool:
-    """Turn ``hba``'s ``trust`` lines into ``scram-sha-256`` and reload; True if any changed.
-
-    The caller has already given every role it will log in as a password, so nothing is
-    locked out. ``owner`` (uid, gid) is whom the server runs as, when that is not us.
-    """
-    indexes = trusting_lines(hba)
-    if not indexes:
-        return False
-    lines = hba.read_text(encoding="utf-8").splitlines()
-    for i in indexes:
-        lines[i] = _TRUST.sub("scram-sha-256", lines[i])
-    staged = hba.with_name(hba.name + ".tieline-tmp")
-    staged.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.chmod(staged, 0o600)
-    if owner is not None:
-        os.chown(staged, *owner)
-    os.replace(staged, hba)
-    conn.execute("SELECT pg_reload_conf()")
-    return True
+    output = str(done.stdout) + str(done.stderr)
+    if done.returncode != 0 or "ERROR:" in output:
+        raise OperationalError(
+            "setting the PostgreSQL passwords in single-user mode failed "
+            f"(exit {done.returncode}): {output.strip()[-500:]}"
+        )
+    return output

@@ -15,6 +15,8 @@ import shutil
 import socket
 import stat
 import tempfile
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +35,7 @@ from tieline.services.runtime.embedded import (
     nats_server_binary,
     postgres_bin_dir,
 )
+from tieline.services.runtime.errors import OperationalError
 
 # Servers the machine (or a developer) may already run; ours must never collide with them.
 WELL_KNOWN_PORTS = {4222, 5432, 6222, 8222}
@@ -250,28 +253,87 @@ def test_postgres_asks_every_client_for_the_password(
             assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_a_cluster_made_with_trust_asks_for_a_password_from_its_next_start(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A data dir from a version that ran initdb --auth=trust (roles without a password,
-    pg_hba.conf all trust, no password file) keeps its data and stops trusting."""
-    monkeypatch.delenv("PGPASSWORD", raising=False)
-    server = EmbeddedPostgres(tmp_path / "pg")
+def _as_if_made_trusting(server: EmbeddedPostgres) -> Path:
+    """Turn ``server``'s stopped cluster into one an older version made: roles without a
+    password, every rule trust (one with a comment, one with a separate netmask), no password
+    file. Returns pg_hba.conf."""
     with server, psycopg.connect(server.url, connect_timeout=5, autocommit=True) as conn:
         conn.execute("CREATE TABLE survivors (id int PRIMARY KEY, note text NOT NULL)")
         conn.execute("INSERT INTO survivors VALUES (1, 'from the trusting days')")
         conn.execute("ALTER ROLE postgres PASSWORD NULL")
         conn.execute("ALTER ROLE tieline PASSWORD NULL")
     hba = server.pgdata / "pg_hba.conf"
-    hba.write_text(hba.read_text().replace("scram-sha-256", "trust"))
+    hba.write_text(
+        hba.read_text().replace("scram-sha-256", "trust")
+        + "host all all 127.0.0.1/32 trust # the old default\n"
+        + "host all all 127.0.0.1 255.255.255.255 trust\n"
+    )
     server.password_path.unlink()
-    old = EmbeddedPostgres(tmp_path / "pg", port=server.port)
-    with old:
+    return hba
+
+
+def test_a_cluster_made_with_trust_asks_for_a_password_from_its_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data dir from a version that ran initdb --auth=trust keeps its data and stops
+    trusting, before it serves anyone: a client that keeps trying without a password while
+    it starts never gets a session (a session opened while it still trusted would have
+    outlived the change; the first conversion allowed that)."""
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    first = EmbeddedPostgres(tmp_path / "pg")
+    hba = _as_if_made_trusting(first)
+    old = EmbeddedPostgres(tmp_path / "pg", port=first.port)
+    sessions: list[object] = []
+    starting = threading.Event()
+
+    def intruder() -> None:
+        while not starting.is_set():
+            try:
+                conn = psycopg.connect(
+                    host=old.host, port=old.port, user="postgres", dbname="postgres",
+                    passfile=str(tmp_path / "no-pgpass"), connect_timeout=1,
+                )  # fmt: skip
+            except psycopg.OperationalError:
+                time.sleep(0.005)
+                continue
+            sessions.append(conn.execute("SELECT current_user").fetchone())
+            conn.close()
+
+    thread = threading.Thread(target=intruder)
+    thread.start()
+    try:
+        old.start()
+    finally:
+        starting.set()
+        thread.join()
+    try:
+        assert sessions == []
         assert "password" in _refused_without(old, tmp_path)
         assert _count_rows(old.url) == [(1, "from the trusting days")]
-        assert "trust" not in "\n".join(
-            line for line in hba.read_text().splitlines() if not line.lstrip().startswith("#")
-        )
+        with psycopg.connect(old.url, connect_timeout=5) as conn:
+            methods = conn.execute("SELECT DISTINCT auth_method FROM pg_hba_file_rules").fetchall()
+        assert methods == [("scram-sha-256",)]
+        assert "# the old default" in hba.read_text()  # the rest of the line is left alone
+        assert stat.S_IMODE(old.password_path.stat().st_mode) == 0o600
+    finally:
+        old.stop()
+
+
+def test_a_linked_pg_hba_conf_is_not_followed(tmp_path: Path) -> None:
+    """pg_hba.conf lives in a directory the server's user owns (when we are root): a symbolic
+    link there is refused, not read or written through (it could point at any root file)."""
+    server = EmbeddedPostgres(tmp_path / "pg")
+    hba = _as_if_made_trusting(server)
+    elsewhere = tmp_path / "elsewhere.conf"
+    elsewhere.write_text(hba.read_text())
+    elsewhere.chmod(0o644)
+    hba.unlink()
+    hba.symlink_to(elsewhere)
+    again = EmbeddedPostgres(tmp_path / "pg", port=server.port)
+    with pytest.raises(OperationalError, match="symbolic link"):
+        again.start()
+    assert again.pid is None
+    assert "trust" in elsewhere.read_text() and stat.S_IMODE(elsewhere.stat().st_mode) == 0o644
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import pytest
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
 from tieline.plumbing.redact import redact_url
+from tieline.services.runtime.pg_auth import trusting_lines, untrusted
 
 
 def _kwargs(url: str) -> dict[str, object]:
@@ -68,6 +69,13 @@ def test_the_pg_environment_wins_where_the_url_is_silent(monkeypatch: pytest.Mon
         ("host=db password=s3cret", "host=db password=***"),
         ("nats://api:s3cret@127.0.0.1:4222", "nats://api:***@127.0.0.1:4222"),
         ("postgresql://u@db/t", "postgresql://u@db/t"),
+        (
+            "nats://a:s3cret@h1:4222,nats://a:s3cret2@h2:4222",
+            "nats://a:***@h1:4222,nats://a:***@h2:4222",
+        ),
+        ("nats://s3cret-token@127.0.0.1:4222", "nats://***@127.0.0.1:4222"),
+        ("postgresql://u@db/t?sslpassword=s3cret", "postgresql://u@db/t?sslpassword=***"),
+        ("host=db sslpassword=s3cret", "host=db sslpassword=***"),
     ],
 )
 def test_a_printed_url_hides_its_password(url: str, shown: str) -> None:
@@ -75,3 +83,35 @@ def test_a_printed_url_hides_its_password(url: str, shown: str) -> None:
     the query's other settings stay)."""
     assert redact_url(url) == shown
     assert "s3" not in redact_url(url)
+
+
+HBA = """# a comment that says trust
+local all all trust
+host all all 127.0.0.1/32 trust # lan
+host all all 127.0.0.1 255.255.255.255 trust
+host all all ::1/128 reject # not trust
+host trust trust 10.0.0.0/8 md5
+include trust
+hostssl all all all trust clientcert=verify-full
+local all all peer
+"""
+
+
+def test_only_the_method_of_a_record_is_taken_for_trust() -> None:
+    """The conversion of an old embedded cluster rewrites exactly the trusting methods: not
+    a comment, a database or user named trust, an include directive; and it finds a method
+    followed by a comment or options, or after a separate netmask (a regex over the line
+    missed the one and rewrote the others)."""
+    assert trusting_lines(HBA) == [1, 2, 3, 7]
+    assert untrusted(HBA).splitlines() == [
+        "# a comment that says trust",
+        "local all all scram-sha-256",
+        "host all all 127.0.0.1/32 scram-sha-256 # lan",
+        "host all all 127.0.0.1 255.255.255.255 scram-sha-256",
+        "host all all ::1/128 reject # not trust",
+        "host trust trust 10.0.0.0/8 md5",
+        "include trust",
+        "hostssl all all all scram-sha-256 clientcert=verify-full",
+        "local all all peer",
+    ]
+    assert trusting_lines(untrusted(HBA)) == []
