@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -109,7 +110,11 @@ _FORGET_DECISIONS = (
 
 
 async def reconcile_with_log(
-    conn: AsyncConnection[Any], js: JetStreamContext, stream: str, registry: EventRegistry
+    conn: AsyncConnection[Any],
+    js: JetStreamContext,
+    stream: str,
+    registry: EventRegistry,
+    before: datetime,
 ) -> tuple[int, int]:
     """Make the write-side tables say what the log says, after the log was restored from a
     backup (``tieline stream restore``) next to a state dump of another moment.
@@ -117,36 +122,65 @@ async def reconcile_with_log(
     The documented backup takes the stream first and the state dump second, so the dump may
     know ids accepted after the stream backup. Left there, a client re-sending such an id
     was answered "duplicate, seq N" for an event the log no longer holds: accepted and lost.
-    Here every id whose sequence is beyond the log (or was never confirmed) is forgotten, so
-    a re-send is accepted again; ids on the log the dump does not know are learnt (a dump
-    older than the backup); and what events decided (retractions, introductions, merges) is
-    rebuilt from the log in order. Digests of the ids kept stay. Returns (forgotten, learnt).
+    Here, among the ids taken ``before`` (the start of the restore: commands of services
+    running meanwhile are left alone), every id whose sequence is beyond the log, or never
+    confirmed and not on it, is forgotten, so a re-send is accepted again; an id never
+    confirmed that is on the log gets its sequence (its digest kept); ids on the log the dump
+    does not know are learnt (a dump older than the backup); and what events decided
+    (retractions, introductions, merges) is rebuilt from the log in order. A message that
+    cannot be decoded is skipped (logged). Returns (forgotten, learnt).
     """
     async with conn.transaction():
         await conn.execute(LOCK)
         last = int((await js.stream_info(stream)).state.last_seq)
         cur = await conn.execute(
-            "DELETE FROM write_events WHERE seq IS NULL OR seq > %s RETURNING 1", (last,)
+            "DELETE FROM write_events WHERE taken_at < %s AND seq > %s RETURNING 1",
+            (before, last),
         )
         forgotten = len(await cur.fetchall())
         for statement in _FORGET_DECISIONS:
             await conn.execute(statement)
-        learnt = 0
+        learnt = unreadable = 0
         async for seq, data in _log(js, stream, last):
-            event = registry.decode(data)
-            new = await _backfill_one(conn, event, seq)  # a new row has its decisions applied
+            try:
+                event = registry.decode(data)
+            except EventDecodeError as exc:
+                unreadable += 1
+                log.warning("write_state.event_unreadable", seq=seq, error=str(exc))
+                continue
+            new = await _learn(conn, event, seq)  # a new row has its decisions applied
             if not new:
                 await apply_to_state(conn, event)
             learnt += new
+        cur = await conn.execute(
+            "DELETE FROM write_events WHERE taken_at < %s AND seq IS NULL RETURNING 1", (before,)
+        )
+        forgotten += len(await cur.fetchall())
         await conn.execute(
             "INSERT INTO write_backfill (stream, upto_seq) VALUES (%s, %s) "
             "ON CONFLICT (stream) DO UPDATE SET upto_seq = excluded.upto_seq, done_at = now()",
             (stream, last),
         )
     log.info(
-        "write_state.reconciled", stream=stream, upto_seq=last, forgotten=forgotten, learnt=learnt
+        "write_state.reconciled",
+        stream=stream,
+        upto_seq=last,
+        forgotten=forgotten,
+        learnt=learnt,
+        unreadable=unreadable,
     )
     return forgotten, learnt
+
+
+async def _learn(conn: AsyncConnection[Any], event: Event, seq: int) -> int:
+    """Like :func:`_backfill_one`, and a row taken but never confirmed gets the sequence
+    the log has its event at (keeping its digest); 1 if the row is new."""
+    await conn.execute(
+        "UPDATE write_events SET seq = %s WHERE workspace_id = %s AND event_id = %s "
+        "AND seq IS NULL",
+        (seq, event.workspace_id, event.event_id),
+    )
+    return await _backfill_one(conn, event, seq)
 
 
 async def _backfill_one(conn: AsyncConnection[Any], event: Event, seq: int) -> int:

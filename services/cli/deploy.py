@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -158,6 +159,8 @@ def _stream_job(directory: Path, restore: bool, data_dir: Path | None) -> None:
 
     command = f"tieline stream {'restore' if restore else 'backup'}"
     settings = ops_settings(data_dir, command)
+    if restore:
+        _database_given(command, settings)
     streams = [settings.stream_name, f"{settings.stream_name}_DLQ"]
     if not restore:
         directory.mkdir(parents=True, exist_ok=True)
@@ -175,8 +178,16 @@ def _stream_job(directory: Path, restore: bool, data_dir: Path | None) -> None:
             # write-side state was not reconciled could not be restored again (not empty).
             conn = await db.connect(settings)
             try:
+                before = await _database_now(conn)
                 copies = await stream_backup.restore_streams(js, streams, directory)
-                await _reconcile_write_state(settings, conn, js)
+                try:
+                    await _reconcile_write_state(settings, conn, js, before)
+                except Exception as exc:
+                    raise ValueError(
+                        f"the streams are restored, but the write side's tables were not "
+                        f"reconciled with them ({type(exc).__name__}: {exc}); run `tieline "
+                        "stream reconcile` with the same settings"
+                    ) from exc
             finally:
                 await conn.close()
             return copies
@@ -196,13 +207,32 @@ def _stream_job(directory: Path, restore: bool, data_dir: Path | None) -> None:
         )
 
 
-async def _reconcile_write_state(settings: Settings, conn: Any, js: Any) -> None:
+def _database_given(command: str, settings: Settings) -> None:
+    """Restoring changes the write side's tables too: refuse to guess which database (the
+    default URL could be a developer's own)."""
+    if "database_url" not in settings.model_fields_set:
+        err.print(
+            f"[red]{command}: set TIELINE_DATABASE_URL (the installation's PostgreSQL, whose "
+            "write-side tables are reconciled with the restored log), or give --data-dir[/]",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+
+
+async def _database_now(conn: Any) -> datetime:
+    cur = await conn.execute("SELECT now() AS now")
+    row = await cur.fetchone()
+    return row["now"] if isinstance(row, dict) else row[0]  # type: ignore[no-any-return]
+
+
+async def _reconcile_write_state(settings: Settings, conn: Any, js: Any, before: datetime) -> None:
     """The write side's tables made to say what the restored log says (a state dump taken
-    after the stream backup knows ids the log does not: services/write_backfill.py)."""
+    after the stream backup knows ids the log does not: services/write_backfill.py); rows
+    taken from ``before`` on (by services running meanwhile) are left alone."""
     from tieline.events_schema.registry import REGISTRY
     from tieline.services.write_backfill import reconcile_with_log
 
-    forgotten, learnt = await reconcile_with_log(conn, js, settings.stream_name, REGISTRY)
+    forgotten, learnt = await reconcile_with_log(conn, js, settings.stream_name, REGISTRY, before)
     console.print(
         f"write-side state: {forgotten} id(s) the restored log does not hold forgotten "
         f"(a re-send is accepted again), {learnt} learnt from it",
@@ -225,7 +255,9 @@ async def _explained(job: Awaitable[T], settings: Settings) -> T:
             f"{redact_url(settings.nats_url)}; `tieline bootstrap` creates them; check "
             "TIELINE_STREAM_NAME, or give --data-dir DIR of a running `tieline up`)"
         ) from None
-    except (js_errors.APIError, nats_errors.TimeoutError, TimeoutError) as exc:
+    except js_errors.APIError as exc:
+        raise ValueError(f"JetStream refused: {exc.description or exc}") from None
+    except (nats_errors.TimeoutError, TimeoutError) as exc:
         # A user without the permission gets no answer: the server drops the request.
         reason = getattr(exc, "description", None) or "no answer from JetStream"
         raise ValueError(
@@ -253,6 +285,37 @@ def stream_restore_cmd(
     """Publish a backup into the empty streams of a fresh bootstrap, keeping every sequence
     number; the workers then rebuild the read models from it."""
     _stream_job(directory, restore=True, data_dir=data_dir)
+
+
+@stream_app.command("reconcile")
+def stream_reconcile_cmd(data_dir: DataDir = None) -> None:
+    """Make the write side's tables say what the event stream says (what `stream restore`
+    does after publishing; run it alone when that step failed). Run it while no command is
+    being written."""
+    command = "tieline stream reconcile"
+    settings = ops_settings(data_dir, command)
+    _database_given(command, settings)
+
+    async def go() -> None:
+        from tieline.plumbing import db
+        from tieline.plumbing.jetstream import connect_nats
+
+        nc = await connect_nats(settings, name="tieline-stream-reconcile")
+        try:
+            conn = await db.connect(settings)
+            try:
+                before = await _database_now(conn)
+                await _reconcile_write_state(settings, conn, nc.jetstream(), before)
+            finally:
+                await conn.close()
+        finally:
+            await nc.close()
+
+    try:
+        run_async(command, settings, lambda: _explained(go(), settings), nats=True)
+    except ValueError as exc:
+        err.print(f"[red]{command}: {exc}[/]", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -130,7 +130,19 @@ async def restore_stream(js: JetStreamContext, stream: str, directory: Path) -> 
 async def restore_streams(
     js: JetStreamContext, streams: list[str], directory: Path
 ) -> list[StreamCopy]:
+    """Restore every stream of ``streams`` from ``directory``, checking first that each has
+    its file and exists empty, so nothing is published unless all of them can be restored.
+    The streams are restored in reverse order: the dead-letter stream before the event
+    stream, which a running worker may dead-letter into while it is restored."""
     for stream in streams:
         if not _file(directory, stream).exists():
             raise ValueError(f"{_file(directory, stream)} is missing; not a tieline backup?")
-    return [await restore_stream(js, stream, directory) for stream in streams]
+        info = await js.stream_info(stream)
+        if info.state.messages or info.state.last_seq:
+            raise ValueError(
+                f"stream {stream} already holds {info.state.messages} message(s) (last seq "
+                f"{info.state.last_seq}); restore only into the empty streams of a fresh "
+                "bootstrap"
+            )
+    copies = [await restore_stream(js, stream, directory) for stream in reversed(streams)]
+    return copies[::-1]

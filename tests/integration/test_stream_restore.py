@@ -55,6 +55,12 @@ async def test_a_log_with_a_repeated_message_id_restores_whole(
             await nc.close()
 
 
+async def _now(conn: Any) -> Any:
+    cur = await conn.execute("SELECT now() AS now")
+    row = await cur.fetchone()
+    return row["now"]
+
+
 async def test_a_state_newer_than_the_restored_log_forgets_what_the_log_lost(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -87,9 +93,32 @@ async def test_a_state_newer_than_the_restored_log_forgets_what_the_log_lost(
         for name in streams:  # a fresh installation's empty streams, then the restore
             await js.delete_stream(name)
         await ensure_streams(js, settings)
+        async with pool.connection() as conn:
+            before = await _now(conn)
+            # The met event's row as a crash between publish and recording left it (its
+            # sequence unknown, its digest kept), and an id a service still running took
+            # during the restore (left alone).
+            await conn.execute(
+                "UPDATE write_events SET seq = NULL WHERE event_id = %s", (kept.event_id,)
+            )
+            racing = uuid4()
+            await conn.execute(
+                "INSERT INTO write_events (event_id, workspace_id, type, digest, seq, taken_at)"
+                " VALUES (%s, %s, 'relationship.met', 'd', NULL, %s + interval '1 second')",
+                (racing, ws, before),
+            )
         await restore_streams(js, streams, tmp_path)
         async with pool.connection() as conn:
-            assert await reconcile_with_log(conn, js, settings.stream_name, REGISTRY) == (2, 0)
+            found = await reconcile_with_log(conn, js, settings.stream_name, REGISTRY, before)
+            assert found == (2, 0)
+            rows = await conn.execute(
+                "SELECT event_id, seq, digest IS NOT NULL AS digest FROM write_events "
+                "WHERE event_id = ANY(%s::uuid[])",
+                ([str(kept.event_id), str(racing)],),
+            )
+            state = {str(r["event_id"]): (r["seq"], r["digest"]) for r in await rows.fetchall()}
+            assert state == {str(kept.event_id): (3, True), str(racing): (None, True)}
+            await conn.execute("DELETE FROM write_events WHERE event_id = %s", (racing,))
     finally:
         await admin.close()
     nc, side = await start_write_side(settings, "interactions", INTERACTION_TYPES, pool)
