@@ -167,6 +167,8 @@ async def scored_ties(
         if as_of is None or (row["state_at"] is not None and as_of >= row["state_at"]):
             out.append((row, score_at(row, when), None))
             continue
+        if not row["ratings"] and _after(row["first_contact_at"], as_of):
+            continue  # no event by then: a pair's events are its contacts and its ratings
         if params is None:
             params = await strength_set(conn, ws)
         s = await pair_strength(conn, ws, row["person_a"], row["person_b"], as_of, params)
@@ -216,6 +218,10 @@ def tie_view(
         "last_contact_at": row["last_contact_at"] if s is None else s.last_contact_at,
         "one_sided": row["one_sided"] if s is None else bool(s.reciprocity.get("one_sided")),
     }
+
+
+def _after(when: datetime | None, as_of: datetime) -> bool:
+    return when is not None and when > as_of
 
 
 def _meetings(s: Strength) -> int:
