@@ -15,6 +15,9 @@ __all__ = ["redact_url"]
 
 #: ``password=...`` / ``sslpassword=...`` in libpq's keyword form: a bare word or quoted.
 _KEYWORD_PASSWORD = re.compile(r"(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+#: A URL starts with its scheme; anything else is libpq's keyword form (which may hold ``://``
+#: in a value).
+_URL = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*://")
 _SECRET_PARAMS = {"password", "sslpassword"}
 #: Schemes whose user part alone is a secret (a token) when no password follows it.
 _TOKEN_SCHEMES = {"nats", "tls", "ws", "wss"}
@@ -23,7 +26,7 @@ _HIDDEN = "***"
 
 def redact_url(url: str) -> str:
     """``url`` (or a comma-separated list of URLs) with every secret replaced by ``***``."""
-    if "://" not in url:
+    if not _URL.match(url):
         return _KEYWORD_PASSWORD.sub(rf"\g<1>{_HIDDEN}", url)
     if "," in url and re.search(r",\s*\w+://", url):
         return ",".join(redact_url(part) for part in url.split(","))

@@ -3,8 +3,8 @@
 * :func:`backfill`: a database from before the write-side tables (revision 0004) gets them
   filled from the log;
 * :func:`backfill_people`: rows taken before revision 0008 get whom their event names;
-* :func:`reconcile_with_log` (``tieline stream restore``): after a restore of the log, the
-  tables forget ids the log does not hold and learn those it does;
+* :func:`note_taken_ids`, :func:`reconcile_with_log` (``tieline stream restore``): after a
+  restore of the log, the tables forget ids the log does not hold and learn those it does;
 * :func:`sweep_digests` (every start): no digest is left of an event naming a person whose
   key is destroyed, whatever happened between the destroy and its clear (a crash, an
   instance of the release before 0008 erasing during a rolling upgrade).
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -109,12 +108,27 @@ _FORGET_DECISIONS = (
 )
 
 
+#: The ids the write side had taken when a restore began (a table of this session only).
+_NOTE_TAKEN = (
+    "CREATE TEMP TABLE IF NOT EXISTS reconcile_known "
+    "(workspace_id text NOT NULL, event_id uuid NOT NULL, PRIMARY KEY (workspace_id, event_id))",
+    "TRUNCATE reconcile_known",
+    "INSERT INTO reconcile_known SELECT workspace_id, event_id FROM write_events",
+)
+_KNOWN = "(workspace_id, event_id) IN (SELECT workspace_id, event_id FROM reconcile_known)"
+
+
+async def note_taken_ids(conn: AsyncConnection[Any]) -> None:
+    """Before a restore: remember, on ``conn``'s session, which ids the write side has taken,
+    so :func:`reconcile_with_log` on the same connection leaves the ids of commands of
+    services running meanwhile alone (a set of keys, not a time: a dump from another server
+    carries that server's clock)."""
+    for statement in _NOTE_TAKEN:
+        await conn.execute(statement)
+
+
 async def reconcile_with_log(
-    conn: AsyncConnection[Any],
-    js: JetStreamContext,
-    stream: str,
-    registry: EventRegistry,
-    before: datetime,
+    conn: AsyncConnection[Any], js: JetStreamContext, stream: str, registry: EventRegistry
 ) -> tuple[int, int]:
     """Make the write-side tables say what the log says, after the log was restored from a
     backup (``tieline stream restore``) next to a state dump of another moment.
@@ -122,20 +136,25 @@ async def reconcile_with_log(
     The documented backup takes the stream first and the state dump second, so the dump may
     know ids accepted after the stream backup. Left there, a client re-sending such an id
     was answered "duplicate, seq N" for an event the log no longer holds: accepted and lost.
-    Here, among the ids taken ``before`` (the start of the restore: commands of services
-    running meanwhile are left alone), every id whose sequence is beyond the log, or never
-    confirmed and not on it, is forgotten, so a re-send is accepted again; an id never
-    confirmed that is on the log gets its sequence (its digest kept); ids on the log the dump
-    does not know are learnt (a dump older than the backup); and what events decided
-    (retractions, introductions, merges) is rebuilt from the log in order. A message that
-    cannot be decoded is skipped (logged). Returns (forgotten, learnt).
+    Here, among the ids :func:`note_taken_ids` noted on this connection (all taken ids when
+    it was not called), every id whose sequence is beyond the log, or never confirmed and
+    not on it, is forgotten, so a re-send is accepted again; an id never confirmed that is
+    on the log gets its sequence (its digest kept); ids on the log the dump does not know
+    are learnt (a dump older than the backup); and what events decided (retractions,
+    introductions, merges) is rebuilt from the log in order, for every id: run it before
+    clients write. A message that cannot be decoded is skipped (logged). Returns
+    (forgotten, learnt).
     """
+    cur = await conn.execute("SELECT to_regclass('pg_temp.reconcile_known') IS NOT NULL AS n")
+    row = await cur.fetchone()
+    noted = row is not None and (row["n"] if isinstance(row, dict) else row[0])
+    if not noted:
+        await note_taken_ids(conn)
     async with conn.transaction():
         await conn.execute(LOCK)
         last = int((await js.stream_info(stream)).state.last_seq)
         cur = await conn.execute(
-            "DELETE FROM write_events WHERE taken_at < %s AND seq > %s RETURNING 1",
-            (before, last),
+            f"DELETE FROM write_events WHERE {_KNOWN} AND seq > %s RETURNING 1", (last,)
         )
         forgotten = len(await cur.fetchall())
         for statement in _FORGET_DECISIONS:
@@ -153,7 +172,7 @@ async def reconcile_with_log(
                 await apply_to_state(conn, event)
             learnt += new
         cur = await conn.execute(
-            "DELETE FROM write_events WHERE taken_at < %s AND seq IS NULL RETURNING 1", (before,)
+            f"DELETE FROM write_events WHERE {_KNOWN} AND seq IS NULL RETURNING 1"
         )
         forgotten += len(await cur.fetchall())
         await conn.execute(
@@ -161,6 +180,7 @@ async def reconcile_with_log(
             "ON CONFLICT (stream) DO UPDATE SET upto_seq = excluded.upto_seq, done_at = now()",
             (stream, last),
         )
+        await conn.execute("DROP TABLE reconcile_known")
     log.info(
         "write_state.reconciled",
         stream=stream,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -168,6 +167,7 @@ def _stream_job(directory: Path, restore: bool, data_dir: Path | None) -> None:
     async def go() -> list[stream_backup.StreamCopy]:
         from tieline.plumbing import db
         from tieline.plumbing.jetstream import connect_nats
+        from tieline.services.write_backfill import note_taken_ids
 
         nc = await connect_nats(settings, name="tieline-stream-backup")
         try:
@@ -178,10 +178,10 @@ def _stream_job(directory: Path, restore: bool, data_dir: Path | None) -> None:
             # write-side state was not reconciled could not be restored again (not empty).
             conn = await db.connect(settings)
             try:
-                before = await _database_now(conn)
+                await note_taken_ids(conn)
                 copies = await stream_backup.restore_streams(js, streams, directory)
                 try:
-                    await _reconcile_write_state(settings, conn, js, before)
+                    await _reconcile_write_state(settings, conn, js)
                 except Exception as exc:
                     raise ValueError(
                         f"the streams are restored, but the write side's tables were not "
@@ -219,20 +219,15 @@ def _database_given(command: str, settings: Settings) -> None:
         raise typer.Exit(1)
 
 
-async def _database_now(conn: Any) -> datetime:
-    cur = await conn.execute("SELECT now() AS now")
-    row = await cur.fetchone()
-    return row["now"] if isinstance(row, dict) else row[0]  # type: ignore[no-any-return]
-
-
-async def _reconcile_write_state(settings: Settings, conn: Any, js: Any, before: datetime) -> None:
+async def _reconcile_write_state(settings: Settings, conn: Any, js: Any) -> None:
     """The write side's tables made to say what the restored log says (a state dump taken
-    after the stream backup knows ids the log does not: services/write_backfill.py); rows
-    taken from ``before`` on (by services running meanwhile) are left alone."""
+    after the stream backup knows ids the log does not: services/write_backfill.py); ids
+    taken after ``note_taken_ids`` on ``conn`` (by services running meanwhile) are left
+    alone."""
     from tieline.events_schema.registry import REGISTRY
     from tieline.services.write_backfill import reconcile_with_log
 
-    forgotten, learnt = await reconcile_with_log(conn, js, settings.stream_name, REGISTRY, before)
+    forgotten, learnt = await reconcile_with_log(conn, js, settings.stream_name, REGISTRY)
     console.print(
         f"write-side state: {forgotten} id(s) the restored log does not hold forgotten "
         f"(a re-send is accepted again), {learnt} learnt from it",
@@ -304,8 +299,7 @@ def stream_reconcile_cmd(data_dir: DataDir = None) -> None:
         try:
             conn = await db.connect(settings)
             try:
-                before = await _database_now(conn)
-                await _reconcile_write_state(settings, conn, nc.jetstream(), before)
+                await _reconcile_write_state(settings, conn, nc.jetstream())
             finally:
                 await conn.close()
         finally:

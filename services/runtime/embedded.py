@@ -449,7 +449,10 @@ class EmbeddedPostgres(ManagedServer):
                 autocommit=True,
             )
         except psycopg.OperationalError as exc:
-            if exc.sqlstate in ("28P01", "28000"):  # wrong password, or no rule lets us in
+            # Wrong password, or no rule lets us in. libpq gives no SQLSTATE for a refused
+            # connection; the server (started with LC_ALL=C) says it in English.
+            refused = ("password authentication failed", "no pg_hba.conf entry")
+            if exc.sqlstate in ("28P01", "28000") or any(r in str(exc) for r in refused):
                 raise OperationalError(
                     f"PostgreSQL in {self.pgdata} refused the password in "
                     f"{self.password_path}: {str(exc).strip().splitlines()[-1]}"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import stat
 import subprocess
 from pathlib import Path
 
@@ -103,9 +104,9 @@ def _method_index(fields: list[str]) -> int | None:
     return before if len(fields) > before else None
 
 
-def _record(line: str) -> tuple[list[str], list[tuple[int, int]]]:
-    """The fields of one pg_hba.conf line and where each is, its comment (``#`` outside
-    quotes) left out."""
+def _record(line: str) -> tuple[list[str], list[tuple[int, int]], bool]:
+    """The fields of one pg_hba.conf line, where each is, and whether a comment (``#``
+    outside quotes) ended the line."""
     fields: list[str] = []
     spans: list[tuple[int, int]] = []
     for match in _FIELD.finditer(line):
@@ -115,44 +116,74 @@ def _record(line: str) -> tuple[list[str], list[tuple[int, int]]]:
             if head:
                 fields.append(head)
                 spans.append((match.start(), match.start() + len(head)))
-            break
+            return fields, spans, True
         fields.append(token)
         spans.append(match.span())
-    return fields, spans
+    return fields, spans, False
 
 
-def _trusting(line: str) -> tuple[int, int] | None:
-    """Where the method ``trust`` of a record line is, None if it has none."""
-    fields, spans = _record(line)
+def _records(text: str) -> list[list[tuple[int, str]]]:
+    """The records of a pg_hba.conf text as (physical line index, text) pieces: a line
+    ending with a backslash continues on the next (PostgreSQL 16 and later)."""
+    records: list[list[tuple[int, str]]] = []
+    pieces: list[tuple[int, str]] = []
+    for i, line in enumerate(text.splitlines()):
+        if line.endswith("\\") and not line.lstrip().startswith("#"):
+            pieces.append((i, line[:-1]))
+            continue
+        pieces.append((i, line))
+        records.append(pieces)
+        pieces = []
+    if pieces:
+        records.append(pieces)
+    return records
+
+
+def _trusting(pieces: list[tuple[int, str]]) -> tuple[int, int, int] | None:
+    """Where the method ``trust`` of a record is (physical line, start, end), None if its
+    method is another (or it is no record)."""
+    fields: list[str] = []
+    where: list[tuple[int, int, int]] = []
+    for index, text in pieces:
+        found, spans, commented = _record(text)
+        fields += found
+        where += [(index, a, b) for a, b in spans]
+        if commented:
+            break
     at = _method_index(fields) if fields else None
-    return spans[at] if at is not None and fields[at] == "trust" else None
+    return where[at] if at is not None and fields[at].strip('"') == "trust" else None
 
 
 def trusting_lines(text: str) -> list[int]:
-    """Indexes of the lines of a pg_hba.conf text whose method is ``trust``."""
-    return [i for i, line in enumerate(text.splitlines()) if _trusting(line) is not None]
+    """Indexes of the physical lines of a pg_hba.conf text that hold a ``trust`` method."""
+    found = (_trusting(pieces) for pieces in _records(text))
+    return [spot[0] for spot in found if spot is not None]
 
 
 def untrusted(text: str) -> str:
     """``text`` with each ``trust`` method replaced by ``scram-sha-256``, nothing else moved
     (a database or user named trust, a comment saying trust, stay)."""
     lines = text.splitlines()
-    for i, line in enumerate(lines):
-        span = _trusting(line)
-        if span is not None:
-            lines[i] = line[: span[0]] + "scram-sha-256" + line[span[1] :]
+    for pieces in _records(text):
+        spot = _trusting(pieces)
+        if spot is not None:
+            i, a, b = spot
+            lines[i] = lines[i][:a] + "scram-sha-256" + lines[i][b:]
     return "\n".join(lines) + "\n"
 
 
 def read_hba(path: Path) -> str:
-    """The text of ``path``, refusing to follow a symbolic link."""
+    """The text of ``path``, refusing to follow a symbolic link or to read anything but a
+    regular file (a FIFO would block the start for ever)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return ""
     except OSError as exc:
         raise OperationalError(f"cannot read {path} ({exc}); is it a symbolic link?") from exc
-    with os.fdopen(fd, "r", encoding="utf-8") as handle:
+    with os.fdopen(fd, "r", encoding="utf-8", errors="surrogateescape") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OperationalError(f"{path} is not a regular file")
         return handle.read()
 
 
@@ -162,14 +193,18 @@ def write_hba(path: Path, text: str, owner: tuple[int, int] | None) -> None:
     staged = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tieline")
     fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        if owner is not None:
-            os.fchown(fd, *owner)
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(staged, path)
+        try:
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, 0o600)
+            os.write(fd, text.encode("utf-8", "surrogateescape"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(staged, path)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
 
 
 def _literal(value: str) -> str:
@@ -191,9 +226,16 @@ def set_passwords_offline(
     """Give each of ``roles`` (those that exist) ``password`` in single-user mode: ``argv``
     is ``postgres --single -D PGDATA postgres``, run in ``cwd`` with ``env`` as ``owner``
     (uid, gid; None: as we are). The password goes on its standard input, never on a command
-    line. Returns its output; an error in it raises."""
+    line, nor in the output returned (masked) or in an error. Returns its output; an error in
+    it raises."""
     tag = f"$t{secrets.token_hex(8)}$"  # a dollar quote no password contains
     statements = [
+        # A failing statement is not echoed to the output (it holds the password), and the
+        # verifier is SCRAM whatever an old postgresql.conf says (pg_hba.conf will ask SCRAM).
+        "SET log_min_error_statement = panic",
+        "SET password_encryption = 'scram-sha-256'",
+    ]
+    statements += [
         f"DO {tag} BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {_literal(role)}) "
         f"THEN EXECUTE format('ALTER ROLE %I PASSWORD %L', {_literal(role)}, "
         f"{_literal(password)}); END IF; END {tag}"
@@ -213,9 +255,12 @@ def set_passwords_offline(
         extra_groups=[] if owner else None,
     )
     output = str(done.stdout) + str(done.stderr)
-    if done.returncode != 0 or "ERROR:" in output:
+    for form in (password, password.replace("'", "''")):
+        output = output.replace(form, "***")
+    errors = [line for line in output.splitlines() if "ERROR:" in line or "FATAL:" in line]
+    if done.returncode != 0 or errors:
         raise OperationalError(
             "setting the PostgreSQL passwords in single-user mode failed "
-            f"(exit {done.returncode}): {output.strip()[-500:]}"
+            f"(exit {done.returncode}): {' | '.join(errors)[-500:] or output.strip()[-300:]}"
         )
     return output

@@ -238,9 +238,25 @@ def ensure_traversable(path: Path) -> None:
 
 
 def chown_tree(path: Path, uid: int, gid: int) -> None:
-    """chown -R without following symlinks, touching only entries that differ."""
-    for current, dirnames, filenames in os.walk(path):
-        for entry in (current, *(os.path.join(current, n) for n in (*dirnames, *filenames))):
-            st = os.lstat(entry)
-            if st.st_uid != uid or st.st_gid != gid:
-                os.lchown(entry, uid, gid)
+    """chown -R to ``uid:gid``, touching only entries that differ, safe against the tree's
+    current owner (the unprivileged server user) racing it.
+
+    A walk by path names lets that user swap a directory for a symbolic link between the
+    listing and the chown, so root would chown whatever the link points to: here every
+    directory is opened without following links (``os.fwalk``) and each entry changed
+    relative to its directory's descriptor, never through a link; a regular file with more
+    than one hard link is left alone (it may be a link to a file elsewhere)."""
+    top = os.lstat(path)
+    if stat.S_ISLNK(top.st_mode):
+        raise OSError(f"{path} is a symbolic link; refusing to chown through it")
+    if top.st_uid != uid or top.st_gid != gid:
+        os.chown(path, uid, gid, follow_symlinks=False)
+    for _, dirnames, filenames, dir_fd in os.fwalk(path, follow_symlinks=False):
+        for name in (*dirnames, *filenames):
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if st.st_uid == uid and st.st_gid == gid:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                _log.warning("embedded_postgres.chown_skipped", name=name, reason="hard link")
+                continue
+            os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)

@@ -88,7 +88,27 @@ async def backup_streams(
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The messages of a backup file, checked whole before anything is published: JSON
+    objects with the fields a restore needs, their sequences 1, 2, 3, ... without a hole."""
+    out: list[dict[str, Any]] = []
+    for number, text in enumerate(path.read_text().splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            line = json.loads(text)
+            base64.b64decode(line["data"], validate=True)
+            subject, seq = line["subject"], line["seq"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path} line {number}: not a backed-up message ({exc})") from None
+        if not isinstance(subject, str) or not isinstance(line.get("headers") or {}, dict):
+            raise ValueError(f"{path} line {number}: not a backed-up message")
+        if seq != len(out) + 1:
+            raise ValueError(
+                f"{path}: sequence {seq} follows {len(out)}; a backup with holes cannot keep "
+                "its sequence numbers"
+            )
+        out.append(line)
+    return out
 
 
 async def restore_stream(js: JetStreamContext, stream: str, directory: Path) -> StreamCopy:
@@ -102,19 +122,14 @@ async def restore_stream(js: JetStreamContext, stream: str, directory: Path) -> 
             f"{info.state.last_seq}); restore only into the empty streams of a fresh bootstrap"
         )
     expected = 0
-    for line in lines:
-        if line["seq"] != expected + 1:
-            raise ValueError(
-                f"{path}: sequence {line['seq']} follows {expected}; a backup with holes "
-                "cannot keep its sequence numbers"
-            )
+    for line in lines:  # sequences 1, 2, 3, ... (checked by _lines)
         # Without Nats-Msg-Id: the log may hold one id twice (a dead letter replayed again
         # after the dedupe window), and restored within milliseconds the second copy was
         # dropped as a duplicate and the restore stopped half-way. The expected last sequence
         # keeps the order and refuses anything interleaved.
         headers = {
             k: v
-            for k, v in (line["headers"] or {}).items()
+            for k, v in (line.get("headers") or {}).items()
             if not k.startswith("Nats-Expected") and k != "Nats-Msg-Id"
         }
         headers["Nats-Expected-Last-Sequence"] = str(expected)
@@ -137,6 +152,7 @@ async def restore_streams(
     for stream in streams:
         if not _file(directory, stream).exists():
             raise ValueError(f"{_file(directory, stream)} is missing; not a tieline backup?")
+        _lines(_file(directory, stream))  # every file is whole before anything is published
         info = await js.stream_info(stream)
         if info.state.messages or info.state.last_seq:
             raise ValueError(

@@ -392,3 +392,39 @@ def test_root_runs_postgres_unprivileged_from_a_copied_install(
         server.stop()
     copies = [p for p in world_traversable_cache_root.iterdir() if p.name.startswith("tieline-")]
     assert len(copies) == 1  # no staging directory left behind
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_chown_of_the_cluster_never_reaches_outside_it(tmp_path: Path) -> None:
+    """Root chowns the cluster to the server's user on each start: a symbolic link or a
+    hard link in it (the server's user can make both) must not carry that chown to a file
+    elsewhere. A walk by path names also lost the race against a directory swapped for a
+    link mid-walk; the walk now goes by directory descriptors (os.fwalk)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "root-file").write_text("root's")
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "own").write_text("cluster file")
+    (tree / "link").symlink_to(outside / "root-file")
+    os.link(outside / "root-file", tree / "hard")
+    pg_unprivileged.chown_tree(tree, 4242, 4243)
+    assert (tree / "sub" / "own").stat().st_uid == 4242 and (tree / "sub").stat().st_uid == 4242
+    assert (tree / "link").lstat().st_uid == 4242
+    assert (outside / "root-file").stat().st_uid == 0  # neither through the link nor the hard link
+    with pytest.raises(OSError, match="symbolic link"):
+        pg_unprivileged.chown_tree(tree / "link", 4242, 4243)
+
+
+def test_a_wrong_password_fails_the_start_at_once(tmp_path: Path) -> None:
+    """A password that does not match the cluster's (a password file restored from another
+    backup) is said at once, naming the file; it used to look like a server not ready, and
+    the start waited its whole timeout and then killed the postmaster."""
+    with EmbeddedPostgres(tmp_path / "pg"):
+        pass  # a cluster with its password
+    wrong = EmbeddedPostgres(tmp_path / "pg", password="not-the-one")
+    started = time.monotonic()
+    with pytest.raises(OperationalError, match="refused the password"):
+        wrong.start(timeout=30)
+    assert time.monotonic() - started < 15
+    assert wrong.pid is None

@@ -7,11 +7,13 @@ restore next to a state dump newer than the log."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import nats
+import pytest
 from nats.js import api as js_api
 from tieline.events_schema.registry import REGISTRY
 from tieline.plumbing.config import Settings
@@ -24,7 +26,7 @@ from tieline.services.runtime.stream_backup import (
     restore_streams,
 )
 from tieline.services.service_app import INTERACTION_TYPES, PEOPLE_TYPES, start_write_side
-from tieline.services.write_backfill import reconcile_with_log
+from tieline.services.write_backfill import note_taken_ids, reconcile_with_log
 
 
 async def test_a_log_with_a_repeated_message_id_restores_whole(
@@ -53,12 +55,6 @@ async def test_a_log_with_a_repeated_message_id_restores_whole(
             await js.delete_stream(name)
         finally:
             await nc.close()
-
-
-async def _now(conn: Any) -> Any:
-    cur = await conn.execute("SELECT now() AS now")
-    row = await cur.fetchone()
-    return row["now"]
 
 
 async def test_a_state_newer_than_the_restored_log_forgets_what_the_log_lost(
@@ -94,22 +90,27 @@ async def test_a_state_newer_than_the_restored_log_forgets_what_the_log_lost(
             await js.delete_stream(name)
         await ensure_streams(js, settings)
         async with pool.connection() as conn:
-            before = await _now(conn)
             # The met event's row as a crash between publish and recording left it (its
-            # sequence unknown, its digest kept), and an id a service still running took
-            # during the restore (left alone).
+            # sequence unknown, its digest kept).
             await conn.execute(
                 "UPDATE write_events SET seq = NULL WHERE event_id = %s", (kept.event_id,)
             )
+            # The dump came from a server whose clock ran a day ahead: ids are noted, not
+            # compared by time (a cut-off by time kept this one).
+            await conn.execute(
+                "UPDATE write_events SET taken_at = now() + interval '1 day' WHERE event_id = %s",
+                (later["event_id"],),
+            )
+            await note_taken_ids(conn)
+            # An id a service still running takes during the restore: left alone.
             racing = uuid4()
             await conn.execute(
-                "INSERT INTO write_events (event_id, workspace_id, type, digest, seq, taken_at)"
-                " VALUES (%s, %s, 'relationship.met', 'd', NULL, %s + interval '1 second')",
-                (racing, ws, before),
+                "INSERT INTO write_events (event_id, workspace_id, type, digest, seq)"
+                " VALUES (%s, %s, 'relationship.met', 'd', NULL)",
+                (racing, ws),
             )
-        await restore_streams(js, streams, tmp_path)
-        async with pool.connection() as conn:
-            found = await reconcile_with_log(conn, js, settings.stream_name, REGISTRY, before)
+            await restore_streams(js, streams, tmp_path)
+            found = await reconcile_with_log(conn, js, settings.stream_name, REGISTRY)
             assert found == (2, 0)
             rows = await conn.execute(
                 "SELECT event_id, seq, digest IS NOT NULL AS digest FROM write_events "
@@ -135,3 +136,28 @@ async def test_a_state_newer_than_the_restored_log_forgets_what_the_log_lost(
     finally:
         await nc.close()
         await pool.close()
+
+
+async def test_a_broken_backup_file_publishes_nothing(settings: Settings, tmp_path: Path) -> None:
+    """Every file is checked before anything is published: a hole in the event stream's
+    file used to be found after the dead-letter stream was restored, and the retry was then
+    refused (the streams were no longer empty)."""
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    try:
+        await ensure_streams(js, settings)
+        streams = [settings.stream_name, f"{settings.stream_name}_DLQ"]
+        line = {"subject": f"{settings.subject_prefix}.ev.x", "headers": {}, "data": "YQ=="}
+        dead = {**line, "subject": f"{settings.subject_prefix}.dlq.x", "seq": 1}
+        (tmp_path / f"{streams[1]}.jsonl").write_text(json.dumps(dead) + "\n")
+        (tmp_path / f"{streams[0]}.jsonl").write_text(
+            "".join(json.dumps({**line, "seq": seq}) + "\n" for seq in (1, 3))
+        )
+        with pytest.raises(ValueError, match="sequence 3 follows 1"):
+            await restore_streams(js, streams, tmp_path)
+        for name in streams:
+            assert (await js.stream_info(name)).state.last_seq == 0
+    finally:
+        for name in (settings.stream_name, f"{settings.stream_name}_DLQ"):
+            await js.delete_stream(name)
+        await nc.close()

@@ -76,6 +76,10 @@ def test_the_pg_environment_wins_where_the_url_is_silent(monkeypatch: pytest.Mon
         ("nats://s3cret-token@127.0.0.1:4222", "nats://***@127.0.0.1:4222"),
         ("postgresql://u@db/t?sslpassword=s3cret", "postgresql://u@db/t?sslpassword=***"),
         ("host=db sslpassword=s3cret", "host=db sslpassword=***"),
+        (
+            "host=db password=s3cret options=-csearch_path=x://y",
+            "host=db password=*** options=-csearch_path=x://y",
+        ),
     ],
 )
 def test_a_printed_url_hides_its_password(url: str, shown: str) -> None:
@@ -94,6 +98,8 @@ host trust trust 10.0.0.0/8 md5
 include trust
 hostssl all all all trust clientcert=verify-full
 local all all peer
+host all all 10.0.0.0/8 \\
+    "trust"
 """
 
 
@@ -101,8 +107,9 @@ def test_only_the_method_of_a_record_is_taken_for_trust() -> None:
     """The conversion of an old embedded cluster rewrites exactly the trusting methods: not
     a comment, a database or user named trust, an include directive; and it finds a method
     followed by a comment or options, or after a separate netmask (a regex over the line
-    missed the one and rewrote the others)."""
-    assert trusting_lines(HBA) == [1, 2, 3, 7]
+    missed the one and rewrote the others); and a record continued on the next line, with
+    its method quoted (both valid in PostgreSQL 16 and later)."""
+    assert trusting_lines(HBA) == [1, 2, 3, 7, 10]
     assert untrusted(HBA).splitlines() == [
         "# a comment that says trust",
         "local all all scram-sha-256",
@@ -113,5 +120,7 @@ def test_only_the_method_of_a_record_is_taken_for_trust() -> None:
         "include trust",
         "hostssl all all all scram-sha-256 clientcert=verify-full",
         "local all all peer",
+        "host all all 10.0.0.0/8 \\",
+        "    scram-sha-256",
     ]
     assert trusting_lines(untrusted(HBA)) == []
