@@ -14,18 +14,22 @@ slowest member); at most a quarter of the slots (at least one) go to one endpoin
 a slow receiver delays its own deliveries, not other endpoints'.
 
 **Disabling.** An endpoint that keeps failing is disabled (with the reason); the rule counts
-failed attempts *in time order*: a failure extends the endpoint's streak only when no other
-counted failure of the endpoint was recorded while it was in flight (sixteen attempts that time
-out together are one observation of a failing receiver, not sixteen). A ``429 Too Many
-Requests`` does not count (the receiver is there and asks for less); ``502``/``503``/``504``,
-other statuses, timeouts and refused connections count one each, like a timeout. Any success
-ends the streak. The endpoint is disabled when the streak reaches ``webhook_disable_after``
-*and* the endpoint has taken nothing for at least as long as one delivery's first that-many
-(at most ``webhook_max_attempts``) retry waits would last, so a receiver that is away for a
-restart while a backlog fails quickly is not disabled; at once on ``410 Gone``, as the Standard
-Webhooks spec asks. A disabled endpoint's deliveries are held until it is enabled again
-(services/webhooks/store.py); manual redeliveries are sent to it meanwhile, retried like any
-delivery, and never count towards a streak.
+failed attempts *in time order*: a failure extends the endpoint's streak only when the
+endpoint's last *counted* failure was recorded before this attempt was claimed. Sixteen
+attempts that time out together are one observation of a failing receiver, not sixteen; a
+pipeline of attempts that keep failing counts about one failure per attempt's duration. A
+counted attempt records its place in the streak (``webhook_attempts.counted``, migration
+0009) and says so in the delivery log ("... (counts towards disabling: failure 3 in a row)").
+A ``429 Too Many Requests`` does
+not count (the receiver is there and asks for less); ``502``/``503``/``504``, other statuses,
+timeouts and refused connections count one each, like a timeout. Any success ends the streak.
+The endpoint is disabled when the streak reaches ``webhook_disable_after`` *and* it has been
+failing (since the streak's first counted failure) for at least as long as one delivery's
+first that-many (at most ``webhook_max_attempts``) retry waits would last, so a receiver that
+is away for a restart while a backlog fails quickly is not disabled; at once on ``410 Gone``,
+as the Standard Webhooks spec asks. A disabled endpoint's deliveries are held until it is
+enabled again (services/webhooks/store.py); manual redeliveries are sent to it meanwhile,
+retried like any delivery, and never count towards a streak nor disable it (not even a 410).
 
 **Retry-After** (seconds or an HTTP date) on a ``429`` or ``503`` holds back every delivery of
 the endpoint that is not in flight for that long (at most ``webhook_backoff_max_s``); on any
@@ -45,8 +49,9 @@ import structlog
 from tenacity import RetryCallState, Retrying, wait_exponential_jitter
 from tieline.plumbing.config import Settings
 from tieline.services.webhooks import store
+from tieline.services.webhooks.lookups import Lookup, LookupBusy, Lookups, system_lookup
 from tieline.services.webhooks.signing import headers
-from tieline.services.webhooks.ssrf import Policy, Resolver, UrlRefused, check_url, system_resolver
+from tieline.services.webhooks.ssrf import Policy, Resolver, Target, UrlRefused, check_url
 
 log = structlog.get_logger(__name__)
 
@@ -88,9 +93,10 @@ def per_endpoint(settings: Settings) -> int:
 
 def retry_after(response: httpx.Response) -> float | None:
     """The receiver's ``Retry-After`` in seconds (a delay or an HTTP date), None if absent or
-    unreadable."""
+    unreadable. Only ASCII digits are a delay: ``str.isdigit`` also takes "²", which
+    ``float`` refuses."""
     value = response.headers.get("retry-after", "").strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)
@@ -110,12 +116,15 @@ class Sender:
         settings: Settings,
         pool: Any,
         master_key: bytes | None,
-        resolve: Resolver = system_resolver,
+        resolve: Resolver | None = None,
+        lookup: Lookup = system_lookup,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.master_key = master_key
-        self.resolve = resolve
+        #: Host lookups in the sender's own threads, one per host at a time.
+        self.lookups = Lookups(lookup)
+        self.resolve = resolve or self.lookups.resolve
         self.client = httpx.AsyncClient(
             timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False
         )
@@ -129,6 +138,7 @@ class Sender:
         for task in self._sending:
             task.cancel()
         await self.client.aclose()
+        self.lookups.close()
 
     async def send_due(self) -> int:
         """Claim due deliveries for the free slots and start their attempts; how many."""
@@ -155,20 +165,33 @@ class Sender:
             log.warning("webhooks.record_failed", delivery_id=due.delivery_id, error=repr(exc))
 
     async def attempt(self, due: store.Due) -> None:
-        """Send ``due`` once (at most ``webhook_timeout_s`` in all) and record what happened."""
+        """Send ``due`` once (at most ``webhook_timeout_s`` in all) and record what happened.
+        Our own resolver's trouble (a lookup of the host still running, or the time running
+        out while resolving) is recorded as a failed attempt that does not count towards
+        disabling the endpoint (services/webhooks/lookups.py)."""
         started = time.perf_counter()
         status: int | None = None
         error: str | None = None
         wait_hint: float | None = None
+        resolving, counts = True, True
         try:
             async with asyncio.timeout(self.settings.webhook_timeout_s):
-                status, wait_hint = await self._post(due)
+                if self.master_key is None:
+                    raise RuntimeError("webhook secrets need TIELINE_MASTER_KEY")
+                target = await check_url(due.url, policy_of(self.settings), self.resolve)
+                resolving = False
+                status, wait_hint = await self._post(due, target, self.master_key)
             if not 200 <= status < 300:
                 error = f"HTTP {status}" + (
                     " (redirects are not followed)" if 300 <= status < 400 else ""
                 )
         except TimeoutError:
-            error = f"timed out: no answer within {self.settings.webhook_timeout_s:g} s"
+            bound = self.settings.webhook_timeout_s
+            error = f"timed out: no answer within {bound:g} s"
+            if resolving:  # our resolver's, not the receiver's
+                error, counts = f"timed out resolving the host within {bound:g} s", False
+        except LookupBusy as exc:
+            error, counts = str(exc), False
         except UrlRefused as exc:
             error = f"refused: {exc}"
         except httpx.HTTPError as exc:
@@ -177,7 +200,7 @@ class Sender:
             error = f"{type(exc).__name__}: {exc}"
             log.exception("webhooks.attempt_failed", delivery_id=due.delivery_id)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        await self._record(due, status, error, wait_hint, elapsed_ms)
+        await self._record(due, status, error, wait_hint, elapsed_ms, counts)
         log.info(
             "webhooks.attempt",
             delivery_id=due.delivery_id,
@@ -187,14 +210,13 @@ class Sender:
             ms=round(elapsed_ms, 1),
         )
 
-    async def _post(self, due: store.Due) -> tuple[int, float | None]:
+    async def _post(
+        self, due: store.Due, target: Target, master_key: bytes
+    ) -> tuple[int, float | None]:
         """POST to the checked addresses in the resolver's order, the next one only when a
         connection could not be made (nothing was sent)."""
-        if self.master_key is None:
-            raise RuntimeError("webhook secrets need TIELINE_MASTER_KEY")
-        target = await check_url(due.url, policy_of(self.settings), self.resolve)
         body = due.body.encode()
-        sent = headers(due.secret(self.master_key), due.delivery_id, int(time.time()), body)
+        sent = headers(due.secret(master_key), due.delivery_id, int(time.time()), body)
         port = httpx.URL(due.url).port
         sent["host"] = target.host if port is None else f"{target.host}:{port}"
         sent["user-agent"] = USER_AGENT
@@ -220,46 +242,52 @@ class Sender:
         error: str | None,
         hint: float | None,
         elapsed_ms: float,
+        counts: bool = True,
     ) -> None:
+        """Record the attempt and its outcome; ``counts``: False when the failure is our own
+        doing (our resolver), never the endpoint's."""
         async with self.pool.connection() as conn, conn.transaction():
             endpoint = await store.lock_endpoint(conn, due.endpoint_id)
-            attempt_id = await store.record_attempt(conn, due, status, error, elapsed_ms)
             if error is None:
                 assert status is not None
+                await store.record_attempt(conn, due, status, None, elapsed_ms)
                 await store.succeeded(conn, due, status)
-            else:
-                reason = await self._disable_reason(conn, due, endpoint, status, attempt_id)
-                if reason is not None:
-                    await store.disable(conn, due.endpoint_id, reason + f"; the last: {error}")
-                    log.warning(
-                        "webhooks.endpoint_disabled", endpoint_id=due.endpoint_id, reason=reason
-                    )
-                    error = f"{error}; endpoint disabled: {reason}"
-                await self._failed(conn, due, status, error, hint)
+                return
+            streak, reason = None, None
+            if counts:
+                streak, reason = await self._disable_reason(conn, due, endpoint, status)
+            logged = error if streak is None else error + store.counted_note(streak)
+            await store.record_attempt(conn, due, status, logged, elapsed_ms, streak)
+            if reason is not None:
+                await store.disable(conn, due.endpoint_id, reason + f"; the last: {error}")
+                log.warning(
+                    "webhooks.endpoint_disabled", endpoint_id=due.endpoint_id, reason=reason
+                )
+                error = f"{error}; endpoint disabled: {reason}"
+            await self._failed(conn, due, status, error, hint)
 
     async def _disable_reason(
-        self,
-        conn: Any,
-        due: store.Due,
-        endpoint: store.Row | None,
-        status: int | None,
-        attempt_id: int,
-    ) -> str | None:
-        """Count the failure in the endpoint's streak (see the module's docstring); why the
-        endpoint is to be disabled now, or None."""
-        if endpoint is None or endpoint["disabled_at"] is not None:
-            return None  # deleted, or disabled already (a manual redelivery)
+        self, conn: Any, due: store.Due, endpoint: store.Row | None, status: int | None
+    ) -> tuple[int | None, str | None]:
+        """Count the failure in the endpoint's streak (see the module's docstring): the
+        streak's length when it counted (None when not), and why the endpoint is to be
+        disabled now (None: it is not). A manual redelivery never counts, nor disables, not
+        even on a 410; a failure counts only when the endpoint's last *counted* failure was
+        recorded before this attempt was claimed (failures overlapping a counted one observed
+        the same failing receiver), so a pipeline counts about one per attempt's duration."""
+        if due.manual or endpoint is None or endpoint["disabled_at"] is not None:
+            return None, None  # a redelivery by hand, deleted, or disabled already
         if status == 410:
-            return "the receiver answered 410 Gone"
-        if status == 429 or await store.overlapped(conn, due, attempt_id):
-            return None
+            return None, "the receiver answered 410 Gone"
+        if status == 429 or await store.overlapped(conn, due):
+            return None, None
         streak = await store.extend_streak(conn, due.endpoint_id)
         if streak < self.settings.webhook_disable_after:
-            return None
+            return streak, None
         failing_s = await store.failing_for_s(conn, due.endpoint_id)
         if failing_s < disable_span_s(self.settings):
-            return None
-        return f"{streak} consecutive failed attempts, nothing taken for {failing_s:.0f} s"
+            return streak, None
+        return streak, f"{streak} consecutive failed attempts over {failing_s:.0f} s"
 
     async def _failed(
         self, conn: Any, due: store.Due, status: int | None, error: str, hint: float | None

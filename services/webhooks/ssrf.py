@@ -10,7 +10,10 @@ loopback, loopback receivers). An IPv6 address that carries an IPv4 address (IPv
 judged by the IPv4 address it carries: ``64:ff9b::a00:1`` reaches 10.0.0.1 through a NAT64
 gateway, so it is as private as 10.0.0.1, while the NAT64 form of a public address (what DNS64
 answers on an IPv6-only network) is public. The local-use NAT64 prefix ``64:ff9b:1::/48`` is
-private whatever it carries.
+private whatever it carries. Only ``::1``, 127.0.0.0/8 and its IPv4-mapped form are loopback:
+a NAT64, 6to4 or IPv4-compatible form of 127.x is private (it leaves the host). 192.0.0.0/24
+and 192.88.99.0/24 are refused as private whatever the Python version calls them. A name that
+cannot even be encoded for the resolver does not resolve (refused, not an error).
 
 The request then goes to the addresses that were checked, never to a fresh lookup (a DNS answer
 that changes between check and connect, "DNS rebinding", gains nothing), in the resolver's
@@ -82,6 +85,9 @@ async def system_resolver(host: str, port: int) -> list[str]:
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+#: Special-purpose IPv4 blocks refused whatever ``ipaddress`` calls them (3.11.7 calls parts
+#: of them global): the IETF protocol assignments and the deprecated 6to4 relay anycast.
+REFUSED_V4 = (ipaddress.IPv4Network("192.0.0.0/24"), ipaddress.IPv4Network("192.88.99.0/24"))
 
 
 def embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -97,11 +103,18 @@ def embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
 
 
 def _kind(addr: Address) -> str | None:
-    """Why an address is not a public internet address, or None when it is."""
+    """Why an address is not a public internet address, or None when it is. Only the native
+    loopback forms (``::1``, 127.0.0.0/8 and its IPv4-mapped ``::ffff:127.x``, which the host
+    itself answers) are "loopback"; an IPv4-compatible, NAT64 or 6to4 form of 127.x goes
+    through a gateway or tunnel, so it is "private", not something a loopback-only
+    development setting allows."""
     if isinstance(addr, ipaddress.IPv6Address):
         inner = embedded_ipv4(addr)
         if inner is not None:
-            return _kind(inner)
+            kind = _kind(inner)
+            if kind == "loopback" and addr.ipv4_mapped is None:
+                return "private"
+            return kind
         if addr in NAT64_LOCAL:
             return "private"
         if addr.is_site_local:
@@ -114,6 +127,8 @@ def _kind(addr: Address) -> str | None:
         return "multicast"
     if addr.is_unspecified:
         return "unspecified"
+    if isinstance(addr, ipaddress.IPv4Address) and any(addr in n for n in REFUSED_V4):
+        return "private"
     if addr.is_global and not addr.is_reserved:
         return None
     return "private"
@@ -162,7 +177,7 @@ async def check_url(url: str, policy: Policy, resolve: Resolver = system_resolve
     except ValueError:
         try:
             addresses = await resolve(host, port)
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a label IDNA cannot encode
             raise UrlRefused(f"url: host {host!r} does not resolve ({exc})") from exc
     addresses = list(dict.fromkeys(addresses))
     if not addresses:

@@ -7,6 +7,9 @@ outcome on the row (its ``lease_until`` and ``next_attempt_at`` as claimed are i
 While an endpoint is disabled its deliveries are *held*: new changes are still recorded for it
 and nothing is given up, but nothing is sent except manual redeliveries; enabling it sends what
 was held, with a fresh retry budget (what the Standard Webhooks / Svix "recover" promise asks).
+A held delivery's ``next_attempt_at`` is :data:`HELD_AT` (year 9999), so the claim, which
+reads only a bounded window of the due index, never meets it; the API shows it as no next
+attempt.
 Held deliveries are kept for ``webhook_log_retention_s``, like the delivery log.
 """
 
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -138,6 +141,8 @@ async def deliveries(
         attempts[a.pop("delivery_id")].append(a)
     for r in rows:
         r["attempt_log"] = attempts[r["delivery_id"]]
+        if r["next_attempt_at"] >= HELD_SINCE:
+            r["next_attempt_at"] = None  # held until the endpoint is enabled
     return rows
 
 
@@ -187,15 +192,30 @@ async def enqueue(conn: AsyncConnection[Any], items: list[tuple[str, str, str, s
     position however often a change is handed over (at-least-once upstream)."""
     if not items:
         return 0
-    rows = [("msg_" + secrets.token_urlsafe(16).replace("-", "x"), *i) for i in items]
+    rows = [(HELD_AT, "msg_" + secrets.token_urlsafe(16).replace("-", "x"), *i) for i in items]
     async with conn.cursor() as cur:
         await cur.executemany(
             """INSERT INTO webhook_deliveries (delivery_id, endpoint_id, workspace_id, position,
-                   kind, body) VALUES (%s, %s, %s, %s, %s, %s)
+                   kind, body, next_attempt_at)
+               SELECT v.*, CASE WHEN e.disabled_at IS NULL THEN now()
+                                ELSE %s::timestamptz END
+                 FROM (VALUES (%s, %s, %s, %s, %s, %s)) AS v (i, ep, ws, pos, kind, body)
+                 JOIN webhook_endpoints e ON e.endpoint_id = v.ep
                ON CONFLICT (endpoint_id, position) DO NOTHING""",
             rows,
         )
     return len(rows)
+
+
+#: ``next_attempt_at`` of a held delivery (its endpoint disabled): out of the due range, so
+#: the claim never reads it; enabling the endpoint makes it due. A date Python can still read
+#: ('infinity' it cannot); shown as no next attempt.
+HELD_AT = "9999-01-01 00:00:00+00"
+HELD_SINCE = datetime(9999, 1, 1, tzinfo=UTC)
+#: The claim's window: this many candidates per delivery asked for, plus this many (about
+#: what can be in flight at once).
+SCAN_FACTOR = 4
+SCAN_EXTRA = 64
 
 
 @dataclass(frozen=True)
@@ -221,40 +241,75 @@ class Due:
         return unseal(master_key, purpose, self.sealed_secret).decode()
 
 
+#: The claim (see :func:`claim_due`): a bounded window of the due index, the per-endpoint
+#: bound within it, and the locked rows checked again.
+CLAIM_SQL = """WITH cand AS MATERIALIZED (
+       SELECT d.id, d.delivery_id, d.endpoint_id, d.next_attempt_at, d.manual,
+              d.lease_until IS NOT NULL AND d.lease_until >= now() AS leased
+         FROM webhook_deliveries d
+        WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+        ORDER BY d.next_attempt_at LIMIT %(scan)s),
+   busy AS (
+       SELECT endpoint_id, count(*) AS n FROM cand WHERE leased GROUP BY endpoint_id),
+   ranked AS (
+       SELECT c.delivery_id, c.next_attempt_at, coalesce(b.n, 0) + row_number()
+                OVER (PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at, c.id)
+                AS slot
+         FROM cand c JOIN webhook_endpoints e USING (endpoint_id)
+         LEFT JOIN busy b USING (endpoint_id)
+        WHERE NOT c.leased AND (e.disabled_at IS NULL OR c.manual)),
+   held AS (  -- due rows of a disabled endpoint (one enqueued as it was disabled): held now
+       UPDATE webhook_deliveries d SET next_attempt_at = %(held)s::timestamptz
+         FROM cand c JOIN webhook_endpoints e USING (endpoint_id)
+        WHERE d.id = c.id AND e.disabled_at IS NOT NULL AND NOT c.manual AND NOT c.leased
+          -- unchanged since the snapshot (an enable sets a new time: then it is left alone)
+          AND d.next_attempt_at = c.next_attempt_at AND NOT d.manual AND d.status = 'pending'),
+   due AS (
+       SELECT d.delivery_id FROM webhook_deliveries d JOIN ranked r USING (delivery_id)
+        WHERE (%(cap)s::int IS NULL OR r.slot <= %(cap)s::int)
+          -- checked again on the locked row: it may have changed since the snapshot
+          AND d.status = 'pending' AND d.next_attempt_at <= now()
+          AND (d.lease_until IS NULL OR d.lease_until < now())
+          AND (d.manual OR EXISTS (
+               SELECT 1 FROM webhook_endpoints e
+                WHERE e.endpoint_id = d.endpoint_id AND e.disabled_at IS NULL))
+        ORDER BY r.next_attempt_at LIMIT %(limit)s
+        FOR UPDATE OF d SKIP LOCKED)
+   UPDATE webhook_deliveries d SET lease_until = now() + %(lease)s * interval '1 second'
+     FROM due, webhook_endpoints e
+    WHERE d.delivery_id = due.delivery_id AND e.endpoint_id = d.endpoint_id
+   RETURNING d.delivery_id, d.endpoint_id, d.workspace_id, d.body, d.attempts, d.manual,
+             e.url, e.secret, d.next_attempt_at, d.lease_until,
+             (SELECT coalesce(max(id), 0) FROM webhook_attempts) AS mark"""
+
+
 async def claim_due(
     conn: AsyncConnection[Any], limit: int, lease_s: float, per_endpoint: int | None = None
 ) -> list[Due]:
     """Deliveries due now, leased for one attempt (another delivery process skips them): of
     enabled endpoints, or manual redeliveries; oldest due first. ``per_endpoint``: at most
     this many attempts in flight to one endpoint, counting the leases already out (so one
-    slow receiver cannot take every sending slot); None: no such bound."""
+    slow receiver cannot take every sending slot); None: no such bound.
+
+    Bounded whatever the backlog: the candidates are the first ``SCAN_FACTOR * limit +
+    SCAN_EXTRA`` rows of the due index (leased ones included, to count what is in flight:
+    they were claimed oldest first, so they sit at its head), the per-endpoint bound applies
+    within them. Held rows are not in that range (:data:`HELD_AT`). A backlog of one endpoint
+    longer than that window delays other endpoints' deliveries due after it until it shrinks.
+    The locked row is checked again (status, lease, still due, endpoint still enabled): it may
+    have been claimed, rescheduled, paused or held since the statement's snapshot. PostgreSQL
+    re-evaluates these on the newest version of a row changed meanwhile; disabling an endpoint
+    changes its rows too (held), so that reaches the check even when the endpoint row's
+    change is not yet in the snapshot."""
     cur = await conn.execute(
-        """WITH busy AS (
-               SELECT endpoint_id, count(*) AS n FROM webhook_deliveries
-                WHERE status = 'pending' AND lease_until >= now() GROUP BY endpoint_id),
-           ranked AS (
-               SELECT d.delivery_id, d.next_attempt_at, coalesce(b.n, 0) + row_number()
-                        OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id)
-                        AS slot
-                 FROM webhook_deliveries d JOIN webhook_endpoints e USING (endpoint_id)
-                 LEFT JOIN busy b USING (endpoint_id)
-                WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-                  AND (d.lease_until IS NULL OR d.lease_until < now())
-                  AND (e.disabled_at IS NULL OR d.manual)),
-           due AS (
-               SELECT d.delivery_id FROM webhook_deliveries d JOIN ranked r USING (delivery_id)
-                WHERE (%(cap)s::int IS NULL OR r.slot <= %(cap)s::int)
-                  -- checked again on the locked row: another process may have claimed it
-                  AND d.status = 'pending' AND (d.lease_until IS NULL OR d.lease_until < now())
-                ORDER BY r.next_attempt_at LIMIT %(limit)s
-                FOR UPDATE OF d SKIP LOCKED)
-           UPDATE webhook_deliveries d SET lease_until = now() + %(lease)s * interval '1 second'
-             FROM due, webhook_endpoints e
-            WHERE d.delivery_id = due.delivery_id AND e.endpoint_id = d.endpoint_id
-           RETURNING d.delivery_id, d.endpoint_id, d.workspace_id, d.body, d.attempts, d.manual,
-                     e.url, e.secret, d.next_attempt_at, d.lease_until,
-                     (SELECT coalesce(max(id), 0) FROM webhook_attempts) AS mark""",
-        {"cap": per_endpoint, "limit": limit, "lease": lease_s},
+        CLAIM_SQL,
+        {
+            "cap": per_endpoint,
+            "limit": limit,
+            "lease": lease_s,
+            "scan": SCAN_FACTOR * limit + SCAN_EXTRA,
+            "held": HELD_AT,
+        },
     )
     return [
         Due(
@@ -280,12 +335,14 @@ async def record_attempt(
     status_code: int | None,
     error: str | None,
     duration_ms: float,
+    counted: int | None = None,
 ) -> int:
-    """Add the attempt to the delivery log; its id."""
+    """Add the attempt to the delivery log; its id. ``counted``: the failure's place in its
+    endpoint's streak when it counted towards disabling (migration 0009)."""
     cur = await conn.execute(
-        "INSERT INTO webhook_attempts (delivery_id, duration_ms, status_code, error, manual) "
-        "VALUES (%s, %s, %s, %s, %s) RETURNING id",
-        (due.delivery_id, duration_ms, status_code, error, due.manual),
+        "INSERT INTO webhook_attempts (delivery_id, duration_ms, status_code, error, manual, "
+        "counted) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+        (due.delivery_id, duration_ms, status_code, error, due.manual, counted),
     )
     row = await cur.fetchone()
     assert row is not None
@@ -337,15 +394,26 @@ async def succeeded(conn: AsyncConnection[Any], due: Due, status_code: int) -> N
         await _release(conn, due)
 
 
-async def overlapped(conn: AsyncConnection[Any], due: Due, attempt_id: int) -> bool:
-    """Whether another failed attempt of the endpoint was recorded while this one was in
-    flight (after ``due.mark``). 429 answers are left out: they do not count either."""
+#: What a counted failure's entry in the attempt log ends with, for people reading the log
+#: (the rule itself reads ``webhook_attempts.counted``).
+COUNTED = " (counts towards disabling: failure {} in a row)"
+
+
+def counted_note(streak: int) -> str:
+    """The note a counted failure's attempt carries: it is the ``streak``-th in a row."""
+    return COUNTED.format(streak)
+
+
+async def overlapped(conn: AsyncConnection[Any], due: Due) -> bool:
+    """Whether a *counted* failure of the endpoint was recorded after this attempt was
+    claimed (after ``due.mark``): then this failure saw the same failing receiver and does
+    not count. Failures that did not count themselves (and manual redeliveries, 429s, which
+    never count) do not suppress it."""
     cur = await conn.execute(
         """SELECT EXISTS (
                SELECT 1 FROM webhook_attempts a JOIN webhook_deliveries d USING (delivery_id)
-                WHERE a.id > %s AND a.id <> %s AND d.endpoint_id = %s
-                  AND a.error IS NOT NULL AND a.status_code IS DISTINCT FROM 429) AS hit""",
-        (due.mark, attempt_id, due.endpoint_id),
+                WHERE a.id > %s AND d.endpoint_id = %s AND a.counted IS NOT NULL) AS hit""",
+        (due.mark, due.endpoint_id),
     )
     row = await cur.fetchone()
     return bool(row and row["hit"])
@@ -363,14 +431,16 @@ async def extend_streak(conn: AsyncConnection[Any], endpoint_id: str) -> int:
 
 
 async def failing_for_s(conn: AsyncConnection[Any], endpoint_id: str) -> float:
-    """Seconds since the endpoint last took a delivery (since it was made, if never): how
-    long its failure streak has lasted at most. The newest successful delivery by id is
-    found through the endpoint's index without reading all of its log."""
+    """Seconds the endpoint's current streak has lasted: since the attempt that counted as its
+    first failure (a success or enabling starts the count again, so the newest such attempt
+    is the current streak's); since the endpoint was made when that attempt is no longer in
+    the log."""
     cur = await conn.execute(
-        """SELECT extract(epoch FROM now() - greatest(e.created_at, (
-                   SELECT d.delivered_at FROM webhook_deliveries d
-                    WHERE d.endpoint_id = e.endpoint_id AND d.status = 'succeeded'
-                    ORDER BY d.id DESC LIMIT 1)))::float8 AS s
+        """SELECT extract(epoch FROM now() - coalesce((
+                   SELECT a.at FROM webhook_attempts a JOIN webhook_deliveries d
+                          USING (delivery_id)
+                    WHERE d.endpoint_id = e.endpoint_id AND a.counted = 1
+                    ORDER BY a.id DESC LIMIT 1), e.created_at))::float8 AS s
              FROM webhook_endpoints e WHERE e.endpoint_id = %s""",
         (endpoint_id,),
     )
@@ -381,11 +451,18 @@ async def failing_for_s(conn: AsyncConnection[Any], endpoint_id: str) -> float:
 async def disable(conn: AsyncConnection[Any], endpoint_id: str, reason: str) -> None:
     """Disable the endpoint with ``reason``. Its pending deliveries are held, not given up:
     enabling the endpoint sends them (and what arrives meanwhile)."""
-    await conn.execute(
+    cur = await conn.execute(
         "UPDATE webhook_endpoints SET disabled_at = now(), disabled_reason = %s "
         "WHERE endpoint_id = %s AND disabled_at IS NULL",
         (reason, endpoint_id),
     )
+    if cur.rowcount:  # held: out of the claim's due range (one in flight: when it is recorded)
+        await conn.execute(
+            """UPDATE webhook_deliveries SET next_attempt_at = %s
+                WHERE endpoint_id = %s AND status = 'pending' AND NOT manual
+                  AND (lease_until IS NULL OR lease_until < now())""",
+            (HELD_AT, endpoint_id),
+        )
 
 
 async def pause(conn: AsyncConnection[Any], endpoint_id: str, seconds: float) -> None:
@@ -414,9 +491,20 @@ async def failed(
                manual = manual AND %(retry)s::float8 IS NOT NULL, last_status = %(st)s,
                last_error = %(error)s,
                status = CASE WHEN %(retry)s::float8 IS NULL THEN 'failed' ELSE 'pending' END,
-               next_attempt_at = now() + coalesce(%(retry)s::float8, 0) * interval '1 second'
+               next_attempt_at = CASE
+                   WHEN NOT (manual AND %(retry)s::float8 IS NOT NULL) AND EXISTS (
+                        SELECT 1 FROM webhook_endpoints e WHERE e.endpoint_id = %(ep)s
+                           AND e.disabled_at IS NOT NULL) THEN %(held)s::timestamptz
+                   ELSE now() + coalesce(%(retry)s::float8, 0) * interval '1 second' END
             WHERE {HELD}""",
-        {**_token(due), "st": status_code, "error": error, "retry": retry_in_s},
+        {
+            **_token(due),
+            "st": status_code,
+            "error": error,
+            "retry": retry_in_s,
+            "ep": due.endpoint_id,
+            "held": HELD_AT,
+        },
     )
     if cur.rowcount == 0:
         await _release(conn, due)

@@ -309,3 +309,267 @@ async def test_the_next_address_is_tried_when_one_refuses_the_connection(
         assert (await h.delivery(delivery))["status"] == "succeeded"
         [arrived] = await receiver.wait_for(1)
         assert arrived.webhook_id == delivery
+
+
+async def test_a_pipeline_of_failures_counts_one_per_attempt_and_disables(
+    servers: Servers,
+) -> None:
+    """Attempts to a dead receiver overlap two at a time, each claimed while the one before
+    it is still in flight (what the send loop does with free slots): a failure that overlapped
+    only *uncounted* failures still counts, so the streak grows about once per attempt and the
+    endpoint is disabled (the old rule dropped every failure that overlapped any other one:
+    the streak stayed at 1 and every delivery ran out of attempts instead of being held)."""
+    settings = hook_settings(servers, webhook_backoff_s=0.001)  # the span: 3 ms
+    async with hooks_on(settings) as h, receiving() as dead:
+        dead.script.extend([(500, {})] * 20)
+        endpoint = await h.endpoint(dead)
+        await h.enqueue(endpoint, 8)
+        [ahead] = await h.claim(limit=1)
+        counted = []
+        for _ in range(5):  # claim the next, then the one ahead of it fails
+            [following] = await h.claim(limit=1)
+            await asyncio.sleep(0.005)
+            await h.sender.attempt(ahead)
+            counted.append((await h.endpoint_row(endpoint))["consecutive_failures"])
+            ahead = following
+        ep = await h.endpoint_row(endpoint)
+        assert counted[:5] == [1, 1, 2, 2, 3], counted
+        assert ep["disabled_at"] is not None, ep
+        async with h.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT a.error FROM webhook_attempts a JOIN webhook_deliveries d "
+                "USING (delivery_id) WHERE d.endpoint_id = %s ORDER BY a.id",
+                (endpoint,),
+            )
+            log = [r["error"] for r in await cur.fetchall()]
+        assert log[0] == "HTTP 500" + store.counted_note(1) and log[1] == "HTTP 500", log
+
+
+async def test_manual_redeliveries_never_count_nor_disable_even_on_410(hooks: Hooks) -> None:
+    """An admin's redeliveries to a failing receiver, one after another: none counts towards
+    the streak, and a 410 answered to one does not disable the endpoint."""
+    async with receiving() as receiver:
+        receiver.script.extend([(500, {})] * 4 + [(410, {})])
+        endpoint = await hooks.endpoint(receiver)
+        deliveries = await hooks.enqueue(endpoint, 5)
+        async with hooks.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE webhook_deliveries SET status = 'succeeded' WHERE endpoint_id = %s",
+                (endpoint,),
+            )
+        for d in deliveries:
+            async with hooks.pool.connection() as conn:
+                await store.redeliver(conn, WS, endpoint, d)
+            [due] = await hooks.claim(limit=1)
+            assert due.manual
+            await hooks.sender.attempt(due)
+        ep = await hooks.endpoint_row(endpoint)
+        assert ep["consecutive_failures"] == 0 and ep["disabled_at"] is None, ep
+
+
+async def test_the_failing_span_runs_from_the_streaks_first_failure(servers: Servers) -> None:
+    """A quiet endpoint (made an hour ago, nothing sent since) whose receiver is away for a
+    moment: three quick failures are not enough, the streak has lasted well under one
+    delivery's retries (15 s here). Once its first counted failure is that long ago, the next
+    counted failure disables it."""
+    settings = hook_settings(servers, webhook_backoff_s=5.0, webhook_backoff_max_s=3600.0)
+    async with hooks_on(settings) as h, receiving() as receiver:
+        receiver.script.extend([(503, {})] * 10)
+        endpoint = await h.endpoint(receiver)
+        async with h.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE webhook_endpoints SET created_at = now() - interval '1 hour' "
+                "WHERE endpoint_id = %s",
+                (endpoint,),
+            )
+        await h.enqueue(endpoint, 4)
+        for _ in range(3):
+            [due] = await h.claim(limit=1)
+            await h.sender.attempt(due)
+        ep = await h.endpoint_row(endpoint)
+        assert ep["consecutive_failures"] == 3 and ep["disabled_at"] is None, ep
+        async with h.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE webhook_attempts SET at = at - interval '20 seconds' WHERE counted = 1",
+            )
+        [due] = await h.claim(limit=1)
+        await h.sender.attempt(due)
+        ep = await h.endpoint_row(endpoint)
+        assert ep["disabled_at"] is not None, ep
+        assert "4 consecutive failed attempts over 2" in ep["disabled_reason"]
+
+
+async def rows_read(conn: Any) -> int:
+    """Rows of webhook_deliveries this transaction has read so far (scans and index fetches)."""
+    cur = await conn.execute(
+        "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) AS n "
+        "FROM pg_stat_xact_user_tables WHERE relid = 'webhook_deliveries'::regclass"
+    )
+    row = await cur.fetchone()
+    return int(row["n"]) if row else 0
+
+
+async def test_the_claim_reads_a_bounded_window_and_never_held_rows(hooks: Hooks) -> None:
+    """20 000 deliveries held for a disabled endpoint, 20 000 due for an enabled one, three for
+    another: a claim reads a few times as many rows as it asks for (it used to rank every due
+    row, held ones too, on every claim: 197 ms for 200 000), and held ones are not due."""
+    async with receiving() as receiver:
+        held, busy, other = [await hooks.endpoint(receiver) for _ in range(3)]
+        async with hooks.pool.connection() as conn:
+            for endpoint, prefix in ((held, "h"), (busy, "b")):
+                await conn.execute(
+                    """INSERT INTO webhook_deliveries (delivery_id, endpoint_id, workspace_id,
+                           position, kind, body, next_attempt_at)
+                       SELECT %s || g, %s, %s, %s || g, 'k', '{}',
+                              now() - interval '1 day' + g * interval '1 ms'
+                         FROM generate_series(1, 20000) g""",
+                    (prefix, endpoint, WS, prefix),
+                )
+            await store.disable(conn, held, "an admin's test")
+        [late] = await hooks.enqueue(held)
+        assert (await hooks.delivery(late))["next_attempt_at"] >= store.HELD_SINCE
+        await hooks.enqueue(other, 3)
+        async with hooks.pool.connection() as conn, conn.transaction(force_rollback=True):
+            await conn.execute("ANALYZE webhook_deliveries")
+            before = await rows_read(conn)
+            due = await store.claim_due(conn, 8, LEASE_S, 2)
+            read = await rows_read(conn) - before
+        assert read < 1000, f"the claim read {read} rows"
+        assert {d.endpoint_id for d in due} == {busy}, "the oldest due first, two per endpoint"
+        assert len(due) == 2
+        async with hooks.pool.connection() as conn:  # as an enqueue racing the disable left it
+            await conn.execute(
+                """UPDATE webhook_deliveries SET next_attempt_at = now() - interval '2 days'
+                    WHERE delivery_id IN (SELECT delivery_id FROM webhook_deliveries
+                                           WHERE endpoint_id = %s LIMIT 150)""",
+                (held,),
+            )
+        claimed = [await hooks.claim(limit=8) for _ in range(3)]  # each holds what it meets
+        assert [len(c) for c in claimed] == [0, 8, 8], "150 due rows held; no longer in the way"
+        async with hooks.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) AS n FROM webhook_deliveries WHERE endpoint_id = %s "
+                "AND next_attempt_at < %s",
+                (held, store.HELD_SINCE),
+            )
+            assert (await cur.fetchone())["n"] == 0
+        async with hooks.pool.connection() as conn:
+            await store.enable_endpoint(conn, WS, held)
+        assert (await hooks.delivery(late))["next_attempt_at"] <= datetime.now(UTC)
+
+
+async def test_a_row_rescheduled_or_held_during_the_claim_is_not_taken(hooks: Hooks) -> None:
+    """The claim re-checks, on the row it locks, that it is still due and its endpoint still
+    enabled: a row whose attempt was recorded (next try in an hour) or whose endpoint was
+    disabled after the claim's snapshot is not leased (PostgreSQL re-evaluates the locking
+    statement's conditions on the newest version of a row changed meanwhile). The claim runs
+    while another transaction changes the row; whatever the interleaving, it is never taken."""
+    async with receiving() as receiver:
+        big, other = await hooks.endpoint(receiver), await hooks.endpoint(receiver)
+        async with hooks.pool.connection() as conn:
+            await conn.execute(
+                """INSERT INTO webhook_deliveries (delivery_id, endpoint_id, workspace_id,
+                       position, kind, body, next_attempt_at)
+                   SELECT 'm' || g, %s, %s, g::text, 'k', '{}',
+                          now() - interval '1 hour' + g * interval '1 ms'
+                     FROM generate_series(1, 100000) g""",
+                (big, WS),
+            )
+            await conn.execute("ANALYZE webhook_deliveries")
+        for _ in range(3):
+            [r] = await hooks.enqueue(other)
+            async with hooks.pool.connection() as conn:  # the oldest due row
+                await conn.execute(
+                    "UPDATE webhook_deliveries SET next_attempt_at = now() - interval '2 hours' "
+                    "WHERE delivery_id = %s",
+                    (r,),
+                )
+
+            async def claim(r: str = r) -> list[store.Due]:
+                async with hooks.pool.connection() as conn, conn.transaction(force_rollback=True):
+                    got = await store.claim_due(conn, 16, LEASE_S, 4)
+                return [g for g in got if g.delivery_id == r]
+
+            claiming = asyncio.create_task(claim())
+            await asyncio.sleep(0.02)
+            async with hooks.pool.connection() as conn:
+                await conn.execute(
+                    "UPDATE webhook_deliveries SET next_attempt_at = now() + interval '1 hour' "
+                    "WHERE delivery_id = %s",
+                    (r,),
+                )
+                await conn.execute(
+                    "UPDATE webhook_endpoints SET disabled_at = now() WHERE endpoint_id = %s",
+                    (other,),
+                )
+            got = await claiming
+            async with hooks.pool.connection() as conn:
+                await conn.execute(
+                    "UPDATE webhook_endpoints SET disabled_at = NULL WHERE endpoint_id = %s",
+                    (other,),
+                )
+                await conn.execute(
+                    "UPDATE webhook_deliveries SET status = 'succeeded' WHERE delivery_id = %s",
+                    (r,),
+                )
+            if got:  # the claim ran before the change: the row was due then
+                assert got[0].due_at < datetime.now(UTC) - timedelta(minutes=30), got
+
+
+async def test_a_host_whose_dns_hangs_does_not_starve_other_endpoints(
+    servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One endpoint's host name takes 3 s to look up (a DNS server that does not answer; the
+    thread cannot be stopped), 40 of its deliveries due: the sender resolves in its own threads
+    with one lookup per host at a time, so another endpoint's lookups still run at once and its
+    deliveries arrive (with the lookups in the loop's shared executor, four threads here, the
+    stuck lookups took every thread). Our resolver's trouble does not count towards disabling
+    the stuck endpoint."""
+    import socket
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kw: Any) -> Any:
+        if str(host).startswith("stuck."):
+            time.sleep(3.0)
+            host = "127.0.0.1"
+        elif str(host).startswith("quick."):
+            host = "127.0.0.1"
+        return real(host, port, *args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(4))
+    settings = hook_settings(
+        servers,
+        webhook_concurrency=16,
+        webhook_timeout_s=1.0,
+        webhook_backoff_s=0.05,
+        webhook_backoff_max_s=0.1,
+        webhook_max_attempts=50,
+    )
+    async with hooks_on(settings) as h, receiving() as fast:
+        port = fast.url.split(":")[2].split("/")[0]
+        stuck, quick = await h.endpoint(fast), await h.endpoint(fast)
+        async with h.pool.connection() as conn:
+            for endpoint, name in ((stuck, "stuck"), (quick, "quick")):
+                await conn.execute(
+                    "UPDATE webhook_endpoints SET url = %s WHERE endpoint_id = %s",
+                    (f"http://{name}.test:{port}/hook", endpoint),
+                )
+        await h.enqueue(stuck, 40)
+        service = WebhookService(settings)
+        await service.state.open(wait=True)
+        loop = asyncio.create_task(service._forever(service.send_once, "send"))
+        try:
+            await asyncio.sleep(1.5)  # the stuck host's attempts are under way
+            await h.enqueue(quick, 3)
+            await fast.wait_for(3, wait_s=2.5)
+        finally:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+            await service.close()
+        ep = await h.endpoint_row(stuck)
+        assert ep["consecutive_failures"] == 0 and ep["disabled_at"] is None, ep

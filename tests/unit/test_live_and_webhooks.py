@@ -178,6 +178,9 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert 590 <= (retry_after(answer(later.strftime("%a, %d %b %Y %H:%M:%S GMT"))) or 0) <= 600
     assert retry_after(answer("Wed, 21 Oct 2015 07:28:00 GMT")) == 0.0  # in the past
     assert retry_after(answer("soon")) is None and retry_after(httpx.Response(503)) is None
+    for odd in ("\u00b2", "\u0663"):  # a superscript two, an Arabic-Indic three: no delays
+        sent = httpx.Response(200, headers=[(b"Retry-After", odd.encode())])
+        assert retry_after(sent) is None, odd
 
 
 def test_an_endpoint_is_disabled_no_sooner_than_one_deliverys_retries_take() -> None:
@@ -187,3 +190,34 @@ def test_an_endpoint_is_disabled_no_sooner_than_one_deliverys_retries_take() -> 
     assert disable_span_s(s) == pytest.approx(0.2 + 0.4 + 0.8 + 1.6 + 2)
     defaults = Settings()  # 50 after 10 attempts a delivery gives up: its 9 waits, ~43 min
     assert disable_span_s(defaults) == pytest.approx(5 * (2**9 - 1))
+
+
+async def test_one_dns_lookup_per_host_runs_at_a_time() -> None:
+    """A second lookup of a host whose lookup still runs fails at once (LookupBusy) instead of
+    taking another thread; other hosts resolve meanwhile; once it ends, the host resolves."""
+    import asyncio
+    import threading
+
+    from tieline.services.webhooks.lookups import LookupBusy, Lookups
+
+    stuck = threading.Event()
+
+    def lookup(host: str, port: int) -> list[str]:
+        if host == "stuck.test":
+            stuck.wait(5)
+        return ["192.0.2.1"]
+
+    lookups = Lookups(lookup, threads=2)
+    try:
+        first = asyncio.create_task(lookups.resolve("stuck.test", 443))
+        await asyncio.sleep(0.05)
+        with pytest.raises(LookupBusy, match="still running"):
+            await lookups.resolve("Stuck.test", 443)
+        assert await lookups.resolve("other.test", 443) == ["192.0.2.1"]
+        stuck.set()
+        assert await first == ["192.0.2.1"]
+        await asyncio.sleep(0.01)  # the bookkeeping reaches the loop
+        assert await lookups.resolve("stuck.test", 443) == ["192.0.2.1"]
+    finally:
+        stuck.set()
+        lookups.close()

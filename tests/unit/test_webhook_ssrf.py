@@ -13,13 +13,17 @@ from tieline.services.webhooks.ssrf import Policy, UrlRefused, check_address, ch
     ("address", "why"),
     [
         ("64:ff9b::a00:1", "private"),  # NAT64 of 10.0.0.1
-        ("64:ff9b::7f00:1", "loopback"),  # NAT64 of 127.0.0.1
+        ("64:ff9b::7f00:1", "private"),  # NAT64 of 127.0.0.1: leaves the host, not loopback
         ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 of the cloud metadata address
         ("64:ff9b:1::a00:1", "private"),  # the local-use NAT64 prefix (RFC 8215)
         ("2002:a00:1::1", "private"),  # 6to4 of 10.0.0.1
-        ("2002:7f00:1::1", "loopback"),  # 6to4 of 127.0.0.1
+        ("2002:7f00:1::1", "private"),  # 6to4 of 127.0.0.1
         ("::10.0.0.1", "private"),  # IPv4-compatible (deprecated)
-        ("::127.0.0.1", "loopback"),
+        ("::127.0.0.1", "private"),  # IPv4-compatible of loopback: not native loopback
+        ("::ffff:127.0.0.1", "loopback"),  # IPv4-mapped: the host itself
+        ("192.0.0.9", "private"),  # IETF protocol assignments (3.11.7 calls it global)
+        ("192.0.0.170", "private"),
+        ("192.88.99.1", "private"),  # the deprecated 6to4 relay anycast
         ("::ffff:169.254.169.254", "link-local"),  # IPv4-mapped
         ("fec0::1", "site-local"),
         ("fe80::1%eth0", "link-local"),
@@ -39,9 +43,25 @@ def test_public_addresses_and_their_nat64_and_6to4_forms_are_allowed(address: st
     check_address(address, Policy())  # raises UrlRefused when refused
 
 
-def test_embedded_loopback_counts_as_loopback_for_the_policy() -> None:
-    check_address("64:ff9b::7f00:1", Policy(allow_loopback=True))
+def test_only_native_and_mapped_loopback_count_as_loopback_for_the_policy() -> None:
+    """Loopback receivers allowed (development) reach the host itself: ``::1``, 127/8 and
+    ``::ffff:127.x``; the NAT64 or 6to4 form of 127.0.0.1 goes through a gateway."""
+    for address in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
+        check_address(address, Policy(allow_loopback=True))
+    for address in ("64:ff9b::7f00:1", "2002:7f00:1::1", "::127.0.0.1"):
+        with pytest.raises(UrlRefused, match="private"):
+            check_address(address, Policy(allow_loopback=True))
+    check_address("64:ff9b::7f00:1", Policy(allow_private=True))
     check_address("2002:a00:1::1", Policy(allow_private=True))
+
+
+async def test_a_name_the_resolver_cannot_encode_does_not_resolve() -> None:
+    """The system resolver raises UnicodeError (not OSError) for a label IDNA cannot encode
+    (longer than 63 characters, say): refused as not resolving, not a server error."""
+    from tieline.services.webhooks.ssrf import system_resolver
+
+    with pytest.raises(UrlRefused, match="does not resolve"):
+        await check_url("https://" + "a" * 64 + ".example.org/", Policy(), system_resolver)
 
 
 async def test_addresses_are_kept_in_the_resolvers_order() -> None:
