@@ -49,7 +49,7 @@ import structlog
 from tenacity import RetryCallState, Retrying, wait_exponential_jitter
 from tieline.plumbing.config import Settings
 from tieline.services.webhooks import store
-from tieline.services.webhooks.lookups import Lookup, LookupBusy, Lookups, system_lookup
+from tieline.services.webhooks.lookups import Lookup, Lookups, system_lookup
 from tieline.services.webhooks.signing import headers
 from tieline.services.webhooks.ssrf import Policy, Resolver, Target, UrlRefused, check_url
 
@@ -122,7 +122,7 @@ class Sender:
         self.settings = settings
         self.pool = pool
         self.master_key = master_key
-        #: Host lookups in the sender's own threads, one per host at a time.
+        #: Host lookups in the sender's own threads, one per host at a time, shared.
         self.lookups = Lookups(lookup)
         self.resolve = resolve or self.lookups.resolve
         self.client = httpx.AsyncClient(
@@ -166,9 +166,9 @@ class Sender:
 
     async def attempt(self, due: store.Due) -> None:
         """Send ``due`` once (at most ``webhook_timeout_s`` in all) and record what happened.
-        Our own resolver's trouble (a lookup of the host still running, or the time running
-        out while resolving) is recorded as a failed attempt that does not count towards
-        disabling the endpoint (services/webhooks/lookups.py)."""
+        Our own resolver's trouble (the time running out while resolving) is recorded as a
+        failed attempt that does not count towards disabling the endpoint
+        (services/webhooks/lookups.py)."""
         started = time.perf_counter()
         status: int | None = None
         error: str | None = None
@@ -190,8 +190,6 @@ class Sender:
             error = f"timed out: no answer within {bound:g} s"
             if resolving:  # our resolver's, not the receiver's
                 error, counts = f"timed out resolving the host within {bound:g} s", False
-        except LookupBusy as exc:
-            error, counts = str(exc), False
         except UrlRefused as exc:
             error = f"refused: {exc}"
         except httpx.HTTPError as exc:
@@ -279,7 +277,7 @@ class Sender:
             return None, None  # a redelivery by hand, deleted, or disabled already
         if status == 410:
             return None, "the receiver answered 410 Gone"
-        if status == 429 or await store.overlapped(conn, due):
+        if status == 429 or store.overlapped(endpoint, due):
             return None, None
         streak = await store.extend_streak(conn, due.endpoint_id)
         if streak < self.settings.webhook_disable_after:

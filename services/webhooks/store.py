@@ -201,6 +201,10 @@ async def enqueue(conn: AsyncConnection[Any], items: list[tuple[str, str, str, s
                                 ELSE %s::timestamptz END
                  FROM (VALUES (%s, %s, %s, %s, %s, %s)) AS v (i, ep, ws, pos, kind, body)
                  JOIN webhook_endpoints e ON e.endpoint_id = v.ep
+                  -- waits for an enable or a disable of the endpoint in progress and reads
+                  -- its outcome (from the statement's snapshot, a row enqueued while an
+                  -- enable committed stayed held, year 9999, for ever)
+                  FOR SHARE OF e
                ON CONFLICT (endpoint_id, position) DO NOTHING""",
             rows,
         )
@@ -212,17 +216,13 @@ async def enqueue(conn: AsyncConnection[Any], items: list[tuple[str, str, str, s
 #: ('infinity' it cannot); shown as no next attempt.
 HELD_AT = "9999-01-01 00:00:00+00"
 HELD_SINCE = datetime(9999, 1, 1, tzinfo=UTC)
-#: The claim's window: this many candidates per delivery asked for, plus this many (about
-#: what can be in flight at once).
-SCAN_FACTOR = 4
-SCAN_EXTRA = 64
 
 
 @dataclass(frozen=True)
 class Due:
     """A delivery claimed for one attempt. ``due_at`` (its ``next_attempt_at`` when claimed)
-    and ``lease_until`` are the lease's token; ``mark`` is the newest attempt id recorded
-    when it was claimed (failures recorded after it overlapped this attempt)."""
+    and ``lease_until`` are the lease's token; ``mark`` is how many failures of its endpoint
+    had counted when it was claimed (one counted after that overlapped this attempt)."""
 
     delivery_id: str
     endpoint_id: str
@@ -244,26 +244,32 @@ class Due:
 #: The claim (see :func:`claim_due`): a bounded window of the due index, the per-endpoint
 #: bound within it, and the locked rows checked again.
 CLAIM_SQL = """WITH cand AS MATERIALIZED (
-       SELECT d.id, d.delivery_id, d.endpoint_id, d.next_attempt_at, d.manual,
-              d.lease_until IS NOT NULL AND d.lease_until >= now() AS leased
-         FROM webhook_deliveries d
-        WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-        ORDER BY d.next_attempt_at LIMIT %(scan)s),
-   busy AS (
-       SELECT endpoint_id, count(*) AS n FROM cand WHERE leased GROUP BY endpoint_id),
+       SELECT d.*, l.n AS busy FROM webhook_endpoints e
+       CROSS JOIN LATERAL (  -- its attempts in flight (webhook_deliveries_leased)
+              SELECT count(*) AS n FROM webhook_deliveries x
+               WHERE x.endpoint_id = e.endpoint_id AND x.lease_until IS NOT NULL
+                 AND x.lease_until >= now() AND x.status = 'pending') l
+       CROSS JOIN LATERAL (
+              SELECT d.id, d.delivery_id, d.endpoint_id, d.next_attempt_at, d.manual
+                FROM webhook_deliveries d
+               WHERE d.endpoint_id = e.endpoint_id AND d.status = 'pending'
+                 AND d.next_attempt_at <= now()
+                 AND (d.lease_until IS NULL OR d.lease_until < now())
+               ORDER BY d.endpoint_id, d.next_attempt_at LIMIT %(scan)s) d),
    ranked AS (
-       SELECT c.delivery_id, c.next_attempt_at, coalesce(b.n, 0) + row_number()
+       SELECT c.delivery_id, c.next_attempt_at, c.busy + row_number()
                 OVER (PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at, c.id)
                 AS slot
          FROM cand c JOIN webhook_endpoints e USING (endpoint_id)
-         LEFT JOIN busy b USING (endpoint_id)
-        WHERE NOT c.leased AND (e.disabled_at IS NULL OR c.manual)),
+        WHERE e.disabled_at IS NULL OR c.manual),
    held AS (  -- due rows of a disabled endpoint (one enqueued as it was disabled): held now
        UPDATE webhook_deliveries d SET next_attempt_at = %(held)s::timestamptz
-         FROM cand c JOIN webhook_endpoints e USING (endpoint_id)
-        WHERE d.id = c.id AND e.disabled_at IS NOT NULL AND NOT c.manual AND NOT c.leased
+        WHERE d.id = ANY (ARRAY(  -- by primary key (a join here became a scan of the table)
+              SELECT c.id FROM cand c JOIN webhook_endpoints e USING (endpoint_id)
+               WHERE e.disabled_at IS NOT NULL AND NOT c.manual))
           -- unchanged since the snapshot (an enable sets a new time: then it is left alone)
-          AND d.next_attempt_at = c.next_attempt_at AND NOT d.manual AND d.status = 'pending'),
+          AND (d.id, d.next_attempt_at) IN (SELECT c.id, c.next_attempt_at FROM cand c)
+          AND NOT d.manual AND d.status = 'pending'),
    due AS (
        SELECT d.delivery_id FROM webhook_deliveries d JOIN ranked r USING (delivery_id)
         WHERE (%(cap)s::int IS NULL OR r.slot <= %(cap)s::int)
@@ -280,7 +286,7 @@ CLAIM_SQL = """WITH cand AS MATERIALIZED (
     WHERE d.delivery_id = due.delivery_id AND e.endpoint_id = d.endpoint_id
    RETURNING d.delivery_id, d.endpoint_id, d.workspace_id, d.body, d.attempts, d.manual,
              e.url, e.secret, d.next_attempt_at, d.lease_until,
-             (SELECT coalesce(max(id), 0) FROM webhook_attempts) AS mark"""
+             e.counted_total AS mark"""
 
 
 async def claim_due(
@@ -291,23 +297,25 @@ async def claim_due(
     this many attempts in flight to one endpoint, counting the leases already out (so one
     slow receiver cannot take every sending slot); None: no such bound.
 
-    Bounded whatever the backlog: the candidates are the first ``SCAN_FACTOR * limit +
-    SCAN_EXTRA`` rows of the due index (leased ones included, to count what is in flight:
-    they were claimed oldest first, so they sit at its head), the per-endpoint bound applies
-    within them. Held rows are not in that range (:data:`HELD_AT`). A backlog of one endpoint
-    longer than that window delays other endpoints' deliveries due after it until it shrinks.
-    The locked row is checked again (status, lease, still due, endpoint still enabled): it may
-    have been claimed, rescheduled, paused or held since the statement's snapshot. PostgreSQL
-    re-evaluates these on the newest version of a row changed meanwhile; disabling an endpoint
-    changes its rows too (held), so that reaches the check even when the endpoint row's
-    change is not yet in the snapshot."""
+    Bounded whatever the backlog, and fair between endpoints: the candidates are, for each
+    endpoint, the first rows of its own due index that are not leased
+    (``webhook_deliveries_endpoint_due``, migration 0009), as many as it may take, and its
+    attempts in flight are counted on the small index of leased rows
+    (``webhook_deliveries_leased``); a long backlog of one endpoint does not hide the others'
+    rows (a window over the global due index did: a recovered endpoint's backlog took every
+    candidate). Held rows are not in the due range (:data:`HELD_AT`). The locked row is
+    checked again (status, lease, still due, endpoint still enabled): it may have been
+    claimed, rescheduled, paused or held since the statement's snapshot. PostgreSQL
+    re-evaluates these on the newest version of a row changed meanwhile; disabling an
+    endpoint changes its rows too (held), so that reaches the check even when the endpoint
+    row's change is not yet in the snapshot."""
     cur = await conn.execute(
         CLAIM_SQL,
         {
             "cap": per_endpoint,
             "limit": limit,
             "lease": lease_s,
-            "scan": SCAN_FACTOR * limit + SCAN_EXTRA,
+            "scan": limit if per_endpoint is None else min(limit, per_endpoint),
             "held": HELD_AT,
         },
     )
@@ -370,7 +378,7 @@ async def lock_endpoint(conn: AsyncConnection[Any], endpoint_id: str) -> Row | N
     """Lock the endpoint's row for this transaction (outcomes of one endpoint are recorded
     one after another, so each sees the ones before it); its failure count and disabled_at."""
     cur = await conn.execute(
-        "SELECT consecutive_failures, disabled_at FROM webhook_endpoints "
+        "SELECT consecutive_failures, counted_total, disabled_at FROM webhook_endpoints "
         "WHERE endpoint_id = %s FOR UPDATE",
         (endpoint_id,),
     )
@@ -404,26 +412,22 @@ def counted_note(streak: int) -> str:
     return COUNTED.format(streak)
 
 
-async def overlapped(conn: AsyncConnection[Any], due: Due) -> bool:
+def overlapped(endpoint: Row, due: Due) -> bool:
     """Whether a *counted* failure of the endpoint was recorded after this attempt was
-    claimed (after ``due.mark``): then this failure saw the same failing receiver and does
-    not count. Failures that did not count themselves (and manual redeliveries, 429s, which
-    never count) do not suppress it."""
-    cur = await conn.execute(
-        """SELECT EXISTS (
-               SELECT 1 FROM webhook_attempts a JOIN webhook_deliveries d USING (delivery_id)
-                WHERE a.id > %s AND d.endpoint_id = %s AND a.counted IS NOT NULL) AS hit""",
-        (due.mark, due.endpoint_id),
-    )
-    row = await cur.fetchone()
-    return bool(row and row["hit"])
+    claimed: its endpoint's count of counted failures (read under the endpoint's lock, as
+    every counted failure is recorded) grew since the claim. Then this failure saw the same
+    failing receiver and does not count. Failures that did not count (and manual
+    redeliveries, 429s, which never count) do not suppress it. A count on the endpoint, not
+    the newest attempt id: an id is taken before its transaction commits, so a failure of the
+    endpoint committing after a claim could carry an id below the claim's mark."""
+    return int(endpoint["counted_total"]) > due.mark
 
 
 async def extend_streak(conn: AsyncConnection[Any], endpoint_id: str) -> int:
     """One more counted failure of the endpoint; the streak's length."""
     cur = await conn.execute(
-        "UPDATE webhook_endpoints SET consecutive_failures = consecutive_failures + 1 "
-        "WHERE endpoint_id = %s RETURNING consecutive_failures",
+        "UPDATE webhook_endpoints SET consecutive_failures = consecutive_failures + 1, "
+        "counted_total = counted_total + 1 WHERE endpoint_id = %s RETURNING consecutive_failures",
         (endpoint_id,),
     )
     row = await cur.fetchone()

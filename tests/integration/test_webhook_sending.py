@@ -411,8 +411,9 @@ async def rows_read(conn: Any) -> int:
 
 async def test_the_claim_reads_a_bounded_window_and_never_held_rows(hooks: Hooks) -> None:
     """20 000 deliveries held for a disabled endpoint, 20 000 due for an enabled one, three for
-    another: a claim reads a few times as many rows as it asks for (it used to rank every due
-    row, held ones too, on every claim: 197 ms for 200 000), and held ones are not due."""
+    another: a claim reads a few rows per endpoint (it used to rank every due row, held ones
+    too, on every claim: 197 ms for 200 000), held ones are not due, and one endpoint's
+    backlog does not hide another's rows."""
     async with receiving() as receiver:
         held, busy, other = [await hooks.endpoint(receiver) for _ in range(3)]
         async with hooks.pool.connection() as conn:
@@ -435,8 +436,9 @@ async def test_the_claim_reads_a_bounded_window_and_never_held_rows(hooks: Hooks
             due = await store.claim_due(conn, 8, LEASE_S, 2)
             read = await rows_read(conn) - before
         assert read < 1000, f"the claim read {read} rows"
-        assert {d.endpoint_id for d in due} == {busy}, "the oldest due first, two per endpoint"
-        assert len(due) == 2
+        # Two per endpoint, the busy one's backlog not hiding the other's rows (a window over
+        # the global due index held only the busy endpoint's oldest rows: nothing else).
+        assert sorted(d.endpoint_id for d in due) == sorted([busy, busy, other, other])
         async with hooks.pool.connection() as conn:  # as an enqueue racing the disable left it
             await conn.execute(
                 """UPDATE webhook_deliveries SET next_attempt_at = now() - interval '2 days'
@@ -445,14 +447,15 @@ async def test_the_claim_reads_a_bounded_window_and_never_held_rows(hooks: Hooks
                 (held,),
             )
         claimed = [await hooks.claim(limit=8) for _ in range(3)]  # each holds what it meets
-        assert [len(c) for c in claimed] == [0, 8, 8], "150 due rows held; no longer in the way"
+        assert [len(c) for c in claimed] == [8, 8, 8], "due rows of a disabled endpoint in the way"
+        assert held not in {d.endpoint_id for c in claimed for d in c}
         async with hooks.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT count(*) AS n FROM webhook_deliveries WHERE endpoint_id = %s "
                 "AND next_attempt_at < %s",
                 (held, store.HELD_SINCE),
             )
-            assert (await cur.fetchone())["n"] == 0
+            assert (await cur.fetchone())["n"] == 150 - 3 * 8  # held as the claims met them
         async with hooks.pool.connection() as conn:
             await store.enable_endpoint(conn, WS, held)
         assert (await hooks.delivery(late))["next_attempt_at"] <= datetime.now(UTC)
@@ -573,3 +576,58 @@ async def test_a_host_whose_dns_hangs_does_not_starve_other_endpoints(
             await service.close()
         ep = await h.endpoint_row(stuck)
         assert ep["consecutive_failures"] == 0 and ep["disabled_at"] is None, ep
+
+
+async def test_a_change_enqueued_while_the_endpoint_is_enabled_is_not_held(
+    servers: Any,
+) -> None:
+    """A change handed over while an enable commits: the enqueue read the endpoint as
+    disabled from its snapshot and held the new row (year 9999) for ever, after the enable
+    had made the held rows due. It now waits for the enable and reads its outcome."""
+    async with (
+        hooks_on(hook_settings(servers)) as h,
+        receiving() as receiver,
+    ):
+        endpoint = await h.endpoint(receiver)
+        body = '{"type":"relationship.changed","n":0}'
+        async with h.pool.connection() as enabling, h.pool.connection() as handing_over:
+            await store.disable(enabling, endpoint, "for the test")
+            async with enabling.transaction():
+                await store.enable_endpoint(enabling, WS, endpoint)
+                item = (endpoint, WS, "race", "relationship.changed", body)
+                late = asyncio.create_task(store.enqueue(handing_over, [item]))
+                await asyncio.sleep(0.3)  # the enqueue runs while the enable is uncommitted
+            await late
+            cur = await enabling.execute(
+                "SELECT next_attempt_at < now() + interval '1 hour' AS due "
+                "FROM webhook_deliveries WHERE endpoint_id = %s AND position = 'race'",
+                (endpoint,),
+            )
+            row = await cur.fetchone()
+        assert row is not None and row["due"], "held for ever although the endpoint is enabled"
+
+
+async def test_a_backlog_at_its_bound_does_not_hide_another_endpoints_rows(
+    hooks: Hooks,
+) -> None:
+    """One endpoint with 200 due deliveries, four in flight (its bound), another with one: a
+    claim with free slots takes the other's. A window over the oldest due rows of all
+    endpoints held only the first endpoint's, all above its bound, and claimed nothing."""
+    async with receiving() as receiver:
+        backlog, other = [await hooks.endpoint(receiver) for _ in range(2)]
+        async with hooks.pool.connection() as conn:
+            await conn.execute(
+                """INSERT INTO webhook_deliveries (delivery_id, endpoint_id, workspace_id,
+                       position, kind, body, next_attempt_at)
+                   SELECT 'a' || g, %s, %s, 'a' || g, 'k', '{}',
+                          now() - interval '1 hour' + g * interval '1 ms'
+                     FROM generate_series(1, 200) g""",
+                (backlog, WS),
+            )
+        async with hooks.pool.connection() as conn:
+            in_flight = await store.claim_due(conn, 4, LEASE_S, 4)
+        assert {d.endpoint_id for d in in_flight} == {backlog} and len(in_flight) == 4
+        [waiting] = await hooks.enqueue(other)
+        async with hooks.pool.connection() as conn:
+            claimed = await store.claim_due(conn, 12, LEASE_S, 4)
+        assert [d.delivery_id for d in claimed] == [waiting]

@@ -193,31 +193,37 @@ def test_an_endpoint_is_disabled_no_sooner_than_one_deliverys_retries_take() -> 
 
 
 async def test_one_dns_lookup_per_host_runs_at_a_time() -> None:
-    """A second lookup of a host whose lookup still runs fails at once (LookupBusy) instead of
-    taking another thread; other hosts resolve meanwhile; once it ends, the host resolves."""
+    """Attempts to a host whose lookup is running share it (one thread, one answer) instead
+    of each starting one; a waiter that gives up does not cancel it for the others; other
+    hosts resolve meanwhile. The first version refused the second attempt ("still running"),
+    which burnt an attempt of every delivery sent alongside another to the same host."""
     import asyncio
     import threading
 
-    from tieline.services.webhooks.lookups import LookupBusy, Lookups
+    from tieline.services.webhooks.lookups import Lookups
 
     stuck = threading.Event()
+    calls: list[str] = []
 
     def lookup(host: str, port: int) -> list[str]:
+        calls.append(host)
         if host == "stuck.test":
             stuck.wait(5)
         return ["192.0.2.1"]
 
     lookups = Lookups(lookup, threads=2)
     try:
-        first = asyncio.create_task(lookups.resolve("stuck.test", 443))
+        waiting = [asyncio.create_task(lookups.resolve(h, 443)) for h in ("stuck.test",) * 3]
+        impatient = asyncio.create_task(lookups.resolve("Stuck.test", 443))
         await asyncio.sleep(0.05)
-        with pytest.raises(LookupBusy, match="still running"):
-            await lookups.resolve("Stuck.test", 443)
+        impatient.cancel()
         assert await lookups.resolve("other.test", 443) == ["192.0.2.1"]
         stuck.set()
-        assert await first == ["192.0.2.1"]
-        await asyncio.sleep(0.01)  # the bookkeeping reaches the loop
+        assert await asyncio.gather(*waiting) == [["192.0.2.1"]] * 3
+        assert calls.count("stuck.test") == 1
+        await asyncio.sleep(0)
         assert await lookups.resolve("stuck.test", 443) == ["192.0.2.1"]
+        assert calls.count("stuck.test") == 2  # no answer is kept after the lookup ends
     finally:
         stuck.set()
         lookups.close()
