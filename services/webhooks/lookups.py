@@ -48,7 +48,7 @@ class Lookups:
         leaves the lookup running for the others waiting and for the next attempt."""
         key = f"{host.lower()}:{port}"
         running = self._running.get(key)
-        if running is None:
+        if running is None or running.get_loop() is not asyncio.get_running_loop():
             running = asyncio.wrap_future(self._pool.submit(self.lookup, host, port))
             self._running[key] = running
             running.add_done_callback(lambda f: self._forget(key, f))

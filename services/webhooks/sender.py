@@ -166,8 +166,9 @@ class Sender:
 
     async def attempt(self, due: store.Due) -> None:
         """Send ``due`` once (at most ``webhook_timeout_s`` in all) and record what happened.
-        Our own resolver's trouble (the time running out while resolving) is recorded as a
-        failed attempt that does not count towards disabling the endpoint
+        Our own resolver's trouble (the time running out while resolving, or a resolver that
+        cannot answer now, EAI_AGAIN, as a hung lookup ends) is recorded as a failed attempt
+        that does not count towards disabling the endpoint
         (services/webhooks/lookups.py)."""
         started = time.perf_counter()
         status: int | None = None
@@ -191,7 +192,7 @@ class Sender:
             if resolving:  # our resolver's, not the receiver's
                 error, counts = f"timed out resolving the host within {bound:g} s", False
         except UrlRefused as exc:
-            error = f"refused: {exc}"
+            error, counts = f"refused: {exc}", not exc.temporary
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         except Exception as exc:  # a bug or a missing master key: recorded, retried later

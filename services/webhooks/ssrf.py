@@ -37,7 +37,12 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
 class UrlRefused(ValueError):
-    """The URL may not receive webhooks; the message says why."""
+    """The URL may not receive webhooks; the message says why. ``temporary``: the resolver
+    could not answer now (EAI_AGAIN), our trouble rather than the receiver's."""
+
+    def __init__(self, message: str, *, temporary: bool = False) -> None:
+        super().__init__(message)
+        self.temporary = temporary
 
 
 @dataclass(frozen=True)
@@ -178,7 +183,10 @@ async def check_url(url: str, policy: Policy, resolve: Resolver = system_resolve
         try:
             addresses = await resolve(host, port)
         except (OSError, UnicodeError) as exc:  # UnicodeError: a label IDNA cannot encode
-            raise UrlRefused(f"url: host {host!r} does not resolve ({exc})") from exc
+            temporary = isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_AGAIN
+            raise UrlRefused(
+                f"url: host {host!r} does not resolve ({exc})", temporary=temporary
+            ) from exc
     addresses = list(dict.fromkeys(addresses))
     if not addresses:
         raise UrlRefused(f"url: host {host!r} has no address")

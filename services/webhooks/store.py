@@ -8,7 +8,7 @@ While an endpoint is disabled its deliveries are *held*: new changes are still r
 and nothing is given up, but nothing is sent except manual redeliveries; enabling it sends what
 was held, with a fresh retry budget (what the Standard Webhooks / Svix "recover" promise asks).
 A held delivery's ``next_attempt_at`` is :data:`HELD_AT` (year 9999), so the claim, which
-reads only a bounded window of the due index, never meets it; the API shows it as no next
+reads only each endpoint's first due rows, never meets it; the API shows it as no next
 attempt.
 Held deliveries are kept for ``webhook_log_retention_s``, like the delivery log.
 """
@@ -241,14 +241,10 @@ class Due:
         return unseal(master_key, purpose, self.sealed_secret).decode()
 
 
-#: The claim (see :func:`claim_due`): a bounded window of the due index, the per-endpoint
-#: bound within it, and the locked rows checked again.
+#: The claim (see :func:`claim_due`): each endpoint's first due rows, the per-endpoint bound
+#: over them and its attempts in flight, and the locked rows checked again.
 CLAIM_SQL = """WITH cand AS MATERIALIZED (
-       SELECT d.*, l.n AS busy FROM webhook_endpoints e
-       CROSS JOIN LATERAL (  -- its attempts in flight (webhook_deliveries_leased)
-              SELECT count(*) AS n FROM webhook_deliveries x
-               WHERE x.endpoint_id = e.endpoint_id AND x.lease_until IS NOT NULL
-                 AND x.lease_until >= now() AND x.status = 'pending') l
+       SELECT d.* FROM webhook_endpoints e
        CROSS JOIN LATERAL (
               SELECT d.id, d.delivery_id, d.endpoint_id, d.next_attempt_at, d.manual
                 FROM webhook_deliveries d
@@ -256,11 +252,17 @@ CLAIM_SQL = """WITH cand AS MATERIALIZED (
                  AND d.next_attempt_at <= now()
                  AND (d.lease_until IS NULL OR d.lease_until < now())
                ORDER BY d.endpoint_id, d.next_attempt_at LIMIT %(scan)s) d),
+   busy AS (  -- attempts in flight, of the endpoints with candidates only
+       SELECT c.endpoint_id, l.n FROM (SELECT DISTINCT endpoint_id FROM cand) c
+       CROSS JOIN LATERAL (  -- on webhook_deliveries_leased
+              SELECT count(*) AS n FROM webhook_deliveries x
+               WHERE x.endpoint_id = c.endpoint_id AND x.lease_until IS NOT NULL
+                 AND x.lease_until >= now() AND x.status = 'pending') l),
    ranked AS (
-       SELECT c.delivery_id, c.next_attempt_at, c.busy + row_number()
+       SELECT c.delivery_id, c.next_attempt_at, b.n + row_number()
                 OVER (PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at, c.id)
                 AS slot
-         FROM cand c JOIN webhook_endpoints e USING (endpoint_id)
+         FROM cand c JOIN webhook_endpoints e USING (endpoint_id) JOIN busy b USING (endpoint_id)
         WHERE e.disabled_at IS NULL OR c.manual),
    held AS (  -- due rows of a disabled endpoint (one enqueued as it was disabled): held now
        UPDATE webhook_deliveries d SET next_attempt_at = %(held)s::timestamptz
@@ -301,7 +303,9 @@ async def claim_due(
     endpoint, the first rows of its own due index that are not leased
     (``webhook_deliveries_endpoint_due``, migration 0009), as many as it may take, and its
     attempts in flight are counted on the small index of leased rows
-    (``webhook_deliveries_leased``); a long backlog of one endpoint does not hide the others'
+    (``webhook_deliveries_leased``) for the endpoints with candidates; a claim costs one
+    index probe per endpoint when nothing is due (measure before running tens of thousands
+    of endpoints in one installation); a long backlog of one endpoint does not hide the others'
     rows (a window over the global due index did: a recovered endpoint's backlog took every
     candidate). Held rows are not in the due range (:data:`HELD_AT`). The locked row is
     checked again (status, lease, still due, endpoint still enabled): it may have been

@@ -5,6 +5,8 @@ the resolver's order (not sorted as text)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from tieline.services.webhooks.ssrf import Policy, UrlRefused, check_address, check_url
 
@@ -93,3 +95,23 @@ async def test_the_system_resolver_keeps_getaddrinfo_order(
 
     monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
     assert await system_resolver("hooks.example.org", 443) == ["9.9.9.9", "2620:fe::fe", "10.0.0.9"]
+
+
+async def test_a_resolver_that_cannot_answer_now_is_our_trouble_not_the_receivers() -> None:
+    """EAI_AGAIN (what a hung lookup ends with) is refused as temporary, so the attempt does
+    not count towards disabling the endpoint; a name that does not exist is the receiver's."""
+    import socket
+
+    def failing(errno: int) -> Any:
+        async def resolve(host: str, port: int) -> list[str]:
+            raise socket.gaierror(errno, "resolver says no")
+
+        return resolve
+
+    policy = Policy()
+    with pytest.raises(UrlRefused, match="does not resolve") as again:
+        await check_url("https://hooks.example.com/x", policy, failing(socket.EAI_AGAIN))
+    assert again.value.temporary
+    with pytest.raises(UrlRefused, match="does not resolve") as missing:
+        await check_url("https://hooks.example.com/x", policy, failing(socket.EAI_NONAME))
+    assert not missing.value.temporary

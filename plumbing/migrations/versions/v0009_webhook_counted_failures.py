@@ -21,7 +21,12 @@ so one endpoint's backlog cannot hide the others', and counts its attempts in fl
 leased rows (``webhook_deliveries_leased``). A
 disabled endpoint's pending deliveries are *held*: ``next_attempt_at`` far in the future
 (year 9999, services/webhooks/store.py ``HELD_AT``) until it is enabled; the rows a previous
-release left due are moved there now.
+release left due are moved there now (not one in flight).
+
+Stop the webhooks processes of the previous release before this migration runs (``tieline
+migrate``, then start the new release): they lock an endpoint and then the attempt log, the
+migration the tables the other way round, and they neither count failures the new way nor
+find their deliveries without the dropped index.
 """
 
 from __future__ import annotations
@@ -61,7 +66,8 @@ def upgrade(**kw: str) -> None:
     op.execute(
         "UPDATE webhook_deliveries d SET next_attempt_at = '9999-01-01 00:00:00+00' "
         "FROM webhook_endpoints e WHERE e.endpoint_id = d.endpoint_id "
-        "AND e.disabled_at IS NOT NULL AND d.status = 'pending' AND NOT d.manual"
+        "AND e.disabled_at IS NOT NULL AND d.status = 'pending' AND NOT d.manual "
+        "AND (d.lease_until IS NULL OR d.lease_until < now())"
     )
 
 
