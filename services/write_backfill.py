@@ -159,18 +159,7 @@ async def reconcile_with_log(
         forgotten = len(await cur.fetchall())
         for statement in _FORGET_DECISIONS:
             await conn.execute(statement)
-        learnt = unreadable = 0
-        async for seq, data in _log(js, stream, last):
-            try:
-                event = registry.decode(data)
-            except EventDecodeError as exc:
-                unreadable += 1
-                log.warning("write_state.event_unreadable", seq=seq, error=str(exc))
-                continue
-            new = await _learn(conn, event, seq)  # a new row has its decisions applied
-            if not new:
-                await apply_to_state(conn, event)
-            learnt += new
+        learnt, unreadable = await _replay(conn, js, stream, registry, last)
         cur = await conn.execute(
             f"DELETE FROM write_events WHERE {_KNOWN} AND seq IS NULL RETURNING 1"
         )
@@ -190,6 +179,30 @@ async def reconcile_with_log(
         unreadable=unreadable,
     )
     return forgotten, learnt
+
+
+async def _replay(
+    conn: AsyncConnection[Any],
+    js: JetStreamContext,
+    stream: str,
+    registry: EventRegistry,
+    last: int,
+) -> tuple[int, int]:
+    """Every event of the log up to ``last``, in order, into the write-side tables: its row
+    (learnt when new) and what it decided. Returns (learnt, unreadable)."""
+    learnt = unreadable = 0
+    async for seq, data in _log(js, stream, last):
+        try:
+            event = registry.decode(data)
+        except EventDecodeError as exc:
+            unreadable += 1
+            log.warning("write_state.event_unreadable", seq=seq, error=str(exc))
+            continue
+        new = await _learn(conn, event, seq)  # a new row has its decisions applied
+        if not new:
+            await apply_to_state(conn, event)
+        learnt += new
+    return learnt, unreadable
 
 
 async def _learn(conn: AsyncConnection[Any], event: Event, seq: int) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 from tieline.plumbing.config import Settings
 from tieline.services.runtime.supervisor import Stack
@@ -48,15 +49,28 @@ def no_processes_left_behind() -> Iterator[None]:
     before = descendants()
     yield
     deadline = time.monotonic() + 10
-    left = descendants() - before
+    left = _started_here(before)
     while left and time.monotonic() < deadline:
         time.sleep(0.2)
-        left = descendants() - before
+        left = _started_here(before)
     if left:
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         pytest.fail(f"processes left behind by the fault suite: {sorted(left)}")
+
+
+def _started_here(before: set[int]) -> set[int]:
+    """Descendants that are new since ``before`` and were not forked by a process already
+    there: a new backend of the session's PostgreSQL (the e2e stack connecting meanwhile) is
+    that server's, not a leftover. Killing one (SIGKILL) made the postmaster restart and broke
+    every connection of the running e2e stack."""
+    left = set()
+    for pid in descendants() - before:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if psutil.Process(pid).ppid() not in before:
+                left.add(pid)
+    return left
 
 
 @pytest.fixture(autouse=True)
