@@ -24,6 +24,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from psycopg import AsyncConnection
+from psycopg.rows import tuple_row
 from tieline.events_schema.models import Event, IntroductionOutcome
 from tieline.events_schema.registry import EventDecodeError, EventRegistry
 from tieline.services.write_state import apply_to_state, load_introduction
@@ -145,10 +146,10 @@ async def reconcile_with_log(
     clients write. A message that cannot be decoded is skipped (logged). Returns
     (forgotten, learnt).
     """
-    cur = await conn.execute("SELECT to_regclass('pg_temp.reconcile_known') IS NOT NULL AS n")
-    row = await cur.fetchone()
-    noted = row is not None and (row["n"] if isinstance(row, dict) else row[0])
-    if not noted:
+    async with conn.cursor(row_factory=tuple_row) as cur:  # whatever the connection's rows
+        await cur.execute("SELECT to_regclass('pg_temp.reconcile_known') IS NOT NULL")
+        noted = await cur.fetchone()
+    if not (noted and noted[0]):
         await note_taken_ids(conn)
     async with conn.transaction():
         await conn.execute(LOCK)

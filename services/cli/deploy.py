@@ -7,7 +7,7 @@ Mounted on the main CLI by :func:`register`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -169,15 +169,13 @@ def _stream_job(directory: Path, restore: bool, data_dir: Path | None) -> None:
         from tieline.plumbing.jetstream import connect_nats
         from tieline.services.write_backfill import note_taken_ids
 
-        nc = await connect_nats(settings, name="tieline-stream-backup")
-        try:
+        async with await connect_nats(settings, name="tieline-stream-backup") as nc:
             js = nc.jetstream()
             if not restore:
                 return await stream_backup.backup_streams(js, streams, directory)
             # PostgreSQL is reached before anything is published: a restored log whose
             # write-side state was not reconciled could not be restored again (not empty).
-            conn = await db.connect(settings)
-            try:
+            async with await db.connect(settings) as conn:
                 await note_taken_ids(conn)
                 copies = await stream_backup.restore_streams(js, streams, directory)
                 try:
@@ -188,23 +186,25 @@ def _stream_job(directory: Path, restore: bool, data_dir: Path | None) -> None:
                         f"reconciled with them ({type(exc).__name__}: {exc}); run `tieline "
                         "stream reconcile` with the same settings"
                     ) from exc
-            finally:
-                await conn.close()
             return copies
-        finally:
-            await nc.close()
 
-    try:
-        copies = run_async(command, settings, lambda: _explained(go(), settings), nats=True)
-    except ValueError as exc:
-        err.print(f"[red]{command}: {exc}[/]", soft_wrap=True)
-        raise typer.Exit(1) from None
+    copies = _run(command, settings, go)
     verb = "restored" if restore else "backed up"
     for c in copies:
         console.print(
             f"{verb} {c.stream}: {c.messages} message(s), last seq {c.last_seq} ({c.path})",
             soft_wrap=True,
         )
+
+
+def _run(command: str, settings: Settings, go: Callable[[], Awaitable[T]]) -> T:
+    """``go()`` as a stream command: servers that do not answer and JetStream's refusals are
+    one line on stderr and exit code 1 (:func:`_explained`)."""
+    try:
+        return run_async(command, settings, lambda: _explained(go(), settings), nats=True)
+    except ValueError as exc:
+        err.print(f"[red]{command}: {exc}[/]", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def _database_given(command: str, settings: Settings) -> None:
@@ -295,21 +295,13 @@ def stream_reconcile_cmd(data_dir: DataDir = None) -> None:
         from tieline.plumbing import db
         from tieline.plumbing.jetstream import connect_nats
 
-        nc = await connect_nats(settings, name="tieline-stream-reconcile")
-        try:
-            conn = await db.connect(settings)
-            try:
-                await _reconcile_write_state(settings, conn, nc.jetstream())
-            finally:
-                await conn.close()
-        finally:
-            await nc.close()
+        async with (
+            await connect_nats(settings, name="tieline-stream-reconcile") as nc,
+            await db.connect(settings) as conn,
+        ):
+            await _reconcile_write_state(settings, conn, nc.jetstream())
 
-    try:
-        run_async(command, settings, lambda: _explained(go(), settings), nats=True)
-    except ValueError as exc:
-        err.print(f"[red]{command}: {exc}[/]", soft_wrap=True)
-        raise typer.Exit(1) from None
+    _run(command, settings, go)
 
 
 def register(app: typer.Typer) -> None:

@@ -25,7 +25,6 @@ __all__ = [
     "operational_errors",
     "ops_settings",
     "reaching",
-    "redact",
     "run_async",
 ]
 
@@ -78,11 +77,6 @@ def ops_settings(data_dir: Path | None, command: str = "tieline") -> Settings:
         fail(command, exc)
 
 
-def redact(url: str) -> str:
-    """``url`` without its password (for messages)."""
-    return redact_url(url)
-
-
 def _reason(exc: BaseException) -> str:
     """The informative line of a driver's message (psycopg tells one line per address)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -94,7 +88,7 @@ def _reason(exc: BaseException) -> str:
 def unreachable(command: str, server: str, url: str, exc: BaseException) -> NoReturn:
     """One line naming the server that did not answer, exit code 2."""
     typer.echo(
-        f"{command}: cannot reach {server} at {redact(url)}: {_reason(exc)} ({WHERE})", err=True
+        f"{command}: cannot reach {server} at {redact_url(url)}: {_reason(exc)} ({WHERE})", err=True
     )
     raise typer.Exit(2) from None
 

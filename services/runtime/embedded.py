@@ -51,6 +51,7 @@ from tieline.services.runtime.pg_auth import (
     trusting_lines,
     untrusted,
     write_hba,
+    write_new,
 )
 from tieline.services.runtime.pg_unprivileged import (
     RunAs,
@@ -356,15 +357,11 @@ class EmbeddedPostgres(ManagedServer):
             os.chown(staging, run_as.uid, run_as.gid)
         # initdb reads the superuser's password from a file the server's user can read; it
         # is removed as soon as initdb is done.
+        # 0600 from its creation: the data dir is traversable by others when we are root.
         pwfile = self.data_dir / ".initdb-password"
         pwfile.unlink(missing_ok=True)
-        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:  # 0600 from its creation (the data dir is traversable by others when we are root)
-            if run_as is not None:
-                os.fchown(fd, run_as.uid, run_as.gid)
-            os.write(fd, (self.password + "\n").encode())
-        finally:
-            os.close(fd)
+        owner = (run_as.uid, run_as.gid) if run_as is not None else None
+        write_new(pwfile, (self.password + "\n").encode(), owner)
         argv = [
             str(bin_dir / "initdb"),
             "-D", str(staging.resolve()),

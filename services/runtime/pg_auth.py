@@ -35,10 +35,12 @@ __all__ = [
     "HBA_PROBLEMS_SQL",
     "load_or_make_password",
     "read_hba",
+    "replace_file",
     "set_passwords_offline",
     "trusting_lines",
     "untrusted",
     "write_hba",
+    "write_new",
 ]
 
 #: Rules the server would apply that trust a client, or that it could not read.
@@ -71,21 +73,35 @@ def load_or_make_password(path: Path, *, cluster_exists: bool, trusting: bool) -
             "new data dir)"
         )
     value = secrets.token_urlsafe(24)  # URL-safe: goes into postgresql://user:pw@host/db as is
-    _write_durably(path, value + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_file(path, (value + "\n").encode())
     return value
 
 
-def _write_durably(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` (0600) through a new file, fsynced and renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+def write_new(path: Path, data: bytes, owner: tuple[int, int] | None = None) -> None:
+    """Create ``path`` (it must not exist) holding ``data``, fsynced: mode 0600 from its
+    creation and ``owner`` (uid, gid) set on the open file, never through a link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, text.encode())
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, 0o600)  # whatever the umask
+        os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(staged, path)
+
+
+def replace_file(path: Path, data: bytes, owner: tuple[int, int] | None = None) -> None:
+    """Replace ``path`` with ``data`` durably: a new file (:func:`write_new`) renamed into
+    place (a rename replaces a link, never follows it), then its directory fsynced."""
+    staged = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tieline")
+    try:
+        write_new(staged, data, owner)
+        os.replace(staged, path)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
     directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(directory)
@@ -188,23 +204,8 @@ def read_hba(path: Path) -> str:
 
 
 def write_hba(path: Path, text: str, owner: tuple[int, int] | None) -> None:
-    """Replace ``path`` with ``text`` through a new file: created O_EXCL|O_NOFOLLOW, its mode
-    and owner set on the open file, fsynced, renamed into place (never following a link)."""
-    staged = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tieline")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        try:
-            if owner is not None:
-                os.fchown(fd, *owner)
-            os.fchmod(fd, 0o600)
-            os.write(fd, text.encode("utf-8", "surrogateescape"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(staged, path)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
+    """Replace ``path`` with ``text`` (:func:`replace_file`: never through a link)."""
+    replace_file(path, text.encode("utf-8", "surrogateescape"), owner)
 
 
 def _literal(value: str) -> str:

@@ -21,6 +21,8 @@ import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from tieline.services.webhooks.ssrf import addresses_of
+
 #: Threads for lookups (each stuck host name holds at most one).
 THREADS = 32
 
@@ -31,7 +33,7 @@ Lookup = Callable[[str, int], list[str]]
 def system_lookup(host: str, port: int) -> list[str]:
     """The host's addresses from getaddrinfo, in its order (its preference), each once."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+    return addresses_of(infos)
 
 
 class Lookups:

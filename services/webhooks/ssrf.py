@@ -27,8 +27,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -79,12 +80,16 @@ class Target:
         return urlunsplit((scheme, netloc, path, query, ""))
 
 
+def addresses_of(infos: Iterable[tuple[Any, ...]]) -> list[str]:
+    """The addresses of getaddrinfo's answer in its order (its preference), each once."""
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
 async def system_resolver(host: str, port: int) -> list[str]:
     infos = await asyncio.get_running_loop().getaddrinfo(
         host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
     )
-    # In getaddrinfo's order (its preference), each address once.
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+    return addresses_of(infos)
 
 
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")

@@ -12,6 +12,8 @@ queries, and the HTTP API in-process):
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -69,10 +71,16 @@ def friendship(ws: str, a: str, b: str) -> list[Event]:
     return out
 
 
-async def _read_conn(settings: Settings, schema: str) -> AsyncConnection[Any]:
-    conn = await db.connect(settings, rm_schema=schema)
-    conn.row_factory = dict_row  # type: ignore[assignment]
-    return conn
+@asynccontextmanager
+async def projected(settings: Settings, last: int) -> AsyncIterator[AsyncConnection[Any]]:
+    """A read connection to the read models a live worker built up to ``last``."""
+    async with live_worker(settings, last) as schema:
+        conn = await db.connect(settings, rm_schema=schema)
+        conn.row_factory = dict_row  # type: ignore[assignment]
+        try:
+            yield conn
+        finally:
+            await conn.close()
 
 
 async def test_a_tie_rated_before_its_first_contact_is_listed_as_of_a_date_between(
@@ -90,17 +98,13 @@ async def test_a_tie_rated_before_its_first_contact_is_listed_as_of_a_date_betwe
         occurred_at=ago(40).isoformat(),
     )
     last = await log.publish_all([rated, met(ws, "ada", "grace", 10), met(ws, "ada", "linus", 50)])
-    async with live_worker(settings, last) as schema:
-        conn = await _read_conn(settings, schema)
-        try:
-            then = ago(20)
-            scored = await ties.scored_ties(conn, ws, "ada", then)
-            assert sorted(row["other"] for row, _, _ in scored) == ["grace", "linus"]
-            before = await ties.scored_ties(conn, ws, "ada", ago(45))
-            assert [row["other"] for row, _, _ in before] == ["linus"]  # not rated yet
-            pair = await mo.pair_as_of(conn, ws, "ada", "grace", then)
-        finally:
-            await conn.close()
+    async with projected(settings, last) as conn:
+        then = ago(20)
+        scored = await ties.scored_ties(conn, ws, "ada", then)
+        assert sorted(row["other"] for row, _, _ in scored) == ["grace", "linus"]
+        before = await ties.scored_ties(conn, ws, "ada", ago(45))
+        assert [row["other"] for row, _, _ in before] == ["linus"]  # not rated yet
+        pair = await mo.pair_as_of(conn, ws, "ada", "grace", then)
     assert pair is not None and pair["ratings"] == 1 and pair["meetings"] == 0
     token = await issue_token(settings, ws, "read", "as-of")
     with TestClient(create_app(settings)) as client:
@@ -134,14 +138,10 @@ async def test_a_pair_read_as_of_names_the_survivor_as_the_read_now_does(
     the same relationship under two names."""
     ws = "w-merged-pair"
     last = await _merged_network(log, ws)
-    async with live_worker(settings, last) as schema:
-        conn = await _read_conn(settings, schema)
-        try:
-            when = datetime.now(UTC)
-            now = await mo.pair_now(conn, ws, "m", "y", when)
-            then = await mo.pair_as_of(conn, ws, "m", "y", when)
-        finally:
-            await conn.close()
+    async with projected(settings, last) as conn:
+        when = datetime.now(UTC)
+        now = await mo.pair_now(conn, ws, "m", "y", when)
+        then = await mo.pair_as_of(conn, ws, "m", "y", when)
     assert now is not None and then is not None
     assert (now["person_a"], now["person_b"]) == ("s", "y")
     assert (then["person_a"], then["person_b"]) == ("s", "y")
@@ -166,22 +166,18 @@ async def test_person_scoped_reads_of_a_merged_person_answer_for_the_survivor(
     s's); they answer s's, as the pair read of m does."""
     ws = "w-merged"
     last = await _merged_network(log, ws)
-    async with live_worker(settings, last) as schema:
-        conn = await _read_conn(settings, schema)
-        try:
-            when = datetime.now(UTC)
-            survivor = sorted(r["other"] for r in await ties.ties_of(conn, ws, "s"))
-            assert survivor == ["g", "y"]
-            assert sorted(r["other"] for r in await ties.ties_of(conn, ws, "m")) == survivor
-            vouching = await paths.vouching_neighbours(conn, ws, "s", when)
-            assert list(vouching) == ["g"]
-            assert await paths.vouching_neighbours(conn, ws, "m", when) == vouching
-            to_z = await paths.warm_paths(conn, ws, "m", "z")
-            assert [p["path"] for p in to_z] == [["s", "g", "z"]]
-            assert await paths.warm_paths(conn, ws, "s", "z") == to_z
-            assert await paths.warm_paths(conn, ws, "m", "s") == []  # one person
-        finally:
-            await conn.close()
+    async with projected(settings, last) as conn:
+        when = datetime.now(UTC)
+        survivor = sorted(r["other"] for r in await ties.ties_of(conn, ws, "s"))
+        assert survivor == ["g", "y"]
+        assert sorted(r["other"] for r in await ties.ties_of(conn, ws, "m")) == survivor
+        vouching = await paths.vouching_neighbours(conn, ws, "s", when)
+        assert list(vouching) == ["g"]
+        assert await paths.vouching_neighbours(conn, ws, "m", when) == vouching
+        to_z = await paths.warm_paths(conn, ws, "m", "z")
+        assert [p["path"] for p in to_z] == [["s", "g", "z"]]
+        assert await paths.warm_paths(conn, ws, "s", "z") == to_z
+        assert await paths.warm_paths(conn, ws, "m", "s") == []  # one person
     await _same_http_answers(settings, ws)
 
 
