@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import select
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from psycopg import AsyncConnection, pq
+from psycopg import AsyncConnection, OperationalError, pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -72,6 +73,36 @@ async def connect(
     return await AsyncConnection.connect(settings.database_url, **kwargs)
 
 
+def _has_input(fileno: int) -> bool:
+    """Whether the socket has bytes (or its end) waiting, without blocking."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fileno, select.POLLIN | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(0))
+    return bool(select.select([fileno], [], [], 0)[0])  # pragma: no cover - Windows
+
+
+async def check_on_checkout(conn: AsyncConnection[Any]) -> None:
+    """The pool's check before it hands out a connection: raises when the connection is dead,
+    so the pool drops it and hands out another (a new one if need be) instead of the caller's
+    command failing with 503.
+
+    An idle connection has nothing to read. When the server ends its side (a restart, a
+    fast or immediate shutdown, a failover that kills the old primary's backends, an
+    administrator's ``pg_terminate_backend``), its last message or the end of the stream is
+    waiting on the socket: only then is the round trip of psycopg_pool's own check spent on
+    it. A healthy connection costs one ``poll`` and no round trip. A path that went dead
+    without a word (a host gone) is not seen here; the keepalives of ``CLIENT`` end it."""
+    if conn.closed or conn.broken:
+        raise OperationalError("the connection is closed")
+    try:
+        waiting = _has_input(conn.fileno())
+    except (OSError, ValueError) as e:
+        raise OperationalError(f"the connection's socket is unusable: {e}") from e
+    if waiting:
+        await AsyncConnectionPool.check_connection(conn)
+
+
 def make_pool(
     settings: Settings,
     *,
@@ -84,7 +115,8 @@ def make_pool(
     """A pool for read paths; rows come back as dicts. ``synchronous_commit=False``: commits
     return before their WAL is flushed (a crash of PostgreSQL itself may lose the last fraction
     of a second of them, never corrupt anything): only for records that may be lost that way.
-    ``configure`` runs once on each new connection (psycopg_pool's hook)."""
+    ``configure`` runs once on each new connection (psycopg_pool's hook); every checkout is
+    checked by :func:`check_on_checkout`."""
     kwargs = conninfo_kwargs(settings, rm_schema)
     if not synchronous_commit:
         kwargs["options"] += " -c synchronous_commit=off"
@@ -98,4 +130,5 @@ def make_pool(
         open=False,
         timeout=10,
         configure=configure,
+        check=check_on_checkout,
     )

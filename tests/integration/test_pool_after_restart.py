@@ -1,0 +1,109 @@
+"""Pooled connections after PostgreSQL went away and came back (a restart, a crash, a
+failover, a terminated backend): the next command must succeed, not fail with 503 once for
+every dead connection the pool still held.
+
+A real PostgreSQL (the embedded one, on its own data dir, so it can be restarted) and the
+machine's or embedded NATS for the write side's commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+from tieline.plumbing.db import make_pool
+from tieline.services.runtime.embedded import EmbeddedPostgres
+from tieline.services.service_app import PEOPLE_TYPES, start_write_side
+
+from tests.conftest import Servers, unique_settings
+
+POOL = 4
+
+
+async def _fill(pool: AsyncConnectionPool[Any]) -> list[int]:
+    """Takes every connection of the pool at once (so all of them exist and have been used)
+    and returns their backends' pids."""
+    release, all_held = asyncio.Event(), asyncio.Event()
+    pids: list[int] = []
+
+    async def hold() -> None:
+        async with pool.connection() as conn:
+            pids.append(conn.info.backend_pid)
+            if len(pids) == POOL:
+                all_held.set()
+            await release.wait()
+
+    tasks = [asyncio.create_task(hold()) for _ in range(POOL)]
+    await asyncio.wait_for(all_held.wait(), 30)
+    release.set()
+    await asyncio.gather(*tasks)
+    return pids
+
+
+async def _each_works(pool: AsyncConnectionPool[Any]) -> list[int]:
+    """One query on every connection the pool hands out, one after another, as commands
+    arriving one by one would: each must succeed."""
+    pids = []
+    for _ in range(POOL * 2):
+        async with pool.connection() as conn:
+            row = await (await conn.execute("SELECT pg_backend_pid() AS pid")).fetchone()
+            pids.append(row["pid"])
+    return pids
+
+
+@pytest.fixture
+def postgres(tmp_path: Path) -> Any:
+    server = EmbeddedPostgres(tmp_path / "pg")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("how", ["stop", "kill"])
+async def test_a_restarted_server_costs_no_command(
+    postgres: EmbeddedPostgres, servers: Servers, how: str
+) -> None:
+    settings = unique_settings(servers, database_url=postgres.url)
+    pool = make_pool(settings, min_size=POOL, max_size=POOL)
+    nc, side = await start_write_side(settings, "people", PEOPLE_TYPES, pool)
+    try:
+        before = await _fill(pool)
+        getattr(postgres, how)()  # a fast shutdown, or SIGKILL of the postmaster (a crash)
+        await asyncio.to_thread(postgres.start)
+        after = await _each_works(pool)
+        assert not set(after) & set(before)
+        # The write side's own commands (what the api answers 503 to when they fail).
+        for n in range(POOL * 2):
+            line = {"type": "person.added", "person_id": f"p{n}", "display_name": f"P {n}"}
+            out = await side.record_many("ws", [line], actor="tester")
+            assert [r.status for r in out] == [201], out
+    finally:
+        await pool.close()
+        await nc.close()
+
+
+async def test_terminated_backends_are_replaced_on_checkout(
+    postgres: EmbeddedPostgres, servers: Servers
+) -> None:
+    settings = unique_settings(servers, database_url=postgres.url)
+    pool = make_pool(settings, min_size=POOL, max_size=POOL)
+    await pool.open(wait=True)
+    try:
+        before = await _fill(pool)
+        with psycopg.connect(postgres.url, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p)"
+                " t WHERE pg_terminate_backend",
+                (before,),
+            ).fetchone()
+        assert killed == (POOL,)
+        after = await _each_works(pool)
+        assert not set(after) & set(before)
+    finally:
+        await pool.close()
