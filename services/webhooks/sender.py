@@ -215,7 +215,7 @@ class Sender:
         """POST to the checked addresses in the resolver's order, the next one only when a
         connection could not be made (nothing was sent)."""
         body = due.body.encode()
-        sent = headers(due.secret(master_key), due.delivery_id, int(time.time()), body)
+        sent = headers(due.secrets(master_key), due.delivery_id, int(time.time()), body)
         port = httpx.URL(due.url).port
         sent["host"] = target.host if port is None else f"{target.host}:{port}"
         sent["user-agent"] = USER_AGENT

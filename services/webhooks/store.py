@@ -27,7 +27,9 @@ from tieline.plumbing.crypto import seal, unseal
 Row = dict[str, Any]
 
 ENDPOINT_COLS = """endpoint_id, workspace_id, url, kinds, description, created_by, created_at,
-    consecutive_failures, disabled_at, disabled_reason"""
+    consecutive_failures, disabled_at, disabled_reason, secret_rotated_at,
+    CASE WHEN previous_secret_until > now() THEN previous_secret_until END
+        AS previous_secret_until"""
 DELIVERY_COLS = """id, delivery_id, endpoint_id, position, kind, status, attempts,
     next_attempt_at, last_status, last_error, created_at, delivered_at, body"""
 
@@ -57,6 +59,34 @@ async def create_endpoint(
     )
     row: Row | None = await cur.fetchone()
     assert row is not None
+    return row
+
+
+async def rotate_secret(
+    conn: AsyncConnection[Any],
+    ws: str,
+    endpoint_id: str,
+    secret: str,
+    master_key: bytes,
+    keep_previous_s: float,
+) -> Row | None:
+    """Make ``secret`` the endpoint's signing secret. For ``keep_previous_s`` seconds the
+    secret it replaces signs every attempt too, beside the new one, so a receiver verifies
+    whichever it has while it switches; 0 drops it at once (a leaked secret). A secret that
+    was still kept from an earlier rotation is dropped: only the one just replaced is kept.
+    None when there is no such endpoint in the workspace."""
+    sealed = seal(master_key, secret_purpose(ws, endpoint_id), secret.encode())
+    cur = await conn.execute(
+        f"""UPDATE webhook_endpoints
+               SET previous_secret = CASE WHEN %(keep)s > 0 THEN secret END,
+                   previous_secret_until = CASE WHEN %(keep)s > 0
+                       THEN now() + %(keep)s * interval '1 second' END,
+                   secret = %(sealed)s, secret_rotated_at = now()
+             WHERE workspace_id = %(ws)s AND endpoint_id = %(ep)s
+         RETURNING {ENDPOINT_COLS}""",
+        {"keep": keep_previous_s, "sealed": sealed, "ws": ws, "ep": endpoint_id},
+    )
+    row: Row | None = await cur.fetchone()
     return row
 
 
@@ -235,10 +265,15 @@ class Due:
     due_at: datetime
     lease_until: datetime
     mark: int
+    #: The secret a rotation replaced, while it still signs (None otherwise).
+    sealed_previous: bytes | None = None
 
-    def secret(self, master_key: bytes) -> str:
+    def secrets(self, master_key: bytes) -> list[str]:
+        """The secrets this attempt is signed with: the current one, then the previous one
+        while a rotation keeps it."""
         purpose = secret_purpose(self.workspace_id, self.endpoint_id)
-        return unseal(master_key, purpose, self.sealed_secret).decode()
+        sealed = [self.sealed_secret, *([self.sealed_previous] if self.sealed_previous else [])]
+        return [unseal(master_key, purpose, s).decode() for s in sealed]
 
 
 #: The claim (see :func:`claim_due`): each endpoint's first due rows, the per-endpoint bound
@@ -288,7 +323,9 @@ CLAIM_SQL = """WITH cand AS MATERIALIZED (
     WHERE d.delivery_id = due.delivery_id AND e.endpoint_id = d.endpoint_id
    RETURNING d.delivery_id, d.endpoint_id, d.workspace_id, d.body, d.attempts, d.manual,
              e.url, e.secret, d.next_attempt_at, d.lease_until,
-             e.counted_total AS mark"""
+             e.counted_total AS mark,
+             CASE WHEN e.previous_secret_until > now() THEN e.previous_secret END
+                 AS previous_secret"""
 
 
 async def claim_due(
@@ -336,6 +373,7 @@ async def claim_due(
             r["next_attempt_at"],
             r["lease_until"],
             int(r["mark"]),
+            bytes(r["previous_secret"]) if r["previous_secret"] is not None else None,
         )
         for r in await cur.fetchall()
     ]

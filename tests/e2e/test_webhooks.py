@@ -17,12 +17,14 @@ from typing import Any
 import httpx
 import pytest
 from psycopg import AsyncConnection
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from tieline.plumbing.config import Settings
 from tieline.projections.changelog import cadence_bands
 from tieline.services.runtime.supervisor import Stack
+from tieline.services.webhooks.signing import new_secret
 
 from tests.e2e.conftest import LIVE_ENV, make_token
-from tests.e2e.receiver import Receiver
+from tests.e2e.receiver import Received, Receiver
 from tests.e2e.sse import open_stream
 
 BACKOFF = float(LIVE_ENV["TIELINE_WEBHOOK_BACKOFF_S"])
@@ -104,7 +106,7 @@ async def test_signed_deliveries_retry_disable_and_redeliver(
         await admin.ok("GET", "/webhooks"),
         await admin.ok("GET", f"/webhooks/{endpoint}"),
     ):
-        assert made["secret"] not in str(shown) and "secret" not in str(shown)
+        assert made["secret"] not in str(shown) and "'secret'" not in str(shown)
     await _secret_is_sealed(live_stack[1], made["secret"])
 
     # Three failures on purpose, then success: four attempts of one message.
@@ -190,8 +192,10 @@ async def _secret_is_sealed(settings: Settings, secret: str) -> None:
     try:
         cur = await conn.execute(
             f'SELECT count(*) FROM "{settings.database_schema}".webhook_endpoints '
-            "WHERE position(%s in secret) > 0 OR position(%s in secret) > 0",
-            (secret.encode(), secret.removeprefix("whsec_").encode()),
+            "WHERE position(%s in secret) > 0 OR position(%s in secret) > 0 "
+            "OR position(%s in coalesce(previous_secret, '')) > 0 "
+            "OR position(%s in coalesce(previous_secret, '')) > 0",
+            (secret.encode(), secret.removeprefix("whsec_").encode()) * 2,
         )
         row = await cur.fetchone()
         assert row is not None and row[0] == 0
@@ -225,6 +229,66 @@ async def test_follow_up_due_reaches_stream_and_webhook(admin: Admin, receiver: 
     assert hook.verified is not None and hook.verified["type"] == "follow_up.due"
     assert hook.verified["data"]["position"] == due.id
     await stream.aclose()
+
+
+def _signed_by(got: Received, *secrets: str) -> list[bool]:
+    """Whether the reference implementation verifies ``got`` with each of ``secrets``."""
+    out = []
+    for secret in secrets:
+        try:
+            Webhook(secret).verify(got.body, got.headers)
+            out.append(True)
+        except WebhookVerificationError:
+            out.append(False)
+    return out
+
+
+async def test_a_rotated_secret_signs_beside_the_old_one_until_it_is_dropped(
+    admin: Admin, receiver: Receiver, live_stack: tuple[Stack, Settings]
+) -> None:
+    await admin.people("ada", "grace", "linus")
+    made = await admin.ok(
+        "POST", "/webhooks", json={"url": receiver.url, "kinds": ["event.recorded"]}
+    )
+    endpoint, old = made["endpoint_id"], made["secret"]
+    assert made["secret_rotated_at"] is None and made["previous_secret_until"] is None
+    await admin.met("ada", "grace")
+    [before] = await receiver.wait_for(1)
+    assert _signed_by(before, old) == [True]
+
+    rotated = await admin.ok("POST", f"/webhooks/{endpoint}/rotate-secret")
+    new = rotated["secret"]
+    assert new.startswith("whsec_") and new != old
+    kept = datetime.fromisoformat(rotated["previous_secret_until"])
+    assert timedelta(hours=23) < kept - datetime.now(UTC) <= timedelta(days=1)
+    shown = await admin.ok("GET", f"/webhooks/{endpoint}")
+    assert shown["previous_secret_until"] == rotated["previous_secret_until"]
+    assert shown["secret_rotated_at"] and "secret" not in shown and new not in str(shown)
+    await _secret_is_sealed(live_stack[1], old)
+    await _secret_is_sealed(live_stack[1], new)
+    await admin.met("ada", "linus")
+    [during] = (await receiver.wait_for(2))[1:]
+    assert len(during.headers["webhook-signature"].split(" ")) == 2
+    assert _signed_by(during, new, old, new_secret()) == [True, True, False]
+
+    # A leaked secret: rotated again without keeping the one replaced. Neither old secret signs.
+    leaked = await admin.ok(
+        "POST", f"/webhooks/{endpoint}/rotate-secret", json={"keep_previous_s": 0}
+    )
+    assert leaked["previous_secret_until"] is None
+    await admin.met("grace", "linus")
+    [after] = (await receiver.wait_for(3))[2:]
+    assert len(after.headers["webhook-signature"].split(" ")) == 1
+    assert _signed_by(after, leaked["secret"], new, old) == [True, False, False]
+
+    for bad in ({"keep_previous_s": -1}, {"keep_previous_s": 8 * 86400}, {"keep": 5}):
+        r = await admin.call("POST", f"/webhooks/{endpoint}/rotate-secret", json=bad)
+        assert r.status_code == 422 and "keep" in r.text, r.text
+    other = Admin(admin.client, f"ws-{uuid.uuid4().hex[:12]}", admin.token)
+    r = await other.call("POST", f"/webhooks/{endpoint}/rotate-secret")
+    assert r.status_code in (401, 403, 404), r.text  # another workspace's endpoint
+    mine = await admin.ok("GET", f"/webhooks/{endpoint}")
+    assert mine["secret_rotated_at"] == leaked["secret_rotated_at"]  # not rotated by it
 
 
 @pytest.mark.parametrize(

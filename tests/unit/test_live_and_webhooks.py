@@ -9,7 +9,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from tieline.events_schema.registry import REGISTRY
 from tieline.plumbing.config import Settings
 from tieline.projections.changelog import HORIZON, Cause, ChangeLog
@@ -106,11 +106,28 @@ def test_signatures_verify_with_the_reference_implementation() -> None:
     assert secret.startswith("whsec_") and len(base64.b64decode(secret[6:])) == 32
     body = b'{"type":"relationship.changed","timestamp":"2026-01-01T00:00:00Z","data":{}}'
     now = int(datetime.now(UTC).timestamp())
-    sent = headers(secret, "msg_abc", now, body)
+    sent = headers([secret], "msg_abc", now, body)
     assert Webhook(secret).verify(body, sent) == json.loads(body)
     ref = Webhook(secret).sign("msg_abc", datetime.fromtimestamp(now, UTC), body.decode())
     assert sent["webhook-signature"] == ref == signature(secret, "msg_abc", now, body)
     assert signature(new_secret(), "msg_abc", now, body) != ref
+
+
+def test_during_a_rotation_either_secret_verifies_and_no_other() -> None:
+    new, old, other = new_secret(), new_secret(), new_secret()
+    body = b'{"type":"event.recorded","timestamp":"2026-01-01T00:00:00Z","data":{}}'
+    now = int(datetime.now(UTC).timestamp())
+    sent = headers([new, old], "msg_rot", now, body)
+    first, second = sent["webhook-signature"].split(" ")
+    assert first == signature(new, "msg_rot", now, body)  # the current secret's first
+    assert second == signature(old, "msg_rot", now, body)
+    for secret in (new, old):  # the reference receiver tries each signature of the list
+        assert Webhook(secret).verify(body, sent) == json.loads(body)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(other).verify(body, sent)
+    for wrong in ([], new):  # a bare str would be signed letter by letter
+        with pytest.raises(ValueError, match="list of one or more secrets"):
+            headers(wrong, "msg_rot", now, body)
 
 
 def test_retry_waits_grow_exponentially_with_bounded_jitter() -> None:

@@ -1,5 +1,6 @@
 """Signed webhooks (admin): register endpoints, list and inspect them, read each one's
-delivery log, redeliver a delivery, enable a disabled endpoint, delete. Deliveries are sent by
+delivery log, redeliver a delivery, enable a disabled endpoint, rotate an endpoint's secret,
+delete. Deliveries are sent by
 the ``webhooks`` process (services/webhooks/app.py) as the Standard Webhooks spec describes."""
 
 from __future__ import annotations
@@ -67,12 +68,36 @@ class Endpoint(BaseModel):
     consecutive_failures: int
     disabled_at: datetime | None
     disabled_reason: str | None
+    secret_rotated_at: datetime | None = Field(
+        description="When the signing secret was last rotated (null: never)"
+    )
+    previous_secret_until: datetime | None = Field(
+        description="Until when the secret a rotation replaced still signs every attempt, "
+        "beside the current one (null: it no longer does)"
+    )
 
 
 class EndpointCreated(Endpoint):
-    """The new endpoint with its signing secret: shown here only, never again."""
+    """The endpoint with its new signing secret: shown here only, never again."""
 
     secret: str = Field(description="whsec_...: verify webhook-signature with it")
+
+
+#: How long a rotation may keep the previous secret signing: at most a week.
+KEEP_MAX_S = 7 * 24 * 3600
+
+
+class RotateIn(BaseModel):
+    """How long the secret being replaced keeps signing beside the new one."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}]})
+    keep_previous_s: int = Field(
+        default=24 * 3600,
+        ge=0,
+        le=KEEP_MAX_S,
+        description="Seconds the replaced secret keeps signing (default a day; 0 stops it at "
+        "once, for a secret that leaked)",
+    )
 
 
 class Attempt(BaseModel):
@@ -189,6 +214,28 @@ async def enable(ws: WS, endpoint_id: EndpointId, who: Admin, rt: RT) -> Endpoin
     if row is None:
         raise ApiError(404, "no such webhook endpoint in this workspace")
     return Endpoint(**row)
+
+
+@router.post(
+    "/v1/workspaces/{ws}/webhooks/{endpoint_id}/rotate-secret",
+    tags=["webhooks"],
+    responses=AUTH | problems(404, 503),
+)
+async def rotate_secret(
+    ws: WS, endpoint_id: EndpointId, who: Admin, rt: RT, body: RotateIn | None = None
+) -> EndpointCreated:
+    """Give the endpoint a new signing secret, shown in this answer only. Until
+    ``previous_secret_until`` every attempt is signed with the new and the replaced secret
+    (``webhook-signature: v1,<new> v1,<old>``), so the receiver accepts either while it
+    switches; no delivery is refused for the change. Rotating again drops the older one."""
+    key = _master_key(rt)
+    keep = (body or RotateIn()).keep_previous_s
+    secret = new_secret()
+    async with rt.connections.connection() as conn:
+        row = await store.rotate_secret(conn, ws, endpoint_id, secret, key, keep)
+    if row is None:
+        raise ApiError(404, "no such webhook endpoint in this workspace")
+    return EndpointCreated(**row, secret=secret)
 
 
 @router.get(
