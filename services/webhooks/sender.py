@@ -58,6 +58,12 @@ log = structlog.get_logger(__name__)
 USER_AGENT = "tieline-webhooks/1"
 #: Answers after which the receiver asked for quiet: their Retry-After holds the endpoint.
 PAUSING = (429, 503)
+#: How long connecting to an address that is not the host's last may take before the next
+#: one is tried. Without it an address that drops packets (a broken IPv6 route, a firewall)
+#: took the attempt's whole time and the working address after it was never reached.
+#: Happy Eyeballs (RFC 8305) races addresses 250 ms apart; tried one at a time we wait
+#: longer, for a path that lost a SYN or two (Linux resends at 1 s and 3 s).
+NEXT_ADDRESS_AFTER_S = 3.0
 
 
 def policy_of(settings: Settings) -> Policy:
@@ -213,19 +219,23 @@ class Sender:
         self, due: store.Due, target: Target, master_key: bytes
     ) -> tuple[int, float | None]:
         """POST to the checked addresses in the resolver's order, the next one only when a
-        connection could not be made (nothing was sent)."""
+        connection could not be made (nothing was sent): refused, or not made within
+        :data:`NEXT_ADDRESS_AFTER_S` (the last address has the attempt's whole time)."""
         body = due.body.encode()
         sent = headers(due.secrets(master_key), due.delivery_id, int(time.time()), body)
         port = httpx.URL(due.url).port
         sent["host"] = target.host if port is None else f"{target.host}:{port}"
         sent["user-agent"] = USER_AGENT
+        bound = self.settings.webhook_timeout_s
         for n, address in enumerate(target.addresses, start=1):
+            connect = bound if n == len(target.addresses) else min(NEXT_ADDRESS_AFTER_S, bound / 2)
             try:
                 async with self.client.stream(
                     "POST",
                     target.url_for(address),
                     content=body,
                     headers=sent,
+                    timeout=httpx.Timeout(bound, connect=connect),
                     extensions={"sni_hostname": target.host},
                 ) as response:
                     return response.status_code, retry_after(response)

@@ -10,6 +10,8 @@ import asyncio
 import base64
 import contextlib
 import os
+import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,7 +23,7 @@ from tieline.plumbing.config import Settings
 from tieline.plumbing.state import ensure_state_schema
 from tieline.services.webhooks import store
 from tieline.services.webhooks.app import WebhookService
-from tieline.services.webhooks.sender import Sender
+from tieline.services.webhooks.sender import NEXT_ADDRESS_AFTER_S, Sender
 from tieline.services.webhooks.signing import new_secret
 
 from tests.conftest import Servers, unique_settings
@@ -307,6 +309,51 @@ async def test_the_next_address_is_tried_when_one_refuses_the_connection(
         finally:
             await sender.close()
         assert (await h.delivery(delivery))["status"] == "succeeded"
+        [arrived] = await receiver.wait_for(1)
+        assert arrived.webhook_id == delivery
+
+
+async def test_an_address_that_drops_connections_does_not_use_up_the_attempt(
+    servers: Servers,
+) -> None:
+    """The first of the name's addresses accepts nothing and refuses nothing (a listener on
+    127.0.0.2 whose accept queue is full: the kernel drops further SYNs, as a broken route
+    does): the attempt moves on to the second within NEXT_ADDRESS_AFTER_S, well inside its
+    time, and succeeds. It used to wait the whole attempt's time on the first and fail."""
+    settings = hook_settings(servers, webhook_timeout_s=10.0)
+    async with hooks_on(settings) as h, receiving() as receiver:
+        port = int(receiver.url.split(":")[2].split("/")[0])
+        with socket.socket() as hole:
+            hole.bind(("127.0.0.2", port))
+            hole.listen(0)
+            filler = socket.create_connection(("127.0.0.2", port), timeout=2)  # queue full
+            try:
+                with pytest.raises(TimeoutError):  # what every later connect meets
+                    socket.create_connection(("127.0.0.2", port), timeout=0.5).close()
+
+                async def resolve(host: str, port: int) -> list[str]:
+                    return ["127.0.0.2", "127.0.0.1"]
+
+                sender = Sender(h.settings, h.pool, h.sender.master_key, resolve)
+                try:
+                    endpoint = await h.endpoint(receiver)
+                    async with h.pool.connection() as conn:
+                        await conn.execute(
+                            "UPDATE webhook_endpoints SET url = %s WHERE endpoint_id = %s",
+                            (f"http://hooks.test:{port}/hook", endpoint),
+                        )
+                    [delivery] = await h.enqueue(endpoint)
+                    [due] = await h.claim()
+                    started = time.monotonic()
+                    await sender.attempt(due)
+                    took = time.monotonic() - started
+                finally:
+                    await sender.close()
+            finally:
+                filler.close()
+        row = await h.delivery(delivery)
+        assert row["status"] == "succeeded", row
+        assert NEXT_ADDRESS_AFTER_S * 0.9 <= took < settings.webhook_timeout_s, took
         [arrived] = await receiver.wait_for(1)
         assert arrived.webhook_id == delivery
 
