@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import idna
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: Resolves (host, port) to its addresses (the default asks the system resolver).
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -159,6 +161,21 @@ def check_address(address: str, policy: Policy) -> None:
     )
 
 
+def a_label(host: str) -> str:
+    """An internationalized host name as the DNS and the receiver know it: its A-labels
+    (``bücher.example`` -> ``xn--bcher-kva.example``), by IDNA 2008 with the UTS #46 mapping,
+    as browsers and httpx encode it. Left to Python, ``getaddrinfo`` would encode it by
+    IDNA 2003, which maps some names onto *other* domains (``faß.de`` -> ``fass.de``), and
+    the Host header and TLS name would carry the raw text, which HTTP cannot. ASCII names are
+    only lower-cased (IDNA 2008 refuses the underscores some of them have)."""
+    if host.isascii():
+        return host.lower()
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise UrlRefused(f"url: host {host!r} is not a valid domain name ({exc})") from exc
+
+
 def check_syntax(url: str, policy: Policy) -> tuple[str, str, int]:
     """(scheme, host, port) of a URL that may receive webhooks, judged on its text alone."""
     parts = urlsplit(url)
@@ -174,6 +191,7 @@ def check_syntax(url: str, policy: Policy) -> tuple[str, str, int]:
     host = (parts.hostname or "").rstrip(".")
     if not host:
         raise UrlRefused("url: has no host")
+    host = a_label(host)
     if scheme == "http" and not policy.allow_loopback:
         raise UrlRefused("url: must be an https URL (plain http only to loopback, when allowed)")
     return scheme, host, port or (443 if scheme == "https" else 80)

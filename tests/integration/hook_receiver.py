@@ -17,6 +17,7 @@ class Arrived:
 
     webhook_id: str
     body: bytes
+    host: str = ""  # the Host header
 
 
 @dataclass
@@ -70,7 +71,9 @@ class HookReceiver:
             )
             body = await reader.readexactly(int(fields.get("content-length", "0")))
             async with self._changed:
-                self.requests.append(Arrived(fields.get("webhook-id", ""), body))
+                self.requests.append(
+                    Arrived(fields.get("webhook-id", ""), body, fields.get("host", ""))
+                )
                 self.open_now += 1
                 counted = True
                 self.most_open = max(self.most_open, self.open_now)

@@ -313,6 +313,37 @@ async def test_the_next_address_is_tried_when_one_refuses_the_connection(
         assert arrived.webhook_id == delivery
 
 
+async def test_an_internationalized_host_is_sent_as_its_a_labels(servers: Servers) -> None:
+    """``faß.test``: resolved and sent (Host header) as IDNA 2008's ``xn--fa-hia.test``, the
+    name browsers use. Python's own encoding (IDNA 2003) would have looked up ``fass.test``,
+    another domain, and the raw name could not go into the Host header."""
+    async with hooks_on(hook_settings(servers)) as h, receiving() as receiver:
+        port = receiver.url.split(":")[2].split("/")[0]
+        asked: list[str] = []
+
+        async def resolve(host: str, port: int) -> list[str]:
+            asked.append(host)
+            return ["127.0.0.1"]
+
+        sender = Sender(h.settings, h.pool, h.sender.master_key, resolve)
+        try:
+            endpoint = await h.endpoint(receiver)
+            async with h.pool.connection() as conn:
+                await conn.execute(
+                    "UPDATE webhook_endpoints SET url = %s WHERE endpoint_id = %s",
+                    (f"http://Faß.test:{port}/hook", endpoint),
+                )
+            [delivery] = await h.enqueue(endpoint)
+            [due] = await h.claim()
+            await sender.attempt(due)
+        finally:
+            await sender.close()
+        assert asked == ["xn--fa-hia.test"]
+        assert (await h.delivery(delivery))["status"] == "succeeded"
+        [arrived] = await receiver.wait_for(1)
+        assert arrived.host == f"xn--fa-hia.test:{port}"
+
+
 async def test_an_address_that_drops_connections_does_not_use_up_the_attempt(
     servers: Servers,
 ) -> None:

@@ -66,6 +66,37 @@ async def test_a_name_the_resolver_cannot_encode_does_not_resolve() -> None:
         await check_url("https://" + "a" * 64 + ".example.org/", Policy(), system_resolver)
 
 
+@pytest.mark.parametrize(
+    ("url", "asked"),
+    [
+        ("https://bücher.example/in", "xn--bcher-kva.example"),
+        ("https://BÜCHER.Example./in", "xn--bcher-kva.example"),  # UTS 46 maps case
+        ("https://faß.de/in", "xn--fa-hia.de"),  # IDNA 2003 would ask for fass.de
+        ("https://xn--bcher-kva.example/in", "xn--bcher-kva.example"),
+        ("https://Hooks.Example.ORG/in", "hooks.example.org"),
+        ("https://my_host.example.org/in", "my_host.example.org"),  # ASCII left alone
+    ],
+)
+async def test_hosts_are_resolved_and_sent_by_their_a_labels(url: str, asked: str) -> None:
+    seen: list[str] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        seen.append(host)
+        return ["93.184.216.34"]
+
+    t = await check_url(url, Policy(), resolve)
+    assert seen == [asked] and t.host == asked
+
+
+@pytest.mark.parametrize("host", ["☃.net", "exa\u200dmple.com", "-bad.ünï.example"])
+async def test_a_name_that_is_no_valid_idn_is_refused_before_resolving(host: str) -> None:
+    async def resolve(host: str, port: int) -> list[str]:
+        raise AssertionError("not to be resolved")
+
+    with pytest.raises(UrlRefused, match="not a valid domain name"):
+        await check_url(f"https://{host}/in", Policy(), resolve)
+
+
 async def test_addresses_are_kept_in_the_resolvers_order() -> None:
     async def resolve(host: str, port: int) -> list[str]:
         del host, port
