@@ -83,9 +83,7 @@ def _has_input(fileno: int) -> bool:
 
 
 async def check_on_checkout(conn: AsyncConnection[Any]) -> None:
-    """The pool's check before it hands out a connection: raises when the connection is dead,
-    so the pool drops it and hands out another (a new one if need be) instead of the caller's
-    command failing with 503.
+    """Raises when ``conn``, idle in a pool, is dead; returns when it is usable.
 
     An idle connection has nothing to read. When the server ends its side (a restart, a
     fast or immediate shutdown, a failover that kills the old primary's backends, an
@@ -103,6 +101,30 @@ async def check_on_checkout(conn: AsyncConnection[Any]) -> None:
         await AsyncConnectionPool.check_connection(conn)
 
 
+def checkout_check(
+    pool: Callable[[], AsyncConnectionPool[Any] | None],
+) -> Callable[[AsyncConnection[Any]], Awaitable[None]]:
+    """The pool's check before it hands out a connection (psycopg_pool's ``check``): a dead
+    connection is dropped and another handed out, instead of the caller's command failing
+    with 503 (:func:`check_on_checkout`).
+
+    A dead connection rarely comes alone: after a restart every idle one is dead. psycopg_pool
+    waits before trying the next one, 1 s, 2 s, 4 s, ... and a request behind five dead
+    connections ran out of the pool's 10 s. So the first dead one found has every idle
+    connection of ``pool()`` checked at once (``pool.check()``: the dead are replaced), and
+    the request's next try gets a live or a new connection."""
+
+    async def check(conn: AsyncConnection[Any]) -> None:
+        try:
+            await check_on_checkout(conn)
+        except Exception:
+            if (owner := pool()) is not None:
+                await owner.check()
+            raise
+
+    return check
+
+
 def make_pool(
     settings: Settings,
     *,
@@ -116,13 +138,14 @@ def make_pool(
     return before their WAL is flushed (a crash of PostgreSQL itself may lose the last fraction
     of a second of them, never corrupt anything): only for records that may be lost that way.
     ``configure`` runs once on each new connection (psycopg_pool's hook); every checkout is
-    checked by :func:`check_on_checkout`."""
+    checked (:func:`checkout_check`)."""
     kwargs = conninfo_kwargs(settings, rm_schema)
     if not synchronous_commit:
         kwargs["options"] += " -c synchronous_commit=off"
     kwargs["autocommit"] = True
     kwargs["row_factory"] = dict_row
-    return AsyncConnectionPool(
+    made: list[AsyncConnectionPool[Any]] = []
+    pool = AsyncConnectionPool(
         settings.database_url,
         kwargs=kwargs,
         min_size=min_size,
@@ -130,5 +153,7 @@ def make_pool(
         open=False,
         timeout=10,
         configure=configure,
-        check=check_on_checkout,
+        check=checkout_check(lambda: made[0] if made else None),
     )
+    made.append(pool)
+    return pool

@@ -21,7 +21,9 @@ from tieline.services.service_app import PEOPLE_TYPES, start_write_side
 
 from tests.conftest import Servers, unique_settings
 
-POOL = 4
+#: More dead connections than psycopg_pool's waits between checks (0, 1, 2, 4, 8 s) fit in
+#: its 10 s: a check that only dropped the dead one in hand let a request time out (503).
+POOL = 8
 
 
 async def _fill(pool: AsyncConnectionPool[Any]) -> list[int]:
