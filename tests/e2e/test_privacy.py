@@ -138,6 +138,7 @@ KNOWN_WS_ROUTES = {
     ("GET", "/v1/workspaces/{ws}/webhooks/{endpoint_id}"),
     ("DELETE", "/v1/workspaces/{ws}/webhooks/{endpoint_id}"),
     ("POST", "/v1/workspaces/{ws}/webhooks/{endpoint_id}/enable"),
+    ("POST", "/v1/workspaces/{ws}/webhooks/{endpoint_id}/rotate-secret"),
     ("GET", "/v1/workspaces/{ws}/webhooks/{endpoint_id}/deliveries"),
     ("POST", "/v1/workspaces/{ws}/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver"),
     ("GET", "/v1/workspaces/{ws}/people/duplicates"),

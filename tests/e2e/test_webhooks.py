@@ -251,12 +251,18 @@ async def test_a_rotated_secret_signs_beside_the_old_one_until_it_is_dropped(
         "POST", "/webhooks", json={"url": receiver.url, "kinds": ["event.recorded"]}
     )
     endpoint, old = made["endpoint_id"], made["secret"]
+    rotate = f"/webhooks/{endpoint}/rotate-secret"
     assert made["secret_rotated_at"] is None and made["previous_secret_until"] is None
     await admin.met("ada", "grace")
     [before] = await receiver.wait_for(1)
     assert _signed_by(before, old) == [True]
 
-    rotated = await admin.ok("POST", f"/webhooks/{endpoint}/rotate-secret")
+    # Two rotations at once: one wins, the other is refused (it would drop the old secret).
+    both = await asyncio.gather(admin.call("POST", rotate), admin.call("POST", rotate))
+    assert sorted(r.status_code for r in both) == [200, 409], [r.text for r in both]
+    rotated = next(r.json() for r in both if r.status_code == 200)
+    refused = next(r for r in both if r.status_code == 409)
+    assert "rotation is in progress" in refused.text and "replace_new" in refused.text
     new = rotated["secret"]
     assert new.startswith("whsec_") and new != old
     kept = datetime.fromisoformat(rotated["previous_secret_until"])
@@ -271,21 +277,35 @@ async def test_a_rotated_secret_signs_beside_the_old_one_until_it_is_dropped(
     assert len(during.headers["webhook-signature"].split(" ")) == 2
     assert _signed_by(during, new, old, new_secret()) == [True, True, False]
 
-    # A leaked secret: rotated again without keeping the one replaced. Neither old secret signs.
-    leaked = await admin.ok(
-        "POST", f"/webhooks/{endpoint}/rotate-secret", json={"keep_previous_s": 0}
-    )
-    assert leaked["previous_secret_until"] is None
+    # The new secret's answer was lost: replace it; the old one keeps signing as before.
+    again = await admin.ok("POST", rotate, json={"replace_new": True})
+    assert again["previous_secret_until"] == rotated["previous_secret_until"]
     await admin.met("grace", "linus")
-    [after] = (await receiver.wait_for(3))[2:]
-    assert len(after.headers["webhook-signature"].split(" ")) == 1
-    assert _signed_by(after, leaked["secret"], new, old) == [True, False, False]
+    [replaced] = (await receiver.wait_for(3))[2:]
+    assert _signed_by(replaced, again["secret"], old, new) == [True, True, False]
 
-    for bad in ({"keep_previous_s": -1}, {"keep_previous_s": 8 * 86400}, {"keep": 5}):
-        r = await admin.call("POST", f"/webhooks/{endpoint}/rotate-secret", json=bad)
-        assert r.status_code == 422 and "keep" in r.text, r.text
+    # A leaked secret: rotated again without keeping any other. Neither old secret signs.
+    leaked = await admin.ok("POST", rotate, json={"keep_previous_s": 0})
+    assert leaked["previous_secret_until"] is None
+    await admin.met("ada", "grace")
+    [after] = (await receiver.wait_for(4))[3:]
+    assert len(after.headers["webhook-signature"].split(" ")) == 1
+    assert _signed_by(after, leaked["secret"], again["secret"], old) == [True, False, False]
+    r = await admin.call("POST", rotate, json={"replace_new": True})
+    assert r.status_code == 409 and "no rotation is in progress" in r.text, r.text
+
+    for bad in (
+        {"keep_previous_s": -1},
+        {"keep_previous_s": 8 * 86400},
+        {"keep_previous_s": True},  # not 1 s
+        {"keep_previous_s": "3600"},
+        {"replace_new": True, "keep_previous_s": 60},
+        {"keep": 5},
+    ):
+        r = await admin.call("POST", rotate, json=bad)
+        assert r.status_code == 422 and "keep" in r.text, (bad, r.text)
     other = Admin(admin.client, f"ws-{uuid.uuid4().hex[:12]}", admin.token)
-    r = await other.call("POST", f"/webhooks/{endpoint}/rotate-secret")
+    r = await other.call("POST", rotate)
     assert r.status_code in (401, 403, 404), r.text  # another workspace's endpoint
     mine = await admin.ok("GET", f"/webhooks/{endpoint}")
     assert mine["secret_rotated_at"] == leaked["secret_rotated_at"]  # not rotated by it

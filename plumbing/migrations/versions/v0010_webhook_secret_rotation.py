@@ -8,7 +8,9 @@ Revises: 0009
 Create Date: 2026-12-03
 
 Only columns are added: a webhooks process of the previous release keeps signing with the
-current secret and never reads them, so it may run while this migrates.
+current secret and never reads them, so it may run while this migrates. It signs with the
+current secret only, though: rotate no secret until every webhooks process runs this
+release (docs/operations.md, upgrading across 0010).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 from tieline.plumbing.crypto import master_key_from_env
 from tieline.projections.changelog import KINDS
 from tieline.services.api.deps import RT, WS, Admin
@@ -88,16 +88,27 @@ KEEP_MAX_S = 7 * 24 * 3600
 
 
 class RotateIn(BaseModel):
-    """How long the secret being replaced keeps signing beside the new one."""
+    """How the rotation treats the secrets that sign now."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}]})
-    keep_previous_s: int = Field(
+    keep_previous_s: StrictInt = Field(
         default=24 * 3600,
         ge=0,
         le=KEEP_MAX_S,
-        description="Seconds the replaced secret keeps signing (default a day; 0 stops it at "
-        "once, for a secret that leaked)",
+        description="Seconds the replaced secret keeps signing beside the new one (default a "
+        "day); 0 stops every other secret at once, for a secret that leaked",
     )
+    replace_new: StrictBool = Field(
+        default=False,
+        description="During a rotation only: replace the new secret (its answer was lost, or "
+        "it is not wanted); the old one keeps signing until its time",
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> RotateIn:
+        if self.replace_new and "keep_previous_s" in self.model_fields_set:
+            raise ValueError("replace_new keeps the old secret's time; leave keep_previous_s out")
+        return self
 
 
 class Attempt(BaseModel):
@@ -219,7 +230,7 @@ async def enable(ws: WS, endpoint_id: EndpointId, who: Admin, rt: RT) -> Endpoin
 @router.post(
     "/v1/workspaces/{ws}/webhooks/{endpoint_id}/rotate-secret",
     tags=["webhooks"],
-    responses=AUTH | problems(404, 503),
+    responses=AUTH | problems(404, 409, 503),
 )
 async def rotate_secret(
     ws: WS, endpoint_id: EndpointId, who: Admin, rt: RT, body: RotateIn | None = None
@@ -227,12 +238,19 @@ async def rotate_secret(
     """Give the endpoint a new signing secret, shown in this answer only. Until
     ``previous_secret_until`` every attempt is signed with the new and the replaced secret
     (``webhook-signature: v1,<new> v1,<old>``), so the receiver accepts either while it
-    switches; no delivery is refused for the change. Rotating again drops the older one."""
+    switches; no delivery is refused for the change. While that lasts another rotation is
+    refused (409), unless it replaces only the new secret (``replace_new``) or drops every
+    other one (``keep_previous_s`` 0)."""
     key = _master_key(rt)
-    keep = (body or RotateIn()).keep_previous_s
+    asked = body or RotateIn()
     secret = new_secret()
     async with rt.connections.connection() as conn:
-        row = await store.rotate_secret(conn, ws, endpoint_id, secret, key, keep)
+        try:
+            row = await store.rotate_secret(
+                conn, ws, endpoint_id, secret, key, asked.keep_previous_s, asked.replace_new
+            )
+        except store.RotationRefused as exc:
+            raise ApiError(409, str(exc)) from exc
     if row is None:
         raise ApiError(404, "no such webhook endpoint in this workspace")
     return EndpointCreated(**row, secret=secret)
