@@ -255,8 +255,11 @@ def combine(
     if episodes <= 0:
         return 0.0  # no contact: nothing to go on
     if params.log_center == 0.0 and params.log_scale == 1.0 and not params.neighbour_weight:
-        # momentum-2026.1's own arithmetic, so its stored versions read back bit for bit
-        m = math.pow(episodes, params.episode_exponent) * (eps / (g + eps))
+        # momentum-2026.1's own arithmetic, so its stored versions read back bit for bit. g < 0
+        # only for a contact dated ahead of the clock (accepted within max_future_skew_s) read
+        # now from the stored row: as if just now (eps / (g + eps) went negative, or divided
+        # by zero, for a set with eps of a minute, and the score left 0-100).
+        m = math.pow(episodes, params.episode_exponent) * (eps / (max(g, 0.0) + eps))
         m *= math.pow(eps / (max(h, 0.0) + eps), params.activity_weight)
         if params.partner_activity_weight:
             other = max(h if h2 is None else h2, 0.0)
