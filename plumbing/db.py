@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 from collections.abc import Awaitable, Callable
@@ -101,6 +102,15 @@ async def check_on_checkout(conn: AsyncConnection[Any]) -> None:
         await AsyncConnectionPool.check_connection(conn)
 
 
+def _swept(sweeps: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
+    def done(task: asyncio.Task[None]) -> None:
+        sweeps.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a sweep of a closing pool may fail, unwaited
+
+    return done
+
+
 def checkout_check(
     pool: Callable[[], AsyncConnectionPool[Any] | None],
 ) -> Callable[[AsyncConnection[Any]], Awaitable[None]]:
@@ -112,14 +122,23 @@ def checkout_check(
     waits before trying the next one, 1 s, 2 s, 4 s, ... and a request behind five dead
     connections ran out of the pool's 10 s. So the first dead one found has every idle
     connection of ``pool()`` checked at once (``pool.check()``: the dead are replaced), and
-    the request's next try gets a live or a new connection."""
+    the request's next try gets a live or a new connection. One sweep runs at a time."""
+
+    sweeps: set[asyncio.Task[None]] = set()
 
     async def check(conn: AsyncConnection[Any]) -> None:
         try:
             await check_on_checkout(conn)
         except Exception:
-            if (owner := pool()) is not None:
-                await owner.check()
+            if (owner := pool()) is not None and not sweeps:
+                # In a task of its own: pool.check() swallows CancelledError (it is meant for
+                # the pool's workers), so awaited here it would eat the request's cancellation.
+                sweep = asyncio.create_task(owner.check())
+                sweeps.add(sweep)
+                sweep.add_done_callback(_swept(sweeps))
+                # It empties the pool before its first wait: the retry does not meet the
+                # other dead connections, it waits for a checked or a new one.
+                await asyncio.sleep(0)
             raise
 
     return check

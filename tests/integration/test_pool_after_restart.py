@@ -109,3 +109,40 @@ async def test_terminated_backends_are_replaced_on_checkout(
         assert not set(after) & set(before)
     finally:
         await pool.close()
+
+
+async def test_a_checkout_cancelled_while_the_pool_is_checked_is_cancelled(
+    postgres: EmbeddedPostgres, servers: Servers
+) -> None:
+    """The sweep after a dead connection must not swallow the caller's cancellation (an
+    ``asyncio.timeout`` around a request): psycopg_pool's ``check()`` catches CancelledError,
+    and awaited on the request's path the request went on as if nothing had been asked."""
+    settings = unique_settings(servers, database_url=postgres.url)
+    pool = make_pool(settings, min_size=POOL, max_size=POOL)
+    await pool.open(wait=True)
+    try:
+        before = await _fill(pool)
+        with psycopg.connect(postgres.url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (before[0],))
+        outcome: list[str] = []
+
+        async def request() -> None:
+            async with pool.connection() as conn:
+                await conn.execute("SELECT 1")
+            outcome.append("finished")
+
+        for _ in range(POOL):  # until the dead one is met and the sweep has begun
+            task = asyncio.create_task(request())
+            for _ in range(10_000):
+                await asyncio.sleep(0)
+                if task.done() or pool.get_stats().get("pool_available", 0) == 0:
+                    break
+            if not task.done():
+                break
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert outcome.count("finished") < POOL
+        assert len(await _each_works(pool)) == POOL * 2  # and the pool is whole again
+    finally:
+        await pool.close()
