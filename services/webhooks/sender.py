@@ -39,7 +39,9 @@ failure it is the least wait before that delivery's next attempt.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -90,6 +92,30 @@ def disable_span_s(settings: Settings) -> float:
     n = min(settings.webhook_disable_after, settings.webhook_max_attempts)
     base, top = settings.webhook_backoff_s, settings.webhook_backoff_max_s
     return sum(min(base * 2.0 ** min(k, 60), top) for k in range(n - 1))
+
+
+def interleaved(addresses: Sequence[str]) -> list[str]:
+    """The addresses with the two families alternating, the resolver's first family first
+    and each family in the resolver's order (RFC 8305, section 4): getaddrinfo lists every
+    IPv6 address first, and a host whose IPv6 path is broken would cost every one of them
+    its wait before an IPv4 address is tried."""
+    first = ":" in addresses[0] if addresses else False
+    same = [a for a in addresses if (":" in a) == first]
+    other = [a for a in addresses if (":" in a) != first]
+    out: list[str] = []
+    for pair in itertools.zip_longest(same, other):
+        out += [a for a in pair if a is not None]
+    return out
+
+
+def connect_budget(remaining_s: float, addresses_left: int) -> float:
+    """How long connecting to the next address may take: the last one left has all the time
+    that remains; one before it at most :data:`NEXT_ADDRESS_AFTER_S` and no more than an
+    even share, so a long list of addresses that drop packets still leaves the last ones
+    time to be tried."""
+    if addresses_left <= 1:
+        return remaining_s
+    return min(NEXT_ADDRESS_AFTER_S, remaining_s / addresses_left)
 
 
 def per_endpoint(settings: Settings) -> int:
@@ -182,12 +208,14 @@ class Sender:
         wait_hint: float | None = None
         resolving, counts = True, True
         try:
-            async with asyncio.timeout(self.settings.webhook_timeout_s):
+            async with asyncio.timeout(self.settings.webhook_timeout_s) as bound:
                 if self.master_key is None:
                     raise RuntimeError("webhook secrets need TIELINE_MASTER_KEY")
                 target = await check_url(due.url, policy_of(self.settings), self.resolve)
                 resolving = False
-                status, wait_hint = await self._post(due, target, self.master_key)
+                deadline = bound.when()
+                assert deadline is not None  # asyncio.timeout was given a delay
+                status, wait_hint = await self._post(due, target, self.master_key, deadline)
             if not 200 <= status < 300:
                 error = f"HTTP {status}" + (
                     " (redirects are not followed)" if 300 <= status < 400 else ""
@@ -216,31 +244,34 @@ class Sender:
         )
 
     async def _post(
-        self, due: store.Due, target: Target, master_key: bytes
+        self, due: store.Due, target: Target, master_key: bytes, deadline: float
     ) -> tuple[int, float | None]:
-        """POST to the checked addresses in the resolver's order, the next one only when a
-        connection could not be made (nothing was sent): refused, or not made within
-        :data:`NEXT_ADDRESS_AFTER_S` (the last address has the attempt's whole time)."""
+        """POST to the checked addresses, IPv6 and IPv4 interleaved (:func:`interleaved`),
+        the next one only when a connection could not be made (nothing was sent): refused, or
+        not made within its share of the time left (:func:`connect_budget`); ``deadline``:
+        the attempt's end, in the event loop's time."""
         body = due.body.encode()
         sent = headers(due.secrets(master_key), due.delivery_id, int(time.time()), body)
-        port = httpx.URL(due.url).port
+        port = target.template[1]  # as checked (httpx refuses some names IDNA maps)
         sent["host"] = target.host if port is None else f"{target.host}:{port}"
         sent["user-agent"] = USER_AGENT
         bound = self.settings.webhook_timeout_s
-        for n, address in enumerate(target.addresses, start=1):
-            connect = bound if n == len(target.addresses) else min(NEXT_ADDRESS_AFTER_S, bound / 2)
+        order = interleaved(target.addresses)
+        loop = asyncio.get_running_loop()
+        for n, address in enumerate(order, start=1):
+            connect = connect_budget(deadline - loop.time(), len(order) - n + 1)
             try:
                 async with self.client.stream(
                     "POST",
                     target.url_for(address),
                     content=body,
                     headers=sent,
-                    timeout=httpx.Timeout(bound, connect=connect),
+                    timeout=httpx.Timeout(bound, connect=max(connect, 0.001)),
                     extensions={"sni_hostname": target.host},
                 ) as response:
                     return response.status_code, retry_after(response)
             except (httpx.ConnectError, httpx.ConnectTimeout):
-                if n == len(target.addresses):
+                if n == len(order):
                     raise
         raise AssertionError("check_url returns at least one address")
 

@@ -188,10 +188,10 @@ def check_syntax(url: str, policy: Policy) -> tuple[str, str, int]:
         port = parts.port
     except ValueError as exc:
         raise UrlRefused(f"url: {exc}") from exc
-    host = (parts.hostname or "").rstrip(".")
+    # after the A-labels: UTS 46 maps other full stops ("。") to "." first
+    host = a_label(parts.hostname or "").rstrip(".")
     if not host:
         raise UrlRefused("url: has no host")
-    host = a_label(host)
     if scheme == "http" and not policy.allow_loopback:
         raise UrlRefused("url: must be an https URL (plain http only to loopback, when allowed)")
     return scheme, host, port or (443 if scheme == "https" else 80)

@@ -75,6 +75,7 @@ async def test_a_name_the_resolver_cannot_encode_does_not_resolve() -> None:
         ("https://xn--bcher-kva.example/in", "xn--bcher-kva.example"),
         ("https://Hooks.Example.ORG/in", "hooks.example.org"),
         ("https://my_host.example.org/in", "my_host.example.org"),  # ASCII left alone
+        ("https://bücher.example\u3002/in", "xn--bcher-kva.example"),  # ideographic stop
     ],
 )
 async def test_hosts_are_resolved_and_sent_by_their_a_labels(url: str, asked: str) -> None:
@@ -146,3 +147,29 @@ async def test_a_resolver_that_cannot_answer_now_is_our_trouble_not_the_receiver
     with pytest.raises(UrlRefused, match="does not resolve") as missing:
         await check_url("https://hooks.example.com/x", policy, failing(socket.EAI_NONAME))
     assert not missing.value.temporary
+
+
+def test_address_families_alternate_from_the_resolvers_first() -> None:
+    """RFC 8305 section 4: a broken IPv6 path costs one wait before IPv4 is tried, not one
+    per IPv6 address; each family keeps the resolver's order."""
+    from tieline.services.webhooks.sender import interleaved
+
+    six = ["2001:db8::1", "2001:db8::2", "2001:db8::3"]
+    four = ["192.0.2.1", "192.0.2.2"]
+    assert interleaved([*six, *four]) == [
+        "2001:db8::1",
+        "192.0.2.1",
+        "2001:db8::2",
+        "192.0.2.2",
+        "2001:db8::3",
+    ]
+    assert interleaved([*four, *six])[:3] == ["192.0.2.1", "2001:db8::1", "192.0.2.2"]
+    assert interleaved(four) == four and interleaved([]) == []
+
+
+def test_each_address_but_the_last_gets_a_share_of_the_time_left() -> None:
+    from tieline.services.webhooks.sender import NEXT_ADDRESS_AFTER_S, connect_budget
+
+    assert connect_budget(15.0, 2) == NEXT_ADDRESS_AFTER_S  # a few addresses: 3 s each
+    assert connect_budget(15.0, 9) == 15.0 / 9  # many: an even share, the last ones tried
+    assert connect_budget(4.2, 1) == 4.2  # the last has all that is left
