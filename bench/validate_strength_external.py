@@ -11,7 +11,8 @@ hospital's cells were computed for it (docs/strength-model.md §8, "An eleventh 
 * candidates: the eighth look's grid of 3,072 rules (bench/validate_strength_wide.py) and the
   served rule;
 * choice: the largest smallest margin AUC(rule) - AUC(best baseline) on the primary label over
-  the 16 selection cells, then the largest mean;
+  the 16 selection cells, then the largest mean (cells where AUC is undefined, with no
+  positive or no negative label, left out: :func:`informative`);
 * test, once: the chosen rule at the six reported 60% cells, with the paired-bootstrap interval
   (500 resamples) against the best baseline of each;
 * decision: it would become a new momentum parameter set only if its interval is above zero in
@@ -23,6 +24,7 @@ Run: ``python -m bench.validate_strength_external [--bootstrap 500]``. Pure Pyth
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,8 +62,17 @@ def cell(data: DataSet, split: str, share: float, end_share: float | None) -> wi
     return wide.Cell.of(parts, table.labels[PRIMARY], best, table.features[best])
 
 
+def informative(cells: dict[Key, wide.Cell]) -> dict[Key, wide.Cell]:
+    """The cells where AUC is defined: some candidates continue and some do not. (The
+    primary school's earlier time cut-offs fall after the first school day, and their
+    labels end that night: no one meets, every label is negative, every AUC NaN. The first
+    run let NaN into ``min``, whose answer then depends on the order of the list.)"""
+    return {k: c for k, c in cells.items() if not math.isnan(c.best)}
+
+
 def choose(cells: dict[Key, wide.Cell]) -> tuple[wide.Rule, dict[wide.Rule, list[float]]]:
-    """The protocol's choice over ``cells``, and every candidate's margins there."""
+    """The protocol's choice over ``cells`` (the informative ones), and every candidate's
+    margins there."""
     margins = {r: [c.margin(r) for c in cells.values()] for r in (*wide.GRID, wide.SERVED)}
     best = max(wide.GRID, key=lambda r: (min(margins[r]), statistics.mean(margins[r])))
     return best, margins
@@ -89,7 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=500)
     args = parser.parse_args(argv)
     sets = {n: load(n, args.data_dir) for n in (EXTERNAL, *OTHERS)}
-    chosen_on = {(n, s, sh): cell(sets[n], s, sh, e) for n, s, sh, e in selection_keys()}
+    every = {(n, s, sh): cell(sets[n], s, sh, e) for n, s, sh, e in selection_keys()}
+    chosen_on = informative(every)
+    for key in every.keys() - chosen_on.keys():
+        print(f"    left out, AUC undefined: {key[0]}/{key[1]}@{key[2]:.0%}")
     rule, margins = choose(chosen_on)
     print(f"{len(wide.GRID)} rules; chosen on {len(chosen_on)} cells without the hospital")
     for name, r in (("chosen", rule), ("served", wide.SERVED)):

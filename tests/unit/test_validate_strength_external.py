@@ -24,3 +24,16 @@ def test_the_decision_needs_both_hospital_cells_above_zero_and_no_loss() -> None
     assert ext.verdict(tie).startswith("NOT ADOPTED: not above zero on both hospital cells")
     loss = {**win, ("thiers_2012", "time", 0.6): [-0.03, -0.001]}
     assert ext.verdict(loss) == "NOT ADOPTED: below zero in a reported cell"
+
+
+def test_cells_without_a_defined_auc_are_left_out_of_the_choice() -> None:
+    """A cell whose labels are all negative has AUC NaN; left in, ``min`` over margins with
+    NaN answers by the order of the list (the first run's choice was such an artefact)."""
+    from bench import validate_strength_rounds as rounds
+    from bench import validate_strength_wide as wide
+
+    parts = [rounds.Parts(2, 0.1, 0.1, 0.1, 1), rounds.Parts(5, 0.5, 0.2, 0.1, 0)]
+    defined = wide.Cell.of(parts, [True, False], "count", [2.0, 5.0])
+    undefined = wide.Cell.of(parts, [False, False], "count", [2.0, 5.0])
+    cells = {("a", "time", 0.3): undefined, ("a", "time", 0.6): defined}
+    assert list(ext.informative(cells)) == [("a", "time", 0.6)]
