@@ -1,4 +1,5 @@
-"""``python -m bench {all|ingest|projection|rebuild|freshness|queries|peer|scaling|sse} [--quick]``
+"""``python -m bench {all|ingest|projection|rebuild|freshness|queries|peer|scaling|sse|
+webhook_claim} [--quick]``
 (and ``python -m bench report``: the results as Markdown tables)
 
 Each benchmark starts its own servers (embedded NATS and PostgreSQL on free ports in a
@@ -16,7 +17,17 @@ import sys
 import time
 import traceback
 
-NAMES = ("ingest", "projection", "rebuild", "freshness", "queries", "peer", "scaling", "sse")
+NAMES = (
+    "ingest",
+    "projection",
+    "rebuild",
+    "freshness",
+    "queries",
+    "peer",
+    "scaling",
+    "sse",
+    "webhook_claim",
+)
 #: What ``all`` runs: every benchmark with its defaults, except projection (also 1 and 2
 #: partitioned worker processes, unpinned and pinned to 1 and 2 cores, events over 8
 #: workspaces: issue 15's scaling figures) and rebuild (also the worker-built generation

@@ -28,6 +28,7 @@ MODULES = [
     "emmett",
     "scaling",
     "sse",
+    "webhook_claim",
     "whatif",
     "issue15",
     "report",
