@@ -208,12 +208,12 @@ class Sender:
         wait_hint: float | None = None
         resolving, counts = True, True
         try:
-            async with asyncio.timeout(self.settings.webhook_timeout_s) as bound:
+            async with asyncio.timeout(self.settings.webhook_timeout_s) as limit:
                 if self.master_key is None:
                     raise RuntimeError("webhook secrets need TIELINE_MASTER_KEY")
                 target = await check_url(due.url, policy_of(self.settings), self.resolve)
                 resolving = False
-                deadline = bound.when()
+                deadline = limit.when()
                 assert deadline is not None  # asyncio.timeout was given a delay
                 status, wait_hint = await self._post(due, target, self.master_key, deadline)
             if not 200 <= status < 300:
