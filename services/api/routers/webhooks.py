@@ -15,7 +15,7 @@ from tieline.projections.changelog import KINDS
 from tieline.services.api.deps import RT, WS, Admin
 from tieline.services.api.errors import ApiError
 from tieline.services.api.openapi import AUTH, problems
-from tieline.services.webhooks import store
+from tieline.services.webhooks import rotation, store
 from tieline.services.webhooks.sender import policy_of
 from tieline.services.webhooks.signing import new_secret
 from tieline.services.webhooks.ssrf import UrlRefused, check_url
@@ -246,10 +246,10 @@ async def rotate_secret(
     secret = new_secret()
     async with rt.connections.connection() as conn:
         try:
-            row = await store.rotate_secret(
+            row = await rotation.rotate_secret(
                 conn, ws, endpoint_id, secret, key, asked.keep_previous_s, asked.replace_new
             )
-        except store.RotationRefused as exc:
+        except rotation.RotationRefused as exc:
             raise ApiError(409, str(exc)) from exc
     if row is None:
         raise ApiError(404, "no such webhook endpoint in this workspace")
