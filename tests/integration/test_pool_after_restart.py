@@ -9,6 +9,7 @@ machine's or embedded NATS for the write side's commands.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -90,59 +91,59 @@ async def test_a_restarted_server_costs_no_command(
         await nc.close()
 
 
-async def test_terminated_backends_are_replaced_on_checkout(
-    postgres: EmbeddedPostgres, servers: Servers
-) -> None:
+@pytest.fixture
+async def pool(postgres: EmbeddedPostgres, servers: Servers) -> AsyncIterator[Any]:
+    """An open pool of :data:`POOL` connections on the test's own PostgreSQL."""
     settings = unique_settings(servers, database_url=postgres.url)
-    pool = make_pool(settings, min_size=POOL, max_size=POOL)
-    await pool.open(wait=True)
+    opened = make_pool(settings, min_size=POOL, max_size=POOL)
+    await opened.open(wait=True)
     try:
-        before = await _fill(pool)
-        with psycopg.connect(postgres.url, autocommit=True) as admin:
-            killed = admin.execute(
-                "SELECT count(*) FROM (SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p)"
-                " t WHERE pg_terminate_backend",
-                (before,),
-            ).fetchone()
-        assert killed == (POOL,)
-        after = await _each_works(pool)
-        assert not set(after) & set(before)
+        yield opened
     finally:
-        await pool.close()
+        await opened.close()
+
+
+async def test_terminated_backends_are_replaced_on_checkout(
+    postgres: EmbeddedPostgres, pool: AsyncConnectionPool[Any]
+) -> None:
+    before = await _fill(pool)
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p)"
+            " t WHERE pg_terminate_backend",
+            (before,),
+        ).fetchone()
+    assert killed == (POOL,)
+    after = await _each_works(pool)
+    assert not set(after) & set(before)
 
 
 async def test_a_checkout_cancelled_while_the_pool_is_checked_is_cancelled(
-    postgres: EmbeddedPostgres, servers: Servers
+    postgres: EmbeddedPostgres, pool: AsyncConnectionPool[Any]
 ) -> None:
     """The sweep after a dead connection must not swallow the caller's cancellation (an
     ``asyncio.timeout`` around a request): psycopg_pool's ``check()`` catches CancelledError,
     and awaited on the request's path the request went on as if nothing had been asked."""
-    settings = unique_settings(servers, database_url=postgres.url)
-    pool = make_pool(settings, min_size=POOL, max_size=POOL)
-    await pool.open(wait=True)
-    try:
-        before = await _fill(pool)
-        with psycopg.connect(postgres.url, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (before[0],))
-        outcome: list[str] = []
+    before = await _fill(pool)
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (before[0],))
+    outcome: list[str] = []
 
-        async def request() -> None:
-            async with pool.connection() as conn:
-                await conn.execute("SELECT 1")
-            outcome.append("finished")
+    async def request() -> None:
+        async with pool.connection() as conn:
+            await conn.execute("SELECT 1")
+        outcome.append("finished")
 
-        for _ in range(POOL):  # until the dead one is met and the sweep has begun
-            task = asyncio.create_task(request())
-            for _ in range(10_000):
-                await asyncio.sleep(0)
-                if task.done() or pool.get_stats().get("pool_available", 0) == 0:
-                    break
-            if not task.done():
+    for _ in range(POOL):  # until the dead one is met and the sweep has begun
+        task = asyncio.create_task(request())
+        for _ in range(10_000):
+            await asyncio.sleep(0)
+            if task.done() or pool.get_stats().get("pool_available", 0) == 0:
                 break
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert outcome.count("finished") < POOL
-        assert len(await _each_works(pool)) == POOL * 2  # and the pool is whole again
-    finally:
-        await pool.close()
+        if not task.done():
+            break
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert outcome.count("finished") < POOL
+    assert len(await _each_works(pool)) == POOL * 2  # and the pool is whole again

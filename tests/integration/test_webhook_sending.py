@@ -297,19 +297,7 @@ async def test_the_next_address_is_tried_when_one_refuses_the_connection(
             assert host == "hooks.test"
             return ["127.0.0.2", "127.0.0.1"]
 
-        sender = Sender(h.settings, h.pool, h.sender.master_key, resolve)
-        try:
-            endpoint = await h.endpoint(receiver)
-            async with h.pool.connection() as conn:
-                await conn.execute(
-                    "UPDATE webhook_endpoints SET url = %s WHERE endpoint_id = %s",
-                    (f"http://hooks.test:{port}/hook", endpoint),
-                )
-            [delivery] = await h.enqueue(endpoint)
-            [due] = await h.claim()
-            await sender.attempt(due)
-        finally:
-            await sender.close()
+        delivery = await _attempt_by_name(h, receiver, resolve, port)
         assert (await h.delivery(delivery))["status"] == "succeeded"
         [arrived] = await receiver.wait_for(1)
         assert arrived.webhook_id == delivery
@@ -327,19 +315,7 @@ async def test_an_internationalized_host_is_sent_as_its_a_labels(servers: Server
             asked.append(host)
             return ["127.0.0.1"]
 
-        sender = Sender(h.settings, h.pool, h.sender.master_key, resolve)
-        try:
-            endpoint = await h.endpoint(receiver)
-            async with h.pool.connection() as conn:
-                await conn.execute(
-                    "UPDATE webhook_endpoints SET url = %s WHERE endpoint_id = %s",
-                    (f"http://Faß.test:{port}/hook", endpoint),
-                )
-            [delivery] = await h.enqueue(endpoint)
-            [due] = await h.claim()
-            await sender.attempt(due)
-        finally:
-            await sender.close()
+        delivery = await _attempt_by_name(h, receiver, resolve, port, "Faß.test")
         assert asked == ["xn--fa-hia.test"]
         assert (await h.delivery(delivery))["status"] == "succeeded"
         [arrived] = await receiver.wait_for(1)
@@ -357,19 +333,7 @@ async def test_a_host_written_in_fullwidth_letters_is_sent(servers: Servers) -> 
             assert host == "hooks.test"
             return ["127.0.0.1"]
 
-        sender = Sender(h.settings, h.pool, h.sender.master_key, resolve)
-        try:
-            endpoint = await h.endpoint(receiver)
-            async with h.pool.connection() as conn:
-                await conn.execute(
-                    "UPDATE webhook_endpoints SET url = %s WHERE endpoint_id = %s",
-                    (f"http://{FULLWIDTH_HOOKS}.test:{port}/hook", endpoint),
-                )
-            [delivery] = await h.enqueue(endpoint)
-            [due] = await h.claim()
-            await sender.attempt(due)
-        finally:
-            await sender.close()
+        delivery = await _attempt_by_name(h, receiver, resolve, port, f"{FULLWIDTH_HOOKS}.test")
         assert (await h.delivery(delivery))["status"] == "succeeded"
         [arrived] = await receiver.wait_for(1)
         assert arrived.host == f"hooks.test:{port}"
@@ -420,16 +384,18 @@ def _full_listener(address: str, port: int) -> Iterator[None]:
             filler.close()
 
 
-async def _attempt_by_name(h: Hooks, receiver: HookReceiver, resolve: Any, port: int) -> str:
-    """One delivery to ``http://hooks.test:<port>/hook`` through ``resolve``, attempted once;
-    its id."""
+async def _attempt_by_name(
+    h: Hooks, receiver: HookReceiver, resolve: Any, port: int | str, host: str = "hooks.test"
+) -> str:
+    """One delivery to ``http://<host>:<port>/hook`` through ``resolve``, attempted once; its
+    id."""
     sender = Sender(h.settings, h.pool, h.sender.master_key, resolve)
     try:
         endpoint = await h.endpoint(receiver)
         async with h.pool.connection() as conn:
             await conn.execute(
                 "UPDATE webhook_endpoints SET url = %s WHERE endpoint_id = %s",
-                (f"http://hooks.test:{port}/hook", endpoint),
+                (f"http://{host}:{port}/hook", endpoint),
             )
         [delivery] = await h.enqueue(endpoint)
         [due] = await h.claim()
