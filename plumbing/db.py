@@ -102,46 +102,47 @@ async def check_on_checkout(conn: AsyncConnection[Any]) -> None:
         await AsyncConnectionPool.check_connection(conn)
 
 
-def _swept(sweeps: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
-    def done(task: asyncio.Task[None]) -> None:
-        sweeps.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: a sweep of a closing pool may fail, unwaited
-
-    return done
-
-
-def checkout_check(
-    pool: Callable[[], AsyncConnectionPool[Any] | None],
-) -> Callable[[AsyncConnection[Any]], Awaitable[None]]:
-    """The pool's check before it hands out a connection (psycopg_pool's ``check``): a dead
-    connection is dropped and another handed out, instead of the caller's command failing
-    with 503 (:func:`check_on_checkout`).
+class CheckedPool(AsyncConnectionPool[Any]):
+    """A pool that checks a connection before it hands it out: a dead one is dropped and
+    another handed out, instead of the caller's command failing with 503
+    (:func:`check_on_checkout`).
 
     A dead connection rarely comes alone: after a restart every idle one is dead. psycopg_pool
     waits before trying the next one, 1 s, 2 s, 4 s, ... and a request behind five dead
     connections ran out of the pool's 10 s. So the first dead one found has every idle
-    connection of ``pool()`` checked at once (``pool.check()``: the dead are replaced), and
-    the request's next try gets a live or a new connection. One sweep runs at a time."""
+    connection checked at once (``check()``: the dead are replaced), and the request's next
+    try gets a live or a new connection. One sweep runs at a time, in a task of its own:
+    ``check()`` swallows CancelledError (it is meant for the pool's workers), so awaited on
+    the request's path it would eat the request's cancellation. :meth:`close` waits for it."""
 
-    sweeps: set[asyncio.Task[None]] = set()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._sweeps: set[asyncio.Task[None]] = set()
+        super().__init__(*args, check=self._checked, **kwargs)
 
-    async def check(conn: AsyncConnection[Any]) -> None:
+    async def _checked(self, conn: AsyncConnection[Any]) -> None:
         try:
             await check_on_checkout(conn)
         except Exception:
-            if (owner := pool()) is not None and not sweeps:
-                # In a task of its own: pool.check() swallows CancelledError (it is meant for
-                # the pool's workers), so awaited here it would eat the request's cancellation.
-                sweep = asyncio.create_task(owner.check())
-                sweeps.add(sweep)
-                sweep.add_done_callback(_swept(sweeps))
+            if not self._sweeps and not self.closed:
+                sweep = asyncio.create_task(self.check())
+                self._sweeps.add(sweep)
+                sweep.add_done_callback(self._swept)
                 # It empties the pool before its first wait: the retry does not meet the
                 # other dead connections, it waits for a checked or a new one.
                 await asyncio.sleep(0)
             raise
 
-    return check
+    def _swept(self, task: asyncio.Task[None]) -> None:
+        self._sweeps.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved, so a failure is not logged as never retrieved
+
+    async def close(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (the base's signature)
+        """Close after the sweep running, if any, has put back or replaced what it took (left
+        running, it outlived the pool and dropped healthy connections unclosed)."""
+        if self._sweeps:
+            await asyncio.wait(set(self._sweeps), timeout=timeout)
+        await super().close(timeout)
 
 
 def make_pool(
@@ -157,14 +158,13 @@ def make_pool(
     return before their WAL is flushed (a crash of PostgreSQL itself may lose the last fraction
     of a second of them, never corrupt anything): only for records that may be lost that way.
     ``configure`` runs once on each new connection (psycopg_pool's hook); every checkout is
-    checked (:func:`checkout_check`)."""
+    checked (:class:`CheckedPool`)."""
     kwargs = conninfo_kwargs(settings, rm_schema)
     if not synchronous_commit:
         kwargs["options"] += " -c synchronous_commit=off"
     kwargs["autocommit"] = True
     kwargs["row_factory"] = dict_row
-    made: list[AsyncConnectionPool[Any]] = []
-    pool = AsyncConnectionPool(
+    return CheckedPool(
         settings.database_url,
         kwargs=kwargs,
         min_size=min_size,
@@ -172,7 +172,4 @@ def make_pool(
         open=False,
         timeout=10,
         configure=configure,
-        check=checkout_check(lambda: made[0] if made else None),
     )
-    made.append(pool)
-    return pool
