@@ -109,8 +109,10 @@ async def test_terminated_backends_are_replaced_on_checkout(
     before = await _fill(pool)
     with psycopg.connect(postgres.url, autocommit=True) as admin:
         killed = admin.execute(
-            "SELECT count(*) FROM (SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p)"
-            " t WHERE pg_terminate_backend",
+            # waits (up to 5 s) until each has ended: signalled is not yet gone, and a
+            # checkout in between would rightly find the connection still alive
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(p, 5000) AS gone"
+            " FROM unnest(%s::int[]) p) t WHERE gone",
             (before,),
         ).fetchone()
     assert killed == (POOL,)
@@ -126,7 +128,7 @@ async def test_a_checkout_cancelled_while_the_pool_is_checked_is_cancelled(
     and awaited on the request's path the request went on as if nothing had been asked."""
     before = await _fill(pool)
     with psycopg.connect(postgres.url, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (before[0],))
+        admin.execute("SELECT pg_terminate_backend(%s, 5000)", (before[0],))
     outcome: list[str] = []
 
     async def request() -> None:
