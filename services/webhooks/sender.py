@@ -94,6 +94,18 @@ def disable_span_s(settings: Settings) -> float:
     return sum(min(base * 2.0 ** min(k, 60), top) for k in range(n - 1))
 
 
+DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+def host_header(target: Target) -> str:
+    """The Host header (RFC 9110, 7.2): the checked host name, an IPv6 literal in brackets,
+    and the port only when the URL gives one other than its scheme's default. Built from the
+    checked URL, not by httpx: it refuses some names that IDNA maps."""
+    scheme, port = target.template[0], target.template[1]
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    return host if port in (None, DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
+
+
 def interleaved(addresses: Sequence[str]) -> list[str]:
     """The addresses with the two families alternating, the resolver's first family first
     and each family in the resolver's order (RFC 8305, section 4): getaddrinfo lists every
@@ -110,12 +122,12 @@ def interleaved(addresses: Sequence[str]) -> list[str]:
 
 def connect_budget(remaining_s: float, addresses_left: int) -> float:
     """How long connecting to the next address may take: the last one left has all the time
-    that remains; one before it at most :data:`NEXT_ADDRESS_AFTER_S` and no more than an
-    even share, so a long list of addresses that drop packets still leaves the last ones
-    time to be tried."""
+    that remains; one before it at most :data:`NEXT_ADDRESS_AFTER_S` and no more than its
+    share of the time left, counting the last address twice (it must also send and hear the
+    answer), so a long list of addresses that drop packets still leaves the last ones time."""
     if addresses_left <= 1:
         return remaining_s
-    return min(NEXT_ADDRESS_AFTER_S, remaining_s / addresses_left)
+    return min(NEXT_ADDRESS_AFTER_S, remaining_s / (addresses_left + 1))
 
 
 def per_endpoint(settings: Settings) -> int:
@@ -252,8 +264,7 @@ class Sender:
         the attempt's end, in the event loop's time."""
         body = due.body.encode()
         sent = headers(due.secrets(master_key), due.delivery_id, int(time.time()), body)
-        port = target.template[1]  # as checked (httpx refuses some names IDNA maps)
-        sent["host"] = target.host if port is None else f"{target.host}:{port}"
+        sent["host"] = host_header(target)
         sent["user-agent"] = USER_AGENT
         bound = self.settings.webhook_timeout_s
         order = interleaved(target.addresses)

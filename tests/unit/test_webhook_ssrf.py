@@ -171,5 +171,28 @@ def test_each_address_but_the_last_gets_a_share_of_the_time_left() -> None:
     from tieline.services.webhooks.sender import NEXT_ADDRESS_AFTER_S, connect_budget
 
     assert connect_budget(15.0, 2) == NEXT_ADDRESS_AFTER_S  # a few addresses: 3 s each
-    assert connect_budget(15.0, 9) == 15.0 / 9  # many: an even share, the last ones tried
+    assert connect_budget(15.0, 9) == 15.0 / 10  # many: a share, the last counted twice
     assert connect_budget(4.2, 1) == 4.2  # the last has all that is left
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("https://hooks.example.org/in", "hooks.example.org"),
+        ("https://hooks.example.org:443/in", "hooks.example.org"),  # the default port
+        ("https://hooks.example.org:8443/in", "hooks.example.org:8443"),
+        ("http://hooks.example.org:80/in", "hooks.example.org"),
+        ("https://[2606:4700::1111]/in", "[2606:4700::1111]"),  # brackets (RFC 9110)
+        ("https://[2606:4700::1111]:8443/in", "[2606:4700::1111]:8443"),
+        ("https://93.184.216.34:8443/in", "93.184.216.34:8443"),
+    ],
+)
+async def test_the_host_header_names_the_checked_host_and_a_port_only_when_not_default(
+    url: str, host: str
+) -> None:
+    from tieline.services.webhooks.sender import host_header
+
+    async def resolve(name: str, port: int) -> list[str]:
+        return ["127.0.0.1"]  # loopback allowed below: plain http too
+
+    assert host_header(await check_url(url, Policy(allow_loopback=True), resolve)) == host
