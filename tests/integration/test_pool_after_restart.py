@@ -149,3 +149,28 @@ async def test_a_checkout_cancelled_while_the_pool_is_checked_is_cancelled(
         await task
     assert outcome.count("finished") < POOL
     assert len(await _each_works(pool)) == POOL * 2  # and the pool is whole again
+
+
+async def test_closing_the_pool_waits_for_its_sweep(
+    postgres: EmbeddedPostgres, pool: AsyncConnectionPool[Any]
+) -> None:
+    """A sweep left running outlived the pool: it dropped a healthy connection unclosed and
+    logged it as broken. Closing waits for it."""
+    before = await _fill(pool)
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s, 5000)", (before[0],))
+
+    async def request() -> None:
+        async with pool.connection() as conn:
+            await conn.execute("SELECT 1")
+
+    task = asyncio.create_task(request())
+    for _ in range(10_000):
+        await asyncio.sleep(0)
+        if task.done() or pool.get_stats().get("pool_available", 0) == 0:
+            break
+    await pool.close()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    sweeping = [t for t in asyncio.all_tasks() if "check" in t.get_coro().__qualname__]
+    assert sweeping == []
