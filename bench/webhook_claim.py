@@ -4,7 +4,8 @@ The claim (services/webhooks/store.py ``claim_due``) takes each endpoint's first
 its own index, so one endpoint's backlog cannot hide the others'; the price is one index probe
 per endpoint on every claim, also when nothing is due. An idle sender claims four times a
 second; a busy one each time a sending slot frees. This measures, for ``--endpoints`` sizes
-(each endpoint with ``--delivered`` delivered rows and nothing due, then with one due row on
+(each endpoint with ``--delivered`` delivered rows and every ``--due-every``-th with a retry
+scheduled an hour ahead, as an installation has: nothing due; then also with one due row on
 every ``--due-every``-th endpoint, claimed and put back), the median time of one claim and
 its PostgreSQL CPU, against the raw limit of the same run: a ``SELECT 1`` round trip on the
 same connection. The growth exponent says whether the cost is linear in the endpoints.
@@ -168,8 +169,19 @@ def _ensure(settings: Settings) -> None:
 
 
 def _measure(conn: psycopg.Connection[Any], n: int, due_every: int, meter: CpuMeter) -> list[Row]:
-    """The raw round trip, then a claim with nothing due and with some due, at ``n``."""
+    """The raw round trip, then a claim with nothing due (only retries an hour ahead) and with
+    some due, at ``n``. (With no pending row at all the planner starts from the empty index
+    and probes no endpoint: an installation always has some.)"""
     raw, _ = _timed(lambda: conn.execute("SELECT 1"), meter)
+    conn.execute(
+        """INSERT INTO webhook_deliveries (delivery_id, endpoint_id, workspace_id, position,
+               kind, body, next_attempt_at)
+           SELECT 'later_' || g, 'ep_' || lpad(to_hex(g), 16, '0'), 'ws' || g, 'later-' || g,
+                  'event.recorded', '{}', now() + interval '1 hour'
+             FROM generate_series(1, %s::int, %s::int) g""",
+        (n, due_every),
+    )
+    conn.execute("ANALYZE webhook_deliveries")
     idle, idle_cpu = _timed(_claim(conn), meter, _release(conn))
     conn.execute(
         """INSERT INTO webhook_deliveries (delivery_id, endpoint_id, workspace_id, position,
@@ -180,12 +192,15 @@ def _measure(conn: psycopg.Connection[Any], n: int, due_every: int, meter: CpuMe
     )
     conn.execute("ANALYZE webhook_deliveries")
     busy, busy_cpu = _timed(_claim(conn), meter, _release(conn))
-    conn.execute("DELETE FROM webhook_deliveries WHERE delivery_id LIKE 'due\\_%'")
+    conn.execute(
+        "DELETE FROM webhook_deliveries WHERE delivery_id LIKE 'due\\_%' "
+        "OR delivery_id LIKE 'later\\_%'"
+    )
     note = f"{n} endpoints"
     return [
         Row(f"{note}: round trip", raw * 1000, "ms"),
         Row(
-            f"{note}: claim, nothing due",
+            f"{note}: claim, nothing due (retries later)",
             idle * 1000,
             "ms",
             "round trip",

@@ -314,7 +314,7 @@ async def claim_due(
     attempts in flight are counted on the small index of leased rows
     (``webhook_deliveries_leased``) for the endpoints with candidates; a claim costs one index
     probe per endpoint, also when nothing is due (``python -m bench webhook_claim``: at 10,000
-    endpoints about 2.7 ms idle, 36 ms with 1 in 100 due; docs/performance.md); a long backlog
+    endpoints about 23 ms idle, 43 ms with 1 in 100 due; docs/performance.md); a long backlog
     of one endpoint does not hide the others' rows (a window over the global due index did: a
     recovered endpoint's backlog took every candidate). Held rows are not in the due range
     (:data:`HELD_AT`). The locked row is checked again (status, lease, still due, endpoint still
