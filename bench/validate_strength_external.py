@@ -111,10 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name}: {r}: smallest {min(m):+.3f}, mean {statistics.mean(m):+.3f}")
         for key, v in zip(chosen_on, m, strict=True):
             print(f"    {key[0]}/{key[1]}@{key[2]:.0%} {v:+.3f} vs {chosen_on[key].baseline}")
-    del sets["thiers_2012"], sets["collegemsg"]  # reloaded below with the hospital, alike
     tested: dict[Key, list[float]] = {}
     for name in REPORTED:
-        data = load(name, args.data_dir)
+        data = sets[name] if name in sets else load(name, args.data_dir)
         for split in SPLITS:
             c = cell(data, split, rounds.REPORT_SHARE, None)
             for label, r in (("chosen", rule), ("served", wide.SERVED)):

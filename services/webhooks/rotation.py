@@ -66,8 +66,9 @@ async def rotate_secret(
                        ELSE now() + %(keep)s * interval '1 second' END,
                    secret = %(sealed)s, secret_rotated_at = now()
              WHERE workspace_id = %(ws)s AND endpoint_id = %(ep)s
-               AND (%(keep)s = 0 OR (previous_secret_until > now()) = %(replace)s::bool
-                    OR (previous_secret_until IS NULL AND NOT %(replace)s))
+               -- keep 0 always; else replace_new exactly when a rotation is in progress
+               AND (%(keep)s = 0
+                    OR coalesce(previous_secret_until > now(), false) = %(replace)s::bool)
          RETURNING {ENDPOINT_COLS}""",
         {
             "keep": keep_previous_s,
