@@ -93,9 +93,9 @@ class LivePool:
             raise
         old = (self._pool, self._scoped)
         self._pool, self._scoped, self.generation = pool, scoped, gen
-        for p in old:
-            if p is not None:
-                await p.close()
+        for previous in old:
+            if previous is not None:
+                await previous.close()
 
     async def _watch(self) -> None:
         while True:

@@ -9,14 +9,15 @@ machine's or embedded NATS for the write side's commands.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg_pool import AsyncConnectionPool
-from tieline.plumbing.db import make_pool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from tieline.plumbing.db import CheckedPool, make_pool
 from tieline.services.runtime.embedded import EmbeddedPostgres
 from tieline.services.service_app import PEOPLE_TYPES, start_write_side
 
@@ -92,7 +93,7 @@ async def test_a_restarted_server_costs_no_command(
 
 
 @pytest.fixture
-async def pool(postgres: EmbeddedPostgres, servers: Servers) -> AsyncIterator[Any]:
+async def pool(postgres: EmbeddedPostgres, servers: Servers) -> AsyncIterator[CheckedPool]:
     """An open pool of :data:`POOL` connections on the test's own PostgreSQL."""
     settings = unique_settings(servers, database_url=postgres.url)
     opened = make_pool(settings, min_size=POOL, max_size=POOL)
@@ -174,3 +175,64 @@ async def test_closing_the_pool_waits_for_its_sweep(
     await asyncio.gather(task, return_exceptions=True)
     sweeping = [t for t in asyncio.all_tasks() if "check" in t.get_coro().__qualname__]
     assert sweeping == []
+
+
+async def _query(pool: AsyncConnectionPool[Any]) -> None:
+    async with pool.connection() as conn:
+        await conn.execute("SELECT 1")
+
+
+async def test_while_the_server_is_down_requests_fail_fast_and_recover_at_once(
+    postgres: EmbeddedPostgres, pool: CheckedPool
+) -> None:
+    """Down, a request waited the pool's 10 s for a connection that could not be made, each
+    of them (a client held for its 503); back, the next request waited for psycopg_pool's
+    own retry, 1, 2, 4, 8, 16 s apart. Now: about a second each while down, and a request
+    after the restart makes its connection itself."""
+    await _fill(pool)
+    postgres.stop()
+    down = time.monotonic()
+    with pytest.raises(PoolTimeout):  # it met the dead connections: it waits the 10 s
+        await _query(pool)
+    assert pool.unreachable
+    for _ in range(3):
+        began = time.monotonic()
+        with pytest.raises(PoolTimeout):
+            await _query(pool)
+        assert time.monotonic() - began < pool.timeout / 2
+    # Down long enough that psycopg_pool's own attempts are 10 s or more apart.
+    await asyncio.sleep(max(0.0, 17 - (time.monotonic() - down)))
+    await asyncio.to_thread(postgres.start)
+    up = time.monotonic()
+    while True:
+        try:
+            await _query(pool)
+            break
+        except PoolTimeout:
+            assert time.monotonic() - up < 30
+    assert time.monotonic() - up < 5
+    assert not pool.unreachable
+
+
+async def test_a_busy_pool_is_not_taken_for_an_unreachable_server(pool: CheckedPool) -> None:
+    """Every connection in use is no reason to answer in a second: the wait is the caller's."""
+    release, all_held = asyncio.Event(), asyncio.Event()
+    held = 0
+
+    async def hold() -> None:
+        nonlocal held
+        async with pool.connection():
+            held += 1
+            if held == POOL:
+                all_held.set()
+            await release.wait()
+
+    holders = [asyncio.create_task(hold()) for _ in range(POOL)]
+    await asyncio.wait_for(all_held.wait(), 30)
+    began = time.monotonic()
+    with pytest.raises(PoolTimeout):
+        await pool.getconn(timeout=3)
+    assert time.monotonic() - began >= 2.9
+    assert not pool.unreachable
+    release.set()
+    await asyncio.gather(*holders)
