@@ -2,13 +2,15 @@
 
 The claim (services/webhooks/store.py ``claim_due``) takes each endpoint's first due rows on
 its own index, so one endpoint's backlog cannot hide the others'; the price is one index probe
-per endpoint on every claim, also when nothing is due. An idle sender claims four times a
-second; a busy one each time a sending slot frees. This measures, for ``--endpoints`` sizes
-(each endpoint with ``--delivered`` delivered rows and every ``--due-every``-th with a retry
-scheduled an hour ahead, as an installation has: nothing due; then also with one due row on
-every ``--due-every``-th endpoint, claimed and put back), the median time of one claim and
-its PostgreSQL CPU, against the raw limit of the same run: a ``SELECT 1`` round trip on the
-same connection. The growth exponent says whether the cost is linear in the endpoints.
+per endpoint on every claim. Since migration 0011 it first asks one index whether anything is
+due, and claims only then: an idle sender (it claims four times a second) pays the question,
+a busy one (a claim each time a sending slot frees) the question and the claim. This
+measures, for ``--endpoints`` sizes (each endpoint with ``--delivered`` delivered rows and
+every ``--due-every``-th with a retry scheduled an hour ahead, as an installation has: nothing
+due, with and without the question; then also with one due row on every ``--due-every``-th
+endpoint, claimed and put back), the median time of one claim and its PostgreSQL CPU, against
+the raw limit of the same run: a ``SELECT 1`` round trip on the same connection. The growth
+exponent (of the idle claim with the question) says whether its cost grows with the endpoints.
 
     python -m bench webhook_claim                   # 100, 1,000, 10,000 endpoints
     python -m bench webhook_claim --quick           # 100, 1,000
@@ -95,9 +97,19 @@ def _timed(
     return statistics.median(times), cpu / ROUNDS
 
 
-def _claim(conn: psycopg.Connection[Any]) -> Callable[[], object]:
-    """One claim."""
-    return lambda: conn.execute(store.CLAIM_SQL, _claim_args())
+def _claim(conn: psycopg.Connection[Any], ask_first: bool = True) -> Callable[[], object]:
+    """One claim as ``claim_due`` makes it: the question whether anything is due, then the
+    claim when something is; ``ask_first`` False: the claim alone (as it was before the
+    question, migration 0011)."""
+
+    def claim() -> object:
+        if ask_first:
+            row = conn.execute(store.ANY_DUE_SQL).fetchone()
+            if not (row and row[0]):
+                return None
+        return conn.execute(store.CLAIM_SQL, _claim_args())
+
+    return claim
 
 
 def _release(conn: psycopg.Connection[Any]) -> Callable[[], object]:
@@ -137,8 +149,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 _grow(conn, have, n, args.delivered)
                 have = n
                 rows += _measure(conn, n, args.due_every, meter)
-                costs.append(rows[-2].value or 0.0)
+                costs.append(rows[-3].value or 0.0)
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    # of the idle claim as the sender makes it (with the question)
     exponent = growth_exponent(sizes, costs) if len(sizes) > 1 else float("nan")
     extra = {"growth_exponent_idle": exponent, "verdict": growth_verdict(exponent)}
     print(f"claim time grows as endpoints^{exponent:.2f} ({extra['verdict']})")
@@ -183,6 +196,7 @@ def _measure(conn: psycopg.Connection[Any], n: int, due_every: int, meter: CpuMe
     )
     conn.execute("ANALYZE webhook_deliveries")
     idle, idle_cpu = _timed(_claim(conn), meter, _release(conn))
+    alone, alone_cpu = _timed(_claim(conn, ask_first=False), meter, _release(conn))
     conn.execute(
         """INSERT INTO webhook_deliveries (delivery_id, endpoint_id, workspace_id, position,
                kind, body) SELECT 'due_' || g, 'ep_' || lpad(to_hex(g), 16, '0'), 'ws' || g,
@@ -206,6 +220,14 @@ def _measure(conn: psycopg.Connection[Any], n: int, due_every: int, meter: CpuMe
             "round trip",
             raw * 1000,
             note=f"PostgreSQL CPU {idle_cpu * 1000:.2f} ms per claim",
+        ),
+        Row(
+            f"{note}: claim without asking first, nothing due",
+            alone * 1000,
+            "ms",
+            "round trip",
+            raw * 1000,
+            note=f"PostgreSQL CPU {alone_cpu * 1000:.2f} ms per claim",
         ),
         Row(
             f"{note}: claim, 1 in {due_every} due",

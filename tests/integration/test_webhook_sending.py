@@ -493,11 +493,12 @@ async def test_the_failing_span_runs_from_the_streaks_first_failure(servers: Ser
         assert "4 consecutive failed attempts over 2" in ep["disabled_reason"]
 
 
-async def rows_read(conn: Any) -> int:
-    """Rows of webhook_deliveries this transaction has read so far (scans and index fetches)."""
+async def rows_read(conn: Any, table: str = "webhook_deliveries") -> int:
+    """Rows of ``table`` this transaction has read so far (scans and index fetches)."""
     cur = await conn.execute(
         "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) AS n "
-        "FROM pg_stat_xact_user_tables WHERE relid = 'webhook_deliveries'::regclass"
+        "FROM pg_stat_xact_user_tables WHERE relid = %s::regclass",
+        (table,),
     )
     row = await cur.fetchone()
     return int(row["n"]) if row else 0
@@ -725,3 +726,49 @@ async def test_a_backlog_at_its_bound_does_not_hide_another_endpoints_rows(
         async with hooks.pool.connection() as conn:
             claimed = await store.claim_due(conn, 12, LEASE_S, 4)
         assert [d.delivery_id for d in claimed] == [waiting]
+
+
+async def test_an_idle_claim_does_not_visit_every_endpoint(hooks: Hooks) -> None:
+    """300 endpoints, nothing due (delivered rows, a retry an hour ahead, held rows of a
+    disabled endpoint, one attempt in flight): the claim answers without reading the
+    endpoints (it probed each one's due index, four times a second when idle). A lease that
+    ran out (its process died) is due again, and claimed."""
+    async with receiving() as receiver:
+        first = await hooks.endpoint(receiver)
+        [in_flight, later] = await hooks.enqueue(first, 2)
+        async with hooks.pool.connection() as conn:
+            await conn.execute(
+                """INSERT INTO webhook_endpoints (endpoint_id, workspace_id, url, kinds, secret,
+                       created_by)
+                   SELECT 'ep_idle_' || g, %s, %s, '{relationship.changed}', '\\x00', 't'
+                     FROM generate_series(1, 300) g""",
+                (WS, receiver.url),
+            )
+            await conn.execute(
+                """INSERT INTO webhook_deliveries (delivery_id, endpoint_id, workspace_id,
+                       position, kind, body, status, delivered_at)
+                   SELECT 'd_idle_' || g, 'ep_idle_' || g, %s, 'd' || g, 'k', '{}',
+                          'succeeded', now() FROM generate_series(1, 300) g""",
+                (WS,),
+            )
+            await conn.execute(
+                "UPDATE webhook_deliveries SET next_attempt_at = now() + interval '1 hour' "
+                "WHERE delivery_id = %s",
+                (later,),
+            )
+            await store.disable(conn, "ep_idle_1", "a test")
+        [held] = await hooks.enqueue("ep_idle_1")
+        assert [d.delivery_id for d in await hooks.claim()] == [in_flight]
+        async with hooks.pool.connection() as conn, conn.transaction(force_rollback=True):
+            await conn.execute("ANALYZE webhook_endpoints")
+            before = await rows_read(conn, "webhook_endpoints")
+            assert await store.claim_due(conn, 8, LEASE_S, 4) == []
+            assert await rows_read(conn, "webhook_endpoints") - before == 0
+        async with hooks.pool.connection() as conn:  # the attempt's process died
+            await conn.execute(
+                "UPDATE webhook_deliveries SET lease_until = now() - interval '1 second' "
+                "WHERE delivery_id = %s",
+                (in_flight,),
+            )
+        assert [d.delivery_id for d in await hooks.claim()] == [in_flight]
+        assert (await hooks.delivery(held))["next_attempt_at"] >= store.HELD_SINCE
