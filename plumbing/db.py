@@ -31,16 +31,20 @@ CLIENT = {
     "keepalives_count": 3,
     "tcp_user_timeout": 25_000,
 }
-#: While the server cannot be reached (every connection attempt since the last one that
-#: worked has failed), a request waits this long for a connection instead of the pool's
-#: 10 s, so a client gets its 503 (with ``Retry-After``) in a second, not ten.
+#: In a pool made with ``fail_fast`` (the api's), while the server cannot be reached (a
+#: connection attempt has failed since the pool last made or handed out one, and none is in
+#: use), a request waits this long for a connection instead of the pool's 10 s, so a client
+#: gets its 503 (with ``Retry-After``) in a second, not ten. Background work (the webhook
+#: sender recording an outcome, sync) keeps the 10 s: it has no client to answer, and a short
+#: outage should not cost it its work.
 UNREACHABLE_WAIT_S = 1.0
-#: Once a pool is open, a slot whose connection cannot be remade within this time is given up
-#: (psycopg_pool keeps retrying for 5 minutes by default, waiting 1, 2, 4, ... 128 s between
-#: attempts, so after an outage of a minute the next attempt could come a minute after the
-#: server was back). A given-up slot is remade on demand: the next request that has to wait
-#: for a connection starts an attempt at once. Opening keeps the default: a process that
-#: starts before its database waits for it as before.
+#: Once a pool has connected, a slot whose connection cannot be remade within this time is
+#: given up (psycopg_pool keeps retrying for 5 minutes by default, waiting 1, 2, 4, ... 128 s
+#: between attempts, so after an outage of a minute the next attempt could come a minute after
+#: the server was back). A given-up slot is remade on demand: a request that has to wait starts
+#: an attempt, unless one is already waiting out its backoff (at most a few seconds). Until the
+#: first connection the default stands: a process that starts before its database waits for
+#: it as before.
 RECONNECT_TIMEOUT_S = 5.0
 SERVER_KEEPALIVE = (
     "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
@@ -130,23 +134,23 @@ class CheckedPool(AsyncConnectionPool[Any]):
         self,
         *args: Any,
         configure: Callable[[AsyncConnection[Any]], Awaitable[None]] | None = None,
+        fail_fast: bool = False,
         **kwargs: Any,
     ) -> None:
         self._sweeps: set[asyncio.Task[None]] = set()
         self._own_configure = configure
+        self.fail_fast = fail_fast
         #: connections_errors (psycopg_pool's count of failed attempts) at the last success
         self._errors_at_success = 0
+        self._in_use = 0
         super().__init__(*args, check=self._checked, configure=self._configured, **kwargs)
 
     async def _configured(self, conn: AsyncConnection[Any]) -> None:
         """psycopg_pool's hook for each new connection: the caller's, then a note that the
-        server was reached."""
+        server was reached (from now on a slot that cannot reconnect is given up soon)."""
         if self._own_configure is not None:
             await self._own_configure(conn)
         self._errors_at_success = self._failed_attempts()
-
-    async def open(self, wait: bool = False, timeout: float = 30.0) -> None:  # noqa: ASYNC109
-        await super().open(wait=wait, timeout=timeout)
         self.reconnect_timeout = RECONNECT_TIMEOUT_S
 
     def _failed_attempts(self) -> int:
@@ -154,23 +158,30 @@ class CheckedPool(AsyncConnectionPool[Any]):
 
     @property
     def unreachable(self) -> bool:
-        """Whether a connection attempt has failed since the pool last made a connection or
-        handed one out: the server is down or cannot be reached, as far as the pool knows."""
-        return self._failed_attempts() > self._errors_at_success
+        """Whether the server is down or cannot be reached, as far as the pool knows: a
+        connection attempt has failed since the pool last made a connection or handed one
+        out, and no connection is in use. (One in use says the server was there: an attempt
+        refused for the server's connection limit or a slow connect is not an outage.)"""
+        return self._in_use == 0 and self._failed_attempts() > self._errors_at_success
 
     async def getconn(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (the base's)
-        """A connection, waiting at most :data:`UNREACHABLE_WAIT_S` while the server cannot
-        be reached (:attr:`unreachable`): waiting the whole timeout for a connection that
-        cannot be made only holds the client. The wait still starts an attempt when the pool
-        has room, so the first request after the server is back can get a connection."""
-        if self.unreachable:
+        """A connection. With ``fail_fast``, waiting at most :data:`UNREACHABLE_WAIT_S`
+        while the server cannot be reached (:attr:`unreachable`): the whole timeout for a
+        connection that cannot be made only holds the client. The wait still starts an
+        attempt when the pool has room, so a request after the server is back can get one."""
+        if self.fail_fast and self.unreachable:
             timeout = min(self.timeout if timeout is None else timeout, UNREACHABLE_WAIT_S)
         conn = await super().getconn(timeout)
         # One that passed its check: without it, an attempt that failed late (a timed-out
         # connect to a path that has since come back) left a full, healthy pool "unreachable"
         # until it made a new connection, which a full pool never does.
         self._errors_at_success = self._failed_attempts()
+        self._in_use += 1
         return conn
+
+    async def putconn(self, conn: AsyncConnection[Any]) -> None:
+        self._in_use -= 1
+        await super().putconn(conn)
 
     async def _checked(self, conn: AsyncConnection[Any]) -> None:
         try:
@@ -206,12 +217,14 @@ def make_pool(
     rm_schema: str | None = None,
     synchronous_commit: bool = True,
     configure: Callable[[AsyncConnection[Any]], Awaitable[None]] | None = None,
+    fail_fast: bool = False,
 ) -> CheckedPool:
     """A pool for read paths; rows come back as dicts. ``synchronous_commit=False``: commits
     return before their WAL is flushed (a crash of PostgreSQL itself may lose the last fraction
     of a second of them, never corrupt anything): only for records that may be lost that way.
     ``configure`` runs once on each new connection (psycopg_pool's hook); every checkout is
-    checked (:class:`CheckedPool`)."""
+    checked (:class:`CheckedPool`). ``fail_fast``: for pools that answer clients (the api's):
+    a request waits :data:`UNREACHABLE_WAIT_S`, not 10 s, while the server cannot be reached."""
     kwargs = conninfo_kwargs(settings, rm_schema)
     if not synchronous_commit:
         kwargs["options"] += " -c synchronous_commit=off"
@@ -225,4 +238,5 @@ def make_pool(
         open=False,
         timeout=10,
         configure=configure,
+        fail_fast=fail_fast,
     )

@@ -38,8 +38,10 @@ class LivePool:
         max_size: int = 10,
         scoped_max_size: int = 0,
         poll_s: float = 1.0,
+        fail_fast: bool = False,
     ) -> None:
         self.settings = settings
+        self.fail_fast = fail_fast  # the pools': see plumbing.db.make_pool
         self.min_size, self.max_size, self.poll_s = min_size, max_size, poll_s
         self.scoped_max_size = scoped_max_size
         self.generation: Any = None
@@ -69,7 +71,11 @@ class LivePool:
 
     async def _use(self, gen: Any) -> None:
         pool = make_pool(
-            self.settings, min_size=self.min_size, max_size=self.max_size, rm_schema=gen.schema_name
+            self.settings,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            rm_schema=gen.schema_name,
+            fail_fast=self.fail_fast,
         )
         scoped = None
         if self.scoped_max_size > 0:
@@ -79,6 +85,7 @@ class LivePool:
                 max_size=self.scoped_max_size,
                 rm_schema=gen.schema_name,
                 configure=_as_api_role,
+                fail_fast=self.fail_fast,
             )
         try:
             await pool.open(wait=True)

@@ -300,17 +300,21 @@ CLAIM_SQL = """WITH cand AS MATERIALIZED (
                  AS previous_secret"""
 
 
-#: Whether any delivery may be claimable now: a pending row not leased and due (on
-#: ``webhook_deliveries_ready``, migration 0011: one index probe), or one whose lease ran out
-#: (an attempt's process died: on the small index of leased rows). A row it finds may still
-#: be beyond its endpoint's bound or held; the claim decides. Nothing found: nothing to claim.
-ANY_DUE_SQL = """SELECT EXISTS (
-           SELECT 1 FROM webhook_deliveries
-            WHERE status = 'pending' AND lease_until IS NULL AND next_attempt_at <= now())
-       OR EXISTS (
-           SELECT 1 FROM webhook_deliveries
-            WHERE lease_until IS NOT NULL AND lease_until < now() AND status = 'pending'
-              AND next_attempt_at <= now()) AS due"""
+#: Whether any delivery may be claimable now: the earliest due time of the pending rows not
+#: leased (``webhook_deliveries_ready``, migration 0011), or the earliest lease of the due
+#: rows leased (on the small index of leased rows: a lease that ran out is an attempt whose
+#: process died), is past. Each is an aggregate, not an EXISTS: an EXISTS that found nothing
+#: could be planned as a scan of the whole table (expected to stop early: with a backlog of
+#: due rows at the end of the table, 105 ms at 1.2 million rows, a reviewer's run), and the
+#: minimum of an indexed column is read off the index's first entry. A row found may still be
+#: beyond its endpoint's bound or held; the claim decides. Nothing found: nothing to claim.
+ANY_DUE_SQL = """SELECT coalesce((
+           SELECT min(next_attempt_at) FROM webhook_deliveries
+            WHERE status = 'pending' AND lease_until IS NULL), 'infinity') <= now()
+       OR coalesce((
+           SELECT min(lease_until) FROM webhook_deliveries
+            WHERE lease_until IS NOT NULL AND status = 'pending'
+              AND next_attempt_at <= now()), 'infinity') < now() AS due"""
 
 
 async def anything_due(conn: AsyncConnection[Any]) -> bool:

@@ -94,9 +94,10 @@ async def test_a_restarted_server_costs_no_command(
 
 @pytest.fixture
 async def pool(postgres: EmbeddedPostgres, servers: Servers) -> AsyncIterator[CheckedPool]:
-    """An open pool of :data:`POOL` connections on the test's own PostgreSQL."""
+    """An open pool of :data:`POOL` connections on the test's own PostgreSQL, failing fast
+    while the server cannot be reached (as the api's)."""
     settings = unique_settings(servers, database_url=postgres.url)
-    opened = make_pool(settings, min_size=POOL, max_size=POOL)
+    opened = make_pool(settings, min_size=POOL, max_size=POOL, fail_fast=True)
     await opened.open(wait=True)
     try:
         yield opened
@@ -236,3 +237,40 @@ async def test_a_busy_pool_is_not_taken_for_an_unreachable_server(pool: CheckedP
     assert not pool.unreachable
     release.set()
     await asyncio.gather(*holders)
+
+
+async def test_a_refused_attempt_beside_a_connection_in_use_is_no_outage(
+    postgres: EmbeddedPostgres, servers: Servers
+) -> None:
+    """The server refuses the pool's second connection (the role's connection limit) while
+    the first is in use: a failed attempt, but the server is there, and a request waits for
+    the connection in use as before (it failed after 1 s when any failed attempt counted)."""
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        admin.execute("CREATE ROLE limited LOGIN PASSWORD 'x' CONNECTION LIMIT 1")
+        admin.execute("GRANT ALL ON DATABASE tieline TO limited")
+    url = f"postgresql://limited:x@127.0.0.1:{postgres.port}/tieline"
+    settings = unique_settings(servers, database_url=url, database_schema="public")
+    pool = make_pool(settings, min_size=1, max_size=2, fail_fast=True)
+    await pool.open(wait=True)
+    try:
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with pool.connection():
+                await release.wait()
+
+        holder = asyncio.create_task(hold())
+        waiting = asyncio.create_task(_query(pool))  # the pool tries to grow: refused
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if pool.get_stats().get("connections_errors", 0):
+                break
+        assert pool.get_stats().get("connections_errors", 0) > 0
+        began = time.monotonic()
+        later = asyncio.create_task(_query(pool))
+        await asyncio.sleep(2)
+        release.set()
+        await asyncio.gather(holder, waiting, later)
+        assert time.monotonic() - began >= 2
+    finally:
+        await pool.close()
