@@ -337,7 +337,7 @@ async def claim_due(
     (``webhook_deliveries_endpoint_due``, migration 0009), as many as it may take, and its
     attempts in flight are counted on the small index of leased rows
     (``webhook_deliveries_leased``) for the endpoints with candidates; a claim costs one index
-    probe per endpoint (``python -m bench webhook_claim``: at 10,000 endpoints about 43 ms with
+    probe per endpoint (``python -m bench webhook_claim``: at 10,000 endpoints about 26 ms with
     1 in 100 due; docs/performance.md); a long backlog
     of one endpoint does not hide the others' rows (a window over the global due index did: a
     recovered endpoint's backlog took every candidate). Held rows are not in the due range
