@@ -504,6 +504,16 @@ async def rows_read(conn: Any, table: str = "webhook_deliveries") -> int:
     return int(row["n"]) if row else 0
 
 
+async def index_scans(conn: Any) -> int:
+    """Index scans of webhook_deliveries this transaction has started so far."""
+    cur = await conn.execute(
+        "SELECT coalesce(idx_scan, 0) AS n FROM pg_stat_xact_user_tables "
+        "WHERE relid = 'webhook_deliveries'::regclass"
+    )
+    row = await cur.fetchone()
+    return int(row["n"]) if row else 0
+
+
 async def test_the_claim_reads_a_bounded_window_and_never_held_rows(hooks: Hooks) -> None:
     """20 000 deliveries held for a disabled endpoint, 20 000 due for an enabled one, three for
     another: a claim reads a few rows per endpoint (it used to rank every due row, held ones
@@ -732,7 +742,8 @@ async def test_an_idle_claim_does_not_visit_every_endpoint(hooks: Hooks) -> None
     """300 endpoints, nothing due (delivered rows, a retry an hour ahead, held rows of a
     disabled endpoint, one attempt in flight): the claim answers without reading the
     endpoints (it probed each one's due index, four times a second when idle). A lease that
-    ran out (its process died) is due again, and claimed."""
+    ran out (its process died) is due again, and claimed by a claim that visits only the
+    endpoints with pending rows."""
     async with receiving() as receiver:
         first = await hooks.endpoint(receiver)
         [in_flight, later] = await hooks.enqueue(first, 2)
@@ -770,5 +781,10 @@ async def test_an_idle_claim_does_not_visit_every_endpoint(hooks: Hooks) -> None
                 "WHERE delivery_id = %s",
                 (in_flight,),
             )
-        assert [d.delivery_id for d in await hooks.claim()] == [in_flight]
+        async with hooks.pool.connection() as conn, conn.transaction():
+            before = await index_scans(conn)
+            claimed = await store.claim_due(conn, 8, LEASE_S, 4)
+            # the endpoints with pending rows only (three), not the 301 (each was probed)
+            assert await index_scans(conn) - before < 50
+        assert [d.delivery_id for d in claimed] == [in_flight]
         assert (await hooks.delivery(held))["next_attempt_at"] >= store.HELD_SINCE
