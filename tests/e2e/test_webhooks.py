@@ -294,6 +294,17 @@ async def test_a_rotated_secret_signs_beside_the_old_one_until_it_is_dropped(
     replaced = await _arrival(receiver, await admin.met("grace", "linus"))
     assert _signed_by(replaced, again["secret"], old, new) == [True, True, False]
 
+    # Two replacements at once both succeed, one after the other: the later one's secret
+    # signs, and its answer's secret_rotated_at is the one shown (docs/frontends.md).
+    pair = await asyncio.gather(
+        *(admin.ok("POST", rotate, json={"replace_new": True}) for _ in range(2))
+    )
+    now_shown = await admin.ok("GET", f"/webhooks/{endpoint}")
+    [winner] = [a for a in pair if a["secret_rotated_at"] == now_shown["secret_rotated_at"]]
+    [loser] = [a for a in pair if a is not winner]
+    raced = await _arrival(receiver, await admin.met("grace", "ada"))
+    assert _signed_by(raced, winner["secret"], old, loser["secret"]) == [True, True, False]
+
     # A leaked secret: rotated again without keeping any other. Neither old secret signs.
     leaked = await admin.ok("POST", rotate, json={"keep_previous_s": 0})
     assert leaked["previous_secret_until"] is None
