@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -117,6 +118,15 @@ async def check_on_checkout(conn: AsyncConnection[Any]) -> None:
         await AsyncConnectionPool.check_connection(conn)
 
 
+#: Every :class:`CheckedPool` of this process, for the metrics (plumbing/metrics.py).
+_POOLS: weakref.WeakSet[CheckedPool] = weakref.WeakSet()
+
+
+def open_pools() -> list[CheckedPool]:
+    """The pools of this process that are open now."""
+    return [pool for pool in list(_POOLS) if not pool.closed]
+
+
 class CheckedPool(AsyncConnectionPool[Any]):
     """A pool that checks a connection before it hands it out: a dead one is dropped and
     another handed out, instead of the caller's command failing with 503
@@ -144,6 +154,7 @@ class CheckedPool(AsyncConnectionPool[Any]):
         self._errors_at_success = 0
         self._in_use = 0
         super().__init__(*args, check=self._checked, configure=self._configured, **kwargs)
+        _POOLS.add(self)
 
     async def _configured(self, conn: AsyncConnection[Any]) -> None:
         """psycopg_pool's hook for each new connection: the caller's, then a note that the
@@ -218,13 +229,15 @@ def make_pool(
     synchronous_commit: bool = True,
     configure: Callable[[AsyncConnection[Any]], Awaitable[None]] | None = None,
     fail_fast: bool = False,
+    name: str | None = None,
 ) -> CheckedPool:
     """A pool for read paths; rows come back as dicts. ``synchronous_commit=False``: commits
     return before their WAL is flushed (a crash of PostgreSQL itself may lose the last fraction
     of a second of them, never corrupt anything): only for records that may be lost that way.
     ``configure`` runs once on each new connection (psycopg_pool's hook); every checkout is
     checked (:class:`CheckedPool`). ``fail_fast``: for pools that answer clients (the api's):
-    a request waits :data:`UNREACHABLE_WAIT_S`, not 10 s, while the server cannot be reached."""
+    a request waits :data:`UNREACHABLE_WAIT_S`, not 10 s, while the server cannot be reached.
+    ``name``: the pool's label in the metrics (``tieline_db_pool_*{pool=...}``)."""
     kwargs = conninfo_kwargs(settings, rm_schema)
     if not synchronous_commit:
         kwargs["options"] += " -c synchronous_commit=off"
@@ -239,4 +252,5 @@ def make_pool(
         timeout=10,
         configure=configure,
         fail_fast=fail_fast,
+        name=name,
     )

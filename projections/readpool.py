@@ -39,9 +39,11 @@ class LivePool:
         scoped_max_size: int = 0,
         poll_s: float = 1.0,
         fail_fast: bool = False,
+        name: str = "read",
     ) -> None:
         self.settings = settings
         self.fail_fast = fail_fast  # the pools': see plumbing.db.make_pool
+        self.name = name  # the owner's pool's label in the metrics; the api role's: -scoped
         self.min_size, self.max_size, self.poll_s = min_size, max_size, poll_s
         self.scoped_max_size = scoped_max_size
         self.generation: Any = None
@@ -76,6 +78,7 @@ class LivePool:
             max_size=self.max_size,
             rm_schema=gen.schema_name,
             fail_fast=self.fail_fast,
+            name=self.name,
         )
         scoped = None
         if self.scoped_max_size > 0:
@@ -86,6 +89,7 @@ class LivePool:
                 rm_schema=gen.schema_name,
                 configure=_as_api_role,
                 fail_fast=self.fail_fast,
+                name=f"{self.name}-scoped",
             )
         try:
             await pool.open(wait=True)

@@ -160,7 +160,7 @@ def create_service_app(settings: Settings, service: str, types: Iterable[str]) -
     broker = _broker(settings, service)
     # The write side's own tables and the key store live in the state schema; it reads no
     # read model, so no read-model generation is on this pool's search_path.
-    pool = make_pool(settings, min_size=2, max_size=16)
+    pool = make_pool(settings, min_size=2, max_size=16, name="write")
     holder: dict[str, Any] = {}
 
     subscribe_commands(broker, settings, service, lambda: holder["side"])

@@ -66,7 +66,9 @@ class Connections:
         # Requests read on the scoped side (api role, one workspace); the owner's side serves
         # the process's own work (tokens, rate limits, checkpoints, the live feed's reader).
         # fail_fast: while PostgreSQL is down a request gets its 503 in a second, not ten
-        self.pool = LivePool(settings, min_size=2, max_size=8, scoped_max_size=16, fail_fast=True)
+        self.pool = LivePool(
+            settings, min_size=2, max_size=8, scoped_max_size=16, fail_fast=True, name="api"
+        )
         # The read-access log: one row per read of personal data. Without waiting for its
         # WAL flush (an fsync per read, measured as the largest single cost of a read), a crash
         # of PostgreSQL itself can lose the last fraction of a second of access records; an
@@ -77,6 +79,7 @@ class Connections:
             max_size=4,
             synchronous_commit=settings.audit_synchronous_commit,
             fail_fast=True,
+            name="api-audit",
         )
         self._nc: NatsClient | None = None
 

@@ -42,8 +42,10 @@ class SyncService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.master_key = master_key_from_env(settings.master_key)
-        self.live = LivePool(settings, min_size=1, max_size=4)
-        self.state = db.make_pool(settings, min_size=1, max_size=settings.sync_concurrency + 2)
+        self.live = LivePool(settings, min_size=1, max_size=4, name="sync-read")
+        self.state = db.make_pool(
+            settings, min_size=1, max_size=settings.sync_concurrency + 2, name="sync"
+        )
         self.nc: NatsClient | None = None
         self.engine: Engine | None = None
         self._slots = asyncio.Semaphore(settings.sync_concurrency)

@@ -77,8 +77,10 @@ class WebhookService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.live = LivePool(settings, min_size=1, max_size=4)
-        self.state = db.make_pool(settings, min_size=1, max_size=settings.webhook_concurrency + 2)
+        self.live = LivePool(settings, min_size=1, max_size=4, name="webhooks-read")
+        self.state = db.make_pool(
+            settings, min_size=1, max_size=settings.webhook_concurrency + 2, name="webhooks"
+        )
         self.sender = Sender(settings, self.state, master_key_from_env(settings.master_key))
         self.nc: NatsClient | None = None
         self._sub: JetStreamContext.PullSubscription | None = None

@@ -349,9 +349,10 @@ async def claim_due(
     (``webhook_deliveries_leased``) for the endpoints with candidates. The endpoints probed
     are those with pending rows, found by a loose index scan of the same index (an endpoint
     with nothing pending costs nothing): a claim costs about two index descents per endpoint
-    with pending rows (``python -m bench webhook_claim``: at 10,000 endpoints, 1 in 100 with a
-    row due and 1 in 100 with a retry later, 7.2 ms, against 25.7 ms probing every endpoint;
-    docs/performance.md); a long backlog
+    with pending rows (``python -m bench webhook_claim``: at 10,000 endpoints, 1 in 100 with
+    a row due and a retry later, 7.2 ms, against 25.7 ms probing every endpoint; slower when
+    every endpoint has pending rows, and while a long-held snapshot keeps many deleted rows'
+    index entries alive: docs/performance.md); a long backlog
     of one endpoint does not hide the others' rows (a window over the global due index did: a
     recovered endpoint's backlog took every candidate). Held rows are not in the due range
     (:data:`HELD_AT`). The locked row is checked again (status, lease, still due, endpoint still

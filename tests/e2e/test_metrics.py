@@ -117,6 +117,21 @@ def test_every_process_exposes_metrics_that_move_with_writes(
     for role, samples in after.items():
         assert value(samples, "process_cpu_seconds_total") > 0, role
 
+    # every process with PostgreSQL pools: each pool, named, connected, reachable.
+    pools = {
+        "api": {"api", "api-scoped", "api-audit"},
+        "people": {"write"},
+        "interactions": {"write"},
+        "webhooks": {"webhooks", "webhooks-read"},
+        "sync": {"sync", "sync-read"},
+    }
+    for role, names in pools.items():
+        shown = {lab["pool"] for n, lab, _ in after[role] if n == "tieline_db_pool_connections"}
+        assert shown == names, role
+        for name in names:
+            assert value(after[role], "tieline_db_pool_connections", {"pool": name}) >= 1
+            assert value(after[role], "tieline_db_pool_unreachable", {"pool": name}) == 0
+
 
 def test_api_counts_open_live_update_streams(stack: Stack, api: httpx.Client, ws: str) -> None:
     url = stack.metrics_urls()["api"]

@@ -1,0 +1,73 @@
+"""Every process's PostgreSQL pools in its Prometheus metrics (plumbing/metrics.py,
+``tieline_db_pool_*{pool}``): read at scrape time from psycopg_pool's own figures, on a real
+pool of the machine's (or the embedded) PostgreSQL, and on one whose server refuses it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+
+import pytest
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from psycopg_pool import PoolTimeout
+from tieline.plumbing import metrics  # noqa: F401 (registers the pool collector)
+from tieline.plumbing.db import make_pool
+
+from tests.conftest import Servers, unique_settings
+
+
+def pool_metrics(name: str) -> dict[str, float]:
+    """This process's ``tieline_db_pool_*`` samples of the pool called ``name``."""
+    text = generate_latest(REGISTRY).decode()
+    return {
+        s.name.removeprefix("tieline_db_pool_"): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith("tieline_db_pool_") and s.labels.get("pool") == name
+    }
+
+
+async def test_a_pools_connections_waits_and_timeouts_are_counted(servers: Servers) -> None:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    pool = make_pool(unique_settings(servers), min_size=1, max_size=1, name=name)
+    assert pool_metrics(name) == {}  # not open: not shown
+    await pool.open(wait=True)
+    try:
+        seen = pool_metrics(name)
+        assert seen["connections"] == 1 and seen["connections_max"] == 1
+        assert seen["connections_idle"] == 1 and seen["unreachable"] == 0
+        assert seen["timeouts_total"] == 0 and seen["connection_errors_total"] == 0
+        async with pool.connection():
+            waiting = asyncio.create_task(pool.getconn(timeout=0.5))
+            await asyncio.sleep(0.1)
+            busy = pool_metrics(name)
+            with pytest.raises(PoolTimeout):
+                await waiting
+        assert busy["connections_idle"] == 0 and busy["requests_waiting"] == 1
+        after = pool_metrics(name)
+        assert after["timeouts_total"] == 1 and after["requests_waiting"] == 0
+    finally:
+        await pool.close()
+    assert pool_metrics(name) == {}  # closed: gone
+
+
+async def test_a_pool_whose_server_refuses_it_is_unreachable(servers: Servers) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    url = f"postgresql://tieline@127.0.0.1:{port}/tieline"
+    pool = make_pool(unique_settings(servers, database_url=url), min_size=1, name=name)
+    await pool.open(wait=False)
+    try:
+        for _ in range(100):
+            if pool_metrics(name).get("connection_errors_total"):
+                break
+            await asyncio.sleep(0.05)
+        seen = pool_metrics(name)
+        assert seen["connection_errors_total"] >= 1 and seen["unreachable"] == 1
+        assert seen["connections_idle"] == 0
+    finally:
+        await pool.close()
