@@ -12,7 +12,7 @@ from typing import Any
 from psycopg import AsyncConnection, OperationalError, pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from tieline.plumbing.config import Settings
 
 #: A connection attempt that hangs (a host that drops packets) fails after 10 s instead of
@@ -120,11 +120,38 @@ async def check_on_checkout(conn: AsyncConnection[Any]) -> None:
 
 #: Every :class:`CheckedPool` of this process, for the metrics (plumbing/metrics.py).
 _POOLS: weakref.WeakSet[CheckedPool] = weakref.WeakSet()
+#: The counters of the closed pools, by pool name: a read pool replaced at a read-model
+#: switch (or one that failed to open) must not take its counts away with it, or a counter
+#: would go down, which Prometheus takes for a restart.
+_RETIRED: dict[str, dict[str, int]] = {}
+#: The figures :func:`pool_figures` gives: gauges (summed over the open pools of a name; for
+#: ``unreachable`` 1 only when every one of them is), then counters.
+POOL_GAUGES = ("connections", "connections_in_use", "connections_idle", "connections_max",
+               "requests_waiting", "unreachable")  # fmt: skip
+POOL_COUNTERS = ("connection_errors", "timeouts")
 
 
 def open_pools() -> list[CheckedPool]:
     """The pools of this process that are open now."""
     return [pool for pool in list(_POOLS) if not pool.closed]
+
+
+def pool_figures() -> dict[str, dict[str, int]]:
+    """This process's pools' figures by pool name (:data:`POOL_GAUGES`, :data:`POOL_COUNTERS`),
+    the closed pools' counts included."""
+    figures = {
+        name: {**dict.fromkeys(POOL_GAUGES, 0), **counts} for name, counts in _RETIRED.items()
+    }
+    reachable: dict[str, bool] = {}
+    for pool in open_pools():
+        mine = figures.setdefault(pool.name, dict.fromkeys(POOL_GAUGES + POOL_COUNTERS, 0))
+        for key, value in pool.figures().items():
+            if key != "unreachable":
+                mine[key] = mine.get(key, 0) + value
+        reachable[pool.name] = reachable.get(pool.name, False) or not pool.unreachable
+    for name, any_reaches in reachable.items():
+        figures[name]["unreachable"] = int(not any_reaches)
+    return figures
 
 
 class CheckedPool(AsyncConnectionPool[Any]):
@@ -153,6 +180,8 @@ class CheckedPool(AsyncConnectionPool[Any]):
         #: connections_errors (psycopg_pool's count of failed attempts) at the last success
         self._errors_at_success = 0
         self._in_use = 0
+        #: Requests that got no connection in time (PoolTimeout; a cancelled wait is not one)
+        self.timeouts = 0
         super().__init__(*args, check=self._checked, configure=self._configured, **kwargs)
         _POOLS.add(self)
 
@@ -171,9 +200,29 @@ class CheckedPool(AsyncConnectionPool[Any]):
     def unreachable(self) -> bool:
         """Whether the server is down or cannot be reached, as far as the pool knows: a
         connection attempt has failed since the pool last made a connection or handed one
-        out, and no connection is in use. (One in use says the server was there: an attempt
-        refused for the server's connection limit or a slow connect is not an outage.)"""
-        return self._in_use == 0 and self._failed_attempts() > self._errors_at_success
+        out, and no connection is in use or idle. (One in use or idle says the server was
+        there: an attempt refused for the server's connection limit, a slow connect, or a
+        slot's reconnection that failed during a restart on a quiet pool is not an outage.)"""
+        stats = self.get_stats()
+        return (
+            self._in_use == 0
+            and stats.get("pool_available", 0) == 0
+            and stats.get("connections_errors", 0) > self._errors_at_success
+        )
+
+    def figures(self) -> dict[str, int]:
+        """This pool's figures for the metrics (:data:`POOL_GAUGES`, :data:`POOL_COUNTERS`)."""
+        stats = self.get_stats()
+        return {
+            "connections": stats.get("pool_size", 0),
+            "connections_in_use": self._in_use,
+            "connections_idle": stats.get("pool_available", 0),
+            "connections_max": stats.get("pool_max", 0),
+            "requests_waiting": stats.get("requests_waiting", 0),
+            "unreachable": int(self.unreachable),
+            "connection_errors": stats.get("connections_errors", 0),
+            "timeouts": self.timeouts,
+        }
 
     async def getconn(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (the base's)
         """A connection. With ``fail_fast``, waiting at most :data:`UNREACHABLE_WAIT_S`
@@ -182,7 +231,11 @@ class CheckedPool(AsyncConnectionPool[Any]):
         attempt when the pool has room, so a request after the server is back can get one."""
         if self.fail_fast and self.unreachable:
             timeout = min(self.timeout if timeout is None else timeout, UNREACHABLE_WAIT_S)
-        conn = await super().getconn(timeout)
+        try:
+            conn = await super().getconn(timeout)
+        except PoolTimeout:
+            self.timeouts += 1
+            raise
         # One that passed its check: without it, an attempt that failed late (a timed-out
         # connect to a path that has since come back) left a full, healthy pool "unreachable"
         # until it made a new connection, which a full pool never does.
@@ -217,6 +270,11 @@ class CheckedPool(AsyncConnectionPool[Any]):
         running, it outlived the pool and dropped healthy connections unclosed)."""
         if self._sweeps:
             await asyncio.wait(set(self._sweeps), timeout=timeout)
+        if not self.closed:
+            retired = _RETIRED.setdefault(self.name, dict.fromkeys(POOL_COUNTERS, 0))
+            counts = self.figures()
+            for key in POOL_COUNTERS:
+                retired[key] += counts[key]
         await super().close(timeout)
 
 

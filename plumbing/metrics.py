@@ -29,12 +29,14 @@ every process with a PostgreSQL pool (api, people, interactions, webhooks, sync)
     Per pool, labelled ``{pool}`` (``api``, ``api-scoped``, ``api-audit``, ``write``,
     ``webhooks``, ``webhooks-read``, ``sync``, ``sync-read``), read at scrape time from
     psycopg_pool's own figures: ``tieline_db_pool_connections`` (open or being made),
-    ``tieline_db_pool_connections_idle``, ``tieline_db_pool_connections_max``,
-    ``tieline_db_pool_requests_waiting``, ``tieline_db_pool_unreachable`` (1 while a
-    connection attempt has failed since the pool last made or handed one out and none is in
-    use: the database is down or cannot be reached), and the counters
-    ``tieline_db_pool_connection_errors_total`` (failed connection attempts) and
-    ``tieline_db_pool_timeouts_total`` (requests that got no connection in time: a 503).
+    ``tieline_db_pool_connections_in_use``, ``tieline_db_pool_connections_idle``,
+    ``tieline_db_pool_connections_max``, ``tieline_db_pool_requests_waiting``,
+    ``tieline_db_pool_unreachable`` (1 while a connection attempt has failed since the pool
+    last made or handed one out and none is in use or idle: the database is down or cannot
+    be reached), and the counters ``tieline_db_pool_connection_errors_total`` (failed
+    connection attempts) and ``tieline_db_pool_timeouts_total`` (requests that got no
+    connection in time; in the api, a 503). Pools of one name (a read pool and its
+    replacement at a read-model switch) are added up, and a closed pool's counts stay.
 sync
     Per calendar or address-book source, labelled ``{source_id,kind}`` only (the source id is
     a random ``src_…`` token; no workspace, URL, user name or error text, which may be
@@ -60,7 +62,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from tieline.plumbing.db import open_pools
+from tieline.plumbing.db import POOL_COUNTERS, POOL_GAUGES, pool_figures
 
 __all__ = [
     "CONTENT_TYPE_LATEST",
@@ -160,40 +162,34 @@ def observe_sync_sources(rows: Iterable[dict[str, Any]]) -> None:
         SYNC_NEXT_RUN.labels(*labels).set(r["next_run_at"].timestamp())
 
 
-#: (metric, psycopg_pool's figure, help) of the pool gauges; the counters follow.
-_POOL_GAUGES = (
-    ("connections", "pool_size", "Connections of the pool, open or being made."),
-    ("connections_idle", "pool_available", "Open connections waiting in the pool."),
-    ("connections_max", "pool_max", "The most connections the pool may open."),
-    ("requests_waiting", "requests_waiting", "Requests waiting for a connection."),
-    ("unreachable", "unreachable", "1 while the pool cannot reach PostgreSQL, else 0."),
-)
-_POOL_COUNTERS = (
-    ("connection_errors", "connections_errors", "Connection attempts that failed."),
-    ("timeouts", "requests_errors", "Requests that got no connection in time (a 503)."),
-)
+#: Help of each pool figure (plumbing/db.py pool_figures).
+_POOL_HELP = {
+    "connections": "Connections of the pool, open or being made.",
+    "connections_in_use": "Connections handed out and not yet given back.",
+    "connections_idle": "Open connections waiting in the pool.",
+    "connections_max": "The most connections the pool may open.",
+    "requests_waiting": "Requests waiting for a connection.",
+    "unreachable": "1 while the pool cannot reach PostgreSQL, else 0.",
+    "connection_errors": "Connection attempts that failed.",
+    "timeouts": "Requests that got no connection in time (in the api, a 503).",
+}
 
 
 class PoolCollector(Collector):
-    """The open pools' figures at scrape time, per pool name (pools of one name, an old and a
-    new read-model generation's during a switch, are added together)."""
+    """This process's pools at scrape time, per pool name (plumbing/db.py pool_figures)."""
 
     def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
-        figures: dict[str, dict[str, float]] = {}
-        for pool in open_pools():
-            mine = figures.setdefault(pool.name, {})
-            stats = {**pool.get_stats(), "unreachable": int(pool.unreachable)}
-            for _, key, _ in (*_POOL_GAUGES, *_POOL_COUNTERS):
-                mine[key] = mine.get(key, 0) + stats.get(key, 0)
-            mine["unreachable"] = min(mine["unreachable"], 1)
-        for metric, key, text in _POOL_GAUGES:
-            gauge = GaugeMetricFamily(f"tieline_db_pool_{metric}", text, labels=["pool"])
-            for name, mine in sorted(figures.items()):
+        figures = sorted(pool_figures().items())
+        for key in POOL_GAUGES:
+            gauge = GaugeMetricFamily(f"tieline_db_pool_{key}", _POOL_HELP[key], labels=["pool"])
+            for name, mine in figures:
                 gauge.add_metric([name], mine[key])
             yield gauge
-        for metric, key, text in _POOL_COUNTERS:
-            counter = CounterMetricFamily(f"tieline_db_pool_{metric}", text, labels=["pool"])
-            for name, mine in sorted(figures.items()):
+        for key in POOL_COUNTERS:
+            counter = CounterMetricFamily(
+                f"tieline_db_pool_{key}", _POOL_HELP[key], labels=["pool"]
+            )
+            for name, mine in figures:
                 counter.add_metric([name], mine[key])
             yield counter
 
