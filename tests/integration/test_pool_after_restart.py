@@ -213,6 +213,7 @@ async def test_while_the_server_is_down_requests_fail_fast_and_recover_at_once(
             assert time.monotonic() - up < 30
     assert time.monotonic() - up < 5
     assert not pool.unreachable
+    assert pool.timeouts >= 4  # each 503 of the outage is in tieline_db_pool_timeouts_total
 
 
 async def test_a_busy_pool_is_not_taken_for_an_unreachable_server(pool: CheckedPool) -> None:
