@@ -42,11 +42,14 @@ UNREACHABLE_WAIT_S = 1.0
 #: Once a pool has connected, a slot whose connection cannot be remade within this time is
 #: given up (psycopg_pool keeps retrying for 5 minutes by default, waiting 1, 2, 4, ... 128 s
 #: between attempts, so after an outage of a minute the next attempt could come a minute after
-#: the server was back). A given-up slot is remade on demand: a request that has to wait starts
-#: an attempt, unless one is already waiting out its backoff (at most a few seconds). Until the
-#: first connection the default stands: a process that starts before its database waits for
-#: it as before.
+#: the server was back). A given-up slot is remade :data:`REGROW_DELAY_S` later by the pool
+#: itself, or sooner by a request that has to wait (unless an attempt is already waiting out
+#: its backoff: a few seconds at most). Until the first connection the default stands: a
+#: process that starts before its database waits for it as before.
 RECONNECT_TIMEOUT_S = 5.0
+#: After a slot is given up, the pool tries again this much later by itself (psycopg_pool
+#: waits for a request that has to wait; a quiet pool would stay empty).
+REGROW_DELAY_S = 1.0
 SERVER_KEEPALIVE = (
     "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
     " -c tcp_user_timeout=25000"
@@ -179,7 +182,10 @@ class CheckedPool(AsyncConnectionPool[Any]):
         self.fail_fast = fail_fast
         #: connections_errors (psycopg_pool's count of failed attempts) at the last success
         self._errors_at_success = 0
-        self._in_use = 0
+        #: The connections handed out and not yet given back (a set, not a count: a
+        #: connection given back twice, or to the wrong pool, cannot make it drift).
+        self._out: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
+        self._regrowing: set[asyncio.Task[None]] = set()
         #: Requests that got no connection in time (PoolTimeout; a cancelled wait is not one)
         self.timeouts = 0
         super().__init__(*args, check=self._checked, configure=self._configured, **kwargs)
@@ -193,6 +199,22 @@ class CheckedPool(AsyncConnectionPool[Any]):
         self._errors_at_success = self._failed_attempts()
         self.reconnect_timeout = RECONNECT_TIMEOUT_S
 
+    async def reconnect_failed(self) -> None:
+        """psycopg_pool has given a slot up (:data:`RECONNECT_TIMEOUT_S`): try again after
+        :data:`REGROW_DELAY_S`, so a pool nobody asks (the api's audit pool at night) fills up
+        again once the server is back. Left to requests alone, it stayed empty and
+        ``unreachable`` after the outage until one came (a reviewer's finding)."""
+        await super().reconnect_failed()
+        if not self.closed and not self._regrowing:
+            task = asyncio.create_task(self._regrow())
+            self._regrowing.add(task)
+            task.add_done_callback(self._regrowing.discard)
+
+    async def _regrow(self) -> None:
+        await asyncio.sleep(REGROW_DELAY_S)
+        if not self.closed:
+            await self.check()  # an empty pool grows (psycopg_pool's own attempt, with backoff)
+
     def _failed_attempts(self) -> int:
         return self.get_stats().get("connections_errors", 0)
 
@@ -205,7 +227,7 @@ class CheckedPool(AsyncConnectionPool[Any]):
         slot's reconnection that failed during a restart on a quiet pool is not an outage.)"""
         stats = self.get_stats()
         return (
-            self._in_use == 0
+            not self._out
             and stats.get("pool_available", 0) == 0
             and stats.get("connections_errors", 0) > self._errors_at_success
         )
@@ -215,7 +237,7 @@ class CheckedPool(AsyncConnectionPool[Any]):
         stats = self.get_stats()
         return {
             "connections": stats.get("pool_size", 0),
-            "connections_in_use": self._in_use,
+            "connections_in_use": len(self._out),
             "connections_idle": stats.get("pool_available", 0),
             "connections_max": stats.get("pool_max", 0),
             "requests_waiting": stats.get("requests_waiting", 0),
@@ -240,11 +262,11 @@ class CheckedPool(AsyncConnectionPool[Any]):
         # connect to a path that has since come back) left a full, healthy pool "unreachable"
         # until it made a new connection, which a full pool never does.
         self._errors_at_success = self._failed_attempts()
-        self._in_use += 1
+        self._out.add(conn)
         return conn
 
     async def putconn(self, conn: AsyncConnection[Any]) -> None:
-        self._in_use -= 1
+        self._out.discard(conn)
         await super().putconn(conn)
 
     async def _checked(self, conn: AsyncConnection[Any]) -> None:
@@ -268,8 +290,10 @@ class CheckedPool(AsyncConnectionPool[Any]):
     async def close(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (the base's signature)
         """Close after the sweep running, if any, has put back or replaced what it took (left
         running, it outlived the pool and dropped healthy connections unclosed)."""
-        if self._sweeps:
-            await asyncio.wait(set(self._sweeps), timeout=timeout)
+        for task in self._regrowing:
+            task.cancel()
+        if self._sweeps or self._regrowing:
+            await asyncio.wait(self._sweeps | self._regrowing, timeout=timeout)
         if not self.closed:
             retired = _RETIRED.setdefault(self.name, dict.fromkeys(POOL_COUNTERS, 0))
             counts = self.figures()

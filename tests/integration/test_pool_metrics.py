@@ -58,6 +58,13 @@ async def test_a_pools_connections_waits_and_timeouts_are_counted(servers: Serve
         # failed during a short restart, on a quiet pool).
         pool._stats["connections_errors"] += 1
         assert pool_metrics(name)["unreachable"] == 0
+        # A connection given back twice is refused and counts once (a count went to -1, and
+        # with it the unreachable flag and fail_fast were off for good).
+        conn = await pool.getconn()
+        await pool.putconn(conn)
+        with pytest.raises(ValueError):
+            await pool.putconn(conn)
+        assert pool_metrics(name)["connections_in_use"] == 0
     finally:
         await pool.close()
     # closed: its gauges are 0, its counts stay (a counter that went down would be read as a
