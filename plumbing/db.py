@@ -34,7 +34,7 @@ CLIENT = {
 }
 #: In a pool made with ``fail_fast`` (the api's), while the server cannot be reached (a
 #: connection attempt has failed since the pool last made or handed out one, and none is in
-#: use), a request waits this long for a connection instead of the pool's 10 s, so a client
+#: use or idle), a request waits this long for a connection instead of the pool's 10 s, so a client
 #: gets its 503 (with ``Retry-After``) in a second, not ten. Background work (the webhook
 #: sender recording an outcome, sync) keeps the 10 s: it has no client to answer, and a short
 #: outage should not cost it its work.
@@ -225,7 +225,9 @@ class CheckedPool(AsyncConnectionPool[Any]):
         out, and no connection is in use or idle. (One in use or idle says the server was
         there: an attempt refused for the server's connection limit, a slow connect, or a
         slot's reconnection that failed during a restart on a quiet pool is not an outage.)"""
-        stats = self.get_stats()
+        return self._unreachable(self.get_stats())
+
+    def _unreachable(self, stats: dict[str, int]) -> bool:
         return (
             not self._out
             and stats.get("pool_available", 0) == 0
@@ -241,7 +243,7 @@ class CheckedPool(AsyncConnectionPool[Any]):
             "connections_idle": stats.get("pool_available", 0),
             "connections_max": stats.get("pool_max", 0),
             "requests_waiting": stats.get("requests_waiting", 0),
-            "unreachable": int(self.unreachable),
+            "unreachable": int(self._unreachable(stats)),
             "connection_errors": stats.get("connections_errors", 0),
             "timeouts": self.timeouts,
         }
