@@ -1,8 +1,10 @@
 """Prometheus metrics of every tieline process (prometheus-client, the default registry).
 
-Each process exposes ``/metrics`` in the Prometheus text format: the api on its own HTTP port,
-the write services, the worker, the webhooks and the sync process on their health port
-(``TIELINE_HEALTH_PORT``, services/runtime/health.py). The names, and what each one means:
+Each process exposes ``/metrics`` in the Prometheus text format: the api on its own HTTP port
+(and on its health port when it has one: ``tieline up --api-workers N`` gives each of the N
+api processes sharing the api port one, so each is scraped on its own), the write services,
+the worker, the webhooks and the sync process on their health port (``TIELINE_HEALTH_PORT``,
+services/runtime/health.py). The names, and what each one means:
 
 api
     ``tieline_http_requests_total{method,route,status}`` and

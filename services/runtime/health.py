@@ -1,4 +1,5 @@
-"""Health endpoint of the processes that have no HTTP API: people, interactions and the worker.
+"""Health endpoint of the processes that have no HTTP API (people, interactions, the worker,
+webhooks, sync), and the per-process metrics port of each api process under ``--api-workers``.
 
 Orchestrators need something to probe. ``TIELINE_HEALTH_PORT`` turns on a minimal HTTP server
 in the process's own event loop, so an answer proves that loop is not stuck:

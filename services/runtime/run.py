@@ -5,7 +5,9 @@ from the environment (``TIELINE_*``); ``tieline up`` sets them for the processes
 (and adds ``--data-dir DIR`` to name the installation), the deployment files in deploy/ for
 containers.
 With ``TIELINE_HEALTH_PORT`` the roles without an HTTP API answer health probes
-(services/runtime/health.py); the api has ``/healthz`` and ``/readyz`` itself.
+(services/runtime/health.py); the api has ``/healthz`` and ``/readyz`` itself, and with a
+health port (``tieline up --api-workers N`` gives each api process one) serves its own
+``/metrics`` there too.
 """
 
 from __future__ import annotations
@@ -127,10 +129,20 @@ async def _run_api(settings: Settings) -> None:
     from tieline.services.api.app import create_app as create_api
 
     server = uvicorn.Server(api_server_config(settings, create_api(settings)))
-    if settings.api_workers > 1:
-        await server.serve(sockets=[reuse_port_socket(settings.api_host, settings.api_port)])
-    else:
-        await server.serve()
+
+    async def serving() -> tuple[bool, dict[str, Any]]:
+        """Ready while uvicorn has started and is not shutting down (the api port's own
+        ``/readyz`` checks NATS and PostgreSQL; this port is for scraping one process)."""
+        listening = server.started and not server.should_exit
+        return listening, {"listening": listening}
+
+    # With a health port (one per api process under ``--api-workers``), the process's own
+    # /metrics: on the shared port a scrape reaches whichever process the kernel picks.
+    async with _health("api", settings, serving):
+        if settings.api_workers > 1:
+            await server.serve(sockets=[reuse_port_socket(settings.api_host, settings.api_port)])
+        else:
+            await server.serve()
 
 
 async def _run_service(role: str, settings: Settings) -> None:

@@ -89,11 +89,13 @@ class Stack:
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.restarts: dict[str, int] = {}
         self.api_port = config.api_port or find_free_port(config.api_host)
-        #: The health and /metrics port of each role without an HTTP API of its own.
+        #: The health and /metrics port of each role without an HTTP API of its own, and of
+        #: each api process when there are several: on the shared api port a scrape reaches
+        #: whichever process the kernel picks, and counters would jump between processes.
         self.health_ports = {
             name: find_free_port(config.api_host)
             for name in self.process_names()
-            if not name.startswith("api")
+            if not name.startswith("api") or config.api_workers > 1
         }
         self._stopping = False
         #: NATS user -> password, for the embedded NATS only (None: external, no users made).
@@ -153,10 +155,11 @@ class Stack:
         )
 
     def metrics_urls(self) -> dict[str, str]:
-        """role -> where Prometheus scrapes it."""
+        """process name -> where Prometheus scrapes it: one URL per process (``api``,
+        ``api.2``, ... each on a port of its own when there are several api processes)."""
         host = self.config.api_host
         urls = {role: f"http://{host}:{port}/metrics" for role, port in self.health_ports.items()}
-        if "api" in self.config.roles:
+        if "api" in self.config.roles and "api" not in urls:
             urls["api"] = f"{self.api_url}/metrics"
         return urls
 

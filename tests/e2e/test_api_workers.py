@@ -1,6 +1,6 @@
 """Several API processes on one port (``tieline up --api-workers N``): the kernel spreads
-connections over them (SO_REUSEPORT), each is supervised on its own, and the API keeps
-answering while one of them is down."""
+connections over them (SO_REUSEPORT), each is supervised on its own and scraped on a port of
+its own, and the API keeps answering while one of them is down."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
 from tieline.plumbing.config import Settings
 from tieline.services.runtime.run import reuse_port_socket
 from tieline.services.runtime.supervisor import Stack, StackConfig
@@ -50,6 +51,37 @@ def _ready(url: str) -> bool:
     return _probe(url) == "ok"
 
 
+def _healthz_answered(metrics_url: str) -> float:
+    """``GET /healthz`` requests the process behind ``metrics_url`` has counted."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
+        text = resp.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "tieline_http_requests_total"
+        and sample.labels.get("route") == "/healthz"
+        and sample.labels.get("method") == "GET"
+    )
+
+
+def _each_process_is_scraped_on_its_own_port(stack: Stack) -> None:
+    """Every request to the shared port is counted by exactly one process, and the per-process
+    scrape URLs add up to all of them (on the shared port a scrape reaches one process)."""
+    urls = stack.metrics_urls()
+    assert {"api", "api.2"} <= set(urls), urls
+    assert urls["api"] != urls["api.2"]
+    assert not urls["api"].startswith(stack.api_url), urls
+    before = {name: _healthz_answered(urls[name]) for name in ("api", "api.2")}
+    requests = 40
+    for _ in range(requests):  # a new connection each: the kernel picks a process for each
+        with urllib.request.urlopen(stack.api_url + "/healthz", timeout=5) as resp:
+            assert resp.status == 200
+    after = {name: _healthz_answered(urls[name]) for name in ("api", "api.2")}
+    counted = {name: after[name] - before[name] for name in after}
+    assert sum(counted.values()) == requests, counted
+
+
 def test_the_api_answers_from_the_other_process_while_one_is_down(
     tmp_path: Path, settings: Settings
 ) -> None:
@@ -73,6 +105,7 @@ def test_the_api_answers_from_the_other_process_while_one_is_down(
         while not all(_ready(stack.api_url) for _ in range(20)):
             assert time.monotonic() < deadline, "the two api processes never both answered"
             time.sleep(0.5)
+        _each_process_is_scraped_on_its_own_port(stack)
         stack.kill_role("api", signal.SIGKILL)
         # Nothing restarted it yet (no supervise_once): api.2 alone answers, every time.
         answers = [_probe(stack.api_url) for _ in range(20)]
