@@ -39,6 +39,9 @@ CLIENT = {
 #: sender recording an outcome, sync) keeps the 10 s: it has no client to answer, and a short
 #: outage should not cost it its work.
 UNREACHABLE_WAIT_S = 1.0
+#: How often a request of a ``fail_fast`` pool that is waiting for a connection looks again
+#: whether the server has become unreachable, once it has waited :data:`UNREACHABLE_WAIT_S`.
+UNREACHABLE_POLL_S = 0.1
 #: Once a pool has connected, a slot whose connection cannot be remade within this time is
 #: given up (psycopg_pool keeps retrying for 5 minutes by default, waiting 1, 2, 4, ... 128 s
 #: between attempts, so after an outage of a minute the next attempt could come a minute after
@@ -186,6 +189,11 @@ class CheckedPool(AsyncConnectionPool[Any]):
         #: connection given back twice, or to the wrong pool, cannot make it drift).
         self._out: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
         self._regrowing: set[asyncio.Task[None]] = set()
+        #: Requests of a ``fail_fast`` pool waiting for a connection -> when they began, and
+        #: those whose wait has been cancelled because the server cannot be reached.
+        self._waiters: dict[asyncio.Task[Any], float] = {}
+        self._given_up: set[asyncio.Task[Any]] = set()
+        self._watch: asyncio.TimerHandle | None = None
         #: Requests that got no connection in time (PoolTimeout; a cancelled wait is not one)
         self.timeouts = 0
         super().__init__(*args, check=self._checked, configure=self._configured, **kwargs)
@@ -250,13 +258,18 @@ class CheckedPool(AsyncConnectionPool[Any]):
 
     async def getconn(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (the base's)
         """A connection. With ``fail_fast``, waiting at most :data:`UNREACHABLE_WAIT_S`
-        while the server cannot be reached (:attr:`unreachable`): the whole timeout for a
-        connection that cannot be made only holds the client. The wait still starts an
-        attempt when the pool has room, so a request after the server is back can get one."""
-        if self.fail_fast and self.unreachable:
-            timeout = min(self.timeout if timeout is None else timeout, UNREACHABLE_WAIT_S)
+        while the server cannot be reached (:attr:`unreachable`), whether it was so when the
+        request came or became so while it waited: the whole timeout for a connection that
+        cannot be made only holds the client. The wait still starts an attempt when the pool
+        has room, so a request after the server is back can get one."""
+        wait = self.timeout if timeout is None else timeout
         try:
-            conn = await super().getconn(timeout)
+            if not self.fail_fast:
+                conn = await super().getconn(wait)
+            elif self.unreachable:
+                conn = await super().getconn(min(wait, UNREACHABLE_WAIT_S))
+            else:
+                conn = await self._getconn_until_unreachable(wait)
         except PoolTimeout:
             self.timeouts += 1
             raise
@@ -266,6 +279,58 @@ class CheckedPool(AsyncConnectionPool[Any]):
         self._errors_at_success = self._failed_attempts()
         self._out.add(conn)
         return conn
+
+    async def _getconn_until_unreachable(self, wait_s: float) -> Any:
+        """psycopg_pool's getconn, given up (PoolTimeout) once the request has waited
+        :data:`UNREACHABLE_WAIT_S` and the pool has become :attr:`unreachable` meanwhile.
+
+        The requests already waiting when an outage begins are the ones that find the dead
+        connections: the pool becomes unreachable only after they have started waiting, and
+        they waited the whole 10 s for their 503 while later ones waited 1 s. One timer per
+        pool looks after every waiting request (:meth:`_give_up_if_unreachable`), so a request
+        costs a dictionary entry, not a timer or a task of its own (a timer and
+        ``asyncio.timeout`` each, first tried, doubled the CPU of a checkout). A cancelled
+        wait gives back a connection just handed to it (psycopg_pool's own ``wait``)."""
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        self._waiters[task] = loop.time()
+        if self._watch is None:
+            self._watch = loop.call_later(UNREACHABLE_POLL_S, self._give_up_if_unreachable)
+        try:
+            conn = await super().getconn(wait_s)
+        except asyncio.CancelledError:
+            if task in self._given_up:
+                self._given_up.discard(task)
+                if task.uncancel() == 0:  # else the caller cancelled it too: that stands
+                    waited = loop.time() - self._waiters[task]
+                    raise PoolTimeout(
+                        f"couldn't get a connection after {waited:.2f} sec:"
+                        " the server cannot be reached"
+                    ) from None
+            raise
+        finally:
+            self._waiters.pop(task, None)
+        if task in self._given_up:  # psycopg_pool swallowed the cancellation (not seen)
+            self._given_up.discard(task)
+            task.uncancel()
+        return conn
+
+    def _give_up_if_unreachable(self) -> None:
+        """While requests wait: when the pool is :attr:`unreachable`, cancel the wait of each
+        that has waited :data:`UNREACHABLE_WAIT_S` (its getconn raises PoolTimeout); look
+        again every :data:`UNREACHABLE_POLL_S` until none waits."""
+        self._watch = None
+        if not self._waiters or self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        if self.unreachable:
+            now = loop.time()
+            for task, began in self._waiters.items():
+                if now - began >= UNREACHABLE_WAIT_S and task not in self._given_up:
+                    self._given_up.add(task)
+                    task.cancel()
+        self._watch = loop.call_later(UNREACHABLE_POLL_S, self._give_up_if_unreachable)
 
     async def putconn(self, conn: AsyncConnection[Any]) -> None:
         self._out.discard(conn)
@@ -294,6 +359,9 @@ class CheckedPool(AsyncConnectionPool[Any]):
         running, it outlived the pool and dropped healthy connections unclosed)."""
         for task in self._regrowing:
             task.cancel()
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self._sweeps or self._regrowing:
             await asyncio.wait(self._sweeps | self._regrowing, timeout=timeout)
         if not self.closed:
