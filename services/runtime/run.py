@@ -136,9 +136,14 @@ async def _run_api(settings: Settings) -> None:
         listening = server.started and not server.should_exit
         return listening, {"listening": listening}
 
-    # With a health port (one per api process under ``--api-workers``), the process's own
-    # /metrics: on the shared port a scrape reaches whichever process the kernel picks.
-    async with _health("api", settings, serving):
+    # Under ``--api-workers`` N > 1 each process also serves its own /metrics on its health
+    # port: on the shared port a scrape reaches whichever process the kernel picks. A single
+    # api process does not open it, even when TIELINE_HEALTH_PORT is set (the image sets it for
+    # every role): its own port already serves /metrics, and the two could collide.
+    health = (
+        settings if settings.api_workers > 1 else settings.model_copy(update={"health_port": None})
+    )
+    async with _health("api", health, serving):
         if settings.api_workers > 1:
             await server.serve(sockets=[reuse_port_socket(settings.api_host, settings.api_port)])
         else:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 from tieline.plumbing.config import Settings
+from tieline.services.runtime.embedded import find_free_port
 from tieline.services.runtime.run import reuse_port_socket
 from tieline.services.runtime.supervisor import Stack, StackConfig
 
@@ -117,5 +118,34 @@ def test_the_api_answers_from_the_other_process_while_one_is_down(
         time.sleep(3)  # a restarted api that could not bind the port would exit meanwhile
         assert stack.children["api"].poll() is None
         assert stack.children["api.2"].poll() is None
+    finally:
+        stack.stop()
+
+
+def test_a_single_api_process_does_not_open_the_health_port(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """The image sets TIELINE_HEALTH_PORT for every role (deploy/Dockerfile): a lone api process
+    serves its /metrics on its own port and must not also bind the health port; an operator who
+    moves the api onto that port (TIELINE_API_PORT=8081) still gets an api (it exited 3)."""
+    port = find_free_port("127.0.0.1")
+    config = StackConfig(
+        data_dir=tmp_path / "data",
+        env=stack_env(settings, TIELINE_HEALTH_PORT=str(port)),
+        api_port=port,
+        roles=("api",),
+    )
+    stack = Stack(config)
+    try:
+        stack.start_servers()
+        stack.start_processes()
+        assert "api" not in stack.health_ports
+        stack.wait_ready(timeout=120)
+        # Only the api serves its OpenAPI document; a health server on the port would not.
+        with urllib.request.urlopen(stack.api_url + "/openapi.json", timeout=10) as resp:
+            assert resp.status == 200
+        time.sleep(1)  # a process that lost a bind would exit meanwhile
+        log = (tmp_path / "data" / "logs" / "api.log").read_text(errors="replace")
+        assert stack.children["api"].poll() is None, log[-3000:]
     finally:
         stack.stop()
