@@ -26,11 +26,10 @@ holds no ``$``, which Compose would take for a variable reference.
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
 import secrets
 from pathlib import Path
 
+from tieline.plumbing.files import create_file, replace_file
 from tieline.services.runtime.nats_auth import ROLES, new_password, password_env_var
 
 __all__ = ["SECRET_NAMES", "generate_secrets", "read_env_file", "write_env_file"]
@@ -70,20 +69,7 @@ def write_env_file(path: Path, values: dict[str, str], *, force: bool = False) -
     """
     text = _HEADER + "".join(f"{name}={values[name]}\n" for name in values)
     path.parent.mkdir(parents=True, exist_ok=True)
-    target = path.with_name(f".{path.name}.{os.getpid()}.tmp") if force else path
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # whatever the umask
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if force:
-            os.replace(target, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            target.unlink()
-        raise
+    (replace_file if force else create_file)(path, text.encode())
 
 
 def read_env_file(path: Path) -> dict[str, str]:

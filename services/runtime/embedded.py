@@ -40,6 +40,7 @@ import psycopg
 import structlog
 from psycopg import sql
 from psycopg.rows import TupleRow
+from tieline.plumbing.files import write_new
 from tieline.plumbing.redact import redact_url
 from tieline.services.runtime.errors import OperationalError
 from tieline.services.runtime.managed_server import ManagedServer
@@ -51,7 +52,6 @@ from tieline.services.runtime.pg_auth import (
     trusting_lines,
     untrusted,
     write_hba,
-    write_new,
 )
 from tieline.services.runtime.pg_unprivileged import (
     RunAs,

@@ -14,13 +14,12 @@ A file left by a run that was killed is not trusted: the supervisor's lock
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from tieline.plumbing.config import Settings
+from tieline.plumbing.files import replace_file
 from tieline.services.runtime.errors import NotRunning, OperationalError
 from tieline.services.runtime.installation import running_pid
 
@@ -84,16 +83,7 @@ def write_endpoints(data_dir: Path, endpoints: Endpoints) -> Path:
     """Write ``run/endpoints.json`` atomically (mode 0600: database URLs may hold a password)."""
     path = data_dir / ENDPOINTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=".endpoints.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(endpoints.model_dump_json(indent=2) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_file(path, (endpoints.model_dump_json(indent=2) + "\n").encode())
     return path
 
 

@@ -65,7 +65,6 @@ no process can listen to replies meant for another (fetched events, PubAcks, com
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -73,6 +72,8 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from tieline.plumbing.files import replace_file
 
 __all__ = [
     "PASSWORDS_FILE",
@@ -280,18 +281,5 @@ def load_or_create_passwords(path: Path) -> dict[str, str]:
     for role in missing:
         passwords[role] = new_password()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(passwords, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    replace_file(path, (json.dumps(passwords, indent=2, sort_keys=True) + "\n").encode())
     return passwords

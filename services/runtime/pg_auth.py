@@ -29,18 +29,17 @@ import stat
 import subprocess
 from pathlib import Path
 
+from tieline.plumbing.files import replace_file
 from tieline.services.runtime.errors import OperationalError
 
 __all__ = [
     "HBA_PROBLEMS_SQL",
     "load_or_make_password",
     "read_hba",
-    "replace_file",
     "set_passwords_offline",
     "trusting_lines",
     "untrusted",
     "write_hba",
-    "write_new",
 ]
 
 #: Rules the server would apply that trust a client, or that it could not read.
@@ -76,37 +75,6 @@ def load_or_make_password(path: Path, *, cluster_exists: bool, trusting: bool) -
     path.parent.mkdir(parents=True, exist_ok=True)
     replace_file(path, (value + "\n").encode())
     return value
-
-
-def write_new(path: Path, data: bytes, owner: tuple[int, int] | None = None) -> None:
-    """Create ``path`` (it must not exist) holding ``data``, fsynced: mode 0600 from its
-    creation and ``owner`` (uid, gid) set on the open file, never through a link."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        if owner is not None:
-            os.fchown(fd, *owner)
-        os.fchmod(fd, 0o600)  # whatever the umask
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_file(path: Path, data: bytes, owner: tuple[int, int] | None = None) -> None:
-    """Replace ``path`` with ``data`` durably: a new file (:func:`write_new`) renamed into
-    place (a rename replaces a link, never follows it), then its directory fsynced."""
-    staged = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tieline")
-    try:
-        write_new(staged, data, owner)
-        os.replace(staged, path)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def _method_index(fields: list[str]) -> int | None:

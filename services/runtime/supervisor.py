@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from pathlib import Path
 import psutil
 import structlog
 from tieline.plumbing.config import Settings
+from tieline.plumbing.files import create_file, replace_file
 from tieline.plumbing.redact import redact_url
 from tieline.plumbing.retry import PROCESS
 from tieline.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, find_free_port
@@ -252,8 +254,10 @@ class Stack:
         path = self.config.data_dir / "secrets" / "master.key"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            path.write_text(base64.b64encode(_secrets.token_bytes(32)).decode())
-            path.chmod(0o600)
+            # Durable before any child encrypts with it, and 0600 from its first byte (it
+            # was written world-readable, then chmodded, and never fsynced).
+            with contextlib.suppress(FileExistsError):
+                create_file(path, base64.b64encode(_secrets.token_bytes(32)))
         return path.read_text().strip()
 
     def bootstrap_admin_token(self, token: str | None = None, workspace: str = "default") -> str:
@@ -290,8 +294,7 @@ class Stack:
 
         created = asyncio.run(go())
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.write_text(created)
-        path.chmod(0o600)
+        replace_file(path, created.encode())  # 0600 from its first byte
         return created
 
     def child_env(self, role: str) -> dict[str, str]:

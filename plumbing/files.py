@@ -1,0 +1,61 @@
+"""Private files written durably: secrets, passwords, connection URLs.
+
+Every such file is mode 0600 from its first byte (set on the open file, whatever the umask),
+never written through a symbolic link, fsynced before it is used, and replaced by a rename
+whose directory is fsynced too: after a crash it holds the old content or the new, never a
+truncated one, and a key that has already encrypted data is never lost with the page cache.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+__all__ = ["create_file", "replace_file", "sync_directory", "write_new"]
+
+
+def write_new(path: Path, data: bytes, owner: tuple[int, int] | None = None) -> None:
+    """Create ``path`` (it must not exist: FileExistsError) holding ``data``, fsynced: mode
+    0600 from its creation and ``owner`` (uid, gid) set on the open file, never through a
+    link. The file is durable once its directory entry is: see :func:`sync_directory`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, 0o600)  # whatever the umask
+        view = memoryview(data)
+        while view:  # os.write may write less than asked
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_file(path: Path, data: bytes, owner: tuple[int, int] | None = None) -> None:
+    """Replace ``path`` with ``data`` durably: a new file (:func:`write_new`) renamed into
+    place (a rename replaces a link, never follows it), then its directory fsynced."""
+    staged = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tieline")
+    try:
+        write_new(staged, data, owner)
+        os.replace(staged, path)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    sync_directory(path.parent)
+
+
+def create_file(path: Path, data: bytes, owner: tuple[int, int] | None = None) -> None:
+    """Create ``path`` durably (:func:`write_new`, then its directory fsynced); an existing
+    file is left alone (FileExistsError)."""
+    write_new(path, data, owner)
+    sync_directory(path.parent)
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync ``directory``, so a file created or renamed in it survives a crash."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,94 @@
+"""Private files (keys, passwords, connection URLs) are 0600 from creation and never
+written through a link, whoever writes them: the shared writer and its callers."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tieline.plumbing.files import create_file, replace_file
+from tieline.services.runtime.deploy_secrets import write_env_file
+from tieline.services.runtime.nats_auth import load_or_create_passwords
+from tieline.services.runtime.supervisor import Stack, StackConfig
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """A umask of 0: a writer that relied on the umask would make world-readable files."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_created_and_replaced_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    created, replaced = tmp_path / "created", tmp_path / "replaced"
+    create_file(created, b"one")
+    replaced.write_bytes(b"old")
+    replaced.chmod(0o644)
+    replace_file(replaced, b"new")
+    assert (created.read_bytes(), _mode(created)) == (b"one", 0o600)
+    assert (replaced.read_bytes(), _mode(replaced)) == (b"new", 0o600)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["created", "replaced"]  # no staging
+
+
+def test_create_file_leaves_an_existing_file_alone(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    create_file(path, b"first")
+    with pytest.raises(FileExistsError):
+        create_file(path, b"second")
+    assert path.read_bytes() == b"first"
+
+
+def test_no_write_follows_a_symbolic_link(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"untouched")
+    link = tmp_path / "link"
+    link.symlink_to(victim)
+    with pytest.raises(OSError):
+        create_file(link, b"planted")
+    replace_file(link, b"replaced")  # the rename replaces the link itself
+    assert victim.read_bytes() == b"untouched"
+    assert not link.is_symlink() and link.read_bytes() == b"replaced"
+
+
+def test_large_contents_are_written_whole(tmp_path: Path) -> None:
+    data = os.urandom(3 << 20)
+    replace_file(tmp_path / "big", data)
+    assert (tmp_path / "big").read_bytes() == data
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_callers_write_private_files(tmp_path: Path) -> None:
+    env = tmp_path / "deploy" / "tieline.env"
+    write_env_file(env, {"A": "1"})
+    with pytest.raises(FileExistsError):
+        write_env_file(env, {"A": "2"})
+    write_env_file(env, {"A": "3"}, force=True)
+    passwords = tmp_path / "secrets" / "nats.json"
+    created = load_or_create_passwords(passwords)
+    assert load_or_create_passwords(passwords) == created
+    assert env.read_text().endswith("A=3\n")
+    assert (_mode(env), _mode(passwords)) == (0o600, 0o600)
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_the_stack_master_key_is_private_and_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TIELINE_MASTER_KEY", raising=False)
+    stack = Stack(StackConfig(data_dir=tmp_path))
+    key = stack.master_key()
+    path = tmp_path / "secrets" / "master.key"
+    assert (_mode(path), stack.master_key()) == (0o600, key)
+    assert len(base64.b64decode(key)) == 32
