@@ -340,6 +340,7 @@ class CheckedPool(AsyncConnectionPool[Any]):
         checkout, so it cannot be seen twice with none between."""
         self._watch = None
         if not self._waiters or self.closed:
+            self._unreachable_at = None  # a later outage starts with a first look again
             return
         loop = asyncio.get_running_loop()
         if not self.unreachable:

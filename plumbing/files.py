@@ -46,9 +46,16 @@ def replace_file(path: Path, data: bytes, owner: tuple[int, int] | None = None) 
 
 
 def create_file(path: Path, data: bytes, owner: tuple[int, int] | None = None) -> None:
-    """Create ``path`` durably (:func:`write_new`, then its directory fsynced); an existing
-    file is left alone (FileExistsError)."""
-    write_new(path, data, owner)
+    """Create ``path`` durably, whole or not at all: a new file (:func:`write_new`) linked
+    into place (a hard link fails with FileExistsError when ``path`` exists, and leaves it
+    alone), then its directory fsynced. Written in place, a full disk or an interrupt left a
+    truncated file that the next run refused to replace (a reviewer's finding)."""
+    staged = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tieline")
+    try:
+        write_new(staged, data, owner)
+        os.link(staged, path, follow_symlinks=False)
+    finally:
+        staged.unlink(missing_ok=True)
     sync_directory(path.parent)
 
 

@@ -40,7 +40,7 @@ import psycopg
 import structlog
 from psycopg import sql
 from psycopg.rows import TupleRow
-from tieline.plumbing.files import write_new
+from tieline.plumbing.files import replace_file, write_new
 from tieline.plumbing.redact import redact_url
 from tieline.services.runtime.errors import OperationalError
 from tieline.services.runtime.managed_server import ManagedServer
@@ -201,9 +201,7 @@ class EmbeddedNats(ManagedServer):
         # The config holds every NATS user's password, admin's included: owner only (it was
         # 0644, readable by any local user, while secrets/ kept the same passwords at 0600).
         self.data_dir.chmod(0o700)
-        self.config_path.touch(mode=0o600)
-        self.config_path.chmod(0o600)
-        self.config_path.write_text(self.render_config())
+        replace_file(self.config_path, self.render_config().encode())
         started = time.monotonic()
         self._spawn(
             [binary, "-c", str(self.config_path)], log_path=self.log_path, cwd=self.data_dir

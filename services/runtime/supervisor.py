@@ -258,7 +258,10 @@ class Stack:
             # was written world-readable, then chmodded, and never fsynced).
             with contextlib.suppress(FileExistsError):
                 create_file(path, base64.b64encode(_secrets.token_bytes(32)))
-        return path.read_text().strip()
+        key = path.read_text().strip()
+        if not key:  # never "no master key": children would store person keys unwrapped
+            raise OperationalError(f"{path} is empty: restore the master key from a backup")
+        return key
 
     def bootstrap_admin_token(self, token: str | None = None, workspace: str = "default") -> str:
         """Create (or re-register a given) admin token for ``workspace``; a fresh one is

@@ -4,14 +4,18 @@ written through a link, whoever writes them: the shared writer and its callers."
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tieline.plumbing.files import create_file, replace_file
 from tieline.services.runtime.deploy_secrets import write_env_file
+from tieline.services.runtime.errors import OperationalError
 from tieline.services.runtime.nats_auth import load_or_create_passwords
 from tieline.services.runtime.supervisor import Stack, StackConfig
 
@@ -92,3 +96,37 @@ def test_the_stack_master_key_is_private_and_kept(
     path = tmp_path / "secrets" / "master.key"
     assert (_mode(path), stack.master_key()) == (0o600, key)
     assert len(base64.b64decode(key)) == 32
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from tieline.plumbing.files import create_file
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (10, 10))
+try:
+    create_file(Path(sys.argv[1]), b"x" * 44)
+except OSError as exc:
+    print(exc.errno)
+"""
+
+
+def test_a_file_that_cannot_be_written_whole_is_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(path)], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == str(errno.EFBIG)
+    assert list(tmp_path.iterdir()) == []  # neither a truncated key nor a staged file
+    create_file(path, b"whole")  # and the next try is not refused
+    assert path.read_bytes() == b"whole"
+
+
+def test_an_empty_master_key_file_is_an_error_not_no_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TIELINE_MASTER_KEY", raising=False)
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "master.key").write_text("\n")
+    with pytest.raises(OperationalError, match="is empty"):
+        Stack(StackConfig(data_dir=tmp_path)).master_key()
