@@ -94,6 +94,9 @@ class Settings(BaseSettings):
 
     #: base64 of 32 bytes; wraps the per-person keys at rest (recommended in production).
     master_key: str | None = None
+    #: During a rotation, the master key(s) it replaced (comma-separated): values sealed
+    #: under them still open; new ones are sealed under ``master_key`` (docs/operations.md).
+    master_key_previous: str | None = None
     #: Authentication failures per client and minute before answering 429 (counted across
     #: every api process: services/api/ratelimit.py).
     auth_failures_per_minute: int = 20

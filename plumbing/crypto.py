@@ -11,7 +11,9 @@ immutable log.
   own key.
 
 Person keys live in ``person_keys``, wrapped with the master key from ``TIELINE_MASTER_KEY``
-when one is configured.
+when one is configured. During a rotation, ``TIELINE_MASTER_KEY_PREVIOUS`` names the key it
+replaces: values sealed under it still open, everything new is sealed under the current key,
+and ``tieline master-key rewrap`` re-seals what is left (services/runtime/master_key.py).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import base64
 import os
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -146,10 +150,15 @@ class KeyStore:
     """Person keys in PostgreSQL, cached briefly in memory."""
 
     def __init__(
-        self, pool: Any, master_key: bytes | None, ttl_s: float = 5.0, *, coalesce: bool = False
+        self,
+        pool: Any,
+        master_key: MasterKey | None,
+        ttl_s: float = 5.0,
+        *,
+        coalesce: bool = False,
     ) -> None:
         self.pool = pool
-        self.master = AESGCM(master_key) if master_key else None
+        self.master = master_key
         self.ttl_s = ttl_s
         self._cache: dict[tuple[str, str], tuple[float, bytes | None]] = {}
         # ``coalesce``: concurrent reads of keys go to PostgreSQL together, as one statement
@@ -161,15 +170,14 @@ class KeyStore:
     def _wrap(self, ws: str, pid: str, key: bytes) -> bytes:
         if self.master is None:
             return key
-        nonce = os.urandom(12)
-        return nonce + self.master.encrypt(nonce, key, f"{ws}/{pid}".encode())
+        return self.master.seal(key_purpose(ws, pid), key)
 
     def _unwrap(self, ws: str, pid: str, stored: bytes, wrapped: bool) -> bytes:
         if not wrapped:
             return stored
         if self.master is None:
             raise RuntimeError("person keys are wrapped but TIELINE_MASTER_KEY is not set")
-        return self.master.decrypt(stored[:12], stored[12:], f"{ws}/{pid}".encode())
+        return self.master.unseal(key_purpose(ws, pid), stored)
 
     async def keys(
         self, ws: str, people: Iterable[str], *, create: bool = False, fresh: bool = False
@@ -246,24 +254,77 @@ class KeyStore:
         return True
 
 
-def seal(master_key: bytes, purpose: str, plaintext: bytes) -> bytes:
-    """``plaintext`` encrypted under the master key (AES-GCM, nonce first), bound to
-    ``purpose`` (e.g. ``webhook/<ws>/<endpoint>``) so a sealed value cannot be moved to
-    another row and still open."""
-    nonce = os.urandom(12)
-    return nonce + AESGCM(master_key).encrypt(nonce, plaintext, purpose.encode())
+def key_purpose(ws: str, person_id: str) -> str:
+    """What a person key is sealed for: its workspace and person (so it opens nowhere else)."""
+    return f"{ws}/{person_id}"
 
 
-def unseal(master_key: bytes, purpose: str, sealed: bytes) -> bytes:
-    """The inverse of :func:`seal` (raises when the key or the purpose differ)."""
-    return AESGCM(master_key).decrypt(sealed[:12], sealed[12:], purpose.encode())
+@dataclass(frozen=True, repr=False)
+class MasterKey:
+    """The master key that seals (``TIELINE_MASTER_KEY``), and during a rotation the keys it
+    replaced (``TIELINE_MASTER_KEY_PREVIOUS``), which only open: a value sealed under an old
+    key stays readable until ``tieline master-key rewrap`` has re-sealed it."""
+
+    current: bytes
+    previous: tuple[bytes, ...] = ()
+
+    def seal(self, purpose: str, plaintext: bytes) -> bytes:
+        """``plaintext`` encrypted under the current key (AES-GCM, nonce first), bound to
+        ``purpose`` (e.g. ``webhook/<ws>/<endpoint>``) so a sealed value cannot be moved to
+        another row and still open."""
+        nonce = os.urandom(12)
+        return nonce + AESGCM(self.current).encrypt(nonce, plaintext, purpose.encode())
+
+    def unseal(self, purpose: str, sealed: bytes) -> bytes:
+        """The inverse of :meth:`seal`, under the current key or a previous one (InvalidTag
+        when none opens it, or the purpose differs)."""
+        return self.opened(purpose, sealed)[0]
+
+    def opened(self, purpose: str, sealed: bytes) -> tuple[bytes, bool]:
+        """The plaintext, and whether the current key opened it (False: a previous one)."""
+        for key in (self.current, *self.previous):
+            try:
+                plain = AESGCM(key).decrypt(sealed[:12], sealed[12:], purpose.encode())
+            except InvalidTag:
+                continue
+            return plain, key == self.current
+        raise InvalidTag
+
+    def __repr__(self) -> str:  # never print key material
+        return f"MasterKey(previous={len(self.previous)})"
 
 
-def master_key_from_env(value: str | None) -> bytes | None:
-    """Decode ``TIELINE_MASTER_KEY`` (base64 of 32 bytes)."""
-    if not value:
-        return None
-    key = base64.b64decode(value)
+def seal(master_key: MasterKey, purpose: str, plaintext: bytes) -> bytes:
+    """:meth:`MasterKey.seal`."""
+    return master_key.seal(purpose, plaintext)
+
+
+def unseal(master_key: MasterKey, purpose: str, sealed: bytes) -> bytes:
+    """:meth:`MasterKey.unseal`."""
+    return master_key.unseal(purpose, sealed)
+
+
+def _decode_key(value: str, name: str) -> bytes:
+    try:
+        key = base64.b64decode(value)
+    except ValueError:
+        key = b""
     if len(key) != 32:
-        raise ValueError("TIELINE_MASTER_KEY must be base64 of 32 random bytes")
+        raise ValueError(f"{name} must be base64 of 32 random bytes")
     return key
+
+
+def master_key_from_env(value: str | None, previous: str | None = None) -> MasterKey | None:
+    """The master key from ``TIELINE_MASTER_KEY`` (base64 of 32 bytes) and, during a
+    rotation, ``TIELINE_MASTER_KEY_PREVIOUS`` (one or more such keys, comma-separated)."""
+    if not value:
+        if previous:
+            raise ValueError("TIELINE_MASTER_KEY_PREVIOUS is set but TIELINE_MASTER_KEY is not")
+        return None
+    current = _decode_key(value, "TIELINE_MASTER_KEY")
+    old = tuple(
+        _decode_key(v.strip(), "TIELINE_MASTER_KEY_PREVIOUS")
+        for v in (previous or "").split(",")
+        if v.strip()
+    )
+    return MasterKey(current, tuple(k for k in old if k != current))

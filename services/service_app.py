@@ -129,7 +129,9 @@ async def start_write_side(
         await backfill(conn, js, settings.stream_name, REGISTRY)
         await backfill_people(conn, js, settings.stream_name, REGISTRY)
         await sweep_digests(conn)
-    keystore = KeyStore(pool, master_key_from_env(settings.master_key), coalesce=True)
+    keystore = KeyStore(
+        pool, master_key_from_env(settings.master_key, settings.master_key_previous), coalesce=True
+    )
     side = WriteSide(settings, js, WriteState(pool), REGISTRY, types, service, keystore)
     return nc, side
 

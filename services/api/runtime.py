@@ -481,7 +481,9 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         conns = Connections(settings)
-        keystore = KeyStore(conns.pool, master_key_from_env(settings.master_key))
+        keystore = KeyStore(
+            conns.pool, master_key_from_env(settings.master_key, settings.master_key_previous)
+        )
         return cls(
             settings=settings,
             connections=conns,

@@ -4,8 +4,8 @@ commands that talk to NATS and PostgreSQL.
 
 The commands live in modules per area and are mounted here: events.py (one command per event
 type), reads.py (one per read route), stream.py (live updates), admin.py (tokens, replay,
-verify), tools.py (simulate, import, export), dlq.py, deploy.py. client.py is how they talk to
-the API; ops.py how operator commands find and report on the servers.
+verify), tools.py (simulate, import, export), dlq.py, deploy.py, master_key.py. client.py is
+how they talk to the API; ops.py how operator commands find and report on the servers.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from tieline.services.cli import admin, calibrate, dlq, events, reads, stream
+from tieline.services.cli import master_key as master_key_cli
 from tieline.services.cli import sync as sync_cli
 from tieline.services.cli.client import DEFAULT_DATA_DIR
 from tieline.services.cli.deploy import register as register_deploy
@@ -146,6 +147,7 @@ admin.register(app)
 calibrate.register(app)
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(sync_cli.app, name="sync")
+app.add_typer(master_key_cli.app, name="master-key")
 register_deploy(app)
 
 

@@ -32,7 +32,13 @@ from pathlib import Path
 from tieline.plumbing.files import create_file, replace_file
 from tieline.services.runtime.nats_auth import ROLES, new_password, password_env_var
 
-__all__ = ["SECRET_NAMES", "generate_secrets", "read_env_file", "write_env_file"]
+__all__ = [
+    "OPTIONAL_SECRET_NAMES",
+    "SECRET_NAMES",
+    "generate_secrets",
+    "read_env_file",
+    "write_env_file",
+]
 
 #: Every variable ``tieline secrets init`` writes, in file order.
 SECRET_NAMES: tuple[str, ...] = (
@@ -41,6 +47,10 @@ SECRET_NAMES: tuple[str, ...] = (
     "POSTGRES_PASSWORD",
     "TIELINE_ADMIN_TOKEN",
 )
+
+#: Variables the deployment reads when an operator has set them: the master key a rotation
+#: replaced, while ``tieline master-key rewrap`` re-seals what it sealed (docs/operations.md).
+OPTIONAL_SECRET_NAMES: tuple[str, ...] = ("TIELINE_MASTER_KEY_PREVIOUS",)
 
 _HEADER = """\
 # tieline deployment secrets, written by `tieline secrets init` (docs/operations.md).

@@ -37,6 +37,7 @@ from tieline.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, fi
 from tieline.services.runtime.endpoints import Endpoints
 from tieline.services.runtime.errors import OperationalError
 from tieline.services.runtime.installation import NATS_SUBDIR, POSTGRES_SUBDIR
+from tieline.services.runtime.master_key import KEY_FILE, new_key, read_key_files
 from tieline.services.runtime.nats_auth import (
     PASSWORDS_FILE,
     authorization_block,
@@ -243,21 +244,21 @@ class Stack:
         with concurrent.futures.ThreadPoolExecutor(1, "tieline-admin") as pool:
             pool.submit(asyncio.run, asyncio.wait_for(run(), timeout)).result()
 
+    def _given_master_key(self) -> str | None:
+        return self.config.env.get("TIELINE_MASTER_KEY") or os.environ.get("TIELINE_MASTER_KEY")
+
     def master_key(self) -> str:
         """TIELINE_MASTER_KEY from the environment, else one kept in the data dir (0600)."""
-        import base64
-        import secrets as _secrets
-
-        given = self.config.env.get("TIELINE_MASTER_KEY") or os.environ.get("TIELINE_MASTER_KEY")
+        given = self._given_master_key()
         if given:
             return given
-        path = self.config.data_dir / "secrets" / "master.key"
+        path = self.config.data_dir / KEY_FILE
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # Durable before any child encrypts with it, and 0600 from its first byte (it
             # was written world-readable, then chmodded, and never fsynced).
             with contextlib.suppress(FileExistsError):
-                create_file(path, base64.b64encode(_secrets.token_bytes(32)))
+                create_file(path, new_key().encode())
         key = path.read_text().strip()
         if not key:  # never "no master key": children would store person keys unwrapped
             raise OperationalError(f"{path} is empty: restore the master key from a backup")
@@ -316,6 +317,12 @@ class Stack:
             env["TIELINE_HEALTH_HOST"] = self.config.api_host
             env["TIELINE_HEALTH_PORT"] = str(self.health_ports[role])
         env["TIELINE_MASTER_KEY"] = self.master_key()
+        if not self._given_master_key():
+            # During a rotation (tieline master-key rotate): the keys the data dir's key
+            # replaced still open what they sealed, until tieline master-key rewrap.
+            previous = read_key_files(self.config.data_dir)[1]
+            if previous:
+                env["TIELINE_MASTER_KEY_PREVIOUS"] = previous
         env.update(self.config.env)
         credentials = self.nats_credentials(role)
         if credentials is not None:

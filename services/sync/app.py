@@ -41,7 +41,7 @@ class SyncService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.master_key = master_key_from_env(settings.master_key)
+        self.master_key = master_key_from_env(settings.master_key, settings.master_key_previous)
         self.live = LivePool(settings, min_size=1, max_size=4, name="sync-read")
         self.state = db.make_pool(
             settings, min_size=1, max_size=settings.sync_concurrency + 2, name="sync"

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 from psycopg_pool import AsyncConnectionPool
-from tieline.plumbing.crypto import KeyStore
+from tieline.plumbing.crypto import KeyStore, MasterKey
 from tieline.projections.readpool import LivePool
 from tieline.services.sync import state
 from tieline.services.sync.commands import CommandBus, accepted
@@ -83,7 +83,7 @@ class Engine:
         live: LivePool,
         keystore: KeyStore,
         bus: CommandBus,
-        master_key: bytes,
+        master_key: MasterKey,
         timeout_s: float = 30.0,
         policy: Policy | None = None,
     ) -> None:

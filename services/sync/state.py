@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 from psycopg import AsyncConnection
-from tieline.plumbing.crypto import seal, unseal
+from tieline.plumbing.crypto import MasterKey, seal, unseal
 
 Row = dict[str, Any]
 
@@ -44,7 +44,7 @@ async def create_source(
     owner: str | None,
     window_days: int,
     interval_s: int,
-    master_key: bytes,
+    master_key: MasterKey,
     actor: str,
 ) -> Row:
     """Register a source; its password is stored sealed under the master key."""
@@ -132,7 +132,7 @@ async def claim_one(conn: AsyncConnection[Any], source_id: str, lease_s: float) 
     return row
 
 
-def password_of(row: Row, master_key: bytes) -> str:
+def password_of(row: Row, master_key: MasterKey) -> str:
     return unseal(
         master_key, secret_purpose(row["workspace_id"], row["source_id"]), bytes(row["secret"])
     ).decode()
@@ -175,7 +175,7 @@ async def store_changes(
     changed: list[tuple[str, str | None, str]],
     deleted: list[str],
     token: str | None,
-    master_key: bytes,
+    master_key: MasterKey,
 ) -> None:
     """Apply one collection's changes and its new sync token in one transaction: a crash
     leaves the old token with the old objects, so the next pull asks again."""
@@ -220,7 +220,7 @@ async def drop_collections(conn: AsyncConnection[Any], source_id: str, keep: lis
 
 
 async def items(
-    conn: AsyncConnection[Any], source_id: str, master_key: bytes
+    conn: AsyncConnection[Any], source_id: str, master_key: MasterKey
 ) -> list[tuple[str, str]]:
     """(href, data) of every object cached for a source."""
     cur = await conn.execute(

@@ -81,7 +81,11 @@ class WebhookService:
         self.state = db.make_pool(
             settings, min_size=1, max_size=settings.webhook_concurrency + 2, name="webhooks"
         )
-        self.sender = Sender(settings, self.state, master_key_from_env(settings.master_key))
+        self.sender = Sender(
+            settings,
+            self.state,
+            master_key_from_env(settings.master_key, settings.master_key_previous),
+        )
         self.nc: NatsClient | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
         self._stopping = asyncio.Event()

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
-from tieline.plumbing.crypto import seal
+from tieline.plumbing.crypto import MasterKey, seal
 from tieline.services.webhooks.store import ENDPOINT_COLS, Row, endpoint, secret_purpose
 
 
@@ -38,7 +38,7 @@ async def rotate_secret(
     ws: str,
     endpoint_id: str,
     secret: str,
-    master_key: bytes,
+    master_key: MasterKey,
     keep_previous_s: float,
     replace_new: bool = False,
 ) -> Row | None:

@@ -50,6 +50,7 @@ import httpx
 import structlog
 from tenacity import RetryCallState, Retrying, wait_exponential_jitter
 from tieline.plumbing.config import Settings
+from tieline.plumbing.crypto import MasterKey
 from tieline.services.webhooks import store
 from tieline.services.webhooks.lookups import Lookup, Lookups, system_lookup
 from tieline.services.webhooks.signing import headers
@@ -159,7 +160,7 @@ class Sender:
         self,
         settings: Settings,
         pool: Any,
-        master_key: bytes | None,
+        master_key: MasterKey | None,
         resolve: Resolver | None = None,
         lookup: Lookup = system_lookup,
     ) -> None:
@@ -256,7 +257,7 @@ class Sender:
         )
 
     async def _post(
-        self, due: store.Due, target: Target, master_key: bytes, deadline: float
+        self, due: store.Due, target: Target, master_key: MasterKey, deadline: float
     ) -> tuple[int, float | None]:
         """POST to the checked addresses, IPv6 and IPv4 interleaved (:func:`interleaved`),
         the next one only when a connection could not be made (nothing was sent): refused, or

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 from psycopg import AsyncConnection
-from tieline.plumbing.crypto import seal, unseal
+from tieline.plumbing.crypto import MasterKey, seal, unseal
 
 Row = dict[str, Any]
 
@@ -45,7 +45,7 @@ async def create_endpoint(
     kinds: list[str],
     description: str | None,
     secret: str,
-    master_key: bytes,
+    master_key: MasterKey,
     actor: str,
 ) -> Row:
     """Register an endpoint; its secret is stored sealed under the master key."""
@@ -240,7 +240,7 @@ class Due:
     #: The secret a rotation replaced, while it still signs (None otherwise).
     sealed_previous: bytes | None = None
 
-    def secrets(self, master_key: bytes) -> list[str]:
+    def secrets(self, master_key: MasterKey) -> list[str]:
         """The secrets this attempt is signed with: the current one, then the previous one
         while a rotation keeps it."""
         purpose = secret_purpose(self.workspace_id, self.endpoint_id)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tieline.services.runtime.deploy_secrets import SECRET_NAMES
+from tieline.services.runtime.deploy_secrets import OPTIONAL_SECRET_NAMES, SECRET_NAMES
 from tieline.services.runtime.nats_auth import deploy_authorization_block
 from tieline.services.runtime.run import REQUIRED
 
@@ -183,7 +183,9 @@ def check_container(
         if any(word in name for word in ("PASSWORD", "MASTER_KEY", "DATABASE_URL", "TOKEN")):
             ref = entry["valueFrom"]["secretKeyRef"]
             assert ref["name"] in ("tieline-secrets", "tieline-db-app"), where
-            assert ref["key"] in (SECRET_NAMES if ref["name"] == "tieline-secrets" else ("uri",))
+            optional = OPTIONAL_SECRET_NAMES if ref.get("optional") else ()
+            known = (*SECRET_NAMES, *optional) if ref["name"] == "tieline-secrets" else ("uri",)
+            assert ref["key"] in known, f"{where}: {ref}"
     if role is None:
         return
     user = env["TIELINE_NATS_USER"]["value"]

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
+from tieline.plumbing.crypto import master_key_from_env
 from tieline.plumbing.state import ensure_state_schema
 from tieline.services.webhooks import store
 from tieline.services.webhooks.app import WebhookService
@@ -45,7 +46,7 @@ class Hooks:
     positions: int = 0
 
     async def endpoint(self, receiver: HookReceiver) -> str:
-        key = base64.b64decode(self.settings.master_key or "")
+        key = master_key_from_env(self.settings.master_key)
         async with self.pool.connection() as conn:
             row = await store.create_endpoint(
                 conn, WS, receiver.url, ["relationship.changed"], None, new_secret(), key, "t"
@@ -116,7 +117,7 @@ async def hooks_on(settings: Settings) -> AsyncIterator[Hooks]:
     await pool.open(wait=True)
     async with pool.connection() as conn:
         await ensure_state_schema(conn, settings.database_schema)
-    sender = Sender(settings, pool, base64.b64decode(settings.master_key or ""))
+    sender = Sender(settings, pool, master_key_from_env(settings.master_key))
     try:
         yield Hooks(settings, pool, sender)
     finally:

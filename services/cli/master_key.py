@@ -1,0 +1,148 @@
+"""``tieline master-key rotate|rewrap``: a new master key without losing what the old one
+sealed (docs/operations.md, "Rotate secrets"; services/keys/rewrap.py).
+
+For ``tieline up``: stop it, ``tieline master-key rotate --data-dir D``, start it again (its
+processes get the new key and, as ``TIELINE_MASTER_KEY_PREVIOUS``, the old one), then
+``tieline master-key rewrap --data-dir D``. For a deployment: set the new key as
+``TIELINE_MASTER_KEY`` and the old as ``TIELINE_MASTER_KEY_PREVIOUS`` everywhere, restart, run
+``tieline master-key rewrap`` with the same two settings, then drop the previous key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from tieline.services.cli.client import AsJson, emit_json, out
+from tieline.services.cli.ops import DataDir, ops_settings, run_db
+
+console = Console()
+err = Console(stderr=True)
+
+app = typer.Typer(
+    help="Rotate the master key that seals person keys, webhook secrets and sync passwords.",
+    no_args_is_help=True,
+)
+
+
+@app.command("rotate")
+def rotate(
+    data_dir: Annotated[
+        Path, typer.Option(help="Data dir of a stopped `tieline up` whose key to replace.")
+    ],
+) -> None:
+    """Make a new master key for a `tieline up` data dir (stopped); the old key is kept as a
+    previous key, which still opens what it sealed until `tieline master-key rewrap`."""
+    from tieline.services.runtime.installation import running_pid
+    from tieline.services.runtime.master_key import rotate_key_files
+
+    pid = running_pid(data_dir)
+    if pid is not None:
+        # Its processes would go on sealing under the old key as their current one.
+        err.print(f"tieline up is running on {data_dir} (pid {pid}): stop it first", soft_wrap=True)
+        raise typer.Exit(1)
+    try:
+        rotate_key_files(data_dir)
+    except FileNotFoundError as exc:
+        err.print(f"no master key at {exc}: nothing to rotate", soft_wrap=True)
+        raise typer.Exit(1) from None
+    out(
+        "new master key written; the old one is kept as a previous key. Start tieline up, "
+        f"then run: tieline master-key rewrap --data-dir {data_dir}"
+    )
+
+
+def _keys(data_dir: Path | None, current: str | None, previous: str | None) -> Any:
+    """The master key to re-seal under: TIELINE_MASTER_KEY(_PREVIOUS), else the data dir's."""
+    from tieline.plumbing.crypto import master_key_from_env
+    from tieline.services.runtime.master_key import read_key_files
+
+    if not current and data_dir is not None:
+        current, previous = read_key_files(data_dir)
+    if not current:
+        err.print("no master key: set TIELINE_MASTER_KEY (and TIELINE_MASTER_KEY_PREVIOUS)")
+        raise typer.Exit(2)
+    try:
+        return master_key_from_env(current, previous)
+    except ValueError as exc:
+        err.print(str(exc), soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("rewrap")
+def rewrap_cmd(
+    data_dir: DataDir = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Only count what is left to re-seal; write nothing.")
+    ] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Re-seal every value still under a previous master key (and person keys stored
+    unwrapped) under the current one, then verify. Exit 0 when everything opens under the
+    current key alone (the previous key can go), 1 otherwise."""
+    from tieline.services.keys.rewrap import rewrap, verify
+
+    settings = ops_settings(data_dir, "tieline master-key rewrap")
+    key = _keys(data_dir, settings.master_key, settings.master_key_previous)
+
+    async def go(conn: Any) -> tuple[list[Any], list[Any]]:
+        done = [] if check else await rewrap(conn, key)
+        return done, await verify(conn, key)
+
+    done, left = run_db("tieline master-key rewrap", settings, go)
+    clean = all(c.remaining == 0 and c.unreadable == 0 for c in left)
+    removed = _forget_previous(data_dir) if clean and data_dir and not check else None
+    if as_json:
+        emit_json(
+            {
+                "resealed": {c.name: c.resealed for c in done},
+                "verified": [dataclasses.asdict(c) for c in left],
+                "previous_key_needed": not clean,
+                "previous_key_removed": str(removed) if removed else None,
+            }
+        )
+    else:
+        _report(done, left)
+        if removed:
+            out(f"removed {removed}: the next tieline up starts without a previous key")
+    if not clean:
+        raise typer.Exit(1)
+
+
+def _report(done: list[Any], left: list[Any]) -> None:
+    table = Table("sealed values", "re-sealed now", "under the current key", "previous", "none")
+    resealed = {c.name: c.resealed for c in done}
+    for c in left:
+        table.add_row(
+            c.name,
+            str(resealed.get(c.name, "-")),
+            str(c.current),
+            str(c.remaining),
+            str(c.unreadable),
+        )
+    console.print(table)
+    if any(c.unreadable for c in left):
+        err.print(
+            "[red]some values open under no key given[/]: add the key that sealed them to "
+            "TIELINE_MASTER_KEY_PREVIOUS and run this again"
+        )
+    elif any(c.remaining for c in left):
+        err.print("values changed while this ran are still under a previous key: run it again")
+    else:
+        out("every sealed value opens under the current master key alone")
+
+
+def _forget_previous(data_dir: Path) -> Path | None:
+    """Remove the data dir's previous keys, which nothing needs any more (the processes
+    running now keep theirs until their next start); the file removed, if there was one."""
+    from tieline.services.runtime.master_key import PREVIOUS_FILE
+
+    path = data_dir / PREVIOUS_FILE
+    if not path.exists():
+        return None
+    path.unlink()
+    return path

@@ -1,0 +1,81 @@
+"""Rotating the master key of a `tieline up` as an operator does it: stop, `tieline master-key
+rotate`, start (the processes get the new key and the old one as a previous key), `tieline
+master-key rewrap`, and a start without the old key still reads every encrypted name."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from tieline.services.runtime.embedded import find_free_port
+from tieline.services.runtime.master_key import KEY_FILE, PREVIOUS_FILE
+
+from tests.e2e.test_tieline_up import start_up, stop
+
+PEOPLE = {"ada": "Ada Lovelace", "grace": "Grace Hopper"}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIELINE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "tieline.services.cli.main", "master-key", *args],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def _names(port: int, token: str) -> dict[str, str]:
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}",
+        timeout=30,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    people = api.get("/v1/workspaces/default/people").json()["people"]
+    return {p["person_id"]: p["display_name"] for p in people}
+
+
+def test_a_rotated_master_key_reads_what_the_old_one_sealed(tmp_path: Path) -> None:
+    port, data = find_free_port(), tmp_path / "data"
+    proc, token = start_up(data, port)
+    try:
+        api = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=30,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        for pid, name in PEOPLE.items():
+            r = api.post(
+                "/v1/workspaces/default/people", json={"person_id": pid, "display_name": name}
+            )
+            assert r.status_code == 201, r.text
+        refused = _cli("rotate", "--data-dir", str(data))
+        assert refused.returncode == 1 and "stop it first" in refused.stderr
+    finally:
+        stop(proc)
+    old_key = (data / KEY_FILE).read_text()
+    rotated = _cli("rotate", "--data-dir", str(data))
+    assert rotated.returncode == 0, rotated.stderr
+    assert (data / KEY_FILE).read_text() != old_key
+    proc, token = start_up(data, port)
+    try:
+        assert _names(port, token) == PEOPLE  # opened under the previous key
+        done = _cli("rewrap", "--data-dir", str(data), "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        report = json.loads(done.stdout)
+        assert report["previous_key_needed"] is False
+        assert report["previous_key_removed"] == str(data / PREVIOUS_FILE)
+        # ada, grace and the workspace's own key, all wrapped under the old key
+        assert report["resealed"]["person keys"] >= 2, report
+        assert not (data / PREVIOUS_FILE).exists()
+    finally:
+        stop(proc)
+    proc, token = start_up(data, port)  # the new key alone
+    try:
+        assert _names(port, token) == PEOPLE
+        again = _cli("rewrap", "--data-dir", str(data), "--check")
+        assert again.returncode == 0, again.stdout + again.stderr
+    finally:
+        stop(proc)
