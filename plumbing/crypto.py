@@ -19,6 +19,7 @@ and ``tieline master-key rewrap`` re-seals what is left (services/runtime/master
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -289,6 +290,11 @@ class MasterKey:
                 continue
             return plain, key == self.current
         raise InvalidTag
+
+    def fingerprint(self) -> str:
+        """Names the current key without revealing it: the first 8 bytes of its SHA-256, in
+        hex (operators compare it to see which key a process seals under)."""
+        return hashlib.sha256(self.current).hexdigest()[:16]
 
     def __repr__(self) -> str:  # never print key material
         return f"MasterKey(previous={len(self.previous)})"

@@ -11,6 +11,7 @@ processes get the new key and, as ``TIELINE_MASTER_KEY_PREVIOUS``, the old one),
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,6 +41,14 @@ def rotate(
     from tieline.services.runtime.installation import running_pid
     from tieline.services.runtime.master_key import rotate_key_files
 
+    if os.environ.get("TIELINE_MASTER_KEY"):
+        # tieline up would go on using that key, not the file's (a reviewer's finding).
+        err.print(
+            "TIELINE_MASTER_KEY is set: tieline up uses it, not the data dir's key file. "
+            "Rotate it as for a deployment (docs/operations.md), or unset it.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
     pid = running_pid(data_dir)
     if pid is not None:
         # Its processes would go on sealing under the old key as their current one.
@@ -61,8 +70,18 @@ def _keys(data_dir: Path | None, current: str | None, previous: str | None) -> A
     from tieline.plumbing.crypto import master_key_from_env
     from tieline.services.runtime.master_key import read_key_files
 
-    if not current and data_dir is not None:
-        current, previous = read_key_files(data_dir)
+    if data_dir is not None:
+        in_files = read_key_files(data_dir)
+        if current and in_files[0] and current != in_files[0]:
+            # Unwrapped person keys would be wrapped under a key tieline up does not have.
+            err.print(
+                f"TIELINE_MASTER_KEY is not the key of {data_dir}: unset it to use the data "
+                "dir's keys",
+                soft_wrap=True,
+            )
+            raise typer.Exit(2)
+        if not current:
+            current, previous = in_files
     if not current:
         err.print("no master key: set TIELINE_MASTER_KEY (and TIELINE_MASTER_KEY_PREVIOUS)")
         raise typer.Exit(2)
@@ -95,20 +114,26 @@ def rewrap_cmd(
 
     done, left = run_db("tieline master-key rewrap", settings, go)
     clean = all(c.remaining == 0 and c.unreadable == 0 for c in left)
-    removed = _forget_previous(data_dir) if clean and data_dir and not check else None
+    retired = _retire_previous(data_dir) if clean and data_dir and not check else None
     if as_json:
         emit_json(
             {
+                "current_key_fingerprint": key.fingerprint(),
                 "resealed": {c.name: c.resealed for c in done},
                 "verified": [dataclasses.asdict(c) for c in left],
                 "previous_key_needed": not clean,
-                "previous_key_removed": str(removed) if removed else None,
+                "previous_key_retired_to": str(retired) if retired else None,
             }
         )
     else:
+        out(f"current master key: fingerprint {key.fingerprint()}")
         _report(done, left)
-        if removed:
-            out(f"removed {removed}: the next tieline up starts without a previous key")
+        if retired:
+            out(
+                f"the previous keys are now in {retired}: the next tieline up starts without "
+                "them. Keep that file with the backups taken before the rotation, which need "
+                "it; delete it when they have expired."
+            )
     if not clean:
         raise typer.Exit(1)
 
@@ -136,13 +161,19 @@ def _report(done: list[Any], left: list[Any]) -> None:
         out("every sealed value opens under the current master key alone")
 
 
-def _forget_previous(data_dir: Path) -> Path | None:
-    """Remove the data dir's previous keys, which nothing needs any more (the processes
-    running now keep theirs until their next start); the file removed, if there was one."""
+def _retire_previous(data_dir: Path) -> Path | None:
+    """Move the data dir's previous keys aside, where tieline up no longer reads them but a
+    restored backup from before the rotation can still be opened (deleting them lost that:
+    a reviewer's finding); the file they are now in, if there were any."""
+    from datetime import UTC, datetime
+
+    from tieline.plumbing.files import sync_directory
     from tieline.services.runtime.master_key import PREVIOUS_FILE
 
     path = data_dir / PREVIOUS_FILE
     if not path.exists():
         return None
-    path.unlink()
-    return path
+    retired = path.with_name(f"master.key.retired-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+    os.replace(path, retired)
+    sync_directory(path.parent)
+    return retired

@@ -157,6 +157,9 @@ def _open(s: Sealed, row: dict[str, Any], key: MasterKey) -> tuple[bytes | None,
 async def _pass(conn: AsyncConnection[Any], s: Sealed, key: MasterKey, *, write: bool) -> Count:
     """Read ``s`` in key order, batch by batch; with ``write``, re-seal what needs it."""
     count = Count(s.name)
+    # A role under row-level security would see no rows and report success; with this
+    # PostgreSQL raises instead (only the owner or a BYPASSRLS role reads every workspace).
+    await conn.execute("SET row_security = off")
     after: tuple[Any, ...] = ()
     while True:
         async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import httpx
+from tieline.plumbing.crypto import master_key_from_env
 from tieline.services.runtime.embedded import find_free_port
 from tieline.services.runtime.master_key import KEY_FILE, PREVIOUS_FILE
 
@@ -58,7 +59,8 @@ def test_a_rotated_master_key_reads_what_the_old_one_sealed(tmp_path: Path) -> N
     old_key = (data / KEY_FILE).read_text()
     rotated = _cli("rotate", "--data-dir", str(data))
     assert rotated.returncode == 0, rotated.stderr
-    assert (data / KEY_FILE).read_text() != old_key
+    new_key = master_key_from_env((data / KEY_FILE).read_text())
+    assert new_key is not None and (data / KEY_FILE).read_text() != old_key
     proc, token = start_up(data, port)
     try:
         assert _names(port, token) == PEOPLE  # opened under the previous key
@@ -66,7 +68,10 @@ def test_a_rotated_master_key_reads_what_the_old_one_sealed(tmp_path: Path) -> N
         assert done.returncode == 0, done.stdout + done.stderr
         report = json.loads(done.stdout)
         assert report["previous_key_needed"] is False
-        assert report["previous_key_removed"] == str(data / PREVIOUS_FILE)
+        assert report["current_key_fingerprint"] == new_key.fingerprint()
+        retired = Path(report["previous_key_retired_to"])  # kept for older backups
+        assert retired.parent == data / "secrets" and retired.read_text() == old_key
+        assert retired.stat().st_mode & 0o777 == 0o600
         # ada, grace and the workspace's own key, all wrapped under the old key
         assert report["resealed"]["person keys"] >= 2, report
         assert not (data / PREVIOUS_FILE).exists()

@@ -14,10 +14,12 @@ from typing import Any
 import psycopg
 import pytest
 from cryptography.exceptions import InvalidTag
+from psycopg import sql
 from psycopg.rows import dict_row
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
 from tieline.plumbing.crypto import KeyStore, MasterKey
+from tieline.plumbing.migrations import API_ROLE
 from tieline.plumbing.state import ensure_state_schema
 from tieline.services.keys.rewrap import rewrap, verify
 from tieline.services.sync import state as sync_state
@@ -226,5 +228,22 @@ async def test_a_value_changed_while_rewrap_runs_keeps_the_change(settings: Sett
             (sealed.source_id,),
         )
         assert sync_state.password_of(await cur.fetchone(), NEW) == "changed"
+    finally:
+        await conn.close()
+
+
+async def test_a_role_under_row_level_security_is_refused_not_shown_nothing(
+    settings: Settings,
+) -> None:
+    """The api's role sees only the rows of the workspace it names: rewrap as that role would
+    find nothing to do and report success. It is refused instead."""
+    conn = await db.connect(settings)
+    conn.row_factory = dict_row
+    try:
+        await ensure_state_schema(conn, settings.database_schema)
+        await _seal_with_old_key(settings, conn)
+        await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(API_ROLE)))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            await verify(conn, BOTH)
     finally:
         await conn.close()

@@ -68,3 +68,13 @@ def test_rotate_without_a_key_changes_nothing(tmp_path: Path) -> None:
     code, output = _rotate(tmp_path)
     assert code == 1 and "nothing to rotate" in output
     assert not (tmp_path / "secrets").exists()
+
+
+def test_rotate_is_refused_when_tieline_up_takes_its_key_from_the_environment(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = stack.master_key()
+    monkeypatch.setenv("TIELINE_MASTER_KEY", key)
+    code, output = _rotate(stack.config.data_dir)
+    assert code == 1 and "TIELINE_MASTER_KEY is set" in output
+    assert not (stack.config.data_dir / PREVIOUS_FILE).exists()
