@@ -28,13 +28,16 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def _names(port: int, token: str) -> dict[str, str]:
-    api = httpx.Client(
+def _client(port: int, token: str) -> httpx.Client:
+    return httpx.Client(
         base_url=f"http://127.0.0.1:{port}",
         timeout=30,
         headers={"Authorization": f"Bearer {token}"},
     )
-    people = api.get("/v1/workspaces/default/people").json()["people"]
+
+
+def _names(port: int, token: str) -> dict[str, str]:
+    people = _client(port, token).get("/v1/workspaces/default/people").json()["people"]
     return {p["person_id"]: p["display_name"] for p in people}
 
 
@@ -42,11 +45,7 @@ def test_a_rotated_master_key_reads_what_the_old_one_sealed(tmp_path: Path) -> N
     port, data = find_free_port(), tmp_path / "data"
     proc, token = start_up(data, port)
     try:
-        api = httpx.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            timeout=30,
-            headers={"Authorization": f"Bearer {token}"},
-        )
+        api = _client(port, token)
         for pid, name in PEOPLE.items():
             r = api.post(
                 "/v1/workspaces/default/people", json={"person_id": pid, "display_name": name}

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,12 +112,20 @@ def _counts(counts: list[Any], field: str) -> dict[str, int]:
     return {c.name: getattr(c, field) for c in counts}
 
 
-async def test_rewrap_moves_everything_to_the_new_key(settings: Settings) -> None:
+@contextlib.asynccontextmanager
+async def _sealed(settings: Settings) -> AsyncIterator[tuple[Any, Sealed]]:
+    """A connection to a new state schema holding values sealed under the old key."""
     conn = await db.connect(settings)
     conn.row_factory = dict_row
     try:
         await ensure_state_schema(conn, settings.database_schema)
-        sealed = await _seal_with_old_key(settings, conn)
+        yield conn, await _seal_with_old_key(settings, conn)
+    finally:
+        await conn.close()
+
+
+async def test_rewrap_moves_everything_to_the_new_key(settings: Settings) -> None:
+    async with _sealed(settings) as (conn, sealed):
         with pytest.raises(InvalidTag):  # before: the new key alone does not open them
             await _readable_under(settings, conn, NEW, sealed)
         before = await verify(conn, BOTH)
@@ -135,16 +145,10 @@ async def test_rewrap_moves_everything_to_the_new_key(settings: Settings) -> Non
         assert not any(c.resealed for c in await rewrap(conn, BOTH))  # nothing left to do
         stranger = await verify(conn, MasterKey(os.urandom(32)))
         assert _counts(stranger, "unreadable") == expected  # the unwrapped ones wrapped too
-    finally:
-        await conn.close()
 
 
 async def test_a_value_no_given_key_opens_is_reported_and_left_alone(settings: Settings) -> None:
-    conn = await db.connect(settings)
-    conn.row_factory = dict_row
-    try:
-        await ensure_state_schema(conn, settings.database_schema)
-        sealed = await _seal_with_old_key(settings, conn)
+    async with _sealed(settings) as (conn, sealed):
         counts = await rewrap(conn, NEW)  # the old key was not given as a previous one
         assert _counts(counts, "unreadable") == {
             "person keys": 1203,
@@ -161,21 +165,14 @@ async def test_a_value_no_given_key_opens_is_reported_and_left_alone(settings: S
             "synced items": 0,
         }
         await _readable_under(settings, conn, BOTH, sealed)  # nothing was overwritten
-    finally:
-        await conn.close()
 
 
 def test_the_command_rewraps_and_says_when_the_previous_key_can_go(settings: Settings) -> None:
     from tieline.services.cli.main import app
 
     async def seal() -> None:
-        conn = await db.connect(settings)
-        conn.row_factory = dict_row
-        try:
-            await ensure_state_schema(conn, settings.database_schema)
-            await _seal_with_old_key(settings, conn)
-        finally:
-            await conn.close()
+        async with _sealed(settings):
+            pass
 
     asyncio.run(seal())
     env = {
@@ -199,11 +196,7 @@ def test_the_command_rewraps_and_says_when_the_previous_key_can_go(settings: Set
 async def test_a_value_changed_while_rewrap_runs_keeps_the_change(settings: Settings) -> None:
     """A running process re-seals a sync password (under the new key) between rewrap's read
     and its write: rewrap's write does not overwrite it and counts it as left to verify."""
-    conn = await db.connect(settings)
-    conn.row_factory = dict_row
-    try:
-        await ensure_state_schema(conn, settings.database_schema)
-        sealed = await _seal_with_old_key(settings, conn)
+    async with _sealed(settings) as (conn, sealed):
         purpose = sync_state.secret_purpose(WS, sealed.source_id)
 
         @dataclass(frozen=True)
@@ -228,8 +221,6 @@ async def test_a_value_changed_while_rewrap_runs_keeps_the_change(settings: Sett
             (sealed.source_id,),
         )
         assert sync_state.password_of(await cur.fetchone(), NEW) == "changed"
-    finally:
-        await conn.close()
 
 
 async def test_a_role_under_row_level_security_is_refused_not_shown_nothing(
@@ -237,13 +228,7 @@ async def test_a_role_under_row_level_security_is_refused_not_shown_nothing(
 ) -> None:
     """The api's role sees only the rows of the workspace it names: rewrap as that role would
     find nothing to do and report success. It is refused instead."""
-    conn = await db.connect(settings)
-    conn.row_factory = dict_row
-    try:
-        await ensure_state_schema(conn, settings.database_schema)
-        await _seal_with_old_key(settings, conn)
+    async with _sealed(settings) as (conn, _):
         await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(API_ROLE)))
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
             await verify(conn, BOTH)
-    finally:
-        await conn.close()
