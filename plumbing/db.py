@@ -319,6 +319,11 @@ class CheckedPool(AsyncConnectionPool[Any]):
                         " the server cannot be reached"
                     ) from None
             raise
+        except Exception:
+            if task in self._given_up:  # the cancellation became another error: not the
+                self._given_up.discard(task)  # caller's, so it must not stay on the task
+                task.uncancel()
+            raise
         finally:
             self._waiters.pop(task, None)
         if task in self._given_up:  # psycopg_pool swallowed the cancellation (not seen)
