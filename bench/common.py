@@ -575,9 +575,11 @@ def running_stack(
     sync_always: bool = True,
     roles: tuple[str, ...] | None = None,
     env: dict[str, str] | None = None,
+    api_workers: int = 1,
 ) -> Iterator[RunningStack]:
     """The whole of tieline as ``tieline up`` runs it (separate processes; an embedded NATS
-    with per-process users unless ``TIELINE_BENCH_NATS_URL`` is set), on ``database_url``."""
+    with per-process users unless ``TIELINE_BENCH_NATS_URL`` is set), on ``database_url``;
+    ``api_workers`` api processes on the one api port (``tieline up --api-workers``)."""
     from tieline.services.runtime.supervisor import Stack, StackConfig
 
     nats_url, _ = bench_env_urls()
@@ -592,6 +594,7 @@ def running_stack(
         database_url=database_url,
         sync_always=sync_always,
         env=cfg_env,
+        api_workers=api_workers,
         **kwargs,
     )
     with Stack(config) as stack:

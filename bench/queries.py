@@ -65,6 +65,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--seconds", type=float, default=15.0, help="per endpoint")
     p.add_argument("--profile", action="store_true", help="py-spy the api process")
+    p.add_argument(
+        "--api-workers", type=int, default=1, help="api processes (tieline up --api-workers)"
+    )
     p.add_argument("--quick", action="store_true")
 
 
@@ -496,7 +499,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.time()
     before = other_activity()
     with temp_root() as root, postgres(root) as db_url:
-        with running_stack(root / "stack", db_url) as rs:
+        with running_stack(root / "stack", db_url, api_workers=args.api_workers) as rs:
             print(f"[queries] projecting {args.template_events} template events ...", flush=True)
             last = asyncio.run(
                 _publish_templates(rs.admin, args.template_people, args.template_events)
@@ -576,6 +579,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     extra = {
         "network": {k: v for k, v in net.items() if k not in ("ids", "pairs", "degree")},
         "max_degree": max(net["degree"].values()),
+        "api_workers": args.api_workers,
         "results": res,
     }
     return finish_run(
