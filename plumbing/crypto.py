@@ -13,7 +13,7 @@ immutable log.
 Person keys live in ``person_keys``, wrapped with the master key from ``TIELINE_MASTER_KEY``
 when one is configured. During a rotation, ``TIELINE_MASTER_KEY_PREVIOUS`` names the key it
 replaces: values sealed under it still open, everything new is sealed under the current key,
-and ``tieline master-key rewrap`` re-seals what is left (services/runtime/master_key.py).
+and ``tieline master-key rewrap`` re-seals what is left (services/keys/rewrap.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -32,6 +32,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from tieline.events_schema.models import ENC_PREFIX, Event
 from tieline.plumbing.coalesce import Coalescer
+
+if TYPE_CHECKING:
+    from tieline.plumbing.config import Settings
 
 #: Key id of a workspace's own key (not a valid person id, so it can never collide).
 WORKSPACE_KEY = "~workspace"
@@ -300,16 +303,6 @@ class MasterKey:
         return f"MasterKey(previous={len(self.previous)})"
 
 
-def seal(master_key: MasterKey, purpose: str, plaintext: bytes) -> bytes:
-    """:meth:`MasterKey.seal`."""
-    return master_key.seal(purpose, plaintext)
-
-
-def unseal(master_key: MasterKey, purpose: str, sealed: bytes) -> bytes:
-    """:meth:`MasterKey.unseal`."""
-    return master_key.unseal(purpose, sealed)
-
-
 def _decode_key(value: str, name: str) -> bytes:
     try:
         key = base64.b64decode(value)
@@ -334,3 +327,8 @@ def master_key_from_env(value: str | None, previous: str | None = None) -> Maste
         if v.strip()
     )
     return MasterKey(current, tuple(k for k in old if k != current))
+
+
+def master_key_of(settings: Settings) -> MasterKey | None:
+    """The master key a process's settings give (``master_key``, ``master_key_previous``)."""
+    return master_key_from_env(settings.master_key, settings.master_key_previous)

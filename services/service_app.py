@@ -21,7 +21,7 @@ from nats.aio.client import Client as NatsClient
 from tieline.events_schema.registry import REGISTRY
 from tieline.plumbing import metrics, telemetry
 from tieline.plumbing.config import Settings
-from tieline.plumbing.crypto import KeyStore, master_key_from_env
+from tieline.plumbing.crypto import KeyStore, master_key_of
 from tieline.plumbing.db import make_pool
 from tieline.plumbing.jetstream import connect_nats, ensure_streams, inbox_prefix
 from tieline.plumbing.logging import stdlib_logger
@@ -129,9 +129,7 @@ async def start_write_side(
         await backfill(conn, js, settings.stream_name, REGISTRY)
         await backfill_people(conn, js, settings.stream_name, REGISTRY)
         await sweep_digests(conn)
-    keystore = KeyStore(
-        pool, master_key_from_env(settings.master_key, settings.master_key_previous), coalesce=True
-    )
+    keystore = KeyStore(pool, master_key_of(settings), coalesce=True)
     side = WriteSide(settings, js, WriteState(pool), REGISTRY, types, service, keystore)
     return nc, side
 

@@ -27,7 +27,7 @@ from tenacity import RetryCallState
 from tieline.plumbing import db, metrics, telemetry
 from tieline.plumbing.coalesce import Coalescer
 from tieline.plumbing.config import Settings
-from tieline.plumbing.crypto import FORGOTTEN, KeyStore, decrypt_value, master_key_from_env
+from tieline.plumbing.crypto import FORGOTTEN, KeyStore, decrypt_value, master_key_of
 from tieline.plumbing.jetstream import connect_nats, ensure_streams
 from tieline.plumbing.retry import POSTGRES
 from tieline.plumbing.state import ensure_state_schema
@@ -481,9 +481,7 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         conns = Connections(settings)
-        keystore = KeyStore(
-            conns.pool, master_key_from_env(settings.master_key, settings.master_key_previous)
-        )
+        keystore = KeyStore(conns.pool, master_key_of(settings))
         return cls(
             settings=settings,
             connections=conns,

@@ -13,13 +13,16 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from tieline.services.cli.client import AsJson, emit_json, out
 from tieline.services.cli.ops import DataDir, ops_settings, run_db
+
+if TYPE_CHECKING:
+    from tieline.plumbing.crypto import MasterKey
 
 console = Console()
 err = Console(stderr=True)
@@ -65,7 +68,7 @@ def rotate(
     )
 
 
-def _keys(data_dir: Path | None, current: str | None, previous: str | None) -> Any:
+def _keys(data_dir: Path | None, current: str | None, previous: str | None) -> MasterKey:
     """The master key to re-seal under: TIELINE_MASTER_KEY(_PREVIOUS), else the data dir's."""
     from tieline.plumbing.crypto import master_key_from_env
     from tieline.services.runtime.master_key import read_key_files
@@ -86,10 +89,12 @@ def _keys(data_dir: Path | None, current: str | None, previous: str | None) -> A
         err.print("no master key: set TIELINE_MASTER_KEY (and TIELINE_MASTER_KEY_PREVIOUS)")
         raise typer.Exit(2)
     try:
-        return master_key_from_env(current, previous)
+        key = master_key_from_env(current, previous)
     except ValueError as exc:
         err.print(str(exc), soft_wrap=True)
         raise typer.Exit(2) from None
+    assert key is not None  # current is set
+    return key
 
 
 @app.command("rewrap")

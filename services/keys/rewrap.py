@@ -157,9 +157,6 @@ def _open(s: Sealed, row: dict[str, Any], key: MasterKey) -> tuple[bytes | None,
 async def _pass(conn: AsyncConnection[Any], s: Sealed, key: MasterKey, *, write: bool) -> Count:
     """Read ``s`` in key order, batch by batch; with ``write``, re-seal what needs it."""
     count = Count(s.name)
-    # A role under row-level security would see no rows and report success; with this
-    # PostgreSQL raises instead (only the owner or a BYPASSRLS role reads every workspace).
-    await conn.execute("SET row_security = off")
     after: tuple[Any, ...] = ()
     while True:
         async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
@@ -187,13 +184,20 @@ async def _pass(conn: AsyncConnection[Any], s: Sealed, key: MasterKey, *, write:
         after = tuple(rows[-1][k] for k in s.keys)
 
 
+async def _passes(conn: AsyncConnection[Any], key: MasterKey, *, write: bool) -> list[Count]:
+    # A role under row-level security would see no rows and report success; with this
+    # PostgreSQL raises instead (only the owner or a BYPASSRLS role reads every workspace).
+    await conn.execute("SET row_security = off")
+    return [await _pass(conn, s, key, write=write) for s in SEALED]
+
+
 async def rewrap(conn: AsyncConnection[Any], key: MasterKey) -> list[Count]:
     """Re-seal under ``key.current`` every sealed value that opens only under a previous key
     (or is stored unwrapped); one count per column."""
-    return [await _pass(conn, s, key, write=True) for s in SEALED]
+    return await _passes(conn, key, write=True)
 
 
 async def verify(conn: AsyncConnection[Any], key: MasterKey) -> list[Count]:
     """Count, without writing, what opens under the current key, what only under a previous
     one (``remaining``) and what under none."""
-    return [await _pass(conn, s, key, write=False) for s in SEALED]
+    return await _passes(conn, key, write=False)

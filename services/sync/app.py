@@ -18,7 +18,7 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from tieline.plumbing import db, metrics
 from tieline.plumbing.config import Settings
-from tieline.plumbing.crypto import KeyStore, master_key_from_env
+from tieline.plumbing.crypto import KeyStore, master_key_of
 from tieline.plumbing.jetstream import connect_nats
 from tieline.plumbing.state import ensure_state_schema
 from tieline.projections.readpool import LivePool
@@ -41,7 +41,7 @@ class SyncService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.master_key = master_key_from_env(settings.master_key, settings.master_key_previous)
+        self.master_key = master_key_of(settings)
         self.live = LivePool(settings, min_size=1, max_size=4, name="sync-read")
         self.state = db.make_pool(
             settings, min_size=1, max_size=settings.sync_concurrency + 2, name="sync"

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 from psycopg import AsyncConnection
-from tieline.plumbing.crypto import MasterKey, seal, unseal
+from tieline.plumbing.crypto import MasterKey
 
 Row = dict[str, Any]
 
@@ -49,7 +49,7 @@ async def create_source(
 ) -> Row:
     """Register a source; its password is stored sealed under the master key."""
     source_id = "src_" + secrets.token_hex(8)
-    sealed = seal(master_key, secret_purpose(ws, source_id), password.encode())
+    sealed = master_key.seal(secret_purpose(ws, source_id), password.encode())
     cur = await conn.execute(
         f"""INSERT INTO sync_sources (source_id, workspace_id, kind, url, username, secret,
                 owner, window_days, interval_s, created_by)
@@ -133,9 +133,8 @@ async def claim_one(conn: AsyncConnection[Any], source_id: str, lease_s: float) 
 
 
 def password_of(row: Row, master_key: MasterKey) -> str:
-    return unseal(
-        master_key, secret_purpose(row["workspace_id"], row["source_id"]), bytes(row["secret"])
-    ).decode()
+    purpose = secret_purpose(row["workspace_id"], row["source_id"])
+    return master_key.unseal(purpose, bytes(row["secret"])).decode()
 
 
 async def finish_ok(
@@ -191,7 +190,7 @@ async def store_changes(
                 href,
                 collection,
                 etag,
-                seal(master_key, item_purpose(source_id, href), data.encode()),
+                master_key.seal(item_purpose(source_id, href), data.encode()),
             )
             for href, etag, data in changed
         ]
@@ -229,7 +228,7 @@ async def items(
     return [
         (
             r["href"],
-            unseal(master_key, item_purpose(source_id, r["href"]), bytes(r["data"])).decode(),
+            master_key.unseal(item_purpose(source_id, r["href"]), bytes(r["data"])).decode(),
         )
         for r in await cur.fetchall()
     ]

@@ -35,7 +35,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from tieline.plumbing import db
 from tieline.plumbing.config import Settings
-from tieline.plumbing.crypto import master_key_from_env
+from tieline.plumbing.crypto import master_key_of
 from tieline.plumbing.jetstream import connect_nats, ensure_streams
 from tieline.plumbing.metrics import WEBHOOK_EVENTS_WITHOUT_CHANGES
 from tieline.plumbing.state import ensure_state_schema
@@ -84,7 +84,7 @@ class WebhookService:
         self.sender = Sender(
             settings,
             self.state,
-            master_key_from_env(settings.master_key, settings.master_key_previous),
+            master_key_of(settings),
         )
         self.nc: NatsClient | None = None
         self._sub: JetStreamContext.PullSubscription | None = None

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
-from tieline.plumbing.crypto import MasterKey, seal
+from tieline.plumbing.crypto import MasterKey
 from tieline.services.webhooks.store import ENDPOINT_COLS, Row, endpoint, secret_purpose
 
 
@@ -56,7 +56,7 @@ async def rotate_secret(
 
     The conditions are checked on the locked row: of two rotations at once, the second sees
     the first's and is refused."""
-    sealed = seal(master_key, secret_purpose(ws, endpoint_id), secret.encode())
+    sealed = master_key.seal(secret_purpose(ws, endpoint_id), secret.encode())
     cur = await conn.execute(
         f"""UPDATE webhook_endpoints
                SET previous_secret = CASE WHEN %(keep)s = 0 THEN NULL

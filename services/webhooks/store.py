@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 from psycopg import AsyncConnection
-from tieline.plumbing.crypto import MasterKey, seal, unseal
+from tieline.plumbing.crypto import MasterKey
 
 Row = dict[str, Any]
 
@@ -50,7 +50,7 @@ async def create_endpoint(
 ) -> Row:
     """Register an endpoint; its secret is stored sealed under the master key."""
     endpoint_id = "ep_" + secrets.token_hex(8)
-    sealed = seal(master_key, secret_purpose(ws, endpoint_id), secret.encode())
+    sealed = master_key.seal(secret_purpose(ws, endpoint_id), secret.encode())
     cur = await conn.execute(
         f"""INSERT INTO webhook_endpoints (endpoint_id, workspace_id, url, kinds, description,
                 secret, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s)
@@ -245,7 +245,7 @@ class Due:
         while a rotation keeps it."""
         purpose = secret_purpose(self.workspace_id, self.endpoint_id)
         sealed = [self.sealed_secret, *([self.sealed_previous] if self.sealed_previous else [])]
-        return [unseal(master_key, purpose, s).decode() for s in sealed]
+        return [master_key.unseal(purpose, s).decode() for s in sealed]
 
 
 #: The claim (see :func:`claim_due`): each endpoint's first due rows, the per-endpoint bound

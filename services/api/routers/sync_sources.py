@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from tieline.plumbing.crypto import MasterKey, master_key_from_env
+from tieline.plumbing.crypto import MasterKey, master_key_of
 from tieline.services.api.deps import RT, WS, Admin
 from tieline.services.api.errors import ApiError
 from tieline.services.api.openapi import AUTH, problems
@@ -103,7 +103,7 @@ class Deleted(BaseModel):
 
 
 def _master_key(rt: Any) -> MasterKey:
-    key = master_key_from_env(rt.settings.master_key, rt.settings.master_key_previous)
+    key = master_key_of(rt.settings)
     if key is None:
         raise ApiError(503, "sync sources need a master key (TIELINE_MASTER_KEY) for passwords")
     return key

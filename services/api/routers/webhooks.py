@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
-from tieline.plumbing.crypto import MasterKey, master_key_from_env
+from tieline.plumbing.crypto import MasterKey, master_key_of
 from tieline.projections.changelog import KINDS
 from tieline.services.api.deps import RT, WS, Admin
 from tieline.services.api.errors import ApiError
@@ -148,7 +148,7 @@ class EndpointList(BaseModel):
 
 
 def _master_key(rt: Any) -> MasterKey:
-    key = master_key_from_env(rt.settings.master_key, rt.settings.master_key_previous)
+    key = master_key_of(rt.settings)
     if key is None:
         raise ApiError(503, "webhooks need a master key (TIELINE_MASTER_KEY) to seal secrets")
     return key
