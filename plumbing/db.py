@@ -188,6 +188,9 @@ class CheckedPool(AsyncConnectionPool[Any]):
         #: The connections handed out and not yet given back (a set, not a count: a
         #: connection given back twice, or to the wrong pool, cannot make it drift).
         self._out: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
+        #: Connections being checked on their way to a request (:meth:`_checked`): neither
+        #: in use nor idle, yet proof that the server was there.
+        self._checking = 0
         self._regrowing: set[asyncio.Task[None]] = set()
         #: Requests of a ``fail_fast`` pool waiting for a connection -> when they began, and
         #: those whose wait has been cancelled because the server cannot be reached.
@@ -238,14 +241,16 @@ class CheckedPool(AsyncConnectionPool[Any]):
     def unreachable(self) -> bool:
         """Whether the server is down or cannot be reached, as far as the pool knows: a
         connection attempt has failed since the pool last made a connection or handed one
-        out, and no connection is in use or idle. (One in use or idle says the server was
-        there: an attempt refused for the server's connection limit, a slow connect, or a
-        slot's reconnection that failed during a restart on a quiet pool is not an outage.)"""
+        out, and no connection is in use, idle or being checked for a request. (One in use,
+        idle or being checked says the server was there: an attempt refused for the server's
+        connection limit, a slow connect, or a slot's reconnection that failed during a
+        restart on a quiet pool is not an outage.)"""
         return not self._out and self._unreachable(self.get_stats())
 
     def _unreachable(self, stats: dict[str, int]) -> bool:
         return (
             not self._out
+            and not self._checking
             and stats.get("pool_available", 0) == 0
             and stats.get("connections_errors", 0) > self._errors_at_success
         )
@@ -370,6 +375,12 @@ class CheckedPool(AsyncConnectionPool[Any]):
         await super().putconn(conn)
 
     async def _checked(self, conn: AsyncConnection[Any]) -> None:
+        """psycopg_pool's check of a connection on its way to a request. While it runs the
+        connection is counted (:attr:`_checking`): a check with a round trip (input was
+        waiting on the socket) that outlasted two of the timer's looks made a busy pool look
+        unreachable, and a request that had waited 1 s was given up with a live connection
+        on its way (a known limit until this count)."""
+        self._checking += 1
         try:
             await check_on_checkout(conn)
         except Exception:
@@ -381,6 +392,8 @@ class CheckedPool(AsyncConnectionPool[Any]):
                 # other dead connections, it waits for a checked or a new one.
                 await asyncio.sleep(0)
             raise
+        finally:
+            self._checking -= 1
 
     def _swept(self, task: asyncio.Task[None]) -> None:
         self._sweeps.discard(task)
