@@ -41,6 +41,7 @@ def rotate(
 ) -> None:
     """Make a new master key for a `tieline up` data dir (stopped); the old key is kept as a
     previous key, which still opens what it sealed until `tieline master-key rewrap`."""
+    from tieline.plumbing.crypto import master_key_from_env
     from tieline.services.runtime.installation import running_pid
     from tieline.services.runtime.master_key import rotate_key_files
 
@@ -58,13 +59,16 @@ def rotate(
         err.print(f"tieline up is running on {data_dir} (pid {pid}): stop it first", soft_wrap=True)
         raise typer.Exit(1)
     try:
-        rotate_key_files(data_dir)
+        written = master_key_from_env(rotate_key_files(data_dir))
     except FileNotFoundError as exc:
         err.print(f"no master key at {exc}: nothing to rotate", soft_wrap=True)
         raise typer.Exit(1) from None
+    assert written is not None
+    fingerprint = written.fingerprint()
     out(
-        "new master key written; the old one is kept as a previous key. Start tieline up, "
-        f"then run: tieline master-key rewrap --data-dir {data_dir}"
+        f"new master key written (fingerprint {fingerprint}); the old one is kept as a "
+        "previous key. Start tieline up, then run: tieline master-key rewrap --data-dir "
+        f"{data_dir} --expect-fingerprint {fingerprint}"
     )
 
 
@@ -103,6 +107,15 @@ def rewrap_cmd(
     check: Annotated[
         bool, typer.Option("--check", help="Only count what is left to re-seal; write nothing.")
     ] = False,
+    expect_fingerprint: Annotated[
+        str | None,
+        typer.Option(
+            "--expect-fingerprint",
+            help="Refuse (exit 2, nothing written) unless the key it would seal under has "
+            "this fingerprint: the first 16 hex digits of the new key's SHA-256, as "
+            '`rotate` prints it or `printf %s "$KEY" | base64 -d | sha256sum | cut -c1-16`.',
+        ),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Re-seal every value still under a previous master key (and person keys stored
@@ -112,6 +125,16 @@ def rewrap_cmd(
 
     settings = ops_settings(data_dir, "tieline master-key rewrap")
     key = _keys(data_dir, settings.master_key, settings.master_key_previous)
+    if expect_fingerprint is not None and expect_fingerprint.strip().lower() != key.fingerprint():
+        # Run where the first roll-out's keys are (the new key still the previous one), it
+        # would seal everything back under the old key: a check an operator's eye can miss.
+        err.print(
+            f"the current master key has fingerprint {key.fingerprint()}, not "
+            f"{expect_fingerprint.strip()}: this process does not run with the new key as its "
+            "current one; nothing written",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
 
     async def go(conn: Any) -> tuple[list[Any], list[Any]]:
         done = [] if check else await rewrap(conn, key)

@@ -60,10 +60,19 @@ def test_a_rotated_master_key_reads_what_the_old_one_sealed(tmp_path: Path) -> N
     assert rotated.returncode == 0, rotated.stderr
     new_key = master_key_from_env((data / KEY_FILE).read_text())
     assert new_key is not None and (data / KEY_FILE).read_text() != old_key
+    assert f"--expect-fingerprint {new_key.fingerprint()}" in rotated.stdout
+    old_fingerprint = master_key_from_env(old_key)
+    assert old_fingerprint is not None
     proc, token = start_up(data, port)
     try:
         assert _names(port, token) == PEOPLE  # opened under the previous key
-        done = _cli("rewrap", "--data-dir", str(data), "--json")
+        wrong = ("--expect-fingerprint", old_fingerprint.fingerprint())
+        refused = _cli("rewrap", "--data-dir", str(data), *wrong)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "nothing written" in refused.stderr
+        assert (data / PREVIOUS_FILE).exists()
+        expected = ("--expect-fingerprint", new_key.fingerprint().upper())
+        done = _cli("rewrap", "--data-dir", str(data), *expected, "--json")
         assert done.returncode == 0, done.stdout + done.stderr
         report = json.loads(done.stdout)
         assert report["previous_key_needed"] is False
