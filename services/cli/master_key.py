@@ -125,16 +125,7 @@ def rewrap_cmd(
 
     settings = ops_settings(data_dir, "tieline master-key rewrap")
     key = _keys(data_dir, settings.master_key, settings.master_key_previous)
-    if expect_fingerprint is not None and expect_fingerprint.strip().lower() != key.fingerprint():
-        # Run where the first roll-out's keys are (the new key still the previous one), it
-        # would seal everything back under the old key: a check an operator's eye can miss.
-        err.print(
-            f"the current master key has fingerprint {key.fingerprint()}, not "
-            f"{expect_fingerprint.strip()}: this process does not run with the new key as its "
-            "current one; nothing written",
-            soft_wrap=True,
-        )
-        raise typer.Exit(2)
+    _refuse_another_key(key, expect_fingerprint)
 
     async def go(conn: Any) -> tuple[list[Any], list[Any]]:
         done = [] if check else await rewrap(conn, key)
@@ -164,6 +155,20 @@ def rewrap_cmd(
             )
     if not clean:
         raise typer.Exit(1)
+
+
+def _refuse_another_key(key: MasterKey, expected: str | None) -> None:
+    """Exit 2 when ``--expect-fingerprint`` names another key than the one rewrap would seal
+    under. Run where the first roll-out's keys are (the new key still the previous one), it
+    would seal everything back under the old key: a check an operator's eye can miss."""
+    if expected is None or expected.strip().lower() == key.fingerprint():
+        return
+    err.print(
+        f"the current master key has fingerprint {key.fingerprint()}, not {expected.strip()}: "
+        "this process does not run with the new key as its current one; nothing written",
+        soft_wrap=True,
+    )
+    raise typer.Exit(2)
 
 
 def _report(done: list[Any], left: list[Any]) -> None:
