@@ -8,11 +8,12 @@ truncated one, and a key that has already encrypted data is never lost with the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
 
-__all__ = ["create_file", "replace_file", "sync_directory", "write_new"]
+__all__ = ["create_file", "make_dirs", "replace_file", "sync_directory", "write_new"]
 
 
 def write_new(path: Path, data: bytes, owner: tuple[int, int] | None = None) -> None:
@@ -66,3 +67,17 @@ def sync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_dirs(path: Path, mode: int = 0o700) -> None:
+    """``mkdir -p path``, each directory it creates with ``mode`` and durable: its entry in
+    its parent fsynced. A file fsynced in a directory whose own entry never reached the disk
+    could be lost with it after a crash (a reviewer's finding on ``secrets/``)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another process
+            directory.mkdir(mode=mode)
+        sync_directory(directory.parent)

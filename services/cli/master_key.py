@@ -11,6 +11,7 @@ processes get the new key and, as ``TIELINE_MASTER_KEY_PREVIOUS``, the old one),
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -42,8 +43,8 @@ def rotate(
     """Make a new master key for a `tieline up` data dir (stopped); the old key is kept as a
     previous key, which still opens what it sealed until `tieline master-key rewrap`."""
     from tieline.plumbing.crypto import master_key_from_env
-    from tieline.services.runtime.installation import running_pid
-    from tieline.services.runtime.master_key import rotate_key_files
+    from tieline.services.runtime.installation import kept_stopped
+    from tieline.services.runtime.master_key import KEY_FILE, rotate_key_files
 
     if os.environ.get("TIELINE_MASTER_KEY"):
         # tieline up would go on using that key, not the file's (a reviewer's finding).
@@ -53,16 +54,17 @@ def rotate(
             soft_wrap=True,
         )
         raise typer.Exit(1)
-    pid = running_pid(data_dir)
-    if pid is not None:
-        # Its processes would go on sealing under the old key as their current one.
-        err.print(f"tieline up is running on {data_dir} (pid {pid}): stop it first", soft_wrap=True)
+    if not (data_dir / KEY_FILE).exists():
+        err.print(f"no master key at {data_dir / KEY_FILE}: nothing to rotate", soft_wrap=True)
         raise typer.Exit(1)
-    try:
+    with kept_stopped(data_dir) as pid:  # and no tieline up starts until the files are written
+        if pid is not None:
+            # Its processes would go on sealing under the old key as their current one.
+            err.print(
+                f"tieline up is running on {data_dir} (pid {pid}): stop it first", soft_wrap=True
+            )
+            raise typer.Exit(1)
         written = master_key_from_env(rotate_key_files(data_dir))
-    except FileNotFoundError as exc:
-        err.print(f"no master key at {exc}: nothing to rotate", soft_wrap=True)
-        raise typer.Exit(1) from None
     assert written is not None
     fingerprint = written.fingerprint()
     out(
@@ -73,7 +75,9 @@ def rotate(
 
 
 def _keys(data_dir: Path | None, current: str | None, previous: str | None) -> MasterKey:
-    """The master key to re-seal under: TIELINE_MASTER_KEY(_PREVIOUS), else the data dir's."""
+    """The master key to re-seal under: TIELINE_MASTER_KEY, else the data dir's; previous
+    keys from TIELINE_MASTER_KEY_PREVIOUS and the data dir's both (a restored backup's old
+    key, given in the environment, was ignored beside the data dir: a reviewer's finding)."""
     from tieline.plumbing.crypto import master_key_from_env
     from tieline.services.runtime.master_key import read_key_files
 
@@ -87,8 +91,8 @@ def _keys(data_dir: Path | None, current: str | None, previous: str | None) -> M
                 soft_wrap=True,
             )
             raise typer.Exit(2)
-        if not current:
-            current, previous = in_files
+        current = current or in_files[0]
+        previous = ",".join(k for k in (in_files[1], previous) if k) or None
     if not current:
         err.print("no master key: set TIELINE_MASTER_KEY (and TIELINE_MASTER_KEY_PREVIOUS)")
         raise typer.Exit(2)
@@ -197,16 +201,25 @@ def _report(done: list[Any], left: list[Any]) -> None:
 def _retire_previous(data_dir: Path) -> Path | None:
     """Move the data dir's previous keys aside, where tieline up no longer reads them but a
     restored backup from before the rotation can still be opened (deleting them lost that:
-    a reviewer's finding); the file they are now in, if there were any."""
+    a reviewer's finding); the file they are now in, if there were any. Hard-linked to a
+    name no file has (a rename replaced the keys retired by a rewrap in the same second: a
+    reviewer's finding), then unlinked."""
     from datetime import UTC, datetime
 
     from tieline.plumbing.files import sync_directory
     from tieline.services.runtime.master_key import PREVIOUS_FILE
 
     path = data_dir / PREVIOUS_FILE
-    if not path.exists():
-        return None
-    retired = path.with_name(f"master.key.retired-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
-    os.replace(path, retired)
+    stamp = f"master.key.retired-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    for n in itertools.count():
+        retired = path.with_name(f"{stamp}-{n}" if n else stamp)
+        try:
+            os.link(path, retired)
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            return None  # none, or another rewrap retired them meanwhile
+        break
+    path.unlink(missing_ok=True)  # missing: a rewrap beside this one linked it too
     sync_directory(path.parent)
     return retired

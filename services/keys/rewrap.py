@@ -25,8 +25,10 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from psycopg import AsyncConnection, sql
+from psycopg.errors import DeadlockDetected, SerializationFailure
 from psycopg.rows import dict_row
 from tieline.plumbing.crypto import MasterKey, key_purpose
+from tieline.plumbing.retry import LOCK
 from tieline.services.sync.state import item_purpose
 from tieline.services.sync.state import secret_purpose as sync_purpose
 from tieline.services.webhooks.store import secret_purpose as webhook_purpose
@@ -34,6 +36,9 @@ from tieline.services.webhooks.store import secret_purpose as webhook_purpose
 __all__ = ["SEALED", "Count", "Sealed", "rewrap", "verify"]
 
 BATCH = 500
+#: What PostgreSQL rolls a batch back for that trying it again can cure (40P01, 40001).
+#: (psycopg makes DeadlockDetected an OperationalError, not a TransactionRollback.)
+_ROLLED_BACK = (DeadlockDetected, SerializationFailure)
 
 
 @dataclass(frozen=True)
@@ -155,33 +160,51 @@ def _open(s: Sealed, row: dict[str, Any], key: MasterKey) -> tuple[bytes | None,
 
 
 async def _pass(conn: AsyncConnection[Any], s: Sealed, key: MasterKey, *, write: bool) -> Count:
-    """Read ``s`` in key order, batch by batch; with ``write``, re-seal what needs it."""
+    """Read ``s`` in key order, batch by batch; with ``write``, re-seal what needs it. A batch
+    rolled back by the server for a deadlock or a serialization failure (a running process
+    updating the same rows in another order: the sync service stores items in the order the
+    server sent them) is tried again, up to five times, instead of ending the run as if the
+    database could not be reached."""
     count = Count(s.name)
     after: tuple[Any, ...] = ()
     while True:
-        async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(_select(s, not after), after)
-            rows = await cur.fetchall()
-            updates = []
-            for row in rows:
-                plain, current = _open(s, row, key)
-                if plain is None:
-                    count.unreadable += 1
-                elif current:
-                    count.current += 1
-                elif not write:
-                    count.remaining += 1
-                else:
-                    sealed = key.seal(s.purpose(row), plain)
-                    updates.append((sealed, *(row[k] for k in s.keys), row["value"]))
-            if updates:  # one pipeline of UPDATEs (psycopg's executemany), not a round trip each
-                await cur.executemany(_update(s), updates)
-                count.resealed += cur.rowcount
-                # A row changed meanwhile kept its new value: the verification looks again.
-                count.remaining += len(updates) - cur.rowcount
+        async for attempt in LOCK.retrying(_ROLLED_BACK, attempts=5):
+            with attempt:
+                rows, part = await _batch(conn, s, key, after, write=write)
+        for field in ("current", "resealed", "remaining", "unreadable"):
+            setattr(count, field, getattr(count, field) + getattr(part, field))
         if len(rows) < BATCH:
             return count
         after = tuple(rows[-1][k] for k in s.keys)
+
+
+async def _batch(
+    conn: AsyncConnection[Any], s: Sealed, key: MasterKey, after: tuple[Any, ...], *, write: bool
+) -> tuple[list[dict[str, Any]], Count]:
+    """One batch of ``s`` after ``after``, in a transaction of its own: its rows, and what it
+    found (counted only once it has committed)."""
+    part = Count(s.name)
+    async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(_select(s, not after), after)
+        rows = await cur.fetchall()
+        updates = []
+        for row in rows:
+            plain, current = _open(s, row, key)
+            if plain is None:
+                part.unreadable += 1
+            elif current:
+                part.current += 1
+            elif not write:
+                part.remaining += 1
+            else:
+                sealed = key.seal(s.purpose(row), plain)
+                updates.append((sealed, *(row[k] for k in s.keys), row["value"]))
+        if updates:  # one pipeline of UPDATEs (psycopg's executemany), not a round trip each
+            await cur.executemany(_update(s), updates)
+            part.resealed += cur.rowcount
+            # A row changed meanwhile kept its new value: the verification looks again.
+            part.remaining += len(updates) - cur.rowcount
+    return rows, part
 
 
 async def _passes(conn: AsyncConnection[Any], key: MasterKey, *, write: bool) -> list[Count]:

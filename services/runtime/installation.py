@@ -33,7 +33,7 @@ import os
 import re
 import signal
 import socket
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ __all__ = [
     "clear_stale_postmaster_pid",
     "describe",
     "find_leftovers",
+    "kept_stopped",
     "listening_ports",
     "running_pid",
     "stop_leftovers",
@@ -139,20 +140,38 @@ def _read_pid(fd: int) -> int | None:
 def running_pid(data_dir: Path) -> int | None:
     """The pid of the ``tieline up`` serving ``data_dir``, or None when none is (the lock is
     free; a shared lock is taken for a moment to find out)."""
+    with kept_stopped(data_dir, create=False) as pid:
+        return pid
+
+
+@contextlib.contextmanager
+def kept_stopped(data_dir: Path, *, create: bool = True) -> Iterator[int | None]:
+    """For the block: None while no ``tieline up`` serves ``data_dir``, holding a shared lock
+    on its lock file, so that none starts until the block ends (its :class:`DataDirLock`
+    retries for half a second, then refuses); else the running one's pid (-1 when it wrote
+    none). An operator command that changes a stopped installation's files (``tieline
+    master-key rotate``) runs in it: a check alone let a ``tieline up`` start between the check
+    and the change (a reviewer's finding). ``create``: make the lock file when there is none
+    (an installation never started), else the answer is None with nothing held."""
     path = data_dir / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        else:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return None
+        yield None
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return _read_pid(fd) or -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
+            yield _read_pid(fd) or -1
+            return
+        yield None
     finally:
-        os.close(fd)
+        os.close(fd)  # drops the lock
 
 
 # --------------------------------------------------------------------------------------------

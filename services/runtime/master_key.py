@@ -39,7 +39,11 @@ def rotate_key_files(data_dir: Path) -> str:
     if not current:
         raise FileNotFoundError(data_dir / KEY_FILE)
     kept = [current, *(k for k in (previous or "").split(",") if k and k != current)]
-    replace_file(data_dir / PREVIOUS_FILE, ",".join(kept).encode())
+    # Owned as the key they replace: rotated with sudo, root-owned files stopped a tieline up
+    # that runs as its own user from starting (a reviewer's finding).
+    st = (data_dir / KEY_FILE).stat()
+    owner = (st.st_uid, st.st_gid)
+    replace_file(data_dir / PREVIOUS_FILE, ",".join(kept).encode(), owner)
     key = new_key()
-    replace_file(data_dir / KEY_FILE, key.encode())
+    replace_file(data_dir / KEY_FILE, key.encode(), owner)
     return key

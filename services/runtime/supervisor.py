@@ -30,7 +30,7 @@ from pathlib import Path
 import psutil
 import structlog
 from tieline.plumbing.config import Settings
-from tieline.plumbing.files import create_file, replace_file
+from tieline.plumbing.files import create_file, make_dirs, replace_file
 from tieline.plumbing.redact import redact_url
 from tieline.plumbing.retry import PROCESS
 from tieline.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, find_free_port
@@ -254,7 +254,7 @@ class Stack:
             return given
         path = self.config.data_dir / KEY_FILE
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_dirs(path.parent)
             # Durable before any child encrypts with it, and 0600 from its first byte (it
             # was written world-readable, then chmodded, and never fsynced).
             with contextlib.suppress(FileExistsError):
@@ -297,7 +297,7 @@ class Stack:
                 await conn.close()
 
         created = asyncio.run(go())
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dirs(path.parent)
         replace_file(path, created.encode())  # 0600 from its first byte
         return created
 
@@ -319,10 +319,13 @@ class Stack:
         env["TIELINE_MASTER_KEY"] = self.master_key()
         if not self._given_master_key():
             # During a rotation (tieline master-key rotate): the keys the data dir's key
-            # replaced still open what they sealed, until tieline master-key rewrap.
+            # replaced still open what they sealed, until tieline master-key rewrap. Beside
+            # any given in the environment (a restored backup's old key), as rewrap takes them.
+            given = env.get("TIELINE_MASTER_KEY_PREVIOUS")
             previous = read_key_files(self.config.data_dir)[1]
-            if previous:
-                env["TIELINE_MASTER_KEY_PREVIOUS"] = previous
+            merged = ",".join(k for k in (previous, given) if k)
+            if merged:
+                env["TIELINE_MASTER_KEY_PREVIOUS"] = merged
         env.update(self.config.env)
         credentials = self.nats_credentials(role)
         if credentials is not None:

@@ -232,3 +232,46 @@ async def test_a_role_under_row_level_security_is_refused_not_shown_nothing(
         await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(API_ROLE)))
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
             await verify(conn, BOTH)
+
+
+async def _waits_for_a_lock(watcher: Any, backend_pid: int) -> None:
+    for _ in range(500):
+        cur = await watcher.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+            (backend_pid,),
+        )
+        if await cur.fetchone():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("rewrap never waited for the other transaction's row lock")
+
+
+async def test_a_batch_rolled_back_for_a_deadlock_is_tried_again(settings: Settings) -> None:
+    """A running process (the sync service stores items in the order the server sent them)
+    updates two synced items in the reverse of rewrap's key order. The two transactions
+    deadlock and PostgreSQL rolls back the one that waited first, rewrap's: its batch is tried
+    again, instead of the run ending with "cannot reach PostgreSQL"."""
+    async with _sealed(settings) as (conn, sealed):
+        first, last = sealed.items[0][0], sealed.items[-1][0]  # hrefs, in key order
+        update = (
+            f"UPDATE {settings.database_schema}.sync_items SET data = data"
+            " WHERE source_id = %s AND href = %s"
+        )
+        other = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
+        watcher = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
+        try:
+            async with other.transaction():
+                await other.execute(update, (sealed.source_id, last))
+                running = asyncio.create_task(rewrap(conn, BOTH))
+                await _waits_for_a_lock(watcher, conn.info.backend_pid)
+                # Waits for rewrap's lock on the first item: a cycle. Rewrap's backend has
+                # waited longer, so its deadlock check (after deadlock_timeout) runs first.
+                await other.execute(update, (sealed.source_id, first))
+            counts = await asyncio.wait_for(running, timeout=60)
+        finally:
+            await other.close()
+            await watcher.close()
+        items = next(c for c in counts if c.name == "synced items")
+        assert (items.resealed, items.remaining, items.unreadable) == (3, 0, 0)
+        assert not any(c.remaining or c.unreadable for c in await verify(conn, NEW))
+        await _readable_under(settings, conn, NEW, sealed)

@@ -78,3 +78,87 @@ def test_rotate_is_refused_when_tieline_up_takes_its_key_from_the_environment(
     code, output = _rotate(stack.config.data_dir)
     assert code == 1 and "TIELINE_MASTER_KEY is set" in output
     assert not (stack.config.data_dir / PREVIOUS_FILE).exists()
+
+
+def test_no_tieline_up_starts_while_rotate_writes_the_key_files(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rotate holds the data dir stopped while it writes: a tieline up starting between its
+    check and its writes would hand its processes the old key, or a mix."""
+    from tieline.services.runtime import master_key as files
+    from tieline.services.runtime.errors import AlreadyRunning
+
+    data_dir = stack.config.data_dir
+    stack.master_key()
+    starts: list[str] = []
+    real = files.rotate_key_files
+
+    def starting_meanwhile(path: Path) -> str:
+        try:
+            DataDirLock(data_dir).acquire()
+        except AlreadyRunning:
+            starts.append("refused")
+        else:
+            starts.append("started")
+        return real(path)
+
+    monkeypatch.setattr(files, "rotate_key_files", starting_meanwhile)
+    assert _rotate(data_dir)[0] == 0
+    assert starts == ["refused"]
+    lock = DataDirLock(data_dir)  # once rotate is done, tieline up starts
+    lock.acquire()
+    lock.release()
+
+
+def test_rotate_keeps_the_owner_of_the_key_it_replaces(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run with sudo on a tieline up of its own user, root-owned key files stopped it."""
+    import os
+
+    data_dir = stack.config.data_dir
+    stack.master_key()
+    owners: list[tuple[int, int] | None] = []
+    real = os.fchown
+    monkeypatch.setattr(os, "fchown", lambda fd, uid, gid: owners.append((uid, gid)))
+    assert _rotate(data_dir)[0] == 0
+    monkeypatch.setattr(os, "fchown", real)
+    st = (data_dir / KEY_FILE).stat()
+    assert owners == [(st.st_uid, st.st_gid)] * 2  # the previous keys' file and the new key's
+
+
+def test_previous_keys_from_the_environment_count_beside_the_data_dirs(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restored backup's old key given as TIELINE_MASTER_KEY_PREVIOUS to rewrap --data-dir
+    and to tieline up (docs/operations.md) was dropped for the data dir's previous keys."""
+    from tieline.services.cli.master_key import _keys
+    from tieline.services.runtime.master_key import new_key
+
+    data_dir = stack.config.data_dir
+    old, restored = stack.master_key(), new_key()
+    assert _rotate(data_dir)[0] == 0
+    current = stack.master_key()
+    key = _keys(data_dir, None, restored)
+    expected = master_key_from_env(current, f"{old},{restored}")
+    assert expected is not None
+    assert (key.current, key.previous) == (expected.current, expected.previous)
+    monkeypatch.setenv("TIELINE_MASTER_KEY_PREVIOUS", restored)
+    assert stack.child_env("api")["TIELINE_MASTER_KEY_PREVIOUS"] == f"{old},{restored}"
+
+
+def test_keys_retired_in_the_same_second_are_both_kept(stack: Stack) -> None:
+    from tieline.services.cli.master_key import _retire_previous
+
+    data_dir = stack.config.data_dir
+    stack.master_key()
+    retired, kept = [], []
+    for _ in range(2):
+        assert _rotate(data_dir)[0] == 0
+        kept.append((data_dir / PREVIOUS_FILE).read_text())
+        path = _retire_previous(data_dir)
+        assert path is not None
+        retired.append(path)
+    assert [path.read_text() for path in retired] == kept
+    assert not (data_dir / PREVIOUS_FILE).exists()
+    assert _retire_previous(data_dir) is None

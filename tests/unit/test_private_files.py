@@ -130,3 +130,20 @@ def test_an_empty_master_key_file_is_an_error_not_no_key(
     (tmp_path / "secrets" / "master.key").write_text("\n")
     with pytest.raises(OperationalError, match="is empty"):
         Stack(StackConfig(data_dir=tmp_path)).master_key()
+
+
+def test_make_dirs_makes_each_new_directory_private_and_its_entry_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tieline.plumbing import files
+
+    synced: list[Path] = []
+    real = files.sync_directory
+    monkeypatch.setattr(files, "sync_directory", lambda d: (synced.append(d), real(d))[1])
+    target = tmp_path / "data" / "secrets"
+    files.make_dirs(target)
+    assert synced == [tmp_path, tmp_path / "data"]  # each new entry, in its parent
+    assert all((p.stat().st_mode & 0o777) == 0o700 for p in (target, target.parent))
+    synced.clear()
+    files.make_dirs(target)  # there already: nothing to make
+    assert synced == []
