@@ -257,10 +257,13 @@ class EmbeddedPostgres(ManagedServer):
         database: str = "tieline",
         user: str = "tieline",
         password: str | None = None,
+        max_connections: int = 100,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir)
         self.host = host
+        #: PostgreSQL's own default is 100; ``tieline up --api-workers`` asks for more.
+        self.max_connections = max_connections
         self.port: int = port if port is not None else find_free_port(host)
         self.database = database
         self.user = user
@@ -506,6 +509,7 @@ class EmbeddedPostgres(ManagedServer):
             "-c", "fsync=on",
             "-c", "synchronous_commit=on",
             "-c", "full_page_writes=on",
+            "-c", f"max_connections={self.max_connections}",
         ]  # fmt: skip
         spawned = time.monotonic()
         self._spawn(

@@ -88,8 +88,14 @@ async def _health(
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` that other processes may bind too
-    (SO_REUSEPORT): the kernel spreads new connections over every process listening.
+    """A TCP socket bound to ``host:port`` that other processes may bind too (SO_REUSEPORT):
+    the kernel spreads new connections over every process listening on it.
+
+    Bound, not listening: uvicorn's server listens on it (asyncio's ``create_server``) once
+    the app's startup has run. Listening from the start, the kernel gave a process that was
+    still connecting to NATS and PostgreSQL its share of new connections, which waited, and
+    were reset when its startup failed (a reviewer's run: 8 of 20 requests reset after 3.4 s
+    while another process could have answered them), and the supervisor took it for ready.
 
     Made with ``IPPROTO_TCP`` named: asyncio sets TCP_NODELAY only on sockets whose ``proto``
     says TCP, and connections accepted on a socket made with proto 0 kept Nagle's algorithm.
@@ -100,8 +106,6 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 

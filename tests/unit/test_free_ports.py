@@ -39,3 +39,41 @@ def test_a_port_offered_again_is_not_handed_out_again(monkeypatch: pytest.Monkey
     first = server_binaries.find_free_port()
     second = server_binaries.find_free_port()
     assert (first, second) == (41000, 41001)
+
+
+def test_a_port_the_stack_was_given_is_never_picked_for_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A given api port in the ephemeral range, not bound until the api starts, could be
+    offered as a health port before that."""
+    monkeypatch.setattr(server_binaries, "_handed_out", set())
+    monkeypatch.setattr(ScriptedSocket, "script", iter([41000, 41002]))
+    monkeypatch.setattr(server_binaries.socket, "socket", ScriptedSocket)
+    server_binaries.reserve_ports(41000, None)
+    assert server_binaries.find_free_port() == 41002
+
+
+def test_the_embedded_postgres_gets_connections_for_each_api_process_and_worker(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At PostgreSQL's default of 100, three busy api processes (pools of up to 28
+    connections each) and the services ran out of connections."""
+    from tieline.services.runtime import supervisor
+
+    made: list[dict[str, Any]] = []
+
+    class Recorded:
+        def __init__(self, *_: Any, **kwargs: Any) -> None:
+            made.append(kwargs)
+            self.url = "postgresql://x"
+
+        def start(self) -> None:
+            return None
+
+    monkeypatch.setattr(supervisor, "EmbeddedPostgres", Recorded)
+    for api_workers, workers, expected in ((1, 1, 100), (3, 2, 100 + 2 * 28 + 8)):
+        config = supervisor.StackConfig(
+            data_dir=tmp_path, nats_url="nats://x", api_workers=api_workers, workers=workers
+        )
+        supervisor.Stack(config).start_servers()
+        assert made.pop()["max_connections"] == expected
