@@ -12,8 +12,16 @@ import contextlib
 import os
 import secrets
 from pathlib import Path
+from typing import IO, Any
 
-__all__ = ["create_file", "make_dirs", "replace_file", "sync_directory", "write_new"]
+__all__ = [
+    "append_private",
+    "create_file",
+    "make_dirs",
+    "replace_file",
+    "sync_directory",
+    "write_new",
+]
 
 
 def write_new(path: Path, data: bytes, owner: tuple[int, int] | None = None) -> None:
@@ -81,3 +89,17 @@ def make_dirs(path: Path, mode: int = 0o700) -> None:
         with contextlib.suppress(FileExistsError):  # made meanwhile by another process
             directory.mkdir(mode=mode)
         sync_directory(directory.parent)
+
+
+def append_private(path: Path, mode: str = "ab", encoding: str | None = None) -> IO[Any]:
+    """Open a log file for appending, mode 0600 (a file made 0644 by an earlier version is
+    narrowed too), never through a link: logs hold tracebacks, personal data and, once,
+    a failed statement's text (a reviewer's finding: every log was readable by any local
+    user)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        return os.fdopen(fd, mode, encoding=encoding)
+    except BaseException:
+        os.close(fd)
+        raise

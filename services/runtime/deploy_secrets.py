@@ -79,7 +79,13 @@ def write_env_file(path: Path, values: dict[str, str], *, force: bool = False) -
     """
     text = _HEADER + "".join(f"{name}={values[name]}\n" for name in values)
     path.parent.mkdir(parents=True, exist_ok=True)
-    (replace_file if force else create_file)(path, text.encode())
+    if force and path.exists():
+        # Owned as the file it replaces: under sudo it became root's, and compose run as
+        # its user could no longer read it (a reviewer's finding).
+        st = path.stat()
+        replace_file(path, text.encode(), (st.st_uid, st.st_gid))
+    else:
+        (replace_file if force else create_file)(path, text.encode())
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -40,7 +40,7 @@ import psycopg
 import structlog
 from psycopg import sql
 from psycopg.rows import TupleRow
-from tieline.plumbing.files import replace_file, write_new
+from tieline.plumbing.files import append_private, replace_file, write_new
 from tieline.plumbing.redact import redact_url
 from tieline.services.runtime.errors import OperationalError
 from tieline.services.runtime.managed_server import ManagedServer
@@ -84,6 +84,8 @@ _log = structlog.get_logger(__name__)
 _PG_SUPERUSER = "postgres"
 #: ``sun_path`` is 108 bytes on Linux including the trailing NUL.
 _MAX_UNIX_SOCKET_PATH = 107
+#: What initdb and postgres get of the supervisor's environment (besides ``LC_ALL=C``).
+_SERVER_ENV = ("PATH", "HOME", "TZ", "TMPDIR", "LD_LIBRARY_PATH")
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,8 +315,12 @@ class EmbeddedPostgres(ManagedServer):
         return self.data_dir / "postgres.log"
 
     def _child_env(self) -> dict[str, str]:
-        """Environment for initdb/postgres: deterministic locale, no PG* overrides."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        """Environment for initdb/postgres: deterministic locale, no PG* overrides, and only
+        what a server needs. The supervisor's environment holds the master key, the admin
+        token and NATS passwords; handed on, they were in the server's /proc/<pid>/environ
+        (readable by its user: ``nobody`` when no user can be made) and within reach of
+        ``COPY ... FROM PROGRAM`` (a reviewer's finding)."""
+        env = {k: os.environ[k] for k in _SERVER_ENV if k in os.environ}
         env["LC_ALL"] = "C"
         return env
 
@@ -329,8 +335,11 @@ class EmbeddedPostgres(ManagedServer):
             )
             return ""
         self.socket_dir.mkdir(mode=0o700, exist_ok=True)
+        if self.socket_dir.is_symlink() or not self.socket_dir.is_dir():
+            # Root would chown, and the server use, whatever a link there points to.
+            raise OperationalError(f"{self.socket_dir} is not a directory of its own")
         if run_as is not None:
-            os.chown(self.socket_dir, run_as.uid, run_as.gid)
+            os.chown(self.socket_dir, run_as.uid, run_as.gid, follow_symlinks=False)
         return str(self.socket_dir.resolve())
 
     def _ensure_cluster(self, bin_dir: Path, run_as: RunAs | None) -> bool:
@@ -393,7 +402,7 @@ class EmbeddedPostgres(ManagedServer):
         self, argv: list[str], run_as: RunAs | None
     ) -> subprocess.CompletedProcess[bytes]:
         """Run initdb ``argv`` as ``run_as``, its output appended to the server log."""
-        with self.log_path.open("ab") as log_file:
+        with append_private(self.log_path) as log_file:
             return subprocess.run(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -413,6 +422,8 @@ class EmbeddedPostgres(ManagedServer):
         if self.user != _PG_SUPERUSER:
             role = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.user,))
             if role.fetchone() is None:
+                # A failing statement is logged with its text: not this one's password.
+                conn.execute("SET log_min_error_statement = panic")
                 conn.execute(
                     sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
                         sql.Identifier(self.user), sql.Literal(self.password)
@@ -470,7 +481,7 @@ class EmbeddedPostgres(ManagedServer):
         output = set_passwords_offline(
             argv, roles, self.password, cwd=self.data_dir, env=self._child_env(), owner=owner
         )
-        with self.log_path.open("a", encoding="utf-8") as log_file:
+        with append_private(self.log_path, "a", encoding="utf-8") as log_file:
             log_file.write(output)
         write_hba(self.hba_path, untrusted(text), owner)
         _log.warning(

@@ -4,8 +4,9 @@
 process is ready, and removes it when it stops cleanly. Operator commands given
 ``--data-dir DIR`` read it and connect to exactly those servers, as the NATS ``admin`` user of
 an embedded NATS, with the names (schema, stream, subject prefix) the installation uses — so
-``tieline verify --data-dir DIR`` needs nothing else. The file holds no password: it names the
-files that do (``secrets/``, mode 0600).
+``tieline verify --data-dir DIR`` needs nothing else. It holds the database URL, with the
+embedded PostgreSQL's password in it, so it is written 0600 in a 0700 ``run/``; the NATS
+passwords it only names (``secrets/``, mode 0600).
 
 A file left by a run that was killed is not trusted: the supervisor's lock
 (``run/supervisor.lock``, see installation.py) tells whether the installation is running.
@@ -19,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from tieline.plumbing.config import Settings
-from tieline.plumbing.files import replace_file
+from tieline.plumbing.files import make_dirs, replace_file
 from tieline.services.runtime.errors import NotRunning, OperationalError
 from tieline.services.runtime.installation import running_pid
 
@@ -82,7 +83,7 @@ class Endpoints(BaseModel):
 def write_endpoints(data_dir: Path, endpoints: Endpoints) -> Path:
     """Write ``run/endpoints.json`` atomically (mode 0600: database URLs may hold a password)."""
     path = data_dir / ENDPOINTS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_dirs(path.parent)
     replace_file(path, (endpoints.model_dump_json(indent=2) + "\n").encode())
     return path
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from tieline.plumbing.files import make_dirs
 from tieline.services.runtime.errors import AlreadyRunning, OperationalError, PortInUse
 from tieline.services.runtime.procs import poll_until, signal_all, wait_gone
 
@@ -99,7 +100,7 @@ class DataDirLock:
         process holds it. Retried briefly: an operator command probing the lock
         (:func:`running_pid`) holds it for a moment."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_dirs(self.path.parent)  # the data dir too, 0700: logs and secrets are in it
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise OperationalError(f"cannot use {self.data_dir} as data dir: {exc}") from exc
@@ -156,7 +157,7 @@ def kept_stopped(data_dir: Path, *, create: bool = True) -> Iterator[int | None]
     path = data_dir / LOCK_FILE
     try:
         if create:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_dirs(path.parent)
             fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         else:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

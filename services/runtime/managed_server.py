@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Self, TypeVar
 
 import structlog
+from tieline.plumbing.files import append_private
 from tieline.services.runtime.errors import ServerStartError
 from tieline.services.runtime.pg_unprivileged import RunAs
 from tieline.services.runtime.procs import (
@@ -90,7 +91,7 @@ class ManagedServer:
         (SIGKILL), the kernel sends the server its stop signal (``PR_SET_PDEATHSIG``, see
         services/runtime/procs.py), so no server outlives its supervisor.
         """
-        with log_path.open("ab") as log_file:
+        with append_private(log_path) as log_file:
             self._proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,

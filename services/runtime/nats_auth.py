@@ -73,7 +73,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tieline.plumbing.files import replace_file
+from tieline.plumbing.files import make_dirs, replace_file
 
 __all__ = [
     "PASSWORDS_FILE",
@@ -280,6 +280,6 @@ def load_or_create_passwords(path: Path) -> dict[str, str]:
         return passwords
     for role in missing:
         passwords[role] = new_password()
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_dirs(path.parent)
     replace_file(path, (json.dumps(passwords, indent=2, sort_keys=True) + "\n").encode())
     return passwords

@@ -29,7 +29,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from tieline.plumbing.files import replace_file
+from tieline.plumbing.files import make_dirs, replace_file
 from tieline.services.runtime.errors import OperationalError
 
 __all__ = [
@@ -72,7 +72,7 @@ def load_or_make_password(path: Path, *, cluster_exists: bool, trusting: bool) -
             "new data dir)"
         )
     value = secrets.token_urlsafe(24)  # URL-safe: goes into postgresql://user:pw@host/db as is
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     replace_file(path, (value + "\n").encode())
     return value
 

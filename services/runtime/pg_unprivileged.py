@@ -130,13 +130,14 @@ def pginstall_cache_root() -> Path:
 
 
 def _make_world_readable(root: Path) -> None:
-    """chmod a copied install tree: directories a+rx, files a+r, executables a+x."""
-    os.chmod(root, stat.S_IMODE(root.stat().st_mode) | 0o755)
+    """chmod a copied install tree: directories a+rx, files a+r, executables a+x; writable by
+    no one but its owner (:func:`_ours_alone` checks that before a copy is run again)."""
+    os.chmod(root, (stat.S_IMODE(root.stat().st_mode) | 0o755) & ~0o022)
     for current, dirnames, filenames in os.walk(root):
         for name in dirnames:
             path = os.path.join(current, name)
             if not os.path.islink(path):
-                os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) | 0o755)
+                os.chmod(path, (stat.S_IMODE(os.lstat(path).st_mode) | 0o755) & ~0o022)
         for name in filenames:
             path = os.path.join(current, name)
             if os.path.islink(path):
@@ -144,7 +145,33 @@ def _make_world_readable(root: Path) -> None:
             mode = stat.S_IMODE(os.lstat(path).st_mode) | 0o444
             if mode & stat.S_IXUSR:
                 mode |= 0o111
-            os.chmod(path, mode)
+            os.chmod(path, mode & ~0o022)
+
+
+def _ours_alone(root: Path) -> bool:
+    """Whether ``root`` and everything in it (links not followed) belong to this user, and
+    nothing in it can be written by anyone else. The cached copy lives in a shared directory
+    (/var/tmp) under a name anyone can work out: a tree another user made there first was
+    run as is, its ``initdb`` and ``postgres`` handed the cluster's password (a reviewer's
+    finding). In a tree that passes, no one else can add, change or swap a file: the shared
+    directory is sticky, and only its owner may rename or remove it."""
+    uid = os.geteuid()
+
+    def closed(st: os.stat_result) -> bool:
+        link = stat.S_ISLNK(st.st_mode)
+        return st.st_uid == uid and (link or not stat.S_IMODE(st.st_mode) & 0o022)
+
+    try:
+        top = os.lstat(root)
+        if not stat.S_ISDIR(top.st_mode) or not closed(top):
+            return False
+        for _, dirnames, filenames, dirfd in os.fwalk(root, follow_symlinks=False):
+            for name in (*dirnames, *filenames):
+                if not closed(os.stat(name, dir_fd=dirfd, follow_symlinks=False)):
+                    return False
+    except OSError:
+        return False
+    return True
 
 
 @functools.cache
@@ -172,22 +199,25 @@ def _relocated_pginstall(package_dir: Path, cache_root: Path | None = None) -> P
     root = cache_root if cache_root is not None else pginstall_cache_root()
     final = root / f"tieline-pginstall-{_pginstall_fingerprint(package_dir)}"
     bin_dir = final / package_dir.name / "pginstall" / "bin"
-    if (bin_dir / "postgres").is_file():
-        return bin_dir
+    if os.path.lexists(final):
+        if _ours_alone(final) and (bin_dir / "postgres").is_file():
+            return bin_dir
+        if not _ours_alone(final):
+            _log.warning(
+                "embedded_postgres.pginstall_not_trusted",
+                path=str(final),
+                reason="not this user's alone, or writable by others: not run",
+                action="a private copy for this start",
+            )
+            return _copied(package_dir, root) / package_dir.name / "pginstall" / "bin"
     started = time.monotonic()
-    staging = Path(tempfile.mkdtemp(prefix=".tieline-pginstall-", dir=root))
+    staging = _copied(package_dir, root)
     try:
-        shutil.copytree(
-            package_dir / "pginstall", staging / package_dir.name / "pginstall", symlinks=True
-        )
-        libs = package_dir.parent / f"{package_dir.name}.libs"
-        if libs.is_dir():
-            shutil.copytree(libs, staging / libs.name, symlinks=True)
-        _make_world_readable(staging)
         try:
             os.rename(staging, final)
         except OSError:
-            if not (bin_dir / "postgres").is_file():  # not "someone else won the race"
+            # Not "someone else won the race" with a copy of their own: refused below.
+            if not (_ours_alone(final) and (bin_dir / "postgres").is_file()):
                 raise
         else:
             _log.info(
@@ -200,6 +230,24 @@ def _relocated_pginstall(package_dir: Path, cache_root: Path | None = None) -> P
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return bin_dir
+
+
+def _copied(package_dir: Path, root: Path) -> Path:
+    """A new copy of the wheel's PostgreSQL build in a directory of its own under ``root``
+    (made 0700 by mkdtemp, then opened to every user to read and run)."""
+    staging = Path(tempfile.mkdtemp(prefix=".tieline-pginstall-", dir=root))
+    try:
+        shutil.copytree(
+            package_dir / "pginstall", staging / package_dir.name / "pginstall", symlinks=True
+        )
+        libs = package_dir.parent / f"{package_dir.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, staging / libs.name, symlinks=True)
+        _make_world_readable(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
 
 
 def runnable_bin_dir(bin_dir: Path, run_as: RunAs | None) -> Path:

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js import api as js_api
+from tieline.plumbing.files import sync_directory
 
 __all__ = ["StreamCopy", "backup_streams", "restore_streams"]
 
@@ -51,7 +53,14 @@ async def backup_stream(js: JetStreamContext, stream: str, directory: Path) -> S
     path = _file(directory, stream)
     tmp = path.with_suffix(".jsonl.partial")
     count = 0
-    with tmp.open("w") as out:
+    tmp.unlink(missing_ok=True)  # a partial file left by a run that was killed
+    # 0600 (every event's payload is in it), fsynced before the rename, and the directory
+    # after: a crash left a world-readable, possibly truncated file under the final name,
+    # which a restore took for a whole backup (a reviewer's finding).
+    with os.fdopen(
+        os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600),
+        "w",
+    ) as out:
         if info.state.messages:
             subjects = info.config.subjects or [">"]
             sub = await js.subscribe(
@@ -76,7 +85,10 @@ async def backup_stream(js: JetStreamContext, stream: str, directory: Path) -> S
                         break
             finally:
                 await sub.unsubscribe()
+        out.flush()
+        os.fsync(out.fileno())
     tmp.replace(path)
+    sync_directory(directory)
     return StreamCopy(stream, path, count, last)
 
 

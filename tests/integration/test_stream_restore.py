@@ -44,7 +44,8 @@ async def test_a_log_with_a_repeated_message_id_restores_whole(
             await asyncio.sleep(0.7)  # past the window: stored again
         await js.publish(subject, b"c", headers={"Nats-Msg-Id": "other"})
         assert (await js.stream_info(name)).state.messages == 3
-        await backup_stream(js, name, tmp_path)
+        backup = await backup_stream(js, name, tmp_path)
+        assert backup.path.stat().st_mode & 0o777 == 0o600  # every event's payload is in it
         await js.delete_stream(name)
         await js.add_stream(config=js_api.StreamConfig(name=name, subjects=[subject]))
         copy = await restore_stream(js, name, tmp_path)

@@ -147,3 +147,37 @@ def test_make_dirs_makes_each_new_directory_private_and_its_entry_durable(
     synced.clear()
     files.make_dirs(target)  # there already: nothing to make
     assert synced == []
+
+
+def test_logs_are_appended_to_privately_and_never_through_a_link(tmp_path: Path) -> None:
+    from tieline.plumbing.files import append_private
+
+    old = tmp_path / "api.log"
+    old.write_text("before\n")
+    old.chmod(0o644)  # what an earlier version made
+    with append_private(old) as out:
+        out.write(b"after\n")
+    assert old.read_text() == "before\nafter\n"
+    assert stat.S_IMODE(old.stat().st_mode) == 0o600
+    target = tmp_path / "elsewhere"
+    target.write_text("")
+    (tmp_path / "linked.log").symlink_to(target)
+    with pytest.raises(OSError):
+        append_private(tmp_path / "linked.log")
+    assert target.read_text() == ""
+
+
+def test_postgres_gets_none_of_the_supervisors_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its /proc/<pid>/environ is readable by its user (``nobody`` when none can be made),
+    and a database superuser reaches it with COPY ... FROM PROGRAM."""
+    from tieline.services.runtime.embedded import EmbeddedPostgres
+
+    monkeypatch.setenv("TIELINE_MASTER_KEY", "secret-key")
+    monkeypatch.setenv("TIELINE_ADMIN_TOKEN", "tl_x_secret")
+    monkeypatch.setenv("PGPASSWORD", "pg")
+    env = EmbeddedPostgres(tmp_path, port=1)._child_env()
+    assert env["LC_ALL"] == "C" and env.get("PATH") == os.environ.get("PATH")
+    assert not any("secret" in value or value == "pg" for value in env.values())
+    assert not any(k.startswith(("TIELINE_", "PG")) for k in env)
