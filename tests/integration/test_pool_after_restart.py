@@ -342,3 +342,34 @@ async def test_a_busy_pool_at_the_connection_limit_gives_no_false_timeouts(
         assert (failed, pool.timeouts) == (0, 0), (done, failed)
     finally:
         await pool.close()
+
+
+async def test_a_quiet_pool_at_the_connection_limit_stops_trying_to_grow(
+    postgres: EmbeddedPostgres, servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests that waited made the pool grow past the role's limit; the refused slot was
+    given up, and regrown, refused, given up ... for ever once the requests had gone: the
+    error count (and the server's log) grew on a quiet, healthy pool (a reviewer's run).
+    A given-up slot is regrown only when the pool is below its minimum."""
+    from tieline.plumbing import db
+
+    monkeypatch.setattr(db, "RECONNECT_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(db, "REGROW_DELAY_S", 0.2)
+    pool = _limited_pool(postgres, servers, max_size=4)
+    await pool.open(wait=True)
+
+    async def request() -> None:
+        async with pool.connection() as conn:
+            await conn.execute("SELECT pg_sleep(0.3)")
+
+    try:
+        await asyncio.gather(*[request() for _ in range(4)])
+        assert pool.get_stats().get("connections_errors", 0) > 0  # it tried to grow
+        await asyncio.sleep(3)  # the refused slots are given up by now
+        quiet = pool.get_stats().get("connections_errors", 0)
+        await asyncio.sleep(4)
+        assert pool.get_stats().get("connections_errors", 0) == quiet
+        async with pool.connection() as conn:  # and it still serves
+            await conn.execute("SELECT 1")
+    finally:
+        await pool.close()
