@@ -1,7 +1,8 @@
 """Composition of an event-emitting service: a FastStream app answering NATS request/reply
 commands on ``{prefix}.cmd.{workspace}.{service}.record``.
 
-A command is ``{"actor": ..., "correlation_id": ..., "items": [event objects]}``; the reply is
+A command is ``{"actor": ..., "correlation_id": ..., "items": [event objects]}`` (and, from
+the API, ``"role"``: the caller's token's); the reply is
 ``{"results": [outcome per item]}`` in the same order (see ``writeside.Outcome``).
 """
 
@@ -103,7 +104,11 @@ async def handle_command(
     correlation_id = body.get("correlation_id")
     with structlog.contextvars.bound_contextvars(correlation_id=correlation_id, service=service):
         try:
-            outcomes = await side.record_many(workspace_id, items, actor, correlation_id)
+            # Only the API sends a role: what the caller's token may do.
+            admin = body.get("role") == "admin"
+            outcomes = await side.record_many(
+                workspace_id, items, actor, correlation_id, admin=admin
+            )
         except Exception as exc:
             # An answer now, not the API's 503 after its command timeout: the client learns
             # at once, and the log says why.

@@ -76,13 +76,22 @@ class Outcome:
         return d
 
 
+#: Event types only an admin token may record, or retract: forgetting destroys a person's key
+#: for good (the same role as ``POST .../people/{person}/forget``); adopting a workspace's
+#: model parameters (``tieline calibrate --apply``) changes every score of the workspace, and
+#: so does retracting the adoption.
+ADMIN_ONLY_TYPES = frozenset({"person.forgotten", "workspace.model_calibrated"})
+
+
 @dataclass(frozen=True)
 class Command:
-    """What the lines of one command share: who exists and everyone's key."""
+    """What the lines of one command share: who exists, everyone's key, and whether an admin
+    sent it (the API says so; anything else, the sync service included, is not one)."""
 
     known: set[str]  # people that exist (on the log, or added by this command)
     keys: dict[str, bytes | None]  # person -> key; None: forgotten (key destroyed)
     forgetting: frozenset[str] = frozenset()  # people this command forgets
+    admin: bool = False
 
 
 @dataclass(frozen=True)
@@ -334,15 +343,20 @@ NOT_RETRACTABLE = {
 }
 
 
-def check_retraction(event: EventRetracted, target: Recorded | None) -> None:
+def check_retraction(event: EventRetracted, target: Recorded | None, admin: bool = False) -> None:
     """A retraction names a recorded event of its own workspace whose effect can be removed
     (not a retraction, a person's add or erasure, or an introduction step:
-    :data:`NOT_RETRACTABLE`), not
-    retracted already (by another retraction)."""
+    :data:`NOT_RETRACTABLE`), not retracted already (by another retraction); retracting an
+    admin-only event (:data:`ADMIN_ONLY_TYPES`) takes an admin too (a write token undid a
+    calibration that only an admin may make: a reviewer's finding)."""
     if target is None or target.workspace_id != event.workspace_id or target.seq is None:
         raise Rejected(404, ["retracted_event_id"], "no such event in this workspace")
     if target.type in NOT_RETRACTABLE:
         raise Rejected(422, ["retracted_event_id"], NOT_RETRACTABLE[target.type])
+    if target.type in ADMIN_ONLY_TYPES and not admin:
+        raise Rejected(
+            403, ["retracted_event_id"], f"retracting a {target.type!r} needs an admin token"
+        )
     if target.retracted_by is not None and target.retracted_by != str(event.event_id):
         raise Rejected(409, ["retracted_event_id"], "is already retracted")
 

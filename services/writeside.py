@@ -11,6 +11,7 @@ body is a 409 conflict. The write side never reads a read model.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -145,7 +146,9 @@ class WriteSide:
         rules.check_people(event, obj, cmd)
         if isinstance(event, EventRetracted):
             rules.check_retraction(
-                event, await self.state.event(event.workspace_id, event.retracted_event_id)
+                event,
+                await self.state.event(event.workspace_id, event.retracted_event_id),
+                cmd.admin,
             )
 
     async def _decide_erasures(
@@ -349,7 +352,13 @@ class WriteSide:
     # -- the whole command ----------------------------------------------------------------
 
     async def record_many(
-        self, workspace_id: str, objs: Sequence[Any], actor: str, correlation_id: str | None = None
+        self,
+        workspace_id: str,
+        objs: Sequence[Any],
+        actor: str,
+        correlation_id: str | None = None,
+        *,
+        admin: bool = False,
     ) -> list[Outcome]:
         """Decide every line, then publish the accepted ones concurrently and record them.
 
@@ -385,7 +394,9 @@ class WriteSide:
         # sender gave it back meanwhile: then it is this command's own), before this command
         # reads the keys: an erasure waits for it (see _after_in_flight).
         own = await self.state.retake(again)
-        failure = await self._publish_all(workspace_id, objs, todo, outcomes, set(held) - own)
+        failure = await self._publish_all(
+            workspace_id, objs, todo, outcomes, set(held) - own, admin=admin
+        )
         if failure is not None:  # the lines without an outcome failed or were not tried
             for i, event in todo:
                 outcomes[i] = outcomes[i] or rules.unsettled(event, failure)
@@ -402,6 +413,8 @@ class WriteSide:
         todo: list[tuple[int, Event]],
         outcomes: list[Outcome | None],
         held: set[UUID],
+        *,
+        admin: bool = False,
     ) -> Exception | None:
         """Check and publish the lines in ``todo``, fill ``outcomes`` and record what was
         published; give back the ids of the lines refused or never tried (``held``: ids an
@@ -411,6 +424,7 @@ class WriteSide:
         log but not recorded could not be retracted, 404, nor count for the double opt-in).
         Erasures go last, once the other lines are recorded (:meth:`_after_in_flight`)."""
         cmd = await self.prepare(workspace_id, [(e, objs[i]) for i, e in todo])
+        cmd = dataclasses.replace(cmd, admin=admin)
         run = _Run(objs, cmd, outcomes)
         todo = await self._decide_erasures(todo, objs, cmd, outcomes, run.refused)
         erasures = [(i, e) for i, e in todo if isinstance(e, PersonForgotten)]

@@ -261,7 +261,13 @@ class CommandBus:
         self.connections = connections
 
     async def command(
-        self, ws: str, service: str, items: list[Any], actor: str, correlation_id: str
+        self,
+        ws: str,
+        service: str,
+        items: list[Any],
+        actor: str,
+        correlation_id: str,
+        role: str = "write",
     ) -> list[dict[str, Any]]:
         """One result per item, in order; 503 when the service is not there or too slow,
         502 when its answer does not fit the request. An item no command can carry (a
@@ -270,12 +276,13 @@ class CommandBus:
         if unfit:
             rest = [it for i, it in enumerate(items) if i not in unfit]
             sent = iter(
-                await self.command(ws, service, rest, actor, correlation_id) if rest else []
+                await self.command(ws, service, rest, actor, correlation_id, role) if rest else []
             )
             return [_unfit(*unfit[i]) if i in unfit else next(sent) for i in range(len(items))]
         subject = command_subject(self.settings.subject_prefix, ws, service, "record")
         body = json.dumps(
-            {"actor": actor, "correlation_id": correlation_id, "items": items}, default=str
+            {"actor": actor, "correlation_id": correlation_id, "items": items, "role": role},
+            default=str,
         ).encode()
         # An erasure may wait up to twice the command timeout for other commands' lines in
         # flight naming the person (services/writeside.py, _after_in_flight), then publish.

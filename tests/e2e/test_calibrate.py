@@ -191,3 +191,15 @@ def test_apply_adopts_a_better_set_for_one_workspace_only(
         api.get(f"/v1/workspaces/{ws}{url}").json()["momentum_version"] == mine["momentum_version"]
     )
     other_api.close()
+    # Only an admin may undo the adoption: it changes every score of the workspace, as the
+    # adoption does (a write token could retract it: a reviewer's finding).
+    retraction = {"type": "event.retracted", "retracted_event_id": applied["event_id"]}
+    writer = {"Authorization": f"Bearer {make_token(stack_settings, ws, role='write')}"}
+    refused = api.post(f"/v1/workspaces/{ws}/events", json=retraction, headers=writer)
+    assert refused.status_code == 403, refused.text
+    assert "admin" in refused.json()["detail"]
+    undone = api.post(f"/v1/workspaces/{ws}/events", json=retraction)
+    assert undone.status_code == 201, undone.text
+    _wait(api, ws, undone.json()["seq"])
+    back = api.get(f"/v1/workspaces/{ws}{url}").json()
+    assert back["momentum_version"] == MOMENTUM_PARAMS.version

@@ -96,7 +96,7 @@ def test_a_batch_run_whose_service_does_not_answer_fails_alone() -> None:
 )
 def test_a_command_that_fails_as_a_whole_is_still_answered(error: Exception, status: int) -> None:
     class Side:
-        async def record_many(self, *_: Any) -> Any:
+        async def record_many(self, *_: Any, **__: Any) -> Any:
             raise error
 
     body = {"actor": "t", "items": [{"type": "relationship.met"}, {"type": "relationship.met"}]}

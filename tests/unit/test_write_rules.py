@@ -197,8 +197,12 @@ def test_retraction_rules() -> None:
         assert status(replace(met, type=kind)) == 422, kind
     assert status(replace(met, type="introduction.requested")) == 422
     assert status(replace(met, type="introduction.outcome")) == 422
-    for kind in ("person.updated", "person.merged", "workspace.model_calibrated"):
+    for kind in ("person.updated", "person.merged"):
         rules.check_retraction(retraction, replace(met, type=kind))
+    # An adoption only an admin may record, only an admin may undo (every score changes).
+    calibrated = replace(met, type="workspace.model_calibrated")
+    assert status(calibrated) == 403
+    rules.check_retraction(retraction, calibrated, admin=True)
     assert status(replace(met, retracted_by=str(uuid4()))) == 409
 
 

@@ -13,15 +13,12 @@ from tieline.services.api.observe import correlation_id
 from tieline.services.api.openapi import WRITE, batch_body, created_responses, event_body
 from tieline.services.api.strict_json import Unfit, loads
 from tieline.services.service_app import service_for
+from tieline.services.write_rules import ADMIN_ONLY_TYPES
 
 router = APIRouter(tags=["events"])
 
 #: Lines per request/reply command; keeps each NATS message well under its payload limit.
 CHUNK_LINES = 500
-#: Event types only an admin token may record: forgetting destroys a person's key for good,
-#: so it takes the same role as ``POST .../people/{person}/forget``; adopting a workspace's
-#: model parameters (``tieline calibrate --apply``) changes every score of the workspace.
-ADMIN_ONLY_TYPES = frozenset({"person.forgotten", "workspace.model_calibrated"})
 
 
 def role_refusal(obj: Any, role: str) -> dict[str, Any] | None:
@@ -74,6 +71,7 @@ async def send_runs(
     objs: dict[int, Any],
     actor: str,
     results: list[dict[str, Any] | None],
+    role: str = "write",
 ) -> None:
     """Send each run of lines to its service and fill ``results``. A run whose service does
     not answer fails alone (503 per line), and that service's later runs are answered the
@@ -86,7 +84,7 @@ async def send_runs(
         try:
             if service in down:
                 raise down[service]
-            out = await bus.command(ws, service, [objs[i] for i in idx], actor, correlation)
+            out = await bus.command(ws, service, [objs[i] for i in idx], actor, correlation, role)
         except ApiError as exc:
             down[service] = exc
             out = [_unanswered(objs[i], exc) for i in idx]
@@ -135,7 +133,7 @@ async def record_event(
     if refusal is not None:
         raise ApiError(403, refusal["error"], refusal["errors"])
     [result] = await rt.bus.command(
-        ws, service_for(obj.get("type")), [obj], who.actor, correlation_id()
+        ws, service_for(obj.get("type")), [obj], who.actor, correlation_id(), who.role
     )
     return write_answer(result, response)
 
@@ -190,7 +188,7 @@ async def record_batch(ws: WS, request: Request, who: Writer, rt: RT) -> BatchRe
             runs[-1][1].append(i)
         else:
             runs.append((service, [i]))
-    await send_runs(rt.bus, ws, runs, objs, who.actor, results)
+    await send_runs(rt.bus, ws, runs, objs, who.actor, results, who.role)
     final = [LineResult(**r) for r in results if r is not None and r["status"] != 204]
     seqs = [r.seq for r in final if r.seq is not None]
     accepted = sum(1 for r in final if r.status < 300)

@@ -54,7 +54,7 @@ async def add_person(
     original ``seq``; a ``person_id`` that is taken is a ``conflict`` (409)."""
     obj = {"type": "person.added", **person.model_dump(exclude_none=True)}
     obj.setdefault("person_id", new_person_id(ws, person.event_id))
-    [result] = await rt.bus.command(ws, "people", [obj], who.actor, correlation_id())
+    [result] = await rt.bus.command(ws, "people", [obj], who.actor, correlation_id(), who.role)
     if result["status"] < 300:
         result["person_id"] = obj["person_id"]
     return write_answer(result, response)
