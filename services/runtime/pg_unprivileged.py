@@ -200,9 +200,10 @@ def _relocated_pginstall(package_dir: Path, cache_root: Path | None = None) -> P
     final = root / f"tieline-pginstall-{_pginstall_fingerprint(package_dir)}"
     bin_dir = final / package_dir.name / "pginstall" / "bin"
     if os.path.lexists(final):
-        if _ours_alone(final) and (bin_dir / "postgres").is_file():
+        trusted = _ours_alone(final)  # a walk of the whole tree: once
+        if trusted and (bin_dir / "postgres").is_file():
             return bin_dir
-        if not _ours_alone(final):
+        if not trusted:
             _log.warning(
                 "embedded_postgres.pginstall_not_trusted",
                 path=str(final),
